@@ -1,0 +1,16 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_path(*parts) -> Path:
+    return SHARED.joinpath(*parts)
+
+
+requires_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")

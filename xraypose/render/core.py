@@ -1,0 +1,130 @@
+"""One entry point for every renderer and backend: :func:`render`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.render.rays import to_index_space, world_rays
+from xraypose.render.siddon import integrate_siddon
+from xraypose.render.trilinear import integrate_trilinear, n_samples_for_step, support_box
+from xraypose.render.rays import clip_to_box
+
+RENDERERS = ("trilinear", "siddon")
+BACKENDS = ("auto", "reference")
+
+# Rays are traced in chunks so that no intermediate holds more than about this
+# many samples (trilinear) or plane crossings (Siddon).
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def _check_pose(camera_to_world: torch.Tensor) -> torch.Tensor:
+    if not isinstance(camera_to_world, torch.Tensor):
+        camera_to_world = torch.as_tensor(camera_to_world, dtype=torch.float32)
+    if camera_to_world.dim() == 2:
+        camera_to_world = camera_to_world.unsqueeze(0)
+    if camera_to_world.dim() != 3 or camera_to_world.shape[-2:] != (4, 4):
+        raise InputError(f"pose must be (4, 4) or (B, 4, 4), got shape {tuple(camera_to_world.shape)}")
+    if not torch.isfinite(camera_to_world).all():
+        raise InputError("pose has NaN or infinite entries")
+    if not camera_to_world.is_floating_point():
+        raise InputError(f"pose must be a floating-point tensor, got {camera_to_world.dtype}")
+    return camera_to_world
+
+
+def default_step(affine: torch.Tensor) -> float:
+    """Default ray-marching step: half the smallest voxel spacing, mm."""
+    spacing = affine[:3, :3].double().norm(dim=0)
+    return 0.5 * float(spacing.min())
+
+
+def render(
+    density: torch.Tensor,
+    affine: torch.Tensor,
+    camera: Camera,
+    camera_to_world: torch.Tensor,
+    uv: torch.Tensor | None = None,
+    renderer: str = "trilinear",
+    n_samples: int | None = None,
+    step: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Render line integrals ∫ μ dl (mm) through a volume.
+
+    Args:
+        density: (I, J, K) or (C, I, J, K) attenuation per mm (C channels are
+            rendered along the same rays).
+        affine: (4, 4) voxel index → world (RAS mm).
+        camera: detector intrinsics.
+        camera_to_world: (4, 4) or (B, 4, 4) poses; their dtype (float32 or
+            float64) is the computation's dtype.  Gradients flow to it.
+        uv: None for the whole detector, else (R, 2) or (B, R, 2) pixel
+            coordinates (u, v) of the only rays to trace (sparse rendering).
+        renderer: "trilinear" (ray marching) or "siddon" (exact, piecewise constant voxels).
+        n_samples: trilinear samples per ray; else ``step`` (mm, default half
+            the smallest voxel spacing) bounds the step along every ray.
+        backend: "auto" or "reference" (plain PyTorch, any device, float64 capable).
+    Returns:
+        (B, C, H, W) when ``uv`` is None, else (B, C, R); C is dropped from
+        neither (a 3D ``density`` gives C = 1).
+    """
+    if renderer not in RENDERERS:
+        raise InputError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if density.dim() == 3:
+        density = density.unsqueeze(0)
+    if density.dim() != 4:
+        raise InputError(f"density must be (I, J, K) or (C, I, J, K), got shape {tuple(density.shape)}")
+    if min(density.shape) < 1:
+        raise InputError(f"density has a zero-size dimension: {tuple(density.shape)}")
+    camera_to_world = _check_pose(camera_to_world)
+    dt, dev = camera_to_world.dtype, camera_to_world.device
+    if density.device != dev:
+        raise InputError(f"volume is on {density.device} but the pose is on {dev}; move one of them")
+    if n_samples is not None and (int(n_samples) < 1):
+        raise InputError(f"samples per ray must be >= 1, got {n_samples}")
+    if step is not None and not (math.isfinite(step) and step > 0):
+        raise InputError(f"step must be a positive number of mm, got {step}")
+
+    full = uv is None
+    if full:
+        uv = camera.pixel_grid(dtype=dt, device=dev)
+    uv = uv.to(dt)
+    B = camera_to_world.shape[0]
+    if uv.dim() == 2:
+        uv = uv.unsqueeze(0).expand(B, -1, -1)
+    if uv.dim() != 3 or uv.shape[-1] != 2 or uv.shape[0] != B:
+        raise InputError(f"pixel list must be (R, 2) or (B, R, 2) with B = {B}, got {tuple(uv.shape)}")
+
+    world_to_index = torch.linalg.inv(affine.double()).to(device=dev)
+    source, target = world_rays(camera, camera_to_world, uv)
+    origin, direction, length = to_index_space(world_to_index, source, target)
+
+    R = direction.shape[1]
+    C = density.shape[0]
+    if renderer == "trilinear":
+        if n_samples is None:
+            lo, hi = support_box(density.shape[1:], dt, dev)
+            with torch.no_grad():
+                s_near, s_far = clip_to_box(origin, direction, lo, hi)
+            n_samples = n_samples_for_step(s_near, s_far, length.detach(), step or default_step(affine))
+        per_ray = n_samples
+    else:
+        per_ray = sum(density.shape[1:]) + 5
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, B * per_ray))
+    outs = []
+    for r0 in range(0, R, chunk):
+        d = direction[:, r0 : r0 + chunk]
+        L = length[:, r0 : r0 + chunk]
+        if renderer == "trilinear":
+            outs.append(integrate_trilinear(density, origin, d, L, n_samples=n_samples))
+        else:
+            outs.append(integrate_siddon(density, origin, d, L))
+    img = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+    if full:
+        img = img.reshape(B, C, camera.height, camera.width)
+    return img
