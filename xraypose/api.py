@@ -1,0 +1,28 @@
+"""The library's high-level functions (what each CLI command calls)."""
+
+from __future__ import annotations
+
+import torch
+
+from xraypose.camera import Camera
+
+
+def render_drr(
+    volume,
+    camera: Camera,
+    camera_to_world: torch.Tensor,
+    renderer: str = "trilinear",
+    n_samples: int | None = None,
+    step: float | None = None,
+    density: str = "hu",
+    bone_attenuation_multiplier: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Render one DRR (H, W) of line integrals at a camera_to_world pose (4, 4)."""
+    from xraypose.render import DRR
+
+    drr = DRR(volume, camera, density=density, renderer=renderer, n_samples=n_samples, step=step,
+              bone_attenuation_multiplier=bone_attenuation_multiplier)
+    with torch.no_grad():
+        img = drr(torch.as_tensor(camera_to_world, dtype=dtype).reshape(-1, 4, 4))
+    return img[0, 0]

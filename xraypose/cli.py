@@ -1,0 +1,169 @@
+"""Command-line interface: a thin layer over the library.
+
+User errors (bad files, values, geometry) print one line ``xraypose: error: …``
+and exit with status 2; ``--debug`` shows the Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xraypose.errors import InputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="xraypose: find where an X-ray was taken from (CT + X-ray → 6-DoF C-arm pose).",
+    pretty_exceptions_enable=False,
+)
+
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+    _STATE["debug"] = debug
+
+
+def _floats(text: str, n: int | None, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if n is not None and len(vals) != n:
+        raise InputError(f"{what} needs {n} comma-separated numbers, got {len(vals)} in {text!r}")
+    return vals
+
+
+def load_ct(path: str, density_hint: str | None = None):
+    """Load a CT by path, or the bundled sample with the word ``sample``."""
+    from xraypose.volume import load_sample_ct, read_volume
+
+    if path == "sample":
+        return load_sample_ct()
+    return read_volume(path)
+
+
+def read_pose_json(path: Path):
+    import torch
+
+    from xraypose.geometry import as_transform
+
+    if not path.exists():
+        raise InputError(f"pose file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"pose file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if isinstance(data, dict) and "camera_to_world" in data:
+        T = data["camera_to_world"]
+    elif isinstance(data, dict) and "world_to_camera" in data:
+        T = torch.linalg.inv(torch.as_tensor(data["world_to_camera"], dtype=torch.float64))
+    else:
+        raise InputError(f"pose file {path} must hold {{\"camera_to_world\": 4×4}} (or world_to_camera)")
+    try:
+        return as_transform(T, dtype=torch.float64)
+    except InputError as e:
+        raise InputError(f"pose file {path}: {e}") from None
+
+
+@app.command()
+def render(
+    ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output image: .npy (raw line integrals) or .png (8-bit, min–max)."),
+    pose_json: Optional[Path] = typer.Option(None, "--pose-json", help='JSON file holding {"camera_to_world": 4×4} (mm).'),
+    pose: Optional[str] = typer.Option(
+        None, "--pose", help="C-arm angles 'PRIMARY,SECONDARY' in degrees: LAO+/RAO−, CRAN+/CAUD−. Example: --pose 30,-10"
+    ),
+    sod: Optional[float] = typer.Option(None, "--sod", help="Source-to-isocenter distance for --pose, mm (default 0.6·sdd)."),
+    isocenter: Optional[str] = typer.Option(None, "--isocenter", help="'X,Y,Z' world RAS mm for --pose (default: volume centre)."),
+    sdd: float = typer.Option(1020.0, "--sdd", help="Source-to-detector distance, mm."),
+    height: int = typer.Option(256, "--height", help="Detector rows, pixels."),
+    width: Optional[int] = typer.Option(None, "--width", help="Detector columns, pixels (default: height)."),
+    delx: float = typer.Option(1.2, "--delx", help="Pixel spacing along columns, mm."),
+    dely: Optional[float] = typer.Option(None, "--dely", help="Pixel spacing along rows, mm (default: delx)."),
+    x0: float = typer.Option(0.0, "--x0", help="Principal-point offset along +u, mm."),
+    y0: float = typer.Option(0.0, "--y0", help="Principal-point offset along +v, mm."),
+    reverse_x_axis: bool = typer.Option(False, "--reverse-x-axis", help="Mirror the image columns (radiological display)."),
+    renderer: str = typer.Option("trilinear", "--renderer", help="trilinear | siddon"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Trilinear samples per ray."),
+    step: Optional[float] = typer.Option(None, "--step", help="Trilinear step, mm (default: half the smallest voxel spacing)."),
+    density: str = typer.Option("hu", "--density", help="hu (DiffPose seed model) | physical (μ, 1/mm, ~70 keV) | raw"),
+    bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="bone_attenuation_multiplier (hu/physical)."),
+) -> None:
+    """Render a DRR of a CT at a pose.  Example:
+
+    xraypose render sample --pose 0,0 --sdd 1020 --height 256 --delx 1.2 -o drr.png
+    """
+    from xraypose.api import render_drr
+
+    if samples is not None and step is not None:
+        raise InputError("give --samples or --step, not both")
+    if (pose_json is None) == (pose is None):
+        raise InputError("give exactly one of --pose-json FILE or --pose PRIMARY,SECONDARY")
+    suffix = output.suffix.lower()
+    if suffix not in (".npy", ".png"):
+        raise InputError(f"output must end in .npy or .png, got {output.name!r}")
+    vol = load_ct(ct)
+    if pose_json is not None:
+        T = read_pose_json(pose_json)
+    else:
+        from xraypose.camera import carm_pose
+
+        a, b = _floats(pose, 2, "--pose")
+        iso = _floats(isocenter, 3, "--isocenter") if isocenter else vol.get_isocenter()
+        T = carm_pose(a, b, sod=sod if sod is not None else 0.6 * sdd, isocenter=iso)
+    from xraypose.camera import Camera
+
+    cam = Camera(sdd=sdd, height=height, width=width or height, delx=delx, dely=dely, x0=x0, y0=y0,
+                 reverse_x_axis=reverse_x_axis)
+    img = render_drr(vol, cam, T, renderer=renderer, n_samples=samples, step=step, density=density,
+                     bone_attenuation_multiplier=bone_multiplier)
+    from xraypose.io import save_image
+
+    save_image(output, img)
+    typer.echo(f"wrote {output} ({cam.height}×{cam.width}, line integrals {img.min():.3g}…{img.max():.3g})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``xraypose`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="xraypose", standalone_mode=False)
+    except InputError as e:
+        if debug:
+            raise
+        print(f"xraypose: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        if debug:
+            raise
+        print(f"xraypose: error: file not found: {e.filename or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xraypose: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # typer's own exits
+        return int(e.code or 0)
+    except Exception as e:  # click usage errors come as ClickException
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        if isinstance(e, click.ClickException):
+            if debug:
+                raise
+            print(f"xraypose: error: {e.format_message()}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
