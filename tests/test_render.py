@@ -86,11 +86,14 @@ def _pose_fn(T0):
 @pytest.mark.parametrize("renderer", ["trilinear", "siddon"])
 def test_gradcheck_pose(renderer):
     torch.manual_seed(0)
-    shape = (10, 9, 8)
-    aff = oblique_affine(spacing=(2.0, 2.2, 2.5))
-    vol = torch.rand(shape, dtype=F64)
-    cam = Camera(sdd=600.0, height=3, width=4, delx=6.0)
-    centre = aff[:3, :3] @ torch.tensor([4.5, 4.0, 3.5], dtype=F64) + aff[:3, 3]
+    shape = (26, 24, 22)
+    aff = oblique_affine(spacing=(1.0, 1.1, 1.2))
+    # Smooth data that vanishes at the box faces: the trilinear interpolant's derivative jumps
+    # at voxel planes by the data's second difference, which finite differences would straddle
+    # on a random volume.
+    vol = gaussian_blob(shape, aff, (12.0, 12.5, 10.2), sigma_mm=4.0)[0] + 0.5 * gaussian_blob(shape, aff, (13.5, 10.0, 11.0), 3.0)[0]
+    cam = Camera(sdd=600.0, height=3, width=4, delx=3.0)
+    centre = aff[:3, :3] @ torch.tensor([12.5, 12.0, 10.5], dtype=F64) + aff[:3, 3]
     T0 = carm_pose(20.0, 10.0, sod=300.0, isocenter=centre)
     pose = _pose_fn(T0)
     xi = (0.01 * torch.randn(6, dtype=F64)).requires_grad_()

@@ -1,9 +1,10 @@
 """Trilinear ray marching (reference backend, plain PyTorch).
 
-The volume is the trilinear interpolant of the voxel values, zero outside
-(its support is index ∈ [−1, n] along each axis).  Each ray is clipped to that
-support and integrated with the midpoint rule: N samples per ray, the same N for
-every ray of the call, spread over each ray's own chord.
+The volume is the trilinear interpolant of the voxel values inside the volume
+box (index ∈ [−½, n−½] along each axis, the same box Siddon's voxels fill; in
+the outer half voxel the edge value is held), zero outside.  Each ray is
+clipped to the box and integrated with the midpoint rule: N samples per ray,
+the same N for every ray of the call, spread over each ray's own chord.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from xraypose.render.rays import clip_to_box
 
 def support_box(shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     n = torch.tensor(shape, dtype=dtype, device=device)
-    return torch.full_like(n, -1.0), n
+    return torch.full_like(n, -0.5), n - 0.5
 
 
 def n_samples_for_step(s_near, s_far, length, step_mm: float) -> int:
@@ -60,7 +61,7 @@ def integrate_trilinear(
     grid = (2.0 * pts.flip(-1) + 1.0) / sizes - 1.0
     vol = density.to(pts.dtype).unsqueeze(0)  # (1, C, I, J, K)
     samples = F.grid_sample(
-        vol, grid.reshape(1, B * R, n_samples, 1, 3), mode="bilinear", padding_mode="zeros", align_corners=False
+        vol, grid.reshape(1, B * R, n_samples, 1, 3), mode="bilinear", padding_mode="border", align_corners=False
     )  # (1, C, B*R, N, 1)
     sums = samples.reshape(C, B, R, n_samples).sum(-1)  # (C, B, R)
     return (sums * (span * length / n_samples)).permute(1, 0, 2)
