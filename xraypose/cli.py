@@ -109,6 +109,10 @@ def render(
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".png"):
         raise InputError(f"output must end in .npy or .png, got {output.name!r}")
+    from xraypose.camera import Camera
+
+    cam = Camera(sdd=sdd, height=height, width=width or height, delx=delx, dely=dely, x0=x0, y0=y0,
+                 reverse_x_axis=reverse_x_axis)
     vol = load_ct(ct)
     if pose_json is not None:
         T = read_pose_json(pose_json)
@@ -118,10 +122,6 @@ def render(
         a, b = _floats(pose, 2, "--pose")
         iso = _floats(isocenter, 3, "--isocenter") if isocenter else vol.get_isocenter()
         T = carm_pose(a, b, sod=sod if sod is not None else 0.6 * sdd, isocenter=iso)
-    from xraypose.camera import Camera
-
-    cam = Camera(sdd=sdd, height=height, width=width or height, delx=delx, dely=dely, x0=x0, y0=y0,
-                 reverse_x_axis=reverse_x_axis)
     img = render_drr(vol, cam, T, renderer=renderer, n_samples=samples, step=step, density=density,
                      bone_attenuation_multiplier=bone_multiplier)
     from xraypose.io import save_image
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xraypose`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
         app(args=argv, prog_name="xraypose", standalone_mode=False)
     except InputError as e:
@@ -151,12 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:  # typer's own exits
         return int(e.code or 0)
-    except Exception as e:  # click usage errors come as ClickException
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Usage errors of the command-line parser (typer's click): bad option, missing argument...
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            if type(e).__name__ == "Abort":
+                return 1
             if debug:
                 raise
             print(f"xraypose: error: {e.format_message()}", file=sys.stderr)

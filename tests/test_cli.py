@@ -1,0 +1,95 @@
+"""`xraypose render` end to end, and its user-error paths (one line, exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from xraypose.camera import Camera, carm_pose
+from xraypose.cli import main
+from xraypose.render import render
+from xraypose.volume import load_sample_ct
+
+
+def _pose_file(tmp_path, T):
+    p = tmp_path / "pose.json"
+    p.write_text(json.dumps({"camera_to_world": T.tolist()}))
+    return p
+
+
+def test_render_npy_holds_line_integrals(tmp_path):
+    ct = load_sample_ct()
+    T = carm_pose(20.0, -5.0, sod=620.0, isocenter=ct.get_isocenter())
+    out = tmp_path / "drr.npy"
+    rc = main(["render", "sample", "-o", str(out), "--pose-json", str(_pose_file(tmp_path, T)), "--sdd", "1020",
+               "--height", "24", "--width", "32", "--delx", "10", "--x0", "5", "--renderer", "siddon"])
+    assert rc == 0
+    img = np.load(out)
+    assert img.shape == (24, 32) and img.dtype == np.float32
+    cam = Camera(sdd=1020.0, height=24, width=32, delx=10.0, x0=5.0)
+    ref = render(ct.density("hu"), ct.affine, cam, T.float(), renderer="siddon")[0, 0].numpy()
+    np.testing.assert_allclose(img, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_render_png_with_carm_angles(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "drr.png"
+    rc = main(["render", "sample", "-o", str(out), "--pose", "30,-10", "--height", "20", "--delx", "15",
+               "--samples", "50", "--density", "physical", "--bone-multiplier", "2"])
+    assert rc == 0
+    im = np.asarray(Image.open(out))
+    assert im.shape == (20, 20) and im.dtype == np.uint8 and im.max() == 255
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["render", "missing.nii.gz", "-o", "x.npy", "--pose", "0,0"], "not found"),
+        (["render", "sample", "-o", "x.jpg", "--pose", "0,0"], ".npy or .png"),
+        (["render", "sample", "-o", "x.npy"], "exactly one of"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0"], "2 comma-separated"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--sdd=-3"], "source-to-detector"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--height", "0"], "zero-size"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--renderer", "joseph"], "renderer"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--density", "magic"], "density"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--samples", "5", "--step", "1"], "not both"),
+        (["render", "sample", "-o", "no/such/dir/x.npy", "--pose", "0,0", "--height", "4"], "folder"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--bogus"], "bogus"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("xraypose: error:"), err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"pose": 1}', "camera_to_world"),
+        (json.dumps({"camera_to_world": (2 * torch.eye(4)).tolist()}), "rigid"),
+        (json.dumps({"camera_to_world": [[1, 0], [0, 1]]}), "4"),
+    ],
+)
+def test_bad_pose_files(tmp_path, capsys, payload, message):
+    p = tmp_path / "pose.json"
+    p.write_text(payload)
+    assert main(["render", "sample", "-o", str(tmp_path / "x.npy"), "--pose-json", str(p), "--height", "4"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_runs(tmp_path):
+    exe = [sys.executable, "-m", "xraypose.cli"]
+    out = subprocess.run(exe + ["render", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--pose-json" in out.stdout
+    bad = subprocess.run(exe + ["render", "nope.nii", "-o", str(tmp_path / "a.npy"), "--pose", "0,0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
