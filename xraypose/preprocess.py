@@ -1,0 +1,645 @@
+"""X-ray preprocessing: crops, flips, resizing, blur, Beer–Lambert inversion, normalisation.
+
+Every geometric step keeps the image, its :class:`~xraypose.camera.Camera`
+and its pose consistent, and is recorded as a :class:`PixelMap` (how pixel
+coordinates of the input map to pixel coordinates of the output), so 2D
+landmarks can follow the image through any chain of steps.
+
+Every intensity step is optional and written to the ``steps`` record of the
+result, with the numbers it used (I0, background value, ...).
+
+The DiffPose/DeepFluoro pipeline is::
+
+    preprocess(img, cam, crop=50, blur=(5, 1.0), log=True, i0=65487, rescale=True)
+
+i.e. remove a 50-pixel collimator border, 5×5 Gaussian blur (σ = 1 px),
+line integrals ``L = log I0 − log I`` and rescale to [0, 1].
+
+Conventions (docs/conventions.md): pixels (u, v) = (column, row) with
+centres at integers; images are ``(H, W)`` = (rows, columns).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+
+__all__ = [
+    "PixelMap",
+    "Preprocessed",
+    "as_image",
+    "crop",
+    "crop_edges",
+    "center_crop",
+    "resize",
+    "GeometryPlan",
+    "plan_geometry",
+    "rotate180",
+    "flip_columns",
+    "flip_rows",
+    "ROT180",
+    "gaussian_blur",
+    "beer_lambert",
+    "subtract_background",
+    "rescale01",
+    "preprocess",
+    "ncc",
+]
+
+#: Right-multiply a camera_to_world pose by this to turn the camera 180° about
+#: its principal axis (what a 180° rotation of the image does to the pose).
+ROT180 = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------
+# Pixel coordinate bookkeeping
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelMap:
+    """An axis-aligned affine map of pixel coordinates: ``u' = su·u + bu``, ``v' = sv·v + bv``.
+
+    Crops, 180° rotations, flips and resizes are all of this form, so any
+    chain of them is one :class:`PixelMap` (compose with :meth:`then`).
+    """
+
+    su: float = 1.0
+    bu: float = 0.0
+    sv: float = 1.0
+    bv: float = 0.0
+
+    def then(self, other: "PixelMap") -> "PixelMap":
+        """The map that applies ``self`` first, then ``other``."""
+        return PixelMap(
+            su=other.su * self.su, bu=other.su * self.bu + other.bu,
+            sv=other.sv * self.sv, bv=other.sv * self.bv + other.bv,
+        )
+
+    def inverse(self) -> "PixelMap":
+        return PixelMap(su=1.0 / self.su, bu=-self.bu / self.su, sv=1.0 / self.sv, bv=-self.bv / self.sv)
+
+    def apply(self, uv):
+        """Map ``(..., 2)`` pixel coordinates (u, v); returns the same type (tensor or array)."""
+        if isinstance(uv, torch.Tensor):
+            scale = torch.tensor([self.su, self.sv], dtype=uv.dtype, device=uv.device)
+            shift = torch.tensor([self.bu, self.bv], dtype=uv.dtype, device=uv.device)
+            return uv * scale + shift
+        a = np.asarray(uv, dtype=np.float64)
+        return a * np.array([self.su, self.sv]) + np.array([self.bu, self.bv])
+
+    @property
+    def is_identity(self) -> bool:
+        return self == PixelMap()
+
+    def to_dict(self) -> dict:
+        return {"su": self.su, "bu": self.bu, "sv": self.sv, "bv": self.bv}
+
+
+@dataclass
+class Preprocessed:
+    """Result of :func:`preprocess`.
+
+    Attributes:
+        image: ``(H, W)`` float32 tensor.
+        camera: the camera of ``image`` (None when none was given).
+        pixel_map: input pixel (u, v) → output pixel (u', v').
+        pose_transform: ``(4, 4)`` float64; the pose of ``image`` is
+            ``pose_of_input @ pose_transform`` (the identity unless the image
+            was rotated by 180° or its rows flipped).
+        steps: what was done, in order, each a dict with ``"step"`` and its numbers.
+    """
+
+    image: torch.Tensor
+    camera: Camera | None
+    pixel_map: PixelMap = field(default_factory=PixelMap)
+    pose_transform: torch.Tensor = field(default_factory=lambda: torch.eye(4, dtype=torch.float64))
+    steps: list = field(default_factory=list)
+
+    def transform_pose(self, pose: torch.Tensor) -> torch.Tensor:
+        """The pose of :attr:`image` given the pose of the input image."""
+        pose = torch.as_tensor(pose)
+        return pose @ self.pose_transform.to(pose.dtype)
+
+
+def as_image(img, what: str = "X-ray image") -> torch.Tensor:
+    """``(H, W)`` float tensor from an array/tensor of shape (H, W), (1, H, W) or (1, 1, H, W)."""
+    if isinstance(img, np.ndarray):
+        if img.dtype == object or not (np.issubdtype(img.dtype, np.number) or img.dtype == bool):
+            raise InputError(f"{what} must be numeric, got dtype {img.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(img))
+    elif isinstance(img, torch.Tensor):
+        t = img.detach()
+    else:
+        raise InputError(f"{what} must be a numpy array or torch tensor, got {type(img).__name__}")
+    shape = tuple(t.shape)
+    while t.dim() > 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 2:
+        raise InputError(f"{what} must be one 2D image (H, W), got shape {shape}")
+    if 0 in t.shape:
+        raise InputError(f"{what} is empty (shape {shape})")
+    if t.is_complex():
+        raise InputError(f"{what} has complex values")
+    if not t.is_floating_point():
+        t = t.to(torch.float64 if t.dtype in (torch.int32, torch.int64) else torch.float32)
+    return t
+
+
+def _check_camera(image: torch.Tensor, camera: Camera | None, what: str = "X-ray") -> None:
+    if camera is None:
+        return
+    H, W = image.shape[-2:]
+    if (camera.height, camera.width) != (H, W):
+        raise InputError(
+            f"{what} image is {H}×{W} pixels but its intrinsics describe a "
+            f"{camera.height}×{camera.width} detector (sizes differ)"
+        )
+
+
+# --------------------------------------------------------------------------
+# Geometric steps.  Each is computed twice over from the same code: on the
+# geometry alone (sizes, camera, PixelMap, pose transform: ``_g_*``) and on
+# the pixels (``_apply_op``), so plans and images never disagree.
+# --------------------------------------------------------------------------
+
+
+def _int_pixels(name: str, v) -> int:
+    if isinstance(v, bool) or int(v) != v:
+        raise InputError(f"{name} must be a whole number of pixels, got {v!r}")
+    return int(v)
+
+
+def _g_crop(H, W, cam, top, left, height, width):
+    top, left = _int_pixels("crop top", top), _int_pixels("crop left", left)
+    height, width = _int_pixels("crop height", height), _int_pixels("crop width", width)
+    if height < 1 or width < 1:
+        raise InputError(f"crop of {height}×{width} pixels is empty")
+    if top < 0 or left < 0 or top + height > H or left + width > W:
+        raise InputError(f"crop rows {top}:{top + height}, cols {left}:{left + width} exceeds the {H}×{W} image")
+    cam = None if cam is None else cam.crop(top, left, height, width)
+    return ("crop", top, left, height, width), height, width, cam, PixelMap(bu=-float(left), bv=-float(top)), None
+
+
+def _g_rot180(H, W, cam):
+    cam = None if cam is None else replace(cam, x0=-cam.x0, y0=-cam.y0)
+    return ("rot180",), H, W, cam, PixelMap(su=-1.0, bu=W - 1.0, sv=-1.0, bv=H - 1.0), ROT180.clone()
+
+
+def _g_flipc(H, W, cam):
+    cam = None if cam is None else replace(cam, reverse_x_axis=not cam.reverse_x_axis)
+    return ("flip_columns",), H, W, cam, PixelMap(su=-1.0, bu=W - 1.0), None
+
+
+def _g_resize(H, W, cam, height, width):
+    height, width = _int_pixels("resize height", height), _int_pixels("resize width", width)
+    if height < 1 or width < 1:
+        raise InputError(f"cannot resize the image to {height}×{width} pixels")
+    cam = None if cam is None else cam.resize(height, width)
+    su, sv = width / W, height / H
+    return ("resize", height, width), height, width, cam, PixelMap(su=su, bu=0.5 * su - 0.5, sv=sv, bv=0.5 * sv - 0.5), None
+
+
+def _edges(edges):
+    if isinstance(edges, (int, np.integer)) or (isinstance(edges, float) and float(edges).is_integer()):
+        t = b = l = r = int(edges)
+    else:
+        try:
+            t, b, l, r = (int(e) for e in edges)
+        except (TypeError, ValueError):
+            raise InputError(f"crop must be a number of pixels or (top, bottom, left, right), got {edges!r}") from None
+    if min(t, b, l, r) < 0:
+        raise InputError(f"crop border must be >= 0 pixels, got {edges!r}")
+    return t, b, l, r
+
+
+def _g_crop_edges(H, W, cam, edges):
+    t, b, l, r = _edges(edges)
+    if t + b >= H or l + r >= W:
+        raise InputError(f"crop border {edges!r} removes the whole {H}×{W} image")
+    return _g_crop(H, W, cam, t, l, H - t - b, W - l - r)
+
+
+def _hw(size, what: str):
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        return int(size), int(size)
+    try:
+        h, w = size
+        return _int_pixels(f"{what} height", h), _int_pixels(f"{what} width", w)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number of pixels or (height, width), got {size!r}") from None
+
+
+def _g_center_crop(H, W, cam, size):
+    h, w = _hw(size, "centre crop")
+    if h > H or w > W or h < 1 or w < 1:
+        raise InputError(f"centre crop of {h}×{w} pixels does not fit the {H}×{W} image")
+    return _g_crop(H, W, cam, int(round((H - h) / 2.0)), int(round((W - w) / 2.0)), h, w)
+
+
+def _apply_op(img: torch.Tensor, op: tuple) -> torch.Tensor:
+    kind = op[0]
+    if kind == "crop":
+        _, t, l, h, w = op
+        return img[t : t + h, l : l + w]
+    if kind == "rot180":
+        return torch.flip(img, dims=(0, 1))
+    if kind == "flip_columns":
+        return torch.flip(img, dims=(1,))
+    if kind == "resize":
+        _, h, w = op
+        H, W = img.shape
+        if (h, w) == (H, W):
+            return img
+        work = img.to(torch.float64 if img.dtype == torch.float64 else torch.float32)[None, None]
+        return F.interpolate(work, size=(h, w), mode="bilinear", align_corners=False,
+                             antialias=(h < H or w < W))[0, 0]
+    raise AssertionError(op)
+
+
+@dataclass
+class GeometryPlan:
+    """The geometric part of a preprocessing: what happens to sizes, camera and pixels.
+
+    Attributes:
+        ops: pixel operations in order (applied by :meth:`apply`).
+        shape: (H, W) of the result.
+        camera: camera of the result (None if none was given).
+        pixel_map: input pixel → output pixel.
+        pose_transform: output pose = input pose @ pose_transform.
+        steps: records of the steps.
+    """
+
+    ops: list
+    shape: tuple
+    camera: Camera | None
+    pixel_map: PixelMap
+    pose_transform: torch.Tensor
+    steps: list
+
+    def apply(self, image) -> torch.Tensor:
+        img = as_image(image)
+        for op in self.ops:
+            img = _apply_op(img, op)
+        return img
+
+
+def _plan(H, W, cam, items) -> GeometryPlan:
+    ops, steps = [], []
+    pmap, T = PixelMap(), torch.eye(4, dtype=torch.float64)
+    for fn, args, record in items:
+        op, H2, W2, cam, m, R = fn(H, W, cam, *args)
+        ops.append(op)
+        pmap = pmap.then(m)
+        if R is not None:
+            T = T @ R
+        if record is not None:
+            steps.append({**record, "from": (H, W), "to": (H2, W2)} if op[0] in ("crop", "resize") else record)
+        H, W = H2, W2
+    return GeometryPlan(ops=ops, shape=(H, W), camera=cam, pixel_map=pmap, pose_transform=T, steps=steps)
+
+
+def plan_geometry(
+    height: int,
+    width: int,
+    camera: Camera | None = None,
+    *,
+    rotate_180: bool = False,
+    flip: str | None = None,
+    crop=None,
+    center_crop=None,
+    size=None,
+) -> GeometryPlan:
+    """The geometry of :func:`preprocess` without touching pixels (same arguments, same order)."""
+    H, W = _int_pixels("image height", height), _int_pixels("image width", width)
+    if camera is not None and (camera.height, camera.width) != (H, W):
+        raise InputError(
+            f"X-ray image is {H}×{W} pixels but its intrinsics describe a "
+            f"{camera.height}×{camera.width} detector (sizes differ)"
+        )
+    items = []
+    if rotate_180:
+        items.append((_g_rot180, (), {"step": "rotate_180"}))
+    if flip is not None:
+        if flip == "both":
+            items.append((_g_rot180, (), {"step": "flip", "which": "both"}))
+        elif flip == "columns":
+            items.append((_g_flipc, (), {"step": "flip", "which": "columns"}))
+        elif flip == "rows":
+            items.append((_g_rot180, (), None))
+            items.append((_g_flipc, (), {"step": "flip", "which": "rows"}))
+        else:
+            raise InputError(f"flip must be 'columns', 'rows' or 'both', got {flip!r}")
+    if crop is not None and center_crop is not None:
+        raise InputError("give crop (a border) or center_crop (a size), not both")
+    if crop is not None:
+        items.append((_g_crop_edges, (crop,), {"step": "crop", "border": crop}))
+    if center_crop is not None:
+        items.append((_g_center_crop, (center_crop,), {"step": "center_crop", "size": center_crop}))
+    if size is not None:
+        h, w = _hw(size, "size")
+        items.append((_g_resize, (h, w), {"step": "resize"}))
+    return _plan(H, W, camera, items)
+
+
+def _single(image, camera, fn, *args):
+    img = as_image(image)
+    _check_camera(img, camera)
+    H, W = img.shape
+    plan = _plan(H, W, camera, [(fn, args, None)])
+    return plan.apply(img), plan.camera, plan.pixel_map, plan.pose_transform
+
+
+def crop(image, camera: Camera | None, top: int, left: int, height: int, width: int):
+    """``image[top:top+height, left:left+width]`` and the camera of that sub-image.
+
+    Returns (image, camera, PixelMap).
+    """
+    return _single(image, camera, _g_crop, top, left, height, width)[:3]
+
+
+def crop_edges(image, camera: Camera | None, edges):
+    """Remove a border: ``edges`` = n (every side) or (top, bottom, left, right) pixels."""
+    return _single(image, camera, _g_crop_edges, edges)[:3]
+
+
+def center_crop(image, camera: Camera | None, size):
+    """Central ``size`` = h or (h, w) pixels; the offset is ``round((H − h) / 2)`` (torchvision's rule)."""
+    return _single(image, camera, _g_center_crop, size)[:3]
+
+
+def resize(image, camera: Camera | None, height: int, width: int | None = None):
+    """Resample to ``height × width`` pixels covering the same detector.
+
+    Bilinear with antialiasing when shrinking; pixel (u, v) goes to
+    ``((u + 0.5)·W'/W − 0.5, (v + 0.5)·H'/H − 0.5)``, exactly how
+    :meth:`Camera.resize` moves the intrinsics.  Returns (image, camera, PixelMap).
+    """
+    return _single(image, camera, _g_resize, height, height if width is None else width)[:3]
+
+
+def rotate180(image, camera: Camera | None):
+    """Rotate the image by 180° (u → W−1−u, v → H−1−v).
+
+    The camera keeps its intrinsics up to the principal point, which moves to
+    the rotated place (x0 → −x0, y0 → −y0); the pose becomes
+    ``pose @ ROT180`` (the C-arm turned 180° about its principal axis).
+    Returns (image, camera, PixelMap, pose_transform).
+    """
+    return _single(image, camera, _g_rot180)
+
+
+def flip_columns(image, camera: Camera | None):
+    """Mirror the columns (u → W−1−u); the camera's ``reverse_x_axis`` toggles, the pose stays.
+
+    Returns (image, camera, PixelMap).
+    """
+    return _single(image, camera, _g_flipc)[:3]
+
+
+def flip_rows(image, camera: Camera | None):
+    """Mirror the rows (v → H−1−v).
+
+    A camera cannot mirror rows by itself, so this is a 180° rotation and a
+    column mirror: the camera's x0, y0 change sign, ``reverse_x_axis``
+    toggles, and the pose becomes ``pose @ ROT180``.
+    Returns (image, camera, PixelMap, pose_transform).
+    """
+    img = as_image(image)
+    _check_camera(img, camera)
+    H, W = img.shape
+    plan = _plan(H, W, camera, [(_g_rot180, (), None), (_g_flipc, (), None)])
+    return plan.apply(img), plan.camera, plan.pixel_map, plan.pose_transform
+
+
+# --------------------------------------------------------------------------
+# Intensity steps
+# --------------------------------------------------------------------------
+
+
+def gaussian_blur(image, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
+    """Separable Gaussian blur with reflected borders (as torchvision's ``gaussian_blur``)."""
+    img = as_image(image)
+    k = int(kernel_size)
+    if k < 1 or k % 2 == 0:
+        raise InputError(f"blur kernel size must be an odd number of pixels, got {kernel_size!r}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"blur sigma must be > 0 pixels, got {sigma!r}")
+    if k == 1:
+        return img.clone()
+    dtype = img.dtype
+    x = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = (g / g.sum()).to(dtype)
+    pad = k // 2
+    H, W = img.shape
+    mode = "reflect" if (H > pad and W > pad) else "replicate"
+    work = F.pad(img[None, None], (pad, pad, pad, pad), mode=mode)
+    work = F.conv2d(work, g.reshape(1, 1, 1, k))
+    work = F.conv2d(work, g.reshape(1, 1, k, 1))
+    return work[0, 0]
+
+
+def beer_lambert(image, i0: float | None = None, offset: float = 0.0):
+    """Line integrals from raw intensities: ``L = log I0 − log(I + offset)``.
+
+    Args:
+        image: raw detector intensities (bright = more photons, bone dark).
+        i0: unattenuated intensity; default the image maximum (after ``offset``).
+        offset: added to every pixel first (Ljubljana's loaders add 1).
+    Returns:
+        (L, info) with info = {"i0": ..., "offset": ..., "clamped_pixels": n}.
+        Pixels that are still <= 0 are clamped to the smallest positive pixel
+        (their count is reported); an image with no positive pixel raises.
+    """
+    img = as_image(image).to(torch.float64)
+    if not bool(torch.isfinite(img).all()):
+        n = int((~torch.isfinite(img)).sum())
+        raise InputError(f"X-ray has {n} NaN or infinite pixels; cannot take its log")
+    img = img + float(offset)
+    pos = img > 0
+    if not bool(pos.any()):
+        if float(img.abs().max()) == 0.0:
+            raise InputError("X-ray image is all zeros: the log of the intensity is undefined (nothing to invert)")
+        raise InputError("X-ray image has no positive pixel: the log of the intensity is undefined")
+    n_bad = int((~pos).sum())
+    if n_bad:
+        img = torch.where(pos, img, img[pos].min())
+    top = float(img.max()) if i0 is None else float(i0)
+    if not (math.isfinite(top) and top > 0):
+        raise InputError(f"I0 must be a positive number, got {i0!r}")
+    L = math.log(top) - torch.log(img)
+    return L.to(torch.float32), {"i0": top, "offset": float(offset), "clamped_pixels": n_bad}
+
+
+def subtract_background(image, background="mode", clamp: bool = True):
+    """Subtract a background level: a number, ``"min"``, ``"mode"`` (most frequent value,
+    on a 1024-bin histogram) or ``("percentile", p)``; negatives clamp to 0 when ``clamp``.
+
+    Returns (image, value).
+    """
+    img = as_image(image)
+    if isinstance(background, str):
+        if background == "min":
+            value = float(img.min())
+        elif background == "mode":
+            a = img.detach().to(torch.float64).flatten().cpu().numpy()
+            lo, hi = float(a.min()), float(a.max())
+            if hi == lo:
+                value = lo
+            else:
+                hist, edges = np.histogram(a, bins=1024, range=(lo, hi))
+                i = int(np.argmax(hist))
+                value = float(0.5 * (edges[i] + edges[i + 1]))
+        else:
+            raise InputError(f"unknown background {background!r}; use a number, 'min', 'mode' or ('percentile', p)")
+    elif isinstance(background, (tuple, list)) and len(background) == 2 and background[0] == "percentile":
+        p = float(background[1])
+        if not 0 <= p <= 100:
+            raise InputError(f"background percentile must be in [0, 100], got {p}")
+        value = float(np.percentile(img.detach().cpu().numpy(), p))
+    else:
+        try:
+            value = float(background)
+        except (TypeError, ValueError):
+            raise InputError(f"unknown background {background!r}; use a number, 'min', 'mode' or ('percentile', p)") from None
+        if not math.isfinite(value):
+            raise InputError(f"background must be finite, got {background!r}")
+    out = img - value
+    if clamp:
+        out = out.clamp_min(0.0)
+    return out, value
+
+
+def rescale01(image):
+    """Min–max rescale to [0, 1]; returns (image, (min, max)). A constant image raises."""
+    img = as_image(image)
+    lo, hi = float(img.min()), float(img.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError("X-ray has NaN or infinite pixels; cannot rescale it")
+    if hi <= lo:
+        raise InputError(f"X-ray image is constant (every pixel = {lo:g}); cannot rescale it to [0, 1]")
+    return (img - lo) / (hi - lo), (lo, hi)
+
+
+# --------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------
+
+
+def _blur_args(blur):
+    if blur is None or blur is False:
+        return None
+    if blur is True:
+        return 5, 1.0
+    if isinstance(blur, (int, float)) and not isinstance(blur, bool):
+        return 5, float(blur)
+    try:
+        k, s = blur
+        return int(k), float(s)
+    except (TypeError, ValueError):
+        raise InputError(f"blur must be True, a sigma, or (kernel_size, sigma); got {blur!r}") from None
+
+
+def preprocess(
+    image,
+    camera: Camera | None = None,
+    *,
+    rotate_180: bool = False,
+    flip: str | None = None,
+    crop: int | tuple | None = None,
+    center_crop: int | tuple | None = None,
+    blur=None,
+    log: str | bool = False,
+    i0: float | None = None,
+    offset: float = 0.0,
+    background=None,
+    rescale: bool = True,
+    size: int | tuple | None = None,
+) -> Preprocessed:
+    """Turn an X-ray into the image registration compares with DRRs.
+
+    Steps, in this order, each optional and recorded in ``result.steps``:
+
+    1. ``rotate_180`` — rotate by 180° (DeepFluoro's ``rot-180-for-up``);
+       ``flip`` = "columns" / "rows" / "both" — mirror the image.
+    2. ``crop`` — remove a border: n pixels per edge or (top, bottom, left,
+       right); ``center_crop`` — keep the central h or (h, w) pixels.
+    3. ``blur`` — Gaussian blur: True (5×5, σ = 1 px), a σ, or (kernel, σ).
+    4. ``log`` — turn intensities into line integrals:
+       ``True``/"intensity": ``L = log I0 − log(I + offset)`` with ``I0 = i0``
+       or the image maximum; "log-intensity": ``L = max − v`` (values already
+       proportional to log I); ``False``/"attenuation": unchanged.
+    5. ``background`` — subtract a level (see :func:`subtract_background`).
+    6. ``rescale`` — min–max to [0, 1].
+    7. ``size`` — resize to h or (h, w) pixels (antialiased).
+
+    The camera (if given) follows every geometric step; ``result.pixel_map``
+    maps input pixels to output pixels and ``result.pose_transform`` gives the
+    output pose (``pose @ pose_transform``).
+
+    Raises:
+        InputError: image and camera of different sizes, impossible crops, an
+            all-zero image with ``log``, a constant image with ``rescale``, ...
+    """
+    img = as_image(image)
+    _check_camera(img, camera)
+    H0, W0 = img.shape
+    geo = plan_geometry(H0, W0, camera, rotate_180=rotate_180, flip=flip, crop=crop, center_crop=center_crop,
+                        size=size)
+    before = [op for op in geo.ops if op[0] != "resize"]
+    after = [op for op in geo.ops if op[0] == "resize"]
+    for op in before:
+        img = _apply_op(img, op)
+    steps: list[dict] = [s for s in geo.steps if s["step"] != "resize"]
+    b = _blur_args(blur)
+    if b is not None:
+        img = gaussian_blur(img, *b)
+        steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1]})
+    mode = {True: "intensity", False: "attenuation", None: "attenuation"}.get(log, log)
+    if mode == "intensity":
+        img, info = beer_lambert(img, i0=i0, offset=offset)
+        steps.append({"step": "beer_lambert", "formula": "log(I0) - log(I + offset)", **info})
+    elif mode == "log-intensity":
+        top = float(img.max()) if i0 is None else float(i0)
+        img = top - img
+        steps.append({"step": "negate_log", "formula": "max - v", "max": top})
+    elif mode != "attenuation":
+        raise InputError(f"log must be True/False or 'intensity', 'log-intensity', 'attenuation'; got {log!r}")
+    if background is not None:
+        img, value = subtract_background(img, background)
+        steps.append({"step": "background", "value": value,
+                      "how": background if isinstance(background, (str, tuple, list)) else "given"})
+    if rescale:
+        img, (lo, hi) = rescale01(img)
+        steps.append({"step": "rescale01", "min": lo, "max": hi})
+    for op in after:
+        img = _apply_op(img, op)
+    steps += [s for s in geo.steps if s["step"] == "resize"]
+    img = img.to(torch.float32)
+    return Preprocessed(image=img, camera=geo.camera, pixel_map=geo.pixel_map, pose_transform=geo.pose_transform,
+                        steps=steps)
+
+
+def ncc(a, b, mask=None) -> float:
+    """Normalised cross-correlation of two images (in [-1, 1])."""
+    a = torch.as_tensor(a, dtype=torch.float64).flatten()
+    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    if a.shape != b.shape:
+        raise InputError(f"images of different sizes: {a.numel()} and {b.numel()} pixels")
+    if mask is not None:
+        m = torch.as_tensor(mask).flatten().bool()
+        a, b = a[m], b[m]
+    a = a - a.mean()
+    b = b - b.mean()
+    den = float(a.norm() * b.norm())
+    if den == 0:
+        raise InputError("NCC of a constant image is undefined")
+    return float((a * b).sum()) / den
