@@ -1,0 +1,201 @@
+"""Registration metrics against hand-computed values; bone fiducials."""
+
+import math
+
+import pytest
+import torch
+
+from xraypose.camera import Camera, carm_pose
+from xraypose.errors import InputError
+from xraypose.fiducials import bone_mask, farthest_point_sampling, pick_bone_fiducials
+from xraypose.geometry import make_transform, so3_exp
+from xraypose.metrics import (
+    double_geodesic_error,
+    format_table,
+    pose_errors,
+    projection_error,
+    reprojection_error,
+    success_rate,
+    summarize,
+    target_registration_error,
+)
+from xraypose.volume import Volume
+
+SDD, SOD = 1000.0, 600.0
+ISO = torch.tensor([10.0, -20.0, 30.0], dtype=torch.float64)
+CAM = Camera(sdd=SDD, height=200, width=160, delx=1.5, dely=1.25)
+
+
+def true_pose():
+    return carm_pose(20.0, -10.0, sod=SOD, isocenter=ISO)
+
+
+def moved_in_camera(T, delta):
+    """The camera moved by ``delta`` (3,) mm along its own axes."""
+    return T @ make_transform(torch.eye(3, dtype=torch.float64), torch.as_tensor(delta, dtype=torch.float64))
+
+
+def test_identical_poses_give_zero_errors():
+    T = true_pose()
+    fid = ISO + torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 30
+    e = pose_errors(T, T, fid, CAM)
+    for k, v in e.items():
+        assert v.shape == (1,)
+        assert float(v) == pytest.approx(0.0, abs=1e-9), k
+
+
+def test_depth_shift_hand_values():
+    # Camera moved 10 mm along its principal ray; a fiducial at the isocenter (on the ray)
+    # projects to the same pixel (mPE 0), is 10 mm off in 3D (mTRE 10), and the two
+    # detector planes are 10 mm apart (mRPE 10).
+    T = true_pose()
+    P = moved_in_camera(T, [0.0, 0.0, 10.0])
+    fid = ISO[None]
+    assert float(target_registration_error(P, T, fid)) == pytest.approx(10.0, abs=1e-9)
+    assert float(projection_error(P, T, fid, CAM)) == pytest.approx(0.0, abs=1e-9)
+    assert float(reprojection_error(P, T, fid, CAM)) == pytest.approx(10.0, abs=1e-9)
+    rot, trans, dgeo = double_geodesic_error(P, T, sdr=SDD / 2)
+    assert float(rot) == pytest.approx(0.0, abs=1e-6)
+    assert float(trans) == pytest.approx(10.0, abs=1e-9)
+    assert float(dgeo) == pytest.approx(10.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("axis,spacing", [(0, 1.5), (1, 1.25)])
+def test_lateral_shift_hand_values(axis, spacing):
+    # 6 mm along a camera axis: the isocenter's image moves 6·sdd/sod = 10 mm on the detector;
+    # the back-projected points differ by 6·(1 − sdd/sod) = −4 mm.
+    T = true_pose()
+    d = [0.0, 0.0, 0.0]
+    d[axis] = 6.0
+    P = moved_in_camera(T, d)
+    fid = ISO[None]
+    assert float(target_registration_error(P, T, fid)) == pytest.approx(6.0, abs=1e-9)
+    assert float(projection_error(P, T, fid, CAM)) == pytest.approx(10.0, abs=1e-9)
+    assert float(reprojection_error(P, T, fid, CAM)) == pytest.approx(4.0, abs=1e-9)
+    # mPE is physical: the same on a resampled detector
+    assert float(projection_error(P, T, fid, CAM.resize(50, 40))) == pytest.approx(10.0, abs=1e-9)
+    # pixel difference itself is 10 mm / spacing
+    duv = CAM.project(fid, P) - CAM.project(fid, T)
+    assert float(duv.abs().max()) == pytest.approx(10.0 / spacing, abs=1e-9)
+
+
+def test_rotation_about_principal_ray_hand_values():
+    # Camera turned by θ about its own z axis (the principal ray, through the source):
+    # a fiducial at distance r from that axis moves by 2·r·sin(θ/2); the source does not move.
+    T = true_pose()
+    theta, r = math.radians(3.0), 40.0
+    Rz = so3_exp(torch.tensor([0.0, 0.0, theta], dtype=torch.float64))
+    P = T @ make_transform(Rz, torch.zeros(3, dtype=torch.float64))
+    x_axis = T[:3, 0]
+    fid = (ISO + r * x_axis)[None]
+    assert float(target_registration_error(P, T, fid)) == pytest.approx(2 * r * math.sin(theta / 2), rel=1e-9)
+    rot, trans, dgeo = double_geodesic_error(P, T, sdr=SDD / 2)
+    assert float(rot) == pytest.approx(SDD / 2 * theta, rel=1e-6)
+    assert float(trans) == pytest.approx(0.0, abs=1e-9)
+    e = pose_errors(P, T, fid, CAM)
+    assert float(e["rot_deg"]) == pytest.approx(3.0, rel=1e-6)
+    assert float(e["dgeo"]) == pytest.approx(SDD / 2 * theta, rel=1e-6)  # default sdr = sdd / 2
+    # image-plane distance: r·sdd/sod·2 sin(θ/2)
+    assert float(e["mpe"]) == pytest.approx(2 * r * SDD / SOD * math.sin(theta / 2), rel=1e-9)
+
+
+def test_batches_and_per_fiducial():
+    T = true_pose()
+    P = torch.stack([moved_in_camera(T, [d, 0, 0]) for d in (1.0, 2.0, 3.0)])
+    fid = ISO + torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 50
+    mtre = target_registration_error(P, T, fid)
+    assert mtre.shape == (3,)
+    assert torch.allclose(mtre, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    per = target_registration_error(P, T, fid, reduce=False)
+    assert per.shape == (3, 5)
+    # per-case fiducials
+    fids = torch.stack([fid, fid + 1, fid - 1])
+    assert torch.allclose(target_registration_error(P, T.expand(3, 4, 4), fids), mtre)
+    # float32 poses are accepted
+    assert torch.allclose(target_registration_error(P.float(), T.float(), fid), mtre, atol=1e-3)
+
+
+def test_bad_inputs_raise_not_nan():
+    T = true_pose()
+    P = T.clone()
+    P[0, 3] = float("nan")
+    fid = ISO[None]
+    with pytest.raises(InputError, match="NaN"):
+        pose_errors(P, T, fid, CAM)
+    with pytest.raises(InputError, match="fiducials"):
+        target_registration_error(T, T, torch.zeros(0, 3))
+    with pytest.raises(InputError, match="NaN"):
+        target_registration_error(T, T, torch.tensor([[float("nan"), 0, 0]]))
+    behind = (T[:3, 3] - 100 * T[:3, 2])[None]
+    with pytest.raises(InputError, match="behind"):
+        projection_error(T, T, behind, CAM)
+    with pytest.raises(InputError, match="sdr"):
+        pose_errors(T, T, fid)
+    with pytest.raises(InputError):
+        target_registration_error(torch.stack([T, T]), torch.stack([T, T, T]), fid)
+
+
+def test_summary_success_rates_and_percentiles():
+    rows = [{"mtre": v, "opt_s": s, "init_s": 0.1} for v, s in [(0.2, 1.0), (0.5, 2.0), (1.5, 3.0), (3.0, 4.0)]]
+    rows.append({"mtre": None, "opt_s": 5.0, "init_s": 0.1})  # a failed case
+    s = summarize(rows)
+    assert s["n_cases"] == 5
+    assert s["sr_1mm"] == pytest.approx(2 / 5)
+    assert s["sr_2mm"] == pytest.approx(3 / 5)
+    assert s["n_failed"] == 1
+    assert s["median_mtre_mm"] == pytest.approx(1.0)  # median of the 4 finite values
+    assert s["median_opt_s"] == pytest.approx(3.0)
+    assert s["stats"]["mtre"]["p25"] == pytest.approx(0.425)
+    assert success_rate(torch.tensor([0.5, 0.99, 1.0])) == pytest.approx(2 / 3)
+    with pytest.raises(InputError):
+        summarize([])
+    txt = format_table(rows[:2], ["mtre", "opt_s"])
+    assert "mtre" in txt and "0.5" in txt
+
+
+# ------------------------------------------------------------------ fiducials
+def block_volume():
+    data = torch.full((30, 24, 20), -1000.0)
+    data[5:25, 4:20, 4:16] = 40.0  # soft tissue
+    data[10:20, 8:16, 6:14] = 900.0  # bone block
+    data[2, 2, 2] = 800.0  # an isolated bright voxel (noise): eroded away
+    aff = torch.diag(torch.tensor([2.0, 2.0, 2.5, 1.0], dtype=torch.float64))
+    aff[:3, 3] = torch.tensor([-30.0, -24.0, -25.0], dtype=torch.float64)
+    return Volume(data, aff)
+
+
+def test_bone_fiducials_inside_bone_spread_and_seeded():
+    vol = block_volume()
+    f = pick_bone_fiducials(vol, n=8, seed=3)
+    assert f.shape == (8, 3) and f.dtype == torch.float64
+    ijk = vol.world_to_voxel(f).round().long()
+    assert bool((vol.data[ijk[:, 0], ijk[:, 1], ijk[:, 2]] == 900.0).all())
+    # eroded block is i 11..18, j 9..14, k 7..12: farthest-point sampling reaches its corners
+    lo = vol.voxel_to_world(torch.tensor([11.0, 9.0, 7.0]))
+    hi = vol.voxel_to_world(torch.tensor([18.0, 14.0, 12.0]))
+    assert float((f.max(0).values - hi).abs().max()) < 1e-9
+    assert float((f.min(0).values - lo).abs().max()) < 1e-9
+    assert torch.equal(f, pick_bone_fiducials(vol, n=8, seed=3))
+    assert not bool((bone_mask(vol))[2, 2, 2])
+
+
+def test_bone_fiducials_in_field_of_view_and_errors():
+    vol = block_volume()
+    cam = Camera(sdd=1000.0, height=40, width=40, delx=1.0)
+    T = carm_pose(0.0, 0.0, sod=600.0, isocenter=vol.center)
+    f = pick_bone_fiducials(vol, n=6, camera=cam, poses=T, margin_px=2)
+    uv = cam.project(f, T)
+    assert bool(((uv >= 2) & (uv <= 37)).all())
+    with pytest.raises(InputError, match="bone"):
+        pick_bone_fiducials(Volume(torch.zeros(5, 5, 5), torch.eye(4)), n=3)
+    with pytest.raises(InputError, match="both"):
+        pick_bone_fiducials(vol, n=3, camera=cam)
+    far = carm_pose(0.0, 0.0, sod=600.0, isocenter=vol.center + torch.tensor([500.0, 0, 0], dtype=torch.float64))
+    with pytest.raises(InputError, match="detector"):
+        pick_bone_fiducials(vol, n=3, camera=cam, poses=far)
+
+
+def test_farthest_point_sampling_line():
+    pts = torch.linspace(0, 10, 11, dtype=torch.float64)[:, None] * torch.tensor([[1.0, 0, 0]], dtype=torch.float64)
+    idx = farthest_point_sampling(pts, 3, first=5)
+    assert sorted(idx.tolist()) == [0, 5, 10]

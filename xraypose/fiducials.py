@@ -1,0 +1,114 @@
+"""3D fiducials on bone, picked from a CT, for measuring registration errors on synthetic cases.
+
+Real datasets come with anatomical landmarks (DeepFluoro's 14 pelvic
+landmarks); a synthetic case made from any CT needs points of its own.  We take
+points *inside bone*, spread as evenly as farthest-point sampling makes them,
+optionally only where the X-ray sees them:
+
+1. bone = voxels with ``hu_min <= HU <= hu_max`` (default 250…2000 HU), eroded
+   by one voxel (drops isolated noisy voxels and the partial-volume rim);
+   voxels within ``metal_margin_vox`` of anything brighter than ``hu_max``
+   (metal, contrast) are excluded;
+2. optionally keep only points that project inside the detector, ``margin_px``
+   from its edges, for every given pose (``camera`` + ``poses``);
+3. farthest-point sampling of ``n`` points from a seeded random subset of the
+   candidates (deterministic for a seed).
+
+Points are world (RAS) mm, float64, at voxel centres.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+
+__all__ = ["bone_mask", "pick_bone_fiducials", "farthest_point_sampling"]
+
+
+def bone_mask(volume, hu_min: float = 250.0, hu_max: float = 2000.0, erode: int = 1,
+              metal_margin_vox: int = 2) -> torch.Tensor:
+    """(I, J, K) boolean mask of bone voxels (see the module docstring)."""
+    if not hu_min < hu_max:
+        raise InputError(f"bone HU range must have hu_min < hu_max, got {hu_min}…{hu_max}")
+    hu = volume.data.to(torch.float32)
+    mask = (hu >= hu_min) & (hu <= hu_max)
+    if erode > 0 and bool(mask.any()):
+        k = 2 * int(erode) + 1
+        inner = -F.max_pool3d(-mask.float()[None, None], k, stride=1, padding=int(erode))[0, 0] > 0.5
+        if bool(inner.any()):
+            mask = inner
+    metal = hu > hu_max
+    if metal_margin_vox > 0 and bool(metal.any()):
+        k = 2 * int(metal_margin_vox) + 1
+        near = F.max_pool3d(metal.float()[None, None], k, stride=1, padding=int(metal_margin_vox))[0, 0] > 0.5
+        mask = mask & ~near
+    return mask
+
+
+def farthest_point_sampling(points: torch.Tensor, n: int, first: int = 0) -> torch.Tensor:
+    """Indices of ``n`` points of ``points`` (M, 3), each the farthest from those already taken."""
+    M = points.shape[0]
+    n = min(int(n), M)
+    idx = torch.empty(n, dtype=torch.long)
+    idx[0] = int(first)
+    d = (points - points[first]).norm(dim=-1)
+    for i in range(1, n):
+        j = int(torch.argmax(d))
+        idx[i] = j
+        d = torch.minimum(d, (points - points[j]).norm(dim=-1))
+    return idx
+
+
+def pick_bone_fiducials(
+    volume,
+    n: int = 20,
+    seed: int = 0,
+    hu_min: float = 250.0,
+    hu_max: float = 2000.0,
+    camera: Camera | None = None,
+    poses: torch.Tensor | None = None,
+    margin_px: float = 0.0,
+    max_candidates: int = 20000,
+) -> torch.Tensor:
+    """``n`` fiducials (n, 3) in bone, world mm, spread by farthest-point sampling.
+
+    Args:
+        volume: a CT :class:`~xraypose.volume.Volume` in HU.
+        n: number of points (>= 1).
+        seed: seeds the candidate subset and the first point.
+        hu_min, hu_max: bone intensity range (HU).
+        camera, poses: when both are given, keep only points that project into
+            the detector (``margin_px`` inside its edges) for every pose
+            ((4, 4) or (B, 4, 4) camera_to_world) and lie in front of the source.
+        max_candidates: size of the random candidate subset fed to the sampling.
+    Raises:
+        InputError: no bone voxels (in the field of view), bad arguments.
+    """
+    if int(n) < 1:
+        raise InputError(f"number of fiducials must be >= 1, got {n}")
+    mask = bone_mask(volume, hu_min, hu_max)
+    ijk = torch.nonzero(mask).to(torch.float64)
+    if ijk.shape[0] == 0:
+        raise InputError(f"the CT has no voxels in the bone range {hu_min:g}…{hu_max:g} HU to place fiducials on")
+    pts = volume.voxel_to_world(ijk)
+    if (camera is None) != (poses is None):
+        raise InputError("give both camera and poses to keep fiducials in the field of view, or neither")
+    if camera is not None:
+        T = torch.as_tensor(poses, dtype=torch.float64).reshape(-1, 4, 4)
+        keep = torch.ones(pts.shape[0], dtype=torch.bool)
+        for Tb in T:
+            uv = camera.project(pts, Tb)
+            z = camera.depth(pts, Tb)
+            keep &= (z > 0) & (uv[:, 0] >= margin_px) & (uv[:, 0] <= camera.width - 1 - margin_px)
+            keep &= (uv[:, 1] >= margin_px) & (uv[:, 1] <= camera.height - 1 - margin_px)
+        pts = pts[keep]
+        if pts.shape[0] == 0:
+            raise InputError("no bone of the CT projects into the detector; cannot place fiducials in the field of view")
+    g = torch.Generator().manual_seed(int(seed))
+    if pts.shape[0] > max_candidates:
+        pts = pts[torch.randperm(pts.shape[0], generator=g)[:max_candidates]]
+    first = int(torch.randint(pts.shape[0], (1,), generator=g))
+    return pts[farthest_point_sampling(pts, n, first)].clone()
