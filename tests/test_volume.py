@@ -27,7 +27,7 @@ from xraypose.volume import (
     volume_from_array,
 )
 
-SHARED_DICOM = Path("/work/shared/data/ct/pelvis_totalsegmentator/example_ct_dicom")
+SHARED_DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "pelvis_totalsegmentator" / "example_ct_dicom"
 
 # --------------------------------------------------------------------------
 # A small synthetic CT with a non-trivial geometry:
