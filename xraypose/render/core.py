@@ -11,10 +11,11 @@ from xraypose.errors import InputError
 from xraypose.render.rays import to_index_space, world_rays
 from xraypose.render.siddon import integrate_siddon
 from xraypose.render.trilinear import integrate_trilinear, n_samples_for_step, support_box
+from xraypose.render.backends import resolve
 from xraypose.render.rays import clip_to_box
 
 RENDERERS = ("trilinear", "siddon")
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "cpu", "triton")
 
 # Rays are traced in chunks so that no intermediate holds more than about this
 # many samples (trilinear) or plane crossings (Siddon).
@@ -33,6 +34,19 @@ def _check_pose(camera_to_world: torch.Tensor) -> torch.Tensor:
     if not camera_to_world.is_floating_point():
         raise InputError(f"pose must be a floating-point tensor, got {camera_to_world.dtype}")
     return camera_to_world
+
+
+def _render_fast(which, renderer, density, origin, direction, length, n_samples):
+    """Fused backends: no tensor of samples or crossings, so no chunking."""
+    if which == "cpu":
+        from xraypose.render.backends import cpu
+
+        if renderer == "trilinear":
+            return cpu.integrate_trilinear(density, origin, direction, length, n_samples)
+        return cpu.integrate_siddon(density, origin, direction, length)
+    from xraypose.render.backends import triton_backend
+
+    return triton_backend.integrate_trilinear(density, origin, direction, length, n_samples)
 
 
 def default_step(affine: torch.Tensor) -> float:
@@ -66,7 +80,12 @@ def render(
         renderer: "trilinear" (ray marching) or "siddon" (exact, piecewise constant voxels).
         n_samples: trilinear samples per ray; else ``step`` (mm, default half
             the smallest voxel spacing) bounds the step along every ray.
-        backend: "auto" or "reference" (plain PyTorch, any device, float64 capable).
+        backend: "reference" (plain PyTorch, any device, float64 capable: the
+            ground truth), "cpu" (fused C++ kernel for CPU tensors), "triton"
+            (fused GPU kernel for CUDA tensors; half-precision volumes allowed),
+            or "auto": the fastest that applies.  A fast backend that cannot
+            load falls back to the reference with one warning; see
+            :mod:`xraypose.render.backends`.
     Returns:
         (B, C, H, W) when ``uv`` is None, else (B, C, R); C is dropped from
         neither (a 3D ``density`` gives C = 1).
@@ -75,6 +94,10 @@ def render(
         raise InputError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if not isinstance(density, torch.Tensor):
+        raise InputError(f"density must be a torch.Tensor, got {type(density).__name__}")
+    if density.is_complex() or density.dtype == torch.bool:
+        raise InputError(f"density must hold real numbers, got {density.dtype}")
     if density.dim() == 3:
         density = density.unsqueeze(0)
     if density.dim() != 4:
@@ -106,6 +129,7 @@ def render(
 
     R = direction.shape[1]
     C = density.shape[0]
+    which = resolve(backend, renderer, dev)
     if renderer == "trilinear":
         if n_samples is None:
             lo, hi = support_box(density.shape[1:], dt, dev)
@@ -115,6 +139,11 @@ def render(
         per_ray = n_samples
     else:
         per_ray = sum(density.shape[1:]) + 5
+    if which != "reference":
+        img = _render_fast(which, renderer, density, origin, direction, length, n_samples)
+        if full:
+            img = img.reshape(B, C, camera.height, camera.width)
+        return img
     chunk = max(1, _CHUNK_ELEMENTS // max(1, B * per_ray))
     outs = []
     for r0 in range(0, R, chunk):

@@ -1,0 +1,276 @@
+"""Fused CPU backend: one C++/OpenMP pass over the rays, analytic backward.
+
+The kernels (``cpu_kernels.cpp``, beside this file) use no Python or torch
+headers.  On first use they are compiled by the system C++ compiler (``$CXX``,
+else ``g++``/``c++``/``clang++``) into a shared library cached under
+``$XRAYPOSE_CACHE_DIR`` (default ``~/.cache/xraypose``), keyed by the source,
+the compiler and the CPU, and loaded with :mod:`ctypes`.  Later processes load
+the cached library in milliseconds.  If no compiler works, :func:`available`
+is False and :func:`xraypose.render.render` falls back to the reference
+backend with a warning.
+
+Only the per-ray sampling and accumulation is native; pose → rays and the
+slab clipping stay in PyTorch (O(rays), autograd for free), so the chain rule
+from the kernel's per-ray gradients to the pose is PyTorch's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from xraypose.errors import InputError
+from xraypose.render.rays import clip_to_box
+from xraypose.render.trilinear import support_box
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+ABI_VERSION = 1
+RENDERERS = ("trilinear",)
+
+_lock = threading.Lock()
+_lib = None
+_error: str | None = None
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("XRAYPOSE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xraypose"
+
+
+def _compilers() -> list[str]:
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else []
+    names += ["g++", "c++", "clang++"]
+    return [p for p in (shutil.which(n) for n in names) if p]
+
+
+def _cpu_signature() -> str:
+    """Identifies the instruction set the library is tuned for (-march=native)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _flag_sets(cxx: str) -> list[list[str]]:
+    base = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno"]
+    omp = ["-fopenmp"]
+    if sys.platform == "darwin":
+        omp = ["-Xpreprocessor", "-fopenmp", "-lomp"]
+    # Fall back step by step: native tuning, then portable, then without OpenMP (serial).
+    return [base + ["-march=native"] + omp, base + omp, base]
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the kernels (if not cached) and return the library's path; raises RuntimeError on failure."""
+    src = SOURCE.read_bytes()
+    errors = []
+    for cxx in _compilers():
+        try:
+            version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(f"{cxx}: {e}")
+            continue
+        for flags in _flag_sets(cxx):
+            key = hashlib.sha256(
+                b"\0".join([src, version.encode(), " ".join(flags).encode(), _cpu_signature().encode()])
+            ).hexdigest()[:20]
+            d = cache_dir()
+            lib = d / f"cpu_kernels-{key}.so"
+            if lib.exists():
+                return lib
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=lib.stem + ".", suffix=".tmp.so", dir=d)
+                os.close(fd)
+            except OSError as e:
+                raise RuntimeError(f"cannot write the kernel cache {d}: {e}") from e
+            cmd = [cxx, str(SOURCE), "-o", tmp, *flags]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as e:
+                errors.append(f"{' '.join(cmd)}: {e}")
+                os.unlink(tmp)
+                continue
+            if out.returncode == 0:
+                os.replace(tmp, lib)  # atomic: concurrent builders never see a half-written library
+                if verbose:
+                    print(f"built {lib}", file=sys.stderr)
+                return lib
+            os.unlink(tmp)
+            errors.append(f"{' '.join(cmd)}:\n{out.stderr.strip()[-2000:]}")
+    if not errors:
+        errors.append("no C++ compiler found (set $CXX, or install g++)")
+    raise RuntimeError("could not build the fused CPU kernels:\n" + "\n".join(errors))
+
+
+def _load():
+    global _lib, _error
+    with _lock:
+        if _lib is not None or _error is not None:
+            return _lib
+        if os.environ.get("XRAYPOSE_DISABLE_CPU_KERNELS"):
+            _error = "disabled by XRAYPOSE_DISABLE_CPU_KERNELS"
+            return None
+        try:
+            lib = ctypes.CDLL(str(build()))
+            if lib.xrp_abi_version() != ABI_VERSION:
+                raise RuntimeError("stale kernel library (ABI version mismatch)")
+            _declare(lib)
+            _lib = lib
+        except Exception as e:  # any failure: report once, use the reference backend
+            _error = f"{type(e).__name__}: {e}"
+        return _lib
+
+
+def _declare(lib) -> None:
+    P, I64, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for g in ("f32", "f64"):
+        for v in ("f32", "f64"):
+            f = getattr(lib, f"xrp_tri_fwd_{g}_{v}")
+            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, I64, P, INT]
+            f.restype = None
+            f = getattr(lib, f"xrp_tri_bwd_{g}_{v}")
+            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, INT]
+            f.restype = None
+
+
+def available() -> bool:
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    _load()
+    return _error
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+class _TrilinearSums(torch.autograd.Function):
+    """F[b, c, r] = Σ_k f_c(o_b + (a + span·(k+½)/N)·d_br); analytic backward for every input."""
+
+    @staticmethod
+    def forward(ctx, density, origin, direction, s_near, span, n_samples):
+        lib = _load()
+        C, I, J, K = density.shape
+        B, R, _ = direction.shape
+        out = torch.empty((B, C, R), dtype=direction.dtype)
+        fn = getattr(lib, f"xrp_tri_fwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
+        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, n_samples,
+           _ptr(out), _threads())
+        ctx.save_for_backward(density, origin, direction, s_near, span)
+        ctx.n_samples = n_samples
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        density, origin, direction, s_near, span = ctx.saved_tensors
+        need_vol, need_o, need_d, need_a, need_s = ctx.needs_input_grad[:5]
+        geo = need_o or need_d or need_a or need_s
+        if not (geo or need_vol):
+            return None, None, None, None, None, None
+        lib = _load()
+        C, I, J, K = density.shape
+        B, R, _ = direction.shape
+        grad = grad.contiguous().to(direction.dtype)
+        g = dict(dtype=direction.dtype)
+        gO = torch.empty((B, R, 3), **g) if geo else None
+        gD = torch.empty((B, R, 3), **g) if geo else None
+        gA = torch.empty((B, R), **g) if geo else None
+        gS = torch.empty((B, R), **g) if geo else None
+        gV = torch.zeros_like(density) if need_vol else None
+        fn = getattr(lib, f"xrp_tri_bwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
+        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, ctx.n_samples,
+           _ptr(grad), _ptr(gO), _ptr(gD), _ptr(gA), _ptr(gS), _ptr(gV), _threads())
+        return (
+            gV,
+            gO.sum(1) if need_o else None,
+            gD if need_d else None,
+            gA if need_a else None,
+            gS if need_s else None,
+            None,
+        )
+
+
+def cache_order(origin: torch.Tensor, direction: torch.Tensor, s_near: torch.Tensor, span: torch.Tensor):
+    """A ray order (B, R) that makes neighbouring rays touch the same cache lines.
+
+    Rays are bucketed 2 voxels wide across the image plane, along the axis
+    perpendicular to both the mean ray and the volume's contiguous (k) axis,
+    and sorted along k within a bucket: consecutive rays then read the same
+    rows of the volume (measured: 2× faster than row-major pixels on an AP view
+    of a 512×512×134 CT).
+    """
+    with torch.no_grad():
+        d = direction.detach()
+        mid = origin.detach() + (s_near.detach() + 0.5 * span.detach()).unsqueeze(-1) * d  # (B, R, 3)
+        mean = d.mean(1)  # (B, 3)
+        mean = mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        k = torch.zeros_like(mean)
+        k[:, 2] = 1.0
+        e1 = k - (k * mean).sum(-1, keepdim=True) * mean
+        bad = e1.norm(dim=-1, keepdim=True) < 0.1  # looking along k: any in-plane axis will do
+        j = torch.zeros_like(mean)
+        j[:, 1] = 1.0
+        e1 = torch.where(bad, j - (j * mean).sum(-1, keepdim=True) * mean, e1)
+        e1 = e1 / e1.norm(dim=-1, keepdim=True)
+        e2 = torch.linalg.cross(mean, e1)
+        a1 = (mid * e1.unsqueeze(1)).sum(-1).double()
+        a2 = torch.floor((mid * e2.unsqueeze(1)).sum(-1).double() / 2.0)
+        a1 = a1 - a1.amin(1, keepdim=True)
+        key = a2 * (a1.amax(1, keepdim=True) + 1.0) + a1
+        return torch.argsort(key, dim=1)
+
+
+def integrate_trilinear(density, origin, direction, length, n_samples: int, reorder: bool = True):
+    """Same contract and numbers as :func:`xraypose.render.trilinear.integrate_trilinear` (fixed N)."""
+    C, I, J, K = density.shape
+    dt = direction.dtype
+    if dt not in _SUFFIX:
+        raise InputError(f"the fused CPU backend computes in float32 or float64, got {dt}")
+    if density.dtype not in _SUFFIX:
+        density = density.to(dt)
+    density = density.contiguous()
+    lo, hi = support_box((I, J, K), dt, direction.device)
+    s_near, s_far = clip_to_box(origin, direction, lo, hi)
+    span = (s_far - s_near).clamp_min(0.0)
+    B, R, _ = direction.shape
+    perm = None
+    if reorder and R >= 64:
+        perm = cache_order(origin, direction, s_near, span)
+        idx3 = perm.unsqueeze(-1).expand(-1, -1, 3)
+        d_k, a_k, s_k = direction.gather(1, idx3), s_near.gather(1, perm), span.gather(1, perm)
+    else:
+        d_k, a_k, s_k = direction, s_near, span
+    o = origin.reshape(B, 3)
+    sums = _TrilinearSums.apply(density, o.contiguous(), d_k.contiguous(), a_k.contiguous(), s_k.contiguous(),
+                                int(n_samples))
+    if perm is not None:
+        inv = torch.argsort(perm, dim=1)
+        sums = sums.gather(2, inv.unsqueeze(1).expand(-1, C, -1))
+    return sums * (span * length / n_samples).unsqueeze(1)

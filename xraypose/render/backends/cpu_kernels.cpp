@@ -1,0 +1,215 @@
+// Fused CPU kernels for xraypose's renderer: trilinear ray marching and Siddon.
+//
+// Plain C++17 + OpenMP, no Python or torch headers: compiled once by the
+// system C++ compiler into a shared library and called through ctypes (see
+// cpu.py).  Every array is C-contiguous and passed as a raw pointer.
+//
+// Geometry (origin, direction, s_near, span, length) is float32 or float64 (G),
+// the volume float32 or float64 (V); arithmetic and accumulation are float64,
+// and every index is 64-bit, so no volume is too large to index.
+//
+// Rays are given in voxel-index space: ray = o_b + s d_br, s in [0, 1].
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+typedef int64_t i64;
+
+namespace {
+
+constexpr int CMAX = 8;  // channels accumulated per pass over the rays
+constexpr int BS = 16;   // samples whose positions are computed together
+
+template <typename V>
+inline void atomic_add(V* p, double v) {
+#pragma omp atomic
+    *p += (V)v;
+}
+
+// The trilinear interpolant with the edge value held outside the grid (PyTorch's
+// grid_sample, padding_mode="border"): coordinates are clamped to [0, n-1].
+// The base corner is clamped to [0, max(n-2, 0)] and the weight adjusted, so
+// all eight corners are always in the grid (for n = 1 the "+1" neighbour is the
+// voxel itself, with weight 0): no bounds checks in the inner loop.
+struct Grid {
+    i64 I, J, K, JK;
+    i64 off[8];  // corner offsets, x-major then y then z
+    double mx, my, mz;  // n - 1 per axis
+};
+
+inline Grid make_grid(i64 I, i64 J, i64 K) {
+    Grid g;
+    g.I = I; g.J = J; g.K = K; g.JK = J * K;
+    const i64 sx = I > 1 ? J * K : 0, sy = J > 1 ? K : 0, sz = K > 1 ? 1 : 0;
+    const i64 off[8] = {0, sz, sy, sy + sz, sx, sx + sz, sx + sy, sx + sy + sz};
+    for (int q = 0; q < 8; ++q) g.off[q] = off[q];
+    g.mx = (double)(I - 1); g.my = (double)(J - 1); g.mz = (double)(K - 1);
+    return g;
+}
+
+struct Cell {
+    i64 base;
+    double wx, wy, wz;
+    double gx, gy, gz;  // 1 where the coordinate is strictly inside (0, n-1), else 0 (clamped)
+};
+
+inline void axis(double x, double m, i64 n, i64& i, double& w, double& g) {
+    g = (x > 0.0 && x < m) ? 1.0 : 0.0;
+    const double xc = x > 0.0 ? (x < m ? x : m) : 0.0;  // NaN-safe clamp
+    i64 f = (i64)xc;                                     // xc >= 0: truncation is floor
+    if (f > n - 2) f = n > 1 ? n - 2 : 0;
+    i = f;
+    w = xc - (double)f;
+}
+
+inline void make_cell(double x, double y, double z, const Grid& G, Cell& c) {
+    i64 ix, iy, iz;
+    axis(x, G.mx, G.I, ix, c.wx, c.gx);
+    axis(y, G.my, G.J, iy, c.wy, c.gy);
+    axis(z, G.mz, G.K, iz, c.wz, c.gz);
+    c.base = ix * G.JK + iy * G.K + iz;
+}
+
+template <typename V>
+inline void corners(const V* p, const Cell& c, const Grid& G, double v[8]) {
+    p += c.base;
+    for (int q = 0; q < 8; ++q) v[q] = (double)p[G.off[q]];
+}
+
+inline double interp(const Cell& c, const double v[8]) {
+    const double c00 = v[0] + c.wz * (v[1] - v[0]), c01 = v[2] + c.wz * (v[3] - v[2]);
+    const double c10 = v[4] + c.wz * (v[5] - v[4]), c11 = v[6] + c.wz * (v[7] - v[6]);
+    const double c0 = c00 + c.wy * (c01 - c00), c1 = c10 + c.wy * (c11 - c10);
+    return c0 + c.wx * (c1 - c0);
+}
+
+// ---------------------------------------------------------------- trilinear
+// F[b, c, r] = sum_k f_c(o_b + s_k d_br), s_k = a_br + span_br (k + 1/2) / N.
+template <typename G, typename V>
+void tri_fwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* dir, const G* a, const G* span,
+             i64 B, i64 R, i64 N, G* out, int nthreads) {
+    const i64 IJK = I * J * K, total = B * R;
+    const double invN = 1.0 / (double)N;
+    const Grid grid = make_grid(I, J, K);
+    for (i64 c0 = 0; c0 < C; c0 += CMAX) {
+        const int nc = (int)std::min<i64>(CMAX, C - c0);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
+        for (i64 ray = 0; ray < total; ++ray) {
+            const i64 b = ray / R;
+            const double ox = origin[3 * b], oy = origin[3 * b + 1], oz = origin[3 * b + 2];
+            const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
+            const double s0 = a[ray], sp = span[ray];
+            double acc[CMAX] = {0, 0, 0, 0, 0, 0, 0, 0};
+            double X[BS], Y[BS], Z[BS];
+            for (i64 k0 = 0; k0 < N; k0 += BS) {
+                const int nb = (int)std::min<i64>(BS, N - k0);
+                for (int q = 0; q < nb; ++q) {
+                    const double s = s0 + sp * (((double)(k0 + q) + 0.5) * invN);
+                    X[q] = ox + s * dx; Y[q] = oy + s * dy; Z[q] = oz + s * dz;
+                }
+                for (int q = 0; q < nb; ++q) {
+                    Cell cell;
+                    make_cell(X[q], Y[q], Z[q], grid, cell);
+                    for (int c = 0; c < nc; ++c) {
+                        double v[8];
+                        corners(vol + (c0 + c) * IJK, cell, grid, v);
+                        acc[c] += interp(cell, v);
+                    }
+                }
+            }
+            for (int c = 0; c < nc; ++c) out[(b * C + c0 + c) * R + (ray - b * R)] = (G)acc[c];
+        }
+    }
+}
+
+// Backward of tri_fwd, given gF (B, C, R).  With G_k = grad_x sum_c gF_c f_c(x_k), t_k = (k + 1/2) / N:
+//   gO_br = sum_k G_k,  gD_br = sum_k s_k G_k,  gA_br = gO_br . d,  gS_br = (sum_k t_k G_k) . d.
+// gvol (C, I, J, K), when given, accumulates gF_c times every sample's trilinear weights.
+template <typename G, typename V>
+void tri_bwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* dir, const G* a, const G* span,
+             i64 B, i64 R, i64 N, const G* gF, G* gO, G* gD, G* gA, G* gS, V* gvol, int nthreads) {
+    const i64 IJK = I * J * K, total = B * R;
+    const double invN = 1.0 / (double)N;
+    const Grid grid = make_grid(I, J, K);
+    const bool geo = gO != nullptr;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
+    for (i64 ray = 0; ray < total; ++ray) {
+        const i64 b = ray / R, r = ray - b * R;
+        const double ox = origin[3 * b], oy = origin[3 * b + 1], oz = origin[3 * b + 2];
+        const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
+        const double s0 = a[ray], sp = span[ray];
+        double sx = 0, sy = 0, sz = 0, tx = 0, ty = 0, tz = 0;
+        bool any = false;
+        for (i64 c = 0; c < C; ++c) any |= gF[(b * C + c) * R + r] != 0;
+        if (any) {
+            for (i64 k = 0; k < N; ++k) {
+                const double t = ((double)k + 0.5) * invN;
+                const double s = s0 + sp * t;
+                Cell cell;
+                make_cell(ox + s * dx, oy + s * dy, oz + s * dz, grid, cell);
+                const double wx = cell.wx, wy = cell.wy, wz = cell.wz, ux = 1 - wx, uy = 1 - wy, uz = 1 - wz;
+                if (geo) {
+                    double v[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // sum_c gF_c vol_c at the corners
+                    for (i64 c = 0; c < C; ++c) {
+                        const double g = (double)gF[(b * C + c) * R + r];
+                        if (g == 0) continue;
+                        double vc[8];
+                        corners(vol + c * IJK, cell, grid, vc);
+                        for (int q = 0; q < 8; ++q) v[q] += g * vc[q];
+                    }
+                    const double gx = cell.gx * (uy * uz * (v[4] - v[0]) + uy * wz * (v[5] - v[1]) + wy * uz * (v[6] - v[2]) +
+                                      wy * wz * (v[7] - v[3]));
+                    const double gy = cell.gy * (ux * uz * (v[2] - v[0]) + ux * wz * (v[3] - v[1]) + wx * uz * (v[6] - v[4]) +
+                                      wx * wz * (v[7] - v[5]));
+                    const double gz = cell.gz * (ux * uy * (v[1] - v[0]) + ux * wy * (v[3] - v[2]) + wx * uy * (v[5] - v[4]) +
+                                      wx * wy * (v[7] - v[6]));
+                    sx += gx; sy += gy; sz += gz;
+                    tx += t * gx; ty += t * gy; tz += t * gz;
+                }
+                if (gvol != nullptr) {
+                    const double w[8] = {ux * uy * uz, ux * uy * wz, ux * wy * uz, ux * wy * wz,
+                                         wx * uy * uz, wx * uy * wz, wx * wy * uz, wx * wy * wz};
+                    for (i64 c = 0; c < C; ++c) {
+                        const double g = (double)gF[(b * C + c) * R + r];
+                        if (g == 0) continue;
+                        V* p = gvol + c * IJK + cell.base;
+                        for (int q = 0; q < 8; ++q)
+                            if (w[q] != 0) atomic_add(p + grid.off[q], g * w[q]);
+                    }
+                }
+            }
+        }
+        if (geo) {
+            gO[3 * ray] = (G)sx; gO[3 * ray + 1] = (G)sy; gO[3 * ray + 2] = (G)sz;
+            gD[3 * ray] = (G)(s0 * sx + sp * tx);
+            gD[3 * ray + 1] = (G)(s0 * sy + sp * ty);
+            gD[3 * ray + 2] = (G)(s0 * sz + sp * tz);
+            gA[ray] = (G)(sx * dx + sy * dy + sz * dz);
+            gS[ray] = (G)(tx * dx + ty * dy + tz * dz);
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int xrp_abi_version() { return 1; }
+
+#define XRP_DEFINE(GN, G, VN, V)                                                                              \
+    void xrp_tri_fwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
+                                   const G* a, const G* s, i64 B, i64 R, i64 N, G* out, int nt) {             \
+        tri_fwd<G, V>(vol, C, I, J, K, o, d, a, s, B, R, N, out, nt);                                         \
+    }                                                                                                         \
+    void xrp_tri_bwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
+                                   const G* a, const G* s, i64 B, i64 R, i64 N, const G* gF, G* gO, G* gD,    \
+                                   G* gA, G* gS, V* gvol, int nt) {                                           \
+        tri_bwd<G, V>(vol, C, I, J, K, o, d, a, s, B, R, N, gF, gO, gD, gA, gS, gvol, nt);                    \
+    }
+
+XRP_DEFINE(f32, float, f32, float)
+XRP_DEFINE(f64, double, f32, float)
+XRP_DEFINE(f32, float, f64, double)
+XRP_DEFINE(f64, double, f64, double)
+
+}  // extern "C"
