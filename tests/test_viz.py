@@ -1,0 +1,40 @@
+import numpy as np
+import torch
+from PIL import Image
+
+from xraypose import viz
+from xraypose.camera import Camera, carm_pose
+from xraypose.render import DRR
+from xraypose.volume import load_sample_ct
+
+
+def test_checkerboard_and_edges():
+    a = np.zeros((16, 16))
+    b = np.ones((16, 16))
+    c = viz.checkerboard(a, b + np.arange(16), tiles=4)
+    assert c[0, 0] == 0 and c[0, 4] > 0 and c[4, 4] == 0
+    img = np.zeros((20, 20))
+    img[:, 10:] = 1
+    e = viz.edges(img)
+    assert e[:, 9:11].all() and not e[:, :7].any()
+
+
+def test_pictures_are_written(tmp_path):
+    ct = load_sample_ct()
+    cam = Camera(sdd=1020.0, height=32, width=40, delx=8.0)
+    T = carm_pose(15.0, 0.0, 620.0, ct.get_isocenter())
+    drr = DRR(ct, cam, n_samples=100)(T.unsqueeze(0))[0, 0]
+    xray = drr + 0.5 * torch.rand_like(drr)
+    uv = cam.project(torch.stack([ct.get_isocenter()]).double(), T)
+    paths = [
+        viz.save_comparison(tmp_path / "cmp.png", xray, drr),
+        viz.save_overlay(tmp_path / "overlay.png", xray, drr),
+        viz.save_fiducials(tmp_path / "fid.png", xray, truth=uv, estimate=uv + 2, names=["iso"]),
+        viz.save_curves(tmp_path / "curves.png", {"loss": [3, 2, 1], "mTRE": [5.0, 1.0, 0.2]}, log_y={"mTRE"}),
+        viz.save_scene(tmp_path / "scene.png", ct, cam, T, xray=xray),
+        viz.save_gif(tmp_path / "reg.gif", [torch.roll(drr, k, 1) for k in (0, 4, 8)], xray=xray),
+    ]
+    for p in paths:
+        im = Image.open(p)
+        assert im.size[0] > 30 and im.size[1] > 30
+    assert Image.open(tmp_path / "reg.gif").n_frames == 3

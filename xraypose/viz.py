@@ -1,0 +1,196 @@
+"""Pictures: DRR beside the X-ray, edge overlays, checkerboards, fiducials, GIFs, curves, a 3D scene.
+
+Every function takes tensors or arrays ((H, W) images, (N, 2) pixel (u, v)
+points) and writes a PNG/GIF atomically, returning the path.  Images are shown
+as stored: row 0 at the top, column 0 at the left (docs/conventions.md).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xraypose.io import atomic_write_bytes  # noqa: E402
+
+__all__ = [
+    "normalise", "edges", "checkerboard", "save_comparison", "save_overlay", "save_fiducials", "save_gif",
+    "save_curves", "save_scene",
+]
+
+
+def _np(img) -> np.ndarray:
+    if hasattr(img, "detach"):
+        img = img.detach().cpu().numpy()
+    return np.squeeze(np.asarray(img, dtype=np.float64))
+
+
+def normalise(img) -> np.ndarray:
+    """Min–max to [0, 1] (a constant image gives zeros)."""
+    a = _np(img)
+    lo, hi = np.nanmin(a), np.nanmax(a)
+    return np.zeros_like(a) if not hi > lo else (a - lo) / (hi - lo)
+
+
+def edges(img, quantile: float = 0.9) -> np.ndarray:
+    """Boolean edge map: Sobel magnitude above its ``quantile`` (H, W)."""
+    a = normalise(img)
+    p = np.pad(a, 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    mag = np.hypot(gx, gy)
+    return mag > np.quantile(mag, quantile) if mag.max() > 0 else np.zeros_like(mag, dtype=bool)
+
+
+def checkerboard(a, b, tiles: int = 8) -> np.ndarray:
+    """Alternate square tiles of two (normalised) images of the same size."""
+    a, b = normalise(a), normalise(b)
+    if a.shape != b.shape:
+        raise ValueError(f"checkerboard needs images of one size, got {a.shape} and {b.shape}")
+    H, W = a.shape
+    v, u = np.meshgrid(np.arange(H) * tiles // H, np.arange(W) * tiles // W, indexing="ij")
+    return np.where((u + v) % 2 == 0, a, b)
+
+
+def _save(fig, path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def save_comparison(path, xray, drr, titles=("X-ray", "DRR")) -> Path:
+    """X-ray and DRR side by side, with their difference."""
+    fig, ax = plt.subplots(1, 3, figsize=(10, 3.6), dpi=100)
+    x, d = normalise(xray), normalise(drr)
+    for a, im, t in zip(ax, (x, d, x - d), (*titles, "difference")):
+        a.imshow(im, cmap="gray" if t != "difference" else "RdBu", vmin=None if t != "difference" else -1,
+                 vmax=None if t != "difference" else 1)
+        a.set_title(t)
+        a.axis("off")
+    return _save(fig, path)
+
+
+def save_overlay(path, xray, drr, tiles: int = 8) -> Path:
+    """Edges of the DRR on the X-ray (left) and a checkerboard of both (right)."""
+    fig, ax = plt.subplots(1, 2, figsize=(8, 4), dpi=100)
+    x = normalise(xray)
+    rgb = np.stack([x, x, x], -1)
+    e = edges(drr)
+    rgb[e] = [1.0, 0.3, 0.0]
+    ax[0].imshow(rgb)
+    ax[0].set_title("DRR edges on the X-ray")
+    ax[1].imshow(checkerboard(xray, drr, tiles), cmap="gray")
+    ax[1].set_title("checkerboard X-ray / DRR")
+    for a in ax:
+        a.axis("off")
+    return _save(fig, path)
+
+
+def save_fiducials(path, image, truth=None, estimate=None, names=None) -> Path:
+    """Fiducials (N, 2) pixel (u, v) of this image: truth as circles, estimate as crosses, joined."""
+    img = normalise(image)
+    H, W = img.shape
+    fig, ax = plt.subplots(figsize=(5, 5 * H / W), dpi=100)
+    ax.imshow(img, cmap="gray")
+    if truth is not None:
+        t = _np(truth).reshape(-1, 2)
+        ax.scatter(t[:, 0], t[:, 1], s=40, facecolors="none", edgecolors="lime", label="ground truth")
+    if estimate is not None:
+        e = _np(estimate).reshape(-1, 2)
+        ax.scatter(e[:, 0], e[:, 1], s=40, marker="x", color="red", label="estimate")
+        if truth is not None:
+            for a, b in zip(t, e):
+                ax.plot([a[0], b[0]], [a[1], b[1]], color="yellow", lw=0.8)
+    if names is not None and truth is not None:
+        for (u, v), n in zip(t, names):
+            ax.text(u + 3, v - 3, str(n), color="lime", fontsize=6)
+    ax.set_xlim(-0.5, W - 0.5)
+    ax.set_ylim(H - 0.5, -0.5)
+    ax.axis("off")
+    if truth is not None or estimate is not None:
+        ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def save_gif(path, frames, xray=None, duration: float = 0.08) -> Path:
+    """An animation of DRRs (list of (H, W)); with ``xray``, each frame is the DRR's edges on it."""
+    import imageio.v3 as iio
+
+    out = []
+    for f in frames:
+        if xray is None:
+            g = normalise(f)
+            out.append((255 * np.stack([g, g, g], -1)).astype(np.uint8))
+        else:
+            x = normalise(xray)
+            rgb = np.stack([x, x, x], -1)
+            rgb[edges(f)] = [1.0, 0.3, 0.0]
+            out.append((255 * rgb).astype(np.uint8))
+    data = iio.imwrite("<bytes>", np.stack(out), extension=".gif", duration=duration, loop=0)
+    atomic_write_bytes(path, data)
+    return Path(path)
+
+
+def save_curves(path, curves: dict, xlabel: str = "iteration", log_y: set | None = None) -> Path:
+    """One panel per named curve (e.g. {"loss": [...], "mTRE (mm)": [...]})."""
+    n = max(1, len(curves))
+    fig, ax = plt.subplots(1, n, figsize=(3.6 * n, 3), dpi=100, squeeze=False)
+    for a, (name, ys) in zip(ax[0], curves.items()):
+        a.plot(np.arange(len(ys)), _np(ys).reshape(-1))
+        a.set_title(name)
+        a.set_xlabel(xlabel)
+        if log_y and name in log_y:
+            a.set_yscale("log")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float = 300.0) -> Path:
+    """3D scene: the CT's bone surface points, the camera frustum and the detector (with the X-ray on it).
+
+    Uses PyVista off-screen when installed (``pip install pyvista``), else matplotlib 3D.
+    """
+    import torch
+
+    T = torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4)
+    H, W = camera.height, camera.width
+    corners_uv = torch.tensor([[-0.5, -0.5], [W - 0.5, -0.5], [W - 0.5, H - 0.5], [-0.5, H - 0.5]], dtype=torch.float64)
+    det = camera.backproject(corners_uv, T).numpy()
+    src = T[:3, 3].numpy()
+    data = volume.data
+    step = max(1, int(round(max(data.shape) / 60)))
+    sub = data[::step, ::step, ::step]
+    idx = torch.nonzero(sub > iso_hu).to(torch.float64) * step
+    pts = (idx @ volume.affine[:3, :3].T + volume.affine[:3, 3]).numpy()
+    if len(pts) > 6000:
+        pts = pts[np.random.default_rng(0).choice(len(pts), 6000, replace=False)]
+    fig = plt.figure(figsize=(6, 6), dpi=100)
+    ax = fig.add_subplot(projection="3d")
+    if len(pts):
+        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=0.5, c="0.5", alpha=0.4)
+    d = np.vstack([det, det[:1]])
+    ax.plot(d[:, 0], d[:, 1], d[:, 2], color="k")
+    for c in det:
+        ax.plot([src[0], c[0]], [src[1], c[1]], [src[2], c[2]], color="orange", lw=0.6)
+    ax.scatter(*src, color="orange", s=30)
+    if xray is not None:
+        x = normalise(xray)
+        n = 24
+        uu, vv = np.meshgrid(np.linspace(0, W - 1, n), np.linspace(0, H - 1, n))
+        uv = torch.tensor(np.stack([uu.ravel(), vv.ravel()], -1), dtype=torch.float64)
+        P = camera.backproject(uv, T).numpy().reshape(n, n, 3)
+        vals = x[np.round(vv).astype(int), np.round(uu).astype(int)]
+        ax.plot_surface(P[..., 0], P[..., 1], P[..., 2], facecolors=plt.cm.gray(vals), shade=False)
+    ax.set_xlabel("x (R) mm")
+    ax.set_ylabel("y (A) mm")
+    ax.set_zlabel("z (S) mm")
+    ax.set_title("CT bone, X-ray source, frustum and detector (world RAS mm)", fontsize=9)
+    return _save(fig, path)
