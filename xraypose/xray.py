@@ -57,8 +57,8 @@ from xraypose.camera import Camera, carm_pose
 from xraypose.errors import InputError
 from xraypose.preprocess import PixelMap, Preprocessed, preprocess
 
-__all__ = ["XRay", "read_xray", "read_dicom_xray", "read_image_xray", "KINDS", "IMAGE_EXTENSIONS",
-           "patient_orientation_vectors"]
+__all__ = ["XRay", "read_xray", "read_dicom_xray", "read_image_xray", "write_dicom_xray", "orientation_letters",
+           "KINDS", "IMAGE_EXTENSIONS", "patient_orientation_vectors"]
 
 #: Pixel kinds (see the module docstring).
 KINDS = ("intensity", "log-intensity", "attenuation")
@@ -471,7 +471,8 @@ def read_dicom_xray(p, **kw) -> XRay:
         else:
             hv["dely"] = (ps[0], "PixelSpacing (0028,0030) [row spacing]")
             hv["delx"] = (ps[1], "PixelSpacing (0028,0030) [column spacing]")
-            hdr.note("PixelSpacing used as the detector pixel spacing (no ImagerPixelSpacing nor magnification factor)")
+            if kw.get("delx") is None or kw.get("dely") is None:
+                hdr.note("PixelSpacing used as the detector pixel spacing (no ImagerPixelSpacing nor magnification factor)")
     dao = _dicom_number(ds, "DetectorActiveOrigin", "(0018,7028)", 2, path=src)
     if dao is not None:
         hv["pp_row"] = (dao[0], "DetectorActiveOrigin (0018,7028) [row]")
@@ -803,16 +804,16 @@ def _finish(img: np.ndarray, hv: dict, hdr: _Header, kind: str, src: str, kw: di
                 raise InputError(f"{src}: missing {' and '.join(missing)}")
             hdr.note("no intrinsics: missing " + " and ".join(missing))
         else:
-            x0 = kw.get("x0")
-            y0 = kw.get("y0")
+            x0 = take("x0")
+            y0 = take("y0")
             if x0 is not None:
-                hdr.set("x0", x0, "user")
+                pass
             elif pp_col is not None:
                 x0 = hdr.set("x0", -pp_col if mirror else pp_col, "derived: principal point column offset")
             else:
                 x0 = 0.0
             if y0 is not None:
-                hdr.set("y0", y0, "user")
+                pass
             elif pp_row is not None:
                 y0 = hdr.set("y0", pp_row, "derived: principal point row offset")
             else:
@@ -833,6 +834,133 @@ def _finish(img: np.ndarray, hv: dict, hdr: _Header, kind: str, src: str, kw: di
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text[:300] or type(e).__name__
+
+
+# --------------------------------------------------------------------------
+# Writing DICOM X-rays (examples, tests, converting other formats)
+# --------------------------------------------------------------------------
+
+
+def orientation_letters(camera: Camera, pose) -> tuple[str, str]:
+    """PatientOrientation letters (+columns, +rows) of a camera at a pose: the dominant
+    world RAS direction of each image axis (e.g. ("L", "F"))."""
+    R = torch.as_tensor(pose, dtype=F64)[:3, :3]
+    u = -R[:, 0] if camera.reverse_x_axis else R[:, 0]
+    v = R[:, 1]
+
+    def letter(d):
+        i = int(torch.argmax(d.abs()))
+        return ("RL", "AP", "HF")[i][0 if float(d[i]) > 0 else 1]
+
+    return letter(u), letter(v)
+
+
+def write_dicom_xray(
+    path,
+    pixels,
+    *,
+    camera: Camera | None = None,
+    primary: float | None = None,
+    secondary: float | None = None,
+    sod: float | None = None,
+    patient_orientation=None,
+    photometric: str = "MONOCHROME2",
+    intensity_relationship: str | None = None,
+    rescale: tuple[float, float] | None = None,
+    use_pixel_spacing: bool = False,
+    magnification: float | None = None,
+    modality: str = "XA",
+    extra: dict | None = None,
+) -> None:
+    """Write an X-ray as a DICOM file that :func:`read_xray` reads back.
+
+    Args:
+        pixels: (H, W) or (F, H, W) whole numbers in [0, 65535] (stored as 16-bit).
+        camera: writes DistanceSourceToDetector, ImagerPixelSpacing (row, col)
+            (or PixelSpacing when ``use_pixel_spacing``; divided by
+            ``magnification`` and EstimatedRadiographicMagnificationFactor
+            written when that is given) and DetectorActiveOrigin (the displayed
+            principal point's offset from the image centre, row and column mm).
+        primary, secondary, sod: PositionerPrimaryAngle, PositionerSecondaryAngle,
+            DistanceSourceToPatient.
+        patient_orientation: two strings (+columns, +rows), e.g. ("L", "F").
+        photometric: "MONOCHROME2" or "MONOCHROME1" (pixels are written as given).
+        intensity_relationship: "LIN", "LOG" or "DISP" (with sign +1).
+        rescale: (slope, intercept) written as RescaleSlope / RescaleIntercept.
+        extra: more DICOM keywords → values.
+    """
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, generate_uid
+
+    from xraypose.io import atomic_write_bytes
+
+    a = np.asarray(pixels)
+    if a.ndim not in (2, 3):
+        raise InputError(f"DICOM pixels must be (H, W) or (frames, H, W), got shape {a.shape}")
+    if np.any(a < 0) or np.any(a > 65535) or not np.all(np.equal(np.round(a), a)):
+        raise InputError("DICOM pixels must be whole numbers in [0, 65535]")
+    a = a.astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = XRayAngiographicImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.Rows, ds.Columns = int(a.shape[-2]), int(a.shape[-1])
+    if a.ndim == 3:
+        ds.NumberOfFrames = int(a.shape[0])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if rescale is not None:
+        ds.RescaleSlope = f"{float(rescale[0]):.10g}"
+        ds.RescaleIntercept = f"{float(rescale[1]):.10g}"
+    if intensity_relationship is not None:
+        ds.PixelIntensityRelationship = intensity_relationship
+        ds.PixelIntensityRelationshipSign = 1
+    if camera is not None:
+        if (camera.height, camera.width) != (ds.Rows, ds.Columns):
+            raise InputError(
+                f"image is {ds.Rows}×{ds.Columns} but the camera is {camera.height}×{camera.width} (sizes differ)"
+            )
+        ds.DistanceSourceToDetector = f"{camera.sdd:.10g}"
+        spacing = [f"{camera.dely:.10g}", f"{camera.delx:.10g}"]
+        if use_pixel_spacing:
+            if magnification:
+                ds.PixelSpacing = [f"{camera.dely / magnification:.10g}", f"{camera.delx / magnification:.10g}"]
+                ds.EstimatedRadiographicMagnificationFactor = f"{magnification:.10g}"
+            else:
+                ds.PixelSpacing = spacing
+        else:
+            ds.ImagerPixelSpacing = spacing
+            if magnification:
+                ds.EstimatedRadiographicMagnificationFactor = f"{magnification:.10g}"
+        col = -camera.x0 if camera.reverse_x_axis else camera.x0
+        ds.DetectorActiveOrigin = [f"{camera.y0:.10g}", f"{col:.10g}"]
+    if primary is not None:
+        ds.PositionerPrimaryAngle = f"{float(primary):.10g}"
+    if secondary is not None:
+        ds.PositionerSecondaryAngle = f"{float(secondary):.10g}"
+    if sod is not None:
+        ds.DistanceSourceToPatient = f"{float(sod):.10g}"
+    if patient_orientation is not None:
+        po = patient_orientation.split("\\") if isinstance(patient_orientation, str) else list(patient_orientation)
+        ds.PatientOrientation = [str(x) for x in po]
+    for k, v in (extra or {}).items():
+        setattr(ds, k, v)
+    ds.PixelData = a.tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Small helpers to read HDF5 files with errors that name the missing path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xraypose.errors import InputError
+
+
+def resolve_file(filename, env: str, default_name: str, what: str) -> Path:
+    """The dataset file: ``filename``, else ``$env``; raise a clear error when neither exists."""
+    if filename is None:
+        filename = os.environ.get(env)
+        if not filename:
+            raise InputError(
+                f"{what} file not given: pass filename= or set ${env} to the path of {default_name}"
+            )
+    p = Path(filename).expanduser()
+    if not p.exists():
+        raise InputError(f"{what} file not found: {p}")
+    if p.is_dir():
+        cand = p / default_name
+        if cand.is_file():
+            return cand
+        raise InputError(f"{what}: {p} is a folder without {default_name}")
+    return p
+
+
+def open_h5(path: Path, what: str):
+    import h5py
+
+    try:
+        return h5py.File(str(path), "r")
+    except OSError as e:
+        raise InputError(f"{what}: cannot open {path} as HDF5 ({' '.join(str(e).split())[:200]})") from None
+
+
+def need(group, path: str, where: str):
+    """``group[path]`` or an :class:`InputError` naming the missing path inside the file."""
+    try:
+        return group[path]
+    except KeyError:
+        base = group.name.rstrip("/")
+        raise InputError(f"{where}: HDF5 path '{base}/{path}' is missing") from None
+
+
+def read_array(group, path: str, where: str, dtype=np.float64) -> np.ndarray:
+    ds = need(group, path, where)
+    try:
+        return np.asarray(ds[()], dtype=dtype)
+    except (TypeError, ValueError, AttributeError):
+        raise InputError(f"{where}: HDF5 path '{group.name.rstrip('/')}/{path}' is not a numeric dataset") from None
+
+
+def read_scalar(group, path: str, where: str) -> float:
+    a = read_array(group, path, where).reshape(-1)
+    if a.size != 1:
+        raise InputError(f"{where}: HDF5 path '{group.name.rstrip('/')}/{path}' should hold one number, holds {a.size}")
+    return float(a[0])
+
+
+def read_string(group, path: str, where: str) -> str:
+    v = need(group, path, where)[()]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace").rstrip("\x00")
+    if isinstance(v, np.ndarray):
+        v = v.reshape(-1)[0]
+        if isinstance(v, bytes):
+            return v.decode("utf-8", errors="replace").rstrip("\x00")
+    return str(v)
+
+
+def check_shape(a: np.ndarray, shape: tuple, path: str, where: str) -> np.ndarray:
+    if a.size == int(np.prod(shape)) and a.ndim != len(shape):
+        a = a.reshape(shape)
+    if tuple(a.shape) != tuple(shape):
+        raise InputError(f"{where}: '{path}' has shape {tuple(a.shape)}, expected {tuple(shape)}")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{where}: '{path}' has NaN or infinite values")
+    return a

@@ -1,0 +1,323 @@
+"""A case folder: the user's own CT, X-rays, and optionally fiducials and ground-truth poses.
+
+Layout (documented in docs/datasets.md)::
+
+    my_case/
+      ct.nii.gz            the CT: ct.nii / ct.nii.gz / ct.nrrd / ct.mha / ct.mhd, or ct/ (a DICOM series)
+      labels.nii.gz        optional labelmap aligned with the CT (same grid)
+      xrays/               one or more X-rays, read in name order:
+        view1.dcm            DICOM (intrinsics and C-arm angles from the header)
+        view2.npy            PNG / TIFF / NPY ...
+        view2.json           ... with a sidecar giving intrinsics: {"sdd_mm", "delx_mm", "dely_mm", "x0_mm",
+                             "y0_mm", "reverse_x_axis", "kind", "primary_deg", "secondary_deg", "sod_mm"}
+      fiducials.csv        optional: header "name,x,y,z", one point per line, world (CT RAS) mm
+      poses.json           optional ground truth: {"view1.dcm": [[4×4 camera_to_world]], ...}
+                           (or {"view1.dcm": {"camera_to_world": [[...]]}})
+      case.json            optional settings: {"isocenter": [x, y, z],
+                           "xrays": {"view1.dcm": {read_xray keywords, e.g. "sdd": 1000}}}
+
+``load_case(folder)`` reads it all; ``case[i]`` gives (image, pose) like the
+dataset classes.  ``make_example_case(folder)`` writes a complete example
+made from the bundled CT (a DICOM with C-arm angles and an NPY with a
+sidecar, fiducials and true poses).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.xray import IMAGE_EXTENSIONS, XRay, read_xray
+
+__all__ = ["Case", "load_case", "make_example_case", "read_fiducials_csv", "CT_NAMES"]
+
+#: Names tried for the CT, in order.
+CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.nhdr", "ct.mha", "ct.mhd", "ct")
+_LABEL_NAMES = ("labels.nii.gz", "labels.nii", "labels.nrrd", "labels.mha")
+
+
+@dataclass
+class Case:
+    """A loaded case folder.
+
+    Attributes:
+        root: the folder.
+        volume: the CT (:class:`xraypose.volume.Volume`, RAS mm).
+        names: X-ray file names (in ``xrays/``), in order.
+        xrays: the X-rays as read (:class:`xraypose.xray.XRay`, with camera and
+            the initial pose from C-arm angles when the file has them).
+        processed: the same after :meth:`XRay.preprocess` (log by pixel kind,
+            rescale to [0, 1]) — what ``case[i]`` returns.
+        fiducials: (N, 3) world mm or None; ``fiducial_names``.
+        poses: ``{name: (4, 4) camera_to_world}`` ground truth (may be empty).
+        isocenter: (3,) world mm used for initial poses.
+    """
+
+    root: Path
+    volume: object
+    names: list
+    xrays: list
+    processed: list
+    fiducials: torch.Tensor | None = None
+    fiducial_names: list = field(default_factory=list)
+    poses: dict = field(default_factory=dict)
+    isocenter: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _index(self, idx) -> int:
+        if isinstance(idx, str):
+            if idx not in self.names:
+                raise InputError(f"case {self.root}: no X-ray named {idx!r}; X-rays: {', '.join(self.names)}")
+            return self.names.index(idx)
+        if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)) or not -len(self) <= int(idx) < len(self):
+            raise InputError(f"case {self.root} has {len(self)} X-rays; index {idx!r} does not exist")
+        return int(idx) % len(self)
+
+    def __getitem__(self, idx):
+        """(image (1, 1, H, W) float32, pose (1, 4, 4) float32 or None): the preprocessed X-ray and
+        its ground-truth pose (None when poses.json does not give one)."""
+        i = self._index(idx)
+        xr = self.processed[i]
+        pose = self.get_pose(i)
+        return xr.image[None, None], None if pose is None else pose.to(torch.float32)[None]
+
+    def get_camera(self, idx) -> Camera | None:
+        """Camera of the image ``case[idx]`` returns."""
+        return self.processed[self._index(idx)].camera
+
+    def get_pose(self, idx, dtype=torch.float64) -> torch.Tensor | None:
+        """Ground-truth camera_to_world of the image ``case[idx]`` returns (poses.json), or None."""
+        i = self._index(idx)
+        T = self.poses.get(self.names[i])
+        if T is None:
+            return None
+        return (T @ self.processed[i]._pose_transform()).to(dtype)
+
+    def initial_pose(self, idx) -> torch.Tensor | None:
+        """camera_to_world from the X-ray's C-arm angles about :attr:`isocenter`, or None."""
+        return self.processed[self._index(idx)].pose
+
+    def get_2d_groundtruth(self, idx, size=None) -> torch.Tensor:
+        """(N, 2) fiducials projected at the ground-truth pose, pixels of ``case[idx]``'s image
+        (or of it resized to ``size``)."""
+        i = self._index(idx)
+        if self.fiducials is None:
+            raise InputError(f"case {self.root}: no fiducials.csv")
+        T = self.get_pose(i)
+        if T is None:
+            raise InputError(f"case {self.root}: poses.json gives no pose for {self.names[i]!r}")
+        cam = self.get_camera(i)
+        if cam is None:
+            raise InputError(f"case {self.root}: X-ray {self.names[i]!r} has no intrinsics")
+        if size is not None:
+            h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+            cam = cam.resize(int(h), int(w))
+        return cam.project(self.fiducials, T)
+
+
+def read_fiducials_csv(path) -> tuple[list[str], torch.Tensor]:
+    """Read ``name,x,y,z`` lines (header optional; world mm)."""
+    p = Path(path)
+    names, pts = [], []
+    with open(p, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            row = [c.strip() for c in row]
+            if not row or not any(row) or row[0].startswith("#"):
+                continue
+            if len(row) == 4 and lineno == 1 and row[1].lower() == "x":
+                continue
+            if len(row) == 3:
+                row = [f"p{len(pts)}"] + row
+            if len(row) != 4:
+                raise InputError(f"{p}:{lineno}: expected 'name,x,y,z', got {','.join(row)!r}")
+            try:
+                xyz = [float(v) for v in row[1:]]
+            except ValueError:
+                raise InputError(f"{p}:{lineno}: coordinates must be numbers (mm), got {row[1:]}") from None
+            if not all(math.isfinite(v) for v in xyz):
+                raise InputError(f"{p}:{lineno}: coordinates must be finite")
+            names.append(row[0])
+            pts.append(xyz)
+    if not pts:
+        raise InputError(f"{p}: no fiducial found (expected lines 'name,x,y,z')")
+    return names, torch.tensor(pts, dtype=torch.float64)
+
+
+def _read_poses(p: Path) -> dict:
+    from xraypose.converters import orthonormalize
+
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{p}: cannot read the poses JSON ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: must be an object {{\"<x-ray file name>\": 4×4 camera_to_world}}")
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            if "camera_to_world" not in v:
+                raise InputError(f"{p}: entry {k!r} lacks 'camera_to_world'")
+            v = v["camera_to_world"]
+        out[k] = orthonormalize(v, f"{p.name} pose of {k!r}")
+    return out
+
+
+def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
+    """Read a case folder (see the module docstring for the layout).
+
+    Args:
+        folder: the case folder.
+        preprocess: True — each X-ray's :meth:`XRay.preprocess` with its
+            defaults (line integrals by pixel kind, rescale to [0, 1]); False —
+            as read; or a dict of preprocess keywords (e.g. ``{"crop": 20, "size": 256}``).
+        isocenter: (3,) world mm for initial poses from C-arm angles; default
+            ``case.json``'s, else the CT's isocenter.
+    """
+    from xraypose.volume import read_volume
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"case folder not found: {root}")
+    ct_path = next((root / n for n in CT_NAMES if (root / n).exists()), None)
+    if ct_path is None:
+        raise InputError(f"case folder {root} has no CT (expected one of: {', '.join(CT_NAMES)})")
+    settings = {}
+    if (root / "case.json").is_file():
+        try:
+            settings = json.loads((root / "case.json").read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{root / 'case.json'}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(settings, dict):
+            raise InputError(f"{root / 'case.json'}: must be a JSON object")
+    lab = next((root / n for n in _LABEL_NAMES if (root / n).exists()), None)
+    volume = read_volume(ct_path, labels=lab)
+    iso = isocenter if isocenter is not None else settings.get("isocenter")
+    iso_t = volume.get_isocenter() if iso is None else torch.as_tensor(iso, dtype=torch.float64).reshape(3)
+    xdir = root / "xrays"
+    if not xdir.is_dir():
+        raise InputError(f"case folder {root} has no xrays/ folder")
+    files = sorted(p for p in xdir.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".json"
+                   and p.suffix.lower() not in (".txt", ".md", ".csv"))
+    if not files:
+        raise InputError(f"{xdir} holds no X-ray (DICOM or {', '.join(IMAGE_EXTENSIONS)})")
+    per = settings.get("xrays", {}) or {}
+    xrays, processed = [], []
+    for p in files:
+        kw = dict(per.get(p.name, {}))
+        xr = read_xray(p, isocenter=iso_t, **kw)
+        xrays.append(xr)
+        if preprocess is False or preprocess is None:
+            processed.append(xr)
+        else:
+            processed.append(xr.preprocess(**(preprocess if isinstance(preprocess, dict) else {})))
+    names = [p.name for p in files]
+    fid_names, fids = [], None
+    if (root / "fiducials.csv").is_file():
+        fid_names, fids = read_fiducials_csv(root / "fiducials.csv")
+    poses = {}
+    if (root / "poses.json").is_file():
+        poses = _read_poses(root / "poses.json")
+        unknown = sorted(set(poses) - set(names))
+        if unknown:
+            raise InputError(f"{root / 'poses.json'}: poses for X-rays not in xrays/: {', '.join(unknown)}")
+    return Case(root=root, volume=volume, names=names, xrays=xrays, processed=processed, fiducials=fids,
+                fiducial_names=fid_names, poses=poses, isocenter=iso_t)
+
+
+# --------------------------------------------------------------------------
+# The example case
+# --------------------------------------------------------------------------
+
+
+def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed: int = 0) -> Path:
+    """Write an example case folder made from the bundled CT and return its path.
+
+    Contents: ``ct.nii.gz`` (the bundled CT), ``xrays/lao20_caud10.dcm`` (a
+    DICOM with DistanceSourceToDetector, ImagerPixelSpacing, C-arm angles,
+    DistanceSourceToPatient and PatientOrientation; raw 16-bit intensities,
+    PixelIntensityRelationship LIN), ``xrays/lateral.npy`` + ``lateral.json``
+    (raw intensities, intrinsics in the sidecar), ``fiducials.csv`` (points on
+    bone), ``poses.json`` (the true poses: the DICOM's angles are the
+    C-arm's nominal ones, a few mm and degrees off the truth, as in practice).
+    """
+    from importlib import resources
+
+    from xraypose.camera import carm_pose
+    from xraypose.io import atomic_write_bytes, atomic_write_json
+    from xraypose.render import render
+    from xraypose.volume import SAMPLE_CT_FILENAME, load_sample_ct
+    from xraypose.xray import orientation_letters, write_dicom_xray
+
+    root = Path(folder).expanduser()
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise InputError(f"{root} exists and is not empty; pass overwrite=True or choose another folder")
+    (root / "xrays").mkdir(parents=True, exist_ok=True)
+    ref = resources.files("xraypose").joinpath("data").joinpath(SAMPLE_CT_FILENAME)
+    atomic_write_bytes(root / "ct.nii.gz", ref.read_bytes())
+    ct = load_sample_ct()
+    iso = ct.get_isocenter()
+    rng = np.random.default_rng(seed)
+    density = ct.density("physical")
+    i0 = 60000.0
+
+    def small_offset():
+        from xraypose.geometry import se3_exp
+
+        xi = torch.tensor([*rng.normal(0, 0.03, 3), *rng.normal(0, 4.0, 3)], dtype=torch.float64)
+        return se3_exp(xi)
+
+    def counts(cam, T):
+        with torch.no_grad():
+            L = render(density, ct.affine, cam, T.to(torch.float32)[None], step=1.5)[0, 0].double()
+        return torch.round(i0 * torch.exp(-L)).clamp(1, 65535).numpy()
+
+    poses = {}
+    # 1. DICOM, LAO 20 / CAUD 10, radiological display (mirrored columns)
+    cam1 = Camera(sdd=1020.0, height=size, width=size, delx=1.6 * 256 / size, reverse_x_axis=True)
+    nominal = carm_pose(20.0, -10.0, sod=620.0, isocenter=iso)
+    true1 = nominal @ small_offset()
+    po = orientation_letters(cam1, nominal)
+    write_dicom_xray(root / "xrays" / "lao20_caud10.dcm", counts(cam1, true1), camera=cam1, primary=20.0,
+                     secondary=-10.0, sod=620.0, patient_orientation=po, intensity_relationship="LIN")
+    poses["lao20_caud10.dcm"] = true1.tolist()
+    # 2. NPY lateral with a sidecar
+    cam2 = Camera(sdd=1000.0, height=size, width=size + 16, delx=1.5 * 256 / size, x0=6.0, y0=-4.0)
+    true2 = carm_pose(90.0, 0.0, sod=600.0, isocenter=iso) @ small_offset()
+    buf = __import__("io").BytesIO()
+    np.save(buf, counts(cam2, true2).astype(np.float32))
+    atomic_write_bytes(root / "xrays" / "lateral.npy", buf.getvalue())
+    atomic_write_json(root / "xrays" / "lateral.json", {
+        "sdd_mm": cam2.sdd, "delx_mm": cam2.delx, "dely_mm": cam2.dely, "x0_mm": cam2.x0, "y0_mm": cam2.y0,
+        "reverse_x_axis": cam2.reverse_x_axis, "kind": "intensity",
+    })
+    poses["lateral.npy"] = true2.tolist()
+    atomic_write_json(root / "poses.json", poses)
+    # fiducials: spread points on bone
+    hu = ct.data.numpy()
+    idx = np.argwhere(hu > 400)
+    world = ct.voxel_to_world(torch.from_numpy(idx.astype(np.float64))).numpy()
+    world = world[np.linalg.norm(world - iso.numpy(), axis=1) < 90.0]  # inside both fields of view
+    world = world[rng.choice(len(world), size=min(len(world), 4000), replace=False)]
+    chosen = [world[0]]
+    d = np.linalg.norm(world - chosen[0], axis=1)
+    for _ in range(7):
+        chosen.append(world[int(np.argmax(d))])
+        d = np.minimum(d, np.linalg.norm(world - chosen[-1], axis=1))
+    lines = ["name,x,y,z"] + [f"bone{i},{p[0]:.3f},{p[1]:.3f},{p[2]:.3f}" for i, p in enumerate(chosen)]
+    atomic_write_bytes(root / "fiducials.csv", ("\n".join(lines) + "\n").encode())
+    atomic_write_json(root / "case.json", {
+        "description": "Example case made by xraypose.datasets.make_example_case from the bundled CT",
+        "isocenter": iso.tolist(),
+    })
+    return root
