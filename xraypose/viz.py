@@ -175,7 +175,7 @@ def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float =
     fig = plt.figure(figsize=(6, 6), dpi=100)
     ax = fig.add_subplot(projection="3d")
     if len(pts):
-        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=0.5, c="0.5", alpha=0.4)
+        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=1.0, c="tab:blue", alpha=0.5, depthshade=False)
     d = np.vstack([det, det[:1]])
     ax.plot(d[:, 0], d[:, 1], d[:, 2], color="k")
     for c in det:
@@ -183,12 +183,19 @@ def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float =
     ax.scatter(*src, color="orange", s=30)
     if xray is not None:
         x = normalise(xray)
-        n = 24
+        n = 48
         uu, vv = np.meshgrid(np.linspace(0, W - 1, n), np.linspace(0, H - 1, n))
         uv = torch.tensor(np.stack([uu.ravel(), vv.ravel()], -1), dtype=torch.float64)
         P = camera.backproject(uv, T).numpy().reshape(n, n, 3)
         vals = x[np.round(vv).astype(int), np.round(uu).astype(int)]
-        ax.plot_surface(P[..., 0], P[..., 1], P[..., 2], facecolors=plt.cm.gray(vals), shade=False)
+        ax.plot_surface(P[..., 0], P[..., 1], P[..., 2], facecolors=plt.cm.gray(vals), shade=False, alpha=0.85)
+    allp = np.vstack([det, src[None], pts]) if len(pts) else np.vstack([det, src[None]])
+    mid, half = allp.mean(0), (allp.max(0) - allp.min(0)).max() / 2
+    ax.set_xlim(mid[0] - half, mid[0] + half)
+    ax.set_ylim(mid[1] - half, mid[1] + half)
+    ax.set_zlim(mid[2] - half, mid[2] + half)
+    ax.set_box_aspect((1, 1, 1))
+    ax.view_init(elev=12, azim=-25)
     ax.set_xlabel("x (R) mm")
     ax.set_ylabel("y (A) mm")
     ax.set_zlabel("z (S) mm")
