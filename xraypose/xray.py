@@ -708,10 +708,10 @@ def _finish(img: np.ndarray, hv: dict, hdr: _Header, kind: str, src: str, kw: di
     sdd = take("sdd")
     delx = take("delx")
     dely = take("dely")
-    if delx is not None and dely is None and kw.get("delx") is not None:
-        dely = delx
-    if dely is not None and delx is None and kw.get("dely") is not None:
-        delx = dely
+    if delx is not None and dely is None:
+        dely = hdr.set("dely", delx, "derived: square pixels (dely = delx)")
+    if dely is not None and delx is None:
+        delx = hdr.set("delx", dely, "derived: square pixels (delx = dely)")
     pp_row = take("pp_row")
     pp_col = take("pp_col")
     primary = take("primary")

@@ -1,0 +1,282 @@
+"""Reading X-rays: DICOM (single/multi-frame, MONOCHROME1, rescale, intrinsics, angles, PatientOrientation),
+PNG / TIFF / NPY with user intrinsics, the header report and overrides, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import requires_shared, shared_path
+
+from xraypose.camera import Camera, carm_pose
+from xraypose.errors import InputError
+from xraypose.xray import (
+    _main, orientation_letters, patient_orientation_vectors, read_xray, write_dicom_xray,
+)
+
+F64 = torch.float64
+
+
+def _pixels(h=24, w=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(100, 60000, size=(h, w)).astype(np.uint16)
+
+
+def test_single_frame_dicom_intrinsics_and_report(tmp_path):
+    cam = Camera(sdd=1020.0, height=24, width=32, delx=0.3, dely=0.25, x0=1.5, y0=-0.75)
+    px = _pixels()
+    f = tmp_path / "a.dcm"
+    write_dicom_xray(f, px, camera=cam, intensity_relationship="LIN")
+    xr = read_xray(f)
+    assert xr.camera == cam
+    assert xr.kind == "intensity"
+    assert xr.image.dtype == torch.float32 and torch.equal(xr.image, torch.from_numpy(px.astype(np.float32)))
+    h = xr.header
+    assert h["sdd"] == {"value": 1020.0, "from": "DistanceSourceToDetector (0018,1110)"}
+    assert h["delx"]["value"] == 0.3 and "ImagerPixelSpacing" in h["delx"]["from"]
+    assert h["dely"]["value"] == 0.25
+    assert h["pp_col"]["value"] == 1.5 and "DetectorActiveOrigin" in h["pp_col"]["from"]
+    rep = xr.report()
+    for word in ("DistanceSourceToDetector (0018,1110)", "ImagerPixelSpacing", "DetectorActiveOrigin", "1020"):
+        assert word in rep
+    d = xr.to_dict()
+    json.dumps(d)
+    assert d["camera"]["sdd_mm"] == 1020.0
+    assert xr.pose is None  # no angles
+
+
+def test_overrides_win_and_are_reported(tmp_path):
+    cam = Camera(sdd=1020.0, height=24, width=32, delx=0.3)
+    f = tmp_path / "a.dcm"
+    write_dicom_xray(f, _pixels(), camera=cam, primary=10.0, secondary=5.0, sod=600.0)
+    xr = read_xray(f, sdd=1100.0, delx=0.5, dely=0.5, x0=2.0, primary=-20.0, kind="attenuation")
+    assert xr.camera.sdd == 1100.0 and xr.camera.delx == 0.5 and xr.camera.x0 == 2.0
+    assert xr.header["sdd"]["from"].startswith("user (the file says 1020")
+    assert xr.angles["primary"] == -20.0 and xr.angles["secondary"] == 5.0
+    assert xr.kind == "attenuation" and xr.header["kind"]["from"] == "user"
+    given = Camera(sdd=900.0, height=24, width=32, delx=1.0)
+    assert read_xray(f, camera=given).camera == given
+    with pytest.raises(InputError, match="sizes differ"):
+        read_xray(f, camera=Camera(sdd=900.0, height=32, width=24, delx=1.0))
+
+
+def test_multiframe_reduction(tmp_path):
+    stack = np.stack([_pixels(seed=s) for s in range(3)])
+    f = tmp_path / "m.dcm"
+    write_dicom_xray(f, stack, camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3))
+    xr = read_xray(f)
+    assert torch.equal(xr.image, torch.from_numpy(stack[0].astype(np.float32)))
+    assert any("frame 0 used" in n for n in xr.notes)
+    assert torch.equal(read_xray(f, frames=2).image, torch.from_numpy(stack[2].astype(np.float32)))
+    assert torch.equal(read_xray(f, frames="max").image, torch.from_numpy(stack.max(0).astype(np.float32)))
+    torch.testing.assert_close(read_xray(f, frames="sum").image, torch.from_numpy(stack.sum(0).astype(np.float32)))
+    with pytest.raises(InputError, match="frame 5 does not exist"):
+        read_xray(f, frames=5)
+    with pytest.raises(InputError, match="frames must be"):
+        read_xray(f, frames="median")
+
+
+def test_monochrome1_and_rescale(tmp_path):
+    cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
+    px = _pixels()
+    f = tmp_path / "m1.dcm"
+    write_dicom_xray(f, px, camera=cam, photometric="MONOCHROME1", rescale=(2.0, -100.0))
+    xr = read_xray(f)
+    v = px.astype(np.float64) * 2.0 - 100.0
+    lo, hi = -100.0, 65535 * 2.0 - 100.0
+    np.testing.assert_allclose(xr.image.numpy(), (hi + lo - v).astype(np.float32), rtol=1e-6)
+    assert xr.header["RescaleSlope"]["value"] == 2.0 and xr.header["RescaleIntercept"]["value"] == -100.0
+    assert any("MONOCHROME1 inverted" in n for n in xr.notes)
+    # order preserved but reversed: the brightest stored pixel is now the darkest
+    assert int(torch.argmin(xr.image)) == int(np.argmax(px))
+
+
+def test_pixel_spacing_with_magnification(tmp_path):
+    cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3, dely=0.2)
+    f = tmp_path / "ps.dcm"
+    write_dicom_xray(f, _pixels(), camera=cam, use_pixel_spacing=True, magnification=1.5, primary=0.0)
+    xr = read_xray(f)
+    assert xr.camera.delx == pytest.approx(0.3) and xr.camera.dely == pytest.approx(0.2)
+    assert "EstimatedRadiographicMagnificationFactor" in xr.header["delx"]["from"]
+    # no DistanceSourceToPatient: sod = sdd / magnification
+    assert xr.angles["sod"] == pytest.approx(1000.0 / 1.5)
+    f2 = tmp_path / "ps2.dcm"
+    write_dicom_xray(f2, _pixels(), camera=cam, use_pixel_spacing=True)
+    xr2 = read_xray(f2)
+    assert xr2.camera.delx == pytest.approx(0.3) and any("PixelSpacing used" in n for n in xr2.notes)
+
+
+@pytest.mark.parametrize("mirror,roll", [(False, False), (True, False), (True, True), (False, True)])
+def test_angles_give_the_pose_and_patient_orientation_sets_mirror_and_roll(tmp_path, mirror, roll):
+    iso = torch.tensor([3.0, 160.0, 250.0], dtype=F64)
+    cam = Camera(sdd=1020.0, height=24, width=32, delx=0.3, x0=2.0, y0=-1.0, reverse_x_axis=mirror)
+    T = carm_pose(25.0, -10.0, 640.0, iso)
+    if roll:
+        T = T @ torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=F64))
+    po = orientation_letters(cam, T)
+    f = tmp_path / "p.dcm"
+    write_dicom_xray(f, _pixels(), camera=cam, primary=25.0, secondary=-10.0, sod=640.0, patient_orientation=po)
+    xr = read_xray(f, isocenter=iso)
+    assert xr.camera == cam  # mirror and principal point recovered
+    torch.testing.assert_close(xr.pose, T)
+    X = torch.randn(10, 3, dtype=F64) * 30 + iso
+    torch.testing.assert_close(xr.camera.project(X, xr.pose), cam.project(X, T))
+    assert xr.header["primary"]["from"] == "PositionerPrimaryAngle (0018,1510)"
+    assert xr.header["sod"]["from"] == "DistanceSourceToPatient (0018,1111)"
+    # without PatientOrientation, the default (no mirror, no roll) is used
+    xr2 = read_xray(f, isocenter=iso, use_patient_orientation=False)
+    torch.testing.assert_close(xr2.pose, carm_pose(25.0, -10.0, 640.0, iso))
+    assert xr2.camera.reverse_x_axis is False
+
+
+def test_patient_orientation_letters():
+    u, v = patient_orientation_vectors("L\\F")
+    np.testing.assert_allclose(u, [-1, 0, 0])
+    np.testing.assert_allclose(v, [0, 0, -1])
+    u, v = patient_orientation_vectors(["AR", "H"])
+    np.testing.assert_allclose(u, np.array([1, 1, 0]) / np.sqrt(2))
+    with pytest.raises(InputError, match="letter"):
+        patient_orientation_vectors(["X", "F"])
+
+
+def test_angles_without_isocenter_and_initial_pose(tmp_path):
+    f = tmp_path / "a.dcm"
+    write_dicom_xray(f, _pixels(), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3), primary=40.0, sod=700.0)
+    xr = read_xray(f)
+    assert xr.pose is None and xr.angles["secondary"] == 0.0
+    assert "default" in xr.header["secondary"]["from"]
+    torch.testing.assert_close(xr.initial_pose([0.0, 0.0, 0.0]), carm_pose(40.0, 0.0, 700.0, torch.zeros(3, dtype=F64)))
+    f2 = tmp_path / "b.dcm"
+    write_dicom_xray(f2, _pixels(), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3))
+    with pytest.raises(InputError, match="no C-arm angles"):
+        read_xray(f2).initial_pose([0, 0, 0])
+
+
+def test_preprocess_follows_kind_and_geometry(tmp_path):
+    cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3, x0=1.0)
+    L = np.random.default_rng(1).random((24, 32)) * 2
+    px = np.round(50000 * np.exp(-L))
+    f = tmp_path / "lin.dcm"
+    write_dicom_xray(f, px, camera=cam, intensity_relationship="LIN", primary=10.0, sod=600.0)
+    xr = read_xray(f, isocenter=[0.0, 0.0, 0.0])
+    out = xr.preprocess(crop=2, size=(10, 14))
+    assert out.kind == "attenuation" and tuple(out.image.shape) == (10, 14)
+    assert out.camera == cam.crop(2, 2, 20, 28).resize(10, 14)
+    assert [s["step"] for s in out.steps] == ["crop", "beer_lambert", "rescale01", "resize"]
+    torch.testing.assert_close(out.to_image_pixels(torch.tensor([[2.0, 2.0]], dtype=F64)),
+                               torch.tensor([[0.5 * 14 / 28 - 0.5, 0.5 * 10 / 20 - 0.5]], dtype=F64))
+    rot = xr.preprocess(rotate_180=True)
+    torch.testing.assert_close(rot.pose, xr.pose @ torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=F64)))
+    torch.testing.assert_close(rot.initial_pose([0.0, 0.0, 0.0]), rot.pose)
+    full = xr.preprocess()  # kind "intensity": log(max) - log(I), then [0, 1]
+    expect = np.log(px.max()) - np.log(px)
+    np.testing.assert_allclose(full.image.numpy(), (expect - expect.min()) / np.ptp(expect), atol=1e-5)
+
+
+def test_png_tiff_npy_with_user_intrinsics(tmp_path):
+    from PIL import Image
+
+    cam = Camera(sdd=1000.0, height=24, width=32, delx=0.4)
+    a16 = _pixels()
+    Image.fromarray(a16).save(tmp_path / "x16.png")
+    Image.fromarray((a16 // 256).astype(np.uint8)).save(tmp_path / "x8.png")
+    Image.fromarray(a16.astype(np.float32) / 7).save(tmp_path / "xf.tif")
+    np.save(tmp_path / "x.npy", a16.astype(np.float32))
+    for name, expect in [("x16.png", a16), ("x8.png", a16 // 256), ("xf.tif", a16.astype(np.float32) / 7),
+                         ("x.npy", a16)]:
+        xr = read_xray(tmp_path / name, camera=cam)
+        np.testing.assert_allclose(xr.image.numpy(), np.asarray(expect, dtype=np.float32), rtol=1e-6)
+        assert xr.camera == cam and xr.kind == "attenuation"
+        assert any("assumed 'attenuation'" in n for n in xr.notes)
+    xr = read_xray(tmp_path / "x.npy", sdd=900.0, delx=0.5, kind="intensity")
+    assert xr.camera == Camera(sdd=900.0, height=24, width=32, delx=0.5) and xr.kind == "intensity"
+    with pytest.raises(InputError, match="missing source-to-detector distance"):
+        read_xray(tmp_path / "x.npy")
+    assert read_xray(tmp_path / "x.npy", require_intrinsics=False).camera is None
+    # sidecar JSON
+    (tmp_path / "x.json").write_text(json.dumps({"sdd_mm": 800.0, "delx_mm": 0.6, "x0_mm": 3.0, "kind": "intensity",
+                                                 "primary_deg": 30.0, "sod_mm": 500.0}))
+    xr = read_xray(tmp_path / "x.npy", isocenter=[0, 0, 0])
+    assert xr.camera == Camera(sdd=800.0, height=24, width=32, delx=0.6, x0=3.0)
+    assert xr.kind == "intensity" and xr.header["sdd"]["from"].startswith("sidecar JSON x.json")
+    torch.testing.assert_close(xr.pose, carm_pose(30.0, 0.0, 500.0, torch.zeros(3, dtype=F64)))
+    (tmp_path / "x.json").write_text(json.dumps({"sdd_mm": 800.0, "delx_mm": 0.6, "height": 99}))
+    with pytest.raises(InputError, match="sizes differ"):
+        read_xray(tmp_path / "x.npy")
+    # colour
+    Image.fromarray(np.stack([a16 // 256, a16 // 512, a16 // 256], -1).astype(np.uint8)).save(tmp_path / "c.png")
+    with pytest.raises(InputError, match="colour"):
+        read_xray(tmp_path / "c.png", camera=cam)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
+    with pytest.raises(InputError, match="not found"):
+        read_xray(tmp_path / "nope.dcm")
+    (tmp_path / "text.dcm").write_text("this is not a DICOM file\n" * 20)
+    with pytest.raises(InputError, match="not a DICOM file"):
+        read_xray(tmp_path / "text.dcm")
+    good = tmp_path / "good.dcm"
+    write_dicom_xray(good, _pixels(), camera=cam)
+    data = good.read_bytes()
+    (tmp_path / "trunc.dcm").write_bytes(data[: len(data) - 500])
+    with pytest.raises(InputError, match="truncated|incomplete|corrupt"):
+        read_xray(tmp_path / "trunc.dcm")
+    (tmp_path / "head.dcm").write_bytes(data[:200])
+    with pytest.raises(InputError):
+        read_xray(tmp_path / "head.dcm")
+    # a DICOM without pixels (e.g. a structured report)
+    import pydicom
+
+    ds = pydicom.dcmread(good)
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopix.dcm")
+    with pytest.raises(InputError, match="no pixel data"):
+        read_xray(tmp_path / "nopix.dcm")
+    # zero pixel spacing
+    ds = pydicom.dcmread(good)
+    ds.ImagerPixelSpacing = ["0", "0"]
+    ds.save_as(tmp_path / "zero.dcm")
+    with pytest.raises(InputError, match="zero or negative pixel spacing"):
+        read_xray(tmp_path / "zero.dcm")
+    assert read_xray(tmp_path / "zero.dcm", delx=0.3, dely=0.3).camera == cam
+    # missing spacing
+    ds = pydicom.dcmread(good)
+    del ds.ImagerPixelSpacing
+    ds.save_as(tmp_path / "nospace.dcm")
+    with pytest.raises(InputError, match="missing pixel spacing"):
+        read_xray(tmp_path / "nospace.dcm")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(InputError):
+        read_xray(tmp_path / "broken.png", camera=cam)
+    with pytest.raises(InputError, match="unknown pixel kind"):
+        read_xray(good, kind="hounsfield")
+
+
+def test_command_line_report(tmp_path, capsys):
+    f = tmp_path / "a.dcm"
+    write_dicom_xray(f, _pixels(), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3), primary=5.0, sod=600.0)
+    assert _main([str(f), "--isocenter", "0,0,0"]) == 0
+    out = capsys.readouterr().out
+    assert "PositionerPrimaryAngle (0018,1510)" in out and "pose (camera_to_world)" in out
+    assert _main([str(tmp_path / "missing.dcm")]) == 2
+    assert "xraypose: error:" in capsys.readouterr().err
+
+
+@requires_shared
+def test_real_radiographs():
+    """pydicom-data's real CR headers: RG1 has PixelSpacing 0 (clear error), RG3 has no geometry."""
+    rg1 = shared_path("xray", "radiographs_pydicom_data", "RG1_UNCI.dcm")
+    rg3 = shared_path("xray", "radiographs_pydicom_data", "RG3_UNCI.dcm")
+    with pytest.raises(InputError, match="zero or negative pixel spacing"):
+        read_xray(rg1)
+    xr = read_xray(rg1, delx=0.168, dely=0.168)
+    assert xr.camera.sdd == 1996.0 and xr.shape == (1955, 1841)
+    assert xr.header["PhotometricInterpretation"]["value"] == "MONOCHROME1"
+    assert xr.header["patient_orientation"]["value"] == ["L", "F"]
+    assert xr.kind == "attenuation"
+    with pytest.raises(InputError, match="missing source-to-detector distance"):
+        read_xray(rg3)
+    xr3 = read_xray(rg3, require_intrinsics=False)
+    assert xr3.camera is None and xr3.shape == (1760, 1760)
+    assert float(xr3.image.max()) <= 1023 and float(xr3.image.min()) >= 0
