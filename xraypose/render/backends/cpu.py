@@ -34,8 +34,8 @@ from xraypose.render.rays import clip_to_box
 from xraypose.render.trilinear import support_box
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-ABI_VERSION = 1
-RENDERERS = ("trilinear",)
+ABI_VERSION = 2
+RENDERERS = ("trilinear", "siddon")
 
 _lock = threading.Lock()
 _lib = None
@@ -149,6 +149,12 @@ def _declare(lib) -> None:
             f = getattr(lib, f"xrp_tri_bwd_{g}_{v}")
             f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, INT]
             f.restype = None
+            f = getattr(lib, f"xrp_sid_fwd_{g}_{v}")
+            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, P, INT]
+            f.restype = None
+            f = getattr(lib, f"xrp_sid_bwd_{g}_{v}")
+            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, P, P, P, P, P, P, INT]
+            f.restype = None
 
 
 def available() -> bool:
@@ -249,13 +255,9 @@ def cache_order(origin: torch.Tensor, direction: torch.Tensor, s_near: torch.Ten
 
 def integrate_trilinear(density, origin, direction, length, n_samples: int, reorder: bool = True):
     """Same contract and numbers as :func:`xraypose.render.trilinear.integrate_trilinear` (fixed N)."""
+    density = _prepare(density, direction)
     C, I, J, K = density.shape
     dt = direction.dtype
-    if dt not in _SUFFIX:
-        raise InputError(f"the fused CPU backend computes in float32 or float64, got {dt}")
-    if density.dtype not in _SUFFIX:
-        density = density.to(dt)
-    density = density.contiguous()
     lo, hi = support_box((I, J, K), dt, direction.device)
     s_near, s_far = clip_to_box(origin, direction, lo, hi)
     span = (s_far - s_near).clamp_min(0.0)
@@ -274,3 +276,71 @@ def integrate_trilinear(density, origin, direction, length, n_samples: int, reor
         inv = torch.argsort(perm, dim=1)
         sums = sums.gather(2, inv.unsqueeze(1).expand(-1, C, -1))
     return sums * (span * length / n_samples).unsqueeze(1)
+
+
+class _SiddonSums(torch.autograd.Function):
+    """S[b, c, r] = Σ over the ray's pieces in each voxel of μ_c(voxel)·(piece length in s)."""
+
+    @staticmethod
+    def forward(ctx, density, origin, direction, s_near, s_far):
+        lib = _load()
+        C, I, J, K = density.shape
+        B, R, _ = direction.shape
+        out = torch.empty((B, C, R), dtype=direction.dtype)
+        fn = getattr(lib, f"xrp_sid_fwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
+        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(out),
+           _threads())
+        ctx.save_for_backward(density, origin, direction, s_near, s_far)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        density, origin, direction, s_near, s_far = ctx.saved_tensors
+        need_vol = ctx.needs_input_grad[0]
+        geo = any(ctx.needs_input_grad[1:5])
+        if not (geo or need_vol):
+            return None, None, None, None, None
+        lib = _load()
+        C, I, J, K = density.shape
+        B, R, _ = direction.shape
+        grad = grad.contiguous().to(direction.dtype)
+        g = dict(dtype=direction.dtype)
+        gO = torch.empty((B, R, 3), **g) if geo else None
+        gD = torch.empty((B, R, 3), **g) if geo else None
+        gN = torch.empty((B, R), **g) if geo else None
+        gF = torch.empty((B, R), **g) if geo else None
+        gV = torch.zeros_like(density) if need_vol else None
+        fn = getattr(lib, f"xrp_sid_bwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
+        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(grad),
+           _ptr(gO), _ptr(gD), _ptr(gN), _ptr(gF), _ptr(gV), _threads())
+        n = ctx.needs_input_grad
+        return (
+            gV,
+            gO.sum(1) if n[1] else None,
+            gD if n[2] else None,
+            gN if n[3] else None,
+            gF if n[4] else None,
+        )
+
+
+def _prepare(density, direction):
+    dt = direction.dtype
+    if dt not in _SUFFIX:
+        raise InputError(f"the fused CPU backend computes in float32 or float64, got {dt}")
+    if density.dtype not in _SUFFIX:
+        density = density.to(dt)
+    return density.contiguous()
+
+
+def integrate_siddon(density, origin, direction, length):
+    """Same contract and numbers as :func:`xraypose.render.siddon.integrate_siddon`."""
+    density = _prepare(density, direction)
+    C, I, J, K = density.shape
+    dt = direction.dtype
+    shape = torch.tensor([I, J, K], dtype=dt)
+    s_near, s_far = clip_to_box(origin, direction, torch.full_like(shape, -0.5), shape - 0.5)
+    s_far = torch.maximum(s_far, s_near)
+    B = direction.shape[0]
+    sums = _SiddonSums.apply(density, origin.reshape(B, 3).contiguous(), direction.contiguous(),
+                             s_near.contiguous(), s_far.contiguous())
+    return sums * length.unsqueeze(1)

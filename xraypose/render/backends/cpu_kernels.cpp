@@ -190,11 +190,150 @@ void tri_bwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G*
     }
 }
 
+
+// ---------------------------------------------------------------- Siddon
+// Voxel (i, j, k) fills [i-1/2, i+1/2] x ...; the ray's chord [s_near, s_far] is
+// cut at every voxel plane it crosses (three sorted sequences, merged on the fly);
+// each piece's voxel is round(o + mid d), clamped, as in the reference.
+struct SidAxis {
+    double o, d;     // origin and direction along this axis
+    i64 n;           // voxels
+    i64 p, pend;     // next plane index and one past the last, walking in +/- direction
+    int step;        // +1 or -1
+    double next;     // parameter of the next crossing (inf when none left)
+};
+
+inline void sid_axis_init(SidAxis& A, double o, double d, i64 n, double s_near, double s_far) {
+    A.o = o; A.d = d; A.n = n; A.next = INFINITY; A.step = d > 0 ? 1 : -1;
+    A.p = 0; A.pend = 0;
+    if (!(std::fabs(d) > 0) || !(s_far > s_near)) return;
+    // planes at index p - 1/2, p = 0..n; crossing alpha_p = (p - 1/2 - o) / d.
+    const double x0 = o + s_near * d, x1 = o + s_far * d;
+    const double lo = std::min(x0, x1), hi = std::max(x0, x1);
+    i64 first = (i64)std::floor(lo + 0.5) - 1, last = (i64)std::floor(hi + 0.5) + 1;  // a margin of one plane
+    first = std::max<i64>(first, 0); last = std::min<i64>(last, n);
+    if (first > last) return;
+    if (d > 0) { A.p = first; A.pend = last + 1; } else { A.p = last; A.pend = first - 1; }
+    // skip crossings at or before s_near (they are clamped to s_near in the reference)
+    while (A.p != A.pend) {
+        const double a = ((double)A.p - 0.5 - o) / d;
+        if (a > s_near) { A.next = a; return; }
+        A.p += A.step;
+    }
+}
+
+inline void sid_axis_advance(SidAxis& A) {
+    A.p += A.step;
+    A.next = A.p != A.pend ? ((double)A.p - 0.5 - A.o) / A.d : INFINITY;
+}
+
+inline i64 sid_voxel(double o, double d, double s, i64 n) {
+    i64 i = (i64)std::nearbyint(o + s * d);  // round half to even, as torch.round
+    return i < 0 ? 0 : (i > n - 1 ? n - 1 : i);
+}
+
+// S[b, c, r] = sum over pieces of mu_c(voxel) * length in s.  With gS given (backward):
+// per ray gO, gD (through the interior crossings), gN, gF (d/ds_near, d/ds_far), gvol.
+template <typename G, typename V>
+void siddon(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* dir, const G* near_,
+            const G* far_, i64 B, i64 R, G* out, const G* gS, G* gO, G* gD, G* gN, G* gF, V* gvol, int nthreads,
+            i64 c0 = 0) {
+    // forward: channels c0 .. c0 + CMAX - 1 only (the caller loops over channel blocks)
+    const i64 JK = J * K, IJK = I * JK, total = B * R;
+    const bool bwd = gS != nullptr, geo = gO != nullptr;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
+    for (i64 ray = 0; ray < total; ++ray) {
+        const i64 b = ray / R, r = ray - b * R;
+        const double o[3] = {(double)origin[3 * b], (double)origin[3 * b + 1], (double)origin[3 * b + 2]};
+        const double d[3] = {(double)dir[3 * ray], (double)dir[3 * ray + 1], (double)dir[3 * ray + 2]};
+        const double sn = near_[ray], sf = far_[ray];
+        double acc[CMAX] = {0, 0, 0, 0, 0, 0, 0, 0};
+        const int nc = (int)std::min<i64>(C - c0, CMAX);
+        if (bwd) {
+            bool any = false;
+            for (i64 c = 0; c < C; ++c) any |= gS[(b * C + c) * R + r] != 0;
+            if (!any) {
+                if (geo) {
+                    for (int q = 0; q < 3; ++q) { gO[3 * ray + q] = 0; gD[3 * ray + q] = 0; }
+                    gN[ray] = 0; gF[ray] = 0;
+                }
+                continue;
+            }
+        }
+        auto voxel = [&](double s) {
+            return sid_voxel(o[0], d[0], s, I) * JK + sid_voxel(o[1], d[1], s, J) * K + sid_voxel(o[2], d[2], s, K);
+        };
+        // w(v) = sum_c gS_c mu_c(v): the backward's weight of a voxel
+        auto weight = [&](i64 v) {
+            double w = 0;
+            for (i64 c = 0; c < C; ++c) w += (double)gS[(b * C + c) * R + r] * (double)vol[c * IJK + v];
+            return w;
+        };
+        double go[3] = {0, 0, 0}, gd[3] = {0, 0, 0}, gn = 0, gf = 0;
+        if (!(sf > sn)) {
+            if (bwd && geo) {
+                const double w = weight(voxel(sn));
+                gn = -w; gf = w;
+            }
+        } else {
+            SidAxis A[3];
+            sid_axis_init(A[0], o[0], d[0], I, sn, sf);
+            sid_axis_init(A[1], o[1], d[1], J, sn, sf);
+            sid_axis_init(A[2], o[2], d[2], K, sn, sf);
+            double cur = sn;
+            double wprev = 0;
+            bool first = true;
+            int pax_ = 0;  // axis of the crossing at cur
+            while (true) {
+                int ax = 0;
+                if (A[1].next < A[ax].next) ax = 1;
+                if (A[2].next < A[ax].next) ax = 2;
+                const bool end = !(A[ax].next < sf);
+                const double nxt = end ? sf : A[ax].next;
+                const double seg = nxt - cur;
+                const i64 v = voxel(0.5 * (cur + nxt));
+                if (!bwd) {
+                    if (seg > 0)
+                        for (int c = 0; c < nc; ++c) acc[c] += seg * (double)vol[(c0 + c) * IJK + v];
+                } else {
+                    if (geo) {
+                        const double w = weight(v);
+                        if (first) { gn = -w; first = false; }
+                        else {
+                            // crossing at cur of axis pax: coefficient w_prev - w; dalpha/do = -1/d, dalpha/dd = -alpha/d
+                            const double kappa = wprev - w;
+                            go[pax_] -= kappa / d[pax_];
+                            gd[pax_] -= kappa * cur / d[pax_];
+                        }
+                        wprev = w;
+                        if (end) gf = w;
+                    }
+                    if (gvol != nullptr && seg > 0)
+                        for (i64 c = 0; c < C; ++c) {
+                            const double gc = (double)gS[(b * C + c) * R + r];
+                            if (gc != 0) atomic_add(gvol + c * IJK + v, gc * seg);
+                        }
+                }
+                if (end) break;
+                pax_ = ax;
+                cur = nxt;
+                sid_axis_advance(A[ax]);
+            }
+        }
+        if (!bwd) {
+            for (int c = 0; c < nc; ++c) out[(b * C + c0 + c) * R + r] = (G)acc[c];
+        } else if (geo) {
+            for (int q = 0; q < 3; ++q) { gO[3 * ray + q] = (G)go[q]; gD[3 * ray + q] = (G)gd[q]; }
+            gN[ray] = (G)gn; gF[ray] = (G)gf;
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
 
-int xrp_abi_version() { return 1; }
+int xrp_abi_version() { return 2; }
 
 #define XRP_DEFINE(GN, G, VN, V)                                                                              \
     void xrp_tri_fwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
@@ -206,6 +345,24 @@ int xrp_abi_version() { return 1; }
                                    G* gA, G* gS, V* gvol, int nt) {                                           \
         tri_bwd<G, V>(vol, C, I, J, K, o, d, a, s, B, R, N, gF, gO, gD, gA, gS, gvol, nt);                    \
     }
+
+#define XRP_SIDDON(GN, G, VN, V)                                                                              \
+    void xrp_sid_fwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
+                                   const G* sn, const G* sf, i64 B, i64 R, G* out, int nt) {                  \
+        for (i64 c0 = 0; c0 < C; c0 += CMAX)                                                                  \
+            siddon<G, V>(vol, C, I, J, K, o, d, sn, sf, B, R, out, nullptr, nullptr, nullptr, nullptr, nullptr, \
+                         nullptr, nt, c0);                                                                    \
+    }                                                                                                         \
+    void xrp_sid_bwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
+                                   const G* sn, const G* sf, i64 B, i64 R, const G* gS, G* gO, G* gD, G* gN,  \
+                                   G* gF, V* gvol, int nt) {                                                  \
+        siddon<G, V>(vol, C, I, J, K, o, d, sn, sf, B, R, nullptr, gS, gO, gD, gN, gF, gvol, nt);             \
+    }
+
+XRP_SIDDON(f32, float, f32, float)
+XRP_SIDDON(f64, double, f32, float)
+XRP_SIDDON(f32, float, f64, double)
+XRP_SIDDON(f64, double, f64, double)
 
 XRP_DEFINE(f32, float, f32, float)
 XRP_DEFINE(f64, double, f32, float)
