@@ -35,7 +35,7 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.xray import IMAGE_EXTENSIONS, XRay, read_xray
+from xraypose.xray import IMAGE_EXTENSIONS, read_xray
 
 __all__ = ["Case", "load_case", "make_example_case", "read_fiducials_csv", "CT_NAMES"]
 

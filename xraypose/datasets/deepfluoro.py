@@ -28,9 +28,6 @@ Preprocessing (``preprocess=True``, DiffPose's): remove the collimator border
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -144,7 +141,15 @@ class DeepFluoroDataset(torch.utils.data.Dataset):
         self.filename = resolve_file(filename, _ENV, DEEPFLUORO_FILENAME, "DeepFluoro")
         self._where = f"DeepFluoro {self.filename.name}"
         self.size = size
+        self._labels = labels
         self._h5 = None
+        try:
+            self._load(preprocess)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, preprocess) -> None:
         f = self._file
         pp = need(f, "proj-params", self._where)
         self.intrinsic = check_shape(read_array(pp, "intrinsic", self._where), (3, 3), "proj-params/intrinsic", self._where)
@@ -164,7 +169,7 @@ class DeepFluoroDataset(torch.utils.data.Dataset):
                 f"the file holds {', '.join(k for k in f.keys() if k != 'proj-params') or 'no specimen'}"
             )
         g = f[self.specimen_id]
-        self.volume, self.spacing = deepfluoro_volume(g, self._where, labels=labels)
+        self.volume, self.spacing = deepfluoro_volume(g, self._where, labels=self._labels)
         lm = need(g, "vol-landmarks", self._where)
         self.fiducial_names = sorted(lm.keys())
         pts = [check_shape(read_array(lm, n, self._where).reshape(-1), (3,), f"{lm.name}/{n}", self._where)

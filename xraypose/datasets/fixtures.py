@@ -23,7 +23,6 @@ writes it beside the file as ``<file>.truth.json``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

@@ -65,6 +65,13 @@ class LjubljanaDataset(torch.utils.data.Dataset):
         self._where = f"Ljubljana {self.filename.name}"
         self.size = size
         self._h5 = None
+        try:
+            self._load(preprocess)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, preprocess) -> None:
         f = self._file
         if self.subject_id not in f:
             raise InputError(

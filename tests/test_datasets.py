@@ -1,0 +1,398 @@
+"""DeepFluoro / Ljubljana loaders on layout-exact fixtures generated from the bundled CT, and case folders.
+
+The fixtures are written in the datasets' own conventions (LPS volumes, negative-focal K,
+extrinsic, cam-to-pelvis-vol, rot-180-for-up) by xraypose.datasets.fixtures with formulas
+written independently of the loaders; the stored 2D landmarks use the files' own projection
+formula.  So a loader that gets a convention wrong fails these tests.
+"""
+
+import pickle
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from xraypose.datasets import (
+    DeepFluoroDataset, LjubljanaDataset, load_case, make_example_case, write_deepfluoro_fixture,
+    write_ljubljana_fixture,
+)
+from xraypose.errors import InputError
+from xraypose.preprocess import ncc
+from xraypose.render import render
+
+F64 = torch.float64
+ROT180 = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=F64))
+
+
+@pytest.fixture(scope="session")
+def deepfluoro(tmp_path_factory):
+    path = tmp_path_factory.mktemp("deepfluoro") / "ipcai_2020_full_res_data.h5"
+    truth = write_deepfluoro_fixture(path, detector=128, specimens=(1, 2), n_projections=3)
+    return path, truth
+
+
+@pytest.fixture(scope="session")
+def ljubljana(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ljubljana") / "ljubljana.h5"
+    truth = write_ljubljana_fixture(path, subjects=(1, 2))
+    return path, truth
+
+
+@pytest.fixture(scope="session")
+def example_case(tmp_path_factory):
+    return make_example_case(tmp_path_factory.mktemp("cases") / "example")
+
+
+def _drr(volume, camera, pose, step=1.0):
+    with torch.no_grad():
+        return render(volume.density("physical"), volume.affine, camera, torch.as_tensor(pose).reshape(1, 4, 4).float(),
+                      step=step)[0, 0]
+
+
+# ---------------------------------------------------------------- DeepFluoro
+
+
+def test_deepfluoro_poses_volume_and_fiducials_round_trip(deepfluoro):
+    path, truth = deepfluoro
+    sp = DeepFluoroDataset(1, filename=path)
+    t = truth["specimens"][1]
+    assert len(sp) == 3 and sp.specimen_id == "17-1882"
+    assert sp.focal_len == pytest.approx(1020.0, rel=1e-5)
+    assert sp.camera.reverse_x_axis  # negative focal length → mirrored detector in our frame
+    torch.testing.assert_close(sp.fiducials[0], torch.tensor(t["fiducials_ras"], dtype=F64))
+    for i, p in enumerate(t["projections"]):
+        T = torch.tensor(p["pose"], dtype=F64)
+        torch.testing.assert_close(sp.get_pose(i, raw=True), T, atol=1e-9, rtol=0)
+        assert sp.rot_180_for_up(i) == p["rot180"]
+        # the returned pose is the pose of the returned (rotated, cropped) image
+        expect = T @ ROT180 if p["rot180"] else T
+        torch.testing.assert_close(sp.get_pose(i), expect, atol=1e-9, rtol=0)
+        img, pose = sp[i]
+        assert img.shape == (1, 1, 120, 120) and img.dtype == torch.float32
+        assert pose.shape == (1, 4, 4) and pose.dtype == torch.float32
+        torch.testing.assert_close(pose[0].double(), expect, atol=1e-3, rtol=0)
+        for side in ("left", "right"):
+            torch.testing.assert_close(sp.get_pose(i, f"{side}-femur", raw=True),
+                                       torch.tensor(p[f"{side}_femur_pose"], dtype=F64), atol=1e-9, rtol=0)
+        assert sp.femur_good_fov(i, "left") is True
+    # the volume is the LPS grid seen in RAS: voxel (i, j, k) of pixels[k, j, i]
+    with h5py.File(path) as f:
+        origin = f["17-1882/vol/origin"][()].reshape(3)
+        pix = f["17-1882/vol/pixels"]
+        assert pix.shape == tuple(reversed(sp.volume.shape))
+        v = float(pix[5, 7, 9])
+    assert float(sp.volume.data[9, 7, 5]) == v
+    torch.testing.assert_close(sp.volume.voxel_to_world([9.0, 7.0, 5.0]),
+                               torch.tensor([-(origin[0] + 9), -(origin[1] + 7), origin[2] + 5], dtype=F64))
+    assert sp.volume.label_names[1] == "left-hemipelvis" and int(sp.volume.labels.max()) <= 7
+    assert sp.isocenter_pose.shape == (1, 4, 4)
+    torch.testing.assert_close(sp.isocenter_pose[0, :3, 3] + 510.0 * sp.isocenter_pose[0, :3, 2], sp.volume.center,
+                               atol=1e-2, rtol=0)
+
+
+def test_deepfluoro_landmarks_follow_the_image(deepfluoro):
+    """Fiducials projected with the loader's pose and camera land on the stored 2D landmarks (< 0.5 px),
+    at the returned size and after resizing; the stored landmarks follow crop and rotation."""
+    path, truth = deepfluoro
+    sp = DeepFluoroDataset(1, filename=path)
+    W = 128
+    for i, p in enumerate(truth["specimens"][1]["projections"]):
+        file_uv = torch.tensor(p["landmarks"], dtype=F64)
+        # independent bookkeeping: rotate (u' = W-1-u) then remove the 4-px border
+        uv = torch.stack([W - 1 - file_uv[:, 0], W - 1 - file_uv[:, 1]], 1) if p["rot180"] else file_uv
+        uv = uv - 4.0
+        torch.testing.assert_close(sp.stored_2d_landmarks(i), uv, atol=1e-4, rtol=0)
+        for size in (None, 256, 64, (50, 70)):
+            gt = sp.get_2d_groundtruth(i, size=size)
+            stored = sp.stored_2d_landmarks(i, size=size)
+            assert float((gt - stored).norm(dim=1).max()) < 0.5, (i, size)
+        true, pred = sp.get_2d_fiducials(i, sp.get_pose(i))
+        torch.testing.assert_close(true, pred)
+        inside = ((sp.get_2d_groundtruth(i) >= 0) & (sp.get_2d_groundtruth(i) <= 119)).all(1)
+        assert int(inside.sum()) >= 8  # most landmarks are in view
+
+
+def test_deepfluoro_image_is_the_drr_at_the_loader_pose(deepfluoro):
+    """The returned image (rotated, cropped, log, rescaled) matches a DRR rendered at the returned pose
+    with the returned camera; a 180°-rotated copy does not."""
+    path, _ = deepfluoro
+    sp = DeepFluoroDataset(2, filename=path, preprocess={"blur": None})
+    blurred = DeepFluoroDataset(2, filename=path)
+    small = DeepFluoroDataset(2, filename=path, size=64)
+    for i in range(len(sp)):
+        img, pose = sp[i]
+        drr = _drr(sp.volume, sp.get_camera(i), pose)
+        assert ncc(img[0, 0], drr) > 0.999
+        assert ncc(img[0, 0].flip(0, 1), drr) < 0.9
+        assert ncc(blurred[i][0][0, 0], drr) > 0.99
+        img_s, pose_s = small[i]
+        assert img_s.shape == (1, 1, 64, 64)
+        assert ncc(img_s[0, 0], _drr(sp.volume, small.get_camera(i), pose_s)) > 0.99
+    raw = DeepFluoroDataset(2, filename=path, preprocess=False)
+    img, _ = raw[1]
+    assert img.shape == (1, 1, 128, 128) and float(img.max()) <= 65487.0 and float(img.min()) >= 1.0
+    stored = raw.raw_image(1)
+    expect = stored.flip(0, 1) if raw.rot_180_for_up(1) else stored
+    assert torch.equal(img[0, 0], expect)
+
+
+def test_deepfluoro_conventions_with_a_blob_phantom(tmp_path):
+    """Bright blobs at known LPS points appear where DeepFluoro's own formula puts them:
+    in the stored raw image, and in the loader's rotated, cropped, resized image at get_2d_groundtruth."""
+    from xraypose.volume import volume_from_array
+
+    n = 81
+    centre = np.array([10.0, -20.0, 30.0])  # RAS
+    ax = np.arange(n) - (n - 1) / 2
+    X, Y, Z = np.meshgrid(ax, ax, ax, indexing="ij")
+    blobs_ras = centre + np.array([[22.0, 8.0, -15.0], [-18.0, -12.0, 20.0], [5.0, 25.0, 12.0]])
+    hu = np.full((n, n, n), -1000.0)
+    for b in blobs_ras - centre:
+        hu += 2500.0 * np.exp(-((X - b[0]) ** 2 + (Y - b[1]) ** 2 + (Z - b[2]) ** 2) / (2 * 2.5**2))
+    vol = volume_from_array(hu, spacing=(1.0, 1.0, 1.0), origin=centre - (n - 1) / 2)
+    path = tmp_path / "blobs.h5"
+    truth = write_deepfluoro_fixture(path, volume=vol, detector=96, specimens=(1,), n_projections=2,
+                                     region_mm=(80.0, 80.0, 80.0), center_ras=tuple(centre), principal_offset_px=(6.0, -4.0),
+                                     collimator=False, step=0.5)
+    K = np.array(truth["intrinsic"])
+    E = np.array(truth["extrinsic"])
+    blobs_lps = np.c_[blobs_ras * [-1.0, -1.0, 1.0], np.ones(3)].T
+    sp_raw = DeepFluoroDataset(1, filename=path, preprocess=False)
+    sp = DeepFluoroDataset(1, filename=path, preprocess={"blur": None}, size=72)
+    for i, p in enumerate(truth["specimens"][1]["projections"]):
+        C2V = np.array(p["cam_to_pelvis_vol"])
+        uvw = K @ (E @ np.linalg.inv(C2V) @ blobs_lps)[:3]
+        theirs = (uvw[:2] / uvw[2:]).T
+        L = -torch.log(sp_raw.raw_image(i).double() / 65487.0)
+        for uv in theirs:
+            assert np.linalg.norm(_peak(L, uv) - uv) < 0.35
+        img, _ = sp[i]
+        # the fiducials are random blob voxels; use the blob centres through the loader's geometry
+        plan_cam, plan_pose = sp.get_camera(i), sp.get_pose(i)
+        uv_loader = plan_cam.project(torch.from_numpy(blobs_ras), plan_pose).numpy()
+        for uv in uv_loader:
+            assert np.linalg.norm(_peak(img[0, 0].double(), uv) - uv) < 0.35
+        assert float((sp.get_2d_groundtruth(i) - sp.stored_2d_landmarks(i)).norm(dim=1).max()) < 0.5
+
+
+def _peak(img: torch.Tensor, uv, r: int = 3) -> np.ndarray:
+    """Intensity-weighted centroid (u, v) in a (2r+1)² window around uv (background removed)."""
+    u0, v0 = int(round(uv[0])), int(round(uv[1]))
+    H, W = img.shape
+    assert r <= u0 < W - r and r <= v0 < H - r, f"blob at {uv} is off the image"
+    win = img[v0 - r : v0 + r + 1, u0 - r : u0 + r + 1]
+    w = (win - win.min()).numpy()
+    vv, uu = np.mgrid[v0 - r : v0 + r + 1, u0 - r : u0 + r + 1]
+    return np.array([(w * uu).sum() / w.sum(), (w * vv).sum() / w.sum()])
+
+
+def test_deepfluoro_bad_input(deepfluoro, tmp_path, monkeypatch):
+    path, _ = deepfluoro
+    with pytest.raises(InputError, match="1..6"):
+        DeepFluoroDataset(7, filename=path)
+    with pytest.raises(InputError, match=r"specimen 3 \(HDF5 group '/18-0725'\) is missing"):
+        DeepFluoroDataset(3, filename=path)
+    monkeypatch.delenv("XRAYPOSE_DEEPFLUORO", raising=False)
+    with pytest.raises(InputError, match="XRAYPOSE_DEEPFLUORO"):
+        DeepFluoroDataset(1)
+    monkeypatch.setenv("XRAYPOSE_DEEPFLUORO", str(path))
+    assert len(DeepFluoroDataset(1)) == 3
+    with pytest.raises(InputError, match="not found"):
+        DeepFluoroDataset(1, filename=tmp_path / "nope.h5")
+    (tmp_path / "bad.h5").write_text("not hdf5")
+    with pytest.raises(InputError, match="cannot open"):
+        DeepFluoroDataset(1, filename=tmp_path / "bad.h5")
+    sp = DeepFluoroDataset(1, filename=path)
+    with pytest.raises(InputError, match="index 3 does not exist"):
+        sp[3]
+    with pytest.raises(InputError, match="unknown structure"):
+        sp.get_pose(0, "skull")
+    broken = tmp_path / "broken.h5"
+    shutil.copy(path, broken)
+    with h5py.File(broken, "a") as f:
+        del f["proj-params/extrinsic"]
+        del f["18-1109/projections/001/gt-poses/cam-to-pelvis-vol"]
+        del f["18-1109/vol-landmarks"]
+    with pytest.raises(InputError, match="'/proj-params/extrinsic' is missing"):
+        DeepFluoroDataset(1, filename=broken)
+    with h5py.File(broken, "a") as f:
+        f["proj-params"].create_dataset("extrinsic", data=np.eye(4))
+    with pytest.raises(InputError, match="'/18-1109/vol-landmarks' is missing"):
+        DeepFluoroDataset(2, filename=broken)
+    with h5py.File(broken, "a") as f:
+        f["17-1882/projections/000/image/pixels"][...] = 0.0
+    sp = DeepFluoroDataset(1, filename=broken)
+    with pytest.raises(InputError, match="all zeros"):
+        sp[0]
+    sp.close()
+    with h5py.File(broken, "a") as f:
+        del f["17-1882/projections/001/image/pixels"]
+        f["17-1882/projections/001/image"].create_dataset("pixels", data=np.ones((64, 64), np.float32))
+    with pytest.raises(InputError, match="sizes differ"):
+        DeepFluoroDataset(1, filename=broken)[1]
+
+
+def test_deepfluoro_pickles_for_dataloader_workers(deepfluoro):
+    path, _ = deepfluoro
+    sp = DeepFluoroDataset(1, filename=path)
+    img, pose = sp[0]
+    sp2 = pickle.loads(pickle.dumps(sp))
+    img2, pose2 = sp2[0]
+    assert torch.equal(img, img2) and torch.equal(pose, pose2)
+    loader = torch.utils.data.DataLoader(sp, batch_size=3)
+    imgs, poses = next(iter(loader))
+    assert imgs.shape == (3, 1, 1, 120, 120) and poses.shape == (3, 1, 4, 4)
+
+
+# ---------------------------------------------------------------- Ljubljana
+
+
+def test_ljubljana_poses_landmarks_and_images(ljubljana):
+    path, truth = ljubljana
+    s = LjubljanaDataset(2, filename=path)
+    assert len(s) == 2 and s.views == ["ap", "lat", "ap-max", "lat-max"]
+    assert s.focal_len == pytest.approx(1196.4)
+    t = truth["subjects"][2]
+    torch.testing.assert_close(s.fiducials[0], torch.tensor(t["points"], dtype=F64))
+    for idx, view in ((0, "ap"), (1, "lat"), ("ap-max", "ap"), ("lat-max", "lat")):
+        T = torch.tensor(t["views"][view]["pose"], dtype=F64)
+        torch.testing.assert_close(s.get_pose(idx), T, atol=1e-9, rtol=0)
+        img, pose = s[idx]
+        cam = s.get_camera(idx)
+        assert img.shape == (1, 1, 96, 124) and (cam.height, cam.width) == (96, 124)
+        assert cam.reverse_x_axis
+        stored = torch.tensor(t["views"][view]["landmarks"], dtype=F64)
+        assert float((s.get_2d_groundtruth(idx) - stored).norm(dim=1).max()) < 0.5
+        for size in (256, (48, 62)):
+            gt = s.get_2d_groundtruth(idx, size=size)
+            h, w = (size, size) if isinstance(size, int) else size
+            scaled = torch.stack([(stored[:, 0] + 0.5) * w / 124 - 0.5, (stored[:, 1] + 0.5) * h / 96 - 0.5], 1)
+            assert float((gt - scaled).norm(dim=1).max()) < 0.5
+        with torch.no_grad():
+            drr = render(s.volume.data, s.volume.affine, cam, pose, step=2.0)[0, 0]
+        assert ncc(img[0, 0], drr) > 0.999
+        assert ncc(img[0, 0].flip(1), drr) < 0.95
+    raw = LjubljanaDataset(1, filename=path, preprocess=False)
+    assert torch.equal(raw[0][0][0, 0], raw.raw_image("ap"))
+    small = LjubljanaDataset(1, filename=path, size=(48, 62))
+    assert small[1][0].shape == (1, 1, 48, 62) and small.get_camera(1).height == 48
+
+
+def test_ljubljana_bad_input(ljubljana, tmp_path):
+    path, _ = ljubljana
+    with pytest.raises(InputError, match="1..10"):
+        LjubljanaDataset(11, filename=path)
+    with pytest.raises(InputError, match=r"subject 3 \(HDF5 group '/subject03'\) is missing"):
+        LjubljanaDataset(3, filename=path)
+    s = LjubljanaDataset(1, filename=path)
+    with pytest.raises(InputError, match="unknown Ljubljana view"):
+        s["oblique"]
+    with pytest.raises(InputError, match="0 \\(AP\\) or 1 \\(LAT\\)"):
+        s[2]
+    broken = tmp_path / "lj.h5"
+    shutil.copy(path, broken)
+    with h5py.File(broken, "a") as f:
+        del f["subject01/proj-lat-max"]
+        del f["subject02/proj-lat"]
+        del f["subject02/points"]
+    s = LjubljanaDataset(1, filename=broken)
+    with pytest.raises(InputError, match="'/subject01/proj-lat-max' is missing"):
+        s["lat-max"]
+    s.close()
+    with pytest.raises(InputError, match="'/subject02/points' is missing"):
+        LjubljanaDataset(2, filename=broken)
+    with h5py.File(broken, "a") as f:
+        f["subject02"].create_dataset("points", data=np.zeros((3, 3)))
+    with pytest.raises(InputError, match="'/subject02/proj-lat' is missing"):
+        LjubljanaDataset(2, filename=broken)
+
+
+# ---------------------------------------------------------------- case folders
+
+
+def test_example_case_round_trip(example_case):
+    case = load_case(example_case)
+    assert case.names == ["lao20_caud10.dcm", "lateral.npy"]
+    assert case.fiducials.shape == (8, 3) and case.fiducial_names[0] == "bone0"
+    for i in range(len(case)):
+        img, pose = case[i]
+        cam = case.get_camera(i)
+        assert img.shape[-2:] == (cam.height, cam.width)
+        assert ncc(img[0, 0], _drr(case.volume, cam, pose, step=1.5)) > 0.999
+        uv = case.get_2d_groundtruth(i)
+        assert bool(((uv >= 0) & (uv[:, :1] < cam.width) & (uv[:, 1:] < cam.height)).all())
+        uv_small = case.get_2d_groundtruth(i, size=(80, 88))
+        torch.testing.assert_close(uv_small, cam.resize(80, 88).project(case.fiducials, case.get_pose(i)))
+    dcm = case.xrays[0]
+    assert dcm.kind == "intensity" and dcm.camera.reverse_x_axis
+    assert dcm.header["primary"]["value"] == 20.0 and dcm.header["secondary"]["value"] == -10.0
+    init = case.initial_pose(0)
+    true = case.get_pose(0)
+    assert float((init[:3, 3] - true[:3, 3]).norm()) < 20.0  # the header's angles are close to the truth
+    assert case.initial_pose(1) is None  # the NPY has no angles
+    # preprocessing options flow through, and the pose follows a rotation
+    rot = load_case(example_case, preprocess={"rotate_180": True, "size": 64})
+    img, pose = rot[0]
+    assert img.shape == (1, 1, 64, 64)
+    torch.testing.assert_close(pose[0].double(), (true @ ROT180), atol=1e-3, rtol=0)
+    assert ncc(img[0, 0], _drr(rot.volume, rot.get_camera(0), pose, step=1.5)) > 0.99
+
+
+def test_case_folder_bad_input(example_case, tmp_path):
+    bad = tmp_path / "case"
+    shutil.copytree(example_case, bad)
+    with pytest.raises(InputError, match="not empty"):
+        make_example_case(bad)
+    (bad / "poses.json").write_text('{"ghost.dcm": [[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}')
+    with pytest.raises(InputError, match="ghost.dcm"):
+        load_case(bad)
+    (bad / "poses.json").write_text('{"lateral.npy": [[2,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}')
+    with pytest.raises(InputError, match="orthonormal"):
+        load_case(bad)
+    (bad / "poses.json").unlink()
+    (bad / "fiducials.csv").write_text("name,x,y,z\na,1,2\n")
+    with pytest.raises(InputError, match="fiducials.csv:2"):
+        load_case(bad)
+    (bad / "fiducials.csv").unlink()
+    case = load_case(bad)
+    with pytest.raises(InputError, match="no fiducials.csv"):
+        case.get_2d_groundtruth(0)
+    assert case[0][1] is None  # no poses.json: no ground truth
+    with pytest.raises(InputError, match="no X-ray named"):
+        case["nope.dcm"]
+    (bad / "ct.nii.gz").unlink()
+    with pytest.raises(InputError, match="has no CT"):
+        load_case(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_case(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- full size (slow)
+
+
+@pytest.mark.slow
+def test_full_size_deepfluoro_fixture(tmp_path):
+    """The real 1536² detector: landmarks within 0.5 px at full size (1436² after the crop) and at 256²."""
+    path = tmp_path / "ipcai_2020_full_res_data.h5"
+    write_deepfluoro_fixture(path, detector=1536, specimens=(1,), n_projections=2, principal_offset_px=(0.0, 0.0),
+                                     render_scale=4)
+    with h5py.File(path) as f:
+        K = f["proj-params/intrinsic"][()]
+        assert K.dtype == np.float32 and K[0, 0] == pytest.approx(-5257.73, rel=1e-4) and K[0, 2] == 767.5
+        assert f["proj-params/num-rows"][()] == 1536
+        assert f["17-1882/projections/000/image/pixels"].shape == (1536, 1536)
+        assert f["17-1882/vol-landmarks/FH-l"].shape == (3, 1)
+        assert f["17-1882/projections/000/gt-landmarks/FH-l"].shape == (2, 1)
+        assert f["17-1882/vol-seg/labels-def/1"][()] == b"left-hemipelvis"
+    sp = DeepFluoroDataset(1, filename=path)
+    for i in range(2):
+        img, pose = sp[i]
+        assert img.shape == (1, 1, 1436, 1436)
+        for size in (None, 256):
+            err = (sp.get_2d_groundtruth(i, size=size) - sp.stored_2d_landmarks(i, size=size)).norm(dim=1)
+            assert float(err.max()) < 0.5
+        small = DeepFluoroDataset(1, filename=path, size=256)
+        img_s, pose_s = small[i]
+        assert ncc(img_s[0, 0], _drr(small.volume, small.get_camera(i), pose_s)) > 0.99
