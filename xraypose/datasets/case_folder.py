@@ -321,3 +321,39 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
         "isocenter": iso.tolist(),
     })
     return root
+
+
+# --------------------------------------------------------------------------
+# checking a case (python -m xraypose.datasets check CASE)
+# --------------------------------------------------------------------------
+
+
+def check_case(folder, out=None) -> list[dict]:
+    """Read a case and, for each X-ray with a pose (ground truth, else the initial pose from its
+    C-arm angles), render a DRR and report its NCC with the preprocessed X-ray.  Writes
+    ``<name>_xray.png`` / ``<name>_drr.png`` to ``out`` when given.  Returns one dict per X-ray."""
+    from xraypose.io import save_image
+    from xraypose.preprocess import ncc
+    from xraypose.render import render
+
+    case = load_case(folder)
+    density = case.volume.density("physical")
+    rows = []
+    for i, name in enumerate(case.names):
+        xr = case.processed[i]
+        row = {"xray": name, "shape": list(xr.shape), "kind": case.xrays[i].kind,
+               "camera": None if xr.camera is None else xr.camera.to_dict(), "pose_from": None, "ncc": None}
+        pose = case.get_pose(i)
+        row["pose_from"] = "poses.json" if pose is not None else None
+        if pose is None and xr.pose is not None:
+            pose, row["pose_from"] = xr.pose, "C-arm angles in the header"
+        if pose is not None and xr.camera is not None:
+            with torch.no_grad():
+                drr = render(density, case.volume.affine, xr.camera, pose.to(torch.float32)[None], step=1.5)[0, 0]
+            row["ncc"] = ncc(xr.image, drr)
+            if out is not None:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                save_image(Path(out) / f"{Path(name).stem}_xray.png", xr.image)
+                save_image(Path(out) / f"{Path(name).stem}_drr.png", drr)
+        rows.append(row)
+    return rows

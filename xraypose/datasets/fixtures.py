@@ -263,7 +263,12 @@ def write_deepfluoro_fixture(
     density = vol_ras.density("physical")
     labels = _segment(pixels, origin, spacing)
     Zs, Ys, Xs = np.nonzero(pixels > 300)
-    bone_lps = origin + spacing * np.stack([Xs, Ys, Zs], 1)
+    ijk = np.stack([Xs, Ys, Zs], 1)
+    shape_xyz = np.array(pixels.shape[::-1])
+    inner = np.all((ijk >= 0.15 * shape_xyz) & (ijk <= 0.85 * shape_xyz), axis=1)  # landmarks away from the box faces
+    if inner.sum() >= 2 * len(_LANDMARKS):
+        ijk = ijk[inner]
+    bone_lps = origin + spacing * ijk
     centre_ras = vol_ras.center.numpy()
     border = int(round(40 * W / 1536)) if collimator else 0
 
