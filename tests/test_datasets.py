@@ -396,3 +396,16 @@ def test_full_size_deepfluoro_fixture(tmp_path):
         small = DeepFluoroDataset(1, filename=path, size=256)
         img_s, pose_s = small[i]
         assert ncc(img_s[0, 0], _drr(small.volume, small.get_camera(i), pose_s)) > 0.99
+
+
+def test_command_line_check_and_example(example_case, tmp_path, capsys):
+    from xraypose.datasets.__main__ import main
+
+    assert main(["check", str(example_case), "--out", str(tmp_path / "png")]) == 0
+    out = capsys.readouterr().out
+    assert "DistanceSourceToDetector (0018,1110)" in out and "sidecar JSON lateral.json" in out
+    assert out.count("NCC at the pose from poses.json: 1.0000") == 2
+    assert (tmp_path / "png" / "lateral_drr.png").is_file()
+    assert main(["example", str(example_case)]) == 2  # not empty: refuses to overwrite
+    assert "not empty" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "missing")]) == 2
