@@ -34,7 +34,7 @@ from xraypose.render.rays import clip_to_box
 from xraypose.render.trilinear import support_box
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-ABI_VERSION = 2
+ABI_VERSION = 4
 RENDERERS = ("trilinear", "siddon")
 
 _lock = threading.Lock()
@@ -144,16 +144,16 @@ def _declare(lib) -> None:
     for g in ("f32", "f64"):
         for v in ("f32", "f64"):
             f = getattr(lib, f"xrp_tri_fwd_{g}_{v}")
-            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, I64, P, INT]
-            f.restype = None
+            f.argtypes = [P, P, P, P, P, P, I64, I64, I64, P, P, INT]
+            f.restype = INT
             f = getattr(lib, f"xrp_tri_bwd_{g}_{v}")
-            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, INT]
+            f.argtypes = [P, P, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, INT]
             f.restype = None
             f = getattr(lib, f"xrp_sid_fwd_{g}_{v}")
-            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, P, INT]
+            f.argtypes = [P, P, P, P, P, P, I64, I64, P, INT]
             f.restype = None
             f = getattr(lib, f"xrp_sid_bwd_{g}_{v}")
-            f.argtypes = [P, I64, I64, I64, I64, P, P, P, P, I64, I64, P, P, P, P, P, P, INT]
+            f.argtypes = [P, P, P, P, P, P, I64, I64, P, P, P, P, P, P, INT]
             f.restype = None
 
 
@@ -183,12 +183,18 @@ class _TrilinearSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, density, origin, direction, s_near, span, n_samples):
         lib = _load()
-        C, I, J, K = density.shape
+        C = density.shape[0]
         B, R, _ = direction.shape
         out = torch.empty((B, C, R), dtype=direction.dtype)
         fn = getattr(lib, f"xrp_tri_fwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
-        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, n_samples,
-           _ptr(out), _threads())
+        vs = _shape_strides(density)
+        # Pose gradients wanted: the float32 kernel also sums the samples' gradients (jac), so the
+        # backward needs no second pass over the volume.
+        geo = any(ctx.needs_input_grad[1:5])
+        jac = torch.empty((B, C, R, 6), dtype=direction.dtype) if geo else None
+        got = fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R,
+                 n_samples, _ptr(out), _ptr(jac), _threads())
+        ctx.jac = jac if got else None
         ctx.save_for_backward(density, origin, direction, s_near, span)
         ctx.n_samples = n_samples
         return out
@@ -200,8 +206,9 @@ class _TrilinearSums(torch.autograd.Function):
         geo = need_o or need_d or need_a or need_s
         if not (geo or need_vol):
             return None, None, None, None, None, None
+        if ctx.jac is not None and not need_vol:
+            return (None, *_from_jacobian(ctx.jac, grad, direction, s_near, span, ctx.needs_input_grad), None)
         lib = _load()
-        C, I, J, K = density.shape
         B, R, _ = direction.shape
         grad = grad.contiguous().to(direction.dtype)
         g = dict(dtype=direction.dtype)
@@ -209,9 +216,10 @@ class _TrilinearSums(torch.autograd.Function):
         gD = torch.empty((B, R, 3), **g) if geo else None
         gA = torch.empty((B, R), **g) if geo else None
         gS = torch.empty((B, R), **g) if geo else None
-        gV = torch.zeros_like(density) if need_vol else None
+        gV = torch.empty_strided(density.shape, density.stride(), dtype=density.dtype).zero_() if need_vol else None
+        vs = _shape_strides(density)
         fn = getattr(lib, f"xrp_tri_bwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
-        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, ctx.n_samples,
+        fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, ctx.n_samples,
            _ptr(grad), _ptr(gO), _ptr(gD), _ptr(gA), _ptr(gS), _ptr(gV), _threads())
         return (
             gV,
@@ -221,6 +229,18 @@ class _TrilinearSums(torch.autograd.Function):
             gS if need_s else None,
             None,
         )
+
+
+def _from_jacobian(jac, grad, direction, s_near, span, needs):
+    """Pose-side gradients from the forward's per-ray sums of sample gradients (see tri_fwd_f32)."""
+    G = torch.einsum("bcr,bcrj->brj", grad.to(jac.dtype), jac)  # (B, R, 6)
+    g1, g2 = G[..., :3], G[..., 3:]
+    return (
+        g1.sum(1) if needs[1] else None,
+        s_near.unsqueeze(-1) * g1 + span.unsqueeze(-1) * g2 if needs[2] else None,
+        (g1 * direction).sum(-1) if needs[3] else None,
+        (g2 * direction).sum(-1) if needs[4] else None,
+    )
 
 
 def cache_order(origin: torch.Tensor, direction: torch.Tensor, s_near: torch.Tensor, span: torch.Tensor):
@@ -284,11 +304,12 @@ class _SiddonSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, density, origin, direction, s_near, s_far):
         lib = _load()
-        C, I, J, K = density.shape
+        C = density.shape[0]
         B, R, _ = direction.shape
         out = torch.empty((B, C, R), dtype=direction.dtype)
+        vs = _shape_strides(density)
         fn = getattr(lib, f"xrp_sid_fwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
-        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(out),
+        fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(out),
            _threads())
         ctx.save_for_backward(density, origin, direction, s_near, s_far)
         return out
@@ -301,7 +322,6 @@ class _SiddonSums(torch.autograd.Function):
         if not (geo or need_vol):
             return None, None, None, None, None
         lib = _load()
-        C, I, J, K = density.shape
         B, R, _ = direction.shape
         grad = grad.contiguous().to(direction.dtype)
         g = dict(dtype=direction.dtype)
@@ -309,9 +329,10 @@ class _SiddonSums(torch.autograd.Function):
         gD = torch.empty((B, R, 3), **g) if geo else None
         gN = torch.empty((B, R), **g) if geo else None
         gF = torch.empty((B, R), **g) if geo else None
-        gV = torch.zeros_like(density) if need_vol else None
+        gV = torch.empty_strided(density.shape, density.stride(), dtype=density.dtype).zero_() if need_vol else None
+        vs = _shape_strides(density)
         fn = getattr(lib, f"xrp_sid_bwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
-        fn(_ptr(density), C, I, J, K, _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(grad),
+        fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(grad),
            _ptr(gO), _ptr(gD), _ptr(gN), _ptr(gF), _ptr(gV), _threads())
         n = ctx.needs_input_grad
         return (
@@ -323,12 +344,29 @@ class _SiddonSums(torch.autograd.Function):
         )
 
 
+def _shape_strides(density: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(list(density.shape) + list(density.stride()), dtype=torch.int64)
+
+
+def is_channels_last(density: torch.Tensor) -> bool:
+    """(C, I, J, K) stored as a contiguous (I, J, K, C): a voxel's channels side by side."""
+    return density.dim() == 4 and density.permute(1, 2, 3, 0).is_contiguous()
+
+
+def channels_last(density: torch.Tensor) -> torch.Tensor:
+    """A (C, I, J, K) view of a contiguous (I, J, K, C) copy: the layout the kernels read fastest for C > 1."""
+    return density.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+
+
 def _prepare(density, direction):
+    """A float32/float64 volume in a layout the kernels read in place (else a contiguous copy)."""
     dt = direction.dtype
     if dt not in _SUFFIX:
         raise InputError(f"the fused CPU backend computes in float32 or float64, got {dt}")
     if density.dtype not in _SUFFIX:
         density = density.to(dt)
+    if density.is_contiguous() or is_channels_last(density):
+        return density
     return density.contiguous()
 
 

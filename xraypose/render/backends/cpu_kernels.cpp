@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 typedef int64_t i64;
 
@@ -31,16 +32,25 @@ inline void atomic_add(V* p, double v) {
 // The base corner is clamped to [0, max(n-2, 0)] and the weight adjusted, so
 // all eight corners are always in the grid (for n = 1 the "+1" neighbour is the
 // voxel itself, with weight 0): no bounds checks in the inner loop.
+// The volume: shape (C, I, J, K) and element strides (any layout: channels-first
+// contiguous, or channels-last, where the channels of a voxel share a cache line).
+struct Vol {
+    i64 C, I, J, K, sc, si, sj, sk;
+};
+
+inline Vol make_vol(const i64* d) { return Vol{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]}; }
+
 struct Grid {
-    i64 I, J, K, JK;
+    i64 I, J, K, si, sj, sk;
     i64 off[8];  // corner offsets, x-major then y then z
     double mx, my, mz;  // n - 1 per axis
 };
 
-inline Grid make_grid(i64 I, i64 J, i64 K) {
+inline Grid make_grid(const Vol& v) {
     Grid g;
-    g.I = I; g.J = J; g.K = K; g.JK = J * K;
-    const i64 sx = I > 1 ? J * K : 0, sy = J > 1 ? K : 0, sz = K > 1 ? 1 : 0;
+    const i64 I = v.I, J = v.J, K = v.K;
+    g.I = I; g.J = J; g.K = K; g.si = v.si; g.sj = v.sj; g.sk = v.sk;
+    const i64 sx = I > 1 ? v.si : 0, sy = J > 1 ? v.sj : 0, sz = K > 1 ? v.sk : 0;
     const i64 off[8] = {0, sz, sy, sy + sz, sx, sx + sz, sx + sy, sx + sy + sz};
     for (int q = 0; q < 8; ++q) g.off[q] = off[q];
     g.mx = (double)(I - 1); g.my = (double)(J - 1); g.mz = (double)(K - 1);
@@ -67,7 +77,7 @@ inline void make_cell(double x, double y, double z, const Grid& G, Cell& c) {
     axis(x, G.mx, G.I, ix, c.wx, c.gx);
     axis(y, G.my, G.J, iy, c.wy, c.gy);
     axis(z, G.mz, G.K, iz, c.wz, c.gz);
-    c.base = ix * G.JK + iy * G.K + iz;
+    c.base = ix * G.si + iy * G.sj + iz * G.sk;
 }
 
 template <typename V>
@@ -86,11 +96,11 @@ inline double interp(const Cell& c, const double v[8]) {
 // ---------------------------------------------------------------- trilinear
 // F[b, c, r] = sum_k f_c(o_b + s_k d_br), s_k = a_br + span_br (k + 1/2) / N.
 template <typename G, typename V>
-void tri_fwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* dir, const G* a, const G* span,
+void tri_fwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G* a, const G* span,
              i64 B, i64 R, i64 N, G* out, int nthreads) {
-    const i64 IJK = I * J * K, total = B * R;
+    const i64 C = VV.C, SC = VV.sc, total = B * R;
     const double invN = 1.0 / (double)N;
-    const Grid grid = make_grid(I, J, K);
+    const Grid grid = make_grid(VV);
     for (i64 c0 = 0; c0 < C; c0 += CMAX) {
         const int nc = (int)std::min<i64>(CMAX, C - c0);
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
@@ -112,7 +122,7 @@ void tri_fwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G*
                     make_cell(X[q], Y[q], Z[q], grid, cell);
                     for (int c = 0; c < nc; ++c) {
                         double v[8];
-                        corners(vol + (c0 + c) * IJK, cell, grid, v);
+                        corners(vol + (c0 + c) * SC, cell, grid, v);
                         acc[c] += interp(cell, v);
                     }
                 }
@@ -122,15 +132,220 @@ void tri_fwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G*
     }
 }
 
+
+// Fast path of tri_fwd for float32 geometry and volumes of fewer than 2^31 elements:
+// blocks of BS samples, branch-free float arithmetic and 32-bit offsets, so the
+// compiler vectorises both the cell computation and the 8-corner gathers.
+// Positions are o + s0 d (double, per ray) + tau d (float), tau = span (k + 1/2) / N.
+// With jac (B, C, R, 6) it also stores, per ray and channel, sum_k grad f_c(x_k) and
+// sum_k t_k grad f_c(x_k): the pose backward then needs no second pass over the volume.
+template <typename V>
+void tri_fwd_f32(const V* vol, const Vol& VV, const float* origin, const float* dir, const float* a,
+                 const float* span, i64 B, i64 R, i64 N, float* out, float* jac, int nthreads) {
+    const i64 C = VV.C, total = B * R;
+    const int32_t SC = (int32_t)VV.sc;
+    const Grid grid = make_grid(VV);
+    int32_t off[8];
+    for (int q = 0; q < 8; ++q) off[q] = (int32_t)grid.off[q];
+    const int32_t si = (int32_t)VV.si, sj = (int32_t)VV.sj, sk = (int32_t)VV.sk;
+    const float mx = (float)grid.mx, my = (float)grid.my, mz = (float)grid.mz;
+    // largest base index per axis: n - 2 (n > 1) or 0
+    const float bx = (float)std::max<i64>(VV.I - 2, 0), by = (float)std::max<i64>(VV.J - 2, 0),
+                bz = (float)std::max<i64>(VV.K - 2, 0);
+    const float invN = 1.0f / (float)N;
+    for (i64 c0 = 0; c0 < C; c0 += CMAX) {
+        const int nc = (int)std::min<i64>(CMAX, C - c0);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
+        for (i64 ray = 0; ray < total; ++ray) {
+            const i64 b = ray / R;
+            const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
+            const double s0 = a[ray];
+            const float ex = (float)(origin[3 * b] + s0 * dx), ey = (float)(origin[3 * b + 1] + s0 * dy),
+                        ez = (float)(origin[3 * b + 2] + s0 * dz);
+            const float fdx = (float)dx, fdy = (float)dy, fdz = (float)dz, sp = span[ray];
+            double acc[CMAX] = {0, 0, 0, 0, 0, 0, 0, 0};
+            double jl[6 * CMAX] = {0};
+            alignas(64) int32_t OFF[BS];
+            alignas(64) float WX[BS], WY[BS], WZ[BS], MX[BS], MY[BS], MZ[BS];
+            for (i64 k0 = 0; k0 < N; k0 += BS) {
+                const int nb = (int)std::min<i64>(BS, N - k0);
+#pragma omp simd
+                for (int q = 0; q < BS; ++q) {
+                    const float tau = sp * (((float)(k0 + q) + 0.5f) * invN);
+                    float x = ex + tau * fdx, y = ey + tau * fdy, z = ez + tau * fdz;
+                    x = std::min(std::max(x, 0.0f), mx);
+                    y = std::min(std::max(y, 0.0f), my);
+                    z = std::min(std::max(z, 0.0f), mz);
+                    const float fx = std::min((float)(int32_t)x, bx), fy = std::min((float)(int32_t)y, by),
+                                fz = std::min((float)(int32_t)z, bz);
+                    WX[q] = x - fx; WY[q] = y - fy; WZ[q] = z - fz;
+                    OFF[q] = (int32_t)fx * si + (int32_t)fy * sj + (int32_t)fz * sk;
+                }
+                if (jac != nullptr) {
+#pragma omp simd
+                    for (int q = 0; q < BS; ++q) {
+                        const float tau = sp * (((float)(k0 + q) + 0.5f) * invN);
+                        const float x = ex + tau * fdx, y = ey + tau * fdy, z = ez + tau * fdz;
+                        const bool valid = q < nb;
+                        MX[q] = (valid && x > 0.0f && x < mx) ? 1.0f : 0.0f;
+                        MY[q] = (valid && y > 0.0f && y < my) ? 1.0f : 0.0f;
+                        MZ[q] = (valid && z > 0.0f && z < mz) ? 1.0f : 0.0f;
+                    }
+                }
+                for (int c = 0; c < nc; ++c) {
+                    const V* p = vol + (c0 + c) * SC;
+                    float sum = 0.0f, bsx = 0, bsy = 0, bsz = 0, btx = 0, bty = 0, btz = 0;
+                    if (jac == nullptr) {
+#pragma omp simd reduction(+ : sum)
+                        for (int q = 0; q < BS; ++q) {
+                            const int32_t o = OFF[q];
+                            const float wx = WX[q], wy = WY[q], wz = WZ[q];
+                            const float v0 = (float)p[o + off[0]], v1 = (float)p[o + off[1]];
+                            const float v2 = (float)p[o + off[2]], v3 = (float)p[o + off[3]];
+                            const float v4 = (float)p[o + off[4]], v5 = (float)p[o + off[5]];
+                            const float v6 = (float)p[o + off[6]], v7 = (float)p[o + off[7]];
+                            const float c00 = v0 + wz * (v1 - v0), c01 = v2 + wz * (v3 - v2);
+                            const float c10 = v4 + wz * (v5 - v4), c11 = v6 + wz * (v7 - v6);
+                            const float e0 = c00 + wy * (c01 - c00), e1 = c10 + wy * (c11 - c10);
+                            sum += q < nb ? e0 + wx * (e1 - e0) : 0.0f;
+                        }
+                    } else {
+#pragma omp simd reduction(+ : sum, bsx, bsy, bsz, btx, bty, btz)
+                        for (int q = 0; q < BS; ++q) {
+                            const int32_t o = OFF[q];
+                            const float wx = WX[q], wy = WY[q], wz = WZ[q];
+                            const float ux = 1.0f - wx, uy = 1.0f - wy, uz = 1.0f - wz;
+                            const float v0 = (float)p[o + off[0]], v1 = (float)p[o + off[1]];
+                            const float v2 = (float)p[o + off[2]], v3 = (float)p[o + off[3]];
+                            const float v4 = (float)p[o + off[4]], v5 = (float)p[o + off[5]];
+                            const float v6 = (float)p[o + off[6]], v7 = (float)p[o + off[7]];
+                            const float c00 = v0 + wz * (v1 - v0), c01 = v2 + wz * (v3 - v2);
+                            const float c10 = v4 + wz * (v5 - v4), c11 = v6 + wz * (v7 - v6);
+                            const float e0 = c00 + wy * (c01 - c00), e1 = c10 + wy * (c11 - c10);
+                            sum += q < nb ? e0 + wx * (e1 - e0) : 0.0f;
+                            const float gx = MX[q] * (uy * uz * (v4 - v0) + uy * wz * (v5 - v1) + wy * uz * (v6 - v2) +
+                                                      wy * wz * (v7 - v3));
+                            const float gy = MY[q] * (ux * uz * (v2 - v0) + ux * wz * (v3 - v1) + wx * uz * (v6 - v4) +
+                                                      wx * wz * (v7 - v5));
+                            const float gz = MZ[q] * (ux * uy * (v1 - v0) + ux * wy * (v3 - v2) + wx * uy * (v5 - v4) +
+                                                      wx * wy * (v7 - v6));
+                            const float t = ((float)(k0 + q) + 0.5f) * invN;
+                            bsx += gx; bsy += gy; bsz += gz;
+                            btx += t * gx; bty += t * gy; btz += t * gz;
+                        }
+                        double* J = jl + 6 * c;
+                        J[0] += bsx; J[1] += bsy; J[2] += bsz; J[3] += btx; J[4] += bty; J[5] += btz;
+                    }
+                    acc[c] += (double)sum;
+                }
+            }
+            if (jac != nullptr)
+                for (int c = 0; c < nc; ++c)
+                    for (int j = 0; j < 6; ++j) jac[((b * C + c0 + c) * R + (ray - b * R)) * 6 + j] = (float)jl[6 * c + j];
+            for (int c = 0; c < nc; ++c) out[(b * C + c0 + c) * R + (ray - b * R)] = (float)acc[c];
+        }
+    }
+}
+
+
+// Fast path of tri_bwd (pose gradients only) for float32 geometry, as tri_fwd_f32.
+template <typename V>
+void tri_bwd_f32(const V* vol, const Vol& VV, const float* origin, const float* dir, const float* a,
+                 const float* span, i64 B, i64 R, i64 N, const float* gF, float* gO, float* gD, float* gA,
+                 float* gS, int nthreads) {
+    const i64 C = VV.C, total = B * R;
+    const int32_t SC = (int32_t)VV.sc;
+    const Grid grid = make_grid(VV);
+    int32_t off[8];
+    for (int q = 0; q < 8; ++q) off[q] = (int32_t)grid.off[q];
+    const int32_t si = (int32_t)VV.si, sj = (int32_t)VV.sj, sk = (int32_t)VV.sk;
+    const float mx = (float)grid.mx, my = (float)grid.my, mz = (float)grid.mz;
+    const float bx = (float)std::max<i64>(VV.I - 2, 0), by = (float)std::max<i64>(VV.J - 2, 0),
+                bz = (float)std::max<i64>(VV.K - 2, 0);
+    const float invN = 1.0f / (float)N;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
+    for (i64 ray = 0; ray < total; ++ray) {
+        const i64 b = ray / R, r = ray - b * R;
+        const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
+        const double s0 = a[ray];
+        const float ex = (float)(origin[3 * b] + s0 * dx), ey = (float)(origin[3 * b + 1] + s0 * dy),
+                    ez = (float)(origin[3 * b + 2] + s0 * dz);
+        const float fdx = (float)dx, fdy = (float)dy, fdz = (float)dz, sp = span[ray];
+        double sx = 0, sy = 0, sz = 0, tx = 0, ty = 0, tz = 0;
+        bool any = false;
+        for (i64 c = 0; c < C; ++c) any |= gF[(b * C + c) * R + r] != 0;
+        alignas(64) int32_t OFF[BS];
+        alignas(64) float WX[BS], WY[BS], WZ[BS], MX[BS], MY[BS], MZ[BS];
+        alignas(64) float VQ[8][BS];
+        for (i64 k0 = 0; any && k0 < N; k0 += BS) {
+            const int nb = (int)std::min<i64>(BS, N - k0);
+#pragma omp simd
+            for (int q = 0; q < BS; ++q) {
+                const float tau = sp * (((float)(k0 + q) + 0.5f) * invN);
+                float x = ex + tau * fdx, y = ey + tau * fdy, z = ez + tau * fdz;
+                const bool valid = q < nb;
+                MX[q] = (valid && x > 0.0f && x < mx) ? 1.0f : 0.0f;
+                MY[q] = (valid && y > 0.0f && y < my) ? 1.0f : 0.0f;
+                MZ[q] = (valid && z > 0.0f && z < mz) ? 1.0f : 0.0f;
+                x = std::min(std::max(x, 0.0f), mx);
+                y = std::min(std::max(y, 0.0f), my);
+                z = std::min(std::max(z, 0.0f), mz);
+                const float fx = std::min((float)(int32_t)x, bx), fy = std::min((float)(int32_t)y, by),
+                            fz = std::min((float)(int32_t)z, bz);
+                WX[q] = x - fx; WY[q] = y - fy; WZ[q] = z - fz;
+                OFF[q] = (int32_t)fx * si + (int32_t)fy * sj + (int32_t)fz * sk;
+            }
+            for (int j = 0; j < 8; ++j)
+                for (int q = 0; q < BS; ++q) VQ[j][q] = 0.0f;
+            for (i64 c = 0; c < C; ++c) {
+                const float g = (float)gF[(b * C + c) * R + r];
+                if (g == 0.0f) continue;
+                const V* p = vol + c * SC;
+#pragma omp simd
+                for (int q = 0; q < BS; ++q) {
+                    const int32_t o = OFF[q];
+                    VQ[0][q] += g * (float)p[o + off[0]]; VQ[1][q] += g * (float)p[o + off[1]];
+                    VQ[2][q] += g * (float)p[o + off[2]]; VQ[3][q] += g * (float)p[o + off[3]];
+                    VQ[4][q] += g * (float)p[o + off[4]]; VQ[5][q] += g * (float)p[o + off[5]];
+                    VQ[6][q] += g * (float)p[o + off[6]]; VQ[7][q] += g * (float)p[o + off[7]];
+                }
+            }
+            float bsx = 0, bsy = 0, bsz = 0, btx = 0, bty = 0, btz = 0;
+#pragma omp simd reduction(+ : bsx, bsy, bsz, btx, bty, btz)
+            for (int q = 0; q < BS; ++q) {
+                const float wx = WX[q], wy = WY[q], wz = WZ[q], ux = 1.0f - wx, uy = 1.0f - wy, uz = 1.0f - wz;
+                const float v0 = VQ[0][q], v1 = VQ[1][q], v2 = VQ[2][q], v3 = VQ[3][q];
+                const float v4 = VQ[4][q], v5 = VQ[5][q], v6 = VQ[6][q], v7 = VQ[7][q];
+                const float gx = MX[q] * (uy * uz * (v4 - v0) + uy * wz * (v5 - v1) + wy * uz * (v6 - v2) +
+                                          wy * wz * (v7 - v3));
+                const float gy = MY[q] * (ux * uz * (v2 - v0) + ux * wz * (v3 - v1) + wx * uz * (v6 - v4) +
+                                          wx * wz * (v7 - v5));
+                const float gz = MZ[q] * (ux * uy * (v1 - v0) + ux * wy * (v3 - v2) + wx * uy * (v5 - v4) +
+                                          wx * wy * (v7 - v6));
+                const float t = ((float)(k0 + q) + 0.5f) * invN;
+                bsx += gx; bsy += gy; bsz += gz;
+                btx += t * gx; bty += t * gy; btz += t * gz;
+            }
+            sx += bsx; sy += bsy; sz += bsz; tx += btx; ty += bty; tz += btz;
+        }
+        gO[3 * ray] = (float)sx; gO[3 * ray + 1] = (float)sy; gO[3 * ray + 2] = (float)sz;
+        gD[3 * ray] = (float)(s0 * sx + sp * tx);
+        gD[3 * ray + 1] = (float)(s0 * sy + sp * ty);
+        gD[3 * ray + 2] = (float)(s0 * sz + sp * tz);
+        gA[ray] = (float)(sx * dx + sy * dy + sz * dz);
+        gS[ray] = (float)(tx * dx + ty * dy + tz * dz);
+    }
+}
+
 // Backward of tri_fwd, given gF (B, C, R).  With G_k = grad_x sum_c gF_c f_c(x_k), t_k = (k + 1/2) / N:
 //   gO_br = sum_k G_k,  gD_br = sum_k s_k G_k,  gA_br = gO_br . d,  gS_br = (sum_k t_k G_k) . d.
 // gvol (C, I, J, K), when given, accumulates gF_c times every sample's trilinear weights.
 template <typename G, typename V>
-void tri_bwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* dir, const G* a, const G* span,
+void tri_bwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G* a, const G* span,
              i64 B, i64 R, i64 N, const G* gF, G* gO, G* gD, G* gA, G* gS, V* gvol, int nthreads) {
-    const i64 IJK = I * J * K, total = B * R;
+    const i64 C = VV.C, SC = VV.sc, total = B * R;
     const double invN = 1.0 / (double)N;
-    const Grid grid = make_grid(I, J, K);
+    const Grid grid = make_grid(VV);
     const bool geo = gO != nullptr;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
     for (i64 ray = 0; ray < total; ++ray) {
@@ -154,7 +369,7 @@ void tri_bwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G*
                         const double g = (double)gF[(b * C + c) * R + r];
                         if (g == 0) continue;
                         double vc[8];
-                        corners(vol + c * IJK, cell, grid, vc);
+                        corners(vol + c * SC, cell, grid, vc);
                         for (int q = 0; q < 8; ++q) v[q] += g * vc[q];
                     }
                     const double gx = cell.gx * (uy * uz * (v[4] - v[0]) + uy * wz * (v[5] - v[1]) + wy * uz * (v[6] - v[2]) +
@@ -172,7 +387,7 @@ void tri_bwd(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G*
                     for (i64 c = 0; c < C; ++c) {
                         const double g = (double)gF[(b * C + c) * R + r];
                         if (g == 0) continue;
-                        V* p = gvol + c * IJK + cell.base;
+                        V* p = gvol + c * SC + cell.base;
                         for (int q = 0; q < 8; ++q)
                             if (w[q] != 0) atomic_add(p + grid.off[q], g * w[q]);
                     }
@@ -235,11 +450,11 @@ inline i64 sid_voxel(double o, double d, double s, i64 n) {
 // S[b, c, r] = sum over pieces of mu_c(voxel) * length in s.  With gS given (backward):
 // per ray gO, gD (through the interior crossings), gN, gF (d/ds_near, d/ds_far), gvol.
 template <typename G, typename V>
-void siddon(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* dir, const G* near_,
+void siddon(const V* vol, const Vol& VV, const G* origin, const G* dir, const G* near_,
             const G* far_, i64 B, i64 R, G* out, const G* gS, G* gO, G* gD, G* gN, G* gF, V* gvol, int nthreads,
             i64 c0 = 0) {
     // forward: channels c0 .. c0 + CMAX - 1 only (the caller loops over channel blocks)
-    const i64 JK = J * K, IJK = I * JK, total = B * R;
+    const i64 C = VV.C, I = VV.I, J = VV.J, K = VV.K, SC = VV.sc, total = B * R;
     const bool bwd = gS != nullptr, geo = gO != nullptr;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
     for (i64 ray = 0; ray < total; ++ray) {
@@ -261,12 +476,13 @@ void siddon(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* 
             }
         }
         auto voxel = [&](double s) {
-            return sid_voxel(o[0], d[0], s, I) * JK + sid_voxel(o[1], d[1], s, J) * K + sid_voxel(o[2], d[2], s, K);
+            return sid_voxel(o[0], d[0], s, I) * VV.si + sid_voxel(o[1], d[1], s, J) * VV.sj +
+                   sid_voxel(o[2], d[2], s, K) * VV.sk;
         };
         // w(v) = sum_c gS_c mu_c(v): the backward's weight of a voxel
         auto weight = [&](i64 v) {
             double w = 0;
-            for (i64 c = 0; c < C; ++c) w += (double)gS[(b * C + c) * R + r] * (double)vol[c * IJK + v];
+            for (i64 c = 0; c < C; ++c) w += (double)gS[(b * C + c) * R + r] * (double)vol[c * SC + v];
             return w;
         };
         double go[3] = {0, 0, 0}, gd[3] = {0, 0, 0}, gn = 0, gf = 0;
@@ -294,7 +510,7 @@ void siddon(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* 
                 const i64 v = voxel(0.5 * (cur + nxt));
                 if (!bwd) {
                     if (seg > 0)
-                        for (int c = 0; c < nc; ++c) acc[c] += seg * (double)vol[(c0 + c) * IJK + v];
+                        for (int c = 0; c < nc; ++c) acc[c] += seg * (double)vol[(c0 + c) * SC + v];
                 } else {
                     if (geo) {
                         const double w = weight(v);
@@ -311,7 +527,7 @@ void siddon(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* 
                     if (gvol != nullptr && seg > 0)
                         for (i64 c = 0; c < C; ++c) {
                             const double gc = (double)gS[(b * C + c) * R + r];
-                            if (gc != 0) atomic_add(gvol + c * IJK + v, gc * seg);
+                            if (gc != 0) atomic_add(gvol + c * SC + v, gc * seg);
                         }
                 }
                 if (end) break;
@@ -333,36 +549,58 @@ void siddon(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* origin, const G* 
 
 extern "C" {
 
-int xrp_abi_version() { return 2; }
+int xrp_abi_version() { return 4; }
 
+}  // extern "C"
+
+namespace {
+// float32 geometry and every offset (channel, corner) below 2^31: the vectorised fast path
+template <typename G>
+bool fast32(const Vol& v) {
+    if (!std::is_same<G, float>::value) return false;
+    const i64 top = (v.C - 1) * v.sc + (v.I - 1) * v.si + (v.J - 1) * v.sj + (v.K - 1) * v.sk;
+    return v.sc >= 0 && v.si >= 0 && v.sj >= 0 && v.sk >= 0 && top < ((i64)1 << 31) - 1;
+}
+}  // namespace
+
+extern "C" {
+
+// vs: the volume's shape and element strides, {C, I, J, K, stride_c, stride_i, stride_j, stride_k};
+// gvol (when given) has the same strides.
 #define XRP_DEFINE(GN, G, VN, V)                                                                              \
-    void xrp_tri_fwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
-                                   const G* a, const G* s, i64 B, i64 R, i64 N, G* out, int nt) {             \
-        tri_fwd<G, V>(vol, C, I, J, K, o, d, a, s, B, R, N, out, nt);                                         \
+    /* returns 1 when jac (B, C, R, 6) was filled (float32 fast path), else 0 */                          \
+    int xrp_tri_fwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* a, const G* s,  \
+                                  i64 B, i64 R, i64 N, G* out, G* jac, int nt) {                              \
+        const Vol v = make_vol(vs);                                                                           \
+        if (fast32<G>(v)) {                                                                                   \
+            tri_fwd_f32<V>(vol, v, (const float*)o, (const float*)d, (const float*)a, (const float*)s, B, R,  \
+                           N, (float*)out, (float*)jac, nt);                                                  \
+            return jac != nullptr;                                                                            \
+        }                                                                                                     \
+        tri_fwd<G, V>(vol, v, o, d, a, s, B, R, N, out, nt);                                                  \
+        return 0;                                                                                             \
     }                                                                                                         \
-    void xrp_tri_bwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
-                                   const G* a, const G* s, i64 B, i64 R, i64 N, const G* gF, G* gO, G* gD,    \
-                                   G* gA, G* gS, V* gvol, int nt) {                                           \
-        tri_bwd<G, V>(vol, C, I, J, K, o, d, a, s, B, R, N, gF, gO, gD, gA, gS, gvol, nt);                    \
-    }
-
-#define XRP_SIDDON(GN, G, VN, V)                                                                              \
-    void xrp_sid_fwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
-                                   const G* sn, const G* sf, i64 B, i64 R, G* out, int nt) {                  \
-        for (i64 c0 = 0; c0 < C; c0 += CMAX)                                                                  \
-            siddon<G, V>(vol, C, I, J, K, o, d, sn, sf, B, R, out, nullptr, nullptr, nullptr, nullptr, nullptr, \
+    void xrp_tri_bwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* a, const G* s, \
+                                   i64 B, i64 R, i64 N, const G* gF, G* gO, G* gD, G* gA, G* gS, V* gvol,     \
+                                   int nt) {                                                                  \
+        const Vol v = make_vol(vs);                                                                           \
+        if (gvol == nullptr && gO != nullptr && fast32<G>(v))                                                 \
+            tri_bwd_f32<V>(vol, v, (const float*)o, (const float*)d, (const float*)a, (const float*)s, B, R, N, \
+                           (const float*)gF, (float*)gO, (float*)gD, (float*)gA, (float*)gS, nt);             \
+        else tri_bwd<G, V>(vol, v, o, d, a, s, B, R, N, gF, gO, gD, gA, gS, gvol, nt);                        \
+    }                                                                                                         \
+    void xrp_sid_fwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* sn,            \
+                                   const G* sf, i64 B, i64 R, G* out, int nt) {                               \
+        const Vol v = make_vol(vs);                                                                           \
+        for (i64 c0 = 0; c0 < v.C; c0 += CMAX)                                                                \
+            siddon<G, V>(vol, v, o, d, sn, sf, B, R, out, nullptr, nullptr, nullptr, nullptr, nullptr,        \
                          nullptr, nt, c0);                                                                    \
     }                                                                                                         \
-    void xrp_sid_bwd_##GN##_##VN(const V* vol, i64 C, i64 I, i64 J, i64 K, const G* o, const G* d,          \
-                                   const G* sn, const G* sf, i64 B, i64 R, const G* gS, G* gO, G* gD, G* gN,  \
-                                   G* gF, V* gvol, int nt) {                                                  \
-        siddon<G, V>(vol, C, I, J, K, o, d, sn, sf, B, R, nullptr, gS, gO, gD, gN, gF, gvol, nt);             \
+    void xrp_sid_bwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* sn,            \
+                                   const G* sf, i64 B, i64 R, const G* gS, G* gO, G* gD, G* gN, G* gF,        \
+                                   V* gvol, int nt) {                                                         \
+        siddon<G, V>(vol, make_vol(vs), o, d, sn, sf, B, R, nullptr, gS, gO, gD, gN, gF, gvol, nt);           \
     }
-
-XRP_SIDDON(f32, float, f32, float)
-XRP_SIDDON(f64, double, f32, float)
-XRP_SIDDON(f32, float, f64, double)
-XRP_SIDDON(f64, double, f64, double)
 
 XRP_DEFINE(f32, float, f32, float)
 XRP_DEFINE(f64, double, f32, float)
