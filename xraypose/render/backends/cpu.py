@@ -34,7 +34,7 @@ from xraypose.render.rays import clip_to_box
 from xraypose.render.trilinear import support_box
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-ABI_VERSION = 4
+ABI_VERSION = 5
 RENDERERS = ("trilinear", "siddon")
 
 _lock = threading.Lock()
@@ -144,16 +144,16 @@ def _declare(lib) -> None:
     for g in ("f32", "f64"):
         for v in ("f32", "f64"):
             f = getattr(lib, f"xrp_tri_fwd_{g}_{v}")
-            f.argtypes = [P, P, P, P, P, P, I64, I64, I64, P, P, INT]
+            f.argtypes = [P, P, P, P, P, P, P, I64, I64, I64, P, P, INT]
             f.restype = INT
             f = getattr(lib, f"xrp_tri_bwd_{g}_{v}")
-            f.argtypes = [P, P, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, INT]
+            f.argtypes = [P, P, P, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, INT]
             f.restype = None
             f = getattr(lib, f"xrp_sid_fwd_{g}_{v}")
-            f.argtypes = [P, P, P, P, P, P, I64, I64, P, INT]
+            f.argtypes = [P, P, P, P, P, P, P, I64, I64, P, INT]
             f.restype = None
             f = getattr(lib, f"xrp_sid_bwd_{g}_{v}")
-            f.argtypes = [P, P, P, P, P, P, I64, I64, P, P, P, P, P, P, INT]
+            f.argtypes = [P, P, P, P, P, P, P, I64, I64, P, P, P, P, P, P, INT]
             f.restype = None
 
 
@@ -181,7 +181,7 @@ class _TrilinearSums(torch.autograd.Function):
     """F[b, c, r] = Σ_k f_c(o_b + (a + span·(k+½)/N)·d_br); analytic backward for every input."""
 
     @staticmethod
-    def forward(ctx, density, origin, direction, s_near, span, n_samples):
+    def forward(ctx, density, origin, direction, s_near, span, n_samples, order=None):
         lib = _load()
         C = density.shape[0]
         B, R, _ = direction.shape
@@ -192,11 +192,12 @@ class _TrilinearSums(torch.autograd.Function):
         # backward needs no second pass over the volume.
         geo = any(ctx.needs_input_grad[1:5])
         jac = torch.empty((B, C, R, 6), dtype=direction.dtype) if geo else None
-        got = fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R,
+        got = fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R,
                  n_samples, _ptr(out), _ptr(jac), _threads())
         ctx.jac = jac if got else None
         ctx.save_for_backward(density, origin, direction, s_near, span)
         ctx.n_samples = n_samples
+        ctx.order = order
         return out
 
     @staticmethod
@@ -205,10 +206,11 @@ class _TrilinearSums(torch.autograd.Function):
         need_vol, need_o, need_d, need_a, need_s = ctx.needs_input_grad[:5]
         geo = need_o or need_d or need_a or need_s
         if not (geo or need_vol):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         if ctx.jac is not None and not need_vol:
-            return (None, *_from_jacobian(ctx.jac, grad, direction, s_near, span, ctx.needs_input_grad), None)
+            return (None, *_from_jacobian(ctx.jac, grad, direction, s_near, span, ctx.needs_input_grad), None, None)
         lib = _load()
+        order = ctx.order
         B, R, _ = direction.shape
         grad = grad.contiguous().to(direction.dtype)
         g = dict(dtype=direction.dtype)
@@ -219,7 +221,7 @@ class _TrilinearSums(torch.autograd.Function):
         gV = torch.empty_strided(density.shape, density.stride(), dtype=density.dtype).zero_() if need_vol else None
         vs = _shape_strides(density)
         fn = getattr(lib, f"xrp_tri_bwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
-        fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, ctx.n_samples,
+        fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, ctx.n_samples,
            _ptr(grad), _ptr(gO), _ptr(gD), _ptr(gA), _ptr(gS), _ptr(gV), _threads())
         return (
             gV,
@@ -227,6 +229,7 @@ class _TrilinearSums(torch.autograd.Function):
             gD if need_d else None,
             gA if need_a else None,
             gS if need_s else None,
+            None,
             None,
         )
 
@@ -270,7 +273,7 @@ def cache_order(origin: torch.Tensor, direction: torch.Tensor, s_near: torch.Ten
         a2 = torch.floor((mid * e2.unsqueeze(1)).sum(-1).double() / 2.0)
         a1 = a1 - a1.amin(1, keepdim=True)
         key = a2 * (a1.amax(1, keepdim=True) + 1.0) + a1
-        return torch.argsort(key, dim=1)
+        return torch.argsort(key, dim=1).contiguous()
 
 
 def integrate_trilinear(density, origin, direction, length, n_samples: int, reorder: bool = True):
@@ -282,19 +285,9 @@ def integrate_trilinear(density, origin, direction, length, n_samples: int, reor
     s_near, s_far = clip_to_box(origin, direction, lo, hi)
     span = (s_far - s_near).clamp_min(0.0)
     B, R, _ = direction.shape
-    perm = None
-    if reorder and R >= 64:
-        perm = cache_order(origin, direction, s_near, span)
-        idx3 = perm.unsqueeze(-1).expand(-1, -1, 3)
-        d_k, a_k, s_k = direction.gather(1, idx3), s_near.gather(1, perm), span.gather(1, perm)
-    else:
-        d_k, a_k, s_k = direction, s_near, span
-    o = origin.reshape(B, 3)
-    sums = _TrilinearSums.apply(density, o.contiguous(), d_k.contiguous(), a_k.contiguous(), s_k.contiguous(),
-                                int(n_samples))
-    if perm is not None:
-        inv = torch.argsort(perm, dim=1)
-        sums = sums.gather(2, inv.unsqueeze(1).expand(-1, C, -1))
+    order = cache_order(origin, direction, s_near, span) if reorder and R >= 64 else None
+    sums = _TrilinearSums.apply(density, origin.reshape(B, 3).contiguous(), direction.contiguous(),
+                                s_near.contiguous(), span.contiguous(), int(n_samples), order)
     return sums * (span * length / n_samples).unsqueeze(1)
 
 
@@ -302,16 +295,17 @@ class _SiddonSums(torch.autograd.Function):
     """S[b, c, r] = Σ over the ray's pieces in each voxel of μ_c(voxel)·(piece length in s)."""
 
     @staticmethod
-    def forward(ctx, density, origin, direction, s_near, s_far):
+    def forward(ctx, density, origin, direction, s_near, s_far, order=None):
         lib = _load()
         C = density.shape[0]
         B, R, _ = direction.shape
         out = torch.empty((B, C, R), dtype=direction.dtype)
         vs = _shape_strides(density)
         fn = getattr(lib, f"xrp_sid_fwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
-        fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(out),
+        fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(out),
            _threads())
         ctx.save_for_backward(density, origin, direction, s_near, s_far)
+        ctx.order = order
         return out
 
     @staticmethod
@@ -320,8 +314,9 @@ class _SiddonSums(torch.autograd.Function):
         need_vol = ctx.needs_input_grad[0]
         geo = any(ctx.needs_input_grad[1:5])
         if not (geo or need_vol):
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         lib = _load()
+        order = ctx.order
         B, R, _ = direction.shape
         grad = grad.contiguous().to(direction.dtype)
         g = dict(dtype=direction.dtype)
@@ -332,7 +327,7 @@ class _SiddonSums(torch.autograd.Function):
         gV = torch.empty_strided(density.shape, density.stride(), dtype=density.dtype).zero_() if need_vol else None
         vs = _shape_strides(density)
         fn = getattr(lib, f"xrp_sid_bwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
-        fn(_ptr(density), _ptr(vs), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(grad),
+        fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(s_far), B, R, _ptr(grad),
            _ptr(gO), _ptr(gD), _ptr(gN), _ptr(gF), _ptr(gV), _threads())
         n = ctx.needs_input_grad
         return (
@@ -341,6 +336,7 @@ class _SiddonSums(torch.autograd.Function):
             gD if n[2] else None,
             gN if n[3] else None,
             gF if n[4] else None,
+            None,
         )
 
 
@@ -370,7 +366,7 @@ def _prepare(density, direction):
     return density.contiguous()
 
 
-def integrate_siddon(density, origin, direction, length):
+def integrate_siddon(density, origin, direction, length, reorder: bool = True):
     """Same contract and numbers as :func:`xraypose.render.siddon.integrate_siddon`."""
     density = _prepare(density, direction)
     C, I, J, K = density.shape
@@ -378,7 +374,8 @@ def integrate_siddon(density, origin, direction, length):
     shape = torch.tensor([I, J, K], dtype=dt)
     s_near, s_far = clip_to_box(origin, direction, torch.full_like(shape, -0.5), shape - 0.5)
     s_far = torch.maximum(s_far, s_near)
-    B = direction.shape[0]
+    B, R, _ = direction.shape
+    order = cache_order(origin, direction, s_near, s_far - s_near) if reorder and R >= 64 else None
     sums = _SiddonSums.apply(density, origin.reshape(B, 3).contiguous(), direction.contiguous(),
-                             s_near.contiguous(), s_far.contiguous())
+                             s_near.contiguous(), s_far.contiguous(), order)
     return sums * length.unsqueeze(1)

@@ -34,11 +34,16 @@ inline void atomic_add(V* p, double v) {
 // voxel itself, with weight 0): no bounds checks in the inner loop.
 // The volume: shape (C, I, J, K) and element strides (any layout: channels-first
 // contiguous, or channels-last, where the channels of a voxel share a cache line).
+// order (B, R) or null: the order in which each pose's rays are traced (a permutation
+// of 0..R-1 that keeps consecutive rays in the same cache lines; outputs keep ray order).
 struct Vol {
     i64 C, I, J, K, sc, si, sj, sk;
+    const i64* order;
 };
 
-inline Vol make_vol(const i64* d) { return Vol{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]}; }
+inline Vol make_vol(const i64* d, const i64* order) {
+    return Vol{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], order};
+}
 
 struct Grid {
     i64 I, J, K, si, sj, sk;
@@ -104,7 +109,8 @@ void tri_fwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G
     for (i64 c0 = 0; c0 < C; c0 += CMAX) {
         const int nc = (int)std::min<i64>(CMAX, C - c0);
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-        for (i64 ray = 0; ray < total; ++ray) {
+        for (i64 it = 0; it < total; ++it) {
+        const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
             const i64 b = ray / R;
             const double ox = origin[3 * b], oy = origin[3 * b + 1], oz = origin[3 * b + 2];
             const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
@@ -156,7 +162,8 @@ void tri_fwd_f32(const V* vol, const Vol& VV, const float* origin, const float* 
     for (i64 c0 = 0; c0 < C; c0 += CMAX) {
         const int nc = (int)std::min<i64>(CMAX, C - c0);
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-        for (i64 ray = 0; ray < total; ++ray) {
+        for (i64 it = 0; it < total; ++it) {
+        const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
             const i64 b = ray / R;
             const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
             const double s0 = a[ray];
@@ -264,7 +271,8 @@ void tri_bwd_f32(const V* vol, const Vol& VV, const float* origin, const float* 
                 bz = (float)std::max<i64>(VV.K - 2, 0);
     const float invN = 1.0f / (float)N;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-    for (i64 ray = 0; ray < total; ++ray) {
+    for (i64 it = 0; it < total; ++it) {
+        const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
         const i64 b = ray / R, r = ray - b * R;
         const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
         const double s0 = a[ray];
@@ -348,7 +356,8 @@ void tri_bwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G
     const Grid grid = make_grid(VV);
     const bool geo = gO != nullptr;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-    for (i64 ray = 0; ray < total; ++ray) {
+    for (i64 it = 0; it < total; ++it) {
+        const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
         const i64 b = ray / R, r = ray - b * R;
         const double ox = origin[3 * b], oy = origin[3 * b + 1], oz = origin[3 * b + 2];
         const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
@@ -457,7 +466,8 @@ void siddon(const V* vol, const Vol& VV, const G* origin, const G* dir, const G*
     const i64 C = VV.C, I = VV.I, J = VV.J, K = VV.K, SC = VV.sc, total = B * R;
     const bool bwd = gS != nullptr, geo = gO != nullptr;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-    for (i64 ray = 0; ray < total; ++ray) {
+    for (i64 it = 0; it < total; ++it) {
+        const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
         const i64 b = ray / R, r = ray - b * R;
         const double o[3] = {(double)origin[3 * b], (double)origin[3 * b + 1], (double)origin[3 * b + 2]};
         const double d[3] = {(double)dir[3 * ray], (double)dir[3 * ray + 1], (double)dir[3 * ray + 2]};
@@ -549,7 +559,7 @@ void siddon(const V* vol, const Vol& VV, const G* origin, const G* dir, const G*
 
 extern "C" {
 
-int xrp_abi_version() { return 4; }
+int xrp_abi_version() { return 5; }
 
 }  // extern "C"
 
@@ -569,9 +579,9 @@ extern "C" {
 // gvol (when given) has the same strides.
 #define XRP_DEFINE(GN, G, VN, V)                                                                              \
     /* returns 1 when jac (B, C, R, 6) was filled (float32 fast path), else 0 */                          \
-    int xrp_tri_fwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* a, const G* s,  \
+    int xrp_tri_fwd_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* a, const G* s,  \
                                   i64 B, i64 R, i64 N, G* out, G* jac, int nt) {                              \
-        const Vol v = make_vol(vs);                                                                           \
+        const Vol v = make_vol(vs, order);                                                                           \
         if (fast32<G>(v)) {                                                                                   \
             tri_fwd_f32<V>(vol, v, (const float*)o, (const float*)d, (const float*)a, (const float*)s, B, R,  \
                            N, (float*)out, (float*)jac, nt);                                                  \
@@ -580,26 +590,26 @@ extern "C" {
         tri_fwd<G, V>(vol, v, o, d, a, s, B, R, N, out, nt);                                                  \
         return 0;                                                                                             \
     }                                                                                                         \
-    void xrp_tri_bwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* a, const G* s, \
+    void xrp_tri_bwd_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* a, const G* s, \
                                    i64 B, i64 R, i64 N, const G* gF, G* gO, G* gD, G* gA, G* gS, V* gvol,     \
                                    int nt) {                                                                  \
-        const Vol v = make_vol(vs);                                                                           \
+        const Vol v = make_vol(vs, order);                                                                           \
         if (gvol == nullptr && gO != nullptr && fast32<G>(v))                                                 \
             tri_bwd_f32<V>(vol, v, (const float*)o, (const float*)d, (const float*)a, (const float*)s, B, R, N, \
                            (const float*)gF, (float*)gO, (float*)gD, (float*)gA, (float*)gS, nt);             \
         else tri_bwd<G, V>(vol, v, o, d, a, s, B, R, N, gF, gO, gD, gA, gS, gvol, nt);                        \
     }                                                                                                         \
-    void xrp_sid_fwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* sn,            \
+    void xrp_sid_fwd_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* sn,            \
                                    const G* sf, i64 B, i64 R, G* out, int nt) {                               \
-        const Vol v = make_vol(vs);                                                                           \
+        const Vol v = make_vol(vs, order);                                                                           \
         for (i64 c0 = 0; c0 < v.C; c0 += CMAX)                                                                \
             siddon<G, V>(vol, v, o, d, sn, sf, B, R, out, nullptr, nullptr, nullptr, nullptr, nullptr,        \
                          nullptr, nt, c0);                                                                    \
     }                                                                                                         \
-    void xrp_sid_bwd_##GN##_##VN(const V* vol, const i64* vs, const G* o, const G* d, const G* sn,            \
+    void xrp_sid_bwd_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* sn,            \
                                    const G* sf, i64 B, i64 R, const G* gS, G* gO, G* gD, G* gN, G* gF,        \
                                    V* gvol, int nt) {                                                         \
-        siddon<G, V>(vol, make_vol(vs), o, d, sn, sf, B, R, nullptr, gS, gO, gD, gN, gF, gvol, nt);           \
+        siddon<G, V>(vol, make_vol(vs, order), o, d, sn, sf, B, R, nullptr, gS, gO, gD, gN, gF, gvol, nt);           \
     }
 
 XRP_DEFINE(f32, float, f32, float)
