@@ -93,3 +93,19 @@ def test_console_script_runs(tmp_path):
     bad = subprocess.run(exe + ["render", "nope.nii", "-o", str(tmp_path / "a.npy"), "--pose", "0,0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_info_on_ct_xray_and_errors(tmp_path, capsys):
+    assert main(["info", "sample", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["what"] == "CT" and d["shape"] == [122, 101, 112] and d["spacing_mm"] == [3.0, 3.0, 3.0]
+    img = tmp_path / "x.npy"
+    np.save(img, np.random.default_rng(0).random((12, 10)).astype(np.float32))
+    assert main(["info", str(img)]) == 0
+    out = capsys.readouterr().out
+    assert "X-ray" in out and "[12, 10]" in out
+    assert main(["info", str(tmp_path / "none.dcm")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["info", str(tmp_path / "notes.txt")]) == 2
+    assert "cannot tell" in capsys.readouterr().err

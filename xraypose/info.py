@@ -1,0 +1,85 @@
+"""What xraypose reads from a file: a CT, an X-ray or a trained model (``xraypose info``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xraypose.errors import InputError
+
+CT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+XRAY_SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff", ".npy")
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def kind_of(path: str) -> str:
+    """'ct', 'xray' or 'model' from the path (a folder is a DICOM CT series; 'sample' the bundled CT)."""
+    if path == "sample":
+        return "ct"
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"file not found: {path}")
+    name = p.name.lower()
+    if p.is_dir() or name.endswith(CT_SUFFIXES):
+        return "ct"
+    if name.endswith(MODEL_SUFFIXES):
+        return "model"
+    if name.endswith(XRAY_SUFFIXES) or "." not in name:
+        return "xray"
+    raise InputError(
+        f"cannot tell what {p.name!r} is; CTs end in {', '.join(CT_SUFFIXES)} (or are DICOM folders), "
+        f"X-rays in {', '.join(XRAY_SUFFIXES)}, models in {', '.join(MODEL_SUFFIXES)}"
+    )
+
+
+def ct_info(path: str) -> dict:
+    from xraypose.volume import load_sample_ct, read_volume
+
+    vol = load_sample_ct() if path == "sample" else read_volume(path)
+    d = vol.data
+    return {
+        "what": "CT",
+        "source": vol.source or path,
+        "shape": list(vol.shape),
+        "spacing_mm": [round(float(s), 6) for s in vol.spacing],
+        "extent_mm": [round(float(s), 3) for s in vol.extent_mm],
+        "affine_voxel_to_world_RAS_mm": [[round(float(x), 6) for x in r] for r in vol.affine],
+        "isocenter_mm": [round(float(x), 3) for x in vol.get_isocenter()],
+        "value_range": [float(d.min()), float(d.max())],
+        "labels": None if vol.labels is None else sorted(int(x) for x in vol.labels.unique()),
+        "label_names": vol.label_names,
+    }
+
+
+def xray_info(path: str) -> dict:
+    from xraypose.xray import read_xray
+
+    return {"what": "X-ray", **read_xray(path, require_intrinsics=False).to_dict()}
+
+
+def model_info(path: str) -> dict:
+    from xraypose.model import load_checkpoint
+
+    _, meta = load_checkpoint(path)
+    keep = ("architecture", "parameterization", "convention", "image_size", "camera", "sod_mm", "isocenter",
+            "normalization", "density", "volume", "training")
+    return {"what": "pose-regression model", "source": str(path), **{k: meta.get(k) for k in keep if k in meta}}
+
+
+def info(path: str) -> dict:
+    kind = kind_of(path)
+    return {"ct": ct_info, "xray": xray_info, "model": model_info}[kind](path)
+
+
+def format_info(d: dict) -> str:
+    lines = [f"{d['what']}: {d.get('source', '')}"]
+    for k, v in d.items():
+        if k in ("what", "source"):
+            continue
+        if k == "header" and isinstance(v, dict):
+            lines.append("  header values used:")
+            for hk, hv in v.items():
+                lines.append(f"    {hk:<30} = {json.dumps(hv['value'])}  (from {hv['from']})")
+            continue
+        lines.append(f"  {k}: {json.dumps(v, default=str)}")
+    return "\n".join(lines)
