@@ -1,0 +1,86 @@
+"""A self-contained HTML report: every picture inlined, readable from disk without a server."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from xraypose.io import atomic_write_bytes
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.summary{display:flex;gap:1em;flex-wrap:wrap;margin:1em 0}
+.card{background:#f4f6f8;border-radius:8px;padding:.7em 1.1em;min-width:10em}
+.card .v{font-size:1.5em;font-weight:600} .card .k{color:#555;font-size:.85em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0} th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f6f8} td:first-child,th:first-child{text-align:left}
+.ok{color:#11772e;font-weight:600} .bad{color:#b3261e;font-weight:600}
+figure{display:inline-block;margin:.4em;vertical-align:top} figcaption{font-size:.8em;color:#555;max-width:480px}
+img{max-width:100%;border:1px solid #eee} .note{color:#555;font-size:.85em} pre{background:#f4f6f8;padding:.6em;overflow:auto}
+"""
+
+
+def _img_tag(path: Path, alt: str) -> str:
+    path = Path(path)
+    mime = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:{mime.get(path.suffix.lower(), "image/png")};base64,{data}">'
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return html.escape(str(v))
+
+
+def table_html(rows: list[dict], columns: list[str] | None = None, good=None) -> str:
+    """An HTML table of dict rows; ``good(row) -> bool | None`` colours the first column."""
+    if not rows:
+        return "<p class=note>(no rows)</p>"
+    columns = columns or list(rows[0].keys())
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"]
+    for r in rows:
+        cls = ""
+        if good is not None:
+            g = good(r)
+            cls = "" if g is None else (' class="ok"' if g else ' class="bad"')
+        cells = [f"<td{cls if i == 0 else ''}>{_fmt(r.get(c, ''))}</td>" for i, c in enumerate(columns)]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def write_report(path, title: str, summary: dict, sections: list[dict], subtitle: str = "") -> Path:
+    """Write a self-contained report.
+
+    Args:
+        summary: {label: value} shown as cards at the top.
+        sections: [{"heading": str, "text": str (HTML allowed), "table": html str,
+                    "figures": [(path, caption)]}] in order.
+    """
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if subtitle:
+        parts.append(f"<p class=note>{subtitle}</p>")
+    parts.append("<div class=summary>")
+    for k, v in summary.items():
+        parts.append(f"<div class=card><div class=v>{_fmt(v)}</div><div class=k>{html.escape(k)}</div></div>")
+    parts.append("</div>")
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s['heading'])}</h2>")
+        if s.get("text"):
+            parts.append(f"<p>{s['text']}</p>")
+        if s.get("table"):
+            parts.append(s["table"])
+        for fig in s.get("figures", []):
+            p, cap = fig
+            if p is not None and Path(p).exists():
+                parts.append(f"<figure>{_img_tag(Path(p), cap)}<figcaption>{html.escape(cap)}</figcaption></figure>")
+    parts.append("</body></html>")
+    atomic_write_bytes(path, "\n".join(parts).encode())
+    return Path(path)
