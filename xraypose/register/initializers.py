@@ -1,0 +1,228 @@
+"""Where a registration starts: the trained model, a fixed pose, C-arm angles, a previous result, an antipodal flip.
+
+Every initialiser gives ``camera_to_world`` poses (B, 4, 4) float64 in the CT's
+world frame (docs/conventions.md); :func:`with_antipodal` adds, per X-ray, the
+pose seen from the other side so the optimiser can escape AP/PA confusion
+(both are optimised at the first level, the better one goes on).
+
+The trained model is reached through a small protocol, :class:`PosePredictor`:
+a callable taking a preprocessed X-ray **already resampled to the model's
+training intrinsics** ``(B, 1, h, w)`` and that :class:`Camera`, returning
+``(B, 4, 4)`` camera_to_world.  :class:`ModelInitializer` does the resampling
+(:func:`resample_to_camera`: an exact pinhole resampling, since an image is a
+function of ray directions only) and the model's own intensity normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from xraypose.camera import Camera, carm_pose
+from xraypose.errors import InputError
+from xraypose.geometry import as_transform, make_transform, so3_exp
+
+__all__ = [
+    "PosePredictor", "ModelInitializer", "resample_to_camera", "fixed_pose", "carm_angles_pose",
+    "pose_from_json", "antipodal", "with_antipodal",
+]
+
+F64 = torch.float64
+
+
+class PosePredictor(Protocol):
+    """``predictor(image (B, 1, h, w), camera) -> camera_to_world (B, 4, 4)``.
+
+    ``image`` is the preprocessed X-ray (line integrals, bone bright) resampled
+    to ``camera`` (the model's training intrinsics) and normalised as the model
+    was trained.
+    """
+
+    def __call__(self, image: torch.Tensor, camera: Camera) -> torch.Tensor: ...
+
+
+def _batch(image) -> torch.Tensor:
+    img = torch.as_tensor(image)
+    if img.dim() == 2:
+        img = img[None, None]
+    elif img.dim() == 3:
+        img = img[:, None]
+    if img.dim() != 4 or img.shape[1] != 1:
+        raise InputError(f"X-ray must be (H, W) or (B, 1, H, W), got shape {tuple(img.shape)}")
+    return img
+
+
+def resample_to_camera(image, camera: Camera, target: Camera, fill: float = 0.0) -> torch.Tensor:
+    """Resample an X-ray seen through ``camera`` to what ``target`` (same source, same pose) would see.
+
+    A pixel of ``target`` looks along ``K_t⁻¹ (u, v, 1)``; the same ray hits
+    ``camera``'s detector at ``K_c K_t⁻¹ (u, v, 1)`` (an axis-aligned affine map;
+    mirrors included), whatever the two source-to-detector distances.  Bilinear
+    sampling, with a Gaussian pre-filter when ``target`` pixels are coarser;
+    rays outside ``camera``'s detector get ``fill``.
+
+    Args:
+        image: (H, W) or (B, 1, H, W) with H×W = camera's size.
+    Returns:
+        (B, 1, target.height, target.width) float32.
+    """
+    img = _batch(image).to(torch.float32)
+    if tuple(img.shape[-2:]) != (camera.height, camera.width):
+        raise InputError(f"X-ray is {img.shape[-2]}×{img.shape[-1]} pixels but its intrinsics describe a "
+                         f"{camera.height}×{camera.width} detector (sizes differ)")
+    M = camera.K(F64) @ target.K_inv(F64)  # target pixel -> camera pixel
+    su, sv = abs(float(M[0, 0])), abs(float(M[1, 1]))  # camera pixels per target pixel
+    if max(su, sv) > 1.0:
+        sig_u, sig_v = 0.5 * math.sqrt(max(su * su - 1, 0)), 0.5 * math.sqrt(max(sv * sv - 1, 0))
+        img = _gauss2d(img, sig_u, sig_v)
+    uv = target.pixel_grid(dtype=F64)  # (h·w, 2)
+    src = uv @ M[:2, :2].T + M[:2, 2]
+    gx = 2 * src[:, 0] / max(camera.width - 1, 1) - 1
+    gy = 2 * src[:, 1] / max(camera.height - 1, 1) - 1
+    grid = torch.stack([gx, gy], -1).to(torch.float32).reshape(1, target.height, target.width, 2)
+    grid = grid.expand(img.shape[0], -1, -1, -1)
+    out = F.grid_sample(img - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=True) + fill
+    return out
+
+
+def _gauss2d(img: torch.Tensor, su: float, sv: float) -> torch.Tensor:
+    for axis, s in ((-1, su), (-2, sv)):
+        if s < 0.3:
+            continue
+        r = max(1, int(math.ceil(3 * s)))
+        x = torch.arange(-r, r + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (x / s) ** 2)
+        k = k / k.sum()
+        if axis == -1:
+            img = F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        else:
+            img = F.conv2d(F.pad(img, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return img
+
+
+class ModelInitializer:
+    """The trained pose regressor as an initialiser.
+
+    Args:
+        predictor: a :class:`PosePredictor`.
+        camera: the model's training intrinsics (what ``predictor`` expects).
+        normalize: the model's image normalisation, applied after resampling
+            (default: min–max to [0, 1] per image).
+    Call: ``init(image, camera) -> (B, 4, 4)`` for preprocessed X-rays seen through ``camera``.
+    """
+
+    def __init__(self, predictor: PosePredictor, camera: Camera, normalize: Callable | None = None):
+        self.predictor = predictor
+        self.camera = camera
+        self.normalize = normalize or _minmax
+
+    def __call__(self, image, camera: Camera) -> torch.Tensor:
+        img = resample_to_camera(image, camera, self.camera)
+        img = self.normalize(img)
+        with torch.no_grad():
+            T = self.predictor(img, self.camera)
+        T = torch.as_tensor(T).detach().to(F64).reshape(-1, 4, 4)
+        if not bool(torch.isfinite(T).all()):
+            raise InputError("the model predicted a pose with NaN or infinite entries")
+        return T
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "ModelInitializer":
+        """Load a checkpoint written by ``xraypose train`` (issue 5's ``xraypose.model.load_checkpoint``)."""
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"model file not found: {p}")
+        try:
+            from xraypose import model as model_mod
+        except ImportError:
+            raise InputError("initialising from a trained model needs xraypose.model (the training module), "
+                             "which this installation lacks") from None
+        loader = getattr(model_mod, "load_checkpoint", None)
+        if loader is None:
+            raise InputError("xraypose.model has no load_checkpoint(); cannot read the model")
+        net, meta = loader(p)
+        return cls.from_model(net, meta, model_mod)
+
+    @classmethod
+    def from_model(cls, net, meta, model_mod=None) -> "ModelInitializer":
+        """Adapter from (model, meta) to the protocol; see docs/registration.md for what it expects."""
+        cam = meta.get("camera") if isinstance(meta, dict) else getattr(meta, "camera", None)
+        if isinstance(cam, dict):
+            cam = Camera.from_dict(cam)
+        if not isinstance(cam, Camera):
+            raise InputError("the model's metadata lacks its training camera intrinsics")
+        norm = meta.get("normalize") if isinstance(meta, dict) else getattr(meta, "normalize", None)
+        if hasattr(net, "predict_pose"):
+            def predictor(img, camera):
+                return net.predict_pose(img)
+        elif model_mod is not None and hasattr(model_mod, "predict_pose"):
+            def predictor(img, camera):
+                return model_mod.predict_pose(net, img, meta)
+        else:
+            raise InputError("the model offers no predict_pose(); cannot use it as an initialiser")
+        return cls(predictor, cam, norm if callable(norm) else None)
+
+
+def _minmax(img: torch.Tensor) -> torch.Tensor:
+    flat = img.reshape(img.shape[0], -1)
+    lo, hi = flat.amin(-1), flat.amax(-1)
+    span = (hi - lo).clamp_min(1e-12)
+    return (img - lo.view(-1, 1, 1, 1)) / span.view(-1, 1, 1, 1)
+
+
+def fixed_pose(T) -> torch.Tensor:
+    """A given camera_to_world pose, checked: (B, 4, 4) float64."""
+    return as_transform(T, dtype=F64)
+
+
+def carm_angles_pose(primary: float, secondary: float, sod: float, isocenter) -> torch.Tensor:
+    """(1, 4, 4) pose from C-arm angles in degrees (LAO+/RAO−, CRAN+/CAUD−) about ``isocenter``."""
+    return carm_pose(primary, secondary, sod=sod, isocenter=isocenter).reshape(1, 4, 4)
+
+
+def pose_from_json(path) -> torch.Tensor:
+    """(1, 4, 4) pose from a JSON file: a registration result (restart) or ``{"camera_to_world": 4×4}``."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"pose file not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"pose file {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if isinstance(data, dict) and "camera_to_world" in data:
+        T = data["camera_to_world"]
+    elif isinstance(data, dict) and "world_to_camera" in data:
+        T = torch.linalg.inv(torch.as_tensor(data["world_to_camera"], dtype=F64))
+    elif isinstance(data, dict) and isinstance(data.get("pose"), dict) and "camera_to_world" in data["pose"]:
+        T = data["pose"]["camera_to_world"]
+    else:
+        raise InputError(f"pose file {p} must hold {{\"camera_to_world\": 4×4}} (or world_to_camera)")
+    try:
+        return as_transform(T, dtype=F64)
+    except InputError as e:
+        raise InputError(f"pose file {p}: {e}") from None
+
+
+def antipodal(T, isocenter) -> torch.Tensor:
+    """The pose turned by 180° about the axis through ``isocenter`` along the camera's rows (+v) axis.
+
+    The source goes to the other side of the patient (AP ↔ PA) and the image
+    is mirrored left–right: the pose a regressor confuses with ``T``.
+    """
+    T = torch.as_tensor(T, dtype=F64).reshape(-1, 4, 4)
+    axis = T[:, :3, 1]
+    R = so3_exp(axis * math.pi)
+    iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
+    C = make_transform(R, iso - (R @ iso[:, None])[..., 0])
+    return C @ T
+
+
+def with_antipodal(T, isocenter) -> torch.Tensor:
+    """(B, 2, 4, 4): each pose and its :func:`antipodal` flip, as starts for :meth:`Registrar.register`."""
+    T = torch.as_tensor(T, dtype=F64).reshape(-1, 4, 4)
+    return torch.stack([T, antipodal(T, isocenter)], dim=1)
