@@ -256,7 +256,8 @@ def test_triton_kernel_in_the_interpreter():
         from xraypose.render.trilinear import integrate_trilinear as ref
         torch.manual_seed(0)
         worst = 0.0
-        for dt in (torch.float64, torch.float32):
+        for dt, wide in ((torch.float64, False), (torch.float32, False), (torch.float32, True)):
+            tb.FORCE_WIDE = wide  # also run the 64-bit offset path
             vol = torch.rand(2, 6, 5, 4, dtype=torch.float64)
             o = torch.tensor([[[2.5, -10.0, 1.5]], [[-9.0, 2.0, 2.0]]], dtype=dt)
             d = (torch.tensor([[[0.0, 22.0, 0.0]], [[21.0, 0.0, 0.0]]]) + 4 * torch.randn(2, 37, 3)).to(dt)

@@ -1,7 +1,8 @@
 """Fused CPU backend: one C++/OpenMP pass over the rays, analytic backward.
 
 The kernels (``cpu_kernels.cpp``, beside this file) use no Python or torch
-headers.  On first use they are compiled by the system C++ compiler (``$CXX``,
+headers and no OpenMP runtime (their own std::thread pool, sized by
+``torch.get_num_threads()``).  On first use they are compiled by the system C++ compiler (``$CXX``,
 else ``g++``/``c++``/``clang++``) into a shared library cached under
 ``$XRAYPOSE_CACHE_DIR`` (default ``~/.cache/xraypose``), keyed by the source,
 the compiler and the CPU, and loaded with :mod:`ctypes`.  Later processes load
@@ -69,12 +70,10 @@ def _cpu_signature() -> str:
 
 
 def _flag_sets(cxx: str) -> list[list[str]]:
-    base = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno"]
-    omp = ["-fopenmp"]
-    if sys.platform == "darwin":
-        omp = ["-Xpreprocessor", "-fopenmp", "-lomp"]
-    # Fall back step by step: native tuning, then portable, then without OpenMP (serial).
-    return [base + ["-march=native"] + omp, base + omp, base]
+    base = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno", "-pthread"]
+    simd = ["-fopenmp-simd"]  # `omp simd` hints only: no OpenMP runtime is linked
+    # Fall back step by step: tuned for this CPU, then portable, then without the simd hints.
+    return [base + ["-march=native"] + simd, base + simd, base]
 
 
 def build(verbose: bool = False) -> Path:

@@ -1,8 +1,8 @@
 // Fused CPU kernels for xraypose's renderer: trilinear ray marching and Siddon.
 //
-// Plain C++17 + OpenMP, no Python or torch headers: compiled once by the
-// system C++ compiler into a shared library and called through ctypes (see
-// cpu.py).  Every array is C-contiguous and passed as a raw pointer.
+// Plain C++17 with std::thread (OpenMP only for `omp simd` hints), no Python or
+// torch headers: compiled once by the system C++ compiler into a shared library
+// and called through ctypes (see cpu.py).  Every array is C-contiguous and passed as a raw pointer.
 //
 // Geometry (origin, direction, s_near, span, length) is float32 or float64 (G),
 // the volume float32 or float64 (V); arithmetic and accumulation are float64,
@@ -12,7 +12,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <atomic>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
 typedef int64_t i64;
 
@@ -21,10 +24,38 @@ namespace {
 constexpr int CMAX = 8;  // channels accumulated per pass over the rays
 constexpr int BS = 16;   // samples whose positions are computed together
 
+
+// Rays are handed out in chunks from an atomic counter to nthreads std::threads (the
+// caller's thread included).  Plain threads, not OpenMP: no spinning at barriers, so a
+// busy machine does not make the team wait on a descheduled thread, and no second
+// OpenMP runtime next to PyTorch's.
+template <typename F>
+void parallel_for(i64 total, int nthreads, F&& body) {
+    const i64 chunk = 16;
+    std::atomic<i64> next(0);
+    auto work = [&]() {
+        for (;;) {
+            const i64 start = next.fetch_add(chunk);
+            if (start >= total) return;
+            const i64 stop = std::min(total, start + chunk);
+            for (i64 it = start; it < stop; ++it) body(it);
+        }
+    };
+    const int extra = (int)std::min<i64>(std::max(nthreads, 1) - 1, (total + chunk - 1) / chunk - 1);
+    std::vector<std::thread> pool;
+    pool.reserve(extra > 0 ? extra : 0);
+    for (int t = 0; t < extra; ++t) pool.emplace_back(work);
+    work();
+    for (auto& th : pool) th.join();
+}
+
 template <typename V>
-inline void atomic_add(V* p, double v) {
-#pragma omp atomic
-    *p += (V)v;
+inline void atomic_add(V* p, double v) {  // compare-and-swap loop (GCC/Clang builtins, any float type)
+    V old, want;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
+    do {
+        want = (V)(old + (V)v);
+    } while (!__atomic_compare_exchange(p, &old, &want, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
 
 // The trilinear interpolant with the edge value held outside the grid (PyTorch's
@@ -108,8 +139,7 @@ void tri_fwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G
     const Grid grid = make_grid(VV);
     for (i64 c0 = 0; c0 < C; c0 += CMAX) {
         const int nc = (int)std::min<i64>(CMAX, C - c0);
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-        for (i64 it = 0; it < total; ++it) {
+parallel_for(total, nthreads, [&](i64 it) {
         const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
             const i64 b = ray / R;
             const double ox = origin[3 * b], oy = origin[3 * b + 1], oz = origin[3 * b + 2];
@@ -134,7 +164,7 @@ void tri_fwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G
                 }
             }
             for (int c = 0; c < nc; ++c) out[(b * C + c0 + c) * R + (ray - b * R)] = (G)acc[c];
-        }
+        });
     }
 }
 
@@ -161,8 +191,7 @@ void tri_fwd_f32(const V* vol, const Vol& VV, const float* origin, const float* 
     const float invN = 1.0f / (float)N;
     for (i64 c0 = 0; c0 < C; c0 += CMAX) {
         const int nc = (int)std::min<i64>(CMAX, C - c0);
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-        for (i64 it = 0; it < total; ++it) {
+parallel_for(total, nthreads, [&](i64 it) {
         const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
             const i64 b = ray / R;
             const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
@@ -250,7 +279,7 @@ void tri_fwd_f32(const V* vol, const Vol& VV, const float* origin, const float* 
                 for (int c = 0; c < nc; ++c)
                     for (int j = 0; j < 6; ++j) jac[((b * C + c0 + c) * R + (ray - b * R)) * 6 + j] = (float)jl[6 * c + j];
             for (int c = 0; c < nc; ++c) out[(b * C + c0 + c) * R + (ray - b * R)] = (float)acc[c];
-        }
+        });
     }
 }
 
@@ -270,8 +299,7 @@ void tri_bwd_f32(const V* vol, const Vol& VV, const float* origin, const float* 
     const float bx = (float)std::max<i64>(VV.I - 2, 0), by = (float)std::max<i64>(VV.J - 2, 0),
                 bz = (float)std::max<i64>(VV.K - 2, 0);
     const float invN = 1.0f / (float)N;
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-    for (i64 it = 0; it < total; ++it) {
+parallel_for(total, nthreads, [&](i64 it) {
         const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
         const i64 b = ray / R, r = ray - b * R;
         const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
@@ -342,7 +370,7 @@ void tri_bwd_f32(const V* vol, const Vol& VV, const float* origin, const float* 
         gD[3 * ray + 2] = (float)(s0 * sz + sp * tz);
         gA[ray] = (float)(sx * dx + sy * dy + sz * dz);
         gS[ray] = (float)(tx * dx + ty * dy + tz * dz);
-    }
+    });
 }
 
 // Backward of tri_fwd, given gF (B, C, R).  With G_k = grad_x sum_c gF_c f_c(x_k), t_k = (k + 1/2) / N:
@@ -355,8 +383,7 @@ void tri_bwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G
     const double invN = 1.0 / (double)N;
     const Grid grid = make_grid(VV);
     const bool geo = gO != nullptr;
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-    for (i64 it = 0; it < total; ++it) {
+parallel_for(total, nthreads, [&](i64 it) {
         const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
         const i64 b = ray / R, r = ray - b * R;
         const double ox = origin[3 * b], oy = origin[3 * b + 1], oz = origin[3 * b + 2];
@@ -411,7 +438,7 @@ void tri_bwd(const V* vol, const Vol& VV, const G* origin, const G* dir, const G
             gA[ray] = (G)(sx * dx + sy * dy + sz * dz);
             gS[ray] = (G)(tx * dx + ty * dy + tz * dz);
         }
-    }
+    });
 }
 
 
@@ -465,8 +492,7 @@ void siddon(const V* vol, const Vol& VV, const G* origin, const G* dir, const G*
     // forward: channels c0 .. c0 + CMAX - 1 only (the caller loops over channel blocks)
     const i64 C = VV.C, I = VV.I, J = VV.J, K = VV.K, SC = VV.sc, total = B * R;
     const bool bwd = gS != nullptr, geo = gO != nullptr;
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nthreads)
-    for (i64 it = 0; it < total; ++it) {
+parallel_for(total, nthreads, [&](i64 it) {
         const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
         const i64 b = ray / R, r = ray - b * R;
         const double o[3] = {(double)origin[3 * b], (double)origin[3 * b + 1], (double)origin[3 * b + 2]};
@@ -482,7 +508,7 @@ void siddon(const V* vol, const Vol& VV, const G* origin, const G* dir, const G*
                     for (int q = 0; q < 3; ++q) { gO[3 * ray + q] = 0; gD[3 * ray + q] = 0; }
                     gN[ray] = 0; gF[ray] = 0;
                 }
-                continue;
+                return;
             }
         }
         auto voxel = [&](double s) {
@@ -552,7 +578,7 @@ void siddon(const V* vol, const Vol& VV, const G* origin, const G* dir, const G*
             for (int q = 0; q < 3; ++q) { gO[3 * ray + q] = (G)go[q]; gD[3 * ray + q] = (G)gd[q]; }
             gN[ray] = (G)gn; gF[ray] = (G)gf;
         }
-    }
+    });
 }
 
 }  // namespace

@@ -32,6 +32,7 @@ import triton.language as tl  # noqa: E402
 VOLUME_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BLOCK_R = 32
 BLOCK_S = 32
+FORCE_WIDE = False  # tests: take the 64-bit offset path on small volumes
 
 
 def unavailable_reason() -> str | None:
@@ -245,7 +246,7 @@ def _launch_args(density, direction):
     """Scalar arguments; WIDE (64-bit offsets) when any flat index may pass 2³¹."""
     C, I, J, K = density.shape
     B, R, _ = direction.shape
-    wide = max(density.numel() + J * K + K + 2, B * R * max(C, 3)) >= 2**31 - 1
+    wide = FORCE_WIDE or max(density.numel() + J * K + K + 2, B * R * max(C, 3)) >= 2**31 - 1
     sx, sy, sz = (J * K if I > 1 else 0), (K if J > 1 else 0), (1 if K > 1 else 0)
     return (C, I, J, K, J * K, R), (float(I - 1), float(J - 1), float(K - 1), sx, sy, sz), wide
 
