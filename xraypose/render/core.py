@@ -123,13 +123,21 @@ def render(
     if uv.dim() != 3 or uv.shape[-1] != 2 or uv.shape[0] != B:
         raise InputError(f"pixel list must be (R, 2) or (B, R, 2) with B = {B}, got {tuple(uv.shape)}")
 
+    which = resolve(backend, renderer, dev)
+    if which == "cpu" and renderer == "trilinear" and dt == torch.float32 and not density.requires_grad:
+        from xraypose.render.backends import cpu
+
+        if cpu.fits_fast_path(density):  # rays, clipping and sampling in one kernel
+            img = cpu.render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_samples,
+                                             step or default_step(affine))
+            return img.reshape(B, density.shape[0], camera.height, camera.width) if full else img
+
     world_to_index = torch.linalg.inv(affine.double()).to(device=dev)
     source, target = world_rays(camera, camera_to_world, uv)
     origin, direction, length = to_index_space(world_to_index, source, target)
 
     R = direction.shape[1]
     C = density.shape[0]
-    which = resolve(backend, renderer, dev)
     if renderer == "trilinear":
         if n_samples is None:
             lo, hi = support_box(density.shape[1:], dt, dev)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -35,7 +36,8 @@ from xraypose.render.rays import clip_to_box
 from xraypose.render.trilinear import support_box
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-ABI_VERSION = 5
+ABI_VERSION = 6
+GEO = 14  # doubles per ray in the fused path's geometry buffer (cpu_kernels.cpp)
 RENDERERS = ("trilinear", "siddon")
 
 _lock = threading.Lock()
@@ -132,6 +134,7 @@ def _load():
             if lib.xrp_abi_version() != ABI_VERSION:
                 raise RuntimeError("stale kernel library (ABI version mismatch)")
             _declare(lib)
+            _declare_fused(lib)
             _lib = lib
         except Exception as e:  # any failure: report once, use the reference backend
             _error = f"{type(e).__name__}: {e}"
@@ -154,6 +157,18 @@ def _declare(lib) -> None:
             f = getattr(lib, f"xrp_sid_bwd_{g}_{v}")
             f.argtypes = [P, P, P, P, P, P, P, I64, I64, P, P, P, P, P, P, INT]
             f.restype = None
+
+
+def _declare_fused(lib) -> None:
+    P, I64, INT, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+    lib.xrp_rays_f32.argtypes = [P, P, P, D, P, I64, P, I64, I64, D, P, P, P, INT]
+    lib.xrp_rays_f32.restype = None
+    for v in ("f32", "f64"):
+        f = getattr(lib, f"xrp_tri_fused_fwd_f32_{v}")
+        f.argtypes = [P, P, P, P, P, I64, I64, I64, P, P, P, INT]
+        f.restype = INT
+    lib.xrp_tri_fused_bwd_f32.argtypes = [P, P, I64, I64, I64, I64, P, P, P, P, INT]
+    lib.xrp_tri_fused_bwd_f32.restype = None
 
 
 def available() -> bool:
@@ -378,3 +393,91 @@ def integrate_siddon(density, origin, direction, length, reorder: bool = True):
     sums = _SiddonSums.apply(density, origin.reshape(B, 3).contiguous(), direction.contiguous(),
                              s_near.contiguous(), s_far.contiguous(), order)
     return sums * length.unsqueeze(1)
+
+
+def fits_fast_path(density: torch.Tensor) -> bool:
+    """Every element offset of the (C, I, J, K) volume below 2³¹ (the kernels' 32-bit fast path)."""
+    top = sum((n - 1) * st for n, st in zip(density.shape, density.stride()))
+    return all(st >= 0 for st in density.stride()) and top < 2**31 - 1
+
+
+class _FusedTrilinear(torch.autograd.Function):
+    """Rays from float32 poses, clipping, sampling and accumulation in one kernel; pose gradient analytic.
+
+    Same numbers as render(..., backend="reference") (rays.py, clip_to_box, trilinear.py) up to float32
+    rounding of the samples; geometry in float64 inside the kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, density, pose, uv, w2i, kinv, sdd, box, n_samples, step):
+        lib = _load()
+        B, R = pose.shape[0], uv.shape[1]
+        C = density.shape[0]
+        geo = torch.empty((B, R, GEO), dtype=torch.float64)
+        origin = torch.empty((B, 3), dtype=torch.float64)
+        order = torch.empty((B, R), dtype=torch.int64) if R >= 64 else None
+        eps = torch.finfo(torch.float32).tiny ** 0.5  # clip_to_box's "parallel to a slab" threshold
+        uv_bstride = 0 if uv.shape[0] == 1 else R * 2
+        lib.xrp_rays_f32(_ptr(pose), _ptr(w2i), _ptr(kinv), float(sdd), _ptr(uv), uv_bstride, _ptr(box), B, R, eps,
+                         _ptr(geo), _ptr(origin), _ptr(order), _threads())
+        if n_samples is None:  # trilinear.n_samples_for_step on the same chords
+            chord = ((geo[..., 5] - geo[..., 4]).clamp_min(0) * geo[..., 3]).max()
+            n_samples = max(1, int(math.ceil(float(chord) / step)))
+        need = ctx.needs_input_grad[1]
+        out = torch.empty((B, C, R), dtype=torch.float32)
+        raw = torch.empty((B, C, R), dtype=torch.float32) if need else None
+        jac = torch.empty((B, C, R, 6), dtype=torch.float32) if need else None
+        fn = getattr(lib, f"xrp_tri_fused_fwd_f32_{_SUFFIX[density.dtype]}")
+        vs = _shape_strides(density)  # keep a reference: the kernel reads it
+        if not fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(geo), _ptr(origin), B, R,
+                  n_samples, _ptr(out), _ptr(raw), _ptr(jac), _threads()):
+            raise RuntimeError("volume too large for the fused kernel's 32-bit offsets (caller must check)")
+        ctx.save_for_backward(geo, w2i, raw, jac)
+        ctx.n_samples = n_samples
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        geo, w2i, raw, jac = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return (None,) * 9
+        lib = _load()
+        B, C, R = raw.shape
+        gout = gout.contiguous().to(torch.float32)
+        per_ray = torch.empty((B, R, 12), dtype=torch.float64)
+        lib.xrp_tri_fused_bwd_f32(_ptr(geo), _ptr(w2i), B, R, C, ctx.n_samples, _ptr(gout), _ptr(raw), _ptr(jac),
+                                  _ptr(per_ray), _threads())
+        g = per_ray.sum(1)
+        gpose = torch.zeros((B, 4, 4), dtype=torch.float64)
+        gpose[:, :3, :3] = g[:, :9].reshape(B, 3, 3)
+        gpose[:, :3, 3] = g[:, 9:]
+        return None, gpose.to(torch.float32), None, None, None, None, None, None, None
+
+
+def render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_samples, step):
+    """(B, C, R) line integrals for float32 poses: render()'s trilinear path in one kernel.
+
+    ``uv`` (B or 1, R, 2) pixel coordinates; ``n_samples`` or, when None, ``step`` (mm).
+    The caller checks: CPU tensors, float32 poses, no volume gradient, :func:`fits_fast_path`.
+    """
+    if density.dtype not in _SUFFIX:
+        density = density.to(torch.float32)
+    if not (density.is_contiguous() or is_channels_last(density)):
+        density = density.contiguous()
+    w2i = torch.linalg.inv(affine.detach().double().cpu())[:3].contiguous()
+    kinv = camera.K_inv(torch.float64).contiguous()
+    n = density.shape[1:]
+    box = torch.tensor([-0.5, -0.5, -0.5] + [k - 0.5 for k in n], dtype=torch.float64)  # trilinear.support_box
+    if uv.shape[0] > 1 and uv.stride(0) == 0:  # one pixel list shared by every pose
+        uv = uv[:1]
+    uv = uv.to(torch.float32).contiguous()
+    return _FusedTrilinear.apply(density, camera_to_world.contiguous(), uv, w2i, kinv, camera.sdd, box,
+                                 n_samples, step)
+
+
+if __name__ == "__main__":  # python -m xraypose.render.backends.cpu: build ahead of time, say where
+    try:
+        print(build(verbose=True))
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        sys.exit(1)

@@ -175,9 +175,10 @@ parallel_for(total, nthreads, [&](i64 it) {
 // Positions are o + s0 d (double, per ray) + tau d (float), tau = span (k + 1/2) / N.
 // With jac (B, C, R, 6) it also stores, per ray and channel, sum_k grad f_c(x_k) and
 // sum_k t_k grad f_c(x_k): the pose backward then needs no second pass over the volume.
-template <typename V>
-void tri_fwd_f32(const V* vol, const Vol& VV, const float* origin, const float* dir, const float* a,
-                 const float* span, i64 B, i64 R, i64 N, float* out, float* jac, int nthreads) {
+// get(ray, b, o[3], d[3], s0, span, scale) supplies each ray; out = scale * sum, raw = sum (if given).
+template <typename V, typename Get>
+void tri_fwd_f32(const V* vol, const Vol& VV, Get get, i64 B, i64 R, i64 N, float* out, float* raw, float* jac,
+                 int nthreads) {
     const i64 C = VV.C, total = B * R;
     const int32_t SC = (int32_t)VV.sc;
     const Grid grid = make_grid(VV);
@@ -194,11 +195,11 @@ void tri_fwd_f32(const V* vol, const Vol& VV, const float* origin, const float* 
 parallel_for(total, nthreads, [&](i64 it) {
         const i64 ray = VV.order ? (it / R) * R + VV.order[it] : it;
             const i64 b = ray / R;
-            const double dx = dir[3 * ray], dy = dir[3 * ray + 1], dz = dir[3 * ray + 2];
-            const double s0 = a[ray];
-            const float ex = (float)(origin[3 * b] + s0 * dx), ey = (float)(origin[3 * b + 1] + s0 * dy),
-                        ez = (float)(origin[3 * b + 2] + s0 * dz);
-            const float fdx = (float)dx, fdy = (float)dy, fdz = (float)dz, sp = span[ray];
+            double ov[3], dv[3], s0, spd, scale;
+            get(ray, b, ov, dv, s0, spd, scale);
+            const double dx = dv[0], dy = dv[1], dz = dv[2];
+            const float ex = (float)(ov[0] + s0 * dx), ey = (float)(ov[1] + s0 * dy), ez = (float)(ov[2] + s0 * dz);
+            const float fdx = (float)dx, fdy = (float)dy, fdz = (float)dz, sp = (float)spd;
             double acc[CMAX] = {0, 0, 0, 0, 0, 0, 0, 0};
             double jl[6 * CMAX] = {0};
             alignas(64) int32_t OFF[BS];
@@ -278,7 +279,11 @@ parallel_for(total, nthreads, [&](i64 it) {
             if (jac != nullptr)
                 for (int c = 0; c < nc; ++c)
                     for (int j = 0; j < 6; ++j) jac[((b * C + c0 + c) * R + (ray - b * R)) * 6 + j] = (float)jl[6 * c + j];
-            for (int c = 0; c < nc; ++c) out[(b * C + c0 + c) * R + (ray - b * R)] = (float)acc[c];
+            for (int c = 0; c < nc; ++c) {
+                const i64 idx = (b * C + c0 + c) * R + (ray - b * R);
+                out[idx] = (float)(scale * acc[c]);
+                if (raw != nullptr) raw[idx] = (float)acc[c];
+            }
         });
     }
 }
@@ -585,7 +590,7 @@ parallel_for(total, nthreads, [&](i64 it) {
 
 extern "C" {
 
-int xrp_abi_version() { return 5; }
+int xrp_abi_version() { return 6; }
 
 }  // extern "C"
 
@@ -597,6 +602,150 @@ bool fast32(const Vol& v) {
     const i64 top = (v.C - 1) * v.sc + (v.I - 1) * v.si + (v.J - 1) * v.sj + (v.K - 1) * v.sk;
     return v.sc >= 0 && v.si >= 0 && v.sj >= 0 && v.sk >= 0 && top < ((i64)1 << 31) - 1;
 }
+
+// ---------------------------------------------------------------- fused rays (float32 poses)
+// Ray generation and clipping in the kernel, as render() + rays.py + clip_to_box do them:
+//   q = sdd K^-1 (u, v, 1) (camera frame), source = t, target = R q + t (world),
+//   origin o = A t + c, direction d = A R q, length L = |R q| (A, c: world -> index),
+//   [s_near, s_far] = slab clip of o + s d to the box [lo, hi], clamped to [0, 1].
+// geo (B, R, GEO) keeps, per ray: d (3), L, s_near, s_far, the entering and leaving
+// axes (-1: no gradient: clamped or parallel), q (3), R q (3).  origin (B, 3).
+constexpr int GEO = 14;
+
+template <typename G>
+void rays_geo(const G* pose, const double* w2i, const double* kinv, double sdd, const G* uv, i64 uv_bstride,
+              const double* box, i64 B, i64 R, double eps, double* geo, double* origin, int nthreads) {
+    for (i64 b = 0; b < B; ++b) {
+        const G* P = pose + 16 * b;
+        for (int i = 0; i < 3; ++i) {
+            double v = w2i[4 * i + 3];
+            for (int j = 0; j < 3; ++j) v += w2i[4 * i + j] * (double)P[4 * j + 3];
+            origin[3 * b + i] = v;
+        }
+    }
+    parallel_for(B * R, nthreads, [&](i64 ray) {
+        const i64 b = ray / R, r = ray - b * R;
+        const G* P = pose + 16 * b;
+        const double u = (double)uv[b * uv_bstride + 2 * r], v = (double)uv[b * uv_bstride + 2 * r + 1];
+        double q[3], rq[3], d[3];
+        for (int i = 0; i < 3; ++i) q[i] = sdd * (kinv[3 * i] * u + kinv[3 * i + 1] * v + kinv[3 * i + 2]);
+        for (int i = 0; i < 3; ++i) rq[i] = (double)P[4 * i] * q[0] + (double)P[4 * i + 1] * q[1] + (double)P[4 * i + 2] * q[2];
+        for (int i = 0; i < 3; ++i) d[i] = w2i[4 * i] * rq[0] + w2i[4 * i + 1] * rq[1] + w2i[4 * i + 2] * rq[2];
+        const double L = std::sqrt(rq[0] * rq[0] + rq[1] * rq[1] + rq[2] * rq[2]);
+        const double* o = origin + 3 * b;
+        double tmin = -INFINITY, tmax = INFINITY;
+        int amin = -1, amax = -1;
+        for (int i = 0; i < 3; ++i) {
+            const double lo = box[i], hi = box[3 + i];
+            double t0, t1;
+            if (std::fabs(d[i]) < eps) {  // parallel to the slab: inside, no constraint; outside, a miss
+                const bool inside = o[i] >= lo && o[i] <= hi;
+                t0 = inside ? -INFINITY : INFINITY;
+                t1 = inside ? INFINITY : -INFINITY;
+                if (t0 > tmin) { tmin = t0; amin = -1; }
+                if (t1 < tmax) { tmax = t1; amax = -1; }
+                continue;
+            }
+            const double ta = (lo - o[i]) / d[i], tb = (hi - o[i]) / d[i];
+            t0 = std::min(ta, tb); t1 = std::max(ta, tb);
+            if (t0 > tmin) { tmin = t0; amin = i; }
+            if (t1 < tmax) { tmax = t1; amax = i; }
+        }
+        // clamp to [0, 1]; the gradient passes only where the clamp is inactive (0 <= t <= 1)
+        double sn = tmin, sf = tmax;
+        if (!(sn >= 0.0 && sn <= 1.0)) { amin = -1; sn = sn < 0.0 ? 0.0 : (sn > 1.0 ? 1.0 : sn); }
+        if (!(sf >= 0.0 && sf <= 1.0)) { amax = -1; sf = sf < 0.0 ? 0.0 : (sf > 1.0 ? 1.0 : sf); }
+        double* g = geo + GEO * ray;
+        g[0] = d[0]; g[1] = d[1]; g[2] = d[2]; g[3] = L; g[4] = sn; g[5] = sf;
+        g[6] = (double)amin; g[7] = (double)amax; g[8] = q[0]; g[9] = q[1]; g[10] = q[2];
+        g[11] = rq[0]; g[12] = rq[1]; g[13] = rq[2];
+    });
+}
+
+// Cache-friendly tracing order per pose (see cpu.py cache_order): rays bucketed 2 voxels
+// wide across the image along e2, sorted along e1 (the volume's k axis, made
+// perpendicular to the mean ray) within a bucket.
+inline void cache_order_geo(const double* geo, const double* origin, i64 B, i64 R, i64* order, int nthreads) {
+    parallel_for(B, nthreads, [&](i64 b) {
+        const double* o = origin + 3 * b;
+        double m[3] = {0, 0, 0};
+        for (i64 r = 0; r < R; ++r)
+            for (int i = 0; i < 3; ++i) m[i] += geo[GEO * (b * R + r) + i];
+        double n = std::sqrt(m[0] * m[0] + m[1] * m[1] + m[2] * m[2]);
+        if (!(n > 0)) n = 1;
+        for (int i = 0; i < 3; ++i) m[i] /= n;
+        double e1[3] = {-m[2] * m[0], -m[2] * m[1], 1.0 - m[2] * m[2]};  // k - (k.m) m
+        double n1 = std::sqrt(e1[0] * e1[0] + e1[1] * e1[1] + e1[2] * e1[2]);
+        if (n1 < 0.1) {  // looking along k: use j
+            e1[0] = -m[1] * m[0]; e1[1] = 1.0 - m[1] * m[1]; e1[2] = -m[1] * m[2];
+            n1 = std::sqrt(e1[0] * e1[0] + e1[1] * e1[1] + e1[2] * e1[2]);
+        }
+        for (int i = 0; i < 3; ++i) e1[i] /= n1;
+        const double e2[3] = {m[1] * e1[2] - m[2] * e1[1], m[2] * e1[0] - m[0] * e1[2], m[0] * e1[1] - m[1] * e1[0]};
+        std::vector<std::pair<std::pair<double, double>, i64>> key(R);
+        for (i64 r = 0; r < R; ++r) {
+            const double* g = geo + GEO * (b * R + r);
+            const double sm = 0.5 * (g[4] + std::max(g[5], g[4]));
+            double a1 = 0, a2 = 0;
+            for (int i = 0; i < 3; ++i) {
+                const double x = o[i] + sm * g[i];
+                a1 += x * e1[i]; a2 += x * e2[i];
+            }
+            key[r] = {{std::floor(a2 / 2.0), a1}, r};
+        }
+        std::sort(key.begin(), key.end());
+        for (i64 r = 0; r < R; ++r) order[b * R + r] = key[r].second;
+    });
+}
+
+// Backward of the fused trilinear render, without touching the volume: per ray, from the
+// forward's raw sums F (B, C, R) and sample-gradient sums jac (B, C, R, 6), the gradient
+// of sum gout * out with respect to the pose, out = F span L / N.  gpose (B, R, 12):
+// d/dR (row-major 3x3) then d/dt, to be summed over rays.
+template <typename G>
+void tri_fused_bwd(const double* geo, const double* w2i, i64 B, i64 R, i64 C, i64 N, const G* gout, const G* F,
+                   const G* jac, double* gpose, int nthreads) {
+    parallel_for(B * R, nthreads, [&](i64 ray) {
+        const i64 b = ray / R, r = ray - b * R;
+        const double* g = geo + GEO * ray;
+        const double d[3] = {g[0], g[1], g[2]}, L = g[3], a = g[4], bb = g[5];
+        const double span = bb - a > 0 ? bb - a : 0.0;
+        const int ax_a = (int)g[6], ax_b = (int)g[7];
+        const double q[3] = {g[8], g[9], g[10]};
+        double G1[3] = {0, 0, 0}, G2[3] = {0, 0, 0}, FL = 0;
+        for (i64 c = 0; c < C; ++c) {
+            const i64 idx = (b * C + c) * R + r;
+            const double go = (double)gout[idx];
+            FL += go * (double)F[idx];
+            const double gF = go * span * L / (double)N;
+            const G* J = jac + 6 * idx;
+            for (int i = 0; i < 3; ++i) { G1[i] += gF * (double)J[i]; G2[i] += gF * (double)J[3 + i]; }
+        }
+        double go_[3], gd[3];
+        for (int i = 0; i < 3; ++i) { go_[i] = G1[i]; gd[i] = a * G1[i] + span * G2[i]; }
+        double ga = G1[0] * d[0] + G1[1] * d[1] + G1[2] * d[2];
+        double gspan = G2[0] * d[0] + G2[1] * d[1] + G2[2] * d[2] + FL * L / (double)N;
+        const double gL = FL * span / (double)N;
+        double gb = 0;
+        if (bb - a >= 0) { gb += gspan; ga -= gspan; }  // span = clamp_min(b - a, 0)
+        if (ax_a >= 0) { go_[ax_a] -= ga / d[ax_a]; gd[ax_a] -= ga * a / d[ax_a]; }
+        if (ax_b >= 0) { go_[ax_b] -= gb / d[ax_b]; gd[ax_b] -= gb * bb / d[ax_b]; }
+        // d = A R q, L = |R q|, o = A t + c
+        double At_gd[3], At_go[3];
+        for (int j = 0; j < 3; ++j) {
+            At_gd[j] = w2i[j] * gd[0] + w2i[4 + j] * gd[1] + w2i[8 + j] * gd[2];
+            At_go[j] = w2i[j] * go_[0] + w2i[4 + j] * go_[1] + w2i[8 + j] * go_[2];
+        }
+        // gR = (A^T gd + gL R q / L) q^T
+        const double* rq = g + 11;
+        const double w = L > 0 ? gL / L : 0.0;
+        double* out = gpose + 12 * ray;
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) out[3 * i + j] = (At_gd[i] + w * rq[i]) * q[j];
+        for (int i = 0; i < 3; ++i) out[9 + i] = At_go[i];
+    });
+}
+
 }  // namespace
 
 extern "C" {
@@ -609,8 +758,13 @@ extern "C" {
                                   i64 B, i64 R, i64 N, G* out, G* jac, int nt) {                              \
         const Vol v = make_vol(vs, order);                                                                           \
         if (fast32<G>(v)) {                                                                                   \
-            tri_fwd_f32<V>(vol, v, (const float*)o, (const float*)d, (const float*)a, (const float*)s, B, R,  \
-                           N, (float*)out, (float*)jac, nt);                                                  \
+            const float *of = (const float*)o, *df = (const float*)d, *af = (const float*)a;                  \
+            const float* sf = (const float*)s;                                                                \
+            auto get = [&](i64 ray, i64 b, double* ov, double* dv, double& s0, double& sp, double& scale) {   \
+                for (int q = 0; q < 3; ++q) { ov[q] = of[3 * b + q]; dv[q] = df[3 * ray + q]; }               \
+                s0 = af[ray]; sp = sf[ray]; scale = 1.0;                                                      \
+            };                                                                                                \
+            tri_fwd_f32<V>(vol, v, get, B, R, N, (float*)out, nullptr, (float*)jac, nt);                      \
             return jac != nullptr;                                                                            \
         }                                                                                                     \
         tri_fwd<G, V>(vol, v, o, d, a, s, B, R, N, out, nt);                                                  \
@@ -642,5 +796,37 @@ XRP_DEFINE(f32, float, f32, float)
 XRP_DEFINE(f64, double, f32, float)
 XRP_DEFINE(f32, float, f64, double)
 XRP_DEFINE(f64, double, f64, double)
+
+// Fused float32 path: rays from poses in the kernel (see rays_geo).
+void xrp_rays_f32(const float* pose, const double* w2i, const double* kinv, double sdd, const float* uv,
+                  i64 uv_bstride, const double* box, i64 B, i64 R, double eps, double* geo, double* origin,
+                  i64* order, int nt) {
+    rays_geo<float>(pose, w2i, kinv, sdd, uv, uv_bstride, box, B, R, eps, geo, origin, nt);
+    if (order != nullptr) cache_order_geo(geo, origin, B, R, order, nt);
+}
+
+#define XRP_FUSED(VN, V)                                                                                      \
+    /* returns 0 when the volume does not fit the 32-bit fast path (nothing done) */                         \
+    int xrp_tri_fused_fwd_f32_##VN(const V* vol, const i64* vs, const i64* order, const double* geo,          \
+                                     const double* origin, i64 B, i64 R, i64 N, float* out, float* raw,       \
+                                     float* jac, int nt) {                                                    \
+        const Vol v = make_vol(vs, order);                                                                    \
+        if (!fast32<float>(v)) return 0;                                                                      \
+        auto get = [&](i64 ray, i64 b, double* ov, double* dv, double& s0, double& sp, double& scale) {       \
+            const double* g = geo + GEO * ray;                                                                \
+            for (int q = 0; q < 3; ++q) { ov[q] = origin[3 * b + q]; dv[q] = g[q]; }                          \
+            s0 = g[4]; sp = g[5] - g[4] > 0 ? g[5] - g[4] : 0.0; scale = sp * g[3] / (double)N;              \
+        };                                                                                                    \
+        tri_fwd_f32<V>(vol, v, get, B, R, N, out, raw, jac, nt);                                              \
+        return 1;                                                                                             \
+    }
+
+XRP_FUSED(f32, float)
+XRP_FUSED(f64, double)
+
+void xrp_tri_fused_bwd_f32(const double* geo, const double* w2i, i64 B, i64 R, i64 C, i64 N, const float* gout,
+                           const float* F, const float* jac, double* gpose, int nt) {
+    tri_fused_bwd<float>(geo, w2i, B, R, C, N, gout, F, jac, gpose, nt);
+}
 
 }  // extern "C"
