@@ -170,13 +170,15 @@ def test_bone_fiducials_inside_bone_spread_and_seeded():
     assert f.shape == (8, 3) and f.dtype == torch.float64
     ijk = vol.world_to_voxel(f).round().long()
     assert bool((vol.data[ijk[:, 0], ijk[:, 1], ijk[:, 2]] == 900.0).all())
-    # eroded block is i 11..18, j 9..14, k 7..12: farthest-point sampling reaches its corners
-    lo = vol.voxel_to_world(torch.tensor([11.0, 9.0, 7.0]))
-    hi = vol.voxel_to_world(torch.tensor([18.0, 14.0, 12.0]))
+    # the block is i 10..19, j 8..15, k 6..13 (its corners have only 7 bone neighbours and are
+    # dropped, its edges are kept): farthest-point sampling reaches its extent
+    lo = vol.voxel_to_world(torch.tensor([10.0, 8.0, 6.0]))
+    hi = vol.voxel_to_world(torch.tensor([19.0, 15.0, 13.0]))
     assert float((f.max(0).values - hi).abs().max()) < 1e-9
     assert float((f.min(0).values - lo).abs().max()) < 1e-9
     assert torch.equal(f, pick_bone_fiducials(vol, n=8, seed=3))
-    assert not bool((bone_mask(vol))[2, 2, 2])
+    m = bone_mask(vol)
+    assert not bool(m[2, 2, 2]) and not bool(m[10, 8, 6]) and bool(m[11, 8, 6])  # noise and corners out
 
 
 def test_bone_fiducials_in_field_of_view_and_errors():

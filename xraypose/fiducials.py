@@ -5,10 +5,12 @@ landmarks); a synthetic case made from any CT needs points of its own.  We take
 points *inside bone*, spread as evenly as farthest-point sampling makes them,
 optionally only where the X-ray sees them:
 
-1. bone = voxels with ``hu_min <= HU <= hu_max`` (default 250…2000 HU), eroded
-   by one voxel (drops isolated noisy voxels and the partial-volume rim);
-   voxels within ``metal_margin_vox`` of anything brighter than ``hu_max``
-   (metal, contrast) are excluded;
+1. bone = voxels with ``hu_min <= HU <= hu_max`` (default 250…2000 HU) that
+   have at least ``min_neighbors`` (default 8) bone voxels among their 26
+   neighbours (drops isolated noisy voxels but keeps thin cortical shells, which
+   a one-voxel erosion would wipe out on a 3 mm CT); voxels within
+   ``metal_margin_vox`` of anything brighter than ``hu_max`` (metal, contrast)
+   are excluded;
 2. optionally keep only points that project inside the detector, ``margin_px``
    from its edges, for every given pose (``camera`` + ``poses``);
 3. farthest-point sampling of ``n`` points from a seeded random subset of the
@@ -25,27 +27,33 @@ import torch.nn.functional as F
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 
-__all__ = ["bone_mask", "pick_bone_fiducials", "farthest_point_sampling"]
+__all__ = ["bone_mask", "bone_points", "select_fiducials", "pick_bone_fiducials", "farthest_point_sampling"]
 
 
-def bone_mask(volume, hu_min: float = 250.0, hu_max: float = 2000.0, erode: int = 1,
+def bone_mask(volume, hu_min: float = 250.0, hu_max: float = 2000.0, min_neighbors: int = 8,
               metal_margin_vox: int = 2) -> torch.Tensor:
     """(I, J, K) boolean mask of bone voxels (see the module docstring)."""
     if not hu_min < hu_max:
         raise InputError(f"bone HU range must have hu_min < hu_max, got {hu_min}…{hu_max}")
     hu = volume.data.to(torch.float32)
     mask = (hu >= hu_min) & (hu <= hu_max)
-    if erode > 0 and bool(mask.any()):
-        k = 2 * int(erode) + 1
-        inner = -F.max_pool3d(-mask.float()[None, None], k, stride=1, padding=int(erode))[0, 0] > 0.5
-        if bool(inner.any()):
-            mask = inner
+    if min_neighbors > 0 and bool(mask.any()):
+        count = F.avg_pool3d(mask.float()[None, None], 3, stride=1, padding=1, count_include_pad=True)[0, 0] * 27
+        mask = mask & (count - 1 >= min_neighbors - 0.5)
     metal = hu > hu_max
     if metal_margin_vox > 0 and bool(metal.any()):
         k = 2 * int(metal_margin_vox) + 1
         near = F.max_pool3d(metal.float()[None, None], k, stride=1, padding=int(metal_margin_vox))[0, 0] > 0.5
         mask = mask & ~near
     return mask
+
+
+def bone_points(volume, hu_min: float = 250.0, hu_max: float = 2000.0) -> torch.Tensor:
+    """(M, 3) world mm of the centres of the :func:`bone_mask` voxels (float64)."""
+    ijk = torch.nonzero(bone_mask(volume, hu_min, hu_max)).to(torch.float64)
+    if ijk.shape[0] == 0:
+        raise InputError(f"the CT has no voxels in the bone range {hu_min:g}…{hu_max:g} HU to place fiducials on")
+    return volume.voxel_to_world(ijk)
 
 
 def farthest_point_sampling(points: torch.Tensor, n: int, first: int = 0) -> torch.Tensor:
@@ -62,38 +70,14 @@ def farthest_point_sampling(points: torch.Tensor, n: int, first: int = 0) -> tor
     return idx
 
 
-def pick_bone_fiducials(
-    volume,
-    n: int = 20,
-    seed: int = 0,
-    hu_min: float = 250.0,
-    hu_max: float = 2000.0,
-    camera: Camera | None = None,
-    poses: torch.Tensor | None = None,
-    margin_px: float = 0.0,
-    max_candidates: int = 20000,
-) -> torch.Tensor:
-    """``n`` fiducials (n, 3) in bone, world mm, spread by farthest-point sampling.
-
-    Args:
-        volume: a CT :class:`~xraypose.volume.Volume` in HU.
-        n: number of points (>= 1).
-        seed: seeds the candidate subset and the first point.
-        hu_min, hu_max: bone intensity range (HU).
-        camera, poses: when both are given, keep only points that project into
-            the detector (``margin_px`` inside its edges) for every pose
-            ((4, 4) or (B, 4, 4) camera_to_world) and lie in front of the source.
-        max_candidates: size of the random candidate subset fed to the sampling.
-    Raises:
-        InputError: no bone voxels (in the field of view), bad arguments.
-    """
+def select_fiducials(points: torch.Tensor, n: int = 20, seed: int = 0, camera: Camera | None = None,
+                     poses: torch.Tensor | None = None, margin_px: float = 0.0,
+                     max_candidates: int = 20000) -> torch.Tensor:
+    """``n`` of ``points`` (M, 3) spread by farthest-point sampling, optionally only those in the
+    field of view (see :func:`pick_bone_fiducials`)."""
     if int(n) < 1:
         raise InputError(f"number of fiducials must be >= 1, got {n}")
-    mask = bone_mask(volume, hu_min, hu_max)
-    ijk = torch.nonzero(mask).to(torch.float64)
-    if ijk.shape[0] == 0:
-        raise InputError(f"the CT has no voxels in the bone range {hu_min:g}…{hu_max:g} HU to place fiducials on")
-    pts = volume.voxel_to_world(ijk)
+    pts = torch.as_tensor(points, dtype=torch.float64)
     if (camera is None) != (poses is None):
         raise InputError("give both camera and poses to keep fiducials in the field of view, or neither")
     if camera is not None:
@@ -112,3 +96,33 @@ def pick_bone_fiducials(
         pts = pts[torch.randperm(pts.shape[0], generator=g)[:max_candidates]]
     first = int(torch.randint(pts.shape[0], (1,), generator=g))
     return pts[farthest_point_sampling(pts, n, first)].clone()
+
+
+def pick_bone_fiducials(
+    volume,
+    n: int = 20,
+    seed: int = 0,
+    hu_min: float = 250.0,
+    hu_max: float = 2000.0,
+    camera: Camera | None = None,
+    poses: torch.Tensor | None = None,
+    margin_px: float = 0.0,
+    max_candidates: int = 20000,
+) -> torch.Tensor:
+    """``n`` fiducials (n, 3) in bone, world mm, spread by farthest-point sampling.
+
+    Args:
+        volume: a CT :class:`~xraypose.volume.Volume` in HU.
+        n: number of points (>= 1); fewer come back when fewer bone voxels are in view.
+        seed: seeds the candidate subset and the first point.
+        hu_min, hu_max: bone intensity range (HU).
+        camera, poses: when both are given, keep only points that project into
+            the detector (``margin_px`` inside its edges) for every pose
+            ((4, 4) or (B, 4, 4) camera_to_world) and lie in front of the source.
+        max_candidates: size of the random candidate subset fed to the sampling.
+    Raises:
+        InputError: no bone voxels (in the field of view), bad arguments.
+    """
+    if int(n) < 1:
+        raise InputError(f"number of fiducials must be >= 1, got {n}")
+    return select_fiducials(bone_points(volume, hu_min, hu_max), n, seed, camera, poses, margin_px, max_candidates)

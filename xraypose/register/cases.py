@@ -19,7 +19,7 @@ import torch
 
 from xraypose.camera import Camera, carm_pose
 from xraypose.errors import InputError
-from xraypose.fiducials import pick_bone_fiducials
+from xraypose.fiducials import bone_points, select_fiducials
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.preprocess import preprocess
 from xraypose.sampling import PoseSampler
@@ -83,16 +83,19 @@ class CaseMaker:
         self.n_fiducials = int(n_fiducials)
         self.seed = int(seed)
         self.sampler = sampler or PoseSampler.for_volume(volume, sod=self.sod)
+        self._bone = None
         self.simulator = XraySimulator(volume, self.raw_camera, supersample=2, photons=photons, blur_px=0.7,
                                        collimator_px=self.collimator_px)
 
     def true_pose(self, i: int) -> torch.Tensor:
+        if self._bone is None:
+            self._bone = bone_points(self.volume)
         g = torch.Generator().manual_seed(self.seed * 100003 + i)
         for _ in range(50):  # resample poses that would not see the CT's bone
             T = self.sampler.sample(1, generator=g, dtype=F64)[0]
             try:
-                f = pick_bone_fiducials(self.volume, n=self.n_fiducials, seed=self.seed + i, camera=self.raw_camera,
-                                        poses=T, margin_px=self.collimator_px + 4)
+                f = select_fiducials(self._bone, n=self.n_fiducials, seed=self.seed + i, camera=self.raw_camera,
+                                     poses=T, margin_px=self.collimator_px + 4)
             except InputError:
                 continue
             if f.shape[0] == self.n_fiducials:

@@ -110,22 +110,29 @@ class ModelInitializer:
 
     Args:
         predictor: a :class:`PosePredictor`.
-        camera: the model's training intrinsics (what ``predictor`` expects).
-        normalize: the model's image normalisation, applied after resampling
-            (default: min–max to [0, 1] per image).
+        camera: the model's training intrinsics: the X-ray is resampled to them
+            (:func:`resample_to_camera`) and normalised (``normalize``, default
+            min–max to [0, 1]) before ``predictor(image, camera)``.  None: the
+            predictor takes the X-ray as it is, with its own camera, and does its
+            own resampling and normalisation (as :func:`xraypose.model.predict_pose`).
+        normalize: the model's image normalisation (with ``camera``).
     Call: ``init(image, camera) -> (B, 4, 4)`` for preprocessed X-rays seen through ``camera``.
     """
 
-    def __init__(self, predictor: PosePredictor, camera: Camera, normalize: Callable | None = None):
+    def __init__(self, predictor: PosePredictor, camera: Camera | None = None, normalize: Callable | None = None):
         self.predictor = predictor
         self.camera = camera
         self.normalize = normalize or _minmax
 
     def __call__(self, image, camera: Camera) -> torch.Tensor:
-        img = resample_to_camera(image, camera, self.camera)
-        img = self.normalize(img)
+        img = _batch(image).to(torch.float32)
+        if self.camera is not None:
+            img = self.normalize(resample_to_camera(img, camera, self.camera))
+            cam = self.camera
+        else:
+            cam = camera
         with torch.no_grad():
-            T = self.predictor(img, self.camera)
+            T = self.predictor(img, cam)
         T = torch.as_tensor(T).detach().to(F64).reshape(-1, 4, 4)
         if not bool(torch.isfinite(T).all()):
             raise InputError("the model predicted a pose with NaN or infinite entries")
@@ -133,39 +140,21 @@ class ModelInitializer:
 
     @classmethod
     def from_checkpoint(cls, path) -> "ModelInitializer":
-        """Load a checkpoint written by ``xraypose train`` (issue 5's ``xraypose.model.load_checkpoint``)."""
+        """A checkpoint written by ``xraypose train``, through :func:`xraypose.model.load_checkpoint`
+        and :func:`xraypose.model.predict_pose` (which resample the X-ray to the training
+        detector and normalise it as in training)."""
         p = Path(path)
         if not p.exists():
             raise InputError(f"model file not found: {p}")
         try:
-            from xraypose import model as model_mod
+            from xraypose.model import load_checkpoint, predict_pose
         except ImportError:
-            raise InputError("initialising from a trained model needs xraypose.model (the training module), "
-                             "which this installation lacks") from None
-        loader = getattr(model_mod, "load_checkpoint", None)
-        if loader is None:
-            raise InputError("xraypose.model has no load_checkpoint(); cannot read the model")
-        net, meta = loader(p)
-        return cls.from_model(net, meta, model_mod)
-
-    @classmethod
-    def from_model(cls, net, meta, model_mod=None) -> "ModelInitializer":
-        """Adapter from (model, meta) to the protocol; see docs/registration.md for what it expects."""
-        cam = meta.get("camera") if isinstance(meta, dict) else getattr(meta, "camera", None)
-        if isinstance(cam, dict):
-            cam = Camera.from_dict(cam)
-        if not isinstance(cam, Camera):
-            raise InputError("the model's metadata lacks its training camera intrinsics")
-        norm = meta.get("normalize") if isinstance(meta, dict) else getattr(meta, "normalize", None)
-        if hasattr(net, "predict_pose"):
-            def predictor(img, camera):
-                return net.predict_pose(img)
-        elif model_mod is not None and hasattr(model_mod, "predict_pose"):
-            def predictor(img, camera):
-                return model_mod.predict_pose(net, img, meta)
-        else:
-            raise InputError("the model offers no predict_pose(); cannot use it as an initialiser")
-        return cls(predictor, cam, norm if callable(norm) else None)
+            raise InputError("initialising from a trained model needs xraypose.model, which this installation "
+                             "lacks") from None
+        net, meta = load_checkpoint(p)
+        init = cls(lambda img, cam: predict_pose(net, meta, img, cam), camera=None)
+        init.meta = meta
+        return init
 
 
 def _minmax(img: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,10 @@ class Level:
         patches: number of sparse patches (None: the whole detector).
         patch_size: side of a sparse patch, pixels.
         lr_scale: multiplies both learning rates at this level.
+        depth_lr_scale: multiplies the learning rate of the depth (translation
+            along the principal ray; the last translation parameter in the
+            isocentric frame) at this level: the depth is barely observable on a
+            small detector and wanders there.
         fit_bone: render soft tissue and bone as two channels and fit the bone
             multiplier to the X-ray at every iteration (closed form; costs a
             second channel).
@@ -97,19 +101,20 @@ class Level:
     patch_size: int = 13
     lr_scale: float = 1.0
     fit_bone: bool = False
+    depth_lr_scale: float = 1.0
 
 
 #: Default schedule (chosen by benchmarks/register.py measurements, docs/registration.md).
 DEFAULT_LEVELS = (
-    Level(size=32, iterations=120, n_samples=40, volume_mm=8.0, lr_scale=1.0),
-    Level(size=64, iterations=60, n_samples=80, volume_mm=4.0, lr_scale=0.3),
-    Level(size=128, iterations=40, n_samples=160, volume_mm=2.0, patches=24, lr_scale=0.1),
+    Level(size=32, iterations=80, n_samples=40, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
+    Level(size=64, iterations=80, n_samples=80, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
+    Level(size=128, iterations=60, n_samples=160, volume_mm=2.0, patches=24, lr_scale=0.1, fit_bone=True),
 )
 
 #: A cheap schedule for tests and previews.
 FAST_LEVELS = (
-    Level(size=24, iterations=80, n_samples=32, volume_mm=8.0, lr_scale=1.0),
-    Level(size=48, iterations=40, n_samples=64, volume_mm=4.0, lr_scale=0.3),
+    Level(size=24, iterations=60, n_samples=32, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
+    Level(size=48, iterations=60, n_samples=64, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
 )
 
 
@@ -134,9 +139,9 @@ class RegistrationConfig:
     schedule: str = "plateau"
     step_every: int = 25
     step_gamma: float = 0.9
-    patience: int = 8
+    patience: int = 5
     plateau_factor: float = 0.5
-    max_reductions: int = 4
+    max_reductions: int = 3
     rel_tol: float = 1e-5
     levels: tuple = DEFAULT_LEVELS
     density: str = "linear"
@@ -577,6 +582,8 @@ class Registrar:
                 uv = patch_pixels(centres, S + 2 * r)  # rendered with a halo when the DRR is blurred
             adam = _Adam(n, D, c.adam_betas)
             lr = (lr_base * lv.lr_scale).expand(n, D).clone()
+            if c.frame == "isocentric":
+                lr[:, -1] *= lv.depth_lr_scale
             wait = torch.zeros(n, dtype=torch.long)
             reductions = torch.zeros(n, dtype=torch.long)
             level_best = torch.full((n,), -math.inf, dtype=F64)

@@ -1,0 +1,315 @@
+"""Test-time registration: convergence on a realistic synthetic case, initialisers, bad input, API, CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xraypose.camera import Camera, carm_pose
+from xraypose.errors import InputError
+from xraypose.geometry import ROTATION_PARAMETERIZATIONS
+from xraypose.metrics import pose_errors
+from xraypose.register import FAST_LEVELS, Level, Registrar, RegistrationConfig
+from xraypose.register.api import register_xray, write_registration
+from xraypose.register.cases import CaseMaker, perturb_pose
+from xraypose.register.initializers import (
+    ModelInitializer,
+    antipodal,
+    pose_from_json,
+    resample_to_camera,
+    with_antipodal,
+)
+from xraypose.volume import load_sample_ct
+
+F64 = torch.float64
+CASE_INDEX = 2  # a case whose 64² X-ray registers to ~0.3 mm with FAST_LEVELS (margin to the 2 mm bound)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return load_sample_ct()
+
+
+@pytest.fixture(scope="module")
+def maker(volume):
+    return CaseMaker(volume, camera=Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64), collimator_px=2,
+                     n_fiducials=10)
+
+
+@pytest.fixture(scope="module")
+def case(maker):
+    return maker.case(CASE_INDEX)
+
+
+@pytest.fixture(scope="module")
+def registrar(volume):
+    return Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+
+
+def mtre(T, c):
+    return float(pose_errors(T, c.true_pose, c.fiducials, c.camera)["mtre"].max())
+
+
+# ----------------------------------------------------------------------------- convergence
+def test_registers_realistic_case_from_5deg_20mm(registrar, maker, case):
+    T0 = maker.starts(case, 5.0, 20.0)
+    assert mtre(T0, case) > 15.0
+    res = registrar.register(case.image, case.camera, T0)
+    assert res.poses.shape == (1, 4, 4) and bool(torch.isfinite(res.poses).all())
+    assert mtre(res.poses, case) < 2.0
+    assert res.status[0] in ("converged", "max_iterations")
+    assert res.opt_s > 0 and res.iterations[0] > 10
+    # the trajectory is recorded, per level, and its similarity improves
+    tr = res.trajectories[0]
+    assert {r["level"] for r in tr} == {0, 1}
+    assert tr[-1]["similarity"] > tr[0]["similarity"]
+    assert len(tr[0]["camera_to_world"]) == 4
+    assert 0.2 <= float(res.bone_multiplier[0]) <= 5.0
+
+
+def test_seeded_and_batched_registration_agree(volume, maker, case):
+    reg = Registrar(volume, RegistrationConfig(levels=(Level(size=24, iterations=40, n_samples=32, volume_mm=8.0),)))
+    T0 = maker.starts(case, 5.0, 20.0)
+    T1 = perturb_pose(case.true_pose, volume.get_isocenter(), 3.0, 10.0, torch.Generator().manual_seed(5))[0]
+    a = reg.register(case.image, case.camera, T0)
+    b = reg.register(case.image, case.camera, T0)
+    assert torch.equal(a.poses, b.poses)  # deterministic
+    c = reg.register(case.image, case.camera, T1)
+    batch = reg.register(torch.stack([case.image, case.image])[:, None], case.camera, torch.stack([T0, T1]))
+    assert batch.poses.shape == (2, 4, 4) and len(batch.status) == 2
+    # each element of a batch is optimised on its own: the same answers as one at a time
+    # (up to the rounding of batched kernels, which the plateau decisions may amplify a little)
+    assert abs(mtre(batch.poses[0], case) - mtre(a.poses, case)) < 0.5
+    assert abs(mtre(batch.poses[1], case) - mtre(c.poses, case)) < 0.5
+    assert mtre(batch.poses[0], case) < 0.3 * mtre(T0, case)
+
+
+def test_antipodal_start_is_chosen_when_better(registrar, maker, case, volume):
+    near = maker.starts(case, 2.0, 5.0)
+    flipped = antipodal(near, volume.get_isocenter())[0]
+    assert mtre(flipped, case) > 100  # the wrong side of the patient
+    starts = with_antipodal(flipped, volume.get_isocenter())  # (1, 2, 4, 4): flipped, and flipped back
+    assert torch.allclose(starts[0, 1], near, atol=1e-9)
+    res = registrar.register(case.image, case.camera, starts)
+    assert res.chosen_start == [1]
+    assert mtre(res.poses, case) < 2.0
+
+
+def test_step_schedule_decays_rates(volume, case, maker):
+    cfg = RegistrationConfig(levels=(Level(size=16, iterations=60, n_samples=24, volume_mm=8.0),),
+                             schedule="step", step_every=25, step_gamma=0.9)
+    res = Registrar(volume, cfg).register(case.image, case.camera, maker.starts(case, 5.0, 20.0))
+    lrs = {r["iteration"]: r["lr_trans"] for r in res.trajectories[0]}
+    assert lrs[0] == pytest.approx(7.5)
+    assert lrs[26] == pytest.approx(7.5 * 0.9)
+    assert lrs[51] == pytest.approx(7.5 * 0.81)
+    assert res.status == ["max_iterations"]
+
+
+@pytest.mark.parametrize("frame", ["isocentric", "world"])
+@pytest.mark.parametrize("param", sorted(ROTATION_PARAMETERIZATIONS))
+def test_parameters_round_trip(volume, frame, param):
+    reg = Registrar(volume, RegistrationConfig(parameterization=param, frame=frame))
+    T = carm_pose(torch.tensor([20.0, -35.0]), torch.tensor([10.0, 5.0]), sod=600.0, isocenter=volume.center)
+    A, Bm = reg.frames(T)
+    p = reg.params_from_pose(T, A, Bm)
+    assert torch.allclose(reg.pose_from_params(p, A, Bm), T, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_xrays_raise_clear_errors(registrar, case, maker):
+    T0 = maker.starts(case, 5.0, 20.0)
+    with pytest.raises(InputError, match="constant"):
+        registrar.register(torch.full_like(case.image, 0.5), case.camera, T0)
+    with pytest.raises(InputError, match="constant"):
+        registrar.register(torch.zeros_like(case.image), case.camera, T0)
+    img = case.image.clone()
+    img[3, 4] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        registrar.register(img, case.camera, T0)
+    with pytest.raises(InputError, match="sizes differ"):
+        registrar.register(case.image, case.camera.resize(40, 40), T0)
+    bad = T0.clone()
+    bad[0, 3] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        registrar.register(case.image, case.camera, bad)
+    away = T0.clone()
+    away[:3, 2] *= -1  # looks away from the CT (and is a reflection: never sees the isocenter)
+    away[:3, 0] *= -1
+    with pytest.raises(InputError, match="does not see the CT"):
+        registrar.register(case.image, case.camera, away)
+    with pytest.raises(InputError):
+        RegistrationConfig(similarity="nope")
+    with pytest.raises(InputError):
+        RegistrationConfig(lr_rot=float("nan"))
+
+
+def test_diverging_pose_is_recovered_never_nan(volume, case, maker):
+    # absurd learning rates throw the pose out of the field of view: every such step is undone
+    cfg = RegistrationConfig(levels=(Level(size=16, iterations=30, n_samples=24, volume_mm=8.0),),
+                             lr_trans=5000.0, lr_rot=3.0, max_recoveries=2)
+    T0 = maker.starts(case, 5.0, 20.0)
+    res = Registrar(volume, cfg).register(case.image, case.camera, T0)
+    assert bool(torch.isfinite(res.poses).all())
+    assert res.recoveries[0] >= 1
+    assert res.status[0] in ("diverged", "recovered", "converged", "max_iterations")
+    assert math.isfinite(float(res.similarity[0]))
+    assert mtre(res.poses, case) < 1000  # a pose that still looks at the CT, not a NaN
+
+
+# ----------------------------------------------------------------------------- initialisers
+def test_resample_to_camera_matches_direct_rendering(volume):
+    from xraypose.render import DRR
+
+    T = carm_pose(10.0, -5.0, sod=612.0, isocenter=volume.center).float()
+    src = Camera(sdd=1020.0, height=96, width=80, delx=3.2, x0=4.0, y0=-3.0)
+    dst = Camera(sdd=900.0, height=40, width=48, delx=4.0, x0=-10.0, y0=6.0, reverse_x_axis=True)
+    with torch.no_grad():
+        a = DRR(volume, src, n_samples=64)(T[None])
+        b = DRR(volume, dst, n_samples=64)(T[None])
+    r = resample_to_camera(a, src, dst)
+    assert r.shape == b.shape
+    # both images cover the same rays (dst fits inside src): compare by correlation
+    x, y = r.flatten() - r.mean(), b.flatten() - b.mean()
+    assert float((x * y).sum() / (x.norm() * y.norm())) > 0.99
+
+
+def test_model_initializer_protocol(case):
+    train_cam = Camera(sdd=1020.0, height=32, width=32, delx=280.0 / 32)
+    seen = {}
+
+    def predictor(img, cam):
+        seen["shape"], seen["cam"], seen["range"] = tuple(img.shape), cam, (float(img.min()), float(img.max()))
+        return case.true_pose[None].expand(img.shape[0], 4, 4)
+
+    init = ModelInitializer(predictor, train_cam)
+    T = init(case.image, case.camera)
+    assert T.shape == (1, 4, 4) and T.dtype == F64
+    assert seen["shape"] == (1, 1, 32, 32) and seen["cam"] == train_cam
+    assert seen["range"] == pytest.approx((0.0, 1.0))
+    with pytest.raises(InputError, match="NaN"):
+        ModelInitializer(lambda img, cam: torch.full((1, 4, 4), float("nan")), train_cam)(case.image, case.camera)
+    with pytest.raises(InputError, match="not found"):
+        ModelInitializer.from_checkpoint("/nonexistent/model.pt")
+
+
+def test_model_initializer_from_a_real_checkpoint(tmp_path, volume, case, registrar):
+    model = pytest.importorskip("xraypose.model")
+    from xraypose.sampling import PoseSampler
+
+    sampler = PoseSampler.for_volume(volume, sod=612.0)
+    cam = Camera(sdd=1020.0, height=32, width=32, delx=280.0 / 32)
+    net = model.PoseRegressor("test_resnet", "se3_log_map", isocenter_pose=sampler.isocenter_pose, pivot_mm=612.0)
+    net.eval()
+    meta = {"camera": cam.to_dict(), "image_size": [32, 32], "isocenter_pose": sampler.isocenter_pose.tolist(),
+            "isocenter": sampler.isocenter.tolist(), "sod_mm": 612.0,
+            "normalization": {"mean": 0.3, "std": 0.2, "fill": 0.0}}
+    path = tmp_path / "m.pt"
+    model.save_checkpoint(path, model.checkpoint_dict(net, meta))
+    init = ModelInitializer.from_checkpoint(path)
+    T = init(case.image, case.camera)
+    assert T.shape == (1, 4, 4) and bool(torch.isfinite(T).all())
+    # an untrained head predicts (about) the isocenter pose: the start the registration gets
+    assert float((T[0] - sampler.isocenter_pose).abs().max()) < 1.0
+    out = register_xray(volume, case.image, case.camera, init, registrar=registrar, true_pose=case.true_pose,
+                        fiducials=case.fiducials)[0]
+    assert out.init_s > 0 and math.isfinite(out.metrics["mtre"])
+
+
+def test_pose_from_json_accepts_results_and_poses(tmp_path):
+    T = carm_pose(5.0, 5.0, sod=600.0, isocenter=[0, 0, 0])
+    (tmp_path / "a.json").write_text(json.dumps({"camera_to_world": T.tolist()}))
+    (tmp_path / "b.json").write_text(json.dumps({"world_to_camera": torch.linalg.inv(T).tolist()}))
+    (tmp_path / "c.json").write_text("{not json")
+    (tmp_path / "d.json").write_text(json.dumps({"camera_to_world": [[1, 0], [0, 1]]}))
+    assert torch.allclose(pose_from_json(tmp_path / "a.json")[0], T)
+    assert torch.allclose(pose_from_json(tmp_path / "b.json")[0], T, atol=1e-9)
+    for name in ("c.json", "d.json", "missing.json"):
+        with pytest.raises(InputError):
+            pose_from_json(tmp_path / name)
+
+
+def test_antipodal_is_an_involution_about_the_isocenter():
+    iso = torch.tensor([10.0, -20.0, 30.0], dtype=F64)
+    T = carm_pose(15.0, -5.0, sod=600.0, isocenter=iso)
+    A = antipodal(T, iso)[0]
+    assert torch.allclose(antipodal(A, iso)[0], T, atol=1e-9)
+    # the source goes to the other side, at the same distance from the isocenter
+    assert torch.allclose(A[:3, 3] - iso, -(T[:3, 3] - iso), atol=1e-9)
+    assert torch.allclose(A[:3, 1], T[:3, 1], atol=1e-12)  # rows axis kept, columns mirrored
+    assert torch.allclose(A[:3, 0], -T[:3, 0], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- API and files
+def test_register_xray_writes_pose_metrics_trajectory(tmp_path, volume, registrar, maker, case):
+    T0 = maker.starts(case, 5.0, 20.0)
+    out = register_xray(volume, case.image, case.camera, T0, registrar=registrar, true_pose=case.true_pose,
+                        fiducials=case.fiducials)[0]
+    assert out.metrics["mtre"] < 2.0 and out.initial_metrics["mtre"] > 15.0
+    files = write_registration(tmp_path / "res", out)
+    assert {f.name for f in files} == {"pose.json", "metrics.json", "trajectory.json"}
+    pose = json.loads((tmp_path / "res" / "pose.json").read_text())
+    C = torch.tensor(pose["camera_to_world"], dtype=F64)
+    W = torch.tensor(pose["world_to_camera"], dtype=F64)
+    assert torch.allclose(C @ W, torch.eye(4, dtype=F64), atol=1e-9)
+    assert Camera.from_dict(pose["intrinsics"]) == case.camera
+    assert pose["timing"]["opt_s"] > 0 and pose["timing"]["init_s"] == 0
+    m = json.loads((tmp_path / "res" / "metrics.json").read_text())
+    assert m["final"]["mtre"] == pytest.approx(out.metrics["mtre"])
+    tr = json.loads((tmp_path / "res" / "trajectory.json").read_text())
+    assert len(tr["records"]) == len(out.trajectory) > 0
+    # an initialiser callable is timed separately
+    quick = Registrar(volume, RegistrationConfig(levels=(Level(size=16, iterations=5, n_samples=16),)))
+    out2 = register_xray(volume, case.image, case.camera, lambda img, cam: T0[None], registrar=quick)[0]
+    assert out2.init_s > 0 and out2.metrics is None
+    # never a NaN in a written result
+    out.similarity = float("nan")
+    with pytest.raises(InputError, match="non-finite"):
+        write_registration(tmp_path / "bad", out)
+
+
+def test_cli_register_end_to_end(tmp_path, volume, maker, case):
+    typer = pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from xraypose.cli_register import register_command
+
+    app = typer.Typer()
+    app.command("register")(register_command)
+    app.command("noop")(lambda: None)  # keep "register" a sub-command
+    raw = case.raw.numpy().astype(np.float32)
+    np.save(tmp_path / "xray.npy", raw)
+    cam = case.raw_camera
+    (tmp_path / "xray.json").write_text(json.dumps({**cam.to_dict(), "kind": "intensity"}))
+    T0 = maker.starts(case, 5.0, 20.0)
+    (tmp_path / "start.json").write_text(json.dumps({"camera_to_world": T0.tolist()}))
+    (tmp_path / "truth.json").write_text(json.dumps({"camera_to_world": case.true_pose.tolist()}))
+    (tmp_path / "fid.json").write_text(json.dumps(case.fiducials.tolist()))
+    args = ["register", "sample", str(tmp_path / "xray.npy"), "-o", str(tmp_path / "out"),
+            "--pose-json", str(tmp_path / "start.json"), "--true-pose", str(tmp_path / "truth.json"),
+            "--fiducials", str(tmp_path / "fid.json"), "--crop", "4", "--i0", "65000", "--fast"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "mTRE" in r.output
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["final"]["mtre"] < 2.0
+    pose = json.loads((tmp_path / "out" / "pose.json").read_text())
+    assert pose["init"]["kind"] == "pose" and pose["xray"]["camera"]["height"] == 56
+    # restart from the previous result: starts where it ended
+    r = CliRunner().invoke(app, ["register", "sample", str(tmp_path / "xray.npy"), "-o", str(tmp_path / "out2"),
+                                 "--pose-json", str(tmp_path / "out" / "pose.json"), "--crop", "4", "--fast",
+                                 "--no-trajectory"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert not (tmp_path / "out2" / "trajectory.json").exists()
+    # bad input: a constant X-ray, no start, mismatched intrinsics -> InputError (one line in xraypose's CLI)
+    np.save(tmp_path / "flat.npy", np.full_like(raw, 1000.0))
+    (tmp_path / "flat.json").write_text(json.dumps({**cam.to_dict(), "kind": "intensity"}))
+    for extra, what in ((["--pose-json", str(tmp_path / "start.json")], "constant"), ([], "no C-arm angles")):
+        r = CliRunner().invoke(app, ["register", "sample", str(tmp_path / "flat.npy"), "-o", str(tmp_path / "o3"),
+                                     *extra])
+        assert isinstance(r.exception, InputError) and what in str(r.exception), r.output
+    (tmp_path / "xray.json").write_text(json.dumps({**cam.to_dict(), "height": 50, "kind": "intensity"}))
+    r = CliRunner().invoke(app, args)
+    assert isinstance(r.exception, InputError) and "sizes differ" in str(r.exception)

@@ -1,0 +1,179 @@
+"""``xraypose register CT XRAY [--model M | --init ...] -o OUTDIR``: the CLI layer over :mod:`xraypose.register`.
+
+Registered in ``xraypose/cli.py`` with ``app.command("register")(register_command)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xraypose.errors import InputError
+
+INITS = ("model", "angles", "pose", "ap")
+
+
+def _floats(text: str, n: int, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if len(vals) != n:
+        raise InputError(f"{what} needs {n} comma-separated numbers, got {len(vals)} in {text!r}")
+    return vals
+
+
+def read_fiducials(path: Path):
+    """(N, 3) world mm points from JSON (a list, or {"fiducials": [...]}) , .npy, or a CSV/text table."""
+    import numpy as np
+    import torch
+
+    if not path.exists():
+        raise InputError(f"fiducials file not found: {path}")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data = data.get("fiducials", data.get("points"))
+            arr = np.asarray(data, dtype=np.float64)
+        elif path.suffix.lower() == ".npy":
+            arr = np.load(path).astype(np.float64)
+        else:
+            arr = np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else None, dtype=np.float64,
+                             ndmin=2)
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise InputError(f"fiducials file {path} is not a table of 3D points ({e})") from None
+    if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] < 1:
+        raise InputError(f"fiducials file {path} must hold N×3 points (world RAS mm), got shape {arr.shape}")
+    return torch.from_numpy(arr)
+
+
+def register_command(
+    ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
+    xray: Path = typer.Argument(..., help="X-ray: DICOM, or PNG/TIFF/NPY with intrinsics (options or a sidecar JSON)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder: pose.json, metrics.json (with --true-pose), trajectory.json."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to initialise from."),
+    init: Optional[str] = typer.Option(
+        None, "--init",
+        help="Start: model | angles (the X-ray's C-arm angles or --angles) | pose (--pose-json: a pose or a "
+             "previous result, to restart) | ap (an AP view of the isocenter). Default: model with --model, "
+             "pose with --pose-json, else angles."),
+    pose_json: Optional[Path] = typer.Option(None, "--pose-json", help='Start pose: {"camera_to_world": 4×4} or a previous pose.json.'),
+    angles: Optional[str] = typer.Option(None, "--angles", help="C-arm angles 'PRIMARY,SECONDARY' in degrees (LAO+/RAO−, CRAN+/CAUD−)."),
+    sod: Optional[float] = typer.Option(None, "--sod", help="Source-to-isocenter distance, mm (angles/ap starts)."),
+    isocenter: Optional[str] = typer.Option(None, "--isocenter", help="'X,Y,Z' world RAS mm (default: the CT's centre)."),
+    antipodal: bool = typer.Option(False, "--antipodal", help="Also try the start seen from the other side (AP/PA confusion)."),
+    true_pose: Optional[Path] = typer.Option(None, "--true-pose", help="Ground-truth pose JSON: write metrics.json."),
+    fiducials: Optional[Path] = typer.Option(None, "--fiducials", help="3D fiducials (world mm; .json/.npy/.csv) for the metrics (default: 20 picked on bone)."),
+    sdd: Optional[float] = typer.Option(None, "--sdd", help="X-ray source-to-detector distance, mm (overrides the file)."),
+    delx: Optional[float] = typer.Option(None, "--delx", help="Pixel spacing along columns, mm."),
+    dely: Optional[float] = typer.Option(None, "--dely", help="Pixel spacing along rows, mm."),
+    x0: Optional[float] = typer.Option(None, "--x0", help="Principal-point offset along +u, mm."),
+    y0: Optional[float] = typer.Option(None, "--y0", help="Principal-point offset along +v, mm."),
+    reverse_x_axis: Optional[bool] = typer.Option(None, "--reverse-x-axis/--no-reverse-x-axis", help="Mirrored detector columns."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Pixel values: intensity | log-intensity | attenuation (default: from the file)."),
+    i0: Optional[float] = typer.Option(None, "--i0", help="Unattenuated intensity for the log (default: the image maximum)."),
+    crop: int = typer.Option(0, "--crop", help="Collimator border to remove, pixels per edge."),
+    blur: float = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) before registering; 0 for none. The DRRs get the same blur."),
+    size: int = typer.Option(256, "--size", help="Resample the preprocessed X-ray to at most this many rows first."),
+    similarity: str = typer.Option("mncc", "--similarity", help="mncc | gncc | mixed | ncc"),
+    parameterization: str = typer.Option("se3_log_map", "--parameterization", help="Pose parameterization optimised."),
+    lr_rot: float = typer.Option(7.5e-3, "--lr-rot", help="Adam learning rate of the rotation parameters."),
+    lr_trans: float = typer.Option(7.5, "--lr-trans", help="Adam learning rate of the translation parameters (mm)."),
+    schedule: str = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25)."),
+    density: str = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw"),
+    bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="Bone attenuation multiplier (fitted from it at fine levels)."),
+    fast: bool = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sparse patch draws."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory."),
+) -> None:
+    """Find the C-arm pose of an X-ray by registering it to a CT.  Example:
+
+    xraypose register ct.nii.gz xray.dcm --model model.pt -o result/
+    """
+    import torch
+
+    from xraypose.camera import carm_pose
+    from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
+    from xraypose.register.api import register_xray, write_registration
+    from xraypose.register.initializers import ModelInitializer, pose_from_json
+    from xraypose.volume import load_sample_ct, read_volume
+    from xraypose.xray import read_xray
+
+    if init is not None and init not in INITS:
+        raise InputError(f"unknown --init {init!r}; choose one of {', '.join(INITS)}")
+    if init is None:
+        init = "model" if model is not None else "pose" if pose_json is not None else "angles"
+    if init == "model" and model is None:
+        raise InputError("--init model needs --model FILE")
+    if init == "pose" and pose_json is None:
+        raise InputError("--init pose needs --pose-json FILE")
+    if size < 16:
+        raise InputError(f"--size must be at least 16 pixels, got {size}")
+    if blur < 0:
+        raise InputError(f"--blur must be >= 0 pixels, got {blur}")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} exists and is not a folder")
+
+    vol = load_sample_ct() if ct == "sample" else read_volume(ct)
+    iso = torch.tensor(_floats(isocenter, 3, "--isocenter"), dtype=torch.float64) if isocenter else vol.get_isocenter()
+    prim = sec = None
+    if angles is not None:
+        prim, sec = _floats(angles, 2, "--angles")
+    xr = read_xray(xray, sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0, reverse_x_axis=reverse_x_axis,
+                   primary=prim, secondary=sec, sod=sod, kind=kind)
+    if xr.camera is None:
+        raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
+    if init == "model":
+        start = ModelInitializer.from_checkpoint(model)
+        init_info = {"kind": "model", "model": str(model)}
+    elif init == "pose":
+        start = pose_from_json(pose_json)
+        init_info = {"kind": "pose", "file": str(pose_json)}
+    elif init == "angles":
+        if not xr.angles:
+            raise InputError(f"{xray} holds no C-arm angles: give --angles PRIMARY,SECONDARY and --sod, "
+                             "--pose-json, or --model")
+        start = xr.initial_pose(iso).reshape(1, 4, 4)  # crop / blur / log / resize do not move the camera
+        init_info = {"kind": "angles", "angles": xr.angles}
+    else:
+        d = sod if sod is not None else 0.6 * xr.camera.sdd
+        start = carm_pose(0.0, 0.0, sod=d, isocenter=iso).reshape(1, 4, 4)
+        init_info = {"kind": "ap", "sod_mm": d}
+
+    pre = {"crop": crop or None, "blur": (5, float(blur)) if blur > 0 else None, "i0": i0, "rescale": True}
+    if xr.shape[0] - 2 * crop > size:
+        h = size
+        w = max(1, round((xr.shape[1] - 2 * crop) * size / (xr.shape[0] - 2 * crop)))
+        pre["size"] = (h, w)
+    px = xr.preprocess(**pre)
+    scale = px.shape[0] / max(1, xr.shape[0] - 2 * crop)
+    drr_blur = float(blur) * scale if blur > 0 else None
+
+    cfg = RegistrationConfig(
+        parameterization=parameterization, similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans,
+        schedule=schedule, density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
+        drr_blur=drr_blur, record_trajectory=not no_trajectory,
+        **({"levels": FAST_LEVELS} if fast else {}),
+    )
+    truth = fid = None
+    if true_pose is not None:
+        truth = pose_from_json(true_pose)  # crop / blur / log / resize do not move the camera
+    if fiducials is not None:
+        if truth is None:
+            raise InputError("--fiducials needs --true-pose (they only serve the metrics)")
+        fid = read_fiducials(fiducials)
+    reg = Registrar(vol, cfg, isocenter=iso)
+    out = register_xray(vol, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
+                        fiducials=fid)[0]
+    extra = {"ct": ct, "xray": px.to_dict(), "init": init_info}
+    write_registration(output, out, extra=extra, trajectory=not no_trajectory)
+    msg = (f"wrote {output}/pose.json: similarity {out.similarity:.4f}, {out.status}, {out.iterations} iterations, "
+           f"init {out.init_s:.2f} s, optimisation {out.opt_s:.2f} s")
+    if out.metrics is not None:
+        msg += f"; mTRE {out.metrics['mtre']:.3f} mm (start {out.initial_metrics['mtre']:.2f} mm)"
+    typer.echo(msg)

@@ -1,0 +1,227 @@
+"""The registration API: start poses in, poses + metrics + trajectories out, written atomically.
+
+    from xraypose.register import Registrar, register_xray, write_registration
+    outs = register_xray(volume, image, camera, init=T0)            # a given start
+    outs = register_xray(volume, image, camera, init=ModelInitializer.from_checkpoint("model.pt"))
+    write_registration("result/", outs[0])
+
+``image`` is a preprocessed X-ray (line integrals, bone bright; e.g.
+``read_xray(path).preprocess(crop=..., blur=(5, 1.0))``) of shape (H, W) or
+(B, 1, H, W), all seen through ``camera``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.io import atomic_write_json
+from xraypose.register.initializers import with_antipodal
+from xraypose.register.optimizer import Registrar, RegistrationConfig
+
+__all__ = ["Registration", "register_xray", "write_registration", "registration_metrics"]
+
+F64 = torch.float64
+
+
+@dataclass
+class Registration:
+    """One X-ray's registration.
+
+    Attributes:
+        camera_to_world: (4, 4) float64, the registered pose (world = CT RAS mm).
+        camera: the intrinsics the pose belongs to (those of the registered image).
+        initial_pose: (4, 4) the start actually used.
+        similarity, status, iterations, bone_multiplier: see :class:`RegistrationResult`.
+        init_s: seconds spent by the initialiser on this X-ray (0 for a given pose).
+        opt_s: seconds of optimisation for this X-ray (a batch's time divided by its size).
+        batch_opt_s, batch_size: the batch's wall-clock time and size.
+        cpu_s: CPU seconds (all threads) of this X-ray's share.
+        trajectory: the optimisation's records (see :class:`RegistrationResult`).
+        metrics, initial_metrics: errors of the result and of the start (mm) when the true pose is known.
+    """
+
+    camera_to_world: torch.Tensor
+    camera: Camera
+    initial_pose: torch.Tensor
+    similarity: float
+    status: str
+    iterations: int
+    bone_multiplier: float
+    init_s: float
+    opt_s: float
+    batch_opt_s: float
+    batch_size: int
+    cpu_s: float
+    trajectory: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    level_stats: list = field(default_factory=list)
+    chosen_start: int = 0
+    metrics: dict | None = None
+    initial_metrics: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def world_to_camera(self) -> torch.Tensor:
+        return torch.linalg.inv(self.camera_to_world)
+
+    def pose_json(self) -> dict:
+        """The result as JSON: pose, intrinsics, how it was obtained, timings (and metrics)."""
+        d = {
+            "camera_to_world": self.camera_to_world.tolist(),
+            "world_to_camera": self.world_to_camera.tolist(),
+            "intrinsics": self.camera.to_dict(),
+            "frames": "camera_to_world maps camera coordinates (origin at the X-ray source, +z toward the "
+                      "detector, +x columns, +y rows) to the CT's world frame (RAS mm); docs/conventions.md",
+            "similarity": self.similarity,
+            "status": self.status,
+            "iterations": self.iterations,
+            "bone_multiplier": self.bone_multiplier,
+            "initial_pose": self.initial_pose.tolist(),
+            "chosen_start": self.chosen_start,
+            "timing": {"init_s": self.init_s, "opt_s": self.opt_s, "batch_opt_s": self.batch_opt_s,
+                       "batch_size": self.batch_size, "cpu_s": self.cpu_s},
+            "levels": self.level_stats,
+            "config": self.config,
+        }
+        if self.metrics is not None:
+            d["metrics"] = self.metrics
+        d.update(self.extra)
+        return d
+
+
+def registration_metrics(pose, true_pose, fiducials, camera: Camera) -> dict:
+    """``{mtre, mpe, mrpe, rot_mm, trans_mm, dgeo, rot_deg}`` (floats, mm / degrees) of one pose."""
+    from xraypose.metrics import pose_errors
+
+    e = pose_errors(pose, true_pose, fiducials, camera)
+    return {k: float(v.reshape(-1)[0]) for k, v in e.items()}
+
+
+def register_xray(
+    volume,
+    image,
+    camera: Camera,
+    init,
+    *,
+    config: RegistrationConfig | None = None,
+    registrar: Registrar | None = None,
+    antipodal: bool = False,
+    true_pose=None,
+    fiducials=None,
+) -> list[Registration]:
+    """Register X-rays (one detector) to a CT.
+
+    Args:
+        volume: the CT.
+        image: (H, W) or (B, 1, H, W) preprocessed X-rays.
+        camera: their intrinsics.
+        init: start poses ((4, 4), (B, 4, 4) or (B, K, 4, 4) several starts
+            each), or an initialiser ``init(images (B, 1, H, W), camera) ->
+            (B, 4, 4)`` (e.g. :class:`ModelInitializer`), timed separately.
+        config / registrar: how to register (a :class:`Registrar` caches the CT's pyramid).
+        antipodal: also start from each pose's antipodal flip (AP/PA confusion).
+        true_pose, fiducials: (4, 4)/(B, 4, 4) true poses and (N, 3)/(B, N, 3)
+            world points: errors of the start and of the result go in ``metrics``.
+            Without fiducials, bone fiducials are picked from the CT in the field
+            of view of the true pose.
+    Returns:
+        one :class:`Registration` per X-ray.
+    """
+    reg = registrar or Registrar(volume, config)
+    imgs = torch.as_tensor(image)
+    if imgs.dim() == 2:
+        imgs = imgs[None, None]
+    elif imgs.dim() == 3:
+        imgs = imgs[:, None]
+    B = imgs.shape[0]
+    t0 = time.perf_counter()
+    if callable(init) and not isinstance(init, torch.Tensor):
+        starts = init(imgs, camera)
+        init_s = (time.perf_counter() - t0) / B
+    else:
+        starts = init
+        init_s = 0.0
+    starts = torch.as_tensor(starts, dtype=F64)
+    if starts.dim() == 2:
+        starts = starts[None]
+    if antipodal:
+        if starts.dim() != 3:
+            raise InputError("antipodal starts need one start pose per X-ray")
+        starts = with_antipodal(starts, reg.isocenter)
+    res = reg.register(imgs, camera, starts)
+    truth = None
+    if true_pose is not None:
+        truth = torch.as_tensor(true_pose, dtype=F64).reshape(-1, 4, 4).expand(B, 4, 4)
+    outs = []
+    for b in range(B):
+        r = Registration(
+            camera_to_world=res.poses[b].clone(), camera=camera, initial_pose=res.initial_poses[b].clone(),
+            similarity=float(res.similarity[b]), status=res.status[b], iterations=int(res.iterations[b]),
+            bone_multiplier=float(res.bone_multiplier[b]) if res.bone_multiplier is not None else
+            float(reg.config.bone_multiplier),
+            init_s=init_s, opt_s=res.opt_s / B, batch_opt_s=res.opt_s, batch_size=B, cpu_s=res.cpu_s / B,
+            trajectory=res.trajectories[b], config=reg.config.to_dict(), level_stats=res.level_stats,
+            chosen_start=res.chosen_start[b],
+        )
+        if truth is not None:
+            fid = fiducials
+            if fid is not None:
+                fid = torch.as_tensor(fid, dtype=F64)
+                if fid.dim() == 3:
+                    fid = fid[b]
+            else:
+                from xraypose.fiducials import pick_bone_fiducials
+
+                fid = pick_bone_fiducials(volume, n=20, camera=camera, poses=truth[b])
+            r.metrics = registration_metrics(r.camera_to_world, truth[b], fid, camera)
+            r.initial_metrics = registration_metrics(r.initial_pose, truth[b], fid, camera)
+            r.extra["true_pose"] = truth[b].tolist()
+            r.extra["fiducials"] = fid.tolist()
+        outs.append(r)
+    return outs
+
+
+def write_registration(outdir, reg: Registration, extra: dict | None = None, trajectory: bool = True) -> list[Path]:
+    """Write ``pose.json`` (pose, intrinsics, timings, config), ``metrics.json`` (when the
+    truth is known) and ``trajectory.json`` into ``outdir`` (created), each atomically."""
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    pose = reg.pose_json()
+    if extra:
+        pose.update(extra)
+    _check_finite(pose)
+    written = []
+    atomic_write_json(out / "pose.json", pose)
+    written.append(out / "pose.json")
+    if reg.metrics is not None:
+        atomic_write_json(out / "metrics.json", {"final": reg.metrics, "initial": reg.initial_metrics,
+                                                 "success_1mm": reg.metrics["mtre"] < 1.0,
+                                                 "success_2mm": reg.metrics["mtre"] < 2.0,
+                                                 "init_s": reg.init_s, "opt_s": reg.opt_s})
+        written.append(out / "metrics.json")
+    if trajectory:
+        atomic_write_json(out / "trajectory.json", {"records": reg.trajectory, "levels": reg.level_stats})
+        written.append(out / "trajectory.json")
+    return written
+
+
+def _check_finite(obj, where: str = "result") -> None:
+    """Never write a NaN: raise if any number in ``obj`` is not finite."""
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise InputError(f"{where} holds a non-finite number; refusing to write it")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _check_finite(v, where)
