@@ -158,9 +158,11 @@ def test_step_source_inside_and_missing_rays(backend, device):
             if backend == "triton" and renderer == "siddon":
                 continue
             ref = render(v, aff, cam, T, renderer=renderer, step=1.3, backend="reference")
-            got = render(v.to(device), aff, cam, T.to(device), renderer=renderer, step=1.3, backend=backend)
             assert (ref == 0).any() and (ref != 0).any()
-            _assert_close_rel(got.cpu(), ref, 1e-10, f"{backend} {renderer} {tuple(v.shape)}")
+            for dtype, tol in ((F64, 1e-10), (F32, 1e-5)):
+                got = render(v.to(device, dtype), aff, cam, T.to(device, dtype), renderer=renderer, step=1.3,
+                             backend=backend)
+                _assert_close_rel(got.double().cpu(), ref, tol, f"{backend} {renderer} {tuple(v.shape)} {dtype}")
 
 
 def test_cpu_gradcheck():
@@ -209,6 +211,19 @@ def test_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "_compilers", lambda: [])
     assert not cpu.available()
     assert "no C++ compiler" in cpu.unavailable_reason()
+
+
+def test_channels_last_volume_is_read_in_place():
+    if not cpu.available():
+        pytest.skip(f"cpu backend unavailable: {cpu.unavailable_reason()}")
+    vol, aff, centre = _volume()
+    T = _poses(centre, B=2)
+    cl = cpu.channels_last(vol)
+    assert cpu.is_channels_last(cl) and not cl.is_contiguous()
+    for dtype in (F64, F32):
+        a = render(vol.to(dtype), aff, CAM, T.to(dtype), n_samples=33, backend="cpu")
+        b = render(cl.to(dtype), aff, CAM, T.to(dtype), n_samples=33, backend="cpu")
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 @needs_fast
