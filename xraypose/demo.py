@@ -1,0 +1,234 @@
+"""``xraypose demo``: the whole job on the bundled pelvis CT, on a CPU, in minutes.
+
+1. trains a small patient-specific pose regressor on DRRs of the CT (time-budgeted);
+2. makes realistic synthetic X-rays at poses the model has never seen (rendered
+   unlike registration renders: Siddon ×2 supersampled, physical μ, blur,
+   Poisson noise, 16-bit, collimator; then preprocessed as real X-rays);
+3. registers them, starting from the model's estimate;
+4. writes ``xraypose-demo/``: ``report.html`` (self-contained), per-case pose
+   JSONs, Slicer transforms, landmark CSVs and pictures, ``metrics.csv`` and
+   ``summary.json``; and prints a three-line summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["DemoSettings", "run_demo"]
+
+
+@dataclass
+class DemoSettings:
+    train_seconds: float = 300.0  # training budget (wall clock, setup included)
+    train_size: int = 64  # training image size (pixels per side)
+    cases: int = 12  # synthetic X-rays to register
+    xray_size: int = 128  # raw detector pixels per side
+    seed: int = 0
+
+    @classmethod
+    def fast(cls) -> "DemoSettings":
+        return cls(train_seconds=30.0, train_size=48, cases=3, xray_size=96)
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet: bool = False) -> dict:
+    """Run the demo; returns the summary dict (also in ``outdir/summary.json``)."""
+    from xraypose import viz
+    from xraypose.export import write_landmarks_csv, write_pose_json, write_slicer_transform
+    from xraypose.register.api import register_xray
+    from xraypose.register.cases import CaseMaker
+    from xraypose.register.initializers import ModelInitializer
+    from xraypose.render import DRR
+    from xraypose.report import table_html, write_report
+    from xraypose.train import TrainConfig, train
+    from xraypose.volume import load_sample_ct
+
+    s = settings or DemoSettings()
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"demo output {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cases").mkdir(exist_ok=True)
+    t_all = time.perf_counter()
+    ct = load_sample_ct()
+    _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
+
+    # 1. train -----------------------------------------------------------------
+    _say(f"[1/3] training a patient-specific pose regressor for {s.train_seconds:.0f} s "
+         f"({s.train_size}² DRRs, from scratch)", quiet)
+    cfg = TrainConfig.from_dict({
+        "camera": {"height": s.train_size},
+        "run": {"time_budget_s": s.train_seconds, "max_steps": 10**9, "seed": s.seed, "progress": not quiet},
+    })
+    t0 = time.perf_counter()
+    tr = train(ct, out / "model.pt", cfg, quiet=quiet)
+    train_s = time.perf_counter() - t0
+
+    # 2. synthetic X-rays --------------------------------------------------------
+    _say(f"[2/3] simulating {s.cases} realistic X-rays at unseen poses", quiet)
+    raw_cam = Camera(sdd=1020.0, height=s.xray_size, width=s.xray_size, delx=280.0 / s.xray_size)
+    maker = CaseMaker(ct, camera=raw_cam, sod=612.0, seed=1000 + s.seed)
+    cases = [maker.case(i) for i in range(s.cases)]
+
+    # 3. register ---------------------------------------------------------------
+    _say(f"[3/3] registering them, starting from the model's estimate", quiet)
+    init = ModelInitializer.from_checkpoint(out / "model.pt")
+    regs = []
+    try:
+        from tqdm import tqdm
+
+        it = tqdm(cases, desc="registering", unit="X-ray", disable=quiet)
+    except ImportError:  # pragma: no cover
+        it = cases
+    for c in it:
+        r = register_xray(ct, c.image, c.camera, init, true_pose=c.true_pose, fiducials=c.fiducials)[0]
+        regs.append(r)
+
+    # outputs -------------------------------------------------------------------
+    rows = []
+    sections = []
+    for c, r in zip(cases, regs):
+        d = out / "cases" / f"{c.index:03d}"
+        d.mkdir(exist_ok=True)
+        write_pose_json(d / "pose.json", r.camera_to_world, c.camera, metrics=r.metrics, initial_metrics=r.initial_metrics,
+                        true_camera_to_world=c.true_pose.tolist(), timing={"init_s": r.init_s, "opt_s": r.opt_s})
+        write_slicer_transform(d / "pose.tfm", r.camera_to_world)
+        uv_est = c.camera.project(c.fiducials, r.camera_to_world)
+        uv_true = c.camera.project(c.fiducials, c.true_pose)
+        write_landmarks_csv(d / "landmarks.csv", [f"F{i}" for i in range(len(c.fiducials))], c.fiducials, uv_est)
+        drr = DRR(ct, c.camera, n_samples=256)
+        with torch.no_grad():
+            imgs = drr(torch.stack([r.initial_pose, r.camera_to_world]).float())
+        viz.save_comparison(d / "comparison.png", c.image, imgs[1, 0], titles=("X-ray", "DRR at the result"))
+        viz.save_overlay(d / "overlay.png", c.image, imgs[1, 0])
+        viz.save_fiducials(d / "fiducials.png", c.image, truth=uv_true, estimate=uv_est)
+        frames = _trajectory_frames(drr, r)
+        if frames:
+            viz.save_gif(d / "registration.gif", frames, xray=c.image)
+        curves = _curves(r, c.fiducials, c.true_pose)
+        if curves:
+            viz.save_curves(d / "curves.png", curves, log_y={k for k in curves if "mm" in k})
+        m, m0 = r.metrics, r.initial_metrics
+        rows.append({"case": c.index, "mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"], "mPE (mm)": m["mpe"],
+                     "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"],
+                     "init (s)": r.init_s, "opt (s)": r.opt_s, "iterations": r.iterations, "status": r.status})
+        sections.append({
+            "heading": f"Case {c.index}: mTRE {m['mtre']:.2f} mm (start {m0['mtre']:.1f} mm)",
+            "figures": [(d / "comparison.png", "X-ray, DRR at the registered pose, difference"),
+                        (d / "overlay.png", "DRR edges on the X-ray; checkerboard"),
+                        (d / "fiducials.png", "bone fiducials: truth (circles) and projected at the result (crosses)"),
+                        (d / "registration.gif", "the registration, DRR edges on the X-ray"),
+                        (d / "curves.png", "optimisation curves")],
+        })
+    viz.save_scene(out / "scene.png", ct, cases[0].camera, regs[0].camera_to_world, xray=cases[0].image)
+    train_curves = _training_curves(tr.log_path)
+    if train_curves:
+        viz.save_curves(out / "training.png", train_curves, xlabel="step", log_y=set(train_curves))
+    _write_csv(out / "metrics.csv", rows)
+
+    mtre = [r["mTRE (mm)"] for r in rows]
+    opt = [r["opt (s)"] for r in rows]
+    init_s = [r["init (s)"] for r in rows]
+    summary = {
+        "cases": len(rows),
+        "success_rate_1mm": sum(x < 1.0 for x in mtre) / len(rows),
+        "success_rate_2mm": sum(x < 2.0 for x in mtre) / len(rows),
+        "median_mtre_mm": statistics.median(mtre),
+        "median_start_mtre_mm": statistics.median(r["start mTRE (mm)"] for r in rows),
+        "median_opt_s": statistics.median(opt),
+        "median_init_s": statistics.median(init_s),
+        "train_s": train_s,
+        "train_images_per_s": tr.images_per_s,
+        "total_s": time.perf_counter() - t_all,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    atomic_write_json(out / "summary.json", summary)
+    write_report(
+        out / "report.html", "xraypose demo: where was each X-ray taken from?",
+        {"success (mTRE < 1 mm)": f"{100 * summary['success_rate_1mm']:.0f} %",
+         "median mTRE": f"{summary['median_mtre_mm']:.2f} mm",
+         "median start mTRE (model)": f"{summary['median_start_mtre_mm']:.1f} mm",
+         "median registration time": f"{summary['median_opt_s']:.2f} s",
+         "training": f"{train_s / 60:.1f} min"},
+        [{"heading": "What happened",
+          "text": (f"A pose regressor was trained for {train_s:.0f} s on DRRs of the bundled pelvis CT alone "
+                   f"({tr.images_seen} images at {s.train_size}²). {len(rows)} realistic X-rays were then simulated "
+                   "at new poses (Siddon ×2 supersampled, physical attenuation, blur, Poisson noise, 16-bit, "
+                   "collimator — not the way registration renders) and registered starting from the model's "
+                   "estimate. mTRE is the mean 3D distance at bone fiducials between the true and the registered "
+                   f"pose. Machine: {summary['machine']}."),
+          "table": table_html(rows, good=lambda r: r["mTRE (mm)"] < 1.0),
+          "figures": [(out / "scene.png", "the CT's bone, the source, the frustum and the detector (case 0)"),
+                      (out / "training.png", "training curves")]},
+         *sections],
+        subtitle="Poses are camera_to_world in the CT's RAS mm (docs/conventions.md). Per-case files in cases/.",
+    )
+    _say("", quiet)
+    _say(f"report: {(out / 'report.html').resolve()}", quiet)
+    _say(f"success rate (mTRE < 1 mm): {100 * summary['success_rate_1mm']:.0f} % of {len(rows)} X-rays", quiet)
+    _say(f"median mTRE: {summary['median_mtre_mm']:.2f} mm (from {summary['median_start_mtre_mm']:.1f} mm at the "
+         "model's estimate)", quiet)
+    _say(f"median time: {summary['median_opt_s']:.2f} s registration + {summary['median_init_s']:.2f} s model per X-ray "
+         f"(training {train_s / 60:.1f} min, total {summary['total_s'] / 60:.1f} min)", quiet)
+    return summary
+
+
+def _trajectory_frames(drr, r, n: int = 12) -> list:
+    poses = [rec["camera_to_world"] for rec in r.trajectory if isinstance(rec, dict) and "camera_to_world" in rec]
+    if len(poses) < 2:
+        return []
+    idx = sorted(set(round(i * (len(poses) - 1) / (n - 1)) for i in range(n)))
+    T = torch.stack([torch.as_tensor(poses[i]) for i in idx]).float()
+    with torch.no_grad():
+        return [im[0] for im in drr(T)]
+
+
+def _curves(r, fiducials, true_pose) -> dict:
+    """Similarity and mTRE (mm) along the optimisation."""
+    from xraypose.metrics import target_registration_error
+
+    recs = [rec for rec in r.trajectory if isinstance(rec, dict) and "camera_to_world" in rec]
+    if len(recs) < 2:
+        return {}
+    T = torch.stack([torch.as_tensor(rec["camera_to_world"], dtype=torch.float64) for rec in recs])
+    mtre = target_registration_error(T, true_pose.to(torch.float64).expand(len(T), 4, 4), fiducials)
+    return {"similarity": [rec["similarity"] for rec in recs], "mTRE (mm)": mtre.tolist()}
+
+
+def _training_curves(log_path) -> dict:
+    p = Path(log_path)
+    if not p.exists():
+        return {}
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip().startswith("{")]
+    out = {}
+    for key in ("loss", "rot_deg", "trans_mm", "dgeo_mm"):
+        ys = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if len(ys) > 1:
+            out[key] = ys
+    return out
+
+
+def _write_csv(path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
