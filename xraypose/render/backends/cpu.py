@@ -36,7 +36,7 @@ from xraypose.render.rays import clip_to_box
 from xraypose.render.trilinear import support_box
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-ABI_VERSION = 7
+ABI_VERSION = 8
 GEO = 14  # doubles per ray in the fused path's geometry buffer (cpu_kernels.cpp)
 RENDERERS = ("trilinear", "siddon")
 

@@ -182,7 +182,8 @@ parallel_for(total, nthreads, [&](i64 it) {
 // One ray of tri_fwd_f32 with AVX2 intrinsics: 8 samples per step, 32-bit-index gathers
 // (vgatherdps), block sums accumulated in double.  acc[c] += sum_k f_c; with jl, also the
 // sample-gradient sums (see tri_fwd_f32).
-inline void trace_avx2(const float* vol, i64 SC, int nc, const int32_t* off, int32_t si, int32_t sj, int32_t sk,
+template <int NCT>  // NCT > 0: that many channels, known at compile time (accumulators stay in registers)
+inline void trace_avx2(const float* vol, i64 SC, int nc_rt, const int32_t* off, int32_t si, int32_t sj, int32_t sk,
                        float mx, float my, float mz, float bx, float by, float bz, float ex, float ey, float ez,
                        float dx, float dy, float dz, float sp, i64 N, double* acc, double* jl) {
     const __m256 iota = _mm256_setr_ps(0.5f, 1.5f, 2.5f, 3.5f, 4.5f, 5.5f, 6.5f, 7.5f);
@@ -191,10 +192,13 @@ inline void trace_avx2(const float* vol, i64 SC, int nc, const int32_t* off, int
     const __m256 vmx = _mm256_set1_ps(mx), vmy = _mm256_set1_ps(my), vmz = _mm256_set1_ps(mz);
     const __m256 vbx = _mm256_set1_ps(bx), vby = _mm256_set1_ps(by), vbz = _mm256_set1_ps(bz);
     const __m256i vsi = _mm256_set1_epi32(si), vsj = _mm256_set1_epi32(sj), vsk = _mm256_set1_epi32(sk);
-    __m256d accd[CMAX], jd[6 * CMAX];
-    for (int c = 0; c < nc; ++c) accd[c] = _mm256_setzero_pd();
+    const int nc = NCT > 0 ? NCT : nc_rt;
+    __m256 accf[CMAX];  // float sums over at most 8 blocks (64 samples), then flushed to double
+    __m256d accd[CMAX];
+    __m256 jd[6 * CMAX];  // gradient sums: float lanes (pose gradients need ~1e-4, not 1e-7)
+    for (int c = 0; c < nc; ++c) { accd[c] = _mm256_setzero_pd(); accf[c] = _mm256_setzero_ps(); }
     if (jl != nullptr)
-        for (int j = 0; j < 6 * nc; ++j) jd[j] = _mm256_setzero_pd();
+        for (int j = 0; j < 6 * nc; ++j) jd[j] = _mm256_setzero_ps();
     auto add_d = [](__m256d& a, __m256 v) {
         a = _mm256_add_pd(a, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
                                            _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
@@ -236,7 +240,7 @@ inline void trace_avx2(const float* vol, i64 SC, int nc, const int32_t* off, int
             const __m256 e0 = _mm256_fmadd_ps(wy, _mm256_sub_ps(c01, c00), c00);
             const __m256 e1 = _mm256_fmadd_ps(wy, _mm256_sub_ps(c11, c10), c10);
             const __m256 val = _mm256_and_ps(_mm256_fmadd_ps(wx, _mm256_sub_ps(e1, e0), e0), valid);
-            add_d(accd[c], val);
+            accf[c] = _mm256_add_ps(accf[c], val);
             if (jl != nullptr) {
                 const __m256 gx = _mm256_and_ps(_mm256_sub_ps(e1, e0), gmx);                      // d/dx
                 // d/dy: lerp over x of (c01 - c00) and (c11 - c10)
@@ -246,10 +250,14 @@ inline void trace_avx2(const float* vol, i64 SC, int nc, const int32_t* off, int
                 const __m256 z0 = _mm256_fmadd_ps(wy, _mm256_sub_ps(d32, d10), d10);
                 const __m256 z1 = _mm256_fmadd_ps(wy, _mm256_sub_ps(d76, d54), d54);
                 const __m256 gz = _mm256_and_ps(_mm256_fmadd_ps(wx, _mm256_sub_ps(z1, z0), z0), gmz);
-                __m256d* J = jd + 6 * c;
-                add_d(J[0], gx); add_d(J[1], gy); add_d(J[2], gz);
-                add_d(J[3], _mm256_mul_ps(t, gx)); add_d(J[4], _mm256_mul_ps(t, gy)); add_d(J[5], _mm256_mul_ps(t, gz));
+                __m256* J = jd + 6 * c;
+                J[0] = _mm256_add_ps(J[0], gx); J[1] = _mm256_add_ps(J[1], gy); J[2] = _mm256_add_ps(J[2], gz);
+                J[3] = _mm256_fmadd_ps(t, gx, J[3]); J[4] = _mm256_fmadd_ps(t, gy, J[4]);
+                J[5] = _mm256_fmadd_ps(t, gz, J[5]);
             }
+        }
+        if (((k0 >> 3) & 7) == 7 || k0 + 8 >= N) {
+            for (int c = 0; c < nc; ++c) { add_d(accd[c], accf[c]); accf[c] = _mm256_setzero_ps(); }
         }
     }
     auto hsum = [](__m256d a) {
@@ -258,7 +266,11 @@ inline void trace_avx2(const float* vol, i64 SC, int nc, const int32_t* off, int
     };
     for (int c = 0; c < nc; ++c) acc[c] += hsum(accd[c]);
     if (jl != nullptr)
-        for (int j = 0; j < 6 * nc; ++j) jl[j] += hsum(jd[j]);
+        for (int j = 0; j < 6 * nc; ++j) {
+            __m256d a = _mm256_setzero_pd();
+            add_d(a, jd[j]);
+            jl[j] += hsum(a);
+        }
 }
 #endif
 
@@ -291,7 +303,8 @@ parallel_for(total, nthreads, [&](i64 it) {
             double jl[6 * CMAX] = {0};
 #ifdef XRP_AVX2
             if constexpr (std::is_same<V, float>::value) {
-                trace_avx2(vol + c0 * VV.sc, VV.sc, nc, off, si, sj, sk, mx, my, mz, bx, by, bz, ex, ey, ez, fdx, fdy,
+                auto tr = nc == 2 ? trace_avx2<2> : (nc == 1 ? trace_avx2<1> : trace_avx2<0>);
+                tr(vol + c0 * VV.sc, VV.sc, nc, off, si, sj, sk, mx, my, mz, bx, by, bz, ex, ey, ez, fdx, fdy,
                            fdz, sp, N, acc, jac != nullptr ? jl : nullptr);
                 for (int c = 0; c < nc; ++c) {
                     const i64 idx = (b * C + c0 + c) * R + (ray - b * R);
@@ -691,7 +704,7 @@ parallel_for(total, nthreads, [&](i64 it) {
 
 extern "C" {
 
-int xrp_abi_version() { return 7; }
+int xrp_abi_version() { return 8; }
 
 }  // extern "C"
 
