@@ -79,7 +79,7 @@ class Level:
         volume_mm: average the CT to voxels of about this size (mm) for this
             level (None: the CT as it is).  Keeps coarse sampling from aliasing.
         step_mm: ray-marching step when ``n_samples`` is None (None: the
-            level's smallest voxel size).
+            larger of ``volume_mm`` and the level's smallest voxel size).
         patches: number of sparse patches (None: the whole detector).
         patch_size: side of a sparse patch, pixels.
         lr_scale: multiplies both learning rates at this level.
@@ -106,9 +106,9 @@ class Level:
 
 #: Default schedule (chosen by benchmarks/register.py measurements, docs/registration.md).
 DEFAULT_LEVELS = (
-    Level(size=32, iterations=80, n_samples=40, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
-    Level(size=64, iterations=80, n_samples=80, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
-    Level(size=128, iterations=60, n_samples=160, volume_mm=2.0, patches=24, lr_scale=0.1, fit_bone=True),
+    Level(size=32, iterations=80, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
+    Level(size=64, iterations=80, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
+    Level(size=128, iterations=60, volume_mm=2.0, patches=24, lr_scale=0.1, fit_bone=True),
 )
 
 #: A cheap schedule for tests and previews.
@@ -560,7 +560,7 @@ class Registrar:
                 dens = dens[:1]
             step = lv.step_mm
             if lv.n_samples is None and step is None:
-                step = float(aff[:3, :3].norm(dim=0).min())
+                step = max(float(lv.volume_mm or 0.0), float(aff[:3, :3].norm(dim=0).min()))
             uv = None
             kernel, r = None, 0
             if c.drr_blur:
