@@ -119,7 +119,7 @@ def save_fiducials(path, image, truth=None, estimate=None, names=None) -> Path:
     return _save(fig, path)
 
 
-def save_gif(path, frames, xray=None, duration: float = 0.08) -> Path:
+def save_gif(path, frames, xray=None, duration: float = 0.08, min_size: int = 256) -> Path:
     """An animation of DRRs (list of (H, W)); with ``xray``, each frame is the DRR's edges on it."""
     import imageio.v3 as iio
 
@@ -133,7 +133,11 @@ def save_gif(path, frames, xray=None, duration: float = 0.08) -> Path:
             rgb = np.stack([x, x, x], -1)
             rgb[edges(f)] = [1.0, 0.3, 0.0]
             out.append((255 * rgb).astype(np.uint8))
-    data = iio.imwrite("<bytes>", np.stack(out), extension=".gif", duration=duration, loop=0)
+    frames_arr = np.stack(out)
+    k = max(1, int(np.ceil(min_size / max(frames_arr.shape[1:3]))))
+    if k > 1:  # small detectors: enlarge (nearest) so the animation is readable
+        frames_arr = frames_arr.repeat(k, axis=1).repeat(k, axis=2)
+    data = iio.imwrite("<bytes>", frames_arr, extension=".gif", duration=duration, loop=0)
     atomic_write_bytes(path, data)
     return Path(path)
 
