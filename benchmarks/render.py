@@ -32,7 +32,9 @@ Each measurement runs in its own subprocess so peaks do not mix.
 
 Writes one JSON row per measurement:
 {"impl": "xraypose-cpu", "mode": "fwd"|"fwdbwd"|"batch8", "size": 128, "median_s": …, "peak_mib": …, …}
-(extra keys: min_s, samples, threads, device, load_avg, ncc_vs_reference).
+(extra keys: min_s; cpu_s, the median CPU time of the process per call, all threads
+together, less sensitive than wall time to other jobs on a shared machine; samples,
+threads, device, load_avg (1-minute load average after the run), ncc_vs_reference).
 """
 
 from __future__ import annotations
@@ -216,13 +218,14 @@ def measure(args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         cbase = torch.cuda.memory_allocated()
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         once()
         sync()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     if cuda:
         peak = (torch.cuda.max_memory_allocated() - cbase) / 2**20
     else:
@@ -233,6 +236,7 @@ def measure(args) -> dict:
         "size": size,
         "median_s": statistics.median(times),
         "min_s": min(times),
+        "cpu_s": statistics.median(cpu),
         "peak_mib": max(0.0, peak),
         "samples": None if "siddon" in args.impl else args.samples,
         "threads": args.threads,
@@ -280,7 +284,7 @@ def main() -> None:
     rows = []
     print(f"CT: {args.ct}\nsdd {SDD:.0f} mm, {FOV:.0f} mm FOV, {args.samples} samples/ray (trilinear), "
           f"{args.threads} threads, device {args.device}")
-    print(f"{'impl':28s} {'mode':7s} {'size':>5s} {'median s':>10s} {'peak MiB':>9s} {'NCC':>7s}")
+    print(f"{'impl':28s} {'mode':7s} {'size':>5s} {'median s':>10s} {'CPU s':>8s} {'peak MiB':>9s} {'NCC':>7s} {'load':>5s}")
     skipped = {}
     for impl, mode, size in plan:
         why = skipped.get(impl) or _available(impl, args.device)
@@ -303,8 +307,8 @@ def main() -> None:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         ncc = "" if row["ncc_vs_reference"] is None else f"{row['ncc_vs_reference']:.4f}"
-        print(f"{row['impl']:28s} {mode:7s} {size:5d} {row['median_s']:10.3f} {row['peak_mib']:9.0f} {ncc:>7s}",
-              flush=True)
+        print(f"{row['impl']:28s} {mode:7s} {size:5d} {row['median_s']:10.3f} {row.get('cpu_s', float('nan')):8.3f} "
+              f"{row['peak_mib']:9.0f} {ncc:>7s} {row['load_avg']:5.1f}", flush=True)
     if args.json:
         from xraypose.io import atomic_write_json
 

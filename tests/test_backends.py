@@ -213,6 +213,21 @@ def test_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
     assert "no C++ compiler" in cpu.unavailable_reason()
 
 
+def test_mixed_precision_takes_the_portable_path():
+    """float64 volume with float32 poses: the kernels' portable (non-AVX2) float32 code, gradients included."""
+    if not cpu.available():
+        pytest.skip(f"cpu backend unavailable: {cpu.unavailable_reason()}")
+    vol, aff, centre = _volume()
+    T = _poses(centre, B=2)
+    ref_img, ref_g = _render_with_grad(vol, aff, T, "reference", F64, "cpu", "trilinear", n_samples=40)
+    xi = torch.zeros(2, 6, dtype=F32, requires_grad=True)
+    img = render(vol, aff, CAM, T.float() @ se3_exp(xi), n_samples=40, backend="cpu")  # volume stays float64
+    w = torch.linspace(0.5, 1.5, img.numel(), dtype=F32).reshape(img.shape)
+    (g,) = torch.autograd.grad((img * w).sum() + 0.01 * (img**2).sum(), xi)
+    _assert_close_rel(img.detach().double(), ref_img, 1e-5, "mixed-precision image")
+    _assert_close_rel(g.double(), ref_g, 1e-4, "mixed-precision pose gradient")
+
+
 def test_channels_last_volume_is_read_in_place():
     if not cpu.available():
         pytest.skip(f"cpu backend unavailable: {cpu.unavailable_reason()}")
