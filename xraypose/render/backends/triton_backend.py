@@ -35,11 +35,49 @@ BLOCK_S = 32
 FORCE_WIDE = False  # tests: take the 64-bit offset path on small volumes
 
 
+_self_check: str | None | bool = False  # False: not run yet
+
+
 def unavailable_reason() -> str | None:
+    """None when the kernels can run here, else why not.
+
+    On the first call with a GPU the kernels are compiled and checked once against the
+    reference on a tiny problem (forward and pose-side gradients); any failure makes the
+    backend unavailable (``render`` then warns once and uses the reference) instead of
+    breaking rendering.
+    """
+    global _self_check
     if os.environ.get("TRITON_INTERPRET", "") == "1":
         return None
     if not torch.cuda.is_available():
         return "no CUDA device"
+    if _self_check is False:
+        try:
+            _self_check = _check_against_reference("cuda")
+        except Exception as e:  # compile or launch failure
+            _self_check = f"self-check failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return _self_check
+
+
+def _check_against_reference(device) -> str | None:
+    from xraypose.render.trilinear import integrate_trilinear as reference
+
+    g = torch.Generator().manual_seed(0)
+    vol = torch.rand(2, 6, 5, 4, generator=g, dtype=torch.float64)
+    o = torch.tensor([[[2.5, -10.0, 1.5]]], dtype=torch.float64)
+    d = torch.tensor([[[0.0, 22.0, 0.0]]], dtype=torch.float64) + 4 * torch.randn(1, 40, 3, generator=g,
+                                                                                   dtype=torch.float64)
+    L = 500 + 100 * torch.rand(1, 40, generator=g, dtype=torch.float64)
+    outs = []
+    for fn, dev, dt in ((reference, "cpu", torch.float64), (integrate_trilinear, device, torch.float32)):
+        args = [t.to(dev, dt).requires_grad_() for t in (o, d, L)]
+        y = fn(vol.to(dev, dt), *args, n_samples=23)
+        grads = torch.autograd.grad((y * y).sum(), args)
+        outs.append([y.detach().double().cpu()] + [x.double().cpu() for x in grads])
+    for name, a, b in zip(("image", "d/origin", "d/direction", "d/length"), *outs):
+        err = float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+        if not err < 1e-4:
+            return f"self-check: {name} differs from the reference by {err:.2g}"
     return None
 
 
