@@ -5,7 +5,7 @@ backend        what                                                       where
 =============  =========================================================  ====================
 ``reference``  plain PyTorch (``trilinear.py``, ``siddon.py``): the        any device, float64
                ground truth
-``cpu``        fused C++/OpenMP kernel, compiled on first use (cpu.py)    CPU tensors
+``cpu``        fused C++ kernel (threads, AVX2), compiled on first use    CPU tensors
 ``triton``     fused Triton kernel (triton_backend.py); half-precision    CUDA tensors
                volumes with float32 geometry and accumulation
 ``auto``       the fastest that applies: ``triton`` on CUDA, ``cpu`` on

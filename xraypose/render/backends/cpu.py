@@ -10,9 +10,16 @@ the cached library in milliseconds.  If no compiler works, :func:`available`
 is False and :func:`xraypose.render.render` falls back to the reference
 backend with a warning.
 
-Only the per-ray sampling and accumulation is native; pose → rays and the
-slab clipping stay in PyTorch (O(rays), autograd for free), so the chain rule
-from the kernel's per-ray gradients to the pose is PyTorch's.
+Two paths, same numbers as the reference backend:
+
+* float32 poses, trilinear (:func:`render_trilinear_fused`): ray generation from
+  the pose, slab clipping, sampling and accumulation in one kernel, rays traced
+  in a cache-friendly order; the forward also sums each ray's sample gradients,
+  so the pose gradient needs no second pass over the volume.
+* otherwise (float64 poses, Siddon, volume gradients): rays and clipping in
+  PyTorch (autograd for the chain rule to the pose), per-ray sampling and the
+  per-ray gradients in the kernel (:func:`integrate_trilinear`,
+  :func:`integrate_siddon`).
 """
 
 from __future__ import annotations
