@@ -146,6 +146,50 @@ def info(
     typer.echo(json.dumps(d, indent=2, default=str) if as_json else format_info(d))
 
 
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("xraypose-demo"), "-o", "--output", help="Folder for the report and results."),
+    fast: bool = typer.Option(False, "--fast", help="A one-minute version (short training, 3 X-rays)."),
+    train_seconds: Optional[float] = typer.Option(None, "--train-seconds", help="Training budget, seconds."),
+    cases: Optional[int] = typer.Option(None, "--cases", help="How many synthetic X-rays to register."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the training and the cases."),
+) -> None:
+    """The whole job on the bundled pelvis CT: train a model, simulate X-rays, register them, write a report.
+
+    Example: xraypose demo            (≈ 10 min on 2 CPU cores)
+             xraypose demo --fast     (≈ 1 min)
+    """
+    from dataclasses import replace
+
+    from xraypose.demo import DemoSettings, run_demo
+
+    s = DemoSettings.fast() if fast else DemoSettings()
+    if train_seconds is not None:
+        if not train_seconds > 0:
+            raise InputError(f"--train-seconds must be > 0, got {train_seconds}")
+        s = replace(s, train_seconds=train_seconds)
+    if cases is not None:
+        if cases < 1:
+            raise InputError(f"--cases must be >= 1, got {cases}")
+        s = replace(s, cases=cases)
+    run_demo(output, replace(s, seed=seed))
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (one job each)."""
+    from xraypose.cli_register import register_command
+
+    app.command("register")(register_command)
+    try:
+        from xraypose.cli_train import train_command
+    except ImportError:  # pragma: no cover - the training module is part of the package
+        return
+    app.command("train")(train_command)
+
+
+_register_optional_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xraypose`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
