@@ -245,8 +245,16 @@ class PoseRegressor(nn.Module):
         self.translation_mean.copy_(trans.mean(0).float())
         self.translation_std.copy_(trans.std(0).clamp_min(min_translation_std).float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.params_to_pose(*self.params(x))
+    def forward(self, x: torch.Tensor, return_params: bool = False):
+        """Poses (B, 4, 4); with ``return_params`` also the offset parameters (rotation, translation)."""
+        rot, trans = self.params(x)
+        T = self.params_to_pose(rot, trans)
+        return (T, rot, trans) if return_params else T
+
+    def whiten(self, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+        """(B, n + 3) offset parameters in units of the training distribution's spread."""
+        return torch.cat([(rotation - self.rotation_mean) / self.rotation_std,
+                          (translation - self.translation_mean) / self.translation_std], -1)
 
 
 def build_model(architecture: dict, **kwargs) -> PoseRegressor:

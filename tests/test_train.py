@@ -1,0 +1,306 @@
+"""Training: config, augmentations, the loop, checkpoints (atomic, exact resume), errors, DDP (slow)."""
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from xraypose.augment import collimator_mask, random_blur, warp_about_source
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.geometry import so3_exp
+from xraypose.model import load_checkpoint, predict_pose, read_checkpoint
+from xraypose.render import DRR
+from xraypose.sampling import PoseSampler
+from xraypose.similarity import ncc
+from xraypose.train import TrainConfig, TrainingDiverged, WarmupCosine, load_config, output_paths, train
+from xraypose.volume import load_sample_ct, volume_from_array
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "model": {"backbone": "test_resnet"},
+    "camera": {"height": 32},
+    "render": {"n_samples": 16},
+    "optim": {"batch_size": 8},
+    "data": {"reuse": 2, "buffer_size": 32},
+    "run": {"max_steps": 6, "val_size": 8, "val_every_steps": 3, "threads": 1, "progress": False,
+            "checkpoint_every_steps": 3},
+}
+
+
+def tiny(**changes) -> dict:
+    cfg = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        section, name = key.split("__")
+        cfg.setdefault(section, {})[name] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return load_sample_ct()
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_toml_round_trip_and_errors(tmp_path):
+    p = tmp_path / "train.toml"
+    p.write_text('[model]\nbackbone = "resnet10t"\nparameterization = "quaternion"\n'
+                 '[optim]\nlr = 0.0005\n[sampler]\nrot_std = [0.1, 0.1, 0.05]\n')
+    cfg = load_config(p)
+    assert cfg.model.backbone == "resnet10t" and cfg.optim.lr == 0.0005 and cfg.sampler.rot_std == [0.1, 0.1, 0.05]
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    bad = [
+        ({"optim": {"lr": -1.0}}, "optim.lr"),
+        ({"optim": {"batch_size": 0}}, "optim.batch_size"),
+        ({"augment": {"bone_multiplier": [5.0, 1.0]}}, "augment.bone_multiplier"),
+        ({"model": {"parameterization": "rodrigues"}}, "model.parameterization"),
+        ({"camera": {"height": 2}}, "camera.height"),
+        ({"sampler": {"sod": 5000.0}}, "sampler.sod"),
+        ({"optim": {"nesterov": True}}, "unknown setting optim.nesterov"),
+        ({"optimizer": {}}, "unknown table"),
+        ({"run": {"max_steps": 1.5}}, "run.max_steps"),
+        ({"loss": {"mode": "ncc"}}, "loss.mode"),
+    ]
+    for d, msg in bad:
+        with pytest.raises(InputError, match=msg.replace(".", r"\.")):
+            TrainConfig.from_dict(d)
+    p.write_text("[model\nbackbone=")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_config(p)
+
+
+def test_warmup_cosine_schedule():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    s = WarmupCosine(opt, 1e-3, total_steps=100, warmup_frac=0.1)
+    lrs = [s.lr_at(i) for i in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-5
+
+
+# ----------------------------------------------------------------------------- augmentations
+def test_rotation_about_the_source_is_an_exact_pose_change(ct):
+    cam = Camera(sdd=1020.0, height=48, width=48, delx=400 / 48)
+    drr = DRR(ct, cam, n_samples=96)
+    T = PoseSampler.for_volume(ct, sod=612.0).sample(2, torch.Generator().manual_seed(0))
+    R = so3_exp(torch.tensor([[0.03, -0.02, 0.08], [-0.02, 0.03, -0.1]], dtype=torch.float64))
+    warped, valid = warp_about_source(drr(T), cam, R)
+    Rh = torch.eye(4).repeat(2, 1, 1)
+    Rh[:, :3, :3] = R.float()
+    direct = drr(T @ Rh)
+    assert 0.8 < float(valid.float().mean()) < 1.0
+    v = valid.float()
+    assert float(ncc(warped * v, direct * v).min()) > 0.995
+    # a wrong sign of the warp would not match
+    wrong, _ = warp_about_source(drr(T), cam, R.transpose(-1, -2))
+    assert float(ncc(wrong * v, direct * v).max()) < 0.99
+
+
+def test_collimator_and_blur():
+    g = torch.Generator().manual_seed(0)
+    m = collimator_mask(64, 20, 30, prob=1.0, max_frac=0.2, g=g)
+    assert m.shape == (64, 1, 20, 30) and not bool(m.all()) and bool(m[:, :, 10, 15].all())
+    assert bool(collimator_mask(4, 20, 30, prob=0.0, max_frac=0.2, g=g).all())
+    x = torch.rand(4, 1, 16, 16)
+    y = random_blur(x, 1.5, 1.0, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and float(y.std()) < float(x.std())
+    assert torch.allclose(y.mean((2, 3)), x.mean((2, 3)), atol=0.05)
+
+
+# ----------------------------------------------------------------------------- training runs
+def test_training_writes_usable_model_log_and_state(tmp_path, ct):
+    out = tmp_path / "model.pt"
+    r = train(ct, out, tiny(loss__param_weight=1.0))
+    paths = output_paths(out)
+    assert r.steps == 6 and r.images_seen == 48 and r.renders == 24
+    for k in ("best", "last", "log"):
+        assert paths[k].exists()
+    rows = [json.loads(x) for x in paths["log"].read_text().splitlines()]
+    steps = [x for x in rows if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3, 4, 5, 6]
+    for key in ("rot_deg", "trans_mm", "dgeo_mm", "se3", "loss", "lr"):
+        assert key in steps[0]
+    assert "val_median_mtre_mm" in steps[2] and rows[-1]["event"] == "end"
+    for p in (paths["best"], paths["last"]):
+        torch.load(p, weights_only=True)
+    model, meta = load_checkpoint(out)
+    assert meta["image_size"] == [32, 32] and meta["parameterization"] == "se3_log_map"
+    assert meta["training"]["config"]["model"]["backbone"] == "test_resnet"
+    cam = Camera(sdd=1020.0, height=40, width=40, delx=10.0)
+    img = DRR(ct, cam, n_samples=32)(torch.tensor(meta["isocenter_pose"], dtype=torch.float32)[None])
+    assert predict_pose(model, meta, img, cam).shape == (1, 4, 4)
+
+
+def test_full_loss_mode_renders_at_the_prediction(tmp_path, ct):
+    out = tmp_path / "m.pt"
+    seen = []
+    train(ct, out, tiny(loss__mode="full", run__max_steps=2, run__val_size=0),
+          callback=lambda ev, info: seen.append(info) if ev == "step" else None)
+    assert all(0 < s["ncc"] <= 1 for s in seen)
+    assert all(s["loss"] > 1 - s["ncc"] for s in seen)
+
+
+def test_resume_continues_bit_identically(tmp_path, ct):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+
+    def keep(event, info):
+        if event == "checkpoint" and info["step"] == 3:
+            shutil.copy(info["path"], b / "model.last.pt")
+
+    train(ct, a / "model.pt", tiny(loss__param_weight=1.0), callback=keep)
+    train(ct, b / "model.pt", None, resume=True)  # the checkpoint's own config
+    A = read_checkpoint(a / "model.last.pt")
+    B = read_checkpoint(b / "model.last.pt")
+    assert A["step"] == B["step"] == 6
+    for k, v in A["model"].items():
+        assert torch.equal(v, B["model"][k]), k
+    sa, sb = A["optimizer"]["state"], B["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    la = [json.loads(x) for x in (a / "model.log.jsonl").read_text().splitlines() if '"loss"' in x]
+    lb = [json.loads(x) for x in (b / "model.log.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [x["loss"] for x in la[3:]] == [x["loss"] for x in lb]
+    # Resuming with another configuration is refused (only [run] may change).
+    with pytest.raises(InputError, match="different configuration"):
+        train(ct, b / "model.pt", tiny(optim__lr=0.01), resume=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(ct, tmp_path / "c.pt", None, resume=True)
+
+
+def test_finetune_refuses_another_architecture_or_parameterization(tmp_path, ct):
+    src = tmp_path / "src.pt"
+    train(ct, src, tiny(run__max_steps=1, run__val_size=0))
+    with pytest.raises(InputError, match="parameterization"):
+        train(ct, tmp_path / "q.pt", tiny(model__parameterization="quaternion"), finetune=src)
+    with pytest.raises(InputError, match="backbone"):
+        train(ct, tmp_path / "e.pt", tiny(model__backbone="test_efficientnet"), finetune=src)
+    r = train(ct, tmp_path / "ok.pt", tiny(run__max_steps=1, run__val_size=0), finetune=src)
+    assert r.steps == 1
+
+
+def test_nan_loss_writes_a_crash_dump_and_stops(tmp_path, ct, monkeypatch):
+    import xraypose.geometry as geometry
+
+    real = geometry.double_geodesic
+    monkeypatch.setattr(geometry, "double_geodesic", lambda a, b, sdr: real(a, b, sdr) * float("nan"))
+    out = tmp_path / "m.pt"
+    with pytest.raises(TrainingDiverged, match="diverged at step 0"):
+        train(ct, out, tiny())
+    dump = read_checkpoint(output_paths(out)["crash"])
+    assert dump["images"].shape == (8, 1, 32, 32) and dump["poses"].shape == (8, 4, 4)
+    assert "optimizer" in dump and dump["step"] == 0
+
+
+def test_bad_inputs_are_refused_before_training(tmp_path, ct):
+    with pytest.raises(InputError, match="does not exist"):
+        train(ct, tmp_path / "nope" / "m.pt", tiny())
+    with pytest.raises(InputError, match="is a folder"):
+        train(ct, tmp_path, tiny())
+    const = volume_from_array(torch.zeros(20, 20, 20).numpy(), spacing=(3.0, 3.0, 3.0))
+    with pytest.raises(InputError, match="constant"):
+        train(const, tmp_path / "m.pt", tiny())
+    small = volume_from_array(ct.data[50:60, 45:55, 50:60].numpy(), spacing=(3.0, 3.0, 3.0))
+    with pytest.raises(InputError, match="too small for the field of view"):
+        train(small, tmp_path / "m.pt", tiny())
+    with pytest.raises(InputError, match="inside the CT"):
+        train(ct, tmp_path / "m.pt", tiny(sampler__sod=100.0))
+    with pytest.raises(InputError, match="optim.lr"):
+        train(ct, tmp_path / "m.pt", tiny(optim__lr=0.0))
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from xraypose.model import save_checkpoint
+    path = sys.argv[1]
+    i = 1
+    while True:
+        save_checkpoint(path, {"format": "xraypose.pose_regressor", "version": 1, "model": {},
+                               "meta": {"i": i}, "x": torch.full((4_000_000,), float(i))})
+        if i == 1:
+            print("written", flush=True)
+        i += 1
+""")
+
+
+def test_a_kill_mid_write_never_leaves_a_partial_checkpoint(tmp_path):
+    """SIGKILL a process that keeps rewriting a 16 MB checkpoint: the file always loads whole."""
+    from xraypose.model import save_checkpoint
+
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"format": "xraypose.pose_regressor", "version": 1, "model": {}, "meta": {"i": 0},
+                           "x": torch.zeros(4_000_000)})
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seen = set()
+    for delay in (0.0, 0.05, 0.13, 0.31):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "written"
+        time.sleep(delay)  # now somewhere in the middle of a later write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ck = read_checkpoint(path)
+        x = ck["x"]
+        assert x.numel() == 4_000_000 and bool((x == x[0]).all()) and float(x[0]) == ck["meta"]["i"]
+        seen.add(ck["meta"]["i"])
+    assert len(seen) > 1  # the writer did get to overwrite it
+
+
+def test_a_few_hundred_steps_reduce_the_error(tmp_path, ct):
+    """A tiny problem (narrow pose distribution, 32² images, a tiny network) is learnt."""
+    cfg = tiny(run__max_steps=250, run__val_size=32, run__val_every_steps=250, run__checkpoint_every_steps=1000,
+               sampler__rot_std=[0.1, 0.1, 0.05], sampler__trans_std=[30.0, 30.0, 40.0], optim__batch_size=16,
+               optim__lr=3e-3, loss__param_weight=1.0, data__reuse=4, data__buffer_size=256)
+    first = []
+    r = train(ct, tmp_path / "m.pt", cfg, callback=lambda ev, info: first.append(info) if ev == "step" else None)
+    start = sum(x["dgeo_mm"] for x in first[:10]) / 10
+    end = sum(x["dgeo_mm"] for x in first[-20:]) / 20
+    assert end < 0.7 * start, (start, end)
+    assert r.best_val["val_mean_dgeo_mm"] < 0.8 * start
+
+
+# ----------------------------------------------------------------------------- distributed (slow)
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, json
+    from xraypose.train import train
+    cfg = json.loads(sys.argv[2])
+    r = train("sample", sys.argv[1], cfg)
+    print("RESULT", r.steps, r.images_seen)
+""")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "model.pt"
+    cfg = tiny(run__max_steps=4, run__checkpoint_every_steps=2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(out), json.dumps(cfg)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("RESULT 4 64") == 2  # 2 processes × 4 steps × 8 images
+    ck = read_checkpoint(output_paths(out)["last"])
+    assert ck["world_size"] == 2 and ck["buffer"]["images"].shape[0] == 2 and len(ck["rng"]["torch"]) == 2
+    model, meta = load_checkpoint(out)
+    assert meta["training"]["world_size"] == 2
+    # Resume under torchrun continues to more steps.
+    cfg["run"]["max_steps"] = 6
+    cmd[-1] = json.dumps(cfg)
+    script.write_text(DDP_SCRIPT.replace("train(\"sample\", sys.argv[1], cfg)",
+                                         "train(\"sample\", sys.argv[1], cfg, resume=True)"))
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("RESULT 6 96") == 2

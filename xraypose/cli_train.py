@@ -1,0 +1,79 @@
+"""``xraypose train``: the command-line face of :func:`xraypose.train.train`.
+
+Registered in :mod:`xraypose.cli` with ``app.command("train")(train_command)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xraypose.errors import InputError
+
+
+def train_command(
+    ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
+    output: Path = typer.Option(..., "-o", "--output", help="Model file to write (the best model), e.g. model.pt. "
+                                "Beside it: NAME.last.pt (training state), NAME.log.jsonl (metrics per step)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [model], [camera], [render], "
+                                          "[sampler], [augment], [loss], [optim], [data], [run] tables."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from NAME.last.pt (model, optimiser, schedule, "
+                                "step, random state)."),
+    finetune: Optional[Path] = typer.Option(None, "--finetune", help="Start from the weights of another checkpoint "
+                                            "(same architecture and parameterization)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget for the whole run, minutes "
+                                            "(sets run.time_budget_s; the schedule fits the budget)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Maximum number of optimiser steps (run.max_steps)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="timm backbone name (model.backbone), e.g. resnet18."),
+    parameterization: Optional[str] = typer.Option(None, "--parameterization",
+                                                   help="Rotation parameterization (model.parameterization)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Training image size in pixels (camera.height = width)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process (optim.batch_size)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (run.device)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (run.seed)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a patient-specific pose regressor on DRRs of one CT.  Example:
+
+    xraypose train sample -o model.pt --minutes 10
+    """
+    from xraypose.model import read_checkpoint
+    from xraypose.train import TrainConfig, load_config, output_paths, train
+
+    if minutes is not None and not (minutes > 0):
+        raise InputError(f"--minutes must be > 0, got {minutes}")
+    if config is not None:
+        base = load_config(config)
+    elif resume and output_paths(output)["last"].exists():
+        base = TrainConfig.from_dict(read_checkpoint(output_paths(output)["last"])["config"])
+    else:
+        base = TrainConfig()
+    d = base.to_dict()
+    overrides = {
+        ("run", "time_budget_s"): None if minutes is None else 60.0 * minutes,
+        ("run", "max_steps"): steps, ("model", "backbone"): backbone,
+        ("model", "parameterization"): parameterization, ("camera", "height"): size,
+        ("optim", "batch_size"): batch_size, ("run", "device"): device, ("run", "seed"): seed,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            d[section][key] = value
+    if size is not None:
+        d["camera"]["width"] = None
+    if minutes is not None and steps is None:
+        d["run"]["max_steps"] = max(d["run"]["max_steps"], 1_000_000)  # the budget decides
+    cfg = TrainConfig.from_dict(d)
+    result = train(ct, output, cfg, resume=resume, finetune=finetune, quiet=quiet)
+    typer.echo(
+        f"wrote {result.model_path} (best model), {result.last_path.name}, {result.log_path.name}: "
+        f"{result.steps} steps, {result.images_seen} images ({result.images_per_s:.1f}/s), "
+        f"{result.elapsed_s / 60:.1f} min"
+    )
+    if result.best_val:
+        v = result.best_val
+        if "val_median_mtre_mm" in v:
+            typer.echo(f"validation (DRRs of new poses): median mTRE {v['val_median_mtre_mm']:.1f} mm, "
+                       f"median rotation {v['val_median_rot_deg']:.2f}°, "
+                       f"{100 * v['val_frac_in_capture']:.0f}% with mTRE < {cfg.run.capture_mtre_mm:g} mm")
