@@ -171,8 +171,9 @@ def deepfluoro_end_to_end(registrar_config, cache: Path, n_proj: int, seed: int,
     return rows
 
 
+KEYS = ("mtre", "mpe", "mrpe", "rot_mm", "trans_mm", "dgeo", "rot_deg", "init_s", "opt_s", "cpu_s", "iterations")
 COLUMNS = ["group", "n_cases", "sr_1mm", "sr_2mm", "median_mtre_mm", "p95_mtre_mm", "median_mpe_mm",
-           "median_mrpe_mm", "median_dgeo_mm", "median_init_s", "median_opt_s", "p95_opt_s"]
+           "median_mrpe_mm", "median_dgeo_mm", "median_init_s", "median_opt_s", "p95_opt_s", "median_cpu_s"]
 
 
 def table_row(name: str, s: dict) -> dict:
@@ -181,7 +182,8 @@ def table_row(name: str, s: dict) -> dict:
             "median_mtre_mm": s.get("median_mtre_mm"), "p95_mtre_mm": st.get("mtre", {}).get("p95"),
             "median_mpe_mm": s.get("median_mpe_mm"), "median_mrpe_mm": s.get("median_mrpe_mm"),
             "median_dgeo_mm": s.get("median_dgeo_mm"), "median_init_s": s.get("median_init_s"),
-            "median_opt_s": s.get("median_opt_s"), "p95_opt_s": st.get("opt_s", {}).get("p95")}
+            "median_opt_s": s.get("median_opt_s"), "p95_opt_s": st.get("opt_s", {}).get("p95"),
+            "median_cpu_s": st.get("cpu_s", {}).get("median")}
 
 
 def main(argv=None) -> int:
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--deepfluoro-only", action="store_true", help="only the DeepFluoro-layout part")
     ap.add_argument("--deepfluoro-projections", type=int, default=5)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-register"))
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="recompute the summaries and the table from the rows already in --json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,14 +231,18 @@ def main(argv=None) -> int:
     def save():
         groups = {}
         for key in dict.fromkeys((r["ct"], r["start"]) for r in rows):
-            groups[f"{key[0]}/{key[1]}"] = summarize([r for r in rows if (r["ct"], r["start"]) == key])
+            groups[f"{key[0]}/{key[1]}"] = summarize([r for r in rows if (r["ct"], r["start"]) == key], keys=KEYS)
         report["groups"] = groups
-        report["summary"] = summarize(rows) if rows else {}
+        report["summary"] = summarize(rows, keys=KEYS) if rows else {}
         report["cases"] = rows
         atomic_write_json(out, report)
         return groups
 
-    if not args.deepfluoro_only:
+    if args.summarize_only:
+        old = json.loads(out.read_text())
+        report.update({k: v for k, v in old.items() if k not in ("groups", "summary", "cases")})
+        rows.extend(old["cases"])
+    elif not args.deepfluoro_only:
         for spec in cts:
             name, vol = load_ct(spec)
             log(f"{name}: {tuple(vol.shape)} voxels, {[round(float(s), 3) for s in vol.spacing]} mm")
@@ -252,7 +260,7 @@ def main(argv=None) -> int:
                     init = ModelInitializer.from_checkpoint(model_path)
                 rows.extend(run_group(name, vol, cases, start, registrar, args.batch, args.seed, init, log))
                 save()
-    if args.deepfluoro or args.deepfluoro_only:
+    if (args.deepfluoro or args.deepfluoro_only) and not args.summarize_only:
         rows.extend(deepfluoro_end_to_end(cfg, cache, args.deepfluoro_projections, args.seed, log))
     groups = save()
     table = [table_row(k, v) for k, v in groups.items()] + [table_row("ALL", report["summary"])]
