@@ -120,7 +120,8 @@ class DRR(nn.Module):
             basis, norm = density_basis(volume, density, structures)
             if not bool((basis[1] != 0).any()):
                 basis = basis[:1]
-            self.register_buffer("basis", basis.contiguous())
+            # Channels-last storage: the fused CPU kernel reads all channels of a voxel at once.
+            self.register_buffer("basis", basis.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2))
             self._norm = norm
 
     @property
