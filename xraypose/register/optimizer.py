@@ -106,6 +106,7 @@ class Level:
 
 #: Default schedule (chosen by benchmarks/register.py measurements, docs/registration.md).
 DEFAULT_LEVELS = (
+    Level(size=16, iterations=60, volume_mm=12.0, lr_scale=1.0, depth_lr_scale=0.2),
     Level(size=32, iterations=80, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
     Level(size=64, iterations=80, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
     Level(size=128, iterations=60, volume_mm=2.0, patches=24, lr_scale=0.1, fit_bone=True),
