@@ -178,13 +178,10 @@ def demo(
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (one job each)."""
     from xraypose.cli_register import register_command
+    from xraypose.cli_train import train_command
 
-    app.command("register")(register_command)
-    try:
-        from xraypose.cli_train import train_command
-    except ImportError:  # pragma: no cover - the training module is part of the package
-        return
     app.command("train")(train_command)
+    app.command("register")(register_command)
 
 
 _register_optional_commands()
