@@ -88,7 +88,7 @@ def register_command(
     bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="Bone attenuation multiplier (fitted from it at fine levels)."),
     fast: bool = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sparse patch draws."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest for these small images on a busy machine)."),
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory."),
 ) -> None:
     """Find the C-arm pose of an X-ray by registering it to a CT.  Example:
