@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", required=True, help="output JSON file")
     ap.add_argument("--ct", action="append", help="CT file, or 'pelvis' / 'abdomen' (default: both)")
     ap.add_argument("--cases", type=int, default=100, help="cases per CT")
-    ap.add_argument("--starts", nargs="+", default=["5,20", "10,40"], help="perturbation starts 'DEG,MM'")
+    ap.add_argument("--starts", nargs="*", default=["5,20", "10,40"], help="perturbation starts DEG,MM (none: only --model)")
     ap.add_argument("--model", action="append", default=[], help="checkpoint (or CT_NAME=PATH) for model starts")
     ap.add_argument("--detector", type=int, default=256, help="raw detector pixels (280 mm wide)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

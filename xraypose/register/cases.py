@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xraypose.camera import Camera, carm_pose
+from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.fiducials import bone_points, select_fiducials
 from xraypose.geometry import make_transform, so3_exp

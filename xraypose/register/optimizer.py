@@ -47,9 +47,8 @@ DiffPose's second stage, built for a CPU budget:
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -427,7 +426,7 @@ class Registrar:
     # ------------------------------------------------------------ building blocks
     def volume_level(self, volume_mm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(density, affine) of the CT averaged to voxels of about ``volume_mm``."""
-        spacing = self._affine[:3, :3].norm(dim=0)  # noqa: E501
+        spacing = self._affine[:3, :3].norm(dim=0)
         if volume_mm is None:
             factors = (1, 1, 1)
         else:
