@@ -167,3 +167,15 @@ def test_bad_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_geometry_stays_float32_under_mixed_precision(sampler):
+    model = PoseRegressor(TINY, isocenter_pose=sampler.isocenter_pose, pivot_mm=612.0).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, rot, trans = model(x, return_params=True)
+    assert out.dtype == rot.dtype == trans.dtype == torch.float32
+    check_rigid(out, atol=1e-5)
+    assert (out[:, :3, 3] - ref[:, :3, 3]).abs().max() < 5.0  # mm: only the backbone ran in bfloat16

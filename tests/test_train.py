@@ -59,6 +59,10 @@ def test_config_toml_round_trip_and_errors(tmp_path):
     cfg = load_config(p)
     assert cfg.model.backbone == "resnet10t" and cfg.optim.lr == 0.0005 and cfg.sampler.rot_std == [0.1, 0.1, 0.05]
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    fast = TrainConfig.from_dict({"preset": "cpu-fast", "optim": {"lr": 0.002}})
+    assert fast.model.backbone == "resnet10t" and fast.camera.height == 48 and fast.optim.lr == 0.002
+    p.write_text('preset = "cpu-fast"\n[camera]\nheight = 40\n')
+    assert load_config(p).camera.height == 40 and load_config(p).augment.bone_multiplier_log
     bad = [
         ({"optim": {"lr": -1.0}}, "optim.lr"),
         ({"optim": {"batch_size": 0}}, "optim.batch_size"),
@@ -85,6 +89,32 @@ def test_warmup_cosine_schedule():
     lrs = [s.lr_at(i) for i in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-5
+
+
+def test_thread_tuner_keeps_the_faster_count_and_probes_again():
+    from xraypose.train import ThreadTuner
+
+    t = ThreadTuner([1, 2], probe=3, hold_s=1.0)
+    speed = {1: 0.1, 2: 0.4}  # a busy machine: two threads are slower
+    used = []
+    for _ in range(30):
+        n = t.next_threads()
+        used.append(n)
+        t.record(n, speed[n])
+    assert used[:8] == [1] * 4 + [2] * 4  # probe both
+    assert used[8:18] == [1] * 10  # keep the faster for hold_s seconds of steps
+    assert 2 in used[18:26]  # then probe again
+    while t.queue:
+        t.record(t.next_threads(), speed[t.next_threads()])
+    assert t.next_threads() == 1
+    speed = {1: 0.4, 2: 0.1}  # the load changed: the kept count got 4x slower, so probe at once
+    for _ in range(5):
+        t.record(1, speed[1])
+    assert t.queue
+    for _ in range(12):
+        n = t.next_threads()
+        t.record(n, speed[n])
+    assert t.next_threads() == 2
 
 
 # ----------------------------------------------------------------------------- augmentations
@@ -244,7 +274,7 @@ def test_a_kill_mid_write_never_leaves_a_partial_checkpoint(tmp_path):
     script.write_text(WRITER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     seen = set()
-    for delay in (0.0, 0.05, 0.13, 0.31):
+    for delay in (0.0, 0.07, 0.2):
         proc = subprocess.Popen([sys.executable, str(script), str(path)], env=env, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "written"
         time.sleep(delay)  # now somewhere in the middle of a later write
@@ -304,3 +334,37 @@ def test_two_process_ddp_on_cpu(tmp_path):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("RESULT 6 96") == 2
+
+
+# ----------------------------------------------------------------------------- command line
+def _toml(d: dict) -> str:
+    lines = []
+    for section, values in d.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_train_command(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from xraypose.cli_train import train_command
+
+    app = typer.Typer()
+    app.command("train")(train_command)
+    app.command("other")(lambda: None)  # keep typer in multi-command mode, as in xraypose.cli
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(_toml(tiny()))
+    out = tmp_path / "model.pt"
+    r = CliRunner().invoke(app, ["train", "sample", "-o", str(out), "--config", str(cfg), "--steps", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and out.exists()
+    r = CliRunner().invoke(app, ["train", "sample", "-o", str(out), "--resume", "--steps", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert read_checkpoint(output_paths(out)["last"])["step"] == 3
+    r = CliRunner().invoke(app, ["train", "sample", "-o", str(out), "--config", str(cfg), "--preset", "nope"])
+    assert isinstance(r.exception, InputError) and "unknown preset" in str(r.exception)
+    r = CliRunner().invoke(app, ["train", "sample", "-o", str(out), "--config", str(cfg), "--minutes", "-1"])
+    assert isinstance(r.exception, InputError)

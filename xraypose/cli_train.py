@@ -19,6 +19,9 @@ def train_command(
                                 "Beside it: NAME.last.pt (training state), NAME.log.jsonl (metrics per step)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [model], [camera], [render], "
                                           "[sampler], [augment], [loss], [optim], [data], [run] tables."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a named configuration: diffpose "
+                                         "(the defaults) or cpu-fast (best measured under a 10-minute CPU budget); "
+                                         "--config tables and the options below apply on top."),
     resume: bool = typer.Option(False, "--resume", help="Continue from NAME.last.pt (model, optimiser, schedule, "
                                 "step, random state)."),
     finetune: Optional[Path] = typer.Option(None, "--finetune", help="Start from the weights of another checkpoint "
@@ -42,10 +45,13 @@ def train_command(
     from xraypose.model import read_checkpoint
     from xraypose.train import TrainConfig, load_config, output_paths, train
 
+    start = TrainConfig.from_dict({"preset": preset}) if preset is not None else None
     if minutes is not None and not (minutes > 0):
         raise InputError(f"--minutes must be > 0, got {minutes}")
     if config is not None:
-        base = load_config(config)
+        base = load_config(config, base=start)
+    elif start is not None:
+        base = start
     elif resume and output_paths(output)["last"].exists():
         base = TrainConfig.from_dict(read_checkpoint(output_paths(output)["last"])["config"])
     else:

@@ -206,10 +206,15 @@ class PoseRegressor(nn.Module):
         return f.float()
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Offset parameters (rotation (B, n), translation (B, 3) mm) of the images."""
+        """Offset parameters (rotation (B, n), translation (B, 3) mm) of the images.
+
+        The backbone may run under autocast (mixed precision); the heads and all
+        geometry run in float32.
+        """
         f = self.features(x)
-        rot = self.rotation_mean + self.rotation_std * self.rotation_head(f)
-        trans = self.translation_mean + self.translation_std * self.translation_head(f)
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            rot = self.rotation_mean + self.rotation_std * self.rotation_head(f)
+            trans = self.translation_mean + self.translation_std * self.translation_head(f)
         return rot, trans
 
     def offset_to_pose(self, offset: torch.Tensor) -> torch.Tensor:
@@ -248,7 +253,8 @@ class PoseRegressor(nn.Module):
     def forward(self, x: torch.Tensor, return_params: bool = False):
         """Poses (B, 4, 4); with ``return_params`` also the offset parameters (rotation, translation)."""
         rot, trans = self.params(x)
-        T = self.params_to_pose(rot, trans)
+        with torch.autocast(device_type=rot.device.type, enabled=False):
+            T = self.params_to_pose(rot, trans)
         return (T, rot, trans) if return_params else T
 
     def whiten(self, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ from xraypose.model import (
 __all__ = [
     "TrainConfig", "ModelConfig", "CameraConfig", "RenderConfig", "SamplerConfig", "AugmentConfig", "LossConfig",
     "OptimConfig", "DataConfig", "RunConfig", "TrainResult", "TrainingDiverged", "WarmupCosine", "train",
-    "load_config", "output_paths",
+    "load_config", "output_paths", "PRESETS",
 ]
 
 
@@ -184,6 +184,22 @@ class RunConfig:
     progress: bool = True
 
 
+#: Named starting points; a config's top-level ``preset = "NAME"`` (or ``--preset``) applies one
+#: before its own tables.  "diffpose": the defaults (DiffPose's recipe: resnet18, U(1, 10) bone
+#: contrast, geodesic losses).  "cpu-fast": what measured best under a 10-minute CPU budget
+#: (docs/training.md): a lighter backbone at 48², bone contrast log-uniform in [0.3, 10] (covers the
+#: physical-μ look of real X-rays, m ≈ 0.3–0.6 in the "hu" model), whitened-parameter loss.
+PRESETS: dict[str, dict] = {
+    "diffpose": {},
+    "cpu-fast": {
+        "model": {"backbone": "resnet10t"},
+        "camera": {"height": 48},
+        "optim": {"lr": 2e-3},
+        "augment": {"bone_multiplier": [0.3, 10.0], "bone_multiplier_log": True},
+        "loss": {"mode": "geodesic", "geodesic_weight": 0.0, "param_weight": 1.0},
+    },
+}
+
 SECTIONS = {
     "model": ModelConfig, "camera": CameraConfig, "render": RenderConfig, "sampler": SamplerConfig,
     "augment": AugmentConfig, "loss": LossConfig, "optim": OptimConfig, "data": DataConfig, "run": RunConfig,
@@ -208,9 +224,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict | None, base: "TrainConfig | None" = None) -> "TrainConfig":
         """Config from nested tables ``{section: {key: value}}``; unknown names are errors."""
+        d = dict(d or {})
+        preset = d.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise InputError(f"config: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+            base = cls.from_dict(PRESETS[preset], base)
         cfg = dataclasses.replace(base) if base is not None else cls()
         cfg = cls(**{name: dataclasses.replace(getattr(cfg, name)) for name in SECTIONS})
-        for section, values in (d or {}).items():
+        for section, values in d.items():
             if section not in SECTIONS:
                 raise InputError(f"config: unknown table [{section}]; known: {', '.join(SECTIONS)}")
             if not isinstance(values, dict):
@@ -331,8 +353,9 @@ class TrainConfig:
         num("run.capture_mtre_mm", run.capture_mtre_mm, lo=0, lo_open=True)
 
 
-def load_config(path) -> TrainConfig:
-    """Read a TOML config (tables mirror :class:`TrainConfig`: [model], [camera], [render], ...)."""
+def load_config(path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a TOML config (tables mirror :class:`TrainConfig`: [model], [camera], [render], ...;
+    an optional top-level ``preset = "NAME"``), on top of ``base`` (default: the defaults)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"config file not found: {p}")
@@ -340,7 +363,7 @@ def load_config(path) -> TrainConfig:
         d = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"config file {p} is not valid TOML: {e}") from None
-    return TrainConfig.from_dict(d)
+    return TrainConfig.from_dict(d, base)
 
 
 def _as_config(config) -> TrainConfig:
@@ -407,33 +430,32 @@ def adaptive_clip_(parameters, clip: float, eps: float = 1e-3) -> None:
 
 # =========================================================================== helpers
 class ThreadTuner:
-    """Picks the CPU thread count that gives the fastest steps, re-checked now and then.
+    """Picks the CPU thread count that gives the fastest steps, and re-checks it.
 
     On a machine shared with other jobs, two threads can be several times
-    *slower* than one (threads wait for each other at every parallel region
-    when one of them is descheduled); on an idle machine they are faster.  So
-    the tuner times a few steps with each candidate count, keeps the fastest
-    for ``hold`` steps, and probes again.  (Thread counts may change float
-    rounding; give ``run.threads`` for bit-reproducible runs.)
+    *slower* than one (threads wait for each other whenever one of them is
+    descheduled); on an idle machine they are faster.  So the tuner times a few
+    steps with each candidate count, keeps the fastest, and probes again after
+    ``hold_s`` seconds of steps, or at once when the last ``window`` steps got
+    ``slack``× slower than the probe measured (the load changed).  (Thread counts
+    may change float rounding; give ``run.threads`` for bit-reproducible runs.)
     """
 
-    def __init__(self, candidates, probe: int = 4, hold: int = 150):
+    def __init__(self, candidates, probe: int = 4, hold_s: float = 60.0, window: int = 5, slack: float = 1.6):
         self.candidates = sorted(set(int(c) for c in candidates if c >= 1))
-        self.probe, self.hold = probe, hold
-        self.times: dict[int, list[float]] = {}
-        self.queue: list[int] = []
+        self.probe, self.hold_s, self.window, self.slack = probe, hold_s, window, slack
         self.best = self.candidates[-1]
-        self.countdown = 0
+        self.best_time = math.inf
         self._start_probe()
 
     def _start_probe(self):
-        self.times = {c: [] for c in self.candidates}
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
         self.queue = [c for c in self.candidates for _ in range(self.probe + 1)]
+        self.recent: list[float] = []
+        self.held = 0.0
 
     def next_threads(self) -> int:
-        if self.queue:
-            return self.queue[0]
-        return self.best
+        return self.queue[0] if self.queue else self.best
 
     def record(self, threads: int, seconds: float) -> None:
         if self.queue:
@@ -441,10 +463,12 @@ class ThreadTuner:
             if not self.queue:
                 med = {c: sorted(t[1:])[len(t[1:]) // 2] for c, t in self.times.items() if len(t) > 1}
                 self.best = min(med, key=med.get)
-                self.countdown = self.hold
+                self.best_time = med[self.best]
             return
-        self.countdown -= 1
-        if self.countdown <= 0 and len(self.candidates) > 1:
+        self.held += seconds
+        self.recent = (self.recent + [seconds])[-self.window:]
+        slow = len(self.recent) == self.window and sorted(self.recent)[self.window // 2] > self.slack * self.best_time
+        if len(self.candidates) > 1 and (self.held >= self.hold_s or slow):
             self._start_probe()
 
 
@@ -1043,6 +1067,7 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
                 stop = True
         rec = {"step": step, "epoch": epoch, "lr": lr, **{k: round(v, 6) for k, v in parts_sum.items()},
                "images_seen": images_seen, "renders": renders, "step_s": round(dt, 4),
+               "threads": torch.get_num_threads(),
                "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 3)}
         if val is not None:
             rec.update({k: v for k, v in val.items() if k != "score"})
