@@ -62,7 +62,12 @@ def throughput(size: int, base_cfg: dict, seconds: float, out_dir: Path, reuse: 
                     checkpoint_every_s=1e9)
     if reuse is not None:
         d["data"]["reuse"] = reuse
-    r = train("sample", out_dir / f"throughput_{size}_{reuse}.pt", d, quiet=True)
+    out = out_dir / f"throughput_{size}_{reuse}.pt"
+    r = train("sample", out, d, quiet=True)
+    from xraypose.train import output_paths
+
+    for p in output_paths(out).values():  # only the numbers are kept
+        p.unlink(missing_ok=True)
     return {"size": size, "reuse": d["data"]["reuse"], "batch_size": d["optim"]["batch_size"], "steps": r.steps,
             "images_per_s": r.images_per_s, "renders_per_s": r.renders / max(r.elapsed_s, 1e-9)}
 
