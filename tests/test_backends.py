@@ -241,6 +241,21 @@ def test_channels_last_volume_is_read_in_place():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_channels_last_two_channel_fast_path_matches_reference():
+    """The DRR's storage (2 channels, channels-last, z innermost) takes the kernel's 16-byte-load path."""
+    if not cpu.available():
+        pytest.skip(f"cpu backend unavailable: {cpu.unavailable_reason()}")
+    for shape in ((14, 12, 10), (9, 7, 2), (5, 16, 3)):  # K = 2: the smallest z the fast path reads
+        vol, aff, centre = _volume(shape=shape, seed=3)
+        T = _poses(centre, B=3, seed=4)
+        cl = cpu.channels_last(vol.to(F32))
+        assert cl.stride()[0] == 1 and cl.stride()[3] == 2
+        ref_img, ref_g = _render_with_grad(vol, aff, T, "reference", F64, "cpu", "trilinear", n_samples=61)
+        img, g = _render_with_grad(cl, aff, T, "cpu", F32, "cpu", "trilinear", n_samples=61)
+        _assert_close_rel(img, ref_img, 1e-5, f"channels-last {shape} image")
+        _assert_close_rel(g, ref_g, 1e-4, f"channels-last {shape} pose gradient")
+
+
 @needs_fast
 def test_bad_volumes_are_handled():
     """Non-contiguous, integer and half volumes render as the reference does (converted)."""

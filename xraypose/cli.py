@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from xraypose.cli_config import config_option
 from xraypose.errors import InputError
 
 app = typer.Typer(
@@ -95,6 +96,7 @@ def render(
     step: Optional[float] = typer.Option(None, "--step", help="Trilinear step, mm (default: half the smallest voxel spacing)."),
     density: str = typer.Option("hu", "--density", help="hu (DiffPose seed model) | physical (μ, 1/mm, ~70 keV) | raw"),
     bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="bone_attenuation_multiplier (hu/physical)."),
+    config: Optional[Path] = config_option("render"),
 ) -> None:
     """Render a DRR of a CT at a pose.  Example:
 
@@ -153,6 +155,7 @@ def demo(
     train_seconds: Optional[float] = typer.Option(None, "--train-seconds", help="Training budget, seconds."),
     cases: Optional[int] = typer.Option(None, "--cases", help="How many synthetic X-rays to register."),
     seed: int = typer.Option(0, "--seed", help="Seed of the training and the cases."),
+    config: Optional[Path] = config_option("demo"),
 ) -> None:
     """The whole job on the bundled pelvis CT: train a model, simulate X-rays, register them, write a report.
 
@@ -177,11 +180,13 @@ def demo(
 
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (one job each)."""
+    from xraypose.cli_evaluate import evaluate_command
     from xraypose.cli_register import register_command
     from xraypose.cli_train import train_command
 
     app.command("train")(train_command)
     app.command("register")(register_command)
+    app.command("evaluate")(evaluate_command)
 
 
 _register_optional_commands()

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from xraypose.cli_config import config_option
 from xraypose.errors import InputError
 
 INITS = ("model", "angles", "pose", "ap")
@@ -24,6 +25,21 @@ def _floats(text: str, n: int, what: str) -> list[float]:
     if len(vals) != n:
         raise InputError(f"{what} needs {n} comma-separated numbers, got {len(vals)} in {text!r}")
     return vals
+
+
+def _levels(text: str | None, fast: bool) -> dict:
+    """RegistrationConfig keywords for --levels / --fast."""
+    from xraypose.register import FAST_LEVELS, levels_for_sizes
+
+    if text is not None:
+        if fast:
+            raise InputError("give --levels or --fast, not both")
+        try:
+            sizes = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+        except ValueError:
+            raise InputError(f"--levels must be comma-separated detector sizes, got {text!r}") from None
+        return {"levels": levels_for_sizes(sizes)}
+    return {"levels": FAST_LEVELS} if fast else {}
 
 
 def read_fiducials(path: Path):
@@ -86,10 +102,13 @@ def register_command(
     schedule: str = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25)."),
     density: str = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw"),
     bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="Bone attenuation multiplier (fitted from it at fine levels)."),
+    levels: Optional[str] = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,128' "
+                                         "(the default); each level's other settings from the nearest default level."),
     fast: bool = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sparse patch draws."),
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest for these small images on a busy machine)."),
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory."),
+    config: Optional[Path] = config_option("register"),
 ) -> None:
     """Find the C-arm pose of an X-ray by registering it to a CT.  Example:
 
@@ -98,7 +117,7 @@ def register_command(
     import torch
 
     from xraypose.camera import carm_pose
-    from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
+    from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.api import register_xray, write_registration
     from xraypose.register.initializers import ModelInitializer, pose_from_json
     from xraypose.volume import load_sample_ct, read_volume
@@ -158,7 +177,7 @@ def register_command(
         parameterization=parameterization, similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans,
         schedule=schedule, density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
         drr_blur=drr_blur, record_trajectory=not no_trajectory,
-        **({"levels": FAST_LEVELS} if fast else {}),
+        **_levels(levels, fast),
     )
     truth = fid = None
     if true_pose is not None:

@@ -17,8 +17,8 @@ def train_command(
     ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
     output: Path = typer.Option(..., "-o", "--output", help="Model file to write (the best model), e.g. model.pt. "
                                 "Beside it: NAME.last.pt (training state), NAME.log.jsonl (metrics per step)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [model], [camera], [render], "
-                                          "[sampler], [augment], [loss], [optim], [data], [run] tables."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML training config: tables model, camera, render, "
+                                          "sampler, augment, loss, optim, data, run (docs/training.md)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Start from a named configuration: diffpose "
                                          "(the defaults) or cpu-fast (best measured under a 10-minute CPU budget); "
                                          "--config tables and the options below apply on top."),

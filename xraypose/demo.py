@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import platform
 import statistics
@@ -25,22 +23,23 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.io import atomic_write_bytes, atomic_write_json
+from xraypose.io import atomic_write_json
 
 __all__ = ["DemoSettings", "run_demo"]
 
 
 @dataclass
 class DemoSettings:
-    train_seconds: float = 300.0  # training budget (wall clock, setup included)
-    train_size: int = 64  # training image size (pixels per side)
+    train_seconds: float = 360.0  # training budget (wall clock, setup included)
+    train_size: int = 48  # training image size (pixels per side)
+    preset: str = "cpu-fast"  # training preset (xraypose.train.PRESETS): the best measured on a CPU budget
     cases: int = 12  # synthetic X-rays to register
     xray_size: int = 128  # raw detector pixels per side
     seed: int = 0
 
     @classmethod
     def fast(cls) -> "DemoSettings":
-        return cls(train_seconds=30.0, train_size=48, cases=3, xray_size=96)
+        return cls(train_seconds=40.0, cases=3, xray_size=96)
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -51,11 +50,11 @@ def _say(msg: str, quiet: bool) -> None:
 def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet: bool = False) -> dict:
     """Run the demo; returns the summary dict (also in ``outdir/summary.json``)."""
     from xraypose import viz
-    from xraypose.export import write_landmarks_csv, write_pose_json, write_slicer_transform
+    from xraypose.evaluate import ROW_COLUMNS, write_case_outputs, write_csv
+    from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.api import register_xray
     from xraypose.register.cases import CaseMaker
     from xraypose.register.initializers import ModelInitializer
-    from xraypose.render import DRR
     from xraypose.report import table_html, write_report
     from xraypose.train import TrainConfig, train
     from xraypose.volume import load_sample_ct
@@ -74,6 +73,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     _say(f"[1/3] training a patient-specific pose regressor for {s.train_seconds:.0f} s "
          f"({s.train_size}² DRRs, from scratch)", quiet)
     cfg = TrainConfig.from_dict({
+        "preset": s.preset,
         "camera": {"height": s.train_size},
         "run": {"time_budget_s": s.train_seconds, "max_steps": 10**9, "seed": s.seed, "progress": not quiet},
     })
@@ -88,7 +88,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     cases = [maker.case(i) for i in range(s.cases)]
 
     # 3. register ---------------------------------------------------------------
-    _say(f"[3/3] registering them, starting from the model's estimate", quiet)
+    _say("[3/3] registering them, starting from the model's estimate", quiet)
     init = ModelInitializer.from_checkpoint(out / "model.pt")
     regs = []
     try:
@@ -97,51 +97,26 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
         it = tqdm(cases, desc="registering", unit="X-ray", disable=quiet)
     except ImportError:  # pragma: no cover
         it = cases
+    # The cases' preprocessing blurred them (5×5, σ = 1 px): the DRRs get the same blur.
+    registrar = Registrar(ct, RegistrationConfig(drr_blur=1.0, seed=s.seed))
     for c in it:
-        r = register_xray(ct, c.image, c.camera, init, true_pose=c.true_pose, fiducials=c.fiducials)[0]
+        r = register_xray(ct, c.image, c.camera, init, registrar=registrar, true_pose=c.true_pose,
+                          fiducials=c.fiducials)[0]
         regs.append(r)
 
     # outputs -------------------------------------------------------------------
     rows = []
     sections = []
     for c, r in zip(cases, regs):
-        d = out / "cases" / f"{c.index:03d}"
-        d.mkdir(exist_ok=True)
-        write_pose_json(d / "pose.json", r.camera_to_world, c.camera, metrics=r.metrics, initial_metrics=r.initial_metrics,
-                        true_camera_to_world=c.true_pose.tolist(), timing={"init_s": r.init_s, "opt_s": r.opt_s})
-        write_slicer_transform(d / "pose.tfm", r.camera_to_world)
-        uv_est = c.camera.project(c.fiducials, r.camera_to_world)
-        uv_true = c.camera.project(c.fiducials, c.true_pose)
-        write_landmarks_csv(d / "landmarks.csv", [f"F{i}" for i in range(len(c.fiducials))], c.fiducials, uv_est)
-        drr = DRR(ct, c.camera, n_samples=256)
-        with torch.no_grad():
-            imgs = drr(torch.stack([r.initial_pose, r.camera_to_world]).float())
-        viz.save_comparison(d / "comparison.png", c.image, imgs[1, 0], titles=("X-ray", "DRR at the result"))
-        viz.save_overlay(d / "overlay.png", c.image, imgs[1, 0])
-        viz.save_fiducials(d / "fiducials.png", c.image, truth=uv_true, estimate=uv_est)
-        frames = _trajectory_frames(drr, r)
-        if frames:
-            viz.save_gif(d / "registration.gif", frames, xray=c.image)
-        curves = _curves(r, c.fiducials, c.true_pose)
-        if curves:
-            viz.save_curves(d / "curves.png", curves, log_y={k for k in curves if "mm" in k})
-        m, m0 = r.metrics, r.initial_metrics
-        rows.append({"case": c.index, "mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"], "mPE (mm)": m["mpe"],
-                     "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"],
-                     "init (s)": r.init_s, "opt (s)": r.opt_s, "iterations": r.iterations, "status": r.status})
-        sections.append({
-            "heading": f"Case {c.index}: mTRE {m['mtre']:.2f} mm (start {m0['mtre']:.1f} mm)",
-            "figures": [(d / "comparison.png", "X-ray, DRR at the registered pose, difference"),
-                        (d / "overlay.png", "DRR edges on the X-ray; checkerboard"),
-                        (d / "fiducials.png", "bone fiducials: truth (circles) and projected at the result (crosses)"),
-                        (d / "registration.gif", "the registration, DRR edges on the X-ray"),
-                        (d / "curves.png", "optimisation curves")],
-        })
+        row, section = write_case_outputs(out / "cases" / f"{c.index:03d}", ct, c.image, c.camera, r,
+                                          name=str(c.index), fiducials=c.fiducials, true_pose=c.true_pose)
+        rows.append(row)
+        sections.append(section)
     viz.save_scene(out / "scene.png", ct, cases[0].camera, regs[0].camera_to_world, xray=cases[0].image)
     train_curves = _training_curves(tr.log_path)
     if train_curves:
         viz.save_curves(out / "training.png", train_curves, xlabel="step", log_y=set(train_curves))
-    _write_csv(out / "metrics.csv", rows)
+    write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
 
     mtre = [r["mTRE (mm)"] for r in rows]
     opt = [r["opt (s)"] for r in rows]
@@ -190,28 +165,6 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     return summary
 
 
-def _trajectory_frames(drr, r, n: int = 12) -> list:
-    poses = [rec["camera_to_world"] for rec in r.trajectory if isinstance(rec, dict) and "camera_to_world" in rec]
-    if len(poses) < 2:
-        return []
-    idx = sorted(set(round(i * (len(poses) - 1) / (n - 1)) for i in range(n)))
-    T = torch.stack([torch.as_tensor(poses[i]) for i in idx]).float()
-    with torch.no_grad():
-        return [im[0] for im in drr(T)]
-
-
-def _curves(r, fiducials, true_pose) -> dict:
-    """Similarity and mTRE (mm) along the optimisation."""
-    from xraypose.metrics import target_registration_error
-
-    recs = [rec for rec in r.trajectory if isinstance(rec, dict) and "camera_to_world" in rec]
-    if len(recs) < 2:
-        return {}
-    T = torch.stack([torch.as_tensor(rec["camera_to_world"], dtype=torch.float64) for rec in recs])
-    mtre = target_registration_error(T, true_pose.to(torch.float64).expand(len(T), 4, 4), fiducials)
-    return {"similarity": [rec["similarity"] for rec in recs], "mTRE (mm)": mtre.tolist()}
-
-
 def _training_curves(log_path) -> dict:
     p = Path(log_path)
     if not p.exists():
@@ -223,12 +176,3 @@ def _training_curves(log_path) -> dict:
         if len(ys) > 1:
             out[key] = ys
     return out
-
-
-def _write_csv(path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())

@@ -7,6 +7,8 @@ from xraypose.register.optimizer import (
     Registrar,
     RegistrationConfig,
     RegistrationResult,
+    levels_for_sizes,
 )
 
-__all__ = ["DEFAULT_LEVELS", "FAST_LEVELS", "Level", "Registrar", "RegistrationConfig", "RegistrationResult"]
+__all__ = ["DEFAULT_LEVELS", "FAST_LEVELS", "Level", "Registrar", "RegistrationConfig", "RegistrationResult",
+           "levels_for_sizes"]

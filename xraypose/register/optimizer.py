@@ -46,6 +46,7 @@ DiffPose's second stage, built for a CPU budget:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,8 @@ from xraypose.render import render
 from xraypose.render.sparse import patch_pixels
 from xraypose.similarity import SIMILARITIES, gradient_ncc, ncc
 
-__all__ = ["Level", "RegistrationConfig", "RegistrationResult", "Registrar", "DEFAULT_LEVELS", "FAST_LEVELS"]
+__all__ = ["Level", "RegistrationConfig", "RegistrationResult", "Registrar", "DEFAULT_LEVELS", "FAST_LEVELS",
+           "levels_for_sizes"]
 
 F64 = torch.float64
 
@@ -116,6 +118,20 @@ FAST_LEVELS = (
     Level(size=24, iterations=60, n_samples=32, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
     Level(size=48, iterations=60, n_samples=64, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
 )
+
+
+def levels_for_sizes(sizes, base=DEFAULT_LEVELS) -> tuple:
+    """Coarse-to-fine levels at the given detector sizes (rows, increasing); each takes the other
+    settings (iterations, volume resolution, learning-rate scale, patches) of the ``base`` level
+    nearest in size."""
+    sizes = [int(s) for s in sizes]
+    if not sizes or any(s < 4 for s in sizes) or sorted(sizes) != sizes or len(set(sizes)) != len(sizes):
+        raise InputError(f"levels must be increasing detector sizes >= 4 pixels, got {sizes}")
+    out = []
+    for s in sizes:
+        near = min(base, key=lambda lv: abs(math.log(lv.size / s)))
+        out.append(dataclasses.replace(near, size=s))
+    return tuple(out)
 
 
 @dataclass

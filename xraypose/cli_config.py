@@ -1,0 +1,86 @@
+"""``--config FILE.toml`` for the CLI commands: a TOML file whose keys mirror the command's options.
+
+A key is an option's long name without the dashes (``lr-rot`` or ``lr_rot``);
+values have the option's type.  Options given on the command line win over the
+file.  The keys may sit at the top level or in a table named after the command,
+so one file can serve several commands::
+
+    # register.toml                       # or, shared:  [register] / [evaluate] / [demo]
+    similarity = "mncc"
+    lr-rot = 7.5e-3
+    lr-trans = 7.5
+    schedule = "plateau"
+    bone-multiplier = 1.0
+
+``xraypose train`` has its own TOML layout (the training configuration's
+tables, :mod:`xraypose.train`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from xraypose.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["config_option", "read_command_config"]
+
+_COMMANDS = ("render", "register", "evaluate", "demo", "info")
+
+
+def read_command_config(path: Path, command: str, allowed: dict[str, object]) -> dict:
+    """The ``command``'s settings from a TOML file, keyed by the options' Python names.
+
+    Args:
+        path: the TOML file.
+        command: the command's name (its table, if the file has one).
+        allowed: {python name: click parameter} of the command's options.
+    Raises:
+        InputError: unreadable file, a key that is no option of the command.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {path} is not valid TOML ({e})") from None
+    table = data.get(command, None)
+    if isinstance(table, dict):
+        data = table
+    else:  # top-level keys; other commands' tables are ignored
+        data = {k: v for k, v in data.items() if not (k in _COMMANDS and isinstance(v, dict))}
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in allowed or name == "config":
+            options = ", ".join(sorted(n.replace("_", "-") for n in allowed if n != "config"))
+            raise InputError(f"config file {path}: {key!r} is not an option of 'xraypose {command}' "
+                             f"(options: {options})")
+        if isinstance(value, dict):
+            raise InputError(f"config file {path}: {key!r} must be a value, not a table")
+        out[name] = value
+    return out
+
+
+def config_option(command: str):
+    """A ``--config`` typer option for ``command``: read the file before the other options, as their defaults."""
+
+    def load(ctx: typer.Context, value: Path | None):
+        if value is None or ctx.resilient_parsing:
+            return value
+        allowed = {p.name: p for p in ctx.command.params if p.param_type_name == "option"}
+        settings = read_command_config(value, command, allowed)
+        ctx.default_map = {**(ctx.default_map or {}), **settings}
+        return value
+
+    return typer.Option(None, "--config", is_eager=True, callback=load,
+                        help="TOML file of option values (keys = the long option names, e.g. lr-rot = 0.01); "
+                             "options on the command line win.")

@@ -1,0 +1,118 @@
+"""``xraypose evaluate SOURCE -o OUTDIR``: register a case folder's or a dataset's X-rays and report the errors.
+
+Registered in :mod:`xraypose.cli` with ``app.command("evaluate")(evaluate_command)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xraypose.cli_config import config_option
+from xraypose.cli_register import _levels
+from xraypose.errors import InputError
+
+STARTS = ("model", "angles", "perturb", "pose", "ap")
+
+
+def _pair(text: str, what: str) -> tuple[float, float]:
+    try:
+        vals = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise InputError(f"{what} must be 'DEGREES,MM', got {text!r}") from None
+    if len(vals) != 2:
+        raise InputError(f"{what} needs 2 comma-separated numbers 'DEGREES,MM', got {text!r}")
+    return vals[0], vals[1]
+
+
+def evaluate_command(
+    source: Path = typer.Argument(..., help="A case folder (ct.*, xrays/, poses.json, fiducials.csv) or a "
+                                  "DeepFluoro / Ljubljana HDF5 file (with --specimen)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder: report.html, metrics.csv, "
+                                "summary.json, cases/NAME/ (pose.json, pose.tfm, landmarks.csv, pictures)."),
+    specimen: Optional[int] = typer.Option(None, "--specimen", help="DeepFluoro specimen 1-6 / Ljubljana subject 1-10."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to start from."),
+    start: Optional[str] = typer.Option(
+        None, "--start",
+        help="model (--model) | angles (each X-ray's C-arm angles) | perturb (the true pose moved by --perturb) | "
+             "pose (--pose-json for all) | ap (an AP view of the isocenter). Default: model with --model, else "
+             "angles when every X-ray has them, else perturb."),
+    perturb: str = typer.Option("10,40", "--perturb", help="'DEGREES,MM' for --start perturb: an exact rotation "
+                                "about a random axis through the isocenter and an exact shift."),
+    pose_json: Optional[Path] = typer.Option(None, "--pose-json", help='Start pose for --start pose: {"camera_to_world": 4×4}.'),
+    sod: Optional[float] = typer.Option(None, "--sod", help="Source-to-isocenter distance of --start ap, mm (default 0.6 × sdd)."),
+    size: int = typer.Option(256, "--size", help="Register images resized to at most this many rows."),
+    structure: str = typer.Option("pelvis", "--structure", help="DeepFluoro: pelvis | left-femur | right-femur."),
+    similarity: str = typer.Option("mncc", "--similarity", help="mncc | gncc | mixed | ncc"),
+    lr_rot: float = typer.Option(7.5e-3, "--lr-rot", help="Adam learning rate of the rotation parameters."),
+    lr_trans: float = typer.Option(7.5, "--lr-trans", help="Adam learning rate of the translation parameters (mm)."),
+    schedule: str = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25)."),
+    density: str = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw"),
+    bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="Bone attenuation multiplier (fitted from it at fine levels)."),
+    levels: Optional[str] = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,128' "
+                                         "(the default); each level's other settings from the nearest default level."),
+    fast: bool = typer.Option(False, "--fast", help="A cheaper, less accurate schedule."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the perturbations and the sparse patch draws."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for registration."),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Draw each case's pictures (slower)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the cases already written in OUTDIR."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    config: Optional[Path] = config_option("evaluate"),
+) -> None:
+    """Register every X-ray of a case folder or a dataset and write a metrics table and a report.  Examples:
+
+    xraypose evaluate mycase -o eval/ --start perturb --perturb 10,40
+
+    xraypose evaluate ipcai_2020_full_res_data.h5 --specimen 1 --model model.pt -o eval1/
+    """
+    import torch
+
+    from xraypose.camera import carm_pose
+    from xraypose.evaluate import angle_starts, evaluate, load_eval_set, perturbed_starts
+    from xraypose.register import RegistrationConfig
+    from xraypose.register.initializers import ModelInitializer, pose_from_json
+
+    if start is not None and start not in STARTS:
+        raise InputError(f"unknown --start {start!r}; choose one of {', '.join(STARTS)}")
+    if start == "model" and model is None:
+        raise InputError("--start model needs --model FILE")
+    if start == "pose" and pose_json is None:
+        raise InputError("--start pose needs --pose-json FILE")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} exists and is not a folder")
+    deg, mm = _pair(perturb, "--perturb")
+    ev = load_eval_set(source, specimen=specimen, size=size, structure=structure)
+    if start is None:
+        start = ("model" if model is not None else
+                 "angles" if all(c.angles_pose is not None for c in ev.cases) else "perturb")
+    if start == "model":
+        rule, label = ModelInitializer.from_checkpoint(model), f"the model {model.name}"
+    elif start == "angles":
+        rule = angle_starts()
+        label = rule.label
+    elif start == "perturb":
+        if any(c.true_pose is None for c in ev.cases):
+            raise InputError(f"--start perturb needs every X-ray's true pose; {source} lacks some "
+                             "(poses.json); choose --start model, angles, pose or ap")
+        rule = perturbed_starts(deg, mm, ev.isocenter, seed=seed)
+        label = rule.label
+    elif start == "pose":
+        rule, label = pose_from_json(pose_json).reshape(4, 4), f"the pose in {pose_json.name}"
+    else:
+        d = sod if sod is not None else 0.6 * ev.cases[0].camera.sdd
+        rule = carm_pose(0.0, 0.0, sod=d, isocenter=ev.isocenter).reshape(4, 4).to(torch.float64)
+        label = f"an AP view {d:.0f} mm from the isocenter"
+    cfg = RegistrationConfig(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule,
+                             density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
+                             drr_blur=ev.blur_px,
+                             **_levels(levels, fast))
+    s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume, quiet=quiet)
+    typer.echo(f"report: {(output / 'report.html').resolve()}")
+    if "sr_1mm" in s:
+        typer.echo(f"{s['n_cases']} X-rays: success (mTRE < 1 mm) {100 * s['sr_1mm']:.0f} %, "
+                   f"< 2 mm {100 * s['sr_2mm']:.0f} %, median mTRE {s.get('median_mtre_mm', float('nan')):.3f} mm, "
+                   f"median registration {s['median_opt_s']:.2f} s")
+    else:
+        typer.echo(f"{s['n_cases']} X-rays registered (no ground truth): median {s['median_opt_s']:.2f} s")

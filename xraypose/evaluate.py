@@ -1,0 +1,480 @@
+"""Evaluate registration on a set of X-rays with known poses: per-case results, a metrics table, a report.
+
+Sources (:func:`load_eval_set`):
+
+* a **case folder** (layout in docs/datasets.md: ``ct.*``, ``xrays/``, optional
+  ``fiducials.csv`` and ``poses.json``);
+* a **DeepFluoro** HDF5 file (``ipcai_2020_full_res_data.h5``) with a specimen 1–6;
+* a **Ljubljana** HDF5 file (``ljubljana.h5``) with a subject 1–10.
+
+:func:`evaluate` registers every X-ray from a start (a trained model, the
+X-ray's C-arm angles, a fixed pose, an AP view, or the true pose perturbed by a
+fixed angle and distance), and writes::
+
+    OUTDIR/
+      report.html        self-contained: summary cards, the table, every case's pictures
+      metrics.csv        one row per X-ray (mTRE, mPE, mRPE, dGeo in mm, rotation in °, times in s)
+      summary.json       success rates at 1 / 2 mm, medians, percentiles (xraypose.metrics.summarize)
+      cases/NAME/        pose.json (camera_to_world, world_to_camera, intrinsics), pose.tfm (Slicer/ITK),
+                         landmarks.csv, result.json, comparison.png, overlay.png, fiducials.png,
+                         registration.gif, curves.png
+
+Every file is written atomically; with ``resume=True`` cases whose
+``result.json`` exists are read back, not registered again.
+
+The per-case outputs (:func:`write_case_outputs`) are the ones ``xraypose demo`` writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
+           "angle_starts", "StartRule", "ROW_COLUMNS"]
+
+F64 = torch.float64
+_BLUR_PX = 1.0  # σ of the 5×5 Gaussian given to case-folder X-rays (pixels at their stored size)
+
+#: Columns of metrics.csv (and the report's table), in order.
+ROW_COLUMNS = ["case", "mTRE (mm)", "start mTRE (mm)", "mPE (mm)", "mRPE (mm)", "dGeo (mm)", "rot (°)",
+               "similarity", "init (s)", "opt (s)", "iterations", "status"]
+
+
+@dataclass
+class EvalCase:
+    """One X-ray to register.
+
+    Attributes:
+        name: its name (file name, or ``"image-003"``); also its output folder's.
+        image: (H, W) float32, preprocessed (line integrals, rescaled).
+        camera: intrinsics of ``image``.
+        true_pose: (4, 4) float64 camera_to_world (world = CT RAS mm), or None.
+        fiducials: (N, 3) world mm points for the metrics, or None (bone points picked from the CT).
+        angles_pose: (4, 4) camera_to_world from the X-ray's C-arm angles, or None.
+    """
+
+    name: str
+    image: torch.Tensor
+    camera: Camera
+    true_pose: torch.Tensor | None = None
+    fiducials: torch.Tensor | None = None
+    angles_pose: torch.Tensor | None = None
+
+
+@dataclass
+class EvalSet:
+    """A CT and the X-rays to register to it."""
+
+    name: str
+    volume: object
+    cases: list
+    isocenter: torch.Tensor
+    blur_px: float | None = None  # Gaussian σ the preprocessing gave the images, in their pixels (DRRs get the same)
+
+
+def _safe_name(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+    return keep.strip("._") or "case"
+
+
+def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256,
+                  structure: str = "pelvis") -> EvalSet:
+    """Read what :func:`evaluate` needs from a case folder or a dataset file.
+
+    Args:
+        source: a case folder, or a DeepFluoro / Ljubljana HDF5 file.
+        specimen: DeepFluoro specimen 1–6 or Ljubljana subject 1–10 (HDF5 only).
+        size: register images resized to at most this many rows (None: as stored).
+        structure: DeepFluoro structure whose pose is the truth (pelvis | left-femur | right-femur).
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"evaluation source not found: {path}")
+    if size is not None and size < 16:
+        raise InputError(f"image size must be at least 16 pixels, got {size}")
+    if path.is_dir():
+        if specimen is not None:
+            raise InputError(f"{path} is a case folder: --specimen is for DeepFluoro / Ljubljana HDF5 files")
+        return _case_folder_set(path, size)
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        raise InputError(f"{path}: expected a case folder or a DeepFluoro / Ljubljana HDF5 file (.h5)")
+    kind = _h5_kind(path)
+    if specimen is None:
+        raise InputError(f"{path} is a {kind} file: choose one with --specimen N "
+                         f"({'1-6' if kind == 'DeepFluoro' else '1-10'})")
+    if kind == "DeepFluoro":
+        return _deepfluoro_set(path, specimen, size, structure)
+    return _ljubljana_set(path, specimen, size)
+
+
+def _h5_kind(path: Path) -> str:
+    import h5py
+
+    from xraypose.datasets.deepfluoro import SPECIMEN_IDS
+
+    try:
+        with h5py.File(path, "r") as f:
+            keys = set(f.keys())
+    except OSError as e:
+        raise InputError(f"{path} is not a readable HDF5 file ({e})") from None
+    if keys & set(SPECIMEN_IDS):
+        return "DeepFluoro"
+    if any(k.startswith("subject") for k in keys):
+        return "Ljubljana"
+    raise InputError(f"{path}: neither a DeepFluoro (groups {SPECIMEN_IDS[0]}, ...) nor a Ljubljana "
+                     f"(groups subject01, ...) file; top-level groups: {', '.join(sorted(keys)[:8]) or 'none'}")
+
+
+def _case_folder_set(path: Path, size: int | None) -> EvalSet:
+    from xraypose.datasets import load_case
+
+    case = load_case(path, preprocess=False)
+    cases, blurs = [], []
+    for i, name in enumerate(case.names):
+        xr = case.xrays[i]
+        pre = {"rescale": True, "blur": (5, _BLUR_PX)}  # as `xraypose register` does by default
+        if size is not None and xr.shape[0] > size:
+            pre["size"] = (size, max(1, round(xr.shape[1] * size / xr.shape[0])))
+        px = xr.preprocess(**pre)
+        blurs.append(_BLUR_PX * px.shape[0] / xr.shape[0])
+        if px.camera is None:
+            raise InputError(f"{path}/xrays/{name}: no intrinsics (give them in a sidecar JSON or case.json)")
+        T = case.poses.get(name)
+        true = None if T is None else (T @ px._pose_transform()).to(F64)
+        cases.append(EvalCase(name=name, image=px.image.to(torch.float32), camera=px.camera, true_pose=true,
+                              fiducials=case.fiducials, angles_pose=px.pose))
+    return EvalSet(name=path.name, volume=case.volume, cases=cases, isocenter=case.isocenter,
+                   blur_px=statistics.median(blurs))
+
+
+def _deepfluoro_set(path: Path, specimen: int, size: int | None, structure: str) -> EvalSet:
+    from xraypose.datasets import DeepFluoroDataset
+
+    ds = DeepFluoroDataset(specimen, filename=path)
+    try:
+        cases, blurs = [], []
+        blur = (ds.default_preprocessing().get("blur") or (0, 0.0))[1]
+        for i in range(len(ds)):
+            img, _ = ds[i]
+            image, camera, scale = _fit(img[0, 0], ds.get_camera(i), size)
+            blurs.append(blur * scale)
+            cases.append(EvalCase(name=f"image-{i:03d}", image=image, camera=camera,
+                                  true_pose=ds.get_pose(i, structure=structure), fiducials=ds.fiducials[0]))
+        return EvalSet(name=f"deepfluoro-{specimen}", volume=ds.volume, cases=cases,
+                       isocenter=ds.volume.get_isocenter(), blur_px=(statistics.median(blurs) or None))
+    finally:
+        ds.close()
+
+
+def _ljubljana_set(path: Path, subject: int, size: int | None) -> EvalSet:
+    from xraypose.datasets import LjubljanaDataset
+
+    ds = LjubljanaDataset(subject, filename=path)
+    try:
+        cases = []
+        for v in ds.views:
+            img, pose = ds[v]
+            image, camera, _ = _fit(img[0, 0], ds.get_camera(v), size)
+            cases.append(EvalCase(name=v, image=image, camera=camera, true_pose=pose[0].to(F64),
+                                  fiducials=ds.fiducials[0]))
+        return EvalSet(name=f"ljubljana-{subject}", volume=ds.volume, cases=cases,
+                       isocenter=ds.volume.get_isocenter())
+    finally:
+        if hasattr(ds, "close"):
+            ds.close()
+
+
+def _fit(image, camera: Camera, size: int | None):
+    """Shrink (never enlarge) an image to at most ``size`` rows, its camera following; returns
+    (image (H', W') float32, camera, H'/H)."""
+    from xraypose.preprocess import resize
+
+    image = torch.as_tensor(image, dtype=torch.float32)
+    H, W = image.shape[-2:]
+    if size is None or H <= size:
+        return image, camera, 1.0
+    w = max(1, round(W * size / H))
+    out, cam, _ = resize(image, camera, size, w)
+    return torch.as_tensor(out, dtype=torch.float32).reshape(size, w), cam, size / H
+
+
+class StartRule:
+    """A per-case start: ``rule(case, index) -> (4, 4)`` camera_to_world; ``label`` describes it."""
+
+    def __init__(self, fn: Callable, label: str) -> None:
+        self.fn, self.label = fn, label
+
+    def __call__(self, case: EvalCase, index: int) -> torch.Tensor:
+        return self.fn(case, index)
+
+
+def angle_starts() -> StartRule:
+    """Start each X-ray from its C-arm angles (DICOM positioner angles, a sidecar's, or case.json's)."""
+
+    def start(case: EvalCase, index: int):
+        if case.angles_pose is None:
+            raise InputError(f"X-ray {case.name} has no C-arm angles to start from; choose another start "
+                             "(a model, a pose, ap, or a perturbation of the truth)")
+        return case.angles_pose.to(F64)
+
+    return StartRule(start, "the X-rays' C-arm angles")
+
+
+def perturbed_starts(angle_deg: float, translation_mm: float, isocenter, seed: int = 0) -> "StartRule":
+    """A start rule: each case's true pose turned by exactly ``angle_deg`` about a random axis through
+    ``isocenter`` and shifted by exactly ``translation_mm`` (seeded by the case's position)."""
+    from xraypose.register.cases import perturb_pose
+
+    if not (angle_deg >= 0 and translation_mm >= 0) or not math.isfinite(angle_deg + translation_mm):
+        raise InputError(f"a perturbation needs finite angle >= 0 and distance >= 0, got {angle_deg}, {translation_mm}")
+
+    def start(case: EvalCase, index: int):
+        if case.true_pose is None:
+            raise InputError(f"case {case.name}: a perturbed start needs its true pose (poses.json)")
+        g = torch.Generator().manual_seed(seed * 100_003 + index)
+        return perturb_pose(case.true_pose, isocenter, angle_deg, translation_mm, g)[0]
+
+    return StartRule(start, f"the true pose perturbed by {angle_deg:g}° and {translation_mm:g} mm")
+
+
+def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fiducials=None, true_pose=None,
+                       pictures: bool = True) -> tuple[dict, dict]:
+    """Write one registered X-ray's files into folder ``d``.
+
+    Args:
+        d: the case's folder (created).
+        volume: the CT; image: (H, W) the registered X-ray; camera: its intrinsics.
+        reg: its :class:`xraypose.register.api.Registration`.
+        fiducials: (N, 3) world mm for the landmarks CSV and pictures (default: bone points
+            picked by the registration's metrics, or none).
+        true_pose: (4, 4) camera_to_world, or None.
+    Returns:
+        (row for metrics.csv, report section).
+    """
+    from xraypose import viz
+    from xraypose.export import write_landmarks_csv, write_pose_json, write_slicer_transform
+    from xraypose.render import DRR
+
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    T = reg.camera_to_world.to(F64)
+    write_pose_json(d / "pose.json", T, camera, metrics=reg.metrics, initial_metrics=reg.initial_metrics,
+                    true_camera_to_world=None if true_pose is None else true_pose.tolist(),
+                    timing={"init_s": reg.init_s, "opt_s": reg.opt_s})
+    write_slicer_transform(d / "pose.tfm", T)
+    row = {"case": name, "similarity": float(reg.similarity), "init (s)": float(reg.init_s),
+           "opt (s)": float(reg.opt_s), "iterations": int(reg.iterations), "status": reg.status}
+    m, m0 = reg.metrics, reg.initial_metrics
+    if m is not None:
+        row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
+                    "mPE (mm)": m["mpe"], "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"]})
+    uv_est = uv_true = None
+    if fiducials is not None:
+        fid = torch.as_tensor(fiducials, dtype=F64).reshape(-1, 3)
+        uv_est = camera.project(fid, T)
+        write_landmarks_csv(d / "landmarks.csv", [f"F{i}" for i in range(len(fid))], fid, uv_est)
+        if true_pose is not None:
+            uv_true = camera.project(fid, true_pose.to(F64))
+    figures = []
+    if pictures:
+        drr = DRR(volume, camera, n_samples=256)
+        with torch.no_grad():
+            imgs = drr(torch.stack([reg.initial_pose.to(F64), T]).float())
+        viz.save_comparison(d / "comparison.png", image, imgs[1, 0], titles=("X-ray", "DRR at the result"))
+        viz.save_overlay(d / "overlay.png", image, imgs[1, 0])
+        figures = [(d / "comparison.png", "X-ray, DRR at the registered pose, difference"),
+                   (d / "overlay.png", "DRR edges on the X-ray; checkerboard")]
+        if uv_est is not None:
+            viz.save_fiducials(d / "fiducials.png", image, truth=uv_true, estimate=uv_est)
+            figures.append((d / "fiducials.png", "fiducials: truth (circles) and projected at the result (crosses)"))
+        frames = _trajectory_frames(drr, reg)
+        if frames:
+            viz.save_gif(d / "registration.gif", frames, xray=image)
+            figures.append((d / "registration.gif", "the registration, DRR edges on the X-ray"))
+        curves = _curves(reg, fiducials, true_pose)
+        if curves:
+            viz.save_curves(d / "curves.png", curves, log_y={k for k in curves if "mm" in k})
+            figures.append((d / "curves.png", "optimisation curves"))
+    heading = f"{name}: similarity {reg.similarity:.4f}, {reg.status}"
+    if m is not None:
+        heading = f"{name}: mTRE {m['mtre']:.2f} mm" + (f" (start {m0['mtre']:.1f} mm)" if m0 else "")
+    section = {"heading": heading, "figures": figures}
+    atomic_write_json(d / "result.json", {"row": row, "section": {"heading": heading,
+                                                                   "figures": [[str(p), c] for p, c in figures]}})
+    return row, section
+
+
+def _trajectory_frames(drr, r, n: int = 12) -> list:
+    poses = [rec["camera_to_world"] for rec in r.trajectory if isinstance(rec, dict) and "camera_to_world" in rec]
+    if len(poses) < 2:
+        return []
+    idx = sorted(set(round(i * (len(poses) - 1) / (n - 1)) for i in range(n)))
+    T = torch.stack([torch.as_tensor(poses[i]) for i in idx]).float()
+    with torch.no_grad():
+        return [im[0] for im in drr(T)]
+
+
+def _curves(r, fiducials, true_pose) -> dict:
+    """Similarity (and mTRE in mm when the truth is known) along the optimisation."""
+    from xraypose.metrics import target_registration_error
+
+    recs = [rec for rec in r.trajectory if isinstance(rec, dict) and "camera_to_world" in rec]
+    if len(recs) < 2:
+        return {}
+    out = {"similarity": [rec["similarity"] for rec in recs]}
+    if true_pose is not None and fiducials is not None:
+        T = torch.stack([torch.as_tensor(rec["camera_to_world"], dtype=F64) for rec in recs])
+        fid = torch.as_tensor(fiducials, dtype=F64).reshape(-1, 3)
+        out["mTRE (mm)"] = target_registration_error(T, true_pose.to(F64).expand(len(T), 4, 4), fid).tolist()
+    return out
+
+
+def write_csv(path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
+    """Rows as CSV (atomically); missing cells empty."""
+    buf = io.StringIO()
+    if rows:
+        cols = list(columns or rows[0].keys())
+        cols += [k for r in rows for k in r if k not in cols]
+        cols = list(dict.fromkeys(cols))
+        w = csv.DictWriter(buf, fieldnames=cols, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def summary_of(rows: Sequence[dict]) -> dict:
+    """success rates, medians and percentiles of the per-case rows (:func:`xraypose.metrics.summarize`)."""
+    from xraypose.metrics import summarize
+
+    key = {"mTRE (mm)": "mtre", "mPE (mm)": "mpe", "mRPE (mm)": "mrpe", "dGeo (mm)": "dgeo", "rot (°)": "rot_deg",
+           "init (s)": "init_s", "opt (s)": "opt_s", "start mTRE (mm)": "start_mtre"}
+    renamed = [{key.get(k, k): v for k, v in r.items()} for r in rows]
+    s = summarize(renamed, keys=("mtre", "mpe", "mrpe", "dgeo", "rot_deg", "init_s", "opt_s", "start_mtre"))
+    st = s["stats"].get("start_mtre", {})
+    if st.get("n"):
+        s["median_start_mtre_mm"] = st["median"]
+    return s
+
+
+def evaluate(
+    evalset: EvalSet,
+    outdir,
+    start,
+    *,
+    config=None,
+    start_label: str = "",
+    pictures: bool = True,
+    resume: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """Register every X-ray of ``evalset`` and write the results (see the module docstring).
+
+    Args:
+        evalset: from :func:`load_eval_set`.
+        outdir: output folder.
+        start: how each registration starts: an initialiser ``init(images, camera) -> (B, 4, 4)``
+            (e.g. :class:`xraypose.register.initializers.ModelInitializer`), a fixed (4, 4) pose,
+            or a :class:`StartRule` (:func:`perturbed_starts`, :func:`angle_starts`).
+        config: :class:`xraypose.register.RegistrationConfig` (default: the defaults, with the
+            DRRs blurred as the set's preprocessing blurred the X-rays).
+        start_label: how the start was chosen, for the report.
+        resume: reuse the results of cases already written in ``outdir``.
+    Returns:
+        the summary (also ``outdir/summary.json``).
+    """
+    from xraypose.register import Registrar
+    from xraypose.register.api import register_xray
+    from xraypose.report import table_html, write_report
+
+    if not evalset.cases:
+        raise InputError(f"{evalset.name}: no X-rays to evaluate")
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    if config is None:
+        from xraypose.register import RegistrationConfig
+
+        config = RegistrationConfig(drr_blur=evalset.blur_px)
+    registrar = Registrar(evalset.volume, config, isocenter=evalset.isocenter)
+    rows, sections = [], []
+    names = [_safe_name(c.name) for c in evalset.cases]
+    if len(set(names)) != len(names):
+        names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
+    try:
+        from tqdm import tqdm
+
+        it = tqdm(list(enumerate(evalset.cases)), desc="registering", unit="X-ray", disable=quiet)
+    except ImportError:  # pragma: no cover
+        it = list(enumerate(evalset.cases))
+    for i, case in it:
+        d = out / "cases" / names[i]
+        done = d / "result.json"
+        if resume and done.exists():
+            try:
+                saved = json.loads(done.read_text())
+                rows.append(saved["row"])
+                sections.append({"heading": saved["section"]["heading"],
+                                 "figures": [(Path(p), c) for p, c in saved["section"]["figures"]]})
+                continue
+            except (json.JSONDecodeError, KeyError):
+                pass  # unreadable: register again
+        init = start(case, i) if isinstance(start, StartRule) else start
+        reg = register_xray(evalset.volume, case.image, case.camera, init, registrar=registrar,
+                            true_pose=case.true_pose, fiducials=case.fiducials)[0]
+        row, section = write_case_outputs(d, evalset.volume, case.image, case.camera, reg, name=case.name,
+                                          fiducials=case.fiducials if case.fiducials is not None
+                                          else _picked_fiducials(reg),
+                                          true_pose=case.true_pose, pictures=pictures)
+        rows.append(row)
+        sections.append(section)
+
+    write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
+    has_truth = any("mTRE (mm)" in r for r in rows)
+    summary = summary_of(rows) if has_truth else {"n_cases": len(rows)}
+    opt = [r["opt (s)"] for r in rows]
+    summary.setdefault("median_opt_s", sorted(opt)[len(opt) // 2])
+    summary.update({"source": evalset.name, "start": start_label, "total_s": time.perf_counter() - t_all})
+    atomic_write_json(out / "summary.json", summary)
+    cards = {"X-rays": len(rows)}
+    if has_truth:
+        cards.update({"success (mTRE < 1 mm)": f"{100 * summary['sr_1mm']:.0f} %",
+                      "success (mTRE < 2 mm)": f"{100 * summary['sr_2mm']:.0f} %",
+                      "median mTRE": f"{summary.get('median_mtre_mm', float('nan')):.2f} mm"})
+        if "median_start_mtre_mm" in summary:
+            cards["median start mTRE"] = f"{summary['median_start_mtre_mm']:.1f} mm"
+    cards["median registration time"] = f"{summary['median_opt_s']:.2f} s"
+    write_report(
+        out / "report.html", f"xraypose evaluate: {evalset.name}", cards,
+        [{"heading": "Results",
+          "text": (f"{len(rows)} X-rays of {evalset.name} registered to the CT starting from {start_label or 'the given start'}. "
+                   "mTRE is the mean 3D distance at the fiducials between the true and the registered pose; mPE "
+                   "the mean distance of their projections on the detector; success means mTRE below 1 mm."
+                   if has_truth else f"{len(rows)} X-rays of {evalset.name} registered (no ground truth given)."),
+          "table": table_html(rows, [c for c in ROW_COLUMNS if any(c in r for r in rows)],
+                              good=(lambda r: r.get("mTRE (mm)", math.inf) < 1.0) if has_truth else None)},
+         *sections],
+        subtitle="Poses are camera_to_world in the CT's RAS mm (docs/conventions.md). Per-case files in cases/.",
+    )
+    return summary
+
+
+def _picked_fiducials(reg):
+    """The bone fiducials the metrics used when none were given (or None)."""
+    f = (getattr(reg, "extra", None) or {}).get("fiducials")
+    return None if f is None else torch.as_tensor(f, dtype=F64).reshape(-1, 3)
