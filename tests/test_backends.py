@@ -256,6 +256,62 @@ def test_channels_last_two_channel_fast_path_matches_reference():
         _assert_close_rel(g, ref_g, 1e-4, f"channels-last {shape} pose gradient")
 
 
+def test_empty_space_skipping_changes_nothing(monkeypatch):
+    """Blocks of samples in zero bricks are skipped: images and pose gradients are bit-identical to
+    tracing every sample, and match the reference; the grid marks only truly empty bricks."""
+    if not cpu.available():
+        pytest.skip(f"cpu backend unavailable: {cpu.unavailable_reason()}")
+    torch.manual_seed(5)
+    shape = (64, 57, 48)
+    vol, aff, centre = _volume(shape=shape, seed=5)
+    box = torch.zeros(shape, dtype=F64)  # an object in the middle, air (exact zeros) around it
+    box[24:40, 20:37, 16:32] = 1.0
+    box[60, 3, 45] = 1.0  # and one isolated non-zero voxel near a corner
+    vol = vol * box
+    grid = cpu.occupancy_grid(vol)
+    assert grid.shape == (8, 8, 6) and 0 < int(grid.sum()) < grid.numel() // 2
+    nz = (vol != 0).any(0)
+    for (i, j, k) in (grid == 0).nonzero().tolist():  # an empty brick: nothing within 8 voxels of it
+        assert not bool(nz[max(0, 8 * i - 8):8 * i + 16, max(0, 8 * j - 8):8 * j + 16,
+                           max(0, 8 * k - 8):8 * k + 16].any())
+    assert grid[7, 0, 5] == 1 and grid[6, 1, 4] == 1  # the isolated voxel's brick and its neighbours
+    cl = cpu.channels_last(vol.to(F32))
+    T = _poses(centre, B=4, seed=6)
+    cam = Camera(sdd=600.0, height=13, width=12, delx=6.0)
+    assert cpu.occupancy(cl) is None  # first sight: a one-off render pays nothing
+    assert torch.equal(cpu.occupancy(cl)[0], grid)  # second: built and cached
+    results = {}
+    for skip in (False, True):
+        if skip:
+            monkeypatch.delenv("XRAYPOSE_NO_SKIP", raising=False)
+        else:
+            monkeypatch.setenv("XRAYPOSE_NO_SKIP", "1")
+        xi = torch.zeros(4, 6, dtype=F32, requires_grad=True)
+        img = render(cl, aff, cam, T.float() @ se3_exp(xi), n_samples=97, backend="cpu")
+        (g,) = torch.autograd.grad((img * torch.linspace(0.5, 1.5, img.numel()).reshape(img.shape)).sum(), xi)
+        results[skip] = (img.detach(), g)
+    assert torch.equal(results[True][0], results[False][0])
+    assert torch.equal(results[True][1], results[False][1])
+    xi = torch.zeros(4, 6, dtype=F64, requires_grad=True)
+    ref = render(vol, aff, cam, T @ se3_exp(xi), n_samples=97, backend="reference")
+    _assert_close_rel(results[True][0].double(), ref.detach(), 1e-5, "skipping image vs reference")
+    # the skipping is real: a value smuggled into an empty brick behind torch's back (no version
+    # bump, so the cached grid still says empty) is not seen
+    assert int(cpu.occupancy(cl)[0][0, 4, 2]) == 0
+    assert getattr(cl, "_xrp_occupancy")[1] is not None  # built by the second render, kept
+    cl.detach().numpy()[:, 0:8, 32:40, 16:24] = 50.0
+    smuggled = render(cl, aff, cam, T.float(), n_samples=97, backend="cpu")
+    assert torch.equal(smuggled, results[True][0])
+    monkeypatch.setenv("XRAYPOSE_NO_SKIP", "1")
+    assert not torch.equal(render(cl, aff, cam, T.float(), n_samples=97, backend="cpu"), smuggled)
+    monkeypatch.delenv("XRAYPOSE_NO_SKIP")
+    # in-place changes through torch are seen: the next call renders without skipping, the one
+    # after rebuilds the grid
+    cl[:, 0, 0, 0] = 5.0
+    assert cpu.occupancy(cl) is None
+    assert int(cpu.occupancy(cl)[0][0, 0, 0]) == 1
+
+
 @needs_fast
 def test_bad_volumes_are_handled():
     """Non-contiguous, integer and half volumes render as the reference does (converted)."""

@@ -67,13 +67,23 @@ inline void atomic_add(V* p, double v) {  // compare-and-swap loop (GCC/Clang bu
 // contiguous, or channels-last, where the channels of a voxel share a cache line).
 // order (B, R) or null: the order in which each pose's rays are traced (a permutation
 // of 0..R-1 that keeps consecutive rays in the same cache lines; outputs keep ray order).
+// occ (optional): empty-space skipping.  occ[(bi * OJ + bj) * OK + bk] == 0 promises that every
+// voxel (all channels) with indices in [8 b - 8, 8 b + 16) along each axis is exactly zero
+// (bricks of 8 voxels, dilated by one brick).  A block of 8 trilinear samples whose middle lies
+// in such a brick, and whose samples all lie within 5 voxels of the middle, reads only zeros:
+// it adds exactly 0 to the sums and to the pose-gradient sums, so it is skipped.
+constexpr int OCC_SHIFT = 3;       // brick = 8 voxels
+constexpr float OCC_REACH = 5.0f;  // |sample - middle| + corner reach (2.5) + 0.5 must stay within 8
 struct Vol {
     i64 C, I, J, K, sc, si, sj, sk;
     const i64* order;
+    const uint8_t* occ;
+    i64 OI, OJ, OK;
 };
 
-inline Vol make_vol(const i64* d, const i64* order) {
-    return Vol{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], order};
+inline Vol make_vol(const i64* d, const i64* order, const uint8_t* occ = nullptr, const i64* os = nullptr) {
+    return Vol{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], order, occ,
+               os ? os[0] : 0, os ? os[1] : 0, os ? os[2] : 0};
 }
 
 struct Grid {
@@ -185,7 +195,8 @@ parallel_for(total, nthreads, [&](i64 it) {
 template <int NCT>  // NCT > 0: that many channels, known at compile time (accumulators stay in registers)
 inline void trace_avx2(const float* vol, i64 SC, int nc_rt, const int32_t* off, int32_t si, int32_t sj, int32_t sk,
                        float mx, float my, float mz, float bx, float by, float bz, float ex, float ey, float ez,
-                       float dx, float dy, float dz, float sp, i64 N, double* acc, double* jl) {
+                       float dx, float dy, float dz, float sp, i64 N, double* acc, double* jl,
+                       const uint8_t* occ, i64 OI, i64 OJ, i64 OK) {
     const __m256 iota = _mm256_setr_ps(0.5f, 1.5f, 2.5f, 3.5f, 4.5f, 5.5f, 6.5f, 7.5f);
     const float invN = 1.0f / (float)N;
     const __m256 zero = _mm256_setzero_ps();
@@ -204,6 +215,16 @@ inline void trace_avx2(const float* vol, i64 SC, int nc_rt, const int32_t* off, 
                                            _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
     };
     for (i64 k0 = 0; k0 < N; k0 += 8) {
+      bool empty = false;
+      if (occ != nullptr) {  // the block's middle (between samples k0+3 and k0+4), clamped into the grid
+          const float tm = sp * ((float)(k0 + 4) * invN);
+          const float xm = std::min(std::max(ex + tm * dx, 0.0f), mx), ym = std::min(std::max(ey + tm * dy, 0.0f), my),
+                      zm = std::min(std::max(ez + tm * dz, 0.0f), mz);
+          const i64 oi = std::min<i64>((i64)xm >> OCC_SHIFT, OI - 1), oj = std::min<i64>((i64)ym >> OCC_SHIFT, OJ - 1),
+                    ok = std::min<i64>((i64)zm >> OCC_SHIFT, OK - 1);
+          empty = occ[(oi * OJ + oj) * OK + ok] == 0;
+      }
+      if (!empty) {
         const __m256 kf = _mm256_add_ps(_mm256_set1_ps((float)k0), iota);  // k + 1/2
         const __m256 valid = _mm256_cmp_ps(kf, _mm256_set1_ps((float)N), _CMP_LT_OQ);
         const __m256 t = _mm256_mul_ps(kf, _mm256_set1_ps(invN));
@@ -256,6 +277,7 @@ inline void trace_avx2(const float* vol, i64 SC, int nc_rt, const int32_t* off, 
                 J[5] = _mm256_fmadd_ps(t, gz, J[5]);
             }
         }
+      }  // !empty
         if (((k0 >> 3) & 7) == 7 || k0 + 8 >= N) {
             for (int c = 0; c < nc; ++c) { add_d(accd[c], accf[c]); accf[c] = _mm256_setzero_ps(); }
         }
@@ -304,8 +326,12 @@ parallel_for(total, nthreads, [&](i64 it) {
 #ifdef XRP_AVX2
             if constexpr (std::is_same<V, float>::value) {
                 auto tr = nc == 2 ? trace_avx2<2> : (nc == 1 ? trace_avx2<1> : trace_avx2<0>);
+                // skipping needs every sample of a block within OCC_REACH voxels (per axis) of its middle
+                const double stepmax = spd / (double)N * std::max(std::fabs(dx), std::max(std::fabs(dy), std::fabs(dz)));
+                const bool skip_ok = VV.occ != nullptr && 4.0 * stepmax <= (double)OCC_REACH;
                 tr(vol + c0 * VV.sc, VV.sc, nc, off, si, sj, sk, mx, my, mz, bx, by, bz, ex, ey, ez, fdx, fdy,
-                           fdz, sp, N, acc, jac != nullptr ? jl : nullptr);
+                           fdz, sp, N, acc, jac != nullptr ? jl : nullptr, skip_ok ? VV.occ : nullptr, VV.OI, VV.OJ,
+                           VV.OK);
                 for (int c = 0; c < nc; ++c) {
                     const i64 idx = (b * C + c0 + c) * R + (ray - b * R);
                     out[idx] = (float)(scale * acc[c]);
@@ -704,7 +730,7 @@ parallel_for(total, nthreads, [&](i64 it) {
 
 extern "C" {
 
-int xrp_abi_version() { return 8; }
+int xrp_abi_version() { return 9; }
 
 }  // extern "C"
 
@@ -923,8 +949,8 @@ void xrp_rays_f32(const float* pose, const double* w2i, const double* kinv, doub
     /* returns 0 when the volume does not fit the 32-bit fast path (nothing done) */                         \
     int xrp_tri_fused_fwd_f32_##VN(const V* vol, const i64* vs, const i64* order, const double* geo,          \
                                      const double* origin, i64 B, i64 R, i64 N, float* out, float* raw,       \
-                                     float* jac, int nt) {                                                    \
-        const Vol v = make_vol(vs, order);                                                                    \
+                                     float* jac, const uint8_t* occ, const i64* occ_shape, int nt) {          \
+        const Vol v = make_vol(vs, order, occ, occ_shape);                                                    \
         if (!fast32<float>(v)) return 0;                                                                      \
         auto get = [&](i64 ray, i64 b, double* ov, double* dv, double& s0, double& sp, double& scale) {       \
             const double* g = geo + GEO * ray;                                                                \
