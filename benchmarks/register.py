@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="X-rays registered together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fast", action="store_true", help="the cheap FAST_LEVELS schedule")
+    ap.add_argument("--levels", default=None, help="coarse-to-fine detector sizes, e.g. 16,32,64,128 (levels_for_sizes)")
     ap.add_argument("--deepfluoro", action="store_true", help="also end to end on the DeepFluoro-layout fixture")
     ap.add_argument("--deepfluoro-only", action="store_true", help="only the DeepFluoro-layout part")
     ap.add_argument("--deepfluoro-projections", type=int, default=5)
@@ -213,6 +214,11 @@ def main(argv=None) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
 
     cfg = RegistrationConfig(drr_blur=1.0, seed=args.seed, record_trajectory=False)
+    if args.levels:
+        from xraypose.register import levels_for_sizes
+
+        cfg = RegistrationConfig(drr_blur=1.0, seed=args.seed, record_trajectory=False,
+                                 levels=levels_for_sizes([int(x) for x in args.levels.split(",")]))
     if args.fast:
         cfg = RegistrationConfig(drr_blur=1.0, seed=args.seed, record_trajectory=False, levels=FAST_LEVELS)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))

@@ -119,6 +119,20 @@ def test_evaluate_a_deepfluoro_file(tmp_path):
     assert all(float(r["mTRE (mm)"]) < float(r["start mTRE (mm)"]) / 3 for r in rows)  # measured 4.3 and 1.1 from 20
 
 
+def test_evaluate_a_ljubljana_file_with_pictures(tmp_path):
+    """A 3D-DSA volume (not HU): registration and the pictures use a density model that fits it."""
+    from xraypose.datasets import write_ljubljana_fixture
+
+    h5 = tmp_path / "lj.h5"
+    write_ljubljana_fixture(h5, subjects=(1,))
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(h5), "--specimen", "1", "-o", str(ev), "--start", "perturb", "--perturb", "3,10",
+                 "--fast", "--quiet"]) == 0
+    rows = _rows(ev / "metrics.csv")
+    assert len(rows) == 4 and all(float(r["mTRE (mm)"]) < float(r["start mTRE (mm)"]) for r in rows)
+    assert (ev / "cases" / rows[0]["case"] / "comparison.png").stat().st_size > 1000
+
+
 def test_config_files_mirror_the_options(tmp_path, case):
     cfg = tmp_path / "eval.toml"
     cfg.write_text('[evaluate]\nstart = "perturb"\nperturb = "2,5"\nfast = true\nsize = 48\npictures = false\n'

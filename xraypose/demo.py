@@ -35,6 +35,7 @@ class DemoSettings:
     preset: str = "cpu-fast"  # training preset (xraypose.train.PRESETS): the best measured on a CPU budget
     cases: int = 12  # synthetic X-rays to register
     xray_size: int = 128  # raw detector pixels per side
+    detector_mm: float = 280.0  # detector width: the X-rays' and (known in advance, as for a real C-arm) training's
     seed: int = 0
 
     @classmethod
@@ -50,7 +51,7 @@ def _say(msg: str, quiet: bool) -> None:
 def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet: bool = False) -> dict:
     """Run the demo; returns the summary dict (also in ``outdir/summary.json``)."""
     from xraypose import viz
-    from xraypose.evaluate import ROW_COLUMNS, write_case_outputs, write_csv
+    from xraypose.evaluate import ROW_COLUMNS, PictureRenderer, write_case_outputs, write_csv
     from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.api import register_xray
     from xraypose.register.cases import CaseMaker
@@ -74,7 +75,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
          f"({s.train_size}² DRRs, from scratch)", quiet)
     cfg = TrainConfig.from_dict({
         "preset": s.preset,
-        "camera": {"height": s.train_size},
+        "camera": {"height": s.train_size, "fov_mm": s.detector_mm},
         "run": {"time_budget_s": s.train_seconds, "max_steps": 10**9, "seed": s.seed, "progress": not quiet},
     })
     t0 = time.perf_counter()
@@ -83,7 +84,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
 
     # 2. synthetic X-rays --------------------------------------------------------
     _say(f"[2/3] simulating {s.cases} realistic X-rays at unseen poses", quiet)
-    raw_cam = Camera(sdd=1020.0, height=s.xray_size, width=s.xray_size, delx=280.0 / s.xray_size)
+    raw_cam = Camera(sdd=1020.0, height=s.xray_size, width=s.xray_size, delx=s.detector_mm / s.xray_size)
     maker = CaseMaker(ct, camera=raw_cam, sod=612.0, seed=1000 + s.seed)
     cases = [maker.case(i) for i in range(s.cases)]
 
@@ -107,9 +108,11 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     # outputs -------------------------------------------------------------------
     rows = []
     sections = []
+    pictures = PictureRenderer(ct)
     for c, r in zip(cases, regs):
         row, section = write_case_outputs(out / "cases" / f"{c.index:03d}", ct, c.image, c.camera, r,
-                                          name=str(c.index), fiducials=c.fiducials, true_pose=c.true_pose)
+                                          name=str(c.index), fiducials=c.fiducials, true_pose=c.true_pose,
+                                          renderer=pictures)
         rows.append(row)
         sections.append(section)
     viz.save_scene(out / "scene.png", ct, cases[0].camera, regs[0].camera_to_world, xray=cases[0].image)

@@ -44,7 +44,7 @@ from xraypose.errors import InputError
 from xraypose.io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
-           "angle_starts", "StartRule", "ROW_COLUMNS"]
+           "angle_starts", "StartRule", "PictureRenderer", "ROW_COLUMNS"]
 
 F64 = torch.float64
 _BLUR_PX = 1.0  # σ of the 5×5 Gaussian given to case-folder X-rays (pixels at their stored size)
@@ -251,8 +251,28 @@ def perturbed_starts(angle_deg: float, translation_mm: float, isocenter, seed: i
     return StartRule(start, f"the true pose perturbed by {angle_deg:g}° and {translation_mm:g} mm")
 
 
+class PictureRenderer:
+    """DRRs for the pictures, with registration's density model (any volume: CT in HU, DSA, ...).
+
+    ``renderer(camera, poses (B, 4, 4)) -> (B, H, W)``; the density is computed once."""
+
+    def __init__(self, volume, density: str = "linear", bone_multiplier: float = 1.0, n_samples: int = 256):
+        from xraypose.register.optimizer import registration_density
+
+        self.density = registration_density(volume, density, bone_multiplier)[:1]
+        self.affine = volume.affine
+        self.n_samples = n_samples
+
+    def __call__(self, camera: Camera, poses) -> torch.Tensor:
+        from xraypose.render import render
+
+        with torch.no_grad():
+            T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4).float()
+            return render(self.density, self.affine, camera, T, n_samples=self.n_samples)[:, 0]
+
+
 def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fiducials=None, true_pose=None,
-                       pictures: bool = True) -> tuple[dict, dict]:
+                       pictures: bool = True, renderer: PictureRenderer | None = None) -> tuple[dict, dict]:
     """Write one registered X-ray's files into folder ``d``.
 
     Args:
@@ -262,13 +282,13 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
         fiducials: (N, 3) world mm for the landmarks CSV and pictures (default: bone points
             picked by the registration's metrics, or none).
         true_pose: (4, 4) camera_to_world, or None.
+        renderer: DRRs for the pictures (default: a :class:`PictureRenderer` of ``volume``;
+            pass one to reuse it across cases).
     Returns:
         (row for metrics.csv, report section).
     """
     from xraypose import viz
     from xraypose.export import write_landmarks_csv, write_pose_json, write_slicer_transform
-    from xraypose.render import DRR
-
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
     T = reg.camera_to_world.to(F64)
@@ -291,11 +311,11 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
             uv_true = camera.project(fid, true_pose.to(F64))
     figures = []
     if pictures:
-        drr = DRR(volume, camera, n_samples=256)
-        with torch.no_grad():
-            imgs = drr(torch.stack([reg.initial_pose.to(F64), T]).float())
-        viz.save_comparison(d / "comparison.png", image, imgs[1, 0], titles=("X-ray", "DRR at the result"))
-        viz.save_overlay(d / "overlay.png", image, imgs[1, 0])
+        renderer = renderer or PictureRenderer(volume)
+        drr = lambda poses: renderer(camera, poses)  # noqa: E731
+        imgs = drr(torch.stack([reg.initial_pose.to(F64), T]))
+        viz.save_comparison(d / "comparison.png", image, imgs[1], titles=("X-ray", "DRR at the result"))
+        viz.save_overlay(d / "overlay.png", image, imgs[1])
         figures = [(d / "comparison.png", "X-ray, DRR at the registered pose, difference"),
                    (d / "overlay.png", "DRR edges on the X-ray; checkerboard")]
         if uv_est is not None:
@@ -323,9 +343,8 @@ def _trajectory_frames(drr, r, n: int = 12) -> list:
     if len(poses) < 2:
         return []
     idx = sorted(set(round(i * (len(poses) - 1) / (n - 1)) for i in range(n)))
-    T = torch.stack([torch.as_tensor(poses[i]) for i in idx]).float()
-    with torch.no_grad():
-        return [im[0] for im in drr(T)]
+    T = torch.stack([torch.as_tensor(poses[i], dtype=F64) for i in idx])
+    return list(drr(T))
 
 
 def _curves(r, fiducials, true_pose) -> dict:
@@ -412,6 +431,7 @@ def evaluate(
 
         config = RegistrationConfig(drr_blur=evalset.blur_px)
     registrar = Registrar(evalset.volume, config, isocenter=evalset.isocenter)
+    pictures_renderer = PictureRenderer(evalset.volume, config.density) if pictures else None
     rows, sections = [], []
     names = [_safe_name(c.name) for c in evalset.cases]
     if len(set(names)) != len(names):
@@ -440,7 +460,8 @@ def evaluate(
         row, section = write_case_outputs(d, evalset.volume, case.image, case.camera, reg, name=case.name,
                                           fiducials=case.fiducials if case.fiducials is not None
                                           else _picked_fiducials(reg),
-                                          true_pose=case.true_pose, pictures=pictures)
+                                          true_pose=case.true_pose, pictures=pictures,
+                                          renderer=pictures_renderer)
         rows.append(row)
         sections.append(section)
 
