@@ -17,3 +17,14 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_main_command_uses_bundled_sample():
     readme = (ROOT / "README.md").read_text()
     assert "xraypose render sample" in readme or "xraypose demo" in readme
+
+
+def test_no_unfilled_placeholders_in_docs():
+    """Numbers in the README and docs are filled in, not left as markers."""
+    import re
+
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert "«" not in text and "»" not in text, path
+        for line in text.splitlines():
+            assert not re.fullmatch(r"[A-Z][A-Z_]{4,}", line.strip()), (path, line)

@@ -152,7 +152,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
                    "collimator — not the way registration renders) and registered starting from the model's "
                    "estimate. mTRE is the mean 3D distance at bone fiducials between the true and the registered "
                    f"pose. Machine: {summary['machine']}."),
-          "table": table_html(rows, good=lambda r: r["mTRE (mm)"] < 1.0),
+          "table": table_html(rows, [c for c in ROW_COLUMNS if c in rows[0]], good=lambda r: r["mTRE (mm)"] < 1.0),
           "figures": [(out / "scene.png", "the CT's bone, the source, the frustum and the detector (case 0)"),
                       (out / "training.png", "training curves")]},
          *sections],

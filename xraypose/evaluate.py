@@ -302,6 +302,7 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
     if m is not None:
         row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
                     "mPE (mm)": m["mpe"], "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"]})
+    row = {k: row[k] for k in [*ROW_COLUMNS, *row] if k in row}  # metrics.csv's column order
     uv_est = uv_true = None
     if fiducials is not None:
         fid = torch.as_tensor(fiducials, dtype=F64).reshape(-1, 3)
@@ -314,9 +315,10 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
         renderer = renderer or PictureRenderer(volume)
         drr = lambda poses: renderer(camera, poses)  # noqa: E731
         imgs = drr(torch.stack([reg.initial_pose.to(F64), T]))
-        viz.save_comparison(d / "comparison.png", image, imgs[1], titles=("X-ray", "DRR at the result"))
+        viz.save_comparison(d / "comparison.png", image, imgs[1], titles=("X-ray", "DRR at the result"),
+                            start=imgs[0])
         viz.save_overlay(d / "overlay.png", image, imgs[1])
-        figures = [(d / "comparison.png", "X-ray, DRR at the registered pose, difference"),
+        figures = [(d / "comparison.png", "X-ray, DRR at the start, DRR at the registered pose, difference"),
                    (d / "overlay.png", "DRR edges on the X-ray; checkerboard")]
         if uv_est is not None:
             viz.save_fiducials(d / "fiducials.png", image, truth=uv_true, estimate=uv_est)

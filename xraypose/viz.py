@@ -65,11 +65,14 @@ def _save(fig, path) -> Path:
     return Path(path)
 
 
-def save_comparison(path, xray, drr, titles=("X-ray", "DRR")) -> Path:
-    """X-ray and DRR side by side, with their difference."""
-    fig, ax = plt.subplots(1, 3, figsize=(10, 3.6), dpi=100)
+def save_comparison(path, xray, drr, titles=("X-ray", "DRR"), start=None, start_title="DRR at the start") -> Path:
+    """X-ray and DRR side by side, with their difference; with ``start`` (the DRR where the
+    registration began) between them."""
     x, d = normalise(xray), normalise(drr)
-    for a, im, t in zip(ax, (x, d, x - d), (*titles, "difference")):
+    panels = [(x, titles[0])] + ([(normalise(start), start_title)] if start is not None else []) + \
+        [(d, titles[1]), (x - d, "difference")]
+    fig, ax = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6), dpi=100)
+    for a, (im, t) in zip(ax, panels):
         a.imshow(im, cmap="gray" if t != "difference" else "RdBu", vmin=None if t != "difference" else -1,
                  vmax=None if t != "difference" else 1)
         a.set_title(t)
