@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 from PIL import Image
@@ -38,3 +39,21 @@ def test_pictures_are_written(tmp_path):
         im = Image.open(p)
         assert im.size[0] > 30 and im.size[1] > 30
     assert Image.open(tmp_path / "reg.gif").n_frames == 3
+
+
+def test_scene_with_pyvista_and_without(tmp_path, monkeypatch):
+    """The 3D scene: PyVista off-screen when installed (bone surface, textured detector), else matplotlib."""
+    from PIL import Image
+
+    ct = load_sample_ct()
+    cam = Camera(sdd=1020.0, height=32, width=32, delx=9.0)
+    T = carm_pose(30.0, 10.0, sod=612.0, isocenter=ct.get_isocenter())
+    monkeypatch.setenv("XRAYPOSE_NO_PYVISTA", "1")
+    mpl = Image.open(viz.save_scene(tmp_path / "mpl.png", ct, cam, T)).size
+    monkeypatch.delenv("XRAYPOSE_NO_PYVISTA")
+    pytest.importorskip("pyvista")
+    xray = torch.linspace(0, 1, 32 * 32).reshape(32, 32)
+    p = viz.save_scene(tmp_path / "pv.png", ct, cam, T, xray=xray)
+    im = np.asarray(Image.open(p).convert("RGB"))
+    assert im.shape[:2] == (900, 900) and im.shape[:2] != mpl[::-1]  # PyVista's window, not matplotlib's figure
+    assert (np.abs(im.astype(int) - 255).sum(-1) > 30).mean() > 0.02  # something drawn on the white background

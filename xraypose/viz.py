@@ -161,10 +161,14 @@ def save_curves(path, curves: dict, xlabel: str = "iteration", log_y: set | None
 
 
 def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float = 300.0) -> Path:
-    """3D scene: the CT's bone surface points, the camera frustum and the detector (with the X-ray on it).
+    """3D scene: the CT's bone surface, the camera frustum and the detector (with the X-ray on it).
 
-    Uses PyVista off-screen when installed (``pip install pyvista``), else matplotlib 3D.
+    Uses PyVista off-screen when installed (``pip install "xraypose[3d]"``: a shaded bone surface
+    by marching cubes, the X-ray as the detector's texture), else matplotlib 3D (bone voxels as
+    points).  ``XRAYPOSE_NO_PYVISTA=1`` forces matplotlib.
     """
+    import os
+
     import torch
 
     T = torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4)
@@ -172,6 +176,16 @@ def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float =
     corners_uv = torch.tensor([[-0.5, -0.5], [W - 0.5, -0.5], [W - 0.5, H - 0.5], [-0.5, H - 0.5]], dtype=torch.float64)
     det = camera.backproject(corners_uv, T).numpy()
     src = T[:3, 3].numpy()
+    if not os.environ.get("XRAYPOSE_NO_PYVISTA"):
+        import importlib.util
+
+        if importlib.util.find_spec("pyvista") is not None:
+            try:
+                return _scene_pyvista(path, volume, det, src, xray, iso_hu)
+            except Exception as e:  # no off-screen OpenGL here, ...: the matplotlib scene instead
+                import warnings
+
+                warnings.warn(f"PyVista could not draw the 3D scene ({e}); using matplotlib", stacklevel=2)
     data = volume.data
     step = max(1, int(round(max(data.shape) / 60)))
     sub = data[::step, ::step, ::step]
@@ -208,3 +222,47 @@ def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float =
     ax.set_zlabel("z (S) mm")
     ax.set_title("CT bone, X-ray source, frustum and detector (world RAS mm)", fontsize=9)
     return _save(fig, path)
+
+
+def _scene_pyvista(path, volume, det, src, xray, iso_hu: float) -> Path:
+    """The scene with PyVista, off-screen: bone iso-surface (world RAS mm), source, frustum, textured detector."""
+    import pyvista as pv
+
+    data = np.asarray(volume.data, dtype=np.float32)
+    step = max(1, int(np.ceil(max(data.shape) / 128)))
+    sub = data[::step, ::step, ::step]
+    grid = pv.ImageData(dimensions=sub.shape)
+    grid.point_data["hu"] = sub.ravel(order="F")  # VTK's x index varies fastest
+    surf = grid.contour([iso_hu], scalars="hu")
+    M = np.asarray(volume.affine, dtype=np.float64) @ np.diag([step, step, step, 1.0])  # index → world mm
+    plotter = pv.Plotter(off_screen=True, window_size=(900, 900))
+    plotter.set_background("white")
+    if surf.n_points:
+        plotter.add_mesh(surf.transform(M, inplace=False).smooth(n_iter=30), color="#e8dcc8", smooth_shading=True)
+    quad = pv.PolyData(np.asarray(det, dtype=np.float64), faces=[4, 0, 1, 2, 3])
+    if xray is not None:
+        img = (255 * normalise(xray)).astype(np.uint8)
+        quad.active_texture_coordinates = np.array([[0, 1], [1, 1], [1, 0], [0, 0]], dtype=np.float32)  # row 0 on top
+        plotter.add_mesh(quad, texture=pv.numpy_to_texture(np.ascontiguousarray(img[::-1])))
+    else:
+        plotter.add_mesh(quad, color="gray", opacity=0.6)
+    plotter.add_mesh(pv.Sphere(radius=10.0, center=src), color="orange")
+    for c in det:
+        plotter.add_mesh(pv.Line(src, c), color="orange", line_width=2)
+    plotter.add_mesh(pv.lines_from_points(np.vstack([det, det[:1]])), color="black", line_width=2)
+    plotter.add_axes(xlabel="R", ylabel="A", zlabel="S")
+    allp = np.vstack([det, src[None]])
+    centre = allp.mean(0)
+    normal = np.cross(det[1] - det[0], det[3] - det[0])
+    side = np.cross(normal, det[3] - det[0])  # look across the source-detector axis, from the side
+    side = side / (np.linalg.norm(side) + 1e-12)
+    up = (det[0] - det[3]) / (np.linalg.norm(det[0] - det[3]) + 1e-12)
+    # from the side, a little toward the source (the X-ray is drawn on the detector's source side)
+    view = side - 0.6 * normal / (np.linalg.norm(normal) + 1e-12) + 0.3 * up
+    plotter.camera_position = [tuple(centre + 1000.0 * view / np.linalg.norm(view)), tuple(centre), tuple(up)]
+    plotter.reset_camera()  # keeps the direction, fits everything in view
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plotter.screenshot(str(path))
+    plotter.close()
+    return path
