@@ -199,6 +199,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fast", action="store_true", help="the cheap FAST_LEVELS schedule")
     ap.add_argument("--levels", default=None, help="coarse-to-fine detector sizes, e.g. 16,32,64,128 (levels_for_sizes)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a RegistrationConfig field (JSON value), e.g. --set patience=10")
     ap.add_argument("--deepfluoro", action="store_true", help="also end to end on the DeepFluoro-layout fixture")
     ap.add_argument("--deepfluoro-only", action="store_true", help="only the DeepFluoro-layout part")
     ap.add_argument("--deepfluoro-projections", type=int, default=5)
@@ -221,6 +223,10 @@ def main(argv=None) -> int:
                                  levels=levels_for_sizes([int(x) for x in args.levels.split(",")]))
     if args.fast:
         cfg = RegistrationConfig(drr_blur=1.0, seed=args.seed, record_trajectory=False, levels=FAST_LEVELS)
+    if args.set:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, **{k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
     models = {}
     for m in args.model:

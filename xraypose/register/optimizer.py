@@ -160,9 +160,9 @@ class RegistrationConfig:
     schedule: str = "plateau"
     step_every: int = 25
     step_gamma: float = 0.9
-    patience: int = 5
+    patience: int = 10  # 5 → 10 (and 3 → 4 reductions): abdomen 0.434 → 0.368 mm median, 1.5 → 2.4 s
     plateau_factor: float = 0.5
-    max_reductions: int = 3
+    max_reductions: int = 4
     rel_tol: float = 1e-5
     levels: tuple = DEFAULT_LEVELS
     density: str = "linear"
