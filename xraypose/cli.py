@@ -98,7 +98,9 @@ def render(
     bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="bone_attenuation_multiplier (hu/physical)."),
     config: Optional[Path] = config_option("render"),
 ) -> None:
-    """Render a DRR of a CT at a pose.  Example:
+    """Render a DRR of a CT at a pose.
+
+    Example:
 
     xraypose render sample --pose 0,0 --sdd 1020 --height 256 --delx 1.2 -o drr.png
     """

@@ -61,7 +61,9 @@ def evaluate_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     config: Optional[Path] = config_option("evaluate"),
 ) -> None:
-    """Register every X-ray of a case folder or a dataset and write a metrics table and a report.  Examples:
+    """Register every X-ray of a case folder or a dataset and write a metrics table and a report.
+
+    Examples:
 
     xraypose evaluate mycase -o eval/ --start perturb --perturb 10,40
 

@@ -110,7 +110,9 @@ def register_command(
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory."),
     config: Optional[Path] = config_option("register"),
 ) -> None:
-    """Find the C-arm pose of an X-ray by registering it to a CT.  Example:
+    """Find the C-arm pose of an X-ray by registering it to a CT.
+
+    Example:
 
     xraypose register ct.nii.gz xray.dcm --model model.pt -o result/
     """

@@ -38,7 +38,9 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (run.seed)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train a patient-specific pose regressor on DRRs of one CT.  Example:
+    """Train a patient-specific pose regressor on DRRs of one CT.
+
+    Example:
 
     xraypose train sample -o model.pt --minutes 10
     """
