@@ -215,18 +215,15 @@ def main(argv=None) -> int:
     out = Path(args.json)
     log = lambda s: print(s, flush=True)  # noqa: E731
 
-    cfg = RegistrationConfig(drr_blur=1.0, seed=args.seed, record_trajectory=False)
+    kw = dict(drr_blur=1.0, seed=args.seed, record_trajectory=False)
     if args.levels:
         from xraypose.register import levels_for_sizes
 
-        cfg = RegistrationConfig(drr_blur=1.0, seed=args.seed, record_trajectory=False,
-                                 levels=levels_for_sizes([int(x) for x in args.levels.split(",")]))
+        kw["levels"] = levels_for_sizes([int(x) for x in args.levels.split(",")])
     if args.fast:
-        cfg = RegistrationConfig(drr_blur=1.0, seed=args.seed, record_trajectory=False, levels=FAST_LEVELS)
-    if args.set:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, **{k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
+        kw["levels"] = FAST_LEVELS
+    kw.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})  # --set FIELD=VALUE
+    cfg = RegistrationConfig(**kw)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
     models = {}
     for m in args.model:

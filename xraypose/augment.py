@@ -21,7 +21,7 @@ Order used by training (:class:`Augmenter`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from xraypose.geometry import so3_exp
 
 __all__ = [
     "combine_basis", "draw_multipliers", "warp_about_source", "collimator_mask", "minmax_valid", "random_gamma", "random_blur",
-    "random_noise", "AugmentSettings", "Augmenter",
+    "random_noise", "AugmentConfig", "Augmenter",
 ]
 
 
@@ -133,13 +133,15 @@ def random_noise(x: torch.Tensor, max_std: float, prob: float, g: torch.Generato
 
 
 @dataclass
-class AugmentSettings:
-    """Switches and ranges of the training augmentations (mirrors the ``[augment]`` config table)."""
+class AugmentConfig:
+    """Switches and ranges of the training augmentations: the ``[augment]`` table of a training
+    config (:class:`xraypose.train.TrainConfig`)."""
 
-    bone_multiplier: tuple = (1.0, 10.0)
+    enabled: bool = True
+    bone_multiplier: list = field(default_factory=lambda: [1.0, 10.0])
     bone_multiplier_log: bool = False  # draw m log-uniformly (equal weight to each factor of contrast)
     source_rotation: bool = True
-    source_rotation_std: tuple = (0.02, 0.02, 0.05)  # rad about the camera x, y, z axes
+    source_rotation_std: list = field(default_factory=lambda: [0.02, 0.02, 0.05])  # rad about camera x, y, z
     collimator: bool = True
     collimator_prob: float = 0.5
     collimator_max_frac: float = 0.12
@@ -157,8 +159,9 @@ class AugmentSettings:
 class Augmenter:
     """Turns rendered DRR bases and their poses into network inputs and (possibly new) target poses."""
 
-    def __init__(self, settings: AugmentSettings, camera: Camera, mean: float, std: float, enabled: bool = True):
-        self.s, self.camera, self.mean, self.std, self.enabled = settings, camera, float(mean), float(std), enabled
+    def __init__(self, settings: AugmentConfig, camera: Camera, mean: float, std: float):
+        self.s, self.camera, self.mean, self.std = settings, camera, float(mean), float(std)
+        self.enabled = settings.enabled
 
     def __call__(self, basis: torch.Tensor, poses: torch.Tensor, g: torch.Generator):
         """Returns (network input (B,1,H,W), clean [0,1] image (B,1,H,W), valid (B,1,H,W), poses (B,4,4), m (B,))."""

@@ -18,17 +18,11 @@ tables, :mod:`xraypose.train`).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from xraypose.errors import InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["config_option", "read_command_config"]
 
@@ -45,13 +39,10 @@ def read_command_config(path: Path, command: str, allowed: dict[str, object]) ->
     Raises:
         InputError: unreadable file, a key that is no option of the command.
     """
+    from xraypose.io import read_toml
+
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"config file {path} is not valid TOML ({e})") from None
+    data = read_toml(path)
     table = data.get(command, None)
     if isinstance(table, dict):
         data = table

@@ -11,7 +11,8 @@ from typing import Optional
 import typer
 
 from xraypose.cli_config import config_option
-from xraypose.cli_register import _levels
+from xraypose.cli_register import (BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS, SCHEDULE,
+                                   SIMILARITY, _levels)
 from xraypose.errors import InputError
 
 STARTS = ("model", "angles", "perturb", "pose", "ap")
@@ -45,15 +46,14 @@ def evaluate_command(
     sod: Optional[float] = typer.Option(None, "--sod", help="Source-to-isocenter distance of --start ap, mm (default 0.6 × sdd)."),
     size: int = typer.Option(256, "--size", help="Register images resized to at most this many rows."),
     structure: str = typer.Option("pelvis", "--structure", help="DeepFluoro: pelvis | left-femur | right-femur."),
-    similarity: str = typer.Option("mncc", "--similarity", help="mncc | gncc | mixed | ncc"),
-    lr_rot: float = typer.Option(7.5e-3, "--lr-rot", help="Adam learning rate of the rotation parameters."),
-    lr_trans: float = typer.Option(7.5, "--lr-trans", help="Adam learning rate of the translation parameters (mm)."),
-    schedule: str = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25)."),
-    density: str = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw"),
-    bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="Bone attenuation multiplier (fitted from it at fine levels)."),
-    levels: Optional[str] = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,128' "
-                                         "(the default); each level's other settings from the nearest default level."),
-    fast: bool = typer.Option(False, "--fast", help="A cheaper, less accurate schedule."),
+    similarity: str = SIMILARITY,
+    lr_rot: float = LR_ROT,
+    lr_trans: float = LR_TRANS,
+    schedule: str = SCHEDULE,
+    density: str = DENSITY,
+    bone_multiplier: float = BONE_MULTIPLIER,
+    levels: Optional[str] = LEVELS,
+    fast: bool = FAST,
     seed: int = typer.Option(0, "--seed", help="Seed of the perturbations and the sparse patch draws."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for registration."),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Draw each case's pictures (slower)."),

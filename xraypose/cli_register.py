@@ -27,6 +27,19 @@ def _floats(text: str, n: int, what: str) -> list[float]:
     return vals
 
 
+# Registration options shared by `register` and `evaluate` (one definition, one help text).
+SIMILARITY = typer.Option("mncc", "--similarity", help="mncc | gncc | mixed | ncc")
+LR_ROT = typer.Option(7.5e-3, "--lr-rot", help="Adam learning rate of the rotation parameters.")
+LR_TRANS = typer.Option(7.5, "--lr-trans", help="Adam learning rate of the translation parameters (mm).")
+SCHEDULE = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25).")
+DENSITY = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw")
+BONE_MULTIPLIER = typer.Option(1.0, "--bone-multiplier",
+                               help="Bone attenuation multiplier (fitted from it at fine levels).")
+LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,96' (the default); "
+                      "each level's other settings from the nearest default level.")
+FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews).")
+
+
 def _levels(text: str | None, fast: bool) -> dict:
     """RegistrationConfig keywords for --levels / --fast."""
     from xraypose.register import FAST_LEVELS, levels_for_sizes
@@ -95,16 +108,15 @@ def register_command(
     crop: int = typer.Option(0, "--crop", help="Collimator border to remove, pixels per edge."),
     blur: float = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) before registering; 0 for none. The DRRs get the same blur."),
     size: int = typer.Option(256, "--size", help="Resample the preprocessed X-ray to at most this many rows first."),
-    similarity: str = typer.Option("mncc", "--similarity", help="mncc | gncc | mixed | ncc"),
+    similarity: str = SIMILARITY,
     parameterization: str = typer.Option("se3_log_map", "--parameterization", help="Pose parameterization optimised."),
-    lr_rot: float = typer.Option(7.5e-3, "--lr-rot", help="Adam learning rate of the rotation parameters."),
-    lr_trans: float = typer.Option(7.5, "--lr-trans", help="Adam learning rate of the translation parameters (mm)."),
-    schedule: str = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25)."),
-    density: str = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw"),
-    bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="Bone attenuation multiplier (fitted from it at fine levels)."),
-    levels: Optional[str] = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,128' "
-                                         "(the default); each level's other settings from the nearest default level."),
-    fast: bool = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews)."),
+    lr_rot: float = LR_ROT,
+    lr_trans: float = LR_TRANS,
+    schedule: str = SCHEDULE,
+    density: str = DENSITY,
+    bone_multiplier: float = BONE_MULTIPLIER,
+    levels: Optional[str] = LEVELS,
+    fast: bool = FAST,
     seed: int = typer.Option(0, "--seed", help="Seed of the sparse patch draws."),
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest for these small images on a busy machine)."),
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory."),

@@ -470,8 +470,7 @@ def evaluate(
     write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
     has_truth = any("mTRE (mm)" in r for r in rows)
     summary = summary_of(rows) if has_truth else {"n_cases": len(rows)}
-    opt = [r["opt (s)"] for r in rows]
-    summary.setdefault("median_opt_s", sorted(opt)[len(opt) // 2])
+    summary.setdefault("median_opt_s", statistics.median(r["opt (s)"] for r in rows))
     summary.update({"source": evalset.name, "start": start_label, "total_s": time.perf_counter() - t_all})
     atomic_write_json(out / "summary.json", summary)
     cards = {"X-rays": len(rows)}

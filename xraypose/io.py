@@ -68,3 +68,18 @@ def save_image(path, img) -> None:
     else:
         raise InputError(f"unsupported image type {path.suffix!r}; use .npy or .png")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def read_toml(path) -> dict:
+    """A TOML config file as a dict; a missing or malformed file is an :class:`InputError` naming it."""
+    import tomllib
+
+    from xraypose.errors import InputError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {p} is not valid TOML ({e})") from None

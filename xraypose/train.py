@@ -45,13 +45,13 @@ import math
 import os
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from xraypose.augment import AugmentConfig
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.model import (
@@ -119,27 +119,6 @@ class SamplerConfig:
     trans_range: list = field(default_factory=lambda: [100.0, 80.0, 120.0])
     scale: float | None = None  # translation scale; default min(1, smallest CT extent / 350 mm)
     isocenter: list | None = None  # world mm; default the volume's isocenter
-
-
-@dataclass
-class AugmentConfig:
-    enabled: bool = True
-    bone_multiplier: list = field(default_factory=lambda: [1.0, 10.0])
-    bone_multiplier_log: bool = False
-    source_rotation: bool = True
-    source_rotation_std: list = field(default_factory=lambda: [0.02, 0.02, 0.05])
-    collimator: bool = True
-    collimator_prob: float = 0.5
-    collimator_max_frac: float = 0.12
-    gamma: bool = True
-    gamma_prob: float = 0.5
-    gamma_max: float = 1.4
-    blur: bool = True
-    blur_prob: float = 0.5
-    blur_max_sigma_px: float = 1.0
-    noise: bool = True
-    noise_prob: float = 0.5
-    noise_max_std: float = 0.02
 
 
 @dataclass
@@ -356,14 +335,9 @@ class TrainConfig:
 def load_config(path, base: TrainConfig | None = None) -> TrainConfig:
     """Read a TOML config (tables mirror :class:`TrainConfig`: [model], [camera], [render], ...;
     an optional top-level ``preset = "NAME"``), on top of ``base`` (default: the defaults)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"config file not found: {p}")
-    try:
-        d = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"config file {p} is not valid TOML: {e}") from None
-    return TrainConfig.from_dict(d, base)
+    from xraypose.io import read_toml
+
+    return TrainConfig.from_dict(read_toml(path), base)
 
 
 def _as_config(config) -> TrainConfig:
@@ -743,7 +717,7 @@ def train(ct, output, config=None, *, resume: bool = False, finetune=None, callb
 def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct, t_start):  # noqa: C901
     from torch.nn.parallel import DistributedDataParallel
 
-    from xraypose.augment import Augmenter, AugmentSettings, minmax_valid
+    from xraypose.augment import Augmenter, minmax_valid
     from xraypose.geometry import double_geodesic, geodesic_se3
     from xraypose.render import DRR
     from xraypose.similarity import MultiscaleNCC
@@ -817,15 +791,7 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
         except InputError:
             fiducials = None  # no bone: validate by the double geodesic alone
 
-    augmenter = Augmenter(AugmentSettings(
-        bone_multiplier=tuple(cfg.augment.bone_multiplier), bone_multiplier_log=bool(cfg.augment.bone_multiplier_log),
-        source_rotation=cfg.augment.source_rotation,
-        source_rotation_std=tuple(cfg.augment.source_rotation_std), collimator=cfg.augment.collimator,
-        collimator_prob=cfg.augment.collimator_prob, collimator_max_frac=cfg.augment.collimator_max_frac,
-        gamma=cfg.augment.gamma, gamma_prob=cfg.augment.gamma_prob, gamma_max=cfg.augment.gamma_max,
-        blur=cfg.augment.blur, blur_prob=cfg.augment.blur_prob, blur_max_sigma_px=cfg.augment.blur_max_sigma_px,
-        noise=cfg.augment.noise, noise_prob=cfg.augment.noise_prob, noise_max_std=cfg.augment.noise_max_std,
-    ), camera, mean, std, enabled=cfg.augment.enabled)
+    augmenter = Augmenter(cfg.augment, camera, mean, std)
 
     meta = {
         "camera": camera.to_dict(), "image_size": [H, W],
