@@ -126,13 +126,33 @@ def test_bad_inputs_raise_not_nan():
         target_registration_error(T, T, torch.zeros(0, 3))
     with pytest.raises(InputError, match="NaN"):
         target_registration_error(T, T, torch.tensor([[float("nan"), 0, 0]]))
-    behind = (T[:3, 3] - 100 * T[:3, 2])[None]
-    with pytest.raises(InputError, match="behind"):
-        projection_error(T, T, behind, CAM)
     with pytest.raises(InputError, match="sdr"):
         pose_errors(T, T, fid)
     with pytest.raises(InputError):
         target_registration_error(torch.stack([T, T]), torch.stack([T, T, T]), fid)
+
+
+def test_a_fiducial_behind_the_source_is_an_infinite_projection_error_not_an_exception():
+    """A finite estimate never raises: a fiducial behind its source makes mPE / mRPE inf for that pose only."""
+    import math
+
+    from xraypose.metrics import reprojection_error, summarize
+
+    T = true_pose()
+    fid = torch.stack([ISO, ISO + torch.tensor([10.0, 0, 0], dtype=torch.float64)])
+    # an estimate whose source moved past the first fiducial (along its viewing axis)
+    P = T.clone()
+    P[:3, 3] = ISO + 50 * T[:3, 2]
+    e = pose_errors(torch.stack([T, P]), torch.stack([T, T]), fid, CAM)
+    assert e["mpe"][0] == 0 and e["mrpe"][0] == 0  # the good estimate is untouched
+    assert math.isinf(e["mpe"][1]) and math.isinf(e["mrpe"][1])
+    assert math.isfinite(e["mtre"][1]) and e["mtre"][1] > 100  # 3D errors stay defined
+    per_fid = projection_error(P, T, fid, CAM, reduce=False)[0]
+    assert math.isinf(per_fid[0])
+    assert math.isinf(reprojection_error(T, P, fid, CAM))  # the truth's side counts too
+    s = summarize([{"mtre": float(e["mtre"][i]), "mpe": float(e["mpe"][i])} for i in range(2)])
+    assert s["stats"]["mpe"]["n_inf"] == 1 and s["stats"]["mpe"]["max"] == math.inf
+    assert s["stats"]["mpe"]["min"] == 0 and s["sr_1mm"] == 0.5
 
 
 def test_summary_success_rates_and_percentiles():

@@ -114,7 +114,9 @@ def render(
     if suffix not in (".npy", ".png"):
         raise InputError(f"output must end in .npy or .png, got {output.name!r}")
     from xraypose.camera import Camera
+    from xraypose.io import check_output_file
 
+    check_output_file(output)  # before rendering
     cam = Camera(sdd=sdd, height=height, width=width or height, delx=delx, dely=dely, x0=x0, y0=y0,
                  reverse_x_axis=reverse_x_axis)
     vol = load_ct(ct)
@@ -194,10 +196,18 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 
+def _one_line_warnings() -> None:
+    """Warnings as one line ``xraypose: warning: …`` on stderr (not Python's file:line and source)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"xraypose: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xraypose`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    _one_line_warnings()
     if debug:  # accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
@@ -211,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"xraypose: error: file not found: {e.filename or e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output that cannot be written, a full disk, ... (one line, no traceback)
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"xraypose: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xraypose: interrupted", file=sys.stderr)

@@ -69,7 +69,7 @@ def write_slicer_transform(path, camera_to_world) -> Path:
     tr.SetTranslation(M[:3, 3].tolist())
     if not path.parent.exists():
         raise InputError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix)  # SimpleITK writes by name: in the system's temp folder
     os.close(fd)
     try:
         sitk.WriteTransform(tr, tmp)

@@ -1,45 +1,281 @@
-"""Writing images and JSON results atomically (a kill mid-write never leaves a corrupt file)."""
+"""Writing results atomically, checking outputs before computing, and JSON that holds no NaN/inf.
+
+* :func:`atomic_write_bytes` writes through a temporary file in the target's
+  folder and an atomic rename: a kill or a full disk mid-write never leaves a
+  corrupt or half-written file, and the previous version stays intact.
+  Temporary files are named ``.NAME.xraypose-PID-TOKEN.tmp``; one left by a
+  killed process (its PID no longer running) is *stale* and is removed by
+  :func:`remove_stale_temp_files` (the commands call it on their output
+  folders, and each write on its own target's).
+* :func:`atomic_write_files` writes several files of one result together:
+  all are staged first, so a write error changes none of the old ones; then
+  they replace the old files and the old run's files that this run does not
+  write are removed (a result folder holds only the current run's files).
+* :func:`check_output_folder` / :func:`check_output_file` refuse an output
+  that cannot be written **before** any computation (a read-only folder, a
+  path under a file, ...).
+* A write that fails (read-only folder, full disk) raises :class:`OutputError`
+  (an :class:`~xraypose.errors.InputError`: one line naming the file).
+* JSON cannot hold NaN or ±inf: :func:`jsonable` writes such a value as
+  ``null`` and lists it in the enclosing object's ``"non_finite"`` entry
+  (``{"mpe": null, "non_finite": {"mpe": "inf"}}``); :func:`restore_non_finite`
+  reads it back.  In a list, a non-finite number is written as ``null``.
+"""
 
 from __future__ import annotations
 
+import glob
 import io
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
+import time
 from pathlib import Path
 
 import numpy as np
 
 from xraypose.errors import InputError
 
+#: Marker in the names of this project's temporary files.
+TEMP_MARK = ".xraypose-"
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.xraypose-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
+# Temporary files of earlier versions (tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")): removed when
+# older than an hour (no writer of an earlier version is still at work on them by then).
+_LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+_LEGACY_AGE_S = 3600.0
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+class OutputError(InputError):
+    """An output that cannot be written (read-only folder, full disk, a path under a file...)."""
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the user's usual permissions
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its file
+    return True
+
+
+def is_stale_temp_file(path) -> bool:
+    """True for a temporary file of this project whose writer is gone (killed mid-write)."""
+    p = Path(path)
+    m = _TEMP_RE.match(p.name)
+    if m:
+        return not _pid_alive(int(m["pid"]))
+    if _LEGACY_RE.match(p.name):
+        try:
+            return time.time() - p.stat().st_mtime > _LEGACY_AGE_S
+        except OSError:
+            return False
+    return False
+
+
+def remove_stale_temp_files(folder, name: str | None = None, recursive: bool = False) -> list[Path]:
+    """Remove the stale temporary files (see :func:`is_stale_temp_file`) in ``folder``.
+
+    Args:
+        folder: where to look (a missing folder holds none).
+        name: only those of the target file ``name``.
+        recursive: also in sub-folders.
+    Returns:
+        the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"
+    removed = []
+    for p in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
+        if p.is_file() and is_stale_temp_file(p):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file beside ``path`` (fsynced); removed again on any failure."""
+    tmp = _temp_path(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    return tmp
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        raise OutputError(f"output folder does not exist: {parent}")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    Raises:
+        OutputError: the folder is missing or not writable, or the write failed (e.g. a full
+            disk); ``path`` is then unchanged and no temporary file is left.
+    """
+    path = Path(path)
+    _check_parent(path)
+    remove_stale_temp_files(path.parent, path.name)
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
+    """Write the files of one result into ``folder`` together, replacing an earlier result.
+
+    All files are first written to temporary files (the step that can fail, e.g. on a full
+    disk: then every temporary file is removed and the folder is unchanged), then renamed over
+    the old ones; finally the files named in ``remove`` that this call did not write (the
+    previous run's) are deleted.
+
+    Args:
+        folder: an existing folder.
+        files: {file name: bytes}.
+        remove: file names of earlier results to delete if this call does not write them.
+    Returns:
+        the written paths.
+    """
+    folder = Path(folder)
+    remove_stale_temp_files(folder)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            target = folder / name
+            _check_parent(target)
+            staged.append((_write_temp(target, data), target))
+        for tmp, target in staged:
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                _unlink_quietly(tmp)
+    for name in remove:
+        if name not in files and (folder / name).is_file():
+            _unlink_quietly(folder / name)
+    return [t for _, t in staged]
+
+
+def _probe_folder(folder: Path, what: Path) -> None:
+    probe = folder / f".write-test{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write the output {what}: {folder} is not writable ({e.strerror or e})") from None
+
+
+def check_output_folder(path) -> Path:
+    """Check, before computing, that the output folder ``path`` can be created or written.
+
+    Nothing is created.  Raises :class:`OutputError` naming the problem: ``path`` is a file,
+    lies under a file, or its folder (or nearest existing parent) is not writable.
+    """
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"output {p} exists and is not a folder")
+    anc = p
+    while not anc.exists() and anc.parent != anc:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"cannot create the output folder {p}: {anc} is a file, not a folder")
+    _probe_folder(anc, p)
+    return p
+
+
+def check_output_file(path) -> Path:
+    """Check, before computing, that the file ``path`` can be written (its folder exists and is writable)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise OutputError(f"output {p} is a folder; give a file name")
+    _check_parent(p)
+    _probe_folder(p.parent, p)
+    return p
+
+
+def jsonable(obj):
+    """``obj`` with every NaN/±inf float replaced as described in the module docstring."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        out, flags = {}, {}
+        for k, v in obj.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                flags[k] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            out[k] = jsonable(v)
+        if flags:
+            out["non_finite"] = {**(out.get("non_finite") or {}), **flags}
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def restore_non_finite(obj):
+    """The inverse of :func:`jsonable` for objects: ``null`` values listed in ``"non_finite"`` get their value back."""
+    if isinstance(obj, dict):
+        out = {k: restore_non_finite(v) for k, v in obj.items() if k != "non_finite"}
+        flags = obj.get("non_finite")
+        if isinstance(flags, dict):
+            for k, v in flags.items():
+                if out.get(k) is None and v in ("inf", "-inf", "nan"):
+                    out[k] = float(v)
+        elif "non_finite" in obj:
+            out["non_finite"] = obj["non_finite"]
+        return out
+    if isinstance(obj, list):
+        return [restore_non_finite(v) for v in obj]
+    return obj
+
+
+def json_bytes(obj) -> bytes:
+    """Strict JSON (no NaN/Infinity tokens: see :func:`jsonable`), indented, with a final newline."""
+    return (json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n").encode()
 
 
 def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

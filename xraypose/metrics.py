@@ -28,7 +28,13 @@ Also: success rates (mTRE below 1 mm and 2 mm by default), percentiles and the
 times of initialisation and optimisation, summarised by :func:`summarize`.
 
 A NaN or infinite pose is never turned into a NaN metric: it raises
-:class:`~xraypose.errors.InputError` naming the pose.
+:class:`~xraypose.errors.InputError` naming the pose.  A finite pose never
+raises: when a fiducial lies at or behind the X-ray source of either pose, its
+projection is undefined and that pose's ``mpe`` and ``mrpe`` are ``inf`` (a
+failed case; ``mtre`` and the geodesics stay finite).  Summaries count such
+values (``n_inf``) and keep them in the percentiles (a median over cases with
+some infinite errors is the honest one); JSON writers store them as ``null``
+listed under ``"non_finite"`` (:func:`xraypose.io.jsonable`).
 """
 
 from __future__ import annotations
@@ -119,21 +125,27 @@ def target_registration_error(pred, true, fiducials, reduce: bool = True) -> tor
     return d.mean(-1) if reduce else d
 
 
-def _projections(camera: Camera, poses: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    depth = camera.depth(f, poses)
-    if bool((depth <= 0).any()):
-        b = int(torch.nonzero((depth <= 0).any(-1))[0, 0])
-        raise InputError(f"a fiducial lies behind the X-ray source of pose {b}; its projection is undefined")
-    return camera.project(f, poses)
+def _projections(camera: Camera, poses: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels (B, N, 2), behind (B, N) bool): fiducials at or behind the source have no projection."""
+    behind = camera.depth(f, poses) <= 0
+    return camera.project(f, poses), behind
+
+
+def _undefined_to_inf(d: torch.Tensor, behind: torch.Tensor) -> torch.Tensor:
+    """Per-fiducial distances (B, N): inf where a projection is undefined."""
+    return torch.where(behind, torch.full_like(d, math.inf), d)
 
 
 def projection_error(pred, true, fiducials, camera: Camera, reduce: bool = True) -> torch.Tensor:
-    """Mean projection error (mPE): distance between the fiducials' projections, mm on the detector."""
+    """Mean projection error (mPE): distance between the fiducials' projections, mm on the detector.
+
+    A fiducial at or behind the source of either pose has no projection: its error is ``inf``
+    (and so is the pose's mean)."""
     p, t = _pair(pred, true)
     f = _fiducials(fiducials, p.shape[0])
-    duv = _projections(camera, p, f) - _projections(camera, t, f)
+    (uv_p, bp), (uv_t, bt) = _projections(camera, p, f), _projections(camera, t, f)
     spacing = torch.tensor([camera.delx, camera.dely], dtype=torch.float64)
-    d = (duv * spacing).norm(dim=-1)
+    d = _undefined_to_inf(((uv_p - uv_t) * spacing).norm(dim=-1), bp | bt)
     return d.mean(-1) if reduce else d
 
 
@@ -142,13 +154,15 @@ def reprojection_error(pred, true, fiducials, camera: Camera, reduce: bool = Tru
 
     The projections of the fiducials under each pose are back-projected onto
     that pose's own detector plane (world points at depth ``sdd``); the metric
-    is the mean distance between the two sets of world points.
+    is the mean distance between the two sets of world points (``inf`` when a
+    fiducial is at or behind the source of either pose).
     """
     p, t = _pair(pred, true)
     f = _fiducials(fiducials, p.shape[0])
-    xp = camera.backproject(_projections(camera, p, f), p)
-    xt = camera.backproject(_projections(camera, t, f), t)
-    d = (xp - xt).norm(dim=-1)
+    (uv_p, bp), (uv_t, bt) = _projections(camera, p, f), _projections(camera, t, f)
+    xp = camera.backproject(uv_p, p)
+    xt = camera.backproject(uv_t, t)
+    d = _undefined_to_inf((xp - xt).norm(dim=-1), bp | bt)
     return d.mean(-1) if reduce else d
 
 
@@ -204,14 +218,22 @@ def success_rate(mtre, threshold_mm: float = 1.0) -> float:
 
 
 def _stats(values: Sequence[float]) -> dict:
+    """n, mean, std, min, max, percentiles of the values that are not NaN; ``n_inf`` of them are
+    infinite (kept: the percentiles above the finite values are inf, and so are the mean and std)."""
     a = np.asarray(values, dtype=np.float64)
-    a = a[np.isfinite(a)]
+    a = a[~np.isnan(a)]
     if a.size == 0:
         return {"n": 0}
-    d = {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
-         "max": float(a.max())}
-    for q, v in zip(_PERCENTILES, np.percentile(a, _PERCENTILES)):
-        d[f"p{q}"] = float(v)
+    n_inf = int(np.isinf(a).sum())
+    with np.errstate(invalid="ignore", over="ignore"):
+        q = np.percentile(a, _PERCENTILES)
+        mean, std = float(a.mean()), float(a.std())
+    q = np.where(np.isnan(q), np.inf, q)  # inf − inf in the interpolation between two infinite values
+    if n_inf:
+        std = math.inf  # numpy gives NaN (inf − inf)
+    d = {"n": int(a.size), "n_inf": n_inf, "mean": mean, "std": std, "min": float(a.min()), "max": float(a.max())}
+    for qq, v in zip(_PERCENTILES, q):
+        d[f"p{qq}"] = float(v)
     d["median"] = d["p50"]
     return d
 

@@ -21,7 +21,6 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.io import atomic_write_json
 from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 
@@ -188,30 +187,40 @@ def register_xray(
     return outs
 
 
+#: The files of a registration result; re-running into the same folder replaces them all.
+RESULT_FILES = ("pose.json", "metrics.json", "trajectory.json")
+
+
 def write_registration(outdir, reg: Registration, extra: dict | None = None, trajectory: bool = True) -> list[Path]:
     """Write ``pose.json`` (pose, intrinsics, timings, config), ``metrics.json`` (when the
-    truth is known) and ``trajectory.json`` into ``outdir`` (created), each atomically."""
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    truth is known) and ``trajectory.json`` into ``outdir`` (created).
+
+    The files are written together (:func:`xraypose.io.atomic_write_files`): a write error
+    (read-only folder, full disk) leaves an earlier result in ``outdir`` as it was; otherwise
+    the earlier result's files that this one does not have (e.g. its ``metrics.json``) are
+    removed, so the folder holds this result only.  Metrics that are infinite (a fiducial
+    behind the X-ray source) are written as ``null`` and listed under ``"non_finite"``.
+    """
+    from xraypose.io import OutputError, atomic_write_files, check_output_folder, json_bytes
+
+    out = check_output_folder(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     pose = reg.pose_json()
     if extra:
         pose.update(extra)
-    _check_finite(pose)
-    written = []
-    atomic_write_json(out / "pose.json", pose)
-    written.append(out / "pose.json")
+    _check_finite({k: pose[k] for k in ("camera_to_world", "world_to_camera", "intrinsics") if k in pose})
+    files = {"pose.json": json_bytes(pose)}
     if reg.metrics is not None:
-        atomic_write_json(out / "metrics.json", {"final": reg.metrics, "initial": reg.initial_metrics,
-                                                 "success_1mm": reg.metrics["mtre"] < 1.0,
-                                                 "success_2mm": reg.metrics["mtre"] < 2.0,
-                                                 "init_s": reg.init_s, "opt_s": reg.opt_s})
-        written.append(out / "metrics.json")
+        files["metrics.json"] = json_bytes({"final": reg.metrics, "initial": reg.initial_metrics,
+                                            "success_1mm": reg.metrics["mtre"] < 1.0,
+                                            "success_2mm": reg.metrics["mtre"] < 2.0,
+                                            "init_s": reg.init_s, "opt_s": reg.opt_s})
     if trajectory:
-        atomic_write_json(out / "trajectory.json", {"records": reg.trajectory, "levels": reg.level_stats})
-        written.append(out / "trajectory.json")
-    return written
+        files["trajectory.json"] = json_bytes({"records": reg.trajectory, "levels": reg.level_stats})
+    return atomic_write_files(out, files, remove=RESULT_FILES)
 
 
 def _check_finite(obj, where: str = "result") -> None:
