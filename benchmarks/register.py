@@ -12,7 +12,16 @@ case in the field of view.  Starts:
   axis through the isocenter and shifted by exactly 20 mm (40 mm) in a random
   direction (fixed per case and seed);
 * ``model``: the trained pose regressor (``--model M``, one checkpoint per CT
-  with ``--model CT_NAME=PATH``).
+  with ``--model CT_NAME=PATH``).  A model is used only with the CT it was
+  trained on (:func:`xraypose.model.check_training_volume`): a bare ``--model M``
+  gives model starts to the CTs it fits and none to the others (a log line says
+  so); ``CT_NAME=PATH`` for another CT is an error; ``--allow-other-ct`` uses it
+  anyway (a warning).
+
+A case whose metrics are infinite (an estimate with a fiducial behind its X-ray
+source: mPE/mRPE inf) is a failed case, not a crash; a case whose registration
+raises an input error is recorded as failed (mTRE NaN, ``status`` "error: ...")
+and the run goes on.
 
 Also end to end on the DeepFluoro-layout fixture (``--deepfluoro``): the fixture
 file is written, read back by :class:`xraypose.datasets.DeepFluoroDataset`,
@@ -45,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xraypose.camera import Camera  # noqa: E402
+from xraypose.errors import InputError  # noqa: E402
 from xraypose.io import atomic_write_json  # noqa: E402
 from xraypose.metrics import format_table, summarize  # noqa: E402
 from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig  # noqa: E402
@@ -115,13 +125,20 @@ def run_group(name, volume, cases, start, registrar, batch, seed, model_init=Non
         if any(c.camera != cam for c in chunk):
             raise SystemExit("cases of one batch must share a camera")
         t0 = time.perf_counter()
-        if start == "model":
-            T0 = model_init(imgs, cam)
-            init_s = (time.perf_counter() - t0) / len(chunk)
-        else:
-            T0 = torch.stack([start_pose(c, volume, start, seed) for c in chunk])
-            init_s = 0.0
-        res = registrar.register(imgs, cam, T0)
+        try:
+            if start == "model":
+                T0 = model_init(imgs, cam)
+                init_s = (time.perf_counter() - t0) / len(chunk)
+            else:
+                T0 = torch.stack([start_pose(c, volume, start, seed) for c in chunk])
+                init_s = 0.0
+            res = registrar.register(imgs, cam, T0)
+        except InputError as e:  # one failed batch is recorded, not the end of a 500-case run
+            for c in chunk:
+                rows.append({"ct": name, "start": start, "case": c.index, "mtre": float("nan"),
+                             "status": f"error: {e}", "init_s": 0.0, "opt_s": 0.0, "batch": len(chunk)})
+            log(f"  {name} {start} cases {chunk[0].index}-{chunk[-1].index}: error: {e}")
+            continue
         for j, c in enumerate(chunk):
             m = registration_metrics(res.poses[j], c.true_pose, c.fiducials, c.camera)
             m0 = registration_metrics(T0[j], c.true_pose, c.fiducials, c.camera)
@@ -132,8 +149,9 @@ def run_group(name, volume, cases, start, registrar, batch, seed, model_init=Non
                          "similarity": float(res.similarity[j]), "bone_multiplier": float(res.bone_multiplier[j]),
                          "level_iterations": [d["iterations"] for d in res.level_stats] if len(chunk) == 1 else None})
         last = rows[-1]
+        undefined = " (a fiducial behind the source: mPE inf)" if last["mpe"] == float("inf") else ""
         log(f"  {name} {start} case {last['case']:3d}: mTRE {last['start_mtre']:6.2f} -> {last['mtre']:7.3f} mm, "
-            f"opt {last['opt_s']:.2f} s, {last['status']}")
+            f"opt {last['opt_s']:.2f} s, {last['status']}{undefined}")
     return rows
 
 
@@ -171,6 +189,23 @@ def deepfluoro_end_to_end(registrar_config, cache: Path, n_proj: int, seed: int,
     return rows
 
 
+def model_for(name: str, spec: str, volume, models: dict, allow_other_ct: bool, log):
+    """The ModelInitializer for this CT, or None: a bare --model only for the CT it was trained on."""
+    from xraypose.register.initializers import ModelInitializer
+
+    explicit = models.get(name) or models.get(spec)
+    path = explicit or models.get("*")
+    if not path:
+        return None
+    try:
+        return ModelInitializer.from_checkpoint(path, volume, allow_other_ct=allow_other_ct)
+    except InputError as e:
+        if explicit:
+            raise SystemExit(f"register.py: --model {name}={path}: {e}") from None
+        log(f"  {name}: no model start ({e})")
+        return None
+
+
 KEYS = ("mtre", "mpe", "mrpe", "rot_mm", "trans_mm", "dgeo", "rot_deg", "init_s", "opt_s", "cpu_s", "iterations")
 COLUMNS = ["group", "n_cases", "sr_1mm", "sr_2mm", "median_mtre_mm", "p95_mtre_mm", "median_mpe_mm",
            "median_mrpe_mm", "median_dgeo_mm", "median_init_s", "median_opt_s", "p95_opt_s", "median_cpu_s"]
@@ -192,7 +227,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ct", action="append", help="CT file, or 'pelvis' / 'abdomen' (default: both)")
     ap.add_argument("--cases", type=int, default=100, help="cases per CT")
     ap.add_argument("--starts", nargs="*", default=["5,20", "10,40"], help="perturbation starts DEG,MM (none: only --model)")
-    ap.add_argument("--model", action="append", default=[], help="checkpoint (or CT_NAME=PATH) for model starts")
+    ap.add_argument("--model", action="append", default=[], help="checkpoint (or CT_NAME=PATH) for model starts; "
+                    "a bare checkpoint serves only the CT it was trained on")
+    ap.add_argument("--allow-other-ct", action="store_true", help="use --model with CTs it was not trained on")
     ap.add_argument("--detector", type=int, default=256, help="raw detector pixels (280 mm wide)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--batch", type=int, default=1, help="X-rays registered together")
@@ -258,15 +295,11 @@ def main(argv=None) -> int:
             cases = cached_cases(name, vol, args.cases, args.detector, args.seed, cache, log)
             registrar = Registrar(vol, cfg)
             starts = list(args.starts)
-            model_path = models.get(name) or models.get(spec) or models.get("*")
-            if model_path:
+            model_init = model_for(name, spec, vol, models, args.allow_other_ct, log)
+            if model_init is not None:
                 starts.append("model")
             for start in starts:
-                init = None
-                if start == "model":
-                    from xraypose.register.initializers import ModelInitializer
-
-                    init = ModelInitializer.from_checkpoint(model_path)
+                init = model_init if start == "model" else None
                 rows.extend(run_group(name, vol, cases, start, registrar, args.batch, args.seed, init, log))
                 save()
     if (args.deepfluoro or args.deepfluoro_only) and not args.summarize_only:

@@ -38,6 +38,8 @@ BONE_MULTIPLIER = typer.Option(1.0, "--bone-multiplier",
 LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,96' (the default); "
                       "each level's other settings from the nearest default level.")
 FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews).")
+ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "
+                              "otherwise: it knows the poses of its own CT only); a warning is printed.")
 
 
 def _levels(text: str | None, fast: bool) -> dict:
@@ -83,7 +85,8 @@ def read_fiducials(path: Path):
 def register_command(
     ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
     xray: Path = typer.Argument(..., help="X-ray: DICOM, or PNG/TIFF/NPY with intrinsics (options or a sidecar JSON)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output folder: pose.json, metrics.json (with --true-pose), trajectory.json."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder: pose.json, metrics.json (with --true-pose), trajectory.json; an "
+                                "earlier result there is replaced (its files this run does not write are removed)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to initialise from."),
     init: Optional[str] = typer.Option(
         None, "--init",
@@ -120,6 +123,7 @@ def register_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the sparse patch draws."),
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest for these small images on a busy machine)."),
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory."),
+    allow_other_ct: bool = ALLOW_OTHER_CT,
     config: Optional[Path] = config_option("register"),
 ) -> None:
     """Find the C-arm pose of an X-ray by registering it to a CT.
@@ -131,6 +135,7 @@ def register_command(
     import torch
 
     from xraypose.camera import carm_pose
+    from xraypose.io import OutputError, check_output_folder
     from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.api import register_xray, write_registration
     from xraypose.register.initializers import ModelInitializer, pose_from_json
@@ -149,8 +154,7 @@ def register_command(
         raise InputError(f"--size must be at least 16 pixels, got {size}")
     if blur < 0:
         raise InputError(f"--blur must be >= 0 pixels, got {blur}")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output {output} exists and is not a folder")
+    check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
 
     vol = load_sample_ct() if ct == "sample" else read_volume(ct)
     iso = torch.tensor(_floats(isocenter, 3, "--isocenter"), dtype=torch.float64) if isocenter else vol.get_isocenter()
@@ -162,7 +166,7 @@ def register_command(
     if xr.camera is None:
         raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
     if init == "model":
-        start = ModelInitializer.from_checkpoint(model)
+        start = ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct)
         init_info = {"kind": "model", "model": str(model)}
     elif init == "pose":
         start = pose_from_json(pose_json)
@@ -204,7 +208,11 @@ def register_command(
     out = register_xray(vol, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
                         fiducials=fid)[0]
     extra = {"ct": ct, "xray": px.to_dict(), "init": init_info}
-    write_registration(output, out, extra=extra, trajectory=not no_trajectory)
+    try:
+        write_registration(output, out, extra=extra, trajectory=not no_trajectory)
+    except OutputError as e:  # e.g. a full disk: the pose computed is not lost
+        typer.echo(json.dumps({"camera_to_world": out.camera_to_world.tolist()}))
+        raise OutputError(f"{e} (the registered camera_to_world is printed on stdout)") from None
     msg = (f"wrote {output}/pose.json: similarity {out.similarity:.4f}, {out.status}, {out.iterations} iterations, "
            f"init {out.init_s:.2f} s, optimisation {out.opt_s:.2f} s")
     if out.metrics is not None:

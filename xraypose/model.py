@@ -51,7 +51,8 @@ from xraypose.geometry import ROTATION_PARAMETERIZATIONS, pose_from_params, pose
 __all__ = [
     "PoseRegressor", "CHECKPOINT_FORMAT", "NORMS", "load_checkpoint", "predict_pose", "read_checkpoint",
     "save_checkpoint", "resample_to_camera", "normalize_images", "build_model", "architecture_of",
-    "check_compatible", "checkpoint_dict",
+    "check_compatible", "checkpoint_dict", "volume_record", "training_volume_mismatch", "check_training_volume",
+    "OtherCTWarning",
 ]
 
 CHECKPOINT_FORMAT = "xraypose.pose_regressor"
@@ -331,8 +332,9 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PoseRegressor, dict]:
     ``camera`` (training Camera as ``Camera.to_dict()``, at the training image size),
     ``image_size`` [H, W], ``isocenter_pose`` (4×4 camera_to_world), ``isocenter``
     (3,), ``sod_mm``, ``parameterization``, ``convention``, ``architecture``,
-    ``normalization`` {"mean", "std", "fill"}, ``density``, ``volume`` (shape,
-    affine, source of the training CT) and ``training`` (steps, images, config).
+    ``normalization`` {"mean", "std", "fill"}, ``density``, ``volume`` (the training
+    CT's shape, spacing, affine, source and content fingerprint: :func:`volume_record`;
+    :func:`check_training_volume` refuses another CT) and ``training`` (steps, images, config).
     """
     ckpt = read_checkpoint(path, map_location)
     meta = ckpt["meta"]
@@ -344,6 +346,94 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PoseRegressor, dict]:
     model.to(map_location if map_location is not None else "cpu")
     model.eval()
     return model, meta
+
+
+# --------------------------------------------------------------------------- the training CT
+class OtherCTWarning(UserWarning):
+    """A model is used with a CT other than the one it was trained on (allowed explicitly), or cannot be checked."""
+
+
+_BLOCKS = 4  # the content fingerprint: means of 4×4×4 blocks of voxels
+
+
+def volume_record(volume) -> dict:
+    """What a checkpoint's ``meta["volume"]`` records of the training CT.
+
+    ``{"source", "shape" [I, J, K], "spacing" [3] mm, "affine" 4×4 (voxel → world RAS mm),
+    "block_means" [64]}``: the last is a cheap content fingerprint, the mean voxel value
+    (e.g. HU) of each of 4×4×4 blocks, robust to the rounding of a re-saved file.
+    """
+    data = torch.as_tensor(volume.data).detach().to("cpu", torch.float32)
+    blocks = F.adaptive_avg_pool3d(data[None, None], (_BLOCKS,) * 3).reshape(-1)
+    return {"source": str(getattr(volume, "source", "")), "shape": [int(n) for n in volume.shape],
+            "spacing": [float(x) for x in volume.spacing], "affine": volume.affine.tolist(),
+            "block_means": [float(x) for x in blocks]}
+
+
+def _fmt_shape(rec) -> str:
+    sh = "×".join(str(int(n)) for n in rec["shape"])
+    sp = rec.get("spacing")
+    return sh + (f" voxels of {'×'.join(f'{float(x):.3g}' for x in sp)} mm" if sp else " voxels")
+
+
+def training_volume_mismatch(meta: dict, volume) -> str | None:
+    """How ``volume`` differs from the CT the checkpoint (its ``meta``) was trained on, or None.
+
+    Compared: the shape, the voxel → world affine (0.01 mm, 1e-4 in the rotation), and the
+    content fingerprint (block means within 0.2 % of their range) when the checkpoint has one.
+    Raises nothing; a checkpoint without the record gives None (see :func:`check_training_volume`).
+    """
+    rec = meta.get("volume") if isinstance(meta, dict) else None
+    if not isinstance(rec, dict) or "shape" not in rec:
+        return None
+    now = volume_record(volume)
+    if [int(n) for n in rec["shape"]] != now["shape"]:
+        return f"it was trained on a CT of {_fmt_shape(rec)}, this CT has {_fmt_shape(now)}"
+    if "affine" in rec:
+        a, b = torch.tensor(rec["affine"], dtype=torch.float64), volume.affine.to(torch.float64)
+        if tuple(a.shape) != (4, 4) or not (torch.allclose(a[:3, :3], b[:3, :3], atol=1e-4 * float(b[:3, :3].abs().max()))
+                                            and torch.allclose(a[:3, 3], b[:3, 3], atol=1e-2)):
+            return (f"it was trained on a CT placed elsewhere in the world (voxel → world affine: origin "
+                    f"{[round(float(x), 1) for x in a[:3, 3]]} mm, this CT's {[round(float(x), 1) for x in b[:3, 3]]} mm)")
+    if "block_means" in rec:
+        a, b = torch.tensor(rec["block_means"], dtype=torch.float64), torch.tensor(now["block_means"], dtype=torch.float64)
+        span = float(torch.cat([a, b]).max() - torch.cat([a, b]).min())
+        diff = float((a - b).abs().max()) if a.shape == b.shape else math.inf
+        if diff > 2e-3 * max(span, 1e-6):
+            return (f"it was trained on a CT of the same size and place but other voxel values (block means differ "
+                    f"by up to {diff:.3g})")
+    return None
+
+
+def check_training_volume(meta: dict, volume, *, allow_other_ct: bool = False, what: str = "the model") -> None:
+    """Refuse to use a model with a CT other than the one it was trained on.
+
+    Args:
+        meta: the checkpoint's meta (:func:`load_checkpoint`).
+        volume: the CT the model is about to be used with.
+        allow_other_ct: use it anyway, with an :class:`OtherCTWarning`.
+        what: the model's name in messages (e.g. its file).
+    Raises:
+        InputError: ``volume`` is not the training CT (shape, affine or content differ).
+    A checkpoint without a record of its CT (written before xraypose recorded it) gives an
+    :class:`OtherCTWarning` that it cannot be checked, and is used.
+    """
+    import warnings
+
+    rec = meta.get("volume") if isinstance(meta, dict) else None
+    if not isinstance(rec, dict) or "shape" not in rec:
+        warnings.warn(f"{what} does not record the CT it was trained on (an older checkpoint): "
+                      "it cannot be checked against this CT", OtherCTWarning, stacklevel=2)
+        return
+    why = training_volume_mismatch(meta, volume)
+    if why is None:
+        return
+    if allow_other_ct:
+        warnings.warn(f"{what} was trained on another CT ({why}); using it anyway (--allow-other-ct)",
+                      OtherCTWarning, stacklevel=2)
+        return
+    raise InputError(f"{what} was trained on another CT: {why}; use the CT it was trained on, "
+                     "or allow another CT explicitly (--allow-other-ct)")
 
 
 # --------------------------------------------------------------------------- input contract

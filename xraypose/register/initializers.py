@@ -139,19 +139,30 @@ class ModelInitializer:
         return T
 
     @classmethod
-    def from_checkpoint(cls, path) -> "ModelInitializer":
+    def from_checkpoint(cls, path, volume=None, *, allow_other_ct: bool = False) -> "ModelInitializer":
         """A checkpoint written by ``xraypose train``, through :func:`xraypose.model.load_checkpoint`
         and :func:`xraypose.model.predict_pose` (which resample the X-ray to the training
-        detector and normalise it as in training)."""
+        detector and normalise it as in training).
+
+        Args:
+            path: the checkpoint.
+            volume: the CT the X-rays will be registered to: a model trained on another CT
+                (shape, affine or voxel values differ) is refused with an InputError
+                (:func:`xraypose.model.check_training_volume`).  Give it: a model only knows
+                the poses of its own CT.  None skips the check.
+            allow_other_ct: use the model with another CT anyway (a warning).
+        """
         p = Path(path)
         if not p.exists():
             raise InputError(f"model file not found: {p}")
         try:
-            from xraypose.model import load_checkpoint, predict_pose
+            from xraypose.model import check_training_volume, load_checkpoint, predict_pose
         except ImportError:
             raise InputError("initialising from a trained model needs xraypose.model, which this installation "
                              "lacks") from None
         net, meta = load_checkpoint(p)
+        if volume is not None:
+            check_training_volume(meta, volume, allow_other_ct=allow_other_ct, what=f"the model {p}")
         init = cls(lambda img, cam: predict_pose(net, meta, img, cam), camera=None)
         init.meta = meta
         return init
