@@ -23,11 +23,14 @@ def train_command(
                                          "(the defaults) or cpu-fast (best measured under a 10-minute CPU budget); "
                                          "--config tables and the options below apply on top."),
     resume: bool = typer.Option(False, "--resume", help="Continue from NAME.last.pt (model, optimiser, schedule, "
-                                "step, random state)."),
+                                "step, random state); the time budget is the whole training's."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier training's files at -o (model, "
+                                   "state, log); without it or --resume an existing model is never overwritten."),
     finetune: Optional[Path] = typer.Option(None, "--finetune", help="Start from the weights of another checkpoint "
                                             "(same architecture and parameterization)."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget for the whole run, minutes "
-                                            "(sets run.time_budget_s; the schedule fits the budget)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget of the whole training, "
+                                            "minutes, resumes included (sets run.time_budget_s; the schedule fits "
+                                            "the budget; with --resume, give more to train longer)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Maximum number of optimiser steps (run.max_steps)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="timm backbone name (model.backbone), e.g. resnet18."),
     parameterization: Optional[str] = typer.Option(None, "--parameterization",
@@ -73,7 +76,7 @@ def train_command(
     if minutes is not None and steps is None:
         d["run"]["max_steps"] = max(d["run"]["max_steps"], 1_000_000)  # the budget decides
     cfg = TrainConfig.from_dict(d)
-    result = train(ct, output, cfg, resume=resume, finetune=finetune, quiet=quiet)
+    result = train(ct, output, cfg, resume=resume, overwrite=overwrite, finetune=finetune, quiet=quiet)
     typer.echo(
         f"wrote {result.model_path} (best model), {result.last_path.name}, {result.log_path.name}: "
         f"{result.steps} steps, {result.images_seen} images ({result.images_per_s:.1f}/s), "

@@ -58,8 +58,10 @@ from xraypose.model import (
     PoseRegressor,
     check_compatible,
     checkpoint_dict,
+    check_training_volume,
     read_checkpoint,
     save_checkpoint,
+    volume_record,
 )
 
 __all__ = [
@@ -156,6 +158,7 @@ class RunConfig:
     threads: int | None = None  # None: CPU threads tuned while training (ThreadTuner); set it for bit-reproducible runs
     steps_per_epoch: int = 100
     checkpoint_every_s: float = 120.0
+    first_checkpoint_s: float = 10.0  # the first checkpoint after this many seconds of steps, then 2×, 4×... up to checkpoint_every_s
     checkpoint_every_steps: int | None = None
     val_size: int = 64
     val_every_steps: int = 200
@@ -326,6 +329,7 @@ class TrainConfig:
         num("run.threads", run.threads, lo=1, integer=True, allow_none=True)
         num("run.steps_per_epoch", run.steps_per_epoch, lo=1, integer=True)
         num("run.checkpoint_every_s", run.checkpoint_every_s, lo=0, lo_open=True)
+        num("run.first_checkpoint_s", run.first_checkpoint_s, lo=0, lo_open=True)
         num("run.checkpoint_every_steps", run.checkpoint_every_steps, lo=1, integer=True, allow_none=True)
         num("run.val_size", run.val_size, lo=0, integer=True)
         num("run.val_every_steps", run.val_every_steps, lo=1, integer=True)
@@ -480,15 +484,32 @@ def _check_writable(output) -> None:
         raise InputError(f"output folder does not exist: {parent}")
     if not parent.is_dir():
         raise InputError(f"output folder {parent} is not a folder")
-    probe = parent / f".{p.name}.write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"cannot write to the output folder {parent} ({e.strerror or e})") from None
+    from xraypose.io import check_output_file
+
+    check_output_file(p)  # a probe file (named as the package's temporary files) in the folder
     for q in output_paths(p).values():
         if q.exists() and not os.access(q, os.W_OK):
             raise InputError(f"cannot overwrite {q} (not writable)")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log's rows up to ``step`` (those of a resumed checkpoint); drop later and partial rows."""
+    if not path.exists():
+        return
+    from xraypose.io import atomic_write_bytes
+
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row cut by a kill
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+            continue
+        if isinstance(row, dict) and row.get("event") == "end":
+            continue  # the run goes on
+        keep.append(line)
+    atomic_write_bytes(path, "".join(x + "\n" for x in keep).encode())
 
 
 def _mix_seed(*parts: int) -> int:
@@ -644,7 +665,7 @@ def _pose_errors(pred: torch.Tensor, true: torch.Tensor, sod: float) -> dict:
 
 
 # =========================================================================== the training run
-def train(ct, output, config=None, *, resume: bool = False, finetune=None, callback=None,
+def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = False, finetune=None, callback=None,
           quiet: bool = False) -> TrainResult:
     """Train a pose regressor on DRRs of ``ct`` and write ``output`` (best model) and its companions.
 
@@ -654,7 +675,12 @@ def train(ct, output, config=None, *, resume: bool = False, finetune=None, callb
         config: a :class:`TrainConfig`, a dict of tables, a TOML path, or None (defaults).
         resume: continue from ``output``'s ``.last.pt`` (model, optimiser, scheduler, step,
             random state, replay buffer); the checkpoint's configuration is used, except the
-            ``[run]`` table, which may change (e.g. more steps).
+            ``[run]`` table, which may change (e.g. more steps).  ``run.time_budget_s`` is the
+            budget of the whole training, resumes included (the time used is in the checkpoint);
+            the log keeps one row per step (rows written after the checkpoint are dropped).
+        overwrite: replace an earlier training's files at ``output`` (model, state, log, crash
+            dump; removed before training starts).  Without it (or ``resume``), an existing
+            ``output`` or companion is an InputError: a trained model is never overwritten silently.
         finetune: start from the weights of another checkpoint (same architecture and
             parameterization); the pose frame and output scaling follow this CT and config.
         callback: called as ``callback(event, info)`` with event "step", "checkpoint" or "validation".
@@ -666,6 +692,12 @@ def train(ct, output, config=None, *, resume: bool = False, finetune=None, callb
     world, rank, local_rank = _dist_info()
     if rank == 0:
         _check_writable(output)
+    if resume and overwrite:
+        raise InputError("give --resume (continue the training) or --overwrite (start again), not both")
+    existing = [q for q in paths.values() if q.exists()]
+    if existing and not resume and not overwrite:
+        raise InputError(f"{existing[0]} already exists (an earlier training); give --resume to continue it "
+                         "or --overwrite to replace it")
     state = None
     if resume:
         if not paths["last"].exists():
@@ -688,6 +720,13 @@ def train(ct, output, config=None, *, resume: bool = False, finetune=None, callb
                              f"resume with the same number (got {world})")
     if finetune is not None and resume:
         raise InputError("give resume or finetune, not both")
+    if rank == 0:
+        from xraypose.io import remove_stale_temp_files
+
+        remove_stale_temp_files(paths["best"].parent)  # left by a run killed mid-write
+    if overwrite and finetune is not None and Path(finetune).resolve() in {q.resolve() for q in existing}:
+        raise InputError(f"--finetune reads {finetune}, which --overwrite would replace; write to another file")
+    replace = existing if overwrite and rank == 0 else []
 
     # ----------------------------------------------------------------- devices, processes
     want = cfg.run.device
@@ -707,14 +746,15 @@ def train(ct, output, config=None, *, resume: bool = False, finetune=None, callb
     if ddp and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:
-        return _train(cfg, paths, state, finetune, callback, quiet or rank != 0, device, world, rank, ct, t_start)
+        return _train(cfg, paths, state, finetune, callback, quiet or rank != 0, device, world, rank, ct, t_start,
+                      replace)
     finally:
         torch.set_num_threads(threads_before)
         if ddp and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct, t_start):  # noqa: C901
+def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct, t_start, replace=()):  # noqa: C901
     from torch.nn.parallel import DistributedDataParallel
 
     from xraypose.augment import Augmenter, minmax_valid
@@ -752,6 +792,7 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
                              f"{len(unexpected)} unexpected tensors)")
     if state is not None:
         check_compatible(model.architecture(), state["meta"]["architecture"], f"checkpoint {paths['last']}")
+        check_training_volume(state["meta"], volume, what=f"the training state {paths['last']}")
         model.load_state_dict(state["model"])
     model.to(device)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp \
@@ -800,7 +841,7 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
         "normalization": {"mean": float(mean), "std": float(std), "fill": 0.0,
                           "rule": "min-max over valid pixels, invalid = fill, then (x - mean) / std"},
         "density": cfg.render.density, "renderer": cfg.render.renderer, "n_samples": cfg.render.n_samples,
-        "volume": {"source": str(volume.source), "shape": list(volume.shape), "affine": volume.affine.tolist()},
+        "volume": volume_record(volume),
         "sampler": {"distribution": sampler.distribution, "rot_std": list(sampler.rot_std),
                     "trans_mean": list(sampler.trans_mean), "trans_std": list(sampler.trans_std),
                     "rot_range": list(sampler.rot_range), "trans_range": list(sampler.trans_range)},
@@ -833,9 +874,13 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
         sched.set_total(cfg.run.max_steps)
 
     # ----------------------------------------------------------------- files and logging
+    for q in replace:  # --overwrite: the earlier training's files go once this one is set up
+        q.unlink(missing_ok=True)
+    if rank == 0 and state is not None:
+        _truncate_log(paths["log"], step)  # steps logged after the checkpoint are done again
     log = open(paths["log"], "a" if state is not None else "w") if rank == 0 else None
     if log is not None and state is not None:
-        log.write(json.dumps({"event": "resume", "step": step}) + "\n")
+        log.write(json.dumps({"event": "resume", "step": step, "elapsed_s": round(elapsed_before, 3)}) + "\n")
 
     def gather_state() -> dict:
         bstate = buffer.state_dict()
@@ -906,13 +951,16 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
     step_times: list[float] = []
     val_cost = 0.0
     last_ckpt_t = time.perf_counter()
+    # Time-based checkpoints: the first soon (a kill loses little), then at doubling intervals up to every_s.
+    ckpt_interval = min(float(cfg.run.first_checkpoint_s), float(cfg.run.checkpoint_every_s))
     accumulate = int(cfg.optim.accumulate)
     pbar = None
     ema = {}
     t_loop = time.perf_counter()
     seen_at_loop, step_at_loop = images_seen, step
     model.train()
-    stop = False
+    # The budget is that of the whole training: a resumed run has what its earlier sessions left.
+    stop = budget is not None and elapsed_before + time.perf_counter() - t_start >= budget
     tuner = None
     if cfg.run.threads is None and device.type == "cpu" and not ddp and torch.get_num_threads() > 1:
         tuner = ThreadTuner([1, torch.get_num_threads()])
@@ -922,10 +970,12 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
             torch.set_num_threads(n_threads)
         epoch = step // cfg.run.steps_per_epoch
         if pbar is None and not quiet and cfg.run.progress:
-            from tqdm import tqdm
+            from xraypose.progress import progress
 
             n_ep = min(cfg.run.steps_per_epoch - step % cfg.run.steps_per_epoch, total - step)
-            pbar = tqdm(total=n_ep, desc=f"epoch {epoch}", leave=True, dynamic_ncols=True, file=sys.stderr)
+            # a bar per epoch on a terminal; in a log, a line every few seconds (none at each epoch's end)
+            pbar = progress(total=n_ep, desc=f"epoch {epoch}", unit="steps", leave=sys.stderr.isatty(),
+                            file=sys.stderr, dynamic_ncols=True)
         t_step = time.perf_counter()
         lr = sched.apply(step)
         opt.zero_grad(set_to_none=True)
@@ -1008,7 +1058,7 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
             if callback and val is not None:
                 callback("validation", {"step": step, **val})
         due = (cfg.run.checkpoint_every_steps is not None and step % cfg.run.checkpoint_every_steps == 0) or \
-            (cfg.run.checkpoint_every_steps is None and now - last_ckpt_t > cfg.run.checkpoint_every_s)
+            (cfg.run.checkpoint_every_steps is None and now - last_ckpt_t > ckpt_interval)
         if ddp:
             flag = torch.tensor([1.0 if due else 0.0], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -1016,8 +1066,9 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
         if due:
             write_last()
             last_ckpt_t = time.perf_counter()
+            ckpt_interval = min(2 * ckpt_interval, float(cfg.run.checkpoint_every_s))
         if budget is not None:
-            elapsed = time.perf_counter() - t_start
+            elapsed = elapsed_before + time.perf_counter() - t_start
             recent = step_times[-20:]
             per_step = sorted(recent)[len(recent) // 2] * 1.05 + val_cost / cfg.run.val_every_steps
             reserve = 2 * val_cost + 3.0  # final validation and checkpoints
