@@ -63,7 +63,7 @@ def throughput(size: int, base_cfg: dict, seconds: float, out_dir: Path, reuse: 
     if reuse is not None:
         d["data"]["reuse"] = reuse
     out = out_dir / f"throughput_{size}_{reuse}.pt"
-    r = train("sample", out, d, quiet=True)
+    r = train("sample", out, d, quiet=True, overwrite=True)
     from xraypose.train import output_paths
 
     for p in output_paths(out).values():  # only the numbers are kept
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
                     seed=args.seed)
     model_path = out_dir / "model.pt"
     t0 = time.perf_counter()
-    r = train("sample", model_path, d, quiet=not sys.stderr.isatty())
+    r = train("sample", model_path, d, quiet=not sys.stderr.isatty(), overwrite=True)
     wall = time.perf_counter() - t0
     res["train"] = {"wall_s": wall, "steps": r.steps, "images_seen": r.images_seen, "renders": r.renders,
                     "images_per_s": r.images_per_s, "validation": r.best_val}

@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 
 from xraypose.cli_config import config_option
-from xraypose.cli_register import (BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS, SCHEDULE,
-                                   SIMILARITY, _levels)
+from xraypose.cli_register import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS,
+                                   SCHEDULE, SIMILARITY, _levels)
 from xraypose.errors import InputError
 
 STARTS = ("model", "angles", "perturb", "pose", "ap")
@@ -26,6 +26,14 @@ def _pair(text: str, what: str) -> tuple[float, float]:
     if len(vals) != 2:
         raise InputError(f"{what} needs 2 comma-separated numbers 'DEGREES,MM', got {text!r}")
     return vals[0], vals[1]
+
+
+def _file_id(path: Path) -> str:
+    """A file named by its absolute path and content hash (a resume with another file is refused)."""
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    return f"{path.resolve()} (sha256 {digest})"
 
 
 def evaluate_command(
@@ -57,7 +65,11 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the perturbations and the sparse patch draws."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for registration."),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Draw each case's pictures (slower)."),
-    resume: bool = typer.Option(False, "--resume", help="Keep the cases already written in OUTDIR."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the cases already written in OUTDIR (the settings "
+                                "must be those of its run.json; a difference is refused)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier evaluation in OUTDIR (refused "
+                                   "without --resume or --overwrite)."),
+    allow_other_ct: bool = ALLOW_OTHER_CT,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     config: Optional[Path] = config_option("evaluate"),
 ) -> None:
@@ -73,6 +85,7 @@ def evaluate_command(
 
     from xraypose.camera import carm_pose
     from xraypose.evaluate import angle_starts, evaluate, load_eval_set, perturbed_starts
+    from xraypose.io import check_output_folder
     from xraypose.register import RegistrationConfig
     from xraypose.register.initializers import ModelInitializer, pose_from_json
 
@@ -82,15 +95,15 @@ def evaluate_command(
         raise InputError("--start model needs --model FILE")
     if start == "pose" and pose_json is None:
         raise InputError("--start pose needs --pose-json FILE")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output {output} exists and is not a folder")
+    check_output_folder(output)  # before reading the data and registering
     deg, mm = _pair(perturb, "--perturb")
     ev = load_eval_set(source, specimen=specimen, size=size, structure=structure)
     if start is None:
         start = ("model" if model is not None else
                  "angles" if all(c.angles_pose is not None for c in ev.cases) else "perturb")
     if start == "model":
-        rule, label = ModelInitializer.from_checkpoint(model), f"the model {model.name}"
+        rule = ModelInitializer.from_checkpoint(model, ev.volume, allow_other_ct=allow_other_ct)
+        label = f"the model {model.name}"
     elif start == "angles":
         rule = angle_starts()
         label = rule.label
@@ -110,7 +123,13 @@ def evaluate_command(
                              density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
                              drr_blur=ev.blur_px,
                              **_levels(levels, fast))
-    s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume, quiet=quiet)
+    settings = {"--specimen": specimen, "--size": size, "--structure": structure, "--start": start,
+                "--perturb": [deg, mm] if start == "perturb" else None,
+                "--model": _file_id(model) if start == "model" else None,
+                "--pose-json": _file_id(pose_json) if start == "pose" else None,
+                "--sod": sod if start == "ap" else None}
+    s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume,
+                 overwrite=overwrite, settings=settings, quiet=quiet)
     typer.echo(f"report: {(output / 'report.html').resolve()}")
     if "sr_1mm" in s:
         typer.echo(f"{s['n_cases']} X-rays: success (mTRE < 1 mm) {100 * s['sr_1mm']:.0f} %, "

@@ -5,9 +5,13 @@
    unlike registration renders: Siddon ×2 supersampled, physical μ, blur,
    Poisson noise, 16-bit, collimator; then preprocessed as real X-rays);
 3. registers them, starting from the model's estimate;
-4. writes ``xraypose-demo/``: ``report.html`` (self-contained), per-case pose
+4. writes ``xraypose-demo/``: ``report.html`` (self-contained but for the
+   registration GIFs, which it shows from ``cases/NNN/``), per-case pose
    JSONs, Slicer transforms, landmark CSVs and pictures, ``metrics.csv`` and
    ``summary.json``; and prints a three-line summary.
+
+Running the demo again into the same folder replaces the earlier demo's files
+(model, per-case files, report...; other files are left alone).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from pathlib import Path
 import torch
 
 from xraypose.camera import Camera
-from xraypose.errors import InputError
 from xraypose.io import atomic_write_json
 
 __all__ = ["DemoSettings", "run_demo"]
@@ -60,12 +63,17 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     from xraypose.train import TrainConfig, train
     from xraypose.volume import load_sample_ct
 
+    from xraypose.evaluate import remove_previous_results
+    from xraypose.io import OutputError, check_output_folder
+
     s = settings or DemoSettings()
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"demo output {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cases").mkdir(exist_ok=True)
+    out = check_output_folder(outdir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_previous_results(out)  # an earlier demo's files: the folder holds this run's only
+        (out / "cases").mkdir(exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write the demo's output folder {out}: {e.strerror or e}") from None
     t_all = time.perf_counter()
     ct = load_sample_ct()
     _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
@@ -79,7 +87,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
         "run": {"time_budget_s": s.train_seconds, "max_steps": 10**9, "seed": s.seed, "progress": not quiet},
     })
     t0 = time.perf_counter()
-    tr = train(ct, out / "model.pt", cfg, quiet=quiet)
+    tr = train(ct, out / "model.pt", cfg, quiet=quiet, overwrite=True)
     train_s = time.perf_counter() - t0
 
     # 2. synthetic X-rays --------------------------------------------------------
@@ -90,14 +98,11 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
 
     # 3. register ---------------------------------------------------------------
     _say("[3/3] registering them, starting from the model's estimate", quiet)
-    init = ModelInitializer.from_checkpoint(out / "model.pt")
+    init = ModelInitializer.from_checkpoint(out / "model.pt", ct)
     regs = []
-    try:
-        from tqdm import tqdm
+    from xraypose.progress import progress
 
-        it = tqdm(cases, desc="registering", unit="X-ray", disable=quiet)
-    except ImportError:  # pragma: no cover
-        it = cases
+    it = progress(cases, desc="registering", unit="X-ray", disable=quiet)
     # The cases' preprocessing blurred them (5×5, σ = 1 px): the DRRs get the same blur.
     registrar = Registrar(ct, RegistrationConfig(drr_blur=1.0, seed=s.seed))
     for c in it:

@@ -19,8 +19,16 @@ fixed angle and distance), and writes::
                          landmarks.csv, result.json, comparison.png, overlay.png, fiducials.png,
                          registration.gif, curves.png
 
-Every file is written atomically; with ``resume=True`` cases whose
-``result.json`` exists are read back, not registered again.
+Every file is written atomically.  ``run.json`` records the run's settings
+(source, cases, start, registration configuration, the CLI's options) before
+the first case.  With ``resume=True`` cases whose ``result.json`` exists are
+read back, not registered again, provided the settings are those of
+``run.json``: a difference is refused, naming it.  Without ``resume``, a
+folder holding an earlier evaluation is refused unless ``overwrite=True``,
+which removes the earlier run's files first (:func:`remove_previous_results`;
+files the package does not write are left alone), so the folder holds one
+run's files only.  Infinite metrics (a fiducial behind the X-ray source) are
+written as ``null`` in JSON (listed under ``"non_finite"``) and ``inf`` in CSV.
 
 The per-case outputs (:func:`write_case_outputs`) are the ones ``xraypose demo`` writes.
 """
@@ -44,10 +52,18 @@ from xraypose.errors import InputError
 from xraypose.io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
-           "angle_starts", "StartRule", "PictureRenderer", "ROW_COLUMNS"]
+           "angle_starts", "StartRule", "PictureRenderer", "ROW_COLUMNS", "RUN_FILE", "previous_results",
+           "remove_previous_results"]
 
 F64 = torch.float64
 _BLUR_PX = 1.0  # σ of the 5×5 Gaussian given to case-folder X-rays (pixels at their stored size)
+
+#: The settings of an evaluation, checked by a resume.
+RUN_FILE = "run.json"
+#: Files an evaluation (or the demo) writes at the top of its folder, and in each cases/NAME/.
+TOP_FILES = ("report.html", "metrics.csv", "summary.json", RUN_FILE, "scene.png", "training.png")
+CASE_FILES = ("pose.json", "pose.tfm", "landmarks.csv", "result.json", "comparison.png", "overlay.png",
+              "fiducials.png", "registration.gif", "curves.png")
 
 #: Columns of metrics.csv (and the report's table), in order.
 ROW_COLUMNS = ["case", "mTRE (mm)", "start mTRE (mm)", "mPE (mm)", "mRPE (mm)", "dGeo (mm)", "rot (°)",
@@ -391,6 +407,90 @@ def summary_of(rows: Sequence[dict]) -> dict:
     return s
 
 
+def previous_results(outdir) -> list[Path]:
+    """The files of an earlier evaluation (or demo) in ``outdir``: known names at the top and in ``cases/*/``."""
+    out = Path(outdir)
+    found = [out / n for n in TOP_FILES if (out / n).is_file()]
+    cases = out / "cases"
+    if cases.is_dir():
+        for d in sorted(cases.iterdir()):
+            if d.is_dir():
+                found += [d / n for n in CASE_FILES if (d / n).is_file()]
+    return found
+
+
+def remove_previous_results(outdir) -> int:
+    """Delete :func:`previous_results` (and case folders left empty); other files stay. Returns the count."""
+    from xraypose.io import remove_stale_temp_files
+
+    files = previous_results(outdir)
+    for f in files:
+        f.unlink()
+    cases = Path(outdir) / "cases"
+    if cases.is_dir():
+        remove_stale_temp_files(cases, recursive=True)
+        for d in cases.iterdir():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    return len(files)
+
+
+# Names of the registration settings in messages (the CLI's options where there is one).
+_SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans": "--lr-trans",
+                  "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
+                  "levels": "--levels/--fast", "seed": "--seed", "parameterization": "--parameterization"}
+_NOT_COMPARED = {"num_threads"}  # speed only: may change between a run and its resume
+
+
+def _short(v) -> str:
+    text = json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _settings_differences(old: dict, new: dict) -> list[str]:
+    diffs = []
+    for k in dict.fromkeys([*old, *new]):
+        if k == "registration":
+            a, b = old.get(k) or {}, new.get(k) or {}
+            for f in dict.fromkeys([*a, *b]):
+                if f not in _NOT_COMPARED and a.get(f) != b.get(f):
+                    name = _SETTING_NAMES.get(f, f"registration setting {f}")
+                    diffs.append(f"{name} ({_short(a.get(f))} then, {_short(b.get(f))} now)")
+        elif old.get(k) != new.get(k):
+            diffs.append(f"{k} ({_short(old.get(k))} then, {_short(new.get(k))} now)")
+    return diffs
+
+
+def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
+    """Check the output against an earlier run (resume: same settings; else refuse or --overwrite)."""
+    from xraypose.io import restore_non_finite
+
+    if resume and overwrite:
+        raise InputError("give --resume (continue the earlier evaluation) or --overwrite (replace it), not both")
+    earlier = previous_results(out)
+    run_file = out / RUN_FILE
+    if resume:
+        if not earlier:
+            return
+        if not run_file.is_file():
+            raise InputError(f"cannot resume {out}: it holds results without {RUN_FILE} (an older xraypose), so "
+                             "their settings cannot be checked; evaluate into another folder or give --overwrite")
+        try:
+            old = restore_non_finite(json.loads(run_file.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot resume {out}: {run_file} is unreadable ({e})") from None
+        diffs = _settings_differences(old, json.loads(json.dumps(record, default=str)))
+        if diffs:
+            raise InputError(f"cannot resume {out} with other settings: {'; '.join(diffs)}; resume with the "
+                             "earlier settings, or evaluate into another folder (or --overwrite)")
+        return
+    if earlier:
+        if not overwrite:
+            raise InputError(f"{out} holds an earlier evaluation ({earlier[0].relative_to(out)}, ...); give "
+                             "--resume to continue it, --overwrite to replace it, or another folder")
+        remove_previous_results(out)
+
+
 def evaluate(
     evalset: EvalSet,
     outdir,
@@ -400,6 +500,8 @@ def evaluate(
     start_label: str = "",
     pictures: bool = True,
     resume: bool = False,
+    overwrite: bool = False,
+    settings: dict | None = None,
     quiet: bool = False,
 ) -> dict:
     """Register every X-ray of ``evalset`` and write the results (see the module docstring).
@@ -413,7 +515,12 @@ def evaluate(
         config: :class:`xraypose.register.RegistrationConfig` (default: the defaults, with the
             DRRs blurred as the set's preprocessing blurred the X-rays).
         start_label: how the start was chosen, for the report.
-        resume: reuse the results of cases already written in ``outdir``.
+        resume: reuse the results of cases already written in ``outdir`` (refused when the settings
+            differ from those in its ``run.json``: the difference is named).
+        overwrite: replace an earlier evaluation in ``outdir`` (refused without it or ``resume``).
+        settings: more settings to record in ``run.json`` and check on a resume, e.g. the CLI's
+            options (``{"--perturb": [10, 40]}``); the source, case names, start label, pictures and
+            the registration configuration are always recorded.
     Returns:
         the summary (also ``outdir/summary.json``).
     """
@@ -421,35 +528,40 @@ def evaluate(
     from xraypose.register.api import register_xray
     from xraypose.report import table_html, write_report
 
+    from xraypose.io import OutputError, check_output_folder, remove_stale_temp_files, restore_non_finite
+
     if not evalset.cases:
         raise InputError(f"{evalset.name}: no X-rays to evaluate")
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(outdir)
     t_all = time.perf_counter()
     if config is None:
         from xraypose.register import RegistrationConfig
 
         config = RegistrationConfig(drr_blur=evalset.blur_px)
-    registrar = Registrar(evalset.volume, config, isocenter=evalset.isocenter)
-    pictures_renderer = PictureRenderer(evalset.volume, config.density) if pictures else None
-    rows, sections = [], []
     names = [_safe_name(c.name) for c in evalset.cases]
     if len(set(names)) != len(names):
         names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
+    record = {"source": evalset.name, "cases": names, "start": start_label, "pictures": bool(pictures),
+              "registration": config.to_dict(), **(settings or {})}
+    _prepare_output(out, record, resume, overwrite)
     try:
-        from tqdm import tqdm
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    remove_stale_temp_files(out, recursive=True)
+    atomic_write_json(out / RUN_FILE, record)
+    registrar = Registrar(evalset.volume, config, isocenter=evalset.isocenter)
+    pictures_renderer = PictureRenderer(evalset.volume, config.density) if pictures else None
+    rows, sections = [], []
+    from xraypose.progress import progress
 
-        it = tqdm(list(enumerate(evalset.cases)), desc="registering", unit="X-ray", disable=quiet)
-    except ImportError:  # pragma: no cover
-        it = list(enumerate(evalset.cases))
+    it = progress(list(enumerate(evalset.cases)), desc="registering", unit="X-ray", disable=quiet)
     for i, case in it:
         d = out / "cases" / names[i]
         done = d / "result.json"
         if resume and done.exists():
             try:
-                saved = json.loads(done.read_text())
+                saved = restore_non_finite(json.loads(done.read_text()))
                 rows.append(saved["row"])
                 sections.append({"heading": saved["section"]["heading"],
                                  "figures": [(Path(p), c) for p, c in saved["section"]["figures"]]})

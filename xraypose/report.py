@@ -1,9 +1,19 @@
-"""A self-contained HTML report: every picture inlined, readable from disk without a server."""
+"""An HTML report readable from disk without a server: pictures inlined and compressed, animations beside it.
+
+Still pictures (PNG) are inlined, re-encoded to the smaller of a JPEG
+(quality 85) and a 256-colour PNG, so a report of a dozen X-rays stays near a
+megabyte and can be mailed on its own.  Animations (GIF, about a megabyte
+each) are not inlined: the report shows them from their files, by a path
+relative to the report (``cases/000/registration.gif``), so they appear when
+the report is opened in its folder.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import io
+import os
 from pathlib import Path
 
 from xraypose.io import atomic_write_bytes
@@ -23,11 +33,46 @@ img{max-width:100%;border:1px solid #eee} .note{color:#555;font-size:.85em} pre{
 """
 
 
-def _img_tag(path: Path, alt: str) -> str:
+_MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+         ".svg": "image/svg+xml"}
+JPEG_QUALITY = 85
+
+
+def compact_image(path) -> tuple[bytes, str]:
+    """(bytes, mime) of a picture to inline: a PNG re-encoded to the smaller of a JPEG (quality
+    85, on white) and a 256-colour PNG; other formats (and unreadable PNGs) as they are."""
     path = Path(path)
-    mime = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:{mime.get(path.suffix.lower(), "image/png")};base64,{data}">'
+    data = path.read_bytes()
+    mime = _MIME.get(path.suffix.lower(), "image/png")
+    if path.suffix.lower() != ".png":
+        return data, mime
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                rgba = im.convert("RGBA")
+                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+                rgb.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                rgb = im.convert("RGB")
+        jpg, pal = io.BytesIO(), io.BytesIO()
+        rgb.save(jpg, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        rgb.quantize(256).save(pal, format="PNG", optimize=True)
+    except Exception:  # noqa: BLE001 - a picture that PIL cannot re-encode is inlined as it is
+        return data, mime
+    best = min((data, mime), (jpg.getvalue(), "image/jpeg"), (pal.getvalue(), "image/png"), key=lambda x: len(x[0]))
+    return best
+
+
+def _img_tag(path: Path, alt: str, base: Path | None = None) -> str:
+    path = Path(path)
+    if path.suffix.lower() == ".gif" and base is not None:  # animations: shown from their file
+        rel = Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+        return f'<img alt="{html.escape(alt)}" loading="lazy" src="{html.escape(rel)}">'
+    data, mime = compact_image(path)
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
 def _fmt(v) -> str:
@@ -53,7 +98,7 @@ def table_html(rows: list[dict], columns: list[str] | None = None, good=None) ->
 
 
 def write_report(path, title: str, summary: dict, sections: list[dict], subtitle: str = "") -> Path:
-    """Write a self-contained report.
+    """Write the report (pictures inlined, GIF animations shown from their files: see the module).
 
     Args:
         summary: {label: value} shown as cards at the top.
@@ -80,7 +125,11 @@ def write_report(path, title: str, summary: dict, sections: list[dict], subtitle
         for fig in s.get("figures", []):
             p, cap = fig
             if p is not None and Path(p).exists():
-                parts.append(f"<figure>{_img_tag(Path(p), cap)}<figcaption>{html.escape(cap)}</figcaption></figure>")
+                tag = _img_tag(Path(p), cap, base=Path(path).parent)
+                if Path(p).suffix.lower() == ".gif":
+                    rel = Path(os.path.relpath(Path(p).resolve(), Path(path).parent.resolve())).as_posix()
+                    cap = f"{cap} (animation: {rel}, beside the report)"
+                parts.append(f"<figure>{tag}<figcaption>{html.escape(cap)}</figcaption></figure>")
     parts.append("</body></html>")
     atomic_write_bytes(path, "\n".join(parts).encode())
     return Path(path)
