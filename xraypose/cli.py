@@ -196,18 +196,23 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 
-def _one_line_warnings() -> None:
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line ``xraypose: warning: …`` on stderr (not Python's file:line and source)."""
-    import warnings
-
-    warnings.formatwarning = lambda message, category, *args, **kwargs: f"xraypose: warning: {message}\n"
+    print(f"xraypose: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xraypose`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    _one_line_warnings()
+    import warnings
+
+    with warnings.catch_warnings():  # restores the caller's warning handling afterwards
+        warnings.showwarning = _print_warning
+        return _run(argv, debug)
+
+
+def _run(argv: list[str], debug: bool) -> int:
     if debug:  # accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:

@@ -959,8 +959,9 @@ def _train(cfg, paths, state, finetune, callback, quiet, device, world, rank, ct
     t_loop = time.perf_counter()
     seen_at_loop, step_at_loop = images_seen, step
     model.train()
-    # The budget is that of the whole training: a resumed run has what its earlier sessions left.
-    stop = budget is not None and elapsed_before + time.perf_counter() - t_start >= budget
+    # The budget is that of the whole training: a resumed run has what its earlier sessions left
+    # (none: no step; the 3 s are the loop's reserve for the final validation and checkpoints).
+    stop = state is not None and budget is not None and elapsed_before + time.perf_counter() - t_start + 3.0 >= budget
     tuner = None
     if cfg.run.threads is None and device.type == "cpu" and not ddp and torch.get_num_threads() > 1:
         tuner = ThreadTuner([1, torch.get_num_threads()])

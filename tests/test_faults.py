@@ -1,0 +1,617 @@
+"""Faults: kills, failing writes, full disks, read-only outputs, old result folders, resumes that must keep
+their promises, models used with another CT (issue 13, part 2).
+
+Everything here is small (the bundled CT with a 32² test backbone, a few steps) and in-process where a
+fault is simulated: a full disk is ``os.fsync`` failing with ENOSPC (the data were handed to the file,
+the disk refused them); a read-only folder is ``chmod 555`` (and, when the tests run as root, whom
+permission bits do not stop, ``os.open`` / ``os.mkdir`` refusing to create entries in such a folder,
+as the kernel does for any other user).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xraypose.cli import main
+from xraypose.errors import InputError
+from xraypose.io import (OutputError, atomic_write_bytes, atomic_write_files, atomic_write_json, jsonable,
+                         remove_stale_temp_files, restore_non_finite)
+from xraypose.model import OtherCTWarning, read_checkpoint
+from xraypose.train import output_paths, train
+from xraypose.volume import load_sample_ct
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "model": {"backbone": "test_resnet"},
+    "camera": {"height": 32},
+    "render": {"n_samples": 16},
+    "optim": {"batch_size": 4},
+    "data": {"reuse": 2, "buffer_size": 8},
+    "run": {"max_steps": 4, "val_size": 4, "val_every_steps": 2, "threads": 1, "progress": False},
+}
+
+
+def tiny(**run) -> dict:
+    d = json.loads(json.dumps(TINY))
+    d["run"].update(run)
+    return d
+
+
+def _toml(d: dict) -> str:
+    return "".join(f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in t.items()) for s, t in d.items())
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in Path(folder).rglob("*.tmp")]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _one_error_line(err: str, *words) -> str:
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xraypose: error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return load_sample_ct()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, ct):
+    """A 2-step model of the bundled CT (only its files matter here)."""
+    out = tmp_path_factory.mktemp("model") / "model.pt"
+    train(ct, out, tiny(max_steps=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    from xraypose.datasets import make_example_case
+
+    return make_example_case(tmp_path_factory.mktemp("case") / "mycase", size=48)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``fsync`` fails with ENOSPC for files whose name contains one of ``full_disk.names`` ("*": all)."""
+    real = os.fsync
+
+    class Disk:
+        names: list[str] = []
+        failures = 0
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
+        if any(n == "*" or n in target for n in Disk.names):
+            Disk.failures += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return Disk
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: chmod 555; as root, also refuse to create entries in folders without write bits."""
+    made = []
+
+    def no_write(folder) -> bool:
+        try:
+            return not (os.stat(folder).st_mode & stat.S_IWUSR)
+        except OSError:
+            return False
+
+    if os.geteuid() == 0:
+        real_open, real_mkdir = os.open, os.mkdir
+
+        def open_(path, flags, mode=0o777, *a, **k):
+            if flags & os.O_CREAT and not os.path.exists(path) and no_write(os.path.dirname(os.fspath(path)) or "."):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real_open(path, flags, mode, *a, **k)
+
+        def mkdir_(path, mode=0o777, *a, **k):
+            if no_write(os.path.dirname(os.fspath(path).rstrip("/")) or "."):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real_mkdir(path, mode, *a, **k)
+
+        monkeypatch.setattr(os, "open", open_)
+        monkeypatch.setattr(os, "mkdir", mkdir_)
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o555)
+        made.append(folder)
+        return folder
+
+    yield make
+    for f in made:
+        f.chmod(0o755)
+
+
+def _forbid(monkeypatch, target: str):
+    """Make ``module.attr`` fail loudly: the test proves the output was checked before computing."""
+    module, attr = target.rsplit(".", 1)
+
+    def computed(*a, **k):
+        raise AssertionError(f"{target} ran before the output was checked")
+
+    monkeypatch.setattr(module + "." + attr, computed)
+
+
+# ----------------------------------------------------------------------------- atomic writes, temp files
+def test_a_failing_write_leaves_the_old_file_and_no_temporary_file(tmp_path, full_disk):
+    p = tmp_path / "a.json"
+    atomic_write_json(p, {"v": 1})
+    full_disk.names = ["a.json"]
+    with pytest.raises(OutputError, match=r"cannot write .*a\.json: No space left on device"):
+        atomic_write_json(p, {"v": 2})
+    assert json.loads(p.read_text()) == {"v": 1} and _temp_files(tmp_path) == []
+
+
+def test_a_result_of_several_files_is_written_all_or_nothing(tmp_path, full_disk):
+    atomic_write_files(tmp_path, {"pose.json": b"old pose", "metrics.json": b"old metrics"})
+    full_disk.names = ["trajectory.json"]  # the second file of the new result fails
+    with pytest.raises(OutputError, match="trajectory.json"):
+        atomic_write_files(tmp_path, {"pose.json": b"new", "trajectory.json": b"new"},
+                           remove=["pose.json", "metrics.json", "trajectory.json"])
+    assert _snapshot(tmp_path) == {"pose.json": b"old pose", "metrics.json": b"old metrics"}
+    full_disk.names = []
+    atomic_write_files(tmp_path, {"pose.json": b"new", "trajectory.json": b"new"},
+                       remove=["pose.json", "metrics.json", "trajectory.json"])
+    assert _snapshot(tmp_path) == {"pose.json": b"new", "trajectory.json": b"new"}  # the old metrics went
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporary_files_of_killed_writers_are_recognised_and_removed(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    stale = tmp_path / f".model.last.pt.xraypose-{dead}-0badc0de.tmp"
+    live = tmp_path / f".model.last.pt.xraypose-{alive}-0badc0de.tmp"  # a write in progress: kept
+    legacy = tmp_path / ".model.pt.k3j4h5g6.tmp"  # an earlier version's name, two hours old
+    user = tmp_path / "notes.tmp"  # not ours
+    for p in (stale, live, legacy, user):
+        p.write_bytes(b"x" * 1000)
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted([stale, legacy])
+    assert live.exists() and user.exists()
+    # each write also clears its own target's stale files
+    stale.write_bytes(b"x")
+    atomic_write_bytes(tmp_path / "model.last.pt", b"new")
+    assert not stale.exists() and live.exists()
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from xraypose.model import save_checkpoint
+    i = 1
+    while True:
+        save_checkpoint(sys.argv[1], {"format": "xraypose.pose_regressor", "version": 1, "model": {},
+                                      "meta": {"i": i}, "x": torch.full((3_000_000,), float(i))})
+        if i == 1:
+            print("written", flush=True)
+        i += 1
+""")
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_last_checkpoint_and_the_debris_is_cleared(tmp_path):
+    path = tmp_path / "model.last.pt"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "written"
+    time.sleep(0.15)  # in the middle of a later write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ck = read_checkpoint(path)  # whole
+    assert bool((ck["x"] == ck["meta"]["i"]).all())
+    debris = [p for p in _temp_files(tmp_path)]
+    remove_stale_temp_files(tmp_path)
+    assert _temp_files(tmp_path) == []
+    assert all(".xraypose-" in p.name for p in debris)  # a killed write is recognisable as ours
+
+
+# ----------------------------------------------------------------------------- training
+KILLED = textwrap.dedent("""
+    import json, sys
+    from xraypose.train import train
+    train("sample", sys.argv[1], json.loads(sys.argv[2]))
+""")
+
+
+def test_sigkill_during_training_loses_little_and_resume_logs_each_step_once(tmp_path, ct):
+    """The first checkpoint comes after run.first_checkpoint_s (not checkpoint_every_s); a SIGKILL later
+    loses only the steps since; the resumed run ends where an unbroken one would, one log row per step."""
+    out = tmp_path / "model.pt"
+    cfg = tiny(max_steps=200, val_size=0, first_checkpoint_s=0.3, checkpoint_every_s=1000.0)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), json.dumps(cfg)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    paths = output_paths(out)
+    t0 = time.time()
+    try:
+        while True:  # wait for the first checkpoint and a few steps logged after it
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() - t0 < 120, "no checkpoint within 120 s"
+            if paths["last"].exists() and paths["log"].exists():
+                logged = [json.loads(x)["step"] for x in paths["log"].read_text().splitlines()[:-1] if '"loss"' in x]
+                if logged and logged[-1] >= read_checkpoint(paths["last"])["step"] + 2:
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = read_checkpoint(paths["last"])
+    assert 1 <= saved["step"] < 200 and saved["elapsed_s"] > 0
+    assert not paths["best"].exists() or read_checkpoint(paths["best"])  # whatever exists is whole
+    # a debris temp file as a kill mid-write leaves it
+    (tmp_path / f".model.last.pt.xraypose-{_dead_pid()}-00.tmp").write_bytes(b"half a checkpoint")
+    cfg["run"]["max_steps"] = saved["step"] + 3
+    r = train(ct, out, cfg, resume=True)
+    assert r.steps == saved["step"] + 3
+    rows = [json.loads(x) for x in paths["log"].read_text().splitlines()]
+    steps = [x["step"] for x in rows if "loss" in x]
+    assert steps == list(range(1, r.steps + 1))  # each step once, none lost, none twice
+    assert [x["event"] for x in rows if "event" in x] == ["resume", "end"]
+    assert _temp_files(tmp_path) == []
+
+
+def test_a_checkpoint_write_that_fails_midway_stops_training_and_keeps_the_previous_one(tmp_path, ct,
+                                                                                      full_disk):
+    out = tmp_path / "model.pt"
+    paths = output_paths(out)
+    calls = []
+
+    def fail_at_second_checkpoint(event, info):
+        if event == "checkpoint":
+            calls.append(info["step"])
+            full_disk.names = ["model.last.pt"]  # the disk fills up after the first checkpoint
+
+    with pytest.raises(OutputError, match=r"cannot write .*model\.last\.pt: No space left on device"):
+        train(ct, out, tiny(max_steps=6, val_size=0, checkpoint_every_steps=2), callback=fail_at_second_checkpoint)
+    assert calls == [2]
+    assert read_checkpoint(paths["last"])["step"] == 2  # the previous checkpoint, whole
+    assert _temp_files(tmp_path) == []
+    full_disk.names = []
+    r = train(ct, out, None, resume=True)
+    assert r.steps == 6
+
+
+def test_train_never_overwrites_an_earlier_model_without_being_told(tmp_path, capsys):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(_toml(tiny(max_steps=1, val_size=0)))
+    out = tmp_path / "model.pt"
+    assert main(["train", "sample", "-o", str(out), "--config", str(cfg), "--quiet"]) == 0
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "sample", "-o", str(out), "--config", str(cfg), "--quiet"]) == 2
+    _one_error_line(capsys.readouterr().err, "already exists", "--resume", "--overwrite")
+    assert _snapshot(tmp_path) == before  # nothing the user had was changed
+    assert main(["train", "sample", "-o", str(out), "--config", str(cfg), "--quiet", "--resume",
+                 "--overwrite"]) == 2
+    output_paths(out)["crash"].write_bytes(b"an old crash dump")
+    assert main(["train", "sample", "-o", str(out), "--config", str(cfg), "--steps", "2", "--quiet",
+                 "--overwrite"]) == 0
+    steps = [json.loads(x)["step"] for x in output_paths(out)["log"].read_text().splitlines() if '"loss"' in x]
+    assert steps == [1, 2] and not output_paths(out)["crash"].exists()  # the earlier run's files are gone
+
+
+def test_the_time_budget_is_the_whole_trainings_across_resumes(tmp_path, ct):
+    out = tmp_path / "model.pt"
+    last = output_paths(out)["last"]
+    r1 = train(ct, out, tiny(max_steps=10**6, time_budget_s=5.0, val_size=0))
+    used = read_checkpoint(last)["elapsed_s"]  # the time used is recorded in the checkpoint
+    assert r1.steps >= 1 and used == pytest.approx(r1.elapsed_s, abs=0.5)
+    # resuming once the budget is spent trains no more steps (it does not get a fresh budget)
+    r2 = train(ct, out, tiny(max_steps=10**6, time_budget_s=used, val_size=0), resume=True)
+    assert r2.steps == r1.steps
+    used2 = read_checkpoint(last)["elapsed_s"]
+    assert used2 >= used  # the resume's own setup time adds up
+    # a larger budget gives what is left of it, and the time used keeps adding up
+    r3 = train(ct, out, tiny(max_steps=10**6, time_budget_s=used2 + 8.0, val_size=0), resume=True)
+    assert r3.steps > r2.steps
+    assert used2 < r3.elapsed_s < used2 + 8.0 + 30  # (+ slack for a loaded machine)
+    assert read_checkpoint(last)["elapsed_s"] == pytest.approx(r3.elapsed_s, abs=0.5)
+
+
+def test_training_progress_in_a_log_is_plain_lines_not_a_redrawn_bar(tmp_path, ct, capsys, monkeypatch):
+    from xraypose.progress import LineProgress
+
+    monkeypatch.setattr(LineProgress, "_last_line_t", -float("inf"))
+    train(ct, tmp_path / "m.pt", tiny(max_steps=12, val_size=0, progress=True))
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b[" not in err
+    lines = [x for x in err.splitlines() if x.startswith("epoch")]
+    assert 1 <= len(lines) <= 3 and "steps" in lines[0]  # a line every 10 s, not one per step
+
+
+def test_line_progress_writes_a_line_every_few_seconds(monkeypatch):
+    import io
+
+    from xraypose import progress as pg
+
+    clock = [0.0]
+    monkeypatch.setattr(pg.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(pg.LineProgress, "_last_line_t", -float("inf"))
+    buf = io.StringIO()
+    bar = pg.progress(total=1000, desc="epoch 0", unit="steps", file=buf)
+    assert isinstance(bar, pg.LineProgress)  # not a terminal
+    for _ in range(1000):
+        clock[0] += 0.1  # 100 s in all
+        bar.update(1)
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    assert 10 <= len(lines) <= 12 and lines[-1].startswith("epoch 0: 1000/1000 steps (100 %)")
+
+
+# ----------------------------------------------------------------------------- outputs checked first
+def test_outputs_that_cannot_be_written_are_refused_before_computing(tmp_path, monkeypatch, capsys, case, model,
+                                                                     read_only):
+    ro = read_only(tmp_path / "ro")
+    a_file = tmp_path / "FILE"
+    a_file.write_text("user data")
+    xray = str(case / "xrays" / "lao20_caud10.dcm")
+    _forbid(monkeypatch, "xraypose.register.Registrar.register")
+    _forbid(monkeypatch, "xraypose.api.render_drr")
+    _forbid(monkeypatch, "xraypose.train._train")
+    _forbid(monkeypatch, "xraypose.evaluate.load_eval_set")
+    _forbid(monkeypatch, "xraypose.volume.load_sample_ct")
+    runs = [
+        (["register", "sample", xray, "-o", str(a_file / "result")], "is a file, not a folder"),
+        (["register", "sample", xray, "-o", str(ro / "result")], "not writable"),
+        (["register", "sample", xray, "-o", str(ro)], "not writable"),
+        (["render", "sample", "--pose", "0,0", "-o", str(ro / "drr.png")], "not writable"),
+        (["render", "sample", "--pose", "0,0", "-o", str(a_file / "drr.png")], "is a file, not a folder"),
+        (["evaluate", str(case), "-o", str(ro / "eval")], "not writable"),
+        (["train", "sample", "-o", str(ro / "model.pt")], "not writable"),
+        (["demo", "-o", str(ro / "demo")], "not writable"),
+    ]
+    for args, words in runs:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        _one_error_line(capsys.readouterr().err, words)
+    assert a_file.read_text() == "user data" and list(ro.iterdir()) == []
+
+
+def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_the_pose(tmp_path, capsys, case,
+                                                                                      full_disk):
+    xray = str(case / "xrays" / "lao20_caud10.dcm")
+    res = tmp_path / "result"
+    args = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--fast", "--size", "32"]
+    assert main(args) == 0
+    before = _snapshot(res)
+    full_disk.names = ["pose.json"]
+    capsys.readouterr()
+    assert main(args) == 2
+    cap = capsys.readouterr()
+    _one_error_line(cap.err, "pose.json", "No space left on device", "printed on stdout")
+    T = torch.tensor(json.loads(cap.out.strip().splitlines()[-1])["camera_to_world"])
+    assert T.shape == (4, 4) and bool(torch.isfinite(T).all())  # the computed pose is not lost
+    assert _snapshot(res) == before and _temp_files(res) == []
+
+
+def test_a_full_disk_in_evaluate_is_one_line(tmp_path, capsys, case, full_disk):
+    full_disk.names = ["pose.json"]
+    assert main(["evaluate", str(case), "-o", str(tmp_path / "ev"), "--start", "perturb", "--perturb", "2,5",
+                 "--fast", "--size", "32", "--no-pictures", "--quiet"]) == 2
+    _one_error_line(capsys.readouterr().err, "pose.json", "No space left on device")
+    assert _temp_files(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- old result folders
+def test_register_into_an_old_result_folder_keeps_only_the_new_results_files(tmp_path, case):
+    xray = str(case / "xrays" / "lao20_caud10.dcm")
+    res = tmp_path / "result"
+    poses = json.loads((case / "poses.json").read_text())
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"camera_to_world": poses["lao20_caud10.dcm"]}))
+    base = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--fast", "--size", "32"]
+    assert main(base + ["--true-pose", str(truth)]) == 0
+    (res / "notes.txt").write_text("mine")
+    assert {p.name for p in res.iterdir()} == {"pose.json", "metrics.json", "trajectory.json", "notes.txt"}
+    old_pose = (res / "pose.json").read_bytes()
+    assert main(base + ["--no-trajectory", "--seed", "1"]) == 0
+    assert {p.name for p in res.iterdir()} == {"pose.json", "notes.txt"}  # no stale metrics beside the new pose
+    assert (res / "pose.json").read_bytes() != old_pose
+
+
+def test_evaluate_into_an_old_folder_is_refused_or_replaced_when_told(tmp_path, capsys, case):
+    ev = tmp_path / "ev"
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--fast", "--size", "32",
+            "--no-pictures", "--quiet"]
+    assert main(args) == 0
+    (ev / "cases" / "old-case").mkdir()
+    (ev / "cases" / "old-case" / "pose.json").write_text("{}")  # a case of an earlier run
+    (ev / "notes.txt").write_text("mine")
+    before = _snapshot(ev)
+    capsys.readouterr()
+    assert main(args) == 2
+    _one_error_line(capsys.readouterr().err, "earlier evaluation", "--resume", "--overwrite")
+    assert _snapshot(ev) == before
+    assert main(args + ["--overwrite"]) == 0
+    assert not (ev / "cases" / "old-case").exists() and (ev / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (ev / "cases").iterdir()) == ["lao20_caud10.dcm", "lateral.npy"]
+
+
+def test_evaluate_resume_refuses_other_settings_and_names_them(tmp_path, capsys, case):
+    ev = tmp_path / "ev"
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--fast", "--size", "32", "--no-pictures",
+            "--quiet"]
+    assert main(args + ["--perturb", "2,5"]) == 0
+    before = _snapshot(ev)
+    for extra, words in [(["--perturb", "3,5"], ["--perturb", "[2.0, 5.0]", "[3.0, 5.0]"]),
+                         (["--perturb", "2,5", "--lr-rot", "0.01"], ["--lr-rot", "0.0075", "0.01"]),
+                         (["--perturb", "2,5", "--size", "40"], ["--size"]),
+                         (["--perturb", "2,5", "--seed", "3"], ["--seed"])]:
+        capsys.readouterr()
+        assert main(args + extra + ["--resume"]) == 2, extra
+        _one_error_line(capsys.readouterr().err, "cannot resume", *words)
+    assert _snapshot(ev) == before
+    # the same settings resume (threads may change: they only change the speed)
+    assert main(args + ["--perturb", "2, 5", "--resume", "--threads", "2"]) == 0
+    assert _snapshot(ev)["cases/lateral.npy/result.json"] == before["cases/lateral.npy/result.json"]
+
+
+# ----------------------------------------------------------------------------- a model from another CT
+def _other_ct(path: Path, ct, *, same_geometry: bool = False) -> Path:
+    import nibabel as nib
+
+    if same_geometry:  # same shape and place, other voxels (another patient on the same protocol)
+        data, aff = np.flip(ct.data.numpy(), axis=2).copy(), ct.affine.numpy().copy()
+    else:
+        data = ct.data.numpy()[::2, ::2, ::2].copy()
+        aff = ct.affine.numpy().copy()
+        aff[:3, :3] *= 2
+    nib.Nifti1Image(data.astype(np.float32), aff).to_filename(str(path))
+    return path
+
+
+def test_a_model_is_refused_with_another_ct_unless_allowed(tmp_path, capsys, case, model, ct):
+    from xraypose.register.initializers import ModelInitializer
+    from xraypose.volume import read_volume
+
+    xray = str(case / "xrays" / "lao20_caud10.dcm")
+    other = _other_ct(tmp_path / "other.nii.gz", ct)
+    twin = _other_ct(tmp_path / "twin.nii.gz", ct, same_geometry=True)
+    # CLI: register
+    for c in (other, twin):
+        capsys.readouterr()
+        assert main(["register", str(c), xray, "--model", str(model), "-o", str(tmp_path / "r"), "--fast",
+                     "--size", "32"]) == 2
+        _one_error_line(capsys.readouterr().err, "trained on another CT", "--allow-other-ct")
+    assert not (tmp_path / "r").exists()
+    capsys.readouterr()
+    assert main(["register", str(other), xray, "--model", str(model), "-o", str(tmp_path / "r"), "--fast",
+                 "--size", "32", "--allow-other-ct"]) == 0
+    err = capsys.readouterr().err
+    assert "xraypose: warning:" in err and "trained on another CT" in err and "Traceback" not in err
+    # the CT it was trained on (the same file, or the case's copy of it) is accepted silently
+    assert main(["register", str(case / "ct.nii.gz"), xray, "--model", str(model), "-o", str(tmp_path / "s"),
+                 "--fast", "--size", "32"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # CLI: evaluate (a case folder whose CT is another)
+    import shutil
+
+    other_case = tmp_path / "othercase"
+    shutil.copytree(case, other_case)
+    (other_case / "ct.nii.gz").unlink()
+    shutil.copy(other, other_case / "ct.nii.gz")
+    capsys.readouterr()
+    assert main(["evaluate", str(other_case), "--model", str(model), "-o", str(tmp_path / "ev"), "--fast",
+                 "--size", "32", "--no-pictures", "--quiet"]) == 2
+    _one_error_line(capsys.readouterr().err, "trained on another CT")
+    # API
+    with pytest.raises(InputError, match="trained on another CT.*voxels"):
+        ModelInitializer.from_checkpoint(model, read_volume(other))
+    with pytest.raises(InputError, match="other voxel values"):
+        ModelInitializer.from_checkpoint(model, read_volume(twin))
+    with pytest.warns(OtherCTWarning, match="using it anyway"):
+        ModelInitializer.from_checkpoint(model, read_volume(other), allow_other_ct=True)
+    ModelInitializer.from_checkpoint(model, ct)  # its own CT: no error, no warning
+
+
+def test_an_old_checkpoint_without_its_ct_record_warns_and_resume_with_another_ct_is_refused(tmp_path, model, ct):
+    from xraypose.model import save_checkpoint
+    from xraypose.register.initializers import ModelInitializer
+
+    ck = read_checkpoint(model)
+    del ck["meta"]["volume"]
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, ck)
+    with pytest.warns(OtherCTWarning, match="cannot be checked"):
+        ModelInitializer.from_checkpoint(old, ct)
+    # resuming a training with another CT
+    out = tmp_path / "m.pt"
+    train(ct, out, tiny(max_steps=1, val_size=0))
+    small = load_sample_ct()
+    small.data = small.data.flip(0)
+    with pytest.raises(InputError, match="trained on another CT"):
+        train(small, out, tiny(max_steps=2, val_size=0), resume=True)
+
+
+def test_the_registration_benchmark_uses_a_bare_model_only_with_its_ct(tmp_path, model, ct):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_register", ROOT / "benchmarks" / "register.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    logged = []
+    small = load_sample_ct()
+    small.data = small.data[::2, ::2, ::2].contiguous()
+    small.affine[:3, :3] *= 2
+    assert bench.model_for("pelvis", "pelvis", ct, {"*": str(model)}, False, logged.append) is not None
+    assert bench.model_for("abdomen", "abdomen", small, {"*": str(model)}, False, logged.append) is None
+    assert "no model start" in logged[-1] and "trained on another CT" in logged[-1]
+    with pytest.raises(SystemExit, match="trained on another CT"):
+        bench.model_for("abdomen", "abdomen", small, {"abdomen": str(model)}, False, logged.append)
+    with pytest.warns(OtherCTWarning):
+        assert bench.model_for("abdomen", "abdomen", small, {"*": str(model)}, True, logged.append) is not None
+
+
+# ----------------------------------------------------------------------------- infinite metrics
+def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_json(tmp_path, ct):
+    import importlib.util
+    import math
+    from types import SimpleNamespace
+
+    from xraypose.camera import Camera, carm_pose
+    from xraypose.metrics import summarize
+    from xraypose.register.cases import SyntheticCase
+
+    spec = importlib.util.spec_from_file_location("bench_register", ROOT / "benchmarks" / "register.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    iso = ct.get_isocenter()
+    T = carm_pose(0.0, 0.0, sod=612.0, isocenter=iso).to(torch.float64)
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=17.5)
+    fid = torch.stack([iso, iso + torch.tensor([20.0, 0, 0], dtype=torch.float64)])
+    bad = T.clone()
+    bad[:3, 3] = iso + 30 * T[:3, 2]  # the estimate's source lies past the fiducials
+
+    class Registrar:  # returns the bad estimate for the first case, the truth for the second
+        def register(self, imgs, camera, T0):
+            n = imgs.shape[0]
+            poses = torch.stack([bad, T][:n])
+            return SimpleNamespace(poses=poses, opt_s=0.1, cpu_s=0.1, iterations=[1] * n, status=["converged"] * n,
+                                   similarity=[0.5] * n, bone_multiplier=[1.0] * n, level_stats=[])
+
+    cases = [SyntheticCase(raw=torch.zeros(16, 16), raw_camera=cam, image=torch.zeros(16, 16), camera=cam,
+                           true_pose=T, fiducials=fid, index=i, preprocessing=[]) for i in range(2)]
+    rows = bench.run_group("pelvis", ct, cases, "5,20", Registrar(), 2, 0, log=lambda s: None)
+    assert math.isinf(rows[0]["mpe"]) and math.isinf(rows[0]["mrpe"]) and math.isfinite(rows[0]["mtre"])
+    s = summarize(rows, keys=bench.KEYS)
+    out = tmp_path / "bench.json"
+    atomic_write_json(out, {"summary": s, "cases": rows})
+    text = out.read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))  # strict JSON
+    assert data["cases"][0]["mpe"] is None and data["cases"][0]["non_finite"]["mpe"] == "inf"
+    assert math.isinf(restore_non_finite(data)["cases"][0]["mpe"])
+    assert jsonable({"a": [math.inf]}) == {"a": [None]}
