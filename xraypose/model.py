@@ -367,7 +367,7 @@ def volume_record(volume) -> dict:
     blocks = F.adaptive_avg_pool3d(data[None, None], (_BLOCKS,) * 3).reshape(-1)
     return {"source": str(getattr(volume, "source", "")), "shape": [int(n) for n in volume.shape],
             "spacing": [float(x) for x in volume.spacing], "affine": volume.affine.tolist(),
-            "block_means": [float(x) for x in blocks]}
+            "block_means": [float(f"{float(x):.6g}") for x in blocks]}
 
 
 def _fmt_shape(rec) -> str:

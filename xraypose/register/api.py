@@ -211,7 +211,9 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     pose = reg.pose_json()
     if extra:
         pose.update(extra)
-    _check_finite({k: pose[k] for k in ("camera_to_world", "world_to_camera", "intrinsics") if k in pose})
+    _check_finite({k: v for k, v in pose.items() if k != "metrics"})
+    for name, m in (("metrics", reg.metrics), ("initial metrics", reg.initial_metrics)):
+        _check_finite(m or {}, name, allow_inf=True)  # inf: a fiducial behind the source (a failed case)
     files = {"pose.json": json_bytes(pose)}
     if reg.metrics is not None:
         files["metrics.json"] = json_bytes({"final": reg.metrics, "initial": reg.initial_metrics,
@@ -223,14 +225,14 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     return atomic_write_files(out, files, remove=RESULT_FILES)
 
 
-def _check_finite(obj, where: str = "result") -> None:
-    """Never write a NaN: raise if any number in ``obj`` is not finite."""
+def _check_finite(obj, where: str = "result", allow_inf: bool = False) -> None:
+    """Never write a NaN: raise if any number in ``obj`` is not finite (``allow_inf``: NaN only)."""
     if isinstance(obj, float):
-        if not math.isfinite(obj):
+        if math.isnan(obj) or (not allow_inf and not math.isfinite(obj)):
             raise InputError(f"{where} holds a non-finite number; refusing to write it")
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            _check_finite(v, f"{where}.{k}")
+            _check_finite(v, f"{where}.{k}", allow_inf)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _check_finite(v, where)
+            _check_finite(v, where, allow_inf)
