@@ -615,3 +615,36 @@ def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_
     assert data["cases"][0]["mpe"] is None and data["cases"][0]["non_finite"]["mpe"] == "inf"
     assert math.isinf(restore_non_finite(data)["cases"][0]["mpe"])
     assert jsonable({"a": [math.inf]}) == {"a": [None]}
+
+
+def test_a_result_with_infinite_metrics_is_written_as_strict_json_and_read_back(tmp_path, ct):
+    import math
+
+    from xraypose.camera import Camera, carm_pose
+    from xraypose.evaluate import write_case_outputs
+    from xraypose.register.api import Registration, write_registration
+
+    T = carm_pose(0.0, 0.0, sod=612.0, isocenter=ct.get_isocenter()).to(torch.float64)
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=17.5)
+    m = {"mtre": 250.0, "mpe": math.inf, "mrpe": math.inf, "rot_mm": 1.0, "trans_mm": 1.0, "dgeo": 1.4,
+         "rot_deg": 0.1}
+    reg = Registration(camera_to_world=T, camera=cam, initial_pose=T, similarity=0.5, status="converged",
+                       iterations=3, bone_multiplier=1.0, init_s=0.0, opt_s=0.1, batch_opt_s=0.1, batch_size=1,
+                       cpu_s=0.1, metrics=m, initial_metrics=dict(m))
+    write_registration(tmp_path / "r", reg)
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} in JSON")}
+    pose = json.loads((tmp_path / "r" / "pose.json").read_text(), **strict)
+    assert pose["metrics"]["mpe"] is None and pose["metrics"]["non_finite"] == {"mpe": "inf", "mrpe": "inf"}
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text(), **strict)
+    assert math.isinf(restore_non_finite(metrics)["final"]["mpe"]) and metrics["success_1mm"] is False
+    reg.similarity = float("nan")  # a NaN is never written, inside or outside the metrics
+    with pytest.raises(InputError, match="non-finite"):
+        write_registration(tmp_path / "r", reg)
+    reg.similarity, reg.metrics = 0.5, {**m, "mpe": float("nan")}
+    with pytest.raises(InputError, match="non-finite"):
+        write_registration(tmp_path / "r", reg)
+    # an evaluation's case: result.json strict, its row read back (by a resume) with inf
+    reg.metrics = m
+    row, _ = write_case_outputs(tmp_path / "case", ct, torch.zeros(16, 16), cam, reg, name="c", pictures=False)
+    saved = json.loads((tmp_path / "case" / "result.json").read_text(), **strict)
+    assert math.isinf(restore_non_finite(saved)["row"]["mPE (mm)"]) and math.isinf(row["mPE (mm)"])
