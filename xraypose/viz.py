@@ -235,6 +235,14 @@ def _scene_pyvista(path, volume, det, src, xray, iso_hu: float) -> Path:
     grid.point_data["hu"] = sub.ravel(order="F")  # VTK's x index varies fastest
     surf = grid.contour([iso_hu], scalars="hu")
     M = np.asarray(volume.affine, dtype=np.float64) @ np.diag([step, step, step, 1.0])  # index → world mm
+    import contextlib
+
+    quiet = pv.vtk_verbosity("off") if hasattr(pv, "vtk_verbosity") else contextlib.nullcontext()
+    with quiet:  # VTK's own warnings (e.g. "bad X server connection" off-screen) would go to the log
+        return _draw_scene_pyvista(pv, path, surf, M, det, src, xray)
+
+
+def _draw_scene_pyvista(pv, path, surf, M, det, src, xray) -> Path:
     plotter = pv.Plotter(off_screen=True, window_size=(900, 900))
     plotter.set_background("white")
     if surf.n_points:
@@ -262,7 +270,13 @@ def _scene_pyvista(path, volume, det, src, xray, iso_hu: float) -> Path:
     plotter.camera_position = [tuple(centre + 1000.0 * view / np.linalg.norm(view)), tuple(centre), tuple(up)]
     plotter.reset_camera()  # keeps the direction, fits everything in view
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plotter.screenshot(str(path))
+    img = plotter.screenshot(None, return_img=True)  # an array: written atomically below, not by VTK
     plotter.close()
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
     return path
