@@ -29,7 +29,7 @@ from xraypose.volume import load_sample_ct  # noqa: E402
 
 
 def _pose(volume) -> torch.Tensor:
-    """An AP view aimed between the hip joints and the iliac crests, slightly oblique (the field stays in the CT)."""
+    """An AP view of the pelvis, slightly oblique, the field within the CT (which ends at the femoral necks)."""
     iso = volume.get_isocenter().clone()
     iso[2] = float(volume.corners[:, 2].min()) + 135.0
     return carm_pose(8.0, -5.0, sod=650.0, isocenter=iso)
@@ -76,11 +76,23 @@ def draw(out: Path, seed: int, size: int) -> None:
             a.set_xticks([])
             a.set_yticks([])
     fig.suptitle(f"Appearance families, bundled pelvis CT, {size}² detector (400 mm, sdd 1020, sod 650), seed {seed}",
-                 fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.99))
+                 fontsize=9, y=0.999)
+    fig.tight_layout(rect=(0, 0, 1, 0.993))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    _save_small(fig, out, dpi=72)
+
+
+def _save_small(fig, out: Path, dpi: int) -> None:
+    """Save as a 256-colour PNG (the noisy images compress poorly in full colour)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
+    buf.seek(0)
+    Image.open(buf).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
 def draw_femur_mask(out: Path) -> None:
@@ -105,8 +117,7 @@ def draw_femur_mask(out: Path) -> None:
         a.set_xticks([])
         a.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out, dpi=70)
-    plt.close(fig)
+    _save_small(fig, out, dpi=70)
 
 
 def main() -> None:

