@@ -365,6 +365,9 @@ def test_femur_mask_of_the_bundled_pelvis_and_family(pelvis):
     changed = (fx.raw - still.raw).abs() > 0.01 * still.raw + 1  # 1 %, and more than the rounding to counts
     assert int(fx.foreign.sum()) > 5 and int(changed.sum()) > 5
     assert int((changed & ~fx.foreign).sum()) == 0
+    pre = preprocess(fx.raw, fx.camera, **fx.preprocess).image
+    ref = preprocess(ours.raw, ours.camera, **ours.preprocess).image
+    assert bool(torch.isfinite(pre).all()) and float(pre.max() - pre.min()) > 0.5 and ncc(pre, ref) > 0.9
     # with no displacement the image is today's simulator's (Siddon, physical μ) up to the area average
     c = fx.info["collimator_px"]
     rel = (still.raw - ours.raw).abs()[c:-c, c:-c] / ours.raw[c:-c, c:-c]
