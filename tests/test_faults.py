@@ -405,7 +405,7 @@ def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_th
                                                                                       full_disk):
     xray = str(case / "xrays" / "lao20_caud10.dcm")
     res = tmp_path / "result"
-    args = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--fast", "--size", "32"]
+    args = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "16", "--size", "32"]
     assert main(args) == 0
     before = _snapshot(res)
     full_disk.names = ["pose.json"]
@@ -421,7 +421,7 @@ def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_th
 def test_a_full_disk_in_evaluate_is_one_line(tmp_path, capsys, case, full_disk):
     full_disk.names = ["pose.json"]
     assert main(["evaluate", str(case), "-o", str(tmp_path / "ev"), "--start", "perturb", "--perturb", "2,5",
-                 "--fast", "--size", "32", "--no-pictures", "--quiet"]) == 2
+                 "--levels", "16", "--size", "32", "--no-pictures", "--quiet"]) == 2
     _one_error_line(capsys.readouterr().err, "pose.json", "No space left on device")
     assert _temp_files(tmp_path) == []
 
@@ -433,7 +433,7 @@ def test_register_into_an_old_result_folder_keeps_only_the_new_results_files(tmp
     poses = json.loads((case / "poses.json").read_text())
     truth = tmp_path / "truth.json"
     truth.write_text(json.dumps({"camera_to_world": poses["lao20_caud10.dcm"]}))
-    base = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--fast", "--size", "32"]
+    base = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "16", "--size", "32"]
     assert main(base + ["--true-pose", str(truth)]) == 0
     (res / "notes.txt").write_text("mine")
     assert {p.name for p in res.iterdir()} == {"pose.json", "metrics.json", "trajectory.json", "notes.txt"}
@@ -445,7 +445,7 @@ def test_register_into_an_old_result_folder_keeps_only_the_new_results_files(tmp
 
 def test_evaluate_into_an_old_folder_is_refused_or_replaced_when_told(tmp_path, capsys, case):
     ev = tmp_path / "ev"
-    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--fast", "--size", "32",
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16", "--size", "32",
             "--no-pictures", "--quiet"]
     assert main(args) == 0
     (ev / "cases" / "old-case").mkdir()
@@ -463,7 +463,7 @@ def test_evaluate_into_an_old_folder_is_refused_or_replaced_when_told(tmp_path, 
 
 def test_evaluate_resume_refuses_other_settings_and_names_them(tmp_path, capsys, case):
     ev = tmp_path / "ev"
-    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--fast", "--size", "32", "--no-pictures",
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--levels", "16", "--size", "32", "--no-pictures",
             "--quiet"]
     assert main(args + ["--perturb", "2,5"]) == 0
     before = _snapshot(ev)
@@ -504,18 +504,18 @@ def test_a_model_is_refused_with_another_ct_unless_allowed(tmp_path, capsys, cas
     # CLI: register
     for c in (other, twin):
         capsys.readouterr()
-        assert main(["register", str(c), xray, "--model", str(model), "-o", str(tmp_path / "r"), "--fast",
+        assert main(["register", str(c), xray, "--model", str(model), "-o", str(tmp_path / "r"), "--levels", "16",
                      "--size", "32"]) == 2
         _one_error_line(capsys.readouterr().err, "trained on another CT", "--allow-other-ct")
     assert not (tmp_path / "r").exists()
     capsys.readouterr()
-    assert main(["register", str(other), xray, "--model", str(model), "-o", str(tmp_path / "r"), "--fast",
+    assert main(["register", str(other), xray, "--model", str(model), "-o", str(tmp_path / "r"), "--levels", "16",
                  "--size", "32", "--allow-other-ct"]) == 0
     err = capsys.readouterr().err
     assert "xraypose: warning:" in err and "trained on another CT" in err and "Traceback" not in err
     # the CT it was trained on (the same file, or the case's copy of it) is accepted silently
     assert main(["register", str(case / "ct.nii.gz"), xray, "--model", str(model), "-o", str(tmp_path / "s"),
-                 "--fast", "--size", "32"]) == 0
+                 "--levels", "16", "--size", "32"]) == 0
     assert "warning" not in capsys.readouterr().err
     # CLI: evaluate (a case folder whose CT is another)
     import shutil
@@ -525,7 +525,7 @@ def test_a_model_is_refused_with_another_ct_unless_allowed(tmp_path, capsys, cas
     (other_case / "ct.nii.gz").unlink()
     shutil.copy(other, other_case / "ct.nii.gz")
     capsys.readouterr()
-    assert main(["evaluate", str(other_case), "--model", str(model), "-o", str(tmp_path / "ev"), "--fast",
+    assert main(["evaluate", str(other_case), "--model", str(model), "-o", str(tmp_path / "ev"), "--levels", "16",
                  "--size", "32", "--no-pictures", "--quiet"]) == 2
     _one_error_line(capsys.readouterr().err, "trained on another CT")
     # API
