@@ -6,6 +6,7 @@ and exit with status 2; ``--debug`` shows the Python traceback instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Optional
 import typer
 
 from xraypose.cli_config import config_option
+from xraypose.cli_options import CheckedCommand, option_numbers
 from xraypose.errors import InputError
 
 app = typer.Typer(
@@ -31,16 +33,6 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
     _STATE["debug"] = debug
 
 
-def _floats(text: str, n: int | None, what: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if n is not None and len(vals) != n:
-        raise InputError(f"{what} needs {n} comma-separated numbers, got {len(vals)} in {text!r}")
-    return vals
-
-
 def load_ct(path: str, density_hint: str | None = None):
     """Load a CT by path, or the bundled sample with the word ``sample``."""
     from xraypose.volume import load_sample_ct, read_volume
@@ -51,26 +43,10 @@ def load_ct(path: str, density_hint: str | None = None):
 
 
 def read_pose_json(path: Path):
-    import torch
+    """(1, 4, 4) float64 camera_to_world from a pose file (:func:`xraypose.register.initializers.pose_from_json`)."""
+    from xraypose.register.initializers import pose_from_json
 
-    from xraypose.geometry import as_transform
-
-    if not path.exists():
-        raise InputError(f"pose file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"pose file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    if isinstance(data, dict) and "camera_to_world" in data:
-        T = data["camera_to_world"]
-    elif isinstance(data, dict) and "world_to_camera" in data:
-        T = torch.linalg.inv(torch.as_tensor(data["world_to_camera"], dtype=torch.float64))
-    else:
-        raise InputError(f"pose file {path} must hold {{\"camera_to_world\": 4×4}} (or world_to_camera)")
-    try:
-        return as_transform(T, dtype=torch.float64)
-    except InputError as e:
-        raise InputError(f"pose file {path}: {e}") from None
+    return pose_from_json(path)
 
 
 @app.command()
@@ -125,8 +101,8 @@ def render(
     else:
         from xraypose.camera import carm_pose
 
-        a, b = _floats(pose, 2, "--pose")
-        iso = _floats(isocenter, 3, "--isocenter") if isocenter else vol.get_isocenter()
+        a, b = option_numbers("pose", pose)
+        iso = option_numbers("isocenter", isocenter) if isocenter else vol.get_isocenter()
         T = carm_pose(a, b, sod=sod if sod is not None else 0.6 * sdd, isocenter=iso)
     img = render_drr(vol, cam, T, renderer=renderer, n_samples=samples, step=step, density=density,
                      bone_attenuation_multiplier=bone_multiplier)
@@ -171,13 +147,9 @@ def demo(
     from xraypose.demo import DemoSettings, run_demo
 
     s = DemoSettings.fast() if fast else DemoSettings()
-    if train_seconds is not None:
-        if not train_seconds > 0:
-            raise InputError(f"--train-seconds must be > 0, got {train_seconds}")
+    if train_seconds is not None:  # ranges: xraypose.cli_options
         s = replace(s, train_seconds=train_seconds)
     if cases is not None:
-        if cases < 1:
-            raise InputError(f"--cases must be >= 1, got {cases}")
         s = replace(s, cases=cases)
     run_demo(output, replace(s, seed=seed))
 
@@ -194,6 +166,21 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
+
+
+def _check_options_when_parsed() -> None:
+    """Every command checks its option values right after parsing (ranges: :mod:`xraypose.cli_options`)."""
+    for command in app.registered_commands:
+        command.cls = CheckedCommand
+
+
+_check_options_when_parsed()
+
+
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The parser of all commands, built once (typer rebuilds it on every ``app()`` call: 0.15 s)."""
+    return typer.main.get_command(app)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -216,7 +203,7 @@ def _run(argv: list[str], debug: bool) -> int:
     if debug:  # accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
-        app(args=argv, prog_name="xraypose", standalone_mode=False)
+        _command()(args=argv, prog_name="xraypose", standalone_mode=False)
     except InputError as e:
         if debug:
             raise

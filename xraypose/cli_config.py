@@ -57,8 +57,29 @@ def read_command_config(path: Path, command: str, allowed: dict[str, object]) ->
                              f"(options: {options})")
         if isinstance(value, dict):
             raise InputError(f"config file {path}: {key!r} must be a value, not a table")
+        _check_type(path, key, value, allowed[name])
         out[name] = value
     return out
+
+
+_TYPES = {bool: "true or false", int: "a whole number", float: "a number", str: "text (in quotes)",
+          Path: "a file path (text in quotes)"}
+
+
+def _check_type(path: Path, key: str, value, param) -> None:
+    """Refuse a TOML value of another type than the option's (``true`` for a number, ``1`` for a flag, …);
+    ranges are checked with the command line's (:mod:`xraypose.cli_options`)."""
+    from xraypose.schema import shown
+
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if kind not in _TYPES:
+        return
+    fits = {bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            str: isinstance(value, str), Path: isinstance(value, str)}[kind]
+    if not fits:
+        raise InputError(f"config file {path}: {key!r} must be {_TYPES[kind]}, got {shown(value)}")
 
 
 def config_option(command: str):

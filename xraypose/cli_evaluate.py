@@ -13,19 +13,11 @@ import typer
 from xraypose.cli_config import config_option
 from xraypose.cli_register import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS,
                                    SCHEDULE, SIMILARITY, _levels)
+from xraypose.cli_options import option_numbers
 from xraypose.errors import InputError
+from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 STARTS = ("model", "angles", "perturb", "pose", "ap")
-
-
-def _pair(text: str, what: str) -> tuple[float, float]:
-    try:
-        vals = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise InputError(f"{what} must be 'DEGREES,MM', got {text!r}") from None
-    if len(vals) != 2:
-        raise InputError(f"{what} needs 2 comma-separated numbers 'DEGREES,MM', got {text!r}")
-    return vals[0], vals[1]
 
 
 def _file_id(path: Path) -> str:
@@ -96,8 +88,11 @@ def evaluate_command(
     if start == "pose" and pose_json is None:
         raise InputError("--start pose needs --pose-json FILE")
     check_output_folder(output)  # before reading the data and registering
-    deg, mm = _pair(perturb, "--perturb")
+    deg, mm = option_numbers("perturb", perturb)
     ev = load_eval_set(source, specimen=specimen, size=size, structure=structure)
+    check_registrable_ct(ev.volume)
+    for c in ev.cases:
+        check_registrable_xray(tuple(c.image.shape), f"{source}: X-ray {c.name}")
     if start is None:
         start = ("model" if model is not None else
                  "angles" if all(c.angles_pose is not None for c in ev.cases) else "perturb")

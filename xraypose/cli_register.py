@@ -12,19 +12,11 @@ from typing import Optional
 import typer
 
 from xraypose.cli_config import config_option
+from xraypose.cli_options import option_numbers
 from xraypose.errors import InputError
+from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 INITS = ("model", "angles", "pose", "ap")
-
-
-def _floats(text: str, n: int, what: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if len(vals) != n:
-        raise InputError(f"{what} needs {n} comma-separated numbers, got {len(vals)} in {text!r}")
-    return vals
 
 
 # Registration options shared by `register` and `evaluate` (one definition, one help text).
@@ -49,37 +41,15 @@ def _levels(text: str | None, fast: bool) -> dict:
     if text is not None:
         if fast:
             raise InputError("give --levels or --fast, not both")
-        try:
-            sizes = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-        except ValueError:
-            raise InputError(f"--levels must be comma-separated detector sizes, got {text!r}") from None
-        return {"levels": levels_for_sizes(sizes)}
+        return {"levels": levels_for_sizes(option_numbers("levels", text))}
     return {"levels": FAST_LEVELS} if fast else {}
 
 
 def read_fiducials(path: Path):
-    """(N, 3) world mm points from JSON (a list, or {"fiducials": [...]}) , .npy, or a CSV/text table."""
-    import numpy as np
-    import torch
+    """(N, 3) float64 world mm points: :func:`xraypose.fiducials.read_fiducials_file`."""
+    from xraypose.fiducials import read_fiducials_file
 
-    if not path.exists():
-        raise InputError(f"fiducials file not found: {path}")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                data = data.get("fiducials", data.get("points"))
-            arr = np.asarray(data, dtype=np.float64)
-        elif path.suffix.lower() == ".npy":
-            arr = np.load(path).astype(np.float64)
-        else:
-            arr = np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else None, dtype=np.float64,
-                             ndmin=2)
-    except (ValueError, TypeError, json.JSONDecodeError) as e:
-        raise InputError(f"fiducials file {path} is not a table of 3D points ({e})") from None
-    if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] < 1:
-        raise InputError(f"fiducials file {path} must hold N×3 points (world RAS mm), got shape {arr.shape}")
-    return torch.from_numpy(arr)
+    return read_fiducials_file(path)[1]
 
 
 def register_command(
@@ -150,21 +120,19 @@ def register_command(
         raise InputError("--init model needs --model FILE")
     if init == "pose" and pose_json is None:
         raise InputError("--init pose needs --pose-json FILE")
-    if size < 16:
-        raise InputError(f"--size must be at least 16 pixels, got {size}")
-    if blur < 0:
-        raise InputError(f"--blur must be >= 0 pixels, got {blur}")
     check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
 
     vol = load_sample_ct() if ct == "sample" else read_volume(ct)
-    iso = torch.tensor(_floats(isocenter, 3, "--isocenter"), dtype=torch.float64) if isocenter else vol.get_isocenter()
+    check_registrable_ct(vol)
+    iso = torch.tensor(option_numbers("isocenter", isocenter), dtype=torch.float64) if isocenter else vol.get_isocenter()
     prim = sec = None
     if angles is not None:
-        prim, sec = _floats(angles, 2, "--angles")
+        prim, sec = option_numbers("angles", angles)
     xr = read_xray(xray, sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0, reverse_x_axis=reverse_x_axis,
                    primary=prim, secondary=sec, sod=sod, kind=kind)
     if xr.camera is None:
         raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
+    check_registrable_xray(xr.shape, str(xray), crop)
     if init == "model":
         start = ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct)
         init_info = {"kind": "model", "model": str(model)}
@@ -175,6 +143,9 @@ def register_command(
         if not xr.angles:
             raise InputError(f"{xray} holds no C-arm angles: give --angles PRIMARY,SECONDARY and --sod, "
                              "--pose-json, or --model")
+        if xr.angles.get("sod") is None:
+            raise InputError(f"{xray}: C-arm angles but no source-to-isocenter distance (DistanceSourceToPatient): "
+                             "give --sod MM")
         start = xr.initial_pose(iso).reshape(1, 4, 4)  # crop / blur / log / resize do not move the camera
         init_info = {"kind": "angles", "angles": xr.angles}
     else:

@@ -10,8 +10,6 @@ from typing import Optional
 
 import typer
 
-from xraypose.errors import InputError
-
 
 def train_command(
     ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
@@ -51,8 +49,6 @@ def train_command(
     from xraypose.train import TrainConfig, load_config, output_paths, train
 
     start = TrainConfig.from_dict({"preset": preset}) if preset is not None else None
-    if minutes is not None and not (minutes > 0):
-        raise InputError(f"--minutes must be > 0, got {minutes}")
     if config is not None:
         base = load_config(config, base=start)
     elif start is not None:

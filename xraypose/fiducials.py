@@ -17,9 +17,18 @@ optionally only where the X-ray sees them:
    candidates (deterministic for a seed).
 
 Points are world (RAS) mm, float64, at voxel centres.
+
+The user's own fiducials are read by :func:`read_fiducials_file` (JSON, NPY,
+CSV or a text table) and :func:`read_fiducials_csv` (``name,x,y,z`` lines):
+every point must be three finite numbers within ±1 km.
 """
 
 from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +36,8 @@ import torch.nn.functional as F
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 
-__all__ = ["bone_mask", "bone_points", "select_fiducials", "pick_bone_fiducials", "farthest_point_sampling"]
+__all__ = ["bone_mask", "bone_points", "select_fiducials", "pick_bone_fiducials", "farthest_point_sampling",
+           "read_fiducials_file", "read_fiducials_csv"]
 
 
 def bone_mask(volume, hu_min: float = 250.0, hu_max: float = 2000.0, min_neighbors: int = 8,
@@ -126,3 +136,109 @@ def pick_bone_fiducials(
     if int(n) < 1:
         raise InputError(f"number of fiducials must be >= 1, got {n}")
     return select_fiducials(bone_points(volume, hu_min, hu_max), n, seed, camera, poses, margin_px, max_candidates)
+
+
+# --------------------------------------------------------------------------
+# Reading the user's fiducials
+# --------------------------------------------------------------------------
+
+
+def _text(p: Path) -> str:
+    if not p.exists():
+        raise InputError(f"fiducials file not found: {p}")
+    if p.is_dir():
+        raise InputError(f"fiducials file {p} is a folder, not a file")
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}); "
+                         "save the file as UTF-8") from None
+
+
+def _checked_point(p, where: str, values) -> list:
+    from xraypose.schema import MAX_POSITION_MM
+
+    try:
+        xyz = [float(v) for v in values]
+    except ValueError:
+        raise InputError(f"{where}: coordinates must be numbers (mm), got {list(values)} (not a table of 3D points)") \
+            from None
+    if not all(math.isfinite(v) for v in xyz):
+        raise InputError(f"{where}: coordinates must be finite, got {list(values)}")
+    if max(abs(v) for v in xyz) > MAX_POSITION_MM:
+        raise InputError(f"{where}: coordinates must be within ±{MAX_POSITION_MM:g} mm, got "
+                         f"{', '.join(f'{v:g}' for v in xyz)}")
+    return xyz
+
+
+def read_fiducials_csv(path, text: str | None = None) -> tuple[list[str], torch.Tensor]:
+    """Names and (N, 3) float64 points from ``name,x,y,z`` lines (world RAS mm).
+
+    A header line ``name,x,y,z``, empty lines and ``#`` comments are skipped; a
+    line of 3 values gets the name ``pN``.  ``text``: the file's text when
+    already read (whitespace-separated columns are then accepted too).
+    """
+    p = Path(path)
+    if text is None:
+        rows = csv.reader(io.StringIO(_text(p), newline=""))
+    else:
+        rows = ([c for c in line.replace(",", " ").split()] for line in text.splitlines())
+    names, pts = [], []
+    for lineno, row in enumerate(rows, 1):
+        row = [c.strip() for c in row]
+        if not row or not any(row) or row[0].startswith("#"):
+            continue
+        if len(row) == 4 and lineno == 1 and row[1].lower() == "x":
+            continue
+        if len(row) == 3:
+            row = [f"p{len(pts)}"] + row
+        if len(row) != 4:
+            raise InputError(f"{p}:{lineno}: expected 'name,x,y,z' or 'x,y,z' (N×3 points), got {','.join(row)!r}")
+        pts.append(_checked_point(p, f"{p}:{lineno}", row[1:]))
+        names.append(row[0])
+    if not pts:
+        raise InputError(f"{p}: no fiducial found, no point (expected lines 'name,x,y,z')")
+    return names, torch.tensor(pts, dtype=torch.float64)
+
+
+def read_fiducials_file(path) -> tuple[list[str], torch.Tensor]:
+    """Names and (N, 3) float64 fiducials (world RAS mm) from a file.
+
+    ``.json``: a list of [x, y, z] or ``{"fiducials": [...]}`` / ``{"points": [...]}``
+    (schema :data:`xraypose.schema.FIDUCIALS_JSON`); ``.npy``: an (N, 3) numeric
+    array; ``.csv``: ``name,x,y,z`` or ``x,y,z`` lines; other text: the same with
+    spaces or commas between the columns.
+
+    Raises:
+        InputError: naming the file: missing, a folder, not UTF-8, not N×3
+            numbers, NaN/infinite or beyond ±1 km.
+    """
+    import numpy as np
+
+    p = Path(path).expanduser()
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        from xraypose.schema import FIDUCIALS_JSON, read_checked
+
+        data = read_checked(p, FIDUCIALS_JSON, "fiducials file")
+        pts = data if isinstance(data, list) else (data.get("fiducials") or data.get("points") or [])
+        if not pts:
+            raise InputError(f"{p}: no point (give a list of [x, y, z] or {{\"fiducials\": [...]}})")
+        return [f"p{i}" for i in range(len(pts))], torch.tensor(pts, dtype=torch.float64)
+    if suffix == ".npy":
+        if not p.exists():
+            raise InputError(f"fiducials file not found: {p}")
+        if p.is_dir():
+            raise InputError(f"fiducials file {p} is a folder, not a file")
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"{p}: cannot read the .npy file ({' '.join(str(e).split())[:200]})") from None
+        if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] < 1:
+            raise InputError(f"{p}: fiducials must be N×3 numbers (world RAS mm), got shape {arr.shape} of {arr.dtype}")
+        pts = [_checked_point(p, f"{p}: row {i}", row) for i, row in enumerate(arr.tolist())]
+        return [f"p{i}" for i in range(len(pts))], torch.tensor(pts, dtype=torch.float64)
+    if suffix == ".csv":
+        return read_fiducials_csv(p)
+    return read_fiducials_csv(p, _text(p))

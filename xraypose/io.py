@@ -313,9 +313,17 @@ def read_toml(path) -> dict:
     from xraypose.errors import InputError
 
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"config file {p} is a folder, not a TOML file")
     if not p.is_file():
         raise InputError(f"config file not found: {p}")
+    raw = p.read_bytes()
     try:
-        return tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = raw.decode("utf-8-sig")  # TOML files are UTF-8 whatever the locale
+    except UnicodeDecodeError as e:
+        raise InputError(f"config file {p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}); "
+                         "save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise InputError(f"config file {p} is not valid TOML ({e})") from None

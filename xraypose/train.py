@@ -532,13 +532,12 @@ def _camera(cfg: CameraConfig) -> Camera:
 
 
 def _load_volume(ct):
+    from xraypose.limits import check_registrable_ct
     from xraypose.volume import Volume, load_sample_ct, read_volume
 
-    if isinstance(ct, Volume):
-        return ct
-    if str(ct) == "sample":
-        return load_sample_ct()
-    return read_volume(ct)
+    vol = ct if isinstance(ct, Volume) else load_sample_ct() if str(ct) == "sample" else read_volume(ct)
+    check_registrable_ct(vol)  # a 1×1×2 CT has no poses to learn
+    return vol
 
 
 def make_sampler(volume, cfg: TrainConfig):

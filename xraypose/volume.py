@@ -65,6 +65,8 @@ __all__ = [
     "LPS_TO_RAS",
     "LABEL_ALIGN_TOL_MM",
     "SUPPORTED_EXTENSIONS",
+    "MAX_ABS_VOXEL",
+    "check_voxel_values",
 ]
 
 # --------------------------------------------------------------------------
@@ -506,7 +508,7 @@ def volume_from_array(
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise InputError(f"volume array must be numeric; got dtype {arr.dtype}")
     arr = _as_3d(arr, source)
-    _check_finite(arr, source)
+    check_voxel_values(arr, source, max_abs=float(np.finfo(np.float32).max))
 
     if affine is not None:
         if spacing is not None or origin is not None:
@@ -649,7 +651,7 @@ def _read_image(path: PathLike, what: str) -> tuple[np.ndarray, np.ndarray, str]
             "(RGB/structured images are not supported)"
         )
     arr = _as_3d(arr, source)
-    _check_finite(arr, source)
+    check_voxel_values(arr, source)
     _check_affine(aff, source)
     return arr, aff, source
 
@@ -658,26 +660,148 @@ def _read_nifti(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
-        img = nib.load(str(p))
+        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header fixes to stderr
+            img = nib.load(str(p))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
+    _check_nifti_header(img, p, what)
+    try:
         arr = np.asanyarray(img.dataobj)
         aff = np.array(img.affine, dtype=np.float64)
-    except Exception as exc:  # nibabel raises many types for corrupt files
+    except Exception as exc:  # noqa: BLE001
         raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
     arr = np.array(arr)  # detach from a possible memmap
     return arr, aff
 
 
+def _check_nifti_header(img, p: Path, what: str) -> None:
+    """Before reading the voxels: the declared size fits memory (and, uncompressed, the file), and
+    the voxel size is known (no sform/qform and a zero pixdim: nibabel would guess 1 mm)."""
+    from xraypose.limits import check_allocation, dims, human_bytes
+
+    hdr = img.header
+    shape = tuple(int(n) for n in img.shape)
+    itemsize = np.dtype(hdr.get_data_dtype()).itemsize
+    check_allocation(shape, itemsize + 4, f"{what} file {p}")  # the file's values and a float32 copy
+    if not p.name.lower().endswith(".gz"):
+        need = int(hdr.get("vox_offset", 0)) + int(np.prod(shape)) * itemsize
+        have = p.stat().st_size
+        if have < need:
+            raise InputError(f"{what} file {p} is truncated: the header declares {dims(shape)} voxels of "
+                             f"{np.dtype(hdr.get_data_dtype()).name} ({human_bytes(need)} with the header), the file "
+                             f"holds {human_bytes(have)}")
+    if "sform_code" not in hdr:
+        return
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(p)) as fh:  # the header as written: nibabel's loaded one has 0 voxel sizes set to 1
+        raw = type(hdr).from_fileobj(fh, check=False)
+    if [int(raw["sform_code"]), int(raw["qform_code"])] == [0, 0]:
+        pixdim = [float(v) for v in raw["pixdim"][1:4]]
+        if not all(math.isfinite(v) and v > 0 for v in pixdim):
+            raise InputError(f"{what} file {p} has no sform/qform and pixdim {pixdim} holds a zero, negative or "
+                             "non-finite voxel size: its spacing is unknown (xraypose does not guess 1 mm); "
+                             "write the voxel size or an affine into the file")
+
+
 def _read_itk_file(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        msg = str(exc)
-        if "zero-valued spacing" in msg.lower():
-            raise InputError(f"{what} file {p} has zero voxel spacing in its header") from exc
-        raise InputError(f"Could not read {what} file {p}: {_itk_reason(msg)}") from exc
+    from xraypose.limits import check_allocation, itemsize_from_text
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    with _itk_quiet():
+        try:
+            _check_detached_data_file(p, what)
+            reader.ReadImageInformation()  # the header only
+            size = tuple(int(n) for n in reader.GetSize())
+            item = itemsize_from_text(sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+            check_allocation(size, item * max(1, reader.GetNumberOfComponents()) + 4, f"{what} file {p}")
+            img = reader.Execute()
+        except RuntimeError as exc:
+            msg = str(exc)
+            if "zero-valued spacing" in msg.lower():
+                raise InputError(f"{what} file {p} has zero voxel spacing in its header") from exc
+            raise InputError(f"Could not read {what} file {p}: {_itk_reason(msg)}") from exc
     return _sitk_to_array_affine(img, str(p))
+
+
+class _itk_quiet:
+    """ITK's warnings off while reading (they go straight to stderr, around xraypose's one-line errors)."""
+
+    def __enter__(self):
+        import SimpleITK as sitk
+
+        self._old = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        return self
+
+    def __exit__(self, *exc):
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(self._old)
+        return False
+
+
+def _header_fields(p: Path, sep: str) -> dict:
+    """{lower-case key: value} of a text header (MetaImage ``Key = value``, NRRD ``key: value``)."""
+    out = {}
+    with open(p, "rb") as fh:
+        head = fh.read(65536)
+    for line in head.split(b"\n"):
+        text = line.decode("latin-1").strip()
+        if not text and sep == ":":  # the blank line ending a NRRD header
+            break
+        if sep in text:
+            k, v = text.split(sep, 1)
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+def _check_detached_data_file(p: Path, what: str) -> None:
+    """A ``.mhd`` / ``.nhdr`` header names its voxel file: refuse, naming it, when it is missing or
+    shorter than the header declares (uncompressed)."""
+    from xraypose.limits import dims, human_bytes, itemsize_from_text
+
+    name = p.name.lower()  # (MetaImage and NRRD type names → bytes per value; 0: unknown, size not checked)
+    if name.endswith(".mhd"):
+        f = _header_fields(p, "=")
+        data, key = f.get("elementdatafile"), "ElementDataFile"
+        size = f.get("dimsize", "")
+        met = {"char": 1, "uchar": 1, "short": 2, "ushort": 2, "int": 4, "uint": 4, "long": 8, "ulong": 8,
+               "long_long": 8, "ulong_long": 8, "float": 4, "double": 8}
+        item = met.get(f.get("elementtype", "").lower().replace("met_", ""), 0)
+        try:
+            item *= int(f.get("elementnumberofchannels", "1") or 1)
+        except ValueError:
+            item = 0
+        compressed = f.get("compresseddata", "false").lower() == "true"
+    elif name.endswith(".nhdr"):
+        f = _header_fields(p, ":")
+        data, key = f.get("data file") or f.get("datafile"), "data file"
+        size = f.get("sizes", "")
+        nrrd = {"char": 1, "uchar": 1, "signed char": 1, "unsigned char": 1, "short": 2, "ushort": 2,
+                "signed short": 2, "unsigned short": 2, "short int": 2, "int": 4, "uint": 4, "signed int": 4,
+                "unsigned int": 4, "float": 4, "double": 8}
+        item = itemsize_from_text(f.get("type", ""), 0) or nrrd.get(f.get("type", "").lower(), 0)
+        compressed = f.get("encoding", "raw").lower() not in ("raw",)
+    else:
+        return
+    if not data or data.upper() in ("LOCAL", "LIST") or data.upper().startswith("LIST") or "%" in data:
+        return
+    target = (p.parent / data.split()[0]) if not Path(data).is_absolute() else Path(data)
+    if not target.is_file():
+        raise InputError(f"{what} file {p} names its voxel file {target.name} ({key}), which is missing: {target}")
+    try:
+        shape = [int(float(v)) for v in size.split()]
+    except ValueError:
+        return
+    need = int(np.prod(shape)) * item if shape and item else 0
+    have = target.stat().st_size
+    if not compressed and need and have < need:
+        raise InputError(f"{what} voxel file {target.name} (named by {p.name}) is truncated: {dims(shape)} voxels "
+                         f"need {human_bytes(need)}, the file holds {human_bytes(have)}")
 
 
 def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -689,7 +813,8 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
         sub = " (it holds only sub-folders; pass the folder of one series)" if entries else ""
         raise InputError(f"DICOM folder is empty: {d}{sub}")
     try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))
+        with _itk_quiet():
+            series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))
     except RuntimeError as exc:
         raise InputError(f"Could not scan DICOM folder {d}: {_itk_reason(str(exc))}") from exc
     if not series_ids:
@@ -705,11 +830,13 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     if count < 2:
         raise InputError(f"DICOM series in {d} has only {count} slice; a 3D series needs at least 2")
 
+    _check_dicom_series_size(names, d, what)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(names))
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        img = reader.Execute()
+        with _itk_quiet():
+            img = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"Could not read DICOM series in {d}: {_itk_reason(str(exc))}") from exc
 
@@ -718,6 +845,24 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     _check_dicom_slice_spacing(reader, img, count, source)
     arr, aff = _sitk_to_array_affine(img, source)
     return arr, aff, source
+
+
+def _check_dicom_series_size(names, d: Path, what: str) -> None:
+    """The series' size (first slice's rows × columns × number of slices) fits memory, before reading it."""
+    import SimpleITK as sitk
+
+    from xraypose.limits import check_allocation, itemsize_from_text
+
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(names[0]))
+    try:
+        with _itk_quiet():
+            r.ReadImageInformation()
+    except RuntimeError:
+        return  # the series reader will say what is wrong
+    size = list(r.GetSize())[:2] + [len(names)]
+    item = itemsize_from_text(sitk.GetPixelIDValueAsString(r.GetPixelID()))
+    check_allocation(size, item + 4, f"{what} DICOM series in {d}")
 
 
 def _check_dicom_slice_spacing(reader, img, count: int, source: str) -> None:
@@ -785,6 +930,33 @@ def _as_3d(arr: np.ndarray, source: str) -> np.ndarray:
         extra = " (several volumes / time points: extract one first)" if arr.ndim > 3 else ""
         raise InputError(f"{source}: expected a 3D volume, got shape {shape}{extra}")
     return arr
+
+
+#: Voxel values beyond ± this are refused when a CT is read: not HU nor an attenuation (a damaged
+#: file or wrong units), and sums of such values overflow float32 in a DRR.
+MAX_ABS_VOXEL: float = 1e6
+
+
+def check_voxel_values(arr: np.ndarray, source: str, max_abs: float = MAX_ABS_VOXEL) -> None:
+    """Refuse NaN / infinite voxels and values beyond ``±max_abs`` (naming the first such value and
+    its voxel index), before the values are converted to float32.
+
+    Raises:
+        InputError: ``"{source}: voxel value 1e+300 at (6, 6, 6) …"``.
+    """
+    _check_finite(arr, source)
+    if arr.size == 0 or arr.dtype == bool or arr.dtype.kind not in "iuf":
+        return
+    lo, hi = arr.min(), arr.max()
+    if max(abs(float(lo)), abs(float(hi))) <= max_abs:
+        return
+    v = hi if abs(float(hi)) >= abs(float(lo)) else lo
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(arr == v)), arr.shape))
+    if abs(float(v)) > float(np.finfo(np.float32).max):
+        raise InputError(f"{source}: voxel value {float(v):g} at {idx} does not fit float32 (at most "
+                         f"{float(np.finfo(np.float32).max):.3g}): not CT values")
+    raise InputError(f"{source}: voxel value {float(v):g} at {idx} is beyond ±{max_abs:g}: not CT values (HU) "
+                     "nor attenuations (a damaged file or wrong units?)")
 
 
 def _check_finite(arr: np.ndarray, source: str) -> None:

@@ -351,11 +351,22 @@ def _load_dicom(p: Path):
 
 
 def _dicom_pixels(ds, p: Path) -> np.ndarray:
+    from xraypose.limits import check_xray_size
+
     if "PixelData" not in ds:
         raise InputError(f"{p}: DICOM file has no pixel data (not an image: {ds.get('SOPClassUID', 'unknown class')})")
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
         raise InputError(f"{p}: colour DICOM image ({spp} samples per pixel); X-rays must be greyscale")
+    photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photo not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(f"{p}: PhotometricInterpretation {photo!r} is not a greyscale X-ray (MONOCHROME1/2)")
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise InputError(f"{p}: Rows, Columns or NumberOfFrames is not a whole number") from None
+    check_xray_size(rows, cols, str(p), frames)  # before pydicom allocates the pixels
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - pydicom raises ValueError, RuntimeError, NotImplementedError...
@@ -550,14 +561,7 @@ def read_image_xray(p, **kw) -> XRay:
     src = str(p)
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        try:
-            arr = np.load(str(p), allow_pickle=False)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{p}: cannot read the .npy file ({_one_line(e)})") from None
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise InputError(f"{p}: .npy array is not numeric (dtype {arr.dtype})")
-        while arr.ndim > 2 and arr.shape[0] == 1:
-            arr = arr[0]
+        arr = _read_npy(p, hdr)
     else:
         arr = _read_pil(p)
     img = _reduce_frames(np.asarray(arr), kw["frames"], hdr, src, "frames in the file")
@@ -565,39 +569,30 @@ def read_image_xray(p, **kw) -> XRay:
         raise InputError(f"{p}: expected a 2D image, got shape {img.shape}")
     hv = {}
     side = p.with_suffix(".json")
-    if side.is_file():
-        try:
-            meta = json.loads(side.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{side}: cannot read the sidecar JSON ({_one_line(e)})") from None
-        if not isinstance(meta, dict):
-            raise InputError(f"{side}: sidecar JSON must be an object")
+    if side.exists():
+        from xraypose.schema import SIDECAR, read_checked
+
+        meta = read_checked(side, SIDECAR, "sidecar JSON")
         where = f"sidecar JSON {side.name}"
         for key, name in (("sdd_mm", "sdd"), ("delx_mm", "delx"), ("dely_mm", "dely"), ("x0_mm", "x0"),
                           ("y0_mm", "y0"), ("primary_deg", "primary"), ("secondary_deg", "secondary"),
-                          ("sod_mm", "sod")):
-            if meta.get(key) is not None:
-                try:
-                    hv[name] = (float(meta[key]), f"{where} [{key}]")
-                except (TypeError, ValueError):
-                    raise InputError(f"{side}: {key} must be a number, got {meta[key]!r}") from None
-        if "reverse_x_axis" in meta:
-            hv["reverse_x_axis"] = (bool(meta["reverse_x_axis"]), f"{where} [reverse_x_axis]")
-        if meta.get("kind") is not None and kw["kind"] is None:
-            if meta["kind"] not in KINDS:
-                raise InputError(f"{side}: unknown kind {meta['kind']!r}; choose one of {', '.join(KINDS)}")
+                          ("sod_mm", "sod"), ("reverse_x_axis", "reverse_x_axis"),
+                          ("patient_orientation", "patient_orientation")):
+            if key in meta:
+                hv[name] = (meta[key], f"{where} [{key}]")
+        if "kind" in meta and kw["kind"] is None:
             kw = dict(kw, kind=meta["kind"])
             hdr.set("kind", meta["kind"], f"{where} [kind]")
         for key in ("height", "width"):
             if key in meta:
                 expect = img.shape[0] if key == "height" else img.shape[1]
-                if int(meta[key]) != expect:
+                if meta[key] != expect:
                     raise InputError(
                         f"{side}: intrinsics describe a detector {key} of {meta[key]} pixels but the image "
                         f"{p.name} is {img.shape[0]}×{img.shape[1]} (sizes differ)"
                     )
-        if "patient_orientation" in meta:
-            hv["patient_orientation"] = (meta["patient_orientation"], f"{where} [patient_orientation]")
+        if "K" in meta:
+            hdr.note(f"{where}: K is not used (the camera comes from sdd_mm, delx_mm, dely_mm, x0_mm, y0_mm)")
     kind = kw["kind"]
     if kind is None:
         kind = "attenuation"
@@ -608,15 +603,74 @@ def read_image_xray(p, **kw) -> XRay:
     return _finish(img.astype(np.float32), hv, hdr, kind, src, kw)
 
 
+def _read_npy(p: Path, hdr: "_Header") -> np.ndarray:
+    """An NPY X-ray: its header checked (size, dtype, length) before the values are read.
+
+    A (H, W, 3) or (H, W, 4) array is taken for an RGB(A) picture, not for H frames of
+    W × 3 pixels: with equal colour channels the first is used (noted), otherwise it is refused.
+    """
+    from xraypose.limits import MAX_XRAY_PIXELS, dims, human_bytes
+
+    try:
+        with open(p, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            offset = fh.tell()
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, SyntaxError...
+        raise InputError(f"{p}: cannot read the .npy file ({_one_line(e)})") from None
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise InputError(f"{p}: .npy array is not numeric (dtype {dtype})")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"{p}: .npy array holds complex values (dtype {dtype}); X-rays are real numbers")
+    n = int(np.prod(shape)) if shape else 1
+    if n > MAX_XRAY_PIXELS:
+        raise InputError(f"{p}: the header declares {dims(shape)} pixels ({n:.3g}); X-rays are at most "
+                         f"{MAX_XRAY_PIXELS:.0e} pixels (a damaged file?)")
+    need, have = offset + n * dtype.itemsize, p.stat().st_size
+    if have < need:
+        raise InputError(f"{p}: the .npy file is truncated: its header declares {dims(shape)} values of {dtype} "
+                         f"({human_bytes(need)} with the header), the file holds {human_bytes(have)}")
+    try:
+        arr = np.load(str(p), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{p}: cannot read the .npy file ({_one_line(e)})") from None
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
+        c = arr[..., :3]
+        if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
+            raise InputError(f"{p}: array of shape {tuple(arr.shape)} is a colour (RGB{'A' if arr.shape[-1] == 4 else ''})"
+                             " picture; X-rays must be greyscale (H, W), or frames (F, H, W)")
+        hdr.note(f"array of shape {tuple(arr.shape)} read as a greyscale RGB picture: its first channel is used")
+        arr = arr[..., 0]
+    if np.issubdtype(arr.dtype, np.floating) and arr.size:
+        finite = arr[np.isfinite(arr)]  # NaN / inf: refused later with their count
+        big = float(np.abs(finite).max()) if finite.size else 0.0
+        if big > float(np.finfo(np.float32).max):
+            raise InputError(f"{p}: pixel value {big:g} does not fit float32 (at most "
+                             f"{float(np.finfo(np.float32).max):.3g})")
+    return arr
+
+
 def _read_pil(p: Path) -> np.ndarray:
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
+    from xraypose.limits import check_xray_size
+
+    limit = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = None  # xraypose's own limit below, with a clear message
         im = Image.open(str(p))
     except UnidentifiedImageError:
         raise InputError(f"{p}: not a readable {p.suffix.upper().lstrip('.')} image") from None
-    except OSError as e:
+    except (OSError, ValueError, SyntaxError) as e:
         raise InputError(f"{p}: cannot open the image ({_one_line(e)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    w, h = im.size
+    check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
     frames = []
     try:
         for fr in ImageSequence.Iterator(im):
@@ -978,9 +1032,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-require-intrinsics", action="store_true", help="read even without sdd / pixel spacing")
     args = ap.parse_args(argv)
     iso = None
-    if args.isocenter:
-        iso = [float(v) for v in args.isocenter.split(",")]
     try:
+        if args.isocenter:
+            from xraypose.cli_options import option_numbers
+
+            iso = option_numbers("isocenter", args.isocenter)
         xr = read_xray(args.file, isocenter=iso, require_intrinsics=not args.no_require_intrinsics)
     except InputError as e:
         print(f"xraypose: error: {e}", file=sys.stderr)

@@ -24,9 +24,6 @@ sidecar, fiducials and true poses).
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +32,7 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.fiducials import read_fiducials_csv
 from xraypose.xray import IMAGE_EXTENSIONS, read_xray
 
 __all__ = ["Case", "load_case", "make_example_case", "read_fiducials_csv", "CT_NAMES"]
@@ -125,48 +123,15 @@ class Case:
         return cam.project(self.fiducials, T)
 
 
-def read_fiducials_csv(path) -> tuple[list[str], torch.Tensor]:
-    """Read ``name,x,y,z`` lines (header optional; world mm)."""
-    p = Path(path)
-    names, pts = [], []
-    with open(p, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
-            row = [c.strip() for c in row]
-            if not row or not any(row) or row[0].startswith("#"):
-                continue
-            if len(row) == 4 and lineno == 1 and row[1].lower() == "x":
-                continue
-            if len(row) == 3:
-                row = [f"p{len(pts)}"] + row
-            if len(row) != 4:
-                raise InputError(f"{p}:{lineno}: expected 'name,x,y,z', got {','.join(row)!r}")
-            try:
-                xyz = [float(v) for v in row[1:]]
-            except ValueError:
-                raise InputError(f"{p}:{lineno}: coordinates must be numbers (mm), got {row[1:]}") from None
-            if not all(math.isfinite(v) for v in xyz):
-                raise InputError(f"{p}:{lineno}: coordinates must be finite")
-            names.append(row[0])
-            pts.append(xyz)
-    if not pts:
-        raise InputError(f"{p}: no fiducial found (expected lines 'name,x,y,z')")
-    return names, torch.tensor(pts, dtype=torch.float64)
-
-
 def _read_poses(p: Path) -> dict:
+    """{x-ray name: (4, 4) float64 camera_to_world} from poses.json (schema :data:`xraypose.schema.POSES_JSON`)."""
     from xraypose.converters import orthonormalize
+    from xraypose.schema import POSES_JSON, read_checked
 
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{p}: cannot read the poses JSON ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: must be an object {{\"<x-ray file name>\": 4×4 camera_to_world}}")
+    data = read_checked(p, POSES_JSON, "poses file")
     out = {}
     for k, v in data.items():
         if isinstance(v, dict):
-            if "camera_to_world" not in v:
-                raise InputError(f"{p}: entry {k!r} lacks 'camera_to_world'")
             v = v["camera_to_world"]
         out[k] = orthonormalize(v, f"{p.name} pose of {k!r}")
     return out
@@ -192,17 +157,20 @@ def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
     if ct_path is None:
         raise InputError(f"case folder {root} has no CT (expected one of: {', '.join(CT_NAMES)})")
     settings = {}
-    if (root / "case.json").is_file():
-        try:
-            settings = json.loads((root / "case.json").read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{root / 'case.json'}: invalid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(settings, dict):
-            raise InputError(f"{root / 'case.json'}: must be a JSON object")
+    if (root / "case.json").exists():
+        from xraypose.schema import CASE_JSON, read_checked
+
+        settings = read_checked(root / "case.json", CASE_JSON, "case settings file")
     lab = next((root / n for n in _LABEL_NAMES if (root / n).exists()), None)
     volume = read_volume(ct_path, labels=lab)
-    iso = isocenter if isocenter is not None else settings.get("isocenter")
-    iso_t = volume.get_isocenter() if iso is None else torch.as_tensor(iso, dtype=torch.float64).reshape(3)
+    if isocenter is not None:
+        from xraypose.volume import _as_point
+
+        iso_t = _as_point(isocenter, "isocenter")
+    elif settings.get("isocenter") is not None:
+        iso_t = torch.tensor(settings["isocenter"], dtype=torch.float64)
+    else:
+        iso_t = volume.get_isocenter()
     xdir = root / "xrays"
     if not xdir.is_dir():
         raise InputError(f"case folder {root} has no xrays/ folder")
@@ -211,7 +179,10 @@ def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
                    and p.suffix.lower() not in (".txt", ".md", ".csv"))
     if not files:
         raise InputError(f"{xdir} holds no X-ray (DICOM or {', '.join(IMAGE_EXTENSIONS)})")
-    per = settings.get("xrays", {}) or {}
+    per = settings.get("xrays", {})
+    unknown = sorted(set(per) - {p.name for p in files})
+    if unknown:
+        raise InputError(f"{root / 'case.json'}: settings for X-rays not in xrays/: {', '.join(unknown)}")
     xrays, processed = [], []
     for p in files:
         kw = dict(per.get(p.name, {}))

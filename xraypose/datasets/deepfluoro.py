@@ -60,15 +60,15 @@ _ENV = "XRAYPOSE_DEEPFLUORO"
 
 def deepfluoro_volume(group, where: str, labels: bool = True):
     """An xraypose Volume (RAS) from a DeepFluoro ``vol`` group (+ ``vol-seg`` when ``labels``)."""
-    from xraypose.volume import Volume
+    from xraypose.volume import Volume, check_voxel_values
 
     vol = need(group, "vol", where)
     pix = need(vol, "pixels", where)
     if pix.ndim != 3:
         raise InputError(f"{where}: '{pix.name}' must be a 3D (Z, Y, X) volume, got shape {pix.shape}")
-    data = np.asarray(pix[()], dtype=np.float32).transpose(2, 1, 0)  # (Z,Y,X) -> (X,Y,Z) = (i,j,k)
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"{where}: '{pix.name}' has NaN or infinite voxels")
+    raw = np.asarray(pix[()])
+    check_voxel_values(raw, f"{where}: '{pix.name}'")  # before float32 turns 1e300 into inf
+    data = raw.astype(np.float32).transpose(2, 1, 0)  # (Z,Y,X) -> (X,Y,Z) = (i,j,k)
     spacing = check_shape(read_array(vol, "spacing", where).reshape(-1), (3,), f"{vol.name}/spacing", where)
     origin = check_shape(read_array(vol, "origin", where).reshape(-1), (3,), f"{vol.name}/origin", where)
     dirm = check_shape(read_array(vol, "dir-mat", where), (3, 3), f"{vol.name}/dir-mat", where)

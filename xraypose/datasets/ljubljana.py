@@ -119,14 +119,14 @@ class LjubljanaDataset(torch.utils.data.Dataset):
             self._h5 = None
 
     def _read_volume(self, g):
-        from xraypose.volume import Volume
+        from xraypose.volume import Volume, check_voxel_values
 
         pix = need(g, "volume/pixels", self._where)
         if pix.ndim != 3:
             raise InputError(f"{self._where}: '{pix.name}' must be 3D, got shape {pix.shape}")
-        data = np.asarray(pix[()], dtype=np.float32)
-        if not np.all(np.isfinite(data)):
-            raise InputError(f"{self._where}: '{pix.name}' has NaN or infinite voxels")
+        raw = np.asarray(pix[()])
+        check_voxel_values(raw, f"{self._where}: '{pix.name}'")  # before float32 turns 1e300 into inf
+        data = raw.astype(np.float32)
         sp = check_shape(read_array(g, "volume/spacing", self._where).reshape(-1), (3,), "volume/spacing", self._where)
         org = check_shape(read_array(g, "volume/origin", self._where).reshape(-1), (3,), "volume/origin", self._where)
         if np.any(sp <= 0):

@@ -15,7 +15,6 @@ function of ray directions only) and the model's own intensity normalisation.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable, Protocol
@@ -186,22 +185,40 @@ def carm_angles_pose(primary: float, secondary: float, sod: float, isocenter) ->
 
 
 def pose_from_json(path) -> torch.Tensor:
-    """(1, 4, 4) pose from a JSON file: a registration result (restart) or ``{"camera_to_world": 4×4}``."""
+    """(1, 4, 4) float64 camera_to_world from a pose file.
+
+    The file (checked against :data:`xraypose.schema.POSE_FILE`) holds
+    ``{"camera_to_world": 4×4}``, ``{"world_to_camera": 4×4}`` (inverted here),
+    or is a registration result (``pose.json``: restart from it).  When both
+    matrices are given they must be each other's inverse.
+
+    Raises:
+        InputError: naming the file and the key: a missing file or a folder,
+            not UTF-8 / not JSON, a matrix that is not 4×4 numbers, not finite,
+            beyond 1 km, not rigid, or two matrices that disagree.
+    """
+    from xraypose.schema import POSE_FILE, read_checked
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"pose file not found: {p}")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"pose file {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    if isinstance(data, dict) and "camera_to_world" in data:
-        T = data["camera_to_world"]
-    elif isinstance(data, dict) and "world_to_camera" in data:
-        T = torch.linalg.inv(torch.as_tensor(data["world_to_camera"], dtype=F64))
-    elif isinstance(data, dict) and isinstance(data.get("pose"), dict) and "camera_to_world" in data["pose"]:
-        T = data["pose"]["camera_to_world"]
-    else:
-        raise InputError(f"pose file {p} must hold {{\"camera_to_world\": 4×4}} (or world_to_camera)")
+    data = read_checked(p, POSE_FILE, "pose file")
+    c2w, w2c = data.get("camera_to_world"), data.get("world_to_camera")
+    if c2w is None and w2c is None and isinstance(data.get("pose"), dict):
+        c2w = data["pose"]["camera_to_world"]
+    if c2w is None and w2c is None:
+        keys = ", ".join(sorted(data)) or "none"
+        raise InputError(f"pose file {p} must hold {{\"camera_to_world\": 4×4}} (or world_to_camera); "
+                         f"its keys: {keys}")
+    T = None if c2w is None else torch.tensor(c2w, dtype=F64)
+    if w2c is not None:
+        inv = torch.linalg.inv(torch.tensor(w2c, dtype=F64))  # rigid (checked), so invertible
+        if T is not None:
+            err_r = float((T[:3, :3] - inv[:3, :3]).abs().max())
+            err_t = float((T[:3, 3] - inv[:3, 3]).abs().max())
+            if err_r > 1e-3 or err_t > 1e-2 + 1e-6 * float(T[:3, 3].abs().max()):
+                raise InputError(f"pose file {p}: camera_to_world and world_to_camera are not each other's inverse "
+                                 f"(rotations differ by up to {err_r:.3g}, translations by {err_t:.3g} mm)")
+        else:
+            T = inv
     try:
         return as_transform(T, dtype=F64)
     except InputError as e:

@@ -1,0 +1,156 @@
+"""Option values checked when the command line is parsed, for every command, in one place.
+
+Every numeric option of every command (``render``, ``register``, ``train``,
+``evaluate``, ``demo``, ``info``) has its range in :data:`NUMERIC`; options
+holding comma-separated numbers (``--pose``, ``--angles``, ``--isocenter``,
+``--perturb``, ``--levels``) have theirs in :data:`LISTS`.  The ranges are the
+quantities of :mod:`xraypose.schema`, the same a sidecar or ``case.json``
+value must satisfy.  :class:`CheckedCommand` (the class of every command,
+set in :mod:`xraypose.cli`) checks the parsed values, from the command line
+or a ``--config`` file alike, before the command runs: NaN, infinity and
+out-of-range values are refused naming the option::
+
+    xraypose: error: --blur must be a number in [0, 100] pixels, got nan
+    xraypose: error: --threads must be a whole number in [1, 1024], got -1 (from the config file reg.toml)
+
+A test checks that every numeric option of every command has an entry here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import typer.core
+
+from xraypose.errors import InputError
+from xraypose.schema import (OFFSET_MM, PIXEL_MM, POSITION_MM, PRIMARY_DEG, SDD_MM, SECONDARY_DEG, SOD_MM, Integer,
+                             Number)
+
+__all__ = ["NUMERIC", "LISTS", "CheckedCommand", "option_numbers", "check_params", "option_flag"]
+
+_SIZE = Integer(16, 8192, "pixels", "rows to register: at least 16")
+
+#: Range of each numeric option, by its Python name; ``(command, name)`` entries win.
+NUMERIC: dict = {
+    "sdd": SDD_MM, "sod": SOD_MM, "delx": PIXEL_MM, "dely": PIXEL_MM, "x0": OFFSET_MM, "y0": OFFSET_MM,
+    "height": Integer(1, 16384, "pixels", "detector rows; 0 is a zero-size image"),
+    "width": Integer(1, 16384, "pixels", "detector columns; 0 is a zero-size image"),
+    "samples": Integer(1, 100_000, name="samples per ray"), "step": Number(0, 1000, lo_open=True, unit="mm"),
+    "bone_multiplier": Number(0, 100, name="bone attenuation multiplier"),
+    "i0": Number(0, 1e12, lo_open=True, name="unattenuated intensity"),
+    "crop": Integer(0, 100_000, "pixels", "collimator border"), "blur": Number(0, 100, unit="pixels", name="σ"),
+    "size": _SIZE, "lr_rot": Number(0, 10, lo_open=True), "lr_trans": Number(0, 10_000, lo_open=True, unit="mm"),
+    "threads": Integer(1, 1024), "seed": Integer(0, 2**32 - 1), "specimen": Integer(1, 10),
+    "train_seconds": Number(0, 1e7, lo_open=True, unit="s"), "cases": Integer(1, 100_000),
+    "minutes": Number(0, 1e6, lo_open=True, unit="minutes"), "steps": Integer(1, 10**12),
+    "batch_size": Integer(1, 4096),
+    ("train", "size"): Integer(8, 1024, "pixels"),  # camera.height's range in the training config
+}
+
+#: Options holding comma-separated numbers: name → (one spec per number, or one spec for any count; format).
+LISTS: dict = {
+    "pose": ((PRIMARY_DEG, SECONDARY_DEG), "PRIMARY,SECONDARY (degrees)"),
+    "angles": ((PRIMARY_DEG, SECONDARY_DEG), "PRIMARY,SECONDARY (degrees)"),
+    "isocenter": ((POSITION_MM,) * 3, "X,Y,Z (world RAS mm)"),
+    "perturb": ((Number(0, 180, unit="degrees"), Number(0, 10_000, unit="mm")), "DEGREES,MM"),
+    "levels": (Integer(4, 4096, "pixels"), "increasing detector sizes, e.g. 16,32,64,96"),
+}
+
+
+def _choices_structure() -> tuple:
+    from xraypose.datasets.deepfluoro import STRUCTURES
+
+    return tuple(STRUCTURES)
+
+
+#: Text options whose choices the library checks only on some paths (checked here on all).
+CHOICES: dict = {"structure": _choices_structure}
+
+
+def option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+def option_numbers(name: str, text: str, source: str = "") -> list:
+    """The numbers of the comma-separated option ``name`` (see :data:`LISTS`), checked.
+
+    Raises :class:`InputError` naming the option when a number is missing, extra,
+    not a number, NaN/infinite or out of range.
+    """
+    specs, fmt = LISTS[name]
+    flag = option_flag(name)
+    if not isinstance(text, str):
+        raise InputError(f"{flag} must be text '{fmt}', got {_fmt(text)}{source}")
+    parts = [x for x in text.replace(" ", "").split(",") if x != ""]
+    if isinstance(specs, tuple) and len(parts) != len(specs):
+        raise InputError(f"{flag} needs {len(specs)} comma-separated numbers '{fmt}', got {len(parts)} in "
+                         f"{text!r}{source}")
+    if not parts:
+        raise InputError(f"{flag} needs comma-separated numbers ({fmt}), got {text!r}{source}")
+    out = []
+    for i, part in enumerate(parts):
+        spec = specs[i] if isinstance(specs, tuple) else specs
+        try:
+            v = float(part)
+        except ValueError:
+            raise InputError(f"{flag} must be comma-separated numbers '{fmt}', got {part!r} in {text!r}{source}") \
+                from None
+        problem = spec.problem(v)
+        if problem:
+            raise InputError(f"{flag}: number {i + 1} of {text!r} {problem}, got {_fmt(v)}{source}")
+        out.append(int(v) if spec.integer else v)
+    return out
+
+
+def check_params(ctx, command: str) -> None:
+    """Check the parsed values of ``ctx`` (a command's context) against :data:`NUMERIC`,
+    :data:`LISTS` and :data:`CHOICES`; raise :class:`InputError` naming the first bad option."""
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if v is None or getattr(p, "param_type_name", "option") != "option":
+            continue
+        source = ""
+        if getattr(ctx.get_parameter_source(p.name), "name", "") == "DEFAULT_MAP":
+            cfg = ctx.params.get("config")
+            source = f" (from the config file {getattr(cfg, 'name', cfg)})"
+        flag = option_flag(p.name)
+        ann = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+        if ann in (int, float) and not isinstance(v, bool):
+            spec = NUMERIC.get((command, p.name)) or NUMERIC.get(p.name)
+            if spec is None:
+                if not math.isfinite(v):
+                    raise InputError(f"{flag} must be a finite number, got {_fmt(v)}{source}")
+                continue
+            problem = spec.problem(v)
+            if problem:
+                what = f" ({spec.name})" if spec.name else ""
+                raise InputError(f"{flag}{what} {problem}, got {_fmt(v)}{source}")
+        elif p.name in LISTS:
+            option_numbers(p.name, v, source)
+        elif p.name in CHOICES and v not in CHOICES[p.name]():
+            raise InputError(f"unknown {flag} {v!r}; choose one of {', '.join(CHOICES[p.name]())}{source}")
+
+
+class CheckedCommand(typer.core.TyperCommand):
+    """A typer command whose option values are checked (:func:`check_params`) right after parsing."""
+
+    def parse_args(self, ctx, args):
+        try:
+            rest = super().parse_args(ctx, args)
+        except Exception as e:  # the parser's conversion error: name the value too
+            errors = getattr(e.__cause__, "errors", None)
+            param = getattr(e, "param", None)
+            if param is None or not callable(errors):
+                raise
+            first = (errors() or [{}])[0]
+            if "input" not in first:
+                raise
+            raise InputError(f"invalid value for {option_flag(param.name)}: {first.get('msg', e)}, "
+                             f"got {first['input']!r}") from None
+        if not ctx.resilient_parsing:
+            check_params(ctx, self.name)
+        return rest
