@@ -239,4 +239,4 @@ def test_full_dry_run_through_the_wrapper(tmp_path):
     assert all(r["ncc_vs_xraypose-triton"] > 0.99 for r in rows if r["mode"] == "fwd" and r["impl"] == "xraypose-cpu")
     assert s["train"]["steps"] >= 1 and s["train"]["images_per_s"] > 0 and s["train"]["bf16_autocast"] is False
     assert len(s["register"]["cases"]) == 2 and s["register"]["median_opt_s"] > 0
-    assert rep["total_s"] < 300
+    assert rep["total_s"] < rep["budget_s"] + 30
