@@ -10,64 +10,7 @@ from xraypose.errors import InputError
 from xraypose.render.core import render
 from xraypose.render.sparse import mask_pixels, patch_pixels
 
-from xraypose.volume import DENSITY_MODELS, HU_AIR_MAX, HU_BONE_MIN
-
-
-def density_basis(volume, model: str = "hu", structures=None) -> tuple[torch.Tensor, callable]:
-    """Write a density model as (A + m·B) / norm(m), m = bone_attenuation_multiplier.
-
-    Every density model of :meth:`Volume.density` is affine in the bone
-    multiplier up to a scalar normalisation, so rendering the two channels A
-    and B once gives the DRR for any multiplier, per batch element:
-    ``drr(m) = (L_A + m·L_B) / norm(m)``.  (tests/test_drr.py checks this
-    against rendering ``Volume.density(model, m)`` directly.)
-
-    Returns:
-        basis (2, I, J, K) float32 [A, B] (B may be all zero) and ``norm(m)``
-        taking a tensor of multipliers to the divisor (same shape).  For the
-        "hu" model, ``norm`` raises InputError for a multiplier so small that
-        bone would fall below the soft-tissue minimum (never the case for
-        m > 0 on a CT whose soft tissue reaches below 0 HU).
-    """
-    if model not in DENSITY_MODELS:
-        raise InputError(f"unknown density model {model!r}; choose one of: {', '.join(DENSITY_MODELS)}")
-    if model == "hu":
-        volume.density("hu", bone_attenuation_multiplier=1.0)  # validates (constant volume, ...)
-        hu = volume.data.to(torch.float32)
-        bone = hu > HU_BONE_MIN
-        air = hu <= HU_AIR_MAX
-        soft = ~air & ~bone
-        if not (soft.any() or air.any()):
-            raise InputError("the CT has only bone-density voxels (> 350 HU); the 'hu' density model is undefined")
-        c = float(hu[soft].min()) if soft.any() else float(HU_AIR_MAX)
-        nonbone_max = float(hu[soft].max()) if soft.any() else c
-        bmin = float(hu[bone].min()) if bone.any() else None
-        bmax = float(hu[bone].max()) if bone.any() else None
-        # v(m) = A0 + m·B with A0 = c (air), hu (soft), 0 (bone); density = (v − min) / (max − min).
-        # min = c whenever m·bmin >= c, so fold −c into A: A = A0 − c (and −c on bone voxels).
-        A = torch.where(bone, torch.full_like(hu, -c), torch.where(soft, hu - c, torch.zeros_like(hu)))
-        Bc = torch.where(bone, hu, torch.zeros_like(hu))
-        if structures is not None:
-            sel = volume.structure_mask(structures).to(hu.device)
-            A, Bc = A * sel, Bc * sel
-
-        def norm(m: torch.Tensor) -> torch.Tensor:
-            if bmin is not None and bool((m * bmin < c).any()):
-                raise InputError(
-                    f"bone_attenuation_multiplier {float(m.min()):g} is so small that bone falls below the "
-                    f"soft-tissue minimum ({c:g} HU); use a larger multiplier"
-                )
-            mx = torch.full_like(m, nonbone_max)
-            if bmax is not None:
-                mx = torch.maximum(mx, m * bmax)
-            return (mx - c).clamp_min(1e-12)
-
-        return torch.stack([A, Bc]), norm
-    d1 = volume.density(model, bone_attenuation_multiplier=1.0, structures=structures)
-    d2 = volume.density(model, bone_attenuation_multiplier=2.0, structures=structures)
-    Bc = d2 - d1
-    A = d1 - Bc
-    return torch.stack([A, Bc]), lambda m: torch.ones_like(m)
+from xraypose.render.density import DENSITY_MODELS, density_basis  # noqa: F401 (re-exported)
 
 
 class DRR(nn.Module):

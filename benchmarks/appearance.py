@@ -1,0 +1,265 @@
+"""Appearance benchmark (issue 11): registration on X-rays formed in ways registration's model did not.
+
+For each CT (the bundled pelvis; ../shared's abdomen when present; or --ct), each appearance family of
+:mod:`xraypose.appearance` (an independent renderer, polychromatic physics, scatter, display processing,
+low dose, focal blur, a narrow DeepFluoro-like field of view, implants, a displaced femur, a clinical mix)
+and each start — the truth (``truth``: how far the optimum sits from it, the "drift"), a fixed
+perturbation (``10,40``: turned 10° about a random axis through the isocenter and shifted 40 mm), the
+trained pose regressor (``model``, ``--model CT=PATH``) — every case is registered and scored at 20 bone
+fiducials in view.
+
+    python benchmarks/appearance.py --json OUT.json [--ct pelvis --ct abdomen] [--families A B ...]
+        [--cases N] [--starts truth 10,40 model] [--model pelvis=P.pt] [--set FIELD=VALUE] [--levels 16,32,..]
+
+Cases are the same true poses in every family (case i of a CT uses pose i), formed once and cached
+(``--cache``; each file holds only tensors and a camera dict, so an older xraypose can register them:
+run with ``--register-only`` and PYTHONPATH pointing at another checkout to measure "before").
+Writes ``{"machine", "command", "config", "groups": {ct/family/start: summary}, "cases": [...]}``
+and prints a table: success < 1 / < 2 mm, median and p90 mTRE, the fraction converged (status
+"converged"/"recovered", and the mean fraction of levels that ended by their own test), the median
+optimisation time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path and "PYTHONPATH" not in os.environ:
+    sys.path.insert(0, str(ROOT))
+
+from xraypose.camera import Camera  # noqa: E402
+from xraypose.io import atomic_write_json  # noqa: E402
+from xraypose.metrics import format_table  # noqa: E402
+from xraypose.register import Registrar, RegistrationConfig  # noqa: E402
+from xraypose.register.api import registration_metrics  # noqa: E402
+
+SHARED_ABDOMEN = ROOT.parent / "shared" / "data" / "ct" / "abdomen_pancreas_ct_cbct_001" / "Pancreas-CT-CB_001_CT.nii.gz"
+F64 = torch.float64
+DEFAULT_FAMILIES = ("ours", "diffdrr", "polychromatic", "scatter", "display", "lowdose", "focal", "narrow_fov",
+                    "implants", "femur", "clinical")
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                    .stdout.splitlines() if ln.startswith("Model name")), "")
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "python": platform.python_version(),
+            "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def load_ct(spec: str):
+    from xraypose.volume import load_sample_ct, read_volume
+
+    if spec == "pelvis":
+        return "pelvis", load_sample_ct()
+    if spec == "abdomen":
+        return "abdomen", read_volume(SHARED_ABDOMEN)
+    return Path(spec).name.split(".")[0], read_volume(spec)
+
+
+def make_case(volume, maker, family: str, i: int, seed: int) -> dict:
+    """One case: the true pose i of the CT, its X-ray formed by ``family``, preprocessed, fiducials in view."""
+    from xraypose.appearance import form_xray
+    from xraypose.fiducials import bone_points, select_fiducials
+    from xraypose.preprocess import preprocess
+
+    T, _ = maker.true_pose(i)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + i * 101 + sum(map(ord, family)))
+    fx = form_xray(volume, maker.raw_camera, T, family=family, generator=g)
+    pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+    if not hasattr(maker, "_points"):
+        maker._points = bone_points(volume)
+    true_pose = pre.transform_pose(fx.pose)
+    fid = select_fiducials(maker._points, n=20, seed=seed + i, camera=pre.camera, poses=true_pose, margin_px=4)
+    blur = fx.preprocess.get("blur")
+    return {"image": pre.image.to(torch.float32), "camera": pre.camera.to_dict(), "true_pose": true_pose.to(F64),
+            "fiducials": fid.to(F64), "index": i, "family": family, "drr_blur": 1.0 if blur else 0.0,
+            "info": json.loads(json.dumps(fx.info, default=str))}
+
+
+def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool) -> list[dict]:
+    folder = cache / f"{name}-d{detector}-s{seed}" / family
+    folder.mkdir(parents=True, exist_ok=True)
+    maker = None
+    out = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        f = folder / f"case{i:04d}.pt"
+        if f.exists():
+            out.append(torch.load(f, weights_only=False))
+            continue
+        if not make:
+            raise SystemExit(f"{f} is not cached; run without --register-only first")
+        if maker is None:
+            from xraypose.register.cases import CaseMaker
+
+            cam = Camera(sdd=1020.0, height=detector, width=detector, delx=280.0 / detector)
+            maker = CaseMaker(volume, camera=cam, collimator_px=max(2, detector // 32), seed=seed)
+        c = make_case(volume, maker, family, i, seed)
+        tmp = f.with_suffix(".tmp")
+        torch.save(c, tmp)
+        os.replace(tmp, f)
+        out.append(c)
+        if (i + 1) % 10 == 0:
+            log(f"  {name}/{family}: {i + 1}/{n} cases formed ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def start_poses(cases, start: str, volume, seed: int, init=None) -> tuple[torch.Tensor, float]:
+    if start == "truth":
+        return torch.stack([c["true_pose"] for c in cases]), 0.0
+    if start == "model":
+        t0 = time.perf_counter()
+        imgs = torch.stack([c["image"] for c in cases])[:, None]
+        T = init(imgs, Camera.from_dict(cases[0]["camera"]))
+        return T.to(F64), (time.perf_counter() - t0) / len(cases)
+    from xraypose.register.cases import perturb_pose
+
+    a, t = (float(x) for x in start.split(","))
+    out = []
+    for c in cases:
+        g = torch.Generator().manual_seed(seed * 7919 + c["index"] * 31 + int(a * 10))
+        out.append(perturb_pose(c["true_pose"], volume.get_isocenter(), a, t, g)[0])
+    return torch.stack(out), 0.0
+
+
+def run_group(ct, family, start, cases, registrar, init, volume, seed, log) -> list[dict]:
+    rows = []
+    for c in cases:
+        cam = Camera.from_dict(c["camera"])
+        T0, init_s = start_poses([c], start, volume, seed, init)
+        try:
+            res = registrar.register(c["image"][None, None], cam, T0)
+        except Exception as e:  # a failed case is a row, never the end of the run
+            rows.append({"ct": ct, "family": family, "start": start, "case": c["index"], "error": str(e),
+                         "mtre": float("inf"), "status": "error", "opt_s": float("nan")})
+            log(f"  {ct}/{family}/{start} case {c['index']}: error {e}")
+            continue
+        m = registration_metrics(res.poses[0], c["true_pose"], c["fiducials"], cam)
+        m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
+        lv = getattr(res, "levels", None)
+        frac = (sum(d["ended"] == "converged" for d in lv[0]) / max(1, len(lv[0]))) if lv else None
+        rows.append({"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
+                     "init_s": init_s, "opt_s": res.opt_s, "cpu_s": res.cpu_s, "iterations": int(res.iterations[0]),
+                     "status": res.status[0], "levels_converged": frac, "similarity": float(res.similarity[0]),
+                     "bone_multiplier": float(res.bone_multiplier[0]) if res.bone_multiplier is not None else None})
+        r = rows[-1]
+        log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
+            f"{r['opt_s']:.2f} s, {r['status']}")
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    import numpy as np
+
+    mt = np.array([r["mtre"] for r in rows], dtype=float)
+    t = np.array([r["opt_s"] for r in rows], dtype=float)
+    lc = [r["levels_converged"] for r in rows if r.get("levels_converged") is not None]
+    return {"n": len(rows), "sr_1mm": float((mt < 1).mean()), "sr_2mm": float((mt < 2).mean()),
+            "median_mtre": float(np.median(mt)), "p90_mtre": float(np.percentile(mt, 90)),
+            "converged": float(np.mean([r["status"] in ("converged", "recovered") for r in rows])),
+            "levels_converged": float(np.mean(lc)) if lc else None,
+            "median_opt_s": float(np.nanmedian(t)) if np.isfinite(t).any() else None,
+            "median_start_mtre": float(np.median([r.get("start_mtre", float("nan")) for r in rows]))}
+
+
+COLUMNS = ["group", "n", "sr_1mm", "sr_2mm", "median_mtre", "p90_mtre", "converged", "levels_converged",
+           "median_opt_s", "median_start_mtre"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", required=True, help="output JSON file")
+    ap.add_argument("--ct", action="append", help="CT file, or 'pelvis' / 'abdomen' (default: both)")
+    ap.add_argument("--families", nargs="*", default=list(DEFAULT_FAMILIES))
+    ap.add_argument("--cases", type=int, default=20, help="cases per CT and family")
+    ap.add_argument("--starts", nargs="*", default=["truth", "10,40"], help="truth, DEG,MM, model")
+    ap.add_argument("--model", action="append", default=[], help="CT_NAME=PATH checkpoint for model starts")
+    ap.add_argument("--detector", type=int, default=256, help="raw detector pixels (280 mm wide)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--levels", default=None, help="coarse-to-fine detector sizes (levels_for_sizes)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a RegistrationConfig field (JSON value), e.g. --set similarity='\"gncc\"'")
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))
+    ap.add_argument("--make-only", action="store_true", help="only form and cache the cases")
+    ap.add_argument("--register-only", action="store_true", help="never form cases (an older xraypose)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache)
+    out = Path(args.json)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    kw = dict(seed=args.seed, record_trajectory=False, num_threads=args.threads)
+    if args.levels:
+        from xraypose.register import levels_for_sizes
+
+        kw["levels"] = levels_for_sizes([int(x) for x in args.levels.split(",")])
+    kw.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
+    models = dict(m.split("=", 1) for m in args.model)
+    cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
+    report = {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": kw,
+              "xraypose": str(Path(sys.modules["xraypose"].__file__).parent), "groups": {}, "cases": []}
+    rows: list[dict] = []
+
+    def save():
+        groups = {}
+        for key in dict.fromkeys((r["ct"], r["family"], r["start"]) for r in rows):
+            groups["/".join(key)] = summarise([r for r in rows if (r["ct"], r["family"], r["start"]) == key])
+        report["groups"], report["cases"] = groups, rows
+        atomic_write_json(out, report)
+        return groups
+
+    for spec in cts:
+        name, vol = load_ct(spec)
+        log(f"{name}: {tuple(vol.shape)} voxels")
+        regs: dict = {}
+        init = None
+        for family in args.families:
+            cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
+                                 make=not args.register_only)
+            if args.make_only:
+                continue
+            blur = cases[0]["drr_blur"] or None
+            if blur not in regs:
+                cfg = RegistrationConfig(**{"drr_blur": blur, **kw})
+                report["config"] = cfg.to_dict()
+                regs[blur] = Registrar(vol, cfg)
+            for start in args.starts:
+                if start == "model":
+                    if name not in models:
+                        log(f"  no --model {name}=PATH: model starts skipped")
+                        continue
+                    if init is None:
+                        from xraypose.register.initializers import ModelInitializer
+
+                        try:
+                            init = ModelInitializer.from_checkpoint(models[name], vol)
+                        except TypeError:  # an older xraypose
+                            init = ModelInitializer.from_checkpoint(models[name])
+                rows.extend(run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log))
+                save()
+    if args.make_only:
+        return 0
+    groups = save()
+    print()
+    print(format_table([{"group": k, **v} for k, v in groups.items()], COLUMNS))
+    print(f"\nwrote {out}  ({report['machine']['cpu']}, load at start {report['machine']['load_avg_at_start']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

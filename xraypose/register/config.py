@@ -1,0 +1,199 @@
+"""What decides how a registration runs: :class:`Level` (one resolution of the coarse-to-fine
+schedule) and :class:`RegistrationConfig` (everything else), with the default schedule.
+
+Every field is recorded in the results (``pose.json``'s ``config``), so a result says how it was
+obtained.  Units: mm and radians; learning rates per iteration in the parameterization's units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass
+
+from xraypose.errors import InputError
+from xraypose.geometry import ROTATION_PARAMETERIZATIONS
+
+__all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
+
+#: How a level moves the pose: "adam" (first-order, wide capture; DiffPose's optimiser) or "lm"
+#: (Levenberg–Marquardt on the similarity's residual: exact gradient, Gauss–Newton curvature from
+#: finite differences; converges to the optimum in a few iterations and stops by a motion test).
+OPTIMIZERS = ("adam", "lm")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One resolution level of the coarse-to-fine schedule.
+
+    Args:
+        size: detector rows at this level (columns follow the aspect ratio;
+            never more than the X-ray's own size).
+        iterations: most iterations at this level (a safety cap: a level ends by
+            its convergence test, see :class:`RegistrationConfig`).
+        n_samples: trilinear samples per ray (None: from ``step_mm``).
+        volume_mm: average the CT to voxels of about this size (mm) for this
+            level (None: the CT as it is).  Keeps coarse sampling from aliasing.
+        step_mm: ray-marching step when ``n_samples`` is None (None: the
+            larger of ``volume_mm`` and the level's smallest voxel size).
+        patches: number of sparse patches (None: the whole detector).
+        patch_size: side of a sparse patch, pixels.
+        lr_scale: multiplies both learning rates at this level ("adam").
+        depth_lr_scale: multiplies the learning rate of the depth (translation
+            along the principal ray; the last translation parameter in the
+            isocentric frame) at this level ("adam"): the depth is barely
+            observable on a small detector and wanders there.
+        fit_bone: render soft tissue and bone as two channels and fit the bone
+            multiplier to the X-ray at every iteration (closed form; costs a
+            second channel).
+        optimizer: "adam" or "lm" (:data:`OPTIMIZERS`).
+        similarity: this level's similarity measure (None: the config's).
+    """
+
+    size: int
+    iterations: int = 100
+    n_samples: int | None = None
+    volume_mm: float | None = None
+    step_mm: float | None = None
+    patches: int | None = None
+    patch_size: int = 13
+    lr_scale: float = 1.0
+    fit_bone: bool = False
+    depth_lr_scale: float = 1.0
+    optimizer: str = "adam"
+    similarity: str | None = None
+
+
+#: Default schedule (chosen by benchmarks/register.py and benchmarks/appearance.py measurements,
+#: docs/registration.md): capture with Adam on multiscale NCC at 16, 32 and 64 rows, then the
+#: optimum of gradient NCC at 128 rows by Levenberg–Marquardt.
+DEFAULT_LEVELS = (
+    Level(size=16, iterations=60, volume_mm=12.0, lr_scale=1.0, depth_lr_scale=0.2),
+    Level(size=32, iterations=80, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
+    Level(size=64, iterations=80, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
+    Level(size=96, iterations=60, volume_mm=2.0, lr_scale=0.1, fit_bone=True),
+)
+
+#: A cheap schedule for tests and previews.
+FAST_LEVELS = (
+    Level(size=24, iterations=60, n_samples=32, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
+    Level(size=48, iterations=60, n_samples=64, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
+)
+
+
+def levels_for_sizes(sizes, base=DEFAULT_LEVELS) -> tuple:
+    """Coarse-to-fine levels at the given detector sizes (rows, increasing); each takes the other
+    settings (iterations, volume resolution, learning-rate scale, patches, optimiser) of the
+    ``base`` level nearest in size."""
+    sizes = [int(s) for s in sizes]
+    if not sizes or any(s < 4 for s in sizes) or sorted(sizes) != sizes or len(set(sizes)) != len(sizes):
+        raise InputError(f"levels must be increasing detector sizes >= 4 pixels, got {sizes}")
+    out = []
+    for s in sizes:
+        near = min(base, key=lambda lv: abs(math.log(lv.size / s)))
+        out.append(dataclasses.replace(near, size=s))
+    return tuple(out)
+
+
+@dataclass
+class RegistrationConfig:
+    """Everything that decides how a registration runs (all recorded in the results).
+
+    Learning rates are per iteration, in the parameterization's units: rad-ish
+    for the rotation parameters, mm for the translation parameters.
+
+    Convergence (each level ends by its own test; ``Level.iterations`` is a cap):
+
+    * ``"adam"`` levels: the similarity has not improved by ``rel_tol`` for
+      ``patience`` iterations → the learning rates are multiplied by
+      ``plateau_factor`` and the pose goes back to the level's best; after
+      ``max_reductions`` reductions the level has converged.
+    * ``"lm"`` levels: a step is accepted when it lowers the residual, else
+      the damping grows ×10; the level has converged when the next step would
+      move no point within ``motion_radius_mm`` of the isocenter by more than
+      ``lm_tol_px`` pixels of that level (at the isocenter's magnification), or
+      when the damping exceeds ``lm_max_damping``.  No step moves such a point by more than
+      ``lm_max_step_px`` pixels (a trust region: the depth is weakly seen and must not jump).
+
+    ``num_threads``: torch threads during the registration (restored after);
+    None leaves torch's setting.  Default 1: the per-iteration tensors are small,
+    and on the shared 2-core development machine 2 threads made a registration
+    ~8× slower (6.7 s vs 0.86 s median) through thread contention.
+    """
+
+    parameterization: str = "se3_log_map"
+    convention: str | None = None
+    frame: str = "isocentric"
+    similarity: str = "mncc"
+    mix_alpha: float = 0.5
+    ncc_weights: tuple = (0.5, 0.5)
+    ncc_patch: int = 13
+    drr_blur: float | None = None
+    lr_rot: float = 7.5e-3
+    lr_trans: float = 7.5
+    schedule: str = "plateau"
+    step_every: int = 25
+    step_gamma: float = 0.9
+    patience: int = 10  # 5 → 10 (and 3 → 4 reductions): abdomen 0.434 → 0.368 mm median, 1.5 → 2.4 s
+    plateau_factor: float = 0.5
+    max_reductions: int = 4
+    rel_tol: float = 1e-5
+    levels: tuple = DEFAULT_LEVELS
+    density: str = "linear"
+    bone_multiplier: float = 1.0
+    seed: int = 0
+    record_trajectory: bool = True
+    num_threads: int | None = 1
+    max_recoveries: int = 3
+    adam_betas: tuple = (0.9, 0.999)
+    lm_tol_px: float = 0.02
+    lm_damping: float = 1e-3
+    lm_max_damping: float = 1e4
+    lm_hessian_every: int = 4
+    lm_max_step_px: float = 3.0
+    motion_radius_mm: float = 100.0
+
+    def __post_init__(self):
+        from xraypose.register.measures import MEASURES
+        from xraypose.render.density import DENSITY_MODELS
+
+        if self.parameterization not in ROTATION_PARAMETERIZATIONS:
+            raise InputError(f"unknown parameterization {self.parameterization!r}; choose one of "
+                             f"{', '.join(ROTATION_PARAMETERIZATIONS)}")
+        if self.parameterization == "euler_angles" and self.convention is None:
+            self.convention = "ZXY"
+        if self.frame not in ("isocentric", "world"):
+            raise InputError(f"unknown parameter frame {self.frame!r}; choose isocentric or world")
+        if self.similarity not in MEASURES:
+            raise InputError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(MEASURES)}")
+        if self.density not in DENSITY_MODELS:
+            raise InputError(f"unknown density model {self.density!r}; choose one of "
+                             f"{', '.join(DENSITY_MODELS)}")
+        if self.schedule not in ("plateau", "step"):
+            raise InputError(f"unknown schedule {self.schedule!r}; choose plateau or step")
+        for name in ("lr_rot", "lr_trans", "bone_multiplier", "lm_tol_px", "lm_damping", "lm_max_damping",
+                     "lm_max_step_px", "motion_radius_mm"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise InputError(f"{name} must be a positive number, got {v!r}")
+        self.levels = tuple(lv if isinstance(lv, Level) else Level(**lv) for lv in self.levels)
+        if not self.levels:
+            raise InputError("a registration needs at least one level")
+        for lv in self.levels:
+            if lv.size < 4 or lv.iterations < 0:
+                raise InputError(f"bad level {lv}: size must be >= 4 pixels and iterations >= 0")
+            if lv.patches is not None and (lv.patches < 1 or lv.patch_size < 3):
+                raise InputError(f"bad level {lv}: patches must be >= 1 and patch_size >= 3")
+            if lv.optimizer not in OPTIMIZERS:
+                raise InputError(f"bad level {lv}: optimizer must be one of {', '.join(OPTIMIZERS)}")
+            if lv.similarity is not None and lv.similarity not in MEASURES:
+                raise InputError(f"bad level {lv}: unknown similarity {lv.similarity!r}; choose one of "
+                                 f"{', '.join(MEASURES)}")
+
+    def level_similarity(self, level: Level) -> str:
+        return level.similarity or self.similarity
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["levels"] = [asdict(lv) for lv in self.levels]
+        return d

@@ -1,0 +1,190 @@
+"""One level's objective: what a pose's DRR is compared with, and how.
+
+:class:`LevelObjective` holds, for one resolution level, the X-rays resampled to that level,
+the CT averaged to the level's voxel size, the ray-marching step, the DRR blur, the sparse
+patches (if any) and the similarity measure; :meth:`LevelObjective.residual` takes poses to
+the measure's residual (``score = 1 − ½‖r‖²``, :mod:`xraypose.register.measures`).
+
+Per evaluation, each DRR is fitted to its X-ray in closed form where the level asks for it
+(``fit_bone``): the bone multiplier ``m`` maximising the correlation of ``L_soft + m·L_bone``
+with the X-ray (least squares of the X-ray on the two rendered channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from xraypose.camera import Camera
+from xraypose.preprocess import resize as resize_image
+from xraypose.register.config import Level, RegistrationConfig
+from xraypose.register.measures import residual as measure_residual
+from xraypose.render import render
+from xraypose.render.sparse import patch_pixels
+
+__all__ = ["LevelObjective", "fit_bone", "gaussian_kernel", "separable_blur"]
+
+F64 = torch.float64
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """1-D normalised Gaussian of σ pixels, radius ⌈3σ⌉ (≥ 1)."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def separable_blur(x: torch.Tensor, k: torch.Tensor, same: bool) -> torch.Tensor:
+    """Separable blur of (N, C, H, W); ``same``: replicate-padded, else 'valid' (shrinks by 2r)."""
+    N, C, H, W = x.shape
+    r = (k.numel() - 1) // 2
+    y = x.reshape(N * C, 1, H, W)
+    if same:
+        y = F.pad(y, (r, r, r, r), mode="replicate")
+    k = k.to(y.dtype)
+    y = F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return y.reshape(N, C, y.shape[-2], y.shape[-1])
+
+
+def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi: float = 5.0) -> torch.Tensor:
+    """Per element, the m maximising corr(L0 + m·L1, y): least squares of y on (L0, L1), m = w1/w0.
+
+    L: (n, 2, R), y: (n, R) (detached).  The total multiplier ``base + m`` is kept in [lo, hi].
+    Returns (n,) float64.
+    """
+    L = L.detach().to(F64)
+    y = y.detach().to(F64)
+    a = L[:, 0] - L[:, 0].mean(-1, keepdim=True)
+    b = L[:, 1] - L[:, 1].mean(-1, keepdim=True)
+    yc = y - y.mean(-1, keepdim=True)
+    aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
+    ay, by = (a * yc).sum(-1), (b * yc).sum(-1)
+    det = aa * bb - ab * ab
+    ok = det > 1e-12 * (aa * bb).clamp_min(1e-30)
+    w0 = torch.where(ok, (bb * ay - ab * by) / det.clamp_min(1e-30), torch.ones_like(det))
+    w1 = torch.where(ok, (aa * by - ab * ay) / det.clamp_min(1e-30), torch.zeros_like(det))
+    m = torch.where(w0 > 0, w1 / w0.clamp_min(1e-30), torch.zeros_like(w0))
+    return m.clamp(lo - base, hi - base)
+
+
+def _patch_weights(img: torch.Tensor, half: int) -> torch.Tensor:
+    """(B, H, W) sampling weights: smoothed gradient magnitude + a floor, zero within ``half`` of the edges."""
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=img.dtype)
+    w = torch.stack([k, k.T]).unsqueeze(1)
+    g = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), w).pow(2).sum(1, keepdim=True).sqrt()
+    g = F.avg_pool2d(F.pad(g, (2, 2, 2, 2), mode="replicate"), 5, stride=1)[:, 0]
+    g = g / g.mean(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
+    g = g + 0.1
+    valid = torch.zeros_like(g, dtype=torch.bool)
+    H, W = g.shape[-2:]
+    valid[:, half:H - half, half:W - half] = True
+    return torch.where(valid, g, torch.zeros_like(g))
+
+
+class LevelObjective:
+    """The objective of one level for B X-rays.
+
+    Args:
+        level, config: the level and the registration's configuration.
+        density, affine: (C, I, J, K) the CT's registration density averaged for this level
+            (channel 1 = bone part, used when ``level.fit_bone``) and its voxel → world affine.
+        images: (B, 1, H, W) float32 preprocessed X-rays; camera: their intrinsics.
+        generator: draws the sparse patches (once per level and X-ray).
+
+    Attributes:
+        camera: (h × w) intrinsics of this level; target: (B, 1, h, w) the X-rays at this level.
+        measure: the similarity's name.
+    """
+
+    def __init__(self, level: Level, config: RegistrationConfig, density: torch.Tensor, affine: torch.Tensor,
+                 images: torch.Tensor, camera: Camera, generator: torch.Generator):
+        self.level, self.config = level, config
+        h = min(level.size, camera.height)
+        w = max(4, min(camera.width, int(round(camera.width * h / camera.height))))
+        self.height, self.width = h, w
+        self.camera = camera.resize(h, w)
+        self.target = torch.stack([resize_image(img[0], camera, h, w)[0] for img in images])[:, None]
+        self.density = density if level.fit_bone else density[:1]
+        self.affine = affine
+        self.n_samples = level.n_samples
+        step = level.step_mm
+        if level.n_samples is None and step is None:
+            step = max(float(level.volume_mm or 0.0), float(affine[:3, :3].norm(dim=0).min()))
+        self.step = None if level.n_samples else step
+        self.measure = config.level_similarity(level)
+        self.kernel, self.r = None, 0
+        if config.drr_blur:
+            sigma = float(config.drr_blur) * h / camera.height
+            if sigma >= 0.2:
+                self.kernel = gaussian_kernel(sigma)
+                self.r = (self.kernel.numel() - 1) // 2
+        self.uv = None
+        if level.patches is not None:
+            S = min(level.patch_size, h, w)
+            S -= (S + 1) % 2  # odd
+            half = S // 2
+            P = min(level.patches, max(1, (h - 2 * half) * (w - 2 * half)))
+            wts = _patch_weights(self.target, half).reshape(self.target.shape[0], -1)
+            cidx = torch.multinomial(wts, P, replacement=False, generator=generator)  # (B, P)
+            centres = torch.stack([cidx % w, cidx // w], dim=-1).to(F64)  # (u, v)
+            flat = (patch_pixels(centres, S)[..., 1] * w + patch_pixels(centres, S)[..., 0]).long()
+            self.target_sparse = torch.gather(self.target.reshape(self.target.shape[0], -1), 1, flat)
+            self.target_sparse = self.target_sparse.reshape(-1, P, S, S)
+            self.uv = patch_pixels(centres, S + 2 * self.r).to(torch.float32)  # a halo when the DRR is blurred
+            self.P, self.S = P, S
+
+    @property
+    def channels(self) -> int:
+        return int(self.density.shape[0])
+
+    def pixel_mm(self, poses: torch.Tensor, isocenter: torch.Tensor) -> torch.Tensor:
+        """(n,) size (mm) of one of this level's pixels at the isocenter's depth, for poses (n, 4, 4)."""
+        z = self.camera.depth(isocenter[None].to(poses.dtype), poses)[:, 0]
+        return min(self.camera.delx, self.camera.dely) * z / self.camera.sdd
+
+    def render(self, poses: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(n, C, h, w) — or (n, C, P, S, S) at a sparse level — blurred DRR channels of ``poses``
+        (n, 4, 4) compared with X-rays ``rows`` (n,)."""
+        kw = dict(n_samples=self.n_samples, step=self.step, backend="auto")
+        T = poses.to(torch.float32)
+        if self.uv is None:
+            drr = render(self.density, self.affine, self.camera, T, **kw)
+            return separable_blur(drr, self.kernel, same=True) if self.kernel is not None else drr
+        drr = render(self.density, self.affine, self.camera, T, uv=self.uv[rows], **kw)  # (n, C, R)
+        n, C = drr.shape[:2]
+        Sh, P, S = self.S + 2 * self.r, self.P, self.S
+        q = drr.reshape(n, C, P, Sh, Sh)
+        if self.kernel is not None:
+            q = q.transpose(1, 2).reshape(n * P, C, Sh, Sh)
+            q = separable_blur(q, self.kernel, same=False).reshape(n, P, C, S, S).transpose(1, 2)
+        return q
+
+    def residual(self, poses: torch.Tensor, rows: torch.Tensor):
+        """The measure's residual of ``poses`` (n, 4, 4) against X-rays ``rows`` (n,).
+
+        Returns:
+            r: (n, M) residual (``score = 1 − ½‖r‖²``), gradients flowing to ``poses``;
+            bone: (n,) float64 the fitted bone multiplier (the config's where not fitted);
+            constant: (n,) bool, DRRs that are constant (no usable similarity).
+        """
+        drr = self.render(poses, rows)
+        n = drr.shape[0]
+        tgt = self.target[rows] if self.uv is None else self.target_sparse[rows]
+        base = float(self.config.bone_multiplier)
+        bone = torch.full((n,), base, dtype=F64)
+        if self.level.fit_bone:
+            flat = drr.reshape(n, 2, -1)
+            m = fit_bone(flat, tgt.reshape(n, -1), base)
+            bone = m + base
+            one = drr[:, :1] + m.to(drr.dtype).reshape(-1, *([1] * (drr.dim() - 1))) * drr[:, 1:2]
+            drr = one
+        drr = drr[:, 0] if self.uv is not None else drr  # (n, P, S, S) or (n, 1, h, w)
+        flat = drr.detach().reshape(n, -1)
+        constant = (flat.amax(-1) - flat.amin(-1)) <= 1e-6 * (flat.abs().amax(-1) + 1e-12)
+        c = self.config
+        r = measure_residual(self.measure, drr, tgt.to(drr.dtype), sparse=self.uv is not None,
+                             weights=c.ncc_weights, patch=c.ncc_patch, alpha=c.mix_alpha)
+        return r, bone, constant

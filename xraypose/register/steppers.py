@@ -1,0 +1,308 @@
+"""How a level moves the poses: :class:`Track` (one start of one X-ray) and the two steppers.
+
+A registration is a list of :class:`Track`\\ s, one per start of each X-ray.  A level runs
+``stepper.begin(tracks)``, then ``stepper.iterate(...)`` until no track is active, then
+``stepper.end(tracks)``; every track keeps the best pose of the level.  Each stepper decides
+its own convergence test (:class:`~xraypose.register.config.RegistrationConfig`).
+
+* :class:`AdamStepper` — Adam on the similarity in the configured parameterization, one
+  learning rate for the rotation and one for the translation parameters (DiffPose), the depth's
+  scaled per level; plateau schedule (back to the best pose and halve the rates after
+  ``patience`` iterations without improvement; converged after ``max_reductions`` halvings) or
+  step schedule.  Wide capture range, slow to settle.
+* :class:`LMStepper` — Levenberg–Marquardt on the measure's residual ``r`` (``score = 1 −
+  ½‖r‖²``) in a local chart ``pose(ξ) = F·exp(ξ)·F⁻¹·pose`` (``F``: the pose's axes at the
+  isocenter; ξ = (ω, ρ) rad, mm): the exact gradient ``Jᵀr`` by autograd, the Gauss–Newton
+  curvature ``JᵀJ`` from forward differences (6 extra DRRs, renewed every
+  ``lm_hessian_every`` accepted steps), a step accepted only if it lowers ``‖r‖²``.  Converges
+  to the optimum in a few iterations and stops when the next step would move the CT by less
+  than ``lm_tol_px`` pixels.
+
+Both share :meth:`Stepper._recover` for steps that leave the CT (the pose turns away, the DRR
+turns constant, the similarity is not finite): back to the level's best, smaller steps; after
+``max_recoveries`` such events the track stops as ``"diverged"`` with its best finite pose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from xraypose.geometry import pose_from_params
+
+__all__ = ["Track", "AdamStepper", "LMStepper", "make_stepper"]
+
+F64 = torch.float64
+
+
+@dataclass
+class Track:
+    """One start of one X-ray through the registration.
+
+    Attributes:
+        xray, start: which X-ray, which of its starts.
+        A, Bm: (4, 4) frames of the Adam parameters: ``pose = A · X(params) · Bm``.
+        pose: (4, 4) float64 camera_to_world, the best pose so far.
+        score: its similarity at the last finished level.
+        alive: False once the start is invalid or the track diverged.
+        status: "converged", "max_iterations", "recovered", "diverged" or "invalid start".
+        levels: per finished level ``{"level", "iterations", "ended", "similarity"}``; ``ended``
+            is "converged" (the level's test) or "max_iterations" (its cap).
+        work: the current level's working state (the stepper's).
+    """
+
+    xray: int
+    start: int
+    A: torch.Tensor
+    Bm: torch.Tensor
+    pose: torch.Tensor
+    score: float = -math.inf
+    alive: bool = True
+    status: str = "max_iterations"
+    recoveries: int = 0
+    iterations: int = 0
+    bone: float = 1.0
+    trajectory: list = field(default_factory=list)
+    levels: list = field(default_factory=list)
+    work: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.alive and self.work.get("active", False)
+
+    def finish_level(self, ended: str) -> None:
+        self.work["active"] = False
+        self.work["ended"] = ended
+
+
+class Stepper:
+    """Common bookkeeping of a level's stepper (see the module docstring)."""
+
+    def __init__(self, registrar, level_index: int, objective):
+        self.reg, self.li, self.obj = registrar, level_index, objective
+        self.level = objective.level
+        self.config = registrar.config
+
+    def begin(self, tracks) -> None:
+        for t in tracks:
+            t.work = {"active": t.alive, "it": 0, "best_score": -math.inf, "best_pose": t.pose.clone(),
+                      "ended": "max_iterations"}
+
+    def end(self, tracks) -> None:
+        for t in tracks:
+            w = t.work
+            if math.isfinite(w["best_score"]):
+                t.pose, t.score = w["best_pose"], w["best_score"]
+            t.levels.append({"level": self.li, "iterations": w["it"], "ended": w["ended"],
+                             "similarity": w["best_score"] if math.isfinite(w["best_score"]) else None})
+
+    def _record(self, t: Track, iteration: int, score: float, pose: torch.Tensor, **extra) -> None:
+        if self.config.record_trajectory:
+            t.trajectory.append({"level": self.li, "iteration": iteration, "similarity": score,
+                                 "camera_to_world": pose.detach().clone(), **extra})
+
+    def _recover(self, t: Track) -> bool:
+        """A step left the CT: count it; False (and the track stops as diverged) after too many."""
+        t.recoveries += 1
+        if t.recoveries > self.config.max_recoveries or not math.isfinite(t.work["best_score"]):
+            t.status = "diverged"
+            t.alive = False
+            t.finish_level("diverged")
+            return False
+        return True
+
+
+class AdamStepper(Stepper):
+    """Adam with per-track learning rates and a plateau (or step) schedule."""
+
+    def begin(self, tracks) -> None:
+        super().begin(tracks)
+        c, lv, reg = self.config, self.level, self.reg
+        for t in tracks:
+            p = reg.params_from_pose(t.pose[None], t.A[None], t.Bm[None])[0]
+            D = p.numel()
+            nr = reg.n_rot
+            lr = torch.cat([torch.full((nr,), c.lr_rot, dtype=F64), torch.full((D - nr,), c.lr_trans, dtype=F64)])
+            lr = lr * lv.lr_scale
+            if c.frame == "isocentric":
+                lr[-1] *= lv.depth_lr_scale
+            t.work.update(params=p, best_params=p.clone(), lr=lr, m=torch.zeros(D, dtype=F64),
+                          v=torch.zeros(D, dtype=F64), t=0, wait=0, reductions=0)
+
+    def _reset_moments(self, w) -> None:
+        w["m"].zero_()
+        w["v"].zero_()
+        w["t"] = 0
+
+    def iterate(self, tracks, last: bool) -> None:
+        act = [t for t in tracks if t.active]
+        if not act:
+            return
+        reg, c = self.reg, self.config
+        p = torch.stack([t.work["params"] for t in act]).requires_grad_(True)
+        T = reg.pose_from_params(p, torch.stack([t.A for t in act]), torch.stack([t.Bm for t in act]))
+        ev = reg.evaluate(self.obj, T, act)
+        good = ev.ok
+        if bool(good.any()):
+            (-ev.score_t[good].sum()).backward()
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+        b1, b2 = c.adam_betas
+        for j, t in enumerate(act):
+            w = t.work
+            if not bool(good[j]):
+                if self._recover(t):
+                    w["params"] = w["best_params"].clone()
+                    w["lr"] = w["lr"] * 0.5
+                    self._reset_moments(w)
+                continue
+            s = float(ev.score[j])
+            t.bone = float(ev.bone[j])
+            self._record(t, w["it"], s, T[j], lr_rot=float(w["lr"][0]), lr_trans=float(w["lr"][-1]))
+            best = w["best_score"]
+            if not math.isfinite(best) or s > best + c.rel_tol * max(abs(best), 1e-3):
+                w["best_score"], w["best_params"], w["wait"] = s, w["params"].clone(), 0
+                w["best_pose"] = T[j].detach().clone()
+            else:
+                w["wait"] += 1
+            if last:
+                t.finish_level("max_iterations")
+                continue
+            if c.schedule == "plateau":
+                if w["wait"] >= c.patience:
+                    w["lr"] = w["lr"] * c.plateau_factor
+                    w["reductions"] += 1
+                    w["wait"] = 0
+                    w["params"] = w["best_params"].clone()
+                    self._reset_moments(w)
+                    if w["reductions"] > c.max_reductions:
+                        t.finish_level("converged")
+                    continue
+            elif w["it"] > 0 and w["it"] % c.step_every == 0:
+                w["lr"] = w["lr"] * c.step_gamma
+            g = grad[j]
+            w["t"] += 1
+            w["m"] = b1 * w["m"] + (1 - b1) * g
+            w["v"] = b2 * w["v"] + (1 - b2) * g * g
+            mhat = w["m"] / (1 - b1 ** w["t"])
+            vhat = w["v"] / (1 - b2 ** w["t"])
+            w["params"] = w["params"] - w["lr"] * mhat / (vhat.sqrt() + 1e-8)
+            w["it"] += 1
+            t.iterations += 1
+
+
+def _chart(frame: torch.Tensor, xi: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """(n, 4, 4) poses ``F · exp(ξ) · F⁻¹ · pose`` for frames F (n, 4, 4), ξ (n, 6) = (ω, ρ)."""
+    X = pose_from_params(xi[..., :3], xi[..., 3:], "se3_log_map")
+    return frame @ X @ torch.linalg.inv(frame) @ pose
+
+
+class LMStepper(Stepper):
+    """Levenberg–Marquardt in a local se(3) chart at the isocenter (see the module docstring)."""
+
+    def begin(self, tracks) -> None:
+        super().begin(tracks)
+        for t in tracks:
+            t.work.update(cand=t.pose.clone(), best_cost=math.inf, lam=float(self.config.lm_damping), H=None,
+                          since_H=0)
+
+    def _frames(self, poses: torch.Tensor) -> torch.Tensor:
+        Fr = poses.clone()
+        Fr[:, :3, 3] = self.reg.isocenter
+        return Fr
+
+    def iterate(self, tracks, last: bool) -> None:
+        act = [t for t in tracks if t.active]
+        if not act:
+            return
+        reg, c = self.reg, self.config
+        cand = torch.stack([t.work["cand"] for t in act])
+        Fr = self._frames(cand)
+        xi = torch.zeros(len(act), 6, dtype=F64, requires_grad=True)
+        T = _chart(Fr, xi, cand)
+        ev = reg.evaluate(self.obj, T, act)
+        good = ev.ok
+        if bool(good.any()):
+            (0.5 * ev.cost_t[good].sum()).backward()
+        grad = torch.nan_to_num(xi.grad.detach(), nan=0.0) if xi.grad is not None else torch.zeros(len(act), 6, dtype=F64)
+        accepted = []
+        for j, t in enumerate(act):
+            w = t.work
+            if not bool(good[j]):
+                if self._recover(t):
+                    w["cand"], w["lam"] = w["best_pose"].clone(), w["lam"] * 10
+                continue
+            cost = float(ev.cost[j])
+            self._record(t, w["it"], float(ev.score[j]), T[j], damping=w["lam"])
+            w["it"] += 1
+            t.iterations += 1
+            if cost >= w["best_cost"]:  # reject: back to the best, more damping
+                w["cand"], w["lam"] = w["best_pose"].clone(), w["lam"] * 10
+                if w["lam"] > c.lm_max_damping:
+                    t.finish_level("converged")
+                elif last:
+                    t.finish_level("max_iterations")
+                continue
+            t.bone = float(ev.bone[j])
+            w["best_cost"], w["best_score"], w["best_pose"] = cost, float(ev.score[j]), cand[j].clone()
+            if last:
+                t.finish_level("max_iterations")
+                continue
+            accepted.append(j)
+        if not accepted:
+            return
+        need = [j for j in accepted if act[j].work["H"] is None or act[j].work["since_H"] >= c.lm_hessian_every]
+        if need:
+            self._curvature([act[j] for j in need])
+        pix = self.obj.pixel_mm(cand[accepted], reg.isocenter)
+        for q, j in enumerate(accepted):
+            t = act[j]
+            w = t.work
+            H = w["H"]
+            A = H + w["lam"] * torch.diag(torch.diag(H).clamp_min(1e-12))
+            delta = -torch.linalg.solve(A, grad[j])
+            w["since_H"] += 1
+            motion = self._motion_mm(delta)
+            if motion < c.lm_tol_px * float(pix[q]):
+                t.finish_level("converged")
+                continue
+            cap = c.lm_max_step_px * float(pix[q])
+            if motion > cap:  # a trust region: weakly seen directions (the depth) must not jump
+                delta = delta * (cap / motion)
+            w["cand"] = _chart(Fr[j:j + 1], delta[None], cand[j:j + 1])[0].detach()
+            w["lam"] = max(w["lam"] / 3, 1e-9)
+
+    def _motion_mm(self, delta: torch.Tensor) -> float:
+        """Largest motion (mm) of a point within ``motion_radius_mm`` of the isocenter under the step ξ."""
+        return float(delta[:3].norm()) * self.config.motion_radius_mm + float(delta[3:].norm())
+
+    def _curvature(self, tracks) -> None:
+        """Gauss–Newton curvature JᵀJ at each track's best pose, J by forward differences."""
+        reg = self.reg
+        best = torch.stack([t.work["best_pose"] for t in tracks])
+        Fr = self._frames(best)
+        pix = self.obj.pixel_mm(best, reg.isocenter)
+        n = len(tracks)
+        h = torch.zeros(n, 6, dtype=F64)
+        h[:, :3] = (0.1 * pix / self.config.motion_radius_mm)[:, None]
+        h[:, 3:] = (0.1 * pix)[:, None]
+        xi = torch.diag_embed(h).reshape(n * 6, 6)  # (n·6, 6)
+        rep = lambda x: x.repeat_interleave(6, dim=0)  # noqa: E731
+        with torch.no_grad():
+            T = _chart(rep(Fr), xi, rep(best))
+            rows = torch.tensor([t.xray for t in tracks]).repeat_interleave(6)
+            r1, _, _ = self.obj.residual(T, rows)
+            r0, _, _ = self.obj.residual(best, torch.tensor([t.xray for t in tracks]))
+        r1 = r1.to(F64).reshape(n, 6, -1)
+        J = (r1 - r0.to(F64)[:, None]) / h[:, :, None]  # (n, 6, M)
+        for q, t in enumerate(tracks):
+            t.work["H"] = J[q] @ J[q].T
+            t.work["since_H"] = 0
+
+
+def make_stepper(registrar, level_index: int, objective):
+    """The stepper of a level (``Level.optimizer``)."""
+    kind = objective.level.optimizer
+    return (LMStepper if kind == "lm" else AdamStepper)(registrar, level_index, objective)
