@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import locale
+import logging
 import struct
 import warnings
 import zlib
@@ -1052,12 +1053,15 @@ def snapshot(folder: Path) -> dict:
 
 
 def run_case(c: Case, tmp: Path, capsys) -> tuple[int | None, str, BaseException | None]:
-    """Build the inputs, run the CLI; (exit code or None when an exception escaped, output, exception)."""
+    """Build the inputs, run the CLI; (exit code or None when an exception escaped, everything the user
+    would see: output, warnings and log records, the exception that escaped)."""
     d, o = tmp / "in", tmp / "out"
     d.mkdir()
     o.mkdir()
     argv = [str(a) for a in c.make(d, o)]
     capsys.readouterr()
+    logged = _Records(logging.WARNING)  # a log record of WARNING+ reaches the user's stderr
+    logging.getLogger().addHandler(logged)
     with warnings.catch_warnings(record=True) as caught:
         # Python's default filters: what a user of the console script sees
         warnings.resetwarnings()
@@ -1069,9 +1073,20 @@ def run_case(c: Case, tmp: Path, capsys) -> tuple[int | None, str, BaseException
             exc = None
         except BaseException as e:  # noqa: BLE001 - an escaped exception is what we count
             rc, exc = None, e
+    logging.getLogger().removeHandler(logged)
     cap = capsys.readouterr()
     shown = "".join(f"xraypose: warning: {w.message}\n" for w in caught)
+    shown += "".join(f"log {r.name}: {r.getMessage()}\n" for r in logged.records)
     return rc, cap.out + cap.err + shown, exc
+
+
+class _Records(logging.Handler):
+    def __init__(self, level):
+        super().__init__(level)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 def test_corpus_is_large_and_names_unique():
@@ -1095,7 +1110,8 @@ def _no_long_runs(monkeypatch):
 
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_clear_line(c: Case, tmp_path, capsys):
+def test_bad_input_is_one_clear_line(c: Case, tmp_path, capfd):
+    """(``capfd``: what libraries write straight to the file descriptors, e.g. ITK, counts too.)"""
     d = tmp_path / "in"
     rc, text, exc = None, "", None
     before_files: dict = {}
@@ -1105,7 +1121,7 @@ def test_bad_input_is_one_clear_line(c: Case, tmp_path, capsys):
         before_files.update(snapshot(din))
         return argv
 
-    rc, text, exc = run_case(Case(c.id, make, c.words), tmp_path, capsys)
+    rc, text, exc = run_case(Case(c.id, make, c.words), tmp_path, capfd)
     assert exc is None, f"exception escaped: {type(exc).__name__}: {exc}"
     assert "Traceback" not in text, text
     assert rc == 2, f"exit code {rc} (bad input accepted?): {text}"

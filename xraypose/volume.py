@@ -659,19 +659,35 @@ def _read_image(path: PathLike, what: str) -> tuple[np.ndarray, np.ndarray, str]
 def _read_nifti(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
-    try:
-        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header fixes to stderr
+    with _nibabel_quiet():  # nibabel logs the header fixes it makes ("setting 0 dims to 1") to stderr
+        try:
             img = nib.load(str(p))
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
-    _check_nifti_header(img, p, what)
-    try:
-        arr = np.asanyarray(img.dataobj)
-        aff = np.array(img.affine, dtype=np.float64)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
+        except Exception as exc:  # nibabel raises many types for corrupt files
+            raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
+        _check_nifti_header(img, p, what)
+        try:
+            arr = np.asanyarray(img.dataobj)
+            aff = np.array(img.affine, dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
     arr = np.array(arr)  # detach from a possible memmap
     return arr, aff
+
+
+class _nibabel_quiet:
+    """nibabel's header log ('nibabel.global') silenced: what matters is refused by xraypose, in one line."""
+
+    def __enter__(self):
+        import logging
+
+        self._log = logging.getLogger("nibabel.global")
+        self._level = self._log.level
+        self._log.setLevel(logging.CRITICAL + 1)
+        return self
+
+    def __exit__(self, *exc):
+        self._log.setLevel(self._level)
+        return False
 
 
 def _check_nifti_header(img, p: Path, what: str) -> None:
