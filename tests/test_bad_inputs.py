@@ -193,40 +193,43 @@ def dicom_xray(d: Path, name="xray.dcm", edit: Callable | None = None, **kw) -> 
     return p
 
 
-def deepfluoro_h5(path: Path, edit: Callable | None = None) -> Path:
-    """A tiny DeepFluoro-layout file (one specimen, one 16×16 X-ray); ``edit(h5file)`` breaks it."""
+_H5_BYTES: dict = {}  # a valid file of each layout, written once per session, copied for each case
+
+
+def _h5_file(kind: str, path: Path, edit: Callable | None) -> Path:
     import h5py
 
-    from xraypose.datasets import write_deepfluoro_fixture
-    from xraypose.volume import volume_from_array
+    if kind not in _H5_BYTES:
+        from xraypose.datasets import write_deepfluoro_fixture, write_ljubljana_fixture
+        from xraypose.volume import volume_from_array
 
-    a = _ct_array()
-    vol = volume_from_array(a, affine=_affine())
-    write_deepfluoro_fixture(path, volume=vol, detector=16, specimens=(1,), n_projections=1,
-                             region_mm=(100, 100, 100), center_ras=(0, 0, 0), spacing_mm=10, step=5)
-    Path(str(path) + ".truth.json").unlink(missing_ok=True)
+        a = _ct_array()
+        if kind == "df":
+            write_deepfluoro_fixture(path, volume=volume_from_array(a, affine=_affine()), detector=16,
+                                     specimens=(1,), n_projections=1, region_mm=(100, 100, 100),
+                                     center_ras=(0, 0, 0), spacing_mm=10, step=5)
+        else:
+            a[5, 5, 5], a[6, 6, 6], a[4, 4, 4] = 3000, 2900, 2800  # bright points for the landmarks
+            write_ljubljana_fixture(path, volume=volume_from_array(a, affine=_affine()), subjects=(1,), height=16,
+                                    width=16, region_mm=(100, 100, 100), center_ras=(0, 0, 0), spacing_mm=10,
+                                    step=5, n_points=3)
+        Path(str(path) + ".truth.json").unlink(missing_ok=True)
+        _H5_BYTES[kind] = path.read_bytes()
+    path.write_bytes(_H5_BYTES[kind])
     if edit is not None:
         with h5py.File(path, "r+") as f:
             edit(f)
     return path
+
+
+def deepfluoro_h5(path: Path, edit: Callable | None = None) -> Path:
+    """A tiny DeepFluoro-layout file (one specimen, one 16×16 X-ray); ``edit(h5file)`` breaks it."""
+    return _h5_file("df", path, edit)
 
 
 def ljubljana_h5(path: Path, edit: Callable | None = None) -> Path:
-    import h5py
-
-    from xraypose.datasets import write_ljubljana_fixture
-    from xraypose.volume import volume_from_array
-
-    a = _ct_array()
-    a[5, 5, 5], a[6, 6, 6], a[4, 4, 4] = 3000, 2900, 2800
-    vol = volume_from_array(a, affine=_affine())
-    write_ljubljana_fixture(path, volume=vol, subjects=(1,), height=16, width=16, region_mm=(100, 100, 100),
-                            center_ras=(0, 0, 0), spacing_mm=10, step=5, n_points=3)
-    Path(str(path) + ".truth.json").unlink(missing_ok=True)
-    if edit is not None:
-        with h5py.File(path, "r+") as f:
-            edit(f)
-    return path
+    """A tiny Ljubljana-layout file (subject 1, 16×16 views); ``edit(h5file)`` breaks it."""
+    return _h5_file("lj", path, edit)
 
 
 def _replace(f, path, value):
@@ -753,7 +756,7 @@ for _id, _fid, _words in [
     ("two-columns", "p1,1\n", ("fiducials.csv", "name,x,y,z")),
     ("nan", "p1,nan,0,0\n", ("fiducials.csv", "finite")),
     ("huge", "p1,1e308,0,0\n", ("fiducials.csv", "1e+308")),
-    ("empty", "", ("fiducials.csv", "no fiducial")),
+    ("empty", "", ("fiducials.csv", "no fiducial point")),
     ("not-utf8", b"p1,0,0,0\n\xff\xfe,1,2,3\n", ("fiducials.csv", "utf-8")),
 ]:
     add(f"case-fiducials-{_id}", _words, lambda d, o, f=_fid: with_case(d, o, fiducials=f))
@@ -844,7 +847,7 @@ for _id, _name, _content, _words in [
     ("csv-nan", "f.csv", "1,2,nan\n", ("f.csv", "finite")),
     ("csv-1e308", "f.csv", "1,2,1e308\n", ("f.csv", "1e+308")),
     ("csv-two-columns", "f.csv", "1,2\n3,4\n", ("f.csv", "n×3")),
-    ("csv-empty", "f.csv", "", ("f.csv", "no point")),
+    ("csv-empty", "f.csv", "", ("f.csv", "no fiducial point")),
     ("csv-not-utf8", "f.csv", b"1,2,3\n\xff,2,3\n", ("f.csv", "utf-8")),
     ("json-dict", "f.json", {"points": "many"}, ("f.json", "many")),
     ("json-ragged", "f.json", [[1, 2, 3], [1, 2]], ("f.json", "entry [1]", "[x, y, z]")),

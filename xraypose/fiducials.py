@@ -198,7 +198,7 @@ def read_fiducials_csv(path, text: str | None = None) -> tuple[list[str], torch.
         pts.append(_checked_point(p, f"{p}:{lineno}", row[1:]))
         names.append(row[0])
     if not pts:
-        raise InputError(f"{p}: no fiducial found, no point (expected lines 'name,x,y,z')")
+        raise InputError(f"{p}: no fiducial point found (expected lines 'name,x,y,z' or 'x,y,z')")
     return names, torch.tensor(pts, dtype=torch.float64)
 
 
@@ -224,7 +224,7 @@ def read_fiducials_file(path) -> tuple[list[str], torch.Tensor]:
         data = read_checked(p, FIDUCIALS_JSON, "fiducials file")
         pts = data if isinstance(data, list) else (data.get("fiducials") or data.get("points") or [])
         if not pts:
-            raise InputError(f"{p}: no point (give a list of [x, y, z] or {{\"fiducials\": [...]}})")
+            raise InputError(f"{p}: no fiducial point found (give a list of [x, y, z] or {{\"fiducials\": [...]}})")
         return [f"p{i}" for i in range(len(pts))], torch.tensor(pts, dtype=torch.float64)
     if suffix == ".npy":
         if not p.exists():

@@ -117,14 +117,17 @@ class Number:
 
     kinds = ("number",)
 
+    def _num(self, x: float) -> str:
+        return str(int(x)) if self.integer else f"{x:g}"
+
     @property
     def expected(self) -> str:
         what = "a whole number" if self.integer else "a number"
-        lo = None if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        hi = None if self.hi is None else f"<= {self.hi:g}"
+        lo = None if self.lo is None else f"{'>' if self.lo_open else '>='} {self._num(self.lo)}"
+        hi = None if self.hi is None else f"<= {self._num(self.hi)}"
         rng = " and ".join(x for x in (lo, hi) if x)
         if self.lo is not None and self.hi is not None and not self.lo_open:
-            rng = f"in [{self.lo:g}, {self.hi:g}]"
+            rng = f"in [{self._num(self.lo)}, {self._num(self.hi)}]"
         return " ".join(x for x in (what, rng, self.unit) if x)
 
     def problem(self, v) -> str | None:
