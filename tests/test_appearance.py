@@ -368,6 +368,13 @@ def test_femur_mask_of_the_bundled_pelvis_and_family(pelvis):
     pre = preprocess(fx.raw, fx.camera, **fx.preprocess).image
     ref = preprocess(ours.raw, ours.camera, **ours.preprocess).image
     assert bool(torch.isfinite(pre).all()) and float(pre.max() - pre.min()) > 0.5 and ncc(pre, ref) > 0.9
+    # a view of one hip moves that femur
+    w = pelvis.voxel_to_world(torch.nonzero(labels == 1).to(F64))
+    T1 = carm_pose(0.0, 0.0, sod=650.0, isocenter=w.mean(0))
+    small = Camera(sdd=1020.0, height=24, width=24, delx=5.0)
+    for seed in (1, 2, 3):
+        one = form_xray(pelvis, small, T1, "femur", generator=_g(seed), photons=0)
+        assert one.info["side"] == "right" and one.info["hip_in_view"] and bool(one.foreign.any())
     # with no displacement the image is today's simulator's (Siddon, physical μ) up to the area average
     c = fx.info["collimator_px"]
     rel = (still.raw - ours.raw).abs()[c:-c, c:-c] / ours.raw[c:-c, c:-c]

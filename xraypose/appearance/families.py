@@ -441,6 +441,12 @@ def _split(volume, side_label: int):
     return _cached(volume, ("femur_split", side_label), make)
 
 
+def _projects_inside(camera: Camera, pose: torch.Tensor, point: torch.Tensor) -> bool:
+    uv = camera.project(point.to(F64)[None], pose)[0]
+    return bool(camera.depth(point.to(F64)[None], pose)[0] > 0) and 0 <= float(uv[0]) <= camera.width - 1 \
+        and 0 <= float(uv[1]) <= camera.height - 1
+
+
 def femur_transform(centre: torch.Tensor, rotation_deg: float, axis: torch.Tensor, translation_mm: float,
                     direction: torch.Tensor) -> torch.Tensor:
     """(4, 4) world transform: turn by ``rotation_deg`` about ``axis`` through ``centre``, then shift."""
@@ -449,13 +455,18 @@ def femur_transform(centre: torch.Tensor, rotation_deg: float, axis: torch.Tenso
     return make_transform(R, c - R @ c + direction.to(F64) * translation_mm)
 
 
-@register_family("femur", "a femur displaced rigidly against the pelvis (2–6 mm, 2–5° about the hip centre); "
-                          "CTs without femurs: not applicable (InputError)")
+@register_family("femur", "a femur displaced rigidly against the pelvis (2–6 mm, 2–5° about the hip centre; a femur "
+                          "whose hip projects into the image when one does); CTs without femurs: not applicable "
+                          "(InputError)")
 def _femur(ctx: Context) -> FormedXray:
     p = ctx.p
     labels = femur_labels(ctx.volume)
     sides = ["right", "left"][: int(labels.max())]
-    side = p.choice("side", sides)
+    centres = _cached(ctx.volume, "hip_centres",
+                      lambda: [fem.hip_centre(ctx.volume, labels == k + 1) for k in range(len(sides))])
+    seen = [_projects_inside(ctx.camera, ctx.pose, c) for c in centres]
+    side = p.choice("side", sides, weights=[1.0 if v else 0.0 for v in seen] if any(seen) else None)
+    p.record("hip_in_view", seen[sides.index(side)])
     m, fill, mu_rest, excess, part_affine, centre = _split(ctx.volume, 1 if side == "right" else 2)
     t_mm = p.uniform("translation_mm", 2.0, 6.0)
     t_dir = p.direction("translation_direction")
