@@ -102,7 +102,8 @@ _NIFTI_EXTS = (".nii", ".nii.gz")
 _ITK_EXTS = (".nrrd", ".nhdr", ".mha", ".mhd")
 #: File name endings read by :func:`read_volume` (a DICOM series is a folder).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = _NIFTI_EXTS + _ITK_EXTS
-_SUPPORTED_TEXT = ", ".join(SUPPORTED_EXTENSIONS) + ", or a folder holding one DICOM series"
+_SUPPORTED_TEXT = (", ".join(SUPPORTED_EXTENSIONS) + ", a folder holding one DICOM series, or a multi-page TIFF "
+                   "stack (.tif, .tiff, with spacing=)")
 
 #: File name of the bundled sample CT inside ``xraypose/data``.
 SAMPLE_CT_FILENAME: str = "sample_ct.nii.gz"
@@ -541,6 +542,7 @@ def read_volume(
     label_names: dict[int, str] | PathLike | None = None,
     isocenter=None,
     dtype: torch.dtype = torch.float32,
+    spacing: Sequence[float] | None = None,
 ) -> Volume:
     """Read a CT (or any 3D scalar image) into a :class:`Volume` in world RAS mm.
 
@@ -551,13 +553,18 @@ def read_volume(
             ImageSeriesReader; the series with the most files is read; LPS →
             RAS).  Voxel values are used as stored after the file's own
             rescaling (NIfTI scl_slope/inter, DICOM RescaleSlope/Intercept),
-            i.e. HU for a CT.
+            i.e. HU for a CT.  A multi-page ``.tif`` / ``.tiff`` stack (pages =
+            slices) needs ``spacing``; its axes and placement are those of
+            :func:`xraypose.tiff_stack.read_tiff_volume` (which also offers
+            ``origin`` and ``flip``); its values are kept as stored (not HU).
         labels: a labelmap aligned with the CT, as a path (any format above;
             same shape, and voxel grid within :data:`LABEL_ALIGN_TOL_MM` mm of
             the CT's) or an ``(I, J, K)`` integer array/tensor.
         label_names: ``{id: name}`` or a path to a JSON file ``{"id": "name"}``.
         isocenter: ``(3,)`` world RAS mm, or None (the box centre).
         dtype: floating dtype of :attr:`Volume.data` (default float32).
+        spacing: ``(sx, sy, sz)`` voxel size in mm (columns, rows, pages) of a
+            TIFF stack; refused for the other formats, which carry their own.
 
     Returns:
         The :class:`Volume`, on the CPU, with ``source`` set to the path.
@@ -570,14 +577,15 @@ def read_volume(
             non-integer labels, bad label names.
     """
     dtype = _check_float_dtype(dtype)
-    arr, aff, source = _read_image(path, "CT")
+    arr, aff, source = _read_image(path, "CT", spacing)
     data = _to_data_tensor(arr, dtype)
     del arr
 
     lab = None
     if labels is not None:
         if isinstance(labels, (str, os.PathLike)):
-            larr, laff, lsource = _read_image(labels, "Labelmap")
+            tiff_labels = str(labels).lower().endswith((".tif", ".tiff"))
+            larr, laff, lsource = _read_image(labels, "Labelmap", spacing if tiff_labels else None)
             if larr.shape != tuple(data.shape):
                 raise InputError(
                     f"Labelmap {lsource} has shape {larr.shape} but the CT {source} has shape "
@@ -622,15 +630,23 @@ def load_sample_ct() -> Volume:
 # --------------------------------------------------------------------------
 
 
-def _read_image(path: PathLike, what: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Read one 3D image: ``(I, J, K)`` array (native dtype), ``(4, 4)`` RAS affine, source text."""
+def _read_image(path: PathLike, what: str, spacing=None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Read one 3D image: ``(I, J, K)`` array (native dtype), ``(4, 4)`` RAS affine, source text.
+    ``spacing`` (mm): a TIFF stack's voxel size (xraypose.tiff_stack); refused for other files."""
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"{what} path must be a string or path; got {type(path).__name__}")
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"{what} file not found: {p}")
     source = str(p)
-    if p.is_dir():
+    is_tiff = p.is_file() and p.name.lower().endswith((".tif", ".tiff"))
+    if spacing is not None and not is_tiff:
+        raise InputError(f"spacing= is only for TIFF stacks; {p} carries its own voxel size")
+    if is_tiff:
+        from xraypose.tiff_stack import read_tiff_array
+
+        arr, aff = read_tiff_array(p, spacing, what)
+    elif p.is_dir():
         arr, aff, source = _read_dicom_dir(p, what)
     else:
         lname = p.name.lower()

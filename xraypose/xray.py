@@ -179,7 +179,9 @@ class XRay:
 
     def report(self) -> str:
         """Human-readable list of every value used and where it came from."""
-        lines = [f"X-ray {self.source or '(in memory)'}: {self.shape[0]} rows × {self.shape[1]} columns, kind={self.kind}"]
+        frames = f"{self.shape[0]} frames of " if len(self.shape) == 3 else ""
+        lines = [f"X-ray {self.source or '(in memory)'}: {frames}{self.shape[-2]} rows × {self.shape[-1]} columns, "
+                 f"kind={self.kind}"]
         for k, v in self.header.items():
             lines.append(f"  {k:<28} = {_fmt(v['value']):<30} from {v['from']}")
         if self.camera is not None:
@@ -271,7 +273,9 @@ def read_xray(
         sod: source-to-isocenter distance, mm.
         isocenter: (3,) world RAS mm; with angles, sets ``xray.pose``
             (e.g. ``volume.get_isocenter()``).
-        frames: for multi-frame files: a frame index, "max", "sum" or "mean".
+        frames: for multi-frame files: a frame index, "max", "sum" or "mean";
+            "all" keeps every frame: ``image`` is then ``(F, H, W)`` (one
+            camera for all; :func:`xraypose.sequence.read_sequence` splits it).
         kind: "intensity", "log-intensity" or "attenuation" (default: from
             the DICOM header; "attenuation" for other files).
         patient_orientation: override ``PatientOrientation`` (e.g. "L\\\\F" or ("L", "F")).
@@ -514,13 +518,17 @@ def read_dicom_xray(p, **kw) -> XRay:
 
 
 def _reduce_frames(arr: np.ndarray, frames, hdr: _Header, src: str, where: str) -> np.ndarray:
+    all_frames = isinstance(frames, str) and frames.lower() == "all"
     if arr.ndim == 2:
-        return arr
+        return arr[None] if all_frames else arr
     if arr.ndim != 3:
         raise InputError(f"{src}: expected a 2D image or a stack of frames, got an array of shape {arr.shape}")
     n = arr.shape[0]
     if isinstance(frames, str):
         f = frames.lower()
+        if f == "all":  # every frame, (F, H, W): a sequence (xraypose.sequence)
+            hdr.set("frames", f"all {n}", "user")
+            return arr
         if f == "max":
             out = arr.max(axis=0)
         elif f == "sum":
@@ -528,13 +536,13 @@ def _reduce_frames(arr: np.ndarray, frames, hdr: _Header, src: str, where: str) 
         elif f == "mean":
             out = arr.astype(np.float64).mean(axis=0)
         else:
-            raise InputError(f"frames must be a frame index, 'max', 'sum' or 'mean'; got {frames!r}")
+            raise InputError(f"frames must be a frame index, 'max', 'sum', 'mean' or 'all'; got {frames!r}")
         hdr.set("frames", f"{f} of {n}", "user" if frames != 0 else "default")
         return out
     try:
         i = int(frames)
     except (TypeError, ValueError):
-        raise InputError(f"frames must be a frame index, 'max', 'sum' or 'mean'; got {frames!r}") from None
+        raise InputError(f"frames must be a frame index, 'max', 'sum', 'mean' or 'all'; got {frames!r}") from None
     if not -n <= i < n:
         raise InputError(f"{src}: frame {i} does not exist ({n} frames)")
     hdr.set("frames", f"frame {i} of {n}", "default" if frames == 0 else "user")
@@ -565,7 +573,7 @@ def read_image_xray(p, **kw) -> XRay:
     else:
         arr = _read_pil(p)
     img = _reduce_frames(np.asarray(arr), kw["frames"], hdr, src, "frames in the file")
-    if img.ndim != 2:
+    if img.ndim != (3 if str(kw["frames"]).lower() == "all" else 2):
         raise InputError(f"{p}: expected a 2D image, got shape {img.shape}")
     hv = {}
     side = p.with_suffix(".json")
@@ -674,6 +682,9 @@ def _read_pil(p: Path) -> np.ndarray:
     frames = []
     try:
         for fr in ImageSequence.Iterator(im):
+            if fr.size != (w, h):
+                raise InputError(f"{p}: frame {len(frames)} is {fr.size[1]} × {fr.size[0]} pixels (rows × columns) "
+                                 f"but frame 0 is {h} × {w}; every frame of a file must have one size")
             frames.append(_pil_to_gray(fr, p))
     except OSError as e:
         raise InputError(f"{p}: image data is truncated or corrupt ({_one_line(e)})") from None
@@ -739,7 +750,7 @@ def patient_orientation_vectors(po) -> tuple[np.ndarray | None, np.ndarray | Non
 
 
 def _finish(img: np.ndarray, hv: dict, hdr: _Header, kind: str, src: str, kw: dict, ermf: float | None = None) -> XRay:
-    H, W = img.shape
+    H, W = img.shape[-2:]  # (F, H, W) with frames="all"
     if H < 1 or W < 1:
         raise InputError(f"{src}: image is empty ({H}×{W})")
     if not np.isfinite(img).all():

@@ -1,0 +1,132 @@
+"""Sequences: multi-frame DICOM (all frames, frame times), multi-page TIFF, folders of frames, bad sequences."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.sequence import natural_key, read_sequence
+from xraypose.xray import read_xray, write_dicom_xray
+
+CAM = Camera(sdd=1000.0, height=24, width=32, delx=0.5, x0=1.0)
+
+
+def frames3():
+    return np.stack([np.full((24, 32), 100 * i + 7) + np.arange(32)[None] for i in range(3)]).astype(np.uint16)
+
+
+def test_multiframe_dicom_all_frames_and_frame_time(tmp_path):
+    f = tmp_path / "cine.dcm"
+    px = frames3()
+    write_dicom_xray(f, px, camera=CAM, primary=20, secondary=-5, sod=700, extra={"FrameTime": "40"})
+    seq = read_sequence(f)
+    assert len(seq) == 3 and seq.shape == (24, 32)
+    assert seq.camera == CAM and all(fr.camera == CAM for fr in seq.frames)
+    assert torch.equal(seq.images, torch.from_numpy(px.astype(np.float32)))
+    assert torch.allclose(seq.times, torch.tensor([0.0, 0.04, 0.08], dtype=torch.float64))
+    assert seq.frame_interval_s == pytest.approx(0.04)
+    assert seq[1].angles["primary"] == 20.0  # every frame keeps the header's angles
+    assert seq[2].source.endswith("#2")
+
+
+def test_frame_time_vector_and_its_errors(tmp_path):
+    f = tmp_path / "cine.dcm"
+    write_dicom_xray(f, frames3(), camera=CAM, extra={"FrameTimeVector": [0, 30, 45]})
+    seq = read_sequence(f)
+    assert torch.allclose(seq.times, torch.tensor([0.0, 0.030, 0.075], dtype=torch.float64))
+    g = tmp_path / "bad.dcm"
+    write_dicom_xray(g, frames3(), camera=CAM, extra={"FrameTimeVector": [0, 30]})
+    with pytest.raises(InputError, match="2 values for 3 frames"):
+        read_sequence(g)
+
+
+def test_read_xray_all_frames(tmp_path):
+    f = tmp_path / "cine.dcm"
+    write_dicom_xray(f, frames3(), camera=CAM)
+    xr = read_xray(f, frames="all")
+    assert tuple(xr.image.shape) == (3, 24, 32) and xr.camera == CAM
+    assert "3 frames of 24 rows" in xr.report()
+    one = tmp_path / "one.dcm"
+    write_dicom_xray(one, frames3()[0], camera=CAM)
+    assert tuple(read_xray(one, frames="all").image.shape) == (1, 24, 32)
+    # the default still reduces to one frame
+    assert tuple(read_xray(f).image.shape) == (24, 32)
+
+
+def write_tiff_frames(path, frames):
+    ims = [Image.fromarray(a) for a in frames]
+    ims[0].save(str(path), save_all=True, append_images=ims[1:])
+
+
+def test_multipage_tiff_sequence(tmp_path):
+    px = (frames3() // 2).astype(np.uint8)
+    f = tmp_path / "run.tif"
+    write_tiff_frames(f, list(px))
+    seq = read_sequence(f, camera=CAM)
+    assert len(seq) == 3 and seq.camera == CAM and seq.times is None
+    assert torch.equal(seq.images, torch.from_numpy(px.astype(np.float32)))
+
+
+def test_multipage_tiff_with_a_frame_of_another_size(tmp_path):
+    f = tmp_path / "run.tif"
+    write_tiff_frames(f, [np.zeros((24, 32), np.uint8), np.zeros((24, 32), np.uint8), np.zeros((20, 32), np.uint8)])
+    for call in (lambda: read_sequence(f, camera=CAM), lambda: read_xray(f, camera=CAM)):
+        with pytest.raises(InputError, match=r"frame 2 is 20 × 32 pixels .* frame 0 is 24 × 32") as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
+def test_folder_sorted_naturally(tmp_path):
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in (10, 2, 1):
+        Image.fromarray(np.full((24, 32), i, np.uint8)).save(str(d / f"frame{i}.png"))
+    (d / ".hidden.png").write_bytes(b"junk")
+    (d / "notes.txt").write_text("not a frame")
+    seq = read_sequence(d, sdd=1000, delx=0.5)
+    assert [float(fr.image[0, 0]) for fr in seq.frames] == [1.0, 2.0, 10.0]
+    assert seq.camera == Camera(sdd=1000.0, height=24, width=32, delx=0.5)
+    assert sorted(["f10", "f2", "F1", "f1a"], key=natural_key) == ["F1", "f1a", "f2", "f10"]
+
+
+def test_folder_with_a_frame_of_another_size(tmp_path):
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((24 if i != 1 else 26, 32), np.uint8)).save(str(d / f"f{i}.png"))
+    with pytest.raises(InputError, match=r"f1.png: frame 1 is 26 × 32 pixels but the first frame f0.png is 24 × 32"):
+        read_sequence(d, sdd=1000, delx=0.5)
+
+
+def test_folder_with_frames_of_other_intrinsics(tmp_path):
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((24, 32), np.uint8)).save(str(d / f"f{i}.png"))
+        (d / f"f{i}.json").write_text(json.dumps({"sdd_mm": 1000 + 10 * i, "delx_mm": 0.5}))
+    with pytest.raises(InputError, match="other intrinsics than the first frame"):
+        read_sequence(d)
+
+
+def test_list_of_files_and_bad_sources(tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, np.ones((24, 32), np.float32))
+    np.save(b, 2 * np.ones((24, 32), np.float32))
+    seq = read_sequence([b, a], camera=CAM)
+    assert [float(fr.image[0, 0]) for fr in seq.frames] == [2.0, 1.0]
+    cine = tmp_path / "cine.dcm"
+    write_dicom_xray(cine, frames3(), camera=CAM)
+    with pytest.raises(InputError, match="give a multi-frame file alone"):
+        read_sequence([a, cine], camera=CAM)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="holds no frames"):
+        read_sequence(empty)
+    with pytest.raises(InputError, match="not found"):
+        read_sequence(tmp_path / "nothing")
+    with pytest.raises(InputError, match="'frames' is not an option"):
+        read_sequence(cine, frames=0)

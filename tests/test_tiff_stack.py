@@ -1,0 +1,129 @@
+"""Volumes from multi-page TIFF stacks: axis order, placement, values, and bad stacks."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import requires_shared, shared_path
+from xraypose.errors import InputError
+from xraypose.tiff_stack import read_tiff_pages, read_tiff_volume
+from xraypose.volume import read_volume
+
+
+def write_stack(path, pages, mode=None):
+    ims = [Image.fromarray(p) if mode is None else Image.fromarray(p, mode) for p in pages]
+    ims[0].save(str(path), save_all=True, append_images=ims[1:])
+    return path
+
+
+def pages_16bit(n=3, rows=4, cols=5):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 4096, size=(n, rows, cols)).astype(np.uint16)
+
+
+def test_axis_order_values_and_placement(tmp_path):
+    pages = pages_16bit()
+    pages[1, 2, 3] = 65535  # the full 16-bit range survives
+    f = write_stack(tmp_path / "v.tif", list(pages))
+    v = read_tiff_volume(f, (0.5, 0.6, 0.7))
+    assert v.shape == (5, 4, 3)  # (columns, rows, pages)
+    k, j, i = 1, 2, 3
+    assert float(v.data[i, j, k]) == 65535.0
+    assert torch.equal(v.data, torch.from_numpy(pages.transpose(2, 1, 0).astype(np.float32)))
+    assert torch.allclose(v.spacing, torch.tensor([0.5, 0.6, 0.7], dtype=torch.float64))
+    # voxel (i, j, k)'s centre sits at (i·sx, j·sy, k·sz): voxel (0, 0, 0) at the origin
+    w = v.voxel_to_world(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(w, torch.tensor([1.5, 1.2, 0.7], dtype=torch.float64))
+    c = read_tiff_volume(f, (0.5, 0.6, 0.7), origin="center")
+    assert torch.allclose(c.center, torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    o = read_tiff_volume(f, (0.5, 0.6, 0.7), origin=(10, 20, 30))
+    assert torch.allclose(o.voxel_to_world(torch.zeros(3, dtype=torch.float64)),
+                          torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64))
+
+
+def test_flip_reverses_the_voxel_order(tmp_path):
+    pages = pages_16bit()
+    f = write_stack(tmp_path / "v.tif", list(pages))
+    v = read_tiff_volume(f, (1, 1, 1))
+    fx = read_tiff_volume(f, (1, 1, 1), flip=(True, False, False))
+    fz = read_tiff_volume(f, (1, 1, 1), flip=(False, False, True))
+    assert torch.equal(fx.data, torch.flip(v.data, dims=(0,)))
+    assert torch.equal(fz.data, torch.flip(v.data, dims=(2,)))
+
+
+def test_read_volume_reads_a_stack_with_spacing(tmp_path):
+    pages = pages_16bit(n=4)
+    f = write_stack(tmp_path / "v.tiff", list(pages))
+    a = read_volume(f, spacing=(0.4, 0.4, 0.6))
+    b = read_tiff_volume(f, (0.4, 0.4, 0.6))
+    assert torch.equal(a.data, b.data) and torch.equal(a.affine, b.affine)
+    assert a.source == str(f)
+
+
+def test_eight_bit_stack(tmp_path):
+    pages = (pages_16bit() // 16).astype(np.uint8)
+    f = write_stack(tmp_path / "v.tif", list(pages))
+    assert torch.equal(read_tiff_volume(f, (1, 1, 1)).data,
+                       torch.from_numpy(pages.transpose(2, 1, 0).astype(np.float32)))
+
+
+@pytest.mark.parametrize("spacing, words", [
+    (None, "carries no voxel size"),
+    ((0, 1, 1), "> 0 mm"),
+    ((-0.4, 0.4, 0.6), "> 0 mm"),
+    ((1, 1), "3 voxel sizes"),
+    ((1, float("nan"), 1), "finite"),
+    ("1,1,1", "3 voxel sizes"),
+])
+def test_bad_spacing(tmp_path, spacing, words):
+    f = write_stack(tmp_path / "v.tif", list(pages_16bit()))
+    with pytest.raises(InputError, match=words) as e:
+        read_volume(f, spacing=spacing)
+    assert "\n" not in str(e.value)
+
+
+def test_pages_of_different_sizes(tmp_path):
+    pages = [np.zeros((4, 5), np.uint16), np.zeros((4, 5), np.uint16), np.zeros((3, 5), np.uint16)]
+    f = write_stack(tmp_path / "v.tif", pages)
+    with pytest.raises(InputError, match=r"page 2 is 3 × 5 pixels .* page 0 is 4 × 5") as e:
+        read_tiff_volume(f, (1, 1, 1))
+    assert "\n" not in str(e.value)
+
+
+def test_rgb_stack_is_refused(tmp_path):
+    pages = [np.zeros((4, 5, 3), np.uint8) for _ in range(3)]
+    f = write_stack(tmp_path / "v.tif", pages)
+    with pytest.raises(InputError, match=r"colour \(RGB\)"):
+        read_volume(f, spacing=(1, 1, 1))
+
+
+def test_one_page_and_not_a_tiff(tmp_path):
+    f = write_stack(tmp_path / "v.tif", [np.zeros((4, 5), np.uint16)])
+    with pytest.raises(InputError, match="one page"):
+        read_tiff_volume(f, (1, 1, 1))
+    g = tmp_path / "x.tif"
+    g.write_bytes(b"not a tiff at all")
+    with pytest.raises(InputError, match="not a readable TIFF"):
+        read_tiff_pages(g)
+    png = tmp_path / "p.tif"
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(str(png), format="PNG")
+    with pytest.raises(InputError, match="PNG image, not a TIFF"):
+        read_tiff_pages(png)
+
+
+def test_spacing_refused_for_other_formats(tmp_path):
+    import nibabel as nib
+
+    f = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), str(f))
+    with pytest.raises(InputError, match="only for TIFF stacks"):
+        read_volume(f, spacing=(1, 1, 1))
+
+
+@requires_shared
+def test_wrist_radius_volume():
+    v = read_volume(shared_path("autoscoper_wrist", "volumes", "rad_dcm_cropped.tif"), spacing=(0.39625, 0.39625, 0.625))
+    assert v.shape == (68, 86, 128)  # 68 columns, 86 rows, 128 pages
+    assert float(v.data.min()) == 0.0 and float(v.data.max()) == 4095.0
+    assert torch.allclose(v.extent_mm, torch.tensor([68 * 0.39625, 86 * 0.39625, 128 * 0.625], dtype=torch.float64))

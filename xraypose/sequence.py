@@ -1,0 +1,211 @@
+"""X-ray sequences (fluoroscopy, cine, biplane video): frames of one size, one camera, optional times.
+
+:func:`read_sequence` reads
+
+* a **multi-frame DICOM** (XA / RF cine): every frame, with the header's
+  intrinsics and C-arm angles (those of the first frame) and the frame times
+  from ``FrameTimeVector`` (0018,1065: the increment before each frame, ms)
+  or ``FrameTime`` (0018,1063: one interval, ms);
+* a **multi-page TIFF** or an ``(F, H, W)`` NPY: every page / slice;
+* a **folder of frames** (PNG, TIFF, NPY, DICOM), sorted naturally by name
+  (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped);
+* a **list of files**, one frame each, in the order given.
+
+Every frame must have the size of the first, and every frame the same
+intrinsics (a frame of another size, or a folder whose frames carry other
+intrinsics, is a one-line :class:`~xraypose.errors.InputError` naming the
+frame).  The keywords of :func:`xraypose.xray.read_xray` (``sdd``,
+``delx``, ``kind``, …) apply to every frame.
+
+Times are in seconds from the first frame.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.xray import IMAGE_EXTENSIONS, XRay, read_xray
+
+__all__ = ["XRaySequence", "read_sequence", "natural_key", "FRAME_EXTENSIONS"]
+
+#: File endings taken as frames in a folder (and files without an ending: DICOM).
+FRAME_EXTENSIONS = IMAGE_EXTENSIONS + (".dcm", ".dicom", ".ima")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key comparing runs of digits as numbers: ``f2 < f10``; case-insensitive otherwise."""
+    return tuple((0, int(t), t) if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t)
+
+
+@dataclass
+class XRaySequence:
+    """Frames of one X-ray sequence.
+
+    Attributes:
+        frames: one :class:`~xraypose.xray.XRay` per frame, each ``(H, W)``, all of one size.
+        camera: the intrinsics shared by every frame (None when none was found or given).
+        times: (F,) float64 seconds from the first frame, or None when the files give none.
+        source: the file, folder or files read.
+        notes: one-line remarks (where the times came from, ...).
+    """
+
+    frames: list
+    camera: Camera | None
+    times: torch.Tensor | None = None
+    source: str = ""
+    notes: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> XRay:
+        return self.frames[i]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of every frame."""
+        return tuple(self.frames[0].shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def images(self) -> torch.Tensor:
+        """(F, H, W) float32, the frames stacked."""
+        return torch.stack([f.image for f in self.frames])
+
+    @property
+    def frame_interval_s(self) -> float | None:
+        """Median interval between frames (s), or None without times."""
+        if self.times is None or len(self.times) < 2:
+            return None
+        return float(torch.diff(self.times).median())
+
+
+def _split(xr: XRay) -> list[XRay]:
+    """(F, H, W) XRay → F XRays (the same camera, header and notes)."""
+    img = xr.image
+    if img.ndim == 2:
+        return [xr]
+    return [replace(xr, image=img[i].contiguous(), source=f"{xr.source}#{i}", header=dict(xr.header),
+                    notes=list(xr.notes)) for i in range(img.shape[0])]
+
+
+def _dicom_times(path: Path, n: int, notes: list) -> torch.Tensor | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - read_xray has read it already; no times then
+        return None
+    where = str(path)
+    if "FrameTimeVector" in ds and ds.FrameTimeVector not in (None, ""):
+        raw = ds.FrameTimeVector
+        vals = list(raw) if not isinstance(raw, (str, bytes, int, float)) else [raw]
+        try:
+            v = [float(x) for x in vals]
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: FrameTimeVector (0018,1065) is not a list of numbers: {raw!r}") from None
+        if len(v) != n:
+            raise InputError(f"{where}: FrameTimeVector (0018,1065) holds {len(v)} values for {n} frames")
+        if not all(math.isfinite(x) and x >= 0 for x in v):
+            raise InputError(f"{where}: FrameTimeVector (0018,1065) holds a negative or non-finite interval")
+        notes.append("frame times from FrameTimeVector (0018,1065), ms increments")
+        t = torch.cumsum(torch.tensor(v, dtype=torch.float64), 0) / 1000.0
+        return t - t[0]
+    if "FrameTime" in ds and ds.FrameTime not in (None, ""):
+        try:
+            ft = float(ds.FrameTime)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: FrameTime (0018,1063) is not a number: {ds.FrameTime!r}") from None
+        if not (math.isfinite(ft) and ft > 0):
+            raise InputError(f"{where}: FrameTime (0018,1063) must be a positive number of ms, got {ft!r}")
+        notes.append(f"frame times from FrameTime (0018,1063) = {ft:g} ms")
+        return torch.arange(n, dtype=torch.float64) * ft / 1000.0
+    if n > 1:
+        notes.append("no FrameTime / FrameTimeVector: frame times unknown")
+    return None
+
+
+def _is_frame_file(p: Path) -> bool:
+    if p.name.startswith(".") or not p.is_file():
+        return False
+    suf = p.suffix.lower()
+    return suf in FRAME_EXTENSIONS or suf == ""
+
+
+def read_sequence(source, **kwargs) -> XRaySequence:
+    """Read an X-ray sequence (module docstring).
+
+    Args:
+        source: a multi-frame file (DICOM, multi-page TIFF, (F, H, W) NPY), a folder of
+            frames, or a list of frame files.
+        **kwargs: :func:`xraypose.xray.read_xray` keywords for every frame (not ``frames``).
+    Returns:
+        :class:`XRaySequence`.
+    Raises:
+        InputError: no frames, a frame of another size or other intrinsics, a multi-frame file
+            among several files, bad frame times, and whatever :func:`read_xray` refuses.
+    """
+    if "frames" in kwargs:
+        raise InputError("read_sequence reads every frame; 'frames' is not an option here")
+    if isinstance(source, (list, tuple)):
+        paths = [Path(s).expanduser() for s in source]
+        if not paths:
+            raise InputError("a sequence needs at least one frame (no file given)")
+        if len(paths) == 1:
+            return read_sequence(paths[0], **kwargs)
+        where = f"{len(paths)} files ({paths[0].name} … {paths[-1].name})"
+        return _from_files(paths, where, kwargs)
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise InputError(f"sequence not found: {p}")
+    if p.is_dir():
+        files = sorted((f for f in p.iterdir() if _is_frame_file(f)), key=lambda f: natural_key(f.name))
+        if not files:
+            raise InputError(f"{p}: the folder holds no frames (files ending in {', '.join(FRAME_EXTENSIONS)} "
+                             "or DICOM files without an ending)")
+        return _from_files(files, str(p), kwargs)
+    xr = read_xray(p, frames="all", **kwargs)
+    frames = _split(xr)
+    notes: list = []
+    times = None
+    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+        times = _dicom_times(p, len(frames), notes)
+    return XRaySequence(frames=frames, camera=xr.camera, times=times, source=str(p), notes=notes)
+
+
+def _from_files(paths: list, where: str, kwargs: dict) -> XRaySequence:
+    frames: list[XRay] = []
+    first = None
+    for f in paths:
+        xr = read_xray(f, frames="all", **kwargs)
+        if xr.image.ndim == 3 and xr.image.shape[0] > 1:
+            raise InputError(f"{f}: holds {xr.image.shape[0]} frames; a sequence of several files takes one "
+                             "frame per file (give a multi-frame file alone)")
+        xr = _split(xr)[0]
+        xr.source = str(f)
+        if first is None:
+            first = xr
+        else:
+            if xr.shape != first.shape:
+                raise InputError(f"{f}: frame {len(frames)} is {xr.shape[0]} × {xr.shape[1]} pixels but the first "
+                                 f"frame {Path(first.source).name} is {first.shape[0]} × {first.shape[1]}; every "
+                                 "frame of a sequence must have one size")
+            if xr.camera != first.camera:
+                raise InputError(f"{f}: frame {len(frames)} has other intrinsics than the first frame "
+                                 f"{Path(first.source).name} ({_cam_text(xr.camera)} vs {_cam_text(first.camera)}); "
+                                 "a sequence has one camera")
+        frames.append(xr)
+    return XRaySequence(frames=frames, camera=first.camera, times=None, source=where,
+                        notes=["frame times unknown (separate files)"] if len(frames) > 1 else [])
+
+
+def _cam_text(c: Camera | None) -> str:
+    if c is None:
+        return "none"
+    return f"sdd {c.sdd:g} mm, pixel {c.delx:g} × {c.dely:g} mm, offset ({c.x0:g}, {c.y0:g}) mm"

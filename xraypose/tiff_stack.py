@@ -1,0 +1,202 @@
+"""Volumes from multi-page TIFF stacks (one page per slice) with a voxel size given by the user.
+
+A TIFF stack carries no voxel size and no position (its XResolution /
+YResolution tags are print resolutions, not voxel sizes): the voxel size must
+be given, and the placement is a documented choice.
+
+Axis order and placement
+------------------------
+* Page ``k`` is slice ``k``; in a page, row ``j`` and column ``i``.  The
+  volume is ``data[i, j, k] = page_k[row j, column i]``: voxel index i runs
+  along the columns (x), j along the rows (y), k along the pages (z) — the
+  order Autoscoper uses for its ``VoxelSize x y z``.
+* ``affine = diag(sx, sy, sz)`` plus a translation: by default the centre of
+  voxel (0, 0, 0) (first page, first row, first column) is the world origin,
+  as :func:`~xraypose.volume.volume_from_array` places arrays (nothing is
+  re-centred); ``origin="center"`` puts the centre of the volume's box at
+  the origin instead; ``origin=(x, y, z)`` puts voxel (0, 0, 0) there.
+* The frame (columns, rows, pages) is right-handed.  It is the patient's RAS
+  only if the stack was written so; a CT exported slice by slice from DICOM
+  in ascending order is LPS in it.  ``flip=(fx, fy, fz)`` reverses the voxel
+  order along x / y / z (Autoscoper's ``VolumeFlip``) for a stack written
+  mirrored.
+* Voxel values are kept as stored (e.g. 0…4095 for 12-bit data): they are not
+  HU.  Render such a volume with the ``"raw"`` density (linear in the stored
+  value); the HU-based models ("hu", "linear", "physical") would misread it.
+
+Every problem is an :class:`~xraypose.errors.InputError` of one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from xraypose.errors import InputError
+
+__all__ = ["read_tiff_volume", "read_tiff_array", "read_tiff_pages", "TIFF_EXTENSIONS"]
+
+#: File endings read as TIFF stacks.
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+# PIL modes of one value per pixel, and their numpy types.
+_GREY_MODES = {"1": "bool", "L": "uint8", "I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I;16S": "int16",
+               "I": "int32", "I;32": "int32", "F": "float32", "F;32F": "float32"}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
+    """The pages of a multi-page greyscale TIFF as one ``(pages, rows, columns)`` array (stored dtype).
+
+    Sizes and pixel types of all pages are checked before any page is decoded.
+
+    Raises:
+        InputError: missing file, not a TIFF, colour pages (RGB, palette, ...),
+            pages of different sizes or pixel types, a stack too large for this
+            machine's memory, truncated page data.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from xraypose.limits import check_allocation
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder, not a TIFF file")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # xraypose's own memory check below, with a clear message
+        im = Image.open(str(p))
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not a readable TIFF file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{p}: cannot open the TIFF file ({_one_line(e)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        if (im.format or "").upper() != "TIFF":
+            raise InputError(f"{p}: a {im.format or 'non-TIFF'} image, not a TIFF stack")
+        try:
+            n = int(getattr(im, "n_frames", 1) or 1)
+            heads = []
+            for k in range(n):
+                im.seek(k)
+                heads.append((im.size, im.mode))
+        except (OSError, EOFError, ValueError) as e:
+            raise InputError(f"{p}: the TIFF page directory is damaged ({_one_line(e)})") from None
+        (w0, h0), m0 = heads[0]
+        for k, ((w, h), m) in enumerate(heads):
+            if m not in _GREY_MODES:
+                kind = "colour (RGB)" if m.startswith("RGB") else f"pixel mode {m!r}"
+                raise InputError(f"{p}: page {k} holds {kind} pixels; a volume needs one grey value per voxel "
+                                 "(8-, 16- or 32-bit greyscale pages)")
+            if (w, h) != (w0, h0):
+                raise InputError(f"{p}: page {k} is {h} × {w} pixels (rows × columns) but page 0 is {h0} × {w0}; "
+                                 "every page of a stack must have one size")
+            if _GREY_MODES[m] != _GREY_MODES[m0]:
+                raise InputError(f"{p}: page {k} holds {_GREY_MODES[m]} pixels but page 0 {_GREY_MODES[m0]}; "
+                                 "every page of a stack must have one pixel type")
+        check_allocation((n, h0, w0), np.dtype(_GREY_MODES[m0]).itemsize + 4, str(p))
+        out = np.empty((n, h0, w0), dtype=_GREY_MODES[m0])
+        try:
+            for k in range(n):
+                im.seek(k)
+                a = np.asarray(im)
+                out[k] = a
+        except (OSError, ValueError, SyntaxError) as e:
+            raise InputError(f"{p}: TIFF page {k} is truncated or corrupt ({_one_line(e)})") from None
+    return out
+
+
+def _spacing(spacing, p: Path) -> np.ndarray:
+    if spacing is None:
+        raise InputError(f"TIFF stack {p} carries no voxel size: pass spacing=(sx, sy, sz) in mm "
+                         "(columns, rows, pages)")
+    try:
+        sp = np.asarray([float(s) for s in spacing], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{p}: spacing must be 3 voxel sizes in mm (columns, rows, pages), got {spacing!r}") from None
+    if sp.shape != (3,) or isinstance(spacing, str):
+        raise InputError(f"{p}: spacing must be 3 voxel sizes in mm (columns, rows, pages), got {spacing!r}")
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise InputError(f"{p}: spacing must be 3 finite voxel sizes > 0 mm (columns, rows, pages), "
+                         f"got {sp.tolist()}")
+    return sp
+
+
+def read_tiff_array(path, spacing: Sequence[float] | None, what: str = "CT",
+                    origin: Sequence[float] | str = (0.0, 0.0, 0.0),
+                    flip: Sequence[bool] = (False, False, False)) -> tuple[np.ndarray, np.ndarray]:
+    """``(I, J, K)`` array (stored dtype) and ``(4, 4)`` affine of a TIFF stack (module docstring).
+
+    Args:
+        path: a multi-page TIFF, pages = slices.
+        spacing: (sx, sy, sz) voxel size in mm along columns, rows, pages.
+        what: what the file is, for messages ("CT", "Labelmap").
+        origin: world mm of voxel (0, 0, 0)'s centre, or "center" (the box centre at 0).
+        flip: reverse the voxel order along x (columns), y (rows), z (pages).
+    """
+    p = Path(path).expanduser()
+    sp = _spacing(spacing, p)
+    pages = read_tiff_pages(p, f"{what} TIFF stack")
+    if pages.shape[0] < 2:
+        raise InputError(f"{p}: the TIFF holds one page, a 2D image; a volume is a stack of pages (slices)")
+    arr = np.ascontiguousarray(np.transpose(pages, (2, 1, 0)))  # (columns, rows, pages) = (i, j, k)
+    try:
+        fl = [bool(f) for f in flip]
+    except TypeError:
+        fl = []
+    if len(fl) != 3 or any(not isinstance(f, (bool, np.bool_, int)) for f in flip):
+        raise InputError(f"flip must be three booleans (x = columns, y = rows, z = pages), got {flip!r}")
+    for ax, f in enumerate(fl):
+        if f:
+            arr = np.flip(arr, axis=ax)
+    arr = np.ascontiguousarray(arr)
+    aff = np.diag([*sp, 1.0])
+    if isinstance(origin, str):
+        if origin.lower() not in ("center", "centre"):
+            raise InputError(f"origin must be 3 numbers (mm) or 'center', got {origin!r}")
+        aff[:3, 3] = -sp * (np.asarray(arr.shape, dtype=np.float64) - 1) / 2
+    else:
+        try:
+            org = np.asarray([float(v) for v in origin], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"origin must be 3 numbers (mm) or 'center', got {origin!r}") from None
+        if org.shape != (3,) or not np.all(np.isfinite(org)):
+            raise InputError(f"origin must be 3 finite numbers (mm) or 'center', got {origin!r}")
+        aff[:3, 3] = org
+    return arr, aff
+
+
+def read_tiff_volume(path, spacing: Sequence[float] | None, *, origin: Sequence[float] | str = (0.0, 0.0, 0.0),
+                     flip: Sequence[bool] = (False, False, False), isocenter=None,
+                     dtype: torch.dtype = torch.float32):
+    """A :class:`~xraypose.volume.Volume` from a multi-page TIFF (pages = slices).
+
+    Args:
+        path: the TIFF stack (8-, 16- or 32-bit greyscale pages of one size).
+        spacing: (sx, sy, sz) voxel size in mm along columns, rows, pages (required).
+        origin: world mm of voxel (0, 0, 0)'s centre (default the origin), or "center".
+        flip: reverse the voxel order along x, y, z (a stack written mirrored).
+        isocenter: (3,) world mm, or None (the box centre).
+        dtype: floating dtype of the voxel data.
+    Returns:
+        The Volume: ``data[i, j, k]`` = the stored value at column i, row j, page k
+        (not HU: render it with the ``"raw"`` density).
+    """
+    from xraypose.volume import check_voxel_values, volume_from_array
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"TIFF stack path must be a string or path; got {type(path).__name__}")
+    arr, aff = read_tiff_array(path, spacing, "CT", origin=origin, flip=flip)
+    source = str(Path(path).expanduser())
+    check_voxel_values(arr, source)
+    return volume_from_array(arr, affine=aff, isocenter=isocenter, source=source, dtype=dtype)
