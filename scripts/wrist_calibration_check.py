@@ -14,7 +14,10 @@ discs, about 5 pixels across) in both cameras' radiographs.  For each frame this
    nearest ray of camera 2 (no matching needed), and the mutual nearest pairs;
 3. prints, for the reading xraypose uses (:mod:`xraypose.calibration`: world → camera
    ``X_cam = R·X + t``, OpenCV axes), every matched bead: its pixels in both views, the
-   closest-approach distance of the two rays (mm) and how far from each source they meet.
+   closest-approach distance of the two rays (mm), how far from each source they meet, and the
+   next-nearest ray (a pair is ambiguous when beads lie side by side along an epipolar line);
+4. fits the bead clusters triangulated in one frame rigidly onto those of another: beads in one
+   bone keep their layout, so small residuals say the triangulation is consistent and metric.
 
 Run:  python scripts/wrist_calibration_check.py [--data ../shared/data/autoscoper_wrist] [--json out.json]
 Needs scipy (pip install -e ".[test]").  Takes a few seconds per frame.
@@ -41,6 +44,8 @@ CAMERAS = ("cam01", "cam02")
 HESSIAN_SIGMA_PX = 1.5
 STRENGTH_NOISE = 8.0
 MAX_BLOB_AREA_PX = 60
+#: A bead pair is unambiguous when no other ray passes within this of either bead's ray (mm).
+AMBIGUOUS_MM = 0.5
 
 
 def detect_beads(img: np.ndarray) -> np.ndarray:
@@ -129,11 +134,14 @@ def evaluate(beads1, beads2, cals, reading, height) -> dict:
     i2 = dist.argmin(axis=0)
     pairs = [(i, int(j[i])) for i in range(len(beads1)) if i2[j[i]] == i]
     md = np.array([dist[i, k] for i, k in pairs])
+    # the next-nearest ray to either bead's ray: beads side by side along an epipolar line make a pairing ambiguous
+    second = [float(min(np.partition(dist[i], 1)[1] if dist.shape[1] > 1 else np.inf,
+                        np.partition(dist[:, k], 1)[1] if dist.shape[0] > 1 else np.inf)) for i, k in pairs]
     front = np.array([s[i, k] > 0 and t[i, k] > 0 for i, k in pairs])
     return {"reading": list(reading), "median_nearest_mm": float(np.median(nearest)),
             "pairs": len(pairs), "pairs_under_1mm": int((md < 1).sum()),
             "pairs_in_front": int(front.sum()), "median_pair_mm": float(np.median(md)) if len(md) else None,
-            "pair_index": pairs}
+            "pair_index": pairs, "pair_second_mm": second}
 
 
 def load_frame(data: Path, cam: str, frame: str) -> np.ndarray:
@@ -163,13 +171,60 @@ def check_frame(data: Path, frame: str) -> dict:
     tri = triangulate(uv1, cams[0][0], cams[0][1], uv2, cams[1][0], cams[1][1])
     beads_out = [{"uv_cam01": [round(float(a), 2) for a in uv1[n]], "uv_cam02": [round(float(a), 2) for a in uv2[n]],
                   "distance_mm": float(tri["distance"][n]), "point_mm": [round(float(a), 3) for a in tri["point"][n]],
-                  "depth_cam01_mm": float(tri["depth1"][n]), "depth_cam02_mm": float(tri["depth2"][n])}
+                  "depth_cam01_mm": float(tri["depth1"][n]), "depth_cam02_mm": float(tri["depth2"][n]),
+                  "next_ray_mm": ours["pair_second_mm"][n],
+                  "unambiguous": ours["pair_second_mm"][n] >= AMBIGUOUS_MM}
                  for n in range(len(idx))]
     d = tri["distance"].numpy()
+    du = np.array([b["distance_mm"] for b in beads_out if b["unambiguous"]])
     return {"frame": frame, "beads_detected": [len(b) for b in beads], "beads": beads_out,
             "median_distance_mm": float(np.median(d)) if len(d) else None,
             "max_distance_mm": float(d.max()) if len(d) else None,
+            "unambiguous": len(du), "median_unambiguous_mm": float(np.median(du)) if len(du) else None,
             "readings": [{k: v for k, v in r.items() if k != "pair_index"} for r in table]}
+
+
+def clusters(points: np.ndarray, link_mm: float = 12.0) -> list[list[int]]:
+    """Beads grouped by single linkage (closer than ``link_mm``): beads of one bone, roughly."""
+    n = len(points)
+    label = list(range(n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            if np.linalg.norm(points[i] - points[j]) < link_mm:
+                a, b = label[i], label[j]
+                label = [a if x == b else x for x in label]
+    groups: dict = {}
+    for i, g in enumerate(label):
+        groups.setdefault(g, []).append(i)
+    return [g for g in groups.values() if len(g) >= 3]
+
+
+def rigid_rms(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS residual (mm) of the best rigid fit of points ``a`` onto ``b`` (same order; Kabsch)."""
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    U, _, Vt = np.linalg.svd(ca.T @ cb)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = (U @ D @ Vt).T
+    return float(np.sqrt(((ca @ R.T - cb) ** 2).sum(1).mean()))
+
+
+def rigid_consistency(results: list[dict]) -> list[dict]:
+    """Bead clusters triangulated in two frames, fitted rigidly onto each other (every assignment of
+    the smaller cluster's beads to the larger's tried): a rigid bone keeps its beads' layout, so the
+    residual is small only if the calibration triangulates consistently (and at the right scale)."""
+    pts = {r["frame"]: np.array([b["point_mm"] for b in r["beads"]]) for r in results}
+    out = []
+    frames = list(pts)
+    for f, g in itertools.combinations(frames, 2):
+        for ca in clusters(pts[f]):
+            for cb in clusters(pts[g]):
+                small, big, fs, fb = (ca, cb, f, g) if len(ca) <= len(cb) else (cb, ca, g, f)
+                if len(big) > 7:
+                    continue
+                best = min(rigid_rms(pts[fs][small], pts[fb][list(perm)])
+                           for perm in itertools.permutations(big, len(small)))
+                out.append({"frames": [fs, fb], "beads": len(small), "rms_mm": best})
+    return sorted(out, key=lambda c: c["rms_mm"])
 
 
 def main(argv=None) -> int:
@@ -187,11 +242,15 @@ def main(argv=None) -> int:
         print(f"\nframe {frame}: beads found {r['beads_detected'][0]} (cam01), {r['beads_detected'][1]} (cam02); "
               f"matched {len(r['beads'])}")
         print("  xraypose's reading (X_cam = R·X + t): rays through each matched bead")
-        print(f"  {'cam01 (u, v) px':>20} {'cam02 (u, v) px':>20} {'gap mm':>8} {'from src1':>10} {'from src2':>10}")
+        print(f"  {'cam01 (u, v) px':>20} {'cam02 (u, v) px':>20} {'gap mm':>8} {'from src1':>10} {'from src2':>10} "
+              f"{'next ray':>9}")
         for b in r["beads"]:
             print(f"  {str(tuple(b['uv_cam01'])):>20} {str(tuple(b['uv_cam02'])):>20} {b['distance_mm']:8.3f} "
-                  f"{b['depth_cam01_mm']:10.1f} {b['depth_cam02_mm']:10.1f}")
-        print(f"  median {r['median_distance_mm']:.3f} mm, max {r['max_distance_mm']:.3f} mm, {len(r['beads'])} beads")
+                  f"{b['depth_cam01_mm']:10.1f} {b['depth_cam02_mm']:10.1f} {b['next_ray_mm']:9.2f}"
+                  f"{'' if b['unambiguous'] else '  (ambiguous)'}")
+        print(f"  median {r['median_distance_mm']:.3f} mm, max {r['max_distance_mm']:.3f} mm, {len(r['beads'])} beads; "
+              f"{r['unambiguous']} unambiguous (no other ray within {AMBIGUOUS_MM} mm): median "
+              f"{r['median_unambiguous_mm']:.3f} mm")
         print("  every reading (sorted): median distance from a cam01 bead's ray to the nearest cam02 ray; "
               "mutual pairs (< 1 mm, in front of both sources)")
         for rd in r["readings"]:
@@ -201,10 +260,18 @@ def main(argv=None) -> int:
                   f"{rd['median_nearest_mm']:8.3f} mm; pairs {rd['pairs']:2d} ({rd['pairs_under_1mm']:2d} < 1 mm, "
                   f"{rd['pairs_in_front']:2d} in front){mark}")
     allb = np.array([b["distance_mm"] for r in results for b in r["beads"]])
+    unb = np.array([b["distance_mm"] for r in results for b in r["beads"] if b["unambiguous"]])
     print(f"\nall frames, xraypose's reading: {len(allb)} bead pairs, median {np.median(allb):.3f} mm, "
-          f"max {allb.max():.3f} mm")
+          f"max {allb.max():.3f} mm; {len(unb)} unambiguous pairs, median {np.median(unb):.3f} mm, "
+          f"max {unb.max():.3f} mm")
+    rigid = rigid_consistency(results)
+    print("bead clusters (>= 3 beads closer than 12 mm) of two frames fitted rigidly onto each other, best first "
+          "(the same cluster on one bone fits within a few tenths of a mm; different clusters do not):")
+    for c in rigid[:8]:
+        print(f"  frames {c['frames'][0]} and {c['frames'][1]}: {c['beads']} beads, RMS residual {c['rms_mm']:.3f} mm")
     if args.json:
-        args.json.write_text(json.dumps({"frames": results, "all_pairs": len(allb),
+        args.json.write_text(json.dumps({"frames": results, "rigid_clusters": rigid, "all_pairs": len(allb),
+                                         "unambiguous_pairs": len(unb), "median_unambiguous_mm": float(np.median(unb)),
                                          "median_distance_mm": float(np.median(allb)),
                                          "max_distance_mm": float(allb.max())}, indent=1))
     return 0

@@ -147,9 +147,21 @@ def test_wrist_beads_meet_with_this_reading_only():
     pytest.importorskip("scipy")
     mod = _check_script()
     r = mod.check_frame(shared_path("autoscoper_wrist"), "0002")
-    assert len(r["beads"]) >= 8, r["beads_detected"]
-    assert r["median_distance_mm"] < 0.1 and r["max_distance_mm"] < 0.5
+    assert len(r["beads"]) >= 8 and r["unambiguous"] >= 4, r["beads_detected"]
+    assert r["median_distance_mm"] < 0.1 and r["max_distance_mm"] < 0.5 and r["median_unambiguous_mm"] < 0.15
     assert all(b["depth_cam01_mm"] > 500 and b["depth_cam02_mm"] > 500 for b in r["beads"])
     best, *others = r["readings"]
     assert tuple(best["reading"]) == mod.XRAYPOSE_READING
     assert min(o["median_nearest_mm"] for o in others) > 0.5
+
+
+@requires_shared
+@pytest.mark.slow
+def test_wrist_bead_clusters_are_rigid_across_frames():
+    """A bone's beads triangulated in two frames fit rigidly onto each other within 0.2 mm RMS."""
+    pytest.importorskip("scipy")
+    mod = _check_script()
+    data = shared_path("autoscoper_wrist")
+    results = [mod.check_frame(data, f) for f in ("0099", "0158")]
+    fits = mod.rigid_consistency(results)
+    assert fits and fits[0]["beads"] >= 5 and fits[0]["rms_mm"] < 0.2, fits[:3]

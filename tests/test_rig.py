@@ -198,3 +198,17 @@ def test_wrist_biplane_rig():
     z1, z2 = rig["cam01"].camera_to_rig[:3, 2], rig["cam02"].camera_to_rig[:3, 2]
     angle = float(torch.rad2deg(torch.arccos(z1 @ z2)))
     assert 100 < angle < 120, angle  # "about 110 degrees apart" (README)
+
+
+def test_the_documented_rig_json_reads(tmp_path):
+    """docs/datasets.md §8.3's example is a valid rig.json (the wrist calibration, rounded)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    block = [b for b in re.findall(r"```json\n(.*?)```", text, flags=re.S) if '"camera_to_rig"' in b]
+    assert len(block) == 1
+    rig = read_rig(write_json(tmp_path, json.loads(block[0])))
+    assert rig.names == ["cam01.tif", "cam02.tif"]
+    assert rig["cam01.tif"].camera.K()[0, 0] == pytest.approx(6167.3534)
+    assert rig["cam02.tif"].camera.sdd == pytest.approx(1272.296)
