@@ -229,8 +229,15 @@ def main(argv=None) -> int:
         regs: dict = {}
         init = None
         for family in args.families:
-            cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
-                                 make=not args.register_only)
+            from xraypose.errors import InputError
+
+            try:
+                cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
+                                     make=not args.register_only)
+            except InputError as e:  # e.g. "femur" on a CT without femurs
+                report.setdefault("not_applicable", {})[f"{name}/{family}"] = str(e)
+                log(f"  {name}/{family}: not applicable ({e})")
+                continue
             if args.make_only:
                 continue
             blur = cases[0]["drr_blur"] or None

@@ -48,6 +48,8 @@ class Level:
             second channel).
         optimizer: "adam" or "lm" (:data:`OPTIMIZERS`).
         similarity: this level's similarity measure (None: the config's).
+        fit_blur: model blur that happened to intensities (detector, preprocessing) by fitting
+            the coefficient of ``|∇DRR|²`` per DRR (:func:`~xraypose.register.objective.fit_intensity_blur`).
     """
 
     size: int
@@ -62,6 +64,7 @@ class Level:
     depth_lr_scale: float = 1.0
     optimizer: str = "adam"
     similarity: str | None = None
+    fit_blur: bool = False
 
 
 #: Default schedule (chosen by benchmarks/register.py and benchmarks/appearance.py measurements,

@@ -143,7 +143,7 @@ def _pool_volume(density: torch.Tensor, affine: torch.Tensor, factors) -> tuple[
     pad = [(-n) % k for n, k in zip((I, J, K), f)]
     x = density[None]
     if any(pad):
-        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))  # zeros: outside the CT renders as nothing
     x = F.avg_pool3d(x, kernel_size=f, stride=f)[0].contiguous()
     S = torch.eye(4, dtype=F64)
     for a in range(3):
