@@ -257,13 +257,18 @@ class AutoscoperWrist:
         ``margin_px / 3`` pixels of a pixel that is dark in every frame (the camera's own dark border
         strips where the circle leaves the image)."""
         cu, cv, r = self.field(cam)
-        lit = torch.from_numpy(self._fields[self._cam(cam)][1])
-        H, W = lit.shape
-        k = max(int(round(self.margin_px / 3)), 0)
-        if k:
-            dark = F.max_pool2d((~lit).float()[None, None], 2 * k + 1, stride=1, padding=k)[0, 0] > 0
-            lit = lit & ~dark
-        return _circle_mask(H, W, cu, cv, max(r - self.margin_px, 1.0)) & lit
+        key = ("mask", self._cam(cam))
+        if key not in self._fields:
+            lit = torch.from_numpy(self._fields[cam][1])
+            H, W = lit.shape
+            k = max(int(round(self.margin_px / 3)), 0)
+            if k:  # grow the never-lit pixels by k (a square max filter, done along rows then columns)
+                dark = (~lit).float()[None, None]
+                dark = F.max_pool2d(dark, (1, 2 * k + 1), stride=1, padding=(0, k))
+                dark = F.max_pool2d(dark, (2 * k + 1, 1), stride=1, padding=(k, 0))[0, 0] > 0
+                lit = lit & ~dark
+            self._fields[key] = _circle_mask(H, W, cu, cv, max(r - self.margin_px, 1.0)) & lit
+        return self._fields[key].clone()
 
     # ------------------------------------------------------------- images
     def _cam(self, cam: str) -> str:
