@@ -74,6 +74,10 @@ def test_match_x_rays_both_ways(tmp_path):
         rig.match(["cam01.tif", "cam02.tif", "cam03.tif"])
     with pytest.raises(InputError, match="both match the view 'cam01'"):
         rig.match(["a/cam01.tif", "b/cam01.png", "cam02.tif"])
+    # one camera's frames in its folder: the folder names the view
+    assert [v.name for v in rig.match(["run/cam01/f0002.tif", "cam02.tif"])] == ["cam01", "cam02.tif"]
+    with pytest.raises(InputError, match="both match the view 'cam01'"):
+        rig.match(["run/cam01/f0002.tif", "run/cam01/f0003.tif", "cam02.tif"])
 
 
 def test_cameras_precedence_and_sizes(tmp_path):

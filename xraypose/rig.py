@@ -34,8 +34,8 @@ Where a rig comes from:
 A view's intrinsics are optional: without them the X-ray file's own (DICOM
 header, sidecar JSON) are used, else the rig's shared ``"camera"`` (or one
 given by the caller), which fits only views of its size.  A view's name is
-matched to an X-ray by the file name (``cam01.tif``), its stem (``cam01``),
-or the path as given.
+matched to an X-ray by the path as given, the file name (``cam01.tif``), its
+stem (``cam01``), or else its folder's name (``cam01/frame0002.tif``).
 
 Checks (each a one-line :class:`~xraypose.errors.InputError` naming the file,
 the key and the problem): unknown keys, wrong types, a ``camera_to_rig`` that
@@ -152,6 +152,9 @@ class Rig:
     def match(self, xrays) -> list[RigView]:
         """The views of the given X-rays, in the X-rays' order.
 
+        An X-ray matches the view named like the path as given, its file name, its stem, or else its
+        folder (``radiographs/cam01/frame0002.tif`` → view "cam01": one camera's frames in its folder).
+
         Args:
             xrays: X-ray paths or names (as given on a command line).
         Raises:
@@ -164,7 +167,7 @@ class Rig:
         used: dict[str, str] = {}
         for x in given:
             p = Path(x)
-            name = next((n for n in (x, p.name, p.stem) if n in self.views), None)
+            name = next((n for n in (x, p.name, p.stem, p.parent.name) if n and n in self.views), None)
             if name is None:
                 raise InputError(f"{where}: no view for the X-ray {x!r} (its views: {', '.join(self.names)}); "
                                  "name each X-ray's file in 'views'")
