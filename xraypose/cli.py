@@ -191,6 +191,8 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xraypose`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m xraypose.cli -- evaluate ...` (some Pythons pass the "--" on)
+        argv = argv[1:]
     debug = "--debug" in argv
     import warnings
 

@@ -72,6 +72,8 @@ def evaluate_command(
     xraypose evaluate mycase -o eval/ --start perturb --perturb 10,40
 
     xraypose evaluate ipcai_2020_full_res_data.h5 --specimen 1 --model model.pt -o eval1/
+
+    torchrun --nproc_per_node 2 -m xraypose.cli -- evaluate mycase -o eval/ --start perturb (2 processes share the X-rays)
     """
     import torch
 
@@ -88,6 +90,9 @@ def evaluate_command(
     if start == "pose" and pose_json is None:
         raise InputError("--start pose needs --pose-json FILE")
     check_output_folder(output)  # before reading the data and registering
+    from xraypose.shards import Shards
+
+    shards = Shards.from_env()  # under torchrun: this rank's share of the X-rays, merged on rank 0
     deg, mm = option_numbers("perturb", perturb)
     ev = load_eval_set(source, specimen=specimen, size=size, structure=structure)
     check_registrable_ct(ev.volume)
@@ -123,8 +128,13 @@ def evaluate_command(
                 "--model": _file_id(model) if start == "model" else None,
                 "--pose-json": _file_id(pose_json) if start == "pose" else None,
                 "--sod": sod if start == "ap" else None}
-    s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume,
-                 overwrite=overwrite, settings=settings, quiet=quiet)
+    try:
+        s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume,
+                     overwrite=overwrite, settings=settings, quiet=quiet, shards=shards)
+    finally:
+        shards.close()
+    if not shards.is_main:
+        return
     typer.echo(f"report: {(output / 'report.html').resolve()}")
     if "sr_1mm" in s:
         typer.echo(f"{s['n_cases']} X-rays: success (mTRE < 1 mm) {100 * s['sr_1mm']:.0f} %, "

@@ -503,6 +503,7 @@ def evaluate(
     overwrite: bool = False,
     settings: dict | None = None,
     quiet: bool = False,
+    shards=None,
 ) -> dict:
     """Register every X-ray of ``evalset`` and write the results (see the module docstring).
 
@@ -521,14 +522,17 @@ def evaluate(
         settings: more settings to record in ``run.json`` and check on a resume, e.g. the CLI's
             options (``{"--perturb": [10, 40]}``); the source, case names, start label, pictures and
             the registration configuration are always recorded.
+        shards: this process's :class:`xraypose.shards.Shards` when several share the X-rays
+            (``Shards.from_env()`` under torchrun; default: one process registers them all).
     Returns:
-        the summary (also ``outdir/summary.json``).
+        the summary (also ``outdir/summary.json``; on every rank).
     """
     from xraypose.register import Registrar
     from xraypose.register.api import register_xray
     from xraypose.report import table_html, write_report
 
-    from xraypose.io import OutputError, check_output_folder, remove_stale_temp_files, restore_non_finite
+    from xraypose.io import check_output_folder
+    from xraypose.shards import Shards
 
     if not evalset.cases:
         raise InputError(f"{evalset.name}: no X-rays to evaluate")
@@ -543,41 +547,35 @@ def evaluate(
         names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
     record = {"source": evalset.name, "cases": names, "start": start_label, "pictures": bool(pictures),
               "registration": config.to_dict(), **(settings or {})}
-    _prepare_output(out, record, resume, overwrite)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
-    remove_stale_temp_files(out, recursive=True)
-    atomic_write_json(out / RUN_FILE, record)
+    shards = shards or Shards()
+    shards.prepare(out, record, lambda: _open_output(out, record, resume, overwrite))
     registrar = Registrar(evalset.volume, config, isocenter=evalset.isocenter)
     pictures_renderer = PictureRenderer(evalset.volume, config.density) if pictures else None
-    rows, sections = [], []
+    saved = {i: r for i, n in enumerate(names) if resume and (r := _saved_result(out / "cases" / n)) is not None}
+    plan = shards.plan(len(names), saved)  # one process: every unsaved case is its own
+    results = {i: saved[i] for i in plan.kept}  # index -> (row, report section)
     from xraypose.progress import progress
 
-    it = progress(list(enumerate(evalset.cases)), desc="registering", unit="X-ray", disable=quiet)
-    for i, case in it:
-        d = out / "cases" / names[i]
-        done = d / "result.json"
-        if resume and done.exists():
-            try:
-                saved = restore_non_finite(json.loads(done.read_text()))
-                rows.append(saved["row"])
-                sections.append({"heading": saved["section"]["heading"],
-                                 "figures": [(Path(p), c) for p, c in saved["section"]["figures"]]})
-                continue
-            except (json.JSONDecodeError, KeyError):
-                pass  # unreadable: register again
-        init = start(case, i) if isinstance(start, StartRule) else start
-        reg = register_xray(evalset.volume, case.image, case.camera, init, registrar=registrar,
-                            true_pose=case.true_pose, fiducials=case.fiducials)[0]
-        row, section = write_case_outputs(d, evalset.volume, case.image, case.camera, reg, name=case.name,
-                                          fiducials=case.fiducials if case.fiducials is not None
-                                          else _picked_fiducials(reg),
-                                          true_pose=case.true_pose, pictures=pictures,
-                                          renderer=pictures_renderer)
-        rows.append(row)
-        sections.append(section)
+    error = None
+    try:
+        it = progress([(i, evalset.cases[i]) for i in plan.mine], desc=shards.label("registering"), unit="X-ray",
+                      disable=quiet)
+        for i, case in it:
+            init = start(case, i) if isinstance(start, StartRule) else start
+            reg = register_xray(evalset.volume, case.image, case.camera, init, registrar=registrar,
+                                true_pose=case.true_pose, fiducials=case.fiducials)[0]
+            results[i] = write_case_outputs(out / "cases" / names[i], evalset.volume, case.image, case.camera, reg,
+                                            name=case.name, fiducials=case.fiducials if case.fiducials is not None
+                                            else _picked_fiducials(reg),
+                                            true_pose=case.true_pose, pictures=pictures, renderer=pictures_renderer)
+    except Exception as e:  # noqa: BLE001 - raised below, on every rank
+        error = e
+    shards.check(error)
+    merged = shards.merge(out, names, results, CASE_FILES)  # every case on rank 0 (None on the others)
+    if merged is None:
+        return shards.share()
+    rows = [merged[i][0] for i in sorted(merged)]
+    sections = [merged[i][1] for i in sorted(merged)]
 
     write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
     has_truth = any("mTRE (mm)" in r for r in rows)
@@ -605,7 +603,32 @@ def evaluate(
          *sections],
         subtitle="Poses are camera_to_world in the CT's RAS mm (docs/conventions.md). Per-case files in cases/.",
     )
-    return summary
+    return shards.share(summary)
+
+
+def _open_output(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
+    """Check the output folder (:func:`_prepare_output`), create it, clear stale temporary files, write run.json."""
+    from xraypose.io import OutputError, remove_stale_temp_files
+
+    _prepare_output(out, record, resume, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    remove_stale_temp_files(out, recursive=True)
+    atomic_write_json(out / RUN_FILE, record)
+
+
+def _saved_result(d: Path):
+    """(row, report section) of a case folder ``d``'s result.json, or None (absent or unreadable)."""
+    from xraypose.io import restore_non_finite
+
+    try:
+        saved = restore_non_finite(json.loads((d / "result.json").read_text()))
+        return saved["row"], {"heading": saved["section"]["heading"],
+                              "figures": [(d / Path(p).name, c) for p, c in saved["section"]["figures"]]}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return None
 
 
 def _picked_fiducials(reg):
