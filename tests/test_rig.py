@@ -209,7 +209,7 @@ def test_the_documented_rig_json_reads(tmp_path):
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text(encoding="utf-8")
     block = [b for b in re.findall(r"```json\n(.*?)```", text, flags=re.S) if '"camera_to_rig"' in b]
     assert len(block) == 1
     rig = read_rig(write_json(tmp_path, json.loads(block[0])))
