@@ -312,6 +312,115 @@ def test_empty_space_skipping_changes_nothing(monkeypatch):
     assert int(cpu.occupancy(cl)[0][0, 0, 0]) == 1
 
 
+def _boxed_volume(shape=(64, 41, 40), channels=2, seed=7):
+    """A (C, I, J, K) float64 volume: smooth values in a box, exact zeros (air) around it (i >= 20 is air)."""
+    vol, aff, centre = _volume(shape=shape, channels=channels, seed=seed)
+    box = torch.zeros(shape, dtype=F64)
+    box[8:20, 12:29, 12:28] = 1.0
+    return vol * box, aff, centre
+
+
+@pytest.fixture
+def corner_loads():
+    """Set the kernel's corner-load mask for a test, restored afterwards."""
+    if not cpu.available():
+        pytest.skip(f"cpu backend unavailable: {cpu.unavailable_reason()}")
+    lib = cpu._load()
+    before = lib.xrp_set_corner_loads(-1)
+    yield lib.xrp_set_corner_loads
+    lib.xrp_set_corner_loads(before)
+
+
+@pytest.mark.parametrize("layout,channels,shape", [
+    ("first", 1, (14, 12, 10)), ("first", 2, (9, 7, 2)), ("first", 9, (8, 7, 6)),  # 9: two channel blocks
+    ("last", 2, (14, 12, 10)), ("last", 2, (5, 16, 2)), ("last", 3, (9, 8, 7)),     # 3 channels-last: gathers
+    ("first", 2, (9, 8, 1)), ("last", 2, (6, 7, 1)),                                 # K = 1: gathers
+])
+def test_corner_loads_without_gathers_give_the_same_bits(corner_loads, layout, channels, shape):
+    """Pair loads (channels-first, z contiguous) and quad loads (two channels, channels-last) read the
+    very values the gathers read: images and pose gradients are bit-identical in every mode, and match
+    the reference."""
+    vol, aff, centre = _volume(shape=shape, channels=channels, seed=11)
+    v32 = vol.to(F32).contiguous() if layout == "first" else cpu.channels_last(vol.to(F32))
+    T = _poses(centre, B=3, seed=12)
+    got = {}
+    for mask in (0, cpu.LOADS_PAIRS, cpu.LOADS_QUADS, cpu.LOADS_PAIRS | cpu.LOADS_QUADS):
+        assert corner_loads(mask) == mask
+        with torch.no_grad():
+            fwd = render(v32, aff, CAM, T.float(), n_samples=37, backend="cpu")
+        img, g = _render_with_grad(v32, aff, T, "cpu", F32, "cpu", "trilinear", n_samples=37)
+        got[mask] = (fwd, img, g)
+    for mask, (fwd, img, g) in got.items():
+        assert torch.equal(fwd, got[0][0]) and torch.equal(img, got[0][1]) and torch.equal(g, got[0][2]), mask
+    ref_img, ref_g = _render_with_grad(vol, aff, T, "reference", F64, "cpu", "trilinear", n_samples=37)
+    _assert_close_rel(got[3][1], ref_img, 1e-5, f"{layout} {channels} {shape} image")
+    _assert_close_rel(got[3][2], ref_g, 1e-4, f"{layout} {channels} {shape} pose gradient")
+
+
+@pytest.mark.parametrize("pose_dtype,vol_dtype,vol_grad", [
+    (F64, F32, False),  # float64 geometry: the portable kernel, forward and pose backward
+    (F64, F64, False),
+    (F32, F64, False),  # float32 poses, float64 volume: the fused kernel's portable (non-AVX2) code
+    (F32, F32, True),   # a volume gradient: the forward skips, its backward reads every sample
+])
+def test_empty_space_skipping_on_the_portable_and_float64_paths(monkeypatch, pose_dtype, vol_dtype, vol_grad):
+    """Every trilinear path skips empty blocks (built on a volume's second render) and stays bit-identical
+    to tracing every sample; a value smuggled into an empty brick (no version bump) proves it skips."""
+    if not cpu.available():
+        pytest.skip(f"cpu backend unavailable: {cpu.unavailable_reason()}")
+    vol64, aff, centre = _boxed_volume()
+    vol = vol64.to(vol_dtype).contiguous().requires_grad_(vol_grad)
+    monkeypatch.setattr(cpu, "_threads", lambda: 1)  # the volume gradient's atomic adds: one order
+    T = _poses(centre, B=2, seed=8).to(pose_dtype)
+    cam = Camera(sdd=600.0, height=12, width=13, delx=6.0)
+
+    def run():
+        xi = torch.zeros(2, 6, dtype=pose_dtype, requires_grad=True)
+        img = render(vol, aff, cam, T @ se3_exp(xi), n_samples=90, backend="cpu")
+        w = torch.linspace(0.5, 1.5, img.numel(), dtype=img.dtype).reshape(img.shape)
+        grads = torch.autograd.grad((img * w).sum(), [xi, vol] if vol_grad else [xi])
+        return [img.detach()] + [g.detach() for g in grads]
+
+    monkeypatch.setenv("XRAYPOSE_NO_SKIP", "1")
+    every = run()
+    monkeypatch.delenv("XRAYPOSE_NO_SKIP")
+    run()  # first sight of the volume: the grid is built on the next render
+    skipped = run()
+    assert getattr(vol, "_xrp_occupancy")[1] is not None  # the second render had a grid
+    for a, b in zip(every, skipped):
+        assert torch.equal(a, b)
+    ref = render(vol64, aff, cam, T.double(), n_samples=90, backend="reference")
+    _assert_close_rel(skipped[0].double(), ref, 1e-5 if F32 in (pose_dtype, vol_dtype) else 1e-10, "image")
+    with torch.no_grad():
+        vol.detach().numpy()[:, 40:48] = 50.0  # a slab of empty bricks (and neighbours), behind torch's back
+    assert int(cpu.occupancy(vol)[0][4:7].sum()) == 0
+    assert torch.equal(run()[0], skipped[0])  # not seen: skipped
+    monkeypatch.setenv("XRAYPOSE_NO_SKIP", "1")
+    assert not torch.equal(run()[0], skipped[0])  # seen when every sample is traced
+
+
+def test_corner_loads_are_chosen_once_per_cpu_and_can_be_forced(corner_loads, monkeypatch, tmp_path):
+    lib = cpu._load()
+    if not lib.xrp_has_avx2():
+        assert cpu._choose_corner_loads(lib, tmp_path / "k.so")["corner_loads"] == "gather"
+        return
+    monkeypatch.setenv(cpu.CORNER_LOADS_ENV, "gather")
+    assert cpu._choose_corner_loads(lib, tmp_path / "k.so")["mask"] == 0 and corner_loads(-1) == 0
+    monkeypatch.setenv(cpu.CORNER_LOADS_ENV, "pairs")
+    assert cpu._choose_corner_loads(lib, tmp_path / "k.so")["mask"] == 3 and corner_loads(-1) == 3
+    monkeypatch.delenv(cpu.CORNER_LOADS_ENV)
+    timed = cpu._choose_corner_loads(lib, tmp_path / "k.so")  # timed, then written beside the library
+    assert timed["source"] == "timed now" and corner_loads(-1) == timed["mask"]
+    for layout in ("channels_first", "channels_last"):
+        assert set(timed["timings_ms"][layout]) == {"gather", "pairs"}
+    (cached,) = tmp_path.glob("k.*.tune.json")
+    again = cpu._choose_corner_loads(lib, tmp_path / "k.so")
+    assert again["source"] == str(cached) and again["mask"] == timed["mask"]
+    info = cpu.kernel_info()
+    assert info["available"] and info["corner_loads"] in ("gather", "pairs", "pairs (channels-first)",
+                                                          "pairs (channels-last)")
+
+
 @needs_fast
 def test_bad_volumes_are_handled():
     """Non-contiguous, integer and half volumes render as the reference does (converted)."""

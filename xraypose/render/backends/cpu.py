@@ -30,10 +30,12 @@ import math
 import os
 import platform
 import shutil
+import json
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -43,13 +45,20 @@ from xraypose.render.rays import clip_to_box
 from xraypose.render.trilinear import support_box
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-ABI_VERSION = 9
+ABI_VERSION = 10
 GEO = 14  # doubles per ray in the fused path's geometry buffer (cpu_kernels.cpp)
 RENDERERS = ("trilinear", "siddon")
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: tuning the loaded library renders through it
 _lib = None
 _error: str | None = None
+_tuning: dict | None = None
+
+#: Corner loads of the AVX2 path (cpu_kernels.cpp LOADS_*): a mask; 0 = gathers everywhere.
+LOADS_PAIRS, LOADS_QUADS = 1, 2
+#: ``$XRAYPOSE_CPU_CORNER_LOADS``: gather | pairs (both gather-free layouts) | auto (timed once per CPU; default).
+CORNER_LOADS_ENV = "XRAYPOSE_CPU_CORNER_LOADS"
+_FORCED_LOADS = {"gather": 0, "pairs": LOADS_PAIRS | LOADS_QUADS}
 
 
 def cache_dir() -> Path:
@@ -145,6 +154,9 @@ def _load():
             _lib = lib
         except Exception as e:  # any failure: report once, use the reference backend
             _error = f"{type(e).__name__}: {e}"
+            return _lib
+        global _tuning
+        _tuning = _choose_corner_loads(lib, lib_path=Path(lib._name))
         return _lib
 
 
@@ -153,10 +165,10 @@ def _declare(lib) -> None:
     for g in ("f32", "f64"):
         for v in ("f32", "f64"):
             f = getattr(lib, f"xrp_tri_fwd_{g}_{v}")
-            f.argtypes = [P, P, P, P, P, P, P, I64, I64, I64, P, P, INT]
+            f.argtypes = [P, P, P, P, P, P, P, I64, I64, I64, P, P, P, P, INT]
             f.restype = INT
             f = getattr(lib, f"xrp_tri_bwd_{g}_{v}")
-            f.argtypes = [P, P, P, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, INT]
+            f.argtypes = [P, P, P, P, P, P, P, I64, I64, I64, P, P, P, P, P, P, P, P, INT]
             f.restype = None
             f = getattr(lib, f"xrp_sid_fwd_{g}_{v}")
             f.argtypes = [P, P, P, P, P, P, P, I64, I64, P, INT]
@@ -176,6 +188,129 @@ def _declare_fused(lib) -> None:
         f.restype = INT
     lib.xrp_tri_fused_bwd_f32.argtypes = [P, P, I64, I64, I64, I64, P, P, P, P, INT]
     lib.xrp_tri_fused_bwd_f32.restype = None
+    lib.xrp_set_corner_loads.argtypes = [INT]
+    lib.xrp_set_corner_loads.restype = INT
+    lib.xrp_has_avx2.argtypes = []
+    lib.xrp_has_avx2.restype = INT
+
+
+def _cpu_model() -> str:
+    """The CPU's vendor and model name (the corner-load choice is cached per model)."""
+    vendor = model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id") and not vendor:
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{vendor} {model}".strip() or platform.processor() or platform.machine()
+
+
+def _choose_corner_loads(lib, lib_path: Path) -> dict:
+    """Set how the AVX2 path reads corners (gathers or gather-free pair loads) and say why.
+
+    ``$XRAYPOSE_CPU_CORNER_LOADS`` = gather | pairs forces it; otherwise the choice is read from
+    ``<library>.<cpu>.tune.json`` beside the cached library, or timed (:func:`time_corner_loads`,
+    ≈ 0.3 s, once per CPU model and library) and written there.  Both give the same images."""
+    if not lib.xrp_has_avx2():
+        return {"corner_loads": "gather", "mask": 0, "source": "no AVX2 path in this build"}
+    forced = os.environ.get(CORNER_LOADS_ENV, "auto").strip().lower()
+    if forced in _FORCED_LOADS:
+        lib.xrp_set_corner_loads(_FORCED_LOADS[forced])
+        return {"corner_loads": forced, "mask": _FORCED_LOADS[forced], "source": f"${CORNER_LOADS_ENV}"}
+    if forced not in ("", "auto"):
+        import warnings
+
+        warnings.warn(f"${CORNER_LOADS_ENV}={forced!r} is not gather, pairs or auto; choosing by timing")
+    model = _cpu_model()
+    tag = hashlib.sha256(model.encode()).hexdigest()[:8]
+    path = lib_path.with_name(f"{lib_path.stem}.{tag}.tune.json")
+    try:
+        got = json.loads(path.read_text())
+        if got.get("cpu") == model and isinstance(got.get("mask"), int):
+            lib.xrp_set_corner_loads(got["mask"])
+            return {**got, "source": str(path)}
+    except (OSError, ValueError):
+        pass
+    timings = time_corner_loads(lib)
+    mask = 0
+    for layout, bit in (("channels_first", LOADS_PAIRS), ("channels_last", LOADS_QUADS)):
+        t = timings[layout]
+        if t["pairs"] < 0.97 * t["gather"]:  # a clear win only: the gathers stay otherwise
+            mask |= bit
+    lib.xrp_set_corner_loads(mask)
+    names = {0: "gather", LOADS_PAIRS: "pairs (channels-first)", LOADS_QUADS: "pairs (channels-last)",
+             LOADS_PAIRS | LOADS_QUADS: "pairs"}
+    record = {"cpu": model, "corner_loads": names[mask], "mask": mask, "timings_ms": timings}
+    try:  # atomically; a read-only cache just times again next time
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return {**record, "source": "timed now"}
+
+
+def time_corner_loads(lib=None, repeats: int = 7) -> dict:
+    """Milliseconds (median CPU time of one thread) of a small fused render with gathers and with pair
+    loads, for a two-channel volume stored channels-first and channels-last:
+    ``{layout: {"gather": ms, "pairs": ms}}``.  The volume (2 × 96 × 96 × 64, smooth, 8 MiB) is
+    viewed along j by 64 × 64 rays of 192 samples, forward with the pose-gradient sums (as
+    registration renders).  Leaves the library's corner-load mode as it found it."""
+    import statistics
+
+    lib = lib or _load()
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand((1, 2, 12, 12, 8), generator=g)
+    vol = torch.nn.functional.interpolate(coarse, size=(96, 96, 64), mode="trilinear", align_corners=False)[0]
+    vol[:, :8] = 0.0  # some air
+    H = W = 64
+    R, N = H * W, 192
+    pose = torch.tensor([[1, 0, 0, 47.5], [0, 0, 1, -150.0], [0, -1, 0, 31.5], [0, 0, 0, 1]],
+                        dtype=torch.float32)[None]  # camera +z along +j, 150 voxels before the volume
+    sdd = 400.0
+    kinv = torch.linalg.inv(torch.tensor([[sdd / 3, 0, (W - 1) / 2], [0, sdd / 3, (H - 1) / 2], [0, 0, 1]],
+                                         dtype=torch.float64)).contiguous()
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    uv = torch.stack([u, v], -1).reshape(1, R, 2).contiguous()
+    w2i = torch.eye(4, dtype=torch.float64)[:3].contiguous()
+    box = torch.tensor([-0.5, -0.5, -0.5, 95.5, 95.5, 63.5], dtype=torch.float64)
+    geo = torch.empty((1, R, GEO), dtype=torch.float64)
+    origin = torch.empty((1, 3), dtype=torch.float64)
+    order = torch.empty((1, R), dtype=torch.int64)
+    lib.xrp_rays_f32(_ptr(pose), _ptr(w2i), _ptr(kinv), sdd, _ptr(uv), 0, _ptr(box), 1, R,
+                     float(torch.finfo(torch.float32).tiny ** 0.5), _ptr(geo), _ptr(origin), _ptr(order), 1)
+    out, raw = torch.empty((1, 2, R)), torch.empty((1, 2, R))
+    jac = torch.empty((1, 2, R, 6))
+    before = lib.xrp_set_corner_loads(-1)
+    result = {}
+    try:
+        for layout, d in (("channels_first", vol.contiguous()), ("channels_last", channels_last(vol))):
+            vs = _shape_strides(d)
+            times = {"gather": [], "pairs": []}
+            for _ in range(repeats):
+                for name, mask in (("gather", 0), ("pairs", LOADS_PAIRS | LOADS_QUADS)):
+                    lib.xrp_set_corner_loads(mask)
+                    t = time.thread_time()
+                    lib.xrp_tri_fused_fwd_f32_f32(_ptr(d), _ptr(vs), _ptr(order), _ptr(geo), _ptr(origin), 1, R, N,
+                                                  _ptr(out), _ptr(raw), _ptr(jac), None, None, 1)
+                    times[name].append(1e3 * (time.thread_time() - t))
+            result[layout] = {k: round(statistics.median(x), 3) for k, x in times.items()}
+    finally:
+        lib.xrp_set_corner_loads(before)
+    return result
+
+
+def kernel_info() -> dict:
+    """What the CPU kernels run with: library, CPU, corner loads and how they were chosen (or why unavailable)."""
+    lib = _load()
+    if lib is None:
+        return {"available": False, "reason": _error}
+    return {"available": True, "library": lib._name, "cpu": _cpu_model(), **(_tuning or {})}
 
 
 def available() -> bool:
@@ -202,7 +337,7 @@ class _TrilinearSums(torch.autograd.Function):
     """F[b, c, r] = Σ_k f_c(o_b + (a + span·(k+½)/N)·d_br); analytic backward for every input."""
 
     @staticmethod
-    def forward(ctx, density, origin, direction, s_near, span, n_samples, order=None):
+    def forward(ctx, density, origin, direction, s_near, span, n_samples, order=None, occ=None):
         lib = _load()
         C = density.shape[0]
         B, R, _ = direction.shape
@@ -213,12 +348,14 @@ class _TrilinearSums(torch.autograd.Function):
         # backward needs no second pass over the volume.
         geo = any(ctx.needs_input_grad[1:5])
         jac = torch.empty((B, C, R, 6), dtype=direction.dtype) if geo else None
+        occ_grid, occ_shape = occ if occ is not None else (None, None)
         got = fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R,
-                 n_samples, _ptr(out), _ptr(jac), _threads())
+                 n_samples, _ptr(out), _ptr(jac), _ptr(occ_grid), _ptr(occ_shape), _threads())
         ctx.jac = jac if got else None
         ctx.save_for_backward(density, origin, direction, s_near, span)
         ctx.n_samples = n_samples
         ctx.order = order
+        ctx.occ = occ
         return out
 
     @staticmethod
@@ -227,9 +364,10 @@ class _TrilinearSums(torch.autograd.Function):
         need_vol, need_o, need_d, need_a, need_s = ctx.needs_input_grad[:5]
         geo = need_o or need_d or need_a or need_s
         if not (geo or need_vol):
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         if ctx.jac is not None and not need_vol:
-            return (None, *_from_jacobian(ctx.jac, grad, direction, s_near, span, ctx.needs_input_grad), None, None)
+            return (None, *_from_jacobian(ctx.jac, grad, direction, s_near, span, ctx.needs_input_grad), None, None,
+                    None)
         lib = _load()
         order = ctx.order
         B, R, _ = direction.shape
@@ -242,14 +380,16 @@ class _TrilinearSums(torch.autograd.Function):
         gV = torch.empty_strided(density.shape, density.stride(), dtype=density.dtype).zero_() if need_vol else None
         vs = _shape_strides(density)
         fn = getattr(lib, f"xrp_tri_bwd_{_SUFFIX[direction.dtype]}_{_SUFFIX[density.dtype]}")
+        occ_grid, occ_shape = ctx.occ if ctx.occ is not None else (None, None)  # the kernel skips only without gV
         fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(origin), _ptr(direction), _ptr(s_near), _ptr(span), B, R, ctx.n_samples,
-           _ptr(grad), _ptr(gO), _ptr(gD), _ptr(gA), _ptr(gS), _ptr(gV), _threads())
+           _ptr(grad), _ptr(gO), _ptr(gD), _ptr(gA), _ptr(gS), _ptr(gV), _ptr(occ_grid), _ptr(occ_shape), _threads())
         return (
             gV,
             gO.sum(1) if need_o else None,
             gD if need_d else None,
             gA if need_a else None,
             gS if need_s else None,
+            None,
             None,
             None,
         )
@@ -298,8 +438,13 @@ def cache_order(origin: torch.Tensor, direction: torch.Tensor, s_near: torch.Ten
 
 
 def integrate_trilinear(density, origin, direction, length, n_samples: int, reorder: bool = True):
-    """Same contract and numbers as :func:`xraypose.render.trilinear.integrate_trilinear` (fixed N)."""
+    """Same contract and numbers as :func:`xraypose.render.trilinear.integrate_trilinear` (fixed N).
+
+    Empty-space skipping (:func:`occupancy`) for a volume that lives across calls (not a per-call
+    copy); the volume gradient, when asked for, is computed from every sample."""
+    given = density
     density = _prepare(density, direction)
+    occ = occupancy(density) if density is given else None
     C, I, J, K = density.shape
     dt = direction.dtype
     lo, hi = support_box((I, J, K), dt, direction.device)
@@ -308,7 +453,7 @@ def integrate_trilinear(density, origin, direction, length, n_samples: int, reor
     B, R, _ = direction.shape
     order = cache_order(origin, direction, s_near, span) if reorder and R >= 64 else None
     sums = _TrilinearSums.apply(density, origin.reshape(B, 3).contiguous(), direction.contiguous(),
-                                s_near.contiguous(), span.contiguous(), int(n_samples), order)
+                                s_near.contiguous(), span.contiguous(), int(n_samples), order, occ)
     return sums * (span * length / n_samples).unsqueeze(1)
 
 
@@ -519,7 +664,7 @@ def render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_sampl
     if not (density.is_contiguous() or is_channels_last(density)):
         density = density.contiguous()
     # empty-space skipping, for volumes that live across calls (a DRR's basis), not per-call copies
-    occ = occupancy(density) if density is given and density.dtype == torch.float32 else None
+    occ = occupancy(density) if density is given else None
     w2i = torch.linalg.inv(affine.detach().double().cpu())[:3].contiguous()
     kinv = camera.K_inv(torch.float64).contiguous()
     n = density.shape[1:]
@@ -537,3 +682,4 @@ if __name__ == "__main__":  # python -m xraypose.render.backends.cpu: build ahea
     except RuntimeError as e:
         print(e, file=sys.stderr)
         sys.exit(1)
+    print(json.dumps(kernel_info(), indent=1))

@@ -86,6 +86,26 @@ inline Vol make_vol(const i64* d, const i64* order, const uint8_t* occ = nullptr
                os ? os[0] : 0, os ? os[1] : 0, os ? os[2] : 0};
 }
 
+// Skipping is allowed on a ray whose 8-sample blocks stay within OCC_REACH voxels of their middle
+// (per axis): 4 steps of at most `step` voxels along the largest axis (the portable paths).
+inline bool skip_allowed(const Vol& V, double span, i64 N, double dx, double dy, double dz) {
+    const double stepmax = span / (double)N * std::max(std::fabs(dx), std::max(std::fabs(dy), std::fabs(dz)));
+    return V.occ != nullptr && 4.0 * stepmax <= (double)OCC_REACH;
+}
+
+// The brick at (x, y, z) (voxel index space; clamped into the grid, NaN to 0) holds only zeros
+// within one brick around it: the 8 samples of a block centred there read only exact zeros.
+template <typename T>
+inline bool occ_empty(const Vol& V, T x, T y, T z) {
+    const T mx = (T)(V.I - 1), my = (T)(V.J - 1), mz = (T)(V.K - 1);
+    x = x > 0 ? (x < mx ? x : mx) : 0;
+    y = y > 0 ? (y < my ? y : my) : 0;
+    z = z > 0 ? (z < mz ? z : mz) : 0;
+    const i64 oi = std::min<i64>((i64)x >> OCC_SHIFT, V.OI - 1), oj = std::min<i64>((i64)y >> OCC_SHIFT, V.OJ - 1),
+              ok = std::min<i64>((i64)z >> OCC_SHIFT, V.OK - 1);
+    return V.occ[(oi * V.OJ + oj) * V.OK + ok] == 0;
+}
+
 struct Grid {
     i64 I, J, K, si, sj, sk;
     i64 off[8];  // corner offsets, x-major then y then z
@@ -157,13 +177,20 @@ parallel_for(total, nthreads, [&](i64 it) {
             const double s0 = a[ray], sp = span[ray];
             double acc[CMAX] = {0, 0, 0, 0, 0, 0, 0, 0};
             double X[BS], Y[BS], Z[BS];
+            const bool skip_ok = skip_allowed(VV, sp, N, dx, dy, dz);
             for (i64 k0 = 0; k0 < N; k0 += BS) {
                 const int nb = (int)std::min<i64>(BS, N - k0);
                 for (int q = 0; q < nb; ++q) {
                     const double s = s0 + sp * (((double)(k0 + q) + 0.5) * invN);
                     X[q] = ox + s * dx; Y[q] = oy + s * dy; Z[q] = oz + s * dz;
                 }
+                bool empty[BS / 8] = {false, false};  // per 8 samples: they add exactly 0
+                for (int h = 0; skip_ok && h < BS / 8; ++h) {
+                    const double s = s0 + sp * ((double)(k0 + 8 * h + 4) * invN);
+                    empty[h] = occ_empty<double>(VV, ox + s * dx, oy + s * dy, oz + s * dz);
+                }
                 for (int q = 0; q < nb; ++q) {
+                    if (empty[q >> 3]) continue;
                     Cell cell;
                     make_cell(X[q], Y[q], Z[q], grid, cell);
                     for (int c = 0; c < nc; ++c) {
@@ -186,13 +213,68 @@ parallel_for(total, nthreads, [&](i64 it) {
 // With jac (B, C, R, 6) it also stores, per ray and channel, sum_k grad f_c(x_k) and
 // sum_k t_k grad f_c(x_k): the pose backward then needs no second pass over the volume.
 
+// How the AVX2 path reads a sample's 8 corners (xrp_set_corner_loads: a mask of LOADS_PAIRS and
+// LOADS_QUADS, the layouts that avoid gathers; cpu.py picks it per CPU by timing both):
+//   LOADS_GATHER: one vgatherdps per corner (8 per 8 samples and channel);
+//   LOADS_PAIRS:  the corners come in 4 pairs adjacent along k (element stride sk = 1): one 64-bit
+//                 load per pair and sample, then a 4x4 transpose in each 128-bit lane; and for two
+//                 channels stored channels-last (sc = 1, sk = 2: a pair of corners of both channels
+//                 is 4 adjacent floats) one 128-bit load per pair and sample (LOADS_QUADS).
+//                 Same values, same arithmetic afterwards (bit-identical images); for CPUs whose
+//                 gathers are slow (measured on an AMD EPYC (Zen 3): 1.6x faster renders).
+constexpr int LOADS_GATHER = 0, LOADS_PAIRS = 1, LOADS_QUADS = 2;
+std::atomic<int> g_corner_loads(LOADS_GATHER);  // mask of LOADS_PAIRS | LOADS_QUADS
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define XRP_AVX2 1
-// One ray of tri_fwd_f32 with AVX2 intrinsics: 8 samples per step, 32-bit-index gathers
-// (vgatherdps), block sums accumulated in double.  acc[c] += sum_k f_c; with jl, also the
-// sample-gradient sums (see tri_fwd_f32).
-template <int NCT>  // NCT > 0: that many channels, known at compile time (accumulators stay in registers)
+
+// Two float pairs, at x and y, as one vector [x0 x1 y0 y1] (64-bit loads through may_alias types).
+inline __m128 load_pairs(const float* x, const float* y) {
+    return _mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)x)), (const __m64*)y);
+}
+
+// Rows a[q] = [corners 0-3 of lane q | corners 0-3 of lane q + 4] -> v[j] = corner j of lanes 0..7.
+inline void transpose_lanes(const __m256 a[4], __m256* v) {
+    const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpacklo_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_unpackhi_ps(a[0], a[1]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
+    v[0] = _mm256_shuffle_ps(t0, t1, 0x44); v[1] = _mm256_shuffle_ps(t0, t1, 0xEE);
+    v[2] = _mm256_shuffle_ps(t2, t3, 0x44); v[3] = _mm256_shuffle_ps(t2, t3, 0xEE);
+}
+
+// The 8 corners of 8 samples (base offsets o) without gathers: needs off[1] == off[3] - off[2] ==
+// off[5] - off[4] == off[7] - off[6] == 1 (corner pairs adjacent in memory).
+inline void corners_pairs(const float* p, __m256i o, const int32_t* off, __m256 v[8]) {
+    alignas(32) int32_t oi[8];
+    _mm256_store_si256((__m256i*)oi, o);
+    __m256 a[4], b[4];
+    for (int q = 0; q < 4; ++q) {
+        const float *s = p + oi[q], *t = p + oi[q + 4];
+        a[q] = _mm256_set_m128(load_pairs(t + off[0], t + off[2]), load_pairs(s + off[0], s + off[2]));
+        b[q] = _mm256_set_m128(load_pairs(t + off[4], t + off[6]), load_pairs(s + off[4], s + off[6]));
+    }
+    transpose_lanes(a, v);
+    transpose_lanes(b, v + 4);
+}
+
+// Both channels of a channels-last two-channel volume (sc = 1, sk = 2): v[8 c + j] = corner j of
+// channel c for lanes 0..7; needs off[2m + 1] - off[2m] == 2 (m = 0..3).
+inline void corners_quads(const float* p, __m256i o, const int32_t* off, __m256 v[16]) {
+    alignas(32) int32_t oi[8];
+    _mm256_store_si256((__m256i*)oi, o);
+    for (int m = 0; m < 4; ++m) {
+        __m256 a[4], t[4];
+        for (int q = 0; q < 4; ++q)
+            a[q] = _mm256_set_m128(_mm_loadu_ps(p + oi[q + 4] + off[2 * m]), _mm_loadu_ps(p + oi[q] + off[2 * m]));
+        transpose_lanes(a, t);  // [c0 at 2m, c1 at 2m, c0 at 2m+1, c1 at 2m+1]
+        v[2 * m] = t[0]; v[8 + 2 * m] = t[1]; v[2 * m + 1] = t[2]; v[8 + 2 * m + 1] = t[3];
+    }
+}
+
+// One ray of tri_fwd_f32 with AVX2 intrinsics: 8 samples per step, 32-bit offsets, corners read
+// by gathers or pair loads (LOADS), block sums accumulated in double.  acc[c] += sum_k f_c; with
+// jl, also the sample-gradient sums (see tri_fwd_f32).
+template <int NCT, int LOADS>  // NCT > 0: that many channels, known at compile time (accumulators stay in registers)
 inline void trace_avx2(const float* vol, i64 SC, int nc_rt, const int32_t* off, int32_t si, int32_t sj, int32_t sk,
                        float mx, float my, float mz, float bx, float by, float bz, float ex, float ey, float ez,
                        float dx, float dy, float dz, float sp, i64 N, double* acc, double* jl,
@@ -248,12 +330,19 @@ inline void trace_avx2(const float* vol, i64 SC, int nc_rt, const int32_t* off, 
             gmy = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(y, zero, _CMP_GT_OQ), _mm256_cmp_ps(y, vmy, _CMP_LT_OQ)), valid);
             gmz = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(z, zero, _CMP_GT_OQ), _mm256_cmp_ps(z, vmz, _CMP_LT_OQ)), valid);
         }
+        __m256 both[LOADS == LOADS_QUADS ? 16 : 1];
+        if constexpr (LOADS == LOADS_QUADS) corners_quads(vol, o, off, both);
         for (int c = 0; c < nc; ++c) {
             const float* p = vol + c * SC;
-            const __m256 v0 = _mm256_i32gather_ps(p + off[0], o, 4), v1 = _mm256_i32gather_ps(p + off[1], o, 4);
-            const __m256 v2 = _mm256_i32gather_ps(p + off[2], o, 4), v3 = _mm256_i32gather_ps(p + off[3], o, 4);
-            const __m256 v4 = _mm256_i32gather_ps(p + off[4], o, 4), v5 = _mm256_i32gather_ps(p + off[5], o, 4);
-            const __m256 v6 = _mm256_i32gather_ps(p + off[6], o, 4), v7 = _mm256_i32gather_ps(p + off[7], o, 4);
+            __m256 cv[8];
+            if constexpr (LOADS == LOADS_QUADS) {
+                for (int q = 0; q < 8; ++q) cv[q] = both[8 * c + q];
+            } else if constexpr (LOADS == LOADS_PAIRS) {
+                corners_pairs(p, o, off, cv);
+            } else {
+                for (int q = 0; q < 8; ++q) cv[q] = _mm256_i32gather_ps(p + off[q], o, 4);
+            }
+            const __m256 v0 = cv[0], v1 = cv[1], v2 = cv[2], v3 = cv[3], v4 = cv[4], v5 = cv[5], v6 = cv[6], v7 = cv[7];
             const __m256 d10 = _mm256_sub_ps(v1, v0), d32 = _mm256_sub_ps(v3, v2);
             const __m256 d54 = _mm256_sub_ps(v5, v4), d76 = _mm256_sub_ps(v7, v6);
             const __m256 c00 = _mm256_fmadd_ps(wz, d10, v0), c01 = _mm256_fmadd_ps(wz, d32, v2);
@@ -311,6 +400,15 @@ void tri_fwd_f32(const V* vol, const Vol& VV, Get get, i64 B, i64 R, i64 N, floa
     const float bx = (float)std::max<i64>(VV.I - 2, 0), by = (float)std::max<i64>(VV.J - 2, 0),
                 bz = (float)std::max<i64>(VV.K - 2, 0);
     const float invN = 1.0f / (float)N;
+    // pair loads need the z-neighbour corners adjacent (k contiguous, K > 1); quads two channels
+    // stored channels-last (sc = 1, sk = 2, K > 1)
+    const int loads = g_corner_loads.load(std::memory_order_relaxed);
+    auto adjacent = [&](int32_t gap) {
+        return off[1] - off[0] == gap && off[3] - off[2] == gap && off[5] - off[4] == gap && off[7] - off[6] == gap;
+    };
+    const bool pairs = (loads & LOADS_PAIRS) && adjacent(1);
+    const bool quads = (loads & LOADS_QUADS) && C == 2 && SC == 1 && adjacent(2);
+    (void)pairs; (void)quads;
     for (i64 c0 = 0; c0 < C; c0 += CMAX) {
         const int nc = (int)std::min<i64>(CMAX, C - c0);
 parallel_for(total, nthreads, [&](i64 it) {
@@ -323,12 +421,13 @@ parallel_for(total, nthreads, [&](i64 it) {
             const float fdx = (float)dx, fdy = (float)dy, fdz = (float)dz, sp = (float)spd;
             double acc[CMAX] = {0, 0, 0, 0, 0, 0, 0, 0};
             double jl[6 * CMAX] = {0};
+            // skipping needs every sample of a block within OCC_REACH voxels (per axis) of its middle
+            const bool skip_ok = skip_allowed(VV, spd, N, dx, dy, dz);
 #ifdef XRP_AVX2
             if constexpr (std::is_same<V, float>::value) {
-                auto tr = nc == 2 ? trace_avx2<2> : (nc == 1 ? trace_avx2<1> : trace_avx2<0>);
-                // skipping needs every sample of a block within OCC_REACH voxels (per axis) of its middle
-                const double stepmax = spd / (double)N * std::max(std::fabs(dx), std::max(std::fabs(dy), std::fabs(dz)));
-                const bool skip_ok = VV.occ != nullptr && 4.0 * stepmax <= (double)OCC_REACH;
+                auto tr = quads ? trace_avx2<2, LOADS_QUADS>
+                        : pairs ? (nc == 2 ? trace_avx2<2, LOADS_PAIRS> : (nc == 1 ? trace_avx2<1, LOADS_PAIRS> : trace_avx2<0, LOADS_PAIRS>))
+                                : (nc == 2 ? trace_avx2<2, LOADS_GATHER> : (nc == 1 ? trace_avx2<1, LOADS_GATHER> : trace_avx2<0, LOADS_GATHER>));
                 tr(vol + c0 * VV.sc, VV.sc, nc, off, si, sj, sk, mx, my, mz, bx, by, bz, ex, ey, ez, fdx, fdy,
                            fdz, sp, N, acc, jac != nullptr ? jl : nullptr, skip_ok ? VV.occ : nullptr, VV.OI, VV.OJ,
                            VV.OK);
@@ -344,8 +443,14 @@ parallel_for(total, nthreads, [&](i64 it) {
 #endif
             alignas(64) int32_t OFF[BS];
             alignas(64) float WX[BS], WY[BS], WZ[BS], MX[BS], MY[BS], MZ[BS];
+            auto half_empty = [&](i64 k) {  // samples k .. k+7 add exactly 0 (none past N: nothing to add)
+                if (k >= N) return true;
+                const float tm = sp * ((float)(k + 4) * invN);
+                return occ_empty<float>(VV, ex + tm * fdx, ey + tm * fdy, ez + tm * fdz);
+            };
             for (i64 k0 = 0; k0 < N; k0 += BS) {
                 const int nb = (int)std::min<i64>(BS, N - k0);
+                if (skip_ok && half_empty(k0) && half_empty(k0 + 8)) continue;  // BS = 16: both halves
 #pragma omp simd
                 for (int q = 0; q < BS; ++q) {
                     const float tau = sp * (((float)(k0 + q) + 0.5f) * invN);
@@ -458,8 +563,15 @@ parallel_for(total, nthreads, [&](i64 it) {
         alignas(64) int32_t OFF[BS];
         alignas(64) float WX[BS], WY[BS], WZ[BS], MX[BS], MY[BS], MZ[BS];
         alignas(64) float VQ[8][BS];
+        const bool skip_ok = skip_allowed(VV, (double)sp, N, dx, dy, dz);
+        auto half_empty = [&](i64 k) {  // samples k .. k+7 have zero gradient (none past N)
+            if (k >= N) return true;
+            const float tm = sp * ((float)(k + 4) * invN);
+            return occ_empty<float>(VV, ex + tm * fdx, ey + tm * fdy, ez + tm * fdz);
+        };
         for (i64 k0 = 0; any && k0 < N; k0 += BS) {
             const int nb = (int)std::min<i64>(BS, N - k0);
+            if (skip_ok && half_empty(k0) && half_empty(k0 + 8)) continue;
 #pragma omp simd
             for (int q = 0; q < BS; ++q) {
                 const float tau = sp * (((float)(k0 + q) + 0.5f) * invN);
@@ -537,8 +649,16 @@ parallel_for(total, nthreads, [&](i64 it) {
         double sx = 0, sy = 0, sz = 0, tx = 0, ty = 0, tz = 0;
         bool any = false;
         for (i64 c = 0; c < C; ++c) any |= gF[(b * C + c) * R + r] != 0;
+        // empty blocks have zero pose gradient; the volume gradient (gvol) needs every sample
+        const bool skip_ok = gvol == nullptr && skip_allowed(VV, sp, N, dx, dy, dz);
+        bool empty = false;
         if (any) {
             for (i64 k = 0; k < N; ++k) {
+                if (skip_ok && (k & 7) == 0) {
+                    const double s = s0 + sp * ((double)(k + 4) * invN);
+                    empty = occ_empty<double>(VV, ox + s * dx, oy + s * dy, oz + s * dz);
+                }
+                if (empty) continue;
                 const double t = ((double)k + 0.5) * invN;
                 const double s = s0 + sp * t;
                 Cell cell;
@@ -730,7 +850,23 @@ parallel_for(total, nthreads, [&](i64 it) {
 
 extern "C" {
 
-int xrp_abi_version() { return 9; }
+int xrp_abi_version() { return 10; }
+
+// How the AVX2 path reads corners: a mask of LOADS_PAIRS (1) and LOADS_QUADS (2), 0 = gathers
+// everywhere; a negative mode changes nothing.  Returns the mask in force.
+int xrp_set_corner_loads(int mode) {
+    if (mode >= 0) g_corner_loads.store(mode & (LOADS_PAIRS | LOADS_QUADS));
+    return g_corner_loads.load();
+}
+
+// 1 when the library has the AVX2 path (corner-load modes matter), else 0.
+int xrp_has_avx2() {
+#ifdef XRP_AVX2
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 }  // extern "C"
 
@@ -895,8 +1031,8 @@ extern "C" {
 #define XRP_DEFINE(GN, G, VN, V)                                                                              \
     /* returns 1 when jac (B, C, R, 6) was filled (float32 fast path), else 0 */                          \
     int xrp_tri_fwd_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* a, const G* s,  \
-                                  i64 B, i64 R, i64 N, G* out, G* jac, int nt) {                              \
-        const Vol v = make_vol(vs, order);                                                                           \
+                                  i64 B, i64 R, i64 N, G* out, G* jac, const uint8_t* occ, const i64* os, int nt) { \
+        const Vol v = make_vol(vs, order, occ, os);                                                           \
         if (fast32<G>(v)) {                                                                                   \
             const float *of = (const float*)o, *df = (const float*)d, *af = (const float*)a;                  \
             const float* sf = (const float*)s;                                                                \
@@ -912,8 +1048,8 @@ extern "C" {
     }                                                                                                         \
     void xrp_tri_bwd_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* a, const G* s, \
                                    i64 B, i64 R, i64 N, const G* gF, G* gO, G* gD, G* gA, G* gS, V* gvol,     \
-                                   int nt) {                                                                  \
-        const Vol v = make_vol(vs, order);                                                                           \
+                                   const uint8_t* occ, const i64* os, int nt) {                               \
+        const Vol v = make_vol(vs, order, gvol == nullptr ? occ : nullptr, os);                               \
         if (gvol == nullptr && gO != nullptr && fast32<G>(v))                                                 \
             tri_bwd_f32<V>(vol, v, (const float*)o, (const float*)d, (const float*)a, (const float*)s, B, R, N, \
                            (const float*)gF, (float*)gO, (float*)gD, (float*)gA, (float*)gS, nt);             \
