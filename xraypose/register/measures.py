@@ -42,12 +42,20 @@ __all__ = ["MEASURES", "Measure", "residual", "score_from_residual", "unit_stand
 _EPS = 1e-8
 
 
-def unit_standardise(x: torch.Tensor) -> torch.Tensor:
+def unit_standardise(x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     """Zero mean, unit norm along the last axis (``(..., N)``): the population standardisation of
-    :func:`xraypose.similarity.ncc` divided by √N, so that ⟨x̂, ŷ⟩ is the NCC."""
-    x = x - x.mean(-1, keepdim=True)
-    n = x.shape[-1]
-    return x / ((x.pow(2).mean(-1, keepdim=True) + _EPS).sqrt() * n ** 0.5)
+    :func:`xraypose.similarity.ncc` divided by √N, so that ⟨x̂, ŷ⟩ is the NCC.  With weights ``w``
+    (same shape, >= 0): the weighted mean and norm, and ``x̂ = √w·(x − mean)/norm`` so that
+    ⟨x̂, ŷ⟩ is the weighted NCC."""
+    if w is None:
+        x = x - x.mean(-1, keepdim=True)
+        n = x.shape[-1]
+        return x / ((x.pow(2).mean(-1, keepdim=True) + _EPS).sqrt() * n ** 0.5)
+    w = w.to(x.dtype)
+    sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
+    x = x - (w * x).sum(-1, keepdim=True) / sw
+    x = w.sqrt() * x
+    return x / ((x.pow(2).sum(-1, keepdim=True) / sw + _EPS).sqrt() * sw.sqrt())
 
 
 def _sobel(x: torch.Tensor) -> torch.Tensor:
@@ -59,25 +67,28 @@ def _sobel(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, weight, groups=C)
 
 
-def _whole(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(n, ...) → (n, M) residual of the NCC over everything."""
+def _whole(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, ...) → (n, M) residual of the NCC over everything (weighted by ``w`` of x's shape)."""
     n = x.shape[0]
-    return unit_standardise(x.reshape(n, -1)) - unit_standardise(y.reshape(n, -1))
+    wf = None if w is None else w.reshape(n, -1)
+    return unit_standardise(x.reshape(n, -1), wf) - unit_standardise(y.reshape(n, -1), wf)
 
 
-def _patches(x: torch.Tensor, y: torch.Tensor, patch: int, sparse: bool) -> torch.Tensor:
+def _patches(x: torch.Tensor, y: torch.Tensor, patch: int, sparse: bool, w=None) -> torch.Tensor:
     """Residual of the mean NCC over patches: (n, M), scaled by 1/√(number of patches)."""
     n = x.shape[0]
     if sparse:  # (n, P, S, S): the rendered patches
         px, py = x.reshape(n, x.shape[1], -1), y.reshape(n, y.shape[1], -1)
+        pw = None if w is None else w.reshape(n, w.shape[1], -1)
     else:
         H, W = x.shape[-2:]
         if patch > min(H, W):
-            return _whole(x, y)
+            return _whole(x, y, w)
         px = F.unfold(x, patch, stride=patch).transpose(1, 2)  # (n, L, C·p²)
         py = F.unfold(y, patch, stride=patch).transpose(1, 2)
+        pw = None if w is None else F.unfold(w, patch, stride=patch).transpose(1, 2)
     L = px.shape[1]
-    return ((unit_standardise(px) - unit_standardise(py)) / L ** 0.5).reshape(n, -1)
+    return ((unit_standardise(px, pw) - unit_standardise(py, pw)) / L ** 0.5).reshape(n, -1)
 
 
 def _gradients(x: torch.Tensor, sparse: bool) -> torch.Tensor:
@@ -87,22 +98,34 @@ def _gradients(x: torch.Tensor, sparse: bool) -> torch.Tensor:
     return _sobel(x)
 
 
-def _ncc(x, y, sparse, **_):
-    return [(1.0, _whole(x, y))]
+def _gradient_weights(w: torch.Tensor | None, sparse: bool) -> torch.Tensor | None:
+    """Pixel weights → weights of the Sobel derivatives: the smallest weight of each 3×3 stencil."""
+    if w is None:
+        return None
+    if sparse:
+        n, P, S, _ = w.shape
+        m = -F.max_pool2d(-w.reshape(n * P, 1, S, S), 3, stride=1)
+        return m.repeat(1, 2, 1, 1).reshape(n, -1)
+    m = -F.max_pool2d(-w, 3, stride=1)  # (n, 1, h−2, w−2)
+    return m.repeat(1, 2, 1, 1)
 
 
-def _mncc(x, y, sparse, weights=(0.5, 0.5), patch=13, **_):
-    return [(float(weights[0]), _whole(x, y)), (float(weights[1]), _patches(x, y, patch, sparse))]
+def _ncc(x, y, sparse, w=None, **_):
+    return [(1.0, _whole(x, y, w))]
 
 
-def _gncc(x, y, sparse, **_):
-    return [(1.0, _whole(_gradients(x, sparse), _gradients(y, sparse)))]
+def _mncc(x, y, sparse, weights=(0.5, 0.5), patch=13, w=None, **_):
+    return [(float(weights[0]), _whole(x, y, w)), (float(weights[1]), _patches(x, y, patch, sparse, w))]
 
 
-def _mixed(x, y, sparse, alpha=0.5, weights=(0.5, 0.5), patch=13, **_):
+def _gncc(x, y, sparse, w=None, **_):
+    return [(1.0, _whole(_gradients(x, sparse), _gradients(y, sparse), _gradient_weights(w, sparse)))]
+
+
+def _mixed(x, y, sparse, alpha=0.5, weights=(0.5, 0.5), patch=13, w=None, **_):
     a = float(alpha)
-    return ([(a * w, r) for w, r in _mncc(x, y, sparse, weights, patch)]
-            + [((1 - a) * w, r) for w, r in _gncc(x, y, sparse)])
+    return ([(a * wt, r) for wt, r in _mncc(x, y, sparse, weights, patch, w)]
+            + [((1 - a) * wt, r) for wt, r in _gncc(x, y, sparse, w)])
 
 
 @dataclass(frozen=True)
@@ -128,7 +151,8 @@ def residual(name: str, drr: torch.Tensor, target: torch.Tensor, *, sparse: bool
     Args:
         name: a key of :data:`MEASURES`.
         drr, target: (n, 1, h, w) images, or (n, P, S, S) patch stacks with ``sparse=True``.
-        options: ``weights`` (mncc), ``patch`` (mncc's patch side), ``alpha`` (mixed).
+        options: ``weights`` (mncc), ``patch`` (mncc's patch side), ``alpha`` (mixed), ``w``: pixel
+            weights (the images' shape, >= 0, no gradient) for a weighted measure.
     """
     if name not in MEASURES:
         raise InputError(f"unknown similarity {name!r}; choose one of {', '.join(MEASURES)}")

@@ -13,6 +13,7 @@ with the X-ray (least squares of the X-ray on the two rendered channels).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from xraypose.register.measures import residual as measure_residual
 from xraypose.render import render
 from xraypose.render.sparse import patch_pixels
 
-__all__ = ["LevelObjective", "fit_bone", "fit_intensity_blur", "gaussian_kernel", "separable_blur"]
+__all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "robust_weights", "gaussian_kernel", "separable_blur"]
 
 F64 = torch.float64
 
@@ -70,6 +71,36 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
     return m.clamp(lo - base, hi - base)
 
 
+def fit_channels(L: torch.Tensor, y: torch.Tensor, base: float, kinds, lo: float = 0.2,
+                 hi: float = 5.0) -> torch.Tensor:
+    """Per element, the coefficients ``c`` making ``L0 + Σ_k c_k·L_k`` correlate best with ``y``:
+    least squares of y on all channels (and a constant), divided by L0's weight.
+
+    L: (n, C, R) channels, y: (n, R); ``kinds`` (C − 1): per extra channel "bone" (the total
+    multiplier ``base + c`` kept in [lo, hi]), "free" (any sign) or "positive" (>= 0: an
+    attenuating material, e.g. the CT box's air in a renderer that gives air a density).
+    Returns (n, C − 1) float64, detached.
+    """
+    L = L.detach().to(F64)
+    y = y.detach().to(F64)
+    n, C, _ = L.shape
+    Lc = L - L.mean(-1, keepdim=True)
+    yc = y - y.mean(-1, keepdim=True)
+    scale = Lc.pow(2).mean(-1).sqrt().clamp_min(1e-30)  # (n, C): conditioning
+    Z = Lc / scale[..., None]
+    A = Z @ Z.transpose(1, 2) / Z.shape[-1] + 1e-9 * torch.eye(C, dtype=F64)
+    b = (Z @ yc[..., None])[..., 0] / Z.shape[-1]
+    w = torch.linalg.solve(A, b) / scale  # (n, C)
+    ok = torch.isfinite(w).all(-1) & (w[:, 0] > 0)
+    coef = torch.where(ok[:, None], w[:, 1:] / w[:, :1].clamp_min(1e-30), torch.zeros_like(w[:, 1:]))
+    for k, kind in enumerate(kinds):
+        if kind == "bone":
+            coef[:, k] = coef[:, k].clamp(lo - base, hi - base)
+        elif kind == "positive":
+            coef[:, k] = coef[:, k].clamp_min(0.0)
+    return coef
+
+
 def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """The DRR corrected for blur that happened to intensities, not to line integrals.
 
@@ -102,6 +133,33 @@ def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return drr + c.to(drr.dtype).reshape(n, 1, 1, 1) * g2
 
 
+def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = float(os.environ.get("RC", "4.685")), iterations: int = int(os.environ.get("RI", "3"))) -> torch.Tensor:
+    """Pixel weights that leave out what the CT cannot explain (implants, tools, saturation).
+
+    The X-ray is fitted as an affine function of the DRR by iteratively reweighted least squares
+    with Tukey's biweight (``c`` robust standard deviations, the scale from the median absolute
+    deviation of the residuals); pixels the fit cannot explain get weight 0.  Detached: the
+    weights are constants of each evaluation.
+
+    drr, tgt: (n, ...) of one shape.  Returns weights of that shape in [0, 1].
+    """
+    n = drr.shape[0]
+    x = drr.detach().reshape(n, -1).to(F64)
+    y = tgt.detach().reshape(n, -1).to(F64)
+    w = torch.ones_like(x)
+    for _ in range(iterations):
+        sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
+        mx, my = (w * x).sum(-1, keepdim=True) / sw, (w * y).sum(-1, keepdim=True) / sw
+        a = (w * (x - mx) * (y - my)).sum(-1, keepdim=True) / (w * (x - mx) ** 2).sum(-1, keepdim=True).clamp_min(1e-30)
+        e = y - my - a * (x - mx)
+        med = e.median(-1, keepdim=True).values
+        s = 1.4826 * (e - med).abs().median(-1, keepdim=True).values
+        s = torch.maximum(s, 1e-6 * y.std(-1, keepdim=True).clamp_min(1e-12))
+        u = (e - med) / (c * s)
+        w = torch.where(u.abs() < 1, (1 - u * u) ** 2, torch.zeros_like(u))
+    return w.reshape(drr.shape).to(drr.dtype)
+
+
 def _patch_weights(img: torch.Tensor, half: int) -> torch.Tensor:
     """(B, H, W) sampling weights: smoothed gradient magnitude + a floor, zero within ``half`` of the edges."""
     k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=img.dtype)
@@ -116,13 +174,19 @@ def _patch_weights(img: torch.Tensor, half: int) -> torch.Tensor:
     return torch.where(valid, g, torch.zeros_like(g))
 
 
+def level_channels(level: Level) -> tuple:
+    """Which channels of the registration basis (:func:`~xraypose.render.density.registration_basis`)
+    a level renders: the density, then the bone part (``fit_bone``), then tissue (``fit_tissue``)."""
+    return (0,) + ((1,) if level.fit_bone else ()) + ((2,) if level.fit_tissue else ())
+
+
 class LevelObjective:
     """The objective of one level for B X-rays.
 
     Args:
         level, config: the level and the registration's configuration.
-        density, affine: (C, I, J, K) the CT's registration density averaged for this level
-            (channel 1 = bone part, used when ``level.fit_bone``) and its voxel → world affine.
+        density, affine: (C, I, J, K) the channels :func:`level_channels` of the CT's registration
+            basis averaged for this level, and its voxel → world affine.
         images: (B, 1, H, W) float32 preprocessed X-rays; camera: their intrinsics.
         generator: draws the sparse patches (once per level and X-ray).
 
@@ -139,7 +203,10 @@ class LevelObjective:
         self.height, self.width = h, w
         self.camera = camera.resize(h, w)
         self.target = torch.stack([resize_image(img[0], camera, h, w)[0] for img in images])[:, None]
-        self.density = density if level.fit_bone else density[:1]
+        want = level_channels(level)
+        if density.shape[0] != len(want):  # the whole basis given: take this level's channels
+            density = density[list(want)].contiguous()
+        self.density = density
         self.affine = affine
         self.n_samples = level.n_samples
         step = level.step_mm
@@ -166,11 +233,28 @@ class LevelObjective:
             self.target_sparse = torch.gather(self.target.reshape(self.target.shape[0], -1), 1, flat)
             self.target_sparse = self.target_sparse.reshape(-1, P, S, S)
             self.uv = patch_pixels(centres, S + 2 * self.r).to(torch.float32)  # a halo when the DRR is blurred
+            self.uv_core = patch_pixels(centres, S)
             self.P, self.S = P, S
 
     @property
     def channels(self) -> int:
         return int(self.density.shape[0])
+
+    def box_chord(self, poses: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(n, R) length (mm) of each rendered ray inside the CT's box (its voxels' outer faces),
+        at this level's pixels (the sparse patches' own pixels at a patch level)."""
+        from xraypose.render.rays import clip_to_box, to_index_space, world_rays
+
+        if self.uv is None:
+            v, u = torch.meshgrid(torch.arange(self.height), torch.arange(self.width), indexing="ij")
+            uv = torch.stack([u.reshape(-1), v.reshape(-1)], -1).to(poses.dtype)
+        else:
+            uv = self.uv_core[rows].to(poses.dtype)
+        src, tgt = world_rays(self.camera, poses, uv)
+        o, d, length = to_index_space(torch.linalg.inv(self.affine).to(poses.dtype), src, tgt)
+        shape = torch.tensor(self.density.shape[-3:], dtype=poses.dtype)
+        s0, s1 = clip_to_box(o, d, torch.full((3,), -0.5, dtype=poses.dtype), shape - 0.5)
+        return (s1 - s0).clamp_min(0.0) * length
 
     def pixel_mm(self, poses: torch.Tensor, isocenter: torch.Tensor) -> torch.Tensor:
         """(n,) size (mm) of one of this level's pixels at the isocenter's depth, for poses (n, 4, 4)."""
@@ -207,18 +291,78 @@ class LevelObjective:
         tgt = self.target[rows] if self.uv is None else self.target_sparse[rows]
         base = float(self.config.bone_multiplier)
         bone = torch.full((n,), base, dtype=F64)
-        if self.level.fit_bone:
-            flat = drr.reshape(n, 2, -1)
-            m = fit_bone(flat, tgt.reshape(n, -1), base)
-            bone = m + base
-            one = drr[:, :1] + m.to(drr.dtype).reshape(-1, *([1] * (drr.dim() - 1))) * drr[:, 1:2]
+        if self.level.fit_air:
+            chord = self.box_chord(poses, rows).to(drr.dtype).reshape(n, 1, *drr.shape[2:])
+            drr = torch.cat([drr, chord], 1)
+        if drr.shape[1] > 1:
+            kinds = (["bone"] if self.level.fit_bone else []) + (["free"] if self.level.fit_tissue else []) + (
+                ["positive"] if self.level.fit_air else [])
+            coef = fit_channels(drr.reshape(n, drr.shape[1], -1), tgt.reshape(n, -1), base, kinds)
+            if self.level.fit_bone:
+                bone = coef[:, 0] + base
+            shape = (-1,) + (1,) * (drr.dim() - 1)
+            one = drr[:, :1] + sum(coef[:, k].to(drr.dtype).reshape(shape) * drr[:, k + 1:k + 2]
+                                   for k in range(drr.shape[1] - 1))
             drr = one
         drr = drr[:, 0] if self.uv is not None else drr  # (n, P, S, S) or (n, 1, h, w)
         if self.level.fit_blur and self.uv is None:
             drr = fit_intensity_blur(drr, tgt)
+        w = robust_weights(drr, tgt) if self.level.robust else None
         flat = drr.detach().reshape(n, -1)
         constant = (flat.amax(-1) - flat.amin(-1)) <= 1e-6 * (flat.abs().amax(-1) + 1e-12)
         c = self.config
         r = measure_residual(self.measure, drr, tgt.to(drr.dtype), sparse=self.uv is not None,
-                             weights=c.ncc_weights, patch=c.ncc_patch, alpha=c.mix_alpha)
+                             weights=c.ncc_weights, patch=c.ncc_patch, alpha=c.mix_alpha, w=w)
         return r, bone, constant
+
+
+class ViewSet:
+    """The objective of one level over several views tied by a rig (one view: an ordinary registration).
+
+    A registration's pose is then ``rig_to_world``; view ``i`` sees the CT at
+    ``camera_to_world_i = rig_to_world · camera_to_rig_i``.  The views' similarities are combined
+    by their mean (each view counts the same whatever its size): the residuals are concatenated,
+    each divided by √N, so ``score = 1 − ½‖r‖² = mean_i score_i``.
+
+    Args:
+        objectives: one :class:`LevelObjective` per view (their X-rays in the same order).
+        camera_to_rig: (N, 4, 4) float64.
+    """
+
+    def __init__(self, objectives: list, camera_to_rig: torch.Tensor):
+        self.views = list(objectives)
+        self.camera_to_rig = torch.as_tensor(camera_to_rig, dtype=F64).reshape(len(self.views), 4, 4)
+        self.identity = len(self.views) == 1 and bool(torch.equal(self.camera_to_rig[0], torch.eye(4, dtype=F64)))
+        first = self.views[0]
+        self.level, self.camera, self.measure = first.level, first.camera, first.measure
+        self.height, self.width, self.channels = first.height, first.width, first.channels
+
+    def view_poses(self, poses: torch.Tensor, i: int) -> torch.Tensor:
+        """(n, 4, 4) camera_to_world of view ``i`` for rig poses (n, 4, 4)."""
+        return poses if self.identity else poses @ self.camera_to_rig[i].to(poses.dtype)
+
+    def sane(self, poses: torch.Tensor, check) -> torch.Tensor:
+        """(n,) True where every view sees the CT (``check(poses, camera)`` per view)."""
+        ok = torch.ones(poses.shape[0], dtype=torch.bool)
+        for i, v in enumerate(self.views):
+            ok &= check(self.view_poses(poses, i), v.camera)
+        return ok
+
+    def pixel_mm(self, poses: torch.Tensor, isocenter: torch.Tensor) -> torch.Tensor:
+        """(n,) the smallest of the views' pixel sizes at the isocenter (mm)."""
+        return torch.stack([v.pixel_mm(self.view_poses(poses, i), isocenter)
+                            for i, v in enumerate(self.views)]).amin(0)
+
+    def residual(self, poses: torch.Tensor, rows: torch.Tensor):
+        """As :meth:`LevelObjective.residual`, for rig poses; ``bone`` is the first view's fit and
+        ``constant`` is True where any view's DRR is constant."""
+        if len(self.views) == 1:
+            return self.views[0].residual(self.view_poses(poses, 0), rows)
+        rs, bone, const = [], None, None
+        N = len(self.views)
+        for i, v in enumerate(self.views):
+            r, b, c = v.residual(self.view_poses(poses, i), rows)
+            rs.append(r / N ** 0.5)
+            bone = b if bone is None else bone
+            const = c if const is None else const | c
+        return torch.cat(rs, -1), bone, const

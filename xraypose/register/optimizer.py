@@ -53,7 +53,7 @@ from xraypose.register.config import (  # noqa: F401 (re-exported)
     levels_for_sizes,
 )
 from xraypose.register.measures import score_from_residual
-from xraypose.register.objective import LevelObjective
+from xraypose.register.objective import LevelObjective, ViewSet, level_channels
 from xraypose.register.steppers import Track, make_stepper
 from xraypose.render.density import DENSITY_MODELS, registration_basis
 
@@ -175,16 +175,24 @@ class Registrar:
         self.n_rot = ROTATION_PARAMETERIZATIONS[self.config.parameterization]
 
     # ------------------------------------------------------------ building blocks
-    def volume_level(self, volume_mm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(density, affine) of the CT averaged to voxels of about ``volume_mm``."""
+    def volume_level(self, volume_mm: float | None, channels=(0, 1, 2)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(density (len(channels), I, J, K), affine) of the CT's registration basis averaged to
+        voxels of about ``volume_mm`` (cached per size and channels)."""
         spacing = self._affine[:3, :3].norm(dim=0)
         if volume_mm is None:
             factors = (1, 1, 1)
         else:
             factors = tuple(max(1, int(math.floor(volume_mm / float(s) + 0.5))) for s in spacing)
-        if factors not in self._pyramid:
-            self._pyramid[factors] = _pool_volume(self._density, self._affine, factors)
-        return self._pyramid[factors]
+        channels = tuple(channels)
+        key = (factors, channels)
+        if key not in self._pyramid:
+            if (factors, (0, 1, 2)) not in self._pyramid:
+                self._pyramid[(factors, (0, 1, 2))] = _pool_volume(self._density, self._affine, factors)
+            d, a = self._pyramid[(factors, (0, 1, 2))]
+            if channels != (0, 1, 2):
+                d = d[list(channels)].contiguous()
+            self._pyramid[key] = (d, a)
+        return self._pyramid[key]
 
     def frames(self, T_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, Bm), each (n, 4, 4), with ``pose = A @ X(params) @ Bm`` (see :attr:`RegistrationConfig.frame`)."""
@@ -218,11 +226,11 @@ class Registrar:
         inside = (uv[:, 0] > -W) & (uv[:, 0] < 2 * W) & (uv[:, 1] > -H) & (uv[:, 1] < 2 * H)
         return ok & (z > 0) & inside
 
-    def evaluate(self, objective: LevelObjective, T: torch.Tensor, tracks) -> Evaluation:
+    def evaluate(self, objective: ViewSet, T: torch.Tensor, tracks) -> Evaluation:
         """The similarity of poses ``T`` (n, 4, 4) of ``tracks`` (n) at one level; poses that do not
         see the CT, constant DRRs and non-finite similarities are not ok."""
         n = T.shape[0]
-        ok = self._sane(T.detach(), objective.camera)
+        ok = objective.sane(T.detach(), self._sane)
         score = torch.full((n,), -math.inf, dtype=F64)
         cost = torch.full((n,), math.inf, dtype=F64)
         score_t = torch.zeros(n, dtype=F64)
@@ -243,6 +251,26 @@ class Registrar:
             bone[sel] = b
         return Evaluation(ok=ok, score=score, cost=cost, score_t=score_t, cost_t=cost_t, bone=bone)
 
+    def _revisit(self, objective: ViewSet, tracks) -> None:
+        """Each track goes on from the best, at this (finer) level, of its start and the results of
+        its earlier levels: a coarse level whose optimum sits away from the truth (appearance it
+        cannot model at its resolution) cannot drag a good start away."""
+        live = [t for t in tracks if t.alive and t.history]
+        if not live:
+            return
+        cands = [[t.pose] + [h for h in t.history if not torch.equal(h, t.pose)] for t in live]
+        poses = torch.stack([p for cs in cands for p in cs])
+        owners = [t for t, cs in zip(live, cands) for _ in cs]
+        with torch.no_grad():
+            ev = self.evaluate(objective, poses, owners)
+        k = 0
+        for t, cs in zip(live, cands):
+            scores = ev.score[k:k + len(cs)]
+            best = int(torch.argmax(scores))
+            if best > 0 and bool(torch.isfinite(scores[best])) and float(scores[best]) > float(scores[0]):
+                t.pose = cs[best].clone()
+            k += len(cs)
+
     # ------------------------------------------------------------ the optimisation
     def register(self, images: torch.Tensor, camera: Camera, initial_poses: torch.Tensor) -> RegistrationResult:
         """Register X-rays.
@@ -257,23 +285,28 @@ class Registrar:
         Returns:
             :class:`RegistrationResult`.
         """
-        from xraypose.similarity import check_image
+        return self.register_views([(images, camera, None)], initial_poses)
 
+    def register_views(self, views, initial_poses: torch.Tensor) -> RegistrationResult:
+        """Register B cases of N views tied by a rig: one unknown ``rig_to_world`` per case.
+
+        Args:
+            views: N tuples ``(images, camera, camera_to_rig)``: images (B, 1, H, W) or (H, W) of
+                that view (case b of every view is one moment), their intrinsics, and the view's
+                (4, 4) camera_to_rig (None: the identity, a single-view registration).
+            initial_poses: (B, 4, 4) or (B, K, 4, 4) starts of ``rig_to_world``.
+        Returns:
+            :class:`RegistrationResult` whose ``poses`` are ``rig_to_world``; view i's
+            camera_to_world is ``poses @ camera_to_rig_i``.
+        """
         c = self.config
-        imgs = torch.as_tensor(images)
-        if imgs.dim() == 2:
-            imgs = imgs[None, None]
-        if imgs.dim() == 3:
-            imgs = imgs[:, None]
-        if imgs.dim() != 4 or imgs.shape[1] != 1:
-            raise InputError(f"X-rays must be (B, 1, H, W) or (H, W), got shape {tuple(imgs.shape)}")
-        B, _, H, W = imgs.shape
-        if (H, W) != (camera.height, camera.width):
-            raise InputError(f"X-ray is {H}×{W} pixels but its intrinsics describe a {camera.height}×{camera.width} "
-                             "detector (sizes differ)")
-        for b in range(B):
-            check_image(imgs[b], what=f"X-ray {b}" if B > 1 else "X-ray")
-        imgs = imgs.to(torch.float32)
+        if not views:
+            raise InputError("no X-ray to register")
+        prepared = [self._check_view(i, len(views), *v) for i, v in enumerate(views)]
+        B = prepared[0][0].shape[0]
+        if any(p[0].shape[0] != B for p in prepared):
+            raise InputError(f"the views hold different numbers of X-rays: {[p[0].shape[0] for p in prepared]}")
+        C = torch.stack([p[2] for p in prepared])
         T0 = torch.as_tensor(initial_poses, dtype=F64)
         if T0.dim() == 2:
             T0 = T0[None]
@@ -287,25 +320,62 @@ class Registrar:
         if not bool(torch.isfinite(T0).all()):
             raise InputError("initial pose has NaN or infinite entries")
         flatT = T0.reshape(B * K, 4, 4)
-        sane = self._sane(flatT, camera)
+        sane = torch.ones(B * K, dtype=torch.bool)
+        for (_, cam, Ci) in prepared:
+            sane &= self._sane(flatT @ Ci, cam)
         none_ok = ~sane.reshape(B, K).any(dim=1)
         if bool(none_ok.any()):
             b = int(torch.nonzero(none_ok)[0, 0])
-            raise InputError(f"the initial pose{'' if B == 1 else f' of X-ray {b}'} does not see the CT (its "
-                             "isocenter is behind the source or far outside the detector); check the pose and the CT")
+            views_txt = "" if len(prepared) == 1 else " in every view"
+            raise InputError(f"the initial pose{'' if B == 1 else f' of X-ray {b}'} does not see the CT{views_txt} "
+                             "(its isocenter is behind the source or far outside the detector); check the pose and "
+                             "the CT")
         threads = torch.get_num_threads()
         if c.num_threads:
             torch.set_num_threads(int(c.num_threads))
         try:
             t0, c0 = time.perf_counter(), time.process_time()
-            out = self._optimise(imgs, camera, T0, sane.reshape(B, K))
+            out = self._optimise([(p[0], p[1]) for p in prepared], C, T0, sane.reshape(B, K))
             out.opt_s = time.perf_counter() - t0
             out.cpu_s = time.process_time() - c0
         finally:
             torch.set_num_threads(threads)
         return out
 
-    def _optimise(self, imgs, camera, T0, sane0) -> RegistrationResult:
+    @staticmethod
+    def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig):
+        """(images (B, 1, H, W) float32, camera, camera_to_rig (4, 4) float64) of one view, checked."""
+        from xraypose.similarity import check_image
+
+        what = "X-ray" if n == 1 else f"view {i}"
+        imgs = torch.as_tensor(images)
+        if imgs.dim() == 2:
+            imgs = imgs[None, None]
+        if imgs.dim() == 3:
+            imgs = imgs[:, None]
+        if imgs.dim() != 4 or imgs.shape[1] != 1:
+            raise InputError(f"{what}: X-rays must be (B, 1, H, W) or (H, W), got shape {tuple(imgs.shape)}")
+        B, _, H, W = imgs.shape
+        if (H, W) != (camera.height, camera.width):
+            raise InputError(f"{what}: X-ray is {H}×{W} pixels but its intrinsics describe a "
+                             f"{camera.height}×{camera.width} detector (sizes differ)")
+        for b in range(B):
+            check_image(imgs[b], what=(f"X-ray {b}" if B > 1 else "X-ray") + ("" if n == 1 else f" of view {i}"))
+        if camera_to_rig is None:
+            Ci = torch.eye(4, dtype=F64)
+        else:
+            Ci = torch.as_tensor(camera_to_rig, dtype=F64)
+            if Ci.shape != (4, 4) or not bool(torch.isfinite(Ci).all()):
+                raise InputError(f"{what}: camera_to_rig must be a finite 4×4 matrix, got shape {tuple(Ci.shape)}")
+            R = Ci[:3, :3]
+            err = float((R.T @ R - torch.eye(3, dtype=F64)).abs().max())
+            if err > 1e-4 or float(torch.det(R)) < 0 or not torch.allclose(
+                    Ci[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=F64)):
+                raise InputError(f"{what}: camera_to_rig is not a rigid transform (rotation off by {err:.2g}, "
+                                 f"det {float(torch.det(R)):.3g}, last row {Ci[3].tolist()})")
+        return imgs.to(torch.float32), camera, Ci
+
+    def _optimise(self, views, camera_to_rig, T0, sane0) -> RegistrationResult:
         c = self.config
         B, K = T0.shape[:2]
         g = torch.Generator().manual_seed(int(c.seed))
@@ -319,14 +389,19 @@ class Registrar:
         level_stats = []
         for li, lv in enumerate(c.levels):
             t_level = time.perf_counter()
-            dens, aff = self.volume_level(lv.volume_mm)
-            objective = LevelObjective(lv, c, dens, aff, imgs, camera, g)
+            dens, aff = self.volume_level(lv.volume_mm, level_channels(lv))
+            objective = ViewSet([LevelObjective(lv, c, dens, aff, imgs, cam, g) for imgs, cam in views],
+                                camera_to_rig)
             stepper = make_stepper(self, li, objective)
+            if li > 0 and c.revisit:
+                self._revisit(objective, tracks)
             stepper.begin(tracks)
             for it in range(lv.iterations + 1):  # the last pass only evaluates
                 if not any(t.active for t in tracks):
                     break
                 stepper.iterate(tracks, last=it == lv.iterations)
+            for t in tracks:
+                t.history.append(t.pose.clone())  # the pose this level started from
             stepper.end(tracks)
             level_stats.append({"level": li, "height": objective.height, "width": objective.width,
                                 "channels": objective.channels, "patches": lv.patches, "optimizer": lv.optimizer,

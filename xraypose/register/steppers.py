@@ -50,6 +50,7 @@ class Track:
         status: "converged", "max_iterations", "recovered", "diverged" or "invalid start".
         levels: per finished level ``{"level", "iterations", "ended", "similarity"}``; ``ended``
             is "converged" (the level's test) or "max_iterations" (its cap).
+        history: the poses each finished level started from (the start, then earlier results).
         work: the current level's working state (the stepper's).
     """
 
@@ -66,6 +67,7 @@ class Track:
     bone: float = 1.0
     trajectory: list = field(default_factory=list)
     levels: list = field(default_factory=list)
+    history: list = field(default_factory=list)
     work: dict = field(default_factory=dict)
 
     @property

@@ -104,9 +104,10 @@ def density_basis(volume, model: str = "hu", structures=None) -> tuple[torch.Ten
 
 
 def registration_basis(volume, model: str = "linear", bone_multiplier: float = 1.0, structures=None) -> torch.Tensor:
-    """(2, I, J, K) float32 as registration renders it: channel 0 the density at
+    """(3, I, J, K) float32 as registration renders it: channel 0 the density at
     ``bone_multiplier``, channel 1 its derivative with respect to the multiplier (the bone
-    part), both divided by channel 0's maximum (NCC ignores the scale).
+    part), both divided by channel 0's maximum (NCC ignores the scale), channel 2 the tissue
+    indicator (HU > −800; 1 per mm of tissue; zero for the "raw" model).
 
     Raises:
         InputError: an unknown model, or a CT that is constant (or all air) after the mapping.
@@ -119,4 +120,7 @@ def registration_basis(volume, model: str = "linear", bone_multiplier: float = 1
     top = float(d.max())
     if not math.isfinite(top) or top <= 0 or float(d.min()) == top:
         raise InputError("the CT is constant (or all air) after the density mapping; nothing to register to")
-    return torch.stack([d / top, bone / top]).contiguous()
+    tissue = (volume.data > HU_AIR_MAX).to(torch.float32) if model != "raw" else torch.zeros_like(d)
+    if structures is not None:
+        tissue = tissue * volume.structure_mask(structures).to(tissue.dtype)
+    return torch.stack([d / top, bone / top, tissue]).contiguous()
