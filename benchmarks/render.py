@@ -34,7 +34,9 @@ Writes one JSON row per measurement:
 {"impl": "xraypose-cpu", "mode": "fwd"|"fwdbwd"|"batch8", "size": 128, "median_s": …, "peak_mib": …, …}
 (extra keys: min_s; cpu_s, the median CPU time of the process per call, all threads
 together, less sensitive than wall time to other jobs on a shared machine; samples,
-threads, device, load_avg (1-minute load average after the run), ncc_vs_reference).
+threads, device, load_avg (1-minute load average after the run), ncc_vs_reference, kernel (xraypose-cpu:
+the CPU and the corner loads chosen)). --rounds R runs the whole plan R times, interleaved, and prints the
+medians over the rounds with every implementation's wall and CPU time over xraypose-cpu's.
 """
 
 from __future__ import annotations
@@ -167,6 +169,16 @@ def _make_renderer(impl: str, args, vol, size: int, device: str):
     raise ValueError(impl)
 
 
+def _kernel_info(impl: str):
+    """How our CPU kernel runs (corner loads, CPU), for the xraypose-cpu rows."""
+    if not impl.startswith("xraypose-cpu"):
+        return None
+    from xraypose.render.backends import cpu
+
+    info = cpu.kernel_info()
+    return {k: info.get(k) for k in ("cpu", "corner_loads", "source")}
+
+
 def measure(args) -> dict:
     """Run one measurement in this process; returns a row."""
     import torch
@@ -243,6 +255,7 @@ def measure(args) -> dict:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "volume_shape": list(vol.shape),
         "load_avg": os.getloadavg()[0],
+        "kernel": _kernel_info(args.impl),
         "ncc_vs_reference": ncc,
     }
 
@@ -259,6 +272,7 @@ def main() -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1, help="run the whole plan this many times, interleaved")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--json", type=Path)
@@ -275,12 +289,41 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
 
+    tmp_ct = None
+    if args.ct == "sample":  # nanodrr and DiffDRR read files: the bundled CT written as a NIfTI first
+        tmp_ct = _sample_as_nifti()
+        args.ct = str(tmp_ct)
+    try:
+        _run_plan(args)
+    finally:
+        if tmp_ct is not None:
+            import shutil
+
+            shutil.rmtree(tmp_ct.parent, ignore_errors=True)
+
+
+def _sample_as_nifti() -> Path:
+    """The bundled sample CT (as :func:`xraypose.volume.load_sample_ct` reads it) in a temporary NIfTI."""
+    import tempfile
+
+    import nibabel as nib
+
+    from xraypose.volume import load_sample_ct
+
+    vol = load_sample_ct()
+    path = Path(tempfile.mkdtemp(prefix="xrp-bench-render-")) / "sample_ct.nii.gz"
+    nib.Nifti1Image(vol.data.float().numpy(), vol.affine.double().numpy()).to_filename(str(path))
+    return path
+
+
+def _run_plan(args) -> None:
     plan = []
-    for mode in args.modes:
-        sizes = {"fwd": args.sizes, "fwdbwd": args.fwdbwd_sizes, "batch8": args.batch_sizes}[mode]
-        for size in sizes:
-            for impl in args.impls:
-                plan.append((impl, mode, size))
+    for _ in range(args.rounds):  # rounds interleave the implementations: a load change hits them all
+        for mode in args.modes:
+            sizes = {"fwd": args.sizes, "fwdbwd": args.fwdbwd_sizes, "batch8": args.batch_sizes}[mode]
+            for size in sizes:
+                for impl in args.impls:
+                    plan.append((impl, mode, size))
     rows = []
     print(f"CT: {args.ct}\nsdd {SDD:.0f} mm, {FOV:.0f} mm FOV, {args.samples} samples/ray (trilinear), "
           f"{args.threads} threads, device {args.device}")
@@ -309,11 +352,26 @@ def main() -> None:
         ncc = "" if row["ncc_vs_reference"] is None else f"{row['ncc_vs_reference']:.4f}"
         print(f"{row['impl']:28s} {mode:7s} {size:5d} {row['median_s']:10.3f} {row.get('cpu_s', float('nan')):8.3f} "
               f"{row['peak_mib']:9.0f} {ncc:>7s} {row['load_avg']:5.1f}", flush=True)
+    _ratios(rows, args.rounds)
     if args.json:
         from xraypose.io import atomic_write_json
 
         atomic_write_json(args.json, rows)
         print(f"wrote {args.json}")
+
+
+def _ratios(rows: list, rounds: int) -> None:
+    """Medians over the rounds, and every implementation's times over xraypose-cpu's (same mode and size)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["impl"], r["mode"], r["size"]), []).append(r)
+    med = {k: (statistics.median(x["median_s"] for x in v), statistics.median(x["cpu_s"] for x in v), len(v))
+           for k, v in groups.items()}
+    print(f"\nmedians over {rounds} round(s); ratio = other / xraypose-cpu (wall, CPU)")
+    for (impl, mode, size), (wall, cpu_s, n) in med.items():
+        ours = med.get(("xraypose-cpu", mode, size))
+        ratio = "" if ours is None or impl == "xraypose-cpu" else f"  {wall / ours[0]:5.1f}x  {cpu_s / ours[1]:5.1f}x"
+        print(f"{impl:28s} {mode:7s} {size:5d} {wall:10.4f} {cpu_s:8.4f}  (n={n}){ratio}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,20 @@ def test_one_process_needs_no_process_group():
         s.check(ValueError("boom"))
 
 
+def test_another_ranks_error_is_raised_naming_the_rank():
+    from xraypose.errors import InputError
+
+    s = Shards(rank=0, world=3)
+    s._raise_any([None, None, None])  # all fine: nothing raised
+    outcomes = [None, Shards._outcome(InputError("no such file: ct.nii.gz")), Shards._outcome(RuntimeError("x"))]
+    with pytest.raises(InputError, match=r"^rank 1: no such file: ct.nii.gz$"):
+        s._raise_any(outcomes)  # the first failing rank's, an input error staying one (exit code 2)
+    with pytest.raises(RuntimeError, match="rank 2: x"):
+        s._raise_any([None, None, outcomes[2]])
+    with pytest.raises(InputError, match="rank 3 is not in 0..1"):
+        Shards(rank=3, world=2)
+
+
 # ---------------------------------------------------------------- two gloo ranks
 def _free_port() -> int:
     with socket.socket() as s:
