@@ -17,6 +17,8 @@ from xraypose.errors import InputError
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 INITS = ("model", "angles", "pose", "ap")
+#: Exit code of `register` when the verdict is "failed" (the flagged result is written).
+EXIT_FAILED = 3
 
 
 # Registration options shared by `register` and `evaluate` (one definition, one help text).
@@ -30,6 +32,9 @@ BONE_MULTIPLIER = typer.Option(1.0, "--bone-multiplier",
 LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,96' (the default); "
                       "each level's other settings from the nearest default level.")
 FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews).")
+HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
+                          "antipodal start and two restarts about the result; keep the most confident (the result "
+                          "says which).")
 ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "
                               "otherwise: it knows the poses of its own CT only); a warning is printed.")
 
@@ -68,6 +73,7 @@ def register_command(
     sod: Optional[float] = typer.Option(None, "--sod", help="Source-to-isocenter distance, mm (angles/ap starts)."),
     isocenter: Optional[str] = typer.Option(None, "--isocenter", help="'X,Y,Z' world RAS mm (default: the CT's centre)."),
     antipodal: bool = typer.Option(False, "--antipodal", help="Also try the start seen from the other side (AP/PA confusion)."),
+    hypotheses: bool = HYPOTHESES,
     true_pose: Optional[Path] = typer.Option(None, "--true-pose", help="Ground-truth pose JSON: write metrics.json."),
     fiducials: Optional[Path] = typer.Option(None, "--fiducials", help="3D fiducials (world mm; .json/.npy/.csv) for the metrics (default: 20 picked on bone)."),
     sdd: Optional[float] = typer.Option(None, "--sdd", help="X-ray source-to-detector distance, mm (overrides the file)."),
@@ -97,6 +103,9 @@ def register_command(
     config: Optional[Path] = config_option("register"),
 ) -> None:
     """Find the C-arm pose of an X-ray by registering it to a CT.
+
+    Prints the verdict (ok | uncertain | failed), P(mTRE < 2 mm) and the reason; exits with code 3
+    when the verdict is failed (the flagged result is still written).
 
     Example:
 
@@ -177,7 +186,7 @@ def register_command(
         fid = read_fiducials(fiducials)
     reg = Registrar(vol, cfg, isocenter=iso)
     out = register_xray(vol, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
-                        fiducials=fid)[0]
+                        fiducials=fid, hypotheses=hypotheses)[0]
     extra = {"ct": ct, "xray": px.to_dict(), "init": init_info}
     try:
         write_registration(output, out, extra=extra, trajectory=not no_trajectory)
@@ -189,3 +198,6 @@ def register_command(
     if out.metrics is not None:
         msg += f"; mTRE {out.metrics['mtre']:.3f} mm (start {out.initial_metrics['mtre']:.2f} mm)"
     typer.echo(msg)
+    typer.echo(f"verdict: {out.verdict} (P(mTRE < 2 mm) = {out.p_success:.2f}): {out.reason}")
+    if out.verdict == "failed":
+        raise SystemExit(EXIT_FAILED)

@@ -8,7 +8,7 @@
 4. writes ``xraypose-demo/``: ``report.html`` (self-contained but for the
    registration GIFs, which it shows from ``cases/NNN/``), per-case pose
    JSONs, Slicer transforms, landmark CSVs and pictures, ``metrics.csv`` and
-   ``summary.json``; and prints a three-line summary.
+   ``summary.json``; and prints a four-line summary (success, mTRE, verdicts, time).
 
 Running the demo again into the same folder replaces the earlier demo's files
 (model, per-case files, report...; other files are left alone).
@@ -54,7 +54,7 @@ def _say(msg: str, quiet: bool) -> None:
 def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet: bool = False) -> dict:
     """Run the demo; returns the summary dict (also in ``outdir/summary.json``)."""
     from xraypose import viz
-    from xraypose.evaluate import ROW_COLUMNS, PictureRenderer, write_case_outputs, write_csv
+    from xraypose.evaluate import ROW_COLUMNS, PictureRenderer, verdict_summary, write_case_outputs, write_csv
     from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.api import register_xray
     from xraypose.register.cases import CaseMaker
@@ -141,6 +141,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
         "train_images_per_s": tr.images_per_s,
         "total_s": time.perf_counter() - t_all,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        **verdict_summary(rows),
     }
     atomic_write_json(out / "summary.json", summary)
     write_report(
@@ -149,6 +150,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
          "median mTRE": f"{summary['median_mtre_mm']:.2f} mm",
          "median start mTRE (model)": f"{summary['median_start_mtre_mm']:.1f} mm",
          "median registration time": f"{summary['median_opt_s']:.2f} s",
+         **({"verdicts: ok / uncertain / failed": _verdict_counts(summary)} if "verdicts" in summary else {}),
          "training": f"{train_s / 60:.1f} min"},
         [{"heading": "What happened",
           "text": (f"A pose regressor was trained for {train_s:.0f} s on DRRs of the bundled pelvis CT alone "
@@ -156,7 +158,9 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
                    "at new poses (Siddon ×2 supersampled, physical attenuation, blur, Poisson noise, 16-bit, "
                    "collimator — not the way registration renders) and registered starting from the model's "
                    "estimate. mTRE is the mean 3D distance at bone fiducials between the true and the registered "
-                   f"pose. Machine: {summary['machine']}."),
+                   "pose. The verdict (ok / uncertain / failed) and p_success, the probability that the mTRE is "
+                   "below 2 mm, are the registration's own check, made without the truth. "
+                   f"Machine: {summary['machine']}."),
           "table": table_html(rows, [c for c in ROW_COLUMNS if c in rows[0]], good=lambda r: r["mTRE (mm)"] < 1.0),
           "figures": [(out / "scene.png", "the CT's bone, the source, the frustum and the detector (case 0)"),
                       (out / "training.png", "training curves")]},
@@ -168,12 +172,22 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     _say(f"success rate (mTRE < 1 mm): {100 * summary['success_rate_1mm']:.0f} % of {len(rows)} X-rays", quiet)
     _say(f"median mTRE: {summary['median_mtre_mm']:.2f} mm (from {summary['median_start_mtre_mm']:.1f} mm at the "
          "model's estimate)", quiet)
+    if "verdicts" in summary:
+        v = summary["verdicts"]
+        _say(f"verdicts: {v['ok']} ok, {v['uncertain']} uncertain, {v['failed']} failed"
+             + (f" (of the ok: {100 * summary['ok_below_2mm']:.0f} % below 2 mm)" if "ok_below_2mm" in summary else ""),
+             quiet)
     _say(f"median time: {summary['median_opt_s']:.2f} s registration + {summary['median_init_s']:.2f} s model per X-ray "
          f"(training {train_s / 60:.1f} min, total {summary['total_s'] / 60:.1f} min)", quiet)
     if s.train_seconds < 120:
         _say(f"(a model trained for {s.train_seconds:.0f} s starts far from the truth and registration often fails "
              "from there: this is the pipeline's quick check. `xraypose demo` trains for 6 minutes.)", quiet)
     return summary
+
+
+def _verdict_counts(summary: dict) -> str:
+    v = summary["verdicts"]
+    return f"{v['ok']} / {v['uncertain']} / {v['failed']}"
 
 
 def _training_curves(log_path) -> dict:

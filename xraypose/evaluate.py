@@ -65,8 +65,8 @@ TOP_FILES = ("report.html", "metrics.csv", "summary.json", RUN_FILE, "scene.png"
 CASE_FILES = ("pose.json", "pose.tfm", "landmarks.csv", "result.json", "comparison.png", "overlay.png",
               "fiducials.png", "registration.gif", "curves.png")
 
-#: Columns of metrics.csv (and the report's table), in order.
-ROW_COLUMNS = ["case", "mTRE (mm)", "start mTRE (mm)", "mPE (mm)", "mRPE (mm)", "dGeo (mm)", "rot (°)",
+#: Columns of metrics.csv (and the report's table), in order; metrics.csv adds "reason" (the verdict's) last.
+ROW_COLUMNS = ["case", "verdict", "p_success", "mTRE (mm)", "start mTRE (mm)", "mPE (mm)", "mRPE (mm)", "dGeo (mm)", "rot (°)",
                "similarity", "init (s)", "opt (s)", "iterations", "status"]
 
 
@@ -310,10 +310,13 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
     T = reg.camera_to_world.to(F64)
     write_pose_json(d / "pose.json", T, camera, metrics=reg.metrics, initial_metrics=reg.initial_metrics,
                     true_camera_to_world=None if true_pose is None else true_pose.tolist(),
-                    timing={"init_s": reg.init_s, "opt_s": reg.opt_s})
+                    timing={"init_s": reg.init_s, "opt_s": reg.opt_s}, p_success=reg.p_success, verdict=reg.verdict,
+                    reason=reg.reason, confidence=reg.confidence)
     write_slicer_transform(d / "pose.tfm", T)
     row = {"case": name, "similarity": float(reg.similarity), "init (s)": float(reg.init_s),
            "opt (s)": float(reg.opt_s), "iterations": int(reg.iterations), "status": reg.status}
+    if reg.verdict is not None:
+        row.update({"verdict": reg.verdict, "p_success": float(reg.p_success), "reason": reg.reason})
     m, m0 = reg.metrics, reg.initial_metrics
     if m is not None:
         row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
@@ -332,7 +335,7 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
         drr = lambda poses: renderer(camera, poses)  # noqa: E731
         imgs = drr(torch.stack([reg.initial_pose.to(F64), T]))
         viz.save_comparison(d / "comparison.png", image, imgs[1], titles=("X-ray", "DRR at the result"),
-                            start=imgs[0])
+                            start=imgs[0], verdict=reg.verdict, p_success=reg.p_success)
         viz.save_overlay(d / "overlay.png", image, imgs[1])
         figures = [(d / "comparison.png", "X-ray, DRR at the start, DRR at the registered pose, difference"),
                    (d / "overlay.png", "DRR edges on the X-ray; checkerboard")]
@@ -350,6 +353,9 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
     heading = f"{name}: similarity {reg.similarity:.4f}, {reg.status}"
     if m is not None:
         heading = f"{name}: mTRE {m['mtre']:.2f} mm" + (f" (start {m0['mtre']:.1f} mm)" if m0 else "")
+    if reg.verdict is not None:
+        heading += f" · {reg.verdict} (P(mTRE < 2 mm) {reg.p_success:.2f})" + (
+            f": {reg.reason}" if reg.verdict != "ok" else "")
     section = {"heading": heading, "figures": figures}
     atomic_write_json(d / "result.json", {"row": row, "section": {"heading": heading,
                                                                    "figures": [[str(p), c] for p, c in figures]}})
@@ -391,6 +397,19 @@ def write_csv(path, rows: Sequence[dict], columns: Sequence[str] | None = None) 
         w.writeheader()
         w.writerows(rows)
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def verdict_summary(rows: Sequence[dict]) -> dict:
+    """``{"verdicts": {"ok": n, "uncertain": n, "failed": n}}`` of the rows with a verdict, and with the
+    truth known ``"ok_below_2mm"``: the share of the ``ok`` ones whose mTRE is below 2 mm (empty: {})."""
+    checked = [r for r in rows if r.get("verdict")]
+    if not checked:
+        return {}
+    out = {"verdicts": {v: sum(r["verdict"] == v for r in checked) for v in ("ok", "uncertain", "failed")}}
+    ok = [float(r["mTRE (mm)"]) for r in checked if r["verdict"] == "ok" and r.get("mTRE (mm)") is not None]
+    if ok:
+        out["ok_below_2mm"] = sum(x < 2.0 for x in ok) / len(ok)
+    return out
 
 
 def summary_of(rows: Sequence[dict]) -> dict:
@@ -580,6 +599,7 @@ def evaluate(
     write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
     has_truth = any("mTRE (mm)" in r for r in rows)
     summary = summary_of(rows) if has_truth else {"n_cases": len(rows)}
+    summary.update(verdict_summary(rows))
     summary.setdefault("median_opt_s", statistics.median(r["opt (s)"] for r in rows))
     summary.update({"source": evalset.name, "start": start_label, "total_s": time.perf_counter() - t_all})
     atomic_write_json(out / "summary.json", summary)
@@ -590,13 +610,18 @@ def evaluate(
                       "median mTRE": f"{summary.get('median_mtre_mm', float('nan')):.2f} mm"})
         if "median_start_mtre_mm" in summary:
             cards["median start mTRE"] = f"{summary['median_start_mtre_mm']:.1f} mm"
+    if "verdicts" in summary:
+        cards["verdicts: ok / uncertain / failed"] = " / ".join(str(summary["verdicts"][v]) for v in
+                                                                ("ok", "uncertain", "failed"))
     cards["median registration time"] = f"{summary['median_opt_s']:.2f} s"
     write_report(
         out / "report.html", f"xraypose evaluate: {evalset.name}", cards,
         [{"heading": "Results",
           "text": (f"{len(rows)} X-rays of {evalset.name} registered to the CT starting from {start_label or 'the given start'}. "
                    "mTRE is the mean 3D distance at the fiducials between the true and the registered pose; mPE "
-                   "the mean distance of their projections on the detector; success means mTRE below 1 mm."
+                   "the mean distance of their projections on the detector; success means mTRE below 1 mm. The "
+                   "verdict and p_success (P(mTRE < 2 mm)) are the registration's own confidence check, made without "
+                   "the truth; the status only says how the optimiser stopped."
                    if has_truth else f"{len(rows)} X-rays of {evalset.name} registered (no ground truth given)."),
           "table": table_html(rows, [c for c in ROW_COLUMNS if any(c in r for r in rows)],
                               good=(lambda r: r.get("mTRE (mm)", math.inf) < 1.0) if has_truth else None)},

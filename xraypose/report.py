@@ -27,7 +27,7 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;border-bottom:1px soli
 .card .v{font-size:1.5em;font-weight:600} .card .k{color:#555;font-size:.85em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0} th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f6f8} td:first-child,th:first-child{text-align:left}
-.ok{color:#11772e;font-weight:600} .bad{color:#b3261e;font-weight:600}
+.ok{color:#11772e;font-weight:600} .bad{color:#b3261e;font-weight:600} .uncertain{color:#9a6700;font-weight:600}
 figure{display:inline-block;margin:.4em;vertical-align:top} figcaption{font-size:.8em;color:#555;max-width:480px}
 img{max-width:100%;border:1px solid #eee} .note{color:#555;font-size:.85em} pre{background:#f4f6f8;padding:.6em;overflow:auto}
 """
@@ -81,8 +81,13 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+#: CSS class of a registration verdict's cell (a "verdict" column is coloured by its value).
+VERDICT_CLASS = {"ok": "ok", "uncertain": "uncertain", "failed": "bad"}
+
+
 def table_html(rows: list[dict], columns: list[str] | None = None, good=None) -> str:
-    """An HTML table of dict rows; ``good(row) -> bool | None`` colours the first column."""
+    """An HTML table of dict rows; ``good(row) -> bool | None`` colours the first column, and a
+    ``"verdict"`` column is coloured by its value (ok green, uncertain amber, failed red)."""
     if not rows:
         return "<p class=note>(no rows)</p>"
     columns = columns or list(rows[0].keys())
@@ -92,9 +97,14 @@ def table_html(rows: list[dict], columns: list[str] | None = None, good=None) ->
         if good is not None:
             g = good(r)
             cls = "" if g is None else (' class="ok"' if g else ' class="bad"')
-        cells = [f"<td{cls if i == 0 else ''}>{_fmt(r.get(c, ''))}</td>" for i, c in enumerate(columns)]
+        cells = [f"<td{cls if i == 0 else _verdict_class(r.get(c)) if c == 'verdict' else ''}>{_fmt(r.get(c, ''))}</td>"
+                 for i, c in enumerate(columns)]
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join(out) + "</table>"
+
+
+def _verdict_class(v) -> str:
+    return f' class="{VERDICT_CLASS[v]}"' if v in VERDICT_CLASS else ""
 
 
 def write_report(path, title: str, summary: dict, sections: list[dict], subtitle: str = "") -> Path:

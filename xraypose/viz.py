@@ -65,9 +65,15 @@ def _save(fig, path) -> Path:
     return Path(path)
 
 
-def save_comparison(path, xray, drr, titles=("X-ray", "DRR"), start=None, start_title="DRR at the start") -> Path:
+#: Colours of the registration verdicts in pictures (as in the HTML report).
+VERDICT_COLORS = {"ok": "#11772e", "uncertain": "#9a6700", "failed": "#b3261e"}
+
+
+def save_comparison(path, xray, drr, titles=("X-ray", "DRR"), start=None, start_title="DRR at the start",
+                    verdict: str | None = None, p_success: float | None = None) -> Path:
     """X-ray and DRR side by side, with their difference; with ``start`` (the DRR where the
-    registration began) between them."""
+    registration began) between them; with ``verdict`` ("ok" | "uncertain" | "failed") and
+    ``p_success`` a coloured line above the panels says how far to trust the result."""
     x, d = normalise(xray), normalise(drr)
     panels = [(x, titles[0])] + ([(normalise(start), start_title)] if start is not None else []) + \
         [(d, titles[1]), (x - d, "difference")]
@@ -77,6 +83,9 @@ def save_comparison(path, xray, drr, titles=("X-ray", "DRR"), start=None, start_
                  vmax=None if t != "difference" else 1)
         a.set_title(t)
         a.axis("off")
+    if verdict is not None:
+        text = f"verdict: {verdict}" + (f"  (P(mTRE < 2 mm) = {p_success:.2f})" if p_success is not None else "")
+        fig.suptitle(text, color=VERDICT_COLORS.get(verdict, "#222222"), fontweight="bold")
     return _save(fig, path)
 
 

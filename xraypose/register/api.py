@@ -44,6 +44,12 @@ class Registration:
         cpu_s: CPU seconds (all threads) of this X-ray's share.
         trajectory: the optimisation's records (see :class:`RegistrationResult`).
         metrics, initial_metrics: errors of the result and of the start (mm) when the true pose is known.
+        p_success: calibrated probability that the 3D mTRE is below 2 mm
+            (:mod:`xraypose.register.confidence`); None when the check was not run.
+        verdict: "ok", "uncertain" or "failed" (None when not checked); ``status`` only says how
+            the optimiser stopped, the verdict whether to trust the pose.
+        reason: one line saying why.
+        confidence: the check's signals and seconds, and the hypotheses tried (if any).
     """
 
     camera_to_world: torch.Tensor
@@ -65,6 +71,10 @@ class Registration:
     metrics: dict | None = None
     initial_metrics: dict | None = None
     extra: dict = field(default_factory=dict)
+    p_success: float | None = None
+    verdict: str | None = None
+    reason: str | None = None
+    confidence: dict = field(default_factory=dict)
 
     @property
     def world_to_camera(self) -> torch.Tensor:
@@ -78,6 +88,9 @@ class Registration:
             "intrinsics": self.camera.to_dict(),
             "frames": "camera_to_world maps camera coordinates (origin at the X-ray source, +z toward the "
                       "detector, +x columns, +y rows) to the CT's world frame (RAS mm); docs/conventions.md",
+            "p_success": self.p_success,
+            "verdict": self.verdict,
+            "reason": self.reason,
             "similarity": self.similarity,
             "status": self.status,
             "iterations": self.iterations,
@@ -87,6 +100,7 @@ class Registration:
             "timing": {"init_s": self.init_s, "opt_s": self.opt_s, "batch_opt_s": self.batch_opt_s,
                        "batch_size": self.batch_size, "cpu_s": self.cpu_s},
             "levels": self.level_stats,
+            "confidence": self.confidence,
             "config": self.config,
         }
         if self.metrics is not None:
@@ -114,6 +128,8 @@ def register_xray(
     antipodal: bool = False,
     true_pose=None,
     fiducials=None,
+    confidence: bool = True,
+    hypotheses: bool = True,
 ) -> list[Registration]:
     """Register X-rays (one detector) to a CT.
 
@@ -130,6 +146,13 @@ def register_xray(
             world points: errors of the start and of the result go in ``metrics``.
             Without fiducials, bone fiducials are picked from the CT in the field
             of view of the true pose.
+        confidence: check each result (:func:`xraypose.register.confidence.assess`): ``p_success``,
+            ``verdict``, ``reason`` (≈ 5 % of a registration's time).
+        hypotheses: when a result's verdict is not ``ok``, also register the alternatives of
+            :mod:`xraypose.register.hypotheses` (the antipodal start, two restarts about the result;
+            one batch) and keep the one with the highest ``p_success``; the result says which
+            (``confidence["kept"]``, ``confidence["hypotheses"]``).  Costs nothing when the verdict
+            is ``ok``.  Needs ``confidence``.
     Returns:
         one :class:`Registration` per X-ray.
     """
@@ -155,20 +178,35 @@ def register_xray(
             raise InputError("antipodal starts need one start pose per X-ray")
         starts = with_antipodal(starts, reg.isocenter)
     res = reg.register(imgs, camera, starts)
+    picks = [(res, b) for b in range(B)]  # where each X-ray's result comes from
+    checks: list = [None] * B
+    if confidence:
+        from xraypose.register.confidence import assess
+
+        checks = assess(reg, imgs, camera, res.poses, starts=res.initial_poses)
+        for b in range(B):
+            c = checks[b]
+            checks[b] = {"conf": c, "info": {**c.to_dict(), "kept": "given start"}}
+            if hypotheses and c.verdict != "ok":
+                picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c)
     truth = None
     if true_pose is not None:
         truth = torch.as_tensor(true_pose, dtype=F64).reshape(-1, 4, 4).expand(B, 4, 4)
     outs = []
     for b in range(B):
+        src, k = picks[b]
         r = Registration(
-            camera_to_world=res.poses[b].clone(), camera=camera, initial_pose=res.initial_poses[b].clone(),
-            similarity=float(res.similarity[b]), status=res.status[b], iterations=int(res.iterations[b]),
-            bone_multiplier=float(res.bone_multiplier[b]) if res.bone_multiplier is not None else
+            camera_to_world=src.poses[k].clone(), camera=camera, initial_pose=src.initial_poses[k].clone(),
+            similarity=float(src.similarity[k]), status=src.status[k], iterations=int(src.iterations[k]),
+            bone_multiplier=float(src.bone_multiplier[k]) if src.bone_multiplier is not None else
             float(reg.config.bone_multiplier),
             init_s=init_s, opt_s=res.opt_s / B, batch_opt_s=res.opt_s, batch_size=B, cpu_s=res.cpu_s / B,
-            trajectory=res.trajectories[b], config=reg.config.to_dict(), level_stats=res.level_stats,
-            chosen_start=res.chosen_start[b],
+            trajectory=src.trajectories[k], config=reg.config.to_dict(), level_stats=src.level_stats,
+            chosen_start=src.chosen_start[k] if src is res else 0,
         )
+        if checks[b] is not None:
+            c = checks[b]["conf"]
+            r.p_success, r.verdict, r.reason, r.confidence = float(c.p_success), c.verdict, c.reason, checks[b]["info"]
         if truth is not None:
             fid = fiducials
             if fid is not None:
@@ -185,6 +223,43 @@ def register_xray(
             r.extra["fiducials"] = fid.tolist()
         outs.append(r)
     return outs
+
+
+def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf) -> tuple:
+    """Register the alternatives of X-ray ``b`` (image (1, 1, H, W)) and keep the best by ``p_success``.
+
+    Returns ((result, index) of the kept registration, {"conf": its Confidence, "info": JSON-ready
+    check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity)
+    and ``hypotheses_s``}).
+    """
+    from xraypose.register.confidence import assess, sees_ct
+    from xraypose.register.hypotheses import alternative_starts, best_hypothesis
+
+    names, alts = alternative_starts(res.initial_poses[b], res.poses[b], reg.isocenter, seed=reg.config.seed + b)
+    keep = sees_ct(alts, camera, reg.isocenter)
+    names = [n for n, k in zip(names, keep.tolist()) if k]
+    alts = alts[keep]
+    tried = [{"start": "given start", "p_success": conf.p_success, "verdict": conf.verdict,
+              "similarity": float(res.similarity[b])}]
+    best = ((res, b), conf, "given start")
+    t0 = time.perf_counter()
+    if len(names):
+        K = len(names)
+        imgs = image.expand(K, -1, -1, -1)
+        r2 = reg.register(imgs, camera, alts)
+        c2 = assess(reg, imgs, camera, r2.poses, starts=alts)
+        for k in range(K):
+            tried.append({"start": names[k], "p_success": c2[k].p_success, "verdict": c2[k].verdict,
+                          "similarity": float(r2.similarity[k])})
+        k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
+        if k is not None:
+            best = ((r2, k), c2[k], names[k])
+    (pick, c, kept) = best
+    info = {**c.to_dict(), "kept": kept, "hypotheses": tried, "hypotheses_s": time.perf_counter() - t0}
+    if kept != "given start":
+        c.reason = f"{c.reason} (kept the {kept}'s result; the given start's had P {conf.p_success:.2f})"
+        info["reason"] = c.reason
+    return pick, {"conf": c, "info": info}
 
 
 #: The files of a registration result; re-running into the same folder replaces them all.

@@ -1,0 +1,250 @@
+"""The confidence check (issue 12): p_success, verdict and reason of every registration; its wiring."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
+from xraypose.register.api import register_xray, write_registration
+from xraypose.register.cases import CaseMaker
+from xraypose.register.confidence import (
+    SIGNALS,
+    WEIGHTS_FILE,
+    ConfidenceModel,
+    assess,
+    default_model,
+    measure_signals,
+    sees_ct,
+)
+from xraypose.register.hypotheses import alternative_starts, best_hypothesis
+from xraypose.volume import Volume, load_sample_ct
+
+F64 = torch.float64
+CASE_INDEX = 2  # the registration tests' tiny case: registers to ~0.3 mm from 5°/20 mm with FAST_LEVELS
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return load_sample_ct()
+
+
+@pytest.fixture(scope="module")
+def maker(volume):
+    return CaseMaker(volume, camera=Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64), collimator_px=2,
+                     n_fiducials=10)
+
+
+@pytest.fixture(scope="module")
+def case(maker):
+    return maker.case(CASE_INDEX)
+
+
+@pytest.fixture(scope="module")
+def registrar(volume):
+    return Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+
+
+@pytest.fixture(scope="module")
+def good(volume, registrar, maker, case):
+    return register_xray(volume, case.image, case.camera, maker.starts(case, 5.0, 20.0), registrar=registrar,
+                         true_pose=case.true_pose, fiducials=case.fiducials, hypotheses=False)[0]
+
+
+@pytest.fixture(scope="module")
+def far(volume, registrar, maker, case):
+    return register_xray(volume, case.image, case.camera, maker.starts(case, 45.0, 200.0), registrar=registrar,
+                         true_pose=case.true_pose, fiducials=case.fiducials, hypotheses=False)[0]
+
+
+def _phantom_xray(camera: Camera) -> torch.Tensor:
+    """A preprocessed 'X-ray' of something else than the pelvis: smooth blobs and bars (bone bright)."""
+    g = torch.Generator().manual_seed(3)
+    v, u = torch.meshgrid(torch.arange(camera.height, dtype=F64), torch.arange(camera.width, dtype=F64),
+                          indexing="ij")
+    img = torch.zeros_like(u)
+    for _ in range(6):
+        cu, cv = torch.rand(2, generator=g, dtype=F64) * torch.tensor([camera.width, camera.height])
+        s = 3 + 6 * float(torch.rand(1, generator=g))
+        img += torch.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * s * s))
+    img[:, camera.width // 3: camera.width // 3 + 4] += 0.8  # a straight bone-like bar
+    return ((img - img.min()) / (img.max() - img.min())).float()
+
+
+# ----------------------------------------------------------------------------------------- the model
+def test_shipped_weights_load_and_reproduce_their_example():
+    """The weights file is JSON with the documented entries; the runtime formula gives the probability
+    scikit-learn gave at fit time for the stored example, and the independent formula agrees."""
+    spec = json.loads(WEIGHTS_FILE.read_text())
+    m = ConfidenceModel.load()
+    ex = spec["example"]
+    p = m.probability(ex["signals"])
+    assert p == pytest.approx(ex["p_success"], abs=1e-6)
+    z = spec["intercept"]
+    for f, mu, sd, c in zip(spec["features"], spec["mean"], spec["scale"], spec["coef"]):
+        name, _, how = f.partition(":")
+        x = float(ex["signals"][name])
+        x = {"": x, "neglog1m": -math.log(max(1 - x, 1e-4)), "log": math.log(max(x, 1e-6)),
+             "abslog": abs(math.log(max(x, 1e-6)))}[how]
+        z += c * (x - mu) / sd
+    assert p == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-12)
+    assert 0.5 <= spec["thresholds"]["ok"] < 1 and 0 <= spec["thresholds"]["failed"] <= spec["thresholds"]["ok"]
+    assert set(f.partition(":")[0] for f in spec["features"]) <= set(SIGNALS)
+
+
+def test_model_refuses_bad_weights(tmp_path):
+    bad = tmp_path / "w.json"
+    bad.write_text('{"features": ["ncc"], "mean": [0], "scale": [1], "coef": [1, 2], "intercept": 0, '
+                   '"thresholds": {"ok": 0.9, "failed": 0.1}}')
+    with pytest.raises(InputError, match="differ in length"):
+        ConfidenceModel.load(bad)
+    bad.write_text('{"features": ["nonsense"], "mean": [0], "scale": [1], "coef": [1], "intercept": 0, '
+                   '"thresholds": {"ok": 0.9, "failed": 0.1}}')
+    with pytest.raises(InputError, match="unknown signal"):
+        ConfidenceModel.load(bad)
+    with pytest.raises(InputError, match="not found"):
+        ConfidenceModel.load(tmp_path / "missing.json")
+
+
+def test_verdicts_follow_thresholds_guards_and_problems():
+    m = ConfidenceModel({"features": ["ncc"], "mean": [0.9], "scale": [0.05], "coef": [4.0], "intercept": 0.0,
+                         "thresholds": {"ok": 0.9, "failed": 0.2}, "guards": {"coverage": [0.5, 1.0]},
+                         "failed_below": {"coverage": 0.05}})
+    sig = {k: 0.5 for k in SIGNALS}
+    assert m.judge({**sig, "ncc": 0.99, "coverage": 1.0})[1] == "ok"
+    assert m.judge({**sig, "ncc": 0.9, "coverage": 1.0})[1] == "uncertain"
+    p, v, why = m.judge({**sig, "ncc": 0.7, "coverage": 1.0})
+    assert v == "failed" and p < 0.2 and "does not look like the X-ray" in why
+    # a guard caps an ok at uncertain, and says why
+    p, v, why = m.judge({**sig, "ncc": 0.99, "coverage": 0.3})
+    assert p > 0.9 and v == "uncertain" and "covers only 30%" in why
+    assert m.judge({**sig, "ncc": 0.99, "coverage": 0.01})[1] == "failed"
+    # never ok with a NaN signal or a problem
+    for bad in ({**sig, "ncc": float("nan"), "coverage": 1.0}, {**sig, "ncc": 0.99, "coverage": float("nan")},
+                {**sig, "ncc": 0.99, "coverage": 1.0, "_problem": "the DRR at the result is constant"}):
+        p, v, why = m.judge(bad)
+        assert v != "ok" and why
+    assert m.judge({**sig, "ncc": float("nan"), "coverage": 1.0})[1] == "failed"
+
+
+# ----------------------------------------------------------------------------------------- the check
+def test_good_registration_is_ok(good):
+    assert good.metrics["mtre"] < 2.0
+    assert good.verdict == "ok" and good.p_success >= default_model().thresholds["ok"], good.reason
+    c = good.confidence
+    assert c["verdict"] == "ok" and c["kept"] == "given start" and 0 < c["seconds"] < 5
+    assert set(c["signals"]) == set(SIGNALS)
+    assert c["signals"]["ncc"] > 0.95 and c["signals"]["coverage"] > 0.9
+
+
+def test_far_off_start_is_failed(far):
+    assert far.metrics["mtre"] > 10.0  # the registration did not reach it
+    assert far.verdict == "failed", (far.p_success, far.reason)
+    assert far.p_success < default_model().thresholds["failed"] and far.reason
+
+
+def test_mismatched_xray_is_failed(volume, registrar, maker, case):
+    """An X-ray of something else (blobs and a bar) registered to the pelvis CT."""
+    img = _phantom_xray(case.camera)
+    out = register_xray(volume, img, case.camera, maker.starts(case, 5.0, 20.0), registrar=registrar,
+                        hypotheses=False)[0]
+    assert out.verdict == "failed", (out.p_success, out.reason)
+
+
+def test_bad_results_are_failed_never_a_crash(volume, registrar, case):
+    iso = volume.get_isocenter().to(F64)
+    ok_pose = torch.as_tensor(case.true_pose, dtype=F64)
+    behind = ok_pose.clone()
+    behind[:3, 3] = iso + 3 * (iso - ok_pose[:3, 3])  # the source beyond the isocenter: it looks away
+    nan_pose = ok_pose.clone()
+    nan_pose[0, 3] = float("nan")
+    poses = torch.stack([behind, nan_pose])
+    assert not sees_ct(poses, case.camera, iso).any()
+    out = assess(registrar, torch.stack([case.image, case.image])[:, None], case.camera, poses)
+    for c in out:
+        assert c.verdict == "failed" and c.p_success == 0.0 and "sees none of the CT" in c.reason
+    # an empty DRR: a small CT far off the beam (its isocenter still projects near the detector)
+    data = torch.full((8, 8, 8), -1000.0)
+    data[2:6, 2:6, 2:6] = 600.0
+    small = Volume(data, torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=F64)))
+    reg = Registrar(small, RegistrationConfig(levels=FAST_LEVELS))
+    siso = small.get_isocenter().to(F64)
+    T = torch.eye(4, dtype=F64)
+    T[:3, 3] = siso - torch.tensor([150.0, 0.0, 612.0], dtype=F64)  # the 16 mm CT 150 mm off the beam, 612 mm deep
+    assert sees_ct(T[None], case.camera, siso).all()
+    c = assess(reg, case.image, case.camera, T[None])[0]
+    assert c.verdict == "failed" and "empty" in c.reason and c.p_success == 0.0
+    # NaN signals: failed, naming the signal
+    sig = measure_signals(registrar, case.image, case.camera, ok_pose[None])[0]
+    sig["gncc"] = float("nan")
+    p, v, why = default_model().judge(sig)
+    assert v == "failed" and "gncc" in why
+
+
+def test_hypotheses_are_tried_when_not_ok_and_said_so(volume, registrar, maker, case):
+    iso = volume.get_isocenter()
+    names, starts = alternative_starts(maker.starts(case, 2.0, 5.0), case.true_pose, iso, seed=1)
+    assert names[0] == "antipodal start" and starts.shape == (3, 4, 4)
+    assert best_hypothesis(0.1, [0.12, 0.13]) is None and best_hypothesis(0.1, [0.5, 0.9]) == 1
+    # the antipodal view of a near start: registration stays on the wrong side; the antipodal hypothesis fixes it
+    from xraypose.register.initializers import antipodal
+
+    flipped = antipodal(maker.starts(case, 2.0, 5.0), iso)[0]
+    out = register_xray(volume, case.image, case.camera, flipped, registrar=registrar, true_pose=case.true_pose,
+                        fiducials=case.fiducials)[0]
+    c = out.confidence
+    assert [h["start"] for h in c["hypotheses"]][:2] == ["given start", "antipodal start"]
+    assert c["hypotheses"][0]["verdict"] != "ok"
+    assert c["kept"] != "given start" and out.verdict == "ok" and out.metrics["mtre"] < 2.0
+    assert f"kept the {c['kept']}'s result" in out.reason
+
+
+def test_pose_json_holds_the_verdict(tmp_path, good):
+    write_registration(tmp_path / "r", good)
+    pose = json.loads((tmp_path / "r" / "pose.json").read_text())
+    assert pose["verdict"] == "ok" and pose["p_success"] == pytest.approx(good.p_success) and pose["reason"]
+    assert pose["confidence"]["signals"]["ncc"] == pytest.approx(good.confidence["signals"]["ncc"])
+
+
+def test_cli_exit_code_3_when_failed(tmp_path, maker, case):
+    from xraypose.cli import main
+
+    np.save(tmp_path / "xray.npy", case.raw.numpy().astype(np.float32))
+    (tmp_path / "xray.json").write_text(json.dumps({**case.raw_camera.to_dict(), "kind": "intensity"}))
+    for name, (deg, mm) in {"good": (5.0, 20.0), "far": (45.0, 200.0)}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"camera_to_world": maker.starts(case, deg, mm).tolist()}))
+    base = ["register", "sample", str(tmp_path / "xray.npy"), "--crop", "4", "--i0", "65000", "--fast",
+            "--no-trajectory", "--no-hypotheses"]
+    assert main([*base, "--pose-json", str(tmp_path / "good.json"), "-o", str(tmp_path / "good")]) == 0
+    assert json.loads((tmp_path / "good" / "pose.json").read_text())["verdict"] == "ok"
+    assert main([*base, "--pose-json", str(tmp_path / "far.json"), "-o", str(tmp_path / "far")]) == 3
+    flagged = json.loads((tmp_path / "far" / "pose.json").read_text())  # still written, flagged
+    assert flagged["verdict"] == "failed" and flagged["reason"] and flagged["p_success"] < 0.5
+
+
+def test_evaluate_writes_verdicts(tmp_path, volume, maker, case):
+    from xraypose.evaluate import EvalCase, EvalSet, StartRule, evaluate
+
+    cases = [EvalCase(name=n, image=case.image, camera=case.camera, true_pose=case.true_pose,
+                      fiducials=case.fiducials) for n in ("near", "far")]
+    ev = EvalSet(name="tiny", volume=volume, cases=cases, isocenter=volume.get_isocenter(), blur_px=1.0)
+    starts = {"near": maker.starts(case, 5.0, 20.0), "far": maker.starts(case, 45.0, 200.0)}
+    rule = StartRule(lambda c, i: starts[c.name], "test starts")
+    cfg = RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False)
+    s = evaluate(ev, tmp_path / "ev", rule, config=cfg, pictures=False, quiet=True)
+    with open(tmp_path / "ev" / "metrics.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    for r in rows.values():
+        assert r["verdict"] in ("ok", "uncertain", "failed") and 0 <= float(r["p_success"]) <= 1 and r["reason"]
+    assert rows["near"]["verdict"] == "ok"
+    assert rows["far"]["verdict"] != "ok" or float(rows["far"]["mTRE (mm)"]) < 2.0  # hypotheses may rescue it
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["verdicts"] == {v: sum(r["verdict"] == v for r in rows.values())
+                                   for v in ("ok", "uncertain", "failed")} == s["verdicts"]
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "verdicts: ok / uncertain / failed" in html and 'class="ok">ok<' in html

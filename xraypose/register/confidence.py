@@ -1,0 +1,516 @@
+"""How far to trust a registration: signals at the result, a calibrated ``p_success``, a verdict.
+
+A registration's status says how the optimiser stopped ("converged" = its test was met), never
+whether the pose is right.  This module looks at the *result*:
+
+1. :func:`measure_signals` renders the DRR at the registered pose on a fixed check level
+   (:data:`CHECK_LEVEL`: 96 rows, the CT averaged to 2 mm, the bone multiplier fitted to the
+   X-ray) and six poses a quarter pixel away from it, and measures (:data:`SIGNALS`): how well
+   the DRR matches the X-ray globally and locally (NCC, gradient NCC, patch NCC), how much of the
+   X-ray's edges the DRR explains, the structure left in the difference image, the sharpness of
+   the optimum (the Gauss–Newton curvature JᵀJ of the similarity's residual in a local se(3)
+   chart at the isocenter, in mm: its weakest direction and how far the residual is from its
+   minimum), the fitted bone multiplier, the share of the detector the CT covers, the
+   magnification, and (given the start) how far the pose moved.
+2. :class:`ConfidenceModel` combines them by a small logistic model fitted on simulated
+   registrations (``benchmarks/confidence.py`` writes the shipped weights,
+   ``confidence_weights.json`` beside this module: JSON, no pickle; scikit-learn is only
+   needed to fit it) into ``p_success`` = P(3D mTRE < 2 mm) and a verdict:
+
+   * ``ok``: ``p_success ≥ thresholds["ok"]`` and every guard passed;
+   * ``failed``: ``p_success < thresholds["failed"]``, or a guard failed (a DRR that is constant
+     or empty at the result, a pose that sees none of the CT, a non-finite signal);
+   * ``uncertain``: in between.
+
+   The ``reason`` is one line naming the signal that most lowered ``p_success``.
+
+:func:`assess` does both for a batch of registered poses.  Nothing here raises on a bad result:
+whatever cannot be measured makes the verdict ``failed`` with the reason.
+
+Units: mm, radians; poses are camera_to_world (world = CT RAS mm).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.geometry import make_transform, so3_exp
+from xraypose.register.config import Level
+from xraypose.register.objective import LevelObjective, fit_bone
+
+__all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "ConfidenceModel", "measure_signals", "assess",
+           "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
+
+F64 = torch.float64
+
+#: Where the check renders: 96 detector rows (fewer if the X-ray has fewer), the CT averaged to ~2 mm,
+#: the bone multiplier fitted to the X-ray, the whole image.  Fixed, so that the signals (and the
+#: fitted model) do not depend on the registration's own schedule or similarity measure.
+CHECK_LEVEL = Level(size=96, iterations=0, volume_mm=2.0, fit_bone=True)
+
+#: Motion of a point this far (mm) from the isocenter measures a rotation in mm.
+RADIUS_MM = 100.0
+
+#: The shipped model (written by ``benchmarks/confidence.py``).
+WEIGHTS_FILE = Path(__file__).with_name("confidence_weights.json")
+
+VERDICTS = ("ok", "uncertain", "failed")
+
+#: The signals measured at a result (all floats; NaN where not measurable).
+SIGNALS = {
+    "ncc": "NCC of the DRR (bone fitted) and the X-ray, whole image at the check level",
+    "gncc": "NCC of their Sobel gradients",
+    "local_ncc": "mean NCC of 12×12-pixel patches, weighted by the X-ray's contrast in each",
+    "local_share": "share of the X-ray's contrast in patches whose NCC exceeds 0.5",
+    "local_low": "NCC of the worst-matching patches: the contrast-weighted 10 % quantile of the patch NCCs",
+    "explained": "share of the X-ray's edge energy within a pixel of a DRR edge",
+    "residual_lowfreq": "share of the difference image's energy left after a σ = 2 px blur (structure, not noise)",
+    "residual_edges": "correlation of the difference image's gradient magnitude with the DRR's (misaligned edges)",
+    "flat_mm": "motion (mm, points 100 mm from the isocenter) along the optimum's weakest direction that doubles "
+               "the residual: large = flat optimum",
+    "sharp_mm": "the same along its strongest direction",
+    "weak_depth": "share of the weakest direction along the beam (depth), in [0, 1]",
+    "gn_step_mm": "motion (mm) of the Gauss–Newton step from the result: how far from the residual's minimum",
+    "bone_multiplier": "bone attenuation multiplier fitted to the X-ray at the result (registration's model: 1)",
+    "coverage": "share of the detector whose rays cross the CT's body at the result",
+    "magnification": "source-to-detector over source-to-isocenter distance at the result",
+    "travel_mm": "mean motion (mm) of points within 100 mm of the isocenter from the start to the result",
+}
+
+
+@dataclass
+class Confidence:
+    """How far to trust one registration.
+
+    Attributes:
+        p_success: calibrated probability that the 3D mTRE is below 2 mm, in [0, 1].
+        verdict: "ok", "uncertain" or "failed".
+        reason: one line saying why.
+        signals: :data:`SIGNALS` measured at the result (NaN where not measurable).
+        seconds: wall-clock time of the check.
+    """
+
+    p_success: float
+    verdict: str
+    reason: str
+    signals: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready: p_success, verdict, reason, seconds and the finite signals (others as null)."""
+        sig = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in self.signals.items()}
+        return {"p_success": float(self.p_success), "verdict": self.verdict, "reason": self.reason,
+                "seconds": float(self.seconds), "signals": sig}
+
+
+def failed_confidence(reason: str, signals: dict | None = None, seconds: float = 0.0) -> Confidence:
+    """A ``failed`` verdict with ``p_success`` 0."""
+    return Confidence(0.0, "failed", reason, dict(signals or {}), seconds)
+
+
+# ----------------------------------------------------------------------------------------- signals
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit norm along the last axis (x̂ with ⟨x̂, ŷ⟩ = NCC); a constant row stays 0."""
+    x = x - x.mean(-1, keepdim=True)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _sobel(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, h, w) → (N, 2, h−2, w−2) Sobel derivatives along u and v."""
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype)
+    return F.conv2d(x, torch.stack([k, k.T])[:, None])
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per row (..., N): Pearson correlation (0 where either is constant)."""
+    return (_unit(a) * _unit(b)).sum(-1)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    y = F.pad(x, (r, r, r, r), mode="replicate")
+    return F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+
+
+def _chart_poses(poses: torch.Tensor, isocenter: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """(n, 6, 4, 4): each pose moved along the 6 generators of a chart at the isocenter in its own
+    camera axes — rotations about the columns, rows and beam axes through the isocenter by
+    ``h[:, :3]`` rad, then translations along them by ``h[:, 3:]`` mm (h: (n, 6))."""
+    n = poses.shape[0]
+    Fr = poses.clone()
+    Fr[:, :3, 3] = isocenter
+    Finv = torch.linalg.inv(Fr)
+    out = []
+    for i in range(6):
+        xi = torch.zeros(n, 6, dtype=F64)
+        xi[:, i] = h[:, i]
+        E = make_transform(so3_exp(xi[:, :3]), xi[:, 3:])
+        out.append(Fr @ E @ Finv @ poses)
+    return torch.stack(out, dim=1)
+
+
+def sees_ct(poses: torch.Tensor, camera: Camera, isocenter: torch.Tensor) -> torch.Tensor:
+    """(n,) True where the isocenter is in front of the source and projects near the detector."""
+    ok = torch.isfinite(poses).reshape(poses.shape[0], -1).all(-1)
+    T = torch.where(ok[:, None, None], poses, torch.eye(4, dtype=F64).expand_as(poses))
+    z = camera.depth(isocenter[None], T)[:, 0]
+    uv = camera.project(isocenter[None], T)[:, 0]
+    H, W = camera.height, camera.width
+    inside = (uv[:, 0] > -W) & (uv[:, 0] < 2 * W) & (uv[:, 1] > -H) & (uv[:, 1] < 2 * H)
+    return ok & (z > 0) & inside
+
+
+def _travel(start: torch.Tensor, pose: torch.Tensor, isocenter: torch.Tensor) -> float:
+    """Mean motion (mm) of the 27 points of a 200 mm cube about the isocenter from ``start`` to ``pose``."""
+    from xraypose.metrics import target_registration_error
+
+    g = torch.tensor([-RADIUS_MM, 0.0, RADIUS_MM], dtype=F64)
+    pts = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) + isocenter
+    return float(target_registration_error(pose, start, pts)[0])
+
+
+def _image_signals(D: torch.Tensor, y: torch.Tensor, soft: torch.Tensor) -> dict:
+    """Signals of one DRR ``D`` (h, w; bone fitted) against the X-ray ``y`` (h, w), float64.
+    ``soft`` (h, w): the DRR at the registration's model (coverage)."""
+    h, w = D.shape
+    s = {"ncc": float(_corr(D.reshape(-1), y.reshape(-1)))}
+    gD, gy = _sobel(D[None, None])[0], _sobel(y[None, None])[0]
+    s["gncc"] = float(_corr(gD.reshape(-1), gy.reshape(-1)))
+    p = 12 if min(h, w) >= 24 else max(3, min(h, w) // 2)
+    pD = F.unfold(D[None, None], p, stride=p)[0].T  # (L, p²)
+    py = F.unfold(y[None, None], p, stride=p)[0].T
+    c = _corr(pD, py)
+    wt = py.std(-1)
+    tot = float(wt.sum())
+    s["local_ncc"] = float((c * wt).sum()) / tot if tot > 0 else math.nan
+    s["local_share"] = float((wt * (c > 0.5)).sum()) / tot if tot > 0 else math.nan
+    if tot > 0:
+        order = torch.argsort(c)
+        cum = torch.cumsum(wt[order], 0) / tot
+        k = min(int(torch.searchsorted(cum, torch.tensor(0.1, dtype=cum.dtype))), len(order) - 1)
+        s["local_low"] = float(c[order][k])
+    else:
+        s["local_low"] = math.nan
+    mD, my = gD.pow(2).sum(0).sqrt(), gy.pow(2).sum(0).sqrt()
+    if float(mD.max()) > 0 and float(my.sum()) > 0:
+        edge = (mD >= torch.quantile(mD.reshape(-1), 0.8)).to(F64)
+        near = F.max_pool2d(edge[None, None], 3, stride=1, padding=1)[0, 0]
+        s["explained"] = float((my * near).sum() / my.sum())
+    else:
+        s["explained"] = math.nan
+    Dh, yh = _unit(D.reshape(-1)), _unit(y.reshape(-1))
+    e = (yh - s["ncc"] * Dh).reshape(1, 1, h, w)
+    ee = float(e.pow(2).sum())
+    s["residual_lowfreq"] = float(_blur(e, 2.0).pow(2).sum()) / ee if ee > 0 else math.nan
+    ge = _sobel(e)[0].pow(2).sum(0).sqrt()
+    s["residual_edges"] = float(_corr(ge.reshape(-1), mD.reshape(-1)))
+    top = float(soft.max())
+    s["coverage"] = float((soft > 0.02 * top).to(F64).mean()) if top > 0 else 0.0
+    return s
+
+
+def _residual(D: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n, M): the residual of ½·NCC + ½·gradient NCC of DRRs D (n, h, w) against y (h, w)
+    (score = 1 − ½‖r‖²)."""
+    n = D.shape[0]
+    a = _unit(D.reshape(n, -1)) - _unit(y.reshape(1, -1))
+    gD = _sobel(D[:, None]).reshape(n, -1)
+    gy = _sobel(y[None, None]).reshape(1, -1)
+    b = _unit(gD) - _unit(gy)
+    return torch.cat([a, b], dim=-1) * math.sqrt(0.5)
+
+
+def _curvature_signals(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> dict:
+    """Sharpness of the optimum from the DRRs at the result and at the 6 chart steps ``h`` (6,)
+    (rad, rad, rad, mm, mm, mm): J by forward differences, per mm of motion of points
+    :data:`RADIUS_MM` from the isocenter."""
+    r = _residual(D7, y)  # (7, M)
+    mm = torch.cat([h[:3] * RADIUS_MM, h[3:]])  # each step as mm of motion
+    J = (r[1:] - r[:1]) / mm[:, None]  # (6, M): per mm
+    cost = float(r[0].pow(2).sum())
+    H = J @ J.T
+    g = J @ r[0]
+    evals, evecs = torch.linalg.eigh(H)
+    lo, hi = float(evals[0].clamp_min(1e-30)), float(evals[-1].clamp_min(1e-30))
+    v = evecs[:, 0]
+    damp = 1e-6 * float(torch.diagonal(H).mean().clamp_min(1e-30))
+    step = torch.linalg.solve(H + damp * torch.eye(6, dtype=F64), g)
+    return {"flat_mm": math.sqrt(cost / lo), "sharp_mm": math.sqrt(cost / hi),
+            "weak_depth": float(v[5] ** 2 / v.pow(2).sum()), "gn_step_mm": float(step.norm())}
+
+
+def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL) -> list:
+    """Measure :data:`SIGNALS` at registered poses.
+
+    Args:
+        registrar: the :class:`~xraypose.register.Registrar` of the CT (its density pyramid,
+            isocenter and DRR blur are used).
+        images: (B, 1, H, W) or (H, W) the preprocessed X-rays that were registered.
+        camera: their intrinsics.
+        poses: (B, 4, 4) or (4, 4) camera_to_world results.
+        starts: (B, 4, 4) the starts (for ``travel_mm``), or None.
+        level: where to render (default :data:`CHECK_LEVEL`).
+    Returns:
+        per X-ray a dict: the signals, plus ``"_problem"``: None, or a one-line reason why the
+        result cannot be trusted at all (a pose that sees none of the CT, a constant DRR).
+    """
+    imgs = torch.as_tensor(images)
+    if imgs.dim() == 2:
+        imgs = imgs[None, None]
+    elif imgs.dim() == 3:
+        imgs = imgs[:, None]
+    imgs = imgs.to(torch.float32)
+    T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
+    B = T.shape[0]
+    if imgs.shape[0] != B:
+        raise InputError(f"{imgs.shape[0]} X-rays but {B} poses to check")
+    iso = registrar.isocenter.to(F64)
+    out = [{k: math.nan for k in SIGNALS} | {"_problem": None} for _ in range(B)]
+    sees = sees_ct(T, camera, iso)
+    for b in range(B):
+        if starts is not None:
+            S = torch.as_tensor(starts, dtype=F64).reshape(-1, 4, 4)
+            S = S[b if S.shape[0] == B else 0]
+            if bool(torch.isfinite(S).all()) and bool(torch.isfinite(T[b]).all()):
+                out[b]["travel_mm"] = _travel(S, T[b], iso)
+        if not bool(sees[b]):
+            out[b]["_problem"] = "the pose sees none of the CT (its isocenter is behind the source or off the detector)"
+            out[b]["coverage"] = 0.0
+            continue
+        z = float(camera.depth(iso[None], T[b:b + 1])[0, 0])
+        out[b]["magnification"] = camera.sdd / z
+    idx = [b for b in range(B) if bool(sees[b])]
+    if not idx:
+        return out
+    dens, aff = registrar.volume_level(level.volume_mm)
+    obj = LevelObjective(level, registrar.config, dens, aff, imgs[idx], camera, torch.Generator().manual_seed(0))
+    Ts = T[idx]
+    n = len(idx)
+    pix = obj.pixel_mm(Ts, iso)  # (n,) mm per check pixel at the isocenter
+    h = torch.empty(n, 6, dtype=F64)
+    h[:, :3] = (0.25 * pix / RADIUS_MM)[:, None]
+    h[:, 3:] = (0.25 * pix)[:, None]
+    allT = torch.cat([Ts[:, None], _chart_poses(Ts, iso, h)], dim=1).reshape(n * 7, 4, 4)
+    rows = torch.arange(n).repeat_interleave(7)
+    with torch.no_grad():
+        drr = obj.render(allT, rows).to(F64)  # (7n, C, h, w)
+    drr = drr.reshape(n, 7, *drr.shape[1:])
+    base = float(registrar.config.bone_multiplier)
+    for q, b in enumerate(idx):
+        y = obj.target[q, 0].to(F64)
+        d2 = drr[q]  # (7, C, h, w)
+        if not bool(torch.isfinite(d2).all()):
+            out[b]["_problem"] = "the DRR at the result is not finite"
+            continue
+        soft = d2[0, 0]
+        if d2.shape[1] > 1:
+            m = float(fit_bone(d2[:1].reshape(1, 2, -1), y.reshape(1, -1), base)[0])
+            D7 = d2[:, 0] + m * d2[:, 1]
+            out[b]["bone_multiplier"] = base + m
+        else:
+            D7 = d2[:, 0]
+            out[b]["bone_multiplier"] = base
+        D = D7[0]
+        span = float(D.max() - D.min())
+        if not span > 1e-6 * (float(D.abs().max()) + 1e-12):
+            out[b]["_problem"] = ("the DRR at the result is empty: the pose sees none of the CT" if float(soft.max()) <= 0
+                                  else "the DRR at the result is constant: the pose sees no structure of the CT")
+            out[b]["coverage"] = 0.0 if float(soft.max()) <= 0 else out[b]["coverage"]
+            continue
+        out[b].update(_image_signals(D, y, soft))
+        out[b].update(_curvature_signals(D7, y, h[q]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- the model
+def _transform(name: str, x: float) -> float:
+    """The model's input for one signal (``name`` = signal or ``signal:transform``)."""
+    sig, _, how = name.partition(":")
+    if not how:
+        return x
+    if how == "neglog1m":  # −log(1 − x): similarities near 1 spread out
+        return -math.log(max(1.0 - x, 1e-4))
+    if how == "log":
+        return math.log(max(x, 1e-6))
+    if how == "abslog":
+        return abs(math.log(max(x, 1e-6)))
+    raise InputError(f"unknown signal transform {how!r} in the confidence model")
+
+
+# One-line reasons, by signal: what a low contribution of that signal means.
+REASONS = {
+    "ncc": "the DRR does not look like the X-ray (NCC {ncc:.2f}): the pose is wrong, or the X-ray does not "
+           "show this CT",
+    "gncc": "the DRR's edges do not match the X-ray's (gradient NCC {gncc:.2f}): the pose is wrong, or the X-ray "
+            "does not show this CT",
+    "local_ncc": "the DRR matches the X-ray poorly patch by patch (local NCC {local_ncc:.2f})",
+    "local_share": "only {local_share:.0%} of the X-ray's contrast is matched patch by patch",
+    "local_low": "part of the X-ray does not match the DRR (its worst patches: NCC {local_low:.2f}): "
+                 "something moved, or is not in the CT",
+    "explained": "the DRR explains only {explained:.0%} of the X-ray's edges: the X-ray may not show this CT",
+    "residual_lowfreq": "the difference image keeps structure (the pose is slightly off)",
+    "residual_edges": "the difference image is concentrated at the DRR's edges (misaligned edges)",
+    "flat_mm": "the optimum is flat ({flat_mm:.0f} mm along its weakest direction): the pose is uncertain",
+    "flat_mm+depth": "the optimum is flat along the beam ({flat_mm:.0f} mm): depth is uncertain",
+    "sharp_mm": "the optimum is shallow in every direction",
+    "weak_depth": "the optimum is flat along the beam: depth is uncertain",
+    "gn_step_mm": "the result is not at the similarity's optimum (a step of {gn_step_mm:.1f} mm would improve it)",
+    "bone_multiplier": "the fitted bone contrast is implausible (×{bone_multiplier:.2f})",
+    "coverage": "the CT covers only {coverage:.0%} of the detector at this pose",
+    "magnification": "the magnification is implausible ({magnification:.2f})",
+    "travel_mm": "the result is {travel_mm:.0f} mm from the start",
+}
+
+
+def _reason(sig: str, signals: dict) -> str:
+    if sig == "flat_mm" and float(signals.get("weak_depth") or 0.0) >= 0.5:
+        sig = "flat_mm+depth"
+    try:
+        return REASONS[sig].format(**{k: v for k, v in signals.items() if not k.startswith("_")})
+    except (KeyError, ValueError, TypeError):
+        return f"the signal {sig} is unlike a successful registration's"
+
+
+class ConfidenceModel:
+    """A logistic model of P(mTRE < 2 mm) from transformed signals, with verdict thresholds.
+
+    The weights file (JSON) holds ``features`` (names ``signal`` or ``signal:transform``, transforms
+    ``neglog1m`` = −log(1−x), ``log``, ``abslog``), ``mean`` and ``scale`` (standardisation),
+    ``coef`` and ``intercept`` (logit = intercept + Σ coef·z), ``reference`` (the standardised
+    features of a typical success, for the reason), ``thresholds`` ``{"ok", "failed"}`` on
+    ``p_success``, ``guards`` (``{signal: [low, high]}``: outside, the verdict is at best
+    ``uncertain``; ``failed_below``: ``{signal: value}`` below which it is ``failed``) and how it
+    was fitted (``fit``).
+    """
+
+    def __init__(self, spec: dict):
+        try:
+            self.features = list(spec["features"])
+            self.mean = [float(x) for x in spec["mean"]]
+            self.scale = [float(x) for x in spec["scale"]]
+            self.coef = [float(x) for x in spec["coef"]]
+            self.intercept = float(spec["intercept"])
+            self.thresholds = {"ok": float(spec["thresholds"]["ok"]), "failed": float(spec["thresholds"]["failed"])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"confidence model: missing or bad entry ({e})") from None
+        n = len(self.features)
+        if not (len(self.mean) == len(self.scale) == len(self.coef) == n) or n == 0:
+            raise InputError("confidence model: features, mean, scale and coef differ in length")
+        for f in self.features:
+            if f.partition(":")[0] not in SIGNALS:
+                raise InputError(f"confidence model: unknown signal {f!r}")
+        self.reference = [float(x) for x in spec.get("reference", [0.0] * n)]
+        self.guards = {k: (float(a), float(b)) for k, (a, b) in spec.get("guards", {}).items()}
+        self.failed_below = {k: float(v) for k, v in spec.get("failed_below", {}).items()}
+        self.spec = spec
+
+    @classmethod
+    def load(cls, path=None) -> "ConfidenceModel":
+        """The model in ``path`` (default: the shipped :data:`WEIGHTS_FILE`)."""
+        p = Path(path) if path is not None else WEIGHTS_FILE
+        try:
+            return cls(json.loads(p.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise InputError(f"confidence model not found: {p}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"confidence model {p} is not valid JSON ({e})") from None
+
+    def inputs(self, signals: dict) -> list:
+        """The model's inputs (transformed signals, not standardised); NaN where a signal is missing."""
+        out = []
+        for f in self.features:
+            x = signals.get(f.partition(":")[0])
+            x = math.nan if x is None else float(x)
+            out.append(_transform(f, x) if math.isfinite(x) else math.nan)
+        return out
+
+    def logit_terms(self, signals: dict) -> list:
+        """Per feature, ``coef · z`` (its contribution to the logit)."""
+        return [c * (x - m) / s for c, x, m, s in zip(self.coef, self.inputs(signals), self.mean, self.scale)]
+
+    def probability(self, signals: dict) -> float:
+        """P(mTRE < 2 mm) of a result with these signals (NaN if a signal is missing)."""
+        z = self.intercept + sum(self.logit_terms(signals))
+        if not math.isfinite(z):
+            return math.nan
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def judge(self, signals: dict) -> tuple[float, str, str]:
+        """(p_success, verdict, reason) of one result."""
+        problem = signals.get("_problem")
+        if problem:
+            return 0.0, "failed", problem
+        missing = [f for f, x in zip(self.features, self.inputs(signals)) if not math.isfinite(x)]
+        if missing:
+            return 0.0, "failed", f"a confidence signal could not be measured ({missing[0].partition(':')[0]})"
+        p = self.probability(signals)
+        for sig, lim in self.failed_below.items():
+            x = signals.get(sig)
+            if x is not None and math.isfinite(float(x)) and float(x) < lim:
+                return p, "failed", _reason(sig, signals)
+        verdict = "ok" if p >= self.thresholds["ok"] else "failed" if p < self.thresholds["failed"] else "uncertain"
+        guard = None
+        for sig, (lo, hi) in self.guards.items():
+            x = signals.get(sig)
+            if x is None or not math.isfinite(float(x)) or not lo <= float(x) <= hi:
+                guard = sig
+                break
+        if guard is not None and verdict == "ok":
+            return p, "uncertain", _reason(guard, signals)
+        if verdict == "ok":
+            return p, verdict, "the DRR matches the X-ray closely and the optimum is sharp"
+        terms = [t - c * r for t, c, r in zip(self.logit_terms(signals), self.coef, self.reference)]
+        worst = min(range(len(terms)), key=lambda i: terms[i])
+        return p, verdict, _reason(self.features[worst].partition(":")[0], signals)
+
+
+_MODEL: ConfidenceModel | None = None
+
+
+def default_model() -> ConfidenceModel:
+    """The shipped model (loaded once)."""
+    global _MODEL
+    if _MODEL is None:
+        _MODEL = ConfidenceModel.load()
+    return _MODEL
+
+
+def assess(registrar, images, camera: Camera, poses, *, starts=None, model: ConfidenceModel | None = None) -> list:
+    """:class:`Confidence` of each registered pose.
+
+    Args:
+        registrar: the CT's :class:`~xraypose.register.Registrar`.
+        images: (B, 1, H, W) or (H, W) the registered X-rays; camera: their intrinsics.
+        poses: (B, 4, 4) results; starts: (B, 4, 4) their starts (optional).
+        model: a :class:`ConfidenceModel` (default: the shipped one).
+    Returns:
+        one :class:`Confidence` per X-ray; never raises on a bad result (its verdict is "failed").
+    """
+    model = model or default_model()
+    t0 = time.perf_counter()
+    T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
+    try:
+        sigs = measure_signals(registrar, images, camera, T, starts=starts)
+    except (RuntimeError, ValueError) as e:  # a check that cannot run is a failed check, not a crash
+        dt = time.perf_counter() - t0
+        return [failed_confidence(f"the confidence check could not run ({str(e).splitlines()[0]})", seconds=dt)
+                for _ in range(T.shape[0])]
+    dt = (time.perf_counter() - t0) / max(1, len(sigs))
+    out = []
+    for s in sigs:
+        p, verdict, reason = model.judge(s)
+        p = 0.0 if not math.isfinite(p) else p
+        out.append(Confidence(p, verdict, reason, {k: v for k, v in s.items() if not k.startswith("_")}, dt))
+    return out

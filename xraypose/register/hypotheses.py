@@ -1,0 +1,62 @@
+"""Other hypotheses for a registration that is not trusted: the antipodal start and perturbed restarts.
+
+When the confidence check (:mod:`xraypose.register.confidence`) does not give ``ok``, a few
+other starts are registered — the start seen from the other side of the patient (AP/PA
+confusion, :func:`~xraypose.register.initializers.antipodal`) and the result turned and shifted
+by a fixed amount in seeded random directions (a local optimum) — and the result with the
+highest ``p_success`` is kept (:func:`xraypose.register.api.register_xray` does this with
+``hypotheses=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xraypose.register.cases import perturb_pose
+from xraypose.register.initializers import antipodal
+
+__all__ = ["alternative_starts", "best_hypothesis", "HYPOTHESES", "MARGIN"]
+
+F64 = torch.float64
+
+#: The alternatives tried, in order: (name, kind, angle °, translation mm); a "perturb" start is the
+#: result turned by the angle about a random axis through the isocenter and shifted by the distance.
+HYPOTHESES = (
+    ("antipodal start", "antipodal", 0.0, 0.0),
+    ("restart 1", "perturb", 10.0, 40.0),
+    ("restart 2", "perturb", 10.0, 40.0),
+)
+
+#: An alternative replaces the given start's result only if its p_success is higher by this much.
+MARGIN = 0.05
+
+
+def alternative_starts(start, result, isocenter, seed: int = 0, hypotheses=HYPOTHESES) -> tuple[list, torch.Tensor]:
+    """(names, starts (K, 4, 4) float64): the alternatives of :data:`HYPOTHESES` for one X-ray.
+
+    Args:
+        start: (4, 4) the start that was registered; result: (4, 4) its result (camera_to_world).
+        isocenter: (3,) world mm, the centre of the antipodal turn and of the perturbations.
+        seed: seeds the perturbations' directions.
+    """
+    start = torch.as_tensor(start, dtype=F64).reshape(4, 4)
+    result = torch.as_tensor(result, dtype=F64).reshape(4, 4)
+    g = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+    names, poses = [], []
+    for name, kind, deg, mm in hypotheses:
+        if kind == "antipodal":
+            poses.append(antipodal(start, isocenter)[0])
+        else:
+            poses.append(perturb_pose(result, isocenter, deg, mm, g)[0])
+        names.append(name)
+    return names, torch.stack(poses)
+
+
+def best_hypothesis(p_given: float, p_alternatives) -> int | None:
+    """Index of the alternative to keep, or None for the given start's result: the highest
+    ``p_success``, provided it beats the given start's by :data:`MARGIN`."""
+    p = list(p_alternatives)
+    if not p:
+        return None
+    k = max(range(len(p)), key=lambda i: p[i])
+    return k if p[k] > p_given + MARGIN else None
