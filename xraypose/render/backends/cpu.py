@@ -20,6 +20,14 @@ Two paths, same numbers as the reference backend:
   PyTorch (autograd for the chain rule to the pose), per-ray sampling and the
   per-ray gradients in the kernel (:func:`integrate_trilinear`,
   :func:`integrate_siddon`).
+
+Per CPU: the AVX2 path reads a sample's 8 corners with gathers or, where the
+layout allows, with plain loads of corners adjacent in memory (the same values:
+bit-identical images); which is faster depends on the microarchitecture (AVX2
+gathers are slow on several AMD generations), so a short self-timing picks it
+when the library is first loaded on a CPU model and caches the choice beside the
+library (:func:`kernel_info`; ``$XRAYPOSE_CPU_CORNER_LOADS`` = gather | pairs forces it).
+Every trilinear path skips empty space (:func:`occupancy`) except for volume gradients.
 """
 
 from __future__ import annotations
