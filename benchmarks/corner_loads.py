@@ -10,7 +10,7 @@ on ``benchmarks/render.py``'s geometry (AP view, 1020 mm, 400 mm field of view,
 500 samples per ray) for the two layouts the package renders:
 
 * ``drr``: ``xraypose.render.DRR``'s density basis, 2 channels stored channels-last (quad loads);
-* ``registration``: the (2, I, J, K) channels-first basis registration renders (pair loads),
+* ``registration``: the (C, I, J, K) channels-first basis registration renders (pair loads; C = 3 today),
   at a coarse level (the CT pooled to 4 mm voxels, 64² rays) and at the CT's full resolution.
 
 Modes ``fwd`` (no gradient) and ``fwdbwd`` (gradient to the 6 pose parameters).  The modes
@@ -64,7 +64,7 @@ def main() -> None:
     xi = 0.02 * torch.randn(1, 6, generator=torch.Generator().manual_seed(0))
     cam = Camera(sdd=1020.0, height=args.size, width=args.size, delx=400.0 / args.size)
     drr = DRR(vol, cam, n_samples=args.samples, backend="cpu")
-    basis = registration_basis(vol)  # (2, I, J, K) channels-first
+    basis = registration_basis(vol)  # (C, I, J, K) channels-first
     pooled = torch.nn.functional.avg_pool3d(basis[None], 4, ceil_mode=True)[0].contiguous()
     aff4 = vol.affine.clone()
     aff4[:3, :3] *= 4
