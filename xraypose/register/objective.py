@@ -307,6 +307,11 @@ class LevelObjective:
         drr = drr[:, 0] if self.uv is not None else drr  # (n, P, S, S) or (n, 1, h, w)
         if self.level.fit_blur and self.uv is None:
             drr = fit_intensity_blur(drr, tgt)
+        if self.level.fit_curve:
+            sq = drr * drr
+            c2 = fit_channels(torch.stack([drr.reshape(n, -1), sq.reshape(n, -1)], 1), tgt.reshape(n, -1), base,
+                              ["free"])
+            drr = drr + c2[:, 0].to(drr.dtype).reshape((-1,) + (1,) * (drr.dim() - 1)) * sq
         w = robust_weights(drr, tgt) if self.level.robust else None
         flat = drr.detach().reshape(n, -1)
         constant = (flat.amax(-1) - flat.amin(-1)) <= 1e-6 * (flat.abs().amax(-1) + 1e-12)

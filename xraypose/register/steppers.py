@@ -9,7 +9,8 @@ its own convergence test (:class:`~xraypose.register.config.RegistrationConfig`)
   learning rate for the rotation and one for the translation parameters (DiffPose), the depth's
   scaled per level; plateau schedule (back to the best pose and halve the rates after
   ``patience`` iterations without improvement; converged after ``max_reductions`` halvings) or
-  step schedule.  Wide capture range, slow to settle.
+  step schedule; also converged once the best pose has stayed within ``adam_tol_px`` pixels for
+  ``adam_patience`` iterations.  Wide capture range, slow to settle.
 * :class:`LMStepper` — Levenberg–Marquardt on the measure's residual ``r`` (``score = 1 −
   ½‖r‖²``) in a local chart ``pose(ξ) = F·exp(ξ)·F⁻¹·pose`` (``F``: the pose's axes at the
   isocenter; ξ = (ω, ρ) rad, mm): the exact gradient ``Jᵀr`` by autograd, the Gauss–Newton
@@ -51,6 +52,8 @@ class Track:
         levels: per finished level ``{"level", "iterations", "ended", "similarity"}``; ``ended``
             is "converged" (the level's test) or "max_iterations" (its cap).
         history: the poses each finished level started from (the start, then earlier results).
+        curvature: per Levenberg–Marquardt level index, its last Gauss–Newton curvature JᵀJ (6, 6)
+            (given before a registration: the first curvature to use, e.g. the previous frame's).
         work: the current level's working state (the stepper's).
     """
 
@@ -68,6 +71,7 @@ class Track:
     trajectory: list = field(default_factory=list)
     levels: list = field(default_factory=list)
     history: list = field(default_factory=list)
+    curvature: dict = field(default_factory=dict)
     work: dict = field(default_factory=dict)
 
     @property
@@ -131,7 +135,13 @@ class AdamStepper(Stepper):
             if c.frame == "isocentric":
                 lr[-1] *= lv.depth_lr_scale
             t.work.update(params=p, best_params=p.clone(), lr=lr, m=torch.zeros(D, dtype=F64),
-                          v=torch.zeros(D, dtype=F64), t=0, wait=0, reductions=0)
+                          v=torch.zeros(D, dtype=F64), t=0, wait=0, reductions=0, anchor=t.pose.clone(), still=0,
+                          pix=float(self.obj.pixel_mm(t.pose[None], reg.isocenter)[0]))
+
+    def _settled(self, w, reg) -> bool:
+        """True when the new best pose lies within ``adam_tol_px`` pixels of the anchor."""
+        return pose_motion_mm(w["anchor"], w["best_pose"], reg.isocenter,
+                              self.config.motion_radius_mm) < self.config.adam_tol_px * w["pix"]
 
     def _reset_moments(self, w) -> None:
         w["m"].zero_()
@@ -167,10 +177,18 @@ class AdamStepper(Stepper):
             if not math.isfinite(best) or s > best + c.rel_tol * max(abs(best), 1e-3):
                 w["best_score"], w["best_params"], w["wait"] = s, w["params"].clone(), 0
                 w["best_pose"] = T[j].detach().clone()
+                if self._settled(w, reg):
+                    w["still"] += 1
+                else:
+                    w["anchor"], w["still"] = w["best_pose"], 0
             else:
                 w["wait"] += 1
+                w["still"] += 1
             if last:
                 t.finish_level("max_iterations")
+                continue
+            if c.schedule == "plateau" and w["still"] >= c.adam_patience:  # the best pose stayed put: converged
+                t.finish_level("converged")
                 continue
             if c.schedule == "plateau":
                 if w["wait"] >= c.patience:
@@ -195,6 +213,17 @@ class AdamStepper(Stepper):
             t.iterations += 1
 
 
+def pose_motion_mm(T1: torch.Tensor, T2: torch.Tensor, isocenter: torch.Tensor, radius: float) -> float:
+    """Largest motion (mm) of a point within ``radius`` of the isocenter between two camera_to_world
+    poses (4, 4): the rotation angle times the radius plus the isocenter's displacement."""
+    from xraypose.geometry import so3_log
+
+    D = T2.detach().to(F64) @ torch.linalg.inv(T1.detach().to(F64))
+    angle = float(so3_log(D[:3, :3]).norm())
+    iso = isocenter.to(F64)
+    return angle * radius + float((D[:3, :3] @ iso + D[:3, 3] - iso).norm())
+
+
 def _chart(frame: torch.Tensor, xi: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
     """(n, 4, 4) poses ``F · exp(ξ) · F⁻¹ · pose`` for frames F (n, 4, 4), ξ (n, 6) = (ω, ρ)."""
     X = pose_from_params(xi[..., :3], xi[..., 3:], "se3_log_map")
@@ -207,8 +236,14 @@ class LMStepper(Stepper):
     def begin(self, tracks) -> None:
         super().begin(tracks)
         for t in tracks:
-            t.work.update(cand=t.pose.clone(), best_cost=math.inf, lam=float(self.config.lm_damping), H=None,
-                          since_H=0)
+            t.work.update(cand=t.pose.clone(), best_cost=math.inf, lam=float(self.config.lm_damping),
+                          H=t.curvature.get(self.li), since_H=0)
+
+    def end(self, tracks) -> None:
+        super().end(tracks)
+        for t in tracks:
+            if t.work.get("H") is not None:
+                t.curvature[self.li] = t.work["H"]
 
     def _frames(self, poses: torch.Tensor) -> torch.Tensor:
         Fr = poses.clone()

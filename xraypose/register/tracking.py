@@ -1,0 +1,212 @@
+"""Tracking a sequence (fluoroscopy): a pose per frame, each started from the previous frames.
+
+    from xraypose.register.tracking import track_sequence
+    frames = track_sequence(registrar, images (F, 1, H, W), camera, start_pose)
+
+* **Frame 0** is registered with the registrar's whole schedule from the given start.
+* **Frame f > 0** starts from a constant-velocity prediction, ``P_f = Δ · T_{f−1}`` with
+  ``Δ = T_{f−1} · T_{f−2}⁻¹`` (the last motion repeated; no motion after a failed frame), and is
+  registered with the *tracking* schedule only (:data:`TRACKING_LEVELS`: the finest
+  Levenberg–Marquardt level; the motion between frames lies well inside its capture range),
+  starting from the previous frame's Gauss–Newton curvature (the optimum's shape changes little
+  between frames: no finite differences until the curvature is renewed).
+* **A verdict per frame.**  With the confidence check (:func:`xraypose.register.confidence.assess`,
+  when available) a frame whose verdict is ``failed`` — or, without it, whose similarity drops
+  far below the sequence's (:func:`similarity_drop`) — is **re-initialised**: registered with the
+  whole schedule from the last good pose; the better result (by the check, then by similarity)
+  is kept and the frame says so (``reinitialised``).  A frame is never dropped.
+
+Rigs work the same way (``views``: every frame is a set of views tied by a rig; the poses are
+then ``rig_to_world``).  Units: mm, radians; poses are camera_to_world (world = CT RAS mm).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from xraypose.errors import InputError
+from xraypose.register.config import Level
+
+__all__ = ["FrameResult", "TRACKING_LEVELS", "track_sequence", "predict_pose", "similarity_drop"]
+
+F64 = torch.float64
+
+#: The schedule of frames after the first: the finest levels only, from the predicted pose.
+TRACKING_LEVELS = (
+    Level(size=128, iterations=20, volume_mm=2.0, fit_bone=True, optimizer="lm", similarity="gncc", robust=True,
+          fit_tissue=True, fit_curve=True),
+)
+
+
+@dataclass
+class FrameResult:
+    """One frame of a tracked sequence.
+
+    Attributes:
+        index: frame number.
+        camera_to_world: (4, 4) float64 result (``rig_to_world`` for a rig).
+        predicted: (4, 4) the start the motion model gave.
+        similarity, status: of the kept registration (:class:`~xraypose.register.RegistrationResult`).
+        verdict, p_success, reason: the confidence check's (None without it).
+        reinitialised: the frame failed from the prediction and was registered again with the
+            whole schedule from the last good pose.
+        seconds: wall-clock time of this frame (registration, check, re-initialisation).
+    """
+
+    index: int
+    camera_to_world: torch.Tensor
+    predicted: torch.Tensor
+    similarity: float
+    status: str
+    verdict: str | None = None
+    p_success: float | None = None
+    reason: str | None = None
+    reinitialised: bool = False
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"frame": self.index, "camera_to_world": self.camera_to_world.tolist(),
+                "predicted": self.predicted.tolist(), "similarity": self.similarity, "status": self.status,
+                "verdict": self.verdict, "p_success": self.p_success, "reason": self.reason,
+                "reinitialised": self.reinitialised, "seconds": self.seconds, **self.extra}
+
+
+def predict_pose(history: list) -> torch.Tensor:
+    """Constant-velocity prediction from the last good poses (newest last): ``Δ·T_last`` with
+    ``Δ = T_last·T_prev⁻¹``; the last pose itself when only one is known."""
+    if not history:
+        raise InputError("no pose to predict from")
+    last = history[-1].to(F64)
+    if len(history) < 2:
+        return last.clone()
+    prev = history[-2].to(F64)
+    return (last @ torch.linalg.inv(prev)) @ last
+
+
+def similarity_drop(similarity: float, accepted: list, floor: float = 0.02, k: float = 5.0) -> bool:
+    """True when ``similarity`` lies far below the accepted frames' (their median minus the larger
+    of ``floor`` and ``k`` median absolute deviations): the rule used without a confidence check."""
+    if not accepted:
+        return False
+    s = torch.tensor(accepted[-20:], dtype=F64)
+    med = float(s.median())
+    mad = float((s - med).abs().median())
+    return similarity < med - max(floor, k * mad)
+
+
+def _check(registrar, images, camera, poses, starts):
+    try:
+        from xraypose.register.confidence import assess
+    except ImportError:  # pragma: no cover - the check is part of the package
+        return None
+    return assess(registrar, images, camera, poses, starts=starts)
+
+
+def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
+                   confidence: bool = True, progress=None) -> list[FrameResult]:
+    """Register every frame of a sequence, each from the previous ones.
+
+    Args:
+        registrar: the CT's :class:`~xraypose.register.Registrar` (its schedule registers frame 0
+            and re-initialisations).
+        frames: (F, 1, H, W) or (F, H, W) preprocessed frames seen by ``camera`` — or None with
+            ``views``.
+        camera: their intrinsics.
+        start: (4, 4) start of frame 0 (camera_to_world; ``rig_to_world`` with ``views``).
+        views: for a rig, N tuples ``(frames (F, 1, H, W), camera, camera_to_rig (4, 4))``.
+        tracking_levels: the schedule of frames after the first.
+        confidence: check each frame (the verdict decides re-initialisations); without it a
+            similarity drop does (:func:`similarity_drop`).
+        progress: optional callable ``progress(FrameResult)`` after every frame.
+    Returns:
+        one :class:`FrameResult` per frame.
+    """
+    if views is None:
+        if frames is None or camera is None:
+            raise InputError("give frames and their camera, or views")
+        imgs = torch.as_tensor(frames)
+        if imgs.dim() == 3:
+            imgs = imgs[:, None]
+        if imgs.dim() != 4 or imgs.shape[1] != 1:
+            raise InputError(f"frames must be (F, 1, H, W) or (F, H, W), got shape {tuple(imgs.shape)}")
+        views = [(imgs, camera, None)]
+    n_frames = int(torch.as_tensor(views[0][0]).shape[0])
+    if n_frames == 0:
+        raise InputError("the sequence has no frame")
+    for i, v in enumerate(views):
+        if int(torch.as_tensor(v[0]).shape[0]) != n_frames:
+            raise InputError(f"view {i} has {int(torch.as_tensor(v[0]).shape[0])} frames, view 0 has {n_frames}")
+    if start is None:
+        raise InputError("give the start pose of the first frame")
+    T_start = torch.as_tensor(start, dtype=F64).reshape(4, 4)
+    tracker = registrar.derive(levels=tuple(tracking_levels))
+    single = len(views) == 1 and views[0][2] is None
+
+    def frame_views(f):
+        return [(torch.as_tensor(v[0])[f:f + 1], v[1], v[2]) for v in views]
+
+    def register(reg, f, T0, curvature=None):
+        res = reg.register_views(frame_views(f), T0[None], curvature=curvature)
+        chk = None
+        if confidence and single:
+            chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None])
+            chk = chk[0] if chk else None
+        return res, chk
+
+    def bad(res, chk, accepted):
+        if res.status[0] in ("diverged", "invalid start"):
+            return True
+        if chk is not None:
+            return chk.verdict == "failed"
+        return similarity_drop(float(res.similarity[0]), accepted)
+
+    out: list[FrameResult] = []
+    last_curvature: dict = {}
+    good_poses: list = []
+    accepted_sims: list = []
+    for f in range(n_frames):
+        t0 = time.perf_counter()
+        if f == 0:
+            pred = T_start
+            res, chk = register(registrar, f, pred)
+        else:
+            pred = predict_pose(good_poses[-2:] if out and out[-1].verdict != "failed" else good_poses[-1:])
+            try:  # the previous frame's curvature: the optimum's shape changes little between frames
+                res, chk = register(tracker, f, pred, [last_curvature] if last_curvature else None)
+            except InputError:  # the prediction left the CT: re-initialise below
+                res, chk = None, None
+        reinit = False
+        if f > 0 and (res is None or bad(res, chk, accepted_sims)):
+            reinit = True
+            res2, chk2 = register(registrar, f, good_poses[-1] if good_poses else T_start)
+            if res is None or _better(res2, chk2, res, chk):
+                res, chk = res2, chk2
+        pose = res.poses[0].clone()
+        if res.config.levels == tracker.config.levels:
+            last_curvature = res.curvature[0]
+        fr = FrameResult(index=f, camera_to_world=pose, predicted=pred.clone(), similarity=float(res.similarity[0]),
+                         status=res.status[0], verdict=chk.verdict if chk else None,
+                         p_success=float(chk.p_success) if chk else None, reason=chk.reason if chk else None,
+                         reinitialised=reinit, seconds=time.perf_counter() - t0)
+        if not bad(res, chk, accepted_sims):
+            good_poses.append(pose)
+            accepted_sims.append(fr.similarity)
+        elif not good_poses:
+            good_poses.append(pose)  # nothing better to go on from
+        out.append(fr)
+        if progress is not None:
+            progress(fr)
+    return out
+
+
+def _better(res_a, chk_a, res_b, chk_b) -> bool:
+    """True when registration a is to be kept over b: by p_success when both were checked, else by
+    similarity."""
+    if chk_a is not None and chk_b is not None and not math.isclose(chk_a.p_success, chk_b.p_success):
+        return chk_a.p_success > chk_b.p_success
+    return float(res_a.similarity[0]) > float(res_b.similarity[0])
