@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -59,9 +59,16 @@ def read_fiducials(path: Path):
 
 def register_command(
     ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
-    xray: Path = typer.Argument(..., help="X-ray: DICOM, or PNG/TIFF/NPY with intrinsics (options or a sidecar JSON)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output folder: pose.json, metrics.json (with --true-pose), trajectory.json; an "
-                                "earlier result there is replaced (its files this run does not write are removed)."),
+    xrays: List[Path] = typer.Argument(..., metavar="XRAY...", help="X-ray: DICOM, or PNG/TIFF/NPY with intrinsics "
+                                       "(options or a sidecar JSON). Several X-rays of one moment: with --rig."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder: pose.json, metrics.json (with --true-pose), trajectory.json "
+                                "(and views.png with --rig); an earlier result there is replaced (its files this run does not write "
+                                "are removed)."),
+    rig: Optional[str] = typer.Option(None, "--rig", help="rig.json tying several X-rays (camera_to_rig per X-ray; "
+                                      "docs/datasets.md §8.3), or 'angles' (the X-rays' own C-arm angles): one "
+                                      "rig_to_world is registered for all views."),
+    start_view: Optional[str] = typer.Option(None, "--start-view", help="With --rig: the view the start (model, "
+                                             "angles, --pose-json camera_to_world, ap) is for (default: the first X-ray)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to initialise from."),
     init: Optional[str] = typer.Option(
         None, "--init",
@@ -102,14 +109,16 @@ def register_command(
     allow_other_ct: bool = ALLOW_OTHER_CT,
     config: Optional[Path] = config_option("register"),
 ) -> None:
-    """Find the C-arm pose of an X-ray by registering it to a CT.
+    """Find the C-arm pose of an X-ray by registering it to a CT (several X-rays tied by a rig: --rig).
 
     Prints the verdict (ok | uncertain | failed), P(mTRE < 2 mm) and the reason; exits with code 3
     when the verdict is failed (the flagged result is still written).
 
-    Example:
+    Examples:
 
     xraypose register ct.nii.gz xray.dcm --model model.pt -o result/
+
+    xraypose register ct.nii.gz cam01.tif cam02.tif --rig rig.json --pose-json start.json -o result/
     """
     import torch
 
@@ -129,6 +138,29 @@ def register_command(
         raise InputError("--init model needs --model FILE")
     if init == "pose" and pose_json is None:
         raise InputError("--init pose needs --pose-json FILE")
+    if rig is not None or len(xrays) > 1:
+        if rig is None:
+            raise InputError(f"{len(xrays)} X-rays given: tie them with --rig rig.json (or --rig angles), or "
+                             "register them one at a time")
+        if antipodal:
+            raise InputError("--antipodal is not available with --rig")
+        from xraypose.cli_views import run_register_rig
+
+        code = run_register_rig(
+            ct=ct, xrays=xrays, rig=rig, output=output, start_view=start_view, init=init, model=model,
+            pose_json=pose_json, angles=angles, sod=sod, isocenter=isocenter, true_pose=true_pose,
+            fiducials=fiducials, crop=crop, blur=blur, size=size, i0=i0, no_trajectory=no_trajectory,
+            allow_other_ct=allow_other_ct,
+            read_kw=dict(sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0, reverse_x_axis=reverse_x_axis, kind=kind),
+            cfg_kw=dict(parameterization=parameterization, similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans,
+                        schedule=schedule, density=density, bone_multiplier=bone_multiplier, seed=seed,
+                        num_threads=threads, record_trajectory=not no_trajectory, **_levels(levels, fast)))
+        if code:
+            raise SystemExit(code)
+        return
+    if start_view is not None:
+        raise InputError("--start-view needs --rig (several X-rays)")
+    xray = xrays[0]
     check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
 
     vol = load_sample_ct() if ct == "sample" else read_volume(ct)

@@ -1,0 +1,163 @@
+"""Several views tied by a rig (issue 14): the API (register_rig), the verdict rule, the CLI and its bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.metrics import pose_errors
+from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
+from xraypose.register.cases import perturb_pose
+from xraypose.register.confidence import Confidence
+from xraypose.register.multiview import ViewImage, combine_confidences, register_rig, write_rig_registration
+from xraypose.rig import rig_from_carm, write_rig
+from xraypose.volume import load_sample_ct
+
+F64 = torch.float64
+PX = 64
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return load_sample_ct()
+
+
+@pytest.fixture(scope="module")
+def biplane(volume):
+    """Two realistic raw X-rays (AP and LAO 90, 64² px) of one rig pose, the rig and the truth."""
+    from xraypose.synthetic import XraySimulator
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    rig = rig_from_carm({"ap.npy": (0.0, 0.0), "lat.npy": (90.0, 0.0)}, sod=612.0,
+                        cameras={"ap.npy": cam, "lat.npy": cam})
+    frame = torch.eye(4, dtype=F64)
+    frame[:3, 3] = iso
+    truth = perturb_pose(frame, iso, 3.0, 6.0, torch.Generator().manual_seed(3))[0]
+    sim = XraySimulator(volume, cam, supersample=1, photons=1e5, blur_px=0.5)
+    raws = [sim(truth @ rig[n].camera_to_rig, generator=torch.Generator().manual_seed(i)).raw[0, 0]
+            for i, n in enumerate(rig.names)]
+    return {"rig": rig, "truth": truth, "raws": raws, "camera": cam, "iso": iso, "i0": sim.i0}
+
+
+def _views(b):
+    from xraypose.preprocess import preprocess
+
+    out = []
+    for n, raw in zip(b["rig"].names, b["raws"]):
+        pre = preprocess(raw, b["camera"], blur=(5, 1.0), log=True, i0=b["i0"], rescale=True)
+        out.append(ViewImage(n, pre.image, pre.camera, b["rig"][n].camera_to_rig))
+    return out
+
+
+def test_register_rig_recovers_the_rig_pose_and_writes_it(tmp_path, volume, biplane):
+    views = _views(biplane)
+    truth, iso = biplane["truth"], biplane["iso"]
+    start = perturb_pose(truth, iso, 4.0, 12.0, torch.Generator().manual_seed(5))[0]
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+    out = register_rig(volume, views, start, registrar=reg, start_view=1, true_rig_to_world=truth)
+    fid = iso[None] + torch.tensor([[40.0, 0, 0], [0, 40, 0], [0, 0, 40], [-30, -30, 10]], dtype=F64)
+    err = lambda X: float(pose_errors(X, truth, fid, sdr=510.0)["mtre"])  # noqa: E731
+    assert err(start) > 8.0
+    assert err(out.rig_to_world) < 1.5, err(out.rig_to_world)
+    for v in out.views:  # every view's pose is the rig pose times its camera_to_rig
+        assert torch.allclose(v.camera_to_world, out.rig_to_world @ v.camera_to_rig, atol=1e-9)
+        assert v.verdict in ("ok", "uncertain", "failed") and 0 <= v.p_success <= 1
+    assert out.p_success == min(v.p_success for v in out.views)
+    assert out.metrics["mtre"] == pytest.approx(out.views[1].metrics["mtre"], rel=1e-6)  # one mTRE for a rigid rig
+    files = write_rig_registration(tmp_path / "res", out, images=[v.image for v in views], volume=volume)
+    assert {f.name for f in files} == {"pose.json", "metrics.json", "trajectory.json", "views.png"}
+    pose = json.loads((tmp_path / "res" / "pose.json").read_text())
+    X = torch.tensor(pose["rig_to_world"], dtype=F64)
+    assert torch.allclose(X, out.rig_to_world) and pose["start_view"] == "lat.npy"
+    assert [v["name"] for v in pose["views"]] == ["ap.npy", "lat.npy"]
+    assert torch.allclose(torch.tensor(pose["views"][0]["camera_to_world"], dtype=F64) @
+                          torch.tensor(pose["views"][0]["world_to_camera"], dtype=F64), torch.eye(4, dtype=F64),
+                          atol=1e-9)
+    tr = json.loads((tmp_path / "res" / "trajectory.json").read_text())
+    assert tr["records"] and "rig_to_world" in tr["records"][0]
+
+
+def test_the_joint_verdict_is_the_least_trusted_views():
+    ok = Confidence(0.95, "ok", "fine")
+    unc = Confidence(0.6, "uncertain", "the optimum is flat")
+    bad = Confidence(0.7, "failed", "the DRR at the result is empty")
+    assert combine_confidences(["a", "b"], [ok, ok])[:2] == (0.95, "ok")
+    p, v, why = combine_confidences(["a", "b"], [ok, unc])
+    assert (p, v) == (0.6, "uncertain") and why == "view b: the optimum is flat"
+    p, v, why = combine_confidences(["a", "b", "c"], [ok, unc, bad])  # a guard's failure wins over a lower p
+    assert (p, v) == (0.6, "failed") and why.startswith("view c: ")
+
+
+def _write_case(d, b, with_cameras=True):
+    for n, raw in zip(b["rig"].names, b["raws"]):
+        np.save(d / n, raw.numpy().astype(np.float32))
+        (d / n).with_suffix(".json").write_text(json.dumps({**b["camera"].to_dict(), "kind": "intensity"}))
+    write_rig(d / "rig.json", b["rig"])
+    (d / "truth.json").write_text(json.dumps({"rig_to_world": b["truth"].tolist()}))
+    start = perturb_pose(b["truth"], b["iso"], 4.0, 12.0, torch.Generator().manual_seed(5))[0]
+    (d / "start.json").write_text(json.dumps({"rig_to_world": start.tolist()}))
+
+
+def _run(args):
+    from xraypose.cli import main
+
+    return main(args)
+
+
+def test_cli_register_with_a_rig(tmp_path, biplane, capsys):
+    _write_case(tmp_path, biplane)
+    x = [str(tmp_path / n) for n in biplane["rig"].names]
+    base = ["register", "sample", *x, "--rig", str(tmp_path / "rig.json"), "--i0", "65000",
+            "--true-pose", str(tmp_path / "truth.json")]
+    code = _run([*base, "-o", str(tmp_path / "out"), "--pose-json", str(tmp_path / "start.json"), "--fast"])
+    out = capsys.readouterr()
+    assert code in (0, 3), out.err
+    assert "view ap.npy:" in out.out and "verdict:" in out.out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["final"]["mtre"] < 1.5 and m["initial"]["mtre"] > 8.0
+    assert (tmp_path / "out" / "views.png").stat().st_size > 1000
+    # a start for one view (camera_to_world of lat.npy; start.json held a rig_to_world)
+    pose = json.loads((tmp_path / "out" / "pose.json").read_text())
+    (tmp_path / "start-lat.json").write_text(json.dumps({"camera_to_world": pose["views"][1]["camera_to_world"]}))
+    code = _run([*base, "-o", str(tmp_path / "out2"), "--pose-json", str(tmp_path / "start-lat.json"),
+                 "--start-view", "lat.npy", "--no-trajectory", "--levels", "48"])
+    assert code in (0, 3), capsys.readouterr().err
+    m = json.loads((tmp_path / "out2" / "metrics.json").read_text())
+    assert m["initial"]["mtre"] < 1.5 and m["final"]["mtre"] < 1.5
+    assert not (tmp_path / "out2" / "trajectory.json").exists()
+
+
+def test_cli_rig_bad_input_is_one_line(tmp_path, biplane, capsys):
+    _write_case(tmp_path, biplane)
+    ap, lat = str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy")
+    rig = json.loads((tmp_path / "rig.json").read_text())
+
+    def run(*xrays, rig_doc=None, extra=()):
+        p = tmp_path / "r.json"
+        p.write_text(json.dumps(rig_doc if rig_doc is not None else rig))
+        code = _run(["register", "sample", *xrays, "--rig", str(p), "-o", str(tmp_path / "o"), "--fast",
+                     "--pose-json", str(tmp_path / "start.json"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("xraypose: error: "), err
+        return err
+
+    assert "names an X-ray that is not given" in run(ap)  # rig.json names lat.npy, not given
+    (tmp_path / "other.npy").write_bytes((tmp_path / "ap.npy").read_bytes())
+    (tmp_path / "other.json").write_bytes((tmp_path / "ap.json").read_bytes())
+    assert "no view for the X-ray" in run(ap, lat, str(tmp_path / "other.npy"))
+    sheared = json.loads(json.dumps(rig))
+    sheared["views"]["lat.npy"]["camera_to_rig"][0][0] += 0.05
+    assert "rigid" in run(ap, lat, rig_doc=sheared)
+    # views of different sizes without intrinsics of their own (the files give none either)
+    bare = {"views": {k: {"camera_to_rig": v["camera_to_rig"]} for k, v in rig["views"].items()}}
+    np.save(tmp_path / "lat.npy", np.ones((PX, PX + 8), np.float32) * 1000)
+    (tmp_path / "ap.json").unlink()
+    (tmp_path / "lat.json").unlink()
+    assert "different sizes" in run(ap, lat, rig_doc=bare)
+    # several X-rays without a rig
+    code = _run(["register", "sample", ap, lat, "-o", str(tmp_path / "o")])
+    assert code == 2 and "--rig" in capsys.readouterr().err
