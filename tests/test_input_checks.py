@@ -30,7 +30,7 @@ def test_every_numeric_option_of_every_command_has_a_range():
     from xraypose.cli_options import LISTS, NUMERIC
 
     cmds = _commands()
-    assert set(cmds) == {"render", "register", "train", "evaluate", "demo", "info"}
+    assert set(cmds) == {"render", "register", "train", "evaluate", "demo", "info", "track"}
     missing, seen = [], 0
     for name, cmd in cmds.items():
         for p in cmd.params:

@@ -159,10 +159,12 @@ def _register_optional_commands() -> None:
     from xraypose.cli_evaluate import evaluate_command
     from xraypose.cli_register import register_command
     from xraypose.cli_train import train_command
+    from xraypose.cli_views import track_command
 
     app.command("train")(train_command)
     app.command("register")(register_command)
     app.command("evaluate")(evaluate_command)
+    app.command("track")(track_command)
 
 
 _register_optional_commands()

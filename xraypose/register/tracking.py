@@ -5,7 +5,8 @@
 
 * **Frame 0** is registered with the registrar's whole schedule from the given start.
 * **Frame f > 0** starts from a constant-velocity prediction, ``P_f = Δ · T_{f−1}`` with
-  ``Δ = T_{f−1} · T_{f−2}⁻¹`` (the last motion repeated; no motion after a failed frame), and is
+  ``Δ = T_{f−1} · T_{f−2}⁻¹`` (the last motion repeated; no motion after a failed or a
+  re-initialised frame: the motion into a jump is not the motion after it), and is
   registered with the *tracking* schedule only (:data:`TRACKING_LEVELS`: the finest
   Levenberg–Marquardt level; the motion between frames lies well inside its capture range),
   starting from the previous frame's Gauss–Newton curvature (the optimum's shape changes little
@@ -17,7 +18,9 @@
   is kept and the frame says so (``reinitialised``).  A frame is never dropped.
 
 Rigs work the same way (``views``: every frame is a set of views tied by a rig; the poses are
-then ``rig_to_world``).  Units: mm, radians; poses are camera_to_world (world = CT RAS mm).
+then ``rig_to_world``); each view is checked and the frame's verdict is the least trusted view's
+(:func:`xraypose.register.multiview.combine_confidences`).  Units: mm, radians; poses are
+camera_to_world (world = CT RAS mm).
 """
 
 from __future__ import annotations
@@ -107,6 +110,23 @@ def _check(registrar, images, camera, poses, starts):
     return assess(registrar, images, camera, poses, starts=starts)
 
 
+def _check_views(registrar, views, rig_to_world, start):
+    """The check of a rig's frame: every view at its pose, combined as
+    :func:`xraypose.register.multiview.combine_confidences` does (the least trusted view's)."""
+    from xraypose.register.confidence import Confidence
+    from xraypose.register.multiview import combine_confidences
+
+    confs = []
+    for v in views:
+        C = torch.eye(4, dtype=F64) if v[2] is None else torch.as_tensor(v[2], dtype=F64)
+        c = _check(registrar, torch.as_tensor(v[0]), v[1], (rig_to_world @ C)[None], (start @ C)[None])
+        if not c:
+            return None
+        confs.append(c[0])
+    p, verdict, reason = combine_confidences([f"{i}" for i in range(len(views))], confs)
+    return Confidence(p, verdict, reason, {}, sum(c.seconds for c in confs))
+
+
 def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
                    confidence: bool = True, progress=None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
@@ -156,6 +176,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if confidence and single:
             chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None])
             chk = chk[0] if chk else None
+        elif confidence:
+            chk = _check_views(reg, frame_views(f), res.poses[0], T0)
         return res, chk
 
     def bad(res, chk, accepted):
@@ -175,7 +197,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             pred = T_start
             res, chk = register(registrar, f, pred)
         else:
-            pred = predict_pose(good_poses[-2:] if out and out[-1].verdict != "failed" else good_poses[-1:])
+            moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
+            pred = predict_pose(good_poses[-2:] if moving else good_poses[-1:])
             try:  # the previous frame's curvature: the optimum's shape changes little between frames
                 res, chk = register(tracker, f, pred, [last_curvature] if last_curvature else None)
             except InputError:  # the prediction left the CT: re-initialise below

@@ -1,0 +1,159 @@
+"""Tracking a sequence (issue 14, item 2): track_sequence on a short simulated sequence, and `xraypose track`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xraypose.camera import Camera
+from xraypose.geometry import make_transform, so3_exp
+from xraypose.metrics import pose_errors
+from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
+from xraypose.register.cases import CaseMaker, perturb_pose
+from xraypose.register.tracking import track_sequence
+from xraypose.volume import load_sample_ct
+
+F64 = torch.float64
+PX = 64
+N_FRAMES, JUMP_AT = 6, 3
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return load_sample_ct()
+
+
+@pytest.fixture(scope="module")
+def sequence(volume):
+    """Raw X-rays (64² px, noisy) of a pose moving ~1.9 mm and 0.8° per frame, with a jump of 27 mm and
+    8° at frame JUMP_AT; the true poses and fiducials."""
+    from xraypose.synthetic import XraySimulator
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    T0, fid = CaseMaker(volume, camera=cam, collimator_px=2, n_fiducials=10).true_pose(2)
+    poses = [T0]
+    for f in range(1, N_FRAMES):
+        if f == JUMP_AT:
+            w, v = torch.tensor([0.0, 0.0, math.radians(8.0)]), torch.tensor([25.0, 0.0, 10.0])
+        else:
+            w, v = torch.tensor([0.8944, 0.4472, 0.0]) * math.radians(0.8), torch.tensor([1.5, -1.0, 0.5])
+        R = so3_exp(w.to(F64))
+        poses.append(make_transform(R, iso - R @ iso + v.to(F64)) @ poses[-1])
+    sim = XraySimulator(volume, cam, supersample=1, photons=1e5, blur_px=0.5)
+    raws = torch.stack([sim(T, generator=torch.Generator().manual_seed(f)).raw[0, 0] for f, T in enumerate(poses)])
+    start = perturb_pose(poses[0], iso, 3.0, 10.0, torch.Generator().manual_seed(1))[0]
+    return {"raws": raws, "poses": poses, "fid": fid, "camera": cam, "i0": sim.i0, "start": start}
+
+
+def test_track_sequence_follows_small_motion_and_reinitialises_a_jump(volume, sequence):
+    from xraypose.preprocess import preprocess
+
+    pres = [preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True)
+            for r in sequence["raws"]]
+    frames = torch.stack([p.image for p in pres])[:, None]
+    cam = pres[0].camera
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    seen = []
+    out = track_sequence(reg, frames, cam, sequence["start"], progress=seen.append)
+    assert [fr.index for fr in out] == list(range(N_FRAMES)) and seen == out
+    err = [float(pose_errors(fr.camera_to_world, sequence["poses"][fr.index], sequence["fid"], cam)["mtre"])
+           for fr in out]
+    pred = [float(pose_errors(fr.predicted, sequence["poses"][fr.index], sequence["fid"], cam)["mtre"]) for fr in out]
+    assert pred[JUMP_AT] > 20.0  # the prediction missed the jump by far
+    assert out[JUMP_AT].reinitialised and err[JUMP_AT] < 4.0, (err, [fr.verdict for fr in out])
+    assert not any(fr.reinitialised for fr in out[:JUMP_AT])  # small motion: tracked from the prediction
+    assert not out[JUMP_AT + 1].reinitialised  # after the jump, no velocity carried across it
+    assert max(e for f, e in enumerate(err) if f != JUMP_AT) < 1.5, err
+    assert all(fr.verdict in ("ok", "uncertain", "failed") for fr in out)
+
+
+def _save_sequence(d, sequence, n=4):
+    d.mkdir()
+    np.save(d / "run.npy", sequence["raws"][:n].numpy().astype(np.float32))
+    cam = sequence["camera"]  # (no height/width: xray.py checks a sidecar's against an (F, H, W) stack's F, H)
+    (d / "run.json").write_text(json.dumps({"sdd_mm": cam.sdd, "delx_mm": cam.delx, "kind": "intensity"}))
+    (d / "start.json").write_text(json.dumps({"camera_to_world": sequence["start"].tolist()}))
+    return d / "run.npy"
+
+
+def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
+    from xraypose.cli import main
+
+    run = _save_sequence(tmp_path / "in", sequence)
+    out = tmp_path / "out"
+    code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", str(tmp_path / "in" / "start.json"),
+                 "--i0", "65000", "--fast"])
+    text = capsys.readouterr()
+    assert code in (0, 3), text.err
+    assert [ln.startswith(f"frame {i}/4: ") for i, ln in enumerate(
+        [x for x in text.out.splitlines() if x.startswith("frame ")], 1)] == [True] * 4
+    rows = (out / "trajectory.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("frame,time_s,verdict,p_success,similarity,status,reinitialised,seconds,m00")
+    doc = json.loads((out / "trajectory.json").read_text())
+    assert doc["pose"] == "camera_to_world" and len(doc["frames"]) == 4
+    for fr in doc["frames"]:
+        e = float(pose_errors(torch.tensor(fr["camera_to_world"], dtype=F64), sequence["poses"][fr["frame"]],
+                              sequence["fid"], sequence["camera"])["mtre"])
+        assert e < 2.0 and fr["seconds"] > 0 and fr["verdict"] in ("ok", "uncertain", "failed")
+    gif = (out / "overlay.gif").read_bytes()
+    assert gif[:6] in (b"GIF89a", b"GIF87a") and len(gif) < 500_000
+
+
+def test_cli_track_bad_input_is_one_line(tmp_path, sequence, capsys):
+    from xraypose.cli import main
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    cam = sequence["camera"]
+    for i in range(3):
+        raw = sequence["raws"][i].numpy().astype(np.float32)
+        if i == 2:  # a frame of another size
+            raw = raw[:, :-4]
+        np.save(d / f"f{i}.npy", raw)
+        (d / f"f{i}.json").write_text(json.dumps({"sdd_mm": cam.sdd, "delx_mm": cam.delx, "kind": "intensity"}))
+    code = main(["track", "sample", str(d), "-o", str(tmp_path / "o"), "--init", "ap"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "f2.npy: frame 2 is 64 × 60 pixels" in err, err
+    code = main(["track", "sample", str(d / "f0.npy"), str(d / "f2.npy"), "-o", str(tmp_path / "o"), "--init", "ap"])
+    err = capsys.readouterr().err
+    assert code == 2 and "every frame of a sequence must have one size" in err, err
+
+
+def test_cli_track_a_biplane_sequence(tmp_path, volume, capsys):
+    """Two views (AP, lateral) tied by a rig, 2 frames each in its camera's folder: rig_to_world per frame."""
+    from xraypose.cli import main
+    from xraypose.rig import rig_from_carm, write_rig
+    from xraypose.synthetic import XraySimulator
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    rig = rig_from_carm({"cam01": (0.0, 0.0), "cam02": (90.0, 0.0)}, sod=612.0)
+    write_rig(tmp_path / "rig.json", rig)
+    frame = torch.eye(4, dtype=F64)
+    frame[:3, 3] = iso
+    truth = [perturb_pose(frame, iso, 2.0, 4.0, torch.Generator().manual_seed(2))[0]]
+    R = so3_exp(torch.tensor([0.0, 0.0, math.radians(1.0)], dtype=F64))
+    truth.append(make_transform(R, iso - R @ iso + torch.tensor([1.5, 1.0, 0.0], dtype=F64)) @ truth[0])
+    sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.5)
+    for n in rig.names:
+        (tmp_path / n).mkdir()
+        for f, X in enumerate(truth):
+            np.save(tmp_path / n / f"f{f}.npy", sim(X @ rig[n].camera_to_rig).raw[0, 0].numpy().astype(np.float32))
+            (tmp_path / n / f"f{f}.json").write_text(json.dumps({"sdd_mm": cam.sdd, "delx_mm": cam.delx,
+                                                                  "kind": "intensity"}))
+    start = perturb_pose(truth[0], iso, 2.0, 6.0, torch.Generator().manual_seed(4))[0]
+    (tmp_path / "start.json").write_text(json.dumps({"rig_to_world": start.tolist()}))
+    code = main(["track", "sample", str(tmp_path / "cam01"), str(tmp_path / "cam02"), "--rig", str(tmp_path / "rig.json"),
+                 "-o", str(tmp_path / "out"), "--pose-json", str(tmp_path / "start.json"), "--i0", "65000", "--fast"])
+    assert code in (0, 3), capsys.readouterr().err
+    doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
+    assert doc["pose"] == "rig_to_world" and [v["name"] for v in doc["views"]] == ["cam01", "cam02"]
+    fid = iso[None] + torch.tensor([[40.0, 0, 0], [0, 40, 0], [0, 0, 40], [-30, -30, 10]], dtype=F64)
+    for fr, X in zip(doc["frames"], truth):
+        e = float(pose_errors(torch.tensor(fr["rig_to_world"], dtype=F64), X, fid, sdr=510.0)["mtre"])
+        assert e < 1.5 and fr["verdict"] in ("ok", "uncertain", "failed"), e
+        V = torch.tensor(fr["views"]["cam02"], dtype=F64)
+        assert torch.allclose(V, torch.tensor(fr["rig_to_world"], dtype=F64) @ rig["cam02"].camera_to_rig, atol=1e-6)
