@@ -381,7 +381,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_computing(tmp_path, m
     xray = str(case / "xrays" / "lao20_caud10.dcm")
     _forbid(monkeypatch, "xraypose.register.Registrar.register")
     _forbid(monkeypatch, "xraypose.api.render_drr")
-    _forbid(monkeypatch, "xraypose.train._train")
+    _forbid(monkeypatch, "xraypose.train.trainer.Trainer.setup")
     _forbid(monkeypatch, "xraypose.evaluate.load_eval_set")
     _forbid(monkeypatch, "xraypose.volume.load_sample_ct")
     runs = [

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from xraypose._checks import check_number, check_vector, config_error
 from xraypose.camera import Camera
 from xraypose.geometry import so3_exp
 
@@ -154,6 +155,24 @@ class AugmentConfig:
     noise: bool = True
     noise_prob: float = 0.5
     noise_max_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """InputError naming the first setting out of its range (``config: augment.gamma_max = ...``)."""
+        check_vector("augment.bone_multiplier", self.bone_multiplier, n=2, lo=0)
+        if not 0 < self.bone_multiplier[0] <= self.bone_multiplier[1]:
+            config_error("augment.bone_multiplier", self.bone_multiplier, "must be [lo, hi] with 0 < lo <= hi")
+        check_vector("augment.source_rotation_std", self.source_rotation_std, lo=0)
+        if max(self.source_rotation_std) > 0.3:
+            config_error("augment.source_rotation_std", self.source_rotation_std, "must be <= 0.3 rad")
+        for k in ("collimator_prob", "gamma_prob", "blur_prob", "noise_prob"):
+            check_number(f"augment.{k}", getattr(self, k), lo=0, hi=1)
+        check_number("augment.collimator_max_frac", self.collimator_max_frac, lo=0, hi=0.4)
+        check_number("augment.gamma_max", self.gamma_max, lo=1, hi=4)
+        check_number("augment.blur_max_sigma_px", self.blur_max_sigma_px, lo=0, hi=10)
+        check_number("augment.noise_max_std", self.noise_max_std, lo=0, hi=1)
 
 
 class Augmenter:

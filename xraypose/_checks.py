@@ -1,0 +1,51 @@
+"""Guards shared by the configuration objects (internal).
+
+Each raises :class:`xraypose.errors.InputError` with one line that names the setting, the value and
+what it must be: ``config: optim.lr = -1.0 must be > 0``.  The training configuration's sections
+(:mod:`xraypose.train.config`) and :class:`xraypose.augment.AugmentConfig` check their fields with
+them, beside the fields.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NoReturn
+
+from xraypose.errors import InputError
+
+__all__ = ["config_error", "check_number", "check_vector", "check_choice"]
+
+
+def config_error(name: str, value, why: str) -> NoReturn:
+    """Raise ``InputError("config: NAME = VALUE WHY")``."""
+    raise InputError(f"config: {name} = {value!r} {why}")
+
+
+def check_number(name: str, v, lo=None, hi=None, lo_open: bool = False, integer: bool = False,
+                 allow_none: bool = False) -> None:
+    """A finite number (not a bool) in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); a whole one with ``integer``;
+    None passes with ``allow_none``."""
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
+        config_error(name, v, "must be " + ("a whole number" if integer else "a number"))
+    if not math.isfinite(float(v)):
+        config_error(name, v, "must be finite")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        config_error(name, v, f"must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and v > hi:
+        config_error(name, v, f"must be <= {hi}")
+
+
+def check_vector(name: str, v, n: int = 3, lo=None) -> None:
+    """A list or tuple of ``n`` finite numbers, each ``>= lo`` when ``lo`` is given."""
+    if not isinstance(v, (list, tuple)) or len(v) != n:
+        config_error(name, v, f"must be a list of {n} numbers")
+    for x in v:
+        check_number(name, x, lo=lo)
+
+
+def check_choice(name: str, v, options) -> None:
+    """One of ``options``."""
+    if v not in options:
+        config_error(name, v, f"is not one of: {', '.join(map(str, options))}")
