@@ -147,6 +147,45 @@ def test_collimator_and_blur():
 
 
 # ----------------------------------------------------------------------------- training runs
+def _trainer(folder, ct, **changes):
+    """A set-up :class:`Trainer` on the tiny config, writing into ``folder``."""
+    from xraypose.train import Trainer
+
+    folder.mkdir(exist_ok=True)
+    return Trainer(TrainConfig.from_dict(tiny(**changes)), output_paths(folder / "m.pt")).setup(ct)
+
+
+def test_trainer_step_alone_is_one_reproducible_optimiser_step(tmp_path, ct):
+    a, b = _trainer(tmp_path / "a", ct), _trainer(tmp_path / "b", ct)
+    before = {k: v.clone() for k, v in a.model.state_dict().items()}
+    out = a.step()
+    assert (a.steps, a.images_seen, a.renders, a.buffer.filled) == (1, 8, 4, 4)  # batch 8, reuse 2: 4 fresh renders
+    assert set(out["parts"]) == {"loss", "rot_deg", "trans_mm", "dgeo_mm", "se3"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in out["parts"].values())
+    assert out["lr"] == a.sched.lr_at(0)
+    changed = [k for k, v in a.model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed  # the step moved the weights
+    # a step's data and update depend on (seed, rank, step) only: a second trainer makes the same step
+    assert b.step()["parts"] == out["parts"]
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+    # a step writes no checkpoint (checkpoints are the loop's business)
+    assert not a.paths["best"].exists() and not a.paths["last"].exists()
+    a.close()
+    b.close()
+
+
+def test_trainer_budget_fits_the_schedule_to_the_time_left(tmp_path, ct):
+    t = _trainer(tmp_path, ct, run__max_steps=1000, run__time_budget_s=1e6)
+    t.steps, t.step_times = 50, [1.0] * 20  # measured: 1 s a step (1.05 s with the margin)
+    t.t_start, t.elapsed_before = time.perf_counter(), 1e6 - 3.0 - 10.5 * 1.05  # 3 s reserve, 10.5 steps left
+    t.budget()
+    assert (t.total, t.sched.total_steps, t.stop) == (60, 60, False)
+    t.elapsed_before = 1e6 - 3.0 - 0.5 * 1.05  # half a step left: stop
+    t.budget()
+    assert t.stop
+    t.close()
+
+
 def test_training_writes_usable_model_log_and_state(tmp_path, ct):
     out = tmp_path / "model.pt"
     r = train(ct, out, tiny(loss__param_weight=1.0))
