@@ -51,7 +51,17 @@ __all__ = [
     "rescale01",
     "preprocess",
     "ncc",
+    "collimator_edges",
+    "saturation_mask",
+    "MIN_FIELD_FRACTION",
 ]
+
+#: A saturated plateau: at least this share of the pixels exactly at the image's maximum intensity.
+SATURATION_MIN_FRACTION = 0.01
+
+#: The smallest share of the detector a collimator may leave (:func:`collimator_edges`): below
+#: it, registration would rest on a few centimetres of anatomy, and :func:`preprocess` refuses.
+MIN_FIELD_FRACTION = 0.25
 
 #: Right-multiply a camera_to_world pose by this to turn the camera 180° about
 #: its principal axis (what a 180° rotation of the image does to the pose).
@@ -115,6 +125,9 @@ class Preprocessed:
             ``pose_of_input @ pose_transform`` (the identity unless the image
             was rotated by 180° or its rows flipped).
         steps: what was done, in order, each a dict with ``"step"`` and its numbers.
+        mask: ``(H, W)`` float32 pixel weights in [0, 1] — 0 where the X-ray cannot be trusted
+            (a saturated plateau, a collimator's shadow: see :func:`preprocess`), fractional where a resize averaged
+            both — or None when every pixel can (give it to registration: ``masks=``).
     """
 
     image: torch.Tensor
@@ -122,6 +135,7 @@ class Preprocessed:
     pixel_map: PixelMap = field(default_factory=PixelMap)
     pose_transform: torch.Tensor = field(default_factory=lambda: torch.eye(4, dtype=torch.float64))
     steps: list = field(default_factory=list)
+    mask: torch.Tensor | None = None
 
     def transform_pose(self, pose: torch.Tensor) -> torch.Tensor:
         """The pose of :attr:`image` given the pose of the input image."""
@@ -529,6 +543,84 @@ def rescale01(image):
     return (img - lo) / (hi - lo), (lo, hi)
 
 
+def collimator_edges(image, tol: float = 0.02) -> tuple[int, int, int, int]:
+    """Rows/columns of a collimator's shadow at each edge: (top, bottom, left, right) pixels.
+
+    ``image`` (H, W) in the registration's form (line integrals: more attenuation = larger).  A
+    collimator blade stops the beam: its shadow is a flat band at the image's *maximum*
+    attenuation.  From each edge, whole rows (columns) count while every pixel lies within ``tol``
+    of the image's robust range (its 1st–99.5th percentiles) below that maximum.  A flat band at
+    the *minimum* (air around a small CT, a saturated direct beam) is not a collimator.
+    """
+    img = as_image(image).detach().to(torch.float64)
+    H, W = img.shape
+    if H < 2 or W < 2:
+        return (0, 0, 0, 0)
+    finite = img[torch.isfinite(img)]
+    if finite.numel() == 0:
+        return (0, 0, 0, 0)
+    q = torch.quantile(finite[:: max(1, finite.numel() // 200_000)], torch.tensor([0.01, 0.995], dtype=img.dtype))
+    lo, hi = float(q[0]), float(q[1])
+    if not hi > lo:
+        return (0, 0, 0, 0)
+    flat = img >= hi - tol * (hi - lo)
+
+    def run(lines):
+        n = 0
+        for ok in lines:
+            if not bool(ok):
+                break
+            n += 1
+        return n
+
+    rows, cols = flat.all(1), flat.all(0)
+    top, bottom = run(rows), run(rows.flip(0))
+    left, right = run(cols), run(cols.flip(0))
+    return (top, bottom, left, right)
+
+
+def saturation_mask(image) -> torch.Tensor | None:
+    """(H, W) bool, True at the pixels of a saturated plateau — or None when there is none.
+
+    ``image``: raw intensities (bright = more photons).  A detector or its display clips at a
+    maximum: every clipped pixel holds exactly the image's maximum, a plateau no noisy pixel
+    makes.  At least :data:`SATURATION_MIN_FRACTION` of the pixels must share that value.
+    """
+    img = as_image(image)
+    finite = torch.isfinite(img)
+    if not bool(finite.any()):
+        return None
+    top = img[finite].max()
+    if bool(top == img[finite].min()):
+        return None  # a constant image: not saturation (later steps say what is wrong with it)
+    sat = img == top
+    n = int(sat.sum())
+    if n < max(10, SATURATION_MIN_FRACTION * img.numel()):
+        return None
+    return sat
+
+
+def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor | None:
+    """A collimator's shadow left in the image: recorded in ``steps``, refused when it leaves < 25 %
+    of the image, else returned as an (H, W) float32 mask (0 in the shadow grown by ``grow`` px)."""
+    t, b, l, r = collimator_edges(img)
+    if not (t or b or l or r):
+        return None
+    H, W = img.shape
+    h, w = max(0, H - t - b), max(0, W - l - r)
+    frac = h * w / float(H * W)
+    steps.append({"step": "collimator_check", "edges": [t, b, l, r], "field_fraction": frac})
+    if frac < MIN_FIELD_FRACTION:
+        raise InputError(
+            f"the collimator leaves {100 * frac:.0f}% of the X-ray (flat borders of {t}, {b}, {l}, {r} px at the "
+            f"top, bottom, left, right); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed to register — is this "
+            "the right image?")
+    keep = torch.zeros(H, W, dtype=torch.float32)
+    g = int(grow)
+    keep[(t + g if t else 0):H - (b + g if b else 0), (l + g if l else 0):W - (r + g if r else 0)] = 1.0
+    return keep
+
+
 # --------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------
@@ -573,12 +665,18 @@ def preprocess(
     2. ``crop`` — remove a border: n pixels per edge or (top, bottom, left,
        right); ``center_crop`` — keep the central h or (h, w) pixels.
     3. ``blur`` — Gaussian blur: True (5×5, σ = 1 px), a σ, or (kernel, σ).
+       With ``log`` "intensity" / "log-intensity", a saturated plateau of the raw image
+       (:func:`saturation_mask`), grown by the blur's radius, is left out: ``result.mask`` is 0
+       there (registration weighs its pixels by it); less than 25 % usable is refused.
     4. ``log`` — turn intensities into line integrals:
        ``True``/"intensity": ``L = log I0 − log(I + offset)`` with ``I0 = i0``
        or the image maximum; "log-intensity": ``L = max − v`` (values already
        proportional to log I); ``False``/"attenuation": unchanged.
     5. ``background`` — subtract a level (see :func:`subtract_background`).
-    6. ``rescale`` — min–max to [0, 1].
+    6. ``rescale`` — min–max to [0, 1].  A collimator's shadow left in the image (flat borders
+       at the maximum attenuation, :func:`collimator_edges`) is recorded and left out
+       (``result.mask`` 0 there, grown by the blur's radius + 1); one that leaves less than
+       :data:`MIN_FIELD_FRACTION` of the image is refused.
     7. ``size`` — resize to h or (h, w) pixels (antialiased).
 
     The camera (if given) follows every geometric step; ``result.pixel_map``
@@ -596,14 +694,32 @@ def preprocess(
                         size=size)
     before = [op for op in geo.ops if op[0] != "resize"]
     after = [op for op in geo.ops if op[0] == "resize"]
+    mode = {True: "intensity", False: "attenuation", None: "attenuation"}.get(log, log)
+    sat = saturation_mask(img) if mode in ("intensity", "log-intensity") else None
+    mask = None if sat is None else (~sat).to(torch.float32)
     for op in before:
         img = _apply_op(img, op)
+        mask = None if mask is None else _apply_op(mask, op)
     steps: list[dict] = [s for s in geo.steps if s["step"] != "resize"]
+    bad = ~torch.isfinite(img)
+    if bool(bad.any()):
+        r, c = (int(x) for x in torch.nonzero(bad)[0])
+        raise InputError(f"X-ray has {int(bad.sum())} NaN or infinite pixels (the first at row {r}, column {c} after "
+                         "the crop); replace them (e.g. from a dead-pixel map) or crop them away")
     b = _blur_args(blur)
     if b is not None:
         img = gaussian_blur(img, *b)
         steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1]})
-    mode = {True: "intensity", False: "attenuation", None: "attenuation"}.get(log, log)
+        if mask is not None:  # blurred pixels next to the plateau are not to be trusted either
+            r = b[0] // 2
+            mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
+    if mask is not None:
+        frac = float(mask.mean())
+        steps.append({"step": "saturation_mask", "value": float(as_image(image)[sat].flatten()[0]),
+                      "pixels": int(sat.sum()), "weight": frac})
+        if frac < MIN_FIELD_FRACTION:
+            raise InputError(f"the X-ray is saturated (a flat maximum) over {100 * (1 - frac):.0f}% of its pixels: "
+                             f"at least {100 * MIN_FIELD_FRACTION:.0f}% must be usable to register")
     if mode == "intensity":
         img, info = beer_lambert(img, i0=i0, offset=offset)
         steps.append({"step": "beer_lambert", "formula": "log(I0) - log(I + offset)", **info})
@@ -620,12 +736,16 @@ def preprocess(
     if rescale:
         img, (lo, hi) = rescale01(img)
         steps.append({"step": "rescale01", "min": lo, "max": hi})
+    shadow = _check_field(img, steps, grow=0 if b is None else b[0] // 2 + 1)
+    if shadow is not None:
+        mask = shadow if mask is None else mask * shadow
     for op in after:
         img = _apply_op(img, op)
+        mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
     steps += [s for s in geo.steps if s["step"] == "resize"]
     img = img.to(torch.float32)
     return Preprocessed(image=img, camera=geo.camera, pixel_map=geo.pixel_map, pose_transform=geo.pose_transform,
-                        steps=steps)
+                        steps=steps, mask=mask)
 
 
 def ncc(a, b, mask=None) -> float:

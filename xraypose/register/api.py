@@ -130,6 +130,7 @@ def register_xray(
     fiducials=None,
     confidence: bool = True,
     hypotheses: bool = True,
+    masks=None,
 ) -> list[Registration]:
     """Register X-rays (one detector) to a CT.
 
@@ -153,6 +154,8 @@ def register_xray(
             one batch) and keep the one with the highest ``p_success``; the result says which
             (``confidence["kept"]``, ``confidence["hypotheses"]``).  Costs nothing when the verdict
             is ``ok``.  Needs ``confidence``.
+        masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
+            the saturated pixels of :attr:`~xraypose.preprocess.Preprocessed.mask`).
     Returns:
         one :class:`Registration` per X-ray.
     """
@@ -177,7 +180,10 @@ def register_xray(
         if starts.dim() != 3:
             raise InputError("antipodal starts need one start pose per X-ray")
         starts = with_antipodal(starts, reg.isocenter)
-    res = reg.register(imgs, camera, starts)
+    if masks is not None:
+        masks = torch.as_tensor(masks, dtype=torch.float32)
+        masks = masks.reshape(1, 1, *masks.shape) if masks.dim() == 2 else masks
+    res = reg.register(imgs, camera, starts, masks=masks)
     picks = [(res, b) for b in range(B)]  # where each X-ray's result comes from
     checks: list = [None] * B
     if confidence:
@@ -188,7 +194,8 @@ def register_xray(
             c = checks[b]
             checks[b] = {"conf": c, "info": {**c.to_dict(), "kept": "given start"}}
             if hypotheses and c.verdict != "ok":
-                picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c)
+                mb = None if masks is None else masks[min(b, masks.shape[0] - 1):][:1]
+                picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c, mb)
     truth = None
     if true_pose is not None:
         truth = torch.as_tensor(true_pose, dtype=F64).reshape(-1, 4, 4).expand(B, 4, 4)
@@ -225,7 +232,7 @@ def register_xray(
     return outs
 
 
-def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf) -> tuple:
+def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) -> tuple:
     """Register the alternatives of X-ray ``b`` (image (1, 1, H, W)) and keep the best by ``p_success``.
 
     Returns ((result, index) of the kept registration, {"conf": its Confidence, "info": JSON-ready
@@ -246,7 +253,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf) -> tuple:
     if len(names):
         K = len(names)
         imgs = image.expand(K, -1, -1, -1)
-        r2 = reg.register(imgs, camera, alts)
+        r2 = reg.register(imgs, camera, alts, masks=None if mask is None else mask.expand(K, -1, -1, -1))
         c2 = assess(reg, imgs, camera, r2.poses, starts=alts)
         for k in range(K):
             tried.append({"start": names[k], "p_success": c2[k].p_success, "verdict": c2[k].verdict,

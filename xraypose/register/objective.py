@@ -13,7 +13,6 @@ with the X-ray (least squares of the X-ray on the two rendered channels).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -72,24 +71,30 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
 
 
 def fit_channels(L: torch.Tensor, y: torch.Tensor, base: float, kinds, lo: float = 0.2,
-                 hi: float = 5.0) -> torch.Tensor:
+                 hi: float = 5.0, w: torch.Tensor | None = None) -> torch.Tensor:
     """Per element, the coefficients ``c`` making ``L0 + Σ_k c_k·L_k`` correlate best with ``y``:
     least squares of y on all channels (and a constant), divided by L0's weight.
 
     L: (n, C, R) channels, y: (n, R); ``kinds`` (C − 1): per extra channel "bone" (the total
     multiplier ``base + c`` kept in [lo, hi]), "free" (any sign) or "positive" (>= 0: an
     attenuating material, e.g. the CT box's air in a renderer that gives air a density).
+    ``w``: optional (n, R) pixel weights (weighted least squares).
     Returns (n, C − 1) float64, detached.
     """
     L = L.detach().to(F64)
     y = y.detach().to(F64)
     n, C, _ = L.shape
-    Lc = L - L.mean(-1, keepdim=True)
-    yc = y - y.mean(-1, keepdim=True)
-    scale = Lc.pow(2).mean(-1).sqrt().clamp_min(1e-30)  # (n, C): conditioning
+    if w is None:
+        w = torch.ones_like(y)
+    w = w.detach().to(F64).reshape(n, 1, -1)
+    sw = w.sum(-1).clamp_min(1e-30)  # (n, 1)
+    Lc = L - (w * L).sum(-1, keepdim=True) / sw[..., None]
+    yc = y - (w[:, 0] * y).sum(-1, keepdim=True) / sw
+    scale = (w * Lc.pow(2)).sum(-1).div(sw).sqrt().clamp_min(1e-30)  # (n, C): conditioning
     Z = Lc / scale[..., None]
-    A = Z @ Z.transpose(1, 2) / Z.shape[-1] + 1e-9 * torch.eye(C, dtype=F64)
-    b = (Z @ yc[..., None])[..., 0] / Z.shape[-1]
+    Zw = Z * w
+    A = Zw @ Z.transpose(1, 2) / sw[..., None] + 1e-9 * torch.eye(C, dtype=F64)
+    b = (Zw @ yc[..., None])[..., 0] / sw
     w = torch.linalg.solve(A, b) / scale  # (n, C)
     ok = torch.isfinite(w).all(-1) & (w[:, 0] > 0)
     coef = torch.where(ok[:, None], w[:, 1:] / w[:, :1].clamp_min(1e-30), torch.zeros_like(w[:, 1:]))
@@ -133,7 +138,8 @@ def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return drr + c.to(drr.dtype).reshape(n, 1, 1, 1) * g2
 
 
-def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = float(os.environ.get("RC", "4.685")), iterations: int = int(os.environ.get("RI", "3"))) -> torch.Tensor:
+def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = 4.685, iterations: int = 3,
+                   prior: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel weights that leave out what the CT cannot explain (implants, tools, saturation).
 
     The X-ray is fitted as an affine function of the DRR by iteratively reweighted least squares
@@ -141,22 +147,29 @@ def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = float(os.env
     deviation of the residuals); pixels the fit cannot explain get weight 0.  Detached: the
     weights are constants of each evaluation.
 
-    drr, tgt: (n, ...) of one shape.  Returns weights of that shape in [0, 1].
+    drr, tgt: (n, ...) of one shape; ``prior``: optional weights of that shape (a pixel mask: the
+    fit and the result leave out what it leaves out).  Returns weights of that shape in [0, 1].
     """
     n = drr.shape[0]
     x = drr.detach().reshape(n, -1).to(F64)
     y = tgt.detach().reshape(n, -1).to(F64)
-    w = torch.ones_like(x)
+    p = torch.ones_like(x) if prior is None else prior.detach().reshape(n, -1).to(F64)
+    w = p.clone()
     for _ in range(iterations):
         sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
         mx, my = (w * x).sum(-1, keepdim=True) / sw, (w * y).sum(-1, keepdim=True) / sw
         a = (w * (x - mx) * (y - my)).sum(-1, keepdim=True) / (w * (x - mx) ** 2).sum(-1, keepdim=True).clamp_min(1e-30)
         e = y - my - a * (x - mx)
-        med = e.median(-1, keepdim=True).values
-        s = 1.4826 * (e - med).abs().median(-1, keepdim=True).values
+        if prior is None:
+            med = e.median(-1, keepdim=True).values
+            s = 1.4826 * (e - med).abs().median(-1, keepdim=True).values
+        else:  # medians over the pixels the mask keeps
+            em = torch.where(p > 0.5, e, torch.full_like(e, float("nan")))
+            med = em.nanmedian(-1, keepdim=True).values
+            s = 1.4826 * (em - med).abs().nanmedian(-1, keepdim=True).values
         s = torch.maximum(s, 1e-6 * y.std(-1, keepdim=True).clamp_min(1e-12))
         u = (e - med) / (c * s)
-        w = torch.where(u.abs() < 1, (1 - u * u) ** 2, torch.zeros_like(u))
+        w = p * torch.where(u.abs() < 1, (1 - u * u) ** 2, torch.zeros_like(u))
     return w.reshape(drr.shape).to(drr.dtype)
 
 
@@ -189,6 +202,8 @@ class LevelObjective:
             basis averaged for this level, and its voxel → world affine.
         images: (B, 1, H, W) float32 preprocessed X-rays; camera: their intrinsics.
         generator: draws the sparse patches (once per level and X-ray).
+        masks: optional (B, 1, H, W) pixel weights in [0, 1] of the X-rays (area-averaged to
+            this level): they weigh the similarity and the closed-form intensity fits.
 
     Attributes:
         camera: (h × w) intrinsics of this level; target: (B, 1, h, w) the X-rays at this level.
@@ -196,13 +211,18 @@ class LevelObjective:
     """
 
     def __init__(self, level: Level, config: RegistrationConfig, density: torch.Tensor, affine: torch.Tensor,
-                 images: torch.Tensor, camera: Camera, generator: torch.Generator):
+                 images: torch.Tensor, camera: Camera, generator: torch.Generator, masks: torch.Tensor | None = None):
         self.level, self.config = level, config
         h = min(level.size, camera.height)
         w = max(4, min(camera.width, int(round(camera.width * h / camera.height))))
         self.height, self.width = h, w
         self.camera = camera.resize(h, w)
         self.target = torch.stack([resize_image(img[0], camera, h, w)[0] for img in images])[:, None]
+        self.mask = None
+        if masks is not None:
+            self.mask = F.adaptive_avg_pool2d(masks.to(torch.float32), (h, w)) if (h, w) != tuple(
+                masks.shape[-2:]) else masks.to(torch.float32)
+            self.mask = torch.where(self.mask > 0.99, torch.ones_like(self.mask), self.mask)
         want = level_channels(level)
         if density.shape[0] != len(want):  # the whole basis given: take this level's channels
             density = density[list(want)].contiguous()
@@ -232,6 +252,8 @@ class LevelObjective:
             flat = (patch_pixels(centres, S)[..., 1] * w + patch_pixels(centres, S)[..., 0]).long()
             self.target_sparse = torch.gather(self.target.reshape(self.target.shape[0], -1), 1, flat)
             self.target_sparse = self.target_sparse.reshape(-1, P, S, S)
+            if self.mask is not None:
+                self.mask_sparse = torch.gather(self.mask.reshape(self.mask.shape[0], -1), 1, flat).reshape(-1, P, S, S)
             self.uv = patch_pixels(centres, S + 2 * self.r).to(torch.float32)  # a halo when the DRR is blurred
             self.uv_core = patch_pixels(centres, S)
             self.P, self.S = P, S
@@ -289,6 +311,7 @@ class LevelObjective:
         drr = self.render(poses, rows)
         n = drr.shape[0]
         tgt = self.target[rows] if self.uv is None else self.target_sparse[rows]
+        m = None if self.mask is None else (self.mask[rows] if self.uv is None else self.mask_sparse[rows])
         base = float(self.config.bone_multiplier)
         bone = torch.full((n,), base, dtype=F64)
         if self.level.fit_air:
@@ -297,7 +320,8 @@ class LevelObjective:
         if drr.shape[1] > 1:
             kinds = (["bone"] if self.level.fit_bone else []) + (["free"] if self.level.fit_tissue else []) + (
                 ["positive"] if self.level.fit_air else [])
-            coef = fit_channels(drr.reshape(n, drr.shape[1], -1), tgt.reshape(n, -1), base, kinds)
+            coef = fit_channels(drr.reshape(n, drr.shape[1], -1), tgt.reshape(n, -1), base, kinds,
+                                w=None if m is None else m.reshape(n, -1))
             if self.level.fit_bone:
                 bone = coef[:, 0] + base
             shape = (-1,) + (1,) * (drr.dim() - 1)
@@ -310,9 +334,12 @@ class LevelObjective:
         if self.level.fit_curve:
             sq = drr * drr
             c2 = fit_channels(torch.stack([drr.reshape(n, -1), sq.reshape(n, -1)], 1), tgt.reshape(n, -1), base,
-                              ["free"])
+                              ["free"], w=None if m is None else m.reshape(n, -1))
             drr = drr + c2[:, 0].to(drr.dtype).reshape((-1,) + (1,) * (drr.dim() - 1)) * sq
-        w = robust_weights(drr, tgt) if self.level.robust else None
+        if self.level.robust:
+            w = robust_weights(drr, tgt, prior=None if m is None else m.reshape(drr.shape))
+        else:
+            w = None if m is None else m.reshape(drr.shape).to(drr.dtype)
         flat = drr.detach().reshape(n, -1)
         constant = (flat.amax(-1) - flat.amin(-1)) <= 1e-6 * (flat.abs().amax(-1) + 1e-12)
         c = self.config

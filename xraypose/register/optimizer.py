@@ -289,7 +289,8 @@ class Registrar:
             k += len(cs)
 
     # ------------------------------------------------------------ the optimisation
-    def register(self, images: torch.Tensor, camera: Camera, initial_poses: torch.Tensor) -> RegistrationResult:
+    def register(self, images: torch.Tensor, camera: Camera, initial_poses: torch.Tensor,
+                 masks: torch.Tensor | None = None) -> RegistrationResult:
         """Register X-rays.
 
         Args:
@@ -299,18 +300,23 @@ class Registrar:
             initial_poses: (B, 4, 4) starts, or (B, K, 4, 4) K starts per X-ray
                 (e.g. a pose and its antipodal flip): all K are optimised at the
                 first level and the one with the best similarity goes on.
+            masks: optional (B, 1, H, W) or (H, W) pixel weights in [0, 1] (0: a pixel the X-ray
+                cannot be trusted at, e.g. saturated; :attr:`Preprocessed.mask`), applied at every
+                level to the similarity and to the closed-form intensity fits.
         Returns:
             :class:`RegistrationResult`.
         """
-        return self.register_views([(images, camera, None)], initial_poses)
+        return self.register_views([(images, camera, None, masks)], initial_poses)
 
     def register_views(self, views, initial_poses: torch.Tensor, curvature=None) -> RegistrationResult:
         """Register B cases of N views tied by a rig: one unknown ``rig_to_world`` per case.
 
         Args:
-            views: N tuples ``(images, camera, camera_to_rig)``: images (B, 1, H, W) or (H, W) of
-                that view (case b of every view is one moment), their intrinsics, and the view's
-                (4, 4) camera_to_rig (None: the identity, a single-view registration).
+            views: N tuples ``(images, camera, camera_to_rig)`` or ``(images, camera,
+                camera_to_rig, masks)``: images (B, 1, H, W) or (H, W) of that view (case b of every
+                view is one moment), their intrinsics, the view's (4, 4) camera_to_rig (None: the
+                identity, a single-view registration) and optional pixel weights of the images'
+                shape (see :meth:`register`).
             initial_poses: (B, 4, 4) or (B, K, 4, 4) starts of ``rig_to_world``.
             curvature: optional, per case a dict {level index: (6, 6) JᵀJ} to start the
                 Levenberg–Marquardt levels with (e.g. the previous frame's ``result.curvature``).
@@ -340,7 +346,7 @@ class Registrar:
             raise InputError("initial pose has NaN or infinite entries")
         flatT = T0.reshape(B * K, 4, 4)
         sane = torch.ones(B * K, dtype=torch.bool)
-        for (_, cam, Ci) in prepared:
+        for (_, cam, Ci, _m) in prepared:
             sane &= self._sane(flatT @ Ci, cam)
         none_ok = ~sane.reshape(B, K).any(dim=1)
         if bool(none_ok.any()):
@@ -354,7 +360,7 @@ class Registrar:
             torch.set_num_threads(int(c.num_threads))
         try:
             t0, c0 = time.perf_counter(), time.process_time()
-            out = self._optimise([(p[0], p[1]) for p in prepared], C, T0, sane.reshape(B, K), curvature)
+            out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature)
             out.opt_s = time.perf_counter() - t0
             out.cpu_s = time.process_time() - c0
         finally:
@@ -362,8 +368,9 @@ class Registrar:
         return out
 
     @staticmethod
-    def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig):
-        """(images (B, 1, H, W) float32, camera, camera_to_rig (4, 4) float64) of one view, checked."""
+    def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
+        """(images (B, 1, H, W) float32, camera, camera_to_rig (4, 4) float64, masks (B, 1, H, W)
+        float32 or None) of one view, checked."""
         from xraypose.similarity import check_image
 
         what = "X-ray" if n == 1 else f"view {i}"
@@ -392,7 +399,19 @@ class Registrar:
                     Ci[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=F64)):
                 raise InputError(f"{what}: camera_to_rig is not a rigid transform (rotation off by {err:.2g}, "
                                  f"det {float(torch.det(R)):.3g}, last row {Ci[3].tolist()})")
-        return imgs.to(torch.float32), camera, Ci
+        if masks is not None:
+            m = torch.as_tensor(masks, dtype=torch.float32)
+            m = m.reshape(1, 1, *m.shape) if m.dim() == 2 else (m[:, None] if m.dim() == 3 else m)
+            if m.dim() != 4 or m.shape[1] != 1 or m.shape[-2:] != (H, W) or m.shape[0] not in (1, B):
+                raise InputError(f"{what}: the pixel mask must have the X-rays' shape {(B, 1, H, W)}, got "
+                                 f"{tuple(torch.as_tensor(masks).shape)}")
+            if not bool(torch.isfinite(m).all()) or float(m.min()) < 0 or float(m.max()) > 1:
+                raise InputError(f"{what}: the pixel mask must hold weights in [0, 1]")
+            m = m.expand(B, 1, H, W)
+            if bool((m.reshape(B, -1).mean(-1) < 0.05).any()):
+                raise InputError(f"{what}: the pixel mask leaves less than 5% of an X-ray to register")
+            masks = m.contiguous()
+        return imgs.to(torch.float32), camera, Ci, masks
 
     def _optimise(self, views, camera_to_rig, T0, sane0, curvature=None) -> RegistrationResult:
         c = self.config
@@ -411,7 +430,7 @@ class Registrar:
         for li, lv in enumerate(c.levels):
             t_level = time.perf_counter()
             dens, aff = self.volume_level(lv.volume_mm, level_channels(lv))
-            objective = ViewSet([LevelObjective(lv, c, dens, aff, imgs, cam, g) for imgs, cam in views],
+            objective = ViewSet([LevelObjective(lv, c, dens, aff, imgs, cam, g, masks=m) for imgs, cam, m in views],
                                 camera_to_rig)
             stepper = make_stepper(self, li, objective)
             if li > 0 and c.revisit:

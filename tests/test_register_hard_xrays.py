@@ -1,0 +1,145 @@
+"""X-rays that are hard in ways a DRR is not: saturated regions, a collimator left in the image,
+metal covering most of the bone, NaN pixels (issue 11's bad input; decisions in docs/registration.md).
+
+Each case is the realistic simulated X-ray of tests/test_register.py's case, its *raw* intensities
+changed, then preprocessed as a user would (crop, blur, log, rescale) and registered from 5°/20 mm.
+"""
+
+import pytest
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.metrics import pose_errors
+from xraypose.preprocess import MIN_FIELD_FRACTION, collimator_edges, preprocess
+from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
+from xraypose.register.cases import CaseMaker
+from xraypose.register.confidence import assess
+from xraypose.volume import load_sample_ct
+
+CASE_INDEX = 2
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return load_sample_ct()
+
+
+@pytest.fixture(scope="module")
+def maker(volume):
+    return CaseMaker(volume, camera=Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64), collimator_px=2,
+                     n_fiducials=10)
+
+
+@pytest.fixture(scope="module")
+def case(maker):
+    return maker.case(CASE_INDEX)
+
+
+@pytest.fixture(scope="module")
+def registrar(volume):
+    return Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+
+
+def _prepare(case, raw, crop=4):
+    i0 = next(s["i0"] for s in case.preprocessing if s["step"] == "beer_lambert")
+    return preprocess(raw, case.raw_camera, crop=crop, blur=(5, 1.0), log=True, i0=i0, rescale=True)
+
+
+def _register(registrar, maker, case, pre):
+    T0 = maker.starts(case, 5.0, 20.0)
+    mask = None if pre.mask is None else pre.mask[None, None]
+    res = registrar.register(pre.image[None, None], pre.camera, T0[None], masks=mask)
+    err = float(pose_errors(res.poses, case.true_pose, case.fiducials, pre.camera)["mtre"].max())
+    return res, err
+
+
+def test_saturated_xray_is_masked_and_registers(registrar, maker, case):
+    """The 40 % brightest raw pixels (air, thin tissue) clipped flat: the preprocessing masks the
+    plateau (grown by the blur), registration weighs pixels by the mask, the pose stays below 2 mm
+    (unmasked, this case ran 126 mm away)."""
+    raw = case.raw.clone()
+    assert _prepare(case, raw).mask is None  # a noisy X-ray has no plateau
+    q = float(torch.quantile(raw[raw > 0], 0.6))
+    sat = raw.clamp_max(q)
+    assert float((sat == q).float().mean()) > 0.3
+    pre = _prepare(case, sat)
+    step = next(s for s in pre.steps if s["step"] == "saturation_mask")
+    assert step["value"] == q and step["pixels"] == int((sat == q).sum())
+    assert pre.mask.shape == pre.image.shape and 0.3 < float(pre.mask.mean()) < 0.7
+    assert float(pre.mask[pre.image <= pre.image.min() + 1e-6].max()) == 0.0  # the plateau is left out
+    _, err = _register(registrar, maker, case, pre)
+    assert err < 2.0
+
+
+def test_xray_saturated_almost_everywhere_is_refused(case):
+    raw = case.raw.clone()
+    q = float(torch.quantile(raw[raw > 0], 0.15))
+    with pytest.raises(InputError, match=r"saturated \(a flat maximum\) over \d+% of its pixels"):
+        _prepare(case, raw.clamp_max(q))
+
+
+def test_registrar_checks_masks(registrar, case):
+    with pytest.raises(InputError, match="mask must have the X-rays' shape"):
+        registrar.register(case.image, case.camera, case.true_pose[None], masks=torch.ones(3, 3))
+    with pytest.raises(InputError, match=r"weights in \[0, 1\]"):
+        registrar.register(case.image, case.camera, case.true_pose[None], masks=torch.full(case.image.shape, 2.0))
+    with pytest.raises(InputError, match="less than 5%"):
+        registrar.register(case.image, case.camera, case.true_pose[None], masks=torch.zeros(case.image.shape))
+
+
+def test_collimator_leaving_too_little_is_refused(case):
+    raw = case.raw.clone()
+    H, W = raw.shape
+    shut = torch.zeros_like(raw)
+    shut[20:44, 22:42] = raw[20:44, 22:42]  # a 24 x 20 px window: 12 % of the detector
+    with pytest.raises(InputError, match=r"collimator leaves \d+% of the X-ray"):
+        _prepare(case, shut)
+    # the window cropped by the user registers as any X-ray
+    edges = collimator_edges(_prepare(case, raw).image)
+    assert edges == (0, 0, 0, 0)
+
+
+def test_collimator_left_in_the_image_is_recorded_and_registered(registrar, maker, case):
+    """Blades over 20 % of the detector, not cropped: recorded in the steps and masked; the pose
+    stays below 2 mm (unmasked, this case ran 133 mm away)."""
+    raw = case.raw.clone()
+    raw[:, :14] = 0.0
+    raw[:10, :] = 0.0
+    pre = _prepare(case, raw)
+    chk = next(s for s in pre.steps if s["step"] == "collimator_check")
+    assert chk["field_fraction"] >= MIN_FIELD_FRACTION and chk["edges"][0] >= 4 and chk["edges"][2] >= 8
+    assert float(pre.mask[:chk["edges"][0]].max()) == 0.0 and float(pre.mask[:, :chk["edges"][2]].max()) == 0.0
+    assert float(pre.mask[30:, 30:].min()) == 1.0
+    _, err = _register(registrar, maker, case, pre)
+    assert err < 2.0
+
+
+def test_flat_air_is_not_a_collimator():
+    """A small CT's DRR: flat at the minimum around the anatomy — never called a collimator."""
+    img = torch.zeros(80, 80)
+    img[30:50, 25:55] = torch.rand(20, 30, generator=torch.Generator().manual_seed(0)) + 0.5
+    assert collimator_edges(img) == (0, 0, 0, 0)
+    preprocess(img)  # not refused
+
+
+def test_metal_over_most_of_the_bone_is_registered_or_flagged(registrar, maker, case):
+    """A plate darker than any bone over the middle 60 % of the X-ray: either the pose is still
+    below 2 mm, or the confidence check does not call it ``ok`` (never a silent wrong pose)."""
+    raw = case.raw.clone()
+    H, W = raw.shape
+    metal = torch.zeros_like(raw)
+    metal[int(0.2 * H):int(0.8 * H), int(0.2 * W):int(0.8 * W)] = 1.0
+    raw = raw * torch.exp(-2.5 * metal)
+    pre = _prepare(case, raw)
+    res, err = _register(registrar, maker, case, pre)
+    chk = assess(registrar, pre.image[None, None], pre.camera, res.poses)[0]
+    assert err < 2.0 or chk.verdict != "ok"
+
+
+def test_nan_pixels_are_refused_naming_their_count(case):
+    raw = case.raw.clone()
+    raw[30, 30] = float("nan")
+    raw[31, 30] = float("inf")
+    with pytest.raises(InputError, match="2 NaN or infinite pixels"):
+        _prepare(case, raw)
