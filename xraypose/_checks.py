@@ -1,9 +1,10 @@
-"""Guards shared by the configuration objects (internal).
+"""Guards shared across xraypose (internal).
 
-Each raises :class:`xraypose.errors.InputError` with one line that names the setting, the value and
-what it must be: ``config: optim.lr = -1.0 must be > 0``.  The training configuration's sections
-(:mod:`xraypose.train.config`) and :class:`xraypose.augment.AugmentConfig` check their fields with
-them, beside the fields.
+The configuration guards each raise :class:`xraypose.errors.InputError` with one line that names
+the setting, the value and what it must be: ``config: optim.lr = -1.0 must be > 0``.  The training
+configuration's sections (:mod:`xraypose.train.config`) and :class:`xraypose.augment.AugmentConfig`
+check their fields with them, beside the fields.  :func:`one_line` quotes another library's
+exception in such a message.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import NoReturn
 
 from xraypose.errors import InputError
 
-__all__ = ["config_error", "check_number", "check_vector", "check_choice"]
+__all__ = ["config_error", "check_number", "check_vector", "check_choice", "one_line"]
 
 
 def config_error(name: str, value, why: str) -> NoReturn:
@@ -49,3 +50,10 @@ def check_choice(name: str, v, options) -> None:
     """One of ``options``."""
     if v not in options:
         config_error(name, v, f"is not one of: {', '.join(map(str, options))}")
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line (white space folded), at most ``limit`` characters; its type's name
+    when it has no text — for messages that quote what a library raised."""
+    text = " ".join(str(e).split())
+    return text[:limit] or type(e).__name__

@@ -1,0 +1,255 @@
+"""Reading DICOM X-rays: the file, its pixels, and the header's sections, one function each.
+
+:func:`read_dicom_xray` reads the pixels (frames chosen or reduced), then the header in the order
+the module docstring of :mod:`xraypose.xray` lists the tags: modality rescale (:func:`_rescale`),
+photometric interpretation (:func:`_photometric`), pixel kind (:func:`_pixel_kind`), intrinsics
+(:func:`_header_intrinsics`) and C-arm angles with PatientOrientation (:func:`_header_angles`); every
+value used is recorded with its keyword and tag.  :mod:`xraypose.xray.resolve` turns them into the
+:class:`~xraypose.xray.XRay`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from xraypose._checks import one_line
+from xraypose.errors import InputError
+from xraypose.xray.frames import reduce_frames
+from xraypose.xray.overrides import XRayOverrides
+from xraypose.xray.record import IMAGE_EXTENSIONS, Provenance, XRay
+from xraypose.xray.resolve import finish_xray
+
+__all__ = ["read_dicom_xray"]
+
+
+def read_dicom_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> XRay:
+    """Read a DICOM X-ray; ``overrides`` (an :class:`XRayOverrides` or a dict) and the keywords are those of
+    :func:`xraypose.xray.read_xray`."""
+    ov = XRayOverrides.of(overrides, **kw)
+    p = Path(p)
+    ds = _load_dicom(p)
+    hdr = Provenance()
+    arr = _dicom_pixels(ds, p)
+    src = str(p)
+    img, nframes = _frames(ds, arr, hdr, ov.frames, src)
+    img, slope, intercept = _rescale(ds, img, hdr, src)
+    img, inverted = _photometric(ds, img, hdr, src, slope, intercept)
+    kind = _pixel_kind(ds, hdr, ov.kind, inverted)
+    hv: dict = {}
+    ermf = _header_intrinsics(ds, hdr, hv, ov, src)
+    _header_angles(ds, hdr, hv, nframes, src)
+    return finish_xray(img.astype(np.float32), hv, hdr, kind, src, ov, ermf=ermf)
+
+
+def _frames(ds, arr: np.ndarray, hdr: Provenance, frames, src: str) -> tuple[np.ndarray, int]:
+    """Rows, Columns, NumberOfFrames recorded; the frame(s) chosen (:func:`reduce_frames`) and the frame count."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    hdr.set("Rows", rows, "Rows (0028,0010)")
+    hdr.set("Columns", cols, "Columns (0028,0011)")
+    if nframes > 1:
+        hdr.set("NumberOfFrames", nframes, "NumberOfFrames (0028,0008)")
+    if arr.ndim == 3 and nframes == 1 and arr.shape[0] != rows:
+        nframes = arr.shape[0]
+    return reduce_frames(arr, frames, hdr, src, "NumberOfFrames (0028,0008)"), nframes
+
+
+def _rescale(ds, img: np.ndarray, hdr: Provenance, src: str) -> tuple[np.ndarray, float, float]:
+    """Modality rescale ``v·slope + intercept`` (float64); returns the image, slope and intercept used."""
+    img = img.astype(np.float64)
+    slope = _dicom_number(ds, "RescaleSlope", "(0028,1053)", path=src)
+    inter = _dicom_number(ds, "RescaleIntercept", "(0028,1052)", path=src)
+    if slope is None and inter is None:
+        return img, 1.0, 0.0
+    s = 1.0 if slope is None else slope
+    b = 0.0 if inter is None else inter
+    if slope is not None:
+        hdr.set("RescaleSlope", s, "RescaleSlope (0028,1053)")
+    if inter is not None:
+        hdr.set("RescaleIntercept", b, "RescaleIntercept (0028,1052)")
+    if s == 0:
+        raise InputError(f"{src}: RescaleSlope (0028,1053) is 0 (every pixel would be equal)")
+    return img * s + b, s, b
+
+
+def _photometric(ds, img: np.ndarray, hdr: Provenance, src: str, s: float, b: float) -> tuple[np.ndarray, bool]:
+    """MONOCHROME1 inverted so that high values are bright (over BitsStored's range when unsigned, else the
+    image's); returns the image and whether it was inverted."""
+    photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    hdr.set("PhotometricInterpretation", photo, "PhotometricInterpretation (0028,0004)")
+    if photo == "MONOCHROME2":
+        return img, False
+    if photo != "MONOCHROME1":
+        raise InputError(f"{src}: PhotometricInterpretation {photo!r} is not a greyscale X-ray (MONOCHROME1/2)")
+    bits = int(ds.get("BitsStored", 0) or 0)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if bits and not signed:
+        lo, hi = b, (2 ** bits - 1) * s + b
+        hdr.set("BitsStored", bits, "BitsStored (0028,0101)")
+        how = f"v' = {hi:g} + {lo:g} − v (the range of BitsStored)"
+    else:
+        lo, hi = float(img.min()), float(img.max())
+        how = "v' = max + min − v (the image's range)"
+    hdr.note(f"MONOCHROME1 inverted so that high values are bright: {how}")
+    return (hi + lo) - img, True
+
+
+def _pixel_kind(ds, hdr: Provenance, kind: str | None, inverted: bool) -> str:
+    """The given kind, else PixelIntensityRelationship (+Sign, flipped by a MONOCHROME1 inversion): LIN →
+    "intensity", LOG → "log-intensity", a negative sign or anything else → "attenuation"."""
+    rel = str(ds.get("PixelIntensityRelationship", "") or "").strip().upper()
+    sign = ds.get("PixelIntensityRelationshipSign", None)
+    if rel:
+        hdr.set("PixelIntensityRelationship", rel, "PixelIntensityRelationship (0028,1040)")
+    if sign is not None and sign != "":
+        sign = int(sign)
+        hdr.set("PixelIntensityRelationshipSign", sign, "PixelIntensityRelationshipSign (0028,1041)")
+    else:
+        sign = 1
+    if kind is not None:
+        hdr.set("kind", kind, "user")
+        return kind
+    eff = -sign if inverted else sign
+    if rel == "LIN" and eff > 0:
+        kind, why = "intensity", "LIN: values proportional to the X-ray intensity"
+    elif rel == "LOG" and eff > 0:
+        kind, why = "log-intensity", "LOG: values proportional to log intensity"
+    elif rel in ("LIN", "LOG"):
+        kind, why = "attenuation", f"{rel} with negative sign: high values = less X-ray (bone bright)"
+    else:
+        kind, why = "attenuation", "no PixelIntensityRelationship LIN/LOG: display values assumed (bone bright)"
+    hdr.set("kind", kind, f"derived: {why}")
+    return kind
+
+
+def _header_intrinsics(ds, hdr: Provenance, hv: dict, ov: XRayOverrides, src: str) -> float | None:
+    """sdd, pixel spacing (ImagerPixelSpacing, else PixelSpacing × the magnification factor when given) and
+    DetectorActiveOrigin into ``hv``; returns EstimatedRadiographicMagnificationFactor (or None)."""
+    v = _dicom_number(ds, "DistanceSourceToDetector", "(0018,1110)", path=src)
+    if v is not None:
+        hv["sdd"] = (v, "DistanceSourceToDetector (0018,1110)")
+    ips = _dicom_number(ds, "ImagerPixelSpacing", "(0018,1164)", 2, path=src)
+    ps = _dicom_number(ds, "PixelSpacing", "(0028,0030)", 2, path=src)
+    ermf = _dicom_number(ds, "EstimatedRadiographicMagnificationFactor", "(0018,1114)", path=src)
+    if ermf is not None:
+        hdr.set("EstimatedRadiographicMagnificationFactor", ermf, "EstimatedRadiographicMagnificationFactor (0018,1114)")
+        if ermf <= 0:
+            raise InputError(f"{src}: EstimatedRadiographicMagnificationFactor (0018,1114) must be > 0, got {ermf}")
+    if ips is not None:
+        hv["dely"] = (ips[0], "ImagerPixelSpacing (0018,1164) [row spacing]")
+        hv["delx"] = (ips[1], "ImagerPixelSpacing (0018,1164) [column spacing]")
+        if ps is not None:
+            hdr.set("PixelSpacing", ps, "PixelSpacing (0028,0030) (not used: ImagerPixelSpacing is at the detector)")
+    elif ps is not None:
+        if ermf is not None:
+            hv["dely"] = (ps[0] * ermf, "PixelSpacing (0028,0030) [row] × EstimatedRadiographicMagnificationFactor")
+            hv["delx"] = (ps[1] * ermf, "PixelSpacing (0028,0030) [column] × EstimatedRadiographicMagnificationFactor")
+        else:
+            hv["dely"] = (ps[0], "PixelSpacing (0028,0030) [row spacing]")
+            hv["delx"] = (ps[1], "PixelSpacing (0028,0030) [column spacing]")
+            if ov.delx is None or ov.dely is None:
+                hdr.note("PixelSpacing used as the detector pixel spacing (no ImagerPixelSpacing nor magnification factor)")
+    dao = _dicom_number(ds, "DetectorActiveOrigin", "(0018,7028)", 2, path=src)
+    if dao is not None:
+        hv["pp_row"] = (dao[0], "DetectorActiveOrigin (0018,7028) [row]")
+        hv["pp_col"] = (dao[1], "DetectorActiveOrigin (0018,7028) [column]")
+        hdr.note("DetectorActiveOrigin read as the principal point's offset (row, column mm) from the image centre")
+    return ermf
+
+
+def _header_angles(ds, hdr: Provenance, hv: dict, nframes: int, src: str) -> None:
+    """PositionerPrimary/SecondaryAngle, DistanceSourceToPatient and PatientOrientation into ``hv``;
+    ViewPosition recorded (information only)."""
+    a1 = _dicom_number(ds, "PositionerPrimaryAngle", "(0018,1510)", path=src)
+    a2 = _dicom_number(ds, "PositionerSecondaryAngle", "(0018,1511)", path=src)
+    dsp = _dicom_number(ds, "DistanceSourceToPatient", "(0018,1111)", path=src)
+    if a1 is not None:
+        hv["primary"] = (a1, "PositionerPrimaryAngle (0018,1510)")
+    if a2 is not None:
+        hv["secondary"] = (a2, "PositionerSecondaryAngle (0018,1511)")
+    if dsp is not None:
+        hv["sod"] = (dsp, "DistanceSourceToPatient (0018,1111)")
+    po = ds.get("PatientOrientation", None)
+    if po not in (None, ""):
+        po_vals = [str(x) for x in (po if not isinstance(po, str) else po.split("\\"))]
+        if po_vals and any(po_vals):
+            hv["patient_orientation"] = (po_vals, "PatientOrientation (0020,0020)")
+    vp = str(ds.get("ViewPosition", "") or "").strip()
+    if vp:
+        hdr.set("ViewPosition", vp, "ViewPosition (0018,5101) (information only)")
+    if nframes > 1 and "PositionerPrimaryAngleIncrement" in ds:
+        hdr.note("per-frame positioner angle increments are ignored; the first frame's angles are used")
+
+
+def _dicom_number(ds, keyword: str, tag: str, n: int | None = None, path: str = ""):
+    """A float (or list of n floats) from a DICOM element; None if absent or empty."""
+    if keyword not in ds:
+        return None
+    raw = ds[keyword].value
+    if raw is None or raw == "" or (hasattr(raw, "__len__") and not isinstance(raw, (str, bytes)) and len(raw) == 0):
+        return None
+    vals = list(raw) if (hasattr(raw, "__iter__") and not isinstance(raw, (str, bytes))) else [raw]
+    try:
+        out = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: {keyword} {tag} is not a number: {raw!r}") from None
+    if not all(math.isfinite(v) for v in out):
+        raise InputError(f"{path}: {keyword} {tag} is not finite: {raw!r}")
+    if n is None:
+        return out[0]
+    if len(out) != n:
+        raise InputError(f"{path}: {keyword} {tag} must hold {n} numbers, got {raw!r}")
+    return out
+
+
+def _load_dicom(p: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(p))
+    except InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(str(p), force=True)
+        except Exception as e:  # noqa: BLE001 - anything pydicom raises on garbage
+            raise InputError(f"{p}: not a DICOM file ({one_line(e)})") from None
+        if "PixelData" not in ds and "Rows" not in ds:
+            raise InputError(
+                f"{p}: not a DICOM file (no DICOM header); images must be DICOM or end in "
+                f"{', '.join(IMAGE_EXTENSIONS)}"
+            )
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{p}: cannot read the DICOM file, truncated or corrupt ({one_line(e)})") from None
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{p}: cannot read the DICOM file ({one_line(e)})") from None
+    return ds
+
+
+def _dicom_pixels(ds, p: Path) -> np.ndarray:
+    from xraypose.limits import check_xray_size
+
+    if "PixelData" not in ds:
+        raise InputError(f"{p}: DICOM file has no pixel data (not an image: {ds.get('SOPClassUID', 'unknown class')})")
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        raise InputError(f"{p}: colour DICOM image ({spp} samples per pixel); X-rays must be greyscale")
+    photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photo not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(f"{p}: PhotometricInterpretation {photo!r} is not a greyscale X-ray (MONOCHROME1/2)")
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise InputError(f"{p}: Rows, Columns or NumberOfFrames is not a whole number") from None
+    check_xray_size(rows, cols, str(p), frames)  # before pydicom allocates the pixels
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - pydicom raises ValueError, RuntimeError, NotImplementedError...
+        msg = one_line(e)
+        if "length" in msg.lower() or "truncat" in msg.lower() or "expected" in msg.lower():
+            raise InputError(f"{p}: DICOM pixel data is truncated or incomplete ({msg})") from None
+        raise InputError(f"{p}: cannot decode the DICOM pixel data ({msg})") from None
+    return np.asarray(arr)

@@ -1,0 +1,186 @@
+"""Reading PNG, TIFF and NPY X-rays, with intrinsics from the caller or a sidecar JSON."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from xraypose._checks import one_line
+from xraypose.errors import InputError
+from xraypose.xray.frames import reduce_frames
+from xraypose.xray.overrides import XRayOverrides
+from xraypose.xray.record import Provenance, XRay
+from xraypose.xray.resolve import finish_xray
+
+__all__ = ["read_image_xray"]
+
+#: Sidecar JSON keys → the names of the values they give.
+_SIDECAR_KEYS = (("sdd_mm", "sdd"), ("delx_mm", "delx"), ("dely_mm", "dely"), ("x0_mm", "x0"), ("y0_mm", "y0"),
+                 ("primary_deg", "primary"), ("secondary_deg", "secondary"), ("sod_mm", "sod"),
+                 ("reverse_x_axis", "reverse_x_axis"), ("patient_orientation", "patient_orientation"))
+
+
+def read_image_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> XRay:
+    """Read a PNG, TIFF or NPY X-ray; intrinsics come from the overrides or a sidecar JSON.
+
+    ``overrides`` (an :class:`XRayOverrides` or a dict) and the keywords are those of
+    :func:`xraypose.xray.read_xray`.  The sidecar ``<file stem>.json`` (optional) may hold ``sdd_mm``,
+    ``delx_mm``, ``dely_mm``, ``x0_mm``, ``y0_mm``, ``reverse_x_axis``, ``kind``, ``primary_deg``,
+    ``secondary_deg``, ``sod_mm`` (the keys of ``Camera.to_dict()`` are accepted; ``height``/``width``
+    must match).
+    """
+    ov = XRayOverrides.of(overrides, **kw)
+    p = Path(p)
+    hdr = Provenance()
+    src = str(p)
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        arr = _read_npy(p, hdr)
+    else:
+        arr = _read_pil(p)
+    img = reduce_frames(np.asarray(arr), ov.frames, hdr, src, "frames in the file")
+    if img.ndim != (3 if str(ov.frames).lower() == "all" else 2):
+        raise InputError(f"{p}: expected a 2D image, got shape {img.shape}")
+    hv: dict = {}
+    side = p.with_suffix(".json")
+    if side.exists():
+        ov = _read_sidecar(side, p, img.shape, hv, hdr, ov)
+    kind = ov.kind
+    if kind is None:
+        kind = "attenuation"
+        hdr.set("kind", kind, "default")
+        hdr.note("pixel kind assumed 'attenuation' (bone bright); pass kind='intensity' for raw detector counts")
+    elif "kind" not in hdr.values:
+        hdr.set("kind", kind, "user")
+    return finish_xray(img.astype(np.float32), hv, hdr, kind, src, ov)
+
+
+def _read_sidecar(side: Path, p: Path, shape, hv: dict, hdr: Provenance, ov: XRayOverrides) -> XRayOverrides:
+    """The sidecar's values into ``hv`` (its ``kind`` into the overrides unless one was given); its
+    ``height``/``width`` must be the image's."""
+    from xraypose.schema import SIDECAR, read_checked
+
+    meta = read_checked(side, SIDECAR, "sidecar JSON")
+    where = f"sidecar JSON {side.name}"
+    for key, name in _SIDECAR_KEYS:
+        if key in meta:
+            hv[name] = (meta[key], f"{where} [{key}]")
+    if "kind" in meta and ov.kind is None:
+        ov = replace(ov, kind=meta["kind"])
+        hdr.set("kind", meta["kind"], f"{where} [kind]")
+    for key in ("height", "width"):
+        if key in meta:
+            expect = shape[0] if key == "height" else shape[1]
+            if meta[key] != expect:
+                raise InputError(
+                    f"{side}: intrinsics describe a detector {key} of {meta[key]} pixels but the image "
+                    f"{p.name} is {shape[0]}×{shape[1]} (sizes differ)"
+                )
+    if "K" in meta:
+        hdr.note(f"{where}: K is not used (the camera comes from sdd_mm, delx_mm, dely_mm, x0_mm, y0_mm)")
+    return ov
+
+
+def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
+    """An NPY X-ray: its header checked (size, dtype, length) before the values are read.
+
+    A (H, W, 3) or (H, W, 4) array is taken for an RGB(A) picture, not for H frames of
+    W × 3 pixels: with equal colour channels the first is used (noted), otherwise it is refused.
+    """
+    from xraypose.limits import MAX_XRAY_PIXELS, dims, human_bytes
+
+    try:
+        with open(p, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            offset = fh.tell()
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, SyntaxError...
+        raise InputError(f"{p}: cannot read the .npy file ({one_line(e)})") from None
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise InputError(f"{p}: .npy array is not numeric (dtype {dtype})")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"{p}: .npy array holds complex values (dtype {dtype}); X-rays are real numbers")
+    n = int(np.prod(shape)) if shape else 1
+    if n > MAX_XRAY_PIXELS:
+        raise InputError(f"{p}: the header declares {dims(shape)} pixels ({n:.3g}); X-rays are at most "
+                         f"{MAX_XRAY_PIXELS:.0e} pixels (a damaged file?)")
+    need, have = offset + n * dtype.itemsize, p.stat().st_size
+    if have < need:
+        raise InputError(f"{p}: the .npy file is truncated: its header declares {dims(shape)} values of {dtype} "
+                         f"({human_bytes(need)} with the header), the file holds {human_bytes(have)}")
+    try:
+        arr = np.load(str(p), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{p}: cannot read the .npy file ({one_line(e)})") from None
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
+        c = arr[..., :3]
+        if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
+            raise InputError(f"{p}: array of shape {tuple(arr.shape)} is a colour (RGB{'A' if arr.shape[-1] == 4 else ''})"
+                             " picture; X-rays must be greyscale (H, W), or frames (F, H, W)")
+        hdr.note(f"array of shape {tuple(arr.shape)} read as a greyscale RGB picture: its first channel is used")
+        arr = arr[..., 0]
+    if np.issubdtype(arr.dtype, np.floating) and arr.size:
+        finite = arr[np.isfinite(arr)]  # NaN / inf: refused later with their count
+        big = float(np.abs(finite).max()) if finite.size else 0.0
+        if big > float(np.finfo(np.float32).max):
+            raise InputError(f"{p}: pixel value {big:g} does not fit float32 (at most "
+                             f"{float(np.finfo(np.float32).max):.3g})")
+    return arr
+
+
+def _read_pil(p: Path) -> np.ndarray:
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    from xraypose.limits import check_xray_size
+
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # xraypose's own limit below, with a clear message
+        im = Image.open(str(p))
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not a readable {p.suffix.upper().lstrip('.')} image") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{p}: cannot open the image ({one_line(e)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    w, h = im.size
+    check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
+    frames = []
+    try:
+        for fr in ImageSequence.Iterator(im):
+            if fr.size != (w, h):
+                raise InputError(f"{p}: frame {len(frames)} is {fr.size[1]} × {fr.size[0]} pixels (rows × columns) "
+                                 f"but frame 0 is {h} × {w}; every frame of a file must have one size")
+            frames.append(_pil_to_gray(fr, p))
+    except OSError as e:
+        raise InputError(f"{p}: image data is truncated or corrupt ({one_line(e)})") from None
+    if not frames:
+        raise InputError(f"{p}: the image holds no frame")
+    if len(frames) == 1:
+        return frames[0]
+    return np.stack(frames)
+
+
+def _pil_to_gray(fr, p: Path) -> np.ndarray:
+    mode = fr.mode
+    if mode in ("RGB", "RGBA"):
+        a = np.asarray(fr.convert("RGB"))
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            raise InputError(f"{p}: colour image; X-rays must be greyscale")
+        return a[..., 0].copy()
+    if mode == "LA":
+        return np.asarray(fr.convert("L")).copy()
+    if mode == "P":
+        return _pil_to_gray(fr.convert("RGB"), p)
+    if mode == "1":
+        return np.asarray(fr.convert("L")).copy()
+    a = np.asarray(fr)
+    if a.ndim != 2:
+        raise InputError(f"{p}: expected a greyscale image, got mode {mode} with shape {a.shape}")
+    return a.copy()
