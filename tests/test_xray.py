@@ -60,6 +60,30 @@ def test_overrides_win_and_are_reported(tmp_path):
         read_xray(f, camera=Camera(sdd=900.0, height=32, width=24, delx=1.0))
 
 
+
+def test_typed_overrides_and_the_older_dict_form_read_alike(tmp_path):
+    from xraypose.xray import XRayOverrides, read_dicom_xray, read_image_xray
+
+    cam = Camera(sdd=1020.0, height=24, width=32, delx=0.3)
+    f = tmp_path / "a.dcm"
+    write_dicom_xray(f, _pixels(), camera=cam, primary=10.0, secondary=5.0, sod=600.0)
+    by_keywords = read_xray(f, sdd=1100.0, primary=-20.0, frames=0).to_dict()
+    typed = XRayOverrides(sdd=1100.0, primary=-20.0)
+    assert read_xray(f, overrides=typed).to_dict() == by_keywords
+    assert read_dicom_xray(f, typed).to_dict() == by_keywords
+    assert read_dicom_xray(f, {"sdd": 1100.0, "primary": -20.0}).to_dict() == by_keywords  # the older dict form
+    assert read_dicom_xray(f, sdd=1100.0, primary=-20.0).to_dict() == by_keywords
+    # a keyword given with a value other than its default wins over the overrides
+    assert read_xray(f, overrides=typed, sdd=1200.0).camera.sdd == 1200.0
+    assert read_xray(f, overrides=typed, sdd=1200.0).angles["primary"] == -20.0
+    with pytest.raises(InputError, match="unknown X-ray setting 'sdd_mm'"):
+        read_dicom_xray(f, {"sdd_mm": 1100.0})
+    with pytest.raises(InputError, match="unknown pixel kind"):
+        read_xray(f, overrides={"kind": "bright"})
+    npy = tmp_path / "a.npy"
+    np.save(npy, _pixels().astype(np.float32))
+    assert read_image_xray(npy, {"sdd": 1000.0, "delx": 0.5}).camera == read_xray(npy, sdd=1000.0, delx=0.5).camera
+
 def test_multiframe_reduction(tmp_path):
     stack = np.stack([_pixels(seed=s) for s in range(3)])
     f = tmp_path / "m.dcm"
