@@ -222,7 +222,8 @@ def step_env(ctx, part: Part) -> None:
         part.set("auto_backend", {"device": str(dev), "trilinear": backends.resolve("auto", "trilinear", dev)})
     part.set("source_sha256", {p: _sha(ROOT / p) for p in (
         "xraypose/render/backends/triton_backend.py", "xraypose/render/backends/cpu_kernels.cpp",
-        "xraypose/render/backends/cpu.py", "xraypose/train.py", "xraypose/register/optimizer.py")})
+        "xraypose/render/backends/cpu.py", "xraypose/train/trainer.py", "xraypose/train/data.py",
+        "xraypose/register/optimizer.py")})
     part.set("git_commit", _git_commit())
 
 
