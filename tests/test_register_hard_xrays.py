@@ -143,3 +143,17 @@ def test_nan_pixels_are_refused_naming_their_count(case):
     raw[31, 30] = float("inf")
     with pytest.raises(InputError, match="2 NaN or infinite pixels"):
         _prepare(case, raw)
+
+
+def test_xray_record_carries_the_mask_to_evaluate(case):
+    """XRay.preprocess keeps the preprocessing's mask (evaluate and register hand it to registration)."""
+    from xraypose.xray import XRay
+
+    raw = case.raw.clone()
+    q = float(torch.quantile(raw[raw > 0], 0.6))
+    xr = XRay(image=raw.clamp_max(q), camera=case.raw_camera, kind="intensity")
+    px = xr.preprocess(crop=4, blur=(5, 1.0))
+    assert px.mask is not None and px.mask.shape == px.image.shape and float(px.mask.min()) == 0.0
+    assert XRay(image=raw, camera=case.raw_camera, kind="intensity").preprocess(crop=4).mask is None
+    with pytest.raises(InputError, match="preprocessed with a mask already"):
+        px.preprocess(crop=2)

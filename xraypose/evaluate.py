@@ -81,6 +81,7 @@ class EvalCase:
         true_pose: (4, 4) float64 camera_to_world (world = CT RAS mm), or None.
         fiducials: (N, 3) world mm points for the metrics, or None (bone points picked from the CT).
         angles_pose: (4, 4) camera_to_world from the X-ray's C-arm angles, or None.
+        mask: (H, W) pixel weights from the preprocessing (saturation, a collimator), or None.
     """
 
     name: str
@@ -89,6 +90,7 @@ class EvalCase:
     true_pose: torch.Tensor | None = None
     fiducials: torch.Tensor | None = None
     angles_pose: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -172,7 +174,7 @@ def _case_folder_set(path: Path, size: int | None) -> EvalSet:
         T = case.poses.get(name)
         true = None if T is None else (T @ px._pose_transform()).to(F64)
         cases.append(EvalCase(name=name, image=px.image.to(torch.float32), camera=px.camera, true_pose=true,
-                              fiducials=case.fiducials, angles_pose=px.pose))
+                              fiducials=case.fiducials, angles_pose=px.pose, mask=px.mask))
     return EvalSet(name=path.name, volume=case.volume, cases=cases, isocenter=case.isocenter,
                    blur_px=statistics.median(blurs))
 
@@ -582,7 +584,7 @@ def evaluate(
         for i, case in it:
             init = start(case, i) if isinstance(start, StartRule) else start
             reg = register_xray(evalset.volume, case.image, case.camera, init, registrar=registrar,
-                                true_pose=case.true_pose, fiducials=case.fiducials)[0]
+                                true_pose=case.true_pose, fiducials=case.fiducials, masks=case.mask)[0]
             results[i] = write_case_outputs(out / "cases" / names[i], evalset.volume, case.image, case.camera, reg,
                                             name=case.name, fiducials=case.fiducials if case.fiducials is not None
                                             else _picked_fiducials(reg),

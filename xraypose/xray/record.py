@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from xraypose.camera import Camera, carm_pose
+from xraypose.camera import Camera
+from xraypose.converters import pose_from_carm_angles
 from xraypose.errors import InputError
 from xraypose.preprocess import PixelMap, Preprocessed, preprocess
 
@@ -42,6 +43,9 @@ class XRay:
             when known — :meth:`initial_pose` turns them into a pose.
         pixel_map: file pixel (u, v) → pixel of :attr:`image`.
         steps: preprocessing steps done so far.
+        mask: ``(H, W)`` float32 pixel weights of :attr:`image` in [0, 1] from preprocessing (0 at a
+            saturated plateau or a collimator's shadow; see :func:`xraypose.preprocess.preprocess`),
+            or None: every pixel counts.  Give it to registration (``masks=``).
         source: path of the file.
     """
 
@@ -54,6 +58,7 @@ class XRay:
     angles: dict | None = None
     pixel_map: PixelMap = field(default_factory=PixelMap)
     steps: list = field(default_factory=list)
+    mask: torch.Tensor | None = None
     source: str = ""
 
     @property
@@ -74,9 +79,8 @@ class XRay:
             raise InputError(
                 f"{self.source or 'X-ray'}: no source-to-isocenter distance (DistanceSourceToPatient); pass sod="
             )
-        T = carm_pose(a["primary"], a["secondary"], sod=a["sod"], isocenter=isocenter)
-        if a.get("roll180"):
-            T = T @ torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=F64))
+        T = pose_from_carm_angles(a["primary"], a["secondary"], sod=a["sod"], isocenter=isocenter,
+                                  roll180=bool(a.get("roll180")))
         T = T @ self._pose_transform()
         return T
 
@@ -100,11 +104,17 @@ class XRay:
         if not torch.equal(res.pose_transform, torch.eye(4, dtype=F64)):
             steps.append({"step": "pose_transform", "pose_transform": res.pose_transform.tolist()})
         pose = None if self.pose is None else res.transform_pose(self.pose)
+        mask = res.mask
+        if self.mask is not None:  # an earlier preprocessing's mask: it follows no new geometry
+            if tuple(self.mask.shape) != tuple(res.image.shape) or not res.pixel_map.is_identity():
+                raise InputError("this X-ray was preprocessed with a mask already; preprocess the original once, "
+                                 "with every step, instead of twice")
+            mask = self.mask if mask is None else self.mask * mask
         return replace(
             self, image=res.image, camera=res.camera, pose=pose,
             kind="attenuation" if kwargs.get("log") not in (False, None, "attenuation") else self.kind,
             pixel_map=self.pixel_map.then(res.pixel_map), steps=self.steps + steps,
-            header=dict(self.header), notes=list(self.notes),
+            header=dict(self.header), notes=list(self.notes), mask=mask,
         )
 
     def to_image_pixels(self, uv_file):
