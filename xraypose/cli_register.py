@@ -13,6 +13,7 @@ import typer
 
 from xraypose.cli_config import config_option
 from xraypose.cli_options import option_numbers
+from xraypose.cli_views import LABEL, LABEL_MAP, STRUCTURE
 from xraypose.errors import InputError
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
@@ -107,6 +108,9 @@ def register_command(
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest for these small images on a busy machine)."),
     no_trajectory: bool = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory."),
     allow_other_ct: bool = ALLOW_OTHER_CT,
+    structure: Optional[Path] = STRUCTURE,
+    label_map: Optional[Path] = LABEL_MAP,
+    label: Optional[str] = LABEL,
     config: Optional[Path] = config_option("register"),
 ) -> None:
     """Find the C-arm pose of an X-ray by registering it to a CT (several X-rays tied by a rig: --rig).
@@ -150,7 +154,7 @@ def register_command(
             ct=ct, xrays=xrays, rig=rig, output=output, start_view=start_view, init=init, model=model,
             pose_json=pose_json, angles=angles, sod=sod, isocenter=isocenter, true_pose=true_pose,
             fiducials=fiducials, crop=crop, blur=blur, size=size, i0=i0, no_trajectory=no_trajectory,
-            allow_other_ct=allow_other_ct,
+            allow_other_ct=allow_other_ct, structure=structure, label_map=label_map, label=label,
             read_kw=dict(sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0, reverse_x_axis=reverse_x_axis, kind=kind),
             cfg_kw=dict(parameterization=parameterization, similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans,
                         schedule=schedule, density=density, bone_multiplier=bone_multiplier, seed=seed,
@@ -166,6 +170,13 @@ def register_command(
     vol = load_sample_ct() if ct == "sample" else read_volume(ct)
     check_registrable_ct(vol)
     iso = torch.tensor(option_numbers("isocenter", isocenter), dtype=torch.float64) if isocenter else vol.get_isocenter()
+    from xraypose.cli_views import prepare_structure, window_views
+
+    prep = prepare_structure(vol, density, structure, label_map, label)  # one structure; a cropped CT's padding
+    one = prep.volume is not vol  # a part of the CT is registered: gradient NCC, the X-ray windowed and weighted
+    if one:
+        density = prep.density
+        similarity = "gncc" if similarity == "mncc" else similarity
     prim = sec = None
     if angles is not None:
         prim, sec = option_numbers("angles", angles)
@@ -216,10 +227,22 @@ def register_command(
         if truth is None:
             raise InputError("--fiducials needs --true-pose (they only serve the metrics)")
         fid = read_fiducials(fiducials)
-    reg = Registrar(vol, cfg, isocenter=iso)
+    reg = Registrar(prep.volume, cfg, isocenter=iso if isocenter or not one else prep.isocenter)
+    weights = None
+    if one:  # the X-ray cropped to where the part projects at the start, weighted there
+        if callable(start):
+            start = start(px.image[None, None], px.camera)
+        pxw, ws = window_views([px], [torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]], prep,
+                               [str(xray)])
+        px, weights = pxw[0], ws[0]
     out = register_xray(vol, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
-                        fiducials=fid, hypotheses=hypotheses)[0]
+                        fiducials=fid, hypotheses=hypotheses, masks=weights)[0]
     extra = {"ct": ct, "xray": px.to_dict(), "init": init_info}
+    if prep.notes:
+        extra["ct_notes"] = prep.notes
+    if structure is not None or label_map is not None:
+        extra["structure"] = {"mask": str(structure) if structure else None,
+                              "label_map": str(label_map) if label_map else None, "label": label}
     try:
         write_registration(output, out, extra=extra, trajectory=not no_trajectory)
     except OutputError as e:  # e.g. a full disk: the pose computed is not lost

@@ -18,13 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 import typer
 
 from xraypose.cli_config import config_option
 from xraypose.errors import InputError
-
-F64 = torch.float64
 
 #: ``--rig`` value that builds the rig from the X-rays' own C-arm angles (DICOM headers, sidecars).
 RIG_FROM_ANGLES = "angles"
@@ -33,6 +30,9 @@ RIG_FROM_ANGLES = "angles"
 def pose_transform_of(steps) -> torch.Tensor:
     """(4, 4) float64: the product of the ``pose_transform`` of preprocessing ``steps`` (identity for
     crops, blurs and resizes; a rotation for a 180° turn or a mirror)."""
+    import torch
+
+    F64 = torch.float64
     T = torch.eye(4, dtype=F64)
     for s in steps:
         if isinstance(s, dict) and "pose_transform" in s:
@@ -43,6 +43,9 @@ def pose_transform_of(steps) -> torch.Tensor:
 def read_start_file(path) -> tuple[str, torch.Tensor]:
     """("rig_to_world" | "camera_to_world", (4, 4)) from a pose file: a rig result (``rig_to_world``)
     or any pose file :func:`~xraypose.register.initializers.pose_from_json` reads."""
+    import torch
+
+    F64 = torch.float64
     from xraypose.register.initializers import pose_from_json
     from xraypose.schema import Matrix4, Object, read_checked
 
@@ -59,6 +62,57 @@ def preprocess_settings(shape, crop: int, blur: float, size: int, i0) -> dict:
     if shape[0] - 2 * crop > size:
         pre["size"] = (size, max(1, round((shape[1] - 2 * crop) * size / (shape[0] - 2 * crop))))
     return pre
+
+
+STRUCTURE = typer.Option(None, "--structure", help="Register one structure given as a mask on the CT's grid "
+                         "(nonzero voxels; NIfTI, NRRD, ...): only it is rendered, the X-ray is cropped to where it "
+                         "projects at the start.")
+LABEL_MAP = typer.Option(None, "--label-map", help="A labelmap on the CT's grid; with --label N: register that "
+                         "structure only (as --structure).")
+LABEL = typer.Option(None, "--label", help="The structure's label id in --label-map.")
+
+
+def prepare_structure(vol, density: str, structure, label_map, label):
+    """:class:`xraypose.structure.PreparedCT` for the CLI: the structure of ``--structure`` /
+    ``--label-map --label`` only, and a cropped CT's padding cleared (its notes printed)."""
+    from xraypose.structure import prepare_ct, structure_mask
+
+    if label is not None and label_map is None and structure is None:
+        raise InputError("--label needs --label-map FILE")
+    mask = None
+    if structure is not None or label_map is not None:
+        mask = structure_mask(vol, mask=structure, label_map=label_map, label=label)
+    prep = prepare_ct(vol, density=density, mask=mask)
+    for n in prep.notes:
+        typer.echo(f"note: {n}")
+    return prep
+
+
+def window_views(pxs, poses, prep, names):
+    """(X-rays, pixel weights): each preprocessed X-ray cropped to where the structure (``prep``, a
+    :class:`~xraypose.structure.PreparedCT`) projects at its start pose
+    (:func:`xraypose.structure.structure_window`), and its weights there
+    (:func:`xraypose.structure.structure_weights`); refused when it projects outside one."""
+    from xraypose.structure import MARGIN_MM, structure_weights, structure_window, window_image
+
+    box = prep.box
+    wins = [structure_window(px.camera, T, box) for px, T in zip(pxs, poses)]
+    if all(w is None for w in wins):
+        where = "the X-ray" if len(pxs) == 1 else "every view"
+        raise InputError(f"the structure projects outside {where} at the start pose (its box does not reach the "
+                         "detector, or lies behind the source); check the mask and the start")
+    bad = [n for n, w in zip(names, wins) if w is None]
+    if bad:
+        raise InputError(f"the structure projects outside the view {bad[0]} at the start pose; give a start that "
+                         "sees it there, or leave that X-ray out")
+    out, weights = [], []
+    for px, w, T in zip(pxs, wins, poses):
+        img, cam = window_image(px.image, px.camera, w)
+        out.append(replace(px, image=img, camera=cam, steps=px.steps + [
+            {"step": "structure window", "top": w[0], "left": w[1], "height": w[2], "width": w[3],
+             "margin_mm": MARGIN_MM}]))
+        weights.append(structure_weights(prep.volume, cam, T, density=prep.density))
+    return out, weights
 
 
 def load_rig(rig: str, xrays, read_kw: dict):
@@ -118,9 +172,13 @@ def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol, pose_json
 
 def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str | None, init: str | None, model,
                      pose_json, angles, sod, isocenter, true_pose, fiducials, read_kw: dict, crop: int, blur: float,
-                     size: int, i0, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool) -> int:
+                     size: int, i0, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool, structure=None,
+                     label_map=None, label=None) -> int:
     """``xraypose register CT X1 X2 … --rig rig.json -o OUT`` (arguments: those of ``register``).
     Returns the exit code (3 when the combined verdict is failed)."""
+    import torch
+
+    F64 = torch.float64
     from xraypose.cli_options import option_numbers
     from xraypose.cli_register import EXIT_FAILED, read_fiducials
     from xraypose.io import OutputError, check_output_folder
@@ -143,7 +201,12 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     vol = load_sample_ct() if ct == "sample" else read_volume(ct)
     check_registrable_ct(vol)
     iso = torch.tensor(option_numbers("isocenter", isocenter), dtype=F64) if isocenter else vol.get_isocenter()
-    pxs, images = [], []
+    prep = prepare_structure(vol, cfg_kw.get("density", "linear"), structure, label_map, label)
+    one = prep.volume is not vol  # a part of the CT: gradient NCC, the X-rays windowed and weighted
+    if one:
+        cfg_kw = {**cfg_kw, "density": prep.density,
+                  "similarity": "gncc" if cfg_kw.get("similarity", "mncc") == "mncc" else cfg_kw["similarity"]}
+    pxs = []
     for n, xr in zip(names, xrs):
         if xr.camera is None:
             raise InputError(f"{n}: no intrinsics (give them in rig.json, the file, or --sdd and --delx)")
@@ -151,13 +214,19 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
         px = xr.preprocess(**preprocess_settings(xr.shape, crop, blur, size, i0))
         pxs.append(px)
     Cs = [v.camera_to_rig.to(F64) @ pose_transform_of(px.steps[len(xr.steps):]) for v, px, xr in zip(views, pxs, xrs)]
-    images = [px.image for px in pxs]
     scale = pxs[0].shape[0] / max(1, xrs[0].shape[0] - 2 * crop)
     cfg = RegistrationConfig(drr_blur=float(blur) * scale if blur > 0 else None, **cfg_kw)
-    reg = Registrar(vol, cfg, isocenter=iso)
+    reg = Registrar(prep.volume, cfg, isocenter=iso if isocenter or not one else prep.isocenter)
 
     start, info = start_pose(init, px=pxs[r], camera_to_rig=Cs[r], view=views[r].name, model=model, vol=vol,
                              pose_json=pose_json, angles=angles, sod=sod, iso=iso, allow_other_ct=allow_other_ct)
+    if one:  # the X-rays cropped to where the structure projects at the start
+        if callable(start):
+            start = rig_start(start(pxs[r].image[None, None], pxs[r].camera)[0], Cs[r])
+        pxs, masks = window_views(pxs, [start @ C for C in Cs], prep, [v.name for v in views])
+    else:
+        masks = [None] * len(pxs)
+    images = [px.image for px in pxs]
     truth = fid = None
     if true_pose is not None:
         kind, T = read_start_file(true_pose)
@@ -166,12 +235,17 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
         if truth is None:
             raise InputError("--fiducials needs --true-pose (they only serve the metrics)")
         fid = read_fiducials(fiducials)
-    vims = [ViewImage(v.name, px.image, px.camera, C, source=n) for v, px, C, n in zip(views, pxs, Cs, names)]
+    vims = [ViewImage(v.name, px.image, px.camera, C, source=n, mask=m)
+            for v, px, C, n, m in zip(views, pxs, Cs, names, masks)]
     out = register_rig(vol, vims, start, registrar=reg, start_view=r, true_rig_to_world=truth, fiducials=fid)
     extra = {"ct": ct, "rig": {"source": the_rig.source, "description": the_rig.description},
-             "xrays": [px.to_dict() for px in pxs], "init": info}
+             "xrays": [px.to_dict() for px in pxs], "init": info, "ct_notes": prep.notes}
+    if structure is not None or label_map is not None:
+        extra["structure"] = {"mask": str(structure) if structure else None,
+                              "label_map": str(label_map) if label_map else None, "label": label}
     try:
-        write_rig_registration(output, out, images=images, volume=vol, extra=extra, trajectory=not no_trajectory)
+        write_rig_registration(output, out, images=images, volume=prep.volume, extra=extra,
+                               trajectory=not no_trajectory)
     except OutputError as e:
         typer.echo(json.dumps({"rig_to_world": out.rig_to_world.tolist()}))
         raise OutputError(f"{e} (the registered rig_to_world is printed on stdout)") from None
@@ -199,6 +273,9 @@ def read_sequences(frames, rig: str | None, read_kw: dict):
     Without a rig, FRAMES is one sequence (one multi-frame file, a folder, or several files, one
     frame each); with a rig, each FRAMES argument is one view's sequence (a folder or a
     multi-frame file), matched to the rig's views by name (the folder's name: ``cam01/``)."""
+    import torch
+
+    F64 = torch.float64
     from xraypose.rig import read_rig
     from xraypose.sequence import read_sequence
 
@@ -334,6 +411,10 @@ def track_command(
     seed: int = typer.Option(0, "--seed", help="Seed of any sparse patch draws."),
     threads: int = typer.Option(1, "--threads", help="CPU threads."),
     allow_other_ct: bool = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="Track one structure given as a mask on the "
+                                             "CT's grid (nonzero voxels): only it is rendered."),
+    label_map: Optional[Path] = LABEL_MAP,
+    label: Optional[str] = LABEL,
     config: Optional[Path] = config_option("track"),
 ) -> None:
     """Track a sequence (fluoroscopy, cine, biplane video): a pose per frame, each from the previous ones.
@@ -349,6 +430,9 @@ def track_command(
 
     xraypose track ct.nii.gz cam01/ cam02/ --rig rig.json --pose-json start.json -o track/
     """
+    import torch
+
+    F64 = torch.float64
     from xraypose.cli_register import EXIT_FAILED, INITS, _levels
     from xraypose.io import atomic_write_files, check_output_folder, json_bytes
     from xraypose.limits import check_registrable_ct, check_registrable_xray
@@ -382,6 +466,11 @@ def track_command(
     vol = load_sample_ct() if ct == "sample" else read_volume(ct)
     check_registrable_ct(vol)
     iso = torch.tensor(option_numbers("isocenter", isocenter), dtype=F64) if isocenter else vol.get_isocenter()
+    prep = prepare_structure(vol, density, structure, label_map, label)
+    one = prep.volume is not vol  # a part of the CT (one structure, a cropped CT)
+    if one:
+        density = prep.density
+        cfg_kw = {**cfg_kw, "density": density, "similarity": "gncc"}
     views, first = [], []
     for n, seq, cam, C in zip(names, seqs, cams, Cs):
         check_registrable_xray(seq.shape, seq.source, crop)
@@ -391,8 +480,8 @@ def track_command(
         views.append((imgs, pxs[0].camera, C @ pose_transform_of(pxs[0].steps[len(seq.frames[0].steps):])))
         first.append(pxs[0])
     scale = first[0].shape[0] / max(1, seqs[0].shape[0] - 2 * crop)
-    reg = Registrar(vol, RegistrationConfig(drr_blur=float(blur) * scale if blur > 0 else None, **cfg_kw),
-                    isocenter=iso)
+    reg = Registrar(prep.volume, RegistrationConfig(drr_blur=float(blur) * scale if blur > 0 else None, **cfg_kw),
+                    isocenter=iso if isocenter or not one else prep.isocenter)
     start, info = start_pose(init, px=first[r], camera_to_rig=views[r][2], view=names[r], model=model, vol=vol,
                              pose_json=pose_json, angles=angles, sod=sod, iso=iso, allow_other_ct=allow_other_ct)
     if callable(start):
@@ -429,12 +518,12 @@ def track_command(
            "sequences": [{"view": n, "source": s.source, "frames": len(s), "notes": s.notes} for n, s in zip(names, seqs)],
            "views": [{"name": n, "camera_to_rig": v[2].tolist(), "intrinsics": v[1].to_dict()}
                      for n, v in zip(names, views)] if the_rig is not None else None,
-           "intrinsics": views[0][1].to_dict(), "init": info, "start": start.tolist(),
+           "intrinsics": views[0][1].to_dict(), "init": info, "start": start.tolist(), "ct_notes": prep.notes,
            "summary": {"frames": F, "verdicts": counts, "reinitialised": sum(fr.reinitialised for fr in res),
                        "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median())},
            "config": reg.config.to_dict(), "frames": jframes}
     files = {"trajectory.csv": _csv_bytes(rows), "trajectory.json": json_bytes(doc),
-             "overlay.gif": _overlay_gif(vol, density, [(v[0], v[1]) for v in views], res,
+             "overlay.gif": _overlay_gif(prep.volume, density, [(v[0], v[1]) for v in views], res,
                                          to_rig)}
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_files(output, files, remove=TRACK_FILES)

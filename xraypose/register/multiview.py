@@ -63,13 +63,16 @@ RIG_RESULT_FILES = ("pose.json", "metrics.json", "trajectory.json", "views.png")
 @dataclass
 class ViewImage:
     """One view to register: ``image`` (H, W) preprocessed (line integrals, bone bright), its
-    ``camera`` and its ``camera_to_rig`` (4, 4) float64 mm; ``name`` (e.g. the X-ray's file name)."""
+    ``camera`` and its ``camera_to_rig`` (4, 4) float64 mm; ``name`` (e.g. the X-ray's file name);
+    ``mask``: optional (H, W) pixel weights in [0, 1] (the similarity and the intensity fits are
+    weighted by them: an image intensifier's field, one structure's footprint)."""
 
     name: str
     image: torch.Tensor
     camera: Camera
     camera_to_rig: torch.Tensor
     source: str = ""
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -276,7 +279,9 @@ def register_rig(volume, views, init, *, registrar: Registrar | None = None, con
     Cr_inv = torch.linalg.inv(Cr)
     # register in the start view's camera frame: X' = rig_to_world · C_r, views C'_i = C_r⁻¹ · C_i
     rel = [Cr_inv @ C for C in Cs]
-    triples = [(imgs[i][None, None], vs[i].camera, rel[i]) for i in range(len(vs))]
+    triples = [(imgs[i][None, None], vs[i].camera, rel[i]) if vs[i].mask is None else
+               (imgs[i][None, None], vs[i].camera, rel[i], _as_image(vs[i].mask)[None, None])
+               for i in range(len(vs))]
     res = reg.register_views(triples, (start @ Cr)[None])
     X = res.poses[0] @ Cr_inv
     X0 = res.initial_poses[0] @ Cr_inv

@@ -1,0 +1,161 @@
+"""One structure at a time (issue 14, item 3): masks and labels, a CT cropped to one bone, the X-ray window."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.metrics import pose_errors
+from xraypose.register.cases import CaseMaker
+from xraypose.structure import padding_value, prepare_ct, structure_mask, structure_window
+from xraypose.volume import Volume, load_sample_ct
+
+F64 = torch.float64
+PX = 64
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return load_sample_ct()
+
+
+@pytest.fixture(scope="module")
+def bone(volume):
+    """(I, J, K) int labelmap: 1 = the CT's bone (> 200 HU): a structure with the outline of real bone."""
+    return (volume.data > 200).to(torch.int64)
+
+
+@pytest.fixture(scope="module")
+def left_bone(volume):
+    """(I, J, K) int labelmap: 1 = bone (> 200 HU) in the half of the CT with x < its centre (a hemipelvis)."""
+    x = volume.voxel_to_world(torch.stack(torch.meshgrid(*[torch.arange(n, dtype=F64) for n in volume.shape],
+                                                         indexing="ij"), -1))[..., 0]
+    lab = ((volume.data > 200) & (x < float(volume.center[0]))).to(torch.int64)
+    return lab
+
+
+def _save_nifti(path, arr, volume):
+    nib.save(nib.Nifti1Image(np.asarray(arr), volume.affine.numpy()), str(path))
+    return path
+
+
+def test_structure_mask_from_labels_and_masks_and_its_errors(tmp_path, volume, left_bone):
+    m = structure_mask(volume, label_map=left_bone * 3, label=3)
+    assert torch.equal(m, left_bone.bool())
+    assert torch.equal(structure_mask(volume, mask=left_bone.to(torch.float32)), left_bone.bool())
+    p = _save_nifti(tmp_path / "lab.nii.gz", (left_bone * 3).numpy().astype(np.int16), volume)
+    assert torch.equal(structure_mask(volume, label_map=p, label="3"), left_bone.bool())
+    with pytest.raises(InputError, match=r"label id 5 is not present in the labelmap; present: 0, 3"):
+        structure_mask(volume, label_map=p, label=5)
+    with pytest.raises(InputError, match="empty"):
+        structure_mask(volume, mask=torch.zeros(volume.shape))
+    with pytest.raises(InputError, match="shape"):
+        structure_mask(volume, mask=torch.ones(4, 4, 4))
+    with pytest.raises(InputError, match="one of them"):
+        structure_mask(volume, mask=left_bone, label_map=left_bone, label=1)
+    with pytest.raises(InputError, match="--label N"):
+        structure_mask(volume, label_map=left_bone)
+
+
+def test_prepare_ct_renders_the_structure_only_and_crops_to_it(volume, left_bone):
+    prep = prepare_ct(volume, "linear", mask=left_bone.bool(), dilate_mm=3.0)
+    v = prep.volume
+    assert any(a < b for a, b in zip(v.shape, volume.shape)) and prep.density == "raw"
+    assert float(v.data.min()) == 0.0 and 0 < int((v.data > 0).sum()) < left_bone.numel()
+    # the isocenter is the structure's centroid, left of the CT's centre
+    assert float(prep.isocenter[0]) < float(volume.center[0])
+    # voxels keep their world positions (the affine follows the crop), holding their attenuation above water
+    for ijk in torch.nonzero(left_bone)[::500].to(F64):
+        w = volume.voxel_to_world(ijk)
+        got = float(v.data[tuple(v.world_to_voxel(w).round().long().tolist())])
+        assert got == max(float(volume.data[tuple(ijk.long())]), 0.0)
+
+
+def test_a_ct_cropped_to_one_bone_has_its_padding_cleared(volume, left_bone):
+    d = torch.where(left_bone.bool(), volume.data, torch.zeros_like(volume.data))  # zero surroundings (0 HU!)
+    cropped = Volume(data=d, affine=volume.affine, source="cropped")
+    assert padding_value(volume) is None and padding_value(cropped) == 0.0
+    prep = prepare_ct(cropped, "linear")
+    assert prep.notes and "padding" in prep.notes[0] and prep.density == "raw"
+    outside = ~left_bone.bool()
+    assert bool((prep.volume.data[outside] == 0).all())  # no water box around the bone
+    assert torch.equal(prep.volume.data[~outside], d[~outside].clamp_min(0))
+    # raw values (a bone volume of 0…4095): 0 already attenuates nothing, nothing to clear
+    raw = Volume(data=d.clamp_min(0), affine=volume.affine)
+    assert padding_value(raw, "raw") is None and prepare_ct(raw, "raw").volume is raw
+
+
+def test_structure_window(volume, left_bone):
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    T, _ = CaseMaker(volume, camera=cam, collimator_px=2).true_pose(2)
+    box = prepare_ct(volume, mask=left_bone.bool()).box
+    top, left, h, w = structure_window(cam, T, box)
+    assert 16 <= h <= PX and 16 <= w <= PX and 0 <= top <= PX - h and 0 <= left <= PX - w
+    far = T.clone()
+    far[:3, 3] += 600.0 * T[:3, 0]  # the camera moved 600 mm sideways: the structure is off the detector
+    assert structure_window(cam, far, box) is None
+
+
+def _case(tmp_path, volume, bone):
+    """A realistic raw X-ray of the whole CT (64² px), its truth, a start 3°/10 mm off, the labelmap file."""
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    maker = CaseMaker(volume, camera=cam, collimator_px=2, n_fiducials=10)
+    c = maker.case(2)
+    np.save(tmp_path / "x.npy", c.raw.numpy().astype(np.float32))
+    (tmp_path / "x.json").write_text(json.dumps({"sdd_mm": cam.sdd, "delx_mm": cam.delx, "kind": "intensity"}))
+    T0 = maker.starts(c, 3.0, 10.0)
+    (tmp_path / "start.json").write_text(json.dumps({"camera_to_world": T0.tolist()}))
+    _save_nifti(tmp_path / "lab.nii.gz", (bone * 7).numpy().astype(np.int16), volume)
+    return c, cam
+
+
+def test_cli_registers_one_structure_and_refuses_bad_ones(tmp_path, volume, bone, capsys):
+    from xraypose.cli import main
+
+    c, cam = _case(tmp_path, volume, bone)
+    base = ["register", "sample", str(tmp_path / "x.npy"), "--i0", "65000", "--fast", "--crop", "4",
+            "--label-map", str(tmp_path / "lab.nii.gz")]
+    code = main([*base, "--label", "7", "-o", str(tmp_path / "out"), "--pose-json", str(tmp_path / "start.json")])
+    out = capsys.readouterr()
+    assert code in (0, 3), out.err
+    assert "rendering the structure only" in out.out
+    pose = json.loads((tmp_path / "out" / "pose.json").read_text())
+    assert pose["structure"]["label"] == "7" and pose["xray"]["steps"][-1]["step"] == "structure window"
+    T = torch.tensor(pose["camera_to_world"], dtype=F64)
+    e = float(pose_errors(T, c.true_pose, c.fiducials, c.camera)["mtre"])
+    e0 = float(pose_errors(torch.tensor(json.loads((tmp_path / "start.json").read_text())["camera_to_world"]),
+                           c.true_pose, c.fiducials, c.camera)["mtre"])
+    assert e0 > 8.0 and e < 3.0, (e0, e)
+
+    def refused(*extra):
+        code = main([*base, "-o", str(tmp_path / "bad"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("xraypose: error: "), err
+        return err
+
+    assert "label id 3 is not present in the labelmap; present: 0, 7" in refused("--label", "3", "--pose-json",
+                                                                                   str(tmp_path / "start.json"))
+    far = c.true_pose.clone()
+    far[:3, 3] += 600.0 * far[:3, 0]  # looks 600 mm beside the structure
+    (tmp_path / "far.json").write_text(json.dumps({"camera_to_world": far.tolist()}))
+    assert "projects outside the X-ray" in refused("--label", "7", "--pose-json", str(tmp_path / "far.json"))
+
+
+def test_cli_registers_to_a_ct_cropped_to_one_bone(tmp_path, volume, bone, capsys):
+    from xraypose.cli import main
+
+    c, cam = _case(tmp_path, volume, bone)
+    near = torch.nn.functional.max_pool3d(bone[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    d = torch.where(near, volume.data, torch.zeros_like(volume.data))  # the bone and a voxel around it, 0 beyond
+    _save_nifti(tmp_path / "bone.nii.gz", d.numpy(), volume)
+    code = main(["register", str(tmp_path / "bone.nii.gz"), str(tmp_path / "x.npy"), "--i0", "65000", "--fast",
+                 "--crop", "4", "-o", str(tmp_path / "out"), "--pose-json", str(tmp_path / "start.json")])
+    out = capsys.readouterr()
+    assert code in (0, 3), out.err
+    assert "taken for padding of a cropped CT" in out.out
+    T = torch.tensor(json.loads((tmp_path / "out" / "pose.json").read_text())["camera_to_world"], dtype=F64)
+    assert float(pose_errors(T, c.true_pose, c.fiducials, c.camera)["mtre"]) < 3.0
