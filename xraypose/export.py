@@ -26,9 +26,10 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.geometry.frames import LPS_TO_RAS
 from xraypose.io import atomic_write_bytes, atomic_write_json
 
-LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_RAS = LPS_TO_RAS.numpy().copy()  # LPS <-> RAS (Slicer's transforms are LPS)
 
 
 def pose_dict(camera_to_world, camera: Camera | None = None, **extra) -> dict:

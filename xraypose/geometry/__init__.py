@@ -14,6 +14,7 @@ Everything is pure PyTorch, batched over leading dims, dtype/device preserving
 and differentiable.
 """
 
+from .frames import LPS_TO_RAS, ROLL_180
 from .geodesics import (
     DoubleGeodesic,
     double_geodesic,
@@ -63,4 +64,6 @@ __all__ = [
     # geodesics
     "geodesic_rotation", "geodesic_translation", "geodesic_se3",
     "double_geodesic", "DoubleGeodesic",
+    # frames
+    "LPS_TO_RAS", "ROLL_180",
 ]
