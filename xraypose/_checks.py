@@ -4,7 +4,7 @@ The configuration guards each raise :class:`xraypose.errors.InputError` with one
 the setting, the value and what it must be: ``config: optim.lr = -1.0 must be > 0``.  The training
 configuration's sections (:mod:`xraypose.train.config`) and :class:`xraypose.augment.AugmentConfig`
 check their fields with them, beside the fields.  :func:`one_line` quotes another library's
-exception in such a message.
+exception in such a message; :func:`is_numeric_dtype` is the test every array reader makes.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 from typing import NoReturn
 
+import numpy as np
+
 from xraypose.errors import InputError
 
-__all__ = ["config_error", "check_number", "check_vector", "check_choice", "one_line"]
+__all__ = ["config_error", "check_number", "check_vector", "check_choice", "one_line", "is_numeric_dtype"]
 
 
 def config_error(name: str, value, why: str) -> NoReturn:
@@ -57,3 +59,10 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     when it has no text — for messages that quote what a library raised."""
     text = " ".join(str(e).split())
     return text[:limit] or type(e).__name__
+
+
+def is_numeric_dtype(dtype) -> bool:
+    """Whether a NumPy dtype holds plain numbers (integers, floats, complex or bool) — not objects, text or
+    records."""
+    dtype = np.dtype(dtype)
+    return not dtype.hasobject and (np.issubdtype(dtype, np.number) or dtype == bool)

@@ -47,7 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xraypose._checks import is_numeric_dtype, one_line
 from xraypose.errors import InputError
+from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
 
 __all__ = [
     "Volume",
@@ -92,8 +94,9 @@ HU_BONE_REF: float = 1900.0
 #: Names accepted by :meth:`Volume.density`.
 DENSITY_MODELS: tuple[str, ...] = ("hu", "physical", "raw")
 
-#: (4, 4) float64 matrix converting LPS world coordinates to RAS (its own inverse).
-LPS_TO_RAS: np.ndarray = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: (4, 4) float64 matrix converting LPS world coordinates to RAS (its own inverse): a NumPy copy of
+#: :data:`xraypose.geometry.LPS_TO_RAS`.
+LPS_TO_RAS: np.ndarray = GEOMETRY_LPS_TO_RAS.numpy().copy()
 
 #: A labelmap file must map its voxel grid within this distance (mm) of the CT's.
 LABEL_ALIGN_TOL_MM: float = 1e-3
@@ -506,7 +509,7 @@ def volume_from_array(
         arr = array.detach().cpu().numpy()
     else:
         arr = np.asarray(array)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    if not is_numeric_dtype(arr.dtype):
         raise InputError(f"volume array must be numeric; got dtype {arr.dtype}")
     arr = _as_3d(arr, source)
     check_voxel_values(arr, source, max_abs=float(np.finfo(np.float32).max))
@@ -661,7 +664,7 @@ def _read_image(path: PathLike, what: str, spacing=None) -> tuple[np.ndarray, np
             raise InputError(
                 f"Unsupported {what} file extension {ext!r} for {p}; supported: {_SUPPORTED_TEXT}{hint}"
             )
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    if not is_numeric_dtype(arr.dtype):
         raise InputError(
             f"{source}: voxel type {arr.dtype} is not a scalar number "
             "(RGB/structured images are not supported)"
@@ -679,13 +682,13 @@ def _read_nifti(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             img = nib.load(str(p))
         except Exception as exc:  # nibabel raises many types for corrupt files
-            raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
+            raise InputError(f"Could not read {what} NIfTI file {p}: {one_line(exc)}") from exc
         _check_nifti_header(img, p, what)
         try:
             arr = np.asanyarray(img.dataobj)
             aff = np.array(img.affine, dtype=np.float64)
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"Could not read {what} NIfTI file {p}: {_one_line(exc)}") from exc
+            raise InputError(f"Could not read {what} NIfTI file {p}: {one_line(exc)}") from exc
     arr = np.array(arr)  # detach from a possible memmap
     return arr, aff
 
@@ -1030,7 +1033,7 @@ def _as_label_tensor(labels, shape: tuple[int, ...], what: str) -> torch.Tensor:
         t = labels.detach()
     else:
         arr = np.asarray(labels)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        if not is_numeric_dtype(arr.dtype):
             raise InputError(f"{what}: labelmap must be numeric; got dtype {arr.dtype}")
         if arr.ndim > 3:
             arr = _as_3d(arr, what)
@@ -1076,7 +1079,7 @@ def _load_label_names(label_names) -> dict[int, str] | None:
         try:
             content = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"Could not read label names JSON {p}: {_one_line(exc)}") from exc
+            raise InputError(f"Could not read label names JSON {p}: {one_line(exc)}") from exc
         if not isinstance(content, dict):
             raise InputError(f"Label names JSON {p} must be an object {{\"id\": \"name\"}}")
         return _coerce_label_names(content, f"Label names JSON {p}")
@@ -1117,15 +1120,10 @@ def _to_data_tensor(arr: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(dtype)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
-
-
 def _itk_reason(msg: str) -> str:
     """Keep the informative tail of an ITK exception message, on one line."""
     lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "ERROR" in ln or "Unable" in ln or "error" in ln:
-            return _one_line(Exception(ln.split("ERROR:")[-1]))
-    return _one_line(Exception(lines[-1] if lines else msg))
+            return one_line(Exception(ln.split("ERROR:")[-1]))
+    return one_line(Exception(lines[-1] if lines else msg))

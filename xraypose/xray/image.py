@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xraypose._checks import one_line
+from xraypose._checks import is_numeric_dtype, one_line
 from xraypose.errors import InputError
 from xraypose.xray.frames import reduce_frames
 from xraypose.xray.overrides import XRayOverrides
@@ -100,7 +100,7 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
             offset = fh.tell()
     except Exception as e:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, SyntaxError...
         raise InputError(f"{p}: cannot read the .npy file ({one_line(e)})") from None
-    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == bool):
+    if not is_numeric_dtype(dtype):
         raise InputError(f"{p}: .npy array is not numeric (dtype {dtype})")
     if np.issubdtype(dtype, np.complexfloating):
         raise InputError(f"{p}: .npy array holds complex values (dtype {dtype}); X-rays are real numbers")
