@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from xraypose._checks import check_number, check_vector, config_error
+from xraypose._kernels import gaussian_weights
 from xraypose.camera import Camera
 from xraypose.geometry import so3_exp
 
@@ -114,9 +115,9 @@ def random_blur(x: torch.Tensor, max_sigma_px: float, prob: float, g: torch.Gene
     if float(sig.max()) < 0.05:
         return x
     r = max(1, int(math.ceil(3 * float(sig.max()))))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t[None] / sig.clamp_min(1e-3)[:, None]) ** 2)
-    k = torch.where(sig[:, None] < 0.05, (t[None] == 0).float(), k)
+    k = gaussian_weights(sig.clamp_min(1e-3)[:, None], r, torch.float32)  # (B, 2r + 1)
+    centre = torch.arange(-r, r + 1) == 0
+    k = torch.where(sig[:, None] < 0.05, centre[None].float(), k)
     k = (k / k.sum(1, keepdim=True)).to(x)
     y = x.reshape(1, B * C, H, W)
     kk = k.repeat_interleave(C, 0)

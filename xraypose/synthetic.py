@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from xraypose._kernels import gaussian_kernel1d
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.render import DRR
@@ -74,9 +75,7 @@ class XraySimulator:
         I = torch.exp(-L)
         if self.blur_px > 0:
             r = max(1, int(3 * self.blur_px + 0.5))
-            x = torch.arange(-r, r + 1, dtype=torch.float32)
-            k = torch.exp(-0.5 * (x / self.blur_px) ** 2)
-            k = k / k.sum()
+            k = gaussian_kernel1d(self.blur_px, r, torch.float32)
             I = F.pad(I, (r, r, r, r), mode="replicate")
             I = F.conv2d(F.conv2d(I, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
         if self.photons > 0:

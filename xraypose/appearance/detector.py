@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from xraypose._kernels import gaussian_kernel1d
 from xraypose.errors import InputError
 
 __all__ = [
@@ -46,18 +47,12 @@ def area_average(img: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(img[None, None], int(factor))[0, 0]
 
 
-def _kernel1d(sigma: float, radius: int) -> torch.Tensor:
-    x = torch.arange(-radius, radius + 1, dtype=F64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
 def gaussian_blur(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian blur, σ in pixels (0: unchanged); replicated borders."""
     if sigma_px <= 0:
         return img
     r = max(1, int(math.ceil(3 * sigma_px)))
-    k = _kernel1d(sigma_px, r).to(img)
+    k = gaussian_kernel1d(sigma_px, r).to(img)
     x = F.pad(img[None, None], (r, r, r, r), mode="replicate")
     x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
     return x[0, 0]
