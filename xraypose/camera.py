@@ -28,7 +28,20 @@ import torch
 
 from xraypose.errors import InputError
 
-__all__ = ["Camera", "camera_from_K", "carm_pose", "pixel_grid"]
+__all__ = ["Camera", "camera_from_K", "carm_pose", "pixel_grid", "DEFAULT_SDD_MM", "DEFAULT_SOD_FRACTION", "default_sod"]
+
+#: Source-to-detector distance (mm) of a typical C-arm: the default of the training camera, of
+#: ``xraypose render``, the demo and the example case.
+DEFAULT_SDD_MM = 1020.0
+
+#: Source-to-isocenter distance as a fraction of sdd, assumed when none is known (DiffPose's
+#: geometry: 612 of 1020 mm).
+DEFAULT_SOD_FRACTION = 0.6
+
+
+def default_sod(sdd: float) -> float:
+    """The source-to-isocenter distance (mm) assumed when none is known: ``0.6 · sdd`` (sdd in mm)."""
+    return DEFAULT_SOD_FRACTION * sdd
 
 
 def _finite_positive(name: str, value: float) -> float:

@@ -99,11 +99,11 @@ def render(
     if pose_json is not None:
         T = read_pose_json(pose_json)
     else:
-        from xraypose.camera import carm_pose
+        from xraypose.camera import carm_pose, default_sod
 
         a, b = option_numbers("pose", pose)
         iso = option_numbers("isocenter", isocenter) if isocenter else vol.get_isocenter()
-        T = carm_pose(a, b, sod=sod if sod is not None else 0.6 * sdd, isocenter=iso)
+        T = carm_pose(a, b, sod=sod if sod is not None else default_sod(sdd), isocenter=iso)
     img = render_drr(vol, cam, T, renderer=renderer, n_samples=samples, step=step, density=density,
                      bone_attenuation_multiplier=bone_multiplier)
     from xraypose.io import save_image

@@ -77,7 +77,7 @@ def evaluate_command(
     """
     import torch
 
-    from xraypose.camera import carm_pose
+    from xraypose.camera import carm_pose, default_sod
     from xraypose.evaluate import angle_starts, evaluate, load_eval_set, perturbed_starts
     from xraypose.io import check_output_folder
     from xraypose.register import RegistrationConfig
@@ -116,7 +116,7 @@ def evaluate_command(
     elif start == "pose":
         rule, label = pose_from_json(pose_json).reshape(4, 4), f"the pose in {pose_json.name}"
     else:
-        d = sod if sod is not None else 0.6 * ev.cases[0].camera.sdd
+        d = sod if sod is not None else default_sod(ev.cases[0].camera.sdd)
         rule = carm_pose(0.0, 0.0, sod=d, isocenter=ev.isocenter).reshape(4, 4).to(torch.float64)
         label = f"an AP view {d:.0f} mm from the isocenter"
     cfg = RegistrationConfig(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule,

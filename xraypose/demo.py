@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from xraypose.camera import Camera
+from xraypose.camera import DEFAULT_SDD_MM, Camera, default_sod
 from xraypose.io import atomic_write_json
 
 __all__ = ["DemoSettings", "run_demo"]
@@ -92,8 +92,8 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
 
     # 2. synthetic X-rays --------------------------------------------------------
     _say(f"[2/3] simulating {s.cases} realistic X-rays at unseen poses", quiet)
-    raw_cam = Camera(sdd=1020.0, height=s.xray_size, width=s.xray_size, delx=s.detector_mm / s.xray_size)
-    maker = CaseMaker(ct, camera=raw_cam, sod=612.0, seed=1000 + s.seed)
+    raw_cam = Camera(sdd=DEFAULT_SDD_MM, height=s.xray_size, width=s.xray_size, delx=s.detector_mm / s.xray_size)
+    maker = CaseMaker(ct, camera=raw_cam, sod=default_sod(DEFAULT_SDD_MM), seed=1000 + s.seed)  # 612 mm
     cases = [maker.case(i) for i in range(s.cases)]
 
     # 3. register ---------------------------------------------------------------

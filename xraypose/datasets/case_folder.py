@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xraypose.camera import Camera
+from xraypose.camera import DEFAULT_SDD_MM, Camera
 from xraypose.errors import InputError
 from xraypose.fiducials import read_fiducials_csv
 from xraypose.xray import IMAGE_EXTENSIONS, read_xray
@@ -255,7 +255,7 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
 
     poses = {}
     # 1. DICOM, LAO 20 / CAUD 10, radiological display (mirrored columns)
-    cam1 = Camera(sdd=1020.0, height=size, width=size, delx=1.6 * 256 / size, reverse_x_axis=True)
+    cam1 = Camera(sdd=DEFAULT_SDD_MM, height=size, width=size, delx=1.6 * 256 / size, reverse_x_axis=True)
     nominal = carm_pose(20.0, -10.0, sod=620.0, isocenter=iso)
     true1 = nominal @ small_offset()
     po = orientation_letters(cam1, nominal)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from xraypose._checks import check_choice, check_number, check_vector, config_error
 from xraypose.augment import AugmentConfig
+from xraypose.camera import DEFAULT_SDD_MM
 from xraypose.errors import InputError
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS
 
@@ -61,7 +62,7 @@ class ModelConfig(_Section):
 class CameraConfig(_Section):
     """The training detector (images are rendered at this size)."""
 
-    sdd: float = 1020.0
+    sdd: float = DEFAULT_SDD_MM
     height: int = 64
     width: int | None = None  # default: height
     fov_mm: float = 400.0  # detector width in mm (sets delx unless given)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from xraypose.camera import Camera
+from xraypose.camera import Camera, default_sod
 from xraypose.errors import InputError
 from xraypose.train.config import CameraConfig, RenderConfig, TrainConfig
 
@@ -50,11 +50,11 @@ def load_volume(ct):
 
 def make_sampler(volume, cfg: TrainConfig):
     """``(PoseSampler, sod)``: the training poses about the volume's (or ``sampler.isocenter``'s) isocenter;
-    ``sod`` (mm) is ``sampler.sod`` or 0.6·``camera.sdd``."""
+    ``sod`` (mm) is ``sampler.sod`` or :func:`~xraypose.camera.default_sod` (0.6·``camera.sdd``)."""
     from xraypose.sampling import PoseSampler
 
     s = cfg.sampler
-    sod = s.sod if s.sod is not None else 0.6 * cfg.camera.sdd
+    sod = s.sod if s.sod is not None else default_sod(cfg.camera.sdd)
     kw = dict(distribution=s.distribution, rot_std=tuple(s.rot_std), trans_mean=tuple(s.trans_mean),
               trans_std=tuple(s.trans_std), rot_range=tuple(s.rot_range), trans_range=tuple(s.trans_range))
     if s.isocenter is not None:
