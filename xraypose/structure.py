@@ -14,8 +14,8 @@ cropped to one bone (issue 14, item 3).
   in an X-ray, a bone inside the body adds what it attenuates more than the soft tissue it
   displaces; rendered with its full attenuation (HU + 1000) and air around it, the mask's outline
   would be an edge the X-ray does not have (measured on the bundled pelvis, all its bone as the
-  structure, 64² px, from the true pose: the "linear" model drifted 16–70 mm, the excess over
-  water 2–8 mm with gradient NCC).  Registration's isocenter becomes the structure's centre.
+  structure, 64² px, two cases, from the true pose: the "linear" model drifted 16–44 mm, the excess
+  over water 2–8 mm with gradient NCC).  Registration's isocenter becomes the structure's centre.
   A volume of raw values (``density="raw"``) keeps its values inside the mask, 0 outside.
 * **Weighing the similarity where it projects** (:func:`structure_window`): each X-ray is cropped
   to the box the structure's grown bounding box projects to at the start pose, plus
