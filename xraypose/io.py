@@ -306,6 +306,26 @@ def save_image(path, img) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def open_pil_image(p: Path, unreadable: str, cannot_open: str):
+    """PIL's (lazy) image of the file ``p``, without PIL's decompression-bomb limit: callers check the size
+    themselves, before decoding, with a message of their own.  InputError ``"{p}: {unreadable}"`` when PIL
+    knows no such format, ``"{p}: {cannot_open} (PIL's reason)"`` when the file cannot be opened."""
+    from PIL import Image, UnidentifiedImageError
+
+    from xraypose._checks import one_line
+
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        return Image.open(str(p))
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: {unreadable}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{p}: {cannot_open} ({one_line(e)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def read_toml(path) -> dict:
     """A TOML config file as a dict; a missing or malformed file is an :class:`InputError` naming it."""
     import tomllib

@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from xraypose._checks import one_line
 from xraypose.errors import InputError
 
 __all__ = ["read_tiff_volume", "read_tiff_array", "read_tiff_pages", "TIFF_EXTENSIONS"]
@@ -48,10 +49,6 @@ _GREY_MODES = {"1": "bool", "L": "uint8", "I;16": "uint16", "I;16L": "uint16", "
                "I": "int32", "I;32": "int32", "F": "float32", "F;32F": "float32"}
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300] or type(e).__name__
-
-
 def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
     """The pages of a multi-page greyscale TIFF as one ``(pages, rows, columns)`` array (stored dtype).
 
@@ -62,8 +59,7 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
             pages of different sizes or pixel types, a stack too large for this
             machine's memory, truncated page data.
     """
-    from PIL import Image, UnidentifiedImageError
-
+    from xraypose.io import open_pil_image
     from xraypose.limits import check_allocation
 
     p = Path(path).expanduser()
@@ -71,16 +67,7 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
         raise InputError(f"{what} not found: {p}")
     if p.is_dir():
         raise InputError(f"{what} {p} is a folder, not a TIFF file")
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # xraypose's own memory check below, with a clear message
-        im = Image.open(str(p))
-    except UnidentifiedImageError:
-        raise InputError(f"{p}: not a readable TIFF file") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"{p}: cannot open the TIFF file ({_one_line(e)})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+    im = open_pil_image(p, "not a readable TIFF file", "cannot open the TIFF file")  # memory checked below
     with im:
         if (im.format or "").upper() != "TIFF":
             raise InputError(f"{p}: a {im.format or 'non-TIFF'} image, not a TIFF stack")
@@ -91,7 +78,7 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
                 im.seek(k)
                 heads.append((im.size, im.mode))
         except (OSError, EOFError, ValueError) as e:
-            raise InputError(f"{p}: the TIFF page directory is damaged ({_one_line(e)})") from None
+            raise InputError(f"{p}: the TIFF page directory is damaged ({one_line(e)})") from None
         (w0, h0), m0 = heads[0]
         for k, ((w, h), m) in enumerate(heads):
             if m not in _GREY_MODES:
@@ -112,7 +99,7 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
                 a = np.asarray(im)
                 out[k] = a
         except (OSError, ValueError, SyntaxError) as e:
-            raise InputError(f"{p}: TIFF page {k} is truncated or corrupt ({_one_line(e)})") from None
+            raise InputError(f"{p}: TIFF page {k} is truncated or corrupt ({one_line(e)})") from None
     return out
 
 

@@ -135,21 +135,13 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
 
 
 def _read_pil(p: Path) -> np.ndarray:
-    from PIL import Image, ImageSequence, UnidentifiedImageError
+    from PIL import ImageSequence
 
+    from xraypose.io import open_pil_image
     from xraypose.limits import check_xray_size
 
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # xraypose's own limit below, with a clear message
-        im = Image.open(str(p))
-    except UnidentifiedImageError:
-        raise InputError(f"{p}: not a readable {p.suffix.upper().lstrip('.')} image") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"{p}: cannot open the image ({one_line(e)})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    w, h = im.size
+    im = open_pil_image(p, f"not a readable {p.suffix.upper().lstrip('.')} image", "cannot open the image")
+    w, h = im.size  # xraypose's own size limit, before decoding
     check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
     frames = []
     try:
