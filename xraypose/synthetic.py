@@ -1,7 +1,7 @@
 """Realistic synthetic X-rays from a CT, rendered NOT the way registration renders.
 
 To avoid the "inverse crime" (testing registration on images made by its own
-forward model), a synthetic X-ray is made with (DESIGN.md §5):
+forward model), a synthetic X-ray is made with:
 
 1. Siddon's exact line integrals (registration uses trilinear) on a detector of
    ``supersample``× the resolution, area-averaged to the detector pixels;
