@@ -701,25 +701,54 @@ def preprocess(
         img = _apply_op(img, op)
         mask = None if mask is None else _apply_op(mask, op)
     steps: list[dict] = [s for s in geo.steps if s["step"] != "resize"]
+    _check_finite(img)
+    b = _blur_args(blur)
+    img, mask = _blur_step(img, mask, b, steps)
+    if mask is not None:
+        _record_saturation(mask, float(as_image(image)[sat].flatten()[0]), int(sat.sum()), steps)
+    img = _intensity_steps(img, mode, log, i0, offset, background, rescale, steps)
+    shadow = _check_field(img, steps, grow=0 if b is None else b[0] // 2 + 1)
+    if shadow is not None:
+        mask = shadow if mask is None else mask * shadow
+    for op in after:
+        img = _apply_op(img, op)
+        mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
+    steps += [s for s in geo.steps if s["step"] == "resize"]
+    img = img.to(torch.float32)
+    return Preprocessed(image=img, camera=geo.camera, pixel_map=geo.pixel_map, pose_transform=geo.pose_transform,
+                        steps=steps, mask=mask)
+
+
+def _blur_step(img: torch.Tensor, mask, b, steps: list):
+    """Step 3 of :func:`preprocess`: blur, and grow the mask's holes by the kernel's radius."""
+    if b is None:
+        return img, mask
+    img = gaussian_blur(img, *b)
+    steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1]})
+    if mask is not None:  # blurred pixels next to the plateau are not to be trusted either
+        r = b[0] // 2
+        mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
+    return img, mask
+
+
+def _check_finite(img: torch.Tensor) -> None:
     bad = ~torch.isfinite(img)
     if bool(bad.any()):
         r, c = (int(x) for x in torch.nonzero(bad)[0])
         raise InputError(f"X-ray has {int(bad.sum())} NaN or infinite pixels (the first at row {r}, column {c} after "
                          "the crop); replace them (e.g. from a dead-pixel map) or crop them away")
-    b = _blur_args(blur)
-    if b is not None:
-        img = gaussian_blur(img, *b)
-        steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1]})
-        if mask is not None:  # blurred pixels next to the plateau are not to be trusted either
-            r = b[0] // 2
-            mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
-    if mask is not None:
-        frac = float(mask.mean())
-        steps.append({"step": "saturation_mask", "value": float(as_image(image)[sat].flatten()[0]),
-                      "pixels": int(sat.sum()), "weight": frac})
-        if frac < MIN_FIELD_FRACTION:
-            raise InputError(f"the X-ray is saturated (a flat maximum) over {100 * (1 - frac):.0f}% of its pixels: "
-                             f"at least {100 * MIN_FIELD_FRACTION:.0f}% must be usable to register")
+
+
+def _record_saturation(mask: torch.Tensor, value: float, pixels: int, steps: list) -> None:
+    frac = float(mask.mean())
+    steps.append({"step": "saturation_mask", "value": value, "pixels": pixels, "weight": frac})
+    if frac < MIN_FIELD_FRACTION:
+        raise InputError(f"the X-ray is saturated (a flat maximum) over {100 * (1 - frac):.0f}% of its pixels: "
+                         f"at least {100 * MIN_FIELD_FRACTION:.0f}% must be usable to register")
+
+
+def _intensity_steps(img, mode: str, log, i0, offset, background, rescale: bool, steps: list) -> torch.Tensor:
+    """Steps 4–6 of :func:`preprocess` (log, background, rescale), each recorded in ``steps``."""
     if mode == "intensity":
         img, info = beer_lambert(img, i0=i0, offset=offset)
         steps.append({"step": "beer_lambert", "formula": "log(I0) - log(I + offset)", **info})
@@ -736,16 +765,7 @@ def preprocess(
     if rescale:
         img, (lo, hi) = rescale01(img)
         steps.append({"step": "rescale01", "min": lo, "max": hi})
-    shadow = _check_field(img, steps, grow=0 if b is None else b[0] // 2 + 1)
-    if shadow is not None:
-        mask = shadow if mask is None else mask * shadow
-    for op in after:
-        img = _apply_op(img, op)
-        mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
-    steps += [s for s in geo.steps if s["step"] == "resize"]
-    img = img.to(torch.float32)
-    return Preprocessed(image=img, camera=geo.camera, pixel_map=geo.pixel_map, pose_transform=geo.pose_transform,
-                        steps=steps, mask=mask)
+    return img
 
 
 def ncc(a, b, mask=None) -> float:
