@@ -72,11 +72,14 @@ def test_saturated_xray_is_masked_and_registers(registrar, maker, case):
     assert err < 2.0
 
 
-def test_xray_saturated_almost_everywhere_is_refused(case):
-    raw = case.raw.clone()
-    q = float(torch.quantile(raw[raw > 0], 0.15))
-    with pytest.raises(InputError, match=r"saturated \(a flat maximum\) over \d+% of its pixels"):
-        _prepare(case, raw.clamp_max(q))
+def test_direct_beam_plateau_is_masked_not_refused():
+    """A small object in a clipped direct beam (a hand, a phantom): 90 % of the detector is the
+    plateau — masked (it is air in the CT too), never refused by the preprocessing."""
+    raw = torch.full((60, 60), 1000.0)
+    raw[20:40, 25:35] = 1000.0 * torch.exp(-torch.rand(20, 10, generator=torch.Generator().manual_seed(1)) - 0.5)
+    pre = preprocess(raw, log=True)
+    assert pre.mask is not None and float(pre.mask.mean()) < 0.1
+    assert next(s for s in pre.steps if s["step"] == "saturation_mask")["pixels"] == 60 * 60 - 200
 
 
 def test_registrar_checks_masks(registrar, case):

@@ -667,7 +667,7 @@ def preprocess(
     3. ``blur`` — Gaussian blur: True (5×5, σ = 1 px), a σ, or (kernel, σ).
        With ``log`` "intensity" / "log-intensity", a saturated plateau of the raw image
        (:func:`saturation_mask`), grown by the blur's radius, is left out: ``result.mask`` is 0
-       there (registration weighs its pixels by it); less than 25 % usable is refused.
+       there (registration weighs its pixels by it).
     4. ``log`` — turn intensities into line integrals:
        ``True``/"intensity": ``L = log I0 − log(I + offset)`` with ``I0 = i0``
        or the image maximum; "log-intensity": ``L = max − v`` (values already
@@ -740,11 +740,9 @@ def _check_finite(img: torch.Tensor) -> None:
 
 
 def _record_saturation(mask: torch.Tensor, value: float, pixels: int, steps: list) -> None:
-    frac = float(mask.mean())
-    steps.append({"step": "saturation_mask", "value": value, "pixels": pixels, "weight": frac})
-    if frac < MIN_FIELD_FRACTION:
-        raise InputError(f"the X-ray is saturated (a flat maximum) over {100 * (1 - frac):.0f}% of its pixels: "
-                         f"at least {100 * MIN_FIELD_FRACTION:.0f}% must be usable to register")
+    # never refused here: a hand or a phantom leaves most of the detector in the (clipped) direct
+    # beam, which is air in the CT as well; registration refuses a mask that leaves < 5 %.
+    steps.append({"step": "saturation_mask", "value": value, "pixels": pixels, "weight": float(mask.mean())})
 
 
 def _intensity_steps(img, mode: str, log, i0, offset, background, rescale: bool, steps: list) -> torch.Tensor:

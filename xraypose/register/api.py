@@ -166,20 +166,7 @@ def register_xray(
     elif imgs.dim() == 3:
         imgs = imgs[:, None]
     B = imgs.shape[0]
-    t0 = time.perf_counter()
-    if callable(init) and not isinstance(init, torch.Tensor):
-        starts = init(imgs, camera)
-        init_s = (time.perf_counter() - t0) / B
-    else:
-        starts = init
-        init_s = 0.0
-    starts = torch.as_tensor(starts, dtype=F64)
-    if starts.dim() == 2:
-        starts = starts[None]
-    if antipodal:
-        if starts.dim() != 3:
-            raise InputError("antipodal starts need one start pose per X-ray")
-        starts = with_antipodal(starts, reg.isocenter)
+    starts, init_s = _starts(reg, imgs, camera, init, antipodal)
     if masks is not None:
         masks = torch.as_tensor(masks, dtype=torch.float32)
         masks = masks.reshape(1, 1, *masks.shape) if masks.dim() == 2 else masks
@@ -187,15 +174,7 @@ def register_xray(
     picks = [(res, b) for b in range(B)]  # where each X-ray's result comes from
     checks: list = [None] * B
     if confidence:
-        from xraypose.register.confidence import assess
-
-        checks = assess(reg, imgs, camera, res.poses, starts=res.initial_poses)
-        for b in range(B):
-            c = checks[b]
-            checks[b] = {"conf": c, "info": {**c.to_dict(), "kept": "given start"}}
-            if hypotheses and c.verdict != "ok":
-                mb = None if masks is None else masks[min(b, masks.shape[0] - 1):][:1]
-                picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c, mb)
+        picks, checks = _check_results(reg, imgs, camera, res, hypotheses, masks)
     truth = None
     if true_pose is not None:
         truth = torch.as_tensor(true_pose, dtype=F64).reshape(-1, 4, 4).expand(B, 4, 4)
@@ -215,21 +194,62 @@ def register_xray(
             c = checks[b]["conf"]
             r.p_success, r.verdict, r.reason, r.confidence = float(c.p_success), c.verdict, c.reason, checks[b]["info"]
         if truth is not None:
-            fid = fiducials
-            if fid is not None:
-                fid = torch.as_tensor(fid, dtype=F64)
-                if fid.dim() == 3:
-                    fid = fid[b]
-            else:
-                from xraypose.fiducials import pick_bone_fiducials
-
-                fid = pick_bone_fiducials(volume, n=20, camera=camera, poses=truth[b])
-            r.metrics = registration_metrics(r.camera_to_world, truth[b], fid, camera)
-            r.initial_metrics = registration_metrics(r.initial_pose, truth[b], fid, camera)
-            r.extra["true_pose"] = truth[b].tolist()
-            r.extra["fiducials"] = fid.tolist()
+            _add_truth(r, volume, camera, truth[b], fiducials, b)
         outs.append(r)
     return outs
+
+
+def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):
+    """(starts (B, 4, 4) or (B, K, 4, 4) float64, initialiser seconds per X-ray) of :func:`register_xray`."""
+    B = imgs.shape[0]
+    t0 = time.perf_counter()
+    if callable(init) and not isinstance(init, torch.Tensor):
+        starts = init(imgs, camera)
+        init_s = (time.perf_counter() - t0) / B
+    else:
+        starts = init
+        init_s = 0.0
+    starts = torch.as_tensor(starts, dtype=F64)
+    if starts.dim() == 2:
+        starts = starts[None]
+    if antipodal:
+        if starts.dim() != 3:
+            raise InputError("antipodal starts need one start pose per X-ray")
+        starts = with_antipodal(starts, reg.isocenter)
+    return starts, init_s
+
+
+def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: bool, masks):
+    """Each result's confidence (and its hypotheses when not ``ok``): (picks, checks) per X-ray."""
+    from xraypose.register.confidence import assess
+
+    B = imgs.shape[0]
+    picks = [(res, b) for b in range(B)]
+    checks: list = assess(reg, imgs, camera, res.poses, starts=res.initial_poses)
+    for b in range(B):
+        c = checks[b]
+        checks[b] = {"conf": c, "info": {**c.to_dict(), "kept": "given start"}}
+        if hypotheses and c.verdict != "ok":
+            mb = None if masks is None else masks[min(b, masks.shape[0] - 1):][:1]
+            picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c, mb)
+    return picks, checks
+
+
+def _add_truth(r: Registration, volume, camera: Camera, truth: torch.Tensor, fiducials, b: int) -> None:
+    """The errors of ``r``'s start and result against ``truth`` (4, 4) at the fiducials (or bone points)."""
+    fid = fiducials
+    if fid is not None:
+        fid = torch.as_tensor(fid, dtype=F64)
+        if fid.dim() == 3:
+            fid = fid[b]
+    else:
+        from xraypose.fiducials import pick_bone_fiducials
+
+        fid = pick_bone_fiducials(volume, n=20, camera=camera, poses=truth)
+    r.metrics = registration_metrics(r.camera_to_world, truth, fid, camera)
+    r.initial_metrics = registration_metrics(r.initial_pose, truth, fid, camera)
+    r.extra["true_pose"] = truth.tolist()
+    r.extra["fiducials"] = fid.tolist()
 
 
 def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) -> tuple:
