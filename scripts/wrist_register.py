@@ -1,0 +1,315 @@
+"""The radius in the real biplane wrist radiographs (issue 14, item 4): each view alone and both jointly.
+
+Data: ../shared/data/autoscoper_wrist (xraypose.datasets.AutoscoperWrist: 2 calibrated cameras 110°
+apart, frames 0002, 0099, 0158, the radius as a 16-bit TIFF bone volume).  There is no ground truth:
+what this measures is whether registration works on real radiographs (overlays that align) and how
+far a single view's result lies from the joint one.
+
+Per frame:
+
+1. **Start.**  Frame 0002: the radius's axis from two points picked by eye in each view (the centre
+   of its distal articular end and of its shaft ~70 mm proximal, :data:`START_PIXELS`), triangulated
+   with the calibration; the volume's own axis (principal axis of its bone voxels, the distal end the
+   heavier one) put on it, turned about it in 12 steps of 30°: 12 starts, the best after the first
+   level goes on (a joint registration).  Later frames: the previous frame's joint result.
+2. **Views.**  Each radiograph (``transfer="log"``, resized to ``--size``), blurred (5×5, σ = 1 px),
+   cropped to where the radius projects at the start (+ 25 mm), weighted by the image intensifier's
+   field and the radius's footprint at the start (+ 10 mm) (:mod:`xraypose.structure`).
+3. **Registration** from that start, with :data:`WRIST_LEVELS` (the default schedule with the
+   volume averaged to 3/2/1/0.6 mm instead of 12/8/4/2 mm — the radius is 20–30 mm wide — and a
+   last Levenberg–Marquardt level at 256 rows on the volume as it is (0.4 × 0.4 × 0.6 mm); raw
+   density, no bone/tissue fits: the volume holds bone only; gradient NCC at every level):
+   jointly (one rig_to_world, :func:`xraypose.register.multiview.register_rig`) and each view
+   alone (:func:`xraypose.register.api.register_xray`, no hypotheses), all from the same start.
+4. **Agreement.**  The radius's pose in the calibration frame, ``bone_to_cal = rig_to_world⁻¹``
+   (joint) and ``camera_to_rig_i · camera_to_world_i⁻¹`` (view i alone): the distance between the
+   radius's centre in the two (mm; also its part along view i's beam, the depth a single view
+   sees only as magnification) and the angle of the relative rotation (degrees).
+
+Writes ``--json`` (every pose, verdict, similarity and difference) and, with ``--figures``,
+``wrist_radius.png``: per frame and view the radiograph's window, the DRR at the joint result and at
+the view's own result blended over it (``--replot`` draws it again from the JSON).
+
+    python scripts/wrist_register.py --json wrist.json --figures docs/img [--size 1024] [--frames 0002 0099]
+    python scripts/wrist_register.py --json wrist.json --figures docs/img --replot
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xraypose.register.config import DEFAULT_LEVELS  # noqa: E402
+
+F64 = torch.float64
+
+#: Picked by eye on frame 0002's full-size (1760²) radiographs: the centre of the radius's distal
+#: articular end and of its shaft about 70 mm proximal (u, v pixels).  Their rays meet within 4 and
+#: 2 mm: the same points in both views, to the precision of a start.
+START_PIXELS = {"cam01": [(880.0, 1225.0), (875.0, 1650.0)], "cam02": [(650.0, 1215.0), (610.0, 1650.0)]}
+#: Rolls of the start about the radius's axis, degrees.
+ROLLS_DEG = tuple(range(0, 360, 30))
+#: The default schedule with the volume averaged for a 20–30 mm wide bone; bone only: no bone/tissue fits.
+WRIST_LEVELS = tuple(dataclasses.replace(lv, volume_mm=mm, fit_bone=False, fit_tissue=False, similarity="gncc")
+                     for lv, mm in zip(DEFAULT_LEVELS, (3.0, 2.0, 1.0, 0.6))) + (
+    dataclasses.replace(DEFAULT_LEVELS[-1], size=256, volume_mm=None, fit_bone=False, fit_tissue=False),)
+WINDOW_MARGIN_MM = 25.0
+#: The bone volumes' stored value of water: they read like HU + 1024 (12 bits, cortex saturating at
+#: 4095; marrow and the partial-volume rim 700–1300; 0 outside the segmented bone).
+WATER_VALUE = 1024.0
+
+
+def above_water(vol, water: float = WATER_VALUE):
+    """The volume as the attenuation it adds to an X-ray of the wrist: ``max(value − water, 0)`` (a bone
+    inside soft tissue adds what it attenuates more than water; rendered whole, with 0 around it, its
+    segmented outline would be an edge the radiograph does not have: xraypose.structure)."""
+    from xraypose.volume import Volume
+
+    return Volume(data=(vol.data - water).clamp_min(0.0), affine=vol.affine, isocenter=vol.isocenter,
+                  source=f"{vol.source}, max(value - {water:g}, 0)")
+
+
+def volume_axis(vol) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distal end point, unit axis distal → proximal) of a long bone volume, world mm: the principal
+    axis of its bone voxels (> half the maximum); the distal end is the heavier one (the flare)."""
+    d = vol.data
+    idx = torch.nonzero(d > 0.5 * float(d.max())).to(F64)
+    w = vol.voxel_to_world(idx)
+    c = w.mean(0)
+    _, _, V = torch.linalg.svd(w - c, full_matrices=False)
+    a = V[0]
+    s = (w - c) @ a
+    n_lo, n_hi = int((s < s.quantile(0.2)).sum()), int((s > s.quantile(0.8)).sum())
+    # the flared end holds more bone per length: compare the spread of each end
+    r_lo = ((w[s < s.quantile(0.15)] - c) - s[s < s.quantile(0.15), None] * a).norm(dim=-1).mean()
+    r_hi = ((w[s > s.quantile(0.85)] - c) - s[s > s.quantile(0.85), None] * a).norm(dim=-1).mean()
+    if r_hi > r_lo:  # the distal end at the low side
+        a = -a
+    del n_lo, n_hi
+    s = (w - c) @ a
+    distal = c + a * float(s.quantile(0.02))
+    return distal, a
+
+
+def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(3, 3) rotation taking unit vector a to unit vector b (the shortest)."""
+    from xraypose.geometry import so3_exp
+
+    v = torch.linalg.cross(a, b)
+    s, c = float(v.norm()), float(a @ b)
+    if s < 1e-12:
+        return torch.eye(3, dtype=F64) if c > 0 else so3_exp(torch.tensor([math.pi, 0.0, 0.0], dtype=F64))
+    return so3_exp(v / s * math.atan2(s, c))
+
+
+def axis_starts(vol, P_dist, P_prox, rolls_deg=ROLLS_DEG) -> torch.Tensor:
+    """(K, 4, 4) rig_to_world starts: the volume's axis on the triangulated one, turned by each roll."""
+    from xraypose.geometry import make_transform, so3_exp
+
+    d_vol, a_vol = volume_axis(vol)
+    a_cal = (P_prox - P_dist) / (P_prox - P_dist).norm()
+    R0 = rotation_between(a_vol, a_cal)
+    out = []
+    for r in rolls_deg:
+        R = so3_exp(a_cal * math.radians(r)) @ R0
+        bone_to_cal = make_transform(R, P_dist - R @ d_vol)
+        out.append(torch.linalg.inv(bone_to_cal))
+    return torch.stack(out)
+
+
+def agreement(bone_to_cal_joint, bone_to_cal_single, centre, beam_dir) -> dict:
+    """Difference of the radius's pose in the calibration frame: centre distance (mm), its part along
+    the view's beam (mm), the rest (in the image plane, mm), and the rotation angle (degrees)."""
+    pj = bone_to_cal_joint[:3, :3] @ centre + bone_to_cal_joint[:3, 3]
+    ps = bone_to_cal_single[:3, :3] @ centre + bone_to_cal_single[:3, 3]
+    d = ps - pj
+    along = float(d @ beam_dir)
+    R = bone_to_cal_single[:3, :3] @ bone_to_cal_joint[:3, :3].T
+    ang = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(R)) - 1) / 2))))
+    return {"centre_mm": float(d.norm()), "along_beam_mm": along,
+            "in_plane_mm": float((d - along * beam_dir).norm()), "rotation_deg": ang}
+
+
+def prepare_views(ds, frame: str, rig, start, vol):
+    """Per camera (name, image, camera, camera_to_rig, weights) of one frame, windowed at ``start``."""
+    from xraypose.preprocess import gaussian_blur
+    from xraypose.structure import structure_weights, structure_window, window_image
+
+    out = []
+    for cam in ds.cameras:
+        v = ds.view(frame, cam)
+        img = torch.as_tensor(gaussian_blur(v.image, 5, 1.0), dtype=torch.float32).reshape(v.image.shape)
+        C = rig[cam].camera_to_rig.to(F64)
+        T = start @ C
+        win = structure_window(v.camera, T, vol.corners.to(F64), margin_mm=WINDOW_MARGIN_MM)
+        if win is None:
+            raise SystemExit(f"the radius projects outside {cam} at the start")
+        wimg, wcam = window_image(img, v.camera, win)
+        field, _ = window_image(v.mask.float(), v.camera, win)
+        foot = structure_weights(vol, wcam, T, density="raw")
+        out.append({"name": cam, "image": wimg, "camera": wcam, "camera_to_rig": C, "weights": field * foot,
+                    "window": win, "field": field})
+    return out
+
+
+def register_frame(vol, views, start, reg, search: bool):
+    """Joint and single-view registrations of one frame; returns a dict of results."""
+    from xraypose.register.api import register_xray
+    from xraypose.register.multiview import ViewImage, register_rig
+
+    vims = [ViewImage(v["name"], v["image"], v["camera"], v["camera_to_rig"], mask=v["weights"]) for v in views]
+    joint = register_rig(vol, vims, start, registrar=reg)
+    S0 = joint.initial_rig_to_world  # the start kept (the best roll)
+    singles = []
+    for v in views:
+        r = register_xray(vol, v["image"], v["camera"], (S0 @ v["camera_to_rig"])[None], registrar=reg,
+                          hypotheses=False, masks=v["weights"])[0]
+        singles.append(r)
+    return joint, singles, S0
+
+
+def overlay_figure(path, vol, frames_out, title: str):
+    """Rows: frames; per view, the radiograph's window and the DRR at the joint result blended over it
+    (orange), and, given single-view results, the DRR at the view's own result (cyan)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from xraypose.evaluate import PictureRenderer
+    from xraypose.io import atomic_write_bytes
+    from xraypose.viz import normalise
+
+    rend = PictureRenderer(vol, density="raw", n_samples=384)
+    n, m = len(frames_out), len(frames_out[0]["views"])
+    k = 3 if frames_out[0].get("single_poses") is not None else 2
+    fig, ax = plt.subplots(n, m * k, figsize=(2.6 * m * k, 3.3 * n), dpi=110, squeeze=False)
+    for i, fo in enumerate(frames_out):
+        for j, v in enumerate(fo["views"]):
+            x = normalise(v["image"])
+            panels = [("radiograph", None, None), ("joint", fo["joint"] @ v["camera_to_rig"], [1.0, 0.5, 0.0])]
+            if k == 3:
+                panels.append(("alone", fo["single_poses"][j], [0.0, 0.8, 1.0]))
+            for q, (what, T, colour) in enumerate(panels):
+                rgb = np.stack([x, x, x], -1)
+                if T is not None:
+                    d = rend(v["camera"], T[None])[0].numpy()
+                    d = np.clip(d / max(float(np.quantile(d[d > 0], 0.99)) if (d > 0).any() else 1.0, 1e-9), 0, 1)
+                    rgb = rgb * (1 - 0.6 * d[..., None]) + 0.6 * d[..., None] * np.array(colour)
+                a = ax[i, j * k + q]
+                a.imshow(np.clip(rgb, 0, 1))
+                a.axis("off")
+                a.set_title(f"{fo['frame']} {v['name']}: {what}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def figures(args, ds, rig, vol, results) -> None:
+    """The overlay pictures of ``results`` (the JSON's frames) into ``args.figures``."""
+    figs = []
+    for r in results:
+        S0 = torch.tensor(r["start_rig_to_world"], dtype=F64)
+        views = prepare_views(ds, r["frame"], rig, S0, vol)
+        figs.append({"frame": r["frame"], "views": views, "joint": torch.tensor(r["joint"]["rig_to_world"], dtype=F64),
+                     "single_poses": [torch.tensor(r["single"][v["name"]]["camera_to_world"], dtype=F64)
+                                      for v in views]})
+    out = Path(args.figures)
+    out.mkdir(parents=True, exist_ok=True)
+    overlay_figure(out / "wrist_radius.png", vol, figs, "the radius: radiograph; DRR at the joint result (orange); "
+                   "DRR at the view's own result (cyan)")
+    print(f"wrote {out}/wrist_radius.png")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=None, help="the autoscoper_wrist folder (default ../shared/data/autoscoper_wrist)")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--figures", default=None, help="folder for the overlay pictures")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--frames", nargs="*", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", action="store_true", help="draw the figures from --json (no registration)")
+    ap.add_argument("--water", type=float, default=WATER_VALUE,
+                    help="stored value of water: the volume is rendered as max(value - water, 0)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from xraypose.calibration import triangulate
+    from xraypose.datasets import AutoscoperWrist
+    from xraypose.io import atomic_write_json
+    from xraypose.register import Registrar, RegistrationConfig
+
+    full = AutoscoperWrist(args.data)
+    ds = AutoscoperWrist(args.data, size=args.size)
+    rig = ds.rig()
+    vol = above_water(ds.volume("rad"), args.water)
+    if args.replot:
+        import json
+
+        figures(args, ds, rig, vol, json.loads(Path(args.json).read_text(encoding="utf-8"))["frames"])
+        return 0
+    (c1, T1), (c2, T2) = full.camera("cam01"), full.camera("cam02")
+    tri = triangulate(START_PIXELS["cam01"], c1, T1, START_PIXELS["cam02"], c2, T2)
+    P_dist, P_prox = tri["point"][0], tri["point"][1]
+    print(f"start axis: rays meet within {tri['distance'].tolist()} mm; axis length "
+          f"{float((P_prox - P_dist).norm()):.1f} mm", flush=True)
+    reg = Registrar(vol, RegistrationConfig(levels=WRIST_LEVELS, density="raw", similarity="gncc", drr_blur=1.0,
+                                            record_trajectory=False, num_threads=args.threads))
+    centre = vol.get_isocenter().to(F64)
+    frames = args.frames or list(ds.frames)
+    results = []
+    prev = None
+    for f in frames:
+        starts = axis_starts(vol, P_dist, P_prox) if prev is None else prev[None]
+        views = prepare_views(ds, f, rig, starts[0], vol)
+        joint, singles, S0 = register_frame(vol, views, starts, reg, search=prev is None)
+        prev = joint.rig_to_world
+        b_joint = torch.linalg.inv(joint.rig_to_world)
+        row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
+            "rig_to_world": joint.rig_to_world.tolist(), "similarity": joint.similarity, "verdict": joint.verdict,
+            "p_success": joint.p_success, "reason": joint.reason, "status": joint.status,
+            "views": {v.name: {"verdict": v.verdict, "p_success": v.p_success, "reason": v.reason} for v in joint.views}},
+            "single": {}, "windows": {v["name"]: list(v["window"]) for v in views}}
+        for v, s in zip(views, singles):
+            b_single = v["camera_to_rig"] @ torch.linalg.inv(s.camera_to_world)
+            beam = (rig[v["name"]].camera_to_rig[:3, 2]).to(F64)  # the view's +z in the calibration frame
+            agr = agreement(b_joint, b_single, centre, beam / beam.norm())
+            row["single"][v["name"]] = {"camera_to_world": s.camera_to_world.tolist(), "similarity": s.similarity,
+                                        "verdict": s.verdict, "p_success": s.p_success, "reason": s.reason,
+                                        "status": s.status, "vs_joint": agr}
+            print(f"frame {f} {v['name']} alone vs joint: centre {agr['centre_mm']:.2f} mm (along its beam "
+                  f"{agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), rotation "
+                  f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f})", flush=True)
+        print(f"frame {f} joint: similarity {joint.similarity:.4f}, verdict {joint.verdict} (P {joint.p_success:.2f}): "
+              f"{joint.reason}", flush=True)
+        if results:
+            pj = torch.tensor(results[-1]["joint"]["rig_to_world"], dtype=F64)
+            row["motion_from_previous"] = agreement(torch.linalg.inv(pj), b_joint, centre,
+                                                    torch.tensor([0.0, 0.0, 1.0], dtype=F64))
+        results.append(row)
+    atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size,
+                                  "levels": [dataclasses.asdict(lv) for lv in WRIST_LEVELS],
+                                  "start_pixels": START_PIXELS, "start_rays_mm": tri["distance"].tolist(),
+                                  "frames": results})
+    print(f"wrote {args.json}")
+    if args.figures:
+        figures(args, ds, rig, vol, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

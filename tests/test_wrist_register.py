@@ -1,0 +1,65 @@
+"""The radius in the real wrist radiographs (issue 14, item 4; scripts/wrist_register.py): with ../shared only."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import requires_shared, shared_path
+
+ROOT = Path(__file__).resolve().parents[1]
+F64 = torch.float64
+pytestmark = requires_shared
+
+
+@pytest.fixture(scope="module")
+def wrist():
+    if not shared_path("autoscoper_wrist").exists():
+        pytest.skip("../shared/data/autoscoper_wrist is absent")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import wrist_register as W
+
+    from xraypose.datasets import AutoscoperWrist
+
+    return W, AutoscoperWrist(shared_path("autoscoper_wrist")), AutoscoperWrist(shared_path("autoscoper_wrist"),
+                                                                                  size=256)
+
+
+def test_the_start_puts_the_radius_in_both_views(wrist):
+    from xraypose.calibration import triangulate
+    from xraypose.structure import structure_weights, structure_window
+
+    W, full, ds = wrist
+    (c1, T1), (c2, T2) = full.camera("cam01"), full.camera("cam02")
+    tri = triangulate(W.START_PIXELS["cam01"], c1, T1, W.START_PIXELS["cam02"], c2, T2)
+    assert float(tri["distance"].max()) < 5.0  # the picked points are the same points in both views
+    vol = W.above_water(ds.volume("rad"))
+    distal, axis = W.volume_axis(vol)
+    assert float(axis[2]) > 0.9  # the volume's long axis is its pages' axis, distal at the first pages
+    starts = W.axis_starts(vol, tri["point"][0], tri["point"][1])
+    assert starts.shape == (len(W.ROLLS_DEG), 4, 4)
+    rig = ds.rig()
+    for cam in ds.cameras:
+        v = ds.view("0002", cam)
+        for X in starts[::4]:
+            T = X @ rig[cam].camera_to_rig
+            # the volume's distal end projects onto the picked pixel (scaled to 256 px)
+            uv = v.camera.project(distal[None], T)[0]
+            picked = torch.tensor(W.START_PIXELS[cam][0], dtype=F64) * 256 / 1760
+            assert float((uv - picked).norm()) < 6.0, (cam, uv, picked)
+            win = structure_window(v.camera, T, vol.corners.to(F64))
+            assert win is not None
+            w = structure_weights(vol, v.camera, T, density="raw")
+            assert float((w * v.mask).sum()) > 200  # its footprint lies in the field
+
+
+@pytest.mark.slow
+def test_joint_registration_of_frame_0002_improves_on_its_start(wrist, tmp_path):
+    import json
+
+    W, _, _ = wrist
+    assert W.main(["--data", str(shared_path("autoscoper_wrist")), "--json", str(tmp_path / "w.json"),
+                   "--frames", "0002", "--size", "512"]) == 0
+    r = json.loads((tmp_path / "w.json").read_text())["frames"][0]
+    assert r["joint"]["similarity"] > 0.2 and set(r["single"]) == {"cam01", "cam02"}
