@@ -3,14 +3,27 @@
 :func:`gaussian_weights` is ``exp(−x²/2σ²)`` at the whole-pixel offsets ``x = −radius … radius``;
 :func:`gaussian_kernel1d` normalises it to sum 1.  ``sigma`` (pixels) is a number, or a tensor
 ``(B, 1)`` for one kernel per row ``(B, 2·radius + 1)``.  The weights are computed in ``dtype``, so a
-caller that blurred in float32 keeps its float32 rounding.
+caller that blurred in float32 keeps its float32 rounding.  :func:`three_sigma_radius` is the radius
+most blurs use, ``max(1, ⌈3σ⌉)`` pixels.
+
+Users: the registration's DRR blur (:mod:`xraypose.register.objective`), the confidence check's
+residual blur, the initialiser's anti-alias prefilter, :func:`xraypose.preprocess.gaussian_blur`
+(a kernel size given in pixels), the simulator's focal spot (radius ``round(3σ)``), the appearance
+detector and the training blur augmentation.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["gaussian_weights", "gaussian_kernel1d"]
+__all__ = ["gaussian_weights", "gaussian_kernel1d", "three_sigma_radius"]
+
+
+def three_sigma_radius(sigma: float) -> int:
+    """``max(1, ⌈3σ⌉)`` pixels for ``sigma`` in pixels: the kernel radius of most blurs here."""
+    return max(1, int(math.ceil(3 * sigma)))
 
 
 def gaussian_weights(sigma, radius: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

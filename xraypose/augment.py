@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from xraypose._checks import check_number, check_vector, config_error
-from xraypose._kernels import gaussian_weights
+from xraypose._kernels import gaussian_weights, three_sigma_radius
 from xraypose.camera import Camera
 from xraypose.geometry import so3_exp
 
@@ -114,7 +114,7 @@ def random_blur(x: torch.Tensor, max_sigma_px: float, prob: float, g: torch.Gene
     sig = _uniform(B, 0.0, max_sigma_px, g) * (torch.rand(B, generator=g) < prob)
     if float(sig.max()) < 0.05:
         return x
-    r = max(1, int(math.ceil(3 * float(sig.max()))))
+    r = three_sigma_radius(float(sig.max()))
     k = gaussian_weights(sig.clamp_min(1e-3)[:, None], r, torch.float32)  # (B, 2r + 1)
     centre = torch.arange(-r, r + 1) == 0
     k = torch.where(sig[:, None] < 0.05, centre[None].float(), k)

@@ -28,8 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xraypose._checks import is_numeric_dtype
+from xraypose._kernels import gaussian_kernel1d
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.geometry.frames import ROLL_180
 
 __all__ = [
     "PixelMap",
@@ -64,8 +67,9 @@ SATURATION_MIN_FRACTION = 0.01
 MIN_FIELD_FRACTION = 0.25
 
 #: Right-multiply a camera_to_world pose by this to turn the camera 180° about
-#: its principal axis (what a 180° rotation of the image does to the pose).
-ROT180 = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+#: its principal axis (what a 180° rotation of the image does to the pose):
+#: :data:`xraypose.geometry.ROLL_180` (the same tensor; do not change it in place).
+ROT180 = ROLL_180
 
 
 # --------------------------------------------------------------------------
@@ -146,7 +150,7 @@ class Preprocessed:
 def as_image(img, what: str = "X-ray image") -> torch.Tensor:
     """``(H, W)`` float tensor from an array/tensor of shape (H, W), (1, H, W) or (1, 1, H, W)."""
     if isinstance(img, np.ndarray):
-        if img.dtype == object or not (np.issubdtype(img.dtype, np.number) or img.dtype == bool):
+        if not is_numeric_dtype(img.dtype):
             raise InputError(f"{what} must be numeric, got dtype {img.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(img))
     elif isinstance(img, torch.Tensor):
@@ -449,9 +453,7 @@ def gaussian_blur(image, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tens
     if k == 1:
         return img.clone()
     dtype = img.dtype
-    x = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = (g / g.sum()).to(dtype)
+    g = gaussian_kernel1d(sigma, k // 2, torch.float64).to(dtype)
     pad = k // 2
     H, W = img.shape
     mode = "reflect" if (H > pad and W > pad) else "replicate"

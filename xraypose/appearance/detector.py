@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from xraypose._kernels import gaussian_kernel1d
+from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.errors import InputError
 
 __all__ = [
@@ -51,7 +51,7 @@ def gaussian_blur(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian blur, σ in pixels (0: unchanged); replicated borders."""
     if sigma_px <= 0:
         return img
-    r = max(1, int(math.ceil(3 * sigma_px)))
+    r = three_sigma_radius(sigma_px)
     k = gaussian_kernel1d(sigma_px, r).to(img)
     x = F.pad(img[None, None], (r, r, r, r), mode="replicate")
     x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
@@ -136,10 +137,9 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
+    """(N, 1, h, w) blurred by a Gaussian of ``sigma`` pixels (radius ⌈3σ⌉), replicated borders."""
+    r = three_sigma_radius(sigma)
+    k = gaussian_kernel1d(sigma, r, x.dtype)
     y = F.pad(x, (r, r, r, r), mode="replicate")
     return F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
 

@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.camera import Camera, carm_pose
 from xraypose.errors import InputError
 from xraypose.geometry import as_transform, make_transform, so3_exp
@@ -93,10 +94,8 @@ def _gauss2d(img: torch.Tensor, su: float, sv: float) -> torch.Tensor:
     for axis, s in ((-1, su), (-2, sv)):
         if s < 0.3:
             continue
-        r = max(1, int(math.ceil(3 * s)))
-        x = torch.arange(-r, r + 1, dtype=torch.float32)
-        k = torch.exp(-0.5 * (x / s) ** 2)
-        k = k / k.sum()
+        r = three_sigma_radius(s)
+        k = gaussian_kernel1d(s, r, torch.float32)
         if axis == -1:
             img = F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
         else:

@@ -12,11 +12,10 @@ with the X-ray (least squares of the X-ray on the two rendered channels).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.camera import Camera
 from xraypose.preprocess import resize as resize_image
 from xraypose.register.config import Level, RegistrationConfig
@@ -30,11 +29,8 @@ F64 = torch.float64
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """1-D normalised Gaussian of σ pixels, radius ⌈3σ⌉ (≥ 1)."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
+    """1-D normalised Gaussian of σ pixels, radius ⌈3σ⌉ (≥ 1), float32 (:mod:`xraypose._kernels`)."""
+    return gaussian_kernel1d(sigma, three_sigma_radius(sigma), torch.float32)
 
 
 def separable_blur(x: torch.Tensor, k: torch.Tensor, same: bool) -> torch.Tensor:
