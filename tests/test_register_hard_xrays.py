@@ -160,3 +160,30 @@ def test_xray_record_carries_the_mask_to_evaluate(case):
     assert XRay(image=raw, camera=case.raw_camera, kind="intensity").preprocess(crop=4).mask is None
     with pytest.raises(InputError, match="preprocessed with a mask already"):
         px.preprocess(crop=2)
+
+
+def test_cli_register_masks_a_saturated_xray(tmp_path, maker, case):
+    """`xraypose register` hands the preprocessing's mask to registration: a raw X-ray 40 %
+    saturated registers below 2 mm, and pose.json records the mask step."""
+    import json
+
+    import numpy as np
+
+    from xraypose.cli import main
+
+    raw = case.raw.clone()
+    q = float(torch.quantile(raw[raw > 0], 0.6))
+    np.save(tmp_path / "xray.npy", raw.clamp_max(q).numpy().astype(np.float32))
+    (tmp_path / "xray.json").write_text(json.dumps({**case.raw_camera.to_dict(), "kind": "intensity"}))
+    T0 = maker.starts(case, 5.0, 20.0)
+    (tmp_path / "start.json").write_text(json.dumps({"camera_to_world": T0.tolist()}))
+    (tmp_path / "truth.json").write_text(json.dumps({"camera_to_world": case.true_pose.tolist()}))
+    (tmp_path / "fid.json").write_text(json.dumps(case.fiducials.tolist()))
+    i0 = next(s["i0"] for s in case.preprocessing if s["step"] == "beer_lambert")
+    code = main(["register", "sample", str(tmp_path / "xray.npy"), "-o", str(tmp_path / "out"), "--pose-json",
+                 str(tmp_path / "start.json"), "--true-pose", str(tmp_path / "truth.json"), "--fiducials",
+                 str(tmp_path / "fid.json"), "--crop", "4", "--i0", str(i0), "--fast", "--no-hypotheses"])
+    assert code in (0, 3)
+    pose = json.loads((tmp_path / "out" / "pose.json").read_text())
+    assert any(s["step"] == "saturation_mask" for s in pose["xray"]["steps"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["final"]["mtre"] < 2.0

@@ -228,7 +228,7 @@ def register_command(
             raise InputError("--fiducials needs --true-pose (they only serve the metrics)")
         fid = read_fiducials(fiducials)
     reg = Registrar(prep.volume, cfg, isocenter=iso if isocenter or not one else prep.isocenter)
-    weights = None
+    weights = px.mask  # the preprocessing's (a saturated plateau, a collimator's shadow), or None
     if one:  # the X-ray cropped to where the part projects at the start, weighted there
         if callable(start):
             start = start(px.image[None, None], px.camera)

@@ -108,10 +108,12 @@ def window_views(pxs, poses, prep, names):
     out, weights = [], []
     for px, w, T in zip(pxs, wins, poses):
         img, cam = window_image(px.image, px.camera, w)
-        out.append(replace(px, image=img, camera=cam, steps=px.steps + [
+        m = None if px.mask is None else px.mask[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]  # saturation, collimator
+        out.append(replace(px, image=img, camera=cam, mask=m, steps=px.steps + [
             {"step": "structure window", "top": w[0], "left": w[1], "height": w[2], "width": w[3],
              "margin_mm": MARGIN_MM}]))
-        weights.append(structure_weights(prep.volume, cam, T, density=prep.density))
+        sw = structure_weights(prep.volume, cam, T, density=prep.density)
+        weights.append(sw if m is None else sw * m.to(sw.dtype).reshape(sw.shape))
     return out, weights
 
 
@@ -225,7 +227,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
             start = rig_start(start(pxs[r].image[None, None], pxs[r].camera)[0], Cs[r])
         pxs, masks = window_views(pxs, [start @ C for C in Cs], prep, [v.name for v in views])
     else:
-        masks = [None] * len(pxs)
+        masks = [px.mask for px in pxs]  # the preprocessing's (saturation, a collimator), or None
     images = [px.image for px in pxs]
     truth = fid = None
     if true_pose is not None:
