@@ -130,3 +130,16 @@ def test_list_of_files_and_bad_sources(tmp_path):
         read_sequence(tmp_path / "nothing")
     with pytest.raises(InputError, match="'frames' is not an option"):
         read_sequence(cine, frames=0)
+
+
+def test_npy_stack_with_a_full_sidecar(tmp_path):
+    """An (F, H, W) NPY whose sidecar is Camera.to_dict() (height, width of one frame) is read."""
+    import json
+
+    np.save(tmp_path / "stack.npy", np.stack([np.full((24, 32), i + 1.0, np.float32) for i in range(3)]))
+    (tmp_path / "stack.json").write_text(json.dumps(CAM.to_dict()))
+    xr = read_xray(tmp_path / "stack.npy", frames="all")
+    assert tuple(xr.image.shape) == (3, 24, 32) and xr.camera == CAM
+    (tmp_path / "stack.json").write_text(json.dumps({**CAM.to_dict(), "height": 3}))
+    with pytest.raises(InputError, match="sizes differ"):
+        read_xray(tmp_path / "stack.npy", frames="all")

@@ -46,7 +46,7 @@ def read_image_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     hv: dict = {}
     side = p.with_suffix(".json")
     if side.exists():
-        ov = _read_sidecar(side, p, img.shape, hv, hdr, ov)
+        ov = _read_sidecar(side, p, img.shape[-2:], hv, hdr, ov)  # a frame's size, for a stack (F, H, W) too
     kind = ov.kind
     if kind is None:
         kind = "attenuation"
