@@ -160,7 +160,7 @@ def test_trainer_step_alone_is_one_reproducible_optimiser_step(tmp_path, ct):
     before = {k: v.clone() for k, v in a.model.state_dict().items()}
     out = a.step()
     assert (a.steps, a.images_seen, a.renders, a.buffer.filled) == (1, 8, 4, 4)  # batch 8, reuse 2: 4 fresh renders
-    assert set(out["parts"]) == {"loss", "rot_deg", "trans_mm", "dgeo_mm", "se3"}
+    assert set(out["parts"]) == {"loss", "rot_deg", "trans_mm", "dgeo_sod_mm", "se3"}
     assert all(torch.isfinite(torch.tensor(v)) for v in out["parts"].values())
     assert out["lr"] == a.sched.lr_at(0)
     changed = [k for k, v in a.model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
@@ -196,7 +196,7 @@ def test_training_writes_usable_model_log_and_state(tmp_path, ct):
     rows = [json.loads(x) for x in paths["log"].read_text().splitlines()]
     steps = [x for x in rows if "loss" in x]
     assert [x["step"] for x in steps] == [1, 2, 3, 4, 5, 6]
-    for key in ("rot_deg", "trans_mm", "dgeo_mm", "se3", "loss", "lr"):
+    for key in ("rot_deg", "trans_mm", "dgeo_sod_mm", "se3", "loss", "lr"):
         assert key in steps[0]
     assert "val_median_mtre_mm" in steps[2] and rows[-1]["event"] == "end"
     for p in (paths["best"], paths["last"]):
@@ -333,10 +333,10 @@ def test_a_few_hundred_steps_reduce_the_error(tmp_path, ct):
                optim__lr=3e-3, loss__param_weight=1.0, data__reuse=4, data__buffer_size=256)
     first = []
     r = train(ct, tmp_path / "m.pt", cfg, callback=lambda ev, info: first.append(info) if ev == "step" else None)
-    start = sum(x["dgeo_mm"] for x in first[:10]) / 10
-    end = sum(x["dgeo_mm"] for x in first[-20:]) / 20
+    start = sum(x["dgeo_sod_mm"] for x in first[:10]) / 10
+    end = sum(x["dgeo_sod_mm"] for x in first[-20:]) / 20
     assert end < 0.7 * start, (start, end)
-    assert r.best_val["val_mean_dgeo_mm"] < 0.8 * start
+    assert r.best_val["val_mean_dgeo_sod_mm"] < 0.8 * start
 
 
 # ----------------------------------------------------------------------------- distributed (slow)

@@ -196,7 +196,7 @@ def _training_curves(log_path) -> dict:
         return {}
     rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip().startswith("{")]
     out = {}
-    for key in ("loss", "rot_deg", "trans_mm", "dgeo_mm"):
+    for key in ("loss", "rot_deg", "trans_mm", "dgeo_sod_mm"):
         ys = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
         if len(ys) > 1:
             out[key] = ys

@@ -48,7 +48,7 @@ from xraypose.train.outputs import TrainResult, jsonable, truncate_log
 from xraypose.train.schedule import WarmupCosine, adaptive_clip_
 from xraypose.train.threads import ThreadTuner
 
-__all__ = ["Trainer", "TrainingDiverged", "pose_errors"]
+__all__ = ["Trainer", "TrainingDiverged", "training_errors"]
 
 #: Tensors of a checkpoint that describe the pose frame of one CT (not learnt weights): a finetuned
 #: model takes them from its own CT and config.
@@ -59,13 +59,19 @@ class TrainingDiverged(InputError):
     """The loss became NaN or infinite (a crash dump was written)."""
 
 
-def pose_errors(pred: torch.Tensor, true: torch.Tensor, sod: float) -> dict:
-    """Per pose ``(B,)``: rotation (degrees), translation (mm), ``sqrt((sod·θ)² + Δt²)`` (mm) and the SE(3)
-    geodesic, between camera_to_world poses ``pred`` and ``true`` ``(B, 4, 4)``; ``sod`` in mm."""
+def training_errors(pred: torch.Tensor, true: torch.Tensor, sod: float) -> dict:
+    """Per pose ``(B,)``: ``rot_deg`` (degrees), ``trans_mm`` (mm), ``dgeo_sod_mm`` = ``sqrt((sod·θ)² + Δt²)``
+    (mm) and ``se3`` (the SE(3) geodesic), between camera_to_world poses ``pred`` and ``true`` ``(B, 4, 4)``;
+    ``sod`` in mm.
+
+    ``dgeo_sod_mm`` is the double geodesic with the source-to-isocenter distance as its radius (the
+    training loss's); the evaluation's ``dgeo`` (:func:`xraypose.metrics.pose_errors`) takes ``sdd / 2``
+    (DiffPose's), so the two differ for one pose.  Training logs before this name called it ``dgeo_mm``.
+    """
     p, t = pred.double(), true.double()
     rot = geometry.geodesic_rotation(p, t)
     trans = geometry.geodesic_translation(p, t)
-    return {"rot_deg": torch.rad2deg(rot), "trans_mm": trans, "dgeo_mm": torch.sqrt((sod * rot) ** 2 + trans**2),
+    return {"rot_deg": torch.rad2deg(rot), "trans_mm": trans, "dgeo_sod_mm": torch.sqrt((sod * rot) ** 2 + trans**2),
             "se3": geometry.geodesic_se3(p, t)}
 
 
@@ -265,7 +271,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- step
     def step(self) -> dict:
         """One optimiser step of ``optim.accumulate`` micro-batches; returns ``{"lr", "parts", "dt"}``: the
-        learning rate, the batch means (``loss``, ``rot_deg``, ``trans_mm``, ``dgeo_mm``, ``se3``, with
+        learning rate, the batch means (``loss``, ``rot_deg``, ``trans_mm``, ``dgeo_sod_mm``, ``se3``, with
         ``loss.mode = "full"`` also ``ncc``) and the step's seconds.  Raises :class:`TrainingDiverged` (after
         writing the crash dump) when the loss is not finite."""
         n_threads = None
@@ -327,9 +333,9 @@ class Trainer:
         loss = loss.mean()
         (loss / accumulate).backward()
         with torch.no_grad():
-            e = pose_errors(pred.detach().cpu(), poses.detach().cpu(), sod)
+            e = training_errors(pred.detach().cpu(), poses.detach().cpu(), sod)
             parts = {"loss": float(loss), "rot_deg": float(e["rot_deg"].mean()),
-                     "trans_mm": float(e["trans_mm"].mean()), "dgeo_mm": float(e["dgeo_mm"].mean()),
+                     "trans_mm": float(e["trans_mm"].mean()), "dgeo_sod_mm": float(e["dgeo_sod_mm"].mean()),
                      "se3": float(e["se3"].mean())}
             if ncc_v is not None:
                 parts["ncc"] = float(ncc_v.mean())
@@ -360,9 +366,10 @@ class Trainer:
     # -------------------------------------------------------------------------- validation, checkpoints
     def validate(self) -> dict | None:
         """Errors of the model on the validation DRRs (rank 0; None elsewhere or with ``run.val_size = 0``):
-        medians of rotation (degrees) and translation (mm), mean dgeo (mm), with fiducials the mTRE (mm)
-        and the fraction within ``run.capture_mtre_mm``; ``score`` (lower is better) is the mean mTRE, or the
-        mean dgeo without fiducials."""
+        medians of rotation (degrees) and translation (mm), ``val_mean_dgeo_sod_mm`` (the mean double geodesic
+        with radius sod, mm: :func:`training_errors`), with fiducials the mTRE (mm) and the fraction within
+        ``run.capture_mtre_mm``; ``score`` (lower is better) is the mean mTRE, or the mean dgeo without
+        fiducials."""
         if self.rank != 0 or self.cfg.run.val_size == 0:
             return None
         model, val_x, val_poses = self.model, self.val_x, self.val_poses
@@ -370,9 +377,9 @@ class Trainer:
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             pred = torch.cat([model(val_x[i:i + 64].to(self.device)) for i in range(0, val_x.shape[0], 64)])
         model.train()
-        e = pose_errors(pred.cpu(), val_poses, self.sod)
+        e = training_errors(pred.cpu(), val_poses, self.sod)
         res = {"val_median_rot_deg": float(e["rot_deg"].median()), "val_median_trans_mm": float(e["trans_mm"].median()),
-               "val_mean_dgeo_mm": float(e["dgeo_mm"].mean())}
+               "val_mean_dgeo_sod_mm": float(e["dgeo_sod_mm"].mean())}
         if self.fiducials is not None:
             from xraypose.metrics import target_registration_error
 
@@ -381,7 +388,7 @@ class Trainer:
                        val_frac_in_capture=float((mtre < self.cfg.run.capture_mtre_mm).float().mean()))
             res["score"] = res["val_mean_mtre_mm"]
         else:
-            res["score"] = res["val_mean_dgeo_mm"]
+            res["score"] = res["val_mean_dgeo_sod_mm"]
         return res
 
     def _training_meta(self, extra=None) -> dict:
@@ -524,7 +531,7 @@ class Trainer:
         ema = self.ema
         self.pbar.update(1)
         post = {"rot°": f"{ema['rot_deg']:.2f}", "trans": f"{ema['trans_mm']:.1f}",
-                "dgeo": f"{ema['dgeo_mm']:.1f}", "se3": f"{ema['se3']:.1f}", "loss": f"{ema['loss']:.3f}"}
+                "dgeo_sod": f"{ema['dgeo_sod_mm']:.1f}", "se3": f"{ema['se3']:.1f}", "loss": f"{ema['loss']:.3f}"}
         if "ncc" in ema:
             post["ncc"] = f"{ema['ncc']:.3f}"
         self.pbar.set_postfix(post, refresh=False)
