@@ -18,7 +18,7 @@ from xraypose.register.initializers import (
     ModelInitializer,
     antipodal,
     pose_from_json,
-    resample_to_camera,
+    resample_pinhole,
     with_antipodal,
 )
 from xraypose.volume import load_sample_ct
@@ -160,7 +160,7 @@ def test_diverging_pose_is_recovered_never_nan(volume, case, maker):
 
 
 # ----------------------------------------------------------------------------- initialisers
-def test_resample_to_camera_matches_direct_rendering(volume):
+def test_resample_pinhole_matches_direct_rendering(volume):
     from xraypose.render import DRR
 
     T = carm_pose(10.0, -5.0, sod=612.0, isocenter=volume.center).float()
@@ -169,7 +169,7 @@ def test_resample_to_camera_matches_direct_rendering(volume):
     with torch.no_grad():
         a = DRR(volume, src, n_samples=64)(T[None])
         b = DRR(volume, dst, n_samples=64)(T[None])
-    r = resample_to_camera(a, src, dst)
+    r = resample_pinhole(a, src, dst)
     assert r.shape == b.shape
     # both images cover the same rays (dst fits inside src): compare by correlation
     x, y = r.flatten() - r.mean(), b.flatten() - b.mean()

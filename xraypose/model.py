@@ -443,7 +443,10 @@ def _shrink_factor(src: Camera, dst: Camera) -> tuple[float, float]:
 
 
 def resample_to_camera(image: torch.Tensor, camera: Camera, target: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample images taken with ``camera`` onto the detector grid of ``target``.
+    """Resample images taken with ``camera`` onto the detector grid of ``target`` (the model's input).
+
+    (Not :func:`xraypose.register.initializers.resample_pinhole`, which prefilters with a Gaussian, fills
+    outside rays with a constant and returns the image alone.)
 
     Both cameras have their source at the origin of the camera frame, so the
     same pose sees the same rays; a pixel ``p`` of ``target`` looks along

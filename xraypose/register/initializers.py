@@ -9,7 +9,7 @@ The trained model is reached through a small protocol, :class:`PosePredictor`:
 a callable taking a preprocessed X-ray **already resampled to the model's
 training intrinsics** ``(B, 1, h, w)`` and that :class:`Camera`, returning
 ``(B, 4, 4)`` camera_to_world.  :class:`ModelInitializer` does the resampling
-(:func:`resample_to_camera`: an exact pinhole resampling, since an image is a
+(:func:`resample_pinhole`: an exact pinhole resampling, since an image is a
 function of ray directions only) and the model's own intensity normalisation.
 """
 
@@ -28,7 +28,7 @@ from xraypose.errors import InputError
 from xraypose.geometry import as_transform, make_transform, so3_exp
 
 __all__ = [
-    "PosePredictor", "ModelInitializer", "resample_to_camera", "fixed_pose", "carm_angles_pose",
+    "PosePredictor", "ModelInitializer", "resample_pinhole", "fixed_pose", "carm_angles_pose",
     "pose_from_json", "antipodal", "with_antipodal",
 ]
 
@@ -57,8 +57,11 @@ def _batch(image) -> torch.Tensor:
     return img
 
 
-def resample_to_camera(image, camera: Camera, target: Camera, fill: float = 0.0) -> torch.Tensor:
+def resample_pinhole(image, camera: Camera, target: Camera, fill: float = 0.0) -> torch.Tensor:
     """Resample an X-ray seen through ``camera`` to what ``target`` (same source, same pose) would see.
+
+    (Not :func:`xraypose.model.resample_to_camera`, the trained model's own resampling: that one shrinks
+    with antialiasing, pads with the border and returns a validity mask as well.)
 
     A pixel of ``target`` looks along ``K_t⁻¹ (u, v, 1)``; the same ray hits
     ``camera``'s detector at ``K_c K_t⁻¹ (u, v, 1)`` (an axis-aligned affine map;
@@ -109,7 +112,7 @@ class ModelInitializer:
     Args:
         predictor: a :class:`PosePredictor`.
         camera: the model's training intrinsics: the X-ray is resampled to them
-            (:func:`resample_to_camera`) and normalised (``normalize``, default
+            (:func:`resample_pinhole`) and normalised (``normalize``, default
             min–max to [0, 1]) before ``predictor(image, camera)``.  None: the
             predictor takes the X-ray as it is, with its own camera, and does its
             own resampling and normalisation (as :func:`xraypose.model.predict_pose`).
@@ -125,7 +128,7 @@ class ModelInitializer:
     def __call__(self, image, camera: Camera) -> torch.Tensor:
         img = _batch(image).to(torch.float32)
         if self.camera is not None:
-            img = self.normalize(resample_to_camera(img, camera, self.camera))
+            img = self.normalize(resample_pinhole(img, camera, self.camera))
             cam = self.camera
         else:
             cam = camera
