@@ -184,12 +184,12 @@ def measure(args) -> dict:
     import torch
 
     from xraypose.geometry import se3_exp
-    from xraypose.volume import load_sample_ct, read_volume
+    from xraypose.volume import load_ct
 
     torch.set_num_threads(args.threads)
     device = args.device
     cuda = device == "cuda"
-    vol = load_sample_ct() if args.ct == "sample" else read_volume(args.ct)
+    vol = load_ct(args.ct)
     size = args.size
     fn = _make_renderer(args.impl, args, vol, size, device)
     B = 8 if args.mode == "batch8" else 1

@@ -25,21 +25,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_STATE = {"debug": False}
-
-
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
-    _STATE["debug"] = debug
-
-
-def load_ct(path: str, density_hint: str | None = None):
-    """Load a CT by path, or the bundled sample with the word ``sample``."""
-    from xraypose.volume import load_sample_ct, read_volume
-
-    if path == "sample":
-        return load_sample_ct()
-    return read_volume(path)
+    """Declares --debug for the help; :func:`main` reads it from the command line (accepted anywhere)."""
 
 
 def read_pose_json(path: Path):
@@ -91,6 +79,7 @@ def render(
         raise InputError(f"output must end in .npy or .png, got {output.name!r}")
     from xraypose.camera import Camera
     from xraypose.io import check_output_file
+    from xraypose.volume import load_ct
 
     check_output_file(output)  # before rendering
     cam = Camera(sdd=sdd, height=height, width=width or height, delx=delx, dely=dely, x0=x0, y0=y0,

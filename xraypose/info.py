@@ -33,9 +33,9 @@ def kind_of(path: str) -> str:
 
 
 def ct_info(path: str) -> dict:
-    from xraypose.volume import load_sample_ct, read_volume
+    from xraypose.volume import load_ct
 
-    vol = load_sample_ct() if path == "sample" else read_volume(path)
+    vol = load_ct(path)
     d = vol.data
     return {
         "what": "CT",

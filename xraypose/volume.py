@@ -56,6 +56,7 @@ __all__ = [
     "read_volume",
     "volume_from_array",
     "load_sample_ct",
+    "load_ct",
     "SAMPLE_CT_ATTRIBUTION",
     "SAMPLE_CT_FILENAME",
     "DENSITY_MODELS",
@@ -626,6 +627,12 @@ def load_sample_ct() -> Volume:
         vol = read_volume(p)
     vol.source = f"xraypose bundled sample CT (data/{SAMPLE_CT_FILENAME})"
     return vol
+
+
+def load_ct(path) -> Volume:
+    """A CT from a path (:func:`read_volume`), or the bundled sample (:func:`load_sample_ct`) when ``path``
+    is the word ``"sample"`` (as every command's CT argument takes it)."""
+    return load_sample_ct() if str(path) == "sample" else read_volume(path)
 
 
 # --------------------------------------------------------------------------

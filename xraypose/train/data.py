@@ -41,9 +41,9 @@ def make_camera(cfg: CameraConfig) -> Camera:
 def load_volume(ct):
     """A :class:`~xraypose.volume.Volume` from a Volume, a CT path or ``"sample"``; refuses CTs too small to learn."""
     from xraypose.limits import check_registrable_ct
-    from xraypose.volume import Volume, load_sample_ct, read_volume
+    from xraypose.volume import Volume, load_ct
 
-    vol = ct if isinstance(ct, Volume) else load_sample_ct() if str(ct) == "sample" else read_volume(ct)
+    vol = ct if isinstance(ct, Volume) else load_ct(ct)
     check_registrable_ct(vol)  # a 1×1×2 CT has no poses to learn
     return vol
 
