@@ -1,7 +1,8 @@
 """Command-line interface: a thin layer over the library.
 
-User errors (bad files, values, geometry) print one line ``xraypose: error: …``
-and exit with status 2; ``--debug`` shows the Python traceback instead.
+User errors (bad files, values, geometry) and xraypose's other own errors (an output that cannot be
+written, a training that diverged: :class:`xraypose.errors.XrayposeError`) print one line
+``xraypose: error: …`` and exit with status 2; ``--debug`` shows the Python traceback instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 
 from xraypose.cli_config import config_option
 from xraypose.cli_options import CheckedCommand, option_numbers
-from xraypose.errors import InputError
+from xraypose.errors import InputError, XrayposeError
 
 app = typer.Typer(
     add_completion=False,
@@ -197,7 +198,7 @@ def _run(argv: list[str], debug: bool) -> int:
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
         _command()(args=argv, prog_name="xraypose", standalone_mode=False)
-    except InputError as e:
+    except XrayposeError as e:  # bad input (InputError), an output that cannot be written, a failed run
         if debug:
             raise
         print(f"xraypose: error: {e}", file=sys.stderr)

@@ -15,7 +15,8 @@
   that cannot be written **before** any computation (a read-only folder, a
   path under a file, ...).
 * A write that fails (read-only folder, full disk) raises :class:`OutputError`
-  (an :class:`~xraypose.errors.InputError`: one line naming the file).
+  (one of xraypose's own errors, :class:`~xraypose.errors.XrayposeError`, and an
+  :class:`OSError`; not an ``InputError``: one line naming the file).
 * JSON cannot hold NaN or ±inf: :func:`jsonable` writes such a value as
   ``null`` and lists it in the enclosing object's ``"non_finite"`` entry
   (``{"mpe": null, "non_finite": {"mpe": "inf"}}``); :func:`restore_non_finite`
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xraypose.errors import InputError
+from xraypose.errors import InputError, XrayposeError
 
 #: Marker in the names of this project's temporary files.
 TEMP_MARK = ".xraypose-"
@@ -47,8 +48,12 @@ _LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 _LEGACY_AGE_S = 3600.0
 
 
-class OutputError(InputError):
-    """An output that cannot be written (read-only folder, full disk, a path under a file...)."""
+class OutputError(XrayposeError, OSError):
+    """An output that cannot be written (read-only folder, full disk, a path under a file...).
+
+    Not an :class:`InputError`: a full disk is no fault of the input.  One of xraypose's own errors
+    (:class:`~xraypose.errors.XrayposeError`: one line, exit code 2 on the command line) and an
+    :class:`OSError`."""
 
 
 def _temp_path(path: Path) -> Path:

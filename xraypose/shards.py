@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from xraypose.errors import InputError
+from xraypose.errors import InputError, XrayposeError
 
 __all__ = ["Shards", "Plan", "deal_cases", "TIMEOUT_S"]
 
@@ -127,18 +127,22 @@ class Shards:
         return box[0]
 
     def _raise_any(self, outcomes: list) -> None:
-        """Raise the first rank's error (``None`` = fine): an :class:`InputError` stays one."""
+        """Raise the first rank's error (``None`` = fine): an :class:`InputError` stays one, another of
+        xraypose's own errors (:class:`~xraypose.errors.XrayposeError`: an output that cannot be written, ...)
+        is raised as that base (both one line and exit code 2 on the command line), anything else as a
+        RuntimeError."""
         for r, o in enumerate(outcomes):
             if o is not None:
                 kind, text = o
                 msg = text if not self.distributed else f"rank {r}: {text}"
-                raise (InputError if kind == "input" else RuntimeError)(msg)
+                raise {"input": InputError, "xraypose": XrayposeError}.get(kind, RuntimeError)(msg)
 
     @staticmethod
     def _outcome(e: BaseException | None):
         if e is None:
             return None
-        return ("input" if isinstance(e, InputError) else "other", str(e) or type(e).__name__)
+        kind = "input" if isinstance(e, InputError) else "xraypose" if isinstance(e, XrayposeError) else "other"
+        return (kind, str(e) or type(e).__name__)
 
     # ------------------------------------------------------------------ steps
     def prepare(self, out: Path, record: dict, open_output: Callable[[], None]) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xraypose.errors import InputError
+from xraypose.errors import XrayposeError
 
 
 def main(argv=None) -> int:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
                                      render_scale=4 if args.full else 1)
             write_ljubljana_fixture(out / "ljubljana.h5", volume=vol, subjects=tuple(args.subjects))
             print(f"wrote {out / 'ipcai_2020_full_res_data.h5'} and {out / 'ljubljana.h5'}")
-    except InputError as e:
+    except XrayposeError as e:
         print(f"xraypose: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from xraypose import geometry
 from xraypose.augment import Augmenter, combine_basis, draw_multipliers, minmax_valid
-from xraypose.errors import InputError
+from xraypose.errors import InputError, RunError
 from xraypose.model import (
     PoseRegressor,
     check_compatible,
@@ -55,8 +55,9 @@ __all__ = ["Trainer", "TrainingDiverged", "training_errors"]
 _POSE_FRAME = {"isocenter_pose", "pivot", "rotation_mean", "rotation_std", "translation_mean", "translation_std"}
 
 
-class TrainingDiverged(InputError):
-    """The loss became NaN or infinite (a crash dump was written)."""
+class TrainingDiverged(RunError):
+    """The loss became NaN or infinite (a crash dump was written): a failed run, not bad input
+    (:class:`~xraypose.errors.RunError`, a RuntimeError)."""
 
 
 def training_errors(pred: torch.Tensor, true: torch.Tensor, sod: float) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from xraypose.errors import InputError
+from xraypose.errors import XrayposeError
 
 __all__ = ["_main"]
 
@@ -29,7 +29,7 @@ def _main(argv: list[str] | None = None) -> int:
 
             iso = option_numbers("isocenter", args.isocenter)
         xr = read_xray(args.file, isocenter=iso, require_intrinsics=not args.no_require_intrinsics)
-    except InputError as e:
+    except XrayposeError as e:
         print(f"xraypose: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(xr.to_dict(), indent=2) if args.json else xr.report())
