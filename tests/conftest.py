@@ -14,3 +14,12 @@ def shared_path(*parts) -> Path:
 
 
 requires_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+
+
+@pytest.fixture(scope="session")
+def sample_ct():
+    """The bundled pelvis CT (:func:`xraypose.volume.load_sample_ct`), read once for the whole session and
+    shared by every test that takes it: a test must not change it (copy it first)."""
+    from xraypose.volume import load_sample_ct
+
+    return load_sample_ct()

@@ -20,7 +20,7 @@ from xraypose.errors import InputError
 from xraypose.preprocess import ncc, preprocess
 from xraypose.render.rays import world_rays
 from xraypose.synthetic import XraySimulator
-from xraypose.volume import load_sample_ct, volume_from_array
+from xraypose.volume import volume_from_array
 
 F64 = torch.float64
 ROD_X = 30.0  # mm, world x of the phantom's bone rod
@@ -329,39 +329,34 @@ def test_femur_split_moves_only_the_structure():
     torch.testing.assert_close(back, hu)
 
 
-@pytest.fixture(scope="module")
-def pelvis():
-    return load_sample_ct()
-
-
-def test_femur_mask_of_the_bundled_pelvis_and_family(pelvis):
-    labels = femur_labels(pelvis)
+def test_femur_mask_of_the_bundled_pelvis_and_family(sample_ct):
+    labels = femur_labels(sample_ct)
     assert int(labels.max()) == 2
-    voxel_cc = float(pelvis.spacing.prod()) / 1000
+    voxel_cc = float(sample_ct.spacing.prod()) / 1000
     xs = []
     for side in (1, 2):
         m = labels == side
         assert 60 < float(m.sum()) * voxel_cc < 400  # a proximal femur, cm³
-        w = pelvis.voxel_to_world(torch.nonzero(m).to(F64))
-        assert float(w[:, 2].min() - pelvis.corners[:, 2].min()) < 10  # leaves the CT through its bottom
-        assert float(w[:, 2].max() - pelvis.corners[:, 2].min()) < 90  # ends at the hip joint, below the crests
-        assert float(pelvis.data[m].float().mean()) > 250  # bone
+        w = sample_ct.voxel_to_world(torch.nonzero(m).to(F64))
+        assert float(w[:, 2].min() - sample_ct.corners[:, 2].min()) < 10  # leaves the CT through its bottom
+        assert float(w[:, 2].max() - sample_ct.corners[:, 2].min()) < 90  # ends at the hip joint, below the crests
+        assert float(sample_ct.data[m].float().mean()) > 250  # bone
         xs.append(float(w[:, 0].mean()))
     assert xs[0] > 40 and xs[1] < -40  # label 1 toward +x (the patient's right)
     # a CT that ends above the hip joints has no femur: not applicable, said clearly
-    upper = volume_from_array(pelvis.data[:, :, 30:], affine=pelvis.affine)
+    upper = volume_from_array(sample_ct.data[:, :, 30:], affine=sample_ct.affine)
     with pytest.raises(InputError, match="no femur"):
         fem.femur_mask(upper)
     # the family: the pelvis stays, the femur moved; its pixels are marked
     cam = Camera(sdd=1020.0, height=48, width=48, delx=8.0)
-    iso = pelvis.get_isocenter().clone()
-    iso[2] = float(pelvis.corners[:, 2].min()) + 70.0
+    iso = sample_ct.get_isocenter().clone()
+    iso[2] = float(sample_ct.corners[:, 2].min()) + 70.0
     T = carm_pose(0.0, 0.0, sod=650.0, isocenter=iso)
     kw = dict(photons=0, blur_px=0.0)
-    fx = form_xray(pelvis, cam, T, "femur", generator=_g(0), **kw)
+    fx = form_xray(sample_ct, cam, T, "femur", generator=_g(0), **kw)
     assert 2 <= fx.info["translation_mm"] <= 6 and 2 <= fx.info["rotation_deg"] <= 5
-    still = form_xray(pelvis, cam, T, "femur", generator=_g(0), translation_mm=0.0, rotation_deg=0.0, **kw)
-    ours = form_xray(pelvis, cam, T, "ours", generator=_g(0), **kw)
+    still = form_xray(sample_ct, cam, T, "femur", generator=_g(0), translation_mm=0.0, rotation_deg=0.0, **kw)
+    ours = form_xray(sample_ct, cam, T, "ours", generator=_g(0), **kw)
     changed = (fx.raw - still.raw).abs() > 0.01 * still.raw + 1  # 1 %, and more than the rounding to counts
     assert int(fx.foreign.sum()) > 5 and int(changed.sum()) > 5
     assert int((changed & ~fx.foreign).sum()) == 0
@@ -369,11 +364,11 @@ def test_femur_mask_of_the_bundled_pelvis_and_family(pelvis):
     ref = preprocess(ours.raw, ours.camera, **ours.preprocess).image
     assert bool(torch.isfinite(pre).all()) and float(pre.max() - pre.min()) > 0.5 and ncc(pre, ref) > 0.9
     # a view of one hip moves that femur
-    w = pelvis.voxel_to_world(torch.nonzero(labels == 1).to(F64))
+    w = sample_ct.voxel_to_world(torch.nonzero(labels == 1).to(F64))
     T1 = carm_pose(0.0, 0.0, sod=650.0, isocenter=w.mean(0))
     small = Camera(sdd=1020.0, height=24, width=24, delx=5.0)
     for seed in (1, 2, 3):
-        one = form_xray(pelvis, small, T1, "femur", generator=_g(seed), photons=0)
+        one = form_xray(sample_ct, small, T1, "femur", generator=_g(seed), photons=0)
         assert one.info["side"] == "right" and one.info["hip_in_view"] and bool(one.foreign.any())
     # with no displacement the image is today's simulator's (Siddon, physical μ) up to the area average
     c = fx.info["collimator_px"]

@@ -23,20 +23,15 @@ from xraypose.register.confidence import (
     sees_ct,
 )
 from xraypose.register.hypotheses import alternative_starts, best_hypothesis
-from xraypose.volume import Volume, load_sample_ct
+from xraypose.volume import Volume
 
 F64 = torch.float64
 CASE_INDEX = 2  # the registration tests' tiny case: registers to ~0.3 mm from 5°/20 mm with FAST_LEVELS
 
 
 @pytest.fixture(scope="module")
-def volume():
-    return load_sample_ct()
-
-
-@pytest.fixture(scope="module")
-def maker(volume):
-    return CaseMaker(volume, camera=Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64), collimator_px=2,
+def maker(sample_ct):
+    return CaseMaker(sample_ct, camera=Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64), collimator_px=2,
                      n_fiducials=10)
 
 
@@ -46,19 +41,19 @@ def case(maker):
 
 
 @pytest.fixture(scope="module")
-def registrar(volume):
-    return Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+def registrar(sample_ct):
+    return Registrar(sample_ct, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
 
 
 @pytest.fixture(scope="module")
-def good(volume, registrar, maker, case):
-    return register_xray(volume, case.image, case.camera, maker.starts(case, 5.0, 20.0), registrar=registrar,
+def good(sample_ct, registrar, maker, case):
+    return register_xray(sample_ct, case.image, case.camera, maker.starts(case, 5.0, 20.0), registrar=registrar,
                          true_pose=case.true_pose, fiducials=case.fiducials, hypotheses=False)[0]
 
 
 @pytest.fixture(scope="module")
-def far(volume, registrar, maker, case):
-    return register_xray(volume, case.image, case.camera, maker.starts(case, 45.0, 200.0), registrar=registrar,
+def far(sample_ct, registrar, maker, case):
+    return register_xray(sample_ct, case.image, case.camera, maker.starts(case, 45.0, 200.0), registrar=registrar,
                          true_pose=case.true_pose, fiducials=case.fiducials, hypotheses=False)[0]
 
 
@@ -148,16 +143,16 @@ def test_far_off_start_is_failed(far):
     assert far.p_success < default_model().thresholds["failed"] and far.reason
 
 
-def test_mismatched_xray_is_failed(volume, registrar, maker, case):
+def test_mismatched_xray_is_failed(sample_ct, registrar, maker, case):
     """An X-ray of something else (blobs and a bar) registered to the pelvis CT."""
     img = _phantom_xray(case.camera)
-    out = register_xray(volume, img, case.camera, maker.starts(case, 5.0, 20.0), registrar=registrar,
+    out = register_xray(sample_ct, img, case.camera, maker.starts(case, 5.0, 20.0), registrar=registrar,
                         hypotheses=False)[0]
     assert out.verdict == "failed", (out.p_success, out.reason)
 
 
-def test_bad_results_are_failed_never_a_crash(volume, registrar, case):
-    iso = volume.get_isocenter().to(F64)
+def test_bad_results_are_failed_never_a_crash(sample_ct, registrar, case):
+    iso = sample_ct.get_isocenter().to(F64)
     ok_pose = torch.as_tensor(case.true_pose, dtype=F64)
     behind = ok_pose.clone()
     behind[:3, 3] = iso + 3 * (iso - ok_pose[:3, 3])  # the source beyond the isocenter: it looks away
@@ -186,8 +181,8 @@ def test_bad_results_are_failed_never_a_crash(volume, registrar, case):
     assert v == "failed" and "gncc" in why
 
 
-def test_hypotheses_are_tried_when_not_ok_and_said_so(volume, registrar, maker, case):
-    iso = volume.get_isocenter()
+def test_hypotheses_are_tried_when_not_ok_and_said_so(sample_ct, registrar, maker, case):
+    iso = sample_ct.get_isocenter()
     names, starts = alternative_starts(maker.starts(case, 2.0, 5.0), case.true_pose, iso, seed=1)
     assert names[0] == "antipodal start" and starts.shape == (3, 4, 4)
     assert best_hypothesis(0.1, [0.12, 0.13]) is None and best_hypothesis(0.1, [0.5, 0.9]) == 1
@@ -195,7 +190,7 @@ def test_hypotheses_are_tried_when_not_ok_and_said_so(volume, registrar, maker, 
     from xraypose.register.initializers import antipodal
 
     flipped = antipodal(maker.starts(case, 2.0, 5.0), iso)[0]
-    out = register_xray(volume, case.image, case.camera, flipped, registrar=registrar, true_pose=case.true_pose,
+    out = register_xray(sample_ct, case.image, case.camera, flipped, registrar=registrar, true_pose=case.true_pose,
                         fiducials=case.fiducials)[0]
     c = out.confidence
     assert [h["start"] for h in c["hypotheses"]][:2] == ["given start", "antipodal start"]
@@ -227,12 +222,12 @@ def test_cli_exit_code_3_when_failed(tmp_path, maker, case):
     assert flagged["verdict"] == "failed" and flagged["reason"] and flagged["p_success"] < 0.5
 
 
-def test_evaluate_writes_verdicts(tmp_path, volume, maker, case):
+def test_evaluate_writes_verdicts(tmp_path, sample_ct, maker, case):
     from xraypose.evaluate import EvalCase, EvalSet, StartRule, evaluate
 
     cases = [EvalCase(name=n, image=case.image, camera=case.camera, true_pose=case.true_pose,
                       fiducials=case.fiducials) for n in ("near", "far")]
-    ev = EvalSet(name="tiny", volume=volume, cases=cases, isocenter=volume.get_isocenter(), blur_px=1.0)
+    ev = EvalSet(name="tiny", volume=sample_ct, cases=cases, isocenter=sample_ct.get_isocenter(), blur_px=1.0)
     starts = {"near": maker.starts(case, 5.0, 20.0), "far": maker.starts(case, 45.0, 200.0)}
     rule = StartRule(lambda c, i: starts[c.name], "test starts")
     cfg = RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False)

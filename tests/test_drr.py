@@ -6,12 +6,7 @@ import torch
 from xraypose.camera import Camera, carm_pose
 from xraypose.errors import InputError
 from xraypose.render import DRR, render
-from xraypose.volume import load_sample_ct, volume_from_array
-
-
-@pytest.fixture(scope="module")
-def ct():
-    return load_sample_ct()
+from xraypose.volume import volume_from_array
 
 
 def _ncc(a, b):
@@ -21,25 +16,26 @@ def _ncc(a, b):
 
 
 @pytest.mark.parametrize("model", ["hu", "physical", "raw"])
-def test_per_call_multiplier_equals_rendering_the_density(ct, model):
+def test_per_call_multiplier_equals_rendering_the_density(sample_ct, model):
     cam = Camera(sdd=1020.0, height=24, width=20, delx=12.0)
-    T = carm_pose(torch.tensor([0.0, 35.0, -20.0]), torch.tensor([0.0, 10.0, 5.0]), 620.0, ct.get_isocenter())
-    drr = DRR(ct, cam, density=model, renderer="siddon")
+    T = carm_pose(torch.tensor([0.0, 35.0, -20.0]), torch.tensor([0.0, 10.0, 5.0]), 620.0, sample_ct.get_isocenter())
+    drr = DRR(sample_ct, cam, density=model, renderer="siddon")
     ms = torch.tensor([0.5, 2.5, 7.0], dtype=torch.float64)
     img = drr(T, bone_attenuation_multiplier=ms)
     for b, m in enumerate(ms.tolist()):
-        ref = render(ct.density(model, bone_attenuation_multiplier=m), ct.affine, cam, T[b:b + 1], renderer="siddon")
+        ref = render(sample_ct.density(model, bone_attenuation_multiplier=m), sample_ct.affine, cam, T[b:b + 1],
+                     renderer="siddon")
         torch.testing.assert_close(img[b:b + 1], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     if model != "raw":
         assert not torch.allclose(drr(T[:1], bone_attenuation_multiplier=1.0), drr(T[:1], bone_attenuation_multiplier=5.0))
 
 
-def test_default_multiplier_and_pose_parameters(ct):
+def test_default_multiplier_and_pose_parameters(sample_ct):
     from xraypose.geometry import pose_to_params
 
     cam = Camera(sdd=1020.0, height=16, width=16, delx=16.0)
-    T = carm_pose(20.0, 0.0, 620.0, ct.get_isocenter()).unsqueeze(0)
-    drr = DRR(ct, cam, bone_attenuation_multiplier=3.0, n_samples=200)
+    T = carm_pose(20.0, 0.0, 620.0, sample_ct.get_isocenter()).unsqueeze(0)
+    drr = DRR(sample_ct, cam, bone_attenuation_multiplier=3.0, n_samples=200)
     a = drr(T)
     b = drr(T, bone_attenuation_multiplier=3.0)
     torch.testing.assert_close(a, b)
@@ -68,10 +64,10 @@ def test_structures_are_rendered_alone():
         DRR(vol, cam, structures=["spleen"])
 
 
-def test_mask_and_patches(ct):
+def test_mask_and_patches(sample_ct):
     cam = Camera(sdd=1020.0, height=20, width=24, delx=12.0)
-    T = carm_pose(10.0, 5.0, 620.0, ct.get_isocenter()).unsqueeze(0)
-    drr = DRR(ct, cam, n_samples=150)
+    T = carm_pose(10.0, 5.0, 620.0, sample_ct.get_isocenter()).unsqueeze(0)
+    drr = DRR(sample_ct, cam, n_samples=150)
     full = drr(T)
     mask = torch.zeros(20, 24, dtype=torch.bool)
     mask[3:9, 5:20] = True
@@ -85,10 +81,10 @@ def test_mask_and_patches(ct):
         drr(T, mask=torch.ones(5, 5, dtype=torch.bool))
 
 
-def test_volume_gradient(ct):
+def test_volume_gradient(sample_ct):
     cam = Camera(sdd=1020.0, height=8, width=8, delx=30.0)
-    T = carm_pose(0.0, 0.0, 620.0, ct.get_isocenter()).unsqueeze(0).float()
-    drr = DRR(ct, cam, volume_requires_grad=True, renderer="siddon")
+    T = carm_pose(0.0, 0.0, 620.0, sample_ct.get_isocenter()).unsqueeze(0).float()
+    drr = DRR(sample_ct, cam, volume_requires_grad=True, renderer="siddon")
     drr(T).sum().backward()
     g = drr.density.grad
     assert g is not None and g.abs().sum() > 0
@@ -107,21 +103,21 @@ def test_volume_gradient(ct):
      # 0.9990 at 25–30°, 0.9997 at 45° and beyond and in the lateral view).
      (0.0, 0.0, 0.9965), (20.0, 0.0, 0.998)],
 )
-def test_siddon_and_trilinear_agree_on_the_sample_ct(ct, primary, secondary, min_ncc):
+def test_siddon_and_trilinear_agree_on_the_sample_ct(sample_ct, primary, secondary, min_ncc):
     cam = Camera(sdd=1020.0, height=96, width=96, delx=4.0)
-    T = carm_pose(primary, secondary, 620.0, ct.get_isocenter()).unsqueeze(0)
-    sid = DRR(ct, cam, renderer="siddon")(T)
-    tri = DRR(ct, cam, renderer="trilinear")(T)
+    T = carm_pose(primary, secondary, 620.0, sample_ct.get_isocenter()).unsqueeze(0)
+    sid = DRR(sample_ct, cam, renderer="siddon")(T)
+    tri = DRR(sample_ct, cam, renderer="trilinear")(T)
     assert _ncc(sid, tri) > min_ncc
 
 
-def test_bad_multiplier(ct):
+def test_bad_multiplier(sample_ct):
     cam = Camera(sdd=1020.0, height=8, width=8, delx=30.0)
-    T = carm_pose(0.0, 0.0, 620.0, ct.get_isocenter()).unsqueeze(0)
-    drr = DRR(ct, cam)
+    T = carm_pose(0.0, 0.0, 620.0, sample_ct.get_isocenter()).unsqueeze(0)
+    drr = DRR(sample_ct, cam)
     with pytest.raises(InputError, match="multiplier"):
         drr(T, bone_attenuation_multiplier=-1.0)
     with pytest.raises(InputError, match="multipliers"):
         drr(T, bone_attenuation_multiplier=torch.tensor([1.0, 2.0]))
     with pytest.raises(InputError, match="density model"):
-        DRR(ct, cam, density="magic")
+        DRR(sample_ct, cam, density="magic")

@@ -73,15 +73,10 @@ def _one_error_line(err: str, *words) -> str:
 
 
 @pytest.fixture(scope="module")
-def ct():
-    return load_sample_ct()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, ct):
+def model(tmp_path_factory, sample_ct):
     """A 2-step model of the bundled CT (only its files matter here)."""
     out = tmp_path_factory.mktemp("model") / "model.pt"
-    train(ct, out, tiny(max_steps=2))
+    train(sample_ct, out, tiny(max_steps=2))
     return out
 
 
@@ -245,7 +240,7 @@ KILLED = textwrap.dedent("""
 """)
 
 
-def test_sigkill_during_training_loses_little_and_resume_logs_each_step_once(tmp_path, ct):
+def test_sigkill_during_training_loses_little_and_resume_logs_each_step_once(tmp_path, sample_ct):
     """The first checkpoint comes after run.first_checkpoint_s (not checkpoint_every_s); a SIGKILL later
     loses only the steps since; the resumed run ends where an unbroken one would, one log row per step."""
     out = tmp_path / "model.pt"
@@ -275,7 +270,7 @@ def test_sigkill_during_training_loses_little_and_resume_logs_each_step_once(tmp
     # a debris temp file as a kill mid-write leaves it
     (tmp_path / f".model.last.pt.xraypose-{_dead_pid()}-00.tmp").write_bytes(b"half a checkpoint")
     cfg["run"]["max_steps"] = saved["step"] + 3
-    r = train(ct, out, cfg, resume=True)
+    r = train(sample_ct, out, cfg, resume=True)
     assert r.steps == saved["step"] + 3
     rows = [json.loads(x) for x in paths["log"].read_text().splitlines()]
     steps = [x["step"] for x in rows if "loss" in x]
@@ -284,7 +279,7 @@ def test_sigkill_during_training_loses_little_and_resume_logs_each_step_once(tmp
     assert _temp_files(tmp_path) == []
 
 
-def test_a_checkpoint_write_that_fails_midway_stops_training_and_keeps_the_previous_one(tmp_path, ct,
+def test_a_checkpoint_write_that_fails_midway_stops_training_and_keeps_the_previous_one(tmp_path, sample_ct,
                                                                                       full_disk):
     out = tmp_path / "model.pt"
     paths = output_paths(out)
@@ -296,12 +291,13 @@ def test_a_checkpoint_write_that_fails_midway_stops_training_and_keeps_the_previ
             full_disk.names = ["model.last.pt"]  # the disk fills up after the first checkpoint
 
     with pytest.raises(OutputError, match=r"cannot write .*model\.last\.pt: No space left on device"):
-        train(ct, out, tiny(max_steps=6, val_size=0, checkpoint_every_steps=2), callback=fail_at_second_checkpoint)
+        train(sample_ct, out, tiny(max_steps=6, val_size=0, checkpoint_every_steps=2),
+              callback=fail_at_second_checkpoint)
     assert calls == [2]
     assert read_checkpoint(paths["last"])["step"] == 2  # the previous checkpoint, whole
     assert _temp_files(tmp_path) == []
     full_disk.names = []
-    r = train(ct, out, None, resume=True)
+    r = train(sample_ct, out, None, resume=True)
     assert r.steps == 6
 
 
@@ -324,29 +320,29 @@ def test_train_never_overwrites_an_earlier_model_without_being_told(tmp_path, ca
     assert steps == [1, 2] and not output_paths(out)["crash"].exists()  # the earlier run's files are gone
 
 
-def test_the_time_budget_is_the_whole_trainings_across_resumes(tmp_path, ct):
+def test_the_time_budget_is_the_whole_trainings_across_resumes(tmp_path, sample_ct):
     out = tmp_path / "model.pt"
     last = output_paths(out)["last"]
-    r1 = train(ct, out, tiny(max_steps=10**6, time_budget_s=5.0, val_size=0))
+    r1 = train(sample_ct, out, tiny(max_steps=10**6, time_budget_s=5.0, val_size=0))
     used = read_checkpoint(last)["elapsed_s"]  # the time used is recorded in the checkpoint
     assert r1.steps >= 1 and used == pytest.approx(r1.elapsed_s, abs=0.5)
     # resuming once the budget is spent trains no more steps (it does not get a fresh budget)
-    r2 = train(ct, out, tiny(max_steps=10**6, time_budget_s=used, val_size=0), resume=True)
+    r2 = train(sample_ct, out, tiny(max_steps=10**6, time_budget_s=used, val_size=0), resume=True)
     assert r2.steps == r1.steps
     used2 = read_checkpoint(last)["elapsed_s"]
     assert used2 >= used  # the resume's own setup time adds up
     # a larger budget gives what is left of it, and the time used keeps adding up
-    r3 = train(ct, out, tiny(max_steps=10**6, time_budget_s=used2 + 8.0, val_size=0), resume=True)
+    r3 = train(sample_ct, out, tiny(max_steps=10**6, time_budget_s=used2 + 8.0, val_size=0), resume=True)
     assert r3.steps > r2.steps
     assert used2 < r3.elapsed_s < used2 + 8.0 + 30  # (+ slack for a loaded machine)
     assert read_checkpoint(last)["elapsed_s"] == pytest.approx(r3.elapsed_s, abs=0.5)
 
 
-def test_training_progress_in_a_log_is_plain_lines_not_a_redrawn_bar(tmp_path, ct, capsys, monkeypatch):
+def test_training_progress_in_a_log_is_plain_lines_not_a_redrawn_bar(tmp_path, sample_ct, capsys, monkeypatch):
     from xraypose.progress import LineProgress
 
     monkeypatch.setattr(LineProgress, "_last_line_t", -float("inf"))
-    train(ct, tmp_path / "m.pt", tiny(max_steps=12, val_size=0, progress=True))
+    train(sample_ct, tmp_path / "m.pt", tiny(max_steps=12, val_size=0, progress=True))
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b[" not in err
     lines = [x for x in err.splitlines() if x.startswith("epoch")]
@@ -494,13 +490,13 @@ def _other_ct(path: Path, ct, *, same_geometry: bool = False) -> Path:
     return path
 
 
-def test_a_model_is_refused_with_another_ct_unless_allowed(tmp_path, capsys, case, model, ct):
+def test_a_model_is_refused_with_another_ct_unless_allowed(tmp_path, capsys, case, model, sample_ct):
     from xraypose.register.initializers import ModelInitializer
     from xraypose.volume import read_volume
 
     xray = str(case / "xrays" / "lao20_caud10.dcm")
-    other = _other_ct(tmp_path / "other.nii.gz", ct)
-    twin = _other_ct(tmp_path / "twin.nii.gz", ct, same_geometry=True)
+    other = _other_ct(tmp_path / "other.nii.gz", sample_ct)
+    twin = _other_ct(tmp_path / "twin.nii.gz", sample_ct, same_geometry=True)
     # CLI: register
     for c in (other, twin):
         capsys.readouterr()
@@ -535,10 +531,11 @@ def test_a_model_is_refused_with_another_ct_unless_allowed(tmp_path, capsys, cas
         ModelInitializer.from_checkpoint(model, read_volume(twin))
     with pytest.warns(OtherCTWarning, match="using it anyway"):
         ModelInitializer.from_checkpoint(model, read_volume(other), allow_other_ct=True)
-    ModelInitializer.from_checkpoint(model, ct)  # its own CT: no error, no warning
+    ModelInitializer.from_checkpoint(model, sample_ct)  # its own CT: no error, no warning
 
 
-def test_an_old_checkpoint_without_its_ct_record_warns_and_resume_with_another_ct_is_refused(tmp_path, model, ct):
+def test_an_old_checkpoint_without_its_ct_record_warns_and_resume_with_another_ct_is_refused(tmp_path, model,
+                                                                                               sample_ct):
     from xraypose.model import save_checkpoint
     from xraypose.register.initializers import ModelInitializer
 
@@ -547,17 +544,17 @@ def test_an_old_checkpoint_without_its_ct_record_warns_and_resume_with_another_c
     old = tmp_path / "old.pt"
     save_checkpoint(old, ck)
     with pytest.warns(OtherCTWarning, match="cannot be checked"):
-        ModelInitializer.from_checkpoint(old, ct)
+        ModelInitializer.from_checkpoint(old, sample_ct)
     # resuming a training with another CT
     out = tmp_path / "m.pt"
-    train(ct, out, tiny(max_steps=1, val_size=0))
+    train(sample_ct, out, tiny(max_steps=1, val_size=0))
     small = load_sample_ct()
     small.data = small.data.flip(0)
     with pytest.raises(InputError, match="trained on another CT"):
         train(small, out, tiny(max_steps=2, val_size=0), resume=True)
 
 
-def test_the_registration_benchmark_uses_a_bare_model_only_with_its_ct(tmp_path, model, ct):
+def test_the_registration_benchmark_uses_a_bare_model_only_with_its_ct(tmp_path, model, sample_ct):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_register", ROOT / "benchmarks" / "register.py")
@@ -567,7 +564,7 @@ def test_the_registration_benchmark_uses_a_bare_model_only_with_its_ct(tmp_path,
     small = load_sample_ct()
     small.data = small.data[::2, ::2, ::2].contiguous()
     small.affine[:3, :3] *= 2
-    assert bench.model_for("pelvis", "pelvis", ct, {"*": str(model)}, False, logged.append) is not None
+    assert bench.model_for("pelvis", "pelvis", sample_ct, {"*": str(model)}, False, logged.append) is not None
     assert bench.model_for("abdomen", "abdomen", small, {"*": str(model)}, False, logged.append) is None
     assert "no model start" in logged[-1] and "trained on another CT" in logged[-1]
     with pytest.raises(SystemExit, match="trained on another CT"):
@@ -577,7 +574,7 @@ def test_the_registration_benchmark_uses_a_bare_model_only_with_its_ct(tmp_path,
 
 
 # ----------------------------------------------------------------------------- infinite metrics
-def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_json(tmp_path, ct):
+def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_json(tmp_path, sample_ct):
     import importlib.util
     import math
     from types import SimpleNamespace
@@ -589,7 +586,7 @@ def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_
     spec = importlib.util.spec_from_file_location("bench_register", ROOT / "benchmarks" / "register.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    iso = ct.get_isocenter()
+    iso = sample_ct.get_isocenter()
     T = carm_pose(0.0, 0.0, sod=612.0, isocenter=iso).to(torch.float64)
     cam = Camera(sdd=1020.0, height=16, width=16, delx=17.5)
     fid = torch.stack([iso, iso + torch.tensor([20.0, 0, 0], dtype=torch.float64)])
@@ -605,7 +602,7 @@ def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_
 
     cases = [SyntheticCase(raw=torch.zeros(16, 16), raw_camera=cam, image=torch.zeros(16, 16), camera=cam,
                            true_pose=T, fiducials=fid, index=i, preprocessing=[]) for i in range(2)]
-    rows = bench.run_group("pelvis", ct, cases, "5,20", Registrar(), 2, 0, log=lambda s: None)
+    rows = bench.run_group("pelvis", sample_ct, cases, "5,20", Registrar(), 2, 0, log=lambda s: None)
     assert math.isinf(rows[0]["mpe"]) and math.isinf(rows[0]["mrpe"]) and math.isfinite(rows[0]["mtre"])
     s = summarize(rows, keys=bench.KEYS)
     out = tmp_path / "bench.json"
@@ -617,14 +614,14 @@ def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_
     assert jsonable({"a": [math.inf]}) == {"a": [None]}
 
 
-def test_a_result_with_infinite_metrics_is_written_as_strict_json_and_read_back(tmp_path, ct):
+def test_a_result_with_infinite_metrics_is_written_as_strict_json_and_read_back(tmp_path, sample_ct):
     import math
 
     from xraypose.camera import Camera, carm_pose
     from xraypose.evaluate import write_case_outputs
     from xraypose.register.api import Registration, write_registration
 
-    T = carm_pose(0.0, 0.0, sod=612.0, isocenter=ct.get_isocenter()).to(torch.float64)
+    T = carm_pose(0.0, 0.0, sod=612.0, isocenter=sample_ct.get_isocenter()).to(torch.float64)
     cam = Camera(sdd=1020.0, height=16, width=16, delx=17.5)
     m = {"mtre": 250.0, "mpe": math.inf, "mrpe": math.inf, "rot_mm": 1.0, "trans_mm": 1.0, "dgeo": 1.4,
          "rot_deg": 0.1}
@@ -645,6 +642,6 @@ def test_a_result_with_infinite_metrics_is_written_as_strict_json_and_read_back(
         write_registration(tmp_path / "r", reg)
     # an evaluation's case: result.json strict, its row read back (by a resume) with inf
     reg.metrics = m
-    row, _ = write_case_outputs(tmp_path / "case", ct, torch.zeros(16, 16), cam, reg, name="c", pictures=False)
+    row, _ = write_case_outputs(tmp_path / "case", sample_ct, torch.zeros(16, 16), cam, reg, name="c", pictures=False)
     saved = json.loads((tmp_path / "case" / "result.json").read_text(), **strict)
     assert math.isinf(restore_non_finite(saved)["row"]["mPE (mm)"]) and math.isinf(row["mPE (mm)"])

@@ -19,19 +19,13 @@ from xraypose.model import (
 from xraypose.render import DRR
 from xraypose.sampling import PoseSampler
 from xraypose.similarity import ncc
-from xraypose.volume import load_sample_ct
 
 TINY = "test_resnet"  # timm's tiny test network: fast tests, same code path as resnet18
 
 
 @pytest.fixture(scope="module")
-def ct():
-    return load_sample_ct()
-
-
-@pytest.fixture(scope="module")
-def sampler(ct):
-    return PoseSampler.for_volume(ct, sod=612.0)
+def sampler(sample_ct):
+    return PoseSampler.for_volume(sample_ct, sod=612.0)
 
 
 def _meta(camera, sampler, mean=0.3, std=0.2):
@@ -99,13 +93,13 @@ def test_local_weights_file(tmp_path):
         PoseRegressor(TINY, weights=tmp_path / "missing.pt")
 
 
-def test_resample_follows_physical_detector_geometry(ct):
+def test_resample_follows_physical_detector_geometry(sample_ct):
     """A DRR on another detector (sdd, spacing, size, offset, mirror) resampled to the training grid = its DRR."""
-    T = carm_pose(10, 5, 612, ct.get_isocenter()).float()[None]
+    T = carm_pose(10, 5, 612, sample_ct.get_isocenter()).float()[None]
     train = Camera(sdd=1020, height=48, width=48, delx=400 / 48)
     other = Camera(sdd=1100, height=150, width=130, delx=3.3, dely=3.0, x0=20, y0=-10, reverse_x_axis=True)
-    a = DRR(ct, train, n_samples=150)(T)
-    b = DRR(ct, other, n_samples=150)(T)
+    a = DRR(sample_ct, train, n_samples=150)(T)
+    b = DRR(sample_ct, other, n_samples=150)(T)
     r, mask = resample_to_camera(b, other, train)
     assert 0.7 < float(mask.float().mean()) < 1.0  # part of the training field is off the other detector
     assert float(ncc(a * mask, r)) > 0.999
@@ -128,7 +122,7 @@ def test_normalize_images_ignores_invalid_pixels():
     assert torch.allclose(inner.amin(1), torch.zeros(2), atol=1e-6) and torch.allclose(inner.amax(1), torch.ones(2))
 
 
-def test_checkpoint_round_trip_and_predict_pose(tmp_path, ct, sampler):
+def test_checkpoint_round_trip_and_predict_pose(tmp_path, sample_ct, sampler):
     cam = Camera(sdd=1020, height=32, width=32, delx=400 / 32)
     model = PoseRegressor(TINY, "quaternion", isocenter_pose=sampler.isocenter_pose, pivot_mm=612.0)
     model.fit_output_scaling(sampler.sample(64, torch.Generator().manual_seed(0), dtype=torch.float64))
@@ -142,7 +136,7 @@ def test_checkpoint_round_trip_and_predict_pose(tmp_path, ct, sampler):
     # predict_pose on an X-ray of another detector = the model applied to the resampled, normalised image.
     xcam = Camera(sdd=1050, height=90, width=80, delx=5.0, x0=5.0)
     T = sampler.sample(2, torch.Generator().manual_seed(3))
-    img = DRR(ct, xcam, n_samples=60)(T)
+    img = DRR(sample_ct, xcam, n_samples=60)(T)
     pred = predict_pose(loaded, meta, img, xcam)
     assert pred.shape == (2, 4, 4) and pred.dtype == torch.float64
     check_rigid(pred)

@@ -21,20 +21,14 @@ from xraypose.register.initializers import (
     resample_pinhole,
     with_antipodal,
 )
-from xraypose.volume import load_sample_ct
 
 F64 = torch.float64
 CASE_INDEX = 2  # a case whose 64² X-ray registers to ~0.3 mm with FAST_LEVELS (margin to the 2 mm bound)
 
 
 @pytest.fixture(scope="module")
-def volume():
-    return load_sample_ct()
-
-
-@pytest.fixture(scope="module")
-def maker(volume):
-    return CaseMaker(volume, camera=Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64), collimator_px=2,
+def maker(sample_ct):
+    return CaseMaker(sample_ct, camera=Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64), collimator_px=2,
                      n_fiducials=10)
 
 
@@ -44,8 +38,8 @@ def case(maker):
 
 
 @pytest.fixture(scope="module")
-def registrar(volume):
-    return Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+def registrar(sample_ct):
+    return Registrar(sample_ct, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
 
 
 def mtre(T, c):
@@ -69,10 +63,10 @@ def test_registers_realistic_case_from_5deg_20mm(registrar, maker, case):
     assert 0.2 <= float(res.bone_multiplier[0]) <= 5.0
 
 
-def test_seeded_and_batched_registration_agree(volume, maker, case):
-    reg = Registrar(volume, RegistrationConfig(levels=(Level(size=24, iterations=40, n_samples=32, volume_mm=8.0),)))
+def test_seeded_and_batched_registration_agree(sample_ct, maker, case):
+    reg = Registrar(sample_ct, RegistrationConfig(levels=(Level(size=24, iterations=40, n_samples=32, volume_mm=8.0),)))
     T0 = maker.starts(case, 5.0, 20.0)
-    T1 = perturb_pose(case.true_pose, volume.get_isocenter(), 3.0, 10.0, torch.Generator().manual_seed(5))[0]
+    T1 = perturb_pose(case.true_pose, sample_ct.get_isocenter(), 3.0, 10.0, torch.Generator().manual_seed(5))[0]
     a = reg.register(case.image, case.camera, T0)
     b = reg.register(case.image, case.camera, T0)
     assert torch.equal(a.poses, b.poses)  # deterministic
@@ -86,21 +80,21 @@ def test_seeded_and_batched_registration_agree(volume, maker, case):
     assert mtre(batch.poses[0], case) < 0.3 * mtre(T0, case)
 
 
-def test_antipodal_start_is_chosen_when_better(registrar, maker, case, volume):
+def test_antipodal_start_is_chosen_when_better(registrar, maker, case, sample_ct):
     near = maker.starts(case, 2.0, 5.0)
-    flipped = antipodal(near, volume.get_isocenter())[0]
+    flipped = antipodal(near, sample_ct.get_isocenter())[0]
     assert mtre(flipped, case) > 100  # the wrong side of the patient
-    starts = with_antipodal(flipped, volume.get_isocenter())  # (1, 2, 4, 4): flipped, and flipped back
+    starts = with_antipodal(flipped, sample_ct.get_isocenter())  # (1, 2, 4, 4): flipped, and flipped back
     assert torch.allclose(starts[0, 1], near, atol=1e-9)
     res = registrar.register(case.image, case.camera, starts)
     assert res.chosen_start == [1]
     assert mtre(res.poses, case) < 2.0
 
 
-def test_step_schedule_decays_rates(volume, case, maker):
+def test_step_schedule_decays_rates(sample_ct, case, maker):
     cfg = RegistrationConfig(levels=(Level(size=16, iterations=60, n_samples=24, volume_mm=8.0),),
                              schedule="step", step_every=25, step_gamma=0.9)
-    res = Registrar(volume, cfg).register(case.image, case.camera, maker.starts(case, 5.0, 20.0))
+    res = Registrar(sample_ct, cfg).register(case.image, case.camera, maker.starts(case, 5.0, 20.0))
     lrs = {r["iteration"]: r["lr_trans"] for r in res.trajectories[0]}
     assert lrs[0] == pytest.approx(7.5)
     assert lrs[26] == pytest.approx(7.5 * 0.9)
@@ -110,9 +104,9 @@ def test_step_schedule_decays_rates(volume, case, maker):
 
 @pytest.mark.parametrize("frame", ["isocentric", "world"])
 @pytest.mark.parametrize("param", sorted(ROTATION_PARAMETERIZATIONS))
-def test_parameters_round_trip(volume, frame, param):
-    reg = Registrar(volume, RegistrationConfig(parameterization=param, frame=frame))
-    T = carm_pose(torch.tensor([20.0, -35.0]), torch.tensor([10.0, 5.0]), sod=600.0, isocenter=volume.center)
+def test_parameters_round_trip(sample_ct, frame, param):
+    reg = Registrar(sample_ct, RegistrationConfig(parameterization=param, frame=frame))
+    T = carm_pose(torch.tensor([20.0, -35.0]), torch.tensor([10.0, 5.0]), sod=600.0, isocenter=sample_ct.center)
     A, Bm = reg.frames(T)
     p = reg.params_from_pose(T, A, Bm)
     assert torch.allclose(reg.pose_from_params(p, A, Bm), T, atol=1e-7)
@@ -146,12 +140,12 @@ def test_bad_xrays_raise_clear_errors(registrar, case, maker):
         RegistrationConfig(lr_rot=float("nan"))
 
 
-def test_diverging_pose_is_recovered_never_nan(volume, case, maker):
+def test_diverging_pose_is_recovered_never_nan(sample_ct, case, maker):
     # absurd learning rates throw the pose out of the field of view: every such step is undone
     cfg = RegistrationConfig(levels=(Level(size=16, iterations=30, n_samples=24, volume_mm=8.0),),
                              lr_trans=5000.0, lr_rot=3.0, max_recoveries=2)
     T0 = maker.starts(case, 5.0, 20.0)
-    res = Registrar(volume, cfg).register(case.image, case.camera, T0)
+    res = Registrar(sample_ct, cfg).register(case.image, case.camera, T0)
     assert bool(torch.isfinite(res.poses).all())
     assert res.recoveries[0] >= 1
     assert res.status[0] in ("diverged", "recovered", "converged", "max_iterations")
@@ -160,15 +154,15 @@ def test_diverging_pose_is_recovered_never_nan(volume, case, maker):
 
 
 # ----------------------------------------------------------------------------- initialisers
-def test_resample_pinhole_matches_direct_rendering(volume):
+def test_resample_pinhole_matches_direct_rendering(sample_ct):
     from xraypose.render import DRR
 
-    T = carm_pose(10.0, -5.0, sod=612.0, isocenter=volume.center).float()
+    T = carm_pose(10.0, -5.0, sod=612.0, isocenter=sample_ct.center).float()
     src = Camera(sdd=1020.0, height=96, width=80, delx=3.2, x0=4.0, y0=-3.0)
     dst = Camera(sdd=900.0, height=40, width=48, delx=4.0, x0=-10.0, y0=6.0, reverse_x_axis=True)
     with torch.no_grad():
-        a = DRR(volume, src, n_samples=64)(T[None])
-        b = DRR(volume, dst, n_samples=64)(T[None])
+        a = DRR(sample_ct, src, n_samples=64)(T[None])
+        b = DRR(sample_ct, dst, n_samples=64)(T[None])
     r = resample_pinhole(a, src, dst)
     assert r.shape == b.shape
     # both images cover the same rays (dst fits inside src): compare by correlation
@@ -195,11 +189,11 @@ def test_model_initializer_protocol(case):
         ModelInitializer.from_checkpoint("/nonexistent/model.pt")
 
 
-def test_model_initializer_from_a_real_checkpoint(tmp_path, volume, case, registrar):
+def test_model_initializer_from_a_real_checkpoint(tmp_path, sample_ct, case, registrar):
     model = pytest.importorskip("xraypose.model")
     from xraypose.sampling import PoseSampler
 
-    sampler = PoseSampler.for_volume(volume, sod=612.0)
+    sampler = PoseSampler.for_volume(sample_ct, sod=612.0)
     cam = Camera(sdd=1020.0, height=32, width=32, delx=280.0 / 32)
     net = model.PoseRegressor("test_resnet", "se3_log_map", isocenter_pose=sampler.isocenter_pose, pivot_mm=612.0)
     net.eval()
@@ -215,7 +209,7 @@ def test_model_initializer_from_a_real_checkpoint(tmp_path, volume, case, regist
     # (its random head moves the translation by a few mm: 4.6 mm with the current initialisation)
     assert float((T[0, :3, :3] - sampler.isocenter_pose[:3, :3]).abs().max()) < 0.05
     assert float((T[0, :3, 3] - sampler.isocenter_pose[:3, 3]).abs().max()) < 10.0
-    out = register_xray(volume, case.image, case.camera, init, registrar=registrar, true_pose=case.true_pose,
+    out = register_xray(sample_ct, case.image, case.camera, init, registrar=registrar, true_pose=case.true_pose,
                         fiducials=case.fiducials)[0]
     assert out.init_s > 0 and math.isfinite(out.metrics["mtre"])
 
@@ -245,9 +239,9 @@ def test_antipodal_is_an_involution_about_the_isocenter():
 
 
 # ----------------------------------------------------------------------------- API and files
-def test_register_xray_writes_pose_metrics_trajectory(tmp_path, volume, registrar, maker, case):
+def test_register_xray_writes_pose_metrics_trajectory(tmp_path, sample_ct, registrar, maker, case):
     T0 = maker.starts(case, 5.0, 20.0)
-    out = register_xray(volume, case.image, case.camera, T0, registrar=registrar, true_pose=case.true_pose,
+    out = register_xray(sample_ct, case.image, case.camera, T0, registrar=registrar, true_pose=case.true_pose,
                         fiducials=case.fiducials)[0]
     assert out.metrics["mtre"] < 2.0 and out.initial_metrics["mtre"] > 15.0
     files = write_registration(tmp_path / "res", out)
@@ -263,8 +257,8 @@ def test_register_xray_writes_pose_metrics_trajectory(tmp_path, volume, registra
     tr = json.loads((tmp_path / "res" / "trajectory.json").read_text())
     assert len(tr["records"]) == len(out.trajectory) > 0
     # an initialiser callable is timed separately
-    quick = Registrar(volume, RegistrationConfig(levels=(Level(size=16, iterations=5, n_samples=16),)))
-    out2 = register_xray(volume, case.image, case.camera, lambda img, cam: T0[None], registrar=quick)[0]
+    quick = Registrar(sample_ct, RegistrationConfig(levels=(Level(size=16, iterations=5, n_samples=16),)))
+    out2 = register_xray(sample_ct, case.image, case.camera, lambda img, cam: T0[None], registrar=quick)[0]
     assert out2.init_s > 0 and out2.metrics is None
     # never a NaN in a written result
     out.similarity = float("nan")
@@ -272,7 +266,7 @@ def test_register_xray_writes_pose_metrics_trajectory(tmp_path, volume, registra
         write_registration(tmp_path / "bad", out)
 
 
-def test_cli_register_end_to_end(tmp_path, volume, maker, case):
+def test_cli_register_end_to_end(tmp_path, sample_ct, maker, case):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 

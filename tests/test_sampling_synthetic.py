@@ -7,16 +7,10 @@ from xraypose.geometry import check_rigid, geodesic_rotation
 from xraypose.sampling import PoseSampler
 from xraypose.similarity import ncc
 from xraypose.synthetic import XraySimulator
-from xraypose.volume import load_sample_ct
 
 
-@pytest.fixture(scope="module")
-def ct():
-    return load_sample_ct()
-
-
-def test_diffpose_sampler_statistics(ct):
-    s = PoseSampler.for_volume(ct, sod=620.0, scale=1.0)
+def test_diffpose_sampler_statistics(sample_ct):
+    s = PoseSampler.for_volume(sample_ct, sod=620.0, scale=1.0)
     T = s.sample(4000, torch.Generator().manual_seed(0), dtype=torch.float64)
     check_rigid(T)
     # Rotations are about the isocenter: with zero translation the principal ray still hits it.
@@ -42,8 +36,9 @@ def _rot_about_iso(T, s):
     return make_transform(Rw, s.isocenter - Rw @ s.isocenter)
 
 
-def test_uniform_sampler_ranges(ct):
-    s = PoseSampler.for_volume(ct, sod=620.0, distribution="uniform", rot_range=(0.1, 0.1, 0.1), trans_range=(5, 5, 5))
+def test_uniform_sampler_ranges(sample_ct):
+    s = PoseSampler.for_volume(sample_ct, sod=620.0, distribution="uniform", rot_range=(0.1, 0.1, 0.1),
+                               trans_range=(5, 5, 5))
     T = s.sample(500, torch.Generator().manual_seed(2), dtype=torch.float64)
     ang = geodesic_rotation(T, s.isocenter_pose.expand_as(T))
     assert float(ang.max()) < 0.1 * 3**0.5 + 1e-9
@@ -53,10 +48,10 @@ def test_uniform_sampler_ranges(ct):
         PoseSampler(s.isocenter_pose, s.isocenter, rot_std=(0.1, -1, 0))
 
 
-def test_simulated_xray_is_realistic_but_recoverable(ct):
+def test_simulated_xray_is_realistic_but_recoverable(sample_ct):
     cam = Camera(sdd=1020.0, height=48, width=48, delx=5.0)
-    T = carm_pose(10.0, 5.0, 620.0, ct.get_isocenter())
-    sim = XraySimulator(ct, cam, collimator_px=3)
+    T = carm_pose(10.0, 5.0, 620.0, sample_ct.get_isocenter())
+    sim = XraySimulator(sample_ct, cam, collimator_px=3)
     x = sim(T, torch.Generator().manual_seed(0))
     raw = x.raw
     assert raw.shape == (1, 1, 48, 48)
@@ -68,4 +63,4 @@ def test_simulated_xray_is_realistic_but_recoverable(ct):
     again = sim(T, torch.Generator().manual_seed(0))
     assert torch.equal(again.raw, raw)
     with pytest.raises(InputError):
-        XraySimulator(ct, cam, collimator_px=30)
+        XraySimulator(sample_ct, cam, collimator_px=30)

@@ -23,7 +23,7 @@ from xraypose.render import DRR
 from xraypose.sampling import PoseSampler
 from xraypose.similarity import ncc
 from xraypose.train import TrainConfig, TrainingDiverged, WarmupCosine, load_config, output_paths, train
-from xraypose.volume import load_sample_ct, volume_from_array
+from xraypose.volume import volume_from_array
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,11 +44,6 @@ def tiny(**changes) -> dict:
         section, name = key.split("__")
         cfg.setdefault(section, {})[name] = value
     return cfg
-
-
-@pytest.fixture(scope="module")
-def ct():
-    return load_sample_ct()
 
 
 # ----------------------------------------------------------------------------- config
@@ -118,10 +113,10 @@ def test_thread_tuner_keeps_the_faster_count_and_probes_again():
 
 
 # ----------------------------------------------------------------------------- augmentations
-def test_rotation_about_the_source_is_an_exact_pose_change(ct):
+def test_rotation_about_the_source_is_an_exact_pose_change(sample_ct):
     cam = Camera(sdd=1020.0, height=48, width=48, delx=400 / 48)
-    drr = DRR(ct, cam, n_samples=96)
-    T = PoseSampler.for_volume(ct, sod=612.0).sample(2, torch.Generator().manual_seed(0))
+    drr = DRR(sample_ct, cam, n_samples=96)
+    T = PoseSampler.for_volume(sample_ct, sod=612.0).sample(2, torch.Generator().manual_seed(0))
     R = so3_exp(torch.tensor([[0.03, -0.02, 0.08], [-0.02, 0.03, -0.1]], dtype=torch.float64))
     warped, valid = warp_about_source(drr(T), cam, R)
     Rh = torch.eye(4).repeat(2, 1, 1)
@@ -155,8 +150,8 @@ def _trainer(folder, ct, **changes):
     return Trainer(TrainConfig.from_dict(tiny(**changes)), output_paths(folder / "m.pt")).setup(ct)
 
 
-def test_trainer_step_alone_is_one_reproducible_optimiser_step(tmp_path, ct):
-    a, b = _trainer(tmp_path / "a", ct), _trainer(tmp_path / "b", ct)
+def test_trainer_step_alone_is_one_reproducible_optimiser_step(tmp_path, sample_ct):
+    a, b = _trainer(tmp_path / "a", sample_ct), _trainer(tmp_path / "b", sample_ct)
     before = {k: v.clone() for k, v in a.model.state_dict().items()}
     out = a.step()
     assert (a.steps, a.images_seen, a.renders, a.buffer.filled) == (1, 8, 4, 4)  # batch 8, reuse 2: 4 fresh renders
@@ -174,8 +169,8 @@ def test_trainer_step_alone_is_one_reproducible_optimiser_step(tmp_path, ct):
     b.close()
 
 
-def test_trainer_budget_fits_the_schedule_to_the_time_left(tmp_path, ct):
-    t = _trainer(tmp_path, ct, run__max_steps=1000, run__time_budget_s=1e6)
+def test_trainer_budget_fits_the_schedule_to_the_time_left(tmp_path, sample_ct):
+    t = _trainer(tmp_path, sample_ct, run__max_steps=1000, run__time_budget_s=1e6)
     t.steps, t.step_times = 50, [1.0] * 20  # measured: 1 s a step (1.05 s with the margin)
     t.t_start, t.elapsed_before = time.perf_counter(), 1e6 - 3.0 - 10.5 * 1.05  # 3 s reserve, 10.5 steps left
     t.budget()
@@ -186,9 +181,9 @@ def test_trainer_budget_fits_the_schedule_to_the_time_left(tmp_path, ct):
     t.close()
 
 
-def test_training_writes_usable_model_log_and_state(tmp_path, ct):
+def test_training_writes_usable_model_log_and_state(tmp_path, sample_ct):
     out = tmp_path / "model.pt"
-    r = train(ct, out, tiny(loss__param_weight=1.0))
+    r = train(sample_ct, out, tiny(loss__param_weight=1.0))
     paths = output_paths(out)
     assert r.steps == 6 and r.images_seen == 48 and r.renders == 24
     for k in ("best", "last", "log"):
@@ -205,20 +200,20 @@ def test_training_writes_usable_model_log_and_state(tmp_path, ct):
     assert meta["image_size"] == [32, 32] and meta["parameterization"] == "se3_log_map"
     assert meta["training"]["config"]["model"]["backbone"] == "test_resnet"
     cam = Camera(sdd=1020.0, height=40, width=40, delx=10.0)
-    img = DRR(ct, cam, n_samples=32)(torch.tensor(meta["isocenter_pose"], dtype=torch.float32)[None])
+    img = DRR(sample_ct, cam, n_samples=32)(torch.tensor(meta["isocenter_pose"], dtype=torch.float32)[None])
     assert predict_pose(model, meta, img, cam).shape == (1, 4, 4)
 
 
-def test_full_loss_mode_renders_at_the_prediction(tmp_path, ct):
+def test_full_loss_mode_renders_at_the_prediction(tmp_path, sample_ct):
     out = tmp_path / "m.pt"
     seen = []
-    train(ct, out, tiny(loss__mode="full", run__max_steps=2, run__val_size=0),
+    train(sample_ct, out, tiny(loss__mode="full", run__max_steps=2, run__val_size=0),
           callback=lambda ev, info: seen.append(info) if ev == "step" else None)
     assert all(0 < s["ncc"] <= 1 for s in seen)
     assert all(s["loss"] > 1 - s["ncc"] for s in seen)
 
 
-def test_resume_continues_bit_identically(tmp_path, ct):
+def test_resume_continues_bit_identically(tmp_path, sample_ct):
     a = tmp_path / "a"
     b = tmp_path / "b"
     a.mkdir()
@@ -228,8 +223,8 @@ def test_resume_continues_bit_identically(tmp_path, ct):
         if event == "checkpoint" and info["step"] == 3:
             shutil.copy(info["path"], b / "model.last.pt")
 
-    train(ct, a / "model.pt", tiny(loss__param_weight=1.0), callback=keep)
-    train(ct, b / "model.pt", None, resume=True)  # the checkpoint's own config
+    train(sample_ct, a / "model.pt", tiny(loss__param_weight=1.0), callback=keep)
+    train(sample_ct, b / "model.pt", None, resume=True)  # the checkpoint's own config
     A = read_checkpoint(a / "model.last.pt")
     B = read_checkpoint(b / "model.last.pt")
     assert A["step"] == B["step"] == 6
@@ -242,50 +237,50 @@ def test_resume_continues_bit_identically(tmp_path, ct):
     assert [x["loss"] for x in la[3:]] == [x["loss"] for x in lb]
     # Resuming with another configuration is refused (only [run] may change).
     with pytest.raises(InputError, match="different configuration"):
-        train(ct, b / "model.pt", tiny(optim__lr=0.01), resume=True)
+        train(sample_ct, b / "model.pt", tiny(optim__lr=0.01), resume=True)
     with pytest.raises(InputError, match="nothing to resume"):
-        train(ct, tmp_path / "c.pt", None, resume=True)
+        train(sample_ct, tmp_path / "c.pt", None, resume=True)
 
 
-def test_finetune_refuses_another_architecture_or_parameterization(tmp_path, ct):
+def test_finetune_refuses_another_architecture_or_parameterization(tmp_path, sample_ct):
     src = tmp_path / "src.pt"
-    train(ct, src, tiny(run__max_steps=1, run__val_size=0))
+    train(sample_ct, src, tiny(run__max_steps=1, run__val_size=0))
     with pytest.raises(InputError, match="parameterization"):
-        train(ct, tmp_path / "q.pt", tiny(model__parameterization="quaternion"), finetune=src)
+        train(sample_ct, tmp_path / "q.pt", tiny(model__parameterization="quaternion"), finetune=src)
     with pytest.raises(InputError, match="backbone"):
-        train(ct, tmp_path / "e.pt", tiny(model__backbone="test_efficientnet"), finetune=src)
-    r = train(ct, tmp_path / "ok.pt", tiny(run__max_steps=1, run__val_size=0), finetune=src)
+        train(sample_ct, tmp_path / "e.pt", tiny(model__backbone="test_efficientnet"), finetune=src)
+    r = train(sample_ct, tmp_path / "ok.pt", tiny(run__max_steps=1, run__val_size=0), finetune=src)
     assert r.steps == 1
 
 
-def test_nan_loss_writes_a_crash_dump_and_stops(tmp_path, ct, monkeypatch):
+def test_nan_loss_writes_a_crash_dump_and_stops(tmp_path, sample_ct, monkeypatch):
     import xraypose.geometry as geometry
 
     real = geometry.double_geodesic
     monkeypatch.setattr(geometry, "double_geodesic", lambda a, b, sdr: real(a, b, sdr) * float("nan"))
     out = tmp_path / "m.pt"
     with pytest.raises(TrainingDiverged, match="diverged at step 0"):
-        train(ct, out, tiny())
+        train(sample_ct, out, tiny())
     dump = read_checkpoint(output_paths(out)["crash"])
     assert dump["images"].shape == (8, 1, 32, 32) and dump["poses"].shape == (8, 4, 4)
     assert "optimizer" in dump and dump["step"] == 0
 
 
-def test_bad_inputs_are_refused_before_training(tmp_path, ct):
+def test_bad_inputs_are_refused_before_training(tmp_path, sample_ct):
     with pytest.raises(InputError, match="does not exist"):
-        train(ct, tmp_path / "nope" / "m.pt", tiny())
+        train(sample_ct, tmp_path / "nope" / "m.pt", tiny())
     with pytest.raises(InputError, match="is a folder"):
-        train(ct, tmp_path, tiny())
+        train(sample_ct, tmp_path, tiny())
     const = volume_from_array(torch.zeros(20, 20, 20).numpy(), spacing=(3.0, 3.0, 3.0))
     with pytest.raises(InputError, match="constant"):
         train(const, tmp_path / "m.pt", tiny())
-    small = volume_from_array(ct.data[50:60, 45:55, 50:60].numpy(), spacing=(3.0, 3.0, 3.0))
+    small = volume_from_array(sample_ct.data[50:60, 45:55, 50:60].numpy(), spacing=(3.0, 3.0, 3.0))
     with pytest.raises(InputError, match="too small for the field of view"):
         train(small, tmp_path / "m.pt", tiny())
     with pytest.raises(InputError, match="inside the CT"):
-        train(ct, tmp_path / "m.pt", tiny(sampler__sod=100.0))
+        train(sample_ct, tmp_path / "m.pt", tiny(sampler__sod=100.0))
     with pytest.raises(InputError, match="optim.lr"):
-        train(ct, tmp_path / "m.pt", tiny(optim__lr=0.0))
+        train(sample_ct, tmp_path / "m.pt", tiny(optim__lr=0.0))
 
 
 WRITER = textwrap.dedent("""
@@ -326,13 +321,13 @@ def test_a_kill_mid_write_never_leaves_a_partial_checkpoint(tmp_path):
     assert len(seen) > 1  # the writer did get to overwrite it
 
 
-def test_a_few_hundred_steps_reduce_the_error(tmp_path, ct):
+def test_a_few_hundred_steps_reduce_the_error(tmp_path, sample_ct):
     """A tiny problem (narrow pose distribution, 32² images, a tiny network) is learnt."""
     cfg = tiny(run__max_steps=250, run__val_size=32, run__val_every_steps=250, run__checkpoint_every_steps=1000,
                sampler__rot_std=[0.1, 0.1, 0.05], sampler__trans_std=[30.0, 30.0, 40.0], optim__batch_size=16,
                optim__lr=3e-3, loss__param_weight=1.0, data__reuse=4, data__buffer_size=256)
     first = []
-    r = train(ct, tmp_path / "m.pt", cfg, callback=lambda ev, info: first.append(info) if ev == "step" else None)
+    r = train(sample_ct, tmp_path / "m.pt", cfg, callback=lambda ev, info: first.append(info) if ev == "step" else None)
     start = sum(x["dgeo_sod_mm"] for x in first[:10]) / 10
     end = sum(x["dgeo_sod_mm"] for x in first[-20:]) / 20
     assert end < 0.7 * start, (start, end)
