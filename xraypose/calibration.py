@@ -138,6 +138,24 @@ def read_mayacam(path) -> MayaCam:
         orthonormal or is a reflection (tolerance :data:`MAYACAM_ROTATION_TOL`).
     """
     p = Path(path).expanduser()
+    lines = _text_lines(p)
+    heads = _section_heads(p, lines)
+
+    def body(name: str, n_lines: int) -> list[str]:
+        return _section_body(p, lines, heads, name, n_lines)
+
+    H, W = _image_size(p, body("image size", 1)[0])
+    K = np.array([_numbers(r, 3, f"{p}: section 'camera matrix' row {j + 1}")
+                  for j, r in enumerate(body("camera matrix", 3))])
+    R = np.array([_numbers(r, 3, f"{p}: section 'rotation' row {j + 1}")
+                  for j, r in enumerate(body("rotation", 3))])
+    t = _translation(p, body("translation", 3))
+    _check_K(p, K)
+    return MayaCam(height=H, width=W, K=K, rotation=_checked_rotation(p, R), translation=t, source=str(p))
+
+
+def _text_lines(p: Path) -> list[str]:
+    """The file's non-blank lines, stripped; refuses a missing file, a folder, unreadable or non-text bytes."""
     if not p.exists():
         raise InputError(f"MayaCam calibration not found: {p}")
     if p.is_dir():
@@ -151,10 +169,18 @@ def read_mayacam(path) -> MayaCam:
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a MayaCam 2.0 text file (not UTF-8 / ASCII text)") from None
     lines = [ln.strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
+    return [ln for ln in lines if ln]
+
+
+def _section_key(line: str) -> str:
+    return " ".join(line.lower().split())
+
+
+def _section_heads(p: Path, lines: list[str]) -> dict[str, int]:
+    """{section name: its line}; refuses a repeated or missing section (or a file with none)."""
     heads: dict[str, int] = {}
     for i, ln in enumerate(lines):
-        key = " ".join(ln.lower().split())
+        key = _section_key(ln)
         if key in _SECTIONS:
             if key in heads:
                 raise InputError(f"{p}: section {key!r} is given twice")
@@ -165,40 +191,51 @@ def read_mayacam(path) -> MayaCam:
             raise InputError(f"{p}: not a MayaCam 2.0 file (no 'image size', 'camera matrix', 'rotation', "
                              "'translation' sections; MayaCam 1.0 and other layouts are not read)")
         raise InputError(f"{p}: MayaCam 2.0 section {missing[0]!r} is missing")
+    return heads
 
-    def body(name: str, n_lines: int) -> list[str]:
-        i = heads[name]
-        rows = lines[i + 1: i + 1 + n_lines]
-        for j, r in enumerate(rows):
-            if " ".join(r.lower().split()) in _SECTIONS:
-                rows = rows[:j]
-                break
-        if len(rows) != n_lines:
-            raise InputError(f"{p}: section {name!r} must have {n_lines} line{'s' if n_lines > 1 else ''} of "
-                             f"numbers, got {len(rows)}")
-        return rows
 
-    size = _numbers(body("image size", 1)[0], 2, f"{p}: section 'image size' (height,width)")
+def _section_body(p: Path, lines: list[str], heads: dict[str, int], name: str, n_lines: int) -> list[str]:
+    """The ``n_lines`` lines after the section's name (refused when the next section comes sooner)."""
+    i = heads[name]
+    rows = lines[i + 1: i + 1 + n_lines]
+    for j, r in enumerate(rows):
+        if _section_key(r) in _SECTIONS:
+            rows = rows[:j]
+            break
+    if len(rows) != n_lines:
+        raise InputError(f"{p}: section {name!r} must have {n_lines} line{'s' if n_lines > 1 else ''} of "
+                         f"numbers, got {len(rows)}")
+    return rows
+
+
+def _image_size(p: Path, line: str) -> tuple[int, int]:
+    """(height, width) in whole pixels from the 'image size' line."""
+    size = _numbers(line, 2, f"{p}: section 'image size' (height,width)")
     if not all(v.is_integer() and 1 <= v <= 100_000 for v in size):
         raise InputError(f"{p}: section 'image size' must be two whole numbers of pixels (height,width) in "
                          f"[1, 100000], got {size}")
-    H, W = int(size[0]), int(size[1])
-    K = np.array([_numbers(r, 3, f"{p}: section 'camera matrix' row {j + 1}")
-                  for j, r in enumerate(body("camera matrix", 3))])
-    R = np.array([_numbers(r, 3, f"{p}: section 'rotation' row {j + 1}")
-                  for j, r in enumerate(body("rotation", 3))])
-    rows = body("translation", 3)
-    if len(rows) == 3 and all(len([x for x in re.split(r"[,\s;]+", r) if x]) == 1 for r in rows):
-        t = np.array([_numbers(r, 1, f"{p}: section 'translation' line {j + 1}")[0] for j, r in enumerate(rows)])
-    else:
-        raise InputError(f"{p}: section 'translation' must be 3 lines of one number (mm), got {rows!r}")
+    return int(size[0]), int(size[1])
 
+
+def _translation(p: Path, rows: list[str]) -> np.ndarray:
+    """(3,) t in mm from the section's 3 lines of one number each."""
+    if len(rows) == 3 and all(len([x for x in re.split(r"[,\s;]+", r) if x]) == 1 for r in rows):
+        return np.array([_numbers(r, 1, f"{p}: section 'translation' line {j + 1}")[0] for j, r in enumerate(rows)])
+    raise InputError(f"{p}: section 'translation' must be 3 lines of one number (mm), got {rows!r}")
+
+
+def _check_K(p: Path, K: np.ndarray) -> None:
+    """K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with non-zero focal lengths of one sign."""
     if K[2].tolist() != [0.0, 0.0, 1.0] or K[1, 0] != 0.0 or abs(K[0, 1]) > 1e-9 * max(abs(K[0, 0]), 1.0):
         raise InputError(f"{p}: section 'camera matrix' must be [[fx,0,cx],[0,fy,cy],[0,0,1]] (no skew), "
                          f"got {K.tolist()}")
     if K[0, 0] == 0 or K[1, 1] == 0 or (K[0, 0] > 0) != (K[1, 1] > 0):
         raise InputError(f"{p}: section 'camera matrix' has focal lengths fx={K[0, 0]:g}, fy={K[1, 1]:g} "
                          "(must be non-zero and of one sign)")
+
+
+def _checked_rotation(p: Path, R: np.ndarray) -> np.ndarray:
+    """R checked orthonormal (:data:`MAYACAM_ROTATION_TOL`) with det +1, then projected onto SO(3) (SVD)."""
     err = float(np.abs(R.T @ R - np.eye(3)).max())
     if err > MAYACAM_ROTATION_TOL:
         raise InputError(f"{p}: section 'rotation' is not a rotation: max |RᵀR − I| = {err:.3g} "
@@ -206,8 +243,7 @@ def read_mayacam(path) -> MayaCam:
     if np.linalg.det(R) < 0:
         raise InputError(f"{p}: section 'rotation' is a reflection (determinant −1), not a rotation")
     U, _, Vt = np.linalg.svd(R)
-    R = U @ Vt
-    return MayaCam(height=H, width=W, K=K, rotation=R, translation=t, source=str(p))
+    return U @ Vt
 
 
 def mayacam_camera(cal: MayaCam, pixel_mm: float = NOMINAL_PIXEL_MM) -> tuple[Camera, torch.Tensor]:
