@@ -24,6 +24,7 @@ writes it beside the file as ``<file>.truth.json``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -248,109 +249,155 @@ def write_deepfluoro_fixture(
     if volume is None:
         volume = load_sample_ct()
     rng = np.random.default_rng(seed)
-    W = H = int(detector)
+    scene = _deepfluoro_scene(volume, int(detector), principal_offset_px, center_ras, region_mm, spacing_mm,
+                              collimator)
+    scene.render_scale, scene.step, scene.rot180_every = render_scale, step, rot180_every
+    path = Path(path)
+    H, W = scene.camera.height, scene.camera.width
+    truth = {"file": str(path), "extrinsic": scene.E.tolist(), "intrinsic": scene.K64.tolist(), "detector": [H, W],
+             "pixel_spacing": scene.delta32, "specimens": {}}
+    with h5py.File(str(path), "w") as f:
+        pp = f.create_group("proj-params")
+        pp.create_dataset("intrinsic", data=scene.K)
+        pp.create_dataset("extrinsic", data=scene.E)
+        pp.create_dataset("num-rows", data=np.uint32(H))
+        pp.create_dataset("num-cols", data=np.uint32(W))
+        pp.create_dataset("pixel-row-spacing", data=np.float32(scene.delta))
+        pp.create_dataset("pixel-col-spacing", data=np.float32(scene.delta))
+        for sid in specimens:
+            if not 1 <= int(sid) <= 6:
+                raise InputError(f"DeepFluoro specimen must be 1..6, got {sid}")
+            truth["specimens"][int(sid)] = _write_deepfluoro_specimen(f, int(sid), scene, n_projections, rng)
+    _write_truth(path, truth)
+    return truth
+
+
+@dataclass
+class _DeepFluoroScene:
+    """What every specimen of a DeepFluoro fixture shares: the detector (K in pixels, negative focal length,
+    as the file stores it; ``camera`` ours), the extrinsic E, the CT on its LPS grid (``pixels`` z, y, x with
+    ``origin``, ``spacing`` mm), its RAS volume and density, labels, bone voxels (LPS mm) and centre (RAS mm)."""
+
+    K: np.ndarray
+    K64: np.ndarray
+    E: np.ndarray
+    delta: float
+    delta32: float
+    camera: Camera
+    pixels: np.ndarray
+    origin: np.ndarray
+    spacing: np.ndarray
+    vol_ras: object
+    density: torch.Tensor
+    labels: np.ndarray
+    bone_lps: np.ndarray
+    centre_ras: np.ndarray
+    border: int
+    render_scale: int = 1
+    step: float | None = 1.0
+    rot180_every: int = 2
+
+
+def _deepfluoro_scene(volume, detector: int, principal_offset_px, center_ras, region_mm, spacing_mm,
+                      collimator: bool) -> _DeepFluoroScene:
+    """The detector (1020 mm focal length, 0.194 mm pixels at 1536) and the CT resampled to the LPS grid."""
+    W = H = detector
     delta = DEEPFLUORO_PIXEL_MM_1536 * 1536 / W
     f_px = DEEPFLUORO_FOCAL_MM / delta
     K = np.array([[-f_px, 0.0, (W - 1) / 2 + principal_offset_px[0]],
                   [0.0, -f_px, (H - 1) / 2 + principal_offset_px[1]], [0.0, 0.0, 1.0]], dtype=np.float32)
     K64 = K.astype(np.float64)  # everything below uses exactly what the file stores
     delta32 = float(np.float32(delta))
-    E = DEEPFLUORO_EXTRINSIC.copy()
     cam, _ = camera_from_K(K64, H, W, delta32, delta32)
     pixels, origin, spacing = resample_to_lps_grid(volume, center_ras, region_mm, spacing_mm)
     origin = origin.astype(np.float32).astype(np.float64)
     vol_ras = _ras_volume_from_lps_grid(pixels, origin, spacing)
-    density = vol_ras.density("physical")
-    labels = _segment(pixels, origin, spacing)
     Zs, Ys, Xs = np.nonzero(pixels > 300)
     ijk = np.stack([Xs, Ys, Zs], 1)
     shape_xyz = np.array(pixels.shape[::-1])
     inner = np.all((ijk >= 0.15 * shape_xyz) & (ijk <= 0.85 * shape_xyz), axis=1)  # landmarks away from the box faces
     if inner.sum() >= 2 * len(_LANDMARKS):
         ijk = ijk[inner]
-    bone_lps = origin + spacing * ijk
-    centre_ras = vol_ras.center.numpy()
-    border = int(round(40 * W / 1536)) if collimator else 0
+    return _DeepFluoroScene(K=K, K64=K64, E=DEEPFLUORO_EXTRINSIC.copy(), delta=delta, delta32=delta32, camera=cam,
+                            pixels=pixels, origin=origin, spacing=spacing, vol_ras=vol_ras,
+                            density=vol_ras.density("physical"), labels=_segment(pixels, origin, spacing),
+                            bone_lps=origin + spacing * ijk, centre_ras=vol_ras.center.numpy(),
+                            border=int(round(40 * W / 1536)) if collimator else 0)
 
-    path = Path(path)
-    truth = {"file": str(path), "extrinsic": E.tolist(), "intrinsic": K64.tolist(), "detector": [H, W],
-             "pixel_spacing": delta32, "specimens": {}}
-    with h5py.File(str(path), "w") as f:
-        pp = f.create_group("proj-params")
-        pp.create_dataset("intrinsic", data=K)
-        pp.create_dataset("extrinsic", data=E)
-        pp.create_dataset("num-rows", data=np.uint32(H))
-        pp.create_dataset("num-cols", data=np.uint32(W))
-        pp.create_dataset("pixel-row-spacing", data=np.float32(delta))
-        pp.create_dataset("pixel-col-spacing", data=np.float32(delta))
-        for sid in specimens:
-            if not 1 <= int(sid) <= 6:
-                raise InputError(f"DeepFluoro specimen must be 1..6, got {sid}")
-            name = _SPECIMENS[int(sid) - 1]
-            g = f.create_group(name)
-            _write_volume_group(g.create_group("vol"), pixels, origin, spacing)
-            seg = g.create_group("vol-seg")
-            _write_volume_group(seg.create_group("image"), labels, origin, spacing)
-            ld = seg.create_group("labels-def")
-            for k, v in _LABELS.items():
-                ld.create_dataset(str(k), data=np.bytes_(v))
-            fid_lps = _spread_points(bone_lps, len(_LANDMARKS), rng)
-            vl = g.create_group("vol-landmarks")
-            for n, p in zip(_LANDMARKS, fid_lps):
-                vl.create_dataset(n, data=p.reshape(3, 1))
-            Xh = np.concatenate([fid_lps, np.ones((len(fid_lps), 1))], 1).T  # (4, N) LPS
-            spec = {"group": name, "fiducials_lps": fid_lps.tolist(),
-                    "fiducials_ras": (fid_lps * np.array([-1.0, -1.0, 1.0])).tolist(), "projections": []}
-            projs = g.create_group("projections")
-            for p_i in range(n_projections):
-                primary = float(rng.uniform(-25, 25))
-                secondary = float(rng.uniform(-15, 15))
-                iso = centre_ras + rng.normal(0, 8, 3)
-                T = carm_pose(primary, secondary, sod=float(rng.uniform(560, 700)), isocenter=iso).numpy()
-                rot = rot180_every > 0 and p_i % rot180_every == 1
-                if rot:
-                    T = T @ _ROT180
-                # their camera -> LPS volume is C2V @ inv(E); ours = LPS_RAS @ that @ NEG_FOCAL
-                C2V = _LPS_RAS @ T @ _NEG_FOCAL @ E
-                femurs = {}
-                for side, sign in (("left", 1.0), ("right", -1.0)):
-                    D = _rot_about([1.0, 0.0, 0.0], sign * float(rng.uniform(2, 6)), centre_ras + [sign * -40, 0, -30])
-                    Tf = D @ T
-                    femurs[side] = (Tf, _LPS_RAS @ Tf @ _NEG_FOCAL @ E)
-                P = E @ np.linalg.inv(C2V) @ Xh
-                uvw = K64 @ P[:3]
-                lm = (uvw[:2] / uvw[2:]).T  # (N, 2) col, row
-                L = _render_L(vol_ras, cam, torch.from_numpy(T), density, render_scale, step)
-                img = _to_counts(L, DEEPFLUORO_I0)
-                if border:
-                    low = np.float32(round(DEEPFLUORO_I0 * math.exp(-9.0)))
-                    img[:border, :] = low
-                    img[-border:, :] = low
-                    img[:, :border] = low
-                    img[:, -border:] = low
-                key = f"{p_i:03d}"
-                pg = projs.create_group(key)
-                _write_image_group(pg.create_group("image"), img, (delta, delta))
-                seg_img = _project_labels(vol_ras, labels, cam, T, step)
-                _write_image_group(pg.create_group("gt-seg"), seg_img, (delta, delta))
-                gl = pg.create_group("gt-landmarks")
-                for n, uv in zip(_LANDMARKS, lm):
-                    gl.create_dataset(n, data=uv.astype(np.float32).reshape(2, 1))
-                gp = pg.create_group("gt-poses")
-                gp.create_dataset("cam-to-pelvis-vol", data=C2V)
-                gp.create_dataset("cam-to-left-femur-vol", data=femurs["left"][1])
-                gp.create_dataset("cam-to-right-femur-vol", data=femurs["right"][1])
-                gp.create_dataset("left-femur-good-fov", data=np.uint8(1))
-                gp.create_dataset("right-femur-good-fov", data=np.uint8(p_i % 2))
-                pg.create_dataset("rot-180-for-up", data=np.uint8(1 if rot else 0))
-                spec["projections"].append({
-                    "key": key, "pose": T.tolist(), "rot180": bool(rot), "landmarks": lm.tolist(),
-                    "left_femur_pose": femurs["left"][0].tolist(), "right_femur_pose": femurs["right"][0].tolist(),
-                    "cam_to_pelvis_vol": C2V.tolist(),
-                })
-            truth["specimens"][int(sid)] = spec
-    _write_truth(path, truth)
-    return truth
+
+def _write_deepfluoro_specimen(f, sid: int, scene: _DeepFluoroScene, n_projections: int,
+                               rng: np.random.Generator) -> dict:
+    """One specimen's groups (volume, labels, landmarks, projections); returns its ground truth."""
+    name = _SPECIMENS[sid - 1]
+    g = f.create_group(name)
+    _write_volume_group(g.create_group("vol"), scene.pixels, scene.origin, scene.spacing)
+    seg = g.create_group("vol-seg")
+    _write_volume_group(seg.create_group("image"), scene.labels, scene.origin, scene.spacing)
+    ld = seg.create_group("labels-def")
+    for k, v in _LABELS.items():
+        ld.create_dataset(str(k), data=np.bytes_(v))
+    fid_lps = _spread_points(scene.bone_lps, len(_LANDMARKS), rng)
+    vl = g.create_group("vol-landmarks")
+    for n, p in zip(_LANDMARKS, fid_lps):
+        vl.create_dataset(n, data=p.reshape(3, 1))
+    Xh = np.concatenate([fid_lps, np.ones((len(fid_lps), 1))], 1).T  # (4, N) LPS
+    spec = {"group": name, "fiducials_lps": fid_lps.tolist(),
+            "fiducials_ras": (fid_lps * np.array([-1.0, -1.0, 1.0])).tolist(), "projections": []}
+    projs = g.create_group("projections")
+    for p_i in range(n_projections):
+        spec["projections"].append(_write_deepfluoro_projection(projs, p_i, scene, Xh, rng))
+    return spec
+
+
+def _write_deepfluoro_projection(projs, p_i: int, scene: _DeepFluoroScene, Xh: np.ndarray,
+                                 rng: np.random.Generator) -> dict:
+    """Projection ``p_i`` at a random C-arm pose (our camera_to_world T, RAS): image, labels, landmarks and
+    poses in the file's conventions; returns its ground truth."""
+    E, K64, cam, delta = scene.E, scene.K64, scene.camera, scene.delta
+    primary = float(rng.uniform(-25, 25))
+    secondary = float(rng.uniform(-15, 15))
+    iso = scene.centre_ras + rng.normal(0, 8, 3)
+    T = carm_pose(primary, secondary, sod=float(rng.uniform(560, 700)), isocenter=iso).numpy()
+    rot = scene.rot180_every > 0 and p_i % scene.rot180_every == 1
+    if rot:
+        T = T @ _ROT180
+    # their camera -> LPS volume is C2V @ inv(E); ours = LPS_RAS @ that @ NEG_FOCAL
+    C2V = _LPS_RAS @ T @ _NEG_FOCAL @ E
+    femurs = {}
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        D = _rot_about([1.0, 0.0, 0.0], sign * float(rng.uniform(2, 6)), scene.centre_ras + [sign * -40, 0, -30])
+        Tf = D @ T
+        femurs[side] = (Tf, _LPS_RAS @ Tf @ _NEG_FOCAL @ E)
+    P = E @ np.linalg.inv(C2V) @ Xh
+    uvw = K64 @ P[:3]
+    lm = (uvw[:2] / uvw[2:]).T  # (N, 2) col, row
+    L = _render_L(scene.vol_ras, cam, torch.from_numpy(T), scene.density, scene.render_scale, scene.step)
+    img = _to_counts(L, DEEPFLUORO_I0)
+    border = scene.border
+    if border:
+        low = np.float32(round(DEEPFLUORO_I0 * math.exp(-9.0)))
+        img[:border, :] = low
+        img[-border:, :] = low
+        img[:, :border] = low
+        img[:, -border:] = low
+    key = f"{p_i:03d}"
+    pg = projs.create_group(key)
+    _write_image_group(pg.create_group("image"), img, (delta, delta))
+    seg_img = _project_labels(scene.vol_ras, scene.labels, cam, T, scene.step)
+    _write_image_group(pg.create_group("gt-seg"), seg_img, (delta, delta))
+    gl = pg.create_group("gt-landmarks")
+    for n, uv in zip(_LANDMARKS, lm):
+        gl.create_dataset(n, data=uv.astype(np.float32).reshape(2, 1))
+    gp = pg.create_group("gt-poses")
+    gp.create_dataset("cam-to-pelvis-vol", data=C2V)
+    gp.create_dataset("cam-to-left-femur-vol", data=femurs["left"][1])
+    gp.create_dataset("cam-to-right-femur-vol", data=femurs["right"][1])
+    gp.create_dataset("left-femur-good-fov", data=np.uint8(1))
+    gp.create_dataset("right-femur-good-fov", data=np.uint8(p_i % 2))
+    pg.create_dataset("rot-180-for-up", data=np.uint8(1 if rot else 0))
+    return {"key": key, "pose": T.tolist(), "rot180": bool(rot), "landmarks": lm.tolist(),
+            "left_femur_pose": femurs["left"][0].tolist(), "right_femur_pose": femurs["right"][0].tolist(),
+            "cam_to_pelvis_vol": C2V.tolist()}
 
 
 def _project_labels(vol_ras, labels_zyx, cam: Camera, T: np.ndarray, step) -> np.ndarray:
@@ -399,25 +446,16 @@ def write_ljubljana_fixture(
     """
     import h5py
 
-    from xraypose.volume import load_sample_ct, volume_from_array
+    from xraypose.volume import load_sample_ct
 
     if volume is None:
         volume = load_sample_ct()
     rng = np.random.default_rng(seed)
     det_w_mm, det_h_mm = 2480 * 0.154, 1920 * 0.154
-    delx, dely = det_w_mm / width, det_h_mm / height
-    n = [max(2, int(round(s / spacing_mm))) for s in region_mm]
     c = np.asarray(center_ras, dtype=np.float64)
-    origin = c - spacing_mm * (np.array(n) - 1) / 2.0
-    axes = [torch.arange(m, dtype=F64) * spacing_mm + float(o) for m, o in zip(n, origin)]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
-    vals = (_sample_ct(volume, grid, -1024.0) + 1024.0).clamp_min(0.0).numpy().astype(np.float32)
+    vals, origin, vol = _ljubljana_volume(volume, c, region_mm, spacing_mm)
     sp = np.full(3, float(spacing_mm))
-    aff = np.diag([*sp, 1.0])
-    aff[:3, 3] = origin
-    vol = volume_from_array(vals, affine=aff)
     kappa = 3.0 / (float(vals.mean()) * 150.0)  # about 3 along a 150 mm chord
-    i0 = 4000.0
     bright = np.argwhere(vals > np.percentile(vals, 99.5))
     pts = origin + spacing_mm * _spread_points(bright.astype(np.float64), n_points, rng)
     views = {  # name: (primary, secondary, sdd, principal point offset mm (col, row) of the displayed image)
@@ -437,35 +475,61 @@ def write_ljubljana_fixture(
             vg.create_dataset("origin", data=origin)
             g.create_dataset("points", data=pts)
             st = {"points": pts.tolist(), "views": {}}
-            for name, (a1, a2, sdd, (oc, orow)) in views.items():
-                iso = c + rng.normal(0, 5, 3)
-                T = carm_pose(a1 + rng.normal(0, 2), a2 + rng.normal(0, 2), sod=sdd * 0.62, isocenter=iso).numpy()
-                # negative-focal K: columns of the displayed image, principal point (cu, cv) displayed
-                cu = (width - 1) / 2 + oc / delx
-                cv = (height - 1) / 2 + orow / dely
-                K = np.array([[-sdd / delx, 0.0, cu], [0.0, -sdd / dely, cv], [0.0, 0.0, 1.0]])
-                Ew = _NEG_FOCAL @ np.linalg.inv(T)  # world -> their camera (ours = inv(E) @ NEG_FOCAL)
-                cam, _ = camera_from_K(K, height, width, delx, dely)
-                with torch.no_grad():
-                    from xraypose.render import render
-
-                    L = render(vol.data * kappa, vol.affine, cam, torch.from_numpy(T).to(torch.float32)[None],
-                               step=step)[0, 0].to(F64)
-                for suffix, scale in (("", 1.0), ("-max", 1.3)):
-                    I = (i0 * torch.exp(-scale * L)).numpy().astype(np.float32)
-                    pg = g.create_group(f"proj-{name}{suffix}")
-                    pg.create_dataset("pixels", data=I)
-                    pg.create_dataset("intrinsic", data=K)
-                    pg.create_dataset("extrinsic", data=Ew)
-                    pg.create_dataset("col-spacing", data=np.float64(delx))
-                    pg.create_dataset("row-spacing", data=np.float64(dely))
-                Ph = Ew @ np.concatenate([pts, np.ones((len(pts), 1))], 1).T
-                uvw = K @ Ph[:3]
-                st["views"][name] = {"pose": T.tolist(), "landmarks": (uvw[:2] / uvw[2:]).T.tolist(),
-                                     "kappa": kappa, "i0": i0}
+            for name, view in views.items():
+                st["views"][name] = _write_ljubljana_view(g, name, view, vol, c, pts, kappa, height, width,
+                                                          (det_w_mm / width, det_h_mm / height), step, rng)
             truth["subjects"][int(sid)] = st
     _write_truth(path, truth)
     return truth
+
+
+def _ljubljana_volume(volume, center: np.ndarray, region_mm, spacing_mm: float):
+    """``(values (i, j, k) float32, origin (3,) mm, Volume)``: the CT's "DSA intensities" (HU + 1024, >= 0)
+    resampled on the RAS-aligned grid ``origin + spacing·(i, j, k)`` of ``region_mm`` about ``center`` (RAS mm)."""
+    from xraypose.volume import volume_from_array
+
+    n = [max(2, int(round(s / spacing_mm))) for s in region_mm]
+    origin = center - spacing_mm * (np.array(n) - 1) / 2.0
+    axes = [torch.arange(m, dtype=F64) * spacing_mm + float(o) for m, o in zip(n, origin)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+    vals = (_sample_ct(volume, grid, -1024.0) + 1024.0).clamp_min(0.0).numpy().astype(np.float32)
+    aff = np.diag([*np.full(3, float(spacing_mm)), 1.0])
+    aff[:3, 3] = origin
+    return vals, origin, volume_from_array(vals, affine=aff)
+
+
+def _write_ljubljana_view(g, name: str, view, vol, center: np.ndarray, pts: np.ndarray, kappa: float, height: int,
+                          width: int, pixel_mm, step, rng: np.random.Generator) -> dict:
+    """The groups ``proj-NAME`` and ``proj-NAME-max`` of one subject (a C-arm pose near ``view``'s angles,
+    K with a negative focal length and the displayed principal point, world → camera extrinsic, images
+    ``I0·exp(−κ·∫v dl)`` and ×1.3 brighter contrast); returns the view's ground truth."""
+    from xraypose.render import render
+
+    a1, a2, sdd, (oc, orow) = view
+    delx, dely = pixel_mm
+    i0 = 4000.0
+    iso = center + rng.normal(0, 5, 3)
+    T = carm_pose(a1 + rng.normal(0, 2), a2 + rng.normal(0, 2), sod=sdd * 0.62, isocenter=iso).numpy()
+    # negative-focal K: columns of the displayed image, principal point (cu, cv) displayed
+    cu = (width - 1) / 2 + oc / delx
+    cv = (height - 1) / 2 + orow / dely
+    K = np.array([[-sdd / delx, 0.0, cu], [0.0, -sdd / dely, cv], [0.0, 0.0, 1.0]])
+    Ew = _NEG_FOCAL @ np.linalg.inv(T)  # world -> their camera (ours = inv(E) @ NEG_FOCAL)
+    cam, _ = camera_from_K(K, height, width, delx, dely)
+    with torch.no_grad():
+        L = render(vol.data * kappa, vol.affine, cam, torch.from_numpy(T).to(torch.float32)[None],
+                   step=step)[0, 0].to(F64)
+    for suffix, scale in (("", 1.0), ("-max", 1.3)):
+        I = (i0 * torch.exp(-scale * L)).numpy().astype(np.float32)
+        pg = g.create_group(f"proj-{name}{suffix}")
+        pg.create_dataset("pixels", data=I)
+        pg.create_dataset("intrinsic", data=K)
+        pg.create_dataset("extrinsic", data=Ew)
+        pg.create_dataset("col-spacing", data=np.float64(delx))
+        pg.create_dataset("row-spacing", data=np.float64(dely))
+    Ph = Ew @ np.concatenate([pts, np.ones((len(pts), 1))], 1).T
+    uvw = K @ Ph[:3]
+    return {"pose": T.tolist(), "landmarks": (uvw[:2] / uvw[2:]).T.tolist(), "kappa": kappa, "i0": i0}
 
 
 def _write_truth(path: Path, truth: dict) -> None:
