@@ -14,10 +14,7 @@ from xraypose.cli_config import config_option
 from xraypose.cli_register import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS,
                                    SCHEDULE, SIMILARITY, _levels)
 from xraypose.cli_options import option_numbers
-from xraypose.errors import InputError
 from xraypose.limits import check_registrable_ct, check_registrable_xray
-
-STARTS = ("model", "angles", "perturb", "pose", "ap")
 
 
 def _file_id(path: Path) -> str:
@@ -75,66 +72,48 @@ def evaluate_command(
 
     torchrun --nproc_per_node 2 -m xraypose.cli -- evaluate mycase -o eval/ --start perturb (2 processes share the X-rays)
     """
-    import torch
-
-    from xraypose.camera import carm_pose, default_sod
-    from xraypose.evaluate import angle_starts, evaluate, load_eval_set, perturbed_starts
+    from xraypose.evaluate import evaluate, load_eval_set
     from xraypose.io import check_output_folder
     from xraypose.register import RegistrationConfig
-    from xraypose.register.initializers import ModelInitializer, pose_from_json
-
-    if start is not None and start not in STARTS:
-        raise InputError(f"unknown --start {start!r}; choose one of {', '.join(STARTS)}")
-    if start == "model" and model is None:
-        raise InputError("--start model needs --model FILE")
-    if start == "pose" and pose_json is None:
-        raise InputError("--start pose needs --pose-json FILE")
-    check_output_folder(output)  # before reading the data and registering
+    from xraypose.register.starts import check_start, evaluation_start
     from xraypose.shards import Shards
 
+    check_start(start, model=model, pose_json=pose_json)
+    check_output_folder(output)  # before reading the data and registering
     shards = Shards.from_env()  # under torchrun: this rank's share of the X-rays, merged on rank 0
     deg, mm = option_numbers("perturb", perturb)
     ev = load_eval_set(source, specimen=specimen, size=size, structure=structure)
     check_registrable_ct(ev.volume)
     for c in ev.cases:
         check_registrable_xray(tuple(c.image.shape), f"{source}: X-ray {c.name}")
-    if start is None:
-        start = ("model" if model is not None else
-                 "angles" if all(c.angles_pose is not None for c in ev.cases) else "perturb")
-    if start == "model":
-        rule = ModelInitializer.from_checkpoint(model, ev.volume, allow_other_ct=allow_other_ct)
-        label = f"the model {model.name}"
-    elif start == "angles":
-        rule = angle_starts()
-        label = rule.label
-    elif start == "perturb":
-        if any(c.true_pose is None for c in ev.cases):
-            raise InputError(f"--start perturb needs every X-ray's true pose; {source} lacks some "
-                             "(poses.json); choose --start model, angles, pose or ap")
-        rule = perturbed_starts(deg, mm, ev.isocenter, seed=seed)
-        label = rule.label
-    elif start == "pose":
-        rule, label = pose_from_json(pose_json).reshape(4, 4), f"the pose in {pose_json.name}"
-    else:
-        d = sod if sod is not None else default_sod(ev.cases[0].camera.sdd)
-        rule = carm_pose(0.0, 0.0, sod=d, isocenter=ev.isocenter).reshape(4, 4).to(torch.float64)
-        label = f"an AP view {d:.0f} mm from the isocenter"
+    start, rule, label = evaluation_start(start, ev, model=model, pose_json=pose_json, sod=sod, perturb=(deg, mm),
+                                          seed=seed, allow_other_ct=allow_other_ct, source=source)
     cfg = RegistrationConfig(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule,
                              density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
                              drr_blur=ev.blur_px,
                              **_levels(levels, fast))
-    settings = {"--specimen": specimen, "--size": size, "--structure": structure, "--start": start,
-                "--perturb": [deg, mm] if start == "perturb" else None,
-                "--model": _file_id(model) if start == "model" else None,
-                "--pose-json": _file_id(pose_json) if start == "pose" else None,
-                "--sod": sod if start == "ap" else None}
+    settings = _start_settings(start, model, pose_json, (deg, mm), sod)
     try:
         s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume,
-                     overwrite=overwrite, settings=settings, quiet=quiet, shards=shards)
+                     overwrite=overwrite, settings={"--specimen": specimen, "--size": size, "--structure": structure,
+                                                    **settings}, quiet=quiet, shards=shards)
     finally:
         shards.close()
-    if not shards.is_main:
-        return
+    if shards.is_main:
+        _print_summary(s, output)
+
+
+def _start_settings(start: str, model: Path | None, pose_json: Path | None, perturb: tuple, sod) -> dict:
+    """What ``run.json`` records of the start (checked on a resume): the start and the options it used."""
+    return {"--start": start,
+            "--perturb": list(perturb) if start == "perturb" else None,
+            "--model": _file_id(model) if start == "model" else None,
+            "--pose-json": _file_id(pose_json) if start == "pose" else None,
+            "--sod": sod if start == "ap" else None}
+
+
+def _print_summary(s: dict, output: Path) -> None:
+    """The report's path and a line of results (success rates and median mTRE when the truth is known)."""
     typer.echo(f"report: {(output / 'report.html').resolve()}")
     if "sr_1mm" in s:
         typer.echo(f"{s['n_cases']} X-rays: success (mTRE < 1 mm) {100 * s['sr_1mm']:.0f} %, "

@@ -43,13 +43,14 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.io import atomic_write_bytes, atomic_write_json
+from xraypose.register.starts import StartRule, angle_starts, perturbed_starts
 
 __all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
            "angle_starts", "StartRule", "PictureRenderer", "ROW_COLUMNS", "RUN_FILE", "previous_results",
@@ -228,45 +229,6 @@ def _fit(image, camera: Camera, size: int | None):
     w = max(1, round(W * size / H))
     out, cam, _ = resize(image, camera, size, w)
     return torch.as_tensor(out, dtype=torch.float32).reshape(size, w), cam, size / H
-
-
-class StartRule:
-    """A per-case start: ``rule(case, index) -> (4, 4)`` camera_to_world; ``label`` describes it."""
-
-    def __init__(self, fn: Callable, label: str) -> None:
-        self.fn, self.label = fn, label
-
-    def __call__(self, case: EvalCase, index: int) -> torch.Tensor:
-        return self.fn(case, index)
-
-
-def angle_starts() -> StartRule:
-    """Start each X-ray from its C-arm angles (DICOM positioner angles, a sidecar's, or case.json's)."""
-
-    def start(case: EvalCase, index: int):
-        if case.angles_pose is None:
-            raise InputError(f"X-ray {case.name} has no C-arm angles to start from; choose another start "
-                             "(a model, a pose, ap, or a perturbation of the truth)")
-        return case.angles_pose.to(F64)
-
-    return StartRule(start, "the X-rays' C-arm angles")
-
-
-def perturbed_starts(angle_deg: float, translation_mm: float, isocenter, seed: int = 0) -> "StartRule":
-    """A start rule: each case's true pose turned by exactly ``angle_deg`` about a random axis through
-    ``isocenter`` and shifted by exactly ``translation_mm`` (seeded by the case's position)."""
-    from xraypose.register.cases import perturb_pose
-
-    if not (angle_deg >= 0 and translation_mm >= 0) or not math.isfinite(angle_deg + translation_mm):
-        raise InputError(f"a perturbation needs finite angle >= 0 and distance >= 0, got {angle_deg}, {translation_mm}")
-
-    def start(case: EvalCase, index: int):
-        if case.true_pose is None:
-            raise InputError(f"case {case.name}: a perturbed start needs its true pose (poses.json)")
-        g = torch.Generator().manual_seed(seed * 100_003 + index)
-        return perturb_pose(case.true_pose, isocenter, angle_deg, translation_mm, g)[0]
-
-    return StartRule(start, f"the true pose perturbed by {angle_deg:g}° and {translation_mm:g} mm")
 
 
 class PictureRenderer:
