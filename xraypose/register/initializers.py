@@ -156,11 +156,8 @@ class ModelInitializer:
         p = Path(path)
         if not p.exists():
             raise InputError(f"model file not found: {p}")
-        try:
-            from xraypose.model import check_training_volume, load_checkpoint, predict_pose
-        except ImportError:
-            raise InputError("initialising from a trained model needs xraypose.model, which this installation "
-                             "lacks") from None
+        from xraypose.model import check_training_volume, load_checkpoint, predict_pose
+
         net, meta = load_checkpoint(p)
         if volume is not None:
             check_training_volume(meta, volume, allow_other_ct=allow_other_ct, what=f"the model {p}")
