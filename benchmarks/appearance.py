@@ -1,4 +1,4 @@
-"""Appearance benchmark (issue 11): registration on X-rays formed in ways registration's model did not.
+"""Appearance benchmark: registration on X-rays formed in ways registration's model did not.
 
 For each CT (the bundled pelvis; ../shared's abdomen when present; or --ct), each appearance family of
 :mod:`xraypose.appearance` (an independent renderer, polychromatic physics, scatter, display processing,

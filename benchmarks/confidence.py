@@ -1,4 +1,4 @@
-"""Confidence benchmark (issue 12): does ``p_success`` / the verdict say when a registration failed?
+"""Confidence benchmark: does ``p_success`` / the verdict say when a registration failed?
 
 Simulated registrations with the current default schedule, a mix of good and failed ones, on two
 CTs (the bundled pelvis; ../shared's abdomen):

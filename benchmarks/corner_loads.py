@@ -1,4 +1,4 @@
-"""Gathers against gather-free corner loads in the fused CPU kernel (issue 16, item 1), in one process.
+"""Gathers against gather-free corner loads in the fused CPU kernel, in one process.
 
 The AVX2 path reads a trilinear sample's 8 corners either with one ``vgatherdps``
 per corner or, where the layout allows, with plain loads of corners that are

@@ -1,4 +1,4 @@
-"""Sharded evaluation benchmark (issue 16, item 4): ``xraypose evaluate`` on 1 process vs N under torchrun.
+"""Sharded evaluation benchmark: ``xraypose evaluate`` on 1 process vs N under torchrun.
 
 The case folder: the example case made from the bundled pelvis CT
 (``python -m xraypose.datasets example``: a DICOM and an NPY view) with its

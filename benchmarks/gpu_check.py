@@ -1,4 +1,4 @@
-"""One GPU check, ready to run in one go on a lent machine (issue 16, item 3).
+"""One GPU check, ready to run in one go on a lent machine.
 
 On a bare GPU machine (Python 3.12, PyTorch and Triton preinstalled, no network)
 this runs, each step in its own child process with its own time budget (a step

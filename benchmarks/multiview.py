@@ -1,4 +1,4 @@
-"""Several views benchmark (issue 14): biplane and two C-arm shots against one view.
+"""Several views benchmark: biplane and two C-arm shots against one view.
 
 For each CT and case, the true pose ``T0`` of view 0 is drawn as in ``benchmarks/appearance.py``;
 view 1 is the same C-arm turned about the CT isocenter's cranio-caudal (world S) axis by an angle

@@ -1,4 +1,4 @@
-"""Registration benchmark (issue 6, DESIGN.md §5): accuracy and time of test-time registration.
+"""Registration benchmark: accuracy and time of test-time registration.
 
 Cases are made from real CTs (the bundled pelvis; ../shared's abdomen when
 present; or --ct): true poses around an AP view (DiffPose's distribution),

@@ -1,6 +1,6 @@
 """DRR rendering benchmark: ours (each backend) vs DiffDRR and nanodrr, side by side in one run.
 
-Protocol (issue 4, DESIGN.md §5): a 512×512×~134 CT
+Protocol: a 512×512×~134 CT
 (../shared/data/ct/abdomen_pancreas_ct_cbct_001, or --ct), source-to-detector
 distance 1020 mm, a 400 mm field of view on the detector (delx = 400/size), 500
 samples per ray (trilinear), an AP view through the volume centre (source 612

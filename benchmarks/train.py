@@ -1,6 +1,6 @@
 """Training benchmark: throughput, then a time-budgeted run judged on realistic held-out X-rays.
 
-Protocol (issue 5, DESIGN.md §5), on the bundled pelvis CT:
+Protocol, on the bundled pelvis CT:
 
 1. **Throughput**: training images per second at 128² (end to end: pose sampling,
    rendering, augmentation, forward, backward, optimiser), with the budget

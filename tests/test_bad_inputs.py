@@ -1,4 +1,4 @@
-"""Every bad input is a clear error: the project's bad-input corpus (issue 13, part 1).
+"""Every bad input is a clear error: the project's bad-input corpus.
 
 Each case builds its inputs in ``tmp_path/in`` (tiny CTs, so the module runs in
 seconds), runs the CLI in-process (:func:`xraypose.cli.main`) and asserts

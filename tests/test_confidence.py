@@ -1,4 +1,4 @@
-"""The confidence check (issue 12): p_success, verdict and reason of every registration; its wiring."""
+"""The confidence check: p_success, verdict and reason of every registration; its wiring."""
 
 import csv
 import json

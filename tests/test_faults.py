@@ -1,5 +1,5 @@
 """Faults: kills, failing writes, full disks, read-only outputs, old result folders, resumes that must keep
-their promises, models used with another CT (issue 13, part 2).
+their promises, models used with another CT.
 
 Everything here is small (the bundled CT with a 32² test backbone, a few steps) and in-process where a
 fault is simulated: a full disk is ``os.fsync`` failing with ENOSPC (the data were handed to the file,

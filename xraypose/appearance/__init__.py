@@ -1,4 +1,4 @@
-"""Target X-rays formed in ways registration's own model did not: the appearance families (issue 11).
+"""Target X-rays formed in ways registration's own model did not: the appearance families.
 
 ::
 

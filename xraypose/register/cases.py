@@ -1,4 +1,4 @@
-"""Synthetic registration cases from a CT (DESIGN.md §5), shared by tests, benchmarks and demos.
+"""Synthetic registration cases from a CT, shared by tests, benchmarks and demos.
 
 A case is: a true pose drawn around an AP view (DiffPose's distribution,
 :class:`~xraypose.sampling.PoseSampler`), a realistic raw X-ray of it
