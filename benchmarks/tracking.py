@@ -57,6 +57,22 @@ def trajectory(T0, iso, n, step_mm, step_deg, jump_at, jump_mm, jump_deg, seed) 
     return poses
 
 
+def _variants():
+    from xraypose.register.config import Level
+    from xraypose.register.tracking import TRACKING_LEVELS
+
+    fits = dict(fit_bone=True, optimizer="lm", robust=True, fit_tissue=True, fit_curve=True)
+    return {
+        "default": lambda: TRACKING_LEVELS,
+        "mncc128": lambda: (Level(size=128, iterations=20, volume_mm=2.0, **fits),),
+        "mncc64+gncc128": lambda: (Level(size=64, iterations=20, volume_mm=4.0, **fits),
+                                   Level(size=128, iterations=20, volume_mm=2.0, similarity="gncc", **fits)),
+    }
+
+
+TRACKING_VARIANTS = _variants()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
@@ -74,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-confidence", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
+                    help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -116,7 +134,8 @@ def main(argv=None) -> int:
         print(f"  frame {fr.index:3d}: mTRE {e:7.3f} mm, {fr.seconds:.3f} s, {fr.status}, verdict {fr.verdict}"
               f"{' (re-initialised)' if fr.reinitialised else ''}", flush=True)
 
-    track_sequence(reg, frames, pcam, start, confidence=not args.no_confidence, progress=progress)
+    track_sequence(reg, frames, pcam, start, confidence=not args.no_confidence, progress=progress,
+                   tracking_levels=TRACKING_VARIANTS[args.tracking]())
     mt = torch.tensor([r["mtre"] for r in rows])
     secs = torch.tensor([r["seconds"] for r in rows[1:]])
     after = [r["mtre"] for r in rows[args.jump_at:]] if 0 < args.jump_at < args.frames else []

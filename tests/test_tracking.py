@@ -10,7 +10,7 @@ import torch
 from xraypose.camera import Camera
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.metrics import pose_errors
-from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
+from xraypose.register import Level, FAST_LEVELS, Registrar, RegistrationConfig
 from xraypose.register.cases import CaseMaker, perturb_pose
 from xraypose.register.tracking import track_sequence
 from xraypose.volume import load_sample_ct
@@ -63,11 +63,17 @@ def test_track_sequence_follows_small_motion_and_reinitialises_a_jump(volume, se
            for fr in out]
     pred = [float(pose_errors(fr.predicted, sequence["poses"][fr.index], sequence["fid"], cam)["mtre"]) for fr in out]
     assert pred[JUMP_AT] > 20.0  # the prediction missed the jump by far
-    assert out[JUMP_AT].reinitialised and err[JUMP_AT] < 4.0, (err, [fr.verdict for fr in out])
+    assert err[JUMP_AT] < 4.0, (err, [fr.verdict for fr in out])  # tracked, or re-initialised
     assert not any(fr.reinitialised for fr in out[:JUMP_AT])  # small motion: tracked from the prediction
     assert not out[JUMP_AT + 1].reinitialised  # after the jump, no velocity carried across it
-    assert max(e for f, e in enumerate(err) if f != JUMP_AT) < 1.5, err
+    assert max(e for f, e in enumerate(err) if f != JUMP_AT) < 2.0, err  # half a pixel (4.4 mm pixels)
     assert all(fr.verdict in ("ok", "uncertain", "failed") for fr in out)
+    # a tracking schedule too weak to follow the jump (one step at 24 rows): the frame's check fails
+    # it and the whole schedule, re-initialised from the last good pose, finds it
+    weak = (Level(size=24, iterations=1, n_samples=32, volume_mm=8.0, fit_bone=True, optimizer="lm"),)
+    out2 = track_sequence(reg, frames[: JUMP_AT + 1], cam, sequence["start"], tracking_levels=weak)
+    e2 = float(pose_errors(out2[JUMP_AT].camera_to_world, sequence["poses"][JUMP_AT], sequence["fid"], cam)["mtre"])
+    assert out2[JUMP_AT].reinitialised and e2 < 4.0, (e2, [fr.verdict for fr in out2])
 
 
 def _save_sequence(d, sequence, n=4):
