@@ -90,6 +90,28 @@ def render(
         (B, C, H, W) when ``uv`` is None, else (B, C, R); C is dropped from
         neither (a 3D ``density`` gives C = 1).
     """
+    density, camera_to_world = _checked_inputs(density, camera_to_world, renderer, backend, n_samples, step)
+    dt, dev = camera_to_world.dtype, camera_to_world.device
+    full = uv is None
+    B = camera_to_world.shape[0]
+    uv = _pixel_list(camera, uv, B, dt, dev)
+
+    which = resolve(backend, renderer, dev)
+    if which == "cpu" and renderer == "trilinear" and dt == torch.float32 and not density.requires_grad:
+        from xraypose.render.backends import cpu
+
+        if cpu.fits_fast_path(density):  # rays, clipping and sampling in one kernel
+            img = cpu.render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_samples,
+                                             step or default_step(affine))
+            return img.reshape(B, density.shape[0], camera.height, camera.width) if full else img
+    img = _integrate(which, renderer, density, affine, camera, camera_to_world, uv, n_samples, step)
+    if full:
+        img = img.reshape(B, density.shape[0], camera.height, camera.width)
+    return img
+
+
+def _checked_inputs(density, camera_to_world, renderer: str, backend: str, n_samples, step):
+    """``(density (C, I, J, K), camera_to_world (B, 4, 4))`` after the checks of :func:`render` (InputError)."""
     if renderer not in RENDERERS:
         raise InputError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
     if backend not in BACKENDS:
@@ -105,39 +127,38 @@ def render(
     if min(density.shape) < 1:
         raise InputError(f"density has a zero-size dimension: {tuple(density.shape)}")
     camera_to_world = _check_pose(camera_to_world)
-    dt, dev = camera_to_world.dtype, camera_to_world.device
+    dev = camera_to_world.device
     if density.device != dev:
         raise InputError(f"volume is on {density.device} but the pose is on {dev}; move one of them")
     if n_samples is not None and (int(n_samples) < 1):
         raise InputError(f"samples per ray must be >= 1, got {n_samples}")
     if step is not None and not (math.isfinite(step) and step > 0):
         raise InputError(f"step must be a positive number of mm, got {step}")
+    return density, camera_to_world
 
-    full = uv is None
-    if full:
+
+def _pixel_list(camera: Camera, uv, B: int, dt, dev) -> torch.Tensor:
+    """``(B, R, 2)`` pixel coordinates (u, v) in ``dt``: every detector pixel when ``uv`` is None, else ``uv``
+    ((R, 2), shared by the poses, or (B, R, 2)), checked."""
+    if uv is None:
         uv = camera.pixel_grid(dtype=dt, device=dev)
     uv = uv.to(dt)
-    B = camera_to_world.shape[0]
     if uv.dim() == 2:
         uv = uv.unsqueeze(0).expand(B, -1, -1)
     if uv.dim() != 3 or uv.shape[-1] != 2 or uv.shape[0] != B:
         raise InputError(f"pixel list must be (R, 2) or (B, R, 2) with B = {B}, got {tuple(uv.shape)}")
+    return uv
 
-    which = resolve(backend, renderer, dev)
-    if which == "cpu" and renderer == "trilinear" and dt == torch.float32 and not density.requires_grad:
-        from xraypose.render.backends import cpu
 
-        if cpu.fits_fast_path(density):  # rays, clipping and sampling in one kernel
-            img = cpu.render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_samples,
-                                             step or default_step(affine))
-            return img.reshape(B, density.shape[0], camera.height, camera.width) if full else img
-
+def _integrate(which: str, renderer: str, density, affine, camera: Camera, camera_to_world, uv, n_samples,
+               step) -> torch.Tensor:
+    """``(B, C, R)`` line integrals along the rays through ``uv`` (B, R, 2): by the fused backend ``which``, or
+    by the reference in chunks of at most :data:`_CHUNK_ELEMENTS` samples (trilinear) or crossings (Siddon)."""
+    dt, dev = camera_to_world.dtype, camera_to_world.device
     world_to_index = torch.linalg.inv(affine.double()).to(device=dev)
     source, target = world_rays(camera, camera_to_world, uv)
     origin, direction, length = to_index_space(world_to_index, source, target)
-
-    R = direction.shape[1]
-    C = density.shape[0]
+    B, R = direction.shape[0], direction.shape[1]
     if renderer == "trilinear":
         if n_samples is None:
             lo, hi = support_box(density.shape[1:], dt, dev)
@@ -148,10 +169,7 @@ def render(
     else:
         per_ray = sum(density.shape[1:]) + 5
     if which != "reference":
-        img = _render_fast(which, renderer, density, origin, direction, length, n_samples)
-        if full:
-            img = img.reshape(B, C, camera.height, camera.width)
-        return img
+        return _render_fast(which, renderer, density, origin, direction, length, n_samples)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, B * per_ray))
     outs = []
     for r0 in range(0, R, chunk):
@@ -161,7 +179,4 @@ def render(
             outs.append(integrate_trilinear(density, origin, d, L, n_samples=n_samples))
         else:
             outs.append(integrate_siddon(density, origin, d, L))
-    img = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
-    if full:
-        img = img.reshape(B, C, camera.height, camera.width)
-    return img
+    return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
