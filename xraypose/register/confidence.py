@@ -277,6 +277,21 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
     if imgs.shape[0] != B:
         raise InputError(f"{imgs.shape[0]} X-rays but {B} poses to check")
     iso = registrar.isocenter.to(F64)
+    out, sees = _geometry_signals(T, camera, iso, starts)
+    idx = [b for b in range(B) if bool(sees[b])]
+    if not idx:
+        return out
+    obj, drr, h = _render_about(registrar, level, imgs[idx], camera, T[idx], iso)
+    base = float(registrar.config.bone_multiplier)
+    for q, b in enumerate(idx):
+        _drr_signals(out[b], drr[q], obj.target[q, 0].to(F64), h[q], base)
+    return out
+
+
+def _geometry_signals(T: torch.Tensor, camera: Camera, iso: torch.Tensor, starts) -> tuple[list, torch.Tensor]:
+    """Per pose of ``T`` (B, 4, 4) the signals every pose has (``travel_mm`` from its start, ``magnification``),
+    the others NaN, and (B,) whether it sees the CT (a pose that does not gets its ``_problem``)."""
+    B = T.shape[0]
     out = [{k: math.nan for k in SIGNALS} | {"_problem": None} for _ in range(B)]
     sees = sees_ct(T, camera, iso)
     for b in range(B):
@@ -291,13 +306,16 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
             continue
         z = float(camera.depth(iso[None], T[b:b + 1])[0, 0])
         out[b]["magnification"] = camera.sdd / z
-    idx = [b for b in range(B) if bool(sees[b])]
-    if not idx:
-        return out
+    return out, sees
+
+
+def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, Ts: torch.Tensor,
+                  iso: torch.Tensor):
+    """``(objective, DRRs (n, 7, C, h, w) float64, steps h (n, 6))``: the DRRs at the poses ``Ts`` (n, 4, 4) and
+    at a quarter of a check pixel from each along the 6 directions of :func:`_chart_poses`, on ``level``."""
     dens, aff = registrar.volume_level(level.volume_mm)
-    obj = LevelObjective(level, registrar.config, dens, aff, imgs[idx], camera, torch.Generator().manual_seed(0))
-    Ts = T[idx]
-    n = len(idx)
+    obj = LevelObjective(level, registrar.config, dens, aff, imgs, camera, torch.Generator().manual_seed(0))
+    n = Ts.shape[0]
     pix = obj.pixel_mm(Ts, iso)  # (n,) mm per check pixel at the isocenter
     h = torch.empty(n, 6, dtype=F64)
     h[:, :3] = (0.25 * pix / RADIUS_MM)[:, None]
@@ -306,32 +324,32 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
     rows = torch.arange(n).repeat_interleave(7)
     with torch.no_grad():
         drr = obj.render(allT, rows).to(F64)  # (7n, C, h, w)
-    drr = drr.reshape(n, 7, *drr.shape[1:])
-    base = float(registrar.config.bone_multiplier)
-    for q, b in enumerate(idx):
-        y = obj.target[q, 0].to(F64)
-        d2 = drr[q]  # (7, C, h, w)
-        if not bool(torch.isfinite(d2).all()):
-            out[b]["_problem"] = "the DRR at the result is not finite"
-            continue
-        soft = d2[0, 0]
-        if d2.shape[1] > 1:
-            m = float(fit_bone(d2[:1].reshape(1, 2, -1), y.reshape(1, -1), base)[0])
-            D7 = d2[:, 0] + m * d2[:, 1]
-            out[b]["bone_multiplier"] = base + m
-        else:
-            D7 = d2[:, 0]
-            out[b]["bone_multiplier"] = base
-        D = D7[0]
-        span = float(D.max() - D.min())
-        if not span > 1e-6 * (float(D.abs().max()) + 1e-12):
-            out[b]["_problem"] = ("the DRR at the result is empty: the pose sees none of the CT" if float(soft.max()) <= 0
-                                  else "the DRR at the result is constant: the pose sees no structure of the CT")
-            out[b]["coverage"] = 0.0 if float(soft.max()) <= 0 else out[b]["coverage"]
-            continue
-        out[b].update(_image_signals(D, y, soft))
-        out[b].update(_curvature_signals(D7, y, h[q]))
-    return out
+    return obj, drr.reshape(n, 7, *drr.shape[1:]), h
+
+
+def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, base: float) -> None:
+    """Into ``rec``: the image and curvature signals of one result from its 7 DRRs ``d2`` (7, C, h, w) against
+    the X-ray ``y`` (h, w) (the bone fitted as registration fits it, from ``base``), or its ``_problem``."""
+    if not bool(torch.isfinite(d2).all()):
+        rec["_problem"] = "the DRR at the result is not finite"
+        return
+    soft = d2[0, 0]
+    if d2.shape[1] > 1:
+        m = float(fit_bone(d2[:1].reshape(1, 2, -1), y.reshape(1, -1), base)[0])
+        D7 = d2[:, 0] + m * d2[:, 1]
+        rec["bone_multiplier"] = base + m
+    else:
+        D7 = d2[:, 0]
+        rec["bone_multiplier"] = base
+    D = D7[0]
+    span = float(D.max() - D.min())
+    if not span > 1e-6 * (float(D.abs().max()) + 1e-12):
+        rec["_problem"] = ("the DRR at the result is empty: the pose sees none of the CT" if float(soft.max()) <= 0
+                           else "the DRR at the result is constant: the pose sees no structure of the CT")
+        rec["coverage"] = 0.0 if float(soft.max()) <= 0 else rec["coverage"]
+        return
+    rec.update(_image_signals(D, y, soft))
+    rec.update(_curvature_signals(D7, y, h))
 
 
 # ----------------------------------------------------------------------------------------- the model
