@@ -224,11 +224,8 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
     """
     from importlib import resources
 
-    from xraypose.camera import carm_pose
     from xraypose.io import atomic_write_bytes, atomic_write_json
-    from xraypose.render import render
     from xraypose.volume import SAMPLE_CT_FILENAME, load_sample_ct
-    from xraypose.xray import orientation_letters, write_dicom_xray
 
     root = Path(folder).expanduser()
     if root.exists() and any(root.iterdir()) and not overwrite:
@@ -239,12 +236,30 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
     ct = load_sample_ct()
     iso = ct.get_isocenter()
     rng = np.random.default_rng(seed)
+    poses = _write_example_xrays(root / "xrays", ct, iso, size, rng)
+    atomic_write_json(root / "poses.json", poses)
+    atomic_write_bytes(root / "fiducials.csv", _example_fiducials_csv(ct, iso, rng))
+    atomic_write_json(root / "case.json", {
+        "description": "Example case made by xraypose.datasets.make_example_case from the bundled CT",
+        "isocenter": iso.tolist(),
+    })
+    return root
+
+
+def _write_example_xrays(folder: Path, ct, iso: torch.Tensor, size: int, rng: np.random.Generator) -> dict:
+    """The example's two X-rays (raw 16-bit-like counts ``I0·exp(−L)`` at poses a few mm and degrees off
+    the nominal C-arm ones): a DICOM (LAO 20 / CAUD 10, mirrored columns) and an NPY lateral with a JSON
+    sidecar; returns ``{file name: true camera_to_world as lists}``."""
+    from xraypose.camera import carm_pose
+    from xraypose.geometry import se3_exp
+    from xraypose.io import atomic_write_bytes, atomic_write_json
+    from xraypose.render import render
+    from xraypose.xray import orientation_letters, write_dicom_xray
+
     density = ct.density("physical")
     i0 = 60000.0
 
     def small_offset():
-        from xraypose.geometry import se3_exp
-
         xi = torch.tensor([*rng.normal(0, 0.03, 3), *rng.normal(0, 4.0, 3)], dtype=torch.float64)
         return se3_exp(xi)
 
@@ -259,7 +274,7 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
     nominal = carm_pose(20.0, -10.0, sod=620.0, isocenter=iso)
     true1 = nominal @ small_offset()
     po = orientation_letters(cam1, nominal)
-    write_dicom_xray(root / "xrays" / "lao20_caud10.dcm", counts(cam1, true1), camera=cam1, primary=20.0,
+    write_dicom_xray(folder / "lao20_caud10.dcm", counts(cam1, true1), camera=cam1, primary=20.0,
                      secondary=-10.0, sod=620.0, patient_orientation=po, intensity_relationship="LIN")
     poses["lao20_caud10.dcm"] = true1.tolist()
     # 2. NPY lateral with a sidecar
@@ -267,14 +282,18 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
     true2 = carm_pose(90.0, 0.0, sod=600.0, isocenter=iso) @ small_offset()
     buf = __import__("io").BytesIO()
     np.save(buf, counts(cam2, true2).astype(np.float32))
-    atomic_write_bytes(root / "xrays" / "lateral.npy", buf.getvalue())
-    atomic_write_json(root / "xrays" / "lateral.json", {
+    atomic_write_bytes(folder / "lateral.npy", buf.getvalue())
+    atomic_write_json(folder / "lateral.json", {
         "sdd_mm": cam2.sdd, "delx_mm": cam2.delx, "dely_mm": cam2.dely, "x0_mm": cam2.x0, "y0_mm": cam2.y0,
         "reverse_x_axis": cam2.reverse_x_axis, "kind": "intensity",
     })
     poses["lateral.npy"] = true2.tolist()
-    atomic_write_json(root / "poses.json", poses)
-    # fiducials: spread points on bone
+    return poses
+
+
+def _example_fiducials_csv(ct, iso: torch.Tensor, rng: np.random.Generator) -> bytes:
+    """``fiducials.csv`` (name,x,y,z world mm): 8 points spread over the bone (HU > 400) within 90 mm of the
+    isocenter (inside both X-rays' fields of view), farthest-point sampled."""
     hu = ct.data.numpy()
     idx = np.argwhere(hu > 400)
     world = ct.voxel_to_world(torch.from_numpy(idx.astype(np.float64))).numpy()
@@ -286,12 +305,7 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
         chosen.append(world[int(np.argmax(d))])
         d = np.minimum(d, np.linalg.norm(world - chosen[-1], axis=1))
     lines = ["name,x,y,z"] + [f"bone{i},{p[0]:.3f},{p[1]:.3f},{p[2]:.3f}" for i, p in enumerate(chosen)]
-    atomic_write_bytes(root / "fiducials.csv", ("\n".join(lines) + "\n").encode())
-    atomic_write_json(root / "case.json", {
-        "description": "Example case made by xraypose.datasets.make_example_case from the bundled CT",
-        "isocenter": iso.tolist(),
-    })
-    return root
+    return ("\n".join(lines) + "\n").encode()
 
 
 # --------------------------------------------------------------------------
