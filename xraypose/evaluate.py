@@ -510,10 +510,6 @@ def evaluate(
     Returns:
         the summary (also ``outdir/summary.json``; on every rank).
     """
-    from xraypose.register import Registrar
-    from xraypose.register.api import register_xray
-    from xraypose.report import table_html, write_report
-
     from xraypose.io import check_output_folder
     from xraypose.shards import Shards
 
@@ -532,13 +528,37 @@ def evaluate(
               "registration": config.to_dict(), **(settings or {})}
     shards = shards or Shards()
     shards.prepare(out, record, lambda: _open_output(out, record, resume, overwrite))
+    results = _register_cases(evalset, out, names, start, config, pictures, resume, quiet, shards)
+    merged = shards.merge(out, names, results, CASE_FILES)  # every case on rank 0 (None on the others)
+    if merged is None:
+        return shards.share()
+    rows = [merged[i][0] for i in sorted(merged)]
+    sections = [merged[i][1] for i in sorted(merged)]
+    write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
+    has_truth = any("mTRE (mm)" in r for r in rows)
+    summary = summary_of(rows) if has_truth else {"n_cases": len(rows)}
+    summary.update(verdict_summary(rows))
+    summary.setdefault("median_opt_s", statistics.median(r["opt (s)"] for r in rows))
+    summary.update({"source": evalset.name, "start": start_label, "total_s": time.perf_counter() - t_all})
+    atomic_write_json(out / "summary.json", summary)
+    _write_evaluation_report(out, evalset.name, rows, sections, summary, start_label, has_truth)
+    return shards.share(summary)
+
+
+def _register_cases(evalset: EvalSet, out: Path, names: list, start, config, pictures: bool, resume: bool,
+                    quiet: bool, shards) -> dict:
+    """Register this process's share of the cases and write each one's files (the cases already written are
+    read back on a resume); returns ``{index: (row, report section)}``.  An error on any process is raised on
+    every process (after all have stopped)."""
+    from xraypose.progress import progress
+    from xraypose.register import Registrar
+    from xraypose.register.api import register_xray
+
     registrar = Registrar(evalset.volume, config, isocenter=evalset.isocenter)
     pictures_renderer = PictureRenderer(evalset.volume, config.density) if pictures else None
     saved = {i: r for i, n in enumerate(names) if resume and (r := _saved_result(out / "cases" / n)) is not None}
     plan = shards.plan(len(names), saved)  # one process: every unsaved case is its own
     results = {i: saved[i] for i in plan.kept}  # index -> (row, report section)
-    from xraypose.progress import progress
-
     error = None
     try:
         it = progress([(i, evalset.cases[i]) for i in plan.mine], desc=shards.label("registering"), unit="X-ray",
@@ -554,19 +574,14 @@ def evaluate(
     except Exception as e:  # noqa: BLE001 - raised below, on every rank
         error = e
     shards.check(error)
-    merged = shards.merge(out, names, results, CASE_FILES)  # every case on rank 0 (None on the others)
-    if merged is None:
-        return shards.share()
-    rows = [merged[i][0] for i in sorted(merged)]
-    sections = [merged[i][1] for i in sorted(merged)]
+    return results
 
-    write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
-    has_truth = any("mTRE (mm)" in r for r in rows)
-    summary = summary_of(rows) if has_truth else {"n_cases": len(rows)}
-    summary.update(verdict_summary(rows))
-    summary.setdefault("median_opt_s", statistics.median(r["opt (s)"] for r in rows))
-    summary.update({"source": evalset.name, "start": start_label, "total_s": time.perf_counter() - t_all})
-    atomic_write_json(out / "summary.json", summary)
+
+def _write_evaluation_report(out: Path, name: str, rows: list, sections: list, summary: dict, start_label: str,
+                             has_truth: bool) -> None:
+    """``report.html``: the summary cards (success rates and medians with the truth), the table, every case."""
+    from xraypose.report import table_html, write_report
+
     cards = {"X-rays": len(rows)}
     if has_truth:
         cards.update({"success (mTRE < 1 mm)": f"{100 * summary['sr_1mm']:.0f} %",
@@ -579,20 +594,19 @@ def evaluate(
                                                                 ("ok", "uncertain", "failed"))
     cards["median registration time"] = f"{summary['median_opt_s']:.2f} s"
     write_report(
-        out / "report.html", f"xraypose evaluate: {evalset.name}", cards,
+        out / "report.html", f"xraypose evaluate: {name}", cards,
         [{"heading": "Results",
-          "text": (f"{len(rows)} X-rays of {evalset.name} registered to the CT starting from {start_label or 'the given start'}. "
+          "text": (f"{len(rows)} X-rays of {name} registered to the CT starting from {start_label or 'the given start'}. "
                    "mTRE is the mean 3D distance at the fiducials between the true and the registered pose; mPE "
                    "the mean distance of their projections on the detector; success means mTRE below 1 mm. The "
                    "verdict and p_success (P(mTRE < 2 mm)) are the registration's own confidence check, made without "
                    "the truth; the status only says how the optimiser stopped."
-                   if has_truth else f"{len(rows)} X-rays of {evalset.name} registered (no ground truth given)."),
+                   if has_truth else f"{len(rows)} X-rays of {name} registered (no ground truth given)."),
           "table": table_html(rows, [c for c in ROW_COLUMNS if any(c in r for r in rows)],
                               good=(lambda r: r.get("mTRE (mm)", math.inf) < 1.0) if has_truth else None)},
          *sections],
         subtitle="Poses are camera_to_world in the CT's RAS mm (docs/conventions.md). Per-case files in cases/.",
     )
-    return shards.share(summary)
 
 
 def _open_output(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
