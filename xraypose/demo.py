@@ -53,20 +53,29 @@ def _say(msg: str, quiet: bool) -> None:
 
 def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet: bool = False) -> dict:
     """Run the demo; returns the summary dict (also in ``outdir/summary.json``)."""
-    from xraypose import viz
-    from xraypose.evaluate import ROW_COLUMNS, PictureRenderer, verdict_summary, write_case_outputs, write_csv
-    from xraypose.register import Registrar, RegistrationConfig
-    from xraypose.register.api import register_xray
-    from xraypose.register.cases import CaseMaker
-    from xraypose.register.initializers import ModelInitializer
-    from xraypose.report import table_html, write_report
-    from xraypose.train import TrainConfig, train
     from xraypose.volume import load_sample_ct
 
+    s = settings or DemoSettings()
+    out = _prepare_output(outdir)
+    t_all = time.perf_counter()
+    ct = load_sample_ct()
+    _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
+    tr, train_s = _train_model(ct, out, s, quiet)
+    cases = _simulate_xrays(ct, s, quiet)
+    regs = _register(ct, out, cases, s, quiet)
+    rows, sections = _write_case_files(ct, out, cases, regs, tr)
+    summary = _summary(rows, tr, train_s, t_all)
+    atomic_write_json(out / "summary.json", summary)
+    _write_demo_report(out, summary, rows, sections, s, tr, train_s)
+    _print_summary(out, summary, s, train_s, len(rows), quiet)
+    return summary
+
+
+def _prepare_output(outdir) -> Path:
+    """The output folder, checked, created and cleared of an earlier demo's files, with ``cases/``."""
     from xraypose.evaluate import remove_previous_results
     from xraypose.io import OutputError, check_output_folder
 
-    s = settings or DemoSettings()
     out = check_output_folder(outdir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -74,11 +83,13 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
         (out / "cases").mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot write the demo's output folder {out}: {e.strerror or e}") from None
-    t_all = time.perf_counter()
-    ct = load_sample_ct()
-    _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
+    return out
 
-    # 1. train -----------------------------------------------------------------
+
+def _train_model(ct, out: Path, s: DemoSettings, quiet: bool):
+    """Step 1: ``(TrainResult, seconds)`` of training ``out/model.pt`` for ``s.train_seconds``."""
+    from xraypose.train import TrainConfig, train
+
     _say(f"[1/3] training a patient-specific pose regressor for {s.train_seconds:.0f} s "
          f"({s.train_size}² DRRs, from scratch)", quiet)
     cfg = TrainConfig.from_dict({
@@ -88,20 +99,29 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     })
     t0 = time.perf_counter()
     tr = train(ct, out / "model.pt", cfg, quiet=quiet, overwrite=True)
-    train_s = time.perf_counter() - t0
+    return tr, time.perf_counter() - t0
 
-    # 2. synthetic X-rays --------------------------------------------------------
+
+def _simulate_xrays(ct, s: DemoSettings, quiet: bool) -> list:
+    """Step 2: ``s.cases`` realistic synthetic X-rays (:class:`~xraypose.register.cases.CaseMaker`)."""
+    from xraypose.register.cases import CaseMaker
+
     _say(f"[2/3] simulating {s.cases} realistic X-rays at unseen poses", quiet)
     raw_cam = Camera(sdd=DEFAULT_SDD_MM, height=s.xray_size, width=s.xray_size, delx=s.detector_mm / s.xray_size)
     maker = CaseMaker(ct, camera=raw_cam, sod=default_sod(DEFAULT_SDD_MM), seed=1000 + s.seed)  # 612 mm
-    cases = [maker.case(i) for i in range(s.cases)]
+    return [maker.case(i) for i in range(s.cases)]
 
-    # 3. register ---------------------------------------------------------------
+
+def _register(ct, out: Path, cases: list, s: DemoSettings, quiet: bool) -> list:
+    """Step 3: each case registered from the model's estimate; one :class:`Registration` per case."""
+    from xraypose.progress import progress
+    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register.api import register_xray
+    from xraypose.register.initializers import ModelInitializer
+
     _say("[3/3] registering them, starting from the model's estimate", quiet)
     init = ModelInitializer.from_checkpoint(out / "model.pt", ct)
     regs = []
-    from xraypose.progress import progress
-
     it = progress(cases, desc="registering", unit="X-ray", disable=quiet)
     # The cases' preprocessing blurred them (5×5, σ = 1 px): the DRRs get the same blur.
     registrar = Registrar(ct, RegistrationConfig(drr_blur=1.0, seed=s.seed))
@@ -109,8 +129,15 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
         r = register_xray(ct, c.image, c.camera, init, registrar=registrar, true_pose=c.true_pose,
                           fiducials=c.fiducials)[0]
         regs.append(r)
+    return regs
 
-    # outputs -------------------------------------------------------------------
+
+def _write_case_files(ct, out: Path, cases: list, regs: list, tr) -> tuple[list, list]:
+    """Every case's files (as ``xraypose evaluate`` writes them), the scene, the training curves and
+    ``metrics.csv``; returns the table's rows and the report's case sections."""
+    from xraypose import viz
+    from xraypose.evaluate import ROW_COLUMNS, PictureRenderer, write_case_outputs, write_csv
+
     rows = []
     sections = []
     pictures = PictureRenderer(ct)
@@ -125,11 +152,18 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     if train_curves:
         viz.save_curves(out / "training.png", train_curves, xlabel="step", log_y=set(train_curves))
     write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
+    return rows, sections
+
+
+def _summary(rows: list, tr, train_s: float, t_all: float) -> dict:
+    """Success rates (mTRE < 1 / 2 mm), medians (mm, s), the training's seconds and speed, the machine,
+    the verdicts."""
+    from xraypose.evaluate import verdict_summary
 
     mtre = [r["mTRE (mm)"] for r in rows]
     opt = [r["opt (s)"] for r in rows]
     init_s = [r["init (s)"] for r in rows]
-    summary = {
+    return {
         "cases": len(rows),
         "success_rate_1mm": sum(x < 1.0 for x in mtre) / len(rows),
         "success_rate_2mm": sum(x < 2.0 for x in mtre) / len(rows),
@@ -143,7 +177,14 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         **verdict_summary(rows),
     }
-    atomic_write_json(out / "summary.json", summary)
+
+
+def _write_demo_report(out: Path, summary: dict, rows: list, sections: list, s: DemoSettings, tr,
+                       train_s: float) -> None:
+    """``report.html``: the summary cards, what happened, the table, the scene and curves, every case."""
+    from xraypose.evaluate import ROW_COLUMNS
+    from xraypose.report import table_html, write_report
+
     write_report(
         out / "report.html", "xraypose demo: where was each X-ray taken from?",
         {"success (mTRE < 1 mm)": f"{100 * summary['success_rate_1mm']:.0f} %",
@@ -167,9 +208,13 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
          *sections],
         subtitle="Poses are camera_to_world in the CT's RAS mm (docs/conventions.md). Per-case files in cases/.",
     )
+
+
+def _print_summary(out: Path, summary: dict, s: DemoSettings, train_s: float, n: int, quiet: bool) -> None:
+    """The four-line summary on stdout (nothing when ``quiet``)."""
     _say("", quiet)
     _say(f"report: {(out / 'report.html').resolve()}", quiet)
-    _say(f"success rate (mTRE < 1 mm): {100 * summary['success_rate_1mm']:.0f} % of {len(rows)} X-rays", quiet)
+    _say(f"success rate (mTRE < 1 mm): {100 * summary['success_rate_1mm']:.0f} % of {n} X-rays", quiet)
     _say(f"median mTRE: {summary['median_mtre_mm']:.2f} mm (from {summary['median_start_mtre_mm']:.1f} mm at the "
          "model's estimate)", quiet)
     if "verdicts" in summary:
@@ -182,7 +227,6 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     if s.train_seconds < 120:
         _say(f"(a model trained for {s.train_seconds:.0f} s starts far from the truth and registration often fails "
              "from there: this is the pipeline's quick check. `xraypose demo` trains for 6 minutes.)", quiet)
-    return summary
 
 
 def _verdict_counts(summary: dict) -> str:
