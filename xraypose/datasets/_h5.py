@@ -38,6 +38,32 @@ def open_h5(path: Path, what: str):
         raise InputError(f"{what}: cannot open {path} as HDF5 ({' '.join(str(e).split())[:200]})") from None
 
 
+class H5Backed:
+    """Mixin of a dataset read from one HDF5 file ``self.filename``: opened on first use (:attr:`_file`, its
+    errors naming :attr:`H5_WHAT`), closed by :meth:`close`, and left out when the dataset is pickled
+    (h5py handles do not pickle: DataLoader workers reopen the file)."""
+
+    H5_WHAT = "HDF5"
+    _h5 = None
+
+    @property
+    def _file(self):
+        if self._h5 is None:
+            self._h5 = open_h5(self.filename, self.H5_WHAT)
+        return self._h5
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        return state
+
+    def close(self) -> None:
+        """Close the file (it is opened again when next needed)."""
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+
 def need(group, path: str, where: str):
     """``group[path]`` or an :class:`InputError` naming the missing path inside the file."""
     try:

@@ -35,7 +35,7 @@ from xraypose.camera import Camera
 from xraypose.converters import LPS_TO_RAS, deepfluoro_camera, pose_from_deepfluoro
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import check_shape, need, open_h5, read_array, read_scalar, read_string, resolve_file
+from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar, read_string, resolve_file
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -95,7 +95,7 @@ def deepfluoro_volume(group, where: str, labels: bool = True):
                   label_names=names or None, source=f"{where} vol"), spacing
 
 
-class DeepFluoroDataset(torch.utils.data.Dataset):
+class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
     """One DeepFluoro specimen: X-rays with ground-truth poses, CT, landmarks.
 
     Args:
@@ -123,6 +123,8 @@ class DeepFluoroDataset(torch.utils.data.Dataset):
             :attr:`fiducial_names` their names.
         intrinsic, extrinsic: the file's matrices (numpy).
     """
+
+    H5_WHAT = "DeepFluoro"  # names the file in its errors
 
     def __init__(
         self,
@@ -195,23 +197,6 @@ class DeepFluoroDataset(torch.utils.data.Dataset):
             self.preprocess.pop("rotate_180", None)
         else:
             raise InputError(f"preprocess must be True, False or a dict of preprocess() keywords, got {preprocess!r}")
-
-    # ------------------------------------------------------------------ file
-    @property
-    def _file(self):
-        if self._h5 is None:
-            self._h5 = open_h5(self.filename, "DeepFluoro")
-        return self._h5
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_h5"] = None  # h5py handles do not pickle (DataLoader workers reopen)
-        return state
-
-    def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
 
     def default_preprocessing(self) -> dict:
         """DiffPose's preprocessing, with the collimator border scaled to this detector."""

@@ -29,7 +29,7 @@ from xraypose.camera import Camera
 from xraypose.converters import pose_from_negative_focal
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import check_shape, need, open_h5, read_array, read_scalar, resolve_file
+from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar, resolve_file
 
 __all__ = ["LjubljanaDataset", "LJUBLJANA_VIEWS", "LJUBLJANA_FILENAME"]
 
@@ -39,7 +39,7 @@ LJUBLJANA_FILENAME = "ljubljana.h5"
 _ENV = "XRAYPOSE_LJUBLJANA"
 
 
-class LjubljanaDataset(torch.utils.data.Dataset):
+class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
     """One Ljubljana subject: the AP and LAT 2D-DSA with their calibrated poses.
 
     Args:
@@ -54,6 +54,8 @@ class LjubljanaDataset(torch.utils.data.Dataset):
         spacing: (3,) mm.  fiducials: (1, N, 3) vessel points, world mm.
         focal_len: source-to-detector distance of the AP view, mm.
     """
+
+    H5_WHAT = "Ljubljana"  # names the file in its errors
 
     def __init__(self, id_number: int, filename=None, preprocess: bool | dict = True, *, size=None) -> None:
         super().__init__()
@@ -101,22 +103,6 @@ class LjubljanaDataset(torch.utils.data.Dataset):
                 self.size = self.preprocess.pop("size")
         else:
             raise InputError(f"preprocess must be True, False or a dict of preprocess() keywords, got {preprocess!r}")
-
-    @property
-    def _file(self):
-        if self._h5 is None:
-            self._h5 = open_h5(self.filename, "Ljubljana")
-        return self._h5
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_h5"] = None
-        return state
-
-    def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
 
     def _read_volume(self, g):
         from xraypose.volume import Volume, check_voxel_values
