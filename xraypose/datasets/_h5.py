@@ -46,6 +46,33 @@ class H5Backed:
     H5_WHAT = "HDF5"
     _h5 = None
 
+    def _open_and_load(self, filename, env: str, default_name: str, preprocess) -> None:
+        """``self.filename`` (:func:`resolve_file`), then ``self._load(preprocess)``; the file is closed again
+        when loading fails."""
+        self.filename = resolve_file(filename, env, default_name, self.H5_WHAT)
+        self._where = f"{self.H5_WHAT} {self.filename.name}"
+        self._h5 = None
+        try:
+            self._load(preprocess)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_preprocess(self, preprocess, defaults: dict) -> None:
+        """``self.preprocess``, the keywords of :func:`xraypose.preprocess.preprocess` for every image: ``defaults``
+        (``preprocess`` True), none (False or None) or ``defaults`` updated by a dict, whose ``size`` sets
+        ``self.size`` instead."""
+        if preprocess is True:
+            self.preprocess = defaults
+        elif preprocess is False or preprocess is None:
+            self.preprocess = {}
+        elif isinstance(preprocess, dict):
+            self.preprocess = {**defaults, **preprocess}
+            if "size" in self.preprocess:
+                self.size = self.preprocess.pop("size")
+        else:
+            raise InputError(f"preprocess must be True, False or a dict of preprocess() keywords, got {preprocess!r}")
+
     @property
     def _file(self):
         if self._h5 is None:

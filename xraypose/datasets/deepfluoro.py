@@ -35,7 +35,7 @@ from xraypose.camera import Camera
 from xraypose.converters import LPS_TO_RAS, deepfluoro_camera, pose_from_deepfluoro
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar, read_string, resolve_file
+from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar, read_string
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -140,16 +140,9 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
             raise InputError(f"DeepFluoro specimen must be 1..6, got {id_number!r}")
         self.id_number = int(id_number)
         self.specimen_id = SPECIMEN_IDS[self.id_number - 1]
-        self.filename = resolve_file(filename, _ENV, DEEPFLUORO_FILENAME, "DeepFluoro")
-        self._where = f"DeepFluoro {self.filename.name}"
         self.size = size
         self._labels = labels
-        self._h5 = None
-        try:
-            self._load(preprocess)
-        except BaseException:
-            self.close()
-            raise
+        self._open_and_load(filename, _ENV, DEEPFLUORO_FILENAME, preprocess)
 
     def _load(self, preprocess) -> None:
         f = self._file
@@ -186,17 +179,9 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         from xraypose.camera import carm_pose
 
         self.isocenter_pose = carm_pose(0.0, 0.0, sod=self.focal_len / 2, isocenter=self.volume.center).unsqueeze(0)
-        if preprocess is True:
-            self.preprocess = self.default_preprocessing()
-        elif preprocess is False or preprocess is None:
-            self.preprocess = {}
-        elif isinstance(preprocess, dict):
-            self.preprocess = {**self.default_preprocessing(), **preprocess}
-            if "size" in self.preprocess:
-                self.size = self.preprocess.pop("size")
+        self._set_preprocess(preprocess, self.default_preprocessing())
+        if isinstance(preprocess, dict):
             self.preprocess.pop("rotate_180", None)
-        else:
-            raise InputError(f"preprocess must be True, False or a dict of preprocess() keywords, got {preprocess!r}")
 
     def default_preprocessing(self) -> dict:
         """DiffPose's preprocessing, with the collimator border scaled to this detector."""

@@ -29,7 +29,7 @@ from xraypose.camera import Camera
 from xraypose.converters import pose_from_negative_focal
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar, resolve_file
+from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar
 
 __all__ = ["LjubljanaDataset", "LJUBLJANA_VIEWS", "LJUBLJANA_FILENAME"]
 
@@ -63,15 +63,8 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
             raise InputError(f"Ljubljana subject must be 1..10, got {id_number!r}")
         self.id_number = int(id_number)
         self.subject_id = f"subject{self.id_number:02d}"
-        self.filename = resolve_file(filename, _ENV, LJUBLJANA_FILENAME, "Ljubljana")
-        self._where = f"Ljubljana {self.filename.name}"
         self.size = size
-        self._h5 = None
-        try:
-            self._load(preprocess)
-        except BaseException:
-            self.close()
-            raise
+        self._open_and_load(filename, _ENV, LJUBLJANA_FILENAME, preprocess)
 
     def _load(self, preprocess) -> None:
         f = self._file
@@ -92,17 +85,7 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
                 need(g, f"proj-{v}", self._where)
         self._geo = {v: self._read_geometry(g, v) for v in self.views}
         self.focal_len = self._geo["ap"][0].sdd
-        defaults = {"log": "intensity", "offset": 1.0, "rescale": True}
-        if preprocess is True:
-            self.preprocess = defaults
-        elif preprocess is False or preprocess is None:
-            self.preprocess = {}
-        elif isinstance(preprocess, dict):
-            self.preprocess = {**defaults, **preprocess}
-            if "size" in self.preprocess:
-                self.size = self.preprocess.pop("size")
-        else:
-            raise InputError(f"preprocess must be True, False or a dict of preprocess() keywords, got {preprocess!r}")
+        self._set_preprocess(preprocess, {"log": "intensity", "offset": 1.0, "rescale": True})
 
     def _read_volume(self, g):
         from xraypose.volume import Volume, check_voxel_values
