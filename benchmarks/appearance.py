@@ -103,6 +103,10 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
             out.append(torch.load(f, weights_only=False))
             continue
         if not make:
+            if i == 0 and not any(folder.glob("case*.pt")):  # e.g. "femur" on a CT without femurs
+                from xraypose.errors import InputError
+
+                raise InputError(f"no case of {family} cached for {name} (not applicable to it, or never formed)")
             raise SystemExit(f"{f} is not cached; run without --register-only first")
         if maker is None:
             from xraypose.register.cases import CaseMaker
