@@ -27,7 +27,7 @@ def _commands():
 
 
 def test_every_numeric_option_of_every_command_has_a_range():
-    from xraypose.cli_options import LISTS, NUMERIC
+    from xraypose.cli.options import LISTS, NUMERIC
 
     cmds = _commands()
     assert set(cmds) == {"render", "register", "train", "evaluate", "demo", "info", "track"}
@@ -46,7 +46,7 @@ def test_every_numeric_option_of_every_command_has_a_range():
 
 
 def test_option_numbers_parses_and_names_the_option():
-    from xraypose.cli_options import option_numbers
+    from xraypose.cli.options import option_numbers
 
     assert option_numbers("pose", " 30, -10 ") == [30.0, -10.0]
     assert option_numbers("levels", "16,32,64") == [16, 32, 64]
@@ -66,7 +66,7 @@ def test_kinds_of_the_schema_are_the_readers():
 
 def test_config_values_of_the_right_type_are_kept(tmp_path):
     """A TOML integer serves a float option; the file's values reach the command."""
-    from xraypose.cli_config import read_command_config
+    from xraypose.cli.config import read_command_config
 
     allowed = {p.name: p for p in _commands()["register"].params}
     cfg = tmp_path / "r.toml"

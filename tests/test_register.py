@@ -270,7 +270,7 @@ def test_cli_register_end_to_end(tmp_path, sample_ct, maker, case):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from xraypose.cli_register import register_command
+    from xraypose.cli.register import register_command
 
     app = typer.Typer()
     app.command("register")(register_command)

@@ -384,7 +384,7 @@ def test_train_command(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from xraypose.cli_train import train_command
+    from xraypose.cli.train import train_command
 
     app = typer.Typer()
     app.command("train")(train_command)

@@ -14,7 +14,7 @@ A schema is a tree of small specs (:class:`Number`, :class:`Bool`,
 :class:`Text`, :class:`Vector`, :class:`Matrix4`, :class:`Object`,
 :class:`MapOf`, :class:`OneOf`).  The named quantities (:data:`SDD_MM`,
 :data:`PIXEL_MM`, ...) are shared with the command-line options
-(:mod:`xraypose.cli_options`), so a value means the same, and has the same
+(:mod:`xraypose.cli.options`), so a value means the same, and has the same
 range, whether it comes from a file or from an option.
 
 Numbers are refused when they are booleans (JSON ``true`` is not 1), NaN or

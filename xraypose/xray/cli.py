@@ -25,7 +25,7 @@ def _main(argv: list[str] | None = None) -> int:
     iso = None
     try:
         if args.isocenter:
-            from xraypose.cli_options import option_numbers
+            from xraypose.cli.options import option_numbers
 
             iso = option_numbers("isocenter", args.isocenter)
         xr = read_xray(args.file, isocenter=iso, require_intrinsics=not args.no_require_intrinsics)

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import typer
 
-from xraypose.cli_config import config_option
+from xraypose.cli.config import config_option
 from xraypose.errors import InputError
 
 #: ``--rig`` value that builds the rig from the X-rays' own C-arm angles (DICOM headers, sidecars).
@@ -147,7 +147,7 @@ def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol, pose_json
     camera) -> (1, 4, 4)`` — from ``--init`` model | pose | angles | ap, given for the view ``px`` (a
     preprocessed XRay) whose camera_to_rig is ``camera_to_rig``."""
     from xraypose.camera import carm_pose
-    from xraypose.cli_options import option_numbers
+    from xraypose.cli.options import option_numbers
     from xraypose.register.initializers import ModelInitializer
     from xraypose.register.multiview import rig_start
 
@@ -181,8 +181,8 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     import torch
 
     F64 = torch.float64
-    from xraypose.cli_options import option_numbers
-    from xraypose.cli_register import EXIT_FAILED, read_fiducials
+    from xraypose.cli.options import option_numbers
+    from xraypose.cli.register import EXIT_FAILED, read_fiducials
     from xraypose.io import OutputError, check_output_folder
     from xraypose.limits import check_registrable_ct, check_registrable_xray
     from xraypose.register import Registrar, RegistrationConfig
@@ -435,13 +435,13 @@ def track_command(
     import torch
 
     F64 = torch.float64
-    from xraypose.cli_register import EXIT_FAILED, INITS, _levels
+    from xraypose.cli.register import EXIT_FAILED, INITS, _levels
     from xraypose.io import atomic_write_files, check_output_folder, json_bytes
     from xraypose.limits import check_registrable_ct, check_registrable_xray
     from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.multiview import rig_start
     from xraypose.register.tracking import track_sequence
-    from xraypose.cli_options import option_numbers
+    from xraypose.cli.options import option_numbers
     from xraypose.volume import load_sample_ct, read_volume
 
     if init is not None and init not in INITS:

@@ -11,9 +11,9 @@ from typing import List, Optional
 
 import typer
 
-from xraypose.cli_config import config_option
-from xraypose.cli_options import option_numbers
-from xraypose.cli_views import LABEL, LABEL_MAP, STRUCTURE
+from xraypose.cli.config import config_option
+from xraypose.cli.options import option_numbers
+from xraypose.cli.track import LABEL, LABEL_MAP, STRUCTURE
 from xraypose.errors import InputError
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
@@ -148,7 +148,7 @@ def register_command(
                              "register them one at a time")
         if antipodal:
             raise InputError("--antipodal is not available with --rig")
-        from xraypose.cli_views import run_register_rig
+        from xraypose.cli.track import run_register_rig
 
         code = run_register_rig(
             ct=ct, xrays=xrays, rig=rig, output=output, start_view=start_view, init=init, model=model,
@@ -170,7 +170,7 @@ def register_command(
     vol = load_sample_ct() if ct == "sample" else read_volume(ct)
     check_registrable_ct(vol)
     iso = torch.tensor(option_numbers("isocenter", isocenter), dtype=torch.float64) if isocenter else vol.get_isocenter()
-    from xraypose.cli_views import prepare_structure, window_views
+    from xraypose.cli.track import prepare_structure, window_views
 
     prep = prepare_structure(vol, density, structure, label_map, label)  # one structure; a cropped CT's padding
     one = prep.volume is not vol  # a part of the CT is registered: gradient NCC, the X-ray windowed and weighted

@@ -10,10 +10,10 @@ from typing import Optional
 
 import typer
 
-from xraypose.cli_config import config_option
-from xraypose.cli_register import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS,
+from xraypose.cli.config import config_option
+from xraypose.cli.register import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS,
                                    SCHEDULE, SIMILARITY, _levels)
-from xraypose.cli_options import option_numbers
+from xraypose.cli.options import option_numbers
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 

@@ -15,8 +15,8 @@ from typing import Optional
 
 import typer
 
-from xraypose.cli_config import config_option
-from xraypose.cli_options import CheckedCommand, option_numbers
+from xraypose.cli.config import config_option
+from xraypose.cli.options import CheckedCommand, option_numbers
 from xraypose.errors import InputError, XrayposeError
 
 app = typer.Typer(
@@ -137,7 +137,7 @@ def demo(
     from xraypose.demo import DemoSettings, run_demo
 
     s = DemoSettings.fast() if fast else DemoSettings()
-    if train_seconds is not None:  # ranges: xraypose.cli_options
+    if train_seconds is not None:  # ranges: xraypose.cli.options
         s = replace(s, train_seconds=train_seconds)
     if cases is not None:
         s = replace(s, cases=cases)
@@ -146,10 +146,10 @@ def demo(
 
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (one job each)."""
-    from xraypose.cli_evaluate import evaluate_command
-    from xraypose.cli_register import register_command
-    from xraypose.cli_train import train_command
-    from xraypose.cli_views import track_command
+    from xraypose.cli.evaluate import evaluate_command
+    from xraypose.cli.register import register_command
+    from xraypose.cli.train import train_command
+    from xraypose.cli.track import track_command
 
     app.command("train")(train_command)
     app.command("register")(register_command)
@@ -161,7 +161,7 @@ _register_optional_commands()
 
 
 def _check_options_when_parsed() -> None:
-    """Every command checks its option values right after parsing (ranges: :mod:`xraypose.cli_options`)."""
+    """Every command checks its option values right after parsing (ranges: :mod:`xraypose.cli.options`)."""
     for command in app.registered_commands:
         command.cls = CheckedCommand
 
@@ -231,6 +231,3 @@ def _run(argv: list[str], debug: bool) -> int:
         raise
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

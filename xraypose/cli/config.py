@@ -68,7 +68,7 @@ _TYPES = {bool: "true or false", int: "a whole number", float: "a number", str: 
 
 def _check_type(path: Path, key: str, value, param) -> None:
     """Refuse a TOML value of another type than the option's (``true`` for a number, ``1`` for a flag, …);
-    ranges are checked with the command line's (:mod:`xraypose.cli_options`)."""
+    ranges are checked with the command line's (:mod:`xraypose.cli.options`)."""
     from xraypose.schema import shown
 
     kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
