@@ -40,7 +40,7 @@ from .rigid import (
     make_transform,
     split_transform,
 )
-from .se3 import se3_exp, se3_log
+from .se3 import se3_exp, se3_hat, se3_log
 from .so3 import (
     hat,
     matrix_to_quaternion,
@@ -57,7 +57,7 @@ __all__ = [
     "apply_rotation", "as_transform", "check_rigid",
     # so3 / se3
     "hat", "vee", "so3_exp", "so3_log", "quaternion_to_matrix",
-    "matrix_to_quaternion", "rotation_angle", "se3_exp", "se3_log",
+    "matrix_to_quaternion", "rotation_angle", "se3_exp", "se3_hat", "se3_log",
     # parameterizations
     "ROTATION_PARAMETERIZATIONS", "EULER_CONVENTIONS", "rotation_to_matrix",
     "matrix_to_rotation", "pose_from_params", "pose_to_params",

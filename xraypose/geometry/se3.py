@@ -25,7 +25,7 @@ from ._numerics import (
 from .rigid import make_transform, split_transform
 from .so3 import hat, so3_log
 
-__all__ = ["se3_exp", "se3_log"]
+__all__ = ["se3_exp", "se3_hat", "se3_log"]
 
 
 def se3_exp(xi: torch.Tensor) -> torch.Tensor:
@@ -49,6 +49,21 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     R = I + sinc_coef(theta2) * W + B * W2
     V = I + B * W + theta_minus_sin_coef(theta2) * W2
     return make_transform(R, (V @ rho[..., None])[..., 0])
+
+
+def se3_hat(xi: torch.Tensor) -> torch.Tensor:
+    """The twist's 4×4 matrix ``[[hat(omega), rho], [0, 0]]``: ``se3_exp(ε·xi) = I + ε·se3_hat(xi) + O(ε²)``.
+
+    Args:
+        xi: ``(..., 6)`` = (omega, rho).
+    Returns:
+        ``(..., 4, 4)``; ``se3_hat(torch.eye(6))`` are the six generators of se(3) in twist order.
+    """
+    check_last_dim(xi, 6, "xi")
+    out = torch.zeros(xi.shape[:-1] + (4, 4), dtype=xi.dtype, device=xi.device)
+    out[..., :3, :3] = hat(xi[..., :3])
+    out[..., :3, 3] = xi[..., 3:]
+    return out
 
 
 def se3_log(T: torch.Tensor) -> torch.Tensor:

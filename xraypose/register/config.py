@@ -142,6 +142,9 @@ class RegistrationConfig:
       ``lm_tol_px`` pixels of that level (at the isocenter's magnification), or
       when the damping exceeds ``lm_max_damping``.  No step moves such a point by more than
       ``lm_max_step_px`` pixels (a trust region: the depth is weakly seen and must not jump).
+      The Gauss–Newton curvature is renewed every ``lm_hessian_every`` accepted steps; with
+      ``lm_linearised`` from one render and the kernel's pose derivatives of every pixel (the DRR
+      linearised along the six directions), else from six more renders (finite differences).
 
     ``revisit``: each level goes on from the best, at that level, of the start and the earlier
     levels' results (a coarse level cannot drag a good start away).
@@ -181,6 +184,7 @@ class RegistrationConfig:
     lm_damping: float = 1e-3
     lm_max_damping: float = 1e4
     lm_hessian_every: int = 4
+    lm_linearised: bool = True
     lm_max_step_px: float = 3.0
     motion_radius_mm: float = 100.0
     adam_tol_px: float = 0.5

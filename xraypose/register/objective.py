@@ -20,7 +20,7 @@ from xraypose.camera import Camera
 from xraypose.preprocess import resize as resize_image
 from xraypose.register.config import Level, RegistrationConfig
 from xraypose.register.measures import residual as measure_residual
-from xraypose.render import render
+from xraypose.render import render, render_with_tangents
 from xraypose.render.sparse import patch_pixels
 
 __all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "robust_weights", "gaussian_kernel", "separable_blur"]
@@ -284,10 +284,14 @@ class LevelObjective:
         (n, 4, 4) compared with X-rays ``rows`` (n,)."""
         kw = dict(n_samples=self.n_samples, step=self.step, backend="auto")
         T = poses.to(torch.float32)
+        uv = None if self.uv is None else self.uv[rows]
+        return self._finish_drr(render(self.density, self.affine, self.camera, T, uv=uv, **kw))
+
+    def _finish_drr(self, drr: torch.Tensor) -> torch.Tensor:
+        """A rendered stack (n, C, h, w), or (n, C, R) at a sparse level, blurred (and cut into its
+        (n, C, P, S, S) patches at a sparse level)."""
         if self.uv is None:
-            drr = render(self.density, self.affine, self.camera, T, **kw)
             return separable_blur(drr, self.kernel, same=True) if self.kernel is not None else drr
-        drr = render(self.density, self.affine, self.camera, T, uv=self.uv[rows], **kw)  # (n, C, R)
         n, C = drr.shape[:2]
         Sh, P, S = self.S + 2 * self.r, self.P, self.S
         q = drr.reshape(n, C, P, Sh, Sh)
@@ -295,6 +299,31 @@ class LevelObjective:
             q = q.transpose(1, 2).reshape(n * P, C, Sh, Sh)
             q = separable_blur(q, self.kernel, same=False).reshape(n, P, C, S, S).transpose(1, 2)
         return q
+
+    def residual_along(self, poses: torch.Tensor, rows: torch.Tensor, tangents: torch.Tensor):
+        """Residuals at ``poses`` and at their first-order neighbours, from one render.
+
+        Args:
+            poses: (n, 4, 4); rows: (n,) their X-rays; tangents: (n, K, 4, 4) pose displacements
+                (the derivative of a curve of poses times the curve's step).
+        Returns:
+            (n, K + 1, M): the residual of ``poses``, then of the DRRs ``drr + ∂drr·tangent_k``
+            (the linearised DRR at ``pose + tangent_k``; every later step — blur, intensity fits,
+            robust weights, the measure — exactly as :meth:`residual`); None where this level's
+            residual has a term the linearisation leaves out (``fit_air``'s ray chords).
+        """
+        if self.level.fit_air:
+            return None
+        n, K = tangents.shape[:2]
+        uv = None if self.uv is None else self.uv[rows]
+        with torch.no_grad():
+            drr, d = render_with_tangents(self.density, self.affine, self.camera, poses.to(torch.float32),
+                                          tangents.to(torch.float32), uv=uv, n_samples=self.n_samples,
+                                          step=self.step)
+            stack = torch.cat([drr[:, None], drr[:, None] + d], 1).reshape(n * (K + 1), *drr.shape[1:])
+            rep = lambda x: x.repeat_interleave(K + 1, 0)  # noqa: E731
+            r, _, _ = self._residual_of(self._finish_drr(stack), rep(poses), rep(rows))
+        return r.reshape(n, K + 1, -1)
 
     def residual(self, poses: torch.Tensor, rows: torch.Tensor):
         """The measure's residual of ``poses`` (n, 4, 4) against X-rays ``rows`` (n,).
@@ -304,7 +333,10 @@ class LevelObjective:
             bone: (n,) float64 the fitted bone multiplier (the config's where not fitted);
             constant: (n,) bool, DRRs that are constant (no usable similarity).
         """
-        drr = self.render(poses, rows)
+        return self._residual_of(self.render(poses, rows), poses, rows)
+
+    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor):
+        """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives)."""
         n = drr.shape[0]
         tgt = self.target[rows] if self.uv is None else self.target_sparse[rows]
         m = None if self.mask is None else (self.mask[rows] if self.uv is None else self.mask_sparse[rows])
@@ -380,6 +412,19 @@ class ViewSet:
         """(n,) the smallest of the views' pixel sizes at the isocenter (mm)."""
         return torch.stack([v.pixel_mm(self.view_poses(poses, i), isocenter)
                             for i, v in enumerate(self.views)]).amin(0)
+
+    def residual_along(self, poses: torch.Tensor, rows: torch.Tensor, tangents: torch.Tensor):
+        """As :meth:`LevelObjective.residual_along`, for rig poses and their tangents (n, K, 4, 4);
+        the views' residuals concatenated as in :meth:`residual`."""
+        out = []
+        N = len(self.views)
+        for i, v in enumerate(self.views):
+            r = v.residual_along(self.view_poses(poses, i), rows,
+                                 tangents if self.identity else tangents @ self.camera_to_rig[i].to(tangents.dtype))
+            if r is None:
+                return None
+            out.append(r / N ** 0.5 if N > 1 else r)
+        return torch.cat(out, -1)
 
     def residual(self, poses: torch.Tensor, rows: torch.Tensor):
         """As :meth:`LevelObjective.residual`, for rig poses; ``bone`` is the first view's fit and

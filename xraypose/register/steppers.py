@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from xraypose.geometry import pose_from_params
+from xraypose.geometry import pose_from_params, se3_hat
 
 __all__ = ["Track", "AdamStepper", "LMStepper", "make_stepper"]
 
@@ -316,7 +316,13 @@ class LMStepper(Stepper):
         return float(delta[:3].norm()) * self.config.motion_radius_mm + float(delta[3:].norm())
 
     def _curvature(self, tracks) -> None:
-        """Gauss–Newton curvature JᵀJ at each track's best pose, J by forward differences."""
+        """Gauss–Newton curvature JᵀJ at each track's best pose.
+
+        ``J``'s column k is ``(r(ξ = h_k·e_k) − r(0)) / h_k`` with steps ``h`` that move the CT by
+        0.1 pixel.  ``r(h_k·e_k)`` is the residual of the DRR linearised along the chart's direction k
+        (:meth:`~xraypose.register.objective.LevelObjective.residual_along`: one render with its pose
+        derivatives, the fused CPU kernel's); where the objective cannot linearise, six more renders.
+        """
         reg = self.reg
         best = torch.stack([t.work["best_pose"] for t in tracks])
         Fr = self._frames(best)
@@ -325,15 +331,21 @@ class LMStepper(Stepper):
         h = torch.zeros(n, 6, dtype=F64)
         h[:, :3] = (0.1 * pix / self.config.motion_radius_mm)[:, None]
         h[:, 3:] = (0.1 * pix)[:, None]
-        xi = torch.diag_embed(h).reshape(n * 6, 6)  # (n·6, 6)
-        rep = lambda x: x.repeat_interleave(6, dim=0)  # noqa: E731
-        with torch.no_grad():
-            T = _chart(rep(Fr), xi, rep(best))
-            rows = torch.tensor([t.xray for t in tracks]).repeat_interleave(6)
-            r1, _, _ = self.obj.residual(T, rows)
-            r0, _, _ = self.obj.residual(best, torch.tensor([t.xray for t in tracks]))
-        r1 = r1.to(F64).reshape(n, 6, -1)
-        J = (r1 - r0.to(F64)[:, None]) / h[:, :, None]  # (n, 6, M)
+        rows = torch.tensor([t.xray for t in tracks])
+        # d/dε chart(ε·e_k) at 0 = F·G_k·F⁻¹·pose, times the step h_k
+        tangents = Fr[:, None] @ se3_hat(torch.diag_embed(h)) @ torch.linalg.inv(Fr)[:, None] @ best[:, None]
+        r = self.obj.residual_along(best, rows, tangents) if self.config.lm_linearised else None
+        if r is not None:
+            r = r.to(F64)
+            J = (r[:, 1:] - r[:, :1]) / h[:, :, None]  # (n, 6, M)
+        else:
+            xi = torch.diag_embed(h).reshape(n * 6, 6)  # (n·6, 6)
+            rep = lambda x: x.repeat_interleave(6, dim=0)  # noqa: E731
+            with torch.no_grad():
+                T = _chart(rep(Fr), xi, rep(best))
+                r1, _, _ = self.obj.residual(T, rows.repeat_interleave(6))
+                r0, _, _ = self.obj.residual(best, rows)
+            J = (r1.to(F64).reshape(n, 6, -1) - r0.to(F64)[:, None]) / h[:, :, None]  # (n, 6, M)
         for q, t in enumerate(tracks):
             t.work["H"] = J[q] @ J[q].T
             t.work["since_H"] = 0

@@ -606,6 +606,46 @@ def fits_fast_path(density: torch.Tensor) -> bool:
     return all(st >= 0 for st in density.stride()) and top < 2**31 - 1
 
 
+def _fused_forward(density, pose, uv, w2i, kinv, sdd, box, n_samples, step, occ, need_jacobian: bool):
+    """The fused kernel's forward: ``(out (B, C, R), geo, raw, jac, n_samples)``; ``raw`` and ``jac``
+    (what the pose gradient needs) only when ``need_jacobian``, else None."""
+    lib = _load()
+    B, R = pose.shape[0], uv.shape[1]
+    C = density.shape[0]
+    geo = torch.empty((B, R, GEO), dtype=torch.float64)
+    origin = torch.empty((B, 3), dtype=torch.float64)
+    order = torch.empty((B, R), dtype=torch.int64) if R >= 64 else None
+    eps = torch.finfo(torch.float32).tiny ** 0.5  # clip_to_box's "parallel to a slab" threshold
+    uv_bstride = 0 if uv.shape[0] == 1 else R * 2
+    lib.xrp_rays_f32(_ptr(pose), _ptr(w2i), _ptr(kinv), float(sdd), _ptr(uv), uv_bstride, _ptr(box), B, R, eps,
+                     _ptr(geo), _ptr(origin), _ptr(order), _threads())
+    if n_samples is None:  # trilinear.n_samples_for_step on the same chords
+        chord = ((geo[..., 5] - geo[..., 4]).clamp_min(0) * geo[..., 3]).max()
+        n_samples = max(1, int(math.ceil(float(chord) / step)))
+    out = torch.empty((B, C, R), dtype=torch.float32)
+    raw = torch.empty((B, C, R), dtype=torch.float32) if need_jacobian else None
+    jac = torch.empty((B, C, R, 6), dtype=torch.float32) if need_jacobian else None
+    fn = getattr(lib, f"xrp_tri_fused_fwd_f32_{_SUFFIX[density.dtype]}")
+    vs = _shape_strides(density)  # keep a reference: the kernel reads it
+    occ_grid, occ_shape = occ if occ is not None else (None, None)
+    if not fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(geo), _ptr(origin), B, R,
+              n_samples, _ptr(out), _ptr(raw), _ptr(jac), _ptr(occ_grid), _ptr(occ_shape), _threads()):
+        raise RuntimeError("volume too large for the fused kernel's 32-bit offsets (caller must check)")
+    return out, geo, raw, jac, n_samples
+
+
+def _per_ray_pose_grad(geo, w2i, raw, jac, n_samples: int, gout: torch.Tensor) -> torch.Tensor:
+    """(B, R, 12) float64: each ray's ``Σ_c gout[b, c, r] · ∂I_c,r / ∂pose`` with respect to the
+    float32 pose's entries ``pose[:3, :3]`` (row-major, 9) and ``pose[:3, 3]`` (3)."""
+    lib = _load()
+    B, C, R = raw.shape
+    gout = gout.contiguous().to(torch.float32)
+    per_ray = torch.empty((B, R, 12), dtype=torch.float64)
+    lib.xrp_tri_fused_bwd_f32(_ptr(geo), _ptr(w2i), B, R, C, n_samples, _ptr(gout), _ptr(raw), _ptr(jac),
+                              _ptr(per_ray), _threads())
+    return per_ray
+
+
 class _FusedTrilinear(torch.autograd.Function):
     """Rays from float32 poses, clipping, sampling and accumulation in one kernel; pose gradient analytic.
 
@@ -615,29 +655,8 @@ class _FusedTrilinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, density, pose, uv, w2i, kinv, sdd, box, n_samples, step, occ):
-        lib = _load()
-        B, R = pose.shape[0], uv.shape[1]
-        C = density.shape[0]
-        geo = torch.empty((B, R, GEO), dtype=torch.float64)
-        origin = torch.empty((B, 3), dtype=torch.float64)
-        order = torch.empty((B, R), dtype=torch.int64) if R >= 64 else None
-        eps = torch.finfo(torch.float32).tiny ** 0.5  # clip_to_box's "parallel to a slab" threshold
-        uv_bstride = 0 if uv.shape[0] == 1 else R * 2
-        lib.xrp_rays_f32(_ptr(pose), _ptr(w2i), _ptr(kinv), float(sdd), _ptr(uv), uv_bstride, _ptr(box), B, R, eps,
-                         _ptr(geo), _ptr(origin), _ptr(order), _threads())
-        if n_samples is None:  # trilinear.n_samples_for_step on the same chords
-            chord = ((geo[..., 5] - geo[..., 4]).clamp_min(0) * geo[..., 3]).max()
-            n_samples = max(1, int(math.ceil(float(chord) / step)))
-        need = ctx.needs_input_grad[1]
-        out = torch.empty((B, C, R), dtype=torch.float32)
-        raw = torch.empty((B, C, R), dtype=torch.float32) if need else None
-        jac = torch.empty((B, C, R, 6), dtype=torch.float32) if need else None
-        fn = getattr(lib, f"xrp_tri_fused_fwd_f32_{_SUFFIX[density.dtype]}")
-        vs = _shape_strides(density)  # keep a reference: the kernel reads it
-        occ_grid, occ_shape = occ if occ is not None else (None, None)
-        if not fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(geo), _ptr(origin), B, R,
-                  n_samples, _ptr(out), _ptr(raw), _ptr(jac), _ptr(occ_grid), _ptr(occ_shape), _threads()):
-            raise RuntimeError("volume too large for the fused kernel's 32-bit offsets (caller must check)")
+        out, geo, raw, jac, n_samples = _fused_forward(density, pose, uv, w2i, kinv, sdd, box, n_samples, step, occ,
+                                                       need_jacobian=ctx.needs_input_grad[1])
         ctx.save_for_backward(geo, w2i, raw, jac)
         ctx.n_samples = n_samples
         return out
@@ -647,25 +666,16 @@ class _FusedTrilinear(torch.autograd.Function):
         geo, w2i, raw, jac = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
             return (None,) * 10
-        lib = _load()
-        B, C, R = raw.shape
-        gout = gout.contiguous().to(torch.float32)
-        per_ray = torch.empty((B, R, 12), dtype=torch.float64)
-        lib.xrp_tri_fused_bwd_f32(_ptr(geo), _ptr(w2i), B, R, C, ctx.n_samples, _ptr(gout), _ptr(raw), _ptr(jac),
-                                  _ptr(per_ray), _threads())
-        g = per_ray.sum(1)
+        B = raw.shape[0]
+        g = _per_ray_pose_grad(geo, w2i, raw, jac, ctx.n_samples, gout).sum(1)
         gpose = torch.zeros((B, 4, 4), dtype=torch.float64)
         gpose[:, :3, :3] = g[:, :9].reshape(B, 3, 3)
         gpose[:, :3, 3] = g[:, 9:]
         return None, gpose.to(torch.float32), None, None, None, None, None, None, None, None
 
 
-def render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_samples, step):
-    """(B, C, R) line integrals for float32 poses: render()'s trilinear path in one kernel.
-
-    ``uv`` (B or 1, R, 2) pixel coordinates; ``n_samples`` or, when None, ``step`` (mm).
-    The caller checks: CPU tensors, float32 poses, no volume gradient, :func:`fits_fast_path`.
-    """
+def _fused_arguments(density, affine, camera, camera_to_world, uv, n_samples, step):
+    """The fused kernel's arguments ``(density, pose, uv, w2i, kinv, sdd, box, n_samples, step, occ)``."""
     given = density
     if density.dtype not in _SUFFIX:
         density = density.to(torch.float32)
@@ -680,8 +690,41 @@ def render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_sampl
     if uv.shape[0] > 1 and uv.stride(0) == 0:  # one pixel list shared by every pose
         uv = uv[:1]
     uv = uv.to(torch.float32).contiguous()
-    return _FusedTrilinear.apply(density, camera_to_world.contiguous(), uv, w2i, kinv, camera.sdd, box,
-                                 n_samples, step, occ)
+    return density, camera_to_world.contiguous(), uv, w2i, kinv, camera.sdd, box, n_samples, step, occ
+
+
+def render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_samples, step):
+    """(B, C, R) line integrals for float32 poses: render()'s trilinear path in one kernel.
+
+    ``uv`` (B or 1, R, 2) pixel coordinates; ``n_samples`` or, when None, ``step`` (mm).
+    The caller checks: CPU tensors, float32 poses, no volume gradient, :func:`fits_fast_path`.
+    """
+    return _FusedTrilinear.apply(*_fused_arguments(density, affine, camera, camera_to_world, uv, n_samples, step))
+
+
+def render_trilinear_fused_tangents(density, affine, camera, camera_to_world, uv, n_samples, step,
+                                    tangents: torch.Tensor):
+    """Line integrals and their directional derivatives along pose tangents, in one forward pass.
+
+    Args: as :func:`render_trilinear_fused`, plus ``tangents`` (B, K, 4, 4): directions in the space
+        of 4×4 poses (e.g. ``F·G·F⁻¹·pose`` for a Lie-algebra generator ``G``).
+    Returns:
+        ``(img (B, C, R), dimg (B, K, C, R))`` float32, ``dimg[b, k] = Σ_ij ∂img[b]/∂pose_ij · tangents[b, k, i, j]``:
+        the kernel's per-ray pose derivatives (the same numbers its backward sums), one backward pass
+        per channel, no autograd.
+    """
+    args = _fused_arguments(density, affine, camera, camera_to_world, uv, n_samples, step)
+    img, geo, raw, jac, n_used = _fused_forward(*args, need_jacobian=True)
+    B, C, R = img.shape
+    T = tangents.to(torch.float64)
+    t12 = torch.cat([T[:, :, :3, :3].reshape(B, -1, 9), T[:, :, :3, 3]], -1)  # (B, K, 12)
+    dimg = torch.empty((B, T.shape[1], C, R), dtype=torch.float32)
+    for c in range(C):
+        gout = torch.zeros((B, C, R), dtype=torch.float32)
+        gout[:, c] = 1.0
+        per_ray = _per_ray_pose_grad(geo, args[3], raw, jac, n_used, gout)  # (B, R, 12)
+        dimg[:, :, c] = torch.einsum("brm,bkm->bkr", per_ray, t12).to(torch.float32)
+    return img, dimg
 
 
 if __name__ == "__main__":  # python -m xraypose.render.backends.cpu: build ahead of time, say where
