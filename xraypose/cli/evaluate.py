@@ -11,9 +11,8 @@ from typing import Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.register import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS,
-                                   SCHEDULE, SIMILARITY, _levels)
-from xraypose.cli.options import option_numbers
+from xraypose.cli.options import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS, SCHEDULE,
+                                  SIMILARITY, levels_config, option_numbers)
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 
@@ -91,7 +90,7 @@ def evaluate_command(
     cfg = RegistrationConfig(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule,
                              density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
                              drr_blur=ev.blur_px,
-                             **_levels(levels, fast))
+                             **levels_config(levels, fast))
     settings = _start_settings(start, model, pose_json, (deg, mm), sod)
     try:
         s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume,

@@ -1,6 +1,7 @@
-"""Option values checked when the command line is parsed, for every command, in one place.
+"""What the commands share: option ranges checked when the line is parsed, the options several
+commands take (one definition, one help text), and the parsers of option values.
 
-Every numeric option of every command (``render``, ``register``, ``train``,
+**Ranges.** Every numeric option of every command (``render``, ``register``, ``train``,
 ``evaluate``, ``demo``, ``info``) has its range in :data:`NUMERIC`; options
 holding comma-separated numbers (``--pose``, ``--angles``, ``--isocenter``,
 ``--perturb``, ``--levels``) have theirs in :data:`LISTS`.  The ranges are the
@@ -14,19 +15,30 @@ out-of-range values are refused naming the option::
     xraypose: error: --threads must be a whole number in [1, 1024], got -1 (from the config file reg.toml)
 
 A test checks that every numeric option of every command has an entry here.
+
+**Shared options.** The registration options of ``register``, ``evaluate`` and ``track``
+(:data:`SIMILARITY`, :data:`LR_ROT`, …), the CT argument, the intrinsics overrides and the
+structure options are defined here once.
+
+**Parsers.** :func:`option_numbers` (comma-separated numbers), :func:`levels_config`
+(``--levels`` / ``--fast``), :func:`check_init` (``--init``), :func:`read_pose_json`,
+:func:`read_fiducials`.  A CT argument is read with :func:`xraypose.volume.load_ct`.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import typer
 import typer.core
 
 from xraypose.errors import InputError
 from xraypose.schema import (OFFSET_MM, PIXEL_MM, POSITION_MM, PRIMARY_DEG, SDD_MM, SECONDARY_DEG, SOD_MM, Integer,
                              Number)
 
-__all__ = ["NUMERIC", "LISTS", "CheckedCommand", "option_numbers", "check_params", "option_flag"]
+__all__ = ["NUMERIC", "LISTS", "CheckedCommand", "option_numbers", "check_params", "option_flag", "levels_config",
+           "check_init", "read_pose_json", "read_fiducials", "INITS", "EXIT_FAILED"]
 
 _SIZE = Integer(16, 8192, "pixels", "rows to register: at least 16")
 
@@ -154,3 +166,84 @@ class CheckedCommand(typer.core.TyperCommand):
         if not ctx.resilient_parsing:
             check_params(ctx, self.name)
         return rest
+
+
+# --------------------------------------------------------------------------------------------- shared options
+CT = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT.")
+
+# Registration options shared by `register` and `evaluate` (one definition, one help text).
+SIMILARITY = typer.Option("mncc", "--similarity", help="mncc | gncc | mixed | ncc")
+LR_ROT = typer.Option(7.5e-3, "--lr-rot", help="Adam learning rate of the rotation parameters.")
+LR_TRANS = typer.Option(7.5, "--lr-trans", help="Adam learning rate of the translation parameters (mm).")
+SCHEDULE = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25).")
+DENSITY = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw")
+BONE_MULTIPLIER = typer.Option(1.0, "--bone-multiplier",
+                               help="Bone attenuation multiplier (fitted from it at fine levels).")
+LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,96' (the default); "
+                      "each level's other settings from the nearest default level.")
+FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews).")
+HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
+                          "antipodal start and two restarts about the result; keep the most confident (the result "
+                          "says which).")
+ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "
+                              "otherwise: it knows the poses of its own CT only); a warning is printed.")
+
+# Options of `register` and `track` (the X-ray's intrinsics, its preprocessing, the start).
+SOD = typer.Option(None, "--sod", help="Source-to-isocenter distance, mm (angles/ap starts).")
+ISOCENTER = typer.Option(None, "--isocenter", help="'X,Y,Z' world RAS mm (default: the CT's centre).")
+DELX = typer.Option(None, "--delx", help="Pixel spacing along columns, mm.")
+DELY = typer.Option(None, "--dely", help="Pixel spacing along rows, mm.")
+X0 = typer.Option(None, "--x0", help="Principal-point offset along +u, mm.")
+Y0 = typer.Option(None, "--y0", help="Principal-point offset along +v, mm.")
+CROP = typer.Option(0, "--crop", help="Collimator border to remove, pixels per edge.")
+STRUCTURE = typer.Option(None, "--structure", help="Register one structure given as a mask on the CT's grid "
+                         "(nonzero voxels; NIfTI, NRRD, ...): only it is rendered, the X-ray is cropped to where it "
+                         "projects at the start.")
+LABEL_MAP = typer.Option(None, "--label-map", help="A labelmap on the CT's grid; with --label N: register that "
+                         "structure only (as --structure).")
+LABEL = typer.Option(None, "--label", help="The structure's label id in --label-map.")
+
+#: Starts of `register` and `track` (``--init``).
+INITS = ("model", "angles", "pose", "ap")
+#: Exit code of `register` and `track` when the verdict is "failed" (the flagged result is written).
+EXIT_FAILED = 3
+
+
+# --------------------------------------------------------------------------------------------- parsers
+def levels_config(text: str | None, fast: bool) -> dict:
+    """RegistrationConfig keywords for --levels / --fast."""
+    from xraypose.register import FAST_LEVELS, levels_for_sizes
+
+    if text is not None:
+        if fast:
+            raise InputError("give --levels or --fast, not both")
+        return {"levels": levels_for_sizes(option_numbers("levels", text))}
+    return {"levels": FAST_LEVELS} if fast else {}
+
+
+def check_init(init: str | None, model: Path | None, pose_json: Path | None) -> str:
+    """The start named by ``--init`` (default: model with --model, pose with --pose-json, else angles), checked
+    against the files it needs."""
+    if init is not None and init not in INITS:
+        raise InputError(f"unknown --init {init!r}; choose one of {', '.join(INITS)}")
+    if init is None:
+        init = "model" if model is not None else "pose" if pose_json is not None else "angles"
+    if init == "model" and model is None:
+        raise InputError("--init model needs --model FILE")
+    if init == "pose" and pose_json is None:
+        raise InputError("--init pose needs --pose-json FILE")
+    return init
+
+
+def read_pose_json(path: Path):
+    """(1, 4, 4) float64 camera_to_world from a pose file (:func:`xraypose.register.initializers.pose_from_json`)."""
+    from xraypose.register.initializers import pose_from_json
+
+    return pose_from_json(path)
+
+
+def read_fiducials(path: Path):
+    """(N, 3) float64 world mm points: :func:`xraypose.fiducials.read_fiducials_file`."""
+    from xraypose.fiducials import read_fiducials_file
+
+    return read_fiducials_file(path)[1]

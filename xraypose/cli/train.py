@@ -10,9 +10,11 @@ from typing import Optional
 
 import typer
 
+from xraypose.cli.options import CT
+
 
 def train_command(
-    ct: str = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT."),
+    ct: str = CT,
     output: Path = typer.Option(..., "-o", "--output", help="Model file to write (the best model), e.g. model.pt. "
                                 "Beside it: NAME.last.pt (training state), NAME.log.jsonl (metrics per step)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML training config: tables model, camera, render, "

@@ -1,0 +1,215 @@
+"""The steps that ``register`` (one X-ray, :mod:`xraypose.cli.register`; a rig, :mod:`xraypose.cli.rig`)
+and ``track`` (:mod:`xraypose.cli.track`) share: the CT and its structure, the X-rays' preprocessing
+and windows, the start, the metrics' ground truth, and a result written or, failing that, printed.
+
+Starts are those of ``register`` (a model's estimate from one view, C-arm angles, a pose file, an AP
+view), given for the start view (``--start-view``, default the first X-ray); a pose file holding
+``rig_to_world`` (a rig result's ``pose.json``) is used as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import typer
+
+from xraypose.errors import InputError
+
+
+class RegistrationCT(NamedTuple):
+    """The CT side of a registration from the command line (:func:`load_registration_ct`)."""
+
+    volume: Any  #: the CT as read (:class:`xraypose.volume.Volume`)
+    isocenter: Any  #: (3,) float64 world RAS mm: ``--isocenter``, else the CT's centre
+    prepared: Any  #: :class:`xraypose.structure.PreparedCT`: what is registered
+    given_isocenter: bool  #: ``--isocenter`` was given
+
+    @property
+    def part(self) -> bool:
+        """A part of the CT is registered (one structure, a cropped CT's padding cleared)."""
+        return self.prepared.volume is not self.volume
+
+    @property
+    def registrar_isocenter(self):
+        """(3,) the registrar's isocenter: ``--isocenter`` or the CT's centre, a part's own centre."""
+        return self.isocenter if self.given_isocenter or not self.part else self.prepared.isocenter
+
+
+def load_registration_ct(ct: str, isocenter: str | None, density: str, structure=None, label_map=None,
+                         label=None) -> RegistrationCT:
+    """The CT (a file or 'sample'), checked to be registrable, its isocenter and what of it is registered
+    (:func:`prepare_structure`)."""
+    import torch
+
+    from xraypose.cli.options import option_numbers
+    from xraypose.limits import check_registrable_ct
+    from xraypose.volume import load_ct
+
+    vol = load_ct(ct)
+    check_registrable_ct(vol)
+    given = bool(isocenter)
+    iso = torch.tensor(option_numbers("isocenter", isocenter), dtype=torch.float64) if given else vol.get_isocenter()
+    prep = prepare_structure(vol, density, structure, label_map, label)
+    return RegistrationCT(vol, iso, prep, given)
+
+
+def part_settings(cfg_kw: dict, prep) -> dict:
+    """RegistrationConfig keywords when a part of the CT is registered: its density, and gradient NCC
+    in place of the default mncc."""
+    sim = cfg_kw.get("similarity", "mncc")
+    return {**cfg_kw, "density": prep.density, "similarity": "gncc" if sim == "mncc" else sim}
+
+
+def structure_record(structure, label_map, label) -> dict | None:
+    """What a result records of ``--structure`` / ``--label-map --label`` (None when neither was given)."""
+    if structure is None and label_map is None:
+        return None
+    return {"mask": str(structure) if structure else None, "label_map": str(label_map) if label_map else None,
+            "label": label}
+
+
+def pose_transform_of(steps) -> torch.Tensor:
+    """(4, 4) float64: the product of the ``pose_transform`` of preprocessing ``steps`` (identity for
+    crops, blurs and resizes; a rotation for a 180° turn or a mirror)."""
+    import torch
+
+    F64 = torch.float64
+    T = torch.eye(4, dtype=F64)
+    for s in steps:
+        if isinstance(s, dict) and "pose_transform" in s:
+            T = T @ torch.tensor(s["pose_transform"], dtype=F64)
+    return T
+
+
+def read_start_file(path) -> tuple[str, torch.Tensor]:
+    """("rig_to_world" | "camera_to_world", (4, 4)) from a pose file: a rig result (``rig_to_world``)
+    or any pose file :func:`~xraypose.register.initializers.pose_from_json` reads."""
+    import torch
+
+    F64 = torch.float64
+    from xraypose.register.initializers import pose_from_json
+    from xraypose.schema import Matrix4, Object, read_checked
+
+    data = read_checked(Path(path), Object({"rig_to_world": Matrix4()}, open=True), "pose file")
+    if "rig_to_world" in data:
+        return "rig_to_world", torch.tensor(data["rig_to_world"], dtype=F64)
+    return "camera_to_world", pose_from_json(path).reshape(4, 4)
+
+
+def preprocess_settings(shape, crop: int, blur: float, size: int, i0) -> dict:
+    """``XRay.preprocess`` keywords as ``xraypose register`` uses them (crop, 5×5 blur, i0, rescale,
+    at most ``size`` rows)."""
+    pre = {"crop": crop or None, "blur": (5, float(blur)) if blur > 0 else None, "i0": i0, "rescale": True}
+    if shape[0] - 2 * crop > size:
+        pre["size"] = (size, max(1, round((shape[1] - 2 * crop) * size / (shape[0] - 2 * crop))))
+    return pre
+
+
+def drr_blur(blur: float, rows: int, raw_rows: int, crop: int) -> float | None:
+    """The DRRs' blur σ (pixels of the preprocessed X-ray, ``rows`` rows): the X-ray's ``blur`` (pixels of
+    the file, ``raw_rows`` rows less the ``crop`` border) rescaled with the image; None for no blur."""
+    scale = rows / max(1, raw_rows - 2 * crop)
+    return float(blur) * scale if blur > 0 else None
+
+
+def prepare_structure(vol, density: str, structure, label_map, label):
+    """:class:`xraypose.structure.PreparedCT` for the CLI: the structure of ``--structure`` /
+    ``--label-map --label`` only, and a cropped CT's padding cleared (its notes printed)."""
+    from xraypose.structure import prepare_ct, structure_mask
+
+    if label is not None and label_map is None and structure is None:
+        raise InputError("--label needs --label-map FILE")
+    mask = None
+    if structure is not None or label_map is not None:
+        mask = structure_mask(vol, mask=structure, label_map=label_map, label=label)
+    prep = prepare_ct(vol, density=density, mask=mask)
+    for n in prep.notes:
+        typer.echo(f"note: {n}")
+    return prep
+
+
+def window_views(pxs, poses, prep, names):
+    """(X-rays, pixel weights): each preprocessed X-ray cropped to where the structure (``prep``, a
+    :class:`~xraypose.structure.PreparedCT`) projects at its start pose
+    (:func:`xraypose.structure.structure_window`), and its weights there
+    (:func:`xraypose.structure.structure_weights`); refused when it projects outside one."""
+    from xraypose.structure import MARGIN_MM, structure_weights, structure_window, window_image
+
+    box = prep.box
+    wins = [structure_window(px.camera, T, box) for px, T in zip(pxs, poses)]
+    if all(w is None for w in wins):
+        where = "the X-ray" if len(pxs) == 1 else "every view"
+        raise InputError(f"the structure projects outside {where} at the start pose (its box does not reach the "
+                         "detector, or lies behind the source); check the mask and the start")
+    bad = [n for n, w in zip(names, wins) if w is None]
+    if bad:
+        raise InputError(f"the structure projects outside the view {bad[0]} at the start pose; give a start that "
+                         "sees it there, or leave that X-ray out")
+    out, weights = [], []
+    for px, w, T in zip(pxs, wins, poses):
+        img, cam = window_image(px.image, px.camera, w)
+        m = None if px.mask is None else px.mask[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]  # saturation, collimator
+        out.append(replace(px, image=img, camera=cam, mask=m, steps=px.steps + [
+            {"step": "structure window", "top": w[0], "left": w[1], "height": w[2], "width": w[3],
+             "margin_mm": MARGIN_MM}]))
+        sw = structure_weights(prep.volume, cam, T, density=prep.density)
+        weights.append(sw if m is None else sw * m.to(sw.dtype).reshape(sw.shape))
+    return out, weights
+
+
+def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol, pose_json, angles, sod, iso,
+               allow_other_ct: bool):
+    """(start, info): the start of a rig registration or a sequence — a ``rig_to_world`` (4, 4), or
+    (``--model``) an initialiser giving the start view's camera_to_world, ``init(image (1, 1, H, W),
+    camera) -> (1, 4, 4)`` — from ``--init`` model | pose | angles | ap, given for the view ``px`` (a
+    preprocessed XRay) whose camera_to_rig is ``camera_to_rig``."""
+    from xraypose.camera import carm_pose, default_sod
+    from xraypose.cli.options import option_numbers
+    from xraypose.register.initializers import ModelInitializer
+    from xraypose.register.multiview import rig_start
+
+    if init == "model":
+        est = ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct)
+        return est, {"kind": "model", "model": str(model), "view": view}
+    if init == "pose":
+        kind, T = read_start_file(pose_json)
+        return (T if kind == "rig_to_world" else rig_start(T, camera_to_rig),
+                {"kind": "pose", "file": str(pose_json), "as": kind, "view": view})
+    if init == "angles":
+        if angles is not None:
+            a, b = option_numbers("angles", angles)
+            px = replace(px, angles={**(px.angles or {}), "primary": a, "secondary": b,
+                                     **({"sod": sod} if sod is not None else {})})
+        if not px.angles or px.angles.get("sod") is None:
+            raise InputError(f"the start view {view} holds no C-arm angles and source-to-isocenter distance: give "
+                             "--angles PRIMARY,SECONDARY and --sod, --pose-json, or --model")
+        return rig_start(px.initial_pose(iso), camera_to_rig), {"kind": "angles", "angles": px.angles, "view": view}
+    d = sod if sod is not None else default_sod(px.camera.sdd)
+    return (rig_start(carm_pose(0.0, 0.0, sod=d, isocenter=iso), camera_to_rig),
+            {"kind": "ap", "sod_mm": d, "view": view})
+
+
+def metric_fiducials(path: Path | None, truth):
+    """(N, 3) world mm fiducials of ``--fiducials`` for the metrics, or None; refused without ``--true-pose``."""
+    from xraypose.cli.options import read_fiducials
+
+    if path is None:
+        return None
+    if truth is None:
+        raise InputError("--fiducials needs --true-pose (they only serve the metrics)")
+    return read_fiducials(path)
+
+
+def write_or_print(write, name: str, pose) -> None:
+    """Run ``write()`` (a result's files); when writing fails (e.g. a full disk) print the registered pose
+    ``name`` (``camera_to_world`` | ``rig_to_world``, (4, 4)) on stdout so that it is not lost, and raise."""
+    from xraypose.io import OutputError
+
+    try:
+        write()
+    except OutputError as e:
+        typer.echo(json.dumps({name: pose.tolist()}))
+        raise OutputError(f"{e} (the registered {name} is printed on stdout)") from None
