@@ -12,7 +12,7 @@ import typer
 
 from xraypose.cli.config import config_option
 from xraypose.cli.options import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS, SCHEDULE,
-                                  SIMILARITY, levels_config, option_numbers)
+                                  SIMILARITY, levels_config, option_numbers, seed_option, threads_option)
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 
@@ -50,8 +50,8 @@ def evaluate_command(
     bone_multiplier: float = BONE_MULTIPLIER,
     levels: Optional[str] = LEVELS,
     fast: bool = FAST,
-    seed: int = typer.Option(0, "--seed", help="Seed of the perturbations and the sparse patch draws."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for registration."),
+    seed: int = seed_option("Seed of the perturbations and the sparse patch draws."),
+    threads: int = threads_option("CPU threads for registration."),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Draw each case's pictures (slower)."),
     resume: bool = typer.Option(False, "--resume", help="Keep the cases already written in OUTDIR (the settings "
                                 "must be those of its run.json; a difference is refused)."),

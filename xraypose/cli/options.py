@@ -17,8 +17,9 @@ out-of-range values are refused naming the option::
 A test checks that every numeric option of every command has an entry here.
 
 **Shared options.** The registration options of ``register``, ``evaluate`` and ``track``
-(:data:`SIMILARITY`, :data:`LR_ROT`, …), the CT argument, the intrinsics overrides and the
-structure options are defined here once.
+(:data:`SIMILARITY`, :data:`LR_ROT`, …, :func:`seed_option`, :func:`threads_option`), whose defaults
+are :class:`~xraypose.register.RegistrationConfig`'s, the CT argument, the intrinsics overrides and
+the structure options are defined here once.
 
 **Parsers.** :func:`option_numbers` (comma-separated numbers), :func:`levels_config`
 (``--levels`` / ``--fast``), :func:`check_init` (``--init``), :func:`read_pose_json`,
@@ -34,6 +35,7 @@ import typer
 import typer.core
 
 from xraypose.errors import InputError
+from xraypose.register.config import DEFAULT_LEVELS, RegistrationConfig
 from xraypose.schema import (OFFSET_MM, PIXEL_MM, POSITION_MM, PRIMARY_DEG, SDD_MM, SECONDARY_DEG, SOD_MM, Integer,
                              Number)
 
@@ -171,17 +173,36 @@ class CheckedCommand(typer.core.TyperCommand):
 # --------------------------------------------------------------------------------------------- shared options
 CT = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT.")
 
-# Registration options shared by `register` and `evaluate` (one definition, one help text).
-SIMILARITY = typer.Option("mncc", "--similarity", help="mncc | gncc | mixed | ncc")
-LR_ROT = typer.Option(7.5e-3, "--lr-rot", help="Adam learning rate of the rotation parameters.")
-LR_TRANS = typer.Option(7.5, "--lr-trans", help="Adam learning rate of the translation parameters (mm).")
-SCHEDULE = typer.Option("plateau", "--schedule", help="plateau (early stopping) | step (×0.9 every 25).")
-DENSITY = typer.Option("linear", "--density", help="linear | hu (DiffPose) | physical | raw")
-BONE_MULTIPLIER = typer.Option(1.0, "--bone-multiplier",
+# Registration options shared by `register`, `evaluate` and `track` (one definition, one help text); their
+# defaults are RegistrationConfig's (one source of truth: a test compares them).
+#: RegistrationConfig's defaults: those of the registration options.
+REGISTRATION_DEFAULTS = RegistrationConfig()
+_REG = REGISTRATION_DEFAULTS  # a short name for the lines below
+SIMILARITY = typer.Option(_REG.similarity, "--similarity", help="mncc | gncc | mixed | ncc")
+LR_ROT = typer.Option(_REG.lr_rot, "--lr-rot", help="Adam learning rate of the rotation parameters.")
+LR_TRANS = typer.Option(_REG.lr_trans, "--lr-trans", help="Adam learning rate of the translation parameters (mm).")
+SCHEDULE = typer.Option(_REG.schedule, "--schedule", help=f"plateau (early stopping) | step (×{_REG.step_gamma:g} "
+                        f"every {_REG.step_every}).")
+DENSITY = typer.Option(_REG.density, "--density", help="linear | hu (DiffPose) | physical | raw")
+BONE_MULTIPLIER = typer.Option(_REG.bone_multiplier, "--bone-multiplier",
                                help="Bone attenuation multiplier (fitted from it at fine levels).")
-LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. '16,32,64,96' (the default); "
-                      "each level's other settings from the nearest default level.")
+PARAMETERIZATION = typer.Option(_REG.parameterization, "--parameterization", help="Pose parameterization optimised.")
+LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g. "
+                      f"'{','.join(str(level.size) for level in DEFAULT_LEVELS)}' (the default); each level's other "
+                      "settings from the nearest default level.")
 FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews).")
+
+
+def seed_option(help: str):
+    """``--seed``, RegistrationConfig's default."""
+    return typer.Option(_REG.seed, "--seed", help=help)
+
+
+def threads_option(help: str):
+    """``--threads`` (RegistrationConfig.num_threads), RegistrationConfig's default."""
+    return typer.Option(_REG.num_threads, "--threads", help=help)
+
+
 HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
                           "antipodal start and two restarts about the result; keep the most confident (the result "
                           "says which).")

@@ -12,8 +12,9 @@ import typer
 
 from xraypose.cli.config import config_option
 from xraypose.cli.options import (ALLOW_OTHER_CT, BONE_MULTIPLIER, CROP, CT, DELX, DELY, DENSITY, EXIT_FAILED, FAST,
-                                  HYPOTHESES, ISOCENTER, LABEL, LABEL_MAP, LEVELS, LR_ROT, LR_TRANS, SCHEDULE,
-                                  SIMILARITY, SOD, STRUCTURE, X0, Y0, check_init, levels_config, option_numbers)
+                                  HYPOTHESES, ISOCENTER, LABEL, LABEL_MAP, LEVELS, LR_ROT, LR_TRANS,
+                                  PARAMETERIZATION, SCHEDULE, SIMILARITY, SOD, STRUCTURE, X0, Y0, check_init,
+                                  levels_config, option_numbers, seed_option, threads_option)
 from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, part_settings, preprocess_settings,
                                 structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
@@ -46,9 +47,8 @@ I0 = typer.Option(None, "--i0", help="Unattenuated intensity for the log (defaul
 BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) before registering; 0 for none. The DRRs get "
                     "the same blur.")
 SIZE = typer.Option(256, "--size", help="Resample the preprocessed X-ray to at most this many rows first.")
-PARAMETERIZATION = typer.Option("se3_log_map", "--parameterization", help="Pose parameterization optimised.")
-SEED = typer.Option(0, "--seed", help="Seed of the sparse patch draws.")
-THREADS = typer.Option(1, "--threads", help="CPU threads (1 is fastest for these small images on a busy machine).")
+SEED = seed_option("Seed of the sparse patch draws.")
+THREADS = threads_option("CPU threads (1 is fastest for these small images on a busy machine).")
 NO_TRAJECTORY = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory.")
 
 

@@ -12,8 +12,9 @@ from typing import List, Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (CROP, CT, DELX, DELY, EXIT_FAILED, ISOCENTER, LABEL, LABEL_MAP, SOD, X0, Y0,
-                                  check_init, levels_config)
+from xraypose.cli.options import (CROP, CT, DELX, DELY, EXIT_FAILED, ISOCENTER, LABEL, LABEL_MAP,
+                                  REGISTRATION_DEFAULTS, SOD, X0, Y0, check_init, levels_config, seed_option,
+                                  threads_option)
 from xraypose.cli.rig import RIG_FROM_ANGLES
 from xraypose.cli.steps import (drr_blur, load_registration_ct, part_settings, pose_transform_of,
                                 preprocess_settings, start_pose)
@@ -153,13 +154,14 @@ KIND = typer.Option(None, "--kind", help="Pixel values: intensity | log-intensit
 I0 = typer.Option(None, "--i0", help="Unattenuated intensity for the log (default: each frame's maximum).")
 BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) of every frame; the DRRs get the same.")
 SIZE = typer.Option(256, "--size", help="Resample the frames to at most this many rows first.")
-DENSITY = typer.Option("linear", "--density", help="linear | hu | physical | raw (a TIFF bone volume: raw).")
+DENSITY = typer.Option(REGISTRATION_DEFAULTS.density, "--density",
+                       help="linear | hu | physical | raw (a TIFF bone volume: raw).")
 LEVELS = typer.Option(None, "--levels", help="Schedule of the first frame (and re-initialisations).")
 FAST = typer.Option(False, "--fast", help="A cheaper schedule for the first frame (previews).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
-SEED = typer.Option(0, "--seed", help="Seed of any sparse patch draws.")
-THREADS = typer.Option(1, "--threads", help="CPU threads.")
+SEED = seed_option("Seed of any sparse patch draws.")
+THREADS = threads_option("CPU threads.")
 ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT.")
 STRUCTURE = typer.Option(None, "--structure", help="Track one structure given as a mask on the CT's grid (nonzero "
                          "voxels): only it is rendered.")

@@ -1,0 +1,44 @@
+"""The CLI package (xraypose/cli/): option defaults are the library's, one command per module."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+
+def _commands():
+    from xraypose.cli import app
+
+    return typer.main.get_command(app).commands
+
+
+#: CLI option → RegistrationConfig field, for the options that set a registration's configuration.
+CONFIG_FIELDS = {"similarity": "similarity", "parameterization": "parameterization", "lr_rot": "lr_rot",
+                 "lr_trans": "lr_trans", "schedule": "schedule", "density": "density",
+                 "bone_multiplier": "bone_multiplier", "seed": "seed", "threads": "num_threads"}
+
+
+@pytest.mark.parametrize("command", ["register", "evaluate", "track"])
+def test_registration_option_defaults_are_the_configs(command):
+    from xraypose.register import RegistrationConfig
+
+    cfg = RegistrationConfig()
+    params = {p.name: p for p in _commands()[command].params}
+    shown = {name: params[name].default for name in CONFIG_FIELDS if name in params}
+    assert len(shown) >= 3, sorted(params)  # density, seed, threads at least
+    assert shown == {name: getattr(cfg, CONFIG_FIELDS[name]) for name in shown}
+
+
+def test_levels_help_names_the_default_schedule():
+    from xraypose.register import DEFAULT_LEVELS
+
+    sizes = ",".join(str(level.size) for level in DEFAULT_LEVELS)
+    for command in ("register", "evaluate"):
+        levels = next(p for p in _commands()[command].params if p.name == "levels")
+        assert f"'{sizes}' (the default)" in levels.help
+
+
+def test_each_command_lives_in_its_own_module():
+    cmds = _commands()
+    for name in ("render", "info", "demo", "train", "register", "evaluate", "track"):
+        assert cmds[name].callback.__module__ == f"xraypose.cli.{name}"
