@@ -42,3 +42,17 @@ def test_each_command_lives_in_its_own_module():
     cmds = _commands()
     for name in ("render", "info", "demo", "train", "register", "evaluate", "track"):
         assert cmds[name].callback.__module__ == f"xraypose.cli.{name}"
+
+
+def test_structure_is_a_mask_for_register_and_a_bone_for_evaluate(tmp_path, capsys):
+    """register/track --structure take a mask file (they were refused as 'unknown --structure' when the
+    check of evaluate's bone names applied to every command)."""
+    from xraypose.cli import main
+
+    mask = tmp_path / "no-such-mask.nii.gz"
+    for command in (["register", "sample", str(tmp_path / "x.npy")], ["track", "sample", str(tmp_path / "x.npy")]):
+        assert main([*command, "--structure", str(mask), "-o", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "choose one of" not in err and err.startswith("xraypose: error: "), err
+    assert main(["evaluate", str(tmp_path), "--structure", "skull", "-o", str(tmp_path / "ev")]) == 2
+    assert "unknown --structure 'skull'; choose one of pelvis" in capsys.readouterr().err

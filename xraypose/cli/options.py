@@ -77,8 +77,9 @@ def _choices_structure() -> tuple:
     return tuple(STRUCTURES)
 
 
-#: Text options whose choices the library checks only on some paths (checked here on all).
-CHOICES: dict = {"structure": _choices_structure}
+#: Text options whose choices the library checks only on some paths (checked here on all); ``(command, name)``
+#: entries, as in :data:`NUMERIC` (``register --structure`` is a mask file, ``evaluate --structure`` a bone).
+CHOICES: dict = {("evaluate", "structure"): _choices_structure}
 
 
 def option_flag(name: str) -> str:
@@ -145,8 +146,8 @@ def check_params(ctx, command: str) -> None:
                 raise InputError(f"{flag}{what} {problem}, got {_fmt(v)}{source}")
         elif p.name in LISTS:
             option_numbers(p.name, v, source)
-        elif p.name in CHOICES and v not in CHOICES[p.name]():
-            raise InputError(f"unknown {flag} {v!r}; choose one of {', '.join(CHOICES[p.name]())}{source}")
+        elif (choices := CHOICES.get((command, p.name)) or CHOICES.get(p.name)) is not None and v not in choices():
+            raise InputError(f"unknown {flag} {v!r}; choose one of {', '.join(choices())}{source}")
 
 
 class CheckedCommand(typer.core.TyperCommand):
