@@ -268,14 +268,24 @@ class Registrar:
             bone[sel] = b
         return Evaluation(ok=ok, score=score, cost=cost, score_t=score_t, cost_t=cost_t, bone=bone)
 
-    def _revisit(self, objective: ViewSet, tracks) -> None:
+    def _revisit(self, objective: ViewSet, tracks, last: bool = False) -> None:
         """Each track goes on from the best, at this (finer) level, of its start and the results of
         its earlier levels: a coarse level whose optimum sits away from the truth (appearance it
-        cannot model at its resolution) cannot drag a good start away."""
+        cannot model at its resolution) cannot drag a good start away.  The last level weighs only
+        the registration's start against the current pose: an earlier coarse level's result never
+        won there (0 of 60 pelvis registrations of five appearance families, from the truth and from
+        10°/40 mm), while the start won 19 times (a start at the truth); each candidate costs a
+        render at the finest size."""
         live = [t for t in tracks if t.alive and t.history]
         if not live:
             return
-        cands = [[t.pose] + [h for h in t.history if not torch.equal(h, t.pose)] for t in live]
+        cands = []
+        for t in live:
+            cs = [t.pose]
+            for h in (t.history[:1] if last else t.history):
+                if not any(torch.equal(h, c) for c in cs):  # a level that did not move adds nothing
+                    cs.append(h)
+            cands.append(cs)
         poses = torch.stack([p for cs in cands for p in cs])
         owners = [t for t, cs in zip(live, cands) for _ in cs]
         with torch.no_grad():
@@ -434,7 +444,7 @@ class Registrar:
                                 camera_to_rig)
             stepper = make_stepper(self, li, objective)
             if li > 0 and c.revisit:
-                self._revisit(objective, tracks)
+                self._revisit(objective, tracks, last=li == len(c.levels) - 1)
             stepper.begin(tracks)
             for it in range(lv.iterations + 1):  # the last pass only evaluates
                 if not any(t.active for t in tracks):
