@@ -5,7 +5,7 @@
     python scripts/make_fixtures.py OUT_DIR --full          # the real 1536² DeepFluoro detector
     python scripts/make_fixtures.py OUT_DIR --ct my_ct.nii.gz --specimens 1 2 3
 
-Same as ``python -m xraypose.datasets fixtures ...``.  Writes
+Same as ``xraypose datasets fixtures ...`` (``--specimens 1,2,3``).  Writes
 OUT_DIR/ipcai_2020_full_res_data.h5 and OUT_DIR/ljubljana.h5 (each with a
 ``.truth.json`` beside it: the poses in xraypose's frame and the landmarks),
 which DeepFluoroDataset / LjubljanaDataset read like the real files.

@@ -56,3 +56,19 @@ def test_structure_is_a_mask_for_register_and_a_bone_for_evaluate(tmp_path, caps
         assert "choose one of" not in err and err.startswith("xraypose: error: "), err
     assert main(["evaluate", str(tmp_path), "--structure", "skull", "-o", str(tmp_path / "ev")]) == 2
     assert "unknown --structure 'skull'; choose one of pelvis" in capsys.readouterr().err
+
+
+def test_python_m_datasets_runs_xraypose_datasets(tmp_path, capsys):
+    """``python -m xraypose.datasets …`` is ``xraypose datasets …``; its earlier ``--specimens 1 2`` form is read."""
+    from xraypose.datasets.__main__ import _comma_lists, main
+
+    assert _comma_lists(["fixtures", "out", "--specimens", "1", "2", "--full", "--subjects", "3"]) == \
+        ["fixtures", "out", "--specimens", "1,2", "--full", "--subjects", "3"]
+    assert _comma_lists(["fixtures", "out", "--specimens", "1,2"]) == ["fixtures", "out", "--specimens", "1,2"]
+    assert main(["fixtures", str(tmp_path), "--specimens", "1", "7"]) == 2  # the option's range, named
+    assert "--specimens: number 2 of '1,7' must be a whole number in [1, 6], got 7" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+    assert main(["example", str(tmp_path / "case")]) == 0
+    assert capsys.readouterr().out.startswith("wrote ")
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == \
+        ["case.json", "ct.nii.gz", "fiducials.csv", "poses.json", "xrays"]

@@ -19,25 +19,31 @@ from xraypose.errors import InputError
 
 
 def _commands():
+    """Every command by name, a group's (``datasets``) as ``datasets example`` etc."""
     import typer
 
     from xraypose.cli import app
 
-    return typer.main.get_command(app).commands
+    out = {}
+    for name, cmd in typer.main.get_command(app).commands.items():
+        subs = getattr(cmd, "commands", None)
+        out.update({f"{name} {s}": c for s, c in subs.items()} if subs else {name: cmd})
+    return out
 
 
 def test_every_numeric_option_of_every_command_has_a_range():
     from xraypose.cli.options import LISTS, NUMERIC
 
     cmds = _commands()
-    assert set(cmds) == {"render", "register", "train", "evaluate", "demo", "info", "track"}
+    assert set(cmds) == {"render", "register", "train", "evaluate", "demo", "info", "track", "datasets example",
+                         "datasets check", "datasets fixtures"}
     missing, seen = [], 0
     for name, cmd in cmds.items():
         for p in cmd.params:
             ann = getattr(p.type_descriptor, "annotation", None)
             if ann in (int, float):
                 seen += 1
-                if (name, p.name) not in NUMERIC and p.name not in NUMERIC:
+                if (cmd.name, p.name) not in NUMERIC and p.name not in NUMERIC:
                     missing.append(f"{name} --{p.name}")
     assert seen > 40 and not missing, missing
     # and every comma-separated option parses through the same table

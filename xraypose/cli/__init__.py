@@ -2,7 +2,8 @@
 
 One module per command: :mod:`~xraypose.cli.render`, :mod:`~xraypose.cli.info`, :mod:`~xraypose.cli.demo`,
 :mod:`~xraypose.cli.train`, :mod:`~xraypose.cli.register` (several X-rays tied by a rig:
-:mod:`~xraypose.cli.rig`), :mod:`~xraypose.cli.evaluate`, :mod:`~xraypose.cli.track`; what they share:
+:mod:`~xraypose.cli.rig`), :mod:`~xraypose.cli.evaluate`, :mod:`~xraypose.cli.track`,
+:mod:`~xraypose.cli.datasets` (``xraypose datasets example | check | fixtures``); what they share:
 :mod:`~xraypose.cli.options` (option ranges, the options several commands take, parsers),
 :mod:`~xraypose.cli.config` (``--config FILE.toml``) and :mod:`~xraypose.cli.steps` (the steps of a
 registration: CT, X-rays, start, result).  This module holds the app and :func:`main` (exit codes).
@@ -39,6 +40,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
 
 def _register_commands() -> None:
     """Each command lives in its own module; the order is the help's."""
+    from xraypose.cli.datasets import app as datasets_app
     from xraypose.cli.demo import demo_command
     from xraypose.cli.evaluate import evaluate_command
     from xraypose.cli.info import info_command
@@ -54,6 +56,7 @@ def _register_commands() -> None:
     app.command("register")(register_command)
     app.command("evaluate")(evaluate_command)
     app.command("track")(track_command)
+    app.add_typer(datasets_app, name="datasets")
 
 
 _register_commands()
@@ -61,7 +64,8 @@ _register_commands()
 
 def _check_options_when_parsed() -> None:
     """Every command checks its option values right after parsing (ranges: :mod:`xraypose.cli.options`)."""
-    for command in app.registered_commands:
+    for command in app.registered_commands + [c for g in app.registered_groups
+                                              for c in g.typer_instance.registered_commands]:
         command.cls = CheckedCommand
 
 

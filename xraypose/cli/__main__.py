@@ -1,4 +1,7 @@
-"""``python -m xraypose.cli …`` (as ``torchrun … -m xraypose.cli -- evaluate …`` runs it): :func:`xraypose.cli.main`."""
+"""``python -m xraypose.cli …``: :func:`~xraypose.cli.main`.
+
+``torchrun --nproc_per_node 2 -m xraypose.cli -- evaluate …`` runs it so.
+"""
 
 import sys
 

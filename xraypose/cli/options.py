@@ -2,9 +2,9 @@
 commands take (one definition, one help text), and the parsers of option values.
 
 **Ranges.** Every numeric option of every command (``render``, ``register``, ``train``,
-``evaluate``, ``demo``, ``info``) has its range in :data:`NUMERIC`; options
-holding comma-separated numbers (``--pose``, ``--angles``, ``--isocenter``,
-``--perturb``, ``--levels``) have theirs in :data:`LISTS`.  The ranges are the
+``evaluate``, ``demo``, ``info``, ``track``, ``datasets …``) has its range in :data:`NUMERIC`;
+options holding comma-separated numbers (``--pose``, ``--angles``, ``--isocenter``,
+``--perturb``, ``--levels``, ``--specimens``, ``--subjects``) have theirs in :data:`LISTS`.  The ranges are the
 quantities of :mod:`xraypose.schema`, the same a sidecar or ``case.json``
 value must satisfy.  :class:`CheckedCommand` (the class of every command,
 set in :mod:`xraypose.cli`) checks the parsed values, from the command line
@@ -57,7 +57,7 @@ NUMERIC: dict = {
     "threads": Integer(1, 1024), "seed": Integer(0, 2**32 - 1), "specimen": Integer(1, 10),
     "train_seconds": Number(0, 1e7, lo_open=True, unit="s"), "cases": Integer(1, 100_000),
     "minutes": Number(0, 1e6, lo_open=True, unit="minutes"), "steps": Integer(1, 10**12),
-    "batch_size": Integer(1, 4096),
+    "batch_size": Integer(1, 4096), "projections": Integer(1, 10_000, name="X-rays per specimen"),
     ("train", "size"): Integer(8, 1024, "pixels"),  # camera.height's range in the training config
 }
 
@@ -68,6 +68,8 @@ LISTS: dict = {
     "isocenter": ((POSITION_MM,) * 3, "X,Y,Z (world RAS mm)"),
     "perturb": ((Number(0, 180, unit="degrees"), Number(0, 10_000, unit="mm")), "DEGREES,MM"),
     "levels": (Integer(4, 4096, "pixels"), "increasing detector sizes, e.g. 16,32,64,96"),
+    "specimens": (Integer(1, 6, name="DeepFluoro specimen"), "DeepFluoro specimens 1-6, e.g. 1,2"),
+    "subjects": (Integer(1, 10, name="Ljubljana subject"), "Ljubljana subjects 1-10, e.g. 1,2"),
 }
 
 

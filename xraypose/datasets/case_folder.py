@@ -309,7 +309,7 @@ def _example_fiducials_csv(ct, iso: torch.Tensor, rng: np.random.Generator) -> b
 
 
 # --------------------------------------------------------------------------
-# checking a case (python -m xraypose.datasets check CASE)
+# checking a case (xraypose datasets check CASE)
 # --------------------------------------------------------------------------
 
 
