@@ -233,6 +233,24 @@ class Registrar:
         X = pose_from_params(p[..., : self.n_rot], p[..., self.n_rot:], c.parameterization, c.convention)
         return A @ X @ Bm
 
+    def pose_and_jacobian(self, p: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor):
+        """Poses (n, 4, 4) of parameters ``p`` (n, D) and their derivatives ``dT/dp`` (n, D, 4, 4), float64.
+
+        By central differences of :meth:`pose_from_params` (steps 1e-6 rad / 1e-5 mm: relative
+        error ~1e-10), all 2D + 1 maps in one batched call and no autograd graph: the pose maps'
+        hundred-odd small tensor operations are then paid once per iteration instead of twice
+        (forward and backward), which was ~40 % of an iteration at the coarse levels."""
+        n, D = p.shape
+        with torch.no_grad():
+            eps = torch.full((D,), 1e-5, dtype=F64)
+            eps[: self.n_rot] = 1e-6
+            steps = torch.diag(eps)  # (D, D)
+            P = torch.cat([p[:, None], p[:, None] + steps, p[:, None] - steps], 1)  # (n, 2D + 1, D)
+            rep = lambda x: x.repeat_interleave(2 * D + 1, 0)  # noqa: E731
+            T = self.pose_from_params(P.reshape(-1, D), rep(A), rep(Bm)).reshape(n, 2 * D + 1, 4, 4)
+            dT = (T[:, 1:D + 1] - T[:, D + 1:]) / (2 * eps)[None, :, None, None]
+        return T[:, 0], dT
+
     def _sane(self, T: torch.Tensor, camera: Camera) -> torch.Tensor:
         """(B,) True where a pose still looks at the CT (finite, isocenter in front and near the detector)."""
         ok = torch.isfinite(T).reshape(T.shape[0], -1).all(-1)

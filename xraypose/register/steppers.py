@@ -153,14 +153,17 @@ class AdamStepper(Stepper):
         if not act:
             return
         reg, c = self.reg, self.config
-        p = torch.stack([t.work["params"] for t in act]).requires_grad_(True)
-        T = reg.pose_from_params(p, torch.stack([t.A for t in act]), torch.stack([t.Bm for t in act]))
+        p = torch.stack([t.work["params"] for t in act])
+        T, dT = reg.pose_and_jacobian(p, torch.stack([t.A for t in act]), torch.stack([t.Bm for t in act]))
+        T.requires_grad_(True)
         ev = reg.evaluate(self.obj, T, act)
         good = ev.ok
         if bool(good.any()):
             (-ev.score_t[good].sum()).backward()
-        grad = p.grad if p.grad is not None else torch.zeros_like(p)
-        grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+        gT = T.grad if T.grad is not None else torch.zeros_like(T)
+        grad = torch.einsum("nij,ndij->nd", torch.nan_to_num(gT, nan=0.0, posinf=0.0, neginf=0.0), dT)
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        T = T.detach()
         b1, b2 = c.adam_betas
         for j, t in enumerate(act):
             w = t.work
@@ -230,6 +233,13 @@ def _chart(frame: torch.Tensor, xi: torch.Tensor, pose: torch.Tensor) -> torch.T
     return frame @ X @ torch.linalg.inv(frame) @ pose
 
 
+def _chart_tangents(frame: torch.Tensor, pose: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, 6, 4, 4) derivatives ``∂/∂ξ_k`` of :func:`_chart` at ξ = 0 (``F·G_k·F⁻¹·pose``, G_k the
+    generators of se(3) in twist order), each times ``steps[:, k]`` when given (n, 6)."""
+    xi = torch.eye(6, dtype=pose.dtype).expand(pose.shape[0], 6, 6) if steps is None else torch.diag_embed(steps)
+    return frame[:, None] @ se3_hat(xi) @ torch.linalg.inv(frame)[:, None] @ pose[:, None]
+
+
 class LMStepper(Stepper):
     """Levenberg–Marquardt in a local se(3) chart at the isocenter (see the module docstring)."""
 
@@ -257,13 +267,15 @@ class LMStepper(Stepper):
         reg, c = self.reg, self.config
         cand = torch.stack([t.work["cand"] for t in act])
         Fr = self._frames(cand)
-        xi = torch.zeros(len(act), 6, dtype=F64, requires_grad=True)
-        T = _chart(Fr, xi, cand)
+        T = cand.clone().requires_grad_(True)
         ev = reg.evaluate(self.obj, T, act)
         good = ev.ok
         if bool(good.any()):
             (0.5 * ev.cost_t[good].sum()).backward()
-        grad = torch.nan_to_num(xi.grad.detach(), nan=0.0) if xi.grad is not None else torch.zeros(len(act), 6, dtype=F64)
+        # the gradient in the chart ξ at 0: ⟨∂cost/∂pose, ∂pose/∂ξ_k⟩ with ∂pose/∂ξ_k = F·G_k·F⁻¹·pose
+        gT = torch.nan_to_num(T.grad, nan=0.0) if T.grad is not None else torch.zeros_like(cand)
+        grad = torch.nan_to_num(torch.einsum("nij,ndij->nd", gT, _chart_tangents(Fr, cand)), nan=0.0)
+        T = T.detach()
         accepted = []
         for j, t in enumerate(act):
             w = t.work
@@ -332,8 +344,7 @@ class LMStepper(Stepper):
         h[:, :3] = (0.1 * pix / self.config.motion_radius_mm)[:, None]
         h[:, 3:] = (0.1 * pix)[:, None]
         rows = torch.tensor([t.xray for t in tracks])
-        # d/dε chart(ε·e_k) at 0 = F·G_k·F⁻¹·pose, times the step h_k
-        tangents = Fr[:, None] @ se3_hat(torch.diag_embed(h)) @ torch.linalg.inv(Fr)[:, None] @ best[:, None]
+        tangents = _chart_tangents(Fr, best, h)
         r = self.obj.residual_along(best, rows, tangents) if self.config.lm_linearised else None
         if r is not None:
             r = r.to(F64)
