@@ -72,3 +72,13 @@ def test_python_m_datasets_runs_xraypose_datasets(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("wrote ")
     assert sorted(p.name for p in (tmp_path / "case").iterdir()) == \
         ["case.json", "ct.nii.gz", "fiducials.csv", "poses.json", "xrays"]
+
+
+@pytest.mark.parametrize("argv", [[], ["datasets"]])
+def test_a_group_without_a_command_prints_its_help_and_no_empty_error(argv, capsys):
+    from xraypose.cli import main
+
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert "Usage" in out.out + out.err
+    assert "error:" not in out.err

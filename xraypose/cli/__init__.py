@@ -129,7 +129,9 @@ def _run(argv: list[str], debug: bool) -> int:
                 return 1
             if debug:
                 raise
-            print(f"xraypose: error: {e.format_message()}", file=sys.stderr)
+            message = e.format_message()
+            if message:  # empty when the command printed its help instead (a group run without a command)
+                print(f"xraypose: error: {message}", file=sys.stderr)
             return 2
         raise
     return 0
