@@ -237,6 +237,92 @@ def _as_image(img) -> torch.Tensor:
     return x
 
 
+def _rig_views(views, start_view) -> tuple[list, int]:
+    """The views as :class:`ViewImage` (tuples converted) and ``start_view`` as an index into them."""
+    vs = [v if isinstance(v, ViewImage) else ViewImage(*v) for v in views]
+    if not vs:
+        raise InputError("no X-ray to register")
+    if not 0 <= int(start_view) < len(vs):
+        raise InputError(f"start_view must be a view index in [0, {len(vs) - 1}], got {start_view}")
+    return vs, int(start_view)
+
+
+def _rig_starts(init, image, camera: Camera, camera_to_rig) -> tuple[torch.Tensor, float]:
+    """(K, 4, 4) float64 start ``rig_to_world`` from ``init`` (a pose or poses, or an initialiser
+    run on the start view's ``image`` (H, W) and ``camera``; ``camera_to_rig`` (4, 4) that view's),
+    and the initialiser's seconds (0 for a given pose)."""
+    t0 = time.perf_counter()
+    if callable(init) and not isinstance(init, torch.Tensor):
+        T = torch.as_tensor(init(image[None, None], camera), dtype=F64).reshape(-1, 4, 4)[0]
+        return rig_start(T, camera_to_rig).reshape(1, 4, 4), time.perf_counter() - t0
+    return torch.as_tensor(init, dtype=F64).reshape(-1, 4, 4), 0.0
+
+
+def _view_triples(vs: list, imgs: list, rel: list) -> list:
+    """The views as :meth:`Registrar.register_views` takes them: ``(image (1, 1, H, W), camera,
+    camera_to_rig' (4, 4))``, with a fourth entry, the (1, 1, H, W) mask, where the view has one."""
+    return [(imgs[i][None, None], vs[i].camera, rel[i]) if vs[i].mask is None else
+            (imgs[i][None, None], vs[i].camera, rel[i], _as_image(vs[i].mask)[None, None])
+            for i in range(len(vs))]
+
+
+def _rig_registration(res, reg: Registrar, vs: list, Cs: list, Cr_inv, r: int, init_s: float) -> RigRegistration:
+    """The :class:`RigRegistration` of a one-element result ``res`` of the start view's frame
+    (its poses times ``Cr_inv`` (4, 4), the start view's ``rig_to_camera``, are rig poses;
+    ``Cs``: the views' (4, 4) camera_to_rig), unchecked and without metrics."""
+    X = res.poses[0] @ Cr_inv
+    X0 = res.initial_poses[0] @ Cr_inv
+    outs = [ViewResult(name=v.name, camera=v.camera, camera_to_rig=Cs[i], camera_to_world=X @ Cs[i],
+                       source=v.source) for i, v in enumerate(vs)]
+    traj = res.trajectories[0]
+    for rec in traj:  # the optimiser's poses are the start view's cameras: give rig poses
+        rec["rig_to_world"] = (torch.tensor(rec.pop("camera_to_world"), dtype=F64) @ Cr_inv).tolist()
+    return RigRegistration(
+        rig_to_world=X, initial_rig_to_world=X0, views=outs, similarity=float(res.similarity[0]),
+        status=res.status[0], iterations=int(res.iterations[0]),
+        bone_multiplier=float(res.bone_multiplier[0]) if res.bone_multiplier is not None else
+        float(reg.config.bone_multiplier),
+        init_s=init_s, opt_s=res.opt_s, cpu_s=res.cpu_s, start_view=r, trajectory=traj,
+        level_stats=res.level_stats, config=reg.config.to_dict())
+
+
+def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list) -> None:
+    """Check every view of ``rr`` at its pose (images (H, W), ``Cs`` (4, 4) camera_to_rig) and
+    combine the checks (:func:`combine_confidences`), in place."""
+    from xraypose.register.confidence import assess
+
+    confs = []
+    for i, o in enumerate(rr.views):
+        c = assess(reg, imgs[i][None, None], o.camera, o.camera_to_world[None],
+                   starts=(rr.initial_rig_to_world @ Cs[i])[None])[0]
+        o.p_success, o.verdict, o.reason, o.confidence = float(c.p_success), c.verdict, c.reason, c.to_dict()
+        confs.append(c)
+    rr.p_success, rr.verdict, rr.reason = combine_confidences([o.name for o in rr.views], confs)
+
+
+def _rig_metrics(rr: RigRegistration, volume, true_rig_to_world, fiducials, Cs: list) -> None:
+    """Every view's errors (mm, degrees) against the truth ``true_rig_to_world`` (4, 4) at the
+    ``fiducials`` (N, 3) world mm (default: bone points picked in the first view at the truth), in
+    place; the rig's are the first view's."""
+    from xraypose.register.api import registration_metrics
+
+    outs, X0 = rr.views, rr.initial_rig_to_world
+    truth = torch.as_tensor(true_rig_to_world, dtype=F64).reshape(4, 4)
+    if fiducials is None:
+        from xraypose.fiducials import pick_bone_fiducials
+
+        fid = pick_bone_fiducials(volume, n=20, camera=outs[0].camera, poses=truth @ Cs[0])
+    else:
+        fid = torch.as_tensor(fiducials, dtype=F64).reshape(-1, 3)
+    for i, o in enumerate(outs):
+        o.metrics = registration_metrics(o.camera_to_world, truth @ Cs[i], fid, o.camera)
+        o.initial_metrics = registration_metrics(X0 @ Cs[i], truth @ Cs[i], fid, o.camera)
+    rr.metrics = dict(outs[0].metrics)
+    rr.initial_metrics = dict(outs[0].initial_metrics)
+    rr.extra["true_rig_to_world"] = truth.tolist()
+    rr.extra["fiducials"] = fid.tolist()
+
+
 def register_rig(volume, views, init, *, registrar: Registrar | None = None, config: RegistrationConfig | None = None,
                  start_view: int = 0, true_rig_to_world=None, fiducials=None,
                  confidence: bool = True) -> RigRegistration:
@@ -258,72 +344,21 @@ def register_rig(volume, views, init, *, registrar: Registrar | None = None, con
         InputError: no view, a non-rigid camera_to_rig, an image that does not match its camera,
             a start that no view sees the CT from, ...
     """
-    vs = [v if isinstance(v, ViewImage) else ViewImage(*v) for v in views]
-    if not vs:
-        raise InputError("no X-ray to register")
-    if not 0 <= int(start_view) < len(vs):
-        raise InputError(f"start_view must be a view index in [0, {len(vs) - 1}], got {start_view}")
-    r = int(start_view)
+    vs, r = _rig_views(views, start_view)
     reg = registrar or Registrar(volume, config)
     imgs = [_as_image(v.image) for v in vs]
     Cs = [_rigid(v.camera_to_rig, v.name) for v in vs]
-    t0 = time.perf_counter()
-    if callable(init) and not isinstance(init, torch.Tensor):
-        T = torch.as_tensor(init(imgs[r][None, None], vs[r].camera), dtype=F64).reshape(-1, 4, 4)[0]
-        start = rig_start(T, Cs[r]).reshape(1, 4, 4)
-        init_s = time.perf_counter() - t0
-    else:
-        start = torch.as_tensor(init, dtype=F64).reshape(-1, 4, 4)
-        init_s = 0.0
+    start, init_s = _rig_starts(init, imgs[r], vs[r].camera, Cs[r])
     Cr = Cs[r]
     Cr_inv = torch.linalg.inv(Cr)
     # register in the start view's camera frame: X' = rig_to_world · C_r, views C'_i = C_r⁻¹ · C_i
     rel = [Cr_inv @ C for C in Cs]
-    triples = [(imgs[i][None, None], vs[i].camera, rel[i]) if vs[i].mask is None else
-               (imgs[i][None, None], vs[i].camera, rel[i], _as_image(vs[i].mask)[None, None])
-               for i in range(len(vs))]
-    res = reg.register_views(triples, (start @ Cr)[None])
-    X = res.poses[0] @ Cr_inv
-    X0 = res.initial_poses[0] @ Cr_inv
-    outs = [ViewResult(name=v.name, camera=v.camera, camera_to_rig=Cs[i], camera_to_world=X @ Cs[i],
-                       source=v.source) for i, v in enumerate(vs)]
-    traj = res.trajectories[0]
-    for rec in traj:  # the optimiser's poses are the start view's cameras: give rig poses
-        rec["rig_to_world"] = (torch.tensor(rec.pop("camera_to_world"), dtype=F64) @ Cr_inv).tolist()
-    rr = RigRegistration(
-        rig_to_world=X, initial_rig_to_world=X0, views=outs, similarity=float(res.similarity[0]),
-        status=res.status[0], iterations=int(res.iterations[0]),
-        bone_multiplier=float(res.bone_multiplier[0]) if res.bone_multiplier is not None else
-        float(reg.config.bone_multiplier),
-        init_s=init_s, opt_s=res.opt_s, cpu_s=res.cpu_s, start_view=r, trajectory=traj,
-        level_stats=res.level_stats, config=reg.config.to_dict())
+    res = reg.register_views(_view_triples(vs, imgs, rel), (start @ Cr)[None])
+    rr = _rig_registration(res, reg, vs, Cs, Cr_inv, r, init_s)
     if confidence:
-        from xraypose.register.confidence import assess
-
-        confs = []
-        for i, o in enumerate(outs):
-            c = assess(reg, imgs[i][None, None], o.camera, o.camera_to_world[None],
-                       starts=(X0 @ Cs[i])[None])[0]
-            o.p_success, o.verdict, o.reason, o.confidence = float(c.p_success), c.verdict, c.reason, c.to_dict()
-            confs.append(c)
-        rr.p_success, rr.verdict, rr.reason = combine_confidences([o.name for o in outs], confs)
+        _check_rig(rr, reg, imgs, Cs)
     if true_rig_to_world is not None:
-        from xraypose.register.api import registration_metrics
-
-        truth = torch.as_tensor(true_rig_to_world, dtype=F64).reshape(4, 4)
-        if fiducials is None:
-            from xraypose.fiducials import pick_bone_fiducials
-
-            fid = pick_bone_fiducials(volume, n=20, camera=outs[0].camera, poses=truth @ Cs[0])
-        else:
-            fid = torch.as_tensor(fiducials, dtype=F64).reshape(-1, 3)
-        for i, o in enumerate(outs):
-            o.metrics = registration_metrics(o.camera_to_world, truth @ Cs[i], fid, o.camera)
-            o.initial_metrics = registration_metrics(X0 @ Cs[i], truth @ Cs[i], fid, o.camera)
-        rr.metrics = dict(outs[0].metrics)
-        rr.initial_metrics = dict(outs[0].initial_metrics)
-        rr.extra["true_rig_to_world"] = truth.tolist()
-        rr.extra["fiducials"] = fid.tolist()
+        _rig_metrics(rr, volume, true_rig_to_world, fiducials, Cs)
     return rr
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -131,6 +132,92 @@ def _check_views(registrar, views, rig_to_world, start):
     return Confidence(p, verdict, reason, {}, sum(c.seconds for c in confs))
 
 
+def _sequence_views(frames, camera, views) -> list:
+    """The sequence as N views ``(frames (F, 1, H, W), camera, camera_to_rig (4, 4) or None)``: the
+    given ``views``, or the single view ``(frames, camera, None)``; every view checked to have F > 0
+    frames."""
+    if views is None:
+        if frames is None or camera is None:
+            raise InputError("give frames and their camera, or views")
+        imgs = torch.as_tensor(frames)
+        if imgs.dim() == 3:
+            imgs = imgs[:, None]
+        if imgs.dim() != 4 or imgs.shape[1] != 1:
+            raise InputError(f"frames must be (F, 1, H, W) or (F, H, W), got shape {tuple(imgs.shape)}")
+        views = [(imgs, camera, None)]
+    n_frames = int(torch.as_tensor(views[0][0]).shape[0])
+    if n_frames == 0:
+        raise InputError("the sequence has no frame")
+    for i, v in enumerate(views):
+        if int(torch.as_tensor(v[0]).shape[0]) != n_frames:
+            raise InputError(f"view {i} has {int(torch.as_tensor(v[0]).shape[0])} frames, view 0 has {n_frames}")
+    return views
+
+
+def _frame_views(views, f: int) -> list:
+    """Frame ``f`` of every view: N tuples ``(image (1, 1, H, W), camera, camera_to_rig)``."""
+    return [(torch.as_tensor(v[0])[f:f + 1], v[1], v[2]) for v in views]
+
+
+def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence: bool):
+    """Register frame ``f`` of the ``views`` (:func:`_sequence_views`) with registrar ``reg`` from
+    ``T0`` (4, 4) (camera_to_world, or ``rig_to_world`` for a rig), optionally from a known
+    Gauss–Newton ``curvature`` (a list of one); checked when ``confidence``.
+
+    Returns:
+        (RegistrationResult of one element, its Confidence or None when not checked).
+    """
+    res = reg.register_views(_frame_views(views, f), T0[None], curvature=curvature)
+    chk = None
+    if confidence and len(views) == 1 and views[0][2] is None:
+        chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None])
+        chk = chk[0] if chk else None
+    elif confidence:
+        chk = _check_views(reg, _frame_views(views, f), res.poses[0], T0)
+    return res, chk
+
+
+def _bad(res, chk, accepted: list) -> bool:
+    """True when a frame's registration is not to be trusted: diverged or started outside the CT,
+    else the check's verdict ``failed``, else (unchecked) a similarity drop (:func:`similarity_drop`)
+    against the ``accepted`` frames' similarities."""
+    if res.status[0] in ("diverged", "invalid start"):
+        return True
+    if chk is not None:
+        return chk.verdict == "failed"
+    return similarity_drop(float(res.similarity[0]), accepted)
+
+
+def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fallback, accepted: list):
+    """Frame ``f > 0``: registered with the ``tracker``'s schedule from the prediction ``pred``
+    (4, 4), from the previous frame's ``curvature``; re-initialised with the ``registrar``'s whole
+    schedule from ``fallback`` (4, 4, the last good pose) when that result is bad (:func:`_bad`) or
+    the prediction left the CT, keeping the better of the two (:func:`_better`).
+
+    Returns:
+        (RegistrationResult, Confidence or None, re-initialised: bool).
+    """
+    try:  # the previous frame's curvature: the optimum's shape changes little between frames
+        res, chk = register(tracker, f, pred, [curvature] if curvature else None)
+    except InputError:  # the prediction left the CT: re-initialise below
+        res, chk = None, None
+    if res is not None and not _bad(res, chk, accepted):
+        return res, chk, False
+    res2, chk2 = register(registrar, f, fallback)
+    if res is None or _better(res2, chk2, res, chk):
+        res, chk = res2, chk2
+    return res, chk, True
+
+
+def _frame_result(f: int, pose, pred, res, chk, reinit: bool, seconds: float) -> FrameResult:
+    """The :class:`FrameResult` of frame ``f``: ``pose`` and ``pred`` (4, 4), the registration
+    ``res`` and its check ``chk`` (or None), ``seconds`` of wall-clock time."""
+    return FrameResult(index=f, camera_to_world=pose, predicted=pred.clone(), similarity=float(res.similarity[0]),
+                       status=res.status[0], verdict=chk.verdict if chk else None,
+                       p_success=float(chk.p_success) if chk else None, reason=chk.reason if chk else None,
+                       reinitialised=reinit, seconds=seconds)
+
+
 def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
                    confidence: bool = True, progress=None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
@@ -150,46 +237,13 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     Returns:
         one :class:`FrameResult` per frame.
     """
-    if views is None:
-        if frames is None or camera is None:
-            raise InputError("give frames and their camera, or views")
-        imgs = torch.as_tensor(frames)
-        if imgs.dim() == 3:
-            imgs = imgs[:, None]
-        if imgs.dim() != 4 or imgs.shape[1] != 1:
-            raise InputError(f"frames must be (F, 1, H, W) or (F, H, W), got shape {tuple(imgs.shape)}")
-        views = [(imgs, camera, None)]
+    views = _sequence_views(frames, camera, views)
     n_frames = int(torch.as_tensor(views[0][0]).shape[0])
-    if n_frames == 0:
-        raise InputError("the sequence has no frame")
-    for i, v in enumerate(views):
-        if int(torch.as_tensor(v[0]).shape[0]) != n_frames:
-            raise InputError(f"view {i} has {int(torch.as_tensor(v[0]).shape[0])} frames, view 0 has {n_frames}")
     if start is None:
         raise InputError("give the start pose of the first frame")
     T_start = torch.as_tensor(start, dtype=F64).reshape(4, 4)
     tracker = registrar.derive(levels=tuple(tracking_levels))
-    single = len(views) == 1 and views[0][2] is None
-
-    def frame_views(f):
-        return [(torch.as_tensor(v[0])[f:f + 1], v[1], v[2]) for v in views]
-
-    def register(reg, f, T0, curvature=None):
-        res = reg.register_views(frame_views(f), T0[None], curvature=curvature)
-        chk = None
-        if confidence and single:
-            chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None])
-            chk = chk[0] if chk else None
-        elif confidence:
-            chk = _check_views(reg, frame_views(f), res.poses[0], T0)
-        return res, chk
-
-    def bad(res, chk, accepted):
-        if res.status[0] in ("diverged", "invalid start"):
-            return True
-        if chk is not None:
-            return chk.verdict == "failed"
-        return similarity_drop(float(res.similarity[0]), accepted)
+    register = partial(_register_frame, views=views, confidence=confidence)
 
     out: list[FrameResult] = []
     last_curvature: dict = {}
@@ -200,27 +254,17 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if f == 0:
             pred = T_start
             res, chk = register(registrar, f, pred)
+            reinit = False
         else:
             moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
             pred = predict_pose(good_poses[-2:] if moving else good_poses[-1:])
-            try:  # the previous frame's curvature: the optimum's shape changes little between frames
-                res, chk = register(tracker, f, pred, [last_curvature] if last_curvature else None)
-            except InputError:  # the prediction left the CT: re-initialise below
-                res, chk = None, None
-        reinit = False
-        if f > 0 and (res is None or bad(res, chk, accepted_sims)):
-            reinit = True
-            res2, chk2 = register(registrar, f, good_poses[-1] if good_poses else T_start)
-            if res is None or _better(res2, chk2, res, chk):
-                res, chk = res2, chk2
+            res, chk, reinit = _track_frame(register, registrar, tracker, f, pred, last_curvature,
+                                            good_poses[-1] if good_poses else T_start, accepted_sims)
         pose = res.poses[0].clone()
         if res.config.levels == tracker.config.levels:
             last_curvature = res.curvature[0]
-        fr = FrameResult(index=f, camera_to_world=pose, predicted=pred.clone(), similarity=float(res.similarity[0]),
-                         status=res.status[0], verdict=chk.verdict if chk else None,
-                         p_success=float(chk.p_success) if chk else None, reason=chk.reason if chk else None,
-                         reinitialised=reinit, seconds=time.perf_counter() - t0)
-        if not bad(res, chk, accepted_sims):
+        fr = _frame_result(f, pose, pred, res, chk, reinit, time.perf_counter() - t0)
+        if not _bad(res, chk, accepted_sims):
             good_poses.append(pose)
             accepted_sims.append(fr.similarity)
         elif not good_poses:
