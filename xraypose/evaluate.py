@@ -3,7 +3,7 @@
 Sources (:func:`load_eval_set`):
 
 * a **case folder** (layout in docs/datasets.md: ``ct.*``, ``xrays/``, optional
-  ``fiducials.csv`` and ``poses.json``);
+  ``fiducials.csv``, ``poses.json`` and ``rig.json``);
 * a **DeepFluoro** HDF5 file (``ipcai_2020_full_res_data.h5``) with a specimen 1–6;
 * a **Ljubljana** HDF5 file (``ljubljana.h5``) with a subject 1–10.
 
@@ -31,6 +31,13 @@ run's files only.  Infinite metrics (a fiducial behind the X-ray source) are
 written as ``null`` in JSON (listed under ``"non_finite"``) and ``inf`` in CSV.
 
 The per-case outputs (:func:`write_case_outputs`) are the ones ``xraypose demo`` writes.
+
+**A rig.**  A case folder with a ``rig.json`` (xraypose.rig: each X-ray's ``camera_to_rig``) is
+registered as one rig: every X-ray together, one ``rig_to_world``
+(:func:`xraypose.register.multiview.register_rig`), started from the first X-ray's start.  The
+joint result goes to ``cases/rig/`` (pose.json with every view's pose, metrics.json,
+trajectory.json, views.png: the views side by side); metrics.csv keeps a row per X-ray (its own
+metrics; the joint verdict, similarity and time).  One process only (no torchrun).
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ RUN_FILE = "run.json"
 #: Files an evaluation (or the demo) writes at the top of its folder, and in each cases/NAME/.
 TOP_FILES = ("report.html", "metrics.csv", "summary.json", RUN_FILE, "scene.png", "training.png")
 CASE_FILES = ("pose.json", "pose.tfm", "landmarks.csv", "result.json", "comparison.png", "overlay.png",
-              "fiducials.png", "registration.gif", "curves.png")
+              "fiducials.png", "registration.gif", "curves.png", "metrics.json", "trajectory.json", "views.png")
 
 #: Columns of metrics.csv (and the report's table), in order; metrics.csv adds "reason" (the verdict's) last.
 ROW_COLUMNS = ["case", "verdict", "p_success", "mTRE (mm)", "start mTRE (mm)", "mPE (mm)", "mRPE (mm)", "dGeo (mm)", "rot (°)",
@@ -83,6 +90,8 @@ class EvalCase:
         fiducials: (N, 3) world mm points for the metrics, or None (bone points picked from the CT).
         angles_pose: (4, 4) camera_to_world from the X-ray's C-arm angles, or None.
         mask: (H, W) pixel weights from the preprocessing (saturation, a collimator), or None.
+        camera_to_rig: (4, 4) float64 when the X-ray belongs to a rig (a case folder's ``rig.json``):
+            the set's X-rays are then registered together, one ``rig_to_world`` for all.
     """
 
     name: str
@@ -92,6 +101,7 @@ class EvalCase:
     fiducials: torch.Tensor | None = None
     angles_pose: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    camera_to_rig: torch.Tensor | None = None
 
 
 @dataclass
@@ -162,6 +172,11 @@ def _case_folder_set(path: Path, size: int | None) -> EvalSet:
     from xraypose.datasets import load_case
 
     case = load_case(path, preprocess=False)
+    rig = None
+    if (path / "rig.json").is_file():  # the X-rays are views of one rig: registered together
+        from xraypose.rig import read_rig
+
+        rig = read_rig(path / "rig.json").match(case.names)
     cases, blurs = [], []
     for i, name in enumerate(case.names):
         xr = case.xrays[i]
@@ -174,8 +189,9 @@ def _case_folder_set(path: Path, size: int | None) -> EvalSet:
             raise InputError(f"{path}/xrays/{name}: no intrinsics (give them in a sidecar JSON or case.json)")
         T = case.poses.get(name)
         true = None if T is None else (T @ px._pose_transform()).to(F64)
+        C = None if rig is None else (rig[i].camera_to_rig @ px._pose_transform()).to(F64)
         cases.append(EvalCase(name=name, image=px.image.to(torch.float32), camera=px.camera, true_pose=true,
-                              fiducials=case.fiducials, angles_pose=px.pose, mask=px.mask))
+                              fiducials=case.fiducials, angles_pose=px.pose, mask=px.mask, camera_to_rig=C))
     return EvalSet(name=path.name, volume=case.volume, cases=cases, isocenter=case.isocenter,
                    blur_px=statistics.median(blurs))
 
@@ -527,8 +543,17 @@ def evaluate(
     record = {"source": evalset.name, "cases": names, "start": start_label, "pictures": bool(pictures),
               "registration": config.to_dict(), **(settings or {})}
     shards = shards or Shards()
+    rigged = any(c.camera_to_rig is not None for c in evalset.cases)
+    if rigged:
+        if shards.distributed:
+            raise InputError(f"{evalset.name}: a rig's X-rays are registered together, on one process; run this "
+                             "evaluation without torchrun")
+        record["rig"] = [c.camera_to_rig.tolist() for c in evalset.cases]
     shards.prepare(out, record, lambda: _open_output(out, record, resume, overwrite))
-    results = _register_cases(evalset, out, names, start, config, pictures, resume, quiet, shards)
+    if rigged:
+        results = _register_rig(evalset, out, names, start, config, pictures, resume)
+    else:
+        results = _register_cases(evalset, out, names, start, config, pictures, resume, quiet, shards)
     merged = shards.merge(out, names, results, CASE_FILES)  # every case on rank 0 (None on the others)
     if merged is None:
         return shards.share()
@@ -574,6 +599,60 @@ def _register_cases(evalset: EvalSet, out: Path, names: list, start, config, pic
     except Exception as e:  # noqa: BLE001 - raised below, on every rank
         error = e
     shards.check(error)
+    return results
+
+
+#: The folder (under ``cases/``) of a rig's joint result.
+RIG_FOLDER = "rig"
+
+
+def _register_rig(evalset: EvalSet, out: Path, names: list, start, config, pictures: bool, resume: bool) -> dict:
+    """Register the set's X-rays together as the views of one rig (their ``camera_to_rig``), started from
+    the first view's start; write the joint result to ``cases/rig/`` (pose.json with every view's pose,
+    metrics.json, trajectory.json, views.png side by side) and each view's row and section to its own
+    ``cases/NAME/result.json``; returns ``{index: (row, section)}`` (every view has the joint verdict,
+    similarity and time, and its own metrics)."""
+    from xraypose.register import Registrar
+    from xraypose.register.multiview import ViewImage, register_rig, rig_start, write_rig_registration
+
+    saved = {i: r for i, n in enumerate(names) if resume and (r := _saved_result(out / "cases" / n)) is not None}
+    if len(saved) == len(names):
+        return saved
+    cases = evalset.cases
+    C0 = cases[0].camera_to_rig
+    init = start(cases[0], 0) if isinstance(start, StartRule) else start
+    if isinstance(init, torch.Tensor) or not callable(init):  # the first view's camera_to_world start(s)
+        init = rig_start(torch.as_tensor(init, dtype=F64).reshape(-1, 4, 4), C0)
+    truth = None if cases[0].true_pose is None else cases[0].true_pose.to(F64) @ torch.linalg.inv(C0)
+    registrar = Registrar(evalset.volume, config, isocenter=evalset.isocenter)
+    views = [ViewImage(names[i], c.image, c.camera, c.camera_to_rig, mask=c.mask) for i, c in enumerate(cases)]
+    rr = register_rig(evalset.volume, views, init, registrar=registrar, true_rig_to_world=truth,
+                      fiducials=cases[0].fiducials)
+    d = out / "cases" / RIG_FOLDER
+    write_rig_registration(d, rr, images=[c.image for c in cases] if pictures else None, volume=evalset.volume)
+    heading = f"rig of {len(cases)} views: similarity {rr.similarity:.4f}, {rr.status}"
+    if rr.verdict is not None:
+        heading += f" · {rr.verdict} (P(mTRE < 2 mm) {rr.p_success:.2f})" + (
+            f": {rr.reason}" if rr.verdict != "ok" else "")
+    figures = [(d / "views.png", "every view: X-ray, DRR at the joint result, difference")] if pictures else []
+    results = {}
+    for i, (v, name) in enumerate(zip(rr.views, names)):
+        row = {"case": cases[i].name, "similarity": rr.similarity, "init (s)": rr.init_s, "opt (s)": rr.opt_s,
+               "iterations": rr.iterations, "status": rr.status}
+        if rr.verdict is not None:
+            row.update({"verdict": rr.verdict, "p_success": float(rr.p_success), "reason": rr.reason})
+        m, m0 = v.metrics, v.initial_metrics
+        if m is not None:
+            row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
+                        "mPE (mm)": m["mpe"], "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"]})
+        row = {k: row[k] for k in [*ROW_COLUMNS, *row] if k in row}
+        section = ({"heading": heading, "figures": figures} if i == 0 else
+                   {"heading": f"{cases[i].name}: view {i + 1} of the rig (above)", "figures": []})
+        cd = out / "cases" / name
+        cd.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cd / "result.json", {"row": row, "section": {
+            "heading": section["heading"], "figures": [[str(p), c] for p, c in section["figures"]]}})
+        results[i] = (row, section)
     return results
 
 
