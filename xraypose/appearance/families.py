@@ -168,6 +168,15 @@ def _mono(ctx: Context, pose: torch.Tensor, fine: Camera, extra=None) -> torch.T
     return torch.exp(-L)
 
 
+def _mono_xray(ctx: Context, *, photons=None, blur_px=None, **detector) -> FormedXray:
+    """The monochromatic X-ray (:func:`_mono`) of ``ctx.pose`` on ``ctx.camera`` through the detector
+    chain: the families that change one setting — ``photons``, ``blur_px`` of :func:`_base`, or
+    ``scatter``, ``display`` of :func:`_detect` — and keep the rest."""
+    s, fine = _fine(ctx)
+    base = _base(ctx, ctx.camera, photons=photons, blur_px=blur_px)
+    return _detect(ctx, ctx.camera, ctx.pose, _mono(ctx, ctx.pose, fine), s, base, **detector)
+
+
 # ------------------------------------------------------------------ families
 
 
@@ -238,9 +247,7 @@ def _scatter_params(p) -> dict:
                             "detector, added before noise")
 def _scatter(ctx: Context) -> FormedXray:
     sc = _scatter_params(ctx.p)
-    s, fine = _fine(ctx)
-    base = _base(ctx, ctx.camera)
-    return _detect(ctx, ctx.camera, ctx.pose, _mono(ctx, ctx.pose, fine), s, base, scatter=sc)
+    return _mono_xray(ctx, scatter=sc)
 
 
 def _display_params(p) -> dict:
@@ -259,25 +266,19 @@ def _display_params(p) -> dict:
                             "(amount 0.5–2, radius 2–10 px), vignetting 10–30 %, 8 or 12 bit, bone bright or dark")
 def _display(ctx: Context) -> FormedXray:
     d = _display_params(ctx.p)
-    s, fine = _fine(ctx)
-    base = _base(ctx, ctx.camera)
-    return _detect(ctx, ctx.camera, ctx.pose, _mono(ctx, ctx.pose, fine), s, base, display=d)
+    return _mono_xray(ctx, display=d)
 
 
 @register_family("lowdose", "low dose: 10³–10⁴ photons per unattenuated pixel")
 def _lowdose(ctx: Context) -> FormedXray:
     photons = ctx.p.log_uniform("photons", 1e3, 1e4)
-    s, fine = _fine(ctx)
-    base = _base(ctx, ctx.camera, photons=photons)
-    return _detect(ctx, ctx.camera, ctx.pose, _mono(ctx, ctx.pose, fine), s, base)
+    return _mono_xray(ctx, photons=photons)
 
 
 @register_family("focal", "focal-spot blur σ 0.3–1.5 px")
 def _focal(ctx: Context) -> FormedXray:
     blur = ctx.p.uniform("blur_px", 0.3, 1.5)
-    s, fine = _fine(ctx)
-    base = _base(ctx, ctx.camera, blur_px=blur)
-    return _detect(ctx, ctx.camera, ctx.pose, _mono(ctx, ctx.pose, fine), s, base)
+    return _mono_xray(ctx, blur_px=blur)
 
 
 def narrow_geometry(volume, camera: Camera, pose: torch.Tensor, sod: float, sdd: float = 1020.0,

@@ -61,6 +61,15 @@ def shape_to_dict(s) -> dict:
             "half_mm": s.half.tolist(), "material": s.material}
 
 
+def _rays(source: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The segments source (3,) → targets (R, 3), world mm, float64: (source (1, 3), unit directions
+    (R, 3), lengths (R,) mm)."""
+    src = source.to(F64).reshape(1, 3)
+    d = targets.to(F64) - src
+    ray_len = d.norm(dim=-1)
+    return src, d / ray_len.clamp_min(1e-12)[:, None], ray_len
+
+
 def _interval_length(lo: torch.Tensor, hi: torch.Tensor, ray_len: torch.Tensor) -> torch.Tensor:
     lo = lo.clamp_min(0.0)
     hi = torch.minimum(hi, ray_len)
@@ -69,10 +78,7 @@ def _interval_length(lo: torch.Tensor, hi: torch.Tensor, ray_len: torch.Tensor) 
 
 def cylinder_chords(c: Cylinder, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(R,) length (mm) of each segment source → targets[r] inside the solid cylinder ``c``."""
-    src = source.to(F64).reshape(1, 3)
-    d = targets.to(F64) - src
-    ray_len = d.norm(dim=-1)
-    u = d / ray_len.clamp_min(1e-12)[:, None]
+    src, u, ray_len = _rays(source, targets)
     a = c.axis.to(F64)
     a = a / a.norm()
     w = (src - c.start.to(F64)).expand_as(u)
@@ -107,10 +113,7 @@ def cylinder_chords(c: Cylinder, source: torch.Tensor, targets: torch.Tensor) ->
 
 def box_chords(b: Box, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(R,) length (mm) of each segment source → targets[r] inside the solid box ``b``."""
-    src = source.to(F64).reshape(1, 3)
-    d = targets.to(F64) - src
-    ray_len = d.norm(dim=-1)
-    u = d / ray_len.clamp_min(1e-12)[:, None]
+    src, u, ray_len = _rays(source, targets)
     Rm = b.axes.to(F64)
     o = (src - b.centre.to(F64)) @ Rm  # (1, 3) in the box frame
     v = u @ Rm  # (R, 3)
