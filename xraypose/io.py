@@ -13,7 +13,7 @@
   write are removed (a result folder holds only the current run's files).
 * :func:`check_output_folder` / :func:`check_output_file` refuse an output
   that cannot be written **before** any computation (a read-only folder, a
-  path under a file, ...).
+  path under a file, ...); :func:`make_output_folder` checks and creates one.
 * A write that fails (read-only folder, full disk) raises :class:`OutputError`
   (one of xraypose's own errors, :class:`~xraypose.errors.XrayposeError`, and an
   :class:`OSError`; not an ``InputError``: one line naming the file).
@@ -227,6 +227,17 @@ def check_output_folder(path) -> Path:
         raise OutputError(f"cannot create the output folder {p}: {anc} is a file, not a folder")
     _probe_folder(anc, p)
     return p
+
+
+def make_output_folder(path) -> Path:
+    """The output folder ``path``, checked (:func:`check_output_folder`) and created with its
+    parents.  Raises :class:`OutputError` naming the folder when it cannot be created."""
+    out = check_output_folder(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    return out
 
 
 def check_output_file(path) -> Path:

@@ -103,10 +103,16 @@ class Registration:
             "confidence": self.confidence,
             "config": self.config,
         }
-        if self.metrics is not None:
-            d["metrics"] = self.metrics
-        d.update(self.extra)
-        return d
+        return _with_metrics(d, self.metrics, self.extra)
+
+
+def _with_metrics(d: dict, metrics: dict | None, extra: dict) -> dict:
+    """A result's pose.json document ``d`` with its ``metrics`` (when the truth is known) and its
+    ``extra`` entries added, in place; ``d``."""
+    if metrics is not None:
+        d["metrics"] = metrics
+    d.update(extra)
+    return d
 
 
 def registration_metrics(pose, true_pose, fiducials, camera: Camera) -> dict:
@@ -303,13 +309,9 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     removed, so the folder holds this result only.  Metrics that are infinite (a fiducial
     behind the X-ray source) are written as ``null`` and listed under ``"non_finite"``.
     """
-    from xraypose.io import OutputError, atomic_write_files, check_output_folder, json_bytes
+    from xraypose.io import atomic_write_files, json_bytes, make_output_folder
 
-    out = check_output_folder(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    out = make_output_folder(outdir)
     pose = reg.pose_json()
     if extra:
         pose.update(extra)

@@ -149,6 +149,8 @@ class RigRegistration:
 
     def pose_json(self) -> dict:
         """The result as JSON: the rig pose, every view's pose and intrinsics, the verdicts, timings."""
+        from xraypose.register.api import _with_metrics
+
         d = {
             "rig_to_world": self.rig_to_world.tolist(),
             "world_to_rig": torch.linalg.inv(self.rig_to_world).tolist(),
@@ -172,10 +174,7 @@ class RigRegistration:
             "levels": self.level_stats,
             "config": self.config,
         }
-        if self.metrics is not None:
-            d["metrics"] = self.metrics
-        d.update(self.extra)
-        return d
+        return _with_metrics(d, self.metrics, self.extra)
 
 
 def rig_start(camera_to_world, camera_to_rig) -> torch.Tensor:
@@ -419,14 +418,10 @@ def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume=N
     view side by side: :func:`views_picture`) into ``outdir`` (created), together and atomically
     (:func:`xraypose.io.atomic_write_files`; an earlier result's files this one does not have are
     removed).  A NaN is never written."""
-    from xraypose.io import OutputError, atomic_write_files, check_output_folder, json_bytes
+    from xraypose.io import atomic_write_files, json_bytes, make_output_folder
     from xraypose.register.api import RESULT_FILES, _check_finite
 
-    out = check_output_folder(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    out = make_output_folder(outdir)
     pose = rr.pose_json()
     if extra:
         pose.update(extra)
