@@ -45,6 +45,7 @@ import torch
 
 from xraypose.camera import Camera, camera_from_K
 from xraypose.errors import InputError
+from xraypose.io import read_input_bytes
 
 __all__ = ["MayaCam", "read_mayacam", "mayacam_camera", "read_mayacam_camera", "write_mayacam",
            "mayacam_to_camera_to_world", "closest_approach", "triangulate", "NOMINAL_PIXEL_MM",
@@ -156,14 +157,7 @@ def read_mayacam(path) -> MayaCam:
 
 def _text_lines(p: Path) -> list[str]:
     """The file's non-blank lines, stripped; refuses a missing file, a folder, unreadable or non-text bytes."""
-    if not p.exists():
-        raise InputError(f"MayaCam calibration not found: {p}")
-    if p.is_dir():
-        raise InputError(f"MayaCam calibration {p} is a folder, not a file")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read the MayaCam calibration {p} ({e.strerror or e})") from None
+    raw = read_input_bytes(p, "MayaCam calibration")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

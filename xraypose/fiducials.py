@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.io import check_input_file
 
 __all__ = ["bone_mask", "bone_points", "select_fiducials", "pick_bone_fiducials", "farthest_point_sampling",
            "read_fiducials_file", "read_fiducials_csv"]
@@ -144,10 +145,7 @@ def pick_bone_fiducials(
 
 
 def _text(p: Path) -> str:
-    if not p.exists():
-        raise InputError(f"fiducials file not found: {p}")
-    if p.is_dir():
-        raise InputError(f"fiducials file {p} is a folder, not a file")
+    check_input_file(p, "fiducials file")
     raw = p.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -227,10 +225,7 @@ def read_fiducials_file(path) -> tuple[list[str], torch.Tensor]:
             raise InputError(f"{p}: no fiducial point found (give a list of [x, y, z] or {{\"fiducials\": [...]}})")
         return [f"p{i}" for i in range(len(pts))], torch.tensor(pts, dtype=torch.float64)
     if suffix == ".npy":
-        if not p.exists():
-            raise InputError(f"fiducials file not found: {p}")
-        if p.is_dir():
-            raise InputError(f"fiducials file {p} is a folder, not a file")
+        check_input_file(p, "fiducials file")
         try:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:

@@ -342,6 +342,25 @@ def open_pil_image(p: Path, unreadable: str, cannot_open: str):
         Image.MAX_IMAGE_PIXELS = limit
 
 
+def check_input_file(p: Path, what: str, kind: str = "a file") -> None:
+    """Refuse, as :class:`~xraypose.errors.InputError`, an input file ``p`` that is missing
+    (``WHAT not found: P``) or a folder (``WHAT P is a folder, not KIND``)."""
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder, not {kind}")
+
+
+def read_input_bytes(p: Path, what: str, kind: str = "a file") -> bytes:
+    """The bytes of the input file ``p`` (checked by :func:`check_input_file`); an unreadable one
+    is an :class:`~xraypose.errors.InputError` ``cannot read the WHAT P (why)``."""
+    check_input_file(p, what, kind)
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read the {what} {p} ({e.strerror or e})") from None
+
+
 def read_toml(path) -> dict:
     """A TOML config file as a dict; a missing or malformed file is an :class:`InputError` naming it."""
     import tomllib

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xraypose.errors import InputError
+from xraypose.io import read_input_bytes
 
 __all__ = ["read_json", "check", "read_checked", "shown", "Number", "Integer", "Bool", "Text", "Vector", "Matrix4",
            "Matrix", "Object", "MapOf", "OneOf", "SIDECAR", "CASE_JSON", "POSES_JSON", "POSE_FILE", "FIDUCIALS_JSON",
@@ -357,14 +358,7 @@ def read_json(path, what: str = "JSON file"):
     unreadable, not UTF-8 text, not valid JSON, or repeats a key.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} not found: {p}")
-    if p.is_dir():
-        raise InputError(f"{what} {p} is a folder, not a JSON file")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read the {what} {p} ({e.strerror or e})") from None
+    raw = read_input_bytes(p, what, "a JSON file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -59,14 +59,11 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
             pages of different sizes or pixel types, a stack too large for this
             machine's memory, truncated page data.
     """
-    from xraypose.io import open_pil_image
+    from xraypose.io import check_input_file, open_pil_image
     from xraypose.limits import check_allocation
 
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} not found: {p}")
-    if p.is_dir():
-        raise InputError(f"{what} {p} is a folder, not a TIFF file")
+    check_input_file(p, what, "a TIFF file")
     im = open_pil_image(p, "not a readable TIFF file", "cannot open the TIFF file")  # memory checked below
     with im:
         if (im.format or "").upper() != "TIFF":
