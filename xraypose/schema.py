@@ -265,8 +265,24 @@ class Matrix4(Matrix):
         return rows
 
 
+class _ObjectSpec:
+    """What the specs of a JSON object share: ``kinds``, ``expected`` (their ``what``) and the
+    refusal of a value that is not an object."""
+
+    kinds = ("object",)
+    what: str
+
+    @property
+    def expected(self) -> str:
+        return self.what
+
+    def _check_object(self, v, path: tuple) -> None:
+        if not isinstance(v, dict):
+            raise _Bad(path, f"must be {self.what}, got {shown(v)}")
+
+
 @dataclass(frozen=True)
-class Object:
+class Object(_ObjectSpec):
     """A JSON object with the given ``fields`` ({key: spec}); ``required`` keys must be there;
     unknown keys are errors unless ``open``."""
 
@@ -274,15 +290,9 @@ class Object:
     required: tuple = ()
     open: bool = False
     what: str = "an object"
-    kinds = ("object",)
-
-    @property
-    def expected(self) -> str:
-        return self.what
 
     def validate(self, v, path: tuple):
-        if not isinstance(v, dict):
-            raise _Bad(path, f"must be {self.what}, got {shown(v)}")
+        self._check_object(v, path)
         for k in self.required:
             if k not in v:
                 raise _Bad(path, f"lacks the key {k!r}" if path else f"lacks the key {k!r}")
@@ -300,20 +310,14 @@ class Object:
 
 
 @dataclass(frozen=True)
-class MapOf:
+class MapOf(_ObjectSpec):
     """An object whose keys are free (names), each value fitting ``value``."""
 
     value: object
     what: str = "an object {name: value}"
-    kinds = ("object",)
-
-    @property
-    def expected(self) -> str:
-        return self.what
 
     def validate(self, v, path: tuple):
-        if not isinstance(v, dict):
-            raise _Bad(path, f"must be {self.what}, got {shown(v)}")
+        self._check_object(v, path)
         return {k: self.value.validate(x, path + (k,)) for k, x in v.items()}
 
 
