@@ -36,12 +36,13 @@ import torch.nn.functional as F
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.io import check_input_file
+from xraypose.volume import Volume
 
 __all__ = ["bone_mask", "bone_points", "select_fiducials", "pick_bone_fiducials", "farthest_point_sampling",
            "read_fiducials_file", "read_fiducials_csv"]
 
 
-def bone_mask(volume, hu_min: float = 250.0, hu_max: float = 2000.0, min_neighbors: int = 8,
+def bone_mask(volume: Volume, hu_min: float = 250.0, hu_max: float = 2000.0, min_neighbors: int = 8,
               metal_margin_vox: int = 2) -> torch.Tensor:
     """(I, J, K) boolean mask of bone voxels (see the module docstring)."""
     if not hu_min < hu_max:
@@ -59,7 +60,7 @@ def bone_mask(volume, hu_min: float = 250.0, hu_max: float = 2000.0, min_neighbo
     return mask
 
 
-def bone_points(volume, hu_min: float = 250.0, hu_max: float = 2000.0) -> torch.Tensor:
+def bone_points(volume: Volume, hu_min: float = 250.0, hu_max: float = 2000.0) -> torch.Tensor:
     """(M, 3) world mm of the centres of the :func:`bone_mask` voxels (float64)."""
     ijk = torch.nonzero(bone_mask(volume, hu_min, hu_max)).to(torch.float64)
     if ijk.shape[0] == 0:

@@ -281,7 +281,7 @@ def _focal(ctx: Context) -> FormedXray:
     return _mono_xray(ctx, blur_px=blur)
 
 
-def narrow_geometry(volume, camera: Camera, pose: torch.Tensor, sod: float, sdd: float = 1020.0,
+def narrow_geometry(volume: Volume, camera: Camera, pose: torch.Tensor, sod: float, sdd: float = 1020.0,
                     detector_mm: float = 300.0) -> tuple[Camera, torch.Tensor, torch.Tensor]:
     """A DeepFluoro-like rig for the same view: (camera, pose, isocenter point).
 
@@ -425,7 +425,7 @@ def _implants(ctx: Context) -> FormedXray:
 # ------------------------------------------------------------------ a displaced femur
 
 
-def femur_labels(volume) -> torch.Tensor:
+def femur_labels(volume: Volume) -> torch.Tensor:
     """:func:`xraypose.appearance.femur.femur_mask` of ``volume``, computed once per CT."""
     return _cached(volume, "femur_mask", lambda: fem.femur_mask(volume))
 

@@ -23,6 +23,7 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
+from xraypose.volume import Volume
 
 __all__ = ["Registration", "register_xray", "write_registration", "registration_metrics"]
 
@@ -124,7 +125,7 @@ def registration_metrics(pose, true_pose, fiducials, camera: Camera) -> dict:
 
 
 def register_xray(
-    volume,
+    volume: Volume,
     image,
     camera: Camera,
     init,
@@ -241,7 +242,7 @@ def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: boo
     return picks, checks
 
 
-def _add_truth(r: Registration, volume, camera: Camera, truth: torch.Tensor, fiducials, b: int) -> None:
+def _add_truth(r: Registration, volume: Volume, camera: Camera, truth: torch.Tensor, fiducials, b: int) -> None:
     """The errors of ``r``'s start and result against ``truth`` (4, 4) at the fiducials (or bone points)."""
     fid = fiducials
     if fid is not None:

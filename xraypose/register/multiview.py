@@ -49,6 +49,7 @@ import torch
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.register.optimizer import Registrar, RegistrationConfig
+from xraypose.volume import Volume
 
 __all__ = ["ViewImage", "ViewResult", "RigRegistration", "register_rig", "rig_start", "combine_confidences",
            "write_rig_registration", "views_picture", "RIG_RESULT_FILES"]
@@ -299,7 +300,7 @@ def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list) -> Non
     rr.p_success, rr.verdict, rr.reason = combine_confidences([o.name for o in rr.views], confs)
 
 
-def _rig_metrics(rr: RigRegistration, volume, true_rig_to_world, fiducials, Cs: list) -> None:
+def _rig_metrics(rr: RigRegistration, volume: Volume, true_rig_to_world, fiducials, Cs: list) -> None:
     """Every view's errors (mm, degrees) against the truth ``true_rig_to_world`` (4, 4) at the
     ``fiducials`` (N, 3) world mm (default: bone points picked in the first view at the truth), in
     place; the rig's are the first view's."""
@@ -322,7 +323,7 @@ def _rig_metrics(rr: RigRegistration, volume, true_rig_to_world, fiducials, Cs: 
     rr.extra["fiducials"] = fid.tolist()
 
 
-def register_rig(volume, views, init, *, registrar: Registrar | None = None, config: RegistrationConfig | None = None,
+def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = None, config: RegistrationConfig | None = None,
                  start_view: int = 0, true_rig_to_world=None, fiducials=None,
                  confidence: bool = True) -> RigRegistration:
     """Register N views tied by a rig to a CT (module docstring).
@@ -402,7 +403,7 @@ def views_picture(images, drrs, names, verdicts=None, p_success=None, title: str
     return buf.getvalue()
 
 
-def _rig_drrs(volume, rr: RigRegistration, renderer=None) -> list:
+def _rig_drrs(volume: Volume, rr: RigRegistration, renderer=None) -> list:
     """Per view (H, W) DRR at the result (registration's density model)."""
     if renderer is None:
         from xraypose.evaluate import PictureRenderer
