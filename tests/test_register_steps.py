@@ -228,3 +228,49 @@ def test_lm_curvature_from_the_linearised_drr_matches_finite_differences(volume,
     assert renders[False] == 2 and renders[True] == 0  # six poses in one batch + the base, against none
     for lin in (False, True):
         assert _mtre(results[lin].poses[0], case) < 1.0
+
+
+@pytest.mark.parametrize("mode", ["start-view", "both"])
+def test_rig_capture_on_the_start_view_then_every_view(volume, mode):
+    """rig_capture="start-view": the capture (Adam) levels see the start view only, the later levels
+    both views; "both": the joint capture too, the better goes on; one result with every level's
+    record; an unknown setting is refused."""
+    from xraypose.camera import carm_pose
+    from xraypose.register.cases import perturb_pose
+    from xraypose.synthetic import XraySimulator
+    from xraypose.preprocess import preprocess
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
+    P = [carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, 80.0)]
+    C1 = torch.linalg.inv(P[0]) @ P[1]  # rig frame = the first view's camera
+    views = []
+    for i, C in enumerate((None, C1)):
+        sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.0)
+        pre = preprocess(sim(P[i]).raw[0, 0], cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
+        views.append((pre.image, pre.camera, C))
+    X0 = perturb_pose(P[0], iso, 4.0, 12.0, torch.Generator().manual_seed(3))[0]
+    lv = (Level(size=32, iterations=40, volume_mm=6.0, depth_lr_scale=0.2),
+          Level(size=64, iterations=30, volume_mm=3.0, fit_bone=True, optimizer="lm", similarity="gncc"))
+    seen = []
+    original = Registrar.register_views
+
+    def spy(self, v, *a, **k):
+        seen.append((len(v), len(self.config.levels)))
+        return original(self, v, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Registrar, "register_views", spy)
+        res = Registrar(volume, RegistrationConfig(levels=lv, drr_blur=1.0, rig_capture=mode)).register_views(
+            views, X0)
+    # the call, the capture on the start view, (the joint capture,) the rest on both views
+    assert seen == ([(2, 2), (1, 1), (2, 1)] if mode == "start-view" else [(2, 2), (1, 1), (2, 1), (2, 1)])
+    assert res.chosen_start[0] in ((0,) if mode == "start-view" else (0, 1))
+    fid = iso[None] + torch.tensor([[30.0, 0, 0], [0, 30, 0], [0, 0, 30], [-30, -30, 0]], dtype=F64)
+    err = lambda X: float(pose_errors(X, P[0], fid, sdr=510.0)["mtre"])  # noqa: E731
+    assert err(X0) > 5.0 and err(res.poses[0]) < 1.0
+    assert [s["level"] for s in res.level_stats] == [0, 1] and [x["level"] for x in res.levels[0]] == [0, 1]
+    assert {r["level"] for r in res.trajectories[0]} == {0, 1} and sorted(res.curvature[0]) == [1]
+    assert torch.equal(res.initial_poses[0], X0)
+    with pytest.raises(InputError, match="rig_capture"):
+        RegistrationConfig(rig_capture="each")

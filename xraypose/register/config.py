@@ -149,6 +149,12 @@ class RegistrationConfig:
     ``revisit``: each level goes on from the best, at that level, of the start and the earlier
     levels' results (a coarse level cannot drag a good start away).
 
+    ``rig_capture`` (several views tied by a rig): ``"joint"`` — every level sees every view;
+    ``"start-view"`` — the capture levels (the leading Adam levels) see only the start view
+    (the one whose ``camera_to_rig`` is the identity), the later levels every view; ``"both"`` —
+    both captures, the first later level goes on from the better of them (each fails where the
+    other does not: measured in docs/benchmarks.md, "Multi-view and tracking").
+
     ``num_threads``: torch threads during the registration (restored after);
     None leaves torch's setting.  Default 1: the per-iteration tensors are small,
     and on the shared 2-core development machine 2 threads made a registration
@@ -190,6 +196,7 @@ class RegistrationConfig:
     adam_tol_px: float = 0.5
     adam_patience: int = 10
     revisit: bool = True
+    rig_capture: str = "both"
 
     def __post_init__(self):
         from xraypose.register.measures import MEASURES
@@ -209,6 +216,8 @@ class RegistrationConfig:
                              f"{', '.join(DENSITY_MODELS)}")
         if self.schedule not in ("plateau", "step"):
             raise InputError(f"unknown schedule {self.schedule!r}; choose plateau or step")
+        if self.rig_capture not in ("joint", "start-view", "both"):
+            raise InputError(f"unknown rig_capture {self.rig_capture!r}; choose joint, start-view or both")
         for name in ("lr_rot", "lr_trans", "bone_multiplier", "lm_tol_px", "lm_damping", "lm_max_damping",
                      "lm_max_step_px", "motion_radius_mm"):
             v = getattr(self, name)

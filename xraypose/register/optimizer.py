@@ -355,6 +355,9 @@ class Registrar:
         c = self.config
         if not views:
             raise InputError("no X-ray to register")
+        n_capture = next((i for i, lv in enumerate(c.levels) if lv.optimizer != "adam"), len(c.levels))
+        if len(views) > 1 and c.rig_capture != "joint" and 0 < n_capture < len(c.levels):
+            return self._capture_then_joint(views, initial_poses, curvature, n_capture)
         prepared = [self._check_view(i, len(views), *v) for i, v in enumerate(views)]
         B = prepared[0][0].shape[0]
         if any(p[0].shape[0] != B for p in prepared):
@@ -394,6 +397,42 @@ class Registrar:
         finally:
             torch.set_num_threads(threads)
         return out
+
+    def _capture_then_joint(self, views, initial_poses, curvature, n_capture: int) -> RegistrationResult:
+        """A rig registration whose capture levels (the leading Adam levels) see only the start view
+        (the view whose ``camera_to_rig`` is the identity, else the first) — ``rig_capture`` "start-view"
+        — or run twice, on the start view and on every view ("both"), the levels after them seeing every
+        view (from both captures: the first of them keeps the better, as with several starts); one result
+        as :meth:`register_views` gives (levels, trajectories and times of the stages; ``chosen_start``
+        says which capture went on, 0 = the start view's, 1 = the joint one)."""
+        import dataclasses
+
+        def identity(v) -> bool:
+            return v[2] is None or bool(torch.equal(torch.as_tensor(v[2], dtype=F64), torch.eye(4, dtype=F64)))
+
+        r = next((i for i, v in enumerate(views) if identity(v)), 0)
+        c = self.config
+        capture = self.derive(levels=c.levels[:n_capture], rig_capture="joint")
+        firsts = [capture.register_views([views[r]], initial_poses)]
+        if c.rig_capture == "both":
+            firsts.append(capture.register_views(views, initial_poses))
+        starts = torch.stack([f.poses for f in firsts], dim=1)  # (B, 1 or 2, 4, 4)
+        second = self.derive(levels=c.levels[n_capture:], rig_capture="joint").register_views(
+            views, starts,
+            curvature=None if curvature is None else [{k - n_capture: H for k, H in cv.items() if k >= n_capture}
+                                                      for cv in curvature])
+        shift = lambda recs, key: [{**x, key: x[key] + n_capture} for x in recs]  # noqa: E731
+        won = [firsts[k] for k in second.chosen_start]  # per case, the capture that went on
+        return dataclasses.replace(
+            second, initial_poses=firsts[0].initial_poses, chosen_start=list(second.chosen_start),
+            iterations=sum(f.iterations for f in firsts) + second.iterations,
+            opt_s=sum(f.opt_s for f in firsts) + second.opt_s, cpu_s=sum(f.cpu_s for f in firsts) + second.cpu_s,
+            trajectories=[w.trajectories[b] + shift(second.trajectories[b], "level") for b, w in enumerate(won)],
+            level_stats=firsts[0].level_stats + shift(second.level_stats, "level"),
+            levels=[w.levels[b] + shift(second.levels[b], "level") for b, w in enumerate(won)],
+            curvature=[{k + n_capture: H for k, H in cv.items()} for cv in second.curvature],
+            recoveries=[sum(f.recoveries[b] for f in firsts) + second.recoveries[b] for b in range(len(won))],
+            config=c)
 
     @staticmethod
     def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
