@@ -293,15 +293,8 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
                     timing={"init_s": reg.init_s, "opt_s": reg.opt_s}, p_success=reg.p_success, verdict=reg.verdict,
                     reason=reg.reason, confidence=reg.confidence)
     write_slicer_transform(d / "pose.tfm", T)
-    row = {"case": name, "similarity": float(reg.similarity), "init (s)": float(reg.init_s),
-           "opt (s)": float(reg.opt_s), "iterations": int(reg.iterations), "status": reg.status}
-    if reg.verdict is not None:
-        row.update({"verdict": reg.verdict, "p_success": float(reg.p_success), "reason": reg.reason})
     m, m0 = reg.metrics, reg.initial_metrics
-    if m is not None:
-        row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
-                    "mPE (mm)": m["mpe"], "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"]})
-    row = {k: row[k] for k in [*ROW_COLUMNS, *row] if k in row}  # metrics.csv's column order
+    row = _metrics_row(name, reg, m, m0)
     uv_est = uv_true = None
     if fiducials is not None:
         fid = torch.as_tensor(fiducials, dtype=F64).reshape(-1, 3)
@@ -340,6 +333,20 @@ def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fidu
     atomic_write_json(d / "result.json", {"row": row, "section": {"heading": heading,
                                                                    "figures": [[str(p), c] for p, c in figures]}})
     return row, section
+
+
+def _metrics_row(name: str, reg, m: dict | None, m0: dict | None) -> dict:
+    """One metrics.csv row (its column order) of a result ``reg`` (a registration, or a rig's: similarity,
+    init_s, opt_s, iterations, status, verdict, p_success, reason) with the metrics ``m`` of the pose and
+    ``m0`` of its start (:func:`xraypose.register.api.registration_metrics` dicts, or None)."""
+    row = {"case": name, "similarity": float(reg.similarity), "init (s)": float(reg.init_s),
+           "opt (s)": float(reg.opt_s), "iterations": int(reg.iterations), "status": reg.status}
+    if reg.verdict is not None:
+        row.update({"verdict": reg.verdict, "p_success": float(reg.p_success), "reason": reg.reason})
+    if m is not None:
+        row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
+                    "mPE (mm)": m["mpe"], "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"]})
+    return {k: row[k] for k in [*ROW_COLUMNS, *row] if k in row}  # metrics.csv's column order
 
 
 def _trajectory_frames(drr, r, n: int = 12) -> list:
@@ -637,15 +644,7 @@ def _register_rig(evalset: EvalSet, out: Path, names: list, start, config, pictu
     figures = [(d / "views.png", "every view: X-ray, DRR at the joint result, difference")] if pictures else []
     results = {}
     for i, (v, name) in enumerate(zip(rr.views, names)):
-        row = {"case": cases[i].name, "similarity": rr.similarity, "init (s)": rr.init_s, "opt (s)": rr.opt_s,
-               "iterations": rr.iterations, "status": rr.status}
-        if rr.verdict is not None:
-            row.update({"verdict": rr.verdict, "p_success": float(rr.p_success), "reason": rr.reason})
-        m, m0 = v.metrics, v.initial_metrics
-        if m is not None:
-            row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
-                        "mPE (mm)": m["mpe"], "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"]})
-        row = {k: row[k] for k in [*ROW_COLUMNS, *row] if k in row}
+        row = _metrics_row(cases[i].name, rr, v.metrics, v.initial_metrics)
         section = ({"heading": heading, "figures": figures} if i == 0 else
                    {"heading": f"{cases[i].name}: view {i + 1} of the rig (above)", "figures": []})
         cd = out / "cases" / name
