@@ -5,7 +5,9 @@ A registration is a list of :class:`Track`\\ s, one per start of each X-ray.  A 
 ``stepper.end(tracks)``; every track keeps the best pose of the level.  Each stepper decides
 its own convergence test (:class:`~xraypose.register.config.RegistrationConfig`).
 
-* :class:`AdamStepper` — Adam on the similarity in the configured parameterization, one
+* :class:`AdamStepper` — Adam on the similarity in the configured parameterization (its gradient:
+  autograd to the pose, then the parameter map's derivatives by central differences,
+  :meth:`~xraypose.register.optimizer.Registrar.pose_and_jacobian`), one
   learning rate for the rotation and one for the translation parameters (DiffPose), the depth's
   scaled per level; plateau schedule (back to the best pose and halve the rates after
   ``patience`` iterations without improvement; converged after ``max_reductions`` halvings) or
@@ -13,9 +15,11 @@ its own convergence test (:class:`~xraypose.register.config.RegistrationConfig`)
   ``adam_patience`` iterations.  Wide capture range, slow to settle.
 * :class:`LMStepper` — Levenberg–Marquardt on the measure's residual ``r`` (``score = 1 −
   ½‖r‖²``) in a local chart ``pose(ξ) = F·exp(ξ)·F⁻¹·pose`` (``F``: the pose's axes at the
-  isocenter; ξ = (ω, ρ) rad, mm): the exact gradient ``Jᵀr`` by autograd, the Gauss–Newton
-  curvature ``JᵀJ`` from forward differences (6 extra DRRs, renewed every
-  ``lm_hessian_every`` accepted steps), a step accepted only if it lowers ``‖r‖²``.  Converges
+  isocenter; ξ = (ω, ρ) rad, mm): the exact gradient ``Jᵀr`` (autograd to the pose, then the
+  chart's tangents ``F·G_k·F⁻¹·pose``), the Gauss–Newton curvature ``JᵀJ`` from the DRR linearised
+  along the six directions (one render with the kernel's pose derivatives; six extra DRRs where
+  that is not available), renewed every ``lm_hessian_every`` accepted steps, a step accepted only
+  if it lowers ``‖r‖²``.  Converges
   to the optimum in a few iterations and stops when the next step would move the CT by less
   than ``lm_tol_px`` pixels.
 
