@@ -88,17 +88,22 @@ def _case_file(cache: Path, ct: str, family: str, i: int) -> Path:
     return cache / "cases" / f"{ct}-d256-s0" / family / f"case{i:04d}.pt"
 
 
-def family_case(ct: str, vol, maker, family: str, i: int, cache: Path) -> dict:
-    """Case i of a family, from benchmarks/appearance.py's cache, this benchmark's, or formed now."""
-    for f in (APPEARANCE_CACHE / f"{ct}-d256-s0" / family / f"case{i:04d}.pt", _case_file(cache, ct, family, i)):
+def cached_case(files, make) -> dict:
+    """The first of ``files`` that exists, loaded; else ``make()``, saved (atomically) as the last of them."""
+    for f in files:
         if f.exists():
             return torch.load(f, weights_only=False)
-    c = make_case(vol, maker, family, i, 0)
-    f = _case_file(cache, ct, family, i)
+    c, f = make(), files[-1]
     f.parent.mkdir(parents=True, exist_ok=True)
     torch.save(c, f.with_suffix(".tmp"))
     os.replace(f.with_suffix(".tmp"), f)
     return c
+
+
+def family_case(ct: str, vol, maker, family: str, i: int, cache: Path) -> dict:
+    """Case i of a family, from benchmarks/appearance.py's cache, this benchmark's, or formed now."""
+    return cached_case((APPEARANCE_CACHE / f"{ct}-d256-s0" / family / f"case{i:04d}.pt", _case_file(cache, ct, family, i)),
+                       lambda: make_case(vol, maker, family, i, 0))
 
 
 def radiograph_case(name: str, size: int = 256) -> dict | None:
@@ -192,13 +197,7 @@ class Runner:
             return family_case(other, self.cts[other], self.makers[other], "ours", job["case"], self.cache)
         if fam == FLUORO:
             f = self.cache / "cases" / f"{self.ct}-d128-s0" / "lowdose" / f"case{job['case']:04d}.pt"
-            if f.exists():
-                return torch.load(f, weights_only=False)
-            c = make_case(self.vol, self.fluoro_maker, "lowdose", job["case"], 0)
-            f.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(c, f.with_suffix(".tmp"))
-            os.replace(f.with_suffix(".tmp"), f)
-            return c
+            return cached_case((f,), lambda: make_case(self.vol, self.fluoro_maker, "lowdose", job["case"], 0))
         return family_case(self.ct, self.vol, self.makers[self.ct], fam, job["case"], self.cache)
 
     def run(self, job: dict) -> dict:

@@ -57,6 +57,7 @@ import torch
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.io import atomic_write_bytes, atomic_write_json
+from xraypose.register.multiview import RIG_RESULT_FILES
 from xraypose.register.starts import StartRule, angle_starts, perturbed_starts
 
 __all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
@@ -70,8 +71,9 @@ _BLUR_PX = 1.0  # σ of the 5×5 Gaussian given to case-folder X-rays (pixels at
 RUN_FILE = "run.json"
 #: Files an evaluation (or the demo) writes at the top of its folder, and in each cases/NAME/.
 TOP_FILES = ("report.html", "metrics.csv", "summary.json", RUN_FILE, "scene.png", "training.png")
-CASE_FILES = ("pose.json", "pose.tfm", "landmarks.csv", "result.json", "comparison.png", "overlay.png",
-              "fiducials.png", "registration.gif", "curves.png", "metrics.json", "trajectory.json", "views.png")
+CASE_FILES = tuple(dict.fromkeys(("pose.json", "pose.tfm", "landmarks.csv", "result.json", "comparison.png",
+                                   "overlay.png", "fiducials.png", "registration.gif", "curves.png")
+                                  + RIG_RESULT_FILES))  # a rig's joint result (cases/rig/) too
 
 #: Columns of metrics.csv (and the report's table), in order; metrics.csv adds "reason" (the verdict's) last.
 ROW_COLUMNS = ["case", "verdict", "p_success", "mTRE (mm)", "start mTRE (mm)", "mPE (mm)", "mRPE (mm)", "dGeo (mm)", "rot (°)",
