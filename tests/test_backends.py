@@ -241,6 +241,19 @@ def test_channels_last_volume_is_read_in_place():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_three_channels_channels_last_are_padded_to_a_pitch_of_four():
+    """Three channels are stored in a voxel pitch of four floats (the kernel reads a corner's channels
+    with one 16-byte load, the pad included); a view whose storage lacks the last pad is not taken
+    for that layout (it would be read past its end)."""
+    vol = torch.rand(3, 5, 6, 7)
+    cl = cpu.channels_last(vol)
+    assert cl.stride() == (1, 6 * 7 * 4, 7 * 4, 4) and cpu.is_channels_last(cl) and torch.equal(cl, vol)
+    assert cl.untyped_storage().nbytes() == 5 * 6 * 7 * 4 * 4
+    tight = torch.rand(5 * 6 * 7 * 4 - 1).as_strided((3, 5, 6, 7), (1, 6 * 7 * 4, 7 * 4, 4))
+    assert not cpu.is_channels_last(tight)
+    assert cpu.is_channels_last(cpu.channels_last(torch.rand(4, 3, 2, 5)))
+
+
 def test_channels_last_two_channel_fast_path_matches_reference():
     """The DRR's storage (2 channels, channels-last, z innermost) takes the kernel's 16-byte-load path."""
     if not cpu.available():
@@ -333,7 +346,9 @@ def corner_loads():
 
 @pytest.mark.parametrize("layout,channels,shape", [
     ("first", 1, (14, 12, 10)), ("first", 2, (9, 7, 2)), ("first", 9, (8, 7, 6)),  # 9: two channel blocks
-    ("last", 2, (14, 12, 10)), ("last", 2, (5, 16, 2)), ("last", 3, (9, 8, 7)),     # 3 channels-last: gathers
+    ("last", 2, (14, 12, 10)), ("last", 2, (5, 16, 2)),
+    ("last", 3, (9, 8, 7)), ("last", 3, (5, 16, 2)), ("last", 4, (9, 8, 7)),        # 3 (padded) and 4: quads4
+    ("first", 3, (9, 8, 7)),
     ("first", 2, (9, 8, 1)), ("last", 2, (6, 7, 1)),                                 # K = 1: gathers
 ])
 def test_corner_loads_without_gathers_give_the_same_bits(corner_loads, layout, channels, shape):

@@ -56,6 +56,7 @@ from xraypose.register.measures import score_from_residual
 from xraypose.register.objective import LevelObjective, ViewSet, level_channels
 from xraypose.register.steppers import Track, make_stepper
 from xraypose.render.density import DENSITY_MODELS, registration_basis
+from xraypose.render.backends.cpu import channels_last
 
 __all__ = ["Level", "RegistrationConfig", "RegistrationResult", "Registrar", "DEFAULT_LEVELS", "FAST_LEVELS",
            "levels_for_sizes", "registration_density", "REGISTRATION_DENSITIES"]
@@ -206,8 +207,8 @@ class Registrar:
             d, a = self._pyramid[(factors, (0, 1, 2))]
             if channels != (0, 1, 2):
                 d = d[list(channels)].contiguous()
-            if d.shape[0] == 2:  # channels-last: the fused CPU kernel reads both channels of a corner at once
-                d = d.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # (measured 136 vs 179 ms at 116²)
+            if d.shape[0] in (2, 3):  # channels-last: the fused CPU kernel reads a corner's channels at once
+                d = channels_last(d)  # (measured 136 vs 179 ms at 116² for two; 30 vs 36 ms at 128² for three)
             self._pyramid[key] = (d, a)
         return self._pyramid[key]
 
