@@ -337,7 +337,10 @@ class LMStepper(Stepper):
         ``J``'s column k is ``(r(ξ = h_k·e_k) − r(0)) / h_k`` with steps ``h`` that move the CT by
         0.1 pixel.  ``r(h_k·e_k)`` is the residual of the DRR linearised along the chart's direction k
         (:meth:`~xraypose.register.objective.LevelObjective.residual_along`: one render with its pose
-        derivatives, the fused CPU kernel's); where the objective cannot linearise, six more renders.
+        derivatives, the fused CPU kernel's); where the objective cannot linearise, of the DRR
+        rendered there (seven poses in one batch).  Either way with the intensity fits and robust
+        weights of the pose's own DRR, the constants the gradient ``Jᵀr`` holds: ``JᵀJ`` is then
+        the Gauss–Newton curvature of the very residual whose gradient the step follows.
         """
         reg = self.reg
         best = torch.stack([t.work["best_pose"] for t in tracks])
@@ -353,14 +356,13 @@ class LMStepper(Stepper):
         if r is not None:
             r = r.to(F64)
             J = (r[:, 1:] - r[:, :1]) / h[:, :, None]  # (n, 6, M)
-        else:
-            xi = torch.diag_embed(h).reshape(n * 6, 6)  # (n·6, 6)
-            rep = lambda x: x.repeat_interleave(6, dim=0)  # noqa: E731
+        else:  # each pose and its six neighbours in one batch, sharing the pose's fits and weights
+            xi = torch.cat([torch.zeros(n, 1, 6, dtype=F64), torch.diag_embed(h)], 1).reshape(n * 7, 6)
+            rep = lambda x: x.repeat_interleave(7, dim=0)  # noqa: E731
             with torch.no_grad():
-                T = _chart(rep(Fr), xi, rep(best))
-                r1, _, _ = self.obj.residual(T, rows.repeat_interleave(6))
-                r0, _, _ = self.obj.residual(best, rows)
-            J = (r1.to(F64).reshape(n, 6, -1) - r0.to(F64)[:, None]) / h[:, :, None]  # (n, 6, M)
+                r, _, _ = self.obj.residual(_chart(rep(Fr), xi, rep(best)), rep(rows), groups=7)
+            r = r.to(F64).reshape(n, 7, -1)
+            J = (r[:, 1:] - r[:, :1]) / h[:, :, None]  # (n, 6, M)
         for q, t in enumerate(tracks):
             t.work["H"] = J[q] @ J[q].T
             t.work["since_H"] = 0
