@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (ALLOW_OTHER_CT, BONE_MULTIPLIER, DENSITY, FAST, LEVELS, LR_ROT, LR_TRANS, SCHEDULE,
-                                  SIMILARITY, levels_config, option_numbers, seed_option, threads_option)
+from xraypose.cli.options import (ALLOW_OTHER_CT, MODEL, SIZE_DEFAULT, Group, option_numbers, registration_options,
+                                  with_groups)
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 
@@ -24,13 +24,14 @@ def _file_id(path: Path) -> str:
     return f"{path.resolve()} (sha256 {digest})"
 
 
+@with_groups
 def evaluate_command(
     source: Path = typer.Argument(..., help="A case folder (ct.*, xrays/, poses.json, fiducials.csv) or a "
                                   "DeepFluoro / Ljubljana HDF5 file (with --specimen)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder: report.html, metrics.csv, "
                                 "summary.json, cases/NAME/ (pose.json, pose.tfm, landmarks.csv, pictures)."),
     specimen: Optional[int] = typer.Option(None, "--specimen", help="DeepFluoro specimen 1-6 / Ljubljana subject 1-10."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to start from."),
+    model: Optional[Path] = MODEL,
     start: Optional[str] = typer.Option(
         None, "--start",
         help="model (--model) | angles (each X-ray's C-arm angles) | perturb (the true pose moved by --perturb) | "
@@ -40,18 +41,9 @@ def evaluate_command(
                                 "about a random axis through the isocenter and an exact shift."),
     pose_json: Optional[Path] = typer.Option(None, "--pose-json", help='Start pose for --start pose: {"camera_to_world": 4×4}.'),
     sod: Optional[float] = typer.Option(None, "--sod", help="Source-to-isocenter distance of --start ap, mm (default 0.6 × sdd)."),
-    size: int = typer.Option(256, "--size", help="Register images resized to at most this many rows."),
+    size: int = typer.Option(SIZE_DEFAULT, "--size", help="Register images resized to at most this many rows."),
     structure: str = typer.Option("pelvis", "--structure", help="DeepFluoro: pelvis | left-femur | right-femur."),
-    similarity: str = SIMILARITY,
-    lr_rot: float = LR_ROT,
-    lr_trans: float = LR_TRANS,
-    schedule: str = SCHEDULE,
-    density: str = DENSITY,
-    bone_multiplier: float = BONE_MULTIPLIER,
-    levels: Optional[str] = LEVELS,
-    fast: bool = FAST,
-    seed: int = seed_option("Seed of the perturbations and the sparse patch draws."),
-    threads: int = threads_option("CPU threads for registration."),
+    cfg_kw: dict = Group(registration_options),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Draw each case's pictures (slower)."),
     resume: bool = typer.Option(False, "--resume", help="Keep the cases already written in OUTDIR (the settings "
                                 "must be those of its run.json; a difference is refused)."),
@@ -86,11 +78,8 @@ def evaluate_command(
     for c in ev.cases:
         check_registrable_xray(tuple(c.image.shape), f"{source}: X-ray {c.name}")
     start, rule, label = evaluation_start(start, ev, model=model, pose_json=pose_json, sod=sod, perturb=(deg, mm),
-                                          seed=seed, allow_other_ct=allow_other_ct, source=source)
-    cfg = RegistrationConfig(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule,
-                             density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
-                             drr_blur=ev.blur_px,
-                             **levels_config(levels, fast))
+                                          seed=cfg_kw["seed"], allow_other_ct=allow_other_ct, source=source)
+    cfg = RegistrationConfig(drr_blur=ev.blur_px, **cfg_kw)
     settings = _start_settings(start, model, pose_json, (deg, mm), sod)
     try:
         s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume,

@@ -16,10 +16,12 @@ out-of-range values are refused naming the option::
 
 A test checks that every numeric option of every command has an entry here.
 
-**Shared options.** The registration options of ``register``, ``evaluate`` and ``track``
-(:data:`SIMILARITY`, :data:`LR_ROT`, …, :func:`seed_option`, :func:`threads_option`), whose defaults
-are :class:`~xraypose.register.RegistrationConfig`'s, the CT argument, the intrinsics overrides and
-the structure options are defined here once.
+**Shared options.** The options that several commands take are defined here once, most of them in
+groups (:class:`Group`, :func:`with_groups`): a function whose parameters are the options and which
+gives what they mean to the library: :func:`registration_options` (``register``, ``evaluate``; the
+defaults are :class:`~xraypose.register.RegistrationConfig`'s), :func:`start_options`,
+:func:`intrinsics_options`, :func:`preprocessing_options` and :func:`structure_options` (``register``,
+``track``); and the CT argument, :data:`SEED`, :data:`THREADS`, :data:`MODEL`, ….
 
 **Parsers.** :func:`option_numbers` (comma-separated numbers), :func:`levels_config`
 (``--levels`` / ``--fast``), :func:`check_init` (``--init``), :func:`read_pose_json`,
@@ -28,8 +30,11 @@ the structure options are defined here once.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from pathlib import Path
+from typing import Optional
 
 import typer
 import typer.core
@@ -173,6 +178,36 @@ class CheckedCommand(typer.core.TyperCommand):
         return rest
 
 
+# --------------------------------------------------------------------------------------------- option groups
+class Group:
+    """``name: dict = Group(fn)`` in a command's signature (a command decorated with :func:`with_groups`): the
+    parameters of ``fn`` (typer options) stand in its place, and the command receives ``fn(**their values)`` as
+    ``name`` (as FastAPI's ``Depends``).  Options that several commands take are so defined once, in one
+    function of this module, with what they mean to the library (e.g. RegistrationConfig keywords)."""
+
+    def __init__(self, fn, params: list | None = None):
+        self.fn = fn
+        #: the options (``inspect.Parameter``): ``fn``'s parameters, unless given (``fn`` then takes ``**values``)
+        self.params = list(inspect.signature(fn, eval_str=True).parameters.values()) if params is None else params
+
+
+def with_groups(command):
+    """``command`` with each :class:`Group` parameter replaced by the group's options, in its place (so in that
+    order in ``--help``); typer reads the options from the signature, the command gets the groups' values."""
+    sig = inspect.signature(command, eval_str=True)
+    groups = {p.name: p.default for p in sig.parameters.values() if isinstance(p.default, Group)}
+    params = [q for p in sig.parameters.values() for q in (groups[p.name].params if p.name in groups else [p])]
+
+    @functools.wraps(command)
+    def run(**values):
+        for name, group in groups.items():
+            values[name] = group.fn(**{p.name: values.pop(p.name) for p in group.params})
+        return command(**values)
+
+    run.__signature__ = sig.replace(parameters=params)
+    return run
+
+
 # --------------------------------------------------------------------------------------------- shared options
 CT = typer.Argument(..., help="CT file (NIfTI, NRRD, MHA, DICOM folder) or 'sample' for the bundled pelvis CT.")
 
@@ -194,38 +229,94 @@ LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g
                       f"'{','.join(str(level.size) for level in DEFAULT_LEVELS)}' (the default); each level's other "
                       "settings from the nearest default level.")
 FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews).")
-
-
-def seed_option(help: str):
-    """``--seed``, RegistrationConfig's default."""
-    return typer.Option(_REG.seed, "--seed", help=help)
-
-
-def threads_option(help: str):
-    """``--threads`` (RegistrationConfig.num_threads), RegistrationConfig's default."""
-    return typer.Option(_REG.num_threads, "--threads", help=help)
-
-
+SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse patches; evaluate: the "
+                    "perturbations too).")
+THREADS = typer.Option(_REG.num_threads, "--threads", help="CPU threads (1 is fastest for these small images on a "
+                       "busy machine).")
 HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
                           "antipodal start and two restarts about the result; keep the most confident (the result "
                           "says which).")
+MODEL = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to start from (a sequence: "
+                     "its estimate on the first frame).")
 ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "
                               "otherwise: it knows the poses of its own CT only); a warning is printed.")
 
-# Options of `register` and `track` (the X-ray's intrinsics, its preprocessing, the start).
+
+def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, lr_trans: float = LR_TRANS,
+                         schedule: str = SCHEDULE, density: str = DENSITY, bone_multiplier: float = BONE_MULTIPLIER,
+                         levels: Optional[str] = LEVELS, fast: bool = FAST, seed: int = SEED,
+                         threads: int = THREADS) -> dict:
+    """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
+    return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
+                bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, **levels_config(levels, fast))
+
+
+# Options of `register` and `track`: the start, the X-ray's intrinsics, its preprocessing, a structure.
+INIT = typer.Option(None, "--init", help="Start: model | angles (the X-ray's C-arm angles or --angles) | pose "
+                    "(--pose-json: a pose or a previous result, to restart) | ap (an AP view of the isocenter). "
+                    "Default: model with --model, pose with --pose-json, else angles. A sequence: the first "
+                    "frame's start.")
+POSE_JSON = typer.Option(None, "--pose-json", help='Start pose: {"camera_to_world": 4×4}, a previous pose.json or '
+                         "(--rig, track) a rig result's rig_to_world.")
+ANGLES = typer.Option(None, "--angles",
+                      help="C-arm angles 'PRIMARY,SECONDARY' in degrees (LAO+/RAO−, CRAN+/CAUD−).")
 SOD = typer.Option(None, "--sod", help="Source-to-isocenter distance, mm (angles/ap starts).")
 ISOCENTER = typer.Option(None, "--isocenter", help="'X,Y,Z' world RAS mm (default: the CT's centre).")
+
+
+def start_options(model: Optional[Path] = MODEL, init: Optional[str] = INIT, pose_json: Optional[Path] = POSE_JSON,
+                  angles: Optional[str] = ANGLES, sod: Optional[float] = SOD,
+                  isocenter: Optional[str] = ISOCENTER) -> dict:
+    """The start options of ``register`` and ``track``, ``init`` resolved and checked (:func:`check_init`)."""
+    return dict(init=check_init(init, model, pose_json), model=model, pose_json=pose_json, angles=angles, sod=sod,
+                isocenter=isocenter)
+
+
+SDD = typer.Option(None, "--sdd", help="Source-to-detector distance, mm (overrides the file).")
 DELX = typer.Option(None, "--delx", help="Pixel spacing along columns, mm.")
 DELY = typer.Option(None, "--dely", help="Pixel spacing along rows, mm.")
 X0 = typer.Option(None, "--x0", help="Principal-point offset along +u, mm.")
 Y0 = typer.Option(None, "--y0", help="Principal-point offset along +v, mm.")
+KIND = typer.Option(None, "--kind", help="Pixel values: intensity | log-intensity | attenuation (default: from the "
+                    "file).")
+
+
+def intrinsics_options(sdd: Optional[float] = SDD, delx: Optional[float] = DELX, dely: Optional[float] = DELY,
+                       x0: Optional[float] = X0, y0: Optional[float] = Y0, kind: Optional[str] = KIND) -> dict:
+    """The X-ray's header overrides of ``register`` and ``track``: :func:`xraypose.xray.read_xray` keywords."""
+    return dict(sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0, kind=kind)
+
+
+I0 = typer.Option(None, "--i0", help="Unattenuated intensity for the log (default: the image's maximum; a "
+                  "sequence: each frame's).")
 CROP = typer.Option(0, "--crop", help="Collimator border to remove, pixels per edge.")
-STRUCTURE = typer.Option(None, "--structure", help="Register one structure given as a mask on the CT's grid "
-                         "(nonzero voxels; NIfTI, NRRD, ...): only it is rendered, the X-ray is cropped to where it "
+BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) of the X-ray (every frame) before "
+                    "registering; 0 for none. The DRRs get the same blur.")
+#: Rows the X-rays are resampled to at most before registering (``--size`` of register, track, evaluate).
+SIZE_DEFAULT = 256
+SIZE = typer.Option(SIZE_DEFAULT, "--size", help="Resample the preprocessed X-ray (the frames) to at most this many "
+                    "rows first.")
+
+
+def preprocessing_options(i0: Optional[float] = I0, crop: int = CROP, blur: float = BLUR,
+                          size: int = SIZE) -> dict:
+    """The preprocessing options of ``register`` and ``track`` (see :func:`xraypose.cli.steps.preprocess_settings`)."""
+    return dict(crop=crop, blur=blur, size=size, i0=i0)
+
+
+STRUCTURE = typer.Option(None, "--structure", help="One structure given as a mask on the CT's grid (nonzero "
+                         "voxels; NIfTI, NRRD, ...): only it is rendered; register also crops the X-ray to where it "
                          "projects at the start.")
-LABEL_MAP = typer.Option(None, "--label-map", help="A labelmap on the CT's grid; with --label N: register that "
-                         "structure only (as --structure).")
+LABEL_MAP = typer.Option(None, "--label-map", help="A labelmap on the CT's grid; with --label N: that structure "
+                         "only (as --structure).")
 LABEL = typer.Option(None, "--label", help="The structure's label id in --label-map.")
+
+
+def structure_options(structure: Optional[Path] = STRUCTURE, label_map: Optional[Path] = LABEL_MAP,
+                      label: Optional[str] = LABEL) -> dict:
+    """The structure options of ``register`` and ``track`` (:func:`xraypose.cli.steps.load_registration_ct`)."""
+    return dict(structure=structure, label_map=label_map, label=label)
+
 
 #: Starts of `register` and `track` (``--init``).
 INITS = ("model", "angles", "pose", "ap")

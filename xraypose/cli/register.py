@@ -11,10 +11,9 @@ from typing import List, Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (ALLOW_OTHER_CT, BONE_MULTIPLIER, CROP, CT, DELX, DELY, DENSITY, EXIT_FAILED, FAST,
-                                  HYPOTHESES, ISOCENTER, LABEL, LABEL_MAP, LEVELS, LR_ROT, LR_TRANS,
-                                  PARAMETERIZATION, SCHEDULE, SIMILARITY, SOD, STRUCTURE, X0, Y0, check_init,
-                                  levels_config, option_numbers, seed_option, threads_option)
+from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, PARAMETERIZATION, Group,
+                                  intrinsics_options, option_numbers, preprocessing_options, registration_options,
+                                  start_options, structure_options, with_groups)
 from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, part_settings, preprocess_settings,
                                 structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
@@ -28,73 +27,34 @@ RIG = typer.Option(None, "--rig", help="rig.json tying several X-rays (camera_to
                    "§8.3), or 'angles' (the X-rays' own C-arm angles): one rig_to_world is registered for all views.")
 START_VIEW = typer.Option(None, "--start-view", help="With --rig: the view the start (model, angles, --pose-json "
                           "camera_to_world, ap) is for (default: the first X-ray).")
-MODEL = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to initialise from.")
-INIT = typer.Option(None, "--init", help="Start: model | angles (the X-ray's C-arm angles or --angles) | pose "
-                    "(--pose-json: a pose or a previous result, to restart) | ap (an AP view of the isocenter). "
-                    "Default: model with --model, pose with --pose-json, else angles.")
-POSE_JSON = typer.Option(None, "--pose-json", help='Start pose: {"camera_to_world": 4×4} or a previous pose.json.')
-ANGLES = typer.Option(None, "--angles",
-                      help="C-arm angles 'PRIMARY,SECONDARY' in degrees (LAO+/RAO−, CRAN+/CAUD−).")
 ANTIPODAL = typer.Option(False, "--antipodal", help="Also try the start seen from the other side (AP/PA confusion).")
 TRUE_POSE = typer.Option(None, "--true-pose", help="Ground-truth pose JSON: write metrics.json.")
 FIDUCIALS = typer.Option(None, "--fiducials", help="3D fiducials (world mm; .json/.npy/.csv) for the metrics "
                          "(default: 20 picked on bone).")
-SDD = typer.Option(None, "--sdd", help="X-ray source-to-detector distance, mm (overrides the file).")
 REVERSE_X_AXIS = typer.Option(None, "--reverse-x-axis/--no-reverse-x-axis", help="Mirrored detector columns.")
-KIND = typer.Option(None, "--kind", help="Pixel values: intensity | log-intensity | attenuation (default: from the "
-                    "file).")
-I0 = typer.Option(None, "--i0", help="Unattenuated intensity for the log (default: the image maximum).")
-BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) before registering; 0 for none. The DRRs get "
-                    "the same blur.")
-SIZE = typer.Option(256, "--size", help="Resample the preprocessed X-ray to at most this many rows first.")
-SEED = seed_option("Seed of the sparse patch draws.")
-THREADS = threads_option("CPU threads (1 is fastest for these small images on a busy machine).")
 NO_TRAJECTORY = typer.Option(False, "--no-trajectory", help="Do not record/write the trajectory.")
 
 
+@with_groups
 def register_command(
     ct: str = CT,
     xrays: List[Path] = XRAYS,
     output: Path = OUTPUT,
     rig: Optional[str] = RIG,
     start_view: Optional[str] = START_VIEW,
-    model: Optional[Path] = MODEL,
-    init: Optional[str] = INIT,
-    pose_json: Optional[Path] = POSE_JSON,
-    angles: Optional[str] = ANGLES,
-    sod: Optional[float] = SOD,
-    isocenter: Optional[str] = ISOCENTER,
+    start_kw: dict = Group(start_options),
     antipodal: bool = ANTIPODAL,
     hypotheses: bool = HYPOTHESES,
     true_pose: Optional[Path] = TRUE_POSE,
     fiducials: Optional[Path] = FIDUCIALS,
-    sdd: Optional[float] = SDD,
-    delx: Optional[float] = DELX,
-    dely: Optional[float] = DELY,
-    x0: Optional[float] = X0,
-    y0: Optional[float] = Y0,
+    read_kw: dict = Group(intrinsics_options),
     reverse_x_axis: Optional[bool] = REVERSE_X_AXIS,
-    kind: Optional[str] = KIND,
-    i0: Optional[float] = I0,
-    crop: int = CROP,
-    blur: float = BLUR,
-    size: int = SIZE,
-    similarity: str = SIMILARITY,
+    prep: dict = Group(preprocessing_options),
     parameterization: str = PARAMETERIZATION,
-    lr_rot: float = LR_ROT,
-    lr_trans: float = LR_TRANS,
-    schedule: str = SCHEDULE,
-    density: str = DENSITY,
-    bone_multiplier: float = BONE_MULTIPLIER,
-    levels: Optional[str] = LEVELS,
-    fast: bool = FAST,
-    seed: int = SEED,
-    threads: int = THREADS,
+    cfg_kw: dict = Group(registration_options),
     no_trajectory: bool = NO_TRAJECTORY,
     allow_other_ct: bool = ALLOW_OTHER_CT,
-    structure: Optional[Path] = STRUCTURE,
-    label_map: Optional[Path] = LABEL_MAP,
-    label: Optional[str] = LABEL,
+    structure_kw: dict = Group(structure_options),
     config: Optional[Path] = config_option("register"),
 ) -> None:
     """Find the C-arm pose of an X-ray by registering it to a CT (several X-rays tied by a rig: --rig).
@@ -108,25 +68,19 @@ def register_command(
 
     xraypose register ct.nii.gz cam01.tif cam02.tif --rig rig.json --pose-json start.json -o result/
     """
-    init = check_init(init, model, pose_json)
-    common = dict(ct=ct, output=output, init=init, model=model, pose_json=pose_json, angles=angles, sod=sod,
-                  isocenter=isocenter, true_pose=true_pose, fiducials=fiducials, crop=crop, blur=blur, size=size,
-                  i0=i0, no_trajectory=no_trajectory, allow_other_ct=allow_other_ct, structure=structure,
-                  label_map=label_map, label=label,
-                  read_kw=dict(sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0, reverse_x_axis=reverse_x_axis, kind=kind))
-    cfg_kw = dict(parameterization=parameterization, similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans,
-                  schedule=schedule, density=density, bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
-                  record_trajectory=not no_trajectory)
+    common = dict(ct=ct, output=output, **start_kw, true_pose=true_pose, fiducials=fiducials, **prep,
+                  no_trajectory=no_trajectory, allow_other_ct=allow_other_ct, **structure_kw,
+                  read_kw={**read_kw, "reverse_x_axis": reverse_x_axis})
+    cfg_kw = {**cfg_kw, "parameterization": parameterization, "record_trajectory": not no_trajectory}
     if rig is not None or len(xrays) > 1:
-        _register_views(xrays, rig, start_view, antipodal, levels, fast, cfg_kw, common)
+        _register_views(xrays, rig, start_view, antipodal, cfg_kw, common)
     else:
         if start_view is not None:
             raise InputError("--start-view needs --rig (several X-rays)")
-        _register_one(xrays[0], antipodal=antipodal, hypotheses=hypotheses, levels=levels, fast=fast, cfg_kw=cfg_kw,
-                      **common)
+        _register_one(xrays[0], antipodal=antipodal, hypotheses=hypotheses, cfg_kw=cfg_kw, **common)
 
 
-def _register_views(xrays, rig, start_view, antipodal: bool, levels, fast: bool, cfg_kw: dict, common: dict) -> None:
+def _register_views(xrays, rig, start_view, antipodal: bool, cfg_kw: dict, common: dict) -> None:
     """Several X-rays tied by ``--rig``: :func:`xraypose.cli.rig.run_register_rig`; exits with its code."""
     if rig is None:
         raise InputError(f"{len(xrays)} X-rays given: tie them with --rig rig.json (or --rig angles), or "
@@ -135,15 +89,14 @@ def _register_views(xrays, rig, start_view, antipodal: bool, levels, fast: bool,
         raise InputError("--antipodal is not available with --rig")
     from xraypose.cli.rig import run_register_rig
 
-    code = run_register_rig(xrays=xrays, rig=rig, start_view=start_view,
-                            cfg_kw={**cfg_kw, **levels_config(levels, fast)}, **common)
+    code = run_register_rig(xrays=xrays, rig=rig, start_view=start_view, cfg_kw=cfg_kw, **common)
     if code:
         raise SystemExit(code)
 
 
 def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_json, angles, sod, isocenter,
                   antipodal: bool, hypotheses: bool, true_pose, fiducials, read_kw: dict, crop: int, blur: float,
-                  size: int, i0, levels, fast: bool, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool,
+                  size: int, i0, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool,
                   structure, label_map, label) -> None:
     """One X-ray: read, start, preprocess, register (a structure's window and weights), write, print."""
     from xraypose.io import check_output_folder
@@ -158,8 +111,7 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     start, init_info = _start(init, xr, xray, model=model, vol=cts.volume, pose_json=pose_json, sod=sod,
                               iso=cts.isocenter, allow_other_ct=allow_other_ct)
     px = xr.preprocess(**preprocess_settings(xr.shape, crop, blur, size, i0))
-    cfg = RegistrationConfig(drr_blur=drr_blur(blur, px.shape[0], xr.shape[0], crop), **cfg_kw,
-                             **levels_config(levels, fast))
+    cfg = RegistrationConfig(drr_blur=drr_blur(blur, px.shape[0], xr.shape[0], crop), **cfg_kw)
     truth = _true_pose(true_pose)
     fid = metric_fiducials(fiducials, truth)
     reg = Registrar(cts.prepared.volume, cfg, isocenter=cts.registrar_isocenter)

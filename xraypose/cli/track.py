@@ -12,9 +12,9 @@ from typing import List, Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (CROP, CT, DELX, DELY, EXIT_FAILED, ISOCENTER, LABEL, LABEL_MAP,
-                                  REGISTRATION_DEFAULTS, SOD, X0, Y0, check_init, levels_config, seed_option,
-                                  threads_option)
+from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, REGISTRATION_DEFAULTS, SEED, THREADS, Group,
+                                  intrinsics_options, levels_config, preprocessing_options, start_options,
+                                  structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
 from xraypose.cli.steps import (drr_blur, load_registration_ct, part_settings, pose_transform_of,
                                 preprocess_settings, start_pose)
@@ -133,8 +133,6 @@ def _csv_bytes(rows) -> bytes:
     return buf.getvalue().encode()
 
 
-
-
 FRAMES = typer.Argument(..., metavar="FRAMES...", help="The sequence: a multi-frame DICOM (XA/RF cine), a folder of "
                         "frames, a multi-page TIFF, or several files (one frame each). With --rig: one sequence per "
                         "view (e.g. the folders cam01/ cam02/).")
@@ -143,52 +141,24 @@ OUTPUT = typer.Option(..., "-o", "--output", help="Output folder: trajectory.csv
 RIG = typer.Option(None, "--rig", help="rig.json tying the views (biplane sequences): each FRAMES argument is one "
                    "view's sequence; the poses are rig_to_world.")
 START_VIEW = typer.Option(None, "--start-view", help="With --rig: the view the start is for (default: the first).")
-MODEL = typer.Option(None, "--model", help="Trained pose regressor: start from its estimate on the first frame.")
-INIT = typer.Option(None, "--init", help="Start of the first frame: model | angles | pose | ap (default: model with "
-                    "--model, pose with --pose-json, else angles).")
-POSE_JSON = typer.Option(None, "--pose-json", help="Start pose of the first frame (camera_to_world, or a rig "
-                         "result's rig_to_world).")
-ANGLES = typer.Option(None, "--angles", help="C-arm angles 'PRIMARY,SECONDARY' (degrees) of the first frame.")
-SDD = typer.Option(None, "--sdd", help="Source-to-detector distance, mm (overrides the files).")
-KIND = typer.Option(None, "--kind", help="Pixel values: intensity | log-intensity | attenuation.")
-I0 = typer.Option(None, "--i0", help="Unattenuated intensity for the log (default: each frame's maximum).")
-BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) of every frame; the DRRs get the same.")
-SIZE = typer.Option(256, "--size", help="Resample the frames to at most this many rows first.")
 DENSITY = typer.Option(REGISTRATION_DEFAULTS.density, "--density",
                        help="linear | hu | physical | raw (a TIFF bone volume: raw).")
 LEVELS = typer.Option(None, "--levels", help="Schedule of the first frame (and re-initialisations).")
 FAST = typer.Option(False, "--fast", help="A cheaper schedule for the first frame (previews).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
-SEED = seed_option("Seed of any sparse patch draws.")
-THREADS = threads_option("CPU threads.")
-ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT.")
-STRUCTURE = typer.Option(None, "--structure", help="Track one structure given as a mask on the CT's grid (nonzero "
-                         "voxels): only it is rendered.")
 
 
+@with_groups
 def track_command(
     ct: str = CT,
     frames: List[Path] = FRAMES,
     output: Path = OUTPUT,
     rig: Optional[str] = RIG,
     start_view: Optional[str] = START_VIEW,
-    model: Optional[Path] = MODEL,
-    init: Optional[str] = INIT,
-    pose_json: Optional[Path] = POSE_JSON,
-    angles: Optional[str] = ANGLES,
-    sod: Optional[float] = SOD,
-    isocenter: Optional[str] = ISOCENTER,
-    sdd: Optional[float] = SDD,
-    delx: Optional[float] = DELX,
-    dely: Optional[float] = DELY,
-    x0: Optional[float] = X0,
-    y0: Optional[float] = Y0,
-    kind: Optional[str] = KIND,
-    i0: Optional[float] = I0,
-    crop: int = CROP,
-    blur: float = BLUR,
-    size: int = SIZE,
+    start_kw: dict = Group(start_options),
+    read_kw: dict = Group(intrinsics_options),
+    prep: dict = Group(preprocessing_options),
     density: str = DENSITY,
     levels: Optional[str] = LEVELS,
     fast: bool = FAST,
@@ -196,9 +166,7 @@ def track_command(
     seed: int = SEED,
     threads: int = THREADS,
     allow_other_ct: bool = ALLOW_OTHER_CT,
-    structure: Optional[Path] = STRUCTURE,
-    label_map: Optional[Path] = LABEL_MAP,
-    label: Optional[str] = LABEL,
+    structure_kw: dict = Group(structure_options),
     config: Optional[Path] = config_option("track"),
 ) -> None:
     """Track a sequence (fluoroscopy, cine, biplane video): a pose per frame, each from the previous ones.
@@ -218,24 +186,24 @@ def track_command(
     from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.multiview import rig_start
 
-    init = check_init(init, model, pose_json)
     if start_view is not None and rig is None:
         raise InputError("--start-view needs --rig")
     cfg_kw = {"density": density, "seed": seed, "num_threads": threads, "record_trajectory": False,
               **levels_config(levels, fast)}
     check_output_folder(output)
-    names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, dict(sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0,
-                                                                      kind=kind))
+    names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     r = _start_view_index(start_view, names, frames)
-    cts = load_registration_ct(ct, isocenter, density, structure, label_map, label)
+    cts = load_registration_ct(ct, start_kw["isocenter"], density, **structure_kw)
     if cts.part:  # a part of the CT (one structure, a cropped CT)
         cfg_kw = part_settings(cfg_kw, cts.prepared)
-    views, first = _preprocess_sequences(names, seqs, cams, Cs, crop, blur, size, i0)
-    cfg = RegistrationConfig(drr_blur=drr_blur(blur, first[0].shape[0], seqs[0].shape[0], crop), **cfg_kw)
+    views, first = _preprocess_sequences(names, seqs, cams, Cs, **prep)
+    cfg = RegistrationConfig(drr_blur=drr_blur(prep["blur"], first[0].shape[0], seqs[0].shape[0], prep["crop"]),
+                             **cfg_kw)
     reg = Registrar(cts.prepared.volume, cfg, isocenter=cts.registrar_isocenter)
-    start, info = start_pose(init, px=first[r], camera_to_rig=views[r][2], view=names[r], model=model, vol=cts.volume,
-                             pose_json=pose_json, angles=angles, sod=sod, iso=cts.isocenter,
-                             allow_other_ct=allow_other_ct)
+    s = start_kw
+    start, info = start_pose(s["init"], px=first[r], camera_to_rig=views[r][2], view=names[r], model=s["model"],
+                             vol=cts.volume, pose_json=s["pose_json"], angles=s["angles"], sod=s["sod"],
+                             iso=cts.isocenter, allow_other_ct=allow_other_ct)
     if callable(start):
         start = rig_start(start(views[r][0][:1], views[r][1])[0], views[r][2])
     res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs)

@@ -5,14 +5,38 @@ Registered in :mod:`xraypose.cli` with ``app.command("train")(train_command)``.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from xraypose.cli.options import CT
+from xraypose.cli.options import CT, Group, option_flag, with_groups
+
+#: Options that set one field of the training configuration: option → (table, key, type, help).
+CONFIG_FIELDS = {
+    "steps": ("run", "max_steps", int, "Maximum number of optimiser steps"),
+    "backbone": ("model", "backbone", str, "timm backbone name, e.g. resnet18"),
+    "parameterization": ("model", "parameterization", str, "Rotation parameterization"),
+    "batch_size": ("optim", "batch_size", int, "Images per step and process"),
+    "device": ("run", "device", str, "auto | cpu | cuda"),
+    "seed": ("run", "seed", int, "Random seed"),
+}
 
 
+def _given_fields(**values) -> dict:
+    """{(table, key): value} of the :data:`CONFIG_FIELDS` options given."""
+    return {CONFIG_FIELDS[name][:2]: v for name, v in values.items() if v is not None}
+
+
+#: The :data:`CONFIG_FIELDS` options, each help naming its field.
+FIELD_OPTIONS = Group(_given_fields, [
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[kind],
+                      default=typer.Option(None, option_flag(name), help=f"{text} ({table}.{key})."))
+    for name, (table, key, kind, text) in CONFIG_FIELDS.items()])
+
+
+@with_groups
 def train_command(
     ct: str = CT,
     output: Path = typer.Option(..., "-o", "--output", help="Model file to write (the best model), e.g. model.pt. "
@@ -31,14 +55,8 @@ def train_command(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget of the whole training, "
                                             "minutes, resumes included (sets run.time_budget_s; the schedule fits "
                                             "the budget; with --resume, give more to train longer)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Maximum number of optimiser steps (run.max_steps)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="timm backbone name (model.backbone), e.g. resnet18."),
-    parameterization: Optional[str] = typer.Option(None, "--parameterization",
-                                                   help="Rotation parameterization (model.parameterization)."),
     size: Optional[int] = typer.Option(None, "--size", help="Training image size in pixels (camera.height = width)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process (optim.batch_size)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (run.device)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (run.seed)."),
+    fields: dict = FIELD_OPTIONS,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a patient-specific pose regressor on DRRs of one CT.
@@ -60,18 +78,14 @@ def train_command(
     else:
         base = TrainConfig()
     d = base.to_dict()
-    overrides = {
-        ("run", "time_budget_s"): None if minutes is None else 60.0 * minutes,
-        ("run", "max_steps"): steps, ("model", "backbone"): backbone,
-        ("model", "parameterization"): parameterization, ("camera", "height"): size,
-        ("optim", "batch_size"): batch_size, ("run", "device"): device, ("run", "seed"): seed,
-    }
+    overrides = {("run", "time_budget_s"): None if minutes is None else 60.0 * minutes, ("camera", "height"): size,
+                 **fields}
     for (section, key), value in overrides.items():
         if value is not None:
             d[section][key] = value
     if size is not None:
         d["camera"]["width"] = None
-    if minutes is not None and steps is None:
+    if minutes is not None and ("run", "max_steps") not in fields:
         d["run"]["max_steps"] = max(d["run"]["max_steps"], 1_000_000)  # the budget decides
     cfg = TrainConfig.from_dict(d)
     result = train(ct, output, cfg, resume=resume, overwrite=overwrite, finetune=finetune, quiet=quiet)
