@@ -3,8 +3,8 @@
 The configuration guards each raise :class:`xraypose.errors.InputError` with one line that names
 the setting, the value and what it must be: ``config: optim.lr = -1.0 must be > 0``.  The training
 configuration's sections (:mod:`xraypose.train.config`) and :class:`xraypose.augment.AugmentConfig`
-check their fields with them, beside the fields.  :func:`one_line` quotes another library's
-exception in such a message; :func:`is_numeric_dtype` is the test every array reader makes.
+check their fields with them, beside the fields; :func:`finite_float` reads one number of an
+argument.  :func:`one_line` quotes another library's exception in such a message; :func:`is_numeric_dtype` is the test every array reader makes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 
 from xraypose.errors import InputError
 
-__all__ = ["config_error", "check_number", "check_vector", "check_choice", "one_line", "is_numeric_dtype"]
+__all__ = ["config_error", "check_number", "check_vector", "check_choice", "finite_float", "one_line",
+           "is_numeric_dtype"]
 
 
 def config_error(name: str, value, why: str) -> NoReturn:
@@ -52,6 +53,18 @@ def check_choice(name: str, v, options) -> None:
     """One of ``options``."""
     if v not in options:
         config_error(name, v, f"is not one of: {', '.join(map(str, options))}")
+
+
+def finite_float(value, what: str, kind: str = "a number") -> float:
+    """``float(value)``; :class:`InputError` naming ``what`` when it is no number (``what must be KIND, got
+    …``) or not finite (``what must be finite, got nan``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be {kind}, got {value!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"{what} must be finite, got {v!r}")
+    return v
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:

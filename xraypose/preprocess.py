@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import is_numeric_dtype
+from xraypose._checks import finite_float, is_numeric_dtype
 from xraypose._kernels import gaussian_kernel1d
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -522,12 +522,7 @@ def subtract_background(image, background="mode", clamp: bool = True):
             raise InputError(f"background percentile must be in [0, 100], got {p}")
         value = float(np.percentile(img.detach().cpu().numpy(), p))
     else:
-        try:
-            value = float(background)
-        except (TypeError, ValueError):
-            raise InputError(f"unknown background {background!r}; use a number, 'min', 'mode' or ('percentile', p)") from None
-        if not math.isfinite(value):
-            raise InputError(f"background must be finite, got {background!r}")
+        value = finite_float(background, "background", "a number, 'min', 'mode' or ('percentile', p)")
     out = img - value
     if clamp:
         out = out.clamp_min(0.0)

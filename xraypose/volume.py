@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import is_numeric_dtype, one_line
+from xraypose._checks import finite_float, is_numeric_dtype, one_line
 from xraypose.errors import InputError
 from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
 
@@ -289,7 +289,7 @@ class Volume:
             raise InputError(
                 f"Unknown density model {model!r}; choose one of {', '.join(DENSITY_MODELS)}"
             )
-        mult = _finite_float(bone_attenuation_multiplier, "bone_attenuation_multiplier")
+        mult = finite_float(bone_attenuation_multiplier, "bone_attenuation_multiplier")
         if mult < 0:
             raise InputError(f"bone_attenuation_multiplier must be >= 0; got {mult}")
 
@@ -448,9 +448,9 @@ def _hu_density(x: torch.Tensor, mult: float, source: str) -> torch.Tensor:
 
 def _physical_density(x: torch.Tensor, mult: float, mu_water: float, mu_bone: float,
                       hu_bone: float) -> torch.Tensor:
-    mu_w = _finite_float(mu_water, "mu_water")
-    mu_b = _finite_float(mu_bone, "mu_bone")
-    hu_b = _finite_float(hu_bone, "hu_bone")
+    mu_w = finite_float(mu_water, "mu_water")
+    mu_b = finite_float(mu_bone, "mu_bone")
+    hu_b = finite_float(hu_bone, "hu_bone")
     if mu_w <= 0:
         raise InputError(f"mu_water must be > 0 (1/mm); got {mu_w}")
     if mu_b <= mu_w:
@@ -1101,16 +1101,6 @@ def _as_point(value, what: str) -> torch.Tensor:
     if t.numel() != 3 or not bool(torch.isfinite(t).all()):
         raise InputError(f"{what} must be 3 finite numbers (world RAS mm); got {t.tolist()}")
     return t
-
-
-def _finite_float(value, what: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number; got {value!r}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{what} must be finite; got {v}")
-    return v
 
 
 def _check_float_dtype(dtype) -> torch.dtype:

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from xraypose._checks import finite_float
 from xraypose.errors import InputError
 
 __all__ = ["Params"]
@@ -41,11 +42,11 @@ class Params:
         return value
 
     def uniform(self, name: str, lo: float, hi: float) -> float:
-        return self._number(name, self._take(name, lo + (hi - lo) * self._rand()), lo, hi)
+        return finite_float(self._take(name, lo + (hi - lo) * self._rand()), f"{self.family}: {name}")
 
     def log_uniform(self, name: str, lo: float, hi: float) -> float:
         v = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * self._rand())
-        return self._number(name, self._take(name, v), lo, hi)
+        return finite_float(self._take(name, v), f"{self.family}: {name}")
 
     def integer(self, name: str, lo: int, hi: int) -> int:
         """Uniform on lo..hi inclusive."""
@@ -84,15 +85,6 @@ class Params:
             raise InputError(f"{self.family}: {name} must be a non-zero vector")
         v = v / v.norm()
         self.info[name] = v.tolist()
-        return v
-
-    def _number(self, name: str, v, lo: float, hi: float) -> float:
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise InputError(f"{self.family}: {name} must be a number, got {v!r}") from None
-        if not math.isfinite(v):
-            raise InputError(f"{self.family}: {name} must be finite, got {v!r}")
         return v
 
     def record(self, name: str, value) -> None:
