@@ -306,3 +306,22 @@ def test_rows_in_groups_share_the_first_rows_fits_and_weights(volume, case):
     assert not torch.allclose(grouped[1], refit[1], atol=1e-4)  # the neighbour: the first's constants
     assert bone1[0] != bone1[1]
     assert bone[0] == bone[1]
+
+
+def test_pose_motion_is_the_rotation_at_the_radius_plus_the_isocenters_travel():
+    """The Adam levels' "the best pose stayed put" test: angle(T2·T1⁻¹)·radius + |D·iso − iso|,
+    here in plain floats, against so3_log, at angles from 1e-7 rad to nearly π."""
+    from xraypose.geometry import se3_exp, so3_log
+    from xraypose.register.steppers import pose_motion_mm
+
+    g = torch.Generator().manual_seed(0)
+    for s in (1e-7, 1e-3, 0.3, 2.0, 3.1):
+        for _ in range(10):
+            T1 = se3_exp(torch.randn(6, generator=g, dtype=F64) * torch.tensor([1, 1, 1, 50, 50, 50.0], dtype=F64))
+            T2 = se3_exp(torch.randn(6, generator=g, dtype=F64) * s) @ T1
+            iso = torch.randn(3, generator=g, dtype=F64) * 30
+            D = T2 @ torch.linalg.inv(T1)
+            want = float(so3_log(D[:3, :3]).norm()) * 100.0 + float((D[:3, :3] @ iso + D[:3, 3] - iso).norm())
+            assert pose_motion_mm(T1, T2, iso, 100.0) == pytest.approx(want, rel=1e-7, abs=1e-9)
+    T = se3_exp(torch.randn(6, generator=g, dtype=F64))
+    assert pose_motion_mm(T, T, torch.zeros(3, dtype=F64), 100.0) == pytest.approx(0.0, abs=1e-9)

@@ -16,13 +16,11 @@ import torch
 from ._numerics import (
     check_last_dim,
     check_matrix,
+    exp_coefficients,
     eye_like,
     left_jacobian_inv_coef,
-    one_minus_cos_coef,
-    sinc_coef,
-    theta_minus_sin_coef,
 )
-from .rigid import make_transform, split_transform
+from .rigid import split_transform
 from .so3 import hat, so3_log
 
 __all__ = ["se3_exp", "se3_hat", "se3_log"]
@@ -45,10 +43,14 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     W = hat(omega)
     W2 = W @ W
     I = eye_like(xi)
-    B = one_minus_cos_coef(theta2)
-    R = I + sinc_coef(theta2) * W + B * W2
-    V = I + B * W + theta_minus_sin_coef(theta2) * W2
-    return make_transform(R, (V @ rho[..., None])[..., 0])
+    A, B, C = exp_coefficients(theta2)
+    R = I + A * W + B * W2
+    V = I + B * W + C * W2
+    T = torch.zeros(xi.shape[:-1] + (4, 4), dtype=R.dtype, device=R.device)
+    T[..., :3, :3] = R
+    T[..., :3, 3] = (V @ rho[..., None])[..., 0]
+    T[..., 3, 3] = 1.0
+    return T
 
 
 def se3_hat(xi: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from xraypose.camera import Camera
+from xraypose.camera import Camera, world_to_camera_points
 from xraypose.errors import InputError
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS, pose_from_params, pose_to_params
 from xraypose.register.config import (  # noqa: F401 (re-exported)
@@ -256,8 +256,10 @@ class Registrar:
         """(B,) True where a pose still looks at the CT (finite, isocenter in front and near the detector)."""
         ok = torch.isfinite(T).reshape(T.shape[0], -1).all(-1)
         Tf = torch.where(ok[:, None, None], T, torch.eye(4, dtype=T.dtype).expand_as(T))
-        z = camera.depth(self.isocenter[None].to(T.dtype), Tf)[:, 0]
-        uv = camera.project(self.isocenter[None].to(T.dtype), Tf)[:, 0]
+        p = world_to_camera_points(self.isocenter[None].to(T.dtype), Tf)[:, 0]  # (B, 3), camera frame
+        z = p[:, 2]
+        uvw = p @ camera.K(p.dtype).T
+        uv = uvw[:, :2] / uvw[:, 2:3]  # Camera.project, from the same camera-frame point
         H, W = camera.height, camera.width
         inside = (uv[:, 0] > -W) & (uv[:, 0] < 2 * W) & (uv[:, 1] > -H) & (uv[:, 1] < 2 * H)
         return ok & (z > 0) & inside

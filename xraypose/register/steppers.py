@@ -223,12 +223,19 @@ class AdamStepper(Stepper):
 def pose_motion_mm(T1: torch.Tensor, T2: torch.Tensor, isocenter: torch.Tensor, radius: float) -> float:
     """Largest motion (mm) of a point within ``radius`` of the isocenter between two camera_to_world
     poses (4, 4): the rotation angle times the radius plus the isocenter's displacement."""
-    from xraypose.geometry import so3_log
-
-    D = T2.detach().to(F64) @ torch.linalg.inv(T1.detach().to(F64))
-    angle = float(so3_log(D[:3, :3]).norm())
-    iso = isocenter.to(F64)
-    return angle * radius + float((D[:3, :3] @ iso + D[:3, 3] - iso).norm())
+    # in plain floats (a 3×3 product; runs on every improving Adam iteration): D = T2·T1⁻¹,
+    # angle = atan2(‖D − Dᵀ‖/(2√2), (tr D − 1)/2) (accurate at small angles, unlike acos)
+    R1 = T1.detach().to(F64)[:3].tolist()
+    R2 = T2.detach().to(F64)[:3].tolist()
+    t1 = [R1[i][3] for i in range(3)]
+    t2 = [R2[i][3] for i in range(3)]
+    D = [[sum(R2[i][k] * R1[j][k] for k in range(3)) for j in range(3)] for i in range(3)]  # R2·R1ᵀ
+    skew = math.sqrt(sum((D[i][j] - D[j][i]) ** 2 for i in range(3) for j in range(3)))
+    angle = math.atan2(skew / (2.0 * math.sqrt(2.0)), 0.5 * (D[0][0] + D[1][1] + D[2][2] - 1.0))
+    iso = isocenter.to(F64).tolist()
+    # where the isocenter goes: D·(iso − t1) + t2
+    moved = [sum(D[i][j] * (iso[j] - t1[j]) for j in range(3)) + t2[i] for i in range(3)]
+    return angle * radius + math.sqrt(sum((moved[i] - iso[i]) ** 2 for i in range(3)))
 
 
 def _chart(frame: torch.Tensor, xi: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
