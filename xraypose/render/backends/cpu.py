@@ -703,7 +703,7 @@ def _fused_arguments(density, affine, camera, camera_to_world, uv, n_samples, st
         density = density.contiguous()
     # empty-space skipping, for volumes that live across calls (a DRR's basis), not per-call copies
     occ = occupancy(density) if density is given else None
-    w2i = torch.linalg.inv(affine.detach().double().cpu())[:3].contiguous()
+    w2i = _world_to_index(affine)
     kinv = camera.K_inv(torch.float64).contiguous()
     n = density.shape[1:]
     box = torch.tensor([-0.5, -0.5, -0.5] + [k - 0.5 for k in n], dtype=torch.float64)  # trilinear.support_box
@@ -711,6 +711,20 @@ def _fused_arguments(density, affine, camera, camera_to_world, uv, n_samples, st
         uv = uv[:1]
     uv = uv.to(torch.float32).contiguous()
     return density, camera_to_world.contiguous(), uv, w2i, kinv, camera.sdd, box, n_samples, step, occ
+
+
+def _world_to_index(affine: torch.Tensor) -> torch.Tensor:
+    """(3, 4) float64 rows of ``affine``'s inverse, cached on the tensor (per in-place version): a
+    registration renders with the same affine hundreds of times."""
+    cached = getattr(affine, "_xrp_w2i", None)
+    if cached is not None and cached[0] == affine._version:
+        return cached[1]
+    w2i = torch.linalg.inv(affine.detach().double().cpu())[:3].contiguous()
+    try:
+        affine._xrp_w2i = (affine._version, w2i)
+    except (AttributeError, RuntimeError):  # pragma: no cover - tensors normally take attributes
+        pass
+    return w2i
 
 
 def render_trilinear_fused(density, affine, camera, camera_to_world, uv, n_samples, step):
