@@ -25,56 +25,72 @@ from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
-__all__ = ["Registration", "register_xray", "write_registration", "registration_metrics"]
+__all__ = ["RegistrationOutcome", "Registration", "register_xray", "write_registration", "registration_metrics"]
 
 F64 = torch.float64
 
 
-@dataclass
-class Registration:
-    """One X-ray's registration.
+@dataclass(kw_only=True)
+class RegistrationOutcome:
+    """What every registration result reports besides its poses: :class:`Registration` (one X-ray)
+    and :class:`~xraypose.register.multiview.RigRegistration` (X-rays tied by a rig) extend it.
+    Constructed with keywords only.
 
     Attributes:
-        camera_to_world: (4, 4) float64, the registered pose (world = CT RAS mm).
-        camera: the intrinsics the pose belongs to (those of the registered image).
-        initial_pose: (4, 4) the start actually used.
-        similarity, status, iterations, bone_multiplier: see :class:`RegistrationResult`.
-        init_s: seconds spent by the initialiser on this X-ray (0 for a given pose).
-        opt_s: seconds of optimisation for this X-ray (a batch's time divided by its size).
-        batch_opt_s, batch_size: the batch's wall-clock time and size.
-        cpu_s: CPU seconds (all threads) of this X-ray's share.
+        similarity, status, iterations, bone_multiplier: see :class:`RegistrationResult` (a rig: the
+            mean of its views' similarities).
+        init_s: seconds spent by the initialiser (0 for a given pose).
+        opt_s: seconds of optimisation (a batch of X-rays: the batch's time divided by its size).
+        cpu_s: CPU seconds (all threads) of this result's share.
         trajectory: the optimisation's records (see :class:`RegistrationResult`).
+        level_stats: per level of the schedule, its settings and what it did.
+        config: the :class:`RegistrationConfig` used, as a dict.
         metrics, initial_metrics: errors of the result and of the start (mm) when the true pose is known.
+        extra: further entries of ``pose.json`` (the inputs, the start, ...).
         p_success: calibrated probability that the 3D mTRE is below 2 mm
             (:mod:`xraypose.register.confidence`); None when the check was not run.
         verdict: "ok", "uncertain" or "failed" (None when not checked); ``status`` only says how
             the optimiser stopped, the verdict whether to trust the pose.
         reason: one line saying why.
-        confidence: the check's signals and seconds, and the hypotheses tried (if any).
     """
 
-    camera_to_world: torch.Tensor
-    camera: Camera
-    initial_pose: torch.Tensor
     similarity: float
     status: str
     iterations: int
     bone_multiplier: float
     init_s: float
     opt_s: float
-    batch_opt_s: float
-    batch_size: int
     cpu_s: float
     trajectory: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
     level_stats: list = field(default_factory=list)
-    chosen_start: int = 0
     metrics: dict | None = None
     initial_metrics: dict | None = None
     extra: dict = field(default_factory=dict)
     p_success: float | None = None
     verdict: str | None = None
     reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class Registration(RegistrationOutcome):
+    """One X-ray's registration (keywords only; the shared attributes: :class:`RegistrationOutcome`).
+
+    Attributes:
+        camera_to_world: (4, 4) float64, the registered pose (world = CT RAS mm).
+        camera: the intrinsics the pose belongs to (those of the registered image).
+        initial_pose: (4, 4) the start actually used.
+        batch_opt_s, batch_size: the batch's wall-clock time and size.
+        chosen_start: index of the start that was kept (several starts: antipodal, hypotheses).
+        confidence: the check's signals and seconds, and the hypotheses tried (if any).
+    """
+
+    camera_to_world: torch.Tensor
+    camera: Camera
+    initial_pose: torch.Tensor
+    batch_opt_s: float
+    batch_size: int
+    chosen_start: int = 0
     confidence: dict = field(default_factory=dict)
 
     @property

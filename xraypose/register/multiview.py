@@ -48,6 +48,7 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.register.api import RegistrationOutcome
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
@@ -111,14 +112,16 @@ class ViewResult:
         return d
 
 
-@dataclass
-class RigRegistration:
-    """N views registered together.
+@dataclass(kw_only=True)
+class RigRegistration(RegistrationOutcome):
+    """N views registered together (keywords only; the shared attributes:
+    :class:`~xraypose.register.api.RegistrationOutcome`).
 
     Attributes:
         rig_to_world: (4, 4) float64, the registered rig pose (world = CT RAS mm).
         initial_rig_to_world: (4, 4) the start actually used.
         views: one :class:`ViewResult` per view, in the order given.
+        start_view: index of the view the start was given for.
         similarity: the mean of the views' similarities at the last level; status, iterations: the
             optimiser's (:class:`~xraypose.register.RegistrationResult`).
         p_success, verdict, reason: the combined check (:func:`combine_confidences`).
@@ -130,23 +133,7 @@ class RigRegistration:
     rig_to_world: torch.Tensor
     initial_rig_to_world: torch.Tensor
     views: list
-    similarity: float
-    status: str
-    iterations: int
-    bone_multiplier: float
-    init_s: float
-    opt_s: float
-    cpu_s: float
     start_view: int = 0
-    trajectory: list = field(default_factory=list)
-    level_stats: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-    p_success: float | None = None
-    verdict: str | None = None
-    reason: str | None = None
-    metrics: dict | None = None
-    initial_metrics: dict | None = None
-    extra: dict = field(default_factory=dict)
 
     def pose_json(self) -> dict:
         """The result as JSON: the rig pose, every view's pose and intrinsics, the verdicts, timings."""
