@@ -114,13 +114,19 @@ def _check_convention(convention) -> None:
         )
 
 
-def _check_args(parameterization: str, convention, degrees: bool) -> None:
+def _check_args(parameterization: str, convention, degrees: bool, rotation_only: bool = False) -> None:
+    """The parameterization, its Euler convention and ``degrees``; ``rotation_only``: refuse ``se3_log_map``
+    (it parameterizes whole poses)."""
     _check_parameterization(parameterization)
     if parameterization == "euler_angles":
         _check_convention(convention)
     elif degrees:
         raise InputError(
             f"degrees=True only applies to euler_angles, not {parameterization!r}"
+        )
+    if rotation_only and parameterization == "se3_log_map":
+        raise InputError(
+            "se3_log_map couples rotation and translation; use pose_from_params/pose_to_params"
         )
 
 
@@ -257,12 +263,8 @@ def _outer(q: torch.Tensor) -> torch.Tensor:
 
 # --- public API ------------------------------------------------------------------
 
-def rotation_to_matrix(
-    params: torch.Tensor,
-    parameterization: str,
-    convention: str | None = None,
-    degrees: bool = False,
-) -> torch.Tensor:
+def rotation_to_matrix(params: torch.Tensor, parameterization: str, convention: str | None = None,
+                       degrees: bool = False) -> torch.Tensor:
     """Rotation matrices from rotation parameters.
 
     Args:
@@ -274,11 +276,7 @@ def rotation_to_matrix(
     Returns:
         ``(..., 3, 3)`` rotation matrices.
     """
-    _check_args(parameterization, convention, degrees)
-    if parameterization == "se3_log_map":
-        raise InputError(
-            "se3_log_map couples rotation and translation; use pose_from_params/pose_to_params"
-        )
+    _check_args(parameterization, convention, degrees, rotation_only=True)
     _check_params(params, parameterization)
     if parameterization == "axis_angle":
         return so3_exp(params)
@@ -296,12 +294,8 @@ def rotation_to_matrix(
     return _matrix9_to_matrix(params)  # "matrix"
 
 
-def matrix_to_rotation(
-    R: torch.Tensor,
-    parameterization: str,
-    convention: str | None = None,
-    degrees: bool = False,
-) -> torch.Tensor:
+def matrix_to_rotation(R: torch.Tensor, parameterization: str, convention: str | None = None,
+                       degrees: bool = False) -> torch.Tensor:
     """Rotation parameters of rotation matrices (inverse of :func:`rotation_to_matrix`).
 
     Args:
@@ -310,11 +304,7 @@ def matrix_to_rotation(
     Returns:
         ``(..., n)``.
     """
-    _check_args(parameterization, convention, degrees)
-    if parameterization == "se3_log_map":
-        raise InputError(
-            "se3_log_map couples rotation and translation; use pose_from_params/pose_to_params"
-        )
+    _check_args(parameterization, convention, degrees, rotation_only=True)
     check_matrix(R, 3, "R")
     if parameterization == "axis_angle":
         return so3_log(R)
@@ -333,13 +323,8 @@ def matrix_to_rotation(
     return R.reshape(*R.shape[:-2], 9)  # "matrix"
 
 
-def pose_from_params(
-    rotation: torch.Tensor,
-    translation: torch.Tensor,
-    parameterization: str,
-    convention: str | None = None,
-    degrees: bool = False,
-) -> torch.Tensor:
+def pose_from_params(rotation: torch.Tensor, translation: torch.Tensor, parameterization: str,
+                     convention: str | None = None, degrees: bool = False) -> torch.Tensor:
     """Rigid 4×4 poses from (rotation, translation) parameters.
 
     Args:
@@ -360,12 +345,8 @@ def pose_from_params(
     return make_transform(R, translation)
 
 
-def pose_to_params(
-    T: torch.Tensor,
-    parameterization: str,
-    convention: str | None = None,
-    degrees: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pose_to_params(T: torch.Tensor, parameterization: str, convention: str | None = None,
+                   degrees: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(rotation, translation) parameters of rigid poses; inverse of :func:`pose_from_params`.
 
     Args:
