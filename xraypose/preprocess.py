@@ -38,6 +38,7 @@ __all__ = [
     "PixelMap",
     "Preprocessed",
     "as_image",
+    "image_batch",
     "crop",
     "crop_edges",
     "center_crop",
@@ -169,6 +170,19 @@ def as_image(img, what: str = "X-ray image") -> torch.Tensor:
     if not t.is_floating_point():
         t = t.to(torch.float64 if t.dtype in (torch.int32, torch.int64) else torch.float32)
     return t
+
+
+def image_batch(image, what: str = "X-ray") -> torch.Tensor:
+    """``image`` as a batch ``(B, 1, H, W)``: (H, W) → (1, 1, H, W), (B, H, W) → (B, 1, H, W), (B, 1, H, W)
+    as it is (a tensor, the dtype kept); :class:`InputError` naming ``what`` for any other shape."""
+    img = torch.as_tensor(image)
+    if img.dim() == 2:
+        img = img[None, None]
+    elif img.dim() == 3:
+        img = img[:, None]
+    if img.dim() != 4 or img.shape[1] != 1:
+        raise InputError(f"{what} must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(img.shape)}")
+    return img
 
 
 def _check_camera(image: torch.Tensor, camera: Camera | None, what: str = "X-ray") -> None:

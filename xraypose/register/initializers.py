@@ -26,6 +26,7 @@ from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.camera import Camera, carm_pose
 from xraypose.errors import InputError
 from xraypose.geometry import as_transform, make_transform, so3_exp
+from xraypose.preprocess import image_batch
 
 __all__ = [
     "PosePredictor", "ModelInitializer", "resample_pinhole", "fixed_pose", "carm_angles_pose",
@@ -46,17 +47,6 @@ class PosePredictor(Protocol):
     def __call__(self, image: torch.Tensor, camera: Camera) -> torch.Tensor: ...
 
 
-def _batch(image) -> torch.Tensor:
-    img = torch.as_tensor(image)
-    if img.dim() == 2:
-        img = img[None, None]
-    elif img.dim() == 3:
-        img = img[:, None]
-    if img.dim() != 4 or img.shape[1] != 1:
-        raise InputError(f"X-ray must be (H, W) or (B, 1, H, W), got shape {tuple(img.shape)}")
-    return img
-
-
 def resample_pinhole(image, camera: Camera, target: Camera, fill: float = 0.0) -> torch.Tensor:
     """Resample an X-ray seen through ``camera`` to what ``target`` (same source, same pose) would see.
 
@@ -74,7 +64,7 @@ def resample_pinhole(image, camera: Camera, target: Camera, fill: float = 0.0) -
     Returns:
         (B, 1, target.height, target.width) float32.
     """
-    img = _batch(image).to(torch.float32)
+    img = image_batch(image).to(torch.float32)
     if tuple(img.shape[-2:]) != (camera.height, camera.width):
         raise InputError(f"X-ray is {img.shape[-2]}×{img.shape[-1]} pixels but its intrinsics describe a "
                          f"{camera.height}×{camera.width} detector (sizes differ)")
@@ -126,7 +116,7 @@ class ModelInitializer:
         self.normalize = normalize or _minmax
 
     def __call__(self, image, camera: Camera) -> torch.Tensor:
-        img = _batch(image).to(torch.float32)
+        img = image_batch(image).to(torch.float32)
         if self.camera is not None:
             img = self.normalize(resample_pinhole(img, camera, self.camera))
             cam = self.camera

@@ -441,16 +441,11 @@ class Registrar:
     def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
         """(images (B, 1, H, W) float32, camera, camera_to_rig (4, 4) float64, masks (B, 1, H, W)
         float32 or None) of one view, checked."""
+        from xraypose.preprocess import image_batch
         from xraypose.similarity import check_image
 
         what = "X-ray" if n == 1 else f"view {i}"
-        imgs = torch.as_tensor(images)
-        if imgs.dim() == 2:
-            imgs = imgs[None, None]
-        if imgs.dim() == 3:
-            imgs = imgs[:, None]
-        if imgs.dim() != 4 or imgs.shape[1] != 1:
-            raise InputError(f"{what}: X-rays must be (B, 1, H, W) or (H, W), got shape {tuple(imgs.shape)}")
+        imgs = image_batch(images, f"{what}: X-rays")
         B, _, H, W = imgs.shape
         if (H, W) != (camera.height, camera.width):
             raise InputError(f"{what}: X-ray is {H}×{W} pixels but its intrinsics describe a "
