@@ -595,8 +595,8 @@ def _register_cases(evalset: EvalSet, out: Path, names: list, start, config, pic
     results = {i: saved[i] for i in plan.kept}  # index -> (row, report section)
     error = None
     try:
-        it = progress([(i, evalset.cases[i]) for i in plan.mine], desc=shards.label("registering"), unit="X-ray",
-                      disable=quiet)
+        it = progress(((i, evalset.cases[i]) for i in shards.claims(plan)), desc=shards.label("registering"),
+                      unit="X-ray", disable=quiet, total=len(plan.mine) if not shards.distributed else None)
         for i, case in it:
             init = start(case, i) if isinstance(start, StartRule) else start
             reg = register_xray(evalset.volume, case.image, case.camera, init, registrar=registrar,

@@ -12,12 +12,16 @@ rank; :meth:`Shards.from_env` joins them in a gloo process group and
    rank is raised on every rank (one line, naming the rank).
 2. **plan** (:meth:`Shards.plan`): each rank lists the cases its folder holds
    finished (``--resume``); the lists are all-gathered, every finished case is
-   skipped (the lowest rank holding it speaks for it) and the others are dealt
-   round-robin in case order: rank r registers the r-th, (r + W)-th, ... of them.
+   skipped (the lowest rank holding it speaks for it) and the others are the work.
+3. **claims** (:meth:`Shards.claims`): each rank takes the next unclaimed case, in case
+   order, whenever it is free — one counter in the process group's key-value store
+   (``store.add``) — so a faster machine (or a rank whose X-rays happen to register
+   quickly) takes more of them and no rank idles while another still has a queue;
+   without a store the cases are dealt round-robin (rank r: the r-th, (r + W)-th, ...).
    Which rank registers an X-ray changes nothing in its result: registration is
    seeded per X-ray (the configuration's seed; a perturbed start by the case's
    position in the whole set), never per rank.
-3. each rank registers its cases and writes their folders (atomically) on its disk.
+   Each rank registers its cases and writes their folders (atomically) on its disk.
    :meth:`Shards.check` all-gathers the ranks' outcomes: an error anywhere is raised everywhere.
 4. **merge** (:meth:`Shards.merge`): in rounds, each rank sends one case (its
    metrics row, report section and the bytes of the case folder's files) to rank
@@ -36,6 +40,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -56,7 +61,9 @@ class Plan:
 
     mine: list = field(default_factory=list)
     kept: list = field(default_factory=list)
-    sends: dict = field(default_factory=dict)  # rank -> how many cases it sends to rank 0
+    sends: dict = field(default_factory=dict)  # rank -> how many cases it sends to rank 0 (static deal)
+    todo: list = field(default_factory=list)   # every rank's unfinished cases, in case order
+    key: str = ""                              # the claim counter's name in the store (one per plan)
 
 
 class Shards:
@@ -176,14 +183,41 @@ class Shards:
 
     def plan(self, n: int, held) -> Plan:
         """Deal ``n`` cases: those in ``held`` (indices this rank's folder holds finished) are kept by
-        the lowest rank holding them; the others go round-robin in case order over the ranks."""
+        the lowest rank holding them; the others are ``plan.todo`` (claimed as the ranks are free,
+        :meth:`claims`) and, for the static deal, round-robin in case order over the ranks (``plan.mine``)."""
         held = sorted(set(int(i) for i in held))
-        every = self._all_gather(held) if self.distributed else [held]
-        deal, kept = deal_cases(n, every)
+        nonce = uuid.uuid4().hex  # rank 0's names this evaluation's claim counter
+        every = self._all_gather((held, nonce)) if self.distributed else [(held, nonce)]
+        deal, kept = deal_cases(n, [h for h, _ in every])
         p = Plan(mine=deal[self.rank], kept=kept[self.rank],
-                 sends={r: len(deal[r]) + len(kept[r]) for r in range(1, self.world)})
+                 sends={r: len(deal[r]) + len(kept[r]) for r in range(1, self.world)},
+                 todo=sorted(i for d in deal for i in d), key=f"xraypose/evaluate/claims/{every[0][1]}")
         self._plan = p
         return p
+
+    def claims(self, plan: Plan):
+        """The case indices this rank registers, one at a time: under several ranks the next unclaimed
+        case of ``plan.todo`` each time it asks (a counter in the process group's store, so the ranks
+        share the work as they are free); one process, or no store: ``plan.mine`` (the static deal)."""
+        store = self._store() if self.distributed else None
+        if store is None:
+            yield from plan.mine
+            return
+        while True:
+            k = int(store.add(plan.key, 1)) - 1
+            if k >= len(plan.todo):
+                return
+            yield plan.todo[k]
+
+    @staticmethod
+    def _store():
+        """The default process group's key-value store, or None where torch does not expose it."""
+        try:
+            from torch.distributed import distributed_c10d
+
+            return distributed_c10d._get_default_store()
+        except Exception:  # noqa: BLE001 - a private accessor: fall back to the static deal
+            return None
 
     def check(self, error: BaseException | None) -> None:
         """After registering: raise this rank's ``error``, or any other rank's, on every rank."""
@@ -212,8 +246,8 @@ class Shards:
         plan = self._plan
         if plan is None:
             raise RuntimeError("Shards.merge before Shards.plan")
-        rounds = max(plan.sends.values(), default=0)
         mine = sorted(results) if not self.is_main else []
+        rounds = max(self._all_gather(len(mine)))  # claims are dynamic: how many each rank holds
         merged = dict(results) if self.is_main else None
         for k in range(rounds):
             payload = None
