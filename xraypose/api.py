@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from xraypose.camera import Camera
 
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
+
 
 def render_drr(
-    volume,
+    volume: Volume,
     camera: Camera,
     camera_to_world: torch.Tensor,
     renderer: str = "trilinear",

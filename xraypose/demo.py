@@ -22,11 +22,15 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from xraypose.camera import DEFAULT_SDD_MM, Camera, default_sod
 from xraypose.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -86,7 +90,7 @@ def _prepare_output(outdir) -> Path:
     return out
 
 
-def _train_model(ct, out: Path, s: DemoSettings, quiet: bool):
+def _train_model(ct: Volume, out: Path, s: DemoSettings, quiet: bool):
     """Step 1: ``(TrainResult, seconds)`` of training ``out/model.pt`` for ``s.train_seconds``."""
     from xraypose.train import TrainConfig, train
 
@@ -102,7 +106,7 @@ def _train_model(ct, out: Path, s: DemoSettings, quiet: bool):
     return tr, time.perf_counter() - t0
 
 
-def _simulate_xrays(ct, s: DemoSettings, quiet: bool) -> list:
+def _simulate_xrays(ct: Volume, s: DemoSettings, quiet: bool) -> list:
     """Step 2: ``s.cases`` realistic synthetic X-rays (:class:`~xraypose.register.cases.CaseMaker`)."""
     from xraypose.register.cases import CaseMaker
 
@@ -112,7 +116,7 @@ def _simulate_xrays(ct, s: DemoSettings, quiet: bool) -> list:
     return [maker.case(i) for i in range(s.cases)]
 
 
-def _register(ct, out: Path, cases: list, s: DemoSettings, quiet: bool) -> list:
+def _register(ct: Volume, out: Path, cases: list, s: DemoSettings, quiet: bool) -> list:
     """Step 3: each case registered from the model's estimate; one :class:`Registration` per case."""
     from xraypose.progress import progress
     from xraypose.register import Registrar, RegistrationConfig
@@ -132,7 +136,7 @@ def _register(ct, out: Path, cases: list, s: DemoSettings, quiet: bool) -> list:
     return regs
 
 
-def _write_case_files(ct, out: Path, cases: list, regs: list, tr) -> tuple[list, list]:
+def _write_case_files(ct: Volume, out: Path, cases: list, regs: list, tr) -> tuple[list, list]:
     """Every case's files (as ``xraypose evaluate`` writes them), the scene, the training curves and
     ``metrics.csv``; returns the table's rows and the report's case sections."""
     from xraypose import viz

@@ -59,6 +59,7 @@ from xraypose.errors import InputError
 from xraypose.io import atomic_write_bytes, atomic_write_json
 from xraypose.register.multiview import RIG_RESULT_FILES
 from xraypose.register.starts import StartRule, angle_starts, perturbed_starts
+from xraypose.volume import Volume
 
 __all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
            "angle_starts", "StartRule", "PictureRenderer", "ROW_COLUMNS", "RUN_FILE", "previous_results",
@@ -111,7 +112,7 @@ class EvalSet:
     """A CT and the X-rays to register to it."""
 
     name: str
-    volume: object
+    volume: Volume
     cases: list
     isocenter: torch.Tensor
     blur_px: float | None = None  # Gaussian σ the preprocessing gave the images, in their pixels (DRRs get the same)
@@ -254,7 +255,7 @@ class PictureRenderer:
 
     ``renderer(camera, poses (B, 4, 4)) -> (B, H, W)``; the density is computed once."""
 
-    def __init__(self, volume, density: str = "linear", bone_multiplier: float = 1.0, n_samples: int = 256):
+    def __init__(self, volume: Volume, density: str = "linear", bone_multiplier: float = 1.0, n_samples: int = 256):
         from xraypose.register.optimizer import registration_density
 
         self.density = registration_density(volume, density, bone_multiplier)[:1]
@@ -269,7 +270,7 @@ class PictureRenderer:
             return render(self.density, self.affine, camera, T, n_samples=self.n_samples)[:, 0]
 
 
-def write_case_outputs(d, volume, image, camera: Camera, reg, *, name: str, fiducials=None, true_pose=None,
+def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: str, fiducials=None, true_pose=None,
                        pictures: bool = True, renderer: PictureRenderer | None = None) -> tuple[dict, dict]:
     """Write one registered X-ray's files into folder ``d``.
 

@@ -111,7 +111,7 @@ def select_fiducials(points: torch.Tensor, n: int = 20, seed: int = 0, camera: C
 
 
 def pick_bone_fiducials(
-    volume,
+    volume: Volume,
     n: int = 20,
     seed: int = 0,
     hu_min: float = 250.0,

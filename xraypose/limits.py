@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 import os
 import re
+from typing import TYPE_CHECKING
 
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["MAX_XRAY_PIXELS", "MIN_REGISTER_PIXELS", "MIN_CT_VOXELS_PER_AXIS", "memory_bytes", "human_bytes",
            "dims", "check_allocation", "check_xray_size", "check_registrable_ct", "check_registrable_xray",
@@ -78,7 +82,7 @@ def check_xray_size(rows: int, cols: int, what: str, frames: int = 1) -> None:
                          f"{MAX_XRAY_PIXELS:.0e} pixels (a damaged file?)")
 
 
-def check_registrable_ct(volume) -> None:
+def check_registrable_ct(volume: Volume) -> None:
     """Refuse a CT too small to register to or train on (fewer than :data:`MIN_CT_VOXELS_PER_AXIS`
     voxels along an axis)."""
     if min(volume.shape) < MIN_CT_VOXELS_PER_AXIS:

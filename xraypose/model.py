@@ -39,6 +39,7 @@ import io
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,9 @@ from torch import nn
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS, pose_from_params, pose_to_params
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = [
     "PoseRegressor", "CHECKPOINT_FORMAT", "NORMS", "load_checkpoint", "predict_pose", "read_checkpoint",
@@ -356,7 +360,7 @@ class OtherCTWarning(UserWarning):
 _BLOCKS = 4  # the content fingerprint: means of 4×4×4 blocks of voxels
 
 
-def volume_record(volume) -> dict:
+def volume_record(volume: Volume) -> dict:
     """What a checkpoint's ``meta["volume"]`` records of the training CT.
 
     ``{"source", "shape" [I, J, K], "spacing" [3] mm, "affine" 4×4 (voxel → world RAS mm),
@@ -376,7 +380,7 @@ def _fmt_shape(rec) -> str:
     return sh + (f" voxels of {'×'.join(f'{float(x):.3g}' for x in sp)} mm" if sp else " voxels")
 
 
-def training_volume_mismatch(meta: dict, volume) -> str | None:
+def training_volume_mismatch(meta: dict, volume: Volume) -> str | None:
     """How ``volume`` differs from the CT the checkpoint (its ``meta``) was trained on, or None.
 
     Compared: the shape, the voxel → world affine (0.01 mm, 1e-4 in the rotation), and the
@@ -405,7 +409,7 @@ def training_volume_mismatch(meta: dict, volume) -> str | None:
     return None
 
 
-def check_training_volume(meta: dict, volume, *, allow_other_ct: bool = False, what: str = "the model") -> None:
+def check_training_volume(meta: dict, volume: Volume, *, allow_other_ct: bool = False, what: str = "the model") -> None:
     """Refuse to use a model with a CT other than the one it was trained on.
 
     Args:

@@ -24,12 +24,16 @@ the camera-frame translation.  Units: mm, radians.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from xraypose.camera import carm_pose
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, rotation_to_matrix, so3_exp
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["PoseSampler"]
 
@@ -72,8 +76,8 @@ class PoseSampler:
             setattr(self, name, v)
 
     @classmethod
-    def for_volume(cls, volume, sod: float, primary: float = 0.0, secondary: float = 0.0, scale: float | None = None,
-                   **kwargs) -> "PoseSampler":
+    def for_volume(cls, volume: Volume, sod: float, primary: float = 0.0, secondary: float = 0.0,
+                   scale: float | None = None, **kwargs) -> "PoseSampler":
         """Around the C-arm view (primary, secondary, degrees) of ``volume``'s isocenter.
 
         Translations (mean and spread) are scaled by ``scale``, default

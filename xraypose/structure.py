@@ -42,12 +42,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "padding_value", "structure_window", "window_image",
            "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE"]
@@ -79,14 +83,14 @@ class PreparedCT:
         density: the density model to render ``volume`` with ("raw" for a part of a CT).
     """
 
-    volume: object
+    volume: Volume
     isocenter: torch.Tensor
     box: torch.Tensor
     notes: list = field(default_factory=list)
     density: str = "linear"
 
 
-def structure_mask(volume, *, mask=None, label_map=None, label=None) -> torch.Tensor:
+def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> torch.Tensor:
     """(I, J, K) bool: the structure's voxels.
 
     Args:
@@ -134,7 +138,7 @@ def structure_mask(volume, *, mask=None, label_map=None, label=None) -> torch.Te
     return m
 
 
-def _read_on_grid(volume, path, what: str) -> torch.Tensor:
+def _read_on_grid(volume: Volume, path, what: str) -> torch.Tensor:
     """A labelmap/mask file checked to lie on the CT's grid (as :func:`read_volume`'s ``labels``)."""
     from pathlib import Path
 
@@ -164,7 +168,7 @@ def _faces(x: torch.Tensor) -> torch.Tensor:
                       x[:, :, 0].reshape(-1), x[:, :, -1].reshape(-1)])
 
 
-def padding_value(volume, density: str = "linear") -> float | None:
+def padding_value(volume: Volume, density: str = "linear") -> float | None:
     """The constant a cropped CT is padded with, or None (module docstring): a value filling at least
     :data:`PADDING_FACE_SHARE` of the six faces that would attenuate (> −500 HU for the HU models,
     not 0 for ``"raw"``)."""
@@ -189,7 +193,7 @@ def _dilate(mask: torch.Tensor, spacing, mm: float) -> torch.Tensor:
     return x[0, 0] > 0
 
 
-def prepare_ct(volume, density: str = "linear", mask=None, dilate_mm: float = DILATE_MM,
+def prepare_ct(volume: Volume, density: str = "linear", mask=None, dilate_mm: float = DILATE_MM,
                crop: bool = True) -> PreparedCT:
     """The CT as registration should render it (module docstring): only the structure ``mask``
     (grown by ``dilate_mm``) when given, its padding cleared when it is a cropped CT; a part of an
@@ -285,7 +289,7 @@ def structure_window(camera: Camera, camera_to_world, box, margin_mm: float = MA
     return int(top), int(left), int(h), int(w)
 
 
-def structure_weights(volume, camera: Camera, camera_to_world, density: str = "linear",
+def structure_weights(volume: Volume, camera: Camera, camera_to_world, density: str = "linear",
                       margin_mm: float = FOOTPRINT_MARGIN_MM) -> torch.Tensor:
     """(H, W) float32 pixel weights in {0, 1}: where the structure (``volume``, e.g.
     :attr:`PreparedCT.volume`: nothing else attenuates) projects at ``camera_to_world``, grown by

@@ -20,6 +20,7 @@ bone dark), as a real radiograph would be stored; the real-X-ray preprocessing
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from xraypose._kernels import gaussian_kernel1d
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.render import DRR
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["XraySimulator", "SimulatedXray"]
 
@@ -53,7 +57,7 @@ class XraySimulator:
         density: attenuation model ("physical" by default, unlike registration's "hu").
     """
 
-    def __init__(self, volume, camera: Camera, supersample: int = 2, photons: float = 1e5, blur_px: float = 0.7,
+    def __init__(self, volume: Volume, camera: Camera, supersample: int = 2, photons: float = 1e5, blur_px: float = 0.7,
                  collimator_px: int = 0, i0: float = 65000.0, density: str = "physical", renderer: str = "siddon"):
         if supersample < 1:
             raise InputError(f"supersample must be >= 1, got {supersample}")

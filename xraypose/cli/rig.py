@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -15,6 +16,9 @@ from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials
                                 preprocess_settings, read_start_file, start_pose, structure_record, window_views,
                                 write_or_print)
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 #: ``--rig`` value that builds the rig from the X-rays' own C-arm angles (DICOM headers, sidecars).
 RIG_FROM_ANGLES = "angles"
@@ -134,7 +138,7 @@ def _true_rig_to_world(true_pose: Path | None, C):
     return T if kind == "rig_to_world" else rig_start(T, C)
 
 
-def _write(output: Path, out, images, volume, extra: dict, no_trajectory: bool) -> None:
+def _write(output: Path, out, images, volume: Volume, extra: dict, no_trajectory: bool) -> None:
     from xraypose.register.multiview import write_rig_registration
 
     write_or_print(lambda: write_rig_registration(output, out, images=images, volume=volume, extra=extra,

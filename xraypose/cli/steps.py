@@ -12,17 +12,20 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import typer
 
 from xraypose.errors import InputError
 
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
+
 
 class RegistrationCT(NamedTuple):
     """The CT side of a registration from the command line (:func:`load_registration_ct`)."""
 
-    volume: Any  #: the CT as read (:class:`xraypose.volume.Volume`)
+    volume: Volume  #: the CT as read
     isocenter: Any  #: (3,) float64 world RAS mm: ``--isocenter``, else the CT's centre
     prepared: Any  #: :class:`xraypose.structure.PreparedCT`: what is registered
     given_isocenter: bool  #: ``--isocenter`` was given
@@ -115,7 +118,7 @@ def drr_blur(blur: float, rows: int, raw_rows: int, crop: int) -> float | None:
     return float(blur) * scale if blur > 0 else None
 
 
-def prepare_structure(vol, density: str, structure, label_map, label):
+def prepare_structure(vol: Volume, density: str, structure, label_map, label):
     """:class:`xraypose.structure.PreparedCT` for the CLI: the structure of ``--structure`` /
     ``--label-map --label`` only, and a cropped CT's padding cleared (its notes printed)."""
     from xraypose.structure import prepare_ct, structure_mask
@@ -160,7 +163,7 @@ def window_views(pxs, poses, prep, names):
     return out, weights
 
 
-def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol, pose_json, angles, sod, iso,
+def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol: Volume, pose_json, angles, sod, iso,
                allow_other_ct: bool):
     """(start, info): the start of a rig registration or a sequence — a ``rig_to_world`` (4, 4), or
     (``--model``) an initialiser giving the start view's camera_to_world, ``init(image (1, 1, H, W),

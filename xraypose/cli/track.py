@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
@@ -19,6 +19,9 @@ from xraypose.cli.rig import RIG_FROM_ANGLES
 from xraypose.cli.steps import (drr_blur, load_registration_ct, part_settings, pose_transform_of,
                                 preprocess_settings, start_pose)
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 #: The files of a tracked sequence; a re-run into the same folder replaces them all.
 TRACK_FILES = ("trajectory.csv", "trajectory.json", "overlay.gif")
@@ -58,7 +61,7 @@ def read_sequences(frames, rig: str | None, read_kw: dict):
     return [v.name for v in views], seqs, cams, [v.camera_to_rig.to(F64) for v in views], the_rig
 
 
-def _overlay_gif(volume, density: str, frames_views, results, rel) -> bytes:
+def _overlay_gif(volume: Volume, density: str, frames_views, results, rel) -> bytes:
     """An animated GIF: per frame, every view's frame (at most :data:`GIF_ROWS` rows) with the edges of the
     DRR at its tracked pose in orange, the views side by side."""
     import imageio.v3 as iio
@@ -295,7 +298,8 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
             "config": reg.config.to_dict()}
 
 
-def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, volume, density: str, views) -> None:
+def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, volume: Volume, density: str,
+           views) -> None:
     """Write trajectory.csv, trajectory.json and overlay.gif (replacing an earlier sequence's), print a
     summary; exit with :data:`~xraypose.cli.options.EXIT_FAILED` when a frame's verdict is failed."""
     from xraypose.io import atomic_write_files, json_bytes

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from xraypose.camera import DEFAULT_SDD_MM, Camera
 from xraypose.errors import InputError
 from xraypose.fiducials import read_fiducials_csv
 from xraypose.xray import IMAGE_EXTENSIONS, read_xray
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["Case", "load_case", "make_example_case", "read_fiducials_csv", "CT_NAMES"]
 
@@ -60,7 +64,7 @@ class Case:
     """
 
     root: Path
-    volume: object
+    volume: Volume
     names: list
     xrays: list
     processed: list
@@ -246,7 +250,7 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
     return root
 
 
-def _write_example_xrays(folder: Path, ct, iso: torch.Tensor, size: int, rng: np.random.Generator) -> dict:
+def _write_example_xrays(folder: Path, ct: Volume, iso: torch.Tensor, size: int, rng: np.random.Generator) -> dict:
     """The example's two X-rays (raw 16-bit-like counts ``I0·exp(−L)`` at poses a few mm and degrees off
     the nominal C-arm ones): a DICOM (LAO 20 / CAUD 10, mirrored columns) and an NPY lateral with a JSON
     sidecar; returns ``{file name: true camera_to_world as lists}``."""
@@ -291,7 +295,7 @@ def _write_example_xrays(folder: Path, ct, iso: torch.Tensor, size: int, rng: np
     return poses
 
 
-def _example_fiducials_csv(ct, iso: torch.Tensor, rng: np.random.Generator) -> bytes:
+def _example_fiducials_csv(ct: Volume, iso: torch.Tensor, rng: np.random.Generator) -> bytes:
     """``fiducials.csv`` (name,x,y,z world mm): 8 points spread over the bone (HU > 400) within 90 mm of the
     isocenter (inside both X-rays' fields of view), farthest-point sampled."""
     hu = ct.data.numpy()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ import torch.nn.functional as F
 
 from xraypose.camera import Camera, camera_from_K, carm_pose
 from xraypose.errors import InputError
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["DEEPFLUORO_EXTRINSIC", "write_deepfluoro_fixture", "write_ljubljana_fixture", "resample_to_lps_grid"]
 
@@ -68,7 +72,7 @@ DEEPFLUORO_PIXEL_MM_1536 = 0.194
 # --------------------------------------------------------------------------
 
 
-def _sample_ct(volume, points_ras: torch.Tensor, fill: float) -> torch.Tensor:
+def _sample_ct(volume: Volume, points_ras: torch.Tensor, fill: float) -> torch.Tensor:
     """Trilinear samples of ``volume.data`` at world RAS points (..., 3); ``fill`` outside."""
     inv = torch.linalg.inv(volume.affine)
     ijk = points_ras @ inv[:3, :3].T + inv[:3, 3]
@@ -82,7 +86,7 @@ def _sample_ct(volume, points_ras: torch.Tensor, fill: float) -> torch.Tensor:
     return torch.where(ones > 0.999, out / ones.clamp_min(1e-6), torch.full_like(out, fill))
 
 
-def resample_to_lps_grid(volume, center_ras, size_mm, spacing_mm: float = 1.0, fill: float = -1024.0):
+def resample_to_lps_grid(volume: Volume, center_ras, size_mm, spacing_mm: float = 1.0, fill: float = -1024.0):
     """Resample a CT onto a grid aligned with LPS axes (DeepFluoro's ``dir-mat`` = I).
 
     Returns ``(pixels_zyx float32, origin_lps (3,), spacing (3,))`` with voxel
@@ -149,7 +153,7 @@ def _spread_points(points: np.ndarray, n: int, rng: np.random.Generator) -> np.n
 # --------------------------------------------------------------------------
 
 
-def _render_L(volume, camera: Camera, pose: torch.Tensor, density, render_scale: int, step):
+def _render_L(volume: Volume, camera: Camera, pose: torch.Tensor, density, render_scale: int, step):
     """Line integrals (H, W) float64 at ``pose``; rendered on a coarser grid when ``render_scale`` > 1."""
     from xraypose.render import render
 
@@ -204,7 +208,7 @@ def _rot_about(axis, angle_deg, center) -> np.ndarray:
 def write_deepfluoro_fixture(
     path,
     *,
-    volume=None,
+    volume: Volume | None = None,
     detector: int = 128,
     specimens=(1, 2),
     n_projections: int = 3,
@@ -298,7 +302,7 @@ class _DeepFluoroScene:
     rot180_every: int = 2
 
 
-def _deepfluoro_scene(volume, detector: int, principal_offset_px, center_ras, region_mm, spacing_mm,
+def _deepfluoro_scene(volume: Volume, detector: int, principal_offset_px, center_ras, region_mm, spacing_mm,
                       collimator: bool) -> _DeepFluoroScene:
     """The detector (1020 mm focal length, 0.194 mm pixels at 1536) and the CT resampled to the LPS grid."""
     W = H = detector
@@ -424,7 +428,7 @@ def _project_labels(vol_ras, labels_zyx, cam: Camera, T: np.ndarray, step) -> np
 def write_ljubljana_fixture(
     path,
     *,
-    volume=None,
+    volume: Volume | None = None,
     subjects=(1, 2),
     height: int = 96,
     width: int = 124,
@@ -483,7 +487,7 @@ def write_ljubljana_fixture(
     return truth
 
 
-def _ljubljana_volume(volume, center: np.ndarray, region_mm, spacing_mm: float):
+def _ljubljana_volume(volume: Volume, center: np.ndarray, region_mm, spacing_mm: float):
     """``(values (i, j, k) float32, origin (3,) mm, Volume)``: the CT's "DSA intensities" (HU + 1024, >= 0)
     resampled on the RAS-aligned grid ``origin + spacing·(i, j, k)`` of ``region_mm`` about ``center`` (RAS mm)."""
     from xraypose.volume import volume_from_array
@@ -498,8 +502,8 @@ def _ljubljana_volume(volume, center: np.ndarray, region_mm, spacing_mm: float):
     return vals, origin, volume_from_array(vals, affine=aff)
 
 
-def _write_ljubljana_view(g, name: str, view, vol, center: np.ndarray, pts: np.ndarray, kappa: float, height: int,
-                          width: int, pixel_mm, step, rng: np.random.Generator) -> dict:
+def _write_ljubljana_view(g, name: str, view, vol: Volume, center: np.ndarray, pts: np.ndarray, kappa: float,
+                          height: int, width: int, pixel_mm, step, rng: np.random.Generator) -> dict:
     """The groups ``proj-NAME`` and ``proj-NAME-max`` of one subject (a C-arm pose near ``view``'s angles,
     K with a negative focal length and the displayed principal point, world → camera extrinsic, images
     ``I0·exp(−κ·∫v dl)`` and ×1.3 brighter contrast); returns the view's ground truth."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from xraypose.geometry import make_transform, so3_exp
 from xraypose.preprocess import preprocess
 from xraypose.sampling import PoseSampler
 from xraypose.synthetic import XraySimulator
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["SyntheticCase", "CaseMaker", "perturb_pose"]
 
@@ -74,7 +78,7 @@ class CaseMaker:
         seed: seeds poses, noise and fiducials (case i uses seed + i).
     """
 
-    def __init__(self, volume, camera: Camera | None = None, sod: float = 612.0, collimator_px: int = 4,
+    def __init__(self, volume: Volume, camera: Camera | None = None, sod: float = 612.0, collimator_px: int = 4,
                  n_fiducials: int = 20, seed: int = 0, photons: float = 1e5, sampler: PoseSampler | None = None):
         self.volume = volume
         self.raw_camera = camera or Camera(sdd=1020.0, height=128, width=128, delx=280.0 / 128)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from xraypose.camera import Camera, carm_pose
 from xraypose.errors import InputError
 from xraypose.geometry import as_transform, make_transform, so3_exp
 from xraypose.preprocess import image_batch
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = [
     "PosePredictor", "ModelInitializer", "resample_pinhole", "fixed_pose", "carm_angles_pose",
@@ -130,7 +133,7 @@ class ModelInitializer:
         return T
 
     @classmethod
-    def from_checkpoint(cls, path, volume=None, *, allow_other_ct: bool = False) -> "ModelInitializer":
+    def from_checkpoint(cls, path, volume: Volume | None = None, *, allow_other_ct: bool = False) -> "ModelInitializer":
         """A checkpoint written by ``xraypose train``, through :func:`xraypose.model.load_checkpoint`
         and :func:`xraypose.model.predict_pose` (which resample the X-ray to the training
         detector and normalise it as in training).

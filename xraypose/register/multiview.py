@@ -399,8 +399,8 @@ def _rig_drrs(volume: Volume, rr: RigRegistration, renderer=None) -> list:
     return [renderer(o.camera, o.camera_to_world[None])[0] for o in rr.views]
 
 
-def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume=None, extra: dict | None = None,
-                           trajectory: bool = True, renderer=None) -> list[Path]:
+def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: Volume | None = None,
+                           extra: dict | None = None, trajectory: bool = True, renderer=None) -> list[Path]:
     """Write ``pose.json`` (:meth:`RigRegistration.pose_json`), ``metrics.json`` (with the truth),
     ``trajectory.json`` and, given the views' ``images`` and the ``volume``, ``views.png`` (every
     view side by side: :func:`views_picture`) into ``outdir`` (created), together and atomically

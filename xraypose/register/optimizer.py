@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,9 @@ from xraypose.register.steppers import Track, make_stepper
 from xraypose.render.density import DENSITY_MODELS, registration_basis
 from xraypose.render.backends.cpu import channels_last
 
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
+
 __all__ = ["Level", "RegistrationConfig", "RegistrationResult", "Registrar", "DEFAULT_LEVELS", "FAST_LEVELS",
            "levels_for_sizes", "registration_density", "REGISTRATION_DENSITIES"]
 
@@ -67,7 +71,7 @@ F64 = torch.float64
 REGISTRATION_DENSITIES = DENSITY_MODELS
 
 
-def registration_density(volume, model: str = "linear", bone_multiplier: float = 1.0) -> torch.Tensor:
+def registration_density(volume: Volume, model: str = "linear", bone_multiplier: float = 1.0) -> torch.Tensor:
     """(2, I, J, K) float32: the density registration renders and its bone part
     (:func:`xraypose.render.density.registration_basis`)."""
     return registration_basis(volume, model, bone_multiplier)
@@ -165,7 +169,7 @@ class Registrar:
             (default: the volume's isocenter).
     """
 
-    def __init__(self, volume, config: RegistrationConfig | None = None, isocenter=None):
+    def __init__(self, volume: Volume, config: RegistrationConfig | None = None, isocenter=None):
         self.config = config or RegistrationConfig()
         self.volume = volume
         iso = volume.get_isocenter() if isocenter is None else isocenter

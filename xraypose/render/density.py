@@ -24,14 +24,14 @@ import math
 import torch
 
 from xraypose.errors import InputError
-from xraypose.volume import HU_AIR_MAX, HU_BONE_MIN
+from xraypose.volume import HU_AIR_MAX, HU_BONE_MIN, Volume
 
 __all__ = ["DENSITY_MODELS", "density_basis", "registration_basis"]
 
 DENSITY_MODELS: tuple[str, ...] = ("hu", "physical", "raw", "linear")
 
 
-def _hu_basis(volume, structures):
+def _hu_basis(volume: Volume, structures):
     volume.density("hu", bone_attenuation_multiplier=1.0)  # validates (constant volume, ...)
     hu = volume.data.to(torch.float32)
     bone = hu > HU_BONE_MIN
@@ -65,7 +65,7 @@ def _hu_basis(volume, structures):
     return torch.stack([A, Bc]), norm
 
 
-def _linear_basis(volume, structures):
+def _linear_basis(volume: Volume, structures):
     x = volume.data.to(torch.float32)
     if not bool(torch.isfinite(x).all()):
         raise InputError("the CT has NaN or infinite voxels")
@@ -77,7 +77,7 @@ def _linear_basis(volume, structures):
     return torch.stack([A, bone]), lambda m: torch.ones_like(m)
 
 
-def density_basis(volume, model: str = "hu", structures=None) -> tuple[torch.Tensor, callable]:
+def density_basis(volume: Volume, model: str = "hu", structures=None) -> tuple[torch.Tensor, callable]:
     """Write a density model as (A + m·B) / norm(m), m = bone_attenuation_multiplier.
 
     Rendering the two channels A and B once gives the DRR for any multiplier, per batch
@@ -103,7 +103,8 @@ def density_basis(volume, model: str = "hu", structures=None) -> tuple[torch.Ten
     return torch.stack([A, Bc]).to(torch.float32), lambda m: torch.ones_like(m)
 
 
-def registration_basis(volume, model: str = "linear", bone_multiplier: float = 1.0, structures=None) -> torch.Tensor:
+def registration_basis(volume: Volume, model: str = "linear", bone_multiplier: float = 1.0,
+                       structures=None) -> torch.Tensor:
     """(3, I, J, K) float32 as registration renders it: channel 0 the density at
     ``bone_multiplier``, channel 1 its derivative with respect to the multiplier (the bone
     part), both divided by channel 0's maximum (NCC ignores the scale), channel 2 the tissue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -11,6 +13,9 @@ from xraypose.render.core import render
 from xraypose.render.sparse import mask_pixels, patch_pixels
 
 from xraypose.render.density import DENSITY_MODELS, density_basis  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 
 class DRR(nn.Module):
@@ -33,7 +38,7 @@ class DRR(nn.Module):
 
     def __init__(
         self,
-        volume,
+        volume: Volume,
         camera: Camera,
         density: str = "hu",
         renderer: str = "trilinear",

@@ -6,11 +6,16 @@ Every step draws from its own generator, seeded by (seed, rank, step, micro-batc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from xraypose.camera import Camera, default_sod
 from xraypose.errors import InputError
 from xraypose.train.config import CameraConfig, RenderConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from xraypose.volume import Volume
 
 __all__ = ["mix_seed", "step_generator", "make_camera", "load_volume", "make_sampler", "check_geometry",
            "render_basis", "ReplayBuffer"]
@@ -48,7 +53,7 @@ def load_volume(ct):
     return vol
 
 
-def make_sampler(volume, cfg: TrainConfig):
+def make_sampler(volume: Volume, cfg: TrainConfig):
     """``(PoseSampler, sod)``: the training poses about the volume's (or ``sampler.isocenter``'s) isocenter;
     ``sod`` (mm) is ``sampler.sod`` or :func:`~xraypose.camera.default_sod` (0.6·``camera.sdd``)."""
     from xraypose.sampling import PoseSampler
@@ -67,7 +72,7 @@ def make_sampler(volume, cfg: TrainConfig):
 class _WithIsocenter:
     """The volume as :meth:`PoseSampler.for_volume` reads it, with another isocenter (world mm)."""
 
-    def __init__(self, volume, iso):
+    def __init__(self, volume: Volume, iso):
         self.v, self.iso = volume, torch.as_tensor(iso, dtype=torch.float64)
 
     def get_isocenter(self):
@@ -78,7 +83,7 @@ class _WithIsocenter:
         return self.v.extent_mm
 
 
-def check_geometry(volume, camera: Camera, sampler, sod: float, drr) -> None:
+def check_geometry(volume: Volume, camera: Camera, sampler, sod: float, drr) -> None:
     """Refuse set-ups that cannot train: source inside the CT, a CT that barely fills the view, a flat DRR."""
     from xraypose.render import render
     from xraypose.similarity import check_image
