@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from xraypose.geometry import so3_exp
 
 __all__ = [
     "combine_basis", "draw_multipliers", "warp_about_source", "collimator_mask", "minmax_valid", "random_gamma", "random_blur",
-    "random_noise", "AugmentConfig", "Augmenter",
+    "random_noise", "AugmentConfig", "Augmenter", "Augmented",
 ]
 
 
@@ -176,6 +177,16 @@ class AugmentConfig:
         check_number("augment.noise_max_std", self.noise_max_std, lo=0, hi=1)
 
 
+class Augmented(NamedTuple):
+    """A batch made ready for the network (:class:`Augmenter`)."""
+
+    x: torch.Tensor  #: (B, 1, H, W) the network input (augmented, normalised)
+    clean: torch.Tensor  #: (B, 1, H, W) the clean image in [0, 1]
+    valid: torch.Tensor  #: (B, 1, H, W) bool, the pixels that hold image (not the fill of a warp)
+    poses: torch.Tensor  #: (B, 4, 4) the target camera_to_world poses (moved by a source rotation)
+    m: torch.Tensor  #: (B,) the bone multipliers drawn
+
+
 class Augmenter:
     """Turns rendered DRR bases and their poses into network inputs and (possibly new) target poses."""
 
@@ -183,7 +194,7 @@ class Augmenter:
         self.s, self.camera, self.mean, self.std = settings, camera, float(mean), float(std)
         self.enabled = settings.enabled
 
-    def __call__(self, basis: torch.Tensor, poses: torch.Tensor, g: torch.Generator):
+    def __call__(self, basis: torch.Tensor, poses: torch.Tensor, g: torch.Generator) -> Augmented:
         """Returns (network input (B,1,H,W), clean [0,1] image (B,1,H,W), valid (B,1,H,W), poses (B,4,4), m (B,))."""
         s = self.s
         B, _, H, W = basis.shape
@@ -209,4 +220,4 @@ class Augmenter:
         if self.enabled and s.noise:
             x = random_noise(x, s.noise_max_std, s.noise_prob, g)
         x = torch.where(valid, x, torch.zeros_like(x))
-        return (x - self.mean) / self.std, clean, valid, poses, m
+        return Augmented((x - self.mean) / self.std, clean, valid, poses, m)

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xraypose.camera import Camera, camera_from_K
+from xraypose.camera import Camera, CameraPose, camera_from_K
 from xraypose.errors import InputError
 from xraypose.io import read_input_bytes
 
@@ -240,7 +240,7 @@ def _checked_rotation(p: Path, R: np.ndarray) -> np.ndarray:
     return U @ Vt
 
 
-def mayacam_camera(cal: MayaCam, pixel_mm: float = NOMINAL_PIXEL_MM) -> tuple[Camera, torch.Tensor]:
+def mayacam_camera(cal: MayaCam, pixel_mm: float = NOMINAL_PIXEL_MM) -> CameraPose:
     """(Camera, camera_to_world (4, 4) float64) of a calibration.
 
     ``pixel_mm``: the pixel spacing along columns (mm); rows get
@@ -255,10 +255,10 @@ def mayacam_camera(cal: MayaCam, pixel_mm: float = NOMINAL_PIXEL_MM) -> tuple[Ca
     fx, fy = float(cal.K[0, 0]), float(cal.K[1, 1])
     camera, flip = camera_from_K(cal.K, cal.height, cal.width, delx=float(pixel_mm),
                                  dely=float(pixel_mm) * abs(fx) / abs(fy))
-    return camera, cal.camera_to_world @ flip
+    return CameraPose(camera, cal.camera_to_world @ flip)
 
 
-def read_mayacam_camera(path, pixel_mm: float = NOMINAL_PIXEL_MM) -> tuple[Camera, torch.Tensor]:
+def read_mayacam_camera(path, pixel_mm: float = NOMINAL_PIXEL_MM) -> CameraPose:
     """:func:`read_mayacam` then :func:`mayacam_camera`: (Camera, camera_to_world)."""
     return mayacam_camera(read_mayacam(path), pixel_mm)
 

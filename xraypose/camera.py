@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
 from xraypose.errors import InputError
 
-__all__ = ["Camera", "camera_from_K", "carm_pose", "pixel_grid", "DEFAULT_SDD_MM", "DEFAULT_SOD_FRACTION", "default_sod"]
+__all__ = ["Camera", "CameraPose", "camera_from_K", "carm_pose", "pixel_grid", "DEFAULT_SDD_MM", "DEFAULT_SOD_FRACTION",
+           "default_sod"]
 
 #: Source-to-detector distance (mm) of a typical C-arm: the default of the training camera, of
 #: ``xraypose render``, the demo and the example case.
@@ -231,6 +233,13 @@ class Camera:
             )
         except KeyError as e:
             raise InputError(f"camera description lacks the key {e.args[0]!r}") from None
+
+
+class CameraPose(NamedTuple):
+    """A camera and where it stands: the intrinsics and their (4, 4) float64 camera_to_world (world mm)."""
+
+    camera: Camera
+    camera_to_world: torch.Tensor
 
 
 def world_to_camera_points(points: torch.Tensor, camera_to_world: torch.Tensor) -> torch.Tensor:

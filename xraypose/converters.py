@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xraypose.camera import NEGATIVE_FOCAL_FRAME_FLIP, Camera, camera_from_K, carm_pose
+from xraypose.camera import NEGATIVE_FOCAL_FRAME_FLIP, Camera, CameraPose, camera_from_K, carm_pose
 from xraypose.errors import InputError
 from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
 from xraypose.geometry.frames import ROLL_180
@@ -311,7 +311,7 @@ def write_rad(path, header: RadHeader) -> None:
     atomic_write_bytes(path, header.to_text().encode())
 
 
-def camera_from_rad(header: RadHeader | str | os.PathLike) -> tuple[Camera, torch.Tensor]:
+def camera_from_rad(header: RadHeader | str | os.PathLike) -> CameraPose:
     """Our (camera, camera_to_world) from a ``.rad`` header; world = the header's world.
 
     The source sits at ``s = inv(TPosition) @ SourcePosition`` in detector
@@ -342,7 +342,7 @@ def camera_from_rad(header: RadHeader | str | os.PathLike) -> tuple[Camera, torc
     cu_cam = (W - 1) - cu if mirror else cu
     cam = Camera(sdd=sdd, height=H, width=W, delx=h.delx, dely=h.dely,
                  x0=(cu_cam - (W - 1) / 2) * h.delx, y0=(cv - (H - 1) / 2) * h.dely, reverse_x_axis=mirror)
-    return cam, pose
+    return CameraPose(cam, pose)
 
 
 def rad_from_camera(camera: Camera, pose) -> RadHeader:

@@ -40,7 +40,7 @@ listed under ``"non_finite"`` (:func:`xraypose.io.jsonable`).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ __all__ = [
     "projection_error",
     "reprojection_error",
     "double_geodesic_error",
+    "DoubleGeodesic",
     "pose_errors",
     "success_rate",
     "summarize",
@@ -166,14 +167,22 @@ def reprojection_error(pred, true, fiducials, camera: Camera, reduce: bool = Tru
     return d.mean(-1) if reduce else d
 
 
-def double_geodesic_error(pred, true, sdr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rot_mm, trans_mm, dgeo), each (B,): ``sdr·θ``, source distance, and their root-sum-square."""
+class DoubleGeodesic(NamedTuple):
+    """The double geodesic error of poses (:func:`double_geodesic_error`), each (B,) float64 mm."""
+
+    rot_mm: torch.Tensor  #: ``sdr·θ``, the rotation angle θ (radians) scaled by the radius sdr
+    trans_mm: torch.Tensor  #: the distance between the two X-ray sources
+    dgeo: torch.Tensor  #: their root-sum-square
+
+
+def double_geodesic_error(pred, true, sdr: float) -> DoubleGeodesic:
+    """(rot_mm, trans_mm, dgeo), each (B,) mm: ``sdr·θ``, source distance, and their root-sum-square."""
     if not (isinstance(sdr, (int, float)) and math.isfinite(sdr) and sdr > 0):
         raise InputError(f"sdr must be a positive number of mm, got {sdr!r}")
     p, t = _pair(pred, true)
     rot = sdr * geodesic_rotation(p, t)
     trans = geodesic_translation(p, t)
-    return rot, trans, (rot * rot + trans * trans).sqrt()
+    return DoubleGeodesic(rot, trans, (rot * rot + trans * trans).sqrt())
 
 
 def pose_errors(pred, true, fiducials=None, camera: Camera | None = None, sdr: float | None = None) -> dict:

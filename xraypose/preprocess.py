@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ __all__ = [
     "Preprocessed",
     "as_image",
     "image_batch",
+    "CollimatorEdges",
     "crop",
     "crop_edges",
     "center_crop",
@@ -554,7 +556,16 @@ def rescale01(image):
     return (img - lo) / (hi - lo), (lo, hi)
 
 
-def collimator_edges(image, tol: float = 0.02) -> tuple[int, int, int, int]:
+class CollimatorEdges(NamedTuple):
+    """Pixels of a collimator's shadow at each edge of an image (:func:`collimator_edges`)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def collimator_edges(image, tol: float = 0.02) -> CollimatorEdges:
     """Rows/columns of a collimator's shadow at each edge: (top, bottom, left, right) pixels.
 
     ``image`` (H, W) in the registration's form (line integrals: more attenuation = larger).  A
@@ -566,14 +577,14 @@ def collimator_edges(image, tol: float = 0.02) -> tuple[int, int, int, int]:
     img = as_image(image).detach().to(torch.float64)
     H, W = img.shape
     if H < 2 or W < 2:
-        return (0, 0, 0, 0)
+        return CollimatorEdges(0, 0, 0, 0)
     finite = img[torch.isfinite(img)]
     if finite.numel() == 0:
-        return (0, 0, 0, 0)
+        return CollimatorEdges(0, 0, 0, 0)
     q = torch.quantile(finite[:: max(1, finite.numel() // 200_000)], torch.tensor([0.01, 0.995], dtype=img.dtype))
     lo, hi = float(q[0]), float(q[1])
     if not hi > lo:
-        return (0, 0, 0, 0)
+        return CollimatorEdges(0, 0, 0, 0)
     flat = img >= hi - tol * (hi - lo)
 
     def run(lines):
@@ -587,7 +598,7 @@ def collimator_edges(image, tol: float = 0.02) -> tuple[int, int, int, int]:
     rows, cols = flat.all(1), flat.all(0)
     top, bottom = run(rows), run(rows.flip(0))
     left, right = run(cols), run(cols.flip(0))
-    return (top, bottom, left, right)
+    return CollimatorEdges(top, bottom, left, right)
 
 
 def saturation_mask(image) -> torch.Tensor | None:

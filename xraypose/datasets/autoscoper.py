@@ -42,17 +42,18 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose.camera import Camera
+from xraypose.camera import Camera, CameraPose
 from xraypose.errors import InputError
 from xraypose.preprocess import PixelMap
 
-__all__ = ["AutoscoperWrist", "WristView", "field_of_view", "WRIST_VOXEL_MM", "WRIST_BONES", "default_wrist_root",
-           "FIELD_MARGIN_PX", "FIELD_THRESHOLD", "TRANSFERS"]
+__all__ = ["AutoscoperWrist", "WristView", "field_of_view", "FieldCircle", "WRIST_VOXEL_MM", "WRIST_BONES",
+           "default_wrist_root", "FIELD_MARGIN_PX", "FIELD_THRESHOLD", "TRANSFERS"]
 
 #: Voxel size of the wrist volumes (columns, rows, pages), mm — Autoscoper's wrist trial configuration.
 WRIST_VOXEL_MM: tuple = (0.39625, 0.39625, 0.625)
@@ -91,7 +92,15 @@ def _fit_circle(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return float(cx), float(cy), float(math.sqrt(max(cx * cx + cy * cy - F, 0.0)))
 
 
-def field_of_view(image, threshold: float = 20.0) -> tuple[float, float, float]:
+class FieldCircle(NamedTuple):
+    """The circular field of an image-intensifier image, in pixels (:func:`field_of_view`)."""
+
+    cu: float  #: centre column
+    cv: float  #: centre row
+    radius: float
+
+
+def field_of_view(image, threshold: float = 20.0) -> FieldCircle:
     """The circular field of an image-intensifier image: (cu, cv, radius) in pixels.
 
     The field's edge points are, on every row and column, the first and last
@@ -131,7 +140,7 @@ def field_of_view(image, threshold: float = 20.0) -> tuple[float, float, float]:
             break
         x, y = x[keep], y[keep]
         cx, cy, r = _fit_circle(x, y)
-    return cx, cy, r
+    return FieldCircle(cx, cy, r)
 
 
 def _circle_mask(H: int, W: int, cu: float, cv: float, r: float) -> torch.Tensor:
@@ -233,10 +242,10 @@ class AutoscoperWrist:
     def calibration_file(self, cam: str) -> Path:
         return self.root / "calibration" / f"xr_calib_wrist_{self._cam(cam)}.txt"
 
-    def camera(self, cam: str) -> tuple[Camera, torch.Tensor]:
+    def camera(self, cam: str) -> CameraPose:
         """(Camera of the full-size radiograph, camera_to_world) from the calibration."""
         camera, pose = _read_cal(str(self.calibration_file(cam)), float(self.pixel_mm))
-        return camera, pose.clone()
+        return CameraPose(camera, pose.clone())
 
     def rig(self):
         """The biplane rig (:class:`xraypose.rig.Rig`): views "cam01", "cam02", rig frame = the calibration's."""
@@ -244,7 +253,7 @@ class AutoscoperWrist:
 
         return rig_from_mayacam({c: self.calibration_file(c) for c in self.cameras}, self.pixel_mm)
 
-    def field(self, cam: str) -> tuple[float, float, float]:
+    def field(self, cam: str) -> FieldCircle:
         """(cu, cv, radius) of the camera's circular field, full-size pixels (from all its frames)."""
         cam = self._cam(cam)
         if cam not in self._fields:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ from xraypose.errors import InputError
 if TYPE_CHECKING:
     from xraypose.volume import Volume
 
-__all__ = ["DEEPFLUORO_EXTRINSIC", "write_deepfluoro_fixture", "write_ljubljana_fixture", "resample_to_lps_grid"]
+__all__ = ["DEEPFLUORO_EXTRINSIC", "write_deepfluoro_fixture", "write_ljubljana_fixture", "resample_to_lps_grid",
+           "LpsGrid"]
 
 F64 = torch.float64
 
@@ -86,7 +87,17 @@ def _sample_ct(volume: Volume, points_ras: torch.Tensor, fill: float) -> torch.T
     return torch.where(ones > 0.999, out / ones.clamp_min(1e-6), torch.full_like(out, fill))
 
 
-def resample_to_lps_grid(volume: Volume, center_ras, size_mm, spacing_mm: float = 1.0, fill: float = -1024.0):
+class LpsGrid(NamedTuple):
+    """A CT resampled on an LPS-aligned grid (:func:`resample_to_lps_grid`): voxel ``pixels[k, j, i]`` at LPS
+    ``origin + spacing * (i, j, k)``."""
+
+    pixels: np.ndarray  #: (K, J, I) float32 HU
+    origin: np.ndarray  #: (3,) LPS mm
+    spacing: np.ndarray  #: (3,) mm
+
+
+def resample_to_lps_grid(volume: Volume, center_ras, size_mm, spacing_mm: float = 1.0,
+                         fill: float = -1024.0) -> LpsGrid:
     """Resample a CT onto a grid aligned with LPS axes (DeepFluoro's ``dir-mat`` = I).
 
     Returns ``(pixels_zyx float32, origin_lps (3,), spacing (3,))`` with voxel
@@ -99,7 +110,7 @@ def resample_to_lps_grid(volume: Volume, center_ras, size_mm, spacing_mm: float 
     X, Y, Z = torch.meshgrid(*axes, indexing="ij")
     ras = torch.stack([-X, -Y, Z], dim=-1)
     vals = _sample_ct(volume, ras, fill)  # (i, j, k)
-    return vals.permute(2, 1, 0).contiguous().numpy().astype(np.float32), origin, np.full(3, float(spacing_mm))
+    return LpsGrid(vals.permute(2, 1, 0).contiguous().numpy().astype(np.float32), origin, np.full(3, float(spacing_mm)))
 
 
 def _ras_volume_from_lps_grid(pixels_zyx, origin_lps, spacing):

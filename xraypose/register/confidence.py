@@ -37,6 +37,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,8 @@ from xraypose.geometry import make_transform, so3_exp
 from xraypose.register.config import Level
 from xraypose.register.objective import LevelObjective, fit_bone
 
-__all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "ConfidenceModel", "measure_signals", "assess",
-           "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
+__all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
+           "assess", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
 
 F64 = torch.float64
 
@@ -86,6 +87,14 @@ SIGNALS = {
     "magnification": "source-to-detector over source-to-isocenter distance at the result",
     "travel_mm": "mean motion (mm) of points within 100 mm of the isocenter from the start to the result",
 }
+
+
+class Judgement(NamedTuple):
+    """A result's verdict (:meth:`ConfidenceModel.judge`, :func:`~xraypose.register.multiview.combine_confidences`)."""
+
+    p_success: float  #: calibrated P(mTRE < 2 mm)
+    verdict: str  #: one of :data:`VERDICTS`
+    reason: str  #: one line saying why
 
 
 @dataclass
@@ -465,19 +474,20 @@ class ConfidenceModel:
             return math.nan
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
-    def judge(self, signals: dict) -> tuple[float, str, str]:
+    def judge(self, signals: dict) -> Judgement:
         """(p_success, verdict, reason) of one result."""
         problem = signals.get("_problem")
         if problem:
-            return 0.0, "failed", problem
+            return Judgement(0.0, "failed", problem)
         missing = [f for f, x in zip(self.features, self.inputs(signals)) if not math.isfinite(x)]
         if missing:
-            return 0.0, "failed", f"a confidence signal could not be measured ({missing[0].partition(':')[0]})"
+            what = missing[0].partition(":")[0]
+            return Judgement(0.0, "failed", f"a confidence signal could not be measured ({what})")
         p = self.probability(signals)
         for sig, lim in self.failed_below.items():
             x = signals.get(sig)
             if x is not None and math.isfinite(float(x)) and float(x) < lim:
-                return p, "failed", _reason(sig, signals)
+                return Judgement(p, "failed", _reason(sig, signals))
         verdict = "ok" if p >= self.thresholds["ok"] else "failed" if p < self.thresholds["failed"] else "uncertain"
         guard = None
         for sig, (lo, hi) in self.guards.items():
@@ -486,12 +496,12 @@ class ConfidenceModel:
                 guard = sig
                 break
         if guard is not None and verdict == "ok":
-            return p, "uncertain", _reason(guard, signals)
+            return Judgement(p, "uncertain", _reason(guard, signals))
         if verdict == "ok":
-            return p, verdict, "the DRR matches the X-ray closely and the optimum is sharp"
+            return Judgement(p, verdict, "the DRR matches the X-ray closely and the optimum is sharp")
         terms = [t - c * r for t, c, r in zip(self.logit_terms(signals), self.coef, self.reference)]
         worst = min(range(len(terms)), key=lambda i: terms[i])
-        return p, verdict, _reason(self.features[worst].partition(":")[0], signals)
+        return Judgement(p, verdict, _reason(self.features[worst].partition(":")[0], signals))
 
 
 _MODEL: ConfidenceModel | None = None

@@ -49,6 +49,7 @@ import torch
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.register.api import RegistrationOutcome
+from xraypose.register.confidence import Judgement
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
@@ -174,7 +175,7 @@ def rig_start(camera_to_world, camera_to_rig) -> torch.Tensor:
     return out[0] if out.shape[0] == 1 else out
 
 
-def combine_confidences(names, confidences) -> tuple:
+def combine_confidences(names, confidences) -> Judgement:
     """(p_success, verdict, reason) of a joint result from its views' checks (module docstring).
 
     Args:
@@ -196,7 +197,7 @@ def combine_confidences(names, confidences) -> tuple:
         reason = "every view's DRR matches its X-ray closely and its optimum is sharp"
     else:
         reason = f"view {names[worst]}: {confidences[worst].reason}"
-    return min(ps), verdict, reason
+    return Judgement(min(ps), verdict, reason)
 
 
 def _rigid(T, name: str) -> torch.Tensor:

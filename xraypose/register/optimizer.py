@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from xraypose.volume import Volume
 
 __all__ = ["Level", "RegistrationConfig", "RegistrationResult", "Registrar", "DEFAULT_LEVELS", "FAST_LEVELS",
-           "levels_for_sizes", "registration_density", "REGISTRATION_DENSITIES"]
+           "levels_for_sizes", "registration_density", "REGISTRATION_DENSITIES", "VolumeLevel"]
 
 F64 = torch.float64
 
@@ -141,11 +141,18 @@ class Evaluation:
     bone: torch.Tensor
 
 
-def _pool_volume(density: torch.Tensor, affine: torch.Tensor, factors) -> tuple[torch.Tensor, torch.Tensor]:
+class VolumeLevel(NamedTuple):
+    """The CT's registration basis at one level's voxel size (:meth:`Registrar.volume_level`)."""
+
+    density: torch.Tensor  #: (C, I, J, K) float32, the channels asked for
+    affine: torch.Tensor  #: (4, 4) float64 voxel index → world mm
+
+
+def _pool_volume(density: torch.Tensor, affine: torch.Tensor, factors) -> VolumeLevel:
     """Average ``density`` (C, I, J, K) over blocks of ``factors`` voxels; the affine follows."""
     f = [int(x) for x in factors]
     if f == [1, 1, 1]:
-        return density, affine
+        return VolumeLevel(density, affine)
     I, J, K = density.shape[-3:]
     pad = [(-n) % k for n, k in zip((I, J, K), f)]
     x = density[None]
@@ -156,7 +163,7 @@ def _pool_volume(density: torch.Tensor, affine: torch.Tensor, factors) -> tuple[
     for a in range(3):
         S[a, a] = f[a]
         S[a, 3] = (f[a] - 1) / 2
-    return x, affine.to(F64) @ S
+    return VolumeLevel(x, affine.to(F64) @ S)
 
 
 class Registrar:
@@ -195,8 +202,8 @@ class Registrar:
         return other
 
     # ------------------------------------------------------------ building blocks
-    def volume_level(self, volume_mm: float | None, channels=(0, 1, 2)) -> tuple[torch.Tensor, torch.Tensor]:
-        """(density (len(channels), I, J, K), affine) of the CT's registration basis averaged to
+    def volume_level(self, volume_mm: float | None, channels=(0, 1, 2)) -> VolumeLevel:
+        """(density (len(channels), I, J, K), affine (4, 4)) of the CT's registration basis averaged to
         voxels of about ``volume_mm`` (cached per size and channels)."""
         spacing = self._affine[:3, :3].norm(dim=0)
         if volume_mm is None:
@@ -213,7 +220,7 @@ class Registrar:
                 d = d[list(channels)].contiguous()
             if d.shape[0] in (2, 3):  # channels-last: the fused CPU kernel reads a corner's channels at once
                 d = channels_last(d)  # (measured 136 vs 179 ms at 116² for two; 30 vs 36 ms at 128² for three)
-            self._pyramid[key] = (d, a)
+            self._pyramid[key] = VolumeLevel(d, a)
         return self._pyramid[key]
 
     def frames(self, T_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
