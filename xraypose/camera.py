@@ -194,7 +194,7 @@ class Camera:
         return world_to_camera_points(points, camera_to_world)[..., 2]
 
     def backproject(self, uv: torch.Tensor, camera_to_world: torch.Tensor) -> torch.Tensor:
-        """Pixels (..., N, 2) → world points (..., N, 3) on the detector plane (z = sdd)."""
+        """Pixels (..., N, 2) → world points (..., N, 3) mm on the detector plane (z = sdd)."""
         ones = torch.ones_like(uv[..., :1])
         rays = torch.cat([uv, ones], dim=-1) @ self.K_inv(uv.dtype, uv.device).T  # z = 1
         p_cam = rays * self.sdd

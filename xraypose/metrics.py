@@ -141,7 +141,8 @@ def projection_error(pred, true, fiducials, camera: Camera, reduce: bool = True)
     """Mean projection error (mPE): distance between the fiducials' projections, mm on the detector.
 
     A fiducial at or behind the source of either pose has no projection: its error is ``inf``
-    (and so is the pose's mean)."""
+    (and so is the pose's mean).  Arguments as :func:`target_registration_error`'s (and the detector
+    ``camera``); returns (B,) mm, or (B, N) without ``reduce``."""
     p, t = _pair(pred, true)
     f = _fiducials(fiducials, p.shape[0])
     (uv_p, bp), (uv_t, bt) = _projections(camera, p, f), _projections(camera, t, f)
@@ -156,7 +157,8 @@ def reprojection_error(pred, true, fiducials, camera: Camera, reduce: bool = Tru
     The projections of the fiducials under each pose are back-projected onto
     that pose's own detector plane (world points at depth ``sdd``); the metric
     is the mean distance between the two sets of world points (``inf`` when a
-    fiducial is at or behind the source of either pose).
+    fiducial is at or behind the source of either pose).  Arguments as
+    :func:`projection_error`'s; returns (B,) mm, or (B, N) without ``reduce``.
     """
     p, t = _pair(pred, true)
     f = _fiducials(fiducials, p.shape[0])

@@ -32,20 +32,20 @@ def _check_pair(T1: torch.Tensor, T2: torch.Tensor) -> None:
 
 
 def geodesic_rotation(T1: torch.Tensor, T2: torch.Tensor) -> torch.Tensor:
-    """Angle of ``R1ᵀ R2`` in ``[0, π]`` rad (the SO(3) geodesic distance)."""
+    """Angle of ``R1ᵀ R2`` in ``[0, π]`` rad (the SO(3) geodesic distance); T1, T2 (..., 4, 4) → (...)."""
     _check_pair(T1, T2)
     R1, R2 = T1[..., :3, :3], T2[..., :3, :3]
     return rotation_angle(R1.transpose(-1, -2) @ R2)
 
 
 def geodesic_translation(T1: torch.Tensor, T2: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance ``|t1 - t2|`` (mm) between the translations."""
+    """Euclidean distance ``|t1 - t2|`` (mm) between the translations; T1, T2 (..., 4, 4) → (...)."""
     _check_pair(T1, T2)
     return safe_norm(T1[..., :3, 3] - T2[..., :3, 3])
 
 
 def geodesic_se3(T1: torch.Tensor, T2: torch.Tensor) -> torch.Tensor:
-    """Norm of the twist ``se3_log(invert(T1) @ T2)`` (mixes rad and mm)."""
+    """Norm of the twist ``se3_log(invert(T1) @ T2)`` (mixes rad and mm); T1, T2 (..., 4, 4) → (...)."""
     _check_pair(T1, T2)
     return safe_norm(se3_log(invert(T1) @ T2))
 

@@ -222,6 +222,8 @@ def antipodal(T, isocenter) -> torch.Tensor:
 
     The source goes to the other side of the patient (AP ↔ PA) and the image
     is mirrored left–right: the pose a regressor confuses with ``T``.
+
+    ``T``: camera_to_world (4, 4) or (B, 4, 4); ``isocenter``: (3,) world mm.  Returns (B, 4, 4) float64.
     """
     T = torch.as_tensor(T, dtype=F64).reshape(-1, 4, 4)
     axis = T[:, :3, 1]

@@ -129,7 +129,7 @@ class DRR(nn.Module):
         in a parameterization of :mod:`xraypose.geometry`.
 
         Returns:
-            (B, 1, H, W); with ``mask`` (H, W) the same image, zero where the
+            (B, 1, H, W) line integrals (density · mm); with ``mask`` (H, W) the same image, zero where the
             mask is False and only masked rays traced; with ``patches`` (P, 2)
             or (B, P, 2) centres (u, v): (B, P, patch_size, patch_size).
         """
