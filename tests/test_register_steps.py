@@ -224,9 +224,7 @@ def test_lm_curvature_from_the_linearised_drr_matches_finite_differences(volume,
             cfg = RegistrationConfig(levels=(lv,), drr_blur=1.0, lm_linearised=lin)
             results[lin] = Registrar(volume, cfg).register(case.image, case.camera, T0)
     Hfd, Hlin = seen[False], seen[True]
-    # both with the base DRR's fits and weights (2.4 % apart; re-fitting them per neighbour on one
-    # side only gave 19 %)
-    assert float((Hfd - Hlin).norm() / Hfd.norm()) < 0.05
+    assert float((Hfd - Hlin).norm() / Hfd.norm()) < 0.1  # 4.5 % apart (both re-fit each neighbour)
     assert renders[False] == 1 and renders[True] == 0  # the base and six poses in one batch, against none
     for lin in (False, True):
         assert _mtre(results[lin].poses[0], case) < 1.0
@@ -278,36 +276,6 @@ def test_rig_capture_on_the_start_view_then_every_view(volume, mode):
         RegistrationConfig(rig_capture="each")
 
 
-def test_rows_in_groups_share_the_first_rows_fits_and_weights(volume, case):
-    """``groups``: a pose's neighbours (for a derivative) take the intensity fits and robust weights
-    of the pose's own DRR — the constants autograd's gradient holds — and nothing else changes."""
-    from xraypose.register.objective import LevelObjective, robust_weights
-    from xraypose.register.cases import perturb_pose
-
-    x, y = _images(seed=3, n=6)
-    w3 = robust_weights(x, y, groups=3)
-    assert torch.equal(w3, robust_weights(x[::3], y[::3]).repeat_interleave(3, 0))
-    assert not torch.equal(w3, robust_weights(x, y))
-
-    lv = Level(size=48, iterations=1, volume_mm=3.0, fit_bone=True, optimizer="lm", robust=True,
-               fit_tissue=True, fit_curve=True)
-    cfg = RegistrationConfig(levels=(lv,), drr_blur=1.0)
-    reg = Registrar(volume, cfg)
-    dens, aff = reg.volume_level(lv.volume_mm, (0, 1, 2))
-    img = case.image.reshape(1, 1, *case.image.shape[-2:]).float()
-    obj = LevelObjective(lv, cfg, dens, aff, img, case.camera, torch.Generator().manual_seed(0))
-    T = case.true_pose.reshape(1, 4, 4)
-    T2 = perturb_pose(case.true_pose, volume.get_isocenter(), 3.0, 5.0, torch.Generator().manual_seed(1))[0][None]
-    rows = torch.zeros(2, dtype=torch.long)
-    with torch.no_grad():  # one batch (its sample count follows the batch's longest chord)
-        grouped, bone, _ = obj.residual(torch.cat([T, T2]), rows, groups=2)
-        refit, bone1, _ = obj.residual(torch.cat([T, T2]), rows)
-    assert torch.equal(grouped[0], refit[0])  # the group's first: its own constants
-    assert not torch.allclose(grouped[1], refit[1], atol=1e-4)  # the neighbour: the first's constants
-    assert bone1[0] != bone1[1]
-    assert bone[0] == bone[1]
-
-
 def test_pose_motion_is_the_rotation_at_the_radius_plus_the_isocenters_travel():
     """The Adam levels' "the best pose stayed put" test: angle(T2·T1⁻¹)·radius + |D·iso − iso|,
     here in plain floats, against so3_log, at angles from 1e-7 rad to nearly π."""
@@ -325,3 +293,22 @@ def test_pose_motion_is_the_rotation_at_the_radius_plus_the_isocenters_travel():
             assert pose_motion_mm(T1, T2, iso, 100.0) == pytest.approx(want, rel=1e-7, abs=1e-9)
     T = se3_exp(torch.randn(6, generator=g, dtype=F64))
     assert pose_motion_mm(T, T, torch.zeros(3, dtype=F64), 100.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_rejected_lm_step_is_retried_shorter_never_by_rendering_the_best_pose_again(volume, case):
+    """After a rejected step, Levenberg–Marquardt tries a shorter step from the best pose (damping
+    ×10) with the gradient and curvature found there; it never evaluates a pose twice (it did: every
+    rejection re-rendered the best pose, which could not be accepted, until the damping ran out)."""
+    from xraypose.register.cases import perturb_pose
+
+    T0 = perturb_pose(case.true_pose, volume.get_isocenter(), 2.0, 5.0, torch.Generator().manual_seed(3))[0]
+    lv = Level(size=48, iterations=25, volume_mm=3.0, fit_bone=True, optimizer="lm")
+    res = Registrar(volume, RegistrationConfig(levels=(lv,), drr_blur=1.0, lm_tol_px=1e-4,
+                                               lm_reject_tol_px=0.0)).register(case.image, case.camera, T0)
+    traj = [torch.tensor(r["camera_to_world"], dtype=F64) for r in res.trajectories[0]]
+    damping = [r["damping"] for r in res.trajectories[0]]
+    assert any(b > a for a, b in zip(damping, damping[1:]))  # there were rejections (tight tolerance)
+    for i in range(len(traj)):
+        for j in range(i):
+            assert not torch.equal(traj[i], traj[j]), (i, j)
+    assert _mtre(res.poses[0], case) < min(2.5, 0.5 * _mtre(T0, case))  # one 48-row level: pixels of ~3.5 mm

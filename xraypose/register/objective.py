@@ -102,7 +102,7 @@ def fit_channels(L: torch.Tensor, y: torch.Tensor, base: float, kinds, lo: float
     return coef
 
 
-def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor, groups: int = 1) -> torch.Tensor:
+def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """The DRR corrected for blur that happened to intensities, not to line integrals.
 
     A detector (focal spot, pixel area, scatter) and the usual preprocessing (a Gaussian blur
@@ -113,18 +113,16 @@ def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor, groups: int = 1) ->
     squares of the X-ray on ``[D, |∇D|²]``, detached), like the bone multiplier.
 
     drr, tgt: (n, 1, h, w).  Returns (n, 1, h, w), gradients flowing through ``drr``.
-    ``groups``: rows come in groups of that many consecutive DRRs that take the coefficient fitted
-    to the group's first (:func:`_first_of_groups`).
     """
     gx = torch.zeros_like(drr)
     gy = torch.zeros_like(drr)
     gx[..., :, 1:-1] = 0.5 * (drr[..., :, 2:] - drr[..., :, :-2])
     gy[..., 1:-1, :] = 0.5 * (drr[..., 2:, :] - drr[..., :-2, :])
     g2 = gx * gx + gy * gy
-    n = drr.shape[0] // groups
-    a = drr.detach()[::groups].reshape(n, -1).to(F64)
-    b = g2.detach()[::groups].reshape(n, -1).to(F64)
-    y = tgt.detach()[::groups].reshape(n, -1).to(F64)
+    n = drr.shape[0]
+    a = drr.detach().reshape(n, -1).to(F64)
+    b = g2.detach().reshape(n, -1).to(F64)
+    y = tgt.detach().reshape(n, -1).to(F64)
     a, b, y = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True), y - y.mean(-1, keepdim=True)
     aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
     ay, by = (a * y).sum(-1), (b * y).sum(-1)
@@ -133,17 +131,11 @@ def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor, groups: int = 1) ->
     w0 = torch.where(ok, (bb * ay - ab * by) / det.clamp_min(1e-30), torch.ones_like(det))
     w1 = torch.where(ok, (aa * by - ab * ay) / det.clamp_min(1e-30), torch.zeros_like(det))
     c = torch.where(w0 > 0, w1 / w0.clamp_min(1e-30), torch.zeros_like(w0)).clamp_max(0.0)  # edges shift, never sharpen
-    return drr + c.repeat_interleave(groups).to(drr.dtype).reshape(-1, 1, 1, 1) * g2
-
-
-def _first_of_groups(x: torch.Tensor | None, groups: int) -> torch.Tensor | None:
-    """Every ``groups``-th row of ``x`` (n, ...): the first of each group of rows that share the
-    constants of an evaluation (intensity fits, robust weights)."""
-    return x if x is None or groups == 1 else x[::groups]
+    return drr + c.to(drr.dtype).reshape(n, 1, 1, 1) * g2
 
 
 def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = 4.685, iterations: int = 3,
-                   prior: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
+                   prior: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel weights that leave out what the CT cannot explain (implants, tools, saturation).
 
     The X-ray is fitted as an affine function of the DRR by iteratively reweighted least squares
@@ -153,11 +145,7 @@ def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = 4.685, itera
 
     drr, tgt: (n, ...) of one shape; ``prior``: optional weights of that shape (a pixel mask: the
     fit and the result leave out what it leaves out).  Returns weights of that shape in [0, 1].
-    ``groups``: rows come in groups of that many consecutive DRRs that take the weights of the
-    group's first.
     """
-    shape = drr.shape
-    drr, tgt, prior = (_first_of_groups(x, groups) for x in (drr, tgt, prior))
     n = drr.shape[0]
     x = drr.detach().reshape(n, -1).to(F64)
     y = tgt.detach().reshape(n, -1).to(F64)
@@ -178,7 +166,7 @@ def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = 4.685, itera
         s = torch.maximum(s, 1e-6 * y.std(-1, keepdim=True).clamp_min(1e-12))
         u = (e - med) / (c * s)
         w = p * torch.where(u.abs() < 1, (1 - u * u) ** 2, torch.zeros_like(u))
-    return (w if groups == 1 else w.repeat_interleave(groups, 0)).reshape(shape).to(drr.dtype)
+    return w.reshape(drr.shape).to(drr.dtype)
 
 
 def _patch_weights(img: torch.Tensor, half: int) -> torch.Tensor:
@@ -325,11 +313,9 @@ class LevelObjective:
                 (the derivative of a curve of poses times the curve's step).
         Returns:
             (n, K + 1, M): the residual of ``poses``, then of the DRRs ``drr + ∂drr·tangent_k``
-            (the linearised DRR at ``pose + tangent_k``; blur and measure as :meth:`residual`, the
-            evaluation's constants — intensity fits, robust weights — those of ``poses``' own DRR,
-            as the gradient of :meth:`residual` holds them: ``(r_k − r_0)`` is then the residual's
-            derivative along tangent k, the one autograd's ``Jᵀr`` differentiates); None where this
-            level's residual has a term the linearisation leaves out (``fit_air``'s ray chords).
+            (the linearised DRR at ``pose + tangent_k``; every later step — blur, intensity fits,
+            robust weights, the measure — exactly as :meth:`residual`); None where this level's
+            residual has a term the linearisation leaves out (``fit_air``'s ray chords).
         """
         if self.level.fit_air:
             return None
@@ -341,28 +327,22 @@ class LevelObjective:
                                           step=self.step)
             stack = torch.cat([drr[:, None], drr[:, None] + d], 1).reshape(n * (K + 1), *drr.shape[1:])
             rep = lambda x: x.repeat_interleave(K + 1, 0)  # noqa: E731
-            r, _, _ = self._residual_of(self._finish_drr(stack), rep(poses), rep(rows), groups=K + 1)
+            r, _, _ = self._residual_of(self._finish_drr(stack), rep(poses), rep(rows))
         return r.reshape(n, K + 1, -1)
 
-    def residual(self, poses: torch.Tensor, rows: torch.Tensor, groups: int = 1):
-        """The measure's residual of ``poses`` (n, 4, 4) against X-rays ``rows`` (n,); ``groups``:
-        rows come in groups of that many that share the constants (intensity fits, robust weights)
-        of the group's first (e.g. a pose and its neighbours, for a derivative).
+    def residual(self, poses: torch.Tensor, rows: torch.Tensor):
+        """The measure's residual of ``poses`` (n, 4, 4) against X-rays ``rows`` (n,).
 
         Returns:
             r: (n, M) residual (``score = 1 − ½‖r‖²``), gradients flowing to ``poses``;
             bone: (n,) float64 the fitted bone multiplier (the config's where not fitted);
             constant: (n,) bool, DRRs that are constant (no usable similarity).
         """
-        return self._residual_of(self.render(poses, rows), poses, rows, groups=groups)
+        return self._residual_of(self.render(poses, rows), poses, rows)
 
-    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor, groups: int = 1):
-        """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives);
-        ``groups``: rows come in groups of that many that share the constants (intensity fits,
-        robust weights) of the group's first row."""
+    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor):
+        """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives)."""
         n = drr.shape[0]
-        first = lambda x: _first_of_groups(x, groups)  # noqa: E731
-        spread = (lambda x: x) if groups == 1 else (lambda x: x.repeat_interleave(groups, 0))  # noqa: E731
         tgt = self.target[rows] if self.uv is None else self.target_sparse[rows]
         m = None if self.mask is None else (self.mask[rows] if self.uv is None else self.mask_sparse[rows])
         base = float(self.config.bone_multiplier)
@@ -373,8 +353,8 @@ class LevelObjective:
         if drr.shape[1] > 1:
             kinds = (["bone"] if self.level.fit_bone else []) + (["free"] if self.level.fit_tissue else []) + (
                 ["positive"] if self.level.fit_air else [])
-            coef = spread(fit_channels(first(drr).reshape(n // groups, drr.shape[1], -1), first(tgt).reshape(
-                n // groups, -1), base, kinds, w=None if m is None else first(m).reshape(n // groups, -1)))
+            coef = fit_channels(drr.reshape(n, drr.shape[1], -1), tgt.reshape(n, -1), base, kinds,
+                                w=None if m is None else m.reshape(n, -1))
             if self.level.fit_bone:
                 bone = coef[:, 0] + base
             shape = (-1,) + (1,) * (drr.dim() - 1)
@@ -383,16 +363,14 @@ class LevelObjective:
             drr = one
         drr = drr[:, 0] if self.uv is not None else drr  # (n, P, S, S) or (n, 1, h, w)
         if self.level.fit_blur and self.uv is None:
-            drr = fit_intensity_blur(drr, tgt, groups=groups)
+            drr = fit_intensity_blur(drr, tgt)
         if self.level.fit_curve:
             sq = drr * drr
-            k = n // groups
-            c2 = spread(fit_channels(torch.stack([first(drr).reshape(k, -1), first(sq).reshape(k, -1)], 1),
-                                     first(tgt).reshape(k, -1), base, ["free"],
-                                     w=None if m is None else first(m).reshape(k, -1)))
+            c2 = fit_channels(torch.stack([drr.reshape(n, -1), sq.reshape(n, -1)], 1), tgt.reshape(n, -1), base,
+                              ["free"], w=None if m is None else m.reshape(n, -1))
             drr = drr + c2[:, 0].to(drr.dtype).reshape((-1,) + (1,) * (drr.dim() - 1)) * sq
         if self.level.robust:
-            w = robust_weights(drr, tgt, prior=None if m is None else m.reshape(drr.shape), groups=groups)
+            w = robust_weights(drr, tgt, prior=None if m is None else m.reshape(drr.shape))
         else:
             w = None if m is None else m.reshape(drr.shape).to(drr.dtype)
         flat = drr.detach().reshape(n, -1)
@@ -453,15 +431,15 @@ class ViewSet:
             out.append(r / N ** 0.5 if N > 1 else r)
         return torch.cat(out, -1)
 
-    def residual(self, poses: torch.Tensor, rows: torch.Tensor, groups: int = 1):
+    def residual(self, poses: torch.Tensor, rows: torch.Tensor):
         """As :meth:`LevelObjective.residual`, for rig poses; ``bone`` is the first view's fit and
         ``constant`` is True where any view's DRR is constant."""
         if len(self.views) == 1:
-            return self.views[0].residual(self.view_poses(poses, 0), rows, groups=groups)
+            return self.views[0].residual(self.view_poses(poses, 0), rows)
         rs, bone, const = [], None, None
         N = len(self.views)
         for i, v in enumerate(self.views):
-            r, b, c = v.residual(self.view_poses(poses, i), rows, groups=groups)
+            r, b, c = v.residual(self.view_poses(poses, i), rows)
             rs.append(r / N ** 0.5)
             bone = b if bone is None else bone
             const = c if const is None else const | c
