@@ -312,3 +312,18 @@ def test_a_rejected_lm_step_is_retried_shorter_never_by_rendering_the_best_pose_
         for j in range(i):
             assert not torch.equal(traj[i], traj[j]), (i, j)
     assert _mtre(res.poses[0], case) < min(2.5, 0.5 * _mtre(T0, case))  # one 48-row level: pixels of ~3.5 mm
+
+
+def test_volume_levels_come_channels_last_whatever_was_asked_first(volume):
+    """Two and three channels are stored channels-last (the fused kernel's fast layout) even when a
+    subset at the same voxel size was cached first (it once returned the pooled channels-first stack)."""
+    from xraypose.render.backends.cpu import is_channels_last
+
+    reg = Registrar(volume, RegistrationConfig())
+    one = reg.volume_level(6.0, (0,))
+    three = reg.volume_level(6.0, (0, 1, 2))
+    two = reg.volume_level(6.0, (0, 1))
+    assert one.density.shape[0] == 1 and one.density.is_contiguous()
+    for lv, C in ((three, 3), (two, 2)):
+        assert lv.density.shape[0] == C and lv.density.stride()[0] == 1 and is_channels_last(lv.density)
+    assert torch.equal(three.density[0], one.density[0]) and torch.equal(two.density, three.density[:2])

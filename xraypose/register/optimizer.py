@@ -213,11 +213,11 @@ class Registrar:
         channels = tuple(channels)
         key = (factors, channels)
         if key not in self._pyramid:
-            if (factors, (0, 1, 2)) not in self._pyramid:
-                self._pyramid[(factors, (0, 1, 2))] = _pool_volume(self._density, self._affine, factors)
-            d, a = self._pyramid[(factors, (0, 1, 2))]
-            if channels != (0, 1, 2):
-                d = d[list(channels)].contiguous()
+            base = (factors, "pooled")  # every channel, as pooled (channels-first): what subsets are cut from
+            if base not in self._pyramid:
+                self._pyramid[base] = _pool_volume(self._density, self._affine, factors)
+            d, a = self._pyramid[base]
+            d = d[list(channels)].contiguous() if channels != (0, 1, 2) else d
             if d.shape[0] in (2, 3):  # channels-last: the fused CPU kernel reads a corner's channels at once
                 d = channels_last(d)  # (measured 136 vs 179 ms at 116² for two; 30 vs 36 ms at 128² for three)
             self._pyramid[key] = VolumeLevel(d, a)
