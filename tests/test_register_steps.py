@@ -327,3 +327,32 @@ def test_volume_levels_come_channels_last_whatever_was_asked_first(volume):
     for lv, C in ((three, 3), (two, 2)):
         assert lv.density.shape[0] == C and lv.density.stride()[0] == 1 and is_channels_last(lv.density)
     assert torch.equal(three.density[0], one.density[0]) and torch.equal(two.density, three.density[:2])
+
+
+def test_the_last_level_renders_the_start_only_when_it_is_near(volume, case, monkeypatch):
+    """The last level's revisit weighs the registration's start against the current pose only when the
+    start lies within LAST_REVISIT_PX pixels of it (a start at the truth); a far start is not rendered."""
+    import xraypose.register.optimizer as optimizer
+    from xraypose.register.cases import perturb_pose
+
+    seen = []
+    original = optimizer.Registrar._revisit
+
+    def spy(self, objective, tracks, last=False):
+        calls = []
+        evaluate = self.evaluate
+        monkeypatch.setattr(self, "evaluate", lambda obj, poses, owners: calls.append(len(poses)) or
+                            evaluate(obj, poses, owners))
+        original(self, objective, tracks, last=last)
+        monkeypatch.delattr(self, "evaluate")
+        if last:
+            seen.append(calls[0])
+
+    monkeypatch.setattr(optimizer.Registrar, "_revisit", spy)
+    levels = (Level(size=16, iterations=30, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
+              Level(size=48, iterations=10, volume_mm=3.0, fit_bone=True, optimizer="lm"))
+    reg = Registrar(volume, RegistrationConfig(levels=levels, drr_blur=1.0))
+    far = perturb_pose(case.true_pose, volume.get_isocenter(), 10.0, 40.0, torch.Generator().manual_seed(2))[0]
+    reg.register(case.image, case.camera, far)
+    reg.register(case.image, case.camera, case.true_pose)
+    assert seen == [1, 2]  # far: the current pose alone; the truth: it and the start

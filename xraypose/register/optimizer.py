@@ -55,7 +55,7 @@ from xraypose.register.config import (  # noqa: F401 (re-exported)
 )
 from xraypose.register.measures import score_from_residual
 from xraypose.register.objective import LevelObjective, ViewSet, level_channels
-from xraypose.register.steppers import Track, make_stepper
+from xraypose.register.steppers import Track, make_stepper, pose_motion_mm
 from xraypose.render.density import DENSITY_MODELS, registration_basis
 from xraypose.render.backends.cpu import channels_last
 
@@ -75,6 +75,11 @@ def registration_density(volume: Volume, model: str = "linear", bone_multiplier:
     """(2, I, J, K) float32: the density registration renders and its bone part
     (:func:`xraypose.render.density.registration_basis`)."""
     return registration_basis(volume, model, bone_multiplier)
+
+
+#: The last level's revisit renders the registration's start only when it lies within this many of
+#: the level's pixels of the current pose (see :meth:`Registrar._revisit`).
+LAST_REVISIT_PX = 10.0
 
 
 @dataclass
@@ -306,17 +311,24 @@ class Registrar:
         cannot model at its resolution) cannot drag a good start away.  The last level weighs only
         the registration's start against the current pose: an earlier coarse level's result never
         won there (0 of 60 pelvis registrations of five appearance families, from the truth and from
-        10°/40 mm), while the start won 19 times (a start at the truth); each candidate costs a
-        render at the finest size."""
+        10°/40 mm), while the start won 19 times (a start at the truth, which registration leaves
+        by about a pixel at most); each candidate costs a render at the finest size, so a start more
+        than :data:`LAST_REVISIT_PX` pixels (at the isocenter, within ``motion_radius_mm``) from the
+        current pose is not rendered (a 10°/40 mm start lies ~40 pixels away)."""
         live = [t for t in tracks if t.alive and t.history]
         if not live:
             return
         cands = []
-        for t in live:
+        pix = objective.pixel_mm(torch.stack([t.pose for t in live]), self.isocenter) if last else None
+        for q, t in enumerate(live):
             cs = [t.pose]
             for h in (t.history[:1] if last else t.history):
-                if not any(torch.equal(h, c) for c in cs):  # a level that did not move adds nothing
-                    cs.append(h)
+                if any(torch.equal(h, c) for c in cs):  # a level that did not move adds nothing
+                    continue
+                if last and pose_motion_mm(t.pose, h, self.isocenter, self.config.motion_radius_mm) > \
+                        LAST_REVISIT_PX * float(pix[q]):
+                    continue  # a start far from where the coarser levels led: it never wins here
+                cs.append(h)
             cands.append(cs)
         poses = torch.stack([p for cs in cands for p in cs])
         owners = [t for t, cs in zip(live, cands) for _ in cs]
