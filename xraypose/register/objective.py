@@ -53,8 +53,14 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
     """
     L = L.detach().to(F64)
     y = y.detach().to(F64)
-    a = L[:, 0] - L[:, 0].mean(-1, keepdim=True)
-    b = L[:, 1] - L[:, 1].mean(-1, keepdim=True)
+    return _second_over_first(L[:, 0], L[:, 1], y).clamp(lo - base, hi - base)
+
+
+def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64: ``w1 / w0``,
+    the weight of ``b`` in units of ``a``'s (0 where the fit is singular or ``w0 <= 0``)."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
     yc = y - y.mean(-1, keepdim=True)
     aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
     ay, by = (a * yc).sum(-1), (b * yc).sum(-1)
@@ -62,8 +68,7 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
     ok = det > 1e-12 * (aa * bb).clamp_min(1e-30)
     w0 = torch.where(ok, (bb * ay - ab * by) / det.clamp_min(1e-30), torch.ones_like(det))
     w1 = torch.where(ok, (aa * by - ab * ay) / det.clamp_min(1e-30), torch.zeros_like(det))
-    m = torch.where(w0 > 0, w1 / w0.clamp_min(1e-30), torch.zeros_like(w0))
-    return m.clamp(lo - base, hi - base)
+    return torch.where(w0 > 0, w1 / w0.clamp_min(1e-30), torch.zeros_like(w0))
 
 
 def fit_channels(L: torch.Tensor, y: torch.Tensor, base: float, kinds, lo: float = 0.2,
@@ -123,14 +128,7 @@ def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     a = drr.detach().reshape(n, -1).to(F64)
     b = g2.detach().reshape(n, -1).to(F64)
     y = tgt.detach().reshape(n, -1).to(F64)
-    a, b, y = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True), y - y.mean(-1, keepdim=True)
-    aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
-    ay, by = (a * y).sum(-1), (b * y).sum(-1)
-    det = aa * bb - ab * ab
-    ok = det > 1e-12 * (aa * bb).clamp_min(1e-30)
-    w0 = torch.where(ok, (bb * ay - ab * by) / det.clamp_min(1e-30), torch.ones_like(det))
-    w1 = torch.where(ok, (aa * by - ab * ay) / det.clamp_min(1e-30), torch.zeros_like(det))
-    c = torch.where(w0 > 0, w1 / w0.clamp_min(1e-30), torch.zeros_like(w0)).clamp_max(0.0)  # edges shift, never sharpen
+    c = _second_over_first(a, b, y).clamp_max(0.0)  # edges shift, never sharpen
     return drr + c.to(drr.dtype).reshape(n, 1, 1, 1) * g2
 
 

@@ -109,6 +109,27 @@ class Stepper:
             t.levels.append({"level": self.li, "iterations": w["it"], "ended": w["ended"],
                              "similarity": w["best_score"] if math.isfinite(w["best_score"]) else None})
 
+    def iterate(self, tracks, last: bool) -> None:
+        """One step of every active track (``last``: the level's final pass, which only evaluates)."""
+        act = [t for t in tracks if t.active]
+        if act:
+            self._iterate(act, last)
+
+    def _iterate(self, act: list, last: bool) -> None:
+        raise NotImplementedError
+
+    def _evaluate(self, T: torch.Tensor, act: list, loss):
+        """Evaluate poses ``T`` (n, 4, 4) of the tracks ``act`` and differentiate ``loss(evaluation)``
+        (n,) summed over the good ones with respect to them: ``(evaluation, dloss/dT (n, 4, 4))``,
+        non-finite entries zeroed; ``T`` itself is left without gradient."""
+        T.requires_grad_(True)
+        ev = self.reg.evaluate(self.obj, T, act)
+        if bool(ev.ok.any()):
+            loss(ev)[ev.ok].sum().backward()
+        gT = T.grad if T.grad is not None else torch.zeros_like(T)
+        T.requires_grad_(False)
+        return ev, torch.nan_to_num(gT, nan=0.0, posinf=0.0, neginf=0.0)
+
     def _record(self, t: Track, iteration: int, score: float, pose: torch.Tensor, **extra) -> None:
         if self.config.record_trajectory:
             t.trajectory.append({"level": self.li, "iteration": iteration, "similarity": score,
@@ -153,22 +174,13 @@ class AdamStepper(Stepper):
         w["v"].zero_()
         w["t"] = 0
 
-    def iterate(self, tracks, last: bool) -> None:
-        act = [t for t in tracks if t.active]
-        if not act:
-            return
+    def _iterate(self, act: list, last: bool) -> None:
         reg, c = self.reg, self.config
         p = torch.stack([t.work["params"] for t in act])
         T, dT = reg.pose_and_jacobian(p, torch.stack([t.A for t in act]), torch.stack([t.Bm for t in act]))
-        T.requires_grad_(True)
-        ev = reg.evaluate(self.obj, T, act)
+        ev, gT = self._evaluate(T, act, lambda e: -e.score_t)  # Adam ascends the similarity
         good = ev.ok
-        if bool(good.any()):
-            (-ev.score_t[good].sum()).backward()
-        gT = T.grad if T.grad is not None else torch.zeros_like(T)
-        grad = torch.einsum("nij,ndij->nd", torch.nan_to_num(gT, nan=0.0, posinf=0.0, neginf=0.0), dT)
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        T = T.detach()
+        grad = torch.nan_to_num(torch.einsum("nij,ndij->nd", gT, dT), nan=0.0, posinf=0.0, neginf=0.0)
         b1, b2 = c.adam_betas
         for j, t in enumerate(act):
             w = t.work
@@ -272,22 +284,15 @@ class LMStepper(Stepper):
         Fr[:, :3, 3] = self.reg.isocenter
         return Fr
 
-    def iterate(self, tracks, last: bool) -> None:
-        act = [t for t in tracks if t.active]
-        if not act:
-            return
+    def _iterate(self, act: list, last: bool) -> None:
         reg, c = self.reg, self.config
         cand = torch.stack([t.work["cand"] for t in act])
         Fr = self._frames(cand)
-        T = cand.clone().requires_grad_(True)
-        ev = reg.evaluate(self.obj, T, act)
+        T = cand.clone()
+        ev, gT = self._evaluate(T, act, lambda e: 0.5 * e.cost_t)  # LM: ½‖r‖²
         good = ev.ok
-        if bool(good.any()):
-            (0.5 * ev.cost_t[good].sum()).backward()
         # the gradient in the chart ξ at 0: ⟨∂cost/∂pose, ∂pose/∂ξ_k⟩ with ∂pose/∂ξ_k = F·G_k·F⁻¹·pose
-        gT = torch.nan_to_num(T.grad, nan=0.0) if T.grad is not None else torch.zeros_like(cand)
         grad = torch.nan_to_num(torch.einsum("nij,ndij->nd", gT, _chart_tangents(Fr, cand)), nan=0.0)
-        T = T.detach()
         accepted, retry = [], []
         for j, t in enumerate(act):
             w = t.work
