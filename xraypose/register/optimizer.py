@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from xraypose.camera import Camera, world_to_camera_points
+from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS, pose_from_params, pose_to_params
 from xraypose.register.config import (  # noqa: F401 (re-exported)
@@ -269,16 +269,30 @@ class Registrar:
         return T[:, 0], dT
 
     def _sane(self, T: torch.Tensor, camera: Camera) -> torch.Tensor:
-        """(B,) True where a pose still looks at the CT (finite, isocenter in front and near the detector)."""
-        ok = torch.isfinite(T).reshape(T.shape[0], -1).all(-1)
-        Tf = torch.where(ok[:, None, None], T, torch.eye(4, dtype=T.dtype).expand_as(T))
-        p = world_to_camera_points(self.isocenter[None].to(T.dtype), Tf)[:, 0]  # (B, 3), camera frame
-        z = p[:, 2]
-        uvw = p @ camera.K(p.dtype).T
-        uv = uvw[:, :2] / uvw[:, 2:3]  # Camera.project, from the same camera-frame point
+        """(B,) True where a pose still looks at the CT (finite, isocenter in front and near the detector).
+
+        In plain floats, pose by pose (a few poses per iteration: tensor operations would cost more
+        than the arithmetic): the isocenter in the camera frame ``Rᵀ(iso − t)``, then projected."""
+        fx, cu = camera.fx, camera.principal_point[0]
+        if camera.reverse_x_axis:
+            fx, cu = -fx, (camera.width - 1) - cu
+        fy, cv = camera.fy, camera.principal_point[1]
         H, W = camera.height, camera.width
-        inside = (uv[:, 0] > -W) & (uv[:, 0] < 2 * W) & (uv[:, 1] > -H) & (uv[:, 1] < 2 * H)
-        return ok & (z > 0) & inside
+        iso = self.isocenter.tolist()
+        out = []
+        for M in T.detach().to(F64).tolist():
+            flat = [x for row in M for x in row]
+            if not all(math.isfinite(x) for x in flat):
+                out.append(False)
+                continue
+            d = [iso[k] - M[k][3] for k in range(3)]
+            x, y, z = (sum(M[k][j] * d[k] for k in range(3)) for j in range(3))  # Rᵀ(iso − t)
+            if not z > 0:
+                out.append(False)
+                continue
+            u, v = (fx * x + cu * z) / z, (fy * y + cv * z) / z  # Camera.project
+            out.append(-W < u < 2 * W and -H < v < 2 * H)
+        return torch.tensor(out, dtype=torch.bool)
 
     def evaluate(self, objective: ViewSet, T: torch.Tensor, tracks) -> Evaluation:
         """The similarity of poses ``T`` (n, 4, 4) of ``tracks`` (n) at one level; poses that do not
@@ -290,6 +304,14 @@ class Registrar:
         score_t = torch.zeros(n, dtype=F64)
         cost_t = torch.zeros(n, dtype=F64)
         bone = torch.full((n,), float(self.config.bone_multiplier), dtype=F64)
+        if bool(ok.all()):  # the usual case: every pose, no scatter into the outputs
+            r, b, constant = objective.residual(T, torch.tensor([t.xray for t in tracks]))
+            cost_t = r.to(F64).pow(2).sum(-1)
+            score_t = 1.0 - 0.5 * cost_t
+            good = torch.isfinite(score_t.detach()) & ~constant
+            score = torch.where(good, score_t.detach(), score)
+            cost = torch.where(good, cost_t.detach(), cost)
+            return Evaluation(ok=good, score=score, cost=cost, score_t=score_t, cost_t=cost_t, bone=b)
         if bool(ok.any()):
             sel = torch.nonzero(ok).reshape(-1)
             rows = torch.tensor([tracks[i].xray for i in sel.tolist()])
