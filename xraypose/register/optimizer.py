@@ -352,6 +352,9 @@ class Registrar:
                     continue  # a start far from where the coarser levels led: it never wins here
                 cs.append(h)
             cands.append(cs)
+        live, cands = [t for t, cs in zip(live, cands) if len(cs) > 1], [cs for cs in cands if len(cs) > 1]
+        if not live:  # one candidate each: nothing to weigh (the level's first step evaluates the pose)
+            return
         poses = torch.stack([p for cs in cands for p in cs])
         owners = [t for t, cs in zip(live, cands) for _ in cs]
         with torch.no_grad():
