@@ -357,3 +357,10 @@ def test_the_last_level_renders_the_start_only_when_it_is_near(volume, case, mon
     reg.register(case.image, case.camera, far)
     reg.register(case.image, case.camera, case.true_pose)
     assert seen == [0, 2]  # far: nothing rendered (one candidate); the truth: the pose and the start
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf"), "0.1"])
+def test_lm_reject_tolerance_must_be_a_finite_number_at_least_zero(bad):
+    with pytest.raises(InputError, match="lm_reject_tol_px must be a number >= 0"):
+        RegistrationConfig(lm_reject_tol_px=bad)
+    assert RegistrationConfig(lm_reject_tol_px=0).lm_reject_tol_px == 0  # 0: the test is off

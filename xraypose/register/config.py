@@ -228,6 +228,9 @@ class RegistrationConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise InputError(f"{name} must be a positive number, got {v!r}")
+        v = self.lm_reject_tol_px  # 0 turns the test off
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise InputError(f"lm_reject_tol_px must be a number >= 0 (0: off), got {v!r}")
         self.levels = tuple(lv if isinstance(lv, Level) else Level(**lv) for lv in self.levels)
         if not self.levels:
             raise InputError("a registration needs at least one level")
