@@ -61,7 +61,6 @@ class Plan:
 
     mine: list = field(default_factory=list)
     kept: list = field(default_factory=list)
-    sends: dict = field(default_factory=dict)  # rank -> how many cases it sends to rank 0 (static deal)
     todo: list = field(default_factory=list)   # every rank's unfinished cases, in case order
     key: str = ""                              # the claim counter's name in the store (one per plan)
 
@@ -189,9 +188,8 @@ class Shards:
         nonce = uuid.uuid4().hex  # rank 0's names this evaluation's claim counter
         every = self._all_gather((held, nonce)) if self.distributed else [(held, nonce)]
         deal, kept = deal_cases(n, [h for h, _ in every])
-        p = Plan(mine=deal[self.rank], kept=kept[self.rank],
-                 sends={r: len(deal[r]) + len(kept[r]) for r in range(1, self.world)},
-                 todo=sorted(i for d in deal for i in d), key=f"xraypose/evaluate/claims/{every[0][1]}")
+        p = Plan(mine=deal[self.rank], kept=kept[self.rank], todo=sorted(i for d in deal for i in d),
+                 key=f"xraypose/evaluate/claims/{every[0][1]}")
         self._plan = p
         return p
 

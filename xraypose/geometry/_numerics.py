@@ -102,30 +102,12 @@ def _coefficient(theta2: torch.Tensor, coeffs, closed_form) -> torch.Tensor:
     return torch.where(small, _horner(t_small, coeffs), closed_form(theta, t_large))
 
 
-def sinc_coef(theta2: torch.Tensor) -> torch.Tensor:
-    """``sin(θ)/θ`` from ``θ² (...)``."""
-    return _coefficient(theta2, _SINC, lambda th, t2: torch.sin(th) / th)
-
-
-def one_minus_cos_coef(theta2: torch.Tensor) -> torch.Tensor:
-    """``(1 - cos θ)/θ²`` from ``θ² (...)`` (computed as ``2 sin²(θ/2)/θ²``)."""
-    return _coefficient(
-        theta2, _ONE_MINUS_COS, lambda th, t2: 2.0 * torch.sin(0.5 * th) ** 2 / t2
-    )
-
-
-def theta_minus_sin_coef(theta2: torch.Tensor) -> torch.Tensor:
-    """``(θ - sin θ)/θ³`` from ``θ² (...)``."""
-    return _coefficient(
-        theta2, _THETA_MINUS_SIN, lambda th, t2: (th - torch.sin(th)) / (t2 * th)
-    )
-
-
 def exp_coefficients(theta2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(sin θ/θ, (1 − cos θ)/θ², (θ − sin θ)/θ³)`` from ``θ² (...)`` in one pass: the values of
-    :func:`sinc_coef`, :func:`one_minus_cos_coef` and :func:`theta_minus_sin_coef` (the same series
-    and closed forms, element for element), with a third of their tensor operations — the
-    exponential maps run on every iteration of a registration."""
+    """``(sin θ/θ, (1 − cos θ)/θ², (θ − sin θ)/θ³)`` from ``θ² (...)``, the coefficients of the SO(3)
+    and SE(3) exponentials, in one pass: each a Taylor series below :func:`_threshold` and its closed
+    form above (``(1 − cos θ)/θ²`` as ``2 sin²(θ/2)/θ²``), blended by the mask so that neither
+    branch is fed a value where it is not defined; the three series share one Horner loop (the
+    exponential maps run on every iteration of a registration)."""
     thr = _threshold(theta2.dtype)
     m = (theta2 < thr * thr).to(theta2.dtype)  # 1 where the series holds: blends, cheaper than where
     t_small = (theta2 * m)[..., None]          # each branch fed only values where it is defined

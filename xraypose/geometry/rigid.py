@@ -41,12 +41,12 @@ def make_transform(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     check_matrix(R, 3, "R")
     check_last_dim(t, 3, "t")
     dtype = torch.result_type(R, t)
-    batch = torch.broadcast_shapes(R.shape[:-2], t.shape[:-1])
-    R = R.to(dtype).expand(*batch, 3, 3)
-    t = t.to(dtype).expand(*batch, 3)
-    top = torch.cat([R, t[..., None]], dim=-1)
-    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=dtype, device=R.device)
-    return torch.cat([top, bottom.expand(*batch, 1, 4)], dim=-2)
+    batch = R.shape[:-2] if R.shape[:-2] == t.shape[:-1] else torch.broadcast_shapes(R.shape[:-2], t.shape[:-1])
+    T = torch.zeros(tuple(batch) + (4, 4), dtype=dtype, device=R.device)  # written in place: few operations
+    T[..., :3, :3] = R
+    T[..., :3, 3] = t
+    T[..., 3, 3] = 1.0
+    return T
 
 
 def split_transform(T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

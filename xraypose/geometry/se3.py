@@ -20,7 +20,7 @@ from ._numerics import (
     eye_like,
     left_jacobian_inv_coef,
 )
-from .rigid import split_transform
+from .rigid import make_transform, split_transform
 from .so3 import hat, so3_log
 
 __all__ = ["se3_exp", "se3_hat", "se3_log"]
@@ -46,11 +46,7 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     A, B, C = exp_coefficients(theta2)
     R = I + A * W + B * W2
     V = I + B * W + C * W2
-    T = torch.zeros(xi.shape[:-1] + (4, 4), dtype=R.dtype, device=R.device)
-    T[..., :3, :3] = R
-    T[..., :3, 3] = (V @ rho[..., None])[..., 0]
-    T[..., 3, 3] = 1.0
-    return T
+    return make_transform(R, (V @ rho[..., None])[..., 0])
 
 
 def se3_hat(xi: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,9 @@ from ._numerics import (
     atan_ratio_coef,
     check_last_dim,
     check_matrix,
+    exp_coefficients,
     eye_like,
-    one_minus_cos_coef,
     safe_norm,
-    sinc_coef,
 )
 
 __all__ = [
@@ -80,7 +79,8 @@ def so3_exp(omega: torch.Tensor) -> torch.Tensor:
     check_last_dim(omega, 3, "omega")
     theta2 = (omega * omega).sum(-1)[..., None, None]
     W = hat(omega)
-    return eye_like(omega) + sinc_coef(theta2) * W + one_minus_cos_coef(theta2) * (W @ W)
+    A, B, _ = exp_coefficients(theta2)
+    return eye_like(omega) + A * W + B * (W @ W)
 
 
 def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:

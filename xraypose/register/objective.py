@@ -235,7 +235,6 @@ class LevelObjective:
                 self.kernel = gaussian_kernel(sigma)
                 self.r = (self.kernel.numel() - 1) // 2
         self.uv = None
-        self._grid = None
         if level.patches is not None:
             S = min(level.patch_size, h, w)
             S -= (S + 1) % 2  # odd
@@ -283,12 +282,8 @@ class LevelObjective:
         (n, 4, 4) compared with X-rays ``rows`` (n,)."""
         kw = dict(n_samples=self.n_samples, step=self.step, backend="auto")
         T = poses.to(torch.float32)
-        if self.uv is None:  # every pixel: the level's grid, built once
-            if self._grid is None:
-                self._grid = self.camera.pixel_grid(torch.float32)
-            drr = render(self.density, self.affine, self.camera, T, uv=self._grid, **kw)
-            return self._finish_drr(drr.reshape(T.shape[0], -1, self.height, self.width))
-        return self._finish_drr(render(self.density, self.affine, self.camera, T, uv=self.uv[rows], **kw))
+        uv = None if self.uv is None else self.uv[rows]
+        return self._finish_drr(render(self.density, self.affine, self.camera, T, uv=uv, **kw))
 
     def _finish_drr(self, drr: torch.Tensor) -> torch.Tensor:
         """A rendered stack (n, C, h, w), or (n, C, R) at a sparse level, blurred (and cut into its

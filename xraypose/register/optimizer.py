@@ -272,11 +272,9 @@ class Registrar:
         """(B,) True where a pose still looks at the CT (finite, isocenter in front and near the detector).
 
         In plain floats, pose by pose (a few poses per iteration: tensor operations would cost more
-        than the arithmetic): the isocenter in the camera frame ``Rᵀ(iso − t)``, then projected."""
-        fx, cu = camera.fx, camera.principal_point[0]
-        if camera.reverse_x_axis:
-            fx, cu = -fx, (camera.width - 1) - cu
-        fy, cv = camera.fy, camera.principal_point[1]
+        than the arithmetic): the isocenter in the camera frame ``Rᵀ(iso − t)``, then projected by
+        the camera's ``K`` (:meth:`Camera.project`'s arithmetic)."""
+        (fx, _, cu), (_, fy, cv), _ = camera.K().tolist()
         H, W = camera.height, camera.width
         iso = self.isocenter.tolist()
         out = []
@@ -304,14 +302,6 @@ class Registrar:
         score_t = torch.zeros(n, dtype=F64)
         cost_t = torch.zeros(n, dtype=F64)
         bone = torch.full((n,), float(self.config.bone_multiplier), dtype=F64)
-        if bool(ok.all()):  # the usual case: every pose, no scatter into the outputs
-            r, b, constant = objective.residual(T, torch.tensor([t.xray for t in tracks]))
-            cost_t = r.to(F64).pow(2).sum(-1)
-            score_t = 1.0 - 0.5 * cost_t
-            good = torch.isfinite(score_t.detach()) & ~constant
-            score = torch.where(good, score_t.detach(), score)
-            cost = torch.where(good, cost_t.detach(), cost)
-            return Evaluation(ok=good, score=score, cost=cost, score_t=score_t, cost_t=cost_t, bone=b)
         if bool(ok.any()):
             sel = torch.nonzero(ok).reshape(-1)
             rows = torch.tensor([tracks[i].xray for i in sel.tolist()])

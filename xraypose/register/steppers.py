@@ -285,7 +285,7 @@ class LMStepper(Stepper):
         return Fr
 
     def _iterate(self, act: list, last: bool) -> None:
-        reg, c = self.reg, self.config
+        c = self.config
         cand = torch.stack([t.work["cand"] for t in act])
         Fr = self._frames(cand)
         T = cand.clone()
@@ -316,7 +316,7 @@ class LMStepper(Stepper):
                 continue
             t.bone = float(ev.bone[j])
             w["best_cost"], w["best_score"], w["best_pose"] = cost, float(ev.score[j]), cand[j].clone()
-            w["grad"], w["frame"] = grad[j], Fr[j]  # what a step from the best pose needs
+            w["grad"] = grad[j]  # the gradient at the best pose: what a step from it needs
             if last:
                 t.finish_level("max_iterations")
                 continue
@@ -324,10 +324,6 @@ class LMStepper(Stepper):
         need = [t for t in accepted if t.work["H"] is None or t.work["since_H"] >= c.lm_hessian_every]
         if need:
             self._curvature(need)
-        if accepted:
-            pix = self.obj.pixel_mm(torch.stack([t.work["best_pose"] for t in accepted]), reg.isocenter)
-            for q, t in enumerate(accepted):
-                t.work["pix"] = float(pix[q])
         for t in accepted:
             self._step(t, accepted=True)
         for t in retry:
@@ -343,20 +339,22 @@ class LMStepper(Stepper):
         move the CT by less than ``lm_tol_px``.  After a rejected step the damping has grown, so the
         new step is shorter and turns toward the gradient; the best pose is not evaluated again."""
         c, w = self.config, t.work
+        best = w["best_pose"][None]
+        pix = float(self.obj.pixel_mm(best, self.reg.isocenter)[0])
         H = w["H"]
         A = H + w["lam"] * torch.diag(torch.diag(H).clamp_min(1e-12))
         delta = -torch.linalg.solve(A, w["grad"])
         if accepted:  # the curvature is renewed every lm_hessian_every accepted steps
             w["since_H"] += 1
         motion = self._motion_mm(delta)
-        if motion < c.lm_tol_px * w["pix"]:
+        if motion < c.lm_tol_px * pix:
             t.finish_level("converged")
             return
-        cap = c.lm_max_step_px * w["pix"]
+        cap = c.lm_max_step_px * pix
         if motion > cap:  # a trust region: weakly seen directions (the depth) must not jump
             delta = delta * (cap / motion)
-        w["step_px"] = min(motion, cap) / w["pix"]  # how far the candidate moves the CT, pixels
-        w["cand"] = _chart(w["frame"][None], delta[None], w["best_pose"][None])[0].detach()
+        w["step_px"] = min(motion, cap) / pix  # how far the candidate moves the CT, pixels
+        w["cand"] = _chart(self._frames(best), delta[None], best)[0].detach()
         if accepted:
             w["lam"] = max(w["lam"] / 3, 1e-9)
 

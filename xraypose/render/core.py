@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -202,11 +203,20 @@ def _checked_inputs(density, camera_to_world, renderer: str, backend: str, n_sam
     return density, camera_to_world
 
 
+@functools.lru_cache(maxsize=32)
+def _detector_grid(height: int, width: int, dt, dev: str) -> torch.Tensor:
+    """Every pixel centre (H·W, 2) of a detector size, built once per size, dtype and device: a
+    registration renders the same few sizes hundreds of times.  Shared: read, never written."""
+    from xraypose.camera import pixel_grid
+
+    return pixel_grid(height, width, dtype=dt, device=dev)
+
+
 def _pixel_list(camera: Camera, uv, B: int, dt, dev) -> torch.Tensor:
     """``(B, R, 2)`` pixel coordinates (u, v) in ``dt``: every detector pixel when ``uv`` is None, else ``uv``
     ((R, 2), shared by the poses, or (B, R, 2)), checked."""
     if uv is None:
-        uv = camera.pixel_grid(dtype=dt, device=dev)
+        uv = _detector_grid(camera.height, camera.width, dt, str(dev))
     uv = uv.to(dt)
     if uv.dim() == 2:
         uv = uv.unsqueeze(0).expand(B, -1, -1)

@@ -261,32 +261,22 @@ inline void corners_pairs(const float* p, __m256i o, const int32_t* off, __m256 
     transpose_lanes(b, v + 4);
 }
 
-// Both channels of a channels-last two-channel volume (sc = 1, sk = 2): v[8 c + j] = corner j of
-// channel c for lanes 0..7; needs off[2m + 1] - off[2m] == 2 (m = 0..3).
-inline void corners_quads(const float* p, __m256i o, const int32_t* off, __m256 v[16]) {
+// Every channel of a channels-last volume whose voxels are PITCH floats apart (sc = 1): PITCH = 2,
+// two channels, corner pairs adjacent along k (sk = 2, off[2m + 1] - off[2m] == 2); PITCH = 4, three
+// channels padded to four, or four (sk = 4; the pad is read: the caller guarantees the storage holds
+// it).  Each 16-byte load holds 4 / PITCH corners of PITCH channels; after the 4x4 transposes
+// v[8 c + j] = corner j of channel c (c < PITCH) for lanes 0..7.
+template <int PITCH>
+inline void corners_quads(const float* p, __m256i o, const int32_t* off, __m256 v[8 * PITCH]) {
+    constexpr int PER = 4 / PITCH;  // corners per load
     alignas(32) int32_t oi[8];
     _mm256_store_si256((__m256i*)oi, o);
-    for (int m = 0; m < 4; ++m) {
+    for (int L = 0; L < 8 / PER; ++L) {
         __m256 a[4], t[4];
         for (int q = 0; q < 4; ++q)
-            a[q] = _mm256_set_m128(_mm_loadu_ps(p + oi[q + 4] + off[2 * m]), _mm_loadu_ps(p + oi[q] + off[2 * m]));
-        transpose_lanes(a, t);  // [c0 at 2m, c1 at 2m, c0 at 2m+1, c1 at 2m+1]
-        v[2 * m] = t[0]; v[8 + 2 * m] = t[1]; v[2 * m + 1] = t[2]; v[8 + 2 * m + 1] = t[3];
-    }
-}
-
-// Every channel of a channels-last volume with a voxel pitch of 4 floats (sc = 1, sk = 4; three
-// channels padded to four, or four): v[8 c + j] = corner j of channel c (c < 4) for lanes 0..7.
-// Reads 4 floats per corner (the pad included: the caller guarantees the storage holds it).
-inline void corners_quads4(const float* p, __m256i o, const int32_t* off, __m256 v[32]) {
-    alignas(32) int32_t oi[8];
-    _mm256_store_si256((__m256i*)oi, o);
-    for (int j = 0; j < 8; ++j) {
-        __m256 a[4], t[4];
-        for (int q = 0; q < 4; ++q)
-            a[q] = _mm256_set_m128(_mm_loadu_ps(p + oi[q + 4] + off[j]), _mm_loadu_ps(p + oi[q] + off[j]));
-        transpose_lanes(a, t);  // t[c] = channel c of corner j
-        v[j] = t[0]; v[8 + j] = t[1]; v[16 + j] = t[2]; v[24 + j] = t[3];
+            a[q] = _mm256_set_m128(_mm_loadu_ps(p + oi[q + 4] + off[L * PER]), _mm_loadu_ps(p + oi[q] + off[L * PER]));
+        transpose_lanes(a, t);  // t[q] = channel q % PITCH of corner L * PER + q / PITCH
+        for (int q = 0; q < 4; ++q) v[8 * (q % PITCH) + L * PER + q / PITCH] = t[q];
     }
 }
 
@@ -350,8 +340,8 @@ inline void trace_avx2(const float* vol, i64 SC, int nc_rt, const int32_t* off, 
             gmz = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(z, zero, _CMP_GT_OQ), _mm256_cmp_ps(z, vmz, _CMP_LT_OQ)), valid);
         }
         __m256 both[LOADS == LOADS_QUADS ? 16 : (LOADS == LOADS_QUADS4 ? 32 : 1)];
-        if constexpr (LOADS == LOADS_QUADS) corners_quads(vol, o, off, both);
-        if constexpr (LOADS == LOADS_QUADS4) corners_quads4(vol, o, off, both);
+        if constexpr (LOADS == LOADS_QUADS || LOADS == LOADS_QUADS4)
+            corners_quads<LOADS == LOADS_QUADS ? 2 : 4>(vol, o, off, both);
         for (int c = 0; c < nc; ++c) {
             const float* p = vol + c * SC;
             __m256 cv[8];
