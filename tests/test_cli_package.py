@@ -82,3 +82,15 @@ def test_a_group_without_a_command_prints_its_help_and_no_empty_error(argv, caps
     out = capsys.readouterr()
     assert "Usage" in out.out + out.err
     assert "error:" not in out.err
+
+
+def test_metal_schedule_option(tmp_path, capsys):
+    """register / evaluate --metal choose METAL_LEVELS (robust capture); beside --fast it is refused in one line."""
+    from xraypose.cli import main
+
+    for command in ("register", "evaluate"):
+        metal = next(p for p in _commands()[command].params if p.name == "metal")
+        assert metal.default is False and "metal" in metal.help
+    assert main(["register", "sample", str(tmp_path / "x.npy"), "--metal", "--fast", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xraypose: error: ") and "--fast" in err and err.count("\n") == 1, err

@@ -447,7 +447,7 @@ def remove_previous_results(outdir) -> int:
 # Names of the registration settings in messages (the CLI's options where there is one).
 _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans": "--lr-trans",
                   "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
-                  "levels": "--levels/--fast", "seed": "--seed", "parameterization": "--parameterization"}
+                  "levels": "--levels/--fast/--metal", "seed": "--seed", "parameterization": "--parameterization"}
 _NOT_COMPARED = {"num_threads"}  # speed only: may change between a run and its resume
 
 
@@ -456,11 +456,27 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _with_level_defaults(levels):
+    """Recorded levels with the fields a level had by default filled in: a run.json written before a
+    field existed (e.g. ``robust_c``) compares equal when the run used what is now that default."""
+    from dataclasses import fields
+
+    from xraypose.register import Level
+
+    if not isinstance(levels, list):
+        return levels
+    defaults = {f.name: f.default for f in fields(Level) if f.name != "size"}
+    return [{**defaults, **lv} if isinstance(lv, dict) else lv for lv in levels]
+
+
 def _settings_differences(old: dict, new: dict) -> list[str]:
     diffs = []
     for k in dict.fromkeys([*old, *new]):
         if k == "registration":
             a, b = old.get(k) or {}, new.get(k) or {}
+            if "levels" in a or "levels" in b:
+                a, b = {**a, "levels": _with_level_defaults(a.get("levels"))}, \
+                    {**b, "levels": _with_level_defaults(b.get("levels"))}
             for f in dict.fromkeys([*a, *b]):
                 if f not in _NOT_COMPARED and a.get(f) != b.get(f):
                     name = _SETTING_NAMES.get(f, f"registration setting {f}")

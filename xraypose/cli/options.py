@@ -229,6 +229,9 @@ LEVELS = typer.Option(None, "--levels", help="Coarse-to-fine detector sizes, e.g
                       f"'{','.join(str(level.size) for level in DEFAULT_LEVELS)}' (the default); each level's other "
                       "settings from the nearest default level.")
 FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (previews).")
+METAL = typer.Option(False, "--metal", help="The X-ray shows metal that is not in the CT (retractors, K-wires, "
+                     "screws, plates): weigh pixels robustly on every level, the capture too.  Worse on X-rays "
+                     "without metal (docs/registration.md).")
 SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse patches; evaluate: the "
                     "perturbations too).")
 THREADS = typer.Option(_REG.num_threads, "--threads", help="CPU threads (1 is fastest for these small images on a "
@@ -244,11 +247,12 @@ ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model tra
 
 def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, lr_trans: float = LR_TRANS,
                          schedule: str = SCHEDULE, density: str = DENSITY, bone_multiplier: float = BONE_MULTIPLIER,
-                         levels: Optional[str] = LEVELS, fast: bool = FAST, seed: int = SEED,
-                         threads: int = THREADS) -> dict:
+                         levels: Optional[str] = LEVELS, fast: bool = FAST, metal: bool = METAL,
+                         seed: int = SEED, threads: int = THREADS) -> dict:
     """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
     return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
-                bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, **levels_config(levels, fast))
+                bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
+                **levels_config(levels, fast, metal))
 
 
 # Options of `register` and `track`: the start, the X-ray's intrinsics, its preprocessing, a structure.
@@ -325,14 +329,17 @@ EXIT_FAILED = 3
 
 
 # --------------------------------------------------------------------------------------------- parsers
-def levels_config(text: str | None, fast: bool) -> dict:
-    """RegistrationConfig keywords for --levels / --fast."""
-    from xraypose.register import FAST_LEVELS, levels_for_sizes
+def levels_config(text: str | None, fast: bool, metal: bool = False) -> dict:
+    """RegistrationConfig keywords for --levels / --fast / --metal (--levels takes each level's other
+    settings from the metal schedule with --metal)."""
+    from xraypose.register import DEFAULT_LEVELS, FAST_LEVELS, METAL_LEVELS, levels_for_sizes
 
+    if fast and (text is not None or metal):
+        raise InputError("--fast is its own schedule: give it without --levels and --metal")
     if text is not None:
-        if fast:
-            raise InputError("give --levels or --fast, not both")
-        return {"levels": levels_for_sizes(option_numbers("levels", text))}
+        return {"levels": levels_for_sizes(option_numbers("levels", text), METAL_LEVELS if metal else DEFAULT_LEVELS)}
+    if metal:
+        return {"levels": METAL_LEVELS}
     return {"levels": FAST_LEVELS} if fast else {}
 
 

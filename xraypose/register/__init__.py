@@ -8,6 +8,7 @@ tracking (:mod:`xraypose.register.tracking`) and the confidence check
 """
 
 from xraypose.register.api import Registration, register_xray, registration_metrics, write_registration
+from xraypose.register.config import METAL_LEVELS
 from xraypose.register.initializers import (
     ModelInitializer,
     PosePredictor,
@@ -28,7 +29,7 @@ from xraypose.register.optimizer import (
 )
 from xraypose.register.starts import STARTS
 
-__all__ = ["DEFAULT_LEVELS", "FAST_LEVELS", "Level", "Registrar", "RegistrationConfig", "RegistrationResult",
+__all__ = ["DEFAULT_LEVELS", "FAST_LEVELS", "METAL_LEVELS", "Level", "Registrar", "RegistrationConfig", "RegistrationResult",
            "levels_for_sizes", "Registration", "register_xray", "write_registration", "registration_metrics",
            "ModelInitializer", "PosePredictor", "fixed_pose", "carm_angles_pose", "pose_from_json", "antipodal",
            "with_antipodal", "STARTS"]

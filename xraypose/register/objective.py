@@ -363,7 +363,8 @@ class LevelObjective:
                               ["free"], w=None if m is None else m.reshape(n, -1))
             drr = drr + c2[:, 0].to(drr.dtype).reshape((-1,) + (1,) * (drr.dim() - 1)) * sq
         if self.level.robust:
-            w = robust_weights(drr, tgt, prior=None if m is None else m.reshape(drr.shape))
+            w = robust_weights(drr, tgt, c=self.level.robust_c,
+                               prior=None if m is None else m.reshape(drr.shape))
         else:
             w = None if m is None else m.reshape(drr.shape).to(drr.dtype)
         flat = drr.detach().reshape(n, -1)
