@@ -64,7 +64,7 @@ CYCLE = ("truth", "5,20", "10,40", "15,60", "20,80", "30,120", "45,200", "60,300
 
 #: The model's inputs (signal or signal:transform; xraypose.register.confidence).
 FEATURES = ("ncc:neglog1m", "gncc:neglog1m", "local_ncc", "explained", "residual_lowfreq", "flat_mm:log",
-            "gn_step_mm:log", "bone_multiplier:abslog", "coverage")
+            "gn_step_mm:log", "bone_multiplier:abslog", "coverage", "foreign")
 
 #: Guards written with the weights: outside these ranges the verdict is at best "uncertain".
 GUARDS = {"coverage": [0.5, 1.0], "magnification": [1.02, 10.0], "bone_multiplier": [0.25, 4.0]}

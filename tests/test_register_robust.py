@@ -127,3 +127,4 @@ def test_resume_accepts_a_run_recorded_before_robust_c_existed():
     metal = RegistrationConfig(levels=METAL_LEVELS).to_dict()
     diffs = _settings_differences({"registration": old}, {"registration": metal})
     assert len(diffs) == 1 and diffs[0].startswith("--levels/--fast/--metal"), diffs
+

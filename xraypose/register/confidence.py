@@ -47,7 +47,7 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.register.config import Level
-from xraypose.register.objective import LevelObjective, fit_bone
+from xraypose.register.objective import LevelObjective, fit_bone, robust_weights
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
            "assess", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
@@ -86,6 +86,8 @@ SIGNALS = {
     "coverage": "share of the detector whose rays cross the CT's body at the result",
     "magnification": "source-to-detector over source-to-isocenter distance at the result",
     "travel_mm": "mean motion (mm) of points within 100 mm of the isocenter from the start to the result",
+    "foreign": "share of the X-ray's pixels the DRR cannot explain (robust weight 0: metal, tools, saturation); "
+               "the image signals are measured with them replaced by the DRR's affine fit",
 }
 
 
@@ -357,8 +359,27 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
                            else "the DRR at the result is constant: the pose sees no structure of the CT")
         rec["coverage"] = 0.0 if float(soft.max()) <= 0 else rec["coverage"]
         return
+    y, rec["foreign"] = _explainable(D, y)
     rec.update(_image_signals(D, y, soft))
     rec.update(_curvature_signals(D7, y, h))
+
+
+def _explainable(D: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The X-ray ``y`` (h, w) with what the DRR ``D`` (h, w) cannot explain replaced by the DRR's affine fit,
+    and the share of pixels replaced.  The pixels are weighed as registration's fine levels weigh them
+    (:func:`~xraypose.register.objective.robust_weights`, Tukey's biweight at 4.685 robust deviations):
+    metal and tools that are not in the CT then leave no structure in the difference image, and a
+    correct pose under an implant is not judged by the implant."""
+    w = robust_weights(D[None], y[None])[0].to(F64)
+    sw = float(w.sum())
+    if not sw > 0:
+        return y, 1.0
+    mD, my = float((w * D).sum()) / sw, float((w * y).sum()) / sw
+    var = float((w * (D - mD) ** 2).sum())
+    b = float((w * (D - mD) * (y - my)).sum()) / var if var > 0 else 0.0
+    fit = my + b * (D - mD)
+    out = torch.where(w > 0, y, fit)
+    return out, float((w <= 0).to(F64).mean())
 
 
 # ----------------------------------------------------------------------------------------- the model
@@ -398,6 +419,7 @@ REASONS = {
     "coverage": "the CT covers only {coverage:.0%} of the detector at this pose",
     "magnification": "the magnification is implausible ({magnification:.2f})",
     "travel_mm": "the result is {travel_mm:.0f} mm from the start",
+    "foreign": "the DRR cannot explain {foreign:.0%} of the X-ray (metal, tools, or the pose is wrong)",
 }
 
 
