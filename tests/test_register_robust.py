@@ -97,22 +97,11 @@ def test_registers_through_a_retractor_k_wire_and_screw(sample_ct):
 
 
 def registers_through_metal(volume, levels, case: int = 1):
-    det = 256
-    maker = CaseMaker(volume, camera=Camera(sdd=1020.0, height=det, width=det, delx=280.0 / det),
-                      collimator_px=det // 32, seed=0)
-    T, _ = maker.true_pose(case)
-    g = torch.Generator().manual_seed(case * 101 + sum(map(ord, "implants")))
-    fx = form_xray(volume, maker.raw_camera, T, family="implants", generator=g)
-    kinds = {o["part"] for o in fx.info["objects"]}
-    assert "retractor" in kinds and "kwire" in kinds, kinds
-    pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
-    truth = pre.transform_pose(fx.pose).to(F64)
-    fid = select_fiducials(bone_points(volume), n=20, seed=case, camera=pre.camera, poses=truth, margin_px=4)
-    start = perturb_pose(truth, volume.get_isocenter(), 10.0, 40.0, torch.Generator().manual_seed(case * 31 + 100))[0]
-    reg = Registrar(volume, RegistrationConfig(levels=levels, drr_blur=1.0 if fx.preprocess.get("blur") else None,
-                                               record_trajectory=False, seed=0, num_threads=1))
-    r = reg.register(pre.image.to(torch.float32)[None, None], pre.camera, start[None])
-    m = registration_metrics(r.poses[0], truth, fid, pre.camera)
+    image, camera, truth, fid, start, blur = metal_case(volume, case)
+    reg = Registrar(volume, RegistrationConfig(levels=levels, drr_blur=blur, record_trajectory=False, seed=0,
+                                               num_threads=1))
+    r = reg.register(image, camera, start[None])
+    m = registration_metrics(r.poses[0], truth, fid, camera)
     assert m["mtre"] < 1.0, m["mtre"]
 
 
@@ -128,3 +117,43 @@ def test_resume_accepts_a_run_recorded_before_robust_c_existed():
     diffs = _settings_differences({"registration": old}, {"registration": metal})
     assert len(diffs) == 1 and diffs[0].startswith("--levels/--fast/--metal"), diffs
 
+
+
+def test_a_failed_verdict_tries_the_metal_schedule_and_keeps_it(sample_ct, monkeypatch):
+    """register_xray (as `xraypose register` runs it): the default schedule ends ~120 mm off on the
+    retractor / K-wire / screw X-ray and is judged failed; the hypotheses then register the given start
+    with every level robust (metal_levels), which lands below 1 mm, and that result is kept and named.
+    (The other alternatives are left out here to keep the test short.)"""
+    import xraypose.register.hypotheses as hyp
+    from xraypose.register import register_xray
+    from xraypose.register.config import metal_levels
+    from xraypose.register.hypotheses import METAL_HYPOTHESIS
+
+    monkeypatch.setattr(hyp, "HYPOTHESES", ())
+    monkeypatch.setattr(hyp.alternative_starts, "__defaults__", (0, ()))
+    image, camera, truth, fid, start, blur = metal_case(sample_ct)
+    out = register_xray(sample_ct, image, camera, start[None], config=RegistrationConfig(drr_blur=blur, seed=0),
+                        hypotheses=True)[0]
+    conf = out.confidence
+    assert [h["start"] for h in conf["hypotheses"]] == ["given start", METAL_HYPOTHESIS]
+    assert conf["hypotheses"][0]["verdict"] == "failed"
+    assert conf["kept"] == METAL_HYPOTHESIS and METAL_HYPOTHESIS in out.reason
+    assert registration_metrics(out.camera_to_world, truth, fid, camera)["mtre"] < 1.0
+    assert metal_levels(METAL_LEVELS) == METAL_LEVELS  # already robust: nothing more to try
+
+
+def metal_case(volume, case: int = 1):
+    """(image (1, 1, H, W), camera, truth (4, 4), fiducials (20, 3), start 10°/40 mm off (4, 4), DRR blur) of
+    the appearance benchmark's pelvis implants case ``case``."""
+    det = 256
+    maker = CaseMaker(volume, camera=Camera(sdd=1020.0, height=det, width=det, delx=280.0 / det),
+                      collimator_px=det // 32, seed=0)
+    T, _ = maker.true_pose(case)
+    g = torch.Generator().manual_seed(case * 101 + sum(map(ord, "implants")))
+    fx = form_xray(volume, maker.raw_camera, T, family="implants", generator=g)
+    pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+    truth = pre.transform_pose(fx.pose).to(F64)
+    fid = select_fiducials(bone_points(volume), n=20, seed=case, camera=pre.camera, poses=truth, margin_px=4)
+    start = perturb_pose(truth, volume.get_isocenter(), 10.0, 40.0, torch.Generator().manual_seed(case * 31 + 100))[0]
+    return (pre.image.to(torch.float32)[None, None], pre.camera, truth, fid, start,
+            1.0 if fx.preprocess.get("blur") else None)

@@ -174,7 +174,8 @@ def register_xray(
             ``verdict``, ``reason`` (≈ 5 % of a registration's time).
         hypotheses: when a result's verdict is not ``ok``, also register the alternatives of
             :mod:`xraypose.register.hypotheses` (the antipodal start, two restarts about the result;
-            one batch) and keep the one with the highest ``p_success``; the result says which
+            one batch; then the given start with every level robust, for metal that is not in the
+            CT) and keep the one with the highest ``p_success``; the result says which
             (``confidence["kept"]``, ``confidence["hypotheses"]``).  Costs nothing when the verdict
             is ``ok``.  Needs ``confidence``.
         masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
@@ -283,12 +284,14 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess, sees_ct
-    from xraypose.register.hypotheses import alternative_starts, best_hypothesis
+    from xraypose.register.config import metal_levels
+    from xraypose.register.hypotheses import METAL_HYPOTHESIS, alternative_starts, best_hypothesis
 
     names, alts = alternative_starts(res.initial_poses[b], res.poses[b], reg.isocenter, seed=reg.config.seed + b)
-    keep = sees_ct(alts, camera, reg.isocenter)
-    names = [n for n, k in zip(names, keep.tolist()) if k]
-    alts = alts[keep]
+    if len(names):
+        keep = sees_ct(alts, camera, reg.isocenter)
+        names = [n for n, k in zip(names, keep.tolist()) if k]
+        alts = alts[keep]
     tried = [{"start": "given start", "p_success": conf.p_success, "verdict": conf.verdict,
               "similarity": float(res.similarity[b])}]
     best = ((res, b), conf, "given start")
@@ -304,6 +307,15 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
         if k is not None:
             best = ((r2, k), c2[k], names[k])
+    metal = metal_levels(reg.config.levels)
+    if metal != tuple(reg.config.levels):  # the given start again, every level robust (metal not in the CT)
+        start = res.initial_poses[b:b + 1]
+        r3 = reg.derive(levels=metal).register(image, camera, start, masks=mask)
+        c3 = assess(reg, image, camera, r3.poses, starts=start)[0]
+        tried.append({"start": METAL_HYPOTHESIS, "p_success": c3.p_success, "verdict": c3.verdict,
+                      "similarity": float(r3.similarity[0])})
+        if best_hypothesis(best[1].p_success, [c3.p_success]) is not None:
+            best = ((r3, 0), c3, METAL_HYPOTHESIS)
     (pick, c, kept) = best
     info = {**c.to_dict(), "kept": kept, "hypotheses": tried, "hypotheses_s": time.perf_counter() - t0}
     if kept != "given start":

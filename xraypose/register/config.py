@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from xraypose.errors import InputError
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS
 
-__all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
+__all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
 
 #: How a level moves the pose: "adam" (first-order, wide capture; DiffPose's optimiser) or "lm"
 #: (Levenberg–Marquardt on the similarity's residual: exact gradient, Gauss–Newton curvature from
@@ -114,8 +114,14 @@ DEFAULT_LEVELS = (
 #: (4.685 left retractor edges in: pelvis 7 of 10).  Not the default: on X-rays without metal it lost
 #: low-dose abdominal X-rays (100 % -> 60 % below 1 mm, the misses 1-2.5 mm) and one or two of ten in
 #: other families (benchmarks/results/appearance/appearance-metal-levels-2026-12-01.json).
-METAL_LEVELS = tuple(dataclasses.replace(lv, robust=True, robust_c=2.0 if lv.optimizer == "adam" else 3.0)
-                     for lv in DEFAULT_LEVELS)
+def metal_levels(levels) -> tuple:
+    """``levels`` with robust weights on every level: cut at 2 robust deviations on the capture
+    ("adam") levels, at 3 on the Levenberg–Marquardt ones (see :data:`METAL_LEVELS`)."""
+    return tuple(dataclasses.replace(lv, robust=True, robust_c=2.0 if lv.optimizer == "adam" else 3.0)
+                 for lv in levels)
+
+
+METAL_LEVELS = metal_levels(DEFAULT_LEVELS)
 
 #: A cheap schedule for tests and previews.
 FAST_LEVELS = (

@@ -5,7 +5,9 @@ other starts are registered — the start seen from the other side of the patien
 confusion, :func:`~xraypose.register.initializers.antipodal`) and the result turned and shifted
 by a fixed amount in seeded random directions (a local optimum) — and the result with the
 highest ``p_success`` is kept (:func:`xraypose.register.api.register_xray` does this with
-``hypotheses=True``).
+``hypotheses=True``).  One more is tried when the schedule is not already robust everywhere: the
+given start registered with :func:`~xraypose.register.config.metal_levels` (every level weighs its
+pixels robustly: metal or a tool that is not in the CT pulled the capture; ``register --metal``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from xraypose.register.cases import perturb_pose
 from xraypose.register.initializers import antipodal
 
-__all__ = ["alternative_starts", "best_hypothesis", "HYPOTHESES", "MARGIN"]
+__all__ = ["alternative_starts", "best_hypothesis", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS"]
 
 F64 = torch.float64
 
@@ -26,6 +28,9 @@ HYPOTHESES = (
     ("restart 1", "perturb", 10.0, 40.0),
     ("restart 2", "perturb", 10.0, 40.0),
 )
+
+#: The name of the hypothesis "the given start, every level robust" (tried after :data:`HYPOTHESES`).
+METAL_HYPOTHESIS = "metal schedule"
 
 #: An alternative replaces the given start's result only if its p_success is higher by this much.
 MARGIN = 0.05
@@ -49,7 +54,7 @@ def alternative_starts(start, result, isocenter, seed: int = 0, hypotheses=HYPOT
         else:
             poses.append(perturb_pose(result, isocenter, deg, mm, g)[0])
         names.append(name)
-    return names, torch.stack(poses)
+    return names, torch.stack(poses) if poses else torch.empty(0, 4, 4, dtype=F64)
 
 
 def best_hypothesis(p_given: float, p_alternatives) -> int | None:
