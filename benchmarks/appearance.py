@@ -17,7 +17,10 @@ run with ``--register-only`` and PYTHONPATH pointing at another checkout to meas
 Writes ``{"machine", "command", "config", "groups": {ct/family/start: summary}, "cases": [...]}``
 and prints a table: success < 1 / < 2 mm, median and p90 mTRE, the fraction converged (status
 "converged"/"recovered", and the mean fraction of levels that ended by their own test), the median
-optimisation time.
+optimisation time.  ``--hypotheses``: register as ``xraypose register`` does
+(:func:`xraypose.register.register_xray` with the confidence check and, when the verdict is not
+``ok``, the hypotheses); each case then records its verdict, ``p_success``, which start was kept and
+the whole call's time (``opt_s``), and each group the verdict counts and the ``ok`` results above 2 mm.
 """
 
 from __future__ import annotations
@@ -141,12 +144,18 @@ def start_poses(cases, start: str, volume, seed: int, init=None) -> tuple[torch.
     return torch.stack(out), 0.0
 
 
-def run_group(ct, family, start, cases, registrar, init, volume, seed, log) -> list[dict]:
+def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False) -> list[dict]:
     rows = []
     for c in cases:
         cam = Camera.from_dict(c["camera"])
         T0, init_s = start_poses([c], start, volume, seed, init)
         try:
+            if hypotheses:
+                rows.append(_checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s))
+                r = rows[-1]
+                log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
+                    f"{r['opt_s']:.2f} s, {r['verdict']} (P {r['p_success']:.2f}, kept {r['kept']})")
+                continue
             res = registrar.register(c["image"][None, None], cam, T0)
         except Exception as e:  # a failed case is a row, never the end of the run
             rows.append({"ct": ct, "family": family, "start": start, "case": c["index"], "error": str(e),
@@ -167,6 +176,21 @@ def run_group(ct, family, start, cases, registrar, init, volume, seed, log) -> l
     return rows
 
 
+def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s) -> dict:
+    """One case registered as ``xraypose register`` does (check and hypotheses): its row."""
+    from xraypose.register import register_xray
+
+    t0 = time.perf_counter()
+    out = register_xray(volume, c["image"][None, None], cam, T0, registrar=registrar, hypotheses=True)[0]
+    seconds = time.perf_counter() - t0
+    m = registration_metrics(out.camera_to_world, c["true_pose"], c["fiducials"], cam)
+    m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
+    return {"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
+            "init_s": init_s, "opt_s": seconds, "status": out.status, "levels_converged": None,
+            "similarity": float(out.similarity), "verdict": out.verdict, "p_success": out.p_success,
+            "kept": (out.confidence or {}).get("kept")}
+
+
 def summarise(rows: list[dict]) -> dict:
     import numpy as np
 
@@ -178,7 +202,11 @@ def summarise(rows: list[dict]) -> dict:
             "converged": float(np.mean([r["status"] in ("converged", "recovered") for r in rows])),
             "levels_converged": float(np.mean(lc)) if lc else None,
             "median_opt_s": float(np.nanmedian(t)) if np.isfinite(t).any() else None,
-            "median_start_mtre": float(np.median([r.get("start_mtre", float("nan")) for r in rows]))}
+            "median_start_mtre": float(np.median([r.get("start_mtre", float("nan")) for r in rows])),
+            **({"verdicts": {v: sum(r.get("verdict") == v for r in rows) for v in ("ok", "uncertain", "failed")},
+                "ok_above_2mm": sum(r.get("verdict") == "ok" and r["mtre"] >= 2 for r in rows),
+                "kept_other": sum(r.get("kept") not in (None, "given start") for r in rows)}
+               if any("verdict" in r for r in rows) else {})}
 
 
 COLUMNS = ["group", "n", "sr_1mm", "sr_2mm", "median_mtre", "p90_mtre", "converged", "levels_converged",
@@ -202,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))
     ap.add_argument("--make-only", action="store_true", help="only form and cache the cases")
     ap.add_argument("--register-only", action="store_true", help="never form cases (an older xraypose)")
+    ap.add_argument("--hypotheses", action="store_true", help="register as `xraypose register` does: the "
+                    "confidence check and, when not ok, the hypotheses (verdicts recorded)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
@@ -261,7 +291,8 @@ def main(argv=None) -> int:
                             init = ModelInitializer.from_checkpoint(models[name], vol)
                         except TypeError:  # an older xraypose
                             init = ModelInitializer.from_checkpoint(models[name])
-                rows.extend(run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log))
+                rows.extend(run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log,
+                                      hypotheses=args.hypotheses))
                 save()
     if args.make_only:
         return 0
