@@ -163,3 +163,33 @@ def test_cli_track_a_biplane_sequence(tmp_path, volume, capsys):
         assert e < 1.5 and fr["verdict"] in ("ok", "uncertain", "failed"), e
         V = torch.tensor(fr["views"]["cam02"], dtype=F64)
         assert torch.allclose(V, torch.tensor(fr["rig_to_world"], dtype=F64) @ rig["cam02"].camera_to_rig, atol=1e-6)
+
+
+def test_cli_track_metal_weighs_every_level_of_every_frame_robustly(tmp_path, sequence, capsys, monkeypatch):
+    """track --metal: frame 0 with the metal schedule, the later frames with metal_levels(TRACKING_LEVELS);
+    trajectory.json says so; the frames are still tracked."""
+    import xraypose.register.tracking as tracking
+    from xraypose.cli import main
+
+    seen = []
+    real = tracking.track_sequence
+
+    def spy(*a, **k):
+        seen.append(k.get("tracking_levels"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(tracking, "track_sequence", spy)
+    run = _save_sequence(tmp_path / "in", sequence)
+    out = tmp_path / "out"
+    code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", str(tmp_path / "in" / "start.json"),
+                 "--i0", "65000", "--metal", "--levels", "24,48"])
+    assert code in (0, 3), capsys.readouterr().err
+    assert len(seen) == 1 and seen[0] and all(lv.robust for lv in seen[0])
+    doc = json.loads((out / "trajectory.json").read_text())
+    assert doc["metal"] is True and all(lv["robust"] for lv in doc["config"]["levels"])
+    for fr in doc["frames"]:
+        e = float(pose_errors(torch.tensor(fr["camera_to_world"], dtype=F64), sequence["poses"][fr["frame"]],
+                              sequence["fid"], sequence["camera"])["mtre"])
+        assert e < 2.0
+    assert main(["track", "sample", str(run), "-o", str(out), "--metal", "--fast"]) == 2
+    assert "--fast" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, REGISTRATION_DEFAULTS, SEED, THREADS, Group,
+from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, METAL, REGISTRATION_DEFAULTS, SEED, THREADS, Group,
                                   intrinsics_options, levels_config, preprocessing_options, start_options,
                                   structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
@@ -165,6 +165,7 @@ def track_command(
     density: str = DENSITY,
     levels: Optional[str] = LEVELS,
     fast: bool = FAST,
+    metal: bool = METAL,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -192,7 +193,7 @@ def track_command(
     if start_view is not None and rig is None:
         raise InputError("--start-view needs --rig")
     cfg_kw = {"density": density, "seed": seed, "num_threads": threads, "record_trajectory": False,
-              **levels_config(levels, fast)}
+              **levels_config(levels, fast, metal)}
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     r = _start_view_index(start_view, names, frames)
@@ -209,8 +210,9 @@ def track_command(
                              iso=cts.isocenter, allow_other_ct=allow_other_ct)
     if callable(start):
         start = rig_start(start(views[r][0][:1], views[r][1])[0], views[r][2])
-    res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs)
-    doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg)
+    res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal)
+    doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
+                               metal)
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
@@ -242,13 +244,16 @@ def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: i
     return views, first
 
 
-def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs):
+def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, metal: bool = False):
     """(frame results, pose name, camera_to_rig per view): the sequence tracked (a line printed per frame),
     in the start view's camera frame (its axes are the optimiser's); a rig's poses given back as
-    rig_to_world."""
+    rig_to_world.  ``metal``: the later frames with every level robust too."""
     import torch
 
-    from xraypose.register.tracking import track_sequence
+    from xraypose.register.config import metal_levels
+    from xraypose.register.tracking import TRACKING_LEVELS, track_sequence
+
+    later = metal_levels(TRACKING_LEVELS) if metal else TRACKING_LEVELS
 
     Cr = views[r][2]
     Cr_inv = torch.linalg.inv(Cr)
@@ -263,10 +268,11 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs):
                    f"{fr.seconds:.2f} s{', re-initialised' if fr.reinitialised else ''}")
 
     if not rigged:
-        res = track_sequence(reg, views[0][0], views[0][1], start, confidence=confidence, progress=progress)
+        res = track_sequence(reg, views[0][0], views[0][1], start, confidence=confidence, progress=progress,
+                             tracking_levels=later)
         return res, "camera_to_world", [torch.eye(4, dtype=torch.float64)]
     res = track_sequence(reg, None, start=start @ Cr, views=[(v[0], v[1], C) for v, C in zip(views, rel)],
-                         confidence=confidence, progress=progress)
+                         confidence=confidence, progress=progress, tracking_levels=later)
     for fr in res:  # back to the rig's frame
         fr.camera_to_world = fr.camera_to_world @ Cr_inv
         fr.predicted = fr.predicted @ Cr_inv
@@ -278,7 +284,7 @@ def _verdict_counts(res) -> dict:
 
 
 def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bool, info: dict, start, cts, res,
-                         reg) -> dict:
+                         reg, metal: bool = False) -> dict:
     """``trajectory.json`` without its frames: the inputs, the start, a summary and the registration's config."""
     import torch
 
@@ -295,7 +301,7 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
             "summary": {"frames": F, "verdicts": _verdict_counts(res),
                         "reinitialised": sum(fr.reinitialised for fr in res),
                         "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median())},
-            "config": reg.config.to_dict()}
+            "config": reg.config.to_dict(), "metal": metal}
 
 
 def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, volume: Volume, density: str,
