@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xraypose.augment import collimator_mask, random_blur, warp_about_source
+from xraypose.augment import Augmenter, AugmentConfig, collimator_mask, draw_tools, random_blur, warp_about_source
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import so3_exp
@@ -69,6 +69,9 @@ def test_config_toml_round_trip_and_errors(tmp_path):
         ({"optimizer": {}}, "unknown table"),
         ({"run": {"max_steps": 1.5}}, "run.max_steps"),
         ({"loss": {"mode": "ncc"}}, "loss.mode"),
+        ({"augment": {"tools_prob": 1.5}}, "augment.tools_prob"),
+        ({"augment": {"tools_max": 0}}, "augment.tools_max"),
+        ({"augment": {"tools_max": 2.5}}, "augment.tools_max"),
     ]
     for d, msg in bad:
         with pytest.raises(InputError, match=msg.replace(".", r"\.")):
@@ -139,6 +142,29 @@ def test_collimator_and_blur():
     y = random_blur(x, 1.5, 1.0, torch.Generator().manual_seed(1))
     assert y.shape == x.shape and float(y.std()) < float(x.std())
     assert torch.allclose(y.mean((2, 3)), x.mean((2, 3)), atol=0.05)
+
+
+def test_tools_are_drawn_as_added_attenuation_reproducibly():
+    """draw_tools: metal only adds attenuation (wires, blades), to about the share of images asked for,
+    the same from the same seed; prob 0 changes nothing; the Augmenter applies it only when switched on."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 1, 48, 48).cumsum(-1)
+    y = draw_tools(x, 0.5, 3, torch.Generator().manual_seed(1))
+    assert torch.equal(y, draw_tools(x, 0.5, 3, torch.Generator().manual_seed(1)))
+    changed = ((y - x).abs().amax(dim=(1, 2, 3)) > 0)
+    assert bool((y >= x).all()) and 10 <= int(changed.sum()) <= 30
+    added = (y - x)[changed]
+    assert float(added.amax()) > 0.2 * float((x.amax() - x.amin()))  # strong: metal, not texture
+    assert torch.equal(draw_tools(x, 0.0, 3, g), x)
+    cam = Camera(sdd=1020.0, height=48, width=48, delx=280.0 / 48)
+    basis = torch.rand(8, 1, 48, 48).cumsum(-1)
+    poses = torch.eye(4, dtype=torch.float64).repeat(8, 1, 1)
+    plain = AugmentConfig(source_rotation=False, collimator=False, gamma=False, blur=False, noise=False)
+    a = Augmenter(plain, cam, 0.0, 1.0)(basis, poses, torch.Generator().manual_seed(2))
+    tools = AugmentConfig(source_rotation=False, collimator=False, gamma=False, blur=False, noise=False,
+                          tools=True, tools_prob=1.0)
+    b = Augmenter(tools, cam, 0.0, 1.0)(basis, poses, torch.Generator().manual_seed(2))
+    assert not torch.equal(a.x, b.x) and torch.equal(a.poses, b.poses)
 
 
 # ----------------------------------------------------------------------------- training runs
