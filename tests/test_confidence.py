@@ -197,6 +197,7 @@ def test_hypotheses_are_tried_when_not_ok_and_said_so(sample_ct, registrar, make
     assert c["hypotheses"][0]["verdict"] != "ok"
     assert c["kept"] != "given start" and out.verdict == "ok" and out.metrics["mtre"] < 2.0
     assert f"kept the {c['kept']}'s result" in out.reason
+    assert "metal schedule" not in [h["start"] for h in c["hypotheses"]]  # an alternative was ok: not tried
 
 
 def test_pose_json_holds_the_verdict(tmp_path, good):

@@ -308,7 +308,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         if k is not None:
             best = ((r2, k), c2[k], names[k])
     metal = metal_levels(reg.config.levels)
-    if metal != tuple(reg.config.levels):  # the given start again, every level robust (metal not in the CT)
+    if best[1].verdict != "ok" and metal != tuple(reg.config.levels):  # the given start, every level robust
         start = res.initial_poses[b:b + 1]
         r3 = reg.derive(levels=metal).register(image, camera, start, masks=mask)
         c3 = assess(reg, image, camera, r3.poses, starts=start)[0]

@@ -47,7 +47,7 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.register.config import Level
-from xraypose.register.objective import LevelObjective, fit_bone, robust_weights
+from xraypose.register.objective import LevelObjective, fit_bone, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
            "assess", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
@@ -371,15 +371,10 @@ def _explainable(D: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]
     metal and tools that are not in the CT then leave no structure in the difference image, and a
     correct pose under an implant is not judged by the implant."""
     w = robust_weights(D[None], y[None])[0].to(F64)
-    sw = float(w.sum())
-    if not sw > 0:
+    if not float(w.sum()) > 0:
         return y, 1.0
-    mD, my = float((w * D).sum()) / sw, float((w * y).sum()) / sw
-    var = float((w * (D - mD) ** 2).sum())
-    b = float((w * (D - mD) * (y - my)).sum()) / var if var > 0 else 0.0
-    fit = my + b * (D - mD)
-    out = torch.where(w > 0, y, fit)
-    return out, float((w <= 0).to(F64).mean())
+    fit = weighted_affine_fit(D.reshape(1, -1), y.reshape(1, -1), w.reshape(1, -1)).reshape(y.shape)
+    return torch.where(w > 0, y, fit), float((w <= 0).to(F64).mean())
 
 
 # ----------------------------------------------------------------------------------------- the model

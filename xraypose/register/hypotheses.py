@@ -7,7 +7,8 @@ by a fixed amount in seeded random directions (a local optimum) — and the resu
 highest ``p_success`` is kept (:func:`xraypose.register.api.register_xray` does this with
 ``hypotheses=True``).  One more is tried when the schedule is not already robust everywhere: the
 given start registered with :func:`~xraypose.register.config.metal_levels` (every level weighs its
-pixels robustly: metal or a tool that is not in the CT pulled the capture; ``register --metal``).
+pixels robustly: metal or a tool that is not in the CT pulled the capture; ``register --metal``),
+unless an alternative's verdict is already ``ok``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from xraypose.register.measures import residual as measure_residual
 from xraypose.render import render, render_with_tangents
 from xraypose.render.sparse import patch_pixels
 
-__all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "robust_weights", "gaussian_kernel", "separable_blur"]
+__all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "robust_weights", "weighted_affine_fit", "gaussian_kernel", "separable_blur"]
 
 F64 = torch.float64
 
@@ -132,6 +132,15 @@ def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return drr + c.to(drr.dtype).reshape(n, 1, 1, 1) * g2
 
 
+def weighted_affine_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted least squares of ``y`` on ``x`` and a constant, per row of (n, R) float64 with weights
+    ``w`` (n, R) >= 0: the fitted values ``my + a·(x − mx)`` (n, R)."""
+    sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
+    mx, my = (w * x).sum(-1, keepdim=True) / sw, (w * y).sum(-1, keepdim=True) / sw
+    a = (w * (x - mx) * (y - my)).sum(-1, keepdim=True) / (w * (x - mx) ** 2).sum(-1, keepdim=True).clamp_min(1e-30)
+    return my + a * (x - mx)
+
+
 def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = 4.685, iterations: int = 3,
                    prior: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel weights that leave out what the CT cannot explain (implants, tools, saturation).
@@ -150,10 +159,7 @@ def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = 4.685, itera
     p = torch.ones_like(x) if prior is None else prior.detach().reshape(n, -1).to(F64)
     w = p.clone()
     for _ in range(iterations):
-        sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
-        mx, my = (w * x).sum(-1, keepdim=True) / sw, (w * y).sum(-1, keepdim=True) / sw
-        a = (w * (x - mx) * (y - my)).sum(-1, keepdim=True) / (w * (x - mx) ** 2).sum(-1, keepdim=True).clamp_min(1e-30)
-        e = y - my - a * (x - mx)
+        e = y - weighted_affine_fit(x, y, w)
         if prior is None:
             med = e.median(-1, keepdim=True).values
             s = 1.4826 * (e - med).abs().median(-1, keepdim=True).values
