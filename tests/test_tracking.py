@@ -193,3 +193,33 @@ def test_cli_track_metal_weighs_every_level_of_every_frame_robustly(tmp_path, se
         assert e < 2.0
     assert main(["track", "sample", str(run), "-o", str(out), "--metal", "--fast"]) == 2
     assert "--fast" in capsys.readouterr().err
+
+
+def test_cli_track_motion_model_records_registrations_and_none_keeps_them(tmp_path, sequence, capsys):
+    """trajectory.json gives each frame's registration alone beside the motion model's estimate; with
+    --motion none they are the same pose; an unknown --motion is one line."""
+    from xraypose.cli import main
+
+    run = _save_sequence(tmp_path / "in", sequence)
+    start = str(tmp_path / "in" / "start.json")
+    docs = {}
+    for motion in ("smooth", "none"):
+        out = tmp_path / motion
+        code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", start, "--i0", "65000", "--fast",
+                     "--motion", motion])
+        assert code in (0, 3), capsys.readouterr().err
+        docs[motion] = json.loads((out / "trajectory.json").read_text())
+        assert docs[motion]["motion"] == motion
+    for fr in docs["none"]["frames"]:
+        assert fr["registered_camera_to_world"] == fr["camera_to_world"]
+    moved = 0.0
+    for fr in docs["smooth"]["frames"]:
+        est = torch.tensor(fr["camera_to_world"], dtype=F64)
+        reg = torch.tensor(fr["registered_camera_to_world"], dtype=F64)
+        moved = max(moved, float((est[:3, 3] - reg[:3, 3]).norm()))
+        e = float(pose_errors(est, sequence["poses"][fr["frame"]], sequence["fid"], sequence["camera"])["mtre"])
+        assert e < 2.0, e
+    assert 0.0 < moved < 5.0  # the estimate pooled the frames: near, not equal to, the registrations
+    assert main(["track", "sample", str(run), "-o", str(tmp_path / "x"), "--pose-json", start, "--motion", "kalman"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--motion must be one of none, filter, smooth" in err, err

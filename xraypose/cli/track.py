@@ -117,6 +117,7 @@ def track_rows(results, times, names, rel_to_rig, pose_name: str) -> tuple[list,
         d = fr.to_dict()
         d[pose_name] = d.pop("camera_to_world")
         d["predicted_" + pose_name] = d.pop("predicted")
+        d["registered_" + pose_name] = d.pop("registered")
         d["time_s"] = t
         if len(names) > 1 or pose_name == "rig_to_world":
             d["views"] = {n: (T @ C).tolist() for n, C in zip(names, rel_to_rig)}
@@ -148,6 +149,10 @@ DENSITY = typer.Option(REGISTRATION_DEFAULTS.density, "--density",
                        help="linear | hu | physical | raw (a TIFF bone volume: raw).")
 LEVELS = typer.Option(None, "--levels", help="Schedule of the first frame (and re-initialisations).")
 FAST = typer.Option(False, "--fast", help="A cheaper schedule for the first frame (previews).")
+MOTION = typer.Option("smooth", "--motion", help="smooth | filter | none: each frame's pose pooled with the "
+                      "others' by a constant-velocity motion model (the Kalman smoother over the whole sequence, the "
+                      "causal filter), or each frame's registration alone (recorded beside it in trajectory.json "
+                      "either way).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -166,6 +171,7 @@ def track_command(
     levels: Optional[str] = LEVELS,
     fast: bool = FAST,
     metal: bool = METAL,
+    motion: str = MOTION,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -176,9 +182,11 @@ def track_command(
     """Track a sequence (fluoroscopy, cine, biplane video): a pose per frame, each from the previous ones.
 
     Frame 0 is registered with the whole schedule; every later frame from a constant-velocity
-    prediction with the finest level only; a frame whose verdict is failed is registered again
-    from the last good pose. Prints a line per frame; exits with code 3 when a frame's verdict
-    is failed (everything is still written).
+    prediction with the finest levels only; a frame whose verdict is failed is registered again
+    from the last good pose. Each frame's pose is then pooled with the others' by a motion model
+    (--motion; one view sees depth only as magnification, and the frames' own depths scatter).
+    Prints a line per frame; exits with code 3 when a frame's verdict is failed (everything is
+    still written).
 
     Examples:
 
@@ -192,6 +200,10 @@ def track_command(
 
     if start_view is not None and rig is None:
         raise InputError("--start-view needs --rig")
+    from xraypose.register.motion import MOTIONS
+
+    if motion not in MOTIONS:
+        raise InputError(f"--motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
     cfg_kw = {"density": density, "seed": seed, "num_threads": threads, "record_trajectory": False,
               **levels_config(levels, fast, metal)}
     check_output_folder(output)
@@ -210,9 +222,9 @@ def track_command(
                              iso=cts.isocenter, allow_other_ct=allow_other_ct)
     if callable(start):
         start = rig_start(start(views[r][0][:1], views[r][1])[0], views[r][2])
-    res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal)
+    res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
-                               metal)
+                               metal, motion)
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
@@ -244,10 +256,12 @@ def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: i
     return views, first
 
 
-def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, metal: bool = False):
+def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, metal: bool = False,
+           motion: str = "smooth"):
     """(frame results, pose name, camera_to_rig per view): the sequence tracked (a line printed per frame),
     in the start view's camera frame (its axes are the optimiser's); a rig's poses given back as
-    rig_to_world.  ``metal``: the later frames with every level robust too."""
+    rig_to_world.  ``metal``: the later frames with every level robust too; ``motion``: the motion model
+    (:func:`~xraypose.register.tracking.track_sequence`)."""
     import torch
 
     from xraypose.register.config import metal_levels
@@ -269,13 +283,14 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
 
     if not rigged:
         res = track_sequence(reg, views[0][0], views[0][1], start, confidence=confidence, progress=progress,
-                             tracking_levels=later)
+                             tracking_levels=later, motion=motion)
         return res, "camera_to_world", [torch.eye(4, dtype=torch.float64)]
     res = track_sequence(reg, None, start=start @ Cr, views=[(v[0], v[1], C) for v, C in zip(views, rel)],
-                         confidence=confidence, progress=progress, tracking_levels=later)
+                         confidence=confidence, progress=progress, tracking_levels=later, motion=motion)
     for fr in res:  # back to the rig's frame
         fr.camera_to_world = fr.camera_to_world @ Cr_inv
         fr.predicted = fr.predicted @ Cr_inv
+        fr.registered = fr.registered @ Cr_inv
     return res, "rig_to_world", [v[2] for v in views]
 
 
@@ -284,14 +299,17 @@ def _verdict_counts(res) -> dict:
 
 
 def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bool, info: dict, start, cts, res,
-                         reg, metal: bool = False) -> dict:
+                         reg, metal: bool = False, motion: str = "smooth") -> dict:
     """``trajectory.json`` without its frames: the inputs, the start, a summary and the registration's config."""
     import torch
 
     F = len(seqs[0])
     return {"ct": ct, "pose": pose_name,
-            "frames_note": f"per frame: {pose_name} (world = CT RAS mm), the verdict of its check, the seconds it "
-                           "took, the sequence time (time_s, from the file; null when unknown), re-initialised or not",
+            "frames_note": f"per frame: {pose_name} (world = CT RAS mm; the motion model's estimate), "
+                           f"registered_{pose_name} (the frame's registration alone), the verdict of its check, the "
+                           "seconds it took, the sequence time (time_s, from the file; null when unknown), "
+                           "re-initialised or not",
+            "motion": motion,
             "sequences": [{"view": n, "source": s.source, "frames": len(s), "notes": s.notes}
                           for n, s in zip(names, seqs)],
             "views": [{"name": n, "camera_to_rig": v[2].tolist(), "intrinsics": v[1].to_dict()}

@@ -19,6 +19,16 @@
   whole schedule from the last good pose; the better result (by the check, then by similarity)
   is kept and the frame says so (``reinitialised``).  A frame is never dropped.
 
+* **A motion model** (``motion``; :mod:`xraypose.register.motion`).  With ``"filter"`` or
+  ``"smooth"`` (the default) each registration is a measurement of the pose with the covariance its
+  own optimum gives, fused with a constant-velocity Kalman filter; the filter's prediction is the
+  next frame's start (instead of the repeated last motion), and with ``"smooth"`` the
+  Rauch–Tung–Striebel smoother then pools the later frames too.  A frame's ``camera_to_world`` is
+  the filter's (``progress`` sees these) or, at the end, the smoother's estimate; ``registered`` keeps
+  the frame's registration alone.  A re-initialised frame, or one whose registration is improbable
+  under the model (a jump), restarts the filter; a ``failed`` frame keeps its registration and the
+  filter coasts over it.  ``"none"``: the registrations as they are.
+
 Rigs work the same way (``views``: every frame is a set of views tied by a rig; the poses are
 then ``rig_to_world``); each view is checked and the frame's verdict is the least trusted view's
 (:func:`xraypose.register.multiview.combine_confidences`).  Units: mm, radians; poses are
@@ -36,6 +46,7 @@ import torch
 
 from xraypose.errors import InputError
 from xraypose.register.config import Level
+from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, smooth
 
 __all__ = ["FrameResult", "TRACKING_LEVELS", "track_sequence", "predict_pose", "similarity_drop"]
 
@@ -63,6 +74,8 @@ class FrameResult:
         reinitialised: the frame failed from the prediction and was registered again with the
             whole schedule from the last good pose.
         seconds: wall-clock time of this frame (registration, check, re-initialisation).
+        registered: (4, 4) the frame's registration alone (``camera_to_world`` is the motion model's
+            estimate unless the motion is "none" or the frame failed).
     """
 
     index: int
@@ -75,13 +88,15 @@ class FrameResult:
     reason: str | None = None
     reinitialised: bool = False
     seconds: float = 0.0
+    registered: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"frame": self.index, "camera_to_world": self.camera_to_world.tolist(),
                 "predicted": self.predicted.tolist(), "similarity": self.similarity, "status": self.status,
                 "verdict": self.verdict, "p_success": self.p_success, "reason": self.reason,
-                "reinitialised": self.reinitialised, "seconds": self.seconds, **self.extra}
+                "reinitialised": self.reinitialised, "seconds": self.seconds,
+                "registered": None if self.registered is None else self.registered.tolist(), **self.extra}
 
 
 def predict_pose(history: list) -> torch.Tensor:
@@ -215,11 +230,31 @@ def _frame_result(f: int, pose, pred, res, chk, reinit: bool, seconds: float) ->
     return FrameResult(index=f, camera_to_world=pose, predicted=pred.clone(), similarity=float(res.similarity[0]),
                        status=res.status[0], verdict=chk.verdict if chk else None,
                        p_success=float(chk.p_success) if chk else None, reason=chk.reason if chk else None,
-                       reinitialised=reinit, seconds=seconds)
+                       reinitialised=reinit, seconds=seconds, registered=pose.clone())
+
+
+def _measured_covariance(res, views, scale: float):
+    """(6, 6) world-axes covariance of a frame's registered pose (:func:`measurement_covariance`) from
+    its last Levenberg–Marquardt level's curvature, score and pixels (all views); None without one."""
+    curv = res.curvature[0] if res.curvature else {}
+    if not curv:
+        return None
+    li = max(curv)
+    lv = res.config.levels[li]
+    score = next((r["similarity"] for r in res.levels[0] if r.get("level") == li), None)
+    if score is None or not math.isfinite(float(score)):
+        return None
+    n = 0
+    for v in views:
+        H, W = torch.as_tensor(v[0]).shape[-2:]
+        rows = min(int(lv.size), int(H))
+        n += rows * max(1, round(int(W) * rows / int(H)))
+    return measurement_covariance(curv[li], float(score), n, res.poses[0], scale)
 
 
 def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
-                   confidence: bool = True, progress=None) -> list[FrameResult]:
+                   confidence: bool = True, progress=None, motion: str = "smooth",
+                   motion_model: MotionModel | None = None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -233,10 +268,15 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         tracking_levels: the schedule of frames after the first.
         confidence: check each frame (the verdict decides re-initialisations); without it a
             similarity drop does (:func:`similarity_drop`).
-        progress: optional callable ``progress(FrameResult)`` after every frame.
+        progress: optional callable ``progress(FrameResult)`` after every frame (with the filter's
+            estimate; the smoother's replaces it in the list returned).
+        motion: "smooth" (default), "filter" or "none" (module docstring; :data:`MOTIONS`).
+        motion_model: the filter's settings (default :class:`~xraypose.register.motion.MotionModel`).
     Returns:
         one :class:`FrameResult` per frame.
     """
+    if motion not in MOTIONS:
+        raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
     views = _sequence_views(frames, camera, views)
     n_frames = int(torch.as_tensor(views[0][0]).shape[0])
     if start is None:
@@ -244,6 +284,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     T_start = torch.as_tensor(start, dtype=F64).reshape(4, 4)
     tracker = registrar.derive(levels=tuple(tracking_levels))
     register = partial(_register_frame, views=views, confidence=confidence)
+    model = motion_model or MotionModel()
+    filt = MotionFilter(registrar.isocenter.detach().to(F64).cpu(), model) if motion != "none" else None
 
     out: list[FrameResult] = []
     last_curvature: dict = {}
@@ -256,22 +298,38 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             res, chk = register(registrar, f, pred)
             reinit = False
         else:
-            moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
-            pred = predict_pose(good_poses[-2:] if moving else good_poses[-1:])
+            if filt is not None:
+                pred = filt.predict()
+            else:
+                moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
+                pred = predict_pose(good_poses[-2:] if moving else good_poses[-1:])
             res, chk, reinit = _track_frame(register, registrar, tracker, f, pred, last_curvature,
                                             good_poses[-1] if good_poses else T_start, accepted_sims)
         pose = res.poses[0].clone()
         if res.config.levels == tracker.config.levels:
             last_curvature = res.curvature[0]
+        bad = _bad(res, chk, accepted_sims)
+        estimate = pose
+        if filt is not None:
+            if bad and filt.steps:
+                filt.coast()
+            else:
+                estimate = filt.update(pose, _measured_covariance(res, views, model.noise_scale),
+                                       restart=reinit or f == 0)
         fr = _frame_result(f, pose, pred, res, chk, reinit, time.perf_counter() - t0)
-        if not _bad(res, chk, accepted_sims):
-            good_poses.append(pose)
+        fr.camera_to_world = estimate.clone()
+        if not bad:
+            good_poses.append(estimate.clone())
             accepted_sims.append(fr.similarity)
         elif not good_poses:
             good_poses.append(pose)  # nothing better to go on from
         out.append(fr)
         if progress is not None:
             progress(fr)
+    if motion == "smooth" and filt is not None:
+        for fr, step, T in zip(out, filt.steps, smooth(filt)):
+            if step.measured:
+                fr.camera_to_world = T
     return out
 
 

@@ -1,0 +1,168 @@
+"""The motion model of sequences (issue 14): constant-velocity Kalman filter on SE(3), its smoother,
+the measurement covariance of a registration, and track_sequence's use of them."""
+
+import math
+
+import pytest
+import torch
+
+from xraypose.errors import InputError
+from xraypose.geometry import make_transform, se3_exp, so3_exp
+from xraypose.register.motion import MotionFilter, MotionModel, measurement_covariance, smooth
+
+F64 = torch.float64
+ISO = torch.tensor([10.0, -20.0, 30.0], dtype=F64)
+
+
+def _about_iso(xi: torch.Tensor) -> torch.Tensor:
+    """F·exp(ξ)·F⁻¹ with F the translation to ISO."""
+    F = torch.eye(4, dtype=F64)
+    F[:3, 3] = ISO
+    return F @ se3_exp(xi) @ torch.linalg.inv(F)
+
+
+def _trajectory(n: int, seed: int = 0):
+    """True poses: a smooth motion (velocity changing slowly), a pose looking along world -y."""
+    g = torch.Generator().manual_seed(seed)
+    R0 = so3_exp(torch.tensor([math.pi / 2, 0.0, 0.0], dtype=F64))
+    T = make_transform(R0, torch.tensor([0.0, -700.0, 0.0], dtype=F64))
+    v = torch.zeros(6, dtype=F64)
+    out = []
+    for _ in range(n):
+        out.append(T)
+        v = 0.9 * v + 0.1 * torch.randn(6, generator=g, dtype=F64) * torch.tensor([0.01] * 3 + [1.0] * 3, dtype=F64)
+        T = _about_iso(v) @ T
+    return out
+
+
+def _noisy(T: torch.Tensor, R: torch.Tensor, g) -> torch.Tensor:
+    """T moved by a draw of covariance R (world-axes chart at ISO)."""
+    L = torch.linalg.cholesky(R)
+    return _about_iso(L @ torch.randn(6, generator=g, dtype=F64)) @ T
+
+
+def _err(A: torch.Tensor, B: torch.Tensor) -> float:
+    """Distance (mm) between where the two poses put ISO plus 100 mm × the angle between them."""
+    D = A @ torch.linalg.inv(B)
+    ang = math.acos(max(-1.0, min(1.0, (float(torch.trace(D[:3, :3])) - 1) / 2)))
+    return float((D[:3, :3] @ ISO + D[:3, 3] - ISO).norm()) + 100 * ang
+
+
+# a measurement noise like one view's: 1.5 mm along the beam (world y here), 0.2 mm across, small turns
+R_MEAS = torch.diag(torch.tensor([2e-4, 2e-4, 2e-4, 0.2, 1.5, 0.2], dtype=F64) ** 2)
+
+
+def test_filter_and_smoother_reduce_the_error_of_noisy_measurements():
+    truth = _trajectory(60)
+    g = torch.Generator().manual_seed(3)
+    meas = [_noisy(T, R_MEAS, g) for T in truth]
+    filt = MotionFilter(ISO, MotionModel(accel_mm=0.3, accel_deg=0.2))
+    est = [filt.update(m, R_MEAS) for m in meas]
+    sm = smooth(filt)
+    rms = lambda xs: math.sqrt(sum(_err(a, b) ** 2 for a, b in zip(xs[5:], truth[5:])) / len(xs[5:]))  # noqa: E731
+    raw, f, s = rms(meas), rms(est), rms(sm)
+    assert f < 0.8 * raw, (raw, f)
+    assert s < 0.8 * f, (f, s)
+    assert sum(st.restart for st in filt.steps) == 1  # only the first frame
+
+
+def test_exact_measurements_pass_through_and_first_frame_is_taken_as_is():
+    truth = _trajectory(10)
+    filt = MotionFilter(ISO)
+    tiny = torch.eye(6, dtype=F64) * 1e-12
+    for T in truth:
+        out = filt.update(T, tiny)
+        assert _err(out, T) < 1e-4
+    for a, b in zip(smooth(filt), truth):
+        assert _err(a, b) < 1e-4
+
+
+def test_prediction_is_constant_velocity():
+    filt = MotionFilter(ISO)
+    xi = torch.tensor([0.01, -0.02, 0.005, 1.0, 2.0, -0.5], dtype=F64)
+    T0 = _trajectory(1)[0]
+    tiny = torch.eye(6, dtype=F64) * 1e-12
+    T1 = _about_iso(xi) @ T0
+    filt.update(T0, tiny)
+    filt.update(T1, tiny)
+    assert _err(filt.predict(), _about_iso(xi) @ T1) < 1e-3
+
+
+def test_a_jump_restarts_the_filter_and_is_not_smoothed_across():
+    truth = _trajectory(20)
+    jump = _about_iso(torch.tensor([0.0, 0.1, 0.0, 25.0, 0.0, 10.0], dtype=F64))
+    truth = truth[:10] + [jump @ T for T in truth[10:]]
+    g = torch.Generator().manual_seed(5)
+    meas = [_noisy(T, R_MEAS, g) for T in truth]
+    filt = MotionFilter(ISO)
+    est = [filt.update(m, R_MEAS) for m in meas]
+    assert filt.steps[10].restart and not any(st.restart for st in filt.steps[1:10])
+    assert _err(est[10], meas[10]) < 1e-9  # taken as it is
+    sm = smooth(filt)
+    assert all(_err(a, b) < 5.0 for a, b in zip(sm, truth))  # nothing dragged 27 mm across the jump
+    # frames before the jump are smoothed by the frames before it only
+    filt2 = MotionFilter(ISO)
+    for m in meas[:10]:
+        filt2.update(m, R_MEAS)
+    for a, b in zip(sm[:10], smooth(filt2)):
+        assert _err(a, b) < 1e-6
+
+
+def test_restart_when_asked_or_without_covariance():
+    truth = _trajectory(5)
+    filt = MotionFilter(ISO)
+    filt.update(truth[0], R_MEAS)
+    filt.update(truth[1], R_MEAS)
+    filt.update(truth[2], None)
+    filt.update(truth[3], R_MEAS, restart=True)
+    assert [st.restart for st in filt.steps] == [True, False, True, True]
+
+
+def test_coast_predicts_and_grows_uncertainty():
+    truth = _trajectory(6)
+    filt = MotionFilter(ISO)
+    for T in truth[:4]:
+        filt.update(T, R_MEAS)
+    p = filt.predict()
+    out = filt.coast()
+    assert _err(out, p) < 1e-12
+    assert not filt.steps[-1].measured
+    assert float(torch.trace(filt.steps[-1].P)) > float(torch.trace(filt.steps[-2].P))
+    filt.update(truth[5], R_MEAS)
+    assert len(smooth(filt)) == 6
+
+
+def test_filter_without_frames_refuses_to_predict():
+    with pytest.raises(InputError, match="no frame"):
+        MotionFilter(ISO).predict()
+    with pytest.raises(InputError, match="no frame"):
+        MotionFilter(ISO).coast()
+    assert smooth(MotionFilter(ISO)) == []
+
+
+@pytest.mark.parametrize("bad", [{"accel_mm": 0.0}, {"accel_deg": -1.0}, {"noise_scale": float("nan")},
+                                 {"gate": float("inf")}, {"accel_mm": "1"}])
+def test_motion_model_settings_are_checked(bad):
+    name = next(iter(bad))
+    with pytest.raises(InputError, match=name):
+        MotionModel(**bad)
+
+
+def test_measurement_covariance_is_inverse_curvature_scaled_and_turned_to_world_axes():
+    H = torch.diag(torch.tensor([4e6, 4e6, 1e6, 400.0, 400.0, 4.0], dtype=F64))
+    R = so3_exp(torch.tensor([0.3, -0.2, 0.9], dtype=F64))
+    pose = make_transform(R, torch.tensor([1.0, 2.0, 3.0], dtype=F64))
+    C = measurement_covariance(H, similarity=0.9, n_pixels=1000, pose=pose, scale=2.0)
+    var = 2 * (1 - 0.9) / 1000 * 4.0
+    A = torch.block_diag(R, R)
+    back = A.T @ C @ A  # in the pose's own axes again
+    assert torch.allclose(back, torch.linalg.inv(H) * var, rtol=1e-9, atol=1e-18)
+    # the depth (pose axis z) is the weak direction: its world direction is R's third column
+    w, V = torch.linalg.eigh(C[3:, 3:])
+    assert abs(float(V[:, -1] @ R[:, 2])) > 0.999
+
+
+@pytest.mark.parametrize("H", [None, torch.full((6, 6), float("nan"), dtype=F64), -torch.eye(6, dtype=F64),
+                               torch.zeros(6, 6, dtype=F64), torch.eye(3, dtype=F64)])
+def test_measurement_covariance_without_a_usable_curvature_is_none(H):
+    assert measurement_covariance(H, 0.9, 100, torch.eye(4, dtype=F64)) is None
