@@ -10,6 +10,9 @@ view 0's camera frame (``camera_to_rig_0 = I``, ``camera_to_rig_1 = T0⁻¹·T1`
 
 * ``single``: view 0 alone (``Registrar.register``),
 * ``joint``: both views tied by the rig (``Registrar.register_views``),
+* with ``--checked``, also as the commands run them (the confidence check, and the hypotheses when
+  the verdict is not ``ok``): ``single-checked`` (``register_xray``, as ``xraypose register``) and
+  ``joint-checked`` (``register_rig``, as ``xraypose register --rig``), with their verdicts,
 
 and reports per setting and CT: success (3D mTRE < 1 mm, 20 bone fiducials in view 0) and < 2 mm,
 median and p90 mTRE, median time, and the ratio single / joint of the medians.
@@ -82,9 +85,14 @@ def run_ct(spec, args, log) -> list[dict]:
             C1 = torch.linalg.inv(P0) @ P1
             fid = select_fiducials(points, n=20, seed=args.seed + i, camera=cam0, poses=P0, margin_px=4)
             start = perturb_pose(P0, iso, a_deg, t_mm, g)[0]
-            for mode in ("single", "joint"):
+            modes = args.modes or (("single", "joint") + (("single-checked", "joint-checked") if args.checked else ()))
+            for mode in modes:
                 t0 = time.perf_counter()
-                if mode == "single":
+                verdict = kept = None
+                if mode.endswith("-checked"):
+                    pose, verdict, kept = checked(vol, reg, mode, img0, cam0, m0, img1, cam1, m1, C1, start)
+                    res = None
+                elif mode == "single":
                     res = reg.register(img0[None, None], cam0, start[None],
                                        masks=None if m0 is None else m0[None, None])
                 else:
@@ -92,12 +100,28 @@ def run_ct(spec, args, log) -> list[dict]:
                                               (img1[None, None], cam1, C1, None if m1 is None else m1[None, None])],
                                              start[None])
                 dt = time.perf_counter() - t0
-                e = float(pose_errors(res.poses, P0, fid, cam0)["mtre"][0])
+                e = float(pose_errors(pose[None] if res is None else res.poses, P0, fid, cam0)["mtre"][0])
+                status = res.status[0] if res is not None else verdict
                 rows.append({"ct": name, "setting": setting, "mode": mode, "case": i, "angle_deg": ang,
-                             "mtre": e, "status": res.status[0], "seconds": dt})
+                             "mtre": e, "status": status, "seconds": dt, "verdict": verdict, "kept": kept})
                 log(f"  {name}/{setting}/{mode} case {i}: views {ang:+.0f} deg apart, mTRE {e:.3f} mm, {dt:.1f} s, "
-                    f"{res.status[0]}")
+                    f"{status}{'' if kept in (None, 'given start') else ' (kept ' + kept + ')'}")
     return rows
+
+
+def checked(vol, reg, mode, img0, cam0, m0, img1, cam1, m1, C1, start):
+    """(pose of view 0 (4, 4), verdict, start kept) registered as the commands do: checked, with hypotheses."""
+    from xraypose.register.api import register_xray
+    from xraypose.register.multiview import ViewImage, register_rig
+
+    if mode == "single-checked":
+        out = register_xray(vol, img0[None, None], cam0, start[None], registrar=reg,
+                            masks=None if m0 is None else m0[None, None])[0]
+        c = out.confidence or {}
+        return out.camera_to_world, out.verdict, c.get("kept", "given start")
+    views = [ViewImage("view0", img0, cam0, torch.eye(4, dtype=F64), mask=m0), ViewImage("view1", img1, cam1, C1, mask=m1)]
+    out = register_rig(vol, views, start, registrar=reg)
+    return out.rig_to_world, out.verdict, out.kept or "given start"
 
 
 def summarise(rows) -> list[dict]:
@@ -109,10 +133,17 @@ def summarise(rows) -> list[dict]:
         out.append({"ct": ct, "setting": setting, "mode": mode, "n": len(g),
                     "success_1mm": sum(x < 1 for x in e) / len(e), "success_2mm": sum(x < 2 for x in e) / len(e),
                     "median_mm": statistics.median(e), "p90_mm": e[min(len(e) - 1, math.ceil(0.9 * len(e)) - 1)],
-                    "median_s": statistics.median(r["seconds"] for r in g)})
+                    "median_s": statistics.median(r["seconds"] for r in g),
+                    "verdicts": None if g[0].get("verdict") is None else
+                    {v: sum(r.get("verdict") == v for r in g) for v in ("ok", "uncertain", "failed")},
+                    "ok_but_2mm": sum(r.get("verdict") == "ok" and r["mtre"] >= 2 for r in g)})
     for s in out:
         single = next((x for x in out if (x["ct"], x["setting"], x["mode"]) == (s["ct"], s["setting"], "single")), None)
         s["single_over_joint"] = (single["median_mm"] / s["median_mm"]) if single and s["mode"] == "joint" else None
+        if s["mode"] == "joint-checked":
+            sc = next((x for x in out if (x["ct"], x["setting"], x["mode"]) == (s["ct"], s["setting"], "single-checked")),
+                      None)
+            s["single_over_joint"] = sc["median_mm"] / s["median_mm"] if sc else None
     return out
 
 
@@ -127,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--biplane", type=float, nargs=2, default=(60.0, 110.0))
     ap.add_argument("--two-shot", type=float, nargs=2, default=(20.0, 40.0))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checked", action="store_true", help="also register as the commands do (check + hypotheses)")
+    ap.add_argument("--modes", nargs="+", choices=["single", "joint", "single-checked", "joint-checked"],
+                    help="only these modes (default: single and joint, and the checked ones with --checked)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     report = {"machine": machine(), "args": vars(args), "rows": []}
@@ -135,7 +169,7 @@ def main(argv=None) -> int:
         report["summary"] = summarise(report["rows"])
         atomic_write_json(args.json, report)
     cols = ["ct", "setting", "mode", "n", "success_1mm", "success_2mm", "median_mm", "p90_mm", "median_s",
-            "single_over_joint"]
+            "single_over_joint", "ok_but_2mm"]
     print(format_table(report["summary"], cols))
     return 0
 

@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--motion", default="smooth", choices=["none", "filter", "smooth"],
                     help="the motion model (xraypose.register.motion): the frames' registrations alone, the "
                          "Kalman filter's estimates, or the smoother's")
+    ap.add_argument("--tracking-tol", type=float, default=None,
+                    help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
@@ -151,7 +153,8 @@ def main(argv=None) -> int:
               f"{fr.status}, verdict {fr.verdict}{' (re-initialised)' if fr.reinitialised else ''}", flush=True)
 
     out = track_sequence(reg, frames, pcam, start, confidence=not args.no_confidence, progress=progress,
-                         tracking_levels=TRACKING_VARIANTS[args.tracking](), motion=args.motion)
+                         tracking_levels=TRACKING_VARIANTS[args.tracking](), motion=args.motion,
+                         **({} if args.tracking_tol is None else {"tracking_tol_px": args.tracking_tol}))
     for fr in out:  # the smoother's estimates are known only at the end
         rows.append({**{k: v for k, v in fr.to_dict().items() if k not in ("camera_to_world", "predicted", "registered")},
                      "mtre": err(fr.camera_to_world, fr.index), "mtre_registered": err(fr.registered, fr.index),

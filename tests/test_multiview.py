@@ -81,6 +81,34 @@ def test_register_rig_recovers_the_rig_pose_and_writes_it(tmp_path, volume, bipl
     assert tr["records"] and "rig_to_world" in tr["records"][0]
 
 
+def test_register_rig_tries_hypotheses_when_not_ok(tmp_path, volume, biplane):
+    """A rig started from the other side of the patient (the start view's antipodal pose): the joint
+    registration stays there and is not ok; the antipodal hypothesis, registered jointly, is kept."""
+    from xraypose.register.initializers import antipodal
+    from xraypose.register.multiview import rig_start
+
+    views = _views(biplane)
+    truth, iso = biplane["truth"], biplane["iso"]
+    near = perturb_pose(truth, iso, 2.0, 5.0, torch.Generator().manual_seed(6))[0]
+    C0 = biplane["rig"][views[0].name].camera_to_rig
+    flipped = rig_start(antipodal(near @ C0, iso)[0], C0)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+    fid = iso[None] + torch.tensor([[40.0, 0, 0], [0, 40, 0], [0, 0, 40], [-30, -30, 10]], dtype=F64)
+    err = lambda X: float(pose_errors(X, truth, fid, sdr=510.0)["mtre"])  # noqa: E731
+    plain = register_rig(volume, views, flipped, registrar=reg, hypotheses=False)
+    assert plain.verdict != "ok" and err(plain.rig_to_world) > 20.0 and plain.kept is None
+    out = register_rig(volume, views, flipped, registrar=reg)
+    assert [h["start"] for h in out.hypotheses][:2] == ["given start", "antipodal start"]
+    assert out.hypotheses[0]["verdict"] != "ok"
+    assert out.kept != "given start" and out.verdict == "ok" and err(out.rig_to_world) < 1.5, err(out.rig_to_world)
+    assert f"kept the {out.kept}'s result" in out.reason
+    assert "metal schedule" not in [h["start"] for h in out.hypotheses]  # an alternative was ok: not tried
+    assert torch.allclose(out.initial_rig_to_world, flipped, atol=1e-9)  # the start the user gave
+    write_rig_registration(tmp_path / "res", out)
+    pose = json.loads((tmp_path / "res" / "pose.json").read_text())
+    assert pose["kept"] == out.kept and len(pose["hypotheses"]) >= 2 and pose["hypotheses_s"] > 0
+
+
 def test_the_joint_verdict_is_the_least_trusted_views():
     ok = Confidence(0.95, "ok", "fine")
     unc = Confidence(0.6, "uncertain", "the optimum is flat")

@@ -32,7 +32,13 @@
   the joint result's.  This is conservative: a single view's check sees its depth as weakly
   constrained (``flat_mm`` along its beam), which the other views pin down in a joint
   registration; the model was fitted on single-view registrations.
-* No hypotheses (antipodal starts, restarts) are tried for rigs.
+* **Hypotheses** (``hypotheses=True``, the default when checked): when the joint verdict is not
+  ``ok``, the alternatives of a single view (:mod:`xraypose.register.hypotheses`: the start view
+  seen from the other side, two restarts turned 10° and shifted 40 mm from the result) are
+  registered jointly too and the one with the highest combined ``p_success`` is kept if it beats
+  the given start's by :data:`~xraypose.register.hypotheses.MARGIN` (``kept`` and ``hypotheses``
+  in pose.json); then, unless one is already ``ok``, the given start with the metal schedule
+  (:func:`~xraypose.register.config.metal_levels`: every level robust), as for one view.
 
 Units: mm, radians; poses are camera_to_world / rig_to_world (world = CT RAS mm).
 """
@@ -126,6 +132,8 @@ class RigRegistration(RegistrationOutcome):
         similarity: the mean of the views' similarities at the last level; status, iterations: the
             optimiser's (:class:`~xraypose.register.RegistrationResult`).
         p_success, verdict, reason: the combined check (:func:`combine_confidences`).
+        kept, hypotheses: which start's result this is ("given start", or an alternative's name) and
+            every start tried (start, p_success, verdict, similarity); None / empty when none was tried.
         init_s, opt_s, cpu_s: seconds (initialiser, optimisation wall-clock, CPU).
         metrics, initial_metrics: errors with the truth: ``mtre`` (the same in every view: the rig
             is rigid), the other entries the first view's; every view's in ``views[i].metrics``.
@@ -135,6 +143,8 @@ class RigRegistration(RegistrationOutcome):
     initial_rig_to_world: torch.Tensor
     views: list
     start_view: int = 0
+    kept: str | None = None
+    hypotheses: list = field(default_factory=list)
 
     def pose_json(self) -> dict:
         """The result as JSON: the rig pose, every view's pose and intrinsics, the verdicts, timings."""
@@ -160,6 +170,7 @@ class RigRegistration(RegistrationOutcome):
             "initial_rig_to_world": self.initial_rig_to_world.tolist(),
             "start_view": self.views[self.start_view].name,
             "timing": {"init_s": self.init_s, "opt_s": self.opt_s, "cpu_s": self.cpu_s},
+            **({"kept": self.kept, "hypotheses": self.hypotheses} if self.hypotheses else {}),
             "levels": self.level_stats,
             "config": self.config,
         }
@@ -288,6 +299,49 @@ def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list) -> Non
     rr.p_success, rr.verdict, rr.reason = combine_confidences([o.name for o in rr.views], confs)
 
 
+def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, triples, Cr_inv, r: int,
+                        init_s: float) -> RigRegistration:
+    """Register the alternatives of the start view's start (:func:`~xraypose.register.hypotheses.alternative_starts`,
+    in the start view's camera frame: its camera_to_world) jointly, check each, and give back the
+    most trusted result (the given one unless an alternative beats it by ``MARGIN``), with ``kept``
+    and ``hypotheses`` filled in; the metal schedule from the given start last, unless an
+    alternative is ``ok``."""
+    from xraypose.register.config import metal_levels
+    from xraypose.register.confidence import sees_ct
+    from xraypose.register.hypotheses import METAL_HYPOTHESIS, alternative_starts, best_hypothesis
+
+    names, alts = alternative_starts(res.initial_poses[0], res.poses[0], reg.isocenter, seed=reg.config.seed)
+    if len(names):
+        keep = sees_ct(alts, vs[r].camera, reg.isocenter)
+        names = [n for n, k in zip(names, keep.tolist()) if k]
+        alts = alts[keep]
+    tried = [{"start": "given start", "p_success": rr.p_success, "verdict": rr.verdict, "similarity": rr.similarity}]
+    t0 = time.perf_counter()
+    cands = []
+    for name, alt in zip(names, alts):
+        rk = _rig_registration(reg.register_views(triples, alt[None]), reg, vs, Cs, Cr_inv, r, init_s)
+        _check_rig(rk, reg, imgs, Cs)
+        tried.append({"start": name, "p_success": rk.p_success, "verdict": rk.verdict, "similarity": rk.similarity})
+        cands.append(rk)
+    k = best_hypothesis(rr.p_success, [c.p_success for c in cands])
+    best, kept = (rr, "given start") if k is None else (cands[k], names[k])
+    metal = metal_levels(reg.config.levels)
+    if best.verdict != "ok" and all(c.verdict != "ok" for c in cands) and metal != tuple(reg.config.levels):
+        rm = _rig_registration(reg.derive(levels=metal).register_views(triples, res.initial_poses[:1]), reg, vs, Cs,
+                               Cr_inv, r, init_s)
+        _check_rig(rm, reg, imgs, Cs)
+        tried.append({"start": METAL_HYPOTHESIS, "p_success": rm.p_success, "verdict": rm.verdict,
+                      "similarity": rm.similarity})
+        if best_hypothesis(best.p_success, [rm.p_success]) is not None:
+            best, kept, k = rm, METAL_HYPOTHESIS, -1
+    if k is not None:
+        best.reason = f"{best.reason} (kept the {kept}'s result; the given start's had P {rr.p_success:.2f})"
+        best.initial_rig_to_world = rr.initial_rig_to_world
+    best.kept, best.hypotheses = kept, tried
+    best.extra = {**(best.extra or {}), "hypotheses_s": time.perf_counter() - t0}
+    return best
+
+
 def _rig_metrics(rr: RigRegistration, volume: Volume, true_rig_to_world, fiducials, Cs: list) -> None:
     """Every view's errors (mm, degrees) against the truth ``true_rig_to_world`` (4, 4) at the
     ``fiducials`` (N, 3) world mm (default: bone points picked in the first view at the truth), in
@@ -313,7 +367,7 @@ def _rig_metrics(rr: RigRegistration, volume: Volume, true_rig_to_world, fiducia
 
 def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = None, config: RegistrationConfig | None = None,
                  start_view: int = 0, true_rig_to_world=None, fiducials=None,
-                 confidence: bool = True) -> RigRegistration:
+                 confidence: bool = True, hypotheses: bool = True) -> RigRegistration:
     """Register N views tied by a rig to a CT (module docstring).
 
     Args:
@@ -326,6 +380,8 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
         true_rig_to_world: (4, 4) the truth, for metrics; fiducials: (N, 3) world mm (default:
             bone points picked in the first view's field of view at the truth).
         confidence: check every view at its pose and combine (:func:`combine_confidences`).
+        hypotheses: with the check, register the alternative starts when the verdict is not ``ok``
+            and keep the most trusted (module docstring).
     Returns:
         :class:`RigRegistration`.
     Raises:
@@ -341,10 +397,13 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
     Cr_inv = torch.linalg.inv(Cr)
     # register in the start view's camera frame: X' = rig_to_world · C_r, views C'_i = C_r⁻¹ · C_i
     rel = [Cr_inv @ C for C in Cs]
-    res = reg.register_views(_view_triples(vs, imgs, rel), (start @ Cr)[None])
+    triples = _view_triples(vs, imgs, rel)
+    res = reg.register_views(triples, (start @ Cr)[None])
     rr = _rig_registration(res, reg, vs, Cs, Cr_inv, r, init_s)
     if confidence:
         _check_rig(rr, reg, imgs, Cs)
+        if hypotheses and rr.verdict != "ok":
+            rr = _try_rig_hypotheses(rr, res, reg, vs, imgs, Cs, triples, Cr_inv, r, init_s)
     if true_rig_to_world is not None:
         _rig_metrics(rr, volume, true_rig_to_world, fiducials, Cs)
     return rr
