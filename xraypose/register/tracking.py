@@ -14,8 +14,9 @@
   starting from the previous frame's Gauss–Newton curvature (the optimum's shape changes little
   between frames: no finite differences until the curvature is renewed).
 * **A verdict per frame.**  With the confidence check (:func:`xraypose.register.confidence.assess`,
-  when available) a frame whose verdict is ``failed`` — or, without it, whose similarity drops
-  far below the sequence's (:func:`similarity_drop`) — is **re-initialised**: registered with the
+  when available) a frame whose verdict is ``failed`` — or, without it, whose registration is
+  improbable under the motion model (its gate; with ``motion="none"``, a similarity far below the
+  sequence's, :func:`similarity_drop`) — is **re-initialised**: registered with the
   whole schedule from the last good pose; the better result (by the check, then by similarity)
   is kept and the frame says so (``reinitialised``).  A frame is never dropped.
 
@@ -198,22 +199,22 @@ def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence:
     return res, chk
 
 
-def _bad(res, chk, accepted: list) -> bool:
+def _bad(res, chk, unlikely=None) -> bool:
     """True when a frame's registration is not to be trusted: diverged or started outside the CT,
-    else the check's verdict ``failed``, else (unchecked) a similarity drop (:func:`similarity_drop`)
-    against the ``accepted`` frames' similarities."""
+    else the check's verdict ``failed``, else (unchecked) ``unlikely(res)`` (a callable: the motion
+    model's gate, or a similarity drop; None: trusted)."""
     if res.status[0] in ("diverged", "invalid start"):
         return True
     if chk is not None:
         return chk.verdict == "failed"
-    return similarity_drop(float(res.similarity[0]), accepted)
+    return bool(unlikely(res)) if unlikely is not None else False
 
 
-def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fallback, accepted: list):
+def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fallback, unlikely):
     """Frame ``f > 0``: registered with the ``tracker``'s schedule from the prediction ``pred``
     (4, 4), from the previous frame's ``curvature``; re-initialised with the ``registrar``'s whole
-    schedule from ``fallback`` (4, 4, the last good pose) when that result is bad (:func:`_bad`) or
-    the prediction left the CT, keeping the better of the two (:func:`_better`).
+    schedule from ``fallback`` (4, 4, the last good pose) when that result is bad (:func:`_bad` with
+    ``unlikely``) or the prediction left the CT, keeping the better of the two (:func:`_better`).
 
     Returns:
         (RegistrationResult, Confidence or None, re-initialised: bool).
@@ -222,7 +223,7 @@ def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fa
         res, chk = register(tracker, f, pred, [curvature] if curvature else None)
     except InputError:  # the prediction left the CT: re-initialise below
         res, chk = None, None
-    if res is not None and not _bad(res, chk, accepted):
+    if res is not None and not _bad(res, chk, unlikely):
         return res, chk, False
     res2, chk2 = register(registrar, f, fallback)
     if res is None or _better(res2, chk2, res, chk):
@@ -303,6 +304,14 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     last_curvature: dict = {}
     good_poses: list = []
     accepted_sims: list = []
+
+    def unlikely(res) -> bool:
+        """Unchecked frames: a registration improbable under the motion model (its gate), or without
+        one (or without a covariance) a similarity drop against the accepted frames'."""
+        R = _measured_covariance(res, views, model.noise_scale) if filt is not None and filt.steps else None
+        if R is not None:
+            return filt.innovation(res.poses[0], R) > model.gate
+        return similarity_drop(float(res.similarity[0]), accepted_sims)
     for f in range(n_frames):
         t0 = time.perf_counter()
         if f == 0:
@@ -316,11 +325,12 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                 moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
                 pred = predict_pose(good_poses[-2:] if moving else good_poses[-1:])
             res, chk, reinit = _track_frame(register, registrar, tracker, f, pred, last_curvature,
-                                            good_poses[-1] if good_poses else T_start, accepted_sims)
+                                            good_poses[-1] if good_poses else T_start, unlikely)
         pose = res.poses[0].clone()
         if res.config.levels == tracker.config.levels:
             last_curvature = res.curvature[0]
-        bad = _bad(res, chk, accepted_sims)
+        # unchecked, a re-initialised frame is the best there is (with a motion model it restarts it)
+        bad = _bad(res, chk, None if reinit and filt is not None else unlikely)
         estimate = pose
         if filt is not None:
             if bad and filt.steps:
