@@ -13,14 +13,14 @@ Reports the share of frames below 1 mm (3D mTRE at 20 bone fiducials), how many 
 jump were needed to get back below 1 mm, the per-frame time (median, and frames per second
 without frame 0), and per frame: mTRE, verdict, re-initialised, seconds — for the frames' poses as
 ``--motion`` gives them (default: the smoother's) and for each frame's registration alone
-(``registered_*``), with the rms error along the beam (``rms_depth_error_mm``).
+(``registered_*``), with the rms error along the beam (``rms_depth_error_mm``), and how well the
+estimates' own standard deviation along the beam covers it (``depth_within_2sd``: ~95 % if calibrated).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -156,7 +156,8 @@ def main(argv=None) -> int:
                          tracking_levels=TRACKING_VARIANTS[args.tracking](), motion=args.motion,
                          **({} if args.tracking_tol is None else {"tracking_tol_px": args.tracking_tol}))
     for fr in out:  # the smoother's estimates are known only at the end
-        rows.append({**{k: v for k, v in fr.to_dict().items() if k not in ("camera_to_world", "predicted", "registered")},
+        rows.append({**{k: v for k, v in fr.to_dict().items()
+                        if k not in ("camera_to_world", "predicted", "registered", "covariance")},
                      "mtre": err(fr.camera_to_world, fr.index), "mtre_registered": err(fr.registered, fr.index),
                      "depth_error_mm": depth_error(fr.camera_to_world, poses[fr.index], fid),
                      "depth_error_registered_mm": depth_error(fr.registered, poses[fr.index], fid)})
@@ -164,6 +165,7 @@ def main(argv=None) -> int:
     mt_reg = torch.tensor([r["mtre_registered"] for r in rows])
     dz = torch.tensor([r["depth_error_mm"] for r in rows])
     dz_reg = torch.tensor([r["depth_error_registered_mm"] for r in rows])
+    sd = [r["spread"]["along_beam_mm"] for r in rows if r["spread"]]  # the estimate's own spread
     secs = torch.tensor([r["seconds"] for r in rows[1:]])
     after = [r["mtre"] for r in rows[args.jump_at:]] if 0 < args.jump_at < args.frames else []
     recovered = next((i for i, e in enumerate(after) if e < 1.0), None)
@@ -173,6 +175,9 @@ def main(argv=None) -> int:
                "registered_share_below_1mm": float((mt_reg < 1).double().mean()),
                "registered_median_mtre_mm": float(mt_reg.median()),
                "rms_depth_error_mm": float(dz.pow(2).mean().sqrt()),
+               "median_sd_along_beam_mm": float(torch.tensor(sd).median()) if sd else None,
+               "depth_within_2sd": (sum(abs(r["depth_error_mm"]) <= 2 * r["spread"]["along_beam_mm"]
+                                        for r in rows if r["spread"]) / len(sd)) if sd else None,
                "registered_rms_depth_error_mm": float(dz_reg.pow(2).mean().sqrt()),
                "jump_recovered_after_frames": recovered, "median_frame_s": float(secs.median()),
                "frames_per_s": float(1.0 / secs.mean()), "reinitialised": sum(r["reinitialised"] for r in rows),

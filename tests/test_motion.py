@@ -8,7 +8,7 @@ import torch
 
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, se3_exp, so3_exp
-from xraypose.register.motion import MotionFilter, MotionModel, measurement_covariance, smooth
+from xraypose.register.motion import MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
 
 F64 = torch.float64
 ISO = torch.tensor([10.0, -20.0, 30.0], dtype=F64)
@@ -166,3 +166,30 @@ def test_measurement_covariance_is_inverse_curvature_scaled_and_turned_to_world_
                                torch.zeros(6, 6, dtype=F64), torch.eye(3, dtype=F64)])
 def test_measurement_covariance_without_a_usable_curvature_is_none(H):
     assert measurement_covariance(H, 0.9, 100, torch.eye(4, dtype=F64)) is None
+
+
+def test_smoother_covariances_are_positive_and_below_the_filters():
+    truth = _trajectory(30)
+    g = torch.Generator().manual_seed(7)
+    filt = MotionFilter(ISO)
+    for T in truth:
+        filt.update(_noisy(T, R_MEAS, g), R_MEAS)
+    poses, covs = smooth(filt, covariances=True)
+    assert len(poses) == len(covs) == 30
+    for f, (C, st) in enumerate(zip(covs, filt.steps)):
+        assert torch.allclose(C, C.T, atol=1e-12) and float(torch.linalg.eigvalsh(C).min()) > 0
+        if 0 < f < 29:  # later frames pool in: smaller than the filter's (the last is the filter's)
+            assert float(torch.trace(C)) < float(torch.trace(st.P[:6, :6]))
+    assert torch.allclose(covs[-1], filt.steps[-1].P[:6, :6])
+    # the depth (world y here, the camera's z) is the least certain translation, as measured
+    sp = pose_spread(covs[15], truth[15])
+    assert sp["along_beam_mm"] > 2 * sp["across_beam_mm"] > 0 and sp["rotation_deg"] > 0
+
+
+def test_pose_spread_reads_the_covariance_along_the_cameras_axis():
+    C = torch.diag(torch.tensor([1e-4, 4e-4, 9e-4, 1.0, 4.0, 9.0], dtype=F64))
+    assert pose_spread(C, torch.eye(4, dtype=F64)) == pytest.approx(
+        {"along_beam_mm": 3.0, "across_beam_mm": math.sqrt(2.5), "rotation_deg": math.degrees(math.sqrt(14e-4 / 3))})
+    R = so3_exp(torch.tensor([math.pi / 2, 0.0, 0.0], dtype=F64))  # camera z along world -y
+    assert pose_spread(C, make_transform(R, torch.zeros(3, dtype=F64)))["along_beam_mm"] == pytest.approx(2.0)
+    assert pose_spread(None, torch.eye(4, dtype=F64)) is None

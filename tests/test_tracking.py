@@ -239,6 +239,15 @@ def test_cli_track_motion_model_records_registrations_and_none_keeps_them(tmp_pa
         e = float(pose_errors(est, sequence["poses"][fr["frame"]], sequence["fid"], sequence["camera"])["mtre"])
         assert e < 2.0, e
     assert 0.0 < moved < 5.0  # the estimate pooled the frames: near, not equal to, the registrations
+    for motion in ("smooth", "none"):  # every frame's spread: the depth the least certain
+        for fr in docs[motion]["frames"]:
+            sp = fr["spread"]
+            assert sp["along_beam_mm"] > sp["across_beam_mm"] > 0 and len(fr["covariance"]) == 6
+    smoothed = [fr["spread"]["along_beam_mm"] for fr in docs["smooth"]["frames"]]
+    alone = [fr["spread"]["along_beam_mm"] for fr in docs["none"]["frames"]]
+    assert sum(smoothed) < sum(alone)  # pooling frames narrows it
+    header = (tmp_path / "smooth" / "trajectory.csv").read_text().splitlines()[0]
+    assert "sd_along_beam_mm,sd_across_beam_mm,sd_rotation_deg,reason" in header
     assert main(["track", "sample", str(run), "-o", str(tmp_path / "x"), "--pose-json", start, "--motion", "kalman"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--motion must be one of none, filter, smooth" in err, err

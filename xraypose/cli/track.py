@@ -112,6 +112,9 @@ def track_rows(results, times, names, rel_to_rig, pose_name: str) -> tuple[list,
         for a in range(3):
             for b in range(4):
                 row[f"m{a}{b}"] = f"{float(T[a, b]):.9g}"
+        sp = fr.spread or {}
+        for k in ("along_beam_mm", "across_beam_mm", "rotation_deg"):
+            row[f"sd_{k}"] = "" if k not in sp else f"{sp[k]:.4g}"
         row["reason"] = fr.reason or ""
         rows.append(row)
         d = fr.to_dict()
@@ -306,7 +309,9 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
     F = len(seqs[0])
     return {"ct": ct, "pose": pose_name,
             "frames_note": f"per frame: {pose_name} (world = CT RAS mm; the motion model's estimate), "
-                           f"registered_{pose_name} (the frame's registration alone), the verdict of its check, the "
+                           f"registered_{pose_name} (the frame's registration alone), covariance and spread (the "
+                           "estimate's: 6x6 in world axes at the isocenter, rad and mm; standard deviations along "
+                           "the beam, across it, of the rotation), the verdict of its check, the "
                            "seconds it took, the sequence time (time_s, from the file; null when unknown), "
                            "re-initialised or not",
             "motion": motion,

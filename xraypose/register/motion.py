@@ -39,7 +39,7 @@ import torch
 from xraypose.errors import InputError
 from xraypose.geometry import se3_exp, se3_log
 
-__all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "smooth", "MOTIONS"]
+__all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "smooth", "pose_spread", "MOTIONS"]
 
 F64 = torch.float64
 #: What ``track_sequence`` reports per frame: the registration alone, the causal filter, or the smoother.
@@ -204,21 +204,26 @@ class MotionFilter:
         return Tp
 
 
-def smooth(filt: MotionFilter) -> list:
+def smooth(filt: MotionFilter, covariances: bool = False):
     """The Rauch–Tung–Striebel smoother over a filter's frames: (4, 4) poses, one per update, each
-    from every frame of its segment (restarts cut the sequence into segments)."""
+    from every frame of its segment (restarts cut the sequence into segments); with
+    ``covariances``, also each pose's (6, 6) covariance (world-axes chart at the isocenter:
+    rad, mm), as ``(poses, covariances)``."""
     steps = filt.steps
     if not steps:
-        return []
+        return ([], []) if covariances else []
     n = len(steps)
     poses = [None] * n
     vel = [None] * n
+    covs = [None] * n
     poses[-1], vel[-1], Ps = steps[-1].pose.clone(), steps[-1].velocity.clone(), steps[-1].P
+    covs[-1] = Ps[:6, :6].clone()
     Phi = filt._Phi
     for f in range(n - 2, -1, -1):
         s, nxt = steps[f], steps[f + 1]
         if nxt.restart:  # no smoothing across a restart
             poses[f], vel[f], Ps = s.pose.clone(), s.velocity.clone(), s.P
+            covs[f] = Ps[:6, :6].clone()
             continue
         G = s.P @ Phi.T @ torch.linalg.pinv(nxt.P_pred, hermitian=True)
         dx = torch.cat([filt._chart(poses[f + 1], nxt.predicted), vel[f + 1] - s.velocity])
@@ -226,4 +231,23 @@ def smooth(filt: MotionFilter) -> list:
         poses[f] = filt._move(x[:6], s.pose)
         vel[f] = s.velocity + x[6:]
         Ps = s.P + G @ (Ps - nxt.P_pred) @ G.T
-    return poses
+        Ps = 0.5 * (Ps + Ps.T)
+        covs[f] = Ps[:6, :6].clone()
+    return (poses, covs) if covariances else poses
+
+
+def pose_spread(covariance, pose) -> dict | None:
+    """Standard deviations of a pose of (6, 6) ``covariance`` (world-axes chart at the isocenter):
+    ``{"along_beam_mm", "across_beam_mm", "rotation_deg"}`` — the isocenter's position along the
+    camera's +z (the ``pose``'s third axis), across it (rms of the two other axes), and the rotation
+    (rms of the three axes).  None without a covariance."""
+    if covariance is None:
+        return None
+    C = torch.as_tensor(covariance, dtype=F64)
+    z = torch.as_tensor(pose, dtype=F64)[:3, 2]
+    Ct = C[3:, 3:]
+    along = float(z @ Ct @ z)
+    across = max(float(torch.trace(Ct)) - along, 0.0) / 2
+    rot = float(torch.trace(C[:3, :3])) / 3
+    return {"along_beam_mm": math.sqrt(max(along, 0.0)), "across_beam_mm": math.sqrt(across),
+            "rotation_deg": math.degrees(math.sqrt(max(rot, 0.0)))}

@@ -47,7 +47,7 @@ import torch
 
 from xraypose.errors import InputError
 from xraypose.register.config import Level
-from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, smooth
+from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
 
 __all__ = ["FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence", "predict_pose", "similarity_drop"]
 
@@ -83,6 +83,11 @@ class FrameResult:
         seconds: wall-clock time of this frame (registration, check, re-initialisation).
         registered: (4, 4) the frame's registration alone (``camera_to_world`` is the motion model's
             estimate unless the motion is "none" or the frame failed).
+        covariance: (6, 6) of ``camera_to_world`` in the motion model's chart (world axes at the
+            isocenter: rad, mm; :mod:`xraypose.register.motion`) — the smoother's, the filter's, or
+            (motion "none") the registration's own; None for a failed frame or without a curvature.
+        spread: its standard deviations (:func:`~xraypose.register.motion.pose_spread`: along the
+            beam of the frame's camera — a rig's start view —, across it, rotation), or None.
     """
 
     index: int
@@ -96,6 +101,8 @@ class FrameResult:
     reinitialised: bool = False
     seconds: float = 0.0
     registered: torch.Tensor | None = None
+    covariance: torch.Tensor | None = None
+    spread: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -103,7 +110,9 @@ class FrameResult:
                 "predicted": self.predicted.tolist(), "similarity": self.similarity, "status": self.status,
                 "verdict": self.verdict, "p_success": self.p_success, "reason": self.reason,
                 "reinitialised": self.reinitialised, "seconds": self.seconds,
-                "registered": None if self.registered is None else self.registered.tolist(), **self.extra}
+                "registered": None if self.registered is None else self.registered.tolist(),
+                "covariance": None if self.covariance is None else self.covariance.tolist(),
+                "spread": self.spread, **self.extra}
 
 
 def predict_pose(history: list) -> torch.Tensor:
@@ -312,6 +321,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if R is not None:
             return filt.innovation(res.poses[0], R) > model.gate
         return similarity_drop(float(res.similarity[0]), accepted_sims)
+
     for f in range(n_frames):
         t0 = time.perf_counter()
         if f == 0:
@@ -331,15 +341,17 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             last_curvature = res.curvature[0]
         # unchecked, a re-initialised frame is the best there is (with a motion model it restarts it)
         bad = _bad(res, chk, None if reinit and filt is not None else unlikely)
-        estimate = pose
+        estimate, R = pose, _measured_covariance(res, views, model.noise_scale)
+        cov = None if bad or R is None else R
         if filt is not None:
             if bad and filt.steps:
                 filt.coast()
             else:
-                estimate = filt.update(pose, _measured_covariance(res, views, model.noise_scale),
-                                       restart=reinit or f == 0)
+                estimate = filt.update(pose, R, restart=reinit or f == 0)
+                cov = None if R is None else filt.steps[-1].P[:6, :6].clone()
         fr = _frame_result(f, pose, pred, res, chk, reinit, time.perf_counter() - t0)
         fr.camera_to_world = estimate.clone()
+        fr.covariance, fr.spread = cov, pose_spread(cov, estimate)
         if not bad:
             good_poses.append(estimate.clone())
             accepted_sims.append(fr.similarity)
@@ -349,9 +361,12 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if progress is not None:
             progress(fr)
     if motion == "smooth" and filt is not None:
-        for fr, step, T in zip(out, filt.steps, smooth(filt)):
+        poses, covs = smooth(filt, covariances=True)
+        for fr, step, T, C in zip(out, filt.steps, poses, covs):
             if step.measured:
                 fr.camera_to_world = T
+                if fr.covariance is not None:
+                    fr.covariance, fr.spread = C, pose_spread(C, T)
     return out
 
 
