@@ -166,7 +166,7 @@ def register_frame(vol, views, start, reg, search: bool):
     from xraypose.register.multiview import ViewImage, register_rig
 
     vims = [ViewImage(v["name"], v["image"], v["camera"], v["camera_to_rig"], mask=v["weights"]) for v in views]
-    joint = register_rig(vol, vims, start, registrar=reg)
+    joint = register_rig(vol, vims, start, registrar=reg, hypotheses=False)  # as the single views (docs/wrist.md)
     S0 = joint.initial_rig_to_world  # the start kept (the best roll)
     singles = []
     for v in views:
