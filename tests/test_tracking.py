@@ -115,6 +115,7 @@ def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
     assert code in (0, 3), text.err
     assert [ln.startswith(f"frame {i}/4: ") for i, ln in enumerate(
         [x for x in text.out.splitlines() if x.startswith("frame ")], 1)] == [True] * 4
+    assert "note: frames of 64 rows — the check was calibrated on 256-row X-rays" in text.out  # small frames
     rows = (out / "trajectory.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("frame,time_s,verdict,p_success,similarity,status,reinitialised,seconds,m00")
     doc = json.loads((out / "trajectory.json").read_text())

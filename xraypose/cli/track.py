@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 #: The files of a tracked sequence; a re-run into the same folder replaces them all.
 TRACK_FILES = ("trajectory.csv", "trajectory.json", "overlay.gif")
+#: Frames with fewer rows than this get a warning: the confidence check was fitted on 256-row
+#: registrations, and on 128-row frames it called frames 2–5 mm off along the beam `ok`
+#: (docs/benchmarks.md, "Multi-view and tracking").
+CHECK_ROWS = 192
 #: Rows of the overlay animation's frames (each view; smaller frames are enlarged to about this).
 GIF_ROWS = 128
 
@@ -278,6 +282,11 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
     F = len(seqs[0])
     typer.echo(f"tracking {F} frames of {len(views)} view{'s' if len(views) > 1 else ''} "
                f"({', '.join(s.source for s in seqs)})")
+    rows = min(int(v[0].shape[-2]) for v in views)
+    if confidence and rows < CHECK_ROWS:
+        typer.echo(f"note: frames of {rows} rows — the check was calibrated on 256-row X-rays and misses depth "
+                   f"errors of several mm at this size (one view sees depth only as magnification); read `ok` "
+                   f"as the frame's in-plane fit, and prefer frames of {CHECK_ROWS}+ rows or a rig")
 
     def progress(fr):
         p = "" if fr.p_success is None else f" (P {fr.p_success:.2f})"
