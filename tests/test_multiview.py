@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from xraypose.camera import Camera
-from xraypose.errors import InputError
 from xraypose.metrics import pose_errors
 from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
 from xraypose.register.cases import perturb_pose
