@@ -283,15 +283,12 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity)
     and ``hypotheses_s``}).
     """
-    from xraypose.register.confidence import assess, sees_ct
-    from xraypose.register.config import metal_levels
-    from xraypose.register.hypotheses import METAL_HYPOTHESIS, alternative_starts, best_hypothesis
+    from xraypose.register.confidence import assess
+    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, metal_hypothesis_levels,
+                                              viable_alternatives)
 
-    names, alts = alternative_starts(res.initial_poses[b], res.poses[b], reg.isocenter, seed=reg.config.seed + b)
-    if len(names):
-        keep = sees_ct(alts, camera, reg.isocenter)
-        names = [n for n, k in zip(names, keep.tolist()) if k]
-        alts = alts[keep]
+    names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
+                                      seed=reg.config.seed + b)
     tried = [{"start": "given start", "p_success": conf.p_success, "verdict": conf.verdict,
               "similarity": float(res.similarity[b])}]
     best = ((res, b), conf, "given start")
@@ -307,8 +304,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
         if k is not None:
             best = ((r2, k), c2[k], names[k])
-    metal = metal_levels(reg.config.levels)
-    if best[1].verdict != "ok" and metal != tuple(reg.config.levels):  # the given start, every level robust
+    metal = metal_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
+    if metal is not None:  # the given start, every level robust
         start = res.initial_poses[b:b + 1]
         r3 = reg.derive(levels=metal).register(image, camera, start, masks=mask)
         c3 = assess(reg, image, camera, r3.poses, starts=start)[0]
@@ -317,10 +314,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         if best_hypothesis(best[1].p_success, [c3.p_success]) is not None:
             best = ((r3, 0), c3, METAL_HYPOTHESIS)
     (pick, c, kept) = best
+    c.reason = kept_reason(c.reason, kept, conf.p_success)
     info = {**c.to_dict(), "kept": kept, "hypotheses": tried, "hypotheses_s": time.perf_counter() - t0}
-    if kept != "given start":
-        c.reason = f"{c.reason} (kept the {kept}'s result; the given start's had P {conf.p_success:.2f})"
-        info["reason"] = c.reason
     return pick, {"conf": c, "info": info}
 
 

@@ -18,7 +18,8 @@ import torch
 from xraypose.register.cases import perturb_pose
 from xraypose.register.initializers import antipodal
 
-__all__ = ["alternative_starts", "best_hypothesis", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS"]
+__all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "metal_hypothesis_levels", "kept_reason",
+           "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS"]
 
 F64 = torch.float64
 
@@ -66,3 +67,34 @@ def best_hypothesis(p_given: float, p_alternatives) -> int | None:
         return None
     k = max(range(len(p)), key=lambda i: p[i])
     return k if p[k] > p_given + MARGIN else None
+
+
+def viable_alternatives(start, result, camera, isocenter, seed: int = 0) -> tuple[list, torch.Tensor]:
+    """(names, starts (K, 4, 4)): :func:`alternative_starts` of one registration, less those from
+    which ``camera`` does not see the CT (:func:`~xraypose.register.confidence.sees_ct`)."""
+    from xraypose.register.confidence import sees_ct
+
+    names, alts = alternative_starts(start, result, isocenter, seed=seed)
+    if not len(names):
+        return names, alts
+    keep = sees_ct(alts, camera, isocenter)
+    return [n for n, k in zip(names, keep.tolist()) if k], alts[keep]
+
+
+def metal_hypothesis_levels(levels, verdicts) -> tuple | None:
+    """The schedule of the metal hypothesis (:func:`~xraypose.register.config.metal_levels` of
+    ``levels``), or None when it is not worth registering: a result so far (``verdicts``: the
+    given start's and the alternatives') is already ``ok``, or every level is robust already."""
+    from xraypose.register.config import metal_levels
+
+    metal = metal_levels(levels)
+    if any(v == "ok" for v in verdicts) or metal == tuple(levels):
+        return None
+    return metal
+
+
+def kept_reason(reason: str, kept: str, p_given: float) -> str:
+    """The kept result's reason, saying which start it came from when not the given one."""
+    if kept == "given start":
+        return reason
+    return f"{reason} (kept the {kept}'s result; the given start's had P {p_given:.2f})"

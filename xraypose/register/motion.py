@@ -149,21 +149,23 @@ class MotionFilter:
         """ξ (6,) with ``pose = F·exp(ξ)·F⁻¹·ref``."""
         return se3_log(self._Fi @ pose @ torch.linalg.inv(ref) @ self._F)
 
-    def predict(self) -> torch.Tensor:
-        """(4, 4) the next frame's predicted pose (``InputError`` before the first update)."""
+    def _prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted pose (4, 4), its state covariance (12, 12)) for the next frame."""
         if not self.steps:
             raise InputError("the motion filter has no frame yet")
         s = self.steps[-1]
-        return self._move(s.velocity, s.pose)
+        return self._move(s.velocity, s.pose), self._Phi @ s.P @ self._Phi.T + self._Q
+
+    def predict(self) -> torch.Tensor:
+        """(4, 4) the next frame's predicted pose (``InputError`` before the first update)."""
+        return self._prior()[0]
 
     def innovation(self, pose, R) -> float:
         """Squared Mahalanobis distance of a measured ``pose`` (covariance ``R``) from the prediction
-        (inf when it cannot be measured: no covariance)."""
+        (inf when it cannot be measured: no frame yet, no covariance)."""
         if not self.steps or R is None:
             return math.inf
-        s = self.steps[-1]
-        Tp = self._move(s.velocity, s.pose)
-        Pp = self._Phi @ s.P @ self._Phi.T + self._Q
+        Tp, Pp = self._prior()
         z = self._chart(torch.as_tensor(pose, dtype=F64), Tp)
         return float(z @ torch.linalg.solve(Pp[:6, :6] + R, z))
 
@@ -172,35 +174,31 @@ class MotionFilter:
         pose (4, 4).  Restarts (the pose as it is, no velocity) on the first frame, when ``restart``,
         without ``R``, or when the innovation exceeds the model's gate."""
         T = torch.as_tensor(pose, dtype=F64).reshape(4, 4)
-        if not self.steps or restart or R is None or self.innovation(T, R) > self.model.gate:
-            P = torch.zeros(12, 12, dtype=F64)
-            P[:6, :6] = R if R is not None else torch.zeros(6, 6, dtype=F64)
-            # an unknown velocity: a few frames of the largest plausible motion (5° and 10 mm per frame)
-            P[6:, 6:] = torch.diag(torch.tensor([math.radians(5.0)] * 3 + [10.0] * 3, dtype=F64) ** 2)
-            self.steps.append(_Step(None, None, T.clone(), torch.zeros(6, dtype=F64), P, True))
-            return T.clone()
-        s = self.steps[-1]
-        Tp = self._move(s.velocity, s.pose)
-        Pp = self._Phi @ s.P @ self._Phi.T + self._Q
-        z = self._chart(T, Tp)
-        K = Pp[:, :6] @ torch.linalg.inv(Pp[:6, :6] + R)
-        x = K @ z
-        P = Pp - K @ Pp[:6, :]
-        P = 0.5 * (P + P.T)
-        out = self._move(x[:6], Tp)
-        self.steps.append(_Step(Tp, Pp, out.clone(), s.velocity + x[6:], P, False))
-        return out
-
+        if self.steps and not restart and R is not None:
+            Tp, Pp = self._prior()
+            z = self._chart(T, Tp)
+            S_inv = torch.linalg.inv(Pp[:6, :6] + R)
+            if float(z @ S_inv @ z) <= self.model.gate:
+                K = Pp[:, :6] @ S_inv
+                x = K @ z
+                P = Pp - K @ Pp[:6, :]
+                out = self._move(x[:6], Tp)
+                self.steps.append(_Step(Tp, Pp, out.clone(), self.steps[-1].velocity + x[6:], 0.5 * (P + P.T), False))
+                return out
+        P = torch.zeros(12, 12, dtype=F64)
+        if R is not None:
+            P[:6, :6] = R
+        # an unknown velocity: a few frames of the largest plausible motion (5° and 10 mm per frame)
+        P[6:, 6:] = torch.diag(torch.tensor([math.radians(5.0)] * 3 + [10.0] * 3, dtype=F64) ** 2)
+        self.steps.append(_Step(None, None, T.clone(), torch.zeros(6, dtype=F64), P, True))
+        return T.clone()
 
     def coast(self) -> torch.Tensor:
         """A frame without a measurement (its registration failed): the prediction, its uncertainty
         grown by one frame of process noise; returns the predicted pose (4, 4)."""
-        if not self.steps:
-            raise InputError("the motion filter has no frame yet")
-        s = self.steps[-1]
-        Tp = self._move(s.velocity, s.pose)
-        Pp = self._Phi @ s.P @ self._Phi.T + self._Q
-        self.steps.append(_Step(Tp, Pp, Tp.clone(), s.velocity.clone(), Pp.clone(), False, measured=False))
+        Tp, Pp = self._prior()
+        self.steps.append(_Step(Tp, Pp, Tp.clone(), self.steps[-1].velocity.clone(), Pp.clone(), False,
+                                measured=False))
         return Tp
 
 

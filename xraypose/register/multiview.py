@@ -306,37 +306,30 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     most trusted result (the given one unless an alternative beats it by ``MARGIN``), with ``kept``
     and ``hypotheses`` filled in; the metal schedule from the given start last, unless an
     alternative is ``ok``."""
-    from xraypose.register.config import metal_levels
-    from xraypose.register.confidence import sees_ct
-    from xraypose.register.hypotheses import METAL_HYPOTHESIS, alternative_starts, best_hypothesis
+    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, metal_hypothesis_levels,
+                                              viable_alternatives)
 
-    names, alts = alternative_starts(res.initial_poses[0], res.poses[0], reg.isocenter, seed=reg.config.seed)
-    if len(names):
-        keep = sees_ct(alts, vs[r].camera, reg.isocenter)
-        names = [n for n, k in zip(names, keep.tolist()) if k]
-        alts = alts[keep]
+    names, alts = viable_alternatives(res.initial_poses[0], res.poses[0], vs[r].camera, reg.isocenter,
+                                      seed=reg.config.seed)
     tried = [{"start": "given start", "p_success": rr.p_success, "verdict": rr.verdict, "similarity": rr.similarity}]
     t0 = time.perf_counter()
-    cands = []
-    for name, alt in zip(names, alts):
-        rk = _rig_registration(reg.register_views(triples, alt[None]), reg, vs, Cs, Cr_inv, r, init_s)
-        _check_rig(rk, reg, imgs, Cs)
-        tried.append({"start": name, "p_success": rk.p_success, "verdict": rk.verdict, "similarity": rk.similarity})
-        cands.append(rk)
+
+    def joint(registrar, start, name):
+        out = _rig_registration(registrar.register_views(triples, start[None]), reg, vs, Cs, Cr_inv, r, init_s)
+        _check_rig(out, reg, imgs, Cs)
+        tried.append({"start": name, "p_success": out.p_success, "verdict": out.verdict, "similarity": out.similarity})
+        return out
+
+    cands = [joint(reg, alt, name) for name, alt in zip(names, alts)]
     k = best_hypothesis(rr.p_success, [c.p_success for c in cands])
     best, kept = (rr, "given start") if k is None else (cands[k], names[k])
-    metal = metal_levels(reg.config.levels)
-    if best.verdict != "ok" and all(c.verdict != "ok" for c in cands) and metal != tuple(reg.config.levels):
-        rm = _rig_registration(reg.derive(levels=metal).register_views(triples, res.initial_poses[:1]), reg, vs, Cs,
-                               Cr_inv, r, init_s)
-        _check_rig(rm, reg, imgs, Cs)
-        tried.append({"start": METAL_HYPOTHESIS, "p_success": rm.p_success, "verdict": rm.verdict,
-                      "similarity": rm.similarity})
+    metal = metal_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
+    if metal is not None:
+        rm = joint(reg.derive(levels=metal), res.initial_poses[0], METAL_HYPOTHESIS)
         if best_hypothesis(best.p_success, [rm.p_success]) is not None:
-            best, kept, k = rm, METAL_HYPOTHESIS, -1
-    if k is not None:
-        best.reason = f"{best.reason} (kept the {kept}'s result; the given start's had P {rr.p_success:.2f})"
-        best.initial_rig_to_world = rr.initial_rig_to_world
+            best, kept = rm, METAL_HYPOTHESIS
+    best.reason = kept_reason(best.reason, kept, rr.p_success)
+    best.initial_rig_to_world = rr.initial_rig_to_world  # the start the user gave
     best.kept, best.hypotheses = kept, tried
     best.extra = {**(best.extra or {}), "hypotheses_s": time.perf_counter() - t0}
     return best

@@ -314,16 +314,24 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     good_poses: list = []
     accepted_sims: list = []
 
+    measured: dict = {}  # id(result) -> its covariance, this frame's results only (gate, then update)
+
+    def covariance_of(res):
+        if id(res) not in measured:
+            measured[id(res)] = _measured_covariance(res, views, model.noise_scale)
+        return measured[id(res)]
+
     def unlikely(res) -> bool:
         """Unchecked frames: a registration improbable under the motion model (its gate), or without
         one (or without a covariance) a similarity drop against the accepted frames'."""
-        R = _measured_covariance(res, views, model.noise_scale) if filt is not None and filt.steps else None
+        R = covariance_of(res) if filt is not None and filt.steps else None
         if R is not None:
             return filt.innovation(res.poses[0], R) > model.gate
         return similarity_drop(float(res.similarity[0]), accepted_sims)
 
     for f in range(n_frames):
         t0 = time.perf_counter()
+        measured.clear()
         if f == 0:
             pred = T_start
             res, chk = register(registrar, f, pred)
@@ -341,7 +349,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             last_curvature = res.curvature[0]
         # unchecked, a re-initialised frame is the best there is (with a motion model it restarts it)
         bad = _bad(res, chk, None if reinit and filt is not None else unlikely)
-        estimate, R = pose, _measured_covariance(res, views, model.noise_scale)
+        estimate, R = pose, covariance_of(res)
         cov = None if bad or R is None else R
         if filt is not None:
             if bad and filt.steps:
