@@ -92,7 +92,8 @@ def test_level_robust_c_reaches_the_weights(sample_ct, monkeypatch):
 def test_registers_through_a_retractor_k_wire_and_screw(sample_ct):
     """An X-ray with a retractor blade's edge, a K-wire and a screw drawn in (not in the CT), started
     10°/40 mm away: the metal schedule ends below 1 mm.  The default schedule (no robust weights while
-    capturing) ended 118 mm away: the metal's half-plane pulled the capture."""
+    capturing) ended 118 mm away when the X-ray's metal steps were not set aside (tests/test_foreign.py):
+    the metal's half-plane pulled the capture."""
     registers_through_metal(sample_ct, METAL_LEVELS)
 
 
@@ -120,8 +121,8 @@ def test_resume_accepts_a_run_recorded_before_robust_c_existed():
 
 
 def test_a_failed_verdict_tries_the_metal_schedule_and_keeps_it(sample_ct, monkeypatch):
-    """register_xray (as `xraypose register` runs it): the default schedule ends ~120 mm off on the
-    retractor / K-wire / screw X-ray and is judged failed; the hypotheses then register the given start
+    """register_xray (as `xraypose register` runs it), metal steps not set aside: the default schedule ends
+    ~120 mm off on the retractor / K-wire / screw X-ray and is judged failed; the hypotheses then register the given start
     with every level robust (metal_levels), which lands below 1 mm, and that result is kept and named.
     (The other alternatives are left out here to keep the test short.)"""
     import xraypose.register.hypotheses as hyp
@@ -132,8 +133,8 @@ def test_a_failed_verdict_tries_the_metal_schedule_and_keeps_it(sample_ct, monke
     monkeypatch.setattr(hyp, "HYPOTHESES", ())
     monkeypatch.setattr(hyp.alternative_starts, "__defaults__", (0, ()))
     image, camera, truth, fid, start, blur = metal_case(sample_ct)
-    out = register_xray(sample_ct, image, camera, start[None], config=RegistrationConfig(drr_blur=blur, seed=0),
-                        hypotheses=True)[0]
+    cfg = RegistrationConfig(drr_blur=blur, seed=0, foreign_steps=None)  # the X-ray as given (no steps set aside)
+    out = register_xray(sample_ct, image, camera, start[None], config=cfg, hypotheses=True)[0]
     conf = out.confidence
     assert [h["start"] for h in conf["hypotheses"]] == ["given start", METAL_HYPOTHESIS]
     assert conf["hypotheses"][0]["verdict"] == "failed"

@@ -447,7 +447,8 @@ def remove_previous_results(outdir) -> int:
 # Names of the registration settings in messages (the CLI's options where there is one).
 _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans": "--lr-trans",
                   "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
-                  "levels": "--levels/--fast/--metal", "seed": "--seed", "parameterization": "--parameterization"}
+                  "levels": "--levels/--fast/--metal", "seed": "--seed", "parameterization": "--parameterization",
+                  "foreign_steps": "--metal-steps/--no-metal-steps"}
 _NOT_COMPARED = {"num_threads"}  # speed only: may change between a run and its resume
 
 

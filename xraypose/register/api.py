@@ -83,6 +83,8 @@ class Registration(RegistrationOutcome):
         batch_opt_s, batch_size: the batch's wall-clock time and size.
         chosen_start: index of the start that was kept (several starts: antipodal, hypotheses).
         confidence: the check's signals and seconds, and the hypotheses tried (if any).
+        foreign: what was set aside in the X-ray before registering (metal's steps:
+            :mod:`xraypose.register.foreign`), or None when that was off.
     """
 
     camera_to_world: torch.Tensor
@@ -92,6 +94,7 @@ class Registration(RegistrationOutcome):
     batch_size: int
     chosen_start: int = 0
     confidence: dict = field(default_factory=dict)
+    foreign: dict | None = None
 
     @property
     def world_to_camera(self) -> torch.Tensor:
@@ -118,6 +121,7 @@ class Registration(RegistrationOutcome):
                        "batch_size": self.batch_size, "cpu_s": self.cpu_s},
             "levels": self.level_stats,
             "confidence": self.confidence,
+            "foreign": self.foreign,
             "config": self.config,
         }
         return _with_metrics(d, self.metrics, self.extra)
@@ -213,6 +217,7 @@ def register_xray(
             init_s=init_s, opt_s=res.opt_s / B, batch_opt_s=res.opt_s, batch_size=B, cpu_s=res.cpu_s / B,
             trajectory=src.trajectories[k], config=reg.config.to_dict(), level_stats=src.level_stats,
             chosen_start=src.chosen_start[k] if src is res else 0,
+            foreign=src.foreign[k][0] if src.foreign else None,
         )
         if checks[b] is not None:
             c = checks[b]["conf"]

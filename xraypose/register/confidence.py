@@ -283,6 +283,11 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
     elif imgs.dim() == 3:
         imgs = imgs[:, None]
     imgs = imgs.to(torch.float32)
+    ratio = getattr(registrar.config, "foreign_steps", None)
+    if ratio is not None:  # judge the X-ray registration saw: metal's steps set aside (register/foreign.py)
+        from xraypose.register.foreign import set_aside_batch
+
+        imgs = set_aside_batch(imgs, None, ratio=float(ratio))[0]
     T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
     B = T.shape[0]
     if imgs.shape[0] != B:

@@ -182,6 +182,12 @@ class RegistrationConfig:
     both captures, the first later level goes on from the better of them (each fails where the
     other does not: measured in docs/benchmarks.md, "Multi-view and tracking").
 
+    ``foreign_steps``: before any level, metal's steps are set aside in each X-ray
+    (:mod:`xraypose.register.foreign`): edges stronger than this many times the image's median
+    gradient get weight 0, regions they enclose that are small too, and a region behind a uniform
+    step (a plate, a retractor blade) is levelled.  ``None``: off.  Measured on the appearance
+    benchmark's implants family (docs/registration.md, "Metal in the field").
+
     ``num_threads``: torch threads during the registration (restored after);
     None leaves torch's setting.  Default 1: the per-iteration tensors are small,
     and on the shared 2-core development machine 2 threads made a registration
@@ -225,6 +231,7 @@ class RegistrationConfig:
     adam_patience: int = 10
     revisit: bool = True
     rig_capture: str = "both"
+    foreign_steps: float | None = 12.0
 
     def __post_init__(self):
         from xraypose.register.measures import MEASURES
@@ -244,6 +251,10 @@ class RegistrationConfig:
                              f"{', '.join(DENSITY_MODELS)}")
         if self.schedule not in ("plateau", "step"):
             raise InputError(f"unknown schedule {self.schedule!r}; choose plateau or step")
+        if self.foreign_steps is not None and not (isinstance(self.foreign_steps, (int, float))
+                                                   and math.isfinite(self.foreign_steps) and self.foreign_steps > 1):
+            raise InputError(f"foreign_steps must be None (off) or a number > 1 (times the median gradient), "
+                             f"got {self.foreign_steps!r}")
         if self.rig_capture not in ("joint", "start-view", "both"):
             raise InputError(f"unknown rig_capture {self.rig_capture!r}; choose joint, start-view or both")
         for name in ("lr_rot", "lr_trans", "bone_multiplier", "lm_tol_px", "lm_damping", "lm_max_damping",

@@ -105,6 +105,8 @@ class RegistrationResult:
             seconds and how many tracks converged.
         levels: per element, per level ``{"level", "iterations", "ended", "similarity"}``.
         curvature: per element, {Levenberg–Marquardt level index: its last JᵀJ (6, 6)}.
+        foreign: per element, per view what :mod:`xraypose.register.foreign` set aside
+            (``SteppedXray.to_dict()``; empty when ``config.foreign_steps`` is None).
         config: the configuration used.
     """
 
@@ -123,6 +125,7 @@ class RegistrationResult:
     level_stats: list = field(default_factory=list)
     levels: list = field(default_factory=list)
     curvature: list = field(default_factory=list)
+    foreign: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.poses.shape[0]
@@ -400,6 +403,14 @@ class Registrar:
         if len(views) > 1 and c.rig_capture != "joint" and 0 < n_capture < len(c.levels):
             return self._capture_then_joint(views, initial_poses, curvature, n_capture)
         prepared = [self._check_view(i, len(views), *v) for i, v in enumerate(views)]
+        found = []
+        if c.foreign_steps is not None:  # metal's steps set aside before any level
+            from xraypose.register.foreign import set_aside_batch
+
+            for i, (imgs, cam, Ci, m) in enumerate(prepared):
+                imgs, m, f = set_aside_batch(imgs, m, ratio=float(c.foreign_steps))
+                prepared[i] = (imgs, cam, Ci, m)
+                found.append(f)
         B = prepared[0][0].shape[0]
         if any(p[0].shape[0] != B for p in prepared):
             raise InputError(f"the views hold different numbers of X-rays: {[p[0].shape[0] for p in prepared]}")
@@ -433,6 +444,7 @@ class Registrar:
         try:
             t0, c0 = time.perf_counter(), time.process_time()
             out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature)
+            out.foreign = [[f[b].to_dict() for f in found] for b in range(B)] if found else []
             out.opt_s = time.perf_counter() - t0
             out.cpu_s = time.process_time() - c0
         finally:
@@ -473,7 +485,7 @@ class Registrar:
             levels=[w.levels[b] + shift(second.levels[b], "level") for b, w in enumerate(won)],
             curvature=[{k + n_capture: H for k, H in cv.items()} for cv in second.curvature],
             recoveries=[sum(f.recoveries[b] for f in firsts) + second.recoveries[b] for b in range(len(won))],
-            config=c)
+            foreign=second.foreign, config=c)
 
     @staticmethod
     def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
