@@ -67,6 +67,20 @@ def test_a_non_uniform_step_is_not_levelled():
     assert torch.equal(r.image[kept], img[kept])
 
 
+def test_a_rod_across_the_image_is_masked_and_its_two_sides_are_not_shifted():
+    """A thick rod (a screw's shaft, 8 px) splits the image in two: the regions either side are not offset,
+    so nothing is levelled (the step read across the rod is the anatomy's)."""
+    clean = _anatomy()
+    n = clean.shape[0]
+    y, x = torch.meshgrid(torch.arange(n, dtype=F64), torch.arange(n, dtype=F64), indexing="ij")
+    rod = (y - 0.4 * x - 30).abs() < 4.0
+    r = set_aside_steps(clean + 0.8 * rod)
+    assert r.levelled == [], r.levelled
+    assert not bool((r.weights[rod] > 0).any())
+    kept = r.weights > 0
+    assert torch.equal(r.image[kept], (clean + 0.8 * rod)[kept])
+
+
 def test_noise_or_an_all_edge_image_sets_nothing_aside():
     g = torch.Generator().manual_seed(1)
     for img in (torch.rand(64, 64, generator=g), torch.zeros(64, 64), (torch.rand(64, 64, generator=g) > 0.5).float()):
@@ -82,6 +96,20 @@ def test_a_given_mask_is_kept_and_combined():
     assert bool((r.weights[:, :10] == 0).all()) and not bool((r.weights[wire] > 0).any())
     imgs, w, found = set_aside_batch(img[None, None].float(), mask[None, None])
     assert w is not None and w.shape == (1, 1, 128, 128) and found[0].masked_share > 0
+
+
+def test_filled_pixels_come_from_their_surroundings():
+    from xraypose.register.foreign import fill_set_aside
+
+    clean = _anatomy()
+    img, blade, wire = _with_metal(clean)
+    r = set_aside_steps(img)
+    f = fill_set_aside(r.image, r.weights)
+    kept = r.weights > 0
+    assert torch.equal(f[kept], r.image[kept]) and bool(torch.isfinite(f).all())
+    off = f - clean
+    off = off - off[kept].median()
+    assert float(off[wire].abs().max()) < 0.1  # the wire (0.8 bright) is gone
 
 
 def test_batch_without_metal_gives_no_mask():
@@ -117,3 +145,26 @@ def test_registers_through_a_retractor_with_metal_steps_set_aside(sample_ct):
         if steps is not None:
             assert r.foreign and r.foreign[0][0]["levelled"], r.foreign  # the blade was found and levelled
     assert errs[12.0] < 1.0 and errs[None] > 10.0, errs
+
+
+def test_the_model_initialiser_sees_the_x_ray_without_its_metal():
+    """ModelInitializer hands the pose regressor the X-ray with metal's steps set aside and filled (the
+    model never saw metal); foreign_steps=None hands it over as given."""
+    from xraypose.camera import Camera
+    from xraypose.register.initializers import ModelInitializer
+
+    clean = _anatomy(96)
+    img, blade, wire = _with_metal(clean)
+    seen = []
+
+    def predictor(x, cam):
+        seen.append(x.clone())
+        return torch.eye(4, dtype=F64)[None].expand(x.shape[0], 4, 4)
+
+    cam = Camera(sdd=1020.0, height=96, width=96, delx=3.0)
+    for steps in (12.0, None):
+        ModelInitializer(predictor, foreign_steps=steps)(img.float(), cam)
+    with_steps, as_given = seen[0][0, 0].double(), seen[1][0, 0].double()
+    assert torch.equal(as_given, img.float().double())
+    err = lambda x: float(((x - clean) - (x - clean).median()).abs().mean())  # noqa: E731
+    assert err(with_steps) < 0.3 * err(as_given)

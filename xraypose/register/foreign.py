@@ -23,8 +23,9 @@ before any level:
    either side of each edge pixel, along the gradient) so that it joins the region it borders.
    The step is where most pairs agree (the centre of the shortest half of their steps: pairs that
    also straddle a bone's ramp scatter to one side), and it is taken as metal's only when it is
-   uniform along the border (that half's half-width below ``uniform`` times the step): a body's
-   edge against air steps by the body's varying thickness and is left as it is.
+   uniform along the border (that half's half-width below ``uniform`` times the step) and large (at
+   least ``MIN_STEP_PX`` pixels' worth of an edge at the threshold): a body's edge against air steps
+   by the body's varying thickness and is left as it is, and so are the two sides of a wire or rod.
 
 The result is the levelled image and the pixel weights; :class:`~xraypose.register.Registrar`
 applies it to every X-ray it registers when ``RegistrationConfig.foreign_steps`` is a ratio
@@ -49,6 +50,10 @@ GROW_PX = 3
 SMALL_REGION = 0.02
 #: A border's step is metal's when the pairs' spread (half the shortest half's width) is below this share of it.
 UNIFORM_STEP = 0.35
+#: A levelled step is at least an edge at the threshold spread over this many pixels (``ratio`` × median
+#: gradient × this): measured steps of plates and blades were 60–280 median gradients, display-processed ones
+#: 40–75; steps read across a rod or wire (whose two sides are not offset) up to 28.
+MIN_STEP_PX = 3.0
 #: Above this share of edge pixels the image is all edges (noise, a binary image): nothing is set aside.
 MAX_EDGE_SHARE = 0.25
 #: Never leave less than this share of the image weighted: then nothing is set aside.
@@ -166,7 +171,7 @@ def set_aside_steps(image: torch.Tensor, mask: torch.Tensor | None = None, *, ra
                     if p != a or q in level or q not in big or s.numel() < 10:
                         continue
                     step, spread = _shorth(s)
-                    if abs(step) > 0 and spread < uniform * abs(step):
+                    if abs(step) >= MIN_STEP_PX * ratio * scale and spread < uniform * abs(step):
                         level[q] = level[a] + step
                         todo.append(q)
         for k, step in level.items():
@@ -198,7 +203,7 @@ def _border_steps(img, lab, edge, gx, gy, g, grow_px, reach: int = 4) -> dict:
     """{(region a, region b): (n,) steps b − a} measured across the border at each edge pixel.
 
     Walking from the edge pixel along ± the gradient, the first pixel of a region (within
-    2·grow + 4 px: one edge's band; across a rod or wire, whose two sides are not offset, no pair) and the one ``reach`` pixels further give the region's value extrapolated
+    4·grow + 8 px) and the one ``reach`` pixels further give the region's value extrapolated
     linearly back to the edge pixel: a step on sloping anatomy is measured without its slope."""
     H, W = img.shape
     ys, xs = torch.nonzero(edge, as_tuple=True)
@@ -207,7 +212,7 @@ def _border_steps(img, lab, edge, gx, gy, g, grow_px, reach: int = 4) -> dict:
     for sign in (-1.0, 1.0):
         lab_ = torch.zeros_like(ys)
         val = torch.zeros(len(ys), dtype=img.dtype)
-        for d in range(1, 2 * grow_px + 5):  # a band no wider than one edge's: a rod's two sides are not a step
+        for d in range(1, 4 * grow_px + 8):
             y1 = (ys + sign * d * ny).round().long().clamp(0, H - 1)
             x1 = (xs + sign * d * nx).round().long().clamp(0, W - 1)
             y2 = (ys + sign * (d + reach) * ny).round().long().clamp(0, H - 1)
@@ -230,6 +235,35 @@ def _border_steps(img, lab, edge, gx, gy, g, grow_px, reach: int = 4) -> dict:
         rev = (a == q) & (b == p)
         out[(p, q)] = torch.cat([s[sel], -s[rev]])
     return out
+
+
+def fill_set_aside(image: torch.Tensor, weights: torch.Tensor, sigma_px: float = 2.0) -> torch.Tensor:
+    """(H, W) ``image`` with its weight-0 pixels filled from their surroundings (normalised convolution
+    at growing scales: σ, 2σ, 4σ … until every pixel is reached), for consumers that cannot take pixel
+    weights (the pose regressor).  Pixels with weight > 0 are unchanged."""
+    img = torch.as_tensor(image).to(torch.float64)
+    w = (torch.as_tensor(weights) > 0).to(torch.float64)
+    if bool(w.all()) or not bool(w.any()):
+        return torch.as_tensor(image)
+    out = img.clone()
+    hole = w == 0
+    todo = hole.clone()
+    sigma = sigma_px
+    while bool(todo.any()) and sigma <= 4 * max(img.shape):
+        r = max(1, int(3 * sigma + 0.5))
+        t = torch.arange(-r, r + 1, dtype=img.dtype)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+
+        def blur(x):
+            x = F.conv2d(F.pad(x[None, None], (r, r, 0, 0)), k.view(1, 1, 1, -1))
+            return F.conv2d(F.pad(x, (0, 0, r, r)), k.view(1, 1, -1, 1))[0, 0]
+
+        num, den = blur(img * w), blur(w)
+        reach = todo & (den > 1e-3 * float(k.sum()) ** 2)
+        out[reach] = (num / den.clamp_min(1e-300))[reach]
+        todo &= ~reach
+        sigma *= 2
+    return out.to(torch.as_tensor(image).dtype)
 
 
 def set_aside_batch(images: torch.Tensor, masks: torch.Tensor | None = None, ratio: float = STEP_RATIO
