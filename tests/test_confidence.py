@@ -200,6 +200,18 @@ def test_hypotheses_are_tried_when_not_ok_and_said_so(sample_ct, registrar, make
     assert "metal schedule" not in [h["start"] for h in c["hypotheses"]]  # an alternative was ok: not tried
 
 
+def test_one_views_antipodal_result_needs_strong_evidence_to_be_ok():
+    """A single view's result kept from the antipodal start is nearly the given view's mirror: ok only from
+    P >= ANTIPODAL_OK (the test above kept one at P 0.996: ok), else uncertain, saying why."""
+    from xraypose.register.hypotheses import ANTIPODAL_OK, mirror_verdict
+
+    assert mirror_verdict("ok", 0.54, "antipodal start")[0] == "uncertain"
+    assert "other side of the patient" in mirror_verdict("ok", 0.54, "antipodal start")[1]
+    assert mirror_verdict("ok", ANTIPODAL_OK, "antipodal start") == ("ok", None)
+    assert mirror_verdict("ok", 0.54, "restart 1") == ("ok", None)  # near the result: no mirror
+    assert mirror_verdict("failed", 0.2, "antipodal start") == ("failed", None)
+
+
 def test_pose_json_holds_the_verdict(tmp_path, good):
     write_registration(tmp_path / "r", good)
     pose = json.loads((tmp_path / "r" / "pose.json").read_text())

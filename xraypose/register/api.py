@@ -290,7 +290,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     """
     from xraypose.register.confidence import assess
     from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, metal_hypothesis_levels,
-                                              viable_alternatives)
+                                              mirror_verdict, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -320,6 +320,9 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
             best = ((r3, 0), c3, METAL_HYPOTHESIS)
     (pick, c, kept) = best
     c.reason = kept_reason(c.reason, kept, conf.p_success)
+    verdict, why = mirror_verdict(c.verdict, c.p_success, kept)
+    if why is not None:
+        c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
     info = {**c.to_dict(), "kept": kept, "hypotheses": tried, "hypotheses_s": time.perf_counter() - t0}
     return pick, {"conf": c, "info": info}
 

@@ -19,7 +19,7 @@ from xraypose.register.cases import perturb_pose
 from xraypose.register.initializers import antipodal
 
 __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "metal_hypothesis_levels", "kept_reason",
-           "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS"]
+           "mirror_verdict", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS", "ANTIPODAL_OK"]
 
 F64 = torch.float64
 
@@ -36,6 +36,14 @@ METAL_HYPOTHESIS = "metal schedule"
 
 #: An alternative replaces the given start's result only if its p_success is higher by this much.
 MARGIN = 0.05
+
+#: One view's result kept from the antipodal start is ``ok`` only from this p_success on (else ``uncertain``).
+#: The antipodal view sees the anatomy through the same lines from the other side: its DRR is nearly the
+#: given view's mirror image, and a nearly mirror-symmetric body (an abdomen, a pelvis) looks alike from both
+#: sides.  The check was fitted on registrations near their truth or failed nearby, never on such flips: on
+#: the appearance benchmark's fresh cases (seed 1) an abdominal X-ray's antipodal result 305 mm off got P 0.54
+#: (`ok` at 0.5).  A rig's second view tells the sides apart: this applies to single views only.
+ANTIPODAL_OK = 0.9
 
 
 def alternative_starts(start, result, isocenter, seed: int = 0, hypotheses=HYPOTHESES) -> tuple[list, torch.Tensor]:
@@ -91,6 +99,16 @@ def metal_hypothesis_levels(levels, verdicts) -> tuple | None:
     if any(v == "ok" for v in verdicts) or metal == tuple(levels):
         return None
     return metal
+
+
+def mirror_verdict(verdict: str, p_success: float, kept: str) -> tuple[str, str | None]:
+    """(verdict, extra reason or None) of one view's kept result: from the antipodal start, ``ok`` needs
+    ``p_success`` ≥ :data:`ANTIPODAL_OK`, else it is ``uncertain`` (see there)."""
+    if kept != "antipodal start" or verdict != "ok" or p_success >= ANTIPODAL_OK:
+        return verdict, None
+    return "uncertain", ("the pose is the given start's view from the other side of the patient, and one X-ray of a "
+                         "nearly symmetric body looks alike from both: confirm the side (the C-arm's angles, a second "
+                         "view)")
 
 
 def kept_reason(reason: str, kept: str, p_given: float) -> str:
