@@ -278,7 +278,7 @@ def test_pixels_the_drr_cannot_explain_are_set_aside():
 @pytest.mark.parametrize("case_index", [1, 5])
 def test_a_correct_pose_under_wires_and_screws_is_ok_and_an_offset_one_failed(sample_ct, case_index):
     """The appearance benchmark's implants X-rays of the pelvis (K-wires, screws; a retractor edge in
-    one): at the true pose P(success) is high (ok for the one without a retractor), 2°/8 mm off it is failed.  Before the check set aside
+    one): at the true pose P(success) is high and ok, 2°/8 mm off it is failed.  Before the check set aside
     what the DRR cannot explain, both true poses were failed ("the difference image keeps structure",
     "the DRR matches the X-ray poorly patch by patch")."""
     from xraypose.appearance import form_xray
@@ -299,7 +299,8 @@ def test_a_correct_pose_under_wires_and_screws_is_ok_and_an_offset_one_failed(sa
     c_true, c_off = assess(reg, pre.image.to(torch.float32)[None, None].expand(2, -1, -1, -1), pre.camera,
                            torch.stack([truth, off]))
     assert c_true.signals["foreign"] > 0.05  # the metal was set aside
-    assert c_true.p_success > 0.3 and c_true.p_success > 20 * c_off.p_success, (c_true, c_off)  # was 0.04, 0.06
-    if case_index == 5:  # P 0.96 (case 1, with a retractor's edge: 0.46-0.59, at the threshold)
-        assert c_true.verdict == "ok", (c_true.p_success, c_true.reason)
+    assert c_true.p_success > 0.3 and c_true.p_success > 10 * c_off.p_success, (c_true, c_off)  # was 0.04, 0.06
+    # both ok: case 5 P 0.96; case 1 (a retractor's edge) 0.46-0.59 until the check judged the X-ray with metal's
+    # steps set aside as registration sees it (xraypose/register/foreign.py), 0.95 since
+    assert c_true.verdict == "ok", (c_true.p_success, c_true.reason)
     assert c_off.verdict == "failed", (c_off.p_success, c_off.reason)
