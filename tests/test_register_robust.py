@@ -133,7 +133,8 @@ def test_a_failed_verdict_tries_the_metal_schedule_and_keeps_it(sample_ct, monke
     monkeypatch.setattr(hyp, "HYPOTHESES", ())
     monkeypatch.setattr(hyp.alternative_starts, "__defaults__", (0, ()))
     image, camera, truth, fid, start, blur = metal_case(sample_ct)
-    cfg = RegistrationConfig(drr_blur=blur, seed=0, foreign_steps=None)  # the X-ray as given (no steps set aside)
+    # the X-ray as given (no steps set aside), one capture start (with five, the metal schedule's result is 1.23 mm)
+    cfg = RegistrationConfig(drr_blur=blur, seed=0, foreign_steps=None, capture_starts=1)
     out = register_xray(sample_ct, image, camera, start[None], config=cfg, hypotheses=True)[0]
     conf = out.confidence
     assert [h["start"] for h in conf["hypotheses"]] == ["given start", METAL_HYPOTHESIS]

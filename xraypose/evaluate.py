@@ -448,7 +448,7 @@ def remove_previous_results(outdir) -> int:
 _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans": "--lr-trans",
                   "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
                   "levels": "--levels/--fast/--metal", "seed": "--seed", "parameterization": "--parameterization",
-                  "foreign_steps": "--metal-steps/--no-metal-steps"}
+                  "foreign_steps": "--metal-steps/--no-metal-steps", "capture_starts": "--capture-starts"}
 _NOT_COMPARED = {"num_threads"}  # speed only: may change between a run and its resume
 
 

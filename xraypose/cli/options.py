@@ -235,6 +235,9 @@ METAL = typer.Option(False, "--metal", help="The X-ray shows metal that is not i
 METAL_STEPS = typer.Option(True, "--metal-steps/--no-metal-steps", help="Before registering, set aside the X-ray's "
                            "metal steps (edges far stronger than bone's: their pixels get weight 0; a region behind "
                            "a uniform step, e.g. a retractor blade, is levelled).  Off: the X-ray as given.")
+CAPTURE_STARTS = typer.Option(_REG.capture_starts, "--capture-starts", help="Capture from the start and this many "
+                              "minus one more about it (5°/20 mm away); the best after the first level goes on.  1: "
+                              "the given start only (faster, loses more far starts).")
 SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse patches; evaluate: the "
                     "perturbations too).")
 THREADS = typer.Option(_REG.num_threads, "--threads", help="CPU threads (1 is fastest for these small images on a "
@@ -251,10 +254,11 @@ ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model tra
 def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, lr_trans: float = LR_TRANS,
                          schedule: str = SCHEDULE, density: str = DENSITY, bone_multiplier: float = BONE_MULTIPLIER,
                          levels: Optional[str] = LEVELS, fast: bool = FAST, metal: bool = METAL,
-                         metal_steps: bool = METAL_STEPS, seed: int = SEED, threads: int = THREADS) -> dict:
+                         metal_steps: bool = METAL_STEPS, capture_starts: int = CAPTURE_STARTS, seed: int = SEED,
+                         threads: int = THREADS) -> dict:
     """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
     return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
-                bone_multiplier=bone_multiplier, seed=seed, num_threads=threads,
+                bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, capture_starts=capture_starts,
                 foreign_steps=_REG.foreign_steps if metal_steps else None, **levels_config(levels, fast, metal))
 
 

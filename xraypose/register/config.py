@@ -188,6 +188,15 @@ class RegistrationConfig:
     step (a plate, a retractor blade) is levelled.  ``None``: off.  Measured on the appearance
     benchmark's implants family (docs/registration.md, "Metal in the field").
 
+    ``capture_starts``: a single view given one start per X-ray is captured from that start and
+    ``capture_starts − 1`` more about it (turned by ``capture_spread[0]`` degrees about a seeded random
+    axis through the isocenter and shifted by ``capture_spread[1]`` mm), all through the first
+    level when it is a capture (Adam) level; the best of them by that level's similarity goes on.  One
+    start can end a capture at a false optimum that a neighbour avoids: on fresh appearance cases
+    (seed 1) a 10°/40 mm start that every family lost (67 mm on the simulator's own X-ray) was
+    captured from a start 5°/20 mm away.  1: the given start only.  Rigs and later tracking
+    frames (no capture level) are not affected.
+
     ``num_threads``: torch threads during the registration (restored after);
     None leaves torch's setting.  Default 1: the per-iteration tensors are small,
     and on the shared 2-core development machine 2 threads made a registration
@@ -232,6 +241,8 @@ class RegistrationConfig:
     revisit: bool = True
     rig_capture: str = "both"
     foreign_steps: float | None = 12.0
+    capture_starts: int = 5
+    capture_spread: tuple = (5.0, 20.0)
 
     def __post_init__(self):
         from xraypose.register.measures import MEASURES
@@ -255,6 +266,13 @@ class RegistrationConfig:
                                                    and math.isfinite(self.foreign_steps) and self.foreign_steps > 1):
             raise InputError(f"foreign_steps must be None (off) or a number > 1 (times the median gradient), "
                              f"got {self.foreign_steps!r}")
+        if not (isinstance(self.capture_starts, int) and not isinstance(self.capture_starts, bool)
+                and 1 <= self.capture_starts <= 64):
+            raise InputError(f"capture_starts must be a whole number from 1 to 64, got {self.capture_starts!r}")
+        spread = tuple(self.capture_spread) if isinstance(self.capture_spread, (tuple, list)) else ()
+        if len(spread) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in spread):
+            raise InputError(f"capture_spread must be (degrees, mm), two finite numbers >= 0, got {self.capture_spread!r}")
+        self.capture_spread = tuple(float(v) for v in spread)
         if self.rig_capture not in ("joint", "start-view", "both"):
             raise InputError(f"unknown rig_capture {self.rig_capture!r}; choose joint, start-view or both")
         for name in ("lr_rot", "lr_trans", "bone_multiplier", "lm_tol_px", "lm_damping", "lm_max_damping",

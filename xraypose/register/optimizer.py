@@ -88,7 +88,8 @@ class RegistrationResult:
 
     Attributes:
         poses: (B, 4, 4) float64 camera_to_world, finite.
-        initial_poses: (B, 4, 4) the starts actually used (after any antipodal choice).
+        initial_poses: (B, 4, 4) the starts actually used (after any antipodal choice); with
+            ``capture_starts`` the given start (the extra capture starts are the registration's own).
         similarity: (B,) similarity of ``poses`` at the finest level (1 = perfect).
         status: per element: "converged" (the last level stopped by its convergence test; this
             says the optimiser stopped, not that the pose is right), "max_iterations" (a level's
@@ -99,7 +100,8 @@ class RegistrationResult:
         cpu_s: CPU seconds of the process during it (all threads).
         trajectories: per element, a list of ``{"level", "iteration", "similarity",
             "camera_to_world", ...}`` (empty when not recorded).
-        chosen_start: per element, the index of the start kept (several starts, e.g. antipodal).
+        chosen_start: per element, the index of the start kept (several starts, e.g. antipodal; with
+            ``capture_starts``: 0 the given start, 1… the capture's extra starts).
         bone_multiplier: (B,) the bone multiplier of the final DRR (fitted where a level fits it).
         level_stats: per level: size, channels, patches, optimiser, iterations (all elements),
             seconds and how many tracks converged.
@@ -427,6 +429,10 @@ class Registrar:
         K = T0.shape[1]
         if not bool(torch.isfinite(T0).all()):
             raise InputError("initial pose has NaN or infinite entries")
+        given = None
+        if len(views) == 1 and K == 1 and c.capture_starts > 1 and c.levels and c.levels[0].optimizer == "adam":
+            given, T0 = T0[:, 0].clone(), self._capture_starts(T0[:, 0])
+            K = T0.shape[1]
         flatT = T0.reshape(B * K, 4, 4)
         sane = torch.ones(B * K, dtype=torch.bool)
         for (_, cam, Ci, _m) in prepared:
@@ -444,6 +450,8 @@ class Registrar:
         try:
             t0, c0 = time.perf_counter(), time.process_time()
             out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature)
+            if given is not None:  # the capture's extra starts are the registration's own: the start is the given one
+                out.initial_poses = given
             out.foreign = [[f[b].to_dict() for f in found] for b in range(B)] if found else []
             out.opt_s = time.perf_counter() - t0
             out.cpu_s = time.process_time() - c0
@@ -486,6 +494,21 @@ class Registrar:
             curvature=[{k + n_capture: H for k, H in cv.items()} for cv in second.curvature],
             recoveries=[sum(f.recoveries[b] for f in firsts) + second.recoveries[b] for b in range(len(won))],
             foreign=second.foreign, config=c)
+
+    def _capture_starts(self, T: torch.Tensor) -> torch.Tensor:
+        """(B, capture_starts, 4, 4): each given start (B, 4, 4) first, then ``capture_starts − 1`` starts
+        about it (``capture_spread``: degrees about a random axis through the isocenter, mm in a random
+        direction; seeded by ``config.seed``, the same for every call)."""
+        from xraypose.register.cases import perturb_pose
+
+        c = self.config
+        deg, mm = c.capture_spread
+        g = torch.Generator().manual_seed(int(c.seed) * 7907 + 11)
+        n = c.capture_starts - 1
+        out = [T[:, None]]
+        extra = torch.stack([perturb_pose(T[b].expand(n, 4, 4), self.isocenter, deg, mm, g) for b in range(T.shape[0])])
+        out.append(extra)
+        return torch.cat(out, dim=1)
 
     @staticmethod
     def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
