@@ -498,17 +498,17 @@ class Registrar:
     def _capture_starts(self, T: torch.Tensor) -> torch.Tensor:
         """(B, capture_starts, 4, 4): each given start (B, 4, 4) first, then ``capture_starts − 1`` starts
         about it (``capture_spread``: degrees about a random axis through the isocenter, mm in a random
-        direction; seeded by ``config.seed``, the same for every call)."""
+        direction; seeded by ``config.seed``: the same turns and shifts for every X-ray and call)."""
         from xraypose.register.cases import perturb_pose
 
         c = self.config
         deg, mm = c.capture_spread
-        g = torch.Generator().manual_seed(int(c.seed) * 7907 + 11)
         n = c.capture_starts - 1
-        out = [T[:, None]]
-        extra = torch.stack([perturb_pose(T[b].expand(n, 4, 4), self.isocenter, deg, mm, g) for b in range(T.shape[0])])
-        out.append(extra)
-        return torch.cat(out, dim=1)
+        # the same turns and shifts about every X-ray's start: an X-ray's result does not depend on its batch
+        extra = torch.stack([perturb_pose(T[b].expand(n, 4, 4), self.isocenter, deg, mm,
+                                          torch.Generator().manual_seed(int(c.seed) * 7907 + 11))
+                             for b in range(T.shape[0])])
+        return torch.cat([T[:, None], extra], dim=1)
 
     @staticmethod
     def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
