@@ -1,4 +1,5 @@
-"""Several capture starts (RegistrationConfig.capture_starts): a start whose capture ends at a false optimum."""
+"""A start whose capture ends at a false optimum: several capture starts (RegistrationConfig.capture_starts, opt-in)
+and the hypotheses' starts near the given one (register_xray, as `xraypose register` runs it)."""
 
 import pytest
 import torch
@@ -57,3 +58,22 @@ def test_a_lost_capture_is_found_from_a_neighbouring_start(sample_ct):
         assert torch.equal(r.initial_poses[0], start.to(F64))  # the given start, whichever capture won
         assert 0 <= r.chosen_start[0] < k
     assert err[1] > 20.0 and err[5] < 1.0, err
+
+
+def test_the_capture_hypothesis_finds_a_lost_capture(sample_ct):
+    """The same X-ray through register_xray with the default settings (one capture start): the given start's
+    registration is judged failed, the antipodal start and the restarts about its result fail too, and the
+    given start captured from five starts about it is kept: below 1 mm, ok."""
+    from xraypose.register.hypotheses import CAPTURE_HYPOTHESIS
+
+    from xraypose.register import register_xray
+
+    image, camera, truth, fid, start, blur = appearance_case(sample_ct, "ours", 6, seed=1)
+    out = register_xray(sample_ct, image, camera, start[None], config=RegistrationConfig(drr_blur=blur, seed=0),
+                        hypotheses=True)[0]
+    conf = out.confidence
+    tried = [h["start"] for h in conf["hypotheses"]]
+    assert conf["hypotheses"][0]["verdict"] == "failed" and CAPTURE_HYPOTHESIS in tried
+    assert conf["kept"] == CAPTURE_HYPOTHESIS and out.verdict == "ok"
+    assert "metal schedule" not in tried  # a result was ok: not tried
+    assert registration_metrics(out.camera_to_world, truth, fid, camera)["mtre"] < 1.0, conf

@@ -289,7 +289,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess
-    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, metal_hypothesis_levels,
+    from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, METAL_HYPOTHESIS, best_hypothesis,
+                                              capture_hypothesis_config, kept_reason, metal_hypothesis_levels,
                                               mirror_verdict, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
@@ -309,6 +310,15 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
         if k is not None:
             best = ((r2, k), c2[k], names[k])
+    capture = capture_hypothesis_config(reg.config, [t["verdict"] for t in tried])
+    if capture is not None:  # the given start, captured from several starts about it
+        start = res.initial_poses[b:b + 1]
+        r4 = reg.derive(**capture).register(image, camera, start, masks=mask)
+        c4 = assess(reg, image, camera, r4.poses, starts=start)[0]
+        tried.append({"start": CAPTURE_HYPOTHESIS, "p_success": c4.p_success, "verdict": c4.verdict,
+                      "similarity": float(r4.similarity[0])})
+        if best_hypothesis(best[1].p_success, [c4.p_success]) is not None:
+            best = ((r4, 0), c4, CAPTURE_HYPOTHESIS)
     metal = metal_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
     if metal is not None:  # the given start, every level robust
         start = res.initial_poses[b:b + 1]
