@@ -243,8 +243,8 @@ SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse 
 THREADS = typer.Option(_REG.num_threads, "--threads", help="CPU threads (1 is fastest for these small images on a "
                        "busy machine).")
 HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
-                          "antipodal start, two restarts about the result and the given start with the --metal "
-                          "schedule; keep the most confident (the result says which).")
+                          "antipodal start, two restarts about the result and the given start captured from five "
+                          "starts and with the --metal schedule; keep the most confident (the result says which).")
 MODEL = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to start from (a sequence: "
                      "its estimate on the first frame).")
 ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "

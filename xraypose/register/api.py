@@ -178,8 +178,9 @@ def register_xray(
             ``verdict``, ``reason`` (≈ 5 % of a registration's time).
         hypotheses: when a result's verdict is not ``ok``, also register the alternatives of
             :mod:`xraypose.register.hypotheses` (the antipodal start, two restarts about the result;
-            one batch; then the given start with every level robust, for metal that is not in the
-            CT) and keep the one with the highest ``p_success``; the result says which
+            one batch; then the given start captured from five starts about it, and with every level
+            robust, for metal that is not in the CT) and keep the one with the highest ``p_success``
+            (a single view's antipodal result is ``ok`` only from P 0.9); the result says which
             (``confidence["kept"]``, ``confidence["hypotheses"]``).  Costs nothing when the verdict
             is ``ok``.  Needs ``confidence``.
         masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
