@@ -189,3 +189,19 @@ def test_evaluate_perturb_needs_true_poses(tmp_path, case, capsys):
     (c2 / "poses.json").unlink()
     assert main(["evaluate", str(c2), "-o", str(tmp_path / "ev"), "--start", "perturb"]) == 2
     assert "true pose" in capsys.readouterr().err
+
+
+def test_no_metal_steps_reaches_the_model_initialiser(case, model):
+    """--no-metal-steps (foreign_steps None) is passed to the model initialiser too, by evaluate's start and by
+    register's: the model then sees the X-ray as given."""
+    from xraypose.cli.register import _start
+    from xraypose.evaluate import load_eval_set
+    from xraypose.register.starts import evaluation_start
+
+    ev = load_eval_set(case)
+    for steps in (12.0, None):
+        _, init, _ = evaluation_start("model", ev, model=model, foreign_steps=steps)
+        assert init.foreign_steps == steps
+        init2, _ = _start("model", None, case, model=model, vol=ev.volume, pose_json=None, sod=None, iso=None,
+                          allow_other_ct=False, foreign_steps=steps)
+        assert init2.foreign_steps == steps

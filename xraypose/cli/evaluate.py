@@ -78,7 +78,8 @@ def evaluate_command(
     for c in ev.cases:
         check_registrable_xray(tuple(c.image.shape), f"{source}: X-ray {c.name}")
     start, rule, label = evaluation_start(start, ev, model=model, pose_json=pose_json, sod=sod, perturb=(deg, mm),
-                                          seed=cfg_kw["seed"], allow_other_ct=allow_other_ct, source=source)
+                                          seed=cfg_kw["seed"], allow_other_ct=allow_other_ct, source=source,
+                                          foreign_steps=cfg_kw.get("foreign_steps", 12.0))
     cfg = RegistrationConfig(drr_blur=ev.blur_px, **cfg_kw)
     settings = _start_settings(start, model, pose_json, (deg, mm), sod)
     try:

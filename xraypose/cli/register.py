@@ -112,7 +112,8 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
         cfg_kw = part_settings(cfg_kw, cts.prepared)
     xr = _read_xray(xray, angles, sod, read_kw, crop)
     start, init_info = _start(init, xr, xray, model=model, vol=cts.volume, pose_json=pose_json, sod=sod,
-                              iso=cts.isocenter, allow_other_ct=allow_other_ct)
+                              iso=cts.isocenter, allow_other_ct=allow_other_ct,
+                              foreign_steps=cfg_kw.get("foreign_steps", 12.0))
     px = xr.preprocess(**preprocess_settings(xr.shape, crop, blur, size, i0))
     cfg = RegistrationConfig(drr_blur=drr_blur(blur, px.shape[0], xr.shape[0], crop), **cfg_kw)
     truth = _true_pose(true_pose)
@@ -146,14 +147,15 @@ def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     return xr
 
 
-def _start(init: str, xr, xray: Path, *, model, vol: Volume, pose_json, sod, iso, allow_other_ct: bool):
+def _start(init: str, xr, xray: Path, *, model, vol: Volume, pose_json, sod, iso, allow_other_ct: bool,
+           foreign_steps: float | None = 12.0):
     """(start, what the result records of it): a (1, 4, 4) camera_to_world, or (``--init model``) an
     initialiser ``init(image (1, 1, H, W), camera) -> (1, 4, 4)``."""
     from xraypose.camera import carm_pose, default_sod
     from xraypose.register.initializers import ModelInitializer, pose_from_json
 
     if init == "model":
-        return (ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct),
+        return (ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct, foreign_steps=foreign_steps),
                 {"kind": "model", "model": str(model)})
     if init == "pose":
         return pose_from_json(pose_json), {"kind": "pose", "file": str(pose_json)}

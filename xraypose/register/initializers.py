@@ -144,7 +144,8 @@ class ModelInitializer:
         return T
 
     @classmethod
-    def from_checkpoint(cls, path, volume: Volume | None = None, *, allow_other_ct: bool = False) -> "ModelInitializer":
+    def from_checkpoint(cls, path, volume: Volume | None = None, *, allow_other_ct: bool = False,
+                        foreign_steps: float | None = 12.0) -> "ModelInitializer":
         """A checkpoint written by ``xraypose train``, through :func:`xraypose.model.load_checkpoint`
         and :func:`xraypose.model.predict_pose` (which resample the X-ray to the training
         detector and normalise it as in training).
@@ -156,6 +157,7 @@ class ModelInitializer:
                 (:func:`xraypose.model.check_training_volume`).  Give it: a model only knows
                 the poses of its own CT.  None skips the check.
             allow_other_ct: use the model with another CT anyway (a warning).
+            foreign_steps: see the class (None: the model sees the X-ray as given).
         """
         p = Path(path)
         if not p.exists():
@@ -165,7 +167,7 @@ class ModelInitializer:
         net, meta = load_checkpoint(p)
         if volume is not None:
             check_training_volume(meta, volume, allow_other_ct=allow_other_ct, what=f"the model {p}")
-        init = cls(lambda img, cam: predict_pose(net, meta, img, cam), camera=None)
+        init = cls(lambda img, cam: predict_pose(net, meta, img, cam), camera=None, foreign_steps=foreign_steps)
         init.meta = meta
         return init
 

@@ -99,7 +99,8 @@ def perturbed_starts(angle_deg: float, translation_mm: float, isocenter, seed: i
 
 def evaluation_start(name: str | None, evalset, *, model: Path | None = None, pose_json: Path | None = None,
                      sod: float | None = None, perturb: tuple[float, float] = (10.0, 40.0), seed: int = 0,
-                     allow_other_ct: bool = False, source=None) -> tuple[str, object, str]:
+                     allow_other_ct: bool = False, source=None, foreign_steps: float | None = 12.0
+                     ) -> tuple[str, object, str]:
     """``(name, start, label)``: how every X-ray of ``evalset`` (:func:`xraypose.evaluate.load_eval_set`) starts.
 
     ``name`` None chooses ``model`` when a model is given, else ``angles`` when every X-ray has C-arm angles,
@@ -115,7 +116,8 @@ def evaluation_start(name: str | None, evalset, *, model: Path | None = None, po
         name = ("model" if model is not None else
                 "angles" if all(c.angles_pose is not None for c in evalset.cases) else "perturb")
     if name == "model":
-        return name, ModelInitializer.from_checkpoint(model, evalset.volume, allow_other_ct=allow_other_ct), \
+        return name, ModelInitializer.from_checkpoint(model, evalset.volume, allow_other_ct=allow_other_ct,
+                                                      foreign_steps=foreign_steps), \
             f"the model {model.name}"
     if name == "angles":
         rule = angle_starts()
