@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.register import RegistrationConfig
 from xraypose.register.foreign import set_aside_batch, set_aside_steps
@@ -168,3 +169,22 @@ def test_the_model_initialiser_sees_the_x_ray_without_its_metal():
     assert torch.equal(as_given, img.float().double())
     err = lambda x: float(((x - clean) - (x - clean).median()).abs().mean())  # noqa: E731
     assert err(with_steps) < 0.3 * err(as_given)
+
+
+def test_one_x_ray_expanded_over_a_batch_is_looked_at_once(monkeypatch):
+    """The hypotheses register one X-ray expanded over their alternatives: its steps are found once, and so
+    through the registrar's view check (which must not copy the expanded batch)."""
+    import xraypose.register.foreign as foreign
+    from xraypose.register import Registrar
+
+    calls = []
+    real = foreign.set_aside_steps
+    monkeypatch.setattr(foreign, "set_aside_steps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    img, _, _ = _with_metal(_anatomy(64))
+    batch = img.float()[None, None].expand(3, -1, -1, -1)
+    out, w, found = set_aside_batch(batch)
+    assert len(calls) == 1 and len(found) == 3 and w.shape == (3, 1, 64, 64) and torch.equal(out[0], out[2])
+    calls.clear()
+    imgs = Registrar._check_view(0, 1, batch, Camera(sdd=1020.0, height=64, width=64, delx=4.0), None)[0]
+    set_aside_batch(imgs)
+    assert len(calls) == 1

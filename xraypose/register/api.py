@@ -311,24 +311,23 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
         if k is not None:
             best = ((r2, k), c2[k], names[k])
+
+    def from_given_start(registrar, name):  # the given start once more, registered another way
+        nonlocal best
+        start = res.initial_poses[b:b + 1]
+        r = registrar.register(image, camera, start, masks=mask)
+        c = assess(reg, image, camera, r.poses, starts=start)[0]
+        tried.append({"start": name, "p_success": c.p_success, "verdict": c.verdict,
+                      "similarity": float(r.similarity[0])})
+        if best_hypothesis(best[1].p_success, [c.p_success]) is not None:
+            best = ((r, 0), c, name)
+
     capture = capture_hypothesis_config(reg.config, [t["verdict"] for t in tried])
-    if capture is not None:  # the given start, captured from several starts about it
-        start = res.initial_poses[b:b + 1]
-        r4 = reg.derive(**capture).register(image, camera, start, masks=mask)
-        c4 = assess(reg, image, camera, r4.poses, starts=start)[0]
-        tried.append({"start": CAPTURE_HYPOTHESIS, "p_success": c4.p_success, "verdict": c4.verdict,
-                      "similarity": float(r4.similarity[0])})
-        if best_hypothesis(best[1].p_success, [c4.p_success]) is not None:
-            best = ((r4, 0), c4, CAPTURE_HYPOTHESIS)
+    if capture is not None:  # captured from several starts about it
+        from_given_start(reg.derive(**capture), CAPTURE_HYPOTHESIS)
     metal = metal_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
-    if metal is not None:  # the given start, every level robust
-        start = res.initial_poses[b:b + 1]
-        r3 = reg.derive(levels=metal).register(image, camera, start, masks=mask)
-        c3 = assess(reg, image, camera, r3.poses, starts=start)[0]
-        tried.append({"start": METAL_HYPOTHESIS, "p_success": c3.p_success, "verdict": c3.verdict,
-                      "similarity": float(r3.similarity[0])})
-        if best_hypothesis(best[1].p_success, [c3.p_success]) is not None:
-            best = ((r3, 0), c3, METAL_HYPOTHESIS)
+    if metal is not None:  # every level robust
+        from_given_start(reg.derive(levels=metal), METAL_HYPOTHESIS)
     (pick, c, kept) = best
     c.reason = kept_reason(c.reason, kept, conf.p_success)
     verdict, why = mirror_verdict(c.verdict, c.p_success, kept)

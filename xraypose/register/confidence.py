@@ -283,7 +283,7 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
     elif imgs.dim() == 3:
         imgs = imgs[:, None]
     imgs = imgs.to(torch.float32)
-    ratio = getattr(registrar.config, "foreign_steps", None)
+    ratio = registrar.config.foreign_steps
     if ratio is not None:  # judge the X-ray registration saw: metal's steps set aside (register/foreign.py)
         from xraypose.register.foreign import set_aside_batch
 

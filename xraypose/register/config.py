@@ -186,7 +186,7 @@ class RegistrationConfig:
     (:mod:`xraypose.register.foreign`): edges stronger than this many times the image's median
     gradient get weight 0, regions they enclose that are small too, and a region behind a uniform
     step (a plate, a retractor blade) is levelled.  ``None``: off.  Measured on the appearance
-    benchmark's implants family (docs/registration.md, "Metal in the field").
+    benchmark's implants family (docs/registration.md, "Metal's steps set aside").
 
     ``capture_starts``: a single view given one start per X-ray is captured from that start and
     ``capture_starts − 1`` more about it (turned by ``capture_spread[0]`` degrees about a seeded random
@@ -195,8 +195,8 @@ class RegistrationConfig:
     Default 1 (the given start only): with 5, the appearance benchmark's losses and gains balanced
     (fresh cases: a lost start found; seed 0: one scatter and one low-dose X-ray lost, the drift
     from a start at the truth larger — the later levels' revisit weighs the winning start, not the
-    given one) at 1.5–2.5× the time.  The same neighbouring starts are a hypothesis instead
-    (:mod:`xraypose.register.hypotheses`, "nearby start"), tried only when the verdict is not ok.
+    given one) at 1.5–2.5× the time.  Five such starts are a hypothesis instead
+    (:data:`xraypose.register.hypotheses.CAPTURE_HYPOTHESIS`), tried only when no result is ok.
     Rigs and later tracking frames (no capture level) are not affected.
 
     ``num_threads``: torch threads during the registration (restored after);

@@ -99,17 +99,16 @@ class SteppedXray:
 
 
 def _gradient(img: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gx, gy) (H, W) float64: Sobel derivatives (per pixel) of ``img`` smoothed by a Gaussian σ (px)."""
-    x = img[None, None].to(torch.float64)
-    r = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype) / 8
-    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    return F.conv2d(xp, sx.view(1, 1, 3, 3))[0, 0], F.conv2d(xp, sx.t().reshape(1, 1, 3, 3))[0, 0]
+    """(gx, gy) (H, W) float64: the slope per pixel along columns and rows of ``img`` smoothed by a
+    Gaussian of σ px — registration's blur (:func:`~xraypose.register.objective.separable_blur`) and
+    the similarity's Sobel kernel (:func:`xraypose.similarity.gradient_ncc`), replicated borders."""
+    from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
+    from xraypose.register.objective import separable_blur
+    from xraypose.similarity import _sobel
+
+    x = separable_blur(img[None, None].to(torch.float64), gaussian_kernel1d(sigma, three_sigma_radius(sigma)), True)
+    g = -_sobel(F.pad(x, (1, 1, 1, 1), mode="replicate"))[0] / 8  # the kernel takes left − right: uphill is −
+    return g[0], g[1]
 
 
 def _regions(free: torch.Tensor) -> torch.Tensor:
@@ -298,21 +297,16 @@ def fill_set_aside(image: torch.Tensor, weights: torch.Tensor, sigma_px: float =
     w = (torch.as_tensor(weights) > 0).to(torch.float64)
     if bool(w.all()) or not bool(w.any()):
         return torch.as_tensor(image)
+    from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
+    from xraypose.register.objective import separable_blur
+
     out = img.clone()
-    hole = w == 0
-    todo = hole.clone()
+    todo = w == 0
     sigma = sigma_px
     while bool(todo.any()) and sigma <= 4 * max(img.shape):
-        r = max(1, int(3 * sigma + 0.5))
-        t = torch.arange(-r, r + 1, dtype=img.dtype)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-
-        def blur(x):
-            x = F.conv2d(F.pad(x[None, None], (r, r, 0, 0)), k.view(1, 1, 1, -1))
-            return F.conv2d(F.pad(x, (0, 0, r, r)), k.view(1, 1, -1, 1))[0, 0]
-
-        num, den = blur(img * w), blur(w)
-        reach = todo & (den > 1e-3 * float(k.sum()) ** 2)
+        k = gaussian_kernel1d(sigma, three_sigma_radius(sigma))
+        num, den = (separable_blur(v[None, None], k, True)[0, 0] for v in (img * w, w))
+        reach = todo & (den > 1e-3)
         out[reach] = (num / den.clamp_min(1e-300))[reach]
         todo &= ~reach
         sigma *= 2
@@ -325,7 +319,13 @@ def set_aside_batch(images: torch.Tensor, masks: torch.Tensor | None = None, rat
     (levelled images, weights (None when nothing was set aside and no mask was given), per X-ray
     its :class:`SteppedXray`)."""
     B = images.shape[0]
-    found = [set_aside_steps(images[b, 0], None if masks is None else masks[b, 0], ratio=ratio) for b in range(B)]
+    found, seen = [], {}
+    for b in range(B):  # the same X-ray expanded over a batch (the hypotheses' alternatives) is looked at once
+        img, m = images[b, 0], None if masks is None else masks[b, 0]
+        key = (img.data_ptr(), img.stride(), None if m is None else (m.data_ptr(), m.stride()))
+        if key not in seen:
+            seen[key] = set_aside_steps(img, m, ratio=ratio)
+        found.append(seen[key])
     imgs = torch.stack([f.image for f in found])[:, None].to(images.dtype)
     if masks is None and not any(f.masked_share > 0 for f in found):
         return imgs, None, found
