@@ -448,7 +448,8 @@ def remove_previous_results(outdir) -> int:
 _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans": "--lr-trans",
                   "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
                   "levels": "--levels/--fast/--metal", "seed": "--seed", "parameterization": "--parameterization",
-                  "foreign_steps": "--metal-steps/--no-metal-steps", "capture_starts": "--capture-starts"}
+                  "foreign_steps": "--metal-steps/--no-metal-steps", "capture_starts": "--capture-starts",
+                  "match_intensity": "--match-intensity", "match_capture": "--match-intensity"}
 _NOT_COMPARED = {"num_threads"}  # speed only: may change between a run and its resume
 
 
@@ -475,6 +476,8 @@ def _settings_differences(old: dict, new: dict) -> list[str]:
     for k in dict.fromkeys([*old, *new]):
         if k == "registration":
             a, b = old.get(k) or {}, new.get(k) or {}
+            if "match_intensity" not in a and "match_intensity" in b:  # recorded before matching existed: off
+                a = {**a, "match_intensity": None, "match_capture": False}
             if "levels" in a or "levels" in b:
                 a, b = {**a, "levels": _with_level_defaults(a.get("levels"))}, \
                     {**b, "levels": _with_level_defaults(b.get("levels"))}

@@ -40,7 +40,7 @@ import typer
 import typer.core
 
 from xraypose.errors import InputError
-from xraypose.register.config import DEFAULT_LEVELS, RegistrationConfig
+from xraypose.register.config import DEFAULT_LEVELS, MATCH_CURVED, MATCH_THRESHOLD, RegistrationConfig
 from xraypose.schema import (OFFSET_MM, PIXEL_MM, POSITION_MM, PRIMARY_DEG, SDD_MM, SECONDARY_DEG, SOD_MM, Integer,
                              Number)
 
@@ -239,13 +239,20 @@ METAL_STEPS = typer.Option(True, "--metal-steps/--no-metal-steps", help="Before 
 CAPTURE_STARTS = typer.Option(_REG.capture_starts, "--capture-starts", help="Capture from the start and this many "
                               "minus one more about it (5°/20 mm away); the best after the first level goes on.  1: "
                               "the given start only (faster, loses more far starts).")
+MATCH_INTENSITY = typer.Option("fine", "--match-intensity", help="Map the X-ray's intensities onto the DRR's by "
+                               "their quantiles (a display curve undone): fine — at a finer level where that map "
+                               "is clearly curved (the default); all — at every capture level too, and from a "
+                               "gentler curve on (display-processed X-rays: a linear LUT shown bone bright, a "
+                               "strong gamma; tried as a hypothesis when the verdict is not ok); off.")
+MATCH_MODES = ("fine", "all", "off")
 SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse patches; evaluate: the "
                     "perturbations too).")
 THREADS = typer.Option(_REG.num_threads, "--threads", help="CPU threads (1 is fastest for these small images on a "
                        "busy machine).")
 HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
-                          "antipodal start, two restarts about the result and the given start captured from five "
-                          "starts and with the --metal schedule; keep the most confident (the result says which).")
+                          "antipodal start, two restarts about the result and the given start with intensities "
+                          "matched, captured from five starts and with the --metal schedule; keep the most confident "
+                          "(the result says which).")
 MODEL = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to start from (a sequence: "
                      "its estimate on the first frame).")
 ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "
@@ -255,12 +262,17 @@ ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model tra
 def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, lr_trans: float = LR_TRANS,
                          schedule: str = SCHEDULE, density: str = DENSITY, bone_multiplier: float = BONE_MULTIPLIER,
                          levels: Optional[str] = LEVELS, fast: bool = FAST, metal: bool = METAL,
-                         metal_steps: bool = METAL_STEPS, capture_starts: int = CAPTURE_STARTS, seed: int = SEED,
-                         threads: int = THREADS) -> dict:
+                         metal_steps: bool = METAL_STEPS, capture_starts: int = CAPTURE_STARTS,
+                         match_intensity: str = MATCH_INTENSITY, seed: int = SEED, threads: int = THREADS) -> dict:
     """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
+    if match_intensity not in MATCH_MODES:
+        raise InputError(f"--match-intensity must be one of {', '.join(MATCH_MODES)}, got {match_intensity!r}")
     return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
                 bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, capture_starts=capture_starts,
-                foreign_steps=_REG.foreign_steps if metal_steps else None, **levels_config(levels, fast, metal))
+                foreign_steps=_REG.foreign_steps if metal_steps else None,
+                match_intensity={"fine": MATCH_CURVED, "all": MATCH_THRESHOLD, "off": None}[match_intensity],
+                match_capture=match_intensity == "all",
+                **levels_config(levels, fast, metal))
 
 
 # Options of `register` and `track`: the start, the X-ray's intrinsics, its preprocessing, a structure.

@@ -290,9 +290,10 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess
-    from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, METAL_HYPOTHESIS, best_hypothesis,
-                                              capture_hypothesis_config, kept_reason, metal_hypothesis_levels,
-                                              mirror_verdict, viable_alternatives)
+    from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, METAL_HYPOTHESIS,
+                                              best_hypothesis, capture_hypothesis_config, kept_reason,
+                                              match_hypothesis_config, metal_hypothesis_levels, mirror_verdict,
+                                              viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -322,6 +323,9 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         if best_hypothesis(best[1].p_success, [c.p_success]) is not None:
             best = ((r, 0), c, name)
 
+    match = match_hypothesis_config(reg.config, [t["verdict"] for t in tried])
+    if match is not None:  # intensities matched to the DRR's (a display curve)
+        from_given_start(reg.derive(**match), MATCH_HYPOTHESIS)
     capture = capture_hypothesis_config(reg.config, [t["verdict"] for t in tried])
     if capture is not None:  # captured from several starts about it
         from_given_start(reg.derive(**capture), CAPTURE_HYPOTHESIS)

@@ -5,7 +5,8 @@ other starts are registered — the start seen from the other side of the patien
 confusion, :func:`~xraypose.register.initializers.antipodal`), the result turned and shifted
 by a fixed amount in seeded random directions (a local optimum) — and the result with the highest
 ``p_success`` is kept (:func:`xraypose.register.api.register_xray` does this with
-``hypotheses=True``).  Then, unless a result so far is ``ok``: the given start captured from five
+``hypotheses=True``).  Then, unless a result so far is ``ok``: the given start registered with the
+X-ray's intensities matched to the DRR's (:data:`MATCH_HYPOTHESIS`: a display curve), the given start captured from five
 starts about it (:data:`CAPTURE_HYPOTHESIS`: a capture that ended at a false optimum), and, when the
 schedule is not already robust everywhere, the
 given start registered with :func:`~xraypose.register.config.metal_levels` (every level weighs its
@@ -22,7 +23,7 @@ from xraypose.register.initializers import antipodal
 
 __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "metal_hypothesis_levels", "kept_reason",
            "mirror_verdict", "capture_hypothesis_config", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS",
-           "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK"]
+           "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config"]
 
 F64 = torch.float64
 
@@ -44,6 +45,14 @@ METAL_HYPOTHESIS = "metal schedule"
 #: 5°/20 mm apart one found it.  Its cost: one registration plus four runs of the cheap first level.
 CAPTURE_HYPOTHESIS = "five capture starts"
 CAPTURE_HYPOTHESIS_STARTS = 5
+
+#: The hypothesis "the given start registered with the X-ray's intensities matched to the DRR's at every
+#: level" (``match_capture`` and ``match_intensity`` = :data:`~xraypose.register.config.MATCH_THRESHOLD`,
+#: :mod:`xraypose.register.matching`; tried after :data:`HYPOTHESES`, before the capture hypothesis): a
+#: display curve the DRR does not share (a linear LUT shown bone bright, a strong gamma) pulls the
+#: capture away.  Not the default: on fresh cases (seed 1) matching at a capture's start 10°/40 mm off
+#: lost X-rays that registered without it.
+MATCH_HYPOTHESIS = "intensities matched"
 
 #: An alternative replaces the given start's result only if its p_success is higher by this much.
 MARGIN = 0.05
@@ -130,6 +139,16 @@ def capture_hypothesis_config(config, verdicts) -> dict | None:
             config.levels[0].optimizer != "adam":
         return None
     return {"capture_starts": CAPTURE_HYPOTHESIS_STARTS}
+
+
+def match_hypothesis_config(config, verdicts) -> dict | None:
+    """``derive`` changes for the intensity hypothesis (:data:`MATCH_HYPOTHESIS`), or None when it is not
+    worth registering: a result so far is ``ok`` or the registrar matches its captures already."""
+    if any(v == "ok" for v in verdicts) or config.match_capture:
+        return None
+    from xraypose.register.config import MATCH_THRESHOLD
+
+    return {"match_intensity": MATCH_THRESHOLD, "match_capture": True}
 
 
 def kept_reason(reason: str, kept: str, p_given: float) -> str:

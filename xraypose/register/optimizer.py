@@ -81,6 +81,10 @@ def registration_density(volume: Volume, model: str = "linear", bone_multiplier:
 #: the level's pixels of the current pose (see :meth:`Registrar._revisit`).
 LAST_REVISIT_PX = 10.0
 
+#: Intensity matching takes its quantiles of images area-averaged to at most this many rows (noise
+#: averaged out; see :func:`xraypose.register.matching.quantile_map`).
+MATCH_ROWS = 32
+
 
 @dataclass
 class RegistrationResult:
@@ -104,7 +108,8 @@ class RegistrationResult:
             ``capture_starts``: 0 the given start, 1… the capture's extra starts).
         bone_multiplier: (B,) the bone multiplier of the final DRR (fitted where a level fits it).
         level_stats: per level: size, channels, patches, optimiser, iterations (all elements),
-            seconds and how many tracks converged.
+            seconds, how many tracks converged and how many X-rays' intensities were matched
+            (``match_intensity``).
         levels: per element, per level ``{"level", "iterations", "ended", "similarity"}``.
         curvature: per element, {Levenberg–Marquardt level index: its last JᵀJ (6, 6)}.
         foreign: per element, per view what :mod:`xraypose.register.foreign` set aside
@@ -321,6 +326,32 @@ class Registrar:
             cost[sel] = torch.where(good, c_sel.detach(), torch.full_like(c_sel.detach(), math.inf))
             bone[sel] = b
         return Evaluation(ok=ok, score=score, cost=cost, score_t=score_t, cost_t=cost_t, bone=bone)
+
+    def _match_intensity(self, objective: ViewSet, tracks, always: bool) -> int:
+        """Each X-ray of this level's objective mapped by its quantiles onto a DRR at its best pose
+        so far (:mod:`xraypose.register.matching`); unless ``always`` (a capture level with
+        ``match_capture``), only where the map departs from a straight line by more than the
+        config's ``match_intensity``.  A level of sparse
+        patches keeps its X-rays as given.  Returns how many (view, X-ray) images were mapped."""
+        from xraypose.register.matching import quantile_map
+
+        mapped = 0
+        best = {}
+        for t in tracks:
+            if t.alive and (t.xray not in best or t.score > best[t.xray].score):
+                best[t.xray] = t
+        with torch.no_grad():
+            for i, view in enumerate(objective.views):
+                if view.uv is not None:
+                    continue
+                for b, t in best.items():
+                    drr = view.render(objective.view_poses(t.pose[None], i), torch.tensor([b]))[0, 0]
+                    m = None if view.mask is None else view.mask[b, 0]
+                    qmap = quantile_map(view.target[b, 0], drr, m, size=MATCH_ROWS)
+                    if qmap is not None and (always or qmap.nonlinearity > float(self.config.match_intensity)):
+                        view.target[b, 0] = qmap.apply(view.target[b, 0])
+                        mapped += 1
+        return mapped
 
     def _revisit(self, objective: ViewSet, tracks, last: bool = False) -> None:
         """Each track goes on from the best, at this (finer) level, of its start and the results of
@@ -570,6 +601,9 @@ class Registrar:
             dens, aff = self.volume_level(lv.volume_mm, level_channels(lv))
             objective = ViewSet([LevelObjective(lv, c, dens, aff, imgs, cam, g, masks=m) for imgs, cam, m in views],
                                 camera_to_rig)
+            capture = lv.optimizer == "adam"
+            matched = 0 if c.match_intensity is None or (capture and not c.match_capture) else \
+                self._match_intensity(objective, tracks, always=capture)
             stepper = make_stepper(self, li, objective)
             if li > 0 and c.revisit:
                 self._revisit(objective, tracks, last=li == len(c.levels) - 1)
@@ -583,7 +617,7 @@ class Registrar:
             stepper.end(tracks)
             level_stats.append({"level": li, "height": objective.height, "width": objective.width,
                                 "channels": objective.channels, "patches": lv.patches, "optimizer": lv.optimizer,
-                                "similarity": objective.measure,
+                                "similarity": objective.measure, "matched": matched,
                                 "iterations": sum(t.levels[-1]["iterations"] for t in tracks),
                                 "converged": sum(t.levels[-1]["ended"] == "converged" for t in tracks),
                                 "seconds": time.perf_counter() - t_level})
