@@ -303,8 +303,13 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     T_start = torch.as_tensor(start, dtype=F64).reshape(4, 4)
     if not (isinstance(tracking_tol_px, (int, float)) and math.isfinite(tracking_tol_px) and tracking_tol_px > 0):
         raise InputError(f"tracking_tol_px must be a finite number > 0, got {tracking_tol_px!r}")
+    # later frames match intensities only when asked for every level (``--match-intensity all``): the
+    # default's map costs a render per level, two more on top of ~6 per frame, for a display curve the
+    # first frame has already been registered through
+    c0 = registrar.config
     tracker = registrar.derive(levels=tuple(tracking_levels),
-                               lm_tol_px=max(float(tracking_tol_px), registrar.config.lm_tol_px))
+                               lm_tol_px=max(float(tracking_tol_px), c0.lm_tol_px),
+                               match_intensity=c0.match_intensity if c0.match_capture else None)
     register = partial(_register_frame, views=views, confidence=confidence)
     model = motion_model or MotionModel()
     filt = MotionFilter(registrar.isocenter.detach().to(F64).cpu(), model) if motion != "none" else None
