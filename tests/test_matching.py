@@ -153,6 +153,25 @@ def test_a_failed_verdict_tries_matched_intensities_and_keeps_them(sample_ct, mo
     assert match_hypothesis_config(cfg, ["failed", "ok"]) is None
     assert match_hypothesis_config(RegistrationConfig(match_capture=True), ["failed"]) is None
     assert match_hypothesis_config(cfg, ["failed"]) == {"match_intensity": MATCH_THRESHOLD, "match_capture": True}
+    # nor when matching is off (--match-intensity off, a part of the CT registered)
+    assert match_hypothesis_config(RegistrationConfig(match_intensity=None), ["failed"]) is None
+
+
+def test_a_part_of_the_ct_is_never_matched():
+    """A structure's or a cropped CT's DRR lacks the rest of the body the X-ray shows: their quantile
+    map is no intensity relationship, so the command line turns matching off for a part (matched, the
+    two command-line cases of tests/test_structure.py ran ~5 mm off)."""
+    import inspect
+    from types import SimpleNamespace
+
+    from xraypose.cli.options import registration_options
+    from xraypose.cli.steps import part_settings
+
+    defaults = {k: p.default.default for k, p in inspect.signature(registration_options).parameters.items()}
+    for mode in ("fine", "all", "off"):
+        kw = part_settings(registration_options(**{**defaults, "match_intensity": mode}), SimpleNamespace(density="raw"))
+        cfg = RegistrationConfig(**kw)
+        assert (cfg.match_intensity, cfg.match_capture, cfg.density, cfg.similarity) == (None, False, "raw", "gncc")
 
 
 def test_the_match_intensity_option_reaches_the_config():

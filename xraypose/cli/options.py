@@ -243,7 +243,8 @@ MATCH_INTENSITY = typer.Option("fine", "--match-intensity", help="Map the X-ray'
                                "their quantiles (a display curve undone): fine — at a finer level where that map "
                                "is clearly curved (the default); all — at every capture level too, and from a "
                                "gentler curve on (display-processed X-rays: a linear LUT shown bone bright, a "
-                               "strong gamma; tried as a hypothesis when the verdict is not ok); off.")
+                               "strong gamma; tried as a hypothesis when the verdict is not ok); off — never, nor "
+                               "as a hypothesis (also when --structure or a cropped CT registers a part of the CT).")
 MATCH_MODES = ("fine", "all", "off")
 SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse patches; evaluate: the "
                     "perturbations too).")

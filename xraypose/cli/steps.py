@@ -60,10 +60,13 @@ def load_registration_ct(ct: str, isocenter: str | None, density: str, structure
 
 
 def part_settings(cfg_kw: dict, prep) -> dict:
-    """RegistrationConfig keywords when a part of the CT is registered: its density, and gradient NCC
-    in place of the default mncc."""
+    """RegistrationConfig keywords when a part of the CT is registered: its density, gradient NCC in
+    place of the default mncc, and no intensity matching: the X-ray shows the whole body, the DRR only
+    the part, so their quantile map is no intensity relationship (matched, the part's registration
+    ran 5 mm off in tests/test_structure.py's cases)."""
     sim = cfg_kw.get("similarity", "mncc")
-    return {**cfg_kw, "density": prep.density, "similarity": "gncc" if sim == "mncc" else sim}
+    return {**cfg_kw, "density": prep.density, "similarity": "gncc" if sim == "mncc" else sim,
+            "match_intensity": None, "match_capture": False}
 
 
 def structure_record(structure, label_map, label) -> dict | None:

@@ -143,8 +143,9 @@ def capture_hypothesis_config(config, verdicts) -> dict | None:
 
 def match_hypothesis_config(config, verdicts) -> dict | None:
     """``derive`` changes for the intensity hypothesis (:data:`MATCH_HYPOTHESIS`), or None when it is not
-    worth registering: a result so far is ``ok`` or the registrar matches its captures already."""
-    if any(v == "ok" for v in verdicts) or config.match_capture:
+    worth registering: a result so far is ``ok``, the registrar matches its captures already, or matching
+    is off (``match_intensity`` None: ``--match-intensity off``, a part of the CT registered)."""
+    if any(v == "ok" for v in verdicts) or config.match_capture or config.match_intensity is None:
         return None
     from xraypose.register.config import MATCH_THRESHOLD
 
