@@ -192,9 +192,10 @@ def test_evaluate_perturb_needs_true_poses(tmp_path, case, capsys):
 
 
 def test_no_metal_steps_reaches_the_model_initialiser(case, model):
-    """--no-metal-steps (foreign_steps None) is passed to the model initialiser too, by evaluate's start and by
-    register's: the model then sees the X-ray as given."""
+    """--no-metal-steps (foreign_steps None) is passed to the model initialiser too, by evaluate's start,
+    register's and a rig's or a sequence's: the model then sees the X-ray as given."""
     from xraypose.cli.register import _start
+    from xraypose.cli.steps import start_pose
     from xraypose.evaluate import load_eval_set
     from xraypose.register.starts import evaluation_start
 
@@ -205,3 +206,8 @@ def test_no_metal_steps_reaches_the_model_initialiser(case, model):
         init2, _ = _start("model", None, case, model=model, vol=ev.volume, pose_json=None, sod=None, iso=None,
                           allow_other_ct=False, foreign_steps=steps)
         assert init2.foreign_steps == steps
+        # the start of a rig registration and of a sequence (register --rig, track)
+        init3, _ = start_pose("model", px=None, camera_to_rig=None, view="a", model=model, vol=ev.volume,
+                              pose_json=None, angles=None, sod=None, iso=None, allow_other_ct=False,
+                              foreign_steps=steps)
+        assert init3.foreign_steps == steps

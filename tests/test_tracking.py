@@ -217,19 +217,23 @@ def test_cli_track_metal_weighs_every_level_of_every_frame_robustly(tmp_path, se
 
 def test_cli_track_motion_model_records_registrations_and_none_keeps_them(tmp_path, sequence, capsys):
     """trajectory.json gives each frame's registration alone beside the motion model's estimate; with
-    --motion none they are the same pose; an unknown --motion is one line."""
+    --motion none they are the same pose; an unknown --motion is one line.  --no-metal-steps and
+    --match-intensity reach the registration's config (recorded), a bad mode is one line."""
     from xraypose.cli import main
+    from xraypose.register.config import MATCH_CURVED
 
     run = _save_sequence(tmp_path / "in", sequence)
     start = str(tmp_path / "in" / "start.json")
     docs = {}
-    for motion in ("smooth", "none"):
+    for motion, extra in (("smooth", []), ("none", ["--no-metal-steps", "--match-intensity", "off"])):
         out = tmp_path / motion
         code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", start, "--i0", "65000", "--fast",
-                     "--motion", motion])
+                     "--motion", motion, *extra])
         assert code in (0, 3), capsys.readouterr().err
         docs[motion] = json.loads((out / "trajectory.json").read_text())
         assert docs[motion]["motion"] == motion
+    cfgs = {m: (d["config"]["foreign_steps"], d["config"]["match_intensity"]) for m, d in docs.items()}
+    assert cfgs == {"smooth": (12.0, MATCH_CURVED), "none": (None, None)}, cfgs
     for fr in docs["none"]["frames"]:
         assert fr["registered_camera_to_world"] == fr["camera_to_world"]
     moved = 0.0
@@ -252,6 +256,10 @@ def test_cli_track_motion_model_records_registrations_and_none_keeps_them(tmp_pa
     assert main(["track", "sample", str(run), "-o", str(tmp_path / "x"), "--pose-json", start, "--motion", "kalman"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--motion must be one of none, filter, smooth" in err, err
+    assert main(["track", "sample", str(run), "-o", str(tmp_path / "x"), "--pose-json", start,
+                 "--match-intensity", "on"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--match-intensity must be one of fine, all, off" in err, err
 
 
 def test_later_frames_match_intensities_only_when_every_level_is_asked_to(volume, monkeypatch):

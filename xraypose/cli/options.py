@@ -266,14 +266,19 @@ def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, l
                          metal_steps: bool = METAL_STEPS, capture_starts: int = CAPTURE_STARTS,
                          match_intensity: str = MATCH_INTENSITY, seed: int = SEED, threads: int = THREADS) -> dict:
     """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
-    if match_intensity not in MATCH_MODES:
-        raise InputError(f"--match-intensity must be one of {', '.join(MATCH_MODES)}, got {match_intensity!r}")
     return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
                 bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, capture_starts=capture_starts,
-                foreign_steps=_REG.foreign_steps if metal_steps else None,
+                **appearance_settings(metal_steps, match_intensity), **levels_config(levels, fast, metal))
+
+
+def appearance_settings(metal_steps: bool, match_intensity: str) -> dict:
+    """RegistrationConfig keywords of ``--metal-steps/--no-metal-steps`` and ``--match-intensity
+    fine|all|off`` (``register``, ``evaluate``, ``track``)."""
+    if match_intensity not in MATCH_MODES:
+        raise InputError(f"--match-intensity must be one of {', '.join(MATCH_MODES)}, got {match_intensity!r}")
+    return dict(foreign_steps=_REG.foreign_steps if metal_steps else None,
                 match_intensity={"fine": MATCH_CURVED, "all": MATCH_THRESHOLD, "off": None}[match_intensity],
-                match_capture=match_intensity == "all",
-                **levels_config(levels, fast, metal))
+                match_capture=match_intensity == "all")
 
 
 # Options of `register` and `track`: the start, the X-ray's intrinsics, its preprocessing, a structure.

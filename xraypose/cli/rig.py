@@ -70,7 +70,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     reg = Registrar(cts.prepared.volume, cfg, isocenter=cts.registrar_isocenter)
     start, info = start_pose(init, px=pxs[r], camera_to_rig=Cs[r], view=views[r].name, model=model, vol=cts.volume,
                              pose_json=pose_json, angles=angles, sod=sod, iso=cts.isocenter,
-                             allow_other_ct=allow_other_ct)
+                             allow_other_ct=allow_other_ct, foreign_steps=cfg_kw.get("foreign_steps", 12.0))
     start, pxs, masks = _windows(start, pxs, Cs, r, cts, views)
     truth = _true_rig_to_world(true_pose, Cs[r])
     fid = metric_fiducials(fiducials, truth)

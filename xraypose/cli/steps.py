@@ -167,18 +167,19 @@ def window_views(pxs, poses, prep, names):
 
 
 def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol: Volume, pose_json, angles, sod, iso,
-               allow_other_ct: bool):
+               allow_other_ct: bool, foreign_steps: float | None = 12.0):
     """(start, info): the start of a rig registration or a sequence — a ``rig_to_world`` (4, 4), or
     (``--model``) an initialiser giving the start view's camera_to_world, ``init(image (1, 1, H, W),
     camera) -> (1, 4, 4)`` — from ``--init`` model | pose | angles | ap, given for the view ``px`` (a
-    preprocessed XRay) whose camera_to_rig is ``camera_to_rig``."""
+    preprocessed XRay) whose camera_to_rig is ``camera_to_rig``.  ``foreign_steps``: the model's
+    X-ray has metal's steps set aside at this threshold (None: ``--no-metal-steps``)."""
     from xraypose.camera import carm_pose, default_sod
     from xraypose.cli.options import option_numbers
     from xraypose.register.initializers import ModelInitializer
     from xraypose.register.multiview import rig_start
 
     if init == "model":
-        est = ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct)
+        est = ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct, foreign_steps=foreign_steps)
         return est, {"kind": "model", "model": str(model), "view": view}
     if init == "pose":
         kind, T = read_start_file(pose_json)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, METAL, REGISTRATION_DEFAULTS, SEED, THREADS, Group,
-                                  intrinsics_options, levels_config, preprocessing_options, start_options,
-                                  structure_options, with_groups)
+from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, MATCH_INTENSITY, METAL, METAL_STEPS,
+                                  REGISTRATION_DEFAULTS, SEED, THREADS, Group, appearance_settings, intrinsics_options,
+                                  levels_config, preprocessing_options, start_options, structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
 from xraypose.cli.steps import (drr_blur, load_registration_ct, part_settings, pose_transform_of,
                                 preprocess_settings, start_pose)
@@ -178,6 +178,8 @@ def track_command(
     levels: Optional[str] = LEVELS,
     fast: bool = FAST,
     metal: bool = METAL,
+    metal_steps: bool = METAL_STEPS,
+    match_intensity: str = MATCH_INTENSITY,
     motion: str = MOTION,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
@@ -212,7 +214,7 @@ def track_command(
     if motion not in MOTIONS:
         raise InputError(f"--motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
     cfg_kw = {"density": density, "seed": seed, "num_threads": threads, "record_trajectory": False,
-              **levels_config(levels, fast, metal)}
+              **appearance_settings(metal_steps, match_intensity), **levels_config(levels, fast, metal)}
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     r = _start_view_index(start_view, names, frames)
@@ -226,7 +228,8 @@ def track_command(
     s = start_kw
     start, info = start_pose(s["init"], px=first[r], camera_to_rig=views[r][2], view=names[r], model=s["model"],
                              vol=cts.volume, pose_json=s["pose_json"], angles=s["angles"], sod=s["sod"],
-                             iso=cts.isocenter, allow_other_ct=allow_other_ct)
+                             iso=cts.isocenter, allow_other_ct=allow_other_ct,
+                             foreign_steps=cfg_kw["foreign_steps"])
     if callable(start):
         start = rig_start(start(views[r][0][:1], views[r][1])[0], views[r][2])
     res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion)
