@@ -103,7 +103,7 @@ def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> 
         InputError: neither or both given, a file not on the CT's grid, an empty mask, a label
             that is not in the labelmap (naming the labels present).
     """
-    from xraypose.volume import Volume, read_volume
+    from xraypose.volume import Volume
 
     if (mask is None) == (label_map is None):
         raise InputError("give the structure as a mask (--structure MASK) or as a labelmap and a label "

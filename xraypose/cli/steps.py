@@ -19,6 +19,8 @@ import typer
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
+    import torch
+
     from xraypose.volume import Volume
 
 

@@ -53,7 +53,6 @@ from xraypose.register.config import (  # noqa: F401 (re-exported)
     RegistrationConfig,
     levels_for_sizes,
 )
-from xraypose.register.measures import score_from_residual
 from xraypose.register.objective import LevelObjective, ViewSet, level_channels
 from xraypose.register.steppers import Track, make_stepper, pose_motion_mm
 from xraypose.render.density import DENSITY_MODELS, registration_basis
