@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     kw.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
     models = dict(m.split("=", 1) for m in args.model)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
-    report = {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": kw,
+    report = {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": {**kw, **({"levels": args.levels} if args.levels else {})},
               "xraypose": str(Path(sys.modules["xraypose"].__file__).parent), "groups": {}, "cases": []}
     rows: list[dict] = []
 

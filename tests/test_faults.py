@@ -645,3 +645,20 @@ def test_a_result_with_infinite_metrics_is_written_as_strict_json_and_read_back(
     row, _ = write_case_outputs(tmp_path / "case", sample_ct, torch.zeros(16, 16), cam, reg, name="c", pictures=False)
     saved = json.loads((tmp_path / "case" / "result.json").read_text(), **strict)
     assert math.isinf(restore_non_finite(saved)["row"]["mPE (mm)"]) and math.isinf(row["mPE (mm)"])
+
+
+def test_the_appearance_benchmark_runs_with_a_levels_schedule_and_records_it(tmp_path):
+    """benchmarks/appearance.py --levels wrote Level objects into its JSON's settings and crashed at the
+    first save; the sizes are recorded as given."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "a.json"
+    assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
+                       "truth", "--detector", "64", "--levels", "16,32", "--cache", str(tmp_path / "cache")]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["levels"] == "16,32" and doc["config"]["levels"][-1]["size"] == 32
+    assert doc["groups"]["pelvis/ours/truth"]["n"] == 1 and doc["cases"][0]["mtre"] < 5.0
