@@ -7,7 +7,7 @@ import torch
 from xraypose.errors import InputError
 from xraypose.register import Registrar, RegistrationConfig
 from xraypose.register.api import registration_metrics
-from xraypose.register.config import MATCH_CURVED, MATCH_THRESHOLD
+from xraypose.register.config import MATCH_CURVED
 from xraypose.register.matching import match_quantiles
 
 F64 = torch.float64
@@ -95,7 +95,7 @@ def test_registers_through_a_display_curve(sample_ct):
     image, camera, truth, fid, start, blur = appearance_case(sample_ct, "display", 7, seed=0)
     err = {}
     for name, kw in (("off", dict(match_intensity=None)),
-                     ("all", dict(match_intensity=MATCH_THRESHOLD, match_capture=True))):
+                     ("all", dict(match_intensity=MATCH_CURVED, match_capture=True))):
         reg = Registrar(sample_ct, RegistrationConfig(drr_blur=blur, record_trajectory=False, seed=0, num_threads=1,
                                                       **kw))
         r = reg.register(image, camera, start[None])
@@ -152,7 +152,7 @@ def test_a_failed_verdict_tries_matched_intensities_and_keeps_them(sample_ct, mo
     # not tried when a result is ok already or the registrar matches its captures already
     assert match_hypothesis_config(cfg, ["failed", "ok"]) is None
     assert match_hypothesis_config(RegistrationConfig(match_capture=True), ["failed"]) is None
-    assert match_hypothesis_config(cfg, ["failed"]) == {"match_intensity": MATCH_THRESHOLD, "match_capture": True}
+    assert match_hypothesis_config(cfg, ["failed"]) == {"match_capture": True}
     # nor when matching is off (--match-intensity off, a part of the CT registered)
     assert match_hypothesis_config(RegistrationConfig(match_intensity=None), ["failed"]) is None
 
@@ -182,7 +182,7 @@ def test_the_match_intensity_option_reaches_the_config():
 
     defaults = {k: p.default.default for k, p in inspect.signature(registration_options).parameters.items()}
     assert defaults["match_intensity"] == "fine"
-    for mode, want in (("fine", (MATCH_CURVED, False)), ("all", (MATCH_THRESHOLD, True)), ("off", (None, False))):
+    for mode, want in (("fine", (MATCH_CURVED, False)), ("all", (MATCH_CURVED, True)), ("off", (None, False))):
         kw = registration_options(**{**defaults, "match_intensity": mode})
         cfg = RegistrationConfig(**kw)
         assert (cfg.match_intensity, cfg.match_capture) == want
@@ -201,6 +201,12 @@ def test_resume_names_intensity_matching_against_a_run_recorded_before_it_existe
     assert _settings_differences({"registration": old}, {"registration": off}) == []
     diffs = _settings_differences({"registration": old}, {"registration": now})
     assert diffs and diffs[0].startswith("--match-intensity"), diffs
+    # the same for every setting added after runs were recorded: what such a run did is what it is compared as
+    older = {k: v for k, v in old.items() if k not in ("foreign_steps", "capture_starts")}
+    then = RegistrationConfig(match_intensity=None, foreign_steps=None, capture_starts=1).to_dict()
+    assert _settings_differences({"registration": older}, {"registration": then}) == []
+    diffs = _settings_differences({"registration": older}, {"registration": off})
+    assert len(diffs) == 1 and diffs[0].startswith("--metal-steps/--no-metal-steps (null then, 12"), diffs
 
 
 def test_a_masked_plateau_counts_in_neither_histogram():

@@ -451,6 +451,9 @@ _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans"
                   "foreign_steps": "--metal-steps/--no-metal-steps", "capture_starts": "--capture-starts",
                   "match_intensity": "--match-intensity", "match_capture": "--match-intensity"}
 _NOT_COMPARED = {"num_threads"}  # speed only: may change between a run and its resume
+#: Registration settings added after runs were recorded, with the value that reproduces how a run
+#: recorded without them registered (a resume compares against these).
+_ADDED_SETTINGS = {"foreign_steps": None, "capture_starts": 1, "match_intensity": None, "match_capture": False}
 
 
 def _short(v) -> str:
@@ -476,8 +479,7 @@ def _settings_differences(old: dict, new: dict) -> list[str]:
     for k in dict.fromkeys([*old, *new]):
         if k == "registration":
             a, b = old.get(k) or {}, new.get(k) or {}
-            if "match_intensity" not in a and "match_intensity" in b:  # recorded before matching existed: off
-                a = {**a, "match_intensity": None, "match_capture": False}
+            a = {**{k: v for k, v in _ADDED_SETTINGS.items() if k in b}, **a}  # recorded before they existed
             if "levels" in a or "levels" in b:
                 a, b = {**a, "levels": _with_level_defaults(a.get("levels"))}, \
                     {**b, "levels": _with_level_defaults(b.get("levels"))}

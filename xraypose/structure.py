@@ -33,7 +33,10 @@ cropped to one bone (issue 14, item 3).
   nothing.
 * **The similarity**: a structure's DRR lacks the rest of the body, which an X-ray's low
   frequencies are mostly made of; the command line therefore registers one structure with
-  gradient NCC at every level (``--similarity gncc``) unless another measure is asked for.
+  gradient NCC at every level (``--similarity gncc``) unless another measure is asked for, and
+  never matches the X-ray's intensities to the DRR's (``match_intensity=None``: the X-ray shows
+  the whole body, the DRR the part; :func:`xraypose.cli.steps.part_settings`).  From Python, give
+  a registrar of a part the same settings.
 
 Units: mm; world = CT RAS mm.
 """

@@ -40,7 +40,7 @@ import typer
 import typer.core
 
 from xraypose.errors import InputError
-from xraypose.register.config import DEFAULT_LEVELS, MATCH_CURVED, MATCH_THRESHOLD, RegistrationConfig
+from xraypose.register.config import DEFAULT_LEVELS, MATCH_CURVED, RegistrationConfig
 from xraypose.schema import (OFFSET_MM, PIXEL_MM, POSITION_MM, PRIMARY_DEG, SDD_MM, SECONDARY_DEG, SOD_MM, Integer,
                              Number)
 
@@ -241,9 +241,9 @@ CAPTURE_STARTS = typer.Option(_REG.capture_starts, "--capture-starts", help="Cap
                               "the given start only (faster, loses more far starts).")
 MATCH_INTENSITY = typer.Option("fine", "--match-intensity", help="Map the X-ray's intensities onto the DRR's by "
                                "their quantiles (a display curve undone): fine — at a finer level where that map "
-                               "is clearly curved (the default); all — at every capture level too, and from a "
-                               "gentler curve on (display-processed X-rays: a linear LUT shown bone bright, a "
-                               "strong gamma; tried as a hypothesis when the verdict is not ok); off — never, nor "
+                               "is clearly curved (the default); all — at every capture level too (display-processed "
+                               "X-rays: a linear LUT shown bone bright, a strong gamma; tried as a hypothesis when "
+                               "the verdict is not ok); off — never, nor "
                                "as a hypothesis (also when --structure or a cropped CT registers a part of the CT).")
 MATCH_MODES = ("fine", "all", "off")
 SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse patches; evaluate: the "
@@ -277,7 +277,7 @@ def appearance_settings(metal_steps: bool, match_intensity: str) -> dict:
     if match_intensity not in MATCH_MODES:
         raise InputError(f"--match-intensity must be one of {', '.join(MATCH_MODES)}, got {match_intensity!r}")
     return dict(foreign_steps=_REG.foreign_steps if metal_steps else None,
-                match_intensity={"fine": MATCH_CURVED, "all": MATCH_THRESHOLD, "off": None}[match_intensity],
+                match_intensity=None if match_intensity == "off" else MATCH_CURVED,
                 match_capture=match_intensity == "all")
 
 

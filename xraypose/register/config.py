@@ -155,10 +155,6 @@ def levels_for_sizes(sizes, base=DEFAULT_LEVELS) -> tuple:
 #: the DRR's quantiles left out the X-ray's weighted-out pixels, metal set aside curved maps past 0.15.
 MATCH_CURVED = 0.15
 
-#: ``match_intensity`` of the "intensities matched" hypothesis and of ``--match-intensity all`` (with
-#: ``match_capture``): every capture level matched, a finer level from this departure on.
-MATCH_THRESHOLD = 0.15
-
 
 @dataclass
 class RegistrationConfig:

@@ -47,7 +47,7 @@ CAPTURE_HYPOTHESIS = "five capture starts"
 CAPTURE_HYPOTHESIS_STARTS = 5
 
 #: The hypothesis "the given start registered with the X-ray's intensities matched to the DRR's at every
-#: level" (``match_capture`` and ``match_intensity`` = :data:`~xraypose.register.config.MATCH_THRESHOLD`,
+#: level" (``match_capture``, the registrar's own ``match_intensity`` at the finer levels;
 #: :mod:`xraypose.register.matching`; tried after :data:`HYPOTHESES`, before the capture hypothesis): a
 #: display curve the DRR does not share (a linear LUT shown bone bright, a strong gamma) pulls the
 #: capture away.  Not the default: on fresh cases (seed 1) matching at a capture's start 10°/40 mm off
@@ -147,9 +147,7 @@ def match_hypothesis_config(config, verdicts) -> dict | None:
     is off (``match_intensity`` None: ``--match-intensity off``, a part of the CT registered)."""
     if any(v == "ok" for v in verdicts) or config.match_capture or config.match_intensity is None:
         return None
-    from xraypose.register.config import MATCH_THRESHOLD
-
-    return {"match_intensity": MATCH_THRESHOLD, "match_capture": True}
+    return {"match_capture": True}
 
 
 def kept_reason(reason: str, kept: str, p_given: float) -> str:

@@ -5,7 +5,8 @@ that the DRR's line integrals do not share; normalised cross-correlation only fo
 relation.  :func:`match_quantiles` maps each X-ray value onto the DRR value of the same quantile
 (histogram matching): any monotone increasing curve is undone, whatever its form, as far as the
 two images show the same anatomy.  The DRR is rendered at the registration's current pose, so the
-map is only as good as that pose: it is used by the capture levels (see
+map is only as good as that pose: by default the finer levels use it where the map is clearly
+curved, the capture levels only with ``match_capture`` (see
 :attr:`xraypose.register.config.RegistrationConfig.match_intensity`).
 """
 
@@ -74,7 +75,7 @@ def quantile_map(target: torch.Tensor, drr: torch.Tensor, weights: torch.Tensor 
     if xs.numel() < knots or d.numel() < knots:
         return None
     p = torch.linspace(0.0, 1.0, knots, dtype=torch.float64)
-    qx, qd = _quantiles(xs, p), _quantiles(d, p)
+    qx, qd = torch.quantile(xs, p), torch.quantile(d, p)
     ux, inv = torch.unique(qx, return_inverse=True)
     if ux.numel() < 2:
         return None
@@ -107,15 +108,6 @@ def _pooled(img: torch.Tensor, size: int) -> torch.Tensor:
         return img
     s = (size, max(1, round(w * size / h)))
     return torch.nn.functional.adaptive_avg_pool2d(img.reshape(1, 1, h, w), s)[0, 0]
-
-
-def _quantiles(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    s, _ = torch.sort(v)
-    pos = p * (s.numel() - 1)
-    lo = pos.floor().long()
-    hi = pos.ceil().long()
-    f = pos - lo
-    return s[lo] * (1 - f) + s[hi] * f
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:

@@ -339,12 +339,16 @@ class Registrar:
         for t in tracks:
             if t.alive and (t.xray not in best or t.score > best[t.xray].score):
                 best[t.xray] = t
+        if not best:
+            return 0
+        rows = torch.tensor(list(best))
+        poses = torch.stack([t.pose for t in best.values()])
         with torch.no_grad():
             for i, view in enumerate(objective.views):
                 if view.uv is not None:
                     continue
-                for b, t in best.items():
-                    drr = view.render(objective.view_poses(t.pose[None], i), torch.tensor([b]))[0, 0]
+                drrs = view.render(objective.view_poses(poses, i), rows)[:, 0]  # one render of every X-ray's pose
+                for b, drr in zip(rows.tolist(), drrs):
                     m = None if view.mask is None else view.mask[b, 0]
                     qmap = quantile_map(view.target[b, 0], drr, m, size=MATCH_ROWS)
                     if qmap is not None and (always or qmap.nonlinearity > float(self.config.match_intensity)):
