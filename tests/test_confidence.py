@@ -304,3 +304,29 @@ def test_a_correct_pose_under_wires_and_screws_is_ok_and_an_offset_one_failed(sa
     # steps set aside as registration sees it (xraypose/register/foreign.py), 0.95 since
     assert c_true.verdict == "ok", (c_true.p_success, c_true.reason)
     assert c_off.verdict == "failed", (c_off.p_success, c_off.reason)
+
+
+def test_the_check_renders_the_registrars_cached_channels(sample_ct, registrar, maker, case, monkeypatch):
+    """The check's DRRs come from the registrar's cached volume of the check level's own channels (the
+    channels-last copy that keeps its empty-space grid across checks), not from a subset cut anew per
+    check: a tracked sequence checks every frame (a fresh copy rendered 7 poses without skipping, in
+    the slower channels-first layout).  Two checks render the same tensor; the signals do not change."""
+    import xraypose.register.confidence as conf
+    from xraypose.register.objective import level_channels
+
+    seen = []
+    real = conf.LevelObjective
+
+    def spy(level, config, density, *args, **kwargs):
+        seen.append(density)
+        return real(level, config, density, *args, **kwargs)
+
+    monkeypatch.setattr(conf, "LevelObjective", spy)
+    poses = case.true_pose[None]
+    first = measure_signals(registrar, case.image, case.camera, poses)
+    second = measure_signals(registrar, case.image, case.camera, poses)
+    cached = registrar.volume_level(conf.CHECK_LEVEL.volume_mm, level_channels(conf.CHECK_LEVEL)).density
+    assert len(seen) == 2 and seen[0] is cached and seen[1] is cached
+    assert cached.shape[0] == len(level_channels(conf.CHECK_LEVEL))
+    for k in ("ncc", "coverage"):
+        assert first[0][k] == pytest.approx(second[0][k], abs=1e-9)

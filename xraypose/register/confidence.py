@@ -47,7 +47,7 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.register.config import Level
-from xraypose.register.objective import LevelObjective, fit_bone, robust_weights, weighted_affine_fit
+from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
            "assess", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
@@ -329,7 +329,9 @@ def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, T
                   iso: torch.Tensor):
     """``(objective, DRRs (n, 7, C, h, w) float64, steps h (n, 6))``: the DRRs at the poses ``Ts`` (n, 4, 4) and
     at a quarter of a check pixel from each along the 6 directions of :func:`_chart_poses`, on ``level``."""
-    dens, aff = registrar.volume_level(level.volume_mm)
+    # the level's own channels, cached by the registrar (channels-last, with its empty-space grid): a
+    # subset cut here would be a fresh channels-first copy per check, rendered without skipping
+    dens, aff = registrar.volume_level(level.volume_mm, level_channels(level))
     obj = LevelObjective(level, registrar.config, dens, aff, imgs, camera, torch.Generator().manual_seed(0))
     n = Ts.shape[0]
     pix = obj.pixel_mm(Ts, iso)  # (n,) mm per check pixel at the isocenter
