@@ -285,3 +285,4 @@ def test_later_frames_match_intensities_only_when_every_level_is_asked_to(volume
         with pytest.raises(Stop):
             track_sequence(Registrar(volume, cfg), frames, cam, torch.eye(4, dtype=torch.float64))
         assert seen[-1]["match_intensity"] == want
+        assert seen[-1]["revisit"] is False  # the later frames never render the prediction beside the result
