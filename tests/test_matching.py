@@ -219,3 +219,34 @@ def test_a_masked_plateau_counts_in_neither_histogram():
     x[:, :26] = float(x.max())  # a plateau there
     y = match_quantiles(x, d, weights=w, knots=65)
     assert float((y[:, 26:] - d[:, 26:]).abs().max()) < 0.02 * float(d.max() - d.min())
+
+
+def test_the_map_is_made_from_a_small_render_that_agrees_with_the_levels_own(sample_ct):
+    """The map's DRR is rendered at twice the map's 32 rows and area-averaged (one level step's render
+    saved per level); its knots agree with those of the level's own full-size DRR (what the map used
+    before) to 1 % of the DRR's range, and so does its nonlinearity — on the curved display case 9
+    and on a plain X-ray of the same pose, at each fine level of the default schedule."""
+    from test_capture_starts import appearance_case
+
+    from xraypose.register.matching import quantile_map
+    from xraypose.register.objective import LevelObjective, level_channels
+    from xraypose.register.optimizer import MATCH_ROWS
+
+    image, camera, truth, fid, start, blur = appearance_case(sample_ct, "display", 9, seed=0)
+    reg = Registrar(sample_ct, RegistrationConfig(drr_blur=blur, record_trajectory=False, num_threads=1))
+    images = image.reshape(1, 1, *image.shape[-2:])
+    fine = [lv for lv in reg.config.levels if lv.optimizer == "lm" and lv.patches is None]
+    assert fine
+    for lv in fine:
+        dens, aff = reg.volume_level(lv.volume_mm, level_channels(lv))
+        view = LevelObjective(lv, reg.config, dens, aff, images, camera, torch.Generator().manual_seed(0))
+        small = reg._map_drrs(view, truth[None])
+        assert small.shape[-2] == min(MATCH_ROWS, view.height)
+        with torch.no_grad():
+            full = view.render(truth[None], torch.zeros(1, dtype=torch.long))[:, 0]
+        for target in (view.target[0, 0], full[0]):  # the display X-ray; a DRR-like one
+            a = quantile_map(target, full[0], size=MATCH_ROWS)
+            b = quantile_map(target, small[0], size=MATCH_ROWS)
+            span = float(full.max() - full.min())
+            assert torch.allclose(a.x, b.x) and float((a.y - b.y).abs().max()) < 0.01 * span, lv
+            assert abs(a.nonlinearity - b.nonlinearity) < 0.02, (lv, a.nonlinearity, b.nonlinearity)
