@@ -20,6 +20,7 @@ estimates' own standard deviation along the beam covers it (``depth_within_2sd``
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -85,6 +86,17 @@ def depth_error(T, T_true, fid) -> float:
     return float(T_true[:3, :3].T[2] @ (moved - fid.to(F64)).mean(0))
 
 
+def _parse_param(text: str) -> tuple:
+    """``NAME=VALUE`` -> (name, value as JSON when it parses, else the string)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--param takes NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
@@ -107,6 +119,11 @@ def main(argv=None) -> int:
                          "Kalman filter's estimates, or the smoother's")
     ap.add_argument("--tracking-tol", type=float, default=None,
                     help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
+    ap.add_argument("--same-params", action="store_true",
+                    help="draw the family's parameters once (frame 0's) and keep them for every frame, as a "
+                         "fluoroscopy system's processing is; only the noise is drawn anew per frame")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="fix a family parameter for every frame (e.g. photons=3000; repeatable)")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
@@ -130,9 +147,14 @@ def main(argv=None) -> int:
     truth = trajectory(T0, iso, args.frames, args.step_mm, args.step_deg, args.jump_at, args.jump_mm,
                        args.jump_deg, args.seed)
     t0 = time.perf_counter()
-    images, poses = [], []
+    images, poses, formed = [], [], []
+    fixed = dict(_parse_param(kv) for kv in args.param)
     for f, T in enumerate(truth):
-        fx = form_xray(vol, cam, T, family=args.family, generator=torch.Generator().manual_seed(args.seed * 7 + f))
+        fx = form_xray(vol, cam, T, family=args.family, generator=torch.Generator().manual_seed(args.seed * 7 + f),
+                       **fixed)
+        formed.append(fx.info)
+        if f == 0 and args.same_params:
+            fixed = {k: v for k, v in fx.info.items() if k != "family"}
         pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
         images.append(pre.image)
         poses.append(pre.transform_pose(fx.pose))
@@ -183,7 +205,7 @@ def main(argv=None) -> int:
                "frames_per_s": float(1.0 / secs.mean()), "reinitialised": sum(r["reinitialised"] for r in rows),
                "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "uncertain", "failed", None)}}
     report = {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
-              "summary": summary, "frames": rows}
+              "summary": summary, "frames": rows, "formed": formed}
     atomic_write_json(args.json, report)
     print()
     for k, v in summary.items():

@@ -662,3 +662,27 @@ def test_the_appearance_benchmark_runs_with_a_levels_schedule_and_records_it(tmp
     doc = json.loads(out.read_text())
     assert doc["settings"]["levels"] == "16,32" and doc["config"]["levels"][-1]["size"] == 32
     assert doc["groups"]["pelvis/ours/truth"]["n"] == 1 and doc["cases"][0]["mtre"] < 5.0
+
+
+def test_the_tracking_benchmark_keeps_one_processing_for_a_sequence_and_fixes_given_parameters(tmp_path):
+    """benchmarks/tracking.py --same-params draws the family's parameters once (frame 0's) and keeps
+    them for every frame, as a fluoroscopy system's processing is; --param fixes one for every frame."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_tracking", ROOT / "benchmarks" / "tracking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "t.json"
+    assert bench.main(["--json", str(out), "--family", "display", "--frames", "3", "--detector", "32",
+                       "--jump-at", "0", "--no-confidence", "--same-params", "--param", "photons=3000"]) == 0
+    formed = json.loads(out.read_text())["formed"]
+    assert len(formed) == 3 and formed[0]["photons"] == 3000
+    assert all(f == formed[0] for f in formed[1:]), formed
+    out2 = tmp_path / "t2.json"
+    assert bench.main(["--json", str(out2), "--family", "display", "--frames", "2", "--detector", "32",
+                       "--jump-at", "0", "--no-confidence"]) == 0
+    formed2 = json.loads(out2.read_text())["formed"]
+    assert formed2[0]["gamma"] != formed2[1]["gamma"]  # drawn anew per frame without --same-params
+    with pytest.raises(SystemExit):
+        bench._parse_param("photons")
