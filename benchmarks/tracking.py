@@ -119,6 +119,9 @@ def main(argv=None) -> int:
                          "Kalman filter's estimates, or the smoother's")
     ap.add_argument("--tracking-tol", type=float, default=None,
                     help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="check each frame before registering the next (default: the check beside the next "
+                         "frame's registration on a second thread, track_sequence's overlap_check)")
     ap.add_argument("--same-params", action="store_true",
                     help="draw the family's parameters once (frame 0's) and keep them for every frame, as a "
                          "fluoroscopy system's processing is; only the noise is drawn anew per frame")
@@ -176,6 +179,7 @@ def main(argv=None) -> int:
 
     out = track_sequence(reg, frames, pcam, start, confidence=not args.no_confidence, progress=progress,
                          tracking_levels=TRACKING_VARIANTS[args.tracking](), motion=args.motion,
+                         overlap_check=False if args.no_overlap else None,
                          **({} if args.tracking_tol is None else {"tracking_tol_px": args.tracking_tol}))
     for fr in out:  # the smoother's estimates are known only at the end
         rows.append({**{k: v for k, v in fr.to_dict().items()

@@ -286,3 +286,32 @@ def test_later_frames_match_intensities_only_when_every_level_is_asked_to(volume
             track_sequence(Registrar(volume, cfg), frames, cam, torch.eye(4, dtype=torch.float64))
         assert seen[-1]["match_intensity"] == want
         assert seen[-1]["revisit"] is False  # the later frames never render the prediction beside the result
+
+
+def test_overlapped_checks_give_the_sequential_results_and_roll_back_a_failed_frame(volume, sequence):
+    """Each frame's check beside the next frame's registration (``overlap_check``): the same poses,
+    verdicts and re-initialisations as checking in order — also when a frame in the middle fails
+    (a schedule too weak to follow the jump): the motion model is rolled back, the frame is
+    re-initialised and the next frame is registered again from its new prediction; ``progress``
+    sees every frame once, in order."""
+    from xraypose.preprocess import preprocess
+
+    pres = [preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True)
+            for r in sequence["raws"]]
+    frames = torch.stack([p.image for p in pres])[: JUMP_AT + 2, None]
+    cam = pres[0].camera
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    weak = (Level(size=24, iterations=1, n_samples=32, volume_mm=8.0, fit_bone=True, optimizer="lm"),)
+    runs = {}
+    for overlap in (False, True):
+        seen = []
+        runs[overlap] = (track_sequence(reg, frames, cam, sequence["start"], tracking_levels=weak,
+                                        overlap_check=overlap, progress=seen.append), seen)
+    (seq, seen_seq), (ovl, seen_ovl) = runs[False], runs[True]
+    assert [fr.index for fr in seen_ovl] == list(range(JUMP_AT + 2)) and [fr.index for fr in ovl] == list(range(JUMP_AT + 2))
+    assert seq[JUMP_AT].reinitialised and seq[JUMP_AT].verdict != "failed"  # the rollback was exercised
+    for a, b in zip(seq, ovl):
+        assert (a.verdict, a.reinitialised, a.status) == (b.verdict, b.reinitialised, b.status), a.index
+        assert torch.allclose(a.camera_to_world, b.camera_to_world, atol=1e-9), a.index
+        assert torch.allclose(a.registered, b.registered, atol=1e-9), a.index
+        assert a.p_success == pytest.approx(b.p_success, abs=1e-12)

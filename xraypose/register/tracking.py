@@ -22,6 +22,11 @@
   sequence's, :func:`similarity_drop`) — is **re-initialised**: registered with the
   whole schedule from the last good pose; the better result (by the check, then by similarity)
   is kept and the frame says so (``reinitialised``).  A frame is never dropped.
+* **The check beside the next frame** (``overlap_check``; on by default with two CPUs or more):
+  frame f's check runs on a second thread while frame f + 1 is registered from the prediction that
+  assumes frame f stands; a ``failed`` verdict rolls the motion model back (its frames are only
+  ever appended) and frame f is re-initialised and f + 1 registered again, in order — the results
+  are those of checking first (tests/test_tracking.py).
 
 * **A motion model** (``motion``; :mod:`xraypose.register.motion`).  With ``"filter"`` or
   ``"smooth"`` (the default) each registration is a measurement of the pose with the covariance its
@@ -42,7 +47,9 @@ camera_to_world (world = CT RAS mm).
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -83,7 +90,8 @@ class FrameResult:
         verdict, p_success, reason: the confidence check's (None without it).
         reinitialised: the frame failed from the prediction and was registered again with the
             whole schedule from the last good pose.
-        seconds: wall-clock time of this frame (registration, check, re-initialisation).
+        seconds: wall-clock time of this frame (registration, check, re-initialisation); with the
+            check overlapped, the pipeline's period (the frames' times still add up to the whole).
         registered: (4, 4) the frame's registration alone (``camera_to_world`` is the motion model's
             estimate unless the motion is "none" or the frame failed).
         covariance: (6, 6) of ``camera_to_world`` in the motion model's chart (world axes at the
@@ -202,13 +210,18 @@ def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence:
         (RegistrationResult of one element, its Confidence or None when not checked).
     """
     res = reg.register_views(_frame_views(views, f), T0[None], curvature=curvature)
-    chk = None
-    if confidence and len(views) == 1 and views[0][2] is None:
+    return res, (_check_frame(reg, f, res, T0, views=views) if confidence else None)
+
+
+def _check_frame(reg, f: int, res, T0, *, views: list):
+    """The confidence check of frame ``f``'s registration ``res`` (started from ``T0`` (4, 4)): the
+    Confidence, or None when the check is unavailable.  Reads only (the registrar's cached volumes,
+    the frame), so it may run beside the next frame's registration (``track_sequence``'s
+    ``overlap_check``)."""
+    if len(views) == 1 and views[0][2] is None:
         chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None])
-        chk = chk[0] if chk else None
-    elif confidence:
-        chk = _check_views(reg, _frame_views(views, f), res.poses[0], T0)
-    return res, chk
+        return chk[0] if chk else None
+    return _check_views(reg, _frame_views(views, f), res.poses[0], T0)
 
 
 def _bad(res, chk, unlikely=None) -> bool:
@@ -237,10 +250,20 @@ def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fa
         res, chk = None, None
     if res is not None and not _bad(res, chk, unlikely):
         return res, chk, False
+    return (*_reinitialise(register, registrar, f, res, chk, fallback), True)
+
+
+def _reinitialise(register, registrar, f: int, res, chk, fallback):
+    """Frame ``f`` registered again with the ``registrar``'s whole schedule from ``fallback`` (4, 4);
+    the better (:func:`_better`) of that and the tracked ``res`` (None: none) with its check ``chk``.
+
+    Returns:
+        (RegistrationResult, Confidence or None).
+    """
     res2, chk2 = register(registrar, f, fallback)
     if res is None or _better(res2, chk2, res, chk):
-        res, chk = res2, chk2
-    return res, chk, True
+        return res2, chk2
+    return res, chk
 
 
 def _frame_result(f: int, pose, pred, res, chk, reinit: bool, seconds: float) -> FrameResult:
@@ -274,7 +297,7 @@ def _measured_covariance(res, views, scale: float):
 def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
                    confidence: bool = True, progress=None, motion: str = "smooth",
                    motion_model: MotionModel | None = None,
-                   tracking_tol_px: float = TRACKING_LM_TOL_PX) -> list[FrameResult]:
+                   tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -294,6 +317,12 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         motion_model: the filter's settings (default :class:`~xraypose.register.motion.MotionModel`).
         tracking_tol_px: the later frames' Levenberg–Marquardt convergence test (pixels; never below
             the registrar's own ``lm_tol_px``).
+        overlap_check: run each frame's check on a second thread while the next frame is registered
+            from the prediction that assumes the checked frame stands; a ``failed`` verdict rolls the
+            motion model back and both frames are done again in order, so the results are those of
+            the sequential loop.  None (default): when the machine has two CPUs or more and the
+            check is on.  A frame's ``seconds`` is then the pipeline's period (they still add up to
+            the sequence's wall-clock time).
     Returns:
         one :class:`FrameResult` per frame.
     """
@@ -304,6 +333,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     if start is None:
         raise InputError("give the start pose of the first frame")
     T_start = torch.as_tensor(start, dtype=F64).reshape(4, 4)
+    overlap = bool(confidence) and ((os.cpu_count() or 1) >= 2 if overlap_check is None else bool(overlap_check))
     if not (isinstance(tracking_tol_px, (int, float)) and math.isfinite(tracking_tol_px) and tracking_tol_px > 0):
         raise InputError(f"tracking_tol_px must be a finite number > 0, got {tracking_tol_px!r}")
     # later frames match intensities only when asked for every level (``--match-intensity all``): the
@@ -340,26 +370,24 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             return filt.innovation(res.poses[0], R) > model.gate
         return similarity_drop(float(res.similarity[0]), accepted_sims)
 
-    for f in range(n_frames):
-        t0 = time.perf_counter()
-        measured.clear()
+    def predict(f: int):
         if f == 0:
-            pred = T_start
-            res, chk = register(registrar, f, pred)
-            reinit = False
-        else:
-            if filt is not None:
-                pred = filt.predict()
-            else:
-                moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
-                pred = predict_pose(good_poses[-2:] if moving else good_poses[-1:])
-            res, chk, reinit = _track_frame(register, registrar, tracker, f, pred, last_curvature,
-                                            good_poses[-1] if good_poses else T_start, unlikely)
+            return T_start
+        if filt is not None:
+            return filt.predict()
+        moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
+        return predict_pose(good_poses[-2:] if moving else good_poses[-1:])
+
+    def commit(f: int, pred, res, chk, reinit: bool, seconds: float, bad: bool | None = None) -> FrameResult:
+        """Frame ``f``'s registration into the motion model and the results (``bad`` None: judged
+        by :func:`_bad`)."""
+        nonlocal last_curvature
         pose = res.poses[0].clone()
         if res.config.levels == tracker.config.levels:
             last_curvature = res.curvature[0]
         # unchecked, a re-initialised frame is the best there is (with a motion model it restarts it)
-        bad = _bad(res, chk, None if reinit and filt is not None else unlikely)
+        if bad is None:
+            bad = _bad(res, chk, None if reinit and filt is not None else unlikely)
         estimate, R = pose, covariance_of(res)
         cov = None if bad or R is None else R
         if filt is not None:
@@ -368,7 +396,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             else:
                 estimate = filt.update(pose, R, restart=reinit or f == 0)
                 cov = None if R is None else filt.steps[-1].P[:6, :6].clone()
-        fr = _frame_result(f, pose, pred, res, chk, reinit, time.perf_counter() - t0)
+        fr = _frame_result(f, pose, pred, res, chk, reinit, seconds)
         fr.camera_to_world = estimate.clone()
         fr.covariance, fr.spread = cov, pose_spread(cov, estimate)
         if not bad:
@@ -377,8 +405,90 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         elif not good_poses:
             good_poses.append(pose)  # nothing better to go on from
         out.append(fr)
+        return fr
+
+    def sequential(f: int, t0: float) -> None:
+        measured.clear()
+        pred = predict(f)
+        if f == 0:
+            res, chk = register(registrar, f, pred)
+            reinit = False
+        else:
+            res, chk, reinit = _track_frame(register, registrar, tracker, f, pred, last_curvature,
+                                            good_poses[-1] if good_poses else T_start, unlikely)
+        fr = commit(f, pred, res, chk, reinit, time.perf_counter() - t0)
         if progress is not None:
             progress(fr)
+
+    def settle(p: dict) -> bool:
+        """Wait for the check of a frame committed ahead of it (``p``); True when the frame stands,
+        False when its verdict was ``failed`` (then the motion model and the results are rolled back
+        to before it and the frame is re-initialised as without the overlap)."""
+        nonlocal last_curvature
+        t0 = time.perf_counter()
+        chk = p["check"].result()
+        fr = p["frame"]
+        if chk is None or chk.verdict != "failed":
+            if chk is not None:
+                fr.verdict, fr.p_success, fr.reason = chk.verdict, float(chk.p_success), chk.reason
+            fr.seconds += time.perf_counter() - t0
+            if progress is not None:
+                progress(fr)
+            return True
+        n_steps, n_good, n_sims, last_curvature = p["before"]
+        if filt is not None:  # the filter only appends: its frames after n_steps are dropped
+            del filt.steps[n_steps:]
+        out.pop()
+        del good_poses[n_good:], accepted_sims[n_sims:]
+        measured.clear()
+        f = fr.index
+        res, chk = _reinitialise(register, registrar, f, p["result"], chk,
+                                 good_poses[-1] if good_poses else T_start)
+        fr = commit(f, fr.predicted, res, chk, True, fr.seconds + time.perf_counter() - t0)
+        if progress is not None:
+            progress(fr)
+        return False
+
+    # With the check overlapped, frame f's check runs on a second thread while frame f + 1 is
+    # registered from the prediction that assumes frame f stands (the usual case); a `failed`
+    # verdict rolls the motion model back and the frame and its successor are done again in order.
+    pool = ThreadPoolExecutor(max_workers=1) if overlap else None
+    pending = None
+    try:
+        for f in range(n_frames):
+            t0 = time.perf_counter()
+            if pool is None or f == 0:
+                sequential(f, t0)
+                continue
+            pred = predict(f)
+            try:
+                res = tracker.register_views(_frame_views(views, f), pred[None],
+                                             curvature=[last_curvature] if last_curvature else None)
+            except InputError:  # the prediction left the CT
+                res = None
+            if pending is not None:
+                stands, pending = settle(pending), None
+                if not stands:  # frame f - 1 was done again: so is frame f, from its new prediction
+                    sequential(f, t0)
+                    continue
+            if res is None or res.status[0] in ("diverged", "invalid start"):
+                measured.clear()
+                res, chk = _reinitialise(register, registrar, f, None if res is None else res,
+                                         None, good_poses[-1] if good_poses else T_start)
+                fr = commit(f, pred, res, chk, True, time.perf_counter() - t0)
+                if progress is not None:
+                    progress(fr)
+                continue
+            measured.clear()
+            check = pool.submit(_check_frame, registrar, f, res, pred, views=views)
+            before = (len(filt.steps) if filt is not None else 0, len(good_poses), len(accepted_sims), last_curvature)
+            fr = commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False)
+            pending = {"check": check, "frame": fr, "result": res, "before": before}
+        if pending is not None:
+            settle(pending)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     if motion == "smooth" and filt is not None:
         poses, covs = smooth(filt, covariances=True)
         for fr, step, T, C in zip(out, filt.steps, poses, covs):
