@@ -97,8 +97,12 @@ class Level:
 #: capture cost low-dose abdominal X-rays 100 % -> 70 % below 1 mm, see :data:`METAL_LEVELS`) and fit
 #: the bone multiplier, a tissue offset (another renderer's density model) and a quadratic term (a
 #: display curve) in closed form.
+#: The first level's cap is 120 iterations (was 60): a 10°/40 mm start often still travelled when 60
+#: ended (28 of 110 registrations; the 32-row level then finished the journey); at 120, 7 of 110 —
+#: success the same (pelvis seeds 0/1, abdomen seed 0, 3–4 families × 10 cases: +1 / −1), more
+#: levels ended by their own test (benchmarks/results/appearance/appearance-level0-cap-*-2026-12-02.json).
 DEFAULT_LEVELS = (
-    Level(size=16, iterations=60, volume_mm=12.0, lr_scale=1.0, depth_lr_scale=0.2),
+    Level(size=16, iterations=120, volume_mm=12.0, lr_scale=1.0, depth_lr_scale=0.2),
     Level(size=32, iterations=80, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
     Level(size=64, iterations=40, volume_mm=4.0, fit_bone=True, optimizer="lm", robust=True, fit_tissue=True,
           fit_curve=True),
