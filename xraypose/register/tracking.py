@@ -472,9 +472,9 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                     sequential(f, t0)
                     continue
             if res is None or res.status[0] in ("diverged", "invalid start"):
-                measured.clear()
-                res, chk = _reinitialise(register, registrar, f, None if res is None else res,
-                                         None, good_poses[-1] if good_poses else T_start)
+                measured.clear()  # as _track_frame: the bad result checked, then weighed against the restart
+                chk = None if res is None or not confidence else _check_frame(registrar, f, res, pred, views=views)
+                res, chk = _reinitialise(register, registrar, f, res, chk, good_poses[-1] if good_poses else T_start)
                 fr = commit(f, pred, res, chk, True, time.perf_counter() - t0)
                 if progress is not None:
                     progress(fr)
