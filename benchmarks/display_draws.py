@@ -67,12 +67,11 @@ def main(argv=None) -> int:
                                                      **levels, **kw))
                 for k, kw in (("map off", {"match_intensity": None}), ("map default", {}))}
         for draw in range(args.draws):
-            given = dict(_parse_param(kv) for kv in args.param)
-            fixed = dict(given)
-            for f in args.frames:
+            fixed = dict(_parse_param(kv) for kv in args.param)
+            for i, f in enumerate(args.frames):
                 g = torch.Generator().manual_seed(args.first_draw + draw)
                 fx = form_xray(vol, cam, truth[f], family="display", generator=g, **fixed)
-                if fixed == given:  # the draw's processing, kept for its other frames
+                if i == 0:  # the draw's processing, kept for its other frames
                     fixed = {k: v for k, v in fx.info.items() if k != "family"}
                 pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
                 pose, pcam = pre.transform_pose(fx.pose), pre.camera

@@ -55,6 +55,7 @@ from xraypose.register.config import (  # noqa: F401 (re-exported)
 )
 from xraypose.register.objective import LevelObjective, ViewSet, level_channels
 from xraypose.register.steppers import Track, make_stepper, pose_motion_mm
+from xraypose.render import render
 from xraypose.render.density import DENSITY_MODELS, registration_basis
 from xraypose.render.backends.cpu import channels_last
 
@@ -365,8 +366,6 @@ class Registrar:
         the level's own size and volume this render cost as much as a step of the level (three
         channels, for quantiles of 32 rows: 6 % of an abdominal registration, now 2 %); the map's
         knots agree with it to 1 % of the DRR's range (tests/test_matching.py)."""
-        from xraypose.render import render
-
         h, w = view.height, view.width
         if h <= MATCH_ROWS:  # the map takes every pixel of such a level: its own DRR
             return view.render(poses, torch.zeros(poses.shape[0], dtype=torch.long))[:, 0]

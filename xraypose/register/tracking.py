@@ -461,9 +461,9 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                 sequential(f, t0)
                 continue
             pred = predict(f)
-            try:
-                res = tracker.register_views(_frame_views(views, f), pred[None],
-                                             curvature=[last_curvature] if last_curvature else None)
+            try:  # the tracked registration alone; its check goes to the second thread below
+                res, _ = _register_frame(tracker, f, pred, [last_curvature] if last_curvature else None,
+                                         views=views, confidence=False)
             except InputError:  # the prediction left the CT
                 res = None
             if pending is not None:
@@ -472,12 +472,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                     sequential(f, t0)
                     continue
             if res is None or res.status[0] in ("diverged", "invalid start"):
-                measured.clear()  # as _track_frame: the bad result checked, then weighed against the restart
-                chk = None if res is None or not confidence else _check_frame(registrar, f, res, pred, views=views)
-                res, chk = _reinitialise(register, registrar, f, res, chk, good_poses[-1] if good_poses else T_start)
-                fr = commit(f, pred, res, chk, True, time.perf_counter() - t0)
-                if progress is not None:
-                    progress(fr)
+                sequential(f, t0)  # rare: the in-order path (it registers the frame again, then re-initialises)
                 continue
             measured.clear()
             check = pool.submit(_check_frame, registrar, f, res, pred, views=views)
