@@ -74,8 +74,15 @@ def load_ct(spec: str):
     return Path(spec).name.split(".")[0], read_volume(spec)
 
 
-def make_case(volume, maker, family: str, i: int, seed: int) -> dict:
-    """One case: the true pose i of the CT, its X-ray formed by ``family``, preprocessed, fiducials in view."""
+def case_folder(name: str, detector: int, seed: int, blur_domain: str = "line-integral") -> str:
+    """The cache folder of a CT's cases.  Cases are stored preprocessed: those blurred before the log
+    (preprocess's ``blur_domain="intensity"``, its order until 2026-12-02) keep the old name."""
+    return f"{name}-d{detector}-s{seed}" + ("" if blur_domain == "intensity" else "-blurlog")
+
+
+def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral") -> dict:
+    """One case: the true pose i of the CT, its X-ray formed by ``family``, preprocessed (the blur in
+    ``blur_domain``), fiducials in view."""
     from xraypose.appearance import form_xray
     from xraypose.fiducials import bone_points, select_fiducials
     from xraypose.preprocess import preprocess
@@ -83,7 +90,7 @@ def make_case(volume, maker, family: str, i: int, seed: int) -> dict:
     T, _ = maker.true_pose(i)
     g = torch.Generator().manual_seed(seed * 1_000_003 + i * 101 + sum(map(ord, family)))
     fx = form_xray(volume, maker.raw_camera, T, family=family, generator=g)
-    pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+    pre = preprocess(fx.raw, fx.camera, **fx.preprocess, blur_domain=blur_domain)
     if not hasattr(maker, "_points"):
         maker._points = bone_points(volume)
     true_pose = pre.transform_pose(fx.pose)
@@ -94,8 +101,9 @@ def make_case(volume, maker, family: str, i: int, seed: int) -> dict:
             "info": json.loads(json.dumps(fx.info, default=str))}
 
 
-def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool) -> list[dict]:
-    folder = cache / f"{name}-d{detector}-s{seed}" / family
+def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool,
+                 blur_domain: str = "line-integral") -> list[dict]:
+    folder = cache / case_folder(name, detector, seed, blur_domain) / family
     folder.mkdir(parents=True, exist_ok=True)
     maker = None
     out = []
@@ -116,7 +124,7 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
 
             cam = Camera(sdd=1020.0, height=detector, width=detector, delx=280.0 / detector)
             maker = CaseMaker(volume, camera=cam, collimator_px=max(2, detector // 32), seed=seed)
-        c = make_case(volume, maker, family, i, seed)
+        c = make_case(volume, maker, family, i, seed, blur_domain)
         tmp = f.with_suffix(".tmp")
         torch.save(c, tmp)
         os.replace(tmp, f)
@@ -227,6 +235,9 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", default=None, help="coarse-to-fine detector sizes (levels_for_sizes)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a RegistrationConfig field (JSON value), e.g. --set similarity='\"gncc\"'")
+    ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
+                    help="preprocess's blur after the log (default) or before it (the order until 2026-12-02; "
+                         "its cases keep the old cache folder)")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))
     ap.add_argument("--make-only", action="store_true", help="only form and cache the cases")
     ap.add_argument("--register-only", action="store_true", help="never form cases (an older xraypose)")
@@ -267,7 +278,7 @@ def main(argv=None) -> int:
 
             try:
                 cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
-                                     make=not args.register_only)
+                                     make=not args.register_only, blur_domain=args.blur_domain)
             except InputError as e:  # e.g. "femur" on a CT without femurs
                 report.setdefault("not_applicable", {})[f"{name}/{family}"] = str(e)
                 log(f"  {name}/{family}: not applicable ({e})")

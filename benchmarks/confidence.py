@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.appearance import DEFAULT_FAMILIES, load_ct, machine, make_case  # noqa: E402
+from benchmarks.appearance import DEFAULT_FAMILIES, case_folder, load_ct, machine, make_case  # noqa: E402
 from xraypose.camera import Camera  # noqa: E402
 from xraypose.errors import InputError  # noqa: E402
 from xraypose.io import atomic_write_json  # noqa: E402
@@ -85,7 +85,7 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------------------------- cases
 def _case_file(cache: Path, ct: str, family: str, i: int) -> Path:
-    return cache / "cases" / f"{ct}-d256-s0" / family / f"case{i:04d}.pt"
+    return cache / "cases" / case_folder(ct, 256, 0) / family / f"case{i:04d}.pt"
 
 
 def cached_case(files, make) -> dict:
@@ -102,7 +102,7 @@ def cached_case(files, make) -> dict:
 
 def family_case(ct: str, vol, maker, family: str, i: int, cache: Path) -> dict:
     """Case i of a family, from benchmarks/appearance.py's cache, this benchmark's, or formed now."""
-    return cached_case((APPEARANCE_CACHE / f"{ct}-d256-s0" / family / f"case{i:04d}.pt", _case_file(cache, ct, family, i)),
+    return cached_case((APPEARANCE_CACHE / case_folder(ct, 256, 0) / family / f"case{i:04d}.pt", _case_file(cache, ct, family, i)),
                        lambda: make_case(vol, maker, family, i, 0))
 
 
@@ -196,7 +196,7 @@ class Runner:
             other = fam.split("-", 1)[1]
             return family_case(other, self.cts[other], self.makers[other], "ours", job["case"], self.cache)
         if fam == FLUORO:
-            f = self.cache / "cases" / f"{self.ct}-d128-s0" / "lowdose" / f"case{job['case']:04d}.pt"
+            f = self.cache / "cases" / case_folder(self.ct, 128, 0) / "lowdose" / f"case{job['case']:04d}.pt"
             return cached_case((f,), lambda: make_case(self.vol, self.fluoro_maker, "lowdose", job["case"], 0))
         return family_case(self.ct, self.vol, self.makers[self.ct], fam, job["case"], self.cache)
 

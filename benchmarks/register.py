@@ -87,7 +87,7 @@ def cached_cases(name: str, volume, n: int, detector: int, seed: int, cache: Pat
     collimator = max(2, detector // 32)
     maker = None
     out = []
-    folder = cache / f"{name}-d{detector}-s{seed}"
+    folder = cache / f"{name}-d{detector}-s{seed}-blurlog"  # cases are stored preprocessed (blur after the log)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for i in range(n):

@@ -181,4 +181,27 @@ def test_preprocessing_recovers_rendered_line_integrals():
     # without the crop the collimator border ruins the match; without the log the contrast is inverted
     assert ncc(preprocess(counts, cam, log=True, i0=i0).image[6:-6, 6:-6], target) > 0.99
     assert ncc(preprocess(counts, cam, crop=6, log=False).image, target) < 0
-    assert [s["step"] for s in blurred.steps] == ["crop", "blur", "beer_lambert", "rescale01"]
+    assert [s["step"] for s in blurred.steps] == ["crop", "beer_lambert", "blur", "rescale01"]
+    old = preprocess(counts, cam, crop=6, blur=True, blur_domain="intensity", log=True, i0=i0)
+    assert [s["step"] for s in old.steps] == ["crop", "blur", "beer_lambert", "rescale01"]
+
+
+def test_the_blur_acts_on_line_integrals_as_the_drrs_does():
+    """A body's outline against air (line integrals 0 | 5): blurred after the log (the default) the
+    X-ray is the blurred line integrals, as registration blurs its DRR; blurred before the log
+    (DiffPose's order) the outline moves toward the body by most of a pixel and no pixel spacing
+    or intensity scale makes up for it."""
+    from xraypose.preprocess import gaussian_blur
+
+    L = torch.zeros(40, 40, dtype=torch.float64)
+    L[:, 20:] = 5.0
+    counts = 60000.0 * torch.exp(-L)
+    new = preprocess(counts, None, blur=(5, 1.0), log=True, i0=60000.0, rescale=False).image.double()
+    old = preprocess(counts, None, blur=(5, 1.0), blur_domain="intensity", log=True, i0=60000.0,
+                     rescale=False).image.double()
+    want = gaussian_blur(L.float(), 5, 1.0).double()
+    assert torch.allclose(new, want, atol=1e-4)
+    half = lambda img: float((img[20] < 2.5).sum())  # noqa: E731  (the column where the outline crosses half)
+    assert half(new) == 20 and half(old) >= 21
+    with pytest.raises(InputError, match="blur_domain"):
+        preprocess(counts, None, blur=True, blur_domain="log", log=True)

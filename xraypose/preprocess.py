@@ -671,6 +671,7 @@ def preprocess(
     crop: int | tuple | None = None,
     center_crop: int | tuple | None = None,
     blur=None,
+    blur_domain: str = "line-integral",
     log: str | bool = False,
     i0: float | None = None,
     offset: float = 0.0,
@@ -686,7 +687,13 @@ def preprocess(
        ``flip`` = "columns" / "rows" / "both" — mirror the image.
     2. ``crop`` — remove a border: n pixels per edge or (top, bottom, left,
        right); ``center_crop`` — keep the central h or (h, w) pixels.
-    3. ``blur`` — Gaussian blur: True (5×5, σ = 1 px), a σ, or (kernel, σ).
+    3. ``blur`` — Gaussian blur: True (5×5, σ = 1 px), a σ, or (kernel, σ), applied to the line
+       integrals, after step 4 (``blur_domain`` "line-integral", the default: registration blurs its
+       DRR's line integrals, so the two images are blurred alike), or to the raw intensities before
+       the log (``blur_domain`` "intensity": DiffPose's order).  The order matters at strong edges
+       (the body's outline against air): the log of a blurred intensity is not the blurred log, and
+       at 2 mm pixels that difference moved a registration's depth by ~1 mm
+       (docs/registration.md, "Blur after the log").
        With ``log`` "intensity" / "log-intensity", a saturated plateau of the raw image
        (:func:`saturation_mask`), grown by the blur's radius, is left out: ``result.mask`` is 0
        there (registration weighs its pixels by it).
@@ -725,10 +732,16 @@ def preprocess(
     steps: list[dict] = [s for s in geo.steps if s["step"] != "resize"]
     _check_finite(img)
     b = _blur_args(blur)
-    img, mask = _blur_step(img, mask, b, steps)
+    if blur_domain not in ("line-integral", "intensity"):
+        raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
+    if blur_domain == "intensity":
+        img, mask = _blur_step(img, mask, b, steps, blur_domain)
+    img = _log_step(img, mode, log, i0, offset, steps)
+    if blur_domain == "line-integral":
+        img, mask = _blur_step(img, mask, b, steps, blur_domain)
     if mask is not None:
         _record_saturation(mask, float(as_image(image)[sat].flatten()[0]), int(sat.sum()), steps)
-    img = _intensity_steps(img, mode, log, i0, offset, background, rescale, steps)
+    img = _level_steps(img, background, rescale, steps)
     shadow = _check_field(img, steps, grow=0 if b is None else b[0] // 2 + 1)
     if shadow is not None:
         mask = shadow if mask is None else mask * shadow
@@ -741,12 +754,12 @@ def preprocess(
                         steps=steps, mask=mask)
 
 
-def _blur_step(img: torch.Tensor, mask, b, steps: list):
+def _blur_step(img: torch.Tensor, mask, b, steps: list, domain: str):
     """Step 3 of :func:`preprocess`: blur, and grow the mask's holes by the kernel's radius."""
     if b is None:
         return img, mask
     img = gaussian_blur(img, *b)
-    steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1]})
+    steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1], "domain": domain})
     if mask is not None:  # blurred pixels next to the plateau are not to be trusted either
         r = b[0] // 2
         mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
@@ -767,8 +780,8 @@ def _record_saturation(mask: torch.Tensor, value: float, pixels: int, steps: lis
     steps.append({"step": "saturation_mask", "value": value, "pixels": pixels, "weight": float(mask.mean())})
 
 
-def _intensity_steps(img, mode: str, log, i0, offset, background, rescale: bool, steps: list) -> torch.Tensor:
-    """Steps 4–6 of :func:`preprocess` (log, background, rescale), each recorded in ``steps``."""
+def _log_step(img, mode: str, log, i0, offset, steps: list) -> torch.Tensor:
+    """Step 4 of :func:`preprocess` (intensities → line integrals), recorded in ``steps``."""
     if mode == "intensity":
         img, info = beer_lambert(img, i0=i0, offset=offset)
         steps.append({"step": "beer_lambert", "formula": "log(I0) - log(I + offset)", **info})
@@ -778,6 +791,11 @@ def _intensity_steps(img, mode: str, log, i0, offset, background, rescale: bool,
         steps.append({"step": "negate_log", "formula": "max - v", "max": top})
     elif mode != "attenuation":
         raise InputError(f"log must be True/False or 'intensity', 'log-intensity', 'attenuation'; got {log!r}")
+    return img
+
+
+def _level_steps(img, background, rescale: bool, steps: list) -> torch.Tensor:
+    """Steps 5–6 of :func:`preprocess` (background, rescale), each recorded in ``steps``."""
     if background is not None:
         img, value = subtract_background(img, background)
         steps.append({"step": "background", "value": value,
