@@ -103,7 +103,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ct", default="pelvis")
     ap.add_argument("--family", default="lowdose")
     ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--detector", type=int, default=128)
+    ap.add_argument("--detector", type=int, default=128, help="the frames' rows as registered (pixels over 280 mm)")
+    ap.add_argument("--form-detector", type=int, default=None,
+                    help="form the frames on a finer detector (rows over the same 280 mm, e.g. 512: 0.55 mm "
+                         "pixels, as a fluoroscope's) and resample them to --detector rows after the log, as "
+                         "`xraypose track` does; the low-dose family's photons per pixel are scaled by the pixels' "
+                         "area so the dose per mm² is the same (default: formed at --detector)")
+    ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
+                    help="preprocess's blur after the log (default) or before it (the order until 2026-12-02)")
     ap.add_argument("--step-mm", type=float, default=2.0)
     ap.add_argument("--step-deg", type=float, default=1.0)
     ap.add_argument("--jump-at", type=int, default=50)
@@ -146,6 +153,9 @@ def main(argv=None) -> int:
     iso = vol.get_isocenter().to(F64)
     cam = Camera(sdd=1020.0, height=args.detector, width=args.detector, delx=280.0 / args.detector)
     maker = CaseMaker(vol, camera=cam, collimator_px=max(2, args.detector // 32), seed=args.seed)
+    fine = args.form_detector or args.detector
+    form_cam = Camera(sdd=1020.0, height=fine, width=fine, delx=280.0 / fine)
+    area = (args.detector / fine) ** 2  # a formed pixel's area over a registered one's
     T0, _ = maker.true_pose(0)
     truth = trajectory(T0, iso, args.frames, args.step_mm, args.step_deg, args.jump_at, args.jump_mm,
                        args.jump_deg, args.seed)
@@ -153,12 +163,20 @@ def main(argv=None) -> int:
     images, poses, formed = [], [], []
     fixed = dict(_parse_param(kv) for kv in args.param)
     for f, T in enumerate(truth):
-        fx = form_xray(vol, cam, T, family=args.family, generator=torch.Generator().manual_seed(args.seed * 7 + f),
-                       **fixed)
+        g = torch.Generator().manual_seed(args.seed * 7 + f)
+        extra = {}
+        if fine != args.detector and args.family == "lowdose" and "photons" not in fixed:
+            # the family's draw per registered pixel (10³–10⁴), spread over the finer pixels
+            u = float(torch.rand((), generator=torch.Generator().manual_seed(args.seed * 7919 + f), dtype=F64))
+            extra["photons"] = math.exp(math.log(1e3) + u * (math.log(1e4) - math.log(1e3))) * area
+        fx = form_xray(vol, form_cam, T, family=args.family, generator=g, **{**fixed, **extra})
         formed.append(fx.info)
         if f == 0 and args.same_params:
             fixed = {k: v for k, v in fx.info.items() if k != "family"}
-        pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+        prep = dict(fx.preprocess)
+        if fine != args.detector:  # the collimator crop scaled back to --detector's pixels, then resampled
+            prep["size"] = args.detector - 2 * int(round(prep.get("crop", 0) * args.detector / fine))
+        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain)
         images.append(pre.image)
         poses.append(pre.transform_pose(fx.pose))
         pcam = pre.camera

@@ -55,6 +55,31 @@ def test_a_plate_is_levelled_and_its_edges_and_a_wire_get_weight_zero():
     assert 0.0 < r.masked_share < 0.3 and kept.float().mean() > 0.6
 
 
+def test_regions_cut_apart_by_a_wire_are_levelled_with_the_surface_they_belong_to():
+    """The region graph of a benchmark X-ray (pelvis implants case 2, its X-ray blurred after the log): a
+    blade (region 1, the largest) over part of the field, another (5), K-wires cutting the uncovered
+    surface into pieces 2, 4, 6, 7 with no step between them.  Every uncovered piece must end at one level
+    and each covered region one blade's step above it; before, only piece 4 (reached across a blade's
+    step) was levelled and 2, 6, 7 kept their own levels, 0.4 off: registered from the truth the X-ray
+    then went 196 mm away."""
+    from xraypose.register.foreign import _level_regions
+
+    def border(step, n=100, spread=0.01):
+        return step + spread * torch.linspace(-1.0, 1.0, n, dtype=F64)
+
+    steps = {(1, 4): border(-0.405), (2, 1): border(0.416), (4, 2): border(-0.035), (2, 7): border(0.008),
+             (4, 5): border(0.606), (4, 6): border(0.0), (7, 3): border(0.586), (6, 1): border(0.425)}
+    level, accepted = _level_regions([1, 2, 3, 4, 5, 6, 7], steps, min_step=0.12, uniform=0.35, same=0.048)
+    uncovered = [level[k] for k in (2, 4, 6, 7)]
+    assert max(uncovered) - min(uncovered) < 1e-9, level
+    assert abs(level[1] - level[4] - 0.405) < 0.02 and abs(level[5] - level[4] - 0.606) < 0.02
+    assert abs(level[3] - level[7] - 0.586) < 0.02
+    assert (4, 2) not in accepted and (1, 4) in accepted  # a wire's no-step border is not metal's step
+    # a border that steps, but too little to be a blade's and too much to be one surface: not joined
+    level, _ = _level_regions([1, 2], {(1, 2): border(0.08)}, min_step=0.12, uniform=0.35, same=0.048)
+    assert level == {1: 0.0, 2: 0.0}
+
+
 def test_a_non_uniform_step_is_not_levelled():
     """A body's edge against air steps by the body's varying thickness: masked at most, never shifted."""
     clean = _anatomy()

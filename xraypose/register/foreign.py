@@ -27,6 +27,8 @@ before any level:
    uniform along the border (that half's half-width below ``uniform`` times the step) and large (at
    least ``MIN_STEP_PX`` pixels' worth of an edge at the threshold): a body's edge against air steps
    by the body's varying thickness and is left as it is, and so are the two sides of a wire or rod.
+   Regions across whose border there is no step at all (``SAME_SURFACE``: one surface cut in two by
+   a wire's band) are joined at one level, so a plate's step found from either levels both.
 4. **Metal's bands**: a band (a connected piece) gets weight 0 when there is evidence it is metal's:
    it borders a levelled step, touches a region it encloses, or is a ridge (a quarter of its edge
    pixels face an edge of opposite gradient within 12 px: a wire's or rod's two sides).  A lone
@@ -64,6 +66,11 @@ UNIFORM_STEP = 0.35
 #: gradient × this): measured steps of plates and blades were 60–280 median gradients, display-processed ones
 #: 40–75; steps read across a rod or wire (whose two sides are not offset) up to 28.
 MIN_STEP_PX = 3.0
+#: Regions whose border reads as no step at all (|step| + spread within this many pixels' worth of an edge at the
+#: threshold) are one surface that a wire's or rod's band cut in two: they are joined at the same level, so that a
+#: plate's step found from either of them levels both (read across wires: 2–9 median gradients against 12 for one
+#: pixel at the threshold; before, a cut-off piece kept its own level beside a levelled neighbour).
+SAME_SURFACE = 1.0
 #: Above this share of strong-edge pixels the strong edges are the image's content, not metal: nothing is set
 #: aside.  A subtracted angiogram's vessels are all of its content and as sharp as wires (the Ljubljana-layout
 #: fixture: 21 %); the appearance benchmark's X-rays with 1–6 metal objects: at most 10 %.
@@ -174,22 +181,7 @@ def set_aside_steps(image: torch.Tensor, mask: torch.Tensor | None = None, *, ra
     pixels = None
     if len(big) > 1:
         steps, pixels = _border_steps(out, lab, edge, gx, gy, g, grow_px)
-        level: dict = {}
-        for root in big:  # largest first: each group of regions joined by uniform steps joins its largest
-            if root in level:
-                continue
-            level[root] = 0.0
-            todo = [root]
-            while todo:  # breadth-first across uniform steps
-                a = todo.pop(0)
-                for (p, q), s in sorted(steps.items()):
-                    if p != a or q in level or q not in big or s.numel() < 10:
-                        continue
-                    step, spread = _shorth(s)
-                    if abs(step) >= MIN_STEP_PX * ratio * scale and spread < uniform * abs(step):
-                        level[q] = level[a] + step
-                        accepted |= {(a, q), (q, a)}
-                        todo.append(q)
+        level, accepted = _level_regions(big, steps, MIN_STEP_PX * ratio * scale, uniform, SAME_SURFACE * ratio * scale)
         for k, step in level.items():
             if step != 0.0:
                 out[lab == k] -= step
@@ -201,6 +193,35 @@ def set_aside_steps(image: torch.Tensor, mask: torch.Tensor | None = None, *, ra
         plain.note = f"strong edges would take {masked:.0%} of the image: its content, not metal; nothing set aside"
         return plain
     return SteppedXray(out.to(img.dtype), weights, plain.edge_share, masked, levelled)
+
+
+def _level_regions(big: list, steps: dict, min_step: float, uniform: float, same: float) -> tuple[dict, set]:
+    """({region: level}, {accepted metal borders (a, b) both ways}): the regions ``big`` (largest first)
+    joined breadth-first from each not yet reached, across the borders ``steps`` ({(a, b): steps b − a}
+    as :func:`_border_steps` read them): a uniform step of at least ``min_step`` (metal's: the level
+    changes by it), or no step at all (|step| + spread ≤ ``same``: one surface cut by a wire's band,
+    same level)."""
+    level: dict = {}
+    accepted: set = set()
+    for root in big:  # largest first: each group of regions joined by uniform (or no) steps joins its largest
+        if root in level:
+            continue
+        level[root] = 0.0
+        todo = [root]
+        while todo:  # breadth-first across uniform steps
+            a = todo.pop(0)
+            for (p, q), s in sorted(steps.items()):
+                if p != a or q in level or q not in big or s.numel() < 10:
+                    continue
+                step, spread = _shorth(s)
+                if abs(step) >= min_step and spread < uniform * abs(step):
+                    level[q] = level[a] + step
+                    accepted |= {(a, q), (q, a)}
+                    todo.append(q)
+                elif abs(step) + spread <= same:
+                    level[q] = level[a]  # one surface cut by a wire's band: joined, not stepped
+                    todo.append(q)
+    return level, accepted
 
 
 def _metal_bands(band, edge, gx, gy, g, enclosed, accepted: set, pixels, reach: int = 12) -> torch.Tensor:
