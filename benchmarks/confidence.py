@@ -157,6 +157,7 @@ def plan(ct: str, vol, other: str | None, args) -> list[dict]:
 def config_key(cfg: RegistrationConfig) -> str:
     d = cfg.to_dict()
     d.pop("num_threads", None)
+    d["preprocess_blur"] = "line-integral"  # the cases' preprocessing (blurred after the log since 2026-12-02)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
