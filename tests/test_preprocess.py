@@ -205,3 +205,29 @@ def test_the_blur_acts_on_line_integrals_as_the_drrs_does():
     assert half(new) == 20 and half(old) >= 21
     with pytest.raises(InputError, match="blur_domain"):
         preprocess(counts, None, blur=True, blur_domain="log", log=True)
+
+
+def test_an_integer_images_darkest_grey_levels_are_blurred_before_their_log():
+    """An 8-bit image whose dark side holds grey levels 1–6: the log of single levels is their
+    quantisation's, so there the blur goes before the log (as DiffPose's order); on the bright side,
+    16 levels and more above zero, after it.  A 16-bit image of the same scene thousands of levels up
+    is blurred after the log everywhere."""
+    from xraypose.preprocess import DEQUANTISE_LEVELS, gaussian_blur
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.full((40, 40), 200.0)
+    img[:, 20:] = torch.randint(1, 7, (40, 20), generator=g).double()  # dark, quantised
+    new = preprocess(img, None, blur=(5, 1.0), log=True, i0=255.0, rescale=False)
+    old = preprocess(img, None, blur=(5, 1.0), log=True, i0=255.0, rescale=False, blur_domain="intensity")
+    after = gaussian_blur((math.log(255.0) - torch.log(img)).float(), 5, 1.0)
+    # dark (3.5 levels on average: weight 3.5/16 on the log-then-blur): mostly blurred, then the log
+    gap = (after[:, 28:] - old.image[:, 28:]).abs().mean()
+    assert gap > 0.1  # the two orders differ there by a tenth of the line integral and more
+    assert (new.image[:, 28:] - old.image[:, 28:]).abs().mean() < 0.35 * gap
+    assert torch.allclose(new.image[:, :12], after[:, :12], atol=1e-5)  # bright: the log, then blurred
+    step = next(s for s in new.steps if s["step"] == "blur")
+    assert step["quantum"] == 1.0 and 0.3 < step["dequantised_share"] < 0.7
+    assert DEQUANTISE_LEVELS * 1.0 > 6  # the dark side is below the blend's floor
+    raw16 = img * 1000.0
+    deep = preprocess(raw16, None, blur=(5, 1.0), log=True, i0=255000.0, rescale=False)
+    assert next(s for s in deep.steps if s["step"] == "blur")["dequantised_share"] == 0.0

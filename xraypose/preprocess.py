@@ -693,7 +693,9 @@ def preprocess(
        the log (``blur_domain`` "intensity": DiffPose's order).  The order matters at strong edges
        (the body's outline against air): the log of a blurred intensity is not the blurred log, and
        at 2 mm pixels that difference moved a registration's depth by ~1 mm
-       (docs/registration.md, "Blur after the log").
+       (docs/registration.md, "Blur after the log").  Within :data:`DEQUANTISE_LEVELS` grey levels
+       of zero of an integer-valued image (an 8-bit display image's darkest levels, whose log is
+       their quantisation's) the blur goes before the log, blended in by the blurred intensity.
        With ``log`` "intensity" / "log-intensity", a saturated plateau of the raw image
        (:func:`saturation_mask`), grown by the blur's radius, is left out: ``result.mask`` is 0
        there (registration weighs its pixels by it).
@@ -734,11 +736,14 @@ def preprocess(
     b = _blur_args(blur)
     if blur_domain not in ("line-integral", "intensity"):
         raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
-    if blur_domain == "intensity":
-        img, mask = _blur_step(img, mask, b, steps, blur_domain)
-    img = _log_step(img, mode, log, i0, offset, steps)
-    if blur_domain == "line-integral":
-        img, mask = _blur_step(img, mask, b, steps, blur_domain)
+    if blur_domain == "line-integral" and mode == "intensity" and b is not None:
+        img, mask = _log_then_blur(img, mask, b, i0, offset, steps)
+    else:
+        if blur_domain == "intensity":
+            img, mask = _blur_step(img, mask, b, steps, blur_domain)
+        img = _log_step(img, mode, log, i0, offset, steps)
+        if blur_domain == "line-integral":
+            img, mask = _blur_step(img, mask, b, steps, blur_domain)
     if mask is not None:
         _record_saturation(mask, float(as_image(image)[sat].flatten()[0]), int(sat.sum()), steps)
     img = _level_steps(img, background, rescale, steps)
@@ -764,6 +769,43 @@ def _blur_step(img: torch.Tensor, mask, b, steps: list, domain: str):
         r = b[0] // 2
         mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
     return img, mask
+
+
+#: Below this many quanta of the raw image (one grey level of an integer-valued image, e.g. an 8-bit
+#: display image) the log of a pixel is its quantisation's: there the blur goes before the log (below).
+DEQUANTISE_LEVELS = 16.0
+
+
+def _quantum(img: torch.Tensor) -> float:
+    """The raw image's quantum: 1 for an integer-valued image (a stored detector or display image's grey
+    levels), 0 for one with fractional values (no quantisation known)."""
+    v = img[torch.isfinite(img)]
+    return 1.0 if v.numel() and bool((v == torch.round(v)).all()) else 0.0
+
+
+def _log_then_blur(img: torch.Tensor, mask, b, i0, offset: float, steps: list):
+    """Steps 3–4 of :func:`preprocess` for raw intensities, the blur on the line integrals: ``G * (log I0 −
+    log I)`` — except within :data:`DEQUANTISE_LEVELS` quanta of zero intensity, where a pixel's log is
+    its quantisation's (an 8-bit display image's darkest grey levels: 1, 2, 3 → log steps of 0.7, 0.4):
+    there ``log I0 − log(G * I)``, blended by ``w = clamp(G*I / (levels·quantum), 0, 1)``.  On raw detector
+    images (16-bit, thousands of levels above their quantum) that is the line-integral blur everywhere."""
+    x = img.to(torch.float64)
+    q = _quantum(x + float(offset))
+    L, info = beer_lambert(x, i0=i0, offset=offset)
+    blurred = gaussian_blur(x + float(offset), *b)
+    w = (blurred / (DEQUANTISE_LEVELS * q)).clamp(0.0, 1.0) if q > 0 else torch.ones_like(blurred)
+    steps.append({"step": "beer_lambert", "formula": "log(I0) - log(I + offset)", **info})
+    L = gaussian_blur(L.to(torch.float64), *b)
+    low = w < 1
+    if bool(low.any()):
+        Lq, _ = beer_lambert(blurred, i0=info["i0"])
+        L = torch.where(low, w * L + (1 - w) * Lq.to(torch.float64), L)
+    steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1], "domain": "line-integral",
+                  "quantum": q, "dequantised_share": float(low.double().mean())})
+    if mask is not None:  # blurred pixels next to the plateau are not to be trusted either
+        r = b[0] // 2
+        mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
+    return L.to(torch.float32), mask
 
 
 def _check_finite(img: torch.Tensor) -> None:
