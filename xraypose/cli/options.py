@@ -321,7 +321,7 @@ I0 = typer.Option(None, "--i0", help="Unattenuated intensity for the log (defaul
                   "sequence: each frame's).")
 CROP = typer.Option(0, "--crop", help="Collimator border to remove, pixels per edge.")
 BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) of the X-ray (every frame) before "
-                    "registering; 0 for none. The DRRs get the same blur.")
+                    "registering, on its line integrals (after the log); 0 for none. The DRRs get the same blur.")
 #: Rows the X-rays are resampled to at most before registering (``--size`` of register, track, evaluate).
 SIZE_DEFAULT = 256
 SIZE = typer.Option(SIZE_DEFAULT, "--size", help="Resample the preprocessed X-ray (the frames) to at most this many "
