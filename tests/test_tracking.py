@@ -315,3 +315,44 @@ def test_overlapped_checks_give_the_sequential_results_and_roll_back_a_failed_fr
         assert torch.allclose(a.camera_to_world, b.camera_to_world, atol=1e-9), a.index
         assert torch.allclose(a.registered, b.registered, atol=1e-9), a.index
         assert a.p_success == pytest.approx(b.p_success, abs=1e-12)
+
+
+def test_a_good_frame_the_check_failed_keeps_the_motion_models_history(volume, sequence, monkeypatch):
+    """Frame 2 (small motion) is called `failed` once: it is re-initialised, lands where the motion
+    model expected it, and the filter goes on from its history (no restart there); the jump at
+    JUMP_AT, re-initialised far outside the model's gate, still restarts it."""
+    from types import SimpleNamespace
+
+    import xraypose.register.tracking as tracking
+    from xraypose.preprocess import preprocess
+
+    pres = [preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True)
+            for r in sequence["raws"]]
+    frames = torch.stack([p.image for p in pres])[: JUMP_AT + 1, None]
+    cam = pres[0].camera
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    weak = (Level(size=24, iterations=1, n_samples=32, volume_mm=8.0, fit_bone=True, optimizer="lm"),)
+    filters, calls = [], []
+    real_filter, real_register = tracking.MotionFilter, tracking._register_frame
+
+    def recording_filter(*a, **k):
+        filters.append(real_filter(*a, **k))
+        return filters[-1]
+
+    def register(reg_, f, T0, curvature=None, **kw):
+        res, chk = real_register(reg_, f, T0, curvature, **kw)
+        calls.append(f)
+        if f == 2 and calls.count(2) == 1:  # the tracked registration of frame 2: called failed
+            chk = SimpleNamespace(verdict="failed", p_success=0.0, reason="test")
+        return res, chk
+
+    monkeypatch.setattr(tracking, "MotionFilter", recording_filter)
+    monkeypatch.setattr(tracking, "_register_frame", register)
+    out = track_sequence(reg, frames, cam, sequence["start"], tracking_levels=weak, overlap_check=False,
+                         motion="filter")
+    assert out[2].reinitialised and calls.count(2) == 2
+    steps = filters[0].steps
+    assert [s.restart for s in steps[:3]] == [True, False, False]  # frame 2 fused with its history
+    assert out[JUMP_AT].reinitialised and steps[JUMP_AT].restart  # the jump restarts it
+    err = float(pose_errors(out[2].camera_to_world, sequence["poses"][2], sequence["fid"], cam)["mtre"])
+    assert err < 2.0

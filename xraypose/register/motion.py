@@ -24,9 +24,10 @@ scatter measured on the pelvis frames was 3.6× (depth) and 4.2× (across) that 
 (default 4) multiplies the standard deviations.
 
 **Jumps.**  A measurement whose innovation is improbable under the model (squared Mahalanobis distance
-above ``gate``, default 28: a 6-dof χ² tail of 10⁻⁴) or a re-initialised frame restarts the filter
-there (the measurement taken as it is, the velocity forgotten); the smoother does not smooth across
-such a restart.
+above ``gate``, default 28: a 6-dof χ² tail of 10⁻⁴) restarts the filter there (the measurement taken
+as it is, the velocity forgotten); the smoother does not smooth across such a restart.  A re-initialised
+frame of :func:`~xraypose.register.tracking.track_sequence` goes through the same gate: one that lands
+where the model expected it keeps the history.
 """
 
 from __future__ import annotations

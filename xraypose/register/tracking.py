@@ -394,7 +394,10 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             if bad and filt.steps:
                 filt.coast()
             else:
-                estimate = filt.update(pose, R, restart=reinit or f == 0)
+                # a re-initialisation restarts the motion model only where it lands outside the model's
+                # gate (a jump: update() restarts there itself); one that agrees with the model (the
+                # check failed a good frame, or the tracked result was kept) keeps its history
+                estimate = filt.update(pose, R, restart=f == 0)
                 cov = None if R is None else filt.steps[-1].P[:6, :6].clone()
         fr = _frame_result(f, pose, pred, res, chk, reinit, seconds)
         fr.camera_to_world = estimate.clone()
