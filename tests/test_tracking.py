@@ -48,6 +48,19 @@ def sequence(volume):
     return {"raws": raws, "poses": poses, "fid": fid, "camera": cam, "i0": sim.i0, "start": start}
 
 
+def _preprocessed(sequence):
+    """(frames (F, 1, H, W), camera) of the sequence's raw X-rays, preprocessed as a user would."""
+    from xraypose.preprocess import preprocess
+
+    pres = [preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True)
+            for r in sequence["raws"]]
+    return torch.stack([p.image for p in pres])[:, None], pres[0].camera
+
+
+#: A tracking schedule too weak to follow the jump (one step at 24 rows).
+WEAK = (Level(size=24, iterations=1, n_samples=32, volume_mm=8.0, fit_bone=True, optimizer="lm"),)
+
+
 def test_track_sequence_follows_small_motion_and_reinitialises_a_jump(volume, sequence):
     from xraypose.preprocess import preprocess
 
@@ -294,14 +307,10 @@ def test_overlapped_checks_give_the_sequential_results_and_roll_back_a_failed_fr
     (a schedule too weak to follow the jump): the motion model is rolled back, the frame is
     re-initialised and the next frame is registered again from its new prediction; ``progress``
     sees every frame once, in order."""
-    from xraypose.preprocess import preprocess
-
-    pres = [preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True)
-            for r in sequence["raws"]]
-    frames = torch.stack([p.image for p in pres])[: JUMP_AT + 2, None]
-    cam = pres[0].camera
+    frames, cam = _preprocessed(sequence)
+    frames = frames[: JUMP_AT + 2]
     reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
-    weak = (Level(size=24, iterations=1, n_samples=32, volume_mm=8.0, fit_bone=True, optimizer="lm"),)
+    weak = WEAK
     runs = {}
     for overlap in (False, True):
         seen = []
@@ -324,14 +333,11 @@ def test_a_good_frame_the_check_failed_keeps_the_motion_models_history(volume, s
     from types import SimpleNamespace
 
     import xraypose.register.tracking as tracking
-    from xraypose.preprocess import preprocess
 
-    pres = [preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True)
-            for r in sequence["raws"]]
-    frames = torch.stack([p.image for p in pres])[: JUMP_AT + 1, None]
-    cam = pres[0].camera
+    frames, cam = _preprocessed(sequence)
+    frames = frames[: JUMP_AT + 1]
     reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
-    weak = (Level(size=24, iterations=1, n_samples=32, volume_mm=8.0, fit_bone=True, optimizer="lm"),)
+    weak = WEAK
     filters, calls = [], []
     real_filter, real_register = tracking.MotionFilter, tracking._register_frame
 
