@@ -55,6 +55,7 @@ from ._numerics import check_last_dim, check_matrix, safe_sqrt
 from .rigid import make_transform, split_transform
 from .se3 import se3_exp, se3_log
 from .so3 import matrix_to_quaternion, quaternion_to_matrix, so3_exp, so3_log
+from ..names import EULER_CONVENTIONS, ROTATION_PARAMETERIZATIONS  # torch-free: configs read them
 
 __all__ = [
     "ROTATION_PARAMETERIZATIONS",
@@ -64,24 +65,6 @@ __all__ = [
     "pose_from_params",
     "pose_to_params",
 ]
-
-#: Number of rotation parameters of each parameterization.
-ROTATION_PARAMETERIZATIONS: dict[str, int] = {
-    "axis_angle": 3,
-    "euler_angles": 3,
-    "quaternion": 4,
-    "rotation_6d": 6,
-    "rotation_10d": 10,
-    "quaternion_adjugate": 10,
-    "matrix": 9,
-    "se3_log_map": 3,
-}
-
-#: The 12 axis sequences (uppercase = intrinsic; the lowercase form = extrinsic).
-EULER_CONVENTIONS: tuple[str, ...] = (
-    "XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX",
-    "XYX", "XZX", "YXY", "YZY", "ZXZ", "ZYZ",
-)
 
 _AXIS = {"X": 0, "Y": 1, "Z": 2}
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from xraypose.errors import InputError
-from xraypose.geometry import ROTATION_PARAMETERIZATIONS
+from xraypose.names import DENSITY_MODELS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
 
 __all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
 
@@ -274,9 +274,6 @@ class RegistrationConfig:
     match_capture: bool = False
 
     def __post_init__(self):
-        from xraypose.register.measures import MEASURES
-        from xraypose.render.density import DENSITY_MODELS
-
         if self.parameterization not in ROTATION_PARAMETERIZATIONS:
             raise InputError(f"unknown parameterization {self.parameterization!r}; choose one of "
                              f"{', '.join(ROTATION_PARAMETERIZATIONS)}")
@@ -284,8 +281,8 @@ class RegistrationConfig:
             self.convention = "ZXY"
         if self.frame not in ("isocentric", "world"):
             raise InputError(f"unknown parameter frame {self.frame!r}; choose isocentric or world")
-        if self.similarity not in MEASURES:
-            raise InputError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(MEASURES)}")
+        if self.similarity not in SIMILARITY_MEASURES:
+            raise InputError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITY_MEASURES)}")
         if self.density not in DENSITY_MODELS:
             raise InputError(f"unknown density model {self.density!r}; choose one of "
                              f"{', '.join(DENSITY_MODELS)}")
@@ -331,9 +328,9 @@ class RegistrationConfig:
                 raise InputError(f"bad level {lv}: patches must be >= 1 and patch_size >= 3")
             if lv.optimizer not in OPTIMIZERS:
                 raise InputError(f"bad level {lv}: optimizer must be one of {', '.join(OPTIMIZERS)}")
-            if lv.similarity is not None and lv.similarity not in MEASURES:
+            if lv.similarity is not None and lv.similarity not in SIMILARITY_MEASURES:
                 raise InputError(f"bad level {lv}: unknown similarity {lv.similarity!r}; choose one of "
-                                 f"{', '.join(MEASURES)}")
+                                 f"{', '.join(SIMILARITY_MEASURES)}")
 
     def level_similarity(self, level: Level) -> str:
         return level.similarity or self.similarity

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from xraypose.errors import InputError
+from xraypose.names import SIMILARITY_MEASURES
 
 __all__ = ["MEASURES", "Measure", "residual", "score_from_residual", "unit_standardise"]
 
@@ -143,6 +144,8 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("gncc", _gncc, "NCC of the Sobel gradients"),
     Measure("mixed", _mixed, "alpha·mncc + (1 − alpha)·gncc"),
 )}
+if tuple(MEASURES) != SIMILARITY_MEASURES:  # configurations validate against the torch-free list
+    raise AssertionError(f"xraypose.names.SIMILARITY_MEASURES {SIMILARITY_MEASURES} != MEASURES {tuple(MEASURES)}")
 
 
 def residual(name: str, drr: torch.Tensor, target: torch.Tensor, *, sparse: bool = False, **options) -> torch.Tensor:

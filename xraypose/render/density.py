@@ -24,11 +24,10 @@ import math
 import torch
 
 from xraypose.errors import InputError
+from xraypose.names import DENSITY_MODELS  # the names, torch-free: configurations validate against them
 from xraypose.volume import HU_AIR_MAX, HU_BONE_MIN, Volume
 
 __all__ = ["DENSITY_MODELS", "density_basis", "registration_basis"]
-
-DENSITY_MODELS: tuple[str, ...] = ("hu", "physical", "raw", "linear")
 
 
 def _hu_basis(volume: Volume, structures):
