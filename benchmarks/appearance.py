@@ -64,6 +64,22 @@ def machine() -> dict:
             "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
+def start_report(settings: dict) -> dict:
+    """A benchmark report's header, taken when the run starts (the load is the start's): the machine,
+    the command line and the ``settings``."""
+    return {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": settings}
+
+
+def write_report(path, report: dict, lines=()) -> None:
+    """Write ``report`` (atomically), print ``lines``, then where it went with the CPU and the load at start."""
+    atomic_write_json(path, report)
+    print()
+    for line in lines:
+        print(line)
+    m = report["machine"]
+    print(f"\nwrote {path}  ({m['cpu']}, load at start {m['load_avg_at_start']})")
+
+
 def load_ct(spec: str):
     from xraypose.volume import load_sample_ct, read_volume
 
@@ -256,7 +272,7 @@ def main(argv=None) -> int:
     kw.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
     models = dict(m.split("=", 1) for m in args.model)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
-    report = {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": {**kw, **({"levels": args.levels} if args.levels else {})},
+    report = {**start_report({**kw, **({"levels": args.levels} if args.levels else {})}),
               "xraypose": str(Path(sys.modules["xraypose"].__file__).parent), "groups": {}, "cases": []}
     rows: list[dict] = []
 

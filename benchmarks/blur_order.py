@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from xraypose.io import atomic_write_json  # noqa: E402
 
 F64 = torch.float64
 
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from appearance import load_ct, machine
+    from appearance import load_ct, start_report, write_report
     from tracking import TRACKING_VARIANTS, depth_error, trajectory
 
     from xraypose.appearance import detector as det
@@ -62,6 +61,7 @@ def main(argv=None) -> int:
     from xraypose.register.objective import gaussian_kernel, separable_blur
     from xraypose.render.core import render
 
+    report = start_report(vars(args))
     name, vol = load_ct(args.ct)
     iso = vol.get_isocenter().to(F64)
     D = args.detector
@@ -102,10 +102,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"frame {f:3d} {kind:28s} mTRE {row['mtre_mm']:.3f} mm, along the beam {row['depth_error_mm']:+.3f} mm",
                   flush=True)
-    report = {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
-              "rows": rows, "seconds": time.perf_counter() - t0}
-    atomic_write_json(args.json, report)
-    print(f"\nwrote {args.json}")
+    report.update(rows=rows, seconds=time.perf_counter() - t0)
+    write_report(args.json, report)
     return 0
 
 

@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from xraypose.camera import Camera  # noqa: E402
-from xraypose.io import atomic_write_json  # noqa: E402
 
 F64 = torch.float64
 
@@ -44,7 +43,7 @@ def main(argv=None) -> int:
                     help="fix a display parameter in every draw (e.g. vignetting=0.1; repeatable)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from appearance import load_ct, machine
+    from appearance import load_ct, start_report, write_report
     from tracking import _parse_param, trajectory
 
     from xraypose.appearance import form_xray
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
 
     name, vol = load_ct(args.ct)
     iso = vol.get_isocenter().to(F64)
-    rows, report = [], {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args)}
+    rows, report = [], start_report(vars(args))
     for det in args.detector:
         cam = Camera(sdd=1020.0, height=det, width=det, delx=280.0 / det)
         T0, _ = CaseMaker(vol, camera=cam, collimator_px=max(2, det // 32), seed=0).true_pose(0)
@@ -99,11 +98,7 @@ def main(argv=None) -> int:
         summary[str(det)]["map better by > 0.1 mm"] = sum(r["map default"] < r["map off"] - 0.1 for r in mine)
         summary[str(det)]["n"] = len(mine)
     report.update(summary=summary, rows=rows)
-    atomic_write_json(args.json, report)
-    print()
-    for det, s in summary.items():
-        print(f"{det} px: {s}")
-    print(f"\nwrote {args.json}  ({report['machine']['cpu']})")
+    write_report(args.json, report, [f"{det} px: {s}" for det, s in summary.items()])
     return 0
 
 

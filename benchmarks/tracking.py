@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 
 from xraypose.camera import Camera  # noqa: E402
 from xraypose.geometry import make_transform, so3_exp  # noqa: E402
-from xraypose.io import atomic_write_json  # noqa: E402
 
 F64 = torch.float64
 
@@ -139,9 +138,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from appearance import load_ct, machine  # noqa: E402
+    from appearance import load_ct, start_report, write_report  # noqa: E402
 
     from xraypose.appearance import form_xray
+    from xraypose.appearance.families import LOWDOSE_PHOTONS
     from xraypose.fiducials import bone_points, select_fiducials
     from xraypose.metrics import pose_errors
     from xraypose.preprocess import preprocess
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     from xraypose.register.cases import CaseMaker, perturb_pose
     from xraypose.register.tracking import track_sequence
 
+    report = start_report(vars(args))
     name, vol = load_ct(args.ct)
     iso = vol.get_isocenter().to(F64)
     cam = Camera(sdd=1020.0, height=args.detector, width=args.detector, delx=280.0 / args.detector)
@@ -166,9 +167,10 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(args.seed * 7 + f)
         extra = {}
         if fine != args.detector and args.family == "lowdose" and "photons" not in fixed:
-            # the family's draw per registered pixel (10³–10⁴), spread over the finer pixels
+            # the family's draw per registered pixel, spread over the finer pixels
+            lo, hi = (math.log(x) for x in LOWDOSE_PHOTONS)
             u = float(torch.rand((), generator=torch.Generator().manual_seed(args.seed * 7919 + f), dtype=F64))
-            extra["photons"] = math.exp(math.log(1e3) + u * (math.log(1e4) - math.log(1e3))) * area
+            extra["photons"] = math.exp(lo + u * (hi - lo)) * area
         fx = form_xray(vol, form_cam, T, family=args.family, generator=g, **{**fixed, **extra})
         formed.append(fx.info)
         if f == 0 and args.same_params:
@@ -226,13 +228,8 @@ def main(argv=None) -> int:
                "jump_recovered_after_frames": recovered, "median_frame_s": float(secs.median()),
                "frames_per_s": float(1.0 / secs.mean()), "reinitialised": sum(r["reinitialised"] for r in rows),
                "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "uncertain", "failed", None)}}
-    report = {"machine": machine(), "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
-              "summary": summary, "frames": rows, "formed": formed}
-    atomic_write_json(args.json, report)
-    print()
-    for k, v in summary.items():
-        print(f"{k:32s} {v}")
-    print(f"\nwrote {args.json}  ({report['machine']['cpu']}, load at start {report['machine']['load_avg_at_start']})")
+    report.update(summary=summary, frames=rows, formed=formed)
+    write_report(args.json, report, [f"{k:32s} {v}" for k, v in summary.items()])
     return 0
 
 

@@ -736,14 +736,14 @@ def preprocess(
     b = _blur_args(blur)
     if blur_domain not in ("line-integral", "intensity"):
         raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
-    if blur_domain == "line-integral" and mode == "intensity" and b is not None:
-        img, mask = _log_then_blur(img, mask, b, i0, offset, steps)
-    else:
-        if blur_domain == "intensity":
-            img, mask = _blur_step(img, mask, b, steps, blur_domain)
-        img = _log_step(img, mode, log, i0, offset, steps)
-        if blur_domain == "line-integral":
-            img, mask = _blur_step(img, mask, b, steps, blur_domain)
+    if blur_domain == "intensity":
+        img, mask = _blur_step(img, mask, b, steps, blur_domain)
+    raw = img
+    img = _log_step(img, mode, log, i0, offset, steps)
+    if blur_domain == "line-integral":
+        img, mask = _blur_step(img, mask, b, steps, blur_domain)
+        if mode == "intensity" and b is not None:
+            img = _dequantise(raw, img, b, offset, steps)
     if mask is not None:
         _record_saturation(mask, float(as_image(image)[sat].flatten()[0]), int(sat.sum()), steps)
     img = _level_steps(img, background, rescale, steps)
@@ -783,29 +783,27 @@ def _quantum(img: torch.Tensor) -> float:
     return 1.0 if v.numel() and bool((v == torch.round(v)).all()) else 0.0
 
 
-def _log_then_blur(img: torch.Tensor, mask, b, i0, offset: float, steps: list):
-    """Steps 3–4 of :func:`preprocess` for raw intensities, the blur on the line integrals: ``G * (log I0 −
-    log I)`` — except within :data:`DEQUANTISE_LEVELS` quanta of zero intensity, where a pixel's log is
-    its quantisation's (an 8-bit display image's darkest grey levels: 1, 2, 3 → log steps of 0.7, 0.4):
-    there ``log I0 − log(G * I)``, blended by ``w = clamp(G*I / (levels·quantum), 0, 1)``.  On raw detector
-    images (16-bit, thousands of levels above their quantum) that is the line-integral blur everywhere."""
-    x = img.to(torch.float64)
-    q = _quantum(x + float(offset))
-    L, info = beer_lambert(x, i0=i0, offset=offset)
-    blurred = gaussian_blur(x + float(offset), *b)
-    w = (blurred / (DEQUANTISE_LEVELS * q)).clamp(0.0, 1.0) if q > 0 else torch.ones_like(blurred)
-    steps.append({"step": "beer_lambert", "formula": "log(I0) - log(I + offset)", **info})
-    L = gaussian_blur(L.to(torch.float64), *b)
+def _dequantise(raw: torch.Tensor, L: torch.Tensor, b, offset: float, steps: list) -> torch.Tensor:
+    """Step 3's blur after the log (``L``, the blurred line integrals of ``raw``), undone within
+    :data:`DEQUANTISE_LEVELS` quanta of zero intensity of an integer-valued ``raw`` image, where a
+    pixel's log is its quantisation's (an 8-bit display image's darkest grey levels 1, 2, 3: log steps
+    of 0.7 and 0.4): there ``log I0 − log(G * I)``, blended in by ``w = clamp(G*I / (levels·quantum),
+    0, 1)``.  Raw detector images (16-bit, thousands of levels above their quantum) and images with
+    fractional values are left as they are.  Records ``quantum`` and ``dequantised_share`` in the
+    blur's step."""
+    blur = steps[-1]
+    blur["quantum"], blur["dequantised_share"] = _quantum(raw + float(offset)), 0.0
+    if blur["quantum"] == 0.0:
+        return L
+    blurred = gaussian_blur(raw.to(torch.float64) + float(offset), *b)
+    w = (blurred / (DEQUANTISE_LEVELS * blur["quantum"])).clamp(0.0, 1.0)
     low = w < 1
-    if bool(low.any()):
-        Lq, _ = beer_lambert(blurred, i0=info["i0"])
-        L = torch.where(low, w * L + (1 - w) * Lq.to(torch.float64), L)
-    steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1], "domain": "line-integral",
-                  "quantum": q, "dequantised_share": float(low.double().mean())})
-    if mask is not None:  # blurred pixels next to the plateau are not to be trusted either
-        r = b[0] // 2
-        mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
-    return L.to(torch.float32), mask
+    if not bool(low.any()):
+        return L
+    i0 = next(s["i0"] for s in reversed(steps) if s["step"] == "beer_lambert")
+    Lq = beer_lambert(blurred, i0=i0)[0].to(torch.float64)
+    blur["dequantised_share"] = float(low.double().mean())
+    return torch.where(low, w * L.to(torch.float64) + (1 - w) * Lq, L.to(torch.float64)).to(L.dtype)
 
 
 def _check_finite(img: torch.Tensor) -> None:

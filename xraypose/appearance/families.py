@@ -269,9 +269,13 @@ def _display(ctx: Context) -> FormedXray:
     return _mono_xray(ctx, display=d)
 
 
+#: The low-dose family's range of photons per unattenuated pixel (drawn log-uniformly).
+LOWDOSE_PHOTONS = (1e3, 1e4)
+
+
 @register_family("lowdose", "low dose: 10³–10⁴ photons per unattenuated pixel")
 def _lowdose(ctx: Context) -> FormedXray:
-    photons = ctx.p.log_uniform("photons", 1e3, 1e4)
+    photons = ctx.p.log_uniform("photons", *LOWDOSE_PHOTONS)
     return _mono_xray(ctx, photons=photons)
 
 

@@ -25,10 +25,7 @@ _WHERE = {
     "STARTS": "starts",
 }
 
-__all__ = ["DEFAULT_LEVELS", "FAST_LEVELS", "METAL_LEVELS", "Level", "Registrar", "RegistrationConfig", "RegistrationResult",
-           "levels_for_sizes", "Registration", "register_xray", "write_registration", "registration_metrics",
-           "ModelInitializer", "PosePredictor", "fixed_pose", "carm_angles_pose", "pose_from_json", "antipodal",
-           "with_antipodal", "STARTS"]
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str):

@@ -203,6 +203,7 @@ def _level_regions(big: list, steps: dict, min_step: float, uniform: float, same
     same level)."""
     level: dict = {}
     accepted: set = set()
+    borders = [(p, q, *_shorth(s)) for (p, q), s in sorted(steps.items()) if s.numel() >= 10 and q in big]
     for root in big:  # largest first: each group of regions joined by uniform (or no) steps joins its largest
         if root in level:
             continue
@@ -210,10 +211,9 @@ def _level_regions(big: list, steps: dict, min_step: float, uniform: float, same
         todo = [root]
         while todo:  # breadth-first across uniform steps
             a = todo.pop(0)
-            for (p, q), s in sorted(steps.items()):
-                if p != a or q in level or q not in big or s.numel() < 10:
+            for p, q, step, spread in borders:
+                if p != a or q in level:
                     continue
-                step, spread = _shorth(s)
                 if abs(step) >= min_step and spread < uniform * abs(step):
                     level[q] = level[a] + step
                     accepted |= {(a, q), (q, a)}
