@@ -42,11 +42,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sigma", type=float, default=1.22, help="the blur of the line-integral targets (px): "
                     "the simulator's 0.7 px and preprocessing's 1 px combined")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tracking", default="default", help="the schedule (benchmarks/tracking.py's variants)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from appearance import load_ct, start_report, write_report
     from tracking import TRACKING_VARIANTS, depth_error, trajectory
+    if args.tracking not in TRACKING_VARIANTS:
+        ap.error(f"--tracking must be one of {sorted(TRACKING_VARIANTS)}")
 
     from xraypose.appearance import detector as det
     from xraypose.appearance import form_xray
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
     T0, _ = CaseMaker(vol, camera=cam, collimator_px=max(2, D // 32), seed=args.seed).true_pose(0)
     truth = trajectory(T0, iso, max(args.frames) + 1, 2.0, 1.0, 50, 15.0, 5.0, args.seed)
     reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads))
-    reg = reg.derive(levels=TRACKING_VARIANTS["default"]())
+    reg = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
     mu = _physical_mu(vol).to(F64)
     aff = vol.affine.to(F64)
 

@@ -60,12 +60,15 @@ def trajectory(T0, iso, n, step_mm, step_deg, jump_at, jump_mm, jump_deg, seed) 
 
 
 def _variants():
+    from dataclasses import replace
+
     from xraypose.register.config import Level
     from xraypose.register.tracking import TRACKING_LEVELS
 
     fits = dict(fit_bone=True, optimizer="lm", robust=True, fit_tissue=True, fit_curve=True)
     return {
         "default": lambda: TRACKING_LEVELS,
+        "fitblur": lambda: tuple(replace(lv, fit_blur=True) for lv in TRACKING_LEVELS),
         "mncc128": lambda: (Level(size=128, iterations=20, volume_mm=2.0, **fits),),
         "gncc128": lambda: (Level(size=128, iterations=20, volume_mm=2.0, similarity="gncc", **fits),),
         "mncc64+gncc128": lambda: (Level(size=64, iterations=20, volume_mm=4.0, **fits),

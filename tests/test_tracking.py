@@ -362,3 +362,67 @@ def test_a_good_frame_the_check_failed_keeps_the_motion_models_history(volume, s
     assert out[JUMP_AT].reinitialised and steps[JUMP_AT].restart  # the jump restarts it
     err = float(pose_errors(out[2].camera_to_world, sequence["poses"][2], sequence["fid"], cam)["mtre"])
     assert err < 2.0
+
+
+def _saturated(sequence, frames):
+    """(frames (F, 1, H, W), masks (F, 1, H, W), camera): the sequence's first raw frames with their left
+    30 % clipped at the detector's maximum (a flat plateau over anatomy), preprocessed as a user would."""
+    from xraypose.preprocess import preprocess
+
+    pres = []
+    for r in sequence["raws"][:frames]:
+        r = r.clone()
+        r[:, : int(0.3 * r.shape[1])] = float(sequence["raws"].max())
+        pres.append(preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True))
+    assert all(p.mask is not None for p in pres)
+    return (torch.stack([p.image for p in pres])[:, None], torch.stack([p.mask for p in pres])[:, None],
+            pres[0].camera)
+
+
+def test_a_sequences_saturated_frames_are_tracked_through_their_masks(volume, sequence):
+    """track_sequence(masks=...): every frame's registration weighs its pixels by its own mask; frames with
+    30 % clipped over anatomy are tracked with them, and the same frames without them are not."""
+    frames, masks, cam = _saturated(sequence, JUMP_AT)
+    reg = Registrar(volume, RegistrationConfig(seed=0, record_trajectory=False))
+    errors = {}
+    for name, m in (("masked", masks), ("unmasked", None)):
+        out = track_sequence(reg, frames, cam, sequence["start"], confidence=False, motion="none", masks=m)
+        errors[name] = [float(pose_errors(fr.camera_to_world, sequence["poses"][fr.index], sequence["fid"],
+                                          sequence["camera"])["mtre"]) for fr in out]
+    assert max(errors["masked"]) < 2.0, errors
+    assert max(errors["unmasked"]) > 2 * max(errors["masked"]), errors
+
+
+def test_a_sequences_masks_must_match_its_frames(volume, sequence):
+    from xraypose.errors import InputError
+
+    frames, masks, cam = _saturated(sequence, 2)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, seed=0, record_trajectory=False))
+    with pytest.raises(InputError, match=r"pixel masks must have the frames' shape \(2, 1, 64, 64\), got \(1, 1, 64, 64\)"):
+        track_sequence(reg, frames, cam, sequence["start"], confidence=False, masks=masks[:1])
+    with pytest.raises(InputError, match="in its views"):
+        track_sequence(reg, None, start=sequence["start"], views=[(frames, cam, None)], masks=masks)
+
+
+def test_cli_track_weighs_each_frame_by_its_preprocessing_mask(tmp_path, sequence, capsys, monkeypatch):
+    """`xraypose track` hands preprocessing's masks (here a saturated plateau) to every frame's registration."""
+    import xraypose.register.tracking as tracking
+    from xraypose.cli import main
+
+    seen = []
+    real = tracking.track_sequence
+
+    def spy(*a, **k):
+        seen.append(k.get("masks"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(tracking, "track_sequence", spy)
+    raws = sequence["raws"][:3].clone()
+    raws[:, :, :20] = float(raws.max())
+    run = _save_sequence(tmp_path / "in", {**sequence, "raws": raws}, n=3)
+    out = tmp_path / "out"
+    code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", str(tmp_path / "in" / "start.json"),
+                 "--i0", "65000", "--fast", "--no-confidence"])
+    assert code in (0, 3), capsys.readouterr().err
+    assert len(seen) == 1 and seen[0] is not None and tuple(seen[0].shape[:2]) == (3, 1)
+    assert float(seen[0][:, 0, :, :10].max()) == 0.0 and float(seen[0][:, 0, :, -10:].min()) == 1.0

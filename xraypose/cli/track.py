@@ -250,7 +250,9 @@ def _start_view_index(start_view: str | None, names: list[str], frames) -> int:
 
 def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: int, i0):
     """(views, first frames): per view ((F, 1, H, W) float32 preprocessed frames, their camera, camera_to_rig
-    after the preprocessing's turns/mirrors), and each view's first preprocessed frame (an XRay)."""
+    after the preprocessing's turns/mirrors, (F, 1, H, W) pixel masks or None), and each view's first
+    preprocessed frame (an XRay).  A frame's mask is preprocessing's (a saturated plateau, a collimator's
+    shadow: 0 there); frames without one get ones, and a view none of whose frames has one gets None."""
     import torch
 
     from xraypose.limits import check_registrable_xray
@@ -261,7 +263,11 @@ def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: i
         pre = preprocess_settings(seq.shape, crop, blur, size, i0)
         pxs = [replace(fr, camera=cam).preprocess(**pre) for fr in seq.frames]
         imgs = torch.stack([px.image for px in pxs])[:, None].to(torch.float32)
-        views.append((imgs, pxs[0].camera, C @ pose_transform_of(pxs[0].steps[len(seq.frames[0].steps):])))
+        masks = None
+        if any(px.mask is not None for px in pxs):
+            masks = torch.stack([torch.ones(imgs.shape[-2:]) if px.mask is None else px.mask.to(torch.float32)
+                                 for px in pxs])[:, None]
+        views.append((imgs, pxs[0].camera, C @ pose_transform_of(pxs[0].steps[len(seq.frames[0].steps):]), masks))
         first.append(pxs[0])
     return views, first
 
@@ -298,9 +304,9 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
 
     if not rigged:
         res = track_sequence(reg, views[0][0], views[0][1], start, confidence=confidence, progress=progress,
-                             tracking_levels=later, motion=motion)
+                             tracking_levels=later, motion=motion, masks=views[0][3])
         return res, "camera_to_world", [torch.eye(4, dtype=torch.float64)]
-    res = track_sequence(reg, None, start=start @ Cr, views=[(v[0], v[1], C) for v, C in zip(views, rel)],
+    res = track_sequence(reg, None, start=start @ Cr, views=[(v[0], v[1], C, v[3]) for v, C in zip(views, rel)],
                          confidence=confidence, progress=progress, tracking_levels=later, motion=motion)
     for fr in res:  # back to the rig's frame
         fr.camera_to_world = fr.camera_to_world @ Cr_inv

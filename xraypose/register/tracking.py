@@ -174,10 +174,11 @@ def _check_views(registrar, views, rig_to_world, start):
     return Confidence(p, verdict, reason, {}, sum(c.seconds for c in confs))
 
 
-def _sequence_views(frames, camera, views) -> list:
-    """The sequence as N views ``(frames (F, 1, H, W), camera, camera_to_rig (4, 4) or None)``: the
-    given ``views``, or the single view ``(frames, camera, None)``; every view checked to have F > 0
-    frames."""
+def _sequence_views(frames, camera, views, masks=None) -> list:
+    """The sequence as N views ``(frames (F, 1, H, W), camera, camera_to_rig (4, 4) or None, masks
+    (F, 1, H, W) or None)``: the given ``views`` (a 4th element, the frames' pixel masks, optional),
+    or the single view ``(frames, camera, None, masks)``; every view checked to have F > 0 frames and
+    masks of its frames' shape."""
     if views is None:
         if frames is None or camera is None:
             raise InputError("give frames and their camera, or views")
@@ -186,19 +187,36 @@ def _sequence_views(frames, camera, views) -> list:
             imgs = imgs[:, None]
         if imgs.dim() != 4 or imgs.shape[1] != 1:
             raise InputError(f"frames must be (F, 1, H, W) or (F, H, W), got shape {tuple(imgs.shape)}")
-        views = [(imgs, camera, None)]
+        views = [(imgs, camera, None, masks)]
+    elif masks is not None:
+        raise InputError("give the masks of a rig's frames in its views (a 4th element per view), not as masks=")
     n_frames = int(torch.as_tensor(views[0][0]).shape[0])
     if n_frames == 0:
         raise InputError("the sequence has no frame")
+    out = []
     for i, v in enumerate(views):
-        if int(torch.as_tensor(v[0]).shape[0]) != n_frames:
-            raise InputError(f"view {i} has {int(torch.as_tensor(v[0]).shape[0])} frames, view 0 has {n_frames}")
-    return views
+        if len(v) not in (3, 4):
+            raise InputError(f"view {i} must be (frames, camera, camera_to_rig) or (frames, camera, camera_to_rig, "
+                             f"masks), got {len(v)} elements")
+        imgs = torch.as_tensor(v[0])
+        if int(imgs.shape[0]) != n_frames:
+            raise InputError(f"view {i} has {int(imgs.shape[0])} frames, view 0 has {n_frames}")
+        m = v[3] if len(v) == 4 else None
+        if m is not None:
+            m = torch.as_tensor(m, dtype=torch.float32)
+            m = m[:, None] if m.dim() == 3 else m
+            want = (n_frames, 1, *imgs.shape[-2:])
+            if tuple(m.shape) != want:
+                raise InputError(f"{'the' if len(views) == 1 else f'view {i}:'} pixel masks must have the frames' "
+                                 f"shape {want}, got {tuple(torch.as_tensor(v[3]).shape)}")
+        out.append((v[0], v[1], v[2], m))
+    return out
 
 
 def _frame_views(views, f: int) -> list:
-    """Frame ``f`` of every view: N tuples ``(image (1, 1, H, W), camera, camera_to_rig)``."""
-    return [(torch.as_tensor(v[0])[f:f + 1], v[1], v[2]) for v in views]
+    """Frame ``f`` of every view: N tuples ``(image (1, 1, H, W), camera, camera_to_rig, mask (1, 1, H, W)
+    or None)``."""
+    return [(torch.as_tensor(v[0])[f:f + 1], v[1], v[2], None if v[3] is None else v[3][f:f + 1]) for v in views]
 
 
 def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence: bool):
@@ -297,7 +315,8 @@ def _measured_covariance(res, views, scale: float):
 def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
                    confidence: bool = True, progress=None, motion: str = "smooth",
                    motion_model: MotionModel | None = None,
-                   tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None) -> list[FrameResult]:
+                   tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None,
+                   masks=None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -307,7 +326,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             ``views``.
         camera: their intrinsics.
         start: (4, 4) start of frame 0 (camera_to_world; ``rig_to_world`` with ``views``).
-        views: for a rig, N tuples ``(frames (F, 1, H, W), camera, camera_to_rig (4, 4))``.
+        views: for a rig, N tuples ``(frames (F, 1, H, W), camera, camera_to_rig (4, 4))``, each with
+            its frames' pixel masks as an optional 4th element (as ``masks``).
         tracking_levels: the schedule of frames after the first.
         confidence: check each frame (the verdict decides re-initialisations); without it a
             similarity drop does (:func:`similarity_drop`).
@@ -323,12 +343,15 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             the sequential loop.  None (default): when the machine has two CPUs or more and the
             check is on.  A frame's ``seconds`` is then the pipeline's period (they still add up to
             the sequence's wall-clock time).
+        masks: optional (F, 1, H, W) or (F, H, W) pixel weights in [0, 1] of the frames (0: not to be
+            trusted — preprocessing's ``mask``: a saturated plateau, a collimator's shadow); every
+            frame's registration weighs its pixels by them, as ``register``'s ``masks`` do.
     Returns:
         one :class:`FrameResult` per frame.
     """
     if motion not in MOTIONS:
         raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
-    views = _sequence_views(frames, camera, views)
+    views = _sequence_views(frames, camera, views, masks)
     n_frames = int(torch.as_tensor(views[0][0]).shape[0])
     if start is None:
         raise InputError("give the start pose of the first frame")
