@@ -426,3 +426,27 @@ def test_cli_track_weighs_each_frame_by_its_preprocessing_mask(tmp_path, sequenc
     assert code in (0, 3), capsys.readouterr().err
     assert len(seen) == 1 and seen[0] is not None and tuple(seen[0].shape[:2]) == (3, 1)
     assert float(seen[0][:, 0, :, :10].max()) == 0.0 and float(seen[0][:, 0, :, -10:].min()) == 1.0
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_frame_the_check_passed_with_a_collapsed_similarity_is_reinitialised(volume, sequence, monkeypatch,
+                                                                               overlap):
+    """A check that passes everything (P 0.55, `ok`): the jump frame, tracked by a schedule too weak to
+    follow it, lands far off with a similarity far below the frames before it; the sequence's own
+    similarity record re-initialises it (in order, and with the check beside the next frame)."""
+    from xraypose.register.confidence import Confidence
+    import xraypose.register.tracking as tracking
+
+    frames, cam = _preprocessed(sequence)
+    frames = frames[: JUMP_AT + 2]
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+
+    def lenient(registrar, images, camera, poses, starts):
+        return [Confidence(0.55, "ok", "test: passes everything", {}, 0.0) for _ in range(len(poses))]
+
+    monkeypatch.setattr(tracking, "_check", lenient)
+    out = track_sequence(reg, frames, cam, sequence["start"], tracking_levels=WEAK, overlap_check=overlap)
+    assert [fr.verdict for fr in out] == ["ok"] * len(out)
+    assert out[JUMP_AT].reinitialised and not any(fr.reinitialised for fr in out[:JUMP_AT])
+    err = float(pose_errors(out[JUMP_AT].camera_to_world, sequence["poses"][JUMP_AT], sequence["fid"], cam)["mtre"])
+    assert err < 4.0
