@@ -89,24 +89,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from appearance import load_ct, start_report, write_report
-    from tracking import trajectory
+    from tracking import benchmark_trajectory
 
     from xraypose.appearance import detector as det
     from xraypose.appearance import form_xray
     from xraypose.appearance.families import _physical_mu
-    from xraypose.camera import Camera
     from xraypose.fiducials import bone_points, select_fiducials
     from xraypose.preprocess import preprocess
-    from xraypose.register.cases import CaseMaker
     from xraypose.render.core import render
 
     report = start_report(vars(args))
     name, vol = load_ct(args.ct)
-    iso = vol.get_isocenter().to(F64)
     D = args.detector
-    cam = Camera(sdd=1020.0, height=D, width=D, delx=280.0 / D)
-    T0, _ = CaseMaker(vol, camera=cam, collimator_px=max(2, D // 32), seed=args.seed).true_pose(0)
-    truth = trajectory(T0, iso, args.frames, 2.0, 1.0, 50, 15.0, 5.0, args.seed)
+    cam, truth = benchmark_trajectory(vol, args.seed, args.frames, D)
     mu, aff = _physical_mu(vol).to(F64), vol.affine.to(F64)
     tracked = None
     if args.tracking_json:

@@ -59,6 +59,20 @@ def trajectory(T0, iso, n, step_mm, step_deg, jump_at, jump_mm, jump_deg, seed) 
     return poses
 
 
+def benchmark_trajectory(vol, seed: int, frames: int, detector: int = 128, step_mm: float = 2.0,
+                         step_deg: float = 1.0, jump_at: int = 50, jump_mm: float = 15.0, jump_deg: float = 5.0):
+    """(camera, true poses): the benchmark's detector (``detector``² over 280 mm, sdd 1020 mm) and its
+    trajectory of ``frames`` (4, 4) poses for ``seed`` (this script's defaults: 2 mm and 1° per frame,
+    a 15 mm / 5° jump at frame 50), from the CT ``vol``'s case ``seed``."""
+    from xraypose.camera import Camera
+    from xraypose.register.cases import CaseMaker
+
+    cam = Camera(sdd=1020.0, height=detector, width=detector, delx=280.0 / detector)
+    T0, _ = CaseMaker(vol, camera=cam, collimator_px=max(2, detector // 32), seed=seed).true_pose(0)
+    iso = vol.get_isocenter().to(F64)
+    return cam, trajectory(T0, iso, frames, step_mm, step_deg, jump_at, jump_mm, jump_deg, seed)
+
+
 def _variants():
     from dataclasses import replace
 
@@ -149,20 +163,17 @@ def main(argv=None) -> int:
     from xraypose.metrics import pose_errors
     from xraypose.preprocess import preprocess
     from xraypose.register import Registrar, RegistrationConfig
-    from xraypose.register.cases import CaseMaker, perturb_pose
+    from xraypose.register.cases import perturb_pose
     from xraypose.register.tracking import track_sequence
 
     report = start_report(vars(args))
     name, vol = load_ct(args.ct)
     iso = vol.get_isocenter().to(F64)
-    cam = Camera(sdd=1020.0, height=args.detector, width=args.detector, delx=280.0 / args.detector)
-    maker = CaseMaker(vol, camera=cam, collimator_px=max(2, args.detector // 32), seed=args.seed)
+    cam, truth = benchmark_trajectory(vol, args.seed, args.frames, args.detector, args.step_mm, args.step_deg,
+                                      args.jump_at, args.jump_mm, args.jump_deg)
     fine = args.form_detector or args.detector
     form_cam = Camera(sdd=1020.0, height=fine, width=fine, delx=280.0 / fine)
     area = (args.detector / fine) ** 2  # a formed pixel's area over a registered one's
-    T0, _ = maker.true_pose(0)
-    truth = trajectory(T0, iso, args.frames, args.step_mm, args.step_deg, args.jump_at, args.jump_mm,
-                       args.jump_deg, args.seed)
     t0 = time.perf_counter()
     images, poses, formed = [], [], []
     fixed = dict(_parse_param(kv) for kv in args.param)
