@@ -441,7 +441,7 @@ def test_a_frame_the_check_passed_with_a_collapsed_similarity_is_reinitialised(v
     frames = frames[: JUMP_AT + 2]
     reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
 
-    def lenient(registrar, images, camera, poses, starts):
+    def lenient(registrar, images, camera, poses, starts, masks=None):
         return [Confidence(0.55, "ok", "test: passes everything", {}, 0.0) for _ in range(len(poses))]
 
     monkeypatch.setattr(tracking, "_check", lenient)
@@ -450,3 +450,28 @@ def test_a_frame_the_check_passed_with_a_collapsed_similarity_is_reinitialised(v
     assert out[JUMP_AT].reinitialised and not any(fr.reinitialised for fr in out[:JUMP_AT])
     err = float(pose_errors(out[JUMP_AT].camera_to_world, sequence["poses"][JUMP_AT], sequence["fid"], cam)["mtre"])
     assert err < 4.0
+
+
+def test_the_check_reads_a_frame_through_its_mask(volume, sequence):
+    """The confidence check weighs the pixels as registration did: a saturated plateau is no evidence.
+    At the true pose of a 30 %-clipped frame the check failed it without the mask (P 0.014) and does
+    not with it; a pose 23 mm off still fails; tracked with the check, the masked frames are kept as
+    registered (no re-initialisation) and land below 2 mm."""
+    from xraypose.register.confidence import assess
+
+    frames, masks, cam = _saturated(sequence, JUMP_AT)
+    reg = Registrar(volume, RegistrationConfig(seed=0, record_trajectory=False))
+    truth = sequence["poses"][0]
+    iso = volume.get_isocenter().to(F64)
+    off = perturb_pose(truth, iso, 5.0, 20.0, torch.Generator().manual_seed(3))[0]
+    masked = assess(reg, frames[:1].expand(2, -1, -1, -1), cam, torch.stack([truth, off]).to(F64), masks=masks[:1])
+    plain = assess(reg, frames[:1], cam, truth[None])[0]
+    assert plain.verdict == "failed"
+    assert masked[0].verdict != "failed" and masked[0].p_success > 0.5, masked[0]
+    assert masked[1].verdict == "failed", masked[1]
+    out = track_sequence(reg, frames, cam, sequence["start"], motion="none", masks=masks)
+    assert not any(fr.reinitialised for fr in out)
+    assert all(fr.verdict != "failed" for fr in out), [(fr.verdict, fr.p_success) for fr in out]
+    errors = [float(pose_errors(fr.camera_to_world, sequence["poses"][fr.index], sequence["fid"],
+                                sequence["camera"])["mtre"]) for fr in out]
+    assert max(errors) < 2.0, errors

@@ -255,7 +255,7 @@ def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: boo
 
     B = imgs.shape[0]
     picks = [(res, b) for b in range(B)]
-    checks: list = assess(reg, imgs, camera, res.poses, starts=res.initial_poses)
+    checks: list = assess(reg, imgs, camera, res.poses, starts=res.initial_poses, masks=masks)
     for b in range(B):
         c = checks[b]
         checks[b] = {"conf": c, "info": {**c.to_dict(), "kept": "given start"}}
@@ -305,7 +305,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         K = len(names)
         imgs = image.expand(K, -1, -1, -1)
         r2 = reg.register(imgs, camera, alts, masks=None if mask is None else mask.expand(K, -1, -1, -1))
-        c2 = assess(reg, imgs, camera, r2.poses, starts=alts)
+        c2 = assess(reg, imgs, camera, r2.poses, starts=alts,
+                    masks=None if mask is None else mask.expand(K, -1, -1, -1))
         for k in range(K):
             tried.append({"start": names[k], "p_success": c2[k].p_success, "verdict": c2[k].verdict,
                           "similarity": float(r2.similarity[k])})
@@ -317,7 +318,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         nonlocal best
         start = res.initial_poses[b:b + 1]
         r = registrar.register(image, camera, start, masks=mask)
-        c = assess(reg, image, camera, r.poses, starts=start)[0]
+        c = assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
         tried.append({"start": name, "p_success": c.p_success, "verdict": c.verdict,
                       "similarity": float(r.similarity[0])})
         if best_hypothesis(best[1].p_success, [c.p_success]) is not None:

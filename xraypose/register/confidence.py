@@ -262,7 +262,8 @@ def _curvature_signals(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> di
             "weak_depth": float(v[5] ** 2 / v.pow(2).sum()), "gn_step_mm": float(step.norm())}
 
 
-def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL) -> list:
+def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL,
+                    masks=None) -> list:
     """Measure :data:`SIGNALS` at registered poses.
 
     Args:
@@ -273,6 +274,9 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
         poses: (B, 4, 4) or (4, 4) camera_to_world results.
         starts: (B, 4, 4) the starts (for ``travel_mm``), or None.
         level: where to render (default :data:`CHECK_LEVEL`).
+        masks: optional (B, 1, H, W) or (H, W) pixel weights in [0, 1] the X-rays were registered
+            with (preprocessing's ``mask``: a saturated plateau, a collimator's shadow); where 0 the
+            X-ray is no evidence and is treated as what the DRR cannot explain (``foreign``).
     Returns:
         per X-ray a dict: the signals, plus ``"_problem"``: None, or a one-line reason why the
         result cannot be trusted at all (a pose that sees none of the CT, a constant DRR).
@@ -297,10 +301,18 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
     idx = [b for b in range(B) if bool(sees[b])]
     if not idx:
         return out
-    obj, drr, h = _render_about(registrar, level, imgs[idx], camera, T[idx], iso)
+    m = None
+    if masks is not None:
+        m = torch.as_tensor(masks, dtype=torch.float32)
+        m = m.reshape(1, 1, *m.shape[-2:]) if m.dim() == 2 else (m[:, None] if m.dim() == 3 else m)
+        if m.shape[-2:] != imgs.shape[-2:] or m.shape[0] not in (1, B):
+            raise InputError(f"the masks' shape {tuple(m.shape)} is not the X-rays' {tuple(imgs.shape)}")
+        m = m.expand(B, 1, *imgs.shape[-2:])[idx]
+    obj, drr, h = _render_about(registrar, level, imgs[idx], camera, T[idx], iso, m)
     base = float(registrar.config.bone_multiplier)
     for q, b in enumerate(idx):
-        _drr_signals(out[b], drr[q], obj.target[q, 0].to(F64), h[q], base)
+        _drr_signals(out[b], drr[q], obj.target[q, 0].to(F64), h[q], base,
+                     None if obj.mask is None else obj.mask[q, 0].to(F64))
     return out
 
 
@@ -326,13 +338,14 @@ def _geometry_signals(T: torch.Tensor, camera: Camera, iso: torch.Tensor, starts
 
 
 def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, Ts: torch.Tensor,
-                  iso: torch.Tensor):
+                  iso: torch.Tensor, masks: torch.Tensor | None = None):
     """``(objective, DRRs (n, 7, C, h, w) float64, steps h (n, 6))``: the DRRs at the poses ``Ts`` (n, 4, 4) and
     at a quarter of a check pixel from each along the 6 directions of :func:`_chart_poses`, on ``level``."""
     # the level's own channels, cached by the registrar (channels-last, with its empty-space grid): a
     # subset cut here would be a fresh channels-first copy per check, rendered without skipping
     dens, aff = registrar.volume_level(level.volume_mm, level_channels(level))
-    obj = LevelObjective(level, registrar.config, dens, aff, imgs, camera, torch.Generator().manual_seed(0))
+    obj = LevelObjective(level, registrar.config, dens, aff, imgs, camera, torch.Generator().manual_seed(0),
+                         masks=masks)
     n = Ts.shape[0]
     pix = obj.pixel_mm(Ts, iso)  # (n,) mm per check pixel at the isocenter
     h = torch.empty(n, 6, dtype=F64)
@@ -345,9 +358,11 @@ def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, T
     return obj, drr.reshape(n, 7, *drr.shape[1:]), h
 
 
-def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, base: float) -> None:
+def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, base: float,
+                 mask: torch.Tensor | None = None) -> None:
     """Into ``rec``: the image and curvature signals of one result from its 7 DRRs ``d2`` (7, C, h, w) against
-    the X-ray ``y`` (h, w) (the bone fitted as registration fits it, from ``base``), or its ``_problem``."""
+    the X-ray ``y`` (h, w) (the bone fitted as registration fits it, from ``base``; ``mask`` (h, w): the
+    X-ray's pixel weights, or None), or its ``_problem``."""
     if not bool(torch.isfinite(d2).all()):
         rec["_problem"] = "the DRR at the result is not finite"
         return
@@ -366,22 +381,27 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
                            else "the DRR at the result is constant: the pose sees no structure of the CT")
         rec["coverage"] = 0.0 if float(soft.max()) <= 0 else rec["coverage"]
         return
-    y, rec["foreign"] = _explainable(D, y)
+    y, rec["foreign"] = _explainable(D, y, mask)
     rec.update(_image_signals(D, y, soft))
     rec.update(_curvature_signals(D7, y, h))
 
 
-def _explainable(D: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+def _explainable(D: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """The X-ray ``y`` (h, w) with what the DRR ``D`` (h, w) cannot explain replaced by the DRR's affine fit,
     and the share of pixels replaced.  The pixels are weighed as registration's fine levels weigh them
     (:func:`~xraypose.register.objective.robust_weights`, Tukey's biweight at 4.685 robust deviations):
     metal and tools that are not in the CT then leave no structure in the difference image, and a
-    correct pose under an implant is not judged by the implant."""
-    w = robust_weights(D[None], y[None])[0].to(F64)
+    correct pose under an implant is not judged by the implant.  Pixels a ``mask`` (h, w) weighs 0 (a
+    saturated plateau, a collimator's shadow) are no evidence at all: replaced too, and the share is
+    of the pixels the mask keeps (weighed by it) — a plateau is what preprocessing found, not what the
+    DRR failed to explain (counted, a good pose under a 30 % plateau read P 0.001)."""
+    w = robust_weights(D[None], y[None], prior=None if mask is None else mask[None])[0].to(F64)
     if not float(w.sum()) > 0:
         return y, 1.0
     fit = weighted_affine_fit(D.reshape(1, -1), y.reshape(1, -1), w.reshape(1, -1)).reshape(y.shape)
-    return torch.where(w > 0, y, fit), float((w <= 0).to(F64).mean())
+    out = (w <= 0).to(F64)
+    share = float(out.mean()) if mask is None else float((out * mask).sum() / mask.sum().clamp_min(1e-12))
+    return torch.where(w > 0, y, fit), share
 
 
 # ----------------------------------------------------------------------------------------- the model
@@ -539,7 +559,8 @@ def default_model() -> ConfidenceModel:
     return _MODEL
 
 
-def assess(registrar, images, camera: Camera, poses, *, starts=None, model: ConfidenceModel | None = None) -> list:
+def assess(registrar, images, camera: Camera, poses, *, starts=None, model: ConfidenceModel | None = None,
+           masks=None) -> list:
     """:class:`Confidence` of each registered pose.
 
     Args:
@@ -547,6 +568,7 @@ def assess(registrar, images, camera: Camera, poses, *, starts=None, model: Conf
         images: (B, 1, H, W) or (H, W) the registered X-rays; camera: their intrinsics.
         poses: (B, 4, 4) results; starts: (B, 4, 4) their starts (optional).
         model: a :class:`ConfidenceModel` (default: the shipped one).
+        masks: the pixel weights the X-rays were registered with (:func:`measure_signals`), or None.
     Returns:
         one :class:`Confidence` per X-ray; never raises on a bad result (its verdict is "failed").
     """
@@ -554,7 +576,7 @@ def assess(registrar, images, camera: Camera, poses, *, starts=None, model: Conf
     t0 = time.perf_counter()
     T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
     try:
-        sigs = measure_signals(registrar, images, camera, T, starts=starts)
+        sigs = measure_signals(registrar, images, camera, T, starts=starts, masks=masks)
     except (RuntimeError, ValueError) as e:  # a check that cannot run is a failed check, not a crash
         dt = time.perf_counter() - t0
         return [failed_confidence(f"the confidence check could not run ({str(e).splitlines()[0]})", seconds=dt)

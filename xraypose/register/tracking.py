@@ -154,12 +154,12 @@ def similarity_drop(similarity: float, accepted: list, floor: float = 0.02, k: f
     return similarity < med - max(floor, k * mad)
 
 
-def _check(registrar, images, camera, poses, starts):
+def _check(registrar, images, camera, poses, starts, masks=None):
     try:
         from xraypose.register.confidence import assess
     except ImportError:  # pragma: no cover - the check is part of the package
         return None
-    return assess(registrar, images, camera, poses, starts=starts)
+    return assess(registrar, images, camera, poses, starts=starts, masks=masks)
 
 
 def _check_views(registrar, views, rig_to_world, start):
@@ -171,7 +171,7 @@ def _check_views(registrar, views, rig_to_world, start):
     confs = []
     for v in views:
         C = torch.eye(4, dtype=F64) if v[2] is None else torch.as_tensor(v[2], dtype=F64)
-        c = _check(registrar, torch.as_tensor(v[0]), v[1], (rig_to_world @ C)[None], (start @ C)[None])
+        c = _check(registrar, torch.as_tensor(v[0]), v[1], (rig_to_world @ C)[None], (start @ C)[None], v[3])
         if not c:
             return None
         confs.append(c[0])
@@ -242,7 +242,9 @@ def _check_frame(reg, f: int, res, T0, *, views: list):
     the frame), so it may run beside the next frame's registration (``track_sequence``'s
     ``overlap_check``)."""
     if len(views) == 1 and views[0][2] is None:
-        chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None])
+        m = views[0][3]
+        chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None],
+                     None if m is None else m[f:f + 1])
         return chk[0] if chk else None
     return _check_views(reg, _frame_views(views, f), res.poses[0], T0)
 
