@@ -188,3 +188,26 @@ def test_cli_rig_bad_input_is_one_line(tmp_path, biplane, capsys):
     # several X-rays without a rig
     code = _run(["register", "sample", ap, lat, "-o", str(tmp_path / "o")])
     assert code == 2 and "--rig" in capsys.readouterr().err
+
+
+def test_a_rig_views_check_reads_it_through_its_mask(volume, biplane, monkeypatch):
+    """register_rig checks every view with the mask it was registered with (a view without one: None)."""
+    import xraypose.register.confidence as confidence
+
+    seen = []
+    real = confidence.assess
+
+    def spy(*a, masks=None, **k):
+        seen.append(None if masks is None else masks.clone())
+        return real(*a, masks=masks, **k)
+
+    monkeypatch.setattr(confidence, "assess", spy)
+    views = _views(biplane)
+    mask = torch.ones(PX, PX)
+    mask[:, :12] = 0.0
+    views[0] = ViewImage(views[0].name, views[0].image, views[0].camera, views[0].camera_to_rig, mask=mask)
+    start = perturb_pose(biplane["truth"], biplane["iso"], 2.0, 5.0, torch.Generator().manual_seed(5))[0]
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+    register_rig(volume, views, start, registrar=reg, hypotheses=False)
+    assert len(seen) == 2 and seen[1] is None
+    assert seen[0] is not None and torch.equal(seen[0].reshape(PX, PX), mask)

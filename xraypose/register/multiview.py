@@ -285,15 +285,17 @@ def _rig_registration(res, reg: Registrar, vs: list, Cs: list, Cr_inv, r: int, i
         level_stats=res.level_stats, config=reg.config.to_dict())
 
 
-def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list) -> None:
-    """Check every view of ``rr`` at its pose (images (H, W), ``Cs`` (4, 4) camera_to_rig) and
-    combine the checks (:func:`combine_confidences`), in place."""
+def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list, masks: list | None = None) -> None:
+    """Check every view of ``rr`` at its pose (images (H, W), ``Cs`` (4, 4) camera_to_rig, ``masks``
+    the views' pixel masks (H, W) or None, read as registration weighed them) and combine the
+    checks (:func:`combine_confidences`), in place."""
     from xraypose.register.confidence import assess
 
     confs = []
     for i, o in enumerate(rr.views):
+        m = None if masks is None or masks[i] is None else _as_image(masks[i])[None, None]
         c = assess(reg, imgs[i][None, None], o.camera, o.camera_to_world[None],
-                   starts=(rr.initial_rig_to_world @ Cs[i])[None])[0]
+                   starts=(rr.initial_rig_to_world @ Cs[i])[None], masks=m)[0]
         o.p_success, o.verdict, o.reason, o.confidence = float(c.p_success), c.verdict, c.reason, c.to_dict()
         confs.append(c)
     rr.p_success, rr.verdict, rr.reason = combine_confidences([o.name for o in rr.views], confs)
@@ -316,7 +318,7 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
 
     def joint(registrar, start, name):
         out = _rig_registration(registrar.register_views(triples, start[None]), reg, vs, Cs, Cr_inv, r, init_s)
-        _check_rig(out, reg, imgs, Cs)
+        _check_rig(out, reg, imgs, Cs, [v.mask for v in vs])
         tried.append({"start": name, "p_success": out.p_success, "verdict": out.verdict, "similarity": out.similarity})
         return out
 
@@ -394,7 +396,7 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
     res = reg.register_views(triples, (start @ Cr)[None])
     rr = _rig_registration(res, reg, vs, Cs, Cr_inv, r, init_s)
     if confidence:
-        _check_rig(rr, reg, imgs, Cs)
+        _check_rig(rr, reg, imgs, Cs, [v.mask for v in vs])
         if hypotheses and rr.verdict != "ok":
             rr = _try_rig_hypotheses(rr, res, reg, vs, imgs, Cs, triples, Cr_inv, r, init_s)
     if true_rig_to_world is not None:
