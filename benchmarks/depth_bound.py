@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,13 +42,67 @@ F64 = torch.float64
 
 def pose_motion(T: torch.Tensor, centre: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """The camera pose (4, 4) that sees the CT moved by ``theta`` (6,): translation (mm) along the
-    camera axes of ``T`` and rotation (rad) about those axes through ``centre`` (3,)."""
+    camera axes of ``T`` and rotation (rad) about those axes through ``centre`` (3,).  The axes are
+    docs/conventions.md's camera frame: +z along the principal ray, toward the detector, so
+    ``theta[2] > 0`` moves the CT away from the source — and, taken as an estimate of ``T``, the
+    pose has ``tracking.depth_error`` = −``theta[2]`` (it puts the CT that much toward the source)."""
     from xraypose.geometry import make_transform, so3_exp
 
     Rc = T[:3, :3]
     R = Rc @ so3_exp(theta[3:]) @ Rc.T
     A = make_transform(R, centre - R @ centre + Rc @ theta[:3])
     return torch.linalg.inv(A) @ T
+
+
+class ExactFrames:
+    """The tracking benchmark's low-dose frames (``tracking.py``'s trajectory, formation and fiducials)
+    of CT ``vol`` for ``seed`` on a ``detector``² detector, and their exact formation model."""
+
+    def __init__(self, vol, seed: int, n_frames: int, detector: int = 128):
+        from tracking import benchmark_trajectory
+
+        from xraypose.appearance.families import _physical_mu
+
+        self.vol, self.seed, self.D = vol, seed, detector
+        self.camera, self.truth = benchmark_trajectory(vol, seed, n_frames, detector)
+        self.mu, self.affine = _physical_mu(vol).to(F64), vol.affine.to(F64)
+        self.fine = self.camera.resize(2 * detector, 2 * detector)
+        self._fiducials = None
+
+    def form(self, f: int, **params):
+        """Frame ``f`` as ``tracking.py`` forms it (its generator, the family "lowdose"): a FormedXray."""
+        from xraypose.appearance import form_xray
+
+        return form_xray(self.vol, self.camera, self.truth[f], family="lowdose",
+                         generator=torch.Generator().manual_seed(self.seed * 7 + f), **params)
+
+    def transmission(self, T: torch.Tensor, blur_px: float) -> torch.Tensor:
+        """(D, D) float64 mean transmission at camera pose ``T``: Siddon line integrals of the physical
+        μ at 2×, exp, area-averaged, the detector's ``blur_px`` on the intensities (the family's chain)."""
+        from xraypose.appearance import detector as det
+        from xraypose.render.core import render
+
+        with torch.no_grad():
+            L = render(self.mu, self.affine, self.fine, T[None], renderer="siddon", backend="reference")[0, 0]
+        return det.gaussian_blur(det.area_average(torch.exp(-L.to(F64)), 2), blur_px)
+
+    def fiducials(self) -> torch.Tensor:
+        """(20, 3) float64 ``tracking.py``'s fiducials (chosen on frame 0's preprocessed view)."""
+        if self._fiducials is None:
+            from xraypose.fiducials import bone_points, select_fiducials
+            from xraypose.preprocess import preprocess
+
+            fx = self.form(0)
+            pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+            self._fiducials = select_fiducials(bone_points(self.vol), n=20, seed=self.seed, camera=pre.camera,
+                                               poses=pre.transform_pose(fx.pose), margin_px=2).to(F64)
+        return self._fiducials
+
+    def kept(self, crop: int) -> torch.Tensor:
+        """(D, D) bool: the pixels preprocessing keeps inside a ``crop``-pixel border."""
+        keep = torch.zeros(self.D, self.D, dtype=torch.bool)
+        keep[crop:self.D - crop, crop:self.D - crop] = True
+        return keep
 
 
 def fisher(transmission, T: torch.Tensor, centre: torch.Tensor, photons: float, keep, h=(0.05, 0.0005)):
@@ -89,53 +144,29 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from appearance import load_ct, start_report, write_report
-    from tracking import benchmark_trajectory
-
-    from xraypose.appearance import detector as det
-    from xraypose.appearance import form_xray
-    from xraypose.appearance.families import _physical_mu
-    from xraypose.fiducials import bone_points, select_fiducials
-    from xraypose.preprocess import preprocess
-    from xraypose.render.core import render
 
     report = start_report(vars(args))
     name, vol = load_ct(args.ct)
-    D = args.detector
-    cam, truth = benchmark_trajectory(vol, args.seed, args.frames, D)
-    mu, aff = _physical_mu(vol).to(F64), vol.affine.to(F64)
+    frames = ExactFrames(vol, args.seed, args.frames, args.detector)
+    fid = frames.fiducials()
     tracked = None
     if args.tracking_json:
         tracked = {r["frame"]: r for r in json.loads(Path(args.tracking_json).read_text())["frames"]}
 
     rows, t_start = [], time.perf_counter()
-    fid = None
     for f in range(0, args.frames, args.every):
-        # the frame as tracking.py forms it: the draw of its photons, its blur, its crop
-        fx = form_xray(vol, cam, truth[f], family="lowdose", generator=torch.Generator().manual_seed(args.seed * 7 + f))
-        photons, blur = float(fx.info["photons"]), float(fx.info.get("blur_px", 0.7))
-        c = int(fx.preprocess["crop"])
-        pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
-        if fid is None:  # tracking.py's fiducials: chosen on frame 0's preprocessed view
-            fid = select_fiducials(bone_points(vol), n=20, seed=args.seed, camera=pre.camera,
-                                   poses=pre.transform_pose(fx.pose), margin_px=2).to(F64)
-        fine = cam.resize(2 * D, 2 * D)
-
-        def transmission(T):
-            with torch.no_grad():
-                L = render(mu, aff, fine, T[None], renderer="siddon", backend="reference")[0, 0].to(F64)
-            return det.gaussian_blur(det.area_average(torch.exp(-L), 2), blur)
-
-        keep = torch.zeros(D, D, dtype=torch.bool)
-        keep[c:D - c, c:D - c] = True
+        fx = frames.form(f)  # the frame as tracking.py forms it: the draw of its photons, its blur, its crop
+        photons, blur = float(fx.info["photons"]), float(fx.info["blur_px"])
+        keep = frames.kept(int(fx.preprocess["crop"]))
         T = fx.pose.to(F64)
         centre = fid.mean(0)
-        Fi = fisher(transmission, T, centre, photons, keep)
+        Fi = fisher(lambda P: frames.transmission(P, blur), T, centre, photons, keep)
         cov = torch.linalg.inv(Fi)
         q = (fid - centre) @ T[:3, :3]  # fiducials in camera axes, from the centre
         m = efficient_errors(cov, q, args.samples, torch.Generator().manual_seed(f))
         row = {"frame": f, "photons": photons, "blur_px": blur,
                "sd_depth_mm": float(cov[2, 2].sqrt()), "sd_lateral_mm": [float(cov[0, 0].sqrt()), float(cov[1, 1].sqrt())],
-               "sd_rotation_deg": [float(cov[k, k].sqrt()) * 57.29578 for k in (3, 4, 5)],
+               "sd_rotation_deg": [math.degrees(float(cov[k, k].sqrt())) for k in (3, 4, 5)],
                "efficient_median_mtre_mm": float(m.median()), "efficient_share_below_1mm": float((m < 1).double().mean())}
         if tracked is not None and f in tracked:
             row["registered_mtre_mm"] = tracked[f]["mtre_registered"]

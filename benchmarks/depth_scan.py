@@ -3,15 +3,16 @@
 For frames of the tracking benchmark's trajectory (`benchmarks/tracking.py`: ``--ct``, ``--seed``,
 family "lowdose", 128²), the depth of the fiducials' centroid is moved over ±``--range`` mm (the five
 other pose parameters held at the truth; ``depth_bound.pose_motion``) and each objective's best depth
-is recorded.  The rms of the best depths over the frames says how much of the frame's information
-the objective uses (``depth_bound.py``'s Fisher information gives the 1-D bound, printed per frame):
+is recorded (as ``tracking.depth_error`` signs it: − toward the source).  The rms of the best depths
+over the frames says how much of the frame's information the objective uses (``depth_bound.py``'s
+Fisher information gives the 1-D bound, printed per frame):
 
 * ``poisson``: the likelihood of the raw counts under the exact formation model (Siddon physical μ at
   2×, exp, area-averaged, the frame's intensity-domain detector blur, Poisson at its photons);
 * ``wls`` / ``ls``: least squares of the line integrals −log(counts/N0) against the exact model's,
   weighted by the expected counts / unweighted;
-* ``ncc_pre``: NCC of the *preprocessed* X-ray (σ = 1 px after the log) with the exact model's line
-  integrals blurred alike; ``ncc_pre_no_detector_blur``: the same model without its detector blur;
+* ``ncc_pre``: NCC of the *preprocessed* X-ray (its 5×5, σ = 1 px blur after the log) with the exact
+  model's line integrals blurred alike; ``ncc_pre_no_detector_blur``: the same model without its detector blur;
 * ``reg:NAME[:P]``: registration's own 128-row objective (:class:`LevelObjective`) of the tracking
   schedule's last level — ``gncc`` as shipped, ``gncc_fitblur`` with ``fit_blur``, ``mncc`` — with
   pixels weighted by ``exp(−P·(L − min L))`` (L: the X-ray's line integrals from preprocessing's
@@ -50,59 +51,30 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from appearance import load_ct, start_report, write_report
-    from depth_bound import fisher, pose_motion
-    from tracking import TRACKING_VARIANTS, benchmark_trajectory
+    from depth_bound import ExactFrames, fisher, pose_motion
+    from tracking import TRACKING_VARIANTS
 
-    from xraypose.appearance import detector as det
-    from xraypose.appearance import form_xray
-    from xraypose.appearance.families import _physical_mu
-    from xraypose.fiducials import bone_points, select_fiducials
-    from xraypose.preprocess import preprocess
+    from xraypose.preprocess import gaussian_blur, ncc, preprocess
     from xraypose.register import Registrar, RegistrationConfig
-    from xraypose.register.objective import LevelObjective, gaussian_kernel, level_channels, separable_blur
-    from xraypose.render.core import render
+    from xraypose.register.objective import LevelObjective, level_channels
 
     report = start_report(vars(args))
     name, vol = load_ct(args.ct)
-    D = 128
-    cam, truth = benchmark_trajectory(vol, args.seed, max(args.frames) + 1, D)
-    mu, aff = _physical_mu(vol).to(F64), vol.affine.to(F64)
-    fine = cam.resize(2 * D, 2 * D)
+    frames = ExactFrames(vol, args.seed, max(args.frames) + 1)
+    D = frames.D
     cfg = RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads)
     reg = Registrar(vol, cfg)
     last = TRACKING_VARIANTS["default"]()[-1]
     levels = {"gncc": last, "gncc_fitblur": replace(last, fit_blur=True), "mncc": replace(last, similarity="mncc")}
     reg_variants = [("gncc", 0.0), ("gncc_fitblur", 0.0), ("gncc_fitblur", 0.5), ("mncc", 1.0)]
     deltas = torch.arange(-args.range, args.range + 1e-9, args.step, dtype=F64)
-
-    def form(frame, **kw):
-        return form_xray(vol, cam, truth[frame], family="lowdose",
-                         generator=torch.Generator().manual_seed(args.seed * 7 + frame), **kw)
-
-    fx0 = form(0)
-    pre0 = preprocess(fx0.raw, fx0.camera, **fx0.preprocess)
-    fid = select_fiducials(bone_points(vol), n=20, seed=args.seed, camera=pre0.camera,
-                           poses=pre0.transform_pose(fx0.pose), margin_px=2).to(F64)
-    centre = fid.mean(0)
-
-    def transmission(T, blur):
-        with torch.no_grad():
-            L = render(mu, aff, fine, T[None], renderer="siddon", backend="reference")[0, 0].to(F64)
-        return det.gaussian_blur(det.area_average(torch.exp(-L), 2), blur)
-
-    def gblur(x):
-        return separable_blur(x[None, None].float(), gaussian_kernel(1.0), same=True)[0, 0].double()
-
-    def ncc(a, b):
-        a, b = a - a.mean(), b - b.mean()
-        return float((a * b).sum() / (a.norm() * b.norm()))
+    centre = frames.fiducials().mean(0)
 
     rows, t0 = [], time.perf_counter()
     for f in args.frames:
-        fx = form(f)
+        fx = frames.form(f)
         N0, blur, crop = float(fx.info["photons"]), float(fx.info["blur_px"]), int(fx.preprocess["crop"])
-        keep = torch.zeros(D, D, dtype=torch.bool)
-        keep[crop:D - crop, crop:D - crop] = True
+        keep = frames.kept(crop)
         inner = (slice(crop, D - crop), slice(crop, D - crop))
         T = fx.pose.to(F64)
         counts = torch.where(fx.raw.reshape(D, D) <= 1, 0.0, fx.raw.double().reshape(D, D) / fx.info["i0"] * N0)
@@ -110,28 +82,31 @@ def main(argv=None) -> int:
         pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
         st = {s["step"]: s for s in pre.steps}
         L_pre = pre.image.double() * (st["rescale01"]["max"] - st["rescale01"]["min"]) + st["rescale01"]["min"]
-        bound_1d = float(fisher(lambda P: transmission(P, blur), T, centre, N0, keep)[2, 2].rsqrt())
+        b = fx.preprocess["blur"]  # the model blurred as preprocessing blurred the X-ray's line integrals
+        bound_1d = float(fisher(lambda P: frames.transmission(P, blur), T, centre, N0, keep)[2, 2].rsqrt())
         poses = [pose_motion(T, centre, torch.tensor([0, 0, float(d), 0, 0, 0], dtype=F64)) for d in deltas]
         scores: dict = {k: [] for k in ("poisson", "wls", "ls", "ncc_pre", "ncc_pre_no_detector_blur")}
         for P in poses:
-            t = transmission(P, blur)
+            t = frames.transmission(P, blur)
             lam, L_model = N0 * t, -torch.log(t)
             scores["poisson"].append(float((counts * torch.log(lam) - lam)[keep].sum()))
             scores["wls"].append(-float((lam * (L_meas - L_model) ** 2)[keep].sum()))
             scores["ls"].append(-float(((L_meas - L_model) ** 2)[keep].sum()))
-            scores["ncc_pre"].append(ncc(pre.image.double(), gblur(L_model)[inner]))
-            scores["ncc_pre_no_detector_blur"].append(ncc(pre.image.double(), gblur(-torch.log(transmission(P, 0.0)))[inner]))
+            scores["ncc_pre"].append(ncc(pre.image, gaussian_blur(L_model, *b)[inner]))
+            L_sharp = -torch.log(frames.transmission(P, 0.0))
+            scores["ncc_pre_no_detector_blur"].append(ncc(pre.image, gaussian_blur(L_sharp, *b)[inner]))
         Ps = torch.stack(poses).float()
         for lv_name, p in reg_variants:
             lv = levels[lv_name]
-            dens, aff_l = reg.volume_level(lv.volume_mm, level_channels(lv))
+            dens, aff = reg.volume_level(lv.volume_mm, level_channels(lv))
             m = None if p == 0 else torch.exp(-p * (L_pre - L_pre.min())).float()[None, None]
-            ob = LevelObjective(lv, cfg, dens, aff_l, pre.image[None, None].float(), pre.camera,
+            ob = LevelObjective(lv, cfg, dens, aff, pre.image[None, None].float(), pre.camera,
                                 torch.Generator().manual_seed(0), masks=m)
             with torch.no_grad():
                 r, _, _ = ob.residual(Ps, torch.zeros(len(Ps), dtype=torch.long))
             scores[f"reg:{lv_name}:{p:g}"] = (1 - 0.5 * r.double().pow(2).sum(-1)).tolist()
-        best = {k: float(deltas[torch.tensor(v).argmax()]) for k, v in scores.items()}
+        # the best pose's error along the beam as tracking.depth_error signs it (− toward the source)
+        best = {k: -float(deltas[torch.tensor(v).argmax()]) for k, v in scores.items()}
         rows.append({"frame": f, "photons": N0, "bound_1d_sd_mm": bound_1d, "best_depth_mm": best})
         print(f"frame {f:3d}: {N0:6.0f} photons, 1-D bound {bound_1d:.3f} mm | "
               + " ".join(f"{k} {v:+.1f}" for k, v in best.items()), flush=True)

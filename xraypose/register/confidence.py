@@ -46,6 +46,7 @@ from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
+from xraypose.preprocess import image_batch
 from xraypose.register.config import Level
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
@@ -281,12 +282,7 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
         per X-ray a dict: the signals, plus ``"_problem"``: None, or a one-line reason why the
         result cannot be trusted at all (a pose that sees none of the CT, a constant DRR).
     """
-    imgs = torch.as_tensor(images)
-    if imgs.dim() == 2:
-        imgs = imgs[None, None]
-    elif imgs.dim() == 3:
-        imgs = imgs[:, None]
-    imgs = imgs.to(torch.float32)
+    imgs = image_batch(images, "the X-rays to check").to(torch.float32)
     ratio = registrar.config.foreign_steps
     if ratio is not None:  # judge the X-ray registration saw: metal's steps set aside (register/foreign.py)
         from xraypose.register.foreign import set_aside_batch
@@ -303,8 +299,7 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
         return out
     m = None
     if masks is not None:
-        m = torch.as_tensor(masks, dtype=torch.float32)
-        m = m.reshape(1, 1, *m.shape[-2:]) if m.dim() == 2 else (m[:, None] if m.dim() == 3 else m)
+        m = image_batch(masks, "the pixel masks").to(torch.float32)
         if m.shape[-2:] != imgs.shape[-2:] or m.shape[0] not in (1, B):
             raise InputError(f"the masks' shape {tuple(m.shape)} is not the X-rays' {tuple(imgs.shape)}")
         m = m.expand(B, 1, *imgs.shape[-2:])[idx]

@@ -594,9 +594,8 @@ class Registrar:
                 raise InputError(f"{what}: camera_to_rig is not a rigid transform (rotation off by {err:.2g}, "
                                  f"det {float(torch.det(R)):.3g}, last row {Ci[3].tolist()})")
         if masks is not None:
-            m = torch.as_tensor(masks, dtype=torch.float32)
-            m = m.reshape(1, 1, *m.shape) if m.dim() == 2 else (m[:, None] if m.dim() == 3 else m)
-            if m.dim() != 4 or m.shape[1] != 1 or m.shape[-2:] != (H, W) or m.shape[0] not in (1, B):
+            m = image_batch(masks, f"{what}: the pixel mask").to(torch.float32)
+            if m.shape[-2:] != (H, W) or m.shape[0] not in (1, B):
                 raise InputError(f"{what}: the pixel mask must have the X-rays' shape {(B, 1, H, W)}, got "
                                  f"{tuple(torch.as_tensor(masks).shape)}")
             if not bool(torch.isfinite(m).all()) or float(m.min()) < 0 or float(m.max()) > 1:

@@ -61,6 +61,7 @@ from functools import partial
 import torch
 
 from xraypose.errors import InputError
+from xraypose.preprocess import image_batch
 from xraypose.register.config import Level
 from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
 
@@ -208,8 +209,7 @@ def _sequence_views(frames, camera, views, masks=None) -> list:
             raise InputError(f"view {i} has {int(imgs.shape[0])} frames, view 0 has {n_frames}")
         m = v[3] if len(v) == 4 else None
         if m is not None:
-            m = torch.as_tensor(m, dtype=torch.float32)
-            m = m[:, None] if m.dim() == 3 else m
+            m = image_batch(m, "the pixel masks").to(torch.float32)
             want = (n_frames, 1, *imgs.shape[-2:])
             if tuple(m.shape) != want:
                 raise InputError(f"{'the' if len(views) == 1 else f'view {i}:'} pixel masks must have the frames' "
@@ -279,15 +279,12 @@ def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fa
     return (*_reinitialise(register, registrar, f, res, chk, fallback), True)
 
 
-def _suspect(res, unlikely, dropped, outside=None) -> bool:
-    """A checked frame's registration the check passed but the sequence doubts: its similarity far
-    below the frames' before it (``dropped(res)``) *and* either not converged or improbable under
-    the motion model (``unlikely(res)``, or ``outside`` when already measured).  Both, since a
-    low-dose frame's similarity follows its photon count (0.72–0.98 on one 100-frame trajectory):
-    a drop alone re-initialised 3–10 good frames per 100."""
-    if not dropped(res):
-        return False
-    return res.status[0] != "converged" or bool(unlikely(res) if outside is None else outside)
+def _suspect(res, unlikely, dropped) -> bool:
+    """A registration the sequence doubts, whatever its check says: its similarity far below the
+    accepted frames' (``dropped(res)``) *and* either not converged or improbable under the motion
+    model (``unlikely(res)``).  Both, since a low-dose frame's similarity follows its photon count
+    (0.72–0.98 on one 100-frame trajectory): a drop alone re-initialised 3–10 good frames per 100."""
+    return dropped(res) and (res.status[0] != "converged" or bool(unlikely(res)))
 
 
 def _reinitialise(register, registrar, f: int, res, chk, fallback):
@@ -412,9 +409,9 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             return filt.innovation(res.poses[0], R) > model.gate
         return similarity_drop(float(res.similarity[0]), accepted_sims)
 
-    def dropped(res, upto: int | None = None) -> bool:
-        """A registration's similarity far below the accepted frames' (the first ``upto``)."""
-        return similarity_drop(float(res.similarity[0]), accepted_sims[:upto])
+    def dropped(res) -> bool:
+        """A registration's similarity far below the accepted frames'."""
+        return similarity_drop(float(res.similarity[0]), accepted_sims)
 
     def predict(f: int):
         if f == 0:
@@ -471,15 +468,14 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
 
     def settle(p: dict) -> bool:
         """Wait for the check of a frame committed ahead of it (``p``); True when the frame stands,
-        False when its verdict was ``failed``, or it passed with a similarity far below the frames'
-        before it (then the motion model and the results are rolled back to before it and the frame
-        is re-initialised as without the overlap)."""
+        False when its verdict was ``failed`` or the sequence doubted it (:func:`_suspect`, judged
+        before it was committed; then the motion model and the results are rolled back to before it
+        and the frame is re-initialised as without the overlap)."""
         nonlocal last_curvature
         t0 = time.perf_counter()
         chk = p["check"].result()
         fr = p["frame"]
-        doubted = _suspect(p["result"], None, lambda r: dropped(r, p["before"][2]), outside=p["outside"])
-        if chk is None or (chk.verdict != "failed" and not doubted):
+        if chk is None or (chk.verdict != "failed" and not p["doubted"]):
             if chk is not None:
                 fr.verdict, fr.p_success, fr.reason = chk.verdict, float(chk.p_success), chk.reason
             fr.seconds += time.perf_counter() - t0
@@ -526,11 +522,11 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                 sequential(f, t0)  # rare: the in-order path (it registers the frame again, then re-initialises)
                 continue
             measured.clear()
-            outside = unlikely(res)  # the motion model's gate, before the frame is committed into it
+            doubted = _suspect(res, unlikely, dropped)  # against the motion model and frames before it
             check = pool.submit(_check_frame, registrar, f, res, pred, views=views)
             before = (len(filt.steps) if filt is not None else 0, len(good_poses), len(accepted_sims), last_curvature)
             fr = commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False)
-            pending = {"check": check, "frame": fr, "result": res, "before": before, "outside": outside}
+            pending = {"check": check, "frame": fr, "result": res, "before": before, "doubted": doubted}
         if pending is not None:
             settle(pending)
     finally:
