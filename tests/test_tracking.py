@@ -475,3 +475,21 @@ def test_the_check_reads_a_frame_through_its_mask(volume, sequence):
     errors = [float(pose_errors(fr.camera_to_world, sequence["poses"][fr.index], sequence["fid"],
                                 sequence["camera"])["mtre"]) for fr in out]
     assert max(errors) < 2.0, errors
+
+
+def test_a_sequence_holds_the_detectors_blur_it_is_given(volume, sequence):
+    """track_sequence(blur=c): every frame's registration (and frame 0's) holds the coefficient, and the
+    frames say so; a coefficient that is not a number <= 0 is refused."""
+    from xraypose.errors import InputError
+
+    frames, cam = _preprocessed(sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    out = track_sequence(reg, frames[:3], cam, sequence["start"], confidence=False, tracking_levels=WEAK,
+                         blur=-0.02)
+    assert [fr.blur_coefficient for fr in out] == [-0.02] * 3
+    assert out[1].to_dict()["blur_coefficient"] == -0.02
+    plain = track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, tracking_levels=WEAK)
+    assert [fr.blur_coefficient for fr in plain] == [None, None]
+    for bad in (0.1, float("nan"), "sequence", True):
+        with pytest.raises(InputError, match="blur must be None or a number <= 0"):
+            track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, blur=bad)

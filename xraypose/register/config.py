@@ -224,6 +224,19 @@ class RegistrationConfig:
     matched captures are a hypothesis of :func:`~xraypose.register.api.register_xray` instead
     (docs/registration.md, "Display curves").
 
+    ``blur_coefficient``: None (default) or the detector's intensity-domain blur held fixed: every
+    dense level's DRR (after its closed-form intensity fits) becomes ``D + c·|∇D|²``, ``c`` this
+    coefficient per pixel² of the X-ray as given (scaled by the square of each level's rows over
+    the X-ray's).  A detector (and a focal spot) blurs *intensities*; the log of a blurred intensity
+    is, to second order, the blurred line integral plus ``c·|∇L|²`` with ``c = −σ²/2`` in line-
+    integral units: edges shift toward their bright side and a DRR blurred as line integrals puts the
+    depth's optimum off the truth (the tracking schedule's 128-row objective on noiseless 128² frames
+    with a 0.7 px detector blur, one trajectory each: pelvis −1.2 mm mean along the beam, abdomen
+    −2.4 mm; with the coefficient held, −0.15 and −0.03 mm).  Calibrate it where the pose is known
+    (:meth:`~xraypose.register.Registrar.measure_blur`): at a registered pose the coefficient and
+    the depth explain each other (docs/registration.md, "The detector's blur"), so it is not fitted
+    per X-ray (``Level.fit_blur`` does that, and trades the depth for it).
+
     ``num_threads``: torch threads during the registration (restored after);
     None leaves torch's setting.  Default 1: the per-iteration tensors are small,
     and on the shared 2-core development machine 2 threads made a registration
@@ -272,6 +285,7 @@ class RegistrationConfig:
     capture_spread: tuple = (5.0, 20.0)
     match_intensity: float | None = MATCH_CURVED
     match_capture: bool = False
+    blur_coefficient: float | None = None
 
     def __post_init__(self):
         if self.parameterization not in ROTATION_PARAMETERIZATIONS:
@@ -304,6 +318,11 @@ class RegistrationConfig:
                                   and v >= 0):
             raise InputError(f"match_intensity must be None (off) or a number >= 0 (a map's departure from a "
                              f"straight line), got {v!r}")
+        v = self.blur_coefficient
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  and v <= 0):
+            raise InputError(f"blur_coefficient must be None (off) or a number <= 0 (the coefficient of |∇DRR|² "
+                             f"per X-ray pixel²), got {v!r}")
         if not isinstance(self.match_capture, bool):
             raise InputError(f"match_capture must be true or false, got {self.match_capture!r}")
         if self.rig_capture not in ("joint", "start-view", "both"):

@@ -12,18 +12,21 @@ with the X-ray (least squares of the X-ray on the two rendered channels).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.camera import Camera
+from xraypose.errors import InputError
 from xraypose.preprocess import resize as resize_image
 from xraypose.register.config import Level, RegistrationConfig
 from xraypose.register.measures import residual as measure_residual
 from xraypose.render import render, render_with_tangents
 from xraypose.render.sparse import patch_pixels
 
-__all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "robust_weights", "weighted_affine_fit", "gaussian_kernel", "separable_blur"]
+__all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "blur_coefficient", "squared_gradient", "robust_weights", "weighted_affine_fit", "gaussian_kernel", "separable_blur"]
 
 F64 = torch.float64
 
@@ -56,14 +59,17 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
     return _second_over_first(L[:, 0], L[:, 1], y).clamp(lo - base, hi - base)
 
 
-def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64: ``w1 / w0``,
-    the weight of ``b`` in units of ``a``'s (0 where the fit is singular or ``w0 <= 0``)."""
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    yc = y - y.mean(-1, keepdim=True)
-    aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
-    ay, by = (a * yc).sum(-1), (b * yc).sum(-1)
+def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64 (weighted by
+    ``w`` (n, R) >= 0 when given): ``w1 / w0``, the weight of ``b`` in units of ``a``'s (0 where the
+    fit is singular or ``w0 <= 0``)."""
+    w = torch.ones_like(a) if w is None else w
+    sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
+    a = a - (w * a).sum(-1, keepdim=True) / sw
+    b = b - (w * b).sum(-1, keepdim=True) / sw
+    yc = y - (w * y).sum(-1, keepdim=True) / sw
+    aa, ab, bb = (w * a * a).sum(-1), (w * a * b).sum(-1), (w * b * b).sum(-1)
+    ay, by = (w * a * yc).sum(-1), (w * b * yc).sum(-1)
     det = aa * bb - ab * ab
     ok = det > 1e-12 * (aa * bb).clamp_min(1e-30)
     w0 = torch.where(ok, (bb * ay - ab * by) / det.clamp_min(1e-30), torch.ones_like(det))
@@ -119,17 +125,65 @@ def fit_intensity_blur(drr: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
     drr, tgt: (n, 1, h, w).  Returns (n, 1, h, w), gradients flowing through ``drr``.
     """
+    g2 = squared_gradient(drr)
+    c = blur_coefficient(drr, tgt, g2)
+    return drr + c.to(drr.dtype).reshape(-1, 1, 1, 1) * g2
+
+
+def squared_gradient(drr: torch.Tensor) -> torch.Tensor:
+    """``|∇D|²`` (pixels⁻²) of (n, 1, h, w) images by central differences (0 on the border rows
+    and columns where a difference is missing), gradients flowing."""
     gx = torch.zeros_like(drr)
     gy = torch.zeros_like(drr)
     gx[..., :, 1:-1] = 0.5 * (drr[..., :, 2:] - drr[..., :, :-2])
     gy[..., 1:-1, :] = 0.5 * (drr[..., 2:, :] - drr[..., :-2, :])
-    g2 = gx * gx + gy * gy
+    return gx * gx + gy * gy
+
+
+def blur_coefficient(drr: torch.Tensor, tgt: torch.Tensor, g2: torch.Tensor | None = None,
+                     w: torch.Tensor | None = None, with_error: bool = False):
+    """(n,) float64 the coefficient ``c <= 0`` of ``|∇D|²`` that best explains the X-rays ``tgt``
+    (least squares of the X-ray on ``[D, |∇D|²]`` and a constant, weighted by the pixel weights
+    ``w`` of the images' shape when given; detached), in the DRR's units per pixel² of these images
+    (:func:`fit_intensity_blur`).  ``with_error``: also (n,) its standard error, from the fit's
+    residual as if the pixels' noise were independent (a preprocessed X-ray's is not: on low-dose
+    pelvis frames the coefficients' spread over noise draws was 2–3× this)."""
+    g2 = squared_gradient(drr) if g2 is None else g2
     n = drr.shape[0]
     a = drr.detach().reshape(n, -1).to(F64)
     b = g2.detach().reshape(n, -1).to(F64)
     y = tgt.detach().reshape(n, -1).to(F64)
-    c = _second_over_first(a, b, y).clamp_max(0.0)  # edges shift, never sharpen
-    return drr + c.to(drr.dtype).reshape(n, 1, 1, 1) * g2
+    wf = None if w is None else w.detach().reshape(n, -1).to(F64)
+    c, se = _ratio_fit(torch.stack([a, b], 1), y, wf)
+    c = c.clamp_max(0.0)  # edges shift, never sharpen
+    return (c, se) if with_error else c
+
+
+def _ratio_fit(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None):
+    """Weighted least squares of ``y`` (n, R) on the regressors ``X`` (n, k, R) and a constant:
+    ((n,) the last regressor's weight over the first's, (n,) its standard error); (0, inf) where
+    the first's weight is <= 0 or the fit is singular."""
+    w = torch.ones_like(y) if w is None else w
+    sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
+    Xc = X - (w[:, None] * X).sum(-1, keepdim=True) / sw[:, None]
+    yc = y - (w * y).sum(-1, keepdim=True) / sw
+    scale = (w[:, None] * Xc * Xc).sum(-1).clamp_min(1e-30).sqrt()  # (n, k): columns to unit norm
+    Xs = Xc / scale[..., None]
+    G = torch.einsum("nkr,nlr->nkl", Xs * w[:, None], Xs)
+    rhs = torch.einsum("nkr,nr->nk", Xs * w[:, None], yc)
+    Gi = torch.linalg.pinv(G)
+    beta = (Gi @ rhs[..., None])[..., 0]
+    coef = beta / scale
+    k = X.shape[1]
+    r = yc - torch.einsum("nk,nkr->nr", beta, Xs)
+    s2 = (w * r * r).sum(-1) / (sw[:, 0] - k - 1).clamp_min(1.0)
+    cov = s2[:, None, None] * Gi / (scale[:, :, None] * scale[:, None, :])
+    f, last = coef[:, 0], coef[:, -1]
+    ratio = last / f.clamp_min(1e-30)
+    var = (cov[:, -1, -1] - 2 * ratio * cov[:, 0, -1] + ratio ** 2 * cov[:, 0, 0]) / f.clamp_min(1e-30) ** 2
+    ok = torch.isfinite(coef).all(-1) & (f > 0) & torch.isfinite(var)
+    return (torch.where(ok, ratio, torch.zeros_like(f)),
+            torch.where(ok, var.clamp_min(0.0).sqrt(), torch.full_like(f, math.inf)))
 
 
 def weighted_affine_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -217,6 +271,7 @@ class LevelObjective:
         w = max(4, min(camera.width, int(round(camera.width * h / camera.height))))
         self.height, self.width = h, w
         self.camera = camera.resize(h, w)
+        self.camera_full_height = int(camera.height)
         self.target = torch.stack([resize_image(img[0], camera, h, w)[0] for img in images])[:, None]
         self.mask = None
         if masks is not None:
@@ -240,6 +295,9 @@ class LevelObjective:
             if sigma >= 0.2:
                 self.kernel = gaussian_kernel(sigma)
                 self.r = (self.kernel.numel() - 1) // 2
+        # the X-ray's intensity-domain blur, held fixed: c per X-ray pixel² -> per pixel² of this level
+        self.blur_c = None if config.blur_coefficient is None else float(config.blur_coefficient) * (
+            h / camera.height) ** 2
         self.uv = None
         if level.patches is not None:
             S = min(level.patch_size, h, w)
@@ -339,8 +397,23 @@ class LevelObjective:
         """
         return self._residual_of(self.render(poses, rows), poses, rows)
 
-    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor):
-        """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives)."""
+    def blur_coefficient_at(self, poses: torch.Tensor, rows: torch.Tensor, with_error: bool = False):
+        """(n,) float64 the X-rays' intensity-domain blur measured at ``poses`` (n, 4, 4): the
+        coefficient of ``|∇D|²`` that best explains X-rays ``rows`` (n,) beside the DRR as this level
+        fits it (:func:`blur_coefficient`), per X-ray pixel² (``RegistrationConfig.blur_coefficient``'s
+        unit); ``with_error``: and its standard error.  A dense level only."""
+        if self.uv is not None:
+            raise InputError("the blur coefficient is measured on a dense level, not on sparse patches")
+        with torch.no_grad():
+            drr, tgt, m, _ = self._fitted(self.render(poses, rows), poses, rows)
+        c, se = blur_coefficient(drr, tgt, w=m, with_error=True)
+        k = (self.camera_full_height / self.height) ** 2
+        return (c * k, se * k) if with_error else c * k
+
+    def _fitted(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor):
+        """Rendered, blurred DRR channels ``drr`` (as :meth:`render` gives) → (the one-channel DRR
+        after this level's closed-form intensity fits, but before the blur term — (n, 1, h, w) or
+        (n, P, S, S) —, its X-rays, their masks or None, (n,) float64 the bone multipliers)."""
         n = drr.shape[0]
         tgt = self.target[rows] if self.uv is None else self.target_sparse[rows]
         m = None if self.mask is None else (self.mask[rows] if self.uv is None else self.mask_sparse[rows])
@@ -361,7 +434,16 @@ class LevelObjective:
                                    for k in range(drr.shape[1] - 1))
             drr = one
         drr = drr[:, 0] if self.uv is not None else drr  # (n, P, S, S) or (n, 1, h, w)
-        if self.level.fit_blur and self.uv is None:
+        return drr, tgt, m, bone
+
+    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor):
+        """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives)."""
+        n = drr.shape[0]
+        drr, tgt, m, bone = self._fitted(drr, poses, rows)
+        base = float(self.config.bone_multiplier)
+        if self.blur_c is not None and self.uv is None:
+            drr = drr + self.blur_c * squared_gradient(drr)
+        elif self.level.fit_blur and self.uv is None:
             drr = fit_intensity_blur(drr, tgt)
         if self.level.fit_curve:
             sq = drr * drr

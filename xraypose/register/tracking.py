@@ -105,6 +105,8 @@ class FrameResult:
             (motion "none") the registration's own; None for a failed frame or without a curvature.
         spread: its standard deviations (:func:`~xraypose.register.motion.pose_spread`: along the
             beam of the frame's camera — a rig's start view —, across it, rotation), or None.
+        blur_coefficient: the detector's intensity-domain blur the kept registration held fixed
+            (``RegistrationConfig.blur_coefficient``; None: none).
     """
 
     index: int
@@ -120,6 +122,7 @@ class FrameResult:
     registered: torch.Tensor | None = None
     covariance: torch.Tensor | None = None
     spread: dict | None = None
+    blur_coefficient: float | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -129,7 +132,7 @@ class FrameResult:
                 "reinitialised": self.reinitialised, "seconds": self.seconds,
                 "registered": None if self.registered is None else self.registered.tolist(),
                 "covariance": None if self.covariance is None else self.covariance.tolist(),
-                "spread": self.spread, **self.extra}
+                "spread": self.spread, "blur_coefficient": self.blur_coefficient, **self.extra}
 
 
 def predict_pose(history: list) -> torch.Tensor:
@@ -306,7 +309,8 @@ def _frame_result(f: int, pose, pred, res, chk, reinit: bool, seconds: float) ->
     return FrameResult(index=f, camera_to_world=pose, predicted=pred.clone(), similarity=float(res.similarity[0]),
                        status=res.status[0], verdict=chk.verdict if chk else None,
                        p_success=float(chk.p_success) if chk else None, reason=chk.reason if chk else None,
-                       reinitialised=reinit, seconds=seconds, registered=pose.clone())
+                       reinitialised=reinit, seconds=seconds, registered=pose.clone(),
+                       blur_coefficient=res.config.blur_coefficient)
 
 
 def _measured_covariance(res, views, scale: float):
@@ -332,7 +336,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                    confidence: bool = True, progress=None, motion: str = "smooth",
                    motion_model: MotionModel | None = None,
                    tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None,
-                   masks=None) -> list[FrameResult]:
+                   masks=None, blur: float | None = None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -362,6 +366,12 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         masks: optional (F, 1, H, W) or (F, H, W) pixel weights in [0, 1] of the frames (0: not to be
             trusted — preprocessing's ``mask``: a saturated plateau, a collimator's shadow); every
             frame's registration weighs its pixels by them, as ``register``'s ``masks`` do.
+        blur: the detector's intensity-domain blur as ``RegistrationConfig.blur_coefficient`` (a
+            number <= 0, calibrated where the pose is known:
+            :meth:`~xraypose.register.Registrar.measure_blur`), held for every frame; None
+            (default): the registrar's own setting.  Not measured on the frames themselves: at a
+            registered pose the coefficient and the depth explain each other (docs/registration.md,
+            "The detector's blur").
     Returns:
         one :class:`FrameResult` per frame.
     """
@@ -380,6 +390,11 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     # first frame has already been registered through
     # and no revisit: the 128-row level would render the prediction beside the 64-row result to go on
     # from the better (a start at the truth wins there; a prediction is mm off): a render for nothing
+    if not (blur is None or (isinstance(blur, (int, float)) and not isinstance(blur, bool) and math.isfinite(blur)
+                             and blur <= 0)):
+        raise InputError(f"blur must be None or a number <= 0 (a blur coefficient), got {blur!r}")
+    if blur is not None:
+        registrar = registrar.derive(blur_coefficient=float(blur))
     c0 = registrar.config
     tracker = registrar.derive(levels=tuple(tracking_levels),
                                lm_tol_px=max(float(tracking_tol_px), c0.lm_tol_px),
