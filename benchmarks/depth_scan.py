@@ -16,7 +16,12 @@ Fisher information gives the 1-D bound, printed per frame):
 * ``reg:NAME[:P]``: registration's own 128-row objective (:class:`LevelObjective`) of the tracking
   schedule's last level — ``gncc`` as shipped, ``gncc_fitblur`` with ``fit_blur``, ``mncc`` — with
   pixels weighted by ``exp(−P·(L − min L))`` (L: the X-ray's line integrals from preprocessing's
-  record; P = 0: unweighted).
+  record; P = 0: unweighted); ``reg:gncc_blur:0``: ``gncc`` with ``--blur-coefficient`` held
+  (``RegistrationConfig.blur_coefficient``; default: the median of the coefficients measured at the
+  scanned frames' true poses on noiseless copies, ``Registrar.measure_blur``).
+
+``--registration-only`` leaves out the exact-model rows (the expensive ones); ``--photons N`` forms
+the frames at N photons per unattenuated pixel (0: without noise — the objectives' bias alone).
 
     python benchmarks/depth_scan.py --json OUT.json [--ct pelvis] [--seed 1] [--frames 0 20 40 60 80]
 """
@@ -47,6 +52,11 @@ def main(argv=None) -> int:
     ap.add_argument("--range", type=float, default=2.0, help="± mm along the beam")
     ap.add_argument("--step", type=float, default=0.2, help="mm")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--registration-only", action="store_true", help="only the registration objectives' rows")
+    ap.add_argument("--photons", type=float, default=None,
+                    help="photons per unattenuated pixel of every frame (0: no noise; default: the family's draw)")
+    ap.add_argument("--blur-coefficient", type=float, default=None,
+                    help="the coefficient the reg:gncc_blur row holds (default: calibrated on noiseless frames)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -66,27 +76,46 @@ def main(argv=None) -> int:
     reg = Registrar(vol, cfg)
     last = TRACKING_VARIANTS["default"]()[-1]
     levels = {"gncc": last, "gncc_fitblur": replace(last, fit_blur=True), "mncc": replace(last, similarity="mncc")}
-    reg_variants = [("gncc", 0.0), ("gncc_fitblur", 0.0), ("gncc_fitblur", 0.5), ("mncc", 1.0)]
+    reg_variants = [("gncc", 0.0), ("gncc_fitblur", 0.0), ("gncc_fitblur", 0.5), ("mncc", 1.0), ("gncc_blur", 0.0)]
+    levels["gncc_blur"] = last
+    blur = args.blur_coefficient
+    if blur is None:  # calibrated: at the scanned frames' true poses, without noise
+        tracker = reg.derive(levels=TRACKING_VARIANTS["default"]())
+        measured = []
+        for f in args.frames:
+            fx = frames.form(f, photons=0)
+            pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+            measured.append(float(tracker.measure_blur(pre.image[None, None], pre.camera,
+                                                       pre.transform_pose(fx.pose)[None], pre.mask)[0]))
+        blur = float(torch.tensor(measured).median())
+        report["blur_calibration"] = {"measured": measured, "coefficient": blur}
+        print(f"blur coefficient calibrated on noiseless frames at their true poses: {blur:.4f} "
+              f"(each: {', '.join(f'{c:.4f}' for c in measured)})", flush=True)
+    cfg_blur = RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads,
+                                  blur_coefficient=blur)
     deltas = torch.arange(-args.range, args.range + 1e-9, args.step, dtype=F64)
     centre = frames.fiducials().mean(0)
 
     rows, t0 = [], time.perf_counter()
     for f in args.frames:
-        fx = frames.form(f)
+        fx = frames.form(f, **({} if args.photons is None else {"photons": args.photons}))
         N0, blur, crop = float(fx.info["photons"]), float(fx.info["blur_px"]), int(fx.preprocess["crop"])
         keep = frames.kept(crop)
         inner = (slice(crop, D - crop), slice(crop, D - crop))
         T = fx.pose.to(F64)
-        counts = torch.where(fx.raw.reshape(D, D) <= 1, 0.0, fx.raw.double().reshape(D, D) / fx.info["i0"] * N0)
-        L_meas = -torch.log(counts.clamp_min(0.5) / N0)
+        exact = not args.registration_only and N0 > 0  # the counts' rows need counts
+        if exact:
+            counts = torch.where(fx.raw.reshape(D, D) <= 1, 0.0, fx.raw.double().reshape(D, D) / fx.info["i0"] * N0)
+            L_meas = -torch.log(counts.clamp_min(0.5) / N0)
         pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
         st = {s["step"]: s for s in pre.steps}
         L_pre = pre.image.double() * (st["rescale01"]["max"] - st["rescale01"]["min"]) + st["rescale01"]["min"]
         b = fx.preprocess["blur"]  # the model blurred as preprocessing blurred the X-ray's line integrals
-        bound_1d = float(fisher(lambda P: frames.transmission(P, blur), T, centre, N0, keep)[2, 2].rsqrt())
+        bound_1d = float(fisher(lambda P: frames.transmission(P, blur), T, centre, N0, keep)[2, 2].rsqrt()) \
+            if exact else None
         poses = [pose_motion(T, centre, torch.tensor([0, 0, float(d), 0, 0, 0], dtype=F64)) for d in deltas]
-        scores: dict = {k: [] for k in ("poisson", "wls", "ls", "ncc_pre", "ncc_pre_no_detector_blur")}
-        for P in poses:
+        scores: dict = {k: [] for k in ("poisson", "wls", "ls", "ncc_pre", "ncc_pre_no_detector_blur")} if exact else {}
+        for P in (poses if exact else []):
             t = frames.transmission(P, blur)
             lam, L_model = N0 * t, -torch.log(t)
             scores["poisson"].append(float((counts * torch.log(lam) - lam)[keep].sum()))
@@ -100,7 +129,8 @@ def main(argv=None) -> int:
             lv = levels[lv_name]
             dens, aff = reg.volume_level(lv.volume_mm, level_channels(lv))
             m = None if p == 0 else torch.exp(-p * (L_pre - L_pre.min())).float()[None, None]
-            ob = LevelObjective(lv, cfg, dens, aff, pre.image[None, None].float(), pre.camera,
+            ob = LevelObjective(lv, cfg_blur if lv_name == "gncc_blur" else cfg, dens, aff,
+                                pre.image[None, None].float(), pre.camera,
                                 torch.Generator().manual_seed(0), masks=m)
             with torch.no_grad():
                 r, _, _ = ob.residual(Ps, torch.zeros(len(Ps), dtype=torch.long))
@@ -108,7 +138,8 @@ def main(argv=None) -> int:
         # the best pose's error along the beam as tracking.depth_error signs it (− toward the source)
         best = {k: -float(deltas[torch.tensor(v).argmax()]) for k, v in scores.items()}
         rows.append({"frame": f, "photons": N0, "bound_1d_sd_mm": bound_1d, "best_depth_mm": best})
-        print(f"frame {f:3d}: {N0:6.0f} photons, 1-D bound {bound_1d:.3f} mm | "
+        print(f"frame {f:3d}: {N0:6.0f} photons, 1-D bound "
+              f"{'-' if bound_1d is None else f'{bound_1d:.3f} mm'} | "
               + " ".join(f"{k} {v:+.1f}" for k, v in best.items()), flush=True)
     names = list(rows[0]["best_depth_mm"])
     rms = {k: float(torch.tensor([r["best_depth_mm"][k] for r in rows]).pow(2).mean().sqrt()) for k in names}

@@ -102,6 +102,56 @@ def depth_error(T, T_true, fid) -> float:
     return float(T_true[:3, :3].T[2] @ (moved - fid.to(F64)).mean(0))
 
 
+def biplane_blur(reg, vol, cam, T0, start, fid, args, prep: dict, report: dict) -> float:
+    """The detector's blur coefficient as ``--blur biplane`` calibrates it (see ``--blur``): two spot
+    images of the moment of frame 0 (true camera_to_world ``T0`` (4, 4) of the tracked view ``cam``; the
+    second view turned 90° about the CT's isocenter around the tracked view's image-vertical axis),
+    registered jointly with ``reg``'s schedule from ``start`` (4, 4); the coefficient measured on the
+    tracked view's spot image at the joint pose (``fid``: the fiducials its depth error is measured
+    at).  Records ``report["blur_calibration"]``."""
+    from xraypose.appearance import form_xray
+    from xraypose.geometry import make_transform, so3_exp
+    from xraypose.preprocess import preprocess
+
+    iso = vol.get_isocenter().to(F64)
+    p = (torch.linalg.inv(T0.to(F64)) @ torch.cat([iso, torch.ones(1, dtype=F64)]))[:3]  # iso in camera-1 axes
+    R = so3_exp(torch.tensor([0.0, math.pi / 2, 0.0], dtype=F64))
+    C2 = make_transform(R, p - R @ p)  # camera 2 in camera 1's (the rig's) frame
+    views, truths = [], []
+    for i, C in enumerate((None, C2)):
+        T = T0.to(F64) if C is None else T0.to(F64) @ C
+        g = torch.Generator().manual_seed(args.seed * 7919 + 17 + i)
+        fx = form_xray(vol, cam, T, family=args.family, generator=g, photons=args.spot_photons)
+        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain)
+        views.append((pre.image[None, None].float(), pre.camera, C, None if pre.mask is None else pre.mask[None, None]))
+        truths.append(pre.transform_pose(fx.pose).to(F64))
+    # registered jointly, the blur measured at the joint pose, and again with that blur held (rounds);
+    # with --spot-fit-blur the pair is registered with the blur fitted per DRR (Level.fit_blur) first
+    from dataclasses import replace
+
+    tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
+    first = reg.derive(levels=tuple(replace(lv, fit_blur=True) for lv in reg.config.levels)) if args.spot_fit_blur \
+        else reg
+    res = first.register_views(views, start.to(F64)[None])
+    rounds = []
+    for k in range(max(1, args.spot_rounds)):
+        if k:
+            res = reg.derive(blur_coefficient=float(c[0]), levels=reg.config.levels[-2:]).register_views(
+                views, P[None])
+        P = res.poses[0].to(F64)
+        c, se = tracker.measure_blur(views[0][0], views[0][1], P[None], views[0][3], with_error=True)
+        rounds.append({"coefficient": float(c[0]), "joint_depth_error_mm": depth_error(P, truths[0], fid)})
+        print(f"  biplane blur round {len(rounds)}: {rounds[-1]}", flush=True)
+    c_true = float(tracker.measure_blur(views[0][0], views[0][1], truths[0][None], views[0][3])[0])
+    out = {"spot_photons": args.spot_photons, "spot_fit_blur": args.spot_fit_blur, "joint_status": res.status[0],
+           "coefficient": float(c[0]),
+           "standard_error": float(se[0]), "coefficient_at_truth": c_true,
+           "joint_depth_error_mm": depth_error(P, truths[0], fid), "rounds": rounds}
+    report["blur_calibration"] = out
+    print(f"blur from a biplane pair at {args.spot_photons:g} photons: {out}", flush=True)
+    return float(c[0])
+
+
 def _parse_param(text: str) -> tuple:
     """``NAME=VALUE`` -> (name, value as JSON when it parses, else the string)."""
     name, sep, value = text.partition("=")
@@ -154,7 +204,18 @@ def main(argv=None) -> int:
                     help="track_sequence's blur (the detector's intensity-domain blur held fixed): 'none' (default), a "
                          "coefficient, or 'calibrated': measured as a user would on a calibration, where the pose is "
                          "known and the dose high — the median of Registrar.measure_blur on frames 0, F/3 and 2F/3 "
-                         "formed without noise, at their true poses")
+                         "formed without noise, at their true poses; or 'biplane': as a user could at the start of a "
+                         "procedure — two spot images of frame 0's moment (the tracked view and one turned 90 degrees "
+                         "about the isocenter, --spot-photons each) registered jointly from the tracking start, the "
+                         "blur measured on the tracked view's spot image at the joint pose")
+    ap.add_argument("--spot-photons", type=float, default=1e5,
+                    help="--blur biplane: photons per unattenuated pixel of the two spot images (default 1e5, a "
+                         "radiograph's; the frames' are the family's)")
+    ap.add_argument("--spot-rounds", type=int, default=3,
+                    help="--blur biplane: rounds of measuring the blur at the joint pose and registering the pair "
+                         "again (its two finest levels) with it held")
+    ap.add_argument("--spot-fit-blur", action="store_true",
+                    help="--blur biplane: register the pair with the blur fitted per DRR before measuring it")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
@@ -206,7 +267,7 @@ def main(argv=None) -> int:
     frames = torch.stack(images)[:, None].to(torch.float32)
     start = perturb_pose(poses[0], iso, args.start_deg, args.start_mm, torch.Generator().manual_seed(args.seed))[0]
     reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads))
-    blur = None if args.blur == "none" else None if args.blur == "calibrated" else float(args.blur)
+    blur = None if args.blur in ("none", "calibrated", "biplane") else float(args.blur)
     if args.blur == "calibrated":
         calib = []
         for f in (0, args.frames // 3, 2 * args.frames // 3):
@@ -220,6 +281,8 @@ def main(argv=None) -> int:
         report["blur_calibration"] = {"frames": [0, args.frames // 3, 2 * args.frames // 3], "measured": calib,
                                       "coefficient": blur}
         print(f"blur calibrated on noiseless frames at their true poses: {calib} -> {blur:.4f}", flush=True)
+    elif args.blur == "biplane":
+        blur = biplane_blur(reg, vol, form_cam, truth[0], start, fid, args, prep, report)
     rows = []
 
     def err(T, f):

@@ -59,7 +59,8 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
     return _second_over_first(L[:, 0], L[:, 1], y).clamp(lo - base, hi - base)
 
 
-def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
+                       w: torch.Tensor | None = None) -> torch.Tensor:
     """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64 (weighted by
     ``w`` (n, R) >= 0 when given): ``w1 / w0``, the weight of ``b`` in units of ``a``'s (0 where the
     fit is singular or ``w0 <= 0``)."""
