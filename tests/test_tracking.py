@@ -493,3 +493,27 @@ def test_a_sequence_holds_the_detectors_blur_it_is_given(volume, sequence):
     for bad in (0.1, float("nan"), "sequence", True):
         with pytest.raises(InputError, match="blur must be None or a number <= 0"):
             track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, blur=bad)
+
+
+def test_cli_track_holds_a_given_blur_coefficient_and_refuses_a_positive_one(tmp_path, sequence, capsys, monkeypatch):
+    import xraypose.register.tracking as tracking
+    from xraypose.cli import main
+
+    seen = []
+    real = tracking.track_sequence
+
+    def spy(reg, *a, **k):
+        seen.append(reg.config.blur_coefficient)
+        return real(reg, *a, **k)
+
+    monkeypatch.setattr(tracking, "track_sequence", spy)
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
+            "--no-confidence"]
+    code = main(args + ["-o", str(tmp_path / "out"), "--blur-coefficient", "-0.03"])
+    assert code in (0, 3), capsys.readouterr().err
+    assert seen == [-0.03]
+    doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
+    assert doc["frames"][1]["blur_coefficient"] == -0.03
+    code = main(args + ["-o", str(tmp_path / "out2"), "--blur-coefficient", "0.5"])
+    assert code == 2 and "blur_coefficient must be None (off) or a number <= 0" in capsys.readouterr().err

@@ -160,6 +160,11 @@ MOTION = typer.Option("smooth", "--motion", help="smooth | filter | none: each f
                       "others' by a constant-velocity motion model (the Kalman smoother over the whole sequence, the "
                       "causal filter), or each frame's registration alone (recorded beside it in trajectory.json "
                       "either way).")
+BLUR_COEFFICIENT = typer.Option(None, "--blur-coefficient", help="The detector's intensity-domain blur held fixed "
+                                "for every frame: a number <= 0 per pixel² of the preprocessed frames "
+                                "(RegistrationConfig.blur_coefficient), calibrated where the pose is known "
+                                "(Registrar.measure_blur). Off by default: a sequence cannot measure it on itself "
+                                "(docs/registration.md, \"The detector's blur\").")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -181,6 +186,7 @@ def track_command(
     metal_steps: bool = METAL_STEPS,
     match_intensity: str = MATCH_INTENSITY,
     motion: str = MOTION,
+    blur_coefficient: Optional[float] = BLUR_COEFFICIENT,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -214,6 +220,7 @@ def track_command(
     if motion not in MOTIONS:
         raise InputError(f"--motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
     cfg_kw = {"density": density, "seed": seed, "num_threads": threads, "record_trajectory": False,
+              "blur_coefficient": blur_coefficient,
               **appearance_settings(metal_steps, match_intensity), **levels_config(levels, fast, metal)}
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
