@@ -59,18 +59,14 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
     return _second_over_first(L[:, 0], L[:, 1], y).clamp(lo - base, hi - base)
 
 
-def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
-                       w: torch.Tensor | None = None) -> torch.Tensor:
-    """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64 (weighted by
-    ``w`` (n, R) >= 0 when given): ``w1 / w0``, the weight of ``b`` in units of ``a``'s (0 where the
-    fit is singular or ``w0 <= 0``)."""
-    w = torch.ones_like(a) if w is None else w
-    sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
-    a = a - (w * a).sum(-1, keepdim=True) / sw
-    b = b - (w * b).sum(-1, keepdim=True) / sw
-    yc = y - (w * y).sum(-1, keepdim=True) / sw
-    aa, ab, bb = (w * a * a).sum(-1), (w * a * b).sum(-1), (w * b * b).sum(-1)
-    ay, by = (w * a * yc).sum(-1), (w * b * yc).sum(-1)
+def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64: ``w1 / w0``,
+    the weight of ``b`` in units of ``a``'s (0 where the fit is singular or ``w0 <= 0``)."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    yc = y - y.mean(-1, keepdim=True)
+    aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
+    ay, by = (a * yc).sum(-1), (b * yc).sum(-1)
     det = aa * bb - ab * ab
     ok = det > 1e-12 * (aa * bb).clamp_min(1e-30)
     w0 = torch.where(ok, (bb * ay - ab * by) / det.clamp_min(1e-30), torch.ones_like(det))
