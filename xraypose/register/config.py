@@ -230,9 +230,10 @@ class RegistrationConfig:
     the X-ray's).  A detector (and a focal spot) blurs *intensities*; the log of a blurred intensity
     is, to second order, the blurred line integral plus ``c·|∇L|²`` with ``c = −σ²/2`` in line-
     integral units: edges shift toward their bright side and a DRR blurred as line integrals puts the
-    depth's optimum off the truth (the tracking schedule's 128-row objective on noiseless 128² frames
-    with a 0.7 px detector blur, one trajectory each: pelvis −1.2 mm mean along the beam, abdomen
-    −2.4 mm; with the coefficient held, −0.15 and −0.03 mm).  Calibrate it where the pose is known
+    depth's optimum off the truth (the tracking schedule's 128-row objective on 20 noiseless 128²
+    frames with a 0.7 px detector blur: abdomen 2.29 mm rms along the beam, pelvis 0.41 mm; with the
+    coefficient held, 0.15 and 0.09 mm; docs/benchmarks.md, "The detector's blur held fixed").
+    Calibrate it where the pose is known
     (:meth:`~xraypose.register.Registrar.measure_blur`): at a registered pose the coefficient and
     the depth explain each other (docs/registration.md, "The detector's blur"), so it is not fitted
     per X-ray (``Level.fit_blur`` does that, and trades the depth for it).
