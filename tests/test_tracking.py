@@ -516,4 +516,5 @@ def test_cli_track_holds_a_given_blur_coefficient_and_refuses_a_positive_one(tmp
     doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
     assert doc["frames"][1]["blur_coefficient"] == -0.03
     code = main(args + ["-o", str(tmp_path / "out2"), "--blur-coefficient", "0.5"])
-    assert code == 2 and "blur_coefficient must be None (off) or a number <= 0" in capsys.readouterr().err
+    assert code == 2 and "--blur-coefficient (blur coefficient (<= 0, per pixel²)) must be a number in [-10, 0], got 0.5" \
+        in capsys.readouterr().err

@@ -61,6 +61,7 @@ NUMERIC: dict = {
     "size": _SIZE, "lr_rot": Number(0, 10, lo_open=True), "lr_trans": Number(0, 10_000, lo_open=True, unit="mm"),
     "threads": Integer(1, 1024), "seed": Integer(0, 2**32 - 1), "specimen": Integer(1, 10),
     "capture_starts": Integer(1, 64, name="capture starts"),
+    "blur_coefficient": Number(-10, 0, name="blur coefficient (<= 0, per pixel²)"),
     "train_seconds": Number(0, 1e7, lo_open=True, unit="s"), "cases": Integer(1, 100_000),
     "minutes": Number(0, 1e6, lo_open=True, unit="minutes"), "steps": Integer(1, 10**12),
     "batch_size": Integer(1, 4096), "projections": Integer(1, 10_000, name="X-rays per specimen"),
