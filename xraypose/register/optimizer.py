@@ -225,9 +225,10 @@ class Registrar:
         """(B,) float64 each X-ray's intensity-domain blur measured at ``poses`` (B, 4, 4): the
         coefficient of ``|∇DRR|²`` per X-ray pixel² that best explains it on the configuration's
         finest dense level, at :data:`MEASURE_BLUR_ROWS` rows at least (its closed-form intensity fits
-        first; masked pixels left out) — the
-        value :attr:`RegistrationConfig.blur_coefficient` holds fixed.  Measured where the pose is
-        right (a registered one): misaligned, the fit absorbs the misalignment as well.
+        first; masked pixels left out) — the value :attr:`RegistrationConfig.blur_coefficient` holds
+        fixed.  Measure it where the pose is known (a phantom, a calibration): misaligned, the fit
+        takes the misalignment for blur, and a registered pose is not enough (on low-dose pelvis frames
+        1 mm along the beam moved it by a sixth; docs/registration.md, "The detector's blur").
 
         images: (B, 1, H, W) preprocessed X-rays; masks: optional pixel weights of their shape;
         ``with_error``: (coefficients, their standard errors (B,)) — a low-dose frame's coefficient is

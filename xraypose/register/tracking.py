@@ -385,16 +385,16 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     overlap = bool(confidence) and ((os.cpu_count() or 1) >= 2 if overlap_check is None else bool(overlap_check))
     if not (isinstance(tracking_tol_px, (int, float)) and math.isfinite(tracking_tol_px) and tracking_tol_px > 0):
         raise InputError(f"tracking_tol_px must be a finite number > 0, got {tracking_tol_px!r}")
-    # later frames match intensities only when asked for every level (``--match-intensity all``): the
-    # default's map costs a render per level, two more on top of ~6 per frame, for a display curve the
-    # first frame has already been registered through
-    # and no revisit: the 128-row level would render the prediction beside the 64-row result to go on
-    # from the better (a start at the truth wins there; a prediction is mm off): a render for nothing
     if not (blur is None or (isinstance(blur, (int, float)) and not isinstance(blur, bool) and math.isfinite(blur)
                              and blur <= 0)):
         raise InputError(f"blur must be None or a number <= 0 (a blur coefficient), got {blur!r}")
     if blur is not None:
         registrar = registrar.derive(blur_coefficient=float(blur))
+    # later frames match intensities only when asked for every level (``--match-intensity all``): the
+    # default's map costs a render per level, two more on top of ~6 per frame, for a display curve the
+    # first frame has already been registered through
+    # and no revisit: the 128-row level would render the prediction beside the 64-row result to go on
+    # from the better (a start at the truth wins there; a prediction is mm off): a render for nothing
     c0 = registrar.config
     tracker = registrar.derive(levels=tuple(tracking_levels),
                                lm_tol_px=max(float(tracking_tol_px), c0.lm_tol_px),
