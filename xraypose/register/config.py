@@ -236,7 +236,8 @@ class RegistrationConfig:
     Calibrate it where the pose is known
     (:meth:`~xraypose.register.Registrar.measure_blur`): at a registered pose the coefficient and
     the depth explain each other (docs/registration.md, "The detector's blur"), so it is not fitted
-    per X-ray (``Level.fit_blur`` does that, and trades the depth for it).
+    per X-ray (``Level.fit_blur`` does that, and trades the depth for it; where both are set, the
+    coefficient held wins).  Units: docs/conventions.md, "Registration's intensity terms".
 
     ``num_threads``: torch threads during the registration (restored after);
     None leaves torch's setting.  Default 1: the per-iteration tensors are small,

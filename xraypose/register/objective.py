@@ -12,8 +12,6 @@ with the X-ray (least squares of the X-ray on the two rendered channels).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -59,19 +57,39 @@ def fit_bone(L: torch.Tensor, y: torch.Tensor, base: float, lo: float = 0.2, hi:
     return _second_over_first(L[:, 0], L[:, 1], y).clamp(lo - base, hi - base)
 
 
-def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64: ``w1 / w0``,
-    the weight of ``b`` in units of ``a``'s (0 where the fit is singular or ``w0 <= 0``)."""
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    yc = y - y.mean(-1, keepdim=True)
-    aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
-    ay, by = (a * yc).sum(-1), (b * yc).sum(-1)
+def _second_over_first(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None,
+                       with_error: bool = False):
+    """Least squares of ``y`` on ``(a, b)`` and a constant, per row of (n, R) float64 (weighted by
+    ``w`` (n, R) >= 0 when given): ``w1 / w0``, the weight of ``b`` in units of ``a``'s (0 where the
+    fit is singular or ``w0 <= 0``); ``with_error``: and its standard error (inf there), from the
+    fit's residual as if the pixels' noise were independent."""
+    if w is None:
+        a = a - a.mean(-1, keepdim=True)
+        b = b - b.mean(-1, keepdim=True)
+        yc = y - y.mean(-1, keepdim=True)
+        aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
+        ay, by = (a * yc).sum(-1), (b * yc).sum(-1)
+    else:
+        sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
+        a = a - (w * a).sum(-1, keepdim=True) / sw
+        b = b - (w * b).sum(-1, keepdim=True) / sw
+        yc = y - (w * y).sum(-1, keepdim=True) / sw
+        aa, ab, bb = (w * a * a).sum(-1), (w * a * b).sum(-1), (w * b * b).sum(-1)
+        ay, by = (w * a * yc).sum(-1), (w * b * yc).sum(-1)
     det = aa * bb - ab * ab
     ok = det > 1e-12 * (aa * bb).clamp_min(1e-30)
     w0 = torch.where(ok, (bb * ay - ab * by) / det.clamp_min(1e-30), torch.ones_like(det))
     w1 = torch.where(ok, (aa * by - ab * ay) / det.clamp_min(1e-30), torch.zeros_like(det))
-    return torch.where(w0 > 0, w1 / w0.clamp_min(1e-30), torch.zeros_like(w0))
+    ratio = torch.where(w0 > 0, w1 / w0.clamp_min(1e-30), torch.zeros_like(w0))
+    if not with_error:
+        return ratio
+    r = yc - w0[:, None] * a - w1[:, None] * b
+    ww = torch.ones_like(r) if w is None else w
+    s2 = (ww * r * r).sum(-1) / (ww.sum(-1) - 3).clamp_min(1.0)
+    d = det.clamp_min(1e-30)  # cov(w0, w1) = s2 · [[bb, −ab], [−ab, aa]] / det
+    var = s2 * (aa + 2 * ratio * ab + ratio ** 2 * bb) / d / w0.clamp_min(1e-30) ** 2
+    good = ok & (w0 > 0)
+    return ratio, torch.where(good, var.sqrt(), torch.full_like(var, float("inf")))
 
 
 def fit_channels(L: torch.Tensor, y: torch.Tensor, base: float, kinds, lo: float = 0.2,
@@ -151,36 +169,10 @@ def blur_coefficient(drr: torch.Tensor, tgt: torch.Tensor, g2: torch.Tensor | No
     b = g2.detach().reshape(n, -1).to(F64)
     y = tgt.detach().reshape(n, -1).to(F64)
     wf = None if w is None else w.detach().reshape(n, -1).to(F64)
-    c, se = _ratio_fit(torch.stack([a, b], 1), y, wf)
-    c = c.clamp_max(0.0)  # edges shift, never sharpen
-    return (c, se) if with_error else c
-
-
-def _ratio_fit(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None):
-    """Weighted least squares of ``y`` (n, R) on the regressors ``X`` (n, k, R) and a constant:
-    ((n,) the last regressor's weight over the first's, (n,) its standard error); (0, inf) where
-    the first's weight is <= 0 or the fit is singular."""
-    w = torch.ones_like(y) if w is None else w
-    sw = w.sum(-1, keepdim=True).clamp_min(1e-12)
-    Xc = X - (w[:, None] * X).sum(-1, keepdim=True) / sw[:, None]
-    yc = y - (w * y).sum(-1, keepdim=True) / sw
-    scale = (w[:, None] * Xc * Xc).sum(-1).clamp_min(1e-30).sqrt()  # (n, k): columns to unit norm
-    Xs = Xc / scale[..., None]
-    G = torch.einsum("nkr,nlr->nkl", Xs * w[:, None], Xs)
-    rhs = torch.einsum("nkr,nr->nk", Xs * w[:, None], yc)
-    Gi = torch.linalg.pinv(G)
-    beta = (Gi @ rhs[..., None])[..., 0]
-    coef = beta / scale
-    k = X.shape[1]
-    r = yc - torch.einsum("nk,nkr->nr", beta, Xs)
-    s2 = (w * r * r).sum(-1) / (sw[:, 0] - k - 1).clamp_min(1.0)
-    cov = s2[:, None, None] * Gi / (scale[:, :, None] * scale[:, None, :])
-    f, last = coef[:, 0], coef[:, -1]
-    ratio = last / f.clamp_min(1e-30)
-    var = (cov[:, -1, -1] - 2 * ratio * cov[:, 0, -1] + ratio ** 2 * cov[:, 0, 0]) / f.clamp_min(1e-30) ** 2
-    ok = torch.isfinite(coef).all(-1) & (f > 0) & torch.isfinite(var)
-    return (torch.where(ok, ratio, torch.zeros_like(f)),
-            torch.where(ok, var.clamp_min(0.0).sqrt(), torch.full_like(f, math.inf)))
+    if not with_error:
+        return _second_over_first(a, b, y, wf).clamp_max(0.0)  # edges shift, never sharpen
+    c, se = _second_over_first(a, b, y, wf, with_error=True)
+    return c.clamp_max(0.0), se
 
 
 def weighted_affine_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -268,7 +260,7 @@ class LevelObjective:
         w = max(4, min(camera.width, int(round(camera.width * h / camera.height))))
         self.height, self.width = h, w
         self.camera = camera.resize(h, w)
-        self.camera_full_height = int(camera.height)
+        self.px2 = (h / camera.height) ** 2  # (this level's pixels per X-ray pixel)²: a pixel² unit's scale
         self.target = torch.stack([resize_image(img[0], camera, h, w)[0] for img in images])[:, None]
         self.mask = None
         if masks is not None:
@@ -293,8 +285,7 @@ class LevelObjective:
                 self.kernel = gaussian_kernel(sigma)
                 self.r = (self.kernel.numel() - 1) // 2
         # the X-ray's intensity-domain blur, held fixed: c per X-ray pixel² -> per pixel² of this level
-        self.blur_c = None if config.blur_coefficient is None else float(config.blur_coefficient) * (
-            h / camera.height) ** 2
+        self.blur_c = None if config.blur_coefficient is None else float(config.blur_coefficient) * self.px2
         self.uv = None
         if level.patches is not None:
             S = min(level.patch_size, h, w)
@@ -403,9 +394,10 @@ class LevelObjective:
             raise InputError("the blur coefficient is measured on a dense level, not on sparse patches")
         with torch.no_grad():
             drr, tgt, m, _ = self._fitted(self.render(poses, rows), poses, rows)
+        if not with_error:
+            return blur_coefficient(drr, tgt, w=m) / self.px2
         c, se = blur_coefficient(drr, tgt, w=m, with_error=True)
-        k = (self.camera_full_height / self.height) ** 2
-        return (c * k, se * k) if with_error else c * k
+        return c / self.px2, se / self.px2
 
     def _fitted(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor):
         """Rendered, blurred DRR channels ``drr`` (as :meth:`render` gives) → (the one-channel DRR

@@ -234,9 +234,7 @@ class Registrar:
         ``with_error``: (coefficients, their standard errors (B,)) — a low-dose frame's coefficient is
         noisy (pelvis, one view, 6 noise draws: sd 0.04 at 1600 photons, 0.015 at 5000, 0.01 at 20000,
         about a coefficient of −0.04)."""
-        from xraypose.preprocess import image_batch
-
-        imgs = image_batch(images, "X-ray").to(torch.float32)
+        imgs, camera, _, m = self._check_view(0, 1, images, camera, None, masks)
         dense = [lv for lv in self.config.levels if lv.patches is None]
         if not dense:
             raise InputError("measuring the blur needs a dense level (the schedule has only sparse ones)")
@@ -244,13 +242,9 @@ class Registrar:
         # coefficient, scaled to X-ray pixels, multiplies its noise by the square of the scale
         lv = max(dense, key=lambda v: v.size)
         lv = dataclasses.replace(lv, size=max(lv.size, MEASURE_BLUR_ROWS))
-        m = None if masks is None else image_batch(masks, "the pixel mask").to(torch.float32)
         T = torch.as_tensor(poses).reshape(-1, 4, 4)
         if T.shape[0] != imgs.shape[0]:
             raise InputError(f"measuring the blur: {imgs.shape[0]} X-rays but {T.shape[0]} poses")
-        if m is not None and m.shape != imgs.shape:
-            raise InputError(f"measuring the blur: the pixel mask must have the X-rays' shape {tuple(imgs.shape)}, "
-                             f"got {tuple(m.shape)}")
         dens, aff = self.volume_level(lv.volume_mm, level_channels(lv))
         obj = LevelObjective(lv, self.config, dens, aff, imgs, camera, torch.Generator().manual_seed(0), masks=m)
         return obj.blur_coefficient_at(T, torch.arange(T.shape[0]), with_error=with_error)
