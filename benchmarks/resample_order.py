@@ -5,13 +5,22 @@ For frames of the tracking benchmark's trajectory (`benchmarks/tracking.py`: ``-
 family "lowdose"), each X-ray is formed on a ``--fine``² detector (280 mm) with the family's photons
 per registered pixel spread over the finer pixels (the same dose per mm²), then brought to the
 registered 128 rows three ways, and the tracking schedule's 128-row objective is read at the true
-pose (1 − ½‖r‖²: 1 for a perfect match):
+pose (1 − ½‖r‖²: 1 for a perfect match).  Every path is blurred alike in registered pixels (the
+family's σ = 1 px of the 128-row image, as the DRRs are): σ = 1 px at 128 rows, k px at the fine size:
 
-* ``after_log``: ``preprocess(..., size=...)`` — the log of each fine pixel, then resampled;
-* ``binned``: the fine pixels' intensities averaged (a binned detector), then preprocessed at 128;
+* ``after_log``: ``preprocess(..., size=..., resample_domain="line-integral")`` — the log of each fine
+  pixel, then resampled (preprocess's only order until 2026-12-02);
+* ``binned``: ``preprocess(..., size=..., resample_domain="intensity")`` — the fine pixels' intensities
+  averaged over each registered pixel (a binned detector), then their log (what ``"auto"``, the default,
+  does for raw intensities);
 * ``formed_128``: the same moment formed on the 128² detector directly (the tracking benchmark's frames).
 
+``--dose-scale K`` multiplies the photons (K = 100: high-dose frames, where the log's noise no longer
+decides and the order's other difference — the log of a mean is not the mean of the logs at an edge —
+would show).
+
     python benchmarks/resample_order.py --json OUT.json [--ct pelvis] [--seed 1] [--frames 0 10 20 30 40]
+        [--dose-scale 1]
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, nargs="*", default=[0, 10, 20, 30, 40])
     ap.add_argument("--fine", type=int, default=512, help="rows of the fine detector (a multiple of 128)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dose-scale", type=float, default=1.0, help="multiply the family's photons by this")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.fine % 128:
@@ -73,14 +83,16 @@ def main(argv=None) -> int:
     lo, hi = (math.log(x) for x in LOWDOSE_PHOTONS)
     for f in args.frames:  # the tracking benchmark's draw of photons per registered pixel
         u = float(torch.rand((), generator=torch.Generator().manual_seed(args.seed * 7919 + f), dtype=torch.float64))
-        photons = math.exp(lo + u * (hi - lo))
+        photons = math.exp(lo + u * (hi - lo)) * args.dose_scale
         g = torch.Generator().manual_seed(args.seed * 7 + f)
         fx = form_xray(vol, fine, truth[f], family="lowdose", generator=g, photons=photons / k ** 2)
         prep = dict(fx.preprocess)
-        crop = int(round(prep.get("crop", 0) / k))
-        after_log = preprocess(fx.raw, fx.camera, **{**prep, "size": 128 - 2 * crop})
-        binned_raw = torch.nn.functional.avg_pool2d(fx.raw.reshape(1, 1, args.fine, args.fine).double(), k)[0, 0]
-        binned = preprocess(binned_raw.to(fx.raw.dtype), cam, **{**prep, "crop": crop})
+        size = 128 - 2 * int(round(prep.get("crop", 0) / k))  # as benchmarks/tracking.py --form-detector
+        if prep.get("blur") is not None:  # the family's blur in registered pixels, as the DRRs' (drr_blur=1)
+            kb, sb = prep["blur"]
+            prep["blur"] = (2 * (kb // 2) * k + 1, sb * k)
+        after_log = preprocess(fx.raw, fx.camera, **{**prep, "size": size}, resample_domain="line-integral")
+        binned = preprocess(fx.raw, fx.camera, **{**prep, "size": size}, resample_domain="intensity")
         g = torch.Generator().manual_seed(args.seed * 7 + f)
         fx128 = form_xray(vol, cam, truth[f], family="lowdose", generator=g, photons=photons)
         formed = preprocess(fx128.raw, fx128.camera, **fx128.preprocess)

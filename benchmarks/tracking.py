@@ -122,7 +122,8 @@ def biplane_blur(reg, vol, cam, T0, start, fid, args, prep: dict, report: dict) 
         T = T0.to(F64) if C is None else T0.to(F64) @ C
         g = torch.Generator().manual_seed(args.seed * 7919 + 17 + i)
         fx = form_xray(vol, cam, T, family=args.family, generator=g, photons=args.spot_photons)
-        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain)
+        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
+                         resample_domain=args.resample_domain)
         views.append((pre.image[None, None].float(), pre.camera, C, None if pre.mask is None else pre.mask[None, None]))
         truths.append(pre.transform_pose(fx.pose).to(F64))
     # registered jointly, the blur measured at the joint pose, and again with that blur held (rounds);
@@ -172,9 +173,14 @@ def main(argv=None) -> int:
     ap.add_argument("--detector", type=int, default=128, help="the frames' rows as registered (pixels over 280 mm)")
     ap.add_argument("--form-detector", type=int, default=None,
                     help="form the frames on a finer detector (rows over the same 280 mm, e.g. 512: 0.55 mm "
-                         "pixels, as a fluoroscope's) and resample them to --detector rows after the log, as "
+                         "pixels, as a fluoroscope's) and resample them to --detector rows as "
                          "`xraypose track` does; the low-dose family's photons per pixel are scaled by the pixels' "
-                         "area so the dose per mm² is the same (default: formed at --detector)")
+                         "area so the dose per mm² is the same, and its blur's σ by their size, so the frames "
+                         "are blurred by 1 registered pixel as the DRRs are (default: formed at --detector)")
+    ap.add_argument("--resample-domain", default="auto", choices=["auto", "line-integral", "intensity"],
+                    help="with --form-detector: preprocess's shrink of the frames — of their intensities before "
+                         "the log (auto, the default since 2026-12-02) or of their line integrals after it "
+                         "(line-integral: the order until then)")
     ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
                     help="preprocess's blur after the log (default) or before it (the order until 2026-12-02)")
     ap.add_argument("--step-mm", type=float, default=2.0)
@@ -238,6 +244,8 @@ def main(argv=None) -> int:
     cam, truth = benchmark_trajectory(vol, args.seed, args.frames, args.detector, args.step_mm, args.step_deg,
                                       args.jump_at, args.jump_mm, args.jump_deg)
     fine = args.form_detector or args.detector
+    if fine % args.detector:
+        raise SystemExit("--form-detector must be a multiple of --detector")
     form_cam = Camera(sdd=1020.0, height=fine, width=fine, delx=280.0 / fine)
     area = (args.detector / fine) ** 2  # a formed pixel's area over a registered one's
     t0 = time.perf_counter()
@@ -258,7 +266,11 @@ def main(argv=None) -> int:
         prep = dict(fx.preprocess)
         if fine != args.detector:  # the collimator crop scaled back to --detector's pixels, then resampled
             prep["size"] = args.detector - 2 * int(round(prep.get("crop", 0) * args.detector / fine))
-        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain)
+            if prep.get("blur") is not None:  # the family's blur in registered pixels, as the DRRs' (drr_blur=1)
+                k = fine // args.detector
+                prep["blur"] = (2 * (prep["blur"][0] // 2) * k + 1, prep["blur"][1] * k)
+        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
+                         resample_domain=args.resample_domain)
         images.append(pre.image)
         poses.append(pre.transform_pose(fx.pose))
         pcam = pre.camera
@@ -273,7 +285,8 @@ def main(argv=None) -> int:
         for f in (0, args.frames // 3, 2 * args.frames // 3):
             g = torch.Generator().manual_seed(args.seed * 7 + f)
             fx = form_xray(vol, form_cam, truth[f], family=args.family, generator=g, **{**fixed, "photons": 0})
-            pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain)
+            pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
+                         resample_domain=args.resample_domain)
             tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
             calib.append(float(tracker.measure_blur(pre.image[None, None], pre.camera,
                                                     pre.transform_pose(fx.pose)[None], pre.mask)[0]))
