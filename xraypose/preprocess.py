@@ -732,8 +732,9 @@ def preprocess(
        would count them, and the log is taken of the averages.  The log of a few photons is biased
        and heavy-tailed (of zero, undefined), so a low-dose image shrunk after its log is not the
        image of a coarser detector: frames formed at 512² with 86–526 photons per pixel and shrunk
-       to 128 rows after the log matched their DRRs at the true pose with a similarity of 0.38–0.87,
-       binned first 0.90–0.98 (docs/preprocessing.md, "Shrinking raw intensities").  Step 3's blur
+       to 128 rows after the log matched their DRRs at the true pose with a similarity of 0.53–0.95,
+       binned first 0.89–0.97, formed at 128² 0.90–0.97 (docs/registration.md, "Shrinking raw
+       intensities").  Step 3's blur
        then acts at the output size, its σ and kernel radius scaled by output rows / input rows
        (recorded as ``sigma``, ``kernel_size`` and ``sigma_given``; the radius at least 1), as the
        CLI scales registration's DRR blur (``drr_blur``).

@@ -321,12 +321,14 @@ def intrinsics_options(sdd: Optional[float] = SDD, delx: Optional[float] = DELX,
 I0 = typer.Option(None, "--i0", help="Unattenuated intensity for the log (default: the image's maximum; a "
                   "sequence: each frame's).")
 CROP = typer.Option(0, "--crop", help="Collimator border to remove, pixels per edge.")
-BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels, 5×5) of the X-ray (every frame) before "
-                    "registering, on its line integrals (after the log); 0 for none. The DRRs get the same blur.")
+BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels of the file, 5×5) of the X-ray (every frame) "
+                    "before registering, on its line integrals (after the log), scaled with the image where --size "
+                    "shrinks it; 0 for none. The DRRs get the same blur.")
 #: Rows the X-rays are resampled to at most before registering (``--size`` of register, track, evaluate).
 SIZE_DEFAULT = 256
-SIZE = typer.Option(SIZE_DEFAULT, "--size", help="Resample the preprocessed X-ray (the frames) to at most this many "
-                    "rows first.")
+SIZE = typer.Option(SIZE_DEFAULT, "--size", help="Resample the X-ray (the frames) to at most this many rows first. "
+                    "Raw intensities (kind 'intensity') are averaged over each new pixel before their log, as a "
+                    "binned detector counts; other kinds are resampled after the log.")
 
 
 def preprocessing_options(i0: Optional[float] = I0, crop: int = CROP, blur: float = BLUR,
