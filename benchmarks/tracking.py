@@ -164,6 +164,19 @@ def _parse_param(text: str) -> tuple:
         return name, value
 
 
+def frame_preprocessing(fx, fine: int, detector: int) -> dict:
+    """``preprocess`` keywords for a frame formed on a ``fine``-row detector and registered at ``detector``
+    rows: the family's own, with the collimator crop scaled back to ``detector``'s pixels, then resampled,
+    and the family's blur in registered pixels, as the DRRs' (drr_blur=1)."""
+    prep = dict(fx.preprocess)
+    if fine != detector:
+        prep["size"] = detector - 2 * int(round(prep.get("crop", 0) * detector / fine))
+        if prep.get("blur") is not None:
+            k = fine // detector
+            prep["blur"] = (2 * (prep["blur"][0] // 2) * k + 1, prep["blur"][1] * k)
+    return prep
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
@@ -213,7 +226,9 @@ def main(argv=None) -> int:
                          "formed without noise, at their true poses; or 'biplane': as a user could at the start of a "
                          "procedure — two spot images of frame 0's moment (the tracked view and one turned 90 degrees "
                          "about the isocenter, --spot-photons each) registered jointly from the tracking start, the "
-                         "blur measured on the tracked view's spot image at the joint pose")
+                         "blur measured on the tracked view's spot image at the joint pose; or 'simulated': "
+                         "predicted without the frames — xraypose's own simulator (the lowdose chain, noiseless, "
+                         "the frames' detector and preprocessing) at the tracking start, measured there")
     ap.add_argument("--spot-photons", type=float, default=1e5,
                     help="--blur biplane: photons per unattenuated pixel of the two spot images (default 1e5, a "
                          "radiograph's; the frames' are the family's)")
@@ -263,12 +278,7 @@ def main(argv=None) -> int:
         formed.append(fx.info)
         if f == 0 and args.same_params:
             fixed = {k: v for k, v in fx.info.items() if k != "family"}
-        prep = dict(fx.preprocess)
-        if fine != args.detector:  # the collimator crop scaled back to --detector's pixels, then resampled
-            prep["size"] = args.detector - 2 * int(round(prep.get("crop", 0) * args.detector / fine))
-            if prep.get("blur") is not None:  # the family's blur in registered pixels, as the DRRs' (drr_blur=1)
-                k = fine // args.detector
-                prep["blur"] = (2 * (prep["blur"][0] // 2) * k + 1, prep["blur"][1] * k)
+        prep = frame_preprocessing(fx, fine, args.detector)
         pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
                          resample_domain=args.resample_domain)
         images.append(pre.image)
@@ -279,7 +289,7 @@ def main(argv=None) -> int:
     frames = torch.stack(images)[:, None].to(torch.float32)
     start = perturb_pose(poses[0], iso, args.start_deg, args.start_mm, torch.Generator().manual_seed(args.seed))[0]
     reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads))
-    blur = None if args.blur in ("none", "calibrated", "biplane") else float(args.blur)
+    blur = None if args.blur in ("none", "calibrated", "biplane", "simulated") else float(args.blur)
     if args.blur == "calibrated":
         calib = []
         for f in (0, args.frames // 3, 2 * args.frames // 3):
@@ -294,6 +304,20 @@ def main(argv=None) -> int:
         report["blur_calibration"] = {"frames": [0, args.frames // 3, 2 * args.frames // 3], "measured": calib,
                                       "coefficient": blur}
         print(f"blur calibrated on noiseless frames at their true poses: {calib} -> {blur:.4f}", flush=True)
+    elif args.blur == "simulated":
+        # predicted, not measured on the frames: xraypose's own simulator (the lowdose chain: Siddon,
+        # physical mu, its 0.7 px intensity blur on the formed detector, the frames' binning), noiseless,
+        # at the tracking start (not the truth), the coefficient measured on that image at that pose
+        g = torch.Generator().manual_seed(args.seed)
+        fx = form_xray(vol, form_cam, start, family="lowdose", generator=g, photons=0)
+        pre = preprocess(fx.raw, fx.camera, **frame_preprocessing(fx, fine, args.detector),
+                         blur_domain=args.blur_domain,
+                         resample_domain=args.resample_domain)
+        tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
+        blur = float(tracker.measure_blur(pre.image[None, None], pre.camera, pre.transform_pose(start)[None],
+                                          pre.mask)[0])
+        report["blur_calibration"] = {"simulated_at": "start", "coefficient": blur}
+        print(f"blur predicted on xraypose's simulator at the start pose: {blur:.4f}", flush=True)
     elif args.blur == "biplane":
         blur = biplane_blur(reg, vol, form_cam, truth[0], start, fid, args, prep, report)
     rows = []

@@ -252,7 +252,8 @@ def test_raw_intensities_are_binned_before_their_log_when_shrunk():
     assert abs(float(old.image[inner].double().mean()) - L_true) > 0.1
     # noiseless, whole bins: exactly log I0 − log(mean of each 4×4 block)
     clean = 1000.0 * torch.exp(-torch.rand(64, 64, generator=g, dtype=F64) * 3)
-    out = preprocess(clean, None, log=True, i0=1000.0, rescale=False, size=16).image.double()
+    out = preprocess(clean, None, log=True, i0=1000.0, rescale=False, size=16, resample_domain="intensity").image
+    out = out.double()
     want = math.log(1000.0) - torch.log(torch.nn.functional.avg_pool2d(clean[None, None], 4)[0, 0])
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
     st = [s for s in new.steps if s["step"] in ("resize", "beer_lambert")]
@@ -266,7 +267,7 @@ def test_binning_before_the_log_keeps_camera_mask_and_scales_the_blur():
     g = torch.Generator().manual_seed(1)
     img = torch.poisson(torch.full((96, 64), 400.0, dtype=F64), generator=g)
     img[:8] = 5000.0  # a saturated plateau
-    a = preprocess(img, cam, log=True, i0=5000.0, size=(24, 16), blur=(5, 1.0))
+    a = preprocess(img, cam, log=True, i0=5000.0, size=(24, 16), blur=(5, 1.0), resample_domain="intensity")
     b = preprocess(img, cam, log=True, i0=5000.0, size=(24, 16), blur=(5, 1.0), resample_domain="line-integral")
     assert a.camera == b.camera == cam.resize(24, 16)
     assert a.pixel_map.to_dict() == b.pixel_map.to_dict()
@@ -277,17 +278,47 @@ def test_binning_before_the_log_keeps_camera_mask_and_scales_the_blur():
 
 
 def test_resample_domain_choices_and_bad_values():
-    """'auto' shrinks before the log only raw intensities that are shrunk: attenuation images, values
-    proportional to log I, and enlargements keep the order of after the log; 'intensity' on anything
-    but raw intensities, or an unknown domain, is refused in one line."""
-    img = torch.full((32, 32), 500.0, dtype=F64)
-    img[:, 16:] = 50.0
+    """'auto' shrinks before the log only raw intensities with few photons that are shrunk: attenuation
+    images, values proportional to log I, and enlargements keep the order of after the log; 'intensity'
+    on anything but raw intensities, or an unknown domain, is refused in one line."""
+    lam = torch.full((32, 32), 50.0, dtype=F64)
+    lam[:, 16:] = 5.0
+    img = torch.poisson(lam, generator=torch.Generator().manual_seed(2))
     order = lambda r: [s["step"] for s in r.steps if s["step"] in ("resize", "beer_lambert", "negate_log")]  # noqa
     assert order(preprocess(img, None, log="log-intensity", size=8)) == ["negate_log", "resize"]
-    assert order(preprocess(img, None, log=True, i0=500.0, size=64)) == ["beer_lambert", "resize"]
-    assert order(preprocess(img, None, log=True, i0=500.0, size=8)) == ["resize", "beer_lambert"]
+    assert order(preprocess(img, None, log=True, i0=50.0, size=64)) == ["beer_lambert", "resize"]
+    assert order(preprocess(img, None, log=True, i0=50.0, size=8)) == ["resize", "beer_lambert"]
     assert order(preprocess(img, None, log=False, size=8)) == ["resize"]
     with pytest.raises(InputError, match="resample_domain 'intensity' .* needs log=True"):
         preprocess(img, None, log=False, size=8, resample_domain="intensity")
     with pytest.raises(InputError, match="resample_domain must be"):
         preprocess(img, None, log=True, size=8, resample_domain="log")
+
+
+def test_auto_bins_before_the_log_only_where_photons_are_few():
+    """The photon count comes from the image's own noise (variance over mean in 4×4 blocks, the gain):
+    a scene counted at 20 ADU per photon is estimated within 10 %; at 2·10⁴ photons per unattenuated
+    pixel (~300 behind the 'bone') 'auto' keeps the log of each pixel, at 200 (~3) it bins first; a
+    noiseless image has infinite photons (the old order)."""
+    from xraypose.preprocess import LOG_MIN_PHOTONS, detected_photons
+
+    g = torch.Generator().manual_seed(4)
+    L = torch.zeros(128, 128, dtype=F64)
+    L[32:96, 32:96] = 4.2  # 'bone': e^-4.2 = 1.5 % of the photons
+    for photons, binned in ((2e4, False), (200.0, True)):
+        counts = torch.poisson(photons * torch.exp(-L), generator=g) * 20.0  # 20 ADU per photon
+        est = detected_photons(counts)
+        assert est["per_photon"] == pytest.approx(20.0, rel=0.1)
+        if binned:  # ~3 photons behind the 'bone': its darkest 1 % counted 0 or 1
+            assert est["photons_p1"] < LOG_MIN_PHOTONS
+        else:
+            assert est["photons_p1"] == pytest.approx(photons * math.exp(-4.2), rel=0.3)
+        out = preprocess(counts, None, log=True, i0=20.0 * photons, size=32)
+        rs = next(s for s in out.steps if s["step"] == "resize")
+        assert (rs["domain"] == "intensity") is binned, rs
+        assert rs["log_min_photons"] == LOG_MIN_PHOTONS and rs["photons"]["per_photon"] == est["per_photon"]
+    clean = 1000.0 * torch.exp(-L)
+    assert detected_photons(clean)["photons_p1"] == math.inf
+    rs = next(s for s in preprocess(clean, None, log=True, i0=1000.0, size=32).steps if s["step"] == "resize")
+    assert rs["domain"] == "line-integral" and rs["photons"]["photons_p1"] is None
+    assert detected_photons(torch.ones(8, 8)) is None  # too few blocks to tell

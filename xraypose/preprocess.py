@@ -56,6 +56,7 @@ __all__ = [
     "subtract_background",
     "rescale01",
     "preprocess",
+    "detected_photons",
     "ncc",
     "collimator_edges",
     "saturation_mask",
@@ -727,14 +728,18 @@ def preprocess(
        :data:`MIN_FIELD_FRACTION` of the image is refused.
     7. ``size`` — resize to h or (h, w) pixels (antialiased), after step 6 (``resample_domain``
        "line-integral"); or, for raw intensities (``log`` True / "intensity") that are shrunk,
-       before step 3 (``resample_domain`` "intensity", what "auto" — the default — chooses there):
-       the intensities are averaged over each output pixel's area, as a detector with larger pixels
-       would count them, and the log is taken of the averages.  The log of a few photons is biased
+       before step 3 (``resample_domain`` "intensity"): the intensities are averaged over each output
+       pixel's area, as a detector with larger pixels would count them, and the log is taken of the
+       averages.  "auto" (the default) does that when the darkest 1 % of the field's pixels hold
+       fewer than :data:`LOG_MIN_PHOTONS` photons, estimated from the image's own noise
+       (:func:`detected_photons`; recorded in the resize step).  The log of a few photons is biased
        and heavy-tailed (of zero, undefined), so a low-dose image shrunk after its log is not the
        image of a coarser detector: frames formed at 512² with 86–526 photons per pixel and shrunk
        to 128 rows after the log matched their DRRs at the true pose with a similarity of 0.53–0.95,
-       binned first 0.89–0.97, formed at 128² 0.90–0.97 (docs/registration.md, "Shrinking raw
-       intensities").  Step 3's blur
+       binned first 0.89–0.97, formed at 128² 0.90–0.97.  But a bin is itself a blur of the
+       intensities, whose log moves high-contrast edges (the depth of one view with them): with
+       plenty of photons the log of each pixel is the better order (docs/registration.md,
+       "Shrinking raw intensities").  Step 3's blur
        then acts at the output size, its σ and kernel radius scaled by output rows / input rows
        (recorded as ``sigma``, ``kernel_size`` and ``sigma_given``; the radius at least 1), as the
        CLI scales registration's DRR blur (``drr_blur``).
@@ -755,7 +760,7 @@ def preprocess(
     before = [op for op in geo.ops if op[0] != "resize"]
     after = [op for op in geo.ops if op[0] == "resize"]
     mode = {True: "intensity", False: "attenuation", None: "attenuation"}.get(log, log)
-    binned = _resample_before_log(resample_domain, mode, after, geo)
+    _check_resample_domain(resample_domain, mode)
     sat = saturation_mask(img) if mode in ("intensity", "log-intensity") else None
     mask = None if sat is None else (~sat).to(torch.float32)
     for op in before:
@@ -766,12 +771,13 @@ def preprocess(
     b = _blur_args(blur)
     if blur_domain not in ("line-integral", "intensity"):
         raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
+    binned, how = _resample_before_log(resample_domain, mode, geo, img, mask, offset)
     if binned:
         rows = img.shape[0]
         for op in after:
             img = _bin_intensities(img, op[1], op[2])
             mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
-        steps += [{**s, "domain": "intensity", "how": "area mean"} for s in geo.steps if s["step"] == "resize"]
+        steps += [{**s, **how} for s in geo.steps if s["step"] == "resize"]
         after = []
         if b is not None:  # the blur's kernel and σ follow the image to its new size
             f = img.shape[0] / rows
@@ -794,26 +800,79 @@ def preprocess(
         img = _apply_op(img, op)
         mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
     if not binned:
-        steps += [s for s in geo.steps if s["step"] == "resize"]
+        steps += [{**s, **how} for s in geo.steps if s["step"] == "resize"]
     img = img.to(torch.float32)
     return Preprocessed(image=img, camera=geo.camera, pixel_map=geo.pixel_map, pose_transform=geo.pose_transform,
                         steps=steps, mask=mask)
 
 
-def _resample_before_log(domain: str, mode: str, after: list, geo) -> bool:
-    """Whether :func:`preprocess` shrinks the image before the log (step 7, ``resample_domain``)."""
+def _check_resample_domain(domain: str, mode: str) -> None:
     if domain not in ("auto", "intensity", "line-integral"):
         raise InputError(f"resample_domain must be 'auto', 'intensity' or 'line-integral', got {domain!r}")
     if domain == "intensity" and mode != "intensity":
         raise InputError(f"resample_domain 'intensity' averages raw intensities before their log: it needs "
                          f"log=True / 'intensity', got log={mode!r}")
-    if not after or domain == "line-integral":
-        return False
+
+
+#: ``resample_domain="auto"`` bins raw intensities before their log when the darkest 1 % of the
+#: field's pixels hold fewer photons than this (estimated from the image's own noise,
+#: :func:`detected_photons`).  Between the two doses measured (docs/registration.md, "Shrinking raw
+#: intensities"): ~1 photon there at fluoroscopic dose, where the log of each pixel ruined the frames,
+#: and ~135 at a radiograph's, where the log of each pixel kept registration at 0.16 mm and binning
+#: moved its depth (a bin is an intensity-domain blur).
+LOG_MIN_PHOTONS = 30.0
+
+
+def detected_photons(image, mask=None, offset: float = 0.0, block: int = 4) -> dict | None:
+    """How many photons a raw image's pixels hold, from its own Poisson noise (a photon-transfer estimate).
+
+    ``image``: (H, W) raw intensities (proportional to detected photons: a detector's linear output);
+    ``mask``: (H, W) weights, blocks with a weight < 1 left out.  In ``block``×``block`` blocks the
+    pixels' variance over their mean is the gain (intensity units per photon) where the block is flat,
+    more where it holds structure; the median over blocks is taken.  Returns ``{"per_photon": gain,
+    "photons_p1": photons of the darkest 1 % of pixels, "photons_median": of the median pixel}`` — the
+    photons infinite for a noiseless image (gain 0) — or None when fewer than 16 blocks are left.
+    """
+    img = as_image(image).to(torch.float64) + float(offset)
+    H, W = (img.shape[0] // block) * block, (img.shape[1] // block) * block
+    if H == 0 or W == 0:
+        return None
+    x = img[:H, :W][None, None]
+    m = F.avg_pool2d(x, block)[0, 0]
+    v = (F.avg_pool2d(x * x, block)[0, 0] - m * m).clamp_min(0.0) * (block * block / (block * block - 1.0))
+    ok = m > 0
+    if mask is not None:
+        ok &= F.avg_pool2d(as_image(mask).to(torch.float64)[:H, :W][None, None], block)[0, 0] >= 1.0 - 1e-9
+    if int(ok.sum()) < 16:
+        return None
+    gain = float((v[ok] / m[ok]).median())
+    vals = img[:H, :W].reshape(-1)
+    keep = torch.repeat_interleave(torch.repeat_interleave(ok, block, 0), block, 1).reshape(-1)
+    vals = vals[keep]
+    if gain <= 0.0:
+        return {"per_photon": 0.0, "photons_p1": math.inf, "photons_median": math.inf}
+    return {"per_photon": gain, "photons_p1": float(torch.quantile(vals, 0.01)) / gain,
+            "photons_median": float(vals.median()) / gain}
+
+
+def _resample_before_log(domain: str, mode: str, geo, img: torch.Tensor, mask, offset: float) -> tuple[bool, dict]:
+    """(whether :func:`preprocess` shrinks ``img`` — raw, after the crops — before the log, the record
+    added to the resize step) for step 7's ``resample_domain``."""
+    rec = next((s for s in geo.steps if s["step"] == "resize"), None)
+    if rec is None:
+        return False, {}
     if domain == "intensity":
-        return True
-    rec = next(s for s in geo.steps if s["step"] == "resize")
+        return True, {"domain": "intensity", "how": "area mean"}
     (H, W), (h, w) = rec["from"], rec["to"]
-    return mode == "intensity" and h <= H and w <= W
+    if domain == "line-integral" or mode != "intensity" or h > H or w > W:
+        return False, {"domain": "line-integral"}
+    est = detected_photons(img, mask, offset)
+    if est is None:
+        return False, {"domain": "line-integral", "photons": None}
+    est = {k: (None if math.isinf(v) else v) for k, v in est.items()}
+    low = est["photons_p1"] is not None and est["photons_p1"] < LOG_MIN_PHOTONS
+    return low, {"domain": "intensity" if low else "line-integral", **({"how": "area mean"} if low else {}),
+                 "photons": est, "log_min_photons": LOG_MIN_PHOTONS}
 
 
 def _blur_step(img: torch.Tensor, mask, b, steps: list, domain: str):
