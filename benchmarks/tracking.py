@@ -284,6 +284,9 @@ def main(argv=None) -> int:
         images.append(pre.image)
         poses.append(pre.transform_pose(fx.pose))
         pcam = pre.camera
+        if f == 0:  # the order preprocessing chose for the frames; noiseless calibration frames get the same
+            rs = next((s for s in pre.steps if s["step"] == "resize"), {})
+            domain = rs.get("domain", "line-integral") if args.resample_domain == "auto" else args.resample_domain
     print(f"{args.frames} frames formed ({args.family}) in {time.perf_counter() - t0:.0f} s", flush=True)
     fid = select_fiducials(bone_points(vol), n=20, seed=args.seed, camera=pcam, poses=poses[0], margin_px=2)
     frames = torch.stack(images)[:, None].to(torch.float32)
@@ -295,8 +298,7 @@ def main(argv=None) -> int:
         for f in (0, args.frames // 3, 2 * args.frames // 3):
             g = torch.Generator().manual_seed(args.seed * 7 + f)
             fx = form_xray(vol, form_cam, truth[f], family=args.family, generator=g, **{**fixed, "photons": 0})
-            pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
-                         resample_domain=args.resample_domain)
+            pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain, resample_domain=domain)
             tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
             calib.append(float(tracker.measure_blur(pre.image[None, None], pre.camera,
                                                     pre.transform_pose(fx.pose)[None], pre.mask)[0]))
@@ -311,8 +313,7 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(args.seed)
         fx = form_xray(vol, form_cam, start, family="lowdose", generator=g, photons=0)
         pre = preprocess(fx.raw, fx.camera, **frame_preprocessing(fx, fine, args.detector),
-                         blur_domain=args.blur_domain,
-                         resample_domain=args.resample_domain)
+                         blur_domain=args.blur_domain, resample_domain=domain)
         tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
         blur = float(tracker.measure_blur(pre.image[None, None], pre.camera, pre.transform_pose(start)[None],
                                           pre.mask)[0])
