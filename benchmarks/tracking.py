@@ -229,6 +229,9 @@ def main(argv=None) -> int:
                          "blur measured on the tracked view's spot image at the joint pose; or 'simulated': "
                          "predicted without the frames — xraypose's own simulator (the lowdose chain, noiseless, "
                          "the frames' detector and preprocessing) at the tracking start, measured there")
+    ap.add_argument("--simulate-at", default="start", choices=["start", "registered"],
+                    help="--blur simulated: the pose the simulator is run at — the tracking start, or frame 0 "
+                         "registered from it with the whole schedule")
     ap.add_argument("--spot-photons", type=float, default=1e5,
                     help="--blur biplane: photons per unattenuated pixel of the two spot images (default 1e5, a "
                          "radiograph's; the frames' are the family's)")
@@ -309,16 +312,21 @@ def main(argv=None) -> int:
     elif args.blur == "simulated":
         # predicted, not measured on the frames: xraypose's own simulator (the lowdose chain: Siddon,
         # physical mu, its 0.7 px intensity blur on the formed detector, the frames' binning), noiseless,
-        # at the tracking start (not the truth), the coefficient measured on that image at that pose
+        # at the tracking start or at frame 0 registered from it (--simulate-at; not the truth), the
+        # coefficient measured on that image at that pose
+        at = start
+        if args.simulate_at == "registered":
+            at = reg.register(frames[0:1], pcam, start[None]).poses[0]
+            report["blur_simulated_pose_mtre_mm"] = float(pose_errors(at, poses[0], fid, pcam)["mtre"])
         g = torch.Generator().manual_seed(args.seed)
-        fx = form_xray(vol, form_cam, start, family="lowdose", generator=g, photons=0)
+        fx = form_xray(vol, form_cam, at, family="lowdose", generator=g, photons=0)
         pre = preprocess(fx.raw, fx.camera, **frame_preprocessing(fx, fine, args.detector),
                          blur_domain=args.blur_domain, resample_domain=domain)
         tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
-        blur = float(tracker.measure_blur(pre.image[None, None], pre.camera, pre.transform_pose(start)[None],
+        blur = float(tracker.measure_blur(pre.image[None, None], pre.camera, pre.transform_pose(at)[None],
                                           pre.mask)[0])
-        report["blur_calibration"] = {"simulated_at": "start", "coefficient": blur}
-        print(f"blur predicted on xraypose's simulator at the start pose: {blur:.4f}", flush=True)
+        report["blur_calibration"] = {"simulated_at": args.simulate_at, "coefficient": blur}
+        print(f"blur predicted on xraypose's simulator at the {args.simulate_at} pose: {blur:.4f}", flush=True)
     elif args.blur == "biplane":
         blur = biplane_blur(reg, vol, form_cam, truth[0], start, fid, args, prep, report)
     rows = []
