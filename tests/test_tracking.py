@@ -518,3 +518,33 @@ def test_cli_track_holds_a_given_blur_coefficient_and_refuses_a_positive_one(tmp
     code = main(args + ["-o", str(tmp_path / "out2"), "--blur-coefficient", "0.5"])
     assert code == 2 and "--blur-coefficient (blur coefficient (<= 0, per pixel²)) must be a number in [-10, 0], got 0.5" \
         in capsys.readouterr().err
+
+
+def test_cli_track_predicts_the_blur_coefficient(tmp_path, sequence, capsys, monkeypatch):
+    """--predict-blur: frame 0 registered, the coefficient read on xraypose's simulator there, held for
+    every frame and recorded (trajectory.json's blur_prediction and each frame's blur_coefficient); not
+    with --blur-coefficient."""
+    import xraypose.register.tracking as tracking
+    from xraypose.cli import main
+
+    seen = []
+    real = tracking.track_sequence
+
+    def spy(reg, *a, **k):
+        seen.append(reg.config.blur_coefficient)
+        return real(reg, *a, **k)
+
+    monkeypatch.setattr(tracking, "track_sequence", spy)
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
+            "--no-confidence"]
+    code = main(args + ["-o", str(tmp_path / "out"), "--predict-blur"])
+    out = capsys.readouterr()
+    assert code in (0, 3), out.err
+    doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
+    c = doc["blur_prediction"]["coefficient"]
+    assert math.isfinite(c) and c < 0 and seen == [c] and doc["frames"][1]["blur_coefficient"] == c
+    assert "blur coefficient predicted at frame 0 registered" in out.out
+    assert doc["blur_prediction"]["at"] == "frame 0 registered" and len(doc["blur_prediction"]["pose"]) == 4
+    code = main(args + ["-o", str(tmp_path / "out2"), "--predict-blur", "--blur-coefficient", "-0.02"])
+    assert code == 2 and "not both" in capsys.readouterr().err

@@ -165,6 +165,12 @@ BLUR_COEFFICIENT = typer.Option(None, "--blur-coefficient", help="The detector's
                                 "(RegistrationConfig.blur_coefficient), calibrated where the pose is known "
                                 "(Registrar.measure_blur). Off by default: a sequence cannot measure it on itself "
                                 "(docs/registration.md, \"The detector's blur\").")
+PREDICT_BLUR = typer.Option(False, "--predict-blur", help="Predict the detector's blur coefficient instead: frame 0 "
+                            "of the start view registered from the start, a noiseless X-ray formed by xraypose's "
+                            "simulator at that pose on the frames' detector (0.7 px intensity blur, the frames' "
+                            "preprocessing and binning), and the coefficient read on it at that pose "
+                            "(xraypose.register.blur_prediction; recorded in trajectory.json). Not with "
+                            "--blur-coefficient.")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -187,6 +193,7 @@ def track_command(
     match_intensity: str = MATCH_INTENSITY,
     motion: str = MOTION,
     blur_coefficient: Optional[float] = BLUR_COEFFICIENT,
+    predict_blur: bool = PREDICT_BLUR,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -215,6 +222,8 @@ def track_command(
 
     if start_view is not None and rig is None:
         raise InputError("--start-view needs --rig")
+    if predict_blur and blur_coefficient is not None:
+        raise InputError("--predict-blur predicts the blur coefficient: give it or --blur-coefficient, not both")
     from xraypose.register.motion import MOTIONS
 
     if motion not in MOTIONS:
@@ -239,10 +248,39 @@ def track_command(
                              foreign_steps=cfg_kw["foreign_steps"])
     if callable(start):
         start = rig_start(start(views[r][0][:1], views[r][1])[0], views[r][2])
+    blur_prediction = None
+    if predict_blur:
+        reg, blur_prediction = _predict_blur(reg, cts.volume, views[r], start, cams[r], seqs[r], first[r], prep)
     res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
+    if blur_prediction is not None:
+        doc["blur_prediction"] = blur_prediction
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
+
+
+def _predict_blur(reg, volume, view, start, raw_camera, seq, first, prep: dict):
+    """(a registrar holding the predicted blur coefficient, its record): ``view``'s frame 0 registered
+    from ``start`` (rig_to_world), and :func:`~xraypose.register.blur_prediction.predict_blur_coefficient`
+    at that pose on the view's raw detector, preprocessed as its frames were (their resize's order)."""
+    import torch
+
+    from xraypose.cli.steps import pose_transform_of, preprocess_settings
+    from xraypose.register.blur_prediction import DETECTOR_BLUR_PX, predict_blur_coefficient
+
+    imgs, cam, C, masks = view
+    r0 = reg.register(imgs[:1], cam, (start @ C)[None], masks=None if masks is None else masks[:1])
+    T = r0.poses[0].to(torch.float64)
+    P = pose_transform_of(first.steps[len(seq.frames[0].steps):])  # raw → preprocessed pose
+    T_raw = T @ torch.linalg.inv(P)
+    pre = preprocess_settings(seq.shape, prep["crop"], prep["blur"], prep["size"], prep["i0"])
+    rs = next((s for s in first.steps if s.get("step") == "resize"), {})
+    domain = rs.get("domain", "line-integral")
+    c = predict_blur_coefficient(reg, volume, raw_camera, T_raw, {**pre, "resample_domain": domain})
+    c = min(0.0, c)  # the coefficient's range: a prediction above 0 (no blur to speak of) is none
+    typer.echo(f"blur coefficient predicted at frame 0 registered: {c:.4f} per pixel²")
+    return reg.derive(blur_coefficient=c), {"coefficient": c, "at": "frame 0 registered", "pose": T.tolist(),
+                                            "detector_blur_px": DETECTOR_BLUR_PX, "resample_domain": domain}
 
 
 def _start_view_index(start_view: str | None, names: list[str], frames) -> int:
