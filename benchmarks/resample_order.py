@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         raise SystemExit("--fine must be a multiple of 128")
 
     from appearance import load_ct, start_report, write_report
-    from tracking import benchmark_trajectory
+    from tracking import benchmark_trajectory, frame_preprocessing
 
     from xraypose.appearance import form_xray
     from xraypose.appearance.families import LOWDOSE_PHOTONS
@@ -86,13 +86,9 @@ def main(argv=None) -> int:
         photons = math.exp(lo + u * (hi - lo)) * args.dose_scale
         g = torch.Generator().manual_seed(args.seed * 7 + f)
         fx = form_xray(vol, fine, truth[f], family="lowdose", generator=g, photons=photons / k ** 2)
-        prep = dict(fx.preprocess)
-        size = 128 - 2 * int(round(prep.get("crop", 0) / k))  # as benchmarks/tracking.py --form-detector
-        if prep.get("blur") is not None:  # the family's blur in registered pixels, as the DRRs' (drr_blur=1)
-            kb, sb = prep["blur"]
-            prep["blur"] = (2 * (kb // 2) * k + 1, sb * k)
-        after_log = preprocess(fx.raw, fx.camera, **{**prep, "size": size}, resample_domain="line-integral")
-        binned = preprocess(fx.raw, fx.camera, **{**prep, "size": size}, resample_domain="intensity")
+        prep = frame_preprocessing(fx, args.fine, 128)  # as benchmarks/tracking.py --form-detector
+        after_log = preprocess(fx.raw, fx.camera, **prep, resample_domain="line-integral")
+        binned = preprocess(fx.raw, fx.camera, **prep, resample_domain="intensity")
         g = torch.Generator().manual_seed(args.seed * 7 + f)
         fx128 = form_xray(vol, cam, truth[f], family="lowdose", generator=g, photons=photons)
         formed = preprocess(fx128.raw, fx128.camera, **fx128.preprocess)

@@ -273,7 +273,8 @@ def test_binning_before_the_log_keeps_camera_mask_and_scales_the_blur():
     assert a.pixel_map.to_dict() == b.pixel_map.to_dict()
     assert a.mask is not None and float(a.mask[:2].max()) == 0.0 and float(a.mask[8:].min()) == 1.0
     blur = next(s for s in a.steps if s["step"] == "blur")
-    assert blur["sigma"] == pytest.approx(0.25) and blur["sigma_given"] == 1.0 and blur["kernel_size"] == 3
+    assert blur["sigma"] == pytest.approx(0.25) and blur["kernel_size"] == 3
+    assert next(s for s in a.steps if s["step"] == "resize")["blur_scaled_by"] == pytest.approx(0.25)
     assert next(s for s in b.steps if s["step"] == "blur")["sigma"] == 1.0
 
 

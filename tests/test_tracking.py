@@ -495,18 +495,24 @@ def test_a_sequence_holds_the_detectors_blur_it_is_given(volume, sequence):
             track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, blur=bad)
 
 
-def test_cli_track_holds_a_given_blur_coefficient_and_refuses_a_positive_one(tmp_path, sequence, capsys, monkeypatch):
+def _blur_coefficients_tracked(monkeypatch) -> list:
+    """A list that receives the blur coefficient of every registrar track_sequence is given."""
     import xraypose.register.tracking as tracking
-    from xraypose.cli import main
 
-    seen = []
-    real = tracking.track_sequence
+    seen, real = [], tracking.track_sequence
 
     def spy(reg, *a, **k):
         seen.append(reg.config.blur_coefficient)
         return real(reg, *a, **k)
 
     monkeypatch.setattr(tracking, "track_sequence", spy)
+    return seen
+
+
+def test_cli_track_holds_a_given_blur_coefficient_and_refuses_a_positive_one(tmp_path, sequence, capsys, monkeypatch):
+    from xraypose.cli import main
+
+    seen = _blur_coefficients_tracked(monkeypatch)
     run = _save_sequence(tmp_path / "in", sequence, n=2)
     args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
             "--no-confidence"]
@@ -524,17 +530,9 @@ def test_cli_track_predicts_the_blur_coefficient(tmp_path, sequence, capsys, mon
     """--predict-blur: frame 0 registered, the coefficient read on xraypose's simulator there, held for
     every frame and recorded (trajectory.json's blur_prediction and each frame's blur_coefficient); not
     with --blur-coefficient."""
-    import xraypose.register.tracking as tracking
     from xraypose.cli import main
 
-    seen = []
-    real = tracking.track_sequence
-
-    def spy(reg, *a, **k):
-        seen.append(reg.config.blur_coefficient)
-        return real(reg, *a, **k)
-
-    monkeypatch.setattr(tracking, "track_sequence", spy)
+    seen = _blur_coefficients_tracked(monkeypatch)
     run = _save_sequence(tmp_path / "in", sequence, n=2)
     args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
             "--no-confidence"]

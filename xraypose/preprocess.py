@@ -300,19 +300,11 @@ def _apply_op(img: torch.Tensor, op: tuple) -> torch.Tensor:
 
 
 def _bin_intensities(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(h, w) from an (H, W) image of raw intensities, each output pixel the mean of the input
-    pixels it covers (area weights): what a detector with larger pixels would have counted.
-    Enlarging falls back to the bilinear resize of :func:`_apply_op` (nothing to bin)."""
-    H, W = img.shape
-    if h > H or w > W:
-        return _apply_op(img, ("resize", h, w))
-    if (h, w) == (H, W):
-        return img
-    work = img.to(torch.float64)[None, None]
-    if H % h == 0 and W % w == 0:  # whole pixels per bin: exactly a binned detector
-        return F.avg_pool2d(work, (H // h, W // w))[0, 0].to(img.dtype if img.is_floating_point() else torch.float32)
-    return F.interpolate(work, size=(h, w), mode="area")[0, 0].to(img.dtype if img.is_floating_point()
-                                                                    else torch.float32)
+    """(h, w) from an (H, W) image of raw intensities (h ≤ H, w ≤ W), each output pixel the mean of the
+    input pixels it covers (area weights; whole bins for whole factors): what a detector with larger
+    pixels would have counted."""
+    out = F.interpolate(img.to(torch.float64)[None, None], size=(h, w), mode="area")[0, 0]
+    return out.to(img.dtype if img.is_floating_point() else torch.float32)
 
 
 @dataclass
@@ -741,8 +733,8 @@ def preprocess(
        plenty of photons the log of each pixel is the better order (docs/registration.md,
        "Shrinking raw intensities").  Step 3's blur
        then acts at the output size, its σ and kernel radius scaled by output rows / input rows
-       (recorded as ``sigma``, ``kernel_size`` and ``sigma_given``; the radius at least 1), as the
-       CLI scales registration's DRR blur (``drr_blur``).
+       (the blur step records the σ and kernel used, the resize step ``blur_scaled_by``; the radius
+       at least 1), as the CLI scales registration's DRR blur (``drr_blur``).
 
     The camera (if given) follows every geometric step; ``result.pixel_map``
     maps input pixels to output pixels and ``result.pose_transform`` gives the
@@ -772,16 +764,14 @@ def preprocess(
     if blur_domain not in ("line-integral", "intensity"):
         raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
     binned, how = _resample_before_log(resample_domain, mode, geo, img, mask, offset)
+    if binned and b is not None:  # the blur's kernel and σ follow the image to its new size
+        f = geo.shape[0] / img.shape[0]
+        b, how["blur_scaled_by"] = (2 * max(1, math.ceil((b[0] // 2) * f - 1e-9)) + 1, b[1] * f), f
+    resized = [{**s, **how} for s in geo.steps if s["step"] == "resize"]
     if binned:
-        rows = img.shape[0]
-        for op in after:
-            img = _bin_intensities(img, op[1], op[2])
-            mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
-        steps += [{**s, **how} for s in geo.steps if s["step"] == "resize"]
-        after = []
-        if b is not None:  # the blur's kernel and σ follow the image to its new size
-            f = img.shape[0] / rows
-            b = (2 * max(1, math.ceil((b[0] // 2) * f - 1e-9)) + 1, b[1] * f, b[1])
+        img, mask = _resize(img, mask, after, True)
+        steps += resized
+        after, resized = [], []
     if blur_domain == "intensity":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
     raw = img
@@ -796,14 +786,20 @@ def preprocess(
     shadow = _check_field(img, steps, grow=0 if b is None else b[0] // 2 + 1)
     if shadow is not None:
         mask = shadow if mask is None else mask * shadow
-    for op in after:
-        img = _apply_op(img, op)
-        mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
-    if not binned:
-        steps += [{**s, **how} for s in geo.steps if s["step"] == "resize"]
+    img, mask = _resize(img, mask, after, False)
+    steps += resized
     img = img.to(torch.float32)
     return Preprocessed(image=img, camera=geo.camera, pixel_map=geo.pixel_map, pose_transform=geo.pose_transform,
                         steps=steps, mask=mask)
+
+
+def _resize(img: torch.Tensor, mask, ops: list, intensities: bool):
+    """Step 7 of :func:`preprocess`: ``ops`` (resizes) applied to the image — its intensities binned
+    (:func:`_bin_intensities`) or its values resampled (:func:`_apply_op`) — and to the mask."""
+    for op in ops:
+        img = _bin_intensities(img, op[1], op[2]) if intensities else _apply_op(img, op)
+        mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
+    return img, mask
 
 
 def _check_resample_domain(domain: str, mode: str) -> None:
@@ -834,26 +830,21 @@ def detected_photons(image, mask=None, offset: float = 0.0, block: int = 4) -> d
     photons infinite for a noiseless image (gain 0) — or None when fewer than 16 blocks are left.
     """
     img = as_image(image).to(torch.float64) + float(offset)
-    H, W = (img.shape[0] // block) * block, (img.shape[1] // block) * block
-    if H == 0 or W == 0:
-        return None
-    x = img[:H, :W][None, None]
-    m = F.avg_pool2d(x, block)[0, 0]
-    v = (F.avg_pool2d(x * x, block)[0, 0] - m * m).clamp_min(0.0) * (block * block / (block * block - 1.0))
+    nh, nw = img.shape[0] // block, img.shape[1] // block
+    blocks = img[:nh * block, :nw * block].reshape(nh, block, nw, block).transpose(1, 2).reshape(nh, nw, -1)
+    m, v = blocks.mean(-1), blocks.var(-1)
     ok = m > 0
     if mask is not None:
-        ok &= F.avg_pool2d(as_image(mask).to(torch.float64)[:H, :W][None, None], block)[0, 0] >= 1.0 - 1e-9
+        mb = as_image(mask)[:nh * block, :nw * block].reshape(nh, block, nw, block).transpose(1, 2)
+        ok &= mb.reshape(nh, nw, -1).amin(-1) >= 1.0
     if int(ok.sum()) < 16:
         return None
     gain = float((v[ok] / m[ok]).median())
-    vals = img[:H, :W].reshape(-1)
-    keep = torch.repeat_interleave(torch.repeat_interleave(ok, block, 0), block, 1).reshape(-1)
-    vals = vals[keep]
     if gain <= 0.0:
         return {"per_photon": 0.0, "photons_p1": math.inf, "photons_median": math.inf}
+    vals = blocks[ok].reshape(-1)
     p1 = float(torch.kthvalue(vals, max(1, math.ceil(0.01 * vals.numel()))).values)  # (quantile() caps its size)
-    return {"per_photon": gain, "photons_p1": p1 / gain,
-            "photons_median": float(vals.median()) / gain}
+    return {"per_photon": gain, "photons_p1": p1 / gain, "photons_median": float(vals.median()) / gain}
 
 
 def _resample_before_log(domain: str, mode: str, geo, img: torch.Tensor, mask, offset: float) -> tuple[bool, dict]:
@@ -862,28 +853,24 @@ def _resample_before_log(domain: str, mode: str, geo, img: torch.Tensor, mask, o
     rec = next((s for s in geo.steps if s["step"] == "resize"), None)
     if rec is None:
         return False, {}
+    (H, W), (h, w) = rec["from"], rec["to"]
+    if domain == "line-integral" or mode != "intensity" or h > H or w > W:  # nothing to bin in an enlargement
+        return False, {"domain": "line-integral"}
     if domain == "intensity":
         return True, {"domain": "intensity", "how": "area mean"}
-    (H, W), (h, w) = rec["from"], rec["to"]
-    if domain == "line-integral" or mode != "intensity" or h > H or w > W:
-        return False, {"domain": "line-integral"}
     est = detected_photons(img, mask, offset)
-    if est is None:
-        return False, {"domain": "line-integral", "photons": None}
-    est = {k: (None if math.isinf(v) else v) for k, v in est.items()}
-    low = est["photons_p1"] is not None and est["photons_p1"] < LOG_MIN_PHOTONS
-    return low, {"domain": "intensity" if low else "line-integral", **({"how": "area mean"} if low else {}),
-                 "photons": est, "log_min_photons": LOG_MIN_PHOTONS}
+    low = est is not None and est["photons_p1"] < LOG_MIN_PHOTONS
+    rec = {"photons": None if est is None else {k: (None if math.isinf(x) else x) for k, x in est.items()},
+           "log_min_photons": LOG_MIN_PHOTONS}
+    return low, {"domain": "intensity", "how": "area mean", **rec} if low else {"domain": "line-integral", **rec}
 
 
 def _blur_step(img: torch.Tensor, mask, b, steps: list, domain: str):
-    """Step 3 of :func:`preprocess`: blur, and grow the mask's holes by the kernel's radius.
-    ``b``: (kernel, σ) or (kernel, σ, σ as given) when σ was scaled with a shrink before the log."""
+    """Step 3 of :func:`preprocess`: blur, and grow the mask's holes by the kernel's radius."""
     if b is None:
         return img, mask
-    img = gaussian_blur(img, b[0], b[1])
-    steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1], "domain": domain,
-                  **({"sigma_given": b[2]} if len(b) > 2 else {})})
+    img = gaussian_blur(img, *b)
+    steps.append({"step": "blur", "kernel_size": b[0], "sigma": b[1], "domain": domain})
     if mask is not None:  # blurred pixels next to the plateau are not to be trusted either
         r = b[0] // 2
         mask = -F.max_pool2d(-mask[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
@@ -914,7 +901,7 @@ def _dequantise(raw: torch.Tensor, L: torch.Tensor, b, offset: float, steps: lis
     blur["quantum"], blur["dequantised_share"] = _quantum(raw + float(offset)), 0.0
     if blur["quantum"] == 0.0:
         return L
-    blurred = gaussian_blur(raw.to(torch.float64) + float(offset), b[0], b[1])
+    blurred = gaussian_blur(raw.to(torch.float64) + float(offset), *b)
     w = (blurred / (DEQUANTISE_LEVELS * blur["quantum"])).clamp(0.0, 1.0)
     low = w < 1
     if not bool(low.any()):
