@@ -232,6 +232,15 @@ def main(argv=None) -> int:
     ap.add_argument("--simulate-at", default="start", choices=["start", "registered"],
                     help="--blur simulated: the pose the simulator is run at — the tracking start, or frame 0 "
                          "registered from it with the whole schedule")
+    ap.add_argument("--blur-criterion", default="fit", choices=["fit", "depth"],
+                    help="--blur simulated: what the predicted coefficient matches on the simulated X-ray "
+                         "(predict_blur_coefficient's criterion)")
+    ap.add_argument("--photon-offset", type=float, default=0.0,
+                    help="photons added to every (binned) pixel before the log, from the frame's known dose "
+                         "(experiment: the log of a few counts)")
+    ap.add_argument("--blur-turn", type=float, default=0.0,
+                    help="--blur simulated --simulate-at registered: predict again whenever the view has turned by "
+                         "this many degrees (track_sequence's blur_turn_deg; default 0: once, at frame 0)")
     ap.add_argument("--spot-photons", type=float, default=1e5,
                     help="--blur biplane: photons per unattenuated pixel of the two spot images (default 1e5, a "
                          "radiograph's; the frames' are the family's)")
@@ -253,6 +262,7 @@ def main(argv=None) -> int:
     from xraypose.metrics import pose_errors
     from xraypose.preprocess import preprocess
     from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register.blur_prediction import predict_blur_coefficient
     from xraypose.register.cases import perturb_pose
     from xraypose.register.tracking import track_sequence
 
@@ -282,6 +292,9 @@ def main(argv=None) -> int:
         if f == 0 and args.same_params:
             fixed = {k: v for k, v in fx.info.items() if k != "family"}
         prep = frame_preprocessing(fx, fine, args.detector)
+        if args.photon_offset:  # experiment: photons added before the log, from the frame's known dose
+            k2 = (fine // args.detector) ** 2 if args.resample_domain != "line-integral" else 1
+            prep["offset"] = args.photon_offset * fx.info["i0"] / (fx.info["photons"] * k2)
         pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
                          resample_domain=args.resample_domain)
         images.append(pre.image)
@@ -314,19 +327,29 @@ def main(argv=None) -> int:
         # physical mu, its 0.7 px intensity blur on the formed detector, the frames' binning), noiseless,
         # at the tracking start or at frame 0 registered from it (--simulate-at; not the truth), the
         # coefficient measured on that image at that pose
-        at = start
-        if args.simulate_at == "registered":
-            at = reg.register(frames[0:1], pcam, start[None]).poses[0]
-            report["blur_simulated_pose_mtre_mm"] = float(pose_errors(at, poses[0], fid, pcam)["mtre"])
-        g = torch.Generator().manual_seed(args.seed)
-        fx = form_xray(vol, form_cam, at, family="lowdose", generator=g, photons=0)
-        pre = preprocess(fx.raw, fx.camera, **frame_preprocessing(fx, fine, args.detector),
-                         blur_domain=args.blur_domain, resample_domain=domain)
         tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
-        blur = float(tracker.measure_blur(pre.image[None, None], pre.camera, pre.transform_pose(at)[None],
-                                          pre.mask)[0])
-        report["blur_calibration"] = {"simulated_at": args.simulate_at, "coefficient": blur}
-        print(f"blur predicted on xraypose's simulator at the {args.simulate_at} pose: {blur:.4f}", flush=True)
+        predictions = []
+
+        def simulated_blur(at):  # what `xraypose track --predict-blur` runs (frames' pose = raw camera's pose)
+            kw = {k: v for k, v in frame_preprocessing(fx, fine, args.detector).items()
+                  if k not in ("log", "i0", "offset")}
+            c = predict_blur_coefficient(tracker, vol, form_cam, at, {**kw, "blur_domain": args.blur_domain,
+                                                                       "resample_domain": domain},
+                                         criterion=args.blur_criterion)
+            # the nearest true pose's view: where along the trajectory it was predicted
+            near = min(range(len(poses)), key=lambda f: float(pose_errors(at, poses[f], fid, pcam)["mtre"]))
+            predictions.append({"coefficient": c, "nearest_frame": near,
+                                "pose_mtre_mm": float(pose_errors(at, poses[near], fid, pcam)["mtre"])})
+            print(f"blur predicted on xraypose's simulator near frame {near}: {c:.4f}", flush=True)
+            return c
+
+        if args.simulate_at == "registered":  # track_sequence predicts it at frame 0 registered, then as the view turns
+            blur = simulated_blur
+        else:
+            blur = simulated_blur(start)
+        report["blur_calibration"] = {"simulated_at": args.simulate_at, "predictions": predictions,
+                                      "turn_deg": args.blur_turn or None,
+                                      "criterion": args.blur_criterion}
     elif args.blur == "biplane":
         blur = biplane_blur(reg, vol, form_cam, truth[0], start, fid, args, prep, report)
     rows = []
@@ -342,6 +365,7 @@ def main(argv=None) -> int:
     out = track_sequence(reg, frames, pcam, start, confidence=not args.no_confidence, progress=progress,
                          tracking_levels=TRACKING_VARIANTS[args.tracking](), motion=args.motion,
                          overlap_check=False if args.no_overlap else None, blur=blur,
+                         blur_turn_deg=args.blur_turn or None,
                          **({} if args.tracking_tol is None else {"tracking_tol_px": args.tracking_tol}))
     for fr in out:  # the smoother's estimates are known only at the end
         rows.append({**{k: v for k, v in fr.to_dict().items()

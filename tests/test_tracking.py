@@ -491,8 +491,49 @@ def test_a_sequence_holds_the_detectors_blur_it_is_given(volume, sequence):
     plain = track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, tracking_levels=WEAK)
     assert [fr.blur_coefficient for fr in plain] == [None, None]
     for bad in (0.1, float("nan"), "sequence", True):
-        with pytest.raises(InputError, match="blur must be None or a number <= 0"):
+        with pytest.raises(InputError, match="blur must be None, a number <= 0"):
             track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, blur=bad)
+
+
+def test_a_sequence_predicts_the_blur_again_as_its_view_turns(volume, sequence):
+    """track_sequence(blur=callable): predicted at frame 0 registered (and frame 0 registered again with
+    it), again at the first trusted frame whose view turned by more than blur_turn_deg since (the 8°
+    jump at JUMP_AT; the small motion before it turns 0.8° per frame), and every frame holds the
+    coefficient predicted before its registration; blur_turn_deg=None predicts once; above 0 is held
+    as 0; a predictor's NaN and a turn that is not > 0 are refused."""
+    from xraypose.errors import InputError
+
+    frames, cam = _preprocessed(sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    asked = []
+
+    def predictor(T):
+        asked.append(T)
+        return -0.01 * len(asked)
+
+    out = track_sequence(reg, frames[:JUMP_AT + 2], cam, sequence["start"], confidence=False, blur=predictor,
+                         blur_turn_deg=4.0)
+    assert len(asked) == 2, len(asked)
+    assert [fr.blur_coefficient for fr in out] == [-0.01] * (JUMP_AT + 1) + [-0.02]
+    for T, f in zip(asked, (0, JUMP_AT)):  # at the registered poses of frames 0 and JUMP_AT
+        assert float(pose_errors(T, sequence["poses"][f], sequence["fid"], cam)["mtre"]) < 4.0
+    asked.clear()  # checked beside the next frame: predicted once its frame's check has passed
+    overlapped = track_sequence(reg, frames, cam, sequence["start"], blur=predictor, blur_turn_deg=4.0,
+                                overlap_check=True)
+    assert len(asked) == 2 and overlapped[-1].blur_coefficient == -0.02, [fr.blur_coefficient for fr in overlapped]
+    asked.clear()
+    once = track_sequence(reg, frames[:JUMP_AT + 2], cam, sequence["start"], confidence=False, blur=predictor,
+                          blur_turn_deg=None, tracking_levels=WEAK)
+    assert len(asked) == 1 and {fr.blur_coefficient for fr in once} == {-0.01}
+    held = track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, blur=lambda T: 0.3,
+                          tracking_levels=WEAK)
+    assert [fr.blur_coefficient for fr in held] == [0.0, 0.0]
+    with pytest.raises(InputError, match="the blur predictor returned nan"):
+        track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, blur=lambda T: float("nan"))
+    for bad in (0, -3.0, float("inf"), "5"):
+        with pytest.raises(InputError, match="blur_turn_deg must be None or a finite number of degrees > 0"):
+            track_sequence(reg, frames[:2], cam, sequence["start"], confidence=False, blur=predictor,
+                           blur_turn_deg=bad)
 
 
 def _blur_coefficients_tracked(monkeypatch) -> list:
@@ -540,9 +581,23 @@ def test_cli_track_predicts_the_blur_coefficient(tmp_path, sequence, capsys, mon
     out = capsys.readouterr()
     assert code in (0, 3), out.err
     doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
-    c = doc["blur_prediction"]["coefficient"]
-    assert math.isfinite(c) and c < 0 and seen == [c] and doc["frames"][1]["blur_coefficient"] == c
-    assert "blur coefficient predicted at frame 0 registered" in out.out
-    assert doc["blur_prediction"]["at"] == "frame 0 registered" and len(doc["blur_prediction"]["pose"]) == 4
+    bp = doc["blur_prediction"]
+    c = bp["coefficient"]
+    assert math.isfinite(c) and c < 0 and seen == [None] and doc["frames"][1]["blur_coefficient"] == c
+    assert [fr["blur_coefficient"] for fr in doc["frames"]] == [c, c]  # frame 0 registered again with it
+    assert "blur coefficient predicted (1)" in out.out
+    assert bp["at"].startswith("frame 0 registered") and bp["turn_deg"] == 5.0
+    assert bp["predictions"][0]["from_frame"] == 0 and len(bp["predictions"][0]["pose"]) == 4
     code = main(args + ["-o", str(tmp_path / "out2"), "--predict-blur", "--blur-coefficient", "-0.02"])
     assert code == 2 and "not both" in capsys.readouterr().err
+    code = main(args + ["-o", str(tmp_path / "out3"), "--blur-turn", "3"])
+    assert code == 2 and "--blur-turn says when --predict-blur predicts again" in capsys.readouterr().err
+    code = main(args + ["-o", str(tmp_path / "out4"), "--predict-blur", "--blur-turn", "-1"])
+    assert code == 2 and "--blur-turn must be a number of degrees >= 0" in capsys.readouterr().err
+    # through the jump (8°) with --blur-turn 4: predicted again after it, recorded with the frame it took over from
+    long_run = _save_sequence(tmp_path / "in5", sequence, n=JUMP_AT + 2)
+    args[2] = str(long_run)
+    code = main(args + ["-o", str(tmp_path / "out5"), "--predict-blur", "--blur-turn", "4"])
+    assert code in (0, 3), capsys.readouterr().err
+    bp = json.loads((tmp_path / "out5" / "trajectory.json").read_text())["blur_prediction"]
+    assert [p["from_frame"] for p in bp["predictions"]] == [0, JUMP_AT + 1], bp["predictions"]

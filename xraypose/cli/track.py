@@ -5,6 +5,7 @@ as ``register`` starts (:mod:`xraypose.cli.steps`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -169,8 +170,11 @@ PREDICT_BLUR = typer.Option(False, "--predict-blur", help="Predict the detector'
                             "of the start view registered from the start, a noiseless X-ray formed by xraypose's "
                             "simulator at that pose on the frames' detector (0.7 px intensity blur, the frames' "
                             "preprocessing and binning), and the coefficient read on it at that pose "
-                            "(xraypose.register.blur_prediction; recorded in trajectory.json). Not with "
+                            "(xraypose.register.blur_prediction; recorded in trajectory.json); predicted again "
+                            "whenever a trusted frame's view has turned by --blur-turn degrees. Not with "
                             "--blur-coefficient.")
+BLUR_TURN = typer.Option(None, "--blur-turn", help="With --predict-blur: the turn of the view (degrees, > 0) after "
+                         "which the blur coefficient is predicted again (default 5; 0: once, at frame 0).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -194,6 +198,7 @@ def track_command(
     motion: str = MOTION,
     blur_coefficient: Optional[float] = BLUR_COEFFICIENT,
     predict_blur: bool = PREDICT_BLUR,
+    blur_turn: Optional[float] = BLUR_TURN,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -224,6 +229,10 @@ def track_command(
         raise InputError("--start-view needs --rig")
     if predict_blur and blur_coefficient is not None:
         raise InputError("--predict-blur predicts the blur coefficient: give it or --blur-coefficient, not both")
+    if blur_turn is not None and not predict_blur:
+        raise InputError("--blur-turn says when --predict-blur predicts again: give --predict-blur too")
+    if blur_turn is not None and not (math.isfinite(blur_turn) and blur_turn >= 0):
+        raise InputError(f"--blur-turn must be a number of degrees >= 0 (0: predicted once), got {blur_turn!r}")
     from xraypose.register.motion import MOTIONS
 
     if motion not in MOTIONS:
@@ -248,39 +257,72 @@ def track_command(
                              foreign_steps=cfg_kw["foreign_steps"])
     if callable(start):
         start = rig_start(start(views[r][0][:1], views[r][1])[0], views[r][2])
-    blur_prediction = None
+    blur = blur_prediction = None
     if predict_blur:
-        reg, blur_prediction = _predict_blur(reg, cts.volume, views[r], start, cams[r], seqs[r], first[r], prep)
-    res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion)
+        from xraypose.register.tracking import BLUR_TURN_DEG
+
+        turn = BLUR_TURN_DEG if blur_turn is None else blur_turn
+        blur, blur_prediction = _blur_predictor(reg.derive(levels=_later_levels(metal)), cts.volume, cams[r], seqs[r],
+                                                first[r], prep, turn)
+    res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
+                                    blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     if blur_prediction is not None:
+        _date_predictions(blur_prediction, res)
         doc["blur_prediction"] = blur_prediction
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
-def _predict_blur(reg, volume, view, start, raw_camera, seq, first, prep: dict):
-    """(a registrar holding the predicted blur coefficient, its record): ``view``'s frame 0 registered
-    from ``start`` (rig_to_world), and :func:`~xraypose.register.blur_prediction.predict_blur_coefficient`
-    at that pose on the view's raw detector, preprocessed as its frames were (their resize's order)."""
+def _later_levels(metal: bool) -> tuple:
+    """The schedule of the frames after the first (with ``metal``, every level robust too)."""
+    from xraypose.register.config import metal_levels
+    from xraypose.register.tracking import TRACKING_LEVELS
+
+    return metal_levels(TRACKING_LEVELS) if metal else TRACKING_LEVELS
+
+
+def _blur_predictor(reg, volume, raw_camera, seq, first, prep: dict, turn_deg: float):
+    """(a blur predictor for :func:`~xraypose.register.tracking.track_sequence`, its record for
+    trajectory.json): ``predictor(T)`` runs
+    :func:`~xraypose.register.blur_prediction.predict_blur_coefficient` with ``reg`` (the tracking
+    schedule: the coefficient is the one its levels hold) at ``T`` (4, 4, the start view's
+    camera_to_world, preprocessed frame) on the view's raw detector ``raw_camera``, preprocessed as its frames
+    were (their resize's order), prints it and adds it to the record's ``predictions``.  ``turn_deg`` 0:
+    predicted once."""
     import torch
 
     from xraypose.cli.steps import pose_transform_of, preprocess_settings
     from xraypose.register.blur_prediction import DETECTOR_BLUR_PX, predict_blur_coefficient
 
-    imgs, cam, C, masks = view
-    r0 = reg.register(imgs[:1], cam, (start @ C)[None], masks=None if masks is None else masks[:1])
-    T = r0.poses[0].to(torch.float64)
-    P = pose_transform_of(first.steps[len(seq.frames[0].steps):])  # raw → preprocessed pose
-    T_raw = T @ torch.linalg.inv(P)
+    P_inv = torch.linalg.inv(pose_transform_of(first.steps[len(seq.frames[0].steps):]))  # preprocessed → raw
     pre = preprocess_settings(seq.shape, prep["crop"], prep["blur"], prep["size"], prep["i0"])
     rs = next((s for s in first.steps if s.get("step") == "resize"), {})
     domain = rs.get("domain", "line-integral")
-    c = predict_blur_coefficient(reg, volume, raw_camera, T_raw, {**pre, "resample_domain": domain})
-    c = min(0.0, c)  # the coefficient's range: a prediction above 0 (no blur to speak of) is none
-    typer.echo(f"blur coefficient predicted at frame 0 registered: {c:.4f} per pixel²")
-    return reg.derive(blur_coefficient=c), {"coefficient": c, "at": "frame 0 registered", "pose": T.tolist(),
-                                            "detector_blur_px": DETECTOR_BLUR_PX, "resample_domain": domain}
+    record = {"at": "frame 0 registered" + (f", and again after every {turn_deg:g} degrees of turn" if turn_deg else ""),
+              "turn_deg": turn_deg or None, "detector_blur_px": DETECTOR_BLUR_PX, "resample_domain": domain,
+              "predictions": []}
+
+    def predictor(T):
+        T = torch.as_tensor(T, dtype=torch.float64)
+        c = min(0.0, predict_blur_coefficient(reg, volume, raw_camera, T @ P_inv, {**pre, "resample_domain": domain}))
+        record["predictions"].append({"coefficient": c, "pose": T.tolist()})
+        typer.echo(f"blur coefficient predicted ({len(record['predictions'])}): {c:.4f} per pixel²")
+        return c
+
+    return predictor, record
+
+
+def _date_predictions(record: dict, res) -> None:
+    """Each of the ``record``'s blur predictions gets the first frame that held it (``from_frame``), and the
+    record the first one's coefficient (``coefficient``)."""
+    f = 0
+    for p in record["predictions"]:
+        while f < len(res) and res[f].blur_coefficient != p["coefficient"]:
+            f += 1
+        p["from_frame"] = f if f < len(res) else None
+    if record["predictions"]:
+        record["coefficient"] = record["predictions"][0]["coefficient"]
 
 
 def _start_view_index(start_view: str | None, names: list[str], frames) -> int:
@@ -318,17 +360,16 @@ def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: i
 
 
 def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, metal: bool = False,
-           motion: str = "smooth"):
+           motion: str = "smooth", **blur):
     """(frame results, pose name, camera_to_rig per view): the sequence tracked (a line printed per frame),
     in the start view's camera frame (its axes are the optimiser's); a rig's poses given back as
     rig_to_world.  ``metal``: the later frames with every level robust too; ``motion``: the motion model
-    (:func:`~xraypose.register.tracking.track_sequence`)."""
+    (:func:`~xraypose.register.tracking.track_sequence`); ``blur``: its ``blur`` and ``blur_turn_deg``."""
     import torch
 
-    from xraypose.register.config import metal_levels
-    from xraypose.register.tracking import TRACKING_LEVELS, track_sequence
+    from xraypose.register.tracking import track_sequence
 
-    later = metal_levels(TRACKING_LEVELS) if metal else TRACKING_LEVELS
+    later = _later_levels(metal)
 
     Cr = views[r][2]
     Cr_inv = torch.linalg.inv(Cr)
@@ -349,10 +390,10 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
 
     if not rigged:
         res = track_sequence(reg, views[0][0], views[0][1], start, confidence=confidence, progress=progress,
-                             tracking_levels=later, motion=motion, masks=views[0][3])
+                             tracking_levels=later, motion=motion, masks=views[0][3], **blur)
         return res, "camera_to_world", [torch.eye(4, dtype=torch.float64)]
     res = track_sequence(reg, None, start=start @ Cr, views=[(v[0], v[1], C, v[3]) for v, C in zip(views, rel)],
-                         confidence=confidence, progress=progress, tracking_levels=later, motion=motion)
+                         confidence=confidence, progress=progress, tracking_levels=later, motion=motion, **blur)
     for fr in res:  # back to the rig's frame
         fr.camera_to_world = fr.camera_to_world @ Cr_inv
         fr.predicted = fr.predicted @ Cr_inv

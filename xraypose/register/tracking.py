@@ -61,11 +61,12 @@ from functools import partial
 import torch
 
 from xraypose.errors import InputError
+from xraypose.geometry.geodesics import geodesic_rotation
 from xraypose.preprocess import image_batch
 from xraypose.register.config import Level
 from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
 
-__all__ = ["FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence", "predict_pose", "similarity_drop"]
+__all__ = ["BLUR_TURN_DEG", "FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence", "predict_pose", "similarity_drop"]
 
 F64 = torch.float64
 
@@ -74,6 +75,10 @@ F64 = torch.float64
 #: 1–1.4 mm on 128² low-dose frames, so steps below a tenth of a pixel are not worth their renders
 #: (pelvis frames from 0.5°/1.5 mm: 9.3 -> 6.4 renders per frame, the same errors).
 TRACKING_LM_TOL_PX = 0.1
+
+#: With a blur predictor (``track_sequence``'s callable ``blur``): the turn of the view (degrees) after
+#: which the blur coefficient is predicted again.
+BLUR_TURN_DEG = 5.0
 
 #: The schedule of frames after the first: the finest levels only, from the predicted pose.
 TRACKING_LEVELS = (
@@ -336,7 +341,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                    confidence: bool = True, progress=None, motion: str = "smooth",
                    motion_model: MotionModel | None = None,
                    tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None,
-                   masks=None, blur: float | None = None) -> list[FrameResult]:
+                   masks=None, blur=None, blur_turn_deg: float | None = BLUR_TURN_DEG) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -371,7 +376,16 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             :meth:`~xraypose.register.Registrar.measure_blur`), held for every frame; None
             (default): the registrar's own setting.  Not measured on the frames themselves: at a
             registered pose the coefficient and the depth explain each other (docs/registration.md,
-            "The detector's blur").
+            "The detector's blur").  Or a callable ``blur(pose (4, 4)) -> coefficient`` that *predicts*
+            it at a pose (camera_to_world, or ``rig_to_world`` with ``views``), as
+            :func:`~xraypose.register.blur_prediction.predict_blur_coefficient` does on xraypose's
+            simulator: frame 0 is registered from ``start``, the coefficient predicted at its pose
+            (above 0 taken as 0) and frame 0 registered again from there with it held; it is
+            predicted again at every trusted frame whose view has turned by more than
+            ``blur_turn_deg`` since the last prediction (the coefficient follows the view: −0.031 …
+            −0.062 over one pelvis trajectory).
+        blur_turn_deg: with a callable ``blur``, the turn (degrees, > 0) after which it is predicted
+            again; None: predicted once, at frame 0.
     Returns:
         one :class:`FrameResult` per frame.
     """
@@ -385,10 +399,15 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     overlap = bool(confidence) and ((os.cpu_count() or 1) >= 2 if overlap_check is None else bool(overlap_check))
     if not (isinstance(tracking_tol_px, (int, float)) and math.isfinite(tracking_tol_px) and tracking_tol_px > 0):
         raise InputError(f"tracking_tol_px must be a finite number > 0, got {tracking_tol_px!r}")
-    if not (blur is None or (isinstance(blur, (int, float)) and not isinstance(blur, bool) and math.isfinite(blur)
-                             and blur <= 0)):
-        raise InputError(f"blur must be None or a number <= 0 (a blur coefficient), got {blur!r}")
-    if blur is not None:
+    predictor = blur if callable(blur) else None
+    if not (blur is None or predictor is not None
+            or (isinstance(blur, (int, float)) and not isinstance(blur, bool) and math.isfinite(blur) and blur <= 0)):
+        raise InputError(f"blur must be None, a number <= 0 (a blur coefficient) or a callable predicting it at a "
+                         f"pose, got {blur!r}")
+    if not (blur_turn_deg is None or (isinstance(blur_turn_deg, (int, float)) and not isinstance(blur_turn_deg, bool)
+                                      and math.isfinite(blur_turn_deg) and blur_turn_deg > 0)):
+        raise InputError(f"blur_turn_deg must be None or a finite number of degrees > 0, got {blur_turn_deg!r}")
+    if blur is not None and predictor is None:
         registrar = registrar.derive(blur_coefficient=float(blur))
     # later frames match intensities only when asked for every level (``--match-intensity all``): the
     # default's map costs a render per level, two more on top of ~6 per frame, for a display curve the
@@ -410,6 +429,27 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     accepted_sims: list = []
 
     measured: dict = {}  # id(result) -> its covariance, this frame's results only (gate, then update)
+    predicted_at: list = []  # the poses (4, 4) the blur coefficient was predicted at (a callable ``blur``)
+
+    def repredict(T) -> bool:
+        """With a callable ``blur``: the coefficient predicted at the trusted pose ``T`` (4, 4) when none
+        was yet or the view has turned by more than ``blur_turn_deg`` since, and held from the next
+        registration on.  True when predicted."""
+        nonlocal registrar, tracker
+        if predictor is None or (predicted_at and (
+                blur_turn_deg is None
+                or float(geodesic_rotation(predicted_at[-1], T.to(F64))) <= math.radians(blur_turn_deg))):
+            return False
+        c = predictor(T.detach().to(F64).clone())
+        if isinstance(c, torch.Tensor):
+            c = c.item()
+        if not (isinstance(c, (int, float)) and math.isfinite(c)):
+            raise InputError(f"the blur predictor returned {c!r}, not a finite number")
+        c = min(0.0, float(c))  # the coefficient's range: above 0 (no blur to speak of) is none
+        predicted_at.append(T.detach().to(F64).clone())
+        registrar = registrar.derive(blur_coefficient=c)
+        tracker = tracker.derive(blur_coefficient=c)
+        return True
 
     def covariance_of(res):
         if id(res) not in measured:
@@ -436,9 +476,11 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
         return predict_pose(good_poses[-2:] if moving else good_poses[-1:])
 
-    def commit(f: int, pred, res, chk, reinit: bool, seconds: float, bad: bool | None = None) -> FrameResult:
+    def commit(f: int, pred, res, chk, reinit: bool, seconds: float, bad: bool | None = None,
+               provisional: bool = False) -> FrameResult:
         """Frame ``f``'s registration into the motion model and the results (``bad`` None: judged
-        by :func:`_bad`)."""
+        by :func:`_bad`); a trusted frame may have the blur predicted again at its pose (:func:`repredict`)
+        unless ``provisional`` (committed ahead of its check: :func:`settle` does it then)."""
         nonlocal last_curvature
         pose = res.poses[0].clone()
         if res.config.levels == tracker.config.levels:
@@ -463,6 +505,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if not bad:
             good_poses.append(estimate.clone())
             accepted_sims.append(fr.similarity)
+            if not provisional and f > 0:
+                repredict(estimate)
         elif not good_poses:
             good_poses.append(pose)  # nothing better to go on from
         out.append(fr)
@@ -473,6 +517,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         pred = predict(f)
         if f == 0:
             res, chk = register(registrar, f, pred)
+            if predictor is not None and not _bad(res, chk) and repredict(res.poses[0]):
+                res, chk = register(registrar, f, res.poses[0])  # again, with the predicted blur held
             reinit = False
         else:
             res, chk, reinit = _track_frame(register, registrar, tracker, f, pred, last_curvature,
@@ -493,6 +539,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if chk is None or (chk.verdict != "failed" and not p["doubted"]):
             if chk is not None:
                 fr.verdict, fr.p_success, fr.reason = chk.verdict, float(chk.p_success), chk.reason
+            repredict(fr.camera_to_world)
             fr.seconds += time.perf_counter() - t0
             if progress is not None:
                 progress(fr)
@@ -540,7 +587,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             doubted = _suspect(res, unlikely, dropped)  # against the motion model and frames before it
             check = pool.submit(_check_frame, registrar, f, res, pred, views=views)
             before = (len(filt.steps) if filt is not None else 0, len(good_poses), len(accepted_sims), last_curvature)
-            fr = commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False)
+            fr = commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False, provisional=True)
             pending = {"check": check, "frame": fr, "result": res, "before": before, "doubted": doubted}
         if pending is not None:
             settle(pending)
