@@ -235,9 +235,10 @@ def main(argv=None) -> int:
     ap.add_argument("--blur-criterion", default="fit", choices=["fit", "depth"],
                     help="--blur simulated: what the predicted coefficient matches on the simulated X-ray "
                          "(predict_blur_coefficient's criterion)")
-    ap.add_argument("--photon-offset", type=float, default=0.0,
-                    help="photons added to every (binned) pixel before the log, from the frame's known dose "
-                         "(experiment: the log of a few counts)")
+    ap.add_argument("--photon-offset", default="auto",
+                    help="preprocess's photon_offset for the frames: 'auto' (default since 2026-12-03: half a "
+                         "photon before the log where photons are few) or a number of photons (0: none, the "
+                         "frames' preprocessing until then)")
     ap.add_argument("--blur-turn", type=float, default=0.0,
                     help="--blur simulated --simulate-at registered: predict again whenever the view has turned by "
                          "this many degrees (track_sequence's blur_turn_deg; default 0: once, at frame 0)")
@@ -271,6 +272,7 @@ def main(argv=None) -> int:
     iso = vol.get_isocenter().to(F64)
     cam, truth = benchmark_trajectory(vol, args.seed, args.frames, args.detector, args.step_mm, args.step_deg,
                                       args.jump_at, args.jump_mm, args.jump_deg)
+    photon_offset = args.photon_offset if args.photon_offset == "auto" else float(args.photon_offset)
     fine = args.form_detector or args.detector
     if fine % args.detector:
         raise SystemExit("--form-detector must be a multiple of --detector")
@@ -292,11 +294,8 @@ def main(argv=None) -> int:
         if f == 0 and args.same_params:
             fixed = {k: v for k, v in fx.info.items() if k != "family"}
         prep = frame_preprocessing(fx, fine, args.detector)
-        if args.photon_offset:  # experiment: photons added before the log, from the frame's known dose
-            k2 = (fine // args.detector) ** 2 if args.resample_domain != "line-integral" else 1
-            prep["offset"] = args.photon_offset * fx.info["i0"] / (fx.info["photons"] * k2)
         pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
-                         resample_domain=args.resample_domain)
+                         resample_domain=args.resample_domain, photon_offset=photon_offset)
         images.append(pre.image)
         poses.append(pre.transform_pose(fx.pose))
         pcam = pre.camera

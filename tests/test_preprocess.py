@@ -252,7 +252,8 @@ def test_raw_intensities_are_binned_before_their_log_when_shrunk():
     assert abs(float(old.image[inner].double().mean()) - L_true) > 0.1
     # noiseless, whole bins: exactly log I0 − log(mean of each 4×4 block)
     clean = 1000.0 * torch.exp(-torch.rand(64, 64, generator=g, dtype=F64) * 3)
-    out = preprocess(clean, None, log=True, i0=1000.0, rescale=False, size=16, resample_domain="intensity").image
+    out = preprocess(clean, None, log=True, i0=1000.0, rescale=False, size=16, resample_domain="intensity",
+                     photon_offset=0).image  # (its random scene reads as few photons: no offset here)
     out = out.double()
     want = math.log(1000.0) - torch.log(torch.nn.functional.avg_pool2d(clean[None, None], 4)[0, 0])
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
@@ -323,3 +324,39 @@ def test_auto_bins_before_the_log_only_where_photons_are_few():
     rs = next(s for s in preprocess(clean, None, log=True, i0=1000.0, size=32).steps if s["step"] == "resize")
     assert rs["domain"] == "line-integral" and rs["photons"]["photons_p1"] is None
     assert detected_photons(torch.ones(8, 8)) is None  # too few blocks to tell
+
+
+def test_few_photons_get_half_a_photon_before_their_log():
+    """photon_offset="auto": raw intensities of 4 and 8 photons per pixel (10 grey levels each; gain read
+    from the image's own noise) get ½ photon before the log, which takes the log's bias from 0.08–0.15
+    to a fifth of it (log(n + ½): nearly unbiased); none at 200 photons, none on a noiseless image, none
+    on an 8-bit image whose grey levels are its variance; a number adds that many; a bad one is refused."""
+    g = torch.Generator().manual_seed(0)
+    for lam in (4.0, 8.0):
+        expected = torch.full((64, 64), 200.0, dtype=F64)
+        expected[:, 32:] = lam
+        img = torch.poisson(expected, generator=g) * 10.0
+        auto = preprocess(img, None, log=True, i0=2000.0, rescale=False)
+        off = preprocess(img, None, log=True, i0=2000.0, rescale=False, photon_offset=0)
+        truth = math.log(200.0 / lam)
+        bias_auto = float(auto.image[:, 34:].double().mean()) - truth
+        bias_off = float(off.image[:, 34:].double().mean()) - truth
+        assert bias_off > 0.05 and abs(bias_auto) < 0.3 * bias_off, (lam, bias_auto, bias_off)
+        rec = next(s for s in auto.steps if s["step"] == "beer_lambert")["photon_offset"]
+        assert rec["photons"] == 0.5 and 8.5 < rec["per_photon"] < 11.5
+        assert "photon_offset" not in next(s for s in off.steps if s["step"] == "beer_lambert")
+    bright = torch.poisson(torch.full((64, 64), 200.0, dtype=F64), generator=g) * 10.0
+    clean = 2000.0 * torch.exp(-torch.linspace(0, 3, 64, dtype=F64))[None].expand(64, 64)
+    for quiet in (bright, clean):
+        assert "photon_offset" not in next(s for s in preprocess(quiet, None, log=True, i0=2000.0).steps
+                                           if s["step"] == "beer_lambert")
+    display = torch.randint(1, 7, (64, 64), generator=g).double()  # 8-bit grey levels: not photons
+    assert "photon_offset" not in next(s for s in preprocess(display, None, log=True, i0=255.0).steps
+                                       if s["step"] == "beer_lambert")
+    two = preprocess(bright, None, log=True, i0=2000.0, rescale=False, photon_offset=2.0)
+    rec = next(s for s in two.steps if s["step"] == "beer_lambert")
+    assert rec["photon_offset"]["photons"] == 2.0
+    assert rec["offset"] == pytest.approx(2.0 * rec["photon_offset"]["per_photon"])
+    for bad in (-1.0, float("nan"), "half", True):
+        with pytest.raises(InputError, match="photon_offset must be 'auto' or a number of photons >= 0"):
+            preprocess(bright, None, log=True, i0=2000.0, photon_offset=bad)

@@ -688,6 +688,7 @@ def preprocess(
     rescale: bool = True,
     size: int | tuple | None = None,
     resample_domain: str = "auto",
+    photon_offset: float | str = "auto",
 ) -> Preprocessed:
     """Turn an X-ray into the image registration compares with DRRs.
 
@@ -712,7 +713,14 @@ def preprocess(
     4. ``log`` — turn intensities into line integrals:
        ``True``/"intensity": ``L = log I0 − log(I + offset)`` with ``I0 = i0``
        or the image maximum; "log-intensity": ``L = max − v`` (values already
-       proportional to log I); ``False``/"attenuation": unchanged.
+       proportional to log I); ``False``/"attenuation": unchanged.  Raw intensities that hold few
+       photons get ``photon_offset`` photons added to every pixel first (of the image the log is taken
+       of: binned, its pixels' sum), converted to intensity by the photons' gain read from the image's
+       own noise (:func:`detected_photons`): the log of a Poisson count is biased toward −∞ by about
+       1/(2n) and that of zero is undefined, ``log(n + ½)`` is nearly unbiased down to n ≈ 1.  "auto"
+       (the default): ½ where the darkest 1 % of the field holds fewer than :data:`LOG_MIN_PHOTONS`
+       photons, else 0 (a noiseless image: 0); a number: that many photons; recorded in the
+       ``beer_lambert`` step (``photon_offset``, ``per_photon``).
     5. ``background`` — subtract a level (see :func:`subtract_background`).
     6. ``rescale`` — min–max to [0, 1].  A collimator's shadow left in the image (flat borders
        at the maximum attenuation, :func:`collimator_edges`) is recorded and left out
@@ -763,7 +771,10 @@ def preprocess(
     b = _blur_args(blur)
     if blur_domain not in ("line-integral", "intensity"):
         raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
-    binned, how = _resample_before_log(resample_domain, mode, geo, img, mask, offset)
+    est = detected_photons(img, mask, offset) if mode == "intensity" and (
+        resample_domain == "auto" or photon_offset == "auto" or _positive(photon_offset)) else None
+    binned, how = _resample_before_log(resample_domain, mode, geo, img, mask, offset, est)
+    added = _photon_offset(photon_offset, est, mode, img.numel(), _quantum(img + float(offset)))
     if binned and b is not None:  # the blur's kernel and σ follow the image to its new size
         f = geo.shape[0] / img.shape[0]
         b, how["blur_scaled_by"] = (2 * max(1, math.ceil((b[0] // 2) * f - 1e-9)) + 1, b[1] * f), f
@@ -775,7 +786,11 @@ def preprocess(
     if blur_domain == "intensity":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
     raw = img
-    img = _log_step(img, mode, log, i0, offset, steps)
+    if added is not None:  # per pixel of the image the log is taken of: a bin's mean holds its pixels' sum
+        added["intensity"] = added["photons"] * added["per_photon"] * img.numel() / added.pop("pixels")
+    img = _log_step(img, mode, log, i0, offset + (0.0 if added is None else added["intensity"]), steps)
+    if added is not None:
+        steps[-1]["photon_offset"] = added  # (its "offset": the given offset + these photons' intensity)
     if blur_domain == "line-integral":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
         if mode == "intensity" and b is not None:
@@ -847,9 +862,40 @@ def detected_photons(image, mask=None, offset: float = 0.0, block: int = 4) -> d
     return {"per_photon": gain, "photons_p1": p1 / gain, "photons_median": float(vals.median()) / gain}
 
 
-def _resample_before_log(domain: str, mode: str, geo, img: torch.Tensor, mask, offset: float) -> tuple[bool, dict]:
+#: ``photon_offset="auto"`` reads an integer image's noise as photons only where one photon is at
+#: least this many grey levels (a raw 16-bit detector image: tens to thousands).
+PHOTON_MIN_QUANTA = 2.0
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+
+def _photon_offset(value, est: dict | None, mode: str, pixels: int, quantum: float) -> dict | None:
+    """Step 4's photon offset (:func:`preprocess`'s ``photon_offset``): ``{"photons", "per_photon", "pixels"}``
+    (photons to add per pixel of the ``pixels``-pixel image ``est`` read, its gain) or None (nothing to add).
+    "auto" adds none where a photon is under :data:`PHOTON_MIN_QUANTA` grey levels of an integer image
+    (``quantum`` 1): its variance is then its grey levels' (a display image's), not photons'."""
+    if value != "auto" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                and math.isfinite(value) and value >= 0):
+        raise InputError(f"photon_offset must be 'auto' or a number of photons >= 0, got {value!r}")
+    if mode != "intensity" or est is None or not est["per_photon"] > 0:
+        return None
+    if value == "auto":
+        counted = est["per_photon"] >= PHOTON_MIN_QUANTA * quantum
+        photons = 0.5 if counted and est["photons_p1"] < LOG_MIN_PHOTONS else 0.0
+    else:
+        photons = float(value)
+    if photons == 0.0:
+        return None
+    return {"photons": photons, "per_photon": est["per_photon"], "pixels": pixels}
+
+
+def _resample_before_log(domain: str, mode: str, geo, img: torch.Tensor, mask, offset: float,
+                         est: dict | None) -> tuple[bool, dict]:
     """(whether :func:`preprocess` shrinks ``img`` — raw, after the crops — before the log, the record
-    added to the resize step) for step 7's ``resample_domain``."""
+    added to the resize step) for step 7's ``resample_domain``; ``est``: :func:`detected_photons` of
+    ``img`` (None: unknown)."""
     rec = next((s for s in geo.steps if s["step"] == "resize"), None)
     if rec is None:
         return False, {}
@@ -858,7 +904,6 @@ def _resample_before_log(domain: str, mode: str, geo, img: torch.Tensor, mask, o
         return False, {"domain": "line-integral"}
     if domain == "intensity":
         return True, {"domain": "intensity", "how": "area mean"}
-    est = detected_photons(img, mask, offset)
     low = est is not None and est["photons_p1"] < LOG_MIN_PHOTONS
     rec = {"photons": None if est is None else {k: (None if math.isinf(x) else x) for k, x in est.items()},
            "log_min_photons": LOG_MIN_PHOTONS}
