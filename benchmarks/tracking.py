@@ -239,6 +239,9 @@ def main(argv=None) -> int:
                     help="preprocess's photon_offset for the frames: 'auto' (default since 2026-12-03: half a "
                          "photon before the log where photons are few) or a number of photons (0: none, the "
                          "frames' preprocessing until then)")
+    ap.add_argument("--noise-weight", type=float, default=0.0,
+                    help="experiment: weigh each frame's pixels by min(1, exp(-P (L - median L))) (L: its line "
+                         "integrals; the counts' information falls as exp(-L)), passed as track_sequence's masks")
     ap.add_argument("--blur-turn", type=float, default=0.0,
                     help="--blur simulated --simulate-at registered: predict again whenever the view has turned by "
                          "this many degrees (track_sequence's blur_turn_deg; default 0: once, at frame 0)")
@@ -279,7 +282,7 @@ def main(argv=None) -> int:
     form_cam = Camera(sdd=1020.0, height=fine, width=fine, delx=280.0 / fine)
     area = (args.detector / fine) ** 2  # a formed pixel's area over a registered one's
     t0 = time.perf_counter()
-    images, poses, formed = [], [], []
+    images, poses, formed, weights = [], [], [], []
     fixed = dict(_parse_param(kv) for kv in args.param)
     for f, T in enumerate(truth):
         g = torch.Generator().manual_seed(args.seed * 7 + f)
@@ -297,6 +300,10 @@ def main(argv=None) -> int:
         pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
                          resample_domain=args.resample_domain, photon_offset=photon_offset)
         images.append(pre.image)
+        if args.noise_weight:  # experiment: pixels weighted by their counts' information, capped at 1
+            st = next(s for s in pre.steps if s["step"] == "rescale01")
+            L = pre.image.double() * (st["max"] - st["min"]) + st["min"]
+            weights.append(torch.exp(-args.noise_weight * (L - L.median())).clamp(max=1.0).float())
         poses.append(pre.transform_pose(fx.pose))
         pcam = pre.camera
         if f == 0:  # the order preprocessing chose for the frames; noiseless calibration frames get the same
@@ -365,6 +372,7 @@ def main(argv=None) -> int:
                          tracking_levels=TRACKING_VARIANTS[args.tracking](), motion=args.motion,
                          overlap_check=False if args.no_overlap else None, blur=blur,
                          blur_turn_deg=args.blur_turn or None,
+                         masks=torch.stack(weights)[:, None] if weights else None,
                          **({} if args.tracking_tol is None else {"tracking_tol_px": args.tracking_tol}))
     for fr in out:  # the smoother's estimates are known only at the end
         rows.append({**{k: v for k, v in fr.to_dict().items()

@@ -7,7 +7,7 @@ from xraypose.camera import Camera, carm_pose
 from xraypose.errors import InputError
 from xraypose.preprocess import preprocess
 from xraypose.register import Registrar, RegistrationConfig
-from xraypose.register.blur_prediction import predict_blur_coefficient
+from xraypose.register.blur_prediction import noiseless_xray, predict_blur_coefficient
 from xraypose.register.tracking import TRACKING_LEVELS
 from xraypose.synthetic import XraySimulator
 from xraypose.volume import load_sample_ct
@@ -21,8 +21,8 @@ def setup():
     cam = Camera(sdd=1020.0, height=256, width=256, delx=280.0 / 256)
     T = carm_pose(10.0, 5.0, 700.0, ct.get_isocenter()).double()
     reg = Registrar(ct, RegistrationConfig(drr_blur=1.0, levels=TRACKING_LEVELS))
-    x = XraySimulator(ct, cam, photons=0, blur_px=0.7)(T)
-    pre = preprocess(x.raw[0, 0], cam, log=True, i0=x.i0, **PREP)
+    raw, i0 = noiseless_xray(ct, cam, T)
+    pre = preprocess(raw, cam, log=True, i0=i0, **PREP)
     c_true = float(reg.measure_blur(pre.image[None, None], pre.camera, T[None])[0])
     return ct, cam, T, reg, c_true
 
@@ -70,8 +70,8 @@ def test_the_depth_criterion_keeps_the_simulated_xrays_depth(setup):
     c_fit = predict_blur_coefficient(reg, ct, cam, T, prep)
     c = predict_blur_coefficient(reg, ct, cam, T, prep, criterion="depth")
     assert c_fit < c <= 0 and c > 0.5 * c_fit, (c_fit, c)
-    x = XraySimulator(ct, cam, photons=0, blur_px=0.7)(T)
-    pre = preprocess(x.raw[0, 0], cam, log=True, i0=x.i0, **prep)
+    raw, i0 = noiseless_xray(ct, cam, T)
+    pre = preprocess(raw, cam, log=True, i0=i0, **prep)
     iso = torch.cat([reg.isocenter.double(), torch.ones(1, dtype=torch.float64)])
 
     def depth(coefficient):
@@ -81,3 +81,23 @@ def test_the_depth_criterion_keeps_the_simulated_xrays_depth(setup):
     assert abs(depth(c)) < 0.5 * abs(depth(c_fit)), (depth(c), depth(c_fit))
     with pytest.raises(InputError, match="criterion must be one of fit, depth"):
         predict_blur_coefficient(reg, ct, cam, T, prep, criterion="intensities")
+
+
+def test_the_noiseless_xray_is_the_appearance_families_detector(setup):
+    """noiseless_xray: the lowdose family's chain without noise (intensities area-averaged, then the
+    detector's blur) — the same image as form_xray(..., photons=0) inside its collimator, which
+    XraySimulator (line integrals averaged) is not; a supersample < 1 is refused."""
+    from xraypose.appearance import form_xray
+
+    ct, _, T, _, _ = setup
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
+    raw, i0 = noiseless_xray(ct, cam, T)
+    fx = form_xray(ct, cam, T, family="lowdose", generator=torch.Generator().manual_seed(0), photons=0)
+    c = int(fx.info["collimator_px"]) + 3  # the collimator's 2 % and the blur's reach across its edge
+    inner = (slice(c, -c), slice(c, -c))
+    torch.testing.assert_close(raw[inner].double(), fx.raw[inner].double(), atol=2.0, rtol=2e-3)
+    sim = XraySimulator(ct, cam, photons=0, blur_px=0.7)(T).raw[0, 0]
+    to_family = (fx.raw[inner].double() - raw[inner].double()).abs().mean()
+    assert (sim[inner].double() - raw[inner].double()).abs().mean() > 3 * to_family
+    with pytest.raises(InputError, match="supersample must be >= 1"):
+        noiseless_xray(ct, cam, T, supersample=0)
