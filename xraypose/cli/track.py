@@ -299,7 +299,8 @@ def _blur_predictor(reg, volume, raw_camera, seq, first, prep: dict, turn_deg: f
     pre = preprocess_settings(seq.shape, prep["crop"], prep["blur"], prep["size"], prep["i0"])
     rs = next((s for s in first.steps if s.get("step") == "resize"), {})
     domain = rs.get("domain", "line-integral")
-    record = {"at": "frame 0 registered" + (f", and again after every {turn_deg:g} degrees of turn" if turn_deg else ""),
+    again = f", and again after every {turn_deg:g} degrees of turn" if turn_deg else ""
+    record = {"at": "frame 0 registered" + again,
               "turn_deg": turn_deg or None, "detector_blur_px": DETECTOR_BLUR_PX, "resample_domain": domain,
               "predictions": []}
 

@@ -66,7 +66,8 @@ from xraypose.preprocess import image_batch
 from xraypose.register.config import Level
 from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
 
-__all__ = ["BLUR_TURN_DEG", "FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence", "predict_pose", "similarity_drop"]
+__all__ = ["BLUR_TURN_DEG", "FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence", "predict_pose",
+           "similarity_drop"]
 
 F64 = torch.float64
 
