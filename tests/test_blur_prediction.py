@@ -31,6 +31,8 @@ def test_prediction_at_the_pose_is_the_measurement_on_a_frame_formed_there(setup
     ct, cam, T, reg, c_true = setup
     assert c_true < -0.01  # a blur of the intensities (the detector's 0.7 px, the 2× bin) shows
     assert predict_blur_coefficient(reg, ct, cam, T, PREP) == pytest.approx(c_true, rel=1e-6)
+    # binned 2×, the detector is still supersampled 2× (1 would give 5 % less here); binned 4×, not
+    assert predict_blur_coefficient(reg, ct, cam, T, PREP, supersample=1) > c_true * 0.97
     # the more the intensities are blurred, the more negative (the rest is other edge mismatch: the
     # simulator's own area average, its density model against registration's)
     sharp = predict_blur_coefficient(reg, ct, cam, T, {**PREP, "resample_domain": "line-integral"},
@@ -68,9 +70,10 @@ def test_the_depth_criterion_keeps_the_simulated_xrays_depth(setup):
     cam = Camera(sdd=1020.0, height=512, width=512, delx=280.0 / 512)
     prep = {"blur": (17, 4.0), "size": 128, "resample_domain": "intensity", "crop": 16}
     c_fit = predict_blur_coefficient(reg, ct, cam, T, prep)
+    assert c_fit == predict_blur_coefficient(reg, ct, cam, T, prep, supersample=1)  # binned 4×: supersample 1
     c = predict_blur_coefficient(reg, ct, cam, T, prep, criterion="depth")
     assert c_fit < c <= 0 and c > 0.5 * c_fit, (c_fit, c)
-    raw, i0 = noiseless_xray(ct, cam, T)
+    raw, i0 = noiseless_xray(ct, cam, T, supersample=1)
     pre = preprocess(raw, cam, log=True, i0=i0, **prep)
     iso = torch.cat([reg.isocenter.double(), torch.ones(1, dtype=torch.float64)])
 
