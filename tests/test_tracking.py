@@ -593,7 +593,8 @@ def test_cli_track_predicts_the_blur_coefficient(tmp_path, sequence, capsys, mon
     code = main(args + ["-o", str(tmp_path / "out3"), "--blur-turn", "3"])
     assert code == 2 and "--blur-turn says when --predict-blur predicts again" in capsys.readouterr().err
     code = main(args + ["-o", str(tmp_path / "out4"), "--predict-blur", "--blur-turn", "-1"])
-    assert code == 2 and "--blur-turn must be a number of degrees >= 0" in capsys.readouterr().err
+    assert code == 2 and "--blur-turn (turn before the blur is predicted again (0: once)) must be a number in " \
+        "[0, 180] degrees, got -1" in capsys.readouterr().err
     # through the jump (8°) with --blur-turn 4: predicted again after it, recorded with the frame it took over from
     long_run = _save_sequence(tmp_path / "in5", sequence, n=JUMP_AT + 2)
     args[2] = str(long_run)

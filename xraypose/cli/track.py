@@ -5,7 +5,6 @@ as ``register`` starts (:mod:`xraypose.cli.steps`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -231,8 +230,6 @@ def track_command(
         raise InputError("--predict-blur predicts the blur coefficient: give it or --blur-coefficient, not both")
     if blur_turn is not None and not predict_blur:
         raise InputError("--blur-turn says when --predict-blur predicts again: give --predict-blur too")
-    if blur_turn is not None and not (math.isfinite(blur_turn) and blur_turn >= 0):
-        raise InputError(f"--blur-turn must be a number of degrees >= 0 (0: predicted once), got {blur_turn!r}")
     from xraypose.register.motion import MOTIONS
 
     if motion not in MOTIONS:
