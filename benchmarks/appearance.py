@@ -90,15 +90,18 @@ def load_ct(spec: str):
     return Path(spec).name.split(".")[0], read_volume(spec)
 
 
-def case_folder(name: str, detector: int, seed: int, blur_domain: str = "line-integral") -> str:
+def case_folder(name: str, detector: int, seed: int, blur_domain: str = "line-integral",
+                photon_offset="auto") -> str:
     """The cache folder of a CT's cases.  Cases are stored preprocessed: those blurred before the log
     (preprocess's ``blur_domain="intensity"``, its order until 2026-12-02) keep the old name."""
-    return f"{name}-d{detector}-s{seed}" + ("" if blur_domain == "intensity" else "-blurlog")
+    return (f"{name}-d{detector}-s{seed}" + ("" if blur_domain == "intensity" else "-blurlog")
+            + ("" if photon_offset == "auto" else f"-po{photon_offset:g}"))
 
 
-def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral") -> dict:
+def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral",
+              photon_offset="auto") -> dict:
     """One case: the true pose i of the CT, its X-ray formed by ``family``, preprocessed (the blur in
-    ``blur_domain``), fiducials in view."""
+    ``blur_domain``, ``photon_offset`` photons before the log), fiducials in view."""
     from xraypose.appearance import form_xray
     from xraypose.fiducials import bone_points, select_fiducials
     from xraypose.preprocess import preprocess
@@ -106,7 +109,7 @@ def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = 
     T, _ = maker.true_pose(i)
     g = torch.Generator().manual_seed(seed * 1_000_003 + i * 101 + sum(map(ord, family)))
     fx = form_xray(volume, maker.raw_camera, T, family=family, generator=g)
-    pre = preprocess(fx.raw, fx.camera, **fx.preprocess, blur_domain=blur_domain)
+    pre = preprocess(fx.raw, fx.camera, **fx.preprocess, blur_domain=blur_domain, photon_offset=photon_offset)
     if not hasattr(maker, "_points"):
         maker._points = bone_points(volume)
     true_pose = pre.transform_pose(fx.pose)
@@ -118,8 +121,8 @@ def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = 
 
 
 def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool,
-                 blur_domain: str = "line-integral") -> list[dict]:
-    folder = cache / case_folder(name, detector, seed, blur_domain) / family
+                 blur_domain: str = "line-integral", photon_offset="auto") -> list[dict]:
+    folder = cache / case_folder(name, detector, seed, blur_domain, photon_offset) / family
     folder.mkdir(parents=True, exist_ok=True)
     maker = None
     out = []
@@ -140,7 +143,7 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
 
             cam = Camera(sdd=1020.0, height=detector, width=detector, delx=280.0 / detector)
             maker = CaseMaker(volume, camera=cam, collimator_px=max(2, detector // 32), seed=seed)
-        c = make_case(volume, maker, family, i, seed, blur_domain)
+        c = make_case(volume, maker, family, i, seed, blur_domain, photon_offset)
         tmp = f.with_suffix(".tmp")
         torch.save(c, tmp)
         os.replace(tmp, f)
@@ -254,6 +257,9 @@ def main(argv=None) -> int:
     ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
                     help="preprocess's blur after the log (default) or before it (the order until 2026-12-02; "
                          "its cases keep the old cache folder)")
+    ap.add_argument("--photon-offset", default="auto",
+                    help="preprocess's photon_offset: 'auto' (default since 2026-12-03) or photons (0: none, the "
+                         "order until then); cases are cached per setting")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))
     ap.add_argument("--make-only", action="store_true", help="only form and cache the cases")
     ap.add_argument("--register-only", action="store_true", help="never form cases (an older xraypose)")
@@ -261,6 +267,7 @@ def main(argv=None) -> int:
                     "confidence check and, when not ok, the hypotheses (verdicts recorded)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    photon_offset = args.photon_offset if args.photon_offset == "auto" else float(args.photon_offset)
     cache = Path(args.cache)
     out = Path(args.json)
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -294,7 +301,8 @@ def main(argv=None) -> int:
 
             try:
                 cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
-                                     make=not args.register_only, blur_domain=args.blur_domain)
+                                     make=not args.register_only, blur_domain=args.blur_domain,
+                                     photon_offset=photon_offset)
             except InputError as e:  # e.g. "femur" on a CT without femurs
                 report.setdefault("not_applicable", {})[f"{name}/{family}"] = str(e)
                 log(f"  {name}/{family}: not applicable ({e})")

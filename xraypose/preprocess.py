@@ -788,13 +788,14 @@ def preprocess(
     raw = img
     if added is not None:  # per pixel of the image the log is taken of: a bin's mean holds its pixels' sum
         added["intensity"] = added["photons"] * added["per_photon"] * img.numel() / added.pop("pixels")
-    img = _log_step(img, mode, log, i0, offset + (0.0 if added is None else added["intensity"]), steps)
+    total = offset + (0.0 if added is None else added["intensity"])
+    img = _log_step(img, mode, log, i0, total, steps)
     if added is not None:
         steps[-1]["photon_offset"] = added  # (its "offset": the given offset + these photons' intensity)
     if blur_domain == "line-integral":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
         if mode == "intensity" and b is not None:
-            img = _dequantise(raw, img, b, offset, steps)
+            img = _dequantise(raw, img, b, total, steps)  # (half a photon added: no quantum left to undo)
     if mask is not None:
         _record_saturation(mask, float(as_image(image)[sat].flatten()[0]), int(sat.sum()), steps)
     img = _level_steps(img, background, rescale, steps)
@@ -841,8 +842,10 @@ def detected_photons(image, mask=None, offset: float = 0.0, block: int = 4) -> d
     ``mask``: (H, W) weights, blocks with a weight < 1 left out.  In ``block``×``block`` blocks the
     pixels' variance over their mean is the gain (intensity units per photon) where the block is flat,
     more where it holds structure; the median over blocks is taken.  Returns ``{"per_photon": gain,
-    "photons_p1": photons of the darkest 1 % of pixels, "photons_median": of the median pixel}`` — the
-    photons infinite for a noiseless image (gain 0) — or None when fewer than 16 blocks are left.
+    "photons_p1": photons of the darkest 1 % of the positive pixels (a shutter or blade stored as 0 is
+    not photon statistics; where photons are few, 1-count pixels come with the 0-count ones), "photons_median":
+    of the median pixel}`` — the photons infinite for a noiseless image (gain 0) — or None when fewer than
+    16 blocks are left.
     """
     img = as_image(image).to(torch.float64) + float(offset)
     nh, nw = img.shape[0] // block, img.shape[1] // block
@@ -858,7 +861,8 @@ def detected_photons(image, mask=None, offset: float = 0.0, block: int = 4) -> d
     if gain <= 0.0:
         return {"per_photon": 0.0, "photons_p1": math.inf, "photons_median": math.inf}
     vals = blocks[ok].reshape(-1)
-    p1 = float(torch.kthvalue(vals, max(1, math.ceil(0.01 * vals.numel()))).values)  # (quantile() caps its size)
+    pos = vals[vals > 0]  # a shutter stored as 0 is not photon statistics; few photons leave 1-count pixels too
+    p1 = float(torch.kthvalue(pos, max(1, math.ceil(0.01 * pos.numel()))).values) if pos.numel() else 0.0
     return {"per_photon": gain, "photons_p1": p1 / gain, "photons_median": float(vals.median()) / gain}
 
 
