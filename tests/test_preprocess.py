@@ -330,7 +330,8 @@ def test_few_photons_get_half_a_photon_before_their_log():
     """photon_offset="auto": raw intensities of 4 and 8 photons per pixel (10 grey levels each; gain read
     from the image's own noise) get ½ photon before the log, which takes the log's bias from 0.08–0.15
     to a fifth of it (log(n + ½): nearly unbiased); none at 200 photons, none on a noiseless image, none
-    on an 8-bit image whose grey levels are its variance; a number adds that many; a bad one is refused."""
+    behind a shutter stored as 0, none on 8-bit images (a display's grey levels, not photons); a number
+    adds that many; a bad one is refused."""
     g = torch.Generator().manual_seed(0)
     for lam in (4.0, 8.0):
         expected = torch.full((64, 64), 200.0, dtype=F64)
@@ -353,8 +354,10 @@ def test_few_photons_get_half_a_photon_before_their_log():
         assert "photon_offset" not in next(s for s in preprocess(quiet, None, log=True, i0=2000.0).steps
                                            if s["step"] == "beer_lambert")
     display = torch.randint(1, 7, (64, 64), generator=g).double()  # 8-bit grey levels: not photons
-    assert "photon_offset" not in next(s for s in preprocess(display, None, log=True, i0=255.0).steps
-                                       if s["step"] == "beer_lambert")
+    eight = (torch.poisson(torch.full((64, 64), 8.0, dtype=F64), generator=g) * 3.0).clamp(max=255.0)
+    for img in (display, eight):  # (the second's "photon" is 3 grey levels, but an 8-bit image is a display's)
+        assert "photon_offset" not in next(s for s in preprocess(img, None, log=True, i0=255.0).steps
+                                           if s["step"] == "beer_lambert")
     two = preprocess(bright, None, log=True, i0=2000.0, rescale=False, photon_offset=2.0)
     rec = next(s for s in two.steps if s["step"] == "beer_lambert")
     assert rec["photon_offset"]["photons"] == 2.0

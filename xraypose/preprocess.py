@@ -774,7 +774,8 @@ def preprocess(
     est = detected_photons(img, mask, offset) if mode == "intensity" and (
         resample_domain == "auto" or photon_offset == "auto" or _positive(photon_offset)) else None
     binned, how = _resample_before_log(resample_domain, mode, geo, img, mask, offset, est)
-    added = _photon_offset(photon_offset, est, mode, img.numel(), _quantum(img + float(offset)))
+    added = _photon_offset(photon_offset, est, mode, img.numel(), _quantum(img + float(offset)),
+                           float(img.max()) + float(offset))
     if binned and b is not None:  # the blur's kernel and σ follow the image to its new size
         f = geo.shape[0] / img.shape[0]
         b, how["blur_scaled_by"] = (2 * max(1, math.ceil((b[0] // 2) * f - 1e-9)) + 1, b[1] * f), f
@@ -875,18 +876,19 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
-def _photon_offset(value, est: dict | None, mode: str, pixels: int, quantum: float) -> dict | None:
+def _photon_offset(value, est: dict | None, mode: str, pixels: int, quantum: float, top: float) -> dict | None:
     """Step 4's photon offset (:func:`preprocess`'s ``photon_offset``): ``{"photons", "per_photon", "pixels"}``
     (photons to add per pixel of the ``pixels``-pixel image ``est`` read, its gain) or None (nothing to add).
-    "auto" adds none where a photon is under :data:`PHOTON_MIN_QUANTA` grey levels of an integer image
-    (``quantum`` 1): its variance is then its grey levels' (a display image's), not photons'."""
+    "auto" adds none to an integer image (``quantum`` 1) where a photon is under :data:`PHOTON_MIN_QUANTA`
+    grey levels or whose maximum ``top`` fits in 8 bits: its variance is then its grey levels' (a display
+    image's), not photons', and its darkest levels are dequantised instead (step 3)."""
     if value != "auto" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                 and math.isfinite(value) and value >= 0):
         raise InputError(f"photon_offset must be 'auto' or a number of photons >= 0, got {value!r}")
     if mode != "intensity" or est is None or not est["per_photon"] > 0:
         return None
     if value == "auto":
-        counted = est["per_photon"] >= PHOTON_MIN_QUANTA * quantum
+        counted = est["per_photon"] >= PHOTON_MIN_QUANTA * quantum and not (quantum and top <= 255)
         photons = 0.5 if counted and est["photons_p1"] < LOG_MIN_PHOTONS else 0.0
     else:
         photons = float(value)
