@@ -90,6 +90,11 @@ def load_ct(spec: str):
     return Path(spec).name.split(".")[0], read_volume(spec)
 
 
+def photon_offset_arg(text: str):
+    """argparse type of the benchmarks' ``--photon-offset``: "auto" or a number of photons."""
+    return text if text == "auto" else float(text)
+
+
 def case_folder(name: str, detector: int, seed: int, blur_domain: str = "line-integral",
                 photon_offset="auto") -> str:
     """The cache folder of a CT's cases.  Cases are stored preprocessed: those blurred before the log
@@ -257,7 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
                     help="preprocess's blur after the log (default) or before it (the order until 2026-12-02; "
                          "its cases keep the old cache folder)")
-    ap.add_argument("--photon-offset", default="auto",
+    ap.add_argument("--photon-offset", default="auto", type=photon_offset_arg,
                     help="preprocess's photon_offset: 'auto' (default since 2026-12-03) or photons (0: none, the "
                          "order until then); cases are cached per setting")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))
@@ -267,7 +272,6 @@ def main(argv=None) -> int:
                     "confidence check and, when not ok, the hypotheses (verdicts recorded)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    photon_offset = args.photon_offset if args.photon_offset == "auto" else float(args.photon_offset)
     cache = Path(args.cache)
     out = Path(args.json)
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -302,7 +306,7 @@ def main(argv=None) -> int:
             try:
                 cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
                                      make=not args.register_only, blur_domain=args.blur_domain,
-                                     photon_offset=photon_offset)
+                                     photon_offset=args.photon_offset)
             except InputError as e:  # e.g. "femur" on a CT without femurs
                 report.setdefault("not_applicable", {})[f"{name}/{family}"] = str(e)
                 log(f"  {name}/{family}: not applicable ({e})")

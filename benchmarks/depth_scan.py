@@ -44,6 +44,8 @@ F64 = torch.float64
 
 
 def main(argv=None) -> int:
+    from appearance import photon_offset_arg
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--ct", default="pelvis")
@@ -57,12 +59,11 @@ def main(argv=None) -> int:
                     help="photons per unattenuated pixel of every frame (0: no noise; default: the family's draw)")
     ap.add_argument("--blur-coefficient", type=float, default=None,
                     help="the coefficient the reg:gncc_blur row holds (default: calibrated on noiseless frames)")
-    ap.add_argument("--photon-offset", default="auto",
+    ap.add_argument("--photon-offset", default="auto", type=photon_offset_arg,
                     help="preprocess's photon_offset for the scanned frames: 'auto' (the default since "
                          "2026-12-03) or a number of photons (0: none)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    photon_offset = args.photon_offset if args.photon_offset == "auto" else float(args.photon_offset)
 
     from appearance import load_ct, start_report, write_report
     from depth_bound import ExactFrames, fisher, pose_motion
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         if exact:
             counts = torch.where(fx.raw.reshape(D, D) <= 1, 0.0, fx.raw.double().reshape(D, D) / fx.info["i0"] * N0)
             L_meas = -torch.log(counts.clamp_min(0.5) / N0)
-        pre = preprocess(fx.raw, fx.camera, **fx.preprocess, photon_offset=photon_offset)
+        pre = preprocess(fx.raw, fx.camera, **fx.preprocess, photon_offset=args.photon_offset)
         st = {s["step"]: s for s in pre.steps}
         L_pre = pre.image.double() * (st["rescale01"]["max"] - st["rescale01"]["min"]) + st["rescale01"]["min"]
         b = fx.preprocess["blur"]  # the model blurred as preprocessing blurred the X-ray's line integrals

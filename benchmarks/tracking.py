@@ -178,6 +178,9 @@ def frame_preprocessing(fx, fine: int, detector: int) -> dict:
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from appearance import photon_offset_arg  # noqa: E402
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--ct", default="pelvis")
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blur-criterion", default="fit", choices=["fit", "depth"],
                     help="--blur simulated: what the predicted coefficient matches on the simulated X-ray "
                          "(predict_blur_coefficient's criterion)")
-    ap.add_argument("--photon-offset", default="auto",
+    ap.add_argument("--photon-offset", default="auto", type=photon_offset_arg,
                     help="preprocess's photon_offset for the frames: 'auto' (default since 2026-12-03: half a "
                          "photon before the log where photons are few) or a number of photons (0: none, the "
                          "frames' preprocessing until then)")
@@ -257,7 +260,6 @@ def main(argv=None) -> int:
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from appearance import load_ct, start_report, write_report  # noqa: E402
 
     from xraypose.appearance import form_xray
@@ -275,7 +277,6 @@ def main(argv=None) -> int:
     iso = vol.get_isocenter().to(F64)
     cam, truth = benchmark_trajectory(vol, args.seed, args.frames, args.detector, args.step_mm, args.step_deg,
                                       args.jump_at, args.jump_mm, args.jump_deg)
-    photon_offset = args.photon_offset if args.photon_offset == "auto" else float(args.photon_offset)
     fine = args.form_detector or args.detector
     if fine % args.detector:
         raise SystemExit("--form-detector must be a multiple of --detector")
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
             fixed = {k: v for k, v in fx.info.items() if k != "family"}
         prep = frame_preprocessing(fx, fine, args.detector)
         pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
-                         resample_domain=args.resample_domain, photon_offset=photon_offset)
+                         resample_domain=args.resample_domain, photon_offset=args.photon_offset)
         images.append(pre.image)
         if args.noise_weight:  # experiment: pixels weighted by their counts' information, capped at 1
             st = next(s for s in pre.steps if s["step"] == "rescale01")
@@ -315,6 +316,7 @@ def main(argv=None) -> int:
     start = perturb_pose(poses[0], iso, args.start_deg, args.start_mm, torch.Generator().manual_seed(args.seed))[0]
     reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads))
     blur = None if args.blur in ("none", "calibrated", "biplane", "simulated") else float(args.blur)
+    predictions = []  # --blur simulated: each prediction's coefficient (and where it was made)
     if args.blur == "calibrated":
         calib = []
         for f in (0, args.frames // 3, 2 * args.frames // 3):
@@ -334,19 +336,14 @@ def main(argv=None) -> int:
         # at the tracking start or at frame 0 registered from it (--simulate-at; not the truth), the
         # coefficient measured on that image at that pose
         tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
-        predictions = []
+
+        sim_prep = {**frame_preprocessing(fx, fine, args.detector), "blur_domain": args.blur_domain,
+                    "resample_domain": domain}
 
         def simulated_blur(at):  # what `xraypose track --predict-blur` runs (frames' pose = raw camera's pose)
-            kw = {k: v for k, v in frame_preprocessing(fx, fine, args.detector).items()
-                  if k not in ("log", "i0", "offset")}
-            c = predict_blur_coefficient(tracker, vol, form_cam, at, {**kw, "blur_domain": args.blur_domain,
-                                                                       "resample_domain": domain},
-                                         criterion=args.blur_criterion)
-            # the nearest true pose's view: where along the trajectory it was predicted
-            near = min(range(len(poses)), key=lambda f: float(pose_errors(at, poses[f], fid, pcam)["mtre"]))
-            predictions.append({"coefficient": c, "nearest_frame": near,
-                                "pose_mtre_mm": float(pose_errors(at, poses[near], fid, pcam)["mtre"])})
-            print(f"blur predicted on xraypose's simulator near frame {near}: {c:.4f}", flush=True)
+            c = predict_blur_coefficient(tracker, vol, form_cam, at, sim_prep, criterion=args.blur_criterion)
+            predictions.append({"coefficient": c, "pose": at.clone()})
+            print(f"blur predicted on xraypose's simulator ({len(predictions)}): {c:.4f}", flush=True)
             return c
 
         if args.simulate_at == "registered":  # track_sequence predicts it at frame 0 registered, then as the view turns
@@ -374,6 +371,11 @@ def main(argv=None) -> int:
                          blur_turn_deg=args.blur_turn or None,
                          masks=torch.stack(weights)[:, None] if weights else None,
                          **({} if args.tracking_tol is None else {"tracking_tol_px": args.tracking_tol}))
+    for p in predictions:  # where along the trajectory each prediction was made: the nearest true pose
+        at = p.pop("pose")
+        errs = [float(pose_errors(at, T, fid, pcam)["mtre"]) for T in poses]
+        p["nearest_frame"] = min(range(len(errs)), key=errs.__getitem__)
+        p["pose_mtre_mm"] = errs[p["nearest_frame"]]
     for fr in out:  # the smoother's estimates are known only at the end
         rows.append({**{k: v for k, v in fr.to_dict().items()
                         if k not in ("camera_to_world", "predicted", "registered", "covariance")},

@@ -771,11 +771,12 @@ def preprocess(
     b = _blur_args(blur)
     if blur_domain not in ("line-integral", "intensity"):
         raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
+    _check_photon_offset(photon_offset)
     est = detected_photons(img, mask, offset) if mode == "intensity" and (
-        resample_domain == "auto" or photon_offset == "auto" or _positive(photon_offset)) else None
-    binned, how = _resample_before_log(resample_domain, mode, geo, img, mask, offset, est)
-    added = _photon_offset(photon_offset, est, mode, img.numel(), _quantum(img + float(offset)),
-                           float(img.max()) + float(offset))
+        resample_domain == "auto" or photon_offset != 0) else None
+    binned, how = _resample_before_log(resample_domain, mode, geo, est)
+    photons = _photon_offset(photon_offset, est, _quantum(img + float(offset)), float(img.max()) + float(offset))
+    pixels_in = img.numel()
     if binned and b is not None:  # the blur's kernel and σ follow the image to its new size
         f = geo.shape[0] / img.shape[0]
         b, how["blur_scaled_by"] = (2 * max(1, math.ceil((b[0] // 2) * f - 1e-9)) + 1, b[1] * f), f
@@ -787,12 +788,12 @@ def preprocess(
     if blur_domain == "intensity":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
     raw = img
-    if added is not None:  # per pixel of the image the log is taken of: a bin's mean holds its pixels' sum
-        added["intensity"] = added["photons"] * added["per_photon"] * img.numel() / added.pop("pixels")
-    total = offset + (0.0 if added is None else added["intensity"])
+    # per pixel of the image the log is taken of: a bin's mean holds its pixels' sum
+    added = photons * est["per_photon"] * img.numel() / pixels_in if photons else 0.0
+    total = offset + added
     img = _log_step(img, mode, log, i0, total, steps)
-    if added is not None:
-        steps[-1]["photon_offset"] = added  # (its "offset": the given offset + these photons' intensity)
+    if photons:  # (the step's "offset": the given offset + these photons' intensity)
+        steps[-1]["photon_offset"] = {"photons": photons, "per_photon": est["per_photon"], "intensity": added}
     if blur_domain == "line-integral":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
         if mode == "intensity" and b is not None:
@@ -872,36 +873,31 @@ def detected_photons(image, mask=None, offset: float = 0.0, block: int = 4) -> d
 PHOTON_MIN_QUANTA = 2.0
 
 
-def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
-
-
-def _photon_offset(value, est: dict | None, mode: str, pixels: int, quantum: float, top: float) -> dict | None:
-    """Step 4's photon offset (:func:`preprocess`'s ``photon_offset``): ``{"photons", "per_photon", "pixels"}``
-    (photons to add per pixel of the ``pixels``-pixel image ``est`` read, its gain) or None (nothing to add).
-    "auto" adds none to an integer image (``quantum`` 1) where a photon is under :data:`PHOTON_MIN_QUANTA`
-    grey levels or whose maximum ``top`` fits in 8 bits: its variance is then its grey levels' (a display
-    image's), not photons', and its darkest levels are dequantised instead (step 3)."""
+def _check_photon_offset(value) -> None:
     if value != "auto" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                 and math.isfinite(value) and value >= 0):
         raise InputError(f"photon_offset must be 'auto' or a number of photons >= 0, got {value!r}")
-    if mode != "intensity" or est is None or not est["per_photon"] > 0:
-        return None
-    if value == "auto":
-        counted = est["per_photon"] >= PHOTON_MIN_QUANTA * quantum and not (quantum and top <= 255)
-        photons = 0.5 if counted and est["photons_p1"] < LOG_MIN_PHOTONS else 0.0
-    else:
-        photons = float(value)
-    if photons == 0.0:
-        return None
-    return {"photons": photons, "per_photon": est["per_photon"], "pixels": pixels}
 
 
-def _resample_before_log(domain: str, mode: str, geo, img: torch.Tensor, mask, offset: float,
-                         est: dict | None) -> tuple[bool, dict]:
-    """(whether :func:`preprocess` shrinks ``img`` — raw, after the crops — before the log, the record
+def _photon_offset(value, est: dict | None, quantum: float, top: float) -> float:
+    """Step 4's photon offset (:func:`preprocess`'s checked ``photon_offset``): photons to add per pixel of
+    the image the log is taken of (0: none), given ``est`` (:func:`detected_photons` of the raw
+    intensities; None: not raw intensities, or unknown).  "auto" adds none to an integer image
+    (``quantum`` 1) where a photon is under :data:`PHOTON_MIN_QUANTA` grey levels or whose maximum
+    ``top`` fits in 8 bits: its variance is then its grey levels' (a display image's), not photons', and
+    its darkest levels are dequantised instead (step 3)."""
+    if est is None or not est["per_photon"] > 0:
+        return 0.0
+    if value != "auto":
+        return float(value)
+    counted = est["per_photon"] >= PHOTON_MIN_QUANTA * quantum and not (quantum and top <= 255)
+    return 0.5 if counted and est["photons_p1"] < LOG_MIN_PHOTONS else 0.0
+
+
+def _resample_before_log(domain: str, mode: str, geo, est: dict | None) -> tuple[bool, dict]:
+    """(whether :func:`preprocess` shrinks the raw image — after the crops — before the log, the record
     added to the resize step) for step 7's ``resample_domain``; ``est``: :func:`detected_photons` of
-    ``img`` (None: unknown)."""
+    that image (None: unknown)."""
     rec = next((s for s in geo.steps if s["step"] == "resize"), None)
     if rec is None:
         return False, {}

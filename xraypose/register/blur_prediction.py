@@ -23,26 +23,20 @@ DETECTOR_BLUR_PX = 0.7
 
 
 def noiseless_xray(volume, camera: Camera, camera_to_world, *, detector_blur_px: float = DETECTOR_BLUR_PX,
-                   supersample: int = 2, i0: float = 65000.0) -> tuple[torch.Tensor, float]:
+                   supersample: int = 2) -> tuple[torch.Tensor, float]:
     """((H, W) raw 16-bit-scale intensities, their I0): the X-ray a detector would store without noise —
-    the appearance families' chain (:mod:`xraypose.appearance.detector`): Siddon line integrals of the
-    physical μ on a ``supersample``× finer detector, their transmissions area-averaged to ``camera``'s
-    pixels (a pixel integrates the photons that reach it), the detector's blur σ ``detector_blur_px``
-    (pixels of ``camera``) on the intensities, ``clamp(round(I·i0), 1, 65535)``.  (``XraySimulator``
-    averages the line integrals instead, which on 2.2 mm pixels predicted the pelvis's coefficient 10 %
-    smaller: −0.0275 against −0.0310.)"""
-    from xraypose.appearance import detector as det
-    from xraypose.render import DRR
+    the appearance families' own chain (:func:`xraypose.appearance.form_xray`, family "lowdose" without
+    photons or collimator): Siddon line integrals of the physical μ on a ``supersample``× finer detector,
+    their transmissions area-averaged to ``camera``'s pixels (a pixel integrates the photons that reach
+    it), the detector's blur σ ``detector_blur_px`` (pixels of ``camera``) on the intensities, 16 bit.
+    (``XraySimulator`` averages the line integrals instead, which on 2.2 mm pixels predicted the
+    pelvis's coefficient 10 % smaller: −0.0275 against −0.0310.)"""
+    from xraypose.appearance import form_xray
 
-    s = int(supersample)
-    if s < 1:
-        raise InputError(f"predicting the blur: supersample must be >= 1, got {supersample!r}")
-    fine = camera.resize(camera.height * s, camera.width * s)
-    with torch.no_grad():
-        L = DRR(volume, fine, density="physical", renderer="siddon")(torch.as_tensor(camera_to_world,
-                                                                                   dtype=torch.float64)[None])
-    t = det.gaussian_blur(det.area_average(torch.exp(-L[0, 0].to(torch.float64)), s), float(detector_blur_px))
-    return det.store16(t, i0), i0
+    fx = form_xray(volume, camera, torch.as_tensor(camera_to_world, dtype=torch.float64), family="lowdose",
+                   generator=torch.Generator().manual_seed(0), photons=0, collimator_px=0,
+                   blur_px=float(detector_blur_px), supersample=supersample)
+    return fx.raw, float(fx.info["i0"])
 
 
 #: What the prediction matches (``predict_blur_coefficient``'s ``criterion``).
@@ -101,14 +95,13 @@ def predict_blur_coefficient(registrar, volume, camera: Camera, camera_to_world,
     c = float(registrar.measure_blur(pre.image[None, None], pre.camera, P[None], mask)[0])
     if criterion == "fit" or not c < 0:
         return c
-    iso = registrar.isocenter.detach().to(torch.float64).cpu()
+    iso = torch.cat([registrar.isocenter.detach().to(torch.float64).cpu(), torch.ones(1, dtype=torch.float64)])
+    z_true = float(torch.linalg.solve(P, iso)[2])
 
     def depth(coefficient: float) -> float:  # the isocenter's depth in the camera that registration finds
         res = registrar.derive(blur_coefficient=coefficient).register(pre.image[None, None], pre.camera, P[None],
                                                                       masks=mask)
-        Q = res.poses[0].to(torch.float64)
-        return float((torch.linalg.solve(Q, torch.cat([iso, iso.new_ones(1)]))
-                      - torch.linalg.solve(P, torch.cat([iso, iso.new_ones(1)])))[2])
+        return float(torch.linalg.solve(res.poses[0].to(torch.float64), iso)[2]) - z_true
 
     d0, d1 = depth(0.0), depth(c)
     if not (abs(d0 - d1) > 1e-6):  # the coefficient does not move the depth: nothing to match
