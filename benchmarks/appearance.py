@@ -26,6 +26,7 @@ the whole call's time (``opt_s``), and each group the verdict counts and the ``o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -300,7 +301,8 @@ def main(argv=None) -> int:
         kw["levels"] = with_lm_fields(kw.get("levels", DEFAULT_LEVELS), args.lm_set)
     models = dict(m.split("=", 1) for m in args.model)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
-    report = {**start_report({**kw, **({"levels": args.levels} if args.levels else {})}),
+    shown = {**kw, **({"levels": [dataclasses.asdict(lv) for lv in kw["levels"]]} if "levels" in kw else {})}
+    report = {**start_report({**shown, **({"level_sizes": args.levels} if args.levels else {})}),
               "xraypose": str(Path(sys.modules["xraypose"].__file__).parent), "groups": {}, "cases": []}
     rows: list[dict] = []
 

@@ -256,11 +256,14 @@ def main(argv=None) -> int:
                          "again (its two finest levels) with it held")
     ap.add_argument("--spot-fit-blur", action="store_true",
                     help="--blur biplane: register the pair with the blur fitted per DRR before measuring it")
+    ap.add_argument("--lm-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a Level field (JSON value) on the Levenberg-Marquardt levels of both schedules "
+                         "(frame 0's and the later frames'), e.g. --lm-set fit_unsharp='[3, 9, 27]'")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from appearance import load_ct, start_report, write_report  # noqa: E402
+    from appearance import load_ct, start_report, with_lm_fields, write_report  # noqa: E402
 
     from xraypose.appearance import form_xray
     from xraypose.appearance.families import LOWDOSE_PHOTONS
@@ -315,6 +318,10 @@ def main(argv=None) -> int:
     frames = torch.stack(images)[:, None].to(torch.float32)
     start = perturb_pose(poses[0], iso, args.start_deg, args.start_mm, torch.Generator().manual_seed(args.seed))[0]
     reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads))
+    if args.lm_set:
+        reg = reg.derive(levels=with_lm_fields(reg.config.levels, args.lm_set))
+        chosen = TRACKING_VARIANTS[args.tracking]
+        TRACKING_VARIANTS[args.tracking] = lambda: with_lm_fields(chosen(), args.lm_set)
     blur = None if args.blur in ("none", "calibrated", "biplane", "simulated") else float(args.blur)
     predictions = []  # --blur simulated: each prediction's coefficient (and where it was made)
     if args.blur == "calibrated":

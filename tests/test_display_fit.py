@@ -108,3 +108,19 @@ def test_a_config_read_back_from_json_keeps_its_fits():
     cfg = RegistrationConfig(levels=(Level(size=16, fit_unsharp=(3.0, 9.0), fit_field="radial"),))
     again = RegistrationConfig(**json.loads(json.dumps(cfg.to_dict())))
     assert again.levels == cfg.levels
+
+
+def test_the_check_can_explain_unsharp_masking_too(view):
+    """``measure_signals`` on a level with ``fit_unsharp``: the unsharp-masked DRR at its true pose
+    correlates with the check's DRR nearly as if unprocessed."""
+    from xraypose.register.confidence import CHECK_LEVEL, measure_signals
+
+    reg, cam, T, drr = view
+    target = (drr + 1.5 * (drr - gaussian_blur(drr, 3.0)))[None, None].float()
+    plain = measure_signals(reg, target, cam, T[None])[0]
+    level = Level(size=CHECK_LEVEL.size, iterations=0, volume_mm=CHECK_LEVEL.volume_mm, fit_bone=True,
+                  fit_unsharp=(3.0 * DELX,))
+    fitted = measure_signals(reg, target, cam, T[None], level=level)[0]
+    # what NCC leaves unexplained, measured 0.0045 -> 0.0006
+    assert 1 - fitted["ncc"] < 0.3 * (1 - plain["ncc"]), (plain["ncc"], fitted["ncc"])
+    assert fitted["gncc"] > plain["gncc"], (plain["gncc"], fitted["gncc"])

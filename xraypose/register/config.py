@@ -96,6 +96,11 @@ class Level:
     fit_field: str | None = None
 
 
+#: The widths (σ on the detector, mm) of the DRR's blurred copies that explain a display's unsharp
+#: masking (:attr:`Level.fit_unsharp`): a geometric series covering the kernels of clinical edge
+#: enhancement (2–10 pixels of a 128–256-pixel image over 280 mm: 2–22 mm).
+UNSHARP_MM = (3.0, 9.0, 27.0)
+
 #: :attr:`Level.fit_field`'s smooth fields: their terms in the detector's coordinates u, v (each in [−1, 1]).
 FIT_FIELDS = {"radial": ("u2+v2",), "quadratic": ("u", "v", "u2", "uv", "v2")}
 
