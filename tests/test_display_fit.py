@@ -124,3 +124,22 @@ def test_the_check_can_explain_unsharp_masking_too(view):
     # what NCC leaves unexplained, measured 0.0045 -> 0.0006
     assert 1 - fitted["ncc"] < 0.3 * (1 - plain["ncc"]), (plain["ncc"], fitted["ncc"])
     assert fitted["gncc"] > plain["gncc"], (plain["gncc"], fitted["gncc"])
+
+
+def test_edge_enhanced_schedules_fit_the_unsharp_at_their_fine_levels_only():
+    from xraypose.cli.options import levels_config
+    from xraypose.cli.track import _later_levels
+    from xraypose.register.config import DEFAULT_LEVELS, FAST_LEVELS, UNSHARP_MM
+    from xraypose.register.tracking import TRACKING_LEVELS
+
+    for args, base in (((None, False), DEFAULT_LEVELS), ((None, True), FAST_LEVELS), (("16,64", False), None)):
+        lv = levels_config(*args, False, True)["levels"]
+        assert [x.fit_unsharp for x in lv] == [UNSHARP_MM if x.optimizer == "lm" else () for x in lv]
+        assert any(x.fit_unsharp for x in lv) and any(not x.fit_unsharp for x in lv)
+        if base is not None:
+            assert [x.size for x in lv] == [x.size for x in base]
+    metal = levels_config(None, False, True, True)["levels"]
+    assert all(x.robust for x in metal) and metal[-1].fit_unsharp == UNSHARP_MM
+    assert levels_config(None, False) == {}  # off by default
+    assert all(x.fit_unsharp == UNSHARP_MM for x in _later_levels(False, True))
+    assert _later_levels(False) == TRACKING_LEVELS and all(x.robust for x in _later_levels(True, True))

@@ -235,6 +235,9 @@ FAST = typer.Option(False, "--fast", help="A cheaper, less accurate schedule (pr
 METAL = typer.Option(False, "--metal", help="The X-ray shows metal that is not in the CT (retractors, K-wires, "
                      "screws, plates): weigh pixels robustly on every level, the capture too.  Worse on X-rays "
                      "without metal (docs/registration.md).")
+EDGE_ENHANCED = typer.Option(False, "--edge-enhanced", help="The X-ray went through a display's edge enhancement "
+                             "(unsharp masking, as processed fluoroscopy and most stored radiographs): the fine "
+                             "levels explain it by blurred copies of the DRR.  Off by default (docs/registration.md).")
 METAL_STEPS = typer.Option(True, "--metal-steps/--no-metal-steps", help="Before registering, set aside the X-ray's "
                            "metal steps (edges far stronger than bone's: their pixels get weight 0; a region behind "
                            "a uniform step, e.g. a retractor blade, is levelled).  Off: the X-ray as given.")
@@ -266,11 +269,13 @@ def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, l
                          schedule: str = SCHEDULE, density: str = DENSITY, bone_multiplier: float = BONE_MULTIPLIER,
                          levels: Optional[str] = LEVELS, fast: bool = FAST, metal: bool = METAL,
                          metal_steps: bool = METAL_STEPS, capture_starts: int = CAPTURE_STARTS,
-                         match_intensity: str = MATCH_INTENSITY, seed: int = SEED, threads: int = THREADS) -> dict:
+                         match_intensity: str = MATCH_INTENSITY, edge_enhanced: bool = EDGE_ENHANCED,
+                         seed: int = SEED, threads: int = THREADS) -> dict:
     """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
     return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
                 bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, capture_starts=capture_starts,
-                **appearance_settings(metal_steps, match_intensity), **levels_config(levels, fast, metal))
+                **appearance_settings(metal_steps, match_intensity),
+                **levels_config(levels, fast, metal, edge_enhanced))
 
 
 def appearance_settings(metal_steps: bool, match_intensity: str) -> dict:
@@ -359,18 +364,24 @@ EXIT_FAILED = 3
 
 
 # --------------------------------------------------------------------------------------------- parsers
-def levels_config(text: str | None, fast: bool, metal: bool = False) -> dict:
-    """RegistrationConfig keywords for --levels / --fast / --metal (--levels takes each level's other
-    settings from the metal schedule with --metal)."""
+def levels_config(text: str | None, fast: bool, metal: bool = False, edge_enhanced: bool = False) -> dict:
+    """RegistrationConfig keywords for --levels / --fast / --metal / --edge-enhanced (--levels takes each
+    level's other settings from the metal schedule with --metal; --edge-enhanced adds the unsharp fit to
+    the fine levels of whichever schedule)."""
     from xraypose.register import DEFAULT_LEVELS, FAST_LEVELS, METAL_LEVELS, levels_for_sizes
+    from xraypose.register.config import edge_enhanced_levels
 
     if fast and (text is not None or metal):
         raise InputError("--fast is its own schedule: give it without --levels and --metal")
     if text is not None:
-        return {"levels": levels_for_sizes(option_numbers("levels", text), METAL_LEVELS if metal else DEFAULT_LEVELS)}
-    if metal:
-        return {"levels": METAL_LEVELS}
-    return {"levels": FAST_LEVELS} if fast else {}
+        out = {"levels": levels_for_sizes(option_numbers("levels", text), METAL_LEVELS if metal else DEFAULT_LEVELS)}
+    elif metal:
+        out = {"levels": METAL_LEVELS}
+    else:
+        out = {"levels": FAST_LEVELS} if fast else {}
+    if edge_enhanced:
+        out = {"levels": edge_enhanced_levels(out.get("levels", DEFAULT_LEVELS))}
+    return out
 
 
 def check_init(init: str | None, model: Path | None, pose_json: Path | None) -> str:

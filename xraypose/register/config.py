@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from xraypose.errors import InputError
 from xraypose.names import DENSITY_MODELS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
 
-__all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
+__all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "edge_enhanced_levels",
+           "UNSHARP_MM", "FIT_FIELDS", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
 
 #: How a level moves the pose: "adam" (first-order, wide capture; DiffPose's optimiser) or "lm"
 #: (Levenberg–Marquardt on the similarity's residual: exact gradient, Gauss–Newton curvature from
@@ -144,6 +145,14 @@ def metal_levels(levels) -> tuple:
 
 
 METAL_LEVELS = metal_levels(DEFAULT_LEVELS)
+
+
+def edge_enhanced_levels(levels) -> tuple:
+    """``levels`` whose Levenberg–Marquardt (fine) levels explain a display's edge enhancement: the DRR's
+    blurs by :data:`UNSHARP_MM` in their intensity fit (:attr:`Level.fit_unsharp`; ``--edge-enhanced``).
+    Not the default: on single display-processed 256-pixel X-rays it helped as often as it harmed
+    (docs/registration.md, "Edge enhancement explained")."""
+    return tuple(dataclasses.replace(lv, fit_unsharp=UNSHARP_MM) if lv.optimizer == "lm" else lv for lv in levels)
 
 #: A cheap schedule for tests and previews.
 FAST_LEVELS = (
