@@ -237,7 +237,8 @@ METAL = typer.Option(False, "--metal", help="The X-ray shows metal that is not i
                      "without metal (docs/registration.md).")
 EDGE_ENHANCED = typer.Option(False, "--edge-enhanced", help="The X-ray went through a display's edge enhancement "
                              "(unsharp masking, as processed fluoroscopy and most stored radiographs): the fine "
-                             "levels explain it by blurred copies of the DRR.  Off by default (docs/registration.md).")
+                             "levels explain it by blurred copies of the DRR.  Off by default: it helped where the "
+                             "display curve is mild and harmed under a strong gamma (docs/registration.md).")
 METAL_STEPS = typer.Option(True, "--metal-steps/--no-metal-steps", help="Before registering, set aside the X-ray's "
                            "metal steps (edges far stronger than bone's: their pixels get weight 0; a region behind "
                            "a uniform step, e.g. a retractor blade, is levelled).  Off: the X-ray as given.")
