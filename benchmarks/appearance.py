@@ -26,7 +26,6 @@ the whole call's time (``opt_s``), and each group the verdict counts and the ``o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -301,8 +300,10 @@ def main(argv=None) -> int:
         kw["levels"] = with_lm_fields(kw.get("levels", DEFAULT_LEVELS), args.lm_set)
     models = dict(m.split("=", 1) for m in args.model)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
-    shown = {**kw, **({"levels": [dataclasses.asdict(lv) for lv in kw["levels"]]} if "levels" in kw else {})}
-    report = {**start_report({**shown, **({"level_sizes": args.levels} if args.levels else {})}),
+    # the settings as given: --levels as its sizes, --lm-set as its changes (the levels themselves are in "config")
+    shown = {k: v for k, v in kw.items() if k != "levels"} | ({"levels": args.levels} if args.levels else {}) | (
+        {"lm_set": args.lm_set} if args.lm_set else {})
+    report = {**start_report(shown),
               "xraypose": str(Path(sys.modules["xraypose"].__file__).parent), "groups": {}, "cases": []}
     rows: list[dict] = []
 

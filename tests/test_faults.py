@@ -664,6 +664,24 @@ def test_the_appearance_benchmark_runs_with_a_levels_schedule_and_records_it(tmp
     assert doc["groups"]["pelvis/ours/truth"]["n"] == 1 and doc["cases"][0]["mtre"] < 5.0
 
 
+def test_the_appearance_benchmarks_lm_set_reaches_the_fine_levels_and_is_recorded(tmp_path):
+    """benchmarks/appearance.py --lm-set FIELD=JSON changes the Levenberg–Marquardt levels only; the
+    report records the change as given and the levels in its config (it once crashed writing them)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "a.json"
+    assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
+                       "truth", "--detector", "64", "--levels", "16,48", "--lm-set", "fit_unsharp=[3, 9]",
+                       "--cache", str(tmp_path / "cache")]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["lm_set"] == ["fit_unsharp=[3, 9]"] and doc["settings"]["levels"] == "16,48"
+    assert [lv["fit_unsharp"] for lv in doc["config"]["levels"]] == [[], [3, 9]]
+
+
 def test_the_tracking_benchmark_keeps_one_processing_for_a_sequence_and_fixes_given_parameters(tmp_path):
     """benchmarks/tracking.py --same-params draws the family's parameters once (frame 0's) and keeps
     them for every frame, as a fluoroscopy system's processing is; --param fixes one for every frame."""
