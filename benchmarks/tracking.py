@@ -256,6 +256,9 @@ def main(argv=None) -> int:
                          "again (its two finest levels) with it held")
     ap.add_argument("--spot-fit-blur", action="store_true",
                     help="--blur biplane: register the pair with the blur fitted per DRR before measuring it")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a RegistrationConfig field (JSON value) of the tracking registrar, e.g. "
+                         "--set match_capture=true (the later frames then map their intensities too)")
     ap.add_argument("--lm-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a Level field (JSON value) on the Levenberg-Marquardt levels of both schedules "
                          "(frame 0's and the later frames'), e.g. --lm-set fit_unsharp='[3, 9, 27]'")
@@ -317,7 +320,8 @@ def main(argv=None) -> int:
     fid = select_fiducials(bone_points(vol), n=20, seed=args.seed, camera=pcam, poses=poses[0], margin_px=2)
     frames = torch.stack(images)[:, None].to(torch.float32)
     start = perturb_pose(poses[0], iso, args.start_deg, args.start_mm, torch.Generator().manual_seed(args.seed))[0]
-    reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads))
+    reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads,
+                                            **{k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)}))
     if args.lm_set:
         reg = reg.derive(levels=with_lm_fields(reg.config.levels, args.lm_set))
         chosen = TRACKING_VARIANTS[args.tracking]

@@ -693,8 +693,11 @@ def test_the_tracking_benchmark_keeps_one_processing_for_a_sequence_and_fixes_gi
     spec.loader.exec_module(bench)
     out = tmp_path / "t.json"
     assert bench.main(["--json", str(out), "--family", "display", "--frames", "3", "--detector", "32",
-                       "--jump-at", "0", "--no-confidence", "--same-params", "--param", "photons=3000"]) == 0
-    formed = json.loads(out.read_text())["formed"]
+                       "--jump-at", "0", "--no-confidence", "--same-params", "--param", "photons=3000",
+                       "--set", "match_capture=true", "--lm-set", "fit_unsharp=[3]"]) == 0  # both schedules run
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["set"] == ["match_capture=true"] and doc["settings"]["lm_set"] == ["fit_unsharp=[3]"]
+    formed = doc["formed"]
     assert len(formed) == 3 and formed[0]["photons"] == 3000
     assert all(f == formed[0] for f in formed[1:]), formed
     out2 = tmp_path / "t2.json"
