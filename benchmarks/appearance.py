@@ -97,11 +97,10 @@ def photon_offset_arg(text: str):
 
 def with_lm_fields(levels, sets) -> tuple:
     """``levels`` with ``sets`` ("FIELD=JSON" strings, the benchmarks' ``--lm-set``) applied to every
-    Levenberg–Marquardt level (the fine levels; lists become tuples)."""
+    Levenberg–Marquardt level (the fine levels)."""
     import dataclasses
 
-    changes = {k: (tuple(v) if isinstance(v, list) else v)
-               for k, v in ((a, json.loads(b)) for a, b in (x.split("=", 1) for x in sets))}
+    changes = {k: json.loads(v) for k, v in (x.split("=", 1) for x in sets)}
     return tuple(dataclasses.replace(lv, **changes) if lv.optimizer == "lm" else lv for lv in levels)
 
 

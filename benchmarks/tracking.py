@@ -93,6 +93,13 @@ def _variants():
 TRACKING_VARIANTS = _variants()
 
 
+def tracking_levels(args) -> tuple:
+    """The later frames' schedule: the ``--tracking`` variant, its fine levels changed by ``--lm-set``."""
+    from appearance import with_lm_fields
+
+    return with_lm_fields(TRACKING_VARIANTS[args.tracking](), args.lm_set)
+
+
 def depth_error(T, T_true, fid) -> float:
     """Signed error (mm) of the fiducials' centroid along the true camera's beam (+z: toward the
     detector): the component one view sees only as magnification."""
@@ -130,7 +137,7 @@ def biplane_blur(reg, vol, cam, T0, start, fid, args, prep: dict, report: dict) 
     # with --spot-fit-blur the pair is registered with the blur fitted per DRR (Level.fit_blur) first
     from dataclasses import replace
 
-    tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
+    tracker = reg.derive(levels=tracking_levels(args))
     first = reg.derive(levels=tuple(replace(lv, fit_blur=True) for lv in reg.config.levels)) if args.spot_fit_blur \
         else reg
     res = first.register_views(views, start.to(F64)[None])
@@ -324,8 +331,6 @@ def main(argv=None) -> int:
                                             **{k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)}))
     if args.lm_set:
         reg = reg.derive(levels=with_lm_fields(reg.config.levels, args.lm_set))
-        chosen = TRACKING_VARIANTS[args.tracking]
-        TRACKING_VARIANTS[args.tracking] = lambda: with_lm_fields(chosen(), args.lm_set)
     blur = None if args.blur in ("none", "calibrated", "biplane", "simulated") else float(args.blur)
     predictions = []  # --blur simulated: each prediction's coefficient (and where it was made)
     if args.blur == "calibrated":
@@ -334,7 +339,7 @@ def main(argv=None) -> int:
             g = torch.Generator().manual_seed(args.seed * 7 + f)
             fx = form_xray(vol, form_cam, truth[f], family=args.family, generator=g, **{**fixed, "photons": 0})
             pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain, resample_domain=domain)
-            tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
+            tracker = reg.derive(levels=tracking_levels(args))
             calib.append(float(tracker.measure_blur(pre.image[None, None], pre.camera,
                                                     pre.transform_pose(fx.pose)[None], pre.mask)[0]))
         blur = float(torch.tensor(calib).median())
@@ -346,7 +351,7 @@ def main(argv=None) -> int:
         # physical mu, its 0.7 px intensity blur on the formed detector, the frames' binning), noiseless,
         # at the tracking start or at frame 0 registered from it (--simulate-at; not the truth), the
         # coefficient measured on that image at that pose
-        tracker = reg.derive(levels=TRACKING_VARIANTS[args.tracking]())
+        tracker = reg.derive(levels=tracking_levels(args))
 
         sim_prep = {**frame_preprocessing(fx, fine, args.detector), "blur_domain": args.blur_domain,
                     "resample_domain": domain}
@@ -377,7 +382,7 @@ def main(argv=None) -> int:
               f"{fr.status}, verdict {fr.verdict}{' (re-initialised)' if fr.reinitialised else ''}", flush=True)
 
     out = track_sequence(reg, frames, pcam, start, confidence=not args.no_confidence, progress=progress,
-                         tracking_levels=TRACKING_VARIANTS[args.tracking](), motion=args.motion,
+                         tracking_levels=tracking_levels(args), motion=args.motion,
                          overlap_check=False if args.no_overlap else None, blur=blur,
                          blur_turn_deg=args.blur_turn or None,
                          masks=torch.stack(weights)[:, None] if weights else None,

@@ -48,8 +48,7 @@ from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.preprocess import image_batch
 from xraypose.register.config import Level
-from xraypose.register.objective import (LevelObjective, fit_bone, fit_channels, level_channels, robust_weights,
-                                        separable_blur, weighted_affine_fit)
+from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
            "assess", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
@@ -308,7 +307,7 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
     base = float(registrar.config.bone_multiplier)
     for q, b in enumerate(idx):
         _drr_signals(out[b], drr[q], obj.target[q, 0].to(F64), h[q], base,
-                     None if obj.mask is None else obj.mask[q, 0].to(F64), unsharp=obj.unsharp)
+                     None if obj.mask is None else obj.mask[q, 0].to(F64))
     return out
 
 
@@ -355,12 +354,10 @@ def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, T
 
 
 def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, base: float,
-                 mask: torch.Tensor | None = None, unsharp=()) -> None:
+                 mask: torch.Tensor | None = None) -> None:
     """Into ``rec``: the image and curvature signals of one result from its 7 DRRs ``d2`` (7, C, h, w) against
     the X-ray ``y`` (h, w) (the bone fitted as registration fits it, from ``base``; ``mask`` (h, w): the
-    X-ray's pixel weights, or None; ``unsharp``: the check level's blur kernels — a display's unsharp
-    masking explained as the fine levels explain it, the coefficients fitted at the result and kept for
-    its 6 neighbours), or its ``_problem``."""
+    X-ray's pixel weights, or None), or its ``_problem``."""
     if not bool(torch.isfinite(d2).all()):
         rec["_problem"] = "the DRR at the result is not finite"
         return
@@ -372,8 +369,6 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
     else:
         D7 = d2[:, 0]
         rec["bone_multiplier"] = base
-    if unsharp:
-        D7 = _with_unsharp(D7, y, unsharp, mask)
     D = D7[0]
     span = float(D.max() - D.min())
     if not span > 1e-6 * (float(D.abs().max()) + 1e-12):
@@ -384,16 +379,6 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
     y, rec["foreign"] = _explainable(D, y, mask)
     rec.update(_image_signals(D, y, soft))
     rec.update(_curvature_signals(D7, y, h))
-
-
-def _with_unsharp(D7: torch.Tensor, y: torch.Tensor, kernels, mask: torch.Tensor | None) -> torch.Tensor:
-    """DRRs ``D7`` (7, h, w) plus their blurs by ``kernels``, weighted by the least-squares coefficients
-    that explain the X-ray ``y`` (h, w) at ``D7[0]`` (a display's unsharp masking; ``Level.fit_unsharp``)."""
-    blurred = [separable_blur(D7[:, None], k, same=True)[:, 0] for k in kernels]
-    stack = torch.stack([D7[0].reshape(-1)] + [b[0].reshape(-1) for b in blurred])[None]
-    c = fit_channels(stack, y.reshape(1, -1), 0.0, ["free"] * len(blurred),
-                     w=None if mask is None else mask.reshape(1, -1))[0]
-    return D7 + sum(float(c[k]) * b for k, b in enumerate(blurred))
 
 
 def _explainable(D: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:

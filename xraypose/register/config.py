@@ -15,7 +15,7 @@ from xraypose.errors import InputError
 from xraypose.names import DENSITY_MODELS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
 
 __all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "edge_enhanced_levels",
-           "UNSHARP_MM", "FIT_FIELDS", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
+           "UNSHARP_MM", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
 
 #: How a level moves the pose: "adam" (first-order, wide capture; DiffPose's optimiser) or "lm"
 #: (Levenberg–Marquardt on the similarity's residual: exact gradient, Gauss–Newton curvature from
@@ -68,11 +68,7 @@ class Level:
         fit_unsharp: detector-plane σ (mm) of Gaussian blurs of the fitted DRR added to the intensity
             fit, each with a free coefficient (a display's unsharp masking / edge enhancement,
             ``y + a·(y − G*y)``, is then explained: the blurred copy's coefficient ≈ −a/(1 + a));
-            () (default): none.  A dense level only.
-        fit_field: add a smooth field of the detector to the intensity fit, its coefficients free:
-            "radial" (``u² + v²`` about the detector's centre: a display's vignetting, which is
-            additive after the log) or "quadratic" (``u, v, u², uv, v²``: also a heel effect's ramp,
-            scatter's smooth part); None (default): none.  A dense level only.
+            () (default): none; a list is taken as a tuple.  A dense level only.
     """
 
     size: int
@@ -94,16 +90,12 @@ class Level:
     fit_tissue: bool = False
     fit_curve: bool = False
     fit_unsharp: tuple = ()
-    fit_field: str | None = None
 
 
 #: The widths (σ on the detector, mm) of the DRR's blurred copies that explain a display's unsharp
 #: masking (:attr:`Level.fit_unsharp`): a geometric series covering the kernels of clinical edge
 #: enhancement (2–10 pixels of a 128–256-pixel image over 280 mm: 2–22 mm).
 UNSHARP_MM = (3.0, 9.0, 27.0)
-
-#: :attr:`Level.fit_field`'s smooth fields: their terms in the detector's coordinates u, v (each in [−1, 1]).
-FIT_FIELDS = {"radial": ("u2+v2",), "quadratic": ("u", "v", "u2", "uv", "v2")}
 
 #: Default schedule (chosen by benchmarks/appearance.py and benchmarks/register.py measurements,
 #: docs/registration.md): capture with Adam on multiscale NCC at 16 and 32 rows (Adam's small,
@@ -159,6 +151,13 @@ FAST_LEVELS = (
     Level(size=24, iterations=60, n_samples=32, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
     Level(size=48, iterations=30, n_samples=64, volume_mm=4.0, fit_bone=True, optimizer="lm", robust=True),
 )
+
+
+def _level(lv) -> Level:
+    """A config's level as a :class:`Level`: a dict (a recorded config's JSON) made one, a list of
+    ``fit_unsharp`` widths made a tuple (the frozen level stays hashable and compares equal)."""
+    lv = lv if isinstance(lv, Level) else Level(**lv)
+    return dataclasses.replace(lv, fit_unsharp=tuple(lv.fit_unsharp)) if isinstance(lv.fit_unsharp, list) else lv
 
 
 def levels_for_sizes(sizes, base=DEFAULT_LEVELS) -> tuple:
@@ -364,9 +363,7 @@ class RegistrationConfig:
         v = self.lm_reject_tol_px  # 0 turns the test off
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise InputError(f"lm_reject_tol_px must be a number >= 0 (0: off), got {v!r}")
-        self.levels = tuple(lv if isinstance(lv, Level) else Level(**lv) for lv in self.levels)
-        self.levels = tuple(dataclasses.replace(lv, fit_unsharp=tuple(lv.fit_unsharp))
-                            if isinstance(lv.fit_unsharp, list) else lv for lv in self.levels)  # from JSON
+        self.levels = tuple(_level(lv) for lv in self.levels)
         if not self.levels:
             raise InputError("a registration needs at least one level")
         for lv in self.levels:
@@ -383,9 +380,6 @@ class RegistrationConfig:
                                                  and math.isfinite(x) and x > 0 for x in u)):
                 raise InputError(f"bad level {lv}: fit_unsharp must be a list of blur widths in mm (each > 0), "
                                  f"got {u!r}")
-            if lv.fit_field is not None and lv.fit_field not in FIT_FIELDS:
-                raise InputError(f"bad level {lv}: unknown fit_field {lv.fit_field!r}; choose one of "
-                                 f"{', '.join(FIT_FIELDS)} (or none)")
             if lv.similarity is not None and lv.similarity not in SIMILARITY_MEASURES:
                 raise InputError(f"bad level {lv}: unknown similarity {lv.similarity!r}; choose one of "
                                  f"{', '.join(SIMILARITY_MEASURES)}")

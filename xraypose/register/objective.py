@@ -19,27 +19,14 @@ from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.preprocess import resize as resize_image
-from xraypose.register.config import FIT_FIELDS, Level, RegistrationConfig
+from xraypose.register.config import Level, RegistrationConfig
 from xraypose.register.measures import residual as measure_residual
 from xraypose.render import render, render_with_tangents
 from xraypose.render.sparse import patch_pixels
 
-__all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "blur_coefficient", "squared_gradient", "robust_weights", "weighted_affine_fit", "gaussian_kernel", "separable_blur"]
+__all__ = ["LevelObjective", "ViewSet", "level_channels", "fit_bone", "fit_channels", "fit_intensity_blur", "blur_coefficient", "squared_gradient", "robust_weights", "with_fitted_terms", "weighted_affine_fit", "gaussian_kernel", "separable_blur"]
 
 F64 = torch.float64
-
-
-def _field(kind: str | None, h: int, w: int) -> torch.Tensor | None:
-    """(F, h, w) float32 the smooth fields of :attr:`Level.fit_field` ``kind`` on an h × w detector,
-    each centred (mean 0); None for None."""
-    if kind is None:
-        return None
-    if kind not in FIT_FIELDS:
-        raise InputError(f"unknown fit_field {kind!r}; choose one of: {', '.join(FIT_FIELDS)} (or None)")
-    v, u = torch.meshgrid(torch.linspace(-1, 1, h, dtype=F64), torch.linspace(-1, 1, w, dtype=F64), indexing="ij")
-    terms = {"u": u, "v": v, "u2": u * u, "uv": u * v, "v2": v * v, "u2+v2": u * u + v * v}
-    out = torch.stack([terms[t] for t in FIT_FIELDS[kind]])
-    return (out - out.mean((1, 2), keepdim=True)).to(torch.float32)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -197,6 +184,17 @@ def weighted_affine_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> to
     return my + a * (x - mx)
 
 
+def with_fitted_terms(drr: torch.Tensor, terms: list, tgt: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """``drr`` (n, ...) plus ``terms`` (each like ``drr``) weighted by their least-squares coefficients
+    in units of ``drr``'s (:func:`fit_channels`, any sign, detached) against ``tgt`` (n, ...) with pixel
+    weights ``w``: a DRR's closed-form extra terms (a display curve's square, unsharp masking's blurs)."""
+    n = drr.shape[0]
+    stack = torch.stack([drr.reshape(n, -1)] + [t.reshape(n, -1) for t in terms], 1)
+    c = fit_channels(stack, tgt.reshape(n, -1), 0.0, ["free"] * len(terms), w=None if w is None else w.reshape(n, -1))
+    shape = (-1,) + (1,) * (drr.dim() - 1)
+    return drr + sum(c[:, k].to(drr.dtype).reshape(shape) * t for k, t in enumerate(terms))
+
+
 def robust_weights(drr: torch.Tensor, tgt: torch.Tensor, c: float = 4.685, iterations: int = 3,
                    prior: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel weights that leave out what the CT cannot explain (implants, tools, saturation).
@@ -300,8 +298,7 @@ class LevelObjective:
         # the X-ray's intensity-domain blur, held fixed: c per X-ray pixel² -> per pixel² of this level
         self.blur_c = None if config.blur_coefficient is None else float(config.blur_coefficient) * self.px2
         # a display's unsharp masking: blurred copies of the fitted DRR (σ per level pixel, ≥ 0.3)
-        self.unsharp = [gaussian_kernel(max(0.3, float(mm) / self.camera.delx)) for mm in (level.fit_unsharp or ())]
-        self.field = _field(level.fit_field, h, w)
+        self.unsharp = [gaussian_kernel(max(0.3, float(mm) / self.camera.delx)) for mm in level.fit_unsharp]
         self.uv = None
         if level.patches is not None:
             S = min(level.patch_size, h, w)
@@ -427,12 +424,9 @@ class LevelObjective:
         if self.level.fit_air:
             chord = self.box_chord(poses, rows).to(drr.dtype).reshape(n, 1, *drr.shape[2:])
             drr = torch.cat([drr, chord], 1)
-        kinds = (["bone"] if self.level.fit_bone else []) + (["free"] if self.level.fit_tissue else []) + (
-            ["positive"] if self.level.fit_air else [])
-        if self.field is not None and self.uv is None:
-            drr = torch.cat([drr, self.field.to(drr.dtype).expand(n, -1, -1, -1)], 1)
-            kinds += ["free"] * self.field.shape[0]
         if drr.shape[1] > 1:
+            kinds = (["bone"] if self.level.fit_bone else []) + (["free"] if self.level.fit_tissue else []) + (
+                ["positive"] if self.level.fit_air else [])
             coef = fit_channels(drr.reshape(n, drr.shape[1], -1), tgt.reshape(n, -1), base, kinds,
                                 w=None if m is None else m.reshape(n, -1))
             if self.level.fit_bone:
@@ -453,13 +447,10 @@ class LevelObjective:
             drr = drr + self.blur_c * squared_gradient(drr)
         elif self.level.fit_blur and self.uv is None:
             drr = fit_intensity_blur(drr, tgt)
-        if self.level.fit_curve:
-            sq = drr * drr
-            c2 = fit_channels(torch.stack([drr.reshape(n, -1), sq.reshape(n, -1)], 1), tgt.reshape(n, -1), base,
-                              ["free"], w=None if m is None else m.reshape(n, -1))
-            drr = drr + c2[:, 0].to(drr.dtype).reshape((-1,) + (1,) * (drr.dim() - 1)) * sq
-        if self.unsharp and self.uv is None:
-            drr = self._unsharp_fit(drr, tgt, m, base)
+        if self.level.fit_curve:  # a display curve
+            drr = with_fitted_terms(drr, [drr * drr], tgt, m)
+        if self.unsharp and self.uv is None:  # a display's unsharp masking y + a(y − G*y) = (1 + a)y − a·G*y
+            drr = with_fitted_terms(drr, [separable_blur(drr, k, same=True) for k in self.unsharp], tgt, m)
         if self.level.robust:
             w = robust_weights(drr, tgt, c=self.level.robust_c,
                                prior=None if m is None else m.reshape(drr.shape))
@@ -472,17 +463,6 @@ class LevelObjective:
                              weights=c.ncc_weights, patch=c.ncc_patch, alpha=c.mix_alpha, w=w)
         return r, bone, constant
 
-
-    def _unsharp_fit(self, drr: torch.Tensor, tgt: torch.Tensor, m, base: float) -> torch.Tensor:
-        """(n, 1, h, w) ``drr`` plus its blurred copies (:attr:`Level.fit_unsharp`), each weighted by
-        its least-squares coefficient against ``tgt`` (detached; pixel weights ``m``): a display's
-        unsharp masking ``y + a·(y − G*y)`` is ``(1 + a)·(y − a/(1 + a)·G*y)``, a DRR and its blur."""
-        n = drr.shape[0]
-        blurred = [separable_blur(drr, k, same=True) for k in self.unsharp]
-        stack = torch.stack([drr.reshape(n, -1)] + [b.reshape(n, -1) for b in blurred], 1)
-        c = fit_channels(stack, tgt.reshape(n, -1), base, ["free"] * len(blurred),
-                         w=None if m is None else m.reshape(n, -1))
-        return drr + sum(c[:, k].to(drr.dtype).reshape(-1, 1, 1, 1) * b for k, b in enumerate(blurred))
 
 
 class ViewSet:
