@@ -138,6 +138,28 @@ def test_batch_equals_single(renderer):
         torch.testing.assert_close(batch[b], single[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_drr_sampled_by_step_does_not_depend_on_its_batch(dtype):
+    """Sampling by a step, each pose takes the sample count its own longest chord needs: a pose rendered beside
+    another whose rays are longer gets the DRR it gets alone (the fused CPU path in float32, the reference in
+    float64; the tangents too).  Before, the batch's longest chord set every pose's count."""
+    from xraypose.render import render_with_tangents
+
+    vol, aff, cam, centre = _scene()
+    T = carm_pose(torch.tensor([0.0, 35.0]), torch.tensor([0.0, 60.0]), sod=400.0, isocenter=centre).to(dtype)
+    v = vol.to(dtype)
+    batch = render(v, aff, cam, T, step=2.5)
+    tang = torch.zeros(2, 1, 4, 4, dtype=dtype)
+    tang[:, 0, 0, 3] = 1.0  # along world x
+    img_b, d_b = render_with_tangents(v, aff, cam, T, tang, step=2.5)
+    for b in range(2):
+        assert torch.equal(batch[b], render(v, aff, cam, T[b], step=2.5)[0])
+        img, d = render_with_tangents(v, aff, cam, T[b:b + 1], tang[b:b + 1], step=2.5)
+        assert torch.equal(img_b[b], img[0]) and torch.equal(d_b[b], d[0])
+    sparse = render(v, aff, cam, T, uv=torch.tensor([[[3.0, 4.0]], [[5.0, 6.0]]], dtype=dtype), step=2.5)
+    assert torch.equal(sparse[1, :, 0], batch[1, :, 6, 5])
+
+
 @pytest.mark.parametrize("renderer", ["trilinear", "siddon"])
 def test_sparse_pixels_match_full_image(renderer):
     vol, aff, cam, centre = _scene()

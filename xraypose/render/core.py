@@ -80,7 +80,9 @@ def render(
             coordinates (u, v) of the only rays to trace (sparse rendering).
         renderer: "trilinear" (ray marching) or "siddon" (exact, piecewise constant voxels).
         n_samples: trilinear samples per ray; else ``step`` (mm, default half
-            the smallest voxel spacing) bounds the step along every ray.
+            the smallest voxel spacing) bounds the step along every ray: each pose's rays take
+            as many samples as its own longest chord needs (a DRR does not depend on the poses
+            rendered beside it).
         backend: "reference" (plain PyTorch, any device, float64 capable: the
             ground truth), "cpu" (fused C++ kernel for CPU tensors), "triton"
             (fused GPU kernel for CUDA tensors; half-precision volumes allowed),
@@ -95,6 +97,9 @@ def render(
     dt, dev = camera_to_world.dtype, camera_to_world.device
     full = uv is None
     B = camera_to_world.shape[0]
+    if _per_pose(renderer, n_samples, B):
+        return torch.cat([render(density, affine, camera, camera_to_world[b:b + 1], _pose_uv(uv, b), renderer,
+                                 None, step, backend) for b in range(B)])
     uv = _pixel_list(camera, uv, B, dt, dev)
 
     which = resolve(backend, renderer, dev)
@@ -145,6 +150,10 @@ def render_with_tangents(
     if tangents.dim() != 4 or tangents.shape[0] != B or tangents.shape[-2:] != (4, 4):
         raise InputError(f"tangents must be (B, K, 4, 4) with B = {B} poses, got shape {tuple(tangents.shape)}")
     K, C = tangents.shape[1], density.shape[0]
+    if _per_pose("trilinear", n_samples, B):
+        parts = [render_with_tangents(density, affine, camera, camera_to_world[b:b + 1], tangents[b:b + 1],
+                                      _pose_uv(uv, b), None, step, backend) for b in range(B)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     full = uv is None
     out_shape = (B, C, camera.height, camera.width) if full else None
     dt, dev = camera_to_world.dtype, camera_to_world.device
@@ -174,6 +183,19 @@ def render_with_tangents(
                        backend)
         d = (plus - minus).reshape(B, K, *img.shape[1:]) / (2 * eps.reshape(B, K, *([1] * (img.dim() - 1))))
     return img, d.to(img.dtype)
+
+
+def _per_pose(renderer: str, n_samples, B: int) -> bool:
+    """Whether a batch is rendered pose by pose: trilinear sampling by a step (``n_samples`` None) takes its
+    number of samples from the longest chord, and a batch's longest chord would set it for every pose in the
+    batch — a DRR would then depend on the poses rendered beside it (a registration's starts, a batch of
+    X-rays).  Pose by pose, each DRR is the one it is alone."""
+    return renderer == "trilinear" and n_samples is None and B > 1
+
+
+def _pose_uv(uv, b: int):
+    """Pose ``b``'s pixel list: ``uv`` shared by every pose ((R, 2) or None), or its own row of (B, R, 2)."""
+    return uv if uv is None or uv.dim() == 2 else uv[b:b + 1]
 
 
 def _checked_inputs(density, camera_to_world, renderer: str, backend: str, n_samples, step):
