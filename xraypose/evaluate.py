@@ -449,11 +449,13 @@ _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans"
                   "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
                   "levels": "--levels/--fast/--metal", "seed": "--seed", "parameterization": "--parameterization",
                   "foreign_steps": "--metal-steps/--no-metal-steps", "capture_starts": "--capture-starts",
-                  "match_intensity": "--match-intensity", "match_capture": "--match-intensity"}
+                  "match_intensity": "--match-intensity", "match_capture": "--match-intensity",
+                  "shift_search": "--shift-search/--no-shift-search"}
 _NOT_COMPARED = {"num_threads"}  # speed only: may change between a run and its resume
 #: Registration settings added after runs were recorded, with the value that reproduces how a run
 #: recorded without them registered (a resume compares against these).
-_ADDED_SETTINGS = {"foreign_steps": None, "capture_starts": 1, "match_intensity": None, "match_capture": False}
+_ADDED_SETTINGS = {"foreign_steps": None, "capture_starts": 1, "match_intensity": None, "match_capture": False,
+                   "shift_search": None}
 
 
 def _short(v) -> str:

@@ -40,7 +40,7 @@ import typer
 import typer.core
 
 from xraypose.errors import InputError
-from xraypose.register.config import DEFAULT_LEVELS, MATCH_CURVED, RegistrationConfig
+from xraypose.register.config import DEFAULT_LEVELS, MATCH_CURVED, SHIFT_GAIN, RegistrationConfig
 from xraypose.schema import (OFFSET_MM, PIXEL_MM, POSITION_MM, PRIMARY_DEG, SDD_MM, SECONDARY_DEG, SOD_MM, Integer,
                              Number)
 
@@ -245,6 +245,10 @@ METAL_STEPS = typer.Option(True, "--metal-steps/--no-metal-steps", help="Before 
 CAPTURE_STARTS = typer.Option(_REG.capture_starts, "--capture-starts", help="Capture from the start and this many "
                               "minus one more about it (5°/20 mm away); the best after the first level goes on.  1: "
                               "the given start only (faster, loses more far starts).")
+SHIFT_SEARCH = typer.Option(True, "--shift-search/--no-shift-search", help="Before the capture, find where the "
+                            "X-ray's anatomy lies in a DRR twice as wide (a template match) and capture from the start "
+                            "moved across the beam there as well; the better capture goes on (docs/registration.md, "
+                            "\"The shift search\").  Off: the given start only.")
 MATCH_INTENSITY = typer.Option("fine", "--match-intensity", help="Map the X-ray's intensities onto the DRR's by "
                                "their quantiles (a display curve undone): fine — at a finer level where that map "
                                "is clearly curved (the default); all — at every capture level too (display-processed "
@@ -270,11 +274,13 @@ def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, l
                          schedule: str = SCHEDULE, density: str = DENSITY, bone_multiplier: float = BONE_MULTIPLIER,
                          levels: Optional[str] = LEVELS, fast: bool = FAST, metal: bool = METAL,
                          metal_steps: bool = METAL_STEPS, capture_starts: int = CAPTURE_STARTS,
+                         shift_search: bool = SHIFT_SEARCH,
                          match_intensity: str = MATCH_INTENSITY, edge_enhanced: bool = EDGE_ENHANCED,
                          seed: int = SEED, threads: int = THREADS) -> dict:
     """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
     return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
                 bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, capture_starts=capture_starts,
+                shift_search=SHIFT_GAIN if shift_search else None,
                 **appearance_settings(metal_steps, match_intensity),
                 **levels_config(levels, fast, metal, edge_enhanced))
 

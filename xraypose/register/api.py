@@ -85,6 +85,9 @@ class Registration(RegistrationOutcome):
         confidence: the check's signals and seconds, and the hypotheses tried (if any).
         foreign: what was set aside in the X-ray before registering (metal's steps:
             :mod:`xraypose.register.foreign`), or None when that was off.
+        shift_search: what the in-plane shift search found for each given start (moved or not, the
+            offset, the move in mm, the NCCs: :mod:`xraypose.register.shift_search`), or None when it did
+            not run (off, or a result of a hypothesis).
     """
 
     camera_to_world: torch.Tensor
@@ -95,6 +98,7 @@ class Registration(RegistrationOutcome):
     chosen_start: int = 0
     confidence: dict = field(default_factory=dict)
     foreign: dict | None = None
+    shift_search: list | None = None
 
     @property
     def world_to_camera(self) -> torch.Tensor:
@@ -122,6 +126,7 @@ class Registration(RegistrationOutcome):
             "levels": self.level_stats,
             "confidence": self.confidence,
             "foreign": self.foreign,
+            "shift_search": self.shift_search,
             "config": self.config,
         }
         return _with_metrics(d, self.metrics, self.extra)
@@ -219,6 +224,7 @@ def register_xray(
             trajectory=src.trajectories[k], config=reg.config.to_dict(), level_stats=src.level_stats,
             chosen_start=src.chosen_start[k] if src is res else 0,
             foreign=src.foreign[k][0] if src.foreign else None,
+            shift_search=src.shift_search[k] if src is res and src.shift_search else None,
         )
         if checks[b] is not None:
             c = checks[b]["conf"]

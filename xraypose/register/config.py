@@ -15,7 +15,7 @@ from xraypose.errors import InputError
 from xraypose.names import DENSITY_MODELS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
 
 __all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "edge_enhanced_levels",
-           "UNSHARP_MM", "FAST_LEVELS", "levels_for_sizes", "OPTIMIZERS"]
+           "UNSHARP_MM", "FAST_LEVELS", "SHIFT_GAIN", "MATCH_CURVED", "levels_for_sizes", "OPTIMIZERS"]
 
 #: How a level moves the pose: "adam" (first-order, wide capture; DiffPose's optimiser) or "lm"
 #: (Levenberg–Marquardt on the similarity's residual: exact gradient, Gauss–Newton curvature from
@@ -185,6 +185,11 @@ def levels_for_sizes(sizes, base=DEFAULT_LEVELS) -> tuple:
 #: the DRR's quantiles left out the X-ray's weighted-out pixels, metal set aside curved maps past 0.15.
 MATCH_CURVED = 0.15
 
+#: The default ``shift_search``: a start moved by the in-plane shift search (:mod:`xraypose.register.shift_search`)
+#: joins the capture when the X-ray's NCC with the DRR at the best offset beats the start's own by this much
+#: (a start at the truth: its own offset is the best, or within noise of it).
+SHIFT_GAIN = 0.02
+
 
 @dataclass
 class RegistrationConfig:
@@ -240,6 +245,17 @@ class RegistrationConfig:
     given one) at 1.5–2.5× the time.  Five such starts are a hypothesis instead
     (:data:`xraypose.register.hypotheses.CAPTURE_HYPOTHESIS`), tried only when no result is ok.
     Rigs and later tracking frames (no capture level) are not affected.
+
+    ``shift_search``: None (off) or a gain (default :data:`SHIFT_GAIN`): before the first level, when it
+    is a capture (Adam) level and a single view is registered (a rig: its start view's capture), each
+    start's DRR is rendered over a detector about twice as wide and high and the X-ray slid over it
+    (normalised cross-correlation at every in-plane offset, 32 rows; :mod:`xraypose.register.shift_search`).
+    When the best offset's NCC beats the start's own by the gain, the start moved across the beam to
+    that offset (at the isocenter's depth) joins as a start of its own: the first level keeps the best
+    given start and the moved one, the first fine (Levenberg–Marquardt) level the better of the two (at
+    16 and 32 rows a lost capture can score as high as the right one).  Why two starts and not the moved one instead: a start turned 10° out of
+    plane can match best at a wrong offset (appearance benchmark, fresh cases: replacing the start
+    gained as many registrations as it lost; docs/registration.md, "The shift search").
 
     ``match_intensity``: None (off) or a threshold (default :data:`MATCH_CURVED`): at the start of
     each finer (Levenberg–Marquardt) level every X-ray whose map onto a DRR at its best pose so far
@@ -314,6 +330,7 @@ class RegistrationConfig:
     match_intensity: float | None = MATCH_CURVED
     match_capture: bool = False
     blur_coefficient: float | None = None
+    shift_search: float | None = SHIFT_GAIN
 
     def __post_init__(self):
         if self.parameterization not in ROTATION_PARAMETERIZATIONS:
@@ -346,6 +363,11 @@ class RegistrationConfig:
                                   and v >= 0):
             raise InputError(f"match_intensity must be None (off) or a number >= 0 (a map's departure from a "
                              f"straight line), got {v!r}")
+        v = self.shift_search
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  and 0 <= v < 2):
+            raise InputError(f"shift_search must be None (off) or a number in [0, 2) (the NCC a shifted start must "
+                             f"gain), got {v!r}")
         v = self.blur_coefficient
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                   and v <= 0):

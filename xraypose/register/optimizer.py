@@ -106,7 +106,8 @@ class RegistrationResult:
         trajectories: per element, a list of ``{"level", "iteration", "similarity",
             "camera_to_world", ...}`` (empty when not recorded).
         chosen_start: per element, the index of the start kept (several starts, e.g. antipodal; with
-            ``capture_starts``: 0 the given start, 1… the capture's extra starts).
+            ``capture_starts``: 0 the given start, 1… the capture's extra starts; with ``shift_search``
+            the K given (and capture) starts come first, then one shifted start per given start).
         bone_multiplier: (B,) the bone multiplier of the final DRR (fitted where a level fits it).
         level_stats: per level: size, channels, patches, optimiser, iterations (all elements),
             seconds, how many tracks converged and how many X-rays' intensities were matched
@@ -115,6 +116,9 @@ class RegistrationResult:
         curvature: per element, {Levenberg–Marquardt level index: its last JᵀJ (6, 6)}.
         foreign: per element, per view what :mod:`xraypose.register.foreign` set aside
             (``SteppedXray.to_dict()``; empty when ``config.foreign_steps`` is None).
+        shift_search: per element, per given start what the in-plane shift search found
+            (:meth:`ShiftFound.to_dict() <xraypose.register.shift_search.ShiftFound.to_dict>`; empty when
+            ``config.shift_search`` is None or the registration has no single-view capture level).
         config: the configuration used.
     """
 
@@ -134,6 +138,7 @@ class RegistrationResult:
     levels: list = field(default_factory=list)
     curvature: list = field(default_factory=list)
     foreign: list = field(default_factory=list)
+    shift_search: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.poses.shape[0]
@@ -518,14 +523,24 @@ class Registrar:
         K = T0.shape[1]
         if not bool(torch.isfinite(T0).all()):
             raise InputError("initial pose has NaN or infinite entries")
+        searched, shifted, moved = [], None, None
+        capture = len(views) == 1 and bool(c.levels) and c.levels[0].optimizer == "adam"
+        if capture and c.shift_search is not None:
+            shifted, moved, searched = self._shift_starts(prepared[0], T0)
         given = None
-        if len(views) == 1 and K == 1 and c.capture_starts > 1 and c.levels and c.levels[0].optimizer == "adam":
+        if capture and K == 1 and c.capture_starts > 1:
             given, T0 = T0[:, 0].clone(), self._capture_starts(T0[:, 0])
+            K = T0.shape[1]
+        unshifted = T0.clone()
+        if shifted is not None:  # the moved starts join as starts of their own; level 0 keeps the best
+            T0 = torch.cat([T0, shifted], dim=1)
             K = T0.shape[1]
         flatT = T0.reshape(B * K, 4, 4)
         sane = torch.ones(B * K, dtype=torch.bool)
         for (_, cam, Ci, _m) in prepared:
             sane &= self._sane(flatT @ Ci, cam)
+        if moved is not None:  # a start the search did not move is not optimised twice
+            sane &= torch.cat([torch.ones(B, K - moved.shape[1], dtype=torch.bool), moved], dim=1).reshape(-1)
         none_ok = ~sane.reshape(B, K).any(dim=1)
         if bool(none_ok.any()):
             b = int(torch.nonzero(none_ok)[0, 0])
@@ -538,10 +553,16 @@ class Registrar:
             torch.set_num_threads(int(c.num_threads))
         try:
             t0, c0 = time.perf_counter(), time.process_time()
-            out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature)
+            out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature,
+                                 n_given=unshifted.shape[1])
+            if shifted is not None:  # a shifted start is the registration's own: its start is the one it was moved from
+                Kb = unshifted.shape[1]
+                out.initial_poses = torch.stack([unshifted[b, j] if j < Kb else unshifted[b, j - Kb]
+                                                 for b, j in enumerate(out.chosen_start)])
             if given is not None:  # the capture's extra starts are the registration's own: the start is the given one
                 out.initial_poses = given
             out.foreign = [[f[b].to_dict() for f in found] for b in range(B)] if found else []
+            out.shift_search = searched
             out.opt_s = time.perf_counter() - t0
             out.cpu_s = time.process_time() - c0
         finally:
@@ -584,6 +605,36 @@ class Registrar:
             recoveries=[sum(f.recoveries[b] for f in firsts) + second.recoveries[b] for b in range(len(won))],
             foreign=second.foreign, config=c)
 
+    def _shift_starts(self, view, T0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Each start (B, K, 4, 4) of a single view moved across the beam to where the in-plane shift
+        search (:mod:`xraypose.register.shift_search`) puts the X-ray's anatomy.  Returns the moved
+        starts (B, K, 4, 4; a start not moved: itself), whether each moved (B, K) bool (not when the
+        search gained too little, or the start or its move does not see the CT) and per X-ray the
+        searches' records (None for a start that does not see the CT)."""
+        from xraypose.register.shift_search import SHIFT_ROWS, search_shift
+
+        imgs, cam, Ci, masks = view
+        Ci_inv = torch.linalg.inv(Ci)
+        c = self.config
+        near = min((lv for lv in c.levels if lv.optimizer == "adam"), key=lambda lv: abs(math.log(lv.size / SHIFT_ROWS)))
+        dens, aff = self.volume_level(near.volume_mm, (0, 1))
+        out, moved, records = T0.clone(), torch.zeros(T0.shape[:2], dtype=torch.bool), []
+        for b in range(T0.shape[0]):
+            rec = []
+            for k in range(T0.shape[1]):
+                T = T0[b, k] @ Ci  # the view's camera_to_world (a rig's start view: Ci the identity)
+                if not bool(self._sane(T[None], cam)[0]):
+                    rec.append(None)
+                    continue
+                found = search_shift(dens, aff, imgs[b, 0], cam, T, self.isocenter,
+                                     mask=None if masks is None else masks[b, 0], bone=float(c.bone_multiplier),
+                                     rows=SHIFT_ROWS, gain=float(c.shift_search), n_samples=near.n_samples)
+                ok = found.moved and bool(self._sane(found.pose[None], cam)[0])
+                out[b, k], moved[b, k] = found.pose @ Ci_inv, ok
+                rec.append({**found.to_dict(), "moved": ok})
+            records.append(rec)
+        return out, moved, records
+
     def _capture_starts(self, T: torch.Tensor) -> torch.Tensor:
         """(B, capture_starts, 4, 4): each given start (B, 4, 4) first, then ``capture_starts − 1`` starts
         about it (``capture_spread``: degrees about a random axis through the isocenter, mm in a random
@@ -598,6 +649,18 @@ class Registrar:
                                           torch.Generator().manual_seed(int(c.seed) * 7907 + 11))
                              for b in range(T.shape[0])])
         return torch.cat([T[:, None], extra], dim=1)
+
+    @staticmethod
+    def _keep_best(tracks: list, B: int, chosen: list, among=lambda t: True) -> list:
+        """Of each X-ray's tracks that ``among`` selects, the one with the best score (``chosen[b]`` its
+        start); the tracks it does not select stay."""
+        kept = []
+        for b in range(B):
+            mine = [t for t in tracks if t.xray == b and among(t)]
+            top = max(mine, key=lambda t: t.score if t.alive or math.isfinite(t.score) else -math.inf)
+            chosen[b] = top.start
+            kept += [top] + [t for t in tracks if t.xray == b and not among(t)]
+        return kept
 
     @staticmethod
     def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
@@ -639,8 +702,18 @@ class Registrar:
             masks = m.contiguous()
         return imgs.to(torch.float32), camera, Ci, masks
 
-    def _optimise(self, views, camera_to_rig, T0, sane0, curvature=None) -> RegistrationResult:
+    def _optimise(self, views, camera_to_rig, T0, sane0, curvature=None, n_given: int | None = None
+                  ) -> RegistrationResult:
+        """The levels.  ``T0`` (B, K, 4, 4): K starts per X-ray, the first ``n_given`` given (or the capture's),
+        the rest shifted by the shift search.  The first level keeps each X-ray's best given start and its
+        shifted ones; the first fine level (the first after the leading Adam levels; the last level when there
+        is none) keeps the best of those: at 16 and 32 rows a lost capture can score as high as the right one,
+        at the first fine level, intensities fitted, it scores clearly lower (docs/registration.md, "The shift
+        search")."""
         c = self.config
+        n_given = T0.shape[1] if n_given is None else n_given
+        first_fine = next((i for i, lv in enumerate(c.levels) if lv.optimizer != "adam"), len(c.levels))
+        choose_at = min(first_fine, len(c.levels) - 1)  # the first fine level, else the last level
         B, K = T0.shape[:2]
         g = torch.Generator().manual_seed(int(c.seed))
         A, Bm = self.frames(T0.reshape(B * K, 4, 4))
@@ -678,14 +751,10 @@ class Registrar:
                                 "iterations": sum(t.levels[-1]["iterations"] for t in tracks),
                                 "converged": sum(t.levels[-1]["ended"] == "converged" for t in tracks),
                                 "seconds": time.perf_counter() - t_level})
-            if li == 0 and K > 1:  # keep each X-ray's best start
-                best = []
-                for b in range(B):
-                    mine = [t for t in tracks if t.xray == b]
-                    top = max(mine, key=lambda t: t.score if t.alive or math.isfinite(t.score) else -math.inf)
-                    best.append(top)
-                    chosen[b] = top.start
-                tracks = best
+            if li == 0 and n_given > 1:  # keep each X-ray's best given start (and its shifted ones)
+                tracks = self._keep_best(tracks, B, chosen, lambda t: t.start < n_given)
+            if li == choose_at and len(tracks) > B:  # keep each X-ray's best start
+                tracks = self._keep_best(tracks, B, chosen)
         for t in tracks:
             if t.status not in ("diverged", "invalid start"):
                 last = t.levels[-1]["ended"] if t.levels else "max_iterations"
