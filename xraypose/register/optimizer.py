@@ -94,7 +94,8 @@ class RegistrationResult:
     Attributes:
         poses: (B, 4, 4) float64 camera_to_world, finite.
         initial_poses: (B, 4, 4) the starts actually used (after any antipodal choice); with
-            ``capture_starts`` the given start (the extra capture starts are the registration's own).
+            ``capture_starts`` the given start (the extra capture starts are the registration's own), and
+            for a start moved by the shift search the start it was moved from.
         similarity: (B,) similarity of ``poses`` at the finest level (1 = perfect).
         status: per element: "converged" (the last level stopped by its convergence test; this
             says the optimiser stopped, not that the pose is right), "max_iterations" (a level's
@@ -532,7 +533,7 @@ class Registrar:
             given, T0 = T0[:, 0].clone(), self._capture_starts(T0[:, 0])
             K = T0.shape[1]
         unshifted = T0.clone()
-        if shifted is not None:  # the moved starts join as starts of their own; level 0 keeps the best
+        if shifted is not None:  # the moved starts join as starts of their own; the first fine level keeps the best
             T0 = torch.cat([T0, shifted], dim=1)
             K = T0.shape[1]
         flatT = T0.reshape(B * K, 4, 4)
