@@ -61,6 +61,20 @@ def form(volume, camera, T, family, seed):
     return pre.image.to(torch.float32), pre.camera, pre.transform_pose(fx.pose).to(F64), pre.mask
 
 
+def config_sets(sets) -> dict:
+    """RegistrationConfig keywords of ``--set FIELD=VALUE`` (VALUE as JSON)."""
+    import json
+
+    out = {}
+    for a in sets:
+        k, _, v = a.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--set {a}: the value is not JSON (e.g. 3, 0.02, null, true, \"gncc\")") from None
+    return out
+
+
 def run_ct(spec, args, log) -> list[dict]:
     from xraypose.fiducials import bone_points, select_fiducials
     from xraypose.register.cases import CaseMaker, perturb_pose
@@ -70,7 +84,7 @@ def run_ct(spec, args, log) -> list[dict]:
     maker = CaseMaker(vol, camera=cam, collimator_px=max(2, args.detector // 32), seed=args.seed)
     iso = vol.get_isocenter().to(F64)
     points = bone_points(vol)
-    reg = Registrar(vol, RegistrationConfig(drr_blur=1.0))
+    reg = Registrar(vol, RegistrationConfig(**{"drr_blur": 1.0, **config_sets(args.set)}))
     rows = []
     settings = {"biplane": args.biplane, "two-shot": args.two_shot}
     a_deg, t_mm = (float(x) for x in args.start.split(","))
@@ -159,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--two-shot", type=float, nargs=2, default=(20.0, 40.0))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checked", action="store_true", help="also register as the commands do (check + hypotheses)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a RegistrationConfig field (JSON value), e.g. --set shift_search=null")
     ap.add_argument("--modes", nargs="+", choices=["single", "joint", "single-checked", "joint-checked"],
                     help="only these modes (default: single and joint, and the checked ones with --checked)")
     args = ap.parse_args(argv)
