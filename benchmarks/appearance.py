@@ -95,12 +95,25 @@ def photon_offset_arg(text: str):
     return text if text == "auto" else float(text)
 
 
+def json_sets(sets) -> dict:
+    """``{FIELD: value}`` of the benchmarks' ``--set`` / ``--lm-set`` strings "FIELD=JSON"; a value that is not
+    JSON ends the run naming it."""
+    out = {}
+    for a in sets:
+        k, _, v = a.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            raise SystemExit(f"{a}: the value is not JSON (e.g. 3, 0.02, null, true, \"gncc\", [3, 9])") from None
+    return out
+
+
 def with_lm_fields(levels, sets) -> tuple:
     """``levels`` with ``sets`` ("FIELD=JSON" strings, the benchmarks' ``--lm-set``) applied to every
     Levenberg–Marquardt level (the fine levels)."""
     import dataclasses
 
-    changes = {k: json.loads(v) for k, v in (x.split("=", 1) for x in sets)}
+    changes = json_sets(sets)
     return tuple(dataclasses.replace(lv, **changes) if lv.optimizer == "lm" else lv for lv in levels)
 
 
@@ -292,7 +305,7 @@ def main(argv=None) -> int:
         from xraypose.register import levels_for_sizes
 
         kw["levels"] = levels_for_sizes([int(x) for x in args.levels.split(",")])
-    kw.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})
+    kw.update(json_sets(args.set))
     if args.lm_set:
         from xraypose.register.config import DEFAULT_LEVELS
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.appearance import load_ct, machine  # noqa: E402
+from benchmarks.appearance import json_sets, load_ct, machine  # noqa: E402
 from xraypose.camera import Camera  # noqa: E402
 from xraypose.io import atomic_write_json  # noqa: E402
 from xraypose.metrics import format_table, pose_errors  # noqa: E402
@@ -61,20 +61,6 @@ def form(volume, camera, T, family, seed):
     return pre.image.to(torch.float32), pre.camera, pre.transform_pose(fx.pose).to(F64), pre.mask
 
 
-def config_sets(sets) -> dict:
-    """RegistrationConfig keywords of ``--set FIELD=VALUE`` (VALUE as JSON)."""
-    import json
-
-    out = {}
-    for a in sets:
-        k, _, v = a.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            raise SystemExit(f"--set {a}: the value is not JSON (e.g. 3, 0.02, null, true, \"gncc\")") from None
-    return out
-
-
 def run_ct(spec, args, log) -> list[dict]:
     from xraypose.fiducials import bone_points, select_fiducials
     from xraypose.register.cases import CaseMaker, perturb_pose
@@ -84,7 +70,7 @@ def run_ct(spec, args, log) -> list[dict]:
     maker = CaseMaker(vol, camera=cam, collimator_px=max(2, args.detector // 32), seed=args.seed)
     iso = vol.get_isocenter().to(F64)
     points = bone_points(vol)
-    reg = Registrar(vol, RegistrationConfig(**{"drr_blur": 1.0, **config_sets(args.set)}))
+    reg = Registrar(vol, RegistrationConfig(**{"drr_blur": 1.0, **json_sets(args.set)}))
     rows = []
     settings = {"biplane": args.biplane, "two-shot": args.two_shot}
     a_deg, t_mm = (float(x) for x in args.start.split(","))

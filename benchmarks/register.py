@@ -53,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.appearance import json_sets  # noqa: E402
 from xraypose.camera import Camera  # noqa: E402
 from xraypose.errors import InputError  # noqa: E402
 from xraypose.io import atomic_write_json  # noqa: E402
@@ -259,7 +260,7 @@ def main(argv=None) -> int:
         kw["levels"] = levels_for_sizes([int(x) for x in args.levels.split(",")])
     if args.fast:
         kw["levels"] = FAST_LEVELS
-    kw.update({k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)})  # --set FIELD=VALUE
+    kw.update(json_sets(args.set))  # --set FIELD=VALUE
     cfg = RegistrationConfig(**kw)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
     models = {}

@@ -273,7 +273,7 @@ def main(argv=None) -> int:
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from appearance import load_ct, start_report, with_lm_fields, write_report  # noqa: E402
+    from appearance import json_sets, load_ct, start_report, with_lm_fields, write_report  # noqa: E402
 
     from xraypose.appearance import form_xray
     from xraypose.appearance.families import LOWDOSE_PHOTONS
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
     frames = torch.stack(images)[:, None].to(torch.float32)
     start = perturb_pose(poses[0], iso, args.start_deg, args.start_mm, torch.Generator().manual_seed(args.seed))[0]
     reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads,
-                                            **{k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)}))
+                                            **json_sets(args.set)))
     if args.lm_set:
         reg = reg.derive(levels=with_lm_fields(reg.config.levels, args.lm_set))
     blur = None if args.blur in ("none", "calibrated", "biplane", "simulated") else float(args.blur)

@@ -682,6 +682,19 @@ def test_the_appearance_benchmarks_lm_set_reaches_the_fine_levels_and_is_recorde
     assert [lv["fit_unsharp"] for lv in doc["config"]["levels"]] == [[], [3, 9]]
 
 
+def test_the_benchmarks_set_values_are_json_and_a_bad_one_is_named():
+    """benchmarks' --set / --lm-set FIELD=JSON (one parser for appearance, register, tracking, multiview)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.json_sets(["shift_search=null", "fit_unsharp=[3, 9]", "similarity=\"gncc\""]) == {
+        "shift_search": None, "fit_unsharp": [3, 9], "similarity": "gncc"}
+    with pytest.raises(SystemExit, match="similarity=gncc: the value is not JSON"):
+        bench.json_sets(["similarity=gncc"])
+
+
 def test_the_tracking_benchmark_keeps_one_processing_for_a_sequence_and_fixes_given_parameters(tmp_path):
     """benchmarks/tracking.py --same-params draws the family's parameters once (frame 0's) and keeps
     them for every frame, as a fluoroscopy system's processing is; --param fixes one for every frame."""

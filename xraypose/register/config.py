@@ -253,9 +253,10 @@ class RegistrationConfig:
     When the best offset's NCC beats the start's own by the gain, the start moved across the beam to
     that offset (at the isocenter's depth) joins as a start of its own: the first level keeps the best
     given start and the moved one, the first fine (Levenberg–Marquardt) level the better of the two (at
-    16 and 32 rows a lost capture can score as high as the right one).  Why two starts and not the moved one instead: a start turned 10° out of
-    plane can match best at a wrong offset (appearance benchmark, fresh cases: replacing the start
-    gained as many registrations as it lost; docs/registration.md, "The shift search").
+    16 and 32 rows a lost capture can score as high as the right one).  Why two starts and not the
+    moved one instead: a start turned 10° out of plane can match best at a wrong offset (appearance
+    benchmark, fresh cases: replacing the start gained as many registrations as it lost;
+    docs/registration.md, "The shift search").
 
     ``match_intensity``: None (off) or a threshold (default :data:`MATCH_CURVED`): at the start of
     each finer (Levenberg–Marquardt) level every X-ray whose map onto a DRR at its best pose so far

@@ -464,7 +464,6 @@ class LevelObjective:
         return r, bone, constant
 
 
-
 class ViewSet:
     """The objective of one level over several views tied by a rig (one view: an ordinary registration).
 

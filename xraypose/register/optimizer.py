@@ -532,7 +532,7 @@ class Registrar:
         if capture and K == 1 and c.capture_starts > 1:
             given, T0 = T0[:, 0].clone(), self._capture_starts(T0[:, 0])
             K = T0.shape[1]
-        unshifted = T0.clone()
+        n_given = T0.shape[1]
         if shifted is not None:  # the moved starts join as starts of their own; the first fine level keeps the best
             T0 = torch.cat([T0, shifted], dim=1)
             K = T0.shape[1]
@@ -555,10 +555,9 @@ class Registrar:
         try:
             t0, c0 = time.perf_counter(), time.process_time()
             out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature,
-                                 n_given=unshifted.shape[1])
+                                 n_given=n_given)
             if shifted is not None:  # a shifted start is the registration's own: its start is the one it was moved from
-                Kb = unshifted.shape[1]
-                out.initial_poses = torch.stack([unshifted[b, j] if j < Kb else unshifted[b, j - Kb]
+                out.initial_poses = torch.stack([T0[b, j if j < n_given else j - n_given]
                                                  for b, j in enumerate(out.chosen_start)])
             if given is not None:  # the capture's extra starts are the registration's own: the start is the given one
                 out.initial_poses = given
@@ -612,13 +611,12 @@ class Registrar:
         starts (B, K, 4, 4; a start not moved: itself), whether each moved (B, K) bool (not when the
         search gained too little, or the start or its move does not see the CT) and per X-ray the
         searches' records (None for a start that does not see the CT)."""
-        from xraypose.register.shift_search import SHIFT_ROWS, search_shift
+        from xraypose.register.shift_search import search_shift, search_view
 
         imgs, cam, Ci, masks = view
         Ci_inv = torch.linalg.inv(Ci)
         c = self.config
-        near = min((lv for lv in c.levels if lv.optimizer == "adam"), key=lambda lv: abs(math.log(lv.size / SHIFT_ROWS)))
-        dens, aff = self.volume_level(near.volume_mm, (0, 1))
+        sv = search_view(self, imgs, cam, masks)  # the X-rays resampled once, for every start
         out, moved, records = T0.clone(), torch.zeros(T0.shape[:2], dtype=torch.bool), []
         for b in range(T0.shape[0]):
             rec = []
@@ -627,9 +625,8 @@ class Registrar:
                 if not bool(self._sane(T[None], cam)[0]):
                     rec.append(None)
                     continue
-                found = search_shift(dens, aff, imgs[b, 0], cam, T, self.isocenter,
-                                     mask=None if masks is None else masks[b, 0], bone=float(c.bone_multiplier),
-                                     rows=SHIFT_ROWS, gain=float(c.shift_search), n_samples=near.n_samples)
+                found = search_shift(sv, b, T, self.isocenter, bone=float(c.bone_multiplier),
+                                     gain=float(c.shift_search))
                 ok = found.moved and bool(self._sane(found.pose[None], cam)[0])
                 out[b, k], moved[b, k] = found.pose @ Ci_inv, ok
                 rec.append({**found.to_dict(), "moved": ok})

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from xraypose.camera import Camera
 from xraypose.render import render
 
-__all__ = ["ShiftFound", "ncc_offsets", "search_shift", "SHIFT_ROWS"]
+__all__ = ["ShiftFound", "ncc_offsets", "search_view", "search_shift", "SHIFT_ROWS"]
 
 F64 = torch.float64
 
@@ -82,41 +82,49 @@ def ncc_offsets(big: torch.Tensor, template: torch.Tensor, weights: torch.Tensor
     return torch.where(var > 1e-12 * float(s2.abs().max().clamp_min(1e-30)), out, torch.zeros_like(out))
 
 
-def _area(img: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    return F.interpolate(img.to(F64).reshape(1, 1, *img.shape[-2:]), size=(rows, cols), mode="area")[0, 0]
+def search_view(registrar, images: torch.Tensor, camera: Camera, masks: torch.Tensor | None = None):
+    """The search's view of B X-rays (B, 1, H, W): a :class:`~xraypose.register.objective.LevelObjective` at
+    :data:`SHIFT_ROWS` rows (the X-rays and their pixel weights resampled as a registration level does), the
+    CT's density and bone channels averaged and sampled as for the registrar's capture (Adam) level nearest in
+    size (its first level when it has none)."""
+    import math
+
+    from xraypose.register.config import Level
+    from xraypose.register.objective import LevelObjective, level_channels
+
+    levels = registrar.config.levels
+    near = min([lv for lv in levels if lv.optimizer == "adam"] or levels[:1],
+               key=lambda lv: abs(math.log(lv.size / SHIFT_ROWS)))
+    lv = Level(size=SHIFT_ROWS, volume_mm=near.volume_mm, n_samples=near.n_samples, step_mm=near.step_mm, fit_bone=True)
+    dens, aff = registrar.volume_level(lv.volume_mm, level_channels(lv))
+    return LevelObjective(lv, registrar.config, dens, aff, images, camera, torch.Generator().manual_seed(0),
+                          masks=masks)
 
 
-def search_shift(density: torch.Tensor, affine: torch.Tensor, image: torch.Tensor, camera: Camera,
-                 pose: torch.Tensor, isocenter, *, mask: torch.Tensor | None = None, bone: float = 1.0,
-                 rows: int = SHIFT_ROWS, gain: float = 0.02, n_samples: int | None = None) -> ShiftFound:
-    """Search the in-plane shift of one start (module docstring).
+def search_shift(view, b: int, pose: torch.Tensor, isocenter, *, bone: float = 1.0,
+                 gain: float = 0.02) -> ShiftFound:
+    """Search the in-plane shift of one start of X-ray ``b`` of ``view`` (:func:`search_view`; module docstring).
 
     Args:
-        density: (C, I, J, K) registration basis (density, then the bone part when C >= 2), averaged as
-            coarse as suits ``rows``; affine: (4, 4) its voxel → world.
-        image: (H, W) or (1, 1, H, W) the preprocessed X-ray (line integrals, bone bright; any affine
-            scale); camera: its intrinsics.
+        view: the search's view of the X-rays (its ``target``, ``mask``, ``camera``, CT channels and sampling).
+        b: which X-ray.
         pose: (4, 4) the start, camera_to_world (world mm).
         isocenter: (3,) world mm: the depth at which the move is measured.
-        mask: optional (H, W) pixel weights in [0, 1] of the X-ray.
-        bone: the bone multiplier of the DRR (channel 0 + bone · channel 1).
-        rows: rows of the search's X-ray (columns follow the aspect ratio).
+        bone: the bone multiplier of the DRR (density + bone · bone channel).
         gain: the NCC the best offset must beat the start's own by for the start to move.
     Returns:
         :class:`ShiftFound`.
     """
-    img = image.reshape(image.shape[-2:])
-    H, W = img.shape
-    r = max(4, min(int(rows), H))
-    c = max(4, min(W, round(r * W / H)))
-    x = _area(img, r, c)
-    m = None if mask is None else _area(mask.reshape(H, W), r, c)
-    cam = camera.resize(r, c)
+    x = view.target[b, 0]
+    m = None if view.mask is None else view.mask[b, 0]
+    cam = view.camera
+    r, c = x.shape
     i0, j0 = r // 2, c // 2  # the wide detector's centre window is the X-ray's own field (same principal point)
     wide = Camera(sdd=cam.sdd, height=r + 2 * i0, width=c + 2 * j0, delx=cam.delx, dely=cam.dely, x0=cam.x0,
                   y0=cam.y0, reverse_x_axis=cam.reverse_x_axis)
     T = torch.as_tensor(pose, dtype=F64).reshape(4, 4)
-    drr = render(density, affine, wide, T[None].to(torch.float32), n_samples=n_samples)[0].to(F64)
+    drr = render(view.density, view.affine, wide, T[None].to(torch.float32), n_samples=view.n_samples,
+                 step=view.step)[0].to(F64)
     drr = drr[0] + (bone * drr[1] if drr.shape[0] > 1 else 0.0)
     ncc = ncc_offsets(drr, x, m)
     k = int(ncc.argmax())
