@@ -13,7 +13,11 @@ fiducials in view.
 
 Cases are the same true poses in every family (case i of a CT uses pose i), formed once and cached
 (``--cache``; each file holds only tensors and a camera dict, so an older xraypose can register them:
-run with ``--register-only`` and PYTHONPATH pointing at another checkout to measure "before").
+run with ``--register-only`` and PYTHONPATH pointing at another checkout to measure "before").  Each case
+is registered with its preprocessing's mask (a saturated plateau, a collimator's shadow: 0 where the
+X-ray cannot be trusted), as ``xraypose register`` does; until 2026-12-03 (stop 32) the benchmark dropped
+it (``--ignore-masks`` registers so again), and cases cached before then are completed once by forming
+them again (the same generator: the same X-ray, checked).
 Writes ``{"machine", "command", "config", "groups": {ct/family/start: summary}, "cases": [...]}``
 and prints a table: success < 1 / < 2 mm, median and p90 mTRE, the fraction converged (status
 "converged"/"recovered", and the mean fraction of levels that ended by their own test), the median
@@ -144,7 +148,32 @@ def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = 
     blur = fx.preprocess.get("blur")
     return {"image": pre.image.to(torch.float32), "camera": pre.camera.to_dict(), "true_pose": true_pose.to(F64),
             "fiducials": fid.to(F64), "index": i, "family": family, "drr_blur": 1.0 if blur else 0.0,
+            "mask": None if pre.mask is None else pre.mask.to(torch.float32),
             "info": json.loads(json.dumps(fx.info, default=str))}
+
+
+def _case_maker(volume, detector: int, seed: int):
+    from xraypose.register.cases import CaseMaker
+
+    cam = Camera(sdd=1020.0, height=detector, width=detector, delx=280.0 / detector)
+    return CaseMaker(volume, camera=cam, collimator_px=max(2, detector // 32), seed=seed)
+
+
+def _save_case(c: dict, f: Path) -> None:
+    tmp = f.with_suffix(".tmp")
+    torch.save(c, tmp)
+    os.replace(tmp, f)
+
+
+def add_mask(c: dict, volume, maker, seed: int, blur_domain: str, photon_offset) -> dict:
+    """A case cached before 2026-12-03 (stop 32) without the preprocessing's mask: formed again (the same
+    generator, so the same X-ray) for its mask.  Its image must come out identical, else the cache is from
+    another xraypose and is refused."""
+    new = make_case(volume, maker, c["family"], c["index"], seed, blur_domain, photon_offset)
+    if not torch.equal(new["image"], c["image"]):
+        raise SystemExit(f"case {c['index']} of {c['family']} formed again differs from its cached image: the cache "
+                         "is from another xraypose; remove it or use another --cache")
+    return {**c, "mask": new["mask"]}
 
 
 def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool,
@@ -157,7 +186,14 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
     for i in range(n):
         f = folder / f"case{i:04d}.pt"
         if f.exists():
-            out.append(torch.load(f, weights_only=False))
+            c = torch.load(f, weights_only=False)
+            if "mask" not in c:  # cached before the masks were: completed once (forming is deterministic)
+                maker = maker or _case_maker(volume, detector, seed)
+                c = add_mask(c, volume, maker, seed, blur_domain, photon_offset)
+                _save_case(c, f)
+                share = "none" if c["mask"] is None else f"{float((c['mask'] < 0.5).float().mean()):.1%} masked"
+                log(f"  {name}/{family} case {i}: preprocessing mask added to the cache ({share})")
+            out.append(c)
             continue
         if not make:
             if i == 0 and not any(folder.glob("case*.pt")):  # e.g. "femur" on a CT without femurs
@@ -165,15 +201,9 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
 
                 raise InputError(f"no case of {family} cached for {name} (not applicable to it, or never formed)")
             raise SystemExit(f"{f} is not cached; run without --register-only first")
-        if maker is None:
-            from xraypose.register.cases import CaseMaker
-
-            cam = Camera(sdd=1020.0, height=detector, width=detector, delx=280.0 / detector)
-            maker = CaseMaker(volume, camera=cam, collimator_px=max(2, detector // 32), seed=seed)
+        maker = maker or _case_maker(volume, detector, seed)
         c = make_case(volume, maker, family, i, seed, blur_domain, photon_offset)
-        tmp = f.with_suffix(".tmp")
-        torch.save(c, tmp)
-        os.replace(tmp, f)
+        _save_case(c, f)
         out.append(c)
         if (i + 1) % 10 == 0:
             log(f"  {name}/{family}: {i + 1}/{n} cases formed ({time.perf_counter() - t0:.0f} s)")
@@ -198,19 +228,28 @@ def start_poses(cases, start: str, volume, seed: int, init=None) -> tuple[torch.
     return torch.stack(out), 0.0
 
 
-def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False) -> list[dict]:
+def case_weights(c: dict, use_masks: bool = True):
+    """(1, 1, H, W) the case's pixel weights as ``xraypose register`` gives them (the preprocessing's mask:
+    a saturated plateau, a collimator's shadow), or None (none, or ``use_masks`` off)."""
+    m = c.get("mask") if use_masks else None
+    return None if m is None else m[None, None]
+
+
+def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False,
+              use_masks: bool = True) -> list[dict]:
     rows = []
     for c in cases:
         cam = Camera.from_dict(c["camera"])
         T0, init_s = start_poses([c], start, volume, seed, init)
+        w = case_weights(c, use_masks)
         try:
             if hypotheses:
-                rows.append(_checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s))
+                rows.append(_checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, w))
                 r = rows[-1]
                 log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
                     f"{r['opt_s']:.2f} s, {r['verdict']} (P {r['p_success']:.2f}, kept {r['kept']})")
                 continue
-            res = registrar.register(c["image"][None, None], cam, T0)
+            res = registrar.register(c["image"][None, None], cam, T0, masks=w)
         except Exception as e:  # a failed case is a row, never the end of the run
             rows.append({"ct": ct, "family": family, "start": start, "case": c["index"], "error": str(e),
                          "mtre": float("inf"), "status": "error", "opt_s": float("nan")})
@@ -230,12 +269,13 @@ def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypo
     return rows
 
 
-def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s) -> dict:
+def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weights=None) -> dict:
     """One case registered as ``xraypose register`` does (check and hypotheses): its row."""
     from xraypose.register import register_xray
 
     t0 = time.perf_counter()
-    out = register_xray(volume, c["image"][None, None], cam, T0, registrar=registrar, hypotheses=True)[0]
+    out = register_xray(volume, c["image"][None, None], cam, T0, registrar=registrar, hypotheses=True,
+                        masks=weights)[0]
     seconds = time.perf_counter() - t0
     m = registration_metrics(out.camera_to_world, c["true_pose"], c["fiducials"], cam)
     m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
@@ -293,6 +333,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))
     ap.add_argument("--make-only", action="store_true", help="only form and cache the cases")
     ap.add_argument("--register-only", action="store_true", help="never form cases (an older xraypose)")
+    ap.add_argument("--ignore-masks", action="store_true", help="register without the preprocessing's masks "
+                    "(saturated plateaus, a collimator's shadow), as this benchmark did until 2026-12-03 (stop 32); "
+                    "`xraypose register` always uses them")
     ap.add_argument("--hypotheses", action="store_true", help="register as `xraypose register` does: the "
                     "confidence check and, when not ok, the hypotheses (verdicts recorded)")
     args = ap.parse_args(argv)
@@ -314,7 +357,7 @@ def main(argv=None) -> int:
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
     # the settings as given: --levels as its sizes, --lm-set as its changes (the levels themselves are in "config")
     shown = {k: v for k, v in kw.items() if k != "levels"} | ({"levels": args.levels} if args.levels else {}) | (
-        {"lm_set": args.lm_set} if args.lm_set else {})
+        {"lm_set": args.lm_set} if args.lm_set else {}) | {"masks": not args.ignore_masks}
     report = {**start_report(shown),
               "xraypose": str(Path(sys.modules["xraypose"].__file__).parent), "groups": {}, "cases": []}
     rows: list[dict] = []
@@ -363,7 +406,7 @@ def main(argv=None) -> int:
                         except TypeError:  # an older xraypose
                             init = ModelInitializer.from_checkpoint(models[name])
                 rows.extend(run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log,
-                                      hypotheses=args.hypotheses))
+                                      hypotheses=args.hypotheses, use_masks=not args.ignore_masks))
                 save()
     if args.make_only:
         return 0

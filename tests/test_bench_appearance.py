@@ -1,0 +1,79 @@
+"""benchmarks/appearance.py registers each case as ``xraypose register`` does: with the preprocessing's mask
+(a saturated plateau, a collimator's shadow).  Until 2026-12-03 (stop 32) it dropped the mask; cases cached
+before then are completed once by forming them again."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _masked_case(bench, volume, tmp_path):
+    """The first display case of the sample CT at a 64-pixel detector whose preprocessing masks pixels."""
+    maker = bench._case_maker(volume, 64, 0)
+    for i in range(12):
+        c = bench.make_case(volume, maker, "display", i, 0)
+        if c["mask"] is not None:
+            return maker, c
+    pytest.skip("no display case with a mask among 12")  # pragma: no cover
+
+
+def test_cases_keep_the_preprocessings_mask_and_old_caches_are_completed(bench, sample_ct, tmp_path):
+    from xraypose.appearance import form_xray
+    from xraypose.preprocess import preprocess
+
+    maker, c = _masked_case(bench, sample_ct, tmp_path)
+    i = c["index"]
+    T, _ = maker.true_pose(i)
+    g = torch.Generator().manual_seed(0 * 1_000_003 + i * 101 + sum(map(ord, "display")))
+    fx = form_xray(sample_ct, maker.raw_camera, T, family="display", generator=g)
+    pre = preprocess(fx.raw, fx.camera, **fx.preprocess, blur_domain="line-integral", photon_offset="auto")
+    assert torch.equal(c["mask"], pre.mask.to(torch.float32)) and float((c["mask"] < 0.5).float().mean()) > 0
+
+    # a case cached without its mask (before stop 32) is formed again for it, and the cache file rewritten
+    folder = tmp_path / "cache" / bench.case_folder("sample", 64, 0) / "display"
+    folder.mkdir(parents=True)
+    for k in range(i + 1):
+        old = {key: v for key, v in bench.make_case(sample_ct, maker, "display", k, 0).items() if key != "mask"}
+        torch.save(old, folder / f"case{k:04d}.pt")
+    logged = []
+    cases = bench.cached_cases("sample", sample_ct, "display", i + 1, 64, 0, tmp_path / "cache", logged.append,
+                               make=False)
+    assert torch.equal(cases[i]["mask"], c["mask"]) and torch.equal(cases[i]["image"], c["image"])
+    assert "mask" in torch.load(folder / f"case{i:04d}.pt", weights_only=False)
+    assert any("mask added" in s for s in logged)
+
+    # one whose image another xraypose formed is refused, not silently given another X-ray's mask
+    other = {key: v for key, v in c.items() if key != "mask"}
+    other["image"] = other["image"] + 0.01
+    with pytest.raises(SystemExit, match="differs from its cached image"):
+        bench.add_mask(other, sample_ct, maker, 0, "line-integral", "auto")
+
+
+def test_the_benchmark_gives_registration_the_cases_mask(bench, sample_ct, tmp_path):
+    _, c = _masked_case(bench, sample_ct, tmp_path)
+    seen = []
+
+    class Recorder:  # stands for a Registrar: records what it is given, then fails the case
+        def register(self, images, camera, poses, masks=None):
+            seen.append(masks)
+            raise RuntimeError("recorded")
+
+    for use in (True, False):
+        rows = bench.run_group("sample", "display", "truth", [c], Recorder(), None, sample_ct, 0, lambda s: None,
+                               use_masks=use)
+        assert rows[0]["status"] == "error"
+    assert seen[0].shape == (1, 1, *c["image"].shape) and torch.equal(seen[0][0, 0], c["mask"])
+    assert seen[1] is None  # --ignore-masks: as the benchmark registered until stop 32
+    assert bench.case_weights({"mask": None}) is None and bench.case_weights({}) is None
