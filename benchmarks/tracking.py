@@ -171,6 +171,19 @@ def _parse_param(text: str) -> tuple:
         return name, value
 
 
+def sequence_weights(masks: list, noise: list):
+    """(F, 1, H, W) the frames' pixel weights for ``track_sequence``: each frame's preprocessing mask (a
+    saturated plateau, a collimator's shadow; None: every pixel) as ``xraypose track`` passes them, times
+    the ``--noise-weight`` experiment's weights when given — or None when neither has any.  Until
+    2026-12-03 (stop 32) this benchmark dropped the masks (``--ignore-masks``)."""
+    if all(m is None for m in masks) and not noise:
+        return None
+    shape = next(m for m in (noise or masks) if m is not None).shape
+    out = [(noise[f].float() if noise else torch.ones(shape)) * (1.0 if m is None else m.float())
+           for f, m in enumerate(masks)]
+    return torch.stack(out)[:, None]
+
+
 def frame_preprocessing(fx, fine: int, detector: int) -> dict:
     """``preprocess`` keywords for a frame formed on a ``fine``-row detector and registered at ``detector``
     rows: the family's own, with the collimator crop scaled back to ``detector``'s pixels, then resampled,
@@ -214,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--start-deg", type=float, default=5.0)
     ap.add_argument("--start-mm", type=float, default=20.0)
     ap.add_argument("--no-confidence", action="store_true")
+    ap.add_argument("--ignore-masks", action="store_true", help="track without the frames' preprocessing masks "
+                    "(as this benchmark did until 2026-12-03, stop 32); `xraypose track` always uses them")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--motion", default="smooth", choices=["none", "filter", "smooth"],
@@ -296,7 +311,7 @@ def main(argv=None) -> int:
     form_cam = Camera(sdd=1020.0, height=fine, width=fine, delx=280.0 / fine)
     area = (args.detector / fine) ** 2  # a formed pixel's area over a registered one's
     t0 = time.perf_counter()
-    images, poses, formed, weights = [], [], [], []
+    images, poses, formed, weights, masks = [], [], [], [], []
     fixed = dict(_parse_param(kv) for kv in args.param)
     for f, T in enumerate(truth):
         g = torch.Generator().manual_seed(args.seed * 7 + f)
@@ -314,6 +329,7 @@ def main(argv=None) -> int:
         pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
                          resample_domain=args.resample_domain, photon_offset=args.photon_offset)
         images.append(pre.image)
+        masks.append(None if args.ignore_masks else pre.mask)
         if args.noise_weight:  # experiment: pixels weighted by their counts' information, capped at 1
             st = next(s for s in pre.steps if s["step"] == "rescale01")
             L = pre.image.double() * (st["max"] - st["min"]) + st["min"]
@@ -326,6 +342,8 @@ def main(argv=None) -> int:
     print(f"{args.frames} frames formed ({args.family}) in {time.perf_counter() - t0:.0f} s", flush=True)
     fid = select_fiducials(bone_points(vol), n=20, seed=args.seed, camera=pcam, poses=poses[0], margin_px=2)
     frames = torch.stack(images)[:, None].to(torch.float32)
+    frame_weights = sequence_weights(masks, weights)
+    report["masked_frames"] = sum(m is not None for m in masks)
     start = perturb_pose(poses[0], iso, args.start_deg, args.start_mm, torch.Generator().manual_seed(args.seed))[0]
     reg = Registrar(vol, RegistrationConfig(drr_blur=1.0, record_trajectory=False, num_threads=args.threads,
                                             **json_sets(args.set)))
@@ -385,7 +403,7 @@ def main(argv=None) -> int:
                          tracking_levels=tracking_levels(args), motion=args.motion,
                          overlap_check=False if args.no_overlap else None, blur=blur,
                          blur_turn_deg=args.blur_turn or None,
-                         masks=torch.stack(weights)[:, None] if weights else None,
+                         masks=frame_weights,
                          **({} if args.tracking_tol is None else {"tracking_tol_px": args.tracking_tol}))
     for p in predictions:  # where along the trajectory each prediction was made: the nearest true pose
         at = p.pop("pose")

@@ -720,3 +720,21 @@ def test_the_tracking_benchmark_keeps_one_processing_for_a_sequence_and_fixes_gi
     assert formed2[0]["gamma"] != formed2[1]["gamma"]  # drawn anew per frame without --same-params
     with pytest.raises(SystemExit):
         bench._parse_param("photons")
+
+
+def test_the_tracking_benchmark_gives_the_frames_masks_as_xraypose_track_does():
+    """benchmarks/tracking.py dropped each frame's preprocessing mask (a display's saturated plateau), which
+    `xraypose track` passes to track_sequence; frames without one weigh every pixel."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tracking", ROOT / "benchmarks" / "tracking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    m = torch.ones(4, 5)
+    m[:, :2] = 0.0
+    assert bench.sequence_weights([None, None], []) is None
+    w = bench.sequence_weights([None, m, None], [])
+    assert w.shape == (3, 1, 4, 5) and torch.equal(w[1, 0], m) and bool((w[0] == 1).all())
+    noise = [torch.full((4, 5), 0.5)] * 3
+    w = bench.sequence_weights([None, m, None], noise)
+    assert torch.equal(w[1, 0], 0.5 * m) and bool((w[2] == 0.5).all())
