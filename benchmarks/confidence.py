@@ -88,16 +88,37 @@ def _case_file(cache: Path, ct: str, family: str, i: int) -> Path:
     return cache / "cases" / case_folder(ct, 256, 0) / family / f"case{i:04d}.pt"
 
 
-def cached_case(files, make) -> dict:
-    """The first of ``files`` that exists, loaded; else ``make()``, saved (atomically) as the last of them."""
-    for f in files:
-        if f.exists():
-            return torch.load(f, weights_only=False)
-    c, f = make(), files[-1]
+def _save(c: dict, f: Path) -> None:
     f.parent.mkdir(parents=True, exist_ok=True)
     torch.save(c, f.with_suffix(".tmp"))
     os.replace(f.with_suffix(".tmp"), f)
+
+
+def cached_case(files, make) -> dict:
+    """The first of ``files`` that exists, loaded; else ``make()``, saved (atomically) as the last of them.
+    A case cached before its preprocessing's mask was kept (2026-12-03, stop 32) is formed again for it
+    (the same X-ray: its image is checked) and saved back."""
+    for f in files:
+        if f.exists():
+            c = torch.load(f, weights_only=False)
+            if "mask" not in c:
+                new = make()
+                if not torch.equal(new["image"], c["image"]):
+                    raise SystemExit(f"{f}: formed again, the case differs from its cached image (a cache from "
+                                     "another xraypose); remove it")
+                c = {**c, "mask": new["mask"]}
+                _save(c, f)
+            return c
+    c, f = make(), files[-1]
+    _save(c, f)
     return c
+
+
+def case_weights(c: dict, n: int = 1):
+    """(n, 1, H, W) the case's pixel weights as ``xraypose register`` gives them (the preprocessing's mask),
+    or None.  Until 2026-12-03 (stop 32) this benchmark registered and checked without them."""
+    m = c.get("mask")
+    return None if m is None else m[None, None].expand(n, 1, -1, -1)
 
 
 def family_case(ct: str, vol, maker, family: str, i: int, cache: Path) -> dict:
@@ -116,7 +137,8 @@ def radiograph_case(name: str, size: int = 256) -> dict | None:
     xr = read_xray(p, delx=0.17, dely=0.17, sdd=1000.0)
     px = xr.preprocess(blur=(5, 1.0), size=(size, max(16, round(xr.shape[1] * size / xr.shape[0]))), rescale=True)
     return {"image": px.image.to(torch.float32), "camera": px.camera.to_dict(), "true_pose": None,
-            "fiducials": None, "index": 0, "family": f"radiograph-{name}", "drr_blur": 1.0}
+            "fiducials": None, "index": 0, "family": f"radiograph-{name}", "drr_blur": 1.0,
+            "mask": None if px.mask is None else px.mask.to(torch.float32)}
 
 
 def start_pose(kind: str, true_pose, iso, seed: int, attempt: int = 0) -> torch.Tensor:
@@ -158,6 +180,7 @@ def config_key(cfg: RegistrationConfig) -> str:
     d = cfg.to_dict()
     d.pop("num_threads", None)
     d["preprocess_blur"] = "line-integral"  # the cases' preprocessing (blurred after the log since 2026-12-02)
+    d["masks"] = "preprocessing"  # registered with the cases' masks (since 2026-12-03, stop 32): new records
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -229,7 +252,7 @@ class Runner:
             T0 = start_pose(kind, base, self.iso, seed, attempt)
             try:
                 t0 = time.perf_counter()
-                res = reg.register(img, cam, T0[None])
+                res = reg.register(img, cam, T0[None], masks=case_weights(c))
                 opt_s = time.perf_counter() - t0
                 break
             except InputError as e:
@@ -238,7 +261,7 @@ class Runner:
         else:
             return {**job, "skip": "no start that sees the CT"}
         t0 = time.perf_counter()
-        sig = measure_signals(reg, img, cam, res.poses, starts=T0[None])[0]
+        sig = measure_signals(reg, img, cam, res.poses, starts=T0[None], masks=case_weights(c))[0]
         check_s = time.perf_counter() - t0
         rec = {**job, "opt_s": opt_s, "check_s": check_s, "status": res.status[0],
                "similarity": float(res.similarity[0]), "iterations": int(res.iterations[0]),
@@ -278,7 +301,7 @@ def resignal(records: list, runners: dict) -> None:
         reg = run.registrar(c.get("drr_blur") or None)
         t0 = time.perf_counter()
         sig = measure_signals(reg, c["image"][None, None], cam, torch.tensor([r["pose"]], dtype=F64),
-                              starts=torch.tensor([r["start_pose"]], dtype=F64))[0]
+                              starts=torch.tensor([r["start_pose"]], dtype=F64), masks=case_weights(c))[0]
         r["check_s"] = time.perf_counter() - t0
         r["signals"] = {k: v for k, v in sig.items() if k != "_problem"}
         r["problem"] = sig["_problem"]
@@ -437,9 +460,10 @@ def hypotheses_trial(records: list, judged: list, runners: dict, spec: dict, lim
         keep = sees_ct(starts, cam, run.iso)
         starts = starts[keep]
         t0 = time.perf_counter()
-        res = reg.register(c["image"][None, None].expand(len(starts), 1, -1, -1), cam, starts)
+        w = case_weights(c, len(starts))
+        res = reg.register(c["image"][None, None].expand(len(starts), 1, -1, -1), cam, starts, masks=w)
         sig = measure_signals(reg, c["image"][None, None].expand(len(starts), 1, -1, -1), cam, res.poses,
-                              starts=starts)
+                              starts=starts, masks=w)
         dt = time.perf_counter() - t0
         best_p, best_mtre, best_v = j[0], r["mtre"], j[1]
         judged_alt = [model.judge(sg) for sg in sig]

@@ -77,3 +77,27 @@ def test_the_benchmark_gives_registration_the_cases_mask(bench, sample_ct, tmp_p
     assert seen[0].shape == (1, 1, *c["image"].shape) and torch.equal(seen[0][0, 0], c["mask"])
     assert seen[1] is None  # --ignore-masks: as the benchmark registered until stop 32
     assert bench.case_weights({"mask": None}) is None and bench.case_weights({}) is None
+
+
+def test_the_confidence_benchmark_registers_and_checks_with_the_cases_mask(bench, sample_ct, tmp_path):
+    """benchmarks/confidence.py registered and measured the check's signals without the preprocessing's mask
+    (its cases come from this benchmark's cache or its own); cases cached without one are completed."""
+    import sys
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("bench_confidence", ROOT / "benchmarks" / "confidence.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    maker, c = _masked_case(bench, sample_ct, tmp_path)
+    make = lambda: bench.make_case(sample_ct, maker, "display", c["index"], 0)  # noqa: E731
+    f = tmp_path / "case.pt"
+    torch.save({k: v for k, v in c.items() if k != "mask"}, f)
+    got = conf.cached_case((f,), make)
+    assert torch.equal(got["mask"], c["mask"]) and "mask" in torch.load(f, weights_only=False)
+    w = conf.case_weights(got, 3)
+    assert w.shape == (3, 1, *c["image"].shape) and torch.equal(w[2, 0], c["mask"])
+    assert conf.case_weights({"mask": None}) is None
+    torch.save({**{k: v for k, v in c.items() if k != "mask"}, "image": c["image"] + 0.01}, f)
+    with pytest.raises(SystemExit, match="differs from its cached image"):
+        conf.cached_case((f,), make)
