@@ -159,21 +159,28 @@ def _case_maker(volume, detector: int, seed: int):
     return CaseMaker(volume, camera=cam, collimator_px=max(2, detector // 32), seed=seed)
 
 
-def _save_case(c: dict, f: Path) -> None:
+def save_case(c: dict, f: Path) -> None:
+    """``c`` saved to ``f`` atomically (a temporary file, then a rename)."""
+    f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_suffix(".tmp")
     torch.save(c, tmp)
     os.replace(tmp, f)
 
 
-def add_mask(c: dict, volume, maker, seed: int, blur_domain: str, photon_offset) -> dict:
-    """A case cached before 2026-12-03 (stop 32) without the preprocessing's mask: formed again (the same
-    generator, so the same X-ray) for its mask.  Its image must come out identical, else the cache is from
-    another xraypose and is refused."""
-    new = make_case(volume, maker, c["family"], c["index"], seed, blur_domain, photon_offset)
+def with_mask(c: dict, make, f: Path) -> dict:
+    """Case ``c``, loaded from ``f``, with its preprocessing's mask: as it is when it has one; else (cached
+    before 2026-12-03, stop 32) ``make()`` forms it again (the same generator, so the same X-ray) for its
+    mask and ``f`` is rewritten.  The image must come out identical, else the cache is from another
+    xraypose and is refused.  Used by this benchmark and benchmarks/confidence.py."""
+    if "mask" in c:
+        return c
+    new = make()
     if not torch.equal(new["image"], c["image"]):
-        raise SystemExit(f"case {c['index']} of {c['family']} formed again differs from its cached image: the cache "
-                         "is from another xraypose; remove it or use another --cache")
-    return {**c, "mask": new["mask"]}
+        raise SystemExit(f"{f}: formed again, the case differs from its cached image (a cache from another "
+                         "xraypose); remove it or use another --cache")
+    c = {**c, "mask": new["mask"]}
+    save_case(c, f)
+    return c
 
 
 def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool,
@@ -189,8 +196,7 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
             c = torch.load(f, weights_only=False)
             if "mask" not in c:  # cached before the masks were: completed once (forming is deterministic)
                 maker = maker or _case_maker(volume, detector, seed)
-                c = add_mask(c, volume, maker, seed, blur_domain, photon_offset)
-                _save_case(c, f)
+                c = with_mask(c, lambda: make_case(volume, maker, family, i, seed, blur_domain, photon_offset), f)
                 share = "none" if c["mask"] is None else f"{float((c['mask'] < 0.5).float().mean()):.1%} masked"
                 log(f"  {name}/{family} case {i}: preprocessing mask added to the cache ({share})")
             out.append(c)
@@ -203,7 +209,7 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
             raise SystemExit(f"{f} is not cached; run without --register-only first")
         maker = maker or _case_maker(volume, detector, seed)
         c = make_case(volume, maker, family, i, seed, blur_domain, photon_offset)
-        _save_case(c, f)
+        save_case(c, f)
         out.append(c)
         if (i + 1) % 10 == 0:
             log(f"  {name}/{family}: {i + 1}/{n} cases formed ({time.perf_counter() - t0:.0f} s)")
@@ -228,11 +234,12 @@ def start_poses(cases, start: str, volume, seed: int, init=None) -> tuple[torch.
     return torch.stack(out), 0.0
 
 
-def case_weights(c: dict, use_masks: bool = True):
-    """(1, 1, H, W) the case's pixel weights as ``xraypose register`` gives them (the preprocessing's mask:
-    a saturated plateau, a collimator's shadow), or None (none, or ``use_masks`` off)."""
+def case_weights(c: dict, use_masks: bool = True, n: int = 1):
+    """(n, 1, H, W) the case's pixel weights as ``xraypose register`` gives them (the preprocessing's mask:
+    a saturated plateau, a collimator's shadow; ``n`` copies for n starts), or None (none, or ``use_masks``
+    off)."""
     m = c.get("mask") if use_masks else None
-    return None if m is None else m[None, None]
+    return None if m is None else m[None, None].expand(n, 1, -1, -1)
 
 
 def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False,

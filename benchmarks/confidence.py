@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.appearance import DEFAULT_FAMILIES, case_folder, load_ct, machine, make_case  # noqa: E402
+from benchmarks.appearance import (DEFAULT_FAMILIES, case_folder, case_weights, load_ct, machine, make_case,  # noqa: E402
+                                   save_case, with_mask)
 from xraypose.camera import Camera  # noqa: E402
 from xraypose.errors import InputError  # noqa: E402
 from xraypose.io import atomic_write_json  # noqa: E402
@@ -88,37 +89,16 @@ def _case_file(cache: Path, ct: str, family: str, i: int) -> Path:
     return cache / "cases" / case_folder(ct, 256, 0) / family / f"case{i:04d}.pt"
 
 
-def _save(c: dict, f: Path) -> None:
-    f.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(c, f.with_suffix(".tmp"))
-    os.replace(f.with_suffix(".tmp"), f)
-
-
 def cached_case(files, make) -> dict:
-    """The first of ``files`` that exists, loaded; else ``make()``, saved (atomically) as the last of them.
-    A case cached before its preprocessing's mask was kept (2026-12-03, stop 32) is formed again for it
-    (the same X-ray: its image is checked) and saved back."""
+    """The first of ``files`` that exists, loaded (completed with its preprocessing's mask when cached
+    before it was kept: :func:`benchmarks.appearance.with_mask`); else ``make()``, saved (atomically) as the
+    last of them."""
     for f in files:
         if f.exists():
-            c = torch.load(f, weights_only=False)
-            if "mask" not in c:
-                new = make()
-                if not torch.equal(new["image"], c["image"]):
-                    raise SystemExit(f"{f}: formed again, the case differs from its cached image (a cache from "
-                                     "another xraypose); remove it")
-                c = {**c, "mask": new["mask"]}
-                _save(c, f)
-            return c
+            return with_mask(torch.load(f, weights_only=False), make, f)
     c, f = make(), files[-1]
-    _save(c, f)
+    save_case(c, f)
     return c
-
-
-def case_weights(c: dict, n: int = 1):
-    """(n, 1, H, W) the case's pixel weights as ``xraypose register`` gives them (the preprocessing's mask),
-    or None.  Until 2026-12-03 (stop 32) this benchmark registered and checked without them."""
-    m = c.get("mask")
-    return None if m is None else m[None, None].expand(n, 1, -1, -1)
 
 
 def family_case(ct: str, vol, maker, family: str, i: int, cache: Path) -> dict:
@@ -460,7 +440,7 @@ def hypotheses_trial(records: list, judged: list, runners: dict, spec: dict, lim
         keep = sees_ct(starts, cam, run.iso)
         starts = starts[keep]
         t0 = time.perf_counter()
-        w = case_weights(c, len(starts))
+        w = case_weights(c, n=len(starts))
         res = reg.register(c["image"][None, None].expand(len(starts), 1, -1, -1), cam, starts, masks=w)
         sig = measure_signals(reg, c["image"][None, None].expand(len(starts), 1, -1, -1), cam, res.poses,
                               starts=starts, masks=w)

@@ -58,7 +58,7 @@ def test_cases_keep_the_preprocessings_mask_and_old_caches_are_completed(bench, 
     other = {key: v for key, v in c.items() if key != "mask"}
     other["image"] = other["image"] + 0.01
     with pytest.raises(SystemExit, match="differs from its cached image"):
-        bench.add_mask(other, sample_ct, maker, 0, "line-integral", "auto")
+        bench.with_mask(other, lambda: bench.make_case(sample_ct, maker, "display", i, 0), tmp_path / "other.pt")
 
 
 def test_the_benchmark_gives_registration_the_cases_mask(bench, sample_ct, tmp_path):
@@ -95,7 +95,7 @@ def test_the_confidence_benchmark_registers_and_checks_with_the_cases_mask(bench
     torch.save({k: v for k, v in c.items() if k != "mask"}, f)
     got = conf.cached_case((f,), make)
     assert torch.equal(got["mask"], c["mask"]) and "mask" in torch.load(f, weights_only=False)
-    w = conf.case_weights(got, 3)
+    w = conf.case_weights(got, n=3)
     assert w.shape == (3, 1, *c["image"].shape) and torch.equal(w[2, 0], c["mask"])
     assert conf.case_weights({"mask": None}) is None
     torch.save({**{k: v for k, v in c.items() if k != "mask"}, "image": c["image"] + 0.01}, f)
