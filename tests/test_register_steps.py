@@ -329,10 +329,54 @@ def test_volume_levels_come_channels_last_whatever_was_asked_first(volume):
     assert torch.equal(three.density[0], one.density[0]) and torch.equal(two.density, three.density[:2])
 
 
-def test_the_last_level_renders_the_start_only_when_it_is_near(volume, case, monkeypatch):
-    """The last level's revisit weighs the registration's start against the current pose only when the
-    start lies within LAST_REVISIT_PX pixels of it (a start at the truth); a far start is not rendered,
-    and a track left with one candidate renders nothing (the level's first step evaluates it)."""
+def _capture_walks_away(monkeypatch, mm: float = 60.0):
+    """Make every registration's first level end ``mm`` across the beam from where it would: a capture
+    that walks away from a good start (as on some scatter and display X-rays, whose 16-row similarity
+    prefers a pose 50-110 mm off)."""
+    import xraypose.register.optimizer as optimizer
+
+    original = optimizer.make_stepper
+
+    def make(registrar, li, objective):
+        stepper = original(registrar, li, objective)
+        if li == 0:
+            end = stepper.end
+
+            def walked(tracks):
+                end(tracks)
+                for t in tracks:
+                    t.pose = t.pose.clone()
+                    t.pose[:3, 3] += mm * t.pose[:3, 0]  # along the camera's x axis
+            stepper.end = walked
+        return stepper
+
+    monkeypatch.setattr(optimizer, "make_stepper", make)
+
+
+_TWO_LEVELS = (Level(size=16, iterations=30, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
+               Level(size=48, iterations=10, volume_mm=3.0, fit_bone=True, optimizer="lm"))
+
+
+def test_the_last_level_weighs_the_start_however_far_the_capture_went(volume, case, monkeypatch):
+    """Started at the truth, a capture that ends 60 mm away cannot lose the start: the last level weighs
+    the registration's start against the capture's result, however far apart (one render), and goes on
+    from the start, which scores far higher there.  (Until 2026-12-03 a start more than 10 pixels away
+    was not rendered: this registration ended tens of mm off.)"""
+    _capture_walks_away(monkeypatch)
+    reg = Registrar(volume, RegistrationConfig(levels=_TWO_LEVELS, drr_blur=1.0, shift_search=None))
+    r = reg.register(case.image, case.camera, case.true_pose)
+    walked = reg.derive(revisit=False).register(case.image, case.camera, case.true_pose)
+    monkeypatch.undo()
+    kept = reg.register(case.image, case.camera, case.true_pose)  # no walk: where this schedule ends
+    assert _mtre(walked.poses[0], case) > 20.0  # what the capture alone leaves
+    assert abs(_mtre(r.poses[0], case) - _mtre(kept.poses[0], case)) < 0.05, (_mtre(r.poses[0], case),
+                                                                            _mtre(kept.poses[0], case))
+
+
+def test_the_last_level_renders_a_far_start_only_when_it_scored_near_the_best(volume, case, monkeypatch):
+    """What the last level's revisit renders (a render at the finest size per candidate): a start 10°/40 mm
+    off, which scored far below the best candidate at the previous revisit, is not rendered (one candidate:
+    nothing at all); a start at the truth is; with no earlier revisit (two levels) even the far start is."""
     import xraypose.register.optimizer as optimizer
     from xraypose.register.cases import perturb_pose
 
@@ -344,19 +388,49 @@ def test_the_last_level_renders_the_start_only_when_it_is_near(volume, case, mon
         evaluate = self.evaluate
         monkeypatch.setattr(self, "evaluate", lambda obj, poses, owners: calls.append(len(poses)) or
                             evaluate(obj, poses, owners))
-        original(self, objective, tracks, last=last)
+        out = original(self, objective, tracks, last=last)
         monkeypatch.delattr(self, "evaluate")
         if last:
             seen.append(calls[0] if calls else 0)
+        return out
 
     monkeypatch.setattr(optimizer.Registrar, "_revisit", spy)
-    levels = (Level(size=16, iterations=30, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
-              Level(size=48, iterations=10, volume_mm=3.0, fit_bone=True, optimizer="lm"))
-    reg = Registrar(volume, RegistrationConfig(levels=levels, drr_blur=1.0, shift_search=None))  # the given start
+    three = (_TWO_LEVELS[0], Level(size=32, iterations=10, volume_mm=4.0, fit_bone=True, optimizer="lm"),
+             _TWO_LEVELS[1])
     far = perturb_pose(case.true_pose, volume.get_isocenter(), 10.0, 40.0, torch.Generator().manual_seed(2))[0]
-    reg.register(case.image, case.camera, far)
-    reg.register(case.image, case.camera, case.true_pose)
-    assert seen == [0, 2]  # far: nothing rendered (one candidate); the truth: the pose and the start
+    for levels in (three, _TWO_LEVELS):
+        reg = Registrar(volume, RegistrationConfig(levels=levels, drr_blur=1.0, shift_search=None))
+        reg.register(case.image, case.camera, far)
+        reg.register(case.image, case.camera, case.true_pose)
+    assert seen == [0, 2, 2, 2]
+
+
+def test_a_revisit_that_moves_the_pose_maps_the_intensities_again(volume, case, monkeypatch):
+    """An X-ray whose display curve is matched at a fine level (its quantile map is taken at the current
+    pose, then the revisit weighs the earlier poses): when the revisit moves the pose, the map is taken
+    again at the new pose, of the X-ray as given (not of the X-ray already mapped)."""
+    import xraypose.register.optimizer as optimizer
+    from xraypose.register.objective import LevelObjective
+
+    _capture_walks_away(monkeypatch)
+    calls = []
+    original = optimizer.Registrar._match_intensity
+
+    def spy(self, objective, tracks, always):
+        view = objective.views[0]
+        fresh = LevelObjective.resized(image[None, None], case.camera, view.height, view.width)
+        calls.append((view.height, torch.equal(view.target, fresh), tracks[0].pose.clone()))
+        return original(self, objective, tracks, always)
+
+    monkeypatch.setattr(optimizer.Registrar, "_match_intensity", spy)
+    image = case.image.clamp_min(0) ** 0.35  # a strong gamma: the map is curved
+    reg = Registrar(volume, RegistrationConfig(levels=_TWO_LEVELS, drr_blur=1.0, shift_search=None))
+    r = reg.register(image, case.camera, case.true_pose)
+    assert r.level_stats[1]["matched"] == 1
+    last = [c for c in calls if c[0] == 48]
+    assert len(last) == 2  # at the walked pose, then again at the start the revisit went back to
+    assert all(fresh for _, fresh, _ in last)  # each time of the X-ray as given
+    assert _mtre(last[0][2], case) > 20.0 and _mtre(last[1][2], case) < 1e-6
 
 
 @pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf"), "0.1"])

@@ -272,7 +272,7 @@ class LevelObjective:
         self.height, self.width = h, w
         self.camera = camera.resize(h, w)
         self.px2 = (h / camera.height) ** 2  # (this level's pixels per X-ray pixel)²: a pixel² unit's scale
-        self.target = torch.stack([resize_image(img[0], camera, h, w)[0] for img in images])[:, None]
+        self.target = self.resized(images, camera, h, w)
         self.mask = None
         if masks is not None:
             self.mask = F.adaptive_avg_pool2d(masks.to(torch.float32), (h, w)) if (h, w) != tuple(
@@ -316,6 +316,12 @@ class LevelObjective:
             self.uv = patch_pixels(centres, S + 2 * self.r).to(torch.float32)  # a halo when the DRR is blurred
             self.uv_core = patch_pixels(centres, S)
             self.P, self.S = P, S
+
+    @staticmethod
+    def resized(images: torch.Tensor, camera: Camera, h: int, w: int) -> torch.Tensor:
+        """(B, 1, h, w) X-rays ``images`` (B, 1, H, W) on ``camera`` resampled to a level's h × w pixels
+        (a level's ``target`` before any intensity map)."""
+        return torch.stack([resize_image(img[0], camera, h, w)[0] for img in images])[:, None]
 
     @property
     def channels(self) -> int:

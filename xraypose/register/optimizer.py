@@ -78,9 +78,15 @@ def registration_density(volume: Volume, model: str = "linear", bone_multiplier:
     return registration_basis(volume, model, bone_multiplier)
 
 
-#: The last level's revisit renders the registration's start only when it lies within this many of
-#: the level's pixels of the current pose (see :meth:`Registrar._revisit`).
+#: The last level's revisit weighs the registration's start against the current pose when the start lies
+#: within this many of the level's pixels of it, or (:data:`LAST_REVISIT_GAP`) when it scored nearly as well
+#: at the previous revisit (see :meth:`Registrar._revisit`).
 LAST_REVISIT_PX = 10.0
+
+#: ... the similarity by which the start may trail the best candidate at the previous revisit and still be
+#: weighed at the last level, however far away (appearance benchmark: starts at the truth whose capture
+#: walked away trailed by ≤ 0.01 at 64 rows, 10°/40 mm starts by ≥ 0.09).
+LAST_REVISIT_GAP = 0.05
 
 #: Intensity matching takes its quantiles of images area-averaged to at most this many rows (noise
 #: averaged out; see :func:`xraypose.register.matching.quantile_map`).
@@ -417,19 +423,24 @@ class Registrar:
                      n_samples=view.n_samples, backend="auto")
         return F.adaptive_avg_pool2d(drr.to(torch.float32), (ph, pw))[:, 0]
 
-    def _revisit(self, objective: ViewSet, tracks, last: bool = False) -> None:
+    def _revisit(self, objective: ViewSet, tracks, last: bool = False) -> bool:
         """Each track goes on from the best, at this (finer) level, of its start and the results of
         its earlier levels: a coarse level whose optimum sits away from the truth (appearance it
         cannot model at its resolution) cannot drag a good start away.  The last level weighs only
         the registration's start against the current pose: an earlier coarse level's result never
         won there (0 of 60 pelvis registrations of five appearance families, from the truth and from
         10°/40 mm), while the start won 19 times (a start at the truth, which registration leaves
-        by about a pixel at most); each candidate costs a render at the finest size, so a start more
-        than :data:`LAST_REVISIT_PX` pixels (at the isocenter, within ``motion_radius_mm``) from the
-        current pose is not rendered (a 10°/40 mm start lies ~40 pixels away)."""
+        by about a pixel at most).  Each candidate costs a render at the finest size, so the start
+        is weighed there only when it lies within :data:`LAST_REVISIT_PX` pixels of the current pose
+        (at the isocenter, within ``motion_radius_mm``) or scored within :data:`LAST_REVISIT_GAP` of
+        the best candidate at the previous revisit (``Track.start_gap``): a capture that walked 100 mm
+        away from a start at the truth on a scatter or clinical X-ray left a start that scored as high
+        at 64 rows (gap ≤ 0.01) and far higher at the last level; a 10°/40 mm start scores ≥ 0.09 lower
+        at 64 rows (docs/registration.md, "The start weighed at the last level").  Returns whether any
+        track's pose changed."""
         live = [t for t in tracks if t.alive and t.history]
         if not live:
-            return
+            return False
         cands = []
         pix = objective.pixel_mm(torch.stack([t.pose for t in live]), self.isocenter) if last else None
         for q, t in enumerate(live):
@@ -437,25 +448,32 @@ class Registrar:
             for h in (t.history[:1] if last else t.history):
                 if any(torch.equal(h, c) for c in cs):  # a level that did not move adds nothing
                     continue
-                if last and pose_motion_mm(t.pose, h, self.isocenter, self.config.motion_radius_mm) > \
-                        LAST_REVISIT_PX * float(pix[q]):
-                    continue  # a start far from where the coarser levels led: it never wins here
+                if last and t.start_gap > LAST_REVISIT_GAP and pose_motion_mm(
+                        t.pose, h, self.isocenter, self.config.motion_radius_mm) > LAST_REVISIT_PX * float(pix[q]):
+                    continue  # a start far from where the coarser levels led, and clearly worse there
                 cs.append(h)
             cands.append(cs)
+        for t, cs in zip(live, cands):
+            if len(cs) == 1:
+                t.start_gap = 0.0  # the start is the pose (or no earlier level moved it)
         live, cands = [t for t, cs in zip(live, cands) if len(cs) > 1], [cs for cs in cands if len(cs) > 1]
         if not live:  # one candidate each: nothing to weigh (the level's first step evaluates the pose)
-            return
+            return False
         poses = torch.stack([p for cs in cands for p in cs])
         owners = [t for t, cs in zip(live, cands) for _ in cs]
         with torch.no_grad():
             ev = self.evaluate(objective, poses, owners)
-        k = 0
+        k, moved = 0, False
         for t, cs in zip(live, cands):
             scores = ev.score[k:k + len(cs)]
             best = int(torch.argmax(scores))
+            start = next((j for j, c in enumerate(cs) if torch.equal(c, t.history[0])), 0)
+            t.start_gap = float(scores[best] - scores[start]) if bool(torch.isfinite(scores[best])) else math.inf
             if best > 0 and bool(torch.isfinite(scores[best])) and float(scores[best]) > float(scores[0]):
                 t.pose = cs[best].clone()
+                moved = True
             k += len(cs)
+        return moved
 
     # ------------------------------------------------------------ the optimisation
     def register(self, images: torch.Tensor, camera: Camera, initial_poses: torch.Tensor,
@@ -730,11 +748,15 @@ class Registrar:
             objective = ViewSet([LevelObjective(lv, c, dens, aff, imgs, cam, g, masks=m) for imgs, cam, m in views],
                                 camera_to_rig)
             capture = lv.optimizer == "adam"
-            matched = 0 if c.match_intensity is None or (capture and not c.match_capture) else \
-                self._match_intensity(objective, tracks, always=capture)
-            stepper = make_stepper(self, li, objective)
+            match = c.match_intensity is not None and (not capture or c.match_capture)
+            matched = self._match_intensity(objective, tracks, always=capture) if match else 0
             if li > 0 and c.revisit:
-                self._revisit(objective, tracks, last=li == len(c.levels) - 1)
+                moved = self._revisit(objective, tracks, last=li == len(c.levels) - 1)
+                if moved and matched:  # the map was taken at the poses the revisit left: take it again
+                    for view, (imgs, cam, m) in zip(objective.views, views):
+                        view.target = LevelObjective.resized(imgs, cam, view.height, view.width)
+                    matched = self._match_intensity(objective, tracks, always=capture)
+            stepper = make_stepper(self, li, objective)
             stepper.begin(tracks)
             for it in range(lv.iterations + 1):  # the last pass only evaluates
                 if not any(t.active for t in tracks):

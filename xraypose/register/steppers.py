@@ -57,6 +57,8 @@ class Track:
         levels: per finished level ``{"level", "iterations", "ended", "similarity"}``; ``ended``
             is "converged" (the level's test) or "max_iterations" (its cap).
         history: the poses each finished level started from (the start, then earlier results).
+        start_gap: how much lower than the best candidate the start scored at the latest revisit
+            (0 before any: the start is then weighed at the last level however far away).
         curvature: per Levenberg–Marquardt level index, its last Gauss–Newton curvature JᵀJ (6, 6)
             (given before a registration: the first curvature to use, e.g. the previous frame's).
         work: the current level's working state (the stepper's).
@@ -78,6 +80,7 @@ class Track:
     history: list = field(default_factory=list)
     curvature: dict = field(default_factory=dict)
     work: dict = field(default_factory=dict)
+    start_gap: float = 0.0
 
     @property
     def active(self) -> bool:
