@@ -329,10 +329,10 @@ def test_volume_levels_come_channels_last_whatever_was_asked_first(volume):
     assert torch.equal(three.density[0], one.density[0]) and torch.equal(two.density, three.density[:2])
 
 
-def _capture_walks_away(monkeypatch, mm: float = 60.0):
-    """Make every registration's first level end ``mm`` across the beam from where it would: a capture
-    that walks away from a good start (as on some scatter and display X-rays, whose 16-row similarity
-    prefers a pose 50-110 mm off)."""
+def _capture_walks_away(monkeypatch, mm: float = 60.0, xrays=None):
+    """Make every registration's first level end ``mm`` across the beam from where it would (for the
+    X-rays ``xrays``, indices, when given): a capture that walks away from a good start (as on some
+    scatter and display X-rays, whose 16-row similarity prefers a pose 50-110 mm off)."""
     import xraypose.register.optimizer as optimizer
 
     original = optimizer.make_stepper
@@ -345,6 +345,8 @@ def _capture_walks_away(monkeypatch, mm: float = 60.0):
             def walked(tracks):
                 end(tracks)
                 for t in tracks:
+                    if xrays is not None and t.xray not in xrays:
+                        continue
                     t.pose = t.pose.clone()
                     t.pose[:3, 3] += mm * t.pose[:3, 0]  # along the camera's x axis
             stepper.end = walked
@@ -406,31 +408,40 @@ def test_the_last_level_renders_a_far_start_only_when_it_scored_near_the_best(vo
 
 
 def test_a_revisit_that_moves_the_pose_maps_the_intensities_again(volume, case, monkeypatch):
-    """An X-ray whose display curve is matched at a fine level (its quantile map is taken at the current
-    pose, then the revisit weighs the earlier poses): when the revisit moves the pose, the map is taken
-    again at the new pose, of the X-ray as given (not of the X-ray already mapped)."""
+    """Two X-rays whose display curve is matched at a fine level (each map taken at the current pose,
+    then the revisit weighs the earlier poses): the one whose pose the revisit moves is mapped again at
+    its new pose, of the X-ray as given (not of the X-ray already mapped); the other keeps its map."""
+    import dataclasses
+
     import xraypose.register.optimizer as optimizer
     from xraypose.register.objective import LevelObjective
 
-    _capture_walks_away(monkeypatch)
+    _capture_walks_away(monkeypatch, xrays={0})
     calls = []
     original = optimizer.Registrar._match_intensity
 
-    def spy(self, objective, tracks, always):
+    def spy(self, objective, tracks, always, xrays=None):
         view = objective.views[0]
-        fresh = LevelObjective.resized(image[None, None], case.camera, view.height, view.width)
-        calls.append((view.height, torch.equal(view.target, fresh), tracks[0].pose.clone()))
-        return original(self, objective, tracks, always)
+        fresh = LevelObjective.resized(images, case.camera, view.height, view.width)
+        before = view.target.clone()
+        out = original(self, objective, tracks, always, xrays=xrays)
+        calls.append({"rows": view.height, "xrays": xrays, "given": [torch.equal(before[b], fresh[b]) for b in range(2)],
+                      "changed": [not torch.equal(before[b], view.target[b]) for b in range(2)],
+                      "pose0": tracks[0].pose.clone(), "mapped": out})
+        return out
 
     monkeypatch.setattr(optimizer.Registrar, "_match_intensity", spy)
     image = case.image.clamp_min(0) ** 0.35  # a strong gamma: the map is curved
-    reg = Registrar(volume, RegistrationConfig(levels=_TWO_LEVELS, drr_blur=1.0, shift_search=None))
-    r = reg.register(image, case.camera, case.true_pose)
-    assert r.level_stats[1]["matched"] == 1
-    last = [c for c in calls if c[0] == 48]
-    assert len(last) == 2  # at the walked pose, then again at the start the revisit went back to
-    assert all(fresh for _, fresh, _ in last)  # each time of the X-ray as given
-    assert _mtre(last[0][2], case) > 20.0 and _mtre(last[1][2], case) < 1e-6
+    images = torch.stack([image, image])[:, None]
+    still = (dataclasses.replace(_TWO_LEVELS[0], iterations=0),) + _TWO_LEVELS[1:]  # only the walk moves a pose
+    reg = Registrar(volume, RegistrationConfig(levels=still, drr_blur=1.0, shift_search=None))
+    r = reg.register(images, case.camera, case.true_pose[None].expand(2, 4, 4))
+    first, again = [c for c in calls if c["rows"] == 48]  # at the walked pose, then again at the start
+    assert first["xrays"] is None and first["mapped"] == {(0, 0), (0, 1)} and first["given"] == [True, True]
+    assert again["xrays"] == {0} and again["given"] == [True, False]  # X-ray 0 as given, X-ray 1 as mapped
+    assert again["changed"] == [True, False] and again["mapped"] == {(0, 0)}
+    assert _mtre(first["pose0"], case) > 20.0 and _mtre(again["pose0"], case) < 1e-6
+    assert r.level_stats[1]["matched"] == 2
 
 
 @pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf"), "0.1"])

@@ -372,21 +372,21 @@ class Registrar:
             bone[sel] = b
         return Evaluation(ok=ok, score=score, cost=cost, score_t=score_t, cost_t=cost_t, bone=bone)
 
-    def _match_intensity(self, objective: ViewSet, tracks, always: bool) -> int:
-        """Each X-ray of this level's objective mapped by its quantiles onto a DRR at its best pose
-        so far (:mod:`xraypose.register.matching`); unless ``always`` (a capture level with
-        ``match_capture``), only where the map departs from a straight line by more than the
-        config's ``match_intensity``.  A level of sparse
-        patches keeps its X-rays as given.  Returns how many (view, X-ray) images were mapped."""
+    def _match_intensity(self, objective: ViewSet, tracks, always: bool, xrays=None) -> set:
+        """Each X-ray of this level's objective (of ``xrays``, indices, when given) mapped by its
+        quantiles onto a DRR at its best pose so far (:mod:`xraypose.register.matching`); unless
+        ``always`` (a capture level with ``match_capture``), only where the map departs from a
+        straight line by more than the config's ``match_intensity``.  A level of sparse patches keeps
+        its X-rays as given.  Returns the (view, X-ray) pairs that were mapped."""
         from xraypose.register.matching import quantile_map
 
-        mapped = 0
+        mapped = set()
         best = {}
         for t in tracks:
-            if t.alive and (t.xray not in best or t.score > best[t.xray].score):
+            if t.alive and (xrays is None or t.xray in xrays) and (t.xray not in best or t.score > best[t.xray].score):
                 best[t.xray] = t
         if not best:
-            return 0
+            return mapped
         rows = torch.tensor(list(best))
         poses = torch.stack([t.pose for t in best.values()])
         with torch.no_grad():
@@ -399,7 +399,7 @@ class Registrar:
                     qmap = quantile_map(view.target[b, 0], drr, m, size=MATCH_ROWS)
                     if qmap is not None and (always or qmap.nonlinearity > float(self.config.match_intensity)):
                         view.target[b, 0] = qmap.apply(view.target[b, 0])
-                        mapped += 1
+                        mapped.add((i, b))
         return mapped
 
     def _map_drrs(self, view: LevelObjective, poses: torch.Tensor) -> torch.Tensor:
@@ -423,7 +423,7 @@ class Registrar:
                      n_samples=view.n_samples, backend="auto")
         return F.adaptive_avg_pool2d(drr.to(torch.float32), (ph, pw))[:, 0]
 
-    def _revisit(self, objective: ViewSet, tracks, last: bool = False) -> bool:
+    def _revisit(self, objective: ViewSet, tracks, last: bool = False) -> set:
         """Each track goes on from the best, at this (finer) level, of its start and the results of
         its earlier levels: a coarse level whose optimum sits away from the truth (appearance it
         cannot model at its resolution) cannot drag a good start away.  The last level weighs only
@@ -436,11 +436,11 @@ class Registrar:
         the best candidate at the previous revisit (``Track.start_gap``): a capture that walked 100 mm
         away from a start at the truth on a scatter or clinical X-ray left a start that scored as high
         at 64 rows (gap ≤ 0.01) and far higher at the last level; a 10°/40 mm start scores ≥ 0.09 lower
-        at 64 rows (docs/registration.md, "The start weighed at the last level").  Returns whether any
-        track's pose changed."""
+        at 64 rows (docs/registration.md, "The start weighed at the last level").  Returns the X-rays
+        (indices) whose pose changed."""
         live = [t for t in tracks if t.alive and t.history]
         if not live:
-            return False
+            return set()
         cands = []
         pix = objective.pixel_mm(torch.stack([t.pose for t in live]), self.isocenter) if last else None
         for q, t in enumerate(live):
@@ -458,12 +458,12 @@ class Registrar:
                 t.start_gap = 0.0  # the start is the pose (or no earlier level moved it)
         live, cands = [t for t, cs in zip(live, cands) if len(cs) > 1], [cs for cs in cands if len(cs) > 1]
         if not live:  # one candidate each: nothing to weigh (the level's first step evaluates the pose)
-            return False
+            return set()
         poses = torch.stack([p for cs in cands for p in cs])
         owners = [t for t, cs in zip(live, cands) for _ in cs]
         with torch.no_grad():
             ev = self.evaluate(objective, poses, owners)
-        k, moved = 0, False
+        k, moved = 0, set()
         for t, cs in zip(live, cands):
             scores = ev.score[k:k + len(cs)]
             best = int(torch.argmax(scores))
@@ -471,7 +471,7 @@ class Registrar:
             t.start_gap = float(scores[best] - scores[start]) if bool(torch.isfinite(scores[best])) else math.inf
             if best > 0 and bool(torch.isfinite(scores[best])) and float(scores[best]) > float(scores[0]):
                 t.pose = cs[best].clone()
-                moved = True
+                moved.add(t.xray)
             k += len(cs)
         return moved
 
@@ -749,13 +749,18 @@ class Registrar:
                                 camera_to_rig)
             capture = lv.optimizer == "adam"
             match = c.match_intensity is not None and (not capture or c.match_capture)
-            matched = self._match_intensity(objective, tracks, always=capture) if match else 0
+            matched = self._match_intensity(objective, tracks, always=capture) if match else set()
             if li > 0 and c.revisit:
                 moved = self._revisit(objective, tracks, last=li == len(c.levels) - 1)
-                if moved and matched:  # the map was taken at the poses the revisit left: take it again
-                    for view, (imgs, cam, m) in zip(objective.views, views):
-                        view.target = LevelObjective.resized(imgs, cam, view.height, view.width)
-                    matched = self._match_intensity(objective, tracks, always=capture)
+                again = {p for p in matched if p[1] in moved}  # mapped at a pose the revisit left
+                if again:  # those X-rays mapped again at their new pose, from the X-rays as given
+                    rows = sorted({b for _, b in again})
+                    for i in {v for v, _ in again}:
+                        imgs, cam, _m = views[i]
+                        view = objective.views[i]
+                        view.target[rows] = LevelObjective.resized(imgs[rows], cam, view.height, view.width)
+                    matched = (matched - again) | self._match_intensity(objective, tracks, always=capture,
+                                                                        xrays=set(rows))
             stepper = make_stepper(self, li, objective)
             stepper.begin(tracks)
             for it in range(lv.iterations + 1):  # the last pass only evaluates
@@ -767,7 +772,7 @@ class Registrar:
             stepper.end(tracks)
             level_stats.append({"level": li, "height": objective.height, "width": objective.width,
                                 "channels": objective.channels, "patches": lv.patches, "optimizer": lv.optimizer,
-                                "similarity": objective.measure, "matched": matched,
+                                "similarity": objective.measure, "matched": len(matched),
                                 "iterations": sum(t.levels[-1]["iterations"] for t in tracks),
                                 "converged": sum(t.levels[-1]["ended"] == "converged" for t in tracks),
                                 "seconds": time.perf_counter() - t_level})
