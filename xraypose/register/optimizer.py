@@ -453,9 +453,10 @@ class Registrar:
                     continue  # a start far from where the coarser levels led, and clearly worse there
                 cs.append(h)
             cands.append(cs)
-        for t, cs in zip(live, cands):
-            if len(cs) == 1:
-                t.start_gap = 0.0  # the start is the pose (or no earlier level moved it)
+        if not last:  # the gap the last level reads (there a far start may have been left out: no gap)
+            for t, cs in zip(live, cands):
+                if len(cs) == 1:
+                    t.start_gap = 0.0  # no earlier level moved the pose: it is the start
         live, cands = [t for t, cs in zip(live, cands) if len(cs) > 1], [cs for cs in cands if len(cs) > 1]
         if not live:  # one candidate each: nothing to weigh (the level's first step evaluates the pose)
             return set()
@@ -467,8 +468,9 @@ class Registrar:
         for t, cs in zip(live, cands):
             scores = ev.score[k:k + len(cs)]
             best = int(torch.argmax(scores))
-            start = next((j for j, c in enumerate(cs) if torch.equal(c, t.history[0])), 0)
-            t.start_gap = float(scores[best] - scores[start]) if bool(torch.isfinite(scores[best])) else math.inf
+            if not last:
+                start = next((j for j, c in enumerate(cs) if torch.equal(c, t.history[0])), 0)  # 0: the pose is it
+                t.start_gap = float(scores[best] - scores[start]) if bool(torch.isfinite(scores[best])) else math.inf
             if best > 0 and bool(torch.isfinite(scores[best])) and float(scores[best]) > float(scores[0]):
                 t.pose = cs[best].clone()
                 moved.add(t.xray)

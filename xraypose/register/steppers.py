@@ -58,7 +58,8 @@ class Track:
             is "converged" (the level's test) or "max_iterations" (its cap).
         history: the poses each finished level started from (the start, then earlier results).
         start_gap: how much lower than the best candidate the start scored at the latest revisit
-            (0 before any: the start is then weighed at the last level however far away).
+            before the last level's (0 before any: the last level then weighs the start however far
+            away).
         curvature: per Levenberg–Marquardt level index, its last Gauss–Newton curvature JᵀJ (6, 6)
             (given before a registration: the first curvature to use, e.g. the previous frame's).
         work: the current level's working state (the stepper's).
