@@ -331,6 +331,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a Level field (JSON value) on the Levenberg-Marquardt levels, e.g. "
                          "--lm-set fit_unsharp='[3, 9]'")
+    ap.add_argument("--scatter", action="store_true", help="every dense level models scatter on the DRR "
+                    "(scatter_levels; `xraypose register --scatter`)")
     ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
                     help="preprocess's blur after the log (default) or before it (the order until 2026-12-02; "
                          "its cases keep the old cache folder)")
@@ -360,11 +362,16 @@ def main(argv=None) -> int:
         from xraypose.register.config import DEFAULT_LEVELS
 
         kw["levels"] = with_lm_fields(kw.get("levels", DEFAULT_LEVELS), args.lm_set)
+    if args.scatter:
+        from xraypose.register.config import DEFAULT_LEVELS, scatter_levels
+
+        kw["levels"] = scatter_levels(kw.get("levels", DEFAULT_LEVELS))
     models = dict(m.split("=", 1) for m in args.model)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
     # the settings as given: --levels as its sizes, --lm-set as its changes (the levels themselves are in "config")
     shown = {k: v for k, v in kw.items() if k != "levels"} | ({"levels": args.levels} if args.levels else {}) | (
-        {"lm_set": args.lm_set} if args.lm_set else {}) | {"masks": not args.ignore_masks}
+        {"lm_set": args.lm_set} if args.lm_set else {}) | {"masks": not args.ignore_masks} | (
+        {"scatter": True} if args.scatter else {})
     report = {**start_report(shown),
               "xraypose": str(Path(sys.modules["xraypose"].__file__).parent), "groups": {}, "cases": []}
     rows: list[dict] = []

@@ -239,6 +239,9 @@ EDGE_ENHANCED = typer.Option(False, "--edge-enhanced", help="The X-ray went thro
                              "(unsharp masking, as processed fluoroscopy and most stored radiographs): the fine "
                              "levels explain it by blurred copies of the DRR.  Off by default: it helped where the "
                              "display curve is mild and harmed under a strong gamma (docs/registration.md).")
+SCATTER = typer.Option(False, "--scatter", help="The X-ray is a raw detector image with much scatter (no or a weak "
+                       "anti-scatter grid, a thick patient): every level adds to the DRR the smooth scatter that best "
+                       "explains the X-ray.  Off by default: it costs about 1.7x the time (docs/registration.md).")
 METAL_STEPS = typer.Option(True, "--metal-steps/--no-metal-steps", help="Before registering, set aside the X-ray's "
                            "metal steps (edges far stronger than bone's: their pixels get weight 0; a region behind "
                            "a uniform step, e.g. a retractor blade, is levelled).  Off: the X-ray as given.")
@@ -276,13 +279,13 @@ def registration_options(similarity: str = SIMILARITY, lr_rot: float = LR_ROT, l
                          metal_steps: bool = METAL_STEPS, capture_starts: int = CAPTURE_STARTS,
                          shift_search: bool = SHIFT_SEARCH,
                          match_intensity: str = MATCH_INTENSITY, edge_enhanced: bool = EDGE_ENHANCED,
-                         seed: int = SEED, threads: int = THREADS) -> dict:
+                         scatter: bool = SCATTER, seed: int = SEED, threads: int = THREADS) -> dict:
     """The registration options of ``register`` and ``evaluate``: their RegistrationConfig keywords."""
     return dict(similarity=similarity, lr_rot=lr_rot, lr_trans=lr_trans, schedule=schedule, density=density,
                 bone_multiplier=bone_multiplier, seed=seed, num_threads=threads, capture_starts=capture_starts,
                 shift_search=SHIFT_GAIN if shift_search else None,
                 **appearance_settings(metal_steps, match_intensity),
-                **levels_config(levels, fast, metal, edge_enhanced))
+                **levels_config(levels, fast, metal, edge_enhanced, scatter))
 
 
 def appearance_settings(metal_steps: bool, match_intensity: str) -> dict:
@@ -371,12 +374,13 @@ EXIT_FAILED = 3
 
 
 # --------------------------------------------------------------------------------------------- parsers
-def levels_config(text: str | None, fast: bool, metal: bool = False, edge_enhanced: bool = False) -> dict:
-    """RegistrationConfig keywords for --levels / --fast / --metal / --edge-enhanced (--levels takes each
-    level's other settings from the metal schedule with --metal; --edge-enhanced adds the unsharp fit to
-    the fine levels of whichever schedule)."""
+def levels_config(text: str | None, fast: bool, metal: bool = False, edge_enhanced: bool = False,
+                  scatter: bool = False) -> dict:
+    """RegistrationConfig keywords for --levels / --fast / --metal / --edge-enhanced / --scatter (--levels
+    takes each level's other settings from the metal schedule with --metal; --edge-enhanced adds the
+    unsharp fit to the fine levels of whichever schedule, --scatter the scatter fit to its dense levels)."""
     from xraypose.register import DEFAULT_LEVELS, FAST_LEVELS, METAL_LEVELS, levels_for_sizes
-    from xraypose.register.config import edge_enhanced_levels
+    from xraypose.register.config import edge_enhanced_levels, scatter_levels
 
     if fast and (text is not None or metal):
         raise InputError("--fast is its own schedule: give it without --levels and --metal")
@@ -388,6 +392,8 @@ def levels_config(text: str | None, fast: bool, metal: bool = False, edge_enhanc
         out = {"levels": FAST_LEVELS} if fast else {}
     if edge_enhanced:
         out = {"levels": edge_enhanced_levels(out.get("levels", DEFAULT_LEVELS))}
+    if scatter:
+        out = {"levels": scatter_levels(out.get("levels", DEFAULT_LEVELS))}
     return out
 
 

@@ -69,6 +69,10 @@ class Level:
             fit, each with a free coefficient (a display's unsharp masking / edge enhancement,
             ``y + a·(y − G*y)``, is then explained: the blurred copy's coefficient ≈ −a/(1 + a));
             () (default): none; a list is taken as a tuple.  A dense level only.
+        fit_scatter: detector-plane σ (mm) of the scatter kernels tried: the DRR gets the smooth
+            additive scatter that best explains the X-ray (:func:`~xraypose.register.scatter.scatter_drr`:
+            ``−log(P + s·G_σ*P)``, the field's range of line integrals and ``s`` chosen per DRR);
+            () (default): none; a list is taken as a tuple.  A dense level only.
     """
 
     size: int
@@ -90,6 +94,7 @@ class Level:
     fit_tissue: bool = False
     fit_curve: bool = False
     fit_unsharp: tuple = ()
+    fit_scatter: tuple = ()
 
 
 #: The widths (σ on the detector, mm) of the DRR's blurred copies that explain a display's unsharp
@@ -146,6 +151,21 @@ def edge_enhanced_levels(levels) -> tuple:
     (docs/registration.md, "Edge enhancement explained")."""
     return tuple(dataclasses.replace(lv, fit_unsharp=UNSHARP_MM) if lv.optimizer == "lm" else lv for lv in levels)
 
+
+#: The scatter kernels tried (σ on the detector, mm; :attr:`Level.fit_scatter`): scatter's halo on a
+#: detector 1 m from the source spans centimetres (the appearance benchmark's scatter family: σ 20–60 mm).
+SCATTER_MM = (25.0, 60.0)
+
+
+def scatter_levels(levels) -> tuple:
+    """``levels`` whose dense levels model smooth additive scatter on the DRR (:attr:`Level.fit_scatter`
+    with :data:`SCATTER_MM`; ``register --scatter``): for raw X-rays taken without an anti-scatter grid
+    or with much of it (a thick patient, a wide field).  Not the default: it costs about 1.7× the time
+    and, on X-rays that also went through a display curve (the appearance benchmark's clinical family),
+    it lost as often as it won (docs/registration.md, "Scatter modelled on the DRR")."""
+    return tuple(lv if lv.patches is not None else dataclasses.replace(lv, fit_scatter=SCATTER_MM) for lv in levels)
+
+
 #: A cheap schedule for tests and previews.
 FAST_LEVELS = (
     Level(size=24, iterations=60, n_samples=32, volume_mm=8.0, lr_scale=1.0, depth_lr_scale=0.2),
@@ -155,9 +175,12 @@ FAST_LEVELS = (
 
 def _level(lv) -> Level:
     """A config's level as a :class:`Level`: a dict (a recorded config's JSON) made one, a list of
-    ``fit_unsharp`` widths made a tuple (the frozen level stays hashable and compares equal)."""
+    ``fit_unsharp`` and ``fit_scatter`` widths made tuples (the frozen level stays hashable and compares equal)."""
     lv = lv if isinstance(lv, Level) else Level(**lv)
-    return dataclasses.replace(lv, fit_unsharp=tuple(lv.fit_unsharp)) if isinstance(lv.fit_unsharp, list) else lv
+    for name in ("fit_unsharp", "fit_scatter"):
+        if isinstance(getattr(lv, name), list):
+            lv = dataclasses.replace(lv, **{name: tuple(getattr(lv, name))})
+    return lv
 
 
 def levels_for_sizes(sizes, base=DEFAULT_LEVELS) -> tuple:
@@ -398,11 +421,12 @@ class RegistrationConfig:
                 raise InputError(f"bad level {lv}: patches must be >= 1 and patch_size >= 3")
             if lv.optimizer not in OPTIMIZERS:
                 raise InputError(f"bad level {lv}: optimizer must be one of {', '.join(OPTIMIZERS)}")
-            u = lv.fit_unsharp
-            if not (isinstance(u, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                 and math.isfinite(x) and x > 0 for x in u)):
-                raise InputError(f"bad level {lv}: fit_unsharp must be a list of blur widths in mm (each > 0), "
-                                 f"got {u!r}")
+            for name in ("fit_unsharp", "fit_scatter"):
+                u = getattr(lv, name)
+                if not (isinstance(u, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                     and math.isfinite(x) and x > 0 for x in u)):
+                    raise InputError(f"bad level {lv}: {name} must be a list of blur widths in mm (each > 0), "
+                                     f"got {u!r}")
             if lv.similarity is not None and lv.similarity not in SIMILARITY_MEASURES:
                 raise InputError(f"bad level {lv}: unknown similarity {lv.similarity!r}; choose one of "
                                  f"{', '.join(SIMILARITY_MEASURES)}")

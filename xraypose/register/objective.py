@@ -21,6 +21,7 @@ from xraypose.errors import InputError
 from xraypose.preprocess import resize as resize_image
 from xraypose.register.config import Level, RegistrationConfig
 from xraypose.register.measures import residual as measure_residual
+from xraypose.register.scatter import scatter_drr
 from xraypose.render import render, render_with_tangents
 from xraypose.render.sparse import patch_pixels
 
@@ -299,6 +300,8 @@ class LevelObjective:
         self.blur_c = None if config.blur_coefficient is None else float(config.blur_coefficient) * self.px2
         # a display's unsharp masking: blurred copies of the fitted DRR (σ per level pixel, ≥ 0.3)
         self.unsharp = [gaussian_kernel(max(0.3, float(mm) / self.camera.delx)) for mm in level.fit_unsharp]
+        # scatter widths, σ per level pixel
+        self.scatter = [float(mm) / self.camera.delx for mm in level.fit_scatter]
         self.uv = None
         if level.patches is not None:
             S = min(level.patch_size, h, w)
@@ -391,7 +394,7 @@ class LevelObjective:
                                           step=self.step)
             stack = torch.cat([drr[:, None], drr[:, None] + d], 1).reshape(n * (K + 1), *drr.shape[1:])
             rep = lambda x: x.repeat_interleave(K + 1, 0)  # noqa: E731
-            r, _, _ = self._residual_of(self._finish_drr(stack), rep(poses), rep(rows))
+            r, _, _ = self._residual_of(self._finish_drr(stack), rep(poses), rep(rows), group=K + 1)
         return r.reshape(n, K + 1, -1)
 
     def residual(self, poses: torch.Tensor, rows: torch.Tensor):
@@ -444,8 +447,10 @@ class LevelObjective:
         drr = drr[:, 0] if self.uv is not None else drr  # (n, P, S, S) or (n, 1, h, w)
         return drr, tgt, m, bone
 
-    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor):
-        """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives)."""
+    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor, group: int = 1):
+        """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives);
+        ``group``: they come in groups of a pose and its linearised neighbours (the scatter's choice is
+        then the pose's for all of them)."""
         n = drr.shape[0]
         drr, tgt, m, bone = self._fitted(drr, poses, rows)
         base = float(self.config.bone_multiplier)
@@ -453,6 +458,8 @@ class LevelObjective:
             drr = drr + self.blur_c * squared_gradient(drr)
         elif self.level.fit_blur and self.uv is None:
             drr = fit_intensity_blur(drr, tgt)
+        if self.scatter and self.uv is None:  # smooth additive scatter, its strength fitted
+            drr, _ = scatter_drr(drr, tgt, self.scatter, m, group=group)
         if self.level.fit_curve:  # a display curve
             drr = with_fitted_terms(drr, [drr * drr], tgt, m)
         if self.unsharp and self.uv is None:  # a display's unsharp masking y + a(y − G*y) = (1 + a)y − a·G*y
