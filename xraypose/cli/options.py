@@ -241,7 +241,8 @@ EDGE_ENHANCED = typer.Option(False, "--edge-enhanced", help="The X-ray went thro
                              "display curve is mild and harmed under a strong gamma (docs/registration.md).")
 SCATTER = typer.Option(False, "--scatter", help="The X-ray is a raw detector image with much scatter (no or a weak "
                        "anti-scatter grid, a thick patient): every level adds to the DRR the smooth scatter that best "
-                       "explains the X-ray.  Off by default: it costs about 1.7x the time (docs/registration.md).")
+                       "explains the X-ray.  Off by default: about 1.35x the time, and it lost some display-processed "
+                       "X-rays (docs/registration.md).")
 METAL_STEPS = typer.Option(True, "--metal-steps/--no-metal-steps", help="Before registering, set aside the X-ray's "
                            "metal steps (edges far stronger than bone's: their pixels get weight 0; a region behind "
                            "a uniform step, e.g. a retractor blade, is levelled).  Off: the X-ray as given.")
