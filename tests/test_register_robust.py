@@ -124,7 +124,8 @@ def test_a_failed_verdict_tries_the_metal_schedule_and_keeps_it(sample_ct, monke
     """register_xray (as `xraypose register` runs it), metal steps not set aside: the default schedule ends
     ~120 mm off on the retractor / K-wire / screw X-ray and is judged failed; the hypotheses then register the given start
     with every level robust (metal_levels), which lands below 1 mm, and that result is kept and named.
-    (The other alternatives, the intensity and the capture hypotheses are left out here to keep the test short.)"""
+    (The other alternatives, the intensity, the capture and the scatter hypotheses are left out here to keep the test
+    short.)"""
     import xraypose.register.hypotheses as hyp
     from xraypose.register import register_xray
     from xraypose.register.config import metal_levels
@@ -133,6 +134,7 @@ def test_a_failed_verdict_tries_the_metal_schedule_and_keeps_it(sample_ct, monke
     monkeypatch.setattr(hyp, "HYPOTHESES", ())
     monkeypatch.setattr(hyp, "capture_hypothesis_config", lambda config, verdicts: None)
     monkeypatch.setattr(hyp, "match_hypothesis_config", lambda config, verdicts: None)
+    monkeypatch.setattr(hyp, "scatter_hypothesis_levels", lambda levels, verdicts: None)
     monkeypatch.setattr(hyp.alternative_starts, "__defaults__", (0, ()))
     image, camera, truth, fid, start, blur = metal_case(sample_ct)
     # the X-ray as given (no steps set aside), one capture start (with five, the metal schedule's result is 1.23 mm)

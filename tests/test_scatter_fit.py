@@ -172,3 +172,80 @@ def test_a_recorded_config_keeps_its_scatter_widths():
     assert cfg.levels[0].fit_scatter == (25, 60)
     again = RegistrationConfig(levels=tuple(cfg.to_dict()["levels"]))
     assert again.levels == cfg.levels
+
+
+def test_the_scatter_hypothesis_is_tried_only_when_nothing_is_ok_yet():
+    from xraypose.register.config import DEFAULT_LEVELS, scatter_levels
+    from xraypose.register.hypotheses import scatter_hypothesis_levels
+
+    assert scatter_hypothesis_levels(DEFAULT_LEVELS, ["failed", "uncertain"]) == scatter_levels(DEFAULT_LEVELS)
+    assert scatter_hypothesis_levels(DEFAULT_LEVELS, ["failed", "ok"]) is None
+    assert scatter_hypothesis_levels(scatter_levels(DEFAULT_LEVELS), ["failed"]) is None  # `--scatter` given
+
+
+class _FakeResult:
+    def __init__(self, poses, initial, similarity):
+        self.poses, self.initial_poses, self.similarity = poses, initial, similarity
+
+
+class _FakeRegistrar:
+    """Registers to a pose that says which schedule made it: +1 mm along x per level with scatter."""
+
+    def __init__(self, config):
+        self.config, self.isocenter = config, torch.zeros(3, dtype=F64)
+
+    def derive(self, **changes):
+        import dataclasses
+
+        return _FakeRegistrar(dataclasses.replace(self.config, **changes))
+
+    def register(self, images, camera, starts, masks=None):
+        poses = starts.clone().to(F64)
+        poses[:, 0, 3] += sum(1.0 for lv in self.config.levels if lv.fit_scatter)
+        return _FakeResult(poses, starts, torch.zeros(len(starts)))
+
+
+def test_a_failed_registration_tries_scatter_last_and_keeps_it_when_better(monkeypatch):
+    """``register``'s hypotheses (the control flow, on a stand-in registrar): after the others, the given
+    start is registered with scatter modelled on every level; its result is kept when the check trusts it
+    more, and it is not tried once a result is ``ok`` or when the schedule models scatter already."""
+    import xraypose.register.confidence as confidence
+    import xraypose.register.hypotheses as hyp
+    from xraypose.register.api import _try_hypotheses
+    from xraypose.register.config import DEFAULT_LEVELS, scatter_levels
+    from xraypose.register.confidence import Confidence
+
+    monkeypatch.setattr(hyp, "HYPOTHESES", ())
+    monkeypatch.setattr(hyp.alternative_starts, "__defaults__", (0, ()))
+    metal_verdict = {"v": "failed"}
+
+    def judge(registrar, images, camera, poses, starts=None, masks=None, model=None):
+        out = []
+        for T in poses:
+            shift = float(T[0, 3])
+            if shift >= 3.5:  # the scatter schedule's result: trusted
+                out.append(Confidence(0.9, "ok", "scatter"))
+            elif shift == 0.0 and metal_verdict["v"] == "ok":
+                out.append(Confidence(0.8, "ok", "fine"))
+            else:
+                out.append(Confidence(0.1, "failed", "off"))
+        return out
+
+    monkeypatch.setattr(confidence, "assess", judge)
+    reg = _FakeRegistrar(RegistrationConfig(levels=DEFAULT_LEVELS))
+    start = torch.eye(4, dtype=F64)[None]
+    res = _FakeResult(start.clone(), start, torch.zeros(1))
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
+    (pick, k), out = _try_hypotheses(reg, torch.zeros(1, 1, 16, 16), cam, res, 0, Confidence(0.1, "failed", "off"))
+    tried = [h["start"] for h in out["info"]["hypotheses"]]
+    assert tried[-1] == hyp.SCATTER_HYPOTHESIS and hyp.METAL_HYPOTHESIS in tried
+    assert out["info"]["kept"] == hyp.SCATTER_HYPOTHESIS and float(pick.poses[k][0, 3]) == 4.0
+    # a result judged ok before it: not tried
+    metal_verdict["v"] = "ok"
+    _, out = _try_hypotheses(reg, torch.zeros(1, 1, 16, 16), cam, res, 0, Confidence(0.8, "ok", "fine"))
+    assert hyp.SCATTER_HYPOTHESIS not in [h["start"] for h in out["info"]["hypotheses"]]
+    # `--scatter` given: the schedule models scatter already, nothing more to try
+    metal_verdict["v"] = "failed"
+    reg2 = _FakeRegistrar(RegistrationConfig(levels=scatter_levels(DEFAULT_LEVELS)))
+    _, out = _try_hypotheses(reg2, torch.zeros(1, 1, 16, 16), cam, res, 0, Confidence(0.1, "failed", "off"))
+    assert hyp.SCATTER_HYPOTHESIS not in [h["start"] for h in out["info"]["hypotheses"]]

@@ -297,9 +297,9 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     """
     from xraypose.register.confidence import assess
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, METAL_HYPOTHESIS,
-                                              best_hypothesis, capture_hypothesis_config, kept_reason,
-                                              match_hypothesis_config, metal_hypothesis_levels, mirror_verdict,
-                                              viable_alternatives)
+                                              SCATTER_HYPOTHESIS, best_hypothesis, capture_hypothesis_config,
+                                              kept_reason, match_hypothesis_config, metal_hypothesis_levels,
+                                              mirror_verdict, scatter_hypothesis_levels, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -339,6 +339,9 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     metal = metal_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
     if metal is not None:  # every level robust
         from_given_start(reg.derive(levels=metal), METAL_HYPOTHESIS)
+    scatter = scatter_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
+    if scatter is not None:  # scatter modelled on the DRR
+        from_given_start(reg.derive(levels=scatter), SCATTER_HYPOTHESIS)
     (pick, c, kept) = best
     c.reason = kept_reason(c.reason, kept, conf.p_success)
     verdict, why = mirror_verdict(c.verdict, c.p_success, kept)
