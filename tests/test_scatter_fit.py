@@ -165,6 +165,26 @@ def test_the_scatter_schedule_and_the_command_line_flag():
     fast = levels_config(None, True, scatter=True)["levels"]
     assert [lv.size for lv in fast] == [lv.size for lv in FAST_LEVELS] and all(lv.fit_scatter for lv in fast)
     assert levels_config(None, False) == {}
+    metal = levels_config(None, False, True, False, True)["levels"]  # --metal --scatter: both
+    assert all(lv.robust and lv.fit_scatter == SCATTER_MM for lv in metal)
+
+
+def test_track_models_scatter_on_the_later_frames_too():
+    from typer.testing import CliRunner
+
+    from xraypose.cli import app
+    from xraypose.cli.track import _later_levels
+    from xraypose.register.config import SCATTER_MM
+    from xraypose.register.tracking import TRACKING_LEVELS
+
+    later = _later_levels(False, False, True)
+    assert [lv.size for lv in later] == [lv.size for lv in TRACKING_LEVELS]
+    assert all(lv.fit_scatter == SCATTER_MM for lv in later)
+    assert all(lv.fit_scatter == () for lv in _later_levels(False))
+    both = _later_levels(True, True, True)
+    assert all(lv.robust and lv.fit_scatter for lv in both) and any(lv.fit_unsharp for lv in both)
+    for command in ("track", "register", "evaluate"):
+        assert "--scatter" in CliRunner().invoke(app, [command, "--help"], terminal_width=200).output
 
 
 def test_a_recorded_config_keeps_its_scatter_widths():

@@ -13,7 +13,7 @@ import typer
 
 from xraypose.cli.config import config_option
 from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EDGE_ENHANCED, EXIT_FAILED, MATCH_INTENSITY, METAL, METAL_STEPS,
-                                  REGISTRATION_DEFAULTS, SEED, THREADS, Group, appearance_settings, intrinsics_options,
+                                  REGISTRATION_DEFAULTS, SCATTER, SEED, THREADS, Group, appearance_settings, intrinsics_options,
                                   levels_config, preprocessing_options, start_options, structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
 from xraypose.cli.steps import (drr_blur, load_registration_ct, part_settings, pose_transform_of,
@@ -195,6 +195,7 @@ def track_command(
     metal_steps: bool = METAL_STEPS,
     match_intensity: str = MATCH_INTENSITY,
     edge_enhanced: bool = EDGE_ENHANCED,
+    scatter: bool = SCATTER,
     motion: str = MOTION,
     blur_coefficient: Optional[float] = BLUR_COEFFICIENT,
     predict_blur: bool = PREDICT_BLUR,
@@ -238,7 +239,7 @@ def track_command(
     cfg_kw = {"density": density, "seed": seed, "num_threads": threads, "record_trajectory": False,
               "blur_coefficient": blur_coefficient,
               **appearance_settings(metal_steps, match_intensity),
-              **levels_config(levels, fast, metal, edge_enhanced)}
+              **levels_config(levels, fast, metal, edge_enhanced, scatter)}
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     r = _start_view_index(start_view, names, frames)
@@ -261,10 +262,10 @@ def track_command(
         from xraypose.register.tracking import BLUR_TURN_DEG
 
         turn = BLUR_TURN_DEG if blur_turn is None else blur_turn
-        blur, blur_prediction = _blur_predictor(reg.derive(levels=_later_levels(metal, edge_enhanced)), cts.volume, cams[r], seqs[r],
+        blur, blur_prediction = _blur_predictor(reg.derive(levels=_later_levels(metal, edge_enhanced, scatter)), cts.volume, cams[r], seqs[r],
                                                 first[r], prep, turn)
     res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
-                                    edge_enhanced, blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
+                                    edge_enhanced, scatter=scatter, blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     if blur_prediction is not None:
@@ -273,14 +274,15 @@ def track_command(
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
-def _later_levels(metal: bool, edge_enhanced: bool = False) -> tuple:
+def _later_levels(metal: bool, edge_enhanced: bool = False, scatter: bool = False) -> tuple:
     """The schedule of the frames after the first (with ``metal``, every level robust too; with
-    ``edge_enhanced``, the unsharp fit at every level)."""
-    from xraypose.register.config import edge_enhanced_levels, metal_levels
+    ``edge_enhanced``, the unsharp fit at every level; with ``scatter``, scatter modelled at every level)."""
+    from xraypose.register.config import edge_enhanced_levels, metal_levels, scatter_levels
     from xraypose.register.tracking import TRACKING_LEVELS
 
     levels = metal_levels(TRACKING_LEVELS) if metal else TRACKING_LEVELS
-    return edge_enhanced_levels(levels) if edge_enhanced else levels
+    levels = edge_enhanced_levels(levels) if edge_enhanced else levels
+    return scatter_levels(levels) if scatter else levels
 
 
 def _blur_predictor(reg, volume, raw_camera, seq, first, prep: dict, turn_deg: float):
@@ -362,16 +364,16 @@ def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: i
 
 
 def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, metal: bool = False,
-           motion: str = "smooth", edge_enhanced: bool = False, **blur):
+           motion: str = "smooth", edge_enhanced: bool = False, scatter: bool = False, **blur):
     """(frame results, pose name, camera_to_rig per view): the sequence tracked (a line printed per frame),
     in the start view's camera frame (its axes are the optimiser's); a rig's poses given back as
-    rig_to_world.  ``metal``, ``edge_enhanced``: the later frames' schedule (:func:`_later_levels`); ``motion``: the motion model
+    rig_to_world.  ``metal``, ``edge_enhanced``, ``scatter``: the later frames' schedule (:func:`_later_levels`); ``motion``: the motion model
     (:func:`~xraypose.register.tracking.track_sequence`); ``blur``: its ``blur`` and ``blur_turn_deg``."""
     import torch
 
     from xraypose.register.tracking import track_sequence
 
-    later = _later_levels(metal, edge_enhanced)
+    later = _later_levels(metal, edge_enhanced, scatter)
 
     Cr = views[r][2]
     Cr_inv = torch.linalg.inv(Cr)
