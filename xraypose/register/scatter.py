@@ -5,7 +5,7 @@ primary, ``S ≈ s · G_σ * P`` (scatter kernel superposition: each pencil beam
 σ of several centimetres on the detector).  After the log the X-ray is ``−log(P + S)``: behind thick
 anatomy, where ``P`` is small, scatter dominates and the X-ray shows the halo's smooth slope instead of
 the bone.  No affine map of the DRR's line integrals explains that, and on such X-rays the capture's
-similarity preferred poses 80–100 mm from the truth (scatter-to-primary 0.23–0.42, σ 44–55 mm).
+similarity preferred poses 76–108 mm from the truth (scatter-to-primary 0.23–0.42, σ 44–55 mm).
 
 :func:`scatter_drr` puts the same process on the DRR: the DRR ``d`` (line integrals, any units) is
 scaled to ``k·d̂`` (``d̂`` the DRR from 0 at its thinnest pixel to 1 at its thickest, ``k`` the
@@ -20,7 +20,7 @@ flows through ``D`` at the chosen values.  ``s = 0`` is in the grid and gives ``
 up to an affine map (which NCC forgives), so the model never scores a DRR below the plain one.
 
 Hand-written because no library fits a scatter model inside a differentiable registration; the
-kernel model is the standard first-order one (e.g. Ohnesorge et al., Med Phys 1999; Sun and
+kernel model is the standard first-order one (e.g. Ohnesorge et al., Eur Radiol 1999; Sun and
 Star-Lack, Phys Med Biol 2010).
 """
 
