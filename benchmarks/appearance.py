@@ -289,7 +289,10 @@ def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weigh
     return {"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
             "init_s": init_s, "opt_s": seconds, "status": out.status, "levels_converged": None,
             "similarity": float(out.similarity), "verdict": out.verdict, "p_success": out.p_success,
-            "kept": (out.confidence or {}).get("kept")}
+            "kept": (out.confidence or {}).get("kept"),
+            # each start tried (the given one, then the hypotheses): its p_success and verdict
+            "hypotheses": [{"start": h["start"], "p_success": h["p_success"], "verdict": h["verdict"]}
+                           for h in (out.confidence or {}).get("hypotheses", [])]}
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -682,6 +682,28 @@ def test_the_appearance_benchmarks_lm_set_reaches_the_fine_levels_and_is_recorde
     assert [lv["fit_unsharp"] for lv in doc["config"]["levels"]] == [[], [3, 9]]
 
 
+def test_the_appearance_benchmarks_scatter_and_hypotheses_are_recorded(tmp_path):
+    """benchmarks/appearance.py --scatter puts the scatter fit on every level and says so in the settings;
+    with --hypotheses each case's row lists the starts tried with their p_success and verdicts."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "a.json"
+    assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
+                       "truth", "--detector", "64", "--levels", "16,48", "--scatter", "--hypotheses",
+                       "--cache", str(tmp_path / "cache")]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["scatter"] is True
+    assert all(lv["fit_scatter"] == [25.0, 60.0] for lv in doc["config"]["levels"])
+    row = doc["cases"][0]
+    tried = row["hypotheses"]  # none when the given start's result is ok, else the given start first
+    assert (tried == []) if row["verdict"] == "ok" else (tried[0]["start"] == "given start" and len(tried) > 1)
+    assert all(0.0 <= h["p_success"] <= 1.0 for h in tried)
+
+
 def test_the_benchmarks_set_values_are_json_and_a_bad_one_is_named():
     """benchmarks' --set / --lm-set FIELD=JSON (one parser for appearance, register, tracking, multiview)."""
     import importlib.util
