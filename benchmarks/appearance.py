@@ -361,13 +361,11 @@ def main(argv=None) -> int:
 
         kw["levels"] = levels_for_sizes([int(x) for x in args.levels.split(",")])
     kw.update(json_sets(args.set))
-    if args.lm_set:
-        from xraypose.register.config import DEFAULT_LEVELS
+    from xraypose.register.config import DEFAULT_LEVELS, scatter_levels
 
+    if args.lm_set:
         kw["levels"] = with_lm_fields(kw.get("levels", DEFAULT_LEVELS), args.lm_set)
     if args.scatter:
-        from xraypose.register.config import DEFAULT_LEVELS, scatter_levels
-
         kw["levels"] = scatter_levels(kw.get("levels", DEFAULT_LEVELS))
     models = dict(m.split("=", 1) for m in args.model)
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))

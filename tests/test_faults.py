@@ -35,6 +35,16 @@ from xraypose.volume import load_sample_ct
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def _benchmark(name: str):
+    """benchmarks/NAME.py loaded as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 TINY = {
     "model": {"backbone": "test_resnet"},
     "camera": {"height": 32},
@@ -555,11 +565,8 @@ def test_an_old_checkpoint_without_its_ct_record_warns_and_resume_with_another_c
 
 
 def test_the_registration_benchmark_uses_a_bare_model_only_with_its_ct(tmp_path, model, sample_ct):
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_register", ROOT / "benchmarks" / "register.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("register")
     logged = []
     small = load_sample_ct()
     small.data = small.data[::2, ::2, ::2].contiguous()
@@ -575,7 +582,6 @@ def test_the_registration_benchmark_uses_a_bare_model_only_with_its_ct(tmp_path,
 
 # ----------------------------------------------------------------------------- infinite metrics
 def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_json(tmp_path, sample_ct):
-    import importlib.util
     import math
     from types import SimpleNamespace
 
@@ -583,9 +589,7 @@ def test_an_estimate_behind_a_fiducial_is_a_failed_case_in_the_benchmark_and_in_
     from xraypose.metrics import summarize
     from xraypose.register.cases import SyntheticCase
 
-    spec = importlib.util.spec_from_file_location("bench_register", ROOT / "benchmarks" / "register.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("register")
     iso = sample_ct.get_isocenter()
     T = carm_pose(0.0, 0.0, sod=612.0, isocenter=iso).to(torch.float64)
     cam = Camera(sdd=1020.0, height=16, width=16, delx=17.5)
@@ -650,12 +654,9 @@ def test_a_result_with_infinite_metrics_is_written_as_strict_json_and_read_back(
 def test_the_appearance_benchmark_runs_with_a_levels_schedule_and_records_it(tmp_path):
     """benchmarks/appearance.py --levels wrote Level objects into its JSON's settings and crashed at the
     first save; the sizes are recorded as given."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("appearance")
     out = tmp_path / "a.json"
     assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
                        "truth", "--detector", "64", "--levels", "16,32", "--cache", str(tmp_path / "cache")]) == 0
@@ -667,12 +668,9 @@ def test_the_appearance_benchmark_runs_with_a_levels_schedule_and_records_it(tmp
 def test_the_appearance_benchmarks_lm_set_reaches_the_fine_levels_and_is_recorded(tmp_path):
     """benchmarks/appearance.py --lm-set FIELD=JSON changes the Levenberg–Marquardt levels only; the
     report records the change as given and the levels in its config (it once crashed writing them)."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("appearance")
     out = tmp_path / "a.json"
     assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
                        "truth", "--detector", "64", "--levels", "16,48", "--lm-set", "fit_unsharp=[3, 9]",
@@ -685,12 +683,9 @@ def test_the_appearance_benchmarks_lm_set_reaches_the_fine_levels_and_is_recorde
 def test_the_appearance_benchmarks_scatter_and_hypotheses_are_recorded(tmp_path):
     """benchmarks/appearance.py --scatter puts the scatter fit on every level and says so in the settings;
     with --hypotheses each case's row lists the starts tried with their p_success and verdicts."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("appearance")
     out = tmp_path / "a.json"
     assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
                        "truth", "--detector", "64", "--levels", "16,48", "--scatter", "--hypotheses",
@@ -706,11 +701,8 @@ def test_the_appearance_benchmarks_scatter_and_hypotheses_are_recorded(tmp_path)
 
 def test_the_benchmarks_set_values_are_json_and_a_bad_one_is_named():
     """benchmarks' --set / --lm-set FIELD=JSON (one parser for appearance, register, tracking, multiview)."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "benchmarks" / "appearance.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("appearance")
     assert bench.json_sets(["shift_search=null", "fit_unsharp=[3, 9]", "similarity=\"gncc\""]) == {
         "shift_search": None, "fit_unsharp": [3, 9], "similarity": "gncc"}
     with pytest.raises(SystemExit, match="similarity=gncc: the value is not JSON"):
@@ -720,12 +712,9 @@ def test_the_benchmarks_set_values_are_json_and_a_bad_one_is_named():
 def test_the_tracking_benchmark_keeps_one_processing_for_a_sequence_and_fixes_given_parameters(tmp_path):
     """benchmarks/tracking.py --same-params draws the family's parameters once (frame 0's) and keeps
     them for every frame, as a fluoroscopy system's processing is; --param fixes one for every frame."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_tracking", ROOT / "benchmarks" / "tracking.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("tracking")
     out = tmp_path / "t.json"
     assert bench.main(["--json", str(out), "--family", "display", "--frames", "3", "--detector", "32",
                        "--jump-at", "0", "--no-confidence", "--same-params", "--param", "photons=3000",
@@ -747,11 +736,8 @@ def test_the_tracking_benchmark_keeps_one_processing_for_a_sequence_and_fixes_gi
 def test_the_tracking_benchmark_gives_the_frames_masks_as_xraypose_track_does():
     """benchmarks/tracking.py dropped each frame's preprocessing mask (a display's saturated plateau), which
     `xraypose track` passes to track_sequence; frames without one weigh every pixel."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_tracking", ROOT / "benchmarks" / "tracking.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("tracking")
     m = torch.ones(4, 5)
     m[:, :2] = 0.0
     assert bench.sequence_weights([None, None], []) is None

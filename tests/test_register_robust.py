@@ -134,7 +134,7 @@ def test_a_failed_verdict_tries_the_metal_schedule_and_keeps_it(sample_ct, monke
     monkeypatch.setattr(hyp, "HYPOTHESES", ())
     monkeypatch.setattr(hyp, "capture_hypothesis_config", lambda config, verdicts: None)
     monkeypatch.setattr(hyp, "match_hypothesis_config", lambda config, verdicts: None)
-    monkeypatch.setattr(hyp, "scatter_hypothesis_levels", lambda levels, verdicts: None)
+    monkeypatch.setattr(hyp, "SCHEDULE_HYPOTHESES", {hyp.METAL_HYPOTHESIS: hyp.SCHEDULE_HYPOTHESES[hyp.METAL_HYPOTHESIS]})
     monkeypatch.setattr(hyp.alternative_starts, "__defaults__", (0, ()))
     image, camera, truth, fid, start, blur = metal_case(sample_ct)
     # the X-ray as given (no steps set aside), one capture start (with five, the metal schedule's result is 1.23 mm)

@@ -196,11 +196,12 @@ def test_a_recorded_config_keeps_its_scatter_widths():
 
 def test_the_scatter_hypothesis_is_tried_only_when_nothing_is_ok_yet():
     from xraypose.register.config import DEFAULT_LEVELS, scatter_levels
-    from xraypose.register.hypotheses import scatter_hypothesis_levels
+    from xraypose.register.hypotheses import METAL_HYPOTHESIS, SCATTER_HYPOTHESIS, SCHEDULE_HYPOTHESES, schedule_levels
 
-    assert scatter_hypothesis_levels(DEFAULT_LEVELS, ["failed", "uncertain"]) == scatter_levels(DEFAULT_LEVELS)
-    assert scatter_hypothesis_levels(DEFAULT_LEVELS, ["failed", "ok"]) is None
-    assert scatter_hypothesis_levels(scatter_levels(DEFAULT_LEVELS), ["failed"]) is None  # `--scatter` given
+    assert list(SCHEDULE_HYPOTHESES) == [METAL_HYPOTHESIS, SCATTER_HYPOTHESIS]  # scatter last
+    assert schedule_levels(SCATTER_HYPOTHESIS, DEFAULT_LEVELS, ["failed", "uncertain"]) == scatter_levels(DEFAULT_LEVELS)
+    assert schedule_levels(SCATTER_HYPOTHESIS, DEFAULT_LEVELS, ["failed", "ok"]) is None
+    assert schedule_levels(SCATTER_HYPOTHESIS, scatter_levels(DEFAULT_LEVELS), ["failed"]) is None  # `--scatter` given
 
 
 class _FakeResult:

@@ -296,10 +296,10 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess
-    from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, METAL_HYPOTHESIS,
-                                              SCATTER_HYPOTHESIS, best_hypothesis, capture_hypothesis_config,
-                                              kept_reason, match_hypothesis_config, metal_hypothesis_levels,
-                                              mirror_verdict, scatter_hypothesis_levels, viable_alternatives)
+    from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
+                                              best_hypothesis, capture_hypothesis_config, kept_reason,
+                                              match_hypothesis_config, mirror_verdict, schedule_levels,
+                                              viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -336,12 +336,10 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     capture = capture_hypothesis_config(reg.config, [t["verdict"] for t in tried])
     if capture is not None:  # captured from several starts about it
         from_given_start(reg.derive(**capture), CAPTURE_HYPOTHESIS)
-    metal = metal_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
-    if metal is not None:  # every level robust
-        from_given_start(reg.derive(levels=metal), METAL_HYPOTHESIS)
-    scatter = scatter_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
-    if scatter is not None:  # scatter modelled on the DRR
-        from_given_start(reg.derive(levels=scatter), SCATTER_HYPOTHESIS)
+    for name in SCHEDULE_HYPOTHESES:  # every level robust (metal), then scatter modelled on the DRR
+        levels = schedule_levels(name, reg.config.levels, [t["verdict"] for t in tried])
+        if levels is not None:
+            from_given_start(reg.derive(levels=levels), name)
     (pick, c, kept) = best
     c.reason = kept_reason(c.reason, kept, conf.p_success)
     verdict, why = mirror_verdict(c.verdict, c.p_success, kept)

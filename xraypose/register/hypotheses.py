@@ -21,12 +21,13 @@ from __future__ import annotations
 import torch
 
 from xraypose.register.cases import perturb_pose
+from xraypose.register.config import metal_levels, scatter_levels
 from xraypose.register.initializers import antipodal
 
-__all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "metal_hypothesis_levels", "kept_reason",
+__all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "schedule_levels", "kept_reason",
            "mirror_verdict", "capture_hypothesis_config", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS",
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
-           "SCATTER_HYPOTHESIS", "scatter_hypothesis_levels"]
+           "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES"]
 
 F64 = torch.float64
 
@@ -45,6 +46,10 @@ METAL_HYPOTHESIS = "metal schedule"
 #: a raw X-ray's scatter halo made the capture prefer poses 76–108 mm from the truth on fresh scatter
 #: cases, which the scatter model captured (docs/registration.md, "Scatter modelled on the DRR").
 SCATTER_HYPOTHESIS = "scatter modelled"
+
+#: The hypotheses "the given start registered with another schedule", tried in this order after the
+#: others (:func:`schedule_levels`): their names and how each schedule is made from the registrar's levels.
+SCHEDULE_HYPOTHESES = {METAL_HYPOTHESIS: metal_levels, SCATTER_HYPOTHESIS: scatter_levels}
 
 #: The hypothesis "the given start captured from several starts about it" (``capture_starts``, tried after
 #: :data:`HYPOTHESES` when the registrar uses one): a capture can end at a false optimum that a start nearby
@@ -117,28 +122,14 @@ def viable_alternatives(start, result, camera, isocenter, seed: int = 0) -> tupl
     return [n for n, k in zip(names, keep.tolist()) if k], alts[keep]
 
 
-def metal_hypothesis_levels(levels, verdicts) -> tuple | None:
-    """The schedule of the metal hypothesis (:func:`~xraypose.register.config.metal_levels` of
-    ``levels``), or None when it is not worth registering: a result so far (``verdicts``: the
-    given start's and the alternatives') is already ``ok``, or every level is robust already."""
-    from xraypose.register.config import metal_levels
-
-    metal = metal_levels(levels)
-    if any(v == "ok" for v in verdicts) or metal == tuple(levels):
+def schedule_levels(name: str, levels, verdicts) -> tuple | None:
+    """The levels of the schedule hypothesis ``name`` (a key of :data:`SCHEDULE_HYPOTHESES`) made from
+    ``levels``, or None when it is not worth registering: a result so far (``verdicts``: the given
+    start's and the alternatives') is already ``ok``, or ``levels`` are that schedule already."""
+    schedule = SCHEDULE_HYPOTHESES[name](levels)
+    if any(v == "ok" for v in verdicts) or schedule == tuple(levels):
         return None
-    return metal
-
-
-def scatter_hypothesis_levels(levels, verdicts) -> tuple | None:
-    """The schedule of the scatter hypothesis (:func:`~xraypose.register.config.scatter_levels` of
-    ``levels``), or None when it is not worth registering: a result so far is already ``ok``, or the
-    levels model scatter already."""
-    from xraypose.register.config import scatter_levels
-
-    scatter = scatter_levels(levels)
-    if any(v == "ok" for v in verdicts) or scatter == tuple(levels):
-        return None
-    return scatter
+    return schedule
 
 
 def mirror_verdict(verdict: str, p_success: float, kept: str) -> tuple[str, str | None]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["QuantileMap", "quantile_map", "match_quantiles", "KNOTS"]
+__all__ = ["QuantileMap", "quantile_map", "match_quantiles", "area_pooled", "KNOTS"]
 
 #: Quantile knots of the map (equally spaced in probability, the ends included).
 KNOTS = 33
@@ -66,7 +66,7 @@ def quantile_map(target: torch.Tensor, drr: torch.Tensor, weights: torch.Tensor 
     wq = None if weights is None else weights.detach().reshape(x.shape).to(torch.float64)
     dq = drr.detach().to(torch.float64)
     if size is not None:
-        x, wq, dq = _pooled(x, size), None if wq is None else _pooled(wq, size), _pooled(dq, size)
+        x, wq, dq = area_pooled(x, size), None if wq is None else area_pooled(wq, size), area_pooled(dq, size)
     keep = torch.isfinite(x)
     if wq is not None:
         keep &= wq >= 0.5
@@ -102,12 +102,14 @@ def _nonlinearity(qx: torch.Tensor, qd: torch.Tensor) -> float:
     return float((b - fit[:, 0])[2:-2].abs().max())
 
 
-def _pooled(img: torch.Tensor, size: int) -> torch.Tensor:
+def area_pooled(img: torch.Tensor, size: int) -> torch.Tensor:
+    """``img`` (..., h, w) area-averaged to at most ``size`` rows (columns in proportion); as it is when
+    it has no more rows."""
     h, w = img.shape[-2:]
     if h <= size:
         return img
     s = (size, max(1, round(w * size / h)))
-    return torch.nn.functional.adaptive_avg_pool2d(img.reshape(1, 1, h, w), s)[0, 0]
+    return torch.nn.functional.adaptive_avg_pool2d(img.reshape(-1, 1, h, w), s).reshape(*img.shape[:-2], *s)
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:

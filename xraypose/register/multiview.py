@@ -308,7 +308,7 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     most trusted result (the given one unless an alternative beats it by ``MARGIN``), with ``kept``
     and ``hypotheses`` filled in; the metal schedule from the given start last, unless an
     alternative is ``ok``."""
-    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, metal_hypothesis_levels,
+    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, schedule_levels,
                                               viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[0], res.poses[0], vs[r].camera, reg.isocenter,
@@ -325,7 +325,7 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     cands = [joint(reg, alt, name) for name, alt in zip(names, alts)]
     k = best_hypothesis(rr.p_success, [c.p_success for c in cands])
     best, kept = (rr, "given start") if k is None else (cands[k], names[k])
-    metal = metal_hypothesis_levels(reg.config.levels, [t["verdict"] for t in tried])
+    metal = schedule_levels(METAL_HYPOTHESIS, reg.config.levels, [t["verdict"] for t in tried])
     if metal is not None:
         rm = joint(reg.derive(levels=metal), res.initial_poses[0], METAL_HYPOTHESIS)
         if best_hypothesis(best.p_success, [rm.p_success]) is not None:

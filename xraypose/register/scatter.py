@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from xraypose.register.matching import area_pooled
 from xraypose.register.measures import unit_standardise
 
 __all__ = ["scatter_drr", "SCATTER_RANGES", "SCATTER_FRACTIONS", "CHOICE_ROWS"]
@@ -47,22 +48,6 @@ SCATTER_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0)
 CHOICE_ROWS = 32
 
 
-def _model(dn: torch.Tensor, k: torch.Tensor, s: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """(n, 1, h, w) DRR scaled to [0, 1] → (n, K·S, h, w) models for ranges ``k`` (K,), fractions ``s``
-    (S,) and a kernel of σ ``sigma_px`` pixels (at most a third of the image's larger side)."""
-    P = torch.exp(-dn * k.to(dn.dtype).view(1, -1, 1, 1))  # (n, K, h, w)
-    G = _smooth(P, sigma_px)
-    out = -torch.log(P[:, :, None] + s.to(dn.dtype).view(1, 1, -1, 1, 1) * G[:, :, None])
-    return out.reshape(dn.shape[0], -1, *dn.shape[-2:])
-
-
-def _pooled(x: torch.Tensor, rows: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    if h <= rows:
-        return x
-    return F.adaptive_avg_pool2d(x, (rows, max(1, round(w * rows / h))))
-
-
 def _smooth(P: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """``P`` (n, C, h, w) blurred by a Gaussian of σ ``sigma_px`` pixels (at most a third of the larger
     side); done at most :data:`CHOICE_ROWS` rows and resized back (bilinear) — the blur is wide, so
@@ -70,24 +55,18 @@ def _smooth(P: torch.Tensor, sigma_px: float) -> torch.Tensor:
     from xraypose.register.objective import gaussian_kernel, separable_blur
 
     h, w = P.shape[-2:]
-    Q = _pooled(P, CHOICE_ROWS)
-    scale = Q.shape[-2] / h
-    kernel = gaussian_kernel(min(max(0.3, sigma_px * scale), max(Q.shape[-2:]) / 3.0))
+    Q = area_pooled(P, CHOICE_ROWS)
+    kernel = gaussian_kernel(min(max(0.3, sigma_px * Q.shape[-2] / h), max(Q.shape[-2:]) / 3.0))
     G = separable_blur(Q, kernel, same=True)
     return G if Q.shape[-2:] == P.shape[-2:] else F.interpolate(G, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def _chosen_model(dn: torch.Tensor, k: torch.Tensor, s: torch.Tensor, g: torch.Tensor, sigmas_px) -> torch.Tensor:
-    """(n, 1, h, w) scaled DRRs → their models at per-image range ``k`` (n,), fraction ``s`` (n,) and
-    width index ``g`` (n,) into ``sigmas_px`` (one blur per width used)."""
-    shape = (-1, 1, 1, 1)
-    P = torch.exp(-dn * k.to(dn.dtype).view(shape))
-    G = torch.zeros_like(P)
-    for i, sig in enumerate(sigmas_px):
-        sel = g == i
-        if bool(sel.any()):
-            G = torch.where(sel.view(shape), _smooth(P, float(sig)), G)
-    return -torch.log(P + s.to(dn.dtype).view(shape) * G)
+def _forward(dn: torch.Tensor, k: torch.Tensor, s: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """The model ``−log(P + s·G_σ*P)``, ``P = exp(−k·d̂)``, of scaled DRRs ``dn`` (n, 1, h, w) for ranges
+    ``k`` (n or 1, K, 1, 1) and fractions ``s`` (n or 1, K or 1, S, 1, 1): (n, K, S, h, w); one blur
+    per range."""
+    P = torch.exp(-dn * k.to(dn.dtype))  # (n, K, h, w)
+    return -torch.log(P[:, :, None] + s.to(dn.dtype) * _smooth(P, sigma_px)[:, :, None])
 
 
 def scatter_drr(drr: torch.Tensor, tgt: torch.Tensor, sigmas_px, w: torch.Tensor | None = None,
@@ -99,7 +78,7 @@ def scatter_drr(drr: torch.Tensor, tgt: torch.Tensor, sigmas_px, w: torch.Tensor
         tgt: (n, 1, h, w) the X-rays they are compared with.
         sigmas_px: the scatter widths tried (Gaussian σ in pixels of ``drr``).
         w: optional (n, 1, h, w) pixel weights of the comparison (the X-rays' masks).
-        ranges, fractions: the grid of ``k`` and ``s`` (see the module).
+        ranges, fractions: the grid of ``k`` and ``s`` (see the module; ``fractions[0]`` must be 0).
         group: the DRRs come in consecutive groups of this many (a pose, then its linearised
             neighbours: :meth:`~xraypose.register.objective.LevelObjective.residual_along`); the
             choice is made on each group's first and held for the rest, so that a neighbour's
@@ -116,32 +95,36 @@ def scatter_drr(drr: torch.Tensor, tgt: torch.Tensor, sigmas_px, w: torch.Tensor
         raise ValueError(f"{n} DRRs do not come in groups of {group}")
     k = torch.tensor(ranges, dtype=torch.float64)
     s = torch.tensor(fractions, dtype=torch.float64)
-    nk = len(ranges) * len(fractions)
+    K, S = len(ranges), len(fractions)
+    flat = drr.reshape(n, -1)
+    lo, hi = flat.amin(-1).view(n, 1, 1, 1), flat.amax(-1).view(n, 1, 1, 1)
+    dn = (drr - lo) / (hi - lo).clamp_min(1e-12)  # the scaling differentiated too: the model is a function of drr
     with torch.no_grad():
-        d0, t0 = drr.detach()[::group], tgt.detach()[::group].to(drr.dtype)
-        m = d0.shape[0]
-        flat = d0.reshape(m, -1)
-        lo, hi = flat.amin(-1).view(m, 1, 1, 1), flat.amax(-1).view(m, 1, 1, 1)
-        dn0 = _pooled((d0 - lo) / (hi - lo).clamp_min(1e-12), CHOICE_ROWS)
-        scale = dn0.shape[-2] / drr.shape[-2]
+        dn0 = area_pooled(dn.detach()[::group], CHOICE_ROWS)
+        m, scale = dn0.shape[0], dn0.shape[-2] / drr.shape[-2]
+        t0 = tgt.detach()[::group].to(drr.dtype)
         wp = None
         if w is not None:  # the X-ray averaged over its weighted pixels; a pixel mostly masked drops out
             wd = w.detach()[::group].to(drr.dtype)
-            wp = _pooled(wd, CHOICE_ROWS)
-            tp = _pooled(wd * t0, CHOICE_ROWS) / wp.clamp_min(1e-12)
+            wp = area_pooled(wd, CHOICE_ROWS)
+            tp = area_pooled(wd * t0, CHOICE_ROWS) / wp.clamp_min(1e-12)
             wp = torch.where(wp >= 0.5, wp, torch.zeros_like(wp)).reshape(m, 1, -1)
         else:
-            tp = _pooled(t0, CHOICE_ROWS)
+            tp = area_pooled(t0, CHOICE_ROWS)
         t = unit_standardise(tp.reshape(m, 1, -1), wp)
         scores = []
         for sig in sigmas_px:
-            mod = _model(dn0, k, s, float(sig) * scale).reshape(m, nk, -1)
+            mod = _forward(dn0, k.view(1, K, 1, 1), s.view(1, 1, S, 1, 1), float(sig) * scale).reshape(m, K * S, -1)
             scores.append((unit_standardise(mod, None if wp is None else wp.expand_as(mod)) * t).sum(-1))
-        scores = torch.stack(scores, 1).nan_to_num(-2.0)  # (m, widths, K·S) weighted NCC
-        best = scores.reshape(m, -1).argmax(-1).repeat_interleave(group)
-        gi, rest = best // nk, best % nk
-        ri, fi = rest // len(fractions), rest % len(fractions)
-    lo, hi = drr.reshape(n, -1).amin(-1).view(n, 1, 1, 1), drr.reshape(n, -1).amax(-1).view(n, 1, 1, 1)
-    dn = (drr - lo) / (hi - lo).clamp_min(1e-12)  # the scaling differentiated too: the model is a function of drr
-    chosen = torch.stack([k[ri], s[fi], gi.to(torch.float64)], 1)
-    return _chosen_model(dn, k[ri], s[fi], gi, sigmas_px), chosen
+        best = torch.stack(scores, 1).nan_to_num(-2.0).reshape(m, -1).argmax(-1)  # weighted NCC, (m, widths·K·S)
+        best = best.repeat_interleave(group)
+        gi, ri, fi = best // (K * S), best % (K * S) // S, best % S
+    parts, order = [], []
+    for i, sig in enumerate(sigmas_px):  # each DRR blurred at its own width only
+        idx = (gi == i).nonzero()[:, 0]
+        if idx.numel():
+            q = _forward(dn[idx], k[ri[idx]].view(-1, 1, 1, 1), s[fi[idx]].view(-1, 1, 1, 1, 1), float(sig))
+            parts.append(q[:, :, 0])
+            order.append(idx)
+    out = torch.cat(parts)[torch.argsort(torch.cat(order))]
+    return out, torch.stack([k[ri], s[fi], gi.to(torch.float64)], 1)
