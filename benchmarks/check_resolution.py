@@ -21,7 +21,8 @@ with ``a`` in ``--shifts`` (default 1.5, 3, 6 mm) and ``d`` in ``--turns`` (0.5,
 family and kind of pose: the 3D mTRE (20 bone fiducials), view 0's verdicts (one view, as
 ``xraypose register`` judges it) and the pair's (the least trusted view's, as ``register --rig``
 combines them: :func:`xraypose.register.multiview.combine_confidences`), ``ok`` at mTRE ≥ 2 mm and
-``failed`` below 1 mm.
+``failed`` below 1 mm.  The rows keep each view's signals, so another confidence model can judge
+them again (:class:`xraypose.register.confidence.ConfidenceModel`).
 
     python benchmarks/check_resolution.py --json OUT.json [--ct pelvis] [--families ours clinical]
         [--cases 6] [--seed 1]
@@ -124,6 +125,7 @@ def run_ct(spec, args, log) -> list[dict]:
                              "mtre": e,
                              "p": [c.p_success for c in checks], "verdicts": verdicts,
                              "pair": pair_verdict(verdicts), "reasons": [c.reason for c in checks],
+                             "signals": [c.to_dict()["signals"] for c in checks],
                              "check_s": time.perf_counter() - t0})
             log(f"  {name}/{fam} case {i}: views {ang:+.0f} deg apart; verdicts of views 0 and 1: "
                 + ", ".join(f"{r['pose']} ({r['mtre']:.1f} mm) {r['verdicts'][0][0]}{r['verdicts'][1][0]}"
