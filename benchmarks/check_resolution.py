@@ -118,8 +118,9 @@ def run_ct(spec, args, log) -> list[dict]:
             for key, P in poses.items():
                 e = float(pose_errors(P[None], P0, fid, cam0)["mtre"][0])
                 t0 = time.perf_counter()
+                views = ((img0, cam0, torch.eye(4, dtype=F64), masks[0]), (img1, cam1, C1, masks[1]))
                 checks = [assess(reg, img[None, None], c, (P @ C)[None], starts=(start @ C)[None], masks=m)[0]
-                          for img, c, C, m in ((img0, cam0, torch.eye(4, dtype=F64), masks[0]), (img1, cam1, C1, masks[1]))]
+                          for img, c, C, m in views]
                 verdicts = [c.verdict for c in checks]
                 rows.append({"ct": name, "family": fam, "case": i, "angle_deg": ang, "pose": key,
                              "mtre": e,
