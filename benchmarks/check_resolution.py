@@ -43,9 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.appearance import load_ct, machine  # noqa: E402
-from benchmarks.multiview import form, turn_about_axis  # noqa: E402
-from xraypose.camera import Camera  # noqa: E402
+from benchmarks.appearance import machine  # noqa: E402
+from benchmarks.multiview import Pairs  # noqa: E402
 from xraypose.geometry import make_transform, so3_exp  # noqa: E402
 from xraypose.io import atomic_write_json  # noqa: E402
 from xraypose.metrics import format_table, pose_errors  # noqa: E402
@@ -87,28 +86,17 @@ def pair_verdict(verdicts) -> str:
 
 
 def run_ct(spec, args, log) -> list[dict]:
-    from xraypose.fiducials import bone_points, select_fiducials
-    from xraypose.register.cases import CaseMaker, perturb_pose
     from xraypose.register.confidence import assess
 
-    name, vol = load_ct(spec)
-    cam = Camera(sdd=1020.0, height=args.detector, width=args.detector, delx=280.0 / args.detector)
-    maker = CaseMaker(vol, camera=cam, collimator_px=max(2, args.detector // 32), seed=args.seed)
-    iso = vol.get_isocenter().to(F64)
-    points = bone_points(vol)
-    reg = Registrar(vol, RegistrationConfig(drr_blur=1.0))
+    pairs = Pairs(spec, args.detector, args.seed)
+    name, iso = pairs.name, pairs.iso
+    reg = Registrar(pairs.vol, RegistrationConfig(drr_blur=1.0))
     rows = []
     for fam in args.families:
         for i in range(args.cases):
-            T0, _ = maker.true_pose(i)
-            g = torch.Generator().manual_seed(args.seed * 7919 + i * 31)
-            ang = (60.0 + 50.0 * float(torch.rand((), generator=g, dtype=F64))) * (1 if i % 2 else -1)
-            T1 = turn_about_axis(T0, iso, ang)
-            img0, cam0, P0, m0 = form(vol, cam, T0, fam, args.seed * 1000 + i)
-            img1, cam1, P1, m1 = form(vol, cam, T1, fam, args.seed * 1000 + i + 500)
-            C1 = torch.linalg.inv(P0) @ P1
-            fid = select_fiducials(points, n=20, seed=args.seed + i, camera=cam0, poses=P0, margin_px=4)
-            start = perturb_pose(P0, iso, 10.0, 40.0, g)[0]
+            c = pairs.case(i, fam, (60.0, 110.0), (10.0, 40.0))
+            img0, cam0, P0, m0, img1, cam1, m1, C1, fid, start, ang = (
+                c[k] for k in ("img0", "cam0", "P0", "m0", "img1", "cam1", "m1", "C1", "fid", "start", "angle_deg"))
             masks = [None if m is None else m[None, None] for m in (m0, m1)]
             poses = poses_to_check(P0, C1, iso, args.shifts, args.turns)
             if not args.no_register:

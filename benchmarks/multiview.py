@@ -61,30 +61,57 @@ def form(volume, camera, T, family, seed):
     return pre.image.to(torch.float32), pre.camera, pre.transform_pose(fx.pose).to(F64), pre.mask
 
 
-def run_ct(spec, args, log) -> list[dict]:
-    from xraypose.fiducials import bone_points, select_fiducials
-    from xraypose.register.cases import CaseMaker, perturb_pose
+class Pairs:
+    """The pairs of X-rays of one CT: view 0's true pose drawn as ``benchmarks/appearance.py`` draws it
+    (``detector``² pixels over 280 mm), view 1 the same C-arm turned about the isocenter
+    (:func:`turn_about_axis`), both formed by an appearance family and preprocessed."""
 
-    name, vol = load_ct(spec)
-    cam = Camera(sdd=1020.0, height=args.detector, width=args.detector, delx=280.0 / args.detector)
-    maker = CaseMaker(vol, camera=cam, collimator_px=max(2, args.detector // 32), seed=args.seed)
-    iso = vol.get_isocenter().to(F64)
-    points = bone_points(vol)
+    def __init__(self, spec, detector: int, seed: int):
+        from xraypose.fiducials import bone_points
+        from xraypose.register.cases import CaseMaker
+
+        self.name, self.vol = load_ct(spec)
+        self.cam = Camera(sdd=1020.0, height=detector, width=detector, delx=280.0 / detector)
+        self.maker = CaseMaker(self.vol, camera=self.cam, collimator_px=max(2, detector // 32), seed=seed)
+        self.iso = self.vol.get_isocenter().to(F64)
+        self.points = bone_points(self.vol)
+        self.seed = seed
+
+    def case(self, i: int, family: str, angles, start, salt: int = 0) -> dict:
+        """Pair ``i``: the angle between the views drawn in ``angles`` (lo, hi) degrees (sign
+        alternating with ``i``), a start ``start`` (deg, mm) off view 0's truth; ``salt`` separates
+        the draws of settings.  Keys: img0/cam0/P0/m0 and img1/cam1/P1/m1 (image (H, W), camera,
+        true camera_to_world, preprocessing mask), C1 (view 1's camera_to_rig; the rig is view 0's
+        camera), angle_deg, fid (20 bone fiducials seen by view 0), start (4, 4)."""
+        from xraypose.fiducials import select_fiducials
+        from xraypose.register.cases import perturb_pose
+
+        (lo, hi), seed = angles, self.seed
+        T0, _ = self.maker.true_pose(i)
+        g = torch.Generator().manual_seed(seed * 7919 + i * 31 + salt)
+        ang = (lo + (hi - lo) * float(torch.rand((), generator=g, dtype=F64))) * (1 if i % 2 else -1)
+        T1 = turn_about_axis(T0, self.iso, ang)
+        c = dict(zip(("img0", "cam0", "P0", "m0"), form(self.vol, self.cam, T0, family, seed * 1000 + i)))
+        c.update(zip(("img1", "cam1", "P1", "m1"), form(self.vol, self.cam, T1, family, seed * 1000 + i + 500)))
+        c["C1"] = torch.linalg.inv(c["P0"]) @ c["P1"]
+        c["angle_deg"] = ang
+        c["fid"] = select_fiducials(self.points, n=20, seed=seed + i, camera=c["cam0"], poses=c["P0"], margin_px=4)
+        c["start"] = perturb_pose(c["P0"], self.iso, start[0], start[1], g)[0]
+        return c
+
+
+def run_ct(spec, args, log) -> list[dict]:
+    pairs = Pairs(spec, args.detector, args.seed)
+    name, vol = pairs.name, pairs.vol
     reg = Registrar(vol, RegistrationConfig(**{"drr_blur": 1.0, **json_sets(args.set)}))
     rows = []
     settings = {"biplane": args.biplane, "two-shot": args.two_shot}
     a_deg, t_mm = (float(x) for x in args.start.split(","))
-    for setting, (lo, hi) in settings.items():
+    for setting, angles in settings.items():
         for i in range(args.cases):
-            T0, _ = maker.true_pose(i)
-            g = torch.Generator().manual_seed(args.seed * 7919 + i * 31 + (0 if setting == "biplane" else 17))
-            ang = (lo + (hi - lo) * float(torch.rand((), generator=g, dtype=F64))) * (1 if i % 2 else -1)
-            T1 = turn_about_axis(T0, iso, ang)
-            img0, cam0, P0, m0 = form(vol, cam, T0, args.family, args.seed * 1000 + i)
-            img1, cam1, P1, m1 = form(vol, cam, T1, args.family, args.seed * 1000 + i + 500)
-            C1 = torch.linalg.inv(P0) @ P1
-            fid = select_fiducials(points, n=20, seed=args.seed + i, camera=cam0, poses=P0, margin_px=4)
-            start = perturb_pose(P0, iso, a_deg, t_mm, g)[0]
+            c = pairs.case(i, args.family, angles, (a_deg, t_mm), salt=0 if setting == "biplane" else 17)
+            img0, cam0, P0, m0, img1, cam1, m1, C1, fid, start, ang = (
+                c[k] for k in ("img0", "cam0", "P0", "m0", "img1", "cam1", "m1", "C1", "fid", "start", "angle_deg"))
             modes = args.modes or (("single", "joint") + (("single-checked", "joint-checked") if args.checked else ()))
             for mode in modes:
                 t0 = time.perf_counter()
