@@ -73,7 +73,8 @@ FEATURES = ("ncc:neglog1m", "gncc:neglog1m", "local_ncc", "explained", "residual
             "gn_step_mm:log", "bone_multiplier:abslog", "coverage", "foreign")
 
 #: Guards written with the weights: outside these ranges the verdict is at best "uncertain".
-GUARDS = {"coverage": [0.5, 1.0], "magnification": [1.02, 10.0], "bone_multiplier": [0.25, 4.0]}
+GUARDS = {"coverage": [0.5, 1.0], "magnification": [1.02, 10.0], "bone_multiplier": [0.25, 4.0],
+          "gn_step_mm": [0.0, 1.2]}
 #: Below these, "failed" whatever the model says.
 FAILED_BELOW = {"coverage": 0.05}
 
