@@ -342,7 +342,7 @@ def test_a_pose_3mm_off_in_the_image_plane_is_not_ok(sample_ct):
     maker = CaseMaker(sample_ct, camera=cam, collimator_px=4, n_fiducials=10)
     reg = Registrar(sample_ct, RegistrationConfig(drr_blur=1.0))
     guarded = 0
-    for i in range(3):
+    for i in range(2):
         c = maker.case(i)
         T = c.true_pose.to(F64)
         D = torch.eye(4, dtype=F64)
@@ -354,4 +354,4 @@ def test_a_pose_3mm_off_in_the_image_plane_is_not_ok(sample_ct):
         if off.p_success >= default_model().thresholds["ok"]:
             guarded += 1
             assert off.verdict == "uncertain" and "optimum" in off.reason, off.reason
-    assert guarded >= 1  # the guard, not the model, decided at least once (measured: 3 of 3)
+    assert guarded >= 1  # the guard, not the model, decided at least once (measured: 2 of 2)
