@@ -266,14 +266,27 @@ def hash_int(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
 
-def load_records(path: Path) -> dict:
+def load_records(path: Path, key=job_key) -> dict:
+    """The records cached in ``path`` (a JSON line each) by ``key(record)``."""
     out = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                out[job_key(r)] = r
+                out[key(r)] = r
     return out
+
+
+def signals_at(runners: dict, r: dict, pose: torch.Tensor) -> tuple[dict, dict, Camera]:
+    """(the check's signals with ``_problem``, the case, its camera) of record ``r``'s X-ray at ``pose`` (4, 4),
+    measured as the registration was (its registrar, start and masks)."""
+    run = runners[r["ct"]]
+    c = run.case(r)
+    cam = Camera.from_dict(c["camera"])
+    reg = run.registrar(c.get("drr_blur") or None)
+    sig = measure_signals(reg, c["image"][None, None], cam, pose.reshape(1, 4, 4).to(F64),
+                          starts=torch.tensor([r["start_pose"]], dtype=F64), masks=case_weights(c))[0]
+    return sig, c, cam
 
 
 def resignal(records: list, runners: dict) -> None:
@@ -281,13 +294,8 @@ def resignal(records: list, runners: dict) -> None:
     for r in records:
         if "skip" in r:
             continue
-        run = runners[r["ct"]]
-        c = run.case(r)
-        cam = Camera.from_dict(c["camera"])
-        reg = run.registrar(c.get("drr_blur") or None)
         t0 = time.perf_counter()
-        sig = measure_signals(reg, c["image"][None, None], cam, torch.tensor([r["pose"]], dtype=F64),
-                              starts=torch.tensor([r["start_pose"]], dtype=F64), masks=case_weights(c))[0]
+        sig, _, _ = signals_at(runners, r, torch.tensor(r["pose"], dtype=F64))
         r["check_s"] = time.perf_counter() - t0
         r["signals"] = {k: v for k, v in sig.items() if k != "_problem"}
         r["problem"] = sig["_problem"]
@@ -310,41 +318,31 @@ def moved_records(records: list, runners: dict, cache_file: Path) -> list:
     ``ok`` must stop (the records' ``moved``: the move's name).  Cached in ``cache_file``."""
     from xraypose.geometry import make_transform, so3_exp
 
-    cached = {}
-    if cache_file.exists():
-        for line in cache_file.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                cached[moved_key(r)] = r
+    cached = load_records(cache_file, key=moved_key)
     out = []
     for r in records:
         if r.get("mismatch") or r.get("problem") or not r["mtre"] < 1.0 or r["family"] == FLUORO:
             continue
-        todo = [(k, a) for k, a in MOVES if f"{job_key(r)}/{k}{a:g}" not in cached]
-        out += [cached[f"{job_key(r)}/{k}{a:g}"] for k, a in MOVES if f"{job_key(r)}/{k}{a:g}" in cached]
-        if not todo:
-            continue
-        run = runners[r["ct"]]
-        c = run.case(r)
-        cam = Camera.from_dict(c["camera"])
-        reg = run.registrar(c.get("drr_blur") or None)
         P = torch.tensor(r["pose"], dtype=F64)
         g = torch.Generator().manual_seed(hash_int(job_key(r)))
         theta = 2 * math.pi * float(torch.rand((), generator=g, dtype=F64))
         axis = torch.randn(3, generator=g, dtype=F64)
-        for kind, a in todo:
+        for kind, a in MOVES:
+            name = f"{kind}{a:g}"
+            if f"{job_key(r)}/{name}" in cached:
+                out.append(cached[f"{job_key(r)}/{name}"])
+                continue
             if kind == "across":
                 D = torch.eye(4, dtype=F64)
                 D[:3, 3] = a * (math.cos(theta) * P[:3, 0] + math.sin(theta) * P[:3, 1])
             else:
                 R = so3_exp(math.radians(a) * axis / axis.norm())
-                D = make_transform(R, run.iso - R @ run.iso)
+                D = make_transform(R, runners[r["ct"]].iso - R @ runners[r["ct"]].iso)
             Q = D @ P
-            sig = measure_signals(reg, c["image"][None, None], cam, Q[None],
-                                  starts=torch.tensor([r["start_pose"]], dtype=F64), masks=case_weights(c))[0]
+            sig, c, cam = signals_at(runners, r, Q)
             m = registration_metrics(Q, c["true_pose"], c["fiducials"], cam)
             rec = {k: r[k] for k in ("ct", "family", "case", "start", "start_pose")}
-            rec.update(moved=f"{kind}{a:g}", pose=Q.tolist(), mtre=m["mtre"], rot_deg=m["rot_deg"], mismatch=False,
+            rec.update(moved=name, pose=Q.tolist(), mtre=m["mtre"], rot_deg=m["rot_deg"], mismatch=False,
                        start_mtre=r["start_mtre"], signals={k: v for k, v in sig.items() if k != "_problem"},
                        problem=sig["_problem"])
             with cache_file.open("a") as f:
