@@ -651,16 +651,22 @@ def test_a_result_with_infinite_metrics_is_written_as_strict_json_and_read_back(
     assert math.isinf(restore_non_finite(saved)["row"]["mPE (mm)"]) and math.isinf(row["mPE (mm)"])
 
 
+def _appearance_run(tmp_path, levels: str, *extra: str) -> dict:
+    """benchmarks/appearance.py on one pelvis `ours` X-ray at 64², started at the truth, with ``--levels
+    levels`` and ``extra`` options: its JSON report."""
+    import json
+
+    out = tmp_path / "a.json"
+    assert _benchmark("appearance").main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1",
+                                          "--starts", "truth", "--detector", "64", "--levels", levels, *extra,
+                                          "--cache", str(tmp_path / "cache")]) == 0
+    return json.loads(out.read_text())
+
+
 def test_the_appearance_benchmark_runs_with_a_levels_schedule_and_records_it(tmp_path):
     """benchmarks/appearance.py --levels wrote Level objects into its JSON's settings and crashed at the
     first save; the sizes are recorded as given."""
-    import json
-
-    bench = _benchmark("appearance")
-    out = tmp_path / "a.json"
-    assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
-                       "truth", "--detector", "64", "--levels", "16,32", "--cache", str(tmp_path / "cache")]) == 0
-    doc = json.loads(out.read_text())
+    doc = _appearance_run(tmp_path, "16,32")
     assert doc["settings"]["levels"] == "16,32" and doc["config"]["levels"][-1]["size"] == 32
     assert doc["groups"]["pelvis/ours/truth"]["n"] == 1 and doc["cases"][0]["mtre"] < 5.0
 
@@ -668,14 +674,7 @@ def test_the_appearance_benchmark_runs_with_a_levels_schedule_and_records_it(tmp
 def test_the_appearance_benchmarks_lm_set_reaches_the_fine_levels_and_is_recorded(tmp_path):
     """benchmarks/appearance.py --lm-set FIELD=JSON changes the Levenberg–Marquardt levels only; the
     report records the change as given and the levels in its config (it once crashed writing them)."""
-    import json
-
-    bench = _benchmark("appearance")
-    out = tmp_path / "a.json"
-    assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
-                       "truth", "--detector", "64", "--levels", "16,48", "--lm-set", "fit_unsharp=[3, 9]",
-                       "--cache", str(tmp_path / "cache")]) == 0
-    doc = json.loads(out.read_text())
+    doc = _appearance_run(tmp_path, "16,48", "--lm-set", "fit_unsharp=[3, 9]")
     assert doc["settings"]["lm_set"] == ["fit_unsharp=[3, 9]"] and doc["settings"]["levels"] == "16,48"
     assert [lv["fit_unsharp"] for lv in doc["config"]["levels"]] == [[], [3, 9]]
 
@@ -683,14 +682,7 @@ def test_the_appearance_benchmarks_lm_set_reaches_the_fine_levels_and_is_recorde
 def test_the_appearance_benchmarks_scatter_and_hypotheses_are_recorded(tmp_path):
     """benchmarks/appearance.py --scatter puts the scatter fit on every level and says so in the settings;
     with --hypotheses each case's row lists the starts tried with their p_success and verdicts."""
-    import json
-
-    bench = _benchmark("appearance")
-    out = tmp_path / "a.json"
-    assert bench.main(["--json", str(out), "--ct", "pelvis", "--families", "ours", "--cases", "1", "--starts",
-                       "truth", "--detector", "64", "--levels", "16,48", "--scatter", "--hypotheses",
-                       "--cache", str(tmp_path / "cache")]) == 0
-    doc = json.loads(out.read_text())
+    doc = _appearance_run(tmp_path, "16,48", "--scatter", "--hypotheses")
     assert doc["settings"]["scatter"] is True
     assert all(lv["fit_scatter"] == [25.0, 60.0] for lv in doc["config"]["levels"])
     row = doc["cases"][0]
