@@ -11,11 +11,11 @@ formed by an appearance family and preprocessed as a user would), every view is 
 
 * ``truth``: the true pose; ``joint``: the two views registered together from 10°/40 mm
   (``Registrar.register_views``; skipped with ``--no-register``);
-* ``across0±a``: the truth moved ``a`` mm across view 0's beam (its image rows' direction): an
+* ``across0±a``: the truth moved ``a`` mm across view 0's beam (camera +x, the image's u direction; docs/conventions.md "Camera frame"): an
   in-plane shift in view 0;
 * ``beam0±a`` / ``beam1±a``: moved ``a`` mm along view 0's / view 1's beam: a depth error for that
   view, roughly an in-plane shift for the other;
-* ``turn±d``: turned ``d`` degrees about the isocenter (about view 0's image columns' axis);
+* ``turn±d``: turned ``d`` degrees about the isocenter (about view 0's camera +y, the image's v direction);
 
 with ``a`` in ``--shifts`` (default 1.5, 3, 6 mm) and ``d`` in ``--turns`` (0.5, 1, 2°).  Reported per
 family and kind of pose: the 3D mTRE (20 bone fiducials), view 0's verdicts (one view, as
@@ -55,9 +55,9 @@ F64 = torch.float64
 
 def moved(P0: torch.Tensor, C1: torch.Tensor, iso: torch.Tensor, kind: str, amount: float) -> torch.Tensor:
     """View 0's camera_to_world ``P0`` (4, 4) moved in the world: ``amount`` mm across view 0's beam
-    (``"across0"``: along its camera x axis, the image rows' direction), along view 0's or view 1's
+    (``"across0"``: along its camera +x, the image's u direction), along view 0's or view 1's
     beam (``"beam0"``, ``"beam1"``: the camera z axis; view 1's camera_to_world is ``P0 @ C1``), or
-    turned ``amount`` degrees about ``iso`` (3,) around view 0's camera y axis (``"turn"``)."""
+    turned ``amount`` degrees about ``iso`` (3,) around view 0's camera +y (v) (``"turn"``)."""
     if kind == "turn":
         axis = P0[:3, 1] / P0[:3, 1].norm()
         R = so3_exp(math.radians(amount) * axis)
