@@ -11,8 +11,8 @@ formed by an appearance family and preprocessed as a user would), every view is 
 
 * ``truth``: the true pose; ``joint``: the two views registered together from 10°/40 mm
   (``Registrar.register_views``; skipped with ``--no-register``);
-* ``across0±a``: the truth moved ``a`` mm across view 0's beam (camera +x, the image's u direction; docs/conventions.md "Camera frame"): an
-  in-plane shift in view 0;
+* ``across0±a``: the truth moved ``a`` mm across view 0's beam (camera +x, the image's u direction;
+  docs/conventions.md "Camera frame"): an in-plane shift in view 0;
 * ``beam0±a`` / ``beam1±a``: moved ``a`` mm along view 0's / view 1's beam: a depth error for that
   view, roughly an in-plane shift for the other;
 * ``turn±d``: turned ``d`` degrees about the isocenter (about view 0's camera +y, the image's v direction);
