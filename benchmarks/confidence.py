@@ -602,7 +602,8 @@ def main(argv=None) -> int:
                 f.write(json.dumps(r, default=float) + "\n")
     if args.moved:
         extra = moved_records(records, runners, rec_file.with_name(rec_file.stem + "-moved.jsonl"))
-        log(f"{len(extra)} poses moved from good results, {sum(r['mtre'] >= 2 for r in extra)} of them 2 mm or more off")
+        off = sum(r["mtre"] >= 2 for r in extra)
+        log(f"{len(extra)} poses moved from good results, {off} of them 2 mm or more off")
         records = records + extra
     if len(names) < 2:
         log("one CT: no cross-CT test")
