@@ -497,7 +497,7 @@ class Registrar:
         """
         return self.register_views([(images, camera, None, masks)], initial_poses)
 
-    def register_views(self, views, initial_poses: torch.Tensor, curvature=None) -> RegistrationResult:
+    def register_views(self, views, initial_poses: torch.Tensor, curvature=None, origins=None) -> RegistrationResult:
         """Register B cases of N views tied by a rig: one unknown ``rig_to_world`` per case.
 
         Args:
@@ -509,6 +509,10 @@ class Registrar:
             initial_poses: (B, 4, 4) or (B, K, 4, 4) starts of ``rig_to_world``.
             curvature: optional, per case a dict {level index: (6, 6) JᵀJ} to start the
                 Levenberg–Marquardt levels with (e.g. the previous frame's ``result.curvature``).
+            origins: optional (B, 4, 4): where the registration began when these levels go on from
+                an earlier stage's result (a rig's captures): the revisits weigh it as the start
+                (:meth:`_revisit`; the last level always, even when it is the only one) — a capture
+                that walked off cannot take the given start's place.
         Returns:
             :class:`RegistrationResult` whose ``poses`` are ``rig_to_world``; view i's
             camera_to_world is ``poses @ camera_to_rig_i``.
@@ -556,6 +560,11 @@ class Registrar:
         if shifted is not None:  # the moved starts join as starts of their own; the first fine level keeps the best
             T0 = torch.cat([T0, shifted], dim=1)
             K = T0.shape[1]
+        if origins is not None:
+            origins = torch.as_tensor(origins, dtype=F64)
+            if origins.shape != (B, 4, 4) or not bool(torch.isfinite(origins).all()):
+                raise InputError(f"origins must be (B, 4, 4) finite poses for B = {B} X-rays, got "
+                                 f"{tuple(origins.shape)}")
         flatT = T0.reshape(B * K, 4, 4)
         sane = torch.ones(B * K, dtype=torch.bool)
         for (_, cam, Ci, _m) in prepared:
@@ -575,7 +584,7 @@ class Registrar:
         try:
             t0, c0 = time.perf_counter(), time.process_time()
             out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature,
-                                 n_given=n_given)
+                                 n_given=n_given, origins=origins)
             if shifted is not None:  # a shifted start is the registration's own: its start is the one it was moved from
                 out.initial_poses = torch.stack([T0[b, j if j < n_given else j - n_given]
                                                  for b, j in enumerate(out.chosen_start)])
@@ -593,7 +602,8 @@ class Registrar:
         """A rig registration whose capture levels (the leading Adam levels) see only the start view
         (the view whose ``camera_to_rig`` is the identity, else the first) — ``rig_capture`` "start-view"
         — or run twice, on the start view and on every view ("both"), the levels after them seeing every
-        view (from both captures: the first of them keeps the better, as with several starts); one result
+        view (from both captures: the first of them keeps the better, as with several starts; the last
+        weighs the given start too, as a single view's last level does: ``origins``); one result
         as :meth:`register_views` gives (levels, trajectories and times of the stages; ``chosen_start``
         says which capture went on, 0 = the start view's, 1 = the joint one)."""
         import dataclasses
@@ -608,10 +618,13 @@ class Registrar:
         if c.rig_capture == "both":
             firsts.append(capture.register_views(views, initial_poses))
         starts = torch.stack([f.poses for f in firsts], dim=1)  # (B, 1 or 2, 4, 4)
+        given = torch.as_tensor(initial_poses, dtype=F64)
+        given = (given if given.dim() == 3 else given[None] if given.dim() == 2 else given[:, 0])
         second = self.derive(levels=c.levels[n_capture:], rig_capture="joint").register_views(
             views, starts,
             curvature=None if curvature is None else [{k - n_capture: H for k, H in cv.items() if k >= n_capture}
-                                                      for cv in curvature])
+                                                      for cv in curvature],
+            origins=given.expand(starts.shape[0], 4, 4))
         shift = lambda recs, key: [{**x, key: x[key] + n_capture} for x in recs]  # noqa: E731
         won = [firsts[k] for k in second.chosen_start]  # per case, the capture that went on
         return dataclasses.replace(
@@ -720,14 +733,15 @@ class Registrar:
             masks = m.contiguous()
         return imgs.to(torch.float32), camera, Ci, masks
 
-    def _optimise(self, views, camera_to_rig, T0, sane0, curvature=None, n_given: int | None = None
-                  ) -> RegistrationResult:
+    def _optimise(self, views, camera_to_rig, T0, sane0, curvature=None, n_given: int | None = None,
+                  origins=None) -> RegistrationResult:
         """The levels.  ``T0`` (B, K, 4, 4): K starts per X-ray, the first ``n_given`` given (or the capture's),
         the rest shifted by the shift search.  The first level keeps each X-ray's best given start and its
         shifted ones; the first fine level (the first after the leading Adam levels; the last level when there
         is none) keeps the best of those: at 16 and 32 rows a lost capture can score as high as the right one,
         at the first fine level, intensities fitted, it scores clearly lower (docs/registration.md, "The shift
-        search")."""
+        search").  ``origins`` (B, 4, 4), optional: each X-ray's pose before an earlier stage (a rig's
+        captures), put first in every track's history so that the revisits weigh it as the start."""
         c = self.config
         n_given = T0.shape[1] if n_given is None else n_given
         first_fine = next((i for i, lv in enumerate(c.levels) if lv.optimizer != "adam"), len(c.levels))
@@ -738,6 +752,8 @@ class Registrar:
         tracks = [Track(xray=b, start=k, A=A[b * K + k], Bm=Bm[b * K + k], pose=T0[b, k].clone(),
                         bone=float(c.bone_multiplier)) for b in range(B) for k in range(K)]
         for t in tracks:
+            if origins is not None:
+                t.history.append(torch.as_tensor(origins[t.xray], dtype=F64).clone())
             if curvature is not None and curvature[t.xray]:
                 t.curvature = {int(k): torch.as_tensor(v, dtype=F64) for k, v in curvature[t.xray].items()}
             if not bool(sane0[t.xray, t.start]):
@@ -752,8 +768,9 @@ class Registrar:
             capture = lv.optimizer == "adam"
             match = c.match_intensity is not None and (not capture or c.match_capture)
             matched = self._match_intensity(objective, tracks, always=capture) if match else set()
-            if li > 0 and c.revisit:
-                moved = self._revisit(objective, tracks, last=li == len(c.levels) - 1)
+            last = li == len(c.levels) - 1
+            if (li > 0 or (last and origins is not None)) and c.revisit:
+                moved = self._revisit(objective, tracks, last=last)
                 again = {p for p in matched if p[1] in moved}  # mapped at a pose the revisit left
                 if again:  # those X-rays mapped again at their new pose, from the X-rays as given
                     rows = sorted({b for _, b in again})
