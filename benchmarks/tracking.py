@@ -197,6 +197,37 @@ def frame_preprocessing(fx, fine: int, detector: int) -> dict:
     return prep
 
 
+def second_view(vol, form_cam, truth: list, poses: list, fixed: dict, args) -> dict:
+    """A biplane sequence's second view (``--biplane DEG``): camera 2 is camera 1 turned ``DEG``° about the
+    CT's isocenter around camera 1's image-vertical (+y) axis, rigidly tied to it; frame f formed by the
+    family at ``truth[f] @ C`` with its own noise draw (the draw's other parameters as view 0's with
+    ``--same-params``), preprocessed as view 0's (a frame registered at ``--detector`` rows).  Returns
+    images, masks (lists of (H, W) / None), the preprocessed camera and ``C``: camera 2's camera_to_rig,
+    the rig being view 0's preprocessed camera (the tracked rig_to_world is view 0's camera_to_world)."""
+    from xraypose.appearance import form_xray
+    from xraypose.geometry import make_transform, so3_exp
+    from xraypose.preprocess import preprocess
+
+    iso = vol.get_isocenter().to(F64)
+    T0 = truth[0].to(F64)
+    p = (torch.linalg.inv(T0) @ torch.cat([iso, torch.ones(1, dtype=F64)]))[:3]  # iso in camera-1 axes
+    R = so3_exp(torch.tensor([0.0, math.radians(args.biplane), 0.0], dtype=F64))
+    C_raw = make_transform(R, p - R @ p)  # camera 2 in camera 1's frame (the raw cameras)
+    images, masks, cam, C = [], [], None, None
+    for f, T in enumerate(truth):
+        g = torch.Generator().manual_seed(args.seed * 7 + f + 100_003)
+        fx = form_xray(vol, form_cam, T.to(F64) @ C_raw, family=args.family, generator=g, **fixed)
+        prep = frame_preprocessing(fx, form_cam.height, args.detector)
+        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
+                         resample_domain=args.resample_domain, photon_offset=args.photon_offset)
+        images.append(pre.image)
+        masks.append(None if args.ignore_masks else pre.mask)
+        if f == 0:
+            cam = pre.camera
+            C = torch.linalg.inv(poses[0].to(F64)) @ pre.transform_pose(fx.pose).to(F64)
+    return {"images": images, "masks": masks, "camera": cam, "C": C}
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from appearance import photon_offset_arg  # noqa: E402
@@ -284,6 +315,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a Level field (JSON value) on the Levenberg-Marquardt levels of both schedules "
                          "(frame 0's and the later frames'), e.g. --lm-set fit_unsharp='[3, 9, 27]'")
+    ap.add_argument("--biplane", type=float, default=None, metavar="DEG",
+                    help="a biplane sequence: a second view, the first turned DEG degrees about the CT's "
+                         "isocenter around its image-vertical axis, filmed at the same moments (its own "
+                         "noise draws), both tracked jointly (xraypose track's rig form); the errors are "
+                         "the rig's, in view 0's camera")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
@@ -339,7 +375,13 @@ def main(argv=None) -> int:
         if f == 0:  # the order preprocessing chose for the frames; noiseless calibration frames get the same
             rs = next((s for s in pre.steps if s["step"] == "resize"), {})
             domain = rs.get("domain", "line-integral") if args.resample_domain == "auto" else args.resample_domain
-    print(f"{args.frames} frames formed ({args.family}) in {time.perf_counter() - t0:.0f} s", flush=True)
+    second = None
+    if args.biplane is not None and (args.form_detector or args.blur != "none" or args.noise_weight):
+        raise SystemExit("--biplane tracks the frames as formed: not with --form-detector, --blur or --noise-weight")
+    if args.biplane is not None:  # the second view's frames: the same moments, turned about the isocenter
+        second = second_view(vol, form_cam, truth, poses, fixed, args)
+    print(f"{args.frames} frames formed ({args.family}{'' if second is None else ', two views'}) in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
     fid = select_fiducials(bone_points(vol), n=20, seed=args.seed, camera=pcam, poses=poses[0], margin_px=2)
     frames = torch.stack(images)[:, None].to(torch.float32)
     frame_weights = sequence_weights(masks, weights)
@@ -399,7 +441,16 @@ def main(argv=None) -> int:
         print(f"  frame {fr.index:3d}: mTRE {e:7.3f} mm (registration alone {e_reg:7.3f}), {fr.seconds:.3f} s, "
               f"{fr.status}, verdict {fr.verdict}{' (re-initialised)' if fr.reinitialised else ''}", flush=True)
 
-    out = track_sequence(reg, frames, pcam, start, confidence=not args.no_confidence, progress=progress,
+    if second is not None:
+        m1 = sequence_weights(second["masks"], [])
+        track_views = [(frames, pcam, None, frame_weights),
+                       (torch.stack(second["images"])[:, None].to(torch.float32), second["camera"], second["C"], m1)]
+        report["biplane"] = {"turn_deg": args.biplane, "camera_to_rig_1": second["C"].tolist()}
+        frames_arg, cam_arg, frame_weights = None, None, None
+    else:
+        track_views, frames_arg, cam_arg = None, frames, pcam
+    out = track_sequence(reg, frames_arg, cam_arg, start, views=track_views, confidence=not args.no_confidence,
+                         progress=progress,
                          tracking_levels=tracking_levels(args), motion=args.motion,
                          overlap_check=False if args.no_overlap else None, blur=blur,
                          blur_turn_deg=args.blur_turn or None,

@@ -355,3 +355,51 @@ def test_a_pose_3mm_off_in_the_image_plane_is_not_ok(sample_ct):
             guarded += 1
             assert off.verdict == "uncertain" and "optimum" in off.reason, off.reason
     assert guarded >= 1  # the guard, not the model, decided at least once (measured: 2 of 2)
+
+
+def test_a_rigs_views_are_checked_with_the_rigs_step(sample_ct):
+    """``assess_views``: a rig's views checked as one moment, the check's Gauss–Newton step the rig's (the
+    views' normal equations summed).  A view whose own optimum lies 3 mm along its beam (its X-ray formed
+    3 mm deeper: what noise does to a low-dose frame's depth) is not at its own optimum alone (a step of
+    ~3 mm, `uncertain`), but the other view pins that direction: the rig's step is small and both are
+    `ok`.  The rig moved 4 mm along that beam is a shift for the other view: the rig's step is > 2 mm and
+    the moment is not `ok`.  One view: ``assess`` exactly."""
+    from xraypose.camera import carm_pose
+    from xraypose.preprocess import preprocess
+    from xraypose.register.confidence import assess_views, rig_step_mm
+    from xraypose.register.multiview import combine_confidences
+    from xraypose.synthetic import XraySimulator
+
+    iso = sample_ct.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=128, width=128, delx=280.0 / 128)
+    P = [carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, 80.0)]
+    reg = Registrar(sample_ct, RegistrationConfig(drr_blur=1.0))
+
+    def form(T):
+        sim = XraySimulator(sample_ct, cam, supersample=1, photons=0, blur_px=0.0)
+        pre = preprocess(sim(T).raw[0, 0], cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
+        return pre.image, pre.camera
+
+    def along(T, mm):
+        D = torch.eye(4, dtype=F64)
+        D[:3, 3] = mm * T[:3, 2]  # the camera's +z: its beam
+        return D
+
+    (i0, c0), (i1, c1), (i1d, c1d) = form(P[0]), form(P[1]), form(along(P[1], 3.0) @ P[1])
+    deep = [(i0, c0, P[0], None, None), (i1d, c1d, P[1], None, None)]
+    alone = assess(reg, i1d, c1d, P[1][None])[0]
+    rig = assess_views(reg, deep)
+    assert alone.signals["gn_step_mm"] > 2.0 and alone.verdict != "ok", (alone.signals["gn_step_mm"], alone.verdict)
+    assert rig[1].signals["gn_step_mm"] < 0.5 and rig[1].signals["gn_step_view_mm"] == pytest.approx(
+        alone.signals["gn_step_mm"])
+    assert combine_confidences(["a", "b"], rig).verdict == "ok"
+    D = along(P[1], 4.0)
+    moved = assess_views(reg, [(i0, c0, D @ P[0], None, None), (i1, c1, D @ P[1], None, None)])
+    assert moved[0].signals["gn_step_mm"] > 2.0 and combine_confidences(["a", "b"], moved).verdict != "ok"
+    one = assess_views(reg, deep[:1])[0]
+    ref = assess(reg, i0, c0, P[0][None])[0]
+    assert one.p_success == ref.p_success and one.signals == ref.signals
+    H, g = torch.eye(6, dtype=F64), torch.arange(6, dtype=F64)
+    assert rig_step_mm([(H, g), (H, g)], [P[0], P[0]]) == pytest.approx(float(g.norm()), rel=1e-5)
+    with pytest.raises(InputError, match="normal equations"):
+        rig_step_mm([(H, g)], [P[0], P[1]])

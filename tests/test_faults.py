@@ -738,3 +738,32 @@ def test_the_tracking_benchmark_gives_the_frames_masks_as_xraypose_track_does():
     noise = [torch.full((4, 5), 0.5)] * 3
     w = bench.sequence_weights([None, m, None], noise)
     assert torch.equal(w[1, 0], 0.5 * m) and bool((w[2] == 0.5).all())
+
+
+def test_the_tracking_benchmarks_biplane_sequence_is_a_second_view_turned_about_the_isocenter(tmp_path):
+    """benchmarks/tracking.py --biplane DEG films the same moments from a second view, view 0 turned DEG
+    about the CT's isocenter around its image-vertical axis, and tracks both jointly; options the rig form
+    does not take are refused."""
+    import json
+    import math
+
+    from xraypose.volume import load_sample_ct
+
+    bench = _benchmark("tracking")
+    out = tmp_path / "b.json"
+    assert bench.main(["--json", str(out), "--frames", "2", "--detector", "32", "--jump-at", "0",
+                       "--no-confidence", "--biplane", "75"]) == 0
+    doc = json.loads(out.read_text())
+    C = torch.tensor(doc["biplane"]["camera_to_rig_1"], dtype=torch.float64)
+    cos = float((torch.trace(C[:3, :3]) - 1) / 2)
+    assert math.degrees(math.acos(max(-1.0, min(1.0, cos)))) == pytest.approx(75.0, abs=0.01)
+    assert C[:3, :3][:, 1] @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64) == pytest.approx(1.0, abs=1e-6)
+    # the isocenter stays where it was in the rig: equally far from both sources
+    vol = load_sample_ct()
+    _, truth = bench.benchmark_trajectory(vol, 0, 1, 32)
+    iso = torch.cat([vol.get_isocenter().to(torch.float64), torch.ones(1, dtype=torch.float64)])
+    p = torch.linalg.inv(truth[0].to(torch.float64)) @ iso
+    assert float(p[:3].norm()) == pytest.approx(float((torch.linalg.inv(C) @ p)[:3].norm()), rel=1e-3)
+    assert len(doc["frames"]) == 2 and all(math.isfinite(r["mtre"]) for r in doc["frames"])
+    with pytest.raises(SystemExit, match="--biplane"):
+        bench.main(["--json", str(tmp_path / "x.json"), "--frames", "2", "--biplane", "90", "--blur", "-0.03"])
