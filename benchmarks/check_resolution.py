@@ -22,10 +22,7 @@ family and kind of pose: the 3D mTRE (20 bone fiducials), view 0's verdicts (one
 ``xraypose register`` judges it) and the pair's (the least trusted view's, as ``register --rig``
 combines them: :func:`xraypose.register.multiview.combine_confidences`), ``ok`` at mTRE ≥ 2 mm and
 ``failed`` below 1 mm.  The rows keep each view's signals, so another confidence model can judge
-them again (:class:`xraypose.register.confidence.ConfidenceModel`).  Since stop 36 the pair's verdict
-(``pair``) is the product's: its views checked together (:func:`xraypose.register.confidence.assess_views`:
-the check's Gauss–Newton step the rig's, ``rig_step_mm``); ``pair_alone`` combines the views checked
-each as a single X-ray (the rule before).
+them again (:class:`xraypose.register.confidence.ConfidenceModel`).
 
     python benchmarks/check_resolution.py --json OUT.json [--ct pelvis] [--families ours clinical]
         [--cases 6] [--seed 1]
@@ -89,7 +86,7 @@ def pair_verdict(verdicts) -> str:
 
 
 def run_ct(spec, args, log) -> list[dict]:
-    from xraypose.register.confidence import assess, assess_views
+    from xraypose.register.confidence import assess
 
     pairs = Pairs(spec, args.detector, args.seed)
     name, iso = pairs.name, pairs.iso
@@ -112,15 +109,12 @@ def run_ct(spec, args, log) -> list[dict]:
                 views = ((img0, cam0, torch.eye(4, dtype=F64), masks[0]), (img1, cam1, C1, masks[1]))
                 checks = [assess(reg, img[None, None], c, (P @ C)[None], starts=(start @ C)[None], masks=m)[0]
                           for img, c, C, m in views]
-                rig = assess_views(reg, [(img[None, None], c, P @ C, start @ C, m) for img, c, C, m in views])
                 verdicts = [c.verdict for c in checks]
                 rows.append({"ct": name, "family": fam, "case": i, "angle_deg": ang, "pose": key,
                              "mtre": e,
                              "p": [c.p_success for c in checks], "verdicts": verdicts,
-                             "pair_alone": pair_verdict(verdicts), "reasons": [c.reason for c in checks],
+                             "pair": pair_verdict(verdicts), "reasons": [c.reason for c in checks],
                              "signals": [c.to_dict()["signals"] for c in checks],
-                             "pair": pair_verdict([c.verdict for c in rig]), "rig_p": [c.p_success for c in rig],
-                             "rig_step_mm": rig[0].signals.get("gn_step_mm"),
                              "check_s": time.perf_counter() - t0})
             log(f"  {name}/{fam} case {i}: views {ang:+.0f} deg apart; verdicts of views 0 and 1: "
                 + ", ".join(f"{r['pose']} ({r['mtre']:.1f} mm) {r['verdicts'][0][0]}{r['verdicts'][1][0]}"
@@ -143,9 +137,7 @@ def summarise(rows) -> list[dict]:
                     "view0_ok_2mm": sum(r["verdicts"][0] == "ok" and r["mtre"] >= 2 for r in g),
                     "pair_ok_2mm": sum(r["pair"] == "ok" and r["mtre"] >= 2 for r in g),
                     "view0_failed_below_1mm": sum(r["verdicts"][0] == "failed" and r["mtre"] < 1 for r in g),
-                    "pair_failed_below_1mm": sum(r["pair"] == "failed" and r["mtre"] < 1 for r in g),
-                    "pair_alone_ok_2mm": sum(r.get("pair_alone") == "ok" and r["mtre"] >= 2 for r in g),
-                    "pair_alone_failed_below_1mm": sum(r.get("pair_alone") == "failed" and r["mtre"] < 1 for r in g)})
+                    "pair_failed_below_1mm": sum(r["pair"] == "failed" and r["mtre"] < 1 for r in g)})
     return out
 
 

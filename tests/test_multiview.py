@@ -195,13 +195,13 @@ def test_a_rig_views_check_reads_it_through_its_mask(volume, biplane, monkeypatc
     import xraypose.register.confidence as confidence
 
     seen = []
-    real = confidence.measure_signals  # what assess_views measures each view with
+    real = confidence.assess
 
     def spy(*a, masks=None, **k):
         seen.append(None if masks is None else masks.clone())
         return real(*a, masks=masks, **k)
 
-    monkeypatch.setattr(confidence, "measure_signals", spy)
+    monkeypatch.setattr(confidence, "assess", spy)
     views = _views(biplane)
     mask = torch.ones(PX, PX)
     mask[:, :12] = 0.0

@@ -51,7 +51,6 @@ from xraypose.register.config import Level
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
-           "assess_views", "rig_step_mm",
            "assess", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
 
 F64 = torch.float64
@@ -245,60 +244,27 @@ def _residual(D: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, b], dim=-1) * math.sqrt(0.5)
 
 
-def _normal_equations(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``(JᵀJ (6, 6), Jᵀr (6,), ‖r‖²)`` of the check's residual at the result, from the DRRs at the result
-    and at the 6 chart steps ``h`` (6,) (rad, rad, rad, mm, mm, mm): J by forward differences, per mm
-    of motion of points :data:`RADIUS_MM` from the isocenter (the chart of :func:`_chart_poses`, in
-    the view's camera axes)."""
+def _curvature_signals(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> dict:
+    """Sharpness of the optimum from the DRRs at the result and at the 6 chart steps ``h`` (6,)
+    (rad, rad, rad, mm, mm, mm): J by forward differences, per mm of motion of points
+    :data:`RADIUS_MM` from the isocenter."""
     r = _residual(D7, y)  # (7, M)
     mm = torch.cat([h[:3] * RADIUS_MM, h[3:]])  # each step as mm of motion
     J = (r[1:] - r[:1]) / mm[:, None]  # (6, M): per mm
-    return J @ J.T, J @ r[0], float(r[0].pow(2).sum())
-
-
-def _gn_step_mm(H: torch.Tensor, g: torch.Tensor) -> float:
-    """Length (mm of motion, rotations at :data:`RADIUS_MM`) of the Gauss–Newton step ``H⁻¹g``."""
-    damp = 1e-6 * float(torch.diagonal(H).mean().clamp_min(1e-30))
-    return float(torch.linalg.solve(H + damp * torch.eye(H.shape[0], dtype=F64), g).norm())
-
-
-def _curvature_signals(H: torch.Tensor, g: torch.Tensor, cost: float) -> dict:
-    """Sharpness of the optimum from the check's normal equations (:func:`_normal_equations`)."""
+    cost = float(r[0].pow(2).sum())
+    H = J @ J.T
+    g = J @ r[0]
     evals, evecs = torch.linalg.eigh(H)
     lo, hi = float(evals[0].clamp_min(1e-30)), float(evals[-1].clamp_min(1e-30))
     v = evecs[:, 0]
+    damp = 1e-6 * float(torch.diagonal(H).mean().clamp_min(1e-30))
+    step = torch.linalg.solve(H + damp * torch.eye(6, dtype=F64), g)
     return {"flat_mm": math.sqrt(cost / lo), "sharp_mm": math.sqrt(cost / hi),
-            "weak_depth": float(v[5] ** 2 / v.pow(2).sum()), "gn_step_mm": _gn_step_mm(H, g)}
-
-
-def rig_step_mm(normals: list, camera_to_world: list) -> float:
-    """The Gauss–Newton step of a rig's *joint* check objective (the sum of its views' residuals²), mm.
-
-    Args:
-        normals: per view ``(JᵀJ (6, 6), Jᵀr (6,))`` in the view's chart (:func:`_normal_equations`:
-            rotations about and translations along the view's camera axes, at the isocenter).
-        camera_to_world: per view its (4, 4) pose: the chart of view i maps to world axes by its
-            rotation ``R_i`` (a step ξ_i = (ω, ρ) is the world step (R_i·ω, R_i·ρ) about the same
-            isocenter), so ``H = Σ A_i·H_i·A_iᵀ``, ``g = Σ A_i·g_i`` with ``A_i = diag(R_i, R_i)``.
-    Returns:
-        the length of ``H⁻¹g`` (mm of motion; rotations at :data:`RADIUS_MM`): how far the views
-        together would move the rig.  One view's own step includes a move along its beam, which a
-        single view sees only as magnification and noise moves by millimetres on low-dose frames;
-        jointly, another view pins it (and still sees a move along this view's beam as a shift).
-    """
-    if not normals or len(normals) != len(camera_to_world):
-        raise InputError(f"rig_step_mm: {len(normals)} views' normal equations for {len(camera_to_world)} poses")
-    H, g = torch.zeros(6, 6, dtype=F64), torch.zeros(6, dtype=F64)
-    for (Hi, gi), T in zip(normals, camera_to_world):
-        R = torch.as_tensor(T, dtype=F64)[:3, :3]
-        A = torch.block_diag(R, R)
-        H += A @ torch.as_tensor(Hi, dtype=F64) @ A.T
-        g += A @ torch.as_tensor(gi, dtype=F64)
-    return _gn_step_mm(H, g)
+            "weak_depth": float(v[5] ** 2 / v.pow(2).sum()), "gn_step_mm": float(step.norm())}
 
 
 def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL,
-                    masks=None, normals: list | None = None) -> list:
+                    masks=None) -> list:
     """Measure :data:`SIGNALS` at registered poses.
 
     Args:
@@ -312,16 +278,11 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
         masks: optional (B, 1, H, W) or (H, W) pixel weights in [0, 1] the X-rays were registered
             with (preprocessing's ``mask``: a saturated plateau, a collimator's shadow); where 0 the
             X-ray is no evidence and is treated as what the DRR cannot explain (``foreign``).
-        normals: optional, an empty list filled with each X-ray's check normal equations
-            ``(JᵀJ, Jᵀr)`` (:func:`_normal_equations`; None where the check could not render): what
-            :func:`rig_step_mm` combines over a rig's views.
     Returns:
         per X-ray a dict: the signals, plus ``"_problem"``: None, or a one-line reason why the
         result cannot be trusted at all (a pose that sees none of the CT, a constant DRR).
     """
     imgs = image_batch(images, "the X-rays to check").to(torch.float32)
-    if normals is not None:
-        normals[:] = [None] * imgs.shape[0]
     ratio = registrar.config.foreign_steps
     if ratio is not None:  # judge the X-ray registration saw: metal's steps set aside (register/foreign.py)
         from xraypose.register.foreign import set_aside_batch
@@ -345,10 +306,8 @@ def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, le
     obj, drr, h = _render_about(registrar, level, imgs[idx], camera, T[idx], iso, m)
     base = float(registrar.config.bone_multiplier)
     for q, b in enumerate(idx):
-        ne = _drr_signals(out[b], drr[q], obj.target[q, 0].to(F64), h[q], base,
-                          None if obj.mask is None else obj.mask[q, 0].to(F64))
-        if normals is not None:
-            normals[b] = ne
+        _drr_signals(out[b], drr[q], obj.target[q, 0].to(F64), h[q], base,
+                     None if obj.mask is None else obj.mask[q, 0].to(F64))
     return out
 
 
@@ -395,14 +354,13 @@ def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, T
 
 
 def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, base: float,
-                 mask: torch.Tensor | None = None) -> tuple | None:
+                 mask: torch.Tensor | None = None) -> None:
     """Into ``rec``: the image and curvature signals of one result from its 7 DRRs ``d2`` (7, C, h, w) against
     the X-ray ``y`` (h, w) (the bone fitted as registration fits it, from ``base``; ``mask`` (h, w): the
-    X-ray's pixel weights, or None), or its ``_problem``.  Returns the check's normal equations
-    ``(JᵀJ, Jᵀr)`` (None with a ``_problem``)."""
+    X-ray's pixel weights, or None), or its ``_problem``."""
     if not bool(torch.isfinite(d2).all()):
         rec["_problem"] = "the DRR at the result is not finite"
-        return None
+        return
     soft = d2[0, 0]
     if d2.shape[1] > 1:
         m = float(fit_bone(d2[:1].reshape(1, 2, -1), y.reshape(1, -1), base)[0])
@@ -417,12 +375,10 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
         rec["_problem"] = ("the DRR at the result is empty: the pose sees none of the CT" if float(soft.max()) <= 0
                            else "the DRR at the result is constant: the pose sees no structure of the CT")
         rec["coverage"] = 0.0 if float(soft.max()) <= 0 else rec["coverage"]
-        return None
+        return
     y, rec["foreign"] = _explainable(D, y, mask)
     rec.update(_image_signals(D, y, soft))
-    H, g, cost = _normal_equations(D7, y, h)
-    rec.update(_curvature_signals(H, g, cost))
-    return H, g
+    rec.update(_curvature_signals(D7, y, h))
 
 
 def _explainable(D: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
@@ -596,54 +552,6 @@ def default_model() -> ConfidenceModel:
     if _MODEL is None:
         _MODEL = ConfidenceModel.load()
     return _MODEL
-
-
-def assess_views(registrar, views, *, model: ConfidenceModel | None = None) -> list:
-    """:class:`Confidence` of each view of a rig's result, judged as one moment: each view's signals at
-    its pose, with the check's Gauss–Newton step (``gn_step_mm``, a signal of the model and the guard
-    of ``ok``) the *rig's* (:func:`rig_step_mm`: the views' normal equations summed) — a view's own
-    step includes a move along its beam that the other views rule out (its own is kept as the signal
-    ``gn_step_view_mm``).  One view: :func:`assess` exactly.
-
-    Args:
-        registrar: the CT's :class:`~xraypose.register.Registrar`.
-        views: per view ``(image (1, 1, H, W) or (H, W), camera, camera_to_world (4, 4), start (4, 4) or
-            None, mask (1, 1, H, W) / (H, W) or None)``.
-        model: a :class:`ConfidenceModel` (default: the shipped one).
-    Returns:
-        one :class:`Confidence` per view (combine them with
-        :func:`xraypose.register.multiview.combine_confidences`); never raises on a bad result.
-    """
-    model = model or default_model()
-    if len(views) == 1:
-        img, cam, T, start, mask = views[0]
-        return assess(registrar, img, cam, torch.as_tensor(T, dtype=F64)[None], model=model, masks=mask,
-                      starts=None if start is None else torch.as_tensor(start, dtype=F64)[None])
-    t0 = time.perf_counter()
-    sigs, normals, poses = [], [], []
-    try:
-        for img, cam, T, start, mask in views:
-            ne: list = []
-            T = torch.as_tensor(T, dtype=F64).reshape(1, 4, 4)
-            sigs.append(measure_signals(registrar, img, cam, T, masks=mask, normals=ne,
-                                        starts=None if start is None else torch.as_tensor(start, dtype=F64)[None])[0])
-            normals.append(ne[0])
-            poses.append(T[0])
-    except (RuntimeError, ValueError) as e:  # a check that cannot run is a failed check, not a crash
-        dt = (time.perf_counter() - t0) / len(views)
-        return [failed_confidence(f"the confidence check could not run ({str(e).splitlines()[0]})", seconds=dt)
-                for _ in views]
-    if all(ne is not None for ne in normals):  # else a view's _problem fails the rig anyway
-        step = rig_step_mm(normals, poses)
-        for s in sigs:
-            s["gn_step_view_mm"], s["gn_step_mm"] = s["gn_step_mm"], step
-    dt = (time.perf_counter() - t0) / len(views)
-    out = []
-    for s in sigs:
-        p, verdict, reason = model.judge(s)
-        p = 0.0 if not math.isfinite(p) else p
-        out.append(Confidence(p, verdict, reason, {k: v for k, v in s.items() if not k.startswith("_")}, dt))
-    return out
 
 
 def assess(registrar, images, camera: Camera, poses, *, starts=None, model: ConfidenceModel | None = None,

@@ -287,16 +287,17 @@ def _rig_registration(res, reg: Registrar, vs: list, Cs: list, Cr_inv, r: int, i
 
 def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list, masks: list | None = None) -> None:
     """Check every view of ``rr`` at its pose (images (H, W), ``Cs`` (4, 4) camera_to_rig, ``masks``
-    the views' pixel masks (H, W) or None, read as registration weighed them; the check's step the
-    rig's: :func:`~xraypose.register.confidence.assess_views`) and combine the checks
-    (:func:`combine_confidences`), in place."""
-    from xraypose.register.confidence import assess_views
+    the views' pixel masks (H, W) or None, read as registration weighed them) and combine the
+    checks (:func:`combine_confidences`), in place."""
+    from xraypose.register.confidence import assess
 
-    confs = assess_views(reg, [(imgs[i][None, None], o.camera, o.camera_to_world, rr.initial_rig_to_world @ Cs[i],
-                                None if masks is None or masks[i] is None else _as_image(masks[i])[None, None])
-                               for i, o in enumerate(rr.views)])
-    for o, c in zip(rr.views, confs):
+    confs = []
+    for i, o in enumerate(rr.views):
+        m = None if masks is None or masks[i] is None else _as_image(masks[i])[None, None]
+        c = assess(reg, imgs[i][None, None], o.camera, o.camera_to_world[None],
+                   starts=(rr.initial_rig_to_world @ Cs[i])[None], masks=m)[0]
         o.p_success, o.verdict, o.reason, o.confidence = float(c.p_success), c.verdict, c.reason, c.to_dict()
+        confs.append(c)
     rr.p_success, rr.verdict, rr.reason = combine_confidences([o.name for o in rr.views], confs)
 
 
