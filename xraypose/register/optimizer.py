@@ -618,7 +618,7 @@ class Registrar:
         if c.rig_capture == "both":
             firsts.append(capture.register_views(views, initial_poses))
         starts = torch.stack([f.poses for f in firsts], dim=1)  # (B, 1 or 2, 4, 4)
-        given = torch.as_tensor(initial_poses, dtype=F64)
+        given = torch.as_tensor(initial_poses, dtype=F64)  # the origin: the (first) given start of each case
         given = (given if given.dim() == 3 else given[None] if given.dim() == 2 else given[:, 0])
         second = self.derive(levels=c.levels[n_capture:], rig_capture="joint").register_views(
             views, starts,
