@@ -407,6 +407,45 @@ def test_a_rig_whose_captures_walked_away_goes_back_to_its_start(volume, monkeyp
                                                                                           err(kept.poses[0]))
 
 
+def test_a_rigs_later_levels_map_intensities_only_once_its_captures_are_chosen(volume, monkeypatch):
+    """A rig's later levels (``origins`` given: the stage after its captures) run both captures until the
+    first of them chooses; an X-ray's intensity map is drawn at its best track's pose, which while the
+    captures compete may be the wrong one (a low-dose two-shot pair: mapped at a capture 10 mm off, the
+    pair ended 3.1 mm off instead of 0.10 mm), so those levels map no X-ray that still has two live
+    tracks; after the choice they map as usual."""
+    from xraypose.camera import carm_pose
+    from xraypose.preprocess import preprocess
+    from xraypose.register.cases import perturb_pose
+    from xraypose.synthetic import XraySimulator
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
+    P = [carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, 30.0)]
+    views = []
+    for i, C in enumerate((None, torch.linalg.inv(P[0]) @ P[1])):
+        sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.0)
+        pre = preprocess(sim(P[i]).raw[0, 0], cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
+        views.append((pre.image, pre.camera, C))
+    far = perturb_pose(P[0], iso, 6.0, 20.0, torch.Generator().manual_seed(1))[0]
+    starts = torch.stack([far, P[0]])[None]  # (1, 2, 4, 4): two captures' results
+    levels = (Level(size=32, iterations=5, volume_mm=4.0, fit_bone=True, optimizer="lm"),
+              Level(size=48, iterations=5, volume_mm=3.0, fit_bone=True, optimizer="lm"))
+    seen = []
+    original = Registrar._match_intensity
+
+    def spy(self, objective, tracks, always, xrays=None):
+        seen.append((sum(t.alive for t in tracks), None if xrays is None else sorted(xrays)))
+        return original(self, objective, tracks, always, xrays=xrays)
+
+    monkeypatch.setattr(Registrar, "_match_intensity", spy)
+    reg = Registrar(volume, RegistrationConfig(levels=levels, drr_blur=1.0, match_intensity=0.0))
+    reg.register_views(views, starts, origins=P[0][None])
+    assert seen == [(2, []), (1, [0])]  # competing: no X-ray mapped; chosen: mapped as usual
+    seen.clear()
+    reg.register_views(views, starts)  # a plain registration with two starts maps as before
+    assert seen == [(2, None), (1, None)]
+
+
 def test_the_last_level_renders_a_far_start_only_when_it_scored_near_the_best(volume, case, monkeypatch):
     """What the last level's revisit renders (a render at the finest size per candidate): a start 10°/40 mm
     off, which scored far below the best candidate at the previous revisit, is not rendered (one candidate:

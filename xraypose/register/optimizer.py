@@ -741,7 +741,9 @@ class Registrar:
         is none) keeps the best of those: at 16 and 32 rows a lost capture can score as high as the right one,
         at the first fine level, intensities fitted, it scores clearly lower (docs/registration.md, "The shift
         search").  ``origins`` (B, 4, 4), optional: each X-ray's pose before an earlier stage (a rig's
-        captures), put first in every track's history so that the revisits weigh it as the start."""
+        captures), put first in every track's history so that the revisits weigh it as the start; and
+        while an X-ray's captures still compete (two live tracks) its intensities are not mapped — a
+        map is drawn at the best track's pose, and a wrong capture leading would map the X-ray for both."""
         c = self.config
         n_given = T0.shape[1] if n_given is None else n_given
         first_fine = next((i for i, lv in enumerate(c.levels) if lv.optimizer != "adam"), len(c.levels))
@@ -767,7 +769,11 @@ class Registrar:
                                 camera_to_rig)
             capture = lv.optimizer == "adam"
             match = c.match_intensity is not None and (not capture or c.match_capture)
-            matched = self._match_intensity(objective, tracks, always=capture) if match else set()
+            alone = None
+            if origins is not None:  # a rig's later levels: not while an X-ray's captures still compete
+                live = [t.xray for t in tracks if t.alive]
+                alone = {b for b in set(live) if live.count(b) == 1}
+            matched = self._match_intensity(objective, tracks, always=capture, xrays=alone) if match else set()
             last = li == len(c.levels) - 1
             if (li > 0 or (last and origins is not None)) and c.revisit:
                 moved = self._revisit(objective, tracks, last=last)
