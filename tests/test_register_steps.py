@@ -230,25 +230,33 @@ def test_lm_curvature_from_the_linearised_drr_matches_finite_differences(volume,
         assert _mtre(results[lin].poses[0], case) < 1.0
 
 
+def _noiseless_rig(volume, second_deg: float):
+    """(isocenter, true poses [P0, P1], views): two noiseless 64² X-rays of ``volume`` from C-arm angles 0°
+    and ``second_deg`` about the isocenter, preprocessed; views as ``register_views`` takes them, the rig
+    frame being view 0's camera (its ``camera_to_rig`` None)."""
+    from xraypose.camera import carm_pose
+    from xraypose.preprocess import preprocess
+    from xraypose.synthetic import XraySimulator
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
+    P = [carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, second_deg)]
+    views = []
+    for i, C in enumerate((None, torch.linalg.inv(P[0]) @ P[1])):
+        sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.0)
+        pre = preprocess(sim(P[i]).raw[0, 0], cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
+        views.append((pre.image, pre.camera, C))
+    return iso, P, views
+
+
 @pytest.mark.parametrize("mode", ["start-view", "both"])
 def test_rig_capture_on_the_start_view_then_every_view(volume, mode):
     """rig_capture="start-view": the capture (Adam) levels see the start view only, the later levels
     both views; "both": the joint capture too, the better goes on; one result with every level's
     record; an unknown setting is refused."""
-    from xraypose.camera import carm_pose
     from xraypose.register.cases import perturb_pose
-    from xraypose.synthetic import XraySimulator
-    from xraypose.preprocess import preprocess
 
-    iso = volume.get_isocenter().to(F64)
-    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
-    P = [carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, 80.0)]
-    C1 = torch.linalg.inv(P[0]) @ P[1]  # rig frame = the first view's camera
-    views = []
-    for i, C in enumerate((None, C1)):
-        sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.0)
-        pre = preprocess(sim(P[i]).raw[0, 0], cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
-        views.append((pre.image, pre.camera, C))
+    iso, P, views = _noiseless_rig(volume, 80.0)  # rig frame = the first view's camera
     X0 = perturb_pose(P[0], iso, 4.0, 12.0, torch.Generator().manual_seed(3))[0]
     lv = (Level(size=32, iterations=40, volume_mm=6.0, depth_lr_scale=0.2),
           Level(size=64, iterations=30, volume_mm=3.0, fit_bone=True, optimizer="lm", similarity="gncc"))
@@ -382,18 +390,7 @@ def test_a_rig_whose_captures_walked_away_goes_back_to_its_start(volume, monkeyp
     single view's does.  Started at the truth with both captures walking 60 mm away, it ends where this
     schedule ends without the walk.  (Until stop 36 the later levels knew only the captures: biplane
     clinical and scatter pairs started at their truth ended 13-28 mm off.)"""
-    from xraypose.camera import carm_pose
-    from xraypose.preprocess import preprocess
-    from xraypose.synthetic import XraySimulator
-
-    iso = volume.get_isocenter().to(F64)
-    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
-    P = [carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, 80.0)]
-    views = []
-    for i, C in enumerate((None, torch.linalg.inv(P[0]) @ P[1])):
-        sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.0)
-        pre = preprocess(sim(P[i]).raw[0, 0], cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
-        views.append((pre.image, pre.camera, C))
+    iso, P, views = _noiseless_rig(volume, 80.0)
     fid = iso[None] + torch.tensor([[30.0, 0, 0], [0, 30, 0], [0, 0, 30], [-30, -30, 0]], dtype=F64)
     err = lambda X: float(pose_errors(X, P[0], fid, sdr=510.0)["mtre"])  # noqa: E731
     reg = Registrar(volume, RegistrationConfig(levels=_TWO_LEVELS, drr_blur=1.0, shift_search=None))
@@ -413,19 +410,9 @@ def test_a_rigs_later_levels_map_intensities_only_once_its_captures_are_chosen(v
     captures compete may be the wrong one (a low-dose two-shot pair: mapped at a capture 10 mm off, the
     pair ended 3.1 mm off instead of 0.10 mm), so those levels map no X-ray that still has two live
     tracks; after the choice they map as usual."""
-    from xraypose.camera import carm_pose
-    from xraypose.preprocess import preprocess
     from xraypose.register.cases import perturb_pose
-    from xraypose.synthetic import XraySimulator
 
-    iso = volume.get_isocenter().to(F64)
-    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
-    P = [carm_pose(a, 0.0, sod=612.0, isocenter=iso) for a in (0.0, 30.0)]
-    views = []
-    for i, C in enumerate((None, torch.linalg.inv(P[0]) @ P[1])):
-        sim = XraySimulator(volume, cam, supersample=1, photons=0, blur_px=0.0)
-        pre = preprocess(sim(P[i]).raw[0, 0], cam, blur=(5, 1.0), log=True, i0=sim.i0, rescale=True)
-        views.append((pre.image, pre.camera, C))
+    iso, P, views = _noiseless_rig(volume, 30.0)
     far = perturb_pose(P[0], iso, 6.0, 20.0, torch.Generator().manual_seed(1))[0]
     starts = torch.stack([far, P[0]])[None]  # (1, 2, 4, 4): two captures' results
     levels = (Level(size=32, iterations=5, volume_mm=4.0, fit_bone=True, optimizer="lm"),
