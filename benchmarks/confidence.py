@@ -277,16 +277,19 @@ def load_records(path: Path, key=job_key) -> dict:
     return out
 
 
-def signals_at(runners: dict, r: dict, pose: torch.Tensor) -> tuple[dict, dict, Camera]:
-    """(the check's signals with ``_problem``, the case, its camera) of record ``r``'s X-ray at ``pose`` (4, 4),
-    measured as the registration was (its registrar, start and masks)."""
+def record_context(runners: dict, r: dict) -> tuple[dict, Camera, object]:
+    """(the case, its camera, its registrar) of record ``r``, as it was registered."""
     run = runners[r["ct"]]
     c = run.case(r)
-    cam = Camera.from_dict(c["camera"])
-    reg = run.registrar(c.get("drr_blur") or None)
-    sig = measure_signals(reg, c["image"][None, None], cam, pose.reshape(1, 4, 4).to(F64),
-                          starts=torch.tensor([r["start_pose"]], dtype=F64), masks=case_weights(c))[0]
-    return sig, c, cam
+    return c, Camera.from_dict(c["camera"]), run.registrar(c.get("drr_blur") or None)
+
+
+def signals_at(ctx: tuple, r: dict, pose: torch.Tensor) -> dict:
+    """The check's signals (with ``_problem``) of record ``r``'s X-ray at ``pose`` (4, 4), measured as the
+    registration was (``ctx`` = :func:`record_context`: its case, camera and registrar; its start and masks)."""
+    c, cam, reg = ctx
+    return measure_signals(reg, c["image"][None, None], cam, pose.reshape(1, 4, 4).to(F64),
+                           starts=torch.tensor([r["start_pose"]], dtype=F64), masks=case_weights(c))[0]
 
 
 def resignal(records: list, runners: dict) -> None:
@@ -295,7 +298,7 @@ def resignal(records: list, runners: dict) -> None:
         if "skip" in r:
             continue
         t0 = time.perf_counter()
-        sig, _, _ = signals_at(runners, r, torch.tensor(r["pose"], dtype=F64))
+        sig = signals_at(record_context(runners, r), r, torch.tensor(r["pose"], dtype=F64))
         r["check_s"] = time.perf_counter() - t0
         r["signals"] = {k: v for k, v in sig.items() if k != "_problem"}
         r["problem"] = sig["_problem"]
@@ -324,6 +327,8 @@ def moved_records(records: list, runners: dict, cache_file: Path) -> list:
         if r.get("mismatch") or r.get("problem") or not r["mtre"] < 1.0 or r["family"] == FLUORO:
             continue
         P = torch.tensor(r["pose"], dtype=F64)
+        ctx = None  # the case loaded once, for the moves not cached
+        iso = runners[r["ct"]].iso
         g = torch.Generator().manual_seed(hash_int(job_key(r)))
         theta = 2 * math.pi * float(torch.rand((), generator=g, dtype=F64))
         axis = torch.randn(3, generator=g, dtype=F64)
@@ -337,9 +342,11 @@ def moved_records(records: list, runners: dict, cache_file: Path) -> list:
                 D[:3, 3] = a * (math.cos(theta) * P[:3, 0] + math.sin(theta) * P[:3, 1])
             else:
                 R = so3_exp(math.radians(a) * axis / axis.norm())
-                D = make_transform(R, runners[r["ct"]].iso - R @ runners[r["ct"]].iso)
+                D = make_transform(R, iso - R @ iso)
             Q = D @ P
-            sig, c, cam = signals_at(runners, r, Q)
+            ctx = ctx or record_context(runners, r)
+            c, cam, _ = ctx
+            sig = signals_at(ctx, r, Q)
             m = registration_metrics(Q, c["true_pose"], c["fiducials"], cam)
             rec = {k: r[k] for k in ("ct", "family", "case", "start", "start_pose")}
             rec.update(moved=name, pose=Q.tolist(), mtre=m["mtre"], rot_deg=m["rot_deg"], mismatch=False,

@@ -109,6 +109,15 @@ def depth_error(T, T_true, fid) -> float:
     return float(T_true[:3, :3].T[2] @ (moved - fid.to(F64)).mean(0))
 
 
+def turned_camera(T0: torch.Tensor, iso: torch.Tensor, deg: float) -> torch.Tensor:
+    """(4, 4) camera_to_rig of a second camera: the camera ``T0`` (camera_to_world, 4, 4) turned ``deg``
+    degrees about the CT's isocenter ``iso`` (3,) around its own image-vertical (+y, v) axis, the rig frame
+    being ``T0``'s camera (docs/conventions.md, "Camera frame")."""
+    p = (torch.linalg.inv(T0.to(F64)) @ torch.cat([iso.to(F64), torch.ones(1, dtype=F64)]))[:3]  # iso, camera axes
+    R = so3_exp(torch.tensor([0.0, math.radians(deg), 0.0], dtype=F64))
+    return make_transform(R, p - R @ p)
+
+
 def biplane_blur(reg, vol, cam, T0, start, fid, args, prep: dict, report: dict) -> float:
     """The detector's blur coefficient as ``--blur biplane`` calibrates it (see ``--blur``): two spot
     images of the moment of frame 0 (true camera_to_world ``T0`` (4, 4) of the tracked view ``cam``; the
@@ -117,13 +126,9 @@ def biplane_blur(reg, vol, cam, T0, start, fid, args, prep: dict, report: dict) 
     tracked view's spot image at the joint pose (``fid``: the fiducials its depth error is measured
     at).  Records ``report["blur_calibration"]``."""
     from xraypose.appearance import form_xray
-    from xraypose.geometry import make_transform, so3_exp
     from xraypose.preprocess import preprocess
 
-    iso = vol.get_isocenter().to(F64)
-    p = (torch.linalg.inv(T0.to(F64)) @ torch.cat([iso, torch.ones(1, dtype=F64)]))[:3]  # iso in camera-1 axes
-    R = so3_exp(torch.tensor([0.0, math.pi / 2, 0.0], dtype=F64))
-    C2 = make_transform(R, p - R @ p)  # camera 2 in camera 1's (the rig's) frame
+    C2 = turned_camera(T0, vol.get_isocenter(), 90.0)  # camera 2 in camera 1's (the rig's) frame
     views, truths = [], []
     for i, C in enumerate((None, C2)):
         T = T0.to(F64) if C is None else T0.to(F64) @ C
@@ -197,6 +202,15 @@ def frame_preprocessing(fx, fine: int, detector: int) -> dict:
     return prep
 
 
+def preprocessed_frame(fx, prep: dict, args):
+    """A formed frame preprocessed as the benchmark registers it: ``prep`` (:func:`frame_preprocessing`),
+    ``--blur-domain``, ``--resample-domain``, ``--photon-offset``."""
+    from xraypose.preprocess import preprocess
+
+    return preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain, resample_domain=args.resample_domain,
+                      photon_offset=args.photon_offset)
+
+
 def second_view(vol, form_cam, truth: list, poses: list, fixed: dict, args) -> dict:
     """A biplane sequence's second view (``--biplane DEG``): camera 2 is camera 1 turned ``DEG``° about the
     CT's isocenter around camera 1's image-vertical (+y) axis, rigidly tied to it; frame f formed by the
@@ -205,21 +219,13 @@ def second_view(vol, form_cam, truth: list, poses: list, fixed: dict, args) -> d
     images, masks (lists of (H, W) / None), the preprocessed camera and ``C``: camera 2's camera_to_rig,
     the rig being view 0's preprocessed camera (the tracked rig_to_world is view 0's camera_to_world)."""
     from xraypose.appearance import form_xray
-    from xraypose.geometry import make_transform, so3_exp
-    from xraypose.preprocess import preprocess
 
-    iso = vol.get_isocenter().to(F64)
-    T0 = truth[0].to(F64)
-    p = (torch.linalg.inv(T0) @ torch.cat([iso, torch.ones(1, dtype=F64)]))[:3]  # iso in camera-1 axes
-    R = so3_exp(torch.tensor([0.0, math.radians(args.biplane), 0.0], dtype=F64))
-    C_raw = make_transform(R, p - R @ p)  # camera 2 in camera 1's frame (the raw cameras)
+    C_raw = turned_camera(truth[0], vol.get_isocenter(), args.biplane)  # camera 2 in camera 1's (raw) frame
     images, masks, cam, C = [], [], None, None
     for f, T in enumerate(truth):
         g = torch.Generator().manual_seed(args.seed * 7 + f + 100_003)
         fx = form_xray(vol, form_cam, T.to(F64) @ C_raw, family=args.family, generator=g, **fixed)
-        prep = frame_preprocessing(fx, form_cam.height, args.detector)
-        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
-                         resample_domain=args.resample_domain, photon_offset=args.photon_offset)
+        pre = preprocessed_frame(fx, frame_preprocessing(fx, form_cam.height, args.detector), args)
         images.append(pre.image)
         masks.append(None if args.ignore_masks else pre.mask)
         if f == 0:
@@ -362,8 +368,7 @@ def main(argv=None) -> int:
         if f == 0 and args.same_params:
             fixed = {k: v for k, v in fx.info.items() if k != "family"}
         prep = frame_preprocessing(fx, fine, args.detector)
-        pre = preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain,
-                         resample_domain=args.resample_domain, photon_offset=args.photon_offset)
+        pre = preprocessed_frame(fx, prep, args)
         images.append(pre.image)
         masks.append(None if args.ignore_masks else pre.mask)
         if args.noise_weight:  # experiment: pixels weighted by their counts' information, capped at 1
@@ -376,9 +381,10 @@ def main(argv=None) -> int:
             rs = next((s for s in pre.steps if s["step"] == "resize"), {})
             domain = rs.get("domain", "line-integral") if args.resample_domain == "auto" else args.resample_domain
     second = None
-    if args.biplane is not None and (args.form_detector or args.blur != "none" or args.noise_weight):
-        raise SystemExit("--biplane tracks the frames as formed: not with --form-detector, --blur or --noise-weight")
     if args.biplane is not None:  # the second view's frames: the same moments, turned about the isocenter
+        if args.form_detector or args.blur != "none" or args.noise_weight:
+            raise SystemExit("--biplane tracks the frames as formed: not with --form-detector, --blur or "
+                             "--noise-weight")
         second = second_view(vol, form_cam, truth, poses, fixed, args)
     print(f"{args.frames} frames formed ({args.family}{'' if second is None else ', two views'}) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)

@@ -767,3 +767,39 @@ def test_the_tracking_benchmarks_biplane_sequence_is_a_second_view_turned_about_
     assert len(doc["frames"]) == 2 and all(math.isfinite(r["mtre"]) for r in doc["frames"])
     with pytest.raises(SystemExit, match="--biplane"):
         bench.main(["--json", str(tmp_path / "x.json"), "--frames", "2", "--biplane", "90", "--blur", "-0.03"])
+
+
+def test_the_confidence_benchmarks_moved_poses_are_measured_once_and_cached(tmp_path):
+    """benchmarks/confidence.py --moved: each good result moved as MOVES says, checked there (the case
+    loaded once per record), the rows appended to the cache; a second call reads them back unchanged."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    bench = _benchmark("confidence")
+    appearance = _benchmark("appearance")
+    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.volume import load_sample_ct
+
+    vol = load_sample_ct()
+    case = appearance.make_case(vol, appearance._case_maker(vol, 64, 0), "ours", 0, 0)
+    loads = []
+
+    class Run:
+        iso = vol.get_isocenter().to(torch.float64)
+
+        def case(self, r):
+            loads.append(r["case"])
+            return case
+
+        def registrar(self, blur):
+            return Registrar(vol, RegistrationConfig(drr_blur=blur))
+
+    rec = {"ct": "pelvis", "family": "ours", "case": 0, "start": "truth", "mtre": 0.1, "start_mtre": 0.0,
+           "pose": case["true_pose"].tolist(), "start_pose": case["true_pose"].tolist()}
+    cache = tmp_path / "moved.jsonl"
+    rows = bench.moved_records([rec], {"pelvis": Run()}, cache)
+    assert [r["moved"] for r in rows] == ["across3", "across6", "turn2"] and loads == [0]
+    assert rows[0]["mtre"] == pytest.approx(3.0, abs=0.01) and rows[1]["mtre"] == pytest.approx(6.0, abs=0.01)
+    assert all(set(bench.SIGNALS) <= set(r["signals"]) for r in rows)
+    again = bench.moved_records([rec], {"pelvis": Run()}, cache)
+    assert again == rows and loads == [0]  # read from the cache: nothing loaded or measured again

@@ -510,9 +510,10 @@ class Registrar:
             curvature: optional, per case a dict {level index: (6, 6) JᵀJ} to start the
                 Levenberg–Marquardt levels with (e.g. the previous frame's ``result.curvature``).
             origins: optional (B, 4, 4): where the registration began when these levels go on from
-                an earlier stage's result (a rig's captures): the revisits weigh it as the start
-                (:meth:`_revisit`; the last level always, even when it is the only one) — a capture
-                that walked off cannot take the given start's place.
+                an earlier stage's results (a rig's captures, given as ``initial_poses``): the revisits
+                weigh it as the start (:meth:`_revisit`; the last level always, even when it is the
+                only one) — a capture that walked off cannot take the given start's place; and while an
+                X-ray's captures still compete, its intensities are not mapped (:meth:`_optimise`).
         Returns:
             :class:`RegistrationResult` whose ``poses`` are ``rig_to_world``; view i's
             camera_to_world is ``poses @ camera_to_rig_i``.
@@ -618,13 +619,11 @@ class Registrar:
         if c.rig_capture == "both":
             firsts.append(capture.register_views(views, initial_poses))
         starts = torch.stack([f.poses for f in firsts], dim=1)  # (B, 1 or 2, 4, 4)
-        given = torch.as_tensor(initial_poses, dtype=F64)  # the origin: the (first) given start of each case
-        given = (given if given.dim() == 3 else given[None] if given.dim() == 2 else given[:, 0])
         second = self.derive(levels=c.levels[n_capture:], rig_capture="joint").register_views(
             views, starts,
             curvature=None if curvature is None else [{k - n_capture: H for k, H in cv.items() if k >= n_capture}
                                                       for cv in curvature],
-            origins=given.expand(starts.shape[0], 4, 4))
+            origins=firsts[0].initial_poses)  # the given start the start view's capture went on from
         shift = lambda recs, key: [{**x, key: x[key] + n_capture} for x in recs]  # noqa: E731
         won = [firsts[k] for k in second.chosen_start]  # per case, the capture that went on
         return dataclasses.replace(
