@@ -252,7 +252,7 @@ class Runner:
         rec = {**job, "opt_s": opt_s, "check_s": check_s, "status": res.status[0],
                "similarity": float(res.similarity[0]), "iterations": int(res.iterations[0]),
                "pose": res.poses[0].tolist(), "start_pose": T0.tolist(),
-               "signals": {k: v for k, v in sig.items() if k != "_problem"}, "problem": sig["_problem"]}
+               "signals": {k: v for k, v in sig.items() if not k.startswith("_")}, "problem": sig["_problem"]}
         if mismatch:
             rec.update(mtre=math.inf, start_mtre=math.inf, mismatch=True)
         else:
@@ -300,7 +300,7 @@ def resignal(records: list, runners: dict) -> None:
         t0 = time.perf_counter()
         sig = signals_at(record_context(runners, r), r, torch.tensor(r["pose"], dtype=F64))
         r["check_s"] = time.perf_counter() - t0
-        r["signals"] = {k: v for k, v in sig.items() if k != "_problem"}
+        r["signals"] = {k: v for k, v in sig.items() if not k.startswith("_")}
         r["problem"] = sig["_problem"]
 
 
@@ -350,7 +350,7 @@ def moved_records(records: list, runners: dict, cache_file: Path) -> list:
             m = registration_metrics(Q, c["true_pose"], c["fiducials"], cam)
             rec = {k: r[k] for k in ("ct", "family", "case", "start", "start_pose")}
             rec.update(moved=name, pose=Q.tolist(), mtre=m["mtre"], rot_deg=m["rot_deg"], mismatch=False,
-                       start_mtre=r["start_mtre"], signals={k: v for k, v in sig.items() if k != "_problem"},
+                       start_mtre=r["start_mtre"], signals={k: v for k, v in sig.items() if not k.startswith("_")},
                        problem=sig["_problem"])
             with cache_file.open("a") as f:
                 f.write(json.dumps(rec, default=float) + "\n")

@@ -117,6 +117,9 @@ def test_the_joint_verdict_is_the_least_trusted_views():
     assert (p, v) == (0.6, "uncertain") and why == "view b: the optimum is flat"
     p, v, why = combine_confidences(["a", "b", "c"], [ok, unc, bad])  # a guard's failure wins over a lower p
     assert (p, v) == (0.6, "failed") and why.startswith("view c: ")
+    low_ok = Confidence(0.52, "ok", "fine")  # an uncertain view's reason, not a lower-P ok view's
+    p, v, why = combine_confidences(["a", "b"], [low_ok, unc])
+    assert (p, v) == (0.52, "uncertain") and why == "view b: the optimum is flat"
 
 
 def _write_case(d, b, with_cameras=True):
@@ -195,13 +198,13 @@ def test_a_rig_views_check_reads_it_through_its_mask(volume, biplane, monkeypatc
     import xraypose.register.confidence as confidence
 
     seen = []
-    real = confidence.assess
+    real = confidence.measure_signals
 
     def spy(*a, masks=None, **k):
         seen.append(None if masks is None else masks.clone())
         return real(*a, masks=masks, **k)
 
-    monkeypatch.setattr(confidence, "assess", spy)
+    monkeypatch.setattr(confidence, "measure_signals", spy)
     views = _views(biplane)
     mask = torch.ones(PX, PX)
     mask[:, :12] = 0.0

@@ -24,7 +24,9 @@ whether the pose is right.  This module looks at the *result*:
 
    The ``reason`` is one line naming the signal that most lowered ``p_success``.
 
-:func:`assess` does both for a batch of registered poses.  Nothing here raises on a bad result:
+:func:`assess` does both for a batch of registered poses; :func:`assess_rig` for the views of one
+joint (rig) result, each judged alone and on the rig's pooled optimum (:func:`rig_signals`), the two
+verdicts merged (:func:`merge_judgements`).  Nothing here raises on a bad result:
 whatever cannot be measured makes the verdict ``failed`` with the reason.
 
 Units: mm, radians; poses are camera_to_world (world = CT RAS mm).
@@ -51,7 +53,7 @@ from xraypose.register.config import Level
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
-           "assess", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
+           "assess", "assess_rig", "rig_signals", "merge_judgements", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
 
 F64 = torch.float64
 
@@ -62,6 +64,11 @@ CHECK_LEVEL = Level(size=96, iterations=0, volume_mm=2.0, fit_bone=True)
 
 #: Motion of a point this far (mm) from the isocenter measures a rotation in mm.
 RADIUS_MM = 100.0
+
+#: A rig's pooled Gauss–Newton step (:func:`rig_signals`) is taken on the check's DRRs and X-rays
+#: blurred by a Gaussian of this many check pixels: its linear range then covers the few-mm near misses
+#: that the unblurred step underestimates (docs/registration.md, "Several views tied by a rig").
+RIG_STEP_BLUR_PX = 2.0
 
 #: The shipped model (written by ``benchmarks/confidence.py``).
 WEIGHTS_FILE = Path(__file__).with_name("confidence_weights.json")
@@ -156,6 +163,15 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
 
 
+class Normal(NamedTuple):
+    """Gauss–Newton normal equations of one check in its chart (:func:`_chart_poses`, per mm):
+    ``H`` (6, 6) = JᵀJ, ``g`` (6,) = Jᵀr, ``cost`` = ‖r‖²."""
+
+    H: torch.Tensor
+    g: torch.Tensor
+    cost: float
+
+
 def _chart_poses(poses: torch.Tensor, isocenter: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """(n, 6, 4, 4): each pose moved along the 6 generators of a chart at the isocenter in its own
     camera axes — rotations about the columns, rows and beam axes through the isocenter by
@@ -244,23 +260,42 @@ def _residual(D: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, b], dim=-1) * math.sqrt(0.5)
 
 
-def _curvature_signals(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> dict:
-    """Sharpness of the optimum from the DRRs at the result and at the 6 chart steps ``h`` (6,)
-    (rad, rad, rad, mm, mm, mm): J by forward differences, per mm of motion of points
-    :data:`RADIUS_MM` from the isocenter."""
+def _normal_equations(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor, blur_px: float = 0.0) -> Normal:
+    """The Gauss–Newton normal equations of the check's residual (:func:`_residual`) from the DRRs at
+    the result and at the 6 chart steps ``h`` (6,) (rad, rad, rad, mm, mm, mm) against ``y`` (h, w),
+    both blurred by ``blur_px`` check pixels first (0: as rendered): J by forward differences, per
+    mm of motion of points :data:`RADIUS_MM` from the isocenter."""
+    if blur_px > 0:
+        D7, y = _blur(D7[:, None], blur_px)[:, 0], _blur(y[None, None], blur_px)[0, 0]
     r = _residual(D7, y)  # (7, M)
     mm = torch.cat([h[:3] * RADIUS_MM, h[3:]])  # each step as mm of motion
     J = (r[1:] - r[:1]) / mm[:, None]  # (6, M): per mm
-    cost = float(r[0].pow(2).sum())
-    H = J @ J.T
-    g = J @ r[0]
+    return Normal(J @ J.T, J @ r[0], float(r[0].pow(2).sum()))
+
+
+def _gn_step(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """(6,) the (barely damped) Gauss–Newton step of normal equations ``H`` (6, 6), ``g`` (6,), mm."""
+    damp = 1e-6 * float(torch.diagonal(H).mean().clamp_min(1e-30))
+    return torch.linalg.solve(H + damp * torch.eye(6, dtype=F64), g)
+
+
+def _sharpness(H: torch.Tensor, cost: float) -> dict:
+    """``flat_mm``, ``sharp_mm``, ``weak_depth`` of a residual with curvature ``H`` (6, 6) and ``cost``."""
     evals, evecs = torch.linalg.eigh(H)
     lo, hi = float(evals[0].clamp_min(1e-30)), float(evals[-1].clamp_min(1e-30))
     v = evecs[:, 0]
-    damp = 1e-6 * float(torch.diagonal(H).mean().clamp_min(1e-30))
-    step = torch.linalg.solve(H + damp * torch.eye(6, dtype=F64), g)
     return {"flat_mm": math.sqrt(cost / lo), "sharp_mm": math.sqrt(cost / hi),
-            "weak_depth": float(v[5] ** 2 / v.pow(2).sum()), "gn_step_mm": float(step.norm())}
+            "weak_depth": float(v[5] ** 2 / v.pow(2).sum())}
+
+
+def _curvature_signals(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> dict:
+    """Sharpness of the optimum from the DRRs at the result and at the 6 chart steps ``h`` (6,)
+    (:func:`_normal_equations`), and, under ``"_normal"``, the normal equations as rendered and
+    blurred by :data:`RIG_STEP_BLUR_PX` (what :func:`rig_signals` pools over a rig's views)."""
+    fine = _normal_equations(D7, y, h)
+    out = _sharpness(fine.H, fine.cost) | {"gn_step_mm": float(_gn_step(fine.H, fine.g).norm())}
+    out["_normal"] = {"fine": fine, "coarse": _normal_equations(D7, y, h, RIG_STEP_BLUR_PX)}
+    return out
 
 
 def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL,
@@ -583,3 +618,118 @@ def assess(registrar, images, camera: Camera, poses, *, starts=None, model: Conf
         p = 0.0 if not math.isfinite(p) else p
         out.append(Confidence(p, verdict, reason, {k: v for k, v in s.items() if not k.startswith("_")}, dt))
     return out
+
+
+# ----------------------------------------------------------------------------------------- rigs
+def _chart_to_world(R: torch.Tensor) -> torch.Tensor:
+    """(6, 6) ``A`` with ξ_view = A·ξ_world: a motion about the isocenter in world axes (rotation, mm at
+    :data:`RADIUS_MM`; translation, mm) in the chart of a view whose camera_to_world rotation is ``R``
+    (3, 3) (:func:`_chart_poses`: the same motion in its camera axes)."""
+    A = torch.zeros(6, 6, dtype=F64)
+    A[:3, :3] = R.T
+    A[3:, 3:] = R.T
+    return A
+
+
+def rig_signals(sigs: list, poses) -> list:
+    """The signals of a rig's views (one joint pose seen by each) with the sharpness of the *rig's*
+    optimum in place of each view's own.
+
+    One view sees its depth only as magnification, so alone its optimum is flat along its beam
+    (``flat_mm``) and noise moves its Gauss–Newton step there (``gn_step_mm``) — a right joint pose
+    then reads "not at the optimum" in a view although the other views hold that direction.  Here
+    the views' normal equations (:func:`measure_signals` keeps them under ``"_normal"``), turned from
+    each view's chart into world axes about the isocenter, are summed as the joint similarity sums
+    the views: ``flat_mm``, ``sharp_mm`` and ``weak_depth`` (the weakest direction's share along this
+    view's beam) come from their curvature; ``gn_step_mm`` is their Gauss–Newton step taken on
+    images blurred by :data:`RIG_STEP_BLUR_PX` check pixels (unblurred, the step underestimates an
+    error of a few mm across a beam: a 3 mm near miss read 0.7 mm).  The view's own values stay as
+    ``view_flat_mm`` and ``view_gn_step_mm``.  Where any view has a ``_problem`` or no normal
+    equations, the signals are given back as they are.
+
+    Args:
+        sigs: per view the dict :func:`measure_signals` gives for it (not modified).
+        poses: (V, 4, 4) the views' camera_to_world at the joint result (world = CT RAS mm).
+    Returns:
+        per view a new signals dict.
+    """
+    T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
+    if len(sigs) != T.shape[0]:
+        raise InputError(f"{len(sigs)} views' signals but {T.shape[0]} poses")
+    out = [dict(s) for s in sigs]
+    if len(sigs) < 2 or any(s.get("_problem") or "_normal" not in s for s in sigs):
+        return out
+    A = [_chart_to_world(T[i, :3, :3]) for i in range(T.shape[0])]
+    pooled = {}
+    for key in ("fine", "coarse"):
+        H = sum(a.T @ s["_normal"][key].H.to(F64) @ a for a, s in zip(A, sigs))
+        g = sum(a.T @ s["_normal"][key].g.to(F64) for a, s in zip(A, sigs))
+        pooled[key] = Normal(H, g, sum(s["_normal"][key].cost for s in sigs))
+    fine, coarse = pooled["fine"], pooled["coarse"]
+    sharp = _sharpness(fine.H, fine.cost)
+    weakest = torch.linalg.eigh(fine.H)[1][:, 0]
+    step = float(_gn_step(coarse.H, coarse.g).norm())
+    for a, o in zip(A, out):
+        v = a @ weakest
+        o["view_flat_mm"], o["view_gn_step_mm"] = o.get("flat_mm"), o.get("gn_step_mm")
+        o.update(flat_mm=sharp["flat_mm"], sharp_mm=sharp["sharp_mm"],
+                 weak_depth=float(v[5] ** 2 / v.pow(2).sum()), gn_step_mm=step)
+    return out
+
+
+def assess_rig(registrar, views, *, model: ConfidenceModel | None = None) -> list:
+    """:class:`Confidence` of each view of one joint (rig) result: judged alone (its own signals) and
+    on :func:`rig_signals` (the rig's optimum), the two merged by :func:`merge_judgements`; the signals
+    kept are the rig's (with the view's own ``view_flat_mm``, ``view_gn_step_mm``).
+
+    Args:
+        registrar: the CT's :class:`~xraypose.register.Registrar`.
+        views: per view ``(image (H, W) or (1, 1, H, W), camera, camera_to_world (4, 4), start (4, 4) or
+            None, mask (H, W) or (1, 1, H, W) or None)``: the X-ray as registered, its intrinsics, its
+            pose at the joint result, at the joint start, and its pixel weights.
+        model: a :class:`ConfidenceModel` (default: the shipped one).
+    Returns:
+        one :class:`Confidence` per view (never raises on a bad result: its verdict is "failed");
+        combine them with :func:`xraypose.register.multiview.combine_confidences`.
+    """
+    model = model or default_model()
+    t0 = time.perf_counter()
+    sigs, poses = [], []
+    for img, cam, pose, start, mask in views:
+        T = torch.as_tensor(pose, dtype=F64).reshape(1, 4, 4)
+        S = None if start is None else torch.as_tensor(start, dtype=F64).reshape(1, 4, 4)
+        try:
+            sigs.append(measure_signals(registrar, img, cam, T, starts=S, masks=mask)[0])
+        except (RuntimeError, ValueError) as e:  # a check that cannot run is a failed check, not a crash
+            dt = (time.perf_counter() - t0) / len(views)
+            return [failed_confidence(f"the confidence check could not run ({str(e).splitlines()[0]})",
+                                      seconds=dt) for _ in views]
+        poses.append(T[0])
+    dt = (time.perf_counter() - t0) / len(views)
+    out = []
+    for own, pooled in zip(sigs, rig_signals(sigs, torch.stack(poses))):
+        p, verdict, reason = merge_judgements(model.judge(own), model.judge(pooled))
+        out.append(Confidence(p, verdict, reason, {k: v for k, v in pooled.items() if not k.startswith("_")}, dt))
+    return out
+
+
+def merge_judgements(alone: Judgement, rig: Judgement) -> Judgement:
+    """One view of a rig judged alone and with the rig's optimum (:func:`rig_signals`): the verdict
+    both give, else ``uncertain``; ``p_success`` the smaller.
+
+    Why not the rig's alone: alone, a view reads its depth as weakly held and its noise as a step
+    (right biplane frames ``failed``), but the pooled step can underestimate a few-mm error across a
+    beam where the check's linearisation fails (``benchmarks/check_resolution.py``: one abdominal
+    pair's 3–6 mm near misses read 0.3–1.2 mm).  Where they agree the verdict stands; where they
+    disagree the user is told so (docs/registration.md, "Several views tied by a rig")."""
+    pa = 0.0 if not math.isfinite(alone.p_success) else float(alone.p_success)
+    pr = 0.0 if not math.isfinite(rig.p_success) else float(rig.p_success)
+    if alone.verdict == rig.verdict:
+        return Judgement(min(pa, pr), alone.verdict, alone.reason if pa <= pr else rig.reason)
+    if alone.verdict == "ok":
+        why = f"alone its check reads ok, but with the other views holding its depth: {rig.reason}"
+    elif rig.verdict == "ok":
+        why = f"with the other views holding its depth it reads ok, but alone: {alone.reason}"
+    else:
+        why = alone.reason if alone.verdict == "failed" else rig.reason
+    return Judgement(min(pa, pr), "uncertain", why)

@@ -195,7 +195,8 @@ def combine_confidences(names, confidences) -> Judgement:
     if not confidences:
         raise InputError("no view to combine")
     ps = [float(c.p_success) for c in confidences]
-    order = sorted(range(len(ps)), key=lambda i: (confidences[i].verdict != "failed", ps[i]))
+    rank = {"failed": 0, "uncertain": 1}  # the reason is the least trusted view's: worst verdict, then lowest P
+    order = sorted(range(len(ps)), key=lambda i: (rank.get(confidences[i].verdict, 2), ps[i]))
     worst = order[0]
     verdicts = [c.verdict for c in confidences]
     if "failed" in verdicts:
@@ -289,15 +290,13 @@ def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list, masks:
     """Check every view of ``rr`` at its pose (images (H, W), ``Cs`` (4, 4) camera_to_rig, ``masks``
     the views' pixel masks (H, W) or None, read as registration weighed them) and combine the
     checks (:func:`combine_confidences`), in place."""
-    from xraypose.register.confidence import assess
+    from xraypose.register.confidence import assess_rig
 
-    confs = []
-    for i, o in enumerate(rr.views):
-        m = None if masks is None or masks[i] is None else _as_image(masks[i])[None, None]
-        c = assess(reg, imgs[i][None, None], o.camera, o.camera_to_world[None],
-                   starts=(rr.initial_rig_to_world @ Cs[i])[None], masks=m)[0]
+    confs = assess_rig(reg, [(imgs[i][None, None], o.camera, o.camera_to_world, rr.initial_rig_to_world @ Cs[i],
+                              None if masks is None or masks[i] is None else _as_image(masks[i])[None, None])
+                             for i, o in enumerate(rr.views)])
+    for o, c in zip(rr.views, confs):
         o.p_success, o.verdict, o.reason, o.confidence = float(c.p_success), c.verdict, c.reason, c.to_dict()
-        confs.append(c)
     rr.p_success, rr.verdict, rr.reason = combine_confidences([o.name for o in rr.views], confs)
 
 

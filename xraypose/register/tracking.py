@@ -173,18 +173,15 @@ def _check(registrar, images, camera, poses, starts, masks=None):
 
 
 def _check_views(registrar, views, rig_to_world, start):
-    """The check of a rig's frame: every view at its pose, combined as
+    """The check of a rig's frame: every view at its pose, judged on the rig's optimum
+    (:func:`~xraypose.register.confidence.assess_rig`) and combined as
     :func:`xraypose.register.multiview.combine_confidences` does (the least trusted view's)."""
-    from xraypose.register.confidence import Confidence
+    from xraypose.register.confidence import Confidence, assess_rig
     from xraypose.register.multiview import combine_confidences
 
-    confs = []
-    for v in views:
-        C = torch.eye(4, dtype=F64) if v[2] is None else torch.as_tensor(v[2], dtype=F64)
-        c = _check(registrar, torch.as_tensor(v[0]), v[1], (rig_to_world @ C)[None], (start @ C)[None], v[3])
-        if not c:
-            return None
-        confs.append(c[0])
+    Cs = [torch.eye(4, dtype=F64) if v[2] is None else torch.as_tensor(v[2], dtype=F64) for v in views]
+    confs = assess_rig(registrar, [(torch.as_tensor(v[0]), v[1], rig_to_world @ C, start @ C, v[3])
+                                   for v, C in zip(views, Cs)])
     p, verdict, reason = combine_confidences([f"{i}" for i in range(len(views))], confs)
     return Confidence(p, verdict, reason, {}, sum(c.seconds for c in confs))
 
