@@ -271,6 +271,8 @@ def main(argv=None) -> int:
     ap.add_argument("--motion", default="smooth", choices=["none", "filter", "smooth"],
                     help="the motion model (xraypose.register.motion): the frames' registrations alone, the "
                          "Kalman filter's estimates, or the smoother's")
+    ap.add_argument("--motion-noise-scale", type=float, default=None,
+                    help="the motion model's noise_scale (MotionModel; default its own)")
     ap.add_argument("--tracking-tol", type=float, default=None,
                     help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
     ap.add_argument("--no-overlap", action="store_true",
@@ -340,6 +342,7 @@ def main(argv=None) -> int:
     from xraypose.register import Registrar, RegistrationConfig
     from xraypose.register.blur_prediction import predict_blur_coefficient
     from xraypose.register.cases import perturb_pose
+    from xraypose.register.motion import MotionModel
     from xraypose.register.tracking import track_sequence
 
     report = start_report(vars(args))
@@ -458,6 +461,8 @@ def main(argv=None) -> int:
     out = track_sequence(reg, frames_arg, cam_arg, start, views=track_views, confidence=not args.no_confidence,
                          progress=progress,
                          tracking_levels=tracking_levels(args), motion=args.motion,
+                         motion_model=(None if args.motion_noise_scale is None
+                                       else MotionModel(noise_scale=args.motion_noise_scale)),
                          overlap_check=False if args.no_overlap else None, blur=blur,
                          blur_turn_deg=args.blur_turn or None,
                          masks=frame_weights,
