@@ -10,17 +10,21 @@ Per frame:
 1. **Start.**  Frame 0002: the radius's axis from two points picked by eye in each view (the centre
    of its distal articular end and of its shaft ~70 mm proximal, :data:`START_PIXELS`), triangulated
    with the calibration; the volume's own axis (principal axis of its bone voxels, the distal end the
-   heavier one) put on it, turned about it in 12 steps of 30°: 12 starts, the best after the first
-   level goes on (a joint registration).  Later frames: the previous frame's joint result.
+   heavier one) put on it, turned about it in 12 steps of 30° (:func:`axis_starts`).  Later frames:
+   the previous frame's joint result turned about the radius's own axis in the same 12 steps
+   (:func:`rolled`).
 2. **Views.**  Each radiograph (``transfer="log"``, resized to ``--size``), blurred (5×5, σ = 1 px),
-   cropped to where the radius projects at the start (+ 25 mm), weighted by the image intensifier's
-   field and the radius's footprint at the start (+ 10 mm) (:mod:`xraypose.structure`).
-3. **Registration** from that start, with :data:`WRIST_LEVELS` (the default schedule with the
-   volume averaged to 3/2/1/0.6 mm instead of 12/8/4/2 mm — the radius is 20–30 mm wide — and a
-   last Levenberg–Marquardt level at 256 rows on the volume as it is (0.4 × 0.4 × 0.6 mm); raw
-   density, no bone/tissue fits: the volume holds bone only; gradient NCC at every level):
-   jointly (one rig_to_world, :func:`xraypose.register.multiview.register_rig`) and each view
-   alone (:func:`xraypose.register.api.register_xray`, no hypotheses), all from the same start.
+   cropped to where the radius projects at the first start (+ 25 mm), weighted by the image
+   intensifier's field and the radius's footprint there (+ 10 mm) (:mod:`xraypose.structure`).
+3. **Registration** with :data:`WRIST_LEVELS` (the default schedule with the volume averaged to
+   3/2/1/0.6 mm instead of 12/8/4/2 mm — the radius is 20–30 mm wide — and a last Levenberg–Marquardt
+   level at 256 rows on the volume as it is (0.4 × 0.4 × 0.6 mm)) and :func:`wrist_config` (raw
+   density, gradient NCC, no bone/tissue fits, no intensity matching: the part settings of
+   ``xraypose register --structure``): jointly (one rig_to_world,
+   :func:`xraypose.register.multiview.register_rig`) and each view alone
+   (:func:`xraypose.register.api.register_xray`, no hypotheses), each from every start to the end, the
+   best final similarity kept, then once more from that result on views windowed and weighted where
+   the radius projects there (:func:`register_frame`).
 4. **Agreement.**  The radius's pose in the calibration frame, ``bone_to_cal = rig_to_world⁻¹``
    (joint) and ``camera_to_rig_i · camera_to_world_i⁻¹`` (view i alone): the distance between the
    radius's centre in the two (mm; also its part along view i's beam, the depth a single view
@@ -65,6 +69,24 @@ WINDOW_MARGIN_MM = 25.0
 #: The bone volumes' stored value of water: they read like HU + 1024 (12 bits, cortex saturating at
 #: 4095; marrow and the partial-volume rim 700–1300; 0 outside the segmented bone).
 WATER_VALUE = 1024.0
+
+
+def wrist_config(threads: int = 1, sets=()) -> dict:
+    """RegistrationConfig keywords: :data:`WRIST_LEVELS`, raw density, and — a part of the body (the
+    radius) against X-rays of the whole wrist — the settings ``xraypose register --structure`` uses
+    (:func:`xraypose.cli.steps.part_settings`: gradient NCC, no intensity matching: the X-ray's
+    quantile map onto a DRR of the radius alone is no intensity relationship; matched, this script's
+    frame 0002 ended at a similarity of 0.15–0.23 instead of 0.27–0.56, docs/wrist.md).  ``sets``:
+    ``FIELD=VALUE`` overrides (JSON values)."""
+    import json
+    from types import SimpleNamespace
+
+    from xraypose.cli.steps import part_settings
+
+    cfg = part_settings({"levels": WRIST_LEVELS, "density": "raw", "similarity": "gncc", "drr_blur": 1.0,
+                         "record_trajectory": False, "num_threads": threads}, SimpleNamespace(density="raw"))
+    cfg.update((k, json.loads(v)) for k, v in (kv.split("=", 1) for kv in sets))
+    return cfg
 
 
 def above_water(vol, water: float = WATER_VALUE):
@@ -160,20 +182,60 @@ def prepare_views(ds, frame: str, rig, start, vol):
     return out
 
 
-def register_frame(vol, views, start, reg, search: bool):
-    """Joint and single-view registrations of one frame; returns a dict of results."""
+def rolled(bone_to_cal_start: torch.Tensor, vol, rolls_deg=ROLLS_DEG) -> torch.Tensor:
+    """(K, 4, 4) rig_to_world starts: a pose of the radius (``bone_to_cal``, (4, 4)) turned about its own
+    long axis (through its distal end) by each roll — the later frames' starts around the last result."""
+    from xraypose.geometry import make_transform, so3_exp
+
+    d_vol, a_vol = volume_axis(vol)
+    R0, t0 = bone_to_cal_start[:3, :3], bone_to_cal_start[:3, 3]
+    p, a = R0 @ d_vol + t0, R0 @ a_vol
+    out = []
+    for r in rolls_deg:
+        Rr = so3_exp(a * math.radians(r))
+        out.append(torch.linalg.inv(make_transform(Rr @ R0, Rr @ (t0 - p) + p)))
+    return torch.stack(out)
+
+
+def best_of(results):
+    """The result of the highest final similarity, and its index."""
+    k = max(range(len(results)), key=lambda i: float(results[i].similarity))
+    return results[k], k
+
+
+def register_frame(vol, ds, rig, frame: str, starts, reg):
+    """Joint and single-view registrations of one frame.  Each is run to the end from every start (the
+    rolls) on views windowed and weighted where the radius projects at the first start, the best final
+    similarity kept (on frame 0002 the roll that led after the first level ended at 0.27, four of the
+    twelve ended together at 0.56–0.58, 0.2 mm and 1.2° apart; docs/wrist.md); then registered once more
+    from that result on views windowed and weighted where the radius projects *there* (the footprint of
+    the start misses a bone that moved: 14 mm between frames 0002 and 0099).  Returns (joint, singles,
+    the views the joint was last registered on, the start it came from, each view's start index, the
+    joint similarities of every start)."""
     from xraypose.register.api import register_xray
     from xraypose.register.multiview import ViewImage, register_rig
 
-    vims = [ViewImage(v["name"], v["image"], v["camera"], v["camera_to_rig"], mask=v["weights"]) for v in views]
-    joint = register_rig(vol, vims, start, registrar=reg, hypotheses=False)  # as the single views (docs/wrist.md)
-    S0 = joint.initial_rig_to_world  # the start kept (the best roll)
-    singles = []
-    for v in views:
-        r = register_xray(vol, v["image"], v["camera"], (S0 @ v["camera_to_rig"])[None], registrar=reg,
-                          hypotheses=False, masks=v["weights"])[0]
-        singles.append(r)
-    return joint, singles, S0
+    def images(views):
+        return [ViewImage(v["name"], v["image"], v["camera"], v["camera_to_rig"], mask=v["weights"]) for v in views]
+
+    def alone(v, S):
+        return register_xray(vol, v["image"], v["camera"], (S @ v["camera_to_rig"])[None], registrar=reg,
+                             hypotheses=False, masks=v["weights"])[0]
+
+    views = prepare_views(ds, frame, rig, starts[0], vol)
+    joints = [register_rig(vol, images(views), S[None], registrar=reg, hypotheses=False) for S in starts]
+    first, k = best_of(joints)
+    again = prepare_views(ds, frame, rig, first.rig_to_world, vol)
+    joint = register_rig(vol, images(again), first.rig_to_world[None], registrar=reg, hypotheses=False)
+    singles, single_starts = [], []
+    for j, v in enumerate(views):
+        r, i = best_of([alone(v, S) for S in starts])
+        # the view's own result, rewindowed there (its camera_to_world seen as a rig pose of this view)
+        S1 = r.camera_to_world @ torch.linalg.inv(v["camera_to_rig"])
+        v1 = prepare_views(ds, frame, rig, S1, vol)[j]
+        singles.append(alone(v1, S1))
+        single_starts.append(i)
+    return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints]
 
 
 def overlay_figure(path, vol, frames_out, title: str):
@@ -222,8 +284,7 @@ def figures(args, ds, rig, vol, results) -> None:
     """The overlay pictures of ``results`` (the JSON's frames) into ``args.figures``."""
     figs = []
     for r in results:
-        S0 = torch.tensor(r["start_rig_to_world"], dtype=F64)
-        views = prepare_views(ds, r["frame"], rig, S0, vol)
+        views = prepare_views(ds, r["frame"], rig, torch.tensor(r["joint"]["rig_to_world"], dtype=F64), vol)
         figs.append({"frame": r["frame"], "views": views, "joint": torch.tensor(r["joint"]["rig_to_world"], dtype=F64),
                      "single_poses": [torch.tensor(r["single"][v["name"]]["camera_to_world"], dtype=F64)
                                       for v in views]})
@@ -243,6 +304,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", nargs="*", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--replot", action="store_true", help="draw the figures from --json (no registration)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a RegistrationConfig field (JSON value), e.g. --set shift_search=null")
     ap.add_argument("--water", type=float, default=WATER_VALUE,
                     help="stored value of water: the volume is rendered as max(value - water, 0)")
     args = ap.parse_args(argv)
@@ -267,30 +330,30 @@ def main(argv=None) -> int:
     P_dist, P_prox = tri["point"][0], tri["point"][1]
     print(f"start axis: rays meet within {tri['distance'].tolist()} mm; axis length "
           f"{float((P_prox - P_dist).norm()):.1f} mm", flush=True)
-    reg = Registrar(vol, RegistrationConfig(levels=WRIST_LEVELS, density="raw", similarity="gncc", drr_blur=1.0,
-                                            record_trajectory=False, num_threads=args.threads))
+    cfg = wrist_config(args.threads, args.set)
+    reg = Registrar(vol, RegistrationConfig(**cfg))
     centre = vol.get_isocenter().to(F64)
     frames = args.frames or list(ds.frames)
     results = []
     prev = None
     for f in frames:
-        starts = axis_starts(vol, P_dist, P_prox) if prev is None else prev[None]
-        views = prepare_views(ds, f, rig, starts[0], vol)
-        joint, singles, S0 = register_frame(vol, views, starts, reg, search=prev is None)
+        starts = axis_starts(vol, P_dist, P_prox) if prev is None else rolled(torch.linalg.inv(prev), vol)
+        joint, singles, views, S0, single_starts, start_sims = register_frame(vol, ds, rig, f, starts, reg)
         prev = joint.rig_to_world
         b_joint = torch.linalg.inv(joint.rig_to_world)
         row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
             "rig_to_world": joint.rig_to_world.tolist(), "similarity": joint.similarity, "verdict": joint.verdict,
             "p_success": joint.p_success, "reason": joint.reason, "status": joint.status,
             "views": {v.name: {"verdict": v.verdict, "p_success": v.p_success, "reason": v.reason} for v in joint.views}},
-            "single": {}, "windows": {v["name"]: list(v["window"]) for v in views}}
+            "single": {}, "windows": {v["name"]: list(v["window"]) for v in views},
+            "joint_similarity_per_start": start_sims}
         for v, s in zip(views, singles):
             b_single = v["camera_to_rig"] @ torch.linalg.inv(s.camera_to_world)
             beam = (rig[v["name"]].camera_to_rig[:3, 2]).to(F64)  # the view's +z in the calibration frame
             agr = agreement(b_joint, b_single, centre, beam / beam.norm())
             row["single"][v["name"]] = {"camera_to_world": s.camera_to_world.tolist(), "similarity": s.similarity,
                                         "verdict": s.verdict, "p_success": s.p_success, "reason": s.reason,
-                                        "status": s.status, "vs_joint": agr}
+                                        "status": s.status, "vs_joint": agr, "start": single_starts[len(row["single"])]}
             print(f"frame {f} {v['name']} alone vs joint: centre {agr['centre_mm']:.2f} mm (along its beam "
                   f"{agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), rotation "
                   f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f})", flush=True)
@@ -302,6 +365,7 @@ def main(argv=None) -> int:
                                                     torch.tensor([0.0, 0.0, 1.0], dtype=F64))
         results.append(row)
     atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size,
+                                  "config": {k: v for k, v in cfg.items() if k != "levels"},
                                   "levels": [dataclasses.asdict(lv) for lv in WRIST_LEVELS],
                                   "start_pixels": START_PIXELS, "start_rays_mm": tri["distance"].tolist(),
                                   "frames": results})

@@ -62,4 +62,9 @@ def test_joint_registration_of_frame_0002_improves_on_its_start(wrist, tmp_path)
     assert W.main(["--data", str(shared_path("autoscoper_wrist")), "--json", str(tmp_path / "w.json"),
                    "--frames", "0002", "--size", "512"]) == 0
     r = json.loads((tmp_path / "w.json").read_text())["frames"][0]
-    assert r["joint"]["similarity"] > 0.2 and set(r["single"]) == {"cam01", "cam02"}
+    assert set(r["single"]) == {"cam01", "cam02"} and len(r["joint_similarity_per_start"]) == len(W.ROLLS_DEG)
+    # every roll run to the end, the best kept: 0.59 (measured 2026-12-04; the roll leading after the
+    # first level, and the registration with the intensity map on, ended at 0.15-0.27)
+    assert r["joint"]["similarity"] > 0.5, r["joint_similarity_per_start"]
+    # cam02 sees the radius best: alone it agrees with the joint result within a few mm (mostly its depth)
+    assert r["single"]["cam02"]["vs_joint"]["in_plane_mm"] < 3.0, r["single"]["cam02"]["vs_joint"]

@@ -1,0 +1,74 @@
+"""scripts/wrist_register.py's own parts that need no data: its settings, the rolled starts, the choice
+of the best run (the registrations themselves: tests/test_wrist_register.py, with ../shared only)."""
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xraypose.geometry import make_transform, so3_exp
+from xraypose.volume import Volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import wrist_register as W  # noqa: E402
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def rod():
+    """A long bone along the volume's k axis, flared at its first pages (the distal end), 1 mm voxels."""
+    i, j, k = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), torch.arange(60.0), indexing="ij")
+    radius = 4.0 + 6.0 * torch.clamp(1 - k / 15.0, min=0.0)  # 10 mm at k = 0, 4 mm from k = 15 on
+    data = (((i - 11.5) ** 2 + (j - 11.5) ** 2).sqrt() <= radius).float() * 1000.0
+    return Volume(data=data, affine=torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=F64)))
+
+
+def test_the_wrist_is_registered_with_the_part_settings():
+    """The radius alone against X-rays of the whole wrist: no intensity map (a quantile map between them is
+    no intensity relationship), gradient NCC, raw density — as `xraypose register --structure`."""
+    from xraypose.cli.steps import part_settings
+
+    cfg = W.wrist_config()
+    assert cfg["match_intensity"] is None and cfg["match_capture"] is False
+    assert cfg["similarity"] == "gncc" and cfg["density"] == "raw" and cfg["levels"] == W.WRIST_LEVELS
+    assert part_settings(dict(cfg), SimpleNamespace(density="raw")) == cfg
+    over = W.wrist_config(2, ["shift_search=null", "lm_tol_px=0.05"])
+    assert over["shift_search"] is None and over["lm_tol_px"] == 0.05 and over["num_threads"] == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(w=st.lists(st.floats(-3.0, 3.0), min_size=3, max_size=3),
+       t=st.lists(st.floats(-200.0, 200.0), min_size=3, max_size=3))
+def test_rolled_starts_turn_the_bone_about_its_own_axis(rod, w, t):
+    """Start 0 is the given pose; every start keeps the bone's distal end and long axis where the given
+    pose put them, and start k is turned by ROLLS_DEG[k] about that axis."""
+    d, a = W.volume_axis(rod)
+    bone_to_cal = make_transform(so3_exp(torch.tensor(w, dtype=F64)), torch.tensor(t, dtype=F64))
+    starts = W.rolled(bone_to_cal, rod)
+    assert starts.shape == (len(W.ROLLS_DEG), 4, 4)
+    assert torch.allclose(starts[0], torch.linalg.inv(bone_to_cal), atol=1e-9)
+    p0, a0 = bone_to_cal[:3, :3] @ d + bone_to_cal[:3, 3], bone_to_cal[:3, :3] @ a
+    for S, deg in zip(starts, W.ROLLS_DEG):
+        B = torch.linalg.inv(S)
+        assert torch.allclose(B[:3, :3] @ d + B[:3, 3], p0, atol=1e-6)
+        assert torch.allclose(B[:3, :3] @ a, a0, atol=1e-9)
+        R = B[:3, :3] @ bone_to_cal[:3, :3].T
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(R)) - 1) / 2))))
+        assert angle == pytest.approx(min(deg, 360 - deg), abs=1e-5)
+
+
+def test_the_rod_reads_distal_at_its_flare(rod):
+    d, a = W.volume_axis(rod)
+    assert float(a[2]) > 0.99 and float(d[2]) < 5.0  # from the flared first pages toward the last
+
+
+def test_best_of_keeps_the_highest_final_similarity():
+    runs = [SimpleNamespace(similarity=s) for s in (0.27, 0.58, 0.56, 0.31)]
+    best, k = W.best_of(runs)
+    assert k == 1 and best is runs[1]
