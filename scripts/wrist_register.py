@@ -74,17 +74,15 @@ WATER_VALUE = 1024.0
 def wrist_config(threads: int = 1, sets=()) -> dict:
     """RegistrationConfig keywords: :data:`WRIST_LEVELS`, raw density, and — a part of the body (the
     radius) against X-rays of the whole wrist — the settings ``xraypose register --structure`` uses
-    (:func:`xraypose.cli.steps.part_settings`: gradient NCC, no intensity matching: the X-ray's
+    (:func:`xraypose.structure.part_settings`: gradient NCC, no intensity matching: the X-ray's
     quantile map onto a DRR of the radius alone is no intensity relationship; matched, this script's
     frame 0002 ended at a similarity of 0.15–0.23 instead of 0.27–0.56, docs/wrist.md).  ``sets``:
     ``FIELD=VALUE`` overrides (JSON values)."""
     import json
-    from types import SimpleNamespace
-
-    from xraypose.cli.steps import part_settings
+    from xraypose.structure import part_settings
 
     cfg = part_settings({"levels": WRIST_LEVELS, "density": "raw", "similarity": "gncc", "drr_blur": 1.0,
-                         "record_trajectory": False, "num_threads": threads}, SimpleNamespace(density="raw"))
+                         "record_trajectory": False, "num_threads": threads}, "raw")
     cfg.update((k, json.loads(v)) for k, v in (kv.split("=", 1) for kv in sets))
     return cfg
 

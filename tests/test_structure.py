@@ -75,6 +75,22 @@ def test_prepare_ct_renders_the_structure_only_and_crops_to_it(volume, left_bone
         assert got == max(float(volume.data[tuple(ijk.long())]), 0.0)
 
 
+def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
+    """The X-ray shows the whole body, the part's DRR only the part: no quantile map, gradient NCC unless
+    another measure is asked for, the part's density — from Python as from the command line."""
+    from xraypose.cli.steps import part_settings as cli_settings
+    from xraypose.structure import part_settings
+
+    prep = prepare_ct(volume, "linear", mask=left_bone.bool(), dilate_mm=3.0)
+    cfg = prep.registration_config(num_threads=1)
+    assert cfg.match_intensity is None and cfg.match_capture is False
+    assert cfg.similarity == "gncc" and cfg.density == prep.density == "raw" and cfg.num_threads == 1
+    assert prep.registration_config(similarity="ncc").similarity == "ncc"
+    kw = {"match_intensity": 0.15, "match_capture": True, "density": "linear"}
+    assert cli_settings(dict(kw), prep) == part_settings(dict(kw), "raw") == {
+        "match_intensity": None, "match_capture": False, "density": "raw", "similarity": "gncc"}
+
+
 def test_a_ct_cropped_to_one_bone_has_its_padding_cleared(volume, left_bone):
     d = torch.where(left_bone.bool(), volume.data, torch.zeros_like(volume.data))  # zero surroundings (0 HU!)
     cropped = Volume(data=d, affine=volume.affine, source="cropped")

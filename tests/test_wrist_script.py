@@ -32,12 +32,12 @@ def rod():
 def test_the_wrist_is_registered_with_the_part_settings():
     """The radius alone against X-rays of the whole wrist: no intensity map (a quantile map between them is
     no intensity relationship), gradient NCC, raw density — as `xraypose register --structure`."""
-    from xraypose.cli.steps import part_settings
+    from xraypose.structure import part_settings
 
     cfg = W.wrist_config()
     assert cfg["match_intensity"] is None and cfg["match_capture"] is False
     assert cfg["similarity"] == "gncc" and cfg["density"] == "raw" and cfg["levels"] == W.WRIST_LEVELS
-    assert part_settings(dict(cfg), SimpleNamespace(density="raw")) == cfg
+    assert part_settings(dict(cfg), "raw") == cfg
     over = W.wrist_config(2, ["shift_search=null", "lm_tol_px=0.05"])
     assert over["shift_search"] is None and over["lm_tol_px"] == 0.05 and over["num_threads"] == 2
 

@@ -35,8 +35,10 @@ cropped to one bone (issue 14, item 3).
   frequencies are mostly made of; the command line therefore registers one structure with
   gradient NCC at every level (``--similarity gncc``) unless another measure is asked for, and
   never matches the X-ray's intensities to the DRR's (``match_intensity=None``: the X-ray shows
-  the whole body, the DRR the part; :func:`xraypose.cli.steps.part_settings`).  From Python, give
-  a registrar of a part the same settings.
+  the whole body, the DRR the part).  Both are :func:`part_settings`, which the command line
+  applies; from Python use it too, or :meth:`PreparedCT.registration_config` (a script that built
+  its own settings registered the real wrist's radius *with* the map once it became the default:
+  its joint similarity fell 0.56 → 0.15; docs/wrist.md).
 
 Units: mm; world = CT RAS mm.
 """
@@ -56,7 +58,7 @@ from xraypose.errors import InputError
 if TYPE_CHECKING:
     from xraypose.volume import Volume
 
-__all__ = ["structure_mask", "prepare_ct", "PreparedCT", "padding_value", "structure_window", "window_image",
+__all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window", "window_image",
            "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE"]
 
 F64 = torch.float64
@@ -91,6 +93,25 @@ class PreparedCT:
     box: torch.Tensor
     notes: list = field(default_factory=list)
     density: str = "linear"
+
+    def registration_config(self, **config):
+        """A :class:`~xraypose.register.RegistrationConfig` for this part: ``config`` (its keywords) with
+        :func:`part_settings` applied."""
+        from xraypose.register import RegistrationConfig
+
+        return RegistrationConfig(**part_settings(config, self.density))
+
+
+def part_settings(config: dict, density: str) -> dict:
+    """RegistrationConfig keywords (``config``, a dict) for registering a part of a CT rendered with
+    ``density``: that density; gradient NCC in place of the default mncc (a part's DRR lacks the body's
+    low frequencies; another measure asked for is kept); and no intensity matching
+    (``match_intensity=None``, ``match_capture=False``): the X-ray shows the whole body, the DRR only the
+    part, so their quantile map is no intensity relationship (matched, the part's registration ran 5 mm
+    off in tests/test_structure.py's cases, and the real wrist's radius fell from 0.56 to 0.15)."""
+    sim = config.get("similarity", "mncc")
+    return {**config, "density": density, "similarity": "gncc" if sim == "mncc" else sim,
+            "match_intensity": None, "match_capture": False}
 
 
 def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> torch.Tensor:

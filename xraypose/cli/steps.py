@@ -62,13 +62,11 @@ def load_registration_ct(ct: str, isocenter: str | None, density: str, structure
 
 
 def part_settings(cfg_kw: dict, prep) -> dict:
-    """RegistrationConfig keywords when a part of the CT is registered: its density, gradient NCC in
-    place of the default mncc, and no intensity matching: the X-ray shows the whole body, the DRR only
-    the part, so their quantile map is no intensity relationship (matched, the part's registration
-    ran 5 mm off in tests/test_structure.py's cases)."""
-    sim = cfg_kw.get("similarity", "mncc")
-    return {**cfg_kw, "density": prep.density, "similarity": "gncc" if sim == "mncc" else sim,
-            "match_intensity": None, "match_capture": False}
+    """RegistrationConfig keywords when a part of the CT is registered (``prep``, a
+    :class:`~xraypose.structure.PreparedCT`): :func:`xraypose.structure.part_settings` with its density."""
+    from xraypose.structure import part_settings as settings
+
+    return settings(cfg_kw, prep.density)
 
 
 def structure_record(structure, label_map, label) -> dict | None:
