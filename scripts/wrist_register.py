@@ -79,6 +79,7 @@ def wrist_config(threads: int = 1, sets=()) -> dict:
     frame 0002 ended at a similarity of 0.15–0.23 instead of 0.27–0.56, docs/wrist.md).  ``sets``:
     ``FIELD=VALUE`` overrides (JSON values)."""
     import json
+
     from xraypose.structure import part_settings
 
     cfg = part_settings({"levels": WRIST_LEVELS, "density": "raw", "similarity": "gncc", "drr_blur": 1.0,
@@ -207,7 +208,7 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
     similarity kept (on frame 0002 the roll that led after the first level ended at 0.27, four of the
     twelve ended together at 0.56–0.58, 0.2 mm and 1.2° apart; docs/wrist.md); then registered once more
     from that result on views windowed and weighted where the radius projects *there* (the footprint of
-    the start misses a bone that moved: 14 mm between frames 0002 and 0099).  Returns (joint, singles,
+    the start misses a bone that moved: 17 mm between frames 0002 and 0099).  Returns (joint, singles,
     the views the joint was last registered on, the start it came from, each view's start index, the
     joint similarities of every start)."""
     from xraypose.register.api import register_xray

@@ -58,8 +58,8 @@ from xraypose.errors import InputError
 if TYPE_CHECKING:
     from xraypose.volume import Volume
 
-__all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window", "window_image",
-           "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE"]
+__all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
+           "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE"]
 
 F64 = torch.float64
 
