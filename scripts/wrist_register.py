@@ -133,17 +133,11 @@ def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def axis_starts(vol, P_dist, P_prox, rolls_deg=ROLLS_DEG) -> torch.Tensor:
     """(K, 4, 4) rig_to_world starts: the volume's axis on the triangulated one, turned by each roll."""
-    from xraypose.geometry import make_transform, so3_exp
+    from xraypose.geometry import make_transform
 
     d_vol, a_vol = volume_axis(vol)
-    a_cal = (P_prox - P_dist) / (P_prox - P_dist).norm()
-    R0 = rotation_between(a_vol, a_cal)
-    out = []
-    for r in rolls_deg:
-        R = so3_exp(a_cal * math.radians(r)) @ R0
-        bone_to_cal = make_transform(R, P_dist - R @ d_vol)
-        out.append(torch.linalg.inv(bone_to_cal))
-    return torch.stack(out)
+    R0 = rotation_between(a_vol, (P_prox - P_dist) / (P_prox - P_dist).norm())
+    return rolled(make_transform(R0, P_dist - R0 @ d_vol), vol, rolls_deg)
 
 
 def agreement(bone_to_cal_joint, bone_to_cal_single, centre, beam_dir) -> dict:
@@ -153,19 +147,21 @@ def agreement(bone_to_cal_joint, bone_to_cal_single, centre, beam_dir) -> dict:
     ps = bone_to_cal_single[:3, :3] @ centre + bone_to_cal_single[:3, 3]
     d = ps - pj
     along = float(d @ beam_dir)
-    R = bone_to_cal_single[:3, :3] @ bone_to_cal_joint[:3, :3].T
-    ang = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(R)) - 1) / 2))))
+    from xraypose.geometry.so3 import rotation_angle
+
+    ang = math.degrees(float(rotation_angle(bone_to_cal_single[:3, :3] @ bone_to_cal_joint[:3, :3].T)))
     return {"centre_mm": float(d.norm()), "along_beam_mm": along,
             "in_plane_mm": float((d - along * beam_dir).norm()), "rotation_deg": ang}
 
 
-def prepare_views(ds, frame: str, rig, start, vol):
-    """Per camera (name, image, camera, camera_to_rig, weights) of one frame, windowed at ``start``."""
+def prepare_views(ds, frame: str, rig, start, vol, cams=None):
+    """Per camera (name, image, camera, camera_to_rig, weights) of one frame, windowed at ``start``;
+    ``cams``: only these cameras (default all)."""
     from xraypose.preprocess import gaussian_blur
     from xraypose.structure import structure_weights, structure_window, window_image
 
     out = []
-    for cam in ds.cameras:
+    for cam in cams or ds.cameras:
         v = ds.view(frame, cam)
         img = torch.as_tensor(gaussian_blur(v.image, 5, 1.0), dtype=torch.float32).reshape(v.image.shape)
         C = rig[cam].camera_to_rig.to(F64)
@@ -208,7 +204,7 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
     similarity kept (on frame 0002 the roll that led after the first level ended at 0.27, four of the
     twelve ended together at 0.56–0.58, 0.2 mm and 1.2° apart; docs/wrist.md); then registered once more
     from that result on views windowed and weighted where the radius projects *there* (the footprint of
-    the start misses a bone that moved: 17 mm between frames 0002 and 0099).  Returns (joint, singles,
+    the start misses a bone that moved: 15–17 mm between frames 0002 and 0099).  Returns (joint, singles,
     the views the joint was last registered on, the start it came from, each view's start index, the
     joint similarities of every start)."""
     from xraypose.register.api import register_xray
@@ -227,11 +223,11 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
     again = prepare_views(ds, frame, rig, first.rig_to_world, vol)
     joint = register_rig(vol, images(again), first.rig_to_world[None], registrar=reg, hypotheses=False)
     singles, single_starts = [], []
-    for j, v in enumerate(views):
+    for v in views:
         r, i = best_of([alone(v, S) for S in starts])
         # the view's own result, rewindowed there (its camera_to_world seen as a rig pose of this view)
         S1 = r.camera_to_world @ torch.linalg.inv(v["camera_to_rig"])
-        v1 = prepare_views(ds, frame, rig, S1, vol)[j]
+        v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]])[0]
         singles.append(alone(v1, S1))
         single_starts.append(i)
     return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints]

@@ -175,14 +175,13 @@ def test_a_part_of_the_ct_is_never_matched():
     map is no intensity relationship, so the command line turns matching off for a part (matched, the
     two command-line cases of tests/test_structure.py ran ~5 mm off)."""
     import inspect
-    from types import SimpleNamespace
 
     from xraypose.cli.options import registration_options
-    from xraypose.cli.steps import part_settings
+    from xraypose.structure import part_settings
 
     defaults = {k: p.default.default for k, p in inspect.signature(registration_options).parameters.items()}
     for mode in ("fine", "all", "off"):
-        kw = part_settings(registration_options(**{**defaults, "match_intensity": mode}), SimpleNamespace(density="raw"))
+        kw = part_settings(registration_options(**{**defaults, "match_intensity": mode}), "raw")
         cfg = RegistrationConfig(**kw)
         assert (cfg.match_intensity, cfg.match_capture, cfg.density, cfg.similarity) == (None, False, "raw", "gncc")
 

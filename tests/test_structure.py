@@ -77,8 +77,7 @@ def test_prepare_ct_renders_the_structure_only_and_crops_to_it(volume, left_bone
 
 def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
     """The X-ray shows the whole body, the part's DRR only the part: no quantile map, gradient NCC unless
-    another measure is asked for, the part's density — from Python as from the command line."""
-    from xraypose.cli.steps import part_settings as cli_settings
+    another measure is asked for, the part's density (the command line applies the same function)."""
     from xraypose.structure import part_settings
 
     prep = prepare_ct(volume, "linear", mask=left_bone.bool(), dilate_mm=3.0)
@@ -87,7 +86,7 @@ def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
     assert cfg.similarity == "gncc" and cfg.density == prep.density == "raw" and cfg.num_threads == 1
     assert prep.registration_config(similarity="ncc").similarity == "ncc"
     kw = {"match_intensity": 0.15, "match_capture": True, "density": "linear"}
-    assert cli_settings(dict(kw), prep) == part_settings(dict(kw), "raw") == {
+    assert part_settings(dict(kw), "raw") == {
         "match_intensity": None, "match_capture": False, "density": "raw", "similarity": "gncc"}
 
 

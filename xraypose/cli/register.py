@@ -14,7 +14,7 @@ from xraypose.cli.config import config_option
 from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, PARAMETERIZATION, Group,
                                   intrinsics_options, option_numbers, preprocessing_options, registration_options,
                                   start_options, structure_options, with_groups)
-from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, part_settings, preprocess_settings,
+from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, preprocess_settings,
                                 structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
 
@@ -109,7 +109,9 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
     cts = load_registration_ct(ct, isocenter, cfg_kw["density"], structure, label_map, label)
     if cts.part:  # a part of the CT is registered: gradient NCC, the X-ray windowed and weighted
-        cfg_kw = part_settings(cfg_kw, cts.prepared)
+        from xraypose.structure import part_settings
+
+        cfg_kw = part_settings(cfg_kw, cts.prepared.density)
     xr = _read_xray(xray, angles, sod, read_kw, crop)
     start, init_info = _start(init, xr, xray, model=model, vol=cts.volume, pose_json=pose_json, sod=sod,
                               iso=cts.isocenter, allow_other_ct=allow_other_ct,

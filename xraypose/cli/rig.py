@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from xraypose.cli.options import EXIT_FAILED
-from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, part_settings, pose_transform_of,
+from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, pose_transform_of,
                                 preprocess_settings, read_start_file, start_pose, structure_record, window_views,
                                 write_or_print)
 from xraypose.errors import InputError
@@ -64,7 +64,9 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     r = _start_view_index(start_view, names, views)
     cts = load_registration_ct(ct, isocenter, cfg_kw.get("density", "linear"), structure, label_map, label)
     if cts.part:  # a part of the CT: gradient NCC, the X-rays windowed and weighted
-        cfg_kw = part_settings(cfg_kw, cts.prepared)
+        from xraypose.structure import part_settings
+
+        cfg_kw = part_settings(cfg_kw, cts.prepared.density)
     pxs, Cs = _preprocess_views(names, xrs, views, crop, blur, size, i0)
     cfg = RegistrationConfig(drr_blur=drr_blur(blur, pxs[0].shape[0], xrs[0].shape[0], crop), **cfg_kw)
     reg = Registrar(cts.prepared.volume, cfg, isocenter=cts.registrar_isocenter)

@@ -61,14 +61,6 @@ def load_registration_ct(ct: str, isocenter: str | None, density: str, structure
     return RegistrationCT(vol, iso, prep, given)
 
 
-def part_settings(cfg_kw: dict, prep) -> dict:
-    """RegistrationConfig keywords when a part of the CT is registered (``prep``, a
-    :class:`~xraypose.structure.PreparedCT`): :func:`xraypose.structure.part_settings` with its density."""
-    from xraypose.structure import part_settings as settings
-
-    return settings(cfg_kw, prep.density)
-
-
 def structure_record(structure, label_map, label) -> dict | None:
     """What a result records of ``--structure`` / ``--label-map --label`` (None when neither was given)."""
     if structure is None and label_map is None:

@@ -16,7 +16,7 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EDGE_ENHANCED, EXIT_FAILED
                                   REGISTRATION_DEFAULTS, SCATTER, SEED, THREADS, Group, appearance_settings, intrinsics_options,
                                   levels_config, preprocessing_options, start_options, structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
-from xraypose.cli.steps import (drr_blur, load_registration_ct, part_settings, pose_transform_of,
+from xraypose.cli.steps import (drr_blur, load_registration_ct, pose_transform_of,
                                 preprocess_settings, start_pose)
 from xraypose.errors import InputError
 
@@ -245,7 +245,9 @@ def track_command(
     r = _start_view_index(start_view, names, frames)
     cts = load_registration_ct(ct, start_kw["isocenter"], density, **structure_kw)
     if cts.part:  # a part of the CT (one structure, a cropped CT)
-        cfg_kw = part_settings(cfg_kw, cts.prepared)
+        from xraypose.structure import part_settings
+
+        cfg_kw = part_settings(cfg_kw, cts.prepared.density)
     views, first = _preprocess_sequences(names, seqs, cams, Cs, **prep)
     cfg = RegistrationConfig(drr_blur=drr_blur(prep["blur"], first[0].shape[0], seqs[0].shape[0], prep["crop"]),
                              **cfg_kw)
