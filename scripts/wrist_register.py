@@ -61,10 +61,13 @@ F64 = torch.float64
 START_PIXELS = {"cam01": [(880.0, 1225.0), (875.0, 1650.0)], "cam02": [(650.0, 1215.0), (610.0, 1650.0)]}
 #: Rolls of the start about the radius's axis, degrees.
 ROLLS_DEG = tuple(range(0, 360, 30))
-#: The default schedule with the volume averaged for a 20–30 mm wide bone; bone only: no bone/tissue fits.
-WRIST_LEVELS = tuple(dataclasses.replace(lv, volume_mm=mm, fit_bone=False, fit_tissue=False, similarity="gncc")
+#: The default schedule with the volume averaged for a 20–30 mm wide bone; bone only: no bone, tissue or curve
+#: fits (the part settings, xraypose.structure.PART_LEVEL_OFF).
+WRIST_LEVELS = tuple(dataclasses.replace(lv, volume_mm=mm, fit_bone=False, fit_tissue=False, fit_curve=False,
+                                         similarity="gncc")
                      for lv, mm in zip(DEFAULT_LEVELS, (3.0, 2.0, 1.0, 0.6))) + (
-    dataclasses.replace(DEFAULT_LEVELS[-1], size=256, volume_mm=None, fit_bone=False, fit_tissue=False),)
+    dataclasses.replace(DEFAULT_LEVELS[-1], size=256, volume_mm=None, fit_bone=False, fit_tissue=False,
+                        fit_curve=False),)
 WINDOW_MARGIN_MM = 25.0
 #: The bone volumes' stored value of water: they read like HU + 1024 (12 bits, cortex saturating at
 #: 4095; marrow and the partial-volume rim 700–1300; 0 outside the segmented bone).

@@ -10,6 +10,7 @@ import torch
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.metrics import pose_errors
+from xraypose.register import DEFAULT_LEVELS, FAST_LEVELS
 from xraypose.register.cases import CaseMaker
 from xraypose.structure import padding_value, prepare_ct, structure_mask, structure_window
 from xraypose.volume import Volume, load_sample_ct
@@ -86,8 +87,37 @@ def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
     assert cfg.similarity == "gncc" and cfg.density == prep.density == "raw" and cfg.num_threads == 1
     assert prep.registration_config(similarity="ncc").similarity == "ncc"
     kw = {"match_intensity": 0.15, "match_capture": True, "density": "linear"}
-    assert part_settings(dict(kw), "raw") == {
+    got = part_settings(dict(kw), "raw")
+    assert {k: v for k, v in got.items() if k != "levels"} == {
         "match_intensity": None, "match_capture": False, "density": "raw", "similarity": "gncc"}
+    # the schedule kept, without the body's intensity fits
+    assert [lv.size for lv in got["levels"]] == [lv.size for lv in DEFAULT_LEVELS]
+    assert [lv.optimizer for lv in got["levels"]] == [lv.optimizer for lv in DEFAULT_LEVELS]
+    assert not any(lv.fit_bone or lv.fit_tissue or lv.fit_curve for lv in got["levels"] + cfg.levels)
+    assert [lv.size for lv in part_settings({"levels": FAST_LEVELS}, "raw")["levels"]] == [24, 48]
+
+
+def test_a_part_registered_from_the_truth_stays_there(volume, bone):
+    """The CT's bone alone against a realistic X-ray of the whole CT (96² px, a pose about the part), started
+    at the truth, with the default schedule: the part settings keep it within 5 mm (with the body's intensity
+    fits left on, this case ran 125 mm away: benchmarks/structure.py)."""
+    from xraypose.cli.steps import window_views
+    from xraypose.preprocess import preprocess
+    from xraypose.register import Registrar
+    from xraypose.register.api import register_xray
+    from xraypose.sampling import PoseSampler
+
+    prep = prepare_ct(volume, "linear", mask=bone.bool())
+    cam = Camera(sdd=1020.0, height=96, width=96, delx=280.0 / 96)
+    maker = CaseMaker(volume, camera=cam, collimator_px=4, seed=1, sampler=PoseSampler.for_volume(prep.volume, sod=612.0))
+    c = maker.case(2)
+    pre = preprocess(c.raw, c.raw_camera, crop=6, blur=(5, 1.0), log=True, i0=float(c.raw.max()), rescale=True)
+    (px,), (w,) = window_views([pre], [c.true_pose], prep, ["x"])
+    reg = Registrar(prep.volume, prep.registration_config(num_threads=1, record_trajectory=False),
+                    isocenter=prep.isocenter)
+    out = register_xray(prep.volume, px.image, px.camera, c.true_pose, registrar=reg, hypotheses=False, masks=w,
+                        confidence=False)[0]
+    assert float(pose_errors(out.camera_to_world, c.true_pose, c.fiducials, c.camera)["mtre"]) < 5.0
 
 
 def test_a_ct_cropped_to_one_bone_has_its_padding_cleared(volume, left_bone):

@@ -38,7 +38,9 @@ cropped to one bone (issue 14, item 3).
   the whole body, the DRR the part).  Both are :func:`part_settings`, which the command line
   applies; from Python use it too, or :meth:`PreparedCT.registration_config` (a script that built
   its own settings registered the real wrist's radius *with* the map once it became the default:
-  its joint similarity fell 0.56 → 0.15; docs/wrist.md).
+  its joint similarity fell 0.56 → 0.15; docs/wrist.md).  The levels' fits of the body's intensity
+  model (bone multiplier, tissue channel, monotone curve: :data:`PART_LEVEL_OFF`) are turned off
+  too: the part's DRR holds none of the body they describe.
 
 Units: mm; world = CT RAS mm.
 """
@@ -59,7 +61,8 @@ if TYPE_CHECKING:
     from xraypose.volume import Volume
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
-           "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE"]
+           "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
+           "PART_LEVEL_OFF"]
 
 F64 = torch.float64
 
@@ -71,6 +74,8 @@ MARGIN_MM: float = 20.0
 PADDING_FACE_SHARE: float = 0.9
 #: The structure's footprint on the X-ray is grown by this much (mm at its depth) into the pixel weights.
 FOOTPRINT_MARGIN_MM: float = 10.0
+#: The level settings :func:`part_settings` turns off for a part of a CT: the body's intensity model.
+PART_LEVEL_OFF: dict = {"fit_bone": False, "fit_tissue": False, "fit_curve": False}
 #: The smallest X-ray window (pixels per side; the registration needs at least 16).
 MIN_WINDOW_PX: int = 16
 
@@ -105,13 +110,24 @@ class PreparedCT:
 def part_settings(config: dict, density: str) -> dict:
     """RegistrationConfig keywords (``config``, a dict) for registering a part of a CT rendered with
     ``density``: that density; gradient NCC in place of the default mncc (a part's DRR lacks the body's
-    low frequencies; another measure asked for is kept); and no intensity matching
-    (``match_intensity=None``, ``match_capture=False``): the X-ray shows the whole body, the DRR only the
-    part, so their quantile map is no intensity relationship (matched, the part's registration ran 5 mm
-    off in tests/test_structure.py's cases, and the real wrist's radius fell from 0.56 to 0.15)."""
+    low frequencies; another measure asked for is kept); no intensity matching (``match_intensity=None``,
+    ``match_capture=False``): the X-ray shows the whole body, the DRR only the part, so their quantile
+    map is no intensity relationship (matched, the part's registration ran 5 mm off in
+    tests/test_structure.py's cases, and the real wrist's radius fell from 0.56 to 0.15); and the
+    schedule's levels (``config["levels"]``, default :data:`~xraypose.register.DEFAULT_LEVELS`) without
+    the fits of the body's intensity model (:data:`PART_LEVEL_OFF`: the bone multiplier, the tissue
+    channel, the monotone curve) — they describe how the whole body's soft tissue and bone make the
+    X-ray, which a DRR of the part alone does not hold (with them, started at the truth, the part ran
+    14–205 mm away on simulated X-rays: ``benchmarks/structure.py``, docs/registration.md)."""
+    import dataclasses
+
+    from xraypose.register import DEFAULT_LEVELS
+    from xraypose.register.config import _level
+
     sim = config.get("similarity", "mncc")
+    levels = tuple(dataclasses.replace(lv, **PART_LEVEL_OFF) for lv in map(_level, config.get("levels", DEFAULT_LEVELS)))
     return {**config, "density": density, "similarity": "gncc" if sim == "mncc" else sim,
-            "match_intensity": None, "match_capture": False}
+            "match_intensity": None, "match_capture": False, "levels": levels}
 
 
 def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> torch.Tensor:

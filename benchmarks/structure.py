@@ -1,0 +1,195 @@
+"""One structure at a time on simulated X-rays: a part of a CT (a piece of its bone) registered against
+X-rays of the whole CT, as ``xraypose register --structure`` does it and with variants of its settings.
+
+The part is the CT's bone (> ``--bone-hu`` HU) within ``--radius`` mm of a point (``--at X,Y,Z``; default:
+the bone voxel nearest the centroid of the CT's bone — on the abdominal CT, a vertebral body); the
+X-rays are xraypose's simulator's (realistic raw detector images of the *whole* CT: soft tissue, the
+other bones, noise); the truth is the CT's pose (the part does not move in it); the error is the mTRE
+at 20 of the part's own bone voxels.  Each X-ray is registered as ``xraypose register --structure``
+does it (:func:`xraypose.structure.prepare_ct`, the window and weights where the part projects at the
+start, :func:`xraypose.structure.part_settings`), from a start ``--rot``° / ``--trans`` mm off,
+with each ``--modes``:
+
+* ``part``: :func:`xraypose.structure.part_settings` on the default schedule (what ``register
+  --structure`` does);
+* ``fits``: the same with the levels' fits of the body's intensity model left on (bone multiplier,
+  tissue channel, monotone curve: as before 2026-12-04);
+* ``part-from32``: ``part`` without the default schedule's 16-row level;
+* ``part-fast``: ``part`` on the fast schedule (``--fast``: 24 and 48 rows, 8 and 4 mm).
+
+    python benchmarks/structure.py --ct ../shared/data/ct/abdomen_pancreas_ct_cbct_001/Pancreas-CT-CB_001_CT.nii.gz \
+        --radius 25 --cases 12 --json out.json
+
+Prints a table (success < 1 / < 2 mm, median and p90 mTRE, median time per X-ray) and the CPU model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+F64 = torch.float64
+MODES = ("part", "fits", "part-from32", "part-fast")
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def part_mask(vol, radius: float | None, at=None, bone_hu: float = 200.0, seed: int = 0):
+    """((I, J, K) bool, (3,) centre world mm, (20, 3) fiducials world mm): the CT's bone within ``radius``
+    of ``at`` (default: the bone voxel nearest the bone's centroid), or (``radius`` None) the connected
+    piece of bone (6-connected voxels > ``bone_hu``) holding the bone voxel nearest ``at``."""
+    bone = vol.data > bone_hu
+    idx = torch.nonzero(bone).to(F64)
+    w = vol.voxel_to_world(idx)
+    c = torch.as_tensor(at, dtype=F64) if at is not None else w[(w - w.mean(0)).norm(dim=1).argmin()]
+    if radius is None:
+        import scipy.ndimage as nd
+
+        lab, _ = nd.label(bone.numpy())
+        k = tuple(idx[(w - c).norm(dim=1).argmin()].long().tolist())
+        near = torch.from_numpy(lab[tuple(idx.long().T.numpy())] == lab[k])
+    else:
+        near = (w - c).norm(dim=1) <= radius
+    m = torch.zeros(vol.shape, dtype=torch.bool)
+    sel = idx[near].long()
+    m[sel[:, 0], sel[:, 1], sel[:, 2]] = True
+    g = torch.Generator().manual_seed(seed)
+    pts = w[near]
+    fid = pts[torch.randperm(pts.shape[0], generator=g)[:20]]
+    return m, c, fid
+
+
+def mode_settings(mode: str, base: dict, density: str) -> dict:
+    """RegistrationConfig keywords of one of :data:`MODES`."""
+    from xraypose.register import DEFAULT_LEVELS, FAST_LEVELS
+    from xraypose.structure import part_settings
+
+    if mode == "fits":
+        return {**part_settings(base, density), "levels": DEFAULT_LEVELS}
+    if mode == "part-from32":
+        return part_settings({**base, "levels": tuple(lv for lv in DEFAULT_LEVELS if lv.size >= 32)}, density)
+    if mode == "part-fast":
+        return part_settings({**base, "levels": FAST_LEVELS}, density)
+    return part_settings(base, density)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ct", default="sample")
+    ap.add_argument("--radius", type=float, default=None,
+                    help="the part: bone within this many mm of --at (default: the connected piece of bone at --at)")
+    ap.add_argument("--at", default=None, help="X,Y,Z world RAS mm (default: the bone voxel nearest the bone centroid)")
+    ap.add_argument("--bone-hu", type=float, default=200.0)
+    ap.add_argument("--cases", type=int, default=12)
+    ap.add_argument("--allow-cut", action="store_true", help="keep X-rays whose edges cut the part")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rot", type=float, default=5.0)
+    ap.add_argument("--trans", type=float, default=15.0)
+    ap.add_argument("--detector", type=int, default=256)
+    ap.add_argument("--modes", nargs="+", default=["part", "fits"], choices=MODES)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    from xraypose.camera import Camera
+    from xraypose.cli.steps import window_views
+    from xraypose.metrics import pose_errors
+    from xraypose.preprocess import preprocess
+    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register.api import register_xray
+    from xraypose.register.cases import CaseMaker
+    from xraypose.sampling import PoseSampler
+    from xraypose.structure import prepare_ct, structure_weights
+    from xraypose.volume import load_ct, load_sample_ct
+
+    vol = load_sample_ct() if a.ct == "sample" else load_ct(a.ct)
+    at = None if a.at is None else [float(x) for x in a.at.split(",")]
+    mask, centre, fid = part_mask(vol, a.radius, at, a.bone_hu, a.seed)
+    prep = prepare_ct(vol, density="linear", mask=mask)
+    b = prep.box
+    sides = [round(float((b[k] - b[0]).norm()), 1) for k in (4, 2, 1)]  # Volume.corners' order
+    what = "the piece of bone at" if a.radius is None else f"bone within {a.radius:g} mm of"
+    print(f"CT {a.ct} {tuple(vol.shape)}; part: {int(mask.sum())} voxels, {what} "
+          f"{[round(float(x), 1) for x in centre]}, box {sides} mm; CPU {cpu_model()}, {a.threads} thread(s)",
+          flush=True)
+    cam = Camera(sdd=1020.0, height=a.detector, width=a.detector, delx=280.0 / a.detector)
+    # poses about the part (the C-arm's isocenter at its centre): X-rays of the whole CT that see the part
+    maker = CaseMaker(vol, camera=cam, collimator_px=4, seed=a.seed,
+                      sampler=PoseSampler.for_volume(prep.volume, sod=612.0))
+    base = {"num_threads": a.threads, "record_trajectory": False}
+    regs = {mode: Registrar(prep.volume, RegistrationConfig(**mode_settings(mode, base, prep.density)),
+                            isocenter=prep.isocenter) for mode in a.modes}
+    rows = []
+    i = 0
+    while len(rows) < a.cases and i < 5 * a.cases:
+        c = maker.case(i)
+        i += 1
+        pre = preprocess(c.raw, c.raw_camera, crop=maker.collimator_px + 2, blur=(5, 1.0), log=True,
+                         i0=float(c.raw.max()), rescale=True)
+        T0 = maker.starts(c, a.rot, a.trans)
+        try:
+            (px,), (w,) = window_views([pre], [T0], prep, ["x"])
+            foot = torch.nonzero(structure_weights(prep.volume, pre.camera, c.true_pose, prep.density, margin_mm=0.0))
+            cut = len(foot) and (int(foot.min()) < 2 or int(foot[:, 0].max()) > pre.camera.height - 3
+                                 or int(foot[:, 1].max()) > pre.camera.width - 3)
+            if not len(foot) or (cut and not a.allow_cut):
+                raise ValueError("the part is not wholly inside the X-ray at the truth")
+        except Exception as e:  # the part outside the X-ray at the start or the truth: another case
+            print(f"case {i - 1}: skipped ({e})", flush=True)
+            continue
+        e0 = float(pose_errors(T0, c.true_pose, fid, c.camera)["mtre"])
+        row = {"case": i - 1, "start_mtre": e0}
+        for mode in a.modes:
+            t = time.perf_counter()
+            out = register_xray(prep.volume, px.image, px.camera, T0, registrar=regs[mode], hypotheses=False,
+                                masks=w, confidence=False)[0]
+            dt = time.perf_counter() - t
+            e = float(pose_errors(out.camera_to_world, c.true_pose, fid, c.camera)["mtre"])
+            row[mode] = {"mtre": e, "seconds": dt}
+        rows.append(row)
+        print(f"case {row['case']}: start {e0:.1f} mm; " + "; ".join(
+            f"{m} {row[m]['mtre']:.2f} mm {row[m]['seconds']:.1f} s" for m in a.modes), flush=True)
+    table = {}
+    for mode in a.modes:
+        es = sorted(r[mode]["mtre"] for r in rows)
+        ts = [r[mode]["seconds"] for r in rows]
+        n = len(es)
+        table[mode] = {"n": n, "lt1": sum(e < 1 for e in es) / n, "lt2": sum(e < 2 for e in es) / n,
+                       "median_mm": statistics.median(es), "p90_mm": es[min(n - 1, math.ceil(0.9 * n) - 1)],
+                       "median_s": statistics.median(ts)}
+    print("\n| mode | n | < 1 mm | < 2 mm | median | p90 | median time |\n|---|---|---|---|---|---|---|")
+    for mode, t in table.items():
+        print(f"| {mode} | {t['n']} | {t['lt1']:.0%} | {t['lt2']:.0%} | {t['median_mm']:.2f} mm | "
+              f"{t['p90_mm']:.2f} mm | {t['median_s']:.1f} s |")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+                                      "cpu": cpu_model(), "part": {"voxels": int(mask.sum()), "centre": centre.tolist(),
+                                                                   "box_sides_mm": sides},
+                                      "levels": {m: [vars(lv) for lv in regs[m].config.levels] for m in a.modes},
+                                      "cases": rows, "table": table}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
