@@ -15,7 +15,8 @@ with each ``--modes``:
 * ``fits``: the same with the levels' fits of the body's intensity model left on (bone multiplier,
   tissue channel, monotone curve: as before 2026-12-04);
 * ``part-from32``: ``part`` without the default schedule's 16-row level;
-* ``part-fast``: ``part`` on the fast schedule (``--fast``: 24 and 48 rows, 8 and 4 mm).
+* ``part-fast``: ``part`` on the fast schedule (``--fast``: 24 and 48 rows, 8 and 4 mm);
+* ``part-noshift``: ``part`` without the shift search of the first level's starts.
 
     python benchmarks/structure.py --ct ../shared/data/ct/abdomen_pancreas_ct_cbct_001/Pancreas-CT-CB_001_CT.nii.gz \
         --radius 25 --cases 12 --json out.json
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 F64 = torch.float64
-MODES = ("part", "fits", "part-from32", "part-fast")
+MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift")
 
 
 def cpu_model() -> str:
@@ -87,6 +88,8 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
         return {**part_settings(base, density), "levels": DEFAULT_LEVELS}
     if mode == "part-from32":
         return part_settings({**base, "levels": tuple(lv for lv in DEFAULT_LEVELS if lv.size >= 32)}, density)
+    if mode == "part-noshift":
+        return part_settings({**base, "shift_search": None}, density)
     if mode == "part-fast":
         return part_settings({**base, "levels": FAST_LEVELS}, density)
     return part_settings(base, density)
