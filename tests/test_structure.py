@@ -204,3 +204,28 @@ def test_cli_registers_to_a_ct_cropped_to_one_bone(tmp_path, volume, bone, capsy
     assert "taken for padding of a cropped CT" in out.out
     T = torch.tensor(json.loads((tmp_path / "out" / "pose.json").read_text())["camera_to_world"], dtype=F64)
     assert float(pose_errors(T, c.true_pose, c.fiducials, c.camera)["mtre"]) < 3.0
+
+
+def test_footprint_weights_follow_the_pose_and_fall_back_to_the_frames_mask(volume, left_bone):
+    """FootprintWeights: the structure's footprint at the pose given (moving the pose moves it), times the
+    frame's own mask; the frame's mask alone where the structure left the view; remembered per pose."""
+    from xraypose.register.cases import CaseMaker
+    from xraypose.structure import FootprintWeights, structure_weights
+
+    prep = prepare_ct(volume, "linear", mask=left_bone.bool())
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    T = CaseMaker(volume, camera=cam).true_pose(2)[0]
+    own = torch.ones(2, 1, PX, PX)
+    own[1, 0, :, : PX // 2] = 0.0
+    fw = FootprintWeights(prep.volume, cam, prep.density, own, margin_mm=0.0)
+    w0 = fw(0, T)
+    assert torch.equal(w0, structure_weights(prep.volume, cam, T, prep.density, margin_mm=0.0))
+    assert 0.05 < float(w0.mean()) < 0.95
+    moved = T.clone()
+    moved[:3, 3] += 40.0 * T[:3, 0]  # 40 mm along the detector's columns
+    assert not torch.equal(fw(0, moved), w0)
+    assert float(fw(1, T)[:, : PX // 2].max()) == 0.0 and torch.equal(fw(1, T)[:, PX // 2:], w0[:, PX // 2:])
+    far = T.clone()
+    far[:3, 3] += 600.0 * T[:3, 0]
+    assert torch.equal(fw(1, far), own[1, 0])
+    assert fw(0, T) is fw(0, T)

@@ -22,6 +22,10 @@ cropped to one bone (issue 14, item 3).
   ``margin_mm`` (default :data:`MARGIN_MM`) at the structure's depth, so the other anatomy is
   mostly left out; the crop is fixed for the whole registration (its camera follows: the pose
   found is the X-ray's).  A structure that projects outside an X-ray at the start is refused.
+* **A sequence** (``xraypose track``): every frame of a view is cropped to one window, where the
+  structure projects at the first frame's start plus :data:`MARGIN_MM` + :data:`TRACK_MARGIN_MM`
+  (the structure moves), and each registration weighs its frame by the structure's footprint at
+  that registration's own start (:class:`FootprintWeights`: the weights follow the pose).
 * **A CT already cropped to one bone** (its surroundings a constant, typically 0): a constant
   that fills at least :data:`PADDING_FACE_SHARE` of the volume's six faces and is not air
   (> −500 HU; for ``"raw"``: not 0) is *padding* (:func:`padding_value`); every voxel of exactly
@@ -62,7 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF"]
+           "PART_LEVEL_OFF", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -76,6 +80,11 @@ PADDING_FACE_SHARE: float = 0.9
 FOOTPRINT_MARGIN_MM: float = 10.0
 #: The level settings :func:`part_settings` turns off for a part of a CT: the body's intensity model.
 PART_LEVEL_OFF: dict = {"fit_bone": False, "fit_tissue": False, "fit_curve": False}
+#: :class:`FootprintWeights` gives a frame's own mask instead where the footprint covers less than this share.
+MIN_FOOTPRINT_SHARE: float = 0.05
+#: A sequence's frames are windowed where the structure projects at the first frame's start plus
+#: :data:`MARGIN_MM` and this much more (mm at its depth): the structure moves during the sequence.
+TRACK_MARGIN_MM: float = 30.0
 #: The smallest X-ray window (pixels per side; the registration needs at least 16).
 MIN_WINDOW_PX: int = 16
 
@@ -348,6 +357,37 @@ def structure_weights(volume: Volume, camera: Camera, camera_to_world, density: 
     if r > 0:
         foot = F.max_pool2d(foot[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
     return foot.to(torch.float32)
+
+
+class FootprintWeights:
+    """Pixel weights that follow the pose (a sequence's frames: the structure moves): ``weights(f,
+    camera_to_world)`` is :func:`structure_weights` of ``volume`` at that pose on ``camera``'s
+    (H, W) image, times frame ``f``'s own mask (``masks``: (F, 1, H, W) or None; preprocessing's, a
+    saturated plateau, a collimator's shadow).  Where the footprint covers less than
+    :data:`MIN_FOOTPRINT_SHARE` of the image (the structure left the view at that pose) the frame's own
+    mask (or ones) is given instead: the registration then sees the whole frame, and its verdict says
+    what became of it.  The last few poses are remembered (the check reads the frame again)."""
+
+    def __init__(self, volume: "Volume", camera: Camera, density: str = "raw", masks=None,
+                 margin_mm: float = FOOTPRINT_MARGIN_MM):
+        self.volume, self.camera, self.density, self.margin_mm = volume, camera, density, float(margin_mm)
+        self.masks = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
+        self._memo: dict = {}
+
+    def __call__(self, f: int, camera_to_world) -> torch.Tensor:
+        T = torch.as_tensor(camera_to_world, dtype=F64).reshape(4, 4)
+        key = (int(f), tuple(T.flatten().tolist()))
+        if key not in self._memo:
+            H, W = self.camera.height, self.camera.width
+            own = torch.ones(H, W) if self.masks is None else self.masks[int(f)].reshape(H, W)
+            w = structure_weights(self.volume, self.camera, T, density=self.density, margin_mm=self.margin_mm)
+            w = w * own
+            if float(w.mean()) < MIN_FOOTPRINT_SHARE:
+                w = own
+            if len(self._memo) >= 8:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = w
+        return self._memo[key]
 
 
 def window_image(image, camera: Camera, window):

@@ -259,6 +259,9 @@ def track_command(
                              foreign_steps=cfg_kw["foreign_steps"])
     if callable(start):
         start = rig_start(start(views[r][0][:1], views[r][1])[0], views[r][2])
+    windows = None
+    if cts.part:  # the frames windowed where the part projects, weighed by its footprint at every start
+        views, windows = _structure_views(views, start, cts.prepared, names)
     blur = blur_prediction = None
     if predict_blur:
         from xraypose.register.tracking import BLUR_TURN_DEG
@@ -273,6 +276,8 @@ def track_command(
     if blur_prediction is not None:
         _date_predictions(blur_prediction, res)
         doc["blur_prediction"] = blur_prediction
+    if windows is not None:
+        doc["structure_windows"] = windows
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
@@ -339,6 +344,34 @@ def _start_view_index(start_view: str | None, names: list[str], frames) -> int:
     if not hits:
         raise InputError(f"--start-view {start_view!r} is none of the views ({', '.join(names)})")
     return hits[0]
+
+
+def _structure_views(views, start, prep, names):
+    """(views, windows): each view's frames cropped to the window where the structure (``prep``, a
+    :class:`~xraypose.structure.PreparedCT`) projects at the start (``start`` @ the view's
+    camera_to_rig) plus ``MARGIN_MM`` + ``TRACK_MARGIN_MM``, and its masks made
+    :class:`~xraypose.structure.FootprintWeights` (the structure's footprint at each registration's
+    start times the frame's own mask); windows as {view: {"top", "left", "height", "width",
+    "margin_mm"}}.  A structure that projects outside a view at the start is refused."""
+    import torch
+
+    from xraypose.structure import MARGIN_MM, TRACK_MARGIN_MM, FootprintWeights, structure_window, window_image
+
+    margin = MARGIN_MM + TRACK_MARGIN_MM
+    out, windows = [], {}
+    for n, (imgs, cam, C, masks) in zip(names, views):
+        T = torch.as_tensor(start, dtype=torch.float64) @ torch.as_tensor(C, dtype=torch.float64)
+        w = structure_window(cam, T, prep.box, margin_mm=margin)
+        if w is None:
+            raise InputError(f"the structure projects outside {'the frames' if len(views) == 1 else f'the view {n}'} "
+                             "at the start pose; give a start that sees it there")
+        top, left, h, wd = w
+        _, cam_w = window_image(imgs[0, 0], cam, w)
+        imgs_w = imgs[..., top:top + h, left:left + wd].contiguous()
+        masks_w = None if masks is None else masks[..., top:top + h, left:left + wd].contiguous()
+        out.append((imgs_w, cam_w, C, FootprintWeights(prep.volume, cam_w, prep.density, masks_w)))
+        windows[n] = {"top": top, "left": left, "height": h, "width": wd, "margin_mm": margin}
+    return out, windows
 
 
 def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: int, i0):

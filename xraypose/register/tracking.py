@@ -214,7 +214,7 @@ def _sequence_views(frames, camera, views, masks=None) -> list:
         if int(imgs.shape[0]) != n_frames:
             raise InputError(f"view {i} has {int(imgs.shape[0])} frames, view 0 has {n_frames}")
         m = v[3] if len(v) == 4 else None
-        if m is not None:
+        if m is not None and not callable(m):
             m = image_batch(m, "the pixel masks").to(torch.float32)
             want = (n_frames, 1, *imgs.shape[-2:])
             if tuple(m.shape) != want:
@@ -224,10 +224,25 @@ def _sequence_views(frames, camera, views, masks=None) -> list:
     return out
 
 
-def _frame_views(views, f: int) -> list:
+def _frame_views(views, f: int, T0=None) -> list:
     """Frame ``f`` of every view: N tuples ``(image (1, 1, H, W), camera, camera_to_rig, mask (1, 1, H, W)
-    or None)``."""
-    return [(torch.as_tensor(v[0])[f:f + 1], v[1], v[2], None if v[3] is None else v[3][f:f + 1]) for v in views]
+    or None)``.  A view's masks given as a callable ``masks(f, camera_to_world (4, 4)) -> (H, W)`` (weights
+    that follow the start, e.g. a structure's footprint: :class:`xraypose.structure.FootprintWeights`)
+    are drawn at the frame's start ``T0`` (4, 4; ``rig_to_world`` composed with the view's
+    camera_to_rig for a rig)."""
+    out = []
+    for v in views:
+        m = v[3]
+        if callable(m):
+            if T0 is None:
+                raise InputError("a sequence's masks that follow the pose need the frame's start pose")
+            T = torch.as_tensor(T0, dtype=F64).reshape(4, 4)
+            w = torch.as_tensor(m(f, T if v[2] is None else T @ torch.as_tensor(v[2], dtype=F64)), dtype=torch.float32)
+            m = w.reshape(1, 1, *torch.as_tensor(v[0]).shape[-2:])
+        elif m is not None:
+            m = m[f:f + 1]
+        out.append((torch.as_tensor(v[0])[f:f + 1], v[1], v[2], m))
+    return out
 
 
 def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence: bool):
@@ -238,7 +253,7 @@ def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence:
     Returns:
         (RegistrationResult of one element, its Confidence or None when not checked).
     """
-    res = reg.register_views(_frame_views(views, f), T0[None], curvature=curvature)
+    res = reg.register_views(_frame_views(views, f, T0), T0[None], curvature=curvature)
     return res, (_check_frame(reg, f, res, T0, views=views) if confidence else None)
 
 
@@ -247,12 +262,11 @@ def _check_frame(reg, f: int, res, T0, *, views: list):
     Confidence, or None when the check is unavailable.  Reads only (the registrar's cached volumes,
     the frame), so it may run beside the next frame's registration (``track_sequence``'s
     ``overlap_check``)."""
+    fv = _frame_views(views, f, T0)
     if len(views) == 1 and views[0][2] is None:
-        m = views[0][3]
-        chk = _check(reg, torch.as_tensor(views[0][0])[f:f + 1], views[0][1], res.poses, T0[None],
-                     None if m is None else m[f:f + 1])
+        chk = _check(reg, fv[0][0], views[0][1], res.poses, T0[None], fv[0][3])
         return chk[0] if chk else None
-    return _check_views(reg, _frame_views(views, f), res.poses[0], T0)
+    return _check_views(reg, fv, res.poses[0], T0)
 
 
 def _bad(res, chk, unlikely=None) -> bool:
@@ -368,7 +382,10 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             the sequence's wall-clock time).
         masks: optional (F, 1, H, W) or (F, H, W) pixel weights in [0, 1] of the frames (0: not to be
             trusted — preprocessing's ``mask``: a saturated plateau, a collimator's shadow); every
-            frame's registration weighs its pixels by them, as ``register``'s ``masks`` do.
+            frame's registration weighs its pixels by them, as ``register``'s ``masks`` do.  Or a
+            callable ``masks(f, camera_to_world (4, 4)) -> (H, W)`` drawn at each registration's start
+            (weights that follow the pose: a structure's footprint,
+            :class:`xraypose.structure.FootprintWeights`); likewise a rig view's 4th element.
         blur: the detector's intensity-domain blur as ``RegistrationConfig.blur_coefficient`` (a
             number <= 0, calibrated where the pose is known:
             :meth:`~xraypose.register.Registrar.measure_blur`), held for every frame; None
