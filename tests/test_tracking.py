@@ -624,6 +624,14 @@ def test_cli_track_one_structure_windows_the_frames_and_weighs_each_at_its_start
         return out
 
     monkeypatch.setattr(tracking, "_frame_views", spy)
+    later = []
+    real_track = tracking.track_sequence
+
+    def spy_track(*a, **k):
+        later.append(k["tracking_levels"])
+        return real_track(*a, **k)
+
+    monkeypatch.setattr(tracking, "track_sequence", spy_track)
     run = _save_sequence(tmp_path / "in", sequence, n=3)
     lab = (volume.data > 200).numpy().astype(np.int16) * 4
     nib.save(nib.Nifti1Image(lab, volume.affine.numpy()), str(tmp_path / "lab.nii.gz"))
@@ -637,6 +645,7 @@ def test_cli_track_one_structure_windows_the_frames_and_weighs_each_at_its_start
     (win,) = doc["structure_windows"].values()
     assert win["margin_mm"] > 20.0 and 16 <= win["height"] <= PX and 16 <= win["width"] <= PX
     assert seen and all(c for _, c, _ in seen)  # weights drawn per registration, at its start
+    assert later and not any(lv.fit_bone or lv.fit_tissue or lv.fit_curve for lv in later[0])  # the part's levels
     assert {f for f, _, _ in seen} == {0, 1, 2}
     assert all(m is not None and tuple(m.shape[-2:]) == (win["height"], win["width"]) and float(m.min()) == 0.0
                for _, _, m in seen)  # the footprint, not ones

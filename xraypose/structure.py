@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
+           "PART_LEVEL_OFF", "part_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -123,20 +123,31 @@ def part_settings(config: dict, density: str) -> dict:
     ``match_capture=False``): the X-ray shows the whole body, the DRR only the part, so their quantile
     map is no intensity relationship (matched, the part's registration ran 5 mm off in
     tests/test_structure.py's cases, and the real wrist's radius fell from 0.56 to 0.15); and the
-    schedule's levels (``config["levels"]``, default :data:`~xraypose.register.DEFAULT_LEVELS`) without
-    the fits of the body's intensity model (:data:`PART_LEVEL_OFF`: the bone multiplier, the tissue
-    channel, the monotone curve) — they describe how the whole body's soft tissue and bone make the
-    X-ray, which a DRR of the part alone does not hold (with them, started at the truth, the part ran
-    14–205 mm away on simulated X-rays: ``benchmarks/structure.py``, docs/registration.md)."""
-    import dataclasses
-
+    schedule's levels (``config["levels"]``, default :data:`~xraypose.register.DEFAULT_LEVELS`) as
+    :func:`part_levels` makes them."""
     from xraypose.register import DEFAULT_LEVELS
-    from xraypose.register.config import _level
 
     sim = config.get("similarity", "mncc")
-    levels = tuple(dataclasses.replace(lv, **PART_LEVEL_OFF) for lv in map(_level, config.get("levels", DEFAULT_LEVELS)))
     return {**config, "density": density, "similarity": "gncc" if sim == "mncc" else sim,
-            "match_intensity": None, "match_capture": False, "levels": levels}
+            "match_intensity": None, "match_capture": False,
+            "levels": part_levels(config.get("levels", DEFAULT_LEVELS))}
+
+
+def part_levels(levels) -> tuple:
+    """A schedule (``levels``: :class:`~xraypose.register.config.Level` or their dicts) for a part of a CT:
+    the same levels without the fits of the body's intensity model (:data:`PART_LEVEL_OFF`: the bone
+    multiplier, the tissue channel, the monotone curve).  They describe how the whole body's soft tissue
+    and bone make the X-ray, which a DRR of the part alone does not hold (with them, started at the
+    truth, the part ran 14–205 mm away on simulated X-rays: ``benchmarks/structure.py``,
+    docs/registration.md).  The levels' volume resolution is kept: averaged finer in proportion to a
+    small part (the wrist's radius: 12 → 3.2 mm at the first level), the radius tracked from 5°/5 mm
+    off lost frame 0002 in 3 of 3 starts (12–16 mm) that the schedule as it is brought back to within
+    0.11 mm (scripts/wrist_track.py, docs/wrist.md)."""
+    import dataclasses
+
+    from xraypose.register.config import _level
+
+    return tuple(dataclasses.replace(lv, **PART_LEVEL_OFF) for lv in map(_level, levels))
 
 
 def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> torch.Tensor:

@@ -270,7 +270,8 @@ def track_command(
         blur, blur_prediction = _blur_predictor(reg.derive(levels=_later_levels(metal, edge_enhanced, scatter)), cts.volume, cams[r], seqs[r],
                                                 first[r], prep, turn)
     res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
-                                    edge_enhanced, scatter=scatter, blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
+                                    edge_enhanced, scatter=scatter, part=cts.part,
+                                    blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     if blur_prediction is not None:
@@ -399,16 +400,21 @@ def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: i
 
 
 def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, metal: bool = False,
-           motion: str = "smooth", edge_enhanced: bool = False, scatter: bool = False, **blur):
+           motion: str = "smooth", edge_enhanced: bool = False, scatter: bool = False, part: bool = False, **blur):
     """(frame results, pose name, camera_to_rig per view): the sequence tracked (a line printed per frame),
     in the start view's camera frame (its axes are the optimiser's); a rig's poses given back as
     rig_to_world.  ``metal``, ``edge_enhanced``, ``scatter``: the later frames' schedule (:func:`_later_levels`); ``motion``: the motion model
-    (:func:`~xraypose.register.tracking.track_sequence`); ``blur``: its ``blur`` and ``blur_turn_deg``."""
+    (:func:`~xraypose.register.tracking.track_sequence`); ``part``: a part of the CT is tracked (its later
+    levels as :func:`xraypose.structure.part_levels` makes them); ``blur``: its ``blur`` and ``blur_turn_deg``."""
     import torch
 
     from xraypose.register.tracking import track_sequence
 
     later = _later_levels(metal, edge_enhanced, scatter)
+    if part:  # a part of the CT: its levels (xraypose.structure.part_levels)
+        from xraypose.structure import part_levels
+
+        later = part_levels(later)
 
     Cr = views[r][2]
     Cr_inv = torch.linalg.inv(Cr)
