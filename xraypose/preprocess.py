@@ -61,6 +61,8 @@ __all__ = [
     "collimator_edges",
     "saturation_mask",
     "MIN_FIELD_FRACTION",
+    "FIELD_SHADOW_MIN_FRACTION",
+    "field_shadow",
 ]
 
 #: A saturated plateau: at least this share of the pixels exactly at the image's maximum intensity.
@@ -69,6 +71,8 @@ SATURATION_MIN_FRACTION = 0.01
 #: The smallest share of the detector a collimator may leave (:func:`collimator_edges`): below
 #: it, registration would rest on a few centimetres of anatomy, and :func:`preprocess` refuses.
 MIN_FIELD_FRACTION = 0.25
+#: :func:`field_shadow` counts a round field's shadow covering at least this share of the image.
+FIELD_SHADOW_MIN_FRACTION = 0.02
 
 #: Right-multiply a camera_to_world pose by this to turn the camera 180° about
 #: its principal axis (what a 180° rotation of the image does to the pose):
@@ -631,24 +635,72 @@ def saturation_mask(image) -> torch.Tensor | None:
     return sat
 
 
+def field_shadow(image, tol: float = 0.02) -> torch.Tensor | None:
+    """(H, W) bool, True outside a round (or any convex) field — an image intensifier's circle, an iris
+    collimator — or None when there is none.
+
+    ``image`` (H, W) in the registration's form (line integrals: more attenuation = larger).  Outside
+    the field nothing reaches the detector: a flat plateau at the image's maximum attenuation (as
+    :func:`collimator_edges`: within ``tol`` of the robust range below its 99.5th percentile).  Outside a
+    convex field every row (column) holds it as a run from each of its ends, so the shadow is the union
+    of the runs from the four edges.  It counts only where it covers at least
+    :data:`FIELD_SHADOW_MIN_FRACTION` of the image and three of its four corners (a bone or a tool at
+    the image's edge does not); whole rows and columns are :func:`collimator_edges`' already.
+    """
+    img = as_image(image).detach().to(torch.float64)
+    H, W = img.shape
+    finite = img[torch.isfinite(img)]
+    if H < 2 or W < 2 or finite.numel() == 0:
+        return None
+    q = torch.quantile(finite[:: max(1, finite.numel() // 200_000)], torch.tensor([0.01, 0.995], dtype=img.dtype))
+    lo, hi = float(q[0]), float(q[1])
+    if not hi > lo:
+        return None
+    flat = img >= hi - tol * (hi - lo)
+    if sum(bool(flat[i, j]) for i in (0, H - 1) for j in (0, W - 1)) < 3:
+        return None
+
+    def runs(f: torch.Tensor) -> torch.Tensor:  # (n, m): True on each row's run of True from its start
+        return torch.cumprod(f.to(torch.uint8), dim=1).bool()
+
+    out = runs(flat) | runs(flat.flip(1)).flip(1) | runs(flat.T).T | runs(flat.T.flip(1)).flip(1).T
+    return out if float(out.double().mean()) >= FIELD_SHADOW_MIN_FRACTION else None
+
+
 def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor | None:
-    """A collimator's shadow left in the image: recorded in ``steps``, refused when it leaves < 25 %
+    """A collimator's shadow left in the image (whole rows and columns: :func:`collimator_edges`; the
+    outside of a round field: :func:`field_shadow`): recorded in ``steps``, refused when it leaves < 25 %
     of the image, else returned as an (H, W) float32 mask (0 in the shadow grown by ``grow`` px)."""
     t, b, l, r = collimator_edges(img)
-    if not (t or b or l or r):
-        return None
     H, W = img.shape
-    h, w = max(0, H - t - b), max(0, W - l - r)
-    frac = h * w / float(H * W)
-    steps.append({"step": "collimator_check", "edges": [t, b, l, r], "field_fraction": frac})
-    if frac < MIN_FIELD_FRACTION:
-        raise InputError(
-            f"the collimator leaves {100 * frac:.0f}% of the X-ray (flat borders of {t}, {b}, {l}, {r} px at the "
-            f"top, bottom, left, right); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed to register — is this "
-            "the right image?")
-    keep = torch.zeros(H, W, dtype=torch.float32)
     g = int(grow)
-    keep[(t + g if t else 0):H - (b + g if b else 0), (l + g if l else 0):W - (r + g if r else 0)] = 1.0
+    keep = None
+    if t or b or l or r:
+        h, w = max(0, H - t - b), max(0, W - l - r)
+        frac = h * w / float(H * W)
+        steps.append({"step": "collimator_check", "edges": [t, b, l, r], "field_fraction": frac})
+        if frac < MIN_FIELD_FRACTION:
+            raise InputError(
+                f"the collimator leaves {100 * frac:.0f}% of the X-ray (flat borders of {t}, {b}, {l}, {r} px at the "
+                f"top, bottom, left, right); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed to register — is "
+                "this the right image?")
+        keep = torch.zeros(H, W, dtype=torch.float32)
+        keep[(t + g if t else 0):H - (b + g if b else 0), (l + g if l else 0):W - (r + g if r else 0)] = 1.0
+    shadow = field_shadow(img)
+    if shadow is not None:
+        out = shadow.to(torch.float32)
+        if g > 0:
+            out = torch.nn.functional.max_pool2d(out[None, None], 2 * g + 1, stride=1, padding=g)[0, 0]
+        field = 1.0 - out
+        frac = float(field.mean()) if keep is None else float((field * keep).mean())
+        steps.append({"step": "field_check", "shadow_fraction": float(shadow.double().mean()),
+                      "field_fraction": frac})
+        if frac < MIN_FIELD_FRACTION:
+            raise InputError(
+                f"the round field leaves {100 * frac:.0f}% of the X-ray (the rest is flat at its maximum attenuation: "
+                f"nothing reached the detector there); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed to "
+                "register — is this the right image?")
+        keep = field if keep is None else keep * field
     return keep
 
 
