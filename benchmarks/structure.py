@@ -107,9 +107,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rot", type=float, default=5.0)
     ap.add_argument("--trans", type=float, default=15.0)
+    ap.add_argument("--starts", nargs="*", default=None, metavar="DEG/MM",
+                    help="several starts per X-ray (each registered; e.g. 0/0 3/10 10/40), in place of --rot/--trans")
     ap.add_argument("--detector", type=int, default=256)
     ap.add_argument("--modes", nargs="+", default=["part", "fits"], choices=MODES)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--check", action="store_true", help="also the confidence check's verdict of each result")
+    ap.add_argument("--check-model", choices=("part", "whole"), default="part",
+                    help="the check's model: the part model (as register --structure uses it) or the whole CT's")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -142,36 +147,49 @@ def main(argv=None) -> int:
     base = {"num_threads": a.threads, "record_trajectory": False}
     regs = {mode: Registrar(prep.volume, RegistrationConfig(**mode_settings(mode, base, prep.density)),
                             isocenter=prep.isocenter) for mode in a.modes}
+    if a.check_model == "part":
+        from xraypose.register.confidence import part_model
+
+        for r in regs.values():
+            r.confidence_model = part_model()
+    starts = [(a.rot, a.trans)] if not a.starts else [tuple(float(x) for x in st.split("/")) for st in a.starts]
     rows = []
-    i = 0
-    while len(rows) < a.cases and i < 5 * a.cases:
+    i = n_xrays = 0
+    while n_xrays < a.cases and i < 5 * a.cases:
         c = maker.case(i)
         i += 1
         pre = preprocess(c.raw, c.raw_camera, crop=maker.collimator_px + 2, blur=(5, 1.0), log=True,
                          i0=float(c.raw.max()), rescale=True)
-        T0 = maker.starts(c, a.rot, a.trans)
-        try:
-            (px,), (w,) = window_views([pre], [T0], prep, ["x"])
-            foot = torch.nonzero(structure_weights(prep.volume, pre.camera, c.true_pose, prep.density, margin_mm=0.0))
-            cut = len(foot) and (int(foot.min()) < 2 or int(foot[:, 0].max()) > pre.camera.height - 3
-                                 or int(foot[:, 1].max()) > pre.camera.width - 3)
-            if not len(foot) or (cut and not a.allow_cut):
-                raise ValueError("the part is not wholly inside the X-ray at the truth")
-        except Exception as e:  # the part outside the X-ray at the start or the truth: another case
-            print(f"case {i - 1}: skipped ({e})", flush=True)
+        foot = torch.nonzero(structure_weights(prep.volume, pre.camera, c.true_pose, prep.density, margin_mm=0.0))
+        cut = len(foot) and (int(foot.min()) < 2 or int(foot[:, 0].max()) > pre.camera.height - 3
+                             or int(foot[:, 1].max()) > pre.camera.width - 3)
+        if not len(foot) or (cut and not a.allow_cut):
+            print(f"case {i - 1}: skipped (the part is not wholly inside the X-ray at the truth)", flush=True)
             continue
-        e0 = float(pose_errors(T0, c.true_pose, fid, c.camera)["mtre"])
-        row = {"case": i - 1, "start_mtre": e0}
-        for mode in a.modes:
-            t = time.perf_counter()
-            out = register_xray(prep.volume, px.image, px.camera, T0, registrar=regs[mode], hypotheses=False,
-                                masks=w, confidence=False)[0]
-            dt = time.perf_counter() - t
-            e = float(pose_errors(out.camera_to_world, c.true_pose, fid, c.camera)["mtre"])
-            row[mode] = {"mtre": e, "seconds": dt}
-        rows.append(row)
-        print(f"case {row['case']}: start {e0:.1f} mm; " + "; ".join(
-            f"{m} {row[m]['mtre']:.2f} mm {row[m]['seconds']:.1f} s" for m in a.modes), flush=True)
+        n_xrays += 1
+        for rot, trans in starts:
+            T0 = maker.starts(c, rot, trans)
+            try:
+                (px,), (w,) = window_views([pre], [T0], prep, ["x"])
+            except Exception as e:  # the part outside the X-ray at this start
+                print(f"case {i - 1}, start {rot:g}/{trans:g}: skipped ({e})", flush=True)
+                continue
+            e0 = float(pose_errors(T0, c.true_pose, fid, c.camera)["mtre"])
+            row = {"case": i - 1, "start": f"{rot:g}/{trans:g}", "start_mtre": e0}
+            for mode in a.modes:
+                t = time.perf_counter()
+                out = register_xray(prep.volume, px.image, px.camera, T0, registrar=regs[mode], hypotheses=False,
+                                    masks=w, confidence=a.check)[0]
+                dt = time.perf_counter() - t
+                e = float(pose_errors(out.camera_to_world, c.true_pose, fid, c.camera)["mtre"])
+                row[mode] = {"mtre": e, "seconds": dt}
+                if a.check:
+                    row[mode].update(verdict=out.verdict, p_success=out.p_success, reason=out.reason,
+                                     signals=(out.confidence or {}).get("signals"))
+            rows.append(row)
+            print(f"case {row['case']} from {row['start']}: start {e0:.1f} mm; " + "; ".join(
+                f"{m} {row[m]['mtre']:.2f} mm {row[m]['seconds']:.1f} s {row[m].get('verdict', '')}"
+                for m in a.modes), flush=True)
     table = {}
     for mode in a.modes:
         es = sorted(r[mode]["mtre"] for r in rows)
@@ -180,6 +198,12 @@ def main(argv=None) -> int:
         table[mode] = {"n": n, "lt1": sum(e < 1 for e in es) / n, "lt2": sum(e < 2 for e in es) / n,
                        "median_mm": statistics.median(es), "p90_mm": es[min(n - 1, math.ceil(0.9 * n) - 1)],
                        "median_s": statistics.median(ts)}
+    if a.check:
+        for mode in a.modes:
+            for lo, hi in ((0, 1), (1, 2), (2, math.inf)):
+                vs = [r[mode]["verdict"] for r in rows if lo <= r[mode]["mtre"] < hi]
+                print(f"{mode}: {len(vs)} results {lo}-{hi} mm: " + ", ".join(
+                    f"{v} {vs.count(v)}" for v in ("ok", "uncertain", "failed")))
     print("\n| mode | n | < 1 mm | < 2 mm | median | p90 | median time |\n|---|---|---|---|---|---|---|")
     for mode, t in table.items():
         print(f"| {mode} | {t['n']} | {t['lt1']:.0%} | {t['lt2']:.0%} | {t['median_mm']:.2f} mm | "

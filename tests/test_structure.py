@@ -229,3 +229,34 @@ def test_footprint_weights_follow_the_pose_and_fall_back_to_the_frames_mask(volu
     far[:3, 3] += 600.0 * T[:3, 0]
     assert torch.equal(fw(1, far), own[1, 0])
     assert fw(0, T) is fw(0, T)
+
+
+def test_a_parts_results_are_judged_by_the_part_model(volume, bone):
+    """A part's DRR lacks the body, so the whole CT's model calls every result of it `failed`; the part
+    model (PreparedCT.registrar, the command line's) calls the part at the truth not `failed` and 25 mm off
+    not `ok`; a derived registrar keeps the model."""
+    from xraypose.preprocess import preprocess
+    from xraypose.register.confidence import assess, default_model, part_model
+    from xraypose.sampling import PoseSampler
+
+    spec = part_model().spec
+    assert "bone_multiplier:abslog" not in spec["features"] and "travel_mm:log" in spec["features"]
+    prep = prepare_ct(volume, "linear", mask=bone.bool())
+    cam = Camera(sdd=1020.0, height=128, width=128, delx=280.0 / 128)
+    maker = CaseMaker(volume, camera=cam, collimator_px=4, seed=1, sampler=PoseSampler.for_volume(prep.volume, sod=612.0))
+    c = maker.case(2)
+    pre = preprocess(c.raw, c.raw_camera, crop=6, blur=(5, 1.0), log=True, i0=float(c.raw.max()), rescale=True)
+    from xraypose.cli.steps import window_views
+
+    (px,), (w,) = window_views([pre], [c.true_pose], prep, ["x"])
+    reg = prep.registrar(num_threads=1)
+    assert reg.confidence_model is part_model() and reg.derive(levels=reg.config.levels[-1:]).confidence_model is part_model()
+    off = c.true_pose.clone()
+    off[:3, 3] += 25.0 * c.true_pose[:3, 0]
+    poses = torch.stack([c.true_pose, off])
+    img = px.image[None, None].expand(2, 1, *px.image.shape)
+    m = w[None, None].expand(2, 1, *w.shape)
+    truth, far = assess(reg, img, px.camera, poses, starts=torch.stack([c.true_pose, c.true_pose]), masks=m)
+    assert truth.verdict != "failed" and far.verdict != "ok" and truth.p_success > far.p_success
+    whole = assess(reg, img[:1], px.camera, poses[:1], starts=poses[:1], masks=m[:1], model=default_model())[0]
+    assert whole.verdict == "failed"  # what the shipped model made of it

@@ -108,6 +108,17 @@ class PreparedCT:
     notes: list = field(default_factory=list)
     density: str = "linear"
 
+    def registrar(self, **config):
+        """A :class:`~xraypose.register.Registrar` of this part (about :attr:`isocenter`), with
+        :meth:`registration_config`, its results judged by the part model
+        (:func:`xraypose.register.confidence.part_model`)."""
+        from xraypose.register import Registrar
+        from xraypose.register.confidence import part_model
+
+        reg = Registrar(self.volume, self.registration_config(**config), isocenter=self.isocenter)
+        reg.confidence_model = part_model()
+        return reg
+
     def registration_config(self, **config):
         """A :class:`~xraypose.register.RegistrationConfig` for this part: ``config`` (its keywords) with
         :func:`part_settings` applied."""

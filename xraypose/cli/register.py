@@ -103,7 +103,7 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
                   structure, label_map, label) -> None:
     """One X-ray: read, start, preprocess, register (a structure's window and weights), write, print."""
     from xraypose.io import check_output_folder
-    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register import RegistrationConfig
     from xraypose.register.api import register_xray
 
     check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
@@ -120,7 +120,7 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     cfg = RegistrationConfig(drr_blur=drr_blur(blur, px.shape[0], xr.shape[0], crop), **cfg_kw)
     truth = _true_pose(true_pose)
     fid = metric_fiducials(fiducials, truth)
-    reg = Registrar(cts.prepared.volume, cfg, isocenter=cts.registrar_isocenter)
+    reg = cts.registrar(cfg)
     px, weights, start = _window(px, start, cts, xray)
     out = register_xray(cts.volume, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
                         fiducials=fid, hypotheses=hypotheses, masks=weights)[0]

@@ -55,7 +55,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     resolved by :func:`xraypose.cli.options.check_init`). Returns the exit code (3 when the combined
     verdict is failed)."""
     from xraypose.io import check_output_folder
-    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register import RegistrationConfig
     from xraypose.register.multiview import ViewImage, register_rig
 
     check_output_folder(output)
@@ -69,7 +69,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
         cfg_kw = part_settings(cfg_kw, cts.prepared.density)
     pxs, Cs = _preprocess_views(names, xrs, views, crop, blur, size, i0)
     cfg = RegistrationConfig(drr_blur=drr_blur(blur, pxs[0].shape[0], xrs[0].shape[0], crop), **cfg_kw)
-    reg = Registrar(cts.prepared.volume, cfg, isocenter=cts.registrar_isocenter)
+    reg = cts.registrar(cfg)
     start, info = start_pose(init, px=pxs[r], camera_to_rig=Cs[r], view=views[r].name, model=model, vol=cts.volume,
                              pose_json=pose_json, angles=angles, sod=sod, iso=cts.isocenter,
                              allow_other_ct=allow_other_ct, foreign_steps=cfg_kw.get("foreign_steps", 12.0))

@@ -42,6 +42,18 @@ class RegistrationCT(NamedTuple):
         """(3,) the registrar's isocenter: ``--isocenter`` or the CT's centre, a part's own centre."""
         return self.isocenter if self.given_isocenter or not self.part else self.prepared.isocenter
 
+    def registrar(self, config):
+        """The :class:`~xraypose.register.Registrar` of what is registered, with ``config``; a part's
+        results judged by the part model (:func:`xraypose.register.confidence.part_model`)."""
+        from xraypose.register import Registrar
+
+        reg = Registrar(self.prepared.volume, config, isocenter=self.registrar_isocenter)
+        if self.part:
+            from xraypose.register.confidence import part_model
+
+            reg.confidence_model = part_model()
+        return reg
+
 
 def load_registration_ct(ct: str, isocenter: str | None, density: str, structure=None, label_map=None,
                          label=None) -> RegistrationCT:

@@ -223,7 +223,7 @@ def track_command(
     xraypose track ct.nii.gz cam01/ cam02/ --rig rig.json --pose-json start.json -o track/
     """
     from xraypose.io import check_output_folder
-    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register import RegistrationConfig
     from xraypose.register.multiview import rig_start
 
     if start_view is not None and rig is None:
@@ -251,7 +251,7 @@ def track_command(
     views, first = _preprocess_sequences(names, seqs, cams, Cs, **prep)
     cfg = RegistrationConfig(drr_blur=drr_blur(prep["blur"], first[0].shape[0], seqs[0].shape[0], prep["crop"]),
                              **cfg_kw)
-    reg = Registrar(cts.prepared.volume, cfg, isocenter=cts.registrar_isocenter)
+    reg = cts.registrar(cfg)
     s = start_kw
     start, info = start_pose(s["init"], px=first[r], camera_to_rig=views[r][2], view=names[r], model=s["model"],
                              vol=cts.volume, pose_json=s["pose_json"], angles=s["angles"], sod=s["sod"],

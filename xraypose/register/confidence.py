@@ -53,7 +53,7 @@ from xraypose.register.config import Level
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
-           "assess", "assess_rig", "rig_signals", "merge_judgements", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
+           "PART_WEIGHTS_FILE", "part_model", "registrar_model", "assess", "assess_rig", "rig_signals", "merge_judgements", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
 
 F64 = torch.float64
 
@@ -72,6 +72,8 @@ RIG_STEP_BLUR_PX = 2.0
 
 #: The shipped model (written by ``benchmarks/confidence.py``).
 WEIGHTS_FILE = Path(__file__).with_name("confidence_weights.json")
+#: The model of a part of a CT's registrations (:func:`part_model`; ``benchmarks/structure_check.py``).
+PART_WEIGHTS_FILE = Path(__file__).with_name("confidence_weights_part.json")
 
 VERDICTS = ("ok", "uncertain", "failed")
 
@@ -589,6 +591,25 @@ def default_model() -> ConfidenceModel:
     return _MODEL
 
 
+def registrar_model(registrar) -> ConfidenceModel:
+    """The model that judges ``registrar``'s results: its ``confidence_model`` (e.g. a part of a CT's:
+    :func:`part_model`), else the shipped one."""
+    return getattr(registrar, "confidence_model", None) or default_model()
+
+
+_PART_MODEL: ConfidenceModel | None = None
+
+
+def part_model() -> ConfidenceModel:
+    """The model fitted on registrations of a part of a CT (:data:`PART_WEIGHTS_FILE`, loaded once):
+    a part's DRR lacks the body, so the shipped model's appearance signals call its every result
+    poor (benchmarks/structure.py --check)."""
+    global _PART_MODEL
+    if _PART_MODEL is None:
+        _PART_MODEL = ConfidenceModel.load(PART_WEIGHTS_FILE)
+    return _PART_MODEL
+
+
 def assess(registrar, images, camera: Camera, poses, *, starts=None, model: ConfidenceModel | None = None,
            masks=None) -> list:
     """:class:`Confidence` of each registered pose.
@@ -597,12 +618,12 @@ def assess(registrar, images, camera: Camera, poses, *, starts=None, model: Conf
         registrar: the CT's :class:`~xraypose.register.Registrar`.
         images: (B, 1, H, W) or (H, W) the registered X-rays; camera: their intrinsics.
         poses: (B, 4, 4) results; starts: (B, 4, 4) their starts (optional).
-        model: a :class:`ConfidenceModel` (default: the shipped one).
+        model: a :class:`ConfidenceModel` (default: the registrar's, :func:`registrar_model`).
         masks: the pixel weights the X-rays were registered with (:func:`measure_signals`), or None.
     Returns:
         one :class:`Confidence` per X-ray; never raises on a bad result (its verdict is "failed").
     """
-    model = model or default_model()
+    model = model or registrar_model(registrar)
     t0 = time.perf_counter()
     T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
     try:
@@ -687,12 +708,12 @@ def assess_rig(registrar, views, *, model: ConfidenceModel | None = None) -> lis
         views: per view ``(image (H, W) or (1, 1, H, W), camera, camera_to_world (4, 4), start (4, 4) or
             None, mask (H, W) or (1, 1, H, W) or None)``: the X-ray as registered, its intrinsics, its
             pose at the joint result, at the joint start, and its pixel weights.
-        model: a :class:`ConfidenceModel` (default: the shipped one).
+        model: a :class:`ConfidenceModel` (default: the registrar's, :func:`registrar_model`).
     Returns:
         one :class:`Confidence` per view (never raises on a bad result: its verdict is "failed");
         combine them with :func:`xraypose.register.multiview.combine_confidences`.
     """
-    model = model or default_model()
+    model = model or registrar_model(registrar)
     t0 = time.perf_counter()
     sigs, poses = [], []
     for img, cam, pose, start, mask in views:

@@ -219,6 +219,9 @@ class Registrar:
         self._affine = volume.affine.to(F64)
         self._pyramid: dict = {}
         self.n_rot = ROTATION_PARAMETERIZATIONS[self.config.parameterization]
+        #: The confidence check's model of this registrar's results (None: the shipped one; a part of a
+        #: CT: :func:`xraypose.register.confidence.part_model`); :meth:`derive` keeps it.
+        self.confidence_model = None
 
     def derive(self, **changes) -> "Registrar":
         """A registrar of the same CT with some configuration fields changed (e.g. ``levels``),
