@@ -313,6 +313,7 @@ def main(argv=None) -> int:
     from xraypose.datasets import AutoscoperWrist
     from xraypose.io import atomic_write_json
     from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register.confidence import part_model
 
     full = AutoscoperWrist(args.data)
     ds = AutoscoperWrist(args.data, size=args.size)
@@ -330,6 +331,7 @@ def main(argv=None) -> int:
           f"{float((P_prox - P_dist).norm()):.1f} mm", flush=True)
     cfg = wrist_config(args.threads, args.set)
     reg = Registrar(vol, RegistrationConfig(**cfg))
+    reg.confidence_model = part_model()  # a part of the wrist: judged as xraypose register --structure judges it
     centre = vol.get_isocenter().to(F64)
     frames = args.frames or list(ds.frames)
     results = []
