@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -38,20 +37,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 F64 = torch.float64
 MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift")
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's model name (``lscpu``)."""
+    from benchmarks.appearance import machine
+
+    return machine()["cpu"] or "unknown"
 
 
 def part_mask(vol, radius: float | None, at=None, bone_hu: float = 200.0, seed: int = 0):

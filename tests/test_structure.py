@@ -97,22 +97,30 @@ def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
     assert [lv.size for lv in part_settings({"levels": FAST_LEVELS}, "raw")["levels"]] == [24, 48]
 
 
-def test_a_part_registered_from_the_truth_stays_there(volume, bone):
-    """The CT's bone alone against a realistic X-ray of the whole CT (96² px, a pose about the part), started
-    at the truth, with the default schedule: the part settings keep it within 5 mm (with the body's intensity
-    fits left on, this case ran 125 mm away: benchmarks/structure.py)."""
+def _whole_bone_case(volume, bone, px_rows: int):
+    """(PreparedCT of the CT's bone, a realistic X-ray case of the whole CT at a pose about the bone
+    (seed 1, case 2), its preprocessed X-ray windowed where the bone projects at the truth, the weights)."""
     from xraypose.cli.steps import window_views
     from xraypose.preprocess import preprocess
-    from xraypose.register import Registrar
-    from xraypose.register.api import register_xray
     from xraypose.sampling import PoseSampler
 
     prep = prepare_ct(volume, "linear", mask=bone.bool())
-    cam = Camera(sdd=1020.0, height=96, width=96, delx=280.0 / 96)
+    cam = Camera(sdd=1020.0, height=px_rows, width=px_rows, delx=280.0 / px_rows)
     maker = CaseMaker(volume, camera=cam, collimator_px=4, seed=1, sampler=PoseSampler.for_volume(prep.volume, sod=612.0))
     c = maker.case(2)
     pre = preprocess(c.raw, c.raw_camera, crop=6, blur=(5, 1.0), log=True, i0=float(c.raw.max()), rescale=True)
     (px,), (w,) = window_views([pre], [c.true_pose], prep, ["x"])
+    return prep, c, px, w
+
+
+def test_a_part_registered_from_the_truth_stays_there(volume, bone):
+    """The CT's bone alone against a realistic X-ray of the whole CT (96² px, a pose about the part), started
+    at the truth, with the default schedule: the part settings keep it within 5 mm (with the body's intensity
+    fits left on, this case ran 125 mm away: benchmarks/structure.py)."""
+    from xraypose.register import Registrar
+    from xraypose.register.api import register_xray
+
+    prep, c, px, w = _whole_bone_case(volume, bone, 96)
     reg = Registrar(prep.volume, prep.registration_config(num_threads=1, record_trajectory=False),
                     isocenter=prep.isocenter)
     out = register_xray(prep.volume, px.image, px.camera, c.true_pose, registrar=reg, hypotheses=False, masks=w,
@@ -235,20 +243,11 @@ def test_a_parts_results_are_judged_by_the_part_model(volume, bone):
     """A part's DRR lacks the body, so the whole CT's model calls every result of it `failed`; the part
     model (PreparedCT.registrar, the command line's) calls the part at the truth not `failed` and 25 mm off
     not `ok`; a derived registrar keeps the model."""
-    from xraypose.preprocess import preprocess
     from xraypose.register.confidence import assess, default_model, part_model
-    from xraypose.sampling import PoseSampler
 
     spec = part_model().spec
     assert "bone_multiplier:abslog" not in spec["features"] and "travel_mm:log" in spec["features"]
-    prep = prepare_ct(volume, "linear", mask=bone.bool())
-    cam = Camera(sdd=1020.0, height=128, width=128, delx=280.0 / 128)
-    maker = CaseMaker(volume, camera=cam, collimator_px=4, seed=1, sampler=PoseSampler.for_volume(prep.volume, sod=612.0))
-    c = maker.case(2)
-    pre = preprocess(c.raw, c.raw_camera, crop=6, blur=(5, 1.0), log=True, i0=float(c.raw.max()), rescale=True)
-    from xraypose.cli.steps import window_views
-
-    (px,), (w,) = window_views([pre], [c.true_pose], prep, ["x"])
+    prep, c, px, w = _whole_bone_case(volume, bone, 128)
     reg = prep.registrar(num_threads=1)
     assert reg.confidence_model is part_model() and reg.derive(levels=reg.config.levels[-1:]).confidence_model is part_model()
     off = c.true_pose.clone()
