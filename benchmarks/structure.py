@@ -76,6 +76,37 @@ def part_mask(vol, radius: float | None, at=None, bone_hu: float = 200.0, seed: 
     return m, c, fid
 
 
+#: Near misses of a good result (``--moved``): (kind, mm or degrees).
+MOVES = (("across", 3.0), ("across", 6.0), ("turn", 2.0))
+
+
+def near_misses(reg, px, w, T, T0, case, fid, centre, seed: int = 0) -> list:
+    """Verdicts of ``T`` (4, 4) moved by each of :data:`MOVES` — across the view's beam in a seeded
+    direction, or turned about a seeded axis through ``centre`` — checked with ``reg``'s model as
+    registration's own check is (start ``T0``): [{"moved", "mtre", "verdict", "p_success", "signals"}]."""
+    from xraypose.geometry import make_transform, so3_exp
+    from xraypose.metrics import pose_errors
+    from xraypose.register.confidence import assess
+
+    g = torch.Generator().manual_seed(seed)
+    theta = float(torch.rand(1, generator=g)) * 2 * math.pi
+    axis = torch.randn(3, generator=g, dtype=F64)
+    out = []
+    for kind, amount in MOVES:
+        if kind == "across":
+            D = torch.eye(4, dtype=F64)
+            D[:3, 3] = amount * (math.cos(theta) * T[:3, 0] + math.sin(theta) * T[:3, 1])
+        else:
+            R = so3_exp(math.radians(amount) * axis / axis.norm())
+            D = make_transform(R, centre - R @ centre)
+        Q = D @ T
+        chk = assess(reg, px.image[None, None], px.camera, Q[None], starts=T0[None], masks=w[None, None])[0]
+        out.append({"moved": f"{kind}{amount:g}", "mtre": float(pose_errors(Q, case.true_pose, fid, case.camera)["mtre"]),
+                    "verdict": chk.verdict, "p_success": float(chk.p_success),
+                    "signals": {k: v for k, v in chk.to_dict()["signals"].items()}})
+    return out
+
+
 def mode_settings(mode: str, base: dict, density: str) -> dict:
     """RegistrationConfig keywords of one of :data:`MODES`."""
     from xraypose.register import DEFAULT_LEVELS, FAST_LEVELS
@@ -110,6 +141,9 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", default=["part", "fits"], choices=MODES)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--check", action="store_true", help="also the confidence check's verdict of each result")
+    ap.add_argument("--moved", action="store_true",
+                    help="with --check: each result below 1 mm also moved 3 and 6 mm across its beam and turned 2° "
+                         "about the part's centre, and checked there (near misses: where `ok` must stop)")
     ap.add_argument("--check-model", choices=("part", "whole"), default="part",
                     help="the check's model: the part model (as register --structure uses it) or the whole CT's")
     ap.add_argument("--json", type=Path, default=None)
@@ -183,6 +217,9 @@ def main(argv=None) -> int:
                 if a.check:
                     row[mode].update(verdict=out.verdict, p_success=out.p_success, reason=out.reason,
                                      signals=(out.confidence or {}).get("signals"))
+                if a.check and a.moved and e < 1.0:
+                    row[mode]["moved"] = near_misses(regs[mode], px, w, out.camera_to_world, T0, c, fid,
+                                                     prep.isocenter, seed=i)
             rows.append(row)
             print(f"case {row['case']} from {row['start']}: start {e0:.1f} mm; " + "; ".join(
                 f"{m} {row[m]['mtre']:.2f} mm {row[m]['seconds']:.1f} s {row[m].get('verdict', '')}"
@@ -195,6 +232,14 @@ def main(argv=None) -> int:
         table[mode] = {"n": n, "lt1": sum(e < 1 for e in es) / n, "lt2": sum(e < 2 for e in es) / n,
                        "median_mm": statistics.median(es), "p90_mm": es[min(n - 1, math.ceil(0.9 * n) - 1)],
                        "median_s": statistics.median(ts)}
+    if a.check and a.moved:
+        for mode in a.modes:
+            ms = [m for r in rows for m in r[mode].get("moved", [])]
+            for name in sorted({m["moved"] for m in ms}):
+                vs = [m["verdict"] for m in ms if m["moved"] == name]
+                e = sorted(m["mtre"] for m in ms if m["moved"] == name)
+                print(f"{mode}: {len(vs)} good results moved {name} (median {statistics.median(e):.1f} mm): " +
+                      ", ".join(f"{v} {vs.count(v)}" for v in ("ok", "uncertain", "failed")))
     if a.check:
         for mode in a.modes:
             for lo, hi in ((0, 1), (1, 2), (2, math.inf)):
