@@ -93,6 +93,7 @@ def fit(recs: list, C: float = 1.0) -> dict:
     ref = Z[y == 1].mean(0) if (y == 1).any() else np.zeros(len(FEATURES))
     return {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(), "coef": lr.coef_[0].tolist(),
             "intercept": float(lr.intercept_[0]), "reference": ref.tolist(), "guards": guards(recs),
+            "guard_reason": "range",
             "failed_below": {"coverage": 0.05}, "thresholds": dict(THRESHOLDS),
             "fit": {"by": "benchmarks/structure_check.py", "n": int(len(y)), "successes": int(y.sum()),
                     "cts": sorted({r["ct"] for r in recs})}}

@@ -259,3 +259,17 @@ def test_a_parts_results_are_judged_by_the_part_model(volume, bone):
     assert truth.verdict != "failed" and far.verdict != "ok" and truth.p_success > far.p_success
     whole = assess(reg, img[:1], px.camera, poses[:1], starts=poses[:1], masks=m[:1], model=default_model())[0]
     assert whole.verdict == "failed"  # what the shipped model made of it
+
+
+def test_a_signal_outside_the_fits_range_keeps_a_result_from_ok():
+    """A model whose guards are its fit's own range (guard_reason "range", as the part model's): a result the
+    logit calls ok but with a signal outside that range is `uncertain`, and says which signal and why."""
+    from xraypose.register.confidence import ConfidenceModel
+
+    m = ConfidenceModel({"features": ["ncc"], "mean": [0.0], "scale": [1.0], "coef": [10.0], "intercept": 0.0,
+                         "thresholds": {"ok": 0.9, "failed": 0.1}, "guards": {"ncc": [0.0, 0.5]},
+                         "guard_reason": "range"})
+    assert m.judge({"ncc": 0.4}).verdict == "ok"
+    j = m.judge({"ncc": 0.9})
+    assert j.p_success > 0.99 and j.verdict == "uncertain"
+    assert j.reason.startswith("ncc = 0.9 lies outside the 0–0.5 of the results this check was fitted on")

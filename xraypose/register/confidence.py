@@ -572,6 +572,10 @@ class ConfidenceModel:
                 guard = sig
                 break
         if guard is not None and verdict == "ok":
+            if self.spec.get("guard_reason") == "range":  # guards drawn from the fit's own data's range
+                x, (lo, hi) = signals.get(guard), self.guards[guard]
+                return Judgement(p, "uncertain", f"{guard} = {float(x):.3g} lies outside the {lo:.3g}–{hi:.3g} of the "
+                                 "results this check was fitted on: it cannot vouch for this one")
             return Judgement(p, "uncertain", _reason(guard, signals))
         if verdict == "ok":
             return Judgement(p, verdict, "the DRR matches the X-ray closely and the optimum is sharp")
