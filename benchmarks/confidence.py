@@ -315,12 +315,25 @@ def moved_key(r: dict) -> str:
     return f"{job_key(r)}/{r['moved']}"
 
 
+def moved_pose(P: torch.Tensor, kind: str, amount: float, theta: float, axis: torch.Tensor, centre) -> torch.Tensor:
+    """(4, 4) ``P`` (camera_to_world) moved ``amount`` mm across its beam in the direction ``theta`` (radians,
+    in the detector's plane) — ``kind`` "across" — or turned ``amount`` degrees about ``axis`` through
+    ``centre`` (world mm) — "turn"."""
+    from xraypose.geometry import make_transform, so3_exp
+
+    if kind == "across":
+        D = torch.eye(4, dtype=F64)
+        D[:3, 3] = amount * (math.cos(theta) * P[:3, 0] + math.sin(theta) * P[:3, 1])
+    else:
+        R = so3_exp(math.radians(amount) * axis / axis.norm())
+        D = make_transform(R, centre - R @ centre)
+    return D @ P
+
+
 def moved_records(records: list, runners: dict, cache_file: Path) -> list:
     """Poses a known distance from each good result (mTRE < 1 mm, not mismatched; :data:`MOVES`), with
     their signals and mTRE: the near misses a registration's own results rarely hold, where the check's
     ``ok`` must stop (the records' ``moved``: the move's name).  Cached in ``cache_file``."""
-    from xraypose.geometry import make_transform, so3_exp
-
     cached = load_records(cache_file, key=moved_key)
     out = []
     for r in records:
@@ -337,13 +350,7 @@ def moved_records(records: list, runners: dict, cache_file: Path) -> list:
             if f"{job_key(r)}/{name}" in cached:
                 out.append(cached[f"{job_key(r)}/{name}"])
                 continue
-            if kind == "across":
-                D = torch.eye(4, dtype=F64)
-                D[:3, 3] = a * (math.cos(theta) * P[:3, 0] + math.sin(theta) * P[:3, 1])
-            else:
-                R = so3_exp(math.radians(a) * axis / axis.norm())
-                D = make_transform(R, iso - R @ iso)
-            Q = D @ P
+            Q = moved_pose(P, kind, a, theta, axis, iso)
             ctx = ctx or record_context(runners, r)
             c, cam, _ = ctx
             sig = signals_at(ctx, r, Q)

@@ -84,7 +84,7 @@ def near_misses(reg, px, w, T, T0, case, fid, centre, seed: int = 0) -> list:
     """Verdicts of ``T`` (4, 4) moved by each of :data:`MOVES` — across the view's beam in a seeded
     direction, or turned about a seeded axis through ``centre`` — checked with ``reg``'s model as
     registration's own check is (start ``T0``): [{"moved", "mtre", "verdict", "p_success", "signals"}]."""
-    from xraypose.geometry import make_transform, so3_exp
+    from benchmarks.confidence import moved_pose
     from xraypose.metrics import pose_errors
     from xraypose.register.confidence import assess
 
@@ -93,13 +93,7 @@ def near_misses(reg, px, w, T, T0, case, fid, centre, seed: int = 0) -> list:
     axis = torch.randn(3, generator=g, dtype=F64)
     out = []
     for kind, amount in MOVES:
-        if kind == "across":
-            D = torch.eye(4, dtype=F64)
-            D[:3, 3] = amount * (math.cos(theta) * T[:3, 0] + math.sin(theta) * T[:3, 1])
-        else:
-            R = so3_exp(math.radians(amount) * axis / axis.norm())
-            D = make_transform(R, centre - R @ centre)
-        Q = D @ T
+        Q = moved_pose(T, kind, amount, theta, axis, centre)
         chk = assess(reg, px.image[None, None], px.camera, Q[None], starts=T0[None], masks=w[None, None])[0]
         out.append({"moved": f"{kind}{amount:g}", "mtre": float(pose_errors(Q, case.true_pose, fid, case.camera)["mtre"]),
                     "verdict": chk.verdict, "p_success": float(chk.p_success),
