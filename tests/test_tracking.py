@@ -652,6 +652,13 @@ def test_cli_track_one_structure_windows_the_frames_and_weighs_each_at_its_start
     errs = [float(pose_errors(torch.tensor(fr["camera_to_world"], dtype=F64), sequence["poses"][fr["frame"]],
                               sequence["fid"], sequence["camera"])["mtre"]) for fr in doc["frames"]]
     assert max(errs) < 5.0, errs  # without the windows and footprints this run ended 8.9 mm off on frame 0
+    far = sequence["start"].clone()
+    far[:3, 3] += 600.0 * far[:3, 0]  # looks 600 mm beside the structure
+    (tmp_path / "far.json").write_text(json.dumps({"camera_to_world": far.tolist()}))
+    code = main(["track", "sample", str(run), "-o", str(tmp_path / "bad"), "--pose-json", str(tmp_path / "far.json"),
+                 "--i0", "65000", "--fast", "--label-map", str(tmp_path / "lab.nii.gz"), "--label", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "the structure projects outside the frames at the start" in err, err
 
 
 def test_a_views_masks_may_follow_the_frames_start():

@@ -52,6 +52,7 @@ Units: mm; world = CT RAS mm.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -395,10 +396,15 @@ class FootprintWeights:
         self.volume, self.camera, self.density, self.margin_mm = volume, camera, density, float(margin_mm)
         self.masks = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
         self._memo: dict = {}
+        self._lock = threading.Lock()  # tracking checks a frame on a second thread while it registers the next
 
     def __call__(self, f: int, camera_to_world) -> torch.Tensor:
         T = torch.as_tensor(camera_to_world, dtype=F64).reshape(4, 4)
         key = (int(f), tuple(T.flatten().tolist()))
+        with self._lock:
+            return self._weights(f, T, key)
+
+    def _weights(self, f: int, T: torch.Tensor, key) -> torch.Tensor:
         if key not in self._memo:
             H, W = self.camera.height, self.camera.width
             own = torch.ones(H, W) if self.masks is None else self.masks[int(f)].reshape(H, W)
