@@ -383,8 +383,9 @@ def design(records: list, features=FEATURES):
     return X, y, ok
 
 
-def fit(records: list, features=FEATURES, C: float = 1.0) -> dict:
-    """A logistic model (scikit-learn) on the records: the weights-file dict without thresholds."""
+def logistic(records: list, features=FEATURES, C: float = 1.0) -> tuple:
+    """(the weights-file entries features, mean, scale, coef, intercept, reference; the usable records;
+    their fitted P(mTRE < 2 mm)) of a logistic model (scikit-learn) on the records' standardised inputs."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -396,13 +397,20 @@ def fit(records: list, features=FEATURES, C: float = 1.0) -> dict:
     Z = (X - mean) / scale
     lr = LogisticRegression(C=C, max_iter=5000).fit(Z, y)
     ref = Z[y == 1].mean(0) if (y == 1).any() else np.zeros(len(features))
-    p = lr.predict_proba(Z)[:, 1]
+    spec = {"features": list(features), "mean": mean.tolist(), "scale": scale.tolist(),
+            "coef": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0]), "reference": ref.tolist()}
+    return spec, used, lr.predict_proba(Z)[:, 1]
+
+
+def fit(records: list, features=FEATURES, C: float = 1.0) -> dict:
+    """A logistic model (scikit-learn) on the records: the weights-file dict without thresholds."""
+    import numpy as np
+
+    spec, used, p = logistic(records, features, C)
     i = int(np.argmin(np.abs(p - 0.5)))  # an example near the boundary: the runtime must reproduce it
     example = {"signals": {k: v for k, v in used[i]["signals"].items() if v is not None}, "p_success": float(p[i]),
                "case": job_key(used[i])}
-    return {"features": list(features), "mean": mean.tolist(), "scale": scale.tolist(),
-            "coef": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0]), "reference": ref.tolist(),
-            "guards": GUARDS, "failed_below": FAILED_BELOW, "example": example}
+    return {**spec, "guards": GUARDS, "failed_below": FAILED_BELOW, "example": example}
 
 
 def out_of_fold(records: list, features=FEATURES, C: float = 1.0, folds: int = 5) -> list:

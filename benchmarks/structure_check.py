@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.confidence import design  # noqa: E402
+from benchmarks.confidence import logistic  # noqa: E402
 from xraypose.register.confidence import PART_WEIGHTS_FILE, ConfidenceModel  # noqa: E402
 
 #: The part model's signals: the shipped model's without the bone multiplier (a part holds bone only),
@@ -80,22 +80,12 @@ def guards(recs: list) -> dict:
 
 
 def fit(recs: list, C: float = 1.0) -> dict:
-    """The weights-file dict (thresholds :data:`THRESHOLDS`) of a logistic model fitted on ``recs``."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    X, y, ok = design(recs, FEATURES)
-    X, y = X[ok], y[ok]
-    mean, scale = X.mean(0), X.std(0)
-    scale[scale < 1e-9] = 1.0
-    Z = (X - mean) / scale
-    lr = LogisticRegression(C=C, max_iter=5000).fit(Z, y)
-    ref = Z[y == 1].mean(0) if (y == 1).any() else np.zeros(len(FEATURES))
-    return {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(), "coef": lr.coef_[0].tolist(),
-            "intercept": float(lr.intercept_[0]), "reference": ref.tolist(), "guards": guards(recs),
-            "guard_reason": "range",
-            "failed_below": {"coverage": 0.05}, "thresholds": dict(THRESHOLDS),
-            "fit": {"by": "benchmarks/structure_check.py", "n": int(len(y)), "successes": int(y.sum()),
+    """The weights-file dict (thresholds :data:`THRESHOLDS`) of a logistic model fitted on ``recs``
+    (:func:`benchmarks.confidence.logistic`), its guards the successes' ranges (:func:`guards`)."""
+    spec, used, _ = logistic(recs, FEATURES, C)
+    return {**spec, "guards": guards(recs), "guard_reason": "range", "failed_below": {"coverage": 0.05},
+            "thresholds": dict(THRESHOLDS),
+            "fit": {"by": "benchmarks/structure_check.py", "n": len(used), "successes": sum(r["mtre"] < 2.0 for r in used),
                     "cts": sorted({r["ct"] for r in recs})}}
 
 

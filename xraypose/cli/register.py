@@ -108,10 +108,7 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
 
     check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
     cts = load_registration_ct(ct, isocenter, cfg_kw["density"], structure, label_map, label)
-    if cts.part:  # a part of the CT is registered: gradient NCC, the X-ray windowed and weighted
-        from xraypose.structure import part_settings
-
-        cfg_kw = part_settings(cfg_kw, cts.prepared.density)
+    cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
     xr = _read_xray(xray, angles, sod, read_kw, crop)
     start, init_info = _start(init, xr, xray, model=model, vol=cts.volume, pose_json=pose_json, sod=sod,
                               iso=cts.isocenter, allow_other_ct=allow_other_ct,

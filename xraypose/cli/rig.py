@@ -63,10 +63,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     names = [str(x) for x in xrays]
     r = _start_view_index(start_view, names, views)
     cts = load_registration_ct(ct, isocenter, cfg_kw.get("density", "linear"), structure, label_map, label)
-    if cts.part:  # a part of the CT: gradient NCC, the X-rays windowed and weighted
-        from xraypose.structure import part_settings
-
-        cfg_kw = part_settings(cfg_kw, cts.prepared.density)
+    cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
     pxs, Cs = _preprocess_views(names, xrs, views, crop, blur, size, i0)
     cfg = RegistrationConfig(drr_blur=drr_blur(blur, pxs[0].shape[0], xrs[0].shape[0], crop), **cfg_kw)
     reg = cts.registrar(cfg)

@@ -42,17 +42,21 @@ class RegistrationCT(NamedTuple):
         """(3,) the registrar's isocenter: ``--isocenter`` or the CT's centre, a part's own centre."""
         return self.isocenter if self.given_isocenter or not self.part else self.prepared.isocenter
 
+    def settings(self, cfg_kw: dict) -> dict:
+        """RegistrationConfig keywords for what is registered: a part's (:func:`xraypose.structure.part_settings`:
+        its density, gradient NCC, no intensity matching, no fits of the body's intensity model), else ``cfg_kw``."""
+        from xraypose.structure import part_settings
+
+        return part_settings(cfg_kw, self.prepared.density) if self.part else cfg_kw
+
     def registrar(self, config):
         """The :class:`~xraypose.register.Registrar` of what is registered, with ``config``; a part's
-        results judged by the part model (:func:`xraypose.register.confidence.part_model`)."""
+        (:meth:`xraypose.structure.PreparedCT.registrar`: judged by the part model)."""
         from xraypose.register import Registrar
 
-        reg = Registrar(self.prepared.volume, config, isocenter=self.registrar_isocenter)
         if self.part:
-            from xraypose.register.confidence import part_model
-
-            reg.confidence_model = part_model()
-        return reg
+            return self.prepared.registrar(config, isocenter=self.registrar_isocenter)
+        return Registrar(self.volume, config, isocenter=self.registrar_isocenter)
 
 
 def load_registration_ct(ct: str, isocenter: str | None, density: str, structure=None, label_map=None,

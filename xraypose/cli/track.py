@@ -244,10 +244,7 @@ def track_command(
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     r = _start_view_index(start_view, names, frames)
     cts = load_registration_ct(ct, start_kw["isocenter"], density, **structure_kw)
-    if cts.part:  # a part of the CT (one structure, a cropped CT)
-        from xraypose.structure import part_settings
-
-        cfg_kw = part_settings(cfg_kw, cts.prepared.density)
+    cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
     views, first = _preprocess_sequences(names, seqs, cams, Cs, **prep)
     cfg = RegistrationConfig(drr_blur=drr_blur(prep["blur"], first[0].shape[0], seqs[0].shape[0], prep["crop"]),
                              **cfg_kw)

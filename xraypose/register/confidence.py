@@ -34,6 +34,7 @@ Units: mm, radians; poses are camera_to_world (world = CT RAS mm).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -584,34 +585,27 @@ class ConfidenceModel:
         return Judgement(p, verdict, _reason(self.features[worst].partition(":")[0], signals))
 
 
-_MODEL: ConfidenceModel | None = None
+@functools.lru_cache(maxsize=None)
+def _loaded(path: Path) -> ConfidenceModel:
+    return ConfidenceModel.load(path)
 
 
 def default_model() -> ConfidenceModel:
-    """The shipped model (loaded once)."""
-    global _MODEL
-    if _MODEL is None:
-        _MODEL = ConfidenceModel.load()
-    return _MODEL
-
-
-def registrar_model(registrar) -> ConfidenceModel:
-    """The model that judges ``registrar``'s results: its ``confidence_model`` (e.g. a part of a CT's:
-    :func:`part_model`), else the shipped one."""
-    return getattr(registrar, "confidence_model", None) or default_model()
-
-
-_PART_MODEL: ConfidenceModel | None = None
+    """The shipped model (:data:`WEIGHTS_FILE`, loaded once)."""
+    return _loaded(WEIGHTS_FILE)
 
 
 def part_model() -> ConfidenceModel:
     """The model fitted on registrations of a part of a CT (:data:`PART_WEIGHTS_FILE`, loaded once):
     a part's DRR lacks the body, so the shipped model's appearance signals call its every result
     poor (benchmarks/structure.py --check)."""
-    global _PART_MODEL
-    if _PART_MODEL is None:
-        _PART_MODEL = ConfidenceModel.load(PART_WEIGHTS_FILE)
-    return _PART_MODEL
+    return _loaded(PART_WEIGHTS_FILE)
+
+
+def registrar_model(registrar) -> ConfidenceModel:
+    """The model that judges ``registrar``'s results: its ``confidence_model`` (e.g. a part of a CT's:
+    :func:`part_model`), else the shipped one."""
+    return getattr(registrar, "confidence_model", None) or default_model()
 
 
 def assess(registrar, images, camera: Camera, poses, *, starts=None, model: ConfidenceModel | None = None,
