@@ -48,6 +48,9 @@ total=$((wheels + tree))
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 echo "wheels $(mib "$wheels") + working tree that travels $(mib "$tree") = $(mib "$total") of the 64 MiB carry limit"
 if [ "$total" -gt "$LIMIT" ]; then
-    echo "too large for one device call: drop pydicom (gpu_check does not import it) or untracked files" >&2
+    echo "too large for one device call: drop pydicom (gpu_check does not import it) and move the" >&2
+    echo "benchmark results and figures out of the checkout for the call, then back (as on 2026-12-04):" >&2
+    echo "  mkdir -p ../aside && mv benchmarks/results docs/img ../aside/ && mv .whl/pydicom-*.whl ../aside/" >&2
+    echo "  ... device call ...;  mv ../aside/results benchmarks/ && mv ../aside/img docs/ && mv ../aside/pydicom-*.whl .whl/" >&2
     exit 1
 fi

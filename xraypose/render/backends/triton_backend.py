@@ -69,11 +69,14 @@ def _check_against_reference(device) -> str | None:
                                                                                    dtype=torch.float64)
     L = 500 + 100 * torch.rand(1, 40, generator=g, dtype=torch.float64)
     outs = []
-    for fn, dev, dt in ((reference, "cpu", torch.float64), (integrate_trilinear, device, torch.float32)):
-        args = [t.to(dev, dt).requires_grad_() for t in (o, d, L)]
-        y = fn(vol.to(dev, dt), *args, n_samples=23)
-        grads = torch.autograd.grad((y * y).sum(), args)
-        outs.append([y.detach().double().cpu()] + [x.double().cpu() for x in grads])
+    # Gradients on even when the first render runs under torch.no_grad() (inference, a benchmark's
+    # forward): without this the check itself failed there and the backend was lost for the process.
+    with torch.enable_grad():
+        for fn, dev, dt in ((reference, "cpu", torch.float64), (integrate_trilinear, device, torch.float32)):
+            args = [t.to(dev, dt).requires_grad_() for t in (o, d, L)]
+            y = fn(vol.to(dev, dt), *args, n_samples=23)
+            grads = torch.autograd.grad((y * y).sum(), args)
+            outs.append([y.detach().double().cpu()] + [x.double().cpu() for x in grads])
     for name, a, b in zip(("image", "d/origin", "d/direction", "d/length"), *outs):
         err = float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
         if not err < 1e-4:
