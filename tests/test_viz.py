@@ -57,3 +57,50 @@ def test_scene_with_pyvista_and_without(tmp_path, monkeypatch):
     im = np.asarray(Image.open(p).convert("RGB"))
     assert im.shape[:2] == (900, 900) and im.shape[:2] != mpl[::-1]  # PyVista's window, not matplotlib's figure
     assert (np.abs(im.astype(int) - 255).sum(-1) > 30).mean() > 0.02  # something drawn on the white background
+
+
+def _field_with_shadow(n: int = 48):
+    """A line-integral image: anatomy 0.2..1.0 inside a round field, 8.0 in the shadow around it
+    (after the log a dark shadow reads as a huge line integral), and the field's mask."""
+    v, u = np.mgrid[:n, :n]
+    inside = (u - n / 2) ** 2 + (v - n / 2) ** 2 < (0.4 * n) ** 2
+    img = np.where(inside, 0.2 + 0.8 * u / (n - 1), 8.0)
+    return img, inside
+
+
+def test_normalise_windows_inside_the_mask():
+    img, inside = _field_with_shadow()
+    plain = viz.normalise(img)
+    assert plain[inside].max() < 0.15  # min-max: the shadow takes the range, the field is dark
+    win = viz.normalise(img, inside)
+    assert win[inside].min() == 0.0 and win[inside].max() == 1.0
+    assert (win[~inside] == 1.0).all()  # clipped into the window
+    # a mask that cannot apply (another size, or empty) changes nothing
+    np.testing.assert_array_equal(viz.normalise(img, np.ones((3, 3))), plain)
+    np.testing.assert_array_equal(viz.normalise(img, np.zeros_like(inside)), plain)
+
+
+def test_track_overlay_uses_the_frames_masks():
+    """xraypose track's overlay.gif takes each frame's display window inside its mask (the wrist's
+    image-intensifier shadow made the whole animation dark before)."""
+    import imageio.v3 as iio
+
+    from xraypose.cli.track import _overlay_gif
+
+    ct = load_sample_ct()
+    img, inside = _field_with_shadow(48)
+    cam = Camera(sdd=1020.0, height=48, width=48, delx=6.0)
+    frames = torch.as_tensor(img, dtype=torch.float32)[None, None]
+    mask = torch.as_tensor(inside, dtype=torch.float32)[None, None]
+    T = carm_pose(0.0, 0.0, 620.0, ct.get_isocenter())
+
+    class R:  # the fields _overlay_gif reads of a tracked frame
+        index = 0
+        camera_to_world = T
+
+    rel = [torch.eye(4, dtype=torch.float64)]
+    dark = iio.imread(_overlay_gif(ct, "hu", [(frames, cam, None)], [R()], rel), index=0)
+    lit = iio.imread(_overlay_gif(ct, "hu", [(frames, cam, mask)], [R()], rel), index=0)
+    k = dark.shape[0] // 48  # the GIF is enlarged (nearest) to be readable
+    grey = lambda a: a[::k, ::k][:48, :48][..., 1][inside].astype(float)  # noqa: E731  (green: edges are orange)
+    assert grey(lit).mean() > 3 * grey(dark).mean()

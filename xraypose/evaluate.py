@@ -271,7 +271,8 @@ class PictureRenderer:
 
 
 def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: str, fiducials=None, true_pose=None,
-                       pictures: bool = True, renderer: PictureRenderer | None = None) -> tuple[dict, dict]:
+                       pictures: bool = True, renderer: PictureRenderer | None = None,
+                       mask=None) -> tuple[dict, dict]:
     """Write one registered X-ray's files into folder ``d``.
 
     Args:
@@ -283,6 +284,8 @@ def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: s
         true_pose: (4, 4) camera_to_world, or None.
         renderer: DRRs for the pictures (default: a :class:`PictureRenderer` of ``volume``;
             pass one to reuse it across cases).
+        mask: (H, W) the X-ray's trusted pixels (preprocessing's mask) or None: the pictures'
+            display window is taken inside it (a collimator's or a round field's shadow stays out).
     Returns:
         (row for metrics.csv, report section).
     """
@@ -311,8 +314,8 @@ def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: s
         drr = lambda poses: renderer(camera, poses)  # noqa: E731
         imgs = drr(torch.stack([reg.initial_pose.to(F64), T]))
         viz.save_comparison(d / "comparison.png", image, imgs[1], titles=("X-ray", "DRR at the result"),
-                            start=imgs[0], verdict=reg.verdict, p_success=reg.p_success)
-        viz.save_overlay(d / "overlay.png", image, imgs[1])
+                            start=imgs[0], verdict=reg.verdict, p_success=reg.p_success, mask=mask)
+        viz.save_overlay(d / "overlay.png", image, imgs[1], mask=mask)
         figures = [(d / "comparison.png", "X-ray, DRR at the start, DRR at the registered pose, difference"),
                    (d / "overlay.png", "DRR edges on the X-ray; checkerboard")]
         if uv_est is not None:
@@ -320,7 +323,7 @@ def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: s
             figures.append((d / "fiducials.png", "fiducials: truth (circles) and projected at the result (crosses)"))
         frames = _trajectory_frames(drr, reg)
         if frames:
-            viz.save_gif(d / "registration.gif", frames, xray=image)
+            viz.save_gif(d / "registration.gif", frames, xray=image, mask=mask)
             figures.append((d / "registration.gif", "the registration, DRR edges on the X-ray"))
         curves = _curves(reg, fiducials, true_pose)
         if curves:
@@ -629,7 +632,8 @@ def _register_cases(evalset: EvalSet, out: Path, names: list, start, config, pic
             results[i] = write_case_outputs(out / "cases" / names[i], evalset.volume, case.image, case.camera, reg,
                                             name=case.name, fiducials=case.fiducials if case.fiducials is not None
                                             else _picked_fiducials(reg),
-                                            true_pose=case.true_pose, pictures=pictures, renderer=pictures_renderer)
+                                            true_pose=case.true_pose, pictures=pictures, renderer=pictures_renderer,
+                                            mask=case.mask)
     except Exception as e:  # noqa: BLE001 - raised below, on every rank
         error = e
     shards.check(error)
@@ -663,7 +667,8 @@ def _register_rig(evalset: EvalSet, out: Path, names: list, start, config, pictu
     rr = register_rig(evalset.volume, views, init, registrar=registrar, true_rig_to_world=truth,
                       fiducials=cases[0].fiducials)
     d = out / "cases" / RIG_FOLDER
-    write_rig_registration(d, rr, images=[c.image for c in cases] if pictures else None, volume=evalset.volume)
+    write_rig_registration(d, rr, images=[c.image for c in cases] if pictures else None, volume=evalset.volume,
+                           masks=[c.mask for c in cases])
     heading = f"rig of {len(cases)} views: similarity {rr.similarity:.4f}, {rr.status}"
     if rr.verdict is not None:
         heading += f" · {rr.verdict} (P(mTRE < 2 mm) {rr.p_success:.2f})" + (

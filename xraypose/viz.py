@@ -34,9 +34,20 @@ def _np(img) -> np.ndarray:
     return np.squeeze(np.asarray(img, dtype=np.float64))
 
 
-def normalise(img) -> np.ndarray:
-    """Min–max to [0, 1] (a constant image gives zeros)."""
+def normalise(img, mask=None) -> np.ndarray:
+    """Min–max to [0, 1] (a constant image gives zeros).
+
+    With ``mask`` ((H, W), nonzero = a pixel to trust, e.g. preprocessing's
+    :attr:`~xraypose.preprocess.Preprocessed.mask`) the window is the min–max of the masked
+    pixels only, and the rest is clipped into it: a collimator's or an image intensifier's
+    shadow (line integrals far above the anatomy's after the log) no longer turns the field dark.
+    A mask of another size, or with no pixel set, is ignored.
+    """
     a = _np(img)
+    m = None if mask is None else _np(mask) > 0
+    if m is not None and m.shape == a.shape and m.any():
+        lo, hi = np.nanmin(a[m]), np.nanmax(a[m])
+        return np.zeros_like(a) if not hi > lo else np.clip((a - lo) / (hi - lo), 0.0, 1.0)
     lo, hi = np.nanmin(a), np.nanmax(a)
     return np.zeros_like(a) if not hi > lo else (a - lo) / (hi - lo)
 
@@ -74,11 +85,12 @@ VERDICT_COLORS = {"ok": "#11772e", "uncertain": "#9a6700", "failed": "#b3261e"}
 
 
 def save_comparison(path, xray, drr, titles=("X-ray", "DRR"), start=None, start_title="DRR at the start",
-                    verdict: str | None = None, p_success: float | None = None) -> Path:
+                    verdict: str | None = None, p_success: float | None = None, mask=None) -> Path:
     """X-ray and DRR side by side, with their difference; with ``start`` (the DRR where the
     registration began) between them; with ``verdict`` ("ok" | "uncertain" | "failed") and
-    ``p_success`` a coloured line above the panels says how far to trust the result."""
-    x, d = normalise(xray), normalise(drr)
+    ``p_success`` a coloured line above the panels says how far to trust the result.  ``mask``:
+    the X-ray's trusted pixels, which set its display window (:func:`normalise`)."""
+    x, d = normalise(xray, mask), normalise(drr)
     panels = [(x, titles[0])] + ([(normalise(start), start_title)] if start is not None else []) + \
         [(d, titles[1]), (x - d, "difference")]
     fig, ax = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6), dpi=100)
@@ -93,16 +105,17 @@ def save_comparison(path, xray, drr, titles=("X-ray", "DRR"), start=None, start_
     return _save(fig, path)
 
 
-def save_overlay(path, xray, drr, tiles: int = 8) -> Path:
-    """Edges of the DRR on the X-ray (left) and a checkerboard of both (right)."""
+def save_overlay(path, xray, drr, tiles: int = 8, mask=None) -> Path:
+    """Edges of the DRR on the X-ray (left) and a checkerboard of both (right); ``mask``: the
+    X-ray's trusted pixels, which set its display window (:func:`normalise`)."""
     fig, ax = plt.subplots(1, 2, figsize=(8, 4), dpi=100)
-    x = normalise(xray)
+    x = normalise(xray, mask)
     rgb = np.stack([x, x, x], -1)
     e = edges(drr)
     rgb[e] = [1.0, 0.3, 0.0]
     ax[0].imshow(rgb)
     ax[0].set_title("DRR edges on the X-ray")
-    ax[1].imshow(checkerboard(xray, drr, tiles), cmap="gray")
+    ax[1].imshow(checkerboard(x, drr, tiles), cmap="gray")
     ax[1].set_title("checkerboard X-ray / DRR")
     for a in ax:
         a.axis("off")
@@ -135,8 +148,9 @@ def save_fiducials(path, image, truth=None, estimate=None, names=None) -> Path:
     return _save(fig, path)
 
 
-def save_gif(path, frames, xray=None, duration: float = 0.08, min_size: int = 256) -> Path:
-    """An animation of DRRs (list of (H, W)); with ``xray``, each frame is the DRR's edges on it."""
+def save_gif(path, frames, xray=None, duration: float = 0.08, min_size: int = 256, mask=None) -> Path:
+    """An animation of DRRs (list of (H, W)); with ``xray``, each frame is the DRR's edges on it
+    (``mask``: the X-ray's trusted pixels, which set its display window)."""
     import imageio.v3 as iio
 
     out = []
@@ -145,7 +159,7 @@ def save_gif(path, frames, xray=None, duration: float = 0.08, min_size: int = 25
             g = normalise(f)
             out.append((255 * np.stack([g, g, g], -1)).astype(np.uint8))
         else:
-            x = normalise(xray)
+            x = normalise(xray, mask)
             rgb = np.stack([x, x, x], -1)
             rgb[edges(f)] = [1.0, 0.3, 0.0]
             out.append((255 * rgb).astype(np.uint8))

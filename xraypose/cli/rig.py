@@ -80,7 +80,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
              "xrays": [px.to_dict() for px in pxs], "init": info, "ct_notes": cts.prepared.notes}
     if (record := structure_record(structure, label_map, label)) is not None:
         extra["structure"] = record
-    _write(output, out, [px.image for px in pxs], cts.prepared.volume, extra, no_trajectory)
+    _write(output, out, [px.image for px in pxs], cts.prepared.volume, extra, no_trajectory, [px.mask for px in pxs])
     return _print_result(output, out, len(vims))
 
 
@@ -137,11 +137,12 @@ def _true_rig_to_world(true_pose: Path | None, C):
     return T if kind == "rig_to_world" else rig_start(T, C)
 
 
-def _write(output: Path, out, images, volume: Volume, extra: dict, no_trajectory: bool) -> None:
+def _write(output: Path, out, images, volume: Volume, extra: dict, no_trajectory: bool, masks=None) -> None:
     from xraypose.register.multiview import write_rig_registration
 
     write_or_print(lambda: write_rig_registration(output, out, images=images, volume=volume, extra=extra,
-                                                  trajectory=not no_trajectory), "rig_to_world", out.rig_to_world)
+                                                  trajectory=not no_trajectory, masks=masks),
+                   "rig_to_world", out.rig_to_world)
 
 
 def _print_result(output: Path, out, n_views: int) -> int:

@@ -67,9 +67,13 @@ def read_sequences(frames, rig: str | None, read_kw: dict):
 
 def _overlay_gif(volume: Volume, density: str, frames_views, results, rel) -> bytes:
     """An animated GIF: per frame, every view's frame (at most :data:`GIF_ROWS` rows) with the edges of the
-    DRR at its tracked pose in orange, the views side by side."""
+    DRR at its tracked pose in orange, the views side by side.  ``frames_views``: per view (frames (F, 1, H, W),
+    camera, masks): preprocessing's (F, 1, H, W) masks, a structure's
+    :class:`~xraypose.structure.FootprintWeights` (its preprocessing masks are used), or None; each frame's
+    display window is taken inside its mask."""
     import imageio.v3 as iio
     import numpy as np
+    import torch
 
     from xraypose.evaluate import PictureRenderer
     from xraypose.preprocess import resize
@@ -77,20 +81,25 @@ def _overlay_gif(volume: Volume, density: str, frames_views, results, rel) -> by
 
     renderer = PictureRenderer(volume, density=density, n_samples=192)
     small = []
-    for imgs, cam in frames_views:
+    for _imgs, cam, _masks in frames_views:
         h = min(GIF_ROWS, cam.height)
         w = max(1, round(cam.width * h / cam.height))
         small.append((h, w, cam.resize(h, w) if (h, w) != (cam.height, cam.width) else cam))
     out = []
     for fr in results:
         panels = []
-        for i, ((imgs, cam), (h, w, scam)) in enumerate(zip(frames_views, small)):
+        for i, ((imgs, cam, masks), (h, w, scam)) in enumerate(zip(frames_views, small)):
             x = imgs[fr.index, 0]
+            if masks is not None and not torch.is_tensor(masks):  # a structure's weights: their pixel masks
+                masks = getattr(masks, "masks", None)
+            m = None if masks is None else masks[min(fr.index, masks.shape[0] - 1), 0].to(torch.float32)
             if (h, w) != tuple(x.shape):
                 x = resize(x, cam, h, w)[0]
+                if m is not None:  # nearest: a pixel is trusted or not
+                    m = torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="nearest")[0, 0]
             T = fr.camera_to_world @ rel[i]
             d = renderer(scam, T[None])[0]
-            g = normalise(x)
+            g = normalise(x, m)  # the display window inside the frame's mask (a round field's shadow out)
             rgb = np.stack([g, g, g], -1)
             rgb[edges(d)] = [1.0, 0.3, 0.0]
             panels.append((255 * rgb).astype(np.uint8))
@@ -482,7 +491,7 @@ def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, v
     rows, jframes = track_rows(res, times, names, to_rig, pose_name)
     doc = {**doc, "frames": jframes}
     files = {"trajectory.csv": _csv_bytes(rows), "trajectory.json": json_bytes(doc),
-             "overlay.gif": _overlay_gif(volume, density, [(v[0], v[1]) for v in views], res, to_rig)}
+             "overlay.gif": _overlay_gif(volume, density, [(v[0], v[1], v[3]) for v in views], res, to_rig)}
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_files(output, files, remove=TRACK_FILES)
     counts = doc["summary"]["verdicts"]

@@ -404,13 +404,16 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
 
 
 # ----------------------------------------------------------------------------------------- pictures
-def views_picture(images, drrs, names, verdicts=None, p_success=None, title: str | None = None) -> bytes:
+def views_picture(images, drrs, names, verdicts=None, p_success=None, title: str | None = None,
+                  masks=None) -> bytes:
     """PNG bytes: every view side by side — the X-ray, the DRR at the result, the DRR's edges on the
     X-ray (one column per view; the column's title gives the view's verdict).
 
     Args:
         images, drrs: per view (H_i, W_i) images (tensors or arrays); names: per view text.
         verdicts, p_success: per view (optional).
+        masks: per view (H_i, W_i) trusted pixels or None (preprocessing's masks): each X-ray's
+            display window is taken inside its mask (:func:`xraypose.viz.normalise`).
     """
     import matplotlib
 
@@ -423,7 +426,7 @@ def views_picture(images, drrs, names, verdicts=None, p_success=None, title: str
     n = len(images)
     fig, ax = plt.subplots(3, n, figsize=(3.2 * n, 9.4), dpi=100, squeeze=False)
     for i in range(n):
-        x = normalise(images[i])
+        x = normalise(images[i], None if masks is None else masks[i])
         d = normalise(drrs[i])
         rgb = np.stack([x, x, x], -1)
         rgb[edges(d)] = [1.0, 0.3, 0.0]
@@ -454,7 +457,8 @@ def _rig_drrs(volume: Volume, rr: RigRegistration, renderer=None) -> list:
 
 
 def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: Volume | None = None,
-                           extra: dict | None = None, trajectory: bool = True, renderer=None) -> list[Path]:
+                           extra: dict | None = None, trajectory: bool = True, renderer=None,
+                           masks=None) -> list[Path]:
     """Write ``pose.json`` (:meth:`RigRegistration.pose_json`), ``metrics.json`` (with the truth),
     ``trajectory.json`` and, given the views' ``images`` and the ``volume``, ``views.png`` (every
     view side by side: :func:`views_picture`) into ``outdir`` (created), together and atomically
@@ -483,5 +487,5 @@ def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: 
         title = None if rr.verdict is None else f"verdict: {rr.verdict} (P(mTRE < 2 mm) = {rr.p_success:.2f})"
         files["views.png"] = views_picture(images, drrs, [v.name for v in rr.views], [v.verdict for v in rr.views],
                                            [v.p_success for v in rr.views] if rr.p_success is not None else None,
-                                           title=title)
+                                           title=title, masks=masks)
     return atomic_write_files(out, files, remove=tuple(dict.fromkeys(RIG_RESULT_FILES + RESULT_FILES)))
