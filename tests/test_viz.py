@@ -68,6 +68,16 @@ def _field_with_shadow(n: int = 48):
     return img, inside
 
 
+def test_edges_outline_a_structure_alone():
+    """A bone's DRR alone (zero around it): the edges are its outline, not the whole bone."""
+    v, u = np.mgrid[:64, :64]
+    r = np.hypot(u - 32, v - 32)
+    bone = np.where(r < 8, np.sqrt(np.clip(64 - r ** 2, 0, None)), 0.0)  # a rod's chord lengths, 5 % of the image
+    e = viz.edges(bone)
+    assert e[(r > 6) & (r < 9)].sum() >= 8  # the rim
+    assert not e[r < 5].any()  # not the inside (the quantile of all pixels was 0: every bone pixel an edge)
+
+
 def test_normalise_windows_inside_the_mask():
     img, inside = _field_with_shadow()
     plain = viz.normalise(img)
