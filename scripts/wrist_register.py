@@ -59,6 +59,15 @@ F64 = torch.float64
 #: articular end and of its shaft about 70 mm proximal (u, v pixels).  Their rays meet within 4 and
 #: 2 mm: the same points in both views, to the precision of a start.
 START_PIXELS = {"cam01": [(880.0, 1225.0), (875.0, 1650.0)], "cam02": [(650.0, 1215.0), (610.0, 1650.0)]}
+#: The third metacarpal's head (the metacarpophalangeal joint) and base (at the carpus), frame 0002: picked in
+#: cam02 (the dorsal-palmar view: the middle one of the four finger metacarpals, the thumb's side on the
+#: left), then in cam01 (lateral: the metacarpals overlap) on those points' epipolar lines.  Their rays meet
+#: within 1.1 and 0.3 mm, 60 mm apart.  Which end the volume's axis calls distal is not known for this
+#: bone (its base is as broad as its head): both directions are started (``--both-directions``).
+MC3_START_PIXELS = {"cam01": [(1285.0, 785.0), (1040.0, 1055.0)], "cam02": [(470.0, 760.0), (560.0, 1050.0)]}
+BONE_START_PIXELS = {"rad": START_PIXELS, "mc3": MC3_START_PIXELS}
+#: Figure file per bone.
+BONE_FIGURE = {"rad": "wrist_radius.png", "mc3": "wrist_mc3.png"}
 #: Rolls of the start about the radius's axis, degrees.
 ROLLS_DEG = tuple(range(0, 360, 30))
 #: The default schedule with the volume averaged for a 20–30 mm wide bone; bone only: no bone, tissue or curve
@@ -134,13 +143,21 @@ def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return so3_exp(v / s * math.atan2(s, c))
 
 
-def axis_starts(vol, P_dist, P_prox, rolls_deg=ROLLS_DEG) -> torch.Tensor:
-    """(K, 4, 4) rig_to_world starts: the volume's axis on the triangulated one, turned by each roll."""
+def axis_starts(vol, P_dist, P_prox, rolls_deg=ROLLS_DEG, both_directions: bool = False) -> torch.Tensor:
+    """(K, 4, 4) rig_to_world starts: the volume's axis on the triangulated one, turned by each roll;
+    ``both_directions``: also the volume's axis reversed (its other end on ``P_dist``), 2K starts."""
     from xraypose.geometry import make_transform
 
     d_vol, a_vol = volume_axis(vol)
-    R0 = rotation_between(a_vol, (P_prox - P_dist) / (P_prox - P_dist).norm())
-    return rolled(make_transform(R0, P_dist - R0 @ d_vol), vol, rolls_deg)
+    want = (P_prox - P_dist) / (P_prox - P_dist).norm()
+    R0 = rotation_between(a_vol, want)
+    out = [rolled(make_transform(R0, P_dist - R0 @ d_vol), vol, rolls_deg)]
+    if both_directions:  # the volume's proximal end (its axis's far end) on P_dist
+        length = float((P_prox - P_dist).norm())
+        p_vol = d_vol + a_vol * length
+        R1 = rotation_between(-a_vol, want)
+        out.append(rolled(make_transform(R1, P_dist - R1 @ p_vol), vol, rolls_deg))
+    return torch.cat(out)
 
 
 def agreement(bone_to_cal_joint, bone_to_cal_single, centre, beam_dir) -> dict:
@@ -171,7 +188,7 @@ def prepare_views(ds, frame: str, rig, start, vol, cams=None):
         T = start @ C
         win = structure_window(v.camera, T, vol.corners.to(F64), margin_mm=WINDOW_MARGIN_MM)
         if win is None:
-            raise SystemExit(f"the radius projects outside {cam} at the start")
+            raise SystemExit(f"the bone projects outside {cam} at the start")
         wimg, wcam = window_image(img, v.camera, win)
         field, _ = window_image(v.mask.float(), v.camera, win)
         foot = structure_weights(vol, wcam, T, density="raw")
@@ -210,6 +227,7 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
     the start misses a bone that moved: 15–17 mm between frames 0002 and 0099).  Returns (joint, singles,
     the views the joint was last registered on, the start it came from, each view's start index, the
     joint similarities of every start)."""
+    from xraypose.errors import InputError
     from xraypose.register.api import register_xray
     from xraypose.register.multiview import ViewImage, register_rig
 
@@ -223,8 +241,12 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
     views = prepare_views(ds, frame, rig, starts[0], vol)
     joints = [register_rig(vol, images(views), S[None], registrar=reg, hypotheses=False) for S in starts]
     first, k = best_of(joints)
-    again = prepare_views(ds, frame, rig, first.rig_to_world, vol)
-    joint = register_rig(vol, images(again), first.rig_to_world[None], registrar=reg, hypotheses=False)
+    try:
+        again = prepare_views(ds, frame, rig, first.rig_to_world, vol)
+        joint = register_rig(vol, images(again), first.rig_to_world[None], registrar=reg, hypotheses=False)
+    except (InputError, SystemExit) as e:  # the best result left a view: nothing to rewindow there
+        print(f"frame {frame}: not rewindowed at the best start's result ({e})", flush=True)
+        again, joint = views, first
     singles, single_starts = [], []
     for v in views:
         r, i = best_of([alone(v, S) for S in starts])
@@ -288,9 +310,12 @@ def figures(args, ds, rig, vol, results) -> None:
                                       for v in views]})
     out = Path(args.figures)
     out.mkdir(parents=True, exist_ok=True)
-    overlay_figure(out / "wrist_radius.png", vol, figs, "the radius: radiograph; DRR at the joint result (orange); "
-                   "DRR at the view's own result (cyan)")
-    print(f"wrote {out}/wrist_radius.png")
+    from xraypose.datasets.autoscoper import WRIST_BONES
+
+    name = BONE_FIGURE[args.bone]
+    overlay_figure(out / name, vol, figs, f"the {WRIST_BONES[args.bone]}: radiograph; DRR at the joint result "
+                   "(orange); DRR at the view's own result (cyan)")
+    print(f"wrote {out}/{name}")
 
 
 def main(argv=None) -> int:
@@ -304,6 +329,10 @@ def main(argv=None) -> int:
     ap.add_argument("--replot", action="store_true", help="draw the figures from --json (no registration)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a RegistrationConfig field (JSON value), e.g. --set shift_search=null")
+    ap.add_argument("--bone", default="rad", choices=sorted(BONE_START_PIXELS),
+                    help="the bone: rad (radius, default) or mc3 (third metacarpal)")
+    ap.add_argument("--both-directions", action="store_true",
+                    help="start frame 0002 with the volume's axis both ways (2 x 12 starts)")
     ap.add_argument("--water", type=float, default=WATER_VALUE,
                     help="stored value of water: the volume is rendered as max(value - water, 0)")
     args = ap.parse_args(argv)
@@ -318,14 +347,15 @@ def main(argv=None) -> int:
     full = AutoscoperWrist(args.data)
     ds = AutoscoperWrist(args.data, size=args.size)
     rig = ds.rig()
-    vol = above_water(ds.volume("rad"), args.water)
+    vol = above_water(ds.volume(args.bone), args.water)
+    start_pixels = BONE_START_PIXELS[args.bone]
     if args.replot:
         import json
 
         figures(args, ds, rig, vol, json.loads(Path(args.json).read_text(encoding="utf-8"))["frames"])
         return 0
     (c1, T1), (c2, T2) = full.camera("cam01"), full.camera("cam02")
-    tri = triangulate(START_PIXELS["cam01"], c1, T1, START_PIXELS["cam02"], c2, T2)
+    tri = triangulate(start_pixels["cam01"], c1, T1, start_pixels["cam02"], c2, T2)
     P_dist, P_prox = tri["point"][0], tri["point"][1]
     print(f"start axis: rays meet within {tri['distance'].tolist()} mm; axis length "
           f"{float((P_prox - P_dist).norm()):.1f} mm", flush=True)
@@ -337,7 +367,8 @@ def main(argv=None) -> int:
     results = []
     prev = None
     for f in frames:
-        starts = axis_starts(vol, P_dist, P_prox) if prev is None else rolled(torch.linalg.inv(prev), vol)
+        starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions) if prev is None \
+            else rolled(torch.linalg.inv(prev), vol)
         joint, singles, views, S0, single_starts, start_sims = register_frame(vol, ds, rig, f, starts, reg)
         prev = joint.rig_to_world
         b_joint = torch.linalg.inv(joint.rig_to_world)
@@ -364,10 +395,10 @@ def main(argv=None) -> int:
             row["motion_from_previous"] = agreement(torch.linalg.inv(pj), b_joint, centre,
                                                     torch.tensor([0.0, 0.0, 1.0], dtype=F64))
         results.append(row)
-    atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size,
+    atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size, "bone": args.bone,
                                   "config": {k: v for k, v in cfg.items() if k != "levels"},
                                   "levels": [dataclasses.asdict(lv) for lv in WRIST_LEVELS],
-                                  "start_pixels": START_PIXELS, "start_rays_mm": tri["distance"].tolist(),
+                                  "start_pixels": start_pixels, "start_rays_mm": tri["distance"].tolist(),
                                   "frames": results})
     print(f"wrote {args.json}")
     if args.figures:

@@ -72,3 +72,25 @@ def test_best_of_keeps_the_highest_final_similarity():
     runs = [SimpleNamespace(similarity=s) for s in (0.27, 0.58, 0.56, 0.31)]
     best, k = W.best_of(runs)
     assert k == 1 and best is runs[1]
+
+
+def test_axis_starts_both_ways(rod):
+    """One direction: the volume's distal end on the first triangulated point and its axis toward the
+    second; both directions: 12 more starts with the axis reversed and its far end on the first point."""
+    d, a = W.volume_axis(rod)
+    P_dist, P_prox = torch.tensor([10.0, -5.0, 3.0], dtype=F64), torch.tensor([10.0, 40.0, 3.0], dtype=F64)
+    want = (P_prox - P_dist) / (P_prox - P_dist).norm()
+    one = W.axis_starts(rod, P_dist, P_prox)
+    both = W.axis_starts(rod, P_dist, P_prox, both_directions=True)
+    n = len(W.ROLLS_DEG)
+    assert one.shape == (n, 4, 4) and both.shape == (2 * n, 4, 4)
+    assert torch.allclose(both[:n], one, atol=1e-12)
+    far = d + a * float((P_prox - P_dist).norm())
+    for S in both[:n]:
+        B = torch.linalg.inv(S)
+        assert torch.allclose(B[:3, :3] @ d + B[:3, 3], P_dist, atol=1e-6)
+        assert torch.allclose(B[:3, :3] @ a, want, atol=1e-9)
+    for S in both[n:]:
+        B = torch.linalg.inv(S)
+        assert torch.allclose(B[:3, :3] @ far + B[:3, 3], P_dist, atol=1e-6)
+        assert torch.allclose(B[:3, :3] @ a, -want, atol=1e-9)
