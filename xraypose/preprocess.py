@@ -738,9 +738,9 @@ def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor 
         shadow_frac = float(shadow.double().mean())
         # the penumbra of a round edge only: a collimator's straight blades (whole rows and columns, masked
         # above) make field_shadow's runs too, and their edge needs no more than the blur's growth
-        round_part = shadow.clone()
-        round_part[t:H - b, l:W - r] = False
-        round_part = shadow & ~round_part
+        blades = torch.ones_like(shadow)
+        blades[t:H - b, l:W - r] = False  # (no collimator: all False)
+        round_part = shadow & ~blades
         ring = field_penumbra(img, shadow) if float(round_part.double().mean()) >= FIELD_SHADOW_MIN_FRACTION \
             else shadow
         penumbra = float((ring & ~shadow).double().mean())
