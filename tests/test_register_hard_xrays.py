@@ -228,3 +228,28 @@ def test_cli_register_masks_a_saturated_xray(tmp_path, maker, case):
     pose = json.loads((tmp_path / "out" / "pose.json").read_text())
     assert any(s["step"] == "saturation_mask" for s in pose["xray"]["steps"])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["final"]["mtre"] < 2.0
+
+
+def test_a_round_fields_penumbra_is_masked_with_its_shadow():
+    """An image intensifier's soft edge: between the shadow (1.0) and the anatomy (≤ 0.12) a ring falling
+    from 0.5 to 0.15 — grown into the shadow; the anatomy's brightest blob inside the field is not, nor is
+    anything beyond the penumbra's reach; a hard edge adds nothing."""
+    from xraypose.preprocess import field_penumbra
+
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    yy, xx = torch.meshgrid(torch.arange(n) - 99.5, torch.arange(n) - 99.5, indexing="ij")
+    r = (yy ** 2 + xx ** 2).sqrt()
+    img = 0.1 * torch.rand(n, n, generator=g)
+    img[((yy - 10) ** 2 + xx ** 2).sqrt() < 12] = 0.12  # the densest anatomy, inside
+    ring = (r >= 80) & (r < 90)
+    img[ring] = 0.15 + 0.35 * (r[ring] - 80) / 10
+    img[r >= 90] = 1.0
+    shadow = field_shadow(img)
+    assert shadow is not None and torch.equal(shadow, r >= 90)
+    grown = field_penumbra(img, shadow)
+    assert grown[(r >= 80.5)].all()  # the ring, every pixel
+    assert not grown[r < 79].any()  # the field's inside, the dense blob too
+    hard = img.clone()
+    hard[ring] = 0.1 * torch.rand(int(ring.sum()), generator=g)
+    assert torch.equal(field_penumbra(hard, field_shadow(hard)), r >= 90)  # no penumbra: nothing added
