@@ -121,3 +121,26 @@ def test_bad_multiplier(sample_ct):
         drr(T, bone_attenuation_multiplier=torch.tensor([1.0, 2.0]))
     with pytest.raises(InputError, match="density model"):
         DRR(sample_ct, cam, density="magic")
+
+
+@pytest.mark.parametrize("model", ["hu", "physical", "raw"])
+def test_one_number_multiplier_equals_the_tensor_path(sample_ct, model):
+    """A multiplier given as one number (or the default) is normalised in Python — the same DRR as the
+    per-pose tensor path, and a bad number is refused the same way."""
+    cam = Camera(sdd=1020.0, height=12, width=10, delx=24.0)
+    T = carm_pose(torch.tensor([0.0, 30.0]), torch.tensor([0.0, 5.0]), 620.0, sample_ct.get_isocenter())
+    drr = DRR(sample_ct, cam, density=model, n_samples=64)
+    for m in (1.0, 2.5):
+        torch.testing.assert_close(drr(T, bone_attenuation_multiplier=m),
+                                   drr(T, bone_attenuation_multiplier=torch.tensor([m, m])))
+    torch.testing.assert_close(drr(T), drr(T, bone_attenuation_multiplier=torch.tensor(drr.default_multiplier)))
+    for bad in (0.0, float("nan"), float("inf"), -2):
+        with pytest.raises(InputError, match="multiplier"):
+            drr(T, bone_attenuation_multiplier=bad)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_k_inv_in_closed_form_is_the_inverse(reverse):
+    cam = Camera(sdd=1020.0, height=31, width=40, delx=0.7, dely=0.9, x0=3.0, y0=-2.0, reverse_x_axis=reverse)
+    torch.testing.assert_close(cam.K_inv(), torch.linalg.inv(cam.K()), rtol=0, atol=1e-15)
+    assert cam.K_inv(torch.float32).dtype == torch.float32

@@ -119,7 +119,15 @@ class Camera:
         return torch.tensor([[fx, 0.0, cu], [0.0, self.fy, cv], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
 
     def K_inv(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-        return torch.linalg.inv(self.K(torch.float64, device)).to(dtype)
+        """Inverse of :meth:`K` (3, 3), in closed form (K is upper triangular with a unit last row):
+        no matrix inversion on the device, whose error check would stop a GPU's queue every render."""
+        cu, cv = self.principal_point
+        fx = self.fx
+        if self.reverse_x_axis:
+            fx, cu = -fx, (self.width - 1) - cu
+        fy = self.fy
+        return torch.tensor([[1.0 / fx, 0.0, -cu / fx], [0.0, 1.0 / fy, -cv / fy], [0.0, 0.0, 1.0]],
+                            dtype=dtype, device=device)
 
     @property
     def detector_size_mm(self) -> tuple[float, float]:

@@ -252,7 +252,8 @@ def _integrate(which: str, renderer: str, density, affine, camera: Camera, camer
     """``(B, C, R)`` line integrals along the rays through ``uv`` (B, R, 2): by the fused backend ``which``, or
     by the reference in chunks of at most :data:`_CHUNK_ELEMENTS` samples (trilinear) or crossings (Siddon)."""
     dt, dev = camera_to_world.dtype, camera_to_world.device
-    world_to_index = torch.linalg.inv(affine.double()).to(device=dev)
+    # inv_ex: no error check, so no wait for the device (the affine was checked when the volume was made)
+    world_to_index = torch.linalg.inv_ex(affine.double()).inverse.to(device=dev)
     source, target = world_rays(camera, camera_to_world, uv)
     origin, direction, length = to_index_space(world_to_index, source, target)
     B, R = direction.shape[0], direction.shape[1]

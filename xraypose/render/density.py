@@ -50,7 +50,14 @@ def _hu_basis(volume: Volume, structures):
         sel = volume.structure_mask(structures).to(hu.device)
         A, Bc = A * sel, Bc * sel
 
-    def norm(m: torch.Tensor) -> torch.Tensor:
+    def norm(m):
+        if isinstance(m, float):  # one multiplier for the batch: a number, no tensor
+            if bmin is not None and m * bmin < c:
+                raise InputError(
+                    f"bone_attenuation_multiplier {m:g} is so small that bone falls below the "
+                    f"soft-tissue minimum ({c:g} HU); use a larger multiplier"
+                )
+            return max((nonbone_max if bmax is None else max(nonbone_max, m * bmax)) - c, 1e-12)
         if bmin is not None and bool((m * bmin < c).any()):
             raise InputError(
                 f"bone_attenuation_multiplier {float(m.min()):g} is so small that bone falls below the "
@@ -73,7 +80,13 @@ def _linear_basis(volume: Volume, structures):
     if structures is not None:
         sel = volume.structure_mask(structures).to(x.device).to(x.dtype)
         A, bone = A * sel, bone * sel
-    return torch.stack([A, bone]), lambda m: torch.ones_like(m)
+    return torch.stack([A, bone]), _unit_norm
+
+
+def _unit_norm(m):
+    """The divisor of the models whose density does not rescale with the multiplier: 1 (a number for a
+    number, ones for a tensor)."""
+    return 1.0 if isinstance(m, float) else torch.ones_like(m)
 
 
 def density_basis(volume: Volume, model: str = "hu", structures=None) -> tuple[torch.Tensor, callable]:
@@ -85,7 +98,7 @@ def density_basis(volume: Volume, model: str = "hu", structures=None) -> tuple[t
 
     Returns:
         basis (2, I, J, K) float32 [A, B] (B may be all zero) and ``norm(m)`` taking a tensor of
-        multipliers to the divisor (same shape).  For the "hu" model, ``norm`` raises InputError
+        multipliers to the divisor (same shape), or one multiplier (a float) to a float.  For the "hu" model, ``norm`` raises InputError
         for a multiplier so small that bone would fall below the soft-tissue minimum (never the
         case for m > 0 on a CT whose soft tissue reaches below 0 HU).
     """
@@ -99,7 +112,7 @@ def density_basis(volume: Volume, model: str = "hu", structures=None) -> tuple[t
     d2 = volume.density(model, bone_attenuation_multiplier=2.0, structures=structures)
     Bc = d2 - d1
     A = d1 - Bc
-    return torch.stack([A, Bc]).to(torch.float32), lambda m: torch.ones_like(m)
+    return torch.stack([A, Bc]).to(torch.float32), _unit_norm
 
 
 def registration_basis(volume: Volume, model: str = "linear", bone_multiplier: float = 1.0,
