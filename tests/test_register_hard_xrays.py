@@ -6,6 +6,8 @@ changed, then preprocessed as a user would (crop, blur, log, rescale) and regist
 """
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from xraypose.camera import Camera
@@ -253,3 +255,24 @@ def test_a_round_fields_penumbra_is_masked_with_its_shadow():
     hard = img.clone()
     hard[ring] = 0.1 * torch.rand(int(ring.sum()), generator=g)
     assert torch.equal(field_penumbra(hard, field_shadow(hard)), r >= 90)  # no penumbra: nothing added
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(8, 60), w=st.integers(8, 60), seed=st.integers(0, 10_000), frac=st.floats(0.0, 0.9))
+def test_field_penumbra_only_adds_pixels_near_the_shadow(h, w, seed, frac):
+    """Any image and shadow: the result holds the shadow, adds only pixels within the reach, and keeps
+    its shape; tiny or nearly all-shadow images come back unchanged rather than failing."""
+    from xraypose.preprocess import FIELD_PENUMBRA_MAX_FRACTION, field_penumbra
+
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(h, w, generator=g)
+    shadow = torch.rand(h, w, generator=g) < frac
+    out = field_penumbra(img, shadow)
+    assert out.shape == shadow.shape and out.dtype == torch.bool
+    assert bool((out | ~shadow).all())  # never drops a shadow pixel
+    n = round(FIELD_PENUMBRA_MAX_FRACTION * max(h, w))
+    if n >= 1:
+        near = torch.nn.functional.max_pool2d(shadow.float()[None, None], 2 * n + 1, stride=1, padding=n)[0, 0] > 0
+        assert bool((~out | near).all())  # nothing beyond the reach
+    else:
+        assert torch.equal(out, shadow)
