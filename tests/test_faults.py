@@ -442,10 +442,15 @@ def test_register_into_an_old_result_folder_keeps_only_the_new_results_files(tmp
     base = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "16", "--size", "32"]
     assert main(base + ["--true-pose", str(truth)]) == 0
     (res / "notes.txt").write_text("mine")
-    assert {p.name for p in res.iterdir()} == {"pose.json", "metrics.json", "trajectory.json", "notes.txt"}
+    assert {p.name for p in res.iterdir()} == {"pose.json", "metrics.json", "trajectory.json", "views.png",
+                                               "notes.txt"}
+    from PIL import Image
+
+    with Image.open(res / "views.png") as im:  # the X-ray, the DRR at the result, its edges: a picture to look at
+        assert im.size[0] > 100 and im.size[1] > 200
     old_pose = (res / "pose.json").read_bytes()
     assert main(base + ["--no-trajectory", "--seed", "1"]) == 0
-    assert {p.name for p in res.iterdir()} == {"pose.json", "notes.txt"}  # no stale metrics beside the new pose
+    assert {p.name for p in res.iterdir()} == {"pose.json", "views.png", "notes.txt"}  # no stale metrics
     assert (res / "pose.json").read_bytes() != old_pose
 
 

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 XRAYS = typer.Argument(..., metavar="XRAY...", help="X-ray: DICOM, or PNG/TIFF/NPY with intrinsics (options or a "
                        "sidecar JSON). Several X-rays of one moment: with --rig.")
 OUTPUT = typer.Option(..., "-o", "--output", help="Output folder: pose.json, metrics.json (with --true-pose), "
-                      "trajectory.json (and views.png with --rig); an earlier result there is replaced (its files "
-                      "this run does not write are removed).")
+                      "trajectory.json and views.png (each X-ray, the DRR at the result, its edges on the X-ray, "
+                      "the verdict); an earlier result there is replaced (its files this run does not write are "
+                      "removed).")
 RIG = typer.Option(None, "--rig", help="rig.json tying several X-rays (camera_to_rig per X-ray; docs/datasets.md "
                    "§8.3), or 'angles' (the X-rays' own C-arm angles): one rig_to_world is registered for all views.")
 START_VIEW = typer.Option(None, "--start-view", help="With --rig: the view the start (model, angles, --pose-json "
@@ -126,7 +127,8 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
         extra["ct_notes"] = cts.prepared.notes
     if (record := structure_record(structure, label_map, label)) is not None:
         extra["structure"] = record
-    _write(output, out, extra, no_trajectory)
+    _write(output, out, extra, no_trajectory, picture=dict(image=px.image, volume=cts.prepared.volume,
+                                                             mask=px.mask, name=xray.name))
     _print_result(output, out)
 
 
@@ -193,10 +195,11 @@ def _window(px, start, cts, xray: Path):
     return pxw[0], ws[0], start
 
 
-def _write(output: Path, out, extra: dict, no_trajectory: bool) -> None:
+def _write(output: Path, out, extra: dict, no_trajectory: bool, picture: dict | None = None) -> None:
     from xraypose.register.api import write_registration
 
-    write_or_print(lambda: write_registration(output, out, extra=extra, trajectory=not no_trajectory),
+    write_or_print(lambda: write_registration(output, out, extra=extra, trajectory=not no_trajectory,
+                                              **(picture or {})),
                    "camera_to_world", out.camera_to_world)
 
 

@@ -350,12 +350,18 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
 
 
 #: The files of a registration result; re-running into the same folder replaces them all.
-RESULT_FILES = ("pose.json", "metrics.json", "trajectory.json")
+RESULT_FILES = ("pose.json", "metrics.json", "trajectory.json", "views.png")
 
 
-def write_registration(outdir, reg: Registration, extra: dict | None = None, trajectory: bool = True) -> list[Path]:
+def write_registration(outdir, reg: Registration, extra: dict | None = None, trajectory: bool = True, *,
+                       image=None, volume: Volume | None = None, mask=None, name: str = "X-ray",
+                       renderer=None) -> list[Path]:
     """Write ``pose.json`` (pose, intrinsics, timings, config), ``metrics.json`` (when the
-    truth is known) and ``trajectory.json`` into ``outdir`` (created).
+    truth is known) and ``trajectory.json`` into ``outdir`` (created); given the registered
+    ``image`` ((H, W), as registered: preprocessed, windowed) and the ``volume``, also ``views.png``:
+    the X-ray, the DRR at the result and its edges on the X-ray, the verdict above (as a rig's
+    result draws every view: :func:`xraypose.register.multiview.views_picture`; ``mask``, the
+    X-ray's trusted pixels, sets its display window).
 
     The files are written together (:func:`xraypose.io.atomic_write_files`): a write error
     (read-only folder, full disk) leaves an earlier result in ``outdir`` as it was; otherwise
@@ -380,7 +386,24 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
                                             "init_s": reg.init_s, "opt_s": reg.opt_s})
     if trajectory:
         files["trajectory.json"] = json_bytes({"records": reg.trajectory, "levels": reg.level_stats})
+    if image is not None and volume is not None:
+        files["views.png"] = _views_png(reg, image, volume, mask, name, renderer)
     return atomic_write_files(out, files, remove=RESULT_FILES)
+
+
+def _views_png(reg: Registration, image, volume: Volume, mask, name: str, renderer=None) -> bytes:
+    """``views.png`` of one registered X-ray (:func:`xraypose.register.multiview.views_picture`)."""
+    from xraypose.register.multiview import views_picture
+
+    if renderer is None:
+        from xraypose.evaluate import PictureRenderer
+
+        renderer = PictureRenderer(volume, density=reg.config.get("density", "linear"))
+    drr = renderer(reg.camera, torch.as_tensor(reg.camera_to_world, dtype=torch.float64)[None])[0]
+    title = None if reg.verdict is None else f"verdict: {reg.verdict} (P(mTRE < 2 mm) = {reg.p_success:.2f})"
+    img = torch.as_tensor(image).reshape(drr.shape)
+    return views_picture([img], [drr], [name], [reg.verdict], None if reg.p_success is None else [reg.p_success],
+                         title=title, masks=None if mask is None else [torch.as_tensor(mask).reshape(drr.shape)])
 
 
 def _check_finite(obj, where: str = "result", allow_inf: bool = False) -> None:
