@@ -117,6 +117,22 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
     return part_settings(base, density)
 
 
+def family_case(vol, maker, c, family: str, seed: int):
+    """(case, preprocessed X-ray): case ``c``'s true pose, its X-ray formed by the appearance ``family``
+    (:func:`xraypose.appearance.form_xray`, seeded per case) and preprocessed as the family says (as
+    benchmarks/appearance.py does); the case's ``true_pose`` is the formed X-ray's, preprocessed."""
+    import dataclasses
+
+    from xraypose.appearance import form_xray
+    from xraypose.preprocess import preprocess
+
+    T, _ = maker.true_pose(c.index)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + c.index * 101 + sum(map(ord, family)))
+    fx = form_xray(vol, maker.raw_camera, T, family=family, generator=g)
+    pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+    return dataclasses.replace(c, true_pose=pre.transform_pose(fx.pose), image=pre.image, camera=pre.camera), pre
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ct", default="sample")
@@ -140,6 +156,9 @@ def main(argv=None) -> int:
                          "about the part's centre, and checked there (near misses: where `ok` must stop)")
     ap.add_argument("--check-model", choices=("part", "whole"), default="part",
                     help="the check's model: the part model (as register --structure uses it) or the whole CT's")
+    ap.add_argument("--family", default=None,
+                    help="form the X-rays by this appearance family (xraypose.appearance: e.g. diffdrr, scatter, "
+                         "lowdose, polychromatic, clinical) instead of the simulator registration's model shares")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -183,8 +202,11 @@ def main(argv=None) -> int:
     while n_xrays < a.cases and i < 5 * a.cases:
         c = maker.case(i)
         i += 1
-        pre = preprocess(c.raw, c.raw_camera, crop=maker.collimator_px + 2, blur=(5, 1.0), log=True,
-                         i0=float(c.raw.max()), rescale=True)
+        if a.family is None:
+            pre = preprocess(c.raw, c.raw_camera, crop=maker.collimator_px + 2, blur=(5, 1.0), log=True,
+                             i0=float(c.raw.max()), rescale=True)
+        else:  # the same true pose, its X-ray formed as the family forms it and preprocessed as it says
+            c, pre = family_case(vol, maker, c, a.family, a.seed)
         foot = torch.nonzero(structure_weights(prep.volume, pre.camera, c.true_pose, prep.density, margin_mm=0.0))
         cut = len(foot) and (int(foot.min()) < 2 or int(foot[:, 0].max()) > pre.camera.height - 3
                              or int(foot[:, 1].max()) > pre.camera.width - 3)
