@@ -355,3 +355,22 @@ def test_a_pose_3mm_off_in_the_image_plane_is_not_ok(sample_ct):
             guarded += 1
             assert off.verdict == "uncertain" and "optimum" in off.reason, off.reason
     assert guarded >= 1  # the guard, not the model, decided at least once (measured: 2 of 2)
+
+
+def test_the_check_runs_under_the_registrars_threads(monkeypatch):
+    """The check's reductions run with the registration's thread count, not the caller's: one process
+    and torchrun's ranks (1 thread each) gave p_success 1 ulp apart before (tests/test_shards.py, slow)."""
+    import xraypose.register.confidence as C
+    from xraypose.register.config import RegistrationConfig, torch_threads
+
+    seen = []
+    monkeypatch.setattr(C, "_measure_signals", lambda *a, **k: seen.append(torch.get_num_threads()) or [])
+
+    class R:
+        config = RegistrationConfig(num_threads=1)
+
+    outer = torch.get_num_threads()
+    with torch_threads(2):  # a caller with more threads
+        C.measure_signals(R(), torch.zeros(8, 8), None, torch.eye(4))
+        assert torch.get_num_threads() == 2  # restored
+    assert seen == [1] and torch.get_num_threads() == outer

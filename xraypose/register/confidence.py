@@ -50,7 +50,7 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.preprocess import image_batch
-from xraypose.register.config import Level
+from xraypose.register.config import Level, torch_threads
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
@@ -303,6 +303,14 @@ def _curvature_signals(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> di
 
 def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL,
                     masks=None) -> list:
+    """:func:`_measure_signals` under the registrar's thread count (:func:`~xraypose.register.config.torch_threads`):
+    the check's numbers do not depend on the caller's threads (docs below)."""
+    with torch_threads(getattr(registrar.config, "num_threads", None)):
+        return _measure_signals(registrar, images, camera, poses, starts=starts, level=level, masks=masks)
+
+
+def _measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL,
+                     masks=None) -> list:
     """Measure :data:`SIGNALS` at registered poses.
 
     Args:

@@ -7,6 +7,8 @@ obtained.  Units: mm and radians; learning rates per iteration in the parameteri
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
@@ -22,6 +24,26 @@ __all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "met
 #: finite differences; converges to the optimum in a few iterations and stops by a motion test).
 OPTIMIZERS = ("adam", "lm")
 
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Inside: torch's intra-op threads set to ``n`` (:attr:`RegistrationConfig.num_threads`; None or 0:
+    unchanged); restored after, and only when changed (a check running beside a registration that set the
+    same number leaves it alone).  Registration and its confidence check run under it, so that their
+    reductions, and so their numbers, do not depend on the caller's thread count (one process and the
+    ranks of ``torchrun`` gave p_success 1 ulp apart before the check ran under it)."""
+    import torch
+
+    old = torch.get_num_threads()
+    change = bool(n) and int(n) != old
+    if change:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(old)
 
 @dataclass(frozen=True)
 class Level:

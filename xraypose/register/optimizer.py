@@ -53,6 +53,7 @@ from xraypose.register.config import (  # noqa: F401 (re-exported)
     Level,
     RegistrationConfig,
     levels_for_sizes,
+    torch_threads,
 )
 from xraypose.register.objective import LevelObjective, ViewSet, level_channels
 from xraypose.register.steppers import Track, make_stepper, pose_motion_mm
@@ -582,10 +583,7 @@ class Registrar:
             raise InputError(f"the initial pose{'' if B == 1 else f' of X-ray {b}'} does not see the CT{views_txt} "
                              "(its isocenter is behind the source or far outside the detector); check the pose and "
                              "the CT")
-        threads = torch.get_num_threads()
-        if c.num_threads:
-            torch.set_num_threads(int(c.num_threads))
-        try:
+        with torch_threads(c.num_threads):
             t0, c0 = time.perf_counter(), time.process_time()
             out = self._optimise([(p[0], p[1], p[3]) for p in prepared], C, T0, sane.reshape(B, K), curvature,
                                  n_given=n_given, origins=origins)
@@ -598,8 +596,6 @@ class Registrar:
             out.shift_search = searched
             out.opt_s = time.perf_counter() - t0
             out.cpu_s = time.process_time() - c0
-        finally:
-            torch.set_num_threads(threads)
         return out
 
     def _capture_then_joint(self, views, initial_poses, curvature, n_capture: int) -> RegistrationResult:
