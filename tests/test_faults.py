@@ -808,3 +808,16 @@ def test_the_confidence_benchmarks_moved_poses_are_measured_once_and_cached(tmp_
     assert all(set(bench.SIGNALS) <= set(r["signals"]) for r in rows)
     again = bench.moved_records([rec], {"pelvis": Run()}, cache)
     assert again == rows and loads == [0]  # read from the cache: nothing loaded or measured again
+
+
+def test_register_views_png_is_titled_with_the_xray(tmp_path, case, monkeypatch):
+    """views.png of one X-ray names the X-ray's file above its column (and the verdict above all)."""
+    import xraypose.register.multiview as M
+
+    seen = {}
+    real = M.views_picture
+    monkeypatch.setattr(M, "views_picture", lambda *a, **k: seen.update(names=a[2], title=k.get("title")) or real(*a, **k))
+    xray = case / "xrays" / "lao20_caud10.dcm"
+    assert main(["register", str(case / "ct.nii.gz"), str(xray), "-o", str(tmp_path / "r"), "--levels", "16",
+                 "--size", "32"]) in (0, 3)
+    assert seen["names"] == ["lao20_caud10.dcm"] and seen["title"].startswith("verdict: ")

@@ -376,8 +376,8 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     if extra:
         pose.update(extra)
     _check_finite({k: v for k, v in pose.items() if k != "metrics"})
-    for name, m in (("metrics", reg.metrics), ("initial metrics", reg.initial_metrics)):
-        _check_finite(m or {}, name, allow_inf=True)  # inf: a fiducial behind the source (a failed case)
+    for what, m in (("metrics", reg.metrics), ("initial metrics", reg.initial_metrics)):
+        _check_finite(m or {}, what, allow_inf=True)  # inf: a fiducial behind the source (a failed case)
     files = {"pose.json": json_bytes(pose)}
     if reg.metrics is not None:
         files["metrics.json"] = json_bytes({"final": reg.metrics, "initial": reg.initial_metrics,
