@@ -129,18 +129,26 @@ def case_folder(name: str, detector: int, seed: int, blur_domain: str = "line-in
             + ("" if photon_offset == "auto" else f"-po{photon_offset:g}"))
 
 
-def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral",
-              photon_offset="auto") -> dict:
-    """One case: the true pose i of the CT, its X-ray formed by ``family``, preprocessed (the blur in
-    ``blur_domain``, ``photon_offset`` photons before the log), fiducials in view."""
+def form_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral",
+              photon_offset="auto"):
+    """(formed X-ray, preprocessed X-ray) of case ``i``: the maker's true pose ``i``, its X-ray formed by
+    ``family`` (seeded by seed, case and family) and preprocessed as the family says."""
     from xraypose.appearance import form_xray
-    from xraypose.fiducials import bone_points, select_fiducials
     from xraypose.preprocess import preprocess
 
     T, _ = maker.true_pose(i)
     g = torch.Generator().manual_seed(seed * 1_000_003 + i * 101 + sum(map(ord, family)))
     fx = form_xray(volume, maker.raw_camera, T, family=family, generator=g)
-    pre = preprocess(fx.raw, fx.camera, **fx.preprocess, blur_domain=blur_domain, photon_offset=photon_offset)
+    return fx, preprocess(fx.raw, fx.camera, **fx.preprocess, blur_domain=blur_domain, photon_offset=photon_offset)
+
+
+def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral",
+              photon_offset="auto") -> dict:
+    """One case: the true pose i of the CT, its X-ray formed by ``family``, preprocessed (the blur in
+    ``blur_domain``, ``photon_offset`` photons before the log), fiducials in view."""
+    from xraypose.fiducials import bone_points, select_fiducials
+
+    fx, pre = form_case(volume, maker, family, i, seed, blur_domain, photon_offset)
     if not hasattr(maker, "_points"):
         maker._points = bone_points(volume)
     true_pose = pre.transform_pose(fx.pose)

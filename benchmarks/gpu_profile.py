@@ -18,30 +18,23 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.render import FOV, SDD, _poses, _sample_as_nifti  # noqa: E402
+from benchmarks.render import _poses, _sample_as_nifti  # noqa: E402
 
 
 def _renderer(impl: str, vol, ct: Path, size: int, samples: int, device: str):
+    """``fn(camera_to_world) -> images``: benchmarks/render.py's renderers (impl "xraypose": ours, Triton on a
+    GPU and the CPU kernel elsewhere; "nanodrr"), after checking that ours did not fall back to the reference."""
     import torch
 
-    from xraypose.camera import Camera
+    from benchmarks.render import _make_renderer
 
     if impl == "nanodrr":
-        from nanodrr.camera import make_k_inv
-        from nanodrr.data import Subject
-        from nanodrr.drr import render as nano_render
-
-        subject = Subject.from_filepath(str(ct)).to(device)
-        k_inv = make_k_inv(SDD, FOV / size, FOV / size, 0.0, 0.0, size, size, dtype=torch.float32, device=device)
-        sdd = torch.tensor([SDD], dtype=torch.float32, device=device)
-        return lambda T: nano_render(subject, k_inv.expand(T.shape[0], -1, -1), T, sdd.expand(T.shape[0]),
-                                     size, size, n_samples=samples)
-    from xraypose.render import DRR
-
+        return _make_renderer("nanodrr", SimpleNamespace(ct=str(ct), samples=samples), vol, size, device)
     backend = "triton" if device == "cuda" else "cpu"
     from xraypose.render import backends
 
@@ -49,9 +42,7 @@ def _renderer(impl: str, vol, ct: Path, size: int, samples: int, device: str):
         used = backends.resolve(backend, "trilinear", torch.device(device))
     if used != backend:  # a fallback to the reference would time the wrong renderer
         raise RuntimeError(f"backend {backend!r} unavailable here: {backends.triton_status()}")
-    drr = DRR(vol, Camera(sdd=SDD, height=size, width=size, delx=FOV / size), n_samples=samples,
-              backend=backend).to(device)
-    return lambda T: drr(T)
+    return _make_renderer(f"xraypose-{backend}", SimpleNamespace(ct=str(ct), samples=samples), vol, size, device)
 
 
 def profile_one(impl: str, vol, ct: Path, size: int, mode: str, samples: int, device: str) -> dict:

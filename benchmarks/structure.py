@@ -119,17 +119,12 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
 
 def family_case(vol, maker, c, family: str, seed: int):
     """(case, preprocessed X-ray): case ``c``'s true pose, its X-ray formed by the appearance ``family``
-    (:func:`xraypose.appearance.form_xray`, seeded per case) and preprocessed as the family says (as
-    benchmarks/appearance.py does); the case's ``true_pose`` is the formed X-ray's, preprocessed."""
+    (benchmarks/appearance.py's :func:`form_case`); the case's ``true_pose`` is the formed X-ray's, preprocessed."""
     import dataclasses
 
-    from xraypose.appearance import form_xray
-    from xraypose.preprocess import preprocess
+    from benchmarks.appearance import form_case
 
-    T, _ = maker.true_pose(c.index)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + c.index * 101 + sum(map(ord, family)))
-    fx = form_xray(vol, maker.raw_camera, T, family=family, generator=g)
-    pre = preprocess(fx.raw, fx.camera, **fx.preprocess)
+    fx, pre = form_case(vol, maker, family, c.index, seed)
     return dataclasses.replace(c, true_pose=pre.transform_pose(fx.pose), image=pre.image, camera=pre.camera), pre
 
 

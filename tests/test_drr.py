@@ -144,3 +144,16 @@ def test_k_inv_in_closed_form_is_the_inverse(reverse):
     cam = Camera(sdd=1020.0, height=31, width=40, delx=0.7, dely=0.9, x0=3.0, y0=-2.0, reverse_x_axis=reverse)
     torch.testing.assert_close(cam.K_inv(), torch.linalg.inv(cam.K()), rtol=0, atol=1e-15)
     assert cam.K_inv(torch.float32).dtype == torch.float32
+
+
+def test_the_basis_is_laid_out_for_its_device(sample_ct):
+    """Channels-last on the CPU (the fused kernel), channel planes elsewhere (the Triton kernel would copy
+    a channels-last basis whole on every call); moving the module re-lays it out."""
+    from xraypose.render.drr import _basis_layout
+
+    drr = DRR(sample_ct, Camera(sdd=1020.0, height=8, width=8, delx=30.0))
+    assert drr.basis.shape[0] == 2 and drr.basis.stride(0) == 1  # channels-last
+    drr = drr.to(torch.float32)  # _apply ran: still laid out for the CPU
+    assert drr.basis.stride(0) == 1 and not drr.basis.is_contiguous()
+    other = _basis_layout(drr.basis.to("meta"))  # any other device: planes
+    assert other.is_contiguous() and other.shape == drr.basis.shape

@@ -1,4 +1,4 @@
-"""The Gaussian kernel, written once (internal).
+"""The Gaussian kernel and the square max filter, written once (internal).
 
 :func:`gaussian_weights` is ``exp(−x²/2σ²)`` at the whole-pixel offsets ``x = −radius … radius``;
 :func:`gaussian_kernel1d` normalises it to sum 1.  ``sigma`` (pixels) is a number, or a tensor
@@ -9,7 +9,9 @@ most blurs use, ``max(1, ⌈3σ⌉)`` pixels.
 Users: the registration's DRR blur (:mod:`xraypose.register.objective`), the confidence check's
 residual blur, the initialiser's anti-alias prefilter, :func:`xraypose.preprocess.gaussian_blur`
 (a kernel size given in pixels), the simulator's focal spot (radius ``round(3σ)``), the appearance
-detector and the training blur augmentation.
+detector and the training blur augmentation.  :func:`max_filter` is a ``(2r + 1)²`` square max
+filter (a mask's dilation) as two 1-D passes: a structure's footprint grown by its margin, a wrist
+camera's dark border, a round field's reach.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["gaussian_weights", "gaussian_kernel1d", "three_sigma_radius"]
+__all__ = ["gaussian_weights", "gaussian_kernel1d", "three_sigma_radius", "max_filter"]
 
 
 def three_sigma_radius(sigma: float) -> int:
@@ -37,3 +39,14 @@ def gaussian_kernel1d(sigma, radius: int, dtype: torch.dtype = torch.float64) ->
     """:func:`gaussian_weights` normalised to sum 1 along the last dimension."""
     w = gaussian_weights(sigma, radius, dtype)
     return w / w.sum(-1, keepdim=True)
+
+
+def max_filter(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``(H, W)`` float: the maximum of ``x`` over each ``(2r + 1)²`` square (borders: what lies inside), as
+    two 1-D passes (the same result as one square pass; 1.1 s → 0.04 s at r = 36 on 552 × 518).  A bool
+    mask's dilation is ``max_filter(mask.float(), r) > 0``."""
+    y = x.to(torch.float32)[None, None]
+    if r > 0:
+        y = torch.nn.functional.max_pool2d(y, (2 * r + 1, 1), stride=1, padding=(r, 0))
+        y = torch.nn.functional.max_pool2d(y, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return y[0, 0]

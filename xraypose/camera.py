@@ -110,22 +110,23 @@ class Camera:
         """(cu, cv) in pixels of the un-mirrored detector."""
         return (self.width - 1) / 2 + self.x0 / self.delx, (self.height - 1) / 2 + self.y0 / self.dely
 
-    def K(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-        """Intrinsic matrix (3, 3), mirror included when ``reverse_x_axis``."""
+    def _k_entries(self) -> tuple[float, float, float, float]:
+        """(fx, fy, cu, cv) of :meth:`K`, mirror included: fx < 0 and cu mirrored when ``reverse_x_axis``."""
         cu, cv = self.principal_point
         fx = self.fx
         if self.reverse_x_axis:
             fx, cu = -fx, (self.width - 1) - cu
-        return torch.tensor([[fx, 0.0, cu], [0.0, self.fy, cv], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+        return fx, self.fy, cu, cv
+
+    def K(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """Intrinsic matrix (3, 3), mirror included when ``reverse_x_axis``."""
+        fx, fy, cu, cv = self._k_entries()
+        return torch.tensor([[fx, 0.0, cu], [0.0, fy, cv], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
 
     def K_inv(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
         """Inverse of :meth:`K` (3, 3), in closed form (K is upper triangular with a unit last row):
         no matrix inversion on the device, whose error check would stop a GPU's queue every render."""
-        cu, cv = self.principal_point
-        fx = self.fx
-        if self.reverse_x_axis:
-            fx, cu = -fx, (self.width - 1) - cu
-        fy = self.fy
+        fx, fy, cu, cv = self._k_entries()
         return torch.tensor([[1.0 / fx, 0.0, -cu / fx], [0.0, 1.0 / fy, -cv / fy], [0.0, 0.0, 1.0]],
                             dtype=dtype, device=device)
 

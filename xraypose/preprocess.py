@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from xraypose._checks import finite_float, is_numeric_dtype
-from xraypose._kernels import gaussian_kernel1d
+from xraypose._kernels import gaussian_kernel1d, max_filter
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry.frames import ROLL_180
@@ -680,8 +680,9 @@ def field_penumbra(image, shadow: torch.Tensor, max_px: int | None = None,
     a ring whose line integrals are neither (on the real wrist radiographs 0.2–0.6 of the shadow's level,
     30–50 px wide at 1024 rows, against a field whose 99th percentile is 0.10–0.13).  Registration would
     read that ring as anatomy.  The penumbra is taken as the pixels connected to the shadow, within
-    ``max_px`` of it (default :data:`FIELD_PENUMBRA_MAX_FRACTION` of the larger side), whose value is
-    above the ``quantile`` of the field's inside (the pixels farther than ``max_px`` from the shadow).
+    ``max_px`` of it (default :data:`FIELD_PENUMBRA_MAX_FRACTION` of the larger side; above 384 rows
+    worked on blocks, so up to a block more), whose value is above the ``quantile`` of the field's inside
+    (the pixels beyond that reach).
     Only pixels are added; a hard edge (a simulated field) adds at most a pixel or two of blurred rim.
 
     Args:
@@ -695,22 +696,35 @@ def field_penumbra(image, shadow: torch.Tensor, max_px: int | None = None,
     n = int(max_px if max_px is not None else round(FIELD_PENUMBRA_MAX_FRACTION * max(H, W)))
     if n < 1:
         return shadow
-    s = shadow.to(torch.float32)[None, None]
-    near = torch.nn.functional.max_pool2d(s, (2 * n + 1, 1), stride=1, padding=(n, 0))
-    near = torch.nn.functional.max_pool2d(near, (1, 2 * n + 1), stride=1, padding=(0, n))[0, 0] > 0
+    # On a grid of at most ~256 rows (k × k blocks; a block is set where any of its pixels is): the reach
+    # and the geodesic growth below cost k³ ≈ 64× less than at 1024 rows (0.95 s a frame there); the reach
+    # is then up to a block wider, and a gap narrower than a block is bridged.
+    k = max(1, round(max(H, W) / 256))
+    Hc, Wc = -(-H // k), -(-W // k)
+
+    def coarse(m: torch.Tensor) -> torch.Tensor:
+        pad = torch.zeros(Hc * k, Wc * k, dtype=torch.float32)
+        pad[:H, :W] = m.float()
+        return F.max_pool2d(pad[None, None], k)[0, 0] > 0
+
+    def full(m: torch.Tensor) -> torch.Tensor:
+        return m.repeat_interleave(k, 0).repeat_interleave(k, 1)[:H, :W]
+
+    steps = -(-n // k)
+    start = coarse(shadow)
+    near = full(max_filter(start.float(), steps) > 0) | shadow
     inside = ~near
     if int(inside.sum()) < 0.05 * H * W:  # too little field left to say what the anatomy's level is
         return shadow
     thr = torch.quantile(img[inside][:: max(1, int(inside.sum()) // 200_000)], quantile)
     allowed = ((img > thr) & near) | shadow
-    grown = shadow.clone()
-    for _ in range(n):  # geodesic growth, one pixel per step, through the allowed pixels only
-        g = torch.nn.functional.max_pool2d(grown.to(torch.float32)[None, None], 3, stride=1, padding=1)[0, 0] > 0
-        g &= allowed
+    ok, grown = coarse(allowed), start
+    for _ in range(steps):  # geodesic growth from the shadow through the allowed blocks, one block per step
+        g = (max_filter(grown.float(), 1) > 0) & ok
         if torch.equal(g, grown):
             break
         grown = g
-    return grown
+    return (full(grown) & allowed) | shadow
 
 
 def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor | None:
@@ -745,10 +759,7 @@ def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor 
             else shadow
         penumbra = float((ring & ~shadow).double().mean())
         shadow = ring
-        out = shadow.to(torch.float32)
-        if g > 0:
-            out = torch.nn.functional.max_pool2d(out[None, None], 2 * g + 1, stride=1, padding=g)[0, 0]
-        field = 1.0 - out
+        field = 1.0 - max_filter(shadow.float(), g)
         frac = float(field.mean()) if keep is None else float((field * keep).mean())
         steps.append({"step": "field_check", "shadow_fraction": shadow_frac, "penumbra_fraction": penumbra,
                       "field_fraction": frac})

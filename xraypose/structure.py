@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from xraypose._kernels import max_filter
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 
@@ -379,10 +380,7 @@ def structure_weights(volume: Volume, camera: Camera, camera_to_world, density: 
     foot = (drr > 0.02 * top).float()
     z = float(camera.depth(volume.get_isocenter().to(F64)[None], T)[0, 0])
     r = int(math.ceil(margin_mm * camera.sdd / max(z, 1e-6) / min(camera.delx, camera.dely)))
-    if r > 0:  # a (2r + 1)² max filter as two 1-D ones (the same result; 1.1 s → 0.04 s at r = 36 on 552 × 518)
-        foot = F.max_pool2d(foot[None, None], (2 * r + 1, 1), stride=1, padding=(r, 0))
-        foot = F.max_pool2d(foot, (1, 2 * r + 1), stride=1, padding=(0, r))[0, 0]
-    return foot.to(torch.float32)
+    return max_filter(foot, r)
 
 
 class FootprintWeights:

@@ -68,9 +68,7 @@ def read_sequences(frames, rig: str | None, read_kw: dict):
 def _overlay_gif(volume: Volume, density: str, frames_views, results, rel) -> bytes:
     """An animated GIF: per frame, every view's frame (at most :data:`GIF_ROWS` rows) with the edges of the
     DRR at its tracked pose in orange, the views side by side.  ``frames_views``: per view (frames (F, 1, H, W),
-    camera, masks): preprocessing's (F, 1, H, W) masks, a structure's
-    :class:`~xraypose.structure.FootprintWeights` (its preprocessing masks are used), or None; each frame's
-    display window is taken inside its mask."""
+    camera, preprocessing's (F, 1, H, W) masks or None); each frame's display window is taken inside its mask."""
     import imageio.v3 as iio
     import numpy as np
     import torch
@@ -90,8 +88,6 @@ def _overlay_gif(volume: Volume, density: str, frames_views, results, rel) -> by
         panels = []
         for i, ((imgs, cam, masks), (h, w, scam)) in enumerate(zip(frames_views, small)):
             x = imgs[fr.index, 0]
-            if masks is not None and not torch.is_tensor(masks):  # a structure's weights: their pixel masks
-                masks = getattr(masks, "masks", None)
             m = None if masks is None else masks[min(fr.index, masks.shape[0] - 1), 0].to(torch.float32)
             if (h, w) != tuple(x.shape):
                 x = resize(x, cam, h, w)[0]
@@ -482,6 +478,14 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
             "config": reg.config.to_dict(), "metal": metal}
 
 
+def _pixel_masks(weights):
+    """A view's preprocessing masks ((F, 1, H, W) or None) from what tracking weighs it with: those masks, or a
+    structure's :class:`~xraypose.structure.FootprintWeights` (which hold them)."""
+    from xraypose.structure import FootprintWeights
+
+    return weights.masks if isinstance(weights, FootprintWeights) else weights
+
+
 def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, volume: Volume, density: str,
            views) -> None:
     """Write trajectory.csv, trajectory.json and overlay.gif (replacing an earlier sequence's), print a
@@ -491,7 +495,8 @@ def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, v
     rows, jframes = track_rows(res, times, names, to_rig, pose_name)
     doc = {**doc, "frames": jframes}
     files = {"trajectory.csv": _csv_bytes(rows), "trajectory.json": json_bytes(doc),
-             "overlay.gif": _overlay_gif(volume, density, [(v[0], v[1], v[3]) for v in views], res, to_rig)}
+             "overlay.gif": _overlay_gif(volume, density, [(v[0], v[1], _pixel_masks(v[3])) for v in views], res,
+                                         to_rig)}
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_files(output, files, remove=TRACK_FILES)
     counts = doc["summary"]["verdicts"]

@@ -46,8 +46,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from xraypose._kernels import max_filter
 from xraypose.camera import Camera, CameraPose
 from xraypose.errors import InputError
 from xraypose.preprocess import PixelMap
@@ -271,11 +271,8 @@ class AutoscoperWrist:
             lit = torch.from_numpy(self._fields[cam][1])
             H, W = lit.shape
             k = max(int(round(self.margin_px / 3)), 0)
-            if k:  # grow the never-lit pixels by k (a square max filter, done along rows then columns)
-                dark = (~lit).float()[None, None]
-                dark = F.max_pool2d(dark, (1, 2 * k + 1), stride=1, padding=(0, k))
-                dark = F.max_pool2d(dark, (2 * k + 1, 1), stride=1, padding=(k, 0))[0, 0] > 0
-                lit = lit & ~dark
+            if k:  # grow the never-lit pixels by k
+                lit = lit & ~(max_filter((~lit).float(), k) > 0)
             self._fields[key] = _circle_mask(H, W, cu, cv, max(r - self.margin_px, 1.0)) & lit
         return self._fields[key].clone()
 

@@ -387,23 +387,11 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     if trajectory:
         files["trajectory.json"] = json_bytes({"records": reg.trajectory, "levels": reg.level_stats})
     if image is not None and volume is not None:
-        files["views.png"] = _views_png(reg, image, volume, mask, name, renderer)
+        from xraypose.register.multiview import result_picture
+
+        files["views.png"] = result_picture(volume, [image], [reg], [name], reg.config, reg.verdict, reg.p_success,
+                                            None if mask is None else [mask], renderer)
     return atomic_write_files(out, files, remove=RESULT_FILES)
-
-
-def _views_png(reg: Registration, image, volume: Volume, mask, name: str, renderer=None) -> bytes:
-    """``views.png`` of one registered X-ray (:func:`xraypose.register.multiview.views_picture`)."""
-    from xraypose.register.multiview import views_picture
-
-    if renderer is None:
-        from xraypose.evaluate import PictureRenderer
-
-        renderer = PictureRenderer(volume, density=reg.config.get("density", "linear"))
-    drr = renderer(reg.camera, torch.as_tensor(reg.camera_to_world, dtype=torch.float64)[None])[0]
-    title = None if reg.verdict is None else f"verdict: {reg.verdict} (P(mTRE < 2 mm) = {reg.p_success:.2f})"
-    img = torch.as_tensor(image).reshape(drr.shape)
-    return views_picture([img], [drr], [name], [reg.verdict], None if reg.p_success is None else [reg.p_success],
-                         title=title, masks=None if mask is None else [torch.as_tensor(mask).reshape(drr.shape)])
 
 
 def _check_finite(obj, where: str = "result", allow_inf: bool = False) -> None:

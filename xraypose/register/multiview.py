@@ -60,7 +60,7 @@ from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
 __all__ = ["ViewImage", "ViewResult", "RigRegistration", "register_rig", "rig_start", "combine_confidences",
-           "write_rig_registration", "views_picture", "RIG_RESULT_FILES"]
+           "write_rig_registration", "views_picture", "result_picture", "RIG_RESULT_FILES"]
 
 F64 = torch.float64
 
@@ -447,13 +447,29 @@ def views_picture(images, drrs, names, verdicts=None, p_success=None, title: str
     return buf.getvalue()
 
 
-def _rig_drrs(volume: Volume, rr: RigRegistration, renderer=None) -> list:
-    """Per view (H, W) DRR at the result (registration's density model)."""
+def result_picture(volume: Volume, images, views, names, config: dict, verdict=None, p_success=None,
+                   masks=None, renderer=None) -> bytes:
+    """``views.png`` of a registered result (a rig's views, or one X-ray's registration): per view the
+    X-ray, the DRR at its ``camera_to_world`` (the registration's density model) and its edges on the
+    X-ray (:func:`views_picture`), the overall verdict above.
+
+    Args:
+        images: per view (H, W) the X-ray as registered; views: per view an object with ``camera``,
+            ``camera_to_world``, ``verdict``, ``p_success`` (a :class:`ViewResult`, a Registration);
+        names: per view text; config: the registration's config dict (its ``density``).
+        verdict, p_success: the result's (the title); masks: per view trusted pixels or None.
+    """
     if renderer is None:
         from xraypose.evaluate import PictureRenderer
 
-        renderer = PictureRenderer(volume, density=rr.config.get("density", "linear"))
-    return [renderer(o.camera, o.camera_to_world[None])[0] for o in rr.views]
+        renderer = PictureRenderer(volume, density=config.get("density", "linear"))
+    drrs = [renderer(v.camera, torch.as_tensor(v.camera_to_world, dtype=torch.float64)[None])[0] for v in views]
+    images = [torch.as_tensor(x).reshape(d.shape) for x, d in zip(images, drrs)]
+    masks = None if masks is None else [None if m is None else torch.as_tensor(m).reshape(d.shape)
+                                        for m, d in zip(masks, drrs)]
+    title = None if verdict is None else f"verdict: {verdict} (P(mTRE < 2 mm) = {p_success:.2f})"
+    return views_picture(images, drrs, names, [v.verdict for v in views],
+                         [v.p_success for v in views] if p_success is not None else None, title=title, masks=masks)
 
 
 def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: Volume | None = None,
@@ -483,9 +499,6 @@ def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: 
     if trajectory:
         files["trajectory.json"] = json_bytes({"records": rr.trajectory, "levels": rr.level_stats})
     if images is not None and volume is not None:
-        drrs = _rig_drrs(volume, rr, renderer)
-        title = None if rr.verdict is None else f"verdict: {rr.verdict} (P(mTRE < 2 mm) = {rr.p_success:.2f})"
-        files["views.png"] = views_picture(images, drrs, [v.name for v in rr.views], [v.verdict for v in rr.views],
-                                           [v.p_success for v in rr.views] if rr.p_success is not None else None,
-                                           title=title, masks=masks)
+        files["views.png"] = result_picture(volume, images, rr.views, [v.name for v in rr.views], rr.config,
+                                            rr.verdict, rr.p_success, masks, renderer)
     return atomic_write_files(out, files, remove=tuple(dict.fromkeys(RIG_RESULT_FILES + RESULT_FILES)))

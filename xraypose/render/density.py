@@ -51,22 +51,18 @@ def _hu_basis(volume: Volume, structures):
         A, Bc = A * sel, Bc * sel
 
     def norm(m):
-        if isinstance(m, float):  # one multiplier for the batch: a number, no tensor
-            if bmin is not None and m * bmin < c:
-                raise InputError(
-                    f"bone_attenuation_multiplier {m:g} is so small that bone falls below the "
-                    f"soft-tissue minimum ({c:g} HU); use a larger multiplier"
-                )
-            return max((nonbone_max if bmax is None else max(nonbone_max, m * bmax)) - c, 1e-12)
-        if bmin is not None and bool((m * bmin < c).any()):
+        """The divisor for multiplier(s) ``m``: a float for a float (no tensor), else a tensor like ``m``."""
+        one = isinstance(m, float)
+        lo = m if one else float(m.min())
+        if bmin is not None and lo * bmin < c:
             raise InputError(
-                f"bone_attenuation_multiplier {float(m.min()):g} is so small that bone falls below the "
+                f"bone_attenuation_multiplier {lo:g} is so small that bone falls below the "
                 f"soft-tissue minimum ({c:g} HU); use a larger multiplier"
             )
-        mx = torch.full_like(m, nonbone_max)
-        if bmax is not None:
-            mx = torch.maximum(mx, m * bmax)
-        return (mx - c).clamp_min(1e-12)
+        if bmax is None:
+            return max(nonbone_max - c, 1e-12) if one else torch.full_like(m, max(nonbone_max - c, 1e-12))
+        mx = max(nonbone_max, m * bmax) if one else torch.clamp(m * bmax, min=nonbone_max)
+        return max(mx - c, 1e-12) if one else (mx - c).clamp_min(1e-12)
 
     return torch.stack([A, Bc]), norm
 

@@ -70,18 +70,29 @@ class DRR(nn.Module):
             basis, norm = density_basis(volume, density, structures)
             if not bool((basis[1] != 0).any()):
                 basis = basis[:1]
-            # Channels-last storage: the fused CPU kernel reads all channels of a voxel at once.
-            self.register_buffer("basis", basis.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2))
+            self.register_buffer("basis", _basis_layout(basis))
             self._norm = norm
+
+    def _apply(self, fn, recurse=True):
+        """Moving the module (``.to``, ``.cuda``) also re-lays its basis out for the new device."""
+        out = super()._apply(fn, recurse)
+        if not self.volume_requires_grad:
+            self.basis = _basis_layout(self.basis)
+        return out
 
     @property
     def volume_shape(self) -> tuple[int, int, int]:
         t = self.density if self.volume_requires_grad else self.basis
         return tuple(t.shape[-3:])
 
-    def _multipliers(self, m, B: int, device, dtype) -> torch.Tensor:
-        if m is None:
-            m = self.default_multiplier
+    def _multipliers(self, m, B: int, device, dtype) -> float | torch.Tensor:
+        """One number for the batch (None: the default; checked in Python — no tensor whose check would
+        wait for a GPU's queue), or (B,) per pose."""
+        if m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)):
+            m = self.default_multiplier if m is None else float(m)
+            if not (math.isfinite(m) and m > 0):
+                raise InputError("bone_attenuation_multiplier must be finite and > 0")
+            return m
         m = torch.as_tensor(m, dtype=dtype, device=device).reshape(-1)
         if m.numel() == 1:
             m = m.expand(B)
@@ -103,26 +114,14 @@ class DRR(nn.Module):
             ) != self.default_multiplier:
                 raise InputError("the bone multiplier is fixed when the volume itself is being optimised")
             return render(self.density, self.affine, self.camera, camera_to_world, uv=uv, **kw)
-        if self.basis.is_cuda and not self.basis.is_contiguous():
-            # The Triton kernel reads channel planes: the CPU kernel's channels-last storage would be
-            # copied whole on every call (measured on an H200: 286 MiB extra per call on a 366x303x336 CT).
-            self.basis = self.basis.contiguous()
         img = render(self.basis, self.affine, self.camera, camera_to_world, uv=uv, **kw)
-        m = bone_attenuation_multiplier
-        if m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)):
-            # one number for the batch (the default): checked and normalised in Python — no tensor
-            # whose check would wait for a GPU's queue
-            m = self.default_multiplier if m is None else float(m)
-            if not (math.isfinite(m) and m > 0):
-                raise InputError("bone_attenuation_multiplier must be finite and > 0")
-            out = img[:, :1] if img.shape[1] == 1 else img[:, :1] + m * img[:, 1:2]
-            return out / self._norm(m)
-        m = self._multipliers(m, B, img.device, img.dtype)
-        shape = (B,) + (1,) * (img.dim() - 1)
-        out = img[:, :1]
-        if img.shape[1] == 2:
-            out = out + m.reshape(shape) * img[:, 1:2]
-        return out / self._norm(m).reshape(shape)
+        m = self._multipliers(bone_attenuation_multiplier, B, img.device, img.dtype)
+        n = self._norm(m)
+        if torch.is_tensor(m):
+            shape = (B,) + (1,) * (img.dim() - 1)
+            m, n = m.reshape(shape), n.reshape(shape)
+        out = img[:, :1] if img.shape[1] == 1 else img[:, :1] + m * img[:, 1:2]
+        return out / n
 
     def forward(
         self,
@@ -173,3 +172,12 @@ class DRR(nn.Module):
             vals = self.render_pixels(camera_to_world, uv, m)  # (B, 1, P·S²)
             return vals.reshape(B, -1, patch_size, patch_size)
         return self.render_pixels(camera_to_world, None, m)
+
+
+def _basis_layout(basis: torch.Tensor) -> torch.Tensor:
+    """(C, I, J, K) ``basis`` stored as its device's kernel reads it: channels-last on the CPU (the fused
+    kernel reads all channels of a voxel at once), channel planes elsewhere (the Triton kernel: the
+    CPU's layout was copied whole on every call, 286 MiB a call on a 366×303×336 CT on an H200)."""
+    if basis.device.type == "cpu":
+        return basis.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+    return basis.contiguous()
