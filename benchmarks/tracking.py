@@ -211,6 +211,53 @@ def preprocessed_frame(fx, prep: dict, args):
                       photon_offset=args.photon_offset)
 
 
+def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam, args) -> dict:
+    """``--counts``: the tracked estimates refined on the frames' raw counts as ``xraypose track --counts``
+    does it (``refine_sequence``: counts in photons read from each frame's own noise, pixels inside the
+    collimator crop, the blur estimated on the first refined frame unless ``--counts-blur`` gives it; every
+    ``--counts-every``-th frame).  The raw camera's pose is the preprocessed one times the inverse of
+    preprocessing's ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the
+    rows; returns the summary."""
+    from xraypose.metrics import pose_errors
+    from xraypose.register.counts import counts_basis, refine_sequence
+    from xraypose.render.density import registration_basis
+
+    basis = counts_basis(vol) if args.counts_basis == "counts" else registration_basis(vol, "linear")
+    picked = [fr for fr in out if fr.index % args.counts_every == 0]
+    raw0, cam, _, crop, family_blur = raws[picked[0].index]
+    blur = {"family": family_blur, "estimate": None}.get(args.counts_blur)
+    blur = float(args.counts_blur) if blur is None and args.counts_blur != "estimate" else blur
+    starts = [fr.camera_to_world.to(F64) @ torch.linalg.inv(raws[fr.index][2]) for fr in picked]
+    t0, times = time.perf_counter(), []
+
+    def progress(i, fit):
+        nonlocal t0
+        fr, row = picked[i], rows[picked[i].index]
+        T = fit.pose @ raws[fr.index][2]
+        row["mtre_counts"] = float(pose_errors(T, poses[fr.index], fid, pcam)["mtre"])
+        row["depth_error_counts_mm"] = depth_error(T, poses[fr.index], fid)
+        row["counts"] = {**fit.to_dict(), "seconds": time.perf_counter() - t0}
+        times.append(row["counts"]["seconds"])
+        print(f"  frame {fr.index:3d}: tracked {row['mtre']:6.3f} mm -> counts {row['mtre_counts']:6.3f} mm "
+              f"(depth {row['depth_error_mm']:+.2f} -> {row['depth_error_counts_mm']:+.2f}), {fit.iterations} "
+              f"steps, {times[-1]:.2f} s", flush=True)
+        t0 = time.perf_counter()
+
+    sigma, _ = refine_sequence(basis, vol.affine, cam, [raws[fr.index][0] for fr in picked], starts,
+                               isocenter=vol.get_isocenter(), crop=crop, blur_px=blur,
+                               supersample=args.counts_supersample, renderer=args.counts, progress=progress)
+    done = [rows[fr.index] for fr in picked]
+    mt = torch.tensor([r["mtre_counts"] for r in done])
+    before = torch.tensor([r["mtre"] for r in done])
+    return {"renderer": args.counts, "basis": args.counts_basis, "supersample": args.counts_supersample,
+            "blur": args.counts_blur, "blur_px": sigma, "frames": len(done),
+            "share_below_1mm": float((mt < 1).double().mean()),
+            "tracked_share_below_1mm_same_frames": float((before < 1).double().mean()),
+            "median_mtre_mm": float(mt.median()), "p90_mtre_mm": float(mt.quantile(0.9)),
+            "rms_depth_error_mm": float(torch.tensor([r["depth_error_counts_mm"] for r in done]).pow(2).mean().sqrt()),
+            "median_seconds_first_excluded": float(torch.tensor(times[1:] or times).median())}
+
+
 def second_view(vol, form_cam, truth: list, poses: list, fixed: dict, args) -> dict:
     """A biplane sequence's second view (``--biplane DEG``): camera 2 is camera 1 turned ``DEG``° about the
     CT's isocenter around camera 1's image-vertical (+y) axis, rigidly tied to it; frame f formed by the
@@ -328,6 +375,17 @@ def main(argv=None) -> int:
                          "isocenter around its image-vertical axis, filmed at the same moments (its own "
                          "noise draws), both tracked jointly (xraypose track's rig form); the errors are "
                          "the rig's, in view 0's camera")
+    ap.add_argument("--counts", default="none", choices=["none", "trilinear", "siddon"],
+                    help="after tracking, refine every frame's estimate on its raw counts by their Poisson "
+                         "likelihood (xraypose.register.counts.refine_on_counts) with this renderer; reported "
+                         "beside the tracked results (the motion model does not see them)")
+    ap.add_argument("--counts-supersample", type=int, default=2)
+    ap.add_argument("--counts-blur", default="estimate",
+                    help="the counts model's detector blur, px: 'estimate' (on the first refined frame, held: what "
+                         "xraypose track --counts does), 'family' (the formed frames' own) or a number")
+    ap.add_argument("--counts-basis", default="counts", choices=["counts", "registration"],
+                    help="the counts model's channels: counts_basis (hinges at -1000/0/350 HU) or registration_basis")
+    ap.add_argument("--counts-every", type=int, default=1, help="refine every k-th frame only")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
@@ -356,7 +414,7 @@ def main(argv=None) -> int:
     form_cam = Camera(sdd=1020.0, height=fine, width=fine, delx=280.0 / fine)
     area = (args.detector / fine) ** 2  # a formed pixel's area over a registered one's
     t0 = time.perf_counter()
-    images, poses, formed, weights, masks = [], [], [], [], []
+    images, poses, formed, weights, masks, raws = [], [], [], [], [], []
     fixed = dict(_parse_param(kv) for kv in args.param)
     for f, T in enumerate(truth):
         g = torch.Generator().manual_seed(args.seed * 7 + f)
@@ -373,6 +431,9 @@ def main(argv=None) -> int:
         prep = frame_preprocessing(fx, fine, args.detector)
         pre = preprocessed_frame(fx, prep, args)
         images.append(pre.image)
+        if args.counts != "none":
+            raws.append((fx.raw.reshape(fx.camera.height, fx.camera.width), fx.camera, pre.pose_transform,
+                         int(fx.preprocess.get("crop", 0)), float(fx.info.get("blur_px", 0.0))))
         masks.append(None if args.ignore_masks else pre.mask)
         if args.noise_weight:  # experiment: pixels weighted by their counts' information, capped at 1
             st = next(s for s in pre.steps if s["step"] == "rescale01")
@@ -478,6 +539,8 @@ def main(argv=None) -> int:
                      "mtre": err(fr.camera_to_world, fr.index), "mtre_registered": err(fr.registered, fr.index),
                      "depth_error_mm": depth_error(fr.camera_to_world, poses[fr.index], fid),
                      "depth_error_registered_mm": depth_error(fr.registered, poses[fr.index], fid)})
+    if args.counts != "none":
+        report["counts"] = refine_counts(vol, rows, out, raws, poses, fid, pcam, args)
     mt = torch.tensor([r["mtre"] for r in rows])
     mt_reg = torch.tensor([r["mtre_registered"] for r in rows])
     dz = torch.tensor([r["depth_error_mm"] for r in rows])
@@ -500,7 +563,8 @@ def main(argv=None) -> int:
                "frames_per_s": float(1.0 / secs.mean()), "reinitialised": sum(r["reinitialised"] for r in rows),
                "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "uncertain", "failed", None)}}
     report.update(summary=summary, frames=rows, formed=formed)
-    write_report(args.json, report, [f"{k:32s} {v}" for k, v in summary.items()])
+    write_report(args.json, report, [f"{k:32s} {v}" for k, v in {**summary, **{
+        f"counts: {k}": v for k, v in report.get("counts", {}).items()}}.items()])
     return 0
 
 

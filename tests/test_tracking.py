@@ -680,3 +680,43 @@ def test_a_views_masks_may_follow_the_frames_start():
     assert calls[0][0] == 2 and torch.allclose(calls[0][1], T0 @ C)
     with pytest.raises(InputError, match="start pose"):
         _frame_views(views, 0)
+
+
+def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequence, capsys):
+    """--counts: each frame's pose refined on its photon counts (the blur estimated on frame 0), the tracked
+    pose kept beside it; the refined poses are no worse than the tracked ones.  (The sequence's frames are
+    point-sampled — XraySimulator(supersample=1) — so the counts' model is too: --counts-supersample 1.)"""
+    from xraypose.cli import main
+
+    run = _save_sequence(tmp_path / "in", sequence, n=3)
+    out = tmp_path / "out"
+    code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", str(tmp_path / "in" / "start.json"),
+                 "--i0", "65000", "--fast", "--counts", "--counts-supersample", "1"])
+    text = capsys.readouterr()
+    assert code in (0, 3), text.err
+    assert sum(ln.startswith("counts, frame ") for ln in text.out.splitlines()) == 3
+    doc = json.loads((out / "trajectory.json").read_text())
+    assert doc["counts"]["refined"] + sum(fr["verdict"] == "failed" for fr in doc["frames"]) == 3
+    assert doc["counts"]["blur_estimated"] and 0.0 <= doc["counts"]["blur_px"] <= 1.6
+    for fr in doc["frames"]:
+        if fr["verdict"] == "failed":
+            continue
+        err = lambda key: float(pose_errors(torch.tensor(fr[key], dtype=F64), sequence["poses"][fr["frame"]],  # noqa: E731
+                                            sequence["fid"], sequence["camera"])["mtre"])
+        assert fr["counts"]["converged"] and len(fr["counts"]["covariance"]) == 6
+        assert err("camera_to_world") < max(1.0, err("tracked_camera_to_world") + 0.3)
+
+
+def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
+    from xraypose.cli import main
+
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    base = ["track", "sample", str(run), "-o", str(tmp_path / "o"), "--init", "ap"]
+    code = main(base + ["--counts-blur", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--counts-blur, --counts-supersample and --counts-renderer go with --counts" in err
+    side = json.loads((tmp_path / "in" / "run.json").read_text())
+    (tmp_path / "in" / "run.json").write_text(json.dumps({**side, "kind": "attenuation"}))
+    code = main(base + ["--counts"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--counts needs raw detector intensities" in err, err

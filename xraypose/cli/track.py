@@ -5,6 +5,7 @@ as ``register`` starts (:mod:`xraypose.cli.steps`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -179,6 +180,19 @@ PREDICT_BLUR = typer.Option(False, "--predict-blur", help="Predict the detector'
                             "--blur-coefficient.")
 BLUR_TURN = typer.Option(None, "--blur-turn", help="With --predict-blur: the turn of the view (degrees, > 0) after "
                          "which the blur coefficient is predicted again (default 5; 0: once, at frame 0).")
+COUNTS = typer.Option(False, "--counts", help="After tracking, refine every frame's pose on its raw counts by their "
+                      "Poisson likelihood (xraypose.register.counts: the DRR formed as a detector forms an "
+                      "image — exp, area average, an intensity blur — against the counts, each pixel weighed "
+                      "by its photons). For raw detector frames (kind 'intensity') with photon noise; one "
+                      "view, the whole CT. The tracked pose is kept in trajectory.json.")
+COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the frames' "
+                           "pixels (default: estimated on the first frame and held).")
+COUNTS_SUPERSAMPLE = typer.Option(2, "--counts-supersample", help="With --counts: DRR pixels per frame pixel per "
+                                  "side, area-averaged as a detector's pixel integrates intensity (1: 4× faster; "
+                                  "biased on frames formed finer).")
+COUNTS_RENDERER = typer.Option("siddon", "--counts-renderer", help="With --counts: siddon (the CT's voxels as "
+                               "constant boxes; the sharpest model, the blur fitted on top) or trilinear "
+                               "(interpolated: faster, its own blur biases a coarse CT's depth).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -205,6 +219,10 @@ def track_command(
     blur_coefficient: Optional[float] = BLUR_COEFFICIENT,
     predict_blur: bool = PREDICT_BLUR,
     blur_turn: Optional[float] = BLUR_TURN,
+    counts: bool = COUNTS,
+    counts_blur: Optional[float] = COUNTS_BLUR,
+    counts_supersample: int = COUNTS_SUPERSAMPLE,
+    counts_renderer: str = COUNTS_RENDERER,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -245,8 +263,12 @@ def track_command(
               "blur_coefficient": blur_coefficient,
               **appearance_settings(metal_steps, match_intensity),
               **levels_config(levels, fast, metal, edge_enhanced, scatter)}
+    if not counts and (counts_blur is not None or counts_supersample != 2 or counts_renderer != "siddon"):
+        raise InputError("--counts-blur, --counts-supersample and --counts-renderer go with --counts")
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
+    if counts:
+        _check_counts(seqs, the_rig, structure_kw, counts_blur, counts_supersample, counts_renderer)
     r = _start_view_index(start_view, names, frames)
     cts = load_registration_ct(ct, start_kw["isocenter"], density, **structure_kw)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
@@ -274,14 +296,74 @@ def track_command(
     res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
                                     edge_enhanced, scatter=scatter, part=cts.part,
                                     blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
+    if counts:
+        record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_blur,
+                                          counts_supersample, counts_renderer)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
+    if counts:
+        doc["counts"] = record_counts
     if blur_prediction is not None:
         _date_predictions(blur_prediction, res)
         doc["blur_prediction"] = blur_prediction
     if windows is not None:
         doc["structure_windows"] = windows
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
+
+
+def _check_counts(seqs, the_rig, structure_kw: dict, blur, supersample, renderer: str) -> None:
+    """``--counts``'s input, refused before tracking: one view's raw frames of the whole CT."""
+    if the_rig is not None:
+        raise InputError("--counts refines one view's frames; a rig's joint counts are not modelled: drop --rig")
+    if any(v is not None and v is not False for v in structure_kw.values()):
+        raise InputError("--counts models the whole CT's attenuation; a structure alone does not form the frames")
+    kind = seqs[0].frames[0].kind
+    if kind != "intensity":
+        raise InputError(f"--counts needs raw detector intensities (kind 'intensity'), not {kind!r} frames: the "
+                         "counts of a log or attenuation image are gone")
+    if blur is not None and not (math.isfinite(blur) and blur >= 0):
+        raise InputError(f"--counts-blur must be a number of pixels >= 0, got {blur!r}")
+    if supersample < 1:
+        raise InputError(f"--counts-supersample must be >= 1, got {supersample}")
+    if renderer not in ("siddon", "trilinear"):
+        raise InputError(f"--counts-renderer must be siddon or trilinear, got {renderer!r}")
+
+
+def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, supersample: int,
+                      renderer: str) -> dict:
+    """``--counts``: every frame not ``failed`` refined on its raw counts from its tracked pose (poses of the
+    preprocessed frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``); the frames'
+    ``camera_to_world`` replaced, the tracked pose and the fit in ``extra``.  Returns the record."""
+    import time
+
+    import torch
+
+    from xraypose.register.counts import counts_basis, refine_sequence
+
+    F64 = torch.float64
+    to_raw = torch.linalg.inv(camera_to_view.to(F64))
+    starts = [None if fr.verdict == "failed" else fr.camera_to_world.to(F64) @ to_raw for fr in res]
+    basis = counts_basis(cts.volume)
+    t0 = time.perf_counter()
+
+    def progress(i, fit):
+        if fit is None:
+            typer.echo(f"counts, frame {i + 1}/{len(res)}: failed frame, left as tracked")
+        else:
+            typer.echo(f"counts, frame {i + 1}/{len(res)}: moved {fit.moved_mm:.2f} mm in {fit.iterations} steps"
+                       f"{'' if fit.converged else ' (not converged)'}")
+
+    sigma, fits = refine_sequence(basis, cts.volume.affine, camera, [fr.image for fr in seq.frames], starts,
+                                  isocenter=cts.isocenter, crop=crop, blur_px=blur, supersample=supersample,
+                                  renderer=renderer, progress=progress)
+    for fr, fit in zip(res, fits):
+        if fit is None:
+            continue
+        fr.extra["tracked_camera_to_world"] = fr.camera_to_world.tolist()
+        fr.extra["counts"] = fit.to_dict()
+        fr.camera_to_world = fit.pose @ camera_to_view.to(F64)
+    return {"blur_px": sigma, "blur_estimated": blur is None, "supersample": supersample, "renderer": renderer,
+            "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
 
 
 def _later_levels(metal: bool, edge_enhanced: bool = False, scatter: bool = False) -> tuple:

@@ -1,0 +1,198 @@
+"""Registration on a raw X-ray's photon counts (xraypose.register.counts): the model's chart derivatives,
+a closed loop, the gain's irrelevance, bad input."""
+
+import pytest
+import torch
+
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.metrics import pose_errors
+from xraypose.register.cases import CaseMaker, perturb_pose
+from xraypose.register.counts import CountsModel, counts_basis, counts_blur, refine_on_counts
+from xraypose.volume import load_sample_ct
+
+F64 = torch.float64
+PX = 40
+
+
+@pytest.fixture(scope="module")
+def scene():
+    vol = load_sample_ct()
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    T, fid = CaseMaker(vol, camera=cam, collimator_px=0, n_fiducials=10).true_pose(1)
+    basis = counts_basis(vol)
+    keep = torch.ones(PX, PX, dtype=torch.bool)
+    keep[:2], keep[-2:], keep[:, :2], keep[:, -2:] = False, False, False, False
+    a = torch.tensor([0.06, -0.01, 0.004], dtype=F64)  # a bilinear μ: its slope above water lower
+    return {"vol": vol, "cam": cam, "T": T.to(F64), "fid": fid, "basis": basis, "keep": keep, "a": a,
+            "iso": vol.get_isocenter()}
+
+
+def _counts(scene, model: CountsModel, photons: float = 3000.0) -> torch.Tensor:
+    """(PX, PX) noiseless counts of the model at the scene's true pose (zero outside ``keep``)."""
+    m, _ = model(scene["T"], scene["a"])
+    y = torch.zeros(PX, PX, dtype=F64)
+    y[scene["keep"]] = photons * m
+    return y
+
+
+def test_counts_basis_is_a_bilinear_mu():
+    """μ = w·(HU+1000) for HU ≤ 0 and another slope above, written on the hinges with the knots' weights."""
+    vol = load_sample_ct()
+    b = counts_basis(vol).double()
+    hu = vol.data.double()
+    top = float((hu + 1000).clamp_min(0).max())
+    mu = torch.where(hu <= 0, 2e-5 * (hu + 1000), 2e-5 * 1000 + 1.2e-5 * hu).clamp_min(0)
+    fit = (2e-5 * b[0] + (1.2e-5 - 2e-5) * b[1]) * top
+    assert torch.allclose(fit, mu, atol=1e-6 * float(mu.max()))
+    assert b.shape[0] == 3 and float(b[0].max()) == pytest.approx(1.0)
+
+
+def test_counts_blur_matches_the_detectors():
+    from xraypose.appearance.detector import gaussian_blur
+
+    x = torch.rand(2, 17, 23, dtype=F64, generator=torch.Generator().manual_seed(0))
+    out = counts_blur(x, 0.8)
+    for i in range(2):
+        assert torch.allclose(out[i], gaussian_blur(x[i], 0.8), atol=1e-12)
+    assert torch.equal(counts_blur(x, 0.0), x)
+
+
+def test_chart_derivatives_match_differences(scene):
+    """∂m/∂ξ (the chart's six directions, analytic from the trilinear kernel) and ∂m/∂a against central
+    differences of the model."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 2,
+                        "trilinear")
+    T, a = scene["T"], scene["a"]
+    m, dm = model(T, a, derivatives=True)
+    assert dm.shape == (6 + 3, int(scene["keep"].sum()))
+    for k in range(6):
+        h = 2e-3 if k < 3 else 0.1
+        e = torch.zeros(6, dtype=F64)
+        e[k] = h
+        fd = (model(model.moved(T, e), a)[0] - model(model.moved(T, -e), a)[0]) / (2 * h)
+        scale = float(fd.abs().max())
+        assert scale > 0
+        assert float((dm[k] - fd).abs().max()) < 0.05 * scale, k
+    for k in range(3):
+        e = torch.zeros(3, dtype=F64)
+        e[k] = 1e-4
+        fd = (model(T, a + e)[0] - model(T, a - e)[0]) / 2e-4
+        assert torch.allclose(dm[6 + k], fd, rtol=1e-4, atol=1e-6 * float(fd.abs().max()))
+
+
+def test_refine_returns_to_the_pose_that_formed_the_counts(scene):
+    """Noiseless counts of the model itself: from 3°/8 mm off, the pose and the coefficients come back; the
+    gain does not change the path."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 2)
+    y = _counts(scene, model)
+    start = perturb_pose(scene["T"], scene["iso"].to(F64), 3.0, 8.0, torch.Generator().manual_seed(3))[0]
+    kw = dict(isocenter=scene["iso"], keep=scene["keep"], blur_px=0.7, supersample=2, max_iterations=40)
+    fit = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, start, **kw)
+    err0 = float(pose_errors(start, scene["T"], scene["fid"], scene["cam"])["mtre"])
+    err = float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"])
+    assert err0 > 3.0
+    assert err < 0.02, (err0, err, fit)
+    assert fit.converged and fit.nll < fit.nll_start
+    assert torch.allclose(fit.coefficients, scene["a"], rtol=2e-3, atol=2e-5)
+    assert fit.scale == pytest.approx(3000.0, rel=2e-3)
+    fit37 = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], 37.0 * y, start, **kw)
+    assert torch.allclose(fit37.pose, fit.pose, atol=1e-6)
+    assert fit37.scale == pytest.approx(37.0 * fit.scale, rel=1e-6)
+
+
+def test_refine_with_siddon_returns_to_the_pose(scene):
+    """The Siddon model (derivatives by central differences along the chart) on its own noiseless counts."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 1,
+                        "siddon")
+    y = _counts(scene, model)
+    start = perturb_pose(scene["T"], scene["iso"].to(F64), 1.0, 3.0, torch.Generator().manual_seed(5))[0]
+    fit = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, start, isocenter=scene["iso"],
+                           keep=scene["keep"], blur_px=0.7, supersample=1, renderer="siddon", max_iterations=40)
+    err = float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"])
+    assert float(pose_errors(start, scene["T"], scene["fid"], scene["cam"])["mtre"]) > 1.0
+    assert err < 0.05, (err, fit)
+
+
+def test_refine_without_the_intensity_blur_in_the_model_is_biased(scene):
+    """The counts formed with a 1.2 px intensity blur, fitted without it: the optimum moves (the blur is
+    what puts one view's depth off); with it, it does not."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 1.2, 2)
+    y = _counts(scene, model, photons=1e6)
+    kw = dict(isocenter=scene["iso"], keep=scene["keep"], supersample=2, max_iterations=40)
+    right = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], blur_px=1.2, **kw)
+    wrong = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], blur_px=0.0, **kw)
+    e_right = float(pose_errors(right.pose, scene["T"], scene["fid"], scene["cam"])["mtre"])
+    e_wrong = float(pose_errors(wrong.pose, scene["T"], scene["fid"], scene["cam"])["mtre"])
+    assert e_right < 0.01
+    assert e_wrong > 5 * e_right + 0.02
+
+
+def test_bad_input_is_refused(scene):
+    b, A, cam, T, iso = scene["basis"], scene["vol"].affine, scene["cam"], scene["T"], scene["iso"]
+    y = torch.full((PX, PX), 100.0, dtype=F64)
+    with pytest.raises(InputError, match="pixels but its camera"):
+        refine_on_counts(b, A, cam, y[:-1], T, isocenter=iso)
+    with pytest.raises(InputError, match="negative"):
+        refine_on_counts(b, A, cam, y - 200.0, T, isocenter=iso)
+    with pytest.raises(InputError, match="mask"):
+        refine_on_counts(b, A, cam, y, T, isocenter=iso, keep=torch.ones(PX, PX + 1))
+    with pytest.raises(InputError, match="fewer than 64"):
+        refine_on_counts(b, A, cam, y, T, isocenter=iso, keep=torch.zeros(PX, PX))
+    with pytest.raises(InputError, match="no counts"):
+        refine_on_counts(b, A, cam, 0 * y, T, isocenter=iso)
+    with pytest.raises(InputError, match="supersample"):
+        refine_on_counts(b, A, cam, y, T, isocenter=iso, supersample=0)
+    with pytest.raises(InputError, match="blur"):
+        refine_on_counts(b, A, cam, y, T, isocenter=iso, blur_px=float("nan"))
+    with pytest.raises(InputError, match="renderer"):
+        refine_on_counts(b, A, cam, y, T, isocenter=iso, renderer="nearest")
+
+
+def test_the_covariance_is_the_inverse_information_of_the_photons(scene):
+    """Ten times the photons, a tenth of the covariance (the Fisher information is linear in them)."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 1)
+    kw = dict(isocenter=scene["iso"], keep=scene["keep"], blur_px=0.7, max_iterations=0,
+              coefficients=scene["a"])
+    lo = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], _counts(scene, model, 1e3), scene["T"], **kw)
+    hi = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], _counts(scene, model, 1e4), scene["T"], **kw)
+    assert torch.allclose(lo.covariance, 10 * hi.covariance, rtol=1e-6, atol=1e-12)
+    ev = torch.linalg.eigvalsh(0.5 * (lo.covariance + lo.covariance.T))
+    assert bool((ev > 0).all())
+
+
+def test_raw_keep_and_photons():
+    from xraypose.register.counts import photons_of, raw_keep
+
+    g = torch.Generator().manual_seed(0)
+    lam = torch.full((64, 64), 400.0, dtype=F64)
+    lam[20:40, 20:40] = 100.0
+    raw = 3.0 * torch.poisson(lam, generator=g)  # a gain of 3 grey levels per photon
+    raw[:, :4] = 0.0  # a blade stored as 0
+    raw[60:, :] = float(raw.max()) + 50  # a clipped plateau (the top value in 4 rows)
+    keep = raw_keep(raw, crop=2)
+    assert not bool(keep[:2].any()) and not bool(keep[:, :4].any()) and not bool(keep[60:].any())
+    assert bool(keep[10:50, 10:50].all())
+    y, per = photons_of(raw, keep)
+    assert per == pytest.approx(3.0, rel=0.1) and torch.allclose(y, raw / per)
+    with pytest.raises(InputError, match="photon counts"):
+        photons_of(torch.full((64, 64), 500.0), torch.ones(64, 64, dtype=torch.bool))
+    with pytest.raises(InputError, match="crop"):
+        raw_keep(raw, crop=32)
+
+
+def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
+    from xraypose.register.counts import refine_sequence
+
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1)
+    g = torch.Generator().manual_seed(1)
+    raws = [torch.poisson(_counts(scene, model, 5e4), generator=g) for _ in range(2)]
+    calls = []
+    sigma, fits = refine_sequence(scene["basis"], scene["vol"].affine, scene["cam"], raws, [None, scene["T"]],
+                                  isocenter=scene["iso"], crop=2, supersample=1,  # as the frames were formed
+                                  progress=lambda i, f: calls.append((i, f)))
+    assert fits[0] is None and fits[1] is not None and [i for i, _ in calls] == [0, 1]
+    assert sigma in (0.3, 0.5, 0.7)  # the grid's neighbours of the true 0.5
+    assert float(pose_errors(fits[1].pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.3
+    with pytest.raises(InputError, match="2 frames but 1 poses"):
+        refine_sequence(scene["basis"], scene["vol"].affine, scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])

@@ -1,0 +1,437 @@
+"""Registration's last step on a raw X-ray's photon counts: the Poisson likelihood of the pose.
+
+Why.  A low-dose frame's counts fix its depth (along the beam) to a few tenths of a millimetre (the
+Cramér–Rao bound, ``benchmarks/depth_bound.py``: median sd 0.2–0.45 mm), but registration's similarity of
+*preprocessed* images (the log, a blur after it, every pixel weighted alike) puts the optimum 1–2 mm off
+along the beam: its pixels' noise differs by ``e^L`` and a detector blurs intensities, not their log
+(docs/registration.md, "How much depth one low-dose frame holds").  Here the raw counts are compared with
+a model formed as the detector forms them, by their Poisson likelihood.
+
+The model.  For the pixels ``i`` of the X-ray that ``keep`` holds::
+
+    λ_i = s · [G_σ ∗ A_f(exp(−Σ_k a_k C_k))]_i          NLL = Σ_i λ_i − y_i log λ_i
+
+``C_k`` (k < K): channels whose weighted sum is the attenuation (:func:`counts_basis`: μ piecewise linear
+in HU, kinks at air, water and bone), rendered at ``f``× the X-ray's pixels; ``A_f``: the ``f × f`` area
+average back to the X-ray's pixels (a pixel integrates intensity, not line integral); ``G_σ``: the
+detector's Gaussian blur of intensities, σ in the X-ray's pixels (:func:`estimate_counts_blur`); ``a_k``
+per-channel coefficients and ``s`` a scale, fitted with the pose.
+
+The renderer.  Siddon by default: the CT's voxels as constant boxes, the sharpest image the CT gives, with
+the blur σ fitted on top; trilinear interpolation adds a blur of its own *to the line integrals* (a voxel
+wide), which no intensity blur can take back, and on a coarse CT it moves one view's depth: on the bundled
+pelvis (3 mm voxels), 64² frames formed with Siddon, refined from the truth, 0.22–0.99 mm (trilinear) against
+0.03–0.13 mm (Siddon); on a 128² abdominal frame (0.7 × 0.7 × 2.5 mm voxels) −1.72 against −0.45 mm along the
+beam (docs/registration.md, "The counts' likelihood").  Siddon's chart derivatives are forward
+differences (7 renders a step); trilinear's come analytic from one render.  ``y``: the raw image's values, proportional to photons.  The pose's
+optimum does not depend on the proportion (the gain): with ``s`` free, scaling ``y`` by ``c`` scales the
+NLL's pose-dependent part by ``c``.  An additive offset (a dark level, scatter) is not modelled: the raw
+image must be linear in photons with zero at none (what :func:`xraypose.preprocess.detected_photons`
+assumes too).
+
+The step.  Fisher scoring with Levenberg–Marquardt damping on (ξ, a, log s), ξ = (ω, ρ) the pose chart
+that registration's Levenberg–Marquardt uses (``F · exp(ξ) · F⁻¹ · pose``, F at the isocenter): the
+score ``Σ (1 − y/λ) ∇λ``, the information ``Σ ∇λ ∇λᵀ / λ``; the DRR's derivatives along the chart from
+one render (:func:`~xraypose.render.render_with_tangents`).  A step is kept when it lowers the NLL; the
+fit ends when an accepted step moves no point within ``radius_mm`` of the isocenter by more than
+``tol_mm``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
+from xraypose.camera import Camera
+from xraypose.errors import InputError
+from xraypose.render import render, render_with_tangents
+
+F64 = torch.float64
+
+__all__ = ["CountsFit", "CountsModel", "refine_on_counts", "refine_sequence", "estimate_counts_blur", "counts_basis",
+           "counts_blur", "raw_keep", "photons_of", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU"]
+
+#: The knots (HU) of :func:`counts_basis`'s hinges: air's floor, water, bone (``HU_BONE_MIN``).
+COUNTS_KNOTS_HU = (-1000.0, 0.0, 350.0)
+
+
+def counts_basis(volume, structures=None) -> torch.Tensor:
+    """(4, I, J, K) float32 channels whose weighted sum is μ(HU) for any attenuation that is piecewise
+    linear in HU with kinks at :data:`COUNTS_KNOTS_HU`, and a step where air ends (``HU_AIR_MAX``):
+    ``max(HU − k, 0)`` for each knot k, then the tissue indicator ``HU > HU_AIR_MAX``; each divided
+    by the first channel's maximum.
+
+    Why these.  Attenuation at an X-ray's effective energy is, to first order, a mixture model: air to
+    water below 0 HU, water to bone above, one slope each (the simulator's "physical" density, DeepDRR's
+    segmentation, every bilinear HU → μ calibration); beam hardening bends the bone part (the knot at
+    350 HU); the indicator takes another renderer's air threshold (DiffDRR's HU ≤ −800).  Registration's
+    "linear" basis lacks the kink at water: fitted to frames formed with the bilinear μ, the counts'
+    optimum sat 0.5 mm further along the beam (abdomen, three frames; docs/registration.md).
+    """
+    from xraypose.volume import HU_AIR_MAX
+
+    x = volume.data.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("the CT has NaN or infinite voxels")
+    ch = [(x - k).clamp_min(0.0) for k in COUNTS_KNOTS_HU]
+    if structures is not None:
+        sel = volume.structure_mask(structures).to(x.dtype)
+        ch = [c * sel for c in ch]
+    top = float(ch[0].max())
+    if not math.isfinite(top) or top <= 0:
+        raise InputError("the CT is all air: nothing to fit the counts to")
+    return (torch.stack(ch) / top).contiguous()
+
+
+@dataclass
+class CountsFit:
+    """What :func:`refine_on_counts` found.
+
+    pose: (4, 4) float64 camera_to_world; coefficients: (K,) the channels' ``a_k``; scale: ``s``;
+    nll: the Poisson negative log-likelihood at the end (up to a constant); nll_start: at the start
+    (the start's coefficients fitted); iterations: accepted steps; converged: the last accepted step
+    moved less than ``tol_mm``; moved_mm: how far the fit moved the start (the bound
+    ``|ω|·radius + |ρ|`` of the total chart step, mm).
+    """
+
+    pose: torch.Tensor
+    coefficients: torch.Tensor
+    scale: float
+    nll: float
+    nll_start: float
+    iterations: int
+    converged: bool
+    moved_mm: float
+    covariance: torch.Tensor | None = None
+
+    def to_dict(self) -> dict:
+        return {"coefficients": self.coefficients.tolist(), "scale": self.scale, "nll": self.nll,
+                "nll_start": self.nll_start, "iterations": self.iterations, "converged": self.converged,
+                "moved_mm": self.moved_mm,
+                "covariance": None if self.covariance is None else self.covariance.tolist()}
+
+
+def counts_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """(N, H, W) → (N, H, W): the detector's Gaussian blur of intensities (σ pixels, 0: none), replicated
+    borders — the same blur as the simulator's detector (:func:`xraypose.appearance.detector.gaussian_blur`),
+    batched."""
+    if sigma_px <= 0:
+        return x
+    r = three_sigma_radius(sigma_px)
+    k = gaussian_kernel1d(sigma_px, r, x.dtype)
+    y = torch.nn.functional.pad(x[:, None], (r, r, r, r), mode="replicate")
+    y = torch.nn.functional.conv2d(torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return y[:, 0]
+
+
+def _checked(counts, keep, camera: Camera, density, supersample: int, blur_px: float):
+    y = torch.as_tensor(counts).detach().to(F64)
+    while y.dim() > 2 and y.shape[0] == 1:
+        y = y[0]
+    if y.dim() != 2 or 0 in y.shape:
+        raise InputError(f"the raw X-ray must be one (H, W) image, got shape {tuple(torch.as_tensor(counts).shape)}")
+    if (y.shape[0], y.shape[1]) != (camera.height, camera.width):
+        raise InputError(f"the raw X-ray is {y.shape[0]}×{y.shape[1]} pixels but its camera has "
+                         f"{camera.height}×{camera.width}")
+    if keep is None:
+        keep = torch.ones_like(y, dtype=torch.bool)
+    keep = torch.as_tensor(keep).detach()
+    while keep.dim() > 2 and keep.shape[0] == 1:
+        keep = keep[0]
+    if keep.shape != y.shape:
+        raise InputError(f"the mask is {tuple(keep.shape)}, the raw X-ray {tuple(y.shape)}")
+    keep = (keep > 0.5) & torch.isfinite(y)
+    if int(keep.sum()) < 64:
+        raise InputError("fewer than 64 pixels of the raw X-ray are kept: nothing to fit the counts on")
+    if bool((y[keep] < 0).any()):
+        raise InputError("the raw X-ray has negative values: counts must be >= 0 (a raw detector image, "
+                         "linear in photons, zero at none)")
+    if float(y[keep].sum()) <= 0:
+        raise InputError("the raw X-ray holds no counts where it is kept")
+    if density.dim() != 4:
+        raise InputError(f"the density basis must be (K, I, J, K'), got shape {tuple(density.shape)}")
+    if not (isinstance(supersample, int) and supersample >= 1):
+        raise InputError(f"supersample must be an integer >= 1, got {supersample!r}")
+    if not (math.isfinite(blur_px) and blur_px >= 0):
+        raise InputError(f"the detector's blur must be a number of pixels >= 0, got {blur_px!r}")
+    return y, keep
+
+
+class CountsModel:
+    """The expected counts of a raw X-ray's kept pixels (module docstring), up to the scale ``s``.
+
+    ``density`` (K, I, J, L), ``affine`` (4, 4): the channels ``C_k``; ``camera``: the X-ray's;
+    ``keep`` (H, W) bool; ``isocenter`` (3,) mm: the chart's centre; ``blur_px``, ``supersample``,
+    ``renderer`` ("siddon": the CT's voxels as constant boxes, the chart's derivatives by forward
+    differences, 7 renders; "trilinear": interpolated, the derivatives analytic from one render).
+    """
+
+    def __init__(self, density, affine, camera: Camera, keep, isocenter, blur_px: float, supersample: int,
+                 renderer: str = "siddon"):
+        if renderer not in ("trilinear", "siddon"):
+            raise InputError(f"renderer must be 'trilinear' or 'siddon', got {renderer!r}")
+        self.density, self.affine, self.camera, self.keep = density, affine, camera, keep
+        self.iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
+        self.blur_px, self.f, self.renderer = float(blur_px), int(supersample), renderer
+        self.cam_f = camera.resize(camera.height * self.f, camera.width * self.f) if self.f > 1 else camera
+
+    def frame(self, P: torch.Tensor) -> torch.Tensor:
+        """(4, 4): the chart's frame at pose ``P`` — its rotation, the isocenter."""
+        Fr = P.clone()
+        Fr[:3, 3] = self.iso
+        return Fr
+
+    def moved(self, P: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """(4, 4) the pose ``F · exp(ξ) · F⁻¹ · P`` for ξ (6,) = (ω rad, ρ mm)."""
+        from xraypose.register.steppers import _chart
+
+        return _chart(self.frame(P)[None], xi[None].to(F64), P[None])[0]
+
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H·f, W·f) fine intensities → (N, M) the kept pixels, area-averaged and blurred."""
+        if self.f > 1:
+            x = torch.nn.functional.avg_pool2d(x[:, None], self.f)[:, 0]
+        return counts_blur(x, self.blur_px)[:, self.keep]
+
+    def channels(self, P: torch.Tensor, derivatives: bool):
+        """(K, h, w) float64 the channels at pose ``P`` (4, 4) on the fine camera, and with
+        ``derivatives`` (6, K, h, w) their derivatives along the chart (else None)."""
+        T = P[None].to(torch.float32)
+        if not derivatives:
+            with torch.no_grad():
+                return render(self.density, self.affine, self.cam_f, T, renderer=self.renderer)[0].to(F64), None
+        if self.renderer == "trilinear":
+            from xraypose.register.steppers import _chart_tangents
+
+            tg = _chart_tangents(self.frame(P)[None], P[None]).to(torch.float32)
+            C, dC = render_with_tangents(self.density, self.affine, self.cam_f, T, tg)
+            return C[0].to(F64), dC[0].to(F64)
+        h = torch.tensor([1e-3] * 3 + [0.05] * 3, dtype=F64)  # forward differences: 7 renders, not 13
+        Ps = torch.stack([self.moved(P, d) for d in torch.diag(h)])
+        with torch.no_grad():
+            R = render(self.density, self.affine, self.cam_f, torch.cat([T, Ps.to(torch.float32)]),
+                       renderer=self.renderer).to(F64)
+        return R[0], (R[1:] - R[:1]) / h[:, None, None, None]
+
+    def __call__(self, P: torch.Tensor, a: torch.Tensor, derivatives: bool = False):
+        """(M,) the model ``m`` at pose ``P`` with coefficients ``a`` (K,) (λ = s·m), and with
+        ``derivatives`` (6 + K, M) ``∂m/∂(ξ, a)`` (else None)."""
+        C, dC = self.channels(P, derivatives)
+        e = torch.exp(-torch.einsum("k,khw->hw", a, C))
+        m = self._pixels(e[None])[0]
+        if not derivatives:
+            return m, None
+        dL = torch.einsum("k,jkhw->jhw", a, dC)  # (6, h, w) the line integral along the chart
+        return m, -self._pixels(torch.cat([e * dL, e * C]))
+
+
+def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
+                     isocenter, keep=None, blur_px: float = 0.0, supersample: int = 2,
+                     coefficients: torch.Tensor | None = None, max_iterations: int = 20, tol_mm: float = 0.005,
+                     radius_mm: float = 100.0, damping: float = 1e-3,
+                     renderer: str = "siddon") -> CountsFit:
+    """The pose (and intensity coefficients) maximising the Poisson likelihood of a raw X-ray's counts.
+
+    Args:
+        density: (K, I, J, L) float32 the registration basis's channels (or any channels whose weighted
+            sum, ``Σ a_k C_k``, is the line integral), ``affine`` (4, 4) its voxel → world (RAS mm).
+        camera: the raw X-ray's camera (its pixels: ``counts``'s).
+        counts: (H, W) raw intensities, linear in photons (zero at none; any gain).
+        pose: (4, 4) start camera_to_world (world = the CT's RAS mm).
+        isocenter: (3,) mm, the chart's centre (registration's: the CT's isocenter).
+        keep: (H, W) pixels to use (bool or weights > 0.5; default all): the collimator's shadow, a
+            saturated plateau, a border the camera's calibration does not hold are left out.
+        blur_px: the detector's blur of intensities, σ in the X-ray's pixels.
+        supersample: the DRR is rendered at this many times the X-ray's pixels per side and
+            area-averaged.
+        coefficients: (K,) start ``a_k`` (default: least squares of the counts' log on the channels at
+            the start pose).
+        max_iterations, tol_mm, radius_mm, damping: the Levenberg–Marquardt loop (module docstring).
+    Returns:
+        :class:`CountsFit`.
+    Raises:
+        InputError: counts and camera of different sizes, a mask of another shape, negative counts,
+            fewer than 64 pixels kept, no counts.
+    """
+    y, keep = _checked(counts, keep, camera, density, supersample, blur_px)
+    K = density.shape[0]
+    yk = y[keep]
+    model = CountsModel(density, affine, camera, keep, isocenter, blur_px, supersample, renderer)
+
+    def nll(lam):
+        return float((lam - yk * torch.log(lam)).sum())
+
+    P = torch.as_tensor(pose, dtype=F64).clone()
+    if coefficients is None:  # least squares of −log(y / max y) on the channels at the start
+        with torch.no_grad():
+            C = render(density, affine, camera, P[None].to(torch.float32), renderer=renderer)[0].to(F64)
+        Lm = -torch.log(y.clamp_min(0.5) / y[keep].max())
+        A = C[:, keep].T
+        a = torch.linalg.lstsq(A, Lm[keep][:, None]).solution[:, 0]
+    else:
+        a = torch.as_tensor(coefficients, dtype=F64).reshape(K).clone()
+    m, dm = model(P, a, True)
+    log_s = math.log(float(yk.sum()) / float(m.sum()))
+    cost = nll(math.exp(log_s) * m)
+    cost_start, start = cost, P.clone()
+    lam_lm, it, converged = damping, 0, False
+
+    def information(m, dm):
+        """(J, H): ∂λ/∂(ξ, a, log s) (6 + K + 1, M) and the Fisher information Σ ∇λ ∇λᵀ / λ."""
+        s = math.exp(log_s)
+        J = torch.cat([s * dm, (s * m)[None]])
+        return J, (J / (s * m)) @ J.T
+
+    fresh = True  # m, dm are at P
+    while it < max_iterations:
+        lam = math.exp(log_s) * m
+        J, H = information(m, dm)
+        fresh = False
+        g = J @ (1.0 - yk / lam)
+        accepted = False
+        for _ in range(12):
+            step = -torch.linalg.solve(H + lam_lm * torch.diag(H.diagonal().clamp_min(1e-12)), g)
+            xi, da, dls = step[:6], step[6:6 + K], float(step[-1])
+            P_new = model.moved(P, xi)
+            m_new, _ = model(P_new, a + da, False)
+            if bool((m_new > 0).all()):
+                c_new = nll(math.exp(log_s + dls) * m_new)
+                if c_new < cost:
+                    accepted = True
+                    break
+            lam_lm *= 4.0
+        if not accepted:
+            converged, fresh = True, True  # no step lowers the cost: a (numerically) stationary point; m at P
+            break
+        P, a, log_s, cost, it = P_new, a + da, log_s + dls, c_new, it + 1
+        lam_lm = max(lam_lm / 3.0, 1e-9)
+        if float(xi[:3].norm()) * radius_mm + float(xi[3:].norm()) < tol_mm:
+            converged = True
+            break
+        m, dm = model(P, a, True)
+        fresh = True
+    if fresh or it == 0:
+        H = information(m, dm)[1]
+    # (else: the last step's start, less than tol_mm away — its information, not one more render)
+    cov = torch.linalg.pinv(H)[:6, :6]
+    delta = torch.linalg.inv(start) @ P
+    ang = float(torch.arccos(((delta[:3, :3].trace() - 1) / 2).clamp(-1, 1)))
+    moved = ang * radius_mm + float(delta[:3, 3].norm())
+    return CountsFit(pose=P, coefficients=a, scale=math.exp(log_s), nll=cost, nll_start=cost_start,
+                     iterations=it, converged=converged, moved_mm=moved, covariance=cov)
+
+
+#: :func:`estimate_counts_blur`'s candidates, σ in the X-ray's pixels.
+COUNTS_BLUR_GRID = (0.0, 0.3, 0.5, 0.7, 0.9, 1.2, 1.6)
+
+
+def estimate_counts_blur(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
+                         isocenter, keep=None, grid=COUNTS_BLUR_GRID, **kw) -> tuple[float, dict]:
+    """The detector's blur σ (pixels) under which the counts are most likely: :func:`refine_on_counts` from
+    ``pose`` once per σ of ``grid``, the σ with the lowest negative log-likelihood (its pose refined with
+    it).  The models differ only in σ and see the same counts, so their likelihoods compare.  A
+    detector's blur is the system's: estimate it once (a sequence's first frame) and hold it.
+
+    Returns ``(σ, {σ: CountsFit})``; ``kw`` as :func:`refine_on_counts` (not ``blur_px``).
+    """
+    if not grid or any(not (math.isfinite(float(g)) and float(g) >= 0) for g in grid):
+        raise InputError(f"the blur grid must hold numbers of pixels >= 0, got {grid!r}")
+    fits = {float(g): refine_on_counts(density, affine, camera, counts, pose, isocenter=isocenter, keep=keep,
+                                       blur_px=float(g), **kw) for g in grid}
+    best = min(fits, key=lambda g: fits[g].nll)
+    return best, fits
+
+
+#: :func:`raw_keep` leaves out the image's maximum where at least this share of pixels holds it (a
+#: detector's or a converter's clipping: no longer Poisson counts).
+SATURATED_SHARE = 0.005
+
+
+def raw_keep(raw, crop: int = 0) -> torch.Tensor:
+    """(H, W) bool: the pixels of a raw X-ray its counts are fitted on — inside a ``crop``-pixel border
+    (the collimator's edge, as preprocessing crops it), finite, above zero (a shutter or blade stored as
+    0), not at a saturated plateau (:data:`SATURATED_SHARE`)."""
+    y = torch.as_tensor(raw).detach().to(F64)
+    while y.dim() > 2 and y.shape[0] == 1:
+        y = y[0]
+    if y.dim() != 2:
+        raise InputError(f"the raw X-ray must be one (H, W) image, got shape {tuple(y.shape)}")
+    if not (isinstance(crop, int) and 0 <= 2 * crop < min(y.shape)):
+        raise InputError(f"a crop of {crop!r} px leaves nothing of a {y.shape[0]}×{y.shape[1]} X-ray")
+    keep = torch.zeros(y.shape, dtype=torch.bool)
+    keep[crop:y.shape[0] - crop, crop:y.shape[1] - crop] = True
+    keep &= torch.isfinite(y) & (y > 0)
+    if bool(keep.any()):
+        top = float(y[keep].max())
+        at_top = keep & (y == top)
+        if int(at_top.sum()) >= SATURATED_SHARE * int(keep.sum()):
+            keep &= ~at_top
+    return keep
+
+
+def photons_of(raw, keep) -> tuple[torch.Tensor, float]:
+    """``(counts, per_photon)``: a raw X-ray in photons, its gain read from its own Poisson noise
+    (:func:`xraypose.preprocess.detected_photons` over ``keep``).  The pose's optimum does not need the
+    gain (module docstring); :attr:`CountsFit.covariance` does.
+
+    Raises:
+        InputError: an image whose noise is not photon noise that can be read (noiseless, or fewer than
+            16 flat blocks).
+    """
+    from xraypose.preprocess import detected_photons
+
+    y = torch.as_tensor(raw).detach().to(F64)
+    while y.dim() > 2 and y.shape[0] == 1:
+        y = y[0]
+    est = detected_photons(y, keep.to(torch.float32))
+    if est is None or not (est["per_photon"] > 0 and math.isfinite(est["per_photon"])):
+        raise InputError("the X-ray's noise does not read as photon counts (noiseless, or too little of it "
+                         "flat enough to measure): its counts cannot be fitted; track without --counts")
+    return y / est["per_photon"], float(est["per_photon"])
+
+
+def refine_sequence(density: torch.Tensor, affine: torch.Tensor, camera: Camera, raws, poses, *, isocenter,
+                    crop: int = 0, blur_px: float | None = None, supersample: int = 2, renderer: str = "siddon",
+                    progress=None) -> tuple[float, list]:
+    """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
+    --counts`` runs it after tracking.
+
+    Args:
+        density, affine, isocenter, supersample, renderer: as :func:`refine_on_counts`.
+        camera: the raw frames' camera; raws: (F, H, W) raw intensities (or a list of (H, W)).
+        poses: F start poses (4, 4) camera_to_world of the raw camera, None for a frame to leave (a failed
+            one).
+        crop: the border left out (:func:`raw_keep`).
+        blur_px: the detector's blur σ (pixels); None: estimated on the first frame with a pose
+            (:func:`estimate_counts_blur`) and held for the others.
+        progress: optional ``progress(index, CountsFit or None)`` after each frame.
+    Returns:
+        ``(σ, fits)``: the blur used and a :class:`CountsFit` per frame (None where the pose was None).
+        Each frame's counts are in photons (:func:`photons_of`), so its covariance is the bound; each
+        starts from the previous fitted frame's coefficients.
+    """
+    raws = list(raws)
+    poses = list(poses)
+    if len(raws) != len(poses):
+        raise InputError(f"{len(raws)} frames but {len(poses)} poses")
+    fits, coef = [], None
+    for i, (raw, pose) in enumerate(zip(raws, poses)):
+        if pose is None:
+            fits.append(None)
+            if progress is not None:
+                progress(i, None)
+            continue
+        keep = raw_keep(raw, crop)
+        y, _ = photons_of(raw, keep)
+        kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, renderer=renderer, coefficients=coef)
+        if blur_px is None:
+            blur_px, _ = estimate_counts_blur(density, affine, camera, y, pose, **kw)
+        fit = refine_on_counts(density, affine, camera, y, pose, blur_px=blur_px, **kw)
+        coef = fit.coefficients
+        fits.append(fit)
+        if progress is not None:
+            progress(i, fit)
+    return (0.0 if blur_px is None else float(blur_px)), fits
