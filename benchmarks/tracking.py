@@ -236,7 +236,8 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
         T = fit.pose @ raws[fr.index][2]
         row["mtre_counts"] = float(pose_errors(T, poses[fr.index], fid, pcam)["mtre"])
         row["depth_error_counts_mm"] = depth_error(T, poses[fr.index], fid)
-        row["counts"] = {**fit.to_dict(), "seconds": time.perf_counter() - t0}
+        row["counts"] = {**fit.to_dict(), "seconds": time.perf_counter() - t0,
+                         "camera_to_world": T.tolist(), "true_camera_to_world": poses[fr.index].tolist()}
         times.append(row["counts"]["seconds"])
         print(f"  frame {fr.index:3d}: tracked {row['mtre']:6.3f} mm -> counts {row['mtre_counts']:6.3f} mm "
               f"(depth {row['depth_error_mm']:+.2f} -> {row['depth_error_counts_mm']:+.2f}), {fit.iterations} "
@@ -255,7 +256,8 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
             "tracked_share_below_1mm_same_frames": float((before < 1).double().mean()),
             "median_mtre_mm": float(mt.median()), "p90_mtre_mm": float(mt.quantile(0.9)),
             "rms_depth_error_mm": float(torch.tensor([r["depth_error_counts_mm"] for r in done]).pow(2).mean().sqrt()),
-            "median_seconds_first_excluded": float(torch.tensor(times[1:] or times).median())}
+            "median_seconds_first_excluded": float(torch.tensor(times[1:] or times).median()),
+            "fiducials": fid.tolist(), "camera": pcam.to_dict(), "isocenter": vol.get_isocenter().tolist()}
 
 
 def second_view(vol, form_cam, truth: list, poses: list, fixed: dict, args) -> dict:

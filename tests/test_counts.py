@@ -159,6 +159,10 @@ def test_the_covariance_is_the_inverse_information_of_the_photons(scene):
     assert torch.allclose(lo.covariance, 10 * hi.covariance, rtol=1e-6, atol=1e-12)
     ev = torch.linalg.eigvalsh(0.5 * (lo.covariance + lo.covariance.T))
     assert bool((ev > 0).all())
+    # world axes (the motion model's chart): the translation's worst direction is the beam, the camera's +z
+    w, V = torch.linalg.eigh(lo.covariance[3:, 3:])
+    beam = scene["T"][:3, 2] / scene["T"][:3, 2].norm()
+    assert abs(float(V[:, -1] @ beam)) > 0.9
 
 
 def test_raw_keep_and_photons():

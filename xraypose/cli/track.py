@@ -5,7 +5,6 @@ as ``register`` starts (:mod:`xraypose.cli.steps`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -268,7 +267,7 @@ def track_command(
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     if counts:
-        _check_counts(seqs, the_rig, structure_kw, counts_blur, counts_supersample, counts_renderer)
+        _check_counts(seqs, the_rig, structure_kw, counts_renderer)
     r = _start_view_index(start_view, names, frames)
     cts = load_registration_ct(ct, start_kw["isocenter"], density, **structure_kw)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
@@ -311,8 +310,9 @@ def track_command(
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
-def _check_counts(seqs, the_rig, structure_kw: dict, blur, supersample, renderer: str) -> None:
-    """``--counts``'s input, refused before tracking: one view's raw frames of the whole CT."""
+def _check_counts(seqs, the_rig, structure_kw: dict, renderer: str) -> None:
+    """``--counts``'s input, refused before tracking: one view's raw frames of the whole CT (the numbers'
+    ranges: :data:`~xraypose.cli.options.NUMERIC`)."""
     if the_rig is not None:
         raise InputError("--counts refines one view's frames; a rig's joint counts are not modelled: drop --rig")
     if any(v is not None and v is not False for v in structure_kw.values()):
@@ -321,10 +321,6 @@ def _check_counts(seqs, the_rig, structure_kw: dict, blur, supersample, renderer
     if kind != "intensity":
         raise InputError(f"--counts needs raw detector intensities (kind 'intensity'), not {kind!r} frames: the "
                          "counts of a log or attenuation image are gone")
-    if blur is not None and not (math.isfinite(blur) and blur >= 0):
-        raise InputError(f"--counts-blur must be a number of pixels >= 0, got {blur!r}")
-    if supersample < 1:
-        raise InputError(f"--counts-supersample must be >= 1, got {supersample}")
     if renderer not in ("siddon", "trilinear"):
         raise InputError(f"--counts-renderer must be siddon or trilinear, got {renderer!r}")
 

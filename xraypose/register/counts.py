@@ -17,22 +17,23 @@ average back to the X-ray's pixels (a pixel integrates intensity, not line integ
 detector's Gaussian blur of intensities, σ in the X-ray's pixels (:func:`estimate_counts_blur`); ``a_k``
 per-channel coefficients and ``s`` a scale, fitted with the pose.
 
+``y``: the raw image's values, proportional to photons.  The pose's optimum does not depend on the
+proportion (the gain): with ``s`` free, scaling ``y`` by ``c`` scales the NLL's pose-dependent part by
+``c``.  An additive offset (a dark level, scatter) is not modelled: the raw image must be linear in
+photons with zero at none (what :func:`xraypose.preprocess.detected_photons` assumes too).
+
 The renderer.  Siddon by default: the CT's voxels as constant boxes, the sharpest image the CT gives, with
 the blur σ fitted on top; trilinear interpolation adds a blur of its own *to the line integrals* (a voxel
 wide), which no intensity blur can take back, and on a coarse CT it moves one view's depth: on the bundled
-pelvis (3 mm voxels), 64² frames formed with Siddon, refined from the truth, 0.22–0.99 mm (trilinear) against
-0.03–0.13 mm (Siddon); on a 128² abdominal frame (0.7 × 0.7 × 2.5 mm voxels) −1.72 against −0.45 mm along the
-beam (docs/registration.md, "The counts' likelihood").  Siddon's chart derivatives are forward
-differences (7 renders a step); trilinear's come analytic from one render.  ``y``: the raw image's values, proportional to photons.  The pose's
-optimum does not depend on the proportion (the gain): with ``s`` free, scaling ``y`` by ``c`` scales the
-NLL's pose-dependent part by ``c``.  An additive offset (a dark level, scatter) is not modelled: the raw
-image must be linear in photons with zero at none (what :func:`xraypose.preprocess.detected_photons`
-assumes too).
+pelvis (3 mm voxels), 64² frames formed with Siddon, refined from the truth, 0.22–0.99 mm (trilinear)
+against 0.03–0.13 mm (Siddon); on a 128² abdominal frame (0.7 × 0.7 × 2.5 mm voxels) −1.72 against
+−0.45 mm along the beam (docs/registration.md, "The counts' likelihood").
 
 The step.  Fisher scoring with Levenberg–Marquardt damping on (ξ, a, log s), ξ = (ω, ρ) the pose chart
 that registration's Levenberg–Marquardt uses (``F · exp(ξ) · F⁻¹ · pose``, F at the isocenter): the
-score ``Σ (1 − y/λ) ∇λ``, the information ``Σ ∇λ ∇λᵀ / λ``; the DRR's derivatives along the chart from
-one render (:func:`~xraypose.render.render_with_tangents`).  A step is kept when it lowers the NLL; the
+score ``Σ (1 − y/λ) ∇λ``, the information ``Σ ∇λ ∇λᵀ / λ``; the DRR's derivatives along the chart by
+forward differences with Siddon (7 renders a step), analytic from one render with trilinear
+(:func:`~xraypose.render.render_with_tangents`).  A step is kept when it lowers the NLL; the
 fit ends when an accepted step moves no point within ``radius_mm`` of the isocenter by more than
 ``tol_mm``.
 """
@@ -93,8 +94,12 @@ class CountsFit:
     pose: (4, 4) float64 camera_to_world; coefficients: (K,) the channels' ``a_k``; scale: ``s``;
     nll: the Poisson negative log-likelihood at the end (up to a constant); nll_start: at the start
     (the start's coefficients fitted); iterations: accepted steps; converged: the last accepted step
-    moved less than ``tol_mm``; moved_mm: how far the fit moved the start (the bound
-    ``|ω|·radius + |ρ|`` of the total chart step, mm).
+    moved less than ``tol_mm`` (or no step lowered the cost); moved_mm: how far the fit moved the
+    start (``angle · radius_mm + |translation|`` of ``start⁻¹ · pose``, mm); covariance: (6, 6) the
+    inverse Fisher information of the pose at the end (coefficients and scale marginalised) in the
+    motion model's chart (docs/conventions.md: ``F·exp(ξ)·F⁻¹·pose``, F the translation to the
+    isocenter, ξ = (ω rad, ρ mm) along the world's axes; ``FrameResult.covariance``'s) — the
+    Cramér–Rao bound of an unbiased estimate, meaningful when the counts are photons (a gain scales it).
     """
 
     pose: torch.Tensor
@@ -316,7 +321,9 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
     if fresh or it == 0:
         H = information(m, dm)[1]
     # (else: the last step's start, less than tol_mm away — its information, not one more render)
-    cov = torch.linalg.pinv(H)[:6, :6]
+    cov = torch.linalg.pinv(H)[:6, :6]  # in the fit's chart (the pose's axes at the isocenter) →
+    B = torch.block_diag(P[:3, :3], P[:3, :3])  # the motion model's (world axes): A·C·Aᵀ, A = diag(R, R)
+    cov = B @ cov @ B.T
     delta = torch.linalg.inv(start) @ P
     ang = float(torch.arccos(((delta[:3, :3].trace() - 1) / 2).clamp(-1, 1)))
     moved = ang * radius_mm + float(delta[:3, 3].norm())
