@@ -244,10 +244,23 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
               f"steps, {times[-1]:.2f} s", flush=True)
         t0 = time.perf_counter()
 
-    sigma, _ = refine_sequence(basis, vol.affine, cam, [raws[fr.index][0] for fr in picked], starts,
-                               isocenter=vol.get_isocenter(), crop=crop, blur_px=blur,
-                               supersample=args.counts_supersample, renderer=args.counts, progress=progress)
+    sigma, fits = refine_sequence(basis, vol.affine, cam, [raws[fr.index][0] for fr in picked], starts,
+                                  isocenter=vol.get_isocenter(), crop=crop, blur_px=blur,
+                                  supersample=args.counts_supersample, renderer=args.counts, progress=progress)
     done = [rows[fr.index] for fr in picked]
+    pooled = {}
+    if args.counts_every == 1:  # the refined poses pooled by the motion model (xraypose track --counts)
+        from xraypose.register.counts import pool_fits
+
+        for fr, row, T in zip(picked, done, pool_fits(fits, vol.get_isocenter(), "smooth")):
+            row["mtre_counts_pooled"] = float(pose_errors(T @ raws[fr.index][2], poses[fr.index], fid, pcam)["mtre"])
+            row["depth_error_counts_pooled_mm"] = depth_error(T @ raws[fr.index][2], poses[fr.index], fid)
+        mp = torch.tensor([r["mtre_counts_pooled"] for r in done])
+        pooled = {"pooled_share_below_1mm": float((mp < 1).double().mean()),
+                  "pooled_median_mtre_mm": float(mp.median()),
+                  "pooled_p90_mtre_mm": float(mp.quantile(0.9)),
+                  "pooled_rms_depth_error_mm": float(torch.tensor([r["depth_error_counts_pooled_mm"] for r in done])
+                                                     .pow(2).mean().sqrt())}
     mt = torch.tensor([r["mtre_counts"] for r in done])
     before = torch.tensor([r["mtre"] for r in done])
     return {"renderer": args.counts, "basis": args.counts_basis, "supersample": args.counts_supersample,
@@ -256,7 +269,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
             "tracked_share_below_1mm_same_frames": float((before < 1).double().mean()),
             "median_mtre_mm": float(mt.median()), "p90_mtre_mm": float(mt.quantile(0.9)),
             "rms_depth_error_mm": float(torch.tensor([r["depth_error_counts_mm"] for r in done]).pow(2).mean().sqrt()),
-            "median_seconds_first_excluded": float(torch.tensor(times[1:] or times).median()),
+            "median_seconds_first_excluded": float(torch.tensor(times[1:] or times).median()), **pooled,
             "fiducials": fid.tolist(), "camera": pcam.to_dict(), "isocenter": vol.get_isocenter().tolist()}
 
 

@@ -200,3 +200,33 @@ def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
     assert float(pose_errors(fits[1].pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.3
     with pytest.raises(InputError, match="2 frames but 1 poses"):
         refine_sequence(scene["basis"], scene["vol"].affine, scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])
+
+
+def test_pool_fits_pools_the_frames_by_their_covariances():
+    """Frames moving 1 mm a frame, each fit's depth (world z here) off by noise of the size its covariance
+    says: the smoother's poses are nearer the truth than the fits; a frame without a fit is coasted over
+    and keeps a pose; "none" gives the fits back."""
+    from xraypose.geometry import make_transform
+    from xraypose.register.counts import CountsFit, pool_fits
+
+    g = torch.Generator().manual_seed(0)
+    iso = torch.zeros(3, dtype=F64)
+    cov = torch.diag(torch.tensor([1e-6, 1e-6, 1e-6, 0.05 ** 2, 0.05 ** 2, 1.0], dtype=F64))
+    truth, fits = [], []
+    for f in range(40):
+        T = make_transform(torch.eye(3, dtype=F64), torch.tensor([1.0 * f, 0.0, 500.0], dtype=F64))
+        noise = torch.randn(3, generator=g, dtype=F64) * torch.tensor([0.05, 0.05, 1.0], dtype=F64)
+        P = T.clone()
+        P[:3, 3] += noise
+        truth.append(T)
+        fits.append(CountsFit(P, torch.ones(1), 1.0, 0.0, 0.0, 1, True, 0.0, cov))
+    fits[20] = None
+    pooled = pool_fits(fits, iso, "smooth")
+    err = lambda poses: torch.stack([(P[:3, 3] - T[:3, 3]).norm() for P, T, f in zip(poses, truth, fits)  # noqa: E731
+                                     if f is not None]).pow(2).mean().sqrt()
+    alone = err([f.pose if f is not None else None for f in fits])
+    assert float(err(pooled)) < 0.5 * float(alone)
+    assert pooled[20] is not None and float((pooled[20][:3, 3] - truth[20][:3, 3]).norm()) < 1.0
+    assert all(torch.equal(a, f.pose) for a, f in zip(pool_fits(fits, iso, "none"), fits) if f is not None)
+    with pytest.raises(InputError, match="motion"):
+        pool_fits(fits, iso, "kalman")

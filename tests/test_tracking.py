@@ -683,8 +683,8 @@ def test_a_views_masks_may_follow_the_frames_start():
 
 
 def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequence, capsys):
-    """--counts: each frame's pose refined on its photon counts (the blur estimated on frame 0), the tracked
-    pose kept beside it; the refined poses are no worse than the tracked ones.  (The sequence's frames are
+    """--counts: each frame's pose refined on its photon counts (the blur estimated on frame 0), pooled by the
+    motion model, the tracked pose kept beside it; the results are no worse than the tracked ones.  (The sequence's frames are
     point-sampled — XraySimulator(supersample=1) — so the counts' model is too: --counts-supersample 1.)"""
     from xraypose.cli import main
 
@@ -698,12 +698,14 @@ def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequen
     doc = json.loads((out / "trajectory.json").read_text())
     assert doc["counts"]["refined"] + sum(fr["verdict"] == "failed" for fr in doc["frames"]) == 3
     assert doc["counts"]["blur_estimated"] and 0.0 <= doc["counts"]["blur_px"] <= 1.6
+    assert doc["counts"]["pooled"] == "smooth"  # the refined poses pooled by the motion model
     for fr in doc["frames"]:
         if fr["verdict"] == "failed":
             continue
         err = lambda key: float(pose_errors(torch.tensor(fr[key], dtype=F64), sequence["poses"][fr["frame"]],  # noqa: E731
                                             sequence["fid"], sequence["camera"])["mtre"])
         assert fr["counts"]["converged"] and len(fr["counts"]["covariance"]) == 6
+        assert len(fr["counts"]["camera_to_world"]) == 4  # the frame's own refined pose, before pooling
         assert err("camera_to_world") < max(1.0, err("tracked_camera_to_world") + 0.3)
 
 

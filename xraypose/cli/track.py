@@ -297,7 +297,7 @@ def track_command(
                                     blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
     if counts:
         record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_blur,
-                                          counts_supersample, counts_renderer)
+                                          counts_supersample, counts_renderer, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     if counts:
@@ -326,15 +326,17 @@ def _check_counts(seqs, the_rig, structure_kw: dict, renderer: str) -> None:
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, supersample: int,
-                      renderer: str) -> dict:
+                      renderer: str, motion: str) -> dict:
     """``--counts``: every frame not ``failed`` refined on its raw counts from its tracked pose (poses of the
-    preprocessed frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``); the frames'
-    ``camera_to_world`` replaced, the tracked pose and the fit in ``extra``.  Returns the record."""
+    preprocessed frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined
+    poses pooled by the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the
+    frames' ``camera_to_world`` replaced, the tracked pose, the fit and the frame's own refined pose in
+    ``extra``.  Returns the record."""
     import time
 
     import torch
 
-    from xraypose.register.counts import counts_basis, refine_sequence
+    from xraypose.register.counts import counts_basis, pool_fits, refine_sequence
 
     F64 = torch.float64
     to_raw = torch.linalg.inv(camera_to_view.to(F64))
@@ -352,13 +354,15 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
     sigma, fits = refine_sequence(basis, cts.volume.affine, camera, [fr.image for fr in seq.frames], starts,
                                   isocenter=cts.isocenter, crop=crop, blur_px=blur, supersample=supersample,
                                   renderer=renderer, progress=progress)
-    for fr, fit in zip(res, fits):
+    pooled = pool_fits(fits, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
+    for fr, fit, T in zip(res, fits, pooled):
         if fit is None:
             continue
         fr.extra["tracked_camera_to_world"] = fr.camera_to_world.tolist()
-        fr.extra["counts"] = fit.to_dict()
-        fr.camera_to_world = fit.pose @ camera_to_view.to(F64)
+        fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ camera_to_view.to(F64)).tolist()}
+        fr.camera_to_world = T @ camera_to_view.to(F64)
     return {"blur_px": sigma, "blur_estimated": blur is None, "supersample": supersample, "renderer": renderer,
+            "pooled": motion,
             "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
 
 

@@ -52,8 +52,8 @@ from xraypose.render import render, render_with_tangents
 
 F64 = torch.float64
 
-__all__ = ["CountsFit", "CountsModel", "refine_on_counts", "refine_sequence", "estimate_counts_blur", "counts_basis",
-           "counts_blur", "raw_keep", "photons_of", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU"]
+__all__ = ["CountsFit", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits", "estimate_counts_blur",
+           "counts_basis", "counts_blur", "raw_keep", "photons_of", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU"]
 
 #: The knots (HU) of :func:`counts_basis`'s hinges: air's floor, water, bone (``HU_BONE_MIN``).
 COUNTS_KNOTS_HU = (-1000.0, 0.0, 350.0)
@@ -442,3 +442,31 @@ def refine_sequence(density: torch.Tensor, affine: torch.Tensor, camera: Camera,
         if progress is not None:
             progress(i, fit)
     return (0.0 if blur_px is None else float(blur_px)), fits
+
+
+def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None) -> list:
+    """The frames' counts-refined poses pooled by the motion model (:mod:`xraypose.register.motion`),
+    each a measurement with its own :attr:`CountsFit.covariance` (the inverse Fisher information: the
+    counts say how well they hold each direction — one view's depth least); frames without a fit
+    (None) are coasted over.  ``motion``: "smooth" (the smoother over the whole sequence), "filter"
+    (causal) or "none" (the fits as they are).  Returns a (4, 4) pose per frame (None before the first
+    fit)."""
+    from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, smooth
+
+    if motion not in MOTIONS:
+        raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
+    if motion == "none":
+        return [None if f is None else f.pose.clone() for f in fits]
+    filt = MotionFilter(torch.as_tensor(isocenter, dtype=F64).reshape(3), model or MotionModel())
+    out, idx = [], []
+    for i, f in enumerate(fits):
+        if f is None:
+            out.append(filt.coast() if filt.steps else None)
+        else:
+            out.append(filt.update(f.pose, f.covariance))
+        if out[-1] is not None:
+            idx.append(i)
+    if motion == "smooth" and filt.steps:
+        for i, T in zip(idx, smooth(filt)):
+            out[i] = T
+    return out
