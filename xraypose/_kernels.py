@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["gaussian_weights", "gaussian_kernel1d", "three_sigma_radius", "max_filter"]
+__all__ = ["gaussian_weights", "gaussian_kernel1d", "three_sigma_radius", "max_filter", "replicate_blur"]
 
 
 def three_sigma_radius(sigma: float) -> int:
@@ -50,3 +50,17 @@ def max_filter(x: torch.Tensor, r: int) -> torch.Tensor:
         y = torch.nn.functional.max_pool2d(y, (2 * r + 1, 1), stride=1, padding=(r, 0))
         y = torch.nn.functional.max_pool2d(y, (1, 2 * r + 1), stride=1, padding=(0, r))
     return y[0, 0]
+
+
+def replicate_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``(N, H, W)`` → ``(N, H, W)``: a separable Gaussian blur, σ in pixels (0: unchanged), borders
+    replicated, in ``x``'s dtype — the simulator's detector blur
+    (:func:`xraypose.appearance.detector.gaussian_blur`) and the counts model's
+    (:func:`xraypose.register.counts.counts_blur`)."""
+    if sigma_px <= 0:
+        return x
+    r = three_sigma_radius(sigma_px)
+    k = gaussian_kernel1d(sigma_px, r).to(x.dtype)  # (in float64, then x's: as the simulator always did)
+    y = torch.nn.functional.pad(x[:, None], (r, r, r, r), mode="replicate")
+    y = torch.nn.functional.conv2d(torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return y[:, 0]

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
+from xraypose._kernels import replicate_blur
 from xraypose.errors import InputError
 
 __all__ = [
@@ -49,13 +49,7 @@ def area_average(img: torch.Tensor, factor: int) -> torch.Tensor:
 
 def gaussian_blur(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian blur, σ in pixels (0: unchanged); replicated borders."""
-    if sigma_px <= 0:
-        return img
-    r = three_sigma_radius(sigma_px)
-    k = gaussian_kernel1d(sigma_px, r).to(img)
-    x = F.pad(img[None, None], (r, r, r, r), mode="replicate")
-    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
-    return x[0, 0]
+    return replicate_blur(img[None], sigma_px)[0]
 
 
 def _smoothing_matrix(n: int, sigma: float, dtype, device) -> torch.Tensor:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xraypose._kernels import gaussian_kernel1d, three_sigma_radius
+from xraypose._kernels import replicate_blur
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.render import render, render_with_tangents
@@ -121,15 +121,8 @@ class CountsFit:
 
 def counts_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """(N, H, W) → (N, H, W): the detector's Gaussian blur of intensities (σ pixels, 0: none), replicated
-    borders — the same blur as the simulator's detector (:func:`xraypose.appearance.detector.gaussian_blur`),
-    batched."""
-    if sigma_px <= 0:
-        return x
-    r = three_sigma_radius(sigma_px)
-    k = gaussian_kernel1d(sigma_px, r, x.dtype)
-    y = torch.nn.functional.pad(x[:, None], (r, r, r, r), mode="replicate")
-    y = torch.nn.functional.conv2d(torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
-    return y[:, 0]
+    borders — the simulator's detector blur, batched (:func:`xraypose._kernels.replicate_blur`)."""
+    return replicate_blur(x, sigma_px)
 
 
 def _checked(counts, keep, camera: Camera, density, supersample: int, blur_px: float):
