@@ -56,7 +56,7 @@ def replicate_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """``(N, H, W)`` → ``(N, H, W)``: a separable Gaussian blur, σ in pixels (0: unchanged), borders
     replicated, in ``x``'s dtype — the simulator's detector blur
     (:func:`xraypose.appearance.detector.gaussian_blur`) and the counts model's
-    (:func:`xraypose.register.counts.counts_blur`)."""
+    (:class:`xraypose.register.counts.CountsModel`)."""
     if sigma_px <= 0:
         return x
     r = three_sigma_radius(sigma_px)

@@ -323,8 +323,10 @@ def _check_counts(seqs, the_rig, structure_kw: dict, renderer: str) -> None:
     if kind != "intensity":
         raise InputError(f"--counts needs raw detector intensities (kind 'intensity'), not {kind!r} frames: the "
                          "counts of a log or attenuation image are gone")
-    if renderer not in ("siddon", "trilinear"):
-        raise InputError(f"--counts-renderer must be siddon or trilinear, got {renderer!r}")
+    from xraypose.register.counts import COUNTS_RENDERERS
+
+    if renderer not in COUNTS_RENDERERS:
+        raise InputError(f"--counts-renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, supersample: int,
@@ -340,9 +342,9 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
 
     from xraypose.register.counts import counts_basis, pool_fits, refine_sequence
 
-    F64 = torch.float64
-    to_raw = torch.linalg.inv(camera_to_view.to(F64))
-    starts = [None if fr.verdict == "failed" else fr.camera_to_world.to(F64) @ to_raw for fr in res]
+    to_view = camera_to_view.to(torch.float64)
+    to_raw = torch.linalg.inv(to_view)
+    starts = [None if fr.verdict == "failed" else fr.camera_to_world.to(torch.float64) @ to_raw for fr in res]
     basis = counts_basis(cts.volume)
     t0 = time.perf_counter()
 
@@ -361,8 +363,8 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
         if fit is None:
             continue
         fr.extra["tracked_camera_to_world"] = fr.camera_to_world.tolist()
-        fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ camera_to_view.to(F64)).tolist()}
-        fr.camera_to_world = T @ camera_to_view.to(F64)
+        fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ to_view).tolist()}
+        fr.camera_to_world = T @ to_view
     return {"blur_px": sigma, "blur_estimated": blur is None, "supersample": supersample, "renderer": renderer,
             "pooled": motion,
             "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}

