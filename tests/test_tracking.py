@@ -698,6 +698,10 @@ def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequen
     doc = json.loads((out / "trajectory.json").read_text())
     assert doc["counts"]["refined"] + sum(fr["verdict"] == "failed" for fr in doc["frames"]) == 3
     assert doc["counts"]["blur_estimated"] and 0.0 <= doc["counts"]["blur_px"] <= 1.6
+    c = doc["counts"]  # the formation chosen on the first frame (the simulator's air starts at -1000 HU)
+    assert c["renderer_chosen"] and c["air_chosen"] and c["renderer"] in ("siddon", "trilinear")
+    assert c["air_hu"] in (-1000.0, -900.0, -800.0, -700.0)
+    assert any(ln.startswith("counts: formation ") for ln in text.out.splitlines())
     assert doc["counts"]["pooled"] == "smooth"  # the refined poses pooled by the motion model
     for fr in doc["frames"]:
         if fr["verdict"] == "failed":
@@ -716,7 +720,13 @@ def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     base = ["track", "sample", str(run), "-o", str(tmp_path / "o"), "--init", "ap"]
     code = main(base + ["--counts-blur", "0.5"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "--counts-blur, --counts-supersample and --counts-renderer go with --counts" in err
+    assert code == 2 and err.count("\n") == 1 and "--counts-air-hu go with --counts" in err
+    code = main(base + ["--counts", "--counts-air-hu", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "air knot" in err, err
+    code = main(base + ["--counts", "--counts-renderer", "raycast"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--counts-renderer must be auto or one of" in err, err
     side = json.loads((tmp_path / "in" / "run.json").read_text())
     (tmp_path / "in" / "run.json").write_text(json.dumps({**side, "kind": "attenuation"}))
     code = main(base + ["--counts"])

