@@ -196,11 +196,11 @@ def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
     raws = [torch.poisson(_counts(scene, model, 5e4), generator=g) for _ in range(2)]
     calls = []
     form, fits = refine_sequence(scene["vol"], scene["cam"], raws, [None, scene["T"]], isocenter=scene["iso"],
-                                 crop=2, supersample=1, renderer="siddon", air_hu=-1000,  # as the frames were formed
+                                 crop=2, supersample=1, renderer="siddon", air_hu=-1000, scatter_px=0.0,  # as formed
                                  progress=lambda i, f: calls.append((i, f)))
     assert fits[0] is None and fits[1] is not None and [i for i, _ in calls] == [0, 1]
     assert form.blur_px in (0.3, 0.5, 0.7)  # the grid's neighbours of the true 0.5
-    assert (form.renderer, form.air_hu) == ("siddon", -1000)
+    assert (form.renderer, form.air_hu, form.scatter_px) == ("siddon", -1000, 0.0)
     assert float(pose_errors(fits[1].pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.3
     with pytest.raises(InputError, match="2 frames but 1 poses"):
         refine_sequence(scene["vol"], scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])
@@ -220,7 +220,7 @@ def test_the_air_knot_is_the_one_the_frame_was_formed_with(scene, air_hu):
     y = _counts(scene, model, 5e4)
     form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
                                                  keep=scene["keep"], renderer="siddon", blur_px=0.5, supersample=1,
-                                                 air_grid=(-1000.0, -900.0, -800.0))
+                                                 scatter_px=0.0, air_grid=(-1000.0, -900.0, -800.0))
     assert form.air_hu == air_hu and form.renderer == "siddon" and form.blur_px == 0.5
     assert sorted(t["air_hu"] for t in tried) == [-1000.0, -900.0, -800.0]
     assert fit.nll == min(t["nll"] for t in tried)
@@ -238,7 +238,7 @@ def test_the_renderer_is_the_one_the_frame_was_formed_with(scene, renderer):
     y = _counts(scene, model, 5e4)
     form, _, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
                                                keep=scene["keep"], air_hu=-1000.0, blur_grid=(0.0, 0.5),
-                                               supersample=1)
+                                               scatter_px=0.0, supersample=1)
     assert form.renderer == renderer and form.blur_px == 0.0
     assert {t["renderer"] for t in tried} == {"siddon", "trilinear"}
 
@@ -286,3 +286,47 @@ def test_pool_fits_pools_the_frames_by_their_covariances():
     assert all(torch.equal(a, f.pose) for a, f in zip(pool_fits(fits, iso, "none"), fits) if f is not None)
     with pytest.raises(InputError, match="motion"):
         pool_fits(fits, iso, "kalman")
+
+
+def test_scatter_derivatives_match_differences(scene):
+    """With scatter modelled (m + c·G_w∗m), ∂m/∂ξ and ∂m/∂c against central differences."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 1,
+                        "trilinear", scatter_px=5.0)
+    T, a = scene["T"], torch.cat([scene["a"], torch.tensor([0.3], dtype=F64)])
+    assert model.n_coefficients == 4
+    m, dm = model(T, a, derivatives=True)
+    assert dm.shape == (6 + 4, int(scene["keep"].sum()))
+    for k in (2, 3, 5):
+        h = 2e-3 if k < 3 else 0.1
+        e = torch.zeros(6, dtype=F64)
+        e[k] = h
+        fd = (model(model.moved(T, e), a)[0] - model(model.moved(T, -e), a)[0]) / (2 * h)
+        assert float((dm[k] - fd).abs().max()) < 0.05 * float(fd.abs().max()), k
+    for k in (6, 9):  # a channel's coefficient, the scatter's
+        da = torch.zeros(4, dtype=F64)
+        da[k - 6] = 1e-3
+        fd = (model(T, a + da)[0] - model(T, a - da)[0]) / 2e-3
+        assert torch.allclose(dm[k], fd, rtol=1e-3, atol=1e-6 * float(fd.abs().max())), k
+
+
+@pytest.mark.parametrize("spr", [0.0, 0.4])
+def test_scatter_is_modelled_when_the_frame_has_it(scene, spr):
+    """A frame with scatter (the primary blurred by a wide Gaussian, 40 % of it) gets the scatter term and its
+    fit stays at the truth; one without does not get it (a parameter it does not need)."""
+    from xraypose.register.counts import estimate_counts_formation
+
+    w = 40.0 / float(scene["cam"].delx)
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
+                        "siddon", scatter_px=w)
+    m, _ = model(scene["T"], torch.cat([scene["a"], torch.tensor([spr], dtype=F64)]))
+    y = torch.zeros(PX, PX, dtype=F64)
+    y[scene["keep"]] = 5e4 * m
+    form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
+                                                 keep=scene["keep"], renderer="siddon", air_hu=-1000.0, blur_px=0.5,
+                                                 supersample=1, scatter_grid_mm=(20.0, 40.0))
+    assert len(tried) == 3
+    if spr > 0:
+        assert form.scatter_px == pytest.approx(w) and fit.coefficients[-1] == pytest.approx(spr, rel=0.05)
+        assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.05
+    else:
+        assert form.scatter_px == 0.0 and len(fit.coefficients) == 3

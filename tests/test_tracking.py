@@ -700,7 +700,8 @@ def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequen
     assert doc["counts"]["blur_estimated"] and 0.0 <= doc["counts"]["blur_px"] <= 1.6
     c = doc["counts"]  # the formation chosen on the first frame (the simulator's air starts at -1000 HU)
     assert c["renderer_chosen"] and c["air_chosen"] and c["renderer"] in ("siddon", "trilinear")
-    assert c["air_hu"] in (-1000.0, -900.0, -800.0, -700.0)
+    assert c["air_hu"] in (-1000.0, -900.0, -800.0, -700.0) and c["scatter_chosen"]
+    assert c["scatter_mm"] == 0.0  # the simulator's frames have none
     assert any(ln.startswith("counts: formation ") for ln in text.out.splitlines())
     assert doc["counts"]["pooled"] == "smooth"  # the refined poses pooled by the motion model
     for fr in doc["frames"]:
@@ -720,7 +721,10 @@ def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     base = ["track", "sample", str(run), "-o", str(tmp_path / "o"), "--init", "ap"]
     code = main(base + ["--counts-blur", "0.5"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "--counts-air-hu go with --counts" in err
+    assert code == 2 and err.count("\n") == 1 and "--counts-scatter-mm go with --counts" in err
+    code = main(base + ["--counts", "--counts-scatter-mm", "-5"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "scatter" in err, err
     code = main(base + ["--counts", "--counts-air-hu", "0"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "air knot" in err, err

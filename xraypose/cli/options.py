@@ -66,6 +66,7 @@ NUMERIC: dict = {
     "counts_blur": Number(0, 20, unit="pixels", name="the detector's intensity blur σ"),
     "counts_supersample": Integer(1, 8, name="DRR pixels per frame pixel per side"),
     "counts_air_hu": Number(-1100, -1, unit="HU", name="the air knot (where attenuation starts)"),
+    "counts_scatter_mm": Number(0, 1000, unit="mm", name="the scatter's width σ (0: none)"),
     "train_seconds": Number(0, 1e7, lo_open=True, unit="s"), "cases": Integer(1, 100_000),
     "minutes": Number(0, 1e6, lo_open=True, unit="minutes"), "steps": Integer(1, 10**12),
     "batch_size": Integer(1, 4096), "projections": Integer(1, 10_000, name="X-rays per specimen"),

@@ -199,6 +199,10 @@ COUNTS_RENDERER = typer.Option("auto", "--counts-renderer", help="With --counts:
 COUNTS_AIR_HU = typer.Option(None, "--counts-air-hu", help="With --counts: where attenuation starts, HU (the "
                              "counts model's air knot; default: chosen by the first frame's likelihood among "
                              "-1000/-900/-800/-700 and held).")
+COUNTS_SCATTER_MM = typer.Option(None, "--counts-scatter-mm", help="With --counts: scatter modelled as the "
+                                 "image blurred by a Gaussian of this σ (mm on the detector) times a fitted "
+                                 "share; 0: none (default: chosen by the first frame's likelihood among none, "
+                                 "20, 40 and 80 mm, and held).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -230,6 +234,7 @@ def track_command(
     counts_supersample: int = COUNTS_SUPERSAMPLE,
     counts_renderer: str = COUNTS_RENDERER,
     counts_air_hu: Optional[float] = COUNTS_AIR_HU,
+    counts_scatter_mm: Optional[float] = COUNTS_SCATTER_MM,
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -271,9 +276,9 @@ def track_command(
               **appearance_settings(metal_steps, match_intensity),
               **levels_config(levels, fast, metal, edge_enhanced, scatter)}
     if not counts and (counts_blur is not None or counts_supersample != 2 or counts_renderer != "auto"
-                       or counts_air_hu is not None):
-        raise InputError("--counts-blur, --counts-supersample, --counts-renderer and --counts-air-hu go with "
-                         "--counts")
+                       or counts_air_hu is not None or counts_scatter_mm is not None):
+        raise InputError("--counts-blur, --counts-supersample, --counts-renderer, --counts-air-hu and "
+                         "--counts-scatter-mm go with --counts")
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     if counts:
@@ -307,7 +312,8 @@ def track_command(
                                     blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
     if counts:
         record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_blur,
-                                          counts_supersample, counts_renderer, counts_air_hu, motion)
+                                          counts_supersample, counts_renderer, counts_air_hu, counts_scatter_mm,
+                                          motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     if counts:
@@ -338,7 +344,7 @@ def _check_counts(seqs, the_rig, structure_kw: dict, renderer: str) -> None:
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, supersample: int,
-                      renderer: str, air_hu, motion: str) -> dict:
+                      renderer: str, air_hu, scatter_mm, motion: str) -> dict:
     """``--counts``: every frame not ``failed`` refined on its raw counts from its tracked pose (poses of the
     preprocessed frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined
     poses pooled by the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the
@@ -365,9 +371,12 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
     form, fits = refine_sequence(cts.volume, camera, [fr.image for fr in seq.frames], starts,
                                  isocenter=cts.isocenter, crop=crop, blur_px=blur, air_hu=air_hu,
                                  renderer=None if renderer == "auto" else renderer, supersample=supersample,
+                                 scatter_px=None if scatter_mm is None else scatter_mm / float(camera.delx),
                                  progress=progress)
-    typer.echo(f"counts: formation {form.renderer}, air from {form.air_hu:g} HU, blur {form.blur_px:g} px"
-               f"{'' if blur is not None and air_hu is not None and renderer != 'auto' else ' (chosen on the first frame)'}")
+    chosen = None in (blur, air_hu, scatter_mm) or renderer == "auto"
+    scatter = (f"scatter σ {form.scatter_px * float(camera.delx):g} mm" if form.scatter_px > 0 else "no scatter")
+    typer.echo(f"counts: formation {form.renderer}, air from {form.air_hu:g} HU, blur {form.blur_px:g} px, "
+               f"{scatter}{' (chosen on the first frame)' if chosen else ''}")
     pooled = pool_fits(fits, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
     for fr, fit, T in zip(res, fits, pooled):
         if fit is None:
@@ -377,6 +386,7 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
         fr.camera_to_world = T @ to_view
     return {"blur_px": form.blur_px, "blur_estimated": blur is None, "renderer": form.renderer,
             "renderer_chosen": renderer == "auto", "air_hu": form.air_hu, "air_chosen": air_hu is None,
+            "scatter_mm": form.scatter_px * float(camera.delx), "scatter_chosen": scatter_mm is None,
             "supersample": supersample, "pooled": motion,
             "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
 

@@ -54,7 +54,8 @@ F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits",
            "estimate_counts_blur", "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
-           "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS"]
+           "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
+           "COUNTS_SCATTER_MIN_GAIN"]
 
 #: The renderers the counts model forms its image with (module docstring, "The renderer").
 COUNTS_RENDERERS = ("siddon", "trilinear")
@@ -172,16 +173,23 @@ class CountsModel:
     ``density`` (K, I, J, L), ``affine`` (4, 4): the channels ``C_k``; ``camera``: the X-ray's;
     ``keep`` (H, W) bool; ``isocenter`` (3,) mm: the chart's centre; ``blur_px``, ``supersample``,
     ``renderer`` ("siddon": the CT's voxels as constant boxes, the chart's derivatives by forward
-    differences, 7 renders; "trilinear": interpolated, the derivatives analytic from one render).
+    differences, 7 renders; "trilinear": interpolated, the derivatives analytic from one render);
+    ``scatter_px`` (σ in the X-ray's pixels; 0: none): scatter as the image blurred by this wide Gaussian
+    times one more coefficient ``c`` (the last of ``a``): ``m + c · G_w ∗ m`` (module docstring).
     """
 
     def __init__(self, density, affine, camera: Camera, keep, isocenter, blur_px: float, supersample: int,
-                 renderer: str = "siddon"):
+                 renderer: str = "siddon", scatter_px: float = 0.0):
         if renderer not in COUNTS_RENDERERS:
             raise InputError(f"renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
+        if not (math.isfinite(float(scatter_px)) and float(scatter_px) >= 0):
+            raise InputError(f"the scatter's width must be a number of pixels >= 0, got {scatter_px!r}")
         self.density, self.affine, self.camera, self.keep = density, affine, camera, keep
         self.iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
         self.blur_px, self.f, self.renderer = float(blur_px), int(supersample), renderer
+        self.scatter_px = float(scatter_px)
+        #: the coefficients ``a``: the channels', then the scatter's when modelled
+        self.n_coefficients = density.shape[0] + (1 if self.scatter_px > 0 else 0)
         self.cam_f = camera.resize(camera.height * self.f, camera.width * self.f) if self.f > 1 else camera
 
     def frame(self, P: torch.Tensor) -> torch.Tensor:
@@ -196,11 +204,11 @@ class CountsModel:
 
         return _chart(self.frame(P)[None], xi[None].to(F64), P[None])[0]
 
-    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H·f, W·f) fine intensities → (N, M) the kept pixels, area-averaged and blurred."""
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H·f, W·f) fine intensities → (N, H, W) area-averaged and blurred."""
         if self.f > 1:
             x = torch.nn.functional.avg_pool2d(x[:, None], self.f)[:, 0]
-        return replicate_blur(x, self.blur_px)[:, self.keep]
+        return replicate_blur(x, self.blur_px)
 
     def channels(self, P: torch.Tensor, derivatives: bool):
         """(K, h, w) float64 the channels at pose ``P`` (4, 4) on the fine camera, and with
@@ -223,22 +231,28 @@ class CountsModel:
         return R[0], (R[1:] - R[:1]) / h[:, None, None, None]
 
     def __call__(self, P: torch.Tensor, a: torch.Tensor, derivatives: bool = False):
-        """(M,) the model ``m`` at pose ``P`` with coefficients ``a`` (K,) (λ = s·m), and with
-        ``derivatives`` (6 + K, M) ``∂m/∂(ξ, a)`` (else None)."""
+        """(M,) the model ``m`` at pose ``P`` with coefficients ``a`` (:attr:`n_coefficients`,) (λ = s·m),
+        and with ``derivatives`` (6 + n_coefficients, M) ``∂m/∂(ξ, a)`` (else None)."""
+        K = self.density.shape[0]
         C, dC = self.channels(P, derivatives)
-        e = torch.exp(-torch.einsum("k,khw->hw", a, C))
-        m = self._pixels(e[None])[0]
+        e = torch.exp(-torch.einsum("k,khw->hw", a[:K], C))
+        img = self._image(e[None])
+        wide = replicate_blur(img, self.scatter_px) if self.scatter_px > 0 else None
+        m = (img if wide is None else img + a[K] * wide)[0][self.keep]
         if not derivatives:
             return m, None
-        dL = torch.einsum("k,jkhw->jhw", a, dC)  # (6, h, w) the line integral along the chart
-        return m, -self._pixels(torch.cat([e * dL, e * C]))
+        dL = torch.einsum("k,jkhw->jhw", a[:K], dC)  # (6, h, w) the line integral along the chart
+        D = -self._image(torch.cat([e * dL, e * C]))
+        if wide is not None:  # the scatter moves with the primary; ∂/∂c its image
+            D = torch.cat([D + a[K] * replicate_blur(D, self.scatter_px), wide])
+        return m, D[:, self.keep]
 
 
 def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
                      isocenter, keep=None, blur_px: float = 0.0, supersample: int = 2,
                      coefficients: torch.Tensor | None = None, max_iterations: int = 20, tol_mm: float = 0.005,
                      radius_mm: float = 100.0, damping: float = 1e-3,
-                     renderer: str = "siddon") -> CountsFit:
+                     renderer: str = "siddon", scatter_px: float = 0.0) -> CountsFit:
     """The pose (and intensity coefficients) maximising the Poisson likelihood of a raw X-ray's counts.
 
     Args:
@@ -253,8 +267,10 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
         blur_px: the detector's blur of intensities, σ in the X-ray's pixels.
         supersample: the DRR is rendered at this many times the X-ray's pixels per side and
             area-averaged.
-        coefficients: (K,) start ``a_k`` (default: least squares of the counts' log on the channels at
-            the start pose).
+        coefficients: (K,) start ``a_k``, and the scatter's ``c`` last when it is modelled (default:
+            least squares of the counts' log on the channels at the start pose; ``c`` 0).
+        scatter_px: scatter modelled as the image blurred by a Gaussian of this σ (the X-ray's pixels)
+            times a fitted coefficient (0: not modelled; :class:`CountsModel`).
         max_iterations, tol_mm, radius_mm, damping: the Levenberg–Marquardt loop (module docstring).
     Returns:
         :class:`CountsFit`.
@@ -263,9 +279,9 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
             fewer than 64 pixels kept, no counts.
     """
     y, keep = _checked(counts, keep, camera, density, supersample, blur_px)
-    K = density.shape[0]
     yk = y[keep]
-    model = CountsModel(density, affine, camera, keep, isocenter, blur_px, supersample, renderer)
+    model = CountsModel(density, affine, camera, keep, isocenter, blur_px, supersample, renderer, scatter_px)
+    K = model.n_coefficients
 
     def nll(lam):
         return float((lam - yk * torch.log(lam)).sum())
@@ -277,6 +293,7 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
         Lm = -torch.log(y.clamp_min(0.5) / y[keep].max())
         A = C[:, keep].T
         a = torch.linalg.lstsq(A, Lm[keep][:, None]).solution[:, 0]
+        a = torch.cat([a, torch.zeros(K - len(a), dtype=F64)])
     else:
         a = torch.as_tensor(coefficients, dtype=F64).reshape(K).clone()
     m, dm = model(P, a, True)
@@ -335,6 +352,13 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
 #: :func:`estimate_counts_blur`'s candidates, σ in the X-ray's pixels.
 COUNTS_BLUR_GRID = (0.0, 0.3, 0.5, 0.7, 0.9, 1.2, 1.6)
 
+#: :func:`estimate_counts_formation`'s candidates for the scatter's width, σ in mm on the detector.
+COUNTS_SCATTER_GRID_MM = (20.0, 40.0, 80.0)
+
+#: The negative log-likelihood a frame's fit must drop by for scatter (one more coefficient) to be
+#: modelled: twice it is a likelihood-ratio statistic of 1 degree of freedom, 20 (p ≈ 10⁻⁵).
+COUNTS_SCATTER_MIN_GAIN = 10.0
+
 
 def estimate_counts_blur(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
                          isocenter, keep=None, grid=COUNTS_BLUR_GRID, **kw) -> tuple[float, dict]:
@@ -357,21 +381,25 @@ def estimate_counts_blur(density: torch.Tensor, affine: torch.Tensor, camera: Ca
 class CountsFormation:
     """How a system forms its frames, as the counts model sees it: the ``renderer`` of the line integrals
     (:data:`COUNTS_RENDERERS`), the ``air_hu`` knot of :func:`counts_basis` (None: other channels), the
-    detector's ``blur_px`` (σ, the X-ray's pixels).  The system's, not the frame's: chosen once and held for
+    detector's ``blur_px`` (σ, the X-ray's pixels), the scatter's width ``scatter_px``.  The system's, not the frame's: chosen once and held for
     a sequence."""
 
     renderer: str
     air_hu: float | None
     blur_px: float
+    scatter_px: float = 0.0  #: σ of the scatter's wide blur, the X-ray's pixels (0: not modelled)
 
     def to_dict(self) -> dict:
-        return {"renderer": self.renderer, "air_hu": self.air_hu, "blur_px": self.blur_px}
+        return {"renderer": self.renderer, "air_hu": self.air_hu, "blur_px": self.blur_px,
+                "scatter_px": self.scatter_px}
 
 
 def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor, *, isocenter, keep=None,
                               renderer: str | None = None, air_hu: float | None = None,
-                              blur_px: float | None = None, blur_grid=COUNTS_BLUR_GRID,
-                              air_grid=COUNTS_AIR_GRID, **kw) -> tuple[CountsFormation, CountsFit, list]:
+                              blur_px: float | None = None, scatter_px: float | None = None,
+                              blur_grid=COUNTS_BLUR_GRID, air_grid=COUNTS_AIR_GRID,
+                              scatter_grid_mm=COUNTS_SCATTER_GRID_MM, coefficients=None,
+                              **kw) -> tuple[CountsFormation, CountsFit, list]:
     """The formation (:class:`CountsFormation`) under which one frame's counts are most likely, and that
     frame's fit under it.
 
@@ -380,12 +408,17 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     log-likelihood is the most likely formation.  One coordinate at a time (each given one is held):
     (1) σ over ``blur_grid`` (Siddon, ``air_hu`` or −1000 HU); (2) the air knot over ``air_grid`` at that
     σ (Siddon); (3) trilinear at that knot with each σ of the grid up to the chosen one (trilinear blurs
-    the line integrals itself, so its σ is smaller).  Why these three: each moved one view's depth by
-    1–2 mm when another renderer formed the frames (docs/registration.md, "The counts' likelihood").
+    the line integrals itself, so its σ is smaller); (4) scatter (:class:`CountsModel`) of each width of
+    ``scatter_grid_mm`` (σ in mm on the detector) under the best so far, kept only when it lowers the
+    negative log-likelihood by more than :data:`COUNTS_SCATTER_MIN_GAIN` (one more parameter: a frame
+    without scatter is not given one to trade against its pose).  Why these: each moved one view's depth
+    by 1–2 mm when frames were formed otherwise (docs/registration.md, "The counts' likelihood").
 
     Args:
         volume: the CT (HU); camera, counts, pose, isocenter, keep, ``kw``: as :func:`refine_on_counts`.
-        renderer, air_hu, blur_px: held at what is given; None: chosen.
+        coefficients: the channels' start ``a_k`` (default: :func:`refine_on_counts`'s).
+        renderer, air_hu, blur_px, scatter_px (σ, the X-ray's pixels; 0: none): held at what is given;
+            None: chosen.
     Returns:
         ``(formation, fit, tried)``: the chosen formation, the frame's fit under it, and a dict per
         candidate (renderer, air_hu, blur_px, nll, iterations).
@@ -395,13 +428,20 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     bases: dict = {}
     fits: dict = {}
 
-    def fit(r, air, sigma):
-        key = (r, float(air), float(sigma))
+    w0 = 0.0 if scatter_px is None else float(scatter_px)
+
+    def fit(r, air, sigma, w=None):
+        key = (r, float(air), float(sigma), w0 if w is None else float(w))
         if key not in fits:
             if float(air) not in bases:
                 bases[float(air)] = counts_basis(volume, air_hu=air)
+            c = None
+            if coefficients is not None:  # the channels' start (a scatter's starts at 0)
+                c = torch.as_tensor(coefficients, dtype=F64).reshape(-1)[:bases[float(air)].shape[0]]
+                c = torch.cat([c, torch.zeros(1 if key[3] > 0 else 0, dtype=F64)])
             fits[key] = refine_on_counts(bases[float(air)], volume.affine, camera, counts, pose, isocenter=isocenter,
-                                         keep=keep, blur_px=float(sigma), renderer=r, **kw)
+                                         keep=keep, blur_px=float(sigma), renderer=r, scatter_px=key[3],
+                                         coefficients=c, **kw)
         return fits[key]
 
     def best(keys):
@@ -416,19 +456,28 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
         raise InputError("the air knot's grid is empty")
     for g in sigmas:  # (1)
         fit(r0, air, g)
-    sigma = best([(r0, air, g) for g in sigmas])[2]
+    sigma = best([(r0, air, g, w0) for g in sigmas])[2]
     if air_hu is None:  # (2)
         for a in air_grid:
             fit(r0, a, sigma)
-        air = best([(r0, float(a), sigma) for a in air_grid])[1]
+        air = best([(r0, float(a), sigma, w0) for a in air_grid])[1]
     if renderer is None:  # (3)
         for r in COUNTS_RENDERERS[1:]:
             for g in sigmas:
                 if g <= sigma:
                     fit(r, air, g)
     chosen = best(list(fits))
-    tried = [{"renderer": k[0], "air_hu": k[1], "blur_px": k[2], "nll": f.nll, "iterations": f.iterations}
-             for k, f in fits.items()]
+    if scatter_px is None and scatter_grid_mm:  # (4)
+        px = [float(mm) / float(camera.delx) for mm in scatter_grid_mm]
+        if any(not (math.isfinite(w) and w > 0) for w in px):
+            raise InputError(f"the scatter's widths must be mm > 0, got {scatter_grid_mm!r}")
+        for w in px:
+            fit(*chosen[:3], w)
+        wide = best([(*chosen[:3], w) for w in px])
+        if fits[chosen].nll - fits[wide].nll > COUNTS_SCATTER_MIN_GAIN:
+            chosen = wide
+    tried = [{"renderer": k[0], "air_hu": k[1], "blur_px": k[2], "scatter_px": k[3], "nll": f.nll,
+              "iterations": f.iterations} for k, f in fits.items()]
     return CountsFormation(*chosen), fits[chosen], tried
 
 
@@ -477,7 +526,8 @@ def photons_of(raw, keep) -> tuple[torch.Tensor, float]:
 
 
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
-                    air_hu: float | None = None, renderer: str | None = None, supersample: int = 2,
+                    air_hu: float | None = None, renderer: str | None = None, scatter_px: float | None = None,
+                    supersample: int = 2,
                     density: torch.Tensor | None = None, progress=None) -> tuple[CountsFormation, list]:
     """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
     --counts`` runs it after tracking.
@@ -489,9 +539,10 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         poses: F start poses (4, 4) camera_to_world of the raw camera, None for a frame to leave (a failed
             one).
         crop: the border left out (:func:`raw_keep`).
-        blur_px, air_hu, renderer: the formation (:class:`CountsFormation`); each None is chosen on the
-            first frame with a pose (:func:`estimate_counts_formation`) and held for the others.
-        density: (K, I, J, L) other channels than :func:`counts_basis`'s (then the air knot is not chosen).
+        blur_px, air_hu, renderer, scatter_px: the formation (:class:`CountsFormation`); each None is
+            chosen on the first frame with a pose (:func:`estimate_counts_formation`) and held for the others.
+        density: (K, I, J, L) other channels than :func:`counts_basis`'s (then the air knot and the
+            scatter are not chosen: air None, scatter as given or none).
         progress: optional ``progress(index, CountsFit or None)`` after each frame.
     Returns:
         ``(formation, fits)``: the formation used and a :class:`CountsFit` per frame (None where the pose
@@ -515,28 +566,29 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         y, _ = photons_of(raw, keep)
         kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, coefficients=coef)
         if form is None and density is not None:
-            r = renderer or COUNTS_RENDERERS[0]
+            r, w = renderer or COUNTS_RENDERERS[0], float(scatter_px or 0.0)
             if blur_px is None:
-                sigma, tried = estimate_counts_blur(density, volume.affine, camera, y, pose, renderer=r, **kw)
-                form, fit = CountsFormation(r, None, sigma), tried[sigma]
+                sigma, tried = estimate_counts_blur(density, volume.affine, camera, y, pose, renderer=r,
+                                                    scatter_px=w, **kw)
+                form, fit = CountsFormation(r, None, sigma, w), tried[sigma]
             else:
-                form, fit = CountsFormation(r, None, float(blur_px)), None
+                form, fit = CountsFormation(r, None, float(blur_px), w), None
         elif form is None:  # the estimate's fit is this frame's (not refined twice)
             form, fit, _ = estimate_counts_formation(volume, camera, y, pose, renderer=renderer, air_hu=air_hu,
-                                                     blur_px=blur_px, **kw)
+                                                     blur_px=blur_px, scatter_px=scatter_px, **kw)
             basis = counts_basis(volume, air_hu=form.air_hu)
         else:
             fit = None
         if fit is None:
             fit = refine_on_counts(basis, volume.affine, camera, y, pose, blur_px=form.blur_px,
-                                   renderer=form.renderer, **kw)
+                                   renderer=form.renderer, scatter_px=form.scatter_px, **kw)
         coef = fit.coefficients
         fits.append(fit)
         if progress is not None:
             progress(i, fit)
     if form is None:
         air = None if density is not None else float(COUNTS_KNOTS_HU[0] if air_hu is None else air_hu)
-        form = CountsFormation(renderer or COUNTS_RENDERERS[0], air, float(blur_px or 0.0))
+        form = CountsFormation(renderer or COUNTS_RENDERERS[0], air, float(blur_px or 0.0), float(scatter_px or 0.0))
     return form, fits
 
 
