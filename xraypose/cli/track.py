@@ -184,8 +184,8 @@ COUNTS = typer.Option(False, "--counts", help="After tracking, refine every fram
                       "image — exp, area average, an intensity blur — against the counts, each pixel weighed "
                       "by its photons), the refined poses pooled by the motion model (--motion). For raw "
                       "detector frames (kind 'intensity') with photon noise; one view, the whole CT. How the "
-                      "frames were formed (the renderer, where air ends, the detector's blur) is chosen by the "
-                      "first frame's likelihood and held. Experimental: measured on two simulators' frames "
+                      "frames were formed (the renderer, where air ends, the detector's blur, scatter) is "
+                      "chosen by the first frame's likelihood and held. Experimental: measured on two simulators' frames "
                       "only (docs/benchmarks.md, stops 42-43). The tracked pose is kept in trajectory.json.")
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the frames' "
                            "pixels (default: estimated on the first frame and held).")

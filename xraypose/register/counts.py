@@ -89,9 +89,9 @@ def counts_basis(volume, structures=None, air_hu: float = COUNTS_KNOTS_HU[0]) ->
 
     ``air_hu``: where attenuation starts.  Physically at −1000 HU; but a CT's air is noisy (the clipped
     noise of a long path through air adds up) and renderers put air's end elsewhere (DiffDRR: everything at
-    or below −800 HU is air): a 4th hinge at −800 beside −1000 took the 4 to 5 DiffDRR frames' depth
-    errors from 0.4–1.2 mm to 0.0–0.7 mm but moved our own simulator's frames by up to 0.9 mm (a
-    parameter their counts do not need trades off against the pose), so the knot is one parameter chosen
+    or below −800 HU is air): a 4th hinge at −800 beside −1000 took seven DiffDRR frames' depth errors
+    (from the truth, Siddon) from 0.4–2.0 mm to 0.0–0.7 mm but moved our own simulator's frames by up to
+    0.9 mm (a parameter their counts do not need trades off against the pose), so the knot is one parameter chosen
     by the frame's likelihood (:func:`estimate_counts_formation`), not a 4th channel.
     """
 
@@ -386,8 +386,8 @@ def estimate_counts_blur(density: torch.Tensor, affine: torch.Tensor, camera: Ca
 class CountsFormation:
     """How a system forms its frames, as the counts model sees it: the ``renderer`` of the line integrals
     (:data:`COUNTS_RENDERERS`), the ``air_hu`` knot of :func:`counts_basis` (None: other channels), the
-    detector's ``blur_px`` (σ, the X-ray's pixels), the scatter's width ``scatter_px``.  The system's, not the frame's: chosen once and held for
-    a sequence."""
+    detector's ``blur_px`` (σ, the X-ray's pixels), the scatter's width ``scatter_px``.  The system's,
+    not the frame's: chosen once and held for a sequence."""
 
     renderer: str
     air_hu: float | None
@@ -426,7 +426,7 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
             None: chosen.
     Returns:
         ``(formation, fit, tried)``: the chosen formation, the frame's fit under it, and a dict per
-        candidate (renderer, air_hu, blur_px, nll, iterations).
+        candidate (renderer, air_hu, blur_px, scatter_px, nll, iterations).
     """
     if renderer is not None and renderer not in COUNTS_RENDERERS:
         raise InputError(f"renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
