@@ -20,7 +20,8 @@ import math
 
 import torch
 
-__all__ = ["gaussian_weights", "gaussian_kernel1d", "three_sigma_radius", "max_filter", "replicate_blur"]
+__all__ = ["gaussian_weights", "gaussian_kernel1d", "three_sigma_radius", "max_filter", "replicate_blur",
+           "smoothing_matrix", "normalized_blur"]
 
 
 def three_sigma_radius(sigma: float) -> int:
@@ -64,3 +65,22 @@ def replicate_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     y = torch.nn.functional.pad(x[:, None], (r, r, r, r), mode="replicate")
     y = torch.nn.functional.conv2d(torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
     return y[:, 0]
+
+
+def smoothing_matrix(n: int, sigma: float, dtype, device=None) -> torch.Tensor:
+    """(n, n) Gaussian weights (σ pixels) between pixel indices, each row normalised to sum 1: a blur
+    whose kernel, cut at the image's edge, is renormalised over what lies inside."""
+    i = torch.arange(n, dtype=torch.float64)
+    w = torch.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
+    return (w / w.sum(1, keepdim=True)).to(dtype=dtype, device=device)
+
+
+def normalized_blur(x: torch.Tensor, sigma_rows_px: float, sigma_cols_px: float | None = None) -> torch.Tensor:
+    """``(..., H, W)`` → the same: the normalised Gaussian convolution ``(G ∗ x) / (G ∗ 1)`` within the
+    image (a flat image stays flat at the borders, however wide the kernel) — the simulator's scatter
+    (:func:`xraypose.appearance.detector.add_scatter`) and the counts model's
+    (:class:`xraypose.register.counts.CountsModel`).  A kernel wider than a few pixels: two (n, n)
+    matrix products."""
+    H, W = x.shape[-2:]
+    sc = sigma_rows_px if sigma_cols_px is None else sigma_cols_px
+    return smoothing_matrix(H, sigma_rows_px, x.dtype, x.device) @ x @ smoothing_matrix(W, sc, x.dtype, x.device).T

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from xraypose._kernels import replicate_blur
+from xraypose._kernels import normalized_blur, replicate_blur
 from xraypose.errors import InputError
 
 __all__ = [
@@ -52,23 +52,13 @@ def gaussian_blur(img: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return replicate_blur(img[None], sigma_px)[0]
 
 
-def _smoothing_matrix(n: int, sigma: float, dtype, device) -> torch.Tensor:
-    """(n, n) Gaussian weights between pixel indices, each row normalised to sum 1."""
-    i = torch.arange(n, dtype=F64)
-    w = torch.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
-    return (w / w.sum(1, keepdim=True)).to(dtype=dtype, device=device)
-
-
 def smooth_normalized(img: torch.Tensor, sigma_rows_px: float, sigma_cols_px: float) -> torch.Tensor:
     """Normalised Gaussian convolution: ``(G * img) / (G * 1)`` within the image.
 
     A flat image stays exactly flat (no darkening at the borders), whatever
-    the kernel's width relative to the image.
+    the kernel's width relative to the image (:func:`xraypose._kernels.normalized_blur`).
     """
-    H, W = img.shape
-    Mr = _smoothing_matrix(H, sigma_rows_px, img.dtype, img.device)
-    Mc = _smoothing_matrix(W, sigma_cols_px, img.dtype, img.device)
-    return Mr @ img @ Mc.T
+    return normalized_blur(img, sigma_rows_px, sigma_cols_px)
 
 
 def add_scatter(primary: torch.Tensor, spr: float, sigma_mm: float, delx: float, dely: float) -> torch.Tensor:

@@ -202,7 +202,7 @@ COUNTS_AIR_HU = typer.Option(None, "--counts-air-hu", help="With --counts: where
 COUNTS_SCATTER_MM = typer.Option(None, "--counts-scatter-mm", help="With --counts: scatter modelled as the "
                                  "image blurred by a Gaussian of this σ (mm on the detector) times a fitted "
                                  "share; 0: none (default: chosen by the first frame's likelihood among none, "
-                                 "20, 40 and 80 mm, and held).")
+                                 "15, 25, 40, 60 and 90 mm, and held).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 

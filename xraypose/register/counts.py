@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xraypose._kernels import replicate_blur
+from xraypose._kernels import normalized_blur, replicate_blur
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.render import render, render_with_tangents
@@ -180,7 +180,10 @@ class CountsModel:
     ``renderer`` ("siddon": the CT's voxels as constant boxes, the chart's derivatives by forward
     differences, 7 renders; "trilinear": interpolated, the derivatives analytic from one render);
     ``scatter_px`` (σ in the X-ray's pixels; 0: none): scatter as the image blurred by this wide Gaussian
-    times one more coefficient ``c`` (the last of ``a``): ``m + c · G_w ∗ m`` (module docstring).
+    times one more coefficient ``c`` (the last of ``a``): ``m + c · G_w ∗ m`` (module docstring), the
+    kernel renormalised inside the image at its edges (:func:`~xraypose._kernels.normalized_blur`: what
+    lies beyond the detector taken as alike to what lies inside; replicating the edge's pixels instead
+    put a scatter frame's depth at −1.13 mm from the truth where this gave +0.31).
     """
 
     def __init__(self, density, affine, camera: Camera, keep, isocenter, blur_px: float, supersample: int,
@@ -242,14 +245,14 @@ class CountsModel:
         C, dC = self.channels(P, derivatives)
         e = torch.exp(-torch.einsum("k,khw->hw", a[:K], C))
         img = self._image(e[None])
-        wide = replicate_blur(img, self.scatter_px) if self.scatter_px > 0 else None
+        wide = normalized_blur(img, self.scatter_px) if self.scatter_px > 0 else None
         m = (img if wide is None else img + a[K] * wide)[0][self.keep]
         if not derivatives:
             return m, None
         dL = torch.einsum("k,jkhw->jhw", a[:K], dC)  # (6, h, w) the line integral along the chart
         D = -self._image(torch.cat([e * dL, e * C]))
         if wide is not None:  # the scatter moves with the primary; ∂/∂c its image
-            D = torch.cat([D + a[K] * replicate_blur(D, self.scatter_px), wide])
+            D = torch.cat([D + a[K] * normalized_blur(D, self.scatter_px), wide])
         return m, D[:, self.keep]
 
 
@@ -358,7 +361,7 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
 COUNTS_BLUR_GRID = (0.0, 0.3, 0.5, 0.7, 0.9, 1.2, 1.6)
 
 #: :func:`estimate_counts_formation`'s candidates for the scatter's width, σ in mm on the detector.
-COUNTS_SCATTER_GRID_MM = (20.0, 40.0, 80.0)
+COUNTS_SCATTER_GRID_MM = (15.0, 25.0, 40.0, 60.0, 90.0)
 
 #: The negative log-likelihood a frame's fit must drop by for scatter (one more coefficient) to be
 #: modelled: twice it is a likelihood-ratio statistic of 1 degree of freedom, 20 (p ≈ 10⁻⁵).
