@@ -330,3 +330,26 @@ def test_scatter_is_modelled_when_the_frame_has_it(scene, spr):
         assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.05
     else:
         assert form.scatter_px == 0.0 and len(fit.coefficients) == 3
+
+
+def test_scatter_is_decided_before_the_blur(scene):
+    """A frame with 40 % scatter and a 0.5 px blur: the blur is chosen with the scatter modelled (scatter
+    left out passes for blur), and both come out right."""
+    from xraypose.register.counts import estimate_counts_formation
+
+    w = 40.0 / float(scene["cam"].delx)
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
+                        "siddon", scatter_px=w)
+    m, _ = model(scene["T"], torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)]))
+    y = torch.zeros(PX, PX, dtype=F64)
+    y[scene["keep"]] = 5e4 * m
+    form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
+                                                 keep=scene["keep"], renderer="siddon", air_hu=-1000.0,
+                                                 blur_grid=(0.0, 0.5, 1.2), supersample=1,
+                                                 scatter_grid_mm=(20.0, 40.0))
+    assert form.blur_px == 0.5 and form.scatter_px == pytest.approx(w)
+    assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.05
+    held = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
+                                     keep=scene["keep"], renderer="siddon", air_hu=-1000.0, blur_px=0.5,
+                                     scatter_px=w, supersample=1)[0]
+    assert held.scatter_px == pytest.approx(w)  # a scatter given is held

@@ -59,7 +59,7 @@ F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits",
            "estimate_counts_blur", "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
-           "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
+           "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN"]
 
 #: The renderers the counts model forms its image with (module docstring, "The renderer").
@@ -360,6 +360,9 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
 #: :func:`estimate_counts_blur`'s candidates, σ in the X-ray's pixels.
 COUNTS_BLUR_GRID = (0.0, 0.3, 0.5, 0.7, 0.9, 1.2, 1.6)
 
+#: The blur (pixels) :func:`estimate_counts_formation` decides on scatter at before the blur is chosen.
+COUNTS_BLUR_GRID_MIDDLE = 0.7
+
 #: :func:`estimate_counts_formation`'s candidates for the scatter's width, σ in mm on the detector.
 COUNTS_SCATTER_GRID_MM = (15.0, 25.0, 40.0, 60.0, 90.0)
 
@@ -414,12 +417,14 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     Every candidate is :func:`refine_on_counts` from ``pose`` (pose, coefficients and scale fitted); the
     candidates have the same free parameters and see the same counts, so the lowest negative
     log-likelihood is the most likely formation.  One coordinate at a time (each given one is held):
-    (1) σ over ``blur_grid`` (Siddon, ``air_hu`` or −1000 HU); (2) the air knot over ``air_grid`` at that
-    σ (Siddon); (3) trilinear at that knot with each σ of the grid up to the chosen one (trilinear blurs
-    the line integrals itself, so its σ is smaller); (4) scatter (:class:`CountsModel`) of each width of
-    ``scatter_grid_mm`` (σ in mm on the detector) under the best so far, kept only when it lowers the
-    negative log-likelihood by more than :data:`COUNTS_SCATTER_MIN_GAIN` (one more parameter: a frame
-    without scatter is not given one to trade against its pose).  Why these: each moved one view's depth
+    (0) scatter (:class:`CountsModel`) of each width of ``scatter_grid_mm`` (σ in mm on the detector) or
+    none, at Siddon, −1000 HU and σ 0.7 px, kept only when it lowers the negative log-likelihood by more
+    than :data:`COUNTS_SCATTER_MIN_GAIN` (one more parameter: a frame without scatter is not given one
+    to trade against its pose) — first, because a frame's scatter left out passes for blur (a scatter
+    frame chose σ 1.6 px and trilinear where its blur was 0.7 px with Siddon); (1) σ over ``blur_grid``
+    with that scatter; (2) the air knot over ``air_grid`` at that σ; (3) trilinear at that knot with each
+    σ of the grid up to the chosen one (trilinear blurs the line integrals itself, so its σ is smaller),
+    the lowest NLL of (1)–(3); (4) scatter decided again under it.  Why these: each moved one view's depth
     by 1–2 mm when frames were formed otherwise (docs/registration.md, "The counts' likelihood").
 
     Args:
@@ -436,10 +441,8 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     bases: dict = {}
     fits: dict = {}
 
-    w0 = 0.0 if scatter_px is None else float(scatter_px)
-
-    def fit(r, air, sigma, w=None):
-        key = (r, float(air), float(sigma), w0 if w is None else float(w))
+    def fit(r, air, sigma, w):
+        key = (r, float(air), float(sigma), float(w))
         if key not in fits:
             if float(air) not in bases:
                 bases[float(air)] = counts_basis(volume, air_hu=air)
@@ -450,10 +453,17 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
             fits[key] = refine_on_counts(bases[float(air)], volume.affine, camera, counts, pose, isocenter=isocenter,
                                          keep=keep, blur_px=float(sigma), renderer=r, scatter_px=key[3],
                                          coefficients=c, **kw)
-        return fits[key]
+        return key
 
     def best(keys):
         return min(keys, key=lambda k: fits[k].nll)
+
+    def with_scatter(key):
+        """``key``, or its best scatter width when that lowers the NLL by more than the threshold."""
+        if scatter_px is not None or not widths:
+            return key
+        wide = best([fit(*key[:3], w) for w in widths])
+        return wide if fits[key].nll - fits[wide].nll > COUNTS_SCATTER_MIN_GAIN else key
 
     r0 = renderer or COUNTS_RENDERERS[0]
     air = COUNTS_KNOTS_HU[0] if air_hu is None else float(air_hu)
@@ -462,28 +472,24 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
         raise InputError(f"the blur grid must hold numbers of pixels >= 0, got {blur_grid!r}")
     if air_hu is None and not air_grid:
         raise InputError("the air knot's grid is empty")
-    for g in sigmas:  # (1)
-        fit(r0, air, g)
-    sigma = best([(r0, air, g, w0) for g in sigmas])[2]
+    widths = [float(mm) / float(camera.delx) for mm in (scatter_grid_mm or ())]
+    if any(not (math.isfinite(w) and w > 0) for w in widths):
+        raise InputError(f"the scatter's widths must be mm > 0, got {scatter_grid_mm!r}")
+    # (0) scatter first, at the grid's middle blur: a frame's scatter, unmodelled, passes for blur
+    sigma0 = blur_px if blur_px is not None else COUNTS_BLUR_GRID_MIDDLE
+    w = 0.0 if scatter_px is None else float(scatter_px)
+    w = with_scatter(fit(r0, air, sigma0, w))[3]
+    sigma = best([fit(r0, air, g, w) for g in sigmas])[2]  # (1)
     if air_hu is None:  # (2)
-        for a in air_grid:
-            fit(r0, a, sigma)
-        air = best([(r0, float(a), sigma, w0) for a in air_grid])[1]
+        air = best([fit(r0, a, sigma, w) for a in air_grid])[1]
     if renderer is None:  # (3)
         for r in COUNTS_RENDERERS[1:]:
             for g in sigmas:
                 if g <= sigma:
-                    fit(r, air, g)
-    chosen = best(list(fits))
-    if scatter_px is None and scatter_grid_mm:  # (4)
-        px = [float(mm) / float(camera.delx) for mm in scatter_grid_mm]
-        if any(not (math.isfinite(w) and w > 0) for w in px):
-            raise InputError(f"the scatter's widths must be mm > 0, got {scatter_grid_mm!r}")
-        for w in px:
-            fit(*chosen[:3], w)
-        wide = best([(*chosen[:3], w) for w in px])
-        if fits[chosen].nll - fits[wide].nll > COUNTS_SCATTER_MIN_GAIN:
-            chosen = wide
+                    fit(r, air, g, w)
+    chosen = best([k for k in fits if k[3] == w])
+    if scatter_px is None:  # (4) at the chosen formation: scatter or not, and which width, again
+        chosen = with_scatter(fit(*chosen[:3], 0.0))
     tried = [{"renderer": k[0], "air_hu": k[1], "blur_px": k[2], "scatter_px": k[3], "nll": f.nll,
               "iterations": f.iterations} for k, f in fits.items()]
     return CountsFormation(*chosen), fits[chosen], tried
