@@ -1,10 +1,11 @@
 """Offline: a tracking run's counts-refined poses pooled by the motion model, with their Fisher covariances.
 
-``benchmarks/tracking.py --counts siddon`` refines every frame alone on its counts (what ``xraypose track
---counts`` ships).  This reads such a run's JSON (every frame refined: ``--counts-every 1``) and runs the
-motion model (:class:`~xraypose.register.motion.MotionFilter` and its smoother) over the refined poses,
-each with its ``CountsFit.covariance`` (the inverse Fisher information, world-axes chart) times ``k²``,
-for a few ``k`` and process noises; prints the share of frames below 1 mm and the median mTRE.
+``benchmarks/tracking.py --counts …`` refines every frame alone on its counts and reports them pooled with
+the default motion model (what ``xraypose track --counts`` ships).  This reads such a run's JSON (every frame
+refined: ``--counts-every 1``) and pools the refined poses again (:func:`~xraypose.register.counts.pool_fits`,
+the smoother), each with its ``CountsFit.covariance`` (the inverse Fisher information, world-axes chart)
+times ``k²``, for a few ``k`` and process noises: how much the pooled figure depends on them.  Prints the
+share of frames below 1 mm and the median mTRE.
 
     python benchmarks/counts_pool.py RUN.json
 """
@@ -22,7 +23,10 @@ F64 = torch.float64
 def main(argv=None) -> int:
     from xraypose.camera import Camera
     from xraypose.metrics import pose_errors
-    from xraypose.register.motion import MotionFilter, MotionModel, smooth
+    from types import SimpleNamespace
+
+    from xraypose.register.counts import pool_fits
+    from xraypose.register.motion import MotionModel
 
     path = (argv or sys.argv[1:])[0]
     d = json.load(open(path))
@@ -39,12 +43,11 @@ def main(argv=None) -> int:
 
     print(f"{len(rows)} frames refined alone: {share(Ps)}")
     for k in (1.0, 2.0, 4.0):
+        fits = [SimpleNamespace(pose=P, covariance=k * k * torch.tensor(r["counts"]["covariance"], dtype=F64))
+                for P, r in zip(Ps, rows)]
         for accel in (0.3, 1.0):
-            filt = MotionFilter(iso, MotionModel(accel_mm=accel, accel_deg=accel * 2 / 3))
-            for P, r in zip(Ps, rows):
-                filt.update(P, k * k * torch.tensor(r["counts"]["covariance"], dtype=F64))
-            print(f"pooled, covariance x {k:g}^2, acceleration {accel:g} mm/frame^2: {share(smooth(filt))}, "
-                  f"{sum(s.restart for s in filt.steps)} restarts")
+            pooled = pool_fits(fits, iso, "smooth", MotionModel(accel_mm=accel, accel_deg=accel * 2 / 3))
+            print(f"pooled, covariance x {k:g}^2, acceleration {accel:g} mm/frame^2: {share(pooled)}")
     return 0
 
 

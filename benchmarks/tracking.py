@@ -220,9 +220,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     rows; returns the summary."""
     from xraypose.metrics import pose_errors
     from xraypose.register.counts import refine_sequence
-    from xraypose.render.density import registration_basis
 
-    basis = None if args.counts_basis == "counts" else registration_basis(vol, "linear")
     picked = [fr for fr in out if fr.index % args.counts_every == 0]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
     blur = {"family": family_blur, "estimate": None}.get(args.counts_blur)
@@ -248,7 +246,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     form, fits = refine_sequence(vol, cam, [raws[fr.index][0] for fr in picked], starts,
                                  isocenter=vol.get_isocenter(), crop=crop, blur_px=blur, air_hu=air,
                                  renderer=None if args.counts == "auto" else args.counts,
-                                 supersample=args.counts_supersample, density=basis, progress=progress)
+                                 supersample=args.counts_supersample, progress=progress)
     print(f"  counts formation: {form.to_dict()}", flush=True)
     done = [rows[fr.index] for fr in picked]
     pooled = {}
@@ -266,7 +264,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
                                                      .pow(2).mean().sqrt())}
     mt = torch.tensor([r["mtre_counts"] for r in done])
     before = torch.tensor([r["mtre"] for r in done])
-    return {"renderer": args.counts, "basis": args.counts_basis, "supersample": args.counts_supersample,
+    return {"renderer": args.counts, "supersample": args.counts_supersample,
             "blur": args.counts_blur, "air": args.counts_air, "formation": form.to_dict(), "blur_px": form.blur_px,
             "frames": len(done),
             "share_below_1mm": float((mt < 1).double().mean()),
@@ -407,8 +405,6 @@ def main(argv=None) -> int:
                     help="counts_basis's air knot, HU: 'estimate' (chosen on the first refined frame with the "
                          "renderer and the blur: xraypose track --counts) or a number (-1000: the model until "
                          "stop 43)")
-    ap.add_argument("--counts-basis", default="counts", choices=["counts", "registration"],
-                    help="the counts model's channels: counts_basis (hinges at -1000/0/350 HU) or registration_basis")
     ap.add_argument("--counts-every", type=int, default=1, help="refine every k-th frame only")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")

@@ -204,9 +204,6 @@ def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
     assert float(pose_errors(fits[1].pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.3
     with pytest.raises(InputError, match="2 frames but 1 poses"):
         refine_sequence(scene["vol"], scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])
-    with pytest.raises(InputError, match="density or air_hu"):
-        refine_sequence(scene["vol"], scene["cam"], raws, [None, scene["T"]], isocenter=scene["iso"],
-                        density=scene["basis"], air_hu=-800)
 
 
 @pytest.mark.parametrize("air_hu", [-1000.0, -800.0])

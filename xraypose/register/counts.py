@@ -58,7 +58,7 @@ from xraypose.render import render, render_with_tangents
 F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits",
-           "estimate_counts_blur", "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
+           "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN"]
 
@@ -357,7 +357,7 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
                      iterations=it, converged=converged, moved_mm=moved, covariance=cov)
 
 
-#: :func:`estimate_counts_blur`'s candidates, σ in the X-ray's pixels.
+#: :func:`estimate_counts_formation`'s candidates for the detector's blur, σ in the X-ray's pixels.
 COUNTS_BLUR_GRID = (0.0, 0.3, 0.5, 0.7, 0.9, 1.2, 1.6)
 
 #: The blur (pixels) :func:`estimate_counts_formation` decides on scatter at before the blur is chosen.
@@ -371,32 +371,15 @@ COUNTS_SCATTER_GRID_MM = (15.0, 25.0, 40.0, 60.0, 90.0)
 COUNTS_SCATTER_MIN_GAIN = 10.0
 
 
-def estimate_counts_blur(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
-                         isocenter, keep=None, grid=COUNTS_BLUR_GRID, **kw) -> tuple[float, dict]:
-    """The detector's blur σ (pixels) under which the counts are most likely: :func:`refine_on_counts` from
-    ``pose`` once per σ of ``grid``, the σ with the lowest negative log-likelihood (its pose refined with
-    it).  The models differ only in σ and see the same counts, so their likelihoods compare.  A
-    detector's blur is the system's: estimate it once (a sequence's first frame) and hold it.
-
-    Returns ``(σ, {σ: CountsFit})``; ``kw`` as :func:`refine_on_counts` (not ``blur_px``).
-    """
-    if not grid or any(not (math.isfinite(float(g)) and float(g) >= 0) for g in grid):
-        raise InputError(f"the blur grid must hold numbers of pixels >= 0, got {grid!r}")
-    fits = {float(g): refine_on_counts(density, affine, camera, counts, pose, isocenter=isocenter, keep=keep,
-                                       blur_px=float(g), **kw) for g in grid}
-    best = min(fits, key=lambda g: fits[g].nll)
-    return best, fits
-
-
 @dataclass(frozen=True)
 class CountsFormation:
     """How a system forms its frames, as the counts model sees it: the ``renderer`` of the line integrals
-    (:data:`COUNTS_RENDERERS`), the ``air_hu`` knot of :func:`counts_basis` (None: other channels), the
+    (:data:`COUNTS_RENDERERS`), the ``air_hu`` knot of :func:`counts_basis`, the
     detector's ``blur_px`` (σ, the X-ray's pixels), the scatter's width ``scatter_px``.  The system's,
     not the frame's: chosen once and held for a sequence."""
 
     renderer: str
-    air_hu: float | None
+    air_hu: float
     blur_px: float
     scatter_px: float = 0.0  #: σ of the scatter's wide blur, the X-ray's pixels (0: not modelled)
 
@@ -541,8 +524,7 @@ def photons_of(raw, keep) -> tuple[torch.Tensor, float]:
 
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
                     air_hu: float | None = None, renderer: str | None = None, scatter_px: float | None = None,
-                    supersample: int = 2,
-                    density: torch.Tensor | None = None, progress=None) -> tuple[CountsFormation, list]:
+                    supersample: int = 2, progress=None) -> tuple[CountsFormation, list]:
     """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
     --counts`` runs it after tracking.
 
@@ -555,8 +537,6 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         crop: the border left out (:func:`raw_keep`).
         blur_px, air_hu, renderer, scatter_px: the formation (:class:`CountsFormation`); each None is
             chosen on the first frame with a pose (:func:`estimate_counts_formation`) and held for the others.
-        density: (K, I, J, L) other channels than :func:`counts_basis`'s (then the air knot and the
-            scatter are not chosen: air None, scatter as given or none).
         progress: optional ``progress(index, CountsFit or None)`` after each frame.
     Returns:
         ``(formation, fits)``: the formation used and a :class:`CountsFit` per frame (None where the pose
@@ -567,9 +547,7 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
     poses = list(poses)
     if len(raws) != len(poses):
         raise InputError(f"{len(raws)} frames but {len(poses)} poses")
-    if density is not None and air_hu is not None:
-        raise InputError("the air knot is counts_basis's: give density or air_hu, not both")
-    fits, coef, form, basis = [], None, None, density
+    fits, coef, form, basis = [], None, None, None
     for i, (raw, pose) in enumerate(zip(raws, poses)):
         if pose is None:
             fits.append(None)
@@ -579,30 +557,20 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         keep = raw_keep(raw, crop)
         y, _ = photons_of(raw, keep)
         kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, coefficients=coef)
-        if form is None and density is not None:
-            r, w = renderer or COUNTS_RENDERERS[0], float(scatter_px or 0.0)
-            if blur_px is None:
-                sigma, tried = estimate_counts_blur(density, volume.affine, camera, y, pose, renderer=r,
-                                                    scatter_px=w, **kw)
-                form, fit = CountsFormation(r, None, sigma, w), tried[sigma]
-            else:
-                form, fit = CountsFormation(r, None, float(blur_px), w), None
-        elif form is None:  # the estimate's fit is this frame's (not refined twice)
+        if form is None:  # the estimate's fit is this frame's (not refined twice)
             form, fit, _ = estimate_counts_formation(volume, camera, y, pose, renderer=renderer, air_hu=air_hu,
                                                      blur_px=blur_px, scatter_px=scatter_px, **kw)
             basis = counts_basis(volume, air_hu=form.air_hu)
         else:
-            fit = None
-        if fit is None:
             fit = refine_on_counts(basis, volume.affine, camera, y, pose, blur_px=form.blur_px,
                                    renderer=form.renderer, scatter_px=form.scatter_px, **kw)
         coef = fit.coefficients
         fits.append(fit)
         if progress is not None:
             progress(i, fit)
-    if form is None:
-        air = None if density is not None else float(COUNTS_KNOTS_HU[0] if air_hu is None else air_hu)
-        form = CountsFormation(renderer or COUNTS_RENDERERS[0], air, float(blur_px or 0.0), float(scatter_px or 0.0))
+    if form is None:  # no frame had a pose: what was given
+        form = CountsFormation(renderer or COUNTS_RENDERERS[0], float(COUNTS_KNOTS_HU[0] if air_hu is None else air_hu),
+                               float(blur_px or 0.0), float(scatter_px or 0.0))
     return form, fits
 
 
