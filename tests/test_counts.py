@@ -201,7 +201,9 @@ def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
     assert fits[0] is None and fits[1] is not None and [i for i, _ in calls] == [0, 1]
     assert form.blur_px in (0.3, 0.5, 0.7)  # the grid's neighbours of the true 0.5
     assert (form.renderer, form.air_hu, form.scatter_px) == ("siddon", -1000, 0.0)
-    assert float(pose_errors(fits[1].pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.3
+    # 40² pixels of 7 mm: the likelihood's optimum itself lies 0.33 mm from the truth (the search's warm
+    # starts reach it; cold starts stopped at 0.27 mm, at a higher NLL)
+    assert float(pose_errors(fits[1].pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.4
     with pytest.raises(InputError, match="2 frames but 1 poses"):
         refine_sequence(scene["vol"], scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])
 
@@ -220,7 +222,7 @@ def test_the_air_knot_is_the_one_the_frame_was_formed_with(scene, air_hu):
                                                  scatter_px=0.0, air_grid=(-1000.0, -900.0, -800.0))
     assert form.air_hu == air_hu and form.renderer == "siddon" and form.blur_px == 0.5
     assert sorted(t["air_hu"] for t in tried) == [-1000.0, -900.0, -800.0]
-    assert fit.nll == min(t["nll"] for t in tried)
+    assert fit.nll <= min(t["nll"] for t in tried)  # the chosen candidate, refined further
     assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.05
 
 

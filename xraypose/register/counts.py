@@ -45,6 +45,7 @@ fit ends when an accepted step moves no point within ``radius_mm`` of the isocen
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
-           "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
+           "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN"]
 
 #: The renderers the counts model forms its image with (module docstring, "The renderer").
@@ -350,11 +351,16 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
     cov = torch.linalg.pinv(H)[:6, :6]  # in the fit's chart (the pose's axes at the isocenter) →
     B = torch.block_diag(P[:3, :3], P[:3, :3])  # the motion model's (world axes): A·C·Aᵀ, A = diag(R, R)
     cov = B @ cov @ B.T
-    delta = torch.linalg.inv(start) @ P
-    ang = float(torch.arccos(((delta[:3, :3].trace() - 1) / 2).clamp(-1, 1)))
-    moved = ang * radius_mm + float(delta[:3, 3].norm())
     return CountsFit(pose=P, coefficients=a, scale=math.exp(log_s), nll=cost, nll_start=cost_start,
-                     iterations=it, converged=converged, moved_mm=moved, covariance=cov)
+                     iterations=it, converged=converged, moved_mm=_moved_mm(start, P, radius_mm), covariance=cov)
+
+
+def _moved_mm(start: torch.Tensor, P: torch.Tensor, radius_mm: float = 100.0) -> float:
+    """How far pose ``P`` is from ``start`` (both (4, 4)): ``angle · radius_mm + |translation|`` of
+    ``start⁻¹ · P``, mm."""
+    delta = torch.linalg.inv(torch.as_tensor(start, dtype=F64)) @ P
+    ang = float(torch.arccos(((delta[:3, :3].trace() - 1) / 2).clamp(-1, 1)))
+    return ang * radius_mm + float(delta[:3, 3].norm())
 
 
 #: :func:`estimate_counts_formation`'s candidates for the detector's blur, σ in the X-ray's pixels.
@@ -365,6 +371,10 @@ COUNTS_BLUR_GRID_MIDDLE = 0.7
 
 #: :func:`estimate_counts_formation`'s candidates for the scatter's width, σ in mm on the detector.
 COUNTS_SCATTER_GRID_MM = (15.0, 25.0, 40.0, 60.0, 90.0)
+
+#: :func:`estimate_counts_formation`'s tolerance (mm) for the candidates it ranks (the chosen one is
+#: refined to ``tol_mm`` after): near the optimum the likelihood is flat (its docstring).
+COUNTS_CANDIDATE_TOL_MM = 0.05
 
 #: The negative log-likelihood a frame's fit must drop by for scatter (one more coefficient) to be
 #: modelled: twice it is a likelihood-ratio statistic of 1 degree of freedom, 20 (p ≈ 10⁻⁵).
@@ -393,13 +403,21 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
                               blur_px: float | None = None, scatter_px: float | None = None,
                               blur_grid=COUNTS_BLUR_GRID, air_grid=COUNTS_AIR_GRID,
                               scatter_grid_mm=COUNTS_SCATTER_GRID_MM, coefficients=None,
+                              candidate_tol_mm: float | None = COUNTS_CANDIDATE_TOL_MM,
                               **kw) -> tuple[CountsFormation, CountsFit, list]:
     """The formation (:class:`CountsFormation`) under which one frame's counts are most likely, and that
     frame's fit under it.
 
-    Every candidate is :func:`refine_on_counts` from ``pose`` (pose, coefficients and scale fitted); the
-    candidates have the same free parameters and see the same counts, so the lowest negative
-    log-likelihood is the most likely formation.  One coordinate at a time (each given one is held):
+    Every candidate is :func:`refine_on_counts` (pose, coefficients and scale fitted); the candidates have
+    the same free parameters and see the same counts, so the lowest negative log-likelihood is the most
+    likely formation.  The first starts from ``pose``, each later one from the most likely fit so far (its
+    pose; its coefficients where the air knot is the same) and stops at ``candidate_tol_mm`` (a step
+    moving no point within 100 mm of the isocenter further): near the optimum the likelihood is
+    flat, so a candidate stopped 0.05 mm short of its optimum is ranked as at it (the NLL's excess is of
+    order (0.05 / 0.3)²/2 ≈ 0.01 for a depth held to 0.3 mm, against the 10s–100s that part formations);
+    the chosen one is then refined to ``tol_mm``.  Warm starts cut the search's iterations about
+    threefold (docs/benchmarks.md, stop 44); ``candidate_tol_mm=None``: every candidate from ``pose`` to
+    ``tol_mm``, as before.  One coordinate at a time (each given one is held):
     (0) scatter (:class:`CountsModel`) of each width of ``scatter_grid_mm`` (σ in mm on the detector) or
     none, at Siddon, −1000 HU and σ 0.7 px, kept only when it lowers the negative log-likelihood by more
     than :data:`COUNTS_SCATTER_MIN_GAIN` (one more parameter: a frame without scatter is not given one
@@ -416,26 +434,38 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
         renderer, air_hu, blur_px, scatter_px (σ, the X-ray's pixels; 0: none): held at what is given;
             None: chosen.
     Returns:
-        ``(formation, fit, tried)``: the chosen formation, the frame's fit under it, and a dict per
-        candidate (renderer, air_hu, blur_px, scatter_px, nll, iterations).
+        ``(formation, fit, tried)``: the chosen formation, the frame's fit under it (refined to ``tol_mm``;
+        its ``iterations`` those of its candidate and after, its ``moved_mm`` from ``pose``), and a dict
+        per candidate as ranked (renderer, air_hu, blur_px, scatter_px, nll, iterations).
     """
     if renderer is not None and renderer not in COUNTS_RENDERERS:
         raise InputError(f"renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
     bases: dict = {}
     fits: dict = {}
+    warm = candidate_tol_mm is not None
+    cand_kw = {**kw, "tol_mm": float(candidate_tol_mm)} if warm else kw
+
+    def start_of(key):
+        """(pose, coefficients or None) a candidate starts from: ``pose`` (and ``coefficients``), or warm: the
+        most likely fit so far, its channels' coefficients when its air knot is ``key``'s."""
+        if not warm or not fits:
+            c0 = coefficients
+            return pose, (None if c0 is None else torch.as_tensor(c0, dtype=F64).reshape(-1))
+        k = best(list(fits))
+        f = fits[k]
+        return f.pose, (f.coefficients if k[1] == key[1] else None)
 
     def fit(r, air, sigma, w):
         key = (r, float(air), float(sigma), float(w))
         if key not in fits:
             if float(air) not in bases:
                 bases[float(air)] = counts_basis(volume, air_hu=air)
-            c = None
-            if coefficients is not None:  # the channels' start (a scatter's starts at 0)
-                c = torch.as_tensor(coefficients, dtype=F64).reshape(-1)[:bases[float(air)].shape[0]]
-                c = torch.cat([c, torch.zeros(1 if key[3] > 0 else 0, dtype=F64)])
-            fits[key] = refine_on_counts(bases[float(air)], volume.affine, camera, counts, pose, isocenter=isocenter,
+            P0, c = start_of(key)
+            if c is not None:  # the channels' start (a scatter's starts at 0)
+                c = torch.cat([c[:bases[float(air)].shape[0]], torch.zeros(1 if key[3] > 0 else 0, dtype=F64)])
+            fits[key] = refine_on_counts(bases[float(air)], volume.affine, camera, counts, P0, isocenter=isocenter,
                                          keep=keep, blur_px=float(sigma), renderer=r, scatter_px=key[3],
-                                         coefficients=c, **kw)
+                                         coefficients=c, **cand_kw)
         return key
 
     def best(keys):
@@ -475,7 +505,15 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
         chosen = with_scatter(fit(*chosen[:3], 0.0))
     tried = [{"renderer": k[0], "air_hu": k[1], "blur_px": k[2], "scatter_px": k[3], "nll": f.nll,
               "iterations": f.iterations} for k, f in fits.items()]
-    return CountsFormation(*chosen), fits[chosen], tried
+    final = fits[chosen]
+    if warm:  # the chosen candidate, stopped at candidate_tol_mm, refined to tol_mm from where it stopped
+        c = final
+        final = refine_on_counts(bases[chosen[1]], volume.affine, camera, counts, c.pose, isocenter=isocenter,
+                                 keep=keep, blur_px=chosen[2], renderer=chosen[0], scatter_px=chosen[3],
+                                 coefficients=c.coefficients, **kw)
+        final = dataclasses.replace(final, moved_mm=_moved_mm(pose, final.pose, kw.get("radius_mm", 100.0)),
+                                    iterations=c.iterations + final.iterations)
+    return CountsFormation(*chosen), final, tried
 
 
 #: :func:`raw_keep` leaves out the image's maximum where at least this share of pixels holds it (a
