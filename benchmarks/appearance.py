@@ -157,7 +157,31 @@ def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = 
     return {"image": pre.image.to(torch.float32), "camera": pre.camera.to_dict(), "true_pose": true_pose.to(F64),
             "fiducials": fid.to(F64), "index": i, "family": family, "drr_blur": 1.0 if blur else 0.0,
             "mask": None if pre.mask is None else pre.mask.to(torch.float32),
-            "info": json.loads(json.dumps(fx.info, default=str))}
+            "info": json.loads(json.dumps(fx.info, default=str)), **raw_entries(fx, pre)}
+
+
+def raw_entries(fx, pre) -> dict:
+    """The case's raw X-ray as formed (for ``--counts``): ``raw`` (H, W) float32, its camera, its kind
+    (``intensity`` when preprocessing takes its log: raw detector values; else display-processed), the
+    preprocessing's crop and ``pose_transform`` (pose of the registered image = raw pose @ it)."""
+    return {"raw": torch.as_tensor(fx.raw).to(torch.float32), "raw_camera": fx.camera.to_dict(),
+            "raw_kind": "intensity" if fx.preprocess.get("log") is True else "display",
+            "raw_crop": int(fx.preprocess.get("crop", 0) or 0), "pose_transform": pre.pose_transform.to(F64)}
+
+
+def with_raw(c: dict, volume, maker, seed: int, f: Path, blur_domain: str, photon_offset) -> dict:
+    """Case ``c`` (cached at ``f``) with its raw X-ray (:func:`raw_entries`): as it is when it has one; else
+    formed again (the same generator: the same X-ray; its preprocessed image must come out identical) and
+    ``f`` rewritten."""
+    if "raw" in c:
+        return c
+    fx, pre = form_case(volume, maker, c["family"], c["index"], seed, blur_domain, photon_offset)
+    if not torch.equal(pre.image.to(torch.float32), c["image"]):
+        raise SystemExit(f"{f}: formed again, the case differs from its cached image (a cache from another "
+                         "xraypose); remove it or use another --cache")
+    c = {**c, **raw_entries(fx, pre)}
+    save_case(c, f)
+    return c
 
 
 def _case_maker(volume, detector: int, seed: int):
@@ -192,7 +216,7 @@ def with_mask(c: dict, make, f: Path) -> dict:
 
 
 def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool,
-                 blur_domain: str = "line-integral", photon_offset="auto") -> list[dict]:
+                 blur_domain: str = "line-integral", photon_offset="auto", raw: bool = False) -> list[dict]:
     folder = cache / case_folder(name, detector, seed, blur_domain, photon_offset) / family
     folder.mkdir(parents=True, exist_ok=True)
     maker = None
@@ -207,6 +231,9 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
                 c = with_mask(c, lambda: make_case(volume, maker, family, i, seed, blur_domain, photon_offset), f)
                 share = "none" if c["mask"] is None else f"{float((c['mask'] < 0.5).float().mean()):.1%} masked"
                 log(f"  {name}/{family} case {i}: preprocessing mask added to the cache ({share})")
+            if raw and "raw" not in c:  # cached before the raw X-rays were (--counts): formed again, checked
+                maker = maker or _case_maker(volume, detector, seed)
+                c = with_raw(c, volume, maker, seed, f, blur_domain, photon_offset)
             out.append(c)
             continue
         if not make:
@@ -250,38 +277,86 @@ def case_weights(c: dict, use_masks: bool = True, n: int = 1):
     return None if m is None else m[None, None].expand(n, 1, -1, -1)
 
 
+def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
+    """``--counts``: the registered ``pose`` (of the preprocessed image's camera ``cam``) refined on the case's
+    raw counts as ``xraypose register --counts`` does (:func:`xraypose.register.counts.refine_xray_on_counts`;
+    not for a ``failed`` verdict nor a display-processed X-ray): the row's ``counts_*`` entries."""
+    from xraypose.register.counts import refine_xray_on_counts
+
+    if c.get("raw_kind") != "intensity":
+        return {"counts": "display-processed: not refined"}
+    if verdict == "failed":
+        return {"counts": "verdict failed: not refined"}
+    Tp = c["pose_transform"].to(F64)
+    raw_pose = torch.as_tensor(pose, dtype=F64).reshape(4, 4) @ torch.linalg.inv(Tp)
+    try:
+        r = refine_xray_on_counts(volume, Camera.from_dict(c["raw_camera"]), c["raw"], raw_pose,
+                                  isocenter=volume.get_isocenter(), crop=c["raw_crop"])
+    except Exception as e:  # a failed refinement is a row's entry, never the end of the run
+        return {"counts": f"error: {e}"}
+    m = registration_metrics(r.fit.pose @ Tp, c["true_pose"], c["fiducials"], cam)
+    return {"counts": "refined", "counts_mtre": m["mtre"], "counts_metrics": m, "counts_s": r.seconds,
+            "counts_moved_mm": r.fit.moved_mm, "counts_formation": r.to_dict()["formation"], "counts_bin": r.bin,
+            "counts_iterations": r.fit.iterations}
+
+
 def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False,
-              use_masks: bool = True) -> list[dict]:
-    rows = []
+              use_masks: bool = True, counts: bool = False, rows: list | None = None, saved=None) -> list[dict]:
+    """Each case registered from ``start``: a row per case appended to ``rows`` (a new list by default),
+    which is returned; with ``counts`` each row then refined on its counts (:func:`counts_entries`) and
+    ``saved(row)`` called after each."""
+    rows = [] if rows is None else rows
     for c in cases:
-        cam = Camera.from_dict(c["camera"])
-        T0, init_s = start_poses([c], start, volume, seed, init)
-        w = case_weights(c, use_masks)
-        try:
-            if hypotheses:
-                rows.append(_checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, w))
-                r = rows[-1]
-                log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
-                    f"{r['opt_s']:.2f} s, {r['verdict']} (P {r['p_success']:.2f}, kept {r['kept']})")
-                continue
-            res = registrar.register(c["image"][None, None], cam, T0, masks=w)
-        except Exception as e:  # a failed case is a row, never the end of the run
-            rows.append({"ct": ct, "family": family, "start": start, "case": c["index"], "error": str(e),
-                         "mtre": float("inf"), "status": "error", "opt_s": float("nan")})
-            log(f"  {ct}/{family}/{start} case {c['index']}: error {e}")
-            continue
-        m = registration_metrics(res.poses[0], c["true_pose"], c["fiducials"], cam)
-        m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
-        lv = getattr(res, "levels", None)
-        frac = (sum(d["ended"] == "converged" for d in lv[0]) / max(1, len(lv[0]))) if lv else None
-        rows.append({"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
-                     "init_s": init_s, "opt_s": res.opt_s, "cpu_s": res.cpu_s, "iterations": int(res.iterations[0]),
-                     "status": res.status[0], "levels_converged": frac, "similarity": float(res.similarity[0]),
-                     "bone_multiplier": float(res.bone_multiplier[0]) if res.bone_multiplier is not None else None})
-        r = rows[-1]
-        log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
-            f"{r['opt_s']:.2f} s, {r['status']}")
+        rows.append(_case_row(ct, family, start, c, registrar, init, volume, seed, log, hypotheses, use_masks))
+        if counts and "error" not in rows[-1]:
+            _add_counts(rows[-1], c, volume, log, saved)
     return rows
+
+
+def _case_row(ct, family, start, c, registrar, init, volume, seed, log, hypotheses: bool, use_masks: bool) -> dict:
+    """One case registered from ``start`` (as ``xraypose register`` does with ``hypotheses``): its row."""
+    cam = Camera.from_dict(c["camera"])
+    T0, init_s = start_poses([c], start, volume, seed, init)
+    w = case_weights(c, use_masks)
+    try:
+        if hypotheses:
+            r = _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, w)
+            log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
+                f"{r['opt_s']:.2f} s, {r['verdict']} (P {r['p_success']:.2f}, kept {r['kept']})")
+            return r
+        res = registrar.register(c["image"][None, None], cam, T0, masks=w)
+    except Exception as e:  # a failed case is a row, never the end of the run
+        log(f"  {ct}/{family}/{start} case {c['index']}: error {e}")
+        return {"ct": ct, "family": family, "start": start, "case": c["index"], "error": str(e),
+                "mtre": float("inf"), "status": "error", "opt_s": float("nan")}
+    m = registration_metrics(res.poses[0], c["true_pose"], c["fiducials"], cam)
+    m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
+    lv = getattr(res, "levels", None)
+    frac = (sum(d["ended"] == "converged" for d in lv[0]) / max(1, len(lv[0]))) if lv else None
+    r = {"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
+         "init_s": init_s, "opt_s": res.opt_s, "cpu_s": res.cpu_s, "iterations": int(res.iterations[0]),
+         "status": res.status[0], "levels_converged": frac, "similarity": float(res.similarity[0]),
+         "bone_multiplier": float(res.bone_multiplier[0]) if res.bone_multiplier is not None else None,
+         "pose": res.poses[0].to(F64).tolist()}
+    log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
+        f"{r['opt_s']:.2f} s, {r['status']}")
+    return r
+
+
+def _add_counts(row: dict, c: dict, volume, log, saved=None) -> None:
+    """``--counts``: the row's registration refined on its case's counts (:func:`counts_entries`), logged;
+    ``saved(row)`` after (the run's JSON written: a refinement takes minutes)."""
+    row.update(counts_entries(c, torch.tensor(row["pose"], dtype=F64), volume, Camera.from_dict(c["camera"]),
+                              row.get("verdict")))
+    if row["counts"] == "refined":
+        f = row["counts_formation"]
+        log(f"      counts: mTRE {row['mtre']:.3f} -> {row['counts_mtre']:.3f} mm, moved {row['counts_moved_mm']:.2f} mm, "
+            f"{row['counts_s']:.0f} s ({f['renderer']}, air {f['air_hu']:g}, blur {f['blur_px']:g} px, "
+            f"scatter {f['scatter_mm']:.0f} mm)")
+    else:
+        log(f"      counts: {row['counts']}")
+    if saved is not None:
+        saved(row)
 
 
 def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weights=None) -> dict:
@@ -295,6 +370,7 @@ def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weigh
     m = registration_metrics(out.camera_to_world, c["true_pose"], c["fiducials"], cam)
     m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
     return {"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
+            "pose": out.camera_to_world.to(F64).tolist(),
             "init_s": init_s, "opt_s": seconds, "status": out.status, "levels_converged": None,
             "similarity": float(out.similarity), "verdict": out.verdict, "p_success": out.p_success,
             "kept": (out.confidence or {}).get("kept"),
@@ -318,11 +394,29 @@ def summarise(rows: list[dict]) -> dict:
             **({"verdicts": {v: sum(r.get("verdict") == v for r in rows) for v in ("ok", "uncertain", "failed")},
                 "ok_above_2mm": sum(r.get("verdict") == "ok" and r["mtre"] >= 2 for r in rows),
                 "kept_other": sum(r.get("kept") not in (None, "given start") for r in rows)}
-               if any("verdict" in r for r in rows) else {})}
+               if any("verdict" in r for r in rows) else {}),
+            **(counts_summary(rows) if any("counts" in r for r in rows) else {})}
+
+
+def counts_summary(rows: list[dict]) -> dict:
+    """``--counts``: each row's result after the counts' refinement (its registration's where it was not
+    refined: a failed verdict, display processing, an error) — success, median, p90 — and how many were
+    refined, the median seconds of a refinement."""
+    import numpy as np
+
+    after = np.array([r.get("counts_mtre", r["mtre"]) for r in rows], dtype=float)
+    sec = [r["counts_s"] for r in rows if "counts_s" in r]
+    return {"counts_refined": sum(r.get("counts") == "refined" for r in rows),
+            "counts_sr_1mm": float((after < 1).mean()), "counts_sr_2mm": float((after < 2).mean()),
+            "counts_median_mtre": float(np.median(after)), "counts_p90_mtre": float(np.percentile(after, 90)),
+            "counts_median_s": float(np.median(sec)) if sec else None}
 
 
 COLUMNS = ["group", "n", "sr_1mm", "sr_2mm", "median_mtre", "p90_mtre", "converged", "levels_converged",
            "median_opt_s", "median_start_mtre"]
+#: ``--counts``: the columns after the counts' refinement
+COUNTS_COLUMNS = ["group", "n", "sr_1mm", "median_mtre", "counts_refined", "counts_sr_1mm", "counts_sr_2mm",
+                  "counts_median_mtre", "counts_p90_mtre", "counts_median_s"]
 
 
 def main(argv=None) -> int:
@@ -356,6 +450,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ignore-masks", action="store_true", help="register without the preprocessing's masks "
                     "(saturated plateaus, a collimator's shadow), as this benchmark did until 2026-12-03 (stop 32); "
                     "`xraypose register` always uses them")
+    ap.add_argument("--counts", action="store_true", help="refine each registration on its raw X-ray's counts "
+                    "as `xraypose register --counts` does (raw families only; not a failed verdict): the rows' "
+                    "counts_* entries, the groups' counts_* summaries")
     ap.add_argument("--hypotheses", action="store_true", help="register as `xraypose register` does: the "
                     "confidence check and, when not ok, the hypotheses (verdicts recorded)")
     args = ap.parse_args(argv)
@@ -404,7 +501,7 @@ def main(argv=None) -> int:
             try:
                 cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
                                      make=not args.register_only, blur_domain=args.blur_domain,
-                                     photon_offset=args.photon_offset)
+                                     photon_offset=args.photon_offset, raw=args.counts)
             except InputError as e:  # e.g. "femur" on a CT without femurs
                 report.setdefault("not_applicable", {})[f"{name}/{family}"] = str(e)
                 log(f"  {name}/{family}: not applicable ({e})")
@@ -428,14 +525,18 @@ def main(argv=None) -> int:
                             init = ModelInitializer.from_checkpoint(models[name], vol)
                         except TypeError:  # an older xraypose
                             init = ModelInitializer.from_checkpoint(models[name])
-                rows.extend(run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log,
-                                      hypotheses=args.hypotheses, use_masks=not args.ignore_masks))
+                run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log,
+                          hypotheses=args.hypotheses, use_masks=not args.ignore_masks, counts=args.counts,
+                          rows=rows, saved=lambda r: save())
                 save()
     if args.make_only:
         return 0
     groups = save()
     print()
     print(format_table([{"group": k, **v} for k, v in groups.items()], COLUMNS))
+    if args.counts:
+        print()
+        print(format_table([{"group": k, **v} for k, v in groups.items()], COUNTS_COLUMNS))
     print(f"\nwrote {out}  ({report['machine']['cpu']}, load at start {report['machine']['load_avg_at_start']})")
     return 0
 

@@ -58,7 +58,8 @@ from xraypose.render import render, render_with_tangents
 
 F64 = torch.float64
 
-__all__ = ["CountsFit", "CountsFormation", "CountsModel", "refine_on_counts", "refine_sequence", "pool_fits",
+__all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "refine_on_counts", "refine_sequence",
+           "refine_xray_on_counts", "bin_counts", "counts_bin_for", "pool_fits", "COUNTS_MAX_SIDE",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN"]
@@ -558,6 +559,104 @@ def photons_of(raw, keep) -> tuple[torch.Tensor, float]:
         raise InputError("the X-ray's noise does not read as photon counts (noiseless, or too little of it "
                          "flat enough to measure): its counts cannot be fitted; track without --counts")
     return y / est["per_photon"], float(est["per_photon"])
+
+
+#: :func:`refine_xray_on_counts` bins an X-ray's counts until its longer side is at most this many
+#: pixels (the size the counts model was measured at: tracking's 128² frames; a 256² X-ray refined
+#: unbinned took > 20 min on the 2-core CPU, binned 2× 100 s).
+COUNTS_MAX_SIDE = 128
+
+
+def bin_counts(counts, camera: Camera, keep, factor: int) -> tuple[torch.Tensor, Camera, torch.Tensor]:
+    """(counts, camera, keep) with ``factor × factor`` pixels summed into one: a sum of Poisson counts is
+    Poisson, so the likelihood stays exact (a bin only loses the detail inside it).  Rows and columns past
+    the last whole bin (bottom, right) are dropped, the camera cropped to match; a bin is kept only when
+    every pixel in it is.  The pose is unchanged (the camera's principal point follows the crop).
+
+    Args:
+        counts: (H, W) counts (photons); camera: its camera; keep: (H, W) bool.
+        factor: pixels per bin side (1: as they are).
+    """
+    if not (isinstance(factor, int) and factor >= 1):
+        raise InputError(f"the counts' bin must be a whole number of pixels >= 1, got {factor!r}")
+    y = torch.as_tensor(counts, dtype=F64)
+    keep = torch.as_tensor(keep).to(torch.bool)
+    if factor == 1:
+        return y, camera, keep
+    H, W = (int(n) // factor for n in y.shape)
+    if H < 8 or W < 8:
+        raise InputError(f"a bin of {factor} px leaves {H}×{W} pixels of a {y.shape[0]}×{y.shape[1]} X-ray "
+                         "(at least 8×8 are needed)")
+    y = y[:H * factor, :W * factor].reshape(H, factor, W, factor)
+    k = keep[:H * factor, :W * factor].reshape(H, factor, W, factor)
+    cam = camera.crop(0, 0, H * factor, W * factor).resize(H, W)
+    return (y * k).sum((1, 3)), cam, k.all(3).all(1)
+
+
+def counts_bin_for(shape, max_side: int = COUNTS_MAX_SIDE) -> int:
+    """The smallest bin (pixels per side) that brings an X-ray of ``shape`` (H, W) to at most ``max_side``
+    pixels along its longer side."""
+    return max(1, math.ceil(max(int(n) for n in shape) / int(max_side)))
+
+
+@dataclass
+class CountsRefinement:
+    """:func:`refine_xray_on_counts`'s result: the ``fit`` (its pose: camera_to_world of the X-ray's own
+    camera), the ``formation`` under which the counts were most likely (its σ and scatter width in the
+    *binned* pixels), ``bin`` (pixels per side summed), the binned ``camera``, the X-ray's gain
+    ``per_photon`` (raw value per photon, read from its noise), the candidates ``tried`` and the
+    ``seconds`` it took."""
+
+    fit: CountsFit
+    formation: CountsFormation
+    bin: int
+    camera: Camera
+    per_photon: float
+    tried: list
+    seconds: float
+
+    def to_dict(self) -> dict:
+        f = self.formation
+        return {**self.fit.to_dict(), "camera_to_world": self.fit.pose.tolist(), "bin": self.bin,
+                "formation": {**f.to_dict(), "blur_mm": f.blur_px * float(self.camera.delx),
+                              "scatter_mm": f.scatter_px * float(self.camera.delx)},
+                "per_photon": self.per_photon, "candidates": len(self.tried), "seconds": self.seconds}
+
+
+def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop: int = 0, bin: int | None = None,
+                          max_side: int = COUNTS_MAX_SIDE, renderer: str | None = None, air_hu: float | None = None,
+                          blur_px: float | None = None, scatter_mm: float | None = None,
+                          supersample: int = 2) -> CountsRefinement:
+    """One raw X-ray's registered pose refined on its counts (``xraypose register --counts``): its pixels
+    kept (:func:`raw_keep`), in photons (:func:`photons_of`), binned (:func:`bin_counts`), the formation
+    chosen by their likelihood and the pose fitted under it (:func:`estimate_counts_formation`).
+
+    Args:
+        volume: the CT (HU; affine voxel → world RAS mm); camera: the raw X-ray's; raw: (H, W) its values,
+            linear in photons with zero at none (kind ``intensity``).
+        pose: (4, 4) camera_to_world of ``camera`` to start from (a registration's result).
+        isocenter: (3,) mm, the fit's chart centre; crop: the border left out (pixels of ``raw``).
+        bin: pixels per side summed (default: :func:`counts_bin_for` ``max_side``).
+        renderer, air_hu, blur_px (σ in the *binned* pixels), scatter_mm (σ on the detector; 0: none):
+            the formation; each None is chosen by the counts' likelihood.
+        supersample: as :func:`refine_on_counts`.
+    Raises:
+        InputError: as :func:`raw_keep`, :func:`photons_of` (no readable photon noise), :func:`bin_counts`,
+            :func:`refine_on_counts`.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    keep = raw_keep(raw, crop)
+    y, per_photon = photons_of(raw, keep)
+    b = counts_bin_for(y.shape, max_side) if bin is None else bin
+    y, cam, keep = bin_counts(y, camera, keep, b)
+    scatter_px = None if scatter_mm is None else float(scatter_mm) / float(cam.delx)
+    form, fit, tried = estimate_counts_formation(volume, cam, y, torch.as_tensor(pose, dtype=F64).reshape(4, 4),
+                                                 isocenter=isocenter, keep=keep, renderer=renderer, air_hu=air_hu,
+                                                 blur_px=blur_px, scatter_px=scatter_px, supersample=supersample)
+    return CountsRefinement(fit=fit, formation=form, bin=b, camera=cam, per_photon=per_photon, tried=tried,
+                            seconds=time.perf_counter() - t0)
 
 
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
