@@ -372,6 +372,64 @@ def structure_options(structure: Optional[Path] = STRUCTURE, label_map: Optional
     return dict(structure=structure, label_map=label_map, label=label)
 
 
+COUNTS = typer.Option(False, "--counts", help="Then refine the pose on the raw counts by their Poisson "
+                      "likelihood (xraypose.register.counts: the DRR formed as a detector forms an image — exp, "
+                      "area average, an intensity blur, scatter — against the counts, each pixel weighed by its "
+                      "photons). For raw detector X-rays (kind 'intensity') with photon noise; one view, the whole "
+                      "CT; not for a failed verdict. How the X-ray was formed (the renderer, where air ends, the "
+                      "detector's blur, scatter) is chosen by the counts' likelihood (track: on the first frame, "
+                      "then held; its refined poses pooled by --motion). Minutes per X-ray on a CPU. Experimental: "
+                      "measured on simulated X-rays only (docs/benchmarks.md, stops 42-44). The registered pose is "
+                      "kept in the result.")
+COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the counts' "
+                           "pixels (default: chosen by the likelihood).")
+COUNTS_SUPERSAMPLE = typer.Option(2, "--counts-supersample", help="With --counts: DRR pixels per X-ray pixel per "
+                                  "side, area-averaged as a detector's pixel integrates intensity (1: 4× faster; "
+                                  "biased on X-rays formed finer).")
+COUNTS_RENDERER = typer.Option("auto", "--counts-renderer", help="With --counts: auto (the one under which the "
+                               "counts are most likely), siddon (the CT's voxels as constant boxes; the sharpest "
+                               "model, the blur fitted on top) or trilinear (interpolated: faster; its own blur of "
+                               "the line integrals).")
+COUNTS_AIR_HU = typer.Option(None, "--counts-air-hu", help="With --counts: where attenuation starts, HU (the "
+                             "counts model's air knot; default: chosen by the likelihood among -1000/-900/-800/-700).")
+COUNTS_SCATTER_MM = typer.Option(None, "--counts-scatter-mm", help="With --counts: scatter modelled as the image "
+                                 "blurred by a Gaussian of this σ (mm on the detector) times a fitted share; 0: none "
+                                 "(default: chosen by the likelihood among none, 15, 25, 40, 60 and 90 mm).")
+
+
+def counts_options(counts: bool = COUNTS, counts_blur: Optional[float] = COUNTS_BLUR,
+                   counts_supersample: int = COUNTS_SUPERSAMPLE, counts_renderer: str = COUNTS_RENDERER,
+                   counts_air_hu: Optional[float] = COUNTS_AIR_HU,
+                   counts_scatter_mm: Optional[float] = COUNTS_SCATTER_MM) -> dict:
+    """The counts options of ``register`` and ``track`` (:mod:`xraypose.register.counts`): ``{"on": bool, "blur",
+    "supersample", "renderer" (None: chosen), "air_hu", "scatter_mm"}``; the refinement's settings without
+    ``--counts``, or an unknown renderer, are refused."""
+    from xraypose.register.counts import COUNTS_RENDERERS
+
+    if not counts and (counts_blur is not None or counts_supersample != 2 or counts_renderer != "auto"
+                       or counts_air_hu is not None or counts_scatter_mm is not None):
+        raise InputError("--counts-blur, --counts-supersample, --counts-renderer, --counts-air-hu and "
+                         "--counts-scatter-mm go with --counts")
+    if counts_renderer != "auto" and counts_renderer not in COUNTS_RENDERERS:
+        raise InputError(f"--counts-renderer must be auto or one of {', '.join(COUNTS_RENDERERS)}, "
+                         f"got {counts_renderer!r}")
+    return {"on": counts, "blur": counts_blur, "supersample": counts_supersample,
+            "renderer": None if counts_renderer == "auto" else counts_renderer, "air_hu": counts_air_hu,
+            "scatter_mm": counts_scatter_mm}
+
+
+def check_counts_input(kind: str | None, rig: bool, structure_kw: dict, what: str = "X-ray") -> None:
+    """``--counts``'s input, refused before registering: one view's raw X-ray(s) of the whole CT (``kind`` the
+    X-ray's, None: not read yet; ``rig``: several views; ``structure_kw``: :func:`structure_options`'s)."""
+    if rig:
+        raise InputError(f"--counts refines one view's {what}s; a rig's joint counts are not modelled: drop --rig")
+    if any(v is not None and v is not False for v in structure_kw.values()):
+        raise InputError("--counts models the whole CT's attenuation; a structure alone does not form the X-ray")
+    if kind is not None and kind != "intensity":
+        raise InputError(f"--counts needs raw detector intensities (kind 'intensity'), not {kind!r} {what}s: the "
+                         "counts of a log or attenuation image are gone")
+
+
 #: Starts of `register` and `track` (``--init``).
 INITS = ("model", "angles", "pose", "ap")
 #: Exit code of `register` and `track` when the verdict is "failed" (the flagged result is written).

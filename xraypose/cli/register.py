@@ -12,8 +12,9 @@ import typer
 
 from xraypose.cli.config import config_option
 from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, PARAMETERIZATION, Group,
-                                  intrinsics_options, option_numbers, preprocessing_options, registration_options,
-                                  start_options, structure_options, with_groups)
+                                  check_counts_input, counts_options, intrinsics_options, option_numbers,
+                                  preprocessing_options, registration_options, start_options, structure_options,
+                                  with_groups)
 from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, preprocess_settings,
                                 structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
@@ -59,6 +60,7 @@ def register_command(
     no_trajectory: bool = NO_TRAJECTORY,
     allow_other_ct: bool = ALLOW_OTHER_CT,
     structure_kw: dict = Group(structure_options),
+    counts_kw: dict = Group(counts_options),
     config: Optional[Path] = config_option("register"),
 ) -> None:
     """Find the C-arm pose of an X-ray by registering it to a CT (several X-rays tied by a rig: --rig).
@@ -76,12 +78,15 @@ def register_command(
                   no_trajectory=no_trajectory, allow_other_ct=allow_other_ct, **structure_kw,
                   read_kw={**read_kw, "reverse_x_axis": reverse_x_axis})
     cfg_kw = {**cfg_kw, "parameterization": parameterization, "record_trajectory": not no_trajectory}
+    if counts_kw["on"]:  # before anything is read
+        check_counts_input(None, rig is not None or len(xrays) > 1, structure_kw)
     if rig is not None or len(xrays) > 1:
         _register_views(xrays, rig, start_view, antipodal, cfg_kw, common)
     else:
         if start_view is not None:
             raise InputError("--start-view needs --rig (several X-rays)")
-        _register_one(xrays[0], antipodal=antipodal, hypotheses=hypotheses, cfg_kw=cfg_kw, **common)
+        _register_one(xrays[0], antipodal=antipodal, hypotheses=hypotheses, cfg_kw=cfg_kw, counts_kw=counts_kw,
+                      **common)
 
 
 def _register_views(xrays, rig, start_view, antipodal: bool, cfg_kw: dict, common: dict) -> None:
@@ -101,8 +106,9 @@ def _register_views(xrays, rig, start_view, antipodal: bool, cfg_kw: dict, commo
 def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_json, angles, sod, isocenter,
                   antipodal: bool, hypotheses: bool, true_pose, fiducials, read_kw: dict, crop: int, blur: float,
                   size: int, i0, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool,
-                  structure, label_map, label) -> None:
-    """One X-ray: read, start, preprocess, register (a structure's window and weights), write, print."""
+                  structure, label_map, label, counts_kw: dict | None = None) -> None:
+    """One X-ray: read, start, preprocess, register (a structure's window and weights), refine on its counts
+    (``--counts``), write, print."""
     from xraypose.io import check_output_folder
     from xraypose.register import RegistrationConfig
     from xraypose.register.api import register_xray
@@ -111,6 +117,9 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     cts = load_registration_ct(ct, isocenter, cfg_kw["density"], structure, label_map, label)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
     xr = _read_xray(xray, angles, sod, read_kw, crop)
+    counts_kw = counts_kw or {"on": False}
+    if counts_kw["on"]:
+        check_counts_input(xr.kind, False, {})
     start, init_info = _start(init, xr, xray, model=model, vol=cts.volume, pose_json=pose_json, sod=sod,
                               iso=cts.isocenter, allow_other_ct=allow_other_ct,
                               foreign_steps=cfg_kw.get("foreign_steps", 12.0))
@@ -123,6 +132,8 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     out = register_xray(cts.volume, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
                         fiducials=fid, hypotheses=hypotheses, masks=weights)[0]
     extra = {"ct": ct, "xray": px.to_dict(), "init": init_info}
+    if counts_kw["on"]:
+        extra["counts"] = _refine_on_counts(out, xr, px, cts, crop, counts_kw)
     if cts.prepared.notes:
         extra["ct_notes"] = cts.prepared.notes
     if (record := structure_record(structure, label_map, label)) is not None:
@@ -130,6 +141,69 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     _write(output, out, extra, no_trajectory, picture=dict(image=px.image, volume=cts.prepared.volume,
                                                              mask=px.mask, name=xray.name))
     _print_result(output, out)
+
+
+#: ``register --counts``: a refinement that moves the registered pose further than this (mm: the mean
+#: displacement of six points 50 mm from the isocenter along the world's axes, as an mTRE between the two
+#: poses) turns an ``ok`` verdict ``uncertain``: the counts and the similarity disagree by more than the
+#: verdict's own 2 mm.
+COUNTS_MOVED_UNCERTAIN_MM = 2.0
+
+
+def _moved_near_isocenter(A, B, isocenter, camera, radius_mm: float = 50.0) -> float:
+    """mm: the mean displacement between poses ``A`` and ``B`` (4, 4) of the six points ``radius_mm`` from the
+    ``isocenter`` along the world's axes (an mTRE of one pose against the other)."""
+    import torch
+
+    from xraypose.register.api import registration_metrics
+
+    iso = torch.as_tensor(isocenter, dtype=torch.float64).reshape(3)
+    pts = torch.cat([iso + radius_mm * torch.eye(3, dtype=torch.float64), iso - radius_mm * torch.eye(3, dtype=torch.float64)])
+    return registration_metrics(B, A, pts, camera)["mtre"]
+
+
+def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
+    """``--counts``: the registered pose ``out`` (of the preprocessed ``px``) refined on the raw X-ray ``xr``'s
+    counts (:func:`~xraypose.register.counts.refine_xray_on_counts`; the raw camera's pose is the registered
+    one through preprocessing's pose transform), unless the verdict is ``failed``.  ``out``'s pose (and
+    metrics) replaced in place, the registered pose kept in the record; an ``ok`` moved further than
+    :data:`COUNTS_MOVED_UNCERTAIN_MM` becomes ``uncertain``.  Returns the record for pose.json."""
+    import torch
+
+    from xraypose.cli.steps import pose_transform_of
+    from xraypose.register.api import registration_metrics
+    from xraypose.register.counts import refine_xray_on_counts
+
+    if out.verdict == "failed":
+        typer.echo("counts: not refined (the verdict is failed)")
+        return {"refined": False, "reason": "verdict failed"}
+    to_view = pose_transform_of(px.steps)
+    registered = out.camera_to_world.to(torch.float64)
+    scatter = counts_kw["scatter_mm"]
+    r = refine_xray_on_counts(cts.volume, xr.camera, xr.image, registered @ torch.linalg.inv(to_view),
+                              isocenter=cts.isocenter, crop=crop, renderer=counts_kw["renderer"],
+                              air_hu=counts_kw["air_hu"], blur_px=counts_kw["blur"], scatter_mm=scatter,
+                              supersample=counts_kw["supersample"])
+    out.camera_to_world = (r.fit.pose @ to_view).to(out.camera_to_world.dtype)
+    registered_metrics = out.metrics
+    if out.metrics is not None:  # the truth known: the same fiducials as the registration's metrics
+        fid = torch.tensor(out.extra["fiducials"], dtype=torch.float64)
+        out.metrics = registration_metrics(out.camera_to_world, torch.tensor(out.extra["true_pose"]), fid, out.camera)
+    f = r.formation
+    moved = _moved_near_isocenter(registered, out.camera_to_world.to(torch.float64), cts.isocenter, out.camera)
+    typer.echo(f"counts: moved {moved:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
+               f"(formation {f.renderer}, air from {f.air_hu:g} HU, blur {f.blur_px:g} px, "
+               + (f"scatter σ {f.scatter_px * float(r.camera.delx):g} mm" if f.scatter_px > 0 else "no scatter")
+               + f"; {r.bin}×{r.bin} pixels binned)")
+    if out.verdict == "ok" and moved > COUNTS_MOVED_UNCERTAIN_MM:
+        out.verdict = "uncertain"
+        out.reason = (f"the counts moved the registered pose {moved:.1f} mm (> {COUNTS_MOVED_UNCERTAIN_MM:g}); "
+                      f"registered: {out.reason}")
+    return {"refined": True, **r.to_dict(), "moved_near_isocenter_mm": moved,
+            "registered_camera_to_world": registered.tolist(),
+            **({"registered_metrics": registered_metrics} if registered_metrics is not None else {}),
+            "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")},
+            "supersample": counts_kw["supersample"]}
 
 
 def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):

@@ -14,7 +14,8 @@ import typer
 from xraypose.cli.config import config_option
 from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EDGE_ENHANCED, EXIT_FAILED, MATCH_INTENSITY, METAL, METAL_STEPS,
                                   REGISTRATION_DEFAULTS, SCATTER, SEED, THREADS, Group, appearance_settings, intrinsics_options,
-                                  levels_config, preprocessing_options, start_options, structure_options, with_groups)
+                                  check_counts_input, counts_options, levels_config, preprocessing_options,
+                                  start_options, structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
 from xraypose.cli.steps import (drr_blur, load_registration_ct, pose_transform_of,
                                 preprocess_settings, start_pose)
@@ -179,30 +180,6 @@ PREDICT_BLUR = typer.Option(False, "--predict-blur", help="Predict the detector'
                             "--blur-coefficient.")
 BLUR_TURN = typer.Option(None, "--blur-turn", help="With --predict-blur: the turn of the view (degrees, > 0) after "
                          "which the blur coefficient is predicted again (default 5; 0: once, at frame 0).")
-COUNTS = typer.Option(False, "--counts", help="After tracking, refine every frame's pose on its raw counts by their "
-                      "Poisson likelihood (xraypose.register.counts: the DRR formed as a detector forms an "
-                      "image — exp, area average, an intensity blur — against the counts, each pixel weighed "
-                      "by its photons), the refined poses pooled by the motion model (--motion). For raw "
-                      "detector frames (kind 'intensity') with photon noise; one view, the whole CT. How the "
-                      "frames were formed (the renderer, where air ends, the detector's blur, scatter) is "
-                      "chosen by the first frame's likelihood and held. Experimental: measured on two simulators' frames "
-                      "only (docs/benchmarks.md, stops 42-43). The tracked pose is kept in trajectory.json.")
-COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the frames' "
-                           "pixels (default: estimated on the first frame and held).")
-COUNTS_SUPERSAMPLE = typer.Option(2, "--counts-supersample", help="With --counts: DRR pixels per frame pixel per "
-                                  "side, area-averaged as a detector's pixel integrates intensity (1: 4× faster; "
-                                  "biased on frames formed finer).")
-COUNTS_RENDERER = typer.Option("auto", "--counts-renderer", help="With --counts: auto (the one under which the "
-                               "first frame is most likely), siddon (the CT's voxels as constant boxes; the "
-                               "sharpest model, the blur fitted on top) or trilinear (interpolated: faster; its "
-                               "own blur of the line integrals).")
-COUNTS_AIR_HU = typer.Option(None, "--counts-air-hu", help="With --counts: where attenuation starts, HU (the "
-                             "counts model's air knot; default: chosen by the first frame's likelihood among "
-                             "-1000/-900/-800/-700 and held).")
-COUNTS_SCATTER_MM = typer.Option(None, "--counts-scatter-mm", help="With --counts: scatter modelled as the "
-                                 "image blurred by a Gaussian of this σ (mm on the detector) times a fitted "
-                                 "share; 0: none (default: chosen by the first frame's likelihood among none, "
-                                 "15, 25, 40, 60 and 90 mm, and held).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -229,12 +206,7 @@ def track_command(
     blur_coefficient: Optional[float] = BLUR_COEFFICIENT,
     predict_blur: bool = PREDICT_BLUR,
     blur_turn: Optional[float] = BLUR_TURN,
-    counts: bool = COUNTS,
-    counts_blur: Optional[float] = COUNTS_BLUR,
-    counts_supersample: int = COUNTS_SUPERSAMPLE,
-    counts_renderer: str = COUNTS_RENDERER,
-    counts_air_hu: Optional[float] = COUNTS_AIR_HU,
-    counts_scatter_mm: Optional[float] = COUNTS_SCATTER_MM,
+    counts_kw: dict = Group(counts_options),
     confidence: bool = CONFIDENCE,
     seed: int = SEED,
     threads: int = THREADS,
@@ -275,14 +247,11 @@ def track_command(
               "blur_coefficient": blur_coefficient,
               **appearance_settings(metal_steps, match_intensity),
               **levels_config(levels, fast, metal, edge_enhanced, scatter)}
-    if not counts and (counts_blur is not None or counts_supersample != 2 or counts_renderer != "auto"
-                       or counts_air_hu is not None or counts_scatter_mm is not None):
-        raise InputError("--counts-blur, --counts-supersample, --counts-renderer, --counts-air-hu and "
-                         "--counts-scatter-mm go with --counts")
+    counts = counts_kw["on"]
     check_output_folder(output)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     if counts:
-        _check_counts(seqs, the_rig, structure_kw, counts_renderer)
+        check_counts_input(seqs[0].frames[0].kind, the_rig is not None, structure_kw, "frame")
     r = _start_view_index(start_view, names, frames)
     cts = load_registration_ct(ct, start_kw["isocenter"], density, **structure_kw)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
@@ -311,9 +280,7 @@ def track_command(
                                     edge_enhanced, scatter=scatter, part=cts.part,
                                     blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"))
     if counts:
-        record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_blur,
-                                          counts_supersample, counts_renderer, counts_air_hu, counts_scatter_mm,
-                                          motion)
+        record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_kw, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     if counts:
@@ -326,25 +293,7 @@ def track_command(
     _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
-def _check_counts(seqs, the_rig, structure_kw: dict, renderer: str) -> None:
-    """``--counts``'s input, refused before tracking: one view's raw frames of the whole CT (the numbers'
-    ranges: :data:`~xraypose.cli.options.NUMERIC`)."""
-    if the_rig is not None:
-        raise InputError("--counts refines one view's frames; a rig's joint counts are not modelled: drop --rig")
-    if any(v is not None and v is not False for v in structure_kw.values()):
-        raise InputError("--counts models the whole CT's attenuation; a structure alone does not form the frames")
-    kind = seqs[0].frames[0].kind
-    if kind != "intensity":
-        raise InputError(f"--counts needs raw detector intensities (kind 'intensity'), not {kind!r} frames: the "
-                         "counts of a log or attenuation image are gone")
-    from xraypose.register.counts import COUNTS_RENDERERS
-
-    if renderer != "auto" and renderer not in COUNTS_RENDERERS:
-        raise InputError(f"--counts-renderer must be auto or one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
-
-
-def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, supersample: int,
-                      renderer: str, air_hu, scatter_mm, motion: str) -> dict:
+def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str) -> dict:
     """``--counts``: every frame not ``failed`` refined on its raw counts from its tracked pose (poses of the
     preprocessed frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined
     poses pooled by the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the
@@ -358,6 +307,8 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
 
     to_view = camera_to_view.to(torch.float64)
     to_raw = torch.linalg.inv(to_view)
+    blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
+    supersample = counts_kw["supersample"]
     starts = [None if fr.verdict == "failed" else fr.camera_to_world.to(torch.float64) @ to_raw for fr in res]
     t0 = time.perf_counter()
 
@@ -370,10 +321,10 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
 
     form, fits = refine_sequence(cts.volume, camera, [fr.image for fr in seq.frames], starts,
                                  isocenter=cts.isocenter, crop=crop, blur_px=blur, air_hu=air_hu,
-                                 renderer=None if renderer == "auto" else renderer, supersample=supersample,
+                                 renderer=renderer, supersample=supersample,
                                  scatter_px=None if scatter_mm is None else scatter_mm / float(camera.delx),
                                  progress=progress)
-    chosen = None in (blur, air_hu, scatter_mm) or renderer == "auto"
+    chosen = None in (blur, air_hu, scatter_mm, renderer)
     scatter = (f"scatter σ {form.scatter_px * float(camera.delx):g} mm" if form.scatter_px > 0 else "no scatter")
     typer.echo(f"counts: formation {form.renderer}, air from {form.air_hu:g} HU, blur {form.blur_px:g} px, "
                f"{scatter}{' (chosen on the first frame)' if chosen else ''}")
@@ -385,7 +336,7 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, blur, su
         fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ to_view).tolist()}
         fr.camera_to_world = T @ to_view
     return {"blur_px": form.blur_px, "blur_estimated": blur is None, "renderer": form.renderer,
-            "renderer_chosen": renderer == "auto", "air_hu": form.air_hu, "air_chosen": air_hu is None,
+            "renderer_chosen": renderer is None, "air_hu": form.air_hu, "air_chosen": air_hu is None,
             "scatter_mm": form.scatter_px * float(camera.delx), "scatter_chosen": scatter_mm is None,
             "supersample": supersample, "pooled": motion,
             "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
