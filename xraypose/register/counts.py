@@ -404,11 +404,14 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
                               blur_px: float | None = None, scatter_px: float | None = None,
                               blur_grid=COUNTS_BLUR_GRID, air_grid=COUNTS_AIR_GRID,
                               scatter_grid_mm=COUNTS_SCATTER_GRID_MM, coefficients=None,
-                              candidate_tol_mm: float | None = COUNTS_CANDIDATE_TOL_MM,
+                              candidate_tol_mm: float | None = COUNTS_CANDIDATE_TOL_MM, exhaustive: bool = False,
                               **kw) -> tuple[CountsFormation, CountsFit, list]:
     """The formation (:class:`CountsFormation`) under which one frame's counts are most likely, and that
     frame's fit under it.
 
+    Along each grid the candidates are walked (``exhaustive``: all fitted): from the point nearest the
+    current value (σ 0.7 px, the air knot −1000 HU, the scatter grid's middle width, trilinear's σ down
+    from the chosen one) to a neighbour, on while the NLL falls — about 14 candidates instead of 25.
     Every candidate is :func:`refine_on_counts` (pose, coefficients and scale fitted); the candidates have
     the same free parameters and see the same counts, so the lowest negative log-likelihood is the most
     likely formation.  The first starts from ``pose``, each later one from the most likely fit so far (its
@@ -472,11 +475,32 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     def best(keys):
         return min(keys, key=lambda k: fits[k].nll)
 
+    def along(values, key_of, start):
+        """The lowest-NLL key along a 1-D grid ``values`` (``key_of(value)`` fits one).  Exhaustive: all of
+        them; else a walk from the grid point nearest ``start``: a neighbour fitted, the walk going on while
+        the NLL falls, the other direction tried only when the first did not fall (a local minimum of the
+        grid: the NLL is smooth in each of these coordinates)."""
+        vals = sorted(float(v) for v in values)
+        if exhaustive:
+            return best([key_of(v) for v in vals])
+        i = min(range(len(vals)), key=lambda j: abs(vals[j] - float(start)))
+        home = cur = key_of(vals[i])
+        for step in (1, -1):
+            j = i + step
+            while 0 <= j < len(vals):
+                k = key_of(vals[j])
+                if fits[k].nll >= fits[cur].nll:
+                    break
+                cur, j = k, j + step
+            if cur != home:
+                break
+        return cur
+
     def with_scatter(key):
         """``key``, or its best scatter width when that lowers the NLL by more than the threshold."""
         if scatter_px is not None or not widths:
             return key
-        wide = best([fit(*key[:3], w) for w in widths])
+        wide = along(widths, lambda w: fit(*key[:3], w), widths[len(widths) // 2])
         return wide if fits[key].nll - fits[wide].nll > COUNTS_SCATTER_MIN_GAIN else key
 
     r0 = renderer or COUNTS_RENDERERS[0]
@@ -493,14 +517,12 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     sigma0 = blur_px if blur_px is not None else COUNTS_BLUR_GRID_MIDDLE
     w = 0.0 if scatter_px is None else float(scatter_px)
     w = with_scatter(fit(r0, air, sigma0, w))[3]
-    sigma = best([fit(r0, air, g, w) for g in sigmas])[2]  # (1)
+    sigma = along(sigmas, lambda g: fit(r0, air, g, w), sigma0)[2]  # (1)
     if air_hu is None:  # (2)
-        air = best([fit(r0, a, sigma, w) for a in air_grid])[1]
+        air = along(air_grid, lambda a: fit(r0, a, sigma, w), air)[1]
     if renderer is None:  # (3)
         for r in COUNTS_RENDERERS[1:]:
-            for g in sigmas:
-                if g <= sigma:
-                    fit(r, air, g, w)
+            along([g for g in sigmas if g <= sigma], lambda g: fit(r, air, g, w), sigma)
     chosen = best([k for k in fits if k[3] == w])
     if scatter_px is None:  # (4) at the chosen formation: scatter or not, and which width, again
         chosen = with_scatter(fit(*chosen[:3], 0.0))
@@ -626,7 +648,7 @@ class CountsRefinement:
 def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop: int = 0, bin: int | None = None,
                           max_side: int = COUNTS_MAX_SIDE, renderer: str | None = None, air_hu: float | None = None,
                           blur_px: float | None = None, scatter_mm: float | None = None,
-                          supersample: int = 2) -> CountsRefinement:
+                          supersample: int = 2, exhaustive: bool = False) -> CountsRefinement:
     """One raw X-ray's registered pose refined on its counts (``xraypose register --counts``): its pixels
     kept (:func:`raw_keep`), in photons (:func:`photons_of`), binned (:func:`bin_counts`), the formation
     chosen by their likelihood and the pose fitted under it (:func:`estimate_counts_formation`).
@@ -639,7 +661,7 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
         bin: pixels per side summed (default: :func:`counts_bin_for` ``max_side``).
         renderer, air_hu, blur_px (σ in the *binned* pixels), scatter_mm (σ on the detector; 0: none):
             the formation; each None is chosen by the counts' likelihood.
-        supersample: as :func:`refine_on_counts`.
+        supersample: as :func:`refine_on_counts`; exhaustive: as :func:`estimate_counts_formation`.
     Raises:
         InputError: as :func:`raw_keep`, :func:`photons_of` (no readable photon noise), :func:`bin_counts`,
             :func:`refine_on_counts`.
@@ -654,7 +676,8 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
     scatter_px = None if scatter_mm is None else float(scatter_mm) / float(cam.delx)
     form, fit, tried = estimate_counts_formation(volume, cam, y, torch.as_tensor(pose, dtype=F64).reshape(4, 4),
                                                  isocenter=isocenter, keep=keep, renderer=renderer, air_hu=air_hu,
-                                                 blur_px=blur_px, scatter_px=scatter_px, supersample=supersample)
+                                                 blur_px=blur_px, scatter_px=scatter_px, supersample=supersample,
+                                                 exhaustive=exhaustive)
     return CountsRefinement(fit=fit, formation=form, bin=b, camera=cam, per_photon=per_photon, tried=tried,
                             seconds=time.perf_counter() - t0)
 
