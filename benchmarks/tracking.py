@@ -447,7 +447,7 @@ def main(argv=None) -> int:
         fx = form_xray(vol, form_cam, T, family=args.family, generator=g, **{**fixed, **extra})
         formed.append(fx.info)
         if f == 0 and args.same_params:
-            fixed = {k: v for k, v in fx.info.items() if k != "family"}
+            fixed = {k: fx.info[k] for k in fx.parameters}  # not the derived values (effective_kev, …)
         prep = frame_preprocessing(fx, fine, args.detector)
         pre = preprocessed_frame(fx, prep, args)
         images.append(pre.image)

@@ -107,6 +107,12 @@ def test_family_reproducible_readable_bone_bright(family, phantom, rig):
                        (ROD_X, -ROD_X))
     col = img.mean(0)
     assert float(col[int(round(float(u_rod)))]) > float(col[int(round(float(u_mirror)))]) + 0.05
+    # its parameters (not the derived values in info) fix every draw: another generator forms the same kind
+    if family not in ("implants", "clinical"):  # (implants: anchors drawn from the CT's bone at each call)
+        again = form_xray(phantom, cam, T, family, generator=_g(6), **{k: a.info[k] for k in a.parameters})
+        assert {k: again.info[k] for k in a.parameters} == {k: a.info[k] for k in a.parameters}
+        assert set(a.info) - set(a.parameters) <= {"family", "photons_unattenuated", "scale_per_mm",
+                                                   "hu_cortical_bone", "effective_kev", "isocenter_point"}
     # and the image reads like today's simulator's image of the same view
     ours = form_xray(phantom, a.camera, a.pose, "ours", generator=_g(5))
     ref = preprocess(ours.raw, ours.camera, **ours.preprocess).image

@@ -26,6 +26,9 @@ class Params:
         self.overrides = dict(overrides)
         self.used: set[str] = set()
         self.info: dict = {}
+        #: the names of the parameters (drawn or fixed: each can be overridden), in order; ``info`` holds
+        #: derived values (:meth:`record`) besides
+        self.names: list[str] = []
 
     def _rand(self) -> float:
         return float(torch.rand((), generator=self.g, dtype=torch.float64))
@@ -33,6 +36,7 @@ class Params:
     def _take(self, name: str, drawn):
         if name in self.info:
             raise AssertionError(f"parameter {name!r} drawn twice")
+        self.names.append(name)
         if name in self.overrides:
             self.used.add(name)
             value = self.overrides[name]
@@ -94,7 +98,7 @@ class Params:
     def finish(self) -> dict:
         unknown = sorted(set(self.overrides) - self.used)
         if unknown:
-            known = ", ".join(sorted(k for k in self.info if not k.startswith("_")))
+            known = ", ".join(sorted(self.names))
             raise InputError(f"unknown parameter(s) for the {self.family!r} family: {', '.join(unknown)} "
                              f"(its parameters: {known})")
         return self.info

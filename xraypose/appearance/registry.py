@@ -34,6 +34,9 @@ class FormedXray:
         info: JSON-able record: the family and every parameter used.
         foreign: (H, W) bool of pixels whose content is not in the CT
             (implants, displaced bone), or None.
+        parameters: the names in ``info`` that are parameters (each can be fixed:
+            ``form_xray(..., **{name: info[name]})`` forms the same X-ray's kind again);
+            the others are values derived from them (e.g. ``effective_kev``).
     """
 
     raw: torch.Tensor
@@ -42,6 +45,7 @@ class FormedXray:
     preprocess: dict
     info: dict
     foreign: torch.Tensor | None = None
+    parameters: tuple = ()
 
 
 class Family(str):
@@ -114,6 +118,7 @@ def form_xray(volume: Volume, camera: Camera, camera_to_world, family: str = "ou
     ctx = Context(volume=volume, camera=camera, pose=_as_pose(camera_to_world), p=p, generator=g)
     fx = FAMILIES[family].build(ctx)
     fx.info = {"family": family, **p.finish()}
+    fx.parameters = tuple(p.names)
     fx.raw = fx.raw.detach().to(torch.float32).cpu()
     fx.pose = fx.pose.to(F64).cpu()
     return fx
