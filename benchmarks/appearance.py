@@ -281,7 +281,7 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
     """``--counts``: the registered ``pose`` (of the preprocessed image's camera ``cam``) refined on the case's
     raw counts as ``xraypose register --counts`` does (:func:`xraypose.register.counts.refine_xray_on_counts`;
     not for a ``failed`` verdict nor a display-processed X-ray): the row's ``counts_*`` entries."""
-    from xraypose.register.counts import refine_xray_on_counts
+    from xraypose.register.counts import moved_near_isocenter, refine_xray_on_counts
 
     if c.get("raw_kind") != "intensity":
         return {"counts": "display-processed: not refined"}
@@ -294,8 +294,11 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
                                   isocenter=volume.get_isocenter(), crop=c["raw_crop"])
     except Exception as e:  # a failed refinement is a row's entry, never the end of the run
         return {"counts": f"error: {e}"}
-    m = registration_metrics(r.fit.pose @ Tp, c["true_pose"], c["fiducials"], cam)
+    P = r.fit.pose @ Tp
+    m = registration_metrics(P, c["true_pose"], c["fiducials"], cam)
     return {"counts": "refined", "counts_mtre": m["mtre"], "counts_metrics": m, "counts_s": r.seconds,
+            "counts_pose": P.tolist(), "counts_moved_near_isocenter_mm": moved_near_isocenter(
+                torch.as_tensor(pose, dtype=F64).reshape(4, 4), P, volume.get_isocenter()),
             "counts_moved_mm": r.fit.moved_mm, "counts_formation": r.to_dict()["formation"], "counts_bin": r.bin,
             "counts_iterations": r.fit.iterations}
 

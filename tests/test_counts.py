@@ -353,3 +353,52 @@ def test_scatter_is_decided_before_the_blur(scene):
                                      keep=scene["keep"], renderer="siddon", air_hu=-1000.0, blur_px=0.5,
                                      scatter_px=w, supersample=1)[0]
     assert held.scatter_px == pytest.approx(w)  # a scatter given is held
+
+
+def test_binned_counts_keep_their_sum_and_their_geometry():
+    """bin_counts: a bin's counts are its pixels' sum (a sum of Poisson counts is Poisson), a bin is kept only
+    when all its pixels are, the rows past the last whole bin dropped with the camera cropped to match: a
+    world point projects to the binned pixel (u + 0.5)/f − 0.5 of its full-resolution pixel."""
+    from xraypose.camera import carm_pose
+    from xraypose.register.counts import bin_counts, counts_bin_for
+
+    cam = Camera(sdd=1000.0, height=41, width=38, delx=0.5, x0=1.2, y0=-0.7)
+    y = torch.rand(41, 38, dtype=F64, generator=torch.Generator().manual_seed(3)) * 100
+    keep = torch.ones(41, 38, dtype=torch.bool)
+    keep[5, 7] = False
+    yb, cb, kb = bin_counts(y, cam, keep, 2)
+    assert yb.shape == (20, 19) and (cb.height, cb.width) == (20, 19) and cb.delx == pytest.approx(1.0)
+    assert float(yb[0, 0]) == pytest.approx(float(y[:2, :2].sum()))
+    assert not bool(kb[2, 3]) and int((~kb).sum()) == 1
+    T = carm_pose(20.0, -10.0, sod=600.0, isocenter=torch.zeros(3, dtype=F64))
+    X = torch.tensor([[10.0, -5.0, 3.0]], dtype=F64)
+    uv, uvb = cam.project(X, T)[0], cb.project(X, T)[0]
+    assert torch.allclose(uvb, (uv + 0.5) / 2 - 0.5, atol=1e-9)
+    assert bin_counts(y, cam, keep, 1)[1] is cam
+    assert counts_bin_for((256, 256)) == 2 and counts_bin_for((128, 100)) == 1 and counts_bin_for((300, 90)) == 3
+    with pytest.raises(InputError, match="whole number"):
+        bin_counts(y, cam, keep, 0)
+    with pytest.raises(InputError, match="at least 8×8"):
+        bin_counts(y, cam, keep, 6)
+
+
+def test_moved_near_isocenter_is_an_mtre_between_poses():
+    """The mean displacement of six points 50 mm from the isocenter: a shift's length; a turn θ about an axis
+    through the isocenter moves four of them by 100·sin(θ/2)."""
+    import math
+
+    from xraypose.geometry import make_transform, so3_exp
+    from xraypose.register.counts import moved_near_isocenter
+
+    iso = torch.tensor([5.0, -3.0, 40.0], dtype=F64)
+    A = make_transform(so3_exp(torch.tensor([0.2, -0.1, 0.3], dtype=F64)), torch.tensor([1.0, 2.0, -700.0], dtype=F64))
+    B = A.clone()
+    B[:3, 3] += torch.tensor([0.3, 0.0, 0.4], dtype=F64)
+    assert moved_near_isocenter(A, A, iso) == pytest.approx(0.0, abs=1e-9)
+    assert moved_near_isocenter(A, B, iso) == pytest.approx(0.5, abs=1e-9)
+    th = 0.02
+    turn = make_transform(so3_exp(torch.tensor([0.0, 0.0, th], dtype=F64)), torch.zeros(3, dtype=F64))
+    about = torch.eye(4, dtype=F64)
+    about[:3, 3] = iso
+    D = about @ turn @ torch.linalg.inv(about)  # a turn about z through the isocenter, in the world
+    assert moved_near_isocenter(A, D @ A, iso) == pytest.approx(4 / 6 * 100 * math.sin(th / 2), rel=1e-9)

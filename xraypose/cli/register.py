@@ -150,18 +150,6 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
 COUNTS_MOVED_UNCERTAIN_MM = 2.0
 
 
-def _moved_near_isocenter(A, B, isocenter, camera, radius_mm: float = 50.0) -> float:
-    """mm: the mean displacement between poses ``A`` and ``B`` (4, 4) of the six points ``radius_mm`` from the
-    ``isocenter`` along the world's axes (an mTRE of one pose against the other)."""
-    import torch
-
-    from xraypose.register.api import registration_metrics
-
-    iso = torch.as_tensor(isocenter, dtype=torch.float64).reshape(3)
-    pts = torch.cat([iso + radius_mm * torch.eye(3, dtype=torch.float64), iso - radius_mm * torch.eye(3, dtype=torch.float64)])
-    return registration_metrics(B, A, pts, camera)["mtre"]
-
-
 def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
     """``--counts``: the registered pose ``out`` (of the preprocessed ``px``) refined on the raw X-ray ``xr``'s
     counts (:func:`~xraypose.register.counts.refine_xray_on_counts`; the raw camera's pose is the registered
@@ -172,7 +160,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
 
     from xraypose.cli.steps import pose_transform_of
     from xraypose.register.api import registration_metrics
-    from xraypose.register.counts import refine_xray_on_counts
+    from xraypose.register.counts import moved_near_isocenter, refine_xray_on_counts
 
     if out.verdict == "failed":
         typer.echo("counts: not refined (the verdict is failed)")
@@ -190,7 +178,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
         fid = torch.tensor(out.extra["fiducials"], dtype=torch.float64)
         out.metrics = registration_metrics(out.camera_to_world, torch.tensor(out.extra["true_pose"]), fid, out.camera)
     f = r.formation
-    moved = _moved_near_isocenter(registered, out.camera_to_world.to(torch.float64), cts.isocenter, out.camera)
+    moved = moved_near_isocenter(registered, out.camera_to_world.to(torch.float64), cts.isocenter)
     typer.echo(f"counts: moved {moved:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
                f"(formation {f.renderer}, air from {f.air_hu:g} HU, blur {f.blur_px:g} px, "
                + (f"scatter σ {f.scatter_px * float(r.camera.delx):g} mm" if f.scatter_px > 0 else "no scatter")

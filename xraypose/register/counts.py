@@ -59,7 +59,7 @@ from xraypose.render import render, render_with_tangents
 F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "refine_on_counts", "refine_sequence",
-           "refine_xray_on_counts", "bin_counts", "counts_bin_for", "pool_fits", "COUNTS_MAX_SIDE",
+           "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits", "COUNTS_MAX_SIDE",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN"]
@@ -619,6 +619,20 @@ def counts_bin_for(shape, max_side: int = COUNTS_MAX_SIDE) -> int:
     """The smallest bin (pixels per side) that brings an X-ray of ``shape`` (H, W) to at most ``max_side``
     pixels along its longer side."""
     return max(1, math.ceil(max(int(n) for n in shape) / int(max_side)))
+
+
+def moved_near_isocenter(A, B, isocenter, radius_mm: float = 50.0) -> float:
+    """mm: how far pose ``B`` (4, 4 camera_to_world) moves the CT against pose ``A`` — the mean displacement
+    ``|B·A⁻¹·p − p|`` of the six points ``p`` ``radius_mm`` from the ``isocenter`` (3,) along the world's axes
+    (an mTRE of one pose against the other at points of the anatomy, unlike :attr:`CountsFit.moved_mm`,
+    which weighs the source's own motion)."""
+    A = torch.as_tensor(A, dtype=F64).reshape(4, 4)
+    B = torch.as_tensor(B, dtype=F64).reshape(4, 4)
+    iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
+    eye = torch.eye(3, dtype=F64)
+    p = torch.cat([iso + radius_mm * eye, iso - radius_mm * eye])
+    D = B @ torch.linalg.inv(A)
+    return float((p @ D[:3, :3].T + D[:3, 3] - p).norm(dim=1).mean())
 
 
 @dataclass
