@@ -99,8 +99,11 @@ def _first_level_capped_at_60():
 def test_registers_through_a_display_curve(sample_ct):
     """The appearance benchmark's pelvis display case 7 (seed 0): a linear LUT shown bone bright
     (1 − I/I_max, gamma 0.81, strong unsharp masking), read as is.  From its 10°/40 mm start the
-    capture is lost (71 mm) unless the X-ray's intensities are matched to the DRR's at the capture
-    levels too (``match_capture``: the "intensities matched" hypothesis, ``--match-intensity all``)."""
+    capture is lost (71 mm on the Intel Xeon of stops 24–43) unless the X-ray's intensities are matched to
+    the DRR's at the capture levels too (``match_capture``: the "intensities matched" hypothesis,
+    ``--match-intensity all``).  Whether the unmatched capture is lost depends on the CPU's rounding (the
+    renderer is built for the host): on the AMD EPYC of stop 44 it was captured, 0.25 mm (the same code that
+    lost it on the Xeon) — so matching is required to register and to be no worse, not the other to fail."""
     from test_capture_starts import appearance_case
 
     image, camera, truth, fid, start, blur = appearance_case(sample_ct, "display", 7, seed=0)
@@ -118,7 +121,7 @@ def test_registers_through_a_display_curve(sample_ct):
         else:  # both capture levels always; the display curve is curved enough for a fine level too
             assert matched[:2] == [1, 1] and sum(matched[2:]) >= 1, matched
     assert err["all"] < 1.0, err
-    assert err["off"] > 10.0, err
+    assert err["all"] <= err["off"], err  # Xeon: 0.28 vs 71 mm; EPYC: 0.14 vs 0.25 mm
 
 
 def test_the_default_matches_a_curved_display_at_the_fine_levels(sample_ct):
