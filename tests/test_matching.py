@@ -121,7 +121,7 @@ def test_registers_through_a_display_curve(sample_ct):
         else:  # both capture levels always; the display curve is curved enough for a fine level too
             assert matched[:2] == [1, 1] and sum(matched[2:]) >= 1, matched
     assert err["all"] < 1.0, err
-    assert err["all"] <= err["off"], err  # Xeon: 0.28 vs 71 mm; EPYC: 0.14 vs 0.25 mm
+    assert err["all"] <= err["off"], err  # Xeon: off 71 mm; EPYC (stop 44): all 0.14, off 0.25 mm
 
 
 def test_the_default_matches_a_curved_display_at_the_fine_levels(sample_ct):
