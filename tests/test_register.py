@@ -358,3 +358,44 @@ def test_cli_register_counts_refines_on_the_raw_counts(tmp_path, maker, case, ca
                  "-o", str(tmp_path / "bad"), "--counts"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "a rig's joint counts are not modelled" in err, err
+
+
+def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch):
+    """register --counts: a refinement moving the registered pose more than COUNTS_MOVED_UNCERTAIN_MM near the
+    isocenter makes an ok result uncertain (the two measures disagree); a small move keeps it ok; a failed
+    result is not refined at all."""
+    from types import SimpleNamespace
+
+    import xraypose.register.counts as counts_mod
+    from xraypose.cli import register as cli_register
+    from xraypose.register.counts import CountsFit, CountsFormation, CountsRefinement
+
+    T = torch.eye(4, dtype=F64)
+    T[:3, 3] = torch.tensor([0.0, 0.0, -700.0], dtype=F64)
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
+    calls = []
+
+    def fake(volume, camera, raw, pose, **kw):
+        calls.append(pose)
+        P = pose.clone()
+        P[:3, 3] += torch.tensor([shift, 0.0, 0.0], dtype=F64)
+        fit = CountsFit(pose=P, coefficients=torch.zeros(3, dtype=F64), scale=1.0, nll=0.0, nll_start=1.0,
+                        iterations=3, converged=True, moved_mm=shift)
+        return CountsRefinement(fit=fit, formation=CountsFormation("siddon", -1000.0, 0.5), bin=1, camera=cam,
+                                per_photon=1.0, tried=[], seconds=0.1)
+
+    monkeypatch.setattr(counts_mod, "refine_xray_on_counts", fake)
+    kw = {"renderer": None, "air_hu": None, "blur": None, "scatter_mm": None, "supersample": 2}
+    cts = SimpleNamespace(volume=None, isocenter=torch.zeros(3, dtype=F64))
+    px = SimpleNamespace(steps=[])
+    xr = SimpleNamespace(camera=cam, image=torch.ones(16, 16))
+    for shift, verdict in ((1.5, "ok"), (2.5, "uncertain")):
+        out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
+        rec = cli_register._refine_on_counts(out, xr, px, cts, 0, kw)
+        assert out.verdict == verdict and rec["moved_near_isocenter_mm"] == pytest.approx(shift)
+        assert float(out.camera_to_world[0, 3]) == pytest.approx(shift) and rec["registered_camera_to_world"] == T.tolist()
+    assert "the counts moved the registered pose 2.5 mm" in out.reason
+    n = len(calls)
+    out = SimpleNamespace(verdict="failed", reason="bad", camera_to_world=T.clone(), metrics=None, camera=cam)
+    assert cli_register._refine_on_counts(out, xr, px, cts, 0, kw) == {"refined": False, "reason": "verdict failed"}
+    assert len(calls) == n and torch.equal(out.camera_to_world, T)
