@@ -162,26 +162,12 @@ def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = 
 
 def raw_entries(fx, pre) -> dict:
     """The case's raw X-ray as formed (for ``--counts``): ``raw`` (H, W) float32, its camera, its kind
-    (``intensity`` when preprocessing takes its log: raw detector values; else display-processed), the
+    (``display`` when a display's LUT processed it — the display and clinical families; else ``intensity``:
+    raw detector values, whose log preprocessing takes), the
     preprocessing's crop and ``pose_transform`` (pose of the registered image = raw pose @ it)."""
     return {"raw": torch.as_tensor(fx.raw).to(torch.float32), "raw_camera": fx.camera.to_dict(),
-            "raw_kind": "intensity" if fx.preprocess.get("log") is True else "display",
+            "raw_kind": "display" if "lut" in fx.info else "intensity",
             "raw_crop": int(fx.preprocess.get("crop", 0) or 0), "pose_transform": pre.pose_transform.to(F64)}
-
-
-def with_raw(c: dict, volume, maker, seed: int, f: Path, blur_domain: str, photon_offset) -> dict:
-    """Case ``c`` (cached at ``f``) with its raw X-ray (:func:`raw_entries`): as it is when it has one; else
-    formed again (the same generator: the same X-ray; its preprocessed image must come out identical) and
-    ``f`` rewritten."""
-    if "raw" in c:
-        return c
-    fx, pre = form_case(volume, maker, c["family"], c["index"], seed, blur_domain, photon_offset)
-    if not torch.equal(pre.image.to(torch.float32), c["image"]):
-        raise SystemExit(f"{f}: formed again, the case differs from its cached image (a cache from another "
-                         "xraypose); remove it or use another --cache")
-    c = {**c, **raw_entries(fx, pre)}
-    save_case(c, f)
-    return c
 
 
 def _case_maker(volume, detector: int, seed: int):
@@ -199,20 +185,25 @@ def save_case(c: dict, f: Path) -> None:
     os.replace(tmp, f)
 
 
-def with_mask(c: dict, make, f: Path) -> dict:
-    """Case ``c``, loaded from ``f``, with its preprocessing's mask: as it is when it has one; else (cached
-    before 2026-12-03, stop 32) ``make()`` forms it again (the same generator, so the same X-ray) for its
-    mask and ``f`` is rewritten.  The image must come out identical, else the cache is from another
-    xraypose and is refused.  Used by this benchmark and benchmarks/confidence.py."""
-    if "mask" in c:
+def completed(c: dict, make, f: Path, keys=("mask",)) -> dict:
+    """Case ``c``, loaded from ``f``, with the entries ``keys``: as it is when it has them; else (cached before
+    they were: the mask before 2026-12-03, stop 32; the raw X-ray before stop 44) ``make()`` forms it again
+    (the same generator, so the same X-ray), the entries ``c`` lacks are added and ``f`` is rewritten.  The
+    image must come out identical, else the cache is from another xraypose and is refused."""
+    if all(k in c for k in keys):
         return c
     new = make()
     if not torch.equal(new["image"], c["image"]):
         raise SystemExit(f"{f}: formed again, the case differs from its cached image (a cache from another "
                          "xraypose); remove it or use another --cache")
-    c = {**c, "mask": new["mask"]}
+    c = {**new, **c}
     save_case(c, f)
     return c
+
+
+def with_mask(c: dict, make, f: Path) -> dict:
+    """:func:`completed` for the preprocessing's mask (used by this benchmark and benchmarks/confidence.py)."""
+    return completed(c, make, f, ("mask",))
 
 
 def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool,
@@ -226,14 +217,15 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
         f = folder / f"case{i:04d}.pt"
         if f.exists():
             c = torch.load(f, weights_only=False)
-            if "mask" not in c:  # cached before the masks were: completed once (forming is deterministic)
+            need = ("mask", "raw") if raw else ("mask",)  # the raw X-ray: for --counts
+            if any(k not in c for k in need):  # cached before they were: completed once (forming is deterministic)
                 maker = maker or _case_maker(volume, detector, seed)
-                c = with_mask(c, lambda: make_case(volume, maker, family, i, seed, blur_domain, photon_offset), f)
-                share = "none" if c["mask"] is None else f"{float((c['mask'] < 0.5).float().mean()):.1%} masked"
-                log(f"  {name}/{family} case {i}: preprocessing mask added to the cache ({share})")
-            if raw and "raw" not in c:  # cached before the raw X-rays were (--counts): formed again, checked
-                maker = maker or _case_maker(volume, detector, seed)
-                c = with_raw(c, volume, maker, seed, f, blur_domain, photon_offset)
+                had_mask = "mask" in c
+                c = completed(c, lambda: make_case(volume, maker, family, i, seed, blur_domain, photon_offset), f,
+                              need)
+                if not had_mask:
+                    share = "none" if c["mask"] is None else f"{float((c['mask'] < 0.5).float().mean()):.1%} masked"
+                    log(f"  {name}/{family} case {i}: preprocessing mask added to the cache ({share})")
             out.append(c)
             continue
         if not make:
@@ -281,7 +273,7 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
     """``--counts``: the registered ``pose`` (of the preprocessed image's camera ``cam``) refined on the case's
     raw counts as ``xraypose register --counts`` does (:func:`xraypose.register.counts.refine_xray_on_counts`;
     not for a ``failed`` verdict nor a display-processed X-ray): the row's ``counts_*`` entries."""
-    from xraypose.register.counts import moved_near_isocenter, refine_xray_on_counts
+    from xraypose.register.counts import refine_xray_on_counts
 
     if c.get("raw_kind") != "intensity":
         return {"counts": "display-processed: not refined"}
@@ -297,8 +289,7 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
     P = r.fit.pose @ Tp
     m = registration_metrics(P, c["true_pose"], c["fiducials"], cam)
     return {"counts": "refined", "counts_mtre": m["mtre"], "counts_metrics": m, "counts_s": r.seconds,
-            "counts_pose": P.tolist(), "counts_moved_near_isocenter_mm": moved_near_isocenter(
-                torch.as_tensor(pose, dtype=F64).reshape(4, 4), P, volume.get_isocenter()),
+            "counts_pose": P.tolist(),
             "counts_moved_mm": r.fit.moved_mm, "counts_formation": r.to_dict()["formation"], "counts_bin": r.bin,
             "counts_iterations": r.fit.iterations}
 

@@ -54,6 +54,14 @@ def test_cases_keep_the_preprocessings_mask_and_old_caches_are_completed(bench, 
     assert "mask" in torch.load(folder / f"case{i:04d}.pt", weights_only=False)
     assert any("mask added" in s for s in logged)
 
+    # --counts: a case cached without its raw X-ray (before stop 44) is completed the same way
+    lean = {key: v for key, v in c.items() if key not in ("raw", "raw_camera", "raw_kind", "raw_crop", "pose_transform")}
+    torch.save(lean, folder / f"case{i:04d}.pt")
+    cases = bench.cached_cases("sample", sample_ct, "display", i + 1, 64, 0, tmp_path / "cache", logged.append,
+                               make=False, raw=True)
+    assert torch.equal(cases[i]["raw"], fx.raw.to(torch.float32)) and cases[i]["raw_kind"] == "display"
+    assert "raw" in torch.load(folder / f"case{i:04d}.pt", weights_only=False)
+
     # one whose image another xraypose formed is refused, not silently given another X-ray's mask
     other = {key: v for key, v in c.items() if key != "mask"}
     other["image"] = other["image"] + 0.01

@@ -392,7 +392,7 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch)
     for shift, verdict in ((1.5, "ok"), (2.5, "uncertain")):
         out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
         rec = cli_register._refine_on_counts(out, xr, px, cts, 0, kw)
-        assert out.verdict == verdict and rec["moved_near_isocenter_mm"] == pytest.approx(shift)
+        assert out.verdict == verdict and rec["moved_mm"] == pytest.approx(shift)
         assert float(out.camera_to_world[0, 3]) == pytest.approx(shift) and rec["registered_camera_to_world"] == T.tolist()
     assert "the counts moved the registered pose 2.5 mm" in out.reason
     n = len(calls)

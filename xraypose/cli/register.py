@@ -143,9 +143,9 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     _print_result(output, out)
 
 
-#: ``register --counts``: a refinement that moves the registered pose further than this (mm: the mean
-#: displacement of six points 50 mm from the isocenter along the world's axes, as an mTRE between the two
-#: poses) turns an ``ok`` verdict ``uncertain``: the counts and the similarity disagree by more than the
+#: ``register --counts``: a refinement that moves the registered pose further than this (mm:
+#: :attr:`~xraypose.register.counts.CountsFit.moved_mm`, an mTRE between the two poses at six points 50 mm
+#: from the isocenter) turns an ``ok`` verdict ``uncertain``: the counts and the similarity disagree by more than the
 #: verdict's own 2 mm.
 COUNTS_MOVED_UNCERTAIN_MM = 2.0
 
@@ -160,7 +160,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
 
     from xraypose.cli.steps import pose_transform_of
     from xraypose.register.api import registration_metrics
-    from xraypose.register.counts import moved_near_isocenter, refine_xray_on_counts
+    from xraypose.register.counts import refine_xray_on_counts
 
     if out.verdict == "failed":
         typer.echo("counts: not refined (the verdict is failed)")
@@ -177,18 +177,14 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
     if out.metrics is not None:  # the truth known: the same fiducials as the registration's metrics
         fid = torch.tensor(out.extra["fiducials"], dtype=torch.float64)
         out.metrics = registration_metrics(out.camera_to_world, torch.tensor(out.extra["true_pose"]), fid, out.camera)
-    f = r.formation
-    moved = moved_near_isocenter(registered, out.camera_to_world.to(torch.float64), cts.isocenter)
+    moved = r.fit.moved_mm  # from the registered pose, at the anatomy (the pose transform does not change it)
     typer.echo(f"counts: moved {moved:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
-               f"(formation {f.renderer}, air from {f.air_hu:g} HU, blur {f.blur_px:g} px, "
-               + (f"scatter σ {f.scatter_px * float(r.camera.delx):g} mm" if f.scatter_px > 0 else "no scatter")
-               + f"; {r.bin}×{r.bin} pixels binned)")
+               f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned)")
     if out.verdict == "ok" and moved > COUNTS_MOVED_UNCERTAIN_MM:
         out.verdict = "uncertain"
         out.reason = (f"the counts moved the registered pose {moved:.1f} mm (> {COUNTS_MOVED_UNCERTAIN_MM:g}); "
                       f"registered: {out.reason}")
-    return {"refined": True, **r.to_dict(), "moved_near_isocenter_mm": moved,
-            "registered_camera_to_world": registered.tolist(),
+    return {"refined": True, **r.to_dict(), "registered_camera_to_world": registered.tolist(),
             **({"registered_metrics": registered_metrics} if registered_metrics is not None else {}),
             "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")},
             "supersample": counts_kw["supersample"]}

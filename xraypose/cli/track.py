@@ -325,9 +325,7 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
                                  scatter_px=None if scatter_mm is None else scatter_mm / float(camera.delx),
                                  progress=progress)
     chosen = None in (blur, air_hu, scatter_mm, renderer)
-    scatter = (f"scatter σ {form.scatter_px * float(camera.delx):g} mm" if form.scatter_px > 0 else "no scatter")
-    typer.echo(f"counts: formation {form.renderer}, air from {form.air_hu:g} HU, blur {form.blur_px:g} px, "
-               f"{scatter}{' (chosen on the first frame)' if chosen else ''}")
+    typer.echo(f"counts: formation {form.describe(camera.delx)}{' (chosen on the first frame)' if chosen else ''}")
     pooled = pool_fits(fits, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
     for fr, fit, T in zip(res, fits, pooled):
         if fit is None:

@@ -121,7 +121,7 @@ class CountsFit:
     nll: the Poisson negative log-likelihood at the end (up to a constant); nll_start: at the start
     (the start's coefficients fitted); iterations: accepted steps; converged: the last accepted step
     moved less than ``tol_mm`` (or no step lowered the cost); moved_mm: how far the fit moved the
-    start (``angle · radius_mm + |translation|`` of ``start⁻¹ · pose``, mm); covariance: (6, 6) the
+    start at the anatomy (:func:`moved_near_isocenter`: an mTRE between the two poses, mm); covariance: (6, 6) the
     inverse Fisher information of the pose at the end (coefficients and scale marginalised) in the
     motion model's chart (docs/conventions.md: ``F·exp(ξ)·F⁻¹·pose``, F the translation to the
     isocenter, ξ = (ω rad, ρ mm) along the world's axes; ``FrameResult.covariance``'s) — the
@@ -353,15 +353,8 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
     B = torch.block_diag(P[:3, :3], P[:3, :3])  # the motion model's (world axes): A·C·Aᵀ, A = diag(R, R)
     cov = B @ cov @ B.T
     return CountsFit(pose=P, coefficients=a, scale=math.exp(log_s), nll=cost, nll_start=cost_start,
-                     iterations=it, converged=converged, moved_mm=_moved_mm(start, P, radius_mm), covariance=cov)
-
-
-def _moved_mm(start: torch.Tensor, P: torch.Tensor, radius_mm: float = 100.0) -> float:
-    """How far pose ``P`` is from ``start`` (both (4, 4)): ``angle · radius_mm + |translation|`` of
-    ``start⁻¹ · P``, mm."""
-    delta = torch.linalg.inv(torch.as_tensor(start, dtype=F64)) @ P
-    ang = float(torch.arccos(((delta[:3, :3].trace() - 1) / 2).clamp(-1, 1)))
-    return ang * radius_mm + float(delta[:3, 3].norm())
+                     iterations=it, converged=converged, moved_mm=moved_near_isocenter(start, P, model.iso),
+                     covariance=cov)
 
 
 #: :func:`estimate_counts_formation`'s candidates for the detector's blur, σ in the X-ray's pixels.
@@ -397,6 +390,12 @@ class CountsFormation:
     def to_dict(self) -> dict:
         return {"renderer": self.renderer, "air_hu": self.air_hu, "blur_px": self.blur_px,
                 "scatter_px": self.scatter_px}
+
+    def describe(self, pixel_mm: float) -> str:
+        """One line for the CLI: ``siddon, air from -1000 HU, blur 0.5 px, scatter σ 40 mm`` (``pixel_mm``:
+        the X-ray's pixel spacing, for the scatter's width)."""
+        scatter = f"scatter σ {self.scatter_px * float(pixel_mm):g} mm" if self.scatter_px > 0 else "no scatter"
+        return f"{self.renderer}, air from {self.air_hu:g} HU, blur {self.blur_px:g} px, {scatter}"
 
 
 def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor, *, isocenter, keep=None,
@@ -534,7 +533,7 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
         final = refine_on_counts(bases[chosen[1]], volume.affine, camera, counts, c.pose, isocenter=isocenter,
                                  keep=keep, blur_px=chosen[2], renderer=chosen[0], scatter_px=chosen[3],
                                  coefficients=c.coefficients, **kw)
-        final = dataclasses.replace(final, moved_mm=_moved_mm(pose, final.pose, kw.get("radius_mm", 100.0)),
+        final = dataclasses.replace(final, moved_mm=moved_near_isocenter(pose, final.pose, isocenter),
                                     iterations=c.iterations + final.iterations)
     return CountsFormation(*chosen), final, tried
 
@@ -622,17 +621,16 @@ def counts_bin_for(shape, max_side: int = COUNTS_MAX_SIDE) -> int:
 
 
 def moved_near_isocenter(A, B, isocenter, radius_mm: float = 50.0) -> float:
-    """mm: how far pose ``B`` (4, 4 camera_to_world) moves the CT against pose ``A`` — the mean displacement
-    ``|B·A⁻¹·p − p|`` of the six points ``p`` ``radius_mm`` from the ``isocenter`` (3,) along the world's axes
-    (an mTRE of one pose against the other at points of the anatomy, unlike :attr:`CountsFit.moved_mm`,
-    which weighs the source's own motion)."""
-    A = torch.as_tensor(A, dtype=F64).reshape(4, 4)
-    B = torch.as_tensor(B, dtype=F64).reshape(4, 4)
+    """mm: how far pose ``B`` is from pose ``A`` (each (4, 4) camera_to_world) at the anatomy — the mTRE of one
+    against the other (:func:`xraypose.metrics.target_registration_error`) at the six points ``radius_mm``
+    from the ``isocenter`` (3,) along the world's axes.  A preprocessing's pose transform applied to both
+    leaves it unchanged.  :attr:`CountsFit.moved_mm`."""
+    from xraypose.metrics import target_registration_error
+
     iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
     eye = torch.eye(3, dtype=F64)
-    p = torch.cat([iso + radius_mm * eye, iso - radius_mm * eye])
-    D = B @ torch.linalg.inv(A)
-    return float((p @ D[:3, :3].T + D[:3, 3] - p).norm(dim=1).mean())
+    points = torch.cat([iso + radius_mm * eye, iso - radius_mm * eye])
+    return float(target_registration_error(torch.as_tensor(B, dtype=F64), torch.as_tensor(A, dtype=F64), points)[0])
 
 
 @dataclass
