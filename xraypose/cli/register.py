@@ -184,7 +184,8 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
         out.verdict = "uncertain"
         out.reason = (f"the counts moved the registered pose {moved:.1f} mm (> {COUNTS_MOVED_UNCERTAIN_MM:g}); "
                       f"registered: {out.reason}")
-    return {"refined": True, **r.to_dict(), "registered_camera_to_world": registered.tolist(),
+    return {"refined": True, **r.to_dict(), "camera_to_world": out.camera_to_world.tolist(),  # pose.json's camera
+            "registered_camera_to_world": registered.tolist(),
             **({"registered_metrics": registered_metrics} if registered_metrics is not None else {}),
             "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")},
             "supersample": counts_kw["supersample"]}
