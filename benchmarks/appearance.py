@@ -369,7 +369,9 @@ def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weigh
             "similarity": float(out.similarity), "verdict": out.verdict, "p_success": out.p_success,
             "kept": (out.confidence or {}).get("kept"),
             # each start tried (the given one, then the hypotheses): its p_success and verdict
-            "hypotheses": [{"start": h["start"], "p_success": h["p_success"], "verdict": h["verdict"]}
+            # and its distance from the kept result (mm; rival_verdict)
+            "hypotheses": [{"start": h["start"], "p_success": h["p_success"], "verdict": h["verdict"],
+                            "from_kept_mm": h.get("from_kept_mm")}
                            for h in (out.confidence or {}).get("hypotheses", [])]}
 
 

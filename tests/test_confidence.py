@@ -212,6 +212,55 @@ def test_one_views_antipodal_result_needs_strong_evidence_to_be_ok():
     assert mirror_verdict("failed", 0.2, "antipodal start") == ("failed", None)
 
 
+def test_two_plausible_results_far_apart_are_not_ok():
+    """The kept result is ok only if no other start's result the check accepts lies > RIVAL_MM from it."""
+    from xraypose.register.hypotheses import RIVAL_MM, rival_verdict
+
+    tried = [{"start": "given start", "p_success": 0.65, "verdict": "uncertain", "from_kept_mm": 72.5},
+             {"start": "antipodal start", "p_success": 0.49, "verdict": "failed", "from_kept_mm": 300.0},
+             {"start": "restart 1", "p_success": 0.70, "verdict": "ok", "from_kept_mm": 0.0},
+             {"start": "restart 2", "p_success": 0.64, "verdict": "ok", "from_kept_mm": 1.5}]
+    v, why = rival_verdict("ok", "restart 1", tried)
+    assert v == "uncertain" and "given start" in why and "72.5 mm" in why and "--counts" in why
+    tried[0]["verdict"] = "failed"  # a rejected result is no rival; nor one within RIVAL_MM (restart 2)
+    assert rival_verdict("ok", "restart 1", tried) == ("ok", None)
+    tried[3]["from_kept_mm"] = RIVAL_MM + 0.01
+    assert rival_verdict("ok", "restart 1", tried)[0] == "uncertain"
+    tried[3]["from_kept_mm"] = float("nan")  # not comparable: a rival
+    assert rival_verdict("ok", "restart 1", tried)[0] == "uncertain"
+    assert rival_verdict("failed", "restart 1", tried) == ("failed", None)
+
+
+def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatch, sample_ct, registrar, maker, case):
+    """End to end through register_xray's hypotheses, with a check that finds every pose plausible: near the
+    truth 'uncertain' (P 0.6), elsewhere 'ok' (P 0.95).  The antipodal start's result (far) is kept by its P,
+    but the given start's lies hundreds of mm away and was not rejected: the verdict is uncertain, saying why,
+    and every hypothesis records its distance from the kept result."""
+    import xraypose.register.confidence as confidence
+    from xraypose.metrics import moved_near_isocenter
+    from xraypose.register.confidence import Confidence
+
+    iso = sample_ct.get_isocenter()
+
+    def fake_assess(reg, images, camera, poses, **kw):
+        out = []
+        for P in torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4):
+            near = moved_near_isocenter(case.true_pose, P, iso) < 5.0
+            out.append(Confidence(0.6 if near else 0.95, "uncertain" if near else "ok", "fake", {}, 0.0))
+        return out
+
+    monkeypatch.setattr(confidence, "assess", fake_assess)
+    out = register_xray(sample_ct, case.image, case.camera, maker.starts(case, 2.0, 5.0), registrar=registrar,
+                        true_pose=case.true_pose, fiducials=case.fiducials)[0]
+    c = out.confidence
+    assert c["kept"] != "given start" and out.metrics["mtre"] > 5.0, (c["kept"], out.metrics["mtre"])
+    given = c["hypotheses"][0]
+    assert given["start"] == "given start" and given["from_kept_mm"] > 50.0
+    assert out.verdict == "uncertain" and "given start's result lies" in out.reason, out.reason
+    kept = [h for h in c["hypotheses"] if h["start"] == c["kept"]][0]
+    assert kept["from_kept_mm"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_pose_json_holds_the_verdict(tmp_path, good):
     write_registration(tmp_path / "r", good)
     pose = json.loads((tmp_path / "r" / "pose.json").read_text())

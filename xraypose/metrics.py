@@ -52,6 +52,7 @@ from xraypose.geometry import geodesic_rotation, geodesic_translation
 __all__ = [
     "METRIC_NAMES",
     "target_registration_error",
+    "moved_near_isocenter",
     "projection_error",
     "reprojection_error",
     "double_geodesic_error",
@@ -124,6 +125,20 @@ def target_registration_error(pred, true, fiducials, reduce: bool = True) -> tor
     f = _fiducials(fiducials, p.shape[0])
     d = (world_to_camera_points(f, p) - world_to_camera_points(f, t)).norm(dim=-1)
     return d.mean(-1) if reduce else d
+
+
+def moved_near_isocenter(A, B, isocenter, radius_mm: float = 50.0) -> float:
+    """mm: how far pose ``B`` is from pose ``A`` (each (4, 4) camera_to_world) at the anatomy — the mTRE of one
+    against the other (:func:`target_registration_error`) at the six points ``radius_mm`` from the
+    ``isocenter`` (3,) along the world's axes.  A preprocessing's pose transform applied to both leaves it
+    unchanged.  Used where two results of one X-ray are compared without a truth (the counts' refinement,
+    :attr:`xraypose.register.counts.CountsFit.moved_mm`; the hypotheses' rivals,
+    :func:`xraypose.register.hypotheses.rival_verdict`)."""
+    iso = torch.as_tensor(isocenter, dtype=torch.float64).reshape(3)
+    eye = torch.eye(3, dtype=torch.float64)
+    points = torch.cat([iso + radius_mm * eye, iso - radius_mm * eye])
+    return float(target_registration_error(torch.as_tensor(B, dtype=torch.float64),
+                                           torch.as_tensor(A, dtype=torch.float64), points)[0])
 
 
 def _projections(camera: Camera, poses: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

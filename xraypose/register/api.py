@@ -298,13 +298,15 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     from xraypose.register.confidence import assess
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
                                               best_hypothesis, capture_hypothesis_config, kept_reason,
-                                              match_hypothesis_config, mirror_verdict, schedule_levels,
-                                              viable_alternatives)
+                                              match_hypothesis_config, mirror_verdict, rival_verdict,
+                                              schedule_levels, viable_alternatives)
+    from xraypose.metrics import moved_near_isocenter
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
     tried = [{"start": "given start", "p_success": conf.p_success, "verdict": conf.verdict,
               "similarity": float(res.similarity[b])}]
+    poses = [res.poses[b]]  # each tried result's camera_to_world, as tried
     best = ((res, b), conf, "given start")
     t0 = time.perf_counter()
     if len(names):
@@ -316,6 +318,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         for k in range(K):
             tried.append({"start": names[k], "p_success": c2[k].p_success, "verdict": c2[k].verdict,
                           "similarity": float(r2.similarity[k])})
+            poses.append(r2.poses[k])
         k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
         if k is not None:
             best = ((r2, k), c2[k], names[k])
@@ -327,6 +330,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         c = assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
         tried.append({"start": name, "p_success": c.p_success, "verdict": c.verdict,
                       "similarity": float(r.similarity[0])})
+        poses.append(r.poses[0])
         if best_hypothesis(best[1].p_success, [c.p_success]) is not None:
             best = ((r, 0), c, name)
 
@@ -342,9 +346,13 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
             from_given_start(reg.derive(levels=levels), name)
     (pick, c, kept) = best
     c.reason = kept_reason(c.reason, kept, conf.p_success)
-    verdict, why = mirror_verdict(c.verdict, c.p_success, kept)
-    if why is not None:
-        c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
+    kept_pose = pick[0].poses[pick[1]]
+    for t, p in zip(tried, poses):
+        t["from_kept_mm"] = moved_near_isocenter(kept_pose, p, reg.isocenter)
+    for rule in (lambda: mirror_verdict(c.verdict, c.p_success, kept), lambda: rival_verdict(c.verdict, kept, tried)):
+        verdict, why = rule()
+        if why is not None:
+            c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
     info = {**c.to_dict(), "kept": kept, "hypotheses": tried, "hypotheses_s": time.perf_counter() - t0}
     return pick, {"conf": c, "info": info}
 

@@ -54,6 +54,7 @@ import torch
 from xraypose._kernels import normalized_blur, replicate_blur
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.metrics import moved_near_isocenter
 from xraypose.render import render, render_with_tangents
 
 F64 = torch.float64
@@ -618,19 +619,6 @@ def counts_bin_for(shape, max_side: int = COUNTS_MAX_SIDE) -> int:
     """The smallest bin (pixels per side) that brings an X-ray of ``shape`` (H, W) to at most ``max_side``
     pixels along its longer side."""
     return max(1, math.ceil(max(int(n) for n in shape) / int(max_side)))
-
-
-def moved_near_isocenter(A, B, isocenter, radius_mm: float = 50.0) -> float:
-    """mm: how far pose ``B`` is from pose ``A`` (each (4, 4) camera_to_world) at the anatomy — the mTRE of one
-    against the other (:func:`xraypose.metrics.target_registration_error`) at the six points ``radius_mm``
-    from the ``isocenter`` (3,) along the world's axes.  A preprocessing's pose transform applied to both
-    leaves it unchanged.  :attr:`CountsFit.moved_mm`."""
-    from xraypose.metrics import target_registration_error
-
-    iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
-    eye = torch.eye(3, dtype=F64)
-    points = torch.cat([iso + radius_mm * eye, iso - radius_mm * eye])
-    return float(target_registration_error(torch.as_tensor(B, dtype=F64), torch.as_tensor(A, dtype=F64), points)[0])
 
 
 @dataclass

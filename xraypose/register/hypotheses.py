@@ -13,7 +13,9 @@ given start registered with :func:`~xraypose.register.config.metal_levels` (ever
 pixels robustly: metal or a tool that is not in the CT pulled the capture; ``register --metal``),
 and with :func:`~xraypose.register.config.scatter_levels` (every level models smooth additive scatter
 on the DRR: the halo of a raw X-ray misled the capture; ``register --scatter``), each unless a
-result so far is already ``ok``.
+result so far is already ``ok``.  Last, the kept result's verdict: ``ok`` from the antipodal start needs strong
+evidence (:func:`mirror_verdict`), and ``ok`` with another result the check did not reject more than
+:data:`RIVAL_MM` away is ``uncertain`` (:func:`rival_verdict`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from xraypose.register.initializers import antipodal
 __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "schedule_levels", "kept_reason",
            "mirror_verdict", "capture_hypothesis_config", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS",
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
-           "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES"]
+           "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict"]
 
 F64 = torch.float64
 
@@ -77,6 +79,11 @@ MARGIN = 0.05
 #: the appearance benchmark's fresh cases (seed 1) an abdominal X-ray's antipodal result 305 mm off got P 0.54
 #: (`ok` at 0.5).  A rig's second view tells the sides apart: this applies to single views only.
 ANTIPODAL_OK = 0.9
+
+
+#: Two results of one X-ray further apart than this (mm, :func:`~xraypose.metrics.moved_near_isocenter`: the mTRE
+#: of one against the other near the isocenter) are two answers; the check's own label is mTRE < 2 mm.
+RIVAL_MM = 2.0
 
 
 def alternative_starts(start, result, isocenter, seed: int = 0, hypotheses=HYPOTHESES) -> tuple[list, torch.Tensor]:
@@ -159,6 +166,31 @@ def match_hypothesis_config(config, verdicts) -> dict | None:
     if any(v == "ok" for v in verdicts) or config.match_capture or config.match_intensity is None:
         return None
     return {"match_capture": True}
+
+
+def rival_verdict(verdict: str, kept: str, tried) -> tuple[str, str | None]:
+    """(verdict, extra reason or None) of the kept result given the others: an ``ok`` is ``uncertain`` when
+    another start's result that the check did not reject (verdict ``ok`` or ``uncertain``) lies more than
+    :data:`RIVAL_MM` from it.  Two poses that far apart cannot both be within 2 mm of the truth, yet the
+    check finds both plausible: it cannot tell which is right, so it vouches for neither.  Seen on the
+    appearance benchmark (pelvis, scatter, seed 1, case 5 started at its truth): the given start's result
+    (P 0.65, ``uncertain``) lay near the truth and restart 1's 72.5 mm off (P 0.70, ``ok``, kept).
+
+    Args:
+        verdict: the kept result's verdict; kept: its start's name (a ``tried`` entry's ``start``).
+        tried: every result of the X-ray (dicts with ``start``, ``p_success``, ``verdict``,
+            ``from_kept_mm``: its distance from the kept result, mm).
+    """
+    if verdict != "ok":
+        return verdict, None
+    rivals = [t for t in tried if t["start"] != kept and t["verdict"] in ("ok", "uncertain")
+              and not t.get("from_kept_mm", 0.0) <= RIVAL_MM]  # NaN: not comparable, a rival
+    if not rivals:
+        return verdict, None
+    r = max(rivals, key=lambda t: t["p_success"])
+    return "uncertain", (f"the {r['start']}'s result lies {r['from_kept_mm']:.1f} mm away and the check finds it "
+                         f"plausible too (P {r['p_success']:.2f}, {r['verdict']}): two optima explain this X-ray "
+                         "about equally — confirm with a second view or refine on the counts (--counts)")
 
 
 def kept_reason(reason: str, kept: str, p_given: float) -> str:

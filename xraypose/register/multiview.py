@@ -307,18 +307,21 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     most trusted result (the given one unless an alternative beats it by ``MARGIN``), with ``kept``
     and ``hypotheses`` filled in; the metal schedule from the given start last, unless an
     alternative is ``ok``."""
-    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, schedule_levels,
-                                              viable_alternatives)
+    from xraypose.metrics import moved_near_isocenter
+    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, rival_verdict,
+                                              schedule_levels, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[0], res.poses[0], vs[r].camera, reg.isocenter,
                                       seed=reg.config.seed)
     tried = [{"start": "given start", "p_success": rr.p_success, "verdict": rr.verdict, "similarity": rr.similarity}]
+    poses = [rr.rig_to_world]  # each tried result's rig_to_world
     t0 = time.perf_counter()
 
     def joint(registrar, start, name):
         out = _rig_registration(registrar.register_views(triples, start[None]), reg, vs, Cs, Cr_inv, r, init_s)
         _check_rig(out, reg, imgs, Cs, [v.mask for v in vs])
         tried.append({"start": name, "p_success": out.p_success, "verdict": out.verdict, "similarity": out.similarity})
+        poses.append(out.rig_to_world)
         return out
 
     cands = [joint(reg, alt, name) for name, alt in zip(names, alts)]
@@ -330,6 +333,11 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
         if best_hypothesis(best.p_success, [rm.p_success]) is not None:
             best, kept = rm, METAL_HYPOTHESIS
     best.reason = kept_reason(best.reason, kept, rr.p_success)
+    for t, p in zip(tried, poses):  # rig poses: their distance in the rig frame is the world's
+        t["from_kept_mm"] = moved_near_isocenter(best.rig_to_world, p, reg.isocenter)
+    verdict, why = rival_verdict(best.verdict, kept, tried)
+    if why is not None:
+        best.verdict, best.reason = verdict, f"{why} (P {best.p_success:.2f}; {best.reason})"
     best.initial_rig_to_world = rr.initial_rig_to_world  # the start the user gave
     best.kept, best.hypotheses = kept, tried
     best.extra = {**(best.extra or {}), "hypotheses_s": time.perf_counter() - t0}
