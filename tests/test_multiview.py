@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xraypose.camera import Camera
-from xraypose.metrics import pose_errors
+from xraypose.metrics import moved_near_isocenter, pose_errors
 from xraypose.register import FAST_LEVELS, Registrar, RegistrationConfig
 from xraypose.register.cases import perturb_pose
 from xraypose.register.confidence import Confidence
@@ -102,6 +102,11 @@ def test_register_rig_tries_hypotheses_when_not_ok(tmp_path, volume, biplane):
     assert out.kept != "given start" and out.verdict == "ok" and err(out.rig_to_world) < 1.5, err(out.rig_to_world)
     assert f"kept the {out.kept}'s result" in out.reason
     assert "metal schedule" not in [h["start"] for h in out.hypotheses]  # an alternative was ok: not tried
+    # each result's distance from the kept one (rival_verdict): the given start's lies far; none accepted far
+    d = {h["start"]: h["from_kept_mm"] for h in out.hypotheses}
+    assert d[out.kept] == pytest.approx(0.0, abs=1e-9) and d["given start"] > 20.0
+    assert d["given start"] == pytest.approx(moved_near_isocenter(out.rig_to_world, plain.rig_to_world, iso), rel=1e-6)
+    assert all(h["verdict"] == "failed" or h["from_kept_mm"] <= 2.0 for h in out.hypotheses)
     assert torch.allclose(out.initial_rig_to_world, flipped, atol=1e-9)  # the start the user gave
     write_rig_registration(tmp_path / "res", out)
     pose = json.loads((tmp_path / "res" / "pose.json").read_text())
