@@ -231,6 +231,22 @@ def test_two_plausible_results_far_apart_are_not_ok():
     assert rival_verdict("failed", "restart 1", tried) == ("failed", None)
 
 
+def test_a_kept_result_not_ok_gives_way_to_an_ok_one_at_the_same_pose():
+    from xraypose.register.hypotheses import RIVAL_MM, agreeing_ok
+
+    tried = [{"start": "given start", "p_success": 1.0, "verdict": "uncertain", "from_kept_mm": 0.0},
+             {"start": "antipodal start", "p_success": 0.9, "verdict": "ok", "from_kept_mm": 73.0},
+             {"start": "restart 1", "p_success": 0.97, "verdict": "ok", "from_kept_mm": 0.3},
+             {"start": "metal schedule", "p_success": 0.99, "verdict": "ok", "from_kept_mm": 0.25}]
+    assert agreeing_ok(0, tried) == 3  # the most likely ok within RIVAL_MM; the far ok is another answer
+    tried[3]["from_kept_mm"] = RIVAL_MM + 0.1
+    assert agreeing_ok(0, tried) == 2
+    tried[2]["verdict"] = "uncertain"
+    assert agreeing_ok(0, tried) is None
+    tried[0]["verdict"] = "ok"
+    assert agreeing_ok(0, tried) is None  # an ok result stays
+
+
 def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatch, sample_ct, registrar, maker, case):
     """End to end through register_xray's hypotheses, with a check that finds every pose plausible: near the
     truth 'uncertain' (P 0.6), elsewhere 'ok' (P 0.95).  The antipodal start's result (far) is kept by its P,
@@ -259,6 +275,33 @@ def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatc
     assert out.verdict == "uncertain" and "given start's result lies" in out.reason, out.reason
     kept = [h for h in c["hypotheses"] if h["start"] == c["kept"]][0]
     assert kept["from_kept_mm"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_register_xray_keeps_the_ok_result_at_the_given_starts_pose(monkeypatch, sample_ct, registrar, maker, case):
+    """End to end: the given start's result is 'uncertain' at P 0.99 (as a guard would make it), every later
+    result near the truth 'ok' at P 0.99 (no better by MARGIN): the ok one at the same pose is kept, ok."""
+    import xraypose.register.confidence as confidence
+    from xraypose.metrics import moved_near_isocenter
+    from xraypose.register.confidence import Confidence
+
+    iso, calls = sample_ct.get_isocenter(), []
+
+    def fake_assess(reg, images, camera, poses, **kw):
+        calls.append(1)
+        out = []
+        for P in torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4):
+            near = moved_near_isocenter(case.true_pose, P, iso) < 2.0
+            v = ("uncertain" if len(calls) == 1 else "ok") if near else "failed"
+            out.append(Confidence(0.99 if near else 0.01, v, "fake", {}, 0.0))
+        return out
+
+    monkeypatch.setattr(confidence, "assess", fake_assess)
+    out = register_xray(sample_ct, case.image, case.camera, maker.starts(case, 2.0, 5.0), registrar=registrar,
+                        true_pose=case.true_pose, fiducials=case.fiducials)[0]
+    c = out.confidence
+    assert c["hypotheses"][0]["verdict"] == "uncertain" and out.metrics["mtre"] < 2.0
+    assert c["kept"] != "given start" and out.verdict == "ok", (c["kept"], out.verdict, out.reason)
+    assert c["hypotheses"][0]["from_kept_mm"] <= 2.0 and f"kept the {c['kept']}'s result" in out.reason
 
 
 def test_pose_json_holds_the_verdict(tmp_path, good):

@@ -297,7 +297,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     """
     from xraypose.register.confidence import assess
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
-                                              best_hypothesis, capture_hypothesis_config, kept_reason,
+                                              agreeing_ok, best_hypothesis, capture_hypothesis_config, kept_reason,
                                               match_hypothesis_config, mirror_verdict, rival_verdict,
                                               schedule_levels, viable_alternatives)
     from xraypose.metrics import moved_near_isocenter
@@ -306,9 +306,15 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
                                       seed=reg.config.seed + b)
     tried = [{"start": "given start", "p_success": conf.p_success, "verdict": conf.verdict,
               "similarity": float(res.similarity[b])}]
-    poses = [res.poses[b]]  # each tried result's camera_to_world, as tried
-    best = ((res, b), conf, "given start")
+    found = [((res, b), conf)]  # per tried entry: (result, index) and its Confidence
+    best = 0  # the index in tried of the result kept so far
     t0 = time.perf_counter()
+
+    def add(name, r, k, c):
+        tried.append({"start": name, "p_success": c.p_success, "verdict": c.verdict,
+                      "similarity": float(r.similarity[k])})
+        found.append(((r, k), c))
+
     if len(names):
         K = len(names)
         imgs = image.expand(K, -1, -1, -1)
@@ -316,23 +322,19 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         c2 = assess(reg, imgs, camera, r2.poses, starts=alts,
                     masks=None if mask is None else mask.expand(K, -1, -1, -1))
         for k in range(K):
-            tried.append({"start": names[k], "p_success": c2[k].p_success, "verdict": c2[k].verdict,
-                          "similarity": float(r2.similarity[k])})
-            poses.append(r2.poses[k])
+            add(names[k], r2, k, c2[k])
         k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
         if k is not None:
-            best = ((r2, k), c2[k], names[k])
+            best = 1 + k
 
     def from_given_start(registrar, name):  # the given start once more, registered another way
         nonlocal best
         start = res.initial_poses[b:b + 1]
         r = registrar.register(image, camera, start, masks=mask)
         c = assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
-        tried.append({"start": name, "p_success": c.p_success, "verdict": c.verdict,
-                      "similarity": float(r.similarity[0])})
-        poses.append(r.poses[0])
-        if best_hypothesis(best[1].p_success, [c.p_success]) is not None:
-            best = ((r, 0), c, name)
+        add(name, r, 0, c)
+        if best_hypothesis(found[best][1].p_success, [c.p_success]) is not None:
+            best = len(found) - 1
 
     match = match_hypothesis_config(reg.config, [t["verdict"] for t in tried])
     if match is not None:  # intensities matched to the DRR's (a display curve)
@@ -344,11 +346,20 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         levels = schedule_levels(name, reg.config.levels, [t["verdict"] for t in tried])
         if levels is not None:
             from_given_start(reg.derive(levels=levels), name)
-    (pick, c, kept) = best
+
+    def distances():  # every tried result's distance from the kept one (mm)
+        (r, k) = found[best][0]
+        for t, ((rt, kt), _) in zip(tried, found):
+            t["from_kept_mm"] = moved_near_isocenter(r.poses[k], rt.poses[kt], reg.isocenter)
+
+    distances()
+    same = agreeing_ok(best, tried)
+    if same is not None:  # the same answer, accepted by the check whole: kept instead
+        best = same
+        distances()
+    pick, c = found[best]
+    kept = tried[best]["start"]
     c.reason = kept_reason(c.reason, kept, conf.p_success)
-    kept_pose = pick[0].poses[pick[1]]
-    for t, p in zip(tried, poses):
-        t["from_kept_mm"] = moved_near_isocenter(kept_pose, p, reg.isocenter)
     for rule in (lambda: mirror_verdict(c.verdict, c.p_success, kept), lambda: rival_verdict(c.verdict, kept, tried)):
         verdict, why = rule()
         if why is not None:

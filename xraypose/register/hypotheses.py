@@ -13,9 +13,10 @@ given start registered with :func:`~xraypose.register.config.metal_levels` (ever
 pixels robustly: metal or a tool that is not in the CT pulled the capture; ``register --metal``),
 and with :func:`~xraypose.register.config.scatter_levels` (every level models smooth additive scatter
 on the DRR: the halo of a raw X-ray misled the capture; ``register --scatter``), each unless a
-result so far is already ``ok``.  Last, the kept result's verdict: ``ok`` from the antipodal start needs strong
-evidence (:func:`mirror_verdict`), and ``ok`` with another result the check did not reject more than
-:data:`RIVAL_MM` away is ``uncertain`` (:func:`rival_verdict`).
+result so far is already ``ok``.  A kept result that is not ``ok`` gives way to an ``ok`` one within
+:data:`RIVAL_MM` of it (:func:`agreeing_ok`: the same answer).  Last, the kept result's verdict: ``ok``
+from the antipodal start needs strong evidence (:func:`mirror_verdict`), and ``ok`` with another result
+the check did not reject more than :data:`RIVAL_MM` away is ``uncertain`` (:func:`rival_verdict`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from xraypose.register.initializers import antipodal
 __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "schedule_levels", "kept_reason",
            "mirror_verdict", "capture_hypothesis_config", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS",
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
-           "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict"]
+           "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict", "agreeing_ok"]
 
 F64 = torch.float64
 
@@ -166,6 +167,23 @@ def match_hypothesis_config(config, verdicts) -> dict | None:
     if any(v == "ok" for v in verdicts) or config.match_capture or config.match_intensity is None:
         return None
     return {"match_capture": True}
+
+
+def agreeing_ok(kept: int, tried) -> int | None:
+    """The index in ``tried`` of an ``ok`` result to keep instead of the kept one (index ``kept``) when that one
+    is not ``ok``: the most likely ``ok`` result within :data:`RIVAL_MM` of it — the same answer, which the check
+    accepts whole where the kept one failed a guard (e.g. its Gauss–Newton step) at a ``p_success`` no more than
+    :data:`MARGIN` higher.  None when the kept result is ``ok`` or no ``ok`` result lies that near.
+    Seen on the appearance benchmark (pelvis, low dose, seed 1, case 2 from 10°/40 mm): the given start's
+    result, ``uncertain`` at P 1.00, kept over the metal schedule's ``ok`` at P 1.00, 0.25 mm from it.
+
+    Args:
+        kept: index of the kept result; tried: dicts with ``start``, ``p_success``, ``verdict``, ``from_kept_mm``.
+    """
+    if tried[kept]["verdict"] == "ok":
+        return None
+    same = [i for i, t in enumerate(tried) if i != kept and t["verdict"] == "ok" and t["from_kept_mm"] <= RIVAL_MM]
+    return max(same, key=lambda i: tried[i]["p_success"]) if same else None
 
 
 def rival_verdict(verdict: str, kept: str, tried) -> tuple[str, str | None]:
