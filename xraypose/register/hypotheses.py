@@ -14,7 +14,7 @@ pixels robustly: metal or a tool that is not in the CT pulled the capture; ``reg
 and with :func:`~xraypose.register.config.scatter_levels` (every level models smooth additive scatter
 on the DRR: the halo of a raw X-ray misled the capture; ``register --scatter``), each unless a
 result so far is already ``ok``.  A kept result that is not ``ok`` gives way to an ``ok`` one within
-:data:`RIVAL_MM` of it (:func:`agreeing_ok`: the same answer).  Last, the kept result's verdict: ``ok``
+:data:`AGREE_MM` of it (:func:`agreeing_ok`: the same answer).  Last, the kept result's verdict: ``ok``
 from the antipodal start needs strong evidence (:func:`mirror_verdict`), and ``ok`` with another result
 the check did not reject more than :data:`RIVAL_MM` away is ``uncertain`` (:func:`rival_verdict`).
 """
@@ -30,7 +30,7 @@ from xraypose.register.initializers import antipodal
 __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "schedule_levels", "kept_reason",
            "mirror_verdict", "capture_hypothesis_config", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS",
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
-           "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict", "agreeing_ok"]
+           "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict", "agreeing_ok", "AGREE_MM"]
 
 F64 = torch.float64
 
@@ -85,6 +85,12 @@ ANTIPODAL_OK = 0.9
 #: Two results of one X-ray further apart than this (mm, :func:`~xraypose.metrics.moved_near_isocenter`: the mTRE
 #: of one against the other near the isocenter) are two answers; the check's own label is mTRE < 2 mm.
 RIVAL_MM = 2.0
+
+#: Two results of one X-ray nearer than this (mm, as :data:`RIVAL_MM`) are the same answer (:func:`agreeing_ok`):
+#: about one view's own precision (a 128² low-dose view's depth sd 0.2–0.45 mm, docs/registration.md).  Not
+#: :data:`RIVAL_MM`: on the abdomen's low-dose case 2 (seed 1, from its truth) the given start's result lay 0.24 mm
+#: from the truth (``uncertain``, P 0.98) and two restarts' ``ok`` results 1.5–1.6 mm from it.
+AGREE_MM = 0.5
 
 
 def alternative_starts(start, result, isocenter, seed: int = 0, hypotheses=HYPOTHESES) -> tuple[list, torch.Tensor]:
@@ -171,7 +177,7 @@ def match_hypothesis_config(config, verdicts) -> dict | None:
 
 def agreeing_ok(kept: int, tried) -> int | None:
     """The index in ``tried`` of an ``ok`` result to keep instead of the kept one (index ``kept``) when that one
-    is not ``ok``: the most likely ``ok`` result within :data:`RIVAL_MM` of it — the same answer, which the check
+    is not ``ok``: the most likely ``ok`` result within :data:`AGREE_MM` of it — the same answer, which the check
     accepts whole where the kept one failed a guard (e.g. its Gauss–Newton step) at a ``p_success`` no more than
     :data:`MARGIN` higher.  None when the kept result is ``ok`` or no ``ok`` result lies that near.
     Seen on the appearance benchmark (pelvis, low dose, seed 1, case 2 from 10°/40 mm): the given start's
@@ -182,7 +188,7 @@ def agreeing_ok(kept: int, tried) -> int | None:
     """
     if tried[kept]["verdict"] == "ok":
         return None
-    same = [i for i, t in enumerate(tried) if i != kept and t["verdict"] == "ok" and t["from_kept_mm"] <= RIVAL_MM]
+    same = [i for i, t in enumerate(tried) if i != kept and t["verdict"] == "ok" and t["from_kept_mm"] <= AGREE_MM]
     return max(same, key=lambda i: tried[i]["p_success"]) if same else None
 
 
