@@ -368,11 +368,19 @@ def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weigh
             "init_s": init_s, "opt_s": seconds, "status": out.status, "levels_converged": None,
             "similarity": float(out.similarity), "verdict": out.verdict, "p_success": out.p_success,
             "kept": (out.confidence or {}).get("kept"),
-            # each start tried (the given one, then the hypotheses): its p_success and verdict
-            # and its distance from the kept result (mm; rival_verdict)
+            # each start tried (the given one, then the hypotheses): its p_success and verdict, its distance
+            # from the kept result (mm; rival_verdict) and its own mTRE (was a right answer found, and not kept?)
             "hypotheses": [{"start": h["start"], "p_success": h["p_success"], "verdict": h["verdict"],
-                            "from_kept_mm": h.get("from_kept_mm")}
+                            "from_kept_mm": h.get("from_kept_mm"), "mtre": _hypothesis_mtre(h, c, cam)}
                            for h in (out.confidence or {}).get("hypotheses", [])]}
+
+
+def _hypothesis_mtre(h: dict, c: dict, cam) -> float | None:
+    """The mTRE (mm) of one tried hypothesis's result (its ``camera_to_world``) against the case's truth."""
+    if h.get("camera_to_world") is None:
+        return None
+    return registration_metrics(torch.tensor(h["camera_to_world"], dtype=F64), c["true_pose"], c["fiducials"],
+                                cam)["mtre"]
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -276,6 +276,10 @@ def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatc
     assert out.verdict == "uncertain" and "given start's result lies" in out.reason, out.reason
     kept = [h for h in c["hypotheses"] if h["start"] == c["kept"]][0]
     assert kept["from_kept_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert torch.allclose(torch.tensor(kept["camera_to_world"], dtype=F64), out.camera_to_world.to(F64), atol=1e-9)
+    for h in c["hypotheses"]:  # every result tried is given, and its distance is the one recorded
+        P = torch.tensor(h["camera_to_world"], dtype=F64)
+        assert h["from_kept_mm"] == pytest.approx(moved_near_isocenter(out.camera_to_world, P, iso), rel=1e-6)
 
 
 def test_register_xray_keeps_the_ok_result_at_the_given_starts_pose(monkeypatch, sample_ct, registrar, maker, case):

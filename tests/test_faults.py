@@ -694,6 +694,11 @@ def test_the_appearance_benchmarks_scatter_and_hypotheses_are_recorded(tmp_path)
     tried = row["hypotheses"]  # none when the given start's result is ok, else the given start first
     assert (tried == []) if row["verdict"] == "ok" else (tried[0]["start"] == "given start" and len(tried) > 1)
     assert all(0.0 <= h["p_success"] <= 1.0 for h in tried)
+    assert tried, row["verdict"]  # this start is not ok: the hypotheses ran
+    for h in tried:  # each result's distance from the kept one and its own error against the truth
+        assert h["from_kept_mm"] >= 0.0 and h["mtre"] >= 0.0
+        if h["start"] == row["kept"]:
+            assert h["from_kept_mm"] == pytest.approx(0.0, abs=1e-9) and h["mtre"] == pytest.approx(row["mtre"])
 
 
 def test_the_benchmarks_set_values_are_json_and_a_bad_one_is_named():

@@ -292,8 +292,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     """Register the alternatives of X-ray ``b`` (image (1, 1, H, W)) and keep the best by ``p_success``.
 
     Returns ((result, index) of the kept registration, {"conf": its Confidence, "info": JSON-ready
-    check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity)
-    and ``hypotheses_s``}).
+    check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity,
+    its result ``camera_to_world`` and its distance ``from_kept_mm`` from the kept one) and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
@@ -351,6 +351,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         (r, k) = found[best][0]
         for t, ((rt, kt), _) in zip(tried, found):
             t["from_kept_mm"] = moved_near_isocenter(r.poses[k], rt.poses[kt], reg.isocenter)
+            t["camera_to_world"] = rt.poses[kt].tolist()  # the result itself (the X-ray's camera, as registered)
 
     distances()
     same = agreeing_ok(best, tried)

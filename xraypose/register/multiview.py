@@ -335,6 +335,7 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     best.reason = kept_reason(best.reason, kept, rr.p_success)
     for t, p in zip(tried, poses):  # rig poses: their distance in the rig frame is the world's
         t["from_kept_mm"] = moved_near_isocenter(best.rig_to_world, p, reg.isocenter)
+        t["rig_to_world"] = p.tolist()
     verdict, why = rival_verdict(best.verdict, kept, tried)
     if why is not None:
         best.verdict, best.reason = verdict, f"{why} (P {best.p_success:.2f}; {best.reason})"
