@@ -113,6 +113,39 @@ def test_register_rig_tries_hypotheses_when_not_ok(tmp_path, volume, biplane):
     assert pose["kept"] == out.kept and len(pose["hypotheses"]) >= 2 and pose["hypotheses_s"] > 0
 
 
+def test_a_rigs_kept_result_gives_way_to_an_ok_one_at_the_same_pose(monkeypatch, volume, biplane):
+    """The rig's hypotheses follow one view's rules, with a scripted check: the given start's joint result is
+    'uncertain' at P 0.99 (as a guard would make it), every later one near the truth 'ok' at P 0.99: an ok
+    result within AGREE_MM of it is kept, ok; every tried result records its rig pose and distance."""
+    import xraypose.register.confidence as confidence
+    from xraypose.register.hypotheses import AGREE_MM
+
+    views = _views(biplane)
+    truth, iso = biplane["truth"], biplane["iso"]
+    near = perturb_pose(truth, iso, 2.0, 5.0, torch.Generator().manual_seed(6))[0]
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+    calls = []
+
+    def fake_assess_rig(registrar, items, **kw):
+        calls.append(1)
+        out = []
+        for image, camera, pose, start, mask in items:
+            C = biplane["rig"][views[len(out)].name].camera_to_rig
+            good = moved_near_isocenter(truth @ C, pose, iso) < 2.0
+            v = ("uncertain" if len(calls) == 1 else "ok") if good else "failed"
+            out.append(Confidence(0.99 if good else 0.01, v, "scripted", {}, 0.0))
+        return out
+
+    monkeypatch.setattr(confidence, "assess_rig", fake_assess_rig)
+    out = register_rig(volume, views, near, registrar=reg)
+    assert out.hypotheses[0]["start"] == "given start" and out.hypotheses[0]["verdict"] == "uncertain"
+    assert out.kept != "given start" and out.verdict == "ok", (out.kept, out.verdict, out.reason)
+    assert out.hypotheses[0]["from_kept_mm"] <= AGREE_MM
+    for h in out.hypotheses:
+        P = torch.tensor(h["rig_to_world"], dtype=F64)
+        assert h["from_kept_mm"] == pytest.approx(moved_near_isocenter(out.rig_to_world, P, iso), rel=1e-6, abs=1e-9)
+
+
 def test_the_joint_verdict_is_the_least_trusted_views():
     ok = Confidence(0.95, "ok", "fine")
     unc = Confidence(0.6, "uncertain", "the optimum is flat")

@@ -306,36 +306,47 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     in the start view's camera frame: its camera_to_world) jointly, check each, and give back the
     most trusted result (the given one unless an alternative beats it by ``MARGIN``), with ``kept``
     and ``hypotheses`` filled in; the metal schedule from the given start last, unless an
-    alternative is ``ok``."""
+    alternative is ``ok``.  Then, as for one view: a kept result that is not ``ok`` gives way to an ``ok``
+    one within ``AGREE_MM`` (:func:`~xraypose.register.hypotheses.agreeing_ok`), and an ``ok`` with a
+    plausible rival beyond ``RIVAL_MM`` is ``uncertain`` (:func:`~xraypose.register.hypotheses.rival_verdict`)."""
     from xraypose.metrics import moved_near_isocenter
-    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, kept_reason, rival_verdict,
-                                              schedule_levels, viable_alternatives)
+    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, agreeing_ok, best_hypothesis, kept_reason,
+                                              rival_verdict, schedule_levels, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[0], res.poses[0], vs[r].camera, reg.isocenter,
                                       seed=reg.config.seed)
     tried = [{"start": "given start", "p_success": rr.p_success, "verdict": rr.verdict, "similarity": rr.similarity}]
-    poses = [rr.rig_to_world]  # each tried result's rig_to_world
+    outs = [rr]  # each tried result
     t0 = time.perf_counter()
 
     def joint(registrar, start, name):
         out = _rig_registration(registrar.register_views(triples, start[None]), reg, vs, Cs, Cr_inv, r, init_s)
         _check_rig(out, reg, imgs, Cs, [v.mask for v in vs])
         tried.append({"start": name, "p_success": out.p_success, "verdict": out.verdict, "similarity": out.similarity})
-        poses.append(out.rig_to_world)
+        outs.append(out)
         return out
 
     cands = [joint(reg, alt, name) for name, alt in zip(names, alts)]
     k = best_hypothesis(rr.p_success, [c.p_success for c in cands])
-    best, kept = (rr, "given start") if k is None else (cands[k], names[k])
+    b = 0 if k is None else 1 + k  # the index in tried of the result kept
     metal = schedule_levels(METAL_HYPOTHESIS, reg.config.levels, [t["verdict"] for t in tried])
     if metal is not None:
         rm = joint(reg.derive(levels=metal), res.initial_poses[0], METAL_HYPOTHESIS)
-        if best_hypothesis(best.p_success, [rm.p_success]) is not None:
-            best, kept = rm, METAL_HYPOTHESIS
+        if best_hypothesis(outs[b].p_success, [rm.p_success]) is not None:
+            b = len(outs) - 1
+
+    def distances():  # rig poses: their distance in the rig frame is the world's
+        for t, o in zip(tried, outs):
+            t["from_kept_mm"] = moved_near_isocenter(outs[b].rig_to_world, o.rig_to_world, reg.isocenter)
+            t["rig_to_world"] = o.rig_to_world.tolist()
+
+    distances()
+    same = agreeing_ok(b, tried)
+    if same is not None:  # the same answer, accepted by the check whole: kept instead
+        b = same
+        distances()
+    best, kept = outs[b], tried[b]["start"]
     best.reason = kept_reason(best.reason, kept, rr.p_success)
-    for t, p in zip(tried, poses):  # rig poses: their distance in the rig frame is the world's
-        t["from_kept_mm"] = moved_near_isocenter(best.rig_to_world, p, reg.isocenter)
-        t["rig_to_world"] = p.tolist()
     verdict, why = rival_verdict(best.verdict, kept, tried)
     if why is not None:
         best.verdict, best.reason = verdict, f"{why} (P {best.p_success:.2f}; {best.reason})"
