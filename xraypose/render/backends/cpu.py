@@ -563,16 +563,23 @@ def _prepare(density, direction):
     return density.contiguous()
 
 
-def integrate_siddon(density, origin, direction, length, reorder: bool = True):
-    """Same contract and numbers as :func:`xraypose.render.siddon.integrate_siddon`."""
+def _siddon_chords(density, origin, direction, reorder: bool):
+    """(density in the kernels' layout, s_near, s_far (B, R) — the chord through the voxels' box, s_far ≥
+    s_near —, miss (B, R): rays that miss the box, the ray order or None) for the Siddon kernels."""
     density = _prepare(density, direction)
     C, I, J, K = density.shape
-    dt = direction.dtype
-    shape = torch.tensor([I, J, K], dtype=dt)
-    s_near, s_far = clip_to_box(origin, direction, torch.full_like(shape, -0.5), shape - 0.5)
-    s_far = torch.maximum(s_far, s_near)
-    B, R, _ = direction.shape
+    shape = torch.tensor([I, J, K], dtype=direction.dtype)
+    s_near, s_far0 = clip_to_box(origin, direction, torch.full_like(shape, -0.5), shape - 0.5)
+    s_far = torch.maximum(s_far0, s_near)
+    R = direction.shape[1]
     order = cache_order(origin, direction, s_near, s_far - s_near) if reorder and R >= 64 else None
+    return density, s_near, s_far, s_far0 <= s_near, order
+
+
+def integrate_siddon(density, origin, direction, length, reorder: bool = True):
+    """Same contract and numbers as :func:`xraypose.render.siddon.integrate_siddon`."""
+    density, s_near, s_far, _, order = _siddon_chords(density, origin, direction, reorder)
+    B = direction.shape[0]
     sums = _SiddonSums.apply(density, origin.reshape(B, 3).contiguous(), direction.contiguous(),
                              s_near.contiguous(), s_far.contiguous(), order)
     return sums * length.unsqueeze(1)
@@ -591,14 +598,10 @@ def siddon_with_jacobian(density, origin, direction, length, reorder: bool = Tru
         the chord as clipped; miss (B, R) bool: rays that miss the box (their jac is 0).
     """
     lib = _load()
-    density = _prepare(density, direction)
-    C, I, J, K = density.shape
+    density, s_near, s_far, miss, order = _siddon_chords(density, origin, direction, reorder)
+    C = density.shape[0]
     dt = direction.dtype
-    shape = torch.tensor([I, J, K], dtype=dt)
-    s_near, s_far0 = clip_to_box(origin, direction, torch.full_like(shape, -0.5), shape - 0.5)
-    s_far = torch.maximum(s_far0, s_near)
     B, R, _ = direction.shape
-    order = cache_order(origin, direction, s_near, s_far - s_near) if reorder and R >= 64 else None
     out = torch.empty((B, C, R), dtype=dt)
     jac = torch.empty((B, C, R, 8), dtype=dt)
     o, d, sn, sf = (origin.reshape(B, 3).contiguous(), direction.contiguous(), s_near.contiguous(),
@@ -607,7 +610,6 @@ def siddon_with_jacobian(density, origin, direction, length, reorder: bool = Tru
     fn = getattr(lib, f"xrp_sid_jac_{_SUFFIX[dt]}_{_SUFFIX[density.dtype]}")
     fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(o), _ptr(d), _ptr(sn), _ptr(sf), B, R,
        _ptr(out), _ptr(jac), _threads())
-    miss = s_far0 <= s_near
     jac = jac.masked_fill(miss[:, None, :, None], 0.0)
     return out * length.unsqueeze(1), jac, s_near, s_far, miss
 
