@@ -267,6 +267,9 @@ def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatc
         return out
 
     monkeypatch.setattr(confidence, "assess", fake_assess)
+    monkeypatch.setattr(confidence, "scatter_aware_p",  # the ranking: the same scripted P
+                        lambda reg, images, camera, poses, **kw: [c.p_success for c in fake_assess(reg, images,
+                                                                                                   camera, poses)])
     out = register_xray(sample_ct, case.image, case.camera, maker.starts(case, 2.0, 5.0), registrar=registrar,
                         true_pose=case.true_pose, fiducials=case.fiducials)[0]
     c = out.confidence
@@ -302,6 +305,10 @@ def test_register_xray_keeps_the_ok_result_at_the_given_starts_pose(monkeypatch,
         return out
 
     monkeypatch.setattr(confidence, "assess", fake_assess)
+    monkeypatch.setattr(confidence, "scatter_aware_p",  # the ranking: near the truth 0.99, else 0.01
+                        lambda reg, images, camera, poses, **kw: [
+                            0.99 if moved_near_isocenter(case.true_pose, P, iso) < 2.0 else 0.01
+                            for P in torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)])
     out = register_xray(sample_ct, case.image, case.camera, maker.starts(case, 2.0, 5.0), registrar=registrar,
                         true_pose=case.true_pose, fiducials=case.fiducials)[0]
     c = out.confidence

@@ -289,13 +289,16 @@ def _add_truth(r: Registration, volume: Volume, camera: Camera, truth: torch.Ten
 
 
 def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) -> tuple:
-    """Register the alternatives of X-ray ``b`` (image (1, 1, H, W)) and keep the best by ``p_success``.
+    """Register the alternatives of X-ray ``b`` (image (1, 1, H, W)) and keep the most likely: the highest
+    ``p_ranked`` — the larger of the check's ``p_success`` and its P with scatter modelled on the DRR
+    (``p_scatter``, :func:`~xraypose.register.confidence.scatter_aware_p`) —, the given start's result
+    unless beaten by ``MARGIN``; its verdict is the shipped check's.
 
     Returns ((result, index) of the kept registration, {"conf": its Confidence, "info": JSON-ready
     check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity,
     its result ``camera_to_world`` and its distance ``from_kept_mm`` from the kept one) and ``hypotheses_s``}).
     """
-    from xraypose.register.confidence import assess
+    from xraypose.register.confidence import assess, scatter_aware_p
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
                                               agreeing_ok, best_hypothesis, capture_hypothesis_config, kept_reason,
                                               match_hypothesis_config, mirror_verdict, rival_verdict,
@@ -307,7 +310,6 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     tried = [{"start": "given start", "p_success": conf.p_success, "verdict": conf.verdict,
               "similarity": float(res.similarity[b])}]
     found = [((res, b), conf)]  # per tried entry: (result, index) and its Confidence
-    best = 0  # the index in tried of the result kept so far
     t0 = time.perf_counter()
 
     def add(name, r, k, c):
@@ -323,18 +325,12 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
                     masks=None if mask is None else mask.expand(K, -1, -1, -1))
         for k in range(K):
             add(names[k], r2, k, c2[k])
-        k = best_hypothesis(conf.p_success, [c.p_success for c in c2])
-        if k is not None:
-            best = 1 + k
 
     def from_given_start(registrar, name):  # the given start once more, registered another way
-        nonlocal best
         start = res.initial_poses[b:b + 1]
         r = registrar.register(image, camera, start, masks=mask)
         c = assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
         add(name, r, 0, c)
-        if best_hypothesis(found[best][1].p_success, [c.p_success]) is not None:
-            best = len(found) - 1
 
     match = match_hypothesis_config(reg.config, [t["verdict"] for t in tried])
     if match is not None:  # intensities matched to the DRR's (a display curve)
@@ -346,6 +342,19 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         levels = schedule_levels(name, reg.config.levels, [t["verdict"] for t in tried])
         if levels is not None:
             from_given_start(reg.derive(levels=levels), name)
+
+    # the kept result: the most likely by the check as shipped or with scatter modelled on its DRR, whichever
+    # is higher (ranking only: the verdict is the shipped check's), replacing the given start's only when
+    # higher by MARGIN
+    n = len(found)
+    p_scatter = scatter_aware_p(reg, image.expand(n, -1, -1, -1), camera,
+                                torch.stack([r.poses[k] for (r, k), _ in found]),
+                                masks=None if mask is None else mask.expand(n, -1, -1, -1))
+    ranks = [max(c.p_success, q) for (_, c), q in zip(found, p_scatter)]
+    for t, q, p in zip(tried, p_scatter, ranks):
+        t["p_scatter"], t["p_ranked"] = q, p
+    k = best_hypothesis(ranks[0], ranks[1:])
+    best = 0 if k is None else 1 + k
 
     def distances():  # every tried result's distance from the kept one (mm)
         (r, k) = found[best][0]

@@ -50,11 +50,12 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.preprocess import image_batch
-from xraypose.register.config import Level, torch_threads
+from xraypose.register.config import SCATTER_MM, Level, torch_threads
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
-           "PART_WEIGHTS_FILE", "part_model", "registrar_model", "assess", "assess_rig", "rig_signals", "merge_judgements", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model"]
+           "PART_WEIGHTS_FILE", "part_model", "registrar_model", "assess", "assess_rig", "rig_signals", "merge_judgements", "WEIGHTS_FILE", "failed_confidence", "sees_ct", "default_model",
+           "scatter_aware_p"]
 
 F64 = torch.float64
 
@@ -302,15 +303,16 @@ def _curvature_signals(D7: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> di
 
 
 def measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL,
-                    masks=None) -> list:
+                    masks=None, scatter_mm=None) -> list:
     """:func:`_measure_signals` under the registrar's thread count (:func:`~xraypose.register.config.torch_threads`):
     the check's numbers do not depend on the caller's threads (docs below)."""
     with torch_threads(getattr(registrar.config, "num_threads", None)):
-        return _measure_signals(registrar, images, camera, poses, starts=starts, level=level, masks=masks)
+        return _measure_signals(registrar, images, camera, poses, starts=starts, level=level, masks=masks,
+                                scatter_mm=scatter_mm)
 
 
 def _measure_signals(registrar, images, camera: Camera, poses, *, starts=None, level: Level = CHECK_LEVEL,
-                     masks=None) -> list:
+                     masks=None, scatter_mm=None) -> list:
     """Measure :data:`SIGNALS` at registered poses.
 
     Args:
@@ -324,6 +326,10 @@ def _measure_signals(registrar, images, camera: Camera, poses, *, starts=None, l
         masks: optional (B, 1, H, W) or (H, W) pixel weights in [0, 1] the X-rays were registered
             with (preprocessing's ``mask``: a saturated plateau, a collimator's shadow); where 0 the
             X-ray is no evidence and is treated as what the DRR cannot explain (``foreign``).
+        scatter_mm: None (the shipped check), or scatter widths (σ on the detector, mm): the check's DRR
+            then carries the smooth additive scatter that best explains the X-ray
+            (:func:`~xraypose.register.scatter.scatter_drr`, chosen at the pose and held for its six
+            neighbours) — for ranking results (:func:`scatter_aware_p`), not for verdicts.
     Returns:
         per X-ray a dict: the signals, plus ``"_problem"``: None, or a one-line reason why the
         result cannot be trusted at all (a pose that sees none of the CT, a constant DRR).
@@ -351,9 +357,10 @@ def _measure_signals(registrar, images, camera: Camera, poses, *, starts=None, l
         m = m.expand(B, 1, *imgs.shape[-2:])[idx]
     obj, drr, h = _render_about(registrar, level, imgs[idx], camera, T[idx], iso, m)
     base = float(registrar.config.bone_multiplier)
+    sig_px = None if not scatter_mm else [float(mm) / obj.camera.delx for mm in scatter_mm]
     for q, b in enumerate(idx):
         _drr_signals(out[b], drr[q], obj.target[q, 0].to(F64), h[q], base,
-                     None if obj.mask is None else obj.mask[q, 0].to(F64))
+                     None if obj.mask is None else obj.mask[q, 0].to(F64), sig_px)
     return out
 
 
@@ -400,10 +407,11 @@ def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, T
 
 
 def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, base: float,
-                 mask: torch.Tensor | None = None) -> None:
+                 mask: torch.Tensor | None = None, scatter_px=None) -> None:
     """Into ``rec``: the image and curvature signals of one result from its 7 DRRs ``d2`` (7, C, h, w) against
     the X-ray ``y`` (h, w) (the bone fitted as registration fits it, from ``base``; ``mask`` (h, w): the
-    X-ray's pixel weights, or None), or its ``_problem``."""
+    X-ray's pixel weights, or None; ``scatter_px``: scatter widths in check pixels to model on the DRR, or
+    None), or its ``_problem``."""
     if not bool(torch.isfinite(d2).all()):
         rec["_problem"] = "the DRR at the result is not finite"
         return
@@ -415,6 +423,11 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
     else:
         D7 = d2[:, 0]
         rec["bone_multiplier"] = base
+    if scatter_px:
+        from xraypose.register.scatter import scatter_drr
+
+        D7 = scatter_drr(D7[:, None], y.expand(7, 1, *y.shape), scatter_px,
+                         None if mask is None else mask.expand(7, 1, *mask.shape), group=7)[0][:, 0]
     D = D7[0]
     span = float(D.max() - D.min())
     if not span > 1e-6 * (float(D.abs().max()) + 1e-12):
@@ -648,6 +661,30 @@ def assess(registrar, images, camera: Camera, poses, *, starts=None, model: Conf
 
 
 # ----------------------------------------------------------------------------------------- rigs
+def scatter_aware_p(registrar, images, camera: Camera, poses, *, masks=None,
+                    model: ConfidenceModel | None = None) -> list:
+    """Per pose, the check's ``p_success`` with the scatter model on its DRR (:func:`measure_signals` with
+    ``scatter_mm`` = the scatter schedule's widths): for *ranking* one X-ray's results, not a verdict —
+    the model was fitted on plain DRRs, so these P are not calibrated (a pose 78 mm off read 0.84).
+
+    Why.  On scattered X-rays the shipped check rates the right pose low and poses that explain the halo by
+    moving higher: of 100 registrations of scattered and low-dose X-rays (appearance benchmark, seed 1), 5
+    kept a result ≥ 1 mm while a tried one was < 1 mm, and ranked by this P the most accurate result (or
+    one within 0.7 mm of it) came first in each; on X-rays without scatter the fit chooses none and the P is
+    the shipped one (docs/benchmarks.md, stop 45).  0.0 where a pose cannot be checked."""
+    model = model or registrar_model(registrar)
+    T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
+    try:
+        sigs = measure_signals(registrar, images, camera, T, masks=masks, scatter_mm=SCATTER_MM)
+    except (RuntimeError, ValueError):
+        return [0.0] * T.shape[0]
+    out = []
+    for s in sigs:
+        p = model.judge(s)[0]
+        out.append(float(p) if math.isfinite(p) else 0.0)
+    return out
+
+
 def _chart_to_world(R: torch.Tensor) -> torch.Tensor:
     """(6, 6) ``A`` with ξ_view = A·ξ_world: a motion about the isocenter in world axes (rotation, mm at
     :data:`RADIUS_MM`; translation, mm) in the chart of a view whose camera_to_world rotation is ``R``
