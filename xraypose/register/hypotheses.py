@@ -5,7 +5,8 @@ other starts are registered — the start seen from the other side of the patien
 confusion, :func:`~xraypose.register.initializers.antipodal`), the result turned and shifted
 by a fixed amount in seeded random directions (a local optimum) — and the result with the highest
 ``p_success`` is kept (:func:`xraypose.register.api.register_xray` does this with
-``hypotheses=True``).  Then, unless a result so far is ``ok``: the given start registered with the
+``hypotheses=True``; ranked by the larger of the check's ``p_success`` and its P with scatter modelled on the
+DRR, :func:`~xraypose.register.confidence.scatter_aware_p`).  Then, unless a result so far is ``ok``: the given start registered with the
 X-ray's intensities matched to the DRR's (:data:`MATCH_HYPOTHESIS`: a display curve), the given start captured from five
 starts about it (:data:`CAPTURE_HYPOTHESIS`: a capture that ended at a false optimum), and, when the
 schedule is not already robust everywhere, the
