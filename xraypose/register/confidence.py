@@ -669,9 +669,9 @@ def scatter_aware_p(registrar, images, camera: Camera, poses, *, masks=None,
 
     Why.  On scattered X-rays the shipped check rates the right pose low and poses that explain the halo by
     moving higher: of 100 registrations of scattered and low-dose X-rays (appearance benchmark, seed 1), 5
-    kept a result ≥ 1 mm while a tried one was < 1 mm, and ranked by this P the most accurate result (or
-    one within 0.7 mm of it) came first in each; on X-rays without scatter the fit chooses none and the P is
-    the shipped one (docs/benchmarks.md, stop 45).  0.0 where a pose cannot be checked."""
+    kept a result ≥ 1 mm while a tried one was < 1 mm; ranked by this P the most accurate result came first
+    in 9 of the 11 scattered ones; on X-rays without scatter the fit chooses none and the P is the shipped
+    one (docs/benchmarks.md, stop 45).  0.0 where a pose cannot be checked."""
     model = model or registrar_model(registrar)
     T = torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4)
     try:
