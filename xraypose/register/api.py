@@ -296,7 +296,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
 
     Returns ((result, index) of the kept registration, {"conf": its Confidence, "info": JSON-ready
     check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity,
-    its result ``camera_to_world`` and its distance ``from_kept_mm`` from the kept one) and ``hypotheses_s``}).
+    ``p_scatter``, ``p_ranked``, its result ``camera_to_world`` and its distance ``from_kept_mm`` from the
+    kept one) and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess, scatter_aware_p
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
