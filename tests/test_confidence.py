@@ -228,6 +228,9 @@ def test_two_plausible_results_far_apart_are_not_ok():
     assert rival_verdict("ok", "restart 1", tried)[0] == "uncertain"
     tried[3]["from_kept_mm"] = float("nan")  # not comparable: a rival
     assert rival_verdict("ok", "restart 1", tried)[0] == "uncertain"
+    tried[3]["from_kept_mm"] = None  # a pose that is not finite (pose.json holds None)
+    v, why = rival_verdict("ok", "restart 1", tried)
+    assert v == "uncertain" and "unmeasurable" in why
     assert rival_verdict("failed", "restart 1", tried) == ("failed", None)
 
 
@@ -242,6 +245,9 @@ def test_a_kept_result_not_ok_gives_way_to_an_ok_one_at_the_same_pose():
     assert agreeing_ok(0, tried) == 3  # the most likely ok within AGREE_MM; 1.5 mm off is not the same answer
     tried[3]["from_kept_mm"] = AGREE_MM + 0.01
     assert agreeing_ok(0, tried) == 2
+    tried[2]["from_kept_mm"] = None  # not measurable: not the same answer
+    assert agreeing_ok(0, tried) is None
+    tried[2]["from_kept_mm"] = 0.3
     tried[2]["verdict"] = "uncertain"
     assert agreeing_ok(0, tried) is None
     tried[0]["verdict"] = "ok"

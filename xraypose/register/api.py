@@ -360,8 +360,10 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     def distances():  # every tried result's distance from the kept one (mm)
         (r, k) = found[best][0]
         for t, ((rt, kt), _) in zip(tried, found):
-            t["from_kept_mm"] = moved_near_isocenter(r.poses[k], rt.poses[kt], reg.isocenter)
-            t["camera_to_world"] = rt.poses[kt].tolist()  # the result itself (the X-ray's camera, as registered)
+            finite = bool(torch.isfinite(rt.poses[kt]).all() and torch.isfinite(r.poses[k]).all())
+            # None where a pose is not finite (pose.json never holds a NaN; rival_verdict reads None as a rival)
+            t["from_kept_mm"] = moved_near_isocenter(r.poses[k], rt.poses[kt], reg.isocenter) if finite else None
+            t["camera_to_world"] = rt.poses[kt].tolist() if finite else None  # the result (the X-ray's camera)
 
     distances()
     same = agreeing_ok(best, tried)

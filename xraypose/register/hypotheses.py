@@ -176,6 +176,11 @@ def match_hypothesis_config(config, verdicts) -> dict | None:
     return {"match_capture": True}
 
 
+def _within(mm, limit: float) -> bool:
+    """Whether a distance (mm; None or NaN where it could not be measured) is at most ``limit``."""
+    return mm is not None and float(mm) <= limit
+
+
 def agreeing_ok(kept: int, tried) -> int | None:
     """The index in ``tried`` of an ``ok`` result to keep instead of the kept one (index ``kept``) when that one
     is not ``ok``: the most likely ``ok`` result within :data:`AGREE_MM` of it — the same answer, which the check
@@ -189,7 +194,7 @@ def agreeing_ok(kept: int, tried) -> int | None:
     """
     if tried[kept]["verdict"] == "ok":
         return None
-    same = [i for i, t in enumerate(tried) if i != kept and t["verdict"] == "ok" and t["from_kept_mm"] <= AGREE_MM]
+    same = [i for i, t in enumerate(tried) if i != kept and t["verdict"] == "ok" and _within(t["from_kept_mm"], AGREE_MM)]
     return max(same, key=lambda i: tried[i]["p_success"]) if same else None
 
 
@@ -209,11 +214,12 @@ def rival_verdict(verdict: str, kept: str, tried) -> tuple[str, str | None]:
     if verdict != "ok":
         return verdict, None
     rivals = [t for t in tried if t["start"] != kept and t["verdict"] in ("ok", "uncertain")
-              and not t.get("from_kept_mm", 0.0) <= RIVAL_MM]  # NaN: not comparable, a rival
+              and not _within(t.get("from_kept_mm"), RIVAL_MM)]  # None or NaN: not comparable, a rival
     if not rivals:
         return verdict, None
     r = max(rivals, key=lambda t: t["p_success"])
-    return "uncertain", (f"the {r['start']}'s result lies {r['from_kept_mm']:.1f} mm away and the check finds it "
+    far = "an unmeasurable distance" if r.get("from_kept_mm") is None else f"{float(r['from_kept_mm']):.1f} mm"
+    return "uncertain", (f"the {r['start']}'s result lies {far} away and the check finds it "
                          f"plausible too (P {r['p_success']:.2f}, {r['verdict']}): two optima explain this X-ray "
                          "about equally — confirm with a second view or refine on the counts (--counts)")
 

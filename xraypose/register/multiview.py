@@ -337,8 +337,10 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
 
     def distances():  # rig poses: their distance in the rig frame is the world's
         for t, o in zip(tried, outs):
-            t["from_kept_mm"] = moved_near_isocenter(outs[b].rig_to_world, o.rig_to_world, reg.isocenter)
-            t["rig_to_world"] = o.rig_to_world.tolist()
+            finite = bool(torch.isfinite(o.rig_to_world).all() and torch.isfinite(outs[b].rig_to_world).all())
+            t["from_kept_mm"] = (moved_near_isocenter(outs[b].rig_to_world, o.rig_to_world, reg.isocenter)
+                                 if finite else None)  # None: not finite (never a NaN in pose.json)
+            t["rig_to_world"] = o.rig_to_world.tolist() if finite else None
 
     distances()
     same = agreeing_ok(b, tried)
