@@ -323,6 +323,28 @@ def test_register_xray_keeps_the_ok_result_at_the_given_starts_pose(monkeypatch,
     assert c["hypotheses"][0]["from_kept_mm"] <= 0.5 and f"kept the {c['kept']}'s result" in out.reason
 
 
+def test_a_failed_result_the_scatter_aware_check_finds_plausible_says_so(monkeypatch, sample_ct, registrar, maker, case):
+    """The verdict stays the shipped check's; its reason adds that with scatter modelled the check reads the
+    result plausible (scatter_note), and only then."""
+    import xraypose.register.confidence as confidence
+    from xraypose.register.confidence import Confidence
+    from xraypose.register.hypotheses import scatter_note
+
+    assert scatter_note("failed", 0.1, 0.9) and scatter_note("uncertain", 0.6, 0.95)
+    assert scatter_note("ok", 0.6, 0.99) is None and scatter_note("failed", 0.1, 0.45) is None
+    assert scatter_note("failed", 0.4, 0.6) is None and scatter_note("failed", 0.1, None) is None
+    monkeypatch.setattr(confidence, "assess", lambda reg, images, camera, poses, **kw: [
+        Confidence(0.1, "failed", "scripted", {}, 0.0) for _ in torch.as_tensor(poses).reshape(-1, 4, 4)])
+    p_sc = {"v": 0.9}
+    monkeypatch.setattr(confidence, "scatter_aware_p", lambda reg, images, camera, poses, **kw: [
+        p_sc["v"] for _ in torch.as_tensor(poses).reshape(-1, 4, 4)])
+    out = register_xray(sample_ct, case.image, case.camera, maker.starts(case, 2.0, 5.0), registrar=registrar)[0]
+    assert out.verdict == "failed" and "scatter modelled on the DRR the check reads P 0.90" in out.reason
+    p_sc["v"] = 0.2
+    out = register_xray(sample_ct, case.image, case.camera, maker.starts(case, 2.0, 5.0), registrar=registrar)[0]
+    assert out.verdict == "failed" and "scatter" not in out.reason
+
+
 def test_pose_json_holds_the_verdict(tmp_path, good):
     write_registration(tmp_path / "r", good)
     pose = json.loads((tmp_path / "r" / "pose.json").read_text())

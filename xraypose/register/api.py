@@ -303,7 +303,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
                                               agreeing_ok, best_hypothesis, capture_hypothesis_config, kept_reason,
                                               match_hypothesis_config, mirror_verdict, rival_verdict,
-                                              schedule_levels, viable_alternatives)
+                                              scatter_note, schedule_levels, viable_alternatives)
     from xraypose.metrics import moved_near_isocenter
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
@@ -377,6 +377,9 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         verdict, why = rule()
         if why is not None:
             c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
+    note = scatter_note(c.verdict, c.p_success, tried[best].get("p_scatter"))
+    if note is not None:
+        c.reason = f"{c.reason}; {note}"
     info = {**c.to_dict(), "kept": kept, "hypotheses": tried, "hypotheses_s": time.perf_counter() - t0}
     return pick, {"conf": c, "info": info}
 
