@@ -254,7 +254,8 @@ def test_a_kept_result_not_ok_gives_way_to_an_ok_one_at_the_same_pose():
     assert agreeing_ok(0, tried) is None  # an ok result stays
 
 
-def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatch, sample_ct, registrar, maker, case):
+def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatch, tmp_path, sample_ct, registrar, maker,
+                                                                      case):
     """End to end through register_xray's hypotheses, with a check that finds every pose plausible: near the
     truth 'uncertain' (P 0.6), elsewhere 'ok' (P 0.95).  The antipodal start's result (far) is kept by its P,
     but the given start's lies hundreds of mm away and was not rejected: the verdict is uncertain, saying why,
@@ -289,6 +290,22 @@ def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatc
     for h in c["hypotheses"]:  # every result tried is given, and its distance is the one recorded
         P = torch.tensor(h["camera_to_world"], dtype=F64)
         assert h["from_kept_mm"] == pytest.approx(moved_near_isocenter(out.camera_to_world, P, iso), rel=1e-6)
+    # views.png draws the rival beside the result: one more column than a result without one
+    import copy
+
+    from PIL import Image
+
+    from xraypose.register.api import rival_view
+
+    assert rival_view(out).start == "given start"
+    image = case.image.reshape(case.camera.height, case.camera.width)
+    write_registration(tmp_path / "two", out, image=image, volume=sample_ct)
+    alone = copy.copy(out)
+    alone.confidence = {k: v for k, v in out.confidence.items() if k != "hypotheses"}
+    assert rival_view(alone) is None
+    write_registration(tmp_path / "one", alone, image=image, volume=sample_ct)
+    with Image.open(tmp_path / "two" / "views.png") as a, Image.open(tmp_path / "one" / "views.png") as b:
+        assert a.size[0] > 1.6 * b.size[0] and abs(a.size[1] - b.size[1]) < 0.1 * b.size[1], (a.size, b.size)
 
 
 def test_register_xray_keeps_the_ok_result_at_the_given_starts_pose(monkeypatch, sample_ct, registrar, maker, case):

@@ -394,7 +394,8 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     """Write ``pose.json`` (pose, intrinsics, timings, config), ``metrics.json`` (when the
     truth is known) and ``trajectory.json`` into ``outdir`` (created); given the registered
     ``image`` ((H, W), as registered: preprocessed, windowed) and the ``volume``, also ``views.png``:
-    the X-ray, the DRR at the result and its edges on the X-ray, the verdict above (as a rig's
+    the X-ray, the DRR at the result and its edges on the X-ray — and the same for a rival result beside it
+    (:func:`rival_view`) —, the verdict above (as a rig's
     result draws every view: :func:`xraypose.register.multiview.views_picture`; ``mask``, the
     X-ray's trusted pixels, sets its display window).
 
@@ -424,9 +425,36 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     if image is not None and volume is not None:
         from xraypose.register.multiview import result_picture
 
-        files["views.png"] = result_picture(volume, [image], [reg], [name], reg.config, reg.verdict, reg.p_success,
-                                            None if mask is None else [mask], renderer)
+        views, names = [reg], [name]
+        rival = rival_view(reg)
+        if rival is not None:  # a second answer the check did not reject: drawn beside, to compare
+            views.append(rival)
+            names.append(f"{rival.start}'s result, {rival.from_kept_mm:.0f} mm away")
+        files["views.png"] = result_picture(volume, [image] * len(views), views, names, reg.config, reg.verdict,
+                                            reg.p_success, None if mask is None else [mask] * len(views), renderer)
     return atomic_write_files(out, files, remove=RESULT_FILES)
+
+
+def rival_view(reg: Registration):
+    """The most likely of ``reg``'s other hypotheses' results that the check did not reject (``ok`` or
+    ``uncertain``) and that lies more than :data:`~xraypose.register.hypotheses.RIVAL_MM` from the kept one
+    (``views.png`` draws it beside the result), as an object with ``camera``, ``camera_to_world``, ``verdict``,
+    ``p_success``, ``start``, ``from_kept_mm``; None when there is none."""
+    from types import SimpleNamespace
+
+    from xraypose.register.hypotheses import RIVAL_MM
+
+    conf = reg.confidence or {}
+    kept = conf.get("kept")
+    rivals = [h for h in conf.get("hypotheses") or [] if h.get("start") != kept and h.get("verdict") in ("ok", "uncertain")
+              and h.get("camera_to_world") is not None and h.get("from_kept_mm") is not None
+              and h["from_kept_mm"] > RIVAL_MM]
+    if not rivals:
+        return None
+    h = max(rivals, key=lambda t: t["p_success"])
+    return SimpleNamespace(camera=reg.camera, camera_to_world=torch.tensor(h["camera_to_world"], dtype=F64),
+                           verdict=h["verdict"], p_success=h["p_success"], start=h["start"],
+                           from_kept_mm=float(h["from_kept_mm"]))
 
 
 def _check_finite(obj, where: str = "result", allow_inf: bool = False) -> None:
