@@ -372,6 +372,7 @@ def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weigh
             # from the kept result (mm; rival_verdict) and its own mTRE (was a right answer found, and not kept?)
             "hypotheses": [{"start": h["start"], "p_success": h["p_success"], "verdict": h["verdict"],
                             "from_kept_mm": h.get("from_kept_mm"), "mtre": _hypothesis_mtre(h, c, cam),
+                            "p_scatter": h.get("p_scatter"), "p_ranked": h.get("p_ranked"),
                             "camera_to_world": h.get("camera_to_world")}
                            for h in (out.confidence or {}).get("hypotheses", [])]}
 

@@ -697,6 +697,7 @@ def test_the_appearance_benchmarks_scatter_and_hypotheses_are_recorded(tmp_path)
     assert tried, row["verdict"]  # this start is not ok: the hypotheses ran
     for h in tried:  # each result's distance from the kept one and its own error against the truth
         assert h["from_kept_mm"] >= 0.0 and h["mtre"] >= 0.0
+        assert 0.0 <= h["p_scatter"] <= 1.0 and h["p_ranked"] == max(h["p_success"], h["p_scatter"])
         if h["start"] == row["kept"]:
             assert h["from_kept_mm"] == pytest.approx(0.0, abs=1e-9) and h["mtre"] == pytest.approx(row["mtre"])
 
