@@ -828,5 +828,5 @@ def test_register_views_png_is_titled_with_the_xray(tmp_path, case, monkeypatch)
                  "--size", "32"]) in (0, 3)
     # the X-ray's column; a second one only for a rival result, named as such
     assert seen["names"][0] == "lao20_caud10.dcm" and seen["title"].startswith("verdict: ")
-    assert all(n.startswith("lao20_caud10.dcm — ") and "mm away" in n for n in seen["names"][1:])
+    assert all(n.startswith("lao20_caud10.dcm, rival: ") and "mm away" in n for n in seen["names"][1:])
     assert len(seen["names"]) <= 2

@@ -429,7 +429,7 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
         rival = rival_view(reg)
         if rival is not None:  # a second answer the check did not reject: drawn beside, to compare
             views.append(rival)
-            names.append(f"{name} — {rival.start}'s result, {rival.from_kept_mm:.0f} mm away")
+            names.append(f"{name}, rival: {rival.start}, {rival.from_kept_mm:.0f} mm away")
         files["views.png"] = result_picture(volume, [image] * len(views), views, names, reg.config, reg.verdict,
                                             reg.p_success, None if mask is None else [mask] * len(views), renderer)
     return atomic_write_files(out, files, remove=RESULT_FILES)

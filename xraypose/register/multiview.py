@@ -437,6 +437,8 @@ def views_picture(images, drrs, names, verdicts=None, p_success=None, title: str
         masks: per view (H_i, W_i) trusted pixels or None (preprocessing's masks): each X-ray's
             display window is taken inside its mask (:func:`xraypose.viz.normalise`).
     """
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -452,14 +454,15 @@ def views_picture(images, drrs, names, verdicts=None, p_success=None, title: str
         d = normalise(drrs[i])
         rgb = np.stack([x, x, x], -1)
         rgb[edges(d)] = [1.0, 0.3, 0.0]
+        wrap = lambda text: textwrap.fill(text, 40)  # noqa: E731 — a column is 3.2 inches wide
         for row, (im, cmap, t) in enumerate(((x, "gray", "X-ray"), (d, "gray", "DRR at the result"),
                                              (rgb, None, "DRR edges on the X-ray"))):
             ax[row, i].imshow(im, cmap=cmap)
             ax[row, i].axis("off")
-            ax[row, i].set_title(f"{names[i]}: {t}" if row else f"{names[i]}", fontsize=9)
+            ax[row, i].set_title(wrap(f"{names[i]}: {t}" if row else f"{names[i]}"), fontsize=9)
         if verdicts is not None and verdicts[i] is not None:
             p = "" if p_success is None else f" (P {p_success[i]:.2f})"
-            ax[0, i].set_title(f"{names[i]}: {verdicts[i]}{p}", fontsize=9,
+            ax[0, i].set_title(wrap(f"{names[i]}: {verdicts[i]}{p}"), fontsize=9,
                                color=VERDICT_COLORS.get(verdicts[i], "#222222"))
     if title:
         fig.suptitle(title, fontsize=10)
