@@ -270,8 +270,10 @@ THREADS = typer.Option(_REG.num_threads, "--threads", help="CPU threads (1 is fa
                        "busy machine).")
 HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
                           "antipodal start, two restarts about the result and the given start with intensities "
-                          "matched, captured from five starts and with the --metal schedule; keep the most confident "
-                          "(the result says which).")
+                          "matched, captured from five starts and with the --metal and --scatter schedules; keep the "
+                          "most confident, ranked also by the check with scatter modelled (the result says which "
+                          "and lists every result tried); an ok with another plausible result > 2 mm away is "
+                          "uncertain (views.png draws it beside).")
 MODEL = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to start from (a sequence: "
                      "its estimate on the first frame).")
 ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "

@@ -301,10 +301,9 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     """
     from xraypose.register.confidence import assess, scatter_aware_p
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
-                                              agreeing_ok, best_hypothesis, capture_hypothesis_config, kept_reason,
-                                              match_hypothesis_config, mirror_verdict, rival_verdict,
-                                              scatter_note, schedule_levels, viable_alternatives)
-    from xraypose.metrics import moved_near_isocenter
+                                              best_hypothesis, capture_hypothesis_config, final_verdict,
+                                              kept_reason, match_hypothesis_config, scatter_note, schedule_levels,
+                                              settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -347,36 +346,20 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     # the kept result: the most likely by the check as shipped or with scatter modelled on its DRR, whichever
     # is higher (ranking only: the verdict is the shipped check's), replacing the given start's only when
     # higher by MARGIN
-    n = len(found)
-    p_scatter = scatter_aware_p(reg, image.expand(n, -1, -1, -1), camera,
-                                torch.stack([r.poses[k] for (r, k), _ in found]),
+    n, poses = len(found), [r.poses[k] for (r, k), _ in found]
+    p_scatter = scatter_aware_p(reg, image.expand(n, -1, -1, -1), camera, torch.stack(poses),
                                 masks=None if mask is None else mask.expand(n, -1, -1, -1))
     ranks = [max(c.p_success, q) for (_, c), q in zip(found, p_scatter)]
     for t, q, p in zip(tried, p_scatter, ranks):
         t["p_scatter"], t["p_ranked"] = q, p
     k = best_hypothesis(ranks[0], ranks[1:])
-    best = 0 if k is None else 1 + k
-
-    def distances():  # every tried result's distance from the kept one (mm)
-        (r, k) = found[best][0]
-        for t, ((rt, kt), _) in zip(tried, found):
-            finite = bool(torch.isfinite(rt.poses[kt]).all() and torch.isfinite(r.poses[k]).all())
-            # None where a pose is not finite (pose.json never holds a NaN; rival_verdict reads None as a rival)
-            t["from_kept_mm"] = moved_near_isocenter(r.poses[k], rt.poses[kt], reg.isocenter) if finite else None
-            t["camera_to_world"] = rt.poses[kt].tolist() if finite else None  # the result (the X-ray's camera)
-
-    distances()
-    same = agreeing_ok(best, tried)
-    if same is not None:  # the same answer, accepted by the check whole: kept instead
-        best = same
-        distances()
+    best = settle_kept(tried, poses, 0 if k is None else 1 + k, reg.isocenter)
     pick, c = found[best]
     kept = tried[best]["start"]
     c.reason = kept_reason(c.reason, kept, conf.p_success)
-    for rule in (lambda: mirror_verdict(c.verdict, c.p_success, kept), lambda: rival_verdict(c.verdict, kept, tried)):
-        verdict, why = rule()
-        if why is not None:
-            c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
+    verdict, why = final_verdict(c.verdict, c.p_success, kept, tried)
+    if why is not None:
+        c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
     note = scatter_note(c.verdict, c.p_success, tried[best].get("p_scatter"))
     if note is not None:
         c.reason = f"{c.reason}; {note}"
@@ -442,16 +425,14 @@ def rival_view(reg: Registration):
     ``p_success``, ``start``, ``from_kept_mm``; None when there is none."""
     from types import SimpleNamespace
 
-    from xraypose.register.hypotheses import RIVAL_MM
+    from xraypose.register.hypotheses import rivals
 
     conf = reg.confidence or {}
-    kept = conf.get("kept")
-    rivals = [h for h in conf.get("hypotheses") or [] if h.get("start") != kept and h.get("verdict") in ("ok", "uncertain")
-              and h.get("camera_to_world") is not None and h.get("from_kept_mm") is not None
-              and h["from_kept_mm"] > RIVAL_MM]
-    if not rivals:
+    drawable = [h for h in rivals(conf.get("hypotheses") or [], conf.get("kept"))
+                if h.get("camera_to_world") is not None]  # (a pose that is not finite is not drawn)
+    if not drawable:
         return None
-    h = max(rivals, key=lambda t: t["p_success"])
+    h = max(drawable, key=lambda t: t["p_success"])
     return SimpleNamespace(camera=reg.camera, camera_to_world=torch.tensor(h["camera_to_world"], dtype=F64),
                            verdict=h["verdict"], p_success=h["p_success"], start=h["start"],
                            from_kept_mm=float(h["from_kept_mm"]))

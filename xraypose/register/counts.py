@@ -37,8 +37,8 @@ are more likely under trilinear: the frame chooses (docs/registration.md, "The c
 The step.  Fisher scoring with Levenberg–Marquardt damping on (ξ, a, log s), ξ = (ω, ρ) the pose chart
 that registration's Levenberg–Marquardt uses (``F · exp(ξ) · F⁻¹ · pose``, F at the isocenter): the
 score ``Σ (1 − y/λ) ∇λ``, the information ``Σ ∇λ ∇λᵀ / λ``; the DRR's derivatives along the chart by
-forward differences with Siddon (7 renders a step: its analytic tangents are exact but rough, see
-:meth:`CountsModel.channels`), analytic from one render with trilinear
+forward differences with Siddon (7 renders a step; why not its exact derivatives: :meth:`CountsModel.channels`),
+analytic from one render with trilinear
 (:func:`~xraypose.render.render_with_tangents`).  A step is kept when it lowers the NLL; the
 fit ends when an accepted step moves no point within ``radius_mm`` of the isocenter by more than
 ``tol_mm``.
@@ -235,12 +235,12 @@ class CountsModel:
             tg = _chart_tangents(self.frame(P)[None], P[None]).to(torch.float32)
             C, dC = render_with_tangents(self.density, self.affine, self.cam_f, T, tg)
             return C[0].to(F64), dC[0].to(F64)
-        # Siddon: forward differences over 1e-3 rad / 0.05 mm (7 renders, not 13), not its analytic tangents
-        # (render_with_tangents(renderer="siddon"): a refinement 1.3–2.5× faster).  Siddon's integral is
-        # piecewise linear with a kink wherever two plane crossings swap, so its exact derivative is that of
-        # the current piece, rough from ray to ray; differences over a span average the kinks.  With the exact
-        # one the Siddon fits took 2–6× the steps and stopped further from the truth (pelvis seed 1, 5 X-rays:
-        # 0.07 → 0.13 and 0.20, 0.61 → 0.86 mm; docs/benchmarks.md, stop 45).
+        # Siddon: forward differences over 1e-3 rad / 0.05 mm (7 renders, not 13), not its exact derivatives
+        # (tried in stop 45 as a kernel pass, commit be9e83c, and removed: a refinement 1.3–2.5× faster).
+        # Siddon's integral is piecewise linear with a kink wherever two plane crossings swap, so its exact
+        # derivative is that of the current piece, rough from ray to ray; differences over a span average the
+        # kinks.  With the exact one the Siddon fits took 2–6× the steps and stopped further from the truth
+        # (pelvis seed 1, 5 X-rays: 0.07 → 0.13 and 0.20, 0.61 → 0.86 mm; docs/benchmarks.md, stop 45).
         h = torch.tensor([1e-3] * 3 + [0.05] * 3, dtype=F64)
         Ps = torch.stack([self.moved(P, d) for d in torch.diag(h)])
         with torch.no_grad():

@@ -32,7 +32,7 @@ __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "sche
            "mirror_verdict", "capture_hypothesis_config", "HYPOTHESES", "MARGIN", "METAL_HYPOTHESIS",
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
            "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict", "agreeing_ok", "AGREE_MM",
-           "scatter_note", "SCATTER_NOTE_GAIN"]
+           "scatter_note", "SCATTER_NOTE_GAIN", "rivals", "settle_kept", "final_verdict"]
 
 F64 = torch.float64
 
@@ -199,6 +199,46 @@ def agreeing_ok(kept: int, tried) -> int | None:
     return max(same, key=lambda i: tried[i]["p_success"]) if same else None
 
 
+def rivals(tried, kept: str) -> list:
+    """The ``tried`` entries other than the kept one (``start`` ``kept``) that the check did not reject (``ok`` or
+    ``uncertain``) and that lie more than :data:`RIVAL_MM` from it (a distance of None or NaN: not
+    comparable, a rival) — :func:`rival_verdict`'s and ``views.png``'s (``api.rival_view``)."""
+    return [t for t in tried if t["start"] != kept and t["verdict"] in ("ok", "uncertain")
+            and not _within(t.get("from_kept_mm"), RIVAL_MM)]
+
+
+def settle_kept(tried, poses, best: int, isocenter, pose_key: str = "camera_to_world") -> int:
+    """The index of the result to keep, given ``best`` (the ranking's) and every result's pose ``poses`` (4, 4)
+    (one view's camera_to_world or a rig's rig_to_world, in ``tried``'s order): records in each entry its pose
+    (``pose_key``) and ``from_kept_mm`` (:func:`~xraypose.metrics.moved_near_isocenter`; None where a pose is
+    not finite: pose.json never holds a NaN), then lets a kept result that is not ``ok`` give way to an ``ok``
+    one at the same pose (:func:`agreeing_ok`), the distances recorded again from it."""
+    from xraypose.metrics import moved_near_isocenter
+
+    def record(b):
+        for t, P in zip(tried, poses):
+            finite = bool(torch.isfinite(P).all() and torch.isfinite(poses[b]).all())
+            t["from_kept_mm"] = moved_near_isocenter(poses[b], P, isocenter) if finite else None
+            t[pose_key] = P.tolist() if finite else None
+
+    record(best)
+    same = agreeing_ok(best, tried)
+    if same is not None:  # the same answer, accepted by the check whole: kept instead
+        record(same)
+        return same
+    return best
+
+
+def final_verdict(verdict: str, p_success: float, kept: str, tried, mirror: bool = True) -> tuple[str, str | None]:
+    """(verdict, extra reason or None) of the kept result: :func:`mirror_verdict` (one view only: ``mirror``),
+    then, if that changed nothing, :func:`rival_verdict`."""
+    if mirror:
+        v, why = mirror_verdict(verdict, p_success, kept)
+        if why is not None:
+            return v, why
+    return rival_verdict(verdict, kept, tried)
+
+
 def rival_verdict(verdict: str, kept: str, tried) -> tuple[str, str | None]:
     """(verdict, extra reason or None) of the kept result given the others: an ``ok`` is ``uncertain`` when
     another start's result that the check did not reject (verdict ``ok`` or ``uncertain``) lies more than
@@ -212,13 +252,10 @@ def rival_verdict(verdict: str, kept: str, tried) -> tuple[str, str | None]:
         tried: every result of the X-ray (dicts with ``start``, ``p_success``, ``verdict``,
             ``from_kept_mm``: its distance from the kept result, mm).
     """
-    if verdict != "ok":
+    found = rivals(tried, kept) if verdict == "ok" else []
+    if not found:
         return verdict, None
-    rivals = [t for t in tried if t["start"] != kept and t["verdict"] in ("ok", "uncertain")
-              and not _within(t.get("from_kept_mm"), RIVAL_MM)]  # None or NaN: not comparable, a rival
-    if not rivals:
-        return verdict, None
-    r = max(rivals, key=lambda t: t["p_success"])
+    r = max(found, key=lambda t: t["p_success"])
     far = "an unmeasurable distance" if r.get("from_kept_mm") is None else f"{float(r['from_kept_mm']):.1f} mm"
     return "uncertain", (f"the {r['start']}'s result lies {far} away and the check finds it "
                          f"plausible too (P {r['p_success']:.2f}, {r['verdict']}): two optima explain this X-ray "

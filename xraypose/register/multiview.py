@@ -309,9 +309,8 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     alternative is ``ok``.  Then, as for one view: a kept result that is not ``ok`` gives way to an ``ok``
     one within ``AGREE_MM`` (:func:`~xraypose.register.hypotheses.agreeing_ok`), and an ``ok`` with a
     plausible rival beyond ``RIVAL_MM`` is ``uncertain`` (:func:`~xraypose.register.hypotheses.rival_verdict`)."""
-    from xraypose.metrics import moved_near_isocenter
-    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, agreeing_ok, best_hypothesis, kept_reason,
-                                              rival_verdict, schedule_levels, viable_alternatives)
+    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, final_verdict, kept_reason,
+                                              schedule_levels, settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[0], res.poses[0], vs[r].camera, reg.isocenter,
                                       seed=reg.config.seed)
@@ -335,21 +334,11 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
         if best_hypothesis(outs[b].p_success, [rm.p_success]) is not None:
             b = len(outs) - 1
 
-    def distances():  # rig poses: their distance in the rig frame is the world's
-        for t, o in zip(tried, outs):
-            finite = bool(torch.isfinite(o.rig_to_world).all() and torch.isfinite(outs[b].rig_to_world).all())
-            t["from_kept_mm"] = (moved_near_isocenter(outs[b].rig_to_world, o.rig_to_world, reg.isocenter)
-                                 if finite else None)  # None: not finite (never a NaN in pose.json)
-            t["rig_to_world"] = o.rig_to_world.tolist() if finite else None
-
-    distances()
-    same = agreeing_ok(b, tried)
-    if same is not None:  # the same answer, accepted by the check whole: kept instead
-        b = same
-        distances()
+    # rig poses: their distance in the rig frame is the world's
+    b = settle_kept(tried, [o.rig_to_world for o in outs], b, reg.isocenter, pose_key="rig_to_world")
     best, kept = outs[b], tried[b]["start"]
     best.reason = kept_reason(best.reason, kept, rr.p_success)
-    verdict, why = rival_verdict(best.verdict, kept, tried)
+    verdict, why = final_verdict(best.verdict, best.p_success, kept, tried, mirror=False)
     if why is not None:
         best.verdict, best.reason = verdict, f"{why} (P {best.p_success:.2f}; {best.reason})"
     best.initial_rig_to_world = rr.initial_rig_to_world  # the start the user gave

@@ -126,7 +126,6 @@ def render_with_tangents(
     n_samples: int | None = None,
     step: float | None = None,
     backend: str = "auto",
-    renderer: str = "trilinear",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DRRs and their directional derivatives along given pose tangents (a forward-mode Jacobian).
 
@@ -135,40 +134,32 @@ def render_with_tangents(
     derivatives, which the kernel's backward otherwise sums), instead of six extra renders.
 
     Args:
-        density, affine, camera, camera_to_world, uv, n_samples, step, backend, renderer: as :func:`render`
-            (no gradient flows).
+        density, affine, camera, camera_to_world, uv, n_samples, step, backend: as :func:`render`
+            (trilinear only; no gradient flows).
         tangents: (B, K, 4, 4) directions in the space of 4×4 poses, e.g. ``d/dε pose(ε)`` at
             ε = 0 for a curve of poses through ``camera_to_world``.
     Returns:
         ``(img, dimg)``: img (B, C, H, W) as :func:`render`; dimg (B, K, C, H, W), with
         ``dimg[:, k] = Σ_ij ∂img/∂pose_ij · tangents[:, k, i, j]`` (per mm of line integral per
         unit of the tangent's parameter).  (B, C, R) and (B, K, C, R) with ``uv``.  Analytic on the
-        CPU backend: trilinear on the fused path (float32 poses), Siddon from the kernel's per-ray
-        derivatives (:func:`_siddon_tangents`: each plane crossing moves with the ray); elsewhere central
-        differences of :func:`render`.
+        fused CPU path (float32 poses); elsewhere central differences of :func:`render`.
     """
-    density, camera_to_world = _checked_inputs(density, camera_to_world, renderer, backend, n_samples, step)
+    density, camera_to_world = _checked_inputs(density, camera_to_world, "trilinear", backend, n_samples, step)
     B = camera_to_world.shape[0]
     tangents = torch.as_tensor(tangents, dtype=camera_to_world.dtype)
     if tangents.dim() != 4 or tangents.shape[0] != B or tangents.shape[-2:] != (4, 4):
         raise InputError(f"tangents must be (B, K, 4, 4) with B = {B} poses, got shape {tuple(tangents.shape)}")
     K, C = tangents.shape[1], density.shape[0]
-    if _per_pose(renderer, n_samples, B):
+    if _per_pose("trilinear", n_samples, B):
         parts = [render_with_tangents(density, affine, camera, camera_to_world[b:b + 1], tangents[b:b + 1],
-                                      _pose_uv(uv, b), None, step, backend, renderer) for b in range(B)]
+                                      _pose_uv(uv, b), None, step, backend) for b in range(B)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     full = uv is None
     out_shape = (B, C, camera.height, camera.width) if full else None
     dt, dev = camera_to_world.dtype, camera_to_world.device
-    which = resolve(backend, renderer, dev)
+    which = resolve(backend, "trilinear", dev)
     with torch.no_grad():
-        if which == "cpu" and renderer == "siddon":
-            img, dimg = _siddon_tangents(density, affine, camera, camera_to_world,
-                                         _pixel_list(camera, uv, B, dt, dev), tangents)
-            if full:
-                return img.reshape(out_shape), dimg.reshape(B, K, *out_shape[1:])
-            return img, dimg
-        if which == "cpu" and renderer == "trilinear" and dt == torch.float32:
+        if which == "cpu" and dt == torch.float32:
             from xraypose.render.backends import cpu
 
             if cpu.fits_fast_path(density):
@@ -178,7 +169,7 @@ def render_with_tangents(
                 if full:
                     return img.reshape(out_shape), dimg.reshape(B, K, *out_shape[1:])
                 return img, dimg
-        img = render(density, affine, camera, camera_to_world, uv, renderer, n_samples, step, backend)
+        img = render(density, affine, camera, camera_to_world, uv, "trilinear", n_samples, step, backend)
         # central differences; steps that move rotation entries by 1e-4 and translations by 1e-2 mm
         rot = tangents[..., :3, :3].abs().flatten(-2).amax(-1)
         tra = tangents[..., :3, 3].abs().amax(-1)
@@ -187,61 +178,11 @@ def render_with_tangents(
         T = camera_to_world[:, None] + eps[..., None, None] * tangents  # (B, K, 4, 4)
         Tm = camera_to_world[:, None] - eps[..., None, None] * tangents
         rep = lambda x: x if uv is None or uv.dim() == 2 else x.repeat_interleave(K, 0)  # noqa: E731
-        plus = render(density, affine, camera, T.reshape(B * K, 4, 4), rep(uv), renderer, n_samples, step, backend)
-        minus = render(density, affine, camera, Tm.reshape(B * K, 4, 4), rep(uv), renderer, n_samples, step,
+        plus = render(density, affine, camera, T.reshape(B * K, 4, 4), rep(uv), "trilinear", n_samples, step, backend)
+        minus = render(density, affine, camera, Tm.reshape(B * K, 4, 4), rep(uv), "trilinear", n_samples, step,
                        backend)
         d = (plus - minus).reshape(B, K, *img.shape[1:]) / (2 * eps.reshape(B, K, *([1] * (img.dim() - 1))))
     return img, d.to(img.dtype)
-
-
-def _siddon_tangents(density, affine, camera: Camera, camera_to_world, uv, tangents) -> tuple:
-    """Siddon line integrals (B, C, R), as :func:`render` computes them, and their derivatives (B, K, C, R)
-    along ``tangents`` (B, K, 4, 4), from the CPU kernel's per-ray derivatives
-    (:func:`~xraypose.render.backends.cpu.siddon_with_jacobian`).
-
-    Each ray is ``origin + s·direction`` (index space, s ∈ [0, 1] from the source to its pixel) with
-    ``origin = A·t + b`` and ``direction = A·R·q`` (``q`` the pixel in the camera frame, ``A``, ``b``
-    world → index), so along a tangent (dR, dt): d origin = A·dt, d direction = A·dR·q.  The chord's ends
-    ``s_near``, ``s_far`` (the box clip) move too: their derivative is taken by central differences of the
-    clip (a few elementwise operations, float64).  The integral is ``length · Σ pieces``; ``length`` =
-    |R·q| changes only with a tangent that is not a rigid motion.  Geometry in float64 here; the
-    line integrals are the kernel's at the poses' dtype, equal to :func:`render`'s."""
-    from xraypose.render.backends import cpu
-
-    dt = camera_to_world.dtype
-    world_to_index = torch.linalg.inv_ex(affine.double()).inverse
-    source, target = world_rays(camera, camera_to_world, uv)
-    origin, direction, length = to_index_space(world_to_index, source, target)
-    img, jac, _, _, miss = cpu.siddon_with_jacobian(density, origin, direction, length)
-    F = torch.float64
-    T, tg = camera_to_world.to(F), tangents.to(F)
-    A = world_to_index[:3, :3]
-    Rm, t = T[:, :3, :3], T[:, :3, 3]
-    src, tgt = source.to(F), target.to(F)
-    q = torch.einsum("bji,brj->bri", Rm, tgt - t[:, None])  # the pixels in the camera frame
-    dsrc = tg[..., :3, 3]  # (B, K, 3)
-    dtgt = torch.einsum("bkij,brj->bkri", tg[..., :3, :3], q) + dsrc[:, :, None]  # (B, K, R, 3)
-    do = dsrc @ A.T  # (B, K, 3)
-    dd = (dtgt - dsrc[:, :, None]) @ A.T  # (B, K, R, 3)
-    o, d = origin.to(F)[:, None], direction.to(F)[:, None]  # (B, 1, 1, 3), (B, 1, R, 3)
-    shape = torch.tensor(density.shape[1:], dtype=F)
-    lo, hi = torch.full_like(shape, -0.5), shape - 0.5
-    h = 1e-6
-
-    def chord(e):
-        sn, sf = clip_to_box(o + e * do[:, :, None], d + e * dd, lo, hi)
-        return sn, torch.maximum(sf, sn)
-
-    (snp, sfp), (snm, sfm) = chord(h), chord(-h)
-    dsn, dsf = (snp - snm) / (2 * h), (sfp - sfm) / (2 * h)  # (B, K, R)
-    J = jac.to(F)
-    dS = (torch.einsum("bcri,bki->bkcr", J[..., 0:3], do) + torch.einsum("bcri,bkri->bkcr", J[..., 3:6], dd)
-          + J[..., 6][:, None] * dsn[:, :, None] + J[..., 7][:, None] * dsf[:, :, None])
-    L = length.to(F)
-    dL = ((tgt - src[:, None])[:, None] * (dtgt - dsrc[:, :, None])).sum(-1) / L[:, None].clamp_min(1e-30)
-    S = img.to(F) / L[:, None].clamp_min(1e-30)
-    dimg = dL[:, :, None] * S[:, None] + L[:, None, None] * dS
-    return img, dimg.masked_fill(miss[:, None, None], 0.0).to(dt)
 
 
 def _per_pose(renderer: str, n_samples, B: int) -> bool:

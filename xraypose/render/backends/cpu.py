@@ -53,7 +53,7 @@ from xraypose.render.rays import clip_to_box
 from xraypose.render.trilinear import support_box
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-ABI_VERSION = 11
+ABI_VERSION = 10
 GEO = 14  # doubles per ray in the fused path's geometry buffer (cpu_kernels.cpp)
 RENDERERS = ("trilinear", "siddon")
 
@@ -180,9 +180,6 @@ def _declare(lib) -> None:
             f.restype = None
             f = getattr(lib, f"xrp_sid_fwd_{g}_{v}")
             f.argtypes = [P, P, P, P, P, P, P, I64, I64, P, INT]
-            f.restype = None
-            f = getattr(lib, f"xrp_sid_jac_{g}_{v}")
-            f.argtypes = [P, P, P, P, P, P, P, I64, I64, P, P, INT]
             f.restype = None
             f = getattr(lib, f"xrp_sid_bwd_{g}_{v}")
             f.argtypes = [P, P, P, P, P, P, P, I64, I64, P, P, P, P, P, P, INT]
@@ -563,55 +560,19 @@ def _prepare(density, direction):
     return density.contiguous()
 
 
-def _siddon_chords(density, origin, direction, reorder: bool):
-    """(density in the kernels' layout, s_near, s_far (B, R) — the chord through the voxels' box, s_far ≥
-    s_near —, miss (B, R): rays that miss the box, the ray order or None) for the Siddon kernels."""
-    density = _prepare(density, direction)
-    C, I, J, K = density.shape
-    shape = torch.tensor([I, J, K], dtype=direction.dtype)
-    s_near, s_far0 = clip_to_box(origin, direction, torch.full_like(shape, -0.5), shape - 0.5)
-    s_far = torch.maximum(s_far0, s_near)
-    R = direction.shape[1]
-    order = cache_order(origin, direction, s_near, s_far - s_near) if reorder and R >= 64 else None
-    return density, s_near, s_far, s_far0 <= s_near, order
-
-
 def integrate_siddon(density, origin, direction, length, reorder: bool = True):
     """Same contract and numbers as :func:`xraypose.render.siddon.integrate_siddon`."""
-    density, s_near, s_far, _, order = _siddon_chords(density, origin, direction, reorder)
-    B = direction.shape[0]
+    density = _prepare(density, direction)
+    C, I, J, K = density.shape
+    dt = direction.dtype
+    shape = torch.tensor([I, J, K], dtype=dt)
+    s_near, s_far = clip_to_box(origin, direction, torch.full_like(shape, -0.5), shape - 0.5)
+    s_far = torch.maximum(s_far, s_near)
+    B, R, _ = direction.shape
+    order = cache_order(origin, direction, s_near, s_far - s_near) if reorder and R >= 64 else None
     sums = _SiddonSums.apply(density, origin.reshape(B, 3).contiguous(), direction.contiguous(),
                              s_near.contiguous(), s_far.contiguous(), order)
     return sums * length.unsqueeze(1)
-
-
-def siddon_with_jacobian(density, origin, direction, length, reorder: bool = True):
-    """:func:`integrate_siddon`'s line integrals and, per ray, their derivatives along the ray's parameters.
-
-    Args:
-        density (C, I, J, K); origin (B, 1, 3), direction (B, R, 3) index space; length (B, R) mm: as
-        :func:`integrate_siddon` (no gradient flows).
-    Returns:
-        ``(img, jac, s_near, s_far, miss)``: img (B, C, R) equal to :func:`integrate_siddon`'s; jac (B, C, R, 8)
-        ∂(img / length)/∂(origin (3), direction (3), s_near, s_far) of each ray (the chord's ends held apart from
-        the origin and direction: the caller moves them by the box clip's own derivative); s_near, s_far (B, R)
-        the chord as clipped; miss (B, R) bool: rays that miss the box (their jac is 0).
-    """
-    lib = _load()
-    density, s_near, s_far, miss, order = _siddon_chords(density, origin, direction, reorder)
-    C = density.shape[0]
-    dt = direction.dtype
-    B, R, _ = direction.shape
-    out = torch.empty((B, C, R), dtype=dt)
-    jac = torch.empty((B, C, R, 8), dtype=dt)
-    o, d, sn, sf = (origin.reshape(B, 3).contiguous(), direction.contiguous(), s_near.contiguous(),
-                    s_far.contiguous())
-    vs = _shape_strides(density)  # held: the kernel reads it
-    fn = getattr(lib, f"xrp_sid_jac_{_SUFFIX[dt]}_{_SUFFIX[density.dtype]}")
-    fn(_ptr(density), _ptr(vs), _ptr(order), _ptr(o), _ptr(d), _ptr(sn), _ptr(sf), B, R,
-       _ptr(out), _ptr(jac), _threads())
-    jac = jac.masked_fill(miss[:, None, :, None], 0.0)
-    return out * length.unsqueeze(1), jac, s_near, s_far, miss
 
 
 OCC_BRICK = 8  # voxels per brick side (the kernel's OCC_SHIFT)

@@ -764,15 +764,10 @@ inline i64 sid_voxel(double o, double d, double s, i64 n) {
 
 // S[b, c, r] = sum over pieces of mu_c(voxel) * length in s.  With gS given (backward):
 // per ray gO, gD (through the interior crossings), gN, gF (d/ds_near, d/ds_far), gvol.
-//
-// With jac given (forward only): jac[b, c, r, 0..7] = dS_c/d(o[0..2], d[0..2], s_near, s_far) for each channel of
-// the block, per ray (a forward-mode Jacobian: the backward's per-ray terms, channel by channel, not summed
-// against gS): each interior crossing at alpha of axis a moves with o and d by dalpha/do_a = -1/d_a,
-// dalpha/dd_a = -alpha/d_a, and shifts (mu_prev - mu) of length between its two pieces.
 template <typename G, typename V>
 void siddon(const V* vol, const Vol& VV, const G* origin, const G* dir, const G* near_,
             const G* far_, i64 B, i64 R, G* out, const G* gS, G* gO, G* gD, G* gN, G* gF, V* gvol, int nthreads,
-            i64 c0 = 0, G* jac = nullptr) {
+            i64 c0 = 0) {
     // forward: channels c0 .. c0 + CMAX - 1 only (the caller loops over channel blocks)
     const i64 C = VV.C, I = VV.I, J = VV.J, K = VV.K, SC = VV.sc, total = B * R;
     const bool bwd = gS != nullptr, geo = gO != nullptr;
@@ -806,22 +801,10 @@ parallel_for(total, nthreads, [&](i64 it) {
             return w;
         };
         double go[3] = {0, 0, 0}, gd[3] = {0, 0, 0}, gn = 0, gf = 0;
-        double jc[CMAX][8];  // jac's per-ray terms of each channel of the block
-        double mprev[CMAX];
-        if (jac != nullptr)
-            for (int c = 0; c < nc; ++c)
-                for (int q = 0; q < 8; ++q) jc[c][q] = 0;
         if (!(sf > sn)) {
             if (bwd && geo) {
                 const double w = weight(voxel(sn));
                 gn = -w; gf = w;
-            }
-            if (jac != nullptr) {
-                const i64 v = voxel(sn);
-                for (int c = 0; c < nc; ++c) {
-                    const double m = (double)vol[(c0 + c) * SC + v];
-                    jc[c][6] = -m; jc[c][7] = m;
-                }
             }
         } else {
             SidAxis A[3];
@@ -843,20 +826,6 @@ parallel_for(total, nthreads, [&](i64 it) {
                 if (!bwd) {
                     if (seg > 0)
                         for (int c = 0; c < nc; ++c) acc[c] += seg * (double)vol[(c0 + c) * SC + v];
-                    if (jac != nullptr) {
-                        for (int c = 0; c < nc; ++c) {
-                            const double m = (double)vol[(c0 + c) * SC + v];
-                            if (first) jc[c][6] = -m;
-                            else {  // the crossing at cur of axis pax_
-                                const double kappa = mprev[c] - m;
-                                jc[c][pax_] -= kappa / d[pax_];
-                                jc[c][3 + pax_] -= kappa * cur / d[pax_];
-                            }
-                            mprev[c] = m;
-                            if (end) jc[c][7] = m;
-                        }
-                        first = false;
-                    }
                 } else {
                     if (geo) {
                         const double w = weight(v);
@@ -884,9 +853,6 @@ parallel_for(total, nthreads, [&](i64 it) {
         }
         if (!bwd) {
             for (int c = 0; c < nc; ++c) out[(b * C + c0 + c) * R + r] = (G)acc[c];
-            if (jac != nullptr)
-                for (int c = 0; c < nc; ++c)
-                    for (int q = 0; q < 8; ++q) jac[((b * C + c0 + c) * R + r) * 8 + q] = (G)jc[c][q];
         } else if (geo) {
             for (int q = 0; q < 3; ++q) { gO[3 * ray + q] = (G)go[q]; gD[3 * ray + q] = (G)gd[q]; }
             gN[ray] = (G)gn; gF[ray] = (G)gf;
@@ -898,7 +864,7 @@ parallel_for(total, nthreads, [&](i64 it) {
 
 extern "C" {
 
-int xrp_abi_version() { return 11; }
+int xrp_abi_version() { return 10; }
 
 // How the AVX2 path reads corners: a mask of LOADS_PAIRS (1) and LOADS_QUADS (2), 0 = gathers
 // everywhere; a negative mode changes nothing.  Returns the mask in force.
@@ -1109,13 +1075,6 @@ extern "C" {
         for (i64 c0 = 0; c0 < v.C; c0 += CMAX)                                                                \
             siddon<G, V>(vol, v, o, d, sn, sf, B, R, out, nullptr, nullptr, nullptr, nullptr, nullptr,        \
                          nullptr, nt, c0);                                                                    \
-    }                                                                                                         \
-    void xrp_sid_jac_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* sn,            \
-                                   const G* sf, i64 B, i64 R, G* out, G* jac, int nt) {                       \
-        const Vol v = make_vol(vs, order);                                                                           \
-        for (i64 c0 = 0; c0 < v.C; c0 += CMAX)                                                                \
-            siddon<G, V>(vol, v, o, d, sn, sf, B, R, out, nullptr, nullptr, nullptr, nullptr, nullptr,        \
-                         nullptr, nt, c0, jac);                                                               \
     }                                                                                                         \
     void xrp_sid_bwd_##GN##_##VN(const V* vol, const i64* vs, const i64* order, const G* o, const G* d, const G* sn,            \
                                    const G* sf, i64 B, i64 R, const G* gS, G* gO, G* gD, G* gN, G* gF,        \
