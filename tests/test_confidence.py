@@ -308,6 +308,53 @@ def test_register_xray_does_not_vouch_for_one_of_two_plausible_optima(monkeypatc
         assert a.size[0] > 1.4 * b.size[0] and abs(a.size[1] - b.size[1]) < 0.1 * b.size[1], (a.size, b.size)
 
 
+def test_a_marginal_ok_is_verified_by_the_hypotheses(monkeypatch, sample_ct, registrar, maker, case):
+    """An ``ok`` below VERIFY_P runs the hypotheses as a result that is not ``ok`` would (every one: the given
+    start's ok does not gate them): with another plausible result far away it becomes ``uncertain``; with
+    every other result rejected it stays ``ok`` and says it was verified; from VERIFY_P on nothing runs."""
+    import xraypose.register.confidence as confidence
+    from xraypose.metrics import moved_near_isocenter
+    from xraypose.register.confidence import Confidence
+    from xraypose.register.hypotheses import VERIFY_P, gate_verdicts, to_verify
+
+    assert to_verify("failed", 0.9) and to_verify("uncertain", 0.99) and to_verify("ok", VERIFY_P - 0.01)
+    assert not to_verify("ok", VERIFY_P) and not to_verify("ok", 0.99) and to_verify("ok", float("nan"))
+    assert gate_verdicts([{"verdict": "ok"}, {"verdict": "failed"}]) == ["failed"]
+    assert gate_verdicts([{"verdict": "failed"}, {"verdict": "ok"}]) == ["failed", "ok"]
+    iso = sample_ct.get_isocenter()
+    script = {"near": 0.6, "far": ("uncertain", 0.55)}
+
+    def fake_assess(reg, images, camera, poses, **kw):
+        out = []
+        for P in torch.as_tensor(poses, dtype=F64).reshape(-1, 4, 4):
+            if moved_near_isocenter(case.true_pose, P, iso) < 2.0:
+                p = script["near"]
+                out.append(Confidence(p, "ok", "scripted", {}, 0.0))
+            else:
+                v, p = script["far"]
+                out.append(Confidence(p, v, "scripted", {}, 0.0))
+        return out
+
+    monkeypatch.setattr(confidence, "assess", fake_assess)
+    monkeypatch.setattr(confidence, "scatter_aware_p", lambda reg, images, camera, poses, **kw: [
+        c.p_success for c in fake_assess(reg, images, camera, poses)])
+
+    def run():
+        return register_xray(sample_ct, case.image, case.camera, maker.starts(case, 2.0, 5.0), registrar=registrar,
+                             true_pose=case.true_pose, fiducials=case.fiducials)[0]
+
+    out = run()  # the antipodal start's result lies far off and reads plausible: two answers
+    starts = [h["start"] for h in out.confidence.get("hypotheses") or []]
+    assert "antipodal start" in starts and out.confidence["kept"] == "given start", starts
+    assert out.metrics["mtre"] < 2.0 and out.verdict == "uncertain" and "lies" in out.reason, out.reason
+    script["far"] = ("failed", 0.01)  # everything else rejected: the ok stands, verified
+    out = run()
+    assert out.verdict == "ok" and "verified:" in out.reason and len(out.confidence["hypotheses"]) >= 4, out.reason
+    script["near"] = VERIFY_P  # a confident ok: no hypotheses
+    out = run()
+    assert out.verdict == "ok" and not out.confidence.get("hypotheses") and "verified" not in out.reason
+
+
 def test_register_xray_keeps_the_ok_result_at_the_given_starts_pose(monkeypatch, sample_ct, registrar, maker, case):
     """End to end: the given start's result is 'uncertain' at P 0.99 (as a guard would make it), every later
     result near the truth 'ok' at P 0.99 (no better by MARGIN): the ok one at the same pose is kept, ok."""

@@ -181,13 +181,15 @@ def register_xray(
             of view of the true pose.
         confidence: check each result (:func:`xraypose.register.confidence.assess`): ``p_success``,
             ``verdict``, ``reason`` (≈ 5 % of a registration's time).
-        hypotheses: when a result's verdict is not ``ok``, also register the alternatives of
-            :mod:`xraypose.register.hypotheses` (the antipodal start, two restarts about the result;
-            one batch; then the given start captured from five starts about it, and with every level
-            robust, for metal that is not in the CT) and keep the one with the highest ``p_success``
-            (a single view's antipodal result is ``ok`` only from P 0.9); the result says which
-            (``confidence["kept"]``, ``confidence["hypotheses"]``).  Costs nothing when the verdict
-            is ``ok``.  Needs ``confidence``.
+        hypotheses: when a result's verdict is not ``ok`` — or is ``ok`` below ``p_success``
+            :data:`~xraypose.register.hypotheses.VERIFY_P` (0.75: verified) —, also register the
+            alternatives of :mod:`xraypose.register.hypotheses` (the antipodal start, two restarts about
+            the result; one batch; then the given start captured from five starts about it, and with
+            every level robust, for metal that is not in the CT) and keep the most likely (a single
+            view's antipodal result is ``ok`` only from P 0.9; an ``ok`` with another plausible result
+            more than 2 mm away is ``uncertain``); the result says which (``confidence["kept"]``,
+            ``confidence["hypotheses"]``).  Costs nothing when the verdict is ``ok`` at P ≥ 0.75.
+            Needs ``confidence``.
         masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
             the saturated pixels of :attr:`~xraypose.preprocess.Preprocessed.mask`).
     Returns:
@@ -256,8 +258,10 @@ def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):
 
 
 def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: bool, masks):
-    """Each result's confidence (and its hypotheses when not ``ok``): (picks, checks) per X-ray."""
+    """Each result's confidence (and its hypotheses when not ``ok``, or ``ok`` below
+    :data:`~xraypose.register.hypotheses.VERIFY_P`): (picks, checks) per X-ray."""
     from xraypose.register.confidence import assess
+    from xraypose.register.hypotheses import to_verify
 
     B = imgs.shape[0]
     picks = [(res, b) for b in range(B)]
@@ -265,7 +269,7 @@ def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: boo
     for b in range(B):
         c = checks[b]
         checks[b] = {"conf": c, "info": {**c.to_dict(), "kept": "given start"}}
-        if hypotheses and c.verdict != "ok":
+        if hypotheses and to_verify(c.verdict, c.p_success):  # not ok, or an ok to verify
             mb = None if masks is None else masks[min(b, masks.shape[0] - 1):][:1]
             picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c, mb)
     return picks, checks
@@ -302,8 +306,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     from xraypose.register.confidence import assess, scatter_aware_p
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
                                               best_hypothesis, capture_hypothesis_config, final_verdict,
-                                              kept_reason, match_hypothesis_config, scatter_note, schedule_levels,
-                                              settle_kept, viable_alternatives)
+                                              gate_verdicts, kept_reason, match_hypothesis_config, scatter_note,
+                                              schedule_levels, settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -332,14 +336,14 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
         c = assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
         add(name, r, 0, c)
 
-    match = match_hypothesis_config(reg.config, [t["verdict"] for t in tried])
+    match = match_hypothesis_config(reg.config, gate_verdicts(tried))
     if match is not None:  # intensities matched to the DRR's (a display curve)
         from_given_start(reg.derive(**match), MATCH_HYPOTHESIS)
-    capture = capture_hypothesis_config(reg.config, [t["verdict"] for t in tried])
+    capture = capture_hypothesis_config(reg.config, gate_verdicts(tried))
     if capture is not None:  # captured from several starts about it
         from_given_start(reg.derive(**capture), CAPTURE_HYPOTHESIS)
     for name in SCHEDULE_HYPOTHESES:  # every level robust (metal), then scatter modelled on the DRR
-        levels = schedule_levels(name, reg.config.levels, [t["verdict"] for t in tried])
+        levels = schedule_levels(name, reg.config.levels, gate_verdicts(tried))
         if levels is not None:
             from_given_start(reg.derive(levels=levels), name)
 
@@ -360,6 +364,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     verdict, why = final_verdict(c.verdict, c.p_success, kept, tried)
     if why is not None:
         c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
+    if conf.verdict == "ok" and best == 0 and c.verdict == "ok":  # a verified ok that stood
+        c.reason = f"{c.reason}; verified: {len(tried) - 1} other starts found no other plausible pose"
     note = scatter_note(c.verdict, c.p_success, tried[best].get("p_scatter"))
     if note is not None:
         c.reason = f"{c.reason}; {note}"
