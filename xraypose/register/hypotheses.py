@@ -224,12 +224,18 @@ def agreeing_ok(kept: int, tried) -> int | None:
     return max(same, key=lambda i: tried[i]["p_success"]) if same else None
 
 
-def rivals(tried, kept: str) -> list:
+def rivals(tried, kept: str, mirror: bool = True) -> list:
     """The ``tried`` entries other than the kept one (``start`` ``kept``) that the check did not reject (``ok`` or
     ``uncertain``) and that lie more than :data:`RIVAL_MM` from it (a distance of None or NaN: not
-    comparable, a rival) — :func:`rival_verdict`'s and ``views.png``'s (``api.rival_view``)."""
+    comparable, a rival) — :func:`rival_verdict`'s and ``views.png``'s (``api.rival_view``).  With ``mirror``
+    (one view) the antipodal start's result is a rival only from P :data:`ANTIPODAL_OK`, the evidence it needs
+    to be kept (:func:`mirror_verdict`): below it the check cannot tell one X-ray's two sides apart, and the
+    side is the start's (the C-arm's angles).  Seen when ``ok`` results were first verified (pelvis display
+    case 2 from its truth): the given start's result 0.00 mm from the truth at P 0.72, the antipodal's 175 mm
+    off at P 0.73 — without this rule the right answer was ``uncertain``."""
     return [t for t in tried if t["start"] != kept and t["verdict"] in ("ok", "uncertain")
-            and not _within(t.get("from_kept_mm"), RIVAL_MM)]
+            and not _within(t.get("from_kept_mm"), RIVAL_MM)
+            and not (mirror and t["start"] == "antipodal start" and not t["p_success"] >= ANTIPODAL_OK)]
 
 
 def settle_kept(tried, poses, best: int, isocenter, pose_key: str = "camera_to_world") -> int:
@@ -261,10 +267,10 @@ def final_verdict(verdict: str, p_success: float, kept: str, tried, mirror: bool
         v, why = mirror_verdict(verdict, p_success, kept)
         if why is not None:
             return v, why
-    return rival_verdict(verdict, kept, tried)
+    return rival_verdict(verdict, kept, tried, mirror)
 
 
-def rival_verdict(verdict: str, kept: str, tried) -> tuple[str, str | None]:
+def rival_verdict(verdict: str, kept: str, tried, mirror: bool = True) -> tuple[str, str | None]:
     """(verdict, extra reason or None) of the kept result given the others: an ``ok`` is ``uncertain`` when
     another start's result that the check did not reject (verdict ``ok`` or ``uncertain``) lies more than
     :data:`RIVAL_MM` from it.  Two poses that far apart cannot both be within 2 mm of the truth, yet the
@@ -276,8 +282,9 @@ def rival_verdict(verdict: str, kept: str, tried) -> tuple[str, str | None]:
         verdict: the kept result's verdict; kept: its start's name (a ``tried`` entry's ``start``).
         tried: every result of the X-ray (dicts with ``start``, ``p_success``, ``verdict``,
             ``from_kept_mm``: its distance from the kept result, mm).
+        mirror: one view (:func:`rivals`: the antipodal start's result needs P :data:`ANTIPODAL_OK`).
     """
-    found = rivals(tried, kept) if verdict == "ok" else []
+    found = rivals(tried, kept, mirror) if verdict == "ok" else []
     if not found:
         return verdict, None
     r = max(found, key=lambda t: t["p_success"])
