@@ -341,6 +341,18 @@ def test_a_fixture_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["ljubljana.h5"]  # no temporary file, no truth.json
 
 
+def test_example_into_a_non_empty_folder_says_to_choose_another(tmp_path, capsys):
+    """The command line has no --overwrite: its message must not tell the user to pass overwrite=True."""
+    from xraypose.cli import main
+
+    (tmp_path / "mine.txt").write_text("the user's")
+    with pytest.raises(InputError, match="not empty; choose a new or empty folder .in Python, overwrite=True"):
+        make_example_case(tmp_path)
+    assert main(["datasets", "example", str(tmp_path)]) == 2
+    assert "choose a new or empty folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
 # ---------------------------------------------------------------- case folders
 
 
