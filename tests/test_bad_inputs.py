@@ -948,6 +948,59 @@ add("info-missing", "not found", lambda d, o: ["info", str(d / "nope.nii.gz")])
 add("info-unknown-type", "cannot tell", lambda d, o: ["info", str((d / "x.docx").write_text("x") and d / "x.docx")])
 add("unknown-option", "--bogus", lambda d, o: render_pose(d, o, "--bogus"))
 
+
+# ---- model checkpoints: the right format tag, bad contents ------------------------------------------------------
+def checkpoint(d: Path, edit: Callable) -> Path:
+    """``d/model.pt``: a loadable checkpoint of timm's tiny test network, with ``edit`` applied to its dict."""
+    import torch
+
+    from xraypose.camera import Camera
+    from xraypose.model import PoseRegressor, checkpoint_dict
+
+    meta = {"camera": Camera(sdd=1000, height=32, width=32, delx=10).to_dict(),
+            "normalization": {"mean": 0.3, "std": 0.2, "fill": 0.0}}
+    ck = checkpoint_dict(PoseRegressor("test_resnet"), meta)
+    edit(ck)
+    torch.save(ck, d / "model.pt")
+    return d / "model.pt"
+
+
+def _set(path: str, value):
+    """An edit of a checkpoint dict: ``path`` "a/b" sets ck["a"]["b"] (a value of ... deletes it)."""
+    def edit(ck):
+        *parents, last = path.split("/")
+        for k in parents:
+            ck = ck[k]
+        if value is ...:
+            del ck[last]
+        else:
+            ck[last] = value(ck[last]) if callable(value) else value
+    return edit
+
+
+for _name, _edit, _words in [
+    ("meta-empty", _set("meta", {}), ("model.pt", "lacks 'architecture'")),
+    ("version-text", _set("version", "abc"), ("model.pt", "version", "'abc'")),
+    ("version-none", _set("version", None), ("model.pt", "version", "none")),
+    ("meta-list", _set("meta", [1]), ("model.pt", "'meta'", "list")),
+    ("architecture-text", _set("meta/architecture", "resnet18"), ("model.pt", "architecture", "dict", "str")),
+    ("architecture-extra-key", _set("meta/architecture", lambda a: {**a, "foo": 1}),
+     ("model.pt", "unknown architecture key", "foo")),
+    ("architecture-pool-text", _set("meta/architecture", lambda a: {**a, "pool_grid": "two"}),
+     ("model.pt", "architecture", "two")),
+    ("weights-none", _set("model", None), ("model.pt", "'model'", "tensors", "nonetype")),
+    ("weights-missing", _set("model/rotation_head.weight", ...), ("model.pt", "1 missing", "rotation_head.weight")),
+    ("weights-other-shape", _set("model/translation_head.bias", lambda t: t[:2]),
+     ("model.pt", "1 of another shape", "translation_head.bias", "(2,)", "(3,)")),
+    ("no-camera", _set("meta/camera", ...), ("model.pt", "lacks 'camera'")),
+    ("camera-incomplete", _set("meta/camera", {"sdd_mm": 1000}), ("model.pt", "camera", "height")),
+    ("normalization-nan", _set("meta/normalization", {"mean": float("nan"), "std": 0.2}),
+     ("model.pt", "normalization", "nan")),
+]:
+    add(f"register-model-{_name}", _words, lambda d, o, e=_edit: register_args(
+        d, o, None, None, "--init", "model", "--model", str(checkpoint(d, e))))
+    add(f"info-model-{_name}", _words, lambda d, o, e=_edit: ["info", str(checkpoint(d, e))])
+
 # ---- TOML configs ---------------------------------------------------------------------------------------------
 for _name, _cmd, _text, _words in [
     ("blur-nan", "register", "blur = nan\n", ("blur", "nan", "config")),
@@ -960,6 +1013,9 @@ for _name, _cmd, _text, _words in [
     ("flag-number", "register", "fast = 1\n", ("fast", "1")),
     ("blur-list", "register", "blur = [1, 2]\n", ("blur", "[1, 2]")),
     ("table-blur-negative", "register", "[register]\nblur = -2\n", ("blur", "-2")),
+    ("table-beside-register", "register", "[register]\nsize = 32\n[bogus]\nx = 1\n",
+     ("unknown table [bogus]", "[register]", "[evaluate]")),
+    ("table-typo", "evaluate", "[register]\nsize = 32\n[evaluat]\nstart = \"ap\"\n", ("unknown table [evaluat]",)),
     ("invalid-toml", "register", "blur = \n", ("not valid toml",)),
     ("not-utf8", "register", b"blur = 1.0 # \xff\xfe\n", ("utf-8",)),
     ("width-zero", "render", "width = 0\n", ("width", "0", "config")),

@@ -309,6 +309,50 @@ def test_ljubljana_bad_input(ljubljana, tmp_path):
         LjubljanaDataset(2, filename=broken)
 
 
+def test_fixture_ids_given_twice_are_refused_before_anything_is_written(tmp_path, capsys):
+    from xraypose.cli import main
+
+    with pytest.raises(InputError, match="Ljubljana subjects: 1 is given twice"):
+        write_ljubljana_fixture(tmp_path / "lj.h5", subjects=(1, 1))
+    with pytest.raises(InputError, match="DeepFluoro specimens: 2 is given twice"):
+        write_deepfluoro_fixture(tmp_path / "df.h5", specimens=(2, 1, 2))
+    assert not any(tmp_path.iterdir())
+    for flags, named in ((["--subjects", "1,1"], "--subjects: 1"), (["--specimens", "1", "--subjects", "2,2"],
+                                                                      "--subjects: 2")):
+        assert main(["datasets", "fixtures", str(tmp_path / "fx"), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("xraypose: error: ") and named in err and "\n" not in err
+        assert not (tmp_path / "fx").exists()  # not even the DeepFluoro file of a valid --specimens
+
+
+def test_a_fixture_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
+    import xraypose.datasets.fixtures as fixtures
+
+    old = tmp_path / "ljubljana.h5"
+    old.write_bytes(b"the user's file")
+
+    def fail(*a, **k):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(fixtures, "_write_ljubljana_view", fail)  # the first subject's group is half-written
+    with pytest.raises(RuntimeError, match="disk gone"):
+        write_ljubljana_fixture(old, subjects=(1, 2))
+    assert old.read_bytes() == b"the user's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["ljubljana.h5"]  # no temporary file, no truth.json
+
+
+def test_example_into_a_non_empty_folder_says_to_choose_another(tmp_path, capsys):
+    """The command line has no --overwrite: its message must not tell the user to pass overwrite=True."""
+    from xraypose.cli import main
+
+    (tmp_path / "mine.txt").write_text("the user's")
+    with pytest.raises(InputError, match="not empty; choose a new or empty folder .in Python, overwrite=True"):
+        make_example_case(tmp_path)
+    assert main(["datasets", "example", str(tmp_path)]) == 2
+    assert "choose a new or empty folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
 # ---------------------------------------------------------------- case folders
 
 

@@ -84,6 +84,24 @@ def test_config_values_of_the_right_type_are_kept(tmp_path):
         read_command_config(cfg, "register", allowed)
 
 
+def test_the_documented_shared_config_file_serves_each_of_its_commands(tmp_path):
+    """docs/cli.md's settings.toml: each command reads its own table; the other commands' tables (``[track]``
+    too) are not unknown tables."""
+    import re
+    from pathlib import Path
+
+    from xraypose.cli.config import read_command_config
+
+    doc = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    text = re.search(r"```toml\n# settings.toml\n(.*?)```", doc, re.S)[1]
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(text + '\n[track]\nmotion = "smooth"\n')
+    commands = _commands()
+    for command, key in (("register", "similarity"), ("evaluate", "start"), ("render", "sdd"), ("track", "motion")):
+        allowed = {p.name: p for p in commands[command].params if p.param_type_name == "option"}
+        assert key in read_command_config(cfg, command, allowed)
+
+
 # --------------------------------------------------------------------------
 # JSON files: what the schemas accept
 # --------------------------------------------------------------------------

@@ -132,6 +132,24 @@ def test_list_of_files_and_bad_sources(tmp_path):
         read_sequence(cine, frames=0)
 
 
+def test_a_stack_of_no_frames_is_refused(tmp_path, capsys):
+    """An (0, H, W) NPY, alone or in a list, is a one-line error naming it (was an IndexError in `track`)."""
+    from xraypose.cli import main
+
+    stack = tmp_path / "stack0.npy"
+    np.save(stack, np.zeros((0, 24, 32), np.float32))
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((24, 32), np.float32))
+    for source in (stack, [stack, one], [one, stack]):
+        with pytest.raises(InputError, match=r"stack0.npy: holds no frames \(an array of shape \(0, 24, 32\)\)"):
+            read_sequence(source, camera=CAM)
+    (tmp_path / "stack0.json").write_text(json.dumps(CAM.to_dict()))
+    assert main(["track", "sample", str(stack), "-o", str(tmp_path / "t"), "--size", "32", "--init", "ap"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stack0.npy: holds no frames" in err[0]
+    assert not (tmp_path / "t").exists()
+
+
 def test_npy_stack_with_a_full_sidecar(tmp_path):
     """An (F, H, W) NPY whose sidecar is Camera.to_dict() (height, width of one frame) is read."""
     import json

@@ -279,6 +279,35 @@ def test_bad_files_give_clear_errors(tmp_path):
         read_xray(good, kind="hounsfield")
 
 
+def test_advice_names_the_command_line_option_and_the_python_keyword(tmp_path, capsys):
+    """What to pass is said for both users: the CLI's option (--sdd) and read_xray's keyword (sdd=)."""
+    import pydicom
+
+    from xraypose.cli import main
+
+    good = tmp_path / "good.dcm"
+    write_dicom_xray(good, _pixels(), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3))
+    ds = pydicom.dcmread(good)
+    ds.ImagerPixelSpacing = ["0.3", "0"]
+    ds.save_as(tmp_path / "zero.dcm")
+    with pytest.raises(InputError, match=r"delx is 0 mm .*pass --delx \(in Python delx=\) to override it"):
+        read_xray(tmp_path / "zero.dcm")
+    np.save(tmp_path / "bare.npy", _pixels().astype(np.float32))
+    with pytest.raises(InputError,
+                       match=r"pass --sdd, in Python sdd=.*pass --delx and --dely, in Python delx= and dely="):
+        read_xray(tmp_path / "bare.npy")
+    assert main(["register", "sample", str(tmp_path / "bare.npy"), "-o", str(tmp_path / "r"), "--init", "ap"]) == 2
+    assert "pass --sdd" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "bare.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "pass --kind intensity (in Python kind='intensity'" in out and "pass --sdd" in out
+    write_dicom_xray(tmp_path / "m.dcm", np.stack([_pixels(seed=s) for s in range(3)]),
+                     camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3), primary=10.0)
+    notes = " ".join(read_xray(tmp_path / "m.dcm").notes)
+    assert "set frames= (Python read_xray" in notes and "`xraypose track` reads every frame" in notes
+    assert "pass --sod (in Python sod=)" in notes
+
+
 def test_command_line_report(tmp_path, capsys):
     f = tmp_path / "a.dcm"
     write_dicom_xray(f, _pixels(), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3), primary=5.0, sod=600.0)

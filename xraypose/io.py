@@ -7,6 +7,8 @@
   killed process (its PID no longer running) is *stale* and is removed by
   :func:`remove_stale_temp_files` (the commands call it on their output
   folders, and each write on its own target's).
+* :func:`atomic_output` gives writers that need a file name (h5py) the same: a
+  temporary path, renamed at the end or removed on failure.
 * :func:`atomic_write_files` writes several files of one result together:
   all are staged first, so a write error changes none of the old ones; then
   they replace the old files and the old run's files that this run does not
@@ -25,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -199,6 +202,32 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
         if name not in files and (folder / name).is_file():
             _unlink_quietly(folder / name)
     return [t for _, t in staged]
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike):
+    """For writers that need a file name (h5py, ...): yields a temporary path beside ``path``, renamed to
+    ``path`` when the block ends normally and removed when it raises, so ``path`` is never half-written.
+
+    Raises:
+        OutputError: as :func:`atomic_write_bytes` (``path`` unchanged, no temporary file left).
+    """
+    path = Path(path)
+    _check_parent(path)
+    remove_stale_temp_files(path.parent, path.name)
+    tmp = _temp_path(path)
+    try:
+        yield tmp
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    try:
+        with open(tmp, "rb+") as f:  # on the disk before the rename, as _write_temp does
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _probe_folder(folder: Path, what: Path) -> None:

@@ -268,10 +268,30 @@ class PoseRegressor(nn.Module):
                           (translation - self.translation_mean) / self.translation_std], -1)
 
 
+_ARCHITECTURE_KEYS = ("backbone", "parameterization", "convention", "norm", "pool_grid", "in_chans")
+
+
 def build_model(architecture: dict, **kwargs) -> PoseRegressor:
+    """A :class:`PoseRegressor` from a checkpoint's ``meta["architecture"]`` (:meth:`PoseRegressor.architecture`).
+
+    Raises:
+        InputError: ``architecture`` is not a dict, has keys other than :meth:`PoseRegressor.architecture`'s,
+            or values the network cannot be built from.
+    """
+    if not isinstance(architecture, dict):
+        raise InputError(f"the architecture must be a dict ({', '.join(_ARCHITECTURE_KEYS)}), "
+                         f"got {type(architecture).__name__}")
+    unknown = sorted(str(k) for k in architecture if k not in _ARCHITECTURE_KEYS)
+    if unknown:
+        raise InputError(f"unknown architecture key(s) {', '.join(unknown)}; known: {', '.join(_ARCHITECTURE_KEYS)}")
     a = dict(architecture)
     a.pop("in_chans", None)
-    return PoseRegressor(**a, **kwargs)
+    try:
+        return PoseRegressor(**a, **kwargs)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as e:  # e.g. pool_grid "two": int() fails inside
+        raise InputError(f"cannot build the network from the architecture {a}: {e}") from None
 
 
 def architecture_of(model: nn.Module) -> dict:
@@ -321,12 +341,57 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         raise InputError(f"{p} is not a readable xraypose checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{p} is not an xraypose pose-regressor checkpoint")
-    if int(ckpt.get("version", -1)) > CHECKPOINT_VERSION:
-        raise InputError(f"{p} was written by a newer xraypose (checkpoint version {ckpt.get('version')})")
+    version = ckpt.get("version", -1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(f"checkpoint {p}: its version must be a whole number, got {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise InputError(f"{p} was written by a newer xraypose (checkpoint version {version})")
     for key in ("model", "meta"):
         if key not in ckpt:
             raise InputError(f"checkpoint {p} lacks its {key!r} entry")
+    if not isinstance(ckpt["meta"], dict):
+        raise InputError(f"checkpoint {p}: its 'meta' entry must be a dict, got {type(ckpt['meta']).__name__}")
+    state = ckpt["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"checkpoint {p}: its 'model' entry must be a dict of tensors (the weights), "
+                         f"got {type(state).__name__}")
     return ckpt
+
+
+def _check_meta(p, meta: dict) -> None:
+    """Refuse a checkpoint whose meta lacks what :func:`predict_pose` needs (the training camera and
+    normalisation), so a bad file is named when it is loaded, not halfway through a registration."""
+    missing = [k for k in ("camera", "normalization") if k not in meta]
+    if missing:
+        raise InputError(f"checkpoint {p}: its meta lacks {', '.join(map(repr, missing))} "
+                         "(a model file written by `xraypose train` holds them)")
+    try:
+        Camera.from_dict(meta["camera"])
+    except (TypeError, ValueError, AttributeError) as e:  # InputError is a ValueError
+        raise InputError(f"checkpoint {p}: its training camera is unusable ({e})") from None
+    nrm = meta["normalization"]
+    ok = isinstance(nrm, dict) and all(
+        isinstance(nrm.get(k), (int, float)) and not isinstance(nrm.get(k), bool) and math.isfinite(nrm[k])
+        for k in ("mean", "std"))
+    if not ok or not nrm["std"] > 0:
+        raise InputError(f"checkpoint {p}: its normalization must hold a finite 'mean' and a positive 'std', "
+                         f"got {nrm!r}")
+
+
+def _state_mismatch(model: nn.Module, state: dict) -> str:
+    """One line on how the tensors of ``state`` differ from ``model``'s: counts and the first names."""
+    own = model.state_dict()
+
+    def first(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    missing = [str(k) for k in own if k not in state]
+    unexpected = [str(k) for k in state if k not in own]
+    resized = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the network"
+               for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    parts = [f"{len(names)} {what} ({first(names)})" for what, names in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", resized)) if names]
+    return "; ".join(parts) or "the tensors do not load"
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[PoseRegressor, dict]:
@@ -339,14 +404,27 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PoseRegressor, dict]:
     ``normalization`` {"mean", "std", "fill"}, ``density``, ``volume`` (the training
     CT's shape, spacing, affine, source and content fingerprint: :func:`volume_record`;
     :func:`check_training_volume` refuses another CT) and ``training`` (steps, images, config).
+
+    Raises:
+        InputError: one line naming the file: not a checkpoint, a bad version, meta or weights entry,
+            an architecture that cannot be built, weights that do not fit it (the first names), or a
+            meta without a usable ``camera`` / ``normalization``.
     """
     ckpt = read_checkpoint(path, map_location)
     meta = ckpt["meta"]
-    model = build_model(meta["architecture"])
+    if "architecture" not in meta:
+        raise InputError(f"checkpoint {path}: its meta lacks 'architecture' (a model file written by "
+                         "`xraypose train` holds it)")
+    try:
+        model = build_model(meta["architecture"])
+    except InputError as e:
+        raise InputError(f"checkpoint {path}: {e}") from None
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise InputError(f"checkpoint {path} does not fit its own architecture: {str(e).splitlines()[0]}") from None
+    except RuntimeError:  # torch's message spans many lines: summarise it on one
+        raise InputError(f"checkpoint {path}: the weights do not fit its own architecture "
+                         f"({meta['architecture'].get('backbone')}): {_state_mismatch(model, ckpt['model'])}") from None
+    _check_meta(path, meta)
     model.to(map_location if map_location is not None else "cpu")
     model.eval()
     return model, meta

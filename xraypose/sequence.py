@@ -87,10 +87,13 @@ class XRaySequence:
 
 
 def _split(xr: XRay) -> list[XRay]:
-    """(F, H, W) XRay → F XRays (the same camera, header and notes)."""
+    """(F, H, W) XRay → F XRays (the same camera, header and notes); F = 0 is an InputError."""
     img = xr.image
     if img.ndim == 2:
         return [xr]
+    if img.shape[0] == 0:  # e.g. an (0, H, W) NPY: nothing to track
+        raise InputError(f"{xr.source}: holds no frames (an array of shape {tuple(img.shape)}); "
+                         "a sequence needs one at least")
     return [replace(xr, image=img[i].contiguous(), source=f"{xr.source}#{i}", header=dict(xr.header),
                     notes=list(xr.notes)) for i in range(img.shape[0])]
 

@@ -3,9 +3,9 @@
 A key is an option's long name without the dashes (``lr-rot`` or ``lr_rot``);
 values have the option's type.  Options given on the command line win over the
 file.  The keys may sit at the top level or in a table named after the command,
-so one file can serve several commands::
+so one file can serve several commands (a table named after no command is an error)::
 
-    # register.toml                       # or, shared:  [register] / [evaluate] / [demo]
+    # register.toml                       # or, shared:  [register] / [evaluate] / [track] / ...
     similarity = "mncc"
     lr-rot = 7.5e-3
     lr-trans = 7.5
@@ -26,7 +26,7 @@ from xraypose.errors import InputError
 
 __all__ = ["config_option", "read_command_config"]
 
-_COMMANDS = ("render", "register", "evaluate", "demo", "info")
+_COMMANDS = ("render", "register", "evaluate", "demo", "info", "track")
 
 
 def read_command_config(path: Path, command: str, allowed: dict[str, object]) -> dict:
@@ -37,12 +37,18 @@ def read_command_config(path: Path, command: str, allowed: dict[str, object]) ->
         command: the command's name (its table, if the file has one).
         allowed: {python name: click parameter} of the command's options.
     Raises:
-        InputError: unreadable file, a key that is no option of the command.
+        InputError: unreadable file, a key that is no option of the command, a table named
+            after no command (a typo such as ``[evaluat]`` would otherwise be ignored).
     """
     from xraypose.io import read_toml
 
     path = Path(path).expanduser()
     data = read_toml(path)
+    unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in _COMMANDS
+               and k.replace("-", "_") not in allowed]  # an option given a table: refused below
+    if unknown:
+        raise InputError(f"config file {path}: unknown table [{unknown[0]}]; known: "
+                         f"{', '.join(f'[{c}]' for c in _COMMANDS)} (or the options' keys at the top level)")
     table = data.get(command, None)
     if isinstance(table, dict):
         data = table

@@ -70,14 +70,17 @@ def fixtures_command(
 
     Example: xraypose datasets fixtures data --full
     """
-    from xraypose.datasets.fixtures import write_deepfluoro_fixture, write_ljubljana_fixture
+    from xraypose.datasets.fixtures import checked_ids, write_deepfluoro_fixture, write_ljubljana_fixture
     from xraypose.volume import read_volume
 
+    # both lists checked before either file is written
+    spec_ids = checked_ids(option_numbers("specimens", specimens), "--specimens", 6)
+    subj_ids = checked_ids(option_numbers("subjects", subjects), "--subjects", 10)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     vol = read_volume(ct) if ct else None
     write_deepfluoro_fixture(folder / "ipcai_2020_full_res_data.h5", volume=vol, detector=1536 if full else 128,
-                             specimens=tuple(option_numbers("specimens", specimens)), n_projections=projections,
+                             specimens=spec_ids, n_projections=projections,
                              principal_offset_px=(0.0, 0.0) if full else (3.0, -2.0), render_scale=4 if full else 1)
-    write_ljubljana_fixture(folder / "ljubljana.h5", volume=vol, subjects=tuple(option_numbers("subjects", subjects)))
+    write_ljubljana_fixture(folder / "ljubljana.h5", volume=vol, subjects=subj_ids)
     typer.echo(f"wrote {folder / 'ipcai_2020_full_res_data.h5'} and {folder / 'ljubljana.h5'}")

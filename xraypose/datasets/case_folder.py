@@ -233,7 +233,9 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
 
     root = Path(folder).expanduser()
     if root.exists() and any(root.iterdir()) and not overwrite:
-        raise InputError(f"{root} exists and is not empty; pass overwrite=True or choose another folder")
+        # the command line has no --overwrite: writing over a user's folder could replace their files
+        raise InputError(f"{root} exists and is not empty; choose a new or empty folder "
+                         "(in Python, overwrite=True writes over the example's files there)")
     (root / "xrays").mkdir(parents=True, exist_ok=True)
     ref = resources.files("xraypose").joinpath("data").joinpath(SAMPLE_CT_FILENAME)
     atomic_write_bytes(root / "ct.nii.gz", ref.read_bytes())

@@ -259,8 +259,10 @@ def write_deepfluoro_fixture(
     """
     import h5py
 
+    from xraypose.io import atomic_output
     from xraypose.volume import load_sample_ct
 
+    specimens = checked_ids(specimens, "DeepFluoro specimens", 6)  # before any work or write
     if volume is None:
         volume = load_sample_ct()
     rng = np.random.default_rng(seed)
@@ -271,7 +273,7 @@ def write_deepfluoro_fixture(
     H, W = scene.camera.height, scene.camera.width
     truth = {"file": str(path), "extrinsic": scene.E.tolist(), "intrinsic": scene.K64.tolist(), "detector": [H, W],
              "pixel_spacing": scene.delta32, "specimens": {}}
-    with h5py.File(str(path), "w") as f:
+    with atomic_output(path) as tmp, h5py.File(str(tmp), "w") as f:  # no half-written file on failure
         pp = f.create_group("proj-params")
         pp.create_dataset("intrinsic", data=scene.K)
         pp.create_dataset("extrinsic", data=scene.E)
@@ -280,9 +282,7 @@ def write_deepfluoro_fixture(
         pp.create_dataset("pixel-row-spacing", data=np.float32(scene.delta))
         pp.create_dataset("pixel-col-spacing", data=np.float32(scene.delta))
         for sid in specimens:
-            if not 1 <= int(sid) <= 6:
-                raise InputError(f"DeepFluoro specimen must be 1..6, got {sid}")
-            truth["specimens"][int(sid)] = _write_deepfluoro_specimen(f, int(sid), scene, n_projections, rng)
+            truth["specimens"][sid] = _write_deepfluoro_specimen(f, sid, scene, n_projections, rng)
     _write_truth(path, truth)
     return truth
 
@@ -461,8 +461,10 @@ def write_ljubljana_fixture(
     """
     import h5py
 
+    from xraypose.io import atomic_output
     from xraypose.volume import load_sample_ct
 
+    subjects = checked_ids(subjects, "Ljubljana subjects", 10)  # before any work or write
     if volume is None:
         volume = load_sample_ct()
     rng = np.random.default_rng(seed)
@@ -479,11 +481,9 @@ def write_ljubljana_fixture(
     }
     path = Path(path)
     truth = {"file": str(path), "subjects": {}}
-    with h5py.File(str(path), "w") as f:
+    with atomic_output(path) as tmp, h5py.File(str(tmp), "w") as f:  # no half-written file on failure
         for sid in subjects:
-            if not 1 <= int(sid) <= 10:
-                raise InputError(f"Ljubljana subject must be 1..10, got {sid}")
-            g = f.create_group(f"subject{int(sid):02d}")
+            g = f.create_group(f"subject{sid:02d}")
             vg = g.create_group("volume")
             vg.create_dataset("pixels", data=vals)
             vg.create_dataset("spacing", data=sp)
@@ -493,7 +493,7 @@ def write_ljubljana_fixture(
             for name, view in views.items():
                 st["views"][name] = _write_ljubljana_view(g, name, view, vol, c, pts, kappa, height, width,
                                                           (det_w_mm / width, det_h_mm / height), step, rng)
-            truth["subjects"][int(sid)] = st
+            truth["subjects"][sid] = st
     _write_truth(path, truth)
     return truth
 
@@ -545,6 +545,22 @@ def _write_ljubljana_view(g, name: str, view, vol: Volume, center: np.ndarray, p
     Ph = Ew @ np.concatenate([pts, np.ones((len(pts), 1))], 1).T
     uvw = K @ Ph[:3]
     return {"pose": T.tolist(), "landmarks": (uvw[:2] / uvw[2:]).T.tolist(), "kappa": kappa, "i0": i0}
+
+
+def checked_ids(ids, what: str, last: int) -> tuple[int, ...]:
+    """``ids`` as whole numbers in 1..``last``, each once (a group is written once per file).
+
+    Raises:
+        InputError: naming ``what`` (e.g. "--subjects") and the bad or repeated id.
+    """
+    out = []
+    for i in ids:
+        if not 1 <= int(i) <= last:
+            raise InputError(f"{what} must be 1..{last}, got {i}")
+        if int(i) in out:
+            raise InputError(f"{what}: {int(i)} is given twice; give each once")
+        out.append(int(i))
+    return tuple(out)
 
 
 def _write_truth(path: Path, truth: dict) -> None:

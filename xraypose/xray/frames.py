@@ -42,5 +42,7 @@ def reduce_frames(arr: np.ndarray, frames, hdr: Provenance, src: str, where: str
         raise InputError(f"{src}: frame {i} does not exist ({n} frames)")
     hdr.set("frames", f"frame {i} of {n}", "default" if frames == 0 else "user")
     if frames == 0:
-        hdr.note(f"multi-frame image ({n} frames, {where}): frame 0 used; pass frames='max', 'sum' or an index")
+        # no command-line option picks a frame: say where one can (track reads them all)
+        hdr.note(f"multi-frame image ({n} frames, {where}): frame 0 used; for 'max', 'sum' or another index set "
+                 "frames= (Python read_xray, or the X-ray's settings in case.json); `xraypose track` reads every frame")
     return arr[i]

@@ -51,7 +51,8 @@ def read_image_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     if kind is None:
         kind = "attenuation"
         hdr.set("kind", kind, "default")
-        hdr.note("pixel kind assumed 'attenuation' (bone bright); pass kind='intensity' for raw detector counts")
+        hdr.note("pixel kind assumed 'attenuation' (bone bright); for raw detector counts pass --kind intensity "
+                 "(in Python kind='intensity'; in a sidecar JSON \"kind\": \"intensity\")")
     elif "kind" not in hdr.values:
         hdr.set("kind", kind, "user")
     return finish_xray(img.astype(np.float32), hv, hdr, kind, src, ov)

@@ -146,7 +146,7 @@ def resolve_angles(carm: _CArm, sdd: float | None, hdr: Provenance, src: str, er
     angles = {"primary": float(primary), "secondary": float(secondary),
               "sod": None if sod is None else float(sod), "roll180": False}
     if sod is None:
-        hdr.note("C-arm angles found but no DistanceSourceToPatient: pass sod= to get a pose")
+        hdr.note("C-arm angles found but no DistanceSourceToPatient: pass --sod (in Python sod=) to get a pose")
     return angles
 
 
@@ -205,16 +205,17 @@ def build_camera(intr: _Intrinsics, mirror: bool, take: _Taker, hdr: Provenance,
     sdd, delx, dely = intr.sdd, intr.delx, intr.dely
     missing = []
     if sdd is None:
-        missing.append("source-to-detector distance (DistanceSourceToDetector; pass sdd=)")
+        missing.append("source-to-detector distance (DistanceSourceToDetector; pass --sdd, in Python sdd=)")
     if delx is None or dely is None:
-        missing.append("pixel spacing (ImagerPixelSpacing/PixelSpacing; pass delx= and dely=)")
+        missing.append("pixel spacing (ImagerPixelSpacing/PixelSpacing; pass --delx and --dely, in Python delx= "
+                       "and dely=)")
     for key, name, v in (("sdd", "source-to-detector distance", sdd), ("delx", "pixel spacing delx", delx),
                          ("dely", "pixel spacing dely", dely)):
         if v is not None and not (math.isfinite(v) and v > 0):
             where = hdr.values.get(key, {}).get("from", "")
             what = "pixel spacing" if key != "sdd" else "source-to-detector distance"
             raise InputError(f"{src}: {name} is {v:g} mm (from {where}): zero or negative {what}; "
-                             f"pass {key}= to override it")
+                             f"pass --{key} (in Python {key}=) to override it")
     if missing:
         if ov.require_intrinsics:
             raise InputError(f"{src}: missing {' and '.join(missing)}")
