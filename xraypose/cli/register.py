@@ -111,9 +111,9 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     (``--counts``), write, print."""
     from xraypose.io import check_output_folder
     from xraypose.register import RegistrationConfig
-    from xraypose.register.api import register_xray
+    from xraypose.register.api import RESULT_FILES, register_xray
 
-    check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
+    check_output_folder(output, replaces=RESULT_FILES)  # before computing: a re-run replaces its earlier result only
     cts = load_registration_ct(ct, isocenter, cfg_kw["density"], structure, label_map, label)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
     xr = _read_xray(xray, angles, sod, read_kw, crop)
