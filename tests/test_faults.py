@@ -855,3 +855,27 @@ def test_register_views_png_is_titled_with_the_xray(tmp_path, case, monkeypatch)
     assert seen["names"][0] == "lao20_caud10.dcm" and seen["title"].startswith("verdict: ")
     assert all(n.startswith("lao20_caud10.dcm, rival: ") and "mm away" in n for n in seen["names"][1:])
     assert len(seen["names"]) <= 2
+
+
+def test_a_picture_that_cannot_be_drawn_never_costs_the_result(tmp_path, case, monkeypatch, capsys):
+    """views.png failing to draw (as a 32 × 1-pixel X-ray once made the edge filter fail, after registering)
+    warns and leaves it out; the pose and the rest are written.  And such a size is refused up front."""
+    import numpy as np
+
+    import xraypose.register.multiview as M
+
+    def broken(*a, **k):
+        raise IndexError("too many indices for array")
+
+    monkeypatch.setattr(M, "views_picture", broken)
+    xray = case / "xrays" / "lao20_caud10.dcm"
+    code = main(["register", str(case / "ct.nii.gz"), str(xray), "-o", str(tmp_path / "r"), "--levels", "16",
+                 "--size", "32"])
+    assert "warning: views.png not drawn (IndexError" in capsys.readouterr().err
+    assert code in (0, 3) and {p.name for p in (tmp_path / "r").iterdir()} == {"pose.json", "trajectory.json", MANIFEST}
+    tall = tmp_path / "tall.npy"
+    np.save(tall, np.random.default_rng(0).uniform(100, 1000, (1200, 40)).astype("f4"))
+    (tmp_path / "tall.json").write_text(json.dumps({"sdd_mm": 1020.0, "delx_mm": 0.3}))
+    assert main(["register", str(case / "ct.nii.gz"), str(tall), "-o", str(tmp_path / "t"), "--levels", "16",
+                 "--size", "32", "--init", "ap"]) == 2
+    assert "give --size 480 or more" in capsys.readouterr().err and not (tmp_path / "t").exists()
