@@ -879,3 +879,16 @@ def test_a_picture_that_cannot_be_drawn_never_costs_the_result(tmp_path, case, m
     assert main(["register", str(case / "ct.nii.gz"), str(tall), "-o", str(tmp_path / "t"), "--levels", "16",
                  "--size", "32", "--init", "ap"]) == 2
     assert "give --size 480 or more" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_register_says_which_frame_of_a_multi_frame_file_it_registered(tmp_path, case, capsys):
+    """A multi-frame file registers frame 0; the command says so on its output, not only in pose.json."""
+    import numpy as np
+
+    frames = tmp_path / "frames.npy"
+    np.save(frames, np.random.default_rng(1).uniform(100, 1000, (3, 40, 40)).astype("f4"))
+    (tmp_path / "frames.json").write_text(json.dumps({"sdd_mm": 1020.0, "delx_mm": 2.0}))
+    main(["register", str(case / "ct.nii.gz"), str(frames), "-o", str(tmp_path / "r"), "--levels", "16",
+          "--size", "32", "--init", "ap", "--no-hypotheses"])
+    out = capsys.readouterr().out
+    assert "note: " in out and "multi-frame image (3 frames" in out and "frame 0" in out, out

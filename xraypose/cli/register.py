@@ -204,6 +204,9 @@ def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     if xr.camera is None:
         raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
     check_registrable_xray(xr.shape, str(xray), crop)
+    for n in xr.notes:  # one frame of several registered: said where the user looks, not only in pose.json
+        if "multi-frame" in n:
+            typer.echo(f"note: {xray}: {n}")
     return xr
 
 
