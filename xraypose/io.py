@@ -215,7 +215,7 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     for name in remove:
         if name not in files and (folder / name).is_file():
             _unlink_quietly(folder / name)
-    return [t for _, t in staged]
+    return [t for _, t in staged if t.name != MANIFEST]  # the result's files (not the manifest)
 
 
 def _probe_folder(folder: Path, what: Path) -> None:
