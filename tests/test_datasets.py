@@ -453,3 +453,30 @@ def test_command_line_check_and_example(example_case, tmp_path, capsys):
     assert main(["example", str(example_case)]) == 2  # not empty: refuses to overwrite
     assert "not empty" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "missing")]) == 2
+
+
+def test_a_ground_truth_pose_that_is_not_rigid_is_refused(deepfluoro, ljubljana, tmp_path):
+    """A scaled ground truth (DeepFluoro's gt-poses, Ljubljana's extrinsic) would make every metric against it
+    silently wrong: refused, naming the dataset path (it was accepted and evaluated)."""
+    path, _ = deepfluoro
+    bad = tmp_path / "df.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        d = f["17-1882/projections/000/gt-poses/cam-to-pelvis-vol"]
+        M = np.array(d[()])
+        M[:3, :3] *= 2.0
+        d[...] = M
+    sp = DeepFluoroDataset(1, filename=bad)
+    with pytest.raises(InputError, match="'000/gt-poses/cam-to-pelvis-vol' is not a rigid transform"):
+        sp.get_pose(0)
+    assert torch.allclose(sp.get_pose(1), DeepFluoroDataset(1, filename=path).get_pose(1))  # the others load
+    path, _ = ljubljana
+    bad = tmp_path / "lj.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        d = f["subject01/proj-ap/extrinsic"]
+        E = np.array(d[()])
+        E[:3, :3] *= 1.5
+        d[...] = E
+    with pytest.raises(InputError, match="'proj-ap/extrinsic' is not a rigid transform"):
+        LjubljanaDataset(1, filename=bad)

@@ -27,8 +27,8 @@ import torch
 
 from xraypose.cli import main
 from xraypose.errors import InputError
-from xraypose.io import (OutputError, atomic_write_bytes, atomic_write_files, atomic_write_json, jsonable,
-                         remove_stale_temp_files, restore_non_finite)
+from xraypose.io import (MANIFEST, OutputError, atomic_write_bytes, atomic_write_files, atomic_write_json,
+                         check_output_folder, jsonable, remove_stale_temp_files, restore_non_finite)
 from xraypose.model import OtherCTWarning, read_checkpoint
 from xraypose.train import output_paths, train
 from xraypose.volume import load_sample_ct
@@ -176,16 +176,39 @@ def test_a_failing_write_leaves_the_old_file_and_no_temporary_file(tmp_path, ful
 
 
 def test_a_result_of_several_files_is_written_all_or_nothing(tmp_path, full_disk):
-    atomic_write_files(tmp_path, {"pose.json": b"old pose", "metrics.json": b"old metrics"})
+    names = ["pose.json", "metrics.json", "trajectory.json"]
+    atomic_write_files(tmp_path, {"pose.json": b"old pose", "metrics.json": b"old metrics"}, remove=names)
+    ours = lambda: {k: v for k, v in _snapshot(tmp_path).items() if k != MANIFEST}  # noqa: E731
     full_disk.names = ["trajectory.json"]  # the second file of the new result fails
     with pytest.raises(OutputError, match="trajectory.json"):
-        atomic_write_files(tmp_path, {"pose.json": b"new", "trajectory.json": b"new"},
-                           remove=["pose.json", "metrics.json", "trajectory.json"])
-    assert _snapshot(tmp_path) == {"pose.json": b"old pose", "metrics.json": b"old metrics"}
+        atomic_write_files(tmp_path, {"pose.json": b"new", "trajectory.json": b"new"}, remove=names)
+    assert ours() == {"pose.json": b"old pose", "metrics.json": b"old metrics"}
     full_disk.names = []
-    atomic_write_files(tmp_path, {"pose.json": b"new", "trajectory.json": b"new"},
-                       remove=["pose.json", "metrics.json", "trajectory.json"])
-    assert _snapshot(tmp_path) == {"pose.json": b"new", "trajectory.json": b"new"}  # the old metrics went
+    atomic_write_files(tmp_path, {"pose.json": b"new", "trajectory.json": b"new"}, remove=names)
+    assert ours() == {"pose.json": b"new", "trajectory.json": b"new"}  # the old metrics went
+
+
+def test_a_result_never_replaces_or_deletes_a_file_xraypose_did_not_write(tmp_path):
+    """A result folder's files are replaced (or removed when the new result has no such file) only when the
+    folder's manifest lists them as xraypose's: a user's own metrics.json or pose.json — or a file of an
+    earlier version, before the manifest — is refused with the names, and nothing is written."""
+    names = ["pose.json", "metrics.json", "trajectory.json"]
+    (tmp_path / "metrics.json").write_bytes(b"my metrics")
+    (tmp_path / "notes.txt").write_bytes(b"mine")
+    before = _snapshot(tmp_path)
+    for call in (lambda: atomic_write_files(tmp_path, {"pose.json": b"new"}, remove=names),  # would delete it
+                 lambda: atomic_write_files(tmp_path, {"metrics.json": b"new"}, remove=names),  # would replace it
+                 lambda: check_output_folder(tmp_path, replaces=names)):  # the commands' check before computing
+        with pytest.raises(OutputError, match="holds metrics.json, not written there by xraypose"):
+            call()
+        assert _snapshot(tmp_path) == before
+    (tmp_path / "metrics.json").unlink()
+    atomic_write_files(tmp_path, {"pose.json": b"1", "metrics.json": b"1"}, remove=names)
+    atomic_write_files(tmp_path, {"pose.json": b"2"}, remove=names)  # xraypose's own: replaced, removed
+    assert {k: v for k, v in _snapshot(tmp_path).items() if k != MANIFEST} == {"pose.json": b"2", "notes.txt": b"mine"}
+    check_output_folder(tmp_path, replaces=names)
+    with pytest.raises(OutputError, match="empty path"):
+        check_output_folder("", replaces=names)
 
 
 def _dead_pid() -> int:
@@ -443,14 +466,16 @@ def test_register_into_an_old_result_folder_keeps_only_the_new_results_files(tmp
     assert main(base + ["--true-pose", str(truth)]) == 0
     (res / "notes.txt").write_text("mine")
     assert {p.name for p in res.iterdir()} == {"pose.json", "metrics.json", "trajectory.json", "views.png",
-                                               "notes.txt"}
+                                               "notes.txt", MANIFEST}
     from PIL import Image
 
     with Image.open(res / "views.png") as im:  # the X-ray, the DRR at the result, its edges: a picture to look at
         assert im.size[0] > 100 and im.size[1] > 200
     old_pose = (res / "pose.json").read_bytes()
     assert main(base + ["--no-trajectory", "--seed", "1"]) == 0
-    assert {p.name for p in res.iterdir()} == {"pose.json", "views.png", "notes.txt"}  # no stale metrics
+    assert {p.name for p in res.iterdir()} == {"pose.json", "views.png", "notes.txt", MANIFEST}  # no stale metrics
+    (res / "metrics.json").write_text("my own")  # a file of a result's name that xraypose did not write: refused
+    assert main(base + ["--seed", "2"]) == 2 and (res / "metrics.json").read_text() == "my own"
     assert (res / "pose.json").read_bytes() != old_pose
 
 
@@ -830,3 +855,40 @@ def test_register_views_png_is_titled_with_the_xray(tmp_path, case, monkeypatch)
     assert seen["names"][0] == "lao20_caud10.dcm" and seen["title"].startswith("verdict: ")
     assert all(n.startswith("lao20_caud10.dcm, rival: ") and "mm away" in n for n in seen["names"][1:])
     assert len(seen["names"]) <= 2
+
+
+def test_a_picture_that_cannot_be_drawn_never_costs_the_result(tmp_path, case, monkeypatch, capsys):
+    """views.png failing to draw (as a 32 × 1-pixel X-ray once made the edge filter fail, after registering)
+    warns and leaves it out; the pose and the rest are written.  And such a size is refused up front."""
+    import numpy as np
+
+    import xraypose.register.multiview as M
+
+    def broken(*a, **k):
+        raise IndexError("too many indices for array")
+
+    monkeypatch.setattr(M, "views_picture", broken)
+    xray = case / "xrays" / "lao20_caud10.dcm"
+    code = main(["register", str(case / "ct.nii.gz"), str(xray), "-o", str(tmp_path / "r"), "--levels", "16",
+                 "--size", "32"])
+    assert "warning: views.png not drawn (IndexError" in capsys.readouterr().err
+    assert code in (0, 3) and {p.name for p in (tmp_path / "r").iterdir()} == {"pose.json", "trajectory.json", MANIFEST}
+    tall = tmp_path / "tall.npy"
+    np.save(tall, np.random.default_rng(0).uniform(100, 1000, (1200, 40)).astype("f4"))
+    (tmp_path / "tall.json").write_text(json.dumps({"sdd_mm": 1020.0, "delx_mm": 0.3}))
+    assert main(["register", str(case / "ct.nii.gz"), str(tall), "-o", str(tmp_path / "t"), "--levels", "16",
+                 "--size", "32", "--init", "ap"]) == 2
+    assert "give --size 480 or more" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_register_says_which_frame_of_a_multi_frame_file_it_registered(tmp_path, case, capsys):
+    """A multi-frame file registers frame 0; the command says so on its output, not only in pose.json."""
+    import numpy as np
+
+    frames = tmp_path / "frames.npy"
+    np.save(frames, np.random.default_rng(1).uniform(100, 1000, (3, 40, 40)).astype("f4"))
+    (tmp_path / "frames.json").write_text(json.dumps({"sdd_mm": 1020.0, "delx_mm": 2.0}))
+    main(["register", str(case / "ct.nii.gz"), str(frames), "-o", str(tmp_path / "r"), "--levels", "16",
+          "--size", "32", "--init", "ap", "--no-hypotheses"])
+    out = capsys.readouterr().out
+    assert "note: " in out and "multi-frame image (3 frames" in out and "frame 0" in out, out

@@ -13,6 +13,12 @@
   all are staged first, so a write error changes none of the old ones; then
   they replace the old files and the old run's files that this run does not
   write are removed (a result folder holds only the current run's files).
+* A result replaces only files xraypose wrote: :func:`atomic_write_files` with ``remove`` (a result
+  folder's files) records the names it wrote in the folder's :data:`MANIFEST`, and refuses to
+  replace or delete a file of those names that the manifest does not list — a user's own
+  ``metrics.json`` or ``pose.json`` in the folder, or an earlier version's result (before the manifest:
+  remove it, or choose another folder).  :func:`check_output_folder` (``replaces=``) says so before
+  computing.
 * :func:`check_output_folder` / :func:`check_output_file` refuse an output
   that cannot be written **before** any computation (a read-only folder, a
   path under a file, ...); :func:`make_output_folder` checks and creates one.
@@ -44,6 +50,9 @@ from xraypose.errors import InputError, XrayposeError
 
 #: Marker in the names of this project's temporary files.
 TEMP_MARK = ".xraypose-"
+
+#: The file in a result folder that lists the files xraypose wrote there (:func:`atomic_write_files`).
+MANIFEST = ".xraypose-result.json"
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.xraypose-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 # Temporary files of earlier versions (tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")): removed when
 # older than an hour (no writer of an earlier version is still at work on them by then).
@@ -177,12 +186,20 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     Args:
         folder: an existing folder.
         files: {file name: bytes}.
-        remove: file names of earlier results to delete if this call does not write them.
+        remove: file names of earlier results to delete if this call does not write them; when given,
+            the files are a result that replaces the folder's earlier one: a file of one of these names
+            (or of ``files``') that the folder's :data:`MANIFEST` does not list is the user's, and
+            :class:`OutputError` is raised before anything is written (:func:`check_replaceable`).
+    Raises:
+        OutputError: a write failed (nothing changed), or a file to replace is not xraypose's.
     Returns:
         the written paths.
     """
     folder = Path(folder)
     remove_stale_temp_files(folder)
+    if remove:  # a result replacing an earlier one: never a file the user made
+        check_replaceable(folder, list(files) + list(remove))
+        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files)})}
     staged: list[tuple[Path, Path]] = []
     try:
         for name, data in files.items():
@@ -201,7 +218,7 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     for name in remove:
         if name not in files and (folder / name).is_file():
             _unlink_quietly(folder / name)
-    return [t for _, t in staged]
+    return [t for _, t in staged if t.name != MANIFEST]  # the result's files (not the manifest)
 
 
 @contextlib.contextmanager
@@ -240,13 +257,42 @@ def _probe_folder(folder: Path, what: Path) -> None:
         raise OutputError(f"cannot write the output {what}: {folder} is not writable ({e.strerror or e})") from None
 
 
-def check_output_folder(path) -> Path:
+def written_here(folder) -> set:
+    """The names of the files xraypose's last result wrote into ``folder`` (its :data:`MANIFEST`; empty when
+    there is none or it cannot be read)."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text())
+        return {str(n) for n in data.get("files", [])} if isinstance(data, dict) else set()
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def check_replaceable(folder, names) -> None:
+    """Raise :class:`OutputError` when ``folder`` holds a file named in ``names`` that xraypose did not write
+    there (not listed in its :data:`MANIFEST`): a result would replace or delete it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    ours = written_here(folder)
+    theirs = [n for n in dict.fromkeys(names) if n not in ours and (folder / n).exists()]
+    if theirs:
+        raise OutputError(
+            f"output folder {folder} holds {', '.join(theirs)}, not written there by xraypose (a result would "
+            f"replace {'them' if len(theirs) > 1 else 'it'}): choose another output folder, or move "
+            f"{'them' if len(theirs) > 1 else 'it'} away")
+
+
+def check_output_folder(path, replaces=()) -> Path:
     """Check, before computing, that the output folder ``path`` can be created or written.
 
-    Nothing is created.  Raises :class:`OutputError` naming the problem: ``path`` is a file,
-    lies under a file, or its folder (or nearest existing parent) is not writable.
+    Nothing is created.  Raises :class:`OutputError` naming the problem: ``path`` is empty, is a file,
+    lies under a file, or its folder (or nearest existing parent) is not writable; or it holds a file
+    named in ``replaces`` (the result's files) that xraypose did not write there (:func:`check_replaceable`).
     """
+    if not str(path).strip():
+        raise OutputError("the output folder is an empty path; give a folder name")
     p = Path(path).expanduser()
+    check_replaceable(p, replaces)
     if p.exists() and not p.is_dir():
         raise OutputError(f"output {p} exists and is not a folder")
     anc = p

@@ -111,9 +111,9 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     (``--counts``), write, print."""
     from xraypose.io import check_output_folder
     from xraypose.register import RegistrationConfig
-    from xraypose.register.api import register_xray
+    from xraypose.register.api import RESULT_FILES, register_xray
 
-    check_output_folder(output)  # before any computation (a re-run replaces the folder's earlier result)
+    check_output_folder(output, replaces=RESULT_FILES)  # before computing: a re-run replaces its earlier result only
     cts = load_registration_ct(ct, isocenter, cfg_kw["density"], structure, label_map, label)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
     xr = _read_xray(xray, angles, sod, read_kw, crop)
@@ -204,6 +204,9 @@ def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     if xr.camera is None:
         raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
     check_registrable_xray(xr.shape, str(xray), crop)
+    for n in xr.notes:  # one frame of several registered: said where the user looks, not only in pose.json
+        if "multi-frame" in n:
+            typer.echo(f"note: {xray}: {n}")
     return xr
 
 

@@ -58,7 +58,10 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     from xraypose.register import RegistrationConfig
     from xraypose.register.multiview import ViewImage, register_rig
 
-    check_output_folder(output)
+    from xraypose.register.api import RESULT_FILES
+    from xraypose.register.multiview import RIG_RESULT_FILES
+
+    check_output_folder(output, replaces=RIG_RESULT_FILES + RESULT_FILES)  # a re-run replaces its result
     the_rig, xrs, views = load_rig(rig, xrays, read_kw)
     names = [str(x) for x in xrays]
     r = _start_view_index(start_view, names, views)

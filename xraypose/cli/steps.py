@@ -116,9 +116,20 @@ def read_start_file(path) -> tuple[str, torch.Tensor]:
 def preprocess_settings(shape, crop: int, blur: float, size: int, i0) -> dict:
     """``XRay.preprocess`` keywords as ``xraypose register`` uses them (crop, 5×5 blur, i0, rescale,
     at most ``size`` rows)."""
+    import math
+
+    from xraypose.limits import MIN_REGISTER_PIXELS
+
     pre = {"crop": crop or None, "blur": (5, float(blur)) if blur > 0 else None, "i0": i0, "rescale": True}
-    if shape[0] - 2 * crop > size:
-        pre["size"] = (size, max(1, round((shape[1] - 2 * crop) * size / (shape[0] - 2 * crop))))
+    h, w = shape[0] - 2 * crop, shape[1] - 2 * crop
+    if h > size:
+        cols = max(1, round(w * size / h))
+        if cols < MIN_REGISTER_PIXELS:  # a tall, narrow X-ray: refused before registering, not at its picture
+            need = math.ceil(MIN_REGISTER_PIXELS * h / w)
+            raise InputError(f"--size {size} would register the {h} × {w}-pixel X-ray at {size} × {cols} pixels; "
+                             f"at least {MIN_REGISTER_PIXELS} × {MIN_REGISTER_PIXELS} are needed: "
+                             + (f"give --size {need} or more" if need <= h else "it is too narrow to register"))
+        pre["size"] = (size, cols)
     return pre
 
 

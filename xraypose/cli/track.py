@@ -248,7 +248,7 @@ def track_command(
               **appearance_settings(metal_steps, match_intensity),
               **levels_config(levels, fast, metal, edge_enhanced, scatter)}
     counts = counts_kw["on"]
-    check_output_folder(output)
+    check_output_folder(output, replaces=TRACK_FILES)  # a re-run replaces its result, never a user's file
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     if counts:
         check_counts_input(seqs[0].frames[0].kind, the_rig is not None, structure_kw, "frame")

@@ -126,6 +126,19 @@ def read_string(group, path: str, where: str) -> str:
     return str(v)
 
 
+def check_rigid_pose(T, path: str, where: str):
+    """``T`` (4, 4) — a camera_to_world made from the dataset's ``path`` — unchanged, or
+    :class:`InputError` naming ``path`` when it is not rigid (a scaled or sheared ground truth would give
+    every metric against it silently wrong)."""
+    from xraypose.geometry.rigid import check_rigid
+
+    try:
+        check_rigid(T, atol=1e-3)
+    except InputError as e:
+        raise InputError(f"{where}: the pose from '{path}' is not a rigid transform ({e})") from None
+    return T
+
+
 def check_shape(a: np.ndarray, shape: tuple, path: str, where: str) -> np.ndarray:
     if a.size == int(np.prod(shape)) and a.ndim != len(shape):
         a = a.reshape(shape)

@@ -35,7 +35,7 @@ from xraypose.camera import Camera
 from xraypose.converters import LPS_TO_RAS, deepfluoro_camera, pose_from_deepfluoro
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar, read_string
+from xraypose.datasets._h5 import H5Backed, check_rigid_pose, check_shape, need, read_array, read_scalar, read_string
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -237,7 +237,8 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         g, key = self._proj(idx)
         M = check_shape(read_array(g, f"gt-poses/{STRUCTURES[structure]}", self._where), (4, 4),
                         f"{key}/gt-poses/{STRUCTURES[structure]}", self._where)
-        T = pose_from_deepfluoro(M, self.extrinsic, self._flip)
+        T = check_rigid_pose(pose_from_deepfluoro(M, self.extrinsic, self._flip),
+                             f"{key}/gt-poses/{STRUCTURES[structure]}", self._where)
         if not raw:
             T = T @ self._plan(idx).pose_transform
         return T.to(dtype)

@@ -29,7 +29,7 @@ from xraypose.camera import Camera
 from xraypose.converters import pose_from_negative_focal
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import H5Backed, check_shape, need, read_array, read_scalar
+from xraypose.datasets._h5 import H5Backed, check_rigid_pose, check_shape, need, read_array, read_scalar
 
 __all__ = ["LjubljanaDataset", "LJUBLJANA_VIEWS", "LJUBLJANA_FILENAME"]
 
@@ -117,7 +117,7 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         if not (delx > 0 and dely > 0):
             raise InputError(f"{self._where}: proj-{view} pixel spacing must be > 0 mm, got {delx}, {dely}")
         cam, pose = pose_from_negative_focal(K, E, H, W, delx, dely)
-        return cam, pose
+        return cam, check_rigid_pose(pose, f"proj-{view}/extrinsic", self._where)
 
     def _view(self, idx) -> str:
         if isinstance(idx, str):

@@ -420,9 +420,26 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
         if rival is not None:  # a second answer the check did not reject: drawn beside, to compare
             views.append(rival)
             names.append(f"{name}, rival: {rival.start}, {rival.from_kept_mm:.0f} mm away")
-        files["views.png"] = result_picture(volume, [image] * len(views), views, names, reg.config, reg.verdict,
-                                            reg.p_success, None if mask is None else [mask] * len(views), renderer)
+        png = picture_or_warning(lambda: result_picture(
+            volume, [image] * len(views), views, names, reg.config, reg.verdict, reg.p_success,
+            None if mask is None else [mask] * len(views), renderer))
+        if png is not None:
+            files["views.png"] = png
     return atomic_write_files(out, files, remove=RESULT_FILES)
+
+
+def picture_or_warning(draw) -> bytes | None:
+    """``draw()``'s PNG bytes, or None with a warning when drawing fails: a result's picture is never worth
+    its pose (a 1200 × 40 X-ray registered at 32 × 1 pixels once crashed in the edge filter after the
+    registration, and the result was lost)."""
+    import warnings
+
+    try:
+        return draw()
+    except (ValueError, IndexError, RuntimeError, TypeError, ZeroDivisionError) as e:
+        warnings.warn(f"views.png not drawn ({type(e).__name__}: {e}); the result's other files are written",
+                      RuntimeWarning, stacklevel=3)
+        return None
 
 
 def rival_view(reg: Registration):

@@ -495,7 +495,7 @@ def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: 
     (:func:`xraypose.io.atomic_write_files`; an earlier result's files this one does not have are
     removed).  A NaN is never written."""
     from xraypose.io import atomic_write_files, json_bytes, make_output_folder
-    from xraypose.register.api import RESULT_FILES, _check_finite
+    from xraypose.register.api import RESULT_FILES, _check_finite, picture_or_warning
 
     out = make_output_folder(outdir)
     pose = rr.pose_json()
@@ -513,6 +513,8 @@ def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: 
     if trajectory:
         files["trajectory.json"] = json_bytes({"records": rr.trajectory, "levels": rr.level_stats})
     if images is not None and volume is not None:
-        files["views.png"] = result_picture(volume, images, rr.views, [v.name for v in rr.views], rr.config,
-                                            rr.verdict, rr.p_success, masks, renderer)
+        png = picture_or_warning(lambda: result_picture(volume, images, rr.views, [v.name for v in rr.views],
+                                                        rr.config, rr.verdict, rr.p_success, masks, renderer))
+        if png is not None:
+            files["views.png"] = png
     return atomic_write_files(out, files, remove=tuple(dict.fromkeys(RIG_RESULT_FILES + RESULT_FILES)))
