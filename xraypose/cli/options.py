@@ -268,7 +268,8 @@ SEED = typer.Option(_REG.seed, "--seed", help="Seed of the random draws (sparse 
                     "perturbations too).")
 THREADS = typer.Option(_REG.num_threads, "--threads", help="CPU threads (1 is fastest for these small images on a "
                        "busy machine).")
-HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok, also try the "
+HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the verdict is not ok (or ok below P "
+                          "0.75: verified, and kept ok only if another start reaches the same pose), also try the "
                           "antipodal start, two restarts about the result and the given start with intensities "
                           "matched, captured from five starts and with the --metal and --scatter schedules; keep the "
                           "most confident, ranked also by the check with scatter modelled (the result says which "
