@@ -8,6 +8,7 @@ formula.  So a loader that gets a convention wrong fails these tests.
 
 import pickle
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -455,28 +456,26 @@ def test_command_line_check_and_example(example_case, tmp_path, capsys):
     assert main(["check", str(tmp_path / "missing")]) == 2
 
 
+def _scaled_copy(path, tmp_path, key: str, factor: float):
+    """A copy of the HDF5 file ``path`` whose (4, 4) dataset ``key`` has its rotation part scaled by ``factor``."""
+    bad = tmp_path / f"scaled-{Path(path).name}"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        M = np.array(f[key][()])
+        M[:3, :3] *= factor
+        f[key][...] = M
+    return bad
+
+
 def test_a_ground_truth_pose_that_is_not_rigid_is_refused(deepfluoro, ljubljana, tmp_path):
     """A scaled ground truth (DeepFluoro's gt-poses, Ljubljana's extrinsic) would make every metric against it
     silently wrong: refused, naming the dataset path (it was accepted and evaluated)."""
     path, _ = deepfluoro
-    bad = tmp_path / "df.h5"
-    shutil.copy(path, bad)
-    with h5py.File(bad, "a") as f:
-        d = f["17-1882/projections/000/gt-poses/cam-to-pelvis-vol"]
-        M = np.array(d[()])
-        M[:3, :3] *= 2.0
-        d[...] = M
-    sp = DeepFluoroDataset(1, filename=bad)
+    sp = DeepFluoroDataset(1, filename=_scaled_copy(path, tmp_path, "17-1882/projections/000/gt-poses/cam-to-pelvis-vol",
+                                                    2.0))
     with pytest.raises(InputError, match="'000/gt-poses/cam-to-pelvis-vol' is not a rigid transform"):
         sp.get_pose(0)
     assert torch.allclose(sp.get_pose(1), DeepFluoroDataset(1, filename=path).get_pose(1))  # the others load
-    path, _ = ljubljana
-    bad = tmp_path / "lj.h5"
-    shutil.copy(path, bad)
-    with h5py.File(bad, "a") as f:
-        d = f["subject01/proj-ap/extrinsic"]
-        E = np.array(d[()])
-        E[:3, :3] *= 1.5
-        d[...] = E
+    bad = _scaled_copy(ljubljana[0], tmp_path, "subject01/proj-ap/extrinsic", 1.5)
     with pytest.raises(InputError, match="'proj-ap/extrinsic' is not a rigid transform"):
         LjubljanaDataset(1, filename=bad)
