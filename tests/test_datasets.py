@@ -390,6 +390,10 @@ def test_case_folder_bad_input(example_case, tmp_path):
     shutil.copytree(example_case, bad)
     with pytest.raises(InputError, match="not empty"):
         make_example_case(bad)
+    (bad / "ct.nrrd").write_bytes(b"another CT")  # two CTs: which one is meant is not guessed
+    with pytest.raises(InputError, match=r"holds 2 CTs \(ct.nii.gz, ct.nrrd\); keep one"):
+        load_case(bad)
+    (bad / "ct.nrrd").unlink()
     (bad / "poses.json").write_text('{"ghost.dcm": [[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}')
     with pytest.raises(InputError, match="ghost.dcm"):
         load_case(bad)

@@ -157,7 +157,10 @@ def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"case folder not found: {root}")
-    ct_path = next((root / n for n in CT_NAMES if (root / n).exists()), None)
+    found = [root / n for n in CT_NAMES if (root / n).exists()]
+    if len(found) > 1:  # which one the user meant is not ours to guess
+        raise InputError(f"case folder {root} holds {len(found)} CTs ({', '.join(p.name for p in found)}); keep one")
+    ct_path = found[0] if found else None
     if ct_path is None:
         raise InputError(f"case folder {root} has no CT (expected one of: {', '.join(CT_NAMES)})")
     settings = {}
