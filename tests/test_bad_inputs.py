@@ -481,6 +481,10 @@ add("ct-zero-sform-column", "zero voxel spacing", lambda d, o: render_args(
     d, o, _sform(d / "ct.nii.gz", np.diag([10.0, 0.0, 10.0, 1.0])), "--pose", "0,0"))
 add("ct-singular-affine", "singular", lambda d, o: render_args(
     d, o, _sform(d / "ct.nii.gz", [[10, 10, 0, 0], [0, 0, 0, 0], [0, 0, 10, 0], [0, 0, 0, 1]]), "--pose", "0,0"))
+add("ct-spacing-6e-4-register", ("0.0006 mm", "implausible", "units"), lambda d, o: register_args(
+    d, o, None, nifti(d / "ct.nii.gz", affine=_affine(6e-4))))
+add("ct-spacing-6000-render", ("6e+03 mm", "implausible"), lambda d, o: render_args(
+    d, o, nifti(d / "ct.nii.gz", affine=_affine(6000.0)), "--pose", "0,0"))
 add("ct-huge-nii", ("20000 × 20000 × 20000",), lambda d, o: render_args(
     d, o, nifti_declaring(d / "ct.nii", (20000, 20000, 20000)), "--pose", "0,0"))
 add("ct-huge-nii-gz", ("20000 × 20000 × 20000",), lambda d, o: render_args(

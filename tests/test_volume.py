@@ -535,6 +535,19 @@ def test_zero_or_negative_spacing(tmp_path):
         volume_from_array(np.zeros((2, 2, 2)), spacing=(1.0, 0.0, 1.0))
 
 
+def test_implausible_spacing_is_refused_naming_the_units(tmp_path):
+    # 6e-4 mm (a header in m read as mm) and 6000 mm (µm read as mm) are no CT's; 0.4 … 10 mm are
+    with pytest.raises(InputError, match=r"voxel spacing 0.0006 mm \(axis i\) is implausible for a CT.*units"):
+        read_volume(write_nifti(tmp_path / "tiny.nii.gz", np.zeros((4, 4, 4), np.float32),
+                                np.diag([6e-4, 6e-4, 6e-4, 1.0])))
+    with pytest.raises(InputError, match=r"voxel spacing 6e\+03 mm \(axis k\) is implausible"):
+        volume_from_array(np.zeros((2, 2, 2)), spacing=(1.0, 1.0, 6000.0))
+    with pytest.raises(InputError, match="implausible"):
+        volume_from_array(np.zeros((2, 2, 2)), affine=np.diag([1.0, 0.001, 1.0, 1.0]))
+    for sp in ((0.4, 0.4, 0.6), (10.0, 10.0, 10.0)):
+        assert volume_from_array(np.zeros((2, 2, 2)), spacing=sp).spacing.tolist() == pytest.approx(list(sp))
+
+
 def test_zero_size_dimension(tmp_path):
     with pytest.raises(InputError, match="zero-size dimension"):
         volume_from_array(np.zeros((0, 3, 3)))

@@ -69,6 +69,8 @@ __all__ = [
     "LABEL_ALIGN_TOL_MM",
     "SUPPORTED_EXTENSIONS",
     "MAX_ABS_VOXEL",
+    "MIN_SPACING_MM",
+    "MAX_SPACING_MM",
     "check_voxel_values",
 ]
 
@@ -101,6 +103,12 @@ LPS_TO_RAS: np.ndarray = GEOMETRY_LPS_TO_RAS.numpy().copy()
 
 #: A labelmap file must map its voxel grid within this distance (mm) of the CT's.
 LABEL_ALIGN_TOL_MM: float = 1e-3
+
+#: Voxel spacings (mm, per axis) outside [MIN_SPACING_MM, MAX_SPACING_MM] are refused when a volume is read
+#: or built: no CT has them, a header in m or µm does (and a DRR's step or a registration's pyramid sized
+#: for such voxels would not fit memory).
+MIN_SPACING_MM: float = 0.01
+MAX_SPACING_MM: float = 100.0
 
 _NIFTI_EXTS = (".nii", ".nii.gz")
 _ITK_EXTS = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -503,7 +511,8 @@ def volume_from_array(
 
     Raises:
         InputError: not 3D, zero-size dimension, NaN/inf voxels, zero or
-            negative spacing, singular affine, misaligned labels, ...
+            negative spacing, spacing outside :data:`MIN_SPACING_MM` …
+            :data:`MAX_SPACING_MM`, singular affine, misaligned labels, ...
     """
     dtype = _check_float_dtype(dtype)
     if torch.is_tensor(array):
@@ -576,7 +585,8 @@ def read_volume(
     Raises:
         InputError: missing path, unknown or unreadable format, not 3D (a 4D
             image whose 4th size is 1 is squeezed), zero-size dimension,
-            NaN/inf voxels, zero/negative spacing or singular affine, empty
+            NaN/inf voxels, zero/negative or implausible (:data:`MIN_SPACING_MM`
+            … :data:`MAX_SPACING_MM`) spacing or singular affine, empty
             DICOM folder or non-uniform DICOM slice spacing, misaligned or
             non-integer labels, bad label names.
     """
@@ -1023,6 +1033,13 @@ def _check_affine(aff: np.ndarray, source: str) -> None:
         axes = ", ".join("ijk"[a] for a in np.flatnonzero(spacing <= 0))
         raise InputError(
             f"{source}: zero voxel spacing along axis {axes} (spacing {spacing.tolist()} mm; singular affine)"
+        )
+    odd = np.flatnonzero((spacing < MIN_SPACING_MM) | (spacing > MAX_SPACING_MM))
+    if odd.size:
+        a = int(odd[0])
+        raise InputError(
+            f"{source}: voxel spacing {spacing[a]:.3g} mm (axis {'ijk'[a]}) is implausible for a CT (expected "
+            f"{MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm) — check the header's units"
         )
     if abs(np.linalg.det(m)) <= 1e-6 * float(np.prod(spacing)):
         raise InputError(f"{source}: singular affine (voxel axes are collinear): {m.tolist()}")
