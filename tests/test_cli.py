@@ -45,6 +45,16 @@ def test_render_png_with_carm_angles(tmp_path):
     assert im.shape == (20, 20) and im.dtype == np.uint8 and im.max() == 255
 
 
+def test_render_keeps_one_pixel_rows_and_columns(tmp_path):
+    """A 1 × 5, 5 × 1 or 1 × 1 detector is an image of that shape (not squeezed to (5,) or ())."""
+    for h, w, ext in ((1, 5, "npy"), (5, 1, "npy"), (1, 1, "png")):
+        out = tmp_path / f"drr_{h}x{w}.{ext}"
+        assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", str(h), "--width", str(w),
+                     "--delx", "40"]) == 0
+        if ext == "npy":
+            assert np.load(out).shape == (h, w)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
