@@ -80,6 +80,31 @@ def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, m
     assert "Traceback" not in err
 
 
+def test_render_too_large_for_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """16384² (in --height/--width's range) asked 30 GB of one allocation: refused up front saying how much,
+    and an allocation that fails anyway is one line too."""
+    import xraypose.api
+    import xraypose.limits
+
+    out = tmp_path / "x.npy"
+    monkeypatch.setattr(xraypose.limits, "memory_bytes", lambda: 1 << 30)
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "4096"]) == 2
+    err = capsys.readouterr().err
+    assert "a 4096 × 4096 DRR needs about 2.5 GiB of memory to render; this machine has 1 GiB" in err
+    assert len(err.splitlines()) == 1
+
+    def fails(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 30064771072 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(xraypose.api, "render_drr", fails)
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err == "xraypose: error: rendering a 16 × 16 DRR ran out of memory (an allocation of 28 GiB failed): " \
+                  "render fewer pixels\n"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "payload, message",
     [

@@ -23,11 +23,16 @@ def render_drr(
     bone_attenuation_multiplier: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Render one DRR (H, W) of line integrals at a camera_to_world pose (4, 4)."""
+    """Render one DRR (H, W) of line integrals at a camera_to_world pose (4, 4).
+
+    Raises :class:`~xraypose.errors.InputError`, before rendering, when the DRR would not fit memory."""
+    from xraypose.limits import check_drr_size
     from xraypose.render import DRR
 
+    check_drr_size(camera.height, camera.width)
+    T = torch.as_tensor(camera_to_world, dtype=dtype).reshape(-1, 4, 4)
     drr = DRR(volume, camera, density=density, renderer=renderer, n_samples=n_samples, step=step,
               bone_attenuation_multiplier=bone_attenuation_multiplier)
     with torch.no_grad():
-        img = drr(torch.as_tensor(camera_to_world, dtype=dtype).reshape(-1, 4, 4))
+        img = drr(T)
     return img[0, 0]
