@@ -69,6 +69,8 @@ def test_render_keeps_one_pixel_rows_and_columns(tmp_path):
         (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--samples", "5", "--step", "1"], "not both"),
         (["render", "sample", "-o", "no/such/dir/x.npy", "--pose", "0,0", "--height", "4"], "folder"),
         (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--bogus"], "bogus"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--height", "8", "--step", "1e-9"],
+         "a step of 1e-09 mm takes 5.82e+11 samples"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -78,6 +80,15 @@ def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, m
     assert len(err.splitlines()) == 1 and err.startswith("xraypose: error:"), err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_render_step_is_bounded_and_the_suggested_one_renders(tmp_path, capsys):
+    """--step 1e-9 never finished (5.8e11 samples a ray); refused naming the least step, which renders."""
+    out = tmp_path / "x.npy"
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "4", "--step", "1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "at most 100,000 are allowed: use a step of at least 0.0059 mm" in err and len(err.splitlines()) == 1
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "4", "--step", "0.0059"]) == 0
 
 
 def test_render_too_large_for_memory_is_one_line(tmp_path, monkeypatch, capsys):
