@@ -602,6 +602,10 @@ add("xray-dcm-huge-frames", ("100000 frames",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "NumberOfFrames", 100000))))
 add("xray-dcm-truncated-pixels", ("truncated",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]))))
+add("xray-dcm-sod-beyond-sdd", ("2000 mm (distancesourcetopatient", "1000 mm (distancesourcetodetector"),
+    lambda d, o: register_args(d, o, dicom_xray(d, primary=0, secondary=0, sod=2000), None, "--init", "angles"))
+add("register-ap-sod-beyond-sdd", ("1500 mm (--sod)", "1000 mm"), lambda d, o: register_args(
+    d, o, None, None, "--sod", "1500"))
 add("xray-dcm-angles-no-sod", ("--sod",), lambda d, o: [
     "register", str(ct(d)), str(dicom_xray(d, primary=10, secondary=0)), "-o", str(o / "r"), "--fast"])
 
@@ -892,6 +896,11 @@ for _opt, _val, _words in [
 for _val, _words in [("1e308,0", ("--pose", "1e+308")), ("nan,0", ("--pose", "nan")), ("0", ("--pose", "2")),
                      ("a,b", ("--pose", "a,b")), ("0,inf", ("--pose", "inf")), ("0,400", ("--pose", "400"))]:
     add(f"render-pose-{_val}", _words, lambda d, o, v=_val: render_args(d, o, None, f"--pose={v}"))
+add("render-isocenter-out-of-view", ("does not see the ct", "field of view"), lambda d, o: render_pose(
+    d, o, "--isocenter", "5000,0,0"))
+add("render-x0-out-of-view", ("does not see the ct",), lambda d, o: render_pose(d, o, "--x0", "99999"))
+add("render-sod-beyond-sdd", ("2000 mm (--sod)", "1020 mm (--sdd)", "beyond the detector"), lambda d, o: render_pose(
+    d, o, "--sod", "2000", "--sdd", "1020"))
 add("render-output-jpg", ".npy or .png", lambda d, o: ["render", str(ct(d)), "-o", str(o / "x.jpg"), "--pose", "0,0"])
 
 for _opt, _val, _words in [

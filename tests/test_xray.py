@@ -176,6 +176,22 @@ def test_angles_without_isocenter_and_initial_pose(tmp_path):
         read_xray(f2).initial_pose([0, 0, 0])
 
 
+def test_isocenter_beyond_the_detector_is_refused_when_read(tmp_path):
+    """DistanceSourceToPatient 2000 > DistanceSourceToDetector 1020 registered to its end, then failed on a
+    non-finite similarity; refused when read, naming both values; an override (sod=) that fits is read."""
+    f = tmp_path / "a.dcm"
+    write_dicom_xray(f, _pixels(), camera=Camera(sdd=1020.0, height=24, width=32, delx=0.3), primary=0.0, sod=2000.0)
+    with pytest.raises(InputError, match=r"source-to-isocenter distance 2000 mm \(DistanceSourceToPatient "
+                                         r"\(0018,1111\)\) is more than the source-to-detector distance 1020 mm "
+                                         r"\(DistanceSourceToDetector \(0018,1110\)\)"):
+        read_xray(f)
+    assert read_xray(f, sod=600.0).angles["sod"] == 600.0
+    xr = read_xray(f, sod=600.0)
+    xr.angles["sod"] = 1500.0  # changed after reading (a start's --sod): the pose is refused
+    with pytest.raises(InputError, match="1500 mm is more than the source-to-detector distance 1020 mm"):
+        xr.initial_pose([0.0, 0.0, 0.0])
+
+
 def test_preprocess_follows_kind_and_geometry(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3, x0=1.0)
     L = np.random.default_rng(1).random((24, 32)) * 2

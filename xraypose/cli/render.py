@@ -53,11 +53,13 @@ def render_command(
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".png"):
         raise InputError(f"output must end in .npy or .png, got {output.name!r}")
-    from xraypose.camera import Camera
+    from xraypose.camera import Camera, check_sod
     from xraypose.io import check_output_file
     from xraypose.volume import load_ct
 
     check_output_file(output)  # before rendering
+    if pose is not None and sod is not None:
+        check_sod(sod, sdd, "--sod", "--sdd")
     cam = Camera(sdd=sdd, height=height, width=width or height, delx=delx, dely=dely, x0=x0, y0=y0,
                  reverse_x_axis=reverse_x_axis)
     with _out_of_memory_as_error(f"rendering a {cam.height} × {cam.width} DRR"):
