@@ -602,6 +602,12 @@ add("xray-dcm-huge-frames", ("100000 frames",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "NumberOfFrames", 100000))))
 add("xray-dcm-truncated-pixels", ("truncated",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]))))
+add("xray-dcm-primary-720", ("positionerprimaryangle", "[-180, 180]", "720"), lambda d, o: register_args(
+    d, o, dicom_xray(d, primary=0, secondary=0, sod=600, edit=lambda ds: setattr(ds, "PositionerPrimaryAngle", "720")),
+    None, "--init", "angles"))
+add("xray-dcm-secondary-120", ("positionersecondaryangle", "[-90, 90]", "120"), lambda d, o: register_args(
+    d, o, dicom_xray(d, primary=0, secondary=0, sod=600,
+                     edit=lambda ds: setattr(ds, "PositionerSecondaryAngle", "120")), None, "--init", "angles"))
 add("xray-dcm-sod-beyond-sdd", ("2000 mm (distancesourcetopatient", "1000 mm (distancesourcetodetector"),
     lambda d, o: register_args(d, o, dicom_xray(d, primary=0, secondary=0, sod=2000), None, "--init", "angles"))
 add("register-ap-sod-beyond-sdd", ("1500 mm (--sod)", "1000 mm"), lambda d, o: register_args(
