@@ -520,8 +520,22 @@ add("ct-folder-without-dicom", "no dicom", lambda d, o: render_args(
 add("ct-dicom-one-slice", "slice", lambda d, o: render_args(d, o, dicom_series(d, 1), "--pose", "0,0"))
 add("ct-dicom-uneven-slices", "uneven", lambda d, o: render_args(
     d, o, dicom_series(d, 4, gaps=[0.0, 10.0, 30.0, 40.0]), "--pose", "0,0"))
+add("ct-dicom-radiographs", ("projection radiographs", "modality xa"), lambda d, o: render_args(
+    d, o, _retagged(dicom_series(d, 4), Modality="XA", SOPClassUID="1.2.840.10008.5.1.4.1.1.12.1"), "--pose", "0,0"))
 add("ct-in-case-folder-nan", ("nan",), lambda d, o: with_case(
     d, o, ct_file=lambda r: nifti(r / "ct.nii.gz", _ct_with_nan())))
+
+
+def _retagged(folder: Path, **tags) -> Path:
+    """Every DICOM file of ``folder`` with the given tags (pydicom keywords) set."""
+    import pydicom
+
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        for k, v in tags.items():
+            setattr(ds, k, v)
+        ds.save_as(f)
+    return folder
 
 
 def _ct_with_nan():

@@ -576,6 +576,32 @@ def test_dicom_missing_slice(tmp_path):
         read_volume(folder)
 
 
+@pytest.mark.parametrize("edit, match", [
+    # 2-D radiographs were stacked as a CT with an invented 1 mm spacing
+    ({"Modality": "XA", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.12.1"}, r"projection radiographs \(Modality XA\)"),
+    ({"Modality": "OT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1"}, r"\(SOP class 1.2.840.10008.5.1.4.1.1.1.1\)"),
+    # one slice of another orientation, one of RescaleSlope 0: read without complaint before
+    ({"ImageOrientationPatient": [0, 1, 0, 0, 0, -1], "only": 2}, r"slice_002.dcm has ImageOrientationPatient "
+                                                                  r"\[0.0, 1.0, 0.0, 0.0, 0.0, -1.0\].*orientations"),
+    ({"RescaleSlope": "0", "RescaleIntercept": "0", "only": 3}, r"slice_003.dcm has RescaleSlope \(0028,1053\) 0"),
+])
+def test_dicom_series_that_is_no_ct_volume_is_refused(tmp_path, edit, match):
+    pydicom = pytest.importorskip("pydicom")
+    arr = np.arange(4 * 4 * 5, dtype=np.int16).reshape(4, 4, 5)
+    folder = write_dicom_series(tmp_path / "d", arr, np.diag([1.0, 1.0, 2.0, 1.0]))
+    read_volume(folder)  # as written: a CT
+    edit = dict(edit)
+    only = edit.pop("only", None)
+    for f in sorted(folder.iterdir()):
+        if only is None or f.name == f"slice_{only:03d}.dcm":
+            ds = pydicom.dcmread(f)
+            for k, v in edit.items():
+                setattr(ds, k, v)
+            ds.save_as(f)
+    with pytest.raises(InputError, match=match):
+        read_volume(folder)
+
+
 def test_bad_dtype_and_isocenter(tmp_path):
     ct = write_nifti(tmp_path / "ct.nii.gz", _synthetic_array(), AFFINE_RAS)
     with pytest.raises(InputError, match="dtype"):

@@ -71,6 +71,8 @@ __all__ = [
     "MAX_ABS_VOXEL",
     "MIN_SPACING_MM",
     "MAX_SPACING_MM",
+    "PROJECTION_MODALITIES",
+    "PROJECTION_SOP_CLASSES",
     "check_voxel_values",
 ]
 
@@ -894,9 +896,52 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
 
     source = f"{d} (DICOM series {sid!r}, {count} files" + (
         f"; {len(series_ids)} series in folder, read the largest)" if len(series_ids) > 1 else ")")
+    _check_dicom_series_headers(reader, count, source)
     _check_dicom_slice_spacing(reader, img, count, source)
     arr, aff = _sitk_to_array_affine(img, source)
     return arr, aff, source
+
+
+#: DICOM Modality values of projection radiographs (one 2-D view each, not slices of a volume).
+PROJECTION_MODALITIES = ("CR", "DX", "XA", "RF", "MG")
+#: SOP Class UIDs of projection radiographs: CR, DX (presentation, processing), mammography, intra-oral,
+#: X-ray angiography and radiofluoroscopy (and their enhanced and bi-plane forms).
+PROJECTION_SOP_CLASSES = frozenset(
+    "1.2.840.10008.5.1.4.1.1." + s
+    for s in ("1", "1.1", "1.1.1", "1.2", "1.2.1", "1.3", "1.3.1", "12.1", "12.1.1", "12.2", "12.2.1", "12.3")
+)
+
+
+def _check_dicom_series_headers(reader, count: int, source: str) -> None:
+    """Refuse a series that is no CT volume: projection radiographs (Modality or SOP class; GDCM stacks them
+    with an invented 1 mm spacing), slices of differing ImageOrientationPatient (a localizer mixed in: the
+    volume's axes would be the first slice's), a RescaleSlope of 0 or not finite (a slice of one value)."""
+    def tag(i, key):
+        return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else ""
+
+    modality, sop = tag(0, "0008|0060").upper(), tag(0, "0008|0016").rstrip("\0 ")
+    if modality in PROJECTION_MODALITIES or sop in PROJECTION_SOP_CLASSES:
+        what = f"Modality {modality}" if modality in PROJECTION_MODALITIES else f"SOP class {sop}"
+        raise InputError(f"DICOM series {source} holds projection radiographs ({what}), not CT slices: "
+                         "give a CT series as the CT, and X-rays as X-rays")
+    names = reader.GetFileNames()
+    first = None
+    for i in range(count):
+        name = Path(names[i]).name if i < len(names) else f"slice {i + 1}"
+        try:
+            iop = [float(v) for v in tag(i, "0020|0037").split("\\")] if tag(i, "0020|0037") else None
+            slope = float(tag(i, "0028|1053")) if tag(i, "0028|1053") else None
+        except ValueError:
+            continue  # unreadable: SimpleITK's reading stands
+        if iop is not None and len(iop) == 6:
+            if first is None:
+                first = iop
+            elif max(abs(a - b) for a, b in zip(iop, first)) > 1e-4:
+                raise InputError(f"DICOM series {source}: {name} has ImageOrientationPatient {iop}, the first slice "
+                                 f"{first}: slices of different orientations (a localizer mixed in?)")
+        if slope is not None and not (math.isfinite(slope) and slope != 0):
+            raise InputError(f"DICOM series {source}: {name} has RescaleSlope (0028,1053) {slope:g} (every voxel of "
+                             "the slice would be equal)")
 
 
 def _check_dicom_series_size(names, d: Path, what: str) -> None:
