@@ -68,7 +68,8 @@ def test_pyramid_blocks_never_exceed_the_ct():
     voxels: a zero-padded grid of 96 TB.  A block is at most the axis."""
     from xraypose.volume import Volume
 
-    vol = Volume(torch.linspace(-1000.0, 1500.0, 120).reshape(6, 5, 4), torch.diag(torch.tensor([6e-4, 6e-4, 6e-4, 1.0], dtype=F64)))
+    vol = Volume(torch.linspace(-1000.0, 1500.0, 120).reshape(6, 5, 4),
+                 torch.diag(torch.tensor([6e-4, 6e-4, 6e-4, 1.0], dtype=F64)))
     reg = Registrar(vol, RegistrationConfig(levels=(Level(size=16, iterations=1, volume_mm=8.0),)))
     dens, aff = reg.volume_level(8.0)
     assert tuple(dens.shape[-3:]) == (1, 1, 1)
