@@ -481,6 +481,10 @@ add("ct-zero-sform-column", "zero voxel spacing", lambda d, o: render_args(
     d, o, _sform(d / "ct.nii.gz", np.diag([10.0, 0.0, 10.0, 1.0])), "--pose", "0,0"))
 add("ct-singular-affine", "singular", lambda d, o: render_args(
     d, o, _sform(d / "ct.nii.gz", [[10, 10, 0, 0], [0, 0, 0, 0], [0, 0, 10, 0], [0, 0, 0, 1]]), "--pose", "0,0"))
+add("ct-spacing-6e-4-register", ("0.0006 mm", "implausible", "units"), lambda d, o: register_args(
+    d, o, None, nifti(d / "ct.nii.gz", affine=_affine(6e-4))))
+add("ct-spacing-6000-render", ("6e+03 mm", "implausible"), lambda d, o: render_args(
+    d, o, nifti(d / "ct.nii.gz", affine=_affine(6000.0)), "--pose", "0,0"))
 add("ct-huge-nii", ("20000 × 20000 × 20000",), lambda d, o: render_args(
     d, o, nifti_declaring(d / "ct.nii", (20000, 20000, 20000)), "--pose", "0,0"))
 add("ct-huge-nii-gz", ("20000 × 20000 × 20000",), lambda d, o: render_args(
@@ -516,8 +520,22 @@ add("ct-folder-without-dicom", "no dicom", lambda d, o: render_args(
 add("ct-dicom-one-slice", "slice", lambda d, o: render_args(d, o, dicom_series(d, 1), "--pose", "0,0"))
 add("ct-dicom-uneven-slices", "uneven", lambda d, o: render_args(
     d, o, dicom_series(d, 4, gaps=[0.0, 10.0, 30.0, 40.0]), "--pose", "0,0"))
+add("ct-dicom-radiographs", ("projection radiographs", "modality xa"), lambda d, o: render_args(
+    d, o, _retagged(dicom_series(d, 4), Modality="XA", SOPClassUID="1.2.840.10008.5.1.4.1.1.12.1"), "--pose", "0,0"))
 add("ct-in-case-folder-nan", ("nan",), lambda d, o: with_case(
     d, o, ct_file=lambda r: nifti(r / "ct.nii.gz", _ct_with_nan())))
+
+
+def _retagged(folder: Path, **tags) -> Path:
+    """Every DICOM file of ``folder`` with the given tags (pydicom keywords) set."""
+    import pydicom
+
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        for k, v in tags.items():
+            setattr(ds, k, v)
+        ds.save_as(f)
+    return folder
 
 
 def _ct_with_nan():
@@ -598,6 +616,16 @@ add("xray-dcm-huge-frames", ("100000 frames",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "NumberOfFrames", 100000))))
 add("xray-dcm-truncated-pixels", ("truncated",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]))))
+add("xray-dcm-primary-720", ("positionerprimaryangle", "[-180, 180]", "720"), lambda d, o: register_args(
+    d, o, dicom_xray(d, primary=0, secondary=0, sod=600, edit=lambda ds: setattr(ds, "PositionerPrimaryAngle", "720")),
+    None, "--init", "angles"))
+add("xray-dcm-secondary-120", ("positionersecondaryangle", "[-90, 90]", "120"), lambda d, o: register_args(
+    d, o, dicom_xray(d, primary=0, secondary=0, sod=600,
+                     edit=lambda ds: setattr(ds, "PositionerSecondaryAngle", "120")), None, "--init", "angles"))
+add("xray-dcm-sod-beyond-sdd", ("2000 mm (distancesourcetopatient", "1000 mm (distancesourcetodetector"),
+    lambda d, o: register_args(d, o, dicom_xray(d, primary=0, secondary=0, sod=2000), None, "--init", "angles"))
+add("register-ap-sod-beyond-sdd", ("1500 mm (--sod)", "1000 mm"), lambda d, o: register_args(
+    d, o, None, None, "--sod", "1500"))
 add("xray-dcm-angles-no-sod", ("--sod",), lambda d, o: [
     "register", str(ct(d)), str(dicom_xray(d, primary=10, secondary=0)), "-o", str(o / "r"), "--fast"])
 
@@ -888,6 +916,11 @@ for _opt, _val, _words in [
 for _val, _words in [("1e308,0", ("--pose", "1e+308")), ("nan,0", ("--pose", "nan")), ("0", ("--pose", "2")),
                      ("a,b", ("--pose", "a,b")), ("0,inf", ("--pose", "inf")), ("0,400", ("--pose", "400"))]:
     add(f"render-pose-{_val}", _words, lambda d, o, v=_val: render_args(d, o, None, f"--pose={v}"))
+add("render-isocenter-out-of-view", ("does not see the ct", "field of view"), lambda d, o: render_pose(
+    d, o, "--isocenter", "5000,0,0"))
+add("render-x0-out-of-view", ("does not see the ct",), lambda d, o: render_pose(d, o, "--x0", "99999"))
+add("render-sod-beyond-sdd", ("2000 mm (--sod)", "1020 mm (--sdd)", "beyond the detector"), lambda d, o: render_pose(
+    d, o, "--sod", "2000", "--sdd", "1020"))
 add("render-output-jpg", ".npy or .png", lambda d, o: ["render", str(ct(d)), "-o", str(o / "x.jpg"), "--pose", "0,0"])
 
 for _opt, _val, _words in [

@@ -45,6 +45,16 @@ def test_render_png_with_carm_angles(tmp_path):
     assert im.shape == (20, 20) and im.dtype == np.uint8 and im.max() == 255
 
 
+def test_render_keeps_one_pixel_rows_and_columns(tmp_path):
+    """A 1 × 5, 5 × 1 or 1 × 1 detector is an image of that shape (not squeezed to (5,) or ())."""
+    for h, w, ext in ((1, 5, "npy"), (5, 1, "npy"), (1, 1, "png")):
+        out = tmp_path / f"drr_{h}x{w}.{ext}"
+        assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", str(h), "--width", str(w),
+                     "--delx", "40"]) == 0
+        if ext == "npy":
+            assert np.load(out).shape == (h, w)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -59,6 +69,14 @@ def test_render_png_with_carm_angles(tmp_path):
         (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--samples", "5", "--step", "1"], "not both"),
         (["render", "sample", "-o", "no/such/dir/x.npy", "--pose", "0,0", "--height", "4"], "folder"),
         (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--bogus"], "bogus"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--height", "8", "--step", "1e-9"],
+         "a step of 1e-09 mm takes 5.82e+11 samples"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--sod", "2000", "--sdd", "1020"],
+         "source-to-isocenter distance 2000 mm (--sod) is more than the source-to-detector distance 1020 mm (--sdd)"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--height", "8", "--isocenter", "5000,0,0"],
+         "the pose does not see the CT: it lies outside the detector's field of view"),
+        (["render", "sample", "-o", "x.npy", "--pose", "0,0", "--height", "8", "--x0", "99999"],
+         "does not see the CT"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -68,6 +86,64 @@ def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, m
     assert len(err.splitlines()) == 1 and err.startswith("xraypose: error:"), err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_pose_that_does_not_see_the_ct_is_refused_and_one_that_sees_an_edge_renders():
+    """A DRR without the CT in it (all zeros, exit 0 before) is refused; a CT box that reaches into the view,
+    or that straddles the source's plane, is not."""
+    from xraypose.api import check_ct_in_view, render_drr
+    from xraypose.errors import InputError
+
+    ct = load_sample_ct()
+    cam = Camera(sdd=1020.0, height=8, width=8, delx=5.0)  # 8 × 8 × 5 mm: 24 mm wide at the isocenter
+    iso = ct.get_isocenter()
+    half = float(ct.extent_mm[0]) / 2  # the CT's half width along x (columns at an AP view)
+    edge = carm_pose(0.0, 0.0, sod=612.0, isocenter=iso + torch.tensor([half + 10.0, 0.0, 0.0], dtype=torch.float64))
+    assert render_drr(ct, cam, edge).shape == (8, 8)  # the box's edge 10 mm inside the view's 12 mm half width
+    away = carm_pose(0.0, 0.0, sod=612.0, isocenter=iso + torch.tensor([half + 40.0, 0.0, 0.0], dtype=torch.float64))
+    with pytest.raises(InputError, match="outside the detector's field of view"):
+        check_ct_in_view(ct, cam, away)
+    with pytest.raises(InputError, match="behind the X-ray source"):
+        # the source 1000 mm anterior of the CT, looking anterior
+        check_ct_in_view(ct, cam, carm_pose(0.0, 0.0, sod=1000.0, isocenter=iso + torch.tensor([0.0, 2000.0, 0.0],
+                                                                                               dtype=torch.float64)))
+    with pytest.raises(InputError, match="beyond the detector"):
+        check_ct_in_view(ct, cam, carm_pose(0.0, 0.0, sod=2000.0, isocenter=iso))
+    check_ct_in_view(ct, cam, carm_pose(0.0, 0.0, sod=1.0, isocenter=iso))  # the source inside the CT
+
+
+def test_render_step_is_bounded_and_the_suggested_one_renders(tmp_path, capsys):
+    """--step 1e-9 never finished (5.8e11 samples a ray); refused naming the least step, which renders."""
+    out = tmp_path / "x.npy"
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "4", "--step", "1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "at most 100,000 are allowed: use a step of at least 0.0059 mm" in err and len(err.splitlines()) == 1
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "4", "--step", "0.0059"]) == 0
+
+
+def test_render_too_large_for_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """16384² (in --height/--width's range) asked 30 GB of one allocation: refused up front saying how much,
+    and an allocation that fails anyway is one line too."""
+    import xraypose.api
+    import xraypose.limits
+
+    out = tmp_path / "x.npy"
+    monkeypatch.setattr(xraypose.limits, "memory_bytes", lambda: 1 << 30)
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "4096"]) == 2
+    err = capsys.readouterr().err
+    assert "a 4096 × 4096 DRR needs about 2.5 GiB of memory to render; this machine has 1 GiB" in err
+    assert len(err.splitlines()) == 1
+
+    def fails(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 30064771072 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(xraypose.api, "render_drr", fails)
+    assert main(["render", "sample", "-o", str(out), "--pose", "0,0", "--height", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err == "xraypose: error: rendering a 16 × 16 DRR ran out of memory (an allocation of 28 GiB failed): " \
+                  "render fewer pixels\n"
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,19 @@ def test_registers_realistic_case_from_5deg_20mm(registrar, maker, case):
     assert 0.2 <= float(res.bone_multiplier[0]) <= 5.0
 
 
+def test_pyramid_blocks_never_exceed_the_ct():
+    """A CT of 6e-4 mm voxels (built past the readers' spacing check) asked 8 mm levels for blocks of 13333
+    voxels: a zero-padded grid of 96 TB.  A block is at most the axis."""
+    from xraypose.volume import Volume
+
+    vol = Volume(torch.linspace(-1000.0, 1500.0, 120).reshape(6, 5, 4),
+                 torch.diag(torch.tensor([6e-4, 6e-4, 6e-4, 1.0], dtype=F64)))
+    reg = Registrar(vol, RegistrationConfig(levels=(Level(size=16, iterations=1, volume_mm=8.0),)))
+    dens, aff = reg.volume_level(8.0)
+    assert tuple(dens.shape[-3:]) == (1, 1, 1)
+    torch.testing.assert_close(aff[:3, :3].norm(dim=0), torch.tensor([6, 5, 4], dtype=F64) * 6e-4)
+
+
 def test_seeded_and_batched_registration_agree(sample_ct, maker, case):
     reg = Registrar(sample_ct, RegistrationConfig(levels=(Level(size=24, iterations=40, n_samples=32, volume_mm=8.0),)))
     T0 = maker.starts(case, 5.0, 20.0)

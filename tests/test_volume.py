@@ -535,6 +535,19 @@ def test_zero_or_negative_spacing(tmp_path):
         volume_from_array(np.zeros((2, 2, 2)), spacing=(1.0, 0.0, 1.0))
 
 
+def test_implausible_spacing_is_refused_naming_the_units(tmp_path):
+    # 6e-4 mm (a header in m read as mm) and 6000 mm (µm read as mm) are no CT's; 0.4 … 10 mm are
+    with pytest.raises(InputError, match=r"voxel spacing 0.0006 mm \(axis i\) is implausible for a CT.*units"):
+        read_volume(write_nifti(tmp_path / "tiny.nii.gz", np.zeros((4, 4, 4), np.float32),
+                                np.diag([6e-4, 6e-4, 6e-4, 1.0])))
+    with pytest.raises(InputError, match=r"voxel spacing 6e\+03 mm \(axis k\) is implausible"):
+        volume_from_array(np.zeros((2, 2, 2)), spacing=(1.0, 1.0, 6000.0))
+    with pytest.raises(InputError, match="implausible"):
+        volume_from_array(np.zeros((2, 2, 2)), affine=np.diag([1.0, 0.001, 1.0, 1.0]))
+    for sp in ((0.4, 0.4, 0.6), (10.0, 10.0, 10.0)):
+        assert volume_from_array(np.zeros((2, 2, 2)), spacing=sp).spacing.tolist() == pytest.approx(list(sp))
+
+
 def test_zero_size_dimension(tmp_path):
     with pytest.raises(InputError, match="zero-size dimension"):
         volume_from_array(np.zeros((0, 3, 3)))
@@ -560,6 +573,32 @@ def test_dicom_missing_slice(tmp_path):
     folder = write_dicom_series(tmp_path / "d", arr, np.diag([1.0, 1.0, 2.0, 1.0]))
     (folder / "slice_002.dcm").unlink()
     with pytest.raises(InputError, match="uneven slice positions"):
+        read_volume(folder)
+
+
+@pytest.mark.parametrize("edit, match", [
+    # 2-D radiographs were stacked as a CT with an invented 1 mm spacing
+    ({"Modality": "XA", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.12.1"}, r"projection radiographs \(Modality XA\)"),
+    ({"Modality": "OT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1"}, r"\(SOP class 1.2.840.10008.5.1.4.1.1.1.1\)"),
+    # one slice of another orientation, one of RescaleSlope 0: read without complaint before
+    ({"ImageOrientationPatient": [0, 1, 0, 0, 0, -1], "only": 2}, r"slice_002.dcm has ImageOrientationPatient "
+                                                                  r"\[0.0, 1.0, 0.0, 0.0, 0.0, -1.0\].*orientations"),
+    ({"RescaleSlope": "0", "RescaleIntercept": "0", "only": 3}, r"slice_003.dcm has RescaleSlope \(0028,1053\) 0"),
+])
+def test_dicom_series_that_is_no_ct_volume_is_refused(tmp_path, edit, match):
+    pydicom = pytest.importorskip("pydicom")
+    arr = np.arange(4 * 4 * 5, dtype=np.int16).reshape(4, 4, 5)
+    folder = write_dicom_series(tmp_path / "d", arr, np.diag([1.0, 1.0, 2.0, 1.0]))
+    read_volume(folder)  # as written: a CT
+    edit = dict(edit)
+    only = edit.pop("only", None)
+    for f in sorted(folder.iterdir()):
+        if only is None or f.name == f"slice_{only:03d}.dcm":
+            ds = pydicom.dcmread(f)
+            for k, v in edit.items():
+                setattr(ds, k, v)
+            ds.save_as(f)
+    with pytest.raises(InputError, match=match):
         read_volume(folder)
 
 

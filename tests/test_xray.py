@@ -176,6 +176,45 @@ def test_angles_without_isocenter_and_initial_pose(tmp_path):
         read_xray(f2).initial_pose([0, 0, 0])
 
 
+def test_isocenter_beyond_the_detector_is_refused_when_read(tmp_path):
+    """DistanceSourceToPatient 2000 > DistanceSourceToDetector 1020 registered to its end, then failed on a
+    non-finite similarity; refused when read, naming both values; an override (sod=) that fits is read."""
+    f = tmp_path / "a.dcm"
+    write_dicom_xray(f, _pixels(), camera=Camera(sdd=1020.0, height=24, width=32, delx=0.3), primary=0.0, sod=2000.0)
+    with pytest.raises(InputError, match=r"source-to-isocenter distance 2000 mm \(DistanceSourceToPatient "
+                                         r"\(0018,1111\)\) is more than the source-to-detector distance 1020 mm "
+                                         r"\(DistanceSourceToDetector \(0018,1110\)\)"):
+        read_xray(f)
+    assert read_xray(f, sod=600.0).angles["sod"] == 600.0
+    xr = read_xray(f, sod=600.0)
+    xr.angles["sod"] = 1500.0  # changed after reading (a start's --sod): the pose is refused
+    with pytest.raises(InputError, match="1500 mm is more than the source-to-detector distance 1020 mm"):
+        xr.initial_pose([0.0, 0.0, 0.0])
+
+
+def test_header_angles_out_of_range_are_refused_unless_overridden(tmp_path):
+    """PositionerPrimaryAngle 720° and PositionerSecondaryAngle 120° were read silently while --angles refuses
+    them: the header's values get --angles' ranges, naming the tag; given angles win over them."""
+    import pydicom
+
+    cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
+    for keyword, value, match in (("PositionerPrimaryAngle", "720", r"PositionerPrimaryAngle \(0018,1510\) must be "
+                                                                    r"a number in \[-180, 180\] degrees, got 720"),
+                                  ("PositionerSecondaryAngle", "120", r"PositionerSecondaryAngle \(0018,1511\) "
+                                                                      r"must be a number in \[-90, 90\] degrees")):
+        f = tmp_path / f"{keyword}.dcm"
+        write_dicom_xray(f, _pixels(), camera=cam, primary=10.0, secondary=5.0, sod=600.0)
+        ds = pydicom.dcmread(f)
+        setattr(ds, keyword, value)
+        ds.save_as(f)
+        with pytest.raises(InputError, match=match):
+            read_xray(f)
+        assert read_xray(f, primary=10.0, secondary=5.0).angles["primary"] == 10.0
+    f = tmp_path / "edge.dcm"  # the ranges' ends are read
+    write_dicom_xray(f, _pixels(), camera=cam, primary=-180.0, secondary=90.0, sod=600.0)
+    assert (read_xray(f).angles["primary"], read_xray(f).angles["secondary"]) == (-180.0, 90.0)
+
+
 def test_preprocess_follows_kind_and_geometry(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3, x0=1.0)
     L = np.random.default_rng(1).random((24, 32)) * 2

@@ -23,11 +23,50 @@ def render_drr(
     bone_attenuation_multiplier: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Render one DRR (H, W) of line integrals at a camera_to_world pose (4, 4)."""
-    from xraypose.render import DRR
+    """Render one DRR (H, W) of line integrals at a camera_to_world pose (4, 4).
 
+    Raises :class:`~xraypose.errors.InputError`, before rendering, when the DRR would not fit memory, when a
+    trilinear step would take more than :data:`~xraypose.limits.MAX_SAMPLES_PER_RAY` samples along a ray, or
+    when the pose does not see the CT (:func:`check_ct_in_view`)."""
+    from xraypose.limits import check_drr_size, check_drr_step
+    from xraypose.render import DRR
+    from xraypose.render.core import default_step
+
+    check_drr_size(camera.height, camera.width)
+    if renderer == "trilinear" and n_samples is None:
+        check_drr_step(default_step(volume.affine) if step is None else step, volume)
+    T = torch.as_tensor(camera_to_world, dtype=dtype).reshape(-1, 4, 4)
+    check_ct_in_view(volume, camera, T[0])
     drr = DRR(volume, camera, density=density, renderer=renderer, n_samples=n_samples, step=step,
               bone_attenuation_multiplier=bone_attenuation_multiplier)
     with torch.no_grad():
-        img = drr(torch.as_tensor(camera_to_world, dtype=dtype).reshape(-1, 4, 4))
+        img = drr(T)
     return img[0, 0]
+
+
+def check_ct_in_view(volume: Volume, camera: Camera, camera_to_world: torch.Tensor) -> None:
+    """Refuse (InputError) a pose (4, 4) whose DRR cannot hold any of the CT: its box wholly behind the
+    source, wholly beyond the detector plane (z >= sdd), or projecting wholly off the detector.  A DRR of
+    zeros is never what was wanted.  Conservative: a box that straddles the source's plane passes."""
+    from xraypose.camera import world_to_camera_points
+    from xraypose.errors import InputError
+
+    T = torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4)
+    if not bool(torch.isfinite(T).all()):
+        return  # render() refuses it
+    corners = volume.corners  # (8, 3) world mm
+    z = world_to_camera_points(corners, T)[:, 2]  # mm along the principal ray from the source
+    where = None
+    if bool((z <= 0).all()):
+        where = "behind the X-ray source"
+    elif bool((z >= camera.sdd).all()):
+        where = f"beyond the detector (more than sdd = {camera.sdd:g} mm from the source)"
+    elif bool((z > 0).all()):  # the box's projection lies within its corners' (convex, in front of the source)
+        uv = camera.project(corners, T)
+        lo, hi = uv.min(0).values.tolist(), uv.max(0).values.tolist()
+        if hi[0] < -0.5 or lo[0] > camera.width - 0.5 or hi[1] < -0.5 or lo[1] > camera.height - 0.5:
+            where = (f"outside the detector's field of view (it projects to columns {lo[0]:.4g} … {hi[0]:.4g}, "
+                     f"rows {lo[1]:.4g} … {hi[1]:.4g} of a {camera.height} × {camera.width} detector)")
+    if where:
+        raise InputError(f"the pose does not see the CT: it lies {where}, so the DRR would be all zeros; check the "
+                         "pose, the isocenter and the principal point (x0, y0)")

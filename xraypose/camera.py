@@ -30,7 +30,7 @@ import torch
 from xraypose.errors import InputError
 
 __all__ = ["Camera", "CameraPose", "camera_from_K", "carm_pose", "pixel_grid", "DEFAULT_SDD_MM", "DEFAULT_SOD_FRACTION",
-           "default_sod"]
+           "default_sod", "check_sod"]
 
 #: Source-to-detector distance (mm) of a typical C-arm: the default of the training camera, of
 #: ``xraypose render``, the demo and the example case.
@@ -44,6 +44,19 @@ DEFAULT_SOD_FRACTION = 0.6
 def default_sod(sdd: float) -> float:
     """The source-to-isocenter distance (mm) assumed when none is known: ``0.6 · sdd`` (sdd in mm)."""
     return DEFAULT_SOD_FRACTION * sdd
+
+
+def check_sod(sod: float, sdd: float, sod_from: str = "", sdd_from: str = "", what: str = "") -> None:
+    """Refuse (InputError) a source-to-isocenter distance ``sod`` (mm) beyond the source-to-detector distance
+    ``sdd`` (mm): the isocenter, and the CT about it, would lie behind the detector (a DRR of nothing, a
+    registration that fails only at its end).  ``sod_from`` / ``sdd_from``: where each came from, e.g.
+    ``"--sod"``; ``what``: the file, for the message."""
+    if sod > sdd:
+        src = f"{what}: " if what else ""
+        sod_txt = f" ({sod_from})" if sod_from else ""
+        sdd_txt = f" ({sdd_from})" if sdd_from else ""
+        raise InputError(f"{src}source-to-isocenter distance {sod:g} mm{sod_txt} is more than the source-to-detector "
+                         f"distance {sdd:g} mm{sdd_txt}: the isocenter would lie beyond the detector")
 
 
 def _finite_positive(name: str, value: float) -> float:

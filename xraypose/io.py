@@ -382,7 +382,8 @@ def save_image(path, img) -> None:
     """Save an (H, W) image: .npy keeps float values; .png is 8-bit min–max."""
     path = Path(path)
     img = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
-    img = np.squeeze(img)
+    while img.ndim > 2 and img.shape[0] == 1:  # (1, 1, H, W) → (H, W); never H or W, which may be 1
+        img = img[0]
     if img.ndim != 2:
         raise InputError(f"expected a single 2D image to save, got shape {img.shape}")
     buf = io.BytesIO()

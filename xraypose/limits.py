@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_XRAY_PIXELS", "MIN_REGISTER_PIXELS", "MIN_CT_VOXELS_PER_AXIS", "memory_bytes", "human_bytes",
            "dims", "check_allocation", "check_xray_size", "check_registrable_ct", "check_registrable_xray",
-           "itemsize_from_text"]
+           "itemsize_from_text", "DRR_BYTES_PER_PIXEL", "MAX_SAMPLES_PER_RAY", "check_drr_size", "check_drr_step"]
 
 #: X-rays with more pixels (rows × columns × frames) are refused: 10⁸, e.g. 10000 × 10000; real
 #: detectors have at most a few 10⁷.
@@ -29,6 +29,11 @@ MAX_XRAY_PIXELS = 100_000_000
 MIN_REGISTER_PIXELS = 16
 #: Registration and training need at least this many voxels along every CT axis.
 MIN_CT_VOXELS_PER_AXIS = 4
+#: Memory (bytes) a DRR takes per pixel while it is rendered: the fused CPU kernel's ray geometry (14
+#: doubles), ray order, outputs and the pixel grid (about 150 measured on a 4096² DRR of the sample CT).
+DRR_BYTES_PER_PIXEL = 160
+#: Trilinear samples along one ray at most (``render --samples``' range): a smaller step is refused.
+MAX_SAMPLES_PER_RAY = 100_000
 
 
 def memory_bytes() -> int:
@@ -97,3 +102,27 @@ def check_registrable_xray(shape, what: str, crop: int = 0) -> None:
         left = f" ({h} × {w} after --crop {crop})" if crop else ""
         raise InputError(f"{what} is too small to register: {dims(shape[-2:])} pixels{left}; "
                          f"at least {MIN_REGISTER_PIXELS} × {MIN_REGISTER_PIXELS} are needed")
+
+
+def check_drr_size(height: int, width: int) -> None:
+    """Refuse a ``height`` × ``width`` DRR whose rendering (:data:`DRR_BYTES_PER_PIXEL` a pixel) would not fit
+    this machine's memory, saying how much it would need."""
+    need, have = int(height) * int(width) * DRR_BYTES_PER_PIXEL, memory_bytes()
+    if need > have:
+        raise InputError(f"a {dims((height, width))} DRR needs about {human_bytes(need)} of memory to render; this "
+                         f"machine has {human_bytes(have)}: render fewer pixels")
+
+
+def check_drr_step(step: float, volume: Volume) -> None:
+    """Refuse a trilinear ``step`` (mm) that would take more than :data:`MAX_SAMPLES_PER_RAY` samples along the
+    longest chord through ``volume`` (its box's longest diagonal), naming the smallest step allowed."""
+    if not step > 0:
+        return  # render() refuses it, naming it
+    c = volume.corners
+    longest = float((c[:, None] - c[None]).norm(dim=-1).max())
+    if longest / step > MAX_SAMPLES_PER_RAY:
+        e = 10.0 ** (math.floor(math.log10(longest / MAX_SAMPLES_PER_RAY)) - 1)  # rounded up to 2 digits
+        least = math.ceil(longest / MAX_SAMPLES_PER_RAY / e) * e
+        raise InputError(f"a step of {step:g} mm takes {longest / step:.3g} samples along the longest ray through the "
+                         f"CT ({longest:.4g} mm); at most {MAX_SAMPLES_PER_RAY:,} are allowed: use a step of at "
+                         f"least {least:.2g} mm")

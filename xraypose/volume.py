@@ -69,6 +69,10 @@ __all__ = [
     "LABEL_ALIGN_TOL_MM",
     "SUPPORTED_EXTENSIONS",
     "MAX_ABS_VOXEL",
+    "MIN_SPACING_MM",
+    "MAX_SPACING_MM",
+    "PROJECTION_MODALITIES",
+    "PROJECTION_SOP_CLASSES",
     "check_voxel_values",
 ]
 
@@ -101,6 +105,12 @@ LPS_TO_RAS: np.ndarray = GEOMETRY_LPS_TO_RAS.numpy().copy()
 
 #: A labelmap file must map its voxel grid within this distance (mm) of the CT's.
 LABEL_ALIGN_TOL_MM: float = 1e-3
+
+#: Voxel spacings (mm, per axis) outside [MIN_SPACING_MM, MAX_SPACING_MM] are refused when a volume is read
+#: or built: no CT has them, a header in m or µm does (and a DRR's step or a registration's pyramid sized
+#: for such voxels would not fit memory).
+MIN_SPACING_MM: float = 0.01
+MAX_SPACING_MM: float = 100.0
 
 _NIFTI_EXTS = (".nii", ".nii.gz")
 _ITK_EXTS = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -503,7 +513,8 @@ def volume_from_array(
 
     Raises:
         InputError: not 3D, zero-size dimension, NaN/inf voxels, zero or
-            negative spacing, singular affine, misaligned labels, ...
+            negative spacing, spacing outside :data:`MIN_SPACING_MM` …
+            :data:`MAX_SPACING_MM`, singular affine, misaligned labels, ...
     """
     dtype = _check_float_dtype(dtype)
     if torch.is_tensor(array):
@@ -576,7 +587,8 @@ def read_volume(
     Raises:
         InputError: missing path, unknown or unreadable format, not 3D (a 4D
             image whose 4th size is 1 is squeezed), zero-size dimension,
-            NaN/inf voxels, zero/negative spacing or singular affine, empty
+            NaN/inf voxels, zero/negative or implausible (:data:`MIN_SPACING_MM`
+            … :data:`MAX_SPACING_MM`) spacing or singular affine, empty
             DICOM folder or non-uniform DICOM slice spacing, misaligned or
             non-integer labels, bad label names.
     """
@@ -884,9 +896,52 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
 
     source = f"{d} (DICOM series {sid!r}, {count} files" + (
         f"; {len(series_ids)} series in folder, read the largest)" if len(series_ids) > 1 else ")")
+    _check_dicom_series_headers(reader, count, source)
     _check_dicom_slice_spacing(reader, img, count, source)
     arr, aff = _sitk_to_array_affine(img, source)
     return arr, aff, source
+
+
+#: DICOM Modality values of projection radiographs (one 2-D view each, not slices of a volume).
+PROJECTION_MODALITIES = ("CR", "DX", "XA", "RF", "MG")
+#: SOP Class UIDs of projection radiographs: CR, DX (presentation, processing), mammography, intra-oral,
+#: X-ray angiography and radiofluoroscopy (and their enhanced and bi-plane forms).
+PROJECTION_SOP_CLASSES = frozenset(
+    "1.2.840.10008.5.1.4.1.1." + s
+    for s in ("1", "1.1", "1.1.1", "1.2", "1.2.1", "1.3", "1.3.1", "12.1", "12.1.1", "12.2", "12.2.1", "12.3")
+)
+
+
+def _check_dicom_series_headers(reader, count: int, source: str) -> None:
+    """Refuse a series that is no CT volume: projection radiographs (Modality or SOP class; GDCM stacks them
+    with an invented 1 mm spacing), slices of differing ImageOrientationPatient (a localizer mixed in: the
+    volume's axes would be the first slice's), a RescaleSlope of 0 or not finite (a slice of one value)."""
+    def tag(i, key):
+        return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else ""
+
+    modality, sop = tag(0, "0008|0060").upper(), tag(0, "0008|0016").rstrip("\0 ")
+    if modality in PROJECTION_MODALITIES or sop in PROJECTION_SOP_CLASSES:
+        what = f"Modality {modality}" if modality in PROJECTION_MODALITIES else f"SOP class {sop}"
+        raise InputError(f"DICOM series {source} holds projection radiographs ({what}), not CT slices: "
+                         "give a CT series as the CT, and X-rays as X-rays")
+    names = reader.GetFileNames()
+    first = None
+    for i in range(count):
+        name = Path(names[i]).name if i < len(names) else f"slice {i + 1}"
+        try:
+            iop = [float(v) for v in tag(i, "0020|0037").split("\\")] if tag(i, "0020|0037") else None
+            slope = float(tag(i, "0028|1053")) if tag(i, "0028|1053") else None
+        except ValueError:
+            continue  # unreadable: SimpleITK's reading stands
+        if iop is not None and len(iop) == 6:
+            if first is None:
+                first = iop
+            elif max(abs(a - b) for a, b in zip(iop, first)) > 1e-4:
+                raise InputError(f"DICOM series {source}: {name} has ImageOrientationPatient {iop}, the first slice "
+                                 f"{first}: slices of different orientations (a localizer mixed in?)")
+        if slope is not None and not (math.isfinite(slope) and slope != 0):
+            raise InputError(f"DICOM series {source}: {name} has RescaleSlope (0028,1053) {slope:g} (every voxel of "
+                             "the slice would be equal)")
 
 
 def _check_dicom_series_size(names, d: Path, what: str) -> None:
@@ -1023,6 +1078,13 @@ def _check_affine(aff: np.ndarray, source: str) -> None:
         axes = ", ".join("ijk"[a] for a in np.flatnonzero(spacing <= 0))
         raise InputError(
             f"{source}: zero voxel spacing along axis {axes} (spacing {spacing.tolist()} mm; singular affine)"
+        )
+    odd = np.flatnonzero((spacing < MIN_SPACING_MM) | (spacing > MAX_SPACING_MM))
+    if odd.size:
+        a = int(odd[0])
+        raise InputError(
+            f"{source}: voxel spacing {spacing[a]:.3g} mm (axis {'ijk'[a]}) is implausible for a CT (expected "
+            f"{MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm) — check the header's units"
         )
     if abs(np.linalg.det(m)) <= 1e-6 * float(np.prod(spacing)):
         raise InputError(f"{source}: singular affine (voxel axes are collinear): {m.tolist()}")

@@ -214,7 +214,7 @@ def _start(init: str, xr, xray: Path, *, model, vol: Volume, pose_json, sod, iso
            foreign_steps: float | None = 12.0):
     """(start, what the result records of it): a (1, 4, 4) camera_to_world, or (``--init model``) an
     initialiser ``init(image (1, 1, H, W), camera) -> (1, 4, 4)``."""
-    from xraypose.camera import carm_pose, default_sod
+    from xraypose.camera import carm_pose, check_sod, default_sod
     from xraypose.register.initializers import ModelInitializer, pose_from_json
 
     if init == "model":
@@ -232,6 +232,7 @@ def _start(init: str, xr, xray: Path, *, model, vol: Volume, pose_json, sod, iso
         # crop / blur / log / resize do not move the camera
         return xr.initial_pose(iso).reshape(1, 4, 4), {"kind": "angles", "angles": xr.angles}
     d = sod if sod is not None else default_sod(xr.camera.sdd)
+    check_sod(d, xr.camera.sdd, "--sod", "the X-ray's", str(xray))
     return carm_pose(0.0, 0.0, sod=d, isocenter=iso).reshape(1, 4, 4), {"kind": "ap", "sod_mm": d}
 
 

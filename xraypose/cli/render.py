@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +11,7 @@ import typer
 
 from xraypose.cli.config import config_option
 from xraypose.cli.options import CT, option_numbers, read_pose_json
-from xraypose.errors import InputError
+from xraypose.errors import InputError, RunError
 
 
 def render_command(
@@ -51,25 +53,48 @@ def render_command(
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".png"):
         raise InputError(f"output must end in .npy or .png, got {output.name!r}")
-    from xraypose.camera import Camera
+    from xraypose.camera import Camera, check_sod
     from xraypose.io import check_output_file
     from xraypose.volume import load_ct
 
     check_output_file(output)  # before rendering
+    if pose is not None and sod is not None:
+        check_sod(sod, sdd, "--sod", "--sdd")
     cam = Camera(sdd=sdd, height=height, width=width or height, delx=delx, dely=dely, x0=x0, y0=y0,
                  reverse_x_axis=reverse_x_axis)
-    vol = load_ct(ct)
-    if pose_json is not None:
-        T = read_pose_json(pose_json)
-    else:
-        from xraypose.camera import carm_pose, default_sod
+    with _out_of_memory_as_error(f"rendering a {cam.height} × {cam.width} DRR"):
+        vol = load_ct(ct)
+        if pose_json is not None:
+            T = read_pose_json(pose_json)
+        else:
+            from xraypose.camera import carm_pose, default_sod
 
-        a, b = option_numbers("pose", pose)
-        iso = option_numbers("isocenter", isocenter) if isocenter else vol.get_isocenter()
-        T = carm_pose(a, b, sod=sod if sod is not None else default_sod(sdd), isocenter=iso)
-    img = render_drr(vol, cam, T, renderer=renderer, n_samples=samples, step=step, density=density,
-                     bone_attenuation_multiplier=bone_multiplier)
-    from xraypose.io import save_image
+            a, b = option_numbers("pose", pose)
+            iso = option_numbers("isocenter", isocenter) if isocenter else vol.get_isocenter()
+            T = carm_pose(a, b, sod=sod if sod is not None else default_sod(sdd), isocenter=iso)
+        img = render_drr(vol, cam, T, renderer=renderer, n_samples=samples, step=step, density=density,
+                         bone_attenuation_multiplier=bone_multiplier)
+        from xraypose.io import save_image
 
-    save_image(output, img)
+        save_image(output, img)
     typer.echo(f"wrote {output} ({cam.height}×{cam.width}, line integrals {img.min():.3g}…{img.max():.3g})")
+
+
+@contextmanager
+def _out_of_memory_as_error(what: str):
+    """An allocation that fails (MemoryError, torch's "can't allocate memory" / "out of memory") as a
+    one-line :class:`~xraypose.errors.RunError` instead of a traceback; render_drr's estimate refuses most
+    sizes up front, this catches what it does not foresee (memory used by others, a larger CT)."""
+    from xraypose.limits import human_bytes
+
+    try:
+        yield
+    except MemoryError:
+        raise RunError(f"{what} ran out of memory: render fewer pixels") from None
+    except RuntimeError as e:  # torch's allocators (CPU, CUDA) raise RuntimeError
+        text = str(e)
+        if "can't allocate memory" not in text and "out of memory" not in text.lower():
+            raise
+        m = re.search(r"tried to allocate (\d+) bytes", text)
+        asked = f" (an allocation of {human_bytes(int(m.group(1)))} failed)" if m else ""
+        raise RunError(f"{what} ran out of memory{asked}: render fewer pixels") from None

@@ -273,7 +273,10 @@ class Registrar:
         if volume_mm is None:
             factors = (1, 1, 1)
         else:
-            factors = tuple(max(1, int(math.floor(volume_mm / float(s) + 0.5))) for s in spacing)
+            # at most the axis's voxel count: a larger block only adds zero padding (a CT of 6e-4 mm voxels
+            # asked for blocks of 10⁴ voxels, a padded grid of 96 TB)
+            factors = tuple(max(1, min(n, int(math.floor(volume_mm / float(s) + 0.5))))
+                            for s, n in zip(spacing.tolist(), self._density.shape[-3:]))
         channels = tuple(channels)
         key = (factors, channels)
         if key not in self._pyramid:

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from xraypose.camera import carm_pose, default_sod
+from xraypose.camera import carm_pose, check_sod, default_sod
 from xraypose.errors import InputError
 
 __all__ = ["STARTS", "SINGLE_XRAY_STARTS", "check_start", "ap_pose", "StartRule", "angle_starts",
@@ -53,6 +53,7 @@ def ap_pose(isocenter, sdd: float, sod: float | None = None) -> tuple[torch.Tens
     """``(camera_to_world (4, 4) float64, sod mm)``: an AP view (C-arm angles 0, 0) of ``isocenter`` (world mm),
     the source ``sod`` mm from it (default :func:`~xraypose.camera.default_sod` of ``sdd`` mm)."""
     d = sod if sod is not None else default_sod(sdd)
+    check_sod(d, sdd)
     return carm_pose(0.0, 0.0, sod=d, isocenter=isocenter).reshape(4, 4).to(F64), d
 
 

@@ -40,7 +40,7 @@ def read_dicom_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     kind = _pixel_kind(ds, hdr, ov.kind, inverted)
     hv: dict = {}
     ermf = _header_intrinsics(ds, hdr, hv, ov, src)
-    _header_angles(ds, hdr, hv, nframes, src)
+    _header_angles(ds, hdr, hv, nframes, src, ov)
     return finish_xray(img.astype(np.float32), hv, hdr, kind, src, ov, ermf=ermf)
 
 
@@ -160,11 +160,18 @@ def _header_intrinsics(ds, hdr: Provenance, hv: dict, ov: XRayOverrides, src: st
     return ermf
 
 
-def _header_angles(ds, hdr: Provenance, hv: dict, nframes: int, src: str) -> None:
-    """PositionerPrimary/SecondaryAngle, DistanceSourceToPatient and PatientOrientation into ``hv``;
-    ViewPosition recorded (information only)."""
+def _header_angles(ds, hdr: Provenance, hv: dict, nframes: int, src: str, ov: XRayOverrides) -> None:
+    """PositionerPrimary/SecondaryAngle (in the ranges of ``--angles`` and a sidecar's, unless overridden),
+    DistanceSourceToPatient and PatientOrientation into ``hv``; ViewPosition recorded (information only)."""
+    from xraypose.schema import PRIMARY_DEG, SECONDARY_DEG
+
     a1 = _dicom_number(ds, "PositionerPrimaryAngle", "(0018,1510)", path=src)
     a2 = _dicom_number(ds, "PositionerSecondaryAngle", "(0018,1511)", path=src)
+    for v, user, spec, name in ((a1, ov.primary, PRIMARY_DEG, "PositionerPrimaryAngle (0018,1510)"),
+                                (a2, ov.secondary, SECONDARY_DEG, "PositionerSecondaryAngle (0018,1511)")):
+        problem = None if v is None or user is not None else spec.problem(v)
+        if problem:  # the same range as --angles: 720° is no C-arm's reading (a damaged or mis-scaled header)
+            raise InputError(f"{src}: {name} {problem}, got {v:g}; pass the angles (--angles) to override it")
     dsp = _dicom_number(ds, "DistanceSourceToPatient", "(0018,1111)", path=src)
     if a1 is not None:
         hv["primary"] = (a1, "PositionerPrimaryAngle (0018,1510)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from xraypose.camera import Camera
+from xraypose.camera import Camera, check_sod
 from xraypose.converters import pose_from_carm_angles
 from xraypose.errors import InputError
 from xraypose.preprocess import PixelMap, Preprocessed, preprocess
@@ -79,6 +79,8 @@ class XRay:
             raise InputError(
                 f"{self.source or 'X-ray'}: no source-to-isocenter distance (DistanceSourceToPatient); pass sod="
             )
+        if self.camera is not None:  # angles changed after reading (a start's --angles/--sod) are checked here
+            check_sod(a["sod"], self.camera.sdd, what=self.source or "X-ray")
         T = pose_from_carm_angles(a["primary"], a["secondary"], sod=a["sod"], isocenter=isocenter,
                                   roll180=bool(a.get("roll180")))
         T = T @ self._pose_transform()

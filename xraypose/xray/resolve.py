@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xraypose.camera import Camera, carm_pose
+from xraypose.camera import Camera, carm_pose, check_sod
 from xraypose.errors import InputError
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import Provenance, XRay, format_value
@@ -246,6 +246,11 @@ def finish_xray(img: np.ndarray, hv: dict, hdr: Provenance, kind: str, src: str,
     angles = resolve_angles(carm, intr.sdd, hdr, src, ermf)
     mirror = resolve_orientation(carm, angles, hdr, ov)
     camera = build_camera(intr, mirror, take, hdr, ov, H, W, src)
+    if camera is not None and angles is not None and angles["sod"] is not None:
+        # refused here, where both are read: a registration ran to its end before failing on it
+        where = lambda k: hdr.values.get(k, {}).get("from", "")  # noqa: E731
+        check_sod(angles["sod"], camera.sdd, where("sod"), where("sdd") or ("the given camera" if ov.camera else ""),
+                  src)
     xr = XRay(image=torch.from_numpy(np.ascontiguousarray(img)), camera=camera, kind=kind,
               header=hdr.values, notes=hdr.notes, angles=angles, source=src)
     if ov.isocenter is not None:
