@@ -83,6 +83,29 @@ def test_bad_spacing(tmp_path, spacing, words):
     assert "\n" not in str(e.value)
 
 
+def test_a_sidecar_gives_the_voxel_size_where_no_argument_reaches_the_reader(tmp_path):
+    """``v.json`` ({"spacing_mm": [...]}) beside ``v.tif`` is the voxel size when none is given (the command line:
+    ``xraypose render v.tif``, which said "pass spacing=" though no option passes it); an argument wins; a
+    sidecar with another key or bad JSON is refused, naming it; without either the message names the sidecar."""
+    import json
+
+    from xraypose.cli import main
+
+    f = write_stack(tmp_path / "v.tif", list(pages_16bit(n=20, rows=20, cols=20)))
+    with pytest.raises(InputError, match=r"give it in v.json beside it"):
+        read_volume(f)
+    (tmp_path / "v.json").write_text(json.dumps({"spacing_mm": [0.5, 0.6, 0.7]}))
+    assert torch.allclose(read_volume(f).affine.diagonal()[:3].float(), torch.tensor([0.5, 0.6, 0.7]))
+    assert torch.allclose(read_volume(f, spacing=(1, 1, 1)).affine.diagonal()[:3].float(), torch.ones(3))
+    assert main(["render", str(f), "--density", "raw", "--pose", "0,0", "--height", "16",
+                 "-o", str(tmp_path / "d.npy")]) == 0 and (tmp_path / "d.npy").is_file()
+    for text, words in (('{"spacing": [1, 1, 1]}', "expected"), ('{"spacing_mm": [1, 1, 1], "flip": 1}', "unknown key"),
+                        ("{not json", "not readable JSON"), ('{"spacing_mm": [1, 0, 1]}', "> 0 mm")):
+        (tmp_path / "v.json").write_text(text)
+        with pytest.raises(InputError, match=words):
+            read_volume(f)
+
+
 def test_pages_of_different_sizes(tmp_path):
     pages = [np.zeros((4, 5), np.uint16), np.zeros((4, 5), np.uint16), np.zeros((3, 5), np.uint16)]
     f = write_stack(tmp_path / "v.tif", pages)

@@ -2,7 +2,10 @@
 
 A TIFF stack carries no voxel size and no position (its XResolution /
 YResolution tags are print resolutions, not voxel sizes): the voxel size must
-be given, and the placement is a documented choice.
+be given — ``spacing=`` in Python, or, where no argument reaches the reader (the
+command line: ``xraypose render rad.tif …``), a sidecar ``rad.json`` beside the
+stack holding ``{"spacing_mm": [sx, sy, sz]}`` (:func:`sidecar_spacing`) — and the
+placement is a documented choice.
 
 Axis order and placement
 ------------------------
@@ -100,10 +103,34 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
     return out
 
 
+def sidecar_spacing(p: Path):
+    """The voxel size (mm) in the sidecar ``NAME.json`` beside the TIFF stack ``p`` (``{"spacing_mm": [sx, sy,
+    sz]}``, columns, rows, pages), or None when there is no sidecar.  Any other key is refused (a typo must not
+    pass unnoticed)."""
+    import json
+
+    side = p.with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        d = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{side}: not readable JSON ({one_line(e)})") from None
+    if not isinstance(d, dict) or "spacing_mm" not in d:
+        raise InputError(f'{side}: expected {{"spacing_mm": [sx, sy, sz]}} (the TIFF stack\'s voxel size, mm)')
+    extra = sorted(set(d) - {"spacing_mm"})
+    if extra:
+        raise InputError(f"{side}: unknown key {extra[0]!r} (a TIFF stack's sidecar holds spacing_mm only)")
+    return d["spacing_mm"]
+
+
 def _spacing(spacing, p: Path) -> np.ndarray:
     if spacing is None:
-        raise InputError(f"TIFF stack {p} carries no voxel size: pass spacing=(sx, sy, sz) in mm "
-                         "(columns, rows, pages)")
+        spacing = sidecar_spacing(p)
+    if spacing is None:
+        raise InputError(f"TIFF stack {p} carries no voxel size: give it in {p.with_suffix('.json').name} beside it "
+                         '({"spacing_mm": [sx, sy, sz]}, mm along columns, rows, pages) or, in Python, '
+                         "spacing=(sx, sy, sz)")
     try:
         sp = np.asarray([float(s) for s in spacing], dtype=np.float64)
     except (TypeError, ValueError):
