@@ -221,3 +221,20 @@ def test_farthest_point_sampling_line():
     pts = torch.linspace(0, 10, 11, dtype=torch.float64)[:, None] * torch.tensor([[1.0, 0, 0]], dtype=torch.float64)
     idx = farthest_point_sampling(pts, 3, first=5)
     assert sorted(idx.tolist()) == [0, 5, 10]
+
+
+def test_a_fiducials_csv_header_may_be_x_y_z(tmp_path):
+    """Both headers are skipped — ``name,x,y,z`` and ``x,y,z`` (the second was refused as 'not numbers'); a
+    header-like line elsewhere is still an error."""
+    from xraypose.errors import InputError
+    from xraypose.fiducials import read_fiducials_file
+
+    for header, names in (("name,x,y,z\na,1,2,3\nb,4,5,6\n", ["a", "b"]), ("x,y,z\n1,2,3\n4,5,6\n", ["p0", "p1"]),
+                          ("X, Y, Z\n1,2,3\n4,5,6\n", ["p0", "p1"])):
+        f = tmp_path / "f.csv"
+        f.write_text(header)
+        got, pts = read_fiducials_file(f)
+        assert got == names and torch.equal(pts, torch.tensor([[1.0, 2, 3], [4, 5, 6]], dtype=torch.float64))
+    f.write_text("1,2,3\nx,y,z\n")
+    with pytest.raises(InputError, match=":2"):
+        read_fiducials_file(f)

@@ -174,7 +174,7 @@ def _checked_point(p, where: str, values) -> list:
 def read_fiducials_csv(path, text: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Names and (N, 3) float64 points from ``name,x,y,z`` lines (world RAS mm).
 
-    A header line ``name,x,y,z``, empty lines and ``#`` comments are skipped; a
+    A header line ``name,x,y,z`` or ``x,y,z``, empty lines and ``#`` comments are skipped; a
     line of 3 values gets the name ``pN``.  ``text``: the file's text when
     already read (whitespace-separated columns are then accepted too).
     """
@@ -188,8 +188,8 @@ def read_fiducials_csv(path, text: str | None = None) -> tuple[list[str], torch.
         row = [c.strip() for c in row]
         if not row or not any(row) or row[0].startswith("#"):
             continue
-        if len(row) == 4 and lineno == 1 and row[1].lower() == "x":
-            continue
+        if lineno == 1 and [c.lower() for c in row[-3:]] == ["x", "y", "z"] and len(row) in (3, 4):
+            continue  # the header: name,x,y,z or x,y,z
         if len(row) == 3:
             row = [f"p{len(pts)}"] + row
         if len(row) != 4:
