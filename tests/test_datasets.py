@@ -229,6 +229,11 @@ def test_deepfluoro_bad_input(deepfluoro, tmp_path, monkeypatch):
         sp[0]
     sp.close()
     with h5py.File(broken, "a") as f:
+        f["17-1882/projections/000/image/pixels"][3, 4] = np.nan
+    with pytest.raises(InputError, match="projection 000 has 1 NaN or infinite pixel$"):
+        DeepFluoroDataset(1, filename=broken)[0]
+    sp.close()
+    with h5py.File(broken, "a") as f:
         del f["17-1882/projections/001/image/pixels"]
         f["17-1882/projections/001/image"].create_dataset("pixels", data=np.ones((64, 64), np.float32))
     with pytest.raises(InputError, match="sizes differ"):

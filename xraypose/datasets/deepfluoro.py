@@ -216,6 +216,9 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
                 f"{self._where}: projection {key} is {a.shape[0]}×{a.shape[1]} pixels but proj-params describe a "
                 f"{self.height}×{self.width} detector (sizes differ)"
             )
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:  # named here: preprocessing's message does not know the projection
+            raise InputError(f"{self._where}: projection {key} has {bad} NaN or infinite pixel{'s' if bad > 1 else ''}")
         return torch.from_numpy(a)
 
     def _plan(self, idx: int, size=None) -> GeometryPlan:
