@@ -609,3 +609,17 @@ def test_bad_dtype_and_isocenter(tmp_path):
     with pytest.raises(InputError, match="isocenter"):
         read_volume(ct, isocenter=[1.0, 2.0])
     assert read_volume(ct, dtype=torch.float64).data.dtype == torch.float64
+
+
+def test_a_nifti_header_declaring_a_negative_size_is_refused_naming_it(tmp_path):
+    """dim[1] = −5 in the header: one line naming the size (nibabel said 'memory mapped length must be positive')."""
+    import struct
+
+    f = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8), np.int16), np.eye(4)), str(f))
+    raw = bytearray(f.read_bytes())
+    raw[42:44] = struct.pack("<h", -5)  # NIfTI-1: dim[1] at byte 42
+    f.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"declares a size of -5 × 7 × 8 voxels") as e:
+        read_volume(f)
+    assert "\n" not in str(e.value)
