@@ -463,6 +463,8 @@ def test_command_line_check_and_example(example_case, tmp_path, capsys):
     assert main(["example", str(example_case)]) == 2  # not empty: refuses to overwrite
     assert "not empty" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "missing")]) == 2
+    assert main(["check", str(example_case / "poses.json")]) == 2  # a file: said so, not "not found"
+    assert "is a file, not a case folder" in capsys.readouterr().err
 
 
 def _scaled_copy(path, tmp_path, key: str, factor: float):

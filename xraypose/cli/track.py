@@ -47,6 +47,11 @@ def read_sequences(frames, rig: str | None, read_kw: dict):
     from xraypose.sequence import read_sequence
 
     if rig is None:
+        folders = [str(f) for f in frames if Path(f).is_dir()]
+        if len(frames) > 1 and folders:  # several sequences (one per view) are a rig's
+            raise InputError(f"{folders[0]} is a folder (a sequence) among {len(frames)} arguments: several "
+                             "sequences are a rig's views — give --rig rig.json — and one sequence is one folder, "
+                             "one multi-frame file or several single-frame files")
         seq = read_sequence([str(f) for f in frames] if len(frames) > 1 else frames[0], **read_kw)
         if seq.camera is None:
             raise InputError(f"{seq.source}: no intrinsics; give --sdd and --delx (or a sidecar JSON)")

@@ -156,7 +156,8 @@ def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
 
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise InputError(f"case folder not found: {root}")
+        raise InputError(f"{root} is a file, not a case folder (a folder holding ct.nii.gz, xrays/, poses.json)"
+                         if root.exists() else f"case folder not found: {root}")
     found = [root / n for n in CT_NAMES if (root / n).exists()]
     if len(found) > 1:  # which one the user meant is not ours to guess
         raise InputError(f"case folder {root} holds {len(found)} CTs ({', '.join(p.name for p in found)}); keep one")
