@@ -583,8 +583,8 @@ add("xray-npy-garbage", "cannot read", lambda d, o: register_args(
     d, o, (d / "x.npy").write_bytes(b"junk" * 20) and d / "x.npy"))
 add("xray-npy-1x1", "too small", lambda d, o: register_args(d, o, xray_npy(d, arr=np.ones((1, 1), np.float32))))
 add("xray-npy-3x3", "too small", lambda d, o: register_args(d, o, xray_npy(d, arr=np.ones((3, 3), np.float32))))
-add("xray-npy-constant", "constant", lambda d, o: register_args(d, o, xray_npy(
-    d, arr=np.full((32, 32), 5.0, np.float32))))
+add("xray-npy-constant", ("every pixel is 5;", "constant"), lambda d, o: register_args(d, o, xray_npy(
+    d, arr=np.full((32, 32), 5.0, np.float32))))  # the file's value, not the log's (-3e-16)
 add("xray-npy-no-intrinsics", ("sdd",), lambda d, o: register_args(d, o, xray_npy(d, sidecar=None)))
 add("xray-png-garbage", "not a readable", lambda d, o: register_args(
     d, o, (d / "x.png").write_bytes(b"junk" * 20) and d / "x.png"))

@@ -194,6 +194,8 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
 def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     """The X-ray (:func:`xraypose.xray.read_xray`, ``--angles`` and ``--sod`` over its header), with
     intrinsics and registrable once cropped."""
+    import torch
+
     from xraypose.limits import check_registrable_xray
     from xraypose.xray import read_xray
 
@@ -204,6 +206,9 @@ def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     if xr.camera is None:
         raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
     check_registrable_xray(xr.shape, str(xray), crop)
+    lo, hi = (float(v) for v in torch.aminmax(xr.image.float()))
+    if lo == hi:  # said with the file's own value (after the log it read "every pixel = -3.05e-16")
+        raise InputError(f"{xray}: every pixel is {lo:g}; a constant image has nothing to register")
     for n in xr.notes:  # one frame of several registered: said where the user looks, not only in pose.json
         if "multi-frame" in n:
             typer.echo(f"note: {xray}: {n}")
