@@ -578,6 +578,7 @@ add("xray-npy-nan", "nan", lambda d, o: register_args(d, o, xray_npy(d, arr=_img
 add("xray-npy-inf", "infinite", lambda d, o: register_args(d, o, xray_npy(d, arr=_img_with(np.inf))))
 add("xray-npy-complex", "complex", lambda d, o: register_args(d, o, xray_npy(
     d, arr=(np.ones((32, 32)) + 1j).astype(np.complex64))))
+add("xray-npy-bool", "booleans", lambda d, o: register_args(d, o, xray_npy(d, arr=np.ones((32, 32), bool))))
 add("xray-npy-string", "not numeric", lambda d, o: register_args(d, o, xray_npy(d, arr=np.full((4, 4), "a"))))
 add("xray-npy-garbage", "cannot read", lambda d, o: register_args(
     d, o, (d / "x.npy").write_bytes(b"junk" * 20) and d / "x.npy"))

@@ -105,6 +105,8 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
         raise InputError(f"{p}: .npy array is not numeric (dtype {dtype})")
     if np.issubdtype(dtype, np.complexfloating):
         raise InputError(f"{p}: .npy array holds complex values (dtype {dtype}); X-rays are real numbers")
+    if dtype == np.bool_:  # a mask saved by mistake (it was read, then refused as a mask leaving < 5 %)
+        raise InputError(f"{p}: .npy array holds booleans (a mask?); an X-ray is intensities or line integrals")
     n = int(np.prod(shape)) if shape else 1
     if n > MAX_XRAY_PIXELS:
         raise InputError(f"{p}: the header declares {dims(shape)} pixels ({n:.3g}); X-rays are at most "
