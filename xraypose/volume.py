@@ -735,9 +735,9 @@ def _check_nifti_header(img, p: Path, what: str) -> None:
 
     hdr = img.header
     shape = tuple(int(n) for n in img.shape)
-    if any(n < 1 for n in shape):  # nibabel would fail on its memory map ("length must be positive")
+    if any(n < 0 for n in shape):  # nibabel would fail on its memory map ("length must be positive"); 0: below
         raise InputError(f"{what} file {p}: the header declares a size of {' × '.join(map(str, shape))} voxels "
-                         "(every axis needs at least one; a damaged header?)")
+                         "(a negative size: a damaged header?)")
     itemsize = np.dtype(hdr.get_data_dtype()).itemsize
     check_allocation(shape, itemsize + 4, f"{what} file {p}")  # the file's values and a float32 copy
     if not p.name.lower().endswith(".gz"):
