@@ -465,6 +465,10 @@ def test_command_line_check_and_example(example_case, tmp_path, capsys):
     assert main(["check", str(tmp_path / "missing")]) == 2
     assert main(["check", str(example_case / "poses.json")]) == 2  # a file: said so, not "not found"
     assert "is a file, not a case folder" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("mine")  # an output that is a file: said so ("File exists" was all)
+    for args in (["check", str(example_case), "--out", str(tmp_path / "afile")], ["fixtures", str(tmp_path / "afile")]):
+        assert main(args) == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def _scaled_copy(path, tmp_path, key: str, factor: float):

@@ -76,8 +76,9 @@ def fixtures_command(
     # both lists checked before either file is written
     spec_ids = checked_ids(option_numbers("specimens", specimens), "--specimens", 6)
     subj_ids = checked_ids(option_numbers("subjects", subjects), "--subjects", 10)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    from xraypose.io import make_output_folder
+
+    folder = make_output_folder(out)  # checked: a file of that name is said so ("File exists" was all it said)
     vol = read_volume(ct) if ct else None
     write_deepfluoro_fixture(folder / "ipcai_2020_full_res_data.h5", volume=vol, detector=1536 if full else 128,
                              specimens=spec_ids, n_projections=projections,

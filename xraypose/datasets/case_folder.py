@@ -327,7 +327,7 @@ def check_case(folder, out=None) -> list[dict]:
     """Read a case and, for each X-ray with a pose (ground truth, else the initial pose from its
     C-arm angles), render a DRR and report its NCC with the preprocessed X-ray.  Writes
     ``<name>_xray.png`` / ``<name>_drr.png`` to ``out`` when given.  Returns one dict per X-ray."""
-    from xraypose.io import save_image
+    from xraypose.io import make_output_folder, save_image
     from xraypose.preprocess import ncc
     from xraypose.render import render
 
@@ -347,7 +347,7 @@ def check_case(folder, out=None) -> list[dict]:
                 drr = render(density, case.volume.affine, xr.camera, pose.to(torch.float32)[None], step=1.5)[0, 0]
             row["ncc"] = ncc(xr.image, drr)
             if out is not None:
-                Path(out).mkdir(parents=True, exist_ok=True)
+                make_output_folder(out)  # a file of that name is said so ("File exists" was all it said)
                 save_image(Path(out) / f"{Path(name).stem}_xray.png", xr.image)
                 save_image(Path(out) / f"{Path(name).stem}_drr.png", drr)
         rows.append(row)
