@@ -237,18 +237,22 @@ def test_two_plausible_results_far_apart_are_not_ok():
 def test_the_antipodal_result_is_a_rival_of_one_view_only_with_the_evidence_it_would_need_to_be_kept():
     """One view cannot tell its two sides apart below ANTIPODAL_OK (mirror_verdict): the antipodal start's
     result below it is no rival of the given start's (pelvis display case 2: 0.00 mm at P 0.72 against
-    175 mm at P 0.73 was made uncertain); from it on it is, and a rig (mirror=False) counts it always."""
+    175 mm at P 0.73 was made uncertain); from it on it is, and a rig (one_view=False) counts it always."""
     from xraypose.register.hypotheses import ANTIPODAL_OK, final_verdict, rival_verdict, rivals
 
     tried = [{"start": "given start", "p_success": 0.72, "verdict": "ok", "from_kept_mm": 0.0},
              {"start": "antipodal start", "p_success": 0.73, "verdict": "uncertain", "from_kept_mm": 69.6},
              {"start": "restart 1", "p_success": 0.53, "verdict": "ok", "from_kept_mm": 0.9}]
     assert rivals(tried, "given start") == [] and rival_verdict("ok", "given start", tried) == ("ok", None)
-    assert final_verdict("ok", 0.72, "given start", tried) == ("ok", None)
+    assert final_verdict("ok", 0.72, "given start", tried) == ("ok", None, "reached again from 1 other start")
+    tried[2]["from_kept_mm"] = 2.5  # reached by no other start: a marginal ok is uncertain (one view only)
+    assert final_verdict("ok", 0.72, "given start", tried)[0] == "uncertain"
+    assert final_verdict("ok", 0.72, "given start", tried[:1], one_view=False) == ("ok", None, "")
+    tried[2]["from_kept_mm"] = 0.9
     assert [t["start"] for t in rivals(tried, "given start", mirror=False)] == ["antipodal start"]
-    assert final_verdict("ok", 0.72, "given start", tried, mirror=False)[0] == "uncertain"
+    assert final_verdict("ok", 0.72, "given start", tried, one_view=False)[0] == "uncertain"
     tried[1]["p_success"] = ANTIPODAL_OK
-    v, why = final_verdict("ok", 0.72, "given start", tried)
+    v, why, _ = final_verdict("ok", 0.72, "given start", tried)
     assert v == "uncertain" and "antipodal start" in why
     tried[1].update(p_success=0.73, start="restart 2")  # any other start's plausible result: a rival
     assert rival_verdict("ok", "given start", tried)[0] == "uncertain"

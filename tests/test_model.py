@@ -173,3 +173,10 @@ def test_geometry_stays_float32_under_mixed_precision(sampler):
     assert out.dtype == rot.dtype == trans.dtype == torch.float32
     check_rigid(out, atol=1e-5)
     assert (out[:, :3, 3] - ref[:, :3, 3]).abs().max() < 5.0  # mm: only the backbone ran in bfloat16
+
+
+def test_an_architecture_holds_exactly_the_keys_checkpoints_are_checked_on():
+    """PoseRegressor.architecture() and _ARCHITECTURE_KEYS (build_model's and check_compatible's list) agree."""
+    from xraypose.model import _ARCHITECTURE_KEYS, PoseRegressor
+
+    assert sorted(PoseRegressor(TINY).architecture()) == sorted(_ARCHITECTURE_KEYS)

@@ -99,8 +99,9 @@ def test_a_sidecar_gives_the_voxel_size_where_no_argument_reaches_the_reader(tmp
     assert torch.allclose(read_volume(f, spacing=(1, 1, 1)).affine.diagonal()[:3].float(), torch.ones(3))
     assert main(["render", str(f), "--density", "raw", "--pose", "0,0", "--height", "16",
                  "-o", str(tmp_path / "d.npy")]) == 0 and (tmp_path / "d.npy").is_file()
-    for text, words in (('{"spacing": [1, 1, 1]}', "expected"), ('{"spacing_mm": [1, 1, 1], "flip": 1}', "unknown key"),
-                        ("{not json", "not readable JSON"), ('{"spacing_mm": [1, 0, 1]}', "> 0 mm")):
+    for text, words in (('{"spacing": [1, 1, 1]}', "lacks the key 'spacing_mm'"),
+                        ('{"spacing_mm": [1, 1, 1], "flip": 1}', "known keys: spacing_mm"),
+                        ("{not json", "not valid JSON"), ('{"spacing_mm": [1, 0, 1]}', "spacing_mm")):
         (tmp_path / "v.json").write_text(text)
         with pytest.raises(InputError, match=words):
             read_volume(f)

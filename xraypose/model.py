@@ -268,6 +268,8 @@ class PoseRegressor(nn.Module):
                           (translation - self.translation_mean) / self.translation_std], -1)
 
 
+#: The keys of an architecture (:meth:`PoseRegressor.architecture`): what a checkpoint's must hold, and what two
+#: architectures are compared on (:func:`check_compatible`).
 _ARCHITECTURE_KEYS = ("backbone", "parameterization", "convention", "norm", "pool_grid", "in_chans")
 
 
@@ -302,8 +304,7 @@ def architecture_of(model: nn.Module) -> dict:
 def check_compatible(expected: dict, found: dict, what: str) -> None:
     """Raise a clear InputError when two architectures differ (backbone, parameterization, ...)."""
     diffs = [f"{k}: {found.get(k)!r} (expected {expected.get(k)!r})"
-             for k in ("backbone", "parameterization", "convention", "norm", "pool_grid", "in_chans")
-             if expected.get(k) != found.get(k)]
+             for k in _ARCHITECTURE_KEYS if expected.get(k) != found.get(k)]
     if diffs:
         raise InputError(f"{what} was made for another architecture or parameterization — " + "; ".join(diffs))
 

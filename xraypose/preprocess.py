@@ -1080,11 +1080,17 @@ def _dequantise(raw: torch.Tensor, L: torch.Tensor, b, offset: float, steps: lis
 
 
 def _check_finite(img: torch.Tensor) -> None:
+    """NaN/infinite pixels, and a constant image, refused with the pixels as given (after the crop): a constant
+    image said so only after its log, as "every pixel = -3.05e-16"."""
     bad = ~torch.isfinite(img)
     if bool(bad.any()):
         r, c = (int(x) for x in torch.nonzero(bad)[0])
         raise InputError(f"X-ray has {int(bad.sum())} NaN or infinite pixels (the first at row {r}, column {c} after "
                          "the crop); replace them (e.g. from a dead-pixel map) or crop them away")
+    lo, hi = (float(v) for v in torch.aminmax(img))
+    if lo == hi:
+        raise InputError("X-ray image is all zeros: an empty image has nothing to register" if lo == 0 else
+                         f"X-ray is constant: every pixel is {lo:g}; a constant image has nothing to register")
 
 
 def _record_saturation(mask: torch.Tensor, value: float, pixels: int, steps: list) -> None:

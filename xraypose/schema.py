@@ -437,6 +437,10 @@ SIDECAR = Object({
     "K": Matrix(3, 3, Number(-1e9, 1e9)),
 }, what="an object {\"sdd_mm\": …, \"delx_mm\": …}")
 
+#: A TIFF stack's sidecar ``NAME.json``: its voxel size (:func:`xraypose.tiff_stack.sidecar_spacing`).
+TIFF_SIDECAR = Object({"spacing_mm": Vector(3, Number(lo=0, lo_open=True, hi=1e3, unit="mm"), "mm")},
+                      required=("spacing_mm",), what='an object {"spacing_mm": [sx, sy, sz]}')
+
 #: One X-ray's settings in ``case.json`` (keywords of :func:`xraypose.xray.read_xray`).
 XRAY_SETTINGS = Object({
     "sdd": SDD_MM, "delx": PIXEL_MM, "dely": PIXEL_MM, "x0": OFFSET_MM, "y0": OFFSET_MM, "reverse_x_axis": Bool(),

@@ -105,23 +105,12 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
 
 def sidecar_spacing(p: Path):
     """The voxel size (mm) in the sidecar ``NAME.json`` beside the TIFF stack ``p`` (``{"spacing_mm": [sx, sy,
-    sz]}``, columns, rows, pages), or None when there is no sidecar.  Any other key is refused (a typo must not
-    pass unnoticed)."""
-    import json
+    sz]}``, columns, rows, pages; :data:`xraypose.schema.TIFF_SIDECAR`: any other key is refused), or None when
+    there is no sidecar."""
+    from xraypose.schema import TIFF_SIDECAR, read_checked
 
     side = p.with_suffix(".json")
-    if not side.is_file():
-        return None
-    try:
-        d = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{side}: not readable JSON ({one_line(e)})") from None
-    if not isinstance(d, dict) or "spacing_mm" not in d:
-        raise InputError(f'{side}: expected {{"spacing_mm": [sx, sy, sz]}} (the TIFF stack\'s voxel size, mm)')
-    extra = sorted(set(d) - {"spacing_mm"})
-    if extra:
-        raise InputError(f"{side}: unknown key {extra[0]!r} (a TIFF stack's sidecar holds spacing_mm only)")
-    return d["spacing_mm"]
+    return read_checked(side, TIFF_SIDECAR, "TIFF sidecar")["spacing_mm"] if side.is_file() else None
 
 
 def _spacing(spacing, p: Path) -> np.ndarray:

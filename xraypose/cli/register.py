@@ -194,8 +194,6 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
 def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     """The X-ray (:func:`xraypose.xray.read_xray`, ``--angles`` and ``--sod`` over its header), with
     intrinsics and registrable once cropped."""
-    import torch
-
     from xraypose.limits import check_registrable_xray
     from xraypose.xray import read_xray
 
@@ -206,9 +204,6 @@ def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     if xr.camera is None:
         raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
     check_registrable_xray(xr.shape, str(xray), crop)
-    lo, hi = (float(v) for v in torch.aminmax(xr.image.float()))
-    if lo == hi:  # said with the file's own value (after the log it read "every pixel = -3.05e-16")
-        raise InputError(f"{xray}: every pixel is {lo:g}; a constant image has nothing to register")
     for n in xr.notes:  # one frame of several registered: said where the user looks, not only in pose.json
         if "multi-frame" in n:
             typer.echo(f"note: {xray}: {n}")
@@ -219,8 +214,8 @@ def _start(init: str, xr, xray: Path, *, model, vol: Volume, pose_json, sod, iso
            foreign_steps: float | None = 12.0):
     """(start, what the result records of it): a (1, 4, 4) camera_to_world, or (``--init model``) an
     initialiser ``init(image (1, 1, H, W), camera) -> (1, 4, 4)``."""
-    from xraypose.camera import carm_pose, check_sod, default_sod
     from xraypose.register.initializers import ModelInitializer, pose_from_json
+    from xraypose.register.starts import ap_pose
 
     if init == "model":
         return (ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct, foreign_steps=foreign_steps),
@@ -236,9 +231,8 @@ def _start(init: str, xr, xray: Path, *, model, vol: Volume, pose_json, sod, iso
                              "give --sod MM")
         # crop / blur / log / resize do not move the camera
         return xr.initial_pose(iso).reshape(1, 4, 4), {"kind": "angles", "angles": xr.angles}
-    d = sod if sod is not None else default_sod(xr.camera.sdd)
-    check_sod(d, xr.camera.sdd, "--sod", "the X-ray's", str(xray))
-    return carm_pose(0.0, 0.0, sod=d, isocenter=iso).reshape(1, 4, 4), {"kind": "ap", "sod_mm": d}
+    T, d = ap_pose(iso, xr.camera.sdd, sod, "the X-ray's", str(xray))
+    return T.reshape(1, 4, 4), {"kind": "ap", "sod_mm": d}
 
 
 def _true_pose(true_pose: Path | None):

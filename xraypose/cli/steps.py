@@ -192,10 +192,10 @@ def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol: Volume, p
     camera) -> (1, 4, 4)`` — from ``--init`` model | pose | angles | ap, given for the view ``px`` (a
     preprocessed XRay) whose camera_to_rig is ``camera_to_rig``.  ``foreign_steps``: the model's
     X-ray has metal's steps set aside at this threshold (None: ``--no-metal-steps``)."""
-    from xraypose.camera import carm_pose, check_sod, default_sod
     from xraypose.cli.options import option_numbers
     from xraypose.register.initializers import ModelInitializer
     from xraypose.register.multiview import rig_start
+    from xraypose.register.starts import ap_pose
 
     if init == "model":
         est = ModelInitializer.from_checkpoint(model, vol, allow_other_ct=allow_other_ct, foreign_steps=foreign_steps)
@@ -213,10 +213,8 @@ def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol: Volume, p
             raise InputError(f"the start view {view} holds no C-arm angles and source-to-isocenter distance: give "
                              "--angles PRIMARY,SECONDARY and --sod, --pose-json, or --model")
         return rig_start(px.initial_pose(iso), camera_to_rig), {"kind": "angles", "angles": px.angles, "view": view}
-    d = sod if sod is not None else default_sod(px.camera.sdd)
-    check_sod(d, px.camera.sdd, "--sod", f"the view {view}'s")
-    return (rig_start(carm_pose(0.0, 0.0, sod=d, isocenter=iso), camera_to_rig),
-            {"kind": "ap", "sod_mm": d, "view": view})
+    T, d = ap_pose(iso, px.camera.sdd, sod, f"the view {view}'s")
+    return rig_start(T, camera_to_rig), {"kind": "ap", "sod_mm": d, "view": view}
 
 
 def metric_fiducials(path: Path | None, truth):

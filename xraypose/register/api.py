@@ -305,8 +305,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     """
     from xraypose.register.confidence import assess, scatter_aware_p
     from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
-                                              best_hypothesis, capture_hypothesis_config, corroborated_verdict,
-                                              final_verdict, gate_verdicts, kept_reason, match_hypothesis_config, scatter_note,
+                                              best_hypothesis, capture_hypothesis_config, final_verdict,
+                                              gate_verdicts, kept_reason, match_hypothesis_config, scatter_note,
                                               schedule_levels, settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
@@ -361,12 +361,11 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     pick, c = found[best]
     kept = tried[best]["start"]
     c.reason = kept_reason(c.reason, kept, conf.p_success)
-    verdict, why = final_verdict(c.verdict, c.p_success, kept, tried)
+    c.verdict, why, note = final_verdict(c.verdict, c.p_success, kept, tried)
     if why is not None:
-        c.verdict, c.reason = verdict, f"{why} (P {c.p_success:.2f}; {c.reason})"
-    v, why = corroborated_verdict(c.verdict, c.p_success, kept, tried)  # a marginal ok: reached again?
-    if why:
-        c.verdict, c.reason = v, f"{c.reason}; {why}"
+        c.reason = f"{why} (P {c.p_success:.2f}; {c.reason})"
+    if note:
+        c.reason = f"{c.reason}; {note}"
     note = scatter_note(c.verdict, c.p_success, tried[best].get("p_scatter"))
     if note is not None:
         c.reason = f"{c.reason}; {note}"

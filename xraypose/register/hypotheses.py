@@ -284,14 +284,21 @@ def settle_kept(tried, poses, best: int, isocenter, pose_key: str = "camera_to_w
     return best
 
 
-def final_verdict(verdict: str, p_success: float, kept: str, tried, mirror: bool = True) -> tuple[str, str | None]:
-    """(verdict, extra reason or None) of the kept result: :func:`mirror_verdict` (one view only: ``mirror``),
-    then, if that changed nothing, :func:`rival_verdict`."""
-    if mirror:
-        v, why = mirror_verdict(verdict, p_success, kept)
-        if why is not None:
-            return v, why
-    return rival_verdict(verdict, kept, tried, mirror)
+def final_verdict(verdict: str, p_success: float, kept: str, tried,
+                  one_view: bool = True) -> tuple[str, str | None, str]:
+    """``(verdict, why, note)`` of the kept result once the hypotheses ran — the rules in order, one view's
+    and a rig's (``one_view`` False: no mirror rule, the antipodal result a rival like any other, no
+    corroboration — not measured on rigs): :func:`mirror_verdict`; if that changed nothing,
+    :func:`rival_verdict`; then :func:`corroborated_verdict`.  ``why``: the reason of a changed verdict (None:
+    unchanged by the first two), to go before the check's own; ``note``: the corroboration's sentence (or
+    ""), to go after it."""
+    v, why = mirror_verdict(verdict, p_success, kept) if one_view else (verdict, None)
+    if why is None:
+        v, why = rival_verdict(verdict, kept, tried, one_view)
+    if not one_view:
+        return v, why, ""
+    v, note = corroborated_verdict(v, p_success, kept, tried)
+    return v, why, note
 
 
 def rival_verdict(verdict: str, kept: str, tried, mirror: bool = True) -> tuple[str, str | None]:

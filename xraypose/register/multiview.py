@@ -338,9 +338,9 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     b = settle_kept(tried, [o.rig_to_world for o in outs], b, reg.isocenter, pose_key="rig_to_world")
     best, kept = outs[b], tried[b]["start"]
     best.reason = kept_reason(best.reason, kept, rr.p_success)
-    verdict, why = final_verdict(best.verdict, best.p_success, kept, tried, mirror=False)
+    best.verdict, why, _ = final_verdict(best.verdict, best.p_success, kept, tried, one_view=False)
     if why is not None:
-        best.verdict, best.reason = verdict, f"{why} (P {best.p_success:.2f}; {best.reason})"
+        best.reason = f"{why} (P {best.p_success:.2f}; {best.reason})"
     best.initial_rig_to_world = rr.initial_rig_to_world  # the start the user gave
     best.kept, best.hypotheses = kept, tried
     best.extra = {**(best.extra or {}), "hypotheses_s": time.perf_counter() - t0}

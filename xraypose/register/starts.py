@@ -49,11 +49,13 @@ def check_start(name: str | None, *, model=None, pose_json=None, option: str = "
         raise InputError(f"{option} pose needs --pose-json FILE")
 
 
-def ap_pose(isocenter, sdd: float, sod: float | None = None) -> tuple[torch.Tensor, float]:
+def ap_pose(isocenter, sdd: float, sod: float | None = None, sdd_from: str = "",
+            what: str = "") -> tuple[torch.Tensor, float]:
     """``(camera_to_world (4, 4) float64, sod mm)``: an AP view (C-arm angles 0, 0) of ``isocenter`` (world mm),
-    the source ``sod`` mm from it (default :func:`~xraypose.camera.default_sod` of ``sdd`` mm)."""
+    the source ``sod`` mm from it (default :func:`~xraypose.camera.default_sod` of ``sdd`` mm); a given ``sod``
+    beyond ``sdd`` is refused (:func:`~xraypose.camera.check_sod`; ``sdd_from``, ``what``: for its message)."""
     d = sod if sod is not None else default_sod(sdd)
-    check_sod(d, sdd)
+    check_sod(d, sdd, "--sod", sdd_from, what)
     return carm_pose(0.0, 0.0, sod=d, isocenter=isocenter).reshape(4, 4).to(F64), d
 
 

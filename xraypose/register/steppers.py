@@ -302,7 +302,7 @@ class LMStepper(Stepper):
             w = t.work
             if not bool(good[j]):
                 if self._recover(t):
-                    w["lam"] *= 10
+                    self._damp(w)
                     retry.append(t)
                 continue
             cost = float(ev.cost[j])
@@ -310,7 +310,7 @@ class LMStepper(Stepper):
             w["it"] += 1
             t.iterations += 1
             if cost >= w["best_cost"]:  # reject: a shorter step from the best pose, more damping
-                w["lam"] = max(w["lam"] * 10, float(c.lm_reject_damping))  # enough to shorten it
+                self._damp(w)
                 if w["lam"] > c.lm_max_damping or w["step_px"] < c.lm_reject_tol_px:
                     t.finish_level("converged")
                 elif last:
@@ -361,6 +361,12 @@ class LMStepper(Stepper):
         w["cand"] = _chart(self._frames(best), delta[None], best)[0].detach()
         if accepted:
             w["lam"] = max(w["lam"] / 3, 1e-9)
+
+    def _damp(self, w: dict) -> None:
+        """More damping for a step retried from the best pose: ×10, and at least ``lm_reject_damping`` (1: the
+        step about halves) — ×10 alone, from the small damping a run of accepted steps leaves, retried the
+        same step (RegistrationConfig)."""
+        w["lam"] = max(w["lam"] * 10, float(self.config.lm_reject_damping))
 
     def _motion_mm(self, delta: torch.Tensor) -> float:
         """Largest motion (mm) of a point within ``motion_radius_mm`` of the isocenter under the step ξ."""
