@@ -522,6 +522,10 @@ add("ct-dicom-uneven-slices", "uneven", lambda d, o: render_args(
     d, o, dicom_series(d, 4, gaps=[0.0, 10.0, 30.0, 40.0]), "--pose", "0,0"))
 add("ct-dicom-radiographs", ("projection radiographs", "modality xa"), lambda d, o: render_args(
     d, o, _retagged(dicom_series(d, 4), Modality="XA", SOPClassUID="1.2.840.10008.5.1.4.1.1.12.1"), "--pose", "0,0"))
+add("ct-dicom-slices-of-two-sizes", ("differ in size", "8 × 8", "one ct series"), lambda d, o: render_args(
+    d, o, _one_slice_cropped(dicom_series(d, 4)), "--pose", "0,0"))
+add("ct-dicom-without-series-uid", ("without a seriesinstanceuid", "uneven"), lambda d, o: render_args(
+    d, o, _retagged(dicom_series(d, 4, gaps=[0.0, 10.0, 30.0, 40.0]), SeriesInstanceUID=None), "--pose", "0,0"))
 add("ct-in-case-folder-nan", ("nan",), lambda d, o: with_case(
     d, o, ct_file=lambda r: nifti(r / "ct.nii.gz", _ct_with_nan())))
 
@@ -535,6 +539,18 @@ def _retagged(folder: Path, **tags) -> Path:
         for k, v in tags.items():
             setattr(ds, k, v)
         ds.save_as(f)
+    return folder
+
+
+def _one_slice_cropped(folder: Path) -> Path:
+    """The series with its last slice cut to 8 × 8 pixels (ITK's series reader: "Size mismatch!")."""
+    import pydicom
+
+    f = sorted(folder.iterdir())[-1]
+    ds = pydicom.dcmread(f)
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[:8, :8]).tobytes()
+    ds.Rows, ds.Columns = 8, 8
+    ds.save_as(f)
     return folder
 
 

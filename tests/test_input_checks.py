@@ -102,6 +102,23 @@ def test_the_documented_shared_config_file_serves_each_of_its_commands(tmp_path)
         assert key in read_command_config(cfg, command, allowed)
 
 
+def test_top_level_keys_beside_a_commands_table_are_read_and_the_table_wins(tmp_path):
+    """A file with top-level keys and a [register] table: both reach `register` (the top-level keys were
+    silently dropped before 2026-12-05), the table's value wins (whatever the key's spelling), and a
+    top-level key that is no option of the command is still named."""
+    from xraypose.cli.config import read_command_config
+
+    commands = _commands()
+    allowed = {p.name: p for p in commands["register"].params if p.param_type_name == "option"}
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('threads = 1\nlr-rot = 0.5\n[register]\nsimilarity = "gncc"\nlr_rot = 0.25\n'
+                   '[render]\nsdd = 1000.0\n')
+    assert read_command_config(cfg, "register", allowed) == {"threads": 1, "similarity": "gncc", "lr_rot": 0.25}
+    cfg.write_text('no-such-option = 1\n[register]\nsimilarity = "gncc"\n')
+    with pytest.raises(InputError, match="'no-such-option' is not an option of 'xraypose register'"):
+        read_command_config(cfg, "register", allowed)
+
+
 # --------------------------------------------------------------------------
 # JSON files: what the schemas accept
 # --------------------------------------------------------------------------

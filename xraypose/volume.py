@@ -895,9 +895,10 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
         with _itk_quiet():
             img = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"Could not read DICOM series in {d}: {_itk_reason(str(exc))}") from exc
+        raise InputError(f"Could not read DICOM series in {d}: {_series_reason(names, str(exc))}") from exc
 
-    source = f"{d} (DICOM series {sid!r}, {count} files" + (
+    named = f"DICOM series {sid!r}" if sid.strip() else "a DICOM series without a SeriesInstanceUID"
+    source = f"{d} ({named}, {count} files" + (
         f"; {len(series_ids)} series in folder, read the largest)" if len(series_ids) > 1 else ")")
     _check_dicom_series_headers(reader, count, source)
     _check_dicom_slice_spacing(reader, img, count, source)
@@ -1180,6 +1181,30 @@ def _to_data_tensor(arr: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     if dtype in np_types:
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np_types[dtype]))
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(dtype)
+
+
+def _series_reason(names, msg: str) -> str:
+    """Why ITK's series reader failed on the files ``names``: slices of different sizes in one series
+    (ITK says "Size mismatch!" or "ImageIO returns IO region that does not fully contain the requested
+    region", by which file comes first) become "its slices differ in size: A is 512 × 512, B is 160 × 160
+    pixels (…)" — each file's header read only now, after the failure; anything else as
+    :func:`_itk_reason` keeps it."""
+    import SimpleITK as sitk
+
+    sizes = {}
+    for n in names:
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(n))
+        try:
+            with _itk_quiet():
+                r.ReadImageInformation()
+        except RuntimeError:
+            continue
+        sizes.setdefault(tuple(r.GetSize()[:2]), Path(n).name)
+    if len(sizes) < 2:
+        return _itk_reason(msg)
+    shown = ", ".join(f"{name} is {w} × {h}" for (w, h), name in list(sizes.items())[:3])
+    return f"its slices differ in size: {shown} pixels (one folder should hold the slices of one CT series)"
 
 
 def _itk_reason(msg: str) -> str:

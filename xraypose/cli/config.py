@@ -3,7 +3,10 @@
 A key is an option's long name without the dashes (``lr-rot`` or ``lr_rot``);
 values have the option's type.  Options given on the command line win over the
 file.  The keys may sit at the top level or in a table named after the command,
-so one file can serve several commands (a table named after no command is an error)::
+so one file can serve several commands (a table named after no command is an error).
+Top-level keys apply to every command that reads the file; a command's table adds to
+them and wins where both set a key (until 2026-12-05 a file with a table for the command
+silently ignored its top-level keys)::
 
     # register.toml                       # or, shared:  [register] / [evaluate] / [track] / ...
     similarity = "mncc"
@@ -50,10 +53,13 @@ def read_command_config(path: Path, command: str, allowed: dict[str, object]) ->
         raise InputError(f"config file {path}: unknown table [{unknown[0]}]; known: "
                          f"{', '.join(f'[{c}]' for c in _COMMANDS)} (or the options' keys at the top level)")
     table = data.get(command, None)
+    # the top-level keys (every command's), then the command's own table over them; other commands' tables
+    # are ignored
+    data = {k: v for k, v in data.items() if not (k in _COMMANDS and isinstance(v, dict))}
     if isinstance(table, dict):
-        data = table
-    else:  # top-level keys; other commands' tables are ignored
-        data = {k: v for k, v in data.items() if not (k in _COMMANDS and isinstance(v, dict))}
+        data = {**{k.replace("-", "_"): (k, v) for k, v in data.items()},
+                **{k.replace("-", "_"): (k, v) for k, v in table.items()}}
+        data = dict(data.values())
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_")
