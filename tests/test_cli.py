@@ -171,6 +171,18 @@ def test_console_script_runs(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_ctrl_c_exits_130_and_says_interrupted(tmp_path, monkeypatch, capsys):
+    """Ctrl-C mid-command is status 130 and one line (typer returned its Exit(130): the run exited 0, silently)."""
+    import xraypose.datasets.case_folder as case_folder
+
+    def interrupted(out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(case_folder, "make_example_case", interrupted)
+    assert main(["datasets", "example", str(tmp_path / "case")]) == 130
+    assert capsys.readouterr().err.strip() == "xraypose: interrupted"
+
+
 def test_info_on_ct_xray_and_errors(tmp_path, capsys):
     assert main(["info", "sample", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)

@@ -100,7 +100,9 @@ def _run(argv: list[str], debug: bool) -> int:
     if debug:  # accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
-        _command()(args=argv, prog_name="xraypose", standalone_mode=False)
+        code = _command()(args=argv, prog_name="xraypose", standalone_mode=False)
+        if code == 130:  # Ctrl-C in a command: typer returns its Exit(130) here (not standalone), not raised
+            raise KeyboardInterrupt
     except XrayposeError as e:  # bad input (InputError), an output that cannot be written, a failed run
         if debug:
             raise
