@@ -335,7 +335,8 @@ def test_a_fixture_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path, 
     import xraypose.datasets.fixtures as fixtures
 
     old = tmp_path / "ljubljana.h5"
-    old.write_bytes(b"the user's file")
+    old.write_bytes(b"an earlier fixture")
+    (tmp_path / "ljubljana.h5.truth.json").write_text("{}")  # a fixture's (another file is refused: below)
 
     def fail(*a, **k):
         raise RuntimeError("disk gone")
@@ -343,8 +344,28 @@ def test_a_fixture_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path, 
     monkeypatch.setattr(fixtures, "_write_ljubljana_view", fail)  # the first subject's group is half-written
     with pytest.raises(RuntimeError, match="disk gone"):
         write_ljubljana_fixture(old, subjects=(1, 2))
-    assert old.read_bytes() == b"the user's file"
-    assert [p.name for p in tmp_path.iterdir()] == ["ljubljana.h5"]  # no temporary file, no truth.json
+    assert old.read_bytes() == b"an earlier fixture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ljubljana.h5", "ljubljana.h5.truth.json"]  # no debris
+    assert (tmp_path / "ljubljana.h5.truth.json").read_text() == "{}"
+
+
+def test_fixtures_never_replace_a_real_dataset_file_of_their_name(tmp_path, capsys):
+    """`datasets fixtures data` over the real ipcai_2020_full_res_data.h5 / ljubljana.h5 (no .truth.json beside
+    them) is refused, before either file is written (it replaced the real file by a fixture, silently)."""
+    from xraypose.cli import main
+    from xraypose.io import OutputError
+
+    real = tmp_path / "ljubljana.h5"
+    real.write_bytes(b"the real dataset")
+    with pytest.raises(OutputError, match="ljubljana.h5 exists and is not an xraypose fixture"):
+        write_ljubljana_fixture(real, subjects=(1,))
+    with pytest.raises(OutputError, match="not an xraypose fixture"):
+        write_deepfluoro_fixture(tmp_path / "ljubljana.h5", specimens=(1,))
+    assert main(["datasets", "fixtures", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xraypose: error: ") and str(real) in err and "\n" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["ljubljana.h5"]  # the DeepFluoro file not written either
+    assert real.read_bytes() == b"the real dataset"
 
 
 def test_example_into_a_non_empty_folder_says_to_choose_another(tmp_path, capsys):

@@ -70,7 +70,8 @@ def fixtures_command(
 
     Example: xraypose datasets fixtures data --full
     """
-    from xraypose.datasets.fixtures import checked_ids, write_deepfluoro_fixture, write_ljubljana_fixture
+    from xraypose.datasets.fixtures import (check_fixture_target, checked_ids, write_deepfluoro_fixture,
+                                            write_ljubljana_fixture)
     from xraypose.volume import read_volume
 
     # both lists checked before either file is written
@@ -79,6 +80,8 @@ def fixtures_command(
     from xraypose.io import make_output_folder
 
     folder = make_output_folder(out)  # checked: a file of that name is said so ("File exists" was all it said)
+    for name in ("ipcai_2020_full_res_data.h5", "ljubljana.h5"):  # both before either is written
+        check_fixture_target(folder / name)  # never a real dataset's file of that name
     vol = read_volume(ct) if ct else None
     write_deepfluoro_fixture(folder / "ipcai_2020_full_res_data.h5", volume=vol, detector=1536 if full else 128,
                              specimens=spec_ids, n_projections=projections,

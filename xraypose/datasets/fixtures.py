@@ -18,7 +18,9 @@ real test of the frame conventions:
   border on DeepFluoro images.
 
 Each writer returns the ground truth (our poses, landmarks) as a dict and
-writes it beside the file as ``<file>.truth.json``.
+writes it beside the file as ``<file>.truth.json``.  A file without that truth beside it is not a
+fixture (the real dataset, of the same name): the writers refuse to replace it
+(:func:`check_fixture_target`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from xraypose.volume import Volume
 
 __all__ = ["DEEPFLUORO_EXTRINSIC", "write_deepfluoro_fixture", "write_ljubljana_fixture", "resample_to_lps_grid",
-           "LpsGrid"]
+           "LpsGrid", "check_fixture_target"]
 
 F64 = torch.float64
 
@@ -263,6 +265,7 @@ def write_deepfluoro_fixture(
     from xraypose.volume import load_sample_ct
 
     specimens = checked_ids(specimens, "DeepFluoro specimens", 6)  # before any work or write
+    check_fixture_target(path)
     if volume is None:
         volume = load_sample_ct()
     rng = np.random.default_rng(seed)
@@ -465,6 +468,7 @@ def write_ljubljana_fixture(
     from xraypose.volume import load_sample_ct
 
     subjects = checked_ids(subjects, "Ljubljana subjects", 10)  # before any work or write
+    check_fixture_target(path)
     if volume is None:
         volume = load_sample_ct()
     rng = np.random.default_rng(seed)
@@ -545,6 +549,18 @@ def _write_ljubljana_view(g, name: str, view, vol: Volume, center: np.ndarray, p
     Ph = Ew @ np.concatenate([pts, np.ones((len(pts), 1))], 1).T
     uvw = K @ Ph[:3]
     return {"pose": T.tolist(), "landmarks": (uvw[:2] / uvw[2:]).T.tolist(), "kappa": kappa, "i0": i0}
+
+
+def check_fixture_target(path) -> None:
+    """Raise :class:`~xraypose.io.OutputError` when ``path`` exists but is not a fixture (no
+    ``<file>.truth.json`` beside it): the real DeepFluoro / Ljubljana file has the fixture's name, and
+    writing a fixture over it would destroy it."""
+    from xraypose.io import OutputError
+
+    p = Path(path)
+    if p.exists() and not p.with_name(p.name + ".truth.json").is_file():
+        raise OutputError(f"{p} exists and is not an xraypose fixture (no {p.name}.truth.json beside it: the real "
+                          "dataset?); write the fixtures into another folder, or move it away")
 
 
 def checked_ids(ids, what: str, last: int) -> tuple[int, ...]:
