@@ -195,6 +195,20 @@ def test_trainer_step_alone_is_one_reproducible_optimiser_step(tmp_path, sample_
     b.close()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a disk that is always full)")
+def test_a_full_disk_under_the_log_is_one_error_naming_it(tmp_path, sample_ct):
+    """A log row a full disk refuses is an OutputError naming the log, and closing the log does not replace it
+    (the CLI printed "No space left on device", naming no file)."""
+    from xraypose.io import OutputError
+
+    t = _trainer(tmp_path, sample_ct, run__val_size=0)
+    t.log_file = open("/dev/full", "w")  # noqa: SIM115 - its writes fail as on a full disk
+    with pytest.raises(OutputError, match=f"cannot write {t.paths['log']}: No space left on device"):
+        t.log({"step": 1})
+    t.close()  # the unwritten row is dropped, not raised again
+    assert t.log_file is None
+
+
 def test_trainer_budget_fits_the_schedule_to_the_time_left(tmp_path, sample_ct):
     t = _trainer(tmp_path, sample_ct, run__max_steps=1000, run__time_budget_s=1e6)
     t.steps, t.step_times = 50, [1.0] * 20  # measured: 1 s a step (1.05 s with the margin)

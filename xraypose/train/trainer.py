@@ -240,8 +240,18 @@ class Trainer:
             truncate_log(log, self.steps)  # steps logged after the checkpoint are done again
         self.log_file = open(log, "a" if resumed else "w") if self.rank == 0 else None
         if self.log_file is not None and resumed:
-            row = {"event": "resume", "step": self.steps, "elapsed_s": round(self.elapsed_before, 3)}
+            self._write_log_row({"event": "resume", "step": self.steps, "elapsed_s": round(self.elapsed_before, 3)})
+
+    def _write_log_row(self, row: dict) -> None:
+        """Append ``row`` to ``OUTPUT.log.jsonl`` (flushed); a failed write (a full disk) is an
+        :class:`~xraypose.io.OutputError` naming the log (the OSError alone named no file)."""
+        from xraypose.io import OutputError
+
+        try:
             self.log_file.write(json.dumps(row) + "\n")
+            self.log_file.flush()
+        except OSError as e:
+            raise OutputError(f"cannot write {self.paths['log']}: {e.strerror or e}") from None
 
     def _start_loop(self) -> None:
         """The loop's state: schedule length, timers, checkpoint interval, thread tuner."""
@@ -490,8 +500,7 @@ class Trainer:
     def log(self, rec: dict) -> None:
         """One row of ``OUTPUT.log.jsonl`` (rank 0) and the ``"step"`` callback."""
         if self.log_file is not None:
-            self.log_file.write(json.dumps(rec) + "\n")
-            self.log_file.flush()
+            self._write_log_row(rec)
         if self.callback:
             self.callback("step", rec)
 
@@ -553,10 +562,10 @@ class Trainer:
         elapsed = self.elapsed()
         ips = (self.images_seen - self.seen_at_loop) / loop_s if self.steps > self.step_at_loop else 0.0
         if self.log_file is not None:
-            self.log_file.write(json.dumps({
+            self._write_log_row({
                 "event": "end", "step": self.steps, "images_seen": self.images_seen, "renders": self.renders,
                 "elapsed_s": round(elapsed, 3), "images_per_s": round(ips, 3), "final_validation": final_val,
-                "best": self.best}) + "\n")
+                "best": self.best})
             self.close()
         return TrainResult(model_path=self.paths["best"], last_path=self.paths["last"], log_path=self.paths["log"],
                            steps=self.steps, images_seen=self.images_seen, renders=self.renders, elapsed_s=elapsed,
@@ -564,7 +573,11 @@ class Trainer:
                            best_val={"step": self.best["step"], **(final_val or {})} if final_val else None)
 
     def close(self) -> None:
-        """Close the log (a run that stops by an error leaves its rows so far)."""
+        """Close the log (a run that stops by an error leaves its rows so far; a row a full disk refused is
+        dropped: its write raised already)."""
         if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
+            f, self.log_file = self.log_file, None
+            try:
+                f.close()
+            except OSError:
+                pass
