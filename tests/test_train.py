@@ -195,6 +195,20 @@ def test_trainer_step_alone_is_one_reproducible_optimiser_step(tmp_path, sample_
     b.close()
 
 
+def test_a_training_killed_before_its_first_checkpoint_says_to_overwrite(tmp_path, sample_ct):
+    """Killed before its first checkpoint, a training leaves its log only: the re-run says --overwrite (it said
+    --resume, which said "nothing to resume")."""
+    out = tmp_path / "m.pt"
+    log = output_paths(out)["log"]
+    log.write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(InputError, match=r"m.log.jsonl already exists .*no m.last.pt to resume.*give --overwrite") as e:
+        train(sample_ct, out, tiny())
+    assert "--resume" not in str(e.value)
+    with pytest.raises(InputError, match=r"nothing to resume: .*m.last.pt does not exist .*give --overwrite"):
+        train(sample_ct, out, tiny(), resume=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.log.jsonl"]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a disk that is always full)")
 def test_a_full_disk_under_the_log_is_one_error_naming_it(tmp_path, sample_ct):
     """A log row a full disk refuses is an OutputError naming the log, and closing the log does not replace it

@@ -50,9 +50,15 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
         raise InputError("give --resume (continue the training) or --overwrite (start again), not both")
     existing = [q for q in paths.values() if q.exists()]
     if existing and not resume and not overwrite:
+        if not paths["last"].exists():  # --resume would say "nothing to resume"
+            raise InputError(f"{existing[0]} already exists (an earlier training, which left no {paths['last'].name} "
+                             "to resume: it stopped before its first checkpoint); give --overwrite to replace it")
         raise InputError(f"{existing[0]} already exists (an earlier training); give --resume to continue it "
                          "or --overwrite to replace it")
     state = None
+    if resume and existing and not paths["last"].exists():
+        raise InputError(f"nothing to resume: {paths['last']} does not exist (the earlier training at {existing[0]} "
+                         "stopped before its first checkpoint); give --overwrite to start again")
     if resume:
         cfg, state = _resume_state(cfg, config is not None, paths["last"], world)
     if finetune is not None and resume:
