@@ -516,6 +516,24 @@ def test_evaluate_resume_refuses_other_settings_and_names_them(tmp_path, capsys,
     assert _snapshot(ev)["cases/lateral.npy/result.json"] == before["cases/lateral.npy/result.json"]
 
 
+def test_evaluate_resume_refuses_another_source_of_the_same_name(tmp_path, capsys, case):
+    """A resume reads the source from the same path only: another folder (or file) of the same name, with X-rays
+    of the same names, was accepted (run.json held the name only) and its cases mixed with the earlier ones."""
+    import shutil
+
+    other = tmp_path / "elsewhere" / case.name
+    shutil.copytree(case, other)
+    ev = tmp_path / "ev"
+    args = ["-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16", "--size", "32",
+            "--no-pictures", "--quiet"]
+    assert main(["evaluate", str(case), *args]) == 0
+    before = _snapshot(ev)
+    capsys.readouterr()
+    assert main(["evaluate", str(other), *args, "--resume"]) == 2
+    _one_error_line(capsys.readouterr().err, "cannot resume", "source_path")
+    assert _snapshot(ev) == before  # (the same source resumes: the test above)
+
+
 # ----------------------------------------------------------------------------- a model from another CT
 def _other_ct(path: Path, ct, *, same_geometry: bool = False) -> Path:
     import nibabel as nib

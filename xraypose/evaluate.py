@@ -20,7 +20,7 @@ fixed angle and distance), and writes::
                          registration.gif, curves.png
 
 Every file is written atomically.  ``run.json`` records the run's settings
-(source, cases, start, registration configuration, the CLI's options) before
+(source and its absolute path, cases, start, registration configuration, the CLI's options) before
 the first case.  With ``resume=True`` cases whose ``result.json`` exists are
 read back, not registered again, provided the settings are those of
 ``run.json``: a difference is refused, naming it.  Without ``resume``, a
@@ -116,6 +116,7 @@ class EvalSet:
     cases: list
     isocenter: torch.Tensor
     blur_px: float | None = None  # Gaussian σ the preprocessing gave the images, in their pixels (DRRs get the same)
+    source: str | None = None  # the case folder's / file's absolute path (run.json: a resume from another is refused)
 
 
 def _safe_name(text: str) -> str:
@@ -141,7 +142,7 @@ def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256
     if path.is_dir():
         if specimen is not None:
             raise InputError(f"{path} is a case folder: --specimen is for DeepFluoro / Ljubljana HDF5 files")
-        return _case_folder_set(path, size)
+        return _with_source(_case_folder_set(path, size), path)
     if path.suffix.lower() not in (".h5", ".hdf5"):
         raise InputError(f"{path}: expected a case folder or a DeepFluoro / Ljubljana HDF5 file (.h5)")
     kind = _h5_kind(path)
@@ -149,8 +150,13 @@ def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256
         raise InputError(f"{path} is a {kind} file: choose one with --specimen N "
                          f"({'1-6' if kind == 'DeepFluoro' else '1-10'})")
     if kind == "DeepFluoro":
-        return _deepfluoro_set(path, specimen, size, structure)
-    return _ljubljana_set(path, specimen, size)
+        return _with_source(_deepfluoro_set(path, specimen, size, structure), path)
+    return _with_source(_ljubljana_set(path, specimen, size), path)
+
+
+def _with_source(evalset: EvalSet, path: Path) -> EvalSet:
+    evalset.source = str(path.resolve())
+    return evalset
 
 
 def _h5_kind(path: Path) -> str:
@@ -492,6 +498,8 @@ def _settings_differences(old: dict, new: dict) -> list[str]:
                 if f not in _NOT_COMPARED and a.get(f) != b.get(f):
                     name = _SETTING_NAMES.get(f, f"registration setting {f}")
                     diffs.append(f"{name} ({_short(a.get(f))} then, {_short(b.get(f))} now)")
+        elif k == "source_path" and k not in old:
+            continue  # recorded before the path was
         elif old.get(k) != new.get(k):
             diffs.append(f"{k} ({_short(old.get(k))} then, {_short(new.get(k))} now)")
     return diffs
@@ -579,6 +587,8 @@ def evaluate(
         names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
     record = {"source": evalset.name, "cases": names, "start": start_label, "pictures": bool(pictures),
               "registration": config.to_dict(), **(settings or {})}
+    if evalset.source is not None:  # the name alone let a resume mix in the cases of another folder or file
+        record["source_path"] = evalset.source
     shards = shards or Shards()
     rigged = any(c.camera_to_rig is not None for c in evalset.cases)
     if rigged:
