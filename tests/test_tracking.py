@@ -739,3 +739,54 @@ def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     code = main(base + ["--counts"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--counts needs raw detector intensities" in err, err
+
+
+@pytest.fixture(scope="module")
+def smooth_sequence(volume):
+    """Raw 64² X-rays of a pose moving ~1.9 mm and 0.8° per frame (no jump), 7 frames; true poses, fiducials."""
+    from xraypose.synthetic import XraySimulator
+
+    iso = volume.get_isocenter().to(F64)
+    cam = Camera(sdd=1020.0, height=PX, width=PX, delx=280.0 / PX)
+    T0, fid = CaseMaker(volume, camera=cam, collimator_px=2, n_fiducials=10).true_pose(2)
+    poses = [T0]
+    for _ in range(1, 7):
+        R = so3_exp((torch.tensor([0.8944, 0.4472, 0.0]) * math.radians(0.8)).to(F64))
+        poses.append(make_transform(R, iso - R @ iso + torch.tensor([1.5, -1.0, 0.5], dtype=F64)) @ poses[-1])
+    sim = XraySimulator(volume, cam, supersample=1, photons=1e5, blur_px=0.5)
+    raws = torch.stack([sim(T, generator=torch.Generator().manual_seed(f)).raw[0, 0] for f, T in enumerate(poses)])
+    start = perturb_pose(poses[0], iso, 2.0, 5.0, torch.Generator().manual_seed(1))[0]
+    return {"raws": raws, "poses": poses, "fid": fid, "camera": cam, "i0": sim.i0, "start": start}
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_failed_check_the_sequence_contradicts_is_kept_uncertain(volume, smooth_sequence, monkeypatch, overlap):
+    """A check that fails frame 5 of a smooth sequence (P 0.30): its registration converged where the motion
+    model expected it, with the frames' similarity, so the sequence vouches for it — kept `uncertain`, a
+    measurement of the motion model, not re-initialised (in order and with the check beside the next
+    frame); with ``vouch_failed=False`` it is re-initialised and stays `failed` (the rule until 2026-12-05)."""
+    import xraypose.register.tracking as tracking
+    from xraypose.register.confidence import Confidence
+
+    frames, cam = _preprocessed(smooth_sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    real = tracking._check
+    calls = {"n": 0}
+
+    def fails_frame_5(registrar, images, camera, poses, starts, masks=None):
+        out = real(registrar, images, camera, poses, starts, masks)
+        target = frames[5:6]
+        if images.shape == target.shape and torch.equal(images, target):
+            calls["n"] += 1
+            return [Confidence(0.30, "failed", "test: fails frame 5", {}, 0.0) for _ in range(len(poses))]
+        return out
+
+    monkeypatch.setattr(tracking, "_check", fails_frame_5)
+    out = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=overlap)
+    assert calls["n"] >= 1
+    assert not out[5].reinitialised and out[5].verdict == "uncertain", (out[5].verdict, out[5].reason)
+    assert "vouches" in out[5].reason and "P 0.30" in out[5].reason and out[5].p_success == pytest.approx(0.30)
+    err = float(pose_errors(out[5].camera_to_world, smooth_sequence["poses"][5], smooth_sequence["fid"], cam)["mtre"])
+    assert err < 2.0, err
+    old = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=overlap, vouch_failed=False)
+    assert old[5].reinitialised and old[5].verdict == "failed"
