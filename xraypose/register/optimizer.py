@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.geometry import ROTATION_PARAMETERIZATIONS, pose_from_params, pose_to_params
+from xraypose.geometry import ROTATION_PARAMETERIZATIONS, check_rigid, pose_from_params, pose_to_params
 from xraypose.register.config import (  # noqa: F401 (re-exported)
     DEFAULT_LEVELS,
     FAST_LEVELS,
@@ -556,6 +556,10 @@ class Registrar:
         K = T0.shape[1]
         if not bool(torch.isfinite(T0).all()):
             raise InputError("initial pose has NaN or infinite entries")
+        try:  # a reflected or scaled start would be optimised as it is: the result not a pose either
+            check_rigid(T0, atol=1e-3)
+        except InputError as e:
+            raise InputError(f"initial pose: {e}") from None
         searched, shifted, moved = [], None, None
         capture = len(views) == 1 and bool(c.levels) and c.levels[0].optimizer == "adam"
         if capture and c.shift_search is not None:

@@ -1,0 +1,69 @@
+"""Bad input to the Python API is one clear :class:`InputError` naming the argument (the command line's
+refusals are in tests/test_bad_inputs.py): arrays of the wrong kind or shape, non-finite values, poses
+that are no rigid transforms, objects of the wrong type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xraypose.camera import Camera, carm_pose
+from xraypose.errors import InputError
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def cam():
+    return Camera(sdd=1020.0, height=16, width=16, delx=400.0 / 16)
+
+
+@pytest.fixture(scope="module")
+def pose(sample_ct):
+    return carm_pose(20.0, -5.0, sod=612.0, isocenter=sample_ct.get_isocenter())
+
+
+@pytest.fixture(scope="module")
+def image(sample_ct, cam, pose):
+    from xraypose.api import render_drr
+
+    return render_drr(sample_ct, cam, pose, n_samples=16)
+
+
+@pytest.fixture(scope="module")
+def registrar(sample_ct):
+    from xraypose.register import Level, Registrar, RegistrationConfig
+
+    cfg = RegistrationConfig(levels=(Level(size=16, iterations=2, n_samples=16, volume_mm=8.0),), shift_search=None,
+                             foreign_steps=None, match_intensity=None)
+    return Registrar(sample_ct, cfg)
+
+
+def _reflected(T):
+    T = T.clone()
+    T[:3, 0] *= -1
+    return T
+
+
+def _scaled(T):
+    T = T.clone()
+    T[:3, :3] *= 1.3
+    return T
+
+
+# --------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad, words", [(_reflected, "reflection"), (_scaled, "not orthonormal")])
+def test_a_start_that_is_no_rigid_transform_is_refused(sample_ct, registrar, image, cam, pose, bad, words):
+    """A reflected or scaled start was optimised as it was: the 'registered pose' had det −1 or a scaled
+    rotation, silently."""
+    from xraypose.register import register_xray
+
+    with pytest.raises(InputError, match=f"initial pose: not a rigid transform: .*{words}"):
+        register_xray(sample_ct, image, cam, bad(pose), registrar=registrar, confidence=False)
+    with pytest.raises(InputError, match=r"initial pose: .*\(pose \(0, 1\)\)"):
+        registrar.register(image, cam, torch.stack([pose, bad(pose)])[None])
