@@ -4,6 +4,8 @@ that are no rigid transforms, objects of the wrong type."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,26 @@ def test_a_start_that_is_no_rigid_transform_is_refused(sample_ct, registrar, ima
         register_xray(sample_ct, image, cam, bad(pose), registrar=registrar, confidence=False)
     with pytest.raises(InputError, match=r"initial pose: .*\(pose \(0, 1\)\)"):
         registrar.register(image, cam, torch.stack([pose, bad(pose)])[None])
+
+
+# --------------------------------------------------------------------------
+# Camera
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("x0", "a", "principal-point offset x0 must be a number (mm), got 'a'"),
+    ("y0", None, "principal-point offset y0 must be a number (mm), got None"),
+    ("reverse_x_axis", "no", "reverse_x_axis must be True or False, got 'no'"),  # was True: mirrored
+    ("reverse_x_axis", 2, "reverse_x_axis must be True or False, got 2"),
+])
+def test_camera_fields_of_the_wrong_kind_are_named(field, value, words):
+    with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
+        Camera(sdd=1020.0, height=16, width=16, delx=1.0, **{field: value})
+
+
+def test_camera_takes_numpy_sizes_and_flags():
+    """An image's size computed with numpy (np.int64) is a whole number of pixels; np.bool_ is a flag."""
+    cam = Camera(sdd=1020.0, height=np.int64(16), width=np.int32(12), delx=1.0, reverse_x_axis=np.bool_(True))
+    assert (cam.height, cam.width, cam.reverse_x_axis) == (16, 12, True)
+    assert type(cam.height) is int and type(cam.reverse_x_axis) is bool
