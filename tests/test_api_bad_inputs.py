@@ -92,3 +92,16 @@ def test_camera_takes_numpy_sizes_and_flags():
     cam = Camera(sdd=1020.0, height=np.int64(16), width=np.int32(12), delx=1.0, reverse_x_axis=np.bool_(True))
     assert (cam.height, cam.width, cam.reverse_x_axis) == (16, 12, True)
     assert type(cam.height) is int and type(cam.reverse_x_axis) is bool
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(isocenter=[1.0, 2.0, float("nan")]), "isocenter must be 3 finite numbers (world RAS mm); got [1.0, 2.0, nan]"),
+    (dict(isocenter=[1.0, 2.0]), "isocenter must be 3 finite numbers (world RAS mm); got [1.0, 2.0]"),
+    (dict(isocenter=None), "isocenter must be 3 numbers (world RAS mm); got None"),
+    (dict(primary="20"), "C-arm angles must be numbers (or tensors of one shape), got primary '20' and secondary 0.0"),
+])
+def test_carm_pose_names_a_bad_isocenter_or_angle(kw, words):
+    """A NaN isocenter made a NaN pose silently; a short one or None raised torch's reshape error."""
+    args = dict(primary=20.0, secondary=0.0, sod=600.0, isocenter=[0.0, 0.0, 0.0]) | kw
+    with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
+        carm_pose(**args)

@@ -381,14 +381,20 @@ def carm_pose(
         (4, 4) camera_to_world, or (B, 4, 4) when the angles are tensors of shape (B,).
     """
     sod = _finite_positive("source-to-isocenter distance (sod)", sod)
-    a = torch.as_tensor(primary, dtype=dtype)
-    b = torch.as_tensor(secondary, dtype=dtype)
-    a, b = torch.broadcast_tensors(a, b)
+    from xraypose.volume import _as_point
+
+    try:
+        a = torch.as_tensor(primary, dtype=dtype)
+        b = torch.as_tensor(secondary, dtype=dtype)
+        a, b = torch.broadcast_tensors(a, b)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"C-arm angles must be numbers (or tensors of one shape), got primary {primary!r} and "
+                         f"secondary {secondary!r}") from None
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise InputError("C-arm angles must be finite")
     if degrees:
         a, b = torch.deg2rad(a), torch.deg2rad(b)
-    iso = torch.as_tensor(isocenter, dtype=dtype).reshape(3)
+    iso = _as_point(isocenter, "isocenter").to(dtype)  # a NaN one made a NaN pose
     # Direction from the source to the detector (camera +z), world RAS.
     z = torch.stack([-torch.sin(a) * torch.cos(b), torch.cos(a) * torch.cos(b), torch.sin(b)], dim=-1)
     # Image rows (+v) as close to the feet (−S) as the view allows.
