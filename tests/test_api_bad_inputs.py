@@ -105,3 +105,26 @@ def test_carm_pose_names_a_bad_isocenter_or_angle(kw, words):
     args = dict(primary=20.0, secondary=0.0, sod=600.0, isocenter=[0.0, 0.0, 0.0]) | kw
     with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
         carm_pose(**args)
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+
+
+def test_drr_takes_numpy_poses_masks_and_patches_as_render_does(sample_ct, cam, pose):
+    """``render`` took a numpy pose, the ``DRR`` module raised AttributeError ('ndarray' has no 'dim')."""
+    from xraypose.render import DRR
+
+    drr = DRR(sample_ct, cam, n_samples=16)
+    want = drr(pose.float())
+    assert torch.equal(drr(pose.float().numpy()), want)
+    assert torch.equal(drr(pose.float().numpy()[None]), want)
+    mask = np.zeros((16, 16), bool)
+    mask[4:12, 4:12] = True
+    assert torch.equal(drr(pose.float(), mask=mask), drr(pose.float(), mask=torch.from_numpy(mask)))
+    centres = np.array([[8.0, 8.0]])
+    assert torch.equal(drr(pose.float(), patches=centres, patch_size=5),
+                       drr(pose.float(), patches=torch.from_numpy(centres), patch_size=5))
+    with pytest.raises(InputError, match=r"pose must be \(4, 4\) or \(B, 4, 4\), got shape \(1, 3, 4\)"):
+        drr(pose.numpy()[:3])
