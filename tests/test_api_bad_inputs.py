@@ -128,3 +128,18 @@ def test_drr_takes_numpy_poses_masks_and_patches_as_render_does(sample_ct, cam, 
                        drr(pose.float(), patches=torch.from_numpy(centres), patch_size=5))
     with pytest.raises(InputError, match=r"pose must be \(4, 4\) or \(B, 4, 4\), got shape \(1, 3, 4\)"):
         drr(pose.numpy()[:3])
+
+
+@pytest.mark.parametrize("shape_of, words", [
+    (lambda T: T[:3], r"camera_to_world must be one pose \(4, 4\), got shape \(3, 4\)"),  # was torch's reshape error
+    (lambda T: torch.stack([T, T]), r"got shape \(2, 4, 4\) \(a batch of poses: use xraypose.render.DRR\)"),  # was
+    # the first pose's DRR, the second dropped silently
+])
+def test_render_drr_renders_one_pose_only(sample_ct, cam, pose, shape_of, words):
+    from xraypose.api import render_drr
+
+    with pytest.raises(InputError, match=words):
+        render_drr(sample_ct, cam, shape_of(pose), n_samples=8)
+    with pytest.raises(InputError, match=r"dtype must be a floating torch dtype .*got torch.int64"):
+        render_drr(sample_ct, cam, pose, n_samples=8, dtype=torch.int64)  # said 'the pose does not see the CT'
+    assert render_drr(sample_ct, cam, pose[None].numpy(), n_samples=8).shape == (16, 16)
