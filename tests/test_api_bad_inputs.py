@@ -143,3 +143,40 @@ def test_render_drr_renders_one_pose_only(sample_ct, cam, pose, shape_of, words)
     with pytest.raises(InputError, match=r"dtype must be a floating torch dtype .*got torch.int64"):
         render_drr(sample_ct, cam, pose, n_samples=8, dtype=torch.int64)  # said 'the pose does not see the CT'
     assert render_drr(sample_ct, cam, pose[None].numpy(), n_samples=8).shape == (16, 16)
+
+
+# --------------------------------------------------------------------------
+# Objects of the wrong type (each raised AttributeError/TypeError from deep inside)
+# --------------------------------------------------------------------------
+
+
+def test_objects_of_the_wrong_type_are_named(sample_ct, cam, pose, image, registrar):
+    from xraypose.api import render_drr
+    from xraypose.preprocess import preprocess
+    from xraypose.register import Registrar, register_xray
+    from xraypose.render import DRR
+
+    vol = "volume must be an xraypose Volume (volume_from_array makes one of an array), got ndarray"
+    for call, words in [
+        (lambda: DRR(np.zeros((4, 4, 4)), cam), vol),
+        (lambda: DRR(sample_ct, None), "camera must be an xraypose Camera, got NoneType"),
+        (lambda: render_drr(sample_ct, None, pose), "camera must be an xraypose Camera, got NoneType"),
+        (lambda: Registrar(np.zeros((4, 4, 4))), vol),
+        (lambda: Registrar(sample_ct, {"similarity": "ncc"}),
+         "config must be a RegistrationConfig (RegistrationConfig(**settings) makes one of a dict), got dict"),
+        (lambda: Registrar(sample_ct, isocenter=[1.0, 2.0]), "isocenter must be 3 finite numbers (world RAS mm); "
+                                                             "got [1.0, 2.0]"),
+        (lambda: Registrar(sample_ct, isocenter=[1.0, 2.0, float("nan")]), "isocenter must be 3 finite numbers"),
+        (lambda: register_xray(sample_ct, image, None, pose, registrar=registrar),
+         "camera must be an xraypose Camera, got NoneType"),
+        (lambda: register_xray(sample_ct, None, cam, pose, registrar=registrar),
+         "image must be an array or tensor (H, W), (B, H, W) or (B, 1, H, W), got NoneType"),
+        (lambda: register_xray(sample_ct, preprocess(image, cam), cam, pose, registrar=registrar),
+         "got Preprocessed: pass its .image"),
+        (lambda: register_xray(sample_ct, image, cam, None, registrar=registrar),
+         "init must be start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser, got NoneType"),
+        (lambda: register_xray(sample_ct, image, cam, "pose.json", registrar=registrar), "init must be start poses"),
+        (lambda: preprocess(image, "cam"), "camera must be an xraypose Camera or None, got str"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(words)):
+            call()

@@ -33,6 +33,8 @@ def render_drr(
     from xraypose.render import DRR
     from xraypose.render.core import default_step
 
+    if not isinstance(camera, Camera):
+        raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
     check_drr_size(camera.height, camera.width)
     if renderer == "trilinear" and n_samples is None:
         check_drr_step(default_step(volume.affine) if step is None else step, volume)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xraypose.camera import Camera
@@ -195,6 +196,12 @@ def register_xray(
     Returns:
         one :class:`Registration` per X-ray.
     """
+    if not isinstance(camera, Camera):
+        raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
+    if not isinstance(image, (torch.Tensor, np.ndarray, list, tuple)):
+        hint = ": pass its .image" if isinstance(getattr(image, "image", None), torch.Tensor) else ""
+        raise InputError(f"image must be an array or tensor (H, W), (B, H, W) or (B, 1, H, W), got "
+                         f"{type(image).__name__}{hint}")
     reg = registrar or Registrar(volume, config)
     imgs = torch.as_tensor(image)
     if imgs.dim() == 2:
@@ -247,7 +254,11 @@ def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):
     else:
         starts = init
         init_s = 0.0
-    starts = torch.as_tensor(starts, dtype=F64)
+    try:
+        starts = torch.as_tensor(starts, dtype=F64)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"init must be start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser, got "
+                         f"{type(starts).__name__}") from None
     if starts.dim() == 2:
         starts = starts[None]
     if antipodal:

@@ -210,10 +210,17 @@ class Registrar:
     """
 
     def __init__(self, volume: Volume, config: RegistrationConfig | None = None, isocenter=None):
+        from xraypose.volume import Volume, _as_point
+
+        if not isinstance(volume, Volume):
+            raise InputError(f"volume must be an xraypose Volume (volume_from_array makes one of an array), got "
+                             f"{type(volume).__name__}")
+        if config is not None and not isinstance(config, RegistrationConfig):
+            raise InputError(f"config must be a RegistrationConfig (RegistrationConfig(**settings) makes one of a "
+                             f"dict), got {type(config).__name__}")
         self.config = config or RegistrationConfig()
         self.volume = volume
-        iso = volume.get_isocenter() if isocenter is None else isocenter
-        self.isocenter = torch.as_tensor(iso, dtype=F64).reshape(3)
+        self.isocenter = volume.get_isocenter().to(F64) if isocenter is None else _as_point(isocenter, "isocenter")
         self.center = torch.eye(4, dtype=F64)
         self.center[:3, 3] = self.isocenter
         self._density = registration_basis(volume, self.config.density, self.config.bone_multiplier)

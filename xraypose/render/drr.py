@@ -52,6 +52,13 @@ class DRR(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        from xraypose.volume import Volume
+
+        if not isinstance(volume, Volume):
+            raise InputError(f"volume must be an xraypose Volume (volume_from_array makes one of an array), got "
+                             f"{type(volume).__name__}")
+        if not isinstance(camera, Camera):
+            raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
         self.camera = camera
         self.renderer = renderer
         self.n_samples = n_samples
