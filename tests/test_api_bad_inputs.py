@@ -180,3 +180,15 @@ def test_objects_of_the_wrong_type_are_named(sample_ct, cam, pose, image, regist
     ]:
         with pytest.raises(InputError, match=re.escape(words)):
             call()
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda T: T[:3], r"true_pose must be \(4, 4\) or \(B, 4, 4\) for B = 1 X-rays, got \(3, 4\)"),  # reshape error
+    (lambda T: torch.full((4, 4), float("nan")), "true_pose: not a rigid transform: contains NaN"),  # 'no bone …'
+    (_reflected, "true_pose: not a rigid transform: rotation part is a reflection"),
+])
+def test_register_xray_names_a_bad_true_pose(sample_ct, registrar, image, cam, pose, bad, words):
+    from xraypose.register import register_xray
+
+    with pytest.raises(InputError, match=words):
+        register_xray(sample_ct, image, cam, pose, registrar=registrar, confidence=False, true_pose=bad(pose))

@@ -22,6 +22,7 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.geometry import check_rigid
 from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
@@ -209,6 +210,16 @@ def register_xray(
     elif imgs.dim() == 3:
         imgs = imgs[:, None]
     B = imgs.shape[0]
+    truth = None
+    if true_pose is not None:
+        truth = torch.as_tensor(true_pose, dtype=F64)
+        if truth.dim() not in (2, 3) or truth.shape[-2:] != (4, 4) or truth.dim() == 3 and truth.shape[0] not in (1, B):
+            raise InputError(f"true_pose must be (4, 4) or (B, 4, 4) for B = {B} X-rays, got {tuple(truth.shape)}")
+        try:  # a NaN one said 'no bone of the CT projects into the detector'
+            check_rigid(truth, atol=1e-3)
+        except InputError as e:
+            raise InputError(f"true_pose: {e}") from None
+        truth = truth.reshape(-1, 4, 4).expand(B, 4, 4)
     starts, init_s = _starts(reg, imgs, camera, init, antipodal)
     if masks is not None:
         masks = torch.as_tensor(masks, dtype=torch.float32)
@@ -218,9 +229,6 @@ def register_xray(
     checks: list = [None] * B
     if confidence:
         picks, checks = _check_results(reg, imgs, camera, res, hypotheses, masks)
-    truth = None
-    if true_pose is not None:
-        truth = torch.as_tensor(true_pose, dtype=F64).reshape(-1, 4, 4).expand(B, 4, 4)
     outs = []
     for b in range(B):
         src, k = picks[b]
