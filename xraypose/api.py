@@ -28,14 +28,23 @@ def render_drr(
     Raises :class:`~xraypose.errors.InputError`, before rendering, when the DRR would not fit memory, when a
     trilinear step would take more than :data:`~xraypose.limits.MAX_SAMPLES_PER_RAY` samples along a ray, or
     when the pose does not see the CT (:func:`check_ct_in_view`)."""
+    from xraypose.errors import InputError
     from xraypose.limits import check_drr_size, check_drr_step
     from xraypose.render import DRR
     from xraypose.render.core import default_step
 
+    if not isinstance(camera, Camera):
+        raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
     check_drr_size(camera.height, camera.width)
     if renderer == "trilinear" and n_samples is None:
         check_drr_step(default_step(volume.affine) if step is None else step, volume)
-    T = torch.as_tensor(camera_to_world, dtype=dtype).reshape(-1, 4, 4)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"dtype must be a floating torch dtype (e.g. torch.float32), got {dtype!r}")
+    T = torch.as_tensor(camera_to_world, dtype=dtype)
+    if tuple(T.shape) not in ((4, 4), (1, 4, 4)):  # a batch rendered its first pose only, silently
+        raise InputError(f"camera_to_world must be one pose (4, 4), got shape {tuple(T.shape)} (a batch of poses: "
+                         "use xraypose.render.DRR)")
+    T = T.reshape(1, 4, 4)
     check_ct_in_view(volume, camera, T[0])
     drr = DRR(volume, camera, density=density, renderer=renderer, n_samples=n_samples, step=step,
               bone_attenuation_multiplier=bone_attenuation_multiplier)

@@ -22,11 +22,14 @@ Units: millimetres and radians (degrees only where a name says so).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
+from xraypose._checks import finite_float
 from xraypose.errors import InputError
 
 __all__ = ["Camera", "CameraPose", "camera_from_K", "carm_pose", "pixel_grid", "DEFAULT_SDD_MM", "DEFAULT_SOD_FRACTION",
@@ -97,16 +100,18 @@ class Camera:
         object.__setattr__(self, "dely", _finite_positive("pixel spacing dely", dely))
         for name in ("height", "width"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int,)) and not (isinstance(v, float) and v.is_integer()):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) and not (
+                    isinstance(v, float) and v.is_integer()):  # numpy's integers too (an array's size)
                 raise InputError(f"detector {name} must be a whole number of pixels, got {v!r}")
             if int(v) < 1:
                 raise InputError(f"detector {name} must be at least 1 pixel, got {v!r} (zero-size image)")
             object.__setattr__(self, name, int(v))
         for name in ("x0", "y0"):
-            v = float(getattr(self, name))
-            if not math.isfinite(v):
-                raise InputError(f"principal-point offset {name} must be finite, got {v!r}")
-            object.__setattr__(self, name, v)
+            object.__setattr__(self, name, finite_float(getattr(self, name), f"principal-point offset {name}",
+                                                        "a number (mm)"))
+        if not isinstance(self.reverse_x_axis, (bool, np.bool_)):  # a string 'no' would mirror the columns
+            raise InputError(f"reverse_x_axis must be True or False, got {self.reverse_x_axis!r}")
+        object.__setattr__(self, "reverse_x_axis", bool(self.reverse_x_axis))
 
     # ------------------------------------------------------------------ intrinsics
     @property
@@ -376,14 +381,20 @@ def carm_pose(
         (4, 4) camera_to_world, or (B, 4, 4) when the angles are tensors of shape (B,).
     """
     sod = _finite_positive("source-to-isocenter distance (sod)", sod)
-    a = torch.as_tensor(primary, dtype=dtype)
-    b = torch.as_tensor(secondary, dtype=dtype)
-    a, b = torch.broadcast_tensors(a, b)
+    from xraypose.volume import _as_point
+
+    try:
+        a = torch.as_tensor(primary, dtype=dtype)
+        b = torch.as_tensor(secondary, dtype=dtype)
+        a, b = torch.broadcast_tensors(a, b)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"C-arm angles must be numbers (or tensors of one shape), got primary {primary!r} and "
+                         f"secondary {secondary!r}") from None
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise InputError("C-arm angles must be finite")
     if degrees:
         a, b = torch.deg2rad(a), torch.deg2rad(b)
-    iso = torch.as_tensor(isocenter, dtype=dtype).reshape(3)
+    iso = _as_point(isocenter, "isocenter").to(dtype)  # a NaN one made a NaN pose
     # Direction from the source to the detector (camera +z), world RAS.
     z = torch.stack([-torch.sin(a) * torch.cos(b), torch.cos(a) * torch.cos(b), torch.sin(b)], dim=-1)
     # Image rows (+v) as close to the feet (−S) as the view allows.

@@ -202,6 +202,8 @@ def image_batch(image, what: str = "X-ray") -> torch.Tensor:
 def _check_camera(image: torch.Tensor, camera: Camera | None, what: str = "X-ray") -> None:
     if camera is None:
         return
+    if not isinstance(camera, Camera):
+        raise InputError(f"camera must be an xraypose Camera or None, got {type(camera).__name__}")
     H, W = image.shape[-2:]
     if (camera.height, camera.width) != (H, W):
         raise InputError(

@@ -17,10 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.geometry import check_rigid
 from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
@@ -195,6 +197,12 @@ def register_xray(
     Returns:
         one :class:`Registration` per X-ray.
     """
+    if not isinstance(camera, Camera):
+        raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
+    if not isinstance(image, (torch.Tensor, np.ndarray, list, tuple)):
+        hint = ": pass its .image" if isinstance(getattr(image, "image", None), torch.Tensor) else ""
+        raise InputError(f"image must be an array or tensor (H, W), (B, H, W) or (B, 1, H, W), got "
+                         f"{type(image).__name__}{hint}")
     reg = registrar or Registrar(volume, config)
     imgs = torch.as_tensor(image)
     if imgs.dim() == 2:
@@ -202,6 +210,16 @@ def register_xray(
     elif imgs.dim() == 3:
         imgs = imgs[:, None]
     B = imgs.shape[0]
+    truth = None
+    if true_pose is not None:
+        truth = torch.as_tensor(true_pose, dtype=F64)
+        if truth.dim() not in (2, 3) or truth.shape[-2:] != (4, 4) or truth.dim() == 3 and truth.shape[0] not in (1, B):
+            raise InputError(f"true_pose must be (4, 4) or (B, 4, 4) for B = {B} X-rays, got {tuple(truth.shape)}")
+        try:  # a NaN one said 'no bone of the CT projects into the detector'
+            check_rigid(truth, atol=1e-3)
+        except InputError as e:
+            raise InputError(f"true_pose: {e}") from None
+        truth = truth.reshape(-1, 4, 4).expand(B, 4, 4)
     starts, init_s = _starts(reg, imgs, camera, init, antipodal)
     if masks is not None:
         masks = torch.as_tensor(masks, dtype=torch.float32)
@@ -211,9 +229,6 @@ def register_xray(
     checks: list = [None] * B
     if confidence:
         picks, checks = _check_results(reg, imgs, camera, res, hypotheses, masks)
-    truth = None
-    if true_pose is not None:
-        truth = torch.as_tensor(true_pose, dtype=F64).reshape(-1, 4, 4).expand(B, 4, 4)
     outs = []
     for b in range(B):
         src, k = picks[b]
@@ -247,7 +262,11 @@ def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):
     else:
         starts = init
         init_s = 0.0
-    starts = torch.as_tensor(starts, dtype=F64)
+    try:
+        starts = torch.as_tensor(starts, dtype=F64)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"init must be start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser, got "
+                         f"{type(starts).__name__}") from None
     if starts.dim() == 2:
         starts = starts[None]
     if antipodal:

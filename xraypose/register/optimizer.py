@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.geometry import ROTATION_PARAMETERIZATIONS, pose_from_params, pose_to_params
+from xraypose.geometry import ROTATION_PARAMETERIZATIONS, check_rigid, pose_from_params, pose_to_params
 from xraypose.register.config import (  # noqa: F401 (re-exported)
     DEFAULT_LEVELS,
     FAST_LEVELS,
@@ -210,10 +210,17 @@ class Registrar:
     """
 
     def __init__(self, volume: Volume, config: RegistrationConfig | None = None, isocenter=None):
+        from xraypose.volume import Volume, _as_point
+
+        if not isinstance(volume, Volume):
+            raise InputError(f"volume must be an xraypose Volume (volume_from_array makes one of an array), got "
+                             f"{type(volume).__name__}")
+        if config is not None and not isinstance(config, RegistrationConfig):
+            raise InputError(f"config must be a RegistrationConfig (RegistrationConfig(**settings) makes one of a "
+                             f"dict), got {type(config).__name__}")
         self.config = config or RegistrationConfig()
         self.volume = volume
-        iso = volume.get_isocenter() if isocenter is None else isocenter
-        self.isocenter = torch.as_tensor(iso, dtype=F64).reshape(3)
+        self.isocenter = volume.get_isocenter().to(F64) if isocenter is None else _as_point(isocenter, "isocenter")
         self.center = torch.eye(4, dtype=F64)
         self.center[:3, 3] = self.isocenter
         self._density = registration_basis(volume, self.config.density, self.config.bone_multiplier)
@@ -556,6 +563,10 @@ class Registrar:
         K = T0.shape[1]
         if not bool(torch.isfinite(T0).all()):
             raise InputError("initial pose has NaN or infinite entries")
+        try:  # a reflected or scaled start would be optimised as it is: the result not a pose either
+            check_rigid(T0, atol=1e-3)
+        except InputError as e:
+            raise InputError(f"initial pose: {e}") from None
         searched, shifted, moved = [], None, None
         capture = len(views) == 1 and bool(c.levels) and c.levels[0].optimizer == "adam"
         if capture and c.shift_search is not None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.render.core import render
+from xraypose.render.core import _check_pose, render
 from xraypose.render.sparse import mask_pixels, patch_pixels
 
 from xraypose.render.density import DENSITY_MODELS, density_basis  # noqa: F401 (re-exported)
@@ -52,6 +52,13 @@ class DRR(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        from xraypose.volume import Volume
+
+        if not isinstance(volume, Volume):
+            raise InputError(f"volume must be an xraypose Volume (volume_from_array makes one of an array), got "
+                             f"{type(volume).__name__}")
+        if not isinstance(camera, Camera):
+            raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
         self.camera = camera
         self.renderer = renderer
         self.n_samples = n_samples
@@ -153,6 +160,8 @@ class DRR(nn.Module):
             from xraypose.geometry import pose_from_params
 
             camera_to_world = pose_from_params(rotation, translation, parameterization, convention, degrees)
+        elif not isinstance(camera_to_world, torch.Tensor):  # a numpy pose, as render() takes it
+            camera_to_world = _check_pose(camera_to_world)
         if camera_to_world.dim() == 2:
             camera_to_world = camera_to_world.unsqueeze(0)
         B = camera_to_world.shape[0]
@@ -161,14 +170,14 @@ class DRR(nn.Module):
         if mask is not None and patches is not None:
             raise InputError("give a mask or patches, not both")
         if mask is not None:
-            uv = mask_pixels(mask.to(camera_to_world.device), self.camera)
+            uv = mask_pixels(torch.as_tensor(mask).to(camera_to_world.device), self.camera)
             vals = self.render_pixels(camera_to_world, uv, m)  # (B, 1, R)
             img = vals.new_zeros(B, 1, H * W)
             flat = (uv[:, 1] * W + uv[:, 0]).long()
             img = img.index_copy(2, flat, vals)
             return img.reshape(B, 1, H, W)
         if patches is not None:
-            uv = patch_pixels(patches.to(camera_to_world.device), patch_size)
+            uv = patch_pixels(torch.as_tensor(patches).to(camera_to_world.device), patch_size)
             vals = self.render_pixels(camera_to_world, uv, m)  # (B, 1, P·S²)
             return vals.reshape(B, -1, patch_size, patch_size)
         return self.render_pixels(camera_to_world, None, m)
