@@ -192,3 +192,109 @@ def test_register_xray_names_a_bad_true_pose(sample_ct, registrar, image, cam, p
 
     with pytest.raises(InputError, match=words):
         register_xray(sample_ct, image, cam, pose, registrar=registrar, confidence=False, true_pose=bad(pose))
+
+
+# --------------------------------------------------------------------------
+# RegistrationConfig and Level: every field checked at construction
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(patience=-1), "config: patience = -1 must be a whole number >= 1"),
+    (dict(patience=0), "config: patience = 0 must be a whole number >= 1"),  # reduced the rates every iteration
+    (dict(num_threads=-1), "config: num_threads = -1 must be None or a whole number >= 0"),
+    (dict(num_threads=1.5), "config: num_threads = 1.5 must be None or a whole number >= 0"),
+    (dict(drr_blur=-1), "config: drr_blur = -1 must be None or a finite number >= 0"),
+    (dict(mix_alpha=float("nan")), "config: mix_alpha = nan must be a finite number in [0, 1]"),
+    (dict(mix_alpha=1.5), "config: mix_alpha = 1.5 must be a finite number in [0, 1]"),
+    (dict(ncc_patch=0), "config: ncc_patch = 0 must be a whole number >= 3"),
+    (dict(ncc_weights=(0.5,)), "config: ncc_weights = (0.5,) must be (whole image, patches), two numbers >= 0"),
+    (dict(ncc_weights=(-1, 1)), "config: ncc_weights[0] = -1 must be a finite number >= 0"),
+    (dict(ncc_weights=(0, 0)), "config: ncc_weights = (0, 0) must not be both 0"),
+    (dict(rel_tol=-1), "config: rel_tol = -1 must be a finite number >= 0"),
+    (dict(max_recoveries=-2), "config: max_recoveries = -2 must be a whole number >= 0"),
+    (dict(max_reductions=-1), "config: max_reductions = -1 must be a whole number >= 0"),
+    (dict(seed="a"), "config: seed = 'a' must be a whole number in [0, 4294967295]"),
+    (dict(seed=-1), "config: seed = -1 must be a whole number in [0, 4294967295]"),
+    (dict(adam_betas=(2, 2)), "config: adam_betas[0] = 2 must be a finite number in [0, 1)"),
+    (dict(adam_betas=(0.9, 1.0)), "config: adam_betas[1] = 1.0 must be a finite number in [0, 1)"),  # 1/(1 − β²ᵗ)
+    (dict(adam_betas=0.9), "config: adam_betas = 0.9 must be (β1, β2), two numbers in [0, 1)"),
+    (dict(step_gamma=0), "config: step_gamma = 0 must be a finite number in (0, 1]"),
+    (dict(step_every=0), "config: step_every = 0 must be a whole number >= 1"),  # a modulo by zero
+    (dict(plateau_factor=-0.5), "config: plateau_factor = -0.5 must be a finite number in (0, 1]"),
+    (dict(adam_tol_px=float("inf")), "config: adam_tol_px = inf must be a finite number >= 0"),
+    (dict(adam_patience=0), "config: adam_patience = 0 must be a whole number >= 1"),
+    (dict(lm_hessian_every=0), "config: lm_hessian_every = 0 must be a whole number >= 1"),
+    (dict(record_trajectory="no"), "config: record_trajectory = 'no' must be true or false"),
+    (dict(lm_linearised=1), "config: lm_linearised = 1 must be true or false"),
+    (dict(revisit=None), "config: revisit = None must be true or false"),
+    (dict(convention="ABC"), "config: convention = 'ABC' must be None or an Euler axis sequence"),
+    (dict(lr_rot=True), "lr_rot must be a positive number, got True"),
+    (dict(levels=16), "config: levels = 16 must be a list of Level objects"),
+    (dict(levels=[{"size": 16, "speed": 2}]), "config: levels = {'size': 16, 'speed': 2} is not a level: "),
+    (dict(levels=[{"size": "16"}]), "config: Level.size = '16' must be a whole number >= 4"),
+])
+def test_registration_config_names_a_bad_field(kw, words):
+    from xraypose.register import RegistrationConfig
+
+    with pytest.raises(InputError, match="^" + re.escape(words)) as e:
+        RegistrationConfig(**kw)
+    assert "\n" not in str(e.value)
+
+
+def test_levels_whose_size_gets_smaller_are_refused():
+    from xraypose.register import Level, RegistrationConfig
+
+    with pytest.raises(InputError, match=re.escape("config: level sizes = [16, 32, 16] must not get smaller")):
+        RegistrationConfig(levels=(Level(size=16), Level(size=32), Level(size=16)))
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(size="16"), "config: Level.size = '16' must be a whole number >= 4"),  # was a TypeError of '<'
+    (dict(size=2), "config: Level.size = 2 must be a whole number >= 4"),
+    (dict(iterations=2.5), "config: Level.iterations = 2.5 must be a whole number >= 0"),
+    (dict(iterations=-1), "config: Level.iterations = -1 must be a whole number >= 0"),
+    (dict(n_samples=0), "config: Level.n_samples = 0 must be None or a whole number >= 1"),
+    (dict(volume_mm=-4.0), "config: Level.volume_mm = -4.0 must be None or a finite number > 0"),
+    (dict(step_mm=0), "config: Level.step_mm = 0 must be None or a finite number > 0"),
+    (dict(patches=0), "config: Level.patches = 0 must be None or a whole number >= 1"),
+    (dict(patch_size=2), "config: Level.patch_size = 2 must be a whole number >= 3"),
+    (dict(lr_scale=0), "config: Level.lr_scale = 0 must be a finite number > 0"),
+    (dict(depth_lr_scale=float("nan")), "config: Level.depth_lr_scale = nan must be a finite number >= 0"),
+    (dict(robust_c=-1.0), "config: Level.robust_c = -1.0 must be a finite number > 0"),
+    (dict(fit_bone="yes"), "config: Level.fit_bone = 'yes' must be true or false"),
+    (dict(robust=1), "config: Level.robust = 1 must be true or false"),
+    (dict(optimizer="newton"), "config: Level.optimizer = 'newton' is not one of: adam, lm"),
+    (dict(similarity="mi"), "config: Level.similarity = 'mi' is not one of: mncc, ncc, gncc, mixed"),
+    (dict(fit_unsharp=(0.0,)), "config: Level.fit_unsharp = (0.0,) must be a list of blur widths in mm, each > 0"),
+])
+def test_level_names_a_bad_field(kw, words):
+    from xraypose.register import Level
+
+    with pytest.raises(InputError, match="^" + re.escape(words)) as e:
+        Level(**{"size": 16, **kw})
+    assert "\n" not in str(e.value)
+
+
+def test_config_checks_keep_what_the_code_base_uses():
+    """The values used on purpose pass: a level of 0 iterations (the confidence check's), 4 rows, two levels of one
+    size, None or 0 threads (torch's own), no blur as 0, NumPy numbers; a config read back from its JSON (lists for
+    tuples) is the same config."""
+    import dataclasses
+    import json
+
+    from xraypose.register import DEFAULT_LEVELS, Level, RegistrationConfig
+    from xraypose.register.confidence import CHECK_LEVEL
+    from xraypose.register.tracking import TRACKING_LEVELS
+
+    assert CHECK_LEVEL.iterations == 0 and dataclasses.replace(DEFAULT_LEVELS[0], iterations=0).iterations == 0
+    cfg = RegistrationConfig(levels=(Level(size=4), Level(size=16), Level(size=16, optimizer="lm")), num_threads=0,
+                             drr_blur=0.0, seed=np.int64(3), max_recoveries=0, rel_tol=0, mix_alpha=1)
+    assert cfg.num_threads == 0 and type(cfg.seed) is int and cfg.seed == 3
+    assert RegistrationConfig(num_threads=None, drr_blur=None, levels=TRACKING_LEVELS).num_threads is None
+    lv = Level(size=np.int64(32), iterations=2.0, fit_bone=np.bool_(True), fit_unsharp=[3.0, 9])
+    assert (lv.size, lv.iterations, lv.fit_bone, lv.fit_unsharp) == (32, 2, True, (3.0, 9))
+    assert type(lv.size) is int and type(lv.iterations) is int and type(lv.fit_bone) is bool
+    assert RegistrationConfig(parameterization="euler_angles", convention="zxz").convention == "zxz"
+    for c in (RegistrationConfig(), cfg, RegistrationConfig(levels=(lv,), adam_betas=[0.0, 0.5])):
+        assert RegistrationConfig(**json.loads(json.dumps(c.to_dict()))) == c

@@ -1075,7 +1075,7 @@ for _name, _cmd, _text, _words in [
     ("perturb-nan", "evaluate", 'perturb = "nan,3"\n', ("perturb", "nan")),
     ("cases-zero", "demo", "cases = 0\n", ("cases", "0")),
     ("lr-nan", "train", "[optim]\nlr = nan\n", ("optim.lr", "finite")),
-    ("lr-too-large", "train", "[optim]\nlr = 5.0\n", ("optim.lr", "<= 1.0")),
+    ("lr-too-large", "train", "[optim]\nlr = 5.0\n", ("optim.lr", "= 5.0", "in (0, 1.0]")),
     ("batch-size-zero", "train", "[optim]\nbatch_size = 0\n", ("optim.batch_size",)),
     ("camera-height-zero", "train", "[camera]\nheight = 0\n", ("camera.height",)),
     ("camera-sdd-text", "train", '[camera]\nsdd = "far"\n', ("camera.sdd", "number")),

@@ -1,15 +1,17 @@
 """Guards shared across xraypose (internal).
 
 The configuration guards each raise :class:`xraypose.errors.InputError` with one line that names
-the setting, the value and what it must be: ``config: optim.lr = -1.0 must be > 0``.  The training
-configuration's sections (:mod:`xraypose.train.config`) and :class:`xraypose.augment.AugmentConfig`
-check their fields with them, beside the fields; :func:`finite_float` reads one number of an
+the setting, the value and what it must be: ``config: optim.lr = -1.0 must be a finite number in (0, 1.0]``.
+The training configuration's sections (:mod:`xraypose.train.config`), :class:`xraypose.augment.AugmentConfig`,
+:class:`xraypose.register.RegistrationConfig` and its :class:`~xraypose.register.Level` check their fields
+with them, beside the fields; :func:`finite_float` reads one number of an
 argument.  :func:`one_line` quotes another library's exception in such a message; :func:`is_numeric_dtype` is the test every array reader makes.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NoReturn
 
 import numpy as np
@@ -26,19 +28,25 @@ def config_error(name: str, value, why: str) -> NoReturn:
 
 
 def check_number(name: str, v, lo=None, hi=None, lo_open: bool = False, integer: bool = False,
-                 allow_none: bool = False) -> None:
-    """A finite number (not a bool) in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); a whole one with ``integer``;
-    None passes with ``allow_none``."""
+                 allow_none: bool = False, hi_open: bool = False) -> None:
+    """A finite number (not a bool; NumPy's numbers too) in ``[lo, hi]`` (``(lo, …`` with ``lo_open``, ``…, hi)``
+    with ``hi_open``); a whole one with ``integer``; None passes with ``allow_none``.  The message states the
+    whole expectation: ``config: mix_alpha = nan must be a finite number in [0, 1]``."""
     if v is None and allow_none:
         return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
-        config_error(name, v, "must be " + ("a whole number" if integer else "a number"))
-    if not math.isfinite(float(v)):
-        config_error(name, v, "must be finite")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        config_error(name, v, f"must be {'>' if lo_open else '>='} {lo}")
-    if hi is not None and v > hi:
-        config_error(name, v, f"must be <= {hi}")
+    ok = (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+          and (isinstance(v, numbers.Integral) or math.isfinite(v))
+          and (not integer or isinstance(v, numbers.Integral) or float(v).is_integer())
+          and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi)))
+    if not ok:
+        expect = "a whole number" if integer else "a finite number"
+        if lo is not None and hi is not None:
+            expect += f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        elif lo is not None:
+            expect += f" {'>' if lo_open else '>='} {lo}"
+        elif hi is not None:
+            expect += f" {'<' if hi_open else '<='} {hi}"
+        config_error(name, v, "must be " + ("None or " if allow_none else "") + expect)
 
 
 def check_vector(name: str, v, n: int = 3, lo=None) -> None:

@@ -2,7 +2,10 @@
 schedule) and :class:`RegistrationConfig` (everything else), with the default schedule.
 
 Every field is recorded in the results (``pose.json``'s ``config``), so a result says how it was
-obtained.  Units: mm and radians; learning rates per iteration in the parameterization's units.
+obtained, and checked when either is made: a value out of its range (a count below 1, a probability
+outside [0, 1], a name not known, levels whose size gets smaller) is an :class:`~xraypose.errors.InputError`
+of one line naming the field, what it must be and the value.  Units: mm and radians; learning rates
+per iteration in the parameterization's units.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from xraypose._checks import check_choice, check_number, config_error, one_line
 from xraypose.errors import InputError
-from xraypose.names import DENSITY_MODELS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
+from xraypose.names import DENSITY_MODELS, EULER_CONVENTIONS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
 
 __all__ = ["Level", "RegistrationConfig", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "edge_enhanced_levels",
            "UNSHARP_MM", "FAST_LEVELS", "SHIFT_GAIN", "MATCH_CURVED", "levels_for_sizes", "OPTIMIZERS"]
@@ -117,6 +124,35 @@ class Level:
     fit_unsharp: tuple = ()
     fit_scatter: tuple = ()
 
+    def __post_init__(self):
+        # whole numbers (2.0 taken as 2: a level's loop counts them), positive or non-negative finite numbers,
+        # flags, names; one line naming the field, what it must be and the value (a dict of a recorded level too)
+        for name, lo, optional in (("size", 4, False), ("iterations", 0, False), ("n_samples", 1, True),
+                                   ("patches", 1, True), ("patch_size", 3, False)):
+            check_number(f"Level.{name}", getattr(self, name), lo=lo, integer=True, allow_none=optional)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
+        for name, lo_open, optional in (("volume_mm", True, True), ("step_mm", True, True), ("lr_scale", True, False),
+                                        ("depth_lr_scale", False, False),  # 0: the depth held
+                                        ("robust_c", True, False)):
+            check_number(f"Level.{name}", getattr(self, name), lo=0, lo_open=lo_open, allow_none=optional)
+        for name in ("fit_bone", "fit_blur", "robust", "fit_air", "fit_tissue", "fit_curve"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                config_error(f"Level.{name}", v, "must be true or false")
+            object.__setattr__(self, name, bool(v))
+        check_choice("Level.optimizer", self.optimizer, OPTIMIZERS)
+        if self.similarity is not None:  # None: the config's
+            check_choice("Level.similarity", self.similarity, SIMILARITY_MEASURES)
+        for name in ("fit_unsharp", "fit_scatter"):  # a list (a recorded level's JSON) taken as a tuple
+            u = getattr(self, name)
+            widths = isinstance(u, (tuple, list)) and all(
+                isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x) and x > 0
+                for x in u)
+            if not widths:
+                config_error(f"Level.{name}", u, "must be a list of blur widths in mm, each > 0")
+            object.__setattr__(self, name, tuple(u))
+
 
 #: The widths (σ on the detector, mm) of the DRR's blurred copies that explain a display's unsharp
 #: masking (:attr:`Level.fit_unsharp`): a geometric series covering the kernels of clinical edge
@@ -196,13 +232,17 @@ FAST_LEVELS = (
 
 
 def _level(lv) -> Level:
-    """A config's level as a :class:`Level`: a dict (a recorded config's JSON) made one, a list of
-    ``fit_unsharp`` and ``fit_scatter`` widths made tuples (the frozen level stays hashable and compares equal)."""
-    lv = lv if isinstance(lv, Level) else Level(**lv)
-    for name in ("fit_unsharp", "fit_scatter"):
-        if isinstance(getattr(lv, name), list):
-            lv = dataclasses.replace(lv, **{name: tuple(getattr(lv, name))})
-    return lv
+    """A config's level as a :class:`Level`: a dict (a recorded config's JSON) made one (:class:`Level` takes
+    a list of ``fit_unsharp`` and ``fit_scatter`` widths as a tuple: the frozen level stays hashable and
+    compares equal)."""
+    if isinstance(lv, Level):
+        return lv
+    if not isinstance(lv, dict):
+        config_error("levels", lv, "must hold Level objects (or their dicts)")
+    try:
+        return Level(**lv)
+    except TypeError as e:  # a key that is no field of a level, or no size
+        config_error("levels", lv, f"is not a level: {one_line(e)}")
 
 
 def levels_for_sizes(sizes, base=DEFAULT_LEVELS) -> tuple:
@@ -332,7 +372,7 @@ class RegistrationConfig:
     coefficient held wins).  Units: docs/conventions.md, "Registration's intensity terms".
 
     ``num_threads``: torch threads during the registration (restored after);
-    None leaves torch's setting.  Default 1: the per-iteration tensors are small,
+    None or 0 leave torch's setting.  Default 1: the per-iteration tensors are small,
     and on the shared 2-core development machine 2 threads made a registration
     ~8× slower (6.7 s vs 0.86 s median) through thread contention.
     """
@@ -384,11 +424,16 @@ class RegistrationConfig:
     shift_search: float | None = SHIFT_GAIN
 
     def __post_init__(self):
-        if self.parameterization not in ROTATION_PARAMETERIZATIONS:
+        if not isinstance(self.parameterization, str) or self.parameterization not in ROTATION_PARAMETERIZATIONS:
             raise InputError(f"unknown parameterization {self.parameterization!r}; choose one of "
                              f"{', '.join(ROTATION_PARAMETERIZATIONS)}")
         if self.parameterization == "euler_angles" and self.convention is None:
             self.convention = "ZXY"
+        v = self.convention  # used by euler_angles only; uppercase intrinsic, lowercase extrinsic
+        if v is not None and not (isinstance(v, str) and (v in EULER_CONVENTIONS or (v.islower()
+                                                                                  and v.upper() in EULER_CONVENTIONS))):
+            config_error("convention", v, f"must be None or an Euler axis sequence: {', '.join(EULER_CONVENTIONS)} "
+                                          "(lowercase: extrinsic)")
         if self.frame not in ("isocentric", "world"):
             raise InputError(f"unknown parameter frame {self.frame!r}; choose isocentric or world")
         if self.similarity not in SIMILARITY_MEASURES:
@@ -431,33 +476,52 @@ class RegistrationConfig:
         for name in ("lr_rot", "lr_trans", "bone_multiplier", "lm_tol_px", "lm_damping", "lm_max_damping",
                      "lm_max_step_px", "motion_radius_mm"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
                 raise InputError(f"{name} must be a positive number, got {v!r}")
         for name in ("lm_reject_tol_px", "lm_reject_damping"):  # 0 turns each off
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
                 raise InputError(f"{name} must be a number >= 0 (0: off), got {v!r}")
-        self.levels = tuple(_level(lv) for lv in self.levels)
+        # whole numbers (2.0 taken as 2): counts of iterations, reductions, steps; the seed as the command line's
+        for name, lo, hi, optional in (("ncc_patch", 3, None, False), ("step_every", 1, None, False),
+                                       ("patience", 1, None, False), ("max_reductions", 0, None, False),
+                                       ("seed", 0, 2**32 - 1, False),
+                                       ("num_threads", 0, None, True),  # None or 0: torch's setting left as it is
+                                       ("max_recoveries", 0, None, False), ("lm_hessian_every", 1, None, False),
+                                       ("adam_patience", 1, None, False)):
+            v = getattr(self, name)
+            check_number(name, v, lo=lo, hi=hi, integer=True, allow_none=optional)
+            if v is not None:
+                setattr(self, name, int(v))
+        check_number("mix_alpha", self.mix_alpha, lo=0, hi=1)  # the weight of mncc in "mixed"
+        for name in ("step_gamma", "plateau_factor"):  # multiply the learning rates: a decay
+            check_number(name, getattr(self, name), lo=0, lo_open=True, hi=1)
+        for name in ("rel_tol", "adam_tol_px"):  # 0: any gain counts / the best pose never settles
+            check_number(name, getattr(self, name), lo=0)
+        check_number("drr_blur", self.drr_blur, lo=0, allow_none=True)  # σ in X-ray pixels; None or 0: no blur
+        for name in ("record_trajectory", "lm_linearised", "revisit"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                config_error(name, v, "must be true or false")
+            setattr(self, name, bool(v))
+        for name, lo, hi, why in (("ncc_weights", 0, None, "(whole image, patches), two numbers >= 0, not both 0"),
+                                  ("adam_betas", 0, 1, "(β1, β2), two numbers in [0, 1)")):
+            v = getattr(self, name)
+            if not (isinstance(v, (tuple, list)) and len(v) == 2):
+                config_error(name, v, f"must be {why}")
+            for i, x in enumerate(v):
+                check_number(f"{name}[{i}]", x, lo=lo, hi=hi, hi_open=hi is not None)
+            setattr(self, name, tuple(v))  # a list (a recorded config's JSON) taken as the tuple
+        if not any(self.ncc_weights):
+            config_error("ncc_weights", self.ncc_weights, "must not be both 0 (the measure would weigh nothing)")
+        if not isinstance(self.levels, (tuple, list)):
+            config_error("levels", self.levels, "must be a list of Level objects (coarse to fine)")
+        self.levels = tuple(_level(lv) for lv in self.levels)  # each checked by Level
         if not self.levels:
             raise InputError("a registration needs at least one level")
-        for lv in self.levels:
-            if lv.size < 4 or lv.iterations < 0:
-                raise InputError(f"bad level {lv}: size must be >= 4 pixels and iterations >= 0")
-            if not (isinstance(lv.robust_c, (int, float)) and math.isfinite(lv.robust_c) and lv.robust_c > 0):
-                raise InputError(f"bad level {lv}: robust_c must be a positive number, got {lv.robust_c!r}")
-            if lv.patches is not None and (lv.patches < 1 or lv.patch_size < 3):
-                raise InputError(f"bad level {lv}: patches must be >= 1 and patch_size >= 3")
-            if lv.optimizer not in OPTIMIZERS:
-                raise InputError(f"bad level {lv}: optimizer must be one of {', '.join(OPTIMIZERS)}")
-            for name in ("fit_unsharp", "fit_scatter"):
-                u = getattr(lv, name)
-                if not (isinstance(u, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                     and math.isfinite(x) and x > 0 for x in u)):
-                    raise InputError(f"bad level {lv}: {name} must be a list of blur widths in mm (each > 0), "
-                                     f"got {u!r}")
-            if lv.similarity is not None and lv.similarity not in SIMILARITY_MEASURES:
-                raise InputError(f"bad level {lv}: unknown similarity {lv.similarity!r}; choose one of "
-                                 f"{', '.join(SIMILARITY_MEASURES)}")
+        sizes = [lv.size for lv in self.levels]
+        if sizes != sorted(sizes):
+            config_error("level sizes", sizes, "must not get smaller: the schedule runs coarse to fine")
 
     def level_similarity(self, level: Level) -> str:
         return level.similarity or self.similarity
