@@ -145,6 +145,111 @@ def test_render_drr_renders_one_pose_only(sample_ct, cam, pose, shape_of, words)
     assert render_drr(sample_ct, cam, pose[None].numpy(), n_samples=8).shape == (16, 16)
 
 
+def _collinear(A):
+    A = A.clone()
+    A[:3, 1] = A[:3, 0]
+    return A
+
+
+def _nan(A):
+    A = A.clone()
+    A[0, 3] = float("nan")
+    return A
+
+
+def test_render_takes_a_numpy_affine_and_names_a_bad_one(sample_ct, cam, pose):
+    """A numpy affine raised AttributeError ('ndarray' has no 'double'), a (3, 3) one rendered a garbage image, a
+    singular one raised torch's LinAlgError, a NaN one 'cannot convert float NaN to integer'."""
+    from xraypose.render import render
+
+    d, A, T = sample_ct.density("hu"), sample_ct.affine, pose.float()
+    assert torch.equal(render(d, A.numpy(), cam, T, n_samples=16), render(d, A, cam, T, n_samples=16))
+    for affine, words in [
+        (A[:3, :3].clone(), "affine must be a (4, 4) voxel-index → world matrix, got shape (3, 3)"),
+        ("affine.json", "affine must be a (4, 4) voxel-index → world matrix (a tensor or an array), got str"),
+        (_collinear(A), "render: singular affine (voxel axes are collinear): [["),
+        (_nan(A).numpy(), "render: affine has NaN or infinite entries: [["),
+    ]:
+        for backend in ("auto", "reference"):
+            with pytest.raises(InputError, match="^" + re.escape(words)):
+                render(d, affine, cam, T, n_samples=16, backend=backend)
+    big = A.clone()
+    big[:3, :3] *= 200.0  # voxels of 600 mm: no CT's, but render draws any invertible affine (a box of ones)
+    assert render(d, big, cam, T, n_samples=16).shape == (1, 1, 16, 16)
+
+
+@pytest.mark.parametrize("where, kw, words", [
+    ("render", dict(step="1"), "step = '1' must be None or a finite number > 0"),  # was a TypeError
+    ("render", dict(n_samples="32"), "n_samples = '32' must be None or a whole number >= 1"),  # a ctypes ArgumentError
+    ("render", dict(n_samples=2.5), "n_samples = 2.5 must be None or a whole number >= 1"),
+    ("DRR", dict(bone_attenuation_multiplier="2"), "bone_attenuation_multiplier = '2' must be a finite number > 0"),
+    # (was taken as 2.0)
+    ("DRR call", dict(bone_attenuation_multiplier="2"), "bone_attenuation_multiplier = '2' must be a finite number "
+                                                        "> 0"),  # was a TypeError of torch.as_tensor
+    ("render_drr", dict(bone_attenuation_multiplier="2"), "bone_attenuation_multiplier = '2' must be"),
+    ("render_drr", dict(step="1"), "step = '1' must be None or a finite number > 0"),  # was a TypeError of '>'
+    ("render_drr", dict(n_samples="16"), "n_samples = '16' must be None or a whole number >= 1"),
+    ("volume_from_array", dict(spacing="1,1,1"), "spacing must be 3 numbers (mm), got '1,1,1'"),  # numpy's ValueError
+    ("volume_from_array", dict(spacing=["1", "1", "1"]), "spacing must be 3 numbers (mm), got ['1', '1', '1']"),
+    ("volume_from_array", dict(origin="0 0 0"), "origin must be 3 numbers (mm), got '0 0 0'"),
+])
+def test_a_text_where_a_number_goes_is_named(sample_ct, cam, pose, where, kw, words):
+    from xraypose.api import render_drr
+    from xraypose.render import DRR, render
+    from xraypose.volume import volume_from_array
+
+    T = pose.float()
+    call = {
+        "render": lambda: render(sample_ct.density("hu"), sample_ct.affine, cam, T, **kw),
+        "DRR": lambda: DRR(sample_ct, cam, **kw),
+        "DRR call": lambda: DRR(sample_ct, cam, n_samples=16)(T, **kw),
+        "render_drr": lambda: render_drr(sample_ct, cam, T, **({"n_samples": 16} | kw)),
+        "volume_from_array": lambda: volume_from_array(np.zeros((4, 4, 4)), **kw),
+    }[where]
+    with pytest.raises(InputError, match="^" + re.escape(words)):
+        call()
+
+
+def test_render_takes_numpy_numbers_for_samples_and_step(sample_ct, cam, pose):
+    from xraypose.render import render
+
+    d, A, T = sample_ct.density("hu"), sample_ct.affine, pose.float()
+    assert torch.equal(render(d, A, cam, T, n_samples=np.int64(16)), render(d, A, cam, T, n_samples=16))
+    assert torch.equal(render(d, A, cam, T, step=np.float32(2.5)), render(d, A, cam, T, step=2.5))
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(rotate_180="no"), "rotate_180 must be True or False, got 'no'"),  # was True: rotated
+    (dict(rotate_180=1), "rotate_180 must be True or False, got 1"),
+    (dict(rescale="no"), "rescale must be True or False, got 'no'"),  # was True: rescaled
+    (dict(rescale=None), "rescale must be True or False, got None"),  # was False
+])
+def test_preprocess_flags_must_be_bools(image, cam, kw, words):
+    from xraypose.preprocess import plan_geometry, preprocess
+
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        preprocess(image, cam, **kw)
+    if "rotate_180" in kw:
+        with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+            plan_geometry(16, 16, cam, **kw)
+    flag = next(iter(kw))  # NumPy's bools are flags
+    assert torch.equal(preprocess(image, cam, **{flag: np.bool_(True)}).image, preprocess(image, cam, **{flag: True}).image)
+
+
+def test_a_channels_last_image_is_named(sample_ct, registrar, image, cam, pose):
+    """An (H, W, 1) image was read as (B = H, 1, W, 1): 'X-ray is 16×1 pixels but its intrinsics describe a
+    16×16 detector'."""
+    from xraypose.register import register_xray
+
+    words = "image of shape (16, 16, 1) looks channels-last (H, W, 1): pass (H, W) or (B, 1, H, W), e.g. image[..., 0]"
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        register_xray(sample_ct, image[..., None], cam, pose, registrar=registrar, confidence=False)
+    with pytest.raises(InputError, match=re.escape("image of shape (1, 16, 16, 1) looks channels-last (B, H, W, 1)")):
+        register_xray(sample_ct, image[None, ..., None].numpy(), cam, pose, registrar=registrar, confidence=False)
+    with pytest.raises(InputError, match="^" + re.escape("X-ray: " + words) + "$"):
+        registrar.register(image[..., None], cam, pose[None, None])
+
+
 # --------------------------------------------------------------------------
 # Objects of the wrong type (each raised AttributeError/TypeError from deep inside)
 # --------------------------------------------------------------------------

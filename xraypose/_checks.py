@@ -22,16 +22,18 @@ __all__ = ["config_error", "check_number", "check_vector", "check_choice", "fini
            "is_numeric_dtype"]
 
 
-def config_error(name: str, value, why: str) -> NoReturn:
-    """Raise ``InputError("config: NAME = VALUE WHY")``."""
-    raise InputError(f"config: {name} = {value!r} {why}")
+def config_error(name: str, value, why: str, prefix: str = "config: ") -> NoReturn:
+    """Raise ``InputError("config: NAME = VALUE WHY")`` (``prefix`` in place of ``config: ``: ``""`` for a
+    function's argument)."""
+    raise InputError(f"{prefix}{name} = {value!r} {why}")
 
 
 def check_number(name: str, v, lo=None, hi=None, lo_open: bool = False, integer: bool = False,
-                 allow_none: bool = False, hi_open: bool = False) -> None:
-    """A finite number (not a bool; NumPy's numbers too) in ``[lo, hi]`` (``(lo, …`` with ``lo_open``, ``…, hi)``
-    with ``hi_open``); a whole one with ``integer``; None passes with ``allow_none``.  The message states the
-    whole expectation: ``config: mix_alpha = nan must be a finite number in [0, 1]``."""
+                 allow_none: bool = False, hi_open: bool = False, prefix: str = "config: ") -> None:
+    """A finite number (not a bool or a text; NumPy's numbers too) in ``[lo, hi]`` (``(lo, …`` with ``lo_open``,
+    ``…, hi)`` with ``hi_open``); a whole one with ``integer``; None passes with ``allow_none``.  The message states
+    the whole expectation: ``config: mix_alpha = nan must be a finite number in [0, 1]`` (``prefix=""`` for a
+    function's argument: ``step = '1' must be None or a finite number > 0``)."""
     if v is None and allow_none:
         return
     ok = (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
@@ -46,7 +48,7 @@ def check_number(name: str, v, lo=None, hi=None, lo_open: bool = False, integer:
             expect += f" {'>' if lo_open else '>='} {lo}"
         elif hi is not None:
             expect += f" {'<' if hi_open else '<='} {hi}"
-        config_error(name, v, "must be " + ("None or " if allow_none else "") + expect)
+        config_error(name, v, "must be " + ("None or " if allow_none else "") + expect, prefix)
 
 
 def check_vector(name: str, v, n: int = 3, lo=None) -> None:

@@ -31,10 +31,11 @@ def render_drr(
     from xraypose.errors import InputError
     from xraypose.limits import check_drr_size, check_drr_step
     from xraypose.render import DRR
-    from xraypose.render.core import default_step
+    from xraypose.render.core import checked_sampling, default_step
 
     if not isinstance(camera, Camera):
         raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
+    checked_sampling(n_samples, step)  # a text '1' (before check_drr_step compares it)
     check_drr_size(camera.height, camera.width)
     if renderer == "trilinear" and n_samples is None:
         check_drr_step(default_step(volume.affine) if step is None else step, volume)

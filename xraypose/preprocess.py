@@ -199,6 +199,21 @@ def image_batch(image, what: str = "X-ray") -> torch.Tensor:
     return img
 
 
+def check_not_channels_last(image: torch.Tensor, camera: Camera, what: str = "image") -> None:
+    """Refuse an (H, W, 1) or (B, H, W, 1) image (an image library's layout) for a detector wider than one
+    pixel: read as (B, H, W) or (B, 1, H, W) it is H×1 pixels, and the size error said only that."""
+    if image.dim() in (3, 4) and image.shape[-1] == 1 and camera.width != 1:
+        layout = "(H, W, 1)" if image.dim() == 3 else "(B, H, W, 1)"
+        raise InputError(f"{what} of shape {tuple(image.shape)} looks channels-last {layout}: pass (H, W) or "
+                         "(B, 1, H, W), e.g. image[..., 0]")
+
+
+def _check_flag(name: str, value) -> None:
+    """``value`` a bool (NumPy's too): a text 'no' or a number would be taken as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+
+
 def _check_camera(image: torch.Tensor, camera: Camera | None, what: str = "X-ray") -> None:
     if camera is None:
         return
@@ -375,6 +390,7 @@ def plan_geometry(
 ) -> GeometryPlan:
     """The geometry of :func:`preprocess` without touching pixels (same arguments, same order)."""
     H, W = _int_pixels("image height", height), _int_pixels("image width", width)
+    _check_flag("rotate_180", rotate_180)
     if camera is not None and (camera.height, camera.width) != (H, W):
         raise InputError(
             f"X-ray image is {H}×{W} pixels but its intrinsics describe a "
@@ -876,6 +892,7 @@ def preprocess(
     """
     img = as_image(image)
     _check_camera(img, camera)
+    _check_flag("rescale", rescale)
     H0, W0 = img.shape
     geo = plan_geometry(H0, W0, camera, rotate_180=rotate_180, flip=flip, crop=crop, center_crop=center_crop,
                         size=size)

@@ -531,6 +531,9 @@ def volume_from_array(
             raise InputError("give either affine or spacing/origin, not both")
         aff = np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu().numpy(), dtype=np.float64)
     else:
+        for name, v in (("spacing", spacing), ("origin", origin)):  # a text ('1,1,1', ['1', '1', '1']) is no number
+            if isinstance(v, (str, bytes)) or (v is not None and not is_numeric_dtype(np.asarray(v).dtype)):
+                raise InputError(f"{name} must be 3 numbers (mm), got {v!r}")
         sp = np.asarray([1.0, 1.0, 1.0] if spacing is None else spacing, dtype=np.float64).reshape(-1)
         org = np.asarray([0.0, 0.0, 0.0] if origin is None else origin, dtype=np.float64).reshape(-1)
         if sp.shape != (3,) or org.shape != (3,):
@@ -1069,11 +1072,13 @@ def _check_finite(arr: np.ndarray, source: str) -> None:
         raise InputError(f"{source}: complex voxel values are not supported")
 
 
-def _check_affine(aff: np.ndarray, source: str) -> None:
+def _check_affine(aff: np.ndarray, source: str, plausible_spacing: bool = True) -> None:
+    """A (4, 4) finite, invertible voxel-index → world affine with last row [0, 0, 0, 1]; with
+    ``plausible_spacing`` (a CT's) its voxel sizes within :data:`MIN_SPACING_MM` … :data:`MAX_SPACING_MM`."""
     if aff.shape != (4, 4):
         raise InputError(f"{source}: affine must be 4x4, got shape {aff.shape}")
     if not np.all(np.isfinite(aff)):
-        raise InputError(f"{source}: affine has NaN or infinite entries")
+        raise InputError(f"{source}: affine has NaN or infinite entries: {aff.tolist()}")
     if not np.allclose(aff[3], [0.0, 0.0, 0.0, 1.0]):
         raise InputError(f"{source}: affine's last row must be [0, 0, 0, 1], got {aff[3].tolist()}")
     m = aff[:3, :3]
@@ -1084,7 +1089,7 @@ def _check_affine(aff: np.ndarray, source: str) -> None:
             f"{source}: zero voxel spacing along axis {axes} (spacing {spacing.tolist()} mm; singular affine)"
         )
     odd = np.flatnonzero((spacing < MIN_SPACING_MM) | (spacing > MAX_SPACING_MM))
-    if odd.size:
+    if plausible_spacing and odd.size:
         a = int(odd[0])
         raise InputError(
             f"{source}: voxel spacing {spacing[a]:.3g} mm (axis {'ijk'[a]}) is implausible for a CT (expected "

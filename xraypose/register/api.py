@@ -23,6 +23,7 @@ import torch
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import check_rigid
+from xraypose.preprocess import check_not_channels_last
 from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
@@ -203,8 +204,9 @@ def register_xray(
         hint = ": pass its .image" if isinstance(getattr(image, "image", None), torch.Tensor) else ""
         raise InputError(f"image must be an array or tensor (H, W), (B, H, W) or (B, 1, H, W), got "
                          f"{type(image).__name__}{hint}")
-    reg = registrar or Registrar(volume, config)
     imgs = torch.as_tensor(image)
+    check_not_channels_last(imgs, camera)
+    reg = registrar or Registrar(volume, config)
     if imgs.dim() == 2:
         imgs = imgs[None, None]
     elif imgs.dim() == 3:

@@ -709,10 +709,12 @@ class Registrar:
     def _check_view(i: int, n: int, images, camera: Camera, camera_to_rig, masks=None):
         """(images (B, 1, H, W) float32, camera, camera_to_rig (4, 4) float64, masks (B, 1, H, W)
         float32 or None) of one view, checked."""
-        from xraypose.preprocess import image_batch
+        from xraypose.preprocess import check_not_channels_last, image_batch
         from xraypose.similarity import check_image
 
         what = "X-ray" if n == 1 else f"view {i}"
+        if hasattr(images, "shape"):  # a tensor or an array
+            check_not_channels_last(torch.as_tensor(images), camera, f"{what}: image")
         imgs = image_batch(images, f"{what}: X-rays")
         B, _, H, W = imgs.shape
         if (H, W) != (camera.height, camera.width):

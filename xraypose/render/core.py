@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
-import math
 
+import numpy as np
 import torch
 
+from xraypose._checks import check_number
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.render.rays import to_index_space, world_rays
@@ -72,7 +73,7 @@ def render(
     Args:
         density: (I, J, K) or (C, I, J, K) attenuation per mm (C channels are
             rendered along the same rays).
-        affine: (4, 4) voxel index → world (RAS mm).
+        affine: (4, 4) voxel index → world (RAS mm), finite and invertible (a tensor or a NumPy array).
         camera: detector intrinsics.
         camera_to_world: (4, 4) or (B, 4, 4) poses; their dtype (float32 or
             float64) is the computation's dtype.  Gradients flow to it.
@@ -93,7 +94,8 @@ def render(
         (B, C, H, W) when ``uv`` is None, else (B, C, R); C is dropped from
         neither (a 3D ``density`` gives C = 1).
     """
-    density, camera_to_world = _checked_inputs(density, camera_to_world, renderer, backend, n_samples, step)
+    density, affine, camera_to_world, n_samples, step = _checked_inputs(density, affine, camera_to_world, renderer,
+                                                                        backend, n_samples, step)
     dt, dev = camera_to_world.dtype, camera_to_world.device
     full = uv is None
     B = camera_to_world.shape[0]
@@ -144,7 +146,8 @@ def render_with_tangents(
         unit of the tangent's parameter).  (B, C, R) and (B, K, C, R) with ``uv``.  Analytic on the
         fused CPU path (float32 poses); elsewhere central differences of :func:`render`.
     """
-    density, camera_to_world = _checked_inputs(density, camera_to_world, "trilinear", backend, n_samples, step)
+    density, affine, camera_to_world, n_samples, step = _checked_inputs(density, affine, camera_to_world, "trilinear",
+                                                                        backend, n_samples, step)
     B = camera_to_world.shape[0]
     tangents = torch.as_tensor(tangents, dtype=camera_to_world.dtype)
     if tangents.dim() != 4 or tangents.shape[0] != B or tangents.shape[-2:] != (4, 4):
@@ -198,8 +201,9 @@ def _pose_uv(uv, b: int):
     return uv if uv is None or uv.dim() == 2 else uv[b:b + 1]
 
 
-def _checked_inputs(density, camera_to_world, renderer: str, backend: str, n_samples, step):
-    """``(density (C, I, J, K), camera_to_world (B, 4, 4))`` after the checks of :func:`render` (InputError)."""
+def _checked_inputs(density, affine, camera_to_world, renderer: str, backend: str, n_samples, step):
+    """``(density (C, I, J, K), affine (4, 4) tensor, camera_to_world (B, 4, 4), n_samples, step)`` after the
+    checks of :func:`render` (InputError)."""
     if renderer not in RENDERERS:
         raise InputError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
     if backend not in BACKENDS:
@@ -214,15 +218,52 @@ def _checked_inputs(density, camera_to_world, renderer: str, backend: str, n_sam
         raise InputError(f"density must be (I, J, K) or (C, I, J, K), got shape {tuple(density.shape)}")
     if min(density.shape) < 1:
         raise InputError(f"density has a zero-size dimension: {tuple(density.shape)}")
+    affine = _checked_affine(affine)
     camera_to_world = _check_pose(camera_to_world)
     dev = camera_to_world.device
     if density.device != dev:
         raise InputError(f"volume is on {density.device} but the pose is on {dev}; move one of them")
-    if n_samples is not None and (int(n_samples) < 1):
-        raise InputError(f"samples per ray must be >= 1, got {n_samples}")
-    if step is not None and not (math.isfinite(step) and step > 0):
-        raise InputError(f"step must be a positive number of mm, got {step}")
-    return density, camera_to_world
+    n_samples, step = checked_sampling(n_samples, step)
+    return density, affine, camera_to_world, n_samples, step
+
+
+def checked_sampling(n_samples, step) -> tuple[int | None, float | None]:
+    """``(n_samples, step)`` of :func:`render` as an int and a float (each or None), or :class:`InputError`
+    naming the one that is no whole number >= 1 / no finite number > 0 (mm) — a text '32' among them."""
+    check_number("n_samples", n_samples, lo=1, integer=True, allow_none=True, prefix="")
+    check_number("step", step, lo=0, lo_open=True, allow_none=True, prefix="")
+    return (None if n_samples is None else int(n_samples)), (None if step is None else float(step))
+
+
+def _checked_affine(affine) -> torch.Tensor:
+    """``affine`` as a (4, 4) tensor (a NumPy array or nested lists converted to float64), or :class:`InputError`
+    for any other shape.  A CPU affine must also be finite and invertible, with last row [0, 0, 0, 1]
+    (:func:`xraypose.volume._check_affine`, any voxel size allowed), checked once per tensor and in-place
+    version; an affine on an accelerator is not read back (that would wait for its queue on every render)."""
+    if not isinstance(affine, torch.Tensor):
+        try:
+            affine = torch.from_numpy(np.asarray(affine, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise InputError(f"affine must be a (4, 4) voxel-index → world matrix (a tensor or an array), got "
+                             f"{type(affine).__name__}") from None
+    if tuple(affine.shape) != (4, 4):
+        raise InputError(f"affine must be a (4, 4) voxel-index → world matrix, got shape {tuple(affine.shape)}")
+    if affine.device.type != "cpu":
+        return affine
+    try:
+        version = affine._version
+    except RuntimeError:  # an inference-mode tensor keeps no version counter: checked every time
+        version = None
+    if version is None or getattr(affine, "_xrp_affine_ok", None) != version:
+        from xraypose.volume import _check_affine
+
+        _check_affine(affine.detach().double().numpy(), "render", plausible_spacing=False)
+        if version is not None:
+            try:
+                affine._xrp_affine_ok = version
+            except (AttributeError, RuntimeError):  # pragma: no cover - tensors normally take attributes
+                pass
+    return affine
 
 
 @functools.lru_cache(maxsize=32)

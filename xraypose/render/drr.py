@@ -6,9 +6,11 @@ import math
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
+from xraypose._checks import check_number
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.render.core import _check_pose, render
@@ -64,6 +66,7 @@ class DRR(nn.Module):
         self.n_samples = n_samples
         self.step = step
         self.backend = backend
+        check_number("bone_attenuation_multiplier", bone_attenuation_multiplier, lo=0, lo_open=True, prefix="")
         self.default_multiplier = float(bone_attenuation_multiplier)
         self.density_model = density
         self.register_buffer("affine", volume.affine.to(torch.float64).clone())
@@ -111,6 +114,9 @@ class DRR(nn.Module):
 
     def render_pixels(self, camera_to_world: torch.Tensor, uv: torch.Tensor | None, bone_attenuation_multiplier=None):
         """(B, 1, R) line integrals at pixels ``uv`` (or (B, 1, H, W) when uv is None)."""
+        m = bone_attenuation_multiplier
+        if m is not None and not isinstance(m, (torch.Tensor, np.ndarray, list, tuple)):  # a text '2', a bool
+            check_number("bone_attenuation_multiplier", m, lo=0, lo_open=True, prefix="")
         if camera_to_world.dim() == 2:
             camera_to_world = camera_to_world.unsqueeze(0)
         B = camera_to_world.shape[0]
