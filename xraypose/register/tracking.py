@@ -311,16 +311,20 @@ def _suspect(res, unlikely, dropped) -> bool:
     return dropped(res) and (res.status[0] != "converged" or bool(unlikely(res)))
 
 
+def _sequence_agrees(res, unlikely, dropped) -> bool:
+    """The sequence's own evidence for a frame's registration ``res``: it converged, lies within the motion
+    model's gate (``unlikely(res)`` False: its pose is where the frames before it lead) and its similarity
+    is not far below theirs (``dropped(res)`` False)."""
+    return res.status[0] == "converged" and not bool(unlikely(res)) and not dropped(res)
+
+
 def _vouched(res, chk, unlikely, dropped) -> bool:
-    """A ``failed`` check the sequence contradicts: the frame's registration converged, lies within the
-    motion model's gate (``unlikely(res)`` False: its pose is where the frames before it lead) and its
-    similarity is not far below theirs (``dropped(res)`` False).  Such a frame is kept ``uncertain``
-    (:func:`_vouched_confidence`) and is a measurement of the motion model, not re-initialised: on
-    low-dose 128² frames of the abdomen the check's signals (gradient NCC 0.3–0.45) read `failed` on
-    29 of 100 frames of one trajectory, 17 of them below 2 mm, and every re-initialisation (1–4.6 s)
-    ended where the tracked frame had (docs/registration.md, "Sequences")."""
-    return (chk is not None and chk.verdict == "failed" and res.status[0] == "converged"
-            and not bool(unlikely(res)) and not dropped(res))
+    """A ``failed`` check the sequence contradicts (:func:`_sequence_agrees`).  Such a frame is kept
+    ``uncertain`` (:func:`_vouched_confidence`) and is a measurement of the motion model, not
+    re-initialised: on low-dose 128² frames of the abdomen the check's signals (gradient NCC 0.3–0.45)
+    read `failed` on 29 of 100 frames of one trajectory, 17 of them below 2 mm, each re-initialised
+    (1.0–4.6 s) and every one still `failed` after it (docs/registration.md, "Sequences")."""
+    return chk is not None and chk.verdict == "failed" and _sequence_agrees(res, unlikely, dropped)
 
 
 def _vouched_confidence(chk):
@@ -648,7 +652,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                 continue
             measured.clear()
             doubted = _suspect(res, unlikely, dropped)  # against the motion model and frames before it
-            vouched = can_vouch() and res.status[0] == "converged" and not unlikely(res) and not dropped(res)
+            vouched = can_vouch() and _sequence_agrees(res, unlikely, dropped)  # judged before the commit
             check = pool.submit(_check_frame, registrar, f, res, pred, views=views)
             before = (len(filt.steps) if filt is not None else 0, len(good_poses), len(accepted_sims), last_curvature)
             fr = commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False, provisional=True)
