@@ -197,3 +197,22 @@ def test_info_on_ct_xray_and_errors(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello")
     assert main(["info", str(tmp_path / "notes.txt")]) == 2
     assert "cannot tell" in capsys.readouterr().err
+
+
+def test_info_shows_an_xrays_header_overridden_as_register_reads_it(tmp_path, capsys):
+    """The geometry advice `info` prints names --sdd/--delx/--dely/--kind: `info` takes them (register's and
+    track's header overrides) and shows what those commands would read; a CT or a model refuses them."""
+    img = tmp_path / "x.npy"
+    np.save(img, np.random.default_rng(0).random((12, 10)).astype(np.float32))
+    assert main(["info", str(img), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["camera"] is None and any("pass --sdd" in n for n in plain["notes"])
+    assert main(["info", str(img), "--json", "--sdd", "1020", "--delx", "0.3", "--dely", "0.3", "--kind",
+                 "intensity"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["camera"]["sdd_mm"] == 1020.0 and d["camera"]["delx_mm"] == 0.3 and d["kind"] == "intensity"
+    assert d["header"]["sdd"]["from"] == "user"
+    assert main(["info", "sample", "--sdd", "1000"]) == 2
+    assert "--sdd applies to an X-ray; sample is a CT" in capsys.readouterr().err
+    assert main(["info", str(img), "--delx", "-1"]) == 2
+    assert "--delx" in capsys.readouterr().err

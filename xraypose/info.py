@@ -51,10 +51,12 @@ def ct_info(path: str) -> dict:
     }
 
 
-def xray_info(path: str) -> dict:
+def xray_info(path: str, **overrides) -> dict:
+    """What :func:`~xraypose.xray.read_xray` reads from the X-ray ``path``, with ``overrides`` (its header
+    keywords: sdd, delx, dely, x0, y0, kind) as ``register`` and ``track`` pass them."""
     from xraypose.xray import read_xray
 
-    return {"what": "X-ray", **read_xray(path, require_intrinsics=False).to_dict()}
+    return {"what": "X-ray", **read_xray(path, require_intrinsics=False, **overrides).to_dict()}
 
 
 def model_info(path: str) -> dict:
@@ -66,9 +68,21 @@ def model_info(path: str) -> dict:
     return {"what": "pose-regression model", "source": str(path), **{k: meta.get(k) for k in keep if k in meta}}
 
 
-def info(path: str) -> dict:
+#: The command-line spelling of :func:`xray_info`'s overrides (for the message that refuses them elsewhere).
+_OVERRIDE_OPTIONS = {"sdd": "--sdd", "delx": "--delx", "dely": "--dely", "x0": "--x0", "y0": "--y0", "kind": "--kind"}
+
+
+def info(path: str, **xray_overrides) -> dict:
+    """What xraypose reads from ``path`` (a CT, an X-ray or a model); ``xray_overrides`` (an X-ray's header
+    keywords, :func:`xray_info`) are refused for a CT or a model, naming them."""
     kind = kind_of(path)
-    return {"ct": ct_info, "xray": xray_info, "model": model_info}[kind](path)
+    if kind != "xray" and xray_overrides:
+        given = ", ".join(_OVERRIDE_OPTIONS.get(k, k) for k in xray_overrides)
+        raise InputError(f"{given} appl{'ies' if len(xray_overrides) == 1 else 'y'} to an X-ray; {path} is a "
+                         f"{'CT' if kind == 'ct' else 'model'}")
+    if kind == "xray":
+        return xray_info(path, **xray_overrides)
+    return {"ct": ct_info, "model": model_info}[kind](path)
 
 
 def format_info(d: dict) -> str:
