@@ -581,6 +581,7 @@ def main(argv=None) -> int:
                "registered_rms_depth_error_mm": float(dz_reg.pow(2).mean().sqrt()),
                "jump_recovered_after_frames": recovered, "median_frame_s": float(secs.median()),
                "frames_per_s": float(1.0 / secs.mean()), "reinitialised": sum(r["reinitialised"] for r in rows),
+               "vouched": sum(bool(r.get("vouched")) for r in rows),
                "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "uncertain", "failed", None)}}
     report.update(summary=summary, frames=rows, formed=formed)
     write_report(args.json, report, [f"{k:32s} {v}" for k, v in {**summary, **{

@@ -132,7 +132,9 @@ def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
     assert "note: frames of 64 rows — the check was calibrated on 256-row X-rays" in text.out  # small frames
     rows = (out / "trajectory.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("frame,time_s,verdict,p_success,similarity,status,reinitialised,seconds,m00")
+    assert rows[0].endswith(",reason,vouched")  # a frame the sequence vouched for (added last: columns keep places)
     doc = json.loads((out / "trajectory.json").read_text())
+    assert "vouched" in doc["summary"] and all("vouched" in fr for fr in doc["frames"])
     assert doc["pose"] == "camera_to_world" and len(doc["frames"]) == 4
     for fr in doc["frames"]:
         e = float(pose_errors(torch.tensor(fr["camera_to_world"], dtype=F64), sequence["poses"][fr["frame"]],
@@ -786,7 +788,9 @@ def test_a_failed_check_the_sequence_contradicts_is_kept_uncertain(volume, smoot
     assert calls["n"] >= 1
     assert not out[5].reinitialised and out[5].verdict == "uncertain", (out[5].verdict, out[5].reason)
     assert "vouches" in out[5].reason and "P 0.30" in out[5].reason and out[5].p_success == pytest.approx(0.30)
+    assert out[5].vouched and out[5].to_dict()["vouched"] is True
+    assert not any(fr.vouched for fr in out[:5] + out[6:])
     err = float(pose_errors(out[5].camera_to_world, smooth_sequence["poses"][5], smooth_sequence["fid"], cam)["mtre"])
     assert err < 2.0, err
     old = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=overlap, vouch_failed=False)
-    assert old[5].reinitialised and old[5].verdict == "failed"
+    assert old[5].reinitialised and old[5].verdict == "failed" and not old[5].vouched

@@ -131,6 +131,7 @@ def track_rows(results, times, names, rel_to_rig, pose_name: str) -> tuple[list,
         for k in ("along_beam_mm", "across_beam_mm", "rotation_deg"):
             row[f"sd_{k}"] = "" if k not in sp else f"{sp[k]:.4g}"
         row["reason"] = fr.reason or ""
+        row["vouched"] = int(fr.vouched)  # last: the columns before it keep their places (since 2026-12-05)
         rows.append(row)
         d = fr.to_dict()
         d[pose_name] = d.pop("camera_to_world")
@@ -494,7 +495,8 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
     def progress(fr):
         p = "" if fr.p_success is None else f" (P {fr.p_success:.2f})"
         typer.echo(f"frame {fr.index + 1}/{F}: {fr.verdict or 'unchecked'}{p}, similarity {fr.similarity:.4f}, "
-                   f"{fr.seconds:.2f} s{', re-initialised' if fr.reinitialised else ''}")
+                   f"{fr.seconds:.2f} s{', re-initialised' if fr.reinitialised else ''}"
+                   f"{', failed by the check, vouched for by the sequence' if fr.vouched else ''}")
 
     if not rigged:
         res = track_sequence(reg, views[0][0], views[0][1], start, confidence=confidence, progress=progress,
@@ -535,6 +537,7 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
             "ct_notes": cts.prepared.notes,
             "summary": {"frames": F, "verdicts": _verdict_counts(res),
                         "reinitialised": sum(fr.reinitialised for fr in res),
+                        "vouched": sum(fr.vouched for fr in res),
                         "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median())},
             "config": reg.config.to_dict(), "metal": metal}
 

@@ -113,6 +113,8 @@ class FrameResult:
             beam of the frame's camera — a rig's start view —, across it, rotation), or None.
         blur_coefficient: the detector's intensity-domain blur the kept registration held fixed
             (``RegistrationConfig.blur_coefficient``; None: none).
+        vouched: the check called the frame ``failed`` and the sequence vouched for it (:func:`_vouched`):
+            its verdict is ``uncertain``, it was not re-initialised and is a measurement of the motion model.
     """
 
     index: int
@@ -129,6 +131,7 @@ class FrameResult:
     covariance: torch.Tensor | None = None
     spread: dict | None = None
     blur_coefficient: float | None = None
+    vouched: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -138,7 +141,8 @@ class FrameResult:
                 "reinitialised": self.reinitialised, "seconds": self.seconds,
                 "registered": None if self.registered is None else self.registered.tolist(),
                 "covariance": None if self.covariance is None else self.covariance.tolist(),
-                "spread": self.spread, "blur_coefficient": self.blur_coefficient, **self.extra}
+                "spread": self.spread, "blur_coefficient": self.blur_coefficient, "vouched": self.vouched,
+                **self.extra}
 
 
 def predict_pose(history: list) -> torch.Tensor:
@@ -290,17 +294,17 @@ def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fa
     sequence vouches for a ``failed`` frame (:func:`_vouched`): then it is kept, ``uncertain``.
 
     Returns:
-        (RegistrationResult, Confidence or None, re-initialised: bool).
+        (RegistrationResult, Confidence or None, re-initialised: bool, vouched: bool).
     """
     try:  # the previous frame's curvature: the optimum's shape changes little between frames
         res, chk = register(tracker, f, pred, [curvature] if curvature else None)
     except InputError:  # the prediction left the CT: re-initialise below
         res, chk = None, None
     if res is not None and not _bad(res, chk, unlikely) and not (chk is not None and _suspect(res, unlikely, dropped)):
-        return res, chk, False
+        return res, chk, False, False
     if res is not None and vouch and _vouched(res, chk, unlikely, dropped):
-        return res, _vouched_confidence(chk), False
-    return (*_reinitialise(register, registrar, f, res, chk, fallback), True)
+        return res, _vouched_confidence(chk), False, True
+    return (*_reinitialise(register, registrar, f, res, chk, fallback), True, False)
 
 
 def _suspect(res, unlikely, dropped) -> bool:
@@ -583,12 +587,13 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             res, chk = register(registrar, f, pred)
             if predictor is not None and not _bad(res, chk) and repredict(res.poses[0]):
                 res, chk = register(registrar, f, res.poses[0])  # again, with the predicted blur held
-            reinit = False
+            reinit = vouched = False
         else:
-            res, chk, reinit = _track_frame(register, registrar, tracker, f, pred, last_curvature,
-                                            good_poses[-1] if good_poses else T_start, unlikely, dropped,
-                                            vouch=can_vouch())
+            res, chk, reinit, vouched = _track_frame(register, registrar, tracker, f, pred, last_curvature,
+                                                     good_poses[-1] if good_poses else T_start, unlikely, dropped,
+                                                     vouch=can_vouch())
         fr = commit(f, pred, res, chk, reinit, time.perf_counter() - t0)
+        fr.vouched = vouched
         if progress is not None:
             progress(fr)
 
@@ -603,6 +608,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         fr = p["frame"]
         if chk is not None and chk.verdict == "failed" and p["vouched"] and not p["doubted"]:
             chk = _vouched_confidence(chk)
+            fr.vouched = True
         if chk is None or (chk.verdict != "failed" and not p["doubted"]):
             if chk is not None:
                 fr.verdict, fr.p_success, fr.reason = chk.verdict, float(chk.p_success), chk.reason
