@@ -339,6 +339,9 @@ def main(argv=None) -> int:
                     help="the motion model's noise_scale (MotionModel; default its own)")
     ap.add_argument("--tracking-tol", type=float, default=None,
                     help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
+    ap.add_argument("--no-vouch", action="store_true",
+                    help="re-initialise every frame the check calls failed (track_sequence's vouch_failed=False: "
+                         "the rule until 2026-12-05)")
     ap.add_argument("--no-overlap", action="store_true",
                     help="check each frame before registering the next (default: the check beside the next "
                          "frame's registration on a second thread, track_sequence's overlap_check)")
@@ -541,7 +544,7 @@ def main(argv=None) -> int:
         track_views, frames_arg, cam_arg = None, frames, pcam
     out = track_sequence(reg, frames_arg, cam_arg, start, views=track_views, confidence=not args.no_confidence,
                          progress=progress,
-                         tracking_levels=tracking_levels(args), motion=args.motion,
+                         tracking_levels=tracking_levels(args), motion=args.motion, vouch_failed=not args.no_vouch,
                          motion_model=(None if args.motion_noise_scale is None
                                        else MotionModel(noise_scale=args.motion_noise_scale)),
                          overlap_check=False if args.no_overlap else None, blur=blur,
