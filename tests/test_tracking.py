@@ -794,3 +794,50 @@ def test_a_failed_check_the_sequence_contradicts_is_kept_uncertain(volume, smoot
     assert err < 2.0, err
     old = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=overlap, vouch_failed=False)
     assert old[5].reinitialised and old[5].verdict == "failed" and not old[5].vouched
+
+
+def test_a_rigs_failed_frame_the_sequence_contradicts_is_kept_uncertain(volume, smooth_sequence, monkeypatch):
+    """The rig form of the rule above: two views (AP and lateral, a rig), the rig's check fails frame 5;
+    the sequence vouches for it — kept `uncertain`, `vouched`, not re-initialised, below 2 mm."""
+    import xraypose.register.tracking as tracking
+    from xraypose.register.confidence import Confidence
+    from xraypose.rig import rig_from_carm
+    from xraypose.synthetic import XraySimulator
+
+    cam = smooth_sequence["camera"]
+    rig = rig_from_carm({"ap": (0.0, 0.0), "lat": (90.0, 0.0)}, sod=612.0)
+    iso = volume.get_isocenter().to(F64)
+    frame = torch.eye(4, dtype=F64)
+    frame[:3, 3] = iso
+    # the rig's poses: the smooth sequence's motion applied to a rig frame at the isocenter
+    truth = [smooth_sequence["poses"][f] @ torch.linalg.inv(smooth_sequence["poses"][0]) @ frame
+             for f in range(len(smooth_sequence["poses"]))]
+    sim = XraySimulator(volume, cam, supersample=1, photons=1e5, blur_px=0.5)
+    from xraypose.preprocess import preprocess
+
+    views = []
+    for n in rig.names:
+        C = rig[n].camera_to_rig
+        pres = [preprocess(sim(X @ C, generator=torch.Generator().manual_seed(f)).raw[0, 0], cam, blur=(5, 1.0),
+                           log=True, i0=sim.i0, rescale=True) for f, X in enumerate(truth)]
+        views.append((torch.stack([p.image for p in pres])[:, None], pres[0].camera, C))
+    target = views[0][0][5:6]
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    real = tracking._check_views
+    calls = {"n": 0}
+
+    def fails_frame_5(registrar, fviews, rig_to_world, start):
+        out = real(registrar, fviews, rig_to_world, start)
+        if torch.equal(torch.as_tensor(fviews[0][0]), target):
+            calls["n"] += 1
+            return Confidence(0.30, "failed", "test: fails frame 5", {}, 0.0)
+        return out
+
+    monkeypatch.setattr(tracking, "_check_views", fails_frame_5)
+    start = perturb_pose(truth[0], iso, 1.0, 3.0, torch.Generator().manual_seed(1))[0]
+    out = track_sequence(reg, None, start=start, views=views)
+    assert calls["n"] >= 1
+    assert not out[5].reinitialised and out[5].verdict == "uncertain" and out[5].vouched, (out[5].verdict, out[5].reason)
+    fid = iso[None] + torch.tensor([[40.0, 0, 0], [0, 40, 0], [0, 0, 40], [-30, -30, 10]], dtype=F64)
+    e = float(pose_errors(out[5].camera_to_world, truth[5], fid, sdr=510.0)["mtre"])
+    assert e < 2.0, e
