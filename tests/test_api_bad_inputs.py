@@ -79,8 +79,8 @@ def test_a_start_that_is_no_rigid_transform_is_refused(sample_ct, registrar, ima
 @pytest.mark.parametrize("field, value, words", [
     ("x0", "a", "principal-point offset x0 must be a number (mm), got 'a'"),
     ("y0", None, "principal-point offset y0 must be a number (mm), got None"),
-    ("reverse_x_axis", "no", "reverse_x_axis must be True or False, got 'no'"),  # was True: mirrored
-    ("reverse_x_axis", 2, "reverse_x_axis must be True or False, got 2"),
+    ("reverse_x_axis", "no", "reverse_x_axis = 'no' must be true or false"),  # was True: mirrored
+    ("reverse_x_axis", 2, "reverse_x_axis = 2 must be true or false"),
 ])
 def test_camera_fields_of_the_wrong_kind_are_named(field, value, words):
     with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
@@ -219,10 +219,10 @@ def test_render_takes_numpy_numbers_for_samples_and_step(sample_ct, cam, pose):
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(rotate_180="no"), "rotate_180 must be True or False, got 'no'"),  # was True: rotated
-    (dict(rotate_180=1), "rotate_180 must be True or False, got 1"),
-    (dict(rescale="no"), "rescale must be True or False, got 'no'"),  # was True: rescaled
-    (dict(rescale=None), "rescale must be True or False, got None"),  # was False
+    (dict(rotate_180="no"), "rotate_180 = 'no' must be true or false"),  # was True: rotated
+    (dict(rotate_180=1), "rotate_180 = 1 must be true or false"),
+    (dict(rescale="no"), "rescale = 'no' must be true or false"),  # was True: rescaled
+    (dict(rescale=None), "rescale = None must be true or false"),  # was False
 ])
 def test_preprocess_flags_must_be_bools(image, cam, kw, words):
     from xraypose.preprocess import plan_geometry, preprocess
@@ -334,7 +334,7 @@ def test_register_xray_names_a_bad_true_pose(sample_ct, registrar, image, cam, p
     (dict(lm_linearised=1), "config: lm_linearised = 1 must be true or false"),
     (dict(revisit=None), "config: revisit = None must be true or false"),
     (dict(convention="ABC"), "config: convention = 'ABC' must be None or an Euler axis sequence"),
-    (dict(lr_rot=True), "lr_rot must be a positive number, got True"),
+    (dict(lr_rot=True), "config: lr_rot = True must be a finite number > 0"),
     (dict(levels=16), "config: levels = 16 must be a list of Level objects"),
     (dict(levels=[{"size": 16, "speed": 2}]), "config: levels = {'size': 16, 'speed': 2} is not a level: "),
     (dict(levels=[{"size": "16"}]), "config: Level.size = '16' must be a whole number >= 4"),

@@ -18,7 +18,7 @@ import numpy as np
 
 from xraypose.errors import InputError
 
-__all__ = ["config_error", "check_number", "check_vector", "check_choice", "finite_float", "one_line",
+__all__ = ["config_error", "check_number", "check_vector", "check_choice", "check_flag", "check_instance", "finite_float", "one_line",
            "is_numeric_dtype"]
 
 
@@ -63,6 +63,22 @@ def check_choice(name: str, v, options) -> None:
     """One of ``options``."""
     if v not in options:
         config_error(name, v, f"is not one of: {', '.join(map(str, options))}")
+
+
+def check_flag(name: str, v, prefix: str = "config: ") -> bool:
+    """``v`` as a bool: True or False (NumPy's too); anything else — a text 'no', a 1, None, which Python
+    would take as true or false — is refused (``config: NAME = 'no' must be true or false``; ``prefix`` as
+    :func:`config_error`'s)."""
+    if not isinstance(v, (bool, np.bool_)):
+        config_error(name, v, "must be true or false", prefix)
+    return bool(v)
+
+
+def check_instance(name: str, v, cls: type, hint: str = "") -> None:
+    """``v`` an instance of xraypose's ``cls`` (a Camera, a Volume): else ``NAME must be an xraypose CLS{hint},
+    got TYPE`` — an array for a volume or None for a camera would fail deep inside with an AttributeError."""
+    if not isinstance(v, cls):
+        raise InputError(f"{name} must be an xraypose {cls.__name__}{hint}, got {type(v).__name__}")
 
 
 def finite_float(value, what: str, kind: str = "a number") -> float:

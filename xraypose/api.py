@@ -28,13 +28,13 @@ def render_drr(
     Raises :class:`~xraypose.errors.InputError`, before rendering, when the DRR would not fit memory, when a
     trilinear step would take more than :data:`~xraypose.limits.MAX_SAMPLES_PER_RAY` samples along a ray, or
     when the pose does not see the CT (:func:`check_ct_in_view`)."""
+    from xraypose._checks import check_instance
     from xraypose.errors import InputError
     from xraypose.limits import check_drr_size, check_drr_step
     from xraypose.render import DRR
     from xraypose.render.core import checked_sampling, default_step
 
-    if not isinstance(camera, Camera):
-        raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
+    check_instance("camera", camera, Camera)
     checked_sampling(n_samples, step)  # a text '1' (before check_drr_step compares it)
     check_drr_size(camera.height, camera.width)
     if renderer == "trilinear" and n_samples is None:

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from xraypose._checks import finite_float
+from xraypose._checks import check_flag, finite_float
 from xraypose.errors import InputError
 
 __all__ = ["Camera", "CameraPose", "camera_from_K", "carm_pose", "pixel_grid", "DEFAULT_SDD_MM", "DEFAULT_SOD_FRACTION",
@@ -109,9 +109,8 @@ class Camera:
         for name in ("x0", "y0"):
             object.__setattr__(self, name, finite_float(getattr(self, name), f"principal-point offset {name}",
                                                         "a number (mm)"))
-        if not isinstance(self.reverse_x_axis, (bool, np.bool_)):  # a string 'no' would mirror the columns
-            raise InputError(f"reverse_x_axis must be True or False, got {self.reverse_x_axis!r}")
-        object.__setattr__(self, "reverse_x_axis", bool(self.reverse_x_axis))
+        # a text 'no' would mirror the columns
+        object.__setattr__(self, "reverse_x_axis", check_flag("reverse_x_axis", self.reverse_x_axis, prefix=""))
 
     # ------------------------------------------------------------------ intrinsics
     @property

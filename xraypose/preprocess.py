@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import finite_float, is_numeric_dtype
+from xraypose._checks import check_flag, check_instance, finite_float, is_numeric_dtype
 from xraypose._kernels import gaussian_kernel1d, max_filter
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -208,17 +208,10 @@ def check_not_channels_last(image: torch.Tensor, camera: Camera, what: str = "im
                          "(B, 1, H, W), e.g. image[..., 0]")
 
 
-def _check_flag(name: str, value) -> None:
-    """``value`` a bool (NumPy's too): a text 'no' or a number would be taken as True."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{name} must be True or False, got {value!r}")
-
-
 def _check_camera(image: torch.Tensor, camera: Camera | None, what: str = "X-ray") -> None:
     if camera is None:
         return
-    if not isinstance(camera, Camera):
-        raise InputError(f"camera must be an xraypose Camera or None, got {type(camera).__name__}")
+    check_instance("camera", camera, Camera, " or None")
     H, W = image.shape[-2:]
     if (camera.height, camera.width) != (H, W):
         raise InputError(
@@ -390,7 +383,7 @@ def plan_geometry(
 ) -> GeometryPlan:
     """The geometry of :func:`preprocess` without touching pixels (same arguments, same order)."""
     H, W = _int_pixels("image height", height), _int_pixels("image width", width)
-    _check_flag("rotate_180", rotate_180)
+    check_flag("rotate_180", rotate_180, prefix="")
     if camera is not None and (camera.height, camera.width) != (H, W):
         raise InputError(
             f"X-ray image is {H}×{W} pixels but its intrinsics describe a "
@@ -892,7 +885,7 @@ def preprocess(
     """
     img = as_image(image)
     _check_camera(img, camera)
-    _check_flag("rescale", rescale)
+    check_flag("rescale", rescale, prefix="")
     H0, W0 = img.shape
     geo = plan_geometry(H0, W0, camera, rotate_180=rotate_180, flip=flip, crop=crop, center_crop=center_crop,
                         size=size)

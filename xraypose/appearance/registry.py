@@ -9,6 +9,7 @@ import torch
 
 from xraypose.appearance.params import Params
 from xraypose.camera import Camera
+from xraypose._checks import check_instance
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -111,8 +112,7 @@ def form_xray(volume: Volume, camera: Camera, camera_to_world, family: str = "ou
     """
     if family not in FAMILIES:
         raise InputError(f"unknown appearance family {family!r}; choose one of: {', '.join(FAMILIES)}")
-    if not isinstance(camera, Camera):
-        raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
+    check_instance("camera", camera, Camera)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     p = Params(family, g, overrides)
     ctx = Context(volume=volume, camera=camera, pose=_as_pose(camera_to_world), p=p, generator=g)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from xraypose.camera import Camera
+from xraypose._checks import check_instance
 from xraypose.errors import InputError
 from xraypose.geometry import check_rigid
 from xraypose.preprocess import check_not_channels_last
@@ -198,8 +199,7 @@ def register_xray(
     Returns:
         one :class:`Registration` per X-ray.
     """
-    if not isinstance(camera, Camera):
-        raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
+    check_instance("camera", camera, Camera)
     if not isinstance(image, (torch.Tensor, np.ndarray, list, tuple)):
         hint = ": pass its .image" if isinstance(getattr(image, "image", None), torch.Tensor) else ""
         raise InputError(f"image must be an array or tensor (H, W), (B, H, W) or (B, 1, H, W), got "

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from xraypose._checks import check_choice, check_number, config_error, one_line
+from xraypose._checks import check_choice, check_flag, check_number, config_error, one_line
 from xraypose.errors import InputError
 from xraypose.names import DENSITY_MODELS, EULER_CONVENTIONS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
 
@@ -137,10 +137,7 @@ class Level:
                                         ("robust_c", True, False)):
             check_number(f"Level.{name}", getattr(self, name), lo=0, lo_open=lo_open, allow_none=optional)
         for name in ("fit_bone", "fit_blur", "robust", "fit_air", "fit_tissue", "fit_curve"):
-            v = getattr(self, name)
-            if not isinstance(v, (bool, np.bool_)):
-                config_error(f"Level.{name}", v, "must be true or false")
-            object.__setattr__(self, name, bool(v))
+            object.__setattr__(self, name, check_flag(f"Level.{name}", getattr(self, name)))
         check_choice("Level.optimizer", self.optimizer, OPTIMIZERS)
         if self.similarity is not None:  # None: the config's
             check_choice("Level.similarity", self.similarity, SIMILARITY_MEASURES)
@@ -469,19 +466,13 @@ class RegistrationConfig:
                                   and v <= 0):
             raise InputError(f"blur_coefficient must be None (off) or a number <= 0 (the coefficient of |∇DRR|² "
                              f"per X-ray pixel²), got {v!r}")
-        if not isinstance(self.match_capture, bool):
-            raise InputError(f"match_capture must be true or false, got {self.match_capture!r}")
         if self.rig_capture not in ("joint", "start-view", "both"):
             raise InputError(f"unknown rig_capture {self.rig_capture!r}; choose joint, start-view or both")
         for name in ("lr_rot", "lr_trans", "bone_multiplier", "lm_tol_px", "lm_damping", "lm_max_damping",
                      "lm_max_step_px", "motion_radius_mm"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
-                raise InputError(f"{name} must be a positive number, got {v!r}")
+            check_number(name, getattr(self, name), lo=0, lo_open=True)
         for name in ("lm_reject_tol_px", "lm_reject_damping"):  # 0 turns each off
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
-                raise InputError(f"{name} must be a number >= 0 (0: off), got {v!r}")
+            check_number(name, getattr(self, name), lo=0)
         # whole numbers (2.0 taken as 2): counts of iterations, reductions, steps; the seed as the command line's
         for name, lo, hi, optional in (("ncc_patch", 3, None, False), ("step_every", 1, None, False),
                                        ("patience", 1, None, False), ("max_reductions", 0, None, False),
@@ -499,11 +490,8 @@ class RegistrationConfig:
         for name in ("rel_tol", "adam_tol_px"):  # 0: any gain counts / the best pose never settles
             check_number(name, getattr(self, name), lo=0)
         check_number("drr_blur", self.drr_blur, lo=0, allow_none=True)  # σ in X-ray pixels; None or 0: no blur
-        for name in ("record_trajectory", "lm_linearised", "revisit"):
-            v = getattr(self, name)
-            if not isinstance(v, (bool, np.bool_)):
-                config_error(name, v, "must be true or false")
-            setattr(self, name, bool(v))
+        for name in ("record_trajectory", "lm_linearised", "revisit", "match_capture"):
+            setattr(self, name, check_flag(name, getattr(self, name)))
         for name, lo, hi, why in (("ncc_weights", 0, None, "(whole image, patches), two numbers >= 0, not both 0"),
                                   ("adam_betas", 0, 1, "(β1, β2), two numbers in [0, 1)")):
             v = getattr(self, name)

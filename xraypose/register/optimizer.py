@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from xraypose.camera import Camera
+from xraypose._checks import check_instance
 from xraypose.errors import InputError
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS, check_rigid, pose_from_params, pose_to_params
 from xraypose.register.config import (  # noqa: F401 (re-exported)
@@ -212,9 +213,7 @@ class Registrar:
     def __init__(self, volume: Volume, config: RegistrationConfig | None = None, isocenter=None):
         from xraypose.volume import Volume, _as_point
 
-        if not isinstance(volume, Volume):
-            raise InputError(f"volume must be an xraypose Volume (volume_from_array makes one of an array), got "
-                             f"{type(volume).__name__}")
+        check_instance("volume", volume, Volume, " (volume_from_array makes one of an array)")
         if config is not None and not isinstance(config, RegistrationConfig):
             raise InputError(f"config must be a RegistrationConfig (RegistrationConfig(**settings) makes one of a "
                              f"dict), got {type(config).__name__}")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xraypose._checks import check_number
+from xraypose._checks import check_instance, check_number
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.render.core import _check_pose, render
@@ -56,11 +56,8 @@ class DRR(nn.Module):
         super().__init__()
         from xraypose.volume import Volume
 
-        if not isinstance(volume, Volume):
-            raise InputError(f"volume must be an xraypose Volume (volume_from_array makes one of an array), got "
-                             f"{type(volume).__name__}")
-        if not isinstance(camera, Camera):
-            raise InputError(f"camera must be an xraypose Camera, got {type(camera).__name__}")
+        check_instance("volume", volume, Volume, " (volume_from_array makes one of an array)")
+        check_instance("camera", camera, Camera)
         self.camera = camera
         self.renderer = renderer
         self.n_samples = n_samples

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from xraypose.camera import Camera, carm_pose, check_sod
+from xraypose._checks import check_instance
 from xraypose.errors import InputError
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import Provenance, XRay, format_value
@@ -193,8 +194,7 @@ def build_camera(intr: _Intrinsics, mirror: bool, take: _Taker, hdr: Provenance,
     ``require_intrinsics`` is off.  The principal point's column offset flips with the mirror."""
     if ov.camera is not None:
         cam = ov.camera
-        if not isinstance(cam, Camera):
-            raise InputError(f"camera must be an xraypose Camera, got {type(cam).__name__}")
+        check_instance("camera", cam, Camera)
         if (cam.height, cam.width) != (H, W):
             raise InputError(
                 f"{src}: image is {H}×{W} pixels but the given intrinsics describe a "
