@@ -76,6 +76,37 @@ def test_pyramid_blocks_never_exceed_the_ct():
     torch.testing.assert_close(aff[:3, :3].norm(dim=0), torch.tensor([6, 5, 4], dtype=F64) * 6e-4)
 
 
+def test_air_floor_zeroes_the_blocks_whose_ct_averages_to_air_and_nothing_else():
+    """RegistrationConfig.air_floor_hu: a level's voxel renders as nothing where the CT averaged over its
+    block reads at most the floor — all channels, that block only; the unfloored level is untouched (its
+    own cache entry), and a floor that is not air is refused."""
+    from xraypose.volume import Volume
+
+    hu = torch.full((8, 8, 4), -1000.0)
+    hu[0:2, 0:2, 0], hu[0:2, 0:2, 1] = -990.0, -960.0  # a 2 mm block averaging -975: floored at -975
+    hu[2:4, 0:2, 0], hu[2:4, 0:2, 1] = -990.0, -940.0  # averaging -965: kept
+    hu[4:8, 4:8] = 1000.0  # bone
+    hu[0, 7, 0] = -1000.0 + 40.0  # a noisy air voxel: its block averages -995 and is floored
+    vol = Volume(hu, torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=F64)))
+    lv = Level(size=16, iterations=1, volume_mm=2.0, fit_bone=True)
+    plain = Registrar(vol, RegistrationConfig(levels=(lv,)))
+    floored = plain.derive(air_floor_hu=-975.0)
+    d0, a0 = plain.volume_level(2.0, (0, 1))
+    d1, a1 = floored.volume_level(2.0, (0, 1))
+    torch.testing.assert_close(a0, a1)
+    air = torch.ones(4, 4, 2, dtype=torch.bool)
+    air[1, 0] = False  # the -965 block
+    air[2:4, 2:4] = False  # bone
+    assert bool((d0[0][air] > 0).any())  # unfloored, the noise renders
+    assert bool((d1[:, air] == 0).all())
+    torch.testing.assert_close(d1[:, ~air], d0[:, ~air])
+    assert float(d1[0, 1, 0, 0]) > 0 and float(d1[1, 2, 2, 0]) > 0
+    torch.testing.assert_close(plain.volume_level(2.0, (0, 1))[0], d0)  # the plain entry is not floored
+    for bad in (-100.0, float("nan"), "-975", True, -2000.0):
+        with pytest.raises(InputError, match="air_floor_hu"):
+            RegistrationConfig(air_floor_hu=bad)
+
+
 def test_seeded_and_batched_registration_agree(sample_ct, maker, case):
     reg = Registrar(sample_ct, RegistrationConfig(levels=(Level(size=24, iterations=40, n_samples=32, volume_mm=8.0),)))
     T0 = maker.starts(case, 5.0, 20.0)

@@ -483,6 +483,28 @@ def test_the_check_reads_a_frame_through_its_mask(volume, sequence):
     assert max(errors) < 2.0, errors
 
 
+def test_frames_after_the_first_render_the_ct_with_its_air_floored(volume, sequence, monkeypatch):
+    """track_sequence's air_floor_hu: frame 0 (the registrar's schedule) renders the density as it is, every
+    later frame's tracking schedule with air floored at TRACKING_AIR_FLOOR_HU; None keeps the registrar's."""
+    from xraypose.register.tracking import TRACKING_AIR_FLOOR_HU
+
+    seen = []
+    orig = Registrar.register_views
+
+    def spy(self, *a, **k):
+        seen.append(self.config.air_floor_hu)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(Registrar, "register_views", spy)
+    frames, cam = _preprocessed(sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    track_sequence(reg, frames[:3], cam, sequence["start"], confidence=False, tracking_levels=WEAK)
+    assert TRACKING_AIR_FLOOR_HU == -975.0 and seen == [None, -975.0, -975.0]
+    seen.clear()
+    track_sequence(reg, frames[:3], cam, sequence["start"], confidence=False, tracking_levels=WEAK, air_floor_hu=None)
+    assert seen == [None, None, None]
+
+
 def test_a_sequence_holds_the_detectors_blur_it_is_given(volume, sequence):
     """track_sequence(blur=c): every frame's registration (and frame 0's) holds the coefficient, and the
     frames say so; a coefficient that is not a number <= 0 is refused."""

@@ -196,6 +196,18 @@ def _pool_volume(density: torch.Tensor, affine: torch.Tensor, factors) -> Volume
     return VolumeLevel(x, affine.to(F64) @ S)
 
 
+def _floored(density: torch.Tensor, hu: torch.Tensor, factors, floor: float) -> torch.Tensor:
+    """A copy of the pooled ``density`` (C, I', J', K') with every channel 0 where the CT ``hu``
+    (I, J, K), averaged over the same blocks of ``factors`` voxels, reads at most ``floor`` HU
+    (:attr:`RegistrationConfig.air_floor_hu`).  The average, not each voxel: a CT's air noise
+    averages out, so more blocks are exactly zero for the kernel to skip (−975 HU on the abdomen's
+    2 mm level: 35 % of its bricks against 4 % unfloored)."""
+    air = _pool_volume(hu.to(torch.float32)[None], torch.eye(4, dtype=F64), factors).density[0] <= floor
+    out = density.clone()
+    out[:, air] = 0.0
+    return out
+
+
 #: The fewest rows :meth:`Registrar.measure_blur` measures on (fewer when the X-ray has fewer).
 MEASURE_BLUR_ROWS = 128
 
@@ -284,11 +296,16 @@ class Registrar:
             factors = tuple(max(1, min(n, int(math.floor(volume_mm / float(s) + 0.5))))
                             for s, n in zip(spacing.tolist(), self._density.shape[-3:]))
         channels = tuple(channels)
-        key = (factors, channels)
+        floor = self.config.air_floor_hu
+        floor = None if floor is None else float(floor)
+        key = (factors, channels, floor)
         if key not in self._pyramid:
-            base = (factors, "pooled")  # every channel, as pooled (channels-first): what subsets are cut from
+            base = (factors, "pooled", floor)  # every channel, as pooled (channels-first): what subsets are cut from
             if base not in self._pyramid:
-                self._pyramid[base] = _pool_volume(self._density, self._affine, factors)
+                pooled = _pool_volume(self._density, self._affine, factors)
+                if floor is not None:
+                    pooled = VolumeLevel(_floored(pooled.density, self.volume.data, factors, floor), pooled.affine)
+                self._pyramid[base] = pooled
             d, a = self._pyramid[base]
             d = d[list(channels)].contiguous() if channels != (0, 1, 2) else d
             if d.shape[0] in (2, 3):  # channels-last: the fused CPU kernel reads a corner's channels at once
