@@ -534,6 +534,67 @@ def test_evaluate_resume_refuses_another_source_of_the_same_name(tmp_path, capsy
     assert _snapshot(ev) == before  # (the same source resumes: the test above)
 
 
+def test_evaluate_resume_refuses_inputs_changed_since_and_names_the_file(tmp_path, capsys, case):
+    """run.json fingerprints the case folder (each file's size and mtime_ns): an X-ray replaced, added or removed
+    between a run and its --resume was accepted silently, the earlier cases' results kept for the new inputs.
+    The same files (bytes and times) resume; a run.json from before the fingerprint resumes unchecked."""
+    import shutil
+
+    src = tmp_path / "mycase"
+    shutil.copytree(case, src)
+    ev = tmp_path / "ev"
+    args = ["evaluate", str(src), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+            "--size", "32", "--no-pictures", "--quiet"]
+    assert main(args) == 0
+    run = json.loads((ev / "run.json").read_text())
+    assert run["inputs"]["xrays/lateral.npy"][0] == (src / "xrays" / "lateral.npy").stat().st_size
+    assert {"ct.nii.gz", "poses.json", "xrays/lateral.json", "xrays/lao20_caud10.dcm"} <= set(run["inputs"])
+    before = _snapshot(ev)
+    npy = src / "xrays" / "lateral.npy"
+    data, st = npy.read_bytes(), npy.stat()
+
+    def refused(*words):
+        capsys.readouterr()
+        assert main(args + ["--resume"]) == 2
+        _one_error_line(capsys.readouterr().err, "cannot resume", "inputs changed", *words, "--overwrite")
+        assert _snapshot(ev) == before
+
+    a = np.load(npy)
+    np.save(npy, a[:, ::-1].copy())  # another image, the same name and size
+    refused("xrays/lateral.npy modified")
+    npy.write_bytes(data)
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))  # the very file again: resumes
+    poses_json = src / "poses.json"
+    poses_bytes, poses_st = poses_json.read_bytes(), poses_json.stat()
+    shutil.copy(npy, src / "xrays" / "extra.npy")  # another case: an X-ray, its sidecar, its true pose
+    shutil.copy(src / "xrays" / "lateral.json", src / "xrays" / "extra.json")
+    poses_json.write_text(json.dumps({**json.loads(poses_bytes), "extra.npy": json.loads(poses_bytes)["lateral.npy"]}))
+    refused("poses.json modified, xrays/extra.json added, xrays/extra.npy added")
+    (src / "xrays" / "extra.npy").unlink()
+    (src / "xrays" / "extra.json").unlink()
+    poses_json.write_bytes(poses_bytes)
+    os.utime(poses_json, ns=(poses_st.st_atime_ns, poses_st.st_mtime_ns))
+    dcm = src / "xrays" / "lao20_caud10.dcm"  # a case taken out (its X-ray and its true pose)
+    dcm.rename(tmp_path / "away.dcm")
+    poses_json.write_text(json.dumps({"lateral.npy": json.loads(poses_bytes)["lateral.npy"]}))
+    refused("poses.json modified, xrays/lao20_caud10.dcm removed")
+    (tmp_path / "away.dcm").rename(dcm)
+    poses_json.write_bytes(poses_bytes)
+    os.utime(poses_json, ns=(poses_st.st_atime_ns, poses_st.st_mtime_ns))
+    assert main(args + ["--resume"]) == 0
+    assert _snapshot(ev)["cases/lateral.npy/result.json"] == before["cases/lateral.npy/result.json"]
+    # a run.json written before the fingerprint existed resumes (unchecked), and records it from then on
+    del run["inputs"]
+    (ev / "run.json").write_text(json.dumps(run))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((ev / "run.json").read_text())["inputs"]["xrays/lateral.npy"][1] == st.st_mtime_ns + 10**9
+    # an evaluation written into the case folder itself leaves its own files out of the fingerprint
+    inside = args[:3] + [str(src)] + args[4:]
+    assert main(inside) == 0 and main(inside + ["--resume"]) == 0
+    assert "run.json" not in json.loads((src / "run.json").read_text())["inputs"]
+
+
 # ----------------------------------------------------------------------------- a model from another CT
 def _other_ct(path: Path, ct, *, same_geometry: bool = False) -> Path:
     import nibabel as nib
