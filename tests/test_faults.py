@@ -188,6 +188,78 @@ def test_a_result_of_several_files_is_written_all_or_nothing(tmp_path, full_disk
     assert ours() == {"pose.json": b"new", "trajectory.json": b"new"}  # the old metrics went
 
 
+def test_a_kill_between_a_results_renames_is_told_apart_by_its_manifest(tmp_path, monkeypatch):
+    """atomic_write_files renames one file at a time: a kill after the new pose.json but before the new
+    metrics.json left new and old files under the earlier manifest, read as one result.  The manifest (renamed
+    last) lists each file's SHA-256: result_mismatches names the files that are not its result's."""
+    import xraypose.io as xio
+
+    names = ["pose.json", "metrics.json", "trajectory.json"]
+    atomic_write_files(tmp_path, {"pose.json": b"old pose", "metrics.json": b"old metrics"}, remove=names)
+    assert xio.result_mismatches(tmp_path) == []
+    real, calls = os.replace, []
+
+    def killed_at_the_second(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # (a SIGINT; a SIGKILL would leave the same files, and the temporaries)
+        return real(src, dst)
+
+    monkeypatch.setattr(xio.os, "replace", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_files(tmp_path, {"pose.json": b"new pose", "metrics.json": b"new metrics"}, remove=names)
+    monkeypatch.setattr(xio.os, "replace", real)
+    assert calls == ["pose.json", "metrics.json"]
+    ours = {k: v for k, v in _snapshot(tmp_path).items() if k != MANIFEST}
+    assert ours == {"pose.json": b"new pose", "metrics.json": b"old metrics"}  # a mixture ...
+    assert xio.result_mismatches(tmp_path) == ["pose.json"]  # ... that the manifest tells apart
+    atomic_write_files(tmp_path, {"pose.json": b"new pose", "metrics.json": b"new metrics"}, remove=names)
+    assert xio.result_mismatches(tmp_path) == []  # written again, whole
+    (tmp_path / "metrics.json").unlink()
+    assert xio.result_mismatches(tmp_path) == ["metrics.json"]
+    (tmp_path / MANIFEST).write_text(json.dumps({"written_by": "xraypose", "files": names[:2]}))
+    assert xio.result_mismatches(tmp_path) == []  # a manifest from before the SHA-256s: nothing to check
+
+
+def test_evaluate_resume_after_a_crash_between_a_cases_files_registers_that_case_again(tmp_path, capsys, case,
+                                                                                    monkeypatch):
+    """evaluate writes a case's result.json (what --resume reads) after its other files: a crash between them
+    (here: pose.tfm, the second file, failing) leaves the case without result.json, and the resume registers it
+    again rather than keeping its pose.json beside nothing — the design already held; this proves it."""
+    import xraypose.export
+    import xraypose.register.api as api
+
+    ev = tmp_path / "ev"
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+            "--size", "32", "--no-pictures", "--quiet"]
+    real_tfm, tfm_calls = xraypose.export.write_slicer_transform, []
+
+    def crash_at_the_second_case(path, T):
+        tfm_calls.append(Path(path).parent.name)
+        if len(tfm_calls) == 2:
+            raise OutputError(f"cannot write {path}: simulated crash")
+        return real_tfm(path, T)
+
+    monkeypatch.setattr(xraypose.export, "write_slicer_transform", crash_at_the_second_case)
+    assert main(args) == 2
+    done, broken = ev / "cases" / tfm_calls[0], ev / "cases" / tfm_calls[1]
+    assert (done / "result.json").is_file() and (broken / "pose.json").is_file()
+    assert not (broken / "result.json").exists() and not (broken / "pose.tfm").exists()
+    assert not (ev / "metrics.csv").exists()
+    monkeypatch.setattr(xraypose.export, "write_slicer_transform", real_tfm)
+    kept = (done / "result.json").read_bytes()
+    real_register, registered = api.register_xray, []
+    monkeypatch.setattr(api, "register_xray", lambda *a, **k: registered.append(1) or real_register(*a, **k))
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert registered == [1]  # the broken case only
+    assert (done / "result.json").read_bytes() == kept
+    row = json.loads((broken / "result.json").read_text())["row"]
+    pose = json.loads((broken / "pose.json").read_text())
+    assert (broken / "pose.tfm").is_file()
+    assert row["mTRE (mm)"] == pytest.approx(pose["metrics"]["mtre"])  # pose.json is the result.json's
+
+
 def test_a_result_never_replaces_or_deletes_a_file_xraypose_did_not_write(tmp_path):
     """A result folder's files are replaced (or removed when the new result has no such file) only when the
     folder's manifest lists them as xraypose's: a user's own metrics.json or pose.json — or a file of an

@@ -326,7 +326,12 @@ class PictureRenderer:
 def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: str, fiducials=None, true_pose=None,
                        pictures: bool = True, renderer: PictureRenderer | None = None,
                        mask=None) -> tuple[dict, dict]:
-    """Write one registered X-ray's files into folder ``d``.
+    """Write one registered X-ray's files into folder ``d``; ``result.json`` last.
+
+    Each file is written atomically, one after the other; ``result.json`` — the case's row and report
+    section, all that ``--resume`` reads back — comes last, so it marks a whole case: a crash between the
+    files leaves the case without it, and a resume registers the case again (rewriting the others) rather
+    than keeping a pose.json whose pictures or metrics never came.
 
     Args:
         d: the case's folder (created).
