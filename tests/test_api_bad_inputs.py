@@ -223,6 +223,10 @@ def test_render_takes_numpy_numbers_for_samples_and_step(sample_ct, cam, pose):
     (dict(rotate_180=1), "rotate_180 = 1 must be true or false"),
     (dict(rescale="no"), "rescale = 'no' must be true or false"),  # was True: rescaled
     (dict(rescale=None), "rescale = None must be true or false"),  # was False
+    (dict(log=1), "log = 1 must be true or false"),  # was True: the log taken
+    (dict(log=0), "log = 0 must be true or false"),  # was False
+    (dict(log=1.0), "log = 1.0 must be true or false"),
+    (dict(log="yes"), "log = 'yes' must be true, false or one of: intensity, log-intensity, attenuation"),
 ])
 def test_preprocess_flags_must_be_bools(image, cam, kw, words):
     from xraypose.preprocess import plan_geometry, preprocess

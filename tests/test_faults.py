@@ -188,6 +188,78 @@ def test_a_result_of_several_files_is_written_all_or_nothing(tmp_path, full_disk
     assert ours() == {"pose.json": b"new", "trajectory.json": b"new"}  # the old metrics went
 
 
+def test_a_kill_between_a_results_renames_is_told_apart_by_its_manifest(tmp_path, monkeypatch):
+    """atomic_write_files renames one file at a time: a kill after the new pose.json but before the new
+    metrics.json left new and old files under the earlier manifest, read as one result.  The manifest (renamed
+    last) lists each file's SHA-256: result_mismatches names the files that are not its result's."""
+    import xraypose.io as xio
+
+    names = ["pose.json", "metrics.json", "trajectory.json"]
+    atomic_write_files(tmp_path, {"pose.json": b"old pose", "metrics.json": b"old metrics"}, remove=names)
+    assert xio.result_mismatches(tmp_path) == []
+    real, calls = os.replace, []
+
+    def killed_at_the_second(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # (a SIGINT; a SIGKILL would leave the same files, and the temporaries)
+        return real(src, dst)
+
+    monkeypatch.setattr(xio.os, "replace", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_files(tmp_path, {"pose.json": b"new pose", "metrics.json": b"new metrics"}, remove=names)
+    monkeypatch.setattr(xio.os, "replace", real)
+    assert calls == ["pose.json", "metrics.json"]
+    ours = {k: v for k, v in _snapshot(tmp_path).items() if k != MANIFEST}
+    assert ours == {"pose.json": b"new pose", "metrics.json": b"old metrics"}  # a mixture ...
+    assert xio.result_mismatches(tmp_path) == ["pose.json"]  # ... that the manifest tells apart
+    atomic_write_files(tmp_path, {"pose.json": b"new pose", "metrics.json": b"new metrics"}, remove=names)
+    assert xio.result_mismatches(tmp_path) == []  # written again, whole
+    (tmp_path / "metrics.json").unlink()
+    assert xio.result_mismatches(tmp_path) == ["metrics.json"]
+    (tmp_path / MANIFEST).write_text(json.dumps({"written_by": "xraypose", "files": names[:2]}))
+    assert xio.result_mismatches(tmp_path) == []  # a manifest from before the SHA-256s: nothing to check
+
+
+def test_evaluate_resume_after_a_crash_between_a_cases_files_registers_that_case_again(tmp_path, capsys, case,
+                                                                                    monkeypatch):
+    """evaluate writes a case's result.json (what --resume reads) after its other files: a crash between them
+    (here: pose.tfm, the second file, failing) leaves the case without result.json, and the resume registers it
+    again rather than keeping its pose.json beside nothing — the design already held; this proves it."""
+    import xraypose.export
+    import xraypose.register.api as api
+
+    ev = tmp_path / "ev"
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+            "--size", "32", "--no-pictures", "--quiet"]
+    real_tfm, tfm_calls = xraypose.export.write_slicer_transform, []
+
+    def crash_at_the_second_case(path, T):
+        tfm_calls.append(Path(path).parent.name)
+        if len(tfm_calls) == 2:
+            raise OutputError(f"cannot write {path}: simulated crash")
+        return real_tfm(path, T)
+
+    monkeypatch.setattr(xraypose.export, "write_slicer_transform", crash_at_the_second_case)
+    assert main(args) == 2
+    done, broken = ev / "cases" / tfm_calls[0], ev / "cases" / tfm_calls[1]
+    assert (done / "result.json").is_file() and (broken / "pose.json").is_file()
+    assert not (broken / "result.json").exists() and not (broken / "pose.tfm").exists()
+    assert not (ev / "metrics.csv").exists()
+    monkeypatch.setattr(xraypose.export, "write_slicer_transform", real_tfm)
+    kept = (done / "result.json").read_bytes()
+    real_register, registered = api.register_xray, []
+    monkeypatch.setattr(api, "register_xray", lambda *a, **k: registered.append(1) or real_register(*a, **k))
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert registered == [1]  # the broken case only
+    assert (done / "result.json").read_bytes() == kept
+    row = json.loads((broken / "result.json").read_text())["row"]
+    pose = json.loads((broken / "pose.json").read_text())
+    assert (broken / "pose.tfm").is_file()
+    assert row["mTRE (mm)"] == pytest.approx(pose["metrics"]["mtre"])  # pose.json is the result.json's
+
+
 def test_a_result_never_replaces_or_deletes_a_file_xraypose_did_not_write(tmp_path):
     """A result folder's files are replaced (or removed when the new result has no such file) only when the
     folder's manifest lists them as xraypose's: a user's own metrics.json or pose.json — or a file of an
@@ -532,6 +604,67 @@ def test_evaluate_resume_refuses_another_source_of_the_same_name(tmp_path, capsy
     assert main(["evaluate", str(other), *args, "--resume"]) == 2
     _one_error_line(capsys.readouterr().err, "cannot resume", "source_path")
     assert _snapshot(ev) == before  # (the same source resumes: the test above)
+
+
+def test_evaluate_resume_refuses_inputs_changed_since_and_names_the_file(tmp_path, capsys, case):
+    """run.json fingerprints the case folder (each file's size and mtime_ns): an X-ray replaced, added or removed
+    between a run and its --resume was accepted silently, the earlier cases' results kept for the new inputs.
+    The same files (bytes and times) resume; a run.json from before the fingerprint resumes unchecked."""
+    import shutil
+
+    src = tmp_path / "mycase"
+    shutil.copytree(case, src)
+    ev = tmp_path / "ev"
+    args = ["evaluate", str(src), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+            "--size", "32", "--no-pictures", "--quiet"]
+    assert main(args) == 0
+    run = json.loads((ev / "run.json").read_text())
+    assert run["inputs"]["xrays/lateral.npy"][0] == (src / "xrays" / "lateral.npy").stat().st_size
+    assert {"ct.nii.gz", "poses.json", "xrays/lateral.json", "xrays/lao20_caud10.dcm"} <= set(run["inputs"])
+    before = _snapshot(ev)
+    npy = src / "xrays" / "lateral.npy"
+    data, st = npy.read_bytes(), npy.stat()
+
+    def refused(*words):
+        capsys.readouterr()
+        assert main(args + ["--resume"]) == 2
+        _one_error_line(capsys.readouterr().err, "cannot resume", "inputs changed", *words, "--overwrite")
+        assert _snapshot(ev) == before
+
+    a = np.load(npy)
+    np.save(npy, a[:, ::-1].copy())  # another image, the same name and size
+    refused("xrays/lateral.npy modified")
+    npy.write_bytes(data)
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))  # the very file again: resumes
+    poses_json = src / "poses.json"
+    poses_bytes, poses_st = poses_json.read_bytes(), poses_json.stat()
+    shutil.copy(npy, src / "xrays" / "extra.npy")  # another case: an X-ray, its sidecar, its true pose
+    shutil.copy(src / "xrays" / "lateral.json", src / "xrays" / "extra.json")
+    poses_json.write_text(json.dumps({**json.loads(poses_bytes), "extra.npy": json.loads(poses_bytes)["lateral.npy"]}))
+    refused("poses.json modified, xrays/extra.json added, xrays/extra.npy added")
+    (src / "xrays" / "extra.npy").unlink()
+    (src / "xrays" / "extra.json").unlink()
+    poses_json.write_bytes(poses_bytes)
+    os.utime(poses_json, ns=(poses_st.st_atime_ns, poses_st.st_mtime_ns))
+    dcm = src / "xrays" / "lao20_caud10.dcm"  # a case taken out (its X-ray and its true pose)
+    dcm.rename(tmp_path / "away.dcm")
+    poses_json.write_text(json.dumps({"lateral.npy": json.loads(poses_bytes)["lateral.npy"]}))
+    refused("poses.json modified, xrays/lao20_caud10.dcm removed")
+    (tmp_path / "away.dcm").rename(dcm)
+    poses_json.write_bytes(poses_bytes)
+    os.utime(poses_json, ns=(poses_st.st_atime_ns, poses_st.st_mtime_ns))
+    assert main(args + ["--resume"]) == 0
+    assert _snapshot(ev)["cases/lateral.npy/result.json"] == before["cases/lateral.npy/result.json"]
+    # a run.json written before the fingerprint existed resumes (unchecked), and records it from then on
+    del run["inputs"]
+    (ev / "run.json").write_text(json.dumps(run))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((ev / "run.json").read_text())["inputs"]["xrays/lateral.npy"][1] == st.st_mtime_ns + 10**9
+    # an evaluation written into the case folder itself leaves its own files out of the fingerprint
+    inside = args[:3] + [str(src)] + args[4:]
+    assert main(inside) == 0 and main(inside + ["--resume"]) == 0
+    assert "run.json" not in json.loads((src / "run.json").read_text())["inputs"]
 
 
 # ----------------------------------------------------------------------------- a model from another CT

@@ -2,6 +2,7 @@
 Beer–Lambert inversion, blur, background, rescale, and recovery of rendered line integrals."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -136,6 +137,15 @@ def test_all_zero_or_bad_images_give_clear_errors():
         preprocess(torch.ones(2, 3, 4))
     with pytest.raises(InputError, match="not both"):
         preprocess(torch.ones(9, 9), crop=1, center_crop=4)
+
+
+def test_subtract_background_clamp_must_be_a_bool():
+    img = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    for bad in (1, 0, "no", None):
+        with pytest.raises(InputError, match="^" + re.escape(f"clamp = {bad!r} must be true or false") + "$"):
+            subtract_background(img, 2.0, clamp=bad)
+    assert float(subtract_background(img, 2.0, clamp=np.bool_(False))[0].min()) == -1.0
+    assert float(subtract_background(img, 2.0, clamp=True)[0].min()) == 0.0
 
 
 def test_blur_background_and_rescale():

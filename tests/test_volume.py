@@ -346,6 +346,24 @@ def test_density_raw_and_unknown_model():
         vol.density("hu", bone_attenuation_multiplier=float("nan"))
 
 
+@pytest.mark.parametrize("model", ["hu", "physical", "raw"])
+@pytest.mark.parametrize("mult", ["2", True, False, None, 0, 0.0, -1.0, float("nan"), float("inf"), np.bool_(True)])
+def test_density_refuses_a_multiplier_that_is_no_positive_number(model, mult):
+    """A text '2' (float() would read it), a bool, 0 (bone darker than soft tissue) or NaN/inf: one line
+    naming the argument and the value, as the DRR words it."""
+    vol = _hu_phantom()
+    with pytest.raises(InputError) as e:
+        vol.density(model, bone_attenuation_multiplier=mult)
+    assert str(e.value) == f"bone_attenuation_multiplier = {mult!r} must be a finite number > 0"
+
+
+def test_density_takes_a_positive_multiplier_of_any_number_type():
+    vol = _hu_phantom()
+    ref = vol.density("hu", bone_attenuation_multiplier=2.0)
+    for m in (2, np.float32(2.0), np.int64(2)):
+        assert torch.equal(vol.density("hu", bone_attenuation_multiplier=m), ref)
+
+
 def test_constant_volume_loads_but_hu_density_raises(tmp_path):
     path = write_nifti(tmp_path / "const.nii.gz", np.full((3, 4, 5), 40, np.int16), np.eye(4))
     vol = read_volume(path)

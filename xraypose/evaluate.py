@@ -20,10 +20,13 @@ fixed angle and distance), and writes::
                          registration.gif, curves.png
 
 Every file is written atomically.  ``run.json`` records the run's settings
-(source and its absolute path, cases, start, registration configuration, the CLI's options) before
-the first case.  With ``resume=True`` cases whose ``result.json`` exists are
+(source and its absolute path, cases, start, registration configuration, the CLI's options) and the
+fingerprint of its inputs (:func:`input_fingerprint`: each file's size and modification time, no
+hashing) before the first case.  With ``resume=True`` cases whose ``result.json`` exists are
 read back, not registered again, provided the settings are those of
-``run.json``: a difference is refused, naming it.  Without ``resume``, a
+``run.json``: a difference is refused, naming it; so is a change of the inputs (an X-ray replaced,
+added or removed, the CT or poses.json edited: the file is named), which would mix results of the old
+inputs with the new.  A run.json written before the fingerprint existed resumes unchecked.  Without ``resume``, a
 folder holding an earlier evaluation is refused unless ``overwrite=True``,
 which removes the earlier run's files first (:func:`remove_previous_results`;
 files the package does not write are left alone), so the folder holds one
@@ -63,7 +66,7 @@ from xraypose.volume import Volume
 
 __all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
            "angle_starts", "StartRule", "PictureRenderer", "ROW_COLUMNS", "RUN_FILE", "previous_results",
-           "remove_previous_results"]
+           "remove_previous_results", "input_fingerprint", "input_changes"]
 
 F64 = torch.float64
 _BLUR_PX = 1.0  # σ of the 5×5 Gaussian given to case-folder X-rays (pixels at their stored size)
@@ -117,6 +120,7 @@ class EvalSet:
     isocenter: torch.Tensor
     blur_px: float | None = None  # Gaussian σ the preprocessing gave the images, in their pixels (DRRs get the same)
     source: str | None = None  # the case folder's / file's absolute path (run.json: a resume from another is refused)
+    inputs: dict | None = None  # input_fingerprint(source) when it was read (run.json: a resume of edited inputs is refused)
 
 
 def _safe_name(text: str) -> str:
@@ -142,21 +146,64 @@ def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256
     if path.is_dir():
         if specimen is not None:
             raise InputError(f"{path} is a case folder: --specimen is for DeepFluoro / Ljubljana HDF5 files")
-        return _with_source(_case_folder_set(path, size), path)
+        inputs = input_fingerprint(path)  # before reading: a file edited meanwhile reads as changed later
+        return _with_source(_case_folder_set(path, size), path, inputs)
     if path.suffix.lower() not in (".h5", ".hdf5"):
         raise InputError(f"{path}: expected a case folder or a DeepFluoro / Ljubljana HDF5 file (.h5)")
+    inputs = input_fingerprint(path)
     kind = _h5_kind(path)
     if specimen is None:
         raise InputError(f"{path} is a {kind} file: choose one with --specimen N "
                          f"({'1-6' if kind == 'DeepFluoro' else '1-10'})")
     if kind == "DeepFluoro":
-        return _with_source(_deepfluoro_set(path, specimen, size, structure), path)
-    return _with_source(_ljubljana_set(path, specimen, size), path)
+        return _with_source(_deepfluoro_set(path, specimen, size, structure), path, inputs)
+    return _with_source(_ljubljana_set(path, specimen, size), path, inputs)
 
 
-def _with_source(evalset: EvalSet, path: Path) -> EvalSet:
-    evalset.source = str(path.resolve())
+def _with_source(evalset: EvalSet, path: Path, inputs: dict) -> EvalSet:
+    evalset.source, evalset.inputs = str(path.resolve()), inputs
     return evalset
+
+
+def _input_files(root: Path) -> list[Path]:
+    """The files an evaluation may read from ``root``: the file itself (HDF5), or a case folder's top-level
+    files (the CT, its .raw, labels, case.json, fiducials.csv, poses.json, rig.json), ``xrays/``'s files
+    (X-rays and sidecars) and everything under a DICOM ``ct/`` folder; hidden files left out."""
+    if not root.is_dir():
+        return [root]
+    files = [p for p in root.iterdir() if p.is_file()]
+    if (root / "xrays").is_dir():
+        files += [p for p in (root / "xrays").iterdir() if p.is_file()]
+    if (root / "ct").is_dir():
+        files += [p for p in (root / "ct").rglob("*") if p.is_file()]
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def input_fingerprint(source) -> dict:
+    """``{path relative to the source: [size in bytes, modification time in ns]}`` of the files an evaluation
+    reads from ``source`` (a case folder or a dataset file; the file's own name for a file).  Cheap: no file
+    is read, so a multi-GB HDF5 file costs one ``stat``.  Recorded in run.json and compared by a resume: an
+    X-ray replaced (another size or time), added or removed is named (:func:`input_changes`).  A file
+    copied without its times (``cp`` without ``-p``) or touched counts as changed — a resume is refused
+    when in doubt, never mixed."""
+    root = Path(source)
+    out = {}
+    for p in _input_files(root):
+        try:
+            st = p.stat()
+        except OSError:  # gone between the listing and now: read as removed
+            continue
+        out[p.name if p == root else p.relative_to(root).as_posix()] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def input_changes(old: dict, new: dict, limit: int = 3) -> list[str]:
+    """What differs between two :func:`input_fingerprint` s: ``"xrays/a.png modified"``, ``"... added"``,
+    ``"... removed"`` (at most ``limit``, then ``"N more"``)."""
+    changes = ([f"{k} modified" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+               + [f"{k} added" for k in sorted(new.keys() - old.keys())]
+               + [f"{k} removed" for k in sorted(old.keys() - new.keys())])
+    return changes[:limit] + ([f"{len(changes) - limit} more"] if len(changes) > limit else [])
 
 
 def _h5_kind(path: Path) -> str:
@@ -279,7 +326,12 @@ class PictureRenderer:
 def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: str, fiducials=None, true_pose=None,
                        pictures: bool = True, renderer: PictureRenderer | None = None,
                        mask=None) -> tuple[dict, dict]:
-    """Write one registered X-ray's files into folder ``d``.
+    """Write one registered X-ray's files into folder ``d``; ``result.json`` last.
+
+    Each file is written atomically, one after the other; ``result.json`` — the case's row and report
+    section, all that ``--resume`` reads back — comes last, so it marks a whole case: a crash between the
+    files leaves the case without it, and a resume registers the case again (rewriting the others) rather
+    than keeping a pose.json whose pictures or metrics never came.
 
     Args:
         d: the case's folder (created).
@@ -453,6 +505,18 @@ def remove_previous_results(outdir) -> int:
     return len(files)
 
 
+#: run.json's key of the inputs' fingerprint (:func:`input_fingerprint`).
+INPUTS = "inputs"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
 # Names of the registration settings in messages (the CLI's options where there is one).
 _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans": "--lr-trans",
                   "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
@@ -500,6 +564,8 @@ def _settings_differences(old: dict, new: dict) -> list[str]:
                     diffs.append(f"{name} ({_short(a.get(f))} then, {_short(b.get(f))} now)")
         elif k == "source_path" and k not in old:
             continue  # recorded before the path was
+        elif k == INPUTS:
+            continue  # compared by _prepare_output (input_changes: the files named; not at all before it existed)
         elif old.get(k) != new.get(k):
             diffs.append(f"{k} ({_short(old.get(k))} then, {_short(new.get(k))} now)")
     return diffs
@@ -523,6 +589,11 @@ def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool) -> N
             old = restore_non_finite(json.loads(run_file.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"cannot resume {out}: {run_file} is unreadable ({e})") from None
+        if isinstance(old.get(INPUTS), dict) and old.get("source_path") == record.get("source_path") \
+                and (changes := input_changes(old[INPUTS], record.get(INPUTS) or {})):
+            raise InputError(f"cannot resume {out}: its inputs changed since the earlier run ({', '.join(changes)}), "
+                             "so its results and the new ones would not belong together; re-run with --overwrite, "
+                             "or evaluate into another folder")
         diffs = _settings_differences(old, json.loads(json.dumps(record, default=str)))
         if diffs:
             raise InputError(f"cannot resume {out} with other settings: {'; '.join(diffs)}; resume with the "
@@ -561,7 +632,7 @@ def evaluate(
             DRRs blurred as the set's preprocessing blurred the X-rays).
         start_label: how the start was chosen, for the report.
         resume: reuse the results of cases already written in ``outdir`` (refused when the settings
-            differ from those in its ``run.json``: the difference is named).
+            differ from those in its ``run.json``, or its inputs changed since: the difference is named).
         overwrite: replace an earlier evaluation in ``outdir`` (refused without it or ``resume``).
         settings: more settings to record in ``run.json`` and check on a resume, e.g. the CLI's
             options (``{"--perturb": [10, 40]}``); the source, case names, start label, pictures and
@@ -589,6 +660,10 @@ def evaluate(
               "registration": config.to_dict(), **(settings or {})}
     if evalset.source is not None:  # the name alone let a resume mix in the cases of another folder or file
         record["source_path"] = evalset.source
+    if evalset.inputs is not None:  # less what this run writes into the case folder itself, if there
+        base = Path(evalset.source) if evalset.source is not None else None
+        record[INPUTS] = {k: v for k, v in evalset.inputs.items()
+                          if base is None or not base.is_dir() or not _inside(base / k, out)}
     shards = shards or Shards()
     rigged = any(c.camera_to_rig is not None for c in evalset.cases)
     if rigged:

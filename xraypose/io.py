@@ -13,6 +13,11 @@
   all are staged first, so a write error changes none of the old ones; then
   they replace the old files and the old run's files that this run does not
   write are removed (a result folder holds only the current run's files).
+  The renames are one per file: a kill between two of them leaves new files beside old ones.  The
+  result's :data:`MANIFEST`, which lists each file's SHA-256, is renamed last, so such a mixture
+  never matches it: :func:`result_mismatches` names the files that are not the listed result's.
+  (``xraypose evaluate`` keeps its own order: a case's ``result.json``, which ``--resume`` reads,
+  is written after its other files.)
 * A result replaces only files xraypose wrote: :func:`atomic_write_files` with ``remove`` (a result
   folder's files) records the names it wrote in the folder's :data:`MANIFEST`, and refuses to
   replace or delete a file of those names that the manifest does not list — a user's own
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import io
 import json
 import math
@@ -180,8 +186,10 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
 
     All files are first written to temporary files (the step that can fail, e.g. on a full
     disk: then every temporary file is removed and the folder is unchanged), then renamed over
-    the old ones; finally the files named in ``remove`` that this call did not write (the
-    previous run's) are deleted.
+    the old ones, the :data:`MANIFEST` (with ``remove``) last; finally the files named in ``remove``
+    that this call did not write (the previous run's) are deleted.  A kill (or a failed rename)
+    between two renames leaves some new files beside old ones and the earlier manifest, whose
+    SHA-256s they do not match: :func:`result_mismatches` tells such a folder from a whole result.
 
     Args:
         folder: an existing folder.
@@ -199,7 +207,8 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     remove_stale_temp_files(folder)
     if remove:  # a result replacing an earlier one: never a file the user made
         check_replaceable(folder, list(files) + list(remove))
-        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files)})}
+        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files),  # renamed last
+                                                "sha256": {n: hashlib.sha256(files[n]).hexdigest() for n in sorted(files)}})}
     staged: list[tuple[Path, Path]] = []
     try:
         for name, data in files.items():
@@ -265,6 +274,31 @@ def written_here(folder) -> set:
         return {str(n) for n in data.get("files", [])} if isinstance(data, dict) else set()
     except (OSError, ValueError, TypeError):
         return set()
+
+
+def result_mismatches(folder) -> list[str]:
+    """The files of ``folder``'s result that are not the ones its :data:`MANIFEST` lists (another SHA-256,
+    or missing): ``["pose.json"]`` after a kill between :func:`atomic_write_files`' renames left a new
+    pose.json beside the earlier result's metrics.json.  Empty for a whole result — and for a folder
+    without a manifest, or with one written before it held the SHA-256s (nothing to check against).
+    Reads the listed files (results: kilobytes to a few megabytes)."""
+    folder = Path(folder)
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        sums = data.get("sha256") if isinstance(data, dict) else None
+    except (OSError, ValueError, TypeError):
+        return []
+    if not isinstance(sums, dict):
+        return []
+    bad = []
+    for name, digest in sorted(sums.items()):
+        try:
+            ok = hashlib.sha256((folder / str(name)).read_bytes()).hexdigest() == digest
+        except OSError:
+            ok = False
+        if not ok:
+            bad.append(str(name))
+    return bad
 
 
 def check_replaceable(folder, names) -> None:

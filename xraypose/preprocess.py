@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import check_flag, check_instance, finite_float, is_numeric_dtype
+from xraypose._checks import check_flag, check_instance, config_error, finite_float, is_numeric_dtype
 from xraypose._kernels import gaussian_kernel1d, max_filter
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -549,6 +549,7 @@ def subtract_background(image, background="mode", clamp: bool = True):
     Returns (image, value).
     """
     img = as_image(image)
+    check_flag("clamp", clamp, prefix="")
     if isinstance(background, str):
         if background == "min":
             value = float(img.min())
@@ -844,7 +845,8 @@ def preprocess(
     4. ``log`` — turn intensities into line integrals:
        ``True``/"intensity": ``L = log I0 − log(I + offset)`` with ``I0 = i0``
        or the image maximum; "log-intensity": ``L = max − v`` (values already
-       proportional to log I); ``False``/"attenuation": unchanged.  Raw intensities that hold few
+       proportional to log I); ``False``/"attenuation" (or None): unchanged.  Any other value (a 1, a
+       text "yes") is refused.  Raw intensities that hold few
        photons get ``photon_offset`` photons added to every pixel first (of the image the log is taken
        of: binned, its pixels' sum), converted to intensity by the photons' gain read from the image's
        own noise (:func:`detected_photons`): the log of a Poisson count is biased toward −∞ by about
@@ -891,7 +893,7 @@ def preprocess(
                         size=size)
     before = [op for op in geo.ops if op[0] != "resize"]
     after = [op for op in geo.ops if op[0] == "resize"]
-    mode = {True: "intensity", False: "attenuation", None: "attenuation"}.get(log, log)
+    mode = _log_mode(log)
     _check_resample_domain(resample_domain, mode)
     sat = saturation_mask(img) if mode in ("intensity", "log-intensity") else None
     mask = None if sat is None else (~sat).to(torch.float32)
@@ -923,7 +925,7 @@ def preprocess(
     # per pixel of the image the log is taken of: a bin's mean holds its pixels' sum
     added = photons * est["per_photon"] * img.numel() / pixels_in if photons else 0.0
     total = offset + added
-    img = _log_step(img, mode, log, i0, total, steps)
+    img = _log_step(img, mode, i0, total, steps)
     if photons:  # (the step's "offset": the given offset + these photons' intensity)
         steps[-1]["photon_offset"] = {"photons": photons, "per_photon": est["per_photon"], "intensity": added}
     if blur_domain == "line-integral":
@@ -1111,7 +1113,24 @@ def _record_saturation(mask: torch.Tensor, value: float, pixels: int, steps: lis
     steps.append({"step": "saturation_mask", "value": value, "pixels": pixels, "weight": float(mask.mean())})
 
 
-def _log_step(img, mode: str, log, i0, offset, steps: list) -> torch.Tensor:
+#: ``preprocess``'s ``log`` modes, by name (True is "intensity", False and None "attenuation").
+LOG_MODES = ("intensity", "log-intensity", "attenuation")
+
+
+def _log_mode(log) -> str:
+    """``preprocess``'s ``log`` as one of :data:`LOG_MODES`, checked before any pixel is touched: a flag
+    must be a bool (:func:`check_flag`: a 1, 0 or 1.0 would pass for True or False), a text one of the
+    modes."""
+    if log is None:
+        return "attenuation"
+    if not isinstance(log, str):
+        return "intensity" if check_flag("log", log, prefix="") else "attenuation"
+    if log not in LOG_MODES:
+        config_error("log", log, "must be true, false or one of: " + ", ".join(LOG_MODES), prefix="")
+    return log
+
+
+def _log_step(img, mode: str, i0, offset, steps: list) -> torch.Tensor:
     """Step 4 of :func:`preprocess` (intensities → line integrals), recorded in ``steps``."""
     if mode == "intensity":
         img, info = beer_lambert(img, i0=i0, offset=offset)
@@ -1120,8 +1139,6 @@ def _log_step(img, mode: str, log, i0, offset, steps: list) -> torch.Tensor:
         top = float(img.max()) if i0 is None else float(i0)
         img = top - img
         steps.append({"step": "negate_log", "formula": "max - v", "max": top})
-    elif mode != "attenuation":
-        raise InputError(f"log must be True/False or 'intensity', 'log-intensity', 'attenuation'; got {log!r}")
     return img
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import finite_float, is_numeric_dtype, one_line
+from xraypose._checks import check_number, finite_float, is_numeric_dtype, one_line
 from xraypose.errors import InputError
 from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
 
@@ -276,7 +276,8 @@ class Volume:
                 * ``"raw"`` — the voxel values themselves, as attenuation per
                   mm (for geometry checks); ``bone_attenuation_multiplier``
                   is ignored.
-            bone_attenuation_multiplier: finite, >= 0; see ``model``.
+            bone_attenuation_multiplier: a finite number > 0 (not a text or a bool), as
+                :class:`~xraypose.render.DRR` takes it; see ``model``.
             structures: None keeps every voxel.  Otherwise a label id, a label
                 name, or a list of them: the density is multiplied by the mask
                 of those labels (see :meth:`structure_mask`).
@@ -299,9 +300,10 @@ class Volume:
             raise InputError(
                 f"Unknown density model {model!r}; choose one of {', '.join(DENSITY_MODELS)}"
             )
-        mult = finite_float(bone_attenuation_multiplier, "bone_attenuation_multiplier")
-        if mult < 0:
-            raise InputError(f"bone_attenuation_multiplier must be >= 0; got {mult}")
+        # a text '2' or a bool would pass float(); 0 leaves bone darker than soft tissue (the DRR and the
+        # density basis refuse it too)
+        check_number("bone_attenuation_multiplier", bone_attenuation_multiplier, lo=0, lo_open=True, prefix="")
+        mult = float(bone_attenuation_multiplier)
 
         x = self.data
         if name == "hu":

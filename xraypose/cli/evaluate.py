@@ -46,7 +46,7 @@ def evaluate_command(
     cfg_kw: dict = Group(registration_options),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Draw each case's pictures (slower)."),
     resume: bool = typer.Option(False, "--resume", help="Keep the cases already written in OUTDIR (the settings "
-                                "must be those of its run.json; a difference is refused)."),
+                                "must be those of its run.json, the inputs unchanged since; a difference is refused)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier evaluation in OUTDIR (refused "
                                    "without --resume or --overwrite)."),
     allow_other_ct: bool = ALLOW_OTHER_CT,
