@@ -669,7 +669,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             measured.clear()
             doubted = _suspect(res, unlikely, dropped)  # against the motion model and frames before it
             vouched = can_vouch() and _sequence_agrees(res, unlikely, dropped)  # judged before the commit
-            check = pool.submit(_check_frame, registrar, f, res, pred, views=views)
+            check = pool.submit(_check_frame, tracker, f, res, pred, views=views)
             before = (len(filt.steps) if filt is not None else 0, len(good_poses), len(accepted_sims), last_curvature)
             fr = commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False, provisional=True)
             pending = {"check": check, "frame": fr, "result": res, "before": before, "doubted": doubted,
