@@ -240,6 +240,34 @@ def test_preprocess_flags_must_be_bools(image, cam, kw, words):
     assert torch.equal(preprocess(image, cam, **{flag: np.bool_(True)}).image, preprocess(image, cam, **{flag: True}).image)
 
 
+@pytest.mark.parametrize("blur", [
+    "12",  # was iterated: kernel 1, σ 2
+    "1.0", (5, "1"), (True, 1.0), (5, False), (4, 1.0), (5.5, 1.0), (0, 1.0), (5, -1.0), (5, float("nan")),
+    (5, 1.0, 2), (5,), -1.0, float("inf"), {"sigma": 1.0},
+])
+def test_preprocess_names_a_bad_blur(image, cam, blur):
+    from xraypose.preprocess import BLUR_FORMS, preprocess
+
+    with pytest.raises(InputError, match="^" + re.escape(f"blur = {blur!r} must be {BLUR_FORMS}") + "$"):
+        preprocess(image, cam, blur=blur)
+
+
+def test_preprocess_takes_the_blurs_its_callers_give(image, cam):
+    """None, False and a σ of 0 (the command line's --blur 0): no blur; True: 5×5, σ 1; a σ (NumPy's too); a
+    (kernel, σ) pair, as a list from JSON, its kernel a whole float too."""
+    from xraypose.preprocess import preprocess
+
+    def blur_step(b):
+        return [s for s in preprocess(image, cam, blur=b).steps if s["step"] == "blur"]
+
+    for none in (None, False, 0, 0.0, (5, 0.0)):
+        assert blur_step(none) == []
+    want = [{"step": "blur", "kernel_size": 5, "sigma": 1.0, "domain": "line-integral"}]
+    for b in (True, np.bool_(True), 1.0, np.float32(1.0), (5, 1.0), [5, 1], (np.int64(5), 1.0), (5.0, 1.0)):
+        assert blur_step(b) == want, b
+    assert blur_step((3, 0.5))[0]["kernel_size"] == 3
+
+
 def test_a_channels_last_image_is_named(sample_ct, registrar, image, cam, pose):
     """An (H, W, 1) image was read as (B = H, 1, W, 1): 'X-ray is 16×1 pixels but its intrinsics describe a
     16×16 detector'."""
