@@ -268,6 +268,34 @@ def test_preprocess_takes_the_blurs_its_callers_give(image, cam):
     assert blur_step((3, 0.5))[0]["kernel_size"] == 3
 
 
+@pytest.mark.parametrize("background, words", [
+    (True, "background = True must be a finite number, 'min', 'mode' or ('percentile', p)"),  # was 1.0
+    (np.bool_(False), f"background = {np.bool_(False)!r} must be a finite number, 'min', 'mode' or ('percentile', p)"),
+    (float("nan"), "background = nan must be a finite number, 'min', 'mode' or ('percentile', p)"),
+    (("pct", 5), "background = ('pct', 5) must be a finite number, 'min', 'mode' or ('percentile', p)"),
+    ("2", "unknown background '2'; use a number, 'min', 'mode' or ('percentile', p)"),
+    (("percentile", "5"), "background percentile = '5' must be a finite number in [0, 100]"),  # was 5
+    (("percentile", True), "background percentile = True must be a finite number in [0, 100]"),  # was 1
+    (("percentile", 101), "background percentile = 101 must be a finite number in [0, 100]"),
+])
+def test_a_bad_background_is_named(image, cam, background, words):
+    from xraypose.preprocess import preprocess, subtract_background
+
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        subtract_background(image, background)
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        preprocess(image, cam, background=background)
+
+
+def test_background_takes_numbers_and_its_modes(image):
+    from xraypose.preprocess import subtract_background
+
+    assert subtract_background(image, np.float32(0.5))[1] == 0.5
+    assert subtract_background(image, 0)[1] == 0.0
+    assert subtract_background(image, ["percentile", np.int64(0)])[1] == float(image.min())
+    assert subtract_background(image, "min")[1] == float(image.min())
+
+
 def test_a_channels_last_image_is_named(sample_ct, registrar, image, cam, pose):
     """An (H, W, 1) image was read as (B = H, 1, W, 1): 'X-ray is 16×1 pixels but its intrinsics describe a
     16×16 detector'."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import check_flag, check_instance, check_number, config_error, finite_float, is_numeric_dtype
+from xraypose._checks import check_flag, check_instance, check_number, config_error, is_numeric_dtype
 from xraypose._kernels import gaussian_kernel1d, max_filter
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -544,7 +544,8 @@ def beer_lambert(image, i0: float | None = None, offset: float = 0.0):
 
 def subtract_background(image, background="mode", clamp: bool = True):
     """Subtract a background level: a number, ``"min"``, ``"mode"`` (most frequent value,
-    on a 1024-bin histogram) or ``("percentile", p)``; negatives clamp to 0 when ``clamp``.
+    on a 1024-bin histogram) or ``("percentile", p)`` (p a number in [0, 100]); negatives clamp to 0 when
+    ``clamp``.  A bool, another text or a text number is refused.
 
     Returns (image, value).
     """
@@ -565,12 +566,15 @@ def subtract_background(image, background="mode", clamp: bool = True):
         else:
             raise InputError(f"unknown background {background!r}; use a number, 'min', 'mode' or ('percentile', p)")
     elif isinstance(background, (tuple, list)) and len(background) == 2 and background[0] == "percentile":
-        p = float(background[1])
-        if not 0 <= p <= 100:
-            raise InputError(f"background percentile must be in [0, 100], got {p}")
-        value = float(np.percentile(img.detach().cpu().numpy(), p))
-    else:
-        value = finite_float(background, "background", "a number, 'min', 'mode' or ('percentile', p)")
+        check_number("background percentile", background[1], lo=0, hi=100, prefix="")
+        value = float(np.percentile(img.detach().cpu().numpy(), float(background[1])))
+    else:  # a real number: not a bool (True was taken as 1.0), NumPy's too
+        try:
+            check_number("background", background, prefix="")
+        except InputError:
+            config_error("background", background, "must be a finite number, 'min', 'mode' or ('percentile', p)",
+                         prefix="")
+        value = float(background)
     out = img - value
     if clamp:
         out = out.clamp_min(0.0)
