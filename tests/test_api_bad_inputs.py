@@ -79,12 +79,38 @@ def test_a_start_that_is_no_rigid_transform_is_refused(sample_ct, registrar, ima
 @pytest.mark.parametrize("field, value, words", [
     ("x0", "a", "principal-point offset x0 must be a number (mm), got 'a'"),
     ("y0", None, "principal-point offset y0 must be a number (mm), got None"),
+    ("x0", "1.5", "principal-point offset x0 must be a number (mm), got '1.5'"),  # was 1.5 (finite_float)
+    ("y0", True, "principal-point offset y0 must be a number (mm), got True"),  # was 1.0
     ("reverse_x_axis", "no", "reverse_x_axis = 'no' must be true or false"),  # was True: mirrored
     ("reverse_x_axis", 2, "reverse_x_axis = 2 must be true or false"),
 ])
 def test_camera_fields_of_the_wrong_kind_are_named(field, value, words):
     with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
         Camera(sdd=1020.0, height=16, width=16, delx=1.0, **{field: value})
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(mu_water="0.02"), "mu_water must be a number, got '0.02'"),  # was read as 0.02
+    (dict(mu_bone="0.05"), "mu_bone must be a number, got '0.05'"),
+    (dict(mu_bone=True), "mu_bone must be a number, got True"),  # was μ 1/mm: 50 × bone's
+    (dict(hu_bone="1000"), "hu_bone must be a number, got '1000'"),
+    (dict(hu_bone=np.bool_(True)), f"hu_bone must be a number, got {np.bool_(True)!r}"),
+])
+def test_physical_density_refuses_a_text_or_bool(kw, words):
+    from xraypose.volume import volume_from_array
+
+    vol = volume_from_array(np.linspace(-1000.0, 1500.0, 8).reshape(2, 2, 2))
+    with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
+        vol.density("physical", **kw)
+    np_kw = {k: np.float64({"mu_water": 0.02, "mu_bone": 0.05, "hu_bone": 1000.0}[k]) for k in kw}  # NumPy's: numbers
+    assert torch.isfinite(vol.density("physical", **np_kw)).all()
+
+
+def test_an_appearance_parameter_given_as_text_is_named(sample_ct, cam, pose):
+    from xraypose.appearance import form_xray
+
+    with pytest.raises(InputError, match="^" + re.escape("scatter: spr must be a number, got '0.3'") + "$"):  # was 0.3
+        form_xray(sample_ct, cam, pose, family="scatter", generator=torch.Generator().manual_seed(0), spr="0.3")
 
 
 def test_camera_takes_numpy_sizes_and_flags():
