@@ -79,12 +79,38 @@ def test_a_start_that_is_no_rigid_transform_is_refused(sample_ct, registrar, ima
 @pytest.mark.parametrize("field, value, words", [
     ("x0", "a", "principal-point offset x0 must be a number (mm), got 'a'"),
     ("y0", None, "principal-point offset y0 must be a number (mm), got None"),
+    ("x0", "1.5", "principal-point offset x0 must be a number (mm), got '1.5'"),  # was 1.5 (finite_float)
+    ("y0", True, "principal-point offset y0 must be a number (mm), got True"),  # was 1.0
     ("reverse_x_axis", "no", "reverse_x_axis = 'no' must be true or false"),  # was True: mirrored
     ("reverse_x_axis", 2, "reverse_x_axis = 2 must be true or false"),
 ])
 def test_camera_fields_of_the_wrong_kind_are_named(field, value, words):
     with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
         Camera(sdd=1020.0, height=16, width=16, delx=1.0, **{field: value})
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(mu_water="0.02"), "mu_water must be a number, got '0.02'"),  # was read as 0.02
+    (dict(mu_bone="0.05"), "mu_bone must be a number, got '0.05'"),
+    (dict(mu_bone=True), "mu_bone must be a number, got True"),  # was μ 1/mm: 50 × bone's
+    (dict(hu_bone="1000"), "hu_bone must be a number, got '1000'"),
+    (dict(hu_bone=np.bool_(True)), f"hu_bone must be a number, got {np.bool_(True)!r}"),
+])
+def test_physical_density_refuses_a_text_or_bool(kw, words):
+    from xraypose.volume import volume_from_array
+
+    vol = volume_from_array(np.linspace(-1000.0, 1500.0, 8).reshape(2, 2, 2))
+    with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
+        vol.density("physical", **kw)
+    np_kw = {k: np.float64({"mu_water": 0.02, "mu_bone": 0.05, "hu_bone": 1000.0}[k]) for k in kw}  # NumPy's: numbers
+    assert torch.isfinite(vol.density("physical", **np_kw)).all()
+
+
+def test_an_appearance_parameter_given_as_text_is_named(sample_ct, cam, pose):
+    from xraypose.appearance import form_xray
+
+    with pytest.raises(InputError, match="^" + re.escape("scatter: spr must be a number, got '0.3'") + "$"):  # was 0.3
+        form_xray(sample_ct, cam, pose, family="scatter", generator=torch.Generator().manual_seed(0), spr="0.3")
 
 
 def test_camera_takes_numpy_sizes_and_flags():
@@ -238,6 +264,62 @@ def test_preprocess_flags_must_be_bools(image, cam, kw, words):
             plan_geometry(16, 16, cam, **kw)
     flag = next(iter(kw))  # NumPy's bools are flags
     assert torch.equal(preprocess(image, cam, **{flag: np.bool_(True)}).image, preprocess(image, cam, **{flag: True}).image)
+
+
+@pytest.mark.parametrize("blur", [
+    "12",  # was iterated: kernel 1, σ 2
+    "1.0", (5, "1"), (True, 1.0), (5, False), (4, 1.0), (5.5, 1.0), (0, 1.0), (5, -1.0), (5, float("nan")),
+    (5, 1.0, 2), (5,), -1.0, float("inf"), {"sigma": 1.0},
+])
+def test_preprocess_names_a_bad_blur(image, cam, blur):
+    from xraypose.preprocess import BLUR_FORMS, preprocess
+
+    with pytest.raises(InputError, match="^" + re.escape(f"blur = {blur!r} must be {BLUR_FORMS}") + "$"):
+        preprocess(image, cam, blur=blur)
+
+
+def test_preprocess_takes_the_blurs_its_callers_give(image, cam):
+    """None, False and a σ of 0 (the command line's --blur 0): no blur; True: 5×5, σ 1; a σ (NumPy's too); a
+    (kernel, σ) pair, as a list from JSON, its kernel a whole float too."""
+    from xraypose.preprocess import preprocess
+
+    def blur_step(b):
+        return [s for s in preprocess(image, cam, blur=b).steps if s["step"] == "blur"]
+
+    for none in (None, False, 0, 0.0, (5, 0.0)):
+        assert blur_step(none) == []
+    want = [{"step": "blur", "kernel_size": 5, "sigma": 1.0, "domain": "line-integral"}]
+    for b in (True, np.bool_(True), 1.0, np.float32(1.0), (5, 1.0), [5, 1], (np.int64(5), 1.0), (5.0, 1.0)):
+        assert blur_step(b) == want, b
+    assert blur_step((3, 0.5))[0]["kernel_size"] == 3
+
+
+@pytest.mark.parametrize("background, words", [
+    (True, "background = True must be a finite number, 'min', 'mode' or ('percentile', p)"),  # was 1.0
+    (np.bool_(False), f"background = {np.bool_(False)!r} must be a finite number, 'min', 'mode' or ('percentile', p)"),
+    (float("nan"), "background = nan must be a finite number, 'min', 'mode' or ('percentile', p)"),
+    (("pct", 5), "background = ('pct', 5) must be a finite number, 'min', 'mode' or ('percentile', p)"),
+    ("2", "unknown background '2'; use a number, 'min', 'mode' or ('percentile', p)"),
+    (("percentile", "5"), "background percentile = '5' must be a finite number in [0, 100]"),  # was 5
+    (("percentile", True), "background percentile = True must be a finite number in [0, 100]"),  # was 1
+    (("percentile", 101), "background percentile = 101 must be a finite number in [0, 100]"),
+])
+def test_a_bad_background_is_named(image, cam, background, words):
+    from xraypose.preprocess import preprocess, subtract_background
+
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        subtract_background(image, background)
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        preprocess(image, cam, background=background)
+
+
+def test_background_takes_numbers_and_its_modes(image):
+    from xraypose.preprocess import subtract_background
+
+    assert subtract_background(image, np.float32(0.5))[1] == 0.5
+    assert subtract_background(image, 0)[1] == 0.0
+    assert subtract_background(image, ["percentile", np.int64(0)])[1] == float(image.min())
+    assert subtract_background(image, "min")[1] == float(image.min())
 
 
 def test_a_channels_last_image_is_named(sample_ct, registrar, image, cam, pose):

@@ -221,6 +221,79 @@ def test_a_kill_between_a_results_renames_is_told_apart_by_its_manifest(tmp_path
     assert xio.result_mismatches(tmp_path) == []  # a manifest from before the SHA-256s: nothing to check
 
 
+def test_a_file_new_to_the_folder_left_by_a_kill_is_still_known_as_xraypose_s(tmp_path, monkeypatch):
+    """A kill between atomic_write_files' renames left a new metrics.json (a file the earlier result did not
+    have) under the earlier manifest, which does not list it: the next result into the folder refused it as
+    "not written there by xraypose", and result_mismatches did not name it.  Before the first rename the
+    manifest is rewritten (in place) as a pending one listing both results' names: the file is xraypose's,
+    and not the listed result's."""
+    import xraypose.io as xio
+
+    names = ["pose.json", "metrics.json", "trajectory.json", "views.png"]
+    ours = lambda: {k: v for k, v in _snapshot(tmp_path).items() if k != MANIFEST}  # noqa: E731
+    atomic_write_files(tmp_path, {"pose.json": b"old pose"}, remove=names)
+    real = os.replace
+
+    def killed_at_pose(src, dst):
+        if Path(dst).name == "pose.json":
+            raise KeyboardInterrupt  # (a SIGINT; a SIGKILL would leave the same files, and the temporaries)
+        return real(src, dst)
+
+    monkeypatch.setattr(xio.os, "replace", killed_at_pose)  # metrics.json (new here) is renamed before it
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_files(tmp_path, {"metrics.json": b"new metrics", "pose.json": b"new pose"}, remove=names)
+    monkeypatch.setattr(xio.os, "replace", real)
+    assert ours() == {"pose.json": b"old pose", "metrics.json": b"new metrics"}
+    assert xio.result_mismatches(tmp_path) == ["metrics.json"]  # was []: not the listed result's
+    check_output_folder(tmp_path, replaces=names)  # was: holds metrics.json, not written there by xraypose
+    atomic_write_files(tmp_path, {"pose.json": b"2", "trajectory.json": b"2"}, remove=names)
+    assert ours() == {"pose.json": b"2", "trajectory.json": b"2"}  # the stray metrics.json removed
+    assert xio.result_mismatches(tmp_path) == []
+    assert json.loads((tmp_path / MANIFEST).read_text())["files"] == ["pose.json", "trajectory.json"]
+    fresh = tmp_path / "fresh"  # the first result into a folder, killed: no earlier manifest to go by
+    fresh.mkdir()
+    monkeypatch.setattr(xio.os, "replace", killed_at_pose)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_files(fresh, {"metrics.json": b"m", "pose.json": b"p"}, remove=names)
+    monkeypatch.setattr(xio.os, "replace", real)
+    assert xio.result_mismatches(fresh) == ["metrics.json"]
+    check_output_folder(fresh, replaces=names)  # was: holds metrics.json, not written there by xraypose
+
+
+def test_a_kill_while_an_earlier_results_files_are_deleted_leaves_them_xraypose_s(tmp_path, monkeypatch):
+    """The earlier result's files that a new one lacks were deleted after the new manifest was renamed in: a
+    kill in between left trajectory.json unlisted, refused by the next result as the user's.  They are deleted
+    before the new manifest now (under the pending one, which lists them); a user's own file is still
+    refused, and nothing is changed."""
+    import xraypose.io as xio
+
+    names = ["pose.json", "metrics.json", "trajectory.json", "views.png"]
+    ours = lambda: {k: v for k, v in _snapshot(tmp_path).items() if k != MANIFEST}  # noqa: E731
+    atomic_write_files(tmp_path, {"pose.json": b"2", "trajectory.json": b"2"}, remove=names)
+    real_unlink = xio._unlink_quietly
+
+    def killed_deleting(p):
+        if Path(p).name == "trajectory.json":
+            raise KeyboardInterrupt
+        real_unlink(p)
+
+    monkeypatch.setattr(xio, "_unlink_quietly", killed_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_files(tmp_path, {"pose.json": b"3"}, remove=names)
+    monkeypatch.setattr(xio, "_unlink_quietly", real_unlink)
+    assert ours() == {"pose.json": b"3", "trajectory.json": b"2"}
+    assert xio.result_mismatches(tmp_path) == ["pose.json"]  # the new pose.json, under the pending manifest
+    check_output_folder(tmp_path, replaces=names)  # was: holds trajectory.json, not written there by xraypose
+    (tmp_path / "views.png").write_bytes(b"my picture")  # a user's own file: still refused, nothing changed
+    before = _snapshot(tmp_path)
+    with pytest.raises(OutputError, match="holds views.png, not written there by xraypose"):
+        atomic_write_files(tmp_path, {"pose.json": b"4"}, remove=names)
+    assert _snapshot(tmp_path) == before
+    (tmp_path / "views.png").unlink()
+    atomic_write_files(tmp_path, {"pose.json": b"4"}, remove=names)
+    assert ours() == {"pose.json": b"4"} and xio.result_mismatches(tmp_path) == []
+
+
 def test_evaluate_resume_after_a_crash_between_a_cases_files_registers_that_case_again(tmp_path, capsys, case,
                                                                                     monkeypatch):
     """evaluate writes a case's result.json (what --resume reads) after its other files: a crash between them

@@ -5,7 +5,7 @@ the setting, the value and what it must be: ``config: optim.lr = -1.0 must be a 
 The training configuration's sections (:mod:`xraypose.train.config`), :class:`xraypose.augment.AugmentConfig`,
 :class:`xraypose.register.RegistrationConfig` and its :class:`~xraypose.register.Level` check their fields
 with them, beside the fields; :func:`finite_float` reads one number of an
-argument.  :func:`one_line` quotes another library's exception in such a message; :func:`is_numeric_dtype` is the test every array reader makes.
+argument (not a text or a bool).  :func:`one_line` quotes another library's exception in such a message; :func:`is_numeric_dtype` is the test every array reader makes.
 """
 
 from __future__ import annotations
@@ -82,8 +82,15 @@ def check_instance(name: str, v, cls: type, hint: str = "") -> None:
 
 
 def finite_float(value, what: str, kind: str = "a number") -> float:
-    """``float(value)``; :class:`InputError` naming ``what`` when it is no number (``what must be KIND, got
-    …``) or not finite (``what must be finite, got nan``)."""
+    """``float(value)`` of a function's argument; :class:`InputError` naming ``what`` when it is no number
+    (``what must be KIND, got …``) or not finite (``what must be finite, got nan``).  A text (``'2'``,
+    which ``float`` would read) and a bool (``float(True)`` is 1.0) are no numbers here: every caller takes
+    a Python argument (a Camera's principal-point offset, the physical density's μ, an appearance family's
+    parameter); where a Camera is built from a file (a sidecar, rig.json, a checkpoint's meta) its values
+    are JSON numbers, those a user writes checked by :mod:`xraypose.schema` first.  NumPy's and torch's
+    scalars are numbers."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise InputError(f"{what} must be {kind}, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

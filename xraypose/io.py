@@ -24,6 +24,18 @@
   ``metrics.json`` or ``pose.json`` in the folder, or an earlier version's result (before the manifest:
   remove it, or choose another folder).  :func:`check_output_folder` (``replaces=``) says so before
   computing.
+* Between its first rename and the manifest's, a result's write would leave files under a manifest that
+  does not list them: a new ``metrics.json`` the earlier result did not have, or the earlier result's
+  ``trajectory.json`` the new one lacks (deleted just before the new manifest is renamed in) — which the
+  next result would refuse as the user's.  So once every file is staged, before the first rename, the
+  manifest is rewritten in place as a *pending* one: ``"files"`` the names of both results (those it
+  listed and this result's), ``"sha256"`` the earlier result's (none known for this one's new names:
+  such a file that is there is not the listed result's, :func:`result_mismatches` names it; an earlier
+  manifest without SHA-256s stays without), ``"pending"`` this result's names.  A kill anywhere after it
+  leaves every file xraypose wrote listed; the new manifest, renamed in last, lists this result's alone.
+  A name in neither result is still the user's: refused.  (In place rather than renamed: a kill while
+  it is written leaves the files as they were and the manifest unreadable — the next result then refuses
+  the folder's files as not known, never replaces them; a failed write puts the earlier bytes back.)
 * :func:`check_output_folder` / :func:`check_output_file` refuse an output
   that cannot be written **before** any computation (a read-only folder, a
   path under a file, ...); :func:`make_output_folder` checks and creates one.
@@ -186,10 +198,12 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
 
     All files are first written to temporary files (the step that can fail, e.g. on a full
     disk: then every temporary file is removed and the folder is unchanged), then renamed over
-    the old ones, the :data:`MANIFEST` (with ``remove``) last; finally the files named in ``remove``
-    that this call did not write (the previous run's) are deleted.  A kill (or a failed rename)
-    between two renames leaves some new files beside old ones and the earlier manifest, whose
-    SHA-256s they do not match: :func:`result_mismatches` tells such a folder from a whole result.
+    the old ones, the :data:`MANIFEST` (with ``remove``) last: just before it, the files named in
+    ``remove`` that this call did not write (the previous run's) are deleted.
+    A kill (or a failed rename) between two renames leaves some new files beside old ones under the
+    pending manifest (written in place before the first rename: both results' names, the earlier
+    one's SHA-256s), whose SHA-256s they do not match: :func:`result_mismatches` tells such a folder from
+    a whole result, and the next result replaces or deletes any of them as xraypose's.
 
     Args:
         folder: an existing folder.
@@ -205,8 +219,10 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     """
     folder = Path(folder)
     remove_stale_temp_files(folder)
+    pending = None
     if remove:  # a result replacing an earlier one: never a file the user made
         check_replaceable(folder, list(files) + list(remove))
+        pending = _pending_manifest(folder, files)
         files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files),  # renamed last
                                                 "sha256": {n: hashlib.sha256(files[n]).hexdigest() for n in sorted(files)}})}
     staged: list[tuple[Path, Path]] = []
@@ -215,7 +231,13 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
             target = folder / name
             _check_parent(target)
             staged.append((_write_temp(target, data), target))
+        if pending is not None:  # before the first rename: both results' names listed (module docstring)
+            _write_in_place(folder / MANIFEST, *pending)
         for tmp, target in staged:
+            if target.name == MANIFEST:  # the last: the earlier result's other files go first
+                for name in remove:
+                    if name not in files and (folder / name).is_file():
+                        _unlink_quietly(folder / name)
             try:
                 os.replace(tmp, target)
             except OSError as e:
@@ -224,10 +246,46 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
         for tmp, _ in staged:
             if tmp.exists():
                 _unlink_quietly(tmp)
-    for name in remove:
-        if name not in files and (folder / name).is_file():
-            _unlink_quietly(folder / name)
     return [t for _, t in staged if t.name != MANIFEST]  # the result's files (not the manifest)
+
+
+def _pending_manifest(folder: Path, files: dict) -> tuple[bytes, bytes | None]:
+    """(the pending :data:`MANIFEST` of a result of ``files`` written into ``folder``, the folder's manifest's
+    bytes now or None): the names of both results, the earlier one's SHA-256s (module docstring)."""
+    try:
+        old = (folder / MANIFEST).read_bytes()
+    except OSError:
+        old = None
+    try:
+        sums = json.loads(old)["sha256"] if old is not None else {}
+    except (ValueError, TypeError, KeyError):
+        sums = None  # an earlier manifest without SHA-256s (or unreadable): nothing to check against
+    doc = {"written_by": "xraypose", "files": sorted(written_here(folder) | set(files))}
+    if isinstance(sums, dict):
+        doc["sha256"] = sums
+    doc["pending"] = sorted(files)
+    return json_bytes(doc), old
+
+
+def _write_in_place(path: Path, data: bytes, old: bytes | None) -> None:
+    """``data`` written over ``path`` in place (fsynced), not through a rename (module docstring); on a failed
+    write ``old`` (the bytes it held; None: it was not there) is put back."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        try:
+            if old is None:
+                os.unlink(path)
+            else:
+                with open(path, "wb") as f:
+                    f.write(old)
+        except OSError:
+            pass
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager
@@ -279,8 +337,10 @@ def written_here(folder) -> set:
 def result_mismatches(folder) -> list[str]:
     """The files of ``folder``'s result that are not the ones its :data:`MANIFEST` lists (another SHA-256,
     or missing): ``["pose.json"]`` after a kill between :func:`atomic_write_files`' renames left a new
-    pose.json beside the earlier result's metrics.json.  Empty for a whole result — and for a folder
-    without a manifest, or with one written before it held the SHA-256s (nothing to check against).
+    pose.json beside the earlier result's metrics.json — or a listed file it has no SHA-256 of that is
+    there (the new metrics.json, under a pending manifest, of a result whose earlier one had none).  Empty
+    for a whole result — and for a folder without a manifest, or with one written before it held the
+    SHA-256s (nothing to check against).
     Reads the listed files (results: kilobytes to a few megabytes)."""
     folder = Path(folder)
     try:
@@ -298,7 +358,9 @@ def result_mismatches(folder) -> list[str]:
             ok = False
         if not ok:
             bad.append(str(name))
-    return bad
+    listed = data.get("files") if isinstance(data.get("files"), list) else []
+    bad += [str(n) for n in listed if str(n) not in sums and str(n) != MANIFEST and (folder / str(n)).is_file()]
+    return sorted(bad)
 
 
 def check_replaceable(folder, names) -> None:

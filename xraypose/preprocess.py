@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import check_flag, check_instance, config_error, finite_float, is_numeric_dtype
+from xraypose._checks import check_flag, check_instance, check_number, config_error, is_numeric_dtype
 from xraypose._kernels import gaussian_kernel1d, max_filter
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -544,7 +544,8 @@ def beer_lambert(image, i0: float | None = None, offset: float = 0.0):
 
 def subtract_background(image, background="mode", clamp: bool = True):
     """Subtract a background level: a number, ``"min"``, ``"mode"`` (most frequent value,
-    on a 1024-bin histogram) or ``("percentile", p)``; negatives clamp to 0 when ``clamp``.
+    on a 1024-bin histogram) or ``("percentile", p)`` (p a number in [0, 100]); negatives clamp to 0 when
+    ``clamp``.  A bool, another text or a text number is refused.
 
     Returns (image, value).
     """
@@ -565,12 +566,15 @@ def subtract_background(image, background="mode", clamp: bool = True):
         else:
             raise InputError(f"unknown background {background!r}; use a number, 'min', 'mode' or ('percentile', p)")
     elif isinstance(background, (tuple, list)) and len(background) == 2 and background[0] == "percentile":
-        p = float(background[1])
-        if not 0 <= p <= 100:
-            raise InputError(f"background percentile must be in [0, 100], got {p}")
-        value = float(np.percentile(img.detach().cpu().numpy(), p))
-    else:
-        value = finite_float(background, "background", "a number, 'min', 'mode' or ('percentile', p)")
+        check_number("background percentile", background[1], lo=0, hi=100, prefix="")
+        value = float(np.percentile(img.detach().cpu().numpy(), float(background[1])))
+    else:  # a real number: not a bool (True was taken as 1.0), NumPy's too
+        try:
+            check_number("background", background, prefix="")
+        except InputError:
+            config_error("background", background, "must be a finite number, 'min', 'mode' or ('percentile', p)",
+                         prefix="")
+        value = float(background)
     out = img - value
     if clamp:
         out = out.clamp_min(0.0)
@@ -789,18 +793,30 @@ def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor 
 # --------------------------------------------------------------------------
 
 
+#: What :func:`preprocess`'s ``blur`` may be (its refusal's words).
+BLUR_FORMS = ("None, True, a sigma >= 0 (pixels; 0: none) or a (kernel size, sigma) pair: an odd whole kernel "
+              "size >= 1 and a finite sigma >= 0")
+
+
 def _blur_args(blur):
-    if blur is None or blur is False:
-        return None
-    if blur is True:
-        return 5, 1.0
-    if isinstance(blur, (int, float)) and not isinstance(blur, bool):
-        return 5, float(blur)
+    """Step 3's ``blur`` as (kernel size, σ), or None for no blur: None, False or a σ of 0; True (5×5,
+    σ = 1 px); a σ (5×5); a (kernel size, σ) pair of numbers (a list, as JSON gives it).  Anything else
+    — a text ('12' was iterated as kernel 1, σ 2), a bool or a text in the pair, an even or fractional
+    kernel size, another length — is refused in one line naming the value."""
+    if blur is None or isinstance(blur, (bool, np.bool_)):
+        return (5, 1.0) if blur else None
+    pair = isinstance(blur, (tuple, list)) and len(blur) == 2
     try:
-        k, s = blur
-        return int(k), float(s)
-    except (TypeError, ValueError):
-        raise InputError(f"blur must be True, a sigma, or (kernel_size, sigma); got {blur!r}") from None
+        if pair:
+            check_number("blur", blur[0], lo=1, integer=True, prefix="")
+        check_number("blur", blur[1] if pair else blur, lo=0, prefix="")
+        ok = not pair or int(blur[0]) % 2 == 1
+    except InputError:
+        ok = False
+    if not ok:
+        config_error("blur", blur, "must be " + BLUR_FORMS, prefix="")
+    k, s = (int(blur[0]), float(blur[1])) if pair else (5, float(blur))
+    return (k, s) if s > 0 else None
 
 
 def preprocess(
@@ -830,7 +846,8 @@ def preprocess(
        ``flip`` = "columns" / "rows" / "both" — mirror the image.
     2. ``crop`` — remove a border: n pixels per edge or (top, bottom, left,
        right); ``center_crop`` — keep the central h or (h, w) pixels.
-    3. ``blur`` — Gaussian blur: True (5×5, σ = 1 px), a σ, or (kernel, σ), applied to the line
+    3. ``blur`` — Gaussian blur: True (5×5, σ = 1 px), a σ (5×5), or a (kernel, σ) pair of numbers (an
+       odd whole kernel size; σ 0, None or False: no blur; a text or another form is refused), applied to the line
        integrals, after step 4 (``blur_domain`` "line-integral", the default: registration blurs its
        DRR's line integrals, so the two images are blurred alike), or to the raw intensities before
        the log (``blur_domain`` "intensity": DiffPose's order).  The order matters at strong edges
