@@ -333,6 +333,9 @@ def main(argv=None) -> int:
                     help="the bone: rad (radius, default) or mc3 (third metacarpal)")
     ap.add_argument("--both-directions", action="store_true",
                     help="start frame 0002 with the volume's axis both ways (2 x 12 starts)")
+    ap.add_argument("--transfer", default="log", choices=("log", "linear"),
+                    help="how a radiograph's display values become line integrals (AutoscoperWrist's transfer; "
+                         "default log)")
     ap.add_argument("--water", type=float, default=WATER_VALUE,
                     help="stored value of water: the volume is rendered as max(value - water, 0)")
     args = ap.parse_args(argv)
@@ -345,7 +348,7 @@ def main(argv=None) -> int:
     from xraypose.register.confidence import part_model
 
     full = AutoscoperWrist(args.data)
-    ds = AutoscoperWrist(args.data, size=args.size)
+    ds = AutoscoperWrist(args.data, size=args.size, transfer=args.transfer)
     rig = ds.rig()
     vol = above_water(ds.volume(args.bone), args.water)
     start_pixels = BONE_START_PIXELS[args.bone]
@@ -395,7 +398,8 @@ def main(argv=None) -> int:
             row["motion_from_previous"] = agreement(torch.linalg.inv(pj), b_joint, centre,
                                                     torch.tensor([0.0, 0.0, 1.0], dtype=F64))
         results.append(row)
-    atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size, "bone": args.bone,
+    atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size,
+                                  "transfer": args.transfer, "bone": args.bone,
                                   "config": {k: v for k, v in cfg.items() if k != "levels"},
                                   "levels": [dataclasses.asdict(lv) for lv in WRIST_LEVELS],
                                   "start_pixels": start_pixels, "start_rays_mm": tri["distance"].tolist(),

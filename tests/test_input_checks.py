@@ -92,7 +92,7 @@ def test_the_documented_shared_config_file_serves_each_of_its_commands(tmp_path)
 
     from xraypose.cli.config import read_command_config
 
-    doc = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    doc = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
     text = re.search(r"```toml\n# settings.toml\n(.*?)```", doc, re.S)[1]
     cfg = tmp_path / "settings.toml"
     cfg.write_text(text + '\n[track]\nmotion = "smooth"\n')
