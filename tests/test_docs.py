@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_api_tour_runs(tmp_path, monkeypatch, capsys):
-    text = (ROOT / "docs" / "api.md").read_text()
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)

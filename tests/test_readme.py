@@ -9,13 +9,13 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     cmd = [l for l in ci if l.strip() and not l.startswith("#") and not l.startswith(("set ", "cd "))]
     assert len(cmd) == 1, cmd
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"```bash\n{cmd[0]}\n```" in readme
     assert "pytest" in cmd[0]
 
 
 def test_readme_main_command_uses_bundled_sample():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "xraypose render sample" in readme or "xraypose demo" in readme
 
 
