@@ -340,8 +340,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tracking-tol", type=float, default=None,
                     help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
     ap.add_argument("--air-floor", type=float, default=None,
-                    help="track_sequence's air_floor_hu for the frames after the first (default: its own, "
-                         "TRACKING_AIR_FLOOR_HU; 'nan': none — the density as frame 0's, the rule until 2026-12-05)")
+                    help="track_sequence's air_floor_hu, HU: the frames after the first render the CT's air as "
+                         "nothing (xraypose track --air-floor; e.g. -975, AIR_FLOOR_HU; default none)")
     ap.add_argument("--no-vouch", action="store_true",
                     help="re-initialise every frame the check calls failed (track_sequence's vouch_failed=False: "
                          "the rule until 2026-12-05)")
@@ -548,8 +548,7 @@ def main(argv=None) -> int:
     out = track_sequence(reg, frames_arg, cam_arg, start, views=track_views, confidence=not args.no_confidence,
                          progress=progress,
                          tracking_levels=tracking_levels(args), motion=args.motion, vouch_failed=not args.no_vouch,
-                         **({} if args.air_floor is None else
-                            {"air_floor_hu": None if math.isnan(args.air_floor) else args.air_floor}),
+                         air_floor_hu=args.air_floor,
                          motion_model=(None if args.motion_noise_scale is None
                                        else MotionModel(noise_scale=args.motion_noise_scale)),
                          overlap_check=False if args.no_overlap else None, blur=blur,

@@ -483,10 +483,10 @@ def test_the_check_reads_a_frame_through_its_mask(volume, sequence):
     assert max(errors) < 2.0, errors
 
 
-def test_frames_after_the_first_render_the_ct_with_its_air_floored(volume, sequence, monkeypatch):
+def test_frames_after_the_first_render_the_ct_with_its_air_floored_when_asked(volume, sequence, monkeypatch):
     """track_sequence's air_floor_hu: frame 0 (the registrar's schedule) renders the density as it is, every
-    later frame's tracking schedule with air floored at TRACKING_AIR_FLOOR_HU; None keeps the registrar's."""
-    from xraypose.register.tracking import TRACKING_AIR_FLOOR_HU
+    later frame's tracking schedule with air floored there; None (default) keeps the registrar's own."""
+    from xraypose.register.tracking import AIR_FLOOR_HU
 
     seen = []
     orig = Registrar.register_views
@@ -498,10 +498,11 @@ def test_frames_after_the_first_render_the_ct_with_its_air_floored(volume, seque
     monkeypatch.setattr(Registrar, "register_views", spy)
     frames, cam = _preprocessed(sequence)
     reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
-    track_sequence(reg, frames[:3], cam, sequence["start"], confidence=False, tracking_levels=WEAK)
-    assert TRACKING_AIR_FLOOR_HU == -975.0 and seen == [None, -975.0, -975.0]
+    track_sequence(reg, frames[:3], cam, sequence["start"], confidence=False, tracking_levels=WEAK,
+                   air_floor_hu=AIR_FLOOR_HU)
+    assert AIR_FLOOR_HU == -975.0 and seen == [None, -975.0, -975.0]
     seen.clear()
-    track_sequence(reg, frames[:3], cam, sequence["start"], confidence=False, tracking_levels=WEAK, air_floor_hu=None)
+    track_sequence(reg, frames[:3], cam, sequence["start"], confidence=False, tracking_levels=WEAK)
     assert seen == [None, None, None]
 
 
@@ -593,6 +594,29 @@ def test_cli_track_holds_a_given_blur_coefficient_and_refuses_a_positive_one(tmp
     code = main(args + ["-o", str(tmp_path / "out2"), "--blur-coefficient", "0.5"])
     assert code == 2 and "--blur-coefficient (blur coefficient (<= 0, per pixel²)) must be a number in [-10, 0], got 0.5" \
         in capsys.readouterr().err
+
+
+def test_cli_track_air_floor_reaches_the_later_frames_and_is_range_checked(tmp_path, sequence, capsys, monkeypatch):
+    """--air-floor HU: track_sequence's air_floor_hu (off without it); a value that is not air is refused."""
+    from xraypose.cli import main
+    import xraypose.register.tracking as tracking
+
+    seen = []
+    real = tracking.track_sequence
+
+    def spy(*a, **k):
+        seen.append(k.get("air_floor_hu"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(tracking, "track_sequence", spy)
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
+            "--no-confidence"]
+    assert main(args + ["-o", str(tmp_path / "out"), "--air-floor", "-975"]) in (0, 3), capsys.readouterr().err
+    assert main(args + ["-o", str(tmp_path / "out2")]) in (0, 3), capsys.readouterr().err
+    assert seen == [-975.0, None]
+    assert main(args + ["-o", str(tmp_path / "out3"), "--air-floor", "-100"]) == 2
+    assert "--air-floor (the air floor) must be a number" in capsys.readouterr().err
 
 
 def test_cli_track_predicts_the_blur_coefficient(tmp_path, sequence, capsys, monkeypatch):

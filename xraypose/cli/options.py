@@ -63,6 +63,7 @@ NUMERIC: dict = {
     "capture_starts": Integer(1, 64, name="capture starts"),
     "blur_coefficient": Number(-10, 0, name="blur coefficient (<= 0, per pixel²)"),
     "blur_turn": Number(0, 180, unit="degrees", name="turn before the blur is predicted again (0: once)"),
+    "air_floor": Number(-1024, -500, unit="HU", name="the air floor"),
     "counts_blur": Number(0, 20, unit="pixels", name="the detector's intensity blur σ"),
     "counts_supersample": Integer(1, 8, name="DRR pixels per frame pixel per side"),
     "counts_air_hu": Number(-1100, -1, unit="HU", name="the air knot (where attenuation starts)"),

@@ -372,9 +372,11 @@ class RegistrationConfig:
     where it reads at most this (air).  A CT's air reads −1000 ± its noise, so about half of it
     renders as a few HU of water and the fused kernel's empty-space skipping (bricks that are exactly
     zero) skips 4 % of the abdomen's bricks at 2 mm; floored at −975 HU after averaging it skips
-    35 % and a 116² render with its pose derivatives takes 31 instead of 43 ms, the image's NCC with
-    the unfloored one 0.999998 (docs/registration.md, "Air floored on the tracking levels").  The
-    tracking schedule uses it (:data:`xraypose.register.tracking.TRACKING_AIR_FLOOR_HU`).
+    35 % and a 116² render with its pose derivatives takes 31.5 instead of 42.8 ms, the image's NCC
+    with the unfloored one 0.999998.  Faster on large CTs, not free: tracked with it the abdomen's
+    frames took 13 % less time and 1–7 points fewer of them lay below 1 mm on seven of eleven
+    trajectories (docs/benchmarks.md, stop 48), so it is off by default (``xraypose track
+    --air-floor``, :data:`xraypose.register.tracking.AIR_FLOOR_HU`).
 
     ``num_threads``: torch threads during the registration (restored after);
     None or 0 leave torch's setting.  Default 1: the per-iteration tensors are small,

@@ -66,7 +66,8 @@ from xraypose.preprocess import image_batch
 from xraypose.register.config import Level
 from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
 
-__all__ = ["BLUR_TURN_DEG", "FrameResult", "TRACKING_AIR_FLOOR_HU", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence", "predict_pose",
+__all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence",
+           "predict_pose",
            "similarity_drop"]
 
 F64 = torch.float64
@@ -81,11 +82,12 @@ TRACKING_LM_TOL_PX = 0.1
 #: which the blur coefficient is predicted again.
 BLUR_TURN_DEG = 5.0
 
-#: The CT's air floored on frames after the first (:attr:`RegistrationConfig.air_floor_hu`): the level's
-#: voxels that average at most −975 HU render as nothing, so the kernel skips them (the abdomen's 128-row
-#: render with its pose derivatives 43 → 31 ms, the image's NCC with the unfloored one 0.999998).  Frame 0
-#: and re-initialisations go through the registrar's own schedule and density.
-TRACKING_AIR_FLOOR_HU = -975.0
+#: A floor for the CT's air on frames after the first (``track_sequence(..., air_floor_hu=...)``,
+#: ``xraypose track --air-floor``; :attr:`RegistrationConfig.air_floor_hu`): the level's voxels that
+#: average at most −975 HU render as nothing, so the kernel skips them — the abdomen's frames 13 % faster
+#: (0.275 → 0.238 s median, one thread), the pelvis's not; opt-in since it cost 1–7 points of frames below
+#: 1 mm on seven of eleven trajectories (docs/benchmarks.md, stop 48).
+AIR_FLOOR_HU = -975.0
 
 #: The schedule of frames after the first: the finest levels only, from the predicted pose.
 TRACKING_LEVELS = (
@@ -396,7 +398,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                    tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None,
                    masks=None, blur=None, blur_turn_deg: float | None = BLUR_TURN_DEG,
                    vouch_failed: bool = True,
-                   air_floor_hu: float | None = TRACKING_AIR_FLOOR_HU) -> list[FrameResult]:
+                   air_floor_hu: float | None = None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -449,8 +451,9 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             is a measurement of the motion model instead of being re-initialised (:func:`_vouched`;
             with ``motion`` "filter" or "smooth" and three measured frames since the model's last
             restart).  False: every ``failed`` frame is re-initialised (the rule until 2026-12-05).
-        air_floor_hu: the tracking schedule's :attr:`~xraypose.register.RegistrationConfig.air_floor_hu`
-            (default :data:`TRACKING_AIR_FLOOR_HU`; None: the registrar's own).
+        air_floor_hu: HU, the tracking schedule's :attr:`~xraypose.register.RegistrationConfig.air_floor_hu`
+            (frames after the first render the CT's air as nothing: faster on a large CT; e.g.
+            :data:`AIR_FLOOR_HU`); None (default): the registrar's own.
     Returns:
         one :class:`FrameResult` per frame.
     """
