@@ -83,10 +83,13 @@ def test_a_start_that_is_no_rigid_transform_is_refused(sample_ct, registrar, ima
     ("y0", True, "principal-point offset y0 must be a number (mm), got True"),  # was 1.0
     ("reverse_x_axis", "no", "reverse_x_axis = 'no' must be true or false"),  # was True: mirrored
     ("reverse_x_axis", 2, "reverse_x_axis = 2 must be true or false"),
+    ("sdd", "1000", "source-to-detector distance (sdd) must be a number, got '1000'"),  # was 1000 mm
+    ("delx", True, "pixel spacing delx must be a number, got True"),  # was 1 mm
+    ("dely", "0.5", "pixel spacing dely must be a number, got '0.5'"),
 ])
 def test_camera_fields_of_the_wrong_kind_are_named(field, value, words):
     with pytest.raises(InputError, match=f"^{re.escape(words)}$"):
-        Camera(sdd=1020.0, height=16, width=16, delx=1.0, **{field: value})
+        Camera(**{"sdd": 1020.0, "height": 16, "width": 16, "delx": 1.0, field: value})
 
 
 @pytest.mark.parametrize("kw, words", [

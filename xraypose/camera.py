@@ -63,6 +63,8 @@ def check_sod(sod: float, sdd: float, sod_from: str = "", sdd_from: str = "", wh
 
 
 def _finite_positive(name: str, value: float) -> float:
+    if isinstance(value, (str, bytes, bool, np.bool_)):  # float('1000') and float(True) would read them
+        raise InputError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
