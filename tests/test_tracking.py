@@ -410,19 +410,26 @@ def test_a_sequences_masks_must_match_its_frames(volume, sequence):
         track_sequence(reg, None, start=sequence["start"], views=[(frames, cam, None)], masks=masks)
 
 
-def test_cli_track_weighs_each_frame_by_its_preprocessing_mask(tmp_path, sequence, capsys, monkeypatch):
-    """`xraypose track` hands preprocessing's masks (here a saturated plateau) to every frame's registration."""
+def _tracked_argument(monkeypatch, name: str) -> list:
+    """Each call of track_sequence (as the CLI makes it) records its keyword ``name`` in the list returned."""
     import xraypose.register.tracking as tracking
-    from xraypose.cli import main
 
     seen = []
     real = tracking.track_sequence
 
     def spy(*a, **k):
-        seen.append(k.get("masks"))
+        seen.append(k.get(name))
         return real(*a, **k)
 
     monkeypatch.setattr(tracking, "track_sequence", spy)
+    return seen
+
+
+def test_cli_track_weighs_each_frame_by_its_preprocessing_mask(tmp_path, sequence, capsys, monkeypatch):
+    """`xraypose track` hands preprocessing's masks (here a saturated plateau) to every frame's registration."""
+    from xraypose.cli import main
+
+    seen = _tracked_argument(monkeypatch, "masks")
     raws = sequence["raws"][:3].clone()
     raws[:, :, :20] = float(raws.max())
     run = _save_sequence(tmp_path / "in", {**sequence, "raws": raws}, n=3)
@@ -599,16 +606,8 @@ def test_cli_track_holds_a_given_blur_coefficient_and_refuses_a_positive_one(tmp
 def test_cli_track_air_floor_reaches_the_later_frames_and_is_range_checked(tmp_path, sequence, capsys, monkeypatch):
     """--air-floor HU: track_sequence's air_floor_hu (off without it); a value that is not air is refused."""
     from xraypose.cli import main
-    import xraypose.register.tracking as tracking
 
-    seen = []
-    real = tracking.track_sequence
-
-    def spy(*a, **k):
-        seen.append(k.get("air_floor_hu"))
-        return real(*a, **k)
-
-    monkeypatch.setattr(tracking, "track_sequence", spy)
+    seen = _tracked_argument(monkeypatch, "air_floor_hu")
     run = _save_sequence(tmp_path / "in", sequence, n=2)
     args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
             "--no-confidence"]
