@@ -135,6 +135,10 @@ def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
     assert rows[0].endswith(",reason,vouched")  # a frame the sequence vouched for (added last: columns keep places)
     doc = json.loads((out / "trajectory.json").read_text())
     assert "vouched" in doc["summary"] and all("vouched" in fr for fr in doc["frames"])
+    summary = doc["summary"]  # the sequence's time and rate, printed too
+    assert summary["seconds"] == pytest.approx(sum(fr["seconds"] for fr in doc["frames"]))
+    assert summary["frames_per_second"] == pytest.approx(4 / summary["seconds"])
+    assert f"4 frames in {summary['seconds']:.1f} s ({summary['frames_per_second']:.1f} frames/s" in text.out
     assert doc["pose"] == "camera_to_world" and len(doc["frames"]) == 4
     for fr in doc["frames"]:
         e = float(pose_errors(torch.tensor(fr["camera_to_world"], dtype=F64), sequence["poses"][fr["frame"]],

@@ -545,7 +545,10 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
             "summary": {"frames": F, "verdicts": _verdict_counts(res),
                         "reinitialised": sum(fr.reinitialised for fr in res),
                         "vouched": sum(fr.vouched for fr in res),
-                        "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median())},
+                        "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median()),
+                        # the frames' wall-clock time (frame 0's whole registration included) and its rate
+                        "seconds": sum(fr.seconds for fr in res),
+                        "frames_per_second": F / max(sum(fr.seconds for fr in res), 1e-9)},
             "config": reg.config.to_dict(), "metal": metal}
 
 
@@ -573,6 +576,8 @@ def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, v
     counts = doc["summary"]["verdicts"]
     typer.echo(f"wrote {output}/trajectory.csv, trajectory.json, overlay.gif: {counts['ok']} ok, "
                f"{counts['uncertain']} uncertain, {counts['failed']} failed, "
-               f"{doc['summary']['reinitialised']} re-initialised")
+               f"{doc['summary']['reinitialised']} re-initialised; {len(res)} frames in "
+               f"{doc['summary']['seconds']:.1f} s ({doc['summary']['frames_per_second']:.1f} frames/s, median "
+               f"{doc['summary']['median_seconds']:.2f} s a frame)")
     if counts["failed"]:
         raise SystemExit(EXIT_FAILED)
