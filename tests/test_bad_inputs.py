@@ -493,6 +493,18 @@ add("ct-huge-nii-info", ("20000 × 20000 × 20000",), lambda d, o: [
     "info", str(nifti_declaring(d / "ct.nii", (20000, 20000, 20000)))])
 add("ct-truncated-nii", ("12 × 12 × 12", "truncated"), lambda d, o: render_args(
     d, o, nifti_declaring(d / "ct.nii", CT_SHAPE), "--pose", "0,0"))
+add("ct-nii-empty", ("ct.nii", "empty (0 bytes)"), lambda d, o: register_args(
+    d, o, None, (d / "ct.nii").write_bytes(b"") or d / "ct.nii"))
+add("ct-nii-shorter-than-header", ("ct.nii", "truncated", "100 bytes", "348-byte nifti-1 header"), lambda d, o: [
+    "info", str(_cut(nifti(d / "ct.nii"), 100))])
+add("ct-nii-gz-cut", ("ct.nii.gz", "truncated", "gzip stream ends early"), lambda d, o: register_args(
+    d, o, None, _cut(nifti(d / "ct.nii.gz"), 100)))
+add("ct-nii-text", ("ct.nii", "not a nifti file"), lambda d, o: render_args(
+    d, o, (d / "ct.nii").write_text("not a nifti\n" * 40) and d / "ct.nii", "--pose", "0,0"))
+add("ct-nii-gz-not-gzip", ("ct.nii.gz", "not gzip-compressed"), lambda d, o: [
+    "info", str((d / "ct.nii.gz").write_text("not a nifti\n" * 40) and d / "ct.nii.gz")])
+add("ct-nii-gzipped-as-nii", ("ct.nii", "gzip-compressed", ".nii.gz"), lambda d, o: [
+    "info", str(_renamed(nifti(d / "ct.nii.gz"), d / "ct.nii"))])
 add("ct-huge-mha", ("100000 × 100000 × 100000",), lambda d, o: render_args(
     d, o, mha(d, MHD_OK.replace("12 12 12", "100000 100000 100000"), b"\0" * 64), "--pose", "0,0"))
 add("ct-huge-nrrd", ("100000 × 100000 × 100000",), lambda d, o: render_args(
@@ -528,6 +540,17 @@ add("ct-dicom-without-series-uid", ("without a seriesinstanceuid", "uneven"), la
     d, o, _retagged(dicom_series(d, 4, gaps=[0.0, 10.0, 30.0, 40.0]), SeriesInstanceUID=None), "--pose", "0,0"))
 add("ct-in-case-folder-nan", ("nan",), lambda d, o: with_case(
     d, o, ct_file=lambda r: nifti(r / "ct.nii.gz", _ct_with_nan())))
+
+
+def _cut(path: Path, n: int) -> Path:
+    """``path`` cut to its first ``n`` bytes (an incomplete copy)."""
+    path.write_bytes(path.read_bytes()[:n])
+    return path
+
+
+def _renamed(path: Path, to: Path) -> Path:
+    path.rename(to)
+    return to
 
 
 def _retagged(folder: Path, **tags) -> Path:
