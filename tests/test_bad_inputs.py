@@ -629,6 +629,8 @@ add("xray-npy-no-intrinsics", ("sdd",), lambda d, o: register_args(d, o, xray_np
 add("xray-png-garbage", "not a readable", lambda d, o: register_args(
     d, o, (d / "x.png").write_bytes(b"junk" * 20) and d / "x.png"))
 add("xray-png-truncated", ("truncated",), lambda d, o: register_args(d, o, _png_truncated(d)))
+add("xray-tiff-first-100-bytes", ("x.tif", "truncated or corrupt"), lambda d, o: register_args(
+    d, o, _cut(_tiff(d / "x.tif"), 100)))  # PIL warns "Corrupt EXIF data" twice: not beside the error
 add("xray-png-colour", "colour", lambda d, o: register_args(d, o, _png_colour(d)))
 add("xray-tiff-garbage", "not a readable", lambda d, o: register_args(
     d, o, (d / "x.tif").write_bytes(b"junk" * 20) and d / "x.tif"))
@@ -696,6 +698,14 @@ def _png_colour(d):
     Image.fromarray(a).save(d / "x.png")
     (d / "x.json").write_text(json.dumps({"sdd_mm": 1000, "delx_mm": 1}))
     return d / "x.png"
+
+
+def _tiff(path: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)).save(path)
+    path.with_suffix(".json").write_text(json.dumps({"sdd_mm": 1000, "delx_mm": 1}))
+    return path
 
 
 def _png_truncated(d):

@@ -514,6 +514,24 @@ def open_pil_image(p: Path, unreadable: str, cannot_open: str):
         Image.MAX_IMAGE_PIXELS = limit
 
 
+@contextlib.contextmanager
+def pil_warnings(p: Path):
+    """PIL's warnings while the image ``p`` is opened and decoded (``Corrupt EXIF data…`` of a cut TIFF):
+    held back, and dropped when the reading fails — its one-line error says the file is damaged; when it
+    succeeds, each is warned once, naming the file."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        text = f"{p}: {str(w.message).strip()}"
+        if text not in seen:
+            seen.add(text)
+            warnings.warn(text, w.category, stacklevel=3)
+
+
 def check_input_file(p: Path, what: str, kind: str = "a file") -> None:
     """Refuse, as :class:`~xraypose.errors.InputError`, an input file ``p`` that is missing
     (``WHAT not found: P``) or a folder (``WHAT P is a folder, not KIND``)."""

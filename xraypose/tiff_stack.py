@@ -62,11 +62,18 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
             pages of different sizes or pixel types, a stack too large for this
             machine's memory, truncated page data.
     """
-    from xraypose.io import check_input_file, open_pil_image
-    from xraypose.limits import check_allocation
+    from xraypose.io import check_input_file, pil_warnings
 
     p = Path(path).expanduser()
     check_input_file(p, what, "a TIFF file")
+    with pil_warnings(p):  # a damaged file: its one-line error, not PIL's warnings beside it
+        return _read_pages(p)
+
+
+def _read_pages(p: Path) -> np.ndarray:
+    from xraypose.io import open_pil_image
+    from xraypose.limits import check_allocation
+
     im = open_pil_image(p, "not a readable TIFF file", "cannot open the TIFF file")  # memory checked below
     with im:
         if (im.format or "").upper() != "TIFF":

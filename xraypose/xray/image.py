@@ -138,28 +138,36 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
 
 
 def _read_pil(p: Path) -> np.ndarray:
+    from xraypose.io import pil_warnings
+
+    with pil_warnings(p):  # a damaged file: its one-line error, not PIL's warnings beside it
+        return _read_pil_frames(p)
+
+
+def _read_pil_frames(p: Path) -> np.ndarray:
     from PIL import ImageSequence
 
     from xraypose.io import open_pil_image
     from xraypose.limits import check_xray_size
 
     im = open_pil_image(p, f"not a readable {p.suffix.upper().lstrip('.')} image", "cannot open the image")
-    w, h = im.size  # xraypose's own size limit, before decoding
-    check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
-    frames = []
-    try:
-        for fr in ImageSequence.Iterator(im):
-            if fr.size != (w, h):
-                raise InputError(f"{p}: frame {len(frames)} is {fr.size[1]} × {fr.size[0]} pixels (rows × columns) "
-                                 f"but frame 0 is {h} × {w}; every frame of a file must have one size")
-            frames.append(_pil_to_gray(fr, p))
-    except OSError as e:
-        raise InputError(f"{p}: image data is truncated or corrupt ({one_line(e)})") from None
-    if not frames:
-        raise InputError(f"{p}: the image holds no frame")
-    if len(frames) == 1:
-        return frames[0]
-    return np.stack(frames)
+    with im:  # closed once read (also when refused)
+        w, h = im.size  # xraypose's own size limit, before decoding
+        check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
+        frames = []
+        try:
+            for fr in ImageSequence.Iterator(im):
+                if fr.size != (w, h):
+                    raise InputError(f"{p}: frame {len(frames)} is {fr.size[1]} × {fr.size[0]} pixels (rows × "
+                                     f"columns) but frame 0 is {h} × {w}; every frame of a file must have one size")
+                frames.append(_pil_to_gray(fr, p))
+        except OSError as e:
+            raise InputError(f"{p}: image data is truncated or corrupt ({one_line(e)})") from None
+        if not frames:
+            raise InputError(f"{p}: the image holds no frame")
+        if len(frames) == 1:
+            return frames[0]
+        return np.stack(frames)
 
 
 def _pil_to_gray(fr, p: Path) -> np.ndarray:
