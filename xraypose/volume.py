@@ -731,30 +731,32 @@ def _nifti_unreadable(p: Path, what: str, exc: Exception) -> InputError:
     gz = p.name.lower().endswith(".gz")
     size = p.stat().st_size
     if size == 0:
-        return InputError(f"{what} file {p} is empty (0 bytes)")
+        return InputError(f"Could not read {what} NIfTI file {p}: it is empty (0 bytes)")
     try:
         with (gzip.open(p, "rb") if gz else open(p, "rb")) as fh:
             head = fh.read(max(_NIFTI_HEADER_BYTES))
             while gz and fh.read(1 << 20):  # a gzip stream cut short fails only where it ends
                 pass
     except EOFError:
-        return InputError(f"{what} file {p} is truncated: its gzip stream ends early ({size} bytes; an incomplete "
-                          "copy or download?)")
+        return InputError(f"Could not read {what} NIfTI file {p}: it is truncated, its gzip stream ends early "
+                          f"({size} bytes; an incomplete copy or download?)")
     except gzip.BadGzipFile:
-        return InputError(f"{what} file {p} is not gzip-compressed, as its ending .gz says (a plain NIfTI ends in "
-                          ".nii)")
+        return InputError(f"Could not read {what} NIfTI file {p}: it is not gzip-compressed, as its ending .gz says "
+                          "(a plain NIfTI ends in .nii)")
     except (OSError, zlib.error) as e:
         return InputError(f"Could not read {what} NIfTI file {p}: {one_line(e)}")
     kinds = {int.from_bytes(head[:4], order) for order in ("little", "big")} if len(head) >= 4 else set()
     kind = next((_NIFTI_HEADER_BYTES[k] for k in kinds if k in _NIFTI_HEADER_BYTES), None)
     if kind is None:
         if not gz and head[:2] == b"\x1f\x8b":
-            return InputError(f"{what} file {p} is gzip-compressed: name it .nii.gz")
-        return InputError(f"{what} file {p} is not a NIfTI file (its first bytes are no NIfTI header)")
+            return InputError(f"Could not read {what} NIfTI file {p}: it is gzip-compressed: name it .nii.gz")
+        return InputError(f"Could not read {what} NIfTI file {p}: it is not a NIfTI file (its first bytes are no "
+                          "NIfTI header)")
     need = min(k for k, v in _NIFTI_HEADER_BYTES.items() if v == kind)
     if len(head) < need:
         held = f"{len(head)} bytes" + (" once decompressed" if gz else "")
-        return InputError(f"{what} file {p} is truncated: it holds {held}, less than its {need}-byte {kind} header")
+        return InputError(f"Could not read {what} NIfTI file {p}: it is truncated, it holds {held}, less than its "
+                          f"{need}-byte {kind} header")
     return InputError(f"Could not read {what} NIfTI file {p}: {one_line(exc)}")
 
 
