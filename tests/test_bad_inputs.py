@@ -527,6 +527,8 @@ add("ct-constant-render", "constant", lambda d, o: render_args(
     d, o, nifti(d / "ct.nii.gz", np.full(CT_SHAPE, 7, np.int16)), "--pose", "0,0"))
 add("ct-empty-dicom-folder", "empty", lambda d, o: render_args(
     d, o, (d / "dcm").mkdir() or d / "dcm", "--pose", "0,0"))
+add("ct-empty-folder-named-like-a-file", ("empty", "a folder named like a .nii.gz file: give the file itself"),
+    lambda d, o: render_args(d, o, (d / "ct.nii.gz").mkdir() or d / "ct.nii.gz", "--pose", "0,0"))
 add("ct-folder-without-dicom", "no dicom", lambda d, o: render_args(
     d, o, ((d / "dcm").mkdir(), (d / "dcm" / "a.txt").write_text("hi"))[1] and d / "dcm", "--pose", "0,0"))
 add("ct-dicom-one-slice", "slice", lambda d, o: render_args(d, o, dicom_series(d, 1), "--pose", "0,0"))
