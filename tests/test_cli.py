@@ -164,10 +164,11 @@ def test_bad_pose_files(tmp_path, capsys, payload, message):
 
 def test_console_script_runs(tmp_path):
     exe = [sys.executable, "-m", "xraypose.cli"]
-    out = subprocess.run(exe + ["render", "--help"], capture_output=True, text=True)
+    text = {"text": True, "encoding": "utf-8"}  # not the locale's: GDCM's DICOM writer (other tests) leaves C
+    out = subprocess.run(exe + ["render", "--help"], capture_output=True, **text)
     assert out.returncode == 0 and "--pose-json" in out.stdout
     bad = subprocess.run(exe + ["render", "nope.nii", "-o", str(tmp_path / "a.npy"), "--pose", "0,0"],
-                         capture_output=True, text=True)
+                         capture_output=True, **text)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 

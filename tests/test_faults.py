@@ -188,45 +188,11 @@ def test_a_result_of_several_files_is_written_all_or_nothing(tmp_path, full_disk
     assert ours() == {"pose.json": b"new", "trajectory.json": b"new"}  # the old metrics went
 
 
-def test_a_kill_between_a_results_renames_is_told_apart_by_its_manifest(tmp_path, monkeypatch):
-    """atomic_write_files renames one file at a time: a kill after the new pose.json but before the new
-    metrics.json left new and old files under the earlier manifest, read as one result.  The manifest (renamed
-    last) lists each file's SHA-256: result_mismatches names the files that are not its result's."""
-    import xraypose.io as xio
-
-    names = ["pose.json", "metrics.json", "trajectory.json"]
-    atomic_write_files(tmp_path, {"pose.json": b"old pose", "metrics.json": b"old metrics"}, remove=names)
-    assert xio.result_mismatches(tmp_path) == []
-    real, calls = os.replace, []
-
-    def killed_at_the_second(src, dst):
-        calls.append(Path(dst).name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # (a SIGINT; a SIGKILL would leave the same files, and the temporaries)
-        return real(src, dst)
-
-    monkeypatch.setattr(xio.os, "replace", killed_at_the_second)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write_files(tmp_path, {"pose.json": b"new pose", "metrics.json": b"new metrics"}, remove=names)
-    monkeypatch.setattr(xio.os, "replace", real)
-    assert calls == ["pose.json", "metrics.json"]
-    ours = {k: v for k, v in _snapshot(tmp_path).items() if k != MANIFEST}
-    assert ours == {"pose.json": b"new pose", "metrics.json": b"old metrics"}  # a mixture ...
-    assert xio.result_mismatches(tmp_path) == ["pose.json"]  # ... that the manifest tells apart
-    atomic_write_files(tmp_path, {"pose.json": b"new pose", "metrics.json": b"new metrics"}, remove=names)
-    assert xio.result_mismatches(tmp_path) == []  # written again, whole
-    (tmp_path / "metrics.json").unlink()
-    assert xio.result_mismatches(tmp_path) == ["metrics.json"]
-    (tmp_path / MANIFEST).write_text(json.dumps({"written_by": "xraypose", "files": names[:2]}))
-    assert xio.result_mismatches(tmp_path) == []  # a manifest from before the SHA-256s: nothing to check
-
-
 def test_a_file_new_to_the_folder_left_by_a_kill_is_still_known_as_xraypose_s(tmp_path, monkeypatch):
     """A kill between atomic_write_files' renames left a new metrics.json (a file the earlier result did not
     have) under the earlier manifest, which does not list it: the next result into the folder refused it as
-    "not written there by xraypose", and result_mismatches did not name it.  Before the first rename the
-    manifest is rewritten (in place) as a pending one listing both results' names: the file is xraypose's,
-    and not the listed result's."""
+    "not written there by xraypose".  Before the first rename the manifest is rewritten (in place) as a
+    pending one listing both results' names: the file is xraypose's."""
     import xraypose.io as xio
 
     names = ["pose.json", "metrics.json", "trajectory.json", "views.png"]
@@ -244,11 +210,9 @@ def test_a_file_new_to_the_folder_left_by_a_kill_is_still_known_as_xraypose_s(tm
         atomic_write_files(tmp_path, {"metrics.json": b"new metrics", "pose.json": b"new pose"}, remove=names)
     monkeypatch.setattr(xio.os, "replace", real)
     assert ours() == {"pose.json": b"old pose", "metrics.json": b"new metrics"}
-    assert xio.result_mismatches(tmp_path) == ["metrics.json"]  # was []: not the listed result's
     check_output_folder(tmp_path, replaces=names)  # was: holds metrics.json, not written there by xraypose
     atomic_write_files(tmp_path, {"pose.json": b"2", "trajectory.json": b"2"}, remove=names)
     assert ours() == {"pose.json": b"2", "trajectory.json": b"2"}  # the stray metrics.json removed
-    assert xio.result_mismatches(tmp_path) == []
     assert json.loads((tmp_path / MANIFEST).read_text())["files"] == ["pose.json", "trajectory.json"]
     fresh = tmp_path / "fresh"  # the first result into a folder, killed: no earlier manifest to go by
     fresh.mkdir()
@@ -256,7 +220,7 @@ def test_a_file_new_to_the_folder_left_by_a_kill_is_still_known_as_xraypose_s(tm
     with pytest.raises(KeyboardInterrupt):
         atomic_write_files(fresh, {"metrics.json": b"m", "pose.json": b"p"}, remove=names)
     monkeypatch.setattr(xio.os, "replace", real)
-    assert xio.result_mismatches(fresh) == ["metrics.json"]
+    assert json.loads((fresh / MANIFEST).read_text())["pending"] == ["metrics.json", "pose.json"]
     check_output_folder(fresh, replaces=names)  # was: holds metrics.json, not written there by xraypose
 
 
@@ -282,7 +246,7 @@ def test_a_kill_while_an_earlier_results_files_are_deleted_leaves_them_xraypose_
         atomic_write_files(tmp_path, {"pose.json": b"3"}, remove=names)
     monkeypatch.setattr(xio, "_unlink_quietly", real_unlink)
     assert ours() == {"pose.json": b"3", "trajectory.json": b"2"}
-    assert xio.result_mismatches(tmp_path) == ["pose.json"]  # the new pose.json, under the pending manifest
+    assert json.loads((tmp_path / MANIFEST).read_text())["pending"] == ["pose.json"]  # the new pose.json's
     check_output_folder(tmp_path, replaces=names)  # was: holds trajectory.json, not written there by xraypose
     (tmp_path / "views.png").write_bytes(b"my picture")  # a user's own file: still refused, nothing changed
     before = _snapshot(tmp_path)
@@ -291,7 +255,7 @@ def test_a_kill_while_an_earlier_results_files_are_deleted_leaves_them_xraypose_
     assert _snapshot(tmp_path) == before
     (tmp_path / "views.png").unlink()
     atomic_write_files(tmp_path, {"pose.json": b"4"}, remove=names)
-    assert ours() == {"pose.json": b"4"} and xio.result_mismatches(tmp_path) == []
+    assert ours() == {"pose.json": b"4"} and json.loads((tmp_path / MANIFEST).read_text())["files"] == ["pose.json"]
 
 
 def test_evaluate_resume_after_a_crash_between_a_cases_files_registers_that_case_again(tmp_path, capsys, case,

@@ -21,7 +21,6 @@ Units: millimetres and radians (degrees only where a name says so).
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -63,13 +62,8 @@ def check_sod(sod: float, sdd: float, sod_from: str = "", sdd_from: str = "", wh
 
 
 def _finite_positive(name: str, value: float) -> float:
-    if isinstance(value, (str, bytes, bool, np.bool_)):  # float('1000') and float(True) would read them
-        raise InputError(f"{name} must be a number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
+    v = finite_float(value, name)  # a text '1000' or a bool is no number
+    if v <= 0:
         raise InputError(f"{name} must be a finite positive number (mm), got {value!r}")
     return v
 

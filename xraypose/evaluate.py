@@ -509,14 +509,6 @@ def remove_previous_results(outdir) -> int:
 INPUTS = "inputs"
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
-        return True
-    except ValueError:
-        return False
-
-
 # Names of the registration settings in messages (the CLI's options where there is one).
 _SETTING_NAMES = {"similarity": "--similarity", "lr_rot": "--lr-rot", "lr_trans": "--lr-trans",
                   "schedule": "--schedule", "density": "--density", "bone_multiplier": "--bone-multiplier",
@@ -662,8 +654,9 @@ def evaluate(
         record["source_path"] = evalset.source
     if evalset.inputs is not None:  # less what this run writes into the case folder itself, if there
         base = Path(evalset.source) if evalset.source is not None else None
+        here = Path(out).resolve()
         record[INPUTS] = {k: v for k, v in evalset.inputs.items()
-                          if base is None or not base.is_dir() or not _inside(base / k, out)}
+                          if base is None or not base.is_dir() or not (base / k).resolve().is_relative_to(here)}
     shards = shards or Shards()
     rigged = any(c.camera_to_rig is not None for c in evalset.cases)
     if rigged:

@@ -13,9 +13,7 @@
   all are staged first, so a write error changes none of the old ones; then
   they replace the old files and the old run's files that this run does not
   write are removed (a result folder holds only the current run's files).
-  The renames are one per file: a kill between two of them leaves new files beside old ones.  The
-  result's :data:`MANIFEST`, which lists each file's SHA-256, is renamed last, so such a mixture
-  never matches it: :func:`result_mismatches` names the files that are not the listed result's.
+  The renames are one per file: a kill between two of them leaves new files beside old ones (below).
   (``xraypose evaluate`` keeps its own order: a case's ``result.json``, which ``--resume`` reads,
   is written after its other files.)
 * A result replaces only files xraypose wrote: :func:`atomic_write_files` with ``remove`` (a result
@@ -29,9 +27,7 @@
   ``trajectory.json`` the new one lacks (deleted just before the new manifest is renamed in) — which the
   next result would refuse as the user's.  So once every file is staged, before the first rename, the
   manifest is rewritten in place as a *pending* one: ``"files"`` the names of both results (those it
-  listed and this result's), ``"sha256"`` the earlier result's (none known for this one's new names:
-  such a file that is there is not the listed result's, :func:`result_mismatches` names it; an earlier
-  manifest without SHA-256s stays without), ``"pending"`` this result's names.  A kill anywhere after it
+  listed and this result's), ``"pending"`` this result's names.  A kill anywhere after it
   leaves every file xraypose wrote listed; the new manifest, renamed in last, lists this result's alone.
   A name in neither result is still the user's: refused.  (In place rather than renamed: a kill while
   it is written leaves the files as they were and the manifest unreadable — the next result then refuses
@@ -52,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import io
 import json
 import math
@@ -201,9 +196,8 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     the old ones, the :data:`MANIFEST` (with ``remove``) last: just before it, the files named in
     ``remove`` that this call did not write (the previous run's) are deleted.
     A kill (or a failed rename) between two renames leaves some new files beside old ones under the
-    pending manifest (written in place before the first rename: both results' names, the earlier
-    one's SHA-256s), whose SHA-256s they do not match: :func:`result_mismatches` tells such a folder from
-    a whole result, and the next result replaces or deletes any of them as xraypose's.
+    pending manifest (written in place before the first rename: both results' names), so the next
+    result replaces or deletes any of them as xraypose's.
 
     Args:
         folder: an existing folder.
@@ -223,8 +217,7 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     if remove:  # a result replacing an earlier one: never a file the user made
         check_replaceable(folder, list(files) + list(remove))
         pending = _pending_manifest(folder, files)
-        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files),  # renamed last
-                                                "sha256": {n: hashlib.sha256(files[n]).hexdigest() for n in sorted(files)}})}
+        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files)})}  # renamed last
     staged: list[tuple[Path, Path]] = []
     try:
         for name, data in files.items():
@@ -251,19 +244,12 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
 
 def _pending_manifest(folder: Path, files: dict) -> tuple[bytes, bytes | None]:
     """(the pending :data:`MANIFEST` of a result of ``files`` written into ``folder``, the folder's manifest's
-    bytes now or None): the names of both results, the earlier one's SHA-256s (module docstring)."""
+    bytes now or None): the names of both results (module docstring)."""
     try:
         old = (folder / MANIFEST).read_bytes()
     except OSError:
         old = None
-    try:
-        sums = json.loads(old)["sha256"] if old is not None else {}
-    except (ValueError, TypeError, KeyError):
-        sums = None  # an earlier manifest without SHA-256s (or unreadable): nothing to check against
-    doc = {"written_by": "xraypose", "files": sorted(written_here(folder) | set(files))}
-    if isinstance(sums, dict):
-        doc["sha256"] = sums
-    doc["pending"] = sorted(files)
+    doc = {"written_by": "xraypose", "files": sorted(_listed(old) | set(files)), "pending": sorted(files)}
     return json_bytes(doc), old
 
 
@@ -328,39 +314,18 @@ def written_here(folder) -> set:
     """The names of the files xraypose's last result wrote into ``folder`` (its :data:`MANIFEST`; empty when
     there is none or it cannot be read)."""
     try:
-        data = json.loads((Path(folder) / MANIFEST).read_text())
-        return {str(n) for n in data.get("files", [])} if isinstance(data, dict) else set()
-    except (OSError, ValueError, TypeError):
+        return _listed((Path(folder) / MANIFEST).read_bytes())
+    except OSError:
         return set()
 
 
-def result_mismatches(folder) -> list[str]:
-    """The files of ``folder``'s result that are not the ones its :data:`MANIFEST` lists (another SHA-256,
-    or missing): ``["pose.json"]`` after a kill between :func:`atomic_write_files`' renames left a new
-    pose.json beside the earlier result's metrics.json — or a listed file it has no SHA-256 of that is
-    there (the new metrics.json, under a pending manifest, of a result whose earlier one had none).  Empty
-    for a whole result — and for a folder without a manifest, or with one written before it held the
-    SHA-256s (nothing to check against).
-    Reads the listed files (results: kilobytes to a few megabytes)."""
-    folder = Path(folder)
+def _listed(manifest: bytes | None) -> set:
+    """The file names a :data:`MANIFEST`'s bytes list (empty for None or bytes that are no manifest)."""
     try:
-        data = json.loads((folder / MANIFEST).read_text())
-        sums = data.get("sha256") if isinstance(data, dict) else None
-    except (OSError, ValueError, TypeError):
-        return []
-    if not isinstance(sums, dict):
-        return []
-    bad = []
-    for name, digest in sorted(sums.items()):
-        try:
-            ok = hashlib.sha256((folder / str(name)).read_bytes()).hexdigest() == digest
-        except OSError:
-            ok = False
-        if not ok:
-            bad.append(str(name))
-    listed = data.get("files") if isinstance(data.get("files"), list) else []
-    bad += [str(n) for n in listed if str(n) not in sums and str(n) != MANIFEST and (folder / str(n)).is_file()]
-    return sorted(bad)
+        data = json.loads(manifest) if manifest is not None else None
+    except (ValueError, TypeError):
+        return set()
+    return {str(n) for n in data.get("files", [])} if isinstance(data, dict) else set()
 
 
 def check_replaceable(folder, names) -> None:

@@ -909,11 +909,6 @@ def _check_detached_data_file(p: Path, what: str) -> None:
                          f"need {human_bytes(need)}, the file holds {human_bytes(have)}")
 
 
-#: Endings of files xraypose reads: a folder named so is not what its name says (an empty one is named).
-_FILE_LIKE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".png", ".tif", ".tiff",
-                       ".npy")
-
-
 def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     import SimpleITK as sitk
 
@@ -921,9 +916,11 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     files = [e for e in entries if e.is_file()]
     if not files:
         sub = " (it holds only sub-folders; pass the folder of one series)" if entries else ""
-        if not entries and d.name.lower().endswith(_FILE_LIKE_SUFFIXES):  # `mkdir ct.nii.gz`, a copy gone wrong
-            ending = max((x for x in _FILE_LIKE_SUFFIXES if d.name.lower().endswith(x)), key=len)
-            sub = f" (a folder named like a {ending} file: give the file itself)"
+        from xraypose.info import CT_SUFFIXES, XRAY_SUFFIXES  # the endings of the files xraypose reads
+
+        endings = [x for x in CT_SUFFIXES + XRAY_SUFFIXES if d.name.lower().endswith(x)]
+        if not entries and endings:  # `mkdir ct.nii.gz`, a copy gone wrong
+            sub = f" (a folder named like a {max(endings, key=len)} file: give the file itself)"
         raise InputError(f"DICOM folder is empty: {d}{sub}")
     try:
         with _itk_quiet():

@@ -528,6 +528,7 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
     import torch
 
     F = len(seqs[0])
+    seconds = sum(fr.seconds for fr in res)
     return {"ct": ct, "pose": pose_name,
             "frames_note": f"per frame: {pose_name} (world = CT RAS mm; the motion model's estimate), "
                            f"registered_{pose_name} (the frame's registration alone), covariance and spread (the "
@@ -547,8 +548,7 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
                         "vouched": sum(fr.vouched for fr in res),
                         "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median()),
                         # the frames' wall-clock time (frame 0's whole registration included) and its rate
-                        "seconds": sum(fr.seconds for fr in res),
-                        "frames_per_second": F / max(sum(fr.seconds for fr in res), 1e-9)},
+                        "seconds": seconds, "frames_per_second": F / max(seconds, 1e-9)},
             "config": reg.config.to_dict(), "metal": metal}
 
 

@@ -542,12 +542,14 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         has measured frames since its last restart (its gate is then a prediction's, not a guess)."""
         if not vouch_failed or filt is None or len(accepted_sims) < 3:
             return False
-        since = 0  # measured frames since the model's last restart, that one included
-        for step in reversed(filt.steps):
+        since = 0  # measured frames since the model's last restart, that one included (3 are enough: a
+        for step in reversed(filt.steps):  # long sequence's every frame would walk back over all of them)
             since += bool(step.measured)
+            if since >= 3:
+                return True
             if step.restart:
-                break
-        return since >= 3
+                return False
+        return False
 
     def predict(f: int):
         if f == 0:
