@@ -191,8 +191,8 @@ def test_a_result_of_several_files_is_written_all_or_nothing(tmp_path, full_disk
 def test_a_file_new_to_the_folder_left_by_a_kill_is_still_known_as_xraypose_s(tmp_path, monkeypatch):
     """A kill between atomic_write_files' renames left a new metrics.json (a file the earlier result did not
     have) under the earlier manifest, which does not list it: the next result into the folder refused it as
-    "not written there by xraypose".  Before the first rename the manifest is rewritten (in place) as a
-    pending one listing both results' names: the file is xraypose's."""
+    "not written there by xraypose".  Before the first rename the manifest is replaced by a pending one
+    listing both results' names: the file is xraypose's."""
     import xraypose.io as xio
 
     names = ["pose.json", "metrics.json", "trajectory.json", "views.png"]
@@ -222,6 +222,36 @@ def test_a_file_new_to_the_folder_left_by_a_kill_is_still_known_as_xraypose_s(tm
     monkeypatch.setattr(xio.os, "replace", real)
     assert json.loads((fresh / MANIFEST).read_text())["pending"] == ["metrics.json", "pose.json"]
     check_output_folder(fresh, replaces=names)  # was: holds metrics.json, not written there by xraypose
+
+
+def test_a_kill_while_the_pending_manifest_is_written_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """The pending manifest was written in place (opened truncated, then filled): a kill in between left it
+    empty, and the next result refused the folder's own pose.json as not xraypose's.  It is renamed in now:
+    the earlier manifest stays whole until then."""
+    import xraypose.io as xio
+
+    names = ["pose.json", "metrics.json"]
+    atomic_write_files(tmp_path, {"pose.json": b"1"}, remove=names)
+    real_open = os.open
+    opened = []
+
+    def killed_opening_the_manifest(path, flags, *a, **k):
+        fd = real_open(path, flags, *a, **k)
+        if MANIFEST in Path(path).name:
+            opened.append(path)
+            if len(opened) == 2:  # the first: the new manifest's staged copy; the second: the pending one's
+                os.close(fd)  # opened (a truncating open has already emptied it), not a byte written
+                raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(xio.os, "open", killed_opening_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_files(tmp_path, {"pose.json": b"2", "metrics.json": b"2"}, remove=names)
+    monkeypatch.setattr(xio.os, "open", real_open)
+    assert json.loads((tmp_path / MANIFEST).read_text())["files"] == ["pose.json"]  # was: empty
+    assert (tmp_path / "pose.json").read_bytes() == b"1" and not (tmp_path / "metrics.json").exists()
+    atomic_write_files(tmp_path, {"pose.json": b"3"}, remove=names)  # was: holds pose.json, not written by xraypose
+    assert (tmp_path / "pose.json").read_bytes() == b"3"
 
 
 def test_a_kill_while_an_earlier_results_files_are_deleted_leaves_them_xraypose_s(tmp_path, monkeypatch):

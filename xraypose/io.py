@@ -26,12 +26,12 @@
   does not list them: a new ``metrics.json`` the earlier result did not have, or the earlier result's
   ``trajectory.json`` the new one lacks (deleted just before the new manifest is renamed in) — which the
   next result would refuse as the user's.  So once every file is staged, before the first rename, the
-  manifest is rewritten in place as a *pending* one: ``"files"`` the names of both results (those it
-  listed and this result's), ``"pending"`` this result's names.  A kill anywhere after it
-  leaves every file xraypose wrote listed; the new manifest, renamed in last, lists this result's alone.
-  A name in neither result is still the user's: refused.  (In place rather than renamed: a kill while
-  it is written leaves the files as they were and the manifest unreadable — the next result then refuses
-  the folder's files as not known, never replaces them; a failed write puts the earlier bytes back.)
+  manifest is replaced (atomically, as every file) by a *pending* one: ``"files"`` the names of both
+  results (those it listed and this result's), ``"pending"`` this result's names.  A kill anywhere after
+  it leaves every file xraypose wrote listed; the new manifest, renamed in last, lists this result's alone.
+  A name in neither result is still the user's: refused.  A kill while the pending manifest is written
+  leaves the earlier one whole (until 2026-12-05 it was written in place, and such a kill left it
+  unreadable: the next result then refused the folder's own files).
 * :func:`check_output_folder` / :func:`check_output_file` refuse an output
   that cannot be written **before** any computation (a read-only folder, a
   path under a file, ...); :func:`make_output_folder` checks and creates one.
@@ -196,7 +196,7 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     the old ones, the :data:`MANIFEST` (with ``remove``) last: just before it, the files named in
     ``remove`` that this call did not write (the previous run's) are deleted.
     A kill (or a failed rename) between two renames leaves some new files beside old ones under the
-    pending manifest (written in place before the first rename: both results' names), so the next
+    pending manifest (renamed in before the first of them: both results' names), so the next
     result replaces or deletes any of them as xraypose's.
 
     Args:
@@ -225,7 +225,7 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
             _check_parent(target)
             staged.append((_write_temp(target, data), target))
         if pending is not None:  # before the first rename: both results' names listed (module docstring)
-            _write_in_place(folder / MANIFEST, *pending)
+            atomic_write_bytes(folder / MANIFEST, pending)
         for tmp, target in staged:
             if target.name == MANIFEST:  # the last: the earlier result's other files go first
                 for name in remove:
@@ -242,36 +242,14 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     return [t for _, t in staged if t.name != MANIFEST]  # the result's files (not the manifest)
 
 
-def _pending_manifest(folder: Path, files: dict) -> tuple[bytes, bytes | None]:
-    """(the pending :data:`MANIFEST` of a result of ``files`` written into ``folder``, the folder's manifest's
-    bytes now or None): the names of both results (module docstring)."""
+def _pending_manifest(folder: Path, files: dict) -> bytes:
+    """The pending :data:`MANIFEST` of a result of ``files`` written into ``folder``: the names of both
+    results (module docstring)."""
     try:
         old = (folder / MANIFEST).read_bytes()
     except OSError:
         old = None
-    doc = {"written_by": "xraypose", "files": sorted(_listed(old) | set(files)), "pending": sorted(files)}
-    return json_bytes(doc), old
-
-
-def _write_in_place(path: Path, data: bytes, old: bytes | None) -> None:
-    """``data`` written over ``path`` in place (fsynced), not through a rename (module docstring); on a failed
-    write ``old`` (the bytes it held; None: it was not there) is put back."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        try:
-            if old is None:
-                os.unlink(path)
-            else:
-                with open(path, "wb") as f:
-                    f.write(old)
-        except OSError:
-            pass
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    return json_bytes({"written_by": "xraypose", "files": sorted(_listed(old) | set(files)), "pending": sorted(files)})
 
 
 @contextlib.contextmanager
