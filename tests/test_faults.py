@@ -674,7 +674,7 @@ def test_evaluate_resume_refuses_another_source_of_the_same_name(tmp_path, capsy
 
 
 def test_evaluate_resume_refuses_inputs_changed_since_and_names_the_file(tmp_path, capsys, case):
-    """run.json fingerprints the case folder (each file's size and mtime_ns): an X-ray replaced, added or removed
+    """run.json fingerprints the case folder (each file's size, mtime_ns and SHA-256): an X-ray replaced, added or removed
     between a run and its --resume was accepted silently, the earlier cases' results kept for the new inputs.
     The same files (bytes and times) resume; a run.json from before the fingerprint resumes unchecked."""
     import shutil
@@ -702,7 +702,11 @@ def test_evaluate_resume_refuses_inputs_changed_since_and_names_the_file(tmp_pat
     np.save(npy, a[:, ::-1].copy())  # another image, the same name and size
     refused("xrays/lateral.npy modified")
     npy.write_bytes(data)
-    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))  # the very file again: resumes
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the very file again, touched (or copied back
+    # without its times): resumes — it was refused as modified when only sizes and times were compared
+    assert main(args + ["--resume"]) == 0
+    assert _snapshot(ev)["cases/lateral.npy/result.json"] == before["cases/lateral.npy/result.json"]
+    before = _snapshot(ev)
     poses_json = src / "poses.json"
     poses_bytes, poses_st = poses_json.read_bytes(), poses_json.stat()
     shutil.copy(npy, src / "xrays" / "extra.npy")  # another case: an X-ray, its sidecar, its true pose
@@ -725,9 +729,18 @@ def test_evaluate_resume_refuses_inputs_changed_since_and_names_the_file(tmp_pat
     # a run.json written before the fingerprint existed resumes (unchecked), and records it from then on
     del run["inputs"]
     (ev / "run.json").write_text(json.dumps(run))
-    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     assert main(args + ["--resume"]) == 0
-    assert json.loads((ev / "run.json").read_text())["inputs"]["xrays/lateral.npy"][1] == st.st_mtime_ns + 10**9
+    assert json.loads((ev / "run.json").read_text())["inputs"]["xrays/lateral.npy"][1] == st.st_mtime_ns + 2 * 10**9
+    # a run.json of [size, time] entries (before the content was recorded): compared by size and time
+    run = json.loads((ev / "run.json").read_text())
+    run["inputs"] = {k: v[:2] for k, v in run["inputs"].items()}
+    (ev / "run.json").write_text(json.dumps(run))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = _snapshot(ev)
+    refused("xrays/lateral.npy modified")
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    assert main(args + ["--resume"]) == 0
     # an evaluation written into the case folder itself leaves its own files out of the fingerprint
     inside = args[:3] + [str(src)] + args[4:]
     assert main(inside) == 0 and main(inside + ["--resume"]) == 0

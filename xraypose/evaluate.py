@@ -21,8 +21,8 @@ fixed angle and distance), and writes::
 
 Every file is written atomically.  ``run.json`` records the run's settings
 (source and its absolute path, cases, start, registration configuration, the CLI's options) and the
-fingerprint of its inputs (:func:`input_fingerprint`: each file's size and modification time, no
-hashing) before the first case.  With ``resume=True`` cases whose ``result.json`` exists are
+fingerprint of its inputs (:func:`input_fingerprint`: each file's size, modification time and, up to
+64 MiB, SHA-256) before the first case.  With ``resume=True`` cases whose ``result.json`` exists are
 read back, not registered again, provided the settings are those of
 ``run.json``: a difference is refused, naming it; so is a change of the inputs (an X-ray replaced,
 added or removed, the CT or poses.json edited: the file is named), which would mix results of the old
@@ -66,7 +66,7 @@ from xraypose.volume import Volume
 
 __all__ = ["EvalCase", "EvalSet", "load_eval_set", "evaluate", "write_case_outputs", "perturbed_starts",
            "angle_starts", "StartRule", "PictureRenderer", "ROW_COLUMNS", "RUN_FILE", "previous_results",
-           "remove_previous_results", "input_fingerprint", "input_changes"]
+           "remove_previous_results", "input_fingerprint", "input_changes", "HASH_LIMIT"]
 
 F64 = torch.float64
 _BLUR_PX = 1.0  # σ of the 5×5 Gaussian given to case-folder X-rays (pixels at their stored size)
@@ -179,28 +179,49 @@ def _input_files(root: Path) -> list[Path]:
     return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
+#: Files up to this size (bytes) are fingerprinted by their content as well (:func:`input_fingerprint`).
+HASH_LIMIT = 64 * 2**20
+
+
 def input_fingerprint(source) -> dict:
-    """``{path relative to the source: [size in bytes, modification time in ns]}`` of the files an evaluation
-    reads from ``source`` (a case folder or a dataset file; the file's own name for a file).  Cheap: no file
-    is read, so a multi-GB HDF5 file costs one ``stat``.  Recorded in run.json and compared by a resume: an
-    X-ray replaced (another size or time), added or removed is named (:func:`input_changes`).  A file
-    copied without its times (``cp`` without ``-p``) or touched counts as changed — a resume is refused
-    when in doubt, never mixed."""
+    """``{path relative to the source: [size in bytes, modification time in ns, SHA-256 or None]}`` of the files an
+    evaluation reads from ``source`` (a case folder or a dataset file; the file's own name for a file).  The
+    SHA-256 (hex) of files up to :data:`HASH_LIMIT` bytes (X-rays, sidecars, a case's CT); a larger file (a
+    multi-GB HDF5) costs one ``stat``.  Recorded in run.json and compared by a resume: an X-ray replaced, added
+    or removed is named (:func:`input_changes`).  A file whose content is known is compared by it (touched,
+    or copied back without its times: the same); one too large, by its size and time (touched: changed, a
+    resume refused when in doubt, never mixed)."""
+    import hashlib
+
     root = Path(source)
     out = {}
     for p in _input_files(root):
         try:
             st = p.stat()
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size <= HASH_LIMIT else None
         except OSError:  # gone between the listing and now: read as removed
             continue
-        out[p.name if p == root else p.relative_to(root).as_posix()] = [st.st_size, st.st_mtime_ns]
+        out[p.name if p == root else p.relative_to(root).as_posix()] = [st.st_size, st.st_mtime_ns, digest]
     return out
+
+
+def _same_file(a, b) -> bool:
+    """Whether two :func:`input_fingerprint` entries are one file: the same size and, where both know it,
+    the same content; else the same modification time (entries of run.json files from before the content
+    was recorded hold [size, time] only)."""
+    if not (isinstance(a, list) and isinstance(b, list) and len(a) >= 2 and len(b) >= 2):
+        return a == b
+    if a[0] != b[0]:
+        return False
+    if len(a) >= 3 and len(b) >= 3 and a[2] is not None and b[2] is not None:
+        return a[2] == b[2]
+    return a[1] == b[1]
 
 
 def input_changes(old: dict, new: dict, limit: int = 3) -> list[str]:
     """What differs between two :func:`input_fingerprint` s: ``"xrays/a.png modified"``, ``"... added"``,
     ``"... removed"`` (at most ``limit``, then ``"N more"``)."""
-    changes = ([f"{k} modified" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+    changes = ([f"{k} modified" for k in sorted(old.keys() & new.keys()) if not _same_file(old[k], new[k])]
                + [f"{k} added" for k in sorted(new.keys() - old.keys())]
                + [f"{k} removed" for k in sorted(old.keys() - new.keys())])
     return changes[:limit] + ([f"{len(changes) - limit} more"] if len(changes) > limit else [])
