@@ -1171,6 +1171,15 @@ add("h5-lj-spacing-negative", ("spacing",), _h5("lj", lambda f: _replace(f, "sub
                                                                          np.array([-1.0, 1, 1]))))
 add("h5-lj-pixels-nan", ("nan",), _h5("lj", lambda f: _replace(f, "subject01/proj-ap/pixels",
                                                                np.full((16, 16), np.nan, np.float32))))
+# a group that is a dataset, pixels that are text: h5py's / numpy's ValueError escaped
+add("h5-df-specimen-a-dataset", ("'/17-1882'", "dataset, not a group"), _h5("df", lambda f: _replace(
+    f, "17-1882", np.zeros(3))))
+add("h5-lj-subject-a-dataset", ("'/subject01'", "dataset, not a group"), _h5("lj", lambda f: _replace(
+    f, "subject01", np.zeros(3))))
+add("h5-df-projection-text", ("projections/000/image/pixels", "not a numeric dataset"), _h5("df", lambda f: _replace(
+    f, "17-1882/projections/000/image/pixels", np.full((16, 16), b"a", "S1"))))
+add("h5-lj-volume-text", ("subject01/volume/pixels", "not a numeric dataset"), _h5("lj", lambda f: _replace(
+    f, "subject01/volume/pixels", np.full((4, 4, 4), b"a", "S1"))))
 
 
 def _empty_h5(p: Path) -> Path:

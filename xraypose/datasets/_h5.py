@@ -92,7 +92,12 @@ class H5Backed:
 
 
 def need(group, path: str, where: str):
-    """``group[path]`` or an :class:`InputError` naming the missing path inside the file."""
+    """``group[path]`` or an :class:`InputError` naming the missing path inside the file (or ``group`` when it is a
+    dataset, not a group: h5py's ValueError 'Field names only allowed for compound types' named nothing)."""
+    import h5py
+
+    if not isinstance(group, h5py.Group):
+        raise InputError(f"{where}: HDF5 path '{group.name}' is a dataset, not a group (expected '{path}' in it)")
     try:
         return group[path]
     except KeyError:
@@ -106,6 +111,16 @@ def read_array(group, path: str, where: str, dtype=np.float64) -> np.ndarray:
         return np.asarray(ds[()], dtype=dtype)
     except (TypeError, ValueError, AttributeError):
         raise InputError(f"{where}: HDF5 path '{group.name.rstrip('/')}/{path}' is not a numeric dataset") from None
+
+
+def read_numbers(ds, where: str) -> np.ndarray:
+    """The values of the dataset ``ds`` (image or volume pixels), refused unless numbers (a text dataset's
+    ``astype(float32)`` raised numpy's ValueError)."""
+    from xraypose._checks import is_numeric_dtype
+
+    if not is_numeric_dtype(ds.dtype):
+        raise InputError(f"{where}: HDF5 path '{ds.name}' is not a numeric dataset (dtype {ds.dtype})")
+    return np.asarray(ds[()])
 
 
 def read_scalar(group, path: str, where: str) -> float:

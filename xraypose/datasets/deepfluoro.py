@@ -35,7 +35,8 @@ from xraypose.camera import Camera
 from xraypose.converters import LPS_TO_RAS, deepfluoro_camera, pose_from_deepfluoro
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import H5Backed, check_rigid_pose, check_shape, need, read_array, read_scalar, read_string
+from xraypose.datasets._h5 import (H5Backed, check_rigid_pose, check_shape, need, read_array, read_numbers, read_scalar,
+                                   read_string)
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -66,7 +67,7 @@ def deepfluoro_volume(group, where: str, labels: bool = True):
     pix = need(vol, "pixels", where)
     if pix.ndim != 3:
         raise InputError(f"{where}: '{pix.name}' must be a 3D (Z, Y, X) volume, got shape {pix.shape}")
-    raw = np.asarray(pix[()])
+    raw = read_numbers(pix, where)
     check_voxel_values(raw, f"{where}: '{pix.name}'")  # before float32 turns 1e300 into inf
     data = raw.astype(np.float32).transpose(2, 1, 0)  # (Z,Y,X) -> (X,Y,Z) = (i,j,k)
     spacing = check_shape(read_array(vol, "spacing", where).reshape(-1), (3,), f"{vol.name}/spacing", where)
@@ -81,7 +82,7 @@ def deepfluoro_volume(group, where: str, labels: bool = True):
     lab = names = None
     if labels and "vol-seg" in group:
         seg = need(group, "vol-seg/image/pixels", where)
-        lab = np.asarray(seg[()]).transpose(2, 1, 0).astype(np.int64)
+        lab = read_numbers(seg, where).transpose(2, 1, 0).astype(np.int64)
         if lab.shape != data.shape:
             raise InputError(f"{where}: segmentation shape {lab.shape[::-1]} differs from the volume's {data.shape[::-1]}")
         names = {}
@@ -210,7 +211,7 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         """(H, W) float32 raw intensities as stored (no rotation)."""
         g, key = self._proj(idx)
         pix = need(g, "image/pixels", self._where)
-        a = np.asarray(pix[()], dtype=np.float32)
+        a = read_numbers(pix, self._where).astype(np.float32)
         if a.shape != (self.height, self.width):
             raise InputError(
                 f"{self._where}: projection {key} is {a.shape[0]}×{a.shape[1]} pixels but proj-params describe a "

@@ -29,7 +29,7 @@ from xraypose.camera import Camera
 from xraypose.converters import pose_from_negative_focal
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import H5Backed, check_rigid_pose, check_shape, need, read_array, read_scalar
+from xraypose.datasets._h5 import H5Backed, check_rigid_pose, check_shape, need, read_array, read_numbers, read_scalar
 
 __all__ = ["LjubljanaDataset", "LJUBLJANA_VIEWS", "LJUBLJANA_FILENAME"]
 
@@ -93,7 +93,7 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         pix = need(g, "volume/pixels", self._where)
         if pix.ndim != 3:
             raise InputError(f"{self._where}: '{pix.name}' must be 3D, got shape {pix.shape}")
-        raw = np.asarray(pix[()])
+        raw = read_numbers(pix, self._where)
         check_voxel_values(raw, f"{self._where}: '{pix.name}'")  # before float32 turns 1e300 into inf
         data = raw.astype(np.float32)
         sp = check_shape(read_array(g, "volume/spacing", self._where).reshape(-1), (3,), "volume/spacing", self._where)
@@ -135,7 +135,7 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
 
     def raw_image(self, idx) -> torch.Tensor:
         v = self._view(idx)
-        a = np.asarray(self._file[self.subject_id][f"proj-{v}/pixels"][()], dtype=np.float32)
+        a = read_numbers(self._file[self.subject_id][f"proj-{v}/pixels"], self._where).astype(np.float32)
         return torch.from_numpy(a)
 
     def _plan(self, idx, size=None) -> GeometryPlan:
