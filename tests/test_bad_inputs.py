@@ -844,6 +844,24 @@ add("case-sidecar-reverse-string", ("reverse_x_axis",), lambda d, o: with_case(
     d, o, sidecar=side(reverse_x_axis="false")))
 add("case-sidecar-height-abc", ("height", "abc"), lambda d, o: with_case(d, o, sidecar=side(height="abc")))
 add("case-specimen-given", "--specimen", lambda d, o: evaluate_args(case_folder(d), o, "--specimen", "1"))
+for _name in ("fiducials.csv", "poses.json", "rig.json"):  # a folder of that name was passed over: no metrics, no
+    # ground truth, no rig, silently
+    add(f"case-{_name.split('.')[0]}-folder", (_name, "folder"), lambda d, o, n=_name: evaluate_args(
+        _folder_named(case_folder(d), n), o))
+add("case-rig-camera-other-size", ("rig.json", "64 × 64", "32 × 32"), lambda d, o: evaluate_args(_with_rig(
+    case_folder(d), {"views": {"a.npy": {"camera_to_rig": np.eye(4).tolist(), "camera": {
+        "sdd_mm": 1000.0, "delx_mm": 2.0, "height": 64, "width": 64}}}}), o))  # rig.json's intrinsics were ignored
+
+
+def _folder_named(root: Path, name: str) -> Path:
+    (root / name).unlink(missing_ok=True)
+    (root / name).mkdir()
+    return root
+
+
+def _with_rig(root: Path, doc: dict) -> Path:
+    (root / "rig.json").write_text(json.dumps(doc))
+    return root
 
 
 def _rm_tree(p: Path) -> Path:

@@ -72,3 +72,24 @@ def test_a_rig_is_not_sharded(rig_case, tmp_path):
     with pytest.raises(InputError, match="one process"):
         evaluate(es, tmp_path / "e", perturbed_starts(5.0, 20.0, es.isocenter), quiet=True,
                  shards=Shards(rank=0, world=2))
+
+
+def test_a_views_intrinsics_in_rig_json_come_before_the_xray_files(rig_case, tmp_path):
+    """As ``register --rig`` takes them: evaluate ignored rig.json's intrinsics (the sidecar's were registered with,
+    silently) and let a view of another size than its X-ray pass."""
+    import shutil
+
+    case = tmp_path / "case"
+    shutil.copytree(rig_case, case)
+    doc = json.loads((case / "rig.json").read_text())
+    side = json.loads((case / "xrays" / "lateral.json").read_text())
+    doc["views"]["lateral.npy"]["camera"] = {"sdd_mm": side["sdd_mm"] + 50.0, "delx_mm": side["delx_mm"],
+                                             "height": 96, "width": 96 + 16}
+    (case / "rig.json").write_text(json.dumps(doc))
+    es = load_eval_set(case, size=None)
+    assert [c.camera.sdd for c in es.cases if c.name == "lateral.npy"] == [side["sdd_mm"] + 50.0]
+    doc["views"]["lateral.npy"]["camera"]["height"] = 64
+    (case / "rig.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"rig.json: key 'views/lateral.npy' describes a 64 × 112 detector but its "
+                                         r"X-ray is 96 × 112 pixels"):
+        load_eval_set(case, size=None)

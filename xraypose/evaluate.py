@@ -249,14 +249,20 @@ def _case_folder_set(path: Path, size: int | None) -> EvalSet:
     from xraypose.datasets import load_case
 
     case = load_case(path, preprocess=False)
-    rig = None
-    if (path / "rig.json").is_file():  # the X-rays are views of one rig: registered together
+    rig, xrays = None, case.xrays
+    if (path / "rig.json").exists():  # the X-rays are views of one rig: registered together (a folder: refused)
+        from dataclasses import replace
+
         from xraypose.rig import read_rig
 
-        rig = read_rig(path / "rig.json").match(case.names)
+        the_rig = read_rig(path / "rig.json")
+        rig = the_rig.match(case.names)
+        # the views' intrinsics first, as register --rig takes them (a size that contradicts the X-ray refused)
+        cams = the_rig.cameras(rig, [xr.shape for xr in xrays], [xr.camera for xr in xrays])
+        xrays = [replace(xr, camera=c) for xr, c in zip(xrays, cams)]
     cases, blurs = [], []
     for i, name in enumerate(case.names):
-        xr = case.xrays[i]
+        xr = xrays[i]
         pre = {"rescale": True, "blur": (5, _BLUR_PX)}  # as `xraypose register` does by default
         if size is not None and xr.shape[0] > size:
             pre["size"] = (size, max(1, round(xr.shape[1] * size / xr.shape[0])))

@@ -202,10 +202,10 @@ def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
             processed.append(xr.preprocess(**(preprocess if isinstance(preprocess, dict) else {})))
     names = [p.name for p in files]
     fid_names, fids = [], None
-    if (root / "fiducials.csv").is_file():
+    if (root / "fiducials.csv").exists():  # a folder of that name is refused, not passed over (no metrics)
         fid_names, fids = read_fiducials_csv(root / "fiducials.csv")
     poses = {}
-    if (root / "poses.json").is_file():
+    if (root / "poses.json").exists():  # a folder of that name is refused, not passed over (no ground truth)
         poses = _read_poses(root / "poses.json")
         unknown = sorted(set(poses) - set(names))
         if unknown:
