@@ -1104,6 +1104,17 @@ for _name, _edit, _words in [
         d, o, None, None, "--init", "model", "--model", str(checkpoint(d, e))))
     add(f"info-model-{_name}", _words, lambda d, o, e=_edit: ["info", str(checkpoint(d, e))])
 
+
+
+def _resume_from_a_model_file(d: Path, o: Path) -> list:
+    """``train --resume`` where NAME.last.pt is a model file (copied over it): ``KeyError: 'config'`` escaped."""
+    model = checkpoint(d, lambda ck: None)
+    (d / "model.last.pt").write_bytes(model.read_bytes())
+    return ["train", str(ct(d)), "-o", str(model), "--resume", "--steps", "1", "--quiet"]  # the files in d: unchanged
+
+
+add("train-resume-a-model-file", ("model.last.pt", "no training state to resume"), _resume_from_a_model_file)
+
 # ---- TOML configs ---------------------------------------------------------------------------------------------
 for _name, _cmd, _text, _words in [
     ("blur-nan", "register", "blur = nan\n", ("blur", "nan", "config")),

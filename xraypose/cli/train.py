@@ -65,8 +65,8 @@ def train_command(
 
     xraypose train sample -o model.pt --minutes 10
     """
-    from xraypose.model import read_checkpoint
     from xraypose.train import TrainConfig, load_config, output_paths, train
+    from xraypose.train.run import read_training_state
 
     start = TrainConfig.from_dict({"preset": preset}) if preset is not None else None
     if config is not None:
@@ -74,7 +74,7 @@ def train_command(
     elif start is not None:
         base = start
     elif resume and output_paths(output)["last"].exists():
-        base = TrainConfig.from_dict(read_checkpoint(output_paths(output)["last"])["config"])
+        base = TrainConfig.from_dict(read_training_state(output_paths(output)["last"])["config"])
     else:
         base = TrainConfig()
     d = base.to_dict()

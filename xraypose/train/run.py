@@ -101,9 +101,7 @@ def _resume_state(cfg: TrainConfig, given: bool, last: Path, world: int) -> tupl
     ``given``; any other difference is an error)."""
     if not last.exists():
         raise InputError(f"nothing to resume: {last} does not exist")
-    state = read_checkpoint(last)
-    if "optimizer" not in state:
-        raise InputError(f"{last} holds no training state to resume")
+    state = read_training_state(last)
     saved = TrainConfig.from_dict(state["config"])
     if given:
         new = cfg.to_dict()
@@ -117,6 +115,16 @@ def _resume_state(cfg: TrainConfig, given: bool, last: Path, world: int) -> tupl
         raise InputError(f"{last} was written by {state.get('world_size')} processes; "
                          f"resume with the same number (got {world})")
     return saved, state
+
+
+def read_training_state(last) -> dict:
+    """The checkpoint ``last`` (``OUTPUT.last.pt``) when it holds a training state to resume: its optimiser and its
+    configuration (a model file copied in its place has neither: ``KeyError: 'config'`` escaped the CLI)."""
+    state = read_checkpoint(last)
+    if "optimizer" not in state or not isinstance(state.get("config"), dict):
+        raise InputError(f"{last} holds no training state to resume (no optimiser or configuration: a model file, "
+                         "not the NAME.last.pt a training writes)")
+    return state
 
 
 def _device(cfg: TrainConfig, local_rank: int) -> tuple[torch.device, bool]:
