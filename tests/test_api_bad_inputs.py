@@ -492,3 +492,79 @@ def test_config_checks_keep_what_the_code_base_uses():
     assert RegistrationConfig(parameterization="euler_angles", convention="zxz").convention == "zxz"
     for c in (RegistrationConfig(), cfg, RegistrationConfig(levels=(lv,), adam_betas=[0.0, 0.5])):
         assert RegistrationConfig(**json.loads(json.dumps(c.to_dict()))) == c
+
+
+# --------------------------------------------------------------------------
+# register_xray, Registrar.register_views and track_sequence: arguments of the wrong kind
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(antipodal="no"), "antipodal = 'no' must be true or false"),  # was true: antipodal starts added
+    (dict(confidence="no"), "confidence = 'no' must be true or false"),  # was true: checked
+    (dict(hypotheses=0), "hypotheses = 0 must be true or false"),
+    (dict(registrar="fast"), "registrar must be an xraypose Registrar, got str"),  # AttributeError ('register')
+    (dict(image=np.array([[None] * 16] * 16)), "image must be an array or tensor of numbers, got ndarray of object"),
+    (dict(image="complex"), "image must hold real numbers, got torch.complex64"),  # NotImplementedError ('max_values')
+    (dict(init="complex"), "init: start poses must hold real numbers, got torch.complex64"),  # the imaginary part
+    # dropped with a warning, registered
+    (dict(masks="mask.png"), "masks must be an array or tensor of numbers, got str"),  # torch's TypeError
+    (dict(true_pose="truth.json"), "true_pose must be an array or tensor of numbers, got str"),
+    (dict(fiducials="f.csv"), "fiducials must be an array or tensor of numbers, got str"),  # TypeError, after the
+    # registration
+])
+def test_register_xray_names_an_argument_of_the_wrong_kind(sample_ct, registrar, image, cam, pose, kw, words):
+    from xraypose.register import register_xray
+
+    args = dict(image=image, init=pose, registrar=registrar, confidence=False)
+    if "fiducials" in kw:
+        args["true_pose"] = pose
+    for k in ("image", "init"):
+        if isinstance(kw.get(k), str) and kw[k] == "complex":
+            kw = {k: args[k].to(torch.complex64)}
+    args |= kw
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        register_xray(sample_ct, args.pop("image"), cam, args.pop("init"), **args)
+
+
+def test_registrar_names_views_and_cameras_of_the_wrong_kind(registrar, image, cam, pose):
+    for call, words in [
+        (lambda: registrar.register(image, None, pose[None]), "camera must be an xraypose Camera, got NoneType"),
+        # (AttributeError 'height')
+        (lambda: registrar.register_views(image[None, None], pose[None]), "views must be a list of (images, camera, "
+                                                                           "camera_to_rig) or (images, camera, "
+                                                                           "camera_to_rig, masks) tuples, got Tensor"),
+        # (RuntimeError: Boolean value of Tensor with more than one value is ambiguous)
+        (lambda: registrar.register_views([(image, cam)], pose[None]), "view 0 must be (images, camera, camera_to_rig)"
+                                                                        " or (images, camera, camera_to_rig, masks), "
+                                                                        "got 2 elements"),  # a TypeError
+    ]:
+        with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+            call()
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(start="3x4"), "start must be one pose (4, 4) (of frame 0), got shape (3, 4)"),  # torch's reshape error
+    (dict(start="2 poses"), "start must be one pose (4, 4) (of frame 0), got shape (2, 4, 4)"),
+    (dict(frames="seq.tif"), "frames must be an array or tensor of numbers, got str"),  # torch's TypeError
+    (dict(confidence="no"), "confidence = 'no' must be true or false"),  # was true
+    (dict(overlap_check="no"), "overlap_check = 'no' must be true or false"),  # was true
+    (dict(vouch_failed="no"), "vouch_failed = 'no' must be true or false"),  # was true
+    (dict(tracking_levels=5), "tracking_levels must be a list of Level objects, got int"),  # TypeError
+    (dict(progress=5), "progress must be None or a callable progress(FrameResult), got int"),  # TypeError after a
+    # frame's registration
+    (dict(registrar="reg"), "registrar must be an xraypose Registrar, got str"),  # AttributeError ('config')
+    (dict(views="frames too"), "give frames and their camera, or views, not both"),  # the frames passed over
+])
+def test_track_sequence_names_an_argument_of_the_wrong_kind(registrar, image, cam, pose, kw, words):
+    from xraypose.register.tracking import track_sequence
+
+    frames = torch.stack([image, image])
+    args = dict(registrar=registrar, frames=frames, camera=cam, start=pose, confidence=False, overlap_check=False)
+    args |= kw
+    if isinstance(args["start"], str):
+        args["start"] = {"3x4": pose[:3], "2 poses": torch.stack([pose, pose])}[args["start"]]
+    if args.get("views") == "frames too":
+        args["views"] = [(frames[:, None], cam, torch.eye(4))]
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        track_sequence(args.pop("registrar"), args.pop("frames"), args.pop("camera"), args.pop("start"), **args)

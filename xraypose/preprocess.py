@@ -186,10 +186,28 @@ def as_image(img, what: str = "X-ray image") -> torch.Tensor:
     return t
 
 
+def as_real_tensor(value, what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.as_tensor(value, dtype)`` of an array argument (an image, a mask, poses, points); an
+    :class:`InputError` naming ``what`` when it holds no numbers (a text, a file name, an object array: torch's
+    TypeError) or complex ones (a cast to a real dtype dropped their imaginary part with a warning)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and (
+            value.is_complex() if isinstance(value, torch.Tensor) else np.iscomplexobj(value)):
+        raise InputError(f"{what} must hold real numbers, got {value.dtype}")
+    try:
+        t = torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        kind = f" of {value.dtype}" if isinstance(value, np.ndarray) else ""
+        raise InputError(f"{what} must be an array or tensor of numbers, got {type(value).__name__}{kind}") from None
+    if t.is_complex():
+        raise InputError(f"{what} must hold real numbers, got {t.dtype}")
+    return t
+
+
 def image_batch(image, what: str = "X-ray") -> torch.Tensor:
     """``image`` as a batch ``(B, 1, H, W)``: (H, W) → (1, 1, H, W), (B, H, W) → (B, 1, H, W), (B, 1, H, W)
-    as it is (a tensor, the dtype kept); :class:`InputError` naming ``what`` for any other shape."""
-    img = torch.as_tensor(image)
+    as it is (a tensor, the dtype kept); :class:`InputError` naming ``what`` for any other shape, or for
+    values that are no real numbers (:func:`as_real_tensor`)."""
+    img = as_real_tensor(image, what)
     if img.dim() == 2:
         img = img[None, None]
     elif img.dim() == 3:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from xraypose.camera import Camera
-from xraypose._checks import check_instance
+from xraypose._checks import check_flag, check_instance
 from xraypose.errors import InputError
 from xraypose.geometry import check_rigid
-from xraypose.preprocess import check_not_channels_last
+from xraypose.preprocess import as_real_tensor, check_not_channels_last
 from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
@@ -204,8 +204,12 @@ def register_xray(
         hint = ": pass its .image" if isinstance(getattr(image, "image", None), torch.Tensor) else ""
         raise InputError(f"image must be an array or tensor (H, W), (B, H, W) or (B, 1, H, W), got "
                          f"{type(image).__name__}{hint}")
-    imgs = torch.as_tensor(image)
+    imgs = as_real_tensor(image, "image")
     check_not_channels_last(imgs, camera)
+    for flag, value in (("antipodal", antipodal), ("confidence", confidence), ("hypotheses", hypotheses)):
+        check_flag(flag, value, prefix="")  # a text 'no' was taken as true
+    if registrar is not None:
+        check_instance("registrar", registrar, Registrar)
     reg = registrar or Registrar(volume, config)
     if imgs.dim() == 2:
         imgs = imgs[None, None]
@@ -214,7 +218,7 @@ def register_xray(
     B = imgs.shape[0]
     truth = None
     if true_pose is not None:
-        truth = torch.as_tensor(true_pose, dtype=F64)
+        truth = as_real_tensor(true_pose, "true_pose", F64)
         if truth.dim() not in (2, 3) or truth.shape[-2:] != (4, 4) or truth.dim() == 3 and truth.shape[0] not in (1, B):
             raise InputError(f"true_pose must be (4, 4) or (B, 4, 4) for B = {B} X-rays, got {tuple(truth.shape)}")
         try:  # a NaN one said 'no bone of the CT projects into the detector'
@@ -222,9 +226,11 @@ def register_xray(
         except InputError as e:
             raise InputError(f"true_pose: {e}") from None
         truth = truth.reshape(-1, 4, 4).expand(B, 4, 4)
+    if fiducials is not None:  # before the registration, not after it
+        fiducials = as_real_tensor(fiducials, "fiducials", F64)
     starts, init_s = _starts(reg, imgs, camera, init, antipodal)
     if masks is not None:
-        masks = torch.as_tensor(masks, dtype=torch.float32)
+        masks = as_real_tensor(masks, "masks", torch.float32)
         masks = masks.reshape(1, 1, *masks.shape) if masks.dim() == 2 else masks
     res = reg.register(imgs, camera, starts, masks=masks)
     picks = [(res, b) for b in range(B)]  # where each X-ray's result comes from
@@ -264,6 +270,9 @@ def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):
     else:
         starts = init
         init_s = 0.0
+    if isinstance(starts, (torch.Tensor, np.ndarray)) and (
+            starts.is_complex() if isinstance(starts, torch.Tensor) else np.iscomplexobj(starts)):
+        raise InputError(f"init: start poses must hold real numbers, got {starts.dtype}")  # the cast dropped them
     try:
         starts = torch.as_tensor(starts, dtype=F64)
     except (TypeError, ValueError, RuntimeError):
@@ -300,7 +309,7 @@ def _add_truth(r: Registration, volume: Volume, camera: Camera, truth: torch.Ten
     """The errors of ``r``'s start and result against ``truth`` (4, 4) at the fiducials (or bone points)."""
     fid = fiducials
     if fid is not None:
-        fid = torch.as_tensor(fid, dtype=F64)
+        fid = as_real_tensor(fid, "fiducials", F64)
         if fid.dim() == 3:
             fid = fid[b]
     else:

@@ -549,8 +549,16 @@ class Registrar:
             camera_to_world is ``poses @ camera_to_rig_i``.
         """
         c = self.config
+        if not isinstance(views, (list, tuple)):  # a tensor of images: 'Boolean value of Tensor … is ambiguous'
+            raise InputError(f"views must be a list of (images, camera, camera_to_rig) or (images, camera, "
+                             f"camera_to_rig, masks) tuples, got {type(views).__name__}")
         if not views:
             raise InputError("no X-ray to register")
+        for i, v in enumerate(views):
+            if not isinstance(v, (list, tuple)) or len(v) not in (3, 4):
+                got = f"{len(v)} elements" if isinstance(v, (list, tuple)) else type(v).__name__
+                raise InputError(f"view {i} must be (images, camera, camera_to_rig) or (images, camera, camera_to_rig, "
+                                 f"masks), got {got}")
         n_capture = next((i for i, lv in enumerate(c.levels) if lv.optimizer != "adam"), len(c.levels))
         if len(views) > 1 and c.rig_capture != "joint" and 0 < n_capture < len(c.levels):
             return self._capture_then_joint(views, initial_poses, curvature, n_capture)
@@ -729,6 +737,7 @@ class Registrar:
         from xraypose.similarity import check_image
 
         what = "X-ray" if n == 1 else f"view {i}"
+        check_instance("camera", camera, Camera)  # None raised AttributeError ('height')
         if hasattr(images, "shape"):  # a tensor or an array
             check_not_channels_last(torch.as_tensor(images), camera, f"{what}: image")
         imgs = image_batch(images, f"{what}: X-rays")

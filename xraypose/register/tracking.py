@@ -62,7 +62,7 @@ import torch
 
 from xraypose.errors import InputError
 from xraypose.geometry.geodesics import geodesic_rotation
-from xraypose.preprocess import image_batch
+from xraypose.preprocess import as_real_tensor, image_batch
 from xraypose.register.config import Level
 from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
 
@@ -206,7 +206,7 @@ def _sequence_views(frames, camera, views, masks=None) -> list:
     if views is None:
         if frames is None or camera is None:
             raise InputError("give frames and their camera, or views")
-        imgs = torch.as_tensor(frames)
+        imgs = as_real_tensor(frames, "frames")
         if imgs.dim() == 3:
             imgs = imgs[:, None]
         if imgs.dim() != 4 or imgs.shape[1] != 1:
@@ -214,6 +214,8 @@ def _sequence_views(frames, camera, views, masks=None) -> list:
         views = [(imgs, camera, None, masks)]
     elif masks is not None:
         raise InputError("give the masks of a rig's frames in its views (a 4th element per view), not as masks=")
+    elif frames is not None or camera is not None:  # the frames were passed over for the views', silently
+        raise InputError("give frames and their camera, or views, not both")
     n_frames = int(torch.as_tensor(views[0][0]).shape[0])
     if n_frames == 0:
         raise InputError("the sequence has no frame")
@@ -457,13 +459,28 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     Returns:
         one :class:`FrameResult` per frame.
     """
+    from xraypose._checks import check_flag, check_instance
+    from xraypose.register.optimizer import Registrar
+
+    check_instance("registrar", registrar, Registrar)
     if motion not in MOTIONS:
         raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
+    # flags: a text 'no' was taken as true
+    for flag, value in (("confidence", confidence), ("vouch_failed", vouch_failed)) + (
+            (("overlap_check", overlap_check),) if overlap_check is not None else ()):
+        check_flag(flag, value, prefix="")
+    if progress is not None and not callable(progress):  # it raised TypeError after the first frame's work
+        raise InputError(f"progress must be None or a callable progress(FrameResult), got {type(progress).__name__}")
+    if not isinstance(tracking_levels, (list, tuple)):
+        raise InputError(f"tracking_levels must be a list of Level objects, got {type(tracking_levels).__name__}")
     views = _sequence_views(frames, camera, views, masks)
     n_frames = int(torch.as_tensor(views[0][0]).shape[0])
     if start is None:
         raise InputError("give the start pose of the first frame")
-    T_start = torch.as_tensor(start, dtype=F64).reshape(4, 4)
+    T_start = as_real_tensor(start, "start", F64)
+    if tuple(T_start.shape) not in ((4, 4), (1, 4, 4)):  # torch's reshape error, or a batch's first pose
+        raise InputError(f"start must be one pose (4, 4) (of frame 0), got shape {tuple(T_start.shape)}")
+    T_start = T_start.reshape(4, 4)
     overlap = bool(confidence) and ((os.cpu_count() or 1) >= 2 if overlap_check is None else bool(overlap_check))
     if not (isinstance(tracking_tol_px, (int, float)) and math.isfinite(tracking_tol_px) and tracking_tol_px > 0):
         raise InputError(f"tracking_tol_px must be a finite number > 0, got {tracking_tol_px!r}")
