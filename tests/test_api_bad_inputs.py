@@ -568,3 +568,20 @@ def test_track_sequence_names_an_argument_of_the_wrong_kind(registrar, image, ca
         args["views"] = [(frames[:, None], cam, torch.eye(4))]
     with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
         track_sequence(args.pop("registrar"), args.pop("frames"), args.pop("camera"), args.pop("start"), **args)
+
+
+def test_camera_resize_and_from_dict_name_a_bad_value():
+    """resize(8.5, 8) was an 8×8 detector, resize('8', 8) too (int() of either); from_dict of a text raised
+    'string indices must be integers', and a reverse_x_axis 'false' was bool('false'): mirrored."""
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=25.0)
+    for h, w in [(8.5, 8), ("8", 8), (8, True)]:
+        with pytest.raises(InputError, match="^" + re.escape(f"cannot resize the detector to {h!r}×{w!r} pixels "
+                                                             "(whole numbers of pixels)") + "$"):
+            cam.resize(h, w)
+    assert cam.resize(np.int64(8), 8.0) == cam.resize(8, 8)  # NumPy's and whole floats: numbers of pixels
+    with pytest.raises(InputError, match=r"^camera description must be a dict of intrinsics \(sdd_mm, delx_mm, "
+                                         r"height, width\), got str$"):
+        Camera.from_dict("camera.json")
+    with pytest.raises(InputError, match="^" + re.escape("reverse_x_axis = 'false' must be true or false") + "$"):
+        Camera.from_dict({**cam.to_dict(), "reverse_x_axis": "false"})
+    assert Camera.from_dict(cam.to_dict()) == cam

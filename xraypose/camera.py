@@ -157,6 +157,11 @@ class Camera:
         u' = (u + 0.5)·W'/W − 0.5.
         """
         width = height if width is None else width
+        for v in (height, width):  # int() read a text '8', and cut 8.5 to 8
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) and not (
+                    isinstance(v, float) and v.is_integer()):
+                raise InputError(f"cannot resize the detector to {height!r}×{width!r} pixels "
+                                 "(whole numbers of pixels)")
         if int(height) < 1 or int(width) < 1:
             raise InputError(f"cannot resize the detector to {height}×{width} pixels (zero-size image)")
         return replace(
@@ -247,11 +252,16 @@ class Camera:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Camera":
+        """The Camera of :meth:`to_dict`'s description (its values checked as the constructor's: a
+        ``reverse_x_axis`` of ``"false"`` was ``bool("false")``, mirrored)."""
+        if not isinstance(d, dict):  # a text: 'string indices must be integers'
+            raise InputError(f"camera description must be a dict of intrinsics (sdd_mm, delx_mm, height, width), "
+                             f"got {type(d).__name__}")
         try:
             return cls(
                 sdd=d["sdd_mm"], height=d["height"], width=d["width"], delx=d["delx_mm"],
                 dely=d.get("dely_mm"), x0=d.get("x0_mm", 0.0), y0=d.get("y0_mm", 0.0),
-                reverse_x_axis=bool(d.get("reverse_x_axis", False)),
+                reverse_x_axis=d.get("reverse_x_axis", False),
             )
         except KeyError as e:
             raise InputError(f"camera description lacks the key {e.args[0]!r}") from None
