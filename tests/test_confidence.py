@@ -574,6 +574,37 @@ def test_the_check_renders_the_registrars_cached_channels(sample_ct, registrar, 
         assert first[0][k] == pytest.approx(second[0][k], abs=1e-9)
 
 
+def test_the_checks_neighbours_linearised_give_the_rendered_ones_verdicts(sample_ct, registrar, maker, case,
+                                                                          monkeypatch):
+    """The check's six neighbours a quarter pixel from the result are the DRR linearised along the chart (one
+    render with the fused kernel's pose derivatives) instead of six more renders: the same verdicts and
+    image signals, the curvature's within a few per cent (the differences are the trilinear cells' kinks)
+    — at the true pose and 3 mm across the beam.  Scaled wrong (a step not taken as the chart's), the
+    sharpness would move by the scale."""
+    import xraypose.register.confidence as conf
+
+    T = case.true_pose.to(F64)
+    D = torch.eye(4, dtype=F64)
+    D[:3, 3] = 3.0 * T[:3, 0]
+    poses = torch.stack([T, D @ T])
+    img = torch.as_tensor(case.image).reshape(1, 1, *case.image.shape[-2:]).expand(2, 1, -1, -1)
+    calls = []
+    real = conf.render_with_tangents
+    monkeypatch.setattr(conf, "render_with_tangents", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lin = assess(registrar, img, case.camera, poses)
+    assert len(calls) == 1  # one render for both poses and their neighbours
+    monkeypatch.setattr(conf, "analytic_tangents", lambda density: False)
+    rendered = assess(registrar, img, case.camera, poses)
+    assert len(calls) == 1
+    for a, b in zip(lin, rendered):
+        assert a.verdict == b.verdict and a.p_success == pytest.approx(b.p_success, abs=0.05)
+        for k in ("ncc", "gncc", "local_ncc", "explained", "coverage", "bone_multiplier"):
+            assert a.signals[k] == pytest.approx(b.signals[k], abs=1e-6), k
+        assert a.signals["sharp_mm"] == pytest.approx(b.signals["sharp_mm"], rel=0.05)
+        assert a.signals["flat_mm"] == pytest.approx(b.signals["flat_mm"], rel=0.25)
+    assert lin[0].verdict == "ok" and lin[1].verdict != "ok"
+
+
 def test_a_pose_3mm_off_in_the_image_plane_is_not_ok(sample_ct):
     """The near miss the model alone calls ``ok`` (P 0.65–0.72 on these pelvis X-rays): the true pose
     moved 3 mm across the beam.  The guard on the Gauss–Newton step (``gn_step_mm`` ≤ 1.2 mm for

@@ -188,6 +188,16 @@ def render_with_tangents(
     return img, d.to(img.dtype)
 
 
+def analytic_tangents(density: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether :func:`render_with_tangents` differentiates ``density`` (C, I, J, K) analytically (the fused CPU
+    kernel, float32 poses) rather than by central differences of :func:`render` (a steadier derivative for
+    steps of a fraction of a pixel: the differences of float32 renders are not)."""
+    from xraypose.render.backends import cpu
+
+    return (isinstance(density, torch.Tensor) and density.dim() == 4 and density.dtype == torch.float32
+            and resolve(backend, "trilinear", density.device) == "cpu" and cpu.fits_fast_path(density))
+
+
 def _per_pose(renderer: str, n_samples, B: int) -> bool:
     """Whether a batch is rendered pose by pose: trilinear sampling by a step (``n_samples`` None) takes its
     number of samples from the longest chord, and a batch's longest chord would set it for every pose in the
