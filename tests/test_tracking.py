@@ -622,6 +622,33 @@ def test_cli_track_air_floor_reaches_the_later_frames_and_is_range_checked(tmp_p
     assert "--air-floor (the air floor) must be a number" in capsys.readouterr().err
 
 
+def test_cli_track_runs_two_threads_by_default_where_there_are_two_cpus(tmp_path, sequence, capsys, monkeypatch):
+    """`xraypose track` without --threads: 2 threads on a machine of two CPUs or more (the check beside the next
+    frame gains from them since it is one render), 1 on one CPU; --threads decides when given."""
+    import os
+
+    from xraypose.cli import main
+
+    seen = []
+    import xraypose.register.tracking as tracking
+    real = tracking.track_sequence
+
+    def spy(registrar, *a, **k):
+        seen.append(registrar.config.num_threads)
+        return real(registrar, *a, **k)
+
+    monkeypatch.setattr(tracking, "track_sequence", spy)
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
+            "--no-confidence"]
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main(args + ["-o", str(tmp_path / "a")]) in (0, 3), capsys.readouterr().err
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert main(args + ["-o", str(tmp_path / "b")]) in (0, 3), capsys.readouterr().err
+    assert main(args + ["-o", str(tmp_path / "c"), "--threads", "1"]) in (0, 3), capsys.readouterr().err
+    assert seen == [2, 1, 1]
+
+
 def test_cli_track_predicts_the_blur_coefficient(tmp_path, sequence, capsys, monkeypatch):
     """--predict-blur: frame 0 registered, the coefficient read on xraypose's simulator there, held for
     every frame and recorded (trajectory.json's blur_prediction and each frame's blur_coefficient); not
