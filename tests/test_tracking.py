@@ -414,15 +414,16 @@ def test_a_sequences_masks_must_match_its_frames(volume, sequence):
         track_sequence(reg, None, start=sequence["start"], views=[(frames, cam, None)], masks=masks)
 
 
-def _tracked_argument(monkeypatch, name: str) -> list:
-    """Each call of track_sequence (as the CLI makes it) records its keyword ``name`` in the list returned."""
+def _tracked_argument(monkeypatch, name: str | None = None, read=None) -> list:
+    """Each call of track_sequence (as the CLI makes it) records its keyword ``name`` — or ``read(args, kwargs)`` —
+    in the list returned."""
     import xraypose.register.tracking as tracking
 
     seen = []
     real = tracking.track_sequence
 
     def spy(*a, **k):
-        seen.append(k.get(name))
+        seen.append(read(a, k) if read is not None else k.get(name))
         return real(*a, **k)
 
     monkeypatch.setattr(tracking, "track_sequence", spy)
@@ -629,15 +630,7 @@ def test_cli_track_runs_two_threads_by_default_where_there_are_two_cpus(tmp_path
 
     from xraypose.cli import main
 
-    seen = []
-    import xraypose.register.tracking as tracking
-    real = tracking.track_sequence
-
-    def spy(registrar, *a, **k):
-        seen.append(registrar.config.num_threads)
-        return real(registrar, *a, **k)
-
-    monkeypatch.setattr(tracking, "track_sequence", spy)
+    seen = _tracked_argument(monkeypatch, read=lambda a, k: a[0].config.num_threads)  # the registrar's
     run = _save_sequence(tmp_path / "in", sequence, n=2)
     args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast",
             "--no-confidence"]
