@@ -5,7 +5,8 @@ whether the pose is right.  This module looks at the *result*:
 
 1. :func:`measure_signals` renders the DRR at the registered pose on a fixed check level
    (:data:`CHECK_LEVEL`: 96 rows, the CT averaged to 2 mm, the bone multiplier fitted to the
-   X-ray) and six poses a quarter pixel away from it, and measures (:data:`SIGNALS`): how well
+   X-ray) and at six poses a quarter pixel away from it (the DRR linearised there, from the same render's
+   pose derivatives: :func:`_render_about`), and measures (:data:`SIGNALS`): how well
    the DRR matches the X-ray globally and locally (NCC, gradient NCC, patch NCC), how much of the
    X-ray's edges the DRR explains, the structure left in the difference image, the sharpness of
    the optimum (the Gauss–Newton curvature JᵀJ of the similarity's residual in a local se(3)
