@@ -368,8 +368,9 @@ def test_objects_of_the_wrong_type_are_named(sample_ct, cam, pose, image, regist
         (lambda: register_xray(sample_ct, preprocess(image, cam), cam, pose, registrar=registrar),
          "got Preprocessed: pass its .image"),
         (lambda: register_xray(sample_ct, image, cam, None, registrar=registrar),
-         "init must be start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser, got NoneType"),
-        (lambda: register_xray(sample_ct, image, cam, "pose.json", registrar=registrar), "init must be start poses"),
+         "init (start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser) must be an array or tensor of "
+         "numbers, got NoneType"),
+        (lambda: register_xray(sample_ct, image, cam, "pose.json", registrar=registrar), "init (start poses"),
         (lambda: preprocess(image, "cam"), "camera must be an xraypose Camera or None, got str"),
     ]:
         with pytest.raises(InputError, match=re.escape(words)):
@@ -506,7 +507,8 @@ def test_config_checks_keep_what_the_code_base_uses():
     (dict(registrar="fast"), "registrar must be an xraypose Registrar, got str"),  # AttributeError ('register')
     (dict(image=np.array([[None] * 16] * 16)), "image must be an array or tensor of numbers, got ndarray of object"),
     (dict(image="complex"), "image must hold real numbers, got torch.complex64"),  # NotImplementedError ('max_values')
-    (dict(init="complex"), "init: start poses must hold real numbers, got torch.complex64"),  # the imaginary part
+    (dict(init="complex"), "init (start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser) must hold "
+                          "real numbers, got torch.complex64"),  # the imaginary part
     # dropped with a warning, registered
     (dict(masks="mask.png"), "masks must be an array or tensor of numbers, got str"),  # torch's TypeError
     (dict(true_pose="truth.json"), "true_pose must be an array or tensor of numbers, got str"),

@@ -588,9 +588,11 @@ def test_the_checks_neighbours_linearised_give_the_rendered_ones_verdicts(sample
     D[:3, 3] = 3.0 * T[:3, 0]
     poses = torch.stack([T, D @ T])
     img = torch.as_tensor(case.image).reshape(1, 1, *case.image.shape[-2:]).expand(2, 1, -1, -1)
+    import xraypose.register.objective as objective
+
     calls = []
-    real = conf.render_with_tangents
-    monkeypatch.setattr(conf, "render_with_tangents", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = objective.render_with_tangents
+    monkeypatch.setattr(objective, "render_with_tangents", lambda *a, **k: calls.append(1) or real(*a, **k))
     lin = assess(registrar, img, case.camera, poses)
     assert len(calls) == 1  # one render for both poses and their neighbours
     monkeypatch.setattr(conf, "analytic_tangents", lambda density: False)

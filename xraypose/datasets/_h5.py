@@ -106,18 +106,19 @@ def need(group, path: str, where: str):
 
 
 def read_array(group, path: str, where: str, dtype=np.float64) -> np.ndarray:
-    ds = need(group, path, where)
-    try:
-        return np.asarray(ds[()], dtype=dtype)
-    except (TypeError, ValueError, AttributeError):
-        raise InputError(f"{where}: HDF5 path '{group.name.rstrip('/')}/{path}' is not a numeric dataset") from None
+    """``group[path]``'s values as ``dtype`` (:func:`need`, :func:`read_numbers`)."""
+    return read_numbers(need(group, path, where), where).astype(dtype, copy=False)
 
 
 def read_numbers(ds, where: str) -> np.ndarray:
-    """The values of the dataset ``ds`` (image or volume pixels), refused unless numbers (a text dataset's
-    ``astype(float32)`` raised numpy's ValueError)."""
+    """The values of the dataset ``ds`` (image or volume pixels, a pose, a spacing), refused unless it is a dataset
+    of numbers (a text dataset's ``astype(float32)`` raised numpy's ValueError; a group has no values)."""
+    import h5py
+
     from xraypose._checks import is_numeric_dtype
 
+    if not isinstance(ds, h5py.Dataset):
+        raise InputError(f"{where}: HDF5 path '{ds.name}' is not a numeric dataset (a group)")
     if not is_numeric_dtype(ds.dtype):
         raise InputError(f"{where}: HDF5 path '{ds.name}' is not a numeric dataset (dtype {ds.dtype})")
     return np.asarray(ds[()])

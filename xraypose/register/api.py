@@ -270,14 +270,7 @@ def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):
     else:
         starts = init
         init_s = 0.0
-    if isinstance(starts, (torch.Tensor, np.ndarray)) and (
-            starts.is_complex() if isinstance(starts, torch.Tensor) else np.iscomplexobj(starts)):
-        raise InputError(f"init: start poses must hold real numbers, got {starts.dtype}")  # the cast dropped them
-    try:
-        starts = torch.as_tensor(starts, dtype=F64)
-    except (TypeError, ValueError, RuntimeError):
-        raise InputError(f"init must be start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser, got "
-                         f"{type(starts).__name__}") from None
+    starts = as_real_tensor(starts, "init (start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser)", F64)
     if starts.dim() == 2:
         starts = starts[None]
     if antipodal:
@@ -307,9 +300,8 @@ def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: boo
 
 def _add_truth(r: Registration, volume: Volume, camera: Camera, truth: torch.Tensor, fiducials, b: int) -> None:
     """The errors of ``r``'s start and result against ``truth`` (4, 4) at the fiducials (or bone points)."""
-    fid = fiducials
+    fid = fiducials  # a float64 tensor (register_xray's as_real_tensor) or None
     if fid is not None:
-        fid = as_real_tensor(fid, "fiducials", F64)
         if fid.dim() == 3:
             fid = fid[b]
     else:

@@ -51,7 +51,7 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, so3_exp
 from xraypose.preprocess import image_batch
-from xraypose.render import analytic_tangents, render_with_tangents
+from xraypose.render import analytic_tangents
 from xraypose.register.config import SCATTER_MM, Level, torch_threads
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
@@ -408,16 +408,12 @@ def _render_about(registrar, level: Level, imgs: torch.Tensor, camera: Camera, T
     h[:, :3] = (0.25 * pix / RADIUS_MM)[:, None]
     h[:, 3:] = (0.25 * pix)[:, None]
     if analytic_tangents(obj.density):
-        from xraypose.register.steppers import _chart_tangents
+        from xraypose.register.steppers import chart_tangents
 
         Fr = Ts.clone()
         Fr[:, :3, 3] = iso
-        tangents = _chart_tangents(Fr, Ts, h)  # (n, 6, 4, 4): each chart step's first-order pose change
-        with torch.no_grad():
-            d0, d = render_with_tangents(obj.density, obj.affine, obj.camera, Ts.to(torch.float32),
-                                         tangents.to(torch.float32), n_samples=obj.n_samples, step=obj.step)
-            d0 = d0.to(F64)[:, None]
-            drr = obj._finish_drr(torch.cat([d0, d0 + d.to(F64)], 1).reshape(n * 7, *d0.shape[2:]))
+        tangents = chart_tangents(Fr, Ts, h)  # (n, 6, 4, 4): each chart step's first-order pose change
+        drr = obj.render_along(Ts, torch.arange(n), tangents, dtype=F64)  # (7n, C, h, w)
     else:
         allT = torch.cat([Ts[:, None], _chart_poses(Ts, iso, h)], dim=1).reshape(n * 7, 4, 4)
         rows = torch.arange(n).repeat_interleave(7)

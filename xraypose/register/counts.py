@@ -230,9 +230,9 @@ class CountsModel:
             with torch.no_grad():
                 return render(self.density, self.affine, self.cam_f, T, renderer=self.renderer)[0].to(F64), None
         if self.renderer == "trilinear":
-            from xraypose.register.steppers import _chart_tangents
+            from xraypose.register.steppers import chart_tangents
 
-            tg = _chart_tangents(self.frame(P)[None], P[None]).to(torch.float32)
+            tg = chart_tangents(self.frame(P)[None], P[None]).to(torch.float32)
             C, dC = render_with_tangents(self.density, self.affine, self.cam_f, T, tg)
             return C[0].to(F64), dC[0].to(F64)
         # Siddon: forward differences over 1e-3 rad / 0.05 mm (7 renders, not 13), not its exact derivatives

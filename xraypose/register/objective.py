@@ -372,6 +372,22 @@ class LevelObjective:
             q = separable_blur(q, self.kernel, same=False).reshape(n, P, C, S, S).transpose(1, 2)
         return q
 
+    def render_along(self, poses: torch.Tensor, rows: torch.Tensor, tangents: torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(n·(K + 1), C, h, w) blurred DRR channels as :meth:`render` gives them, at ``poses`` (n, 4, 4) (X-rays
+        ``rows`` (n,)) and linearised along each of their ``tangents`` (n, K, 4, 4) — ``drr + ∂drr·tangent_k``,
+        the pose's first, then its K neighbours — from one render with pose derivatives
+        (:func:`~xraypose.render.render_with_tangents`); summed in ``dtype``."""
+        n, K = tangents.shape[:2]
+        uv = None if self.uv is None else self.uv[rows]
+        with torch.no_grad():
+            drr, d = render_with_tangents(self.density, self.affine, self.camera, poses.to(torch.float32),
+                                          tangents.to(torch.float32), uv=uv, n_samples=self.n_samples,
+                                          step=self.step)
+            drr = drr.to(dtype)[:, None]
+            stack = torch.cat([drr, drr + d.to(dtype)], 1).reshape(n * (K + 1), *drr.shape[2:])
+            return self._finish_drr(stack)
+
     def residual_along(self, poses: torch.Tensor, rows: torch.Tensor, tangents: torch.Tensor):
         """Residuals at ``poses`` and at their first-order neighbours, from one render.
 
@@ -387,14 +403,9 @@ class LevelObjective:
         if self.level.fit_air:
             return None
         n, K = tangents.shape[:2]
-        uv = None if self.uv is None else self.uv[rows]
+        rep = lambda x: x.repeat_interleave(K + 1, 0)  # noqa: E731
         with torch.no_grad():
-            drr, d = render_with_tangents(self.density, self.affine, self.camera, poses.to(torch.float32),
-                                          tangents.to(torch.float32), uv=uv, n_samples=self.n_samples,
-                                          step=self.step)
-            stack = torch.cat([drr[:, None], drr[:, None] + d], 1).reshape(n * (K + 1), *drr.shape[1:])
-            rep = lambda x: x.repeat_interleave(K + 1, 0)  # noqa: E731
-            r, _, _ = self._residual_of(self._finish_drr(stack), rep(poses), rep(rows), group=K + 1)
+            r, _, _ = self._residual_of(self.render_along(poses, rows, tangents), rep(poses), rep(rows), group=K + 1)
         return r.reshape(n, K + 1, -1)
 
     def residual(self, poses: torch.Tensor, rows: torch.Tensor):

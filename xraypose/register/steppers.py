@@ -261,7 +261,7 @@ def _chart(frame: torch.Tensor, xi: torch.Tensor, pose: torch.Tensor) -> torch.T
     return frame @ X @ torch.linalg.inv(frame) @ pose
 
 
-def _chart_tangents(frame: torch.Tensor, pose: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+def chart_tangents(frame: torch.Tensor, pose: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
     """(n, 6, 4, 4) derivatives ``∂/∂ξ_k`` of :func:`_chart` at ξ = 0 (``F·G_k·F⁻¹·pose``, G_k the
     generators of se(3) in twist order), each times ``steps[:, k]`` when given (n, 6)."""
     xi = torch.eye(6, dtype=pose.dtype).expand(pose.shape[0], 6, 6) if steps is None else torch.diag_embed(steps)
@@ -296,7 +296,7 @@ class LMStepper(Stepper):
         ev, gT = self._evaluate(T, act, lambda e: 0.5 * e.cost_t)  # LM: ½‖r‖²
         good = ev.ok
         # the gradient in the chart ξ at 0: ⟨∂cost/∂pose, ∂pose/∂ξ_k⟩ with ∂pose/∂ξ_k = F·G_k·F⁻¹·pose
-        grad = torch.nan_to_num(torch.einsum("nij,ndij->nd", gT, _chart_tangents(Fr, cand)), nan=0.0)
+        grad = torch.nan_to_num(torch.einsum("nij,ndij->nd", gT, chart_tangents(Fr, cand)), nan=0.0)
         accepted, retry = [], []
         for j, t in enumerate(act):
             w = t.work
@@ -393,7 +393,7 @@ class LMStepper(Stepper):
         h[:, :3] = (0.1 * pix / self.config.motion_radius_mm)[:, None]
         h[:, 3:] = (0.1 * pix)[:, None]
         rows = torch.tensor([t.xray for t in tracks])
-        tangents = _chart_tangents(Fr, best, h)
+        tangents = chart_tangents(Fr, best, h)
         r = self.obj.residual_along(best, rows, tangents) if self.config.lm_linearised else None
         if r is not None:
             r = r.to(F64)

@@ -160,18 +160,16 @@ def render_with_tangents(
     full = uv is None
     out_shape = (B, C, camera.height, camera.width) if full else None
     dt, dev = camera_to_world.dtype, camera_to_world.device
-    which = resolve(backend, "trilinear", dev)
     with torch.no_grad():
-        if which == "cpu" and dt == torch.float32:
+        if dt == torch.float32 and analytic_tangents(density, backend):
             from xraypose.render.backends import cpu
 
-            if cpu.fits_fast_path(density):
-                pix = _pixel_list(camera, uv, B, dt, dev)
-                img, dimg = cpu.render_trilinear_fused_tangents(density, affine, camera, camera_to_world, pix,
-                                                                n_samples, step or default_step(affine), tangents)
-                if full:
-                    return img.reshape(out_shape), dimg.reshape(B, K, *out_shape[1:])
-                return img, dimg
+            pix = _pixel_list(camera, uv, B, dt, dev)
+            img, dimg = cpu.render_trilinear_fused_tangents(density, affine, camera, camera_to_world, pix,
+                                                            n_samples, step or default_step(affine), tangents)
+            if full:
+                return img.reshape(out_shape), dimg.reshape(B, K, *out_shape[1:])
+            return img, dimg
         img = render(density, affine, camera, camera_to_world, uv, "trilinear", n_samples, step, backend)
         # central differences; steps that move rotation entries by 1e-4 and translations by 1e-2 mm
         rot = tangents[..., :3, :3].abs().flatten(-2).amax(-1)
@@ -190,12 +188,11 @@ def render_with_tangents(
 
 def analytic_tangents(density: torch.Tensor, backend: str = "auto") -> bool:
     """Whether :func:`render_with_tangents` differentiates ``density`` (C, I, J, K) analytically (the fused CPU
-    kernel, float32 poses) rather than by central differences of :func:`render` (a steadier derivative for
-    steps of a fraction of a pixel: the differences of float32 renders are not)."""
+    kernel; float32 poses) rather than by central differences of :func:`render` (a steadier derivative for
+    steps of a fraction of a pixel: the differences of float32 renders are not).  The one test both make."""
     from xraypose.render.backends import cpu
 
-    return (isinstance(density, torch.Tensor) and density.dim() == 4 and density.dtype == torch.float32
-            and resolve(backend, "trilinear", density.device) == "cpu" and cpu.fits_fast_path(density))
+    return resolve(backend, "trilinear", density.device) == "cpu" and cpu.fits_fast_path(density)
 
 
 def _per_pose(renderer: str, n_samples, B: int) -> bool:
