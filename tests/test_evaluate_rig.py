@@ -93,3 +93,33 @@ def test_a_views_intrinsics_in_rig_json_come_before_the_xray_files(rig_case, tmp
     with pytest.raises(InputError, match=r"rig.json: key 'views/lateral.npy' describes a 64 × 112 detector but its "
                                          r"X-ray is 96 × 112 pixels"):
         load_eval_set(case, size=None)
+
+
+def test_an_xray_whose_intrinsics_only_rig_json_gives_needs_no_sidecar(rig_case, tmp_path):
+    """``load_case`` read each X-ray before the rig, so an NPY whose intrinsics were in rig.json alone was refused
+    for want of a sidecar (although ``register --rig`` takes it); now the rig's intrinsics are its camera, and a
+    view left without any is named."""
+    import shutil
+
+    from xraypose.datasets import load_case
+
+    case = tmp_path / "case"
+    shutil.copytree(rig_case, case)
+    side = json.loads((case / "xrays" / "lateral.json").read_text())
+    (case / "xrays" / "lateral.json").unlink()
+    doc = json.loads((case / "rig.json").read_text())
+    with pytest.raises(InputError, match=r"rig.json: no intrinsics for view 'lateral.npy'"):
+        load_case(case)
+    import numpy as np
+
+    H, W = np.load(case / "xrays" / "lateral.npy").shape
+    doc["views"]["lateral.npy"]["camera"] = {**{k: side[k] for k in ("sdd_mm", "delx_mm", "dely_mm", "x0_mm", "y0_mm")},
+                                             "height": H, "width": W}
+    (case / "rig.json").write_text(json.dumps(doc))
+    loaded = load_case(case)
+    i = loaded.names.index("lateral.npy")
+    assert loaded.rig is not None and loaded.get_camera(i).sdd == side["sdd_mm"]
+    assert loaded.get_camera(i).x0 == side["x0_mm"]
+    es = load_eval_set(case, size=None)
+    assert [c.camera.sdd for c in es.cases if c.name == "lateral.npy"] == [side["sdd_mm"]]
+    assert all(c.camera_to_rig is not None for c in es.cases)

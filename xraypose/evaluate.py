@@ -248,18 +248,9 @@ def _h5_kind(path: Path) -> str:
 def _case_folder_set(path: Path, size: int | None) -> EvalSet:
     from xraypose.datasets import load_case
 
-    case = load_case(path, preprocess=False)
-    rig, xrays = None, case.xrays
-    if (path / "rig.json").exists():  # the X-rays are views of one rig: registered together (a folder: refused)
-        from dataclasses import replace
-
-        from xraypose.rig import read_rig
-
-        the_rig = read_rig(path / "rig.json")
-        rig = the_rig.match(case.names)
-        # the views' intrinsics first, as register --rig takes them (a size that contradicts the X-ray refused)
-        cams = the_rig.cameras(rig, [xr.shape for xr in xrays], [xr.camera for xr in xrays])
-        xrays = [replace(xr, camera=c) for xr, c in zip(xrays, cams)]
+    case = load_case(path, preprocess=False)  # a rig.json's intrinsics are already the X-rays' cameras
+    xrays = case.xrays
+    rig = None if case.rig is None else case.rig.match(case.names)  # views of one rig: registered together
     cases, blurs = [], []
     for i, name in enumerate(case.names):
         xr = xrays[i]

@@ -15,6 +15,9 @@ Layout (documented in docs/datasets.md)::
                            (or {"view1.dcm": {"camera_to_world": [[...]]}})
       case.json            optional settings: {"isocenter": [x, y, z],
                            "xrays": {"view1.dcm": {read_xray keywords, e.g. "sdd": 1000}}}
+      rig.json             optional: the X-rays are views of one rig (xraypose.rig): each view's
+                           camera_to_rig and, where given, its intrinsics (an X-ray whose intrinsics
+                           rig.json gives needs no sidecar)
 
 ``load_case(folder)`` reads it all; ``case[i]`` gives (image, pose) like the
 dataset classes.  ``make_example_case(folder)`` writes a complete example
@@ -37,6 +40,7 @@ from xraypose.fiducials import read_fiducials_csv
 from xraypose.xray import IMAGE_EXTENSIONS, read_xray
 
 if TYPE_CHECKING:
+    from xraypose.rig import Rig
     from xraypose.volume import Volume
 
 __all__ = ["Case", "load_case", "make_example_case", "read_fiducials_csv", "CT_NAMES"]
@@ -61,6 +65,8 @@ class Case:
         fiducials: (N, 3) world mm or None; ``fiducial_names``.
         poses: ``{name: (4, 4) camera_to_world}`` ground truth (may be empty).
         isocenter: (3,) world mm used for initial poses.
+        rig: the folder's ``rig.json`` (:class:`xraypose.rig.Rig`), or None; its intrinsics are
+            already the X-rays' cameras (a view's own first, then the file's, then the rig's shared).
     """
 
     root: Path
@@ -72,6 +78,7 @@ class Case:
     fiducial_names: list = field(default_factory=list)
     poses: dict = field(default_factory=dict)
     isocenter: torch.Tensor | None = None
+    rig: Rig | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -191,16 +198,27 @@ def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
     unknown = sorted(set(per) - {p.name for p in files})
     if unknown:
         raise InputError(f"{root / 'case.json'}: settings for X-rays not in xrays/: {', '.join(unknown)}")
-    xrays, processed = [], []
+    rig = None
+    if (root / "rig.json").exists():  # views of one rig (a folder of that name: refused by read_rig)
+        from xraypose.rig import read_rig
+
+        rig = read_rig(root / "rig.json")
+    names = [p.name for p in files]
+    xrays = []
     for p in files:
         kw = dict(per.get(p.name, {}))
-        xr = read_xray(p, isocenter=iso_t, **kw)
-        xrays.append(xr)
-        if preprocess is False or preprocess is None:
-            processed.append(xr)
-        else:
-            processed.append(xr.preprocess(**(preprocess if isinstance(preprocess, dict) else {})))
-    names = [p.name for p in files]
+        if rig is not None:  # the rig may give the intrinsics; Rig.cameras names any view left without
+            kw.setdefault("require_intrinsics", False)
+        xrays.append(read_xray(p, isocenter=iso_t, **kw))
+    if rig is not None:  # as `register --rig` takes them: the view's own, the file's, the rig's shared
+        from dataclasses import replace
+
+        cams = rig.cameras(rig.match(names), [xr.shape for xr in xrays], [xr.camera for xr in xrays])
+        xrays = [replace(xr, camera=c) for xr, c in zip(xrays, cams)]
+    if preprocess is False or preprocess is None:
+        processed = list(xrays)
+    else:
+        processed = [xr.preprocess(**(preprocess if isinstance(preprocess, dict) else {})) for xr in xrays]
     fid_names, fids = [], None
     if (root / "fiducials.csv").exists():  # a folder of that name is refused, not passed over (no metrics)
         fid_names, fids = read_fiducials_csv(root / "fiducials.csv")
@@ -211,7 +229,7 @@ def load_case(folder, preprocess: bool | dict = True, isocenter=None) -> Case:
         if unknown:
             raise InputError(f"{root / 'poses.json'}: poses for X-rays not in xrays/: {', '.join(unknown)}")
     return Case(root=root, volume=volume, names=names, xrays=xrays, processed=processed, fiducials=fids,
-                fiducial_names=fid_names, poses=poses, isocenter=iso_t)
+                fiducial_names=fid_names, poses=poses, isocenter=iso_t, rig=rig)
 
 
 # --------------------------------------------------------------------------
