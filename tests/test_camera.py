@@ -115,6 +115,9 @@ def test_negative_focal_K_is_converted_explicitly():
         (dict(sdd=1000.0, height=10, width=10, delx=0.0), "spacing"),
         (dict(sdd=1000.0, height=10, width=10, delx=1.0, dely=float("nan")), "spacing"),
         (dict(sdd=1000.0, height=10.5, width=10, delx=1.0), "whole number"),
+        (dict(sdd=1000.0, height=torch.tensor(10.5), width=10, delx=1.0), "whole number"),
+        (dict(sdd=1000.0, height=torch.tensor(True), width=10, delx=1.0), "whole number"),
+        (dict(sdd=1000.0, height=torch.tensor([10, 10]), width=10, delx=1.0), "whole number"),
     ],
 )
 def test_bad_camera(kwargs, match):
@@ -133,3 +136,31 @@ def test_bad_K():
         camera_from_K([[100.0, 0, 5], [0, -100.0, 5], [0, 0, 1]], 10, 10, 1.0)
     with pytest.raises(InputError, match="sod|source-to-isocenter"):
         carm_pose(0.0, 0.0, sod=0.0, isocenter=[0, 0, 0])
+
+
+def test_a_one_number_tensor_is_a_size_as_it_is_a_distance():
+    """``Camera(sdd=torch.tensor(1000.))`` was taken while ``height=torch.tensor(16)`` (an image's shape entry)
+    was refused."""
+    import numpy as np
+
+    cam = Camera(sdd=torch.tensor(1000.0), height=torch.tensor(16), width=np.int64(12), delx=torch.tensor(1.0))
+    assert (cam.height, cam.width) == (16, 12) and type(cam.height) is int
+
+
+def test_project_names_points_and_poses_of_the_wrong_shape():
+    """torch's matmul error named neither the points nor the pose."""
+    cam = Camera(sdd=1000.0, height=16, width=16, delx=1.0)
+    T = torch.eye(4, dtype=F64)
+    T[2, 3] = -600.0
+    X = torch.zeros(5, 3, dtype=F64)
+    assert cam.project(X, T).shape == (5, 2) and cam.depth(X, T).shape == (5,)
+    with pytest.raises(InputError, match=r"points \(world mm\) must be \(\.\.\., N, 3\), got shape \(5, 2\)"):
+        cam.project(X[:, :2], T)
+    with pytest.raises(InputError, match=r"camera_to_world must be \(\.\.\., 4, 4\), got shape \(3, 4\)"):
+        cam.project(X, T[:3])
+    with pytest.raises(InputError, match="must be a floating-point tensor"):
+        cam.depth(X.long(), T)
+    with pytest.raises(InputError, match="must be a torch tensor"):
+        cam.project(X.tolist(), T)
+    with pytest.raises(InputError, match=r"pixels \(u, v\) must be \(\.\.\., N, 2\)"):
+        cam.backproject(X, T)

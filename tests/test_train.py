@@ -456,3 +456,21 @@ def test_train_command(tmp_path):
     assert isinstance(r.exception, InputError) and "unknown preset" in str(r.exception)
     r = CliRunner().invoke(app, ["train", "sample", "-o", str(out), "--config", str(cfg), "--minutes", "-1"])
     assert isinstance(r.exception, InputError)
+
+
+def test_resume_names_a_world_size_that_is_not_the_runs(tmp_path, monkeypatch):
+    """A checkpoint's ``world_size`` that is not a whole number (an edited file) raised ValueError from int()."""
+    from xraypose.train import run
+    from xraypose.train.config import TrainConfig
+
+    cfg = TrainConfig()
+    last = tmp_path / "model.last.pt"
+    last.write_bytes(b"")
+    for saved, ok in (("two", False), (2, False), (True, False), (1.0, False), (1, True)):
+        monkeypatch.setattr(run, "read_training_state",
+                            lambda p, saved=saved: {"config": cfg.to_dict(), "optimizer": {}, "world_size": saved})
+        if ok:
+            assert run._resume_state(cfg, False, last, 1)[1]["world_size"] == 1
+        else:
+            with pytest.raises(InputError, match=rf"was written by {saved!r} processes; resume with the same number"):
+                run._resume_state(cfg, False, last, 1)

@@ -98,6 +98,24 @@ def test_multiframe_reduction(tmp_path):
         read_xray(f, frames=5)
     with pytest.raises(InputError, match="frames must be"):
         read_xray(f, frames="median")
+    for bad in (True, 1.5):  # int() took them: frame 1
+        with pytest.raises(InputError, match="frames must be"):
+            read_xray(f, frames=bad)
+
+
+def test_frames_of_an_xray_of_one_frame_are_checked_too(tmp_path):
+    """``frames`` was passed over on a one-frame X-ray: case.json's ``{"frames": 5}`` or a misspelt
+    reduction read the image without a word."""
+    one = tmp_path / "one.dcm"
+    write_dicom_xray(one, _pixels(), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3))
+    for ok in (0, -1, "max", "mean"):
+        assert read_xray(one, frames=ok).image.shape == (24, 32)
+    assert read_xray(one, frames="all").image.shape == (1, 24, 32)
+    with pytest.raises(InputError, match=r"one.dcm: frame 5 does not exist \(1 frame\)"):
+        read_xray(one, frames=5)
+    for bad in ("median", True, 0.5):
+        with pytest.raises(InputError, match="frames must be"):
+            read_xray(one, frames=bad)
 
 
 def test_monochrome1_and_rescale(tmp_path):

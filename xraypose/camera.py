@@ -61,6 +61,20 @@ def check_sod(sod: float, sdd: float, sod_from: str = "", sdd_from: str = "", wh
                          f"distance {sdd:g} mm{sdd_txt}: the isocenter would lie beyond the detector")
 
 
+def _check_points(points, k: int, what: str, camera_to_world) -> None:
+    """Refuse (InputError) ``points`` that are not a (..., N, k) floating tensor or a pose that is not (..., 4, 4):
+    torch's own error (a matmul's shapes, an integer dtype) names neither (a few attribute reads: cheap)."""
+    for x, name, shape in ((points, what, f"(..., N, {k})"), (camera_to_world, "camera_to_world", "(..., 4, 4)")):
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{name} must be a torch tensor {shape}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(f"{name} must be a floating-point tensor {shape}, got {x.dtype}")
+    if points.dim() < 2 or points.shape[-1] != k:
+        raise InputError(f"{what} must be (..., N, {k}), got shape {tuple(points.shape)}")
+    if camera_to_world.dim() < 2 or tuple(camera_to_world.shape[-2:]) != (4, 4):
+        raise InputError(f"camera_to_world must be (..., 4, 4), got shape {tuple(camera_to_world.shape)}")
+
+
 def _finite_positive(name: str, value: float) -> float:
     v = finite_float(value, name)  # a text '1000' or a bool is no number
     if v <= 0:
@@ -96,6 +110,8 @@ class Camera:
         object.__setattr__(self, "dely", _finite_positive("pixel spacing dely", dely))
         for name in ("height", "width"):
             v = getattr(self, name)
+            if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0 and v.dtype not in (torch.bool, np.bool_):
+                v = v.item()  # a one-number tensor, as sdd and delx take it
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) and not (
                     isinstance(v, float) and v.is_integer()):  # numpy's integers too (an array's size)
                 raise InputError(f"detector {name} must be a whole number of pixels, got {v!r}")
@@ -212,16 +228,19 @@ class Camera:
             (..., N, 2) pixel coordinates (u, v).  Points behind the source give
             meaningless values (check ``depth`` if that can happen).
         """
+        _check_points(points, 3, "points (world mm)", camera_to_world)
         p_cam = world_to_camera_points(points, camera_to_world)
         uvw = p_cam @ self.K(p_cam.dtype, p_cam.device).T
         return uvw[..., :2] / uvw[..., 2:3]
 
     def depth(self, points: torch.Tensor, camera_to_world: torch.Tensor) -> torch.Tensor:
         """(..., N) z of world points in the camera frame, mm (distance along the principal ray)."""
+        _check_points(points, 3, "points (world mm)", camera_to_world)
         return world_to_camera_points(points, camera_to_world)[..., 2]
 
     def backproject(self, uv: torch.Tensor, camera_to_world: torch.Tensor) -> torch.Tensor:
         """Pixels (..., N, 2) → world points (..., N, 3) mm on the detector plane (z = sdd)."""
+        _check_points(uv, 2, "pixels (u, v)", camera_to_world)
         ones = torch.ones_like(uv[..., :1])
         rays = torch.cat([uv, ones], dim=-1) @ self.K_inv(uv.dtype, uv.device).T  # z = 1
         p_cam = rays * self.sdd

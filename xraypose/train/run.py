@@ -111,8 +111,9 @@ def _resume_state(cfg: TrainConfig, given: bool, last: Path, world: int) -> tupl
             raise InputError("cannot resume with a different configuration: " + ", ".join(diffs[:6]) +
                              " differ from the checkpoint's (only [run] may change)")
         saved.run = cfg.run
-    if int(state.get("world_size", 1)) != world:
-        raise InputError(f"{last} was written by {state.get('world_size')} processes; "
+    saved_world = state.get("world_size", 1)  # a whole number; anything else (an edited file) is refused too
+    if isinstance(saved_world, bool) or not isinstance(saved_world, int) or saved_world != world:
+        raise InputError(f"{last} was written by {saved_world!r} processes; "
                          f"resume with the same number (got {world})")
     return saved, state
 

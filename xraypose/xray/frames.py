@@ -10,11 +10,25 @@ from xraypose.xray.record import Provenance
 __all__ = ["reduce_frames"]
 
 
+def _check_frames_of_one(frames, src: str) -> None:
+    """Refuse ``frames`` for an image of one frame unless it names that frame (0 or -1) or a reduction."""
+    if isinstance(frames, str):
+        if frames.lower() not in ("max", "sum", "mean"):
+            raise InputError(f"frames must be a frame index, 'max', 'sum', 'mean' or 'all'; got {frames!r}")
+        return
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)):
+        raise InputError(f"frames must be a frame index, 'max', 'sum', 'mean' or 'all'; got {frames!r}")
+    if not -1 <= int(frames) < 1:
+        raise InputError(f"{src}: frame {int(frames)} does not exist (1 frame)")
+
+
 def reduce_frames(arr: np.ndarray, frames, hdr: Provenance, src: str, where: str) -> np.ndarray:
     """One image ``(H, W)`` from a file's ``(H, W)`` or ``(F, H, W)`` pixels: frame ``frames`` (an index), their
     "max", "sum" or "mean", or with "all" every frame ``(F, H, W)``; ``where`` names the frame count's source."""
     all_frames = isinstance(frames, str) and frames.lower() == "all"
-    if arr.ndim == 2:
+    if arr.ndim == 2:  # one frame: frames is still checked (frame 5 of one, a misspelt reduction: named, not passed over)
+        if not all_frames:
+            _check_frames_of_one(frames, src)
         return arr[None] if all_frames else arr
     if arr.ndim != 3:
         raise InputError(f"{src}: expected a 2D image or a stack of frames, got an array of shape {arr.shape}")
@@ -34,6 +48,8 @@ def reduce_frames(arr: np.ndarray, frames, hdr: Provenance, src: str, where: str
             raise InputError(f"frames must be a frame index, 'max', 'sum', 'mean' or 'all'; got {frames!r}")
         hdr.set("frames", f"{f} of {n}", "user" if frames != 0 else "default")
         return out
+    if isinstance(frames, bool) or (isinstance(frames, float) and not frames.is_integer()):  # int() took them
+        raise InputError(f"frames must be a frame index, 'max', 'sum', 'mean' or 'all'; got {frames!r}")
     try:
         i = int(frames)
     except (TypeError, ValueError):
