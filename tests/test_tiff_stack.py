@@ -115,6 +115,17 @@ def test_pages_of_different_sizes(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_a_cut_stack_is_named_damaged(tmp_path):
+    """A multi-page TIFF cut short (a copy stopped halfway): PIL raised TypeError ('Missing dimensions')
+    reading its page count, a traceback; now one line naming the file."""
+    f = write_stack(tmp_path / "v.tif", list(pages_16bit(n=3, rows=8, cols=8)))
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"v\.tif: the TIFF page directory is damaged") as e:
+        read_tiff_volume(f, (1, 1, 1))
+    assert "\n" not in str(e.value)
+
+
 def test_rgb_stack_is_refused(tmp_path):
     pages = [np.zeros((4, 5, 3), np.uint8) for _ in range(3)]
     f = write_stack(tmp_path / "v.tif", pages)

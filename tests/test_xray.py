@@ -256,6 +256,30 @@ def test_preprocess_follows_kind_and_geometry(tmp_path):
     np.testing.assert_allclose(full.image.numpy(), (expect - expect.min()) / np.ptp(expect), atol=1e-5)
 
 
+def test_a_cut_or_mixed_multipage_tiff_is_refused(tmp_path):
+    """A multi-page TIFF X-ray cut short raised PIL's TypeError ('Missing dimensions') through `xraypose info`,
+    `register` and `track`; a page of another bit depth (8-bit among 16-bit) was stacked with the others on
+    its own scale (a 'max' or 'sum' of the frames wrong, silently).  Both are now one line naming the file."""
+    from PIL import Image
+
+    a16 = _pixels()
+    pages = [Image.fromarray(a16) for _ in range(3)]
+    pages[0].save(tmp_path / "cut.tif", save_all=True, append_images=pages[1:])
+    data = (tmp_path / "cut.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    for frames in (0, "all"):
+        with pytest.raises(InputError, match=r"cut\.tif: image data is truncated or corrupt") as e:
+            read_xray(tmp_path / "cut.tif", frames=frames, require_intrinsics=False)
+        assert "\n" not in str(e.value)
+    pages[1] = Image.fromarray((a16 // 256).astype(np.uint8))
+    pages[0].save(tmp_path / "mixed.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(InputError, match=r"mixed\.tif: frame 1 holds uint8 pixels but frame 0 uint16"):
+        read_xray(tmp_path / "mixed.tif", frames="max", require_intrinsics=False)
+    pages[1] = Image.fromarray(a16)
+    pages[0].save(tmp_path / "ok.tif", save_all=True, append_images=pages[1:])
+    assert read_xray(tmp_path / "ok.tif", frames="all", require_intrinsics=False).image.shape == (3, 24, 32)
+
+
 def test_png_tiff_npy_with_user_intrinsics(tmp_path):
     from PIL import Image
 

@@ -84,7 +84,7 @@ def _read_pages(p: Path) -> np.ndarray:
             for k in range(n):
                 im.seek(k)
                 heads.append((im.size, im.mode))
-        except (OSError, EOFError, ValueError) as e:
+        except (OSError, EOFError, ValueError, TypeError, SyntaxError) as e:  # PIL: TypeError 'Missing dimensions'
             raise InputError(f"{p}: the TIFF page directory is damaged ({one_line(e)})") from None
         (w0, h0), m0 = heads[0]
         for k, ((w, h), m) in enumerate(heads):
@@ -105,7 +105,7 @@ def _read_pages(p: Path) -> np.ndarray:
                 im.seek(k)
                 a = np.asarray(im)
                 out[k] = a
-        except (OSError, ValueError, SyntaxError) as e:
+        except (OSError, ValueError, TypeError, SyntaxError) as e:
             raise InputError(f"{p}: TIFF page {k} is truncated or corrupt ({one_line(e)})") from None
     return out
 

@@ -153,15 +153,20 @@ def _read_pil_frames(p: Path) -> np.ndarray:
     im = open_pil_image(p, f"not a readable {p.suffix.upper().lstrip('.')} image", "cannot open the image")
     with im:  # closed once read (also when refused)
         w, h = im.size  # xraypose's own size limit, before decoding
-        check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
         frames = []
-        try:
+        try:  # a cut multi-page TIFF: PIL raises TypeError ('Missing dimensions'), ValueError, EOFError ...
+            check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
             for fr in ImageSequence.Iterator(im):
                 if fr.size != (w, h):
                     raise InputError(f"{p}: frame {len(frames)} is {fr.size[1]} × {fr.size[0]} pixels (rows × "
                                      f"columns) but frame 0 is {h} × {w}; every frame of a file must have one size")
                 frames.append(_pil_to_gray(fr, p))
-        except OSError as e:
+                if frames[-1].dtype != frames[0].dtype:  # another bit depth: its values on another scale (max, sum)
+                    raise InputError(f"{p}: frame {len(frames) - 1} holds {frames[-1].dtype} pixels but frame 0 "
+                                     f"{frames[0].dtype}; every frame of a file must have one pixel type")
+        except InputError:  # a ValueError too: already one line naming the problem
+            raise
+        except (OSError, EOFError, ValueError, TypeError, SyntaxError) as e:
             raise InputError(f"{p}: image data is truncated or corrupt ({one_line(e)})") from None
         if not frames:
             raise InputError(f"{p}: the image holds no frame")
