@@ -112,6 +112,23 @@ def test_folder_with_frames_of_other_intrinsics(tmp_path):
         read_sequence(d)
 
 
+def test_folder_with_a_frame_of_another_pixel_kind(tmp_path):
+    """One frame's sidecar saying "attenuation" among raw-intensity frames: that frame was taken with inverted
+    contrast and tracked at a low similarity, silently; now refused naming it (``kind=`` / --kind sets every
+    frame's kind)."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in range(3):
+        np.save(d / f"f{i}.npy", frames3()[i].astype(np.float32))
+        kind = "attenuation" if i == 2 else "intensity"
+        (d / f"f{i}.json").write_text(json.dumps({"sdd_mm": 1000, "delx_mm": 0.5, "kind": kind}))
+    with pytest.raises(InputError, match=r"f2.npy: frame 2 holds 'attenuation' pixels but the first frame f0.npy "
+                       r"'intensity'") as e:
+        read_sequence(d)
+    assert "\n" not in str(e.value)
+    assert [fr.kind for fr in read_sequence(d, kind="intensity")] == ["intensity"] * 3
+
+
 def test_list_of_files_and_bad_sources(tmp_path):
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     np.save(a, np.ones((24, 32), np.float32))

@@ -12,8 +12,8 @@
 * a **list of files**, one frame each, in the order given.
 
 Every frame must have the size of the first, and every frame the same
-intrinsics (a frame of another size, or a folder whose frames carry other
-intrinsics, is a one-line :class:`~xraypose.errors.InputError` naming the
+intrinsics and pixel kind (a frame of another size, or a folder whose frames carry other
+intrinsics or another kind, is a one-line :class:`~xraypose.errors.InputError` naming the
 frame).  The keywords of :func:`xraypose.xray.read_xray` (``sdd``,
 ``delx``, ``kind``, …) apply to every frame.
 
@@ -151,7 +151,7 @@ def read_sequence(source, **kwargs) -> XRaySequence:
     Returns:
         :class:`XRaySequence`.
     Raises:
-        InputError: no frames, a frame of another size or other intrinsics, a multi-frame file
+        InputError: no frames, a frame of another size, other intrinsics or another pixel kind, a multi-frame file
             among several files, bad frame times, and whatever :func:`read_xray` refuses.
     """
     if "frames" in kwargs:
@@ -199,6 +199,10 @@ def _from_files(paths: list, where: str, kwargs: dict) -> XRaySequence:
                 raise InputError(f"{f}: frame {len(frames)} is {xr.shape[0]} × {xr.shape[1]} pixels but the first "
                                  f"frame {Path(first.source).name} is {first.shape[0]} × {first.shape[1]}; every "
                                  "frame of a sequence must have one size")
+            if xr.kind != first.kind:  # e.g. one frame's sidecar says "attenuation": its contrast taken inverted
+                raise InputError(f"{f}: frame {len(frames)} holds {xr.kind!r} pixels but the first frame "
+                                 f"{Path(first.source).name} {first.kind!r} (its sidecar or header); every frame of "
+                                 "a sequence has one pixel kind (--kind sets it for all)")
             if xr.camera != first.camera:
                 raise InputError(f"{f}: frame {len(frames)} has other intrinsics than the first frame "
                                  f"{Path(first.source).name} ({_cam_text(xr.camera)} vs {_cam_text(first.camera)}); "
