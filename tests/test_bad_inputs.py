@@ -670,6 +670,10 @@ add("xray-dcm-sod-beyond-sdd", ("2000 mm (distancesourcetopatient", "1000 mm (di
     lambda d, o: register_args(d, o, dicom_xray(d, primary=0, secondary=0, sod=2000), None, "--init", "angles"))
 add("register-ap-sod-beyond-sdd", ("1500 mm (--sod)", "1000 mm"), lambda d, o: register_args(
     d, o, None, None, "--sod", "1500"))
+# an isocenter off the CT: the AP start looked at it, the registration ran on empty DRRs and failed only when
+# writing ("result.similarity holds a non-finite number"); now refused before reading the X-ray
+add("register-isocenter-outside-ct", ("--isocenter 5000,0,0", "outside the ct", "box spans"), lambda d, o: register_args(
+    d, o, None, None, "--isocenter", "5000,0,0"))
 add("xray-dcm-angles-no-sod", ("--sod",), lambda d, o: [
     "register", str(ct(d)), str(dicom_xray(d, primary=10, secondary=0)), "-o", str(o / "r"), "--fast"])
 
