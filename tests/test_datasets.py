@@ -473,6 +473,35 @@ def test_full_size_deepfluoro_fixture(tmp_path):
         assert ncc(img_s[0, 0], _drr(small.volume, small.get_camera(i), pose_s)) > 0.99
 
 
+def test_check_pngs_never_replace_a_users_file_nor_land_among_the_xrays(example_case, tmp_path):
+    """``datasets check --out``: the PNGs replaced a user's file of their name (``lateral_xray.png``), two X-rays
+    of one stem (``a.dcm``, ``a.npy``) wrote over each other's, and ``--out CASE/xrays`` put the PNGs among the
+    X-rays (the case no longer read).  Now: the user's file is refused before rendering, kept; each X-ray has
+    its own PNGs; the X-ray folder is refused; a re-run replaces what the last check wrote."""
+    import shutil
+
+    from xraypose.datasets.case_folder import check_case
+    from xraypose.io import OutputError
+
+    case = tmp_path / "case"
+    shutil.copytree(example_case, case)
+    with pytest.raises(OutputError, match="the case's X-ray folder"):
+        check_case(case, case / "xrays")
+    assert sorted(p.name for p in (case / "xrays").iterdir()) == ["lao20_caud10.dcm", "lateral.json", "lateral.npy"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "lateral_xray.png").write_text("mine")
+    with pytest.raises(OutputError, match="lateral_xray.png, not written there by xraypose"):
+        check_case(case, mine)
+    assert (mine / "lateral_xray.png").read_text() == "mine"
+    shutil.copy(case / "xrays" / "lateral.npy", case / "xrays" / "lao20_caud10.npy")  # a second X-ray of one stem
+    shutil.copy(case / "xrays" / "lateral.json", case / "xrays" / "lao20_caud10.json")
+    for _ in range(2):  # the second run replaces the first's PNGs
+        check_case(case, tmp_path / "png")
+    assert {"lao20_caud10.dcm_xray.png", "lao20_caud10.dcm_drr.png", "lateral_xray.png",
+            "lateral_drr.png"} <= {p.name for p in (tmp_path / "png").iterdir()}
+
+
 def test_command_line_check_and_example(example_case, tmp_path, capsys):
     from xraypose.datasets.__main__ import main
 

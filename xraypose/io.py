@@ -429,12 +429,19 @@ def save_image(path, img) -> None:
     if path.suffix.lower() == ".npy":
         np.save(buf, img.astype(np.float32))
     elif path.suffix.lower() == ".png":
-        from PIL import Image
-
-        Image.fromarray(to_uint8(img)).save(buf, format="PNG")
+        return atomic_write_bytes(path, png_bytes(img))
     else:
         raise InputError(f"unsupported image type {path.suffix!r}; use .npy or .png")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def png_bytes(img) -> bytes:
+    """An (H, W) image as the bytes of an 8-bit min–max PNG (:func:`save_image`'s .png)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(np.asarray(img.detach().cpu() if hasattr(img, "detach") else img))).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def open_pil_image(p: Path, unreadable: str, cannot_open: str):

@@ -344,12 +344,26 @@ def _example_fiducials_csv(ct: Volume, iso: torch.Tensor, rng: np.random.Generat
 def check_case(folder, out=None) -> list[dict]:
     """Read a case and, for each X-ray with a pose (ground truth, else the initial pose from its
     C-arm angles), render a DRR and report its NCC with the preprocessed X-ray.  Writes
-    ``<name>_xray.png`` / ``<name>_drr.png`` to ``out`` when given.  Returns one dict per X-ray."""
-    from xraypose.io import make_output_folder, save_image
+    ``<name>_xray.png`` / ``<name>_drr.png`` to ``out`` when given (``<name>`` the X-ray's file name without
+    its ending, with it where two X-rays share a stem), all together at the end, replacing only what an
+    earlier check wrote there (:func:`xraypose.io.atomic_write_files`).  Returns one dict per X-ray.
+
+    Raises:
+        OutputError: ``out`` is the case's ``xrays/`` folder (the PNGs would be read as X-rays), or it holds
+            a file of one of those names that xraypose did not write — before anything is rendered."""
+    from xraypose.io import OutputError, atomic_write_files, check_output_folder, make_output_folder, png_bytes
     from xraypose.preprocess import ncc
     from xraypose.render import render
 
     case = load_case(folder)
+    stems = [Path(n).stem for n in case.names]
+    png = {n: (s if stems.count(s) == 1 else n) for n, s in zip(case.names, stems)}
+    if out is not None:
+        if Path(out).expanduser().resolve() == (Path(folder).expanduser() / "xrays").resolve():
+            raise OutputError(f"--out {out} is the case's X-ray folder: the PNGs would be read as X-rays; choose "
+                              "another folder")
+        check_output_folder(out, replaces=[f"{png[n]}_{k}.png" for n in case.names for k in ("xray", "drr")])
+    files: dict = {}
     density = case.volume.density("physical")
     rows = []
     for i, name in enumerate(case.names):
@@ -364,9 +378,10 @@ def check_case(folder, out=None) -> list[dict]:
             with torch.no_grad():
                 drr = render(density, case.volume.affine, xr.camera, pose.to(torch.float32)[None], step=1.5)[0, 0]
             row["ncc"] = ncc(xr.image, drr)
-            if out is not None:
-                make_output_folder(out)  # a file of that name is said so ("File exists" was all it said)
-                save_image(Path(out) / f"{Path(name).stem}_xray.png", xr.image)
-                save_image(Path(out) / f"{Path(name).stem}_drr.png", drr)
+            files[f"{png[name]}_xray.png"] = png_bytes(xr.image)
+            files[f"{png[name]}_drr.png"] = png_bytes(drr)
         rows.append(row)
+    if out is not None and files:
+        make_output_folder(out)  # a file of that name is said so ("File exists" was all it said)
+        atomic_write_files(out, files, remove=tuple(files))  # a user's file of those names: refused, not replaced
     return rows
