@@ -80,19 +80,24 @@ def load_registration_ct(ct: str, isocenter: str | None, density: str, structure
 
 
 def check_isocenter_in_ct(vol: Volume, iso) -> None:
-    """Refuse an ``--isocenter`` (3,) world RAS mm outside the CT's box (its voxels' outer faces): every
-    start from angles or an AP view looks at it, and the registration takes a pose that sees it for a pose
-    that sees the CT — one 1000 km away ran to its end on empty DRRs and failed only when writing
-    ("result.similarity holds a non-finite number")."""
+    """Refuse an ``--isocenter`` (3,) world RAS mm far outside the CT's box (its voxels' outer faces, grown by
+    the box's largest side on every side): every start from angles or an AP view looks at it, and the
+    registration takes a pose that sees it for a pose that sees the CT — one 5 m away ran to its end on
+    empty DRRs and failed only when writing ("result.similarity holds a non-finite number").  Near the box is
+    allowed: a CT cropped to one bone may lie beside the C-arm's isocenter."""
     import torch
 
     ijk = vol.world_to_voxel(iso)
     n = torch.tensor(tuple(vol.shape)[:3], dtype=torch.float64)
-    if bool(((ijk < -0.5) | (ijk > n - 0.5)).any()):
-        lo, hi = vol.corners.min(0).values.tolist(), vol.corners.max(0).values.tolist()
+    lo, hi = vol.corners.min(0).values, vol.corners.max(0).values
+    margin = float((hi - lo).max())  # mm
+    p = torch.as_tensor(iso, dtype=torch.float64)
+    outside = float(torch.maximum(lo - p, p - hi).clamp_min(0).norm())  # mm from the box
+    if bool(((ijk < -0.5) | (ijk > n - 0.5)).any()) and outside > margin:
         box = ", ".join(f"{a} {lo[k]:.4g} … {hi[k]:.4g}" for k, a in enumerate("xyz"))
-        raise InputError(f"--isocenter {','.join(f'{float(v):g}' for v in iso)} lies outside the CT (its box spans "
-                         f"{box} mm, world RAS): the isocenter is the point of the CT the C-arm turns about")
+        raise InputError(f"--isocenter {','.join(f'{float(v):g}' for v in iso)} lies {outside:.0f} mm outside the CT "
+                         f"(its box spans {box} mm, world RAS): the isocenter is the point of the CT the C-arm turns "
+                         "about")
 
 
 def structure_record(structure, label_map, label) -> dict | None:
