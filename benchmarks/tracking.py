@@ -87,6 +87,9 @@ def _variants():
         "gncc128": lambda: (Level(size=128, iterations=20, volume_mm=2.0, similarity="gncc", **fits),),
         "mncc64+gncc128": lambda: (Level(size=64, iterations=20, volume_mm=4.0, **fits),
                                    Level(size=128, iterations=20, volume_mm=2.0, similarity="gncc", **fits)),
+        # a third level at 256 rows (frames of 256+ rows: what `xraypose track` registers a fluoroscope's at)
+        "+gncc256": lambda: (*TRACKING_LEVELS,
+                             Level(size=256, iterations=20, volume_mm=2.0, similarity="gncc", **fits)),
     }
 
 
