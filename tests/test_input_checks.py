@@ -250,3 +250,7 @@ def test_size_limits():
     check_registrable_xray((16, 16), "x")
     with pytest.raises(InputError, match=r"after --crop 2"):
         check_registrable_xray((16, 40), "x", crop=2)
+    # a crop past the image: no negative sizes ("-1840 × -1840 after --crop 1000" before)
+    with pytest.raises(InputError, match=r"--crop 1000 takes 2000 pixels from each axis: nothing is left") as e:
+        check_registrable_xray((160, 160), "x", crop=1000)
+    assert "-" not in str(e.value).split("pixels")[0]

@@ -99,7 +99,8 @@ def check_registrable_xray(shape, what: str, crop: int = 0) -> None:
     """Refuse an X-ray with fewer than :data:`MIN_REGISTER_PIXELS` rows or columns left after ``crop``."""
     h, w = (int(s) - 2 * int(crop) for s in shape[-2:])
     if min(h, w) < MIN_REGISTER_PIXELS:
-        left = f" ({h} × {w} after --crop {crop})" if crop else ""
+        left = (f" ({h} × {w} after --crop {crop})" if min(h, w) > 0 else
+                f" and --crop {crop} takes {2 * int(crop)} pixels from each axis: nothing is left") if crop else ""
         raise InputError(f"{what} is too small to register: {dims(shape[-2:])} pixels{left}; "
                          f"at least {MIN_REGISTER_PIXELS} × {MIN_REGISTER_PIXELS} are needed")
 
