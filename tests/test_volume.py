@@ -432,6 +432,12 @@ def test_structures_errors():
     no_names = volume_from_array(np.zeros((2, 2, 2)), labels=np.ones((2, 2, 2), int))
     with pytest.raises(InputError, match="no label_names"):
         no_names.density("raw", structures=["liver"])
+    # a number that is not a whole id ("3.0" from a command line) was called a name the volume lacks
+    for bad in ("3.0", "1e0", "nan", ""):
+        with pytest.raises(InputError, match=rf"label '{bad}' is neither a label id \(a whole number"):
+            no_names.density("raw", structures=[bad])
+    with pytest.raises(InputError, match=r"nor a structure name \(known names: femur_left, kidney, liver\)"):
+        vol.density("raw", structures=["2.5"])
 
 
 def test_labels_from_files(tmp_path):

@@ -371,6 +371,15 @@ class Volume:
 
     def _label_id_from_name(self, name: str) -> int:
         names = self.label_names or {}
+        if name not in names.values():
+            try:  # "3.0", "1e0", "nan", "": not a whole-number id, and not a name either
+                float(name)
+                number = True
+            except ValueError:
+                number = False
+            if number or not name.strip():
+                raise InputError(f"label {name!r} is neither a label id (a whole number, e.g. 3) nor a structure "
+                                 "name" + ("" if not names else f" (known names: {', '.join(sorted(names.values()))})"))
         if not names:
             raise InputError(
                 f"structure name {name!r} given but the volume has no label_names; use label ids"
