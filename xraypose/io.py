@@ -420,7 +420,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 def save_image(path, img) -> None:
     """Save an (H, W) image: .npy keeps float values; .png is 8-bit min–max."""
     path = Path(path)
-    img = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
+    img = _as_array(img)
     while img.ndim > 2 and img.shape[0] == 1:  # (1, 1, H, W) → (H, W); never H or W, which may be 1
         img = img[0]
     if img.ndim != 2:
@@ -435,12 +435,17 @@ def save_image(path, img) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _as_array(img) -> np.ndarray:
+    """A tensor (detached, on the CPU) or array as a numpy array."""
+    return np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
+
+
 def png_bytes(img) -> bytes:
-    """An (H, W) image as the bytes of an 8-bit min–max PNG (:func:`save_image`'s .png)."""
+    """An (H, W) image (tensor or array) as the bytes of an 8-bit min–max PNG (:func:`save_image`'s .png)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(np.asarray(img.detach().cpu() if hasattr(img, "detach") else img))).save(buf, format="PNG")
+    Image.fromarray(to_uint8(_as_array(img))).save(buf, format="PNG")
     return buf.getvalue()
 
 
