@@ -122,42 +122,80 @@ def with_lm_fields(levels, sets) -> tuple:
 
 
 def case_folder(name: str, detector: int, seed: int, blur_domain: str = "line-integral",
-                photon_offset="auto") -> str:
+                photon_offset="auto", *, form_detector: int | None = None, resample_domain: str = "auto") -> str:
     """The cache folder of a CT's cases.  Cases are stored preprocessed: those blurred before the log
-    (preprocess's ``blur_domain="intensity"``, its order until 2026-12-02) keep the old name."""
+    (preprocess's ``blur_domain="intensity"``, its order until 2026-12-02) keep the old name; those formed
+    on a finer detector name it and the resize's order."""
     return (f"{name}-d{detector}-s{seed}" + ("" if blur_domain == "intensity" else "-blurlog")
-            + ("" if photon_offset == "auto" else f"-po{photon_offset:g}"))
+            + ("" if photon_offset == "auto" else f"-po{photon_offset:g}")
+            + ("" if form_detector is None else f"-f{form_detector}-rs{resample_domain}"))
+
+
+def fine_camera(detector: int, form_detector: int) -> Camera:
+    """The ``--form-detector`` camera: the benchmark's 280 mm field at sdd 1020 mm on ``form_detector``² pixels."""
+    if form_detector % detector:
+        raise SystemExit(f"--form-detector {form_detector} must be a multiple of --detector {detector}")
+    return Camera(sdd=1020.0, height=form_detector, width=form_detector, delx=280.0 / form_detector)
+
+
+def fine_preprocessing(fx, detector: int) -> tuple[dict, float | None]:
+    """(``preprocess`` keywords, the DRRs' blur σ in registered pixels) of an X-ray formed on a finer
+    detector, as ``xraypose register --size DETECTOR`` preprocesses it: the family's crop and 5×5 σ = 1 px
+    blur in the file's pixels, then at most ``detector`` rows (:func:`xraypose.cli.steps.preprocess_settings`),
+    the DRRs' blur scaled with the image (:func:`xraypose.cli.steps.drr_blur`)."""
+    from xraypose.cli.steps import drr_blur, preprocess_settings
+
+    crop = int(fx.preprocess.get("crop", 0) or 0)
+    blur = fx.preprocess.get("blur")
+    sigma = 0.0 if blur is None else float(blur[1])
+    pre = preprocess_settings((fx.camera.height, fx.camera.width), crop, sigma, detector, fx.preprocess.get("i0"))
+    extra = {k: v for k, v in fx.preprocess.items() if k not in ("crop", "blur", "i0", "rescale", "size")}
+    rows = pre["size"][0] if "size" in pre else fx.camera.height - 2 * crop
+    return {**pre, **extra}, drr_blur(sigma, rows, fx.camera.height, crop)
 
 
 def form_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral",
-              photon_offset="auto"):
-    """(formed X-ray, preprocessed X-ray) of case ``i``: the maker's true pose ``i``, its X-ray formed by
-    ``family`` (seeded by seed, case and family) and preprocessed as the family says."""
+              photon_offset="auto", *, form_detector: int | None = None, resample_domain: str = "auto"):
+    """(formed X-ray, preprocessed X-ray, the DRRs' blur σ in registered pixels or None) of case ``i``: the
+    maker's true pose ``i``, its X-ray formed by ``family`` (seeded by seed, case and family) and preprocessed
+    as the family says; with ``form_detector``, formed on that many rows over the same field with the same
+    dose per mm² (``dose_scale``) and brought to the maker's rows as ``xraypose register --size`` does
+    (:func:`fine_preprocessing`), its resize in ``resample_domain``."""
     from xraypose.appearance import form_xray
     from xraypose.preprocess import preprocess
 
     T, _ = maker.true_pose(i)
     g = torch.Generator().manual_seed(seed * 1_000_003 + i * 101 + sum(map(ord, family)))
-    fx = form_xray(volume, maker.raw_camera, T, family=family, generator=g)
-    return fx, preprocess(fx.raw, fx.camera, **fx.preprocess, blur_domain=blur_domain, photon_offset=photon_offset)
+    if form_detector is None:
+        fx = form_xray(volume, maker.raw_camera, T, family=family, generator=g)
+        prep, blur = dict(fx.preprocess), (1.0 if fx.preprocess.get("blur") else None)
+    else:
+        rows = maker.raw_camera.height
+        fx = form_xray(volume, fine_camera(rows, form_detector), T, family=family, generator=g,
+                       dose_scale=(rows / form_detector) ** 2)
+        prep, blur = fine_preprocessing(fx, rows)
+        prep["resample_domain"] = resample_domain
+    return fx, preprocess(fx.raw, fx.camera, **prep, blur_domain=blur_domain, photon_offset=photon_offset), blur
 
 
 def make_case(volume, maker, family: str, i: int, seed: int, blur_domain: str = "line-integral",
-              photon_offset="auto") -> dict:
+              photon_offset="auto", **fine) -> dict:
     """One case: the true pose i of the CT, its X-ray formed by ``family``, preprocessed (the blur in
-    ``blur_domain``, ``photon_offset`` photons before the log), fiducials in view."""
+    ``blur_domain``, ``photon_offset`` photons before the log; ``fine``: :func:`form_case`'s
+    ``form_detector``, ``resample_domain``), fiducials in view."""
     from xraypose.fiducials import bone_points, select_fiducials
 
-    fx, pre = form_case(volume, maker, family, i, seed, blur_domain, photon_offset)
+    fx, pre, blur = form_case(volume, maker, family, i, seed, blur_domain, photon_offset, **fine)
     if not hasattr(maker, "_points"):
         maker._points = bone_points(volume)
     true_pose = pre.transform_pose(fx.pose)
     fid = select_fiducials(maker._points, n=20, seed=seed + i, camera=pre.camera, poses=true_pose, margin_px=4)
-    blur = fx.preprocess.get("blur")
     return {"image": pre.image.to(torch.float32), "camera": pre.camera.to_dict(), "true_pose": true_pose.to(F64),
-            "fiducials": fid.to(F64), "index": i, "family": family, "drr_blur": 1.0 if blur else 0.0,
+            "fiducials": fid.to(F64), "index": i, "family": family, "drr_blur": blur or 0.0,
             "mask": None if pre.mask is None else pre.mask.to(torch.float32),
-            "info": json.loads(json.dumps(fx.info, default=str)), **raw_entries(fx, pre)}
+            "info": json.loads(json.dumps(fx.info, default=str)), **raw_entries(fx, pre),
+            **({"resize": json.loads(json.dumps(rs, default=str))}
+               if (rs := next((s for s in pre.steps if s["step"] == "resize"), None)) else {})}
 
 
 def raw_entries(fx, pre) -> dict:
@@ -207,8 +245,10 @@ def with_mask(c: dict, make, f: Path) -> dict:
 
 
 def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make: bool,
-                 blur_domain: str = "line-integral", photon_offset="auto", raw: bool = False) -> list[dict]:
-    folder = cache / case_folder(name, detector, seed, blur_domain, photon_offset) / family
+                 blur_domain: str = "line-integral", photon_offset="auto", raw: bool = False, **fine) -> list[dict]:
+    """``n`` cases of ``family`` (:func:`make_case`; ``fine``: its ``form_detector``, ``resample_domain``),
+    loaded from the cache or formed and cached (``make``)."""
+    folder = cache / case_folder(name, detector, seed, blur_domain, photon_offset, **fine) / family
     folder.mkdir(parents=True, exist_ok=True)
     maker = None
     out = []
@@ -221,8 +261,8 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
             if any(k not in c for k in need):  # cached before they were: completed once (forming is deterministic)
                 maker = maker or _case_maker(volume, detector, seed)
                 had_mask = "mask" in c
-                c = completed(c, lambda: make_case(volume, maker, family, i, seed, blur_domain, photon_offset), f,
-                              need)
+                c = completed(c, lambda: make_case(volume, maker, family, i, seed, blur_domain, photon_offset,
+                                                   **fine), f, need)
                 if not had_mask:
                     share = "none" if c["mask"] is None else f"{float((c['mask'] < 0.5).float().mean()):.1%} masked"
                     log(f"  {name}/{family} case {i}: preprocessing mask added to the cache ({share})")
@@ -235,7 +275,7 @@ def cached_cases(name, volume, family, n, detector, seed, cache: Path, log, make
                 raise InputError(f"no case of {family} cached for {name} (not applicable to it, or never formed)")
             raise SystemExit(f"{f} is not cached; run without --register-only first")
         maker = maker or _case_maker(volume, detector, seed)
-        c = make_case(volume, maker, family, i, seed, blur_domain, photon_offset)
+        c = make_case(volume, maker, family, i, seed, blur_domain, photon_offset, **fine)
         save_case(c, f)
         out.append(c)
         if (i + 1) % 10 == 0:
@@ -331,7 +371,8 @@ def _case_row(ct, family, start, c, registrar, init, volume, seed, log, hypothes
          "init_s": init_s, "opt_s": res.opt_s, "cpu_s": res.cpu_s, "iterations": int(res.iterations[0]),
          "status": res.status[0], "levels_converged": frac, "similarity": float(res.similarity[0]),
          "bone_multiplier": float(res.bone_multiplier[0]) if res.bone_multiplier is not None else None,
-         "pose": res.poses[0].to(F64).tolist()}
+         "pose": res.poses[0].to(F64).tolist(),
+         **({"resized_in": c["resize"].get("domain")} if "resize" in c else {})}
     log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
         f"{r['opt_s']:.2f} s, {r['status']}")
     return r
@@ -450,6 +491,12 @@ def main(argv=None) -> int:
     ap.add_argument("--photon-offset", default="auto", type=photon_offset_arg,
                     help="preprocess's photon_offset: 'auto' (default since 2026-12-03) or photons (0: none, the "
                          "order until then); cases are cached per setting")
+    ap.add_argument("--form-detector", type=int, default=None,
+                    help="form the X-rays on this many rows (a multiple of --detector; the same field and dose per "
+                         "mm²) and preprocess them to --detector rows as `xraypose register --size` does")
+    ap.add_argument("--resample-domain", default="auto", choices=["auto", "line-integral", "intensity"],
+                    help="with --form-detector: preprocess's resize — of the intensities before the log "
+                         "('intensity'), after it ('line-integral'), or by the X-ray's photons ('auto')")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))
     ap.add_argument("--make-only", action="store_true", help="only form and cache the cases")
     ap.add_argument("--register-only", action="store_true", help="never form cases (an older xraypose)")
@@ -479,6 +526,8 @@ def main(argv=None) -> int:
     if args.scatter:
         kw["levels"] = scatter_levels(kw.get("levels", DEFAULT_LEVELS))
     models = dict(m.split("=", 1) for m in args.model)
+    fine = {} if args.form_detector is None else {"form_detector": args.form_detector,
+                                                  "resample_domain": args.resample_domain}
     cts = args.ct or (["pelvis"] + (["abdomen"] if SHARED_ABDOMEN.exists() else []))
     # the settings as given: --levels as its sizes, --lm-set as its changes (the levels themselves are in "config")
     shown = {k: v for k, v in kw.items() if k != "levels"} | ({"levels": args.levels} if args.levels else {}) | (
@@ -507,7 +556,7 @@ def main(argv=None) -> int:
             try:
                 cases = cached_cases(name, vol, family, args.cases, args.detector, args.seed, cache, log,
                                      make=not args.register_only, blur_domain=args.blur_domain,
-                                     photon_offset=args.photon_offset, raw=args.counts)
+                                     photon_offset=args.photon_offset, raw=args.counts, **fine)
             except InputError as e:  # e.g. "femur" on a CT without femurs
                 report.setdefault("not_applicable", {})[f"{name}/{family}"] = str(e)
                 log(f"  {name}/{family}: not applicable ({e})")

@@ -124,7 +124,7 @@ def family_case(vol, maker, c, family: str, seed: int):
 
     from benchmarks.appearance import form_case
 
-    fx, pre = form_case(vol, maker, family, c.index, seed)
+    fx, pre, _ = form_case(vol, maker, family, c.index, seed)
     return dataclasses.replace(c, true_pose=pre.transform_pose(fx.pose), image=pre.image, camera=pre.camera), pre
 
 

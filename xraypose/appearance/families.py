@@ -99,7 +99,9 @@ def _fractions(volume: Volume, hu_bone: float) -> torch.Tensor:
 
 
 def _base(ctx: Context, camera: Camera, *, photons=None, blur_px=None):
-    """The detector settings every family shares (overridable): collimator, photons, blur, 16-bit I0."""
+    """The detector settings every family shares (overridable): collimator, photons, blur, 16-bit I0, and
+    ``dose_scale`` (default 1), which multiplies the photons per pixel (an automatic exposure's target too):
+    ``(coarse / fine)²`` forms an X-ray on a finer detector with the same dose per mm² as on the coarse one."""
     p = ctx.p
     c = p.fixed("collimator_px", default_collimator_px(camera))
     if isinstance(c, bool) or int(c) != c or c < 0:
@@ -110,13 +112,17 @@ def _base(ctx: Context, camera: Camera, *, photons=None, blur_px=None):
     photons = p.fixed("photons", 1e5) if photons is None else photons
     blur_px = p.fixed("blur_px", 0.7) if blur_px is None else blur_px
     i0 = p.fixed("i0", 65000.0)
+    scale = p.fixed("dose_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
+        raise InputError(f"dose_scale must be a number > 0, got {scale!r}")
     if not (float(photons) >= 0 and math.isfinite(float(photons))):
         raise InputError(f"photons must be >= 0 (0: no noise), got {photons!r}")
     if not (float(blur_px) >= 0):
         raise InputError(f"blur_px must be >= 0, got {blur_px!r}")
     if not 0 < float(i0) <= 65535:
         raise InputError(f"i0 must be in (0, 65535], got {i0!r}")
-    return dict(collimator_px=c, photons=float(photons), blur_px=float(blur_px), i0=float(i0))
+    return dict(collimator_px=c, photons=float(photons) * scale, blur_px=float(blur_px), i0=float(i0),
+                dose_scale=float(scale))
 
 
 def _standard_preprocess(c: int, i0: float) -> dict:
@@ -135,7 +141,7 @@ def _detect(ctx: Context, camera: Camera, pose: torch.Tensor, T_fine: torch.Tens
     photons = base["photons"]
     if base.get("detected_photons") is not None:  # automatic exposure control: a set signal behind the patient
         inside = ~det.border_mask(t.shape, c)
-        photons = base["detected_photons"] / float(t[inside].median().clamp_min(1e-12))
+        photons = base["detected_photons"] * base["dose_scale"] / float(t[inside].median().clamp_min(1e-12))
         ctx.p.record("photons_unattenuated", photons)
     t = det.poisson(t, photons, ctx.generator)
     if display is None:
