@@ -329,6 +329,11 @@ def test_fixture_ids_given_twice_are_refused_before_anything_is_written(tmp_path
         err = capsys.readouterr().err.strip()
         assert err.startswith("xraypose: error: ") and named in err and "\n" not in err
         assert not (tmp_path / "fx").exists()  # not even the DeepFluoro file of a valid --specimens
+    # a CT that cannot be read: named, and no empty folder left behind
+    assert main(["datasets", "fixtures", str(tmp_path / "fx"), "--ct", str(tmp_path / "missing.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.nii.gz" in err and "\n" not in err
+    assert not (tmp_path / "fx").exists()
 
 
 def test_a_fixture_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):

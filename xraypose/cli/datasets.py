@@ -79,10 +79,10 @@ def fixtures_command(
     subj_ids = checked_ids(option_numbers("subjects", subjects), "--subjects", 10)
     from xraypose.io import make_output_folder
 
+    vol = read_volume(ct) if ct else None  # before the folder: a missing or unreadable CT leaves nothing behind
     folder = make_output_folder(out)  # checked: a file of that name is said so ("File exists" was all it said)
     for name in ("ipcai_2020_full_res_data.h5", "ljubljana.h5"):  # both before either is written
         check_fixture_target(folder / name)  # never a real dataset's file of that name
-    vol = read_volume(ct) if ct else None
     write_deepfluoro_fixture(folder / "ipcai_2020_full_res_data.h5", volume=vol, detector=1536 if full else 128,
                              specimens=spec_ids, n_projections=projections,
                              principal_offset_px=(0.0, 0.0) if full else (3.0, -2.0), render_scale=4 if full else 1)
