@@ -993,6 +993,12 @@ for _val, _words in [("1e308,0", ("--pose", "1e+308")), ("nan,0", ("--pose", "na
 add("render-isocenter-out-of-view", ("does not see the ct", "field of view"), lambda d, o: render_pose(
     d, o, "--isocenter", "5000,0,0"))
 add("render-x0-out-of-view", ("does not see the ct",), lambda d, o: render_pose(d, o, "--x0", "99999"))
+# pixels of metres (a spacing in the wrong unit): the CT fell between the rays — render wrote all zeros,
+# register ran on empty DRRs and failed only when writing ("result.similarity holds a non-finite number")
+add("render-delx-metres", ("would cover", "pixels of the drr", "1000 ×"), lambda d, o: render_args(
+    d, o, None, "--pose", "0,0", "--delx", "1000"))
+add("register-delx-metres", ("would cover", "pixels of the x-ray", "1000 ×", "pixel spacing"), lambda d, o: register_args(
+    d, o, None, None, "--delx", "1000", "--dely", "1000"))
 add("render-sod-beyond-sdd", ("2000 mm (--sod)", "1020 mm (--sdd)", "beyond the detector"), lambda d, o: render_pose(
     d, o, "--sod", "2000", "--sdd", "1020"))
 add("render-output-jpg", ".npy or .png", lambda d, o: ["render", str(ct(d)), "-o", str(o / "x.jpg"), "--pose", "0,0"])

@@ -80,3 +80,29 @@ def check_ct_in_view(volume: Volume, camera: Camera, camera_to_world: torch.Tens
     if where:
         raise InputError(f"the pose does not see the CT: it lies {where}, so the DRR would be all zeros; check the "
                          "pose, the isocenter and the principal point (x0, y0)")
+    check_ct_footprint(volume, camera, T)
+
+
+#: Fewest pixels the CT's box must span along the rows and along the columns of a DRR (:func:`check_ct_footprint`).
+MIN_FOOTPRINT_PX = 2.0
+
+
+def check_ct_footprint(volume: Volume, camera: Camera, camera_to_world: torch.Tensor, what: str = "the DRR") -> None:
+    """Refuse (InputError) a camera on which the CT's box, seen from ``camera_to_world`` (4, 4), spans fewer than
+    :data:`MIN_FOOTPRINT_PX` pixels along the rows or the columns: pixels of metres (a spacing given in the wrong
+    unit, e.g. ``--delx 1000``) leave the image of the CT between the rays, all zeros or one pixel.  Only a box
+    wholly in front of the source is measured (else its projection is unbounded)."""
+    from xraypose.camera import world_to_camera_points
+    from xraypose.errors import InputError
+
+    T = torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4)
+    corners = volume.corners
+    if not bool(torch.isfinite(T).all()) or not bool((world_to_camera_points(corners, T)[:, 2] > 0).all()):
+        return
+    uv = camera.project(corners, T)
+    cols, rows = (uv.max(0).values - uv.min(0).values).tolist()
+    if cols < MIN_FOOTPRINT_PX or rows < MIN_FOOTPRINT_PX:
+        raise InputError(f"the CT would cover {cols:.2g} × {rows:.2g} pixels of {what} (columns × rows): its pixels "
+                         f"are {float(camera.delx):g} × {float(camera.dely):g} mm on a {camera.height} × "
+                         f"{camera.width} detector at sdd {float(camera.sdd):g} mm; check the pixel spacing "
+                         "(delx, dely: mm per pixel) and the sdd")

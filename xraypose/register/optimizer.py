@@ -608,6 +608,10 @@ class Registrar:
             if origins.shape != (B, 4, 4) or not bool(torch.isfinite(origins).all()):
                 raise InputError(f"origins must be (B, 4, 4) finite poses for B = {B} X-rays, got "
                                  f"{tuple(origins.shape)}")
+        from xraypose.api import check_ct_footprint
+
+        for i, (_, cam, Ci, _m) in enumerate(prepared):  # pixels of metres: every DRR zeros or one pixel
+            check_ct_footprint(self.volume, cam, T0[0, 0] @ Ci, "the X-ray" if len(prepared) == 1 else f"view {i}")
         flatT = T0.reshape(B * K, 4, 4)
         sane = torch.ones(B * K, dtype=torch.bool)
         for (_, cam, Ci, _m) in prepared:
