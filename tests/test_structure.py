@@ -52,6 +52,9 @@ def test_structure_mask_from_labels_and_masks_and_its_errors(tmp_path, volume, l
     assert torch.equal(structure_mask(volume, label_map=p, label="3"), left_bone.bool())
     with pytest.raises(InputError, match=r"label id 5 is not present in the labelmap; present: 0, 3"):
         structure_mask(volume, label_map=p, label=5)
+    for background in (0, "0"):  # label 0 is every voxel of no structure: refused, naming the structures' ids
+        with pytest.raises(InputError, match=r"label 0 is the labelmap's background.*present: 3\)"):
+            structure_mask(volume, label_map=p, label=background)
     with pytest.raises(InputError, match="empty"):
         structure_mask(volume, mask=torch.zeros(volume.shape))
     with pytest.raises(InputError, match="shape"):

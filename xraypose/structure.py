@@ -207,6 +207,10 @@ def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> 
         lid = int(label) if not isinstance(label, str) or label.strip().lstrip("-").isdigit() else label
     except ValueError:
         lid = label
+    if isinstance(lid, int) and lid == 0:  # every voxel of no structure: the body, the table, the air
+        raise InputError(f"{name}: label 0 is the labelmap's background (the voxels of no structure), not a "
+                         "structure; give a structure's id (present: "
+                         f"{', '.join(str(i) for i in torch.unique(v.labels).tolist()[:50] if i != 0) or 'none'})")
     m = v.structure_mask(lid)  # an absent label: InputError naming the labels present
     if not bool(m.any()):
         raise InputError(f"{name}: label {label} is empty")
