@@ -162,3 +162,22 @@ def test_wrist_radius_volume():
     assert v.shape == (68, 86, 128)  # 68 columns, 86 rows, 128 pages
     assert float(v.data.min()) == 0.0 and float(v.data.max()) == 4095.0
     assert torch.allclose(v.extent_mm, torch.tensor([68 * 0.39625, 86 * 0.39625, 128 * 0.625], dtype=torch.float64))
+
+
+def test_info_reads_a_tiff_stack_with_a_voxel_size_as_a_ct(tmp_path, capsys):
+    """`xraypose info` took every TIFF for an X-ray (a stack: a sequence of frames); one whose sidecar gives
+    spacing_mm is a CT, as register and train read it."""
+    import json
+
+    from xraypose.cli import main
+
+    f = write_stack(tmp_path / "bone.tif", list(pages_16bit(n=6, rows=7, cols=8)))
+    (tmp_path / "bone.json").write_text(json.dumps({"spacing_mm": [0.5, 0.5, 0.6]}))
+    assert main(["info", str(f), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["what"] == "CT" and d["shape"] == [8, 7, 6] and d["spacing_mm"] == [0.5, 0.5, 0.6]
+    assert main(["info", str(f), "--sdd", "1000"]) == 2  # an X-ray's override is refused for a CT
+    assert "is a CT" in capsys.readouterr().err
+    (tmp_path / "bone.json").unlink()  # without it: frames of an X-ray sequence, as before
+    assert main(["info", str(f), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["what"] != "CT"

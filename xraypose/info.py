@@ -24,12 +24,27 @@ def kind_of(path: str) -> str:
         return "ct"
     if name.endswith(MODEL_SUFFIXES):
         return "model"
+    if name.endswith((".tif", ".tiff")) and _tiff_ct_sidecar(p):
+        return "ct"  # a TIFF stack whose sidecar gives a voxel size is a CT (xraypose.tiff_stack)
     if name.endswith(XRAY_SUFFIXES) or "." not in name:
         return "xray"
     raise InputError(
         f"cannot tell what {p.name!r} is; CTs end in {', '.join(CT_SUFFIXES)} (or are DICOM folders), "
         f"X-rays in {', '.join(XRAY_SUFFIXES)}, models in {', '.join(MODEL_SUFFIXES)}"
     )
+
+
+def _tiff_ct_sidecar(p: Path) -> bool:
+    """Whether the TIFF ``p`` has a CT stack's sidecar beside it (``NAME.json`` holding ``spacing_mm``; an X-ray's
+    sidecar holds intrinsics instead)."""
+    side = p.with_suffix(".json")
+    if not side.is_file():
+        return False
+    try:
+        d = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False  # read, and its problem named, as whatever the file turns out to be
+    return isinstance(d, dict) and "spacing_mm" in d
 
 
 def ct_info(path: str) -> dict:
