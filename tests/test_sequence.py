@@ -33,6 +33,24 @@ def test_multiframe_dicom_all_frames_and_frame_time(tmp_path):
     assert seq[2].source.endswith("#2")
 
 
+def test_a_cine_whose_number_of_frames_undercounts_its_pixel_data_is_refused(tmp_path):
+    """pydicom warns and drops the frames beyond NumberOfFrames: a sequence read short without a word."""
+    import pydicom
+
+    f = tmp_path / "cine.dcm"
+    write_dicom_xray(f, frames3(), camera=CAM)
+    ds = pydicom.dcmread(f)
+    ds.NumberOfFrames = 2
+    ds.save_as(f)
+    for read in (read_sequence, read_xray):
+        with pytest.raises(InputError, match="holds 3 frames of 24 × 32 pixels but NumberOfFrames .* says 2"):
+            read(f)
+    ds.PixelData = ds.PixelData + b"\0\0"  # padding of less than a frame is normal: read
+    ds.NumberOfFrames = 3
+    ds.save_as(f)
+    assert len(read_sequence(f)) == 3
+
+
 def test_frame_time_vector_and_its_errors(tmp_path):
     f = tmp_path / "cine.dcm"
     write_dicom_xray(f, frames3(), camera=CAM, extra={"FrameTimeVector": [0, 30, 45]})

@@ -259,4 +259,23 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
         if "length" in msg.lower() or "truncat" in msg.lower() or "expected" in msg.lower():
             raise InputError(f"{p}: DICOM pixel data is truncated or incomplete ({msg})") from None
         raise InputError(f"{p}: cannot decode the DICOM pixel data ({msg})") from None
+    _check_frame_count(ds, p, rows, cols, frames)
     return np.asarray(arr)
+
+
+def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int) -> None:
+    """Refuse uncompressed pixel data holding whole frames more than ``NumberOfFrames`` says (pydicom only warns
+    and drops them: a cine's frames lost without a word); padding of less than a frame is normal."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and getattr(ts, "is_compressed", False):
+        return
+    try:
+        frame_bytes = rows * cols * int(ds.get("BitsAllocated", 16) or 16) // 8
+        held = len(ds.PixelData) // frame_bytes if frame_bytes > 0 else 0
+    except (TypeError, ValueError):
+        return
+    if held > frames:
+        said = (f"NumberOfFrames (0028,0008) says {frames}" if "NumberOfFrames" in ds
+                else "it gives no NumberOfFrames (0028,0008): one frame")
+        raise InputError(f"{p}: the pixel data holds {held} frames of {rows} × {cols} pixels but {said}; the header "
+                         "does not match the data (frames would be lost)")
