@@ -94,7 +94,8 @@ def _choices_structure() -> tuple:
 
 #: Text options whose choices the library checks only on some paths (checked here on all); ``(command, name)``
 #: entries, as in :data:`NUMERIC` (``register --structure`` is a mask file, ``evaluate --structure`` a bone).
-CHOICES: dict = {("evaluate", "structure"): _choices_structure}
+CHOICES: dict = {("evaluate", "structure"): _choices_structure,
+                 "resample_domain": lambda: ("auto", "intensity", "line-integral")}
 
 
 def option_flag(name: str) -> str:
@@ -356,10 +357,16 @@ SIZE = typer.Option(SIZE_DEFAULT, "--size", help="Resample the X-ray (the frames
                     "binned detector counts; other kinds are resampled after the log.")
 
 
+RESAMPLE_DOMAIN = typer.Option("auto", "--resample-domain", help="How --size shrinks raw intensities (kind "
+                               "'intensity'): 'intensity' averages them over each new pixel before their log (a "
+                               "binned detector), 'line-integral' resamples after the log, 'auto' chooses by the "
+                               "photons the X-ray's own noise shows. Other kinds are resampled after the log.")
+
+
 def preprocessing_options(i0: Optional[float] = I0, crop: int = CROP, blur: float = BLUR,
-                          size: int = SIZE) -> dict:
+                          size: int = SIZE, resample_domain: str = RESAMPLE_DOMAIN) -> dict:
     """The preprocessing options of ``register`` and ``track`` (see :func:`xraypose.cli.steps.preprocess_settings`)."""
-    return dict(crop=crop, blur=blur, size=size, i0=i0)
+    return dict(crop=crop, blur=blur, size=size, i0=i0, resample_domain=resample_domain)
 
 
 STRUCTURE = typer.Option(None, "--structure", help="One structure given as a mask on the CT's grid (nonzero "

@@ -105,7 +105,7 @@ def _register_views(xrays, rig, start_view, antipodal: bool, cfg_kw: dict, commo
 
 def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_json, angles, sod, isocenter,
                   antipodal: bool, hypotheses: bool, true_pose, fiducials, read_kw: dict, crop: int, blur: float,
-                  size: int, i0, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool,
+                  size: int, i0, resample_domain: str, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool,
                   structure, label_map, label, counts_kw: dict | None = None) -> None:
     """One X-ray: read, start, preprocess, register (a structure's window and weights), refine on its counts
     (``--counts``), write, print."""
@@ -123,7 +123,7 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     start, init_info = _start(init, xr, xray, model=model, vol=cts.volume, pose_json=pose_json, sod=sod,
                               iso=cts.isocenter, allow_other_ct=allow_other_ct,
                               foreign_steps=cfg_kw.get("foreign_steps", 12.0))
-    px = xr.preprocess(**preprocess_settings(xr.shape, crop, blur, size, i0))
+    px = xr.preprocess(**preprocess_settings(xr.shape, crop, blur, size, i0, resample_domain))
     cfg = RegistrationConfig(drr_blur=drr_blur(blur, px.shape[0], xr.shape[0], crop), **cfg_kw)
     truth = _true_pose(true_pose)
     fid = metric_fiducials(fiducials, truth)

@@ -49,7 +49,7 @@ def load_rig(rig: str, xrays, read_kw: dict):
 
 def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str | None, init: str, model,
                      pose_json, angles, sod, isocenter, true_pose, fiducials, read_kw: dict, crop: int, blur: float,
-                     size: int, i0, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool, structure=None,
+                     size: int, i0, cfg_kw: dict, resample_domain: str = "auto", no_trajectory: bool, allow_other_ct: bool, structure=None,
                      label_map=None, label=None) -> int:
     """``xraypose register CT X1 X2 … --rig rig.json -o OUT`` (arguments: those of ``register``; ``init``
     resolved by :func:`xraypose.cli.options.check_init`). Returns the exit code (3 when the combined
@@ -67,7 +67,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     r = _start_view_index(start_view, names, views)
     cts = load_registration_ct(ct, isocenter, cfg_kw.get("density", "linear"), structure, label_map, label)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
-    pxs, Cs = _preprocess_views(names, xrs, views, crop, blur, size, i0)
+    pxs, Cs = _preprocess_views(names, xrs, views, crop, blur, size, i0, resample_domain)
     cfg = RegistrationConfig(drr_blur=drr_blur(blur, pxs[0].shape[0], xrs[0].shape[0], crop), **cfg_kw)
     reg = cts.registrar(cfg)
     start, info = start_pose(init, px=pxs[r], camera_to_rig=Cs[r], view=views[r].name, model=model, vol=cts.volume,
@@ -97,7 +97,7 @@ def _start_view_index(start_view: str | None, names: list[str], views) -> int:
     return hits[0]
 
 
-def _preprocess_views(names, xrs, views, crop: int, blur: float, size: int, i0):
+def _preprocess_views(names, xrs, views, crop: int, blur: float, size: int, i0, resample_domain: str = "auto"):
     """(preprocessed X-rays, camera_to_rig (4, 4) float64 of each, after the preprocessing's turns/mirrors)."""
     import torch
 
@@ -108,7 +108,7 @@ def _preprocess_views(names, xrs, views, crop: int, blur: float, size: int, i0):
         if xr.camera is None:
             raise InputError(f"{n}: no intrinsics (give them in rig.json, the file, or --sdd and --delx)")
         check_registrable_xray(xr.shape, n, crop)
-        px = xr.preprocess(**preprocess_settings(xr.shape, crop, blur, size, i0))
+        px = xr.preprocess(**preprocess_settings(xr.shape, crop, blur, size, i0, resample_domain))
         pxs.append(px)
     Cs = [v.camera_to_rig.to(torch.float64) @ pose_transform_of(px.steps[len(xr.steps):])
           for v, px, xr in zip(views, pxs, xrs)]

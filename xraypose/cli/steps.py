@@ -132,14 +132,15 @@ def read_start_file(path) -> tuple[str, torch.Tensor]:
     return "camera_to_world", pose_from_json(path).reshape(4, 4)
 
 
-def preprocess_settings(shape, crop: int, blur: float, size: int, i0) -> dict:
+def preprocess_settings(shape, crop: int, blur: float, size: int, i0, resample_domain: str = "auto") -> dict:
     """``XRay.preprocess`` keywords as ``xraypose register`` uses them (crop, 5×5 blur, i0, rescale,
-    at most ``size`` rows)."""
+    at most ``size`` rows, shrunk in ``resample_domain``: see :func:`xraypose.preprocess.preprocess`)."""
     import math
 
     from xraypose.limits import MIN_REGISTER_PIXELS
 
-    pre = {"crop": crop or None, "blur": (5, float(blur)) if blur > 0 else None, "i0": i0, "rescale": True}
+    pre = {"crop": crop or None, "blur": (5, float(blur)) if blur > 0 else None, "i0": i0, "rescale": True,
+           "resample_domain": resample_domain}
     h, w = shape[0] - 2 * crop, shape[1] - 2 * crop
     if h > size:
         cols = max(1, round(w * size / h))

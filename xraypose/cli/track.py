@@ -391,7 +391,7 @@ def _blur_predictor(reg, volume, raw_camera, seq, first, prep: dict, turn_deg: f
     from xraypose.register.blur_prediction import DETECTOR_BLUR_PX, predict_blur_coefficient
 
     P_inv = torch.linalg.inv(pose_transform_of(first.steps[len(seq.frames[0].steps):]))  # preprocessed → raw
-    pre = preprocess_settings(seq.shape, prep["crop"], prep["blur"], prep["size"], prep["i0"])
+    pre = preprocess_settings(seq.shape, prep["crop"], prep["blur"], prep["size"], prep["i0"], prep["resample_domain"])
     rs = next((s for s in first.steps if s.get("step") == "resize"), {})
     domain = rs.get("domain", "line-integral")
     again = f", and again after every {turn_deg:g} degrees of turn" if turn_deg else ""
@@ -459,7 +459,8 @@ def _structure_views(views, start, prep, names):
     return out, windows
 
 
-def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: int, i0):
+def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: int, i0,
+                          resample_domain: str = "auto"):
     """(views, first frames): per view ((F, 1, H, W) float32 preprocessed frames, their camera, camera_to_rig
     after the preprocessing's turns/mirrors, (F, 1, H, W) pixel masks or None), and each view's first
     preprocessed frame (an XRay).  A frame's mask is preprocessing's (a saturated plateau, a collimator's
@@ -471,7 +472,7 @@ def _preprocess_sequences(names, seqs, cams, Cs, crop: int, blur: float, size: i
     views, first = [], []
     for n, seq, cam, C in zip(names, seqs, cams, Cs):
         check_registrable_xray(seq.shape, seq.source, crop)
-        pre = preprocess_settings(seq.shape, crop, blur, size, i0)
+        pre = preprocess_settings(seq.shape, crop, blur, size, i0, resample_domain)
         pxs = [replace(fr, camera=cam).preprocess(**pre) for fr in seq.frames]
         imgs = torch.stack([px.image for px in pxs])[:, None].to(torch.float32)
         masks = None

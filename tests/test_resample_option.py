@@ -1,0 +1,41 @@
+"""``--resample-domain`` of register and track: the order in which ``--size`` shrinks raw intensities reaches
+preprocessing (recorded in pose.json's resize step), and an unknown order is one line naming the option."""
+
+import json
+
+import numpy as np
+import pytest
+
+from xraypose.cli import main
+
+
+def _counts_xray(tmp_path):
+    """A 64 × 64 raw-intensity X-ray of Poisson counts (≈ 20 photons per pixel) with its intrinsics in a sidecar."""
+    rng = np.random.default_rng(0)
+    v, u = np.mgrid[:64, :64]
+    lam = 20.0 * np.exp(-1.5 * np.exp(-((u - 30) ** 2 + (v - 34) ** 2) / 300.0))
+    np.save(tmp_path / "x.npy", rng.poisson(lam).astype(np.float32) * 50.0)
+    (tmp_path / "x.json").write_text(json.dumps({"sdd_mm": 1020.0, "delx_mm": 4.0, "dely_mm": 4.0,
+                                                 "kind": "intensity"}))
+    return tmp_path / "x.npy"
+
+
+@pytest.mark.parametrize("domain", ["intensity", "line-integral"])
+def test_register_shrinks_in_the_order_asked(tmp_path, domain):
+    x = _counts_xray(tmp_path)
+    out = tmp_path / "out"
+    code = main(["register", "sample", str(x), "-o", str(out), "--init", "ap", "--fast", "--no-hypotheses",
+                 "--no-trajectory", "--size", "32", "--resample-domain", domain])
+    assert code in (0, 3)
+    steps = json.loads((out / "pose.json").read_text())["xray"]["steps"]
+    resize = next(s for s in steps if s["step"] == "resize")
+    assert resize["domain"] == domain and resize["to"][0] == 32
+
+
+@pytest.mark.parametrize("command", ["register", "track"])
+def test_an_unknown_order_is_named(tmp_path, capsys, command):
+    x = _counts_xray(tmp_path)
+    extra = ["--init", "ap"] if command == "register" else []
+    assert main([command, "sample", str(x), "-o", str(tmp_path / "o"), *extra, "--resample-domain", "bins"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resample-domain" in err and "'bins'" in err and "line-integral" in err and "\n" not in err
