@@ -25,6 +25,12 @@ optimisation time.  ``--hypotheses``: register as ``xraypose register`` does
 (:func:`xraypose.register.register_xray` with the confidence check and, when the verdict is not
 ``ok``, the hypotheses); each case then records its verdict, ``p_success``, which start was kept and
 the whole call's time (``opt_s``), and each group the verdict counts and the ``ok`` results above 2 mm.
+``--form-detector N``: each X-ray formed on N² pixels over the same 280 mm field with the same dose per mm²
+(the families' ``dose_scale`` = (detector / N)²; families that set their photons through the shared detector
+chain — not ``ours``) and preprocessed to ``--detector`` rows as ``xraypose register --size`` does, its
+resize in ``--resample-domain`` (cached per setting; each case and row records the order used).  Delete a
+``-rsauto`` cache after ``"auto"``'s rule changes (2026-12-05: the log of each pixel where half a photon is
+added).
 """
 
 from __future__ import annotations
