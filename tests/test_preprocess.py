@@ -307,28 +307,34 @@ def test_resample_domain_choices_and_bad_values():
         preprocess(img, None, log=True, size=8, resample_domain="log")
 
 
-def test_auto_bins_before_the_log_only_where_photons_are_few():
+def test_auto_bins_before_the_log_only_where_photons_are_few_and_no_half_photon_helps():
     """The photon count comes from the image's own noise (variance over mean in 4×4 blocks, the gain):
     a scene counted at 20 ADU per photon is estimated within 10 %; at 2·10⁴ photons per unattenuated
-    pixel (~300 behind the 'bone') 'auto' keeps the log of each pixel, at 200 (~3) it bins first; a
-    noiseless image has infinite photons (the old order)."""
+    pixel (~300 behind the 'bone') 'auto' keeps the log of each pixel; at 200 (~3) it keeps it too, with
+    half a photon added before the log (nearly unbiased, and a bin is an intensity-domain blur that moves
+    edges), and bins first only where no photon is added (``photon_offset=0``); a noiseless image has
+    infinite photons (the log of each pixel)."""
     from xraypose.preprocess import LOG_MIN_PHOTONS, detected_photons
 
     g = torch.Generator().manual_seed(4)
     L = torch.zeros(128, 128, dtype=F64)
     L[32:96, 32:96] = 4.2  # 'bone': e^-4.2 = 1.5 % of the photons
-    for photons, binned in ((2e4, False), (200.0, True)):
+    for photons, few in ((2e4, False), (200.0, True)):
         counts = torch.poisson(photons * torch.exp(-L), generator=g) * 20.0  # 20 ADU per photon
         est = detected_photons(counts)
         assert est["per_photon"] == pytest.approx(20.0, rel=0.1)
-        if binned:  # ~3 photons behind the 'bone': its darkest 1 % counted 0 or 1
+        if few:  # ~3 photons behind the 'bone': its darkest 1 % counted 0 or 1
             assert est["photons_p1"] < LOG_MIN_PHOTONS
         else:
             assert est["photons_p1"] == pytest.approx(photons * math.exp(-4.2), rel=0.3)
-        out = preprocess(counts, None, log=True, i0=20.0 * photons, size=32)
-        rs = next(s for s in out.steps if s["step"] == "resize")
-        assert (rs["domain"] == "intensity") is binned, rs
-        assert rs["log_min_photons"] == LOG_MIN_PHOTONS and rs["photons"]["per_photon"] == est["per_photon"]
+        for offset, binned in (("auto", False), (0, few)):
+            out = preprocess(counts, None, log=True, i0=20.0 * photons, size=32, photon_offset=offset, rescale=False)
+            rs = next(s for s in out.steps if s["step"] == "resize")
+            assert (rs["domain"] == "intensity") is binned, (offset, rs)
+            assert rs["log_min_photons"] == LOG_MIN_PHOTONS and rs["photons"]["per_photon"] == est["per_photon"]
+            assert rs["photon_offset"] == (0.5 if few and offset == "auto" else 0.0)
+            if few and offset == "auto":  # the log of each pixel + ½ photon: the bone's line integral within 0.05
+                assert abs(float(out.image[12:20, 12:20].double().mean()) - 4.2) < 0.05
     clean = 1000.0 * torch.exp(-L)
     assert detected_photons(clean)["photons_p1"] == math.inf
     rs = next(s for s in preprocess(clean, None, log=True, i0=1000.0, size=32).steps if s["step"] == "resize")

@@ -898,15 +898,15 @@ def preprocess(
        "line-integral"); or, for raw intensities (``log`` True / "intensity") that are shrunk,
        before step 3 (``resample_domain`` "intensity"): the intensities are averaged over each output
        pixel's area, as a detector with larger pixels would count them, and the log is taken of the
-       averages.  "auto" (the default) does that when the darkest 1 % of the field's pixels hold
+       averages.  "auto" (the default) does that only when the darkest 1 % of the field's pixels hold
        fewer than :data:`LOG_MIN_PHOTONS` photons, estimated from the image's own noise
-       (:func:`detected_photons`; recorded in the resize step).  The log of a few photons is biased
-       and heavy-tailed (of zero, undefined), so a low-dose image shrunk after its log is not the
-       image of a coarser detector: frames formed at 512² with 86–526 photons per pixel and shrunk
-       to 128 rows after the log matched their DRRs at the true pose with a similarity of 0.53–0.95,
-       binned first 0.89–0.97, formed at 128² 0.90–0.97.  But a bin is itself a blur of the
-       intensities, whose log moves high-contrast edges (the depth of one view with them): with
-       plenty of photons the log of each pixel is the better order (docs/registration.md,
+       (:func:`detected_photons`; recorded in the resize step), *and* step 4 adds no photons before
+       the log (``photon_offset`` 0, or an image whose photons cannot be read as counts): the log of
+       a few photons is biased and heavy-tailed (of zero, undefined), but ``log(n + ½)`` is nearly
+       unbiased, while a bin is itself a blur of the intensities, whose log moves high-contrast edges
+       (the depth of one view with them).  Tracked low-dose frames formed at 512² (their darkest
+       pixels 0–1 photons) and shrunk to 128 / 256 rows: binned first 34 % / 31 % of frames below
+       1 mm, the log of each pixel (with its half photon) 92 % / 100 % (docs/registration.md,
        "Shrinking raw intensities").  Step 3's blur
        then acts at the output size, its σ and kernel radius scaled by output rows / input rows
        (the blur step records the σ and kernel used, the resize step ``blur_scaled_by``; the radius
@@ -943,8 +943,8 @@ def preprocess(
     _check_photon_offset(photon_offset)
     est = detected_photons(img, mask, offset) if mode == "intensity" and (
         resample_domain == "auto" or photon_offset != 0) else None
-    binned, how = _resample_before_log(resample_domain, mode, geo, est)
     photons = _photon_offset(photon_offset, est, _quantum(img + float(offset)), float(img.max()) + float(offset))
+    binned, how = _resample_before_log(resample_domain, mode, geo, est, photons)
     pixels_in = img.numel()
     if binned and b is not None:  # the blur's kernel and σ follow the image to its new size
         f = geo.shape[0] / img.shape[0]
@@ -997,12 +997,13 @@ def _check_resample_domain(domain: str, mode: str) -> None:
                          f"log=True / 'intensity', got log={mode!r}")
 
 
-#: ``resample_domain="auto"`` bins raw intensities before their log when the darkest 1 % of the
-#: field's pixels hold fewer photons than this (estimated from the image's own noise,
-#: :func:`detected_photons`).  Between the two doses measured (docs/registration.md, "Shrinking raw
-#: intensities"): ~1 photon there at fluoroscopic dose, where the log of each pixel ruined the frames,
-#: and ~135 at a radiograph's, where the log of each pixel kept registration at 0.16 mm and binning
-#: moved its depth (a bin is an intensity-domain blur).
+#: Photons below which the darkest 1 % of the field counts as few (estimated from the image's own noise,
+#: :func:`detected_photons`): ``photon_offset="auto"`` adds half a photon before the log there, and
+#: ``resample_domain="auto"`` bins raw intensities before their log where it cannot (no offset).  Between
+#: the two doses measured (docs/registration.md, "Shrinking raw intensities"): ~1 photon there at
+#: fluoroscopic dose, where the bare log of each pixel ruined the frames, and ~135 at a radiograph's, where
+#: the log of each pixel kept registration at 0.16 mm and binning moved its depth (a bin is an
+#: intensity-domain blur).
 LOG_MIN_PHOTONS = 30.0
 
 
@@ -1063,10 +1064,10 @@ def _photon_offset(value, est: dict | None, quantum: float, top: float) -> float
     return 0.5 if counted and est["photons_p1"] < LOG_MIN_PHOTONS else 0.0
 
 
-def _resample_before_log(domain: str, mode: str, geo, est: dict | None) -> tuple[bool, dict]:
+def _resample_before_log(domain: str, mode: str, geo, est: dict | None, photons: float) -> tuple[bool, dict]:
     """(whether :func:`preprocess` shrinks the raw image — after the crops — before the log, the record
     added to the resize step) for step 7's ``resample_domain``; ``est``: :func:`detected_photons` of
-    that image (None: unknown)."""
+    that image (None: unknown); ``photons``: the photons step 4 adds before the log (:func:`_photon_offset`)."""
     rec = next((s for s in geo.steps if s["step"] == "resize"), None)
     if rec is None:
         return False, {}
@@ -1075,9 +1076,9 @@ def _resample_before_log(domain: str, mode: str, geo, est: dict | None) -> tuple
         return False, {"domain": "line-integral"}
     if domain == "intensity":
         return True, {"domain": "intensity", "how": "area mean"}
-    low = est is not None and est["photons_p1"] < LOG_MIN_PHOTONS
+    low = est is not None and est["photons_p1"] < LOG_MIN_PHOTONS and not photons
     rec = {"photons": None if est is None else {k: (None if math.isinf(x) else x) for k, x in est.items()},
-           "log_min_photons": LOG_MIN_PHOTONS}
+           "log_min_photons": LOG_MIN_PHOTONS, "photon_offset": photons}
     return low, {"domain": "intensity", "how": "area mean", **rec} if low else {"domain": "line-integral", **rec}
 
 
