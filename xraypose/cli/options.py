@@ -352,15 +352,16 @@ BLUR = typer.Option(1.0, "--blur", help="Gaussian blur σ (pixels of the file, 5
                     "shrinks it; 0 for none. The DRRs get the same blur.")
 #: Rows the X-rays are resampled to at most before registering (``--size`` of register, track, evaluate).
 SIZE_DEFAULT = 256
-SIZE = typer.Option(SIZE_DEFAULT, "--size", help="Resample the X-ray (the frames) to at most this many rows first. "
-                    "Raw intensities (kind 'intensity') are averaged over each new pixel before their log, as a "
-                    "binned detector counts; other kinds are resampled after the log.")
+SIZE = typer.Option(SIZE_DEFAULT, "--size", help="Resample the X-ray (the frames) to at most this many rows first, "
+                    "after the log (raw intensities with few photons get half a photon added first); see "
+                    "--resample-domain for binning raw intensities before it.")
 
 
 RESAMPLE_DOMAIN = typer.Option("auto", "--resample-domain", help="How --size shrinks raw intensities (kind "
                                "'intensity'): 'intensity' averages them over each new pixel before their log (a "
-                               "binned detector), 'line-integral' resamples after the log, 'auto' chooses by the "
-                               "photons the X-ray's own noise shows. Other kinds are resampled after the log.")
+                               "binned detector), 'line-integral' resamples after the log, 'auto' (default) after "
+                               "the log unless photons are few and none can be added before it (read from the "
+                               "X-ray's own noise). Other kinds are resampled after the log.")
 
 
 def preprocessing_options(i0: Optional[float] = I0, crop: int = CROP, blur: float = BLUR,
