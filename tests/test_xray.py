@@ -243,8 +243,12 @@ def test_preprocess_follows_kind_and_geometry(tmp_path):
     out = xr.preprocess(crop=2, size=(10, 14))
     assert out.kind == "attenuation" and tuple(out.image.shape) == (10, 14)
     assert out.camera == cam.crop(2, 2, 20, 28).resize(10, 14)
-    # a scene random from pixel to pixel reads as noise (few photons): shrunk before the log
-    assert [s["step"] for s in out.steps] == ["crop", "resize", "beer_lambert", "rescale01"]
+    # a scene random from pixel to pixel reads as noise (few photons): half a photon added before the log of
+    # each pixel, then resized (binned before the log only where no photon can be added: photon_offset=0)
+    assert [s["step"] for s in out.steps] == ["crop", "beer_lambert", "rescale01", "resize"]
+    assert out.steps[1]["photon_offset"]["photons"] == 0.5
+    binned = xr.preprocess(crop=2, size=(10, 14), photon_offset=0)
+    assert [s["step"] for s in binned.steps] == ["crop", "resize", "beer_lambert", "rescale01"]
     torch.testing.assert_close(out.to_image_pixels(torch.tensor([[2.0, 2.0]], dtype=F64)),
                                torch.tensor([[0.5 * 14 / 28 - 0.5, 0.5 * 10 / 20 - 0.5]], dtype=F64))
     rot = xr.preprocess(rotate_180=True)
