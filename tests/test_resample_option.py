@@ -39,3 +39,24 @@ def test_an_unknown_order_is_named(tmp_path, capsys, command):
     assert main([command, "sample", str(x), "-o", str(tmp_path / "o"), *extra, "--resample-domain", "bins"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--resample-domain" in err and "'bins'" in err and "line-integral" in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def example_case(tmp_path_factory):
+    from xraypose.datasets import make_example_case
+
+    return make_example_case(tmp_path_factory.mktemp("cases") / "example")
+
+
+def test_evaluate_shrinks_a_case_folders_raw_xrays_in_the_order_asked(example_case, tmp_path, capsys):
+    import torch
+
+    from xraypose.evaluate import load_eval_set
+
+    sets = {d: load_eval_set(example_case, size=40, resample_domain=d) for d in ("intensity", "line-integral")}
+    a, b = (s.cases[0] for s in sets.values())
+    assert a.image.shape == b.image.shape and a.image.shape[0] == 40 and a.camera == b.camera
+    assert not torch.allclose(a.image, b.image, atol=1e-4)  # binned before the log vs resampled after it
+    assert main(["evaluate", str(example_case), "-o", str(tmp_path / "e"), "--resample-domain", "bins"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resample-domain" in err and "'bins'" in err and "\n" not in err

@@ -129,7 +129,7 @@ def _safe_name(text: str) -> str:
 
 
 def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256,
-                  structure: str = "pelvis") -> EvalSet:
+                  structure: str = "pelvis", resample_domain: str = "auto") -> EvalSet:
     """Read what :func:`evaluate` needs from a case folder or a dataset file.
 
     Args:
@@ -137,6 +137,8 @@ def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256
         specimen: DeepFluoro specimen 1–6 or Ljubljana subject 1–10 (HDF5 only).
         size: register images resized to at most this many rows (None: as stored).
         structure: DeepFluoro structure whose pose is the truth (pelvis | left-femur | right-femur).
+        resample_domain: how ``size`` shrinks a case folder's raw-intensity X-rays
+            (:func:`xraypose.preprocess.preprocess`); the datasets' images are not raw intensities.
     """
     path = Path(source).expanduser()
     if not path.exists():
@@ -147,7 +149,7 @@ def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256
         if specimen is not None:
             raise InputError(f"{path} is a case folder: --specimen is for DeepFluoro / Ljubljana HDF5 files")
         inputs = input_fingerprint(path)  # before reading: a file edited meanwhile reads as changed later
-        return _with_source(_case_folder_set(path, size), path, inputs)
+        return _with_source(_case_folder_set(path, size, resample_domain), path, inputs)
     if path.suffix.lower() not in (".h5", ".hdf5"):
         raise InputError(f"{path}: expected a case folder or a DeepFluoro / Ljubljana HDF5 file (.h5)")
     inputs = input_fingerprint(path)
@@ -245,7 +247,7 @@ def _h5_kind(path: Path) -> str:
                      f"(groups subject01, ...) file; top-level groups: {', '.join(sorted(keys)[:8]) or 'none'}")
 
 
-def _case_folder_set(path: Path, size: int | None) -> EvalSet:
+def _case_folder_set(path: Path, size: int | None, resample_domain: str = "auto") -> EvalSet:
     from xraypose.datasets import load_case
 
     case = load_case(path, preprocess=False)  # a rig.json's intrinsics are already the X-rays' cameras
@@ -257,6 +259,8 @@ def _case_folder_set(path: Path, size: int | None) -> EvalSet:
         pre = {"rescale": True, "blur": (5, _BLUR_PX)}  # as `xraypose register` does by default
         if size is not None and xr.shape[0] > size:
             pre["size"] = (size, max(1, round(xr.shape[1] * size / xr.shape[0])))
+            if xr.kind == "intensity":  # (other kinds are resampled after the log whatever the setting)
+                pre["resample_domain"] = resample_domain
         px = xr.preprocess(**pre)
         blurs.append(_BLUR_PX * px.shape[0] / xr.shape[0])
         if px.camera is None:

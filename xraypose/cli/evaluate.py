@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (ALLOW_OTHER_CT, MODEL, SIZE_DEFAULT, Group, option_numbers, registration_options,
-                                  with_groups)
+from xraypose.cli.options import (ALLOW_OTHER_CT, MODEL, RESAMPLE_DOMAIN, SIZE_DEFAULT, Group, option_numbers,
+                                  registration_options, with_groups)
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 
@@ -42,6 +42,7 @@ def evaluate_command(
     pose_json: Optional[Path] = typer.Option(None, "--pose-json", help='Start pose for --start pose: {"camera_to_world": 4×4}.'),
     sod: Optional[float] = typer.Option(None, "--sod", help="Source-to-isocenter distance of --start ap, mm (default 0.6 × sdd)."),
     size: int = typer.Option(SIZE_DEFAULT, "--size", help="Register images resized to at most this many rows."),
+    resample_domain: str = RESAMPLE_DOMAIN,
     structure: str = typer.Option("pelvis", "--structure", help="DeepFluoro: pelvis | left-femur | right-femur."),
     cfg_kw: dict = Group(registration_options),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Draw each case's pictures (slower)."),
@@ -73,7 +74,7 @@ def evaluate_command(
     check_output_folder(output)  # before reading the data and registering
     shards = Shards.from_env()  # under torchrun: this rank's share of the X-rays, merged on rank 0
     deg, mm = option_numbers("perturb", perturb)
-    ev = load_eval_set(source, specimen=specimen, size=size, structure=structure)
+    ev = load_eval_set(source, specimen=specimen, size=size, structure=structure, resample_domain=resample_domain)
     check_registrable_ct(ev.volume)
     for c in ev.cases:
         check_registrable_xray(tuple(c.image.shape), f"{source}: X-ray {c.name}")
@@ -85,7 +86,10 @@ def evaluate_command(
     try:
         s = evaluate(ev, output, rule, config=cfg, start_label=label, pictures=pictures, resume=resume,
                      overwrite=overwrite, settings={"--specimen": specimen, "--size": size, "--structure": structure,
-                                                    **settings}, quiet=quiet, shards=shards)
+                                                    **settings,  # the default's order unrecorded: older runs resume
+                                                    **({} if resample_domain == "auto" else
+                                                       {"--resample-domain": resample_domain})},
+                     quiet=quiet, shards=shards)
     finally:
         shards.close()
     if shards.is_main:
