@@ -112,8 +112,8 @@ def test_the_confidence_benchmark_registers_and_checks_with_the_cases_mask(bench
 
 
 def test_cases_formed_on_a_finer_detector_are_preprocessed_as_register_does(bench, sample_ct):
-    """--form-detector: the X-ray formed on 4× the rows with ¹⁄₁₆ of the photons per pixel (the same dose per mm²),
-    brought to the maker's rows by preprocess's resize in the order asked, the DRRs' blur scaled with it."""
+    """--form-detector: the X-ray formed on 4× the rows with ¹⁄₁₆ of the photons per pixel (the same dose per
+    mm²), brought to the maker's rows by preprocess's resize in the order asked, the DRRs' blur scaled with it."""
     from xraypose.cli.steps import preprocess_settings
 
     maker = bench._case_maker(sample_ct, 32, 0)
@@ -127,7 +127,8 @@ def test_cases_formed_on_a_finer_detector_are_preprocessed_as_register_does(benc
         assert case["raw"].shape == (128, 128) and crop > coarse["raw_crop"]
         assert tuple(case["image"].shape) == preprocess_settings((128, 128), crop, 1.0, 32, None)["size"]
         assert case["drr_blur"] == pytest.approx(case["image"].shape[0] / (128 - 2 * crop))
-        assert Path(bench.case_folder("s", 32, 0, form_detector=128, resample_domain=d)).name == f"s-d32-s0-blurlog-f128-rs{d}"
+        folder = bench.case_folder("s", 32, 0, form_detector=128, resample_domain=d)
+        assert Path(folder).name == f"s-d32-s0-blurlog-f128-rs{d}"
     assert not torch.equal(c["intensity"]["image"], c["line-integral"]["image"])
     with pytest.raises(SystemExit, match="multiple"):
         bench.make_case(sample_ct, maker, "lowdose", 0, 0, form_detector=100)

@@ -49,7 +49,8 @@ def load_rig(rig: str, xrays, read_kw: dict):
 
 def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str | None, init: str, model,
                      pose_json, angles, sod, isocenter, true_pose, fiducials, read_kw: dict, crop: int, blur: float,
-                     size: int, i0, cfg_kw: dict, resample_domain: str = "auto", no_trajectory: bool, allow_other_ct: bool, structure=None,
+                     size: int, i0, cfg_kw: dict, no_trajectory: bool, allow_other_ct: bool,
+                     resample_domain: str = "auto", structure=None,
                      label_map=None, label=None) -> int:
     """``xraypose register CT X1 X2 … --rig rig.json -o OUT`` (arguments: those of ``register``; ``init``
     resolved by :func:`xraypose.cli.options.check_init`). Returns the exit code (3 when the combined

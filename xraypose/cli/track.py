@@ -391,7 +391,8 @@ def _blur_predictor(reg, volume, raw_camera, seq, first, prep: dict, turn_deg: f
     from xraypose.register.blur_prediction import DETECTOR_BLUR_PX, predict_blur_coefficient
 
     P_inv = torch.linalg.inv(pose_transform_of(first.steps[len(seq.frames[0].steps):]))  # preprocessed → raw
-    pre = preprocess_settings(seq.shape, prep["crop"], prep["blur"], prep["size"], prep["i0"], prep["resample_domain"])
+    pre = preprocess_settings(seq.shape, prep["crop"], prep["blur"], prep["size"], prep["i0"],
+                              prep["resample_domain"])
     rs = next((s for s in first.steps if s.get("step") == "resize"), {})
     domain = rs.get("domain", "line-integral")
     again = f", and again after every {turn_deg:g} degrees of turn" if turn_deg else ""
