@@ -905,8 +905,9 @@ def preprocess(
        a few photons is biased and heavy-tailed (of zero, undefined), but ``log(n + ½)`` is nearly
        unbiased, while a bin is itself a blur of the intensities, whose log moves high-contrast edges
        (the depth of one view with them).  Tracked low-dose frames formed at 512² (their darkest
-       pixels 0–1 photons) and shrunk to 128 / 256 rows: binned first 34 % / 31 % of frames below
-       1 mm, the log of each pixel (with its half photon) 92 % / 100 % (docs/registration.md,
+       pixels 0–1 photons) and shrunk to 128 / 256 rows (the pelvis, seed 1): binned first 34 % / 31 %
+       of frames below 1 mm, the log of each pixel (with its half photon) 92 % / 100 %; registered
+       from 512² and 1024² to 256 rows, 134 against 144 of 150 (docs/registration.md,
        "Shrinking raw intensities").  Step 3's blur
        then acts at the output size, its σ and kernel radius scaled by output rows / input rows
        (the blur step records the σ and kernel used, the resize step ``blur_scaled_by``; the radius
