@@ -60,3 +60,19 @@ def test_evaluate_shrinks_a_case_folders_raw_xrays_in_the_order_asked(example_ca
     assert main(["evaluate", str(example_case), "-o", str(tmp_path / "e"), "--resample-domain", "bins"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--resample-domain" in err and "'bins'" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("domain", ["intensity", "line-integral"])
+def test_track_shrinks_the_frames_in_the_order_asked_and_records_it(tmp_path, domain):
+    x = _counts_xray(tmp_path)
+    frames = np.stack([np.load(x), np.load(x)[:, ::-1].copy()])  # two frames of counts
+    np.save(tmp_path / "seq.npy", frames)
+    (tmp_path / "seq.json").write_text((tmp_path / "x.json").read_text())
+    out = tmp_path / "out"
+    code = main(["track", "sample", str(tmp_path / "seq.npy"), "-o", str(out), "--init", "ap", "--fast",
+                 "--size", "32", "--resample-domain", domain])
+    assert code in (0, 3)
+    doc = json.loads((out / "trajectory.json").read_text())
+    (view,) = doc["preprocessing"]
+    resize = next(s for s in view["first_frame_steps"] if s["step"] == "resize")
+    assert resize["domain"] == domain and resize["to"][0] == 32

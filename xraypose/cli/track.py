@@ -309,6 +309,9 @@ def track_command(
         record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_kw, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
+    # how each view's frames were preprocessed (the first frame's steps: crop, the log and its half photon, the
+    # resize and its order, the blur; every frame of a view gets the same settings)
+    doc["preprocessing"] = [{"view": n, "first_frame_steps": px.steps} for n, px in zip(names, first)]
     if counts:
         doc["counts"] = record_counts
     if blur_prediction is not None:
