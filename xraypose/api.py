@@ -54,25 +54,37 @@ def render_drr(
     return img[0, 0]
 
 
-def check_ct_in_view(volume: Volume, camera: Camera, camera_to_world: torch.Tensor) -> None:
-    """Refuse (InputError) a pose (4, 4) whose DRR cannot hold any of the CT: its box wholly behind the
-    source, wholly beyond the detector plane (z >= sdd), or projecting wholly off the detector.  A DRR of
-    zeros is never what was wanted.  Conservative: a box that straddles the source's plane passes."""
+def _box_in_view(volume: Volume, camera: Camera, camera_to_world) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(the depths (8,) of the CT box's corners along the principal ray, mm; their (8, 2) pixels (u, v) when
+    the whole box is in front of the source — its projection then lies within theirs — else None), or None for
+    a pose that is not finite."""
     from xraypose.camera import world_to_camera_points
-    from xraypose.errors import InputError
 
     T = torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4)
     if not bool(torch.isfinite(T).all()):
-        return  # render() refuses it
+        return None
     corners = volume.corners  # (8, 3) world mm
-    z = world_to_camera_points(corners, T)[:, 2]  # mm along the principal ray from the source
+    z = world_to_camera_points(corners, T)[:, 2]
+    return z, (camera.project(corners, T) if bool((z > 0).all()) else None)
+
+
+def check_ct_in_view(volume: Volume, camera: Camera, camera_to_world: torch.Tensor) -> None:
+    """Refuse (InputError) a pose (4, 4) whose DRR cannot hold any of the CT: its box wholly behind the
+    source, wholly beyond the detector plane (z >= sdd), projecting wholly off the detector, or onto fewer
+    than :data:`MIN_FOOTPRINT_PX` pixels (:func:`check_ct_footprint`).  A DRR of zeros is never what was
+    wanted.  Conservative: a box that straddles the source's plane passes."""
+    from xraypose.errors import InputError
+
+    box = _box_in_view(volume, camera, camera_to_world)
+    if box is None:
+        return  # render() refuses a pose that is not finite
+    z, uv = box
     where = None
     if bool((z <= 0).all()):
         where = "behind the X-ray source"
     elif bool((z >= camera.sdd).all()):
         where = f"beyond the detector (more than sdd = {camera.sdd:g} mm from the source)"
-    elif bool((z > 0).all()):  # the box's projection lies within its corners' (convex, in front of the source)
-        uv = camera.project(corners, T)
+    elif uv is not None:
         lo, hi = uv.min(0).values.tolist(), uv.max(0).values.tolist()
         if hi[0] < -0.5 or lo[0] > camera.width - 0.5 or hi[1] < -0.5 or lo[1] > camera.height - 0.5:
             where = (f"outside the detector's field of view (it projects to columns {lo[0]:.4g} … {hi[0]:.4g}, "
@@ -80,7 +92,7 @@ def check_ct_in_view(volume: Volume, camera: Camera, camera_to_world: torch.Tens
     if where:
         raise InputError(f"the pose does not see the CT: it lies {where}, so the DRR would be all zeros; check the "
                          "pose, the isocenter and the principal point (x0, y0)")
-    check_ct_footprint(volume, camera, T)
+    _check_footprint(camera, uv, "the DRR")
 
 
 #: Fewest pixels the CT's box must span along the rows and along the columns of a DRR (:func:`check_ct_footprint`).
@@ -92,14 +104,16 @@ def check_ct_footprint(volume: Volume, camera: Camera, camera_to_world: torch.Te
     :data:`MIN_FOOTPRINT_PX` pixels along the rows or the columns: pixels of metres (a spacing given in the wrong
     unit, e.g. ``--delx 1000``) leave the image of the CT between the rays, all zeros or one pixel.  Only a box
     wholly in front of the source is measured (else its projection is unbounded)."""
-    from xraypose.camera import world_to_camera_points
+    box = _box_in_view(volume, camera, camera_to_world)
+    _check_footprint(camera, None if box is None else box[1], what)
+
+
+def _check_footprint(camera: Camera, uv: torch.Tensor | None, what: str) -> None:
+    """:func:`check_ct_footprint` on the box corners' pixels ``uv`` (8, 2) (None: not measurable)."""
     from xraypose.errors import InputError
 
-    T = torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4)
-    corners = volume.corners
-    if not bool(torch.isfinite(T).all()) or not bool((world_to_camera_points(corners, T)[:, 2] > 0).all()):
+    if uv is None:
         return
-    uv = camera.project(corners, T)
     cols, rows = (uv.max(0).values - uv.min(0).values).tolist()
     if cols < MIN_FOOTPRINT_PX or rows < MIN_FOOTPRINT_PX:
         raise InputError(f"the CT would cover {cols:.2g} × {rows:.2g} pixels of {what} (columns × rows): its pixels "
