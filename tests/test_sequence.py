@@ -147,6 +147,31 @@ def test_folder_with_a_frame_of_another_pixel_kind(tmp_path):
     assert [fr.kind for fr in read_sequence(d, kind="intensity")] == ["intensity"] * 3
 
 
+def test_folder_with_a_frame_of_another_bit_depth(tmp_path):
+    """An 8-bit PNG among 16-bit ones (a frame exported again): its grey levels are on a scale 257× apart, and the
+    sequence was read and tracked without a word; now refused naming the frame.  Floats of two widths pass."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in range(3):
+        a = frames3()[i]
+        Image.fromarray(a if i != 1 else (a // 257).astype(np.uint8)).save(str(d / f"f{i}.png"))
+    with pytest.raises(InputError, match=r"f1.png: frame 1 stores uint8 pixels but the first frame f0.png uint16; "
+                       r"every frame of a sequence must have one bit depth") as e:
+        read_sequence(d, sdd=1000, delx=0.5)
+    assert "\n" not in str(e.value)
+    e2 = tmp_path / "floats"
+    e2.mkdir()
+    for i in range(2):
+        np.save(e2 / f"f{i}.npy", frames3()[i].astype(np.float32 if i == 0 else np.float64))
+    assert len(read_sequence(e2, sdd=1000, delx=0.5)) == 2
+    d3 = tmp_path / "dicom"
+    d3.mkdir()
+    write_dicom_xray(d3 / "a.dcm", frames3()[0].astype(np.float32), camera=CAM)
+    Image.fromarray((frames3()[1] // 257).astype(np.uint8)).save(str(d3 / "b.png"))
+    with pytest.raises(InputError, match=r"b.png: frame 1 stores uint8 pixels but the first frame a.dcm uint16"):
+        read_sequence(d3, sdd=1000, delx=0.5)
+
+
 def test_list_of_files_and_bad_sources(tmp_path):
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     np.save(a, np.ones((24, 32), np.float32))

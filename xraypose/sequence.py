@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xraypose.camera import Camera
@@ -203,6 +204,7 @@ def _from_files(paths: list, where: str, kwargs: dict) -> XRaySequence:
                 raise InputError(f"{f}: frame {len(frames)} holds {xr.kind!r} pixels but the first frame "
                                  f"{Path(first.source).name} {first.kind!r} (its sidecar or header); every frame of "
                                  "a sequence has one pixel kind (--kind sets it for all)")
+            _check_pixel_type(xr, first, f, len(frames))
             if xr.camera != first.camera:
                 raise InputError(f"{f}: frame {len(frames)} has other intrinsics than the first frame "
                                  f"{Path(first.source).name} ({_cam_text(xr.camera)} vs {_cam_text(first.camera)}); "
@@ -210,6 +212,24 @@ def _from_files(paths: list, where: str, kwargs: dict) -> XRaySequence:
         frames.append(xr)
     return XRaySequence(frames=frames, camera=first.camera, times=None, source=where,
                         notes=["frame times unknown (separate files)"] if len(frames) > 1 else [])
+
+
+def _pixel_type(xr: XRay) -> str | None:
+    v = xr.header.get("pixel_type")
+    return None if v is None else str(v["value"])
+
+
+def _check_pixel_type(xr: XRay, first: XRay, f, i: int) -> None:
+    """Refuse a frame stored as other integers than the first frame (8-bit among 16-bit frames: its grey levels
+    on a scale 257× apart, so raw intensities and their log disagree from frame to frame), or as integers beside
+    floats.  Floats of another width hold the same values and are accepted."""
+    a, b = _pixel_type(xr), _pixel_type(first)
+    if a is None or b is None or a == b:
+        return
+    if np.issubdtype(np.dtype(a), np.floating) and np.issubdtype(np.dtype(b), np.floating):
+        return
+    raise InputError(f"{f}: frame {i} stores {a} pixels but the first frame {Path(first.source).name} {b}; every "
+                     "frame of a sequence must have one bit depth (export them alike)")
 
 
 def _cam_text(c: Camera | None) -> str:

@@ -33,6 +33,7 @@ def read_dicom_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     ds = _load_dicom(p)
     hdr = Provenance()
     arr = _dicom_pixels(ds, p)
+    hdr.set("pixel_type", str(arr.dtype), "PixelData (7FE0,0010)")  # a sequence's frames must agree
     src = str(p)
     img, nframes = _frames(ds, arr, hdr, ov.frames, src)
     img, slope, intercept = _rescale(ds, img, hdr, src)

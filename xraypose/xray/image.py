@@ -40,6 +40,7 @@ def read_image_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
         arr = _read_npy(p, hdr)
     else:
         arr = _read_pil(p)
+    hdr.set("pixel_type", str(np.asarray(arr).dtype), "the file's pixels")  # a sequence's frames must agree
     img = reduce_frames(np.asarray(arr), ov.frames, hdr, src, "frames in the file")
     if img.ndim != (3 if str(ov.frames).lower() == "all" else 2):
         raise InputError(f"{p}: expected a 2D image, got shape {img.shape}")
