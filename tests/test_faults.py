@@ -673,6 +673,46 @@ def test_evaluate_resume_refuses_another_source_of_the_same_name(tmp_path, capsy
     assert _snapshot(ev) == before  # (the same source resumes: the test above)
 
 
+def test_evaluate_resume_refuses_an_x_ray_preprocessed_otherwise_than_in_the_earlier_run(tmp_path, capsys, case):
+    """run.json records each case folder X-ray's preprocessing order: a resume after xraypose's preprocessing
+    changed (2026-12-05: few photons shrunk after the log, no longer before it) kept the earlier cases' results
+    beside new ones made otherwise, silently.  Now refused naming the X-ray and both orders; a run.json from
+    before the record is refused only for X-rays the old default shrank before the log."""
+    import shutil
+
+    src = tmp_path / "lowdose"
+    shutil.copytree(case, src)
+    npy = src / "xrays" / "lateral.npy"
+    a = np.load(npy)  # a low-dose raw X-ray: ~0–400 photons of 10 grey levels each
+    np.save(npy, (np.random.default_rng(0).poisson(a / a.max() * 400) * 10.0 + 0.25).astype(np.float32))
+    ev = tmp_path / "ev"
+    args = ["evaluate", str(src), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+            "--size", "32", "--no-pictures", "--quiet"]
+    assert main(args) == 0
+    run = json.loads((ev / "run.json").read_text())
+    assert run["preprocessing"]["lateral.npy"] == ["beer_lambert", "blur (line-integral)", "rescale01",
+                                                   "resize (line-integral)"]
+    assert main(args + ["--resume"]) == 0  # the same order resumes
+
+    def refused(*words):
+        before = _snapshot(ev)
+        capsys.readouterr()
+        assert main(args + ["--resume"]) == 2
+        line = _one_error_line(capsys.readouterr().err, "cannot resume", "lateral.npy", *words, "--overwrite")
+        assert _snapshot(ev) == before
+        return line
+
+    then = {**run, "preprocessing": {**run["preprocessing"], "lateral.npy": ["resize (intensity)", "beer_lambert",
+                                                                             "blur (line-integral)", "rescale01"]}}
+    (ev / "run.json").write_text(json.dumps(then))
+    refused("resize (intensity) → beer_lambert", "resize (line-integral) now")
+    del then["preprocessing"]  # a run.json from before the record: this X-ray was binned before the log then
+    (ev / "run.json").write_text(json.dumps(then))
+    assert "lao20_caud10.dcm" not in refused("1 X-ray(s)", "before it if the run began before 2026-12-05")
+    (ev / "run.json").write_text(json.dumps(run))
+    assert main(args + ["--resume"]) == 0
+
+
 def test_evaluate_resume_refuses_inputs_changed_since_and_names_the_file(tmp_path, capsys, case):
     """run.json fingerprints the case folder (each file's size, mtime_ns and SHA-256): an X-ray replaced, added or removed
     between a run and its --resume was accepted silently, the earlier cases' results kept for the new inputs.

@@ -108,6 +108,7 @@ class EvalCase:
     angles_pose: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     camera_to_rig: torch.Tensor | None = None
+    steps: list | None = None  # a case folder's X-ray: its preprocessing steps (run.json records their order)
 
 
 @dataclass
@@ -269,7 +270,8 @@ def _case_folder_set(path: Path, size: int | None, resample_domain: str = "auto"
         true = None if T is None else (T @ px._pose_transform()).to(F64)
         C = None if rig is None else (rig[i].camera_to_rig @ px._pose_transform()).to(F64)
         cases.append(EvalCase(name=name, image=px.image.to(torch.float32), camera=px.camera, true_pose=true,
-                              fiducials=case.fiducials, angles_pose=px.pose, mask=px.mask, camera_to_rig=C))
+                              fiducials=case.fiducials, angles_pose=px.pose, mask=px.mask, camera_to_rig=C,
+                              steps=list(px.steps)))
     return EvalSet(name=path.name, volume=case.volume, cases=cases, isocenter=case.isocenter,
                    blur_px=statistics.median(blurs))
 
@@ -529,6 +531,8 @@ def remove_previous_results(outdir) -> int:
 
 #: run.json's key of the inputs' fingerprint (:func:`input_fingerprint`).
 INPUTS = "inputs"
+#: run.json's key of each case folder X-ray's preprocessing order (:func:`preprocessing_recipe`).
+PREPROCESSING = "preprocessing"
 
 
 # Names of the registration settings in messages (the CLI's options where there is one).
@@ -578,15 +582,51 @@ def _settings_differences(old: dict, new: dict) -> list[str]:
                     diffs.append(f"{name} ({_short(a.get(f))} then, {_short(b.get(f))} now)")
         elif k == "source_path" and k not in old:
             continue  # recorded before the path was
-        elif k == INPUTS:
+        elif k in (INPUTS, PREPROCESSING):
             continue  # compared by _prepare_output (input_changes: the files named; not at all before it existed)
         elif old.get(k) != new.get(k):
             diffs.append(f"{k} ({_short(old.get(k))} then, {_short(new.get(k))} now)")
     return diffs
 
 
-def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
-    """Check the output against an earlier run (resume: same settings; else refuse or --overwrite)."""
+def preprocessing_recipe(steps: list) -> list[str]:
+    """The order of an X-ray's preprocessing steps, each named with the domain it worked in where it has one
+    (``"resize (intensity)"``: binned before the log): what run.json records per case folder X-ray and a resume
+    compares — no pixel values, which may differ in their last bits from one CPU to another."""
+    return [s["step"] + (f" ({s['domain']})" if "domain" in s else "") for s in steps]
+
+
+def _binned_before_2026_12_05(steps: list) -> bool:
+    """Whether ``resample_domain="auto"`` before 2026-12-05 shrank this X-ray before the log while it is shrunk
+    after it now: few photons (the darkest 1 % < ``LOG_MIN_PHOTONS``) with half a photon added (the rule's one
+    change; docs/registration.md, "Shrinking raw intensities").  A run.json written before its
+    :data:`PREPROCESSING` record cannot say how its cases were preprocessed, only this can."""
+    from xraypose.preprocess import LOG_MIN_PHOTONS
+
+    rec = next((s for s in steps if s["step"] == "resize"), None)
+    p1 = ((rec or {}).get("photons") or {}).get("photons_p1")
+    return bool(rec and rec.get("domain") == "line-integral" and rec.get("photon_offset")
+                and p1 is not None and p1 < LOG_MIN_PHOTONS)
+
+
+def _preprocessing_differences(old: dict, new: dict, binned: list) -> list[str]:
+    """Case folder X-rays preprocessed otherwise now than when the run in ``old`` began (each named with the
+    two orders), or — for a run.json from before :data:`PREPROCESSING` — those the default shrank before the log
+    then and after it now."""
+    if not new.get(PREPROCESSING):
+        return []
+    if PREPROCESSING not in old:
+        return [f"{n} (shrunk after the log now, before it if the run began before 2026-12-05: the default then "
+                "for few photons)"
+                for n in binned if n in (old.get("cases") or [])]
+    then, now = old[PREPROCESSING] or {}, new[PREPROCESSING]
+    return [f"{n} ({' → '.join(then.get(n) or ['none'])} then, {' → '.join(now[n])} now)"
+            for n in now if n in then and then[n] != now[n]]
+
+
+def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool, binned: list | None = None) -> None:
+    """Check the output against an earlier run (resume: same settings; else refuse or --overwrite); ``binned``:
+    the case folder X-rays :func:`_binned_before_2026_12_05`."""
     from xraypose.io import restore_non_finite
 
     if resume and overwrite:
@@ -608,6 +648,12 @@ def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool) -> N
             raise InputError(f"cannot resume {out}: its inputs changed since the earlier run ({', '.join(changes)}), "
                              "so its results and the new ones would not belong together; re-run with --overwrite, "
                              "or evaluate into another folder")
+        changed = _preprocessing_differences(old, record, binned or [])
+        if changed:
+            raise InputError(f"cannot resume {out}: {len(changed)} X-ray(s) would be preprocessed otherwise than in "
+                             f"the earlier run ({'; '.join(changed[:3])}{'; …' if len(changed) > 3 else ''}), so its "
+                             "results and the new ones would not belong together; evaluate into another folder or "
+                             "give --overwrite")
         diffs = _settings_differences(old, json.loads(json.dumps(record, default=str)))
         if diffs:
             raise InputError(f"cannot resume {out} with other settings: {'; '.join(diffs)}; resume with the "
@@ -679,6 +725,8 @@ def evaluate(
         here = Path(out).resolve()
         record[INPUTS] = {k: v for k, v in evalset.inputs.items()
                           if base is None or not base.is_dir() or not (base / k).resolve().is_relative_to(here)}
+    if any(c.steps for c in evalset.cases):  # a resume under another preprocessing rule is refused
+        record[PREPROCESSING] = {n: preprocessing_recipe(c.steps) for n, c in zip(names, evalset.cases) if c.steps}
     shards = shards or Shards()
     rigged = any(c.camera_to_rig is not None for c in evalset.cases)
     if rigged:
@@ -686,7 +734,8 @@ def evaluate(
             raise InputError(f"{evalset.name}: a rig's X-rays are registered together, on one process; run this "
                              "evaluation without torchrun")
         record["rig"] = [c.camera_to_rig.tolist() for c in evalset.cases]
-    shards.prepare(out, record, lambda: _open_output(out, record, resume, overwrite))
+    binned = [n for n, c in zip(names, evalset.cases) if c.steps and _binned_before_2026_12_05(c.steps)]
+    shards.prepare(out, record, lambda: _open_output(out, record, resume, overwrite, binned))
     if rigged:
         results = _register_rig(evalset, out, names, start, config, pictures, resume)
     else:
@@ -819,11 +868,11 @@ def _write_evaluation_report(out: Path, name: str, rows: list, sections: list, s
     )
 
 
-def _open_output(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
+def _open_output(out: Path, record: dict, resume: bool, overwrite: bool, binned: list | None = None) -> None:
     """Check the output folder (:func:`_prepare_output`), create it, clear stale temporary files, write run.json."""
     from xraypose.io import OutputError, remove_stale_temp_files
 
-    _prepare_output(out, record, resume, overwrite)
+    _prepare_output(out, record, resume, overwrite, binned)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
