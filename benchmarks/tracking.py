@@ -318,9 +318,11 @@ def main(argv=None) -> int:
                          "area so the dose per mm² is the same, and its blur's σ by their size, so the frames "
                          "are blurred by 1 registered pixel as the DRRs are (default: formed at --detector)")
     ap.add_argument("--resample-domain", default="auto", choices=["auto", "line-integral", "intensity"],
-                    help="with --form-detector: preprocess's shrink of the frames — of their intensities before "
-                         "the log (auto, the default since 2026-12-02) or of their line integrals after it "
-                         "(line-integral: the order until then)")
+                    help="with --form-detector: preprocess's shrink of the frames (`xraypose track "
+                         "--resample-domain`): auto (the default: after the log where half a photon is added, as "
+                         "on these frames — since 2026-12-05; from 2026-12-02 to then it binned the intensities "
+                         "before the log where photons were few), intensity (before the log) or line-integral "
+                         "(after it)")
     ap.add_argument("--blur-domain", default="line-integral", choices=["line-integral", "intensity"],
                     help="preprocess's blur after the log (default) or before it (the order until 2026-12-02)")
     ap.add_argument("--step-mm", type=float, default=2.0)
