@@ -315,8 +315,10 @@ def main(argv=None) -> int:
                     help="form the frames on a finer detector (rows over the same 280 mm, e.g. 512: 0.55 mm "
                          "pixels, as a fluoroscope's) and resample them to --detector rows as "
                          "`xraypose track` does; the low-dose family's photons per pixel are scaled by the pixels' "
-                         "area so the dose per mm² is the same, and its blur's σ by their size, so the frames "
-                         "are blurred by 1 registered pixel as the DRRs are (default: formed at --detector)")
+                         "area so the dose per mm² is the same; the family's detector blur stays 0.7 of the "
+                         "formed pixels (a finer detector blurs less), and the preprocessing's σ is scaled by "
+                         "their size, so the frames are blurred by 1 registered pixel as the DRRs are "
+                         "(default: formed at --detector)")
     ap.add_argument("--resample-domain", default="auto", choices=["auto", "line-integral", "intensity"],
                     help="with --form-detector: preprocess's shrink of the frames (`xraypose track "
                          "--resample-domain`): auto (the default: after the log where half a photon is added, as "
