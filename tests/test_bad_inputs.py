@@ -540,6 +540,10 @@ add("ct-dicom-slices-of-two-sizes", ("differ in size", "8 × 8", "one ct series"
     d, o, _one_slice_cropped(dicom_series(d, 4)), "--pose", "0,0"))
 add("ct-dicom-without-series-uid", ("without a seriesinstanceuid", "uneven"), lambda d, o: render_args(
     d, o, _retagged(dicom_series(d, 4, gaps=[0.0, 10.0, 30.0, 40.0]), SeriesInstanceUID=None), "--pose", "0,0"))
+add("ct-dicom-last-slice-without-position", ("s003.dcm", "imagepositionpatient", "found none"), lambda d, o: render_args(
+    d, o, _slice_retagged(dicom_series(d, 4), 3, ImagePositionPatient=...), "--pose", "0,0"))  # GDCM: 1 mm, silently
+add("ct-dicom-without-positions", ("s000.dcm", "imagepositionpatient", "does not guess"), lambda d, o: [
+    "info", str(_retagged(dicom_series(d, 4), ImagePositionPatient=...))])
 add("ct-in-case-folder-nan", ("nan",), lambda d, o: with_case(
     d, o, ct_file=lambda r: nifti(r / "ct.nii.gz", _ct_with_nan())))
 
@@ -556,14 +560,26 @@ def _renamed(path: Path, to: Path) -> Path:
 
 
 def _retagged(folder: Path, **tags) -> Path:
-    """Every DICOM file of ``folder`` with the given tags (pydicom keywords) set."""
+    """Every DICOM file of ``folder`` with the given tags (pydicom keywords) set (``...``: removed)."""
     import pydicom
 
     for f in folder.iterdir():
         ds = pydicom.dcmread(f)
         for k, v in tags.items():
-            setattr(ds, k, v)
+            delattr(ds, k) if v is ... else setattr(ds, k, v)
         ds.save_as(f)
+    return folder
+
+
+def _slice_retagged(folder: Path, index: int, **tags) -> Path:
+    """The series with the given tags set (``...``: removed) on its slice ``index`` (in name order) only."""
+    import pydicom
+
+    f = sorted(folder.iterdir())[index]
+    ds = pydicom.dcmread(f)
+    for k, v in tags.items():
+        delattr(ds, k) if v is ... else setattr(ds, k, v)
+    ds.save_as(f)
     return folder
 
 

@@ -1029,18 +1029,25 @@ def _check_dicom_series_size(names, d: Path, what: str) -> None:
 
 
 def _check_dicom_slice_spacing(reader, img, count: int, source: str) -> None:
-    """Raise if the slice positions along the slice normal are not evenly spaced."""
+    """Raise if a slice lacks a usable ImagePositionPatient (GDCM would then invent a 1 mm spacing or
+    misplace the slice) or the slice positions along the slice normal are not evenly spaced."""
     positions = []
-    try:
-        for i in range(count):
-            if not reader.HasMetaDataKey(i, "0020|0032"):
-                return
-            positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
-    except (RuntimeError, ValueError):
-        return  # no usable ImagePositionPatient: trust SimpleITK
+    names = reader.GetFileNames()
+    for i in range(count):
+        text = reader.GetMetaData(i, "0020|0032").strip() if reader.HasMetaDataKey(i, "0020|0032") else ""
+        try:
+            xyz = [float(v) for v in text.split("\\")] if text else []
+        except ValueError:
+            xyz = []
+        if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
+            name = Path(names[i]).name if i < len(names) else f"slice {i + 1}"
+            found = f"{text!r}" if text else "none"
+            raise InputError(
+                f"DICOM series {source}: {name} has no usable ImagePositionPatient (0020,0032) (3 numbers, mm; "
+                f"found {found}): the slices' spacing and order are unknown (xraypose does not guess them)"
+            )
+        positions.append(xyz)
     pos = np.asarray(positions, dtype=np.float64)
-    if pos.shape != (count, 3):
-        return
     normal = np.asarray(img.GetDirection(), dtype=np.float64).reshape(img.GetDimension(), -1)[:3, 2]
     gaps = np.diff(pos @ normal)
     med = float(np.median(gaps))
