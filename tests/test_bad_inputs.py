@@ -544,6 +544,10 @@ add("ct-dicom-last-slice-without-position", ("s003.dcm", "imagepositionpatient",
     d, o, _slice_retagged(dicom_series(d, 4), 3, ImagePositionPatient=...), "--pose", "0,0"))  # GDCM: 1 mm, silently
 add("ct-dicom-without-positions", ("s000.dcm", "imagepositionpatient", "does not guess"), lambda d, o: [
     "info", str(_retagged(dicom_series(d, 4), ImagePositionPatient=...))])
+add("ct-dicom-slice-of-another-pixel-spacing", ("s002.dcm", "pixelspacing [5.0, 5.0]", "[10.0, 10.0]"),
+    lambda d, o: render_args(d, o, _slice_retagged(dicom_series(d, 4), 2, PixelSpacing=[5, 5]), "--pose", "0,0"))
+add("ct-dicom-without-pixel-spacing", ("pixelspacing", "found none", "does not guess 1 mm"), lambda d, o: [
+    "info", str(_retagged(dicom_series(d, 4), PixelSpacing=...))])  # GDCM: 1 mm, silently
 add("ct-in-case-folder-nan", ("nan",), lambda d, o: with_case(
     d, o, ct_file=lambda r: nifti(r / "ct.nii.gz", _ct_with_nan())))
 

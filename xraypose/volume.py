@@ -992,8 +992,10 @@ def _check_dicom_series_headers(reader, count: int, source: str) -> None:
                          "give a CT series as the CT, and X-rays as X-rays")
     names = reader.GetFileNames()
     first = None
+    first_ps = None
     for i in range(count):
         name = Path(names[i]).name if i < len(names) else f"slice {i + 1}"
+        first_ps = _check_slice_pixel_spacing(tag(i, "0028|0030"), first_ps, name, source)
         try:
             iop = [float(v) for v in tag(i, "0020|0037").split("\\")] if tag(i, "0020|0037") else None
             slope = float(tag(i, "0028|1053")) if tag(i, "0028|1053") else None
@@ -1008,6 +1010,23 @@ def _check_dicom_series_headers(reader, count: int, source: str) -> None:
         if slope is not None and not (math.isfinite(slope) and slope != 0):
             raise InputError(f"DICOM series {source}: {name} has RescaleSlope (0028,1053) {slope:g} (every voxel of "
                              "the slice would be equal)")
+
+
+def _check_slice_pixel_spacing(text: str, first: list | None, name: str, source: str) -> list:
+    """A slice's PixelSpacing (0028,0030): 2 positive numbers (GDCM would invent 1 mm without them), the
+    first slice's within 0.1 % (the volume gets the first slice's pixel size: two reconstructions mixed?)."""
+    try:
+        ps = [float(v) for v in text.split("\\")] if text else []
+    except ValueError:
+        ps = []
+    if len(ps) != 2 or not all(math.isfinite(v) and v > 0 for v in ps):
+        found = f"{text!r}" if text else "none"
+        raise InputError(f"DICOM series {source}: {name} has no usable PixelSpacing (0028,0030) (2 numbers > 0, mm; "
+                         f"found {found}): the voxel size is unknown (xraypose does not guess 1 mm)")
+    if first is not None and any(abs(a - b) > 1e-3 * b for a, b in zip(ps, first)):
+        raise InputError(f"DICOM series {source}: {name} has PixelSpacing {ps} mm, the first slice {first} mm: "
+                         "slices of different pixel sizes (two reconstructions in one folder?)")
+    return first if first is not None else ps
 
 
 def _check_dicom_series_size(names, d: Path, what: str) -> None:
