@@ -485,6 +485,9 @@ add("ct-spacing-6e-4-register", ("0.0006 mm", "implausible", "units"), lambda d,
     d, o, None, nifti(d / "ct.nii.gz", affine=_affine(6e-4))))
 add("ct-spacing-6000-render", ("6e+03 mm", "implausible"), lambda d, o: render_args(
     d, o, nifti(d / "ct.nii.gz", affine=_affine(6000.0)), "--pose", "0,0"))
+add("ct-origin-10-km-render", ("ct.nii.gz", "1e+07 mm", "within ±1e+06 mm"), lambda d, o: render_args(
+    d, o, nifti(d / "ct.nii.gz", affine=_affine() + np.pad(np.full((3, 1), 1e7), ((0, 1), (3, 0)))),
+    "--pose", "0,0"))  # rendered in float32: a 1 mm CT there came out wrong, without a word
 add("ct-huge-nii", ("20000 × 20000 × 20000",), lambda d, o: render_args(
     d, o, nifti_declaring(d / "ct.nii", (20000, 20000, 20000)), "--pose", "0,0"))
 add("ct-huge-nii-gz", ("20000 × 20000 × 20000",), lambda d, o: render_args(

@@ -556,6 +556,7 @@ def volume_from_array(
         aff = np.diag([*sp, 1.0])
         aff[:3, 3] = org
     _check_affine(aff, source)
+    _check_position(aff, arr.shape, source)
 
     data = _to_data_tensor(arr, dtype)
     lab = None if labels is None else _as_label_tensor(labels, arr.shape, "labels")
@@ -705,6 +706,7 @@ def _read_image(path: PathLike, what: str, spacing=None) -> tuple[np.ndarray, np
     arr = _as_3d(arr, source)
     check_voxel_values(arr, source)
     _check_affine(aff, source)
+    _check_position(aff, arr.shape, source)
     return arr, aff, source
 
 
@@ -1182,6 +1184,19 @@ def _check_affine(aff: np.ndarray, source: str, plausible_spacing: bool = True) 
         )
     if abs(np.linalg.det(m)) <= 1e-6 * float(np.prod(spacing)):
         raise InputError(f"{source}: singular affine (voxel axes are collinear): {m.tolist()}")
+
+
+def _check_position(aff: np.ndarray, shape: tuple[int, ...], source: str) -> None:
+    """The CT's voxel box within ±:data:`xraypose.schema.MAX_POSITION_MM` of the world origin, as every
+    coordinate xraypose takes: farther, float32 rays lose the CT (a DRR of zeros or shifted, silently)."""
+    from xraypose.schema import MAX_POSITION_MM
+
+    ijk = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in shape[:3]])), dtype=np.float64)
+    far = float(np.abs(ijk @ aff[:3, :3].T + aff[:3, 3]).max())
+    if far > MAX_POSITION_MM:
+        raise InputError(f"{source}: the CT reaches {far:.3g} mm from the world origin (its origin is "
+                         f"{[round(float(v), 3) for v in aff[:3, 3]]} mm); coordinates must be within "
+                         f"±{MAX_POSITION_MM:g} mm (1 km): check the header's origin and units")
 
 
 def _grid_distance_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
