@@ -1148,6 +1148,28 @@ def _resume_from_a_model_file(d: Path, o: Path) -> list:
 
 add("train-resume-a-model-file", ("model.last.pt", "no training state to resume"), _resume_from_a_model_file)
 
+
+def _objects_pickled(d: Path) -> Path:
+    """A torch.save file holding a pathlib.Path (weights_only=True refuses it with several lines and escape codes)."""
+    import torch
+
+    torch.save({"path": Path("x")}, d / "model.pt")
+    return d / "model.pt"
+
+
+# torch.load's own messages: miniz, several lines, terminal escape codes, advice to load with weights_only=False
+add("register-model-truncated", ("model.pt", "truncated or damaged"), lambda d, o: register_args(
+    d, o, None, None, "--init", "model", "--model", str(_cut(checkpoint(d, lambda ck: None), 4000))))
+add("register-model-is-a-ct", ("ct.nii.gz", "gzip-compressed", "not a pytorch file"), lambda d, o: register_args(
+    d, o, None, None, "--init", "model", "--model", str(ct(d))))
+add("info-model-empty", ("model.pt", "empty (0 bytes)"), lambda d, o: [
+    "info", str((d / "model.pt").write_bytes(b"") or d / "model.pt")])
+add("info-model-holds-objects", ("model.pt", "python objects (pathlib.posixpath)"), lambda d, o: [
+    "info", str(_objects_pickled(d))])
+add("config-train-backbone-weights-hold-objects", ("backbone weights", "python objects"), lambda d, o: with_config(
+    d, o, "train", f'[model]\nbackbone = "test_resnet"\nweights = "{_objects_pickled(d).as_posix()}"\n'
+    '[camera]\nheight = 32\nfov_mm = 100.0\n'))
+
 # ---- TOML configs ---------------------------------------------------------------------------------------------
 for _name, _cmd, _text, _words in [
     ("blur-nan", "register", "blur = nan\n", ("blur", "nan", "config")),
