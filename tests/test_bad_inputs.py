@@ -681,6 +681,10 @@ add("xray-dcm-huge-rows", ("60000 × 60000",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: (setattr(ds, "Rows", 60000), setattr(ds, "Columns", 60000)))))
 add("xray-dcm-huge-frames", ("100000 frames",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "NumberOfFrames", 100000))))
+add("xray-dcm-rows-fewer-than-the-data", ("xray.dcm", "(20 × 32 × 1 pixels", "rows (0028,0010)", "cut or sheared"),
+    lambda d, o: register_args(d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "Rows", 20))))  # pydicom: a warning
+add("xray-dcm-columns-fewer-than-the-data", ("xray.dcm", "384 more", "does not match the data"), lambda d, o: [
+    "info", str(dicom_xray(d, edit=lambda ds: setattr(ds, "Columns", 26)))])  # of "excess padding", then a sheared image
 add("xray-dcm-truncated-pixels", ("truncated",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]))))
 add("xray-dcm-primary-720", ("positionerprimaryangle", "[-180, 180]", "720"), lambda d, o: register_args(
