@@ -485,6 +485,9 @@ add("ct-spacing-6e-4-register", ("0.0006 mm", "implausible", "units"), lambda d,
     d, o, None, nifti(d / "ct.nii.gz", affine=_affine(6e-4))))
 add("ct-spacing-6000-render", ("6e+03 mm", "implausible"), lambda d, o: render_args(
     d, o, nifti(d / "ct.nii.gz", affine=_affine(6000.0)), "--pose", "0,0"))
+add("ct-origin-10-km-render", ("ct.nii.gz", "1e+07 mm", "within ±1e+06 mm"), lambda d, o: render_args(
+    d, o, nifti(d / "ct.nii.gz", affine=_affine() + np.pad(np.full((3, 1), 1e7), ((0, 1), (3, 0)))),
+    "--pose", "0,0"))  # rendered in float32: a 1 mm CT there came out wrong, without a word
 add("ct-huge-nii", ("20000 × 20000 × 20000",), lambda d, o: render_args(
     d, o, nifti_declaring(d / "ct.nii", (20000, 20000, 20000)), "--pose", "0,0"))
 add("ct-huge-nii-gz", ("20000 × 20000 × 20000",), lambda d, o: render_args(
@@ -540,6 +543,14 @@ add("ct-dicom-slices-of-two-sizes", ("differ in size", "8 × 8", "one ct series"
     d, o, _one_slice_cropped(dicom_series(d, 4)), "--pose", "0,0"))
 add("ct-dicom-without-series-uid", ("without a seriesinstanceuid", "uneven"), lambda d, o: render_args(
     d, o, _retagged(dicom_series(d, 4, gaps=[0.0, 10.0, 30.0, 40.0]), SeriesInstanceUID=None), "--pose", "0,0"))
+add("ct-dicom-last-slice-without-position", ("s003.dcm", "imagepositionpatient", "found none"), lambda d, o: render_args(
+    d, o, _slice_retagged(dicom_series(d, 4), 3, ImagePositionPatient=...), "--pose", "0,0"))  # GDCM: 1 mm, silently
+add("ct-dicom-without-positions", ("s000.dcm", "imagepositionpatient", "does not guess"), lambda d, o: [
+    "info", str(_retagged(dicom_series(d, 4), ImagePositionPatient=...))])
+add("ct-dicom-slice-of-another-pixel-spacing", ("s002.dcm", "pixelspacing [5.0, 5.0]", "[10.0, 10.0]"),
+    lambda d, o: render_args(d, o, _slice_retagged(dicom_series(d, 4), 2, PixelSpacing=[5, 5]), "--pose", "0,0"))
+add("ct-dicom-without-pixel-spacing", ("pixelspacing", "found none", "does not guess 1 mm"), lambda d, o: [
+    "info", str(_retagged(dicom_series(d, 4), PixelSpacing=...))])  # GDCM: 1 mm, silently
 add("ct-in-case-folder-nan", ("nan",), lambda d, o: with_case(
     d, o, ct_file=lambda r: nifti(r / "ct.nii.gz", _ct_with_nan())))
 
@@ -556,14 +567,26 @@ def _renamed(path: Path, to: Path) -> Path:
 
 
 def _retagged(folder: Path, **tags) -> Path:
-    """Every DICOM file of ``folder`` with the given tags (pydicom keywords) set."""
+    """Every DICOM file of ``folder`` with the given tags (pydicom keywords) set (``...``: removed)."""
     import pydicom
 
     for f in folder.iterdir():
         ds = pydicom.dcmread(f)
         for k, v in tags.items():
-            setattr(ds, k, v)
+            delattr(ds, k) if v is ... else setattr(ds, k, v)
         ds.save_as(f)
+    return folder
+
+
+def _slice_retagged(folder: Path, index: int, **tags) -> Path:
+    """The series with the given tags set (``...``: removed) on its slice ``index`` (in name order) only."""
+    import pydicom
+
+    f = sorted(folder.iterdir())[index]
+    ds = pydicom.dcmread(f)
+    for k, v in tags.items():
+        delattr(ds, k) if v is ... else setattr(ds, k, v)
+    ds.save_as(f)
     return folder
 
 
@@ -658,6 +681,10 @@ add("xray-dcm-huge-rows", ("60000 × 60000",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: (setattr(ds, "Rows", 60000), setattr(ds, "Columns", 60000)))))
 add("xray-dcm-huge-frames", ("100000 frames",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "NumberOfFrames", 100000))))
+add("xray-dcm-rows-fewer-than-the-data", ("xray.dcm", "(20 × 32 × 1 pixels", "rows (0028,0010)", "cut or sheared"),
+    lambda d, o: register_args(d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "Rows", 20))))  # pydicom: a warning
+add("xray-dcm-columns-fewer-than-the-data", ("xray.dcm", "384 more", "does not match the data"), lambda d, o: [
+    "info", str(dicom_xray(d, edit=lambda ds: setattr(ds, "Columns", 26)))])  # of "excess padding", then a sheared image
 add("xray-dcm-truncated-pixels", ("truncated",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]))))
 add("xray-dcm-primary-720", ("positionerprimaryangle", "[-180, 180]", "720"), lambda d, o: register_args(
@@ -1124,6 +1151,28 @@ def _resume_from_a_model_file(d: Path, o: Path) -> list:
 
 
 add("train-resume-a-model-file", ("model.last.pt", "no training state to resume"), _resume_from_a_model_file)
+
+
+def _objects_pickled(d: Path) -> Path:
+    """A torch.save file holding a pathlib.Path (weights_only=True refuses it with several lines and escape codes)."""
+    import torch
+
+    torch.save({"path": Path("x")}, d / "model.pt")
+    return d / "model.pt"
+
+
+# torch.load's own messages: miniz, several lines, terminal escape codes, advice to load with weights_only=False
+add("register-model-truncated", ("model.pt", "truncated or damaged"), lambda d, o: register_args(
+    d, o, None, None, "--init", "model", "--model", str(_cut(checkpoint(d, lambda ck: None), 4000))))
+add("register-model-is-a-ct", ("ct.nii.gz", "gzip-compressed", "not a pytorch file"), lambda d, o: register_args(
+    d, o, None, None, "--init", "model", "--model", str(ct(d))))
+add("info-model-empty", ("model.pt", "empty (0 bytes)"), lambda d, o: [
+    "info", str((d / "model.pt").write_bytes(b"") or d / "model.pt")])
+add("info-model-holds-objects", ("model.pt", "python objects (pathlib.posixpath)"), lambda d, o: [
+    "info", str(_objects_pickled(d))])
+add("config-train-backbone-weights-hold-objects", ("backbone weights", "python objects"), lambda d, o: with_config(
+    d, o, "train", f'[model]\nbackbone = "test_resnet"\nweights = "{_objects_pickled(d).as_posix()}"\n'
+    '[camera]\nheight = 32\nfov_mm = 100.0\n'))
 
 # ---- TOML configs ---------------------------------------------------------------------------------------------
 for _name, _cmd, _text, _words in [

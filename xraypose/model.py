@@ -91,7 +91,7 @@ def _load_local_weights(backbone: nn.Module, path) -> None:
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
-        raise InputError(f"cannot read backbone weights {p}: {type(e).__name__}: {e}") from None
+        raise InputError(f"cannot read backbone weights {p}: {_unreadable_reason(p, e)}") from None
     if isinstance(sd, dict):
         for key in ("state_dict", "model"):
             if key in sd and isinstance(sd[key], dict):
@@ -339,7 +339,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated / foreign / unsafe files are user errors
-        raise InputError(f"{p} is not a readable xraypose checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise InputError(f"{p} is not a readable xraypose checkpoint: {_unreadable_reason(p, e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{p} is not an xraypose pose-regressor checkpoint")
     version = ckpt.get("version", -1)
@@ -357,6 +357,47 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         raise InputError(f"checkpoint {p}: its 'model' entry must be a dict of tensors (the weights), "
                          f"got {type(state).__name__}")
     return ckpt
+
+
+def _unreadable_reason(p: Path, exc: Exception) -> str:
+    """Why ``torch.load`` could not read ``p``, in the user's terms (PyTorch's own messages tell them to
+    re-run ``torch.load`` with ``weights_only=False``, name miniz, or hold terminal escape codes)."""
+    import pickle
+    import re
+    import zipfile
+
+    from xraypose._checks import one_line
+
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        size = p.stat().st_size
+    except OSError as e:
+        return f"cannot read it ({one_line(e)})"
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    kind = next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+    if kind is not None:
+        return f"it is {kind}, not a PyTorch file (the zip archive torch.save writes)"
+    is_zip = head.startswith(b"PK\x03\x04")  # torch.save's format; before PyTorch 1.6 a pickle
+    if is_zip and not zipfile.is_zipfile(p):
+        return (f"the file is truncated or damaged (its zip archive has no end; {size} bytes: an interrupted copy "
+                "or download?)")
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            return (f"it holds Python objects ({found.group(1)}) besides tensors and plain values, which xraypose "
+                    "does not load (they could run code)")
+    if not is_zip and not head.startswith(b"\x80"):
+        return "it is not a PyTorch file (the zip archive torch.save writes)"
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", one_line(exc))
+    return f"it is damaged ({type(exc).__name__}: {reason[:160]})"
+
+
+#: First bytes of files given for a model by mistake → what they are.
+_OTHER_FORMATS = ((b"\x1f\x8b", "gzip-compressed data (a .nii.gz CT?)"), (b"\x89PNG", "a PNG image"),
+                  (b"\x93NUMPY", "a NumPy .npy array"), (b"\x89HDF", "an HDF5 file"), (b"II*\x00", "a TIFF image"),
+                  (b"MM\x00*", "a TIFF image"), (b"{", "text (JSON?)"))
 
 
 def _check_meta(p, meta: dict) -> None:

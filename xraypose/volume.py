@@ -556,6 +556,7 @@ def volume_from_array(
         aff = np.diag([*sp, 1.0])
         aff[:3, 3] = org
     _check_affine(aff, source)
+    _check_position(aff, arr.shape, source)
 
     data = _to_data_tensor(arr, dtype)
     lab = None if labels is None else _as_label_tensor(labels, arr.shape, "labels")
@@ -705,6 +706,7 @@ def _read_image(path: PathLike, what: str, spacing=None) -> tuple[np.ndarray, np
     arr = _as_3d(arr, source)
     check_voxel_values(arr, source)
     _check_affine(aff, source)
+    _check_position(aff, arr.shape, source)
     return arr, aff, source
 
 
@@ -992,8 +994,10 @@ def _check_dicom_series_headers(reader, count: int, source: str) -> None:
                          "give a CT series as the CT, and X-rays as X-rays")
     names = reader.GetFileNames()
     first = None
+    first_ps = None
     for i in range(count):
         name = Path(names[i]).name if i < len(names) else f"slice {i + 1}"
+        first_ps = _check_slice_pixel_spacing(tag(i, "0028|0030"), first_ps, name, source)
         try:
             iop = [float(v) for v in tag(i, "0020|0037").split("\\")] if tag(i, "0020|0037") else None
             slope = float(tag(i, "0028|1053")) if tag(i, "0028|1053") else None
@@ -1008,6 +1012,23 @@ def _check_dicom_series_headers(reader, count: int, source: str) -> None:
         if slope is not None and not (math.isfinite(slope) and slope != 0):
             raise InputError(f"DICOM series {source}: {name} has RescaleSlope (0028,1053) {slope:g} (every voxel of "
                              "the slice would be equal)")
+
+
+def _check_slice_pixel_spacing(text: str, first: list | None, name: str, source: str) -> list:
+    """A slice's PixelSpacing (0028,0030): 2 positive numbers (GDCM would invent 1 mm without them), the
+    first slice's within 0.1 % (the volume gets the first slice's pixel size: two reconstructions mixed?)."""
+    try:
+        ps = [float(v) for v in text.split("\\")] if text else []
+    except ValueError:
+        ps = []
+    if len(ps) != 2 or not all(math.isfinite(v) and v > 0 for v in ps):
+        found = f"{text!r}" if text else "none"
+        raise InputError(f"DICOM series {source}: {name} has no usable PixelSpacing (0028,0030) (2 numbers > 0, mm; "
+                         f"found {found}): the voxel size is unknown (xraypose does not guess 1 mm)")
+    if first is not None and any(abs(a - b) > 1e-3 * b for a, b in zip(ps, first)):
+        raise InputError(f"DICOM series {source}: {name} has PixelSpacing {ps} mm, the first slice {first} mm: "
+                         "slices of different pixel sizes (two reconstructions in one folder?)")
+    return first if first is not None else ps
 
 
 def _check_dicom_series_size(names, d: Path, what: str) -> None:
@@ -1029,18 +1050,25 @@ def _check_dicom_series_size(names, d: Path, what: str) -> None:
 
 
 def _check_dicom_slice_spacing(reader, img, count: int, source: str) -> None:
-    """Raise if the slice positions along the slice normal are not evenly spaced."""
+    """Raise if a slice lacks a usable ImagePositionPatient (GDCM would then invent a 1 mm spacing or
+    misplace the slice) or the slice positions along the slice normal are not evenly spaced."""
     positions = []
-    try:
-        for i in range(count):
-            if not reader.HasMetaDataKey(i, "0020|0032"):
-                return
-            positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
-    except (RuntimeError, ValueError):
-        return  # no usable ImagePositionPatient: trust SimpleITK
+    names = reader.GetFileNames()
+    for i in range(count):
+        text = reader.GetMetaData(i, "0020|0032").strip() if reader.HasMetaDataKey(i, "0020|0032") else ""
+        try:
+            xyz = [float(v) for v in text.split("\\")] if text else []
+        except ValueError:
+            xyz = []
+        if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
+            name = Path(names[i]).name if i < len(names) else f"slice {i + 1}"
+            found = f"{text!r}" if text else "none"
+            raise InputError(
+                f"DICOM series {source}: {name} has no usable ImagePositionPatient (0020,0032) (3 numbers, mm; "
+                f"found {found}): the slices' spacing and order are unknown (xraypose does not guess them)"
+            )
+        positions.append(xyz)
     pos = np.asarray(positions, dtype=np.float64)
-    if pos.shape != (count, 3):
-        return
     normal = np.asarray(img.GetDirection(), dtype=np.float64).reshape(img.GetDimension(), -1)[:3, 2]
     gaps = np.diff(pos @ normal)
     med = float(np.median(gaps))
@@ -1156,6 +1184,19 @@ def _check_affine(aff: np.ndarray, source: str, plausible_spacing: bool = True) 
         )
     if abs(np.linalg.det(m)) <= 1e-6 * float(np.prod(spacing)):
         raise InputError(f"{source}: singular affine (voxel axes are collinear): {m.tolist()}")
+
+
+def _check_position(aff: np.ndarray, shape: tuple[int, ...], source: str) -> None:
+    """The CT's voxel box within ±:data:`xraypose.schema.MAX_POSITION_MM` of the world origin, as every
+    coordinate xraypose takes: farther, float32 rays lose the CT (a DRR of zeros or shifted, silently)."""
+    from xraypose.schema import MAX_POSITION_MM
+
+    ijk = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in shape[:3]])), dtype=np.float64)
+    far = float(np.abs(ijk @ aff[:3, :3].T + aff[:3, 3]).max())
+    if far > MAX_POSITION_MM:
+        raise InputError(f"{source}: the CT reaches {far:.3g} mm from the world origin (its origin is "
+                         f"{[round(float(v), 3) for v in aff[:3, 3]]} mm); coordinates must be within "
+                         f"±{MAX_POSITION_MM:g} mm (1 km): check the header's origin and units")
 
 
 def _grid_distance_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:

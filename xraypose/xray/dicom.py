@@ -253,6 +253,7 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
     except (TypeError, ValueError):
         raise InputError(f"{p}: Rows, Columns or NumberOfFrames is not a whole number") from None
     check_xray_size(rows, cols, str(p), frames)  # before pydicom allocates the pixels
+    _check_frame_count(ds, p, rows, cols, frames)  # before pydicom warns and drops what the header leaves out
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - pydicom raises ValueError, RuntimeError, NotImplementedError...
@@ -260,19 +261,21 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
         if "length" in msg.lower() or "truncat" in msg.lower() or "expected" in msg.lower():
             raise InputError(f"{p}: DICOM pixel data is truncated or incomplete ({msg})") from None
         raise InputError(f"{p}: cannot decode the DICOM pixel data ({msg})") from None
-    _check_frame_count(ds, p, rows, cols, frames)
     return np.asarray(arr)
 
 
 def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int) -> None:
-    """Refuse uncompressed pixel data holding whole frames more than ``NumberOfFrames`` says (pydicom only warns
-    and drops them: a cine's frames lost without a word); padding of less than a frame is normal."""
+    """Refuse uncompressed pixel data holding whole frames more than ``NumberOfFrames`` says, or a whole row more
+    than Rows × Columns (pydicom only warns of "excess padding" and drops them: a cine's frames lost, or an image
+    cut or sheared, without a word); padding of less than a row (to an even length) is normal."""
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and getattr(ts, "is_compressed", False):
         return
     try:
-        frame_bytes = rows * cols * int(ds.get("BitsAllocated", 16) or 16) // 8
-        held = len(ds.PixelData) // frame_bytes if frame_bytes > 0 else 0
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        frame_bytes = rows * cols * bits // 8
+        have = len(ds.PixelData)
+        held = have // frame_bytes if frame_bytes > 0 else 0
     except (TypeError, ValueError):
         return
     if held > frames:
@@ -280,3 +283,9 @@ def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int) -> None:
                 else "it gives no NumberOfFrames (0028,0008): one frame")
         raise InputError(f"{p}: the pixel data holds {held} frames of {rows} × {cols} pixels but {said}; the header "
                          "does not match the data (frames would be lost)")
+    row_bytes = cols * bits // 8
+    excess = have - frames * frame_bytes
+    if frame_bytes > 0 and bits % 8 == 0 and excess > 1 and excess >= row_bytes:
+        raise InputError(f"{p}: the pixel data holds {have} bytes, {excess} more than Rows × Columns × frames "
+                         f"({rows} × {cols} × {frames} pixels of {bits} bits) need: the header's Rows (0028,0010) or "
+                         "Columns (0028,0011) does not match the data (the image would be cut or sheared)")
