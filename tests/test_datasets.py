@@ -383,6 +383,13 @@ def test_example_into_a_non_empty_folder_says_to_choose_another(tmp_path, capsys
     assert main(["datasets", "example", str(tmp_path)]) == 2
     assert "choose a new or empty folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    capsys.readouterr()  # a file given for the folder, or a folder under a file: named (was "Not a directory: …")
+    for target, words in [(tmp_path / "mine.txt", "exists and is not a folder"),
+                          (tmp_path / "mine.txt" / "case", "is a file, not a folder")]:
+        assert main(["datasets", "example", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "mine.txt" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "mine.txt").read_text() == "the user's"
 
 
 # ---------------------------------------------------------------- case folders
