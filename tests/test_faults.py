@@ -451,6 +451,33 @@ def test_sigkill_during_training_loses_little_and_resume_logs_each_step_once(tmp
     assert _temp_files(tmp_path) == []
 
 
+def test_ctrl_c_during_training_writes_the_state_and_resume_continues_from_it(tmp_path, sample_ct, capsys):
+    """Ctrl-C before the first checkpoint lost every step trained (only the log was left, and `--resume` said
+    "nothing to resume"); now the step under way ends, OUTPUT.last.pt is written at it, and a resume goes on
+    from there with each step logged once.  The caller's SIGINT handler is back afterwards."""
+    out = tmp_path / "model.pt"
+    cfg = tiny(max_steps=50, val_size=0, first_checkpoint_s=1000.0, checkpoint_every_s=1000.0)
+    handler_before = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_at_step_3(event, info):
+        if event == "step" and info.get("step") == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C: mid-run, between two steps' work
+
+    with pytest.raises(KeyboardInterrupt):
+        train(sample_ct, out, cfg, callback=ctrl_c_at_step_3)
+    assert signal.getsignal(signal.SIGINT) is handler_before
+    paths = output_paths(out)
+    assert read_checkpoint(paths["last"])["step"] == 3 and not paths["best"].exists()
+    assert "interrupted at step 3" in capsys.readouterr().err
+    cfg["run"]["max_steps"] = 6
+    r = train(sample_ct, out, cfg, resume=True)
+    assert r.steps == 6
+    rows = [json.loads(x) for x in paths["log"].read_text().splitlines()]
+    assert [x["step"] for x in rows if "loss" in x] == [1, 2, 3, 4, 5, 6]
+    assert [x["event"] for x in rows if "event" in x] == ["interrupted", "resume", "end"]
+    assert _temp_files(tmp_path) == []
+
+
 def test_a_checkpoint_write_that_fails_midway_stops_training_and_keeps_the_previous_one(tmp_path, sample_ct,
                                                                                       full_disk):
     out = tmp_path / "model.pt"

@@ -10,9 +10,12 @@ the time budget.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -505,7 +508,53 @@ class Trainer:
             self.callback("step", rec)
 
     def fit(self) -> TrainResult:
-        """Steps until ``run.max_steps`` (or the time budget), then the final validation and checkpoints."""
+        """Steps until ``run.max_steps`` (or the time budget), then the final validation and checkpoints.
+
+        Ctrl-C (SIGINT) on one process: the step under way ends, ``OUTPUT.last.pt`` is written at it (a
+        ``--resume`` continues from there: nothing trained is lost) and KeyboardInterrupt is raised; a second
+        Ctrl-C stops at once.  (Under torchrun each process would stop at another step: left as it was.)"""
+        with self._checkpoint_on_interrupt():
+            return self._fit()
+
+    @contextlib.contextmanager
+    def _checkpoint_on_interrupt(self):
+        """SIGINT sets :attr:`interrupted` (the loop checkpoints and stops at the step's end) instead of
+        raising mid-step, where an optimiser's update could stop half done; the handler before it is put
+        back, and a second SIGINT is the old handler's."""
+        self.interrupted = False
+        if self.ddp or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.interrupted:  # the second Ctrl-C: at once
+                signal.signal(signal.SIGINT, before)
+                raise KeyboardInterrupt
+            self.interrupted = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, before)
+
+    def _stop_if_interrupted(self) -> None:
+        """After a whole step: on Ctrl-C, the training state is written and KeyboardInterrupt raised."""
+        if not self.interrupted:
+            return
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
+        self.save_last()
+        if self.log_file is not None:
+            self._write_log_row({"event": "interrupted", "step": self.steps, "elapsed_s": round(self.elapsed(), 3)})
+        if not self.quiet:
+            print(f"interrupted at step {self.steps}: {self.paths['last']} holds the training so far; "
+                  "--resume continues it", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+
+    def _fit(self) -> TrainResult:
         run = self.cfg.run
         while self.steps < self.total and not self.stop:
             epoch = self.steps // run.steps_per_epoch
@@ -521,6 +570,7 @@ class Trainer:
                 rec.update({k: v for k, v in val.items() if k != "score"})
             self.log(rec)
             self._show_progress()
+            self._stop_if_interrupted()
         if self.pbar is not None:
             self.pbar.close()
         return self._finish()
