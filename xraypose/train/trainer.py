@@ -549,7 +549,7 @@ class Trainer:
         self.save_last()
         if self.log_file is not None:
             self._write_log_row({"event": "interrupted", "step": self.steps, "elapsed_s": round(self.elapsed(), 3)})
-        if not self.quiet:
+        if self.rank == 0:  # the outcome, said with --quiet too
             print(f"interrupted at step {self.steps}: {self.paths['last']} holds the training so far; "
                   "--resume continues it", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
