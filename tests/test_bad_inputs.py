@@ -68,12 +68,17 @@ def ct(d: Path) -> Path:
     return nifti(d / "ct.nii.gz")
 
 
+def xray_npy_pixels() -> np.ndarray:
+    """The 32×32 raw intensities of :func:`xray_npy`'s X-ray."""
+    rng = np.random.default_rng(0)
+    return (1000 + 500 * rng.random((32, 32))).astype(np.float32)
+
+
 def xray_npy(d: Path, name="xray.npy", sidecar: dict | None | str | bytes = "default", arr=None) -> Path:
     """A 32×32 raw-intensity X-ray with its sidecar (``sidecar``: a dict, raw text/bytes, or None)."""
     p = d / name
     if arr is None:
-        rng = np.random.default_rng(0)
-        arr = (1000 + 500 * rng.random((32, 32))).astype(np.float32)
+        arr = xray_npy_pixels()
     np.save(p, arr)
     side = p.with_suffix(".json")
     if sidecar == "default":
@@ -1268,6 +1273,30 @@ add("h5-df-projection-text", ("projections/000/image/pixels", "not a numeric dat
     f, "17-1882/projections/000/image/pixels", np.full((16, 16), b"a", "S1"))))
 add("h5-lj-volume-text", ("subject01/volume/pixels", "not a numeric dataset"), _h5("lj", lambda f: _replace(
     f, "subject01/volume/pixels", np.full((4, 4, 4), b"a", "S1"))))
+
+
+# ---- sequences (xraypose track) ------------------------------------------------------------------------------
+def track_args(d: Path, out: Path, *frames, extra=()) -> list[str]:
+    return ["track", str(ct(d)), *map(str, frames), "-o", str(out / "track"), "--init", "ap", "--fast", *extra]
+
+
+def _frames(d: Path, arrays: dict) -> Path:
+    """A folder of NPY frames (``name: array``, None for a valid one), each with its sidecar."""
+    folder = d / "frames"
+    folder.mkdir()
+    for name, arr in arrays.items():
+        xray_npy(folder, name, arr=arr)
+    return folder
+
+
+# a frame of a sequence whose pixels are refused names that frame (was "X-ray image is all zeros": which one?)
+add("track-all-black-frame-mid-sequence", ("f1.npy", "all zeros"), lambda d, o: track_args(
+    d, o, _frames(d, {"f0.npy": None, "f1.npy": np.zeros((32, 32), np.float32), "f2.npy": None})))
+add("track-constant-frame-of-a-stack", ("run.npy#1", "every pixel is 5"), lambda d, o: track_args(
+    d, o, xray_npy(d, "run.npy", sidecar={"sdd_mm": 1000.0, "delx_mm": 4.0, "kind": "intensity"},
+                   arr=np.stack([xray_npy_pixels(), np.full((32, 32), 5.0, np.float32), xray_npy_pixels()]))))
+add("xray-npy-all-zeros-named", ("xray.npy", "all zeros"), lambda d, o: register_args(d, o, xray_npy(
+    d, arr=np.zeros((32, 32), np.float32))))
 
 
 def _empty_h5(p: Path) -> Path:

@@ -99,9 +99,16 @@ class XRay:
         ``log`` defaults to this X-ray's :attr:`kind` (so raw intensities get
         ``log I0 − log I`` and display images are left as they are).  The
         camera, pose and :attr:`pixel_map` follow every geometric step.
+        A problem with the pixels (all zeros, constant, NaN) names :attr:`source`, the file (a frame of a
+        multi-frame file as ``FILE#i``): in a sequence it says which frame.
         """
         kwargs.setdefault("log", self.kind)
-        res: Preprocessed = preprocess(self.image, self.camera, **kwargs)
+        try:
+            res: Preprocessed = preprocess(self.image, self.camera, **kwargs)
+        except InputError as e:
+            if not self.source or self.source in str(e):
+                raise
+            raise InputError(f"{self.source}: {e}") from None
         steps = [dict(s) for s in res.steps]
         if not torch.equal(res.pose_transform, torch.eye(4, dtype=F64)):
             steps.append({"step": "pose_transform", "pose_transform": res.pose_transform.tolist()})
