@@ -1180,6 +1180,7 @@ add("config-train-backbone-weights-hold-objects", ("backbone weights", "python o
     '[camera]\nheight = 32\nfov_mm = 100.0\n'))
 
 # ---- TOML configs ---------------------------------------------------------------------------------------------
+_SMALL_CAMERA = "[camera]\nheight = 32\nfov_mm = 100.0\n"  # the tiny CT fills it: a config accepted would train
 for _name, _cmd, _text, _words in [
     ("blur-nan", "register", "blur = nan\n", ("blur", "nan", "config")),
     ("blur-inf", "register", "blur = inf\n", ("blur", "inf")),
@@ -1214,6 +1215,11 @@ for _name, _cmd, _text, _words in [
     ("not-utf8", "train", b"[optim]\nlr = 0.1 # \xff\n", ("utf-8",)),
     ("section-not-table", "train", "optim = 5\n", ("optim", "table")),
     ("rot-std-two", "train", "[sampler]\nrot_std = [0.1, 0.1]\n", ("sampler.rot_std", "3 numbers")),
+    # a switch given as a text: "false" is a true string (noise on, a download tried), so it is refused
+    ("augment-noise-text", "train", '[augment]\nnoise = "false"\n' + _SMALL_CAMERA,
+     ("augment.noise", "'false'", "true or false")),
+    ("pretrained-text", "train", '[model]\npretrained = "no"\n' + _SMALL_CAMERA, ("model.pretrained", "true or false")),
+    ("amp-number", "train", "[optim]\namp = 0\n" + _SMALL_CAMERA, ("optim.amp", "true or false")),
 ]:
     add(f"config-{_cmd}-{_name}", _words, lambda d, o, c=_cmd, t=_text: with_config(d, o, c, t))
 add("config-missing", "not found", lambda d, o: register_args(d, o, None, None, "--config", str(d / "no.toml")))

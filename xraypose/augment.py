@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import check_number, check_vector, config_error
+from xraypose._checks import check_flag, check_number, check_vector, config_error
 from xraypose._kernels import gaussian_weights, three_sigma_radius
 from xraypose.camera import Camera
 from xraypose.geometry import so3_exp
@@ -208,6 +208,9 @@ class AugmentConfig:
 
     def check(self) -> None:
         """InputError naming the first setting out of its range (``config: augment.gamma_max = ...``)."""
+        for k in ("enabled", "bone_multiplier_log", "source_rotation", "collimator", "gamma", "blur", "noise",
+                  "tools"):  # a switch given as the text "false" would be true: that augmentation on
+            check_flag(f"augment.{k}", getattr(self, k))
         check_vector("augment.bone_multiplier", self.bone_multiplier, n=2, lo=0)
         if not 0 < self.bone_multiplier[0] <= self.bone_multiplier[1]:
             config_error("augment.bone_multiplier", self.bone_multiplier, "must be [lo, hi] with 0 < lo <= hi")

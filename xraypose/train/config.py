@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from xraypose._checks import check_choice, check_number, check_vector, config_error
+from xraypose._checks import check_choice, check_flag, check_number, check_vector, config_error
 from xraypose.augment import AugmentConfig
 from xraypose.camera import DEFAULT_SDD_MM
 from xraypose.errors import InputError
@@ -54,6 +54,7 @@ class ModelConfig(_Section):
         check_choice("model.parameterization", self.parameterization, list(ROTATION_PARAMETERIZATIONS))
         check_choice("model.norm", self.norm, ["batch", "group"])
         check_number("model.pool_grid", self.pool_grid, lo=1, hi=8, integer=True)
+        check_flag("model.pretrained", self.pretrained)  # a text "no" would be true: a download attempted
         if self.pivot != "isocenter":
             check_number("model.pivot", self.pivot)
 
@@ -81,6 +82,7 @@ class CameraConfig(_Section):
         check_number("camera.dely", self.dely, lo=0, lo_open=True, allow_none=True)
         check_number("camera.x0", self.x0)
         check_number("camera.y0", self.y0)
+        check_flag("camera.reverse_x_axis", self.reverse_x_axis)
 
 
 @dataclass
@@ -165,6 +167,7 @@ class OptimConfig(_Section):
         check_number("optim.weight_decay", self.weight_decay, lo=0)
         check_number("optim.agc_clip", self.agc_clip, lo=0)
         check_number("optim.accumulate", self.accumulate, lo=1, hi=1024, integer=True)
+        check_flag("optim.amp", self.amp)
 
 
 @dataclass
@@ -206,6 +209,7 @@ class RunConfig(_Section):
         check_number("run.val_size", self.val_size, lo=0, integer=True)
         check_number("run.val_every_steps", self.val_every_steps, lo=1, integer=True)
         check_number("run.capture_mtre_mm", self.capture_mtre_mm, lo=0, lo_open=True)
+        check_flag("run.progress", self.progress)
 
 
 #: Named starting points; a config's top-level ``preset = "NAME"`` (or ``--preset``) applies one
