@@ -1220,6 +1220,11 @@ for _name, _cmd, _text, _words in [
      ("augment.noise", "'false'", "true or false")),
     ("pretrained-text", "train", '[model]\npretrained = "no"\n' + _SMALL_CAMERA, ("model.pretrained", "true or false")),
     ("amp-number", "train", "[optim]\namp = 0\n" + _SMALL_CAMERA, ("optim.amp", "true or false")),
+    # the detector's distances get the ranges of --sdd, --delx, --x0 (were unbounded: "the CT is too small for
+    # the field of view", or a 300-digit field of view)
+    ("camera-sdd-1e300", "train", "[camera]\nsdd = 1e300\n", ("camera.sdd", "1e+300", "(0, 100000]")),
+    ("camera-fov-1e300", "train", "[camera]\nfov_mm = 1e300\n", ("camera.fov_mm", "1e+300")),
+    ("camera-delx-metres", "train", "[camera]\ndelx = 5000.0\n", ("camera.delx", "5000.0")),
 ]:
     add(f"config-{_cmd}-{_name}", _words, lambda d, o, c=_cmd, t=_text: with_config(d, o, c, t))
 add("config-missing", "not found", lambda d, o: register_args(d, o, None, None, "--config", str(d / "no.toml")))

@@ -74,14 +74,18 @@ class CameraConfig(_Section):
     reverse_x_axis: bool = False
 
     def check(self) -> None:
-        check_number("camera.sdd", self.sdd, lo=0, lo_open=True)
+        from xraypose.schema import OFFSET_MM, PIXEL_MM, SDD_MM
+
+        # the ranges of --sdd, --delx, --x0 and a sidecar's (a value beyond them is a unit error; unbounded, an
+        # sdd of 1e300 was refused later as "the CT is too small for the field of view")
+        check_number("camera.sdd", self.sdd, lo=0, lo_open=True, hi=int(SDD_MM.hi))
         check_number("camera.height", self.height, lo=8, hi=1024, integer=True)
         check_number("camera.width", self.width, lo=8, hi=1024, integer=True, allow_none=True)
-        check_number("camera.fov_mm", self.fov_mm, lo=0, lo_open=True)
-        check_number("camera.delx", self.delx, lo=0, lo_open=True, allow_none=True)
-        check_number("camera.dely", self.dely, lo=0, lo_open=True, allow_none=True)
-        check_number("camera.x0", self.x0)
-        check_number("camera.y0", self.y0)
+        check_number("camera.fov_mm", self.fov_mm, lo=0, lo_open=True, hi=int(SDD_MM.hi))
+        check_number("camera.delx", self.delx, lo=0, lo_open=True, hi=int(PIXEL_MM.hi), allow_none=True)
+        check_number("camera.dely", self.dely, lo=0, lo_open=True, hi=int(PIXEL_MM.hi), allow_none=True)
+        check_number("camera.x0", self.x0, lo=int(OFFSET_MM.lo), hi=int(OFFSET_MM.hi))
+        check_number("camera.y0", self.y0, lo=int(OFFSET_MM.lo), hi=int(OFFSET_MM.hi))
         check_flag("camera.reverse_x_axis", self.reverse_x_axis)
 
 
