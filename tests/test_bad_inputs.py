@@ -1034,6 +1034,24 @@ add("register-delx-metres", ("would cover", "pixels of the x-ray", "1000 ×", "p
 add("render-sod-beyond-sdd", ("2000 mm (--sod)", "1020 mm (--sdd)", "beyond the detector"), lambda d, o: render_pose(
     d, o, "--sod", "2000", "--sdd", "1020"))
 add("render-output-jpg", ".npy or .png", lambda d, o: ["render", str(ct(d)), "-o", str(o / "x.jpg"), "--pose", "0,0"])
+# a DRR no X-ray could be (was written: zeros, or negative line integrals)
+add("render-ct-of-air-physical", ("all zeros", "'physical'"), lambda d, o: render_args(
+    d, o, nifti(d / "ct.nii.gz", np.full(CT_SHAPE, -1000, np.int16)), "--pose", "0,0", "--density", "physical"))
+add("render-hu-ct-raw-density", ("negative line integrals", "'raw'"), lambda d, o: render_args(
+    d, o, None, "--pose", "0,0", "--density", "raw"))
+add("render-tiff-stack-of-zeros-raw", ("all zeros", "'raw'"), lambda d, o: render_args(
+    d, o, _tiff_stack(d / "bone.tif", np.zeros((4, 12, 12), np.uint16)), "--pose", "0,0", "--density", "raw"))
+
+
+def _tiff_stack(path: Path, pages: np.ndarray, spacing=(10.0, 10.0, 10.0)) -> Path:
+    """A multi-page TIFF CT (one page per slice) with its sidecar's voxel size."""
+    from PIL import Image
+
+    ims = [Image.fromarray(p) for p in pages]
+    ims[0].save(path, save_all=True, append_images=ims[1:])
+    path.with_suffix(".json").write_text(json.dumps({"spacing_mm": list(spacing)}))
+    return path
+
 
 for _opt, _val, _words in [
     ("--blur", "nan", ("--blur", "nan")), ("--blur", "-1", ("--blur", "-1")), ("--blur", "inf", ("--blur", "inf")),

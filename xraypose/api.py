@@ -27,7 +27,8 @@ def render_drr(
 
     Raises :class:`~xraypose.errors.InputError`, before rendering, when the DRR would not fit memory, when a
     trilinear step would take more than :data:`~xraypose.limits.MAX_SAMPLES_PER_RAY` samples along a ray, or
-    when the pose does not see the CT (:func:`check_ct_in_view`)."""
+    when the pose does not see the CT (:func:`check_ct_in_view`); after rendering, when the DRR holds negative
+    line integrals or is all zeros from a CT in which nothing attenuates (:func:`_check_drr_values`)."""
     from xraypose._checks import check_instance
     from xraypose.errors import InputError
     from xraypose.limits import check_drr_size, check_drr_step
@@ -51,7 +52,24 @@ def render_drr(
               bone_attenuation_multiplier=bone_attenuation_multiplier)
     with torch.no_grad():
         img = drr(T)
+    _check_drr_values(img, drr, density)
     return img[0, 0]
+
+
+def _check_drr_values(img: torch.Tensor, drr, density: str) -> None:
+    """Refuse a DRR that no X-ray could be: holding negative line integrals (the "raw" density of a CT with
+    negative values, e.g. HU), or all zeros because nothing in the CT attenuates (a CT of air only, or of zeros
+    with the "raw" density).  A view that sees only the CT's air renders its zeros."""
+    from xraypose.errors import InputError
+
+    lo, hi = (float(v) for v in torch.aminmax(img))
+    if lo < 0:
+        raise InputError(f"the DRR holds negative line integrals (down to {lo:.3g}): the density {density!r} takes "
+                         "the voxel values as attenuations and this CT holds negative ones (HU?); render it with "
+                         "the density 'hu' or 'physical'")
+    if hi == 0 and not bool((drr.basis != 0).any()):
+        raise InputError(f"the DRR is all zeros: no voxel of the CT attenuates under the density {density!r} (a CT "
+                         "of air only, or of zeros); check the CT and the density")
 
 
 def _box_in_view(volume: Volume, camera: Camera, camera_to_world) -> tuple[torch.Tensor, torch.Tensor | None] | None:
