@@ -1034,6 +1034,26 @@ add("register-delx-metres", ("would cover", "pixels of the x-ray", "1000 ×", "p
 add("render-sod-beyond-sdd", ("2000 mm (--sod)", "1020 mm (--sdd)", "beyond the detector"), lambda d, o: render_pose(
     d, o, "--sod", "2000", "--sdd", "1020"))
 add("render-output-jpg", ".npy or .png", lambda d, o: ["render", str(ct(d)), "-o", str(o / "x.jpg"), "--pose", "0,0"])
+
+
+def _rig_k_without_pixel_mm(d: Path, out: Path) -> list[str]:
+    """Two views about the tiny CT, view b given by its K (250 px focal length) without 'pixel_mm': the nominal
+    0.2 mm pixels make its sdd 50 mm, and the CT, 500+ mm from the source, lies wholly beyond its detector."""
+    from xraypose.rig import rig_from_carm
+
+    rig = rig_from_carm({"a": (0.0, 0.0), "b": (90.0, 0.0)}, sod=600.0)
+    views = {n: {"camera_to_rig": rig[n].camera_to_rig.tolist()} for n in rig.names}
+    views["b"].update(K=[[250.0, 0.0, 16.0], [0.0, 250.0, 16.0], [0.0, 0.0, 1.0]], height=32, width=32)
+    (d / "rig.json").write_text(json.dumps({"views": views}))
+    xa, xb = xray_npy(d, "a.npy"), xray_npy(d, "b.npy", sidecar=None)
+    pose_file(d, {"rig_to_world": np.eye(4).tolist()}, "start.json")
+    return ["register", str(ct(d)), str(xa), str(xb), "--rig", str(d / "rig.json"), "--pose-json",
+            str(d / "start.json"), "-o", str(out / "result"), "--fast", "--no-hypotheses"]
+
+
+# was registered on DRRs of zeros and refused only when writing: "result.similarity holds a non-finite number"
+add("register-rig-k-sdd-short-of-the-ct", ("view 1", "beyond the detector", "sdd = 50 mm", "pixel_mm"),
+    _rig_k_without_pixel_mm)
 # a DRR no X-ray could be (was written: zeros, or negative line integrals)
 add("render-ct-of-air-physical", ("all zeros", "'physical'"), lambda d, o: render_args(
     d, o, nifti(d / "ct.nii.gz", np.full(CT_SHAPE, -1000, np.int16)), "--pose", "0,0", "--density", "physical"))

@@ -126,6 +126,26 @@ def check_ct_footprint(volume: Volume, camera: Camera, camera_to_world: torch.Te
     _check_footprint(camera, None if box is None else box[1], what)
 
 
+def check_ct_before_detector(volume: Volume, camera: Camera, camera_to_world: torch.Tensor, what: str = "the DRR"
+                             ) -> None:
+    """Refuse (InputError) a camera whose detector, seen from ``camera_to_world`` (4, 4), lies between the
+    source and the whole CT: every ray stops at the detector, so the DRR is all zeros.  An sdd too short for
+    the scene is the usual cause: a calibration in pixels (a ``K``) given a nominal pixel spacing, so that
+    ``sdd = fx · pixel_mm`` falls short of the source-to-CT distance."""
+    from xraypose.errors import InputError
+
+    box = _box_in_view(volume, camera, camera_to_world)
+    if box is None:
+        return
+    z = box[0]
+    if bool((z >= camera.sdd).all()):
+        raise InputError(f"{what}: the whole CT lies beyond the detector at the start pose (its nearest corner "
+                         f"{float(z.min()):.0f} mm from the source, the detector at sdd = {float(camera.sdd):g} mm), "
+                         "so every DRR would be all zeros; check the sdd (a calibration K in pixels: give the pixel "
+                         "spacing, e.g. rig.json's 'pixel_mm', so that sdd = fx × pixel spacing reaches past the CT) "
+                         "and the start pose")
+
+
 def _check_footprint(camera: Camera, uv: torch.Tensor | None, what: str) -> None:
     """:func:`check_ct_footprint` on the box corners' pixels ``uv`` (8, 2) (None: not measurable)."""
     from xraypose.errors import InputError
