@@ -1,6 +1,7 @@
 """Sequences: multi-frame DICOM (all frames, frame times), multi-page TIFF, folders of frames, bad sequences."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -60,6 +61,18 @@ def test_frame_time_vector_and_its_errors(tmp_path):
     write_dicom_xray(g, frames3(), camera=CAM, extra={"FrameTimeVector": [0, 30]})
     with pytest.raises(InputError, match="2 values for 3 frames"):
         read_sequence(g)
+
+
+@pytest.mark.parametrize("tag, value, words", [
+    ("FrameTime", "1e308", "FrameTime (0018,1063) must be a positive number of ms, at most 8.64e+07 (a day), got 1e+308"),
+    ("FrameTimeVector", ["0", "1e308", "1e308"], "FrameTimeVector (0018,1065) holds an interval of 1e+308 ms"),
+])
+def test_a_frame_interval_beyond_a_day_is_refused(tmp_path, tag, value, words):
+    """Two intervals of 1e308 ms summed to inf: trajectory.json's times were written as null and "inf"."""
+    f = tmp_path / "cine.dcm"
+    write_dicom_xray(f, frames3(), camera=CAM, extra={tag: value})
+    with pytest.raises(InputError, match="^" + re.escape(f"{f}: {words}")):
+        read_sequence(f)
 
 
 def test_read_xray_all_frames(tmp_path):

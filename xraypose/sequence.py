@@ -36,6 +36,9 @@ from xraypose.xray import IMAGE_EXTENSIONS, XRay, read_xray
 
 __all__ = ["XRaySequence", "read_sequence", "natural_key", "FRAME_EXTENSIONS"]
 
+#: The longest frame interval (ms) a cine's FrameTime / FrameTimeVector may give: a day.
+MAX_FRAME_INTERVAL_MS: float = 86_400_000.0
+
 #: File endings taken as frames in a folder (and files without an ending: DICOM).
 FRAME_EXTENSIONS = IMAGE_EXTENSIONS + (".dcm", ".dicom", ".ima")
 
@@ -118,6 +121,9 @@ def _dicom_times(path: Path, n: int, notes: list) -> torch.Tensor | None:
             raise InputError(f"{where}: FrameTimeVector (0018,1065) holds {len(v)} values for {n} frames")
         if not all(math.isfinite(x) and x >= 0 for x in v):
             raise InputError(f"{where}: FrameTimeVector (0018,1065) holds a negative or non-finite interval")
+        if max(v) > MAX_FRAME_INTERVAL_MS:  # (their sum overflowed to inf: times written as null / "inf")
+            raise InputError(f"{where}: FrameTimeVector (0018,1065) holds an interval of {max(v):g} ms; a frame "
+                             f"interval is at most {MAX_FRAME_INTERVAL_MS:g} ms (a day)")
         notes.append("frame times from FrameTimeVector (0018,1065), ms increments")
         t = torch.cumsum(torch.tensor(v, dtype=torch.float64), 0) / 1000.0
         return t - t[0]
@@ -126,8 +132,9 @@ def _dicom_times(path: Path, n: int, notes: list) -> torch.Tensor | None:
             ft = float(ds.FrameTime)
         except (TypeError, ValueError):
             raise InputError(f"{where}: FrameTime (0018,1063) is not a number: {ds.FrameTime!r}") from None
-        if not (math.isfinite(ft) and ft > 0):
-            raise InputError(f"{where}: FrameTime (0018,1063) must be a positive number of ms, got {ft!r}")
+        if not (math.isfinite(ft) and 0 < ft <= MAX_FRAME_INTERVAL_MS):
+            raise InputError(f"{where}: FrameTime (0018,1063) must be a positive number of ms, at most "
+                             f"{MAX_FRAME_INTERVAL_MS:g} (a day), got {ft!r}")
         notes.append(f"frame times from FrameTime (0018,1063) = {ft:g} ms")
         return torch.arange(n, dtype=torch.float64) * ft / 1000.0
     if n > 1:
