@@ -587,3 +587,21 @@ def test_camera_resize_and_from_dict_name_a_bad_value():
     with pytest.raises(InputError, match="^" + re.escape("reverse_x_axis = 'false' must be true or false") + "$"):
         Camera.from_dict({**cam.to_dict(), "reverse_x_axis": "false"})
     assert Camera.from_dict(cam.to_dict()) == cam
+
+
+def test_render_drr_refuses_negative_line_integrals_but_not_a_mu_maps_noise(cam):
+    """The "raw" density takes voxel values as attenuations: a HU CT rendered with it (air −1000) is refused, a
+    μ map (mm⁻¹) whose air holds slightly negative reconstruction noise renders."""
+    from xraypose.api import render_drr
+    from xraypose.volume import volume_from_array
+
+    rng = np.random.default_rng(0)
+    mu = rng.normal(0.0, 2e-4, (40, 40, 40)).astype(np.float32)  # air: noise about 0
+    mu[10:30, 10:30, 10:30] += 0.02  # water-like block
+    vol = volume_from_array(mu, spacing=(2.0, 2.0, 2.0))
+    T = carm_pose(0.0, 0.0, sod=600.0, isocenter=vol.get_isocenter())
+    img = render_drr(vol, cam, T, n_samples=64, density="raw")
+    assert float(img.min()) < 0 < float(img.max())  # the noise does reach below zero somewhere
+    hu = volume_from_array(np.where(mu > 0.01, 0.0, -1000.0).astype(np.float32), spacing=(2.0, 2.0, 2.0))
+    with pytest.raises(InputError, match="negative line integrals"):
+        render_drr(hu, cam, T, n_samples=64, density="raw")
