@@ -373,7 +373,7 @@ def main(argv=None) -> int:
     ap.add_argument("--simulate-at", default="start", choices=["start", "registered"],
                     help="--blur simulated: the pose the simulator is run at — the tracking start, or frame 0 "
                          "registered from it with the whole schedule")
-    ap.add_argument("--blur-criterion", default="fit", choices=["fit", "depth"],
+    ap.add_argument("--blur-criterion", default="fit", choices=["fit", "depth", "difference"],
                     help="--blur simulated: what the predicted coefficient matches on the simulated X-ray "
                          "(predict_blur_coefficient's criterion)")
     ap.add_argument("--photon-offset", default="auto", type=photon_offset_arg,

@@ -39,6 +39,9 @@ def test_prediction_at_the_pose_is_the_measurement_on_a_frame_formed_there(setup
                                      detector_blur_px=0.0)
     wide = predict_blur_coefficient(reg, ct, cam, T, PREP, detector_blur_px=1.5)
     assert sharp > c_true + 0.003 and wide < c_true - 0.003
+    # "difference": the fit less the fit on the same X-ray without the intensities' blurs (the sharp one)
+    diff = predict_blur_coefficient(reg, ct, cam, T, PREP, criterion="difference")
+    assert diff == pytest.approx(c_true - sharp, rel=1e-6) and diff < -0.003
 
 
 def test_prediction_holds_where_the_pose_is_off_and_measuring_on_the_xray_does_not(setup):
@@ -82,7 +85,7 @@ def test_the_depth_criterion_keeps_the_simulated_xrays_depth(setup):
         return float((torch.linalg.solve(Q.double(), iso) - torch.linalg.solve(T, iso))[2])
 
     assert abs(depth(c)) < 0.5 * abs(depth(c_fit)), (depth(c), depth(c_fit))
-    with pytest.raises(InputError, match="criterion must be one of fit, depth"):
+    with pytest.raises(InputError, match="criterion must be one of fit, depth, difference"):
         predict_blur_coefficient(reg, ct, cam, T, prep, criterion="intensities")
 
 

@@ -40,7 +40,7 @@ def noiseless_xray(volume, camera: Camera, camera_to_world, *, detector_blur_px:
 
 
 #: What the prediction matches (``predict_blur_coefficient``'s ``criterion``).
-CRITERIA = ("fit", "depth")
+CRITERIA = ("fit", "depth", "difference")
 
 
 def predict_blur_coefficient(registrar, volume, camera: Camera, camera_to_world, preprocessing: dict, *,
@@ -71,6 +71,13 @@ def predict_blur_coefficient(registrar, volume, camera: Camera, camera_to_world,
             The fit's coefficient also takes up edge mismatch that does not move the depth: on one
             pelvis trajectory's views the fit's −0.058 … −0.063 left the depth 0.1–0.2 mm off,
             the depth's −0.049 … −0.059 brought it to the truth.
+            "difference": the fit's coefficient less the fit's on the same simulated X-ray without its
+            intensity-domain blurs (``detector_blur_px`` 0, and shrunk after the log): the part the
+            intensities' blur adds, without what the fit also takes up of the simulator's other
+            mismatch with registration's DRR (its physical μ against the DRR's density model, Siddon
+            against trilinear).  On the tracking benchmark's abdomen views (512² → 256 rows) the fit read
+            −0.20 … −0.22 with the blur and −0.20 … −0.21 without it: almost all of it mismatch, which on
+            real X-rays is not the simulator's (docs/benchmarks.md, stop 52).  Two simulations: twice the time.
 
     Returns: the coefficient (≤ 0 normally), per pixel² of the preprocessed X-ray.
     """
@@ -87,12 +94,19 @@ def predict_blur_coefficient(registrar, volume, camera: Camera, camera_to_world,
         size = preprocessing.get("size")
         rows = None if size is None else (size if isinstance(size, int) else size[0])
         supersample = 1 if rows and camera.height >= 4 * rows else 2
-    raw, i0 = noiseless_xray(volume, camera, T, detector_blur_px=detector_blur_px, supersample=supersample)
     kw = {k: v for k, v in preprocessing.items() if k not in ("log", "i0")}
-    pre = preprocess(raw, camera, log=True, i0=i0, **kw)
-    mask = None if pre.mask is None else pre.mask[None, None]
-    P = pre.transform_pose(T).to(torch.float64)
-    c = float(registrar.measure_blur(pre.image[None, None], pre.camera, P[None], mask)[0])
+
+    def fitted(blur_px: float, **changes):
+        raw, i0 = noiseless_xray(volume, camera, T, detector_blur_px=blur_px, supersample=supersample)
+        pre = preprocess(raw, camera, log=True, i0=i0, **{**kw, **changes})
+        mask = None if pre.mask is None else pre.mask[None, None]
+        P = pre.transform_pose(T).to(torch.float64)
+        return float(registrar.measure_blur(pre.image[None, None], pre.camera, P[None], mask)[0]), pre, mask, P
+
+    c, pre, mask, P = fitted(float(detector_blur_px))
+    if criterion == "difference":  # the same X-ray without an intensity-domain blur: what the blur adds
+        sharp = fitted(0.0, **({"resample_domain": "line-integral"} if "size" in kw else {}))[0]
+        return c - sharp
     if criterion == "fit" or not c < 0:
         return c
     iso = torch.cat([registrar.isocenter.detach().to(torch.float64).cpu(), torch.ones(1, dtype=torch.float64)])
