@@ -1450,3 +1450,56 @@ def test_bad_input_is_one_clear_line(c: Case, tmp_path, capfd):
     for w in c.words:
         assert w.lower() in low, f"{w!r} not in: {lines[0]}"
     assert snapshot(d) == before_files, "an input file was changed"
+
+
+def _fifo(p: Path) -> Path:
+    import os
+
+    os.mkfifo(p)
+    return p
+
+
+# A named pipe (FIFO) as an input: opening it waits for a writer forever, so each command runs in a subprocess
+# with a timeout (a regression fails instead of hanging the suite).
+FIFO_CASES = {
+    "info-xray": (("x.npy", "named pipe"), lambda d, o: ["info", str(_fifo(d / "x.npy"))]),
+    "info-model": (("model.pt", "named pipe"), lambda d, o: ["info", str(_fifo(d / "model.pt"))]),
+    "render-ct": (("CT", "named pipe"), lambda d, o: render_args(d, o, _fifo(d / "ct.nii.gz"), "--pose", "0,0")),
+    "render-pose-json": (("pose", "named pipe"), lambda d, o: render_args(
+        d, o, None, "--pose-json", str(_fifo(d / "pose.json")))),
+    "register-xray": (("X-ray", "named pipe"), lambda d, o: register_args(d, o, _fifo(d / "xray.npy"))),
+    "register-sidecar": (("sidecar", "xray.json", "named pipe"), lambda d, o: register_args(
+        d, o, _fifo(d / "xray.json") and xray_npy(d, sidecar=None))),
+    "register-model": (("model", "named pipe"), lambda d, o: register_args(
+        d, o, None, None, "--init", "model", "--model", str(_fifo(d / "model.pt")))),
+    "train-config": (("config", "named pipe"), lambda d, o: train_args(
+        d, o, None, "--config", str(_fifo(d / "config.toml")))),
+}
+
+
+@pytest.mark.parametrize("name", list(FIFO_CASES))
+def test_fifo_input_is_refused_not_read(name, tmp_path):
+    """A named pipe given as any input (CT, X-ray, sidecar, model, JSON, TOML) is refused as not a regular
+    file before it is opened (``info x.npy`` on a FIFO hung forever)."""
+    import os
+    import subprocess
+    import sys
+
+    import xraypose
+
+    words, make = FIFO_CASES[name]
+    d, o = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    o.mkdir()
+    argv = [str(a) for a in make(d, o)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(xraypose.__file__).parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    try:
+        run = subprocess.run([sys.executable, "-m", "xraypose.cli", *argv], capture_output=True, text=True,
+                             encoding="utf-8", env=env, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"xraypose {' '.join(argv[:1])} hung on a named pipe (killed after 60 s)")
+    lines = [ln for ln in (run.stdout + run.stderr).strip().splitlines() if ln.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("xraypose: error: "), lines
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]

@@ -221,11 +221,11 @@ def _read_on_grid(volume: Volume, path, what: str) -> torch.Tensor:
     """A labelmap/mask file checked to lie on the CT's grid (as :func:`read_volume`'s ``labels``)."""
     from pathlib import Path
 
+    from xraypose.io import check_input_path
     from xraypose.volume import read_volume
 
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} file not found: {p}")
+    check_input_path(p, what, f"{what} file not found: {p}")
     src = Path(volume.source) if volume.source else None
     if src is not None and src.exists():
         v = read_volume(src, labels=p)  # checks shape and alignment
