@@ -1129,6 +1129,27 @@ for _opt, _val, _words in [
                                                                              "--fast", f"{a}={v}"])
 add("info-missing", "not found", lambda d, o: ["info", str(d / "nope.nii.gz")])
 add("info-unknown-type", "cannot tell", lambda d, o: ["info", str((d / "x.docx").write_text("x") and d / "x.docx")])
+
+
+def _link(p: Path, target: str) -> Path:
+    p.symlink_to(target)
+    return p
+
+
+def _link_loop(d: Path) -> Path:
+    """``l1`` → ``l2`` → ``l1`` (was reported as "file not found")."""
+    _link(d / "l2", "l1")
+    return _link(d / "l1", "l2")
+
+
+add("info-symlink-loop", ("l1", "symbolic link loop"), lambda d, o: ["info", str(_link_loop(d))])
+add("info-broken-symlink", ("l1 is a symbolic link to missing-target", "does not exist"),
+    lambda d, o: ["info", str(_link(d / "l1", "missing-target"))])
+add("ct-symlink-loop", ("CT", "symbolic link loop"), lambda d, o: render_args(d, o, _link_loop(d), "--pose", "0,0"))
+add("xray-broken-symlink", ("X-ray", "symbolic link to nope.npy", "does not exist"),
+    lambda d, o: register_args(d, o, _link(d / "xray.npy", "nope.npy")))
+add("pose-symlink-loop", ("pose", "symbolic link loop"), lambda d, o: render_args(
+    d, o, None, "--pose-json", str(_link_loop(d))))
 add("unknown-option", "--bogus", lambda d, o: render_pose(d, o, "--bogus"))
 
 
