@@ -784,6 +784,7 @@ for _id, _side, _words in [
     ("sdd-1e308", side(sdd_mm=1e308), ("sdd_mm", "1e+308")),
     ("sdd-null-and-missing", side(sdd_mm=None), ("sdd_mm", "null")),
     ("delx-zero", side(delx_mm=0), ("delx_mm",)),
+    ("delx-1e-300", side(delx_mm=1e-300), ("delx_mm", "[0.001, 1000]")),
     ("delx-bool", side(delx_mm=True), ("delx_mm", "true")),
     ("delx-list", side(delx_mm=[1, 2]), ("delx_mm", "[1, 2]")),
     ("dely-negative", side(dely_mm=-0.2), ("dely_mm", "-0.2")),
@@ -1008,7 +1009,7 @@ for _opt, _val, _words in [
     ("--sdd", "-3", ("--sdd", "-3")), ("--sdd", "1e308", ("--sdd", "1e+308")),
     ("--height", "0", ("--height", "got 0")), ("--height", "-5", ("--height", "-5")),
     ("--height", "1000000", ("--height", "1000000")), ("--width", "0", ("--width",)),
-    ("--delx", "0", ("--delx",)), ("--delx", "nan", ("--delx", "nan")), ("--dely", "-1", ("--dely",)),
+    ("--delx", "0", ("--delx",)), ("--delx", "nan", ("--delx", "nan")), ("--delx", "1e-300", ("--delx", "0.001")), ("--dely", "-1", ("--dely",)),
     ("--x0", "nan", ("--x0", "nan")), ("--y0", "inf", ("--y0", "inf")), ("--samples", "0", ("--samples",)),
     ("--step", "0", ("--step",)), ("--step", "nan", ("--step", "nan")),
     ("--bone-multiplier", "-1", ("--bone-multiplier", "-1")), ("--bone-multiplier", "nan", ("--bone-multiplier",)),
@@ -1284,6 +1285,10 @@ for _name, _cmd, _text, _words in [
     ("camera-sdd-1e300", "train", "[camera]\nsdd = 1e300\n", ("camera.sdd", "1e+300", "(0, 100000]")),
     ("camera-fov-1e300", "train", "[camera]\nfov_mm = 1e300\n", ("camera.fov_mm", "1e+300")),
     ("camera-delx-metres", "train", "[camera]\ndelx = 5000.0\n", ("camera.delx", "5000.0")),
+    # and the least pixel spacing (1e-300 was refused as "the DRR of the isocenter view is constant")
+    ("camera-delx-1e-300", "train", "[camera]\ndelx = 1e-300\n", ("camera.delx", "1e-300", "[0.001, 1000]")),
+    ("camera-dely-1e-300", "train", "[camera]\ndely = 1e-300\n", ("camera.dely", "1e-300", "[0.001, 1000]")),
+    ("camera-fov-1e-300", "train", "[camera]\nfov_mm = 1e-300\n", ("camera.fov_mm", "1e-300", "[0.064,")),
 ]:
     add(f"config-{_cmd}-{_name}", _words, lambda d, o, c=_cmd, t=_text: with_config(d, o, c, t))
 add("config-missing", "not found", lambda d, o: register_args(d, o, None, None, "--config", str(d / "no.toml")))
