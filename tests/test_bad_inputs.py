@@ -784,6 +784,7 @@ for _id, _side, _words in [
     ("sdd-1e308", side(sdd_mm=1e308), ("sdd_mm", "1e+308")),
     ("sdd-null-and-missing", side(sdd_mm=None), ("sdd_mm", "null")),
     ("delx-zero", side(delx_mm=0), ("delx_mm",)),
+    ("delx-1e-300", side(delx_mm=1e-300), ("delx_mm", "[0.001, 1000]")),
     ("delx-bool", side(delx_mm=True), ("delx_mm", "true")),
     ("delx-list", side(delx_mm=[1, 2]), ("delx_mm", "[1, 2]")),
     ("dely-negative", side(dely_mm=-0.2), ("dely_mm", "-0.2")),
@@ -1008,7 +1009,7 @@ for _opt, _val, _words in [
     ("--sdd", "-3", ("--sdd", "-3")), ("--sdd", "1e308", ("--sdd", "1e+308")),
     ("--height", "0", ("--height", "got 0")), ("--height", "-5", ("--height", "-5")),
     ("--height", "1000000", ("--height", "1000000")), ("--width", "0", ("--width",)),
-    ("--delx", "0", ("--delx",)), ("--delx", "nan", ("--delx", "nan")), ("--dely", "-1", ("--dely",)),
+    ("--delx", "0", ("--delx",)), ("--delx", "nan", ("--delx", "nan")), ("--delx", "1e-300", ("--delx", "0.001")), ("--dely", "-1", ("--dely",)),
     ("--x0", "nan", ("--x0", "nan")), ("--y0", "inf", ("--y0", "inf")), ("--samples", "0", ("--samples",)),
     ("--step", "0", ("--step",)), ("--step", "nan", ("--step", "nan")),
     ("--bone-multiplier", "-1", ("--bone-multiplier", "-1")), ("--bone-multiplier", "nan", ("--bone-multiplier",)),
@@ -1129,6 +1130,27 @@ for _opt, _val, _words in [
                                                                              "--fast", f"{a}={v}"])
 add("info-missing", "not found", lambda d, o: ["info", str(d / "nope.nii.gz")])
 add("info-unknown-type", "cannot tell", lambda d, o: ["info", str((d / "x.docx").write_text("x") and d / "x.docx")])
+
+
+def _link(p: Path, target: str) -> Path:
+    p.symlink_to(target)
+    return p
+
+
+def _link_loop(d: Path) -> Path:
+    """``l1`` → ``l2`` → ``l1`` (was reported as "file not found")."""
+    _link(d / "l2", "l1")
+    return _link(d / "l1", "l2")
+
+
+add("info-symlink-loop", ("l1", "symbolic link loop"), lambda d, o: ["info", str(_link_loop(d))])
+add("info-broken-symlink", ("l1 is a symbolic link to missing-target", "does not exist"),
+    lambda d, o: ["info", str(_link(d / "l1", "missing-target"))])
+add("ct-symlink-loop", ("CT", "symbolic link loop"), lambda d, o: render_args(d, o, _link_loop(d), "--pose", "0,0"))
+add("xray-broken-symlink", ("X-ray", "symbolic link to nope.npy", "does not exist"),
+    lambda d, o: register_args(d, o, _link(d / "xray.npy", "nope.npy")))
+add("pose-symlink-loop", ("pose", "symbolic link loop"), lambda d, o: render_args(
+    d, o, None, "--pose-json", str(_link_loop(d))))
 add("unknown-option", "--bogus", lambda d, o: render_pose(d, o, "--bogus"))
 
 
@@ -1263,6 +1285,10 @@ for _name, _cmd, _text, _words in [
     ("camera-sdd-1e300", "train", "[camera]\nsdd = 1e300\n", ("camera.sdd", "1e+300", "(0, 100000]")),
     ("camera-fov-1e300", "train", "[camera]\nfov_mm = 1e300\n", ("camera.fov_mm", "1e+300")),
     ("camera-delx-metres", "train", "[camera]\ndelx = 5000.0\n", ("camera.delx", "5000.0")),
+    # and the least pixel spacing (1e-300 was refused as "the DRR of the isocenter view is constant")
+    ("camera-delx-1e-300", "train", "[camera]\ndelx = 1e-300\n", ("camera.delx", "1e-300", "[0.001, 1000]")),
+    ("camera-dely-1e-300", "train", "[camera]\ndely = 1e-300\n", ("camera.dely", "1e-300", "[0.001, 1000]")),
+    ("camera-fov-1e-300", "train", "[camera]\nfov_mm = 1e-300\n", ("camera.fov_mm", "1e-300", "[0.064,")),
 ]:
     add(f"config-{_cmd}-{_name}", _words, lambda d, o, c=_cmd, t=_text: with_config(d, o, c, t))
 add("config-missing", "not found", lambda d, o: register_args(d, o, None, None, "--config", str(d / "no.toml")))
@@ -1450,3 +1476,56 @@ def test_bad_input_is_one_clear_line(c: Case, tmp_path, capfd):
     for w in c.words:
         assert w.lower() in low, f"{w!r} not in: {lines[0]}"
     assert snapshot(d) == before_files, "an input file was changed"
+
+
+def _fifo(p: Path) -> Path:
+    import os
+
+    os.mkfifo(p)
+    return p
+
+
+# A named pipe (FIFO) as an input: opening it waits for a writer forever, so each command runs in a subprocess
+# with a timeout (a regression fails instead of hanging the suite).
+FIFO_CASES = {
+    "info-xray": (("x.npy", "named pipe"), lambda d, o: ["info", str(_fifo(d / "x.npy"))]),
+    "info-model": (("model.pt", "named pipe"), lambda d, o: ["info", str(_fifo(d / "model.pt"))]),
+    "render-ct": (("CT", "named pipe"), lambda d, o: render_args(d, o, _fifo(d / "ct.nii.gz"), "--pose", "0,0")),
+    "render-pose-json": (("pose", "named pipe"), lambda d, o: render_args(
+        d, o, None, "--pose-json", str(_fifo(d / "pose.json")))),
+    "register-xray": (("X-ray", "named pipe"), lambda d, o: register_args(d, o, _fifo(d / "xray.npy"))),
+    "register-sidecar": (("sidecar", "xray.json", "named pipe"), lambda d, o: register_args(
+        d, o, _fifo(d / "xray.json") and xray_npy(d, sidecar=None))),
+    "register-model": (("model", "named pipe"), lambda d, o: register_args(
+        d, o, None, None, "--init", "model", "--model", str(_fifo(d / "model.pt")))),
+    "train-config": (("config", "named pipe"), lambda d, o: train_args(
+        d, o, None, "--config", str(_fifo(d / "config.toml")))),
+}
+
+
+@pytest.mark.parametrize("name", list(FIFO_CASES))
+def test_fifo_input_is_refused_not_read(name, tmp_path):
+    """A named pipe given as any input (CT, X-ray, sidecar, model, JSON, TOML) is refused as not a regular
+    file before it is opened (``info x.npy`` on a FIFO hung forever)."""
+    import os
+    import subprocess
+    import sys
+
+    import xraypose
+
+    words, make = FIFO_CASES[name]
+    d, o = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    o.mkdir()
+    argv = [str(a) for a in make(d, o)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(xraypose.__file__).parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    try:
+        run = subprocess.run([sys.executable, "-m", "xraypose.cli", *argv], capture_output=True, text=True,
+                             encoding="utf-8", env=env, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"xraypose {' '.join(argv[:1])} hung on a named pipe (killed after 60 s)")
+    lines = [ln for ln in (run.stdout + run.stderr).strip().splitlines() if ln.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("xraypose: error: "), lines
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]

@@ -65,6 +65,35 @@ def test_structure_mask_from_labels_and_masks_and_its_errors(tmp_path, volume, l
         structure_mask(volume, label_map=left_bone)
 
 
+def test_a_mask_file_of_floats_is_its_nonzero_voxels(tmp_path, volume, left_bone):
+    """--structure MASK is its nonzero voxels whatever the file's type: a float mask of 0 / 0.7 was refused as a
+    labelmap ("labelmap has non-integer values; expected integer label ids"), while the same mask as an array
+    was taken.  A labelmap (--label-map) still needs integer ids; a mask off the CT's grid is still refused."""
+    m = _save_nifti(tmp_path / "mask_float.nii.gz", left_bone.numpy().astype(np.float32) * 0.7, volume)
+    assert torch.equal(structure_mask(volume, mask=m), left_bone.bool())
+    soft = left_bone.numpy().astype(np.float32) * 0.7
+    soft[left_bone.numpy() == 0] = 0.0
+    soft[tuple(torch.nonzero(left_bone)[0].tolist())] = 0.02  # a fraction counts: nonzero
+    p = _save_nifti(tmp_path / "mask_fractions.nii.gz", soft, volume)
+    assert torch.equal(structure_mask(volume, mask=p), left_bone.bool())
+    u16 = _save_nifti(tmp_path / "mask_u16.nii.gz", left_bone.numpy().astype(np.uint16) * 1000, volume)
+    assert torch.equal(structure_mask(volume, mask=u16), left_bone.bool())
+    with pytest.raises(InputError, match="non-integer values"):
+        structure_mask(volume, label_map=m, label=1)
+    empty = _save_nifti(tmp_path / "mask_zero.nii.gz", np.zeros(volume.shape, np.float32), volume)
+    with pytest.raises(InputError, match="mask_zero.nii.gz: the structure mask is empty"):
+        structure_mask(volume, mask=empty)
+    shifted = volume.affine.numpy().copy()
+    shifted[:3, 3] += 5.0
+    off = tmp_path / "mask_off.nii.gz"
+    nib.save(nib.Nifti1Image(left_bone.numpy().astype(np.float32), shifted), str(off))
+    with pytest.raises(InputError, match="not on the CT's voxel grid"):
+        structure_mask(volume, mask=off)
+    small = _save_nifti(tmp_path / "mask_small.nii.gz", np.ones((4, 4, 4), np.float32), volume)
+    with pytest.raises(InputError, match=r"mask_small.nii.gz has shape \(4, 4, 4\) but the CT has"):
+        structure_mask(volume, mask=small)
+
+
 def test_prepare_ct_renders_the_structure_only_and_crops_to_it(volume, left_bone):
     prep = prepare_ct(volume, "linear", mask=left_bone.bool(), dilate_mm=3.0)
     v = prep.volume

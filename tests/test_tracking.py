@@ -148,6 +148,19 @@ def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
     assert gif[:6] in (b"GIF89a", b"GIF87a") and len(gif) < 500_000
 
 
+def test_cli_track_of_one_frame_says_frame_not_frames(tmp_path, sequence, capsys):
+    """A one-frame sequence: "tracking 1 frame of 1 view", "1 frame in …" (was "1 frames")."""
+    from xraypose.cli import main
+
+    run = _save_sequence(tmp_path / "in", sequence, n=1)
+    code = main(["track", "sample", str(run), "-o", str(tmp_path / "out"), "--pose-json",
+                 str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast"])
+    text = capsys.readouterr()
+    assert code in (0, 3), text.err
+    assert "tracking 1 frame of 1 view (" in text.out and "; 1 frame in " in text.out, text.out
+    assert "1 frames" not in text.out, text.out
+
+
 def test_cli_track_bad_input_is_one_line(tmp_path, sequence, capsys):
     from xraypose.cli import main
 

@@ -40,6 +40,7 @@ import torch
 
 from xraypose.camera import NEGATIVE_FOCAL_FRAME_FLIP, Camera, CameraPose, camera_from_K, carm_pose
 from xraypose.errors import InputError
+from xraypose.io import check_input_path
 from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
 from xraypose.geometry.frames import ROLL_180
 
@@ -296,6 +297,7 @@ def parse_rad(text: str, source: str = ".rad header") -> RadHeader:
 def read_rad(path) -> RadHeader:
     """Read a Ljubljana ``.rad`` geometry header file."""
     p = Path(path)
+    check_input_path(p, ".rad header", f".rad header not found: {p}")
     if not p.is_file():
         raise InputError(f".rad header not found: {p}")
     try:

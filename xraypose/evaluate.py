@@ -59,7 +59,7 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.io import atomic_write_bytes, atomic_write_json
+from xraypose.io import atomic_write_bytes, atomic_write_json, check_input_path
 from xraypose.register.multiview import RIG_RESULT_FILES
 from xraypose.register.starts import StartRule, angle_starts, perturbed_starts
 from xraypose.volume import Volume
@@ -142,8 +142,7 @@ def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256
             (:func:`xraypose.preprocess.preprocess`); the datasets' images are not raw intensities.
     """
     path = Path(source).expanduser()
-    if not path.exists():
-        raise InputError(f"evaluation source not found: {path}")
+    check_input_path(path, "evaluation source", f"evaluation source not found: {path}")
     if size is not None and size < 16:
         raise InputError(f"image size must be at least 16 pixels, got {size}")
     if path.is_dir():

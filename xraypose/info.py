@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from xraypose.errors import InputError
+from xraypose.io import check_input_path
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 XRAY_SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff", ".npy")
@@ -17,8 +18,7 @@ def kind_of(path: str) -> str:
     if path == "sample":
         return "ct"
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"file not found: {path}")
+    check_input_path(p, "input", f"file not found: {path}")  # a FIFO, a device, a link loop: refused here
     name = p.name.lower()
     if p.is_dir() or name.endswith(CT_SUFFIXES):
         return "ct"

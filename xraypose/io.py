@@ -487,11 +487,51 @@ def pil_warnings(p: Path):
             warnings.warn(text, w.category, stacklevel=3)
 
 
+_SPECIAL_FILES = (("S_ISFIFO", "a named pipe (FIFO)"), ("S_ISSOCK", "a socket"),
+                  ("S_ISCHR", "a character device"), ("S_ISBLK", "a block device"))
+
+
+def check_input_path(p, what: str, missing: str | None = None) -> None:
+    """Refuse, as :class:`~xraypose.errors.InputError`, an input path ``p`` that is neither a regular file
+    nor a folder, before anything opens it: a named pipe (FIFO), socket or device (reading one would wait
+    forever for a writer, or read endless bytes), a symbolic link loop, or a link to a missing target
+    (named as such, not "not found").  ``missing``: the message for a path that does not exist
+    (default ``WHAT not found: P``).  Folders pass: the caller says whether it takes one."""
+    import errno
+    import stat
+
+    p = Path(p)
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            try:
+                is_link = stat.S_ISLNK(os.lstat(p).st_mode)
+            except OSError:
+                is_link = False
+            if is_link:
+                raise InputError(f"{what} {p} is a symbolic link loop (its links lead back to themselves); "
+                                 "point it at a file") from None
+            raise InputError(f"{what} {p}: its path runs through a symbolic link loop") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(p):
+                target = os.readlink(p)
+                if os.path.lexists(os.path.join(os.path.dirname(p), target)):  # a chain of links
+                    target = os.path.realpath(p)
+                raise InputError(f"{what} {p} is a symbolic link to {target}, which does not exist") from None
+            raise InputError(missing or f"{what} not found: {p}") from None
+        raise InputError(f"cannot read the {what} {p} ({e.strerror or e})") from None
+    for test, name in _SPECIAL_FILES:
+        if getattr(stat, test)(st.st_mode):
+            raise InputError(f"{what} {p} is {name}, not a regular file; give a file (copy the data "
+                             "into one first)")
+
+
 def check_input_file(p: Path, what: str, kind: str = "a file") -> None:
     """Refuse, as :class:`~xraypose.errors.InputError`, an input file ``p`` that is missing
-    (``WHAT not found: P``) or a folder (``WHAT P is a folder, not KIND``)."""
-    if not p.exists():
-        raise InputError(f"{what} not found: {p}")
+    (``WHAT not found: P``), not a regular file (:func:`check_input_path`: a FIFO, a device, a
+    symbolic link loop, ...) or a folder (``WHAT P is a folder, not KIND``)."""
+    check_input_path(p, what)
     if p.is_dir():
         raise InputError(f"{what} {p} is a folder, not {kind}")
 
@@ -513,10 +553,9 @@ def read_toml(path) -> dict:
     from xraypose.errors import InputError
 
     p = Path(path).expanduser()
+    check_input_path(p, "config file")
     if p.is_dir():
         raise InputError(f"config file {p} is a folder, not a TOML file")
-    if not p.is_file():
-        raise InputError(f"config file not found: {p}")
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # TOML files are UTF-8 whatever the locale

@@ -401,8 +401,10 @@ def read_checked(path, spec, what: str = "JSON file"):
 #: Source-to-detector / source-to-isocenter distances, mm.
 SDD_MM = Number(lo=0, lo_open=True, hi=1e5, unit="mm", name="source-to-detector distance")
 SOD_MM = Number(lo=0, lo_open=True, hi=1e5, unit="mm", name="source-to-isocenter distance")
-#: Detector pixel spacing, mm.
-PIXEL_MM = Number(lo=0, lo_open=True, hi=1e3, unit="mm", name="pixel spacing")
+#: Detector pixel spacing, mm: at least 1 µm (no X-ray detector's pixels are finer: a few µm at the finest; below
+#: it a spacing in metres, 0.0002 for 0.2 mm, or a training config's ``camera.delx = 1e-300``, whose rays all
+#: crossed one point and refused as "the DRR of the isocenter view is constant"), at most 1 m.
+PIXEL_MM = Number(lo=1e-3, hi=1e3, unit="mm", name="pixel spacing")
 #: Principal-point offsets on the detector, mm.
 OFFSET_MM = Number(lo=-1e5, hi=1e5, unit="mm", name="principal-point offset")
 #: C-arm angles, degrees: primary LAO+/RAO−, secondary CRAN+/CAUD−.

@@ -32,6 +32,7 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.io import check_input_path
 from xraypose.xray import IMAGE_EXTENSIONS, XRay, read_xray
 
 __all__ = ["XRaySequence", "read_sequence", "natural_key", "FRAME_EXTENSIONS"]
@@ -173,8 +174,7 @@ def read_sequence(source, **kwargs) -> XRaySequence:
         where = f"{len(paths)} files ({paths[0].name} … {paths[-1].name})"
         return _from_files(paths, where, kwargs)
     p = Path(source).expanduser()
-    if not p.exists():
-        raise InputError(f"sequence not found: {p}")
+    check_input_path(p, "sequence", f"sequence not found: {p}")
     if p.is_dir():
         files = sorted((f for f in p.iterdir() if _is_frame_file(f)), key=lambda f: natural_key(f.name))
         if not files:

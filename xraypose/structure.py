@@ -190,14 +190,17 @@ def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> 
     src = mask if mask is not None else label_map
     what = "structure mask" if mask is not None else "labelmap"
     if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
-        lab = _read_on_grid(volume, src, what)
+        lab = _read_mask_on_grid(volume, src, what) if mask is not None else _read_on_grid(volume, src, what)
     else:
         lab = torch.as_tensor(src)
         if tuple(lab.shape) != tuple(volume.shape):
             raise InputError(f"the {what} has shape {tuple(lab.shape)} but the CT has {tuple(volume.shape)}")
     name = str(src) if not hasattr(src, "shape") else f"the {what}"
     if mask is not None:
-        m = lab != 0
+        if lab.is_floating_point() and not bool(torch.isfinite(lab).all()):
+            raise InputError(f"{name}: the structure mask holds NaN or infinite values; give a mask of 0 outside "
+                             "the structure and nonzero inside")
+        m = lab != 0  # whatever its type: 0/1, 0/255, a float mask of 0/0.7 (not a label id)
         if not bool(m.any()):
             raise InputError(f"{name}: the structure mask is empty (no nonzero voxel)")
         return m
@@ -217,15 +220,43 @@ def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> 
     return m
 
 
+def _read_mask_on_grid(volume: Volume, path, what: str) -> torch.Tensor:
+    """(I, J, K) bool: a mask file's nonzero voxels (any numeric type: fractions too; NaN/inf refused as a CT's
+    are), the file checked to lie on the CT's voxel grid as a labelmap is (same shape, voxel centres within
+    ``LABEL_ALIGN_TOL_MM``).  Not read as a labelmap: that refuses non-integer values ("expected integer label
+    ids"), which a mask may hold (a mask saved as floats, 0 / 0.7)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from xraypose._checks import is_numeric_dtype
+    from xraypose.volume import LABEL_ALIGN_TOL_MM, _as_3d, _grid_distance_mm, _read_image
+
+    p = Path(path).expanduser()
+    arr, aff, source = _read_image(p, what)  # refuses a missing or special file, a folder of no DICOM, ...
+    arr = np.asarray(arr)
+    if not is_numeric_dtype(arr.dtype) or arr.dtype.kind == "c":
+        raise InputError(f"the {what} {p} holds {arr.dtype} values; give a mask of numbers (0 outside the "
+                         "structure, nonzero inside)")
+    arr = _as_3d(arr, f"the {what} {p}")
+    if tuple(arr.shape) != tuple(volume.shape):
+        raise InputError(f"the {what} {p} has shape {tuple(arr.shape)} but the CT has {tuple(volume.shape)}")
+    err = _grid_distance_mm(volume.affine.detach().cpu().numpy().astype(np.float64), aff, arr.shape)
+    if err > LABEL_ALIGN_TOL_MM:
+        raise InputError(f"the {what} {p} is not on the CT's voxel grid (voxel positions differ by up to "
+                         f"{err:.4g} mm, tolerance {LABEL_ALIGN_TOL_MM:g} mm)")
+    return torch.from_numpy(np.ascontiguousarray(arr != 0))
+
+
 def _read_on_grid(volume: Volume, path, what: str) -> torch.Tensor:
     """A labelmap/mask file checked to lie on the CT's grid (as :func:`read_volume`'s ``labels``)."""
     from pathlib import Path
 
+    from xraypose.io import check_input_path
     from xraypose.volume import read_volume
 
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} file not found: {p}")
+    check_input_path(p, what, f"{what} file not found: {p}")
     src = Path(volume.source) if volume.source else None
     if src is not None and src.exists():
         v = read_volume(src, labels=p)  # checks shape and alignment

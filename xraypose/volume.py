@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from xraypose._checks import check_number, finite_float, is_numeric_dtype, one_line
 from xraypose.errors import InputError
+from xraypose.io import check_input_path
 from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
 
 __all__ = [
@@ -673,8 +674,7 @@ def _read_image(path: PathLike, what: str, spacing=None) -> tuple[np.ndarray, np
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"{what} path must be a string or path; got {type(path).__name__}")
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} file not found: {p}")
+    check_input_path(p, what, f"{what} file not found: {p}")
     source = str(p)
     is_tiff = p.is_file() and p.name.lower().endswith((".tif", ".tiff"))
     if spacing is not None and not is_tiff:
@@ -907,8 +907,10 @@ def _check_detached_data_file(p: Path, what: str) -> None:
     if not data or data.upper() in ("LOCAL", "LIST") or data.upper().startswith("LIST") or "%" in data:
         return
     target = (p.parent / data.split()[0]) if not Path(data).is_absolute() else Path(data)
+    missing = f"{what} file {p} names its voxel file {target.name} ({key}), which is missing: {target}"
+    check_input_path(target, f"{what} voxel file", missing)
     if not target.is_file():
-        raise InputError(f"{what} file {p} names its voxel file {target.name} ({key}), which is missing: {target}")
+        raise InputError(missing)
     try:
         shape = [int(float(v)) for v in size.split()]
     except ValueError:
@@ -1252,6 +1254,7 @@ def _load_label_names(label_names) -> dict[int, str] | None:
         return None
     if isinstance(label_names, (str, os.PathLike)):
         p = Path(label_names).expanduser()
+        check_input_path(p, "label names file", f"Label names file not found: {p}")
         if not p.is_file():
             raise InputError(f"Label names file not found: {p}")
         try:

@@ -370,8 +370,9 @@ def preprocessing_options(i0: Optional[float] = I0, crop: int = CROP, blur: floa
     return dict(crop=crop, blur=blur, size=size, i0=i0, resample_domain=resample_domain)
 
 
-STRUCTURE = typer.Option(None, "--structure", help="One structure given as a mask on the CT's grid (nonzero "
-                         "voxels; NIfTI, NRRD, ...): only it is rendered; register also crops the X-ray to where it "
+STRUCTURE = typer.Option(None, "--structure", help="One structure given as a mask on the CT's grid (its nonzero "
+                         "voxels, whatever the type: 0/1, 0/255, floats; threshold a probability map first; NIfTI, "
+                         "NRRD, ...): only it is rendered; register also crops the X-ray to where it "
                          "projects at the start.")
 LABEL_MAP = typer.Option(None, "--label-map", help="A labelmap on the CT's grid; with --label N: that structure "
                          "only (as --structure).")

@@ -510,7 +510,7 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
     Cr_inv = torch.linalg.inv(Cr)
     rel = [Cr_inv @ v[2] for v in views]
     F = len(seqs[0])
-    typer.echo(f"tracking {F} frames of {len(views)} view{'s' if len(views) > 1 else ''} "
+    typer.echo(f"tracking {F} frame{'s' if F != 1 else ''} of {len(views)} view{'s' if len(views) > 1 else ''} "
                f"({', '.join(s.source for s in seqs)})")
     rows = min(int(v[0].shape[-2]) for v in views)
     if confidence and rows < CHECK_ROWS:
@@ -595,7 +595,7 @@ def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, v
     counts = doc["summary"]["verdicts"]
     typer.echo(f"wrote {output}/trajectory.csv, trajectory.json, overlay.gif: {counts['ok']} ok, "
                f"{counts['uncertain']} uncertain, {counts['failed']} failed, "
-               f"{doc['summary']['reinitialised']} re-initialised; {len(res)} frames in "
+               f"{doc['summary']['reinitialised']} re-initialised; {len(res)} frame{'s' if len(res) != 1 else ''} in "
                f"{doc['summary']['seconds']:.1f} s ({doc['summary']['frames_per_second']:.1f} frames/s, median "
                f"{doc['summary']['median_seconds']:.2f} s a frame)")
     if counts["failed"]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from xraypose.errors import InputError
+from xraypose.io import check_input_path
 
 
 def resolve_file(filename, env: str, default_name: str, what: str) -> Path:
@@ -19,8 +20,7 @@ def resolve_file(filename, env: str, default_name: str, what: str) -> Path:
                 f"{what} file not given: pass filename= or set ${env} to the path of {default_name}"
             )
     p = Path(filename).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} file not found: {p}")
+    check_input_path(p, what, f"{what} file not found: {p}")
     if p.is_dir():
         cand = p / default_name
         if cand.is_file():

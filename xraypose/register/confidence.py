@@ -561,6 +561,9 @@ class ConfidenceModel:
     def load(cls, path=None) -> "ConfidenceModel":
         """The model in ``path`` (default: the shipped :data:`WEIGHTS_FILE`)."""
         p = Path(path) if path is not None else WEIGHTS_FILE
+        from xraypose.io import check_input_path
+
+        check_input_path(p, "confidence model", f"confidence model not found: {p}")
         try:
             return cls(json.loads(p.read_text(encoding="utf-8")))
         except FileNotFoundError:

@@ -160,8 +160,9 @@ class ModelInitializer:
             foreign_steps: see the class (None: the model sees the X-ray as given).
         """
         p = Path(path)
-        if not p.exists():
-            raise InputError(f"model file not found: {p}")
+        from xraypose.io import check_input_path
+
+        check_input_path(p, "model file", f"model file not found: {p}")
         from xraypose.model import check_training_volume, load_checkpoint, predict_pose
 
         net, meta = load_checkpoint(p)

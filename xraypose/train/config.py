@@ -81,9 +81,13 @@ class CameraConfig(_Section):
         check_number("camera.sdd", self.sdd, lo=0, lo_open=True, hi=int(SDD_MM.hi))
         check_number("camera.height", self.height, lo=8, hi=1024, integer=True)
         check_number("camera.width", self.width, lo=8, hi=1024, integer=True, allow_none=True)
-        check_number("camera.fov_mm", self.fov_mm, lo=0, lo_open=True, hi=int(SDD_MM.hi))
-        check_number("camera.delx", self.delx, lo=0, lo_open=True, hi=int(PIXEL_MM.hi), allow_none=True)
-        check_number("camera.dely", self.dely, lo=0, lo_open=True, hi=int(PIXEL_MM.hi), allow_none=True)
+        # the pixel spacing's least value too (1e-300 was refused only as "the DRR of the isocenter view is
+        # constant"); a field of view that sets delx (no delx given) must give pixels of at least that
+        columns = self.width or self.height
+        fov_lo = PIXEL_MM.lo * columns if self.delx is None else 0
+        check_number("camera.fov_mm", self.fov_mm, lo=round(fov_lo, 9), lo_open=not fov_lo, hi=int(SDD_MM.hi))
+        check_number("camera.delx", self.delx, lo=PIXEL_MM.lo, hi=int(PIXEL_MM.hi), allow_none=True)
+        check_number("camera.dely", self.dely, lo=PIXEL_MM.lo, hi=int(PIXEL_MM.hi), allow_none=True)
         check_number("camera.x0", self.x0, lo=int(OFFSET_MM.lo), hi=int(OFFSET_MM.hi))
         check_number("camera.y0", self.y0, lo=int(OFFSET_MM.lo), hi=int(OFFSET_MM.hi))
         check_flag("camera.reverse_x_axis", self.reverse_x_axis)

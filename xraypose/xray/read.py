@@ -6,6 +6,7 @@ from pathlib import Path
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.io import check_input_path
 from xraypose.xray.dicom import read_dicom_xray
 from xraypose.xray.image import read_image_xray
 from xraypose.xray.overrides import XRayOverrides
@@ -67,8 +68,7 @@ def read_xray(
             and intrinsics of different sizes, bad overrides.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"X-ray file not found: {p}")
+    check_input_path(p, "X-ray file", f"X-ray file not found: {p}")  # a FIFO, a device, a link loop too
     if p.is_dir():
         raise InputError(f"X-ray path is a folder, not a file: {p}")
     given = dict(camera=camera, sdd=sdd, delx=delx, dely=dely, x0=x0, y0=y0, reverse_x_axis=reverse_x_axis,
