@@ -23,3 +23,16 @@ def sample_ct():
     from xraypose.volume import load_sample_ct
 
     return load_sample_ct()
+
+
+@pytest.fixture(autouse=True)
+def _locale_kept():
+    """GDCM's DICOM writer (SimpleITK, used by the tests that write CT series) leaves the process in the "C"
+    locale; a later test writing text without an encoding then failed on "×" (UnicodeEncodeError), depending
+    on which tests ran before it.  Every test starts and ends in the locale the session started in."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    if locale.setlocale(locale.LC_ALL) != saved:
+        locale.setlocale(locale.LC_ALL, saved)
