@@ -217,3 +217,14 @@ def test_info_shows_an_xrays_header_overridden_as_register_reads_it(tmp_path, ca
     assert "--sdd applies to an X-ray; sample is a CT" in capsys.readouterr().err
     assert main(["info", str(img), "--delx", "-1"]) == 2
     assert "--delx" in capsys.readouterr().err
+
+
+def test_evaluate_summary_says_x_ray_for_one(tmp_path, capsys):
+    """One case is "1 X-ray: …", not "1 X-rays"."""
+    from xraypose.cli.evaluate import _print_summary
+
+    _print_summary({"n_cases": 1, "median_opt_s": 0.5}, tmp_path)
+    _print_summary({"n_cases": 1, "sr_1mm": 1.0, "sr_2mm": 1.0, "median_mtre_mm": 0.1, "median_opt_s": 0.5}, tmp_path)
+    _print_summary({"n_cases": 2, "median_opt_s": 0.5}, tmp_path)
+    out = capsys.readouterr().out
+    assert "1 X-ray registered" in out and "1 X-ray: success" in out and "2 X-rays registered" in out

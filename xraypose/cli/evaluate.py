@@ -108,9 +108,10 @@ def _start_settings(start: str, model: Path | None, pose_json: Path | None, pert
 def _print_summary(s: dict, output: Path) -> None:
     """The report's path and a line of results (success rates and median mTRE when the truth is known)."""
     typer.echo(f"report: {(output / 'report.html').resolve()}")
+    n = f"{s['n_cases']} X-ray{'' if s['n_cases'] == 1 else 's'}"
     if "sr_1mm" in s:
-        typer.echo(f"{s['n_cases']} X-rays: success (mTRE < 1 mm) {100 * s['sr_1mm']:.0f} %, "
+        typer.echo(f"{n}: success (mTRE < 1 mm) {100 * s['sr_1mm']:.0f} %, "
                    f"< 2 mm {100 * s['sr_2mm']:.0f} %, median mTRE {s.get('median_mtre_mm', float('nan')):.3f} mm, "
                    f"median registration {s['median_opt_s']:.2f} s")
     else:
-        typer.echo(f"{s['n_cases']} X-rays registered (no ground truth): median {s['median_opt_s']:.2f} s")
+        typer.echo(f"{n} registered (no ground truth): median {s['median_opt_s']:.2f} s")
