@@ -76,7 +76,7 @@ def predict_blur_coefficient(registrar, volume, camera: Camera, camera_to_world,
             intensities' blur adds, without what the fit also takes up of the simulator's other
             mismatch with registration's DRR (its physical μ against the DRR's density model, Siddon
             against trilinear).  On the tracking benchmark's abdomen views (512² → 256 rows) the fit read
-            −0.20 … −0.22 with the blur and −0.20 … −0.21 without it: almost all of it mismatch, which on
+            −0.12 … −0.24 with the blur and −0.12 … −0.23 without it: almost all of it mismatch, which on
             real X-rays is not the simulator's (docs/benchmarks.md, stop 52).  Two simulations: twice the time.
 
     Returns: the coefficient (≤ 0 normally), per pixel² of the preprocessed X-ray.
