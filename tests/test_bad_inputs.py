@@ -1289,6 +1289,8 @@ for _name, _cmd, _text, _words in [
     ("camera-delx-1e-300", "train", "[camera]\ndelx = 1e-300\n", ("camera.delx", "1e-300", "[0.001, 1000]")),
     ("camera-dely-1e-300", "train", "[camera]\ndely = 1e-300\n", ("camera.dely", "1e-300", "[0.001, 1000]")),
     ("camera-fov-1e-300", "train", "[camera]\nfov_mm = 1e-300\n", ("camera.fov_mm", "1e-300", "[0.064,")),
+    # within the ranges, yet a detector of micrometres (0.064 mm over 64 px) trained on near-uniform DRRs
+    ("camera-delx-micrometres", "train", "[camera]\ndelx = 0.001\n", ("sees", "at the isocenter", "camera.delx")),
 ]:
     add(f"config-{_cmd}-{_name}", _words, lambda d, o, c=_cmd, t=_text: with_config(d, o, c, t))
 add("config-missing", "not found", lambda d, o: register_args(d, o, None, None, "--config", str(d / "no.toml")))

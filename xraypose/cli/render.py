@@ -34,7 +34,8 @@ def render_command(
     renderer: str = typer.Option("trilinear", "--renderer", help="trilinear | siddon"),
     samples: Optional[int] = typer.Option(None, "--samples", help="Trilinear samples per ray."),
     step: Optional[float] = typer.Option(None, "--step", help="Trilinear step, mm (default: half the smallest voxel spacing)."),
-    density: str = typer.Option("hu", "--density", help="hu (DiffPose seed model) | physical (μ, 1/mm, ~70 keV) | raw"),
+    density: str = typer.Option("hu", "--density", help="hu (DiffPose seed model) | physical (μ, 1/mm, ~70 keV) | linear (max(HU + 1000, 0), "
+                                 "registration's) | raw (the voxel values)"),
     bone_multiplier: float = typer.Option(1.0, "--bone-multiplier", help="bone_attenuation_multiplier (hu/physical)."),
     config: Optional[Path] = config_option("render"),
 ) -> None:

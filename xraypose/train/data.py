@@ -83,8 +83,13 @@ class _WithIsocenter:
         return self.v.extent_mm
 
 
+#: The detector's field at the isocenter must span at least this many of the CT's (largest) voxels.
+MIN_FIELD_VOXELS = 2
+
+
 def check_geometry(volume: Volume, camera: Camera, sampler, sod: float, drr) -> None:
-    """Refuse set-ups that cannot train: source inside the CT, a CT that barely fills the view, a flat DRR."""
+    """Refuse set-ups that cannot train: source inside the CT, a field at the isocenter of a few voxels (a pixel
+    size in the wrong unit), a CT that barely fills the view, a flat DRR."""
     from xraypose.render import render
     from xraypose.similarity import check_image
 
@@ -96,6 +101,15 @@ def check_geometry(volume: Volume, camera: Camera, sampler, sod: float, drr) -> 
         raise InputError(
             f"the X-ray source ({sod:g} mm from the isocenter) lies inside the CT box "
             f"({' × '.join(f'{x:.0f}' for x in volume.extent_mm.tolist())} mm); increase sampler.sod"
+        )
+    fov = camera.detector_size_mm  # (rows, columns) mm
+    seen = [float(x) * sod / camera.sdd for x in fov]  # mm at the isocenter
+    voxel = float(volume.spacing.max())
+    if min(seen) < MIN_FIELD_VOXELS * voxel:
+        raise InputError(
+            f"the detector ({fov[1]:.3g} × {fov[0]:.3g} mm) sees {seen[1]:.3g} × {seen[0]:.3g} mm at the isocenter, "
+            f"less than {MIN_FIELD_VOXELS} of the CT's {voxel:g} mm voxels: its DRRs would be nearly uniform; "
+            "check camera.delx / camera.dely / camera.fov_mm (mm, not m or µm)"
         )
     small = camera.resize(min(32, camera.height), min(32, camera.width))
     # Which rays of the isocenter view cross the CT box: render a box of ones with the CT's affine.
