@@ -124,6 +124,16 @@ def test_folder_sorted_naturally(tmp_path):
     assert sorted(["f10", "f2", "F1", "f1a"], key=natural_key) == ["F1", "f1a", "f2", "f10"]
 
 
+def test_folder_of_frames_whose_names_hold_superscript_digits(tmp_path):
+    # '²' is a digit to str.isdigit() but not to int(): the sort raised ValueError (a traceback in track)
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, name in enumerate(("²1.png", "1²2.png", "frame 3.png")):
+        Image.fromarray(np.full((24, 32), i, np.uint8)).save(str(d / name))
+    assert len(read_sequence(d, sdd=1000, delx=0.5).frames) == 3
+    assert sorted(["x²10", "x²9", "²1", "1²2", "x١٠", "x٢"], key=natural_key) == ["1²2", "x٢", "x١٠", "x²9", "x²10", "²1"]
+
+
 def test_folder_with_a_frame_of_another_size(tmp_path):
     d = tmp_path / "frames"
     d.mkdir()

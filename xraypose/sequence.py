@@ -46,7 +46,7 @@ FRAME_EXTENSIONS = IMAGE_EXTENSIONS + (".dcm", ".dicom", ".ima")
 
 def natural_key(name: str) -> tuple:
     """Sort key comparing runs of digits as numbers: ``f2 < f10``; case-insensitive otherwise."""
-    return tuple((0, int(t), t) if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t)
+    return tuple((0, int(t), t) if t.isdecimal() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t)
 
 
 @dataclass
