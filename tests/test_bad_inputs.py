@@ -1531,3 +1531,21 @@ def test_fifo_input_is_refused_not_read(name, tmp_path):
     assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("xraypose: error: "), lines
     for w in words:
         assert w.lower() in lines[0].lower(), lines[0]
+
+
+def test_a_file_whose_name_starts_with_a_dash_is_named_with_how_to_give_it(tmp_path, monkeypatch, capfd):
+    """``register ct.nii.gz "-röntgen 1.png"``: the parser reads the file as options ("No such option: -r",
+    naming no file); the line now names the file and how to give it (./NAME or after --)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    ct(d)
+    xray_npy(d, name="-röntgen #1.npy")
+    monkeypatch.chdir(d)
+    before = snapshot(d)
+    rc = main(["register", "ct.nii.gz", "-röntgen #1.npy", "-o", str(tmp_path / "out"), "--fast"])
+    out, err = capfd.readouterr()
+    lines = [ln for ln in (out + err).splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("xraypose: error: No such option: -r"), lines
+    assert "'-röntgen #1.npy' is a file" in lines[0] and "./-röntgen #1.npy" in lines[0] and "--" in lines[0]
+    assert snapshot(d) == before
+    assert main(["register", "--bogus"]) == 2 and "is a file" not in capfd.readouterr().err  # no file: as before

@@ -16,6 +16,7 @@ written, a training that diverged: :class:`xraypose.errors.XrayposeError`) print
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import typer
@@ -96,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         return _run(argv, debug)
 
 
+def _dash_file_hint(error, argv: list[str]) -> str:
+    """For "No such option: -r" read from a file named ``-röntgen 1.png``: how to give that file."""
+    option = getattr(error, "option_name", None)
+    if type(error).__name__ != "NoSuchOption" or not option:
+        return ""
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg.startswith(option) and os.path.lexists(arg):
+            return f" ({arg!r} is a file whose name starts with '-': give it as ./{arg} or after --)"
+    return ""
+
+
 def _run(argv: list[str], debug: bool) -> int:
     if debug:  # accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
@@ -131,7 +145,7 @@ def _run(argv: list[str], debug: bool) -> int:
                 return 1
             if debug:
                 raise
-            message = e.format_message()
+            message = e.format_message() + _dash_file_hint(e, argv)
             if message:  # empty when the command printed its help instead (a group run without a command)
                 print(f"xraypose: error: {message}", file=sys.stderr)
             return 2
