@@ -1190,3 +1190,31 @@ def test_register_says_which_frame_of_a_multi_frame_file_it_registered(tmp_path,
           "--size", "32", "--init", "ap", "--no-hypotheses"])
     out = capsys.readouterr().out
     assert "note: " in out and "multi-frame image (3 frames" in out and "frame 0" in out, out
+
+
+def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, capsys):
+    """`demo -o DIR` replaces an earlier demo's files only: a user's report.html and model.pt in DIR were
+    deleted / overwritten (the demo cleared TOP_FILES and trained into DIR/model.pt regardless)."""
+    out = tmp_path / "demo"
+    (out / "cases" / "000").mkdir(parents=True)
+    mine = {"report.html": "my report", "model.pt": "my model", "notes.txt": "notes",
+            "cases/000/pose.json": "my pose"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    _forbid(monkeypatch, "xraypose.volume.load_sample_ct")
+    assert main(["demo", "-o", str(out), "--fast"]) == 2
+    _one_error_line(capsys.readouterr().err, "report.html", "model.pt", "cases/000/pose.json",
+                    "not written there by xraypose")
+    assert {n: (out / n).read_text() for n in mine} == mine
+    # an earlier demo's files (its manifest lists them) are removed; the user's others stay
+    from xraypose.demo import _prepare_output
+
+    for name in ("report.html", "model.pt", "cases/000/pose.json"):
+        (out / name).unlink()
+    _prepare_output(out, 3)
+    for name in ("report.html", "model.pt", "model.last.pt", "cases/001/pose.json"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("demo's")
+    _prepare_output(out, 3)
+    assert not (out / "report.html").exists() and not (out / "cases" / "001").exists()
+    assert (out / "notes.txt").read_text() == "notes"

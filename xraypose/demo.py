@@ -60,7 +60,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     from xraypose.volume import load_sample_ct
 
     s = settings or DemoSettings()
-    out = _prepare_output(outdir)
+    out = _prepare_output(outdir, s.cases)
     t_all = time.perf_counter()
     ct = load_sample_ct()
     _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
@@ -75,14 +75,33 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     return summary
 
 
-def _prepare_output(outdir) -> Path:
-    """The output folder, checked, created and cleared of an earlier demo's files, with ``cases/``."""
-    from xraypose.evaluate import remove_previous_results
-    from xraypose.io import OutputError, check_output_folder
+def _demo_files(cases: int) -> list[str]:
+    """The names (relative to the output folder) of the files a demo of ``cases`` X-rays writes."""
+    from xraypose.evaluate import CASE_FILES, TOP_FILES
+    from xraypose.train.outputs import output_paths
+
+    model = [p.name for p in output_paths("model.pt").values()]
+    return [*TOP_FILES, *model, *(f"cases/{i:03d}/{n}" for i in range(int(cases)) for n in CASE_FILES)]
+
+
+def _prepare_output(outdir, cases: int) -> Path:
+    """The output folder, checked, created and cleared of an earlier demo's files, with ``cases/``.
+
+    Only files an earlier demo wrote there (listed in the folder's manifest) are replaced or deleted: a
+    user's own ``report.html`` or ``model.pt`` there is refused before anything is written (it was
+    deleted or overwritten)."""
+    from xraypose.evaluate import previous_results, remove_previous_results
+    from xraypose.io import MANIFEST, OutputError, atomic_write_json, check_output_folder, written_here
 
     out = check_output_folder(outdir)
+    names = _demo_files(cases)
+    if out.is_dir():  # every file the demo would replace or delete must be an earlier demo's
+        earlier = [f.relative_to(out).as_posix() for f in previous_results(out)]
+        check_output_folder(out, replaces=[*earlier, *names])
     try:
         out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / MANIFEST, {"written_by": "xraypose",
+                                           "files": sorted(written_here(out) | set(names))})  # before any of them
         remove_previous_results(out)  # an earlier demo's files: the folder holds this run's only
         (out / "cases").mkdir(exist_ok=True)
     except OSError as e:
