@@ -992,6 +992,8 @@ for _id, _name, _content, _words in [
     ("npy-shape", "f.npy", np.zeros((4, 2)), ("f.npy", "n×3")),
     ("npy-nan", "f.npy", np.full((2, 3), np.nan), ("f.npy", "finite")),
     ("npy-garbage", "f.npy", b"junk", ("f.npy", "cannot read")),
+    # none of them in (or near) the CT: in metres, or another frame: a silent, meaningless mTRE
+    ("csv-outside-ct", "f.csv", "x,y,z\n600,400,-700\n610,400,-700\n", ("fiducials", "outside its box", "metres")),
 ]:
     add(f"fiducials-{_id}", _words, lambda d, o, n=_name, c=_content: with_fiducials(d, o, n, c))
 add("fiducials-missing", "not found", lambda d, o: register_args(

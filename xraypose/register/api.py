@@ -228,6 +228,7 @@ def register_xray(
         truth = truth.reshape(-1, 4, 4).expand(B, 4, 4)
     if fiducials is not None:  # before the registration, not after it
         fiducials = as_real_tensor(fiducials, "fiducials", F64)
+        _check_fiducials_near_ct(fiducials, volume)
     starts, init_s = _starts(reg, imgs, camera, init, antipodal)
     if masks is not None:
         masks = as_real_tensor(masks, "masks", torch.float32)
@@ -296,6 +297,28 @@ def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: boo
             mb = None if masks is None else masks[min(b, masks.shape[0] - 1):][:1]
             picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c, mb)
     return picks, checks
+
+
+#: How far outside the CT's box (mm) the nearest fiducial may lie before the fiducials are refused.
+FIDUCIAL_MARGIN_MM = 50.0
+
+
+def _check_fiducials_near_ct(fiducials: torch.Tensor, volume: Volume) -> None:
+    """InputError when no fiducial lies within :data:`FIDUCIAL_MARGIN_MM` of the CT's box: points in metres
+    (or in another frame) gave a silent, meaningless mTRE."""
+    pts = fiducials.reshape(-1, 3)
+    if pts.shape[0] == 0:
+        return
+    box = volume.corners.to(pts)
+    lo, hi = box.min(0).values, box.max(0).values
+    gap = (torch.clamp(lo - pts, min=0) + torch.clamp(pts - hi, min=0)).norm(dim=-1)  # 0 inside the box
+    if float(gap.min()) > FIDUCIAL_MARGIN_MM:
+        i = int(gap.argmin())
+        raise InputError(
+            f"fiducials: none of the {pts.shape[0]} points lies in the CT (the nearest, "
+            f"({', '.join(f'{float(v):g}' for v in pts[i])}), is {float(gap[i]):.0f} mm outside its box "
+            f"x {float(lo[0]):.0f}…{float(hi[0]):.0f}, y {float(lo[1]):.0f}…{float(hi[1]):.0f}, z {float(lo[2]):.0f}…"
+            f"{float(hi[2]):.0f} mm); fiducials are world RAS millimetres, the CT's frame (metres? multiply by 1000)")
 
 
 def _add_truth(r: Registration, volume: Volume, camera: Camera, truth: torch.Tensor, fiducials, b: int) -> None:
