@@ -1218,3 +1218,21 @@ def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, 
     _prepare_output(out, 3)
     assert not (out / "report.html").exists() and not (out / "cases" / "001").exists()
     assert (out / "notes.txt").read_text() == "notes"
+    # a demo folder from before the manifest (the README's `xraypose demo` run again after an update): its files
+    # are the demo's — its training log and curves and a summary with the model's start error say so
+    old = tmp_path / "old-demo"
+    (old / "cases" / "000").mkdir(parents=True)
+    for name in ("report.html", "model.pt", "model.log.jsonl", "training.png", "cases/000/pose.json", "metrics.csv"):
+        (old / name).write_text("demo's")
+    (old / "summary.json").write_text(json.dumps({"success_rate_1mm": 1.0, "median_start_mtre_mm": 18.1}))
+    _prepare_output(old, 3)
+    assert not (old / "report.html").exists() and (old / "cases").is_dir()
+    # without those marks such files are the user's: refused, the list cut after five names
+    other = tmp_path / "other"
+    (other / "cases" / "000").mkdir(parents=True)
+    for name in ("report.html", "model.pt", "model.log.jsonl", "cases/000/pose.json", "metrics.csv", "summary.json",
+                 "cases/000/result.json"):
+        (other / name).write_text("mine")
+    with pytest.raises(OutputError, match=r"holds .* and 2 more, not written there by xraypose"):
+        _prepare_output(other, 3)
+    assert (other / "report.html").read_text() == "mine"

@@ -84,6 +84,23 @@ def _demo_files(cases: int) -> list[str]:
     return [*TOP_FILES, *model, *(f"cases/{i:03d}/{n}" for i in range(int(cases)) for n in CASE_FILES)]
 
 
+def _demo_before_manifests(out: Path) -> bool:
+    """Whether ``out`` is a demo folder written before demos kept a manifest (2026-12-05): no manifest, the
+    demo's training log and curves, and its summary.json with the model's start error.  Its
+    files are the demo's: running the demo again there (the README's command) replaces them as it always did."""
+    import json
+
+    from xraypose.io import MANIFEST
+
+    if (out / MANIFEST).exists() or not all((out / n).is_file() for n in ("model.log.jsonl", "training.png")):
+        return False
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "median_start_mtre_mm" in summary
+
+
 def _prepare_output(outdir, cases: int) -> Path:
     """The output folder, checked, created and cleared of an earlier demo's files, with ``cases/``.
 
@@ -95,7 +112,7 @@ def _prepare_output(outdir, cases: int) -> Path:
 
     out = check_output_folder(outdir)
     names = _demo_files(cases)
-    if out.is_dir():  # every file the demo would replace or delete must be an earlier demo's
+    if out.is_dir() and not _demo_before_manifests(out):  # every file it would replace must be an earlier demo's
         earlier = [f.relative_to(out).as_posix() for f in previous_results(out)]
         check_output_folder(out, replaces=[*earlier, *names])
     try:

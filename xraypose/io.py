@@ -315,8 +315,9 @@ def check_replaceable(folder, names) -> None:
     ours = written_here(folder)
     theirs = [n for n in dict.fromkeys(names) if n not in ours and (folder / n).exists()]
     if theirs:
+        named = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
         raise OutputError(
-            f"output folder {folder} holds {', '.join(theirs)}, not written there by xraypose (a result would "
+            f"output folder {folder} holds {named}, not written there by xraypose (a result would "
             f"replace {'them' if len(theirs) > 1 else 'it'}): choose another output folder, or move "
             f"{'them' if len(theirs) > 1 else 'it'} away")
 
