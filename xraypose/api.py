@@ -122,28 +122,19 @@ def check_ct_footprint(volume: Volume, camera: Camera, camera_to_world: torch.Te
     :data:`MIN_FOOTPRINT_PX` pixels along the rows or the columns: pixels of metres (a spacing given in the wrong
     unit, e.g. ``--delx 1000``) leave the image of the CT between the rays, all zeros or one pixel.  Only a box
     wholly in front of the source is measured (else its projection is unbounded)."""
-    box = _box_in_view(volume, camera, camera_to_world)
-    _check_footprint(camera, None if box is None else box[1], what)
-
-
-def check_ct_before_detector(volume: Volume, camera: Camera, camera_to_world: torch.Tensor, what: str = "the DRR"
-                             ) -> None:
-    """Refuse (InputError) a camera whose detector, seen from ``camera_to_world`` (4, 4), lies between the
-    source and the whole CT: every ray stops at the detector, so the DRR is all zeros.  An sdd too short for
-    the scene is the usual cause: a calibration in pixels (a ``K``) given a nominal pixel spacing, so that
-    ``sdd = fx · pixel_mm`` falls short of the source-to-CT distance."""
     from xraypose.errors import InputError
 
     box = _box_in_view(volume, camera, camera_to_world)
     if box is None:
         return
-    z = box[0]
-    if bool((z >= camera.sdd).all()):
-        raise InputError(f"{what}: the whole CT lies beyond the detector at the start pose (its nearest corner "
+    z, uv = box
+    if bool((z >= camera.sdd).all()):  # every ray stops at the detector: a K in pixels with a nominal spacing
+        raise InputError(f"{what}: the whole CT lies beyond the detector at this pose (its nearest corner "
                          f"{float(z.min()):.0f} mm from the source, the detector at sdd = {float(camera.sdd):g} mm), "
                          "so every DRR would be all zeros; check the sdd (a calibration K in pixels: give the pixel "
                          "spacing, e.g. rig.json's 'pixel_mm', so that sdd = fx × pixel spacing reaches past the CT) "
-                         "and the start pose")
+                         "and the pose")
+    _check_footprint(camera, uv, what)
 
 
 def _check_footprint(camera: Camera, uv: torch.Tensor | None, what: str) -> None:

@@ -190,7 +190,7 @@ def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> 
     src = mask if mask is not None else label_map
     what = "structure mask" if mask is not None else "labelmap"
     if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
-        lab = _read_mask_on_grid(volume, src, what) if mask is not None else _read_on_grid(volume, src, what)
+        lab = _read_on_grid(volume, src, what, mask=mask is not None)
     else:
         lab = torch.as_tensor(src)
         if tuple(lab.shape) != tuple(volume.shape):
@@ -220,24 +220,25 @@ def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> 
     return m
 
 
-def _read_mask_on_grid(volume: Volume, path, what: str) -> torch.Tensor:
-    """(I, J, K) bool: a mask file's nonzero voxels (any numeric type: fractions too; NaN/inf refused as a CT's
-    are), the file checked to lie on the CT's voxel grid as a labelmap is (same shape, voxel centres within
-    ``LABEL_ALIGN_TOL_MM``).  Not read as a labelmap: that refuses non-integer values ("expected integer label
-    ids"), which a mask may hold (a mask saved as floats, 0 / 0.7)."""
+def _read_on_grid(volume: Volume, path, what: str, *, mask: bool = False) -> torch.Tensor:
+    """A labelmap's (I, J, K) int64 label ids, or with ``mask`` a mask file's (I, J, K) bool nonzero voxels (any
+    numeric type: a float mask of 0 / 0.7 too; NaN/inf refused), the file read once and checked to lie on the
+    CT's voxel grid (same shape, voxel centres within ``LABEL_ALIGN_TOL_MM``) — against ``volume.affine``
+    directly, without reading the CT again."""
     from pathlib import Path
 
     import numpy as np
 
     from xraypose._checks import is_numeric_dtype
-    from xraypose.volume import LABEL_ALIGN_TOL_MM, _as_3d, _grid_distance_mm, _read_image
+    from xraypose.volume import LABEL_ALIGN_TOL_MM, _as_3d, _as_label_tensor, _grid_distance_mm, _read_image
 
     p = Path(path).expanduser()
-    arr, aff, source = _read_image(p, what)  # refuses a missing or special file, a folder of no DICOM, ...
+    arr, aff, _ = _read_image(p, what)  # refuses a missing or special file, a folder of no DICOM, ...
     arr = np.asarray(arr)
     if not is_numeric_dtype(arr.dtype) or arr.dtype.kind == "c":
-        raise InputError(f"the {what} {p} holds {arr.dtype} values; give a mask of numbers (0 outside the "
-                         "structure, nonzero inside)")
+        raise InputError(f"the {what} {p} holds {arr.dtype} values; give "
+                         + ("a mask of numbers (0 outside the structure, nonzero inside)" if mask else
+                            "integer label ids"))
     arr = _as_3d(arr, f"the {what} {p}")
     if tuple(arr.shape) != tuple(volume.shape):
         raise InputError(f"the {what} {p} has shape {tuple(arr.shape)} but the CT has {tuple(volume.shape)}")
@@ -245,32 +246,12 @@ def _read_mask_on_grid(volume: Volume, path, what: str) -> torch.Tensor:
     if err > LABEL_ALIGN_TOL_MM:
         raise InputError(f"the {what} {p} is not on the CT's voxel grid (voxel positions differ by up to "
                          f"{err:.4g} mm, tolerance {LABEL_ALIGN_TOL_MM:g} mm)")
-    return torch.from_numpy(np.ascontiguousarray(arr != 0))
-
-
-def _read_on_grid(volume: Volume, path, what: str) -> torch.Tensor:
-    """A labelmap/mask file checked to lie on the CT's grid (as :func:`read_volume`'s ``labels``)."""
-    from pathlib import Path
-
-    from xraypose.io import check_input_path
-    from xraypose.volume import read_volume
-
-    p = Path(path).expanduser()
-    check_input_path(p, what, f"{what} file not found: {p}")
-    src = Path(volume.source) if volume.source else None
-    if src is not None and src.exists():
-        v = read_volume(src, labels=p)  # checks shape and alignment
-        return v.labels
-    lab = read_volume(p)  # the bundled CT, or a CT not from a file: check the grid here
-    if tuple(lab.shape) != tuple(volume.shape):
-        raise InputError(f"the {what} {p} has shape {tuple(lab.shape)} but the CT has {tuple(volume.shape)}")
-    err = float((lab.affine - volume.affine).abs().max())
-    if err > 1e-3:
-        raise InputError(f"the {what} {p} is not on the CT's voxel grid (affines differ by up to {err:.3g} mm)")
-    d = lab.data
-    if not bool((d == d.round()).all()):
-        raise InputError(f"the {what} {p} holds non-integer values")
-    return d.round().to(torch.int64)
+    if mask:
+        if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+            raise InputError(f"{p}: the structure mask holds NaN or infinite values; give a mask of 0 outside "
+                             "the structure and nonzero inside")
+        return torch.from_numpy(np.ascontiguousarray(arr != 0))
+    return _as_label_tensor(arr, arr.shape, f"the {what} {p}")
 
 
 def _faces(x: torch.Tensor) -> torch.Tensor:

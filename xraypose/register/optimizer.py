@@ -608,14 +608,12 @@ class Registrar:
             if origins.shape != (B, 4, 4) or not bool(torch.isfinite(origins).all()):
                 raise InputError(f"origins must be (B, 4, 4) finite poses for B = {B} X-rays, got "
                                  f"{tuple(origins.shape)}")
-        from xraypose.api import check_ct_before_detector, check_ct_footprint
+        from xraypose.api import check_ct_footprint
 
-        for i, (_, cam, Ci, _m) in enumerate(prepared):  # pixels of metres: every DRR zeros or one pixel
+        # pixels of metres, or a detector nearer the source than the whole CT (a rig's K with a nominal pixel
+        # spacing): every DRR zeros or one pixel
+        for i, (_, cam, Ci, _m) in enumerate(prepared):
             check_ct_footprint(self.volume, cam, T0[0, 0] @ Ci, "the X-ray" if len(prepared) == 1 else f"view {i}")
-            # a detector nearer the source than the whole CT (a rig's K with a nominal pixel spacing): every DRR
-            # zeros, refused only when writing the result ("result.similarity holds a non-finite number")
-            check_ct_before_detector(self.volume, cam, T0[0, 0] @ Ci, "the X-ray" if len(prepared) == 1
-                                     else f"view {i}")
         flatT = T0.reshape(B * K, 4, 4)
         sane = torch.ones(B * K, dtype=torch.bool)
         for (_, cam, Ci, _m) in prepared:
@@ -644,11 +642,11 @@ class Registrar:
             out.cpu_s = time.process_time() - c0
         return out
 
-    def _check_views_before_detector(self, views, initial_poses) -> None:
-        """:func:`~xraypose.api.check_ct_before_detector` of every view at the first start, naming the view (the
+    def _check_views_footprint(self, views, initial_poses) -> None:
+        """:func:`~xraypose.api.check_ct_footprint` of every view at the first start, naming the view (the
         capture that registers the start view alone would call it "the X-ray"); what is malformed is left to
         :meth:`register_views`' own checks."""
-        from xraypose.api import check_ct_before_detector
+        from xraypose.api import check_ct_footprint
 
         T = torch.as_tensor(initial_poses, dtype=F64)
         if T.dim() < 2 or tuple(T.shape[-2:]) != (4, 4) or T.numel() == 0 or not bool(torch.isfinite(T).all()):
@@ -657,7 +655,7 @@ class Registrar:
         for i, v in enumerate(views):
             C = torch.eye(4, dtype=F64) if v[2] is None else torch.as_tensor(v[2], dtype=F64)
             if isinstance(v[1], Camera) and tuple(C.shape) == (4, 4):
-                check_ct_before_detector(self.volume, v[1], T @ C, f"view {i}")
+                check_ct_footprint(self.volume, v[1], T @ C, f"view {i}")
 
     def _capture_then_joint(self, views, initial_poses, curvature, n_capture: int) -> RegistrationResult:
         """A rig registration whose capture levels (the leading Adam levels) see only the start view
@@ -673,7 +671,7 @@ class Registrar:
             return v[2] is None or bool(torch.equal(torch.as_tensor(v[2], dtype=F64), torch.eye(4, dtype=F64)))
 
         r = next((i for i, v in enumerate(views) if identity(v)), 0)
-        self._check_views_before_detector(views, initial_poses)  # named by view: the capture sees one
+        self._check_views_footprint(views, initial_poses)  # named by view: the capture sees one
         c = self.config
         capture = self.derive(levels=c.levels[:n_capture], rig_capture="joint")
         firsts = [capture.register_views([views[r]], initial_poses)]
