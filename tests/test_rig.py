@@ -83,7 +83,8 @@ def test_match_x_rays_both_ways(tmp_path):
 def test_cameras_precedence_and_sizes(tmp_path):
     own = {"sdd_mm": 1000.0, "delx_mm": 0.5, "height": 64, "width": 64}
     rig = read_rig(write_json(tmp_path, {"views": {"a": {"camera_to_rig": EYE, "camera": own},
-                                                   "b": {"camera_to_rig": EYE}, "c": {"camera_to_rig": EYE}}}))
+                                                   "b": {"camera_to_rig": rot_z(90)},
+                                                   "c": {"camera_to_rig": rot_z(180)}}}))
     views = rig.match(["a.png", "b.png", "c.png"])
     filecam = Camera(sdd=1200.0, height=32, width=48, delx=0.3)
     shared = Camera(sdd=800.0, height=40, width=40, delx=0.2)
@@ -149,6 +150,28 @@ def test_rigid_tolerance_is_the_named_one(tmp_path):
         read_rig(write_json(tmp_path, {"views": {"a": {"camera_to_rig": T.tolist()}}}, "bad.json"))
     with pytest.raises(InputError, match="not found"):
         read_rig(tmp_path / "none.json")
+
+
+def test_two_views_from_one_place_are_refused_naming_both(tmp_path):
+    """Two views with the same camera_to_rig (within 1e-6 mm, 1e-9 rad) add nothing: a copy-paste error."""
+    T = np.array(rot_z(30, (10.0, 20.0, 600.0)))
+    near = T.copy()
+    near[:3, 3] += 3e-7  # 0.5 nm away: the same place
+    f = write_json(tmp_path, {"views": {"ap": {"camera_to_rig": rot_z(-60)}, "cam01": {"camera_to_rig": T.tolist()},
+                                        "cam02": {"camera_to_rig": near.tolist()}}})
+    with pytest.raises(InputError, match=r"views 'cam01' and 'cam02' have the same camera_to_rig") as e:
+        read_rig(f)
+    assert "\n" not in str(e.value) and str(f) in str(e.value)
+    with pytest.raises(InputError, match=r"views 'a' and 'b' have the same camera_to_rig"):
+        rig_from_carm({"a": (30.0, 10.0), "b": (30.0, 10.0)}, sod=700.0)
+    # views 1 µm or 1 µrad apart are two places
+    apart = T.copy()
+    apart[:3, 3] += [1e-3, 0.0, 0.0]
+    turned = np.array(rot_z(30 + np.rad2deg(1e-6), (10.0, 20.0, 600.0)))
+    rig = read_rig(write_json(tmp_path, {"views": {"a": {"camera_to_rig": T.tolist()},
+                                                   "b": {"camera_to_rig": apart.tolist()},
+                                                   "c": {"camera_to_rig": turned.tolist()}}}, "ok.json"))
+    assert rig.names == ["a", "b", "c"]
 
 
 def test_rig_from_carm_angles():

@@ -42,7 +42,8 @@ the key and the problem): unknown keys, wrong types, a ``camera_to_rig`` that
 is not rigid (orthonormal rotation and det +1 within :data:`RIG_RIGID_TOL`,
 last row 0 0 0 1), intrinsics that contradict themselves or the image size,
 views naming X-rays that are not given and X-rays without a view, views of
-different sizes without intrinsics of their own.
+different sizes without intrinsics of their own, two views with the same ``camera_to_rig``
+(:data:`RIG_SAME_PLACE_MM`, :data:`RIG_SAME_PLACE_RAD`).
 """
 
 from __future__ import annotations
@@ -60,12 +61,18 @@ from xraypose.schema import (OFFSET_MM, PIXEL_MM, PIXELS, SDD_MM, SOD_MM, PRIMAR
                              Matrix, Matrix4, Number, Object, Text, check, read_json)
 
 __all__ = ["Rig", "RigView", "read_rig", "write_rig", "rig_from_carm", "rig_from_xrays", "rig_from_mayacam",
-           "RIG_RIGID_TOL", "RIG_JSON"]
+           "RIG_RIGID_TOL", "RIG_SAME_PLACE_MM",
+           "RIG_SAME_PLACE_RAD", "RIG_JSON"]
 
 #: ``camera_to_rig`` must be rigid to this: max |RᵀR − I| and |last row − [0, 0, 0, 1]| (a rotation
 #: written with 6 decimals passes; a scaled or sheared matrix does not).  It is then projected onto
 #: the nearest rotation.
 RIG_RIGID_TOL: float = 1e-4
+
+#: Two views whose ``camera_to_rig`` agree within this (translation mm, rotation rad) are one place:
+#: refused (a second view from where the first was adds nothing; almost surely a copy-paste error).
+RIG_SAME_PLACE_MM: float = 1e-6
+RIG_SAME_PLACE_RAD: float = 1e-9
 
 _F64 = torch.float64
 
@@ -125,6 +132,7 @@ class Rig:
     def __post_init__(self) -> None:
         if not self.views:
             raise InputError(f"{self.source or 'rig'}: a rig needs at least one view")
+        _check_distinct_places(self.views, self.source or "rig")
 
     @property
     def names(self) -> list[str]:
@@ -249,6 +257,23 @@ class Rig:
                 entry["camera"] = _camera_doc(v.camera)
             doc["views"][n] = entry
         return doc
+
+
+def _check_distinct_places(views: dict, where: str) -> None:
+    """Refuse two views whose camera_to_rig agree within :data:`RIG_SAME_PLACE_MM` / :data:`RIG_SAME_PLACE_RAD`."""
+    items = list(views.values())
+    for i, a in enumerate(items):
+        Ta = a.camera_to_rig.to(_F64)
+        for b in items[i + 1:]:
+            Tb = b.camera_to_rig.to(_F64)
+            dt = float(torch.linalg.vector_norm(Ta[:3, 3] - Tb[:3, 3]))
+            # the angle of Raᵀ·Rb from ‖Ra − Rb‖_F = 2√2·sin(θ/2) (accurate near 0, unlike arccos of the trace)
+            s = float(torch.linalg.matrix_norm(Ta[:3, :3] - Tb[:3, :3])) / (2 * math.sqrt(2))
+            angle = 2 * math.asin(min(1.0, s))
+            if dt <= RIG_SAME_PLACE_MM and angle <= RIG_SAME_PLACE_RAD:
+                raise InputError(f"{where}: views {a.name!r} and {b.name!r} have the same camera_to_rig (within "
+                                 f"{RIG_SAME_PLACE_MM:g} mm and {RIG_SAME_PLACE_RAD:g} rad): two views from one place "
+                                 "add nothing (a copy-paste error?); give each view its own camera_to_rig")
 
 
 def _camera_doc(c: Camera) -> dict:
