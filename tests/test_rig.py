@@ -139,6 +139,28 @@ def test_bad_rig_files(tmp_path, doc, words):
     assert "\n" not in str(e.value) and str(f) in str(e.value)
 
 
+@pytest.mark.parametrize("entry, words", [
+    ({"K": [[3000.0, 0, 5000.0], [0, 3000.0, 16.0], [0, 0, 1]], "height": 32, "width": 32},
+     r"key 'views/b/K' puts the principal point at \(u, v\) = \(5000, 16\) pixels, more than one detector width or "
+     r"height outside the 32 × 32 detector"),
+    ({"K": [[3000.0, 0, 16.0], [0, 3000.0, -40.0], [0, 0, 1]], "height": 32, "width": 32}, r"\(16, -40\) pixels"),
+    ({"camera": {"sdd_mm": 1000.0, "delx_mm": 0.5, "height": 32, "width": 32, "x0_mm": 30.0}},
+     r"key 'views/b/camera' puts the principal point at \(u, v\) = \(75.5, 15.5\)"),
+])
+def test_a_principal_point_far_outside_the_detector_is_refused_when_read(tmp_path, entry, words):
+    f = write_json(tmp_path, {"views": {"a": {"camera_to_rig": EYE}, "b": {"camera_to_rig": rot_z(90), **entry}}})
+    with pytest.raises(InputError, match=words) as e:
+        read_rig(f)
+    assert "\n" not in str(e.value) and str(f) in str(e.value)
+    # off-centre, even somewhat outside (up to a detector's width beyond its edge): a real calibration's
+    ok = {"views": {"a": {"camera_to_rig": EYE, "K": [[3000.0, 0, 63.0], [0, 3000.0, -32.0], [0, 0, 1]],
+                          "height": 32, "width": 32},
+                    "b": {"camera_to_rig": rot_z(90), "camera": {"sdd_mm": 1000.0, "delx_mm": 0.5, "height": 32,
+                                                                  "width": 32, "x0_mm": -20.0, "y0_mm": 3.0}}}}
+    rig = read_rig(write_json(tmp_path, ok, "ok.json"))
+    assert rig["a"].camera.principal_point == pytest.approx((63.0, -32.0))
+
+
 def test_rigid_tolerance_is_the_named_one(tmp_path):
     T = np.array(rot_z(30))
     T[0, 0] += 0.5 * RIG_RIGID_TOL  # within the tolerance: read, and projected onto a rotation

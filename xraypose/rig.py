@@ -40,7 +40,8 @@ stem (``cam01``), or else its folder's name (``cam01/frame0002.tif``).
 Checks (each a one-line :class:`~xraypose.errors.InputError` naming the file,
 the key and the problem): unknown keys, wrong types, a ``camera_to_rig`` that
 is not rigid (orthonormal rotation and det +1 within :data:`RIG_RIGID_TOL`,
-last row 0 0 0 1), intrinsics that contradict themselves or the image size,
+last row 0 0 0 1), intrinsics that contradict themselves or the image size or put the principal
+point more than one detector width (height) outside the image,
 views naming X-rays that are not given and X-rays without a view, views of
 different sizes without intrinsics of their own, two views with the same ``camera_to_rig``
 (:data:`RIG_SAME_PLACE_MM`, :data:`RIG_SAME_PLACE_RAD`).
@@ -287,6 +288,21 @@ def _camera_doc(c: Camera) -> dict:
 # --------------------------------------------------------------------------
 
 
+def _check_principal_point(cam: Camera, where: str, key: str) -> None:
+    """Refuse a principal point more than one detector width (height) outside the image.
+
+    Real calibrations put it within the detector, at times somewhat outside (an off-centre crop);
+    a detector's width beyond its edge is a K for another image size (binning, a crop of a larger
+    image) or in other units, which would otherwise be refused only at registration as a start
+    "that does not see the CT", or not at all."""
+    cu, cv = cam.principal_point
+    W, H = cam.width, cam.height
+    if not (-W <= cu <= 2 * W - 1 and -H <= cv <= 2 * H - 1):
+        raise InputError(f"{where}: key '{key}' puts the principal point at (u, v) = ({cu:g}, {cv:g}) pixels, more "
+                         f"than one detector width or height outside the {H} × {W} detector (u in [{-W}, {2 * W - 1}], "
+                         f"v in [{-H}, {2 * H - 1}]); are the intrinsics for another image size (binning, a crop)?")
+
+
 def _camera_from(doc: dict, where: str, key: str) -> Camera:
     cam = Camera(sdd=doc["sdd_mm"], height=doc["height"], width=doc["width"], delx=doc["delx_mm"],
                  dely=doc.get("dely_mm"), x0=doc.get("x0_mm", 0.0), y0=doc.get("y0_mm", 0.0),
@@ -297,6 +313,7 @@ def _camera_from(doc: dict, where: str, key: str) -> Camera:
         if err > 1e-6 * max(1.0, float(np.abs(K).max())):
             raise InputError(f"{where}: key '{key}/K' disagrees with the other intrinsics by {err:.3g} pixels "
                              "(give K or sdd_mm/delx_mm/..., not both)")
+    _check_principal_point(cam, where, key)
     return cam
 
 
@@ -326,6 +343,7 @@ def _view_camera(doc: dict, where: str, name: str) -> Camera | None:
         if not torch.equal(flip, torch.eye(4, dtype=_F64)):
             raise InputError(f"{where}: key '{key}/K' has negative focal lengths; write K with positive ones "
                              "(camera +z toward the detector)")
+        _check_principal_point(cam, where, f"{key}/K")
         return cam
     if has:
         raise InputError(f"{where}: key '{key}/{has[0]}' is given without '{key}/K'")
