@@ -1116,7 +1116,12 @@ for _opt, _val, _words in [
     ("--perturb", "nan,40", ("--perturb", "nan")), ("--perturb", "10", ("--perturb", "2")),
     ("--perturb", "1e308,0", ("--perturb", "1e+308")), ("--perturb", "10,-5", ("--perturb", "-5")),
     ("--perturb", "400,0", ("--perturb", "400")),
-    ("--size", "0", ("--size",)), ("--threads", "-1", ("--threads", "-1")), ("--specimen", "0", ("--specimen", "0")),
+    ("--size", "0", ("--size",)), ("--threads", "-1", ("--threads", "-1")),
+    # the valid ids named (DeepFluoro 1-6, Ljubljana 1-10), and a text in the option's words, not the parser's
+    # ("Input should be a valid integer, unable to parse string as an integer")
+    ("--specimen", "0", ("--specimen", "0", "DeepFluoro specimen 1-6", "Ljubljana subject 1-10")),
+    ("--specimen", "abc", ("--specimen", "'abc'", "whole number", "DeepFluoro specimen 1-6")),
+    ("--seed", "abc", ("--seed", "must be a whole number", "'abc'")),
     ("--sod", "nan", ("--sod", "nan")), ("--start", "foo", ("--start", "foo")), ("--lr-rot", "nan", ("--lr-rot",)),
     ("--seed", "-3", ("--seed", "-3")), ("--structure", "skull", ("structure", "skull")),
 ]:

@@ -59,7 +59,8 @@ NUMERIC: dict = {
     "i0": Number(0, 1e12, lo_open=True, name="unattenuated intensity"),
     "crop": Integer(0, 100_000, "pixels", "collimator border"), "blur": Number(0, 100, unit="pixels", name="σ"),
     "size": _SIZE, "lr_rot": Number(0, 10, lo_open=True), "lr_trans": Number(0, 10_000, lo_open=True, unit="mm"),
-    "threads": Integer(1, 1024), "seed": Integer(0, 2**32 - 1), "specimen": Integer(1, 10),
+    "threads": Integer(1, 1024), "seed": Integer(0, 2**32 - 1),
+    "specimen": Integer(1, 10, name="a DeepFluoro specimen 1-6 or a Ljubljana subject 1-10"),
     "capture_starts": Integer(1, 64, name="capture starts"),
     "blur_coefficient": Number(-10, 0, name="blur coefficient (<= 0, per pixel²)"),
     "blur_turn": Number(0, 180, unit="degrees", name="turn before the blur is predicted again (0: once)"),
@@ -166,6 +167,20 @@ def check_params(ctx, command: str) -> None:
             raise InputError(f"unknown {flag} {v!r}; choose one of {', '.join(choices())}{source}")
 
 
+def _conversion_problem(command: str, param, msg) -> str:
+    """What is wrong with an option's text the parser could not convert: a numeric option's range (as
+    :func:`check_params` says it: ``--specimen (…) must be a whole number in [1, 10]``), not the parser's
+    wording (``Input should be a valid integer, unable to parse string as an integer``)."""
+    flag = option_flag(param.name)
+    ann = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    spec = NUMERIC.get((command, param.name)) or NUMERIC.get(param.name)
+    if spec is not None:
+        return f"{flag}{f' ({spec.name})' if spec.name else ''} must be {spec.expected}"
+    if ann in (int, float):
+        return f"{flag} must be {'a whole number' if ann is int else 'a number'}"
+    return f"invalid value for {flag}: {msg}"
+
+
 class CheckedCommand(typer.core.TyperCommand):
     """A typer command whose option values are checked (:func:`check_params`) right after parsing."""
 
@@ -180,7 +195,7 @@ class CheckedCommand(typer.core.TyperCommand):
             first = (errors() or [{}])[0]
             if "input" not in first:
                 raise
-            raise InputError(f"invalid value for {option_flag(param.name)}: {first.get('msg', e)}, "
+            raise InputError(f"{_conversion_problem(self.name, param, first.get('msg', e))}, "
                              f"got {first['input']!r}") from None
         if not ctx.resilient_parsing:
             check_params(ctx, self.name)
