@@ -994,6 +994,9 @@ for _id, _name, _content, _words in [
     ("npy-garbage", "f.npy", b"junk", ("f.npy", "cannot read")),
     # none of them in (or near) the CT: in metres, or another frame: a silent, meaningless mTRE
     ("csv-outside-ct", "f.csv", "x,y,z\n600,400,-700\n610,400,-700\n", ("fiducials", "outside its box", "metres")),
+    # in metres about a CT whose box holds the origin: inside the box, but spread over 0.09 mm of a 120 mm CT
+    ("csv-metres-ct-about-origin", "f.csv", "x,y,z\n0.03,0.02,-0.04\n-0.02,0.01,0.03\n0.01,-0.03,0.0\n",
+     ("fiducials", "span 0.0", "metres")),
 ]:
     add(f"fiducials-{_id}", _words, lambda d, o, n=_name, c=_content: with_fiducials(d, o, n, c))
 add("fiducials-missing", "not found", lambda d, o: register_args(

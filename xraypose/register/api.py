@@ -301,17 +301,27 @@ def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: boo
 
 #: How far outside the CT's box (mm) the nearest fiducial may lie before the fiducials are refused.
 FIDUCIAL_MARGIN_MM = 50.0
+#: Fiducials (two or more, not all one point) spread over less than this (mm, the largest distance between two)
+#: in a CT of more than :data:`FIDUCIAL_MARGIN_MM` are refused as metres: inside a box holding the origin the
+#: margin test passes them.  A real study's landmarks lie tens of mm apart; metres put them within 0.3 "mm".
+FIDUCIAL_MIN_SPREAD_MM = 1.0
 
 
 def _check_fiducials_near_ct(fiducials: torch.Tensor, volume: Volume) -> None:
-    """InputError when no fiducial lies within :data:`FIDUCIAL_MARGIN_MM` of the CT's box: points in metres
-    (or in another frame) gave a silent, meaningless mTRE."""
+    """InputError when no fiducial lies within :data:`FIDUCIAL_MARGIN_MM` of the CT's box, or they span less
+    than :data:`FIDUCIAL_MIN_SPREAD_MM`: points in metres (or in another frame) gave a silent, meaningless mTRE."""
     pts = fiducials.reshape(-1, 3)
     if pts.shape[0] == 0:
         return
     box = volume.corners.to(pts)
     lo, hi = box.min(0).values, box.max(0).values
     gap = (torch.clamp(lo - pts, min=0) + torch.clamp(pts - hi, min=0)).norm(dim=-1)  # 0 inside the box
+    spread = float(torch.cdist(pts, pts).max())
+    extent = float((hi - lo).max())
+    if 1e-3 < spread < FIDUCIAL_MIN_SPREAD_MM and extent > FIDUCIAL_MARGIN_MM:  # 1 µm: one point, rounded apart
+        raise InputError(
+            f"fiducials: the {pts.shape[0]} points span {spread:.3g} mm in a CT of {extent:.0f} mm (landmarks lie "
+            f"tens of mm apart); fiducials are world RAS millimetres, the CT's frame (metres? multiply by 1000)")
     if float(gap.min()) > FIDUCIAL_MARGIN_MM:
         i = int(gap.argmin())
         raise InputError(
