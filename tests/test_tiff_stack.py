@@ -181,3 +181,33 @@ def test_info_reads_a_tiff_stack_with_a_voxel_size_as_a_ct(tmp_path, capsys):
     (tmp_path / "bone.json").unlink()  # without it: frames of an X-ray sequence, as before
     assert main(["info", str(f), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["what"] != "CT"
+
+
+def test_info_reads_a_stacks_sidecar_as_utf_8_with_a_bom_and_under_a_c_locale(tmp_path, capsys):
+    """`info` looked for spacing_mm with Path.read_text() (the locale's encoding, no BOM): a sidecar saved with a
+    UTF-8 BOM (Notepad), which register and train read, made the CT an X-ray; so did any non-ASCII byte under a
+    C locale. Read as UTF-8 (BOM or not) whatever the locale, in a folder named 'Müller' too."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from xraypose.cli import main
+
+    d = tmp_path / "Müller"
+    d.mkdir()
+    f = write_stack(d / "bone.tif", list(pages_16bit(n=6, rows=7, cols=8)))
+    (d / "bone.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"spacing_mm": [0.5, 0.5, 0.6]}).encode())
+    assert main(["info", str(f), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["what"] == "CT"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    code = ("import locale, sys; from xraypose.cli import main; "
+            "assert locale.getpreferredencoding(False).lower() not in ('utf-8', 'utf8'), locale.getpreferredencoding(False); "
+            "sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "info", os.fsencode(f), "--json"], env=env, capture_output=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    assert json.loads(r.stdout)["what"] == "CT"

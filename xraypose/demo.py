@@ -278,7 +278,7 @@ def _training_curves(log_path) -> dict:
     p = Path(log_path)
     if not p.exists():
         return {}
-    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip().startswith("{")]
+    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip().startswith("{")]
     out = {}
     for key in ("loss", "rot_deg", "trans_mm", "dgeo_sod_mm"):
         ys = [r[key] for r in rows if isinstance(r.get(key), (int, float))]

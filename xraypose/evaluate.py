@@ -639,7 +639,7 @@ def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool, binn
             raise InputError(f"cannot resume {out}: it holds results without {RUN_FILE} (an older xraypose), so "
                              "their settings cannot be checked; evaluate into another folder or give --overwrite")
         try:
-            old = restore_non_finite(json.loads(run_file.read_text()))
+            old = restore_non_finite(json.loads(run_file.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"cannot resume {out}: {run_file} is unreadable ({e})") from None
         if isinstance(old.get(INPUTS), dict) and old.get("source_path") == record.get("source_path") \
@@ -885,7 +885,7 @@ def _saved_result(d: Path):
     from xraypose.io import restore_non_finite
 
     try:
-        saved = restore_non_finite(json.loads((d / "result.json").read_text()))
+        saved = restore_non_finite(json.loads((d / "result.json").read_text(encoding="utf-8")))
         return saved["row"], {"heading": saved["section"]["heading"],
                               "figures": [(d / Path(p).name, c) for p, c in saved["section"]["figures"]]}
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):

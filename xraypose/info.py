@@ -41,7 +41,7 @@ def _tiff_ct_sidecar(p: Path) -> bool:
     if not side.is_file():
         return False
     try:
-        d = json.loads(side.read_text())
+        d = json.loads(side.read_text(encoding="utf-8-sig"))  # as read_json reads it (a BOM too)
     except (OSError, ValueError):
         return False  # read, and its problem named, as whatever the file turns out to be
     return isinstance(d, dict) and "spacing_mm" in d

@@ -306,7 +306,7 @@ def _holds_record(out: Path, record: dict) -> bool:
 
     p = Path(out) / RUN_FILE
     try:
-        old = restore_non_finite(json.loads(p.read_text()))
+        old = restore_non_finite(json.loads(p.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return False
     return old == restore_non_finite(json.loads(json.dumps(record, default=str)))

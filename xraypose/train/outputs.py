@@ -62,7 +62,7 @@ def truncate_log(path: Path, step: int) -> None:
     from xraypose.io import atomic_write_bytes
 
     keep = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -241,7 +241,7 @@ class Trainer:
         resumed, log = self.state is not None, self.paths["log"]
         if self.rank == 0 and resumed:
             truncate_log(log, self.steps)  # steps logged after the checkpoint are done again
-        self.log_file = open(log, "a" if resumed else "w") if self.rank == 0 else None
+        self.log_file = open(log, "a" if resumed else "w", encoding="utf-8") if self.rank == 0 else None
         if self.log_file is not None and resumed:
             self._write_log_row({"event": "resume", "step": self.steps, "elapsed_s": round(self.elapsed_before, 3)})
 

@@ -237,7 +237,7 @@ def _choose_corner_loads(lib, lib_path: Path) -> dict:
     tag = hashlib.sha256(model.encode()).hexdigest()[:8]
     path = lib_path.with_name(f"{lib_path.stem}.{tag}.tune.json")
     try:
-        got = json.loads(path.read_text())
+        got = json.loads(path.read_text(encoding="utf-8"))
         if got.get("cpu") == model and isinstance(got.get("mask"), int):
             lib.xrp_set_corner_loads(got["mask"])
             return {**got, "source": str(path)}
@@ -255,7 +255,7 @@ def _choose_corner_loads(lib, lib_path: Path) -> dict:
     record = {"cpu": model, "corner_loads": names[mask], "mask": mask, "timings_ms": timings}
     try:  # atomically; a read-only cache just times again next time
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
         os.replace(tmp, path)
     except OSError:
