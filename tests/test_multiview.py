@@ -252,3 +252,17 @@ def test_a_rig_views_check_reads_it_through_its_mask(volume, biplane, monkeypatc
     register_rig(volume, views, start, registrar=reg, hypotheses=False)
     assert len(seen) == 2 and seen[1] is None
     assert seen[0] is not None and torch.equal(seen[0].reshape(PX, PX), mask)
+
+
+def test_register_rig_refuses_fiducials_in_metres_before_registering(volume, biplane, monkeypatch):
+    """Fiducials given in metres (as register_xray refuses them): refused before any registration work,
+    naming the fiducials — a rig's mTRE from them was silent and meaningless."""
+    from xraypose.errors import InputError
+
+    called = []
+    monkeypatch.setattr(Registrar, "register_views", lambda *a, **k: called.append(1))
+    fid_m = (volume.get_isocenter().to(F64) / 1000.0) + torch.tensor([[0.0, 0.0, 0.0], [0.02, 0.0, 0.0],
+                                                                         [0.0, 0.03, 0.01]], dtype=F64)
+    with pytest.raises(InputError, match="fiducials"):
+        register_rig(volume, _views(biplane), biplane["truth"], true_rig_to_world=biplane["truth"], fiducials=fid_m)
+    assert not called

@@ -54,7 +54,8 @@ import torch
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.register.api import RegistrationOutcome
+from xraypose.preprocess import as_real_tensor
+from xraypose.register.api import RegistrationOutcome, _check_fiducials_near_ct
 from xraypose.register.confidence import Judgement
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
@@ -394,6 +395,9 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
             a start that no view sees the CT from, ...
     """
     vs, r = _rig_views(views, start_view)
+    if fiducials is not None:  # before the registration (as register_xray): metres gave a meaningless mTRE
+        fiducials = as_real_tensor(fiducials, "fiducials", F64)
+        _check_fiducials_near_ct(fiducials, volume)
     reg = registrar or Registrar(volume, config)
     imgs = [_as_image(v.image) for v in vs]
     Cs = [_rigid(v.camera_to_rig, v.name) for v in vs]
