@@ -133,6 +133,39 @@ def test_monochrome1_and_rescale(tmp_path):
     assert int(torch.argmin(xr.image)) == int(np.argmax(px))
 
 
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_a_modality_lut_sequence_is_applied(tmp_path, photometric):
+    """A ModalityLUTSequence maps the stored values (it was ignored: the stored values were read as they are); a
+    RescaleSlope beside it is not used; MONOCHROME1 is inverted over the table's range."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
+    px = _pixels() % 4096
+    f = tmp_path / "lut.dcm"
+    write_dicom_xray(f, px, camera=cam, photometric=photometric, rescale=(2.0, -100.0))
+    ds = pydicom.dcmread(f)
+    item = Dataset()
+    item.LUTDescriptor = [4000, 50, 16]  # 4000 entries for stored values 50 ... 4049
+    item.ModalityLUTType = "US"
+    table = (np.arange(4000) * 7 % 60000 + 10).astype(np.uint16)
+    item.LUTData = table.tobytes()
+    item["LUTData"].VR = "OW"
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(f)
+    xr = read_xray(f)
+    v = table[np.clip(px.astype(np.int64) - 50, 0, 3999)].astype(np.float64)
+    if photometric == "MONOCHROME1":
+        v = float(table.min()) + float(table.max()) - v
+    np.testing.assert_array_equal(xr.image.numpy(), v.astype(np.float32))
+    assert "4000 entries" in xr.header["ModalityLUTSequence"]["value"]
+    assert any("RescaleSlope/RescaleIntercept not used" in n for n in xr.notes)
+    item.LUTDescriptor = [4000, 50, 12]  # no 12-bit table exists (8 or 16)
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"ModalityLUTSequence \(0028,3000\) cannot be applied"):
+        read_xray(f)
+
+
 def test_pixel_spacing_with_magnification(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3, dely=0.2)
     f = tmp_path / "ps.dcm"

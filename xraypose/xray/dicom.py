@@ -36,8 +36,8 @@ def read_dicom_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     hdr.set("pixel_type", str(arr.dtype), "PixelData (7FE0,0010)")  # a sequence's frames must agree
     src = str(p)
     img, nframes = _frames(ds, arr, hdr, ov.frames, src)
-    img, slope, intercept = _rescale(ds, img, hdr, src)
-    img, inverted = _photometric(ds, img, hdr, src, slope, intercept)
+    img, stored_range = _rescale(ds, img, hdr, src)
+    img, inverted = _photometric(ds, img, hdr, src, stored_range)
     kind = _pixel_kind(ds, hdr, ov.kind, inverted)
     hv: dict = {}
     ermf = _header_intrinsics(ds, hdr, hv, ov, src)
@@ -58,13 +58,17 @@ def _frames(ds, arr: np.ndarray, hdr: Provenance, frames, src: str) -> tuple[np.
     return reduce_frames(arr, frames, hdr, src, "NumberOfFrames (0028,0008)"), nframes
 
 
-def _rescale(ds, img: np.ndarray, hdr: Provenance, src: str) -> tuple[np.ndarray, float, float]:
-    """Modality rescale ``v·slope + intercept`` (float64); returns the image, slope and intercept used."""
+def _rescale(ds, img: np.ndarray, hdr: Provenance, src: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The modality transform (float64): a ModalityLUTSequence's table (:func:`_modality_lut`), else the rescale
+    ``v·slope + intercept``; returns the image and the values BitsStored's range maps to (None when the stored
+    values are signed or BitsStored is not given: MONOCHROME1 is then inverted over the image's range)."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    unsigned = bits > 0 and int(ds.get("PixelRepresentation", 0) or 0) == 0
+    if ds.get("ModalityLUTSequence"):
+        return _modality_lut(ds, img, hdr, src, unsigned)
     img = img.astype(np.float64)
     slope = _dicom_number(ds, "RescaleSlope", "(0028,1053)", path=src)
     inter = _dicom_number(ds, "RescaleIntercept", "(0028,1052)", path=src)
-    if slope is None and inter is None:
-        return img, 1.0, 0.0
     s = 1.0 if slope is None else slope
     b = 0.0 if inter is None else inter
     if slope is not None:
@@ -73,23 +77,43 @@ def _rescale(ds, img: np.ndarray, hdr: Provenance, src: str) -> tuple[np.ndarray
         hdr.set("RescaleIntercept", b, "RescaleIntercept (0028,1052)")
     if s == 0:
         raise InputError(f"{src}: RescaleSlope (0028,1053) is 0 (every pixel would be equal)")
-    return img * s + b, s, b
+    stored_range = (b, (2 ** bits - 1) * s + b) if unsigned else None
+    return (img if slope is None and inter is None else img * s + b), stored_range
 
 
-def _photometric(ds, img: np.ndarray, hdr: Provenance, src: str, s: float, b: float) -> tuple[np.ndarray, bool]:
-    """MONOCHROME1 inverted so that high values are bright (over BitsStored's range when unsigned, else the
-    image's); returns the image and whether it was inverted."""
+def _modality_lut(ds, img: np.ndarray, hdr: Provenance, src: str, unsigned: bool):
+    """The ModalityLUTSequence's first table applied (pydicom's ``apply_modality_lut``: stored values below its
+    first mapped value take its first entry, those beyond its end its last); a RescaleSlope/Intercept beside it
+    is not used (the standard allows one or the other).  The range for MONOCHROME1 is the table's."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        item = ds.ModalityLUTSequence[0]
+        n, first, depth = (int(v) for v in item.LUTDescriptor)
+        out = apply_modality_lut(img, ds).astype(np.float64)
+        table = np.asarray(apply_modality_lut(np.arange(first, first + (n or 2 ** 16)), ds), dtype=np.float64)
+    except Exception as e:  # noqa: BLE001 - a damaged item: KeyError, ValueError, TypeError, struct.error...
+        raise InputError(f"{src}: ModalityLUTSequence (0028,3000) cannot be applied ({one_line(e)})") from None
+    hdr.set("ModalityLUTSequence", f"{n or 2 ** 16} entries of {depth} bits from stored value {first}",
+            "ModalityLUTSequence (0028,3000) [LUTDescriptor, LUTData]")
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        hdr.note("RescaleSlope/RescaleIntercept not used: the ModalityLUTSequence is the modality transform")
+    return out, ((float(table.min()), float(table.max())) if unsigned else None)
+
+
+def _photometric(ds, img: np.ndarray, hdr: Provenance, src: str,
+                 stored_range: tuple[float, float] | None) -> tuple[np.ndarray, bool]:
+    """MONOCHROME1 inverted so that high values are bright (over ``stored_range``, BitsStored's range after the
+    modality transform, when known, else the image's); returns the image and whether it was inverted."""
     photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     hdr.set("PhotometricInterpretation", photo, "PhotometricInterpretation (0028,0004)")
     if photo == "MONOCHROME2":
         return img, False
     if photo != "MONOCHROME1":
         raise InputError(f"{src}: PhotometricInterpretation {photo!r} is not a greyscale X-ray (MONOCHROME1/2)")
-    bits = int(ds.get("BitsStored", 0) or 0)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    if bits and not signed:
-        lo, hi = b, (2 ** bits - 1) * s + b
-        hdr.set("BitsStored", bits, "BitsStored (0028,0101)")
+    if stored_range is not None:
+        lo, hi = stored_range
+        hdr.set("BitsStored", int(ds.BitsStored), "BitsStored (0028,0101)")
         how = f"v' = {hi:g} + {lo:g} − v (the range of BitsStored)"
     else:
         lo, hi = float(img.min()), float(img.max())
