@@ -353,6 +353,35 @@ def test_png_tiff_npy_with_user_intrinsics(tmp_path):
         read_xray(tmp_path / "c.png", camera=cam)
 
 
+def _png16(path, arr, color_type):
+    """A 16-bit PNG of ``arr`` (H, W) or (H, W, C) of the given PNG colour type (0 grey, 2 RGB, 4 grey+alpha, 6 RGBA);
+    Pillow writes none but the grey one."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\0" + arr[r].astype(">u2").tobytes() for r in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("color_type,what", [(4, "grey with alpha"), (2, "colour"), (6, "colour")])
+def test_a_16_bit_png_with_alpha_or_colour_is_refused(tmp_path, color_type, what):
+    """Pillow decodes 16-bit grey+alpha and colour PNGs to 8 bits a channel: the X-ray was read as its high bytes
+    (0 ... 255, equal channels passing as grey) without a word."""
+    px = _pixels()
+    _png16(tmp_path / "g.png", px, 0)  # 16-bit grey: read exactly
+    np.testing.assert_array_equal(read_xray(tmp_path / "g.png", sdd=1000, delx=0.3).image.numpy(), px)
+    chans = {2: [px] * 3, 4: [px, np.full_like(px, 65535)], 6: [px] * 3 + [np.full_like(px, 65535)]}[color_type]
+    _png16(tmp_path / "x.png", np.stack(chans, -1), color_type)
+    with pytest.raises(InputError, match=f"16-bit {what} image .*Pillow reads only its high 8 bits"):
+        read_xray(tmp_path / "x.png", sdd=1000, delx=0.3)
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
     with pytest.raises(InputError, match="not found"):

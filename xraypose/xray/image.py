@@ -178,6 +178,11 @@ def _read_pil_frames(p: Path) -> np.ndarray:
 
 def _pil_to_gray(fr, p: Path) -> np.ndarray:
     mode = fr.mode
+    raw = _raw_mode(fr)
+    if mode in ("LA", "RGB", "RGBA") and ";16" in raw:  # 16-bit grey+alpha or colour: Pillow decodes 8 bits of each
+        kind = "grey with alpha" if raw.startswith("LA") else "colour"
+        raise InputError(f"{p}: 16-bit {kind} image ({raw}); Pillow reads only its high 8 bits (the low 8 bits "
+                         "would be lost): save the X-ray as 16-bit greyscale without alpha")
     if mode in ("RGB", "RGBA"):
         a = np.asarray(fr.convert("RGB"))
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
@@ -193,3 +198,13 @@ def _pil_to_gray(fr, p: Path) -> np.ndarray:
     if a.ndim != 2:
         raise InputError(f"{p}: expected a greyscale image, got mode {mode} with shape {a.shape}")
     return a.copy()
+
+
+def _raw_mode(fr) -> str:
+    """The pixel layout of the file's data as Pillow decodes it (``"LA;16B"``, ``"RGB;16L"``, ``"I;16"``), before
+    Pillow converts it to the image's mode; "" once decoded."""
+    tile = getattr(fr, "tile", None)  # a converted image has none
+    args = tile[0].args if tile else ""
+    if isinstance(args, tuple):
+        args = args[0] if args else ""
+    return args if isinstance(args, str) else ""
