@@ -382,6 +382,26 @@ def test_a_16_bit_png_with_alpha_or_colour_is_refused(tmp_path, color_type, what
         read_xray(tmp_path / "x.png", sdd=1000, delx=0.3)
 
 
+def test_a_white_is_zero_tiff_is_inverted_at_every_bit_depth(tmp_path):
+    """A TIFF of PhotometricInterpretation 0 (WhiteIsZero, DICOM's MONOCHROME1): Pillow inverts 8-bit pages but
+    gave 16-bit ones as stored, so a 16-bit WhiteIsZero X-ray was read with bone and air swapped."""
+    from PIL import Image, TiffImagePlugin
+
+    white_is_zero = TiffImagePlugin.ImageFileDirectory_v2()
+    white_is_zero[262] = 0
+    px = _pixels()
+    Image.fromarray(px).save(tmp_path / "w16.tif", tiffinfo=white_is_zero, save_all=True,
+                             append_images=[Image.fromarray(px[::-1].copy())])
+    xr = read_xray(tmp_path / "w16.tif", sdd=1000, delx=0.3, frames="all")
+    np.testing.assert_array_equal(xr.image.numpy(), np.stack([65535 - px, 65535 - px[::-1]]))
+    assert any("WhiteIsZero) inverted" in n and "65535 − v" in n for n in xr.notes)
+    p8 = (px // 256).astype(np.uint8)
+    Image.fromarray(p8).save(tmp_path / "w8.tif", tiffinfo=white_is_zero)  # Pillow stores 255 − v, reads v back
+    xr8 = read_xray(tmp_path / "w8.tif", sdd=1000, delx=0.3)
+    np.testing.assert_array_equal(xr8.image.numpy(), p8)
+    assert not any("WhiteIsZero" in n for n in xr8.notes)  # Pillow's own inversion, not a second one
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
     with pytest.raises(InputError, match="not found"):

@@ -39,7 +39,7 @@ def read_image_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     if suffix == ".npy":
         arr = _read_npy(p, hdr)
     else:
-        arr = _read_pil(p)
+        arr = _read_pil(p, hdr)
     hdr.set("pixel_type", str(np.asarray(arr).dtype), "the file's pixels")  # a sequence's frames must agree
     img = reduce_frames(np.asarray(arr), ov.frames, hdr, src, "frames in the file")
     if img.ndim != (3 if str(ov.frames).lower() == "all" else 2):
@@ -138,14 +138,14 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
     return arr
 
 
-def _read_pil(p: Path) -> np.ndarray:
+def _read_pil(p: Path, hdr: Provenance) -> np.ndarray:
     from xraypose.io import pil_warnings
 
     with pil_warnings(p):  # a damaged file: its one-line error, not PIL's warnings beside it
-        return _read_pil_frames(p)
+        return _read_pil_frames(p, hdr)
 
 
-def _read_pil_frames(p: Path) -> np.ndarray:
+def _read_pil_frames(p: Path, hdr: Provenance) -> np.ndarray:
     from PIL import ImageSequence
 
     from xraypose.io import open_pil_image
@@ -161,7 +161,8 @@ def _read_pil_frames(p: Path) -> np.ndarray:
                 if fr.size != (w, h):
                     raise InputError(f"{p}: frame {len(frames)} is {fr.size[1]} × {fr.size[0]} pixels (rows × "
                                      f"columns) but frame 0 is {h} × {w}; every frame of a file must have one size")
-                frames.append(_pil_to_gray(fr, p))
+                raw = _raw_mode(fr)  # before decoding
+                frames.append(_white_is_zero(fr, raw, _pil_to_gray(fr, p), hdr, not frames))
                 if frames[-1].dtype != frames[0].dtype:  # another bit depth: its values on another scale (max, sum)
                     raise InputError(f"{p}: frame {len(frames) - 1} holds {frames[-1].dtype} pixels but frame 0 "
                                      f"{frames[0].dtype}; every frame of a file must have one pixel type")
@@ -198,6 +199,25 @@ def _pil_to_gray(fr, p: Path) -> np.ndarray:
     if a.ndim != 2:
         raise InputError(f"{p}: expected a greyscale image, got mode {mode} with shape {a.shape}")
     return a.copy()
+
+
+def _white_is_zero(fr, raw: str, a: np.ndarray, hdr: Provenance, first: bool) -> np.ndarray:
+    """A TIFF page whose PhotometricInterpretation (262) is 0, WhiteIsZero (DICOM's MONOCHROME1), inverted so that
+    high values are bright: Pillow inverts 1- and 8-bit pages (their raw mode ends in ";I") but gives 16-bit, 32-bit
+    and float pages as stored.  Unsigned pages over BitsPerSample's range, the others over the page's (as
+    MONOCHROME1 in :func:`xraypose.xray.dicom._photometric`); the page's pixel type is kept."""
+    tags = getattr(fr, "tag_v2", None)
+    if tags is None or tags.get(262) != 0 or raw.split(";")[-1] == "I":
+        return a
+    bits = tags.get(258, (0,))
+    bits = int(bits[0] if isinstance(bits, tuple) else bits)
+    if np.issubdtype(a.dtype, np.unsignedinteger) and 0 < bits <= 8 * a.dtype.itemsize:
+        lo, hi, how = 0.0, float(2 ** bits - 1), f"v' = {2 ** bits - 1} − v (the range of BitsPerSample)"
+    else:
+        lo, hi, how = float(a.min()), float(a.max()), "v' = max + min − v (the page's range)"
+    if first:
+        hdr.note(f"TIFF PhotometricInterpretation 0 (WhiteIsZero) inverted so that high values are bright: {how}")
+    return ((hi + lo) - a.astype(np.float64)).astype(a.dtype)  # within [lo, hi]: the page's type holds it
 
 
 def _raw_mode(fr) -> str:
