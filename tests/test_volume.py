@@ -626,6 +626,23 @@ def test_dicom_series_that_is_no_ct_volume_is_refused(tmp_path, edit, match):
         read_volume(folder)
 
 
+@pytest.mark.parametrize("modality", ["CT", "SEG"])
+def test_a_folder_of_one_multi_frame_dicom_is_named_as_such(tmp_path, modality):
+    """An enhanced CT or a segmentation (one file of many frames) was refused as a series of "only 1 slice"."""
+    pydicom = pytest.importorskip("pydicom")
+    arr = np.arange(4 * 4 * 5, dtype=np.int16).reshape(4, 4, 5)
+    slices = sorted(write_dicom_series(tmp_path / "d", arr, np.diag([1.0, 1.0, 2.0, 1.0])).iterdir())
+    ds = pydicom.dcmread(slices[0])
+    ds.NumberOfFrames = len(slices)
+    ds.Modality = modality
+    ds.PixelData = b"".join(pydicom.dcmread(f).PixelData for f in slices)
+    (tmp_path / "mf").mkdir()
+    ds.save_as(tmp_path / "mf" / "enhanced.dcm")
+    with pytest.raises(InputError, match=rf"only 1 slice.*enhanced.dcm is one multi-frame file of 5 frames, "
+                                         rf"{modality}: an enhanced CT or a segmentation is not read as a CT"):
+        read_volume(tmp_path / "mf")
+
+
 def test_bad_dtype_and_isocenter(tmp_path):
     ct = write_nifti(tmp_path / "ct.nii.gz", _synthetic_array(), AFFINE_RAS)
     with pytest.raises(InputError, match="dtype"):

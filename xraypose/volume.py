@@ -951,7 +951,8 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     by_count.sort(key=lambda t: -t[0])
     count, sid, names = by_count[0]
     if count < 2:
-        raise InputError(f"DICOM series in {d} has only {count} slice; a 3D series needs at least 2")
+        raise InputError(f"DICOM series in {d} has only {count} slice; a 3D series needs at least 2"
+                         f"{_one_file_series_hint(names[0])}")
 
     _check_dicom_series_size(names, d, what)
     reader = sitk.ImageSeriesReader()
@@ -970,6 +971,23 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     _check_dicom_slice_spacing(reader, img, count, source)
     arr, aff = _sitk_to_array_affine(img, source)
     return arr, aff, source
+
+
+def _one_file_series_hint(name: str) -> str:
+    """What a series of one file is when that file holds several frames: an enhanced (multi-frame) CT or a
+    segmentation (SEG) — not read as a CT volume here; "" otherwise."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(name, stop_before_pixels=True, force=True)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable: the count says enough
+        return ""
+    if frames < 2:
+        return ""
+    modality = str(ds.get("Modality", "") or "").strip() or "no Modality"
+    return (f" ({Path(name).name} is one multi-frame file of {frames} frames, {modality}: an enhanced CT or a "
+            "segmentation is not read as a CT; convert a CT to NIfTI first, e.g. dcm2niix)")
 
 
 #: DICOM Modality values of projection radiographs (one 2-D view each, not slices of a volume).
