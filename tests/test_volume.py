@@ -643,6 +643,27 @@ def test_a_folder_of_one_multi_frame_dicom_is_named_as_such(tmp_path, modality):
         read_volume(tmp_path / "mf")
 
 
+def test_a_nifti_whose_sform_and_qform_disagree_is_refused(tmp_path):
+    """Both set (codes > 0) and placing the CT differently: nibabel (xraypose) used the sform without a word,
+    ITK-based tools (Slicer, SimpleITK) the qform; equal ones, or one of code 0, are read."""
+    arr = _synthetic_array()
+    img = nib.Nifti1Image(arr, AFFINE_RAS)
+    img.set_sform(AFFINE_RAS, code=1)
+    img.set_qform(AFFINE_RAS, code=1)
+    nib.save(img, str(tmp_path / "same.nii"))
+    np.testing.assert_allclose(read_volume(tmp_path / "same.nii").affine.numpy(), AFFINE_RAS, atol=1e-5)
+    doubled = AFFINE_RAS.copy()
+    doubled[:3, :3] *= 2
+    img.set_qform(doubled, code=1)
+    nib.save(img, str(tmp_path / "differ.nii"))
+    with pytest.raises(InputError, match=r"sform \(code 1\) and qform \(code 1\) place the CT differently .*"
+                                         r"ITK-based tools \(Slicer\) the qform"):
+        read_volume(tmp_path / "differ.nii")
+    img.set_qform(doubled, code=0)  # the qform not in force: the sform is the file's
+    nib.save(img, str(tmp_path / "qform_off.nii"))
+    np.testing.assert_allclose(read_volume(tmp_path / "qform_off.nii").affine.numpy(), AFFINE_RAS, atol=1e-5)
+
+
 def test_bad_dtype_and_isocenter(tmp_path):
     ct = write_nifti(tmp_path / "ct.nii.gz", _synthetic_array(), AFFINE_RAS)
     with pytest.raises(InputError, match="dtype"):

@@ -812,12 +812,35 @@ def _check_nifti_header(img, p: Path, what: str) -> None:
 
     with ImageOpener(str(p)) as fh:  # the header as written: nibabel's loaded one has 0 voxel sizes set to 1
         raw = type(hdr).from_fileobj(fh, check=False)
+    _check_sform_qform(raw, shape, p, what)
     if [int(raw["sform_code"]), int(raw["qform_code"])] == [0, 0]:
         pixdim = [float(v) for v in raw["pixdim"][1:4]]
         if not all(math.isfinite(v) and v > 0 for v in pixdim):
             raise InputError(f"{what} file {p} has no sform/qform and pixdim {pixdim} holds a zero, negative or "
                              "non-finite voxel size: its spacing is unknown (xraypose does not guess 1 mm); "
                              "write the voxel size or an affine into the file")
+
+
+def _check_sform_qform(raw, shape: tuple[int, ...], p: Path, what: str) -> None:
+    """A NIfTI header with both an sform and a qform (codes > 0) that place the CT differently (a corner half its
+    smallest voxel or more apart) is refused: nibabel, so xraypose, uses the sform, ITK-based tools (Slicer,
+    SimpleITK) the qform; which the file means is unknown."""
+    sc, qc = int(raw["sform_code"]), int(raw["qform_code"])
+    if sc <= 0 or qc <= 0:
+        return
+    try:
+        s_aff, q_aff = np.asarray(raw.get_sform(), np.float64), np.asarray(raw.get_qform(), np.float64)
+    except Exception:  # noqa: BLE001 - a damaged quaternion: the sform is read, as nibabel does
+        return
+    n = [max(int(v), 1) - 1 for v in (list(shape) + [1, 1, 1])[:3]]
+    corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
+    apart = float(np.linalg.norm((corners @ (s_aff - q_aff).T)[:, :3], axis=1).max())
+    s_vox, q_vox = np.linalg.norm(s_aff[:3, :3], axis=0), np.linalg.norm(q_aff[:3, :3], axis=0)
+    if not (apart < 0.5 * min(float(s_vox.min()), float(q_vox.min()))):
+        raise InputError(f"{what} file {p}: its sform (code {sc}) and qform (code {qc}) place the CT differently "
+                         f"(corners up to {apart:.3g} mm apart; voxel sizes {np.round(s_vox, 4).tolist()} and "
+                         f"{np.round(q_vox, 4).tolist()} mm): xraypose would use the sform, ITK-based tools (Slicer) "
+                         "the qform; make them agree, or set the code of the wrong one to 0")
 
 
 def _read_itk_file(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
