@@ -402,6 +402,33 @@ def test_a_white_is_zero_tiff_is_inverted_at_every_bit_depth(tmp_path):
     assert not any("WhiteIsZero" in n for n in xr8.notes)  # Pillow's own inversion, not a second one
 
 
+def test_a_12_bit_jpeg_names_the_decoder_to_install(tmp_path):
+    """12-bit JPEG (JPEG Extended, common in CR/DX archives): Pillow, the decoder at hand, does not support it; the
+    error said so without naming the package that does."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGExtended12Bit
+
+    f = tmp_path / "j12.dcm"
+    write_dicom_xray(f, _pixels() % 4096, camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3))
+    ds = pydicom.dcmread(f)
+    ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc1" + bytes(64)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(f, enforce_file_format=True)
+    try:
+        ds.pixel_array
+    except Exception as e:  # noqa: BLE001
+        if "does not support" not in str(e):
+            pytest.skip(f"a 12-bit JPEG decoder is installed or Pillow is missing ({e})")
+    else:
+        pytest.skip("a 12-bit JPEG decoder is installed")
+    with pytest.raises(InputError, match=r"cannot decode the DICOM pixel data .*; to decode JPEG Extended .*install "
+                                         r"pylibjpeg and pylibjpeg-libjpeg"):
+        read_xray(f)
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
     with pytest.raises(InputError, match="not found"):

@@ -284,8 +284,19 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
         msg = one_line(e)
         if "length" in msg.lower() or "truncat" in msg.lower() or "expected" in msg.lower():
             raise InputError(f"{p}: DICOM pixel data is truncated or incomplete ({msg})") from None
-        raise InputError(f"{p}: cannot decode the DICOM pixel data ({msg})") from None
+        raise InputError(f"{p}: cannot decode the DICOM pixel data ({msg}){_decoder_hint(ds, msg)}") from None
     return np.asarray(arr)
+
+
+def _decoder_hint(ds, msg: str) -> str:
+    """Which package decodes the file's transfer syntax, when the decoders at hand do not support it (Pillow
+    decodes 8-bit JPEG and JPEG 2000, not 12-bit JPEG nor JPEG lossless); "" when pydicom already names the
+    packages ("missing dependencies") or the data is at fault."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or "does not support" not in msg:
+        return ""
+    pkg = "pylibjpeg-openjpeg" if "2000" in ts.name else "pylibjpeg-libjpeg"
+    return f"; to decode {ts.name}, install pylibjpeg and {pkg} (pip install pylibjpeg {pkg}), or python-gdcm"
 
 
 def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int) -> None:
