@@ -429,6 +429,32 @@ def test_a_12_bit_jpeg_names_the_decoder_to_install(tmp_path):
         read_xray(f)
 
 
+def _tiff(path, arr, sample_format):
+    """A one-page uncompressed little-endian TIFF of ``arr`` (H, W) with the given SampleFormat (1 unsigned, 2 signed,
+    3 float): Pillow writes neither signed 8-bit nor unsigned 32-bit pages."""
+    import struct
+
+    h, w = arr.shape
+    data = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
+    entries = [(256, 3, w), (257, 3, h), (258, 3, 8 * arr.dtype.itemsize), (259, 3, 1), (262, 3, 1), (273, 4, None),
+               (277, 3, 1), (278, 3, h), (279, 4, len(data)), (339, 3, sample_format)]
+    start = 8 + 2 + 12 * len(entries) + 4
+    ifd = b"".join(struct.pack("<HHIHH", tag, typ, 1, val, 0) if typ == 3 else
+                   struct.pack("<HHII", tag, typ, 1, start if val is None else val) for tag, typ, val in entries)
+    path.write_bytes(b"II*\0" + struct.pack("<IH", 8, len(entries)) + ifd + struct.pack("<I", 0) + data)
+
+
+@pytest.mark.parametrize("dtype,sample_format", [(np.int8, 2), (np.uint32, 1)])
+def test_tiff_pages_read_with_their_sample_format(tmp_path, dtype, sample_format):
+    """Pillow reads a signed 8-bit TIFF as unsigned (−59 read as 197) and an unsigned 32-bit one as signed (values
+    of 2³¹ and more read negative): both were taken as they came."""
+    info = np.iinfo(dtype)
+    px = np.linspace(info.min, info.max, 24 * 32).reshape(24, 32).astype(dtype)
+    _tiff(tmp_path / "x.tif", px, sample_format)
+    xr = read_xray(tmp_path / "x.tif", sdd=1000, delx=0.3)
+    np.testing.assert_allclose(xr.image.numpy(), px.astype(np.float64), rtol=1e-7)
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
     with pytest.raises(InputError, match="not found"):
