@@ -103,6 +103,21 @@ def test_multiframe_reduction(tmp_path):
             read_xray(f, frames=bad)
 
 
+@pytest.mark.parametrize("frames", ["max", "sum", "mean"])
+def test_frames_are_reduced_after_the_rescale_and_monochrome1(tmp_path, frames):
+    """A reduction is of the frames' values: the stored numbers were reduced first, so a MONOCHROME1 file's "max"
+    was its darkest frame's, and a "sum" got the intercept once and was inverted over one frame's range (negative)."""
+    stack = np.stack([_pixels(seed=s) for s in range(3)])
+    f = tmp_path / "m1.dcm"
+    write_dicom_xray(f, stack, camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3), photometric="MONOCHROME1",
+                     rescale=(2.0, -100.0))
+    lo, hi = -100.0, 65535 * 2.0 - 100.0
+    values = hi + lo - (stack.astype(np.float64) * 2.0 - 100.0)  # each frame as read alone
+    np.testing.assert_allclose(read_xray(f, frames=1).image.numpy(), values[1], rtol=1e-6)
+    np.testing.assert_allclose(read_xray(f, frames=frames).image.numpy(), getattr(values, frames)(0), rtol=1e-6)
+    assert read_xray(f, frames=frames).header["frames"]["value"] == f"{frames} of 3"
+
+
 def test_frames_of_an_xray_of_one_frame_are_checked_too(tmp_path):
     """``frames`` was passed over on a one-frame X-ray: case.json's ``{"frames": 5}`` or a misspelt
     reduction read the image without a word."""

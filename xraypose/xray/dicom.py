@@ -35,9 +35,14 @@ def read_dicom_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     arr = _dicom_pixels(ds, p)
     hdr.set("pixel_type", str(arr.dtype), "PixelData (7FE0,0010)")  # a sequence's frames must agree
     src = str(p)
-    img, nframes = _frames(ds, arr, hdr, ov.frames, src)
+    # "max", "sum", "mean" of the frames' values, not of the stored numbers: after the rescale (a sum's intercept
+    # once per frame), the modality LUT and MONOCHROME1's inversion (its max would be the darkest frame's)
+    later = arr.ndim == 3 and isinstance(ov.frames, str) and ov.frames.lower() in ("max", "sum", "mean")
+    img, nframes = _frames(ds, arr, hdr, "all" if later else ov.frames, src)
     img, stored_range = _rescale(ds, img, hdr, src)
     img, inverted = _photometric(ds, img, hdr, src, stored_range)
+    if later:
+        img = reduce_frames(img, ov.frames, hdr, src, "NumberOfFrames (0028,0008)")
     kind = _pixel_kind(ds, hdr, ov.kind, inverted)
     hv: dict = {}
     ermf = _header_intrinsics(ds, hdr, hv, ov, src)
