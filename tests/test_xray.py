@@ -470,6 +470,16 @@ def test_tiff_pages_read_with_their_sample_format(tmp_path, dtype, sample_format
     np.testing.assert_allclose(xr.image.numpy(), px.astype(np.float64), rtol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_a_tiff_of_samples_pillow_cannot_decode_names_them(tmp_path, dtype):
+    """64- and 16-bit float TIFFs: Pillow cannot identify them and gives no reason ("not a readable TIF image")."""
+    _tiff(tmp_path / "x.tif", np.linspace(0, 1, 24 * 32).reshape(24, 32).astype(dtype), 3)
+    bits = 8 * np.dtype(dtype).itemsize
+    with pytest.raises(InputError, match=rf"not a readable TIF image \(its samples are {bits}-bit floating-point, "
+                                         r"which Pillow does not decode: save it with .* float32 for floats\)"):
+        read_xray(tmp_path / "x.tif", sdd=1000, delx=0.3)
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
     with pytest.raises(InputError, match="not found"):

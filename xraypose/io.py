@@ -463,11 +463,40 @@ def open_pil_image(p: Path, unreadable: str, cannot_open: str):
         Image.MAX_IMAGE_PIXELS = None
         return Image.open(str(p))
     except UnidentifiedImageError:
-        raise InputError(f"{p}: {unreadable}") from None
+        raise InputError(f"{p}: {unreadable}{_tiff_samples_pil_lacks(p)}") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise InputError(f"{p}: {cannot_open} ({one_line(e)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+#: TIFF SampleFormat (339) values, named.
+_TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 6: "complex floating-point"}
+
+
+def _tiff_samples_pil_lacks(p: Path) -> str:
+    """Why PIL could not identify a TIFF file (it names no reason): its first page's samples, from the page's own
+    tags (BitsPerSample, SampleFormat, SamplesPerPixel), e.g. 64- or 16-bit floats, which PIL
+    does not decode; "" for a file that is no TIFF or whose tags cannot be read."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            if head[:4] not in (b"II*\0", b"MM\0*"):
+                return ""
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
+            fh.seek(ifd.next)
+            ifd.load(fh)
+        bits = tuple(ifd.get(258, (1,)))
+        fmt = int(tuple(ifd.get(339, (1,)))[0])
+        spp = int(ifd.get(277, 1))
+    except Exception:  # noqa: BLE001 - a damaged directory: the plain message stands
+        return ""
+    kind = _TIFF_SAMPLE_FORMATS.get(fmt, f"SampleFormat {fmt}")
+    per = f", {spp} samples per pixel" if spp != 1 else ""
+    return (f" (its samples are {bits[0]}-bit {kind}{per}, which Pillow does not decode: save it with 8-, 16- or "
+            "32-bit greyscale samples, float32 for floats)")
 
 
 @contextlib.contextmanager
