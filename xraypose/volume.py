@@ -1120,6 +1120,15 @@ def _check_dicom_slice_spacing(reader, img, count: int, source: str) -> None:
             f"DICOM series {source} has uneven slice positions (gaps {gaps.min():.4g} to "
             f"{gaps.max():.4g} mm): missing or duplicate slices?"
         )
+    along = np.outer((pos - pos[0]) @ normal, normal)
+    drift = np.linalg.norm(pos - pos[0] - along, axis=1)  # within the slices' planes: GDCM stacks them straight
+    if drift.max() > max(1e-2, 0.01 * abs(med)):
+        k = int(np.argmax(drift))
+        raise InputError(
+            f"DICOM series {source}: slice {k + 1}'s ImagePositionPatient lies {drift[k]:.3g} mm beside the line "
+            "through the first slice along the slices' normal (a gantry-tilted acquisition?); it would be read as a "
+            "straight stack, each slice misplaced: resample it first (e.g. dcm2niix, which corrects gantry tilt)"
+        )
 
 
 def _sitk_to_array_affine(img, source: str) -> tuple[np.ndarray, np.ndarray]:
