@@ -679,6 +679,21 @@ def test_a_gantry_tilted_dicom_series_is_refused(tmp_path):
         read_volume(folder)
 
 
+@pytest.mark.parametrize("unit, mm", [("micron", 1e-3), ("meter", 1e3), ("mm", 1.0), ("unknown", 1.0)])
+def test_a_nifti_affine_is_read_in_its_spatial_unit(tmp_path, unit, mm):
+    """xyzt_units micron or meter: the affine is converted to mm (as ITK and Slicer do); a micro-CT's 20 µm voxels
+    were read as 20 mm."""
+    size = {"micron": 20.0, "meter": 0.0005}.get(unit, 1.0)
+    affine = np.diag([size, size, 2 * size, 1.0])
+    affine[:3, 3] = [3 * size, -size, 0.0]
+    img = nib.Nifti1Image(_synthetic_array(), affine)
+    img.header.set_xyzt_units(unit)
+    nib.save(img, str(tmp_path / "ct.nii"))
+    expect = affine.copy()
+    expect[:3, :] *= mm
+    np.testing.assert_allclose(read_volume(tmp_path / "ct.nii").affine.numpy(), expect, rtol=1e-6)
+
+
 def test_bad_dtype_and_isocenter(tmp_path):
     ct = write_nifti(tmp_path / "ct.nii.gz", _synthetic_array(), AFFINE_RAS)
     with pytest.raises(InputError, match="dtype"):

@@ -722,10 +722,18 @@ def _read_nifti(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             arr = np.asanyarray(img.dataobj)
             aff = np.array(img.affine, dtype=np.float64)
+            unit = img.header.get_xyzt_units()[0]
         except Exception as exc:  # noqa: BLE001
             raise _nifti_unreadable(p, what, exc) from exc
+    # the header's spatial unit (xyzt_units): nibabel gives the affine in it, ITK (Slicer) in mm; a micro-CT's
+    # 20 µm voxels were read as 20 mm
+    aff[:3, :] *= _NIFTI_UNIT_MM.get(unit, 1.0)
     arr = np.array(arr)  # detach from a possible memmap
     return arr, aff
+
+
+#: Millimetres per NIfTI spatial unit (xyzt_units) other than mm; "unknown" is taken as mm.
+_NIFTI_UNIT_MM = {"meter": 1000.0, "micron": 1e-3}
 
 
 #: Bytes of a NIfTI-1 header (NIfTI-2: 540); its first 4 bytes hold this number.
