@@ -694,6 +694,19 @@ def test_a_nifti_affine_is_read_in_its_spatial_unit(tmp_path, unit, mm):
     np.testing.assert_allclose(read_volume(tmp_path / "ct.nii").affine.numpy(), expect, rtol=1e-6)
 
 
+@pytest.mark.parametrize("units", ['"cm" "cm" "cm"', '"m" "m" "m"'])
+def test_a_nrrd_in_other_space_units_than_mm_is_refused(tmp_path, units):
+    """ITK ignores a NRRD's space units: a header in cm or m was read as mm (the CT 10 or 1000 times too small)."""
+    raw = np.zeros(4 * 5 * 6, "<i2").tobytes()
+    head = ("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 4 5 6\n"
+            "space directions: (1,0,0) (0,1,0) (0,0,2)\n{}endian: little\nencoding: raw\nspace origin: (0,0,0)\n\n")
+    (tmp_path / "mm.nrrd").write_bytes(head.format('space units: "mm" "mm" "mm"\n').encode() + raw)
+    assert read_volume(tmp_path / "mm.nrrd").spacing.tolist() == [1.0, 1.0, 2.0]
+    (tmp_path / "ct.nrrd").write_bytes(head.format(f"space units: {units}\n").encode() + raw)
+    with pytest.raises(InputError, match=rf"its space units are {units.replace(chr(34), '')} \(NRRD 'space units'\)"):
+        read_volume(tmp_path / "ct.nrrd")
+
+
 def test_bad_dtype_and_isocenter(tmp_path):
     ct = write_nifti(tmp_path / "ct.nii.gz", _synthetic_array(), AFFINE_RAS)
     with pytest.raises(InputError, match="dtype"):

@@ -861,6 +861,7 @@ def _read_itk_file(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     with _itk_quiet():
         try:
             _check_detached_data_file(p, what)
+            _check_nrrd_space_units(p, what)
             reader.ReadImageInformation()  # the header only
             size = tuple(int(n) for n in reader.GetSize())
             item = itemsize_from_text(sitk.GetPixelIDValueAsString(reader.GetPixelID()))
@@ -872,6 +873,22 @@ def _read_itk_file(p: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
                 raise InputError(f"{what} file {p} has zero voxel spacing in its header") from exc
             raise InputError(f"Could not read {what} file {p}: {_itk_reason(msg)}") from exc
     return _sitk_to_array_affine(img, str(p))
+
+
+def _check_nrrd_space_units(p: Path, what: str) -> None:
+    """A NRRD header's ``space units`` other than mm refused: ITK ignores them and reads mm, so a header in
+    cm or m placed the CT 10 or 1000 times too small, without a word."""
+    if not p.name.lower().endswith((".nrrd", ".nhdr")):
+        return
+    try:
+        text = _header_fields(p, ":").get("space units", "")
+    except OSError:
+        return  # ITK's reading names the problem
+    units = [u.strip().strip('"') for u in text.split('"') if u.strip().strip('"')] if text else []
+    other = [u for u in units if u.lower() != "mm"]
+    if other:
+        raise InputError(f"{what} file {p}: its space units are {' '.join(units)} (NRRD 'space units'); xraypose, as "
+                         "ITK, reads NRRD coordinates as mm: convert the file to mm")
 
 
 class _itk_quiet:
