@@ -211,3 +211,35 @@ def test_info_reads_a_stacks_sidecar_as_utf_8_with_a_bom_and_under_a_c_locale(tm
                        timeout=300)
     assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
     assert json.loads(r.stdout)["what"] == "CT"
+
+
+def _write_pages(path, pages, sample_format):
+    """An uncompressed little-endian TIFF of the (rows, columns) pages, with their SampleFormat (1 unsigned, 2 signed):
+    Pillow writes neither signed 8-bit nor unsigned 32-bit pages."""
+    import struct
+
+    blob, offset = [], 8
+    for k, a in enumerate(pages):
+        h, w = a.shape
+        data = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+        tags = [(256, 3, w), (257, 3, h), (258, 3, 8 * a.dtype.itemsize), (259, 3, 1), (262, 3, 1), (273, 4, None),
+                (277, 3, 1), (278, 3, h), (279, 4, len(data)), (339, 3, sample_format)]
+        start = offset + 2 + 12 * len(tags) + 4
+        nxt = 0 if k == len(pages) - 1 else start + len(data)
+        blob.append(struct.pack("<H", len(tags)) + b"".join(
+            struct.pack("<HHIHH", t, ty, 1, v, 0) if ty == 3 else struct.pack("<HHII", t, ty, 1, start if v is None else v)
+            for t, ty, v in tags) + struct.pack("<I", nxt) + data)
+        offset = start + len(data)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + b"".join(blob))
+
+
+@pytest.mark.parametrize("dtype,sample_format", [(np.int8, 2), (np.uint32, 1)])
+def test_pages_are_read_with_their_sample_format(tmp_path, dtype, sample_format):
+    """Pillow gives signed 8-bit pages as unsigned (−1 as 255) and unsigned 32-bit ones as signed (2³¹ and more
+    negative): the stack's values were taken as they came."""
+    info = np.iinfo(dtype)
+    pages = [np.linspace(info.min, info.max, 20).reshape(4, 5).astype(dtype) for _ in range(3)]
+    _write_pages(tmp_path / "s.tif", pages, sample_format)
+    got = read_tiff_pages(tmp_path / "s.tif")
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, np.stack(pages))

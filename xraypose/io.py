@@ -470,6 +470,22 @@ def open_pil_image(p: Path, unreadable: str, cannot_open: str):
         Image.MAX_IMAGE_PIXELS = limit
 
 
+def tiff_sample_format(fr, a: np.ndarray) -> np.ndarray:
+    """A TIFF page's values as its SampleFormat (339) and BitsPerSample (258) say: Pillow reads signed 8-bit pages as
+    unsigned (−1 read as 255) and unsigned 32-bit ones as signed (2³¹ and more read negative); the same bits, viewed
+    as the file's type (X-rays and TIFF stacks alike)."""
+    tags = getattr(fr, "tag_v2", None)
+    if tags is None:
+        return a
+    fmt, bits = (tags.get(k, (d,)) for k, d in ((339, 1), (258, 0)))
+    fmt, bits = (int(v[0] if isinstance(v, tuple) else v) for v in (fmt, bits))
+    if a.dtype == np.uint8 and fmt == 2 and bits == 8:
+        return a.view(np.int8)
+    if a.dtype == np.int32 and fmt == 1 and bits == 32:
+        return a.view(np.uint32)
+    return a
+
+
 #: TIFF SampleFormat (339) values, named.
 _TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 6: "complex floating-point"}
 

@@ -71,7 +71,7 @@ def read_tiff_pages(path, what: str = "TIFF stack") -> np.ndarray:
 
 
 def _read_pages(p: Path) -> np.ndarray:
-    from xraypose.io import open_pil_image
+    from xraypose.io import open_pil_image, tiff_sample_format
     from xraypose.limits import check_allocation
 
     im = open_pil_image(p, "not a readable TIFF file", "cannot open the TIFF file")  # memory checked below
@@ -99,12 +99,12 @@ def _read_pages(p: Path) -> np.ndarray:
                 raise InputError(f"{p}: page {k} holds {_GREY_MODES[m]} pixels but page 0 {_GREY_MODES[m0]}; "
                                  "every page of a stack must have one pixel type")
         check_allocation((n, h0, w0), np.dtype(_GREY_MODES[m0]).itemsize + 4, str(p))
-        out = np.empty((n, h0, w0), dtype=_GREY_MODES[m0])
+        im.seek(0)  # signed 8-bit, unsigned 32-bit: the file's type, not Pillow's
+        out = np.empty((n, h0, w0), dtype=tiff_sample_format(im, np.empty(0, _GREY_MODES[m0])).dtype)
         try:
             for k in range(n):
                 im.seek(k)
-                a = np.asarray(im)
-                out[k] = a
+                out[k] = tiff_sample_format(im, np.asarray(im))
         except (OSError, ValueError, TypeError, SyntaxError) as e:
             raise InputError(f"{p}: TIFF page {k} is truncated or corrupt ({one_line(e)})") from None
     return out

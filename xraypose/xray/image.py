@@ -148,7 +148,7 @@ def _read_pil(p: Path, hdr: Provenance) -> np.ndarray:
 def _read_pil_frames(p: Path, hdr: Provenance) -> np.ndarray:
     from PIL import ImageSequence
 
-    from xraypose.io import open_pil_image
+    from xraypose.io import open_pil_image, tiff_sample_format
     from xraypose.limits import check_xray_size
 
     im = open_pil_image(p, f"not a readable {p.suffix.upper().lstrip('.')} image", "cannot open the image")
@@ -162,7 +162,7 @@ def _read_pil_frames(p: Path, hdr: Provenance) -> np.ndarray:
                     raise InputError(f"{p}: frame {len(frames)} is {fr.size[1]} × {fr.size[0]} pixels (rows × "
                                      f"columns) but frame 0 is {h} × {w}; every frame of a file must have one size")
                 raw = _raw_mode(fr)  # before decoding
-                page = _tiff_sample_format(fr, _pil_to_gray(fr, p))
+                page = tiff_sample_format(fr, _pil_to_gray(fr, p))
                 frames.append(_white_is_zero(fr, raw, page, hdr, not frames))
                 if frames[-1].dtype != frames[0].dtype:  # another bit depth: its values on another scale (max, sum)
                     raise InputError(f"{p}: frame {len(frames) - 1} holds {frames[-1].dtype} pixels but frame 0 "
@@ -200,22 +200,6 @@ def _pil_to_gray(fr, p: Path) -> np.ndarray:
     if a.ndim != 2:
         raise InputError(f"{p}: expected a greyscale image, got mode {mode} with shape {a.shape}")
     return a.copy()
-
-
-def _tiff_sample_format(fr, a: np.ndarray) -> np.ndarray:
-    """A TIFF page's values as its SampleFormat (339) and BitsPerSample (258) say: Pillow reads signed 8-bit pages as
-    unsigned (−1 read as 255) and unsigned 32-bit ones as signed (2³¹ and more read negative); the same bits, viewed
-    as the file's type."""
-    tags = getattr(fr, "tag_v2", None)
-    if tags is None:
-        return a
-    fmt, bits = (tags.get(k, (d,)) for k, d in ((339, 1), (258, 0)))
-    fmt, bits = (int(v[0] if isinstance(v, tuple) else v) for v in (fmt, bits))
-    if a.dtype == np.uint8 and fmt == 2 and bits == 8:
-        return a.view(np.int8)
-    if a.dtype == np.int32 and fmt == 1 and bits == 32:
-        return a.view(np.uint32)
-    return a
 
 
 def _white_is_zero(fr, raw: str, a: np.ndarray, hdr: Provenance, first: bool) -> np.ndarray:
