@@ -480,6 +480,18 @@ def test_a_tiff_of_samples_pillow_cannot_decode_names_them(tmp_path, dtype):
         read_xray(tmp_path / "x.tif", sdd=1000, delx=0.3)
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_an_npy_of_one_or_two_channels_last_is_one_image(tmp_path, channels):
+    """(H, W, 1) (a channel-last array from PIL, OpenCV, torch) and (H, W, 2) (grey + alpha) were read as H frames of
+    W × 1 or W × 2 pixels: frame 0, one row of the X-ray, was used."""
+    px = _pixels()
+    arr = np.stack([px, np.full_like(px, 65535)][:channels], -1)
+    np.save(tmp_path / "x.npy", arr)
+    xr = read_xray(tmp_path / "x.npy", sdd=1000, delx=0.3)
+    np.testing.assert_array_equal(xr.image.numpy(), px)
+    assert any("grey + alpha picture" in n for n in xr.notes) == (channels == 2)
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
     with pytest.raises(InputError, match="not found"):

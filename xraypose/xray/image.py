@@ -89,7 +89,8 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
     """An NPY X-ray: its header checked (size, dtype, length) before the values are read.
 
     A (H, W, 3) or (H, W, 4) array is taken for an RGB(A) picture, not for H frames of
-    W × 3 pixels: with equal colour channels the first is used (noted), otherwise it is refused.
+    W × 3 pixels: with equal colour channels the first is used (noted), otherwise it is refused; (H, W, 1) is
+    one image, (H, W, 2) grey + alpha (its first channel used, noted).
     """
     from xraypose.limits import MAX_XRAY_PIXELS, dims, human_bytes
 
@@ -122,12 +123,16 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
         raise InputError(f"{p}: cannot read the .npy file ({one_line(e)})") from None
     while arr.ndim > 2 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
-        c = arr[..., :3]
-        if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
-            raise InputError(f"{p}: array of shape {tuple(arr.shape)} is a colour (RGB{'A' if arr.shape[-1] == 4 else ''})"
-                             " picture; X-rays must be greyscale (H, W), or frames (F, H, W)")
-        hdr.note(f"array of shape {tuple(arr.shape)} read as a greyscale RGB picture: its first channel is used")
+    if arr.ndim == 3 and arr.shape[-1] <= 4 and arr.shape[0] > 4:  # (H, W, channels), not H frames of W × 1 ... 4
+        if arr.shape[-1] >= 3:
+            c = arr[..., :3]
+            if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
+                raise InputError(f"{p}: array of shape {tuple(arr.shape)} is a colour (RGB"
+                                 f"{'A' if arr.shape[-1] == 4 else ''}) picture; X-rays must be greyscale (H, W), or "
+                                 "frames (F, H, W)")
+            hdr.note(f"array of shape {tuple(arr.shape)} read as a greyscale RGB picture: its first channel is used")
+        elif arr.shape[-1] == 2:
+            hdr.note(f"array of shape {tuple(arr.shape)} read as a grey + alpha picture: its first channel is used")
         arr = arr[..., 0]
     if np.issubdtype(arr.dtype, np.floating) and arr.size:
         finite = arr[np.isfinite(arr)]  # NaN / inf: refused later with their count
