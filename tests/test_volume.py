@@ -707,6 +707,21 @@ def test_a_nrrd_in_other_space_units_than_mm_is_refused(tmp_path, units):
         read_volume(tmp_path / "ct.nrrd")
 
 
+def test_a_dicom_series_of_per_slice_rescales_keeps_fractional_values(tmp_path):
+    """GDCM typed the volume by the first slice (int16 for slope 1, intercept 0): a later slice's RescaleSlope 0.25,
+    intercept −0.5 gave 4.5 read as 4, without a word."""
+    pydicom = pytest.importorskip("pydicom")
+    arr = np.arange(4 * 4 * 5, dtype=np.int16).reshape(4, 4, 5) * 10
+    folder = write_dicom_series(tmp_path / "d", arr, np.diag([1.0, 1.0, 2.0, 1.0]))
+    f = sorted(folder.iterdir())[2]
+    ds = pydicom.dcmread(f)
+    ds.RescaleSlope, ds.RescaleIntercept = "0.25", "-0.5"
+    ds.save_as(f)
+    expect = arr.astype(np.float64)
+    expect[:, :, 2] = expect[:, :, 2] * 0.25 - 0.5
+    np.testing.assert_array_equal(read_volume(folder).data.numpy(), expect)
+
+
 def test_bad_dtype_and_isocenter(tmp_path):
     ct = write_nifti(tmp_path / "ct.nii.gz", _synthetic_array(), AFFINE_RAS)
     with pytest.raises(InputError, match="dtype"):

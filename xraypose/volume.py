@@ -1016,6 +1016,10 @@ def _read_dicom_dir(d: Path, what: str) -> tuple[np.ndarray, np.ndarray, str]:
     source = f"{d} ({named}, {count} files" + (
         f"; {len(series_ids)} series in folder, read the largest)" if len(series_ids) > 1 else ")")
     _check_dicom_series_headers(reader, count, source)
+    if _slice_rescales_vary(reader, count) and img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        reader.SetOutputPixelType(sitk.sitkFloat32)  # GDCM typed the volume by the first slice's rescale
+        with _itk_quiet():
+            img = reader.Execute()
     _check_dicom_slice_spacing(reader, img, count, source)
     arr, aff = _sitk_to_array_affine(img, source)
     return arr, aff, source
@@ -1080,6 +1084,25 @@ def _check_dicom_series_headers(reader, count: int, source: str) -> None:
         if slope is not None and not (math.isfinite(slope) and slope != 0):
             raise InputError(f"DICOM series {source}: {name} has RescaleSlope (0028,1053) {slope:g} (every voxel of "
                              "the slice would be equal)")
+
+
+def _slice_rescales_vary(reader, count: int) -> bool:
+    """Whether the slices' RescaleSlope/Intercept (0028,1053/1052) differ, or one is fractional: GDCM gives the
+    volume the first slice's pixel type (int16 for slope 1, intercept −1024), so another slice's fractional values
+    were truncated (4.5 read as 4)."""
+    seen = set()
+    for i in range(count):
+        pair = []
+        for key in ("0028|1053", "0028|1052"):
+            text = reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else ""
+            try:
+                pair.append(float(text) if text else None)
+            except ValueError:
+                pair.append(None)
+        if any(v is not None and not float(v).is_integer() for v in pair):
+            return True
+        seen.add(tuple(pair))
+    return len(seen) > 1
 
 
 def _check_slice_pixel_spacing(text: str, first: list | None, name: str, source: str) -> list:
