@@ -492,6 +492,23 @@ def test_an_npy_of_one_or_two_channels_last_is_one_image(tmp_path, channels):
     assert any("grey + alpha picture" in n for n in xr.notes) == (channels == 2)
 
 
+@pytest.mark.parametrize("sop, what", [("1.2.840.10008.5.1.4.1.1.2", "CT series"),
+                                       ("1.2.840.10008.5.1.4.1.1.66.4", "segmentation")])
+def test_a_ct_slice_or_a_segmentation_is_refused_as_an_x_ray(tmp_path, sop, what):
+    """A CT slice given as the X-ray was read as one of display values (HU, bone bright) without a word; the SOP
+    class may be only in the file meta (the dataset's empty, as in the real sample series)."""
+    import pydicom
+
+    f = tmp_path / "slice.dcm"
+    write_dicom_xray(f, _pixels(), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3))
+    ds = pydicom.dcmread(f)
+    ds.SOPClassUID = ""
+    ds.file_meta.MediaStorageSOPClassUID = sop
+    ds.save_as(f)
+    with pytest.raises(InputError, match=rf"a slice of a {what}.*not a projection X-ray: give the CT as the CT"):
+        read_xray(f)
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     cam = Camera(sdd=1000.0, height=24, width=32, delx=0.3)
     with pytest.raises(InputError, match="not found"):

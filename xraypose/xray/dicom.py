@@ -265,11 +265,23 @@ def _load_dicom(p: Path):
     return ds
 
 
+#: SOP classes of cross-sectional images (slices of a volume, segmentations), named: refused as X-rays.
+_SLICE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1." + k: v for k, v in (
+    ("2", "CT series"), ("2.1", "enhanced CT"), ("2.2", "CT series"), ("4", "MR series"), ("4.1", "enhanced MR"),
+    ("128", "PET series"), ("130", "enhanced PET"), ("20", "nuclear medicine series"), ("66.4", "segmentation (SEG)"),
+    ("481.2", "RT dose volume"))}
+
+
 def _dicom_pixels(ds, p: Path) -> np.ndarray:
     from xraypose.limits import check_xray_size
 
     if "PixelData" not in ds:
         raise InputError(f"{p}: DICOM file has no pixel data (not an image: {ds.get('SOPClassUID', 'unknown class')})")
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "") or "").strip()
+    if sop in _SLICE_SOP_CLASSES:  # read as an X-ray of "display values" without a word
+        raise InputError(f"{p}: a slice of a {_SLICE_SOP_CLASSES[sop]} (SOP class {sop}), not a projection X-ray: give "
+                         "the CT as the CT (the folder of its series), and radiographs as X-rays")
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
         raise InputError(f"{p}: colour DICOM image ({spp} samples per pixel); X-rays must be greyscale")
