@@ -373,6 +373,25 @@ def test_stale_temporary_files_of_killed_writers_are_recognised_and_removed(tmp_
     assert not stale.exists() and live.exists()
 
 
+def test_a_file_name_of_up_to_255_bytes_is_written_and_its_stale_temporary_files_are_found(tmp_path):
+    """The temporary file's name adds ~31 bytes to the target's: a target of 225–255 bytes (a long name,
+    or fewer characters of a script of 3 bytes each) failed with "File name too long" after the work."""
+    dead = _dead_pid()
+    for name in ("d" * 251 + ".png", "ü" * 125 + ".npy", "Ω" * 80 + "-" * 90 + ".png"):
+        assert len(os.fsencode(name)) <= 255
+        p = tmp_path / name
+        atomic_write_bytes(p, b"old")
+        atomic_write_bytes(p, b"new")
+        assert p.read_bytes() == b"new" and _temp_files(tmp_path) == []
+    # a killed writer's temporary file of such a target is cleared by the next write of it
+    from xraypose.io import _temp_path
+
+    stale = _temp_path(p).with_name(_temp_path(p).name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+    stale.write_bytes(b"x")
+    atomic_write_bytes(p, b"newer")
+    assert not stale.exists() and p.read_bytes() == b"newer"
+
+
 WRITER = textwrap.dedent("""
     import sys, torch
     from xraypose.model import save_checkpoint

@@ -3,7 +3,8 @@
 * :func:`atomic_write_bytes` writes through a temporary file in the target's
   folder and an atomic rename: a kill or a full disk mid-write never leaves a
   corrupt or half-written file, and the previous version stays intact.
-  Temporary files are named ``.NAME.xraypose-PID-TOKEN.tmp``; one left by a
+  Temporary files are named ``.NAME.xraypose-PID-TOKEN.tmp`` (NAME cut to keep it within 255
+  bytes: a target's name may have up to 255); one left by a
   killed process (its PID no longer running) is *stale* and is removed by
   :func:`remove_stale_temp_files` (the commands call it on their output
   folders, and each write on its own target's).
@@ -81,8 +82,23 @@ class OutputError(XrayposeError, OSError):
     :class:`OSError`."""
 
 
+#: The longest file name (bytes) of the usual file systems (ext4, XFS, btrfs, APFS, NTFS's 255 characters).
+_NAME_MAX = 255
+# What a temporary file's name adds to its target's: ".", TEMP_MARK, a PID of up to 7 digits (Linux's
+# pid_max is at most 2**22), "-", 8 hex digits, ".tmp".
+_TEMP_EXTRA = 1 + len(TEMP_MARK) + 7 + 1 + 8 + len(".tmp")
+
+
+def _temp_stem(name: str) -> str:
+    """``name``, cut at a whole character where needed so that its temporary file's name fits in
+    :data:`_NAME_MAX` bytes (a target of 230–255 bytes could not be written: "File name too long")."""
+    while len(os.fsencode(name)) > _NAME_MAX - _TEMP_EXTRA:
+        name = name[:-1]
+    return name
+
+
 def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{_temp_stem(path.name)}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,7 +140,7 @@ def remove_stale_temp_files(folder, name: str | None = None, recursive: bool = F
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    pattern = f".{glob.escape(name)}.*.tmp" if name else ".*.tmp"
+    pattern = f".{glob.escape(_temp_stem(name))}.*.tmp" if name else ".*.tmp"
     removed = []
     for p in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
         if p.is_file() and is_stale_temp_file(p):
