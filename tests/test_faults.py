@@ -615,6 +615,20 @@ def test_outputs_that_cannot_be_written_are_refused_before_computing(tmp_path, m
     assert a_file.read_text() == "user data" and list(ro.iterdir()) == []
 
 
+def test_evaluate_into_the_case_folders_xrays_is_refused_before_reading(tmp_path, monkeypatch, capsys, case):
+    """Its report.html was read as an X-ray by every later evaluation of the case ("not a DICOM file")."""
+    import shutil
+
+    mine = shutil.copytree(case, tmp_path / "mycase")
+    before = _snapshot(mine)
+    _forbid(monkeypatch, "xraypose.evaluate.load_eval_set")
+    for out in (mine / "xrays", Path(f"{mine}/xrays/"), mine / "cases" / ".." / "xrays"):
+        capsys.readouterr()
+        assert main(["evaluate", str(mine), "-o", str(out), "--start", "perturb"]) == 2
+        _one_error_line(capsys.readouterr().err, "is the case folder's xrays/", "choose another folder")
+    assert _snapshot(mine) == before
+
+
 def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_the_pose(tmp_path, capsys, case,
                                                                                       full_disk):
     xray = str(case / "xrays" / "lao20_caud10.dcm")

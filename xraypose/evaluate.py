@@ -162,6 +162,19 @@ def load_eval_set(source, *, specimen: int | None = None, size: int | None = 256
     return _with_source(_ljubljana_set(path, specimen, size), path, inputs)
 
 
+def check_output_outside_xrays(source, outdir) -> None:
+    """Raise :class:`~xraypose.io.OutputError` when ``outdir`` is the case folder ``source``'s ``xrays/``: the
+    evaluation's ``report.html`` there was read as an X-ray by every later evaluation of the case ("not a
+    DICOM file"), the case folder unusable until it was removed."""
+    from xraypose.io import OutputError
+
+    src = Path(source).expanduser()
+    xdir = src / "xrays"
+    if src.is_dir() and xdir.is_dir() and Path(outdir).expanduser().resolve() == xdir.resolve():
+        raise OutputError(f"the output folder {outdir} is the case folder's xrays/: the evaluation's files "
+                          f"would be read as X-rays by the next evaluation; choose another folder (e.g. {src / 'eval'})")
+
+
 def _with_source(evalset: EvalSet, path: Path, inputs: dict) -> EvalSet:
     evalset.source, evalset.inputs = str(path.resolve()), inputs
     return evalset
@@ -707,6 +720,8 @@ def evaluate(
     if not evalset.cases:
         raise InputError(f"{evalset.name}: no X-rays to evaluate")
     out = check_output_folder(outdir)
+    if evalset.source is not None:
+        check_output_outside_xrays(evalset.source, out)
     t_all = time.perf_counter()
     if config is None:
         from xraypose.register import RegistrationConfig

@@ -64,7 +64,7 @@ def evaluate_command(
 
     torchrun --nproc_per_node 2 -m xraypose.cli -- evaluate mycase -o eval/ --start perturb (2 processes share the X-rays)
     """
-    from xraypose.evaluate import evaluate, load_eval_set
+    from xraypose.evaluate import check_output_outside_xrays, evaluate, load_eval_set
     from xraypose.io import check_output_folder
     from xraypose.register import RegistrationConfig
     from xraypose.register.starts import check_start, evaluation_start
@@ -72,6 +72,7 @@ def evaluate_command(
 
     check_start(start, model=model, pose_json=pose_json)
     check_output_folder(output)  # before reading the data and registering
+    check_output_outside_xrays(source, output)
     shards = Shards.from_env()  # under torchrun: this rank's share of the X-rays, merged on rank 0
     deg, mm = option_numbers("perturb", perturb)
     ev = load_eval_set(source, specimen=specimen, size=size, structure=structure, resample_domain=resample_domain)
