@@ -696,6 +696,26 @@ def test_evaluate_into_an_old_folder_is_refused_or_replaced_when_told(tmp_path, 
     assert sorted(p.name for p in (ev / "cases").iterdir()) == ["lao20_caud10.dcm", "lateral.npy"]
 
 
+def test_evaluate_never_takes_a_users_files_of_its_names_for_an_earlier_evaluation(tmp_path, monkeypatch, capsys,
+                                                                                   case):
+    """A folder holding the user's own metrics.csv / report.html / training.png (no run.json, no cases/) was
+    called "an earlier evaluation", and --overwrite deleted them."""
+    ev = tmp_path / "results"
+    ev.mkdir()
+    (ev / "metrics.csv").write_text("my spreadsheet")
+    (ev / "report.html").write_text("<p>my notes</p>")
+    (ev / "run.json").write_text('{"my": "own settings"}')
+    before = _snapshot(ev)
+    _forbid(monkeypatch, "xraypose.register.Registrar.register")
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--levels", "16", "--size", "32",
+            "--no-pictures", "--quiet"]
+    for flag in ([], ["--overwrite"], ["--resume"]):
+        capsys.readouterr()
+        assert main(args + flag) == 2, flag
+        _one_error_line(capsys.readouterr().err, "report.html, metrics.csv", "not written there by xraypose")
+        assert _snapshot(ev) == before
+
+
 def test_evaluate_resume_refuses_other_settings_and_names_them(tmp_path, capsys, case):
     ev = tmp_path / "ev"
     args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--levels", "16", "--size", "32", "--no-pictures",

@@ -636,6 +636,19 @@ def _preprocessing_differences(old: dict, new: dict, binned: list) -> list[str]:
             for n in now if n in then and then[n] != now[n]]
 
 
+def _an_evaluation(out: Path, earlier: list) -> bool:
+    """Whether ``earlier`` (:func:`previous_results` of ``out``) are an evaluation's files: a run.json that records
+    cases, or a case's files (an evaluation of a version before run.json) — not merely the user's own files of the
+    top-level names (``metrics.csv``, ``report.html``, ...), which ``--overwrite`` deleted."""
+    if any(f.parent != out for f in earlier):
+        return True
+    try:
+        record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "cases" in record
+
+
 def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool, binned: list | None = None) -> None:
     """Check the output against an earlier run (resume: same settings; else refuse or --overwrite); ``binned``:
     the case folder X-rays :func:`_binned_before_2026_12_05`."""
@@ -645,6 +658,15 @@ def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool, binn
         raise InputError("give --resume (continue the earlier evaluation) or --overwrite (replace it), not both")
     earlier = previous_results(out)
     run_file = out / RUN_FILE
+    if earlier and not _an_evaluation(out, earlier):  # the user's own metrics.csv, report.html: never replaced
+        from xraypose.io import OutputError
+
+        theirs = [f.name for f in earlier]
+        named = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+        them = "them" if len(theirs) > 1 else "it"
+        raise OutputError(f"output folder {out} holds {named}, not written there by xraypose (an evaluation would "
+                          f"replace {them}; it has no {RUN_FILE} and no cases/): choose another output folder, or "
+                          f"move {them} away")
     if resume:
         if not earlier:
             return
