@@ -646,6 +646,32 @@ def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_th
     assert _snapshot(res) == before and _temp_files(res) == []
 
 
+def test_a_full_disk_when_track_writes_keeps_the_earlier_trajectory_and_prints_the_new_one(tmp_path, capsys,
+                                                                                         full_disk):
+    """The tracked poses of a sequence (minutes to hours of work) were lost when its files could not be written."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        assert main(["render", "sample", "--pose", f"{2 * i},0", "--height", "64", "--delx", "4",
+                     "-o", str(frames / f"f{i}.npy")]) == 0
+    out = tmp_path / "track"
+    args = ["track", "sample", str(frames), "--sdd", "1020", "--delx", "4", "--init", "angles", "--angles", "0,0",
+            "--sod", "612", "--levels", "16", "--threads", "1", "-o", str(out)]
+    assert main(args) == 0
+    before = _snapshot(out)
+    full_disk.names = ["trajectory.json"]
+    capsys.readouterr()
+    assert main(args) == 2
+    cap = capsys.readouterr()
+    _one_error_line(cap.err, "trajectory.json", "No space left on device", "printed on stdout")
+    lines = cap.out.splitlines()
+    head = next(i for i, x in enumerate(lines) if x.startswith("frame,"))
+    rows = lines[head + 1:]
+    assert [r.split(",")[0] for r in rows] == ["0", "1", "2"]  # every frame's pose is not lost
+    assert lines[head] == before["trajectory.csv"].decode().splitlines()[0]  # trajectory.csv's columns
+    assert _snapshot(out) == before and _temp_files(out) == []
+
+
 def test_a_full_disk_in_evaluate_is_one_line(tmp_path, capsys, case, full_disk):
     full_disk.names = ["pose.json"]
     assert main(["evaluate", str(case), "-o", str(tmp_path / "ev"), "--start", "perturb", "--perturb", "2,5",
