@@ -629,6 +629,29 @@ def test_evaluate_into_the_case_folders_xrays_is_refused_before_reading(tmp_path
     assert _snapshot(mine) == before
 
 
+def test_a_result_that_would_be_an_x_rays_sidecar_is_refused_before_computing(tmp_path, monkeypatch, capsys):
+    """``register … -o DIR`` beside ``DIR/pose.npy`` wrote DIR/pose.json, which every later read of pose.npy took as
+    its sidecar ("unknown key 'camera_to_world'"); ``track -o`` a folder holding trajectory.npy, the same."""
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    img = np.random.default_rng(0).uniform(1, 2, (64, 64)).astype(np.float32)
+    for name in ("pose.npy", "lat.npy", "notes.txt"):
+        np.save(folder / name, img) if name.endswith(".npy") else (folder / name).write_text("mine")
+    _forbid(monkeypatch, "xraypose.register.Registrar.register")
+    _forbid(monkeypatch, "xraypose.cli.track.read_sequences")
+    common = ["--sdd", "1020", "--delx", "4", "--init", "angles", "--angles", "0,0", "--sod", "612", "-o", str(folder)]
+    before = _snapshot(folder)
+    for x in ("pose.npy", "lat.npy"):  # the X-ray registered, or another one in the folder
+        capsys.readouterr()
+        assert main(["register", "sample", str(folder / x), *common]) == 2
+        _one_error_line(capsys.readouterr().err, "holds pose.npy", "pose.json as its sidecar", "another output folder")
+    (folder / "pose.npy").rename(folder / "trajectory.npy")
+    assert main(["track", "sample", str(folder), *common]) == 2
+    _one_error_line(capsys.readouterr().err, "holds trajectory.npy", "trajectory.json as its sidecar")
+    before["trajectory.npy"] = before.pop("pose.npy")
+    assert _snapshot(folder) == before
+
+
 def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_the_pose(tmp_path, capsys, case,
                                                                                       full_disk):
     xray = str(case / "xrays" / "lao20_caud10.dcm")

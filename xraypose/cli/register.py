@@ -15,8 +15,8 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, P
                                   check_counts_input, counts_options, intrinsics_options, option_numbers,
                                   preprocessing_options, registration_options, start_options, structure_options,
                                   with_groups)
-from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, preprocess_settings,
-                                structure_record, window_views, write_or_print)
+from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
+                                preprocess_settings, structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     from xraypose.register.api import RESULT_FILES, register_xray
 
     check_output_folder(output, replaces=RESULT_FILES)  # before computing: a re-run replaces its earlier result only
+    check_output_beside_xrays(output, RESULT_FILES)
     cts = load_registration_ct(ct, isocenter, cfg_kw["density"], structure, label_map, label)
     cfg_kw = cts.settings(cfg_kw)  # a part of the CT: its settings (the X-rays windowed and weighted below)
     xr = _read_xray(xray, angles, sod, read_kw, crop)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from xraypose.cli.options import EXIT_FAILED
-from xraypose.cli.steps import (drr_blur, load_registration_ct, metric_fiducials, pose_transform_of,
-                                preprocess_settings, read_start_file, start_pose, structure_record, window_views,
-                                write_or_print)
+from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
+                                pose_transform_of, preprocess_settings, read_start_file, start_pose, structure_record,
+                                window_views, write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     from xraypose.register.multiview import RIG_RESULT_FILES
 
     check_output_folder(output, replaces=RIG_RESULT_FILES + RESULT_FILES)  # a re-run replaces its result
+    check_output_beside_xrays(output, RIG_RESULT_FILES + RESULT_FILES)
     the_rig, xrs, views = load_rig(rig, xrays, read_kw)
     names = [str(x) for x in xrays]
     r = _start_view_index(start_view, names, views)

@@ -248,6 +248,26 @@ def metric_fiducials(path: Path | None, truth):
     return read_fiducials(path)
 
 
+def check_output_beside_xrays(output: Path, files) -> None:
+    """Refuse, before computing, an output folder ``output`` holding an X-ray file (or one of a name an X-ray may
+    have) whose sidecar ``<stem>.json`` would be one of the result's ``files``: every later run read the result as
+    that X-ray's sidecar (``pose.npy`` beside the result's pose.json: "unknown key 'camera_to_world'")."""
+    from xraypose.io import OutputError
+    from xraypose.sequence import FRAME_EXTENSIONS
+
+    out = Path(output).expanduser()
+    stems = {Path(n).stem for n in files if n.endswith(".json")}
+    if not stems or not out.is_dir():
+        return
+    clash = sorted(x.name for x in out.iterdir()
+                   if x.stem in stems and x.name not in files and not x.name.startswith(".")
+                   and (x.suffix.lower() in FRAME_EXTENSIONS or not x.suffix) and x.is_file())
+    if clash:
+        side = Path(clash[0]).stem + ".json"
+        raise OutputError(f"the output folder {output} holds {clash[0]}: read as an X-ray, it would take the result's "
+                          f"{side} as its sidecar; choose another output folder")
+
+
 def write_or_print(write, name: str, pose) -> None:
     """Run ``write()`` (a result's files); when writing fails (e.g. a full disk) print the registered pose
     ``name`` (``camera_to_world`` | ``rig_to_world``, (4, 4)) on stdout so that it is not lost, and raise."""

@@ -17,7 +17,7 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EDGE_ENHANCED, EXIT_FAILED
                                   check_counts_input, counts_options, levels_config, preprocessing_options,
                                   start_options, structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
-from xraypose.cli.steps import (drr_blur, load_registration_ct, pose_transform_of,
+from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, pose_transform_of,
                                 preprocess_settings, start_pose)
 from xraypose.errors import InputError
 
@@ -274,6 +274,7 @@ def track_command(
               **levels_config(levels, fast, metal, edge_enhanced, scatter)}
     counts = counts_kw["on"]
     check_output_folder(output, replaces=TRACK_FILES)  # a re-run replaces its result, never a user's file
+    check_output_beside_xrays(output, TRACK_FILES)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     if counts:
         check_counts_input(seqs[0].frames[0].kind, the_rig is not None, structure_kw, "frame")
