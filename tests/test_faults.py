@@ -538,6 +538,20 @@ def test_train_never_overwrites_an_earlier_model_without_being_told(tmp_path, ca
     assert steps == [1, 2] and not output_paths(out)["crash"].exists()  # the earlier run's files are gone
 
 
+def test_train_never_takes_its_ct_for_an_earlier_model(tmp_path, monkeypatch, capsys, case):
+    """``train ct.nii.gz -o ct.nii.gz`` called the CT "an earlier training", and --overwrite replaced it by the model."""
+    import shutil
+
+    ct = shutil.copy(case / "ct.nii.gz", tmp_path / "ct.nii.gz")
+    before = _snapshot(tmp_path)
+    _forbid(monkeypatch, "xraypose.train.trainer.Trainer.setup")
+    for flag in ([], ["--overwrite"], ["--resume"]):
+        capsys.readouterr()
+        assert main(["train", str(ct), "-o", str(ct), *flag]) == 2, flag
+        _one_error_line(capsys.readouterr().err, "the CT", "is a file this training would write", "another file")
+    assert _snapshot(tmp_path) == before
+
+
 def test_the_time_budget_is_the_whole_trainings_across_resumes(tmp_path, sample_ct):
     out = tmp_path / "model.pt"
     last = output_paths(out)["last"]
