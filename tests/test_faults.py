@@ -356,6 +356,28 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def test_a_result_never_replaces_part_of_another_kind_of_result(tmp_path):
+    """``register -o DIR`` into a track's folder replaced its trajectory.json (every frame's record), left its
+    trajectory.csv and overlay.gif beside the registration's files, and a later track refused them as the user's."""
+    from xraypose.cli.track import TRACK_FILES
+    from xraypose.register.api import RESULT_FILES
+
+    track = {"trajectory.csv": b"frame,...", "trajectory.json": b"the frames", "overlay.gif": b"GIF"}
+    register = {"pose.json": b"pose", "trajectory.json": b"the optimiser's steps", "views.png": b"PNG"}
+    for first, first_kind, second, second_kind in ((track, TRACK_FILES, register, RESULT_FILES),
+                                                   (register, RESULT_FILES, track, TRACK_FILES)):
+        out = tmp_path / f"after-{len(os.listdir(tmp_path))}"
+        out.mkdir()
+        atomic_write_files(out, first, remove=first_kind)
+        atomic_write_files(out, first, remove=first_kind)  # the same kind again: replaced, as ever
+        before = _snapshot(out)
+        with pytest.raises(OutputError, match=r"another kind of xraypose result .*trajectory\.json this one would"):
+            check_output_folder(out, replaces=second_kind)  # what the commands check before computing
+        with pytest.raises(OutputError, match="another kind of xraypose result"):
+            atomic_write_files(out, second, remove=second_kind)
+        assert _snapshot(out) == before and _temp_files(out) == []
+
+
 def test_stale_temporary_files_of_killed_writers_are_recognised_and_removed(tmp_path):
     dead, alive = _dead_pid(), os.getpid()
     stale = tmp_path / f".model.last.pt.xraypose-{dead}-0badc0de.tmp"

@@ -22,7 +22,8 @@
   replace or delete a file of those names that the manifest does not list — a user's own
   ``metrics.json`` or ``pose.json`` in the folder, or an earlier version's result (before the manifest:
   remove it, or choose another folder).  :func:`check_output_folder` (``replaces=``) says so before
-  computing.
+  computing.  Nor does it replace part of another kind of result: a registration's trajectory.json over a
+  track's, whose trajectory.csv and overlay.gif the manifest lists beside it (refused the same way).
 * Between its first rename and the manifest's, a result's write would leave files under a manifest that
   does not list them: a new ``metrics.json`` the earlier result did not have, or the earlier result's
   ``trajectory.json`` the new one lacks (deleted just before the new manifest is renamed in) — which the
@@ -329,13 +330,23 @@ def check_replaceable(folder, names) -> None:
     if not folder.is_dir():
         return
     ours = written_here(folder)
-    theirs = [n for n in dict.fromkeys(names) if n not in ours and (folder / n).exists()]
+    names = list(dict.fromkeys(names))
+    theirs = [n for n in names if n not in ours and (folder / n).exists()]
     if theirs:
         named = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
         raise OutputError(
             f"output folder {folder} holds {named}, not written there by xraypose (a result would "
             f"replace {'them' if len(theirs) > 1 else 'it'}): choose another output folder, or move "
             f"{'them' if len(theirs) > 1 else 'it'} away")
+    # another kind of result (a track's trajectory.csv and overlay.gif beside the trajectory.json a registration
+    # would replace): its files would be left beside this result's, one of them replaced (the track's record lost)
+    shared = [n for n in names if n in ours and (folder / n).exists()]
+    other = sorted(n for n in ours if n not in names and (folder / n).exists())
+    if shared and other:
+        named = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise OutputError(
+            f"output folder {folder} holds another kind of xraypose result ({named}), whose "
+            f"{', '.join(shared)} this one would replace: choose another output folder")
 
 
 def check_output_folder(path, replaces=()) -> Path:
