@@ -376,6 +376,16 @@ def test_a_result_never_replaces_part_of_another_kind_of_result(tmp_path):
         with pytest.raises(OutputError, match="another kind of xraypose result"):
             atomic_write_files(out, second, remove=second_kind)
         assert _snapshot(out) == before and _temp_files(out) == []
+    # results whose names do not meet stay beside each other, as before: a registration, then the demo, twice
+    from xraypose.demo import _prepare_output
+
+    out = tmp_path / "register-then-demo"
+    out.mkdir()
+    atomic_write_files(out, register, remove=RESULT_FILES)
+    for _ in range(2):
+        _prepare_output(out, 1)
+        (out / "report.html").write_text("demo's")
+    assert (out / "pose.json").read_bytes() == b"pose"
 
 
 def test_stale_temporary_files_of_killed_writers_are_recognised_and_removed(tmp_path):

@@ -23,7 +23,8 @@
   ``metrics.json`` or ``pose.json`` in the folder, or an earlier version's result (before the manifest:
   remove it, or choose another folder).  :func:`check_output_folder` (``replaces=``) says so before
   computing.  Nor does it replace part of another kind of result: a registration's trajectory.json over a
-  track's, whose trajectory.csv and overlay.gif the manifest lists beside it (refused the same way).
+  track's, whose trajectory.csv and overlay.gif the manifest lists beside it (refused the same way; the
+  manifest's ``"kind"`` is the names that kind of result writes, its ``remove``).
 * Between its first rename and the manifest's, a result's write would leave files under a manifest that
   does not list them: a new ``metrics.json`` the earlier result did not have, or the earlier result's
   ``trajectory.json`` the new one lacks (deleted just before the new manifest is renamed in) — which the
@@ -233,8 +234,9 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     pending = None
     if remove:  # a result replacing an earlier one: never a file the user made
         check_replaceable(folder, list(files) + list(remove))
-        pending = _pending_manifest(folder, files)
-        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files)})}  # renamed last
+        pending = _pending_manifest(folder, files, remove)
+        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files),  # renamed last
+                                                "kind": sorted(set(remove))})}
     staged: list[tuple[Path, Path]] = []
     try:
         for name, data in files.items():
@@ -259,14 +261,15 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     return [t for _, t in staged if t.name != MANIFEST]  # the result's files (not the manifest)
 
 
-def _pending_manifest(folder: Path, files: dict) -> bytes:
-    """The pending :data:`MANIFEST` of a result of ``files`` written into ``folder``: the names of both
-    results (module docstring)."""
+def _pending_manifest(folder: Path, files: dict, remove=()) -> bytes:
+    """The pending :data:`MANIFEST` of a result of ``files`` (of the kind that writes ``remove``) written into
+    ``folder``: the names of both results (module docstring)."""
     try:
         old = (folder / MANIFEST).read_bytes()
     except OSError:
         old = None
-    return json_bytes({"written_by": "xraypose", "files": sorted(_listed(old) | set(files)), "pending": sorted(files)})
+    return json_bytes({"written_by": "xraypose", "files": sorted(_listed(old) | set(files)), "pending": sorted(files),
+                       "kind": sorted(set(remove))})
 
 
 @contextlib.contextmanager
@@ -323,6 +326,17 @@ def _listed(manifest: bytes | None) -> set:
     return {str(n) for n in data.get("files", [])} if isinstance(data, dict) else set()
 
 
+def _kind(folder) -> set:
+    """The names the kind of result last written into ``folder`` writes (its :data:`MANIFEST`'s ``"kind"``: a
+    result's ``remove``); empty where unrecorded (the demo's manifest, an earlier version's)."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return set()
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return {str(n) for n in kind} if isinstance(kind, list) else set()
+
+
 def check_replaceable(folder, names) -> None:
     """Raise :class:`OutputError` when ``folder`` holds a file named in ``names`` that xraypose did not write
     there (not listed in its :data:`MANIFEST`): a result would replace or delete it."""
@@ -340,9 +354,10 @@ def check_replaceable(folder, names) -> None:
             f"{'them' if len(theirs) > 1 else 'it'} away")
     # another kind of result (a track's trajectory.csv and overlay.gif beside the trajectory.json a registration
     # would replace): its files would be left beside this result's, one of them replaced (the track's record lost)
+    kind = _kind(folder)
     shared = [n for n in names if n in ours and (folder / n).exists()]
     other = sorted(n for n in ours if n not in names and (folder / n).exists())
-    if shared and other:
+    if kind and kind != set(names) and shared and other:
         named = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
         raise OutputError(
             f"output folder {folder} holds another kind of xraypose result ({named}), whose "
