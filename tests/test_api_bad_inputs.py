@@ -339,6 +339,20 @@ def test_a_channels_last_image_is_named(sample_ct, registrar, image, cam, pose):
         registrar.register(image[..., None], cam, pose[None, None])
 
 
+def test_an_unsigned_integer_image_registers_as_its_values(sample_ct, registrar, image, cam, pose):
+    """A uint16 X-ray (a 16-bit PNG's or TIFF's, as an image library reads it) raised torch's NotImplementedError
+    '"max_values_cpu" not implemented for 'UInt16'' from the constant-image check."""
+    from xraypose.register import register_xray
+
+    u16 = (image / image.max() * 60000).numpy().astype(np.uint16)
+    want = register_xray(sample_ct, u16.astype(np.float32), cam, pose, registrar=registrar, confidence=False)[0]
+    for x in (u16, torch.from_numpy(u16), u16.astype(np.uint32)):
+        got = register_xray(sample_ct, x, cam, pose, registrar=registrar, confidence=False)[0]
+        assert torch.equal(got.camera_to_world, want.camera_to_world)
+    assert torch.equal(registrar.register(u16, cam, pose[None, None]).poses, registrar.register(
+        u16.astype(np.float32), cam, pose[None, None]).poses)
+
+
 # --------------------------------------------------------------------------
 # Objects of the wrong type (each raised AttributeError/TypeError from deep inside)
 # --------------------------------------------------------------------------

@@ -762,7 +762,7 @@ class Registrar:
         check_instance("camera", camera, Camera)  # None raised AttributeError ('height')
         if hasattr(images, "shape"):  # a tensor or an array
             check_not_channels_last(torch.as_tensor(images), camera, f"{what}: image")
-        imgs = image_batch(images, f"{what}: X-rays")
+        imgs = image_batch(images, f"{what}: X-rays").to(torch.float32)  # (uint16: torch has no amax of it)
         B, _, H, W = imgs.shape
         if (H, W) != (camera.height, camera.width):
             raise InputError(f"{what}: X-ray is {H}×{W} pixels but its intrinsics describe a "
@@ -792,7 +792,7 @@ class Registrar:
             if bool((m.reshape(B, -1).mean(-1) < 0.05).any()):
                 raise InputError(f"{what}: the pixel mask leaves less than 5% of an X-ray to register")
             masks = m.contiguous()
-        return imgs.to(torch.float32), camera, Ci, masks
+        return imgs, camera, Ci, masks
 
     def _optimise(self, views, camera_to_rig, T0, sane0, curvature=None, n_given: int | None = None,
                   origins=None) -> RegistrationResult:
