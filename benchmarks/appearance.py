@@ -371,6 +371,11 @@ def _case_row(ct, family, start, c, registrar, init, volume, seed, log, hypothes
                 "mtre": float("inf"), "status": "error", "opt_s": float("nan")}
     m = registration_metrics(res.poses[0], c["true_pose"], c["fiducials"], cam)
     m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
+    try:  # the pose's own standard deviations (xraypose.register.api.registration_spread; absent in an older one)
+        from xraypose.register.api import registration_spread
+        spread = registration_spread(res, 0, tuple(c["image"].shape[-2:]))
+    except ImportError:
+        spread = None
     lv = getattr(res, "levels", None)
     frac = (sum(d["ended"] == "converged" for d in lv[0]) / max(1, len(lv[0]))) if lv else None
     r = {"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
@@ -378,6 +383,7 @@ def _case_row(ct, family, start, c, registrar, init, volume, seed, log, hypothes
          "status": res.status[0], "levels_converged": frac, "similarity": float(res.similarity[0]),
          "bone_multiplier": float(res.bone_multiplier[0]) if res.bone_multiplier is not None else None,
          "pose": res.poses[0].to(F64).tolist(),
+         **beam_errors(res.poses[0], c["true_pose"], volume, spread),
          **({"resized_in": c["resize"].get("domain")} if "resize" in c else {})}
     log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
         f"{r['opt_s']:.2f} s, {r['status']}")
@@ -412,6 +418,7 @@ def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weigh
     m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
     return {"ct": ct, "family": family, "start": start, "case": c["index"], **m, "start_mtre": m0["mtre"],
             "pose": out.camera_to_world.to(F64).tolist(),
+            **beam_errors(out.camera_to_world, c["true_pose"], volume, getattr(out, "spread", None)),
             "init_s": init_s, "opt_s": seconds, "status": out.status, "levels_converged": None,
             "similarity": float(out.similarity), "verdict": out.verdict, "p_success": out.p_success,
             "kept": (out.confidence or {}).get("kept"),
@@ -432,6 +439,36 @@ def _hypothesis_mtre(h: dict, c: dict, cam) -> float | None:
                                 cam)["mtre"]
 
 
+def beam_errors(pose, true_pose, volume, spread: dict | None) -> dict:
+    """The result's error at the CT's isocenter along its beam (signed mm, + away from the source) and across it
+    (rms of the two other axes, mm), and its ``spread`` (the registration's own standard deviations) beside them."""
+    import math
+
+    P, T = torch.as_tensor(pose, dtype=F64), torch.as_tensor(true_pose, dtype=F64)
+    iso = torch.as_tensor(volume.get_isocenter(), dtype=F64)
+    D = P @ torch.linalg.inv(T)
+    err = D[:3, :3] @ iso + D[:3, 3] - iso
+    z = P[:3, 2]
+    along = float(err @ z)
+    return {"err_along_beam_mm": along, "err_across_beam_mm": float((err - along * z).norm()) / math.sqrt(2),
+            "spread": spread}
+
+
+def spread_summary(rows: list[dict]) -> dict:
+    """How well the results' own ``spread`` covers their errors: the share whose error along the beam lies within
+    1 and 2 standard deviations (rows with a spread), and the median standard deviation along the beam."""
+    import numpy as np
+
+    with_sp = [r for r in rows if r.get("spread") and "err_along_beam_mm" in r]
+    if not with_sp:
+        return {}
+    z = np.array([abs(r["err_along_beam_mm"]) / r["spread"]["along_beam_mm"] for r in with_sp])
+    return {"spread_n": len(with_sp), "spread_within_1sd": float((z <= 1).mean()),
+            "spread_within_2sd": float((z <= 2).mean()),
+            "median_sd_along_beam_mm": float(np.median([r["spread"]["along_beam_mm"] for r in with_sp])),
+            "median_err_along_beam_mm": float(np.median([abs(r["err_along_beam_mm"]) for r in with_sp]))}
+
+
 def summarise(rows: list[dict]) -> dict:
     import numpy as np
 
@@ -448,7 +485,8 @@ def summarise(rows: list[dict]) -> dict:
                 "ok_above_2mm": sum(r.get("verdict") == "ok" and r["mtre"] >= 2 for r in rows),
                 "kept_other": sum(r.get("kept") not in (None, "given start") for r in rows)}
                if any("verdict" in r for r in rows) else {}),
-            **(counts_summary(rows) if any("counts" in r for r in rows) else {})}
+            **(counts_summary(rows) if any("counts" in r for r in rows) else {}),
+            **spread_summary(rows)}
 
 
 def counts_summary(rows: list[dict]) -> dict:
@@ -467,6 +505,9 @@ def counts_summary(rows: list[dict]) -> dict:
 
 COLUMNS = ["group", "n", "sr_1mm", "sr_2mm", "median_mtre", "p90_mtre", "converged", "levels_converged",
            "median_opt_s", "median_start_mtre"]
+#: the results' own spread against their errors along the beam
+SPREAD_COLUMNS = ["group", "spread_n", "median_err_along_beam_mm", "median_sd_along_beam_mm", "spread_within_1sd",
+                  "spread_within_2sd"]
 #: ``--counts``: the columns after the counts' refinement
 COUNTS_COLUMNS = ["group", "n", "sr_1mm", "median_mtre", "counts_refined", "counts_sr_1mm", "counts_sr_2mm",
                   "counts_median_mtre", "counts_p90_mtre", "counts_median_s"]
@@ -595,6 +636,9 @@ def main(argv=None) -> int:
     groups = save()
     print()
     print(format_table([{"group": k, **v} for k, v in groups.items()], COLUMNS))
+    if any("spread_n" in v for v in groups.values()):
+        print()
+        print(format_table([{"group": k, **v} for k, v in groups.items() if "spread_n" in v], SPREAD_COLUMNS))
     if args.counts:
         print()
         print(format_table([{"group": k, **v} for k, v in groups.items()], COUNTS_COLUMNS))

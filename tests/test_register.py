@@ -310,6 +310,29 @@ def test_register_xray_writes_pose_metrics_trajectory(tmp_path, sample_ct, regis
         write_registration(tmp_path / "bad", out)
 
 
+def test_register_xray_reports_its_spread_which_grows_with_the_noise(tmp_path, sample_ct, registrar):
+    """Registration.spread: the pose's own standard deviations (the last Levenberg–Marquardt level's curvature
+    and residual, ×4): along the beam far above across it (one view sees depth only as magnification), larger
+    on a noisier X-ray of the same view, written into pose.json; None without a Levenberg–Marquardt level."""
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=280.0 / 64)
+    spreads = {}
+    for photons in (1e3, 1e6):
+        c = CaseMaker(sample_ct, camera=cam, collimator_px=2, n_fiducials=10, photons=photons).case(CASE_INDEX)
+        out = register_xray(sample_ct, c.image, c.camera, c.true_pose, registrar=registrar, confidence=False)[0]
+        sp = out.spread
+        assert set(sp) == {"along_beam_mm", "across_beam_mm", "rotation_deg", "noise_scale"} and sp["noise_scale"] == 4
+        assert all(math.isfinite(v) and v > 0 for v in sp.values())
+        assert sp["along_beam_mm"] > 5 * sp["across_beam_mm"]
+        spreads[photons] = sp
+    assert spreads[1e3]["along_beam_mm"] > 3 * spreads[1e6]["along_beam_mm"]
+    assert spreads[1e3]["rotation_deg"] > 3 * spreads[1e6]["rotation_deg"]
+    write_registration(tmp_path / "res", out)
+    assert json.loads((tmp_path / "res" / "pose.json").read_text())["spread"] == pytest.approx(out.spread)
+    adam_only = Registrar(sample_ct, RegistrationConfig(levels=(Level(size=16, iterations=5, n_samples=16),)))
+    assert register_xray(sample_ct, c.image, c.camera, c.true_pose, registrar=adam_only,
+                         confidence=False)[0].spread is None
+
+
 def test_cli_register_end_to_end(tmp_path, sample_ct, maker, case):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
@@ -332,7 +355,7 @@ def test_cli_register_end_to_end(tmp_path, sample_ct, maker, case):
             "--fiducials", str(tmp_path / "fid.json"), "--crop", "4", "--i0", "65000", "--fast"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output + repr(r.exception)
-    assert "mTRE" in r.output
+    assert "mTRE" in r.output and "spread (1 sd):" in r.output and "mm along the beam" in r.output
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["final"]["mtre"] < 2.0
     pose = json.loads((tmp_path / "out" / "pose.json").read_text())

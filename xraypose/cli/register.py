@@ -162,6 +162,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
     from xraypose.cli.steps import pose_transform_of
     from xraypose.register.api import registration_metrics
     from xraypose.register.counts import refine_xray_on_counts
+    from xraypose.register.motion import pose_spread
 
     if out.verdict == "failed":
         typer.echo("counts: not refined (the verdict is failed)")
@@ -174,6 +175,9 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
                               air_hu=counts_kw["air_hu"], blur_px=counts_kw["blur"], scatter_mm=scatter,
                               supersample=counts_kw["supersample"])
     out.camera_to_world = (r.fit.pose @ to_view).to(out.camera_to_world.dtype)
+    # the refined pose's own uncertainty: its counts' inverse Fisher information (the Cramér–Rao bound), unscaled
+    sp = pose_spread(r.fit.covariance, r.fit.pose) if r.fit.covariance is not None else None
+    out.spread = None if sp is None else {**sp, "noise_scale": 1.0, "source": "counts"}
     registered_metrics = out.metrics
     if out.metrics is not None:  # the truth known: the same fiducials as the registration's metrics
         fid = torch.tensor(out.extra["fiducials"], dtype=torch.float64)
@@ -266,6 +270,14 @@ def _write(output: Path, out, extra: dict, no_trajectory: bool, picture: dict | 
                    "camera_to_world", out.camera_to_world)
 
 
+def spread_line(spread: dict) -> str:
+    """One line of a pose's own uncertainty (``Registration.spread``): what the X-ray's noise leaves."""
+    src = "its counts' Cramér–Rao bound" if spread.get("source") == "counts" else \
+        f"the noise at the optimum, ×{spread.get('noise_scale', 1):g}"
+    return (f"spread (1 sd): {spread['along_beam_mm']:.2f} mm along the beam, {spread['across_beam_mm']:.2f} mm "
+            f"across it, {spread['rotation_deg']:.2f}° ({src}; a bias of an X-ray formed unlike the DRR is not in it)")
+
+
 def _print_result(output: Path, out) -> None:
     """Print what was written and the verdict; exit with :data:`~xraypose.cli.options.EXIT_FAILED` when it failed."""
     msg = (f"wrote {output}/pose.json: similarity {out.similarity:.4f}, {out.status}, {out.iterations} iterations, "
@@ -274,5 +286,7 @@ def _print_result(output: Path, out) -> None:
         msg += f"; mTRE {out.metrics['mtre']:.3f} mm (start {out.initial_metrics['mtre']:.2f} mm)"
     typer.echo(msg)
     typer.echo(f"verdict: {out.verdict} (P(mTRE < 2 mm) = {out.p_success:.2f}): {out.reason}")
+    if out.spread:
+        typer.echo(spread_line(out.spread))
     if out.verdict == "failed":
         raise SystemExit(EXIT_FAILED)

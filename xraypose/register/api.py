@@ -29,7 +29,8 @@ from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
-__all__ = ["RegistrationOutcome", "Registration", "register_xray", "write_registration", "registration_metrics"]
+__all__ = ["RegistrationOutcome", "Registration", "register_xray", "write_registration", "registration_metrics",
+           "registration_spread"]
 
 F64 = torch.float64
 
@@ -92,6 +93,10 @@ class Registration(RegistrationOutcome):
         shift_search: what the in-plane shift search found for each given start (moved or not, the
             offset, the move in mm, the NCCs: :mod:`xraypose.register.shift_search`), or None when it did
             not run (off, or a result of a hypothesis).
+        spread: the pose's own uncertainty — ``{"along_beam_mm", "across_beam_mm", "rotation_deg"}``,
+            standard deviations of the X-ray's noise at the optimum (:func:`registration_spread`), or
+            None without one.  The scatter the noise predicts, not a bound: a bias (an X-ray formed
+            unlike the DRR) is not in it; whether to trust the pose at all is the ``verdict``'s.
     """
 
     camera_to_world: torch.Tensor
@@ -103,6 +108,7 @@ class Registration(RegistrationOutcome):
     confidence: dict = field(default_factory=dict)
     foreign: dict | None = None
     shift_search: list | None = None
+    spread: dict | None = None
 
     @property
     def world_to_camera(self) -> torch.Tensor:
@@ -119,6 +125,7 @@ class Registration(RegistrationOutcome):
             "p_success": self.p_success,
             "verdict": self.verdict,
             "reason": self.reason,
+            "spread": self.spread,
             "similarity": self.similarity,
             "status": self.status,
             "iterations": self.iterations,
@@ -251,6 +258,7 @@ def register_xray(
             chosen_start=src.chosen_start[k] if src is res else 0,
             foreign=src.foreign[k][0] if src.foreign else None,
             shift_search=src.shift_search[k] if src is res and src.shift_search else None,
+            spread=registration_spread(src, k, tuple(imgs.shape[-2:])),
         )
         if checks[b] is not None:
             c = checks[b]["conf"]
@@ -259,6 +267,23 @@ def register_xray(
             _add_truth(r, volume, camera, truth[b], fiducials, b)
         outs.append(r)
     return outs
+
+
+def registration_spread(res, k: int, size: tuple[int, int], scale: float | None = None) -> dict | None:
+    """The registered pose's own uncertainty: standard deviations along the beam, across it (mm, at the
+    isocenter) and of the rotation (degrees) — ``{"along_beam_mm", "across_beam_mm", "rotation_deg",
+    "noise_scale"}`` — of element ``k`` of a :class:`RegistrationResult` on an X-ray of ``size`` (H, W).
+
+    :func:`~xraypose.register.motion.result_covariance` (the last Levenberg–Marquardt level's Gauss–Newton
+    curvature at the pose, its residual, its pixels) with the standard deviations × ``scale`` (default
+    :data:`~xraypose.register.motion.NOISE_SCALE`: the scatter measured on low-dose frames, as ``track``
+    weighs each frame).  None without a Levenberg–Marquardt level."""
+    from xraypose.register.motion import NOISE_SCALE, pose_spread, result_covariance
+
+    scale = NOISE_SCALE if scale is None else float(scale)
+    C = result_covariance(res, k, [size], scale)
+    sp = pose_spread(C, res.poses[k]) if C is not None else None
+    return None if sp is None else {**sp, "noise_scale": scale}
 
 
 def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):

@@ -40,11 +40,15 @@ import torch
 from xraypose.errors import InputError
 from xraypose.geometry import se3_exp, se3_log
 
-__all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "smooth", "pose_spread", "MOTIONS"]
+__all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "result_covariance", "smooth", "pose_spread",
+           "MOTIONS", "NOISE_SCALE"]
 
 F64 = torch.float64
 #: What ``track_sequence`` reports per frame: the registration alone, the causal filter, or the smoother.
 MOTIONS = ("none", "filter", "smooth")
+#: The default ``noise_scale``: the registration's own standard deviations (:func:`measurement_covariance`) times
+#: this are the scatter measured on low-dose frames (module docstring, "Noise").
+NOISE_SCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class MotionModel:
 
     accel_mm: float = 0.3
     accel_deg: float = 0.2
-    noise_scale: float = 4.0
+    noise_scale: float = NOISE_SCALE
     gate: float = 28.0
 
     def __post_init__(self):
@@ -107,6 +111,35 @@ def measurement_covariance(curvature, similarity: float, n_pixels: int, pose, sc
     R = torch.as_tensor(pose, dtype=F64)[:3, :3]
     A = torch.block_diag(R, R)
     return A @ C @ A.T
+
+
+def result_covariance(res, k: int, sizes, scale: float = 1.0):
+    """(6, 6) world-axes covariance of element ``k``'s registered pose in a registration result ``res``
+    (:class:`~xraypose.register.optimizer.RegistrationResult`): :func:`measurement_covariance` of its last
+    Levenberg–Marquardt level's curvature, its score there and that level's pixels over the views.
+
+    Args:
+        res: the result (its ``curvature``, ``levels``, ``config`` and ``poses``).
+        k: the element (an X-ray of a batch, or a rig's one element).
+        sizes: (H, W) of each view's image (the level's pixels follow its rows and the aspect).
+        scale: multiplies the standard deviations (:data:`NOISE_SCALE`: the measured scatter).
+    Returns:
+        (6, 6) float64, or None without one (no Levenberg–Marquardt level, no finite score, a direction
+        the X-ray does not see).
+    """
+    curv = res.curvature[k] if res.curvature and k < len(res.curvature) else {}
+    if not curv:
+        return None
+    li = max(curv)
+    lv = res.config.levels[li]
+    score = next((r["similarity"] for r in res.levels[k] if r.get("level") == li), None)
+    if score is None or not math.isfinite(float(score)):
+        return None
+    n = 0
+    for H, W in sizes:
+        rows = min(int(lv.size), int(H))
+        n += rows * max(1, round(int(W) * rows / int(H)))
+    return measurement_covariance(curv[li], float(score), n, res.poses[k], scale)
 
 
 @dataclass

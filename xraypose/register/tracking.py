@@ -64,7 +64,7 @@ from xraypose.errors import InputError
 from xraypose.geometry.geodesics import geodesic_rotation
 from xraypose.preprocess import as_real_tensor, image_batch
 from xraypose.register.config import Level
-from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, measurement_covariance, pose_spread, smooth
+from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, pose_spread, result_covariance, smooth
 
 __all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence",
            "predict_pose",
@@ -376,22 +376,9 @@ def _frame_result(f: int, pose, pred, res, chk, reinit: bool, seconds: float) ->
 
 
 def _measured_covariance(res, views, scale: float):
-    """(6, 6) world-axes covariance of a frame's registered pose (:func:`measurement_covariance`) from
-    its last Levenberg–Marquardt level's curvature, score and pixels (all views); None without one."""
-    curv = res.curvature[0] if res.curvature else {}
-    if not curv:
-        return None
-    li = max(curv)
-    lv = res.config.levels[li]
-    score = next((r["similarity"] for r in res.levels[0] if r.get("level") == li), None)
-    if score is None or not math.isfinite(float(score)):
-        return None
-    n = 0
-    for v in views:
-        H, W = torch.as_tensor(v[0]).shape[-2:]
-        rows = min(int(lv.size), int(H))
-        n += rows * max(1, round(int(W) * rows / int(H)))
-    return measurement_covariance(curv[li], float(score), n, res.poses[0], scale)
+    """(6, 6) world-axes covariance of a frame's registered pose (:func:`result_covariance`) from its last
+    Levenberg–Marquardt level's curvature, score and pixels (all views); None without one."""
+    return result_covariance(res, 0, [tuple(torch.as_tensor(v[0]).shape[-2:]) for v in views], scale)
 
 
 def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
