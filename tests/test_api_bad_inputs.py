@@ -403,6 +403,24 @@ def test_register_xray_names_a_bad_true_pose(sample_ct, registrar, image, cam, p
         register_xray(sample_ct, image, cam, pose, registrar=registrar, confidence=False, true_pose=bad(pose))
 
 
+def test_register_xray_names_fiducials_of_a_bad_shape(sample_ct, registrar, image, cam, pose):
+    """(N, 2) fiducials raised torch's "shape '[-1, 3]' is invalid for input of size 10"; one X-ray's points as
+    (1, N, 3) beside two X-rays raised an IndexError after both registrations."""
+    from xraypose.register import register_xray
+
+    iso = sample_ct.get_isocenter().to(F64)
+    for fid, got in [(torch.zeros(5, 2), "(5, 2)"), (iso.expand(2, 5, 3), "(2, 5, 3)"), (iso.expand(5, 1, 3, 3), "(5, 1, 3, 3)")]:
+        with pytest.raises(InputError, match="^" + re.escape("fiducials must be (N, 3) or (B, N, 3) world points for "
+                                                             f"B = 1 X-rays, got {got}") + "$"):
+            register_xray(sample_ct, image, cam, pose, registrar=registrar, confidence=False, true_pose=pose,
+                          fiducials=fid)
+    two = register_xray(sample_ct, torch.stack([image, image]), cam, pose, registrar=registrar, confidence=False,
+                        true_pose=pose, fiducials=iso.expand(1, 5, 3))
+    one = register_xray(sample_ct, image, cam, pose, registrar=registrar, confidence=False, true_pose=pose,
+                        fiducials=iso.expand(5, 3))[0]
+    assert [r.metrics["mtre"] for r in two] == [one.metrics["mtre"]] * 2
+
+
 # --------------------------------------------------------------------------
 # RegistrationConfig and Level: every field checked at construction
 # --------------------------------------------------------------------------

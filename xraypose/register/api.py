@@ -235,6 +235,10 @@ def register_xray(
         truth = truth.reshape(-1, 4, 4).expand(B, 4, 4)
     if fiducials is not None:  # before the registration, not after it
         fiducials = as_real_tensor(fiducials, "fiducials", F64)
+        if fiducials.dim() not in (1, 2, 3) or fiducials.shape[-1] != 3 or (
+                fiducials.dim() == 3 and fiducials.shape[0] not in (1, B)):  # (N, 2) raised torch's reshape error
+            raise InputError(f"fiducials must be (N, 3) or (B, N, 3) world points for B = {B} X-rays, got "
+                             f"{tuple(fiducials.shape)}")
         _check_fiducials_near_ct(fiducials, volume)
     starts, init_s = _starts(reg, imgs, camera, init, antipodal)
     if masks is not None:
@@ -361,7 +365,7 @@ def _add_truth(r: Registration, volume: Volume, camera: Camera, truth: torch.Ten
     fid = fiducials  # a float64 tensor (register_xray's as_real_tensor) or None
     if fid is not None:
         if fid.dim() == 3:
-            fid = fid[b]
+            fid = fid[b if fid.shape[0] > 1 else 0]
     else:
         from xraypose.fiducials import pick_bone_fiducials
 
