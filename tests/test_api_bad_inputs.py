@@ -174,6 +174,31 @@ def test_render_drr_renders_one_pose_only(sample_ct, cam, pose, shape_of, words)
     assert render_drr(sample_ct, cam, pose[None].numpy(), n_samples=8).shape == (16, 16)
 
 
+def _sheared(T):
+    T = T.clone()
+    T[0, 1] += 0.3
+    return T
+
+
+@pytest.mark.parametrize("bad, words", [
+    (_reflected, "camera_to_world: not a rigid transform: rotation part is a reflection"),  # each rendered a DRR
+    (_scaled, "camera_to_world: not a rigid transform: rotation part is not orthonormal"),  # no C-arm takes,
+    (_sheared, "camera_to_world: not a rigid transform: rotation part is not orthonormal"),  # silently
+    (lambda T: torch.cat([T[:3], torch.tensor([[0.5, 0.0, 0.0, 1.0]], dtype=T.dtype)]),
+     "camera_to_world: not a rigid transform: last row is [0.5, 0.0, 0.0, 1.0], expected [0, 0, 0, 1]"),
+    (lambda T: T.to(torch.complex128), "camera_to_world must hold real numbers, got torch.complex128"),  # the
+    # imaginary part dropped with a warning
+])
+def test_render_drr_refuses_a_pose_that_is_no_rigid_transform(sample_ct, cam, pose, bad, words):
+    from xraypose.api import render_drr
+
+    with pytest.raises(InputError, match="^" + re.escape(words)):
+        render_drr(sample_ct, cam, bad(pose), n_samples=8)
+    want = render_drr(sample_ct, cam, pose, n_samples=8)
+    assert torch.equal(render_drr(sample_ct, cam, pose.float()[None], n_samples=8), want)  # a float32 pose's error
+    assert torch.equal(render_drr(sample_ct, cam, pose.tolist(), n_samples=8), want)
+
+
 def _collinear(A):
     A = A.clone()
     A[:3, 1] = A[:3, 0]

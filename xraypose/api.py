@@ -25,13 +25,16 @@ def render_drr(
 ) -> torch.Tensor:
     """Render one DRR (H, W) of line integrals at a camera_to_world pose (4, 4).
 
-    Raises :class:`~xraypose.errors.InputError`, before rendering, when the DRR would not fit memory, when a
+    Raises :class:`~xraypose.errors.InputError`, before rendering, when the pose is no rigid transform
+    (:func:`~xraypose.geometry.rigid.check_rigid`: scaled, sheared, mirrored), when the DRR would not fit memory, when a
     trilinear step would take more than :data:`~xraypose.limits.MAX_SAMPLES_PER_RAY` samples along a ray, or
     when the pose does not see the CT (:func:`check_ct_in_view`); after rendering, when the DRR holds negative
     line integrals or is all zeros from a CT in which nothing attenuates (:func:`_check_drr_values`)."""
     from xraypose._checks import check_instance
     from xraypose.errors import InputError
+    from xraypose.geometry.rigid import check_rigid
     from xraypose.limits import check_drr_size, check_drr_step
+    from xraypose.preprocess import as_real_tensor
     from xraypose.render import DRR
     from xraypose.render.core import checked_sampling, default_step
 
@@ -42,11 +45,16 @@ def render_drr(
         check_drr_step(default_step(volume.affine) if step is None else step, volume)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InputError(f"dtype must be a floating torch dtype (e.g. torch.float32), got {dtype!r}")
-    T = torch.as_tensor(camera_to_world, dtype=dtype)
+    T = as_real_tensor(camera_to_world, "camera_to_world")  # a complex pose lost its imaginary part, silently
     if tuple(T.shape) not in ((4, 4), (1, 4, 4)):  # a batch rendered its first pose only, silently
         raise InputError(f"camera_to_world must be one pose (4, 4), got shape {tuple(T.shape)} (a batch of poses: "
                          "use xraypose.render.DRR)")
-    T = T.reshape(1, 4, 4)
+    if bool(torch.isfinite(T).all()):  # (a NaN pose: render() names it)
+        try:  # a scaled, sheared or mirrored pose rendered a DRR no C-arm takes, silently
+            check_rigid(T.to(torch.float64), atol=1e-3)
+        except InputError as e:
+            raise InputError(f"camera_to_world: {e}") from None
+    T = T.to(dtype).reshape(1, 4, 4)
     check_ct_in_view(volume, camera, T[0])
     drr = DRR(volume, camera, density=density, renderer=renderer, n_samples=n_samples, step=step,
               bone_attenuation_multiplier=bone_attenuation_multiplier)
