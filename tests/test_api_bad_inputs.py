@@ -353,6 +353,7 @@ def test_background_takes_numbers_and_its_modes(image):
 def test_a_channels_last_image_is_named(sample_ct, registrar, image, cam, pose):
     """An (H, W, 1) image was read as (B = H, 1, W, 1): 'X-ray is 16×1 pixels but its intrinsics describe a
     16×16 detector'."""
+    from xraypose.preprocess import check_not_channels_last
     from xraypose.register import register_xray
 
     words = "image of shape (16, 16, 1) looks channels-last (H, W, 1): pass (H, W) or (B, 1, H, W), e.g. image[..., 0]"
@@ -362,6 +363,16 @@ def test_a_channels_last_image_is_named(sample_ct, registrar, image, cam, pose):
         register_xray(sample_ct, image[None, ..., None].numpy(), cam, pose, registrar=registrar, confidence=False)
     with pytest.raises(InputError, match="^" + re.escape("X-ray: " + words) + "$"):
         registrar.register(image[..., None], cam, pose[None, None])
+    for rgb, layout in [(image[..., None].expand(16, 16, 3), "(H, W, 3)"),  # was 'X-ray is 16×3 pixels but its
+                        (image[None, ..., None].expand(1, 16, 16, 4).numpy(), "(B, H, W, 4)")]:  # intrinsics …'
+        words = (f"image of shape {tuple(rgb.shape)} looks like a colour image {layout}: pass one grey channel (H, W) "
+                 "or (B, 1, H, W), e.g. image[..., 0]")
+        with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+            register_xray(sample_ct, rgb, cam, pose, registrar=registrar, confidence=False)
+        with pytest.raises(InputError, match="^" + re.escape("X-ray: " + words) + "$"):
+            registrar.register(rgb, cam, pose[None, None])
+    three = Camera(sdd=1020.0, height=16, width=3, delx=25.0)  # a detector 3 pixels wide: (B, H, 3) is a batch
+    check_not_channels_last(image[None, :, :3], three)
 
 
 def test_an_unsigned_integer_image_registers_as_its_values(sample_ct, registrar, image, cam, pose):

@@ -219,11 +219,17 @@ def image_batch(image, what: str = "X-ray") -> torch.Tensor:
 
 def check_not_channels_last(image: torch.Tensor, camera: Camera, what: str = "image") -> None:
     """Refuse an (H, W, 1) or (B, H, W, 1) image (an image library's layout) for a detector wider than one
-    pixel: read as (B, H, W) or (B, 1, H, W) it is H×1 pixels, and the size error said only that."""
+    pixel, and an (H, W, 3) or (H, W, 4) colour one (RGB, RGBA) of the detector's size: read as (B, H, W) or
+    (B, 1, H, W) it is H×1 (H×3) pixels, and the size error said only that."""
     if image.dim() in (3, 4) and image.shape[-1] == 1 and camera.width != 1:
         layout = "(H, W, 1)" if image.dim() == 3 else "(B, H, W, 1)"
         raise InputError(f"{what} of shape {tuple(image.shape)} looks channels-last {layout}: pass (H, W) or "
                          "(B, 1, H, W), e.g. image[..., 0]")
+    c = image.shape[-1] if image.dim() in (3, 4) else 0  # an RGB(A) image: 'X-ray is H×3 pixels' said only that
+    if c in (3, 4) and tuple(image.shape[-3:-1]) == (camera.height, camera.width) and camera.width != c:
+        layout = ("(H, W, " if image.dim() == 3 else "(B, H, W, ") + ("3)" if c == 3 else "4)")
+        raise InputError(f"{what} of shape {tuple(image.shape)} looks like a colour image {layout}: pass one grey "
+                         "channel (H, W) or (B, 1, H, W), e.g. image[..., 0]")
 
 
 def _check_camera(image: torch.Tensor, camera: Camera | None, what: str = "X-ray") -> None:
