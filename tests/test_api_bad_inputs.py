@@ -264,6 +264,18 @@ def test_a_text_where_a_number_goes_is_named(sample_ct, cam, pose, where, kw, wo
         call()
 
 
+def test_volume_from_array_takes_tensors_of_every_real_dtype():
+    """A bfloat16 tensor (a model's output) raised NumPy's "TypeError: Got unsupported ScalarType BFloat16"."""
+    from xraypose.volume import volume_from_array
+
+    values = torch.linspace(-1000.0, 1000.0, 64).reshape(4, 4, 4)
+    for dtype in (torch.bfloat16, torch.float16, torch.float64, torch.int16):
+        vol = volume_from_array(values.to(dtype))
+        assert torch.equal(vol.data, values.to(dtype).float())
+    with pytest.raises(InputError, match="complex voxel values are not supported"):
+        volume_from_array(values.to(torch.complex64))
+
+
 def test_render_takes_numpy_numbers_for_samples_and_step(sample_ct, cam, pose):
     from xraypose.render import render
 

@@ -530,7 +530,8 @@ def volume_from_array(
     """
     dtype = _check_float_dtype(dtype)
     if torch.is_tensor(array):
-        arr = array.detach().cpu().numpy()
+        t = array.detach().cpu()
+        arr = (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # (NumPy has no bfloat16: a TypeError)
     else:
         arr = np.asarray(array)
     if not is_numeric_dtype(arr.dtype):
