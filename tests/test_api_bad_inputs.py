@@ -669,6 +669,26 @@ def test_camera_resize_and_from_dict_name_a_bad_value():
     assert Camera.from_dict(cam.to_dict()) == cam
 
 
+@pytest.mark.parametrize("bad, words", [
+    (_scaled, "camera_to_world: not a rigid transform: rotation part is not orthonormal"),  # written, then refused
+    (_reflected, "camera_to_world: not a rigid transform: rotation part is a reflection"),  # by read_pose_json
+    (lambda T: torch.full((4, 4), float("nan"), dtype=F64), "camera_to_world: not a rigid transform: contains NaN"),
+    # (a file of NaN: not JSON)
+    (lambda T: T[:3], "camera_to_world must be one pose (4, 4), got shape (3, 4)"),  # torch's reshape error
+    (lambda T: torch.stack([T, T]), "camera_to_world must be one pose (4, 4), got shape (2, 4, 4)"),
+    (lambda T: T.to(torch.complex128), "camera_to_world must hold real numbers, got torch.complex128"),
+])
+def test_pose_exports_refuse_a_matrix_that_is_no_pose(tmp_path, cam, pose, bad, words):
+    from xraypose.export import write_pose_json, write_slicer_transform
+
+    for write, name in [(write_pose_json, "pose.json"), (write_slicer_transform, "pose.tfm")]:
+        with pytest.raises(InputError, match="^" + re.escape(words)):
+            write(tmp_path / name, bad(pose))
+        assert not (tmp_path / name).exists()
+    write_pose_json(tmp_path / "pose.json", pose.float()[None].numpy(), cam)  # a float32 pose, as an array
+    write_slicer_transform(tmp_path / "pose.tfm", pose.tolist())
+
+
 def test_render_drr_refuses_negative_line_integrals_but_not_a_mu_maps_noise(cam):
     """The "raw" density takes voxel values as attenuations: a HU CT rendered with it (air −1000) is refused, a
     μ map (mm⁻¹) whose air holds slightly negative reconstruction noise renders."""

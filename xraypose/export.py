@@ -32,8 +32,26 @@ from xraypose.io import atomic_write_bytes, atomic_write_json
 LPS_RAS = LPS_TO_RAS.numpy().copy()  # LPS <-> RAS (Slicer's transforms are LPS)
 
 
+def _one_pose(camera_to_world) -> np.ndarray:
+    """``camera_to_world`` (4, 4) or (1, 4, 4) as a float64 (4, 4) array; :class:`InputError` for another shape
+    (torch's reshape error), or a matrix that is no rigid transform within the tolerance pose files are read with
+    (:class:`xraypose.schema.Matrix4`): a scaled, mirrored or NaN pose was written, and refused on reading."""
+    from xraypose.geometry.rigid import check_rigid
+    from xraypose.preprocess import as_real_tensor
+    from xraypose.schema import Matrix4
+
+    T = as_real_tensor(camera_to_world, "camera_to_world", torch.float64)
+    if tuple(T.shape) not in ((4, 4), (1, 4, 4)):
+        raise InputError(f"camera_to_world must be one pose (4, 4), got shape {tuple(T.shape)}")
+    try:
+        check_rigid(T, atol=Matrix4.tol)
+    except InputError as e:
+        raise InputError(f"camera_to_world: {e}") from None
+    return np.asarray(T.reshape(4, 4))
+
+
 def pose_dict(camera_to_world, camera: Camera | None = None, **extra) -> dict:
-    T = np.asarray(torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4))
+    T = _one_pose(camera_to_world)
     d = {
         "camera_to_world": T.tolist(),
         "world_to_camera": np.linalg.inv(T).tolist(),
@@ -53,7 +71,7 @@ def write_pose_json(path, camera_to_world, camera: Camera | None = None, **extra
 
 def slicer_matrix(camera_to_world) -> np.ndarray:
     """The 4×4 (LPS, resampling direction) that an ITK file must hold for Slicer to show camera_to_world."""
-    T = np.asarray(torch.as_tensor(camera_to_world, dtype=torch.float64).reshape(4, 4))
+    T = _one_pose(camera_to_world)
     return LPS_RAS @ np.linalg.inv(T) @ LPS_RAS
 
 
