@@ -61,3 +61,31 @@ def test_bad_inputs():
     with pytest.raises(InputError, match="similarity"):
         make_similarity("mutual_information")
     check_image(_img(0))
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda x: ncc(x.numpy(), x), "images to compare must be floating-point tensors (B, C, H, W), got ndarray for x"),
+    # (AttributeError: 'numpy.ndarray' object has no attribute 'dim')
+    (lambda x: ncc(x, (x * 100).int()), "images to compare must be floating-point tensors (B, C, H, W), got a tensor "
+                                        "of torch.int32 for y"),  # torch's "mean(): could not infer output dtype"
+    (lambda x: multiscale_ncc(x > 0.5, x), "images to compare must be floating-point tensors (B, C, H, W), got a "
+                                          "tensor of torch.bool for x"),
+    (lambda x: patch_ncc(x, x, 0), "patch_size = 0 must be a whole number >= 1"),  # torch's "kernel size should be
+    (lambda x: patch_ncc(x, x, -3), "patch_size = -3 must be a whole number >= 1"),  # greater than zero"
+    (lambda x: patch_ncc(x, x, 2.5), "patch_size = 2.5 must be a whole number >= 1"),  # im2col's TypeError
+    (lambda x: gradient_ncc(x, x, patch_size="5"), "patch_size = '5' must be a whole number >= 1"),
+    (lambda x: gradient_ncc(x[..., :2, :], x[..., :2, :]), "gradient NCC needs images of at least 3 × 3 pixels (its "
+                                                           "Sobel filter's), got 2 × 36"),  # torch's conv2d error
+])
+def test_similarities_name_a_bad_argument(call, words):
+    import re
+
+    with pytest.raises(InputError, match="^" + re.escape(words)):
+        call(_img(0))
+
+
+def test_similarities_keep_the_arguments_they_take():
+    x, y = _img(0), _img(1)
+    assert torch.equal(patch_ncc(x, y, 13.0), patch_ncc(x, y, 13))  # a whole float, as a JSON config gives it
+    assert torch.equal(gradient_ncc(x[..., :3, :3], y[..., :3, :3]).isfinite(), torch.tensor([True, True]))
+    assert ncc(x.half(), y.half()).dtype == torch.float16

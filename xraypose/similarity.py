@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from xraypose._checks import check_number
 from xraypose.errors import InputError
 
 __all__ = [
@@ -37,6 +38,8 @@ def ncc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def patch_ncc(x: torch.Tensor, y: torch.Tensor, patch_size: int = 13) -> torch.Tensor:
     """Mean NCC over non-overlapping ``patch_size``² patches (the border that does not fill a patch is dropped)."""
     _check_pair(x, y)
+    check_number("patch_size", patch_size, lo=1, integer=True, prefix="")  # 0 or 2.5: torch's unfold errors
+    patch_size = int(patch_size)
     B, C, H, W = x.shape
     if patch_size > min(H, W):
         return ncc(x, y)
@@ -66,6 +69,9 @@ def _sobel(x: torch.Tensor) -> torch.Tensor:
 def gradient_ncc(x: torch.Tensor, y: torch.Tensor, patch_size: int | None = None) -> torch.Tensor:
     """NCC of the Sobel gradient images (both directions), optionally per patch."""
     _check_pair(x, y)
+    if min(x.shape[-2:]) < 3:  # torch's "Kernel size can't be greater than actual input size"
+        raise InputError(f"gradient NCC needs images of at least 3 × 3 pixels (its Sobel filter's), got "
+                         f"{x.shape[-2]} × {x.shape[-1]}")
     gx, gy = _sobel(x), _sobel(y)
     if patch_size is None:
         return ncc(gx, gy)
@@ -121,6 +127,10 @@ def make_similarity(name: str = "mncc", **kwargs) -> torch.nn.Module:
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    for name, v in (("x", x), ("y", y)):  # an array raised AttributeError ('dim'), an integer tensor torch's mean()
+        if not (isinstance(v, torch.Tensor) and v.is_floating_point()):
+            got = f"a tensor of {v.dtype}" if isinstance(v, torch.Tensor) else type(v).__name__
+            raise InputError(f"images to compare must be floating-point tensors (B, C, H, W), got {got} for {name}")
     if x.shape != y.shape:
         raise InputError(f"images to compare have different shapes: {tuple(x.shape)} and {tuple(y.shape)}")
     if x.dim() != 4:
