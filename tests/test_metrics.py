@@ -132,6 +132,39 @@ def test_bad_inputs_raise_not_nan():
         target_registration_error(torch.stack([T, T]), torch.stack([T, T, T]), fid)
 
 
+def _scaled(T):
+    T = T.clone()
+    T[:3, :3] *= 2.0
+    return T
+
+
+def _mirrored(T):
+    T = T.clone()
+    T[:3, 0] *= -1
+    return T
+
+
+@pytest.mark.parametrize("bad, words", [
+    (_scaled, "estimated pose: not a rigid transform: rotation part is not orthonormal"),  # each gave numbers,
+    (_mirrored, "estimated pose: not a rigid transform: rotation part is a reflection"),  # silently
+    (lambda T: torch.stack([T, _mirrored(T)]), "reflection (det = -1) (pose 1)"),
+    (lambda T: T.to(torch.complex128), "estimated pose must hold real numbers, got torch.complex128"),  # imaginary
+    # part dropped with a warning
+    (lambda T: "pose.json", "estimated pose must be an array or tensor of numbers, got str"),  # torch's TypeError
+])
+def test_errors_of_a_matrix_that_is_no_pose_are_refused(bad, words):
+    import re
+
+    T = true_pose()
+    with pytest.raises(InputError, match=re.escape(words)):
+        pose_errors(bad(T), T, ISO[None], CAM)
+    with pytest.raises(InputError, match=re.escape(words.replace("estimated", "true"))):
+        target_registration_error(T, bad(T), ISO[None])
+    P = moved_in_camera(T, [1.0, 0.0, 0.0]).float()  # a float32 pose (a model's): rigid within its precision
+    assert float(pose_errors(P, T, ISO[None], CAM)["mtre"]) == pytest.approx(1.0, abs=1e-3)
+    assert float(pose_errors(P.tolist(), T.numpy(), ISO[None], CAM)["mtre"]) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_a_fiducial_behind_the_source_is_an_infinite_projection_error_not_an_exception():
     """A finite estimate never raises: a fiducial behind its source makes mPE / mRPE inf for that pose only."""
     import math

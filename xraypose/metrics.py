@@ -72,7 +72,11 @@ _PERCENTILES = (5, 25, 50, 75, 95)
 
 # --------------------------------------------------------------------------- inputs
 def _poses(T, what: str) -> torch.Tensor:
-    t = torch.as_tensor(T, dtype=torch.float64) if not isinstance(T, torch.Tensor) else T.detach().to(torch.float64)
+    from xraypose.geometry.rigid import check_rigid
+    from xraypose.preprocess import as_real_tensor
+
+    # a text raised torch's TypeError, a complex pose lost its imaginary part
+    t = as_real_tensor(T.detach() if isinstance(T, torch.Tensor) else T, what, torch.float64)
     if t.dim() == 2:
         t = t.unsqueeze(0)
     if t.dim() != 3 or tuple(t.shape[-2:]) != (4, 4):
@@ -81,6 +85,10 @@ def _poses(T, what: str) -> torch.Tensor:
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0, 0])
         raise InputError(f"{what} {i} has NaN or infinite entries; its errors are undefined")
+    try:  # a scaled or mirrored pose's errors were numbers, silently (its geodesic one of no rotation)
+        check_rigid(t, atol=1e-3)
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from None
     return t
 
 
