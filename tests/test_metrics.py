@@ -1,7 +1,9 @@
 """Registration metrics against hand-computed values; bone fiducials."""
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,8 +155,6 @@ def _mirrored(T):
     (lambda T: "pose.json", "estimated pose must be an array or tensor of numbers, got str"),  # torch's TypeError
 ])
 def test_errors_of_a_matrix_that_is_no_pose_are_refused(bad, words):
-    import re
-
     T = true_pose()
     with pytest.raises(InputError, match=re.escape(words)):
         pose_errors(bad(T), T, ISO[None], CAM)
@@ -248,6 +248,25 @@ def test_bone_fiducials_in_field_of_view_and_errors():
     far = carm_pose(0.0, 0.0, sod=600.0, isocenter=vol.center + torch.tensor([500.0, 0, 0], dtype=torch.float64))
     with pytest.raises(InputError, match="detector"):
         pick_bone_fiducials(vol, n=3, camera=cam, poses=far)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(n=2.5), "number of fiducials n = 2.5 must be a whole number >= 1"),  # was 2 points
+    (dict(n="5"), "number of fiducials n = '5' must be a whole number >= 1"),  # was 5
+    (dict(n=0), "number of fiducials n = 0 must be a whole number >= 1"),
+    (dict(seed="a"), "seed = 'a' must be a whole number"),  # int()'s ValueError
+    (dict(poses=true_pose() * 2), "poses: not a rigid transform: "),  # the points of another field of view
+    (dict(poses=torch.full((4, 4), float("nan"))), "poses: not a rigid transform: contains NaN"),  # was 'no bone of
+    # the CT projects into the detector'
+    (dict(poses=true_pose()[:3]), "poses must be (4, 4) or (B, 4, 4) camera_to_world, got shape (3, 4)"),  # torch's
+    # reshape error
+])
+def test_bone_fiducials_name_a_bad_argument(kw, words):
+    vol = block_volume()
+    args = dict(n=6, camera=CAM, poses=carm_pose(0.0, 0.0, sod=600.0, isocenter=vol.center)) | kw
+    with pytest.raises(InputError, match="^" + re.escape(words)):
+        pick_bone_fiducials(vol, **args)
+    assert torch.equal(pick_bone_fiducials(vol, n=np.int64(6), seed=np.int64(0)), pick_bone_fiducials(vol, n=6.0))
 
 
 def test_farthest_point_sampling_line():

@@ -33,8 +33,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from xraypose._checks import check_number
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.geometry.rigid import check_rigid
 from xraypose.io import check_input_file
 from xraypose.volume import Volume
 
@@ -87,13 +89,23 @@ def select_fiducials(points: torch.Tensor, n: int = 20, seed: int = 0, camera: C
                      max_candidates: int = 20000) -> torch.Tensor:
     """``n`` of ``points`` (M, 3) spread by farthest-point sampling, optionally only those in the
     field of view (see :func:`pick_bone_fiducials`)."""
-    if int(n) < 1:
-        raise InputError(f"number of fiducials must be >= 1, got {n}")
+    check_number("number of fiducials n", n, lo=1, integer=True, prefix="")  # 2.5 gave 2 points, '5' five
+    check_number("seed", seed, integer=True, prefix="")
+    n = int(n)
     pts = torch.as_tensor(points, dtype=torch.float64)
     if (camera is None) != (poses is None):
         raise InputError("give both camera and poses to keep fiducials in the field of view, or neither")
     if camera is not None:
-        T = torch.as_tensor(poses, dtype=torch.float64).reshape(-1, 4, 4)
+        from xraypose.preprocess import as_real_tensor
+
+        T = as_real_tensor(poses, "poses", torch.float64)
+        if T.dim() not in (2, 3) or tuple(T.shape[-2:]) != (4, 4):  # (a (3, 4) raised torch's reshape error)
+            raise InputError(f"poses must be (4, 4) or (B, 4, 4) camera_to_world, got shape {tuple(T.shape)}")
+        try:  # a scaled pose kept the points of another field of view; a NaN one said 'no bone … projects'
+            check_rigid(T, atol=1e-3)
+        except InputError as e:
+            raise InputError(f"poses: {e}") from None
+        T = T.reshape(-1, 4, 4)
         keep = torch.ones(pts.shape[0], dtype=torch.bool)
         for Tb in T:
             uv = camera.project(pts, Tb)
@@ -135,8 +147,6 @@ def pick_bone_fiducials(
     Raises:
         InputError: no bone voxels (in the field of view), bad arguments.
     """
-    if int(n) < 1:
-        raise InputError(f"number of fiducials must be >= 1, got {n}")
     return select_fiducials(bone_points(volume, hu_min, hu_max), n, seed, camera, poses, margin_px, max_candidates)
 
 
