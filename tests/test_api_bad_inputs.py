@@ -199,6 +199,24 @@ def test_render_drr_refuses_a_pose_that_is_no_rigid_transform(sample_ct, cam, po
     assert torch.equal(render_drr(sample_ct, cam, pose.tolist(), n_samples=8), want)
 
 
+@pytest.mark.parametrize("bad, words", [
+    (_reflected, "pose: not a rigid transform: rotation part is a reflection"),  # a mirrored DRR, silently
+    (_scaled, "pose: not a rigid transform: rotation part is not orthonormal"),  # a magnified one
+    (_sheared, "pose: not a rigid transform: rotation part is not orthonormal"),
+    (lambda T: torch.stack([T, _reflected(T)]), "pose: not a rigid transform: rotation part is a reflection (det = -1) "
+                                                "(pose 1)"),
+])
+def test_drr_and_render_refuse_a_pose_that_is_no_rigid_transform(sample_ct, cam, pose, bad, words):
+    from xraypose.render import DRR, render
+
+    drr, T = DRR(sample_ct, cam, n_samples=8), pose.float()
+    for call in (lambda P: drr(P), lambda P: drr(P.numpy()), lambda P: drr(P, mask=torch.ones(16, 16, dtype=torch.bool)),
+                 lambda P: render(sample_ct.density("hu"), sample_ct.affine, cam, P, n_samples=8)):
+        with pytest.raises(InputError, match="^" + re.escape(words)):
+            call(bad(T))
+    assert torch.equal(drr(T.requires_grad_(True)).detach(), drr(T.detach()))  # a pose being optimised renders
+
+
 def _collinear(A):
     A = A.clone()
     A[:3, 1] = A[:3, 0]

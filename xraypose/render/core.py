@@ -35,6 +35,12 @@ def _check_pose(camera_to_world: torch.Tensor) -> torch.Tensor:
         raise InputError("pose has NaN or infinite entries")
     if not camera_to_world.is_floating_point():
         raise InputError(f"pose must be a floating-point tensor, got {camera_to_world.dtype}")
+    from xraypose.geometry.rigid import check_rigid
+
+    try:  # a scaled, sheared or mirrored pose rendered a DRR no C-arm takes, silently
+        check_rigid(camera_to_world, atol=1e-3)
+    except InputError as e:
+        raise InputError(f"pose: {e}") from None
     return camera_to_world
 
 
