@@ -535,6 +535,23 @@ def test_registration_config_names_a_bad_field(kw, words):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("levels", (), "a registration needs at least one level"),  # the start was returned as the registered pose
+    ("patience", -5, "config: patience = -5 must be a whole number >= 1"),
+    ("similarity", "mi", "unknown similarity 'mi'"),
+])
+def test_a_config_field_set_after_construction_is_checked_too(sample_ct, image, cam, pose, field, value, words):
+    from xraypose.register import Level, Registrar, RegistrationConfig, register_xray
+
+    cfg = RegistrationConfig(levels=(Level(size=16, iterations=2, n_samples=16, volume_mm=8.0),), shift_search=None,
+                             foreign_steps=None, match_intensity=None)
+    setattr(cfg, field, value)
+    with pytest.raises(InputError, match="^" + re.escape(words)):
+        register_xray(sample_ct, image, cam, pose, config=cfg, confidence=False)
+    with pytest.raises(InputError, match="^" + re.escape(words)):
+        Registrar(sample_ct, cfg)
+
+
 def test_levels_whose_size_gets_smaller_are_refused():
     from xraypose.register import Level, RegistrationConfig
 

@@ -229,6 +229,8 @@ class Registrar:
         if config is not None and not isinstance(config, RegistrationConfig):
             raise InputError(f"config must be a RegistrationConfig (RegistrationConfig(**settings) makes one of a "
                              f"dict), got {type(config).__name__}")
+        if config is not None:  # its fields checked again: one set after construction (cfg.levels = []) was used
+            config.__post_init__()  # unchecked (no level: the start returned as the registered pose)
         self.config = config or RegistrationConfig()
         self.volume = volume
         self.isocenter = volume.get_isocenter().to(F64) if isocenter is None else _as_point(isocenter, "isocenter")
