@@ -217,6 +217,36 @@ def test_drr_and_render_refuse_a_pose_that_is_no_rigid_transform(sample_ct, cam,
     assert torch.equal(drr(T.requires_grad_(True)).detach(), drr(T.detach()))  # a pose being optimised renders
 
 
+@pytest.mark.parametrize("kw, words", [
+    (dict(camera_to_world="pose", rotation=torch.zeros(1, 3), translation=torch.tensor([[0.0, 0.0, 600.0]])),
+     "give a camera_to_world pose or rotation and translation parameters, not both"),  # the parameters ignored
+    (dict(rotation=torch.zeros(1, 3, dtype=torch.int64), translation=torch.tensor([[0.0, 0.0, 600.0]])),
+     "rotation parameters must be a floating-point tensor, got torch.int64"),  # torch's "expected scalar type Float
+    # but found Long"
+    (dict(rotation=torch.zeros(1, 3), translation=torch.tensor([[0, 0, 600]])),
+     "translation must be a floating-point tensor, got torch.int64"),
+    (dict(rotation=torch.zeros(2, 3), translation=torch.zeros(3, 3)),
+     "rotation (2, 3) and translation (3, 3) parameters must be of one batch (their leading dimensions broadcast)"),
+    # (torch's "The size of tensor a (2) must match the size of tensor b (3)")
+    (dict(rotation=torch.zeros(1, 3), translation=torch.tensor([[0.0, 0.0, 600.0]]), parameterization="euler_angles",
+          convention="ZXY", degrees="no"), "degrees = 'no' must be true or false"),  # was true: read as degrees
+])
+def test_drr_names_bad_pose_parameters(sample_ct, cam, pose, kw, words):
+    from xraypose.geometry import pose_from_params
+    from xraypose.render import DRR
+
+    drr = DRR(sample_ct, cam, n_samples=8)
+    if kw.get("camera_to_world") == "pose":
+        kw["camera_to_world"] = pose.float()
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        drr(**kw)
+    if "camera_to_world" not in kw:
+        with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+            pose_from_params(kw["rotation"], kw["translation"], kw.get("parameterization", "se3_log_map"),
+                             kw.get("convention"), kw.get("degrees", False))
+    assert pose_from_params(torch.zeros(3), torch.zeros(2, 3), "axis_angle", degrees=np.bool_(False)).shape == (2, 4, 4)
+
+
 def _collinear(A):
     A = A.clone()
     A[:3, 1] = A[:3, 0]

@@ -50,6 +50,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_flag
 from ..errors import InputError
 from ._numerics import check_last_dim, check_matrix, safe_sqrt
 from .rigid import make_transform, split_transform
@@ -101,6 +102,7 @@ def _check_args(parameterization: str, convention, degrees: bool, rotation_only:
     """The parameterization, its Euler convention and ``degrees``; ``rotation_only``: refuse ``se3_log_map``
     (it parameterizes whole poses)."""
     _check_parameterization(parameterization)
+    check_flag("degrees", degrees, prefix="")  # a text 'no' was true: the angles read as degrees
     if parameterization == "euler_angles":
         _check_convention(convention)
     elif degrees:
@@ -122,6 +124,8 @@ def _check_params(params, parameterization: str) -> None:
             f"parameterization {parameterization!r} expects rotation parameters of "
             f"shape (..., {n}), got {tuple(params.shape)}"
         )
+    if not params.is_floating_point():  # torch's "expected scalar type Float but found Long"
+        raise InputError(f"rotation parameters must be a floating-point tensor, got {params.dtype}")
 
 
 # --- Euler angles ----------------------------------------------------------------
@@ -321,6 +325,13 @@ def pose_from_params(rotation: torch.Tensor, translation: torch.Tensor, paramete
     _check_args(parameterization, convention, degrees)
     _check_params(rotation, parameterization)
     check_last_dim(translation, 3, "translation")
+    if not translation.is_floating_point():
+        raise InputError(f"translation must be a floating-point tensor, got {translation.dtype}")
+    try:  # (torch's "The size of tensor a (2) must match the size of tensor b (3)")
+        torch.broadcast_shapes(rotation.shape[:-1], translation.shape[:-1])
+    except RuntimeError:
+        raise InputError(f"rotation {tuple(rotation.shape)} and translation {tuple(translation.shape)} parameters "
+                         "must be of one batch (their leading dimensions broadcast)") from None
     if parameterization == "se3_log_map":
         omega, rho = torch.broadcast_tensors(rotation, translation)
         return se3_exp(torch.cat([omega, rho], dim=-1))

@@ -157,6 +157,9 @@ class DRR(nn.Module):
             mask is False and only masked rays traced; with ``patches`` (P, 2)
             or (B, P, 2) centres (u, v): (B, P, patch_size, patch_size).
         """
+        if camera_to_world is not None and (rotation is not None or translation is not None):
+            raise InputError("give a camera_to_world pose or rotation and translation parameters, not both")  # the
+            # parameters were ignored, silently
         if camera_to_world is None:
             if rotation is None or translation is None:
                 raise InputError("give a camera_to_world pose, or both rotation and translation")
