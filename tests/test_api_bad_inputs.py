@@ -754,6 +754,28 @@ def test_pose_exports_refuse_a_matrix_that_is_no_pose(tmp_path, cam, pose, bad, 
     write_slicer_transform(tmp_path / "pose.tfm", pose.tolist())
 
 
+@pytest.mark.parametrize("kw, words", [
+    (dict(photons=-1.0), "photons = -1.0 must be a finite number >= 0"),  # each turned the noise off, silently
+    (dict(photons=float("nan")), "photons = nan must be a finite number >= 0"),
+    (dict(photons="1e5"), "photons = '1e5' must be a finite number >= 0"),  # was read as 1e5
+    (dict(blur_px=-0.7), "blur_px = -0.7 must be a finite number >= 0"),  # the blur turned off
+    (dict(supersample=1.5), "supersample = 1.5 must be a whole number >= 1"),  # was 1
+    (dict(collimator_px=2.5), "collimator_px = 2.5 must be a whole number >= 0"),  # was 2
+    (dict(i0="65000"), "i0 = '65000' must be a finite number in (0, 65535]"),  # a TypeError of '<'
+    (dict(camera=None), "camera must be an xraypose Camera, got NoneType"),  # AttributeError ('height')
+    (dict(pose="3x4"), "camera_to_world must be (4, 4) or (B, 4, 4), got shape (3, 4)"),  # torch's reshape error
+])
+def test_xray_simulator_names_a_bad_setting(sample_ct, cam, pose, kw, words):
+    from xraypose.synthetic import XraySimulator
+
+    args = dict(camera=cam, supersample=1) | kw
+    T = args.pop("pose", pose)
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        XraySimulator(sample_ct, **args)(pose[:3] if isinstance(T, str) else T)
+    sim = XraySimulator(sample_ct, cam, supersample=np.int64(1), photons=0, blur_px=0)  # 0: no noise, no blur
+    assert torch.equal(sim(pose.numpy()).raw, sim(pose).raw)
+
+
 def test_render_drr_refuses_negative_line_integrals_but_not_a_mu_maps_noise(cam):
     """The "raw" density takes voxel values as attenuations: a HU CT rendered with it (air −1000) is refused, a
     μ map (mm⁻¹) whose air holds slightly negative reconstruction noise renders."""

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from xraypose._checks import check_instance, check_number
 from xraypose._kernels import gaussian_kernel1d
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.preprocess import as_real_tensor
 from xraypose.render import DRR
 
 if TYPE_CHECKING:
@@ -59,11 +61,14 @@ class XraySimulator:
 
     def __init__(self, volume: Volume, camera: Camera, supersample: int = 2, photons: float = 1e5, blur_px: float = 0.7,
                  collimator_px: int = 0, i0: float = 65000.0, density: str = "physical", renderer: str = "siddon"):
-        if supersample < 1:
-            raise InputError(f"supersample must be >= 1, got {supersample}")
-        if not 0 < i0 <= 65535:
-            raise InputError(f"i0 must be in (0, 65535], got {i0}")
-        if collimator_px < 0 or 2 * collimator_px >= min(camera.height, camera.width):
+        check_instance("camera", camera, Camera)
+        # a negative or NaN photon count or blur turned them off, a text '1e5' was read, supersample 1.5 was 1
+        check_number("supersample", supersample, lo=1, integer=True, prefix="")
+        check_number("photons", photons, lo=0, prefix="")
+        check_number("blur_px", blur_px, lo=0, prefix="")
+        check_number("collimator_px", collimator_px, lo=0, integer=True, prefix="")
+        check_number("i0", i0, lo=0, lo_open=True, hi=65535, prefix="")
+        if 2 * collimator_px >= min(camera.height, camera.width):
             raise InputError(f"collimator border of {collimator_px} px leaves no image on a {camera.height}×{camera.width} detector")
         self.camera, self.s = camera, int(supersample)
         self.photons, self.blur_px, self.collimator_px, self.i0 = float(photons), float(blur_px), int(collimator_px), float(i0)
@@ -72,7 +77,10 @@ class XraySimulator:
 
     @torch.no_grad()
     def __call__(self, camera_to_world: torch.Tensor, generator: torch.Generator | None = None) -> SimulatedXray:
-        T = torch.as_tensor(camera_to_world).reshape(-1, 4, 4)
+        T = as_real_tensor(camera_to_world, "camera_to_world")
+        if T.dim() not in (2, 3) or tuple(T.shape[-2:]) != (4, 4):  # (torch's reshape error)
+            raise InputError(f"camera_to_world must be (4, 4) or (B, 4, 4), got shape {tuple(T.shape)}")
+        T = T.reshape(-1, 4, 4)
         L = self.drr(T.to(torch.float64)).float()
         L = F.avg_pool2d(L, self.s) if self.s > 1 else L  # area average to detector pixels
         clean = L.clone()
