@@ -247,6 +247,25 @@ def test_drr_names_bad_pose_parameters(sample_ct, cam, pose, kw, words):
     assert pose_from_params(torch.zeros(3), torch.zeros(2, 3), "axis_angle", degrees=np.bool_(False)).shape == (2, 4, 4)
 
 
+@pytest.mark.parametrize("kw, words", [
+    (dict(patches=[[float("nan"), 8.0]]), "patches: a centre has NaN or infinite coordinates"),  # a patch of NaN
+    (dict(patches=[8.0, 8.0]), "patches must be (P, 2) or (B, P, 2) pixel centres (u, v), got shape (2,)"),  # torch's
+    # reshape error
+    (dict(patches=[[8.0, 8.0, 1.0]]), "patches must be (P, 2) or (B, P, 2) pixel centres (u, v), got shape (1, 3)"),
+    (dict(patches=[[8.0, 8.0]], patch_size=2.5), "patch_size = 2.5 must be a whole number >= 1"),  # reshape's TypeError
+    (dict(patches=[[8.0, 8.0]], patch_size=0), "patch_size = 0 must be a whole number >= 1"),
+    (dict(patches="centres.csv"), "patches must be an array or tensor of numbers, got str"),
+])
+def test_drr_names_bad_patches(sample_ct, cam, pose, kw, words):
+    from xraypose.render import DRR
+
+    drr = DRR(sample_ct, cam, n_samples=8)
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        drr(pose.float(), **kw)
+    assert torch.equal(drr(pose.float(), patches=[[8.0, 8.0]], patch_size=5.0),
+                       drr(pose.float(), patches=torch.tensor([[8.0, 8.0]]), patch_size=5))
+
+
 def _collinear(A):
     A = A.clone()
     A[:3, 1] = A[:3, 0]

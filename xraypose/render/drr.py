@@ -183,7 +183,17 @@ class DRR(nn.Module):
             img = img.index_copy(2, flat, vals)
             return img.reshape(B, 1, H, W)
         if patches is not None:
-            uv = patch_pixels(torch.as_tensor(patches).to(camera_to_world.device), patch_size)
+            from xraypose.preprocess import as_real_tensor
+
+            check_number("patch_size", patch_size, lo=1, integer=True, prefix="")  # 2.5: a TypeError of reshape
+            patch_size = int(patch_size)
+            centres = as_real_tensor(patches, "patches")
+            if centres.dim() not in (2, 3) or centres.shape[-1] != 2:
+                raise InputError(f"patches must be (P, 2) or (B, P, 2) pixel centres (u, v), got shape "
+                                 f"{tuple(centres.shape)}")
+            if not bool(torch.isfinite(centres).all()):  # a NaN centre rendered a patch of NaN, silently
+                raise InputError("patches: a centre has NaN or infinite coordinates")
+            uv = patch_pixels(centres.to(camera_to_world.device), patch_size)
             vals = self.render_pixels(camera_to_world, uv, m)  # (B, 1, P·S²)
             return vals.reshape(B, -1, patch_size, patch_size)
         return self.render_pixels(camera_to_world, None, m)
