@@ -128,6 +128,8 @@ def test_camera_takes_numpy_sizes_and_flags():
     (dict(isocenter=[1.0, 2.0]), "isocenter must be 3 finite numbers (world RAS mm); got [1.0, 2.0]"),
     (dict(isocenter=None), "isocenter must be 3 numbers (world RAS mm); got None"),
     (dict(primary="20"), "C-arm angles must be numbers (or tensors of one shape), got primary '20' and secondary 0.0"),
+    (dict(isocenter=np.array([1.0 + 2j, 0.0, 0.0])), "isocenter must be 3 real numbers (world RAS mm); got [(1+2j), 0j, "
+                                                     "0j]"),  # the imaginary part dropped with a warning
 ])
 def test_carm_pose_names_a_bad_isocenter_or_angle(kw, words):
     """A NaN isocenter made a NaN pose silently; a short one or None raised torch's reshape error."""

@@ -1368,9 +1368,12 @@ def _load_label_names(label_names) -> dict[int, str] | None:
 
 def _as_point(value, what: str) -> torch.Tensor:
     try:
-        t = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        t = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"{what} must be 3 numbers (world RAS mm); got {value!r}") from None
+    if t.is_complex():  # the imaginary part was dropped with a warning
+        raise InputError(f"{what} must be 3 real numbers (world RAS mm); got {t.tolist()}")
+    t = t.to(torch.float64).reshape(-1)
     if t.numel() != 3 or not bool(torch.isfinite(t).all()):
         raise InputError(f"{what} must be 3 finite numbers (world RAS mm); got {t.tolist()}")
     return t
