@@ -35,13 +35,20 @@ def _check_pose(camera_to_world: torch.Tensor) -> torch.Tensor:
         raise InputError("pose has NaN or infinite entries")
     if not camera_to_world.is_floating_point():
         raise InputError(f"pose must be a floating-point tensor, got {camera_to_world.dtype}")
+    return camera_to_world
+
+
+def check_rigid_pose(camera_to_world: torch.Tensor) -> None:
+    """InputError unless the (B, 4, 4) poses are rigid transforms (:func:`~xraypose.geometry.rigid.check_rigid`,
+    1e-3): a scaled, sheared or mirrored pose renders a DRR no C-arm takes, silently.  Run by the public entry
+    points (:class:`~xraypose.render.DRR`, :func:`~xraypose.render_drr`), not by :func:`render` itself: the
+    check costs about a 16-row render, and registration renders poses that are rigid by construction."""
     from xraypose.geometry.rigid import check_rigid
 
-    try:  # a scaled, sheared or mirrored pose rendered a DRR no C-arm takes, silently
+    try:
         check_rigid(camera_to_world, atol=1e-3)
     except InputError as e:
         raise InputError(f"pose: {e}") from None
-    return camera_to_world
 
 
 def _render_fast(which, renderer, density, origin, direction, length, n_samples):

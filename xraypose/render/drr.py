@@ -13,7 +13,7 @@ from torch import nn
 from xraypose._checks import check_instance, check_number
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.render.core import _check_pose, render
+from xraypose.render.core import _check_pose, check_rigid_pose, render
 from xraypose.render.sparse import mask_pixels, patch_pixels
 
 from xraypose.render.density import DENSITY_MODELS, density_basis  # noqa: F401 (re-exported)
@@ -166,8 +166,9 @@ class DRR(nn.Module):
             from xraypose.geometry import pose_from_params
 
             camera_to_world = pose_from_params(rotation, translation, parameterization, convention, degrees)
-        elif not isinstance(camera_to_world, torch.Tensor):  # a numpy pose, as render() takes it
+        else:  # a numpy pose, as render() takes it; a user's pose is checked rigid (pose_from_params' is)
             camera_to_world = _check_pose(camera_to_world)
+            check_rigid_pose(camera_to_world)
         if camera_to_world.dim() == 2:
             camera_to_world = camera_to_world.unsqueeze(0)
         B = camera_to_world.shape[0]
