@@ -89,7 +89,8 @@ def render(
         affine: (4, 4) voxel index → world (RAS mm), finite and invertible (a tensor or a NumPy array).
         camera: detector intrinsics.
         camera_to_world: (4, 4) or (B, 4, 4) poses; their dtype (float32 or
-            float64) is the computation's dtype.  Gradients flow to it.
+            float64) is the computation's dtype.  Gradients flow to it.  Taken as
+            rigid, not checked here (:func:`check_rigid_pose`; DRR checks a given pose).
         uv: None for the whole detector, else (R, 2) or (B, R, 2) pixel
             coordinates (u, v) of the only rays to trace (sparse rendering).
         renderer: "trilinear" (ray marching) or "siddon" (exact, piecewise constant voxels).
