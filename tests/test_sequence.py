@@ -244,3 +244,25 @@ def test_npy_stack_with_a_full_sidecar(tmp_path):
     (tmp_path / "stack.json").write_text(json.dumps({**CAM.to_dict(), "height": 3}))
     with pytest.raises(InputError, match="sizes differ"):
         read_xray(tmp_path / "stack.npy", frames="all")
+
+
+def test_frame_files_in_a_shell_globs_text_order_are_refused(tmp_path, capsys):
+    """`track ct frames/*.png` gives f1 f10 f11 f2 …: frame 10 was tracked before frame 2 without a word."""
+    from xraypose.cli import main
+
+    fs = []
+    for i in range(1, 12):
+        fs.append(tmp_path / f"f{i}.npy")
+        np.save(fs[-1], np.full((24, 32), i, np.float32))
+    glob = sorted(fs, key=str)
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'f11.npy'} is given before {tmp_path / 'f2.npy'}: "
+                                                   "the frame files are in text order")):
+        read_sequence(glob, camera=CAM)
+    seq = read_sequence(fs, camera=CAM)  # natural order, and an order of one's own, are kept
+    assert [int(fr.image[0, 0]) for fr in seq.frames] == list(range(1, 12))
+    assert [int(fr.image[0, 0]) for fr in read_sequence(fs[::-1], camera=CAM).frames] == list(range(11, 0, -1))
+    (tmp_path / "f1.json").write_text(json.dumps(CAM.to_dict()))
+    assert main(["track", "sample", *map(str, glob), "-o", str(tmp_path / "t"), "--size", "32", "--init", "ap"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the frame files are in text order" in err[0]
+    assert not (tmp_path / "t").exists()

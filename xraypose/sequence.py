@@ -9,7 +9,8 @@
 * a **multi-page TIFF** or an ``(F, H, W)`` NPY: every page / slice;
 * a **folder of frames** (PNG, TIFF, NPY, DICOM), sorted naturally by name
   (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped);
-* a **list of files**, one frame each, in the order given.
+* a **list of files**, one frame each, in the order given (a list in text order that is not the natural
+  one, ``f1 f10 f2`` as a shell glob gives it, is refused).
 
 Every frame must have the size of the first, and every frame the same
 intrinsics and pixel kind (a frame of another size, or a folder whose frames carry other
@@ -171,6 +172,7 @@ def read_sequence(source, **kwargs) -> XRaySequence:
             raise InputError("a sequence needs at least one frame (no file given)")
         if len(paths) == 1:
             return read_sequence(paths[0], **kwargs)
+        _check_file_order(paths)
         where = f"{len(paths)} files ({paths[0].name} … {paths[-1].name})"
         return _from_files(paths, where, kwargs)
     p = Path(source).expanduser()
@@ -188,6 +190,19 @@ def read_sequence(source, **kwargs) -> XRaySequence:
     if p.suffix.lower() not in IMAGE_EXTENSIONS:
         times = _dicom_times(p, len(frames), notes)
     return XRaySequence(frames=frames, camera=xr.camera, times=times, source=str(p), notes=notes)
+
+
+def _check_file_order(paths: list) -> None:
+    """Refuse a list of frame files in text order but not in natural order (``f1 f10 f11 f2``: what a shell glob
+    such as ``frames/*.png`` gives; tracked in that order, frame 10 came before frame 2 without a word)."""
+    texts = [str(p) for p in paths]
+    if texts != sorted(texts):
+        return  # an order of the user's own: kept
+    i = next((i for i in range(len(paths) - 1) if natural_key(texts[i]) > natural_key(texts[i + 1])), None)
+    if i is not None:
+        raise InputError(f"{paths[i]} is given before {paths[i + 1]}: the frame files are in text order (a shell "
+                         "glob's), not their frames' order; give their folder (sorted naturally: f2 before f10) or "
+                         "the files in frame order (e.g. $(ls -v frames/*.png))")
 
 
 def _from_files(paths: list, where: str, kwargs: dict) -> XRaySequence:
