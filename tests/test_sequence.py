@@ -266,3 +266,15 @@ def test_frame_files_in_a_shell_globs_text_order_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the frame files are in text order" in err[0]
     assert not (tmp_path / "t").exists()
+
+
+def test_a_frame_file_given_twice_is_refused(tmp_path):
+    """`track ct f1.npy f*.npy`: frame 1 was tracked twice without a word (a link to it is the same file)."""
+    fs = []
+    for i in range(1, 4):
+        fs.append(tmp_path / f"f{i}.npy")
+        np.save(fs[-1], np.full((24, 32), i, np.float32))
+    (tmp_path / "again.npy").symlink_to(fs[1])
+    for given, i, j in (([fs[0], *fs], 0, 1), ([*fs, tmp_path / "again.npy"], 1, 3)):
+        with pytest.raises(InputError, match=re.escape(f"{given[j]} is given twice (frames {i} and {j})")):
+            read_sequence(given, camera=CAM)

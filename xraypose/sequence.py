@@ -10,7 +10,7 @@
 * a **folder of frames** (PNG, TIFF, NPY, DICOM), sorted naturally by name
   (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped);
 * a **list of files**, one frame each, in the order given (a list in text order that is not the natural
-  one, ``f1 f10 f2`` as a shell glob gives it, is refused).
+  one, ``f1 f10 f2`` as a shell glob gives it, or that names a file twice, is refused).
 
 Every frame must have the size of the first, and every frame the same
 intrinsics and pixel kind (a frame of another size, or a folder whose frames carry other
@@ -193,8 +193,15 @@ def read_sequence(source, **kwargs) -> XRaySequence:
 
 
 def _check_file_order(paths: list) -> None:
-    """Refuse a list of frame files in text order but not in natural order (``f1 f10 f11 f2``: what a shell glob
-    such as ``frames/*.png`` gives; tracked in that order, frame 10 came before frame 2 without a word)."""
+    """Refuse a list of frame files that names one file twice (``f1.png frames/*.png``: the frame was tracked twice,
+    as if the C-arm had stood still), or in text order but not in natural order (``f1 f10 f11 f2``: what a shell
+    glob such as ``frames/*.png`` gives; tracked in that order, frame 10 came before frame 2 without a word)."""
+    seen: dict = {}
+    for i, p in enumerate(paths):
+        key = p.resolve()
+        if key in seen:
+            raise InputError(f"{p} is given twice (frames {seen[key]} and {i}); a sequence takes each frame once")
+        seen[key] = i
     texts = [str(p) for p in paths]
     if texts != sorted(texts):
         return  # an order of the user's own: kept
