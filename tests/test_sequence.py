@@ -278,3 +278,18 @@ def test_a_frame_file_given_twice_is_refused(tmp_path):
     for given, i, j in (([fs[0], *fs], 0, 1), ([*fs, tmp_path / "again.npy"], 1, 3)):
         with pytest.raises(InputError, match=re.escape(f"{given[j]} is given twice (frames {i} and {j})")):
             read_sequence(given, camera=CAM)
+
+
+def test_a_folder_of_dicom_frames_is_ordered_by_instance_number(tmp_path):
+    """A PACS export names its frames by UID or in an order of its own: sorted by name, they were tracked shuffled."""
+    for name, number in (("a.dcm", 2), ("b.dcm", 1), ("c.dcm", 3)):
+        write_dicom_xray(tmp_path / name, np.full((24, 32), number, np.uint16), camera=CAM,
+                         extra={"InstanceNumber": str(number)})
+    seq = read_sequence(tmp_path)
+    assert [int(fr.image[0, 0]) for fr in seq.frames] == [1, 2, 3]
+    assert [fr.source.rsplit("/", 1)[-1] for fr in seq.frames] == ["b.dcm", "a.dcm", "c.dcm"]
+    assert "frames ordered by their DICOM InstanceNumber (0020,0013), not by file name" in seq.notes
+    write_dicom_xray(tmp_path / "d.dcm", np.full((24, 32), 9, np.uint16), camera=CAM,
+                     extra={"InstanceNumber": "2"})  # numbers not distinct: by name, as before
+    seq = read_sequence(tmp_path)
+    assert [int(fr.image[0, 0]) for fr in seq.frames] == [2, 1, 3, 9] and not any("Instance" in n for n in seq.notes)

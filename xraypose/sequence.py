@@ -8,7 +8,8 @@
   or ``FrameTime`` (0018,1063: one interval, ms);
 * a **multi-page TIFF** or an ``(F, H, W)`` NPY: every page / slice;
 * a **folder of frames** (PNG, TIFF, NPY, DICOM), sorted naturally by name
-  (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped);
+  (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped) — a folder of DICOM frames
+  each with a distinct InstanceNumber (0020,0013) in the order of those (a note says so where it differs);
 * a **list of files**, one frame each, in the order given (a list in text order that is not the natural
   one, ``f1 f10 f2`` as a shell glob gives it, or that names a file twice, is refused).
 
@@ -182,7 +183,10 @@ def read_sequence(source, **kwargs) -> XRaySequence:
         if not files:
             raise InputError(f"{p}: the folder holds no frames (files ending in {', '.join(FRAME_EXTENSIONS)} "
                              "or DICOM files without an ending)")
-        return _from_files(files, str(p), kwargs)
+        files, note = _instance_order(files)
+        seq = _from_files(files, str(p), kwargs)
+        seq.notes += [note] if note else []
+        return seq
     xr = read_xray(p, frames="all", **kwargs)
     frames = _split(xr)
     notes: list = []
@@ -190,6 +194,29 @@ def read_sequence(source, **kwargs) -> XRaySequence:
     if p.suffix.lower() not in IMAGE_EXTENSIONS:
         times = _dicom_times(p, len(frames), notes)
     return XRaySequence(frames=frames, camera=xr.camera, times=times, source=str(p), notes=notes)
+
+
+def _instance_order(files: list) -> tuple[list, str | None]:
+    """(files, note): a folder's frames in the order of their DICOM InstanceNumber (0020,0013) where every frame is
+    a DICOM with a distinct one (a PACS export names its files by UID or in an order of its own: sorted by name, the
+    frames were tracked shuffled), the note saying so where that is not their names' order; else as they are."""
+    import pydicom
+
+    numbers = []
+    for f in files:
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            return files, None
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True, specific_tags=["InstanceNumber"])
+            numbers.append(int(ds.InstanceNumber))
+        except Exception:  # noqa: BLE001 - none, or not a number (or not DICOM: read_xray says so): names' order
+            return files, None
+    if len(set(numbers)) != len(numbers):
+        return files, None
+    ordered = [f for _, f in sorted(zip(numbers, files), key=lambda nf: nf[0])]
+    if ordered == files:
+        return files, None
+    return ordered, "frames ordered by their DICOM InstanceNumber (0020,0013), not by file name"
 
 
 def _check_file_order(paths: list) -> None:
