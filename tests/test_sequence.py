@@ -293,3 +293,15 @@ def test_a_folder_of_dicom_frames_is_ordered_by_instance_number(tmp_path):
                      extra={"InstanceNumber": "2"})  # numbers not distinct: by name, as before
     seq = read_sequence(tmp_path)
     assert [int(fr.image[0, 0]) for fr in seq.frames] == [2, 1, 3, 9] and not any("Instance" in n for n in seq.notes)
+
+
+def test_a_folder_of_dicom_frames_of_two_series_is_refused(tmp_path):
+    """Two runs exported into one folder (the same detector, so the same intrinsics) were tracked as one sequence."""
+    for i, uid in enumerate(("1.2.3.1", "1.2.3.1", "1.2.3.2")):
+        write_dicom_xray(tmp_path / f"IM{i}.dcm", np.full((24, 32), i + 1, np.uint16), camera=CAM,
+                         extra={"SeriesInstanceUID": uid, "InstanceNumber": str(i + 1)})
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'IM2.dcm'}: frame of the DICOM series 1.2.3.2 among "
+                                                   "frames of the series 1.2.3.1 (IM0.dcm)")):
+        read_sequence(tmp_path)
+    (tmp_path / "IM2.dcm").unlink()
+    assert len(read_sequence(tmp_path)) == 2

@@ -9,7 +9,8 @@
 * a **multi-page TIFF** or an ``(F, H, W)`` NPY: every page / slice;
 * a **folder of frames** (PNG, TIFF, NPY, DICOM), sorted naturally by name
   (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped) — a folder of DICOM frames
-  each with a distinct InstanceNumber (0020,0013) in the order of those (a note says so where it differs);
+  each with a distinct InstanceNumber (0020,0013) in the order of those (a note says so where it differs),
+  and DICOM frames of two series (SeriesInstanceUID) refused;
 * a **list of files**, one frame each, in the order given (a list in text order that is not the natural
   one, ``f1 f10 f2`` as a shell glob gives it, or that names a file twice, is refused).
 
@@ -199,19 +200,33 @@ def read_sequence(source, **kwargs) -> XRaySequence:
 def _instance_order(files: list) -> tuple[list, str | None]:
     """(files, note): a folder's frames in the order of their DICOM InstanceNumber (0020,0013) where every frame is
     a DICOM with a distinct one (a PACS export names its files by UID or in an order of its own: sorted by name, the
-    frames were tracked shuffled), the note saying so where that is not their names' order; else as they are."""
+    frames were tracked shuffled), the note saying so where that is not their names' order; else as they are.
+    DICOM frames of two series (two runs exported into one folder: tracked as one) are an InputError."""
     import pydicom
 
-    numbers = []
+    numbers: list | None = []
+    series = None
     for f in files:
-        if f.suffix.lower() in IMAGE_EXTENSIONS:
-            return files, None
         try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True, specific_tags=["InstanceNumber"])
-            numbers.append(int(ds.InstanceNumber))
-        except Exception:  # noqa: BLE001 - none, or not a number (or not DICOM: read_xray says so): names' order
-            return files, None
-    if len(set(numbers)) != len(numbers):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                raise ValueError("not DICOM")
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True,
+                                 specific_tags=["InstanceNumber", "SeriesInstanceUID"])
+        except Exception:  # noqa: BLE001 - not DICOM (read_xray says so where it is none of the frames'): names' order
+            numbers = None
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        if uid and series is None:
+            series = (uid, f)
+        elif uid and uid != series[0]:
+            raise InputError(f"{f}: frame of the DICOM series {uid} among frames of the series {series[0]} "
+                             f"({series[1].name}); a folder of frames holds one sequence (move each run's frames "
+                             "into a folder of its own)")
+        try:
+            numbers = None if numbers is None else numbers + [int(ds.InstanceNumber)]
+        except Exception:  # noqa: BLE001 - none, or not a number: names' order
+            numbers = None
+    if numbers is None or len(set(numbers)) != len(numbers):
         return files, None
     ordered = [f for _, f in sorted(zip(numbers, files), key=lambda nf: nf[0])]
     if ordered == files:
