@@ -924,3 +924,29 @@ def test_a_rigs_failed_frame_the_sequence_contradicts_is_kept_uncertain(volume, 
     fid = iso[None] + torch.tensor([[40.0, 0, 0], [0, 40, 0], [0, 0, 40], [-30, -30, 10]], dtype=F64)
     e = float(pose_errors(out[5].camera_to_world, truth[5], fid, sdr=510.0)["mtre"])
     assert e < 2.0, e
+
+
+def test_cli_track_a_biplane_sequence_whose_frame_times_disagree_is_refused(tmp_path, capsys):
+    """Cines of other frame rates (15 vs 30 frames/s) with one frame count: frame n is not one moment in both views,
+    yet they were tracked as one and only the first view's times written."""
+    from xraypose.cli import main
+    from xraypose.cli.track import read_sequences
+    from xraypose.rig import rig_from_carm, write_rig
+    from xraypose.xray import write_dicom_xray
+
+    cam = Camera(sdd=1020.0, height=32, width=32, delx=8.0)
+    write_rig(tmp_path / "rig.json", rig_from_carm({"cam01": (0.0, 0.0), "cam02": (90.0, 0.0)}, sod=612.0))
+    px = np.stack([np.full((32, 32), 100 * i + 7) + np.arange(32)[None] for i in range(4)]).astype(np.uint16)
+    for n, ms in (("cam01", "66.7"), ("cam02", "33.3")):
+        write_dicom_xray(tmp_path / f"{n}.dcm", px, camera=cam, extra={"FrameTime": ms})
+    views = [str(tmp_path / "cam01.dcm"), str(tmp_path / "cam02.dcm")]
+    code = main(["track", "sample", *views, "--rig", str(tmp_path / "rig.json"), "-o", str(tmp_path / "o"),
+                 "--init", "ap"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the views' frame times disagree: frame 3 is at 0.2001 s in cam01 but 0.0999 s in cam02" in err, err
+    assert not (tmp_path / "o").exists()
+    write_dicom_xray(tmp_path / "cam02.dcm", px, camera=cam, extra={"FrameTime": "66.5"})  # within half a frame
+    write_dicom_xray(tmp_path / "cam01.dcm", px, camera=cam)  # no times: the other view's are the sequence's
+    names, seqs, *_ = read_sequences(views, str(tmp_path / "rig.json"), {})
+    assert names == ["cam01", "cam02"] and seqs[0].times is None and seqs[1].times is not None

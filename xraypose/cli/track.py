@@ -67,8 +67,27 @@ def read_sequences(frames, rig: str | None, read_kw: dict):
         detail = ", ".join(f"{v.name}: {len(s)}" for v, s in zip(views, seqs))
         raise InputError(f"the views' sequences hold different numbers of frames ({detail}); a biplane sequence "
                          "needs one frame per view at every moment")
+    _check_view_times(views, seqs)
     cams = the_rig.cameras(views, [s.shape for s in seqs], [s.camera for s in seqs])
     return [v.name for v in views], seqs, cams, [v.camera_to_rig.to(F64) for v in views], the_rig
+
+
+def _check_view_times(views, seqs) -> None:
+    """Refuse a rig's sequences whose frame times (from each view's first frame) part by half a frame interval or
+    more (cines of other frame rates: their frames n are not one moment, yet were tracked as one, and only the
+    first view's times were written)."""
+    timed = [(v, s) for v, s in zip(views, seqs) if s.times is not None and len(s) > 1]
+    if len(timed) < 2:
+        return
+    (v0, s0) = timed[0]
+    for v, s in timed[1:]:
+        gap = (s.times - s0.times).abs()
+        f = int(gap.argmax())
+        if float(gap[f]) > 0.5 * s0.frame_interval_s:
+            raise InputError(f"the views' frame times disagree: frame {f} is at {float(s0.times[f]):.4g} s in "
+                             f"{v0.name} but {float(s.times[f]):.4g} s in {v.name} (frame intervals "
+                             f"{1000 * s0.frame_interval_s:.4g} and {1000 * s.frame_interval_s:.4g} ms); a biplane "
+                             "sequence needs one frame per view at every moment")
 
 
 def _overlay_gif(volume: Volume, density: str, frames_views, results, rel) -> bytes:
@@ -320,7 +339,8 @@ def track_command(
         doc["blur_prediction"] = blur_prediction
     if windows is not None:
         doc["structure_windows"] = windows
-    _write(output, res, seqs[0].times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
+    times = next((sq.times for sq in seqs if sq.times is not None), None)  # the views' agree (_check_view_times)
+    _write(output, res, times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str) -> dict:
