@@ -684,8 +684,10 @@ add("xray-dcm-bad-orientation", "patientorientation", lambda d, o: register_args
     d, o, dicom_xray(d, primary=0, secondary=0, sod=600, patient_orientation=("Q", "F"))))
 add("xray-dcm-huge-rows", ("60000 × 60000",), lambda d, o: register_args(
     d, o, dicom_xray(d, edit=lambda ds: (setattr(ds, "Rows", 60000), setattr(ds, "Columns", 60000)))))
-add("xray-dcm-huge-frames", ("100000 frames",), lambda d, o: register_args(
+add("xray-dcm-huge-frames", ("truncated",), lambda d, o: register_args(  # 10⁸ pixels of 32² frames: a cine's size
     d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "NumberOfFrames", 100000))))
+add("xray-dcm-frames-beyond-memory", ("1000000000 × 32 × 32 pixels", "of memory"), lambda d, o: register_args(
+    d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "NumberOfFrames", 10**9))))
 add("xray-dcm-rows-fewer-than-the-data", ("xray.dcm", "(20 × 32 × 1 pixels", "rows (0028,0010)", "cut or sheared"),
     lambda d, o: register_args(d, o, dicom_xray(d, edit=lambda ds: setattr(ds, "Rows", 20))))  # pydicom: a warning
 add("xray-dcm-columns-fewer-than-the-data", ("xray.dcm", "384 more", "does not match the data"), lambda d, o: [

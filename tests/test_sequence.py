@@ -305,3 +305,26 @@ def test_a_folder_of_dicom_frames_of_two_series_is_refused(tmp_path):
         read_sequence(tmp_path)
     (tmp_path / "IM2.dcm").unlink()
     assert len(read_sequence(tmp_path)) == 2
+
+
+def test_a_cine_of_more_than_1e8_pixels_in_all_is_read(tmp_path, monkeypatch):
+    """10⁸ pixels is a frame's limit: a real cine of 100 frames of 1024² (1.05·10⁸ pixels) was refused as
+    "X-rays are at most 1e+08 pixels (a damaged file?)".  Shown with the limit lowered to 2000 pixels: three
+    frames of 24 × 32 (768 each, 2304 in all) are read; a frame beyond it, or frames beyond memory, are not."""
+    import xraypose.limits as limits
+    from xraypose.limits import check_xray_size
+
+    with pytest.raises(InputError, match=r"x: the header declares 10000000 × 1024 × 1024 pixels .* of memory"):
+        check_xray_size(1024, 1024, "x", frames=10_000_000)  # a damaged NumberOfFrames
+    monkeypatch.setattr(limits, "MAX_XRAY_PIXELS", 2000)
+    px = frames3()
+    write_dicom_xray(tmp_path / "cine.dcm", px, camera=CAM)
+    Image.fromarray(px[0]).save(tmp_path / "run.tif", save_all=True,
+                                append_images=[Image.fromarray(a) for a in px[1:]])
+    np.save(tmp_path / "run.npy", px.astype(np.float32))
+    for f in ("cine.dcm", "run.tif", "run.npy"):
+        assert len(read_sequence(tmp_path / f, camera=CAM)) == 3, f
+    monkeypatch.setattr(limits, "MAX_XRAY_PIXELS", 500)
+    for f in ("cine.dcm", "run.tif", "run.npy"):
+        with pytest.raises(InputError, match=r"declares (frames of )?(3 × )?24 × 32 pixels \(768\); X-rays are at most"):
+            read_sequence(tmp_path / f, camera=CAM)

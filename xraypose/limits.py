@@ -18,13 +18,17 @@ from xraypose.errors import InputError
 if TYPE_CHECKING:
     from xraypose.volume import Volume
 
-__all__ = ["MAX_XRAY_PIXELS", "MIN_REGISTER_PIXELS", "MIN_CT_VOXELS_PER_AXIS", "memory_bytes", "human_bytes",
+__all__ = ["MAX_XRAY_PIXELS", "XRAY_BYTES_PER_PIXEL", "MIN_REGISTER_PIXELS", "MIN_CT_VOXELS_PER_AXIS", "memory_bytes", "human_bytes",
            "dims", "check_allocation", "check_xray_size", "check_registrable_ct", "check_registrable_xray",
            "itemsize_from_text", "DRR_BYTES_PER_PIXEL", "MAX_SAMPLES_PER_RAY", "check_drr_size", "check_drr_step"]
 
-#: X-rays with more pixels (rows × columns × frames) are refused: 10⁸, e.g. 10000 × 10000; real
-#: detectors have at most a few 10⁷.
+#: X-ray frames with more pixels (rows × columns) are refused: 10⁸, e.g. 10000 × 10000; real
+#: detectors have at most a few 10⁷.  A multi-frame file's frames together need only fit this machine's memory
+#: (:data:`XRAY_BYTES_PER_PIXEL` a pixel): a cine of 100 frames of 1024² holds 1.05·10⁸ pixels.
 MAX_XRAY_PIXELS = 100_000_000
+#: Memory (bytes) a multi-frame X-ray's pixel takes while it is read: its decoded value, its float32 copy,
+#: a rescale's and its frame's own copy.
+XRAY_BYTES_PER_PIXEL = 16
 #: Registration needs at least this many rows and columns of X-ray (after the collimator crop).
 MIN_REGISTER_PIXELS = 16
 #: Registration and training need at least this many voxels along every CT axis.
@@ -79,12 +83,15 @@ def check_allocation(shape, bytes_per_item: float, what: str, unit: str = "voxel
 
 
 def check_xray_size(rows: int, cols: int, what: str, frames: int = 1) -> None:
-    """Refuse an X-ray header declaring more than :data:`MAX_XRAY_PIXELS` pixels (before decoding)."""
-    n = int(rows) * int(cols) * max(1, int(frames))
+    """Refuse an X-ray header declaring frames of more than :data:`MAX_XRAY_PIXELS` pixels, or more frames than
+    this machine's memory holds (:func:`check_allocation`), before decoding."""
+    n = int(rows) * int(cols)
     if n > MAX_XRAY_PIXELS:
-        size = f"{frames} frames of {rows} × {cols}" if frames > 1 else f"{rows} × {cols}"
+        size = f"frames of {rows} × {cols}" if frames > 1 else f"{rows} × {cols}"
         raise InputError(f"{what}: the header declares {size} pixels ({n:.3g}); X-rays are at most "
                          f"{MAX_XRAY_PIXELS:.0e} pixels (a damaged file?)")
+    if frames > 1:
+        check_allocation((frames, rows, cols), XRAY_BYTES_PER_PIXEL, what, unit="pixels")
 
 
 def check_registrable_ct(volume: Volume) -> None:

@@ -92,7 +92,7 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
     W × 3 pixels: with equal colour channels the first is used (noted), otherwise it is refused; (H, W, 1) is
     one image, (H, W, 2) grey + alpha (its first channel used, noted).
     """
-    from xraypose.limits import MAX_XRAY_PIXELS, dims, human_bytes
+    from xraypose.limits import MAX_XRAY_PIXELS, check_xray_size, dims, human_bytes
 
     try:
         with open(p, "rb") as fh:
@@ -110,7 +110,9 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
     if dtype == np.bool_:  # a mask saved by mistake (it was read, then refused as a mask leaving < 5 %)
         raise InputError(f"{p}: .npy array holds booleans (a mask?); an X-ray is intensities or line integrals")
     n = int(np.prod(shape)) if shape else 1
-    if n > MAX_XRAY_PIXELS:
+    if len(shape) >= 3 and shape[-1] > 4:  # (F, H, W) frames, not an (H, W, C) picture: each frame's size
+        check_xray_size(shape[-2], shape[-1], str(p), int(np.prod(shape[:-2])))
+    elif n > MAX_XRAY_PIXELS:
         raise InputError(f"{p}: the header declares {dims(shape)} pixels ({n:.3g}); X-rays are at most "
                          f"{MAX_XRAY_PIXELS:.0e} pixels (a damaged file?)")
     need, have = offset + n * dtype.itemsize, p.stat().st_size
