@@ -950,3 +950,33 @@ def test_cli_track_a_biplane_sequence_whose_frame_times_disagree_is_refused(tmp_
     write_dicom_xray(tmp_path / "cam01.dcm", px, camera=cam)  # no times: the other view's are the sequence's
     names, seqs, *_ = read_sequences(views, str(tmp_path / "rig.json"), {})
     assert names == ["cam01", "cam02"] and seqs[0].times is None and seqs[1].times is not None
+
+
+def test_cli_track_writes_the_trajectory_when_the_overlay_cannot_be_made(tmp_path, monkeypatch, capsys):
+    """The overlay (every frame's picture, held in memory) ran out of memory after a long sequence was tracked:
+    the trajectory was lost with it.  Now it is written, an earlier run's overlay removed, a warning printed."""
+    import xraypose.cli.track as track
+    from xraypose.register.tracking import FrameResult
+
+    def no_memory(*a, **k):
+        raise MemoryError("cannot allocate 3.2 GiB")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    eye = torch.eye(4, dtype=F64)
+    res = [FrameResult(index=i, camera_to_world=eye, predicted=eye, similarity=0.9, status="converged", seconds=0.1)
+           for i in range(2)]
+    doc = {"summary": {"verdicts": {"ok": 2, "uncertain": 0, "failed": 0}, "reinitialised": 0, "seconds": 0.2,
+                       "frames_per_second": 10.0, "median_seconds": 0.1}}
+    views = [(torch.zeros(2, 1, 16, 16), None, eye, None)]
+    monkeypatch.setattr(track, "_overlay_gif", lambda *a, **k: b"GIF89a earlier")
+    track._write(out, res[:1], None, ["frames"], [eye], "camera_to_world", doc, None, "linear", views)
+    assert (out / "overlay.gif").exists()
+    capsys.readouterr()
+    monkeypatch.setattr(track, "_overlay_gif", no_memory)
+    track._write(out, res, None, ["frames"], [eye], "camera_to_world", doc, None, "linear", views)  # a re-run
+    text = capsys.readouterr()
+    assert "warning: overlay.gif not written (MemoryError: cannot allocate 3.2 GiB); the trajectory is" in text.err
+    assert "wrote " + str(out) + "/trajectory.csv, trajectory.json: 2 ok" in text.out
+    assert len(json.loads((out / "trajectory.json").read_text())["frames"]) == 2
+    assert (out / "trajectory.csv").read_text().count("\n") == 3 and not (out / "overlay.gif").exists()

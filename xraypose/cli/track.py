@@ -602,24 +602,30 @@ def _pixel_masks(weights):
 
 def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, volume: Volume, density: str,
            views) -> None:
-    """Write trajectory.csv, trajectory.json and overlay.gif (replacing an earlier sequence's), print a
-    summary; exit with :data:`~xraypose.cli.options.EXIT_FAILED` when a frame's verdict is failed.  When they
+    """Write trajectory.csv, trajectory.json and overlay.gif (replacing an earlier sequence's; the trajectory
+    without the overlay, and a warning, where the overlay cannot be made: out of memory on a long sequence), print
+    a summary; exit with :data:`~xraypose.cli.options.EXIT_FAILED` when a frame's verdict is failed.  When they
     cannot be written (a full disk, the folder gone), trajectory.csv is printed on stdout: the tracked poses
     are not lost (as ``register`` prints its pose)."""
+    from xraypose._checks import one_line
     from xraypose.io import OutputError, atomic_write_files, json_bytes, make_output_folder
 
     rows, jframes = track_rows(res, times, names, to_rig, pose_name)
     doc = {**doc, "frames": jframes}
-    files = {"trajectory.csv": _csv_bytes(rows), "trajectory.json": json_bytes(doc),
-             "overlay.gif": _overlay_gif(volume, density, [(v[0], v[1], _pixel_masks(v[3])) for v in views], res,
-                                         to_rig)}
+    files = {"trajectory.csv": _csv_bytes(rows), "trajectory.json": json_bytes(doc)}
+    try:  # a picture: the trajectory, hours of work on a long sequence, is written without it if need be
+        files["overlay.gif"] = _overlay_gif(volume, density, [(v[0], v[1], _pixel_masks(v[3])) for v in views],
+                                            res, to_rig)
+    except (MemoryError, RuntimeError, ValueError, OSError) as e:  # (out of memory: torch's and numpy's too)
+        typer.echo(f"warning: overlay.gif not written ({type(e).__name__}: {one_line(e)}); the trajectory is "
+                   "written without it", err=True)
     try:
         atomic_write_files(make_output_folder(output), files, remove=TRACK_FILES)
     except OutputError as e:
         typer.echo(files["trajectory.csv"].decode(), nl=False)
         raise OutputError(f"{e} (the trajectory is printed on stdout, as trajectory.csv)") from None
     counts = doc["summary"]["verdicts"]
-    typer.echo(f"wrote {output}/trajectory.csv, trajectory.json, overlay.gif: {counts['ok']} ok, "
+    typer.echo(f"wrote {output}/{', '.join(files)}: {counts['ok']} ok, "
                f"{counts['uncertain']} uncertain, {counts['failed']} failed, "
                f"{doc['summary']['reinitialised']} re-initialised; {len(res)} frame{'s' if len(res) != 1 else ''} in "
                f"{doc['summary']['seconds']:.1f} s ({doc['summary']['frames_per_second']:.1f} frames/s, median "
