@@ -328,3 +328,20 @@ def test_a_cine_of_more_than_1e8_pixels_in_all_is_read(tmp_path, monkeypatch):
     for f in ("cine.dcm", "run.tif", "run.npy"):
         with pytest.raises(InputError, match=r"declares (frames of )?(3 × )?24 × 32 pixels \(768\); X-rays are at most"):
             read_sequence(tmp_path / f, camera=CAM)
+
+
+def test_dicom_frame_files_given_out_of_their_instance_numbers_order_are_refused(tmp_path):
+    """`track ct export/*.dcm` of UID-named frames: their names' order is none, and they were tracked shuffled."""
+    fs = []
+    for name, number in (("1.2.9.dcm", 2), ("1.2.10.dcm", 1), ("1.2.11.dcm", 3)):  # their names in natural order
+        fs.append(tmp_path / name)
+        write_dicom_xray(fs[-1], np.full((24, 32), number, np.uint16), camera=CAM, extra={"InstanceNumber": str(number),
+                                                                                      "SeriesInstanceUID": "1.2"})
+    with pytest.raises(InputError, match=re.escape(f"{fs[0]} (InstanceNumber 2) is given before {fs[1]} "
+                                                   "(InstanceNumber 1): DICOM frames are tracked in the order given")):
+        read_sequence(fs)
+    assert [int(fr.image[0, 0]) for fr in read_sequence([fs[1], fs[0], fs[2]]).frames] == [1, 2, 3]
+    write_dicom_xray(fs[2], np.full((24, 32), 3, np.uint16), camera=CAM, extra={"InstanceNumber": "3",
+                                                                                "SeriesInstanceUID": "1.3"})
+    with pytest.raises(InputError, match="frame of the DICOM series 1.3 among frames of the series 1.2"):
+        read_sequence([fs[1], fs[0], fs[2]])

@@ -12,7 +12,8 @@
   each with a distinct InstanceNumber (0020,0013) in the order of those (a note says so where it differs),
   and DICOM frames of two series (SeriesInstanceUID) refused;
 * a **list of files**, one frame each, in the order given (a list in text order that is not the natural
-  one, ``f1 f10 f2`` as a shell glob gives it, or that names a file twice, is refused).
+  one, ``f1 f10 f2`` as a shell glob gives it, or that names a file twice, or DICOM frames out of their
+  InstanceNumbers' order or of two series, is refused).
 
 Every frame must have the size of the first, and every frame the same
 intrinsics and pixel kind (a frame of another size, or a folder whose frames carry other
@@ -197,11 +198,10 @@ def read_sequence(source, **kwargs) -> XRaySequence:
     return XRaySequence(frames=frames, camera=xr.camera, times=times, source=str(p), notes=notes)
 
 
-def _instance_order(files: list) -> tuple[list, str | None]:
-    """(files, note): a folder's frames in the order of their DICOM InstanceNumber (0020,0013) where every frame is
-    a DICOM with a distinct one (a PACS export names its files by UID or in an order of its own: sorted by name, the
-    frames were tracked shuffled), the note saying so where that is not their names' order; else as they are.
-    DICOM frames of two series (two runs exported into one folder: tracked as one) are an InputError."""
+def _instance_numbers(files: list) -> list | None:
+    """The DICOM InstanceNumber (0020,0013) of every frame file where each is a DICOM with a distinct one, else
+    None.  DICOM frames of two series (SeriesInstanceUID: two runs exported into one folder, tracked as one) are an
+    InputError."""
     import pydicom
 
     numbers: list | None = []
@@ -220,13 +220,21 @@ def _instance_order(files: list) -> tuple[list, str | None]:
             series = (uid, f)
         elif uid and uid != series[0]:
             raise InputError(f"{f}: frame of the DICOM series {uid} among frames of the series {series[0]} "
-                             f"({series[1].name}); a folder of frames holds one sequence (move each run's frames "
+                             f"({series[1].name}); a sequence is one series (move each run's frames "
                              "into a folder of its own)")
         try:
             numbers = None if numbers is None else numbers + [int(ds.InstanceNumber)]
         except Exception:  # noqa: BLE001 - none, or not a number: names' order
             numbers = None
-    if numbers is None or len(set(numbers)) != len(numbers):
+    return None if numbers is None or len(set(numbers)) != len(numbers) else numbers
+
+
+def _instance_order(files: list) -> tuple[list, str | None]:
+    """(files, note): a folder's frames in the order of their DICOM InstanceNumber (0020,0013) where every frame is
+    a DICOM with a distinct one (a PACS export names its files by UID or in an order of its own: sorted by name, the
+    frames were tracked shuffled), the note saying so where that is not their names' order; else as they are."""
+    numbers = _instance_numbers(files)
+    if numbers is None:
         return files, None
     ordered = [f for _, f in sorted(zip(numbers, files), key=lambda nf: nf[0])]
     if ordered == files:
@@ -237,13 +245,20 @@ def _instance_order(files: list) -> tuple[list, str | None]:
 def _check_file_order(paths: list) -> None:
     """Refuse a list of frame files that names one file twice (``f1.png frames/*.png``: the frame was tracked twice,
     as if the C-arm had stood still), or in text order but not in natural order (``f1 f10 f11 f2``: what a shell
-    glob such as ``frames/*.png`` gives; tracked in that order, frame 10 came before frame 2 without a word)."""
+    glob such as ``frames/*.png`` gives; tracked in that order, frame 10 came before frame 2 without a word), or
+    DICOM frames out of their InstanceNumbers' order, or of two series (:func:`_instance_numbers`)."""
     seen: dict = {}
     for i, p in enumerate(paths):
         key = p.resolve()
         if key in seen:
             raise InputError(f"{p} is given twice (frames {seen[key]} and {i}); a sequence takes each frame once")
         seen[key] = i
+    numbers = _instance_numbers(paths)
+    i = None if numbers is None else next((i for i in range(len(paths) - 1) if numbers[i] > numbers[i + 1]), None)
+    if i is not None:  # (a glob of UID-named files: their names' order is none)
+        raise InputError(f"{paths[i]} (InstanceNumber {numbers[i]}) is given before {paths[i + 1]} (InstanceNumber "
+                         f"{numbers[i + 1]}): DICOM frames are tracked in the order given; give them in the order of "
+                         "their InstanceNumber (0020,0013), or their folder (ordered by it)")
     texts = [str(p) for p in paths]
     if texts != sorted(texts):
         return  # an order of the user's own: kept
