@@ -556,3 +556,29 @@ def test_a_ground_truth_pose_that_is_not_rigid_is_refused(deepfluoro, ljubljana,
     bad = _scaled_copy(ljubljana[0], tmp_path, "subject01/proj-ap/extrinsic", 1.5)
     with pytest.raises(InputError, match="'proj-ap/extrinsic' is not a rigid transform"):
         LjubljanaDataset(1, filename=bad)
+
+
+def _edited_copy(path, tmp_path, edits: dict):
+    """A copy of the HDF5 file ``path`` whose datasets ``{key: value}`` are replaced (any shape or dtype)."""
+    bad = tmp_path / f"edited-{Path(path).name}"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        for key, value in edits.items():
+            del f[key]
+            f[key] = value
+    return bad
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("proj-params/num-rows", np.float64(np.nan), "'/proj-params/num-rows' = nan must be a whole number"),
+    ("proj-params/num-cols", np.float64(127.6), "'/proj-params/num-cols' = 127.6 must be a whole number"),
+    ("17-1882/projections/000/rot-180-for-up", np.float32(np.nan),
+     "'/17-1882/projections/000/rot-180-for-up' = nan must be a whole number in \\[0, 1\\]"),
+    ("17-1882/projections/000/rot-180-for-up", np.uint8(2), "'/17-1882/projections/000/rot-180-for-up' = 2.0 must be a whole number in"),
+])
+def test_deepfluoro_counts_and_flags_must_be_whole_numbers(deepfluoro, tmp_path, key, value, said):
+    """A NaN num-rows raised Python's bare ValueError ('cannot convert float NaN to integer'), 127.6 was cut to
+    127, and a rot-180-for-up of NaN or 2 read as 1 (the image turned without a word): each is named."""
+    bad = _edited_copy(deepfluoro[0], tmp_path, {key: value})
+    with pytest.raises(InputError, match=f"edited-ipcai_2020_full_res_data.h5: HDF5 path {said}"):
+        DeepFluoroDataset(1, filename=bad)[0]

@@ -131,6 +131,17 @@ def read_scalar(group, path: str, where: str) -> float:
     return float(a[0])
 
 
+def read_whole(group, path: str, where: str, lo: int, hi: int) -> int:
+    """:func:`read_scalar`'s number as an int, refused (naming the path) unless it is a whole number in
+    ``[lo, hi]``: ``int()`` of a NaN raised a bare ValueError, of 1536.7 cut it to 1536, and a flag of NaN or 2
+    read as true."""
+    from xraypose._checks import check_number
+
+    v = read_scalar(group, path, where)
+    check_number(f"HDF5 path '{group.name.rstrip('/')}/{path}'", v, lo=lo, hi=hi, integer=True, prefix=f"{where}: ")
+    return int(v)
+
+
 def read_string(group, path: str, where: str) -> str:
     v = need(group, path, where)[()]
     if isinstance(v, bytes):

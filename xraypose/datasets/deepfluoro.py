@@ -34,9 +34,10 @@ import torch
 from xraypose.camera import Camera
 from xraypose.converters import LPS_TO_RAS, deepfluoro_camera, pose_from_deepfluoro
 from xraypose.errors import InputError
+from xraypose.limits import MAX_XRAY_PIXELS
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
 from xraypose.datasets._h5 import (H5Backed, check_rigid_pose, check_shape, need, read_array, read_numbers, read_scalar,
-                                   read_string)
+                                   read_string, read_whole)
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -150,8 +151,8 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         pp = need(f, "proj-params", self._where)
         self.intrinsic = check_shape(read_array(pp, "intrinsic", self._where), (3, 3), "proj-params/intrinsic", self._where)
         self.extrinsic = check_shape(read_array(pp, "extrinsic", self._where), (4, 4), "proj-params/extrinsic", self._where)
-        self.height = int(read_scalar(pp, "num-rows", self._where))
-        self.width = int(read_scalar(pp, "num-cols", self._where))
+        self.height = read_whole(pp, "num-rows", self._where, 1, MAX_XRAY_PIXELS)
+        self.width = read_whole(pp, "num-cols", self._where, 1, MAX_XRAY_PIXELS)
         self.delx = read_scalar(pp, "pixel-col-spacing", self._where)
         self.dely = read_scalar(pp, "pixel-row-spacing", self._where)
         if not (self.delx > 0 and self.dely > 0):
@@ -205,7 +206,7 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
     def rot_180_for_up(self, idx: int) -> bool:
         """The file's ``rot-180-for-up`` flag of image ``idx``."""
         g, _ = self._proj(idx)
-        return bool(read_scalar(g, "rot-180-for-up", self._where)) if "rot-180-for-up" in g else False
+        return bool(read_whole(g, "rot-180-for-up", self._where, 0, 1)) if "rot-180-for-up" in g else False
 
     def raw_image(self, idx: int) -> torch.Tensor:
         """(H, W) float32 raw intensities as stored (no rotation)."""
@@ -252,7 +253,7 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         if side not in ("left", "right"):
             raise InputError(f"femur side must be 'left' or 'right', got {side!r}")
         g, _ = self._proj(idx)
-        return bool(read_scalar(g, f"gt-poses/{side}-femur-good-fov", self._where))
+        return bool(read_whole(g, f"gt-poses/{side}-femur-good-fov", self._where, 0, 1))
 
     def __getitem__(self, idx: int):
         """(image (1, 1, H, W) float32, pose (1, 4, 4) float32 camera_to_world of the pelvis)."""
