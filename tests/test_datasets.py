@@ -582,3 +582,31 @@ def test_deepfluoro_counts_and_flags_must_be_whole_numbers(deepfluoro, tmp_path,
     bad = _edited_copy(deepfluoro[0], tmp_path, {key: value})
     with pytest.raises(InputError, match=f"edited-ipcai_2020_full_res_data.h5: HDF5 path {said}"):
         DeepFluoroDataset(1, filename=bad)[0]
+
+
+@pytest.mark.parametrize("kind, key, value, said", [
+    ("df", "17-1882/vol/dir-mat", 2 * np.eye(3), "'/17-1882/vol/dir-mat' must hold orthonormal direction cosines"),
+    ("df", "17-1882/vol/dir-mat", np.zeros((3, 3)), "'/17-1882/vol/dir-mat' must hold orthonormal direction cosines"),
+    ("df", "17-1882/vol/spacing", np.full((3, 1), 1000.0), "'/17-1882/vol': voxel spacing 1e\\+03 mm .* implausible"),
+    ("df", "17-1882/vol/origin", np.array([[1e9], [0], [0]]), "'/17-1882/vol': the CT reaches 1e\\+09 mm"),
+    ("lj", "subject01/volume/spacing", np.full(3, 1e4), "'/subject01/volume': voxel spacing 1e\\+04 mm .* implausible"),
+    ("lj", "subject01/volume/origin", np.array([0, 1e9, 0]), "'/subject01/volume': the CT reaches 1e\\+09 mm"),
+])
+def test_dataset_volumes_get_the_checks_of_any_ct(deepfluoro, ljubljana, tmp_path, kind, key, value, said):
+    """The HDF5 volumes were built without read_volume's checks: a dir-mat of 2·I doubled the voxel size, a zero one
+    gave a singular affine, a spacing in µm-as-mm or an origin 1000 km away were evaluated without a word."""
+    path = (deepfluoro if kind == "df" else ljubljana)[0]
+    bad = _edited_copy(path, tmp_path, {key: value})
+    with pytest.raises(InputError, match=f"edited-{path.name}: {said}"):
+        (DeepFluoroDataset if kind == "df" else LjubljanaDataset)(1, filename=bad)
+
+
+@pytest.mark.parametrize("value, said", [(0.5, "non-integer values"), (np.nan, "NaN or infinite values")])
+def test_deepfluoro_segmentation_of_non_integer_ids_is_refused(deepfluoro, tmp_path, value, said):
+    """vol-seg pixels of 0.5 were cast to label 0 (NaN to an arbitrary integer, with a RuntimeWarning) unseen."""
+    path = deepfluoro[0]
+    with h5py.File(path, "r") as f:
+        shape = f["17-1882/vol-seg/image/pixels"].shape
+    bad = _edited_copy(path, tmp_path, {"17-1882/vol-seg/image/pixels": np.full(shape, value, np.float32)})
+    with pytest.raises(InputError, match=f"'/17-1882/vol-seg/image/pixels': labelmap has {said}"):
+        DeepFluoroDataset(1, filename=bad)

@@ -62,7 +62,7 @@ _ENV = "XRAYPOSE_DEEPFLUORO"
 
 def deepfluoro_volume(group, where: str, labels: bool = True):
     """An xraypose Volume (RAS) from a DeepFluoro ``vol`` group (+ ``vol-seg`` when ``labels``)."""
-    from xraypose.volume import Volume, check_voxel_values
+    from xraypose.volume import _as_label_tensor, check_voxel_values, volume_from_array
 
     vol = need(group, "vol", where)
     pix = need(vol, "pixels", where)
@@ -76,6 +76,9 @@ def deepfluoro_volume(group, where: str, labels: bool = True):
     dirm = check_shape(read_array(vol, "dir-mat", where), (3, 3), f"{vol.name}/dir-mat", where)
     if np.any(spacing <= 0):
         raise InputError(f"{where}: '{vol.name}/spacing' must be > 0 mm, got {spacing.tolist()}")
+    if np.abs(dirm.T @ dirm - np.eye(3)).max() > 1e-3:  # a scale here would multiply the spacing unseen
+        raise InputError(f"{where}: '{vol.name}/dir-mat' must hold orthonormal direction cosines (|RᵀR − I| ≤ 0.001), "
+                         f"got {np.round(dirm, 6).tolist()}")
     A = np.eye(4)
     A[:3, :3] = dirm @ np.diag(spacing)
     A[:3, 3] = origin
@@ -83,9 +86,10 @@ def deepfluoro_volume(group, where: str, labels: bool = True):
     lab = names = None
     if labels and "vol-seg" in group:
         seg = need(group, "vol-seg/image/pixels", where)
-        lab = read_numbers(seg, where).transpose(2, 1, 0).astype(np.int64)
+        lab = read_numbers(seg, where).transpose(2, 1, 0)
         if lab.shape != data.shape:
             raise InputError(f"{where}: segmentation shape {lab.shape[::-1]} differs from the volume's {data.shape[::-1]}")
+        lab = _as_label_tensor(lab, data.shape, f"{where}: '{seg.name}'")  # 0.5 or NaN: not cast to int unseen
         names = {}
         if "vol-seg/labels-def" in group:
             for k in group["vol-seg/labels-def"].keys():
@@ -93,8 +97,8 @@ def deepfluoro_volume(group, where: str, labels: bool = True):
                     names[int(k)] = read_string(group, f"vol-seg/labels-def/{k}", where)
                 except ValueError:
                     continue
-    return Volume(data=torch.from_numpy(np.ascontiguousarray(data)), affine=torch.from_numpy(aff), labels=lab,
-                  label_names=names or None, source=f"{where} vol"), spacing
+    # volume_from_array: a singular dir-mat, a spacing in m or µm, an origin km away refused as any CT's are
+    return volume_from_array(data, affine=aff, labels=lab, label_names=names or None, source=f"{where}: '{vol.name}'"), spacing
 
 
 class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):

@@ -88,7 +88,7 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         self._set_preprocess(preprocess, {"log": "intensity", "offset": 1.0, "rescale": True})
 
     def _read_volume(self, g):
-        from xraypose.volume import Volume, check_voxel_values
+        from xraypose.volume import check_voxel_values, volume_from_array
 
         pix = need(g, "volume/pixels", self._where)
         if pix.ndim != 3:
@@ -102,7 +102,8 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
             raise InputError(f"{self._where}: '/{self.subject_id}/volume/spacing' must be > 0 mm, got {sp.tolist()}")
         aff = np.diag([*sp, 1.0])
         aff[:3, 3] = org
-        return Volume(data=torch.from_numpy(data), affine=torch.from_numpy(aff), source=f"{self._where} {self.subject_id}"), sp
+        # volume_from_array: a spacing in m or µm, an origin km away refused as any CT's are
+        return volume_from_array(data, affine=aff, source=f"{self._where}: '/{self.subject_id}/volume'"), sp
 
     def _read_geometry(self, g, view: str):
         grp = need(g, f"proj-{view}", self._where)
