@@ -610,3 +610,22 @@ def test_deepfluoro_segmentation_of_non_integer_ids_is_refused(deepfluoro, tmp_p
     bad = _edited_copy(path, tmp_path, {"17-1882/vol-seg/image/pixels": np.full(shape, value, np.float32)})
     with pytest.raises(InputError, match=f"'/17-1882/vol-seg/image/pixels': labelmap has {said}"):
         DeepFluoroDataset(1, filename=bad)
+
+
+def test_dataset_fiducials_that_are_nan_or_none_are_named(deepfluoro, ljubljana, tmp_path):
+    """Ljubljana's points of NaN were loaded (evaluate then said only 'fiducials have NaN or infinite coordinates',
+    naming no file), and a points (0, 3) or an empty vol-landmarks group gave no fiducials ('no fiducials: the
+    registration errors need at least one 3D point'): each is named by its path in the file."""
+    bad = _edited_copy(ljubljana[0], tmp_path, {"subject01/points": np.array([[0.0, 1, 2], [np.nan, 0, 0]])})
+    with pytest.raises(InputError, match=r"edited-ljubljana.h5: '/subject01/points' has NaN or infinite values"):
+        LjubljanaDataset(1, filename=bad)
+    bad = _edited_copy(ljubljana[0], tmp_path, {"subject01/points": np.zeros((0, 3))})
+    with pytest.raises(InputError, match=r"'/subject01/points' must be \(N, 3\) with N >= 1, got \(0, 3\)"):
+        LjubljanaDataset(1, filename=bad)
+    bad = tmp_path / "no-landmarks.h5"
+    shutil.copy(deepfluoro[0], bad)
+    with h5py.File(bad, "a") as f:
+        for name in list(f["17-1882/vol-landmarks"]):
+            del f[f"17-1882/vol-landmarks/{name}"]
+    with pytest.raises(InputError, match="no-landmarks.h5: '/17-1882/vol-landmarks' holds no landmark"):
+        DeepFluoroDataset(1, filename=bad)

@@ -173,6 +173,8 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         self.volume, self.spacing = deepfluoro_volume(g, self._where, labels=self._labels)
         lm = need(g, "vol-landmarks", self._where)
         self.fiducial_names = sorted(lm.keys())
+        if not self.fiducial_names:
+            raise InputError(f"{self._where}: '{lm.name}' holds no landmark (expected {', '.join(LANDMARK_NAMES)})")
         pts = [check_shape(read_array(lm, n, self._where).reshape(-1), (3,), f"{lm.name}/{n}", self._where)
                for n in self.fiducial_names]
         lps = np.array(pts, dtype=np.float64).reshape(-1, 3)

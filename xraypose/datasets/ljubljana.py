@@ -76,8 +76,9 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         g = f[self.subject_id]
         self.volume, self.spacing = self._read_volume(g)
         pts = read_array(g, "points", self._where)
-        if pts.ndim != 2 or pts.shape[1] != 3:
-            raise InputError(f"{self._where}: '/{self.subject_id}/points' must be (N, 3), got {pts.shape}")
+        if pts.ndim != 2 or pts.shape[1] != 3 or not len(pts):
+            raise InputError(f"{self._where}: '/{self.subject_id}/points' must be (N, 3) with N >= 1, got {pts.shape}")
+        pts = check_shape(pts, pts.shape, f"/{self.subject_id}/points", self._where)  # NaN: not left to the mTRE
         self.fiducials = torch.from_numpy(pts.astype(np.float64)).unsqueeze(0)
         self.views = [v for v in LJUBLJANA_VIEWS if f"proj-{v}" in g]
         for v in ("ap", "lat"):
