@@ -629,3 +629,36 @@ def test_dataset_fiducials_that_are_nan_or_none_are_named(deepfluoro, ljubljana,
             del f[f"17-1882/vol-landmarks/{name}"]
     with pytest.raises(InputError, match="no-landmarks.h5: '/17-1882/vol-landmarks' holds no landmark"):
         DeepFluoroDataset(1, filename=bad)
+
+
+def _damaged_copy(path, tmp_path, key: str, part: str):
+    """A copy of ``path`` whose dataset ``key`` (rewritten gzip-compressed) has its data chunk (``part="data"``) or
+    its object header (``"header"``) overwritten with zeros: what an interrupted copy or a bad disk leaves."""
+    bad = tmp_path / f"damaged-{part}.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        a = f[key][()]
+        del f[key]
+        f.create_dataset(key, data=a, chunks=a.shape, compression="gzip")
+    with h5py.File(bad, "r") as f:
+        if part == "data":
+            info = f[key].id.get_chunk_info(0)
+            start, n = info.byte_offset + 4, info.size - 8
+        else:
+            start, n = h5py.h5o.get_info(f[key].id).addr, 16
+    b = bytearray(bad.read_bytes())
+    b[start:start + n] = bytes(n)
+    bad.write_bytes(bytes(b))
+    return bad
+
+
+@pytest.mark.parametrize("part", ["data", "header"])
+def test_a_damaged_hdf5_dataset_is_named_not_missing_nor_a_traceback(deepfluoro, tmp_path, part):
+    """A damaged data chunk raised h5py's OSError ('Can't synchronously read data ...') from deep inside the loader,
+    naming no file; a damaged object header was reported as 'missing' though the file lists it."""
+    key = "17-1882/projections/001/image/pixels" if part == "data" else "17-1882/projections/001/gt-poses/cam-to-pelvis-vol"
+    sp = DeepFluoroDataset(1, filename=_damaged_copy(deepfluoro[0], tmp_path, key, part))
+    with pytest.raises(InputError, match=f"damaged-{part}.h5: HDF5 path '/{key}' cannot be read .*: the file is damaged"):
+        sp[1]
+    sp[0]  # the other projections read
+    sp.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xraypose._checks import one_line
 from xraypose.errors import InputError
 from xraypose.io import check_input_path
 
@@ -100,8 +101,15 @@ def need(group, path: str, where: str):
         raise InputError(f"{where}: HDF5 path '{group.name}' is a dataset, not a group (expected '{path}' in it)")
     try:
         return group[path]
-    except KeyError:
+    except KeyError as e:
         base = group.name.rstrip("/")
+        try:
+            linked = path in group  # the link is there, the object behind it is not readable
+        except (KeyError, RuntimeError, OSError):
+            linked = False
+        if linked:
+            raise InputError(f"{where}: HDF5 path '{base}/{path}' cannot be read ({one_line(e, 120)}): the file is "
+                             "damaged (an interrupted copy?)") from None
         raise InputError(f"{where}: HDF5 path '{base}/{path}' is missing") from None
 
 
@@ -121,7 +129,11 @@ def read_numbers(ds, where: str) -> np.ndarray:
         raise InputError(f"{where}: HDF5 path '{ds.name}' is not a numeric dataset (a group)")
     if not is_numeric_dtype(ds.dtype):
         raise InputError(f"{where}: HDF5 path '{ds.name}' is not a numeric dataset (dtype {ds.dtype})")
-    return np.asarray(ds[()])
+    try:
+        return np.asarray(ds[()])
+    except OSError as e:  # h5py's own error, raised deep in a loader with no file named
+        raise InputError(f"{where}: HDF5 path '{ds.name}' cannot be read ({one_line(e, 120)}): the file is damaged "
+                         "(an interrupted copy?)") from None
 
 
 def read_scalar(group, path: str, where: str) -> float:

@@ -207,7 +207,7 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         if not -n <= int(idx) < n:
             raise InputError(f"specimen {self.id_number} has {n} projections; index {idx} does not exist")
         key = self._proj_keys[int(idx)]
-        return self._file[self.specimen_id]["projections"][key], key
+        return need(self._file[self.specimen_id], f"projections/{key}", self._where), key
 
     def rot_180_for_up(self, idx: int) -> bool:
         """The file's ``rot-180-for-up`` flag of image ``idx``."""

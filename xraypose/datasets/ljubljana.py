@@ -137,7 +137,8 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
 
     def raw_image(self, idx) -> torch.Tensor:
         v = self._view(idx)
-        a = read_numbers(self._file[self.subject_id][f"proj-{v}/pixels"], self._where).astype(np.float32)
+        a = read_numbers(need(self._file[self.subject_id], f"proj-{v}/pixels", self._where), self._where)
+        a = a.astype(np.float32)
         return torch.from_numpy(a)
 
     def _plan(self, idx, size=None) -> GeometryPlan:
