@@ -662,3 +662,17 @@ def test_a_damaged_hdf5_dataset_is_named_not_missing_nor_a_traceback(deepfluoro,
         sp[1]
     sp[0]  # the other projections read
     sp.close()
+
+
+@pytest.mark.parametrize("kind, key", [("df", "proj-params/intrinsic"), ("lj", "subject01/proj-lat/intrinsic")])
+def test_a_principal_point_far_off_the_detector_is_refused_as_a_rigs(deepfluoro, ljubljana, tmp_path, kind, key):
+    """A K for another image size (cx a whole detector width beyond the edge) was accepted: registration then started
+    from a view that does not see the CT, or ran against a wrong camera. Named with cx as the file's K holds it."""
+    path = (deepfluoro if kind == "df" else ljubljana)[0]
+    with h5py.File(path, "r") as f:
+        K = np.array(f[key][()], dtype=np.float64)
+    K[0, 2] += 5000.0
+    bad = _edited_copy(path, tmp_path, {key: K})
+    with pytest.raises(InputError, match=f"edited-{path.name}: key '/{key}' puts the principal point at "
+                                         f"\\(u, v\\) = \\({K[0, 2]:g}, {K[1, 2]:g}\\) pixels, more than one"):
+        (DeepFluoroDataset if kind == "df" else LjubljanaDataset)(1, filename=bad)

@@ -295,7 +295,7 @@ def _check_principal_point(cam: Camera, where: str, key: str) -> None:
     a detector's width beyond its edge is a K for another image size (binning, a crop of a larger
     image) or in other units, which would otherwise be refused only at registration as a start
     "that does not see the CT", or not at all."""
-    cu, cv = cam.principal_point
+    _, _, cu, cv = cam._k_entries()  # as K gives it: a mirrored camera's column in the image (the range is symmetric)
     W, H = cam.width, cam.height
     if not (-W <= cu <= 2 * W - 1 and -H <= cv <= 2 * H - 1):
         raise InputError(f"{where}: key '{key}' puts the principal point at (u, v) = ({cu:g}, {cv:g}) pixels, more "

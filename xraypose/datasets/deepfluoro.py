@@ -162,6 +162,9 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         if not (self.delx > 0 and self.dely > 0):
             raise InputError(f"{self._where}: pixel spacing must be > 0 mm, got {self.delx}, {self.dely}")
         self.camera, self._flip = deepfluoro_camera(self.intrinsic, self.height, self.width, self.delx, self.dely)
+        from xraypose.rig import _check_principal_point  # a K for another image size: named, as a rig.json's
+
+        _check_principal_point(self.camera, self._where, "/proj-params/intrinsic")
         self.focal_len = self.camera.sdd
         self.x0, self.y0 = self.camera.x0, self.camera.y0
         if self.specimen_id not in f:

@@ -119,6 +119,9 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         if not (delx > 0 and dely > 0):
             raise InputError(f"{self._where}: proj-{view} pixel spacing must be > 0 mm, got {delx}, {dely}")
         cam, pose = pose_from_negative_focal(K, E, H, W, delx, dely)
+        from xraypose.rig import _check_principal_point  # a K for another image size: named, as a rig.json's
+
+        _check_principal_point(cam, self._where, f"/{self.subject_id}/proj-{view}/intrinsic")
         return cam, check_rigid_pose(pose, f"proj-{view}/extrinsic", self._where)
 
     def _view(self, idx) -> str:
