@@ -290,3 +290,19 @@ def test_a_fiducials_csv_header_may_be_x_y_z(tmp_path):
     f.write_text("1,2,3\nx,y,z\n")
     with pytest.raises(InputError, match=":2"):
         read_fiducials_file(f)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".txt"])
+def test_a_fiducials_header_after_comments_or_blank_lines_is_a_header(tmp_path, suffix):
+    """An exporter's comment lines (or a blank line) before ``name,x,y,z`` made the header 'line 3: coordinates must
+    be numbers'; it is the first line holding something. A second header-like line is still an error."""
+    from xraypose.errors import InputError
+    from xraypose.fiducials import read_fiducials_file
+
+    f = tmp_path / f"f{suffix}"
+    f.write_text("# exported by a planning tool\n# world RAS mm\n\nname,x,y,z\na,1,2,3\nb,4,5,6\n")
+    got, pts = read_fiducials_file(f)
+    assert got == ["a", "b"] and torch.equal(pts, torch.tensor([[1.0, 2, 3], [4, 5, 6]], dtype=torch.float64))
+    f.write_text("# points\na,1,2,3\nname,x,y,z\n")
+    with pytest.raises(InputError, match=f"f{suffix}:3"):
+        read_fiducials_file(f)

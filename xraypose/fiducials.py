@@ -184,8 +184,8 @@ def _checked_point(p, where: str, values) -> list:
 def read_fiducials_csv(path, text: str | None = None) -> tuple[list[str], torch.Tensor]:
     """Names and (N, 3) float64 points from ``name,x,y,z`` lines (world RAS mm).
 
-    A header line ``name,x,y,z`` or ``x,y,z``, empty lines and ``#`` comments are skipped; a
-    line of 3 values gets the name ``pN``.  ``text``: the file's text when
+    A header line ``name,x,y,z`` or ``x,y,z`` (the first line that is not empty or a ``#`` comment), empty
+    lines and comments are skipped; a line of 3 values gets the name ``pN``.  ``text``: the file's text when
     already read (whitespace-separated columns are then accepted too).
     """
     p = Path(path)
@@ -194,12 +194,14 @@ def read_fiducials_csv(path, text: str | None = None) -> tuple[list[str], torch.
     else:
         rows = ([c for c in line.replace(",", " ").split()] for line in text.splitlines())
     names, pts = [], []
+    first = True
     for lineno, row in enumerate(rows, 1):
         row = [c.strip() for c in row]
         if not row or not any(row) or row[0].startswith("#"):
             continue
-        if lineno == 1 and [c.lower() for c in row[-3:]] == ["x", "y", "z"] and len(row) in (3, 4):
-            continue  # the header: name,x,y,z or x,y,z
+        header, first = first and [c.lower() for c in row[-3:]] == ["x", "y", "z"] and len(row) in (3, 4), False
+        if header:  # name,x,y,z or x,y,z on the first row, after any comments or blank lines (an exporter's)
+            continue
         if len(row) == 3:
             row = [f"p{len(pts)}"] + row
         if len(row) != 4:
