@@ -863,6 +863,11 @@ for _id, _poses, _words in [
     ("entry-reflection", {"a.npy": np.diag([-1.0, 1, 1, 1]).tolist()}, ("a.npy", "reflection")),
     ("entry-1e308", {"a.npy": [[1, 0, 0, 1e308], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, ("a.npy", "1e+308")),
     ("unknown-xray", {"a.npy": good_pose(), "b.npy": good_pose()}, ("b.npy",)),
+    # an evaluation's pose.json pasted in holds both matrices: one edited, the other was used without a word
+    ("entry-c2w-w2c-disagree", {"a.npy": {"camera_to_world": good_pose(), "world_to_camera": good_pose()}},
+     ("poses.json pose of 'a.npy'", "not each other's inverse")),
+    ("entry-w2c-text", {"a.npy": {"camera_to_world": good_pose(), "world_to_camera": "identity"}},
+     ("a.npy/world_to_camera", "identity")),
     ("invalid-json", "{", ("poses.json", "not valid json")),
     ("not-utf8", b"\xff\xfe{}", ("poses.json", "utf-8")),
 ]:

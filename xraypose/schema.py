@@ -461,7 +461,8 @@ CASE_JSON = Object({
 _RIGID = Matrix4()
 
 #: ``poses.json`` of a case folder: {x-ray name: 4×4 camera_to_world or {"camera_to_world": 4×4}}.
-POSES_JSON = MapOf(OneOf((_RIGID, Object({"camera_to_world": _RIGID}, required=("camera_to_world",), open=True,
+POSES_JSON = MapOf(OneOf((_RIGID, Object({"camera_to_world": _RIGID, "world_to_camera": _RIGID},
+                                         required=("camera_to_world",), open=True,
                                          what="an object {\"camera_to_world\": 4×4}"))),
                    what="an object {\"<x-ray file name>\": 4×4 camera_to_world}")
 

@@ -137,12 +137,15 @@ class Case:
 def _read_poses(p: Path) -> dict:
     """{x-ray name: (4, 4) float64 camera_to_world} from poses.json (schema :data:`xraypose.schema.POSES_JSON`)."""
     from xraypose.converters import orthonormalize
+    from xraypose.register.initializers import check_inverse_pair
     from xraypose.schema import POSES_JSON, read_checked
 
     data = read_checked(p, POSES_JSON, "poses file")
     out = {}
     for k, v in data.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict):  # an evaluation's pose.json pasted in holds both: they must agree
+            if "world_to_camera" in v:
+                check_inverse_pair(v["camera_to_world"], v["world_to_camera"], f"{p} pose of {k!r}")
             v = v["camera_to_world"]
         out[k] = orthonormalize(v, f"{p.name} pose of {k!r}")
     return out

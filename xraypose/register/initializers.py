@@ -190,6 +190,21 @@ def carm_angles_pose(primary: float, secondary: float, sod: float, isocenter) ->
     return carm_pose(primary, secondary, sod=sod, isocenter=isocenter).reshape(1, 4, 4)
 
 
+def check_inverse_pair(c2w, w2c, where: str) -> torch.Tensor:
+    """(4, 4) float64 camera_to_world: ``c2w`` (None: the inverse of ``w2c``), refused naming ``where`` when a
+    ``w2c`` given beside it is not its inverse (both rigid: checked by the schema)."""
+    inv = torch.linalg.inv(torch.as_tensor(w2c, dtype=F64))  # rigid (checked), so invertible
+    if c2w is None:
+        return inv
+    T = torch.as_tensor(c2w, dtype=F64)
+    err_r = float((T[:3, :3] - inv[:3, :3]).abs().max())
+    err_t = float((T[:3, 3] - inv[:3, 3]).abs().max())
+    if err_r > 1e-3 or err_t > 1e-2 + 1e-6 * float(T[:3, 3].abs().max()):
+        raise InputError(f"{where}: camera_to_world and world_to_camera are not each other's inverse "
+                         f"(rotations differ by up to {err_r:.3g}, translations by {err_t:.3g} mm)")
+    return T
+
+
 def pose_from_json(path) -> torch.Tensor:
     """(1, 4, 4) float64 camera_to_world from a pose file.
 
@@ -216,15 +231,7 @@ def pose_from_json(path) -> torch.Tensor:
                          f"its keys: {keys}")
     T = None if c2w is None else torch.tensor(c2w, dtype=F64)
     if w2c is not None:
-        inv = torch.linalg.inv(torch.tensor(w2c, dtype=F64))  # rigid (checked), so invertible
-        if T is not None:
-            err_r = float((T[:3, :3] - inv[:3, :3]).abs().max())
-            err_t = float((T[:3, 3] - inv[:3, 3]).abs().max())
-            if err_r > 1e-3 or err_t > 1e-2 + 1e-6 * float(T[:3, 3].abs().max()):
-                raise InputError(f"pose file {p}: camera_to_world and world_to_camera are not each other's inverse "
-                                 f"(rotations differ by up to {err_r:.3g}, translations by {err_t:.3g} mm)")
-        else:
-            T = inv
+        T = check_inverse_pair(T, w2c, f"pose file {p}")
     try:
         return as_transform(T, dtype=F64)
     except InputError as e:
