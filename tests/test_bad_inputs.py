@@ -872,6 +872,16 @@ for _id, _poses, _words in [
     ("not-utf8", b"\xff\xfe{}", ("poses.json", "utf-8")),
 ]:
     add(f"case-poses-{_id}", _words, lambda d, o, p=_poses: with_case(d, o, poses=p))
+# a ground truth in other units (the source km away) was scored as a failed registration, not refused
+def _far_pose(factor: float = 100.0) -> list:
+    """good_pose() with the source ``factor`` times farther from the isocenter (the origin): 60 m, not 600 mm."""
+    T = np.asarray(good_pose())
+    T[:3, 3] *= factor
+    return T.tolist()
+
+
+add("case-poses-truth-out-of-view", ("ground-truth pose of x-ray 'a.npy'", "does not see the ct"),
+    lambda d, o: with_case(d, o, poses={"a.npy": _far_pose()}))
 add("case-poses-nan", ("a.npy", "nan"), lambda d, o: with_case(
     d, o, poses='{"a.npy": [[NaN, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}'))
 
@@ -1350,6 +1360,17 @@ add("h5-df-landmark-shape", ("asis-l",), _h5("df", lambda f: _replace(f, "17-188
 add("h5-df-extrinsic-nan", ("extrinsic", "nan"), _h5("df", lambda f: _replace(
     f, "proj-params/extrinsic", np.full((4, 4), np.nan))))
 add("h5-lj-subject-missing", ("subject",), _h5("lj", specimen="2"))
+
+
+def _extrinsics_in_metres_as_mm(f, factor=1000.0):
+    for v in ("ap", "lat", "ap-max", "lat-max"):
+        E = np.array(f[f"subject01/proj-{v}/extrinsic"][()])
+        E[:3, 3] *= factor
+        _replace(f, f"subject01/proj-{v}/extrinsic", E)
+
+
+add("h5-lj-extrinsic-translation-x1000", ("data.h5", "ground-truth pose of x-ray 'ap'", "does not see the ct"),
+    _h5("lj", _extrinsics_in_metres_as_mm))
 add("h5-lj-subject-11", ("11",), _h5("lj", specimen="11"))
 add("h5-lj-no-volume", ("volume", "missing"), _h5("lj", lambda f: f.__delitem__("subject01/volume")))
 add("h5-lj-intrinsic-shape", ("intrinsic",), _h5("lj", lambda f: _replace(f, "subject01/proj-ap/intrinsic",

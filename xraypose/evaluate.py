@@ -176,6 +176,14 @@ def check_output_outside_xrays(source, outdir) -> None:
 
 
 def _with_source(evalset: EvalSet, path: Path, inputs: dict) -> EvalSet:
+    from xraypose.api import check_ct_in_view
+
+    for c in evalset.cases:  # a truth in metres or km (a DeepFluoro/Ljubljana extrinsic, poses.json) was scored unseen
+        if c.true_pose is not None:
+            try:
+                check_ct_in_view(evalset.volume, c.camera, c.true_pose)
+            except InputError as e:
+                raise InputError(f"{path}: the ground-truth pose of X-ray {c.name!r}: {e}") from None
     evalset.source, evalset.inputs = str(path.resolve()), inputs
     return evalset
 
