@@ -676,3 +676,22 @@ def test_a_principal_point_far_off_the_detector_is_refused_as_a_rigs(deepfluoro,
     with pytest.raises(InputError, match=f"edited-{path.name}: key '/{key}' puts the principal point at "
                                          f"\\(u, v\\) = \\({K[0, 2]:g}, {K[1, 2]:g}\\) pixels, more than one"):
         (DeepFluoroDataset if kind == "df" else LjubljanaDataset)(1, filename=bad)
+
+
+@pytest.mark.parametrize("kind, edits, said", [
+    # the fixture's 128-px detector has 2.328 mm pixels and |f| = 438 px: in µm read as mm, 2328 mm pixels
+    ("df", {"proj-params/pixel-col-spacing": 2328.0, "proj-params/pixel-row-spacing": 2328.0},
+     r"the pixel spacing '/proj-params/pixel-col-spacing, pixel-row-spacing' must be a number in \[0.001, 1000\] mm"),
+    ("df", {"proj-params/pixel-col-spacing": 500.0, "proj-params/pixel-row-spacing": 500.0},  # within: sdd 219 m
+     r"the source-to-detector distance \(\|focal\| of '/proj-params/intrinsic' × pixel spacing .* must be a number "
+     r"> 0 and <= 100000 mm, got 219072"),
+    ("lj", {"subject01/proj-lat/col-spacing": 1e-4, "subject01/proj-lat/row-spacing": 1e-4},
+     r"the pixel spacing '/subject01/proj-lat/col-spacing, row-spacing' must be a number in \[0.001, 1000\] mm"),
+])
+def test_a_detector_in_other_units_is_refused(deepfluoro, ljubljana, tmp_path, kind, edits, said):
+    """Pixel spacings in µm or m (read as mm) gave a camera of 1 km sdd or of micrometre pixels, which was
+    registered and scored without a word; they get a sidecar's ranges, naming the keys."""
+    path = (deepfluoro if kind == "df" else ljubljana)[0]
+    bad = _edited_copy(path, tmp_path, edits)
+    with pytest.raises(InputError, match=f"edited-{path.name}: {said}"):
+        (DeepFluoroDataset if kind == "df" else LjubljanaDataset)(1, filename=bad)

@@ -178,6 +178,24 @@ def check_rigid_pose(T, path: str, where: str):
     return T
 
 
+def check_camera_ranges(cam, spacing_keys: str, intrinsic_key: str, where: str):
+    """``cam`` (made from the file's pixel spacings ``spacing_keys`` and K ``intrinsic_key``) unchanged, or
+    :class:`InputError` unless its pixel spacing and sdd (|f| pixels × spacing) are within a sidecar's ranges
+    (:data:`xraypose.schema.PIXEL_MM`, :data:`~xraypose.schema.SDD_MM`): a spacing in µm read as mm made a 1 km sdd,
+    registered and scored without a word."""
+    from xraypose.schema import PIXEL_MM, SDD_MM
+
+    for v in (cam.delx, cam.dely):
+        bad = PIXEL_MM.problem(float(v))
+        if bad:
+            raise InputError(f"{where}: the pixel spacing '{spacing_keys}' {bad}, got {float(v):g} (µm or m?)")
+    bad = SDD_MM.problem(float(cam.sdd))
+    if bad:
+        raise InputError(f"{where}: the source-to-detector distance (|focal| of '{intrinsic_key}' × pixel spacing "
+                         f"'{spacing_keys}') {bad}, got {float(cam.sdd):g} (a pixel spacing in µm or m?)")
+    return cam
+
+
 def check_shape(a: np.ndarray, shape: tuple, path: str, where: str) -> np.ndarray:
     if a.size == int(np.prod(shape)) and a.ndim != len(shape):
         a = a.reshape(shape)

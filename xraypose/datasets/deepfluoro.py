@@ -36,8 +36,8 @@ from xraypose.converters import LPS_TO_RAS, deepfluoro_camera, pose_from_deepflu
 from xraypose.errors import InputError
 from xraypose.limits import MAX_XRAY_PIXELS
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import (H5Backed, check_rigid_pose, check_shape, need, read_array, read_numbers, read_scalar,
-                                   read_string, read_whole)
+from xraypose.datasets._h5 import (H5Backed, check_camera_ranges, check_rigid_pose, check_shape, need, read_array,
+                                   read_numbers, read_scalar, read_string, read_whole)
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -165,6 +165,8 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         from xraypose.rig import _check_principal_point  # a K for another image size: named, as a rig.json's
 
         _check_principal_point(self.camera, self._where, "/proj-params/intrinsic")
+        check_camera_ranges(self.camera, "/proj-params/pixel-col-spacing, pixel-row-spacing", "/proj-params/intrinsic",
+                            self._where)
         self.focal_len = self.camera.sdd
         self.x0, self.y0 = self.camera.x0, self.camera.y0
         if self.specimen_id not in f:

@@ -29,7 +29,8 @@ from xraypose.camera import Camera
 from xraypose.converters import pose_from_negative_focal
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
-from xraypose.datasets._h5 import H5Backed, check_rigid_pose, check_shape, need, read_array, read_numbers, read_scalar
+from xraypose.datasets._h5 import (H5Backed, check_camera_ranges, check_rigid_pose, check_shape, need, read_array,
+                                   read_numbers, read_scalar)
 
 __all__ = ["LjubljanaDataset", "LJUBLJANA_VIEWS", "LJUBLJANA_FILENAME"]
 
@@ -122,6 +123,8 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         from xraypose.rig import _check_principal_point  # a K for another image size: named, as a rig.json's
 
         _check_principal_point(cam, self._where, f"/{self.subject_id}/proj-{view}/intrinsic")
+        check_camera_ranges(cam, f"/{self.subject_id}/proj-{view}/col-spacing, row-spacing",
+                            f"/{self.subject_id}/proj-{view}/intrinsic", self._where)
         return cam, check_rigid_pose(pose, f"proj-{view}/extrinsic", self._where)
 
     def _view(self, idx) -> str:
