@@ -695,3 +695,20 @@ def test_a_detector_in_other_units_is_refused(deepfluoro, ljubljana, tmp_path, k
     bad = _edited_copy(path, tmp_path, edits)
     with pytest.raises(InputError, match=f"edited-{path.name}: {said}"):
         (DeepFluoroDataset if kind == "df" else LjubljanaDataset)(1, filename=bad)
+
+
+@pytest.mark.parametrize("kind, key, value, said", [
+    ("df", "proj-params/intrinsic", np.zeros((3, 3)), "'/proj-params/intrinsic': intrinsic matrix is singular"),
+    ("df", "17-1882/projections/000/gt-poses/cam-to-pelvis-vol", np.eye(4) + np.array([[0.0] * 4] * 3 + [[5.0, 0, 0, 0]]),
+     "'/17-1882/projections/000/gt-poses/cam-to-pelvis-vol': cam-to-pelvis-vol must end with the row"),
+    ("lj", "subject01/proj-lat/intrinsic", np.array([[-50.0, 3, 60], [0, -50, 40], [0, 0, 1]]),
+     r"'/subject01/proj-lat': intrinsic matrix must be \[\[fx,0,cu\],\[0,fy,cv\],\[0,0,1\]\] \(no skew\)"),
+    ("lj", "subject01/proj-ap/extrinsic", np.diag([1.0, 1, 1, 1000]), "'/subject01/proj-ap': extrinsic must end with"),
+])
+def test_a_converters_refusal_names_the_file_and_key(deepfluoro, ljubljana, tmp_path, kind, key, value, said):
+    """A singular or skewed K and a matrix whose last row is not [0, 0, 0, 1] were refused by the converters in
+    words naming neither the file nor the HDF5 path ('intrinsic matrix is singular (zero focal length): ...')."""
+    path = (deepfluoro if kind == "df" else ljubljana)[0]
+    bad = _edited_copy(path, tmp_path, {key: value})
+    with pytest.raises(InputError, match=f"edited-{path.name}: {said}"):
+        (DeepFluoroDataset if kind == "df" else LjubljanaDataset)(1, filename=bad).get_pose(0)

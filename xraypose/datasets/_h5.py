@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,16 @@ def read_string(group, path: str, where: str) -> str:
         if isinstance(v, bytes):
             return v.decode("utf-8", errors="replace").rstrip("\x00")
     return str(v)
+
+
+@contextmanager
+def naming(key: str, where: str):
+    """Run the block; an :class:`InputError` from it (a converter's: ``intrinsic matrix is singular``,
+    ``cam-to-pelvis-vol must end with the row [0, 0, 0, 1]``) comes out naming the file and ``key``."""
+    try:
+        yield
+    except InputError as e:
+        raise InputError(f"{where}: '{key}': {e}") from None
 
 
 def check_rigid_pose(T, path: str, where: str):

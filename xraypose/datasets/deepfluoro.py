@@ -37,7 +37,7 @@ from xraypose.errors import InputError
 from xraypose.limits import MAX_XRAY_PIXELS
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
 from xraypose.datasets._h5 import (H5Backed, check_camera_ranges, check_rigid_pose, check_shape, need, read_array,
-                                   read_numbers, read_scalar, read_string, read_whole)
+                                   naming, read_numbers, read_scalar, read_string, read_whole)
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -161,7 +161,8 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         self.dely = read_scalar(pp, "pixel-row-spacing", self._where)
         if not (self.delx > 0 and self.dely > 0):
             raise InputError(f"{self._where}: pixel spacing must be > 0 mm, got {self.delx}, {self.dely}")
-        self.camera, self._flip = deepfluoro_camera(self.intrinsic, self.height, self.width, self.delx, self.dely)
+        with naming("/proj-params/intrinsic", self._where):
+            self.camera, self._flip = deepfluoro_camera(self.intrinsic, self.height, self.width, self.delx, self.dely)
         from xraypose.rig import _check_principal_point  # a K for another image size: named, as a rig.json's
 
         _check_principal_point(self.camera, self._where, "/proj-params/intrinsic")
@@ -253,8 +254,9 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         g, key = self._proj(idx)
         M = check_shape(read_array(g, f"gt-poses/{STRUCTURES[structure]}", self._where), (4, 4),
                         f"{key}/gt-poses/{STRUCTURES[structure]}", self._where)
-        T = check_rigid_pose(pose_from_deepfluoro(M, self.extrinsic, self._flip),
-                             f"{key}/gt-poses/{STRUCTURES[structure]}", self._where)
+        with naming(f"/{self.specimen_id}/projections/{key}/gt-poses/{STRUCTURES[structure]}", self._where):
+            T = pose_from_deepfluoro(M, self.extrinsic, self._flip)
+        T = check_rigid_pose(T, f"{key}/gt-poses/{STRUCTURES[structure]}", self._where)
         if not raw:
             T = T @ self._plan(idx).pose_transform
         return T.to(dtype)

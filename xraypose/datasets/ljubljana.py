@@ -30,7 +30,7 @@ from xraypose.converters import pose_from_negative_focal
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
 from xraypose.datasets._h5 import (H5Backed, check_camera_ranges, check_rigid_pose, check_shape, need, read_array,
-                                   read_numbers, read_scalar)
+                                   naming, read_numbers, read_scalar)
 
 __all__ = ["LjubljanaDataset", "LJUBLJANA_VIEWS", "LJUBLJANA_FILENAME"]
 
@@ -119,7 +119,8 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         dely = read_scalar(grp, "row-spacing", self._where)
         if not (delx > 0 and dely > 0):
             raise InputError(f"{self._where}: proj-{view} pixel spacing must be > 0 mm, got {delx}, {dely}")
-        cam, pose = pose_from_negative_focal(K, E, H, W, delx, dely)
+        with naming(f"/{self.subject_id}/proj-{view}", self._where):  # its intrinsic or extrinsic (the text says)
+            cam, pose = pose_from_negative_focal(K, E, H, W, delx, dely)
         from xraypose.rig import _check_principal_point  # a K for another image size: named, as a rig.json's
 
         _check_principal_point(cam, self._where, f"/{self.subject_id}/proj-{view}/intrinsic")
