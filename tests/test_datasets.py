@@ -712,3 +712,16 @@ def test_a_converters_refusal_names_the_file_and_key(deepfluoro, ljubljana, tmp_
     bad = _edited_copy(path, tmp_path, {key: value})
     with pytest.raises(InputError, match=f"edited-{path.name}: {said}"):
         (DeepFluoroDataset if kind == "df" else LjubljanaDataset)(1, filename=bad).get_pose(0)
+
+
+def test_deepfluoro_projections_named_without_zero_padding_keep_their_number_order(deepfluoro, tmp_path):
+    """Projection groups "8", "9", "10" (a converter's, without the real file's zero padding) were sorted as text:
+    index 0 (evaluate's image-000) was projection "10"."""
+    bad = tmp_path / "unpadded.h5"
+    shutil.copy(deepfluoro[0], bad)
+    with h5py.File(bad, "a") as f:
+        for old, new in (("000", "8"), ("001", "9"), ("002", "10")):
+            f.move(f"17-1882/projections/{old}", f"17-1882/projections/{new}")
+    ref, sp = DeepFluoroDataset(1, filename=deepfluoro[0]), DeepFluoroDataset(1, filename=bad)
+    for i in range(3):
+        assert torch.equal(sp.raw_image(i), ref.raw_image(i)) and torch.equal(sp.get_pose(i), ref.get_pose(i))

@@ -187,7 +187,10 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         self._fiducials_lps = lps
         ras = lps * np.array([-1.0, -1.0, 1.0])
         self.fiducials = torch.from_numpy(ras).unsqueeze(0)
-        self._proj_keys = sorted(need(g, "projections", self._where).keys())
+        from xraypose.sequence import natural_key
+
+        # "0" … "10" in number order ("10" sorted before "2": image-002 was projection 10); the real "000" … alike
+        self._proj_keys = sorted(need(g, "projections", self._where).keys(), key=natural_key)
         if not self._proj_keys:
             raise InputError(f"{self._where}: '/{self.specimen_id}/projections' holds no projection")
         from xraypose.camera import carm_pose
