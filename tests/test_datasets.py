@@ -725,3 +725,35 @@ def test_deepfluoro_projections_named_without_zero_padding_keep_their_number_ord
     ref, sp = DeepFluoroDataset(1, filename=deepfluoro[0]), DeepFluoroDataset(1, filename=bad)
     for i in range(3):
         assert torch.equal(sp.raw_image(i), ref.raw_image(i)) and torch.equal(sp.get_pose(i), ref.get_pose(i))
+
+
+def _with_damaged_group_index(path, tmp_path, group: str):
+    """A copy of ``path`` in which the B-tree indexing ``group`` is damaged (its "TREE" signature overwritten):
+    found by trying each signature until listing ``group`` fails."""
+    raw = Path(path).read_bytes()
+    bad = tmp_path / "damaged-index.h5"
+    start = raw.find(b"TREE")
+    while start >= 0:
+        bad.write_bytes(raw[:start] + b"XXXX" + raw[start + 4:])
+        with h5py.File(bad, "r") as f:
+            try:
+                g = f[group]
+            except (KeyError, RuntimeError):  # an index above it
+                g = None
+            try:
+                g is None or len(g)
+            except RuntimeError:
+                return bad
+        start = raw.find(b"TREE", start + 1)
+    pytest.skip(f"no B-tree of {group} found in this h5py's layout")
+
+
+@pytest.mark.parametrize("group", [
+    "17-1882/vol-landmarks",  # listed: h5py's RuntimeError ('wrong B-tree signature') escaped as a traceback
+    "17-1882/projections/000/gt-poses",  # a dataset in it read: said to be "missing"
+])
+def test_a_damaged_hdf5_group_index_is_named(deepfluoro, tmp_path, group):
+    bad = _with_damaged_group_index(deepfluoro[0], tmp_path, group)
+    with pytest.raises(InputError, match=f"damaged-index.h5: HDF5 group '/{group}' cannot be read .*wrong B-tree "
+                                         r"signature.*: the file is damaged"):
+        DeepFluoroDataset(1, filename=bad).get_pose(0)

@@ -258,7 +258,7 @@ def _h5_kind(path: Path) -> str:
     try:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # RuntimeError: a damaged root group ('wrong B-tree signature')
         raise InputError(f"{path} is not a readable HDF5 file ({e})") from None
     if keys & set(SPECIMEN_IDS):
         return "DeepFluoro"

@@ -111,7 +111,25 @@ def need(group, path: str, where: str):
         if linked:
             raise InputError(f"{where}: HDF5 path '{base}/{path}' cannot be read ({one_line(e, 120)}): the file is "
                              "damaged (an interrupted copy?)") from None
+        node = group  # a group on the way whose index is damaged finds nothing: said so, not "missing"
+        for part in path.split("/"):
+            if not isinstance(node, h5py.Group):
+                break
+            group_keys(node, where)
+            if part not in node:
+                break
+            node = need(node, part, where)
         raise InputError(f"{where}: HDF5 path '{base}/{path}' is missing") from None
+
+
+def group_keys(group, where: str) -> list:
+    """The names in ``group``, or an :class:`InputError` naming it when its index cannot be read (h5py's
+    RuntimeError 'Unable to get group info (wrong B-tree signature)' escaped as a traceback)."""
+    try:
+        return list(group.keys())
+    except (RuntimeError, OSError) as e:
+        raise InputError(f"{where}: HDF5 group '{group.name}' cannot be read ({one_line(e, 120)}): the file is "
+                         "damaged (an interrupted copy?)") from None
 
 
 def read_array(group, path: str, where: str, dtype=np.float64) -> np.ndarray:

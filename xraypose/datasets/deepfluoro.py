@@ -37,7 +37,7 @@ from xraypose.errors import InputError
 from xraypose.limits import MAX_XRAY_PIXELS
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
 from xraypose.datasets._h5 import (H5Backed, check_camera_ranges, check_rigid_pose, check_shape, need, read_array,
-                                   naming, read_numbers, read_scalar, read_string, read_whole)
+                                   group_keys, naming, read_numbers, read_scalar, read_string, read_whole)
 
 __all__ = ["DeepFluoroDataset", "SPECIMEN_IDS", "LANDMARK_NAMES", "LABEL_NAMES", "DEEPFLUORO_I0",
            "DEEPFLUORO_FILENAME", "STRUCTURES", "deepfluoro_volume"]
@@ -92,7 +92,7 @@ def deepfluoro_volume(group, where: str, labels: bool = True):
         lab = _as_label_tensor(lab, data.shape, f"{where}: '{seg.name}'")  # 0.5 or NaN: not cast to int unseen
         names = {}
         if "vol-seg/labels-def" in group:
-            for k in group["vol-seg/labels-def"].keys():
+            for k in group_keys(group["vol-seg/labels-def"], where):
                 try:
                     names[int(k)] = read_string(group, f"vol-seg/labels-def/{k}", where)
                 except ValueError:
@@ -173,12 +173,12 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         if self.specimen_id not in f:
             raise InputError(
                 f"{self._where}: specimen {self.id_number} (HDF5 group '/{self.specimen_id}') is missing; "
-                f"the file holds {', '.join(k for k in f.keys() if k != 'proj-params') or 'no specimen'}"
+                f"the file holds {', '.join(k for k in group_keys(f, self._where) if k != 'proj-params') or 'no specimen'}"
             )
         g = f[self.specimen_id]
         self.volume, self.spacing = deepfluoro_volume(g, self._where, labels=self._labels)
         lm = need(g, "vol-landmarks", self._where)
-        self.fiducial_names = sorted(lm.keys())
+        self.fiducial_names = sorted(group_keys(lm, self._where))
         if not self.fiducial_names:
             raise InputError(f"{self._where}: '{lm.name}' holds no landmark (expected {', '.join(LANDMARK_NAMES)})")
         pts = [check_shape(read_array(lm, n, self._where).reshape(-1), (3,), f"{lm.name}/{n}", self._where)
@@ -190,7 +190,7 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         from xraypose.sequence import natural_key
 
         # "0" … "10" in number order ("10" sorted before "2": image-002 was projection 10); the real "000" … alike
-        self._proj_keys = sorted(need(g, "projections", self._where).keys(), key=natural_key)
+        self._proj_keys = sorted(group_keys(need(g, "projections", self._where), self._where), key=natural_key)
         if not self._proj_keys:
             raise InputError(f"{self._where}: '/{self.specimen_id}/projections' holds no projection")
         from xraypose.camera import carm_pose

@@ -30,7 +30,7 @@ from xraypose.converters import pose_from_negative_focal
 from xraypose.errors import InputError
 from xraypose.preprocess import GeometryPlan, plan_geometry, preprocess as _preprocess
 from xraypose.datasets._h5 import (H5Backed, check_camera_ranges, check_rigid_pose, check_shape, need, read_array,
-                                   naming, read_numbers, read_scalar)
+                                   group_keys, naming, read_numbers, read_scalar)
 
 __all__ = ["LjubljanaDataset", "LJUBLJANA_VIEWS", "LJUBLJANA_FILENAME"]
 
@@ -72,7 +72,7 @@ class LjubljanaDataset(H5Backed, torch.utils.data.Dataset):
         if self.subject_id not in f:
             raise InputError(
                 f"{self._where}: subject {self.id_number} (HDF5 group '/{self.subject_id}') is missing; "
-                f"the file holds {', '.join(f.keys()) or 'nothing'}"
+                f"the file holds {', '.join(group_keys(f, self._where)) or 'nothing'}"
             )
         g = f[self.subject_id]
         self.volume, self.spacing = self._read_volume(g)
