@@ -757,3 +757,11 @@ def test_a_damaged_hdf5_group_index_is_named(deepfluoro, tmp_path, group):
     with pytest.raises(InputError, match=f"damaged-index.h5: HDF5 group '/{group}' cannot be read .*wrong B-tree "
                                          r"signature.*: the file is damaged"):
         DeepFluoroDataset(1, filename=bad).get_pose(0)
+
+
+def test_a_deepfluoro_extrinsic_that_is_not_rigid_is_named_itself(deepfluoro, tmp_path):
+    """A scaled proj-params/extrinsic made every ground truth non-rigid, refused as '000/gt-poses/cam-to-pelvis-vol
+    is not a rigid transform' (the file's pose was fine); it is named when the file is opened."""
+    bad = _scaled_copy(deepfluoro[0], tmp_path, "proj-params/extrinsic", 1.5)
+    with pytest.raises(InputError, match="the pose from 'proj-params/extrinsic' is not a rigid transform"):
+        DeepFluoroDataset(1, filename=bad).get_pose(0)

@@ -155,6 +155,8 @@ class DeepFluoroDataset(H5Backed, torch.utils.data.Dataset):
         pp = need(f, "proj-params", self._where)
         self.intrinsic = check_shape(read_array(pp, "intrinsic", self._where), (3, 3), "proj-params/intrinsic", self._where)
         self.extrinsic = check_shape(read_array(pp, "extrinsic", self._where), (4, 4), "proj-params/extrinsic", self._where)
+        # every gt-pose goes through it: a scaled one was blamed on the first cam-to-pelvis-vol read
+        check_rigid_pose(torch.from_numpy(self.extrinsic), "proj-params/extrinsic", self._where)
         self.height = read_whole(pp, "num-rows", self._where, 1, MAX_XRAY_PIXELS)
         self.width = read_whole(pp, "num-cols", self._where, 1, MAX_XRAY_PIXELS)
         self.delx = read_scalar(pp, "pixel-col-spacing", self._where)
