@@ -1244,6 +1244,18 @@ def _resume_from_a_model_file(d: Path, o: Path) -> list:
 
 add("train-resume-a-model-file", ("model.last.pt", "no training state to resume"), _resume_from_a_model_file)
 
+# -o naming an input: with --overwrite the model replaced the CT (without, the CT was called "an earlier training")
+_TRAINABLE = '[model]\nbackbone = "test_resnet"\n[camera]\nheight = 32\nfov_mm = 100.0\n'  # it would train
+add("train-output-is-the-ct", ("output", "ct.nii.gz", "is the ct", "would replace it"), lambda d, o: [
+    "train", str(ct(d)), "-o", str(d / "ct.nii.gz"), "--overwrite", "--config", str(toml(d, _TRAINABLE)),
+    "--steps", "1", "--quiet"])
+add("train-output-is-the-config", ("output", "config.toml", "--config file", "would replace it"), lambda d, o: [
+    "train", str(ct(d)), "-o", str(d / "config.toml"), "--overwrite", "--config", str(toml(d, _TRAINABLE)),
+    "--steps", "1", "--quiet"])
+add("train-output-is-the-finetune-model", ("output", "model.pt", "--finetune checkpoint", "would replace it"),
+    lambda d, o: ["train", str(ct(d)), "-o", str(checkpoint(d, lambda ck: None)), "--overwrite", "--finetune",
+                  str(d / "model.pt"), "--steps", "1", "--quiet"])
+
 
 def _objects_pickled(d: Path) -> Path:
     """A torch.save file holding a pathlib.Path (weights_only=True refuses it with several lines and escape codes)."""

@@ -66,8 +66,10 @@ def train_command(
     xraypose train sample -o model.pt --minutes 10
     """
     from xraypose.train import TrainConfig, load_config, output_paths, train
+    from xraypose.train.outputs import check_not_an_input
     from xraypose.train.run import read_training_state
 
+    check_not_an_input(output, {"the --config file": config})  # train() checks the CT and --finetune
     start = TrainConfig.from_dict({"preset": preset}) if preset is not None else None
     if config is not None:
         base = load_config(config, base=start)

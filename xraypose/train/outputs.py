@@ -11,7 +11,7 @@ from pathlib import Path
 
 from xraypose.errors import InputError
 
-__all__ = ["TrainResult", "output_paths", "check_writable", "truncate_log", "jsonable"]
+__all__ = ["TrainResult", "output_paths", "check_writable", "check_not_an_input", "truncate_log", "jsonable"]
 
 
 @dataclass
@@ -53,6 +53,21 @@ def check_writable(output) -> None:
     for q in output_paths(p).values():
         if q.exists() and not os.access(q, os.W_OK):
             raise InputError(f"cannot overwrite {q} (not writable)")
+
+
+def check_not_an_input(output, inputs: dict) -> None:
+    """InputError when ``output`` or a companion is one of ``inputs`` (``{what: path or None}``, e.g.
+    ``{"the CT": "ct.nii.gz"}``): training would replace it (``-o ct.nii.gz --overwrite`` replaced the CT
+    by the model; without ``--overwrite`` the CT was called "an earlier training")."""
+    for q in output_paths(output).values():
+        for what, given in inputs.items():
+            if not isinstance(given, (str, os.PathLike)) or str(given) in ("", "sample"):
+                continue
+            p = Path(given)
+            same = os.path.samefile(p, q) if p.exists() and q.exists() else p.resolve() == q.resolve()
+            if same:
+                raise InputError(f"output {q} is {what} ({given}): training would replace it; "
+                                 "write the model to another file")
 
 
 def truncate_log(path: Path, step: int) -> None:

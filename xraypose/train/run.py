@@ -13,7 +13,7 @@ import torch.distributed as dist
 from xraypose.errors import InputError
 from xraypose.model import read_checkpoint
 from xraypose.train.config import SECTIONS, TrainConfig, as_config
-from xraypose.train.outputs import TrainResult, check_writable, output_paths
+from xraypose.train.outputs import TrainResult, check_not_an_input, check_writable, output_paths
 from xraypose.train.trainer import Trainer
 
 __all__ = ["train"]
@@ -46,6 +46,8 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
     world, rank, local_rank = _dist_info()
     if rank == 0:
         check_writable(output)
+    check_not_an_input(output, {"the CT": ct, "the config": config, "the --finetune checkpoint": finetune,
+                                "model.weights": cfg.model.weights})
     if resume and overwrite:
         raise InputError("give --resume (continue the training) or --overwrite (start again), not both")
     existing = [q for q in paths.values() if q.exists()]
@@ -71,8 +73,6 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
         from xraypose.io import remove_stale_temp_files
 
         remove_stale_temp_files(paths["best"].parent)  # left by a run killed mid-write
-    if overwrite and finetune is not None and Path(finetune).resolve() in {q.resolve() for q in existing}:
-        raise InputError(f"--finetune reads {finetune}, which --overwrite would replace; write to another file")
     replace = existing if overwrite and rank == 0 else []
 
     device, use_cuda = _device(cfg, local_rank)
