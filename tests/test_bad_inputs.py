@@ -1319,6 +1319,10 @@ for _name, _cmd, _text, _words in [
      ("augment.noise", "'false'", "true or false")),
     ("pretrained-text", "train", '[model]\npretrained = "no"\n' + _SMALL_CAMERA, ("model.pretrained", "true or false")),
     ("amp-number", "train", "[optim]\namp = 0\n" + _SMALL_CAMERA, ("optim.amp", "true or false")),
+    # a value of another type: Python's TypeError escaped ("unhashable type: 'list'", "expected str ... not int")
+    ("preset-list", "train", 'preset = ["cpu-fast"]\n', ("unknown preset", "cpu-fast", "choose one of")),
+    ("weights-number", "train", "[model]\nweights = 5\n" + _SMALL_CAMERA, ("model.weights", "= 5", "weights file")),
+    ("weights-empty", "train", '[model]\nweights = ""\n' + _SMALL_CAMERA, ("model.weights", "weights file")),
     # the detector's distances get the ranges of --sdd, --delx, --x0 (were unbounded: "the CT is too small for
     # the field of view", or a 300-digit field of view)
     ("camera-sdd-1e300", "train", "[camera]\nsdd = 1e300\n", ("camera.sdd", "1e+300", "(0, 100000]")),

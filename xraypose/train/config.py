@@ -55,6 +55,8 @@ class ModelConfig(_Section):
         check_choice("model.norm", self.norm, ["batch", "group"])
         check_number("model.pool_grid", self.pool_grid, lo=1, hi=8, integer=True)
         check_flag("model.pretrained", self.pretrained)  # a text "no" would be true: a download attempted
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):  # 5: a TypeError
+            config_error("model.weights", self.weights, "must be the path of a local backbone weights file")
         if self.pivot != "isocenter":
             check_number("model.pivot", self.pivot)
 
@@ -264,7 +266,7 @@ class TrainConfig:
         d = dict(d or {})
         preset = d.pop("preset", None)
         if preset is not None:
-            if preset not in PRESETS:
+            if not isinstance(preset, str) or preset not in PRESETS:  # a list: "unhashable type" escaped
                 raise InputError(f"config: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
             base = cls.from_dict(PRESETS[preset], base)
         cfg = dataclasses.replace(base) if base is not None else cls()
