@@ -1320,6 +1320,11 @@ for _name, _cmd, _text, _words in [
     ("pretrained-text", "train", '[model]\npretrained = "no"\n' + _SMALL_CAMERA, ("model.pretrained", "true or false")),
     ("amp-number", "train", "[optim]\namp = 0\n" + _SMALL_CAMERA, ("optim.amp", "true or false")),
     # a value of another type: Python's TypeError escaped ("unhashable type: 'list'", "expected str ... not int")
+    # more than this machine's memory: PyTorch's "can't allocate memory" traceback
+    ("buffer-size-huge", "train", "[data]\nbuffer_size = 1000000000\n" + _SMALL_CAMERA,
+     ("data.buffer_size", "1000000000", "memory")),
+    ("val-size-huge", "train", "[run]\nval_size = 1000000000000\n" + _SMALL_CAMERA,
+     ("run.val_size", "1000000000000", "memory")),
     ("preset-list", "train", 'preset = ["cpu-fast"]\n', ("unknown preset", "cpu-fast", "choose one of")),
     ("weights-number", "train", "[model]\nweights = 5\n" + _SMALL_CAMERA, ("model.weights", "= 5", "weights file")),
     ("weights-empty", "train", '[model]\nweights = ""\n' + _SMALL_CAMERA, ("model.weights", "weights file")),

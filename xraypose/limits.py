@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_XRAY_PIXELS", "XRAY_BYTES_PER_PIXEL", "MIN_REGISTER_PIXELS", "MIN_CT_VOXELS_PER_AXIS", "memory_bytes", "human_bytes",
            "dims", "check_allocation", "check_xray_size", "check_registrable_ct", "check_registrable_xray",
-           "itemsize_from_text", "DRR_BYTES_PER_PIXEL", "MAX_SAMPLES_PER_RAY", "check_drr_size", "check_drr_step"]
+           "itemsize_from_text", "DRR_BYTES_PER_PIXEL", "MAX_SAMPLES_PER_RAY", "check_drr_size", "check_drr_step",
+           "check_memory"]
 
 #: X-ray frames with more pixels (rows × columns) are refused: 10⁸, e.g. 10000 × 10000; real
 #: detectors have at most a few 10⁷.  A multi-frame file's frames together need only fit this machine's memory
@@ -112,13 +113,20 @@ def check_registrable_xray(shape, what: str, crop: int = 0) -> None:
                          f"at least {MIN_REGISTER_PIXELS} × {MIN_REGISTER_PIXELS} are needed")
 
 
+def check_memory(need: float, what: str, remedy: str, purpose: str = "") -> None:
+    """Refuse ``need`` bytes that this machine's memory cannot hold: ``WHAT needs about N of memory[PURPOSE]; this
+    machine has M: REMEDY``."""
+    have = memory_bytes()
+    if need > have:
+        raise InputError(f"{what} needs about {human_bytes(need)} of memory{purpose}; this machine has "
+                         f"{human_bytes(have)}: {remedy}")
+
+
 def check_drr_size(height: int, width: int) -> None:
     """Refuse a ``height`` × ``width`` DRR whose rendering (:data:`DRR_BYTES_PER_PIXEL` a pixel) would not fit
     this machine's memory, saying how much it would need."""
-    need, have = int(height) * int(width) * DRR_BYTES_PER_PIXEL, memory_bytes()
-    if need > have:
-        raise InputError(f"a {dims((height, width))} DRR needs about {human_bytes(need)} of memory to render; this "
-                         f"machine has {human_bytes(have)}: render fewer pixels")
+    check_memory(int(height) * int(width) * DRR_BYTES_PER_PIXEL, f"a {dims((height, width))} DRR",
+                 "render fewer pixels", " to render")
 
 
 def check_drr_step(step: float, volume: Volume) -> None:

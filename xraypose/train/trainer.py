@@ -128,6 +128,22 @@ class Trainer:
         self.drr = DRR(self.volume, self.camera, density=cfg.render.density, renderer=cfg.render.renderer,
                        n_samples=cfg.render.n_samples, step=cfg.render.step, backend=cfg.render.backend).to(self.device)
         check_geometry(self.volume, self.camera, self.sampler, self.sod, self.drr)
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Refuse a replay buffer or a validation set that this machine's memory cannot hold (a
+        ``data.buffer_size`` of 10⁹ was PyTorch's "can't allocate memory" traceback), before anything is rendered.
+        The buffer is held, and copied twice into each ``.last.pt`` written; the validation DRRs about 3 times."""
+        from xraypose.limits import check_memory
+
+        cfg, c = self.cfg, self.camera
+        image = int(self.drr.basis.shape[0]) * c.height * c.width * 4  # one render's bytes (float32 bases)
+        cap = max(int(cfg.data.buffer_size), int(cfg.optim.batch_size))
+        check_memory(3 * cap * image, f"config: data.buffer_size = {cfg.data.buffer_size}: a replay buffer of "
+                     f"{cap} renders of {c.height} × {c.width}", "give a smaller data.buffer_size")
+        n_val = max(int(cfg.run.val_size), 16)
+        check_memory(3 * n_val * image, f"config: run.val_size = {cfg.run.val_size}: a validation set of {n_val} "
+                     f"DRRs of {c.height} × {c.width}", "give a smaller run.val_size")
 
     def _build_model(self, finetune) -> None:
         m, sampler = self.cfg.model, self.sampler
