@@ -1252,6 +1252,12 @@ add("train-output-is-the-ct", ("output", "ct.nii.gz", "is the ct", "would replac
 add("train-output-is-the-config", ("output", "config.toml", "--config file", "would replace it"), lambda d, o: [
     "train", str(ct(d)), "-o", str(d / "config.toml"), "--overwrite", "--config", str(toml(d, _TRAINABLE)),
     "--steps", "1", "--quiet"])
+add("train-log-is-a-folder", ("model.log.jsonl", "is a folder"), lambda d, o: train_args(
+    d, o, None, "--overwrite") if (o / "model.log.jsonl").mkdir() is None else [])
+add("train-state-is-a-folder-at-resume", ("model.last.pt", "is a folder"), lambda d, o: train_args(
+    d, o, None, "--resume") if (o / "model.last.pt").mkdir() is None else [])
+add("register-model-is-a-folder", ("checkpoint", "model.pt", "is a folder"), lambda d, o: register_args(
+    d, o, None, None, "--init", "model", "--model", str(_mkdir(d / "model.pt"))))
 add("train-output-is-the-finetune-model", ("output", "model.pt", "--finetune checkpoint", "would replace it"),
     lambda d, o: ["train", str(ct(d)), "-o", str(checkpoint(d, lambda ck: None)), "--overwrite", "--finetune",
                   str(d / "model.pt"), "--steps", "1", "--quiet"])

@@ -47,7 +47,7 @@ from torch import nn
 
 from xraypose.camera import Camera
 from xraypose.errors import InputError
-from xraypose.io import check_input_path
+from xraypose.io import check_input_file
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS, pose_from_params, pose_to_params
 
 if TYPE_CHECKING:
@@ -87,9 +87,7 @@ def _batchnorm_to_groupnorm(module: nn.Module) -> nn.Module:
 def _load_local_weights(backbone: nn.Module, path) -> None:
     """Load a local weights file into the backbone (3-channel first convs are summed to 1 channel)."""
     p = Path(path)
-    check_input_path(p, "backbone weights file")
-    if not p.is_file():
-        raise InputError(f"backbone weights file not found: {p}")
+    check_input_file(p, "backbone weights file", "a file of weights")
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
@@ -336,9 +334,7 @@ def save_checkpoint(path, state: dict) -> None:
 def read_checkpoint(path, map_location="cpu") -> dict:
     """Read and validate a checkpoint file (``weights_only=True``)."""
     p = Path(path)
-    check_input_path(p, "checkpoint")
-    if not p.is_file():
-        raise InputError(f"checkpoint not found: {p}")
+    check_input_file(p, "checkpoint", "a checkpoint file")  # a folder was "checkpoint not found"
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated / foreign / unsafe files are user errors

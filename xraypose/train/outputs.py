@@ -51,6 +51,8 @@ def check_writable(output) -> None:
 
     check_output_file(p)  # a probe file (named as the package's temporary files) in the folder
     for q in output_paths(p).values():
+        if q.is_dir():  # was "an earlier training" (resume: "checkpoint not found"), then "Is a directory" once set up
+            raise InputError(f"{q} is a folder, where this training writes a file; move it away or give another -o")
         if q.exists() and not os.access(q, os.W_OK):
             raise InputError(f"cannot overwrite {q} (not writable)")
 
