@@ -1326,6 +1326,8 @@ for _name, _cmd, _text, _words in [
     ("pretrained-text", "train", '[model]\npretrained = "no"\n' + _SMALL_CAMERA, ("model.pretrained", "true or false")),
     ("amp-number", "train", "[optim]\namp = 0\n" + _SMALL_CAMERA, ("optim.amp", "true or false")),
     # a value of another type: Python's TypeError escaped ("unhashable type: 'list'", "expected str ... not int")
+    # a setting above the tables (TOML puts every key after [run] into [run]; one before any table is top-level)
+    ("setting-above-the-tables", "train", "max_steps = 10\n" + _SMALL_CAMERA, ("max_steps", "put it under [run]")),
     # more than this machine's memory: PyTorch's "can't allocate memory" traceback
     ("buffer-size-huge", "train", "[data]\nbuffer_size = 1000000000\n" + _SMALL_CAMERA,
      ("data.buffer_size", "1000000000", "memory")),

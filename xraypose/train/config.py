@@ -273,6 +273,10 @@ class TrainConfig:
         cfg = cls(**{name: dataclasses.replace(getattr(cfg, name)) for name in SECTIONS})
         for section, values in d.items():
             if section not in SECTIONS:
+                home = [t for t, c in SECTIONS.items() if section in {f.name for f in dataclasses.fields(c)}]
+                if home and not isinstance(values, dict):  # "max_steps = 10" above the tables: "unknown table"
+                    raise InputError(f"config: {section} is a setting of the table [{home[0]}]; put it under "
+                                     f"[{home[0]}]")
                 raise InputError(f"config: unknown table [{section}]; known: {', '.join(SECTIONS)}")
             if not isinstance(values, dict):
                 raise InputError(f"config: [{section}] must be a table of settings")
