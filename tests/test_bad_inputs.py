@@ -1244,6 +1244,21 @@ def _resume_from_a_model_file(d: Path, o: Path) -> list:
 
 add("train-resume-a-model-file", ("model.last.pt", "no training state to resume"), _resume_from_a_model_file)
 
+
+def _resume_a_newer_state(d: Path, o: Path) -> list:
+    """``train --resume`` of a state whose configuration holds a setting this version lacks (a newer xraypose's):
+    "config: unknown setting augment.future_setting" named no file, for a config the user had not given."""
+    from xraypose.train import TrainConfig
+
+    config = TrainConfig().to_dict()
+    config["augment"]["future_setting"] = True
+    checkpoint(d, lambda ck: ck.update(optimizer={}, config=config)).rename(d / "model.last.pt")
+    return ["train", str(ct(d)), "-o", str(d / "model.pt"), "--resume", "--steps", "1", "--quiet"]
+
+
+add("train-resume-a-newer-state", ("model.last.pt", "augment.future_setting", "another version"),
+    _resume_a_newer_state)
+
 # -o naming an input: with --overwrite the model replaced the CT (without, the CT was called "an earlier training")
 _TRAINABLE = '[model]\nbackbone = "test_resnet"\n[camera]\nheight = 32\nfov_mm = 100.0\n'  # it would train
 add("train-output-is-the-ct", ("output", "ct.nii.gz", "is the ct", "would replace it"), lambda d, o: [

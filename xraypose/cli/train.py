@@ -67,7 +67,7 @@ def train_command(
     """
     from xraypose.train import TrainConfig, load_config, output_paths, train
     from xraypose.train.outputs import check_not_an_input
-    from xraypose.train.run import read_training_state
+    from xraypose.train.run import read_training_state, saved_config
 
     check_not_an_input(output, {"the --config file": config})  # train() checks the CT and --finetune
     start = TrainConfig.from_dict({"preset": preset}) if preset is not None else None
@@ -76,7 +76,8 @@ def train_command(
     elif start is not None:
         base = start
     elif resume and output_paths(output)["last"].exists():
-        base = TrainConfig.from_dict(read_training_state(output_paths(output)["last"])["config"])
+        last = output_paths(output)["last"]
+        base = saved_config(read_training_state(last), last)
     else:
         base = TrainConfig()
     d = base.to_dict()

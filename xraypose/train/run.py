@@ -106,7 +106,7 @@ def _resume_state(cfg: TrainConfig, given: bool, last: Path, world: int) -> tupl
     if not last.exists():
         raise InputError(f"nothing to resume: {last} does not exist")
     state = read_training_state(last)
-    saved = TrainConfig.from_dict(state["config"])
+    saved = saved_config(state, last)
     if given:
         new = cfg.to_dict()
         old = saved.to_dict()
@@ -130,6 +130,18 @@ def read_training_state(last) -> dict:
         raise InputError(f"{last} holds no training state to resume (no optimiser or configuration: a model file, "
                          "not the NAME.last.pt a training writes)")
     return state
+
+
+def saved_config(state: dict, last) -> TrainConfig:
+    """The configuration recorded in the training state ``state`` (read from ``last``); one this xraypose refuses
+    (a setting of a newer version, a value out of today's range) is an InputError naming the checkpoint (it was
+    "config: unknown setting ..." for a config the user had not given)."""
+    try:
+        return TrainConfig.from_dict(state["config"])
+    except InputError as e:
+        raise InputError(f"{last} records a training configuration this xraypose does not accept ({e}); written by "
+                         "another version of xraypose? Resume it with that version, or give --overwrite to start "
+                         "again") from None
 
 
 def _device(cfg: TrainConfig, local_rank: int) -> tuple[torch.device, bool]:
