@@ -1252,10 +1252,23 @@ def _resume_a_newer_state(d: Path, o: Path) -> list:
 
     config = TrainConfig().to_dict()
     config["augment"]["future_setting"] = True
-    checkpoint(d, lambda ck: ck.update(optimizer={}, config=config)).rename(d / "model.last.pt")
+    state = {"optimizer": {}, "scheduler": {}, "step": 0, "images_seen": 0, "renders": 0, "buffer": {}, "rng": {}}
+    checkpoint(d, lambda ck: ck.update(state, config=config)).rename(d / "model.last.pt")
     return ["train", str(ct(d)), "-o", str(d / "model.pt"), "--resume", "--steps", "1", "--quiet"]
 
 
+def _resume_a_crash_dump(d: Path, o: Path) -> list:
+    """``train --resume`` of a crash dump copied over NAME.last.pt (it holds an optimiser and a configuration, but
+    no schedule, buffer or random state): ``KeyError: 'scheduler'`` escaped once the CT was set up."""
+    from xraypose.train import TrainConfig
+
+    config = TrainConfig.from_dict({"model": {"backbone": "test_resnet"},
+                                    "camera": {"height": 32, "fov_mm": 100.0}}).to_dict()
+    checkpoint(d, lambda ck: ck.update(optimizer={}, config=config, step=3)).rename(d / "model.last.pt")
+    return ["train", str(ct(d)), "-o", str(d / "model.pt"), "--resume", "--steps", "1", "--quiet"]
+
+
+add("train-resume-a-crash-dump", ("model.last.pt", "lacks scheduler", "crash dump"), _resume_a_crash_dump)
 add("train-resume-a-newer-state", ("model.last.pt", "augment.future_setting", "another version"),
     _resume_a_newer_state)
 

@@ -129,7 +129,16 @@ def read_training_state(last) -> dict:
     if "optimizer" not in state or not isinstance(state.get("config"), dict):
         raise InputError(f"{last} holds no training state to resume (no optimiser or configuration: a model file, "
                          "not the NAME.last.pt a training writes)")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:  # a crash dump copied in its place: KeyError 'scheduler' escaped once the CT was set up
+        raise InputError(f"{last} holds no whole training state to resume (it lacks {', '.join(missing)}: a crash "
+                         "dump (NAME.crash.pt) or a damaged file, not the NAME.last.pt a training writes); give "
+                         "--overwrite to start again")
     return state
+
+
+#: What a training state (``NAME.last.pt``, :meth:`Trainer.save_last`) holds for ``--resume`` besides the model.
+_STATE_KEYS = ("optimizer", "scheduler", "step", "images_seen", "renders", "buffer", "rng", "config")
 
 
 def saved_config(state: dict, last) -> TrainConfig:
