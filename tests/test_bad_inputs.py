@@ -1284,6 +1284,9 @@ add("train-log-is-a-folder", ("model.log.jsonl", "is a folder"), lambda d, o: tr
     d, o, None, "--overwrite") if (o / "model.log.jsonl").mkdir() is None else [])
 add("train-state-is-a-folder-at-resume", ("model.last.pt", "is a folder"), lambda d, o: train_args(
     d, o, None, "--resume") if (o / "model.last.pt").mkdir() is None else [])
+add("register-model-nan-weights", ("model.pt", "weights hold nan", "translation_head.bias"), lambda d, o: register_args(
+    d, o, None, None, "--init", "model", "--model", str(checkpoint(d, lambda ck: ck["model"]["translation_head.bias"]
+                                                                  .fill_(float("nan"))))))
 add("register-model-is-a-folder", ("checkpoint", "model.pt", "is a folder"), lambda d, o: register_args(
     d, o, None, None, "--init", "model", "--model", str(_mkdir(d / "model.pt"))))
 add("train-output-is-the-finetune-model", ("output", "model.pt", "--finetune checkpoint", "would replace it"),

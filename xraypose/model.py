@@ -466,6 +466,10 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PoseRegressor, dict]:
         raise InputError(f"checkpoint {path}: the weights do not fit its own architecture "
                          f"({meta['architecture'].get('backbone')}): {_state_mismatch(model, ckpt['model'])}") from None
     _check_meta(path, meta)
+    bad = [str(k) for k, v in ckpt["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # every pose it predicts would be NaN: "the model predicted a pose with NaN" named no file nor cause
+        raise InputError(f"checkpoint {path}: its weights hold NaN or infinite values ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): a training that diverged? Use an earlier checkpoint")
     model.to(map_location if map_location is not None else "cpu")
     model.eval()
     return model, meta
