@@ -1280,6 +1280,9 @@ add("train-output-is-the-ct", ("output", "ct.nii.gz", "is the ct", "would replac
 add("train-output-is-the-config", ("output", "config.toml", "--config file", "would replace it"), lambda d, o: [
     "train", str(ct(d)), "-o", str(d / "config.toml"), "--overwrite", "--config", str(toml(d, _TRAINABLE)),
     "--steps", "1", "--quiet"])
+add("train-output-is-a-users-file", ("output", "model.pt", "not a model xraypose wrote", "text (json?)"),
+    lambda d, o: ["train", str(ct(d)), "-o", str((d / "model.pt").write_text('{"mine": 1}') and d / "model.pt"),
+                  "--overwrite", "--config", str(toml(d, _TRAINABLE)), "--steps", "1", "--quiet"])
 add("train-log-is-a-folder", ("model.log.jsonl", "is a folder"), lambda d, o: train_args(
     d, o, None, "--overwrite") if (o / "model.log.jsonl").mkdir() is None else [])
 add("train-state-is-a-folder-at-resume", ("model.last.pt", "is a folder"), lambda d, o: train_args(

@@ -48,6 +48,8 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
         check_writable(output)
     check_not_an_input(output, {"the CT": ct, "the config": config, "the --finetune checkpoint": finetune,
                                 "model.weights": cfg.model.weights})
+    if rank == 0 and paths["best"].is_file():
+        _check_is_a_model(paths["best"])
     if resume and overwrite:
         raise InputError("give --resume (continue the training) or --overwrite (start again), not both")
     existing = [q for q in paths.values() if q.exists()]
@@ -90,6 +92,16 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
         torch.set_num_threads(threads_before)
         if ddp and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _check_is_a_model(best: Path) -> None:
+    """InputError when the existing output ``best`` is not a checkpoint xraypose wrote: a file of the user's at -o was
+    called "an earlier training", and --overwrite (which replaces an earlier training's files) replaced it."""
+    try:
+        read_checkpoint(best)
+    except InputError as e:
+        raise InputError(f"output {best} exists and is not a model xraypose wrote ({e}); training would replace it: "
+                         "give another -o, or remove the file yourself") from None
 
 
 def _dist_info() -> tuple[int, int, int]:
