@@ -81,6 +81,25 @@ def test_config_toml_round_trip_and_errors(tmp_path):
         load_config(p)
 
 
+def test_a_render_step_alone_replaces_the_number_of_samples(tmp_path, sample_ct):
+    """TOML has no null, so ``[render] step`` alone was refused ("give render.n_samples or render.step, not both":
+    the default 64 samples were given too); now the step replaces them.  A step taking over 10⁵ samples a ray is
+    refused naming render.step, before anything is rendered."""
+    p = tmp_path / "t.toml"
+    p.write_text("[render]\nstep = 8.0\n")
+    cfg = load_config(p)
+    assert cfg.render.step == 8.0 and cfg.render.n_samples is None
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError, match="not both"):
+        TrainConfig.from_dict({"render": {"step": 8.0, "n_samples": 32}})
+    d = tiny(render__step=8.0, run__max_steps=1)
+    del d["render"]["n_samples"]
+    assert train(sample_ct, tmp_path / "m.pt", d).steps == 1
+    d["render"]["step"] = 1e-6
+    with pytest.raises(InputError, match=r"render\.step = 1e-06: .* use a step of at least"):
+        train(sample_ct, tmp_path / "m2.pt", d)
+
+
 def test_warmup_cosine_schedule():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     s = WarmupCosine(opt, 1e-3, total_steps=100, warmup_frac=0.1)

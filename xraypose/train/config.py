@@ -286,6 +286,8 @@ class TrainConfig:
                 if key not in names:
                     raise InputError(f"config: unknown setting {section}.{key}; known: {', '.join(sorted(names))}")
                 setattr(sub, key, value)
+            if section == "render" and "step" in values and "n_samples" not in values:
+                sub.n_samples = None  # TOML has no null: a step replaces the default 64 samples ("not both" was said)
         cfg.validate()
         return cfg
 

@@ -123,6 +123,13 @@ class Trainer:
     def _build_data(self, ct) -> None:
         cfg = self.cfg
         self.volume = load_volume(ct)
+        if cfg.render.step is not None:  # a step of 1e-6 mm would take 10⁸ samples a ray, before any render
+            from xraypose.limits import check_drr_step
+
+            try:
+                check_drr_step(cfg.render.step, self.volume)
+            except InputError as e:
+                raise InputError(f"config: render.step = {cfg.render.step}: {e}") from None
         self.camera = make_camera(cfg.camera)
         self.sampler, self.sod = make_sampler(self.volume, cfg)
         self.drr = DRR(self.volume, self.camera, density=cfg.render.density, renderer=cfg.render.renderer,
