@@ -1362,6 +1362,9 @@ for _name, _cmd, _text, _words in [
     # a value of another type: Python's TypeError escaped ("unhashable type: 'list'", "expected str ... not int")
     # a setting above the tables (TOML puts every key after [run] into [run]; one before any table is top-level)
     ("setting-above-the-tables", "train", "max_steps = 10\n" + _SMALL_CAMERA, ("max_steps", "put it under [run]")),
+    # poses that do not see the CT (a shift of 100 m): trained on blank DRRs without a word
+    ("trans-mean-off-the-ct", "train", "[sampler]\ntrans_mean = [100000.0, 0.0, 0.0]\n" + _SMALL_CAMERA,
+     ("sampler's poses", "out of view", "sampler.trans_mean")),
     # more than this machine's memory: PyTorch's "can't allocate memory" traceback
     ("buffer-size-huge", "train", "[data]\nbuffer_size = 1000000000\n" + _SMALL_CAMERA,
      ("data.buffer_size", "1000000000", "memory")),

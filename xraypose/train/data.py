@@ -127,6 +127,15 @@ def check_geometry(volume: Volume, camera: Camera, sampler, sod: float, drr) -> 
             f"{fov[1]:.0f} × {fov[0]:.0f} mm detector at the isocenter view; use a smaller camera.fov_mm "
             "or a larger CT"
         )
+    # The sampled poses must see it too: translations of 10⁵ mm trained on blank DRRs without a word
+    draws = sampler.sample(64, torch.Generator().manual_seed(0), dtype=torch.float64)
+    cover = (render(ones, box_affine, camera.resize(16, 16), draws, n_samples=8, backend="reference") > 1e-6)
+    seen = int((cover.flatten(1).float().mean(1) >= 0.05).sum())
+    if seen < 32:
+        raise InputError(
+            f"config: the sampler's poses leave the CT out of view: {64 - seen} of 64 drawn show less than 5% of it; "
+            "check sampler.trans_mean / trans_std / trans_range (mm) and rot_std / rot_range (radians)"
+        )
     with torch.no_grad():
         img = drr(T0.float().unsqueeze(0).to(drr.basis.device))
     check_image(img, "the DRR of the isocenter view")
