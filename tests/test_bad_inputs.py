@@ -1365,6 +1365,8 @@ for _name, _cmd, _text, _words in [
     # poses that do not see the CT (a shift of 100 m): trained on blank DRRs without a word
     ("trans-mean-off-the-ct", "train", "[sampler]\ntrans_mean = [100000.0, 0.0, 0.0]\n" + _SMALL_CAMERA,
      ("sampler's poses", "out of view", "sampler.trans_mean")),
+    ("isocenter-off-the-ct", "train", "[sampler]\nisocenter = [100000.0, 0.0, 0.0]\n" + _SMALL_CAMERA,
+     ("sampler.isocenter", "outside the ct")),  # was "the CT is too small for the field of view"
     # more than this machine's memory: PyTorch's "can't allocate memory" traceback
     ("buffer-size-huge", "train", "[data]\nbuffer_size = 1000000000\n" + _SMALL_CAMERA,
      ("data.buffer_size", "1000000000", "memory")),

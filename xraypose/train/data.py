@@ -121,6 +121,14 @@ def check_geometry(volume: Volume, camera: Camera, sampler, sod: float, drr) -> 
     frac = float((L > 1e-6).float().mean())
     if frac < 0.5:
         ext = " × ".join(f"{x:.0f}" for x in volume.extent_mm.tolist())
+        iso = volume.world_to_voxel(sampler.isocenter.to(torch.float64))
+        if not bool(((iso >= -0.5) & (iso <= n - 0.5)).all()):  # was "the CT is too small for the field of view"
+            box = [[round(float(x), 1) for x in f(volume.corners, 0).values] for f in (torch.min, torch.max)]
+            raise InputError(
+                f"config: sampler.isocenter = {[round(float(x), 1) for x in sampler.isocenter]} lies outside the CT "
+                f"(world RAS mm, {box[0]} to {box[1]}), which covers {100 * frac:.0f}% of the detector at the "
+                "isocenter view; give a point inside it"
+            )
         fov = camera.detector_size_mm
         raise InputError(
             f"the CT ({ext} mm) is too small for the field of view: it covers {100 * frac:.0f}% of the "
