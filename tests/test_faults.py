@@ -580,7 +580,7 @@ def test_train_never_takes_its_ct_for_an_earlier_model(tmp_path, monkeypatch, ca
     for flag in ([], ["--overwrite"], ["--resume"]):
         capsys.readouterr()
         assert main(["train", str(ct), "-o", str(ct), *flag]) == 2, flag
-        _one_error_line(capsys.readouterr().err, "the CT", "is a file this training would write", "another file")
+        _one_error_line(capsys.readouterr().err, "is the CT", "training would replace it", "another file")
     assert _snapshot(tmp_path) == before
 
 

@@ -53,10 +53,6 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
     if resume and overwrite:
         raise InputError("give --resume (continue the training) or --overwrite (start again), not both")
     existing = [q for q in paths.values() if q.exists()]
-    if isinstance(ct, (str, os.PathLike)) and Path(ct).expanduser().resolve() in {q.resolve() for q in existing}:
-        # (it was called "an earlier training", and --overwrite replaced the CT with the model)
-        raise InputError(f"the CT {ct} is a file this training would write (-o {output}); write the model to "
-                         "another file, e.g. model.pt")
     if existing and not resume and not overwrite:
         if not paths["last"].exists():  # --resume would say "nothing to resume"
             raise InputError(f"{existing[0]} already exists (an earlier training, which left no {paths['last'].name} "
