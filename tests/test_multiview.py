@@ -1,6 +1,7 @@
 """Several views tied by a rig (issue 14): the API (register_rig), the verdict rule, the CLI and its bad input."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -185,6 +186,7 @@ def test_cli_register_with_a_rig(tmp_path, biplane, capsys):
     out = capsys.readouterr()
     assert code in (0, 3), out.err
     assert "view ap.npy:" in out.out and "verdict:" in out.out
+    assert out.out.count("mm along this view's beam") == 2  # each view's spread
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["final"]["mtre"] < 1.5 and m["initial"]["mtre"] > 8.0
     assert (tmp_path / "out" / "views.png").stat().st_size > 1000
@@ -266,3 +268,22 @@ def test_register_rig_refuses_fiducials_in_metres_before_registering(volume, bip
     with pytest.raises(InputError, match="fiducials"):
         register_rig(volume, _views(biplane), biplane["truth"], true_rig_to_world=biplane["truth"], fiducials=fid_m)
     assert not called
+
+
+def test_a_rigs_spread_is_each_views_and_the_second_view_fixes_the_firsts_depth(volume, biplane):
+    """Each view of a rig result carries the joint pose's own spread along its beam: a lateral view pins the AP
+    view's depth, which the AP view alone sees only as magnification."""
+    from xraypose.register.api import register_xray
+
+    views = _views(biplane)
+    truth = biplane["truth"]
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0))
+    out = register_rig(volume, views, truth, registrar=reg, confidence=False)
+    for v in out.views:
+        assert set(v.spread) == {"along_beam_mm", "across_beam_mm", "rotation_deg", "noise_scale"}
+        assert all(math.isfinite(x) and x > 0 for x in v.spread.values())
+        assert v.to_dict()["spread"] == v.spread
+    ap = views[0]
+    alone = register_xray(volume, ap.image, ap.camera, truth @ ap.camera_to_rig, registrar=reg, confidence=False)[0]
+    assert alone.spread["along_beam_mm"] > 3 * alone.spread["across_beam_mm"]  # one view: depth is the weak axis
+    assert out.views[0].spread["along_beam_mm"] < 0.5 * alone.spread["along_beam_mm"]  # the lateral view fixes it

@@ -159,5 +159,8 @@ def _print_result(output: Path, out, n_views: int) -> int:
     typer.echo(msg)
     for v in out.views:
         typer.echo(f"  view {v.name}: {v.verdict} (P {v.p_success:.2f}): {v.reason}")
+        if v.spread:
+            typer.echo(f"    spread (1 sd): {v.spread['along_beam_mm']:.2f} mm along this view's beam, "
+                       f"{v.spread['across_beam_mm']:.2f} mm across it, {v.spread['rotation_deg']:.2f}°")
     typer.echo(f"verdict: {out.verdict} (P(mTRE < 2 mm) = {out.p_success:.2f}, the least trusted view's): {out.reason}")
     return EXIT_FAILED if out.verdict == "failed" else 0

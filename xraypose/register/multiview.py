@@ -94,6 +94,9 @@ class ViewResult:
         camera_to_world: (4, 4) float64 ``rig_to_world · camera_to_rig``.
         p_success, verdict, reason, confidence: this view's check (None when not checked).
         metrics, initial_metrics: this view's errors (mm, degrees) when the truth is known.
+        spread: the rig pose's own standard deviations seen from this view — along its beam, across it
+            (mm, at the CT's isocenter) and of the rotation — from the joint registration's curvature
+            (:func:`~xraypose.register.api.registration_spread`'s, over every view's pixels); None without one.
     """
 
     name: str
@@ -107,13 +110,14 @@ class ViewResult:
     metrics: dict | None = None
     initial_metrics: dict | None = None
     source: str = ""
+    spread: dict | None = None
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "source": self.source, "camera_to_rig": self.camera_to_rig.tolist(),
              "camera_to_world": self.camera_to_world.tolist(),
              "world_to_camera": torch.linalg.inv(self.camera_to_world).tolist(),
              "intrinsics": self.camera.to_dict(), "p_success": self.p_success, "verdict": self.verdict,
-             "reason": self.reason, "confidence": self.confidence}
+             "reason": self.reason, "confidence": self.confidence, "spread": self.spread}
         if self.metrics is not None:
             d["metrics"] = self.metrics
             d["initial_metrics"] = self.initial_metrics
@@ -271,10 +275,18 @@ def _rig_registration(res, reg: Registrar, vs: list, Cs: list, Cr_inv, r: int, i
     """The :class:`RigRegistration` of a one-element result ``res`` of the start view's frame
     (its poses times ``Cr_inv`` (4, 4), the start view's ``rig_to_camera``, are rig poses;
     ``Cs``: the views' (4, 4) camera_to_rig), unchecked and without metrics."""
+    from xraypose.register.motion import NOISE_SCALE, pose_spread, result_covariance
+
     X = res.poses[0] @ Cr_inv
     X0 = res.initial_poses[0] @ Cr_inv
+    # the joint pose's covariance (world axes at the isocenter: every view's camera moves with it), seen along each
+    # view's beam; a second view fixes what the first sees only as magnification
+    C = result_covariance(res, 0, [tuple(_as_image(v.image).shape[-2:]) for v in vs], NOISE_SCALE)
     outs = [ViewResult(name=v.name, camera=v.camera, camera_to_rig=Cs[i], camera_to_world=X @ Cs[i],
                        source=v.source) for i, v in enumerate(vs)]
+    if C is not None:
+        for o in outs:
+            o.spread = {**pose_spread(C, o.camera_to_world), "noise_scale": NOISE_SCALE}
     traj = res.trajectories[0]
     for rec in traj:  # the optimiser's poses are the start view's cameras: give rig poses
         rec["rig_to_world"] = (torch.tensor(rec.pop("camera_to_world"), dtype=F64) @ Cr_inv).tolist()
