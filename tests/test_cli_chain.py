@@ -76,6 +76,7 @@ def test_render_train_register_evaluate_chain(tmp_path, case, model, capsys):
         mtre, start = float(r["mTRE (mm)"]), float(r["start mTRE (mm)"])
         assert np.isfinite(mtre) and mtre < start, r  # registration improved on the perturbed start
         assert float(r["opt (s)"]) > 0
+        assert 0 < float(r["sd along beam (mm)"]) < 100  # each result's own spread (registration.md)
     summary = json.loads((ev / "summary.json").read_text())
     assert summary["n_cases"] == 2 and 0.0 <= summary["sr_1mm"] <= 1.0
     assert summary["median_mtre_mm"] == pytest.approx(np.median([float(r["mTRE (mm)"]) for r in rows]))

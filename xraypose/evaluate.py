@@ -81,7 +81,7 @@ CASE_FILES = tuple(dict.fromkeys(("pose.json", "pose.tfm", "landmarks.csv", "res
 
 #: Columns of metrics.csv (and the report's table), in order; metrics.csv adds "reason" (the verdict's) last.
 ROW_COLUMNS = ["case", "verdict", "p_success", "mTRE (mm)", "start mTRE (mm)", "mPE (mm)", "mRPE (mm)", "dGeo (mm)", "rot (°)",
-               "similarity", "init (s)", "opt (s)", "iterations", "status"]
+               "sd along beam (mm)", "similarity", "init (s)", "opt (s)", "iterations", "status"]
 
 
 @dataclass
@@ -451,6 +451,9 @@ def _metrics_row(name: str, reg, m: dict | None, m0: dict | None) -> dict:
            "opt (s)": float(reg.opt_s), "iterations": int(reg.iterations), "status": reg.status}
     if reg.verdict is not None:
         row.update({"verdict": reg.verdict, "p_success": float(reg.p_success), "reason": reg.reason})
+    spread = getattr(reg, "spread", None)  # one view's own (a rig's are per view, in its pose.json)
+    if spread:
+        row["sd along beam (mm)"] = float(spread["along_beam_mm"])
     if m is not None:
         row.update({"mTRE (mm)": m["mtre"], "start mTRE (mm)": m0["mtre"] if m0 else float("nan"),
                     "mPE (mm)": m["mpe"], "mRPE (mm)": m["mrpe"], "dGeo (mm)": m["dgeo"], "rot (°)": m["rot_deg"]})
