@@ -1384,3 +1384,39 @@ def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, 
     with pytest.raises(OutputError, match=r"holds .* and 2 more, not written there by xraypose"):
         _prepare_output(other, 3)
     assert (other / "report.html").read_text() == "mine"
+
+
+def test_ctrl_c_during_track_writes_the_frames_tracked_and_exits_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in `track` lost every tracked frame (nothing is written until the end): now the frame under way ends,
+    the frames tracked so far are written (trajectory.json says it was interrupted) and the exit code is 130."""
+    import os
+    import signal
+
+    import xraypose.cli.track as track_cli
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(6):
+        assert main(["render", "sample", "--pose", f"{i},0", "--height", "64", "--delx", "4",
+                     "-o", str(frames / f"f{i}.npy")]) == 0
+    echo = track_cli.typer.echo
+
+    def echo_and_interrupt(msg="", *a, **k):  # the user presses Ctrl-C once frame 2 is reported
+        echo(msg, *a, **k)
+        if str(msg).startswith("frame 2/"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(track_cli.typer, "echo", echo_and_interrupt)
+    out = tmp_path / "track"
+    capsys.readouterr()
+    code = main(["track", "sample", str(frames), "--sdd", "1020", "--delx", "4", "--init", "angles", "--angles", "0,0",
+                 "--sod", "612", "--levels", "16", "--threads", "1", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "interrupted after" in err and "of 6 frames" in err
+    doc = json.loads((out / "trajectory.json").read_text())
+    n = doc["interrupted"]["frames_tracked"]
+    assert 2 <= n < 6 and doc["interrupted"]["frames"] == 6 and len(doc["frames"]) == n
+    rows = (out / "trajectory.csv").read_text().splitlines()
+    assert len(rows) == n + 1  # the header and one row per frame tracked
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before it is back

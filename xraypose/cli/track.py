@@ -321,26 +321,43 @@ def track_command(
         turn = BLUR_TURN_DEG if blur_turn is None else blur_turn
         blur, blur_prediction = _blur_predictor(reg.derive(levels=_later_levels(metal, edge_enhanced, scatter)), cts.volume, cams[r], seqs[r],
                                                 first[r], prep, turn)
-    res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
-                                    edge_enhanced, scatter=scatter, part=cts.part,
-                                    blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"),
-                                    air_floor_hu=air_floor)
-    if counts:
+    from xraypose._interrupt import stop_requests
+
+    with stop_requests() as stop:  # Ctrl-C: the frame under way ends, the frames tracked are written (exit 130)
+        res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
+                                        edge_enhanced, scatter=scatter, part=cts.part,
+                                        blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"),
+                                        air_floor_hu=air_floor, should_stop=lambda: stop.requested)
+    n_frames = len(seqs[0])
+    interrupted = stop.requested and len(res) < n_frames
+    if stop.requested and not res:
+        raise KeyboardInterrupt  # nothing tracked: nothing to write
+    if counts and not interrupted:
         record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_kw, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     # how each view's frames were preprocessed (the first frame's steps: crop, the log and its half photon, the
     # resize and its order, the blur; every frame of a view gets the same settings)
     doc["preprocessing"] = [{"view": n, "first_frame_steps": px.steps} for n, px in zip(names, first)]
-    if counts:
+    if counts and not interrupted:
         doc["counts"] = record_counts
+    if interrupted:
+        doc["interrupted"] = {"frames_tracked": len(res), "frames": n_frames}
     if blur_prediction is not None:
         _date_predictions(blur_prediction, res)
         doc["blur_prediction"] = blur_prediction
     if windows is not None:
         doc["structure_windows"] = windows
     times = next((sq.times for sq in seqs if sq.times is not None), None)  # the views' agree (_check_view_times)
-    _write(output, res, times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
+    try:
+        _write(output, res, times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
+    except SystemExit:  # a failed frame's exit code: an interruption's (130) says more
+        if not interrupted:
+            raise
+    if interrupted:
+        typer.echo(f"interrupted after {len(res)} of {n_frames} frames: the trajectory so far is written to {output} "
+                   "(trajectory.json's \"interrupted\" says so)", err=True)
+        raise KeyboardInterrupt
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str) -> dict:

@@ -387,7 +387,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                    tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None,
                    masks=None, blur=None, blur_turn_deg: float | None = BLUR_TURN_DEG,
                    vouch_failed: bool = True,
-                   air_floor_hu: float | None = None) -> list[FrameResult]:
+                   air_floor_hu: float | None = None, should_stop=None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -443,6 +443,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         air_floor_hu: HU, the tracking schedule's :attr:`~xraypose.register.RegistrationConfig.air_floor_hu`
             (frames after the first render the CT's air as nothing: faster on a large CT; e.g.
             :data:`AIR_FLOOR_HU`); None (default): the registrar's own.
+        should_stop: optional callable ``() -> bool`` asked before each frame; True stops there (Ctrl-C in
+            ``xraypose track``): the frames done are smoothed and returned, fewer than the sequence's.
     Returns:
         one :class:`FrameResult` per frame.
     """
@@ -657,6 +659,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     pending = None
     try:
         for f in range(n_frames):
+            if should_stop is not None and should_stop():  # (Ctrl-C) the frames done are kept: smoothed, returned
+                break
             t0 = time.perf_counter()
             if pool is None or f == 0:
                 sequential(f, t0)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import sys
-import threading
 import time
 
 import torch
@@ -544,23 +542,20 @@ class Trainer:
         """SIGINT sets :attr:`interrupted` (the loop checkpoints and stops at the step's end) instead of
         raising mid-step, where an optimiser's update could stop half done; the handler before it is put
         back, and a second SIGINT is the old handler's."""
-        self.interrupted = False
-        if self.ddp or threading.current_thread() is not threading.main_thread():
+        from xraypose._interrupt import StopRequest, stop_requests
+
+        if self.ddp:  # (under torchrun each process would stop at another step)
+            self._stop = StopRequest()
             yield
             return
-        before = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self.interrupted:  # the second Ctrl-C: at once
-                signal.signal(signal.SIGINT, before)
-                raise KeyboardInterrupt
-            self.interrupted = True
-
-        signal.signal(signal.SIGINT, handler)
-        try:
+        with stop_requests() as self._stop:
             yield
-        finally:
-            signal.signal(signal.SIGINT, before)
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C was pressed during :meth:`fit` (the step under way ends first)."""
+        stop = getattr(self, "_stop", None)
+        return bool(stop is not None and stop.requested)
 
     def _stop_if_interrupted(self) -> None:
         """After a whole step: on Ctrl-C, the training state is written and KeyboardInterrupt raised."""
