@@ -17,7 +17,7 @@ import numpy as np
 
 from xraypose._checks import one_line
 from xraypose.errors import InputError
-from xraypose.xray.frames import reduce_frames
+from xraypose.xray.frames import inverted_to_bright, reduce_frames
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import IMAGE_EXTENSIONS, Provenance, XRay
 from xraypose.xray.resolve import finish_xray
@@ -117,14 +117,10 @@ def _photometric(ds, img: np.ndarray, hdr: Provenance, src: str,
     if photo != "MONOCHROME1":
         raise InputError(f"{src}: PhotometricInterpretation {photo!r} is not a greyscale X-ray (MONOCHROME1/2)")
     if stored_range is not None:
-        lo, hi = stored_range
         hdr.set("BitsStored", int(ds.BitsStored), "BitsStored (0028,0101)")
-        how = f"v' = {hi:g} + {lo:g} − v (the range of BitsStored)"
-    else:
-        lo, hi = float(img.min()), float(img.max())
-        how = "v' = max + min − v (the image's range)"
+    img, how = inverted_to_bright(img, stored_range, "BitsStored")
     hdr.note(f"MONOCHROME1 inverted so that high values are bright: {how}")
-    return (hi + lo) - img, True
+    return img, True
 
 
 def _pixel_kind(ds, hdr: Provenance, kind: str | None, inverted: bool) -> str:

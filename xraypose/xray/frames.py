@@ -7,7 +7,7 @@ import numpy as np
 from xraypose.errors import InputError
 from xraypose.xray.record import Provenance
 
-__all__ = ["reduce_frames"]
+__all__ = ["reduce_frames", "inverted_to_bright"]
 
 
 def _frame_choice(frames) -> int | str:
@@ -48,3 +48,17 @@ def reduce_frames(arr: np.ndarray, frames, hdr: Provenance, src: str, where: str
         hdr.note(f"multi-frame image ({n} frames, {where}): frame 0 used; for 'max', 'sum' or another index set "
                  "frames= (Python read_xray, or the X-ray's settings in case.json); `xraypose track` reads every frame")
     return arr[f]
+
+
+def inverted_to_bright(img: np.ndarray, stored_range: tuple[float, float] | None, range_name: str,
+                       ) -> tuple[np.ndarray, str]:
+    """An image stored bright-is-low (DICOM MONOCHROME1, TIFF WhiteIsZero) inverted so that high values are bright:
+    ``v' = hi + lo − v`` over ``stored_range`` (the file's declared range, called ``range_name``) when known, else
+    over the image's own range.  Returns the image (NumPy's result type of the arithmetic) and how, for the note."""
+    if stored_range is not None:
+        lo, hi = stored_range
+        how = f"v' = {hi:g}{f' + {lo:g}' if lo else ''} − v (the range of {range_name})"
+    else:
+        lo, hi = float(img.min()), float(img.max())
+        how = "v' = max + min − v (the image's range)"
+    return (hi + lo) - img, how

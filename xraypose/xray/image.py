@@ -9,7 +9,7 @@ import numpy as np
 
 from xraypose._checks import is_numeric_dtype, one_line
 from xraypose.errors import InputError
-from xraypose.xray.frames import reduce_frames
+from xraypose.xray.frames import inverted_to_bright, reduce_frames
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import Provenance, XRay
 from xraypose.xray.resolve import finish_xray
@@ -219,13 +219,12 @@ def _white_is_zero(fr, raw: str, a: np.ndarray, hdr: Provenance, first: bool) ->
         return a
     bits = tags.get(258, (0,))
     bits = int(bits[0] if isinstance(bits, tuple) else bits)
-    if np.issubdtype(a.dtype, np.unsignedinteger) and 0 < bits <= 8 * a.dtype.itemsize:
-        lo, hi, how = 0.0, float(2 ** bits - 1), f"v' = {2 ** bits - 1} − v (the range of BitsPerSample)"
-    else:
-        lo, hi, how = float(a.min()), float(a.max()), "v' = max + min − v (the page's range)"
+    declared = np.issubdtype(a.dtype, np.unsignedinteger) and 0 < bits <= 8 * a.dtype.itemsize
+    out, how = inverted_to_bright(a.astype(np.float64), (0.0, float(2 ** bits - 1)) if declared else None,
+                                  "BitsPerSample")
     if first:
         hdr.note(f"TIFF PhotometricInterpretation 0 (WhiteIsZero) inverted so that high values are bright: {how}")
-    return ((hi + lo) - a.astype(np.float64)).astype(a.dtype)  # within [lo, hi]: the page's type holds it
+    return out.astype(a.dtype)  # within the range it was inverted over: the page's type holds it
 
 
 def _raw_mode(fr) -> str:
