@@ -698,18 +698,25 @@ def test_a_result_that_would_be_an_x_rays_sidecar_is_refused_before_computing(tm
     assert _snapshot(folder) == before
 
 
+def _again_on_a_full_disk(args, out, name, full_disk, capsys):
+    """``args`` run once (writing ``out``), then again with ``name`` failing to write (a full disk): the second
+    run's one error line says so and that the result is printed on stdout; (its capture, ``out`` before it)."""
+    assert main(args) == 0
+    before = _snapshot(out)
+    full_disk.names = [name]
+    capsys.readouterr()
+    assert main(args) == 2
+    cap = capsys.readouterr()
+    _one_error_line(cap.err, name, "No space left on device", "printed on stdout")
+    return cap, before
+
+
 def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_the_pose(tmp_path, capsys, case,
                                                                                       full_disk):
     xray = str(case / "xrays" / "lao20_caud10.dcm")
     res = tmp_path / "result"
     args = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "16", "--size", "32"]
-    assert main(args) == 0
-    before = _snapshot(res)
-    full_disk.names = ["pose.json"]
-    capsys.readouterr()
-    assert main(args) == 2
-    cap = capsys.readouterr()
-    _one_error_line(cap.err, "pose.json", "No space left on device", "printed on stdout")
+    cap, before = _again_on_a_full_disk(args, res, "pose.json", full_disk, capsys)
     T = torch.tensor(json.loads(cap.out.strip().splitlines()[-1])["camera_to_world"])
     assert T.shape == (4, 4) and bool(torch.isfinite(T).all())  # the computed pose is not lost
     assert _snapshot(res) == before and _temp_files(res) == []
@@ -726,13 +733,7 @@ def test_a_full_disk_when_track_writes_keeps_the_earlier_trajectory_and_prints_t
     out = tmp_path / "track"
     args = ["track", "sample", str(frames), "--sdd", "1020", "--delx", "4", "--init", "angles", "--angles", "0,0",
             "--sod", "612", "--levels", "16", "--threads", "1", "-o", str(out)]
-    assert main(args) == 0
-    before = _snapshot(out)
-    full_disk.names = ["trajectory.json"]
-    capsys.readouterr()
-    assert main(args) == 2
-    cap = capsys.readouterr()
-    _one_error_line(cap.err, "trajectory.json", "No space left on device", "printed on stdout")
+    cap, before = _again_on_a_full_disk(args, out, "trajectory.json", full_disk, capsys)
     lines = cap.out.splitlines()
     head = next(i for i, x in enumerate(lines) if x.startswith("frame,"))
     rows = lines[head + 1:]

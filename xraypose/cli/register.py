@@ -16,7 +16,7 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, P
                                   preprocessing_options, registration_options, start_options, structure_options,
                                   with_groups)
 from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
-                                preprocess_settings, structure_record, window_views, write_or_print)
+                                preprocess_settings, spread_line, structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -268,14 +268,6 @@ def _write(output: Path, out, extra: dict, no_trajectory: bool, picture: dict | 
     write_or_print(lambda: write_registration(output, out, extra=extra, trajectory=not no_trajectory,
                                               **(picture or {})),
                    "camera_to_world", out.camera_to_world)
-
-
-def spread_line(spread: dict) -> str:
-    """One line of a pose's own uncertainty (``Registration.spread``): what the X-ray's noise leaves."""
-    src = "its counts' Cramér–Rao bound" if spread.get("source") == "counts" else \
-        f"the noise at the optimum, ×{spread.get('noise_scale', 1):g}"
-    return (f"spread (1 sd): {spread['along_beam_mm']:.2f} mm along the beam, {spread['across_beam_mm']:.2f} mm "
-            f"across it, {spread['rotation_deg']:.2f}° ({src}; a bias of an X-ray formed unlike the DRR is not in it)")
 
 
 def _print_result(output: Path, out) -> None:

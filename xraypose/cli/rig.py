@@ -14,7 +14,7 @@ import typer
 from xraypose.cli.options import EXIT_FAILED
 from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
                                 pose_transform_of, preprocess_settings, read_start_file, start_pose, structure_record,
-                                window_views, write_or_print)
+                                spread_line, window_views, write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -160,7 +160,6 @@ def _print_result(output: Path, out, n_views: int) -> int:
     for v in out.views:
         typer.echo(f"  view {v.name}: {v.verdict} (P {v.p_success:.2f}): {v.reason}")
         if v.spread:
-            typer.echo(f"    spread (1 sd): {v.spread['along_beam_mm']:.2f} mm along this view's beam, "
-                       f"{v.spread['across_beam_mm']:.2f} mm across it, {v.spread['rotation_deg']:.2f}°")
+            typer.echo("    " + spread_line(v.spread, beam="this view's beam"))
     typer.echo(f"verdict: {out.verdict} (P(mTRE < 2 mm) = {out.p_success:.2f}, the least trusted view's): {out.reason}")
     return EXIT_FAILED if out.verdict == "failed" else 0

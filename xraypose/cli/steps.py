@@ -278,3 +278,11 @@ def write_or_print(write, name: str, pose) -> None:
     except OutputError as e:
         typer.echo(json.dumps({name: pose.tolist()}))
         raise OutputError(f"{e} (the registered {name} is printed on stdout)") from None
+
+
+def spread_line(spread: dict, beam: str = "the beam") -> str:
+    """One line of a pose's own uncertainty (``Registration.spread``, a rig view's): what the noise leaves."""
+    src = "its counts' Cramér–Rao bound" if spread.get("source") == "counts" else \
+        f"the noise at the optimum, ×{spread.get('noise_scale', 1):g}"
+    return (f"spread (1 sd): {spread['along_beam_mm']:.2f} mm along {beam}, {spread['across_beam_mm']:.2f} mm "
+            f"across it, {spread['rotation_deg']:.2f}° ({src}; a bias of an X-ray formed unlike the DRR is not in it)")
