@@ -223,6 +223,10 @@ def track_threads(threads: int | None) -> int:
     return threads if threads is not None else min(2, os.cpu_count() or 1)
 
 
+RESUME = typer.Option(False, "--resume", help="Go on from the frames an earlier run left in the output folder "
+                      "(trajectory.partial.jsonl: a crash, a kill, Ctrl-C): they are kept as they are, the motion "
+                      "model rebuilt from them, the rest tracked. The inputs and the options that change results must "
+                      "be those of that run (a difference is refused, naming it).")
 CONFIDENCE = typer.Option(True, "--confidence/--no-confidence", help="Check every frame (the verdict decides "
                           "re-initialisations); without it a similarity drop does.")
 
@@ -252,6 +256,7 @@ def track_command(
     air_floor: Optional[float] = AIR_FLOOR,
     counts_kw: dict = Group(counts_options),
     confidence: bool = CONFIDENCE,
+    resume: bool = RESUME,
     seed: int = SEED,
     threads: Optional[int] = TRACK_THREADS,
     allow_other_ct: bool = ALLOW_OTHER_CT,
@@ -294,6 +299,7 @@ def track_command(
     counts = counts_kw["on"]
     check_output_folder(output, replaces=TRACK_FILES)  # a re-run replaces its result, never a user's file
     check_output_beside_xrays(output, TRACK_FILES)
+    earlier = _earlier_run(output, resume)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
     if counts:
         check_counts_input(seqs[0].frames[0].kind, the_rig is not None, structure_kw, "frame")
@@ -322,13 +328,33 @@ def track_command(
         blur, blur_prediction = _blur_predictor(reg.derive(levels=_later_levels(metal, edge_enhanced, scatter)), cts.volume, cams[r], seqs[r],
                                                 first[r], prep, turn)
     from xraypose._interrupt import stop_requests
+    from xraypose.cli.track_partial import PARTIAL, PartialFile, check_resumable, inputs_identity, partial_header
+    from xraypose.io import make_output_folder
 
+    n_frames = len(seqs[0])
+    settings = {"registration": reg.config.to_dict(), "--rig": _file_id(rig), "--start-view": start_view,
+                **_start_settings(start_kw), **_named(read_kw), **_named(prep),
+                "--metal": metal, "--edge-enhanced": edge_enhanced, "--scatter": scatter, "--motion": motion,
+                "--confidence": confidence, "--predict-blur": predict_blur, "--blur-turn": blur_turn,
+                "--air-floor": air_floor, **_named(counts_kw, "counts"),
+                "--structure": _file_id(structure_kw["structure"]), "--label-map": _file_id(structure_kw["label_map"]),
+                "--label": structure_kw["label"]}
+    header = partial_header(n_frames, "camera_to_world" if the_rig is None else f"camera_to_world of view {names[r]}",
+                            inputs_identity(ct, frames), settings)
+    kept = []
+    if earlier is not None:
+        check_resumable(output, earlier[0], header)
+        kept = earlier[1][:n_frames]
+        typer.echo(f"resuming {output}: {len(kept)} of {n_frames} frames kept from its {PARTIAL}")
+        if blur_prediction is not None:
+            blur_prediction["predictions"] = _kept_predictions(kept)
+    partial = PartialFile(make_output_folder(output), header, kept)
     with stop_requests() as stop:  # Ctrl-C: the frame under way ends, the frames tracked are written (exit 130)
         res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
                                         edge_enhanced, scatter=scatter, part=cts.part,
                                         blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"),
-                                        air_floor_hu=air_floor, should_stop=lambda: stop.requested)
-    n_frames = len(seqs[0])
+                                        air_floor_hu=air_floor, should_stop=lambda: stop.requested,
+                                        checkpoint=partial.append, resume=kept)
     interrupted = stop.requested and len(res) < n_frames
     if stop.requested and not res:
         raise KeyboardInterrupt  # nothing tracked: nothing to write
@@ -350,7 +376,8 @@ def track_command(
         doc["structure_windows"] = windows
     times = next((sq.times for sq in seqs if sq.times is not None), None)  # the views' agree (_check_view_times)
     try:
-        _write(output, res, times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views)
+        _write(output, res, times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views,
+               done=None if interrupted else partial.remove)
     except SystemExit:  # a failed frame's exit code: an interruption's (130) says more
         if not interrupted:
             raise
@@ -358,6 +385,60 @@ def track_command(
         typer.echo(f"interrupted after {len(res)} of {n_frames} frames: the trajectory so far is written to {output} "
                    "(trajectory.json's \"interrupted\" says so)", err=True)
         raise KeyboardInterrupt
+
+
+def _earlier_run(output: Path, resume: bool):
+    """With ``resume``: (header, frame records) of the partial file an earlier run left in ``output``
+    (:mod:`xraypose.cli.track_partial`; none there: refused, saying what the folder holds instead).  Without it:
+    None, and a note where such a file is there (tracking from frame 0 replaces it)."""
+    from xraypose.cli.track_partial import PARTIAL, nothing_to_resume, read_partial
+
+    if resume:
+        earlier = read_partial(output) if Path(output).is_dir() else None
+        if earlier is None:
+            raise nothing_to_resume(output)
+        return earlier
+    if (Path(output) / PARTIAL).is_file():
+        typer.echo(f"note: {output} holds the frames of an unfinished run ({PARTIAL}); tracking from frame 0 "
+                   "replaces them (--resume goes on from them)")
+    return None
+
+
+def _file_id(path) -> str | None:
+    """An input file named by its absolute path and content hash (``evaluate``'s: a resume with another file is
+    refused); None for an option not given."""
+    from xraypose.cli.evaluate import _file_id as file_id
+
+    return None if path is None else file_id(Path(path))
+
+
+def _start_settings(start_kw: dict) -> dict:
+    """The start options as a partial file records them (checked on a resume): the files by their content."""
+    return {"--init": start_kw["init"], "--model": _file_id(start_kw["model"]),
+            "--pose-json": _file_id(start_kw["pose_json"]), "--angles": start_kw["angles"], "--sod": start_kw["sod"],
+            "--isocenter": start_kw["isocenter"]}
+
+
+def _named(group: dict, prefix: str | None = None) -> dict:
+    """An option group's values under their options' names (``{"resample_domain": v}`` → ``{"--resample-domain":
+    v}``; with ``prefix`` "counts", ``on`` → ``--counts`` and ``blur`` → ``--counts-blur``)."""
+    def name(k: str) -> str:
+        if prefix and k == "on":
+            return f"--{prefix}"
+        return "--" + (f"{prefix}-" if prefix else "") + k.replace("_", "-")
+
+    return {name(k): v for k, v in group.items()}
+
+
+def _kept_predictions(records: list) -> list:
+    """The blur predictions (``{"coefficient", "pose"}``, as :func:`_blur_predictor` records them) held by the
+    frames a resume keeps: one per pose the coefficient was predicted at, in order."""
+    out = []
+    for rec in records:
+        b = rec.get("blur") or {}
+        if b.get("predicted_at") is not None and (not out or out[-1]["pose"] != b["predicted_at"]):
+            out.append({"coefficient": b["coefficient"], "pose": b["predicted_at"]})
+    return out
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str) -> dict:
@@ -618,12 +699,13 @@ def _pixel_masks(weights):
 
 
 def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, volume: Volume, density: str,
-           views) -> None:
+           views, done=None) -> None:
     """Write trajectory.csv, trajectory.json and overlay.gif (replacing an earlier sequence's; the trajectory
-    without the overlay, and a warning, where the overlay cannot be made: out of memory on a long sequence), print
-    a summary; exit with :data:`~xraypose.cli.options.EXIT_FAILED` when a frame's verdict is failed.  When they
+    without the overlay, and a warning, where the overlay cannot be made: out of memory on a long sequence), call
+    ``done()`` once they are written (the partial file removed), print a summary; exit with
+    :data:`~xraypose.cli.options.EXIT_FAILED` when a frame's verdict is failed.  When they
     cannot be written (a full disk, the folder gone), trajectory.csv is printed on stdout: the tracked poses
-    are not lost (as ``register`` prints its pose)."""
+    are not lost (as ``register`` prints its pose), and the partial file stays (``--resume``)."""
     from xraypose._checks import one_line
     from xraypose.io import OutputError, atomic_write_files, json_bytes, make_output_folder
 
@@ -641,6 +723,8 @@ def _write(output: Path, res, times, names, to_rig, pose_name: str, doc: dict, v
     except OutputError as e:
         typer.echo(files["trajectory.csv"].decode(), nl=False)
         raise OutputError(f"{e} (the trajectory is printed on stdout, as trajectory.csv)") from None
+    if done is not None:
+        done()
     counts = doc["summary"]["verdicts"]
     typer.echo(f"wrote {output}/{', '.join(files)}: {counts['ok']} ok, "
                f"{counts['uncertain']} uncertain, {counts['failed']} failed, "

@@ -43,6 +43,12 @@
   under the model (a jump), restarts the filter; a ``failed`` frame keeps its registration and the
   filter coasts over it.  ``"none"``: the registrations as they are.
 
+* **Checkpoints and resuming** (``checkpoint``, ``resume``).  Once a frame stands it can be handed out as a
+  JSON-able record (:func:`_checkpoint_record`: the frame, the motion model's step, the curvature the next frame
+  starts from); given back as ``resume``, the records rebuild the tracker's state — the filter by replaying the
+  same updates — and the sequence goes on from the next frame as if it had not stopped (``xraypose track``'s
+  partial file and ``--resume``: a crash loses no frame done).
+
 Rigs work the same way (``views``: every frame is a set of views tied by a rig; the poses are
 then ``rig_to_world``); each view is checked and the frame's verdict is the least trusted view's
 (:func:`xraypose.register.multiview.combine_confidences`).  Units: mm, radians; poses are
@@ -151,6 +157,22 @@ class FrameResult:
                 "covariance": None if self.covariance is None else self.covariance.tolist(),
                 "spread": self.spread, "blur_coefficient": self.blur_coefficient, "vouched": self.vouched,
                 **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FrameResult:
+        """The frame :meth:`to_dict` wrote (poses and covariance back as float64 tensors; keys it does not know
+        into ``extra``)."""
+        def pose(v):
+            return None if v is None else torch.tensor(v, dtype=F64)
+
+        known = {"frame", "camera_to_world", "predicted", "similarity", "status", "verdict", "p_success", "reason",
+                 "reinitialised", "seconds", "registered", "covariance", "spread", "blur_coefficient", "vouched"}
+        return cls(index=int(d["frame"]), camera_to_world=pose(d["camera_to_world"]), predicted=pose(d["predicted"]),
+                   similarity=float(d["similarity"]), status=str(d["status"]), verdict=d["verdict"],
+                   p_success=d["p_success"], reason=d["reason"], reinitialised=bool(d["reinitialised"]),
+                   seconds=float(d["seconds"]), registered=pose(d["registered"]), covariance=pose(d["covariance"]),
+                   spread=d["spread"], blur_coefficient=d["blur_coefficient"], vouched=bool(d["vouched"]),
+                   extra={k: v for k, v in d.items() if k not in known})
 
 
 def predict_pose(history: list) -> torch.Tensor:
@@ -381,13 +403,27 @@ def _measured_covariance(res, views, scale: float):
     return result_covariance(res, 0, [tuple(torch.as_tensor(v[0]).shape[-2:]) for v in views], scale)
 
 
+def _checkpoint_record(fr: FrameResult, trusted: bool, step: dict | None, curvature: dict, blur) -> dict:
+    """A frame's checkpoint (``track_sequence``'s ``checkpoint`` and ``resume``; JSON-able): the frame as it stands
+    (:meth:`FrameResult.to_dict`: the filter's estimate, not yet smoothed), whether it is trusted (a pose the
+    next frames go on from), its motion-model step (``{"measured": False}``: coasted; ``{"measured": True,
+    "covariance": R (6, 6) or None, "restart": bool}``: an update with its registration; None without a model),
+    the Gauss–Newton ``curvature`` the next frame starts from ({level: (6, 6)}) and, with a predicted blur, ``blur``
+    ((coefficient held, the pose (4, 4) it was last predicted at)), else None."""
+    return {"frame": fr.to_dict(), "trusted": bool(trusted), "motion": step,
+            "curvature": {str(k): torch.as_tensor(v).tolist() for k, v in curvature.items()},
+            "blur": None if blur is None else {"coefficient": blur[0],
+                                               "predicted_at": None if blur[1] is None else blur[1].tolist()}}
+
+
 def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tracking_levels=TRACKING_LEVELS,
                    confidence: bool = True, progress=None, motion: str = "smooth",
                    motion_model: MotionModel | None = None,
                    tracking_tol_px: float = TRACKING_LM_TOL_PX, overlap_check: bool | None = None,
                    masks=None, blur=None, blur_turn_deg: float | None = BLUR_TURN_DEG,
                    vouch_failed: bool = True,
-                   air_floor_hu: float | None = None, should_stop=None) -> list[FrameResult]:
+                   air_floor_hu: float | None = None, should_stop=None, checkpoint=None,
+                   resume=None) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -445,6 +481,14 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             :data:`AIR_FLOOR_HU`); None (default): the registrar's own.
         should_stop: optional callable ``() -> bool`` asked before each frame; True stops there (Ctrl-C in
             ``xraypose track``): the frames done are smoothed and returned, fewer than the sequence's.
+        checkpoint: optional callable ``checkpoint(record: dict)`` called once a frame stands (after
+            ``progress``), with a JSON-able record of it and of what the tracker holds after it
+            (:func:`_checkpoint_record`): what ``xraypose track`` appends to its partial file, so that a crash
+            loses no frame done.
+        resume: the records ``checkpoint`` gave for frames 0 … k − 1 (in order): those frames are kept as they are,
+            the motion model, the trusted poses, the curvature and a predicted blur rebuilt from them, and the
+            sequence is tracked on from frame k as if it had not stopped (the same prediction, the same
+            registrations; the smoother then pools every frame).  Needs the same inputs and settings.
     Returns:
         one :class:`FrameResult` per frame.
     """
@@ -460,6 +504,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         check_flag(flag, value, prefix="")
     if progress is not None and not callable(progress):  # it raised TypeError after the first frame's work
         raise InputError(f"progress must be None or a callable progress(FrameResult), got {type(progress).__name__}")
+    if checkpoint is not None and not callable(checkpoint):
+        raise InputError(f"checkpoint must be None or a callable checkpoint(dict), got {type(checkpoint).__name__}")
     if not isinstance(tracking_levels, (list, tuple)):
         raise InputError(f"tracking_levels must be a list of Level objects, got {type(tracking_levels).__name__}")
     views = _sequence_views(frames, camera, views, masks)
@@ -505,6 +551,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
 
     measured: dict = {}  # id(result) -> its covariance, this frame's results only (gate, then update)
     predicted_at: list = []  # the poses (4, 4) the blur coefficient was predicted at (a callable ``blur``)
+    committed: dict = {}  # frame -> (trusted, its motion-model step) as last committed: its checkpoint's
 
     def repredict(T) -> bool:
         """With a callable ``blur``: the coefficient predicted at the trusted pose ``T`` (4, 4) when none
@@ -565,6 +612,52 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
         return predict_pose(good_poses[-2:] if moving else good_poses[-1:])
 
+    def done(fr: FrameResult) -> None:
+        """Frame ``fr`` stands: reported (``progress``) and checkpointed (``checkpoint``: the frame and what the
+        tracker holds after it, :func:`_checkpoint_record`)."""
+        if progress is not None:
+            progress(fr)
+        if checkpoint is not None:
+            trusted, step = committed[fr.index]
+            checkpoint(_checkpoint_record(fr, trusted, step, last_curvature,
+                                          None if predictor is None else (registrar.config.blur_coefficient,
+                                                                          predicted_at[-1] if predicted_at else None)))
+
+    def restore(records: list) -> None:
+        """The frames of ``resume`` taken as they are, and the tracker's state after the last of them rebuilt:
+        the motion model's steps replayed (the same updates on the same numbers: the same filter), the
+        trusted poses and similarities, the last curvature, a predicted blur coefficient."""
+        nonlocal last_curvature, registrar, tracker
+        for i, rec in enumerate(records):
+            try:
+                fr, trusted, step = FrameResult.from_dict(rec["frame"]), bool(rec["trusted"]), rec["motion"]
+                if fr.index != i:
+                    raise ValueError(f"it is frame {fr.index}")
+                if filt is not None:
+                    if step["measured"]:
+                        R = None if step["covariance"] is None else torch.tensor(step["covariance"], dtype=F64)
+                        filt.update(fr.registered, R, restart=bool(step["restart"]))
+                    else:
+                        filt.coast()
+                last_curvature = {int(k): torch.tensor(v, dtype=F64) for k, v in rec["curvature"].items()}
+                blur_state = rec.get("blur")
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, InputError) as e:
+                raise InputError(f"resume: record {i} is not a frame's checkpoint ({e})") from None
+            if trusted:
+                good_poses.append(fr.camera_to_world.clone())
+                accepted_sims.append(fr.similarity)
+            elif not good_poses:
+                good_poses.append(fr.registered.clone())
+            committed[i] = (trusted, step)
+            out.append(fr)
+        if predictor is not None and blur_state and blur_state.get("coefficient") is not None:
+            # (with the check overlapped, the first frame after a resume holds the coefficient predicted at the
+            # frame before it, where the uninterrupted pipeline had registered it with the one before that)
+            c = float(blur_state["coefficient"])
+            registrar, tracker = registrar.derive(blur_coefficient=c), tracker.derive(blur_coefficient=c)
+            if blur_state.get("predicted_at") is not None:
+                predicted_at.append(torch.tensor(blur_state["predicted_at"], dtype=F64))
+
     def commit(f: int, pred, res, chk, reinit: bool, seconds: float, bad: bool | None = None,
                provisional: bool = False) -> FrameResult:
         """Frame ``f``'s registration into the motion model and the results (``bad`` None: judged
@@ -579,15 +672,19 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             bad = _bad(res, chk, None if reinit and filt is not None else unlikely)
         estimate, R = pose, covariance_of(res)
         cov = None if bad or R is None else R
+        step = None
         if filt is not None:
             if bad and filt.steps:
                 filt.coast()
+                step = {"measured": False}
             else:
                 # a re-initialisation restarts the motion model only where it lands outside the model's
                 # gate (a jump: update() restarts there itself); one that agrees with the model (the
                 # check failed a good frame, or the tracked result was kept) keeps its history
                 estimate = filt.update(pose, R, restart=f == 0)
                 cov = None if R is None else filt.steps[-1].P[:6, :6].clone()
+                step = {"measured": True, "covariance": None if R is None else R.tolist(), "restart": f == 0}
+        committed[f] = (not bad, step)
         fr = _frame_result(f, pose, pred, res, chk, reinit, seconds)
         fr.camera_to_world = estimate.clone()
         fr.covariance, fr.spread = cov, pose_spread(cov, estimate)
@@ -615,8 +712,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                                                      vouch=can_vouch())
         fr = commit(f, pred, res, chk, reinit, time.perf_counter() - t0)
         fr.vouched = vouched
-        if progress is not None:
-            progress(fr)
+        done(fr)
 
     def settle(p: dict) -> bool:
         """Wait for the check of a frame committed ahead of it (``p``); True when the frame stands,
@@ -635,8 +731,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                 fr.verdict, fr.p_success, fr.reason = chk.verdict, float(chk.p_success), chk.reason
             repredict(fr.camera_to_world)
             fr.seconds += time.perf_counter() - t0
-            if progress is not None:
-                progress(fr)
+            done(fr)
             return True
         n_steps, n_good, n_sims, last_curvature = p["before"]
         if filt is not None:  # the filter only appends: its frames after n_steps are dropped
@@ -648,9 +743,14 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         res, chk = _reinitialise(register, registrar, f, p["result"], chk,
                                  good_poses[-1] if good_poses else T_start)
         fr = commit(f, fr.predicted, res, chk, True, fr.seconds + time.perf_counter() - t0)
-        if progress is not None:
-            progress(fr)
+        done(fr)
         return False
+
+    if resume:
+        if not isinstance(resume, (list, tuple)) or len(resume) > n_frames:
+            raise InputError(f"resume must be a list of at most the sequence's {n_frames} frames' checkpoints, got "
+                             f"{len(resume) if isinstance(resume, (list, tuple)) else type(resume).__name__}")
+        restore(list(resume))
 
     # With the check overlapped, frame f's check runs on a second thread while frame f + 1 is
     # registered from the prediction that assumes frame f stands (the usual case); a `failed`
@@ -658,7 +758,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     pool = ThreadPoolExecutor(max_workers=1) if overlap else None
     pending = None
     try:
-        for f in range(n_frames):
+        for f in range(len(out), n_frames):
             if should_stop is not None and should_stop():  # (Ctrl-C) the frames done are kept: smoothed, returned
                 break
             t0 = time.perf_counter()
