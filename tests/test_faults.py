@@ -739,7 +739,10 @@ def test_a_full_disk_when_track_writes_keeps_the_earlier_trajectory_and_prints_t
     rows = lines[head + 1:]
     assert [r.split(",")[0] for r in rows] == ["0", "1", "2"]  # every frame's pose is not lost
     assert lines[head] == before["trajectory.csv"].decode().splitlines()[0]  # trajectory.csv's columns
-    assert _snapshot(out) == before and _temp_files(out) == []
+    after = _snapshot(out)
+    partial = after.pop("trajectory.partial.jsonl").decode().splitlines()  # the frames done stay for --resume
+    assert len(partial) == 1 + 3
+    assert after == before and _temp_files(out) == []
 
 
 def test_a_full_disk_in_evaluate_is_one_line(tmp_path, capsys, case, full_disk):

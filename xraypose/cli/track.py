@@ -310,6 +310,24 @@ def track_command(
     cfg = RegistrationConfig(drr_blur=drr_blur(prep["blur"], first[0].shape[0], seqs[0].shape[0], prep["crop"]),
                              **cfg_kw)
     reg = cts.registrar(cfg)
+    # what a resume must find unchanged (checked before the start is computed)
+    from xraypose.cli.track_partial import PARTIAL, PartialFile, check_resumable, inputs_identity, partial_header
+
+    n_frames = len(seqs[0])
+    settings = {"registration": reg.config.to_dict(), "--rig": _file_id(rig), "--start-view": start_view,
+                **_start_settings(start_kw), **_named(read_kw), **_named(prep),
+                "--metal": metal, "--edge-enhanced": edge_enhanced, "--scatter": scatter, "--motion": motion,
+                "--confidence": confidence, "--predict-blur": predict_blur, "--blur-turn": blur_turn,
+                "--air-floor": air_floor, **_named(counts_kw, "counts"),
+                "--structure": _file_id(structure_kw["structure"]), "--label-map": _file_id(structure_kw["label_map"]),
+                "--label": structure_kw["label"]}
+    header = partial_header(n_frames, "camera_to_world" if the_rig is None else f"camera_to_world of view {names[r]}",
+                            inputs_identity(ct, frames), settings)
+    kept = []
+    if earlier is not None:
+        check_resumable(output, earlier[0], header)
+        kept = earlier[1][:n_frames]
+        typer.echo(f"resuming {output}: {len(kept)} of {n_frames} frames kept from its {PARTIAL}")
     s = start_kw
     start, info = start_pose(s["init"], px=first[r], camera_to_rig=views[r][2], view=names[r], model=s["model"],
                              vol=cts.volume, pose_json=s["pose_json"], angles=s["angles"], sod=s["sod"],
@@ -327,27 +345,11 @@ def track_command(
         turn = BLUR_TURN_DEG if blur_turn is None else blur_turn
         blur, blur_prediction = _blur_predictor(reg.derive(levels=_later_levels(metal, edge_enhanced, scatter)), cts.volume, cams[r], seqs[r],
                                                 first[r], prep, turn)
+    if blur_prediction is not None and kept:
+        blur_prediction["predictions"] = _kept_predictions(kept)
     from xraypose._interrupt import stop_requests
-    from xraypose.cli.track_partial import PARTIAL, PartialFile, check_resumable, inputs_identity, partial_header
     from xraypose.io import make_output_folder
 
-    n_frames = len(seqs[0])
-    settings = {"registration": reg.config.to_dict(), "--rig": _file_id(rig), "--start-view": start_view,
-                **_start_settings(start_kw), **_named(read_kw), **_named(prep),
-                "--metal": metal, "--edge-enhanced": edge_enhanced, "--scatter": scatter, "--motion": motion,
-                "--confidence": confidence, "--predict-blur": predict_blur, "--blur-turn": blur_turn,
-                "--air-floor": air_floor, **_named(counts_kw, "counts"),
-                "--structure": _file_id(structure_kw["structure"]), "--label-map": _file_id(structure_kw["label_map"]),
-                "--label": structure_kw["label"]}
-    header = partial_header(n_frames, "camera_to_world" if the_rig is None else f"camera_to_world of view {names[r]}",
-                            inputs_identity(ct, frames), settings)
-    kept = []
-    if earlier is not None:
-        check_resumable(output, earlier[0], header)
-        kept = earlier[1][:n_frames]
-        typer.echo(f"resuming {output}: {len(kept)} of {n_frames} frames kept from its {PARTIAL}")
-        if blur_prediction is not None:
-            blur_prediction["predictions"] = _kept_predictions(kept)
     partial = PartialFile(make_output_folder(output), header, kept)
     with stop_requests() as stop:  # Ctrl-C: the frame under way ends, the frames tracked are written (exit 130)
         res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
