@@ -531,6 +531,19 @@ def test_nan_and_inf_voxels(tmp_path):
         volume_from_array(arr)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_volume_built_in_python_refuses_nan_and_inf_voxels(dtype):
+    """The constructor refuses what the readers refuse (it rendered NaN DRRs), naming how many voxels."""
+    data = torch.zeros(4, 4, 4, dtype=dtype)
+    data[0, 0, 0], data[1, 2, 3], data[3, 3, 3] = float("nan"), float("inf"), -float("inf")
+    with pytest.raises(InputError, match=r"^Volume data: 3 of 64 voxels are NaN or infinite$"):
+        Volume(data=data, affine=torch.eye(4))
+    with pytest.raises(InputError, match="1 of 64 voxels"):
+        Volume(data=np.where(np.arange(64).reshape(4, 4, 4) == 5, np.nan, 0.0), affine=np.eye(4))
+    assert Volume(data=torch.full((4, 4, 4), 3e4, dtype=dtype), affine=torch.eye(4)).shape == (4, 4, 4)
+    assert Volume(data=torch.zeros(4, 4, 4, dtype=torch.int16), affine=torch.eye(4)).data.dtype == torch.float32
+
+
 def test_zero_or_negative_spacing(tmp_path):
     # NIfTI with a singular sform (zero column); nibabel refuses to build one
     # from an affine, so write the header directly.

@@ -154,8 +154,8 @@ class Volume:
         source: free text saying where the volume came from (path, ...).
 
     The constructor converts numpy arrays / sequences to tensors of the types
-    above and checks shapes (cheap checks only; the readers also check for
-    NaN/inf voxels and degenerate spacing).
+    above, checks shapes and refuses NaN/inf voxels (one pass; the readers also check
+    the values' range and degenerate spacing).
     """
 
     data: torch.Tensor
@@ -168,7 +168,12 @@ class Volume:
     def __post_init__(self) -> None:
         data = torch.as_tensor(self.data)
         if not data.is_floating_point():
-            data = data.to(torch.float32)
+            data = data.to(torch.float32)  # (whole numbers: finite)
+        elif data.numel():
+            with torch.no_grad():  # (one bool tensor: no copy of the volume)
+                bad = data.numel() - int(torch.isfinite(data).sum())
+            if bad:  # the readers refuse them; an array built in Python rendered NaN DRRs
+                raise InputError(f"Volume data: {bad} of {data.numel()} voxels are NaN or infinite")
         if data.ndim != 3:
             raise InputError(f"Volume data must be 3D (I, J, K); got shape {tuple(data.shape)}")
         if 0 in data.shape:
