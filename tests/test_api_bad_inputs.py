@@ -509,6 +509,34 @@ def test_objects_of_the_wrong_type_are_named(sample_ct, cam, pose, image, regist
             call()
 
 
+def test_meta_tensors_are_named_where_they_enter(sample_ct, cam, pose, image, registrar):
+    """A tensor on PyTorch's meta device holds no values: torch's 'Tensor.item() cannot be called on meta tensors'
+    escaped from deep inside render_drr and register_xray."""
+    from xraypose.api import render_drr
+    from xraypose.register import register_xray
+    from xraypose.volume import Volume
+
+    meta = "is a tensor on PyTorch's 'meta' device (a shape without values)"
+    data, affine = sample_ct.data, sample_ct.affine
+    for call, what in [
+        (lambda: Volume(data=data.to("meta"), affine=affine), "Volume data"),
+        (lambda: Volume(data=data, affine=affine.to("meta")), "Volume affine"),
+        (lambda: Volume(data=data, affine=affine, isocenter=torch.zeros(3, device="meta")), "isocenter"),
+        (lambda: Volume(data=data, affine=affine, labels=torch.zeros(data.shape, dtype=torch.int64, device="meta")),
+         "labels"),
+        (lambda: render_drr(sample_ct, cam, pose.to("meta"), n_samples=16), "camera_to_world"),
+        (lambda: register_xray(sample_ct, image.to("meta"), cam, pose, registrar=registrar), "image"),
+        (lambda: register_xray(sample_ct, image, cam, pose.to("meta"), registrar=registrar),
+         "init (start poses (4, 4), (B, 4, 4) or (B, K, 4, 4), or an initialiser)"),
+        (lambda: register_xray(sample_ct, image, cam, pose, registrar=registrar, confidence=False,
+                               true_pose=pose.to("meta")), "true_pose"),
+        (lambda: register_xray(sample_ct, image, cam, pose, registrar=registrar, confidence=False,
+                               masks=torch.ones(image.shape, device="meta")), "masks"),
+    ]:
+        with pytest.raises(InputError, match="^" + re.escape(f"{what} {meta}")):
+            call()
+
+
 @pytest.mark.parametrize("bad, words", [
     (lambda T: T[:3], r"true_pose must be \(4, 4\) or \(B, 4, 4\) for B = 1 X-rays, got \(3, 4\)"),  # reshape error
     (lambda T: torch.full((4, 4), float("nan")), "true_pose: not a rigid transform: contains NaN"),  # 'no bone …'

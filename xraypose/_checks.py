@@ -19,7 +19,7 @@ import numpy as np
 from xraypose.errors import InputError
 
 __all__ = ["config_error", "check_number", "check_vector", "check_choice", "check_flag", "check_instance", "finite_float", "one_line",
-           "is_numeric_dtype"]
+           "is_numeric_dtype", "check_not_meta"]
 
 
 def config_error(name: str, value, why: str, prefix: str = "config: ") -> NoReturn:
@@ -112,3 +112,12 @@ def is_numeric_dtype(dtype) -> bool:
     records."""
     dtype = np.dtype(dtype)
     return not dtype.hasobject and (np.issubdtype(dtype, np.number) or dtype == bool)
+
+
+def check_not_meta(name: str, t) -> None:
+    """Refuse a tensor on PyTorch's ``meta`` device (a shape without values), where an argument enters the API (a
+    volume, an image, a pose): torch's own ``Tensor.item() cannot be called on meta tensors`` came from deep inside.
+    Anything else passes (an array, a list, a tensor on any device that holds values)."""
+    if getattr(t, "is_meta", False):
+        raise InputError(f"{name} is a tensor on PyTorch's 'meta' device (a shape without values): "
+                         "give one that holds values (e.g. on 'cpu')")

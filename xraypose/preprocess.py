@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import check_flag, check_instance, check_number, config_error, is_numeric_dtype
+from xraypose._checks import check_flag, check_instance, check_not_meta, check_number, config_error, is_numeric_dtype
 from xraypose._kernels import gaussian_kernel1d, max_filter
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -200,6 +200,7 @@ def as_real_tensor(value, what: str, dtype: torch.dtype | None = None) -> torch.
         raise InputError(f"{what} must be an array or tensor of numbers, got {type(value).__name__}{kind}") from None
     if t.is_complex():
         raise InputError(f"{what} must hold real numbers, got {t.dtype}")
+    check_not_meta(what, t)
     return t
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import check_number, finite_float, is_numeric_dtype, one_line
+from xraypose._checks import check_not_meta, check_number, finite_float, is_numeric_dtype, one_line
 from xraypose.errors import InputError
 from xraypose.io import check_input_path
 from xraypose.geometry.frames import LPS_TO_RAS as GEOMETRY_LPS_TO_RAS
@@ -167,6 +167,7 @@ class Volume:
 
     def __post_init__(self) -> None:
         data = torch.as_tensor(self.data)
+        check_not_meta("Volume data", data)
         if not data.is_floating_point():
             data = data.to(torch.float32)  # (whole numbers: finite)
         elif data.numel():
@@ -181,6 +182,7 @@ class Volume:
         self.data = data
 
         affine = torch.as_tensor(self.affine, dtype=torch.float64)
+        check_not_meta("Volume affine", affine)
         if tuple(affine.shape) != (4, 4):
             raise InputError(f"Volume affine must be 4x4; got shape {tuple(affine.shape)}")
         self.affine = affine
@@ -1314,6 +1316,7 @@ def _grid_distance_mm(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> f
 
 def _as_label_tensor(labels, shape: tuple[int, ...], what: str) -> torch.Tensor:
     if torch.is_tensor(labels):
+        check_not_meta(what, labels)
         t = labels.detach()
     else:
         arr = np.asarray(labels)
@@ -1378,6 +1381,7 @@ def _as_point(value, what: str) -> torch.Tensor:
         raise InputError(f"{what} must be 3 numbers (world RAS mm); got {value!r}") from None
     if t.is_complex():  # the imaginary part was dropped with a warning
         raise InputError(f"{what} must be 3 real numbers (world RAS mm); got {t.tolist()}")
+    check_not_meta(what, t)
     t = t.to(torch.float64).reshape(-1)
     if t.numel() != 3 or not bool(torch.isfinite(t).all()):
         raise InputError(f"{what} must be 3 finite numbers (world RAS mm); got {t.tolist()}")
