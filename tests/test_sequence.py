@@ -75,6 +75,24 @@ def test_a_frame_interval_beyond_a_day_is_refused(tmp_path, tag, value, words):
         read_sequence(f)
 
 
+@pytest.mark.parametrize("value, words", [
+    ([0, 0, 0], "FrameTimeVector (0018,1065) is all zeros: its 3 frames would be at one moment"),
+    (["0", "-0", "0"], "FrameTimeVector (0018,1065) is all zeros"),
+    ([0, 30, 0], "FrameTimeVector (0018,1065) entry 3 of 3 is 0 ms; each increment after the first must be a positive"),
+    ([0, -30, 40], "FrameTimeVector (0018,1065) entry 2 of 3 is -30 ms; each increment after the first must be"),
+    ([-5, 30, 40], "FrameTimeVector (0018,1065) entry 1 of 3 is -5 ms; the first increment must be a number >= 0"),
+])
+def test_a_frame_time_vector_of_zero_or_negative_increments_is_refused(tmp_path, value, words):
+    """All zeros was read as frames at one moment (a frame interval of 0 s); a negative increment was refused
+    without naming it."""
+    f = tmp_path / "cine.dcm"
+    write_dicom_xray(f, frames3(), camera=CAM, extra={"FrameTimeVector": value})
+    with pytest.raises(InputError, match="^" + re.escape(f"{f}: {words}")):
+        read_sequence(f)
+    write_dicom_xray(f, frames3(), camera=CAM, extra={"FrameTimeVector": [5, 30, 40]})  # the first need not be 0
+    assert torch.allclose(read_sequence(f).times, torch.tensor([0.0, 0.030, 0.070], dtype=torch.float64))
+
+
 def test_read_xray_all_frames(tmp_path):
     f = tmp_path / "cine.dcm"
     write_dicom_xray(f, frames3(), camera=CAM)

@@ -124,8 +124,14 @@ def _dicom_times(path: Path, n: int, notes: list) -> torch.Tensor | None:
             raise InputError(f"{where}: FrameTimeVector (0018,1065) is not a list of numbers: {raw!r}") from None
         if len(v) != n:
             raise InputError(f"{where}: FrameTimeVector (0018,1065) holds {len(v)} values for {n} frames")
-        if not all(math.isfinite(x) and x >= 0 for x in v):
-            raise InputError(f"{where}: FrameTimeVector (0018,1065) holds a negative or non-finite interval")
+        bad = next((i for i, x in enumerate(v) if not (math.isfinite(x) and (x > 0 or x == 0 and i == 0))), None)
+        if bad is not None and not any(v):  # (frames at one moment: the frame interval read as 0 s)
+            raise InputError(f"{where}: FrameTimeVector (0018,1065) is all zeros: its {n} frames would be at one "
+                             "moment; each increment after the first must be a positive number of ms")
+        if bad is not None:  # (the first is 0 by the standard: any value >= 0 is taken, the times start at it)
+            raise InputError(f"{where}: FrameTimeVector (0018,1065) entry {bad + 1} of {n} is {v[bad]:g} ms; "
+                             + ("the first increment must be a number >= 0" if bad == 0 else
+                                "each increment after the first must be a positive number of ms"))
         if max(v) > MAX_FRAME_INTERVAL_MS:  # (their sum overflowed to inf: times written as null / "inf")
             raise InputError(f"{where}: FrameTimeVector (0018,1065) holds an interval of {max(v):g} ms; a frame "
                              f"interval is at most {MAX_FRAME_INTERVAL_MS:g} ms (a day)")
