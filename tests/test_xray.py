@@ -397,6 +397,38 @@ def test_a_16_bit_png_with_alpha_or_colour_is_refused(tmp_path, color_type, what
         read_xray(tmp_path / "x.png", sdd=1000, delx=0.3)
 
 
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P"])
+def test_an_8_bit_png_with_transparent_pixels_is_read_with_a_note(tmp_path, mode, capsys):
+    """Its alpha was dropped without a word.  xraypose takes no mask from it (an X-ray's mask comes from
+    preprocessing and follows no later crop), so the grey values are read and a note says how many pixels were
+    not opaque; register prints it.  An all-opaque alpha says nothing: no note."""
+    from PIL import Image
+
+    from xraypose.cli.register import _read_xray
+
+    g = (np.arange(40 * 48).reshape(40, 48) % 251).astype(np.uint8)
+    for clear in (0, 7):
+        alpha = np.full_like(g, 255)
+        alpha.reshape(-1)[:clear] = np.arange(clear) * 30  # transparent and partly so
+        f = tmp_path / f"{mode}{clear}.png"
+        if mode == "P":  # a palette with a transparent entry (tRNS): the first `clear` pixels use it
+            im = Image.fromarray(np.where(alpha < 255, 0, 1 + g % 200).astype(np.uint8), mode="P")
+            im.putpalette([0, 0, 0] + [v for i in range(255) for v in (i, i, i)])
+            im.save(f, transparency=0) if clear else im.save(f)
+        else:
+            Image.fromarray(np.dstack([g] * (3 if mode == "RGBA" else 1) + [alpha]), mode=mode).save(f)
+        xr = read_xray(f, sdd=1000, delx=0.3)
+        assert Image.open(f).mode == mode and xr.shape == (40, 48)
+        if mode != "P":
+            np.testing.assert_array_equal(xr.image.numpy(), g)
+        notes = [n for n in xr.notes if "alpha" in n]
+        assert notes == ([f"alpha channel ignored: {clear} of 1920 pixels are transparent or partly so (alpha < 255); "
+                          "their grey values are registered as they are (xraypose takes no mask from alpha: crop them "
+                          "out, or save the X-ray without alpha)"] if clear else []), notes
+        _read_xray(f, None, None, {"sdd": 1000.0, "delx": 0.3}, 0)
+        assert ("note: " in capsys.readouterr().out) == bool(clear)
+
+
 def test_a_white_is_zero_tiff_is_inverted_at_every_bit_depth(tmp_path):
     """A TIFF of PhotometricInterpretation 0 (WhiteIsZero, DICOM's MONOCHROME1): Pillow inverts 8-bit pages but
     gave 16-bit ones as stored, so a 16-bit WhiteIsZero X-ray was read with bone and air swapped."""

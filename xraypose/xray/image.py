@@ -162,6 +162,7 @@ def _read_pil_frames(p: Path, hdr: Provenance) -> np.ndarray:
     with im:  # closed once read (also when refused)
         w, h = im.size  # xraypose's own size limit, before decoding
         frames = []
+        clear = 0  # pixels not fully opaque (alpha < 255), over the frames
         try:  # a cut multi-page TIFF: PIL raises TypeError ('Missing dimensions'), ValueError, EOFError ...
             check_xray_size(h, w, str(p), int(getattr(im, "n_frames", 1) or 1))  # before decoding the pixels
             for fr in ImageSequence.Iterator(im):
@@ -170,6 +171,7 @@ def _read_pil_frames(p: Path, hdr: Provenance) -> np.ndarray:
                                      f"columns) but frame 0 is {h} × {w}; every frame of a file must have one size")
                 raw = _raw_mode(fr)  # before decoding
                 page = tiff_sample_format(fr, _pil_to_gray(fr, p))
+                clear += _not_opaque(fr)
                 frames.append(_white_is_zero(fr, raw, page, hdr, not frames))
                 if frames[-1].dtype != frames[0].dtype:  # another bit depth: its values on another scale (max, sum)
                     raise InputError(f"{p}: frame {len(frames) - 1} holds {frames[-1].dtype} pixels but frame 0 "
@@ -180,6 +182,10 @@ def _read_pil_frames(p: Path, hdr: Provenance) -> np.ndarray:
             raise InputError(f"{p}: image data is truncated or corrupt ({one_line(e)})") from None
         if not frames:
             raise InputError(f"{p}: the image holds no frame")
+        if clear:  # an opaque alpha says nothing; a transparent one was dropped without a word
+            hdr.note(f"alpha channel ignored: {clear} of {len(frames) * h * w} pixels are transparent or partly so "
+                     "(alpha < 255); their grey values are registered as they are (xraypose takes no mask from "
+                     "alpha: crop them out, or save the X-ray without alpha)")
         if len(frames) == 1:
             return frames[0]
         return np.stack(frames)
@@ -207,6 +213,18 @@ def _pil_to_gray(fr, p: Path) -> np.ndarray:
     if a.ndim != 2:
         raise InputError(f"{p}: expected a greyscale image, got mode {mode} with shape {a.shape}")
     return a.copy()
+
+
+def _not_opaque(fr) -> int:
+    """How many pixels of an 8-bit picture with alpha (LA, RGBA, PA, or a palette or grey with a transparent
+    entry) are not fully opaque; 0 without alpha.  (:func:`_pil_to_gray` refused 16-bit alpha already.)"""
+    if fr.mode in ("LA", "RGBA", "PA"):
+        alpha = fr.getchannel("A")
+    elif "transparency" in fr.info and fr.mode in ("P", "L"):
+        alpha = fr.convert("RGBA" if fr.mode == "P" else "LA").getchannel("A")
+    else:
+        return 0
+    return int(np.count_nonzero(np.asarray(alpha) < 255))
 
 
 def _white_is_zero(fr, raw: str, a: np.ndarray, hdr: Provenance, first: bool) -> np.ndarray:
