@@ -429,6 +429,48 @@ def test_an_8_bit_png_with_transparent_pixels_is_read_with_a_note(tmp_path, mode
         assert ("note: " in capsys.readouterr().out) == bool(clear)
 
 
+def _rgb_dicom(path, rgb, photometric="RGB"):
+    """An 8-bit colour DICOM X-ray of ``rgb`` (H, W, 3) or (F, H, W, 3), interleaved (PlanarConfiguration 0)."""
+    import pydicom
+
+    write_dicom_xray(path, np.zeros(rgb.shape[-3:-1], np.uint16), camera=Camera(sdd=1000.0, height=rgb.shape[-3],
+                                                                                width=rgb.shape[-2], delx=0.3))
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if rgb.ndim == 4:
+        ds.NumberOfFrames = rgb.shape[0]
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    ds.save_as(path)
+    return path
+
+
+def test_a_colour_dicom_of_equal_channels_is_grey_as_a_png_is(tmp_path):
+    """An RGB DICOM whose channels are equal (a grey X-ray saved in colour) was refused while the same PNG was read;
+    both now read it as grey, and both refuse one whose channels differ."""
+    from PIL import Image
+
+    g = (np.arange(24 * 32).reshape(24, 32) % 200 + 20).astype(np.uint8)
+    for rgb, ok in ((np.dstack([g] * 3), True), (np.dstack([g, g // 2, g]), False)):
+        Image.fromarray(rgb).save(tmp_path / "x.png")
+        _rgb_dicom(tmp_path / "x.dcm", rgb)
+        if ok:
+            np.testing.assert_array_equal(read_xray(tmp_path / "x.png", sdd=1000, delx=0.3).image.numpy(), g)
+            xr = read_xray(tmp_path / "x.dcm")
+            np.testing.assert_array_equal(xr.image.numpy(), g)
+            assert "RGB image of equal colour channels read as greyscale" in xr.notes
+        else:
+            with pytest.raises(InputError, match=r"x\.png: colour image; X-rays must be greyscale$"):
+                read_xray(tmp_path / "x.png", sdd=1000, delx=0.3)
+            with pytest.raises(InputError, match=r"x\.dcm: colour DICOM image \(RGB, its colour channels differ\); "
+                                                 "X-rays must be greyscale$"):
+                read_xray(tmp_path / "x.dcm")
+    cine = _rgb_dicom(tmp_path / "cine.dcm", np.stack([np.dstack([g + i] * 3) for i in range(3)]))
+    np.testing.assert_array_equal(read_xray(cine, frames="all").image.numpy(), np.stack([g + i for i in range(3)]))
+    ybr = _rgb_dicom(tmp_path / "ybr.dcm", np.dstack([g, np.full_like(g, 128), np.full_like(g, 128)]), "YBR_FULL")
+    np.testing.assert_array_equal(read_xray(ybr).image.numpy(), g)  # (pydicom gives it as RGB)
+
+
 def test_a_white_is_zero_tiff_is_inverted_at_every_bit_depth(tmp_path):
     """A TIFF of PhotometricInterpretation 0 (WhiteIsZero, DICOM's MONOCHROME1): Pillow inverts 8-bit pages but
     gave 16-bit ones as stored, so a 16-bit WhiteIsZero X-ray was read with bone and air swapped."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from xraypose._checks import one_line
 from xraypose.errors import InputError
-from xraypose.xray.frames import inverted_to_bright, reduce_frames
+from xraypose.xray.frames import grey_of_rgb, inverted_to_bright, reduce_frames
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import IMAGE_EXTENSIONS, Provenance, XRay
 from xraypose.xray.resolve import finish_xray
@@ -113,6 +113,9 @@ def _photometric(ds, img: np.ndarray, hdr: Provenance, src: str,
     photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     hdr.set("PhotometricInterpretation", photo, "PhotometricInterpretation (0028,0004)")
     if photo == "MONOCHROME2":
+        return img, False
+    if photo in _COLOUR and int(ds.get("SamplesPerPixel", 1) or 1) == 3:  # (its channels equal: _dicom_pixels)
+        hdr.note(f"{photo} image of equal colour channels read as greyscale")
         return img, False
     if photo != "MONOCHROME1":
         raise InputError(f"{src}: PhotometricInterpretation {photo!r} is not a greyscale X-ray (MONOCHROME1/2)")
@@ -268,6 +271,11 @@ _SLICE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1." + k: v for k, v in (
     ("481.2", "RT dose volume"))}
 
 
+#: Colour PhotometricInterpretations of 3 samples a pixel that pydicom decodes to RGB: read as grey when the
+#: channels are equal (a grey X-ray saved in colour, as a PNG's), else refused.
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
+
+
 def _dicom_pixels(ds, p: Path) -> np.ndarray:
     from xraypose.limits import check_xray_size
 
@@ -279,10 +287,11 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
         raise InputError(f"{p}: a slice of a {_SLICE_SOP_CLASSES[sop]} (SOP class {sop}), not a projection X-ray: give "
                          "the CT as the CT (the folder of its series), and radiographs as X-rays")
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if spp != 1:
-        raise InputError(f"{p}: colour DICOM image ({spp} samples per pixel); X-rays must be greyscale")
     photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photo not in ("MONOCHROME1", "MONOCHROME2"):
+    if spp not in (1, 3) or spp == 3 and photo not in _COLOUR:
+        raise InputError(f"{p}: colour DICOM image ({spp} samples per pixel, PhotometricInterpretation {photo!r}); "
+                         "X-rays must be greyscale")
+    if spp == 1 and photo not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(f"{p}: PhotometricInterpretation {photo!r} is not a greyscale X-ray (MONOCHROME1/2)")
     try:
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -298,6 +307,8 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
         if "length" in msg.lower() or "truncat" in msg.lower() or "expected" in msg.lower():
             raise InputError(f"{p}: DICOM pixel data is truncated or incomplete ({msg})") from None
         raise InputError(f"{p}: cannot decode the DICOM pixel data ({msg}){_decoder_hint(ds, msg)}") from None
+    if spp == 3:  # (pydicom gives YBR as RGB) a grey X-ray saved in colour is read as a PNG's is
+        return grey_of_rgb(np.asarray(arr), f"{p}: colour DICOM image ({photo}, its colour channels differ)")
     return np.asarray(arr)
 
 
@@ -320,7 +331,7 @@ def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int) -> None:
     if ts is not None and getattr(ts, "is_compressed", False):
         return
     try:
-        bits = int(ds.get("BitsAllocated", 16) or 16)
+        bits = int(ds.get("BitsAllocated", 16) or 16) * int(ds.get("SamplesPerPixel", 1) or 1)  # bits a pixel
         frame_bytes = rows * cols * bits // 8
         have = len(ds.PixelData)
         held = have // frame_bytes if frame_bytes > 0 else 0

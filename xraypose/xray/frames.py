@@ -1,4 +1,5 @@
-"""Frames of a multi-frame X-ray file: one chosen, reduced, or all kept."""
+"""Frames of a multi-frame X-ray file: one chosen, reduced, or all kept; the pixel conventions every reader
+shares (bright-is-low inverted, a grey picture saved in colour)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 from xraypose.errors import InputError
 from xraypose.xray.record import Provenance
 
-__all__ = ["reduce_frames", "inverted_to_bright"]
+__all__ = ["reduce_frames", "inverted_to_bright", "grey_of_rgb"]
 
 
 def _frame_choice(frames) -> int | str:
@@ -62,3 +63,13 @@ def inverted_to_bright(img: np.ndarray, stored_range: tuple[float, float] | None
         lo, hi = float(img.min()), float(img.max())
         how = "v' = max + min − v (the image's range)"
     return (hi + lo) - img, how
+
+
+def grey_of_rgb(a: np.ndarray, what: str, hint: str = "") -> np.ndarray:
+    """The first channel of a colour picture ``(..., C)`` (C >= 3: RGB, RGBA; a channel beyond the third is not
+    read) whose red, green and blue are equal — a grey X-ray saved in colour; its colour channels differing,
+    ``InputError("{what}; X-rays must be greyscale{hint}")``.  The PNG/TIFF, NPY and DICOM readers take it alike."""
+    c = a[..., :3]
+    if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
+        raise InputError(f"{what}; X-rays must be greyscale{hint}")
+    return np.ascontiguousarray(a[..., 0])

@@ -9,7 +9,7 @@ import numpy as np
 
 from xraypose._checks import is_numeric_dtype, one_line
 from xraypose.errors import InputError
-from xraypose.xray.frames import inverted_to_bright, reduce_frames
+from xraypose.xray.frames import grey_of_rgb, inverted_to_bright, reduce_frames
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import Provenance, XRay
 from xraypose.xray.resolve import finish_xray
@@ -127,11 +127,8 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[-1] <= 4 and arr.shape[0] > 4:  # (H, W, channels), not H frames of W × 1 ... 4
         if arr.shape[-1] >= 3:
-            c = arr[..., :3]
-            if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
-                raise InputError(f"{p}: array of shape {tuple(arr.shape)} is a colour (RGB"
-                                 f"{'A' if arr.shape[-1] == 4 else ''}) picture; X-rays must be greyscale (H, W), or "
-                                 "frames (F, H, W)")
+            grey_of_rgb(arr, f"{p}: array of shape {tuple(arr.shape)} is a colour (RGB"
+                        f"{'A' if arr.shape[-1] == 4 else ''}) picture", " (H, W), or frames (F, H, W)")
             hdr.note(f"array of shape {tuple(arr.shape)} read as a greyscale RGB picture: its first channel is used")
         elif arr.shape[-1] == 2:
             hdr.note(f"array of shape {tuple(arr.shape)} read as a grey + alpha picture: its first channel is used")
@@ -199,10 +196,7 @@ def _pil_to_gray(fr, p: Path) -> np.ndarray:
         raise InputError(f"{p}: 16-bit {kind} image ({raw}); Pillow reads only its high 8 bits (the low 8 bits "
                          "would be lost): save the X-ray as 16-bit greyscale without alpha")
     if mode in ("RGB", "RGBA"):
-        a = np.asarray(fr.convert("RGB"))
-        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
-            raise InputError(f"{p}: colour image; X-rays must be greyscale")
-        return a[..., 0].copy()
+        return grey_of_rgb(np.asarray(fr.convert("RGB")), f"{p}: colour image")
     if mode == "LA":
         return np.asarray(fr.convert("L")).copy()
     if mode == "P":
