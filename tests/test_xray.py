@@ -471,6 +471,34 @@ def test_a_colour_dicom_of_equal_channels_is_grey_as_a_png_is(tmp_path):
     np.testing.assert_array_equal(read_xray(ybr).image.numpy(), g)  # (pydicom gives it as RGB)
 
 
+@pytest.mark.parametrize("keyword, dtype, bits", [("FloatPixelData", "<f4", 32), ("DoubleFloatPixelData", "<f8", 64)])
+def test_a_dicom_of_float_pixel_data_is_read(tmp_path, keyword, dtype, bits):
+    """FloatPixelData (7FE0,0008) and DoubleFloatPixelData (7FE0,0009) were refused as "no pixel data"; pydicom
+    decodes them.  A double that does not fit float32 is named, as an NPY's is."""
+    import pydicom
+
+    g = np.linspace(-1.5, 3.25, 24 * 32).reshape(24, 32)
+    f = tmp_path / "x.dcm"
+    for big in (None,) if bits == 32 else (None, 1e300):
+        write_dicom_xray(f, np.zeros((24, 32), np.uint16), camera=Camera(sdd=1000.0, height=24, width=32, delx=0.3))
+        ds = pydicom.dcmread(f)
+        for k in ("PixelData", "RescaleSlope", "RescaleIntercept", "BitsStored", "HighBit", "PixelRepresentation"):
+            if k in ds:
+                delattr(ds, k)
+        ds.BitsAllocated = bits
+        px = g.copy()
+        px[3, 4] = px[3, 4] if big is None else big
+        setattr(ds, keyword, px.astype(dtype).tobytes())
+        ds.save_as(f)
+        if big is None:
+            xr = read_xray(f)
+            np.testing.assert_allclose(xr.image.numpy(), g, rtol=1e-6)
+            assert xr.header["pixel_type"]["from"] == f"{keyword} (7FE0,000{8 if bits == 32 else 9})"
+        else:
+            with pytest.raises(InputError, match=r"x\.dcm: pixel value 1e\+300 does not fit float32"):
+                read_xray(f)
+
+
 def test_a_white_is_zero_tiff_is_inverted_at_every_bit_depth(tmp_path):
     """A TIFF of PhotometricInterpretation 0 (WhiteIsZero, DICOM's MONOCHROME1): Pillow inverts 8-bit pages but
     gave 16-bit ones as stored, so a 16-bit WhiteIsZero X-ray was read with bone and air swapped."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from xraypose._checks import one_line
 from xraypose.errors import InputError
-from xraypose.xray.frames import grey_of_rgb, inverted_to_bright, reduce_frames
+from xraypose.xray.frames import check_fits_float32, grey_of_rgb, inverted_to_bright, reduce_frames
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import IMAGE_EXTENSIONS, Provenance, XRay
 from xraypose.xray.resolve import finish_xray
@@ -33,7 +33,8 @@ def read_dicom_xray(p, overrides: XRayOverrides | dict | None = None, **kw) -> X
     ds = _load_dicom(p)
     hdr = Provenance()
     arr = _dicom_pixels(ds, p)
-    hdr.set("pixel_type", str(arr.dtype), "PixelData (7FE0,0010)")  # a sequence's frames must agree
+    pixels = _pixel_element(ds)
+    hdr.set("pixel_type", str(arr.dtype), f"{pixels} {_PIXEL_ELEMENTS[pixels]}")  # a sequence's frames must agree
     src = str(p)
     # "max", "sum", "mean" of the frames' values, not of the stored numbers: after the rescale (a sum's intercept
     # once per frame), the modality LUT and MONOCHROME1's inversion (its max would be the darkest frame's)
@@ -276,10 +277,20 @@ _SLICE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1." + k: v for k, v in (
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
 
 
+#: The elements that may hold an image's pixels (pydicom decodes each): integers, 32-bit and 64-bit floats.
+_PIXEL_ELEMENTS = {"PixelData": "(7FE0,0010)", "FloatPixelData": "(7FE0,0008)", "DoubleFloatPixelData": "(7FE0,0009)"}
+
+
+def _pixel_element(ds) -> str | None:
+    """The keyword of the element holding the pixels (:data:`_PIXEL_ELEMENTS`), or None."""
+    return next((k for k in _PIXEL_ELEMENTS if k in ds), None)
+
+
 def _dicom_pixels(ds, p: Path) -> np.ndarray:
     from xraypose.limits import check_xray_size
 
-    if "PixelData" not in ds:
+    pixels = _pixel_element(ds)  # FloatPixelData / DoubleFloatPixelData were called "no pixel data"
+    if pixels is None:
         raise InputError(f"{p}: DICOM file has no pixel data (not an image: {ds.get('SOPClassUID', 'unknown class')})")
     meta = getattr(ds, "file_meta", None)
     sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "") or "").strip()
@@ -299,7 +310,7 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
     except (TypeError, ValueError):
         raise InputError(f"{p}: Rows, Columns or NumberOfFrames is not a whole number") from None
     check_xray_size(rows, cols, str(p), frames)  # before pydicom allocates the pixels
-    _check_frame_count(ds, p, rows, cols, frames)  # before pydicom warns and drops what the header leaves out
+    _check_frame_count(ds, p, rows, cols, frames, pixels)  # before pydicom warns and drops what the header leaves out
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - pydicom raises ValueError, RuntimeError, NotImplementedError...
@@ -309,6 +320,7 @@ def _dicom_pixels(ds, p: Path) -> np.ndarray:
         raise InputError(f"{p}: cannot decode the DICOM pixel data ({msg}){_decoder_hint(ds, msg)}") from None
     if spp == 3:  # (pydicom gives YBR as RGB) a grey X-ray saved in colour is read as a PNG's is
         return grey_of_rgb(np.asarray(arr), f"{p}: colour DICOM image ({photo}, its colour channels differ)")
+    check_fits_float32(np.asarray(arr), str(p))  # (DoubleFloatPixelData)
     return np.asarray(arr)
 
 
@@ -323,7 +335,7 @@ def _decoder_hint(ds, msg: str) -> str:
     return f"; to decode {ts.name}, install pylibjpeg and {pkg} (pip install pylibjpeg {pkg}), or python-gdcm"
 
 
-def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int) -> None:
+def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int, pixels: str = "PixelData") -> None:
     """Refuse uncompressed pixel data holding whole frames more than ``NumberOfFrames`` says, or a whole row more
     than Rows × Columns (pydicom only warns of "excess padding" and drops them: a cine's frames lost, or an image
     cut or sheared, without a word); padding of less than a row (to an even length) is normal."""
@@ -333,7 +345,7 @@ def _check_frame_count(ds, p: Path, rows: int, cols: int, frames: int) -> None:
     try:
         bits = int(ds.get("BitsAllocated", 16) or 16) * int(ds.get("SamplesPerPixel", 1) or 1)  # bits a pixel
         frame_bytes = rows * cols * bits // 8
-        have = len(ds.PixelData)
+        have = len(ds[pixels].value)
         held = have // frame_bytes if frame_bytes > 0 else 0
     except (TypeError, ValueError):
         return

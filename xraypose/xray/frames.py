@@ -8,7 +8,7 @@ import numpy as np
 from xraypose.errors import InputError
 from xraypose.xray.record import Provenance
 
-__all__ = ["reduce_frames", "inverted_to_bright", "grey_of_rgb"]
+__all__ = ["reduce_frames", "inverted_to_bright", "grey_of_rgb", "check_fits_float32"]
 
 
 def _frame_choice(frames) -> int | str:
@@ -73,3 +73,14 @@ def grey_of_rgb(a: np.ndarray, what: str, hint: str = "") -> np.ndarray:
     if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
         raise InputError(f"{what}; X-rays must be greyscale{hint}")
     return np.ascontiguousarray(a[..., 0])
+
+
+def check_fits_float32(arr: np.ndarray, what: str) -> None:
+    """Refuse a float pixel whose value does not fit float32 (an NPY's or a DICOM DoubleFloatPixelData's: it would
+    turn into infinity); NaN and infinite ones are refused later, with their count."""
+    if np.issubdtype(arr.dtype, np.floating) and arr.dtype.itemsize > 4 and arr.size:
+        finite = arr[np.isfinite(arr)]
+        big = float(np.abs(finite).max()) if finite.size else 0.0
+        if big > float(np.finfo(np.float32).max):
+            raise InputError(f"{what}: pixel value {big:g} does not fit float32 (at most "
+                             f"{float(np.finfo(np.float32).max):.3g})")

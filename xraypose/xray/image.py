@@ -9,7 +9,7 @@ import numpy as np
 
 from xraypose._checks import is_numeric_dtype, one_line
 from xraypose.errors import InputError
-from xraypose.xray.frames import grey_of_rgb, inverted_to_bright, reduce_frames
+from xraypose.xray.frames import check_fits_float32, grey_of_rgb, inverted_to_bright, reduce_frames
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import Provenance, XRay
 from xraypose.xray.resolve import finish_xray
@@ -133,12 +133,7 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
         elif arr.shape[-1] == 2:
             hdr.note(f"array of shape {tuple(arr.shape)} read as a grey + alpha picture: its first channel is used")
         arr = arr[..., 0]
-    if np.issubdtype(arr.dtype, np.floating) and arr.size:
-        finite = arr[np.isfinite(arr)]  # NaN / inf: refused later with their count
-        big = float(np.abs(finite).max()) if finite.size else 0.0
-        if big > float(np.finfo(np.float32).max):
-            raise InputError(f"{p}: pixel value {big:g} does not fit float32 (at most "
-                             f"{float(np.finfo(np.float32).max):.3g})")
+    check_fits_float32(arr, str(p))
     return arr
 
 
