@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,21 @@ def test_config_toml_round_trip_and_errors(tmp_path):
     p.write_text("[model\nbackbone=")
     with pytest.raises(InputError, match="not valid TOML"):
         load_config(p)
+
+
+@pytest.mark.parametrize("value", ["QQQ", "ZYXZ", 5, "", "Zyx"])
+def test_model_convention_is_checked_when_the_config_is_read(tmp_path, value):
+    """An unknown ``[model] convention`` was taken and failed only once training set the model up, naming no key
+    (or, with another parameterization, not at all)."""
+    p = tmp_path / "t.toml"
+    for par in ("euler_angles", "se3_log_map"):
+        p.write_text(f'[model]\nparameterization = "{par}"\nconvention = {json.dumps(value)}\n')
+        with pytest.raises(InputError, match="^" + re.escape(f"config: model.convention = {value!r} is not one of: "
+                                                             "XYZ, XZY, YXZ, YZX, ZXY, ZYX, XYX, XZX, YXY, YZY, ZXZ, ZYZ")):
+            load_config(p)
+    for ok in ("ZYX", "zyx", "XYX"):
+        p.write_text(f'[model]\nparameterization = "euler_angles"\nconvention = "{ok}"\n')
+        assert load_config(p).model.convention == ok
 
 
 def test_a_render_step_alone_replaces_the_number_of_samples(tmp_path, sample_ct):

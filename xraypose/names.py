@@ -26,6 +26,13 @@ EULER_CONVENTIONS: tuple[str, ...] = (
     "XYX", "XZX", "YXY", "YZY", "ZXZ", "ZYZ",
 )
 
+
+def is_euler_convention(convention) -> bool:
+    """Whether ``convention`` names an Euler axis sequence: one of :data:`EULER_CONVENTIONS`, or its lowercase form."""
+    return isinstance(convention, str) and (
+        convention in EULER_CONVENTIONS or (convention.islower() and convention.upper() in EULER_CONVENTIONS))
+
+
 #: Registration's similarity measures (:data:`xraypose.register.measures.MEASURES` has one per name).
 SIMILARITY_MEASURES: tuple[str, ...] = ("mncc", "ncc", "gncc", "mixed")
 

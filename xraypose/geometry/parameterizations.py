@@ -56,7 +56,7 @@ from ._numerics import check_last_dim, check_matrix, safe_sqrt
 from .rigid import make_transform, split_transform
 from .se3 import se3_exp, se3_log
 from .so3 import matrix_to_quaternion, quaternion_to_matrix, so3_exp, so3_log
-from ..names import EULER_CONVENTIONS, ROTATION_PARAMETERIZATIONS  # torch-free: configs read them
+from ..names import EULER_CONVENTIONS, ROTATION_PARAMETERIZATIONS, is_euler_convention  # torch-free: configs read them
 
 __all__ = [
     "ROTATION_PARAMETERIZATIONS",
@@ -87,11 +87,7 @@ def _check_convention(convention) -> None:
             f"euler_angles needs a convention; choose one of: {choices} "
             "(uppercase = intrinsic, lowercase = extrinsic)"
         )
-    valid = isinstance(convention, str) and (
-        convention in EULER_CONVENTIONS
-        or (convention.islower() and convention.upper() in EULER_CONVENTIONS)
-    )
-    if not valid:
+    if not is_euler_convention(convention):
         raise InputError(
             f"unknown Euler convention {convention!r}; choose one of: {choices} "
             "(uppercase = intrinsic, lowercase = extrinsic)"

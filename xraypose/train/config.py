@@ -20,6 +20,7 @@ from xraypose.augment import AugmentConfig
 from xraypose.camera import DEFAULT_SDD_MM
 from xraypose.errors import InputError
 from xraypose.geometry import ROTATION_PARAMETERIZATIONS
+from xraypose.names import EULER_CONVENTIONS, is_euler_convention
 
 __all__ = [
     "TrainConfig", "ModelConfig", "CameraConfig", "RenderConfig", "SamplerConfig", "AugmentConfig", "LossConfig",
@@ -52,6 +53,9 @@ class ModelConfig(_Section):
         if not isinstance(self.backbone, str) or not self.backbone:
             config_error("model.backbone", self.backbone, "must be a timm model name")
         check_choice("model.parameterization", self.parameterization, list(ROTATION_PARAMETERIZATIONS))
+        if self.convention is not None and not is_euler_convention(self.convention):  # (it failed once training began)
+            config_error("model.convention", self.convention, f"is not one of: {', '.join(EULER_CONVENTIONS)} "
+                         "(the Euler axis sequence of parameterization 'euler_angles'; lowercase = extrinsic)")
         check_choice("model.norm", self.norm, ["batch", "group"])
         check_number("model.pool_grid", self.pool_grid, lo=1, hi=8, integer=True)
         check_flag("model.pretrained", self.pretrained)  # a text "no" would be true: a download attempted
