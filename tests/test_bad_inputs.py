@@ -1287,6 +1287,13 @@ add("train-log-is-a-folder", ("model.log.jsonl", "is a folder"), lambda d, o: tr
     d, o, None, "--overwrite") if (o / "model.log.jsonl").mkdir() is None else [])
 add("train-state-is-a-folder-at-resume", ("model.last.pt", "is a folder"), lambda d, o: train_args(
     d, o, None, "--resume") if (o / "model.last.pt").mkdir() is None else [])
+# -o named as a model's companion: `-o model.last.pt` trained and wrote model.last.last.pt beside it
+add("train-output-named-as-a-state", ("output", "model.last.pt", "model.last.last.pt", "-o", "model.pt"), lambda d, o: [
+    "train", str(ct(d)), "-o", str(o / "model.last.pt"), "--config", str(toml(d, _TRAINABLE)), "--steps", "1",
+    "--quiet"])
+add("train-output-named-as-a-crash-dump", ("output", "model.crash.pt", "model.crash.crash.pt"), lambda d, o: [
+    "train", str(ct(d)), "-o", str(o / "model.crash.pt"), "--config", str(toml(d, _TRAINABLE)), "--steps", "1",
+    "--quiet"])
 add("register-model-nan-weights", ("model.pt", "weights hold nan", "translation_head.bias"), lambda d, o: register_args(
     d, o, None, None, "--init", "model", "--model", str(checkpoint(d, lambda ck: ck["model"]["translation_head.bias"]
                                                                   .fill_(float("nan"))))))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from xraypose.errors import InputError
 
-__all__ = ["TrainResult", "output_paths", "check_writable", "check_not_an_input", "truncate_log", "jsonable"]
+__all__ = ["TrainResult", "output_paths", "check_output_name", "check_writable", "check_not_an_input", "truncate_log",
+           "jsonable"]
 
 
 @dataclass
@@ -35,6 +36,21 @@ def output_paths(output) -> dict:
     stem = p.name[: -len(p.suffix)] if p.suffix else p.name
     return {"best": p, "last": p.with_name(stem + ".last.pt"), "log": p.with_name(stem + ".log.jsonl"),
             "crash": p.with_name(stem + ".crash.pt")}
+
+
+def check_output_name(output) -> None:
+    """InputError when ``output`` is named as a companion of a model (``model.last.pt``, ``model.crash.pt``): its
+    own companions would be ``model.last.last.pt``, ... (and ``--resume`` of ``-o model.last.pt`` looked for
+    ``model.last.last.pt``, finding nothing to resume)."""
+    p = Path(output)
+    for kind, what in (("last", "training state"), ("crash", "crash dump")):
+        end = f".{kind}.pt"
+        if p.name.endswith(end) and len(p.name) > len(end):
+            model = p.with_name(p.name[: -len(end)] + ".pt")
+            raise InputError(f"output {p} is named as a model's {what} (NAME{end}): its own would be "
+                             f"{output_paths(p)[kind].name}; give the model's name, -o {model} (its {what} is "
+                             f"written beside it as {p.name}" + (", and --resume continues from it)" if kind == "last"
+                                                                 else ")"))
 
 
 def check_writable(output) -> None:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from xraypose.errors import InputError
 from xraypose.model import read_checkpoint
 from xraypose.train.config import SECTIONS, TrainConfig, as_config
-from xraypose.train.outputs import TrainResult, check_not_an_input, check_writable, output_paths
+from xraypose.train.outputs import TrainResult, check_not_an_input, check_output_name, check_writable, output_paths
 from xraypose.train.trainer import Trainer
 
 __all__ = ["train"]
@@ -44,6 +44,7 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
     cfg = as_config(config)
     paths = output_paths(output)
     world, rank, local_rank = _dist_info()
+    check_output_name(output)  # model.last.pt: its state would be model.last.last.pt
     if rank == 0:
         check_writable(output)
     check_not_an_input(output, {"the CT": ct, "the config": config, "the --finetune checkpoint": finetune,
