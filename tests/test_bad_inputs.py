@@ -1297,6 +1297,9 @@ add("train-output-named-as-a-crash-dump", ("output", "model.crash.pt", "model.cr
 add("register-model-nan-weights", ("model.pt", "weights hold nan", "translation_head.bias"), lambda d, o: register_args(
     d, o, None, None, "--init", "model", "--model", str(checkpoint(d, lambda ck: ck["model"]["translation_head.bias"]
                                                                   .fill_(float("nan"))))))
+add("train-finetune-nan-weights", ("checkpoint", "model.pt", "weights hold nan", "translation_head.bias"),
+    lambda d, o: train_args(d, o, None, "--config", str(toml(d, _TRAINABLE)), "--finetune", str(checkpoint(
+        d, lambda ck: ck["model"]["translation_head.bias"].fill_(float("nan"))))))
 add("register-model-is-a-folder", ("checkpoint", "model.pt", "is a folder"), lambda d, o: register_args(
     d, o, None, None, "--init", "model", "--model", str(_mkdir(d / "model.pt"))))
 add("train-output-is-the-finetune-model", ("output", "model.pt", "--finetune checkpoint", "would replace it"),

@@ -57,7 +57,7 @@ __all__ = [
     "PoseRegressor", "CHECKPOINT_FORMAT", "NORMS", "load_checkpoint", "predict_pose", "read_checkpoint",
     "save_checkpoint", "resample_to_camera", "normalize_images", "build_model", "architecture_of",
     "check_compatible", "checkpoint_dict", "volume_record", "training_volume_mismatch", "check_training_volume",
-    "OtherCTWarning",
+    "OtherCTWarning", "check_finite_weights",
 ]
 
 CHECKPOINT_FORMAT = "xraypose.pose_regressor"
@@ -466,13 +466,20 @@ def load_checkpoint(path, map_location="cpu") -> tuple[PoseRegressor, dict]:
         raise InputError(f"checkpoint {path}: the weights do not fit its own architecture "
                          f"({meta['architecture'].get('backbone')}): {_state_mismatch(model, ckpt['model'])}") from None
     _check_meta(path, meta)
-    bad = [str(k) for k, v in ckpt["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:  # every pose it predicts would be NaN: "the model predicted a pose with NaN" named no file nor cause
-        raise InputError(f"checkpoint {path}: its weights hold NaN or infinite values ({', '.join(bad[:3])}"
-                         f"{', ...' if len(bad) > 3 else ''}): a training that diverged? Use an earlier checkpoint")
+    check_finite_weights(ckpt, path)
     model.to(map_location if map_location is not None else "cpu")
     model.eval()
     return model, meta
+
+
+def check_finite_weights(ckpt: dict, path) -> None:
+    """InputError naming the file and the first tensors when a checkpoint's (:func:`read_checkpoint`'s dict) weights
+    hold NaN or infinite values: every pose the model predicts would be NaN ("the model predicted a pose with NaN"
+    named no file nor cause; a ``train --finetune`` from it trained on, to a validation of NaN poses)."""
+    bad = [str(k) for k, v in ckpt["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"checkpoint {path}: its weights hold NaN or infinite values ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): a training that diverged? Use an earlier checkpoint")
 
 
 # --------------------------------------------------------------------------- the training CT

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from xraypose.errors import InputError
-from xraypose.model import read_checkpoint
+from xraypose.model import check_finite_weights, read_checkpoint
 from xraypose.train.config import SECTIONS, TrainConfig, as_config
 from xraypose.train.outputs import TrainResult, check_not_an_input, check_output_name, check_writable, output_paths
 from xraypose.train.trainer import Trainer
@@ -53,6 +53,8 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
         _check_is_a_model(paths["best"])
     if resume and overwrite:
         raise InputError("give --resume (continue the training) or --overwrite (start again), not both")
+    if finetune is not None and not resume:  # before the CT is read (its NaN weights trained on, to NaN poses)
+        check_finite_weights(read_checkpoint(finetune), finetune)
     existing = [q for q in paths.values() if q.exists()]
     if existing and not resume and not overwrite:
         if not paths["last"].exists():  # --resume would say "nothing to resume"
