@@ -38,6 +38,9 @@ def test_a_rig_case_folder_is_registered_jointly(rig_case, tmp_path, monkeypatch
     for r in rows:
         assert float(r["start mTRE (mm)"]) > 5.0 and float(r["mTRE (mm)"]) < 1.0
     pose = json.loads((out / "cases" / RIG_FOLDER / "pose.json").read_text())
+    # each view's row has the joint pose's spread along its own beam (the rig's pose.json's, per view)
+    sds = [float(r["sd along beam (mm)"]) for r in rows]
+    assert sds == pytest.approx([v["spread"]["along_beam_mm"] for v in pose["views"]], rel=1e-6) and min(sds) > 0
     X = torch.tensor(pose["rig_to_world"], dtype=torch.float64)
     assert torch.allclose(X[:3, :3], torch.eye(3, dtype=torch.float64), atol=0.01)  # rad
     assert float(X[:3, 3].norm()) < 1.0  # mm

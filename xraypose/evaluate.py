@@ -443,15 +443,16 @@ def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: s
     return row, section
 
 
-def _metrics_row(name: str, reg, m: dict | None, m0: dict | None) -> dict:
+def _metrics_row(name: str, reg, m: dict | None, m0: dict | None, spread: dict | None = None) -> dict:
     """One metrics.csv row (its column order) of a result ``reg`` (a registration, or a rig's: similarity,
     init_s, opt_s, iterations, status, verdict, p_success, reason) with the metrics ``m`` of the pose and
-    ``m0`` of its start (:func:`xraypose.register.api.registration_metrics` dicts, or None)."""
+    ``m0`` of its start (:func:`xraypose.register.api.registration_metrics` dicts, or None); ``spread``: the
+    view's own (a rig view's, along its beam), else ``reg.spread``."""
     row = {"case": name, "similarity": float(reg.similarity), "init (s)": float(reg.init_s),
            "opt (s)": float(reg.opt_s), "iterations": int(reg.iterations), "status": reg.status}
     if reg.verdict is not None:
         row.update({"verdict": reg.verdict, "p_success": float(reg.p_success), "reason": reg.reason})
-    spread = getattr(reg, "spread", None)  # one view's own (a rig's are per view, in its pose.json)
+    spread = spread or getattr(reg, "spread", None)  # one view's own, or a rig view's along its own beam
     if spread:
         row["sd along beam (mm)"] = float(spread["along_beam_mm"])
     if m is not None:
@@ -872,7 +873,7 @@ def _register_rig(evalset: EvalSet, out: Path, names: list, start, config, pictu
     figures = [(d / "views.png", "every view: X-ray, DRR at the joint result, difference")] if pictures else []
     results = {}
     for i, (v, name) in enumerate(zip(rr.views, names)):
-        row = _metrics_row(cases[i].name, rr, v.metrics, v.initial_metrics)
+        row = _metrics_row(cases[i].name, rr, v.metrics, v.initial_metrics, spread=v.spread)
         section = ({"heading": heading, "figures": figures} if i == 0 else
                    {"heading": f"{cases[i].name}: view {i + 1} of the rig (above)", "figures": []})
         cd = out / "cases" / name
