@@ -228,3 +228,16 @@ def test_evaluate_summary_says_x_ray_for_one(tmp_path, capsys):
     _print_summary({"n_cases": 2, "median_opt_s": 0.5}, tmp_path)
     out = capsys.readouterr().out
     assert "1 X-ray registered" in out and "1 X-ray: success" in out and "2 X-rays registered" in out
+
+
+def test_the_demos_summary_prints_each_results_own_spread(tmp_path, capsys):
+    """The demo's summary says how far each result may lie along the beam (its median spread), when known."""
+    from xraypose.demo import DemoSettings, _print_summary
+
+    summary = {"success_rate_1mm": 1.0, "median_mtre_mm": 0.1, "median_start_mtre_mm": 20.0, "median_opt_s": 0.5,
+               "median_init_s": 0.1, "total_s": 60.0, "median_sd_along_beam_mm": 0.234}
+    _print_summary(tmp_path, summary, DemoSettings(), 300.0, 12, quiet=False)
+    assert "median 0.23 mm (1 sd) along the beam" in capsys.readouterr().out
+    del summary["median_sd_along_beam_mm"]
+    _print_summary(tmp_path, summary, DemoSettings(), 300.0, 12, quiet=False)
+    assert "along the beam" not in capsys.readouterr().out

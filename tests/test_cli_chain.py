@@ -80,6 +80,7 @@ def test_render_train_register_evaluate_chain(tmp_path, case, model, capsys):
     summary = json.loads((ev / "summary.json").read_text())
     assert summary["n_cases"] == 2 and 0.0 <= summary["sr_1mm"] <= 1.0
     assert summary["median_mtre_mm"] == pytest.approx(np.median([float(r["mTRE (mm)"]) for r in rows]))
+    assert summary["median_sd_along_beam_mm"] == pytest.approx(np.median([float(r["sd along beam (mm)"]) for r in rows]))
     html = (ev / "report.html").read_text()
     assert "lao20_caud10.dcm" in html and "data:image/" in html and "mTRE" in html
     for name in ("lao20_caud10.dcm", "lateral.npy"):

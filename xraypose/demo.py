@@ -8,7 +8,7 @@
 4. writes ``xraypose-demo/``: ``report.html`` (self-contained but for the
    registration GIFs, which it shows from ``cases/NNN/``), per-case pose
    JSONs, Slicer transforms, landmark CSVs and pictures, ``metrics.csv`` and
-   ``summary.json``; and prints a four-line summary (success, mTRE, verdicts, time).
+   ``summary.json``; and prints a short summary (success, mTRE, the results' own spread, verdicts, time).
 
 Running the demo again into the same folder replaces the earlier demo's files
 (model, per-case files, report...; other files are left alone).
@@ -216,6 +216,8 @@ def _summary(rows: list, tr, train_s: float, t_all: float) -> dict:
         "total_s": time.perf_counter() - t_all,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         **verdict_summary(rows),
+        **({"median_sd_along_beam_mm": statistics.median(sd)}
+           if (sd := [r["sd along beam (mm)"] for r in rows if r.get("sd along beam (mm)") is not None]) else {}),
     }
 
 
@@ -257,6 +259,9 @@ def _print_summary(out: Path, summary: dict, s: DemoSettings, train_s: float, n:
     _say(f"success rate (mTRE < 1 mm): {100 * summary['success_rate_1mm']:.0f} % of {n} X-rays", quiet)
     _say(f"median mTRE: {summary['median_mtre_mm']:.2f} mm (from {summary['median_start_mtre_mm']:.1f} mm at the "
          "model's estimate)", quiet)
+    if "median_sd_along_beam_mm" in summary:  # one view's depth is its least certain axis (registration.md)
+        _say(f"each result's own spread: median {summary['median_sd_along_beam_mm']:.2f} mm (1 sd) along the beam, "
+             "the direction one view fixes least", quiet)
     if "verdicts" in summary:
         v = summary["verdicts"]
         _say(f"verdicts: {v['ok']} ok, {v['uncertain']} uncertain, {v['failed']} failed"

@@ -516,12 +516,15 @@ def summary_of(rows: Sequence[dict]) -> dict:
     from xraypose.metrics import summarize
 
     key = {"mTRE (mm)": "mtre", "mPE (mm)": "mpe", "mRPE (mm)": "mrpe", "dGeo (mm)": "dgeo", "rot (°)": "rot_deg",
-           "init (s)": "init_s", "opt (s)": "opt_s", "start mTRE (mm)": "start_mtre"}
+           "init (s)": "init_s", "opt (s)": "opt_s", "start mTRE (mm)": "start_mtre",
+           "sd along beam (mm)": "sd_along_beam"}
     renamed = [{key.get(k, k): v for k, v in r.items()} for r in rows]
-    s = summarize(renamed, keys=("mtre", "mpe", "mrpe", "dgeo", "rot_deg", "init_s", "opt_s", "start_mtre"))
-    st = s["stats"].get("start_mtre", {})
-    if st.get("n"):
-        s["median_start_mtre_mm"] = st["median"]
+    s = summarize(renamed, keys=("mtre", "mpe", "mrpe", "dgeo", "rot_deg", "init_s", "opt_s", "start_mtre",
+                                 "sd_along_beam"))
+    for k, name in (("start_mtre", "median_start_mtre_mm"), ("sd_along_beam", "median_sd_along_beam_mm")):
+        st = s["stats"].get(k, {})
+        if st.get("n"):
+            s[name] = st["median"]
     return s
 
 
