@@ -8,6 +8,9 @@ One module per command: :mod:`~xraypose.cli.render`, :mod:`~xraypose.cli.info`, 
 :mod:`~xraypose.cli.config` (``--config FILE.toml``) and :mod:`~xraypose.cli.steps` (the steps of a
 registration: CT, X-rays, start, result).  This module holds the app and :func:`main` (exit codes).
 
+The commands that write results hold a lock on their output while they run (:data:`LOCKED_OUTPUTS`,
+:mod:`xraypose.output_lock`): a second run into the same folder (or ``train -o`` the same model) is refused.
+
 User errors (bad files, values, geometry) and xraypose's other own errors (an output that cannot be
 written, a training that diverged: :class:`xraypose.errors.XrayposeError`) print one line
 ``xraypose: error: …`` and exit with status 2; ``--debug`` shows the Python traceback instead.
@@ -16,6 +19,7 @@ written, a training that diverged: :class:`xraypose.errors.XrayposeError`) print
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 
@@ -72,6 +76,46 @@ def _check_options_when_parsed() -> None:
 
 _check_options_when_parsed()
 
+#: The commands that write results, each with the option naming its output: a folder, locked by its
+#: ``.xraypose.lock`` while the command runs (``train``'s model file by ``NAME.lock`` beside it).  ``info`` reads
+#: only; ``render`` writes one file, atomically (two renders to one file: the last one's, whole).
+LOCKED_OUTPUTS = {"demo": "output", "train": "output", "register": "output", "evaluate": "output",
+                  "track": "output", "datasets example": "out", "datasets check": "out", "datasets fixtures": "out"}
+#: Of those, the commands whose output is a file (the lock lies beside it).
+_FILE_OUTPUTS = {"train"}
+#: The command line being run (``xraypose ...``), recorded in the lock.
+_command_line: list[str] | None = None
+
+
+def _locking(callback, option: str, file: bool):
+    """``callback`` run holding the lock of its output (the value of its parameter ``option``; none given: no
+    lock).  Under torchrun only rank 0 takes it: the ranks of one run share the folder."""
+
+    @functools.wraps(callback)
+    def run(**values):
+        from xraypose.output_lock import output_lock
+
+        output = values.get(option)
+        if output is None or int(os.environ.get("RANK", "0") or 0) != 0:
+            return callback(**values)
+        with output_lock(output, file=file, command=_command_line):
+            return callback(**values)
+
+    run.__signature__ = inspect.signature(callback, eval_str=True)
+    return run
+
+
+def _lock_outputs() -> None:
+    """Wrap each command of :data:`LOCKED_OUTPUTS` in :func:`_locking` (in one place: every command that writes)."""
+    commands = [(c.name, c) for c in app.registered_commands] + [
+        (f"{g.name} {c.name}", c) for g in app.registered_groups for c in g.typer_instance.registered_commands]
+    for name, command in commands:
+        if name in LOCKED_OUTPUTS:
+            command.callback = _locking(command.callback, LOCKED_OUTPUTS[name], file=name in _FILE_OUTPUTS)
+
+
+_lock_outputs()
+
 
 @functools.lru_cache(maxsize=1)
 def _command():
@@ -111,6 +155,8 @@ def _dash_file_hint(error, argv: list[str]) -> str:
 
 
 def _run(argv: list[str], debug: bool) -> int:
+    global _command_line
+    _command_line = ["xraypose", *argv]
     if debug:  # accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:

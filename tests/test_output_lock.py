@@ -1,0 +1,231 @@
+"""One run at a time in an output folder (xraypose/output_lock.py): a second run is refused naming the first,
+a lock left by a dead run is taken over, the lock goes when the run ends however it ends, train's lies beside
+its model; every command that writes results takes it (xraypose/cli/__init__.py's LOCKED_OUTPUTS)."""
+
+import json
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import typer
+
+from xraypose.cli import main
+from xraypose.errors import InputError
+
+LOCK = ".xraypose.lock"
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended and been reaped."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _write_lock(path: Path, **rec) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "command": "xraypose evaluate case -o out",
+                                "started": "2026-12-05T10:00:00+00:00", **rec}))
+
+
+@pytest.fixture
+def fake_demo(monkeypatch):
+    """``xraypose demo``'s work replaced by ``fake_demo.action(out)``; ``fake_demo.seen`` what the lock held then."""
+    import xraypose.demo
+
+    class Fake:
+        seen = None
+        action = None
+
+    def run_demo(out, settings):
+        lock = Path(out) / LOCK
+        Fake.seen = json.loads(lock.read_text()) if lock.exists() else None
+        if Fake.action is not None:
+            Fake.action(Path(out))
+
+    monkeypatch.setattr(xraypose.demo, "run_demo", run_demo)
+    return Fake
+
+
+def test_the_lock_is_held_while_a_run_writes_and_removed_after(tmp_path, fake_demo):
+    out = tmp_path / "d"
+    assert main(["demo", "-o", str(out)]) == 0
+    assert fake_demo.seen is not None, "no lock while the demo ran"
+    assert fake_demo.seen["pid"] == os.getpid() and fake_demo.seen["host"] == socket.gethostname()
+    assert fake_demo.seen["command"] == f"xraypose demo -o {out}" and fake_demo.seen["started"]
+    assert not (out / LOCK).exists()
+
+
+@pytest.mark.parametrize("ending, code", [(InputError("bad"), 2), (KeyboardInterrupt(), 130),
+                                          (typer.Exit(130), 130), (RuntimeError("bug"), None)])
+def test_the_lock_is_removed_after_an_error_or_an_interrupt(tmp_path, fake_demo, ending, code):
+    out = tmp_path / "d"
+
+    def fail(_):
+        raise ending
+
+    fake_demo.action = fail
+    if code is None:  # an unexpected exception escapes main (a traceback), the lock released on the way
+        with pytest.raises(RuntimeError):
+            main(["demo", "-o", str(out)])
+    else:
+        assert main(["demo", "-o", str(out)]) == code
+    assert fake_demo.seen is not None and fake_demo.seen["pid"] == os.getpid()
+    assert not (out / LOCK).exists()
+    assert not out.exists()  # made only to hold the lock: a failed run leaves no empty folder behind
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_first(tmp_path, fake_demo, capsys):
+    out = tmp_path / "d"
+
+    def second_run(_):
+        assert main(["evaluate", "case", "-o", str(out)]) == 2
+
+    fake_demo.action = second_run
+    assert main(["demo", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"output folder {out} is in use by another xraypose run (pid {os.getpid()}, started " in err[0]
+    assert f"xraypose demo -o {out}" in err[0] and f"delete {out / LOCK}" in err[0]
+    assert not (out / LOCK).exists()  # the refused run did not remove the first run's lock
+
+
+def test_a_lock_of_another_live_process_is_refused(tmp_path, fake_demo, capsys):
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        _write_lock(tmp_path / "d" / LOCK, pid=holder.pid)
+        assert main(["demo", "-o", str(tmp_path / "d")]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert fake_demo.seen is None  # nothing ran
+    err = capsys.readouterr().err
+    assert f"pid {holder.pid}, started 2026-12-05 10:00:00+00:00: xraypose evaluate case -o out" in err
+    assert (tmp_path / "d" / LOCK).exists()  # not the refused run's to remove
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path, fake_demo, capsys):
+    out = tmp_path / "d"
+    dead = _dead_pid()
+    _write_lock(out / LOCK, pid=dead)
+    assert main(["demo", "-o", str(out)]) == 0
+    assert fake_demo.seen is not None and fake_demo.seen["pid"] == os.getpid()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"xraypose: note: {out / LOCK} was left by an xraypose run that "
+                                               f"is no longer running (pid {dead}, ")
+    assert err[0].endswith("taken over")
+    assert not (out / LOCK).exists()
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/stat").exists(), reason="needs Linux /proc")
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path, fake_demo):
+    from xraypose.output_lock import _process_start
+
+    _write_lock(tmp_path / "d" / LOCK, pid=os.getpid(), process_start=_process_start(os.getpid()) - 1)
+    assert main(["demo", "-o", str(tmp_path / "d")]) == 0
+    assert fake_demo.seen["process_start"] == _process_start(os.getpid())
+
+
+def test_a_lock_from_another_host_is_refused_naming_the_host_and_the_file(tmp_path, fake_demo, capsys):
+    out = tmp_path / "d"
+    _write_lock(out / LOCK, pid=_dead_pid(), host="node-7.invalid")
+    assert main(["demo", "-o", str(out)]) == 2
+    assert fake_demo.seen is None
+    err = capsys.readouterr().err
+    assert "locked by an xraypose run on host node-7.invalid" in err and f"delete {out / LOCK}" in err
+
+
+def test_train_locks_beside_its_model_file(tmp_path, monkeypatch, capsys):
+    import xraypose.train
+    from xraypose.train.outputs import TrainResult
+
+    model = tmp_path / "model.pt"
+    seen = {}
+
+    def train(ct, output, cfg, **kw):
+        seen["lock"] = json.loads(Path(f"{output}.lock").read_text()) if Path(f"{output}.lock").exists() else None
+        seen["folder lock"] = (tmp_path / LOCK).exists()
+        assert main(["train", "sample", "-o", str(model)]) == 2  # a second training of that model
+        return TrainResult(model, model.with_name("model.last.pt"), model.with_name("model.log.jsonl"), 1, 1, 1,
+                           1.0, 1.0, None)
+
+    monkeypatch.setattr(xraypose.train, "train", train)
+    assert main(["train", "sample", "-o", str(model)]) == 0
+    assert seen["lock"] is not None and seen["lock"]["pid"] == os.getpid() and not seen["folder lock"]
+    assert f"output {model} is in use by another xraypose run (pid {os.getpid()}" in capsys.readouterr().err
+    assert not Path(f"{model}.lock").exists()
+
+
+# Every command that writes results, with inputs that do not exist: the lock is checked before anything else.
+WRITERS = {
+    "demo": ["demo", "-o", "{out}"],
+    "register": ["register", "sample", "x.npy", "-o", "{out}"],
+    "register --rig": ["register", "sample", "a.npy", "b.npy", "--rig", "rig.json", "-o", "{out}"],
+    "evaluate": ["evaluate", "case", "-o", "{out}"],
+    "evaluate --resume": ["evaluate", "case", "-o", "{out}", "--resume"],
+    "track": ["track", "sample", "frames", "-o", "{out}"],
+    "train": ["train", "sample", "-o", "{out}/model.pt"],
+    "train --resume": ["train", "sample", "-o", "{out}/model.pt", "--resume"],
+    "datasets example": ["datasets", "example", "{out}"],
+    "datasets check": ["datasets", "check", "case", "--out", "{out}"],
+    "datasets fixtures": ["datasets", "fixtures", "{out}"],
+}
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_every_command_that_writes_is_refused_in_a_locked_output(tmp_path, name, capsys):
+    from xraypose.output_lock import lock_path, output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    train = name.startswith("train")
+    with output_lock(out / "model.pt" if train else out, file=train):
+        assert main([a.format(out=out) for a in WRITERS[name]]) == 2
+    assert "is in use by another xraypose run" in capsys.readouterr().err
+    assert not lock_path(out / "model.pt" if train else out, file=train).exists()
+
+
+def test_reading_and_rendering_do_not_lock(tmp_path, capsys):
+    from xraypose.output_lock import output_lock
+
+    with output_lock(tmp_path):
+        assert main(["info", "sample"]) == 0
+        assert main(["render", "sample", "--pose", "0,0", "--sdd", "1020", "--height", "16", "--delx", "20",
+                     "-o", str(tmp_path / "drr.npy")]) == 0
+    assert "in use" not in capsys.readouterr().err
+
+
+def test_a_stale_lock_does_not_make_a_folder_look_used(tmp_path, capsys):
+    """``datasets example`` wants a new or empty folder: a lock (its own, or a dead run's) does not count."""
+    _write_lock(tmp_path / "ex" / LOCK, pid=_dead_pid())
+    assert main(["datasets", "example", str(tmp_path / "ex")]) == 0
+    assert (tmp_path / "ex" / "poses.json").is_file() and not (tmp_path / "ex" / LOCK).exists()
+
+
+def test_of_runs_starting_at_once_one_holds_the_lock(tmp_path):
+    from xraypose.output_lock import OutputInUse, output_lock
+
+    n = 8
+    start, held = threading.Barrier(n), threading.Barrier(n)
+    won, refused = [], []
+
+    def run():
+        start.wait()
+        try:
+            with output_lock(tmp_path / "out"):
+                won.append(1)
+                held.wait()
+        except OutputInUse:
+            refused.append(1)
+            held.wait()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(won) == 1 and len(refused) == n - 1
+    assert not (tmp_path / "out" / LOCK).exists()
