@@ -175,8 +175,25 @@ WRITERS = {
 }
 
 
+@pytest.fixture
+def no_work(monkeypatch):
+    """The commands' long work (training, the demo, writing example files) stops the test if reached."""
+    import xraypose.datasets.case_folder
+    import xraypose.datasets.fixtures
+    import xraypose.demo
+    import xraypose.train
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the command ran")
+
+    for module, name in [(xraypose.demo, "run_demo"), (xraypose.train, "train"),
+                         (xraypose.datasets.case_folder, "make_example_case"),
+                         (xraypose.datasets.fixtures, "write_deepfluoro_fixture")]:
+        monkeypatch.setattr(module, name, ran)
+
+
 @pytest.mark.parametrize("name", list(WRITERS))
-def test_every_command_that_writes_is_refused_in_a_locked_output(tmp_path, name, capsys):
+def test_every_command_that_writes_is_refused_in_a_locked_output(tmp_path, name, capsys, no_work):
     from xraypose.output_lock import lock_path, output_lock
 
     out = tmp_path / "out"
