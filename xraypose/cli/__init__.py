@@ -136,9 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     import warnings
 
+    global _command_line
     with warnings.catch_warnings():  # restores the caller's warning handling afterwards
         warnings.showwarning = _print_warning
-        return _run(argv, debug)
+        _command_line = ["xraypose", *argv]  # what an output's lock records
+        try:
+            return _run(argv, debug)
+        finally:
+            _command_line = None
 
 
 def _dash_file_hint(error, argv: list[str]) -> str:
@@ -155,8 +160,6 @@ def _dash_file_hint(error, argv: list[str]) -> str:
 
 
 def _run(argv: list[str], debug: bool) -> int:
-    global _command_line
-    _command_line = ["xraypose", *argv]
     if debug:  # accepted anywhere on the line
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
