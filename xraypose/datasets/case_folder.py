@@ -254,9 +254,8 @@ def make_example_case(folder, *, size: int = 160, overwrite: bool = False, seed:
     from importlib import resources
 
     from xraypose.io import atomic_write_bytes, atomic_write_json, check_output_folder
-    from xraypose.volume import SAMPLE_CT_FILENAME, load_sample_ct
-
     from xraypose.output_lock import LOCK_NAME
+    from xraypose.volume import SAMPLE_CT_FILENAME, load_sample_ct
 
     root = check_output_folder(folder)  # a file, or a folder under one: named (was the OS's "Not a directory")
     if root.exists() and any(p.name != LOCK_NAME for p in root.iterdir()) and not overwrite:  # the command's lock
