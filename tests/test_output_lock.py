@@ -146,9 +146,12 @@ def test_train_locks_beside_its_model_file(tmp_path, monkeypatch, capsys):
     seen = {}
 
     def train(ct, output, cfg, **kw):
-        seen["lock"] = json.loads(Path(f"{output}.lock").read_text()) if Path(f"{output}.lock").exists() else None
+        lock = tmp_path / "model.lock"  # named by the model's stem, as model.last.pt is
+        seen["lock"] = json.loads(lock.read_text()) if lock.exists() else None
         seen["folder lock"] = (tmp_path / LOCK).exists()
         assert main(["train", "sample", "-o", str(model)]) == 2  # a second training of that model
+        # -o model (no suffix) writes the same model.last.pt and model.log.jsonl: the same lock
+        assert main(["train", "sample", "-o", str(tmp_path / "model")]) == 2
         return TrainResult(model, model.with_name("model.last.pt"), model.with_name("model.log.jsonl"), 1, 1, 1,
                            1.0, 1.0, None)
 
@@ -156,7 +159,7 @@ def test_train_locks_beside_its_model_file(tmp_path, monkeypatch, capsys):
     assert main(["train", "sample", "-o", str(model)]) == 0
     assert seen["lock"] is not None and seen["lock"]["pid"] == os.getpid() and not seen["folder lock"]
     assert f"output {model} is in use by another xraypose run (pid {os.getpid()}" in capsys.readouterr().err
-    assert not Path(f"{model}.lock").exists()
+    assert not (tmp_path / "model.lock").exists()
 
 
 # Every command that writes results, with inputs that do not exist: the lock is checked before anything else.

@@ -8,8 +8,8 @@ files of the other while it ran.  The commands that write results therefore hold
 their output while they run (:mod:`xraypose.cli` wraps them; the Python API does not lock):
 
 * a folder's lock is ``FOLDER/.xraypose.lock`` (hidden: nothing that lists a folder reads it — case
-  folders, frame folders, an evaluation's inputs skip hidden files); a file's (``train -o model.pt``)
-  lies beside it, ``model.pt.lock``.  It is created with ``O_CREAT | O_EXCL`` (two runs cannot both
+  folders, frame folders, an evaluation's inputs skip hidden files); a model file's (``train -o model.pt``)
+  lies beside it, named by its stem as its companions are: ``model.lock``.  It is created with ``O_CREAT | O_EXCL`` (two runs cannot both
   create it) and holds, as JSON, the run's pid, host, command line, start time and the process's start
   in the kernel's clock (Linux ``/proc``: a pid reused by another process is told apart).  It is removed
   when the run ends: normally, on an error, on Ctrl-C (exit 130).
@@ -55,10 +55,17 @@ class OutputInUse(OutputError):
 
 
 def lock_path(output, file: bool = False) -> Path:
-    """The lock of the output folder ``output`` (``output/.xraypose.lock``), or with ``file`` of the output file
-    ``output`` (``output.lock`` beside it)."""
+    """The lock of the output folder ``output`` (``output/.xraypose.lock``), or with ``file`` of the model file
+    ``output``: ``STEM.lock`` beside it, named by its stem as its companions are (``model.pt`` → ``model.lock``,
+    beside ``model.last.pt`` and ``model.log.jsonl``: ``-o model`` and ``-o model.pt`` share those, so they share
+    the lock too)."""
     p = Path(output).expanduser()
-    return p.with_name(p.name + ".lock") if file else p / LOCK_NAME
+    if not file:
+        return p / LOCK_NAME
+    from xraypose.train.outputs import output_paths
+
+    stem = output_paths(p)["last"].name[: -len(".last.pt")]
+    return p.with_name(stem + ".lock")
 
 
 def _process_start(pid: int) -> int | None:
@@ -102,10 +109,6 @@ def _who(rec: dict) -> str:
     return f"pid {rec.get('pid')}, started {str(rec.get('started', '?')).replace('T', ' ')}: {rec.get('command', '?')}"
 
 
-def _what(path: Path, file: bool) -> str:
-    return f"output {path.with_name(path.name[:-len('.lock')])}" if file else f"output folder {path.parent}"
-
-
 def _take_over(path: Path, raw: bytes) -> None:
     """Remove the stale lock ``path`` if it still holds ``raw``: moved aside first (atomic), so that of two runs
     taking it over at once only one removes it, and a fresh lock moved aside by mistake is put back."""
@@ -123,7 +126,7 @@ def _take_over(path: Path, raw: bytes) -> None:
             os.unlink(aside)
 
 
-def _acquire(path: Path, file: bool, record: dict, say) -> bytes | None:
+def _acquire(path: Path, what: str, record: dict, say) -> bytes | None:
     """Create the lock ``path`` holding ``record``; its bytes, or None when it cannot be created (module docstring).
     Raises :class:`OutputInUse` when another run holds it."""
     data = json_bytes(record)
@@ -137,7 +140,7 @@ def _acquire(path: Path, file: bool, record: dict, say) -> bytes | None:
             except FileNotFoundError:
                 continue  # released meanwhile: try again
             except OSError as e:  # a folder of that name, unreadable, ...
-                raise OutputInUse(f"{_what(path, file)} cannot be locked: {path} exists and cannot be read "
+                raise OutputInUse(f"{what} cannot be locked: {path} exists and cannot be read "
                                   f"({e.strerror or e}); move it away") from None
             if rec is None:  # empty or not JSON: being written (a moment), or left by a run killed as it wrote it
                 unreadable_since = unreadable_since or time.monotonic()
@@ -150,11 +153,11 @@ def _acquire(path: Path, file: bool, record: dict, say) -> bytes | None:
             running = _holder_running(rec)
             if running is None:
                 raise OutputInUse(
-                    f"{_what(path, file)} is locked by an xraypose run on host {rec.get('host')} ({_who(rec)}); "
+                    f"{what} is locked by an xraypose run on host {rec.get('host')} ({_who(rec)}); "
                     f"this host cannot tell whether it still runs: if it has ended, delete {path}")
             if running:
                 raise OutputInUse(
-                    f"{_what(path, file)} is in use by another xraypose run ({_who(rec)}); wait for it to end or "
+                    f"{what} is in use by another xraypose run ({_who(rec)}); wait for it to end or "
                     f"choose another output — if that run is no longer going, delete {path}")
             say(f"{path} was left by an xraypose run that is no longer running ({_who(rec)}; its results there may "
                 "be unfinished); taken over")
@@ -170,7 +173,7 @@ def _acquire(path: Path, file: bool, record: dict, say) -> bytes | None:
                 os.unlink(path)
             return None
         return data
-    raise OutputInUse(f"{_what(path, file)} cannot be locked: {path} keeps changing (many runs starting at once?)")
+    raise OutputInUse(f"{what} cannot be locked: {path} keeps changing (many runs starting at once?)")
 
 
 def _release(path: Path, data: bytes) -> None:
@@ -211,7 +214,7 @@ def output_lock(output, *, file: bool = False, command: list[str] | None = None,
 
     Args:
         output: the output folder (created when missing, removed again at the end if still empty), or the file.
-        file: ``output`` is a file: the lock is ``output.lock`` beside it.
+        file: ``output`` is a model file: the lock is ``STEM.lock`` beside it (:func:`lock_path`).
         command: the command line to record (default ``sys.argv``).
         say: prints the one-line note of a stale lock taken over.
     Yields:
@@ -226,7 +229,8 @@ def output_lock(output, *, file: bool = False, command: list[str] | None = None,
     path = lock_path(output, file)
     made = [] if file else _make_folder(path.parent)
     try:
-        data = _acquire(path, file, _record(command), say)
+        what = f"output {Path(output).expanduser()}" if file else f"output folder {path.parent}"
+        data = _acquire(path, what, _record(command), say)
         try:
             yield path if data is not None else None
         finally:
