@@ -251,10 +251,35 @@ class Trainer:
         self.steps, self.images_seen, self.renders = int(state["step"]), int(state["images_seen"]), int(state["renders"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.best = dict(state.get("best", self.best))
+        self._best_since_checkpoint()
         self.buffer.load_state_dict({k: v[self.rank] for k, v in state["buffer"].items()})
         torch.set_rng_state(state["rng"]["torch"][self.rank])
         if self.cfg.run.time_budget_s is None:
             self.sched.set_total(max_steps)
+
+    def _best_since_checkpoint(self) -> None:
+        """On a resume, the best model (``OUTPUT``) that the killed run validated and wrote *after* its last
+        ``OUTPUT.last.pt`` (whose ``best`` record predates it) stays the best to beat: a resumed run's own
+        validations (another schedule under a time budget, other threads) replaced it with a worse model
+        whenever they beat the checkpoint's older record.  Only a model of this training (its configuration
+        outside ``[run]`` is the state's) written at a later step is taken."""
+        best = self.paths["best"]
+        if self.rank != 0 or not best.is_file():
+            return
+        try:
+            training = read_checkpoint(best)["meta"].get("training") or {}
+        except InputError:
+            return
+        score = (training.get("validation") or {}).get("score")
+        step, config = training.get("step"), training.get("config")
+        if not isinstance(score, (int, float)) or not math.isfinite(score) or not isinstance(step, int) \
+                or not isinstance(config, dict) or step <= self.steps:
+            return
+        ours = self.cfg.to_dict()
+        if any(config.get(s) != v for s, v in ours.items() if s != "run"):
+            return
+        if score < self.best["score"]:
+            self.best = {"score": float(score), "step": step}
 
     def _open_log(self, replace) -> None:
         for q in replace:  # --overwrite: the earlier training's files go once this one is set up

@@ -1,0 +1,112 @@
+"""Hard crashes (a SIGKILL, a power loss) at chosen points of train, evaluate and demo, made deterministic: the
+crash is an exception raised (or ``os._exit``) at the k-th call of a function, then the folder is checked and the
+command run again as the docs say (``--resume``, or a plain re-run).
+
+Everything is small (the bundled CT, a 32² test backbone, a few steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xraypose.model import read_checkpoint
+from xraypose.train import output_paths, train
+
+TINY = {
+    "model": {"backbone": "test_resnet"},
+    "camera": {"height": 32},
+    "render": {"n_samples": 16},
+    "optim": {"batch_size": 4},
+    "data": {"reuse": 2, "buffer_size": 8},
+    "run": {"max_steps": 4, "val_size": 4, "val_every_steps": 1, "threads": 1, "progress": False,
+            "checkpoint_every_steps": 2},
+}
+
+
+def tiny(**run) -> dict:
+    d = json.loads(json.dumps(TINY))
+    d["run"].update(run)
+    return d
+
+
+class Killed(BaseException):
+    """A crash at a chosen point (BaseException: no ``except Exception`` of the code under test catches it)."""
+
+
+# ----------------------------------------------------------------------------- train
+def _scripted_validation(monkeypatch, scores):
+    """Trainer.validate returns the scores ``scores`` in turn (its other numbers fixed)."""
+    from xraypose.train.trainer import Trainer
+
+    it = iter(scores)
+
+    def validate(self):
+        s = float(next(it))
+        return {"val_median_rot_deg": 1.0, "val_median_trans_mm": 1.0, "val_mean_dgeo_sod_mm": s, "score": s}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+
+
+def test_a_resume_keeps_the_better_model_the_killed_run_wrote_after_its_last_checkpoint(tmp_path, sample_ct,
+                                                                                        monkeypatch):
+    """model.pt is written at each better validation, model.last.pt (whose record of the best a resume reads) every
+    few steps: a kill between them left a model.pt better than the state's record, and the resumed run — whose
+    validations differ under a time budget or the thread tuner — replaced it with a worse one (here: 5 → 7)."""
+    from xraypose.train.trainer import Trainer
+
+    out = tmp_path / "model.pt"
+    paths = output_paths(out)
+    _scripted_validation(monkeypatch, [10.0, 9.0, 5.0])  # steps 1, 2 (checkpointed with best 9), 3 (model.pt: 5)
+    real_budget = Trainer.budget
+
+    def killed_after_step_3(self):
+        if self.steps == 3:
+            raise Killed
+        return real_budget(self)
+
+    monkeypatch.setattr(Trainer, "budget", killed_after_step_3)
+    with pytest.raises(Killed):
+        train(sample_ct, out, tiny())
+    assert read_checkpoint(paths["last"])["step"] == 2 and read_checkpoint(paths["last"])["best"]["score"] == 9.0
+    assert read_checkpoint(out)["meta"]["training"]["validation"]["score"] == 5.0
+    monkeypatch.setattr(Trainer, "budget", real_budget)
+    _scripted_validation(monkeypatch, [7.0, 8.0, 8.0])  # the resumed run's steps 3, 4 and final validation
+    r = train(sample_ct, out, None, resume=True)
+    assert r.steps == 4
+    kept = read_checkpoint(out)["meta"]["training"]
+    assert (kept["step"], kept["validation"]["score"]) == (3, 5.0)  # the better model of the killed run
+    assert read_checkpoint(paths["last"])["best"] == {"score": 5.0, "step": 3}
+
+
+def test_a_resume_takes_no_model_of_another_training_or_of_an_earlier_step_as_the_best(tmp_path, sample_ct,
+                                                                                         monkeypatch):
+    """Only a model.pt of this training written after the checkpoint counts (_best_since_checkpoint)."""
+    from xraypose.train.trainer import Trainer
+
+    out = tmp_path / "model.pt"
+    paths = output_paths(out)
+    _scripted_validation(monkeypatch, [10.0, 9.0])
+    real_budget = Trainer.budget
+
+    def killed_after_step_2(self):
+        if self.steps == 2:
+            raise Killed
+        return real_budget(self)
+
+    monkeypatch.setattr(Trainer, "budget", killed_after_step_2)
+    with pytest.raises(Killed):
+        train(sample_ct, out, tiny())
+    monkeypatch.setattr(Trainer, "budget", real_budget)
+    # model.pt of another training (another learning rate) that validated better, at a later step
+    other = tmp_path / "other" / "model.pt"
+    other.parent.mkdir()
+    _scripted_validation(monkeypatch, [1.0, 1.0, 1.0, 1.0, 1.0])
+    cfg = tiny(max_steps=3)
+    cfg["optim"]["lr"] = 0.01
+    train(sample_ct, other, cfg)
+    out.write_bytes(other.read_bytes())
+    _scripted_validation(monkeypatch, [7.0, 8.0, 8.0])
+    train(sample_ct, out, None, resume=True)
+    assert read_checkpoint(out)["meta"]["training"]["validation"]["score"] == 7.0  # beat the state's 9: replaced
+    assert read_checkpoint(paths["last"])["best"] == {"score": 7.0, "step": 3}
