@@ -110,3 +110,100 @@ def test_a_resume_takes_no_model_of_another_training_or_of_an_earlier_step_as_th
     train(sample_ct, out, None, resume=True)
     assert read_checkpoint(out)["meta"]["training"]["validation"]["score"] == 7.0  # beat the state's 9: replaced
     assert read_checkpoint(paths["last"])["best"] == {"score": 7.0, "step": 3}
+
+
+# ----------------------------------------------------------------------------- evaluate
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    from xraypose.datasets import make_example_case
+
+    return make_example_case(tmp_path_factory.mktemp("case") / "mycase", size=48)
+
+
+EVAL = ["--start", "perturb", "--perturb", "1,2", "--levels", "32", "--size", "48", "--no-pictures", "--quiet"]
+
+
+_REGISTERED: dict = {}
+
+
+def _registered_once(mp):
+    """register_xray made to register each X-ray once per module (its result kept by the X-ray's bytes): the
+    resumes here re-register the same cases, and their hypotheses take seconds."""
+    import hashlib
+
+    import xraypose.register.api as api
+
+    real = api.register_xray
+
+    def register_xray(volume, image, *a, **k):
+        key = hashlib.sha256(image.detach().cpu().numpy().tobytes()).hexdigest()
+        if key not in _REGISTERED:
+            _REGISTERED[key] = real(volume, image, *a, **k)
+        return _REGISTERED[key]
+
+    mp.setattr(api, "register_xray", register_xray)
+
+
+@pytest.fixture
+def registered_once(monkeypatch):
+    _registered_once(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def evaluated(case, tmp_path_factory):
+    """A whole evaluation of ``case`` (its folder: copy it before changing it)."""
+    from xraypose.cli import main
+
+    ev = tmp_path_factory.mktemp("evaluated") / "ev"
+    with pytest.MonkeyPatch.context() as mp:
+        _registered_once(mp)
+        assert main(["evaluate", str(case), "-o", str(ev), *EVAL]) == 0
+    return ev
+
+
+def _complete(ev):
+    """Every case of the evaluation ``ev`` holds its files, and metrics.csv a row per case."""
+    import csv
+
+    rows = list(csv.DictReader(open(ev / "metrics.csv", encoding="utf-8")))
+    names = sorted(d.name for d in (ev / "cases").iterdir())
+    assert len(rows) == len(names) == 2
+    for n in names:
+        for f in ("pose.json", "pose.tfm", "landmarks.csv", "result.json"):
+            assert (ev / "cases" / n / f).is_file(), (n, f)
+
+
+def test_an_overwrite_killed_while_it_deletes_the_earlier_evaluation_leaves_a_folder_resume_goes_on_from(
+        case, evaluated, registered_once, tmp_path, monkeypatch, capsys):
+    """evaluate --overwrite deletes the earlier evaluation's files before registering: deleted in their listing's
+    order, a kill part way left case files without run.json (a --resume of the same settings was refused as
+    "results without run.json (an older xraypose)") or a case's result.json without its pose.json (a resume kept
+    the case, its pose.json gone).  Now each case's result.json goes first and run.json last: whatever the kill's
+    moment, --resume completes the evaluation."""
+    import shutil
+    from pathlib import Path
+
+    from xraypose.cli import main
+    from xraypose.evaluate import previous_results, remove_previous_results
+
+    n = len(previous_results(evaluated))  # 4 at the top, 4 a case
+    real_unlink = Path.unlink
+    for k in (5, n - 1):  # in the listing's order: 5 is run.json and a case's pose.json gone, its result.json not
+        ev = tmp_path / f"ev{k}"
+        shutil.copytree(evaluated, ev)
+        calls = []
+
+        def killed_at_k(self, *a, **kw):
+            calls.append(self)
+            if len(calls) > k:
+                raise Killed
+            return real_unlink(self, *a, **kw)
+
+        monkeypatch.setattr(Path, "unlink", killed_at_k)
+        with pytest.raises(Killed):
+            remove_previous_results(ev)  # as evaluate --overwrite does first
+        monkeypatch.setattr(Path, "unlink", real_unlink)
+        capsys.readouterr()
+        code = main(["evaluate", str(case), "-o", str(ev), *EVAL, "--resume"])
+        assert code == 0, (k, capsys.readouterr().err)
+        _complete(ev)

@@ -541,11 +541,19 @@ def previous_results(outdir) -> list[Path]:
 
 
 def remove_previous_results(outdir) -> int:
-    """Delete :func:`previous_results` (and case folders left empty); other files stay. Returns the count."""
+    """Delete :func:`previous_results` (and case folders left empty); other files stay. Returns the count.
+
+    Each case's ``result.json`` goes first and ``run.json`` last, so that a kill part way (``--overwrite``
+    killed) leaves what a resume can go on from: no case that ``--resume`` would keep without its other files,
+    and no case files without the ``run.json`` that checks them (a resume of the same settings was refused as
+    "results without run.json (an older xraypose)", or kept a case whose pose.json was gone)."""
     from xraypose.io import remove_stale_temp_files
 
-    files = previous_results(outdir)
-    for f in files:
+    out = Path(outdir)
+    files = previous_results(out)
+    marks = [f for f in files if f.parent != out and f.name == "result.json"]
+    last = [f for f in files if f.parent == out and f.name == RUN_FILE]
+    for f in [*marks, *(f for f in files if f not in marks and f not in last), *last]:
         f.unlink()
     cases = Path(outdir) / "cases"
     if cases.is_dir():
