@@ -207,3 +207,21 @@ def test_an_overwrite_killed_while_it_deletes_the_earlier_evaluation_leaves_a_fo
         code = main(["evaluate", str(case), "-o", str(ev), *EVAL, "--resume"])
         assert code == 0, (k, capsys.readouterr().err)
         _complete(ev)
+
+
+@pytest.mark.parametrize("damaged", [b"", b'{"source": "mycase", "cas', b"[1, 2]", b'"run"', b"\xff\xfe"])
+def test_a_resume_of_an_evaluation_whose_run_json_is_damaged_is_one_line(case, evaluated, tmp_path, capsys, damaged):
+    """run.json is written atomically, but a disk or a hand can still damage it: a resume says so in one line (a
+    JSON that was no object escaped as AttributeError)."""
+    import shutil
+
+    from xraypose.cli import main
+
+    ev = tmp_path / "ev"
+    shutil.copytree(evaluated, ev)
+    (ev / "run.json").write_bytes(damaged)
+    capsys.readouterr()
+    assert main(["evaluate", str(case), "-o", str(ev), *EVAL, "--resume"]) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"xraypose: error: cannot resume {ev}: ") and "run.json" in err, err

@@ -700,6 +700,10 @@ def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool, binn
             old = restore_non_finite(json.loads(run_file.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"cannot resume {out}: {run_file} is unreadable ({e})") from None
+        if not isinstance(old, dict):  # a damaged file that is JSON still: AttributeError escaped
+            raise InputError(f"cannot resume {out}: {run_file} is damaged (a JSON {type(old).__name__}, not the "
+                             "object of settings an evaluation writes); evaluate into another folder or give "
+                             "--overwrite")
         if isinstance(old.get(INPUTS), dict) and old.get("source_path") == record.get("source_path") \
                 and (changes := input_changes(old[INPUTS], record.get(INPUTS) or {})):
             raise InputError(f"cannot resume {out}: its inputs changed since the earlier run ({', '.join(changes)}), "
