@@ -225,3 +225,24 @@ def test_a_resume_of_an_evaluation_whose_run_json_is_damaged_is_one_line(case, e
     err = capsys.readouterr().err
     lines = [x for x in err.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"xraypose: error: cannot resume {ev}: ") and "run.json" in err, err
+
+
+# ----------------------------------------------------------------------------- temporary files
+def test_a_temporary_file_of_this_pid_that_this_process_did_not_make_is_stale(tmp_path):
+    """A killed writer's temporary file was recognised by its PID no longer running; in a container xraypose runs
+    as the same PID (often 1) every time, so a run killed mid-write left one that every later run took for its
+    own write in progress and kept, one more after each kill (a demo's model.last.pt: 78 MB each)."""
+    import os
+
+    from xraypose.io import _temp_path, atomic_write_bytes, is_stale_temp_file, remove_stale_temp_files
+
+    earlier = tmp_path / f".model.last.pt.xraypose-{os.getpid()}-0badc0de.tmp"  # an earlier process of our PID
+    earlier.write_bytes(b"half a checkpoint")
+    mine = _temp_path(tmp_path / "model.pt")  # one this process is writing: kept
+    mine.write_bytes(b"a write in progress")
+    assert is_stale_temp_file(earlier) and not is_stale_temp_file(mine)
+    assert remove_stale_temp_files(tmp_path) == [earlier]
+    assert mine.exists()
+    earlier.write_bytes(b"half a checkpoint")
+    atomic_write_bytes(tmp_path / "model.last.pt", b"whole")  # each write clears its target's
+    assert not earlier.exists() and mine.exists()

@@ -389,9 +389,9 @@ def test_a_result_never_replaces_part_of_another_kind_of_result(tmp_path):
 
 
 def test_stale_temporary_files_of_killed_writers_are_recognised_and_removed(tmp_path):
-    dead, alive = _dead_pid(), os.getpid()
+    dead, alive = _dead_pid(), os.getppid()  # (this process's PID on a file it did not make: test_crash_points.py)
     stale = tmp_path / f".model.last.pt.xraypose-{dead}-0badc0de.tmp"
-    live = tmp_path / f".model.last.pt.xraypose-{alive}-0badc0de.tmp"  # a write in progress: kept
+    live = tmp_path / f".model.last.pt.xraypose-{alive}-0badc0de.tmp"  # another process's write in progress: kept
     legacy = tmp_path / ".model.pt.k3j4h5g6.tmp"  # an earlier version's name, two hours old
     user = tmp_path / "notes.tmp"  # not ours
     for p in (stale, live, legacy, user):

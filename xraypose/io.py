@@ -5,7 +5,8 @@
   corrupt or half-written file, and the previous version stays intact.
   Temporary files are named ``.NAME.xraypose-PID-TOKEN.tmp`` (NAME cut to keep it within 255
   bytes: a target's name may have up to 255); one left by a
-  killed process (its PID no longer running) is *stale* and is removed by
+  killed process (its PID no longer running, or this process's PID on a file this process did not make: an
+  earlier process of the same PID, as in a container) is *stale* and is removed by
   :func:`remove_stale_temp_files` (the commands call it on their output
   folders, and each write on its own target's).
 * :func:`atomic_output` gives writers that need a file name (h5py) the same: a
@@ -99,8 +100,17 @@ def _temp_stem(name: str) -> str:
     return name
 
 
+#: The names of the temporary files this process made (:func:`_temp_path`, :func:`_probe_folder`): a temporary
+#: file of this process's PID that is not among them was left by an earlier process of the same PID, killed
+#: mid-write — in a container xraypose runs as the same PID (often 1) every time, and such files were kept as a
+#: live writer's, one more after each kill.
+_OWN_TEMPS: set[str] = set()
+
+
 def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{_temp_stem(path.name)}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    p = path.with_name(f".{_temp_stem(path.name)}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    _OWN_TEMPS.add(p.name)
+    return p
 
 
 def _pid_alive(pid: int) -> bool:
@@ -120,6 +130,8 @@ def is_stale_temp_file(path) -> bool:
     p = Path(path)
     m = _TEMP_RE.match(p.name)
     if m:
+        if int(m["pid"]) == os.getpid():  # ours, or an earlier process's of the same PID (_OWN_TEMPS)
+            return p.name not in _OWN_TEMPS
         return not _pid_alive(int(m["pid"]))
     if _LEGACY_RE.match(p.name):
         try:
@@ -300,6 +312,7 @@ def atomic_output(path: str | os.PathLike):
 
 def _probe_folder(folder: Path, what: Path) -> None:
     probe = folder / f".write-test{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    _OWN_TEMPS.add(probe.name)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
