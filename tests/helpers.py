@@ -46,3 +46,39 @@ def box_chords(source, targets, lo, hi):
     tmin = torch.minimum(tl, th).amax(-1).clamp(0, 1)
     tmax = torch.maximum(tl, th).amin(-1).clamp(0, 1)
     return (tmax - tmin).clamp_min(0) * d.norm(dim=-1)
+
+
+#: A training of a few seconds (the test backbone, 32-pixel DRRs): the fault and crash tests' model.
+TINY_TRAIN = {
+    "model": {"backbone": "test_resnet"},
+    "camera": {"height": 32},
+    "render": {"n_samples": 16},
+    "optim": {"batch_size": 4},
+    "data": {"reuse": 2, "buffer_size": 8},
+    "run": {"max_steps": 4, "val_size": 4, "val_every_steps": 2, "threads": 1, "progress": False},
+}
+
+
+def tiny_train(**run) -> dict:
+    """A fresh copy of :data:`TINY_TRAIN` with ``run`` settings changed."""
+    import json
+
+    d = json.loads(json.dumps(TINY_TRAIN))
+    d["run"].update(run)
+    return d
+
+
+def ctrl_c_after(monkeypatch, module, prefix: str) -> None:
+    """The user presses Ctrl-C (SIGINT to this process) once ``module.typer.echo`` prints a line starting with
+    ``prefix`` (e.g. ``"frame 2/"``: track has reported frame 2)."""
+    import os
+    import signal
+
+    echo = module.typer.echo
+
+    def echo_and_interrupt(msg="", *a, **k):
+        echo(msg, *a, **k)
+        if str(msg).startswith(prefix):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(module.typer, "echo", echo_and_interrupt)

@@ -6,28 +6,16 @@ Everything is small (the bundled CT, a 32² test backbone, a few steps)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from helpers import tiny_train
 
 from xraypose.model import read_checkpoint
 from xraypose.train import output_paths, train
 
-TINY = {
-    "model": {"backbone": "test_resnet"},
-    "camera": {"height": 32},
-    "render": {"n_samples": 16},
-    "optim": {"batch_size": 4},
-    "data": {"reuse": 2, "buffer_size": 8},
-    "run": {"max_steps": 4, "val_size": 4, "val_every_steps": 1, "threads": 1, "progress": False,
-            "checkpoint_every_steps": 2},
-}
-
 
 def tiny(**run) -> dict:
-    d = json.loads(json.dumps(TINY))
-    d["run"].update(run)
-    return d
+    """The tests' few seconds of training (tests/helpers.py), validated every step, a checkpoint every second."""
+    return tiny_train(**{"val_every_steps": 1, "checkpoint_every_steps": 2, **run})
 
 
 class Killed(BaseException):

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ctrl_c_after, tiny_train
 
 from xraypose.cli import main
 from xraypose.errors import InputError
@@ -45,20 +46,7 @@ def _benchmark(name: str):
     spec.loader.exec_module(module)
     return module
 
-TINY = {
-    "model": {"backbone": "test_resnet"},
-    "camera": {"height": 32},
-    "render": {"n_samples": 16},
-    "optim": {"batch_size": 4},
-    "data": {"reuse": 2, "buffer_size": 8},
-    "run": {"max_steps": 4, "val_size": 4, "val_every_steps": 2, "threads": 1, "progress": False},
-}
-
-
-def tiny(**run) -> dict:
-    d = json.loads(json.dumps(TINY))
-    d["run"].update(run)
-    return d
+tiny = tiny_train  # a few seconds' training (tests/helpers.py)
 
 
 def _toml(d: dict) -> str:
@@ -1393,7 +1381,6 @@ def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, 
 def test_ctrl_c_during_track_writes_the_frames_tracked_and_exits_130(tmp_path, capsys, monkeypatch):
     """Ctrl-C in `track` lost every tracked frame (nothing is written until the end): now the frame under way ends,
     the frames tracked so far are written (trajectory.json says it was interrupted) and the exit code is 130."""
-    import os
     import signal
 
     import xraypose.cli.track as track_cli
@@ -1403,14 +1390,7 @@ def test_ctrl_c_during_track_writes_the_frames_tracked_and_exits_130(tmp_path, c
     for i in range(6):
         assert main(["render", "sample", "--pose", f"{i},0", "--height", "64", "--delx", "4",
                      "-o", str(frames / f"f{i}.npy")]) == 0
-    echo = track_cli.typer.echo
-
-    def echo_and_interrupt(msg="", *a, **k):  # the user presses Ctrl-C once frame 2 is reported
-        echo(msg, *a, **k)
-        if str(msg).startswith("frame 2/"):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(track_cli.typer, "echo", echo_and_interrupt)
+    ctrl_c_after(monkeypatch, track_cli, "frame 2/")  # the user presses Ctrl-C once frame 2 is reported
     out = tmp_path / "track"
     capsys.readouterr()
     code = main(["track", "sample", str(frames), "--sdd", "1020", "--delx", "4", "--init", "angles", "--angles", "0,0",

@@ -10,12 +10,11 @@ track tests keep each run to a second or two.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 
 import numpy as np
 import pytest
+from helpers import ctrl_c_after
 
 import xraypose.register.tracking as tracking
 from xraypose.cli import main
@@ -157,13 +156,7 @@ def test_ctrl_c_keeps_the_frames_and_a_resume_completes_them(tmp_path, frames, m
     import xraypose.cli.track as track_cli
 
     echo = track_cli.typer.echo
-
-    def echo_and_interrupt(msg="", *a, **k):  # the user presses Ctrl-C once frame 2 is reported
-        echo(msg, *a, **k)
-        if str(msg).startswith("frame 2/"):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(track_cli.typer, "echo", echo_and_interrupt)
+    ctrl_c_after(monkeypatch, track_cli, "frame 2/")  # the user presses Ctrl-C once frame 2 is reported
     out = tmp_path / "track"
     capsys.readouterr()
     assert main(_args(frames, out)) == 130
