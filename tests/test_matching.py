@@ -212,19 +212,19 @@ def test_the_match_intensity_option_reaches_the_config():
 def test_resume_names_intensity_matching_against_a_run_recorded_before_it_existed():
     """run.json written before match_intensity/match_capture existed ran without matching: resuming with
     --match-intensity off is the same settings; with the default (fine) the option is named."""
-    from xraypose.evaluate import _settings_differences
+    from xraypose.evaluate import settings_differences
 
     now = RegistrationConfig().to_dict()
     old = {k: v for k, v in now.items() if k not in ("match_intensity", "match_capture")}
     off = RegistrationConfig(match_intensity=None).to_dict()
-    assert _settings_differences({"registration": old}, {"registration": off}) == []
-    diffs = _settings_differences({"registration": old}, {"registration": now})
+    assert settings_differences({"registration": old}, {"registration": off}) == []
+    diffs = settings_differences({"registration": old}, {"registration": now})
     assert diffs and diffs[0].startswith("--match-intensity"), diffs
     # the same for every setting added after runs were recorded: what such a run did is what it is compared as
     older = {k: v for k, v in old.items() if k not in ("foreign_steps", "capture_starts")}
     then = RegistrationConfig(match_intensity=None, foreign_steps=None, capture_starts=1).to_dict()
-    assert _settings_differences({"registration": older}, {"registration": then}) == []
-    diffs = _settings_differences({"registration": older}, {"registration": off})
+    assert settings_differences({"registration": older}, {"registration": then}) == []
+    diffs = settings_differences({"registration": older}, {"registration": off})
     assert len(diffs) == 1 and diffs[0].startswith("--metal-steps/--no-metal-steps (null then, 12"), diffs
 
 

@@ -109,13 +109,13 @@ def registers_through_metal(volume, levels, case: int = 1):
 def test_resume_accepts_a_run_recorded_before_robust_c_existed():
     """run.json of an evaluation started before ``Level.robust_c`` existed has levels without it; resuming
     with the same schedule is not "other settings", while another cut-off (--metal) is named."""
-    from xraypose.evaluate import _settings_differences
+    from xraypose.evaluate import settings_differences
 
     now = RegistrationConfig().to_dict()
     old = {**now, "levels": [{k: v for k, v in lv.items() if k != "robust_c"} for lv in now["levels"]]}
-    assert _settings_differences({"registration": old}, {"registration": now}) == []
+    assert settings_differences({"registration": old}, {"registration": now}) == []
     metal = RegistrationConfig(levels=METAL_LEVELS).to_dict()
-    diffs = _settings_differences({"registration": old}, {"registration": metal})
+    diffs = settings_differences({"registration": old}, {"registration": metal})
     assert len(diffs) == 1 and diffs[0].startswith("--levels/--fast/--metal"), diffs
 
 

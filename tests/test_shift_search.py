@@ -124,7 +124,7 @@ def test_the_option_reaches_the_config_and_an_older_run_is_compared_as_it_ran():
     import inspect
 
     from xraypose.cli.options import registration_options
-    from xraypose.evaluate import _settings_differences
+    from xraypose.evaluate import settings_differences
     from xraypose.register.config import SHIFT_GAIN
 
     defaults = {k: p.default.default for k, p in inspect.signature(registration_options).parameters.items()}
@@ -133,9 +133,9 @@ def test_the_option_reaches_the_config_and_an_older_run_is_compared_as_it_ran():
     assert RegistrationConfig(**registration_options(**{**defaults, "shift_search": False})).shift_search is None
     now = RegistrationConfig().to_dict()
     old = {k: v for k, v in now.items() if k != "shift_search"}
-    assert _settings_differences({"registration": old}, {"registration": RegistrationConfig(
+    assert settings_differences({"registration": old}, {"registration": RegistrationConfig(
         shift_search=None).to_dict()}) == []
-    diffs = _settings_differences({"registration": old}, {"registration": now})
+    diffs = settings_differences({"registration": old}, {"registration": now})
     assert len(diffs) == 1 and diffs[0].startswith("--shift-search/--no-shift-search (null then, 0.02 now)"), diffs
 
 

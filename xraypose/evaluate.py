@@ -602,7 +602,11 @@ def _with_level_defaults(levels):
     return [{**defaults, **lv} if isinstance(lv, dict) else lv for lv in levels]
 
 
-def _settings_differences(old: dict, new: dict) -> list[str]:
+def settings_differences(old: dict, new: dict) -> list[str]:
+    """The settings that differ between a run's record ``old`` and a resume's ``new`` (run.json's, or track's
+    partial file's), each as ``"NAME (old then, new now)"``; registration settings named by their options, those
+    recorded before they existed taken at their defaults; inputs and preprocessing are compared elsewhere
+    (:func:`input_changes`).  Used by ``evaluate --resume`` and ``track --resume``."""
     diffs = []
     for k in dict.fromkeys([*old, *new]):
         if k == "registration":
@@ -715,7 +719,7 @@ def _prepare_output(out: Path, record: dict, resume: bool, overwrite: bool, binn
                              f"the earlier run ({'; '.join(changed[:3])}{'; …' if len(changed) > 3 else ''}), so its "
                              "results and the new ones would not belong together; evaluate into another folder or "
                              "give --overwrite")
-        diffs = _settings_differences(old, json.loads(json.dumps(record, default=str)))
+        diffs = settings_differences(old, json.loads(json.dumps(record, default=str)))
         if diffs:
             raise InputError(f"cannot resume {out} with other settings: {'; '.join(diffs)}; resume with the "
                              "earlier settings, or evaluate into another folder (or --overwrite)")

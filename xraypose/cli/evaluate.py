@@ -16,7 +16,7 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, MODEL, RESAMPLE_DOMAIN, SIZE_D
 from xraypose.limits import check_registrable_ct, check_registrable_xray
 
 
-def _file_id(path: Path) -> str:
+def file_id(path: Path) -> str:
     """A file named by its absolute path and content hash (a resume with another file is refused)."""
     import hashlib
 
@@ -101,8 +101,8 @@ def _start_settings(start: str, model: Path | None, pose_json: Path | None, pert
     """What ``run.json`` records of the start (checked on a resume): the start and the options it used."""
     return {"--start": start,
             "--perturb": list(perturb) if start == "perturb" else None,
-            "--model": _file_id(model) if start == "model" else None,
-            "--pose-json": _file_id(pose_json) if start == "pose" else None,
+            "--model": file_id(model) if start == "model" else None,
+            "--pose-json": file_id(pose_json) if start == "pose" else None,
             "--sod": sod if start == "ap" else None}
 
 

@@ -409,7 +409,7 @@ def _earlier_run(output: Path, resume: bool):
 def _file_id(path) -> str | None:
     """An input file named by its absolute path and content hash (``evaluate``'s: a resume with another file is
     refused); None for an option not given."""
-    from xraypose.cli.evaluate import _file_id as file_id
+    from xraypose.cli.evaluate import file_id
 
     return None if path is None else file_id(Path(path))
 

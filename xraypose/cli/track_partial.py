@@ -110,7 +110,7 @@ def check_resumable(folder, old: dict, new: dict) -> None:
     """Refuse to resume ``folder``'s partial run (header ``old``) under another identity (header ``new``): an
     input changed (the files named, :func:`xraypose.evaluate.input_changes`), or an option that changes results
     (named with both values, as ``evaluate --resume`` names them)."""
-    from xraypose.evaluate import _settings_differences, input_changes
+    from xraypose.evaluate import settings_differences, input_changes
 
     for what, label in (("ct", "CT"), ("frames", "frames")):
         changes = input_changes((old.get("inputs") or {}).get(what) or {}, new["inputs"][what])
@@ -118,7 +118,7 @@ def check_resumable(folder, old: dict, new: dict) -> None:
             raise InputError(f"cannot resume {folder}: its {label} changed since the earlier run "
                              f"({', '.join(changes)}), so its frames and the new ones would not belong together; "
                              "track without --resume (it starts again) or into another folder")
-    diffs = _settings_differences({"frames": old.get("frames"), **(old.get("settings") or {})},
+    diffs = settings_differences({"frames": old.get("frames"), **(old.get("settings") or {})},
                                   {"frames": new["frames"], **new["settings"]})
     if diffs:
         raise InputError(f"cannot resume {folder} with other settings: {'; '.join(diffs)}; resume with the earlier "
