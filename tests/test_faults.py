@@ -285,7 +285,7 @@ def test_evaluate_resume_after_a_crash_between_a_cases_files_registers_that_case
     import xraypose.register.api as api
 
     ev = tmp_path / "ev"
-    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "32",
             "--size", "32", "--no-pictures", "--quiet"]
     real_tfm, tfm_calls = xraypose.export.write_slicer_transform, []
 
@@ -703,7 +703,7 @@ def test_a_full_disk_when_register_writes_keeps_the_earlier_result_and_prints_th
                                                                                       full_disk):
     xray = str(case / "xrays" / "lao20_caud10.dcm")
     res = tmp_path / "result"
-    args = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "16", "--size", "32"]
+    args = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "32", "--size", "32"]
     cap, before = _again_on_a_full_disk(args, res, "pose.json", full_disk, capsys)
     T = torch.tensor(json.loads(cap.out.strip().splitlines()[-1])["camera_to_world"])
     assert T.shape == (4, 4) and bool(torch.isfinite(T).all())  # the computed pose is not lost
@@ -736,7 +736,7 @@ def test_a_full_disk_when_track_writes_keeps_the_earlier_trajectory_and_prints_t
 def test_a_full_disk_in_evaluate_is_one_line(tmp_path, capsys, case, full_disk):
     full_disk.names = ["pose.json"]
     assert main(["evaluate", str(case), "-o", str(tmp_path / "ev"), "--start", "perturb", "--perturb", "2,5",
-                 "--levels", "16", "--size", "32", "--no-pictures", "--quiet"]) == 2
+                 "--levels", "32", "--size", "32", "--no-pictures", "--quiet"]) == 2
     _one_error_line(capsys.readouterr().err, "pose.json", "No space left on device")
     assert _temp_files(tmp_path) == []
 
@@ -748,7 +748,7 @@ def test_register_into_an_old_result_folder_keeps_only_the_new_results_files(tmp
     poses = json.loads((case / "poses.json").read_text())
     truth = tmp_path / "truth.json"
     truth.write_text(json.dumps({"camera_to_world": poses["lao20_caud10.dcm"]}))
-    base = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "16", "--size", "32"]
+    base = ["register", str(case / "ct.nii.gz"), xray, "-o", str(res), "--levels", "32", "--size", "32"]
     assert main(base + ["--true-pose", str(truth)]) == 0
     (res / "notes.txt").write_text("mine")
     assert {p.name for p in res.iterdir()} == {"pose.json", "metrics.json", "trajectory.json", "views.png",
@@ -767,7 +767,7 @@ def test_register_into_an_old_result_folder_keeps_only_the_new_results_files(tmp
 
 def test_evaluate_into_an_old_folder_is_refused_or_replaced_when_told(tmp_path, capsys, case):
     ev = tmp_path / "ev"
-    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16", "--size", "32",
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "32", "--size", "32",
             "--no-pictures", "--quiet"]
     assert main(args) == 0
     (ev / "cases" / "old-case").mkdir()
@@ -794,7 +794,7 @@ def test_evaluate_never_takes_a_users_files_of_its_names_for_an_earlier_evaluati
     (ev / "run.json").write_text('{"my": "own settings"}')
     before = _snapshot(ev)
     _forbid(monkeypatch, "xraypose.register.Registrar.register")
-    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--levels", "16", "--size", "32",
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--levels", "32", "--size", "32",
             "--no-pictures", "--quiet"]
     for flag in ([], ["--overwrite"], ["--resume"]):
         capsys.readouterr()
@@ -805,7 +805,7 @@ def test_evaluate_never_takes_a_users_files_of_its_names_for_an_earlier_evaluati
 
 def test_evaluate_resume_refuses_other_settings_and_names_them(tmp_path, capsys, case):
     ev = tmp_path / "ev"
-    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--levels", "16", "--size", "32", "--no-pictures",
+    args = ["evaluate", str(case), "-o", str(ev), "--start", "perturb", "--levels", "32", "--size", "32", "--no-pictures",
             "--quiet"]
     assert main(args + ["--perturb", "2,5"]) == 0
     before = _snapshot(ev)
@@ -830,7 +830,7 @@ def test_evaluate_resume_refuses_another_source_of_the_same_name(tmp_path, capsy
     other = tmp_path / "elsewhere" / case.name
     shutil.copytree(case, other)
     ev = tmp_path / "ev"
-    args = ["-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16", "--size", "32",
+    args = ["-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "32", "--size", "32",
             "--no-pictures", "--quiet"]
     assert main(["evaluate", str(case), *args]) == 0
     before = _snapshot(ev)
@@ -853,7 +853,7 @@ def test_evaluate_resume_refuses_an_x_ray_preprocessed_otherwise_than_in_the_ear
     a = np.load(npy)  # a low-dose raw X-ray: ~0–400 photons of 10 grey levels each
     np.save(npy, (np.random.default_rng(0).poisson(a / a.max() * 400) * 10.0 + 0.25).astype(np.float32))
     ev = tmp_path / "ev"
-    args = ["evaluate", str(src), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+    args = ["evaluate", str(src), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "32",
             "--size", "32", "--no-pictures", "--quiet"]
     assert main(args) == 0
     run = json.loads((ev / "run.json").read_text())
@@ -889,7 +889,7 @@ def test_evaluate_resume_refuses_inputs_changed_since_and_names_the_file(tmp_pat
     src = tmp_path / "mycase"
     shutil.copytree(case, src)
     ev = tmp_path / "ev"
-    args = ["evaluate", str(src), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "16",
+    args = ["evaluate", str(src), "-o", str(ev), "--start", "perturb", "--perturb", "2,5", "--levels", "32",
             "--size", "32", "--no-pictures", "--quiet"]
     assert main(args) == 0
     run = json.loads((ev / "run.json").read_text())
