@@ -1621,30 +1621,52 @@ FIFO_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(FIFO_CASES))
-def test_fifo_input_is_refused_not_read(name, tmp_path):
-    """A named pipe given as any input (CT, X-ray, sidecar, model, JSON, TOML) is refused as not a regular
-    file before it is opened (``info x.npy`` on a FIFO hung forever)."""
+@pytest.fixture(scope="module")
+def fifo_runs(tmp_path_factory):
+    """Every FIFO case's command started at once, each in its own process (its inputs in its own folder): the
+    eight start-ups (Python, torch) overlap instead of running one after the other.  ``name`` → (Popen, argv)."""
     import os
     import subprocess
     import sys
 
     import xraypose
 
-    words, make = FIFO_CASES[name]
-    d, o = tmp_path / "in", tmp_path / "out"
-    d.mkdir()
-    o.mkdir()
-    argv = [str(a) for a in make(d, o)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(xraypose.__file__).parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    runs = {}
     try:
-        run = subprocess.run([sys.executable, "-m", "xraypose.cli", *argv], capture_output=True, text=True,
-                             encoding="utf-8", env=env, timeout=60, stdin=subprocess.DEVNULL)
+        for name, (_, make) in FIFO_CASES.items():
+            base = tmp_path_factory.mktemp(f"fifo-{name}")
+            d, o = base / "in", base / "out"
+            d.mkdir()
+            o.mkdir()
+            argv = [str(a) for a in make(d, o)]
+            runs[name] = (subprocess.Popen([sys.executable, "-m", "xraypose.cli", *argv], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env,
+                                           stdin=subprocess.DEVNULL), argv)
+        yield runs
+    finally:
+        for proc, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("name", list(FIFO_CASES))
+def test_fifo_input_is_refused_not_read(name, fifo_runs):
+    """A named pipe given as any input (CT, X-ray, sidecar, model, JSON, TOML) is refused as not a regular
+    file before it is opened (``info x.npy`` on a FIFO hung forever)."""
+    import subprocess
+
+    words = FIFO_CASES[name][0]
+    proc, argv = fifo_runs[name]
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
+        proc.kill()
         pytest.fail(f"xraypose {' '.join(argv[:1])} hung on a named pipe (killed after 60 s)")
-    lines = [ln for ln in (run.stdout + run.stderr).strip().splitlines() if ln.strip()]
-    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("xraypose: error: "), lines
+    lines = [ln for ln in (stdout + stderr).strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("xraypose: error: "), lines
     for w in words:
         assert w.lower() in lines[0].lower(), lines[0]
 
