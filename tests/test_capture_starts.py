@@ -1,6 +1,8 @@
 """A start whose capture ends at a false optimum: several capture starts (RegistrationConfig.capture_starts, opt-in)
 and the hypotheses' starts near the given one (register_xray, as `xraypose register` runs it)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -16,9 +18,21 @@ from xraypose.register.cases import CaseMaker, perturb_pose
 F64 = torch.float64
 
 
+_CASES: dict = {}
+
+
 def appearance_case(volume, family: str, case: int, seed: int):
     """The appearance benchmark's case (benchmarks/appearance.py make_case and its 10°/40 mm start):
-    (image (1, 1, H, W), camera, truth, fiducials, start, DRR blur)."""
+    (image (1, 1, H, W), camera, truth, fiducials, start, DRR blur).  Formed once per (volume, family, case,
+    seed) in a session (several tests register the same case; forming it is seconds): each call gets its own
+    deep copy, so a test may change what it gets."""
+    key = (family, case, seed)
+    if key not in _CASES or _CASES[key][0] is not volume:
+        _CASES[key] = (volume, _appearance_case(volume, family, case, seed))
+    return copy.deepcopy(_CASES[key][1])
+
+
+def _appearance_case(volume, family: str, case: int, seed: int):
     det = 256
     maker = CaseMaker(volume, camera=Camera(sdd=1020.0, height=det, width=det, delx=280.0 / det),
                       collimator_px=det // 32, seed=seed)
