@@ -91,6 +91,9 @@ def test_multiframe_reduction(tmp_path):
     xr = read_xray(f)
     assert torch.equal(xr.image, torch.from_numpy(stack[0].astype(np.float32)))
     assert any("frame 0 used" in n for n in xr.notes)
+    from xraypose.xray.record import notes_to_show  # register prints it (not only pose.json's record)
+
+    assert [n for n in notes_to_show(xr.notes) if "frame 0 used" in n]
     assert torch.equal(read_xray(f, frames=2).image, torch.from_numpy(stack[2].astype(np.float32)))
     assert torch.equal(read_xray(f, frames="max").image, torch.from_numpy(stack.max(0).astype(np.float32)))
     torch.testing.assert_close(read_xray(f, frames="sum").image, torch.from_numpy(stack.sum(0).astype(np.float32)))

@@ -209,9 +209,10 @@ def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
     if xr.camera is None:
         raise InputError(f"{xray}: no intrinsics; give --sdd and --delx")
     check_registrable_xray(xr.shape, str(xray), crop)
-    for n in xr.notes:  # one frame of several registered: said where the user looks, not only in pose.json
-        if "multi-frame" in n or n.startswith("alpha channel ignored"):
-            typer.echo(f"note: {xray}: {n}")
+    from xraypose.xray.record import notes_to_show
+
+    for n in notes_to_show(xr.notes):  # part of the image not used: said where the user looks, not only in pose.json
+        typer.echo(f"note: {xray}: {n}")
     return xr
 
 

@@ -23,7 +23,7 @@ from xraypose.geometry import ROTATION_PARAMETERIZATIONS
 from xraypose.names import EULER_CONVENTIONS, is_euler_convention
 
 __all__ = [
-    "TrainConfig", "ModelConfig", "CameraConfig", "RenderConfig", "SamplerConfig", "AugmentConfig", "LossConfig",
+    "TrainConfig", "training_differences", "ModelConfig", "CameraConfig", "RenderConfig", "SamplerConfig", "AugmentConfig", "LossConfig",
     "OptimConfig", "DataConfig", "RunConfig", "PRESETS", "SECTIONS", "load_config",
 ]
 
@@ -304,6 +304,15 @@ class TrainConfig:
             config_error("sampler.sod", s.sod, f"must be smaller than camera.sdd ({c.sdd})")
         if d.buffer_size < o.batch_size:
             config_error("data.buffer_size", d.buffer_size, f"must hold at least a batch ({o.batch_size})")
+
+
+def training_differences(old: dict, new: dict) -> list[str]:
+    """The settings (``"section.key"``) in which two configurations (:meth:`TrainConfig.to_dict`'s dicts, ``old``
+    perhaps read back from a checkpoint) differ outside ``[run]``: whether they are one training (a resume may
+    change only how it runs)."""
+    return [f"{s}.{k}" for s in SECTIONS if s != "run" for k in dict.fromkeys([*(old.get(s) or {}),
+                                                                            *(new.get(s) or {})])
+            if (old.get(s) or {}).get(k) != (new.get(s) or {}).get(k)]
 
 
 def load_config(path, base: TrainConfig | None = None) -> TrainConfig:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from xraypose.errors import InputError
 from xraypose.model import check_finite_weights, read_checkpoint
-from xraypose.train.config import SECTIONS, TrainConfig, as_config
+from xraypose.train.config import TrainConfig, as_config, training_differences
 from xraypose.train.outputs import TrainResult, check_not_an_input, check_output_name, check_writable, output_paths
 from xraypose.train.trainer import Trainer
 
@@ -121,7 +121,7 @@ def _resume_state(cfg: TrainConfig, given: bool, last: Path, world: int) -> tupl
     if given:
         new = cfg.to_dict()
         old = saved.to_dict()
-        diffs = [f"{s}.{k}" for s in SECTIONS if s != "run" for k in old[s] if old[s][k] != new[s][k]]
+        diffs = training_differences(old, new)
         if diffs:
             raise InputError("cannot resume with a different configuration: " + ", ".join(diffs[:6]) +
                              " differ from the checkpoint's (only [run] may change)")

@@ -34,7 +34,7 @@ from xraypose.model import (
 )
 from xraypose.render import DRR
 from xraypose.similarity import MultiscaleNCC
-from xraypose.train.config import TrainConfig
+from xraypose.train.config import TrainConfig, training_differences
 from xraypose.train.data import (
     ReplayBuffer,
     check_geometry,
@@ -275,8 +275,7 @@ class Trainer:
         if not isinstance(score, (int, float)) or not math.isfinite(score) or not isinstance(step, int) \
                 or not isinstance(config, dict) or step <= self.steps:
             return
-        ours = self.cfg.to_dict()
-        if any(config.get(s) != v for s, v in ours.items() if s != "run"):
+        if training_differences(config, self.cfg.to_dict()):  # another training's model
             return
         if score < self.best["score"]:
             self.best = {"score": float(score), "step": step}

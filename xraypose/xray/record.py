@@ -13,7 +13,7 @@ from xraypose.converters import pose_from_carm_angles
 from xraypose.errors import InputError
 from xraypose.preprocess import PixelMap, Preprocessed, preprocess
 
-__all__ = ["XRay", "Provenance", "KINDS", "IMAGE_EXTENSIONS", "format_value"]
+__all__ = ["XRay", "Provenance", "KINDS", "IMAGE_EXTENSIONS", "IGNORED_IMAGE_NOTES", "format_value", "notes_to_show"]
 
 #: Pixel kinds (see :mod:`xraypose.xray`).
 KINDS = ("intensity", "log-intensity", "attenuation")
@@ -186,6 +186,17 @@ def format_value(v) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(format_value(x) for x in v) + "]"
     return str(v)
+
+
+#: How the notes begin that say part of the file's image was not used (one frame of several, an alpha channel):
+#: the command line prints these (:func:`notes_to_show`), the others stay in pose.json's record.
+IGNORED_IMAGE_NOTES = ("multi-frame image", "alpha channel ignored")
+
+
+def notes_to_show(notes) -> list:
+    """The ``notes`` (``XRay.notes``) a user must see where they look, not only in pose.json:
+    :data:`IGNORED_IMAGE_NOTES`."""
+    return [n for n in notes if n.startswith(IGNORED_IMAGE_NOTES)]
 
 
 class Provenance:
