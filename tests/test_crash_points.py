@@ -36,6 +36,20 @@ def _scripted_validation(monkeypatch, scores):
     monkeypatch.setattr(Trainer, "validate", validate)
 
 
+
+def _killed_after_step(monkeypatch, trainer_class, step: int):
+    """The training is killed (:class:`Killed`) once ``step`` steps are done; returns the real ``budget`` to put
+    back."""
+    real_budget = trainer_class.budget
+
+    def killed(self):
+        if self.steps == step:
+            raise Killed
+        return real_budget(self)
+
+    monkeypatch.setattr(trainer_class, "budget", killed)
+    return real_budget
+
 def test_a_resume_keeps_the_better_model_the_killed_run_wrote_after_its_last_checkpoint(tmp_path, sample_ct,
                                                                                         monkeypatch):
     """model.pt is written at each better validation, model.last.pt (whose record of the best a resume reads) every
@@ -46,14 +60,7 @@ def test_a_resume_keeps_the_better_model_the_killed_run_wrote_after_its_last_che
     out = tmp_path / "model.pt"
     paths = output_paths(out)
     _scripted_validation(monkeypatch, [10.0, 9.0, 5.0])  # steps 1, 2 (checkpointed with best 9), 3 (model.pt: 5)
-    real_budget = Trainer.budget
-
-    def killed_after_step_3(self):
-        if self.steps == 3:
-            raise Killed
-        return real_budget(self)
-
-    monkeypatch.setattr(Trainer, "budget", killed_after_step_3)
+    real_budget = _killed_after_step(monkeypatch, Trainer, 3)
     with pytest.raises(Killed):
         train(sample_ct, out, tiny())
     assert read_checkpoint(paths["last"])["step"] == 2 and read_checkpoint(paths["last"])["best"]["score"] == 9.0
@@ -75,14 +82,7 @@ def test_a_resume_takes_no_model_of_another_training_or_of_an_earlier_step_as_th
     out = tmp_path / "model.pt"
     paths = output_paths(out)
     _scripted_validation(monkeypatch, [10.0, 9.0])
-    real_budget = Trainer.budget
-
-    def killed_after_step_2(self):
-        if self.steps == 2:
-            raise Killed
-        return real_budget(self)
-
-    monkeypatch.setattr(Trainer, "budget", killed_after_step_2)
+    real_budget = _killed_after_step(monkeypatch, Trainer, 2)
     with pytest.raises(Killed):
         train(sample_ct, out, tiny())
     monkeypatch.setattr(Trainer, "budget", real_budget)
