@@ -282,8 +282,9 @@ def step_tests(ctx, part: Part) -> None:
     outcomes from a JUnit XML file (``ctx["junit"]``)."""
     junit = Path(ctx["junit"])
     junit.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--continue-on-collection-errors",
-           f"--junitxml={junit}"]
+    # One process: the device's image has no pytest-xdist, which pyproject's addopts (-n auto) would need.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist",
+           "-o", "addopts=-m 'not slow'", "--continue-on-collection-errors", f"--junitxml={junit}"]
     cmd += ctx["test_args"]
     part.set("command", " ".join(cmd[1:]))
     budget = max(5.0, time_left(ctx) - 8.0)

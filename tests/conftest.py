@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (pyproject's addopts: one worker per CPU, at most 4) each worker keeps to one torch
+# thread, so that the workers do not ask for more threads than there are cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
