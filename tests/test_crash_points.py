@@ -234,3 +234,60 @@ def test_a_temporary_file_of_this_pid_that_this_process_did_not_make_is_stale(tm
     earlier.write_bytes(b"half a checkpoint")
     atomic_write_bytes(tmp_path / "model.last.pt", b"whole")  # each write clears its target's
     assert not earlier.exists() and mine.exists()
+
+
+# ----------------------------------------------------------------------------- demo
+def _tiny_demo(monkeypatch):
+    """``xraypose demo --fast`` made tiny: the tests' training (:func:`tiny`, a checkpoint every 2 steps, 4 steps)
+    and one 64² X-ray."""
+    import xraypose.demo as demo
+    import xraypose.train as train_module
+    from xraypose.train import TrainConfig
+
+    cfg = tiny(checkpoint_every_steps=2)
+    real_train = train_module.train
+
+    def tiny_training(ct, output, config=None, **kw):  # (the demo's earlier versions built their config inline)
+        return real_train(ct, output, cfg, **kw)
+
+    monkeypatch.setattr(train_module, "train", tiny_training)
+    monkeypatch.setattr(demo, "_train_config", lambda s, quiet: TrainConfig.from_dict(cfg), raising=False)
+    monkeypatch.setattr(demo.DemoSettings, "fast", classmethod(lambda c: c(train_seconds=30.0, cases=1, xray_size=64)))
+
+
+def test_a_demo_killed_while_it_trains_resumes_its_training_when_run_again(tmp_path, monkeypatch, capsys):
+    """The demo's training (6 minutes) writes model.last.pt as `train` does, but a demo killed late in its
+    training trained again from step 0 when run again (the README's one command): now the re-run resumes it
+    from the checkpoint, saying so in one line, and a third run reuses the finished training."""
+    import json
+
+    from xraypose.cli import main
+    from xraypose.train.trainer import Trainer
+
+    _tiny_demo(monkeypatch)
+    out = tmp_path / "demo"
+    real_budget = _killed_after_step(monkeypatch, Trainer, 3)  # the checkpoint is at step 2
+    with pytest.raises(Killed):
+        main(["demo", "-o", str(out), "--fast"])
+    assert read_checkpoint(out / "model.last.pt")["step"] == 2 and not (out / "report.html").exists()
+    monkeypatch.setattr(Trainer, "budget", real_budget)
+    capsys.readouterr()
+    assert main(["demo", "-o", str(out), "--fast"]) == 0
+    said = capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "model.log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "event" not in r] == [1, 2, 3, 4], rows  # steps 1 and 2 not trained again
+    assert {"event": "resume", "step": 2} == {k: v for k, v in rows[2].items() if k != "elapsed_s"}, rows
+    assert "resuming the interrupted training of an earlier demo from model.last.pt at step 2" in said, said
+    assert rows[-1]["event"] == "end" and (out / "report.html").is_file()
+    assert json.loads((out / "summary.json").read_text())["cases"] == 1
+    # its manifest lists what it writes: no run.json (evaluate's; a user's there is neither refused nor deleted)
+    assert "run.json" not in json.loads((out / ".xraypose-result.json").read_text())["files"]
+    (out / "run.json").write_text("mine")
+    # run again: the finished training of these settings is reused, not trained again
+    before = (out / "model.pt").read_bytes()
+    assert main(["demo", "-o", str(out), "--fast"]) == 0
+    said = capsys.readouterr().out
+    assert "training: reusing model.pt, the finished training of an earlier demo with these settings (4 steps" in said
+    assert (out / "model.pt").read_bytes() == before and len((out / "model.log.jsonl").read_text().splitlines()) \
+        == len(rows)
+    assert (out / "run.json").read_text() == "mine"

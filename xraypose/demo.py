@@ -11,7 +11,19 @@
    ``summary.json``; and prints a short summary (success, mTRE, the results' own spread, verdicts, time).
 
 Running the demo again into the same folder replaces the earlier demo's files
-(model, per-case files, report...; other files are left alone).
+(model, per-case files, report...; other files are left alone) — but not its training when that
+training is of the same settings (preset, image size, detector, seed, time budget): a training that a
+kill or Ctrl-C interrupted is resumed from its ``model.last.pt`` (bit-identically, as
+``xraypose train --resume``), and a finished one is reused; one line says which.  A training of other
+settings (another ``--seed``, ``--train-seconds``, ``--fast``), or one killed before its first
+checkpoint, is trained again from scratch.
+
+This is automatic, with no ``--resume``: ``train`` and ``evaluate`` refuse an existing output without
+``--resume`` (continue) or ``--overwrite`` (start again) because their outputs are the user's work that a
+mistyped ``-o`` would destroy; the demo has neither option, its re-run is the README's one command, it
+has always replaced its own earlier files in place, and its model is its own intermediate, made with the
+settings it checks before reusing it.  Starting the training again from scratch therefore only needs
+another ``-o`` (or the folder's ``model.last.pt`` deleted).
 """
 
 from __future__ import annotations
@@ -77,11 +89,12 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
 
 def _demo_files(cases: int) -> list[str]:
     """The names (relative to the output folder) of the files a demo of ``cases`` X-rays writes."""
-    from xraypose.evaluate import CASE_FILES, TOP_FILES
+    from xraypose.evaluate import CASE_FILES, RUN_FILE, TOP_FILES
     from xraypose.train.outputs import output_paths
 
-    model = [p.name for p in output_paths("model.pt").values()]
-    return [*TOP_FILES, *model, *(f"cases/{i:03d}/{n}" for i in range(int(cases)) for n in CASE_FILES)]
+    model = [p.name for p in output_paths("model.pt").values()]  # model.crash.pt too: training writes it on a NaN loss
+    top = [n for n in TOP_FILES if n != RUN_FILE]  # evaluate's settings record: the demo writes none
+    return [*top, *model, *(f"cases/{i:03d}/{n}" for i in range(int(cases)) for n in CASE_FILES)]
 
 
 def _demo_before_manifests(out: Path) -> bool:
@@ -107,39 +120,118 @@ def _prepare_output(outdir, cases: int) -> Path:
     Only files an earlier demo wrote there (listed in the folder's manifest) are replaced or deleted: a
     user's own ``report.html`` or ``model.pt`` there is refused before anything is written (it was
     deleted or overwritten)."""
-    from xraypose.evaluate import previous_results, remove_previous_results
+    from xraypose.evaluate import RUN_FILE, previous_results, remove_previous_results
     from xraypose.io import MANIFEST, OutputError, atomic_write_json, check_output_folder, written_here
 
     out = check_output_folder(outdir)
     names = _demo_files(cases)
+    # a run.json no xraypose result wrote there (the demo writes none) is the user's: neither refused nor deleted
+    keep = [RUN_FILE] if out.is_dir() and RUN_FILE not in written_here(out) else []
     if out.is_dir() and not _demo_before_manifests(out):  # every file it would replace must be an earlier demo's
         earlier = [f.relative_to(out).as_posix() for f in previous_results(out)]
-        check_output_folder(out, replaces=[*earlier, *names])
+        check_output_folder(out, replaces=[*(n for n in earlier if n not in keep), *names])
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / MANIFEST, {"written_by": "xraypose",
                                            "files": sorted(written_here(out) | set(names))})  # before any of them
-        remove_previous_results(out)  # an earlier demo's files: the folder holds this run's only
+        remove_previous_results(out, keep=keep)  # an earlier demo's files: the folder holds this run's only
         (out / "cases").mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot write the demo's output folder {out}: {e.strerror or e}") from None
     return out
 
 
-def _train_model(ct: Volume, out: Path, s: DemoSettings, quiet: bool):
-    """Step 1: ``(TrainResult, seconds)`` of training ``out/model.pt`` for ``s.train_seconds``."""
-    from xraypose.train import TrainConfig, train
+def _train_config(s: DemoSettings, quiet: bool):
+    """The demo's training configuration (a :class:`~xraypose.train.TrainConfig`) for the settings ``s``."""
+    from xraypose.train import TrainConfig
 
-    _say(f"[1/3] training a patient-specific pose regressor for {s.train_seconds:.0f} s "
-         f"({s.train_size}² DRRs, from scratch)", quiet)
-    cfg = TrainConfig.from_dict({
+    return TrainConfig.from_dict({
         "preset": s.preset,
         "camera": {"height": s.train_size, "fov_mm": s.detector_mm},
         "run": {"time_budget_s": s.train_seconds, "max_steps": 10**9, "seed": s.seed, "progress": not quiet},
     })
-    t0 = time.perf_counter()
-    tr = train(ct, out / "model.pt", cfg, quiet=quiet, overwrite=True)
-    return tr, time.perf_counter() - t0
+
+
+def _train_model(ct: Volume, out: Path, s: DemoSettings, quiet: bool):
+    """Step 1: ``(TrainResult, seconds of the whole training)`` of ``out/model.pt``: trained for ``s.train_seconds``,
+    or an earlier demo's training of the same settings resumed or reused (module docstring)."""
+    import sys
+
+    from xraypose.train import train
+
+    cfg = _train_config(s, quiet)
+    model = out / "model.pt"
+    how, note, done = _earlier_training(model, cfg)
+    if how == "reuse":
+        _say(f"[1/3] training: reusing {model.name}, the finished training of an earlier demo with these settings "
+             f"({done.steps} steps, {done.elapsed_s:.0f} s)", quiet)
+        return done, done.elapsed_s
+    if how == "resume":
+        _say(f"[1/3] training: resuming the interrupted training of an earlier demo from {note}", quiet)
+    else:
+        _say(f"[1/3] training a patient-specific pose regressor for {s.train_seconds:.0f} s "
+             f"({s.train_size}² DRRs, from scratch{'; ' + note if note else ''})", quiet)
+    try:
+        tr = train(ct, model, cfg, quiet=quiet, **({"resume": True} if how == "resume" else {"overwrite": True}))
+    except KeyboardInterrupt:
+        print(f"xraypose demo: the same command (-o {out}) continues this training", file=sys.stderr, flush=True)
+        raise
+    return tr, tr.elapsed_s  # the whole training's, resumed sessions included
+
+
+def _shaping_differences(old: dict, new: dict) -> list[str]:
+    """The settings in which two training configurations differ (outside ``[run]``: :func:`training_differences`;
+    in ``[run]``: all but ``progress``, which only shows a bar): whether the earlier training is this demo's."""
+    from xraypose.train.config import training_differences
+
+    o, n = old.get("run") or {}, new.get("run") or {}
+    run = [f"run.{k}" for k in dict.fromkeys([*o, *n]) if k != "progress" and o.get(k) != n.get(k)]
+    return [*training_differences(old, new), *run]
+
+
+def _earlier_training(model: Path, cfg) -> tuple[str, str, object]:
+    """What an earlier demo left of its training at ``model``: ``("reuse", "", TrainResult)`` when it finished
+    with these settings, ``("resume", "what", None)`` when it was interrupted after a checkpoint, else
+    ``("scratch", "why, or empty", None)``."""
+    from xraypose.errors import InputError
+    from xraypose.train import output_paths
+    from xraypose.train.run import read_training_state
+
+    paths = output_paths(model)
+    if not paths["last"].is_file():
+        earlier = any(q.exists() for q in paths.values())
+        return "scratch", "the earlier demo's training stopped before its first checkpoint" if earlier else "", None
+    try:
+        state = read_training_state(paths["last"])
+    except InputError:
+        return "scratch", f"the earlier demo's {paths['last'].name} cannot be resumed", None
+    diffs = _shaping_differences(state["config"], cfg.to_dict())
+    if diffs:
+        return "scratch", f"the earlier demo's training had other settings: {', '.join(diffs[:3])}", None
+    end = _log_end(paths["log"])
+    if end is not None and end.get("step") == state["step"] and paths["best"].is_file():
+        from xraypose.train import TrainResult
+
+        best = end.get("best") if isinstance(end.get("best"), dict) else {}
+        final = end.get("final_validation") if isinstance(end.get("final_validation"), dict) else None
+        return "reuse", "", TrainResult(
+            model_path=paths["best"], last_path=paths["last"], log_path=paths["log"], steps=int(state["step"]),
+            images_seen=int(state["images_seen"]), renders=int(state["renders"]),
+            elapsed_s=float(state.get("elapsed_s", 0.0)), images_per_s=float(end.get("images_per_s") or 0.0),
+            best_val={"step": best.get("step"), **final} if final else None)
+    budget = cfg.run.time_budget_s
+    return "resume", (f"{paths['last'].name} at step {state['step']} ({float(state.get('elapsed_s', 0.0)):.0f} s"
+                      + (f" of {budget:.0f} s" if budget else "") + " trained)"), None
+
+
+def _log_end(log: Path) -> dict | None:
+    """The training log's last row when it is the ``"end"`` row of a finished training (else None)."""
+    try:
+        lines = [x for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+        row = json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return row if isinstance(row, dict) and row.get("event") == "end" else None
 
 
 def _simulate_xrays(ct: Volume, s: DemoSettings, quiet: bool) -> list:

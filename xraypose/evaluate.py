@@ -540,8 +540,9 @@ def previous_results(outdir) -> list[Path]:
     return found
 
 
-def remove_previous_results(outdir) -> int:
-    """Delete :func:`previous_results` (and case folders left empty); other files stay. Returns the count.
+def remove_previous_results(outdir, keep=()) -> int:
+    """Delete :func:`previous_results` (and case folders left empty) but those named in ``keep`` (relative to
+    ``outdir``: the demo keeps a ``run.json`` it did not write); other files stay. Returns the count.
 
     Each case's ``result.json`` goes first and ``run.json`` last, so that a kill part way (``--overwrite``
     killed) leaves what a resume can go on from: no case that ``--resume`` would keep without its other files,
@@ -550,7 +551,7 @@ def remove_previous_results(outdir) -> int:
     from xraypose.io import remove_stale_temp_files
 
     out = Path(outdir)
-    files = previous_results(out)
+    files = [f for f in previous_results(out) if f.relative_to(out).as_posix() not in set(keep)]
     marks = [f for f in files if f.parent != out and f.name == "result.json"]
     last = [f for f in files if f.parent == out and f.name == RUN_FILE]
     for f in [*marks, *(f for f in files if f not in marks and f not in last), *last]:

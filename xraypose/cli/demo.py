@@ -20,6 +20,8 @@ def demo_command(
 ) -> None:
     """The whole job on the bundled pelvis CT: train a model, simulate X-rays, register them, write a report.
 
+    Run again into the same folder: resumes an interrupted training (model.last.pt), reuses a finished one.
+
     Example: xraypose demo            (≈ 10 min on 2 CPU cores)
              xraypose demo --fast     (≈ 1 min)
     """
