@@ -376,6 +376,25 @@ def test_a_result_never_replaces_part_of_another_kind_of_result(tmp_path):
     assert (out / "pose.json").read_bytes() == b"pose"
 
 
+def test_a_writability_probe_left_by_a_killed_run_is_removed_by_the_next_check(tmp_path):
+    """Each command probes that its output can be written with an empty ``.write-test.xraypose-PID-TOKEN.tmp`` in
+    the output's folder (or the nearest existing parent of a folder to create), removed at once: a kill between the
+    two left it there for good — nothing swept that folder (a new output's parent, the working directory).  The next
+    probe of a folder now removes those of killed writers (another live run's stays)."""
+    from xraypose.io import check_output_file, check_output_folder
+
+    left = tmp_path / f".write-test.xraypose-{_dead_pid()}-0badc0de.tmp"
+    live = tmp_path / f".write-test.xraypose-{os.getppid()}-0badc0de.tmp"  # a probe of a run going on: kept
+    for p in (left, live):
+        p.touch()
+    check_output_folder(tmp_path / "new")  # not there yet: its parent is probed
+    assert not left.exists() and live.exists() and not (tmp_path / "new").exists()
+    left.touch()
+    check_output_file(tmp_path / "model.pt")
+    assert not left.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]  # no probe of its own left either
+
+
 def test_stale_temporary_files_of_killed_writers_are_recognised_and_removed(tmp_path):
     dead, alive = _dead_pid(), os.getppid()  # (this process's PID on a file it did not make: test_crash_points.py)
     stale = tmp_path / f".model.last.pt.xraypose-{dead}-0badc0de.tmp"

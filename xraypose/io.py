@@ -8,7 +8,9 @@
   killed process (its PID no longer running, or this process's PID on a file this process did not make: an
   earlier process of the same PID, as in a container) is *stale* and is removed by
   :func:`remove_stale_temp_files` (the commands call it on their output
-  folders, and each write on its own target's).
+  folders, and each write on its own target's; each writability probe, the empty
+  ``.write-test.xraypose-PID-TOKEN.tmp`` of :func:`check_output_folder` and :func:`check_output_file`, on the
+  stale probes of the folder it probes — a new output's parent, which nothing else sweeps).
 * :func:`atomic_output` gives writers that need a file name (h5py) the same: a
   temporary path, renamed at the end or removed on failure.
 * :func:`atomic_write_files` writes several files of one result together:
@@ -310,9 +312,16 @@ def atomic_output(path: str | os.PathLike):
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+#: The target name of the writability probes (:func:`_probe_folder`): ``.write-test.xraypose-PID-TOKEN.tmp``.
+_PROBE = "write-test"
+
+
 def _probe_folder(folder: Path, what: Path) -> None:
-    probe = folder / f".write-test{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    _OWN_TEMPS.add(probe.name)
+    """OutputError unless a file can be created in ``folder`` (made and removed at once, named as a temporary file).
+    The probes of killed writers there (a kill between the two) are removed first: a new output's folder is its
+    parent's, which no other sweep reaches."""
+    remove_stale_temp_files(folder, _PROBE)
+    probe = _temp_path(folder / _PROBE)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
