@@ -376,8 +376,41 @@ def test_a_result_never_replaces_part_of_another_kind_of_result(tmp_path):
     assert (out / "pose.json").read_bytes() == b"pose"
 
 
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/stat").exists(), reason="no /proc: names carry no start")
+def test_a_temporary_file_whose_pid_now_runs_another_process_is_stale(tmp_path):
+    """A killed writer's temporary file was judged by its PID alone: once another live process had that PID, the
+    file was kept as a write in progress until that process ended (a long training's or a server's: for good).  The
+    name now carries the writer's process start (the kernel's, as the output lock's): another start is another
+    process.  A name without it (an earlier version's) is judged by the PID as before."""
+    from xraypose.io import _temp_path, is_stale_temp_file, process_start, remove_stale_temp_files
+
+    mine = _temp_path(tmp_path / "model.pt")
+    assert f".xraypose-{os.getpid()}-{process_start(os.getpid())}-" in mine.name
+    for pid in (os.getppid(), 1, os.getpid()):  # live processes: another one, init, this one
+        start = process_start(pid)
+        if start is None:
+            continue
+        reused = tmp_path / f".model.last.pt.xraypose-{pid}-{start + 1}-0badc0de.tmp"  # a dead writer of that PID
+        running = tmp_path / f".model.last.pt.xraypose-{pid}-{start}-0badc0de.tmp"  # that process's own
+        old = tmp_path / f".model.last.pt.xraypose-{pid}-0badc0de.tmp"  # an earlier version's name
+        for p in (reused, running, old):
+            p.write_bytes(b"half a checkpoint")
+        assert is_stale_temp_file(reused), pid
+        if pid != os.getpid():  # (this process's PID on a file it did not make: stale either way)
+            assert not is_stale_temp_file(running) and not is_stale_temp_file(old), pid
+            assert remove_stale_temp_files(tmp_path) == [reused] and running.exists() and old.exists()
+        for p in (reused, running, old):
+            p.unlink(missing_ok=True)
+    mine.write_bytes(b"a write in progress")
+    assert not is_stale_temp_file(mine) and remove_stale_temp_files(tmp_path) == [] and mine.exists()
+    dead = _dead_pid()
+    gone = tmp_path / f".model.pt.xraypose-{dead}-12345-0badc0de.tmp"
+    gone.write_bytes(b"x")
+    assert is_stale_temp_file(gone)
+
+
 def test_a_writability_probe_left_by_a_killed_run_is_removed_by_the_next_check(tmp_path):
-    """Each command probes that its output can be written with an empty ``.write-test.xraypose-PID-TOKEN.tmp`` in
+    """Each command probes that its output can be written with an empty ``.write-test.xraypose-PID-...tmp`` in
     the output's folder (or the nearest existing parent of a folder to create), removed at once: a kill between the
     two left it there for good — nothing swept that folder (a new output's parent, the working directory).  The next
     probe of a folder now removes those of killed writers (another live run's stays)."""

@@ -3,13 +3,16 @@
 * :func:`atomic_write_bytes` writes through a temporary file in the target's
   folder and an atomic rename: a kill or a full disk mid-write never leaves a
   corrupt or half-written file, and the previous version stays intact.
-  Temporary files are named ``.NAME.xraypose-PID-TOKEN.tmp`` (NAME cut to keep it within 255
-  bytes: a target's name may have up to 255); one left by a
-  killed process (its PID no longer running, or this process's PID on a file this process did not make: an
-  earlier process of the same PID, as in a container) is *stale* and is removed by
+  Temporary files are named ``.NAME.xraypose-PID-START-TOKEN.tmp`` (NAME cut to keep it within 255
+  bytes: a target's name may have up to 255; START is the writer's process start in the kernel's clock,
+  :func:`process_start`, left out where unknown: ``.NAME.xraypose-PID-TOKEN.tmp``, also an earlier
+  version's name); one left by a
+  killed process (its PID no longer running, or running with another START: reused by another process; or
+  this process's PID on a file this process did not make: an earlier process of the same PID, as in a
+  container) is *stale* and is removed by
   :func:`remove_stale_temp_files` (the commands call it on their output
   folders, and each write on its own target's; each writability probe, the empty
-  ``.write-test.xraypose-PID-TOKEN.tmp`` of :func:`check_output_folder` and :func:`check_output_file`, on the
+  ``.write-test.xraypose-PID-START-TOKEN.tmp`` of :func:`check_output_folder` and :func:`check_output_file`, on the
   stale probes of the folder it probes — a new output's parent, which nothing else sweeps).
 * :func:`atomic_output` gives writers that need a file name (h5py) the same: a
   temporary path, renamed at the end or removed on failure.
@@ -72,7 +75,8 @@ TEMP_MARK = ".xraypose-"
 
 #: The file in a result folder that lists the files xraypose wrote there (:func:`atomic_write_files`).
 MANIFEST = ".xraypose-result.json"
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.xraypose-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
+# (START: the writer's process start, since 2026-12-06; names without it are read as before, by the PID alone)
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.xraypose-(?P<pid>\d+)(?:-(?P<start>\d+))?-[0-9a-f]+\.tmp$")
 # Temporary files of earlier versions (tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")): removed when
 # older than an hour (no writer of an earlier version is still at work on them by then).
 _LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
@@ -90,8 +94,9 @@ class OutputError(XrayposeError, OSError):
 #: The longest file name (bytes) of the usual file systems (ext4, XFS, btrfs, APFS, NTFS's 255 characters).
 _NAME_MAX = 255
 # What a temporary file's name adds to its target's: ".", TEMP_MARK, a PID of up to 7 digits (Linux's
-# pid_max is at most 2**22), "-", 8 hex digits, ".tmp".
-_TEMP_EXTRA = 1 + len(TEMP_MARK) + 7 + 1 + 8 + len(".tmp")
+# pid_max is at most 2**22), "-", a process start of up to 20 digits (an unsigned 64-bit number) and "-",
+# 8 hex digits, ".tmp".
+_TEMP_EXTRA = 1 + len(TEMP_MARK) + 7 + 1 + 20 + 1 + 8 + len(".tmp")
 
 
 def _temp_stem(name: str) -> str:
@@ -109,8 +114,32 @@ def _temp_stem(name: str) -> str:
 _OWN_TEMPS: set[str] = set()
 
 
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc/PID/stat`` field 22), or None (no
+    such process, or no ``/proc``): with the PID, it tells a process from a later one that reuses its PID
+    (the output lock's holder, a temporary file's writer)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return int(text[text.rindex(")") + 2:].split()[19])  # after "comm)": field 3 onwards
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: This process's (pid, :func:`process_start`), read once per process (a fork's child reads its own).
+_OWN_START: tuple[int, int | None] | None = None
+
+
+def _own_start() -> int | None:
+    global _OWN_START
+    if _OWN_START is None or _OWN_START[0] != os.getpid():
+        _OWN_START = (os.getpid(), process_start(os.getpid()))
+    return _OWN_START[1]
+
+
 def _temp_path(path: Path) -> Path:
-    p = path.with_name(f".{_temp_stem(path.name)}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    start = _own_start()
+    writer = f"{os.getpid()}" if start is None else f"{os.getpid()}-{start}"
+    p = path.with_name(f".{_temp_stem(path.name)}{TEMP_MARK}{writer}-{secrets.token_hex(4)}.tmp")
     _OWN_TEMPS.add(p.name)
     return p
 
@@ -128,13 +157,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def is_stale_temp_file(path) -> bool:
-    """True for a temporary file of this project whose writer is gone (killed mid-write)."""
+    """True for a temporary file of this project whose writer is gone (killed mid-write): its PID runs no more, or
+    runs another process (the name's process start is not that PID's now: the PID was reused)."""
     p = Path(path)
     m = _TEMP_RE.match(p.name)
     if m:
-        if int(m["pid"]) == os.getpid():  # ours, or an earlier process's of the same PID (_OWN_TEMPS)
+        pid = int(m["pid"])
+        if m["start"] is not None:
+            now = _own_start() if pid == os.getpid() else process_start(pid)
+            if now is not None and int(m["start"]) != now:  # the writer is gone; its PID is another process's now
+                return True
+        if pid == os.getpid():  # ours, or an earlier process's of the same PID (_OWN_TEMPS)
             return p.name not in _OWN_TEMPS
-        return not _pid_alive(int(m["pid"]))
+        return not _pid_alive(pid)
     if _LEGACY_RE.match(p.name):
         try:
             return time.time() - p.stat().st_mtime > _LEGACY_AGE_S
@@ -312,7 +347,7 @@ def atomic_output(path: str | os.PathLike):
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-#: The target name of the writability probes (:func:`_probe_folder`): ``.write-test.xraypose-PID-TOKEN.tmp``.
+#: The target name of the writability probes (:func:`_probe_folder`): ``.write-test.xraypose-PID-START-TOKEN.tmp``.
 _PROBE = "write-test"
 
 

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from xraypose.io import OutputError, _pid_alive, json_bytes
+from xraypose.io import process_start as _process_start  # (io's: temporary files' names carry it too)
 
 __all__ = ["LOCK_NAME", "OutputInUse", "lock_path", "output_lock"]
 
@@ -66,15 +67,6 @@ def lock_path(output, file: bool = False) -> Path:
 
     stem = output_paths(p)["last"].name[: -len(".last.pt")]
     return p.with_name(stem + ".lock")
-
-
-def _process_start(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc/PID/stat`` field 22), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        return int(text[text.rindex(")") + 2:].split()[19])  # after "comm)": field 3 onwards
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _record(command: list[str] | None) -> dict:
