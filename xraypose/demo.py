@@ -174,7 +174,8 @@ def _train_model(ct: Volume, out: Path, s: DemoSettings, quiet: bool):
     try:
         tr = train(ct, model, cfg, quiet=quiet, **({"resume": True} if how == "resume" else {"overwrite": True}))
     except KeyboardInterrupt:
-        print(f"xraypose demo: the same command (-o {out}) continues this training", file=sys.stderr, flush=True)
+        print(f"xraypose demo: the same command again (-o {out}) continues this training (the demo takes no "
+              "--resume)", file=sys.stderr, flush=True)
         raise
     return tr, tr.elapsed_s  # the whole training's, resumed sessions included
 
