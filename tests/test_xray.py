@@ -597,6 +597,30 @@ def test_an_npy_of_one_or_two_channels_last_is_one_image(tmp_path, channels):
     assert any("grey + alpha picture" in n for n in xr.notes) == (channels == 2)
 
 
+@pytest.mark.parametrize("channels, dtype", [(2, np.uint16), (4, np.uint8), (2, np.float32)])
+def test_an_npy_with_alpha_notes_its_transparent_pixels_as_a_png_does(tmp_path, capsys, channels, dtype):
+    """A PNG's alpha below full opacity is noted ("alpha channel ignored"); an NPY's (H, W, 2) grey + alpha or
+    (H, W, 4) RGBA had its alpha dropped without a word.  Full opacity is the type's maximum (1.0 for floats);
+    an opaque alpha: no note."""
+    from xraypose.cli.register import _read_xray
+
+    full = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
+    g = (np.arange(24 * 32).reshape(24, 32) % 200 + 1).astype(dtype)
+    for clear in (0, 5):
+        alpha = np.full_like(g, full)
+        alpha.reshape(-1)[:clear] = 0
+        f = tmp_path / f"x{clear}.npy"
+        np.save(f, np.stack([g] * (channels - 1) + [alpha], -1))
+        xr = read_xray(f, sdd=1000, delx=0.3)
+        np.testing.assert_array_equal(xr.image.numpy(), g.astype(np.float32))
+        notes = [n for n in xr.notes if n.startswith("alpha channel ignored")]
+        assert notes == ([f"alpha channel ignored: {clear} of 768 pixels are transparent or partly so (alpha < "
+                          f"{full:g}); their grey values are registered as they are (xraypose takes no mask from "
+                          "alpha: crop them out, or save the X-ray without alpha)"] if clear else []), notes
+        _read_xray(f, None, None, {"sdd": 1000.0, "delx": 0.3}, 0)
+        assert ("alpha channel ignored" in capsys.readouterr().out) == bool(clear)
+
+
 @pytest.mark.parametrize("sop, what", [("1.2.840.10008.5.1.4.1.1.2", "CT series"),
                                        ("1.2.840.10008.5.1.4.1.1.66.4", "segmentation")])
 def test_a_ct_slice_or_a_segmentation_is_refused_as_an_x_ray(tmp_path, sop, what):

@@ -8,7 +8,8 @@ import numpy as np
 from xraypose.errors import InputError
 from xraypose.xray.record import Provenance
 
-__all__ = ["reduce_frames", "inverted_to_bright", "grey_of_rgb", "check_fits_float32"]
+__all__ = ["reduce_frames", "inverted_to_bright", "grey_of_rgb", "check_fits_float32", "opaque_alpha",
+           "count_not_opaque", "note_alpha_ignored"]
 
 
 def _frame_choice(frames) -> int | str:
@@ -73,6 +74,29 @@ def grey_of_rgb(a: np.ndarray, what: str, hint: str = "") -> np.ndarray:
     if not (np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 0], c[..., 2])):
         raise InputError(f"{what}; X-rays must be greyscale{hint}")
     return np.ascontiguousarray(a[..., 0])
+
+
+def opaque_alpha(dtype) -> float:
+    """An alpha channel's full opacity by its type: the integer type's maximum (255 for uint8, 65535 for uint16),
+    1.0 for floats (an alpha in [0, 1])."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+
+
+def count_not_opaque(alpha: np.ndarray, opaque: float) -> int:
+    """How many pixels of an alpha channel are not fully opaque (alpha < ``opaque``): the PNG/TIFF and NPY
+    readers count alike."""
+    return int(np.count_nonzero(np.asarray(alpha) < opaque))
+
+
+def note_alpha_ignored(hdr: Provenance, clear: int, total: int, opaque: float = 255) -> None:
+    """The note that ``clear`` of ``total`` pixels were not opaque (alpha < ``opaque``) and their grey values are
+    registered all the same; no note when ``clear`` is 0 (an opaque alpha says nothing).  Every reader's one note
+    (:data:`xraypose.xray.record.IGNORED_IMAGE_NOTES`: the command line prints it)."""
+    if clear:
+        hdr.note(f"alpha channel ignored: {clear} of {total} pixels are transparent or partly so "
+                 f"(alpha < {opaque:g}); their grey values are registered as they are (xraypose takes no mask from "
+                 "alpha: crop them out, or save the X-ray without alpha)")
 
 
 def check_fits_float32(arr: np.ndarray, what: str) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 
 from xraypose._checks import is_numeric_dtype, one_line
 from xraypose.errors import InputError
-from xraypose.xray.frames import check_fits_float32, grey_of_rgb, inverted_to_bright, reduce_frames
+from xraypose.xray.frames import (check_fits_float32, count_not_opaque, grey_of_rgb, inverted_to_bright,
+                                  note_alpha_ignored, opaque_alpha, reduce_frames)
 from xraypose.xray.overrides import XRayOverrides
 from xraypose.xray.record import Provenance, XRay
 from xraypose.xray.resolve import finish_xray
@@ -90,7 +91,9 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
 
     A (H, W, 3) or (H, W, 4) array is taken for an RGB(A) picture, not for H frames of
     W × 3 pixels: with equal colour channels the first is used (noted), otherwise it is refused; (H, W, 1) is
-    one image, (H, W, 2) grey + alpha (its first channel used, noted).
+    one image, (H, W, 2) grey + alpha (its first channel used, noted).  The alpha of (H, W, 2) and (H, W, 4) is
+    read as a PNG's: pixels below full opacity (the integer type's maximum, 1.0 for floats) are counted in the
+    note "alpha channel ignored" (their grey values are registered; no note when all are opaque).
     """
     from xraypose.limits import MAX_XRAY_PIXELS, check_xray_size, dims, human_bytes
 
@@ -132,6 +135,9 @@ def _read_npy(p: Path, hdr: Provenance) -> np.ndarray:
             hdr.note(f"array of shape {tuple(arr.shape)} read as a greyscale RGB picture: its first channel is used")
         elif arr.shape[-1] == 2:
             hdr.note(f"array of shape {tuple(arr.shape)} read as a grey + alpha picture: its first channel is used")
+        if arr.shape[-1] in (2, 4):  # its alpha, as a PNG's: not opaque everywhere, noted (it was dropped unsaid)
+            full = opaque_alpha(arr.dtype)
+            note_alpha_ignored(hdr, count_not_opaque(arr[..., -1], full), arr.shape[0] * arr.shape[1], full)
         arr = arr[..., 0]
     check_fits_float32(arr, str(p))
     return arr
@@ -174,10 +180,7 @@ def _read_pil_frames(p: Path, hdr: Provenance) -> np.ndarray:
             raise InputError(f"{p}: image data is truncated or corrupt ({one_line(e)})") from None
         if not frames:
             raise InputError(f"{p}: the image holds no frame")
-        if clear:  # an opaque alpha says nothing; a transparent one was dropped without a word
-            hdr.note(f"alpha channel ignored: {clear} of {len(frames) * h * w} pixels are transparent or partly so "
-                     "(alpha < 255); their grey values are registered as they are (xraypose takes no mask from "
-                     "alpha: crop them out, or save the X-ray without alpha)")
+        note_alpha_ignored(hdr, clear, len(frames) * h * w)  # a transparent alpha was dropped without a word
         if len(frames) == 1:
             return frames[0]
         return np.stack(frames)
@@ -213,7 +216,7 @@ def _not_opaque(fr) -> int:
         alpha = fr.convert("RGBA" if fr.mode == "P" else "LA").getchannel("A")
     else:
         return 0
-    return int(np.count_nonzero(np.asarray(alpha) < 255))
+    return count_not_opaque(np.asarray(alpha), 255)
 
 
 def _white_is_zero(fr, raw: str, a: np.ndarray, hdr: Provenance, first: bool) -> np.ndarray:
