@@ -89,8 +89,22 @@ def test_a_frame_time_vector_of_zero_or_negative_increments_is_refused(tmp_path,
     write_dicom_xray(f, frames3(), camera=CAM, extra={"FrameTimeVector": value})
     with pytest.raises(InputError, match="^" + re.escape(f"{f}: {words}")):
         read_sequence(f)
-    write_dicom_xray(f, frames3(), camera=CAM, extra={"FrameTimeVector": [5, 30, 40]})  # the first need not be 0
-    assert torch.allclose(read_sequence(f).times, torch.tensor([0.0, 0.030, 0.070], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("value, times", [([5, 30, 40], [0.0, 0.030, 0.070]), ([33, 33, 33], [0.0, 0.033, 0.066]),
+                                          ([0, 30, 40], [0.0, 0.030, 0.070])])
+def test_a_frame_time_vector_whose_first_entry_is_not_0_is_read_from_its_second_with_a_note(tmp_path, value, times):
+    """The standard's first entry is 0 (the first frame has no increment before it); one > 0 (a writer giving each
+    frame its duration: 33, 33, 33) was dropped without a word.  It is not used — frame 1 at 0 s, the increments
+    from entry 2 on — and a note names it (pose records keep the sequence's notes)."""
+    f = tmp_path / "cine.dcm"
+    write_dicom_xray(f, frames3(), camera=CAM, extra={"FrameTimeVector": value})
+    seq = read_sequence(f)
+    assert torch.allclose(seq.times, torch.tensor(times, dtype=torch.float64))
+    notes = [n for n in seq.notes if "entry 1" in n]
+    assert notes == ([f"FrameTimeVector (0018,1065) entry 1 is {value[0]} ms, not 0 as the standard gives it (the "
+                      "first frame has no increment before it): not used, frame 1 is at 0 s and the increments from "
+                      "entry 2 on are used"] if value[0] else []), seq.notes
 
 
 def test_read_xray_all_frames(tmp_path):

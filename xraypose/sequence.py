@@ -5,7 +5,10 @@
 * a **multi-frame DICOM** (XA / RF cine): every frame, with the header's
   intrinsics and C-arm angles (those of the first frame) and the frame times
   from ``FrameTimeVector`` (0018,1065: the increment before each frame, ms)
-  or ``FrameTime`` (0018,1063: one interval, ms);
+  or ``FrameTime`` (0018,1063: one interval, ms).  The standard's first ``FrameTimeVector`` entry is 0 (no
+  frame before the first); one > 0 is not used (a note names it): the first frame is at 0 s and the entries
+  from the second on are the increments (a writer that gave every frame its duration, ``33, 33, 33``, reads
+  as the same 33 ms apart);
 * a **multi-page TIFF** or an ``(F, H, W)`` NPY: every page / slice;
 * a **folder of frames** (PNG, TIFF, NPY, DICOM), sorted naturally by name
   (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped) — a folder of DICOM frames
@@ -128,7 +131,7 @@ def _dicom_times(path: Path, n: int, notes: list) -> torch.Tensor | None:
         if bad is not None and not any(v):  # (frames at one moment: the frame interval read as 0 s)
             raise InputError(f"{where}: FrameTimeVector (0018,1065) is all zeros: its {n} frames would be at one "
                              "moment; each increment after the first must be a positive number of ms")
-        if bad is not None:  # (the first is 0 by the standard: any value >= 0 is taken, the times start at it)
+        if bad is not None:  # (the first is 0 by the standard: one > 0 is not used, noted below)
             raise InputError(f"{where}: FrameTimeVector (0018,1065) entry {bad + 1} of {n} is {v[bad]:g} ms; "
                              + ("the first increment must be a number >= 0" if bad == 0 else
                                 "each increment after the first must be a positive number of ms"))
@@ -136,8 +139,12 @@ def _dicom_times(path: Path, n: int, notes: list) -> torch.Tensor | None:
             raise InputError(f"{where}: FrameTimeVector (0018,1065) holds an interval of {max(v):g} ms; a frame "
                              f"interval is at most {MAX_FRAME_INTERVAL_MS:g} ms (a day)")
         notes.append("frame times from FrameTimeVector (0018,1065), ms increments")
-        t = torch.cumsum(torch.tensor(v, dtype=torch.float64), 0) / 1000.0
-        return t - t[0]
+        if v[0] > 0:  # the standard's first entry is 0: the times start at frame 1 all the same (noted)
+            notes.append(f"FrameTimeVector (0018,1065) entry 1 is {v[0]:g} ms, not 0 as the standard gives it (the "
+                         "first frame has no increment before it): not used, frame 1 is at 0 s and the increments "
+                         "from entry 2 on are used")
+        t = torch.cumsum(torch.tensor([0.0] + v[1:], dtype=torch.float64), 0) / 1000.0
+        return t
     if "FrameTime" in ds and ds.FrameTime not in (None, ""):
         try:
             ft = float(ds.FrameTime)
