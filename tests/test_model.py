@@ -1,5 +1,7 @@
 """PoseRegressor, its input contract (resampling, normalisation), checkpoints and predict_pose."""
 
+import re
+
 import pytest
 import torch
 
@@ -161,6 +163,25 @@ def test_bad_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_a_checkpoint_with_an_euler_convention_but_another_parameterization_is_refused(tmp_path, sampler):
+    """A checkpoint's architecture (or a PoseRegressor's arguments) with convention "XYZ" and parameterization
+    "quaternion": the convention was dropped without a word.  It is a one-line error naming both fields."""
+    cam = Camera(sdd=1020, height=32, width=32, delx=400 / 32)
+    model = PoseRegressor(TINY, "quaternion", isocenter_pose=sampler.isocenter_pose, pivot_mm=612.0)
+    ck = checkpoint_dict(model, _meta(cam, sampler))
+    ck["meta"]["architecture"]["convention"] = "XYZ"  # a hand-edited or foreign file
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, ck)
+    words = ("convention 'XYZ' is the axis sequence of Euler angles, but the parameterization is 'quaternion' (it "
+             "would be ignored): leave convention unset, or use parameterization 'euler_angles'")
+    with pytest.raises(InputError, match="^" + re.escape(f"checkpoint {path}: {words}") + "$"):
+        load_checkpoint(path)
+    with pytest.raises(InputError, match="^" + re.escape(words) + "$"):
+        PoseRegressor(TINY, "quaternion", "XYZ")
+    assert PoseRegressor(TINY, "euler_angles", "XYZ").convention == "XYZ"
+    assert PoseRegressor(TINY, "quaternion").convention is None
 
 
 def test_geometry_stays_float32_under_mixed_precision(sampler):

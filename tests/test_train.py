@@ -97,6 +97,22 @@ def test_model_convention_is_checked_when_the_config_is_read(tmp_path, value):
         assert load_config(p).model.convention == ok
 
 
+@pytest.mark.parametrize("par", ["se3_log_map", "quaternion"])
+def test_a_model_convention_with_another_parameterization_than_euler_angles_is_refused(tmp_path, par):
+    """``[model] convention = "XYZ"`` (a valid Euler axis sequence) with parameterization "se3_log_map" was ignored
+    without a word: the model trained in se3_log_map.  It is a one-line error naming both fields, as other
+    settings that contradict one another (render.n_samples and render.step)."""
+    p = tmp_path / "t.toml"
+    p.write_text(f'[model]\nparameterization = "{par}"\nconvention = "XYZ"\n')
+    with pytest.raises(InputError, match="^" + re.escape(
+            f"config: model.convention = 'XYZ' is the axis sequence of Euler angles, but model.parameterization = "
+            f"{par!r} (it would be ignored): remove model.convention, or set model.parameterization = "
+            "'euler_angles'") + "$"):
+        load_config(p)
+    p.write_text(f'[model]\nparameterization = "{par}"\n')
+    assert load_config(p).model.convention is None
+
+
 def test_a_render_step_alone_replaces_the_number_of_samples(tmp_path, sample_ct):
     """TOML has no null, so ``[render] step`` alone was refused ("give render.n_samples or render.step, not both":
     the default 64 samples were given too); now the step replaces them.  A step taking over 10⁵ samples a ray is

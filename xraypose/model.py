@@ -123,7 +123,8 @@ class PoseRegressor(nn.Module):
         backbone: a timm model name (``resnet18`` default; any timm CNN works).
         parameterization: rotation parameterization of :mod:`xraypose.geometry`
             (``se3_log_map`` default; all of ``ROTATION_PARAMETERIZATIONS``).
-        convention: Euler axis sequence for ``euler_angles`` (default ``"ZYX"``).
+        convention: Euler axis sequence for ``euler_angles`` (default ``"ZYX"``); with another
+            parameterization it must be None (an InputError naming both: it would be ignored).
         norm: ``"batch"`` (the backbone's own) or ``"group"`` (every BatchNorm
             replaced by GroupNorm: batch-size independent, DDP-friendly).
         pool_grid: 1 = global average pooling; k > 1 = adaptive average pooling
@@ -156,8 +157,10 @@ class PoseRegressor(nn.Module):
             )
         if parameterization == "euler_angles" and convention is None:
             convention = "ZYX"
-        if parameterization != "euler_angles":
-            convention = None
+        if parameterization != "euler_angles" and convention is not None:  # (it was ignored without a word)
+            raise InputError(f"convention {convention!r} is the axis sequence of Euler angles, but the "
+                             f"parameterization is {parameterization!r} (it would be ignored): leave convention "
+                             "unset, or use parameterization 'euler_angles'")
         if norm not in NORMS:
             raise InputError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
         if int(pool_grid) < 1:

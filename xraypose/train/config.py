@@ -56,6 +56,10 @@ class ModelConfig(_Section):
         if self.convention is not None and not is_euler_convention(self.convention):  # (it failed once training began)
             config_error("model.convention", self.convention, f"is not one of: {', '.join(EULER_CONVENTIONS)} "
                          "(the Euler axis sequence of parameterization 'euler_angles'; lowercase = extrinsic)")
+        if self.convention is not None and self.parameterization != "euler_angles":  # (it was ignored unsaid)
+            config_error("model.convention", self.convention, "is the axis sequence of Euler angles, but "
+                         f"model.parameterization = {self.parameterization!r} (it would be ignored): remove "
+                         "model.convention, or set model.parameterization = 'euler_angles'")
         check_choice("model.norm", self.norm, ["batch", "group"])
         check_number("model.pool_grid", self.pool_grid, lo=1, hi=8, integer=True)
         check_flag("model.pretrained", self.pretrained)  # a text "no" would be true: a download attempted
