@@ -656,6 +656,33 @@ def test_cli_track_runs_two_threads_by_default_where_there_are_two_cpus(tmp_path
     assert seen == [2, 1, 1]
 
 
+def test_cli_track_threads_1_runs_the_check_on_the_same_thread(tmp_path, sequence, capsys, monkeypatch):
+    """`xraypose track --threads 1` on a machine of two CPUs: the registrations ran one thread but the check beside
+    the next frame followed os.cpu_count() and ran on a second thread.  --threads 1 is one thread for everything
+    (the check after each frame, in order); the default there still runs it beside the next frame."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import xraypose.register.tracking as tracking
+    from xraypose.cli import main
+
+    pools = []
+
+    def pool(*a, **k):
+        pools.append(k.get("max_workers"))
+        return ThreadPoolExecutor(*a, **k)
+
+    monkeypatch.setattr(tracking, "ThreadPoolExecutor", pool)
+    seen = _tracked_argument(monkeypatch, read=lambda a, k: (a[0].config.num_threads, k.get("overlap_check")))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    args = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast"]
+    assert main(args + ["-o", str(tmp_path / "a"), "--threads", "1"]) in (0, 3), capsys.readouterr().err
+    assert pools == [] and seen == [(1, False)]
+    assert main(args + ["-o", str(tmp_path / "b")]) in (0, 3), capsys.readouterr().err
+    assert pools == [1] and seen[1] == (2, True)
+
+
 def test_cli_track_predicts_the_blur_coefficient(tmp_path, sequence, capsys, monkeypatch):
     """--predict-blur: frame 0 registered, the coefficient read on xraypose's simulator there, held for
     every frame and recorded (trajectory.json's blur_prediction and each frame's blur_coefficient); not

@@ -212,12 +212,13 @@ AIR_FLOOR = typer.Option(None, "--air-floor", help="HU: the frames after the fir
 TRACK_THREADS = typer.Option(None, "--threads", help="CPU threads (default: 2 on a machine with two CPUs or more, "
                              "else 1: each frame's check runs beside the next frame's registration, and with two "
                              "threads a 512×512×134 abdomen's frames took 0.19 s instead of 0.26 s, the bundled "
-                             "pelvis's as long).")
+                             "pelvis's as long). 1: one thread for everything, the check after each frame.")
 
 
 def track_threads(threads: int | None) -> int:
     """``xraypose track``'s threads: ``threads`` when given, else 2 where the machine has two CPUs or more, else 1
-    (docs/cli.md, ``track``)."""
+    (docs/cli.md, ``track``).  With 1 the check does not run beside the next frame (a second thread): everything
+    track runs is one thread."""
     import os
 
     return threads if threads is not None else min(2, os.cpu_count() or 1)
@@ -352,8 +353,11 @@ def track_command(
 
     partial = PartialFile(make_output_folder(output), header, kept)
     with stop_requests() as stop:  # Ctrl-C: the frame under way ends, the frames tracked are written (exit 130)
+        # the check beside the next frame is a second thread: only with two threads or more (--threads 1 ran it
+        # beside the registration all the same wherever the machine had two CPUs)
         res, pose_name, to_rig = _track(reg, views, r, start, the_rig is not None, confidence, seqs, metal, motion,
                                         edge_enhanced, scatter=scatter, part=cts.part,
+                                        overlap_check=track_threads(threads) >= 2,
                                         blur=blur, blur_turn_deg=(blur_prediction or {}).get("turn_deg"),
                                         air_floor_hu=air_floor, should_stop=lambda: stop.requested,
                                         checkpoint=partial.append, resume=kept)
@@ -615,8 +619,8 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
     in the start view's camera frame (its axes are the optimiser's); a rig's poses given back as
     rig_to_world.  ``metal``, ``edge_enhanced``, ``scatter``: the later frames' schedule (:func:`_later_levels`); ``motion``: the motion model
     (:func:`~xraypose.register.tracking.track_sequence`); ``part``: a part of the CT is tracked (its later
-    levels as :func:`xraypose.structure.part_levels` makes them); ``kw``: its ``blur``, ``blur_turn_deg`` and
-    ``air_floor_hu``."""
+    levels as :func:`xraypose.structure.part_levels` makes them); ``kw``: its ``blur``, ``blur_turn_deg``,
+    ``air_floor_hu`` and ``overlap_check``."""
     import torch
 
     from xraypose.register.tracking import track_sequence
