@@ -864,7 +864,10 @@ def test_evaluate_resume_refuses_other_settings_and_names_them(tmp_path, capsys,
     for extra, words in [(["--perturb", "3,5"], ["--perturb", "[2.0, 5.0]", "[3.0, 5.0]"]),
                          (["--perturb", "2,5", "--lr-rot", "0.01"], ["--lr-rot", "0.0075", "0.01"]),
                          (["--perturb", "2,5", "--size", "40"], ["--size"]),
-                         (["--perturb", "2,5", "--seed", "3"], ["--seed"])]:
+                         (["--perturb", "2,5", "--seed", "3"], ["--seed"]),
+                         # each level field that differs, in full (the two schedules were cut at 60 characters)
+                         (["--perturb", "2,5", "--levels", "48"], ["--levels/--fast/--metal: levels[0].size (32 then, "
+                                                                   "48 now)"])]:
         capsys.readouterr()
         assert main(args + extra + ["--resume"]) == 2, extra
         _one_error_line(capsys.readouterr().err, "cannot resume", *words)

@@ -122,6 +122,45 @@ def test_resume_after_a_crash_tracks_only_the_rest_and_gives_the_uninterrupted_t
     assert len((out / "trajectory.csv").read_text().splitlines()) == N_FRAMES + 1
 
 
+def test_a_resume_with_other_levels_names_each_level_field_that_differs_in_full():
+    """`track --resume` / `evaluate --resume` with another schedule printed the two schedules' JSON cut at 60
+    characters (`[{"depth_lr_scale": 0.2, "fit_air": false, ...`): no field that differs was in sight.  Each
+    level field that differs is named with both values in full; one line; many differences are counted."""
+    import dataclasses
+
+    from xraypose.evaluate import settings_differences
+    from xraypose.register import DEFAULT_LEVELS, RegistrationConfig
+
+    old = RegistrationConfig().to_dict()
+    levels = list(DEFAULT_LEVELS)
+    levels[2] = dataclasses.replace(levels[2], iterations=levels[2].iterations + 20, fit_unsharp=(3.0, 9.0))
+    new = RegistrationConfig(levels=tuple(levels)).to_dict()
+    it = DEFAULT_LEVELS[2].iterations
+    assert settings_differences({"registration": old}, {"registration": new}) == [
+        f"--levels/--fast/--metal: levels[2].iterations ({it} then, {it + 20} now), levels[2].fit_unsharp ([] then, "
+        "[3.0, 9.0] now)"]
+    fewer = RegistrationConfig(levels=tuple(DEFAULT_LEVELS[:-1])).to_dict()
+    (d,) = settings_differences({"registration": old}, {"registration": fewer})
+    n = len(DEFAULT_LEVELS)
+    assert d.startswith(f"--levels/--fast/--metal: {n} levels then, {n - 1} now, levels[{n - 1}] ({{") and \
+        d.endswith("} then, none now)") and "..." not in d, d
+    many = [dataclasses.replace(lv, iterations=lv.iterations + 1, patch_size=lv.patch_size + 2, lr_scale=0.5)
+            for lv in DEFAULT_LEVELS]
+    (d,) = settings_differences({"registration": old},
+                                {"registration": RegistrationConfig(levels=tuple(many)).to_dict()})
+    assert d.count("levels[") == 8 and d.endswith(f" and {3 * n - 8} more level field(s)"), d
+
+
+def test_a_cli_resume_with_other_levels_is_refused_naming_the_level_field(tmp_path, frames, monkeypatch, capsys):
+    out = tmp_path / "track"
+    _crashed_run(frames, out, monkeypatch)
+    capsys.readouterr()
+    assert main(_args(frames, out, "--resume", "--levels", "24")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot resume" in err and \
+        "--levels/--fast/--metal: levels[0].size (16 then, 24 now)" in err and "..." not in err, err
+
+
 def test_resume_with_another_option_or_changed_frames_is_refused_naming_it(tmp_path, frames, monkeypatch, capsys):
     seq = tmp_path / "frames"
     shutil.copytree(frames, seq)

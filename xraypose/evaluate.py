@@ -603,10 +603,44 @@ def _with_level_defaults(levels):
     return [{**defaults, **lv} if isinstance(lv, dict) else lv for lv in levels]
 
 
+#: At most this many level fields named in a resume's refusal (the rest counted).
+_LEVEL_FIELDS_SHOWN = 8
+
+
+def _full(v) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _level_differences(a, b) -> str:
+    """Two recorded schedules (lists of level dicts, defaults filled in) compared field by field: ``levels[2].iterations
+    (40 then, 60 now)``, a level only one has named whole (``levels[3] (none then, {...} now)``), at most
+    :data:`_LEVEL_FIELDS_SHOWN` named and the rest counted; values in full.  Not lists of dicts (a damaged record):
+    the two whole."""
+    if not (isinstance(a, list) and isinstance(b, list) and all(isinstance(x, dict) for x in a + b)):
+        return f"{_full(a)} then, {_full(b)} now"
+    from dataclasses import fields
+
+    from xraypose.register import Level
+
+    order = [f.name for f in fields(Level)]  # the fields named in the Level's order (the records' keys are sorted)
+    out = [f"{len(a)} level{'s' if len(a) != 1 else ''} then, {len(b)} now"] if len(a) != len(b) else []
+    for i in range(max(len(a), len(b))):
+        if i >= len(a) or i >= len(b):
+            out.append(f"levels[{i}] ({'none' if i >= len(a) else _full(a[i])} then, "
+                       f"{'none' if i >= len(b) else _full(b[i])} now)")
+            continue
+        out += [f"levels[{i}].{f} ({_full(a[i].get(f))} then, {_full(b[i].get(f))} now)"
+                for f in dict.fromkeys([*order, *b[i], *a[i]]) if a[i].get(f) != b[i].get(f)]
+    more = len(out) - _LEVEL_FIELDS_SHOWN
+    return ", ".join(out[:_LEVEL_FIELDS_SHOWN]) + (f" and {more} more level field(s)" if more > 0 else "")
+
+
 def settings_differences(old: dict, new: dict) -> list[str]:
     """The settings that differ between a run's record ``old`` and a resume's ``new`` (run.json's, or track's
-    partial file's), each as ``"NAME (old then, new now)"``; registration settings named by their options, those
-    recorded before they existed taken at their defaults; inputs and preprocessing are compared elsewhere
+    partial file's), each as ``"NAME (old then, new now)"`` — the schedule as ``"--levels/--fast/--metal:
+    levels[2].iterations (40 then, 60 now), ..."`` (each level field that differs, in full: the two schedules cut
+    at 60 characters named none); registration settings named by their options, those recorded before they
+    existed taken at their defaults; inputs and preprocessing are compared elsewhere
     (:func:`input_changes`).  Used by ``evaluate --resume`` and ``track --resume``."""
     diffs = []
     for k in dict.fromkeys([*old, *new]):
@@ -619,7 +653,10 @@ def settings_differences(old: dict, new: dict) -> list[str]:
             for f in dict.fromkeys([*a, *b]):
                 if f not in _NOT_COMPARED and a.get(f) != b.get(f):
                     name = _SETTING_NAMES.get(f, f"registration setting {f}")
-                    diffs.append(f"{name} ({_short(a.get(f))} then, {_short(b.get(f))} now)")
+                    if f == "levels":  # the fields that differ, in full (the two schedules cut at 60 said nothing)
+                        diffs.append(f"{name}: {_level_differences(a.get(f), b.get(f))}")
+                    else:
+                        diffs.append(f"{name} ({_short(a.get(f))} then, {_short(b.get(f))} now)")
         elif k == "source_path" and k not in old:
             continue  # recorded before the path was
         elif k in (INPUTS, PREPROCESSING):
