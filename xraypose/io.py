@@ -20,7 +20,18 @@
   all are staged first, so a write error changes none of the old ones; then
   they replace the old files and the old run's files that this run does not
   write are removed (a result folder holds only the current run's files).
-  The renames are one per file: a kill between two of them leaves new files beside old ones (below).
+  The renames are one per file, so a roll-forward *journal*, :data:`JOURNAL`, makes them all-or-nothing:
+  once every file is staged (fsynced), the journal — each temporary file's rename onto its target, each
+  deletion — is written atomically; only then are they done, and the journal deleted.  A kill (SIGKILL, power
+  loss) between two renames leaves the journal and the temporary files not yet renamed;
+  :func:`finish_interrupted_write`, which the next write into the folder and :func:`check_output_folder` (every
+  command, before computing) call first, does what is left: any later xraypose command finds the new result
+  whole (until 2026-12-06 it found new files beside old ones).  A kill before the journal leaves the old
+  files untouched.  :func:`remove_stale_temp_files` keeps the temporary files a journal names.  Why a journal
+  and not a new folder swapped in: the output folder may hold the user's own files, which must never be moved;
+  and rolling *forward* keeps nothing of the old result, so it costs no space or copy.  A file the user put,
+  after the kill, where the journal would replace or delete one (it records each such file's inode, size and
+  mtime) is refused, not lost (:class:`OutputError` naming it, nothing changed).
   (``xraypose evaluate`` keeps its own order: a case's ``result.json``, which ``--resume`` reads,
   is written after its other files.)
 * A result replaces only files xraypose wrote: :func:`atomic_write_files` with ``remove`` (a result
@@ -31,10 +42,11 @@
   computing.  Nor does it replace part of another kind of result: a registration's trajectory.json over a
   track's, whose trajectory.csv and overlay.gif the manifest lists beside it (refused the same way; the
   manifest's ``"kind"`` is the names that kind of result writes, its ``remove``).
-* Between its first rename and the manifest's, a result's write would leave files under a manifest that
-  does not list them: a new ``metrics.json`` the earlier result did not have, or the earlier result's
-  ``trajectory.json`` the new one lacks (deleted just before the new manifest is renamed in) — which the
-  next result would refuse as the user's.  So once every file is staged, before the first rename, the
+* Between its first rename and the manifest's (until the journal is finished), a result's write leaves
+  files under a manifest that does not list them: a new ``metrics.json`` the earlier result did not have, or
+  the earlier result's ``trajectory.json`` the new one lacks (deleted just before the new manifest is renamed
+  in) — which the next result would refuse as the user's (were the journal left unfinished: a user's file in
+  the way).  So once every file is staged, before the first rename, the
   manifest is replaced (atomically, as every file) by a *pending* one: ``"files"`` the names of both
   results (those it listed and this result's), ``"pending"`` this result's names.  A kill anywhere after
   it leaves every file xraypose wrote listed; the new manifest, renamed in last, lists this result's alone.
@@ -75,6 +87,8 @@ TEMP_MARK = ".xraypose-"
 
 #: The file in a result folder that lists the files xraypose wrote there (:func:`atomic_write_files`).
 MANIFEST = ".xraypose-result.json"
+#: A result's write in progress in a folder (:func:`atomic_write_files`), finished by :func:`finish_interrupted_write`.
+JOURNAL = ".xraypose-journal.json"
 # (START: the writer's process start, since 2026-12-06; names without it are read as before, by the PID alone)
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.xraypose-(?P<pid>\d+)(?:-(?P<start>\d+))?-[0-9a-f]+\.tmp$")
 # Temporary files of earlier versions (tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")): removed when
@@ -192,8 +206,13 @@ def remove_stale_temp_files(folder, name: str | None = None, recursive: bool = F
     if not folder.is_dir():
         return []
     pattern = f".{glob.escape(_temp_stem(name))}.*.tmp" if name else ".*.tmp"
-    removed = []
+    removed, seen, kept = [], set(), set()
     for p in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
+        for d in {folder, p.parent} - seen:  # a killed write's files, to be renamed when it is finished: kept
+            seen.add(d)
+            kept |= {d / tmp for tmp, _, _ in (_read_journal(d) or {}).get("renames", [])}
+        if p in kept:
+            continue
         if p.is_file() and is_stale_temp_file(p):
             try:
                 p.unlink()
@@ -256,15 +275,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
-    """Write the files of one result into ``folder`` together, replacing an earlier result.
+    """Write the files of one result into ``folder`` together, replacing an earlier result all-or-nothing.
 
-    All files are first written to temporary files (the step that can fail, e.g. on a full
-    disk: then every temporary file is removed and the folder is unchanged), then renamed over
-    the old ones, the :data:`MANIFEST` (with ``remove``) last: just before it, the files named in
-    ``remove`` that this call did not write (the previous run's) are deleted.
-    A kill (or a failed rename) between two renames leaves some new files beside old ones under the
-    pending manifest (renamed in before the first of them: both results' names), so the next
-    result replaces or deletes any of them as xraypose's.
+    An interrupted earlier write into ``folder`` is finished first (:func:`finish_interrupted_write`).  All
+    files are then written to temporary files (the step that can fail, e.g. on a full disk: then every
+    temporary file is removed and the folder is unchanged); the pending :data:`MANIFEST` is renamed in; the
+    :data:`JOURNAL` is written (the write is decided from here on); then the temporary files are renamed over
+    the old ones, the manifest (with ``remove``) last: just before it, the files named in ``remove`` that this
+    call did not write (the previous run's) are deleted; then the journal is deleted.  A kill (or a failed
+    rename) after the journal is written leaves the rest to the next write or check (module docstring).
 
     Args:
         folder: an existing folder.
@@ -274,11 +293,13 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
             (or of ``files``') that the folder's :data:`MANIFEST` does not list is the user's, and
             :class:`OutputError` is raised before anything is written (:func:`check_replaceable`).
     Raises:
-        OutputError: a write failed (nothing changed), or a file to replace is not xraypose's.
+        OutputError: a write failed (nothing changed; or, a rename failing once the journal was written, left
+            to be finished), or a file to replace is not xraypose's.
     Returns:
         the written paths.
     """
     folder = Path(folder)
+    finish_interrupted_write(folder)
     remove_stale_temp_files(folder)
     pending = None
     if remove:  # a result replacing an earlier one: never a file the user made
@@ -287,6 +308,7 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
         files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files),  # renamed last
                                                 "kind": sorted(set(remove))})}
     staged: list[tuple[Path, Path]] = []
+    decided = False
     try:
         for name, data in files.items():
             target = folder / name
@@ -294,20 +316,97 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
             staged.append((_write_temp(target, data), target))
         if pending is not None:  # before the first rename: both results' names listed (module docstring)
             atomic_write_bytes(folder / MANIFEST, pending)
-        for tmp, target in staged:
-            if target.name == MANIFEST:  # the last: the earlier result's other files go first
-                for name in remove:
-                    if name not in files and (folder / name).is_file():
-                        _unlink_quietly(folder / name)
+        gone = [n for n in dict.fromkeys(remove) if n not in files and (folder / n).is_file()]
+        journal = {"written_by": "xraypose",
+                   "renames": [[tmp.relative_to(folder).as_posix(), t.relative_to(folder).as_posix(), _identity(t)]
+                               for tmp, t in staged],
+                   "delete": [[n, _identity(folder / n)] for n in gone]}
+        atomic_write_bytes(folder / JOURNAL, json_bytes(journal))
+        decided = True
+    finally:
+        if not decided:  # nothing changed, no temporary file left
+            for tmp, _ in staged:
+                _unlink_quietly(tmp)
+    _roll_forward(folder, journal)
+    return [t for _, t in staged if t.name != MANIFEST]  # the result's files (not the manifest)
+
+
+def _identity(p: Path) -> list | None:
+    """The file ``p`` as the journal records it (inode, size, mtime), None where there is none: a file the user
+    puts there later differs."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _read_journal(folder: Path) -> dict | None:
+    """The :data:`JOURNAL` in ``folder``, None where there is none (or it is none of ours: names outside the
+    folder, renames of other than this project's temporary files)."""
+    try:
+        data = json.loads((folder / JOURNAL).read_bytes())
+        renames, delete = data["renames"], data["delete"]
+        names = [n for tmp, target, _ in renames for n in (tmp, target)] + [n for n, _ in delete]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    inside = all(isinstance(n, str) and n and not os.path.isabs(n) and ".." not in Path(n).parts for n in names)
+    if not inside or not all(_TEMP_RE.match(Path(tmp).name) for tmp, _, _ in renames):
+        return None
+    return data
+
+
+def finish_interrupted_write(folder) -> bool:
+    """Finish the write of a result into ``folder`` (:func:`atomic_write_files`) that a kill interrupted after
+    its :data:`JOURNAL` was written: the renames and deletions not yet done are done, then the journal is
+    deleted, so the folder holds the new result whole.  Called by every such write and by
+    :func:`check_output_folder`.  Returns whether there was one.
+
+    Raises:
+        OutputError: a file the journal would replace or delete was put there since (the user's now): named,
+            nothing changed; or a rename failed.
+    """
+    folder = Path(folder)
+    journal = _read_journal(folder)
+    if journal is None:
+        if (folder / JOURNAL).is_file():
+            _unlink_quietly(folder / JOURNAL)  # unreadable: none of ours (ours are written atomically)
+        return False
+    _roll_forward(folder, journal)
+    return True
+
+
+def _roll_forward(folder: Path, journal: dict) -> None:
+    """Do what is left of ``journal`` in ``folder`` (:func:`finish_interrupted_write`); a temporary file no
+    longer there was renamed already."""
+    renames = [(folder / tmp, folder / target, ident) for tmp, target, ident in journal["renames"]]
+    delete = [(folder / n, ident) for n, ident in journal["delete"]]
+    todo = [(t, ident) for tmp, t, ident in renames if tmp.exists()] + delete
+    changed = [t for t, ident in todo if _identity(t) not in (None, ident)]
+    if changed:
+        named = ", ".join(p.relative_to(folder).as_posix() for p in changed)
+        raise OutputError(f"output folder {folder} holds {named}, put there after an xraypose write into it was "
+                          f"interrupted, which would replace or delete {'them' if len(changed) > 1 else 'it'}: "
+                          f"move {'them' if len(changed) > 1 else 'it'} away (or delete {folder / JOURNAL} to "
+                          "leave the folder as the interruption did)")
+    manifest_last = bool(renames) and renames[-1][1].name == MANIFEST
+    for i, (tmp, target, _) in enumerate(renames):
+        if manifest_last and i == len(renames) - 1:  # the last: the earlier result's files go first
+            _delete(delete)
+        if tmp.exists():
             try:
                 os.replace(tmp, target)
             except OSError as e:
                 raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                _unlink_quietly(tmp)
-    return [t for _, t in staged if t.name != MANIFEST]  # the result's files (not the manifest)
+    if not manifest_last:
+        _delete(delete)
+    _unlink_quietly(folder / JOURNAL)
+
+
+def _delete(files) -> None:
+    for p, _ in files:
+        if p.is_file():
+            _unlink_quietly(p)
 
 
 def _pending_manifest(folder: Path, files: dict, remove=()) -> bytes:
@@ -424,13 +523,16 @@ def check_replaceable(folder, names) -> None:
 def check_output_folder(path, replaces=()) -> Path:
     """Check, before computing, that the output folder ``path`` can be created or written.
 
-    Nothing is created.  Raises :class:`OutputError` naming the problem: ``path`` is empty, is a file,
+    Nothing is created (a result's write into ``path`` that a kill interrupted is finished:
+    :func:`finish_interrupted_write`).  Raises :class:`OutputError` naming the problem: ``path`` is empty, is a file,
     lies under a file, or its folder (or nearest existing parent) is not writable; or it holds a file
     named in ``replaces`` (the result's files) that xraypose did not write there (:func:`check_replaceable`).
     """
     if not str(path).strip():
         raise OutputError("the output folder is an empty path; give a folder name")
     p = Path(path).expanduser()
+    if p.is_dir():
+        finish_interrupted_write(p)  # a result's write a kill interrupted: the folder holds it whole
     check_replaceable(p, replaces)
     if p.exists() and not p.is_dir():
         raise OutputError(f"output {p} exists and is not a folder")
