@@ -234,3 +234,40 @@ def test_register_killed_between_its_files_renames_is_finished_by_the_next_comma
         "pose.json": new_pose, "views.png": new_views[0], "notes.txt": b"mine",
         MANIFEST: (res / MANIFEST).read_bytes()}
     assert json.loads((res / MANIFEST).read_text())["files"] == ["pose.json", "views.png"]
+
+
+def _pose(x: float) -> bytes:
+    return json.dumps({"camera_to_world": [[1, 0, 0, x], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}).encode()
+
+
+def test_a_pose_file_read_as_a_start_is_the_interrupted_results_new_one(tmp_path, monkeypatch):
+    """``--pose-json OUT/pose.json`` (a start for register, track, render) read the old pose.json of a result a
+    kill had left half-replaced (its views.png already the new one's).  The read finishes the write first."""
+    from xraypose.cli.steps import read_start_file
+    from xraypose.register.initializers import pose_from_json
+
+    for read in (lambda p: pose_from_json(p)[0], lambda p: read_start_file(p)[1]):
+        d = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        atomic_write_files(d, {"pose.json": _pose(1.0), "metrics.json": b"{}"}, remove=NAMES)
+        _killed_write(monkeypatch, d, "pose.json", {"views.png": b"new views", "pose.json": _pose(2.0)})
+        assert (d / "views.png").read_bytes() == b"new views"  # the kill's mix: the new picture, the old pose
+        assert float(read(d / "pose.json")[0, 3]) == 2.0
+        assert _visible(d) == {"views.png": b"new views", "pose.json": _pose(2.0)}
+
+
+def test_a_write_finished_meanwhile_by_another_process_is_no_error(tmp_path, monkeypatch):
+    """A command reading a pose file (which holds no lock on its folder) may finish a write while its writer
+    still renames: the writer finds its temporary file gone, renamed already, and goes on."""
+    d = _folder(tmp_path, "r")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "views.png":  # between the writer's check that its file is there and its rename
+            monkeypatch.setattr(xio.os, "replace", real)
+            assert xio.finish_interrupted_write(d)
+        return real(src, dst)
+
+    monkeypatch.setattr(xio.os, "replace", replace)
+    atomic_write_files(d, NEW, remove=NAMES)
+    _assert_whole(d, NEW)

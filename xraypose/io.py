@@ -24,14 +24,15 @@
   once every file is staged (fsynced), the journal — each temporary file's rename onto its target, each
   deletion — is written atomically; only then are they done, and the journal deleted.  A kill (SIGKILL, power
   loss) between two renames leaves the journal and the temporary files not yet renamed;
-  :func:`finish_interrupted_write`, which the next write into the folder and :func:`check_output_folder` (every
-  command, before computing) call first, does what is left: any later xraypose command finds the new result
-  whole (until 2026-12-06 it found new files beside old ones).  A kill before the journal leaves the old
-  files untouched.  :func:`remove_stale_temp_files` keeps the temporary files a journal names.  Why a journal
-  and not a new folder swapped in: the output folder may hold the user's own files, which must never be moved;
-  and rolling *forward* keeps nothing of the old result, so it costs no space or copy.  A file the user put,
-  after the kill, where the journal would replace or delete one (it records each such file's inode, size and
-  mtime) is refused, not lost (:class:`OutputError` naming it, nothing changed).
+  :func:`finish_interrupted_write`, which the next write into the folder, :func:`check_output_folder` (every
+  command, before computing) and :func:`finish_before_reading` (a pose file read as a start) call first, does
+  what is left: any later xraypose command finds the new result whole (until 2026-12-06 it found new files
+  beside old ones).  A kill before the journal leaves the old files untouched.  :func:`remove_stale_temp_files`
+  keeps the temporary files a journal names.  Why a journal and not a new folder swapped in: the output folder
+  may hold the user's own files, which must never be moved; and rolling *forward* keeps nothing of the old
+  result, so it costs no space or copy.  A file the user put, after the kill, where the journal would replace
+  or delete one (it records each such file's inode, size and mtime) is refused, not lost (:class:`OutputError`
+  naming it, nothing changed).  The folder itself is not fsynced after the renames, as nowhere in this module.
   (``xraypose evaluate`` keeps its own order: a case's ``result.json``, which ``--resume`` reads,
   is written after its other files.)
 * A result replaces only files xraypose wrote: :func:`atomic_write_files` with ``remove`` (a result
@@ -376,6 +377,17 @@ def finish_interrupted_write(folder) -> bool:
     return True
 
 
+def finish_before_reading(path) -> None:
+    """Before a command reads the file ``path`` of a result (a ``pose.json`` given as a start): a write into its
+    folder that a kill interrupted is finished (:func:`finish_interrupted_write`), so the file read is the new
+    result's, as the next write there would make it.  Best effort: one that cannot be finished (a read-only
+    folder, a user's file in its way) leaves the file as it is."""
+    folder = Path(path).parent
+    if (folder / JOURNAL).is_file():
+        with contextlib.suppress(OutputError):
+            finish_interrupted_write(folder)
+
+
 def _roll_forward(folder: Path, journal: dict) -> None:
     """Do what is left of ``journal`` in ``folder`` (:func:`finish_interrupted_write`); a temporary file no
     longer there was renamed already."""
@@ -397,6 +409,8 @@ def _roll_forward(folder: Path, journal: dict) -> None:
             try:
                 os.replace(tmp, target)
             except OSError as e:
+                if isinstance(e, FileNotFoundError) and not tmp.exists():
+                    continue  # renamed meanwhile: the same write finished by another process (a reader's)
                 raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
     if not manifest_last:
         _delete(delete)

@@ -123,9 +123,11 @@ def read_start_file(path) -> tuple[str, torch.Tensor]:
     import torch
 
     F64 = torch.float64
+    from xraypose.io import finish_before_reading
     from xraypose.register.initializers import pose_from_json
     from xraypose.schema import Matrix4, Object, read_checked
 
+    finish_before_reading(path)  # a result's write a kill interrupted: its new pose
     data = read_checked(Path(path), Object({"rig_to_world": Matrix4()}, open=True), "pose file")
     if "rig_to_world" in data:
         return "rig_to_world", torch.tensor(data["rig_to_world"], dtype=F64)

@@ -218,9 +218,11 @@ def pose_from_json(path) -> torch.Tensor:
             not UTF-8 / not JSON, a matrix that is not 4×4 numbers, not finite,
             beyond 1 km, not rigid, or two matrices that disagree.
     """
+    from xraypose.io import finish_before_reading
     from xraypose.schema import POSE_FILE, read_checked
 
     p = Path(path)
+    finish_before_reading(p)  # a registration's pose.json a kill left half-replaced: its new one
     data = read_checked(p, POSE_FILE, "pose file")
     c2w, w2c = data.get("camera_to_world"), data.get("world_to_camera")
     if c2w is None and w2c is None and isinstance(data.get("pose"), dict):
