@@ -271,3 +271,48 @@ def test_a_write_finished_meanwhile_by_another_process_is_no_error(tmp_path, mon
     monkeypatch.setattr(xio.os, "replace", replace)
     atomic_write_files(d, NEW, remove=NAMES)
     _assert_whole(d, NEW)
+
+
+def _record_renames_and_folder_fsyncs(monkeypatch) -> list:
+    """``os.replace`` and ``os.fsync`` recorded in order: ``("replace", target)`` and ``("fsync_dir", inode)`` for an
+    fsync of a folder (a file's fsync is not recorded)."""
+    events, real_replace, real_fsync = [], os.replace, os.fsync
+
+    def replace(src, dst, *a, **k):
+        real_replace(src, dst, *a, **k)
+        events.append(("replace", Path(dst).name))
+
+    def fsync(fd):
+        real_fsync(fd)
+        st = os.fstat(fd)
+        if os.path.stat.S_ISDIR(st.st_mode):
+            events.append(("fsync_dir", st.st_ino))
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return events
+
+
+def test_a_write_puts_the_folders_entries_on_the_disk_after_its_renames(tmp_path, monkeypatch):
+    """A file's fsync holds its bytes; only the folder's fsync holds its new name: without it a power loss after
+    the write may find the old file (or none).  Every write fsyncs the folder after its last rename, and a several-
+    file write also before its journal (the staged names on the disk before the renames it commits)."""
+    events = _record_renames_and_folder_fsyncs(monkeypatch)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    ino = folder.stat().st_ino
+
+    xio.atomic_write_bytes(folder / "one.json", b"{}")
+    assert events[-2:] == [("replace", "one.json"), ("fsync_dir", ino)]
+
+    events.clear()
+    atomic_write_files(folder, NEW, remove=NAMES)
+    last_replace = max(i for i, e in enumerate(events) if e[0] == "replace")
+    assert ("fsync_dir", ino) in events[last_replace:]
+    journal_at = events.index(("replace", xio.JOURNAL))
+    assert ("fsync_dir", ino) in events[:journal_at]
+
+    events.clear()
+    with xio.atomic_output(folder / "two.h5") as tmp:
+        Path(tmp).write_bytes(b"h5")
+    assert events[-2:] == [("replace", "two.h5"), ("fsync_dir", ino)]

@@ -32,7 +32,9 @@
   may hold the user's own files, which must never be moved; and rolling *forward* keeps nothing of the old
   result, so it costs no space or copy.  A file the user put, after the kill, where the journal would replace
   or delete one (it records each such file's inode, size and mtime) is refused, not lost (:class:`OutputError`
-  naming it, nothing changed).  The folder itself is not fsynced after the renames, as nowhere in this module.
+  naming it, nothing changed).  Every write fsyncs the folder after its rename(s) (and a journal's write, its
+  staged files' folders before the journal): a file's fsync holds its bytes, the folder's its name, so a power
+  loss keeps what a write finished (before 2026-12-06 no folder was fsynced).
   (``xraypose evaluate`` keeps its own order: a case's ``result.json``, which ``--resume`` reads,
   is written after its other files.)
 * A result replaces only files xraypose wrote: :func:`atomic_write_files` with ``remove`` (a result
@@ -247,6 +249,22 @@ def _unlink_quietly(p: Path) -> None:
         pass
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries to the disk (the renames and new names in it), so that a power loss after a write
+    keeps it: a file's own fsync holds its bytes, not its name.  Best effort: where a folder cannot be opened
+    (Windows) or fsynced, nothing."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _check_parent(path: Path) -> None:
     parent = path.parent
     if not parent.exists():
@@ -273,6 +291,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+    _fsync_dir(path.parent)  # the new name on the disk too (a power loss)
 
 
 def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
@@ -317,6 +336,8 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
             staged.append((_write_temp(target, data), target))
         if pending is not None:  # before the first rename: both results' names listed (module docstring)
             atomic_write_bytes(folder / MANIFEST, pending)
+        for d in dict.fromkeys(tmp.parent for tmp, _ in staged):  # the staged names on the disk before the journal
+            _fsync_dir(d)
         gone = [n for n in dict.fromkeys(remove) if n not in files and (folder / n).is_file()]
         journal = {"written_by": "xraypose",
                    "renames": [[tmp.relative_to(folder).as_posix(), t.relative_to(folder).as_posix(), _identity(t)]
@@ -414,6 +435,8 @@ def _roll_forward(folder: Path, journal: dict) -> None:
                 raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
     if not manifest_last:
         _delete(delete)
+    for d in dict.fromkeys([*(t.parent for _, t, _ in renames), folder]):  # the renames on the disk, then no journal
+        _fsync_dir(d)
     _unlink_quietly(folder / JOURNAL)
 
 
@@ -458,6 +481,7 @@ def atomic_output(path: str | os.PathLike):
     except OSError as e:
         _unlink_quietly(tmp)
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    _fsync_dir(path.parent)
 
 
 #: The target name of the writability probes (:func:`_probe_folder`): ``.write-test.xraypose-PID-START-TOKEN.tmp``.
