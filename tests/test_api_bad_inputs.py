@@ -602,6 +602,8 @@ def test_register_xray_names_fiducials_of_a_bad_shape(sample_ct, registrar, imag
     (dict(lm_linearised=1), "config: lm_linearised = 1 must be true or false"),
     (dict(revisit=None), "config: revisit = None must be true or false"),
     (dict(convention="ABC"), "config: convention = 'ABC' must be None or an Euler axis sequence"),
+    (dict(convention="XYZ"), "config: convention = 'XYZ' is the axis sequence of Euler angles, but "
+                             "parameterization = 'se3_log_map' (it would be ignored)"),
     (dict(lr_rot=True), "config: lr_rot = True must be a finite number > 0"),
     (dict(levels=16), "config: levels = 16 must be a list of Level objects"),
     (dict(levels=[{"size": 16, "speed": 2}]), "config: levels = {'size': 16, 'speed': 2} is not a level: "),

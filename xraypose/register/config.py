@@ -385,7 +385,7 @@ class RegistrationConfig:
     """
 
     parameterization: str = "se3_log_map"
-    convention: str | None = None
+    convention: str | None = None  # Euler axis sequence (euler_angles only; "ZXY" by default there, else None)
     frame: str = "isocentric"
     similarity: str = "mncc"
     mix_alpha: float = 0.5
@@ -442,6 +442,10 @@ class RegistrationConfig:
                                                                                   and v.upper() in EULER_CONVENTIONS))):
             config_error("convention", v, f"must be None or an Euler axis sequence: {', '.join(EULER_CONVENTIONS)} "
                                           "(lowercase: extrinsic)")
+        if v is not None and self.parameterization != "euler_angles":  # (it was ignored without a word)
+            config_error("convention", v, "is the axis sequence of Euler angles, but parameterization = "
+                         f"{self.parameterization!r} (it would be ignored): leave convention None, or set "
+                         "parameterization 'euler_angles'")
         if self.frame not in ("isocentric", "world"):
             raise InputError(f"unknown parameter frame {self.frame!r}; choose isocentric or world")
         if self.similarity not in SIMILARITY_MEASURES:
