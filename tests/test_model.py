@@ -201,3 +201,13 @@ def test_an_architecture_holds_exactly_the_keys_checkpoints_are_checked_on():
     from xraypose.model import _ARCHITECTURE_KEYS, PoseRegressor
 
     assert sorted(PoseRegressor(TINY).architecture()) == sorted(_ARCHITECTURE_KEYS)
+
+
+def test_a_model_with_an_unknown_euler_convention_is_refused_when_made():
+    """``PoseRegressor(..., "euler_angles", "QQQ")``: accepted, then failed at its first forward pass deep in the
+    geometry; a one-line error naming the convention and the valid ones when the model is made (a checkpoint's
+    architecture goes through the same constructor)."""
+    with pytest.raises(InputError, match=r"^convention 'QQQ' is not an Euler axis sequence: one of .*ZYX") as e:
+        PoseRegressor(TINY, "euler_angles", "QQQ")
+    assert "\n" not in str(e.value)
+    assert PoseRegressor(TINY, "euler_angles", "zyx").convention == "zyx"  # lowercase: extrinsic

@@ -161,6 +161,12 @@ class PoseRegressor(nn.Module):
             raise InputError(f"convention {convention!r} is the axis sequence of Euler angles, but the "
                              f"parameterization is {parameterization!r} (it would be ignored): leave convention "
                              "unset, or use parameterization 'euler_angles'")
+        if convention is not None:
+            from xraypose.names import EULER_CONVENTIONS, is_euler_convention
+
+            if not is_euler_convention(convention):  # (it failed at the first forward pass, deep in the geometry)
+                raise InputError(f"convention {convention!r} is not an Euler axis sequence: one of "
+                                 f"{', '.join(EULER_CONVENTIONS)} (lowercase: extrinsic)")
         if norm not in NORMS:
             raise InputError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
         if int(pool_grid) < 1:
