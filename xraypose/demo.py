@@ -76,14 +76,16 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
     t_all = time.perf_counter()
     ct = load_sample_ct()
     _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
+    t_train = time.perf_counter()
     tr, train_s = _train_model(ct, out, s, quiet)
+    train_now_s = time.perf_counter() - t_train  # less than train_s where an earlier run's training was resumed/reused
     cases = _simulate_xrays(ct, s, quiet)
     regs = _register(ct, out, cases, s, quiet)
     rows, sections = _write_case_files(ct, out, cases, regs, tr)
     summary = _summary(rows, tr, train_s, t_all)
     atomic_write_json(out / "summary.json", summary)
     _write_demo_report(out, summary, rows, sections, s, tr, train_s)
-    _print_summary(out, summary, s, train_s, len(rows), quiet)
+    _print_summary(out, summary, s, train_s, len(rows), quiet, train_now_s=train_now_s)
     return summary
 
 
@@ -345,8 +347,10 @@ def _write_demo_report(out: Path, summary: dict, rows: list, sections: list, s: 
     )
 
 
-def _print_summary(out: Path, summary: dict, s: DemoSettings, train_s: float, n: int, quiet: bool) -> None:
-    """The four-line summary on stdout (nothing when ``quiet``)."""
+def _print_summary(out: Path, summary: dict, s: DemoSettings, train_s: float, n: int, quiet: bool,
+                   train_now_s: float | None = None) -> None:
+    """The summary on stdout (nothing when ``quiet``); ``train_now_s``: the seconds this run spent on the training
+    (``train_s`` is the whole training's, earlier runs' included when it was resumed or reused)."""
     _say("", quiet)
     _say(f"report: {(out / 'report.html').resolve()}", quiet)
     _say(f"success rate (mTRE < 1 mm): {100 * summary['success_rate_1mm']:.0f} % of {n} X-rays", quiet)
@@ -361,7 +365,10 @@ def _print_summary(out: Path, summary: dict, s: DemoSettings, train_s: float, n:
              + (f" (of the ok: {100 * summary['ok_below_2mm']:.0f} % below 2 mm)" if "ok_below_2mm" in summary else ""),
              quiet)
     _say(f"median time: {summary['median_opt_s']:.2f} s registration + {summary['median_init_s']:.2f} s model per X-ray "
-         f"(training {train_s / 60:.1f} min, total {summary['total_s'] / 60:.1f} min)", quiet)
+         + (f"(training {train_s / 60:.1f} min, total {summary['total_s'] / 60:.1f} min)"
+            if train_now_s is None or train_s - train_now_s < 1.0 else
+            f"(training {train_s / 60:.1f} min, {train_now_s / 60:.1f} min of it in this run; this run "
+            f"{summary['total_s'] / 60:.1f} min)"), quiet)
     if s.train_seconds < 120:
         _say(f"(a model trained for {s.train_seconds:.0f} s starts far from the truth and registration often fails "
              "from there: this is the pipeline's quick check. `xraypose demo` trains for 6 minutes.)", quiet)
