@@ -338,6 +338,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ignore-masks", action="store_true", help="track without the frames' preprocessing masks "
                     "(as this benchmark did until 2026-12-03, stop 32); `xraypose track` always uses them")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-poses", action="store_true",
+                    help="keep each frame's poses in the JSON (camera_to_world as tracked, registered, predicted and "
+                         "the truth, (4, 4) in the preprocessed camera's frame) for probes of single frames")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--motion", default="smooth", choices=["none", "filter", "smooth"],
                     help="the motion model (xraypose.register.motion): the frames' registrations alone, the "
@@ -573,6 +576,10 @@ def main(argv=None) -> int:
                      "mtre": err(fr.camera_to_world, fr.index), "mtre_registered": err(fr.registered, fr.index),
                      "depth_error_mm": depth_error(fr.camera_to_world, poses[fr.index], fid),
                      "depth_error_registered_mm": depth_error(fr.registered, poses[fr.index], fid)})
+        if args.save_poses:
+            rows[-1]["poses"] = {"tracked": fr.camera_to_world.tolist(), "registered": fr.registered.tolist(),
+                                 "predicted": None if fr.predicted is None else fr.predicted.tolist(),
+                                 "truth": poses[fr.index].tolist()}
     if args.counts != "none":
         report["counts"] = refine_counts(vol, rows, out, raws, poses, fid, pcam, args)
     mt = torch.tensor([r["mtre"] for r in rows])
