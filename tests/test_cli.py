@@ -241,3 +241,17 @@ def test_the_demos_summary_prints_each_results_own_spread(tmp_path, capsys):
     del summary["median_sd_along_beam_mm"]
     _print_summary(tmp_path, summary, DemoSettings(), 300.0, 12, quiet=False)
     assert "along the beam" not in capsys.readouterr().out
+
+
+def test_the_demos_summary_says_how_much_of_a_resumed_training_this_run_spent(tmp_path, capsys):
+    """A demo re-run that reused (or resumed) an earlier run's training printed "training 5.9 min, total 3.1 min":
+    the training longer than the whole run.  It says how much of the training this run spent; a fresh training
+    keeps the plain line (the README's demo output)."""
+    from xraypose.demo import DemoSettings, _print_summary
+
+    summary = {"success_rate_1mm": 1.0, "median_mtre_mm": 0.1, "median_start_mtre_mm": 20.0, "median_opt_s": 0.5,
+               "median_init_s": 0.1, "total_s": 186.0}
+    _print_summary(tmp_path, summary, DemoSettings(), 354.0, 12, quiet=False, train_now_s=0.2)
+    assert "(training 5.9 min, 0.0 min of it in this run; this run 3.1 min)" in capsys.readouterr().out
+    _print_summary(tmp_path, {**summary, "total_s": 420.0}, DemoSettings(), 354.0, 12, quiet=False, train_now_s=356.0)
+    assert "(training 5.9 min, total 7.0 min)" in capsys.readouterr().out
