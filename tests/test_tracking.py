@@ -908,6 +908,51 @@ def test_a_failed_check_the_sequence_contradicts_is_kept_uncertain(volume, smoot
     assert old[5].reinitialised and old[5].verdict == "failed" and not old[5].vouched
 
 
+def test_a_failed_frame_between_measured_ones_reports_the_smoothers_estimate(volume, smooth_sequence, monkeypatch):
+    """A frame whose check fails every time (re-initialised, still `failed`: the filter coasts over it) in the
+    middle of a smooth sequence: with the smoother its estimate is the smoother's, interpolated from the
+    frames on both sides, with that estimate's spread; its own registration stays in ``registered``.  With
+    the filter alone (no later frame to interpolate from) it keeps its registration, as before."""
+    import xraypose.register.tracking as tracking
+    from xraypose.register.confidence import Confidence
+
+    frames, cam = _preprocessed(smooth_sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    real = tracking._check
+
+    def fails_frame_5(registrar, images, camera, poses, starts, masks=None):
+        out = real(registrar, images, camera, poses, starts, masks)
+        if images.shape == frames[5:6].shape and torch.equal(images, frames[5:6]):
+            return [Confidence(0.10, "failed", "test: fails frame 5", {}, 0.0) for _ in range(len(poses))]
+        return out
+
+    monkeypatch.setattr(tracking, "_check", fails_frame_5)
+    out = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=False, vouch_failed=False)
+    assert out[5].verdict == "failed" and out[5].reinitialised
+    assert not torch.allclose(out[5].camera_to_world, out[5].registered)
+    assert out[5].spread is not None and out[5].covariance is not None
+    err = float(pose_errors(out[5].camera_to_world, smooth_sequence["poses"][5], smooth_sequence["fid"], cam)["mtre"])
+    assert err < 2.0, err
+    filt = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=False, vouch_failed=False,
+                          motion="filter")
+    assert filt[5].verdict == "failed" and torch.equal(filt[5].camera_to_world, filt[5].registered)
+
+
+def test_bracketed_steps():
+    """Only a coasted step with measured steps on both sides in its segment is interpolated."""
+    from types import SimpleNamespace as S
+
+    from xraypose.register.tracking import _bracketed
+
+    def m(restart=False):
+        return S(measured=True, restart=restart)
+
+    c = S(measured=False, restart=False)
+    assert _bracketed([m(True), c, m(), c, c, m(True), c, m(), c]) == [False, True, False, False, False, False,
+                                                                         True, False, False]
+    assert _bracketed([m(True), m(), c]) == [False, False, False] and _bracketed([]) == []
+
+
 def test_a_rigs_failed_frame_the_sequence_contradicts_is_kept_uncertain(volume, smooth_sequence, monkeypatch):
     """The rig form of the rule above: two views (AP and lateral, a rig), the rig's check fails frame 5;
     the sequence vouches for it — kept `uncertain`, `vouched`, not re-initialised, below 2 mm."""
