@@ -20,6 +20,8 @@ estimates' own standard deviation along the beam covers it (``depth_within_2sd``
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import math
 import sys
@@ -179,6 +181,23 @@ def _parse_param(text: str) -> tuple:
         return name, value
 
 
+#: What forms the frames: the settings a ``--frames-cache`` file is keyed by.
+FORMATION_ARGS = ("ct", "family", "frames", "detector", "form_detector", "step_mm", "step_deg", "jump_at", "jump_mm",
+                  "jump_deg", "seed", "param", "same_params")
+
+
+def frames_cache_path(args, fine: int):
+    """``--frames-cache DIR``: the file holding the formed frames of these settings (:data:`FORMATION_ARGS`
+    and the formed detector's rows), or None without the option.  Formed once (a 512² abdominal trajectory
+    takes ~30 min on the 2-core CPU), read by the runs that only change how the frames are tracked.  The key
+    does not cover xraypose's simulator itself: clear the folder when ``xraypose.appearance`` changes."""
+    if not args.frames_cache:
+        return None
+    key = json.dumps({**{k: getattr(args, k) for k in FORMATION_ARGS}, "fine": fine}, sort_keys=True)
+    name = f"frames-{args.ct}-{args.family}-s{args.seed}-{fine}px-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    return Path(args.frames_cache) / name
+
+
 def sequence_weights(masks: list, noise: list):
     """(F, 1, H, W) the frames' pixel weights for ``track_sequence``: each frame's preprocessing mask (a
     saturated plateau, a collimator's shadow; None: every pixel) as ``xraypose track`` passes them, times
@@ -224,9 +243,12 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     from xraypose.metrics import pose_errors
     from xraypose.register.counts import refine_sequence
 
+    from xraypose.register.counts import counts_bin_for
+
     picked = [fr for fr in out if fr.index % args.counts_every == 0]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
-    blur = {"family": family_blur, "estimate": None}.get(args.counts_blur)
+    b = counts_bin_for(tuple(raw0.shape), args.counts_max_side)  # as xraypose track --counts (max side 128)
+    blur = {"family": family_blur / b, "estimate": None}.get(args.counts_blur)
     blur = float(args.counts_blur) if blur is None and args.counts_blur != "estimate" else blur
     starts = [fr.camera_to_world.to(F64) @ torch.linalg.inv(raws[fr.index][2]) for fr in picked]
     t0, times = time.perf_counter(), []
@@ -249,7 +271,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     form, fits = refine_sequence(vol, cam, [raws[fr.index][0] for fr in picked], starts,
                                  isocenter=vol.get_isocenter(), crop=crop, blur_px=blur, air_hu=air,
                                  renderer=None if args.counts == "auto" else args.counts,
-                                 supersample=args.counts_supersample, progress=progress)
+                                 supersample=args.counts_supersample, bin=b, progress=progress)
     print(f"  counts formation: {form.to_dict()}", flush=True)
     done = [rows[fr.index] for fr in picked]
     pooled = {}
@@ -267,7 +289,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
                                                      .pow(2).mean().sqrt())}
     mt = torch.tensor([r["mtre_counts"] for r in done])
     before = torch.tensor([r["mtre"] for r in done])
-    return {"renderer": args.counts, "supersample": args.counts_supersample,
+    return {"renderer": args.counts, "supersample": args.counts_supersample, "bin": b,
             "blur": args.counts_blur, "air": args.counts_air, "formation": form.to_dict(), "blur_px": form.blur_px,
             "frames": len(done),
             "share_below_1mm": float((mt < 1).double().mean()),
@@ -338,6 +360,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ignore-masks", action="store_true", help="track without the frames' preprocessing masks "
                     "(as this benchmark did until 2026-12-03, stop 32); `xraypose track` always uses them")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frames-cache", default=None,
+                    help="a folder: the formed frames are read from it when an earlier run of the same formation "
+                         "settings left them there, else formed and written there (frames_cache_path)")
     ap.add_argument("--save-poses", action="store_true",
                     help="keep each frame's poses in the JSON (camera_to_world as tracked, registered, predicted and "
                          "the truth, (4, 4) in the preprocessed camera's frame) for probes of single frames")
@@ -422,6 +447,9 @@ def main(argv=None) -> int:
                          "renderer and the blur: xraypose track --counts) or a number (-1000: the model until "
                          "stop 43)")
     ap.add_argument("--counts-every", type=int, default=1, help="refine every k-th frame only")
+    ap.add_argument("--counts-max-side", type=int, default=128,
+                    help="the frames' counts summed over k×k pixels until at most this many a side, as xraypose "
+                         "track --counts does (128; until 2026-12-06 unbinned: the formed detector's pixels)")
     ap.add_argument("--tracking", default="default", choices=sorted(TRACKING_VARIANTS),
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
@@ -452,18 +480,32 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     images, poses, formed, weights, masks, raws = [], [], [], [], [], []
     fixed = dict(_parse_param(kv) for kv in args.param)
-    for f, T in enumerate(truth):
-        g = torch.Generator().manual_seed(args.seed * 7 + f)
-        extra = {}
-        if fine != args.detector and args.family == "lowdose" and "photons" not in fixed:
-            # the family's draw per registered pixel, spread over the finer pixels
-            lo, hi = (math.log(x) for x in LOWDOSE_PHOTONS)
-            u = float(torch.rand((), generator=torch.Generator().manual_seed(args.seed * 7919 + f), dtype=F64))
-            extra["photons"] = math.exp(lo + u * (hi - lo)) * area
-        fx = form_xray(vol, form_cam, T, family=args.family, generator=g, **{**fixed, **extra})
+    cache = frames_cache_path(args, fine)
+    if cache is not None and cache.exists():
+        fxs, fixed = torch.load(cache, weights_only=False)
+        print(f"frames read from {cache} (formed by an earlier run of the same settings)", flush=True)
+    else:
+        fxs = []
+        for f, T in enumerate(truth):
+            g = torch.Generator().manual_seed(args.seed * 7 + f)
+            extra = {}
+            if fine != args.detector and args.family == "lowdose" and "photons" not in fixed:
+                # the family's draw per registered pixel, spread over the finer pixels
+                lo, hi = (math.log(x) for x in LOWDOSE_PHOTONS)
+                u = float(torch.rand((), generator=torch.Generator().manual_seed(args.seed * 7919 + f), dtype=F64))
+                extra["photons"] = math.exp(lo + u * (hi - lo)) * area
+            fxs.append(form_xray(vol, form_cam, T, family=args.family, generator=g, **{**fixed, **extra}))
+            if f == 0 and args.same_params:
+                fixed = {k: fxs[0].info[k] for k in fxs[0].parameters}  # not the derived values (effective_kev, …)
+        if cache is not None:
+            from xraypose.io import atomic_write_bytes
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            torch.save((fxs, fixed), buf)
+            atomic_write_bytes(cache, buf.getvalue())
+    for f, fx in enumerate(fxs):
         formed.append(fx.info)
-        if f == 0 and args.same_params:
-            fixed = {k: fx.info[k] for k in fx.parameters}  # not the derived values (effective_kev, …)
         prep = frame_preprocessing(fx, fine, args.detector)
         pre = preprocessed_frame(fx, prep, args)
         images.append(pre.image)

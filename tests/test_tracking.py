@@ -821,6 +821,7 @@ def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequen
     assert c["scatter_mm"] == 0.0  # the simulator's frames have none
     assert any(ln.startswith("counts: formation ") for ln in text.out.splitlines())
     assert doc["counts"]["pooled"] == "smooth"  # the refined poses pooled by the motion model
+    assert doc["counts"]["bin"] == 1  # frames of at most 128 pixels a side are refined as they are
     for fr in doc["frames"]:
         if fr["verdict"] == "failed":
             continue

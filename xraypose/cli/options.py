@@ -410,7 +410,8 @@ COUNTS = typer.Option(False, "--counts", help="Then refine the pose on the raw c
                       "measured on simulated X-rays only (docs/benchmarks.md, stops 42-44). The registered pose is "
                       "kept in the result.")
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the counts' "
-                           "pixels (default: chosen by the likelihood).")
+                           "pixels (an X-ray's pixels summed until it is at most 128 a side: a 512² frame's 4×4; "
+                           "default: chosen by the likelihood).")
 COUNTS_SUPERSAMPLE = typer.Option(2, "--counts-supersample", help="With --counts: DRR pixels per X-ray pixel per "
                                   "side, area-averaged as a detector's pixel integrates intensity (1: 4× faster; "
                                   "biased on X-rays formed finer).")

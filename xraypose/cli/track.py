@@ -457,8 +457,10 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
 
     import torch
 
-    from xraypose.register.counts import pool_fits, refine_sequence
+    from xraypose.register.counts import counts_bin_for, pool_fits, refine_sequence
 
+    b = counts_bin_for((camera.height, camera.width))  # as register --counts: a 512² frame refined at 128²
+    pixel_mm = float(camera.delx) * b  # the counts' (binned) pixels: --counts-blur's unit
     to_view = camera_to_view.to(torch.float64)
     to_raw = torch.linalg.inv(to_view)
     blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
@@ -475,11 +477,12 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
 
     form, fits = refine_sequence(cts.volume, camera, [fr.image for fr in seq.frames], starts,
                                  isocenter=cts.isocenter, crop=crop, blur_px=blur, air_hu=air_hu,
-                                 renderer=renderer, supersample=supersample,
-                                 scatter_px=None if scatter_mm is None else scatter_mm / float(camera.delx),
+                                 renderer=renderer, supersample=supersample, bin=b,
+                                 scatter_px=None if scatter_mm is None else scatter_mm / pixel_mm,
                                  progress=progress)
     chosen = None in (blur, air_hu, scatter_mm, renderer)
-    typer.echo(f"counts: formation {form.describe(camera.delx)}{' (chosen on the first frame)' if chosen else ''}")
+    typer.echo(f"counts: formation {form.describe(pixel_mm)}{' (chosen on the first frame)' if chosen else ''}"
+               f"{f', counts of {b}×{b} pixels summed' if b > 1 else ''}")
     pooled = pool_fits(fits, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
     for fr, fit, T in zip(res, fits, pooled):
         if fit is None:
@@ -489,8 +492,8 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
         fr.camera_to_world = T @ to_view
     return {"blur_px": form.blur_px, "blur_estimated": blur is None, "renderer": form.renderer,
             "renderer_chosen": renderer is None, "air_hu": form.air_hu, "air_chosen": air_hu is None,
-            "scatter_mm": form.scatter_px * float(camera.delx), "scatter_chosen": scatter_mm is None,
-            "supersample": supersample, "pooled": motion,
+            "scatter_mm": form.scatter_px * pixel_mm, "scatter_chosen": scatter_mm is None,
+            "supersample": supersample, "bin": b, "pooled": motion,
             "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
 
 

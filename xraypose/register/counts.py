@@ -691,7 +691,8 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
 
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
                     air_hu: float | None = None, renderer: str | None = None, scatter_px: float | None = None,
-                    supersample: int = 2, progress=None) -> tuple[CountsFormation, list]:
+                    supersample: int = 2, bin: int | None = None, max_side: int = COUNTS_MAX_SIDE,
+                    progress=None) -> tuple[CountsFormation, list]:
     """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
     --counts`` runs it after tracking.
 
@@ -702,8 +703,12 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         poses: F start poses (4, 4) camera_to_world of the raw camera, None for a frame to leave (a failed
             one).
         crop: the border left out (:func:`raw_keep`).
-        blur_px, air_hu, renderer, scatter_px: the formation (:class:`CountsFormation`); each None is
-            chosen on the first frame with a pose (:func:`estimate_counts_formation`) and held for the others.
+        blur_px, air_hu, renderer, scatter_px: the formation (:class:`CountsFormation`; σ and the scatter's
+            width in the *binned* pixels); each None is chosen on the first frame with a pose
+            (:func:`estimate_counts_formation`) and held for the others.
+        bin: pixels per side summed (:func:`bin_counts`; default: :func:`counts_bin_for` ``max_side``, as
+            :func:`refine_xray_on_counts` — a fluoroscope's 512² frames are refined at 128²; unbinned, one
+            256² frame took minutes).  The poses are the raw camera's either way.
         progress: optional ``progress(index, CountsFit or None)`` after each frame.
     Returns:
         ``(formation, fits)``: the formation used and a :class:`CountsFit` per frame (None where the pose
@@ -714,6 +719,7 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
     poses = list(poses)
     if len(raws) != len(poses):
         raise InputError(f"{len(raws)} frames but {len(poses)} poses")
+    b = bin if bin is not None else counts_bin_for(tuple(raws[0].shape[-2:]), max_side) if raws else 1
     fits, coef, form, basis = [], None, None, None
     for i, (raw, pose) in enumerate(zip(raws, poses)):
         if pose is None:
@@ -723,13 +729,14 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
             continue
         keep = raw_keep(raw, crop)
         y, _ = photons_of(raw, keep)
+        y, cam, keep = bin_counts(y, camera, keep, b)
         kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, coefficients=coef)
         if form is None:  # the estimate's fit is this frame's (not refined twice)
-            form, fit, _ = estimate_counts_formation(volume, camera, y, pose, renderer=renderer, air_hu=air_hu,
+            form, fit, _ = estimate_counts_formation(volume, cam, y, pose, renderer=renderer, air_hu=air_hu,
                                                      blur_px=blur_px, scatter_px=scatter_px, **kw)
             basis = counts_basis(volume, air_hu=form.air_hu)
         else:
-            fit = refine_on_counts(basis, volume.affine, camera, y, pose, blur_px=form.blur_px,
+            fit = refine_on_counts(basis, volume.affine, cam, y, pose, blur_px=form.blur_px,
                                    renderer=form.renderer, scatter_px=form.scatter_px, **kw)
         coef = fit.coefficients
         fits.append(fit)
