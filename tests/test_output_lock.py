@@ -249,3 +249,70 @@ def test_of_runs_starting_at_once_one_holds_the_lock(tmp_path):
         t.join(10)
     assert len(won) == 1 and len(refused) == n - 1
     assert not (tmp_path / "out" / LOCK).exists()
+
+
+# ----------------------------------------------------------------------------- the Python API
+def _registration():
+    """A small :class:`~xraypose.register.api.Registration` (no render needed to write it)."""
+    import torch
+
+    from xraypose.camera import Camera, carm_pose
+    from xraypose.register.api import Registration
+
+    T = carm_pose(0.0, 0.0, sod=612.0, isocenter=torch.zeros(3)).to(torch.float64)
+    return Registration(camera_to_world=T, camera=Camera(sdd=1020.0, height=16, width=16, delx=17.5),
+                        initial_pose=T, similarity=0.5, status="converged", iterations=3, bone_multiplier=1.0,
+                        init_s=0.0, opt_s=0.1, batch_opt_s=0.1, batch_size=1, cpu_s=0.1)
+
+
+def test_an_api_write_into_a_folder_another_run_uses_is_refused(tmp_path):
+    """The Python API took no lock: ``write_registration`` (a script's) wrote its pose.json into a folder a
+    running ``xraypose register`` or ``evaluate`` was writing, and the two runs' files mixed.  Now it is refused,
+    naming that run, and writes nothing; the other run's lock stays."""
+    from xraypose.output_lock import OutputInUse
+    from xraypose.register.api import write_registration
+
+    out = tmp_path / "res"
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        _write_lock(out / LOCK, pid=holder.pid)
+        with pytest.raises(OutputInUse, match=f"output folder {out} is in use by another xraypose run "
+                                              rf"\(pid {holder.pid}, started 2026-12-05 10:00:00\+00:00"):
+            write_registration(out, _registration())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK] and json.loads((out / LOCK).read_text())["pid"] == holder.pid
+    write_registration(out, _registration())  # the run is gone: its lock is taken over, and released after
+    assert (out / "pose.json").is_file() and not (out / LOCK).exists()
+
+
+def test_an_api_write_inside_a_command_joins_its_lock(tmp_path):
+    """A command holds its output's lock and calls the API writers into it (``register -o out`` writes through
+    ``write_registration``): they join that lock — not refused as another run's — and leave it held: the
+    command's lock is removed when the command ends, not by the inner write."""
+    from xraypose.output_lock import output_lock
+    from xraypose.register.api import write_registration
+
+    out = tmp_path / "res"
+    with output_lock(out) as lock:
+        held = lock.read_bytes()
+        write_registration(out, _registration())
+        write_registration(out, _registration())
+        assert lock.read_bytes() == held  # still the command's lock
+    assert (out / "pose.json").is_file() and not (out / LOCK).exists()
+
+
+def test_a_second_lock_of_the_same_process_without_join_is_still_refused(tmp_path):
+    """Joining is for the API's writers only: a second command run in the same process (``main`` inside a
+    command: the tests' second run) is refused as before, and a thread's writer joins the process's lock."""
+    from xraypose.output_lock import OutputInUse, output_lock
+
+    with output_lock(tmp_path / "o"):
+        with pytest.raises(OutputInUse, match=f"pid {os.getpid()}"):
+            with output_lock(tmp_path / "o"):
+                pass
+        with output_lock(tmp_path / "o", join=True) as inner:
+            assert inner == tmp_path / "o" / LOCK
+        assert (tmp_path / "o" / LOCK).exists()
+    assert not (tmp_path / "o").exists()

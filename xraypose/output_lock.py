@@ -5,7 +5,14 @@ writing into one folder at once (``evaluate -o out/`` started twice, ``register`
 ``-o``, ``train -o model.pt`` twice) left a ``run.json`` of one beside the ``metrics.csv`` and case folders
 of the other, a model beside another training's ``model.last.pt``, and ``--overwrite`` of one deleted the
 files of the other while it ran.  The commands that write results therefore hold :func:`output_lock` on
-their output while they run (:mod:`xraypose.cli` wraps them; the Python API does not lock):
+their output while they run (:mod:`xraypose.cli` wraps them), and so do the Python API's writers of results
+(:func:`~xraypose.register.api.write_registration`, :func:`~xraypose.register.multiview.write_rig_registration`,
+:func:`~xraypose.evaluate.evaluate`, :func:`~xraypose.datasets.case_folder.check_case` with ``out``,
+:func:`~xraypose.demo.run_demo`): a script's write raced a command's into the same folder.  They *join* a lock
+their own process already holds on that output (``join=True``: the command that called them): their block runs
+under it, and it is removed when the last block of the process holding it ends — never by the inner one, early.
+A second run (a command, or a writer that holds no lock of its own there) is refused as below, in the same
+process too:
 
 * a folder's lock is ``FOLDER/.xraypose.lock`` (hidden: nothing that lists a folder reads it — case
   folders, frame folders, an evaluation's inputs skip hidden files); a model file's (``train -o model.pt``)
@@ -37,6 +44,7 @@ import os
 import shlex
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -195,12 +203,30 @@ def _make_folder(folder: Path) -> list[Path]:
     return made
 
 
+#: The locks this process holds: {(pid, the lock file's real path): [blocks using it, its bytes, its path]}
+#: (:func:`output_lock`; a fork's child holds none of its parent's).
+_HELD: dict[tuple[int, str], list] = {}
+#: Taking a lock and joining one are one step (two threads of a process: one takes it, the other joins or is refused).
+_HELD_GUARD = threading.Lock()
+
+
+def _leave(key: tuple[int, str], entry: list) -> None:
+    """One block using the held lock ``entry`` (:data:`_HELD`'s ``key``) ends; the last one removes the lock file."""
+    with _HELD_GUARD:
+        entry[0] -= 1
+        if entry[0]:
+            return
+        if _HELD.get(key) is entry:
+            del _HELD[key]
+    _release(entry[2], entry[1])
+
+
 def _note(text: str) -> None:
     print(f"xraypose: note: {text}", file=sys.stderr)
 
 
 @contextlib.contextmanager
-def output_lock(output, *, file: bool = False, command: list[str] | None = None, say=_note):
+def output_lock(output, *, file: bool = False, command: list[str] | None = None, say=_note, join: bool = False):
     """Hold the lock of the output folder ``output`` (``file``: of the output file ``output``) for the block
     (module docstring).
 
@@ -209,6 +235,9 @@ def output_lock(output, *, file: bool = False, command: list[str] | None = None,
         file: ``output`` is a model file: the lock is ``STEM.lock`` beside it (:func:`lock_path`).
         command: the command line to record (default ``sys.argv``).
         say: prints the one-line note of a stale lock taken over.
+        join: where this process holds the lock already (a command that calls an API writer), run the block
+            under it (it stays held until that holder's block ends); without ``join`` that is refused as another
+            run's.
     Yields:
         the lock file's path, or None when it could not be created (the output cannot be written: the
         command's own checks refuse it).
@@ -219,15 +248,24 @@ def output_lock(output, *, file: bool = False, command: list[str] | None = None,
         yield None
         return
     path = lock_path(output, file)
-    made = [] if file else _make_folder(path.parent)
+    key = (os.getpid(), os.path.realpath(path))
+    made = []
     try:
-        what = f"output {Path(output).expanduser()}" if file else f"output folder {path.parent}"
-        data = _acquire(path, what, _record(command), say)
+        with _HELD_GUARD:
+            entry = _HELD.get(key) if join else None
+            if entry is not None:
+                entry[0] += 1
+            else:
+                made = [] if file else _make_folder(path.parent)
+                what = f"output {Path(output).expanduser()}" if file else f"output folder {path.parent}"
+                data = _acquire(path, what, _record(command), say)
+                if data is not None:
+                    entry = _HELD[key] = [1, data, path]
         try:
-            yield path if data is not None else None
+            yield path if entry is not None else None
         finally:
-            if data is not None:
-                _release(path, data)
+            if entry is not None:
+                _leave(key, entry)
     finally:
         for d in reversed(made):  # a refused or failed run leaves no empty folder behind
             try:
