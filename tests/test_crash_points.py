@@ -291,3 +291,34 @@ def test_a_demo_killed_while_it_trains_resumes_its_training_when_run_again(tmp_p
     assert (out / "model.pt").read_bytes() == before and len((out / "model.log.jsonl").read_text().splitlines()) \
         == len(rows)
     assert (out / "run.json").read_text() == "mine"
+
+
+def test_an_overwrite_finishes_an_interrupted_write_in_the_folders_it_replaces(evaluated, case, registered_once,
+                                                                               tmp_path, monkeypatch, capsys):
+    """A rig's joint result (``cases/rig/``) is written as one set, through a journal; a kill part way left the
+    journal and its staged files there.  ``evaluate --overwrite`` deleted the earlier evaluation's files but kept
+    the journal and the files it names (the stale-file sweep keeps a journal's): the new evaluation's folder held
+    a journal that, at the next write or read there, put the killed run's pose.json back.  Now the overwrite
+    finishes it first, then deletes its files as the earlier evaluation's: no journal, no staged file, no file of
+    the earlier run is left."""
+    import shutil
+
+    from test_io_journal import _killed_write
+
+    from xraypose.cli import main
+    from xraypose.io import JOURNAL, atomic_write_files, finish_before_reading
+    from xraypose.register.api import RESULT_FILES
+
+    ev = tmp_path / "ev"
+    shutil.copytree(evaluated, ev)
+    rig = ev / "cases" / "rig"
+    rig.mkdir()  # an earlier rig evaluation's joint result, and its next write killed part way
+    atomic_write_files(rig, {"pose.json": b"old pose", "metrics.json": b"old metrics"}, remove=RESULT_FILES)
+    _killed_write(monkeypatch, rig, "views.png", {"pose.json": b"killed pose", "views.png": b"killed views"}, RESULT_FILES)
+    assert (rig / JOURNAL).is_file()
+    _registered_once(monkeypatch)
+    assert main(["evaluate", str(case), "-o", str(ev), *EVAL, "--overwrite"]) == 0, capsys.readouterr().err
+    assert sorted(p.relative_to(ev).as_posix() for p in ev.rglob(".*") if p.name != ".xraypose-result.json") == []
+    finish_before_reading(rig / "pose.json")  # a later reader there: nothing of the killed run comes back
+    assert not rig.exists() or [p.name for p in rig.iterdir() if p.name != ".xraypose-result.json"] == []
+    _complete(ev)

@@ -542,26 +542,39 @@ def previous_results(outdir) -> list[Path]:
 
 
 def remove_previous_results(outdir, keep=()) -> int:
-    """Delete :func:`previous_results` (and case folders left empty) but those named in ``keep`` (relative to
-    ``outdir``: the demo keeps a ``run.json`` it did not write); other files stay. Returns the count.
+    """Delete :func:`previous_results` (and case folders left empty, or holding only the manifest of the files
+    deleted) but those named in ``keep`` (relative to ``outdir``: the demo keeps a ``run.json`` it did not write);
+    other files stay. Returns the count.
 
     Each case's ``result.json`` goes first and ``run.json`` last, so that a kill part way (``--overwrite``
     killed) leaves what a resume can go on from: no case that ``--resume`` would keep without its other files,
     and no case files without the ``run.json`` that checks them (a resume of the same settings was refused as
-    "results without run.json (an older xraypose)", or kept a case whose pose.json was gone)."""
-    from xraypose.io import remove_stale_temp_files
+    "results without run.json (an older xraypose)", or kept a case whose pose.json was gone).
+
+    A result's write into the folder or a case's (a rig's joint ``cases/rig/``) that a kill interrupted is
+    finished first (:func:`xraypose.io.finish_interrupted_write`), its files then deleted with the others: its
+    journal, kept by the stale-file sweep with the files it names, outlived the deletion and, at the next write
+    or read there, put the killed run's files into the new result.
+
+    Raises:
+        OutputError: such a write cannot be finished (a file put in its way since, named): nothing deleted."""
+    from xraypose.io import MANIFEST, finish_interrupted_write, remove_stale_temp_files
 
     out = Path(outdir)
+    cases = out / "cases"
+    for d in [out, *(sorted(cases.iterdir()) if cases.is_dir() else [])]:
+        if d.is_dir():
+            finish_interrupted_write(d)
     files = [f for f in previous_results(out) if f.relative_to(out).as_posix() not in set(keep)]
     marks = [f for f in files if f.parent != out and f.name == "result.json"]
     last = [f for f in files if f.parent == out and f.name == RUN_FILE]
     for f in [*marks, *(f for f in files if f not in marks and f not in last), *last]:
         f.unlink()
-    cases = Path(outdir) / "cases"
     if cases.is_dir():
         remove_stale_temp_files(cases, recursive=True)
         for d in cases.iterdir():
-            if d.is_dir() and not any(d.iterdir()):
+            if d.is_dir() and {p.name for p in d.iterdir()} <= {MANIFEST}:  # (a rig's: listing the files deleted)
+                (d / MANIFEST).unlink(missing_ok=True)
                 d.rmdir()
     return len(files)
 
