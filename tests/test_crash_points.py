@@ -322,3 +322,61 @@ def test_an_overwrite_finishes_an_interrupted_write_in_the_folders_it_replaces(e
     finish_before_reading(rig / "pose.json")  # a later reader there: nothing of the killed run comes back
     assert not rig.exists() or [p.name for p in rig.iterdir() if p.name != ".xraypose-result.json"] == []
     _complete(ev)
+
+
+def _results(out) -> dict:
+    """The demo's results in ``out``: its visible files but the model's (its training's, written as it trains)."""
+    from xraypose.train import output_paths
+
+    model = {p.name for p in output_paths("model.pt").values()}
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".") and p.relative_to(out).as_posix() not in model}
+
+
+@pytest.mark.parametrize("at", ["cases/000/result.json", "metrics.csv", "summary.json", "report.html",
+                                ".xraypose-journal.json"])
+def test_a_demo_killed_while_it_writes_its_results_leaves_the_earlier_results_or_its_own_whole(tmp_path, monkeypatch,
+                                                                                              at):
+    """The demo wrote its results one by one, after deleting the earlier demo's: killed between two files, it left
+    cases and a summary without their report, or beside the report of the earlier run.  Now they are written as
+    one set: killed at any rename into the folder, the next command there (its check, first) finds the earlier
+    demo's results (2 X-rays) whole, or this one's (1 X-ray) whole; and the demo runs there again, reusing its
+    training."""
+    import json
+    import os
+    from pathlib import Path
+
+    import xraypose.io as xio
+    from xraypose.demo import DemoSettings, run_demo
+    from xraypose.io import check_output_folder
+
+    _tiny_demo(monkeypatch)
+    out = tmp_path / "demo"
+    run_demo(out, DemoSettings(train_seconds=30.0, cases=2, xray_size=64), quiet=True)
+    old = _results(out)
+    assert "cases/001/pose.json" in old and "report.html" in old
+    real_replace, real_unlink, dead = os.replace, xio._unlink_quietly, []
+
+    def replace(src, dst):  # a SIGKILL at the rename onto ``at``: nothing of the demo runs after it
+        if dead or Path(dst) == out / at:
+            dead.append(dst)
+            raise Killed
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(xio.os, "replace", replace)
+    monkeypatch.setattr(xio, "_unlink_quietly", lambda p: None if dead else real_unlink(p))
+    with pytest.raises(Killed):
+        run_demo(out, DemoSettings.fast(), quiet=True)
+    monkeypatch.setattr(xio.os, "replace", real_replace)
+    monkeypatch.setattr(xio, "_unlink_quietly", real_unlink)
+    for p in out.rglob(".*.tmp"):  # the killed process's temporary files: an earlier process's now
+        xio._OWN_TEMPS.discard(p.name)
+    check_output_folder(out)  # what every command does first
+    now = _results(out)
+    if now != old:  # not the earlier results: this demo's, whole
+        assert sorted(now) == sorted(n for n in old if not n.startswith("cases/001/")), sorted(now)
+        assert json.loads(now["summary.json"])["cases"] == 1 and now["report.html"] != old["report.html"]
+    assert [p.name for p in out.rglob(".xraypose-journal.json")] == []
+    summary = run_demo(out, DemoSettings.fast(), quiet=True)  # again: the training reused, the results replaced
+    assert summary["cases"] == 1 and sorted(_results(out)) == sorted(n for n in old if not n.startswith("cases/001/"))
+    assert not (out / "cases" / "001").exists() and list(out.rglob("*.tmp")) == []

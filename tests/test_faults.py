@@ -1401,8 +1401,10 @@ def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, 
     _one_error_line(capsys.readouterr().err, "report.html", "model.pt", "cases/000/pose.json",
                     "not written there by xraypose")
     assert {n: (out / n).read_text() for n in mine} == mine
-    # an earlier demo's files (its manifest lists them) are removed; the user's others stay
-    from xraypose.demo import _prepare_output
+    # an earlier demo's files (its manifest lists them) are replaced, as one set with the new results (those the new
+    # ones lack removed), the model's kept for its training to resume or reuse; the user's others stay
+    from xraypose.demo import _prepare_output, _write_results
+    from xraypose.io import written_here
 
     for name in ("report.html", "model.pt", "cases/000/pose.json"):
         (out / name).unlink()
@@ -1410,8 +1412,16 @@ def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, 
     for name in ("report.html", "model.pt", "model.last.pt", "cases/001/pose.json"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("demo's")
-    _prepare_output(out, 3)
-    assert not (out / "report.html").exists() and not (out / "cases" / "001").exists()
+    _prepare_output(out, 1)
+    assert (out / "report.html").read_text() == "demo's"  # until the new results replace it
+    assert {"report.html", "cases/001/pose.json", "model.last.pt"} <= written_here(out)
+    stage = tmp_path / "stage"
+    (stage / "cases" / "000").mkdir(parents=True)
+    (stage / "report.html").write_text("new report")
+    (stage / "cases" / "000" / "pose.json").write_text("new pose")
+    _write_results(out, stage, 1)
+    assert (out / "report.html").read_text() == "new report" and not (out / "cases" / "001").exists()
+    assert (out / "model.last.pt").read_text() == "demo's" and "model.last.pt" in written_here(out)
     assert (out / "notes.txt").read_text() == "notes"
     # a demo folder from before the manifest (the README's `xraypose demo` run again after an update): its files
     # are the demo's — its training log and curves and a summary with the model's start error say so
@@ -1421,7 +1431,7 @@ def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, 
         (old / name).write_text("demo's")
     (old / "summary.json").write_text(json.dumps({"success_rate_1mm": 1.0, "median_start_mtre_mm": 18.1}))
     _prepare_output(old, 3)
-    assert not (old / "report.html").exists() and (old / "cases").is_dir()
+    assert "report.html" in written_here(old) and (old / "cases").is_dir()
     # without those marks such files are the user's: refused, the list cut after five names
     other = tmp_path / "other"
     (other / "cases" / "000").mkdir(parents=True)

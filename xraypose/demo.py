@@ -11,7 +11,8 @@
    ``summary.json``; and prints a short summary (success, mTRE, the results' own spread, verdicts, time).
 
 Running the demo again into the same folder replaces the earlier demo's files
-(model, per-case files, report...; other files are left alone) — but not its training when that
+(model, per-case files, report...; other files are left alone; the results as one set, all-or-nothing:
+:func:`_write_results`) — but not its training when that
 training is of the same settings (preset, image size, detector, seed, time budget): a training that a
 kill or Ctrl-C interrupted is resumed from its ``model.last.pt`` (bit-identically, as
 ``xraypose train --resume``), and a finished one is reused; one line says which.  A training of other
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,25 +70,58 @@ def _say(msg: str, quiet: bool) -> None:
 
 
 def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet: bool = False) -> dict:
-    """Run the demo; returns the summary dict (also in ``outdir/summary.json``)."""
+    """Run the demo; returns the summary dict (also in ``outdir/summary.json``).
+
+    ``outdir`` is locked meanwhile (:func:`xraypose.output_lock.output_lock`, joining the calling command's lock).
+    Its results (report, summary, metrics.csv, pictures, every case's files) are made in a temporary folder and
+    written into ``outdir`` as one set (:func:`_write_results`); the training writes its model there as it goes."""
+    from xraypose.output_lock import output_lock
     from xraypose.volume import load_sample_ct
 
     s = settings or DemoSettings()
-    out = _prepare_output(outdir, s.cases)
-    t_all = time.perf_counter()
-    ct = load_sample_ct()
-    _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
-    t_train = time.perf_counter()
-    tr, train_s = _train_model(ct, out, s, quiet)
-    train_now_s = time.perf_counter() - t_train  # less than train_s where an earlier run's training was resumed/reused
-    cases = _simulate_xrays(ct, s, quiet)
-    regs = _register(ct, out, cases, s, quiet)
-    rows, sections = _write_case_files(ct, out, cases, regs, tr)
-    summary = _summary(rows, tr, train_s, t_all)
-    atomic_write_json(out / "summary.json", summary)
-    _write_demo_report(out, summary, rows, sections, s, tr, train_s)
-    _print_summary(out, summary, s, train_s, len(rows), quiet, train_now_s=train_now_s)
+    with output_lock(outdir, join=True):
+        out = _prepare_output(outdir, s.cases)
+        t_all = time.perf_counter()
+        ct = load_sample_ct()
+        _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
+        t_train = time.perf_counter()
+        tr, train_s = _train_model(ct, out, s, quiet)
+        train_now_s = time.perf_counter() - t_train  # less than train_s where an earlier training was resumed/reused
+        cases = _simulate_xrays(ct, s, quiet)
+        regs = _register(ct, out, cases, s, quiet)
+        with tempfile.TemporaryDirectory(prefix="xraypose-demo-") as tmp:
+            stage = Path(tmp)
+            rows, sections = _write_case_files(ct, stage, cases, regs, tr)
+            summary = _summary(rows, tr, train_s, t_all)
+            atomic_write_json(stage / "summary.json", summary)
+            _write_demo_report(stage, summary, rows, sections, s, tr, train_s)
+            _write_results(out, stage, s.cases)
+        _print_summary(out, summary, s, train_s, len(rows), quiet, train_now_s=train_now_s)
     return summary
+
+
+def _write_results(out: Path, stage: Path, cases: int) -> None:
+    """The demo's results, made in ``stage``, written into ``out`` as one set (:func:`xraypose.io.atomic_write_files`,
+    replacing the earlier demo's: its results this one lacks, cases beyond its count, are deleted).  They were
+    written one by one, after the earlier demo's had been deleted: a kill between two left a summary and cases
+    without their report, or the cases of one run beside the report of another; now a kill leaves the earlier
+    demo's results whole or, finished by the next command there, this one's.  The model's files (its training's,
+    written as it trained) stay, listed in the manifest beside them."""
+    from xraypose.evaluate import RUN_FILE, previous_results
+    from xraypose.io import atomic_write_files, written_here
+    from xraypose.train.outputs import output_paths
+
+    files = {p.relative_to(stage).as_posix(): p.read_bytes() for p in sorted(stage.rglob("*")) if p.is_file()}
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+    model = [p.name for p in output_paths("model.pt").values()]
+    keep = [RUN_FILE] if RUN_FILE not in written_here(out) else []  # the user's (the demo writes none)
+    earlier = [f.relative_to(out).as_posix() for f in previous_results(out)]
+    remove = [n for n in dict.fromkeys([*_demo_files(cases), *earlier]) if n not in model and n not in keep]
+    atomic_write_files(out, files, remove=remove, keep=model)
+    for d in (out / "cases").iterdir():  # an earlier demo's cases beyond this one's count
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
 
 
 def _demo_files(cases: int) -> list[str]:
@@ -117,26 +152,28 @@ def _demo_before_manifests(out: Path) -> bool:
 
 
 def _prepare_output(outdir, cases: int) -> Path:
-    """The output folder, checked, created and cleared of an earlier demo's files, with ``cases/``.
+    """The output folder, checked and created, with ``cases/``; its manifest lists the files this demo writes and
+    the earlier demo's it will replace (an earlier demo's results stay until :func:`_write_results` replaces them).
 
     Only files an earlier demo wrote there (listed in the folder's manifest) are replaced or deleted: a
     user's own ``report.html`` or ``model.pt`` there is refused before anything is written (it was
     deleted or overwritten)."""
-    from xraypose.evaluate import RUN_FILE, previous_results, remove_previous_results
-    from xraypose.io import MANIFEST, OutputError, atomic_write_json, check_output_folder, written_here
+    from xraypose.evaluate import RUN_FILE, previous_results
+    from xraypose.io import (MANIFEST, OutputError, atomic_write_json, check_output_folder, remove_stale_temp_files,
+                             written_here)
 
-    out = check_output_folder(outdir)
+    out = check_output_folder(outdir)  # (a write of its results a kill interrupted: finished)
     names = _demo_files(cases)
     # a run.json no xraypose result wrote there (the demo writes none) is the user's: neither refused nor deleted
     keep = [RUN_FILE] if out.is_dir() and RUN_FILE not in written_here(out) else []
+    earlier = [n for f in previous_results(out) if (n := f.relative_to(out).as_posix()) not in keep]
     if out.is_dir() and not _demo_before_manifests(out):  # every file it would replace must be an earlier demo's
-        earlier = [f.relative_to(out).as_posix() for f in previous_results(out)]
-        check_output_folder(out, replaces=[*(n for n in earlier if n not in keep), *names])
+        check_output_folder(out, replaces=[*earlier, *names])
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / MANIFEST, {"written_by": "xraypose",
-                                           "files": sorted(written_here(out) | set(names))})  # before any of them
-        remove_previous_results(out, keep=keep)  # an earlier demo's files: the folder holds this run's only
+        remove_stale_temp_files(out, recursive=True)  # a killed write's, in case folders too
+        atomic_write_json(out / MANIFEST, {"written_by": "xraypose",  # before any of them (the model's first)
+                                           "files": sorted(written_here(out) | set(names) | set(earlier))})
         (out / "cases").mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot write the demo's output folder {out}: {e.strerror or e}") from None

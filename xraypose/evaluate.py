@@ -439,8 +439,8 @@ def write_case_outputs(d, volume: Volume, image, camera: Camera, reg, *, name: s
         heading += f" · {reg.verdict} (P(mTRE < 2 mm) {reg.p_success:.2f})" + (
             f": {reg.reason}" if reg.verdict != "ok" else "")
     section = {"heading": heading, "figures": figures}
-    atomic_write_json(d / "result.json", {"row": row, "section": {"heading": heading,
-                                                                   "figures": [[str(p), c] for p, c in figures]}})
+    atomic_write_json(d / "result.json", {"row": row, "section": {  # the figures' names: read back in their folder
+        "heading": heading, "figures": [[p.name, c] for p, c in figures]}})  # (the demo makes it elsewhere first)
     return row, section
 
 

@@ -294,7 +294,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)  # the new name on the disk too (a power loss)
 
 
-def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
+def atomic_write_files(folder, files: dict, remove=(), keep=()) -> list[Path]:
     """Write the files of one result into ``folder`` together, replacing an earlier result all-or-nothing.
 
     An interrupted earlier write into ``folder`` is finished first (:func:`finish_interrupted_write`).  All
@@ -312,6 +312,8 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
             the files are a result that replaces the folder's earlier one: a file of one of these names
             (or of ``files``') that the folder's :data:`MANIFEST` does not list is the user's, and
             :class:`OutputError` is raised before anything is written (:func:`check_replaceable`).
+        keep: with ``remove``, names of this result's files written otherwise (the demo's model, which its
+            training wrote): neither written nor deleted, listed in the manifest beside ``files`` where they exist.
     Raises:
         OutputError: a write failed (nothing changed; or, a rename failing once the journal was written, left
             to be finished), or a file to replace is not xraypose's.
@@ -325,7 +327,8 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
     if remove:  # a result replacing an earlier one: never a file the user made
         check_replaceable(folder, list(files) + list(remove))
         pending = _pending_manifest(folder, files, remove)
-        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(files),  # renamed last
+        listed = set(files) | {n for n in keep if (folder / n).is_file()}
+        files = {**files, MANIFEST: json_bytes({"written_by": "xraypose", "files": sorted(listed),  # renamed last
                                                 "kind": sorted(set(remove))})}
     staged: list[tuple[Path, Path]] = []
     decided = False
@@ -338,7 +341,7 @@ def atomic_write_files(folder, files: dict, remove=()) -> list[Path]:
             atomic_write_bytes(folder / MANIFEST, pending)
         for d in dict.fromkeys(tmp.parent for tmp, _ in staged):  # the staged names on the disk before the journal
             _fsync_dir(d)
-        gone = [n for n in dict.fromkeys(remove) if n not in files and (folder / n).is_file()]
+        gone = [n for n in dict.fromkeys(remove) if n not in files and n not in keep and (folder / n).is_file()]
         journal = {"written_by": "xraypose",
                    "renames": [[tmp.relative_to(folder).as_posix(), t.relative_to(folder).as_posix(), _identity(t)]
                                for tmp, t in staged],
