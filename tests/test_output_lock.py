@@ -1,6 +1,7 @@
 """One run at a time in an output folder (xraypose/output_lock.py): a second run is refused naming the first,
 a lock left by a dead run is taken over, the lock goes when the run ends however it ends, train's lies beside
-its model; every command that writes results takes it (xraypose/cli/__init__.py's LOCKED_OUTPUTS)."""
+its model; every command that writes results takes it (xraypose/cli/__init__.py's LOCKED_OUTPUTS), and so do the
+Python API's writers of results, joining the lock of the command that calls them."""
 
 import json
 import os
@@ -316,3 +317,25 @@ def test_a_second_lock_of_the_same_process_without_join_is_still_refused(tmp_pat
             assert inner == tmp_path / "o" / LOCK
         assert (tmp_path / "o" / LOCK).exists()
     assert not (tmp_path / "o").exists()
+
+
+def test_every_api_writer_is_refused_in_a_folder_another_run_uses(tmp_path):
+    """The API's other writers of results lock their folder first, before reading their inputs: a live run's
+    lock refuses them (their inputs here are never looked at)."""
+    from xraypose.demo import run_demo
+    from xraypose.evaluate import evaluate
+    from xraypose.output_lock import OutputInUse
+    from xraypose.register.multiview import write_rig_registration
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        _write_lock(out / LOCK, pid=holder.pid)
+        for write in (lambda: write_rig_registration(out, None), lambda: evaluate(None, out, None),
+                      lambda: run_demo(out, quiet=True)):
+            with pytest.raises(OutputInUse, match=f"in use by another xraypose run \\(pid {holder.pid}"):
+                write()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]
