@@ -320,18 +320,22 @@ def test_a_second_lock_of_the_same_process_without_join_is_still_refused(tmp_pat
 
 
 def test_every_api_writer_is_refused_in_a_folder_another_run_uses(tmp_path):
-    """The API's other writers of results lock their folder first, before reading their inputs: a live run's
-    lock refuses them (their inputs here are never looked at)."""
+    """The API's other writers of results lock their folder: a live run's lock refuses them (evaluate and the
+    demo before reading their inputs, never looked at here; the rig's writer before writing its files)."""
+    from types import SimpleNamespace
+
     from xraypose.demo import run_demo
     from xraypose.evaluate import evaluate
     from xraypose.output_lock import OutputInUse
     from xraypose.register.multiview import write_rig_registration
 
     out = tmp_path / "out"
+    rig = SimpleNamespace(pose_json=lambda: {"camera_to_world": [[1.0, 0, 0, 0]]}, views=[], metrics=None,
+                          trajectory=[], level_stats=[])
     holder = subprocess.Popen(["sleep", "30"])
     try:
         _write_lock(out / LOCK, pid=holder.pid)
-        for write in (lambda: write_rig_registration(out, None), lambda: evaluate(None, out, None),
+        for write in (lambda: write_rig_registration(out, rig), lambda: evaluate(None, out, None),
                       lambda: run_demo(out, quiet=True)):
             with pytest.raises(OutputInUse, match=f"in use by another xraypose run \\(pid {holder.pid}"):
                 write()

@@ -822,62 +822,70 @@ def evaluate(
         OutputInUse: another xraypose run is using ``outdir`` (:func:`xraypose.output_lock.output_lock`: held while
             it evaluates, by rank 0 as the command's; a lock of the calling command there is joined).
     """
-    from xraypose.io import check_output_folder
     from xraypose.output_lock import output_lock
-    from xraypose.shards import Shards
 
     with output_lock(outdir, join=True) if shards is None or shards.rank == 0 else contextlib.nullcontext():
-        if not evalset.cases:
-            raise InputError(f"{evalset.name}: no X-rays to evaluate")
-        out = check_output_folder(outdir)
-        if evalset.source is not None:
-            check_output_outside_xrays(evalset.source, out)
-        t_all = time.perf_counter()
-        if config is None:
-            from xraypose.register import RegistrationConfig
+        return _evaluate(evalset, outdir, start, config=config, start_label=start_label, pictures=pictures,
+                         resume=resume, overwrite=overwrite, settings=settings, quiet=quiet, shards=shards)
 
-            config = RegistrationConfig(drr_blur=evalset.blur_px)
-        names = [_safe_name(c.name) for c in evalset.cases]
-        if len(set(names)) != len(names):
-            names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
-        record = {"source": evalset.name, "cases": names, "start": start_label, "pictures": bool(pictures),
-                  "registration": config.to_dict(), **(settings or {})}
-        if evalset.source is not None:  # the name alone let a resume mix in the cases of another folder or file
-            record["source_path"] = evalset.source
-        if evalset.inputs is not None:  # less what this run writes into the case folder itself, if there
-            base = Path(evalset.source) if evalset.source is not None else None
-            here = Path(out).resolve()
-            record[INPUTS] = {k: v for k, v in evalset.inputs.items()
-                              if base is None or not base.is_dir() or not (base / k).resolve().is_relative_to(here)}
-        if any(c.steps for c in evalset.cases):  # a resume under another preprocessing rule is refused
-            record[PREPROCESSING] = {n: preprocessing_recipe(c.steps) for n, c in zip(names, evalset.cases) if c.steps}
-        shards = shards or Shards()
-        rigged = any(c.camera_to_rig is not None for c in evalset.cases)
-        if rigged:
-            if shards.distributed:
-                raise InputError(f"{evalset.name}: a rig's X-rays are registered together, on one process; run this "
-                                 "evaluation without torchrun")
-            record["rig"] = [c.camera_to_rig.tolist() for c in evalset.cases]
-        binned = [n for n, c in zip(names, evalset.cases) if c.steps and _binned_before_2026_12_05(c.steps)]
-        shards.prepare(out, record, lambda: _open_output(out, record, resume, overwrite, binned))
-        if rigged:
-            results = _register_rig(evalset, out, names, start, config, pictures, resume)
-        else:
-            results = _register_cases(evalset, out, names, start, config, pictures, resume, quiet, shards)
-        merged = shards.merge(out, names, results, CASE_FILES)  # every case on rank 0 (None on the others)
-        if merged is None:
-            return shards.share()
-        rows = [merged[i][0] for i in sorted(merged)]
-        sections = [merged[i][1] for i in sorted(merged)]
-        write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
-        has_truth = any("mTRE (mm)" in r for r in rows)
-        summary = summary_of(rows) if has_truth else {"n_cases": len(rows)}
-        summary.update(verdict_summary(rows))
-        summary.setdefault("median_opt_s", statistics.median(r["opt (s)"] for r in rows))
-        summary.update({"source": evalset.name, "start": start_label, "total_s": time.perf_counter() - t_all})
-        atomic_write_json(out / "summary.json", summary)
-        _write_evaluation_report(out, evalset.name, rows, sections, summary, start_label, has_truth)
-        return shards.share(summary)
+
+def _evaluate(evalset: EvalSet, outdir, start, *, config, start_label: str, pictures: bool, resume: bool,
+              overwrite: bool, settings: dict | None, quiet: bool, shards) -> dict:
+    """:func:`evaluate`'s work, under its output's lock."""
+    from xraypose.io import check_output_folder
+    from xraypose.shards import Shards
+
+    if not evalset.cases:
+        raise InputError(f"{evalset.name}: no X-rays to evaluate")
+    out = check_output_folder(outdir)
+    if evalset.source is not None:
+        check_output_outside_xrays(evalset.source, out)
+    t_all = time.perf_counter()
+    if config is None:
+        from xraypose.register import RegistrationConfig
+
+        config = RegistrationConfig(drr_blur=evalset.blur_px)
+    names = [_safe_name(c.name) for c in evalset.cases]
+    if len(set(names)) != len(names):
+        names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
+    record = {"source": evalset.name, "cases": names, "start": start_label, "pictures": bool(pictures),
+              "registration": config.to_dict(), **(settings or {})}
+    if evalset.source is not None:  # the name alone let a resume mix in the cases of another folder or file
+        record["source_path"] = evalset.source
+    if evalset.inputs is not None:  # less what this run writes into the case folder itself, if there
+        base = Path(evalset.source) if evalset.source is not None else None
+        here = Path(out).resolve()
+        record[INPUTS] = {k: v for k, v in evalset.inputs.items()
+                          if base is None or not base.is_dir() or not (base / k).resolve().is_relative_to(here)}
+    if any(c.steps for c in evalset.cases):  # a resume under another preprocessing rule is refused
+        record[PREPROCESSING] = {n: preprocessing_recipe(c.steps) for n, c in zip(names, evalset.cases) if c.steps}
+    shards = shards or Shards()
+    rigged = any(c.camera_to_rig is not None for c in evalset.cases)
+    if rigged:
+        if shards.distributed:
+            raise InputError(f"{evalset.name}: a rig's X-rays are registered together, on one process; run this "
+                             "evaluation without torchrun")
+        record["rig"] = [c.camera_to_rig.tolist() for c in evalset.cases]
+    binned = [n for n, c in zip(names, evalset.cases) if c.steps and _binned_before_2026_12_05(c.steps)]
+    shards.prepare(out, record, lambda: _open_output(out, record, resume, overwrite, binned))
+    if rigged:
+        results = _register_rig(evalset, out, names, start, config, pictures, resume)
+    else:
+        results = _register_cases(evalset, out, names, start, config, pictures, resume, quiet, shards)
+    merged = shards.merge(out, names, results, CASE_FILES)  # every case on rank 0 (None on the others)
+    if merged is None:
+        return shards.share()
+    rows = [merged[i][0] for i in sorted(merged)]
+    sections = [merged[i][1] for i in sorted(merged)]
+    write_csv(out / "metrics.csv", rows, ROW_COLUMNS)
+    has_truth = any("mTRE (mm)" in r for r in rows)
+    summary = summary_of(rows) if has_truth else {"n_cases": len(rows)}
+    summary.update(verdict_summary(rows))
+    summary.setdefault("median_opt_s", statistics.median(r["opt (s)"] for r in rows))
+    summary.update({"source": evalset.name, "start": start_label, "total_s": time.perf_counter() - t_all})
+    atomic_write_json(out / "summary.json", summary)
+    _write_evaluation_report(out, evalset.name, rows, sections, summary, start_label, has_truth)
+    return shards.share(summary)
 
 
 def _register_cases(evalset: EvalSet, out: Path, names: list, start, config, pictures: bool, resume: bool,

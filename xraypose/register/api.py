@@ -484,36 +484,35 @@ def write_registration(outdir, reg: Registration, extra: dict | None = None, tra
     from xraypose.io import atomic_write_files, json_bytes, make_output_folder
     from xraypose.output_lock import output_lock
 
-    with output_lock(outdir, join=True):  # a command's lock on it joined, else one of its own: another run's refused
-        out = make_output_folder(outdir)
-        pose = reg.pose_json()
-        if extra:
-            pose.update(extra)
-        _check_finite({k: v for k, v in pose.items() if k != "metrics"})
-        for what, m in (("metrics", reg.metrics), ("initial metrics", reg.initial_metrics)):
-            _check_finite(m or {}, what, allow_inf=True)  # inf: a fiducial behind the source (a failed case)
-        files = {"pose.json": json_bytes(pose)}
-        if reg.metrics is not None:
-            files["metrics.json"] = json_bytes({"final": reg.metrics, "initial": reg.initial_metrics,
-                                                "success_1mm": reg.metrics["mtre"] < 1.0,
-                                                "success_2mm": reg.metrics["mtre"] < 2.0,
-                                                "init_s": reg.init_s, "opt_s": reg.opt_s})
-        if trajectory:
-            files["trajectory.json"] = json_bytes({"records": reg.trajectory, "levels": reg.level_stats})
-        if image is not None and volume is not None:
-            from xraypose.register.multiview import result_picture
+    pose = reg.pose_json()
+    if extra:
+        pose.update(extra)
+    _check_finite({k: v for k, v in pose.items() if k != "metrics"})
+    for what, m in (("metrics", reg.metrics), ("initial metrics", reg.initial_metrics)):
+        _check_finite(m or {}, what, allow_inf=True)  # inf: a fiducial behind the source (a failed case)
+    files = {"pose.json": json_bytes(pose)}
+    if reg.metrics is not None:
+        files["metrics.json"] = json_bytes({"final": reg.metrics, "initial": reg.initial_metrics,
+                                            "success_1mm": reg.metrics["mtre"] < 1.0,
+                                            "success_2mm": reg.metrics["mtre"] < 2.0,
+                                            "init_s": reg.init_s, "opt_s": reg.opt_s})
+    if trajectory:
+        files["trajectory.json"] = json_bytes({"records": reg.trajectory, "levels": reg.level_stats})
+    if image is not None and volume is not None:
+        from xraypose.register.multiview import result_picture
 
-            views, names = [reg], [name]
-            rival = rival_view(reg)
-            if rival is not None:  # a second answer the check did not reject: drawn beside, to compare
-                views.append(rival)
-                names.append(f"{name}, rival: {rival.start}, {rival.from_kept_mm:.0f} mm away")
-            png = picture_or_warning(lambda: result_picture(
-                volume, [image] * len(views), views, names, reg.config, reg.verdict, reg.p_success,
-                None if mask is None else [mask] * len(views), renderer))
-            if png is not None:
-                files["views.png"] = png
-        return atomic_write_files(out, files, remove=RESULT_FILES)
+        views, names = [reg], [name]
+        rival = rival_view(reg)
+        if rival is not None:  # a second answer the check did not reject: drawn beside, to compare
+            views.append(rival)
+            names.append(f"{name}, rival: {rival.start}, {rival.from_kept_mm:.0f} mm away")
+        png = picture_or_warning(lambda: result_picture(
+            volume, [image] * len(views), views, names, reg.config, reg.verdict, reg.p_success,
+            None if mask is None else [mask] * len(views), renderer))
+        if png is not None:
+            files["views.png"] = png
+    with output_lock(outdir, join=True):  # a command's lock on it joined, else one of its own: another run's refused
+        return atomic_write_files(make_output_folder(outdir), files, remove=RESULT_FILES)
 
 
 def picture_or_warning(draw) -> bytes | None:

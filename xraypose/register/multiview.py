@@ -515,25 +515,25 @@ def write_rig_registration(outdir, rr: RigRegistration, *, images=None, volume: 
     from xraypose.output_lock import output_lock
     from xraypose.register.api import RESULT_FILES, _check_finite, picture_or_warning
 
+    pose = rr.pose_json()
+    if extra:
+        pose.update(extra)
+    _check_finite({k: v for k, v in pose.items() if k not in ("metrics", "views")})
+    for v in rr.views:
+        _check_finite({k: x for k, x in v.to_dict().items() if k not in ("metrics", "initial_metrics")})
+    files = {"pose.json": json_bytes(pose)}
+    if rr.metrics is not None:
+        files["metrics.json"] = json_bytes({
+            "final": rr.metrics, "initial": rr.initial_metrics, "success_1mm": rr.metrics["mtre"] < 1.0,
+            "success_2mm": rr.metrics["mtre"] < 2.0, "init_s": rr.init_s, "opt_s": rr.opt_s,
+            "views": {v.name: {"final": v.metrics, "initial": v.initial_metrics} for v in rr.views}})
+    if trajectory:
+        files["trajectory.json"] = json_bytes({"records": rr.trajectory, "levels": rr.level_stats})
+    if images is not None and volume is not None:
+        png = picture_or_warning(lambda: result_picture(volume, images, rr.views, [v.name for v in rr.views],
+                                                        rr.config, rr.verdict, rr.p_success, masks, renderer))
+        if png is not None:
+            files["views.png"] = png
     with output_lock(outdir, join=True):  # (xraypose.output_lock)
-        out = make_output_folder(outdir)
-        pose = rr.pose_json()
-        if extra:
-            pose.update(extra)
-        _check_finite({k: v for k, v in pose.items() if k not in ("metrics", "views")})
-        for v in rr.views:
-            _check_finite({k: x for k, x in v.to_dict().items() if k not in ("metrics", "initial_metrics")})
-        files = {"pose.json": json_bytes(pose)}
-        if rr.metrics is not None:
-            files["metrics.json"] = json_bytes({
-                "final": rr.metrics, "initial": rr.initial_metrics, "success_1mm": rr.metrics["mtre"] < 1.0,
-                "success_2mm": rr.metrics["mtre"] < 2.0, "init_s": rr.init_s, "opt_s": rr.opt_s,
-                "views": {v.name: {"final": v.metrics, "initial": v.initial_metrics} for v in rr.views}})
-        if trajectory:
-            files["trajectory.json"] = json_bytes({"records": rr.trajectory, "levels": rr.level_stats})
-        if images is not None and volume is not None:
-            png = picture_or_warning(lambda: result_picture(volume, images, rr.views, [v.name for v in rr.views],
-                                                            rr.config, rr.verdict, rr.p_success, masks, renderer))
-            if png is not None:
-                files["views.png"] = png
-        return atomic_write_files(out, files, remove=tuple(dict.fromkeys(RIG_RESULT_FILES + RESULT_FILES)))
+        return atomic_write_files(make_output_folder(outdir), files,
+                                  remove=tuple(dict.fromkeys(RIG_RESULT_FILES + RESULT_FILES)))
