@@ -406,8 +406,9 @@ COUNTS = typer.Option(False, "--counts", help="Then refine the pose on the raw c
                       "photons). For raw detector X-rays (kind 'intensity') with photon noise; one view, the whole "
                       "CT; not for a failed verdict. How the X-ray was formed (the renderer, where air ends, the "
                       "detector's blur, scatter) is chosen by the counts' likelihood (track: on the first frame, "
-                      "then held; its refined poses pooled by --motion). Minutes per X-ray on a CPU. Experimental: "
-                      "measured on simulated X-rays only (docs/benchmarks.md, stops 42-44). The registered pose is "
+                      "then held; its refined poses pooled by --motion). Minutes per X-ray on a CPU (track: the first "
+                      "frame, then 7-60 s a frame). Experimental: measured on simulated X-rays only "
+                      "(docs/benchmarks.md, stops 42-44, 56). The registered pose is "
                       "kept in the result.")
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the counts' "
                            "pixels (an X-ray's pixels summed until it is at most 128 a side: a 512² frame's 4×4; "
