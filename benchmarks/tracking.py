@@ -241,9 +241,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     preprocessing's ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the
     rows; returns the summary."""
     from xraypose.metrics import pose_errors
-    from xraypose.register.counts import refine_sequence
-
-    from xraypose.register.counts import counts_bin_for
+    from xraypose.register.counts import counts_bin_for, refine_sequence
 
     picked = [fr for fr in out if fr.index % args.counts_every == 0]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
