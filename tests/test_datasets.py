@@ -492,8 +492,13 @@ def test_check_pngs_never_replace_a_users_file_nor_land_among_the_xrays(example_
     its own PNGs; the X-ray folder is refused; a re-run replaces what the last check wrote."""
     import shutil
 
+    import json
+    import socket
+    import subprocess
+
     from xraypose.datasets.case_folder import check_case
     from xraypose.io import OutputError
+    from xraypose.output_lock import OutputInUse
 
     case = tmp_path / "case"
     shutil.copytree(example_case, case)
@@ -510,6 +515,18 @@ def test_check_pngs_never_replace_a_users_file_nor_land_among_the_xrays(example_
     shutil.copy(case / "xrays" / "lateral.json", case / "xrays" / "lao20_caud10.json")
     for _ in range(2):  # the second run replaces the first's PNGs
         check_case(case, tmp_path / "png")
+    held = tmp_path / "held"  # a folder another live xraypose run holds: refused, nothing written
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        held.mkdir()
+        (held / ".xraypose.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                         "command": "xraypose evaluate", "started": "2026-12-06"}))
+        with pytest.raises(OutputInUse, match=f"in use by another xraypose run \\(pid {holder.pid}"):
+            check_case(case, held)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in held.iterdir()] == [".xraypose.lock"]
     assert {"lao20_caud10.dcm_xray.png", "lao20_caud10.dcm_drr.png", "lateral_xray.png",
             "lateral_drr.png"} <= {p.name for p in (tmp_path / "png").iterdir()}
 

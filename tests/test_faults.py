@@ -1412,14 +1412,15 @@ def test_demo_never_replaces_a_users_files_in_its_folder(tmp_path, monkeypatch, 
     for name in ("report.html", "model.pt", "model.last.pt", "cases/001/pose.json"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("demo's")
-    _prepare_output(out, 1)
+    out, earlier = _prepare_output(out, 1)
     assert (out / "report.html").read_text() == "demo's"  # until the new results replace it
+    assert {"report.html", "cases/001/pose.json"} <= set(earlier)
     assert {"report.html", "cases/001/pose.json", "model.last.pt"} <= written_here(out)
     stage = tmp_path / "stage"
     (stage / "cases" / "000").mkdir(parents=True)
     (stage / "report.html").write_text("new report")
     (stage / "cases" / "000" / "pose.json").write_text("new pose")
-    _write_results(out, stage, 1)
+    _write_results(out, stage, 1, earlier)
     assert (out / "report.html").read_text() == "new report" and not (out / "cases" / "001").exists()
     assert (out / "model.last.pt").read_text() == "demo's" and "model.last.pt" in written_here(out)
     assert (out / "notes.txt").read_text() == "notes"

@@ -80,7 +80,7 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
 
     s = settings or DemoSettings()
     with output_lock(outdir, join=True):
-        out = _prepare_output(outdir, s.cases)
+        out, earlier = _prepare_output(outdir, s.cases)
         t_all = time.perf_counter()
         ct = load_sample_ct()
         _say(f"xraypose demo: bundled pelvis CT {tuple(ct.shape)} at {float(ct.spacing[0]):g} mm → {out}/", quiet)
@@ -95,29 +95,27 @@ def run_demo(outdir="xraypose-demo", settings: DemoSettings | None = None, quiet
             summary = _summary(rows, tr, train_s, t_all)
             atomic_write_json(stage / "summary.json", summary)
             _write_demo_report(stage, summary, rows, sections, s, tr, train_s)
-            _write_results(out, stage, s.cases)
+            _write_results(out, stage, s.cases, earlier)
         _print_summary(out, summary, s, train_s, len(rows), quiet, train_now_s=train_now_s)
     return summary
 
 
-def _write_results(out: Path, stage: Path, cases: int) -> None:
+def _write_results(out: Path, stage: Path, cases: int, earlier: list) -> None:
     """The demo's results, made in ``stage``, written into ``out`` as one set (:func:`xraypose.io.atomic_write_files`,
-    replacing the earlier demo's: its results this one lacks, cases beyond its count, are deleted).  They were
+    replacing the earlier demo's, ``earlier`` (:func:`_prepare_output`'s): its results this one lacks, cases beyond
+    its count, are deleted).  They were
     written one by one, after the earlier demo's had been deleted: a kill between two left a summary and cases
     without their report, or the cases of one run beside the report of another; now a kill leaves the earlier
     demo's results whole or, finished by the next command there, this one's.  The model's files (its training's,
     written as it trained) stay, listed in the manifest beside them."""
-    from xraypose.evaluate import RUN_FILE, previous_results
-    from xraypose.io import atomic_write_files, written_here
+    from xraypose.io import atomic_write_files
     from xraypose.train.outputs import output_paths
 
     files = {p.relative_to(stage).as_posix(): p.read_bytes() for p in sorted(stage.rglob("*")) if p.is_file()}
     for name in files:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
     model = [p.name for p in output_paths("model.pt").values()]
-    keep = [RUN_FILE] if RUN_FILE not in written_here(out) else []  # the user's (the demo writes none)
-    earlier = [f.relative_to(out).as_posix() for f in previous_results(out)]
-    remove = [n for n in dict.fromkeys([*_demo_files(cases), *earlier]) if n not in model and n not in keep]
+    remove = [n for n in dict.fromkeys([*_demo_files(cases), *earlier]) if n not in model]
     atomic_write_files(out, files, remove=remove, keep=model)
     for d in (out / "cases").iterdir():  # an earlier demo's cases beyond this one's count
         if d.is_dir() and not any(d.iterdir()):
@@ -151,9 +149,10 @@ def _demo_before_manifests(out: Path) -> bool:
     return isinstance(summary, dict) and "median_start_mtre_mm" in summary
 
 
-def _prepare_output(outdir, cases: int) -> Path:
+def _prepare_output(outdir, cases: int) -> tuple[Path, list[str]]:
     """The output folder, checked and created, with ``cases/``; its manifest lists the files this demo writes and
     the earlier demo's it will replace (an earlier demo's results stay until :func:`_write_results` replaces them).
+    Returns the folder and those earlier results' names (relative to it; a ``run.json`` the user made not among them).
 
     Only files an earlier demo wrote there (listed in the folder's manifest) are replaced or deleted: a
     user's own ``report.html`` or ``model.pt`` there is refused before anything is written (it was
@@ -177,7 +176,7 @@ def _prepare_output(outdir, cases: int) -> Path:
         (out / "cases").mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot write the demo's output folder {out}: {e.strerror or e}") from None
-    return out
+    return out, earlier
 
 
 def _train_config(s: DemoSettings, quiet: bool):

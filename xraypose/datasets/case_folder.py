@@ -27,7 +27,6 @@ sidecar, fiducials and true poses).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -356,7 +355,7 @@ def check_case(folder, out=None) -> list[dict]:
     Raises:
         OutputError: ``out`` is the case's ``xrays/`` folder (the PNGs would be read as X-rays), or it holds
             a file of one of those names that xraypose did not write — before anything is rendered.
-        OutputInUse: another xraypose run is using ``out`` (locked meanwhile, joining the calling command's
+        OutputInUse: another xraypose run is using ``out`` (its write is locked, joining the calling command's
             lock: :func:`xraypose.output_lock.output_lock`)."""
     from xraypose.io import OutputError, atomic_write_files, check_output_folder, make_output_folder, png_bytes
     from xraypose.output_lock import output_lock
@@ -366,31 +365,31 @@ def check_case(folder, out=None) -> list[dict]:
     case = load_case(folder)
     stems = [Path(n).stem for n in case.names]
     png = {n: (s if stems.count(s) == 1 else n) for n, s in zip(case.names, stems)}
-    with output_lock(out, join=True) if out is not None else contextlib.nullcontext():  # (xraypose.output_lock)
-        if out is not None:
-            if Path(out).expanduser().resolve() == (Path(folder).expanduser() / "xrays").resolve():
-                raise OutputError(f"--out {out} is the case's X-ray folder: the PNGs would be read as X-rays; choose "
-                                  "another folder")
-            check_output_folder(out, replaces=[f"{png[n]}_{k}.png" for n in case.names for k in ("xray", "drr")])
-        files: dict = {}
-        density = case.volume.density("physical")
-        rows = []
-        for i, name in enumerate(case.names):
-            xr = case.processed[i]
-            row = {"xray": name, "shape": list(xr.shape), "kind": case.xrays[i].kind,
-                   "camera": None if xr.camera is None else xr.camera.to_dict(), "pose_from": None, "ncc": None}
-            pose = case.get_pose(i)
-            row["pose_from"] = "poses.json" if pose is not None else None
-            if pose is None and xr.pose is not None:
-                pose, row["pose_from"] = xr.pose, "C-arm angles in the header"
-            if pose is not None and xr.camera is not None:
-                with torch.no_grad():
-                    drr = render(density, case.volume.affine, xr.camera, pose.to(torch.float32)[None], step=1.5)[0, 0]
-                row["ncc"] = ncc(xr.image, drr)
-                files[f"{png[name]}_xray.png"] = png_bytes(xr.image)
-                files[f"{png[name]}_drr.png"] = png_bytes(drr)
-            rows.append(row)
-        if out is not None and files:
+    if out is not None:
+        if Path(out).expanduser().resolve() == (Path(folder).expanduser() / "xrays").resolve():
+            raise OutputError(f"--out {out} is the case's X-ray folder: the PNGs would be read as X-rays; choose "
+                              "another folder")
+        check_output_folder(out, replaces=[f"{png[n]}_{k}.png" for n in case.names for k in ("xray", "drr")])
+    files: dict = {}
+    density = case.volume.density("physical")
+    rows = []
+    for i, name in enumerate(case.names):
+        xr = case.processed[i]
+        row = {"xray": name, "shape": list(xr.shape), "kind": case.xrays[i].kind,
+               "camera": None if xr.camera is None else xr.camera.to_dict(), "pose_from": None, "ncc": None}
+        pose = case.get_pose(i)
+        row["pose_from"] = "poses.json" if pose is not None else None
+        if pose is None and xr.pose is not None:
+            pose, row["pose_from"] = xr.pose, "C-arm angles in the header"
+        if pose is not None and xr.camera is not None:
+            with torch.no_grad():
+                drr = render(density, case.volume.affine, xr.camera, pose.to(torch.float32)[None], step=1.5)[0, 0]
+            row["ncc"] = ncc(xr.image, drr)
+            files[f"{png[name]}_xray.png"] = png_bytes(xr.image)
+            files[f"{png[name]}_drr.png"] = png_bytes(drr)
+        rows.append(row)
+    if out is not None and files:
+        with output_lock(out, join=True):  # a command's lock joined; another run's refused
             make_output_folder(out)  # a file of that name is said so ("File exists" was all it said)
             atomic_write_files(out, files, remove=tuple(files))  # a user's file of those names: refused, not replaced
-        return rows
+    return rows

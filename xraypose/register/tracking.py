@@ -799,13 +799,10 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         poses, covs = smooth(filt, covariances=True)
         bracketed = _bracketed(filt.steps)
         for fr, step, T, C, inside in zip(out, filt.steps, poses, covs, bracketed):
-            if step.measured:
+            if step.measured or inside:  # inside: a failed frame between measured ones, the smoother's estimate
                 fr.camera_to_world = T
-                if fr.covariance is not None:
+                if fr.covariance is not None or inside:  # (a failed frame's spread: the smoother's own)
                     fr.covariance, fr.spread = C, pose_spread(C, T)
-            elif inside:  # a failed frame between measured ones: the smoother's estimate, its own spread
-                fr.camera_to_world = T
-                fr.covariance, fr.spread = C, pose_spread(C, T)
     return out
 
 
