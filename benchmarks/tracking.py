@@ -237,9 +237,11 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     """``--counts``: the tracked estimates refined on the frames' raw counts as ``xraypose track --counts``
     does it (``refine_sequence``: counts in photons read from each frame's own noise, pixels inside the
     collimator crop, the blur estimated on the first refined frame unless ``--counts-blur`` gives it; every
-    ``--counts-every``-th frame).  The raw camera's pose is the preprocessed one times the inverse of
-    preprocessing's ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the
-    rows; returns the summary."""
+    ``--counts-every``-th frame).  A ``failed`` frame is left as tracked, as the command leaves it (its
+    ``mtre_counts`` is the tracked one; ``--counts-failed refine`` refines it too: this benchmark's rule until
+    2026-12-06).  The raw camera's pose is the preprocessed one times the inverse of preprocessing's
+    ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the rows; returns the
+    summary."""
     from xraypose.metrics import pose_errors
     from xraypose.register.counts import counts_bin_for, refine_sequence
 
@@ -248,12 +250,19 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     b = counts_bin_for(tuple(raw0.shape), args.counts_max_side)  # as xraypose track --counts (max side 128)
     blur = {"family": family_blur / b, "estimate": None}.get(args.counts_blur)
     blur = float(args.counts_blur) if blur is None and args.counts_blur != "estimate" else blur
-    starts = [fr.camera_to_world.to(F64) @ torch.linalg.inv(raws[fr.index][2]) for fr in picked]
+    left = [args.counts_failed == "leave" and fr.verdict == "failed" for fr in picked]
+    starts = [None if skip else fr.camera_to_world.to(F64) @ torch.linalg.inv(raws[fr.index][2])
+              for fr, skip in zip(picked, left)]
     t0, times = time.perf_counter(), []
 
     def progress(i, fit):
         nonlocal t0
         fr, row = picked[i], rows[picked[i].index]
+        if fit is None:  # a failed frame, left as tracked
+            row["mtre_counts"], row["depth_error_counts_mm"] = row["mtre"], row["depth_error_mm"]
+            print(f"  frame {fr.index:3d}: failed, left as tracked ({row['mtre']:6.3f} mm)", flush=True)
+            t0 = time.perf_counter()
+            return
         T = fit.pose @ raws[fr.index][2]
         row["mtre_counts"] = float(pose_errors(T, poses[fr.index], fid, pcam)["mtre"])
         row["depth_error_counts_mm"] = depth_error(T, poses[fr.index], fid)
@@ -276,7 +285,10 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     if args.counts_every == 1:  # the refined poses pooled by the motion model (xraypose track --counts)
         from xraypose.register.counts import pool_fits
 
-        for fr, row, T in zip(picked, done, pool_fits(fits, vol.get_isocenter(), "smooth")):
+        for fr, row, T, fit in zip(picked, done, pool_fits(fits, vol.get_isocenter(), "smooth"), fits):
+            if fit is None:  # left as tracked, as xraypose track --counts leaves it
+                row["mtre_counts_pooled"], row["depth_error_counts_pooled_mm"] = row["mtre"], row["depth_error_mm"]
+                continue
             row["mtre_counts_pooled"] = float(pose_errors(T @ raws[fr.index][2], poses[fr.index], fid, pcam)["mtre"])
             row["depth_error_counts_pooled_mm"] = depth_error(T @ raws[fr.index][2], poses[fr.index], fid)
         mp = torch.tensor([r["mtre_counts_pooled"] for r in done])
@@ -289,7 +301,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     before = torch.tensor([r["mtre"] for r in done])
     return {"renderer": args.counts, "supersample": args.counts_supersample, "bin": b,
             "blur": args.counts_blur, "air": args.counts_air, "formation": form.to_dict(), "blur_px": form.blur_px,
-            "frames": len(done),
+            "frames": len(done), "failed_frames": args.counts_failed, "left_as_tracked": sum(left),
             "share_below_1mm": float((mt < 1).double().mean()),
             "tracked_share_below_1mm_same_frames": float((before < 1).double().mean()),
             "median_mtre_mm": float(mt.median()), "p90_mtre_mm": float(mt.quantile(0.9)),
@@ -445,6 +457,9 @@ def main(argv=None) -> int:
                          "renderer and the blur: xraypose track --counts) or a number (-1000: the model until "
                          "stop 43)")
     ap.add_argument("--counts-every", type=int, default=1, help="refine every k-th frame only")
+    ap.add_argument("--counts-failed", choices=("leave", "refine"), default="leave",
+                    help="a frame the check judged failed: left as tracked (as xraypose track --counts leaves "
+                         "it; the default since 2026-12-06) or refined too (this benchmark's rule until then)")
     ap.add_argument("--counts-max-side", type=int, default=128,
                     help="the frames' counts summed over k×k pixels until at most this many a side, as xraypose "
                          "track --counts does (128; until 2026-12-06 unbinned: the formed detector's pixels)")

@@ -1298,6 +1298,51 @@ def test_the_tracking_benchmarks_biplane_sequence_is_a_second_view_turned_about_
         bench.main(["--json", str(tmp_path / "x.json"), "--frames", "2", "--biplane", "90", "--blur", "-0.03"])
 
 
+def test_the_tracking_benchmarks_counts_leave_a_failed_frame_as_tracked_as_xraypose_track_does(monkeypatch):
+    """benchmarks/tracking.py --counts refined every frame, while `xraypose track --counts` leaves a frame the
+    check judged failed as tracked (its start None): the benchmark's 100 % on abdomen s2 was 98 % as the
+    command runs it.  Now a failed frame gets no start and keeps its tracked mTRE; --counts-failed refine
+    is the old rule."""
+    from types import SimpleNamespace
+
+    import xraypose.register.counts as counts
+    from xraypose.camera import Camera
+
+    bench = _benchmark("tracking")
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
+    seen = {}
+
+    def fake_refine(vol, camera, raws, starts, progress=None, **kw):
+        seen["starts"] = starts
+        fits = [None if T is None else SimpleNamespace(pose=truth, iterations=0, to_dict=dict) for T in starts]
+        for i, f in enumerate(fits):
+            progress(i, f)
+        return SimpleNamespace(to_dict=dict, blur_px=0.7), fits
+
+    monkeypatch.setattr(counts, "refine_sequence", fake_refine)
+    monkeypatch.setattr(counts, "pool_fits", lambda fits, iso, motion: [None if f is None else f.pose for f in fits])
+    truth = torch.eye(4, dtype=torch.float64)
+    truth[2, 3] = 800.0
+    moved = truth.clone()
+    moved[0, 3] += 3.0  # the tracked pose: 3 mm off
+    out = [SimpleNamespace(index=i, verdict=v, camera_to_world=moved) for i, v in enumerate(["ok", "failed", "ok"])]
+    raws = [(torch.ones(16, 16), cam, torch.eye(4, dtype=torch.float64), 0, 0.7)] * 3
+    fid = torch.tensor([[0.0, 0.0, 0.0], [10.0, 5.0, -4.0]], dtype=torch.float64)
+    vol = SimpleNamespace(get_isocenter=lambda: torch.zeros(3, dtype=torch.float64))
+    for rule, refined in (("leave", [True, False, True]), ("refine", [True, True, True])):
+        rows = [{"mtre": 3.0, "depth_error_mm": 0.0} for _ in out]
+        args = SimpleNamespace(counts_every=1, counts_max_side=128, counts_blur="0.7", counts_air="-1000",
+                               counts="auto", counts_supersample=2, counts_failed=rule)
+        summary = bench.refine_counts(vol, rows, out, raws, [truth] * 3, fid, cam, args)
+        assert [s is not None for s in seen["starts"]] == refined
+        assert summary["left_as_tracked"] == refined.count(False)
+        for row, r in zip(rows, refined):  # a refined frame is scored at its fit (the truth), a left one as tracked
+            want = 0.0 if r else 3.0
+            assert row["mtre_counts"] == pytest.approx(want, abs=1e-9)
+            assert row["mtre_counts_pooled"] == pytest.approx(want, abs=1e-9)
+            assert ("counts" in row) == r
+
+
 def test_the_confidence_benchmarks_moved_poses_are_measured_once_and_cached(tmp_path):
     """benchmarks/confidence.py --moved: each good result moved as MOVES says, checked there (the case
     loaded once per record), the rows appended to the cache; a second call reads them back unchanged."""
