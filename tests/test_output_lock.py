@@ -163,6 +163,38 @@ def test_train_locks_beside_its_model_file(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "model.lock").exists()
 
 
+
+def test_the_python_apis_train_locks_its_model_file(tmp_path, monkeypatch):
+    """``xraypose.train.train`` (a script's) took no lock: it wrote checkpoints beside the model a running
+    ``xraypose train -o`` was training.  Now a live run's ``model.lock`` refuses it before anything is read or
+    written; inside the command's own lock it joins (the lock stays the command's)."""
+    import xraypose.train.run as run
+    from helpers import tiny_train
+
+    from xraypose.output_lock import OutputInUse, output_lock
+    from xraypose.train import train
+
+    model = tmp_path / "model.pt"
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        _write_lock(tmp_path / "model.lock", pid=holder.pid, command="xraypose train sample -o model.pt")
+        with pytest.raises(OutputInUse, match=f"output {model} is in use by another xraypose run "
+                                              rf"\(pid {holder.pid}"):
+            train("sample", model, tiny_train(), quiet=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.lock"]
+    (tmp_path / "model.lock").unlink()
+    seen = []
+    monkeypatch.setattr(run, "_train", lambda *a, **kw: seen.append((tmp_path / "model.lock").read_bytes()))
+    with output_lock(model, file=True) as lock:
+        held = lock.read_bytes()
+        train("sample", model, tiny_train(), quiet=True)
+        assert seen == [held] and lock.read_bytes() == held
+    train("sample", model, tiny_train(), quiet=True)  # alone: its own lock, removed after
+    assert len(seen) == 2 and not (tmp_path / "model.lock").exists()  # held while it ran (read above)
+
 # Every command that writes results, with inputs that do not exist: the lock is checked before anything else.
 WRITERS = {
     "demo": ["demo", "-o", "{out}"],

@@ -8,7 +8,8 @@ files of the other while it ran.  The commands that write results therefore hold
 their output while they run (:mod:`xraypose.cli` wraps them), and so do the Python API's writers of results
 (:func:`~xraypose.register.api.write_registration`, :func:`~xraypose.register.multiview.write_rig_registration`,
 :func:`~xraypose.evaluate.evaluate`, :func:`~xraypose.datasets.case_folder.check_case` with ``out``,
-:func:`~xraypose.demo.run_demo`): a script's write raced a command's into the same folder.  They *join* a lock
+:func:`~xraypose.demo.run_demo`, and :func:`~xraypose.train.train` on its model file while it trains): a script's
+write raced a command's into the same folder.  They *join* a lock
 their own process already holds on that output (``join=True``: the command that called them): their block runs
 under it, and it is removed when the last block of the process holding it ends — never by the inner one, early.
 A second run (a command, or a writer that holds no lock of its own there) is refused as below, in the same

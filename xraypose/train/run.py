@@ -39,7 +39,23 @@ def train(ct, output, config=None, *, resume: bool = False, overwrite: bool = Fa
             parameterization); the pose frame and output scaling follow this CT and config.
         callback: called as ``callback(event, info)`` with event "step", "checkpoint" or "validation".
         quiet: no progress bar.
+
+    ``output`` is locked while it trains (rank 0; :func:`xraypose.output_lock.output_lock`, ``model.lock``
+    beside it, joining the lock of ``xraypose train -o`` that calls it): a second training into the same model
+    is refused (:class:`~xraypose.output_lock.OutputInUse`) instead of interleaving its checkpoints.
     """
+    import contextlib
+
+    from xraypose.output_lock import output_lock
+
+    lock = output_lock(output, file=True, join=True) if _dist_info()[1] == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(ct, output, config, resume=resume, overwrite=overwrite, finetune=finetune, callback=callback,
+                      quiet=quiet)
+
+
+def _train(ct, output, config, *, resume: bool, overwrite: bool, finetune, callback, quiet: bool) -> TrainResult:
+    """:func:`train`'s body, under its lock."""
     t_start = time.perf_counter()
     cfg = as_config(config)
     paths = output_paths(output)
