@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from helpers import tiny_train
 
 from xraypose.cli import main
 from xraypose.errors import InputError
@@ -169,7 +170,6 @@ def test_the_python_apis_train_locks_its_model_file(tmp_path, monkeypatch):
     ``xraypose train -o`` was training.  Now a live run's ``model.lock`` refuses it before anything is read or
     written; inside the command's own lock it joins (the lock stays the command's)."""
     import xraypose.train.run as run
-    from helpers import tiny_train
 
     from xraypose.output_lock import OutputInUse, output_lock
     from xraypose.train import train
@@ -194,6 +194,37 @@ def test_the_python_apis_train_locks_its_model_file(tmp_path, monkeypatch):
         assert seen == [held] and lock.read_bytes() == held
     train("sample", model, tiny_train(), quiet=True)  # alone: its own lock, removed after
     assert len(seen) == 2 and not (tmp_path / "model.lock").exists()  # held while it ran (read above)
+
+
+def test_an_output_inside_a_folder_another_run_holds_is_refused(tmp_path):
+    """A lock covered its own folder only: a script's ``write_registration`` into ``out/cases/x`` (or a
+    ``train -o out/model.pt``) went ahead while ``evaluate -o out`` ran, whose ``--overwrite`` or final write
+    would mix with it.  Now refused, naming the enclosing folder, before anything is created; a stale enclosing
+    lock is left alone and not in the way; this process's own command lock on ``out`` lets it write inside."""
+    from xraypose.output_lock import OutputInUse, output_lock
+    from xraypose.register.api import write_registration
+    from xraypose.train import train
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        _write_lock(out / LOCK, pid=holder.pid)
+        with pytest.raises(OutputInUse, match=f"output folder {out / 'cases' / 'x'} lies inside {out}, which another "
+                                              rf"xraypose run is using \(pid {holder.pid}"):
+            write_registration(out / "cases" / "x", _registration())
+        with pytest.raises(OutputInUse, match=f"lies inside {out}, which another xraypose run is using"):
+            train("sample", out / "model.pt", tiny_train(), quiet=True)
+        assert main(["register", "sample", "x.npy", "-o", str(out / "sub")]) == 2  # the command too
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]  # nothing created inside
+    write_registration(out / "cases" / "x", _registration())  # that run is gone: its lock is not in the way
+    assert (out / "cases" / "x" / "pose.json").is_file() and (out / LOCK).exists()  # (and not taken over)
+    (out / LOCK).unlink()
+    with output_lock(out):  # a command of this process: its own subfolders are its to write
+        write_registration(out / "cases" / "y", _registration())
+    assert (out / "cases" / "y" / "pose.json").is_file()
 
 # Every command that writes results, with inputs that do not exist: the lock is checked before anything else.
 WRITERS = {

@@ -28,6 +28,11 @@ process too:
 * Left by a run on another host (a shared file system): refused, naming the host and the file — this host
   cannot tell whether that run still goes, and trainings and evaluations may rightly run for days, so no
   age makes it stale; whoever knows it ended deletes the file.
+* An output inside a folder another run holds (a script's ``write_registration`` into ``out/cases/x``, a
+  ``train -o out/model.pt``, while ``evaluate -o out`` or ``demo -o out`` runs; that run's ``--overwrite`` or
+  final write would mix with it): refused the same way, naming the enclosing folder.  Checked when the lock is
+  taken, upward only (a run started on ``out`` later does not look for locks inside it); the enclosing folder
+  held by this process (a command writing into its own output's subfolders) is not another run's.
 * A lock that cannot be created at all (a read-only folder, a path under a file, a missing parent of a
   model file) is not taken: the command's own output checks refuse that output before computing, naming
   the problem as before.  A missing output folder is created to hold the lock, and removed again at the
@@ -177,6 +182,29 @@ def _acquire(path: Path, what: str, record: dict, say) -> bytes | None:
     raise OutputInUse(f"{what} cannot be locked: {path} keeps changing (many runs starting at once?)")
 
 
+def _check_enclosing(path: Path, file: bool, what: str) -> None:
+    """Raise :class:`OutputInUse` when a folder enclosing the output of the lock ``path`` (the model file's own
+    folder with ``file``, else the output folder's parents) is locked by another run that still goes, or by
+    one on another host (module docstring); stale and unreadable locks there are left alone (not this run's)."""
+    folder = Path(os.path.realpath(path.parent if file else path.parent.parent))
+    for a in (folder, *folder.parents):
+        lk = a / LOCK_NAME
+        try:
+            _, rec = _read(lk)
+        except OSError:
+            continue
+        if rec is None:
+            continue
+        if (os.getpid(), str(lk)) in _HELD:
+            return  # this process's own run holds it: writing into its own output
+        running = _holder_running(rec)
+        if running is False:
+            continue
+        where = f"on host {rec.get('host')} " if running is None else ""
+        raise OutputInUse(f"{what} lies inside {a}, which another xraypose run {where}is using ({_who(rec)}); "
+                          f"choose an output outside it — if that run is no longer going, delete {lk}")
+
+
 def _release(path: Path, data: bytes) -> None:
     """Remove the lock ``path`` if it is still this run's (not one another run made after it was deleted)."""
     with contextlib.suppress(OSError):
@@ -257,8 +285,9 @@ def output_lock(output, *, file: bool = False, command: list[str] | None = None,
             if entry is not None:
                 entry[0] += 1
             else:
-                made = [] if file else _make_folder(path.parent)
                 what = f"output {Path(output).expanduser()}" if file else f"output folder {path.parent}"
+                _check_enclosing(path, file, what)
+                made = [] if file else _make_folder(path.parent)
                 data = _acquire(path, what, _record(command), say)
                 if data is not None:
                     entry = _HELD[key] = [1, data, path]
