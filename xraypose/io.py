@@ -525,7 +525,8 @@ def _listed(manifest: bytes | None) -> set:
 
 def _kind(folder) -> set:
     """The names the kind of result last written into ``folder`` writes (its :data:`MANIFEST`'s ``"kind"``: a
-    result's ``remove``); empty where unrecorded (the demo's manifest, an earlier version's)."""
+    result's ``remove``); empty where unrecorded (an earlier version's manifest, or one a command wrote before its
+    result's files, as the demo's :func:`~xraypose.demo._prepare_output` does)."""
     try:
         data = json.loads((Path(folder) / MANIFEST).read_bytes())
     except (OSError, ValueError):
