@@ -413,9 +413,10 @@ COUNTS = typer.Option(False, "--counts", help="Then refine the pose on the raw c
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the counts' "
                            "pixels (an X-ray's pixels summed until it is at most 128 a side: a 512² frame's 4×4; "
                            "default: chosen by the likelihood).")
-COUNTS_SUPERSAMPLE = typer.Option(2, "--counts-supersample", help="With --counts: DRR pixels per X-ray pixel per "
-                                  "side, area-averaged as a detector's pixel integrates intensity (1: 4× faster; "
-                                  "biased on X-rays formed finer).")
+COUNTS_SUPERSAMPLE = typer.Option(None, "--counts-supersample", help="With --counts: DRR pixels per counts pixel "
+                                  "per side, area-averaged as a detector's pixel integrates intensity (default: 2, "
+                                  "or the bin where the X-ray's pixels are summed more than 2×2 — a 512² frame's 4; "
+                                  "1: 4× faster, biased on X-rays formed finer).")
 COUNTS_RENDERER = typer.Option("auto", "--counts-renderer", help="With --counts: auto (the one under which the "
                                "counts are most likely), siddon (the CT's voxels as constant boxes; the sharpest "
                                "model, the blur fitted on top) or trilinear (interpolated: faster; its own blur of "
@@ -428,7 +429,7 @@ COUNTS_SCATTER_MM = typer.Option(None, "--counts-scatter-mm", help="With --count
 
 
 def counts_options(counts: bool = COUNTS, counts_blur: Optional[float] = COUNTS_BLUR,
-                   counts_supersample: int = COUNTS_SUPERSAMPLE, counts_renderer: str = COUNTS_RENDERER,
+                   counts_supersample: Optional[int] = COUNTS_SUPERSAMPLE, counts_renderer: str = COUNTS_RENDERER,
                    counts_air_hu: Optional[float] = COUNTS_AIR_HU,
                    counts_scatter_mm: Optional[float] = COUNTS_SCATTER_MM) -> dict:
     """The counts options of ``register`` and ``track`` (:mod:`xraypose.register.counts`): ``{"on": bool, "blur",
@@ -436,7 +437,7 @@ def counts_options(counts: bool = COUNTS, counts_blur: Optional[float] = COUNTS_
     ``--counts``, or an unknown renderer, are refused."""
     from xraypose.register.counts import COUNTS_RENDERERS
 
-    if not counts and (counts_blur is not None or counts_supersample != 2 or counts_renderer != "auto"
+    if not counts and (counts_blur is not None or counts_supersample is not None or counts_renderer != "auto"
                        or counts_air_hu is not None or counts_scatter_mm is not None):
         raise InputError("--counts-blur, --counts-supersample, --counts-renderer, --counts-air-hu and "
                          "--counts-scatter-mm go with --counts")

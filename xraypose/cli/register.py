@@ -192,8 +192,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
     return {"refined": True, **r.to_dict(), "camera_to_world": out.camera_to_world.tolist(),  # pose.json's camera
             "registered_camera_to_world": registered.tolist(),
             **({"registered_metrics": registered_metrics} if registered_metrics is not None else {}),
-            "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")},
-            "supersample": counts_kw["supersample"]}
+            "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")}}
 
 
 def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):

@@ -622,6 +622,16 @@ def bin_counts(counts, camera: Camera, keep, factor: int) -> tuple[torch.Tensor,
     return (y * k).sum((1, 3)), cam, k.all(3).all(1)
 
 
+def counts_supersample_for(bin: int) -> int:
+    """The DRR's rays per binned pixel per side when not given: ``max(2, bin)`` — at least 2, and at least one
+    ray per raw pixel.  Binned 4×4, a 512² frame's 128² counts rendered at 2 rays a side (one ray per 2×2 raw
+    pixels) put low-dose pelvis frames ~1 mm off along the beam where tracking had them at 0.1–0.3 mm: a
+    Siddon DRR of 3 mm voxels sampled that coarsely aliases, and the fit locks onto it (pelvis s1: 6 of 100
+    frames 0.91–1.22 mm, 100 → 96 % below 1 mm; at 4 rays a side those six 0.18–0.88 mm; docs/benchmarks.md,
+    stop 57).  A 256² X-ray binned 2×2 (``register --counts``) and frames of ≤ 128 px keep 2."""
+    return max(2, int(bin))
+
+
 def counts_bin_for(shape, max_side: int = COUNTS_MAX_SIDE) -> int:
     """The smallest bin (pixels per side) that brings an X-ray of ``shape`` (H, W) to at most ``max_side``
     pixels along its longer side."""
@@ -633,8 +643,8 @@ class CountsRefinement:
     """:func:`refine_xray_on_counts`'s result: the ``fit`` (its pose: camera_to_world of the X-ray's own
     camera), the ``formation`` under which the counts were most likely (its σ and scatter width in the
     *binned* pixels), ``bin`` (pixels per side summed), the binned ``camera``, the X-ray's gain
-    ``per_photon`` (raw value per photon, read from its noise), the candidates ``tried`` and the
-    ``seconds`` it took."""
+    ``per_photon`` (raw value per photon, read from its noise), the candidates ``tried``, the ``seconds`` it
+    took and the ``supersample`` used."""
 
     fit: CountsFit
     formation: CountsFormation
@@ -643,10 +653,12 @@ class CountsRefinement:
     per_photon: float
     tried: list
     seconds: float
+    supersample: int = 2  #: the DRR's rays per binned pixel per side
 
     def to_dict(self) -> dict:
         f = self.formation
         return {**self.fit.to_dict(), "camera_to_world": self.fit.pose.tolist(), "bin": self.bin,
+                "supersample": self.supersample,
                 "formation": {**f.to_dict(), "blur_mm": f.blur_px * float(self.camera.delx),
                               "scatter_mm": f.scatter_px * float(self.camera.delx)},
                 "per_photon": self.per_photon, "candidates": len(self.tried), "seconds": self.seconds}
@@ -655,7 +667,7 @@ class CountsRefinement:
 def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop: int = 0, bin: int | None = None,
                           max_side: int = COUNTS_MAX_SIDE, renderer: str | None = None, air_hu: float | None = None,
                           blur_px: float | None = None, scatter_mm: float | None = None,
-                          supersample: int = 2, exhaustive: bool = False) -> CountsRefinement:
+                          supersample: int | None = None, exhaustive: bool = False) -> CountsRefinement:
     """One raw X-ray's registered pose refined on its counts (``xraypose register --counts``): its pixels
     kept (:func:`raw_keep`), in photons (:func:`photons_of`), binned (:func:`bin_counts`), the formation
     chosen by their likelihood and the pose fitted under it (:func:`estimate_counts_formation`).
@@ -668,7 +680,8 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
         bin: pixels per side summed (default: :func:`counts_bin_for` ``max_side``).
         renderer, air_hu, blur_px (σ in the *binned* pixels), scatter_mm (σ on the detector; 0: none):
             the formation; each None is chosen by the counts' likelihood.
-        supersample: as :func:`refine_on_counts`; exhaustive: as :func:`estimate_counts_formation`.
+        supersample: as :func:`refine_on_counts` (default: :func:`counts_supersample_for` the bin);
+            exhaustive: as :func:`estimate_counts_formation`.
     Raises:
         InputError: as :func:`raw_keep`, :func:`photons_of` (no readable photon noise), :func:`bin_counts`,
             :func:`refine_on_counts`.
@@ -679,6 +692,7 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
     keep = raw_keep(raw, crop)
     y, per_photon = photons_of(raw, keep)
     b = counts_bin_for(y.shape, max_side) if bin is None else bin
+    supersample = counts_supersample_for(b) if supersample is None else supersample
     y, cam, keep = bin_counts(y, camera, keep, b)
     scatter_px = None if scatter_mm is None else float(scatter_mm) / float(cam.delx)
     form, fit, tried = estimate_counts_formation(volume, cam, y, torch.as_tensor(pose, dtype=F64).reshape(4, 4),
@@ -686,19 +700,19 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
                                                  blur_px=blur_px, scatter_px=scatter_px, supersample=supersample,
                                                  exhaustive=exhaustive)
     return CountsRefinement(fit=fit, formation=form, bin=b, camera=cam, per_photon=per_photon, tried=tried,
-                            seconds=time.perf_counter() - t0)
+                            seconds=time.perf_counter() - t0, supersample=supersample)
 
 
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
                     air_hu: float | None = None, renderer: str | None = None, scatter_px: float | None = None,
-                    supersample: int = 2, bin: int | None = None, max_side: int = COUNTS_MAX_SIDE,
+                    supersample: int | None = None, bin: int | None = None, max_side: int = COUNTS_MAX_SIDE,
                     progress=None) -> tuple[CountsFormation, list]:
     """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
     --counts`` runs it after tracking.
 
     Args:
         volume: the CT (HU; its affine voxel → world RAS mm); isocenter, supersample: as
-            :func:`refine_on_counts`.
+            :func:`refine_on_counts` (supersample default: :func:`counts_supersample_for` the bin).
         camera: the raw frames' camera; raws: (F, H, W) raw intensities (or a list of (H, W)).
         poses: F start poses (4, 4) camera_to_world of the raw camera, None for a frame to leave (a failed
             one).
@@ -720,6 +734,7 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
     if len(raws) != len(poses):
         raise InputError(f"{len(raws)} frames but {len(poses)} poses")
     b = bin if bin is not None else counts_bin_for(tuple(raws[0].shape[-2:]), max_side) if raws else 1
+    supersample = counts_supersample_for(b) if supersample is None else supersample
     fits, coef, form, basis = [], None, None, None
     for i, (raw, pose) in enumerate(zip(raws, poses)):
         if pose is None:
