@@ -626,9 +626,10 @@ def counts_supersample_for(bin: int) -> int:
     """The DRR's rays per binned pixel per side when not given: ``max(2, bin)`` — at least 2, and at least one
     ray per raw pixel.  Binned 4×4, a 512² frame's 128² counts rendered at 2 rays a side (one ray per 2×2 raw
     pixels) put low-dose pelvis frames ~1 mm off along the beam where tracking had them at 0.1–0.3 mm: a
-    Siddon DRR of 3 mm voxels sampled that coarsely aliases, and the fit locks onto it (pelvis s1: 6 of 100
-    frames 0.91–1.22 mm, 100 → 96 % below 1 mm; at 4 rays a side those six 0.18–0.88 mm; docs/benchmarks.md,
-    stop 57).  A 256² X-ray binned 2×2 (``register --counts``) and frames of ≤ 128 px keep 2."""
+    Siddon DRR of 3 mm voxels sampled that coarsely aliases, and the fit locks onto it (pelvis s1: six of 100
+    frames 0.92–1.16 mm, 100 → 96 % below 1 mm; at 4 rays a side 99 %, those six 0.18–0.88 mm refined alone,
+    3.8× the time; docs/benchmarks.md, stop 57).  A 256² X-ray binned 2×2 (``register --counts``) and frames of
+    ≤ 128 px keep 2."""
     return max(2, int(bin))
 
 
