@@ -3,6 +3,7 @@ a lock left by a dead run is taken over, the lock goes when the run ends however
 its model; every command that writes results takes it (xraypose/cli/__init__.py's LOCKED_OUTPUTS), and so do the
 Python API's writers of results, joining the lock of the command that calls them."""
 
+import contextlib
 import json
 import os
 import socket
@@ -31,6 +32,18 @@ def _write_lock(path: Path, **rec) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"host": socket.gethostname(), "command": "xraypose evaluate case -o out",
                                 "started": "2026-12-05T10:00:00+00:00", **rec}))
+
+
+@contextlib.contextmanager
+def _live_lock(path: Path, **rec):
+    """The lock ``path`` held by a live process (a ``sleep``) for the block; yields its pid."""
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        _write_lock(path, pid=holder.pid, **rec)
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture
@@ -96,16 +109,11 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_first(tmp_path,
 
 
 def test_a_lock_of_another_live_process_is_refused(tmp_path, fake_demo, capsys):
-    holder = subprocess.Popen(["sleep", "30"])
-    try:
-        _write_lock(tmp_path / "d" / LOCK, pid=holder.pid)
+    with _live_lock(tmp_path / "d" / LOCK) as pid:
         assert main(["demo", "-o", str(tmp_path / "d")]) == 2
-    finally:
-        holder.kill()
-        holder.wait()
     assert fake_demo.seen is None  # nothing ran
     err = capsys.readouterr().err
-    assert f"pid {holder.pid}, started 2026-12-05 10:00:00+00:00: xraypose evaluate case -o out" in err
+    assert f"pid {pid}, started 2026-12-05 10:00:00+00:00: xraypose evaluate case -o out" in err
     assert (tmp_path / "d" / LOCK).exists()  # not the refused run's to remove
 
 
@@ -175,15 +183,10 @@ def test_the_python_apis_train_locks_its_model_file(tmp_path, monkeypatch):
     from xraypose.train import train
 
     model = tmp_path / "model.pt"
-    holder = subprocess.Popen(["sleep", "30"])
-    try:
-        _write_lock(tmp_path / "model.lock", pid=holder.pid, command="xraypose train sample -o model.pt")
+    with _live_lock(tmp_path / "model.lock", command="xraypose train sample -o model.pt") as pid:
         with pytest.raises(OutputInUse, match=f"output {model} is in use by another xraypose run "
-                                              rf"\(pid {holder.pid}"):
+                                              rf"\(pid {pid}"):
             train("sample", model, tiny_train(), quiet=True)
-    finally:
-        holder.kill()
-        holder.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.lock"]
     (tmp_path / "model.lock").unlink()
     seen = []
@@ -206,18 +209,13 @@ def test_an_output_inside_a_folder_another_run_holds_is_refused(tmp_path):
     from xraypose.train import train
 
     out = tmp_path / "out"
-    holder = subprocess.Popen(["sleep", "30"])
-    try:
-        _write_lock(out / LOCK, pid=holder.pid)
+    with _live_lock(out / LOCK) as pid:
         with pytest.raises(OutputInUse, match=f"output folder {out / 'cases' / 'x'} lies inside {out}, which another "
-                                              rf"xraypose run is using \(pid {holder.pid}"):
+                                              rf"xraypose run is using \(pid {pid}"):
             write_registration(out / "cases" / "x", _registration())
         with pytest.raises(OutputInUse, match=f"lies inside {out}, which another xraypose run is using"):
             train("sample", out / "model.pt", tiny_train(), quiet=True)
         assert main(["register", "sample", "x.npy", "-o", str(out / "sub")]) == 2  # the command too
-    finally:
-        holder.kill()
-        holder.wait()
     assert sorted(p.name for p in out.iterdir()) == [LOCK]  # nothing created inside
     write_registration(out / "cases" / "x", _registration())  # that run is gone: its lock is not in the way
     assert (out / "cases" / "x" / "pose.json").is_file() and (out / LOCK).exists()  # (and not taken over)
@@ -337,16 +335,11 @@ def test_an_api_write_into_a_folder_another_run_uses_is_refused(tmp_path):
     from xraypose.register.api import write_registration
 
     out = tmp_path / "res"
-    holder = subprocess.Popen(["sleep", "30"])
-    try:
-        _write_lock(out / LOCK, pid=holder.pid)
+    with _live_lock(out / LOCK) as pid:
         with pytest.raises(OutputInUse, match=f"output folder {out} is in use by another xraypose run "
-                                              rf"\(pid {holder.pid}, started 2026-12-05 10:00:00\+00:00"):
+                                              rf"\(pid {pid}, started 2026-12-05 10:00:00\+00:00"):
             write_registration(out, _registration())
-    finally:
-        holder.kill()
-        holder.wait()
-    assert sorted(p.name for p in out.iterdir()) == [LOCK] and json.loads((out / LOCK).read_text())["pid"] == holder.pid
+    assert sorted(p.name for p in out.iterdir()) == [LOCK] and json.loads((out / LOCK).read_text())["pid"] == pid
     write_registration(out, _registration())  # the run is gone: its lock is taken over, and released after
     assert (out / "pose.json").is_file() and not (out / LOCK).exists()
 
@@ -395,14 +388,9 @@ def test_every_api_writer_is_refused_in_a_folder_another_run_uses(tmp_path):
     out = tmp_path / "out"
     rig = SimpleNamespace(pose_json=lambda: {"camera_to_world": [[1.0, 0, 0, 0]]}, views=[], metrics=None,
                           trajectory=[], level_stats=[])
-    holder = subprocess.Popen(["sleep", "30"])
-    try:
-        _write_lock(out / LOCK, pid=holder.pid)
+    with _live_lock(out / LOCK) as pid:
         for write in (lambda: write_rig_registration(out, rig), lambda: evaluate(None, out, None),
                       lambda: run_demo(out, quiet=True)):
-            with pytest.raises(OutputInUse, match=f"in use by another xraypose run \\(pid {holder.pid}"):
+            with pytest.raises(OutputInUse, match=f"in use by another xraypose run \\(pid {pid}"):
                 write()
-    finally:
-        holder.kill()
-        holder.wait()
     assert sorted(p.name for p in out.iterdir()) == [LOCK]
