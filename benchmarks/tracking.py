@@ -243,12 +243,11 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the rows; returns the
     summary."""
     from xraypose.metrics import pose_errors
-    from xraypose.register.counts import counts_bin_for, counts_supersample_for, refine_sequence
+    from xraypose.register.counts import counts_bin_for, refine_sequence
 
     picked = [fr for fr in out if fr.index % args.counts_every == 0]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
     b = counts_bin_for(tuple(raw0.shape), args.counts_max_side)  # as xraypose track --counts (max side 128)
-    ss = args.counts_supersample or counts_supersample_for(b)
     blur = {"family": family_blur / b, "estimate": None}.get(args.counts_blur)
     blur = float(args.counts_blur) if blur is None and args.counts_blur != "estimate" else blur
     left = [args.counts_failed == "leave" and fr.verdict == "failed" for fr in picked]
@@ -279,7 +278,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     form, fits = refine_sequence(vol, cam, [raws[fr.index][0] for fr in picked], starts,
                                  isocenter=vol.get_isocenter(), crop=crop, blur_px=blur, air_hu=air,
                                  renderer=None if args.counts == "auto" else args.counts,
-                                 supersample=ss, bin=b, progress=progress)
+                                 supersample=args.counts_supersample, bin=b, progress=progress)
     print(f"  counts formation: {form.to_dict()}", flush=True)
     done = [rows[fr.index] for fr in picked]
     pooled = {}
@@ -300,7 +299,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
                                                      .pow(2).mean().sqrt())}
     mt = torch.tensor([r["mtre_counts"] for r in done])
     before = torch.tensor([r["mtre"] for r in done])
-    return {"renderer": args.counts, "supersample": ss, "bin": b,
+    return {"renderer": args.counts, "supersample": form.supersample, "bin": b,
             "blur": args.counts_blur, "air": args.counts_air, "formation": form.to_dict(), "blur_px": form.blur_px,
             "frames": len(done), "failed_frames": args.counts_failed, "left_as_tracked": sum(left),
             "share_below_1mm": float((mt < 1).double().mean()),
@@ -450,8 +449,9 @@ def main(argv=None) -> int:
                          "chosen by the first refined frame's likelihood, as xraypose track --counts does); "
                          "reported beside the tracked results, and pooled (every frame refined)")
     ap.add_argument("--counts-supersample", type=int, default=None,
-                    help="the DRR's rays per counts pixel per side (default: as xraypose track --counts, "
-                         "counts_supersample_for the bin: 2, a 512² frame's 4 since 2026-12-06; 2 until then)")
+                    help="the DRR's rays per counts pixel per side (default: as xraypose track --counts, chosen "
+                         "on frame 0 by the likelihood between 2 and the bin — denser_rays, since 2026-12-06; 2 "
+                         "until then)")
     ap.add_argument("--counts-blur", default="estimate",
                     help="the counts model's detector blur, px: 'estimate' (on the first refined frame, held: what "
                          "xraypose track --counts does), 'family' (the formed frames' own) or a number")

@@ -211,12 +211,13 @@ def test_refine_sequence_holds_one_blur_and_leaves_frames_without_a_pose(scene):
 def test_refine_sequence_bins_large_frames_as_one_xray_is_binned(scene, monkeypatch):
     """A fluoroscope's frames (here 80², max side 40) are refined on their counts summed 2×2, with the binned
     camera — as ``register --counts`` bins one X-ray (unbinned, a 512² frame's refinement took minutes); the
-    poses stay the raw camera's; ``bin=1`` leaves them as they are.  The DRR's rays per binned pixel follow the
-    bin (``counts_supersample_for``: at least one per raw pixel, at least 2 — binned 4×4 at 2 a side, low-dose
-    pelvis frames went ~1 mm off along the beam), unless given."""
+    poses stay the raw camera's; ``bin=1`` leaves them as they are.  The DRR's rays per binned pixel: 2, and
+    where more than 2×2 pixels are summed the first frame is fitted again at the bin's rays (``denser_rays``),
+    kept for every frame only when that lowers its NLL by more than 10 (4×4 binned at 2 a side, low-dose pelvis
+    frames went ~1 mm off along the beam); a given value is used as it is."""
     from xraypose.register import counts as C
 
-    seen = []
+    seen, gain = [], {"nll": 0.0}
 
     def spy_estimate(volume, camera, y, pose, **kw):
         seen.append((tuple(y.shape), camera.height, float(camera.delx), tuple(kw["keep"].shape), kw["supersample"]))
@@ -225,7 +226,8 @@ def test_refine_sequence_bins_large_frames_as_one_xray_is_binned(scene, monkeypa
 
     def spy_refine(basis, affine, camera, y, pose, **kw):
         seen.append((tuple(y.shape), camera.height, float(camera.delx), tuple(kw["keep"].shape), kw["supersample"]))
-        return C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0, 0.0, 0.0, 0, True, 0.0)
+        nll = gain["nll"] if kw["supersample"] == 4 else 0.0
+        return C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0, nll, 0.0, 0, True, 0.0)
 
     monkeypatch.setattr(C, "estimate_counts_formation", spy_estimate)
     monkeypatch.setattr(C, "refine_on_counts", spy_refine)
@@ -234,17 +236,22 @@ def test_refine_sequence_bins_large_frames_as_one_xray_is_binned(scene, monkeypa
     raws = [torch.poisson(torch.full((80, 80), 400.0, dtype=F64), generator=g) for _ in range(2)]
     form, fits = C.refine_sequence(scene["vol"], cam, raws, [scene["T"], scene["T"]], isocenter=scene["iso"],
                                    max_side=40)
-    assert seen == [((40, 40), 40, pytest.approx(3.5), (40, 40), 2)] * 2
+    assert seen == [((40, 40), 40, pytest.approx(3.5), (40, 40), 2)] * 2 and form.supersample == 2  # bin 2: 2
     assert all(torch.equal(f.pose, scene["T"]) for f in fits)
     seen.clear()
     C.refine_sequence(scene["vol"], cam, raws, [scene["T"], None], isocenter=scene["iso"], bin=1)
     assert seen == [((80, 80), 80, pytest.approx(1.75), (80, 80), 2)]
-    seen.clear()
-    C.refine_sequence(scene["vol"], cam, raws, [scene["T"], scene["T"]], isocenter=scene["iso"], max_side=20)
-    assert seen == [((20, 20), 20, pytest.approx(7.0), (20, 20), 4)] * 2  # 4×4 binned: 4 rays a side
+    binned = ((20, 20), 20, pytest.approx(7.0), (20, 20))
+    for nll, kept in ((-5.0, 2), (-50.0, 4)):  # 4×4 binned: 4 rays tried on frame 0, kept where the NLL drops > 10
+        seen.clear()
+        gain["nll"] = nll
+        form, fits = C.refine_sequence(scene["vol"], cam, raws, [scene["T"], scene["T"]], isocenter=scene["iso"],
+                                       max_side=20)
+        assert seen == [(*binned, 2), (*binned, 4), (*binned, kept)] and form.supersample == kept
+        assert fits[0].nll == (nll if kept == 4 else 0.0)  # frame 0's fit: the one kept
     seen.clear()
     C.refine_sequence(scene["vol"], cam, raws, [scene["T"], None], isocenter=scene["iso"], max_side=20, supersample=3)
-    assert seen == [((20, 20), 20, pytest.approx(7.0), (20, 20), 3)]
+    assert seen == [(*binned, 3)]  # given: used, nothing tried
     assert [C.counts_supersample_for(b) for b in (1, 2, 3, 4, 8)] == [2, 2, 3, 4, 8]
 
 

@@ -1317,7 +1317,7 @@ def test_the_tracking_benchmarks_counts_leave_a_failed_frame_as_tracked_as_xrayp
         fits = [None if T is None else SimpleNamespace(pose=truth, iterations=0, to_dict=dict) for T in starts]
         for i, f in enumerate(fits):
             progress(i, f)
-        return SimpleNamespace(to_dict=dict, blur_px=0.7), fits
+        return SimpleNamespace(to_dict=dict, blur_px=0.7, supersample=2), fits
 
     monkeypatch.setattr(counts, "refine_sequence", fake_refine)
     monkeypatch.setattr(counts, "pool_fits", lambda fits, iso, motion: [None if f is None else f.pose for f in fits])
@@ -1332,7 +1332,7 @@ def test_the_tracking_benchmarks_counts_leave_a_failed_frame_as_tracked_as_xrayp
     for rule, refined in (("leave", [True, False, True]), ("refine", [True, True, True])):
         rows = [{"mtre": 3.0, "depth_error_mm": 0.0} for _ in out]
         args = SimpleNamespace(counts_every=1, counts_max_side=128, counts_blur="0.7", counts_air="-1000",
-                               counts="auto", counts_supersample=2, counts_failed=rule)
+                               counts="auto", counts_supersample=None, counts_failed=rule)
         summary = bench.refine_counts(vol, rows, out, raws, [truth] * 3, fid, cam, args)
         assert [s is not None for s in seen["starts"]] == refined
         assert summary["left_as_tracked"] == refined.count(False)

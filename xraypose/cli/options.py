@@ -415,8 +415,9 @@ COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detec
                            "default: chosen by the likelihood).")
 COUNTS_SUPERSAMPLE = typer.Option(None, "--counts-supersample", help="With --counts: DRR pixels per counts pixel "
                                   "per side, area-averaged as a detector's pixel integrates intensity (default: 2, "
-                                  "or the bin where the X-ray's pixels are summed more than 2×2 — a 512² frame's 4; "
-                                  "1: 4× faster, biased on X-rays formed finer).")
+                                  "or the bin where the X-ray's pixels are summed more than 2×2 — a 512² frame's 4 — "
+                                  "when that raises the likelihood clearly; 1: 4× faster, biased on X-rays formed "
+                                  "finer).")
 COUNTS_RENDERER = typer.Option("auto", "--counts-renderer", help="With --counts: auto (the one under which the "
                                "counts are most likely), siddon (the CT's voxels as constant boxes; the sharpest "
                                "model, the blur fitted on top) or trilinear (interpolated: faster; its own blur of "

@@ -457,14 +457,14 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
 
     import torch
 
-    from xraypose.register.counts import counts_bin_for, counts_supersample_for, pool_fits, refine_sequence
+    from xraypose.register.counts import counts_bin_for, pool_fits, refine_sequence
 
     b = counts_bin_for((camera.height, camera.width))  # as register --counts: a 512² frame refined at 128²
     pixel_mm = float(camera.delx) * b  # the counts' (binned) pixels: --counts-blur's unit
     to_view = camera_to_view.to(torch.float64)
     to_raw = torch.linalg.inv(to_view)
     blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
-    supersample = counts_kw["supersample"] or counts_supersample_for(b)
+    supersample = counts_kw["supersample"]  # None: chosen on the first frame (denser_rays)
     starts = [None if fr.verdict == "failed" else fr.camera_to_world.to(torch.float64) @ to_raw for fr in res]
     t0 = time.perf_counter()
 
@@ -493,7 +493,7 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     return {"blur_px": form.blur_px, "blur_estimated": blur is None, "renderer": form.renderer,
             "renderer_chosen": renderer is None, "air_hu": form.air_hu, "air_chosen": air_hu is None,
             "scatter_mm": form.scatter_px * pixel_mm, "scatter_chosen": scatter_mm is None,
-            "supersample": supersample, "bin": b, "pooled": motion,
+            "supersample": form.supersample, "supersample_chosen": supersample is None, "bin": b, "pooled": motion,
             "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
 
 

@@ -64,7 +64,7 @@ __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "r
            "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits", "COUNTS_MAX_SIDE",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
-           "COUNTS_SCATTER_MIN_GAIN"]
+           "COUNTS_SCATTER_MIN_GAIN", "counts_supersample_for", "denser_rays"]
 
 #: The renderers the counts model forms its image with (module docstring, "The renderer").
 COUNTS_RENDERERS = ("siddon", "trilinear")
@@ -394,16 +394,18 @@ class CountsFormation:
     air_hu: float
     blur_px: float
     scatter_px: float = 0.0  #: σ of the scatter's wide blur, the X-ray's pixels (0: not modelled)
+    supersample: int = 2  #: the DRR's rays per (binned) pixel a side (:func:`denser_rays`)
 
     def to_dict(self) -> dict:
         return {"renderer": self.renderer, "air_hu": self.air_hu, "blur_px": self.blur_px,
-                "scatter_px": self.scatter_px}
+                "scatter_px": self.scatter_px, "supersample": self.supersample}
 
     def describe(self, pixel_mm: float) -> str:
         """One line for the CLI: ``siddon, air from -1000 HU, blur 0.5 px, scatter σ 40 mm`` (``pixel_mm``:
         the X-ray's pixel spacing, for the scatter's width)."""
         scatter = f"scatter σ {self.scatter_px * float(pixel_mm):g} mm" if self.scatter_px > 0 else "no scatter"
-        return f"{self.renderer}, air from {self.air_hu:g} HU, blur {self.blur_px:g} px, {scatter}"
+        return (f"{self.renderer}, air from {self.air_hu:g} HU, blur {self.blur_px:g} px, {scatter}, "
+                f"{self.supersample}×{self.supersample} rays a pixel")
 
 
 def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor, *, isocenter, keep=None,
@@ -623,14 +625,35 @@ def bin_counts(counts, camera: Camera, keep, factor: int) -> tuple[torch.Tensor,
 
 
 def counts_supersample_for(bin: int) -> int:
-    """The DRR's rays per binned pixel per side when not given: ``max(2, bin)`` — at least 2, and at least one
-    ray per raw pixel.  Binned 4×4, a 512² frame's 128² counts rendered at 2 rays a side (one ray per 2×2 raw
-    pixels) put low-dose pelvis frames ~1 mm off along the beam where tracking had them at 0.1–0.3 mm: a
+    """The DRR's denser rays per binned pixel per side, :func:`denser_rays`'s candidate: ``max(2, bin)`` — at
+    least one ray per raw pixel.  Binned 4×4, a 512² frame's 128² counts rendered at 2 rays a side (one ray per
+    2×2 raw pixels) put low-dose pelvis frames ~1 mm off along the beam where tracking had them at 0.1–0.3 mm: a
     Siddon DRR of 3 mm voxels sampled that coarsely aliases, and the fit locks onto it (pelvis s1: six of 100
     frames 0.92–1.16 mm, 100 → 96 % below 1 mm; at 4 rays a side 99 %, those six 0.18–0.88 mm refined alone,
     3.8× the time; docs/benchmarks.md, stop 57).  A 256² X-ray binned 2×2 (``register --counts``) and frames of
-    ≤ 128 px keep 2."""
+    ≤ 128 px: 2."""
     return max(2, int(bin))
+
+
+def denser_rays(volume, camera: Camera, counts, keep, form: CountsFormation, fit: CountsFit, *, isocenter,
+                bin: int, basis=None) -> tuple[CountsFormation, CountsFit]:
+    """The rays per pixel chosen by the likelihood, as scatter is: the fit under ``form`` (2 rays a side)
+    refitted at :func:`counts_supersample_for` ``bin`` rays from its pose and coefficients, and kept when its
+    negative log-likelihood is lower by more than :data:`COUNTS_SCATTER_MIN_GAIN` (else ``form`` and ``fit``
+    as given; bins ≤ 2: nothing to try).  On pelvis s1's frames (3 mm voxels, Siddon) 4 rays lowered it by
+    144–1083, on the abdomen's (0.7 mm voxels, trilinear) by 4 — at 4–10× the time for no gain in accuracy
+    (docs/benchmarks.md, stop 57).  ``counts``, ``keep``, ``camera``: the binned ones.  Returns
+    ``(formation, fit)`` with ``formation.supersample`` the rays used."""
+    s = counts_supersample_for(bin)
+    if s <= form.supersample:
+        return form, fit
+    basis = counts_basis(volume, air_hu=form.air_hu) if basis is None else basis
+    dense = refine_on_counts(basis, volume.affine, camera, counts, fit.pose, isocenter=isocenter, keep=keep,
+                             blur_px=form.blur_px, supersample=s, coefficients=fit.coefficients,
+                             renderer=form.renderer, scatter_px=form.scatter_px)
+    if dense.nll < fit.nll - COUNTS_SCATTER_MIN_GAIN:
+        return dataclasses.replace(form, supersample=s), dense
+    return form, fit
 
 
 def counts_bin_for(shape, max_side: int = COUNTS_MAX_SIDE) -> int:
@@ -644,8 +667,8 @@ class CountsRefinement:
     """:func:`refine_xray_on_counts`'s result: the ``fit`` (its pose: camera_to_world of the X-ray's own
     camera), the ``formation`` under which the counts were most likely (its σ and scatter width in the
     *binned* pixels), ``bin`` (pixels per side summed), the binned ``camera``, the X-ray's gain
-    ``per_photon`` (raw value per photon, read from its noise), the candidates ``tried``, the ``seconds`` it
-    took and the ``supersample`` used."""
+    ``per_photon`` (raw value per photon, read from its noise), the candidates ``tried`` and the
+    ``seconds`` it took."""
 
     fit: CountsFit
     formation: CountsFormation
@@ -654,12 +677,10 @@ class CountsRefinement:
     per_photon: float
     tried: list
     seconds: float
-    supersample: int = 2  #: the DRR's rays per binned pixel per side
 
     def to_dict(self) -> dict:
         f = self.formation
         return {**self.fit.to_dict(), "camera_to_world": self.fit.pose.tolist(), "bin": self.bin,
-                "supersample": self.supersample,
                 "formation": {**f.to_dict(), "blur_mm": f.blur_px * float(self.camera.delx),
                               "scatter_mm": f.scatter_px * float(self.camera.delx)},
                 "per_photon": self.per_photon, "candidates": len(self.tried), "seconds": self.seconds}
@@ -681,7 +702,7 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
         bin: pixels per side summed (default: :func:`counts_bin_for` ``max_side``).
         renderer, air_hu, blur_px (σ in the *binned* pixels), scatter_mm (σ on the detector; 0: none):
             the formation; each None is chosen by the counts' likelihood.
-        supersample: as :func:`refine_on_counts` (default: :func:`counts_supersample_for` the bin);
+        supersample: as :func:`refine_on_counts` (default: chosen by the likelihood, :func:`denser_rays`);
             exhaustive: as :func:`estimate_counts_formation`.
     Raises:
         InputError: as :func:`raw_keep`, :func:`photons_of` (no readable photon noise), :func:`bin_counts`,
@@ -693,15 +714,18 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
     keep = raw_keep(raw, crop)
     y, per_photon = photons_of(raw, keep)
     b = counts_bin_for(y.shape, max_side) if bin is None else bin
-    supersample = counts_supersample_for(b) if supersample is None else supersample
     y, cam, keep = bin_counts(y, camera, keep, b)
     scatter_px = None if scatter_mm is None else float(scatter_mm) / float(cam.delx)
     form, fit, tried = estimate_counts_formation(volume, cam, y, torch.as_tensor(pose, dtype=F64).reshape(4, 4),
                                                  isocenter=isocenter, keep=keep, renderer=renderer, air_hu=air_hu,
-                                                 blur_px=blur_px, scatter_px=scatter_px, supersample=supersample,
+                                                 blur_px=blur_px, scatter_px=scatter_px,
+                                                 supersample=2 if supersample is None else supersample,
                                                  exhaustive=exhaustive)
+    form = dataclasses.replace(form, supersample=2 if supersample is None else supersample)
+    if supersample is None:  # the rays chosen by the likelihood
+        form, fit = denser_rays(volume, cam, y, keep, form, fit, isocenter=isocenter, bin=b)
     return CountsRefinement(fit=fit, formation=form, bin=b, camera=cam, per_photon=per_photon, tried=tried,
-                            seconds=time.perf_counter() - t0, supersample=supersample)
+                            seconds=time.perf_counter() - t0)
 
 
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
@@ -713,7 +737,7 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
 
     Args:
         volume: the CT (HU; its affine voxel → world RAS mm); isocenter, supersample: as
-            :func:`refine_on_counts` (supersample default: :func:`counts_supersample_for` the bin).
+            :func:`refine_on_counts` (supersample default: chosen on the first frame, :func:`denser_rays`).
         camera: the raw frames' camera; raws: (F, H, W) raw intensities (or a list of (H, W)).
         poses: F start poses (4, 4) camera_to_world of the raw camera, None for a frame to leave (a failed
             one).
@@ -735,7 +759,8 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
     if len(raws) != len(poses):
         raise InputError(f"{len(raws)} frames but {len(poses)} poses")
     b = bin if bin is not None else counts_bin_for(tuple(raws[0].shape[-2:]), max_side) if raws else 1
-    supersample = counts_supersample_for(b) if supersample is None else supersample
+    choose_rays = supersample is None
+    supersample = 2 if supersample is None else supersample
     fits, coef, form, basis = [], None, None, None
     for i, (raw, pose) in enumerate(zip(raws, poses)):
         if pose is None:
@@ -746,21 +771,25 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         keep = raw_keep(raw, crop)
         y, _ = photons_of(raw, keep)
         y, cam, keep = bin_counts(y, camera, keep, b)
-        kw = dict(isocenter=isocenter, keep=keep, supersample=supersample, coefficients=coef)
+        kw = dict(isocenter=isocenter, keep=keep, coefficients=coef)
         if form is None:  # the estimate's fit is this frame's (not refined twice)
             form, fit, _ = estimate_counts_formation(volume, cam, y, pose, renderer=renderer, air_hu=air_hu,
-                                                     blur_px=blur_px, scatter_px=scatter_px, **kw)
+                                                     blur_px=blur_px, scatter_px=scatter_px,
+                                                     supersample=supersample, **kw)
+            form = dataclasses.replace(form, supersample=supersample)
             basis = counts_basis(volume, air_hu=form.air_hu)
+            if choose_rays:
+                form, fit = denser_rays(volume, cam, y, keep, form, fit, isocenter=isocenter, bin=b, basis=basis)
         else:
-            fit = refine_on_counts(basis, volume.affine, cam, y, pose, blur_px=form.blur_px,
-                                   renderer=form.renderer, scatter_px=form.scatter_px, **kw)
+            fit = refine_on_counts(basis, volume.affine, cam, y, pose, blur_px=form.blur_px, renderer=form.renderer,
+                                   scatter_px=form.scatter_px, supersample=form.supersample, **kw)
         coef = fit.coefficients
         fits.append(fit)
         if progress is not None:
             progress(i, fit)
     if form is None:  # no frame had a pose: what was given
         form = CountsFormation(renderer or COUNTS_RENDERERS[0], float(COUNTS_KNOTS_HU[0] if air_hu is None else air_hu),
-                               float(blur_px or 0.0), float(scatter_px or 0.0))
+                               float(blur_px or 0.0), float(scatter_px or 0.0), supersample)
     return form, fits
 
 
