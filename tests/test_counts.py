@@ -221,8 +221,8 @@ def test_refine_sequence_bins_large_frames_as_one_xray_is_binned(scene, monkeypa
 
     def spy_estimate(volume, camera, y, pose, **kw):
         seen.append((tuple(y.shape), camera.height, float(camera.delx), tuple(kw["keep"].shape), kw["supersample"]))
-        return C.CountsFormation("siddon", -1000.0, 0.5, 0.0), C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0,
-                                                                          0.0, 0.0, 0, True, 0.0), []
+        form = C.CountsFormation("siddon", -1000.0, 0.5, 0.0, kw["supersample"])  # as the search records it
+        return form, C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0, 0.0, 0.0, 0, True, 0.0), []
 
     def spy_refine(basis, affine, camera, y, pose, **kw):
         seen.append((tuple(y.shape), camera.height, float(camera.delx), tuple(kw["keep"].shape), kw["supersample"]))
@@ -250,8 +250,9 @@ def test_refine_sequence_bins_large_frames_as_one_xray_is_binned(scene, monkeypa
         assert seen == [(*binned, 2), (*binned, 4), (*binned, kept)] and form.supersample == kept
         assert fits[0].nll == (nll if kept == 4 else 0.0)  # frame 0's fit: the one kept
     seen.clear()
-    C.refine_sequence(scene["vol"], cam, raws, [scene["T"], None], isocenter=scene["iso"], max_side=20, supersample=3)
-    assert seen == [(*binned, 3)]  # given: used, nothing tried
+    form, _ = C.refine_sequence(scene["vol"], cam, raws, [scene["T"], scene["T"]], isocenter=scene["iso"],
+                                max_side=20, supersample=3)
+    assert seen == [(*binned, 3)] * 2 and form.supersample == 3  # given: used for every frame, nothing tried
     assert [C.counts_supersample_for(b) for b in (1, 2, 3, 4, 8)] == [2, 2, 3, 4, 8]
 
 
@@ -267,7 +268,7 @@ def test_the_air_knot_is_the_one_the_frame_was_formed_with(scene, air_hu):
     form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
                                                  keep=scene["keep"], renderer="siddon", blur_px=0.5, supersample=1,
                                                  scatter_px=0.0, air_grid=(-1000.0, -900.0, -800.0))
-    assert form.air_hu == air_hu and form.renderer == "siddon" and form.blur_px == 0.5
+    assert form.air_hu == air_hu and form.renderer == "siddon" and form.blur_px == 0.5 and form.supersample == 1
     # the grid walked from −1000 HU while the NLL falls: −800 reached when formed there, not tried otherwise
     assert sorted({t["air_hu"] for t in tried}) == ([-1000.0, -900.0, -800.0] if air_hu == -800.0 else [-1000.0, -900.0])
     assert fit.nll <= min(t["nll"] for t in tried)  # the chosen candidate, refined further

@@ -64,7 +64,10 @@ __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "r
            "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits", "COUNTS_MAX_SIDE",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
-           "COUNTS_SCATTER_MIN_GAIN", "counts_supersample_for", "denser_rays"]
+           "COUNTS_SCATTER_MIN_GAIN", "COUNTS_SUPERSAMPLE", "counts_supersample_for", "denser_rays"]
+
+#: The DRR's rays per (binned) pixel a side unless more are chosen (:func:`denser_rays`) or given.
+COUNTS_SUPERSAMPLE = 2
 
 #: The renderers the counts model forms its image with (module docstring, "The renderer").
 COUNTS_RENDERERS = ("siddon", "trilinear")
@@ -267,7 +270,7 @@ class CountsModel:
 
 
 def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
-                     isocenter, keep=None, blur_px: float = 0.0, supersample: int = 2,
+                     isocenter, keep=None, blur_px: float = 0.0, supersample: int = COUNTS_SUPERSAMPLE,
                      coefficients: torch.Tensor | None = None, max_iterations: int = 20, tol_mm: float = 0.005,
                      radius_mm: float = 100.0, damping: float = 1e-3,
                      renderer: str = "siddon", scatter_px: float = 0.0) -> CountsFit:
@@ -394,7 +397,7 @@ class CountsFormation:
     air_hu: float
     blur_px: float
     scatter_px: float = 0.0  #: σ of the scatter's wide blur, the X-ray's pixels (0: not modelled)
-    supersample: int = 2  #: the DRR's rays per (binned) pixel a side (:func:`denser_rays`)
+    supersample: int = COUNTS_SUPERSAMPLE  #: the DRR's rays per (binned) pixel a side (:func:`denser_rays`)
 
     def to_dict(self) -> dict:
         return {"renderer": self.renderer, "air_hu": self.air_hu, "blur_px": self.blur_px,
@@ -545,7 +548,7 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
                                  coefficients=c.coefficients, **kw)
         final = dataclasses.replace(final, moved_mm=moved_near_isocenter(pose, final.pose, isocenter),
                                     iterations=c.iterations + final.iterations)
-    return CountsFormation(*chosen), final, tried
+    return CountsFormation(*chosen, supersample=kw.get("supersample", COUNTS_SUPERSAMPLE)), final, tried
 
 
 #: :func:`raw_keep` leaves out the image's maximum where at least this share of pixels holds it (a
@@ -719,9 +722,8 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
     form, fit, tried = estimate_counts_formation(volume, cam, y, torch.as_tensor(pose, dtype=F64).reshape(4, 4),
                                                  isocenter=isocenter, keep=keep, renderer=renderer, air_hu=air_hu,
                                                  blur_px=blur_px, scatter_px=scatter_px,
-                                                 supersample=2 if supersample is None else supersample,
+                                                 supersample=COUNTS_SUPERSAMPLE if supersample is None else supersample,
                                                  exhaustive=exhaustive)
-    form = dataclasses.replace(form, supersample=2 if supersample is None else supersample)
     if supersample is None:  # the rays chosen by the likelihood
         form, fit = denser_rays(volume, cam, y, keep, form, fit, isocenter=isocenter, bin=b)
     return CountsRefinement(fit=fit, formation=form, bin=b, camera=cam, per_photon=per_photon, tried=tried,
@@ -760,7 +762,7 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         raise InputError(f"{len(raws)} frames but {len(poses)} poses")
     b = bin if bin is not None else counts_bin_for(tuple(raws[0].shape[-2:]), max_side) if raws else 1
     choose_rays = supersample is None
-    supersample = 2 if supersample is None else supersample
+    supersample = COUNTS_SUPERSAMPLE if supersample is None else supersample
     fits, coef, form, basis = [], None, None, None
     for i, (raw, pose) in enumerate(zip(raws, poses)):
         if pose is None:
@@ -776,7 +778,6 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
             form, fit, _ = estimate_counts_formation(volume, cam, y, pose, renderer=renderer, air_hu=air_hu,
                                                      blur_px=blur_px, scatter_px=scatter_px,
                                                      supersample=supersample, **kw)
-            form = dataclasses.replace(form, supersample=supersample)
             basis = counts_basis(volume, air_hu=form.air_hu)
             if choose_rays:
                 form, fit = denser_rays(volume, cam, y, keep, form, fit, isocenter=isocenter, bin=b, basis=basis)
