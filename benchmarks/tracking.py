@@ -237,9 +237,11 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     """``--counts``: the tracked estimates refined on the frames' raw counts as ``xraypose track --counts``
     does it (``refine_sequence``: counts in photons read from each frame's own noise, pixels inside the
     collimator crop, the blur estimated on the first refined frame unless ``--counts-blur`` gives it; every
-    ``--counts-every``-th frame).  A ``failed`` frame is left as tracked, as the command leaves it (its
-    ``mtre_counts`` is the tracked one; ``--counts-failed refine`` refines it too: this benchmark's rule until
-    2026-12-06).  The raw camera's pose is the preprocessed one times the inverse of preprocessing's
+    ``--counts-every``-th frame).  A ``failed`` frame is refined and counts where the motion model expects its fit
+    (``--counts-failed gated``, as the command runs it since 2026-12-06, later: ``admit_doubtful``); else it takes
+    the smoother's pose between refined frames, or outside them is left as tracked (its ``mtre_counts_pooled``
+    the tracked one).  ``leave``: never refined (the command's rule
+    until then); ``refine``: pooled like any other frame (this benchmark's rule until 2026-12-06).  The raw camera's pose is the preprocessed one times the inverse of preprocessing's
     ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the rows; returns the
     summary."""
     from xraypose.metrics import pose_errors
@@ -250,7 +252,8 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     b = counts_bin_for(tuple(raw0.shape), args.counts_max_side)  # as xraypose track --counts (max side 128)
     blur = {"family": family_blur / b, "estimate": None}.get(args.counts_blur)
     blur = float(args.counts_blur) if blur is None and args.counts_blur != "estimate" else blur
-    left = [args.counts_failed == "leave" and fr.verdict == "failed" for fr in picked]
+    failed = [fr.verdict == "failed" for fr in picked]
+    left = [args.counts_failed == "leave" and f for f in failed]
     starts = [None if skip else fr.camera_to_world.to(F64) @ torch.linalg.inv(raws[fr.index][2])
               for fr, skip in zip(picked, left)]
     t0, times = time.perf_counter(), []
@@ -278,15 +281,21 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     form, fits = refine_sequence(vol, cam, [raws[fr.index][0] for fr in picked], starts,
                                  isocenter=vol.get_isocenter(), crop=crop, blur_px=blur, air_hu=air,
                                  renderer=None if args.counts == "auto" else args.counts,
-                                 supersample=args.counts_supersample, bin=b, progress=progress)
+                                 supersample=args.counts_supersample, bin=b, progress=progress,
+                                 doubtful=failed if args.counts_failed == "gated" else None)
     print(f"  counts formation: {form.to_dict()}", flush=True)
     done = [rows[fr.index] for fr in picked]
     pooled = {}
     if args.counts_every == 1:  # the refined poses pooled by the motion model (xraypose track --counts)
-        from xraypose.register.counts import pool_fits
+        from xraypose.register.counts import admit_doubtful, pool_fits
 
-        for fr, row, T, fit in zip(picked, done, pool_fits(fits, vol.get_isocenter(), "smooth"), fits):
-            if fit is None:  # left as tracked, as xraypose track --counts leaves it
+        if args.counts_failed == "gated":  # a failed frame's fit counts where the motion model expects it
+            fits = admit_doubtful(fits, failed, vol.get_isocenter(), "smooth")
+        pooled_poses = pool_fits(fits, vol.get_isocenter(), "smooth")
+        if args.counts_failed == "gated":  # else the smoother's pose between refined frames (pool_fits), as the command
+            left = [fit is None and T is None for fit, T in zip(fits, pooled_poses)]
+        for fr, row, T, fit in zip(picked, done, pooled_poses, fits):
+            if fit is None and (args.counts_failed != "gated" or T is None):  # left as tracked, as track leaves it
                 row["mtre_counts_pooled"], row["depth_error_counts_pooled_mm"] = row["mtre"], row["depth_error_mm"]
                 continue
             row["mtre_counts_pooled"] = float(pose_errors(T @ raws[fr.index][2], poses[fr.index], fid, pcam)["mtre"])
@@ -301,7 +310,8 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     before = torch.tensor([r["mtre"] for r in done])
     return {"renderer": args.counts, "supersample": form.supersample, "bin": b,
             "blur": args.counts_blur, "air": args.counts_air, "formation": form.to_dict(), "blur_px": form.blur_px,
-            "frames": len(done), "failed_frames": args.counts_failed, "left_as_tracked": sum(left),
+            "frames": len(done), "failed_frames": args.counts_failed, "failed": sum(failed),
+            "left_as_tracked": sum(left),
             "share_below_1mm": float((mt < 1).double().mean()),
             "tracked_share_below_1mm_same_frames": float((before < 1).double().mean()),
             "median_mtre_mm": float(mt.median()), "p90_mtre_mm": float(mt.quantile(0.9)),
@@ -460,9 +470,11 @@ def main(argv=None) -> int:
                          "renderer and the blur: xraypose track --counts) or a number (-1000: the model until "
                          "stop 43)")
     ap.add_argument("--counts-every", type=int, default=1, help="refine every k-th frame only")
-    ap.add_argument("--counts-failed", choices=("leave", "refine"), default="leave",
-                    help="a frame the check judged failed: left as tracked (as xraypose track --counts leaves "
-                         "it; the default since 2026-12-06) or refined too (this benchmark's rule until then)")
+    ap.add_argument("--counts-failed", choices=("gated", "leave", "refine"), default="gated",
+                    help="a frame the check judged failed: refined, counted where the motion model expects its "
+                         "fit (gated: as xraypose track --counts runs it, since 2026-12-06, later), never "
+                         "refined (leave: the command's rule until then) or pooled like any other (refine: "
+                         "this benchmark's rule until 2026-12-06)")
     ap.add_argument("--counts-max-side", type=int, default=128,
                     help="the frames' counts summed over k×k pixels until at most this many a side, as xraypose "
                          "track --counts does (128; until 2026-12-06 unbinned: the formed detector's pixels)")

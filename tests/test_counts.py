@@ -309,7 +309,8 @@ def test_the_formations_bad_input(scene):
 def test_pool_fits_pools_the_frames_by_their_covariances():
     """Frames moving 1 mm a frame, each fit's depth (world z here) off by noise of the size its covariance
     says: the smoother's poses are nearer the truth than the fits; a frame without a fit is coasted over
-    and keeps a pose; "none" gives the fits back."""
+    and gets the smoother's pose between fitted frames, None after the last one or with the causal filter;
+    "none" gives the fits back."""
     from xraypose.geometry import make_transform
     from xraypose.register.counts import CountsFit, pool_fits
 
@@ -324,8 +325,10 @@ def test_pool_fits_pools_the_frames_by_their_covariances():
         P[:3, 3] += noise
         truth.append(T)
         fits.append(CountsFit(P, torch.ones(1), 1.0, 0.0, 0.0, 1, True, 0.0, cov))
-    fits[20] = None
+    fits[20] = fits[39] = None
     pooled = pool_fits(fits, iso, "smooth")
+    assert pooled[39] is None  # after the last fit: an extrapolation, not given
+    assert pool_fits(fits, iso, "filter")[20] is None and pool_fits(fits, iso, "filter")[19] is not None
     err = lambda poses: torch.stack([(P[:3, 3] - T[:3, 3]).norm() for P, T, f in zip(poses, truth, fits)  # noqa: E731
                                      if f is not None]).pow(2).mean().sqrt()
     alone = err([f.pose if f is not None else None for f in fits])
@@ -334,6 +337,77 @@ def test_pool_fits_pools_the_frames_by_their_covariances():
     assert all(torch.equal(a, f.pose) for a, f in zip(pool_fits(fits, iso, "none"), fits) if f is not None)
     with pytest.raises(InputError, match="motion"):
         pool_fits(fits, iso, "kalman")
+
+
+def test_a_doubtful_fit_counts_only_where_the_motion_model_expects_it():
+    """``admit_doubtful`` (a ``failed`` frame's counts fit, ``track --counts``): frames moving 1 mm a frame; a
+    doubtful fit 0.2 mm off is kept, one 30 mm off is dropped (None) and does not restart the model — the pooled
+    frames after it are as if it had no fit; the others are untouched; "none" keeps no doubtful fit."""
+    from xraypose.geometry import make_transform
+    from xraypose.register.counts import CountsFit, admit_doubtful, pool_fits
+
+    iso = torch.zeros(3, dtype=F64)
+    cov = torch.diag(torch.tensor([1e-6, 1e-6, 1e-6, 0.05 ** 2, 0.05 ** 2, 0.3 ** 2], dtype=F64))
+    truth = [make_transform(torch.eye(3, dtype=F64), torch.tensor([1.0 * f, 0.0, 500.0], dtype=F64)) for f in range(20)]
+
+    def fit(T, dz=0.0):
+        P = T.clone()
+        P[2, 3] += dz
+        return CountsFit(P, torch.ones(1), 1.0, 0.0, 0.0, 1, True, 0.0, cov)
+
+    fits = [fit(T) for T in truth]
+    doubtful = [f in (8, 14) for f in range(20)]
+    fits[8], fits[14] = fit(truth[8], 0.2), fit(truth[14], 30.0)
+    kept = admit_doubtful(fits, doubtful, iso)
+    assert kept[8] is fits[8] and kept[14] is None
+    assert all(k is f for i, (k, f) in enumerate(zip(kept, fits)) if i not in (8, 14))
+    lost = pool_fits(fits, iso, "smooth")  # pooled as any frame, the lost fit restarts the model there
+    assert float((lost[14][:3, 3] - truth[14][:3, 3]).norm()) > 20.0
+    pooled = pool_fits(kept, iso, "smooth")
+    assert all(float((P[:3, 3] - T[:3, 3]).norm()) < 0.3 for P, T in zip(pooled, truth))
+    assert all(k is None for k, d in zip(admit_doubtful(fits, doubtful, iso, "none"), doubtful) if d)
+    with pytest.raises(InputError, match="20 fits but 3 doubtful"):
+        admit_doubtful(fits, [True] * 3, iso)
+    with pytest.raises(InputError, match="motion"):
+        admit_doubtful(fits, doubtful, iso, "kalman")
+
+
+def test_refine_sequence_chooses_the_formation_on_a_frame_that_is_not_doubtful(scene, monkeypatch):
+    """A doubtful frame (a ``failed`` one) is refined with the formation chosen on the first frame that is not
+    doubtful, which goes first; with every frame doubtful none is refined."""
+    from xraypose.register import counts as C
+
+    order = []
+
+    def spy_estimate(volume, camera, y, pose, **kw):
+        order.append(("search", int(pose[0, 3])))
+        form = C.CountsFormation("siddon", -1000.0, 0.5, 0.0, kw["supersample"])
+        return form, C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0, 0.0, 0.0, 0, True, 0.0), []
+
+    def spy_refine(basis, affine, camera, y, pose, **kw):
+        order.append(("refine", int(pose[0, 3])))
+        return C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0, 0.0, 0.0, 0, True, 0.0)
+
+    monkeypatch.setattr(C, "estimate_counts_formation", spy_estimate)
+    monkeypatch.setattr(C, "refine_on_counts", spy_refine)
+    poses = []
+    for f in range(4):
+        T = scene["T"].clone()
+        T[0, 3] = f  # the frame's number, to see the order
+        poses.append(T)
+    g = torch.Generator().manual_seed(0)
+    raws = [torch.poisson(torch.full((40, 40), 400.0, dtype=F64), generator=g) for _ in range(4)]
+    calls = []
+    form, fits = C.refine_sequence(scene["vol"], scene["cam"], raws, poses, isocenter=scene["iso"], supersample=2,
+                                   doubtful=[True, False, True, False], progress=lambda i, f: calls.append(i))
+    assert order == [("search", 1), ("refine", 0), ("refine", 2), ("refine", 3)] and calls == [1, 0, 2, 3]
+    assert all(f is not None for f in fits) and form.renderer == "siddon"
+    order.clear()
+    _, fits = C.refine_sequence(scene["vol"], scene["cam"], raws, poses, isocenter=scene["iso"], supersample=2,
+                                doubtful=[True] * 4)
+    assert order == [] and fits == [None] * 4
+    with pytest.raises(InputError, match="4 frames but 2 doubtful"):
+        C.refine_sequence(scene["vol"], scene["cam"], raws, poses, isocenter=scene["iso"], doubtful=[True, False])
 
 
 def test_scatter_derivatives_match_differences(scene):

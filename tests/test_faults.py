@@ -1298,11 +1298,12 @@ def test_the_tracking_benchmarks_biplane_sequence_is_a_second_view_turned_about_
         bench.main(["--json", str(tmp_path / "x.json"), "--frames", "2", "--biplane", "90", "--blur", "-0.03"])
 
 
-def test_the_tracking_benchmarks_counts_leave_a_failed_frame_as_tracked_as_xraypose_track_does(monkeypatch):
-    """benchmarks/tracking.py --counts refined every frame, while `xraypose track --counts` leaves a frame the
+def test_the_tracking_benchmarks_counts_treat_a_failed_frame_as_xraypose_track_does(monkeypatch):
+    """benchmarks/tracking.py --counts refined every frame, while `xraypose track --counts` left a frame the
     check judged failed as tracked (its start None): the benchmark's 100 % on abdomen s2 was 98 % as the
-    command runs it.  Now a failed frame gets no start and keeps its tracked mTRE; --counts-failed refine
-    is the old rule."""
+    command ran it.  Now (gated, the default) the failed frame is refined, flagged doubtful, and counts only
+    where admit_doubtful admits it, else keeps its tracked mTRE; --counts-failed leave never refines it;
+    refine pools it like any other."""
     from types import SimpleNamespace
 
     import xraypose.register.counts as counts
@@ -1312,8 +1313,8 @@ def test_the_tracking_benchmarks_counts_leave_a_failed_frame_as_tracked_as_xrayp
     cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
     seen = {}
 
-    def fake_refine(vol, camera, raws, starts, progress=None, **kw):
-        seen["starts"] = starts
+    def fake_refine(vol, camera, raws, starts, progress=None, doubtful=None, **kw):
+        seen["starts"], seen["doubtful"] = starts, doubtful
         fits = [None if T is None else SimpleNamespace(pose=truth, iterations=0, to_dict=dict) for T in starts]
         for i, f in enumerate(fits):
             progress(i, f)
@@ -1321,6 +1322,9 @@ def test_the_tracking_benchmarks_counts_leave_a_failed_frame_as_tracked_as_xrayp
 
     monkeypatch.setattr(counts, "refine_sequence", fake_refine)
     monkeypatch.setattr(counts, "pool_fits", lambda fits, iso, motion: [None if f is None else f.pose for f in fits])
+    admit = {"failed": False}  # what the fake admit_doubtful does with the failed frame's fit
+    monkeypatch.setattr(counts, "admit_doubtful", lambda fits, doubtful, iso, motion: [
+        None if d and not admit["failed"] else f for f, d in zip(fits, doubtful)])
     truth = torch.eye(4, dtype=torch.float64)
     truth[2, 3] = 800.0
     moved = truth.clone()
@@ -1329,18 +1333,22 @@ def test_the_tracking_benchmarks_counts_leave_a_failed_frame_as_tracked_as_xrayp
     raws = [(torch.ones(16, 16), cam, torch.eye(4, dtype=torch.float64), 0, 0.7)] * 3
     fid = torch.tensor([[0.0, 0.0, 0.0], [10.0, 5.0, -4.0]], dtype=torch.float64)
     vol = SimpleNamespace(get_isocenter=lambda: torch.zeros(3, dtype=torch.float64))
-    for rule, refined in (("leave", [True, False, True]), ("refine", [True, True, True])):
+    for rule, admitted, started, used in (("leave", False, [True, False, True], [True, False, True]),
+                                          ("refine", False, [True] * 3, [True] * 3),
+                                          ("gated", False, [True] * 3, [True, False, True]),
+                                          ("gated", True, [True] * 3, [True] * 3)):
+        admit["failed"] = admitted
         rows = [{"mtre": 3.0, "depth_error_mm": 0.0} for _ in out]
         args = SimpleNamespace(counts_every=1, counts_max_side=128, counts_blur="0.7", counts_air="-1000",
                                counts="auto", counts_supersample=None, counts_failed=rule)
         summary = bench.refine_counts(vol, rows, out, raws, [truth] * 3, fid, cam, args)
-        assert [s is not None for s in seen["starts"]] == refined
-        assert summary["left_as_tracked"] == refined.count(False)
-        for row, r in zip(rows, refined):  # a refined frame is scored at its fit (the truth), a left one as tracked
-            want = 0.0 if r else 3.0
-            assert row["mtre_counts"] == pytest.approx(want, abs=1e-9)
-            assert row["mtre_counts_pooled"] == pytest.approx(want, abs=1e-9)
-            assert ("counts" in row) == r
+        assert [s is not None for s in seen["starts"]] == started
+        assert seen["doubtful"] == ([False, True, False] if rule == "gated" else None)
+        assert summary["left_as_tracked"] == used.count(False) and summary["failed"] == 1
+        for row, s, u in zip(rows, started, used):  # a frame is scored at its fit (the truth) where it counts
+            assert row["mtre_counts"] == pytest.approx(0.0 if s else 3.0, abs=1e-9)  # the fit alone, if refined
+            assert row["mtre_counts_pooled"] == pytest.approx(0.0 if u else 3.0, abs=1e-9)  # else as tracked
+            assert ("counts" in row) == s
 
 
 def test_the_confidence_benchmarks_moved_poses_are_measured_once_and_cached(tmp_path):

@@ -813,7 +813,7 @@ def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequen
     assert code in (0, 3), text.err
     assert sum(ln.startswith("counts, frame ") for ln in text.out.splitlines()) == 3
     doc = json.loads((out / "trajectory.json").read_text())
-    assert doc["counts"]["refined"] + sum(fr["verdict"] == "failed" for fr in doc["frames"]) == 3
+    assert doc["counts"]["refined"] == 3  # a failed frame's too (admit_doubtful decides whether it counts)
     assert doc["counts"]["blur_estimated"] and 0.0 <= doc["counts"]["blur_px"] <= 1.6
     c = doc["counts"]  # the formation chosen on the first frame (the simulator's air starts at -1000 HU)
     assert c["renderer_chosen"] and c["air_chosen"] and c["renderer"] in ("siddon", "trilinear")
@@ -823,13 +823,76 @@ def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequen
     assert doc["counts"]["pooled"] == "smooth"  # the refined poses pooled by the motion model
     assert doc["counts"]["bin"] == 1  # frames of at most 128 pixels a side are refined as they are
     for fr in doc["frames"]:
-        if fr["verdict"] == "failed":
+        if fr["counts"].get("admitted") is False:  # a failed frame whose fit the sequence did not vouch for
+            assert fr["verdict"] == "failed" and "tracked_camera_to_world" not in fr
             continue
         err = lambda key: float(pose_errors(torch.tensor(fr[key], dtype=F64), sequence["poses"][fr["frame"]],  # noqa: E731
                                             sequence["fid"], sequence["camera"])["mtre"])
         assert fr["counts"]["converged"] and len(fr["counts"]["covariance"]) == 6
         assert len(fr["counts"]["camera_to_world"]) == 4  # the frame's own refined pose, before pooling
         assert err("camera_to_world") < max(1.0, err("tracked_camera_to_world") + 0.3)
+
+
+def test_track_counts_refines_a_failed_frame_and_vouches_for_it_only_where_the_sequence_leads(monkeypatch, capsys):
+    """``track --counts`` with a ``failed`` frame: it is refined from its tracked pose too, flagged doubtful (so
+    the formation is not chosen on it); where ``admit_doubtful`` keeps its fit it is pooled and made
+    ``uncertain`` (the reason says both), else it stays ``failed``, its fit recorded, not admitted, its pose the
+    smoother's where pool_fits gives one (between refined frames), else the tracked one."""
+    from types import SimpleNamespace
+
+    import xraypose.register.counts as counts
+    from xraypose.cli.track import _refine_on_counts
+    from xraypose.register.counts import CountsFit, CountsFormation
+    from xraypose.register.tracking import FrameResult
+
+    I = torch.eye(4, dtype=F64)
+    tracked = [make_transform(torch.eye(3, dtype=F64), torch.tensor([float(f), 0.0, 600.0], dtype=F64))
+               for f in range(3)]
+    refined = [T.clone() for T in tracked]
+    for T in refined:
+        T[2, 3] += 0.5  # the counts move each frame 0.5 mm
+    seen = {}
+
+    def fake_refine(volume, camera, raws, starts, doubtful=None, progress=None, **kw):
+        seen["starts"], seen["doubtful"] = starts, doubtful
+        fits = [CountsFit(T, torch.zeros(1), 1.0, 0.0, 0.0, 1, True, 0.5, torch.eye(6, dtype=F64)) for T in refined]
+        for i, f in enumerate(fits):
+            progress(i, f)
+        return CountsFormation("siddon", -1000.0, 0.3, 0.0, 2), fits
+
+    admit = {}
+    monkeypatch.setattr(counts, "refine_sequence", fake_refine)
+    monkeypatch.setattr(counts, "admit_doubtful", lambda fits, d, iso, motion: [
+        None if x and not admit["ok"] else f for f, x in zip(fits, d)])
+    between = tracked[1].clone()
+    between[2, 3] += 0.25  # the smoother's pose between refined frames, where pool_fits gives one
+    monkeypatch.setattr(counts, "pool_fits", lambda fits, iso, motion: [
+        (between if admit["between"] else None) if f is None else f.pose for f in fits])
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
+    seq = SimpleNamespace(frames=[SimpleNamespace(image=torch.ones(16, 16)) for _ in range(3)])
+    cts = SimpleNamespace(volume=None, isocenter=torch.zeros(3, dtype=F64))
+    kw = {"blur": None, "air_hu": None, "scatter_mm": None, "renderer": None, "supersample": None}
+    for ok, interpolated in ((True, False), (False, False), (False, True)):
+        admit["ok"], admit["between"] = ok, interpolated
+        res = [FrameResult(f, T.clone(), T.clone(), 0.9, "converged", v, 0.5, "why")
+               for f, (T, v) in enumerate(zip(tracked, ["ok", "failed", "ok"]))]
+        rec = _refine_on_counts(res, seq, cam, I, cts, 0, kw, "smooth")
+        out = capsys.readouterr().out
+        assert all(s is not None for s in seen["starts"]) and seen["doubtful"] == [False, True, False]
+        assert rec["refined"] == 3 and (rec["failed_admitted"], rec["failed_left"]) == ((1, 0) if ok else (0, 1))
+        assert torch.equal(res[0].camera_to_world, refined[0]) and torch.equal(res[2].camera_to_world, refined[2])
+        fr = res[1]
+        assert fr.extra["counts"]["admitted"] is ok and "admitted" not in res[0].extra["counts"]
+        if ok:
+            assert fr.verdict == "uncertain" and torch.equal(fr.camera_to_world, refined[1])
+            assert "the check alone said failed (why)" in fr.reason
+            assert fr.extra["tracked_camera_to_world"] == tracked[1].tolist()
+        elif interpolated:  # not vouched for, but between refined frames: the smoother's pose, still failed
+            assert fr.verdict == "failed" and torch.equal(fr.camera_to_world, between) and fr.reason == "why"
+            assert fr.extra["tracked_camera_to_world"] == tracked[1].tolist() and "smoother's between" in out
+        else:
+            assert fr.verdict == "failed" and torch.equal(fr.camera_to_world, tracked[1]) and fr.reason == "why"
+            assert "tracked_camera_to_world" not in fr.extra and "counts, frame 2: failed" in out
 
 
 def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
@@ -943,15 +1006,15 @@ def test_bracketed_steps():
     """Only a coasted step with measured steps on both sides in its segment is interpolated."""
     from types import SimpleNamespace as S
 
-    from xraypose.register.tracking import _bracketed
+    from xraypose.register.motion import bracketed_steps
 
     def m(restart=False):
         return S(measured=True, restart=restart)
 
     c = S(measured=False, restart=False)
-    assert _bracketed([m(True), c, m(), c, c, m(True), c, m(), c]) == [False, True, False, False, False, False,
+    assert bracketed_steps([m(True), c, m(), c, c, m(True), c, m(), c]) == [False, True, False, False, False, False,
                                                                          True, False, False]
-    assert _bracketed([m(True), m(), c]) == [False, False, False] and _bracketed([]) == []
+    assert bracketed_steps([m(True), m(), c]) == [False, False, False] and bracketed_steps([]) == []
 
 
 def test_a_rigs_failed_frame_the_sequence_contradicts_is_kept_uncertain(volume, smooth_sequence, monkeypatch):

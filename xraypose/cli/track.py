@@ -448,16 +448,20 @@ def _kept_predictions(records: list) -> list:
 
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str) -> dict:
-    """``--counts``: every frame not ``failed`` refined on its raw counts from its tracked pose (poses of the
-    preprocessed frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined
-    poses pooled by the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the
-    frames' ``camera_to_world`` replaced, the tracked pose, the fit and the frame's own refined pose in
-    ``extra``.  Returns the record."""
+    """``--counts``: every frame refined on its raw counts from its tracked pose (poses of the preprocessed
+    frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined poses pooled by
+    the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the frames'
+    ``camera_to_world`` replaced, the tracked pose, the fit and the frame's own refined pose in ``extra``.
+    A ``failed`` frame is refined too (never the one the formation is chosen on) and counts only where its fit
+    lands where the frames before it lead (``admit_doubtful``: the motion model's gate); then it is
+    ``uncertain`` (the check alone said failed), else it stays ``failed``, its fit recorded (``admitted``
+    false), its pose the smoother's between refined frames (``pool_fits``) or, outside them, the tracked one.
+    Returns the record."""
     import time
 
     import torch
 
-    from xraypose.register.counts import counts_bin_for, pool_fits, refine_sequence
+    from xraypose.register.counts import admit_doubtful, counts_bin_for, pool_fits, refine_sequence
 
     b = counts_bin_for((camera.height, camera.width))  # as register --counts: a 512² frame refined at 128²
     pixel_mm = float(camera.delx) * b  # the counts' (binned) pixels: --counts-blur's unit
@@ -465,36 +469,52 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     to_raw = torch.linalg.inv(to_view)
     blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
     supersample = counts_kw["supersample"]  # None: chosen on the first frame (denser_rays)
-    starts = [None if fr.verdict == "failed" else fr.camera_to_world.to(torch.float64) @ to_raw for fr in res]
+    starts = [fr.camera_to_world.to(torch.float64) @ to_raw for fr in res]
+    doubtful = [fr.verdict == "failed" for fr in res]
     t0 = time.perf_counter()
 
     def progress(i, fit):
         if fit is None:
-            typer.echo(f"counts, frame {i + 1}/{len(res)}: failed frame, left as tracked")
+            typer.echo(f"counts, frame {i + 1}/{len(res)}: failed, and no frame to choose the formation on: "
+                       "left as tracked")
         else:
             typer.echo(f"counts, frame {i + 1}/{len(res)}: moved {fit.moved_mm:.2f} mm in {fit.iterations} steps"
-                       f"{'' if fit.converged else ' (not converged)'}")
+                       f"{'' if fit.converged else ' (not converged)'}{' (a failed frame)' if doubtful[i] else ''}")
 
     form, fits = refine_sequence(cts.volume, camera, [fr.image for fr in seq.frames], starts,
                                  isocenter=cts.isocenter, crop=crop, blur_px=blur, air_hu=air_hu,
                                  renderer=renderer, supersample=supersample, bin=b,
                                  scatter_px=None if scatter_mm is None else scatter_mm / pixel_mm,
-                                 progress=progress)
+                                 doubtful=doubtful, progress=progress)
     chosen = None in (blur, air_hu, scatter_mm, renderer)
     typer.echo(f"counts: formation {form.describe(pixel_mm)}{' (chosen on the first frame)' if chosen else ''}"
                f"{f', counts of {b}×{b} pixels summed' if b > 1 else ''}")
-    pooled = pool_fits(fits, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
-    for fr, fit, T in zip(res, fits, pooled):
+    kept = admit_doubtful(fits, doubtful, cts.isocenter, motion)  # a failed frame's fit where the sequence leads
+    pooled = pool_fits(kept, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
+    for fr, fit, used, T, d in zip(res, fits, kept, pooled, doubtful):
         if fit is None:
             continue
+        fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ to_view).tolist(),
+                              **({"admitted": used is not None} if d else {})}
+        if used is None:  # a failed frame whose fit the sequence does not vouch for
+            where = "left as tracked" if T is None else "its pose the smoother's between the refined frames"
+            typer.echo(f"counts, frame {fr.index + 1}: failed, its counts' fit not where the motion model "
+                       f"expects it: {where}")
+            if T is None:
+                continue
         fr.extra["tracked_camera_to_world"] = fr.camera_to_world.tolist()
-        fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ to_view).tolist()}
         fr.camera_to_world = T @ to_view
+        if d and used is not None:
+            fr.verdict = "uncertain"
+            fr.reason = (f"the check alone said failed ({fr.reason}); refined on its counts, the frame lands where "
+                         "the motion model expects it")
     return {"blur_px": form.blur_px, "blur_estimated": blur is None, "renderer": form.renderer,
             "renderer_chosen": renderer is None, "air_hu": form.air_hu, "air_chosen": air_hu is None,
             "scatter_mm": form.scatter_px * pixel_mm, "scatter_chosen": scatter_mm is None,
             "supersample": form.supersample, "supersample_chosen": supersample is None, "bin": b, "pooled": motion,
-            "refined": sum(f is not None for f in fits), "seconds": time.perf_counter() - t0}
+            "refined": sum(f is not None for f in fits),
+            "failed_admitted": sum(d and k is not None for d, k in zip(doubtful, kept)),
+            "failed_left": sum(d and k is None for d, k in zip(doubtful, kept)), "seconds": time.perf_counter() - t0}
 
 
 def _later_levels(metal: bool, edge_enhanced: bool = False, scatter: bool = False) -> tuple:

@@ -61,7 +61,7 @@ from xraypose.render import render, render_with_tangents
 F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "refine_on_counts", "refine_sequence",
-           "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits", "COUNTS_MAX_SIDE",
+           "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits", "admit_doubtful", "COUNTS_MAX_SIDE",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN", "COUNTS_SUPERSAMPLE", "counts_supersample_for", "denser_rays"]
@@ -733,7 +733,7 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
                     air_hu: float | None = None, renderer: str | None = None, scatter_px: float | None = None,
                     supersample: int | None = None, bin: int | None = None, max_side: int = COUNTS_MAX_SIDE,
-                    progress=None) -> tuple[CountsFormation, list]:
+                    doubtful=None, progress=None) -> tuple[CountsFormation, list]:
     """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
     --counts`` runs it after tracking.
 
@@ -745,8 +745,11 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
             one).
         crop: the border left out (:func:`raw_keep`).
         blur_px, air_hu, renderer, scatter_px: the formation (:class:`CountsFormation`; σ and the scatter's
-            width in the *binned* pixels); each None is chosen on the first frame with a pose
-            (:func:`estimate_counts_formation`) and held for the others.
+            width in the *binned* pixels); each None is chosen on the first frame with a pose that is not
+            ``doubtful`` (:func:`estimate_counts_formation`), refined first, and held for the others.
+        doubtful: optional F bools: frames refined like the others but never the one the formation is
+            chosen on (``track --counts``: the ``failed`` ones, whose start may be far off; :func:`admit_doubtful`
+            then decides whether their fits count).
         bin: pixels per side summed (:func:`bin_counts`; default: :func:`counts_bin_for` ``max_side``, as
             :func:`refine_xray_on_counts` — a fluoroscope's 512² frames are refined at 128²; unbinned, one
             256² frame took minutes).  The poses are the raw camera's either way.
@@ -763,10 +766,18 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
     b = bin if bin is not None else counts_bin_for(tuple(raws[0].shape[-2:]), max_side) if raws else 1
     choose_rays = supersample is None
     supersample = COUNTS_SUPERSAMPLE if supersample is None else supersample
-    fits, coef, form, basis = [], None, None, None
-    for i, (raw, pose) in enumerate(zip(raws, poses)):
-        if pose is None:
-            fits.append(None)
+    doubtful = [False] * len(raws) if doubtful is None else [bool(d) for d in doubtful]
+    if len(doubtful) != len(raws):
+        raise InputError(f"{len(raws)} frames but {len(doubtful)} doubtful flags")
+    # in order, but a doubtful frame before the one the formation is chosen on waits for it
+    first = next((i for i, (p, d) in enumerate(zip(poses, doubtful)) if p is not None and not d), len(raws))
+    early = [i for i in range(first) if poses[i] is not None]
+    order = [i for i in range(first) if poses[i] is None] + [first] * (first < len(raws)) + early + list(
+        range(first + 1, len(raws)))
+    fits, coef, form, basis = [None] * len(raws), None, None, None
+    for i in order:
+        raw, pose = raws[i], poses[i]
+        if pose is None or (form is None and doubtful[i]):  # no pose; or a doubtful one with nothing to choose on
             if progress is not None:
                 progress(i, None)
             continue
@@ -785,7 +796,7 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
             fit = refine_on_counts(basis, volume.affine, cam, y, pose, blur_px=form.blur_px, renderer=form.renderer,
                                    scatter_px=form.scatter_px, supersample=form.supersample, **kw)
         coef = fit.coefficients
-        fits.append(fit)
+        fits[i] = fit
         if progress is not None:
             progress(i, fit)
     if form is None:  # no frame had a pose: what was given
@@ -799,9 +810,11 @@ def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None) -> list
     each a measurement with its own :attr:`CountsFit.covariance` (the inverse Fisher information: the
     counts say how well they hold each direction — one view's depth least); frames without a fit
     (None) are coasted over.  ``motion``: "smooth" (the smoother over the whole sequence), "filter"
-    (causal) or "none" (the fits as they are).  Returns a (4, 4) pose per frame (None before the first
-    fit)."""
-    from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, smooth
+    (causal) or "none" (the fits as they are).  Returns a (4, 4) pose per frame: a frame without a fit
+    gets the smoother's interpolation where fitted frames lie on both sides of it in one segment
+    (:func:`~xraypose.register.motion.bracketed_steps`), else None (an extrapolation — stop 54 measured
+    such poses 5–13 mm off; the causal filter's and "none" always None)."""
+    from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, bracketed_steps, smooth
 
     if motion not in MOTIONS:
         raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
@@ -816,7 +829,34 @@ def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None) -> list
             out.append(filt.update(f.pose, f.covariance))
         if out[-1] is not None:
             idx.append(i)
-    if motion == "smooth" and filt.steps:
-        for i, T in zip(idx, smooth(filt)):
-            out[i] = T
+    inside = bracketed_steps(filt.steps) if motion == "smooth" else [False] * len(filt.steps)
+    for i, T, between in zip(idx, smooth(filt) if motion == "smooth" else [out[i] for i in idx], inside):
+        out[i] = T if fits[i] is not None or between else None
+    return out
+
+
+def admit_doubtful(fits: list, doubtful, isocenter, motion: str = "smooth", model=None) -> list:
+    """The fits that count: a ``doubtful`` frame's (``track --counts``: one the check called ``failed``,
+    refined from its tracked pose) only where the motion model expects it — its innovation against the
+    prediction of the frames before it (:meth:`~xraypose.register.motion.MotionFilter.innovation`, its counts'
+    covariance) within the model's gate — else None, coasted over as :func:`pool_fits` does.  A doubtful fit
+    never restarts the model: a lost frame refined where it was lost stays out of the others' estimate.  With
+    ``motion`` "none" nothing can vouch for a doubtful fit: all are None.  Returns a new list (fits or None)."""
+    from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel
+
+    if motion not in MOTIONS:
+        raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
+    doubtful = [bool(d) for d in doubtful]
+    if len(doubtful) != len(fits):
+        raise InputError(f"{len(fits)} fits but {len(doubtful)} doubtful flags")
+    filt = MotionFilter(torch.as_tensor(isocenter, dtype=F64).reshape(3), model or MotionModel())
+    out = []
+    for f, d in zip(fits, doubtful):
+        if f is not None and d and (motion == "none" or filt.innovation(f.pose, f.covariance) > filt.model.gate):
+            f = None
+        out.append(f)
+        if f is not None:
+            filt.update(f.pose, f.covariance)
+        elif filt.steps:
+            filt.coast()
     return out

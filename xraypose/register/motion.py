@@ -41,7 +41,7 @@ from xraypose.errors import InputError
 from xraypose.geometry import se3_exp, se3_log
 
 __all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "result_covariance", "smooth", "pose_spread",
-           "MOTIONS", "NOISE_SCALE"]
+           "MOTIONS", "NOISE_SCALE", "bracketed_steps"]
 
 F64 = torch.float64
 #: What ``track_sequence`` reports per frame: the registration alone, the causal filter, or the smoother.
@@ -266,6 +266,33 @@ def smooth(filt: MotionFilter, covariances: bool = False):
         Ps = 0.5 * (Ps + Ps.T)
         covs[f] = Ps[:6, :6].clone()
     return (poses, covs) if covariances else poses
+
+
+def bracketed_steps(steps) -> list:
+    """Per motion-model step: True for a coasted one (a ``failed`` frame, not measured) with a measured
+    step before it and one after it in its segment (no restart between): the smoother interpolates
+    there, from both sides.  A coasted step at a segment's end (a jump whose frame failed: the next
+    measurement restarted the model) would be extrapolated — False: the frame keeps its registration."""
+    n = len(steps)
+    out = [False] * n
+    seen = False  # a measured step since the segment began
+    for f, s in enumerate(steps):
+        if s.restart:
+            seen = False
+        if s.measured:
+            seen = True
+        elif seen:
+            out[f] = True
+    later = False  # a measured step after f within f's segment
+    for f in range(n - 1, -1, -1):
+        s = steps[f]
+        if not s.measured:
+            out[f] = out[f] and later
+        else:
+            later = True
+        if s.restart:
+            later = False  # steps before a restart belong to the earlier segment
+    return out
 
 
 def pose_spread(covariance, pose) -> dict | None:

@@ -42,7 +42,7 @@
   the frame's registration alone.  A re-initialised frame, or one whose registration is improbable
   under the model (a jump), restarts the filter; the filter coasts over a ``failed`` frame, which with
   ``"smooth"`` reports the smoother's estimate (and its spread) where measured frames of its segment lie on
-  both sides (:func:`_bracketed`: interpolated), else its own registration (a failed run ending at a restart
+  both sides (:func:`~xraypose.register.motion.bracketed_steps`: interpolated), else its own registration (a failed run ending at a restart
   would be extrapolated: stop 54 measured frames carried 5–13 mm off so).  ``"none"``: the registrations as
   they are.
 
@@ -73,7 +73,8 @@ from xraypose.errors import InputError
 from xraypose.geometry.geodesics import geodesic_rotation
 from xraypose.preprocess import as_real_tensor, image_batch
 from xraypose.register.config import Level
-from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, pose_spread, result_covariance, smooth
+from xraypose.register.motion import (MOTIONS, MotionFilter, MotionModel, bracketed_steps, pose_spread, result_covariance,
+                                      smooth)
 
 __all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence",
            "predict_pose",
@@ -797,39 +798,12 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             pool.shutdown(wait=True)
     if motion == "smooth" and filt is not None:
         poses, covs = smooth(filt, covariances=True)
-        bracketed = _bracketed(filt.steps)
+        bracketed = bracketed_steps(filt.steps)
         for fr, step, T, C, inside in zip(out, filt.steps, poses, covs, bracketed):
             if step.measured or inside:  # inside: a failed frame between measured ones, the smoother's estimate
                 fr.camera_to_world = T
                 if fr.covariance is not None or inside:  # (a failed frame's spread: the smoother's own)
                     fr.covariance, fr.spread = C, pose_spread(C, T)
-    return out
-
-
-def _bracketed(steps) -> list:
-    """Per motion-model step: True for a coasted one (a ``failed`` frame, not measured) with a measured
-    step before it and one after it in its segment (no restart between): the smoother interpolates
-    there, from both sides.  A coasted step at a segment's end (a jump whose frame failed: the next
-    measurement restarted the model) would be extrapolated — False: the frame keeps its registration."""
-    n = len(steps)
-    out = [False] * n
-    seen = False  # a measured step since the segment began
-    for f, s in enumerate(steps):
-        if s.restart:
-            seen = False
-        if s.measured:
-            seen = True
-        elif seen:
-            out[f] = True
-    later = False  # a measured step after f within f's segment
-    for f in range(n - 1, -1, -1):
-        s = steps[f]
-        if not s.measured:
-            out[f] = out[f] and later
-        else:
-            later = True
-        if s.restart:
-            later = False  # steps before a restart belong to the earlier segment
     return out
 
 
