@@ -126,7 +126,8 @@ class FrameResult:
             estimate unless the motion is "none" or the frame failed).
         covariance: (6, 6) of ``camera_to_world`` in the motion model's chart (world axes at the
             isocenter: rad, mm; :mod:`xraypose.register.motion`) — the smoother's, the filter's, or
-            (motion "none") the registration's own; None for a failed frame or without a curvature.
+            (motion "none") the registration's own; for a failed frame the smoother's where it interpolates
+            (:func:`~xraypose.register.motion.bracketed_steps`), else None; None without a curvature.
         spread: its standard deviations (:func:`~xraypose.register.motion.pose_spread`: along the
             beam of the frame's camera — a rig's start view —, across it, rotation), or None.
         blur_coefficient: the detector's intensity-domain blur the kept registration held fixed
