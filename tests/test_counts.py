@@ -374,7 +374,8 @@ def test_a_doubtful_fit_counts_only_where_the_motion_model_expects_it():
 
 def test_refine_sequence_chooses_the_formation_on_a_frame_that_is_not_doubtful(scene, monkeypatch):
     """A doubtful frame (a ``failed`` one) is refined with the formation chosen on the first frame that is not
-    doubtful, which goes first; with every frame doubtful none is refined."""
+    doubtful, which goes first; with every frame doubtful none is refined; a doubtful frame whose counts cannot
+    be read is left (None) where another frame's error stops the sequence."""
     from xraypose.register import counts as C
 
     order = []
@@ -408,6 +409,13 @@ def test_refine_sequence_chooses_the_formation_on_a_frame_that_is_not_doubtful(s
     assert order == [] and fits == [None] * 4
     with pytest.raises(InputError, match="4 frames but 2 doubtful"):
         C.refine_sequence(scene["vol"], scene["cam"], raws, poses, isocenter=scene["iso"], doubtful=[True, False])
+    flat = [raws[0], torch.full((40, 40), 400.0, dtype=F64), raws[2], raws[3]]  # no photon noise to read
+    order.clear()
+    _, fits = C.refine_sequence(scene["vol"], scene["cam"], flat, poses, isocenter=scene["iso"], supersample=2,
+                                doubtful=[False, True, False, False])
+    assert fits[1] is None and order == [("search", 0), ("refine", 2), ("refine", 3)]  # a doubtful one: left
+    with pytest.raises(InputError, match="photon counts"):  # any other frame's: the error
+        C.refine_sequence(scene["vol"], scene["cam"], flat, poses, isocenter=scene["iso"], supersample=2)
 
 
 def test_scatter_derivatives_match_differences(scene):

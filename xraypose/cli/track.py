@@ -475,8 +475,8 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
 
     def progress(i, fit):
         if fit is None:
-            typer.echo(f"counts, frame {i + 1}/{len(res)}: failed, and no frame to choose the formation on: "
-                       "left as tracked")
+            typer.echo(f"counts, frame {i + 1}/{len(res)}: failed, not refined (its counts not readable, or no "
+                       "frame to choose the formation on): left as tracked")
         else:
             typer.echo(f"counts, frame {i + 1}/{len(res)}: moved {fit.moved_mm:.2f} mm in {fit.iterations} steps"
                        f"{'' if fit.converged else ' (not converged)'}{' (a failed frame)' if doubtful[i] else ''}")

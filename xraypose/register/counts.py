@@ -750,7 +750,9 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
             ``doubtful`` (:func:`estimate_counts_formation`), refined first, and held for the others.
         doubtful: optional F bools: frames refined like the others but never the one the formation is
             chosen on (``track --counts``: the ``failed`` ones, whose start may be far off; :func:`admit_doubtful`
-            then decides whether their fits count).
+            then decides whether their fits count); one whose counts cannot be read (:func:`photons_of`'s
+            error: a blank or flat frame may be why it failed) is left (None), where another frame's error
+            stops the sequence.
         bin: pixels per side summed (:func:`bin_counts`; default: :func:`counts_bin_for` ``max_side``, as
             :func:`refine_xray_on_counts` — a fluoroscope's 512² frames are refined at 128²; unbinned, one
             256² frame took minutes).  The poses are the raw camera's either way.
@@ -782,9 +784,16 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
             if progress is not None:
                 progress(i, None)
             continue
-        keep = raw_keep(raw, crop)
-        y, _ = photons_of(raw, keep)
-        y, cam, keep = bin_counts(y, camera, keep, b)
+        try:
+            keep = raw_keep(raw, crop)
+            y, _ = photons_of(raw, keep)
+            y, cam, keep = bin_counts(y, camera, keep, b)
+        except InputError:
+            if not doubtful[i]:
+                raise
+            if progress is not None:  # a doubtful frame whose counts cannot be read (a blank, a flat one): left
+                progress(i, None)
+            continue
         kw = dict(isocenter=isocenter, keep=keep, coefficients=coef)
         if form is None:  # the estimate's fit is this frame's (not refined twice)
             form, fit, _ = estimate_counts_formation(volume, cam, y, pose, renderer=renderer, air_hu=air_hu,
