@@ -894,6 +894,18 @@ def test_track_counts_refines_a_failed_frame_and_vouches_for_it_only_where_the_s
             assert fr.verdict == "failed" and torch.equal(fr.camera_to_world, tracked[1]) and fr.reason == "why"
             assert "tracked_camera_to_world" not in fr.extra and "counts, frame 2: failed" in out
 
+    def nothing_refined(volume, camera, raws, starts, doubtful=None, progress=None, **kw):
+        for i in range(len(raws)):
+            progress(i, None)
+        return CountsFormation("siddon", -1000.0, 0.0, 0.0, 2), [None] * len(raws)
+
+    monkeypatch.setattr(counts, "refine_sequence", nothing_refined)  # every frame failed: none to choose on
+    res = [FrameResult(f, T.clone(), T.clone(), 0.9, "converged", "failed", 0.1, "why") for f, T in enumerate(tracked)]
+    rec = _refine_on_counts(res, seq, cam, I, cts, 0, kw, "smooth")
+    out = capsys.readouterr().out
+    assert rec["refined"] == 0 and "no frame refined (every frame failed)" in out and "counts: formation" not in out
+    assert all(fr.verdict == "failed" and torch.equal(fr.camera_to_world, T) for fr, T in zip(res, tracked))
+
 
 def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     from xraypose.cli import main

@@ -487,8 +487,11 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
                                  scatter_px=None if scatter_mm is None else scatter_mm / pixel_mm,
                                  doubtful=doubtful, progress=progress)
     chosen = None in (blur, air_hu, scatter_mm, renderer)
-    typer.echo(f"counts: formation {form.describe(pixel_mm)}{' (chosen on the first frame)' if chosen else ''}"
-               f"{f', counts of {b}×{b} pixels summed' if b > 1 else ''}")
+    if not any(f is not None for f in fits):
+        typer.echo("counts: no frame refined (every frame failed): the tracked poses stand")
+    else:
+        typer.echo(f"counts: formation {form.describe(pixel_mm)}{' (chosen on the first frame)' if chosen else ''}"
+                   f"{f', counts of {b}×{b} pixels summed' if b > 1 else ''}")
     kept = admit_doubtful(fits, doubtful, cts.isocenter, motion)  # a failed frame's fit where the sequence leads
     pooled = pool_fits(kept, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
     for fr, fit, used, T, d in zip(res, fits, kept, pooled, doubtful):
