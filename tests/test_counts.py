@@ -342,7 +342,8 @@ def test_pool_fits_pools_the_frames_by_their_covariances():
 def test_a_doubtful_fit_counts_only_where_the_motion_model_expects_it():
     """``admit_doubtful`` (a ``failed`` frame's counts fit, ``track --counts``): frames moving 1 mm a frame; a
     doubtful fit 0.2 mm off is kept, one 30 mm off is dropped (None) and does not restart the model — the pooled
-    frames after it are as if it had no fit; the others are untouched; "none" keeps no doubtful fit."""
+    frames after it are as if it had no fit; one whose covariance pins nothing (a frame without anatomy passes
+    any gate) or that did not converge is dropped; the others are untouched; "none" keeps no doubtful fit."""
     from xraypose.geometry import make_transform
     from xraypose.register.counts import CountsFit, admit_doubtful, pool_fits
 
@@ -350,17 +351,20 @@ def test_a_doubtful_fit_counts_only_where_the_motion_model_expects_it():
     cov = torch.diag(torch.tensor([1e-6, 1e-6, 1e-6, 0.05 ** 2, 0.05 ** 2, 0.3 ** 2], dtype=F64))
     truth = [make_transform(torch.eye(3, dtype=F64), torch.tensor([1.0 * f, 0.0, 500.0], dtype=F64)) for f in range(20)]
 
-    def fit(T, dz=0.0):
+    def fit(T, dz=0.0, C=cov, converged=True):
         P = T.clone()
         P[2, 3] += dz
-        return CountsFit(P, torch.ones(1), 1.0, 0.0, 0.0, 1, True, 0.0, cov)
+        return CountsFit(P, torch.ones(1), 1.0, 0.0, 0.0, 1, converged, 0.0, C)
 
     fits = [fit(T) for T in truth]
-    doubtful = [f in (8, 14) for f in range(20)]
+    doubtful = [f in (5, 8, 11, 14) for f in range(20)]
     fits[8], fits[14] = fit(truth[8], 0.2), fit(truth[14], 30.0)
+    fits[5] = fit(truth[5], 3.0, cov * 1e4)  # no anatomy: it pins nothing (sd 30 mm), though inside any gate
+    fits[11] = fit(truth[11], 0.1, converged=False)
     kept = admit_doubtful(fits, doubtful, iso)
-    assert kept[8] is fits[8] and kept[14] is None
-    assert all(k is f for i, (k, f) in enumerate(zip(kept, fits)) if i not in (8, 14))
+    assert kept[8] is fits[8] and kept[14] is None and kept[5] is None and kept[11] is None
+    assert all(k is f for i, (k, f) in enumerate(zip(kept, fits)) if i not in (5, 8, 11, 14))
+    fits[5], fits[11] = fit(truth[5]), fit(truth[11])  # (as good frames, for what follows)
     lost = pool_fits(fits, iso, "smooth")  # pooled as any frame, the lost fit restarts the model there
     assert float((lost[14][:3, 3] - truth[14][:3, 3]).norm()) > 20.0
     pooled = pool_fits(kept, iso, "smooth")
@@ -374,8 +378,9 @@ def test_a_doubtful_fit_counts_only_where_the_motion_model_expects_it():
 
 def test_refine_sequence_chooses_the_formation_on_a_frame_that_is_not_doubtful(scene, monkeypatch):
     """A doubtful frame (a ``failed`` one) is refined with the formation chosen on the first frame that is not
-    doubtful, which goes first; with every frame doubtful none is refined; a doubtful frame whose counts cannot
-    be read is left (None) where another frame's error stops the sequence."""
+    doubtful, which goes first; a doubtful frame's coefficients start no other frame; with every frame doubtful
+    none is refined; a doubtful frame whose counts cannot be read is left (None) where another frame's error stops
+    the sequence."""
     from xraypose.register import counts as C
 
     order = []
@@ -387,8 +392,10 @@ def test_refine_sequence_chooses_the_formation_on_a_frame_that_is_not_doubtful(s
 
     def spy_refine(basis, affine, camera, y, pose, **kw):
         order.append(("refine", int(pose[0, 3])))
-        return C.CountsFit(pose, torch.zeros(3, dtype=F64), 1.0, 0.0, 0.0, 0, True, 0.0)
+        starts.append(float(kw["coefficients"][0]))  # the coefficients it starts from: a frame's number
+        return C.CountsFit(pose, torch.full((3,), float(pose[0, 3]), dtype=F64), 1.0, 0.0, 0.0, 0, True, 0.0)
 
+    starts = []
     monkeypatch.setattr(C, "estimate_counts_formation", spy_estimate)
     monkeypatch.setattr(C, "refine_on_counts", spy_refine)
     poses = []
@@ -402,6 +409,8 @@ def test_refine_sequence_chooses_the_formation_on_a_frame_that_is_not_doubtful(s
     form, fits = C.refine_sequence(scene["vol"], scene["cam"], raws, poses, isocenter=scene["iso"], supersample=2,
                                    doubtful=[True, False, True, False], progress=lambda i, f: calls.append(i))
     assert order == [("search", 1), ("refine", 0), ("refine", 2), ("refine", 3)] and calls == [1, 0, 2, 3]
+    # frame 1's search fit has coefficients 0; no doubtful frame's (0, 2) start another: frame 3 starts from 1's
+    assert starts == [0.0, 0.0, 0.0]
     assert all(f is not None for f in fits) and form.renderer == "siddon"
     order.clear()
     _, fits = C.refine_sequence(scene["vol"], scene["cam"], raws, poses, isocenter=scene["iso"], supersample=2,

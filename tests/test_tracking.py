@@ -907,6 +907,36 @@ def test_track_counts_refines_a_failed_frame_and_vouches_for_it_only_where_the_s
     assert all(fr.verdict == "failed" and torch.equal(fr.camera_to_world, T) for fr, T in zip(res, tracked))
 
 
+def test_cli_track_counts_with_a_blank_frame_keeps_it_out_of_the_others(tmp_path, sequence, capsys):
+    """A frame with no anatomy (flat photon noise) in a sequence: tracking calls it failed; --counts refines it
+    too but its fit is not admitted (it pins nothing: without anatomy its covariance passes any gate, and it
+    was once made `uncertain` so) and its coefficients start no other frame — the next frame's refinement went
+    28 mm off when they did — and it keeps the smoother's pose between its neighbours, still failed."""
+    from xraypose.cli import main
+
+    seq = dict(sequence)
+    raws = sequence["raws"][:3].clone()  # (before the fixture's jump: the blank frame lies between two others)
+    raws[1] = torch.poisson(torch.full_like(raws[1], float(raws[1].mean())), generator=torch.Generator().manual_seed(9))
+    seq["raws"] = raws
+    run = _save_sequence(tmp_path / "in", seq, n=3)
+    out = tmp_path / "out"
+    code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", str(tmp_path / "in" / "start.json"),
+                 "--i0", "65000", "--fast", "--counts", "--counts-supersample", "1"])
+    text = capsys.readouterr()
+    assert code == 3, text.out + text.err  # the blank frame stays failed
+    doc = json.loads((out / "trajectory.json").read_text())
+    assert doc["counts"]["refined"] == 3 and (doc["counts"]["failed_admitted"], doc["counts"]["failed_left"]) == (0, 1)
+    blank = doc["frames"][1]
+    assert blank["verdict"] == "failed" and blank["counts"]["admitted"] is False
+    assert "tracked_camera_to_world" in blank  # its pose: the smoother's between the refined frames
+    assert "the smoother's between the refined frames" in text.out
+    for fr in (doc["frames"][0], doc["frames"][2]):  # its neighbours refined as if it were not there
+        assert fr["verdict"] != "failed" and fr["counts"]["moved_mm"] < 2.0
+        err = float(pose_errors(torch.tensor(fr["camera_to_world"], dtype=F64), sequence["poses"][fr["frame"]],
+                                sequence["fid"], sequence["camera"])["mtre"])
+        assert err < 1.0
+
+
 def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     from xraypose.cli import main
 

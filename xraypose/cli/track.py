@@ -452,8 +452,9 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined poses pooled by
     the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the frames'
     ``camera_to_world`` replaced, the tracked pose, the fit and the frame's own refined pose in ``extra``.
-    A ``failed`` frame is refined too (never the one the formation is chosen on) and counts only where its fit
-    lands where the frames before it lead (``admit_doubtful``: the motion model's gate); then it is
+    A ``failed`` frame is refined too (never the one the formation is chosen on; its coefficients start no other)
+    and counts only where its fit pins the pose and lands where the frames before it lead (``admit_doubtful``:
+    converged, within ``ADMIT_SD``, the motion model's gate); then it is
     ``uncertain`` (the check alone said failed), else it stays ``failed``, its fit recorded (``admitted``
     false), its pose the smoother's between refined frames (``pool_fits``) or, outside them, the tracked one.
     Returns the record."""
@@ -509,8 +510,8 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
         fr.camera_to_world = T @ to_view
         if d and used is not None:
             fr.verdict = "uncertain"
-            fr.reason = (f"the check alone said failed ({fr.reason}); refined on its counts, the frame lands where "
-                         "the motion model expects it")
+            fr.reason = (f"the check alone said failed ({fr.reason}); refined on its counts, the frame's pose is "
+                         "pinned and lands where the motion model expects it")
     return {"blur_px": form.blur_px, "blur_estimated": blur is None, "renderer": form.renderer,
             "renderer_chosen": renderer is None, "air_hu": form.air_hu, "air_chosen": air_hu is None,
             "scatter_mm": form.scatter_px * pixel_mm, "scatter_chosen": scatter_mm is None,

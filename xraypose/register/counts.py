@@ -62,7 +62,7 @@ F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "refine_on_counts", "refine_sequence",
            "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits",
-           "admit_doubtful", "COUNTS_MAX_SIDE",
+           "admit_doubtful", "ADMIT_SD", "COUNTS_MAX_SIDE",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN", "COUNTS_SUPERSAMPLE", "counts_supersample_for", "denser_rays"]
@@ -752,7 +752,8 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
             chosen on (``track --counts``: the ``failed`` ones, whose start may be far off; :func:`admit_doubtful`
             then decides whether their fits count); one whose counts cannot be read (:func:`photons_of`'s
             error: a blank or flat frame may be why it failed) is left (None), where another frame's error
-            stops the sequence.
+            stops the sequence; its coefficients start no other frame (the next starts from the last frame's
+            that is not doubtful: a flat frame's fit sent the next one 28 mm off).
         bin: pixels per side summed (:func:`bin_counts`; default: :func:`counts_bin_for` ``max_side``, as
             :func:`refine_xray_on_counts` — a fluoroscope's 512² frames are refined at 128²; unbinned, one
             256² frame took minutes).  The poses are the raw camera's either way.
@@ -760,7 +761,7 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
     Returns:
         ``(formation, fits)``: the formation used and a :class:`CountsFit` per frame (None where the pose
         was None).  Each frame's counts are in photons (:func:`photons_of`), so its covariance is the
-        bound; each starts from the previous fitted frame's coefficients.
+        bound; each starts from the previous fitted frame's coefficients (not a doubtful one's).
     """
     raws = list(raws)
     poses = list(poses)
@@ -805,7 +806,8 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
         else:
             fit = refine_on_counts(basis, volume.affine, cam, y, pose, blur_px=form.blur_px, renderer=form.renderer,
                                    scatter_px=form.scatter_px, supersample=form.supersample, **kw)
-        coef = fit.coefficients
+        if not doubtful[i]:  # a doubtful frame's coefficients (a blank frame's: no attenuation) start no other
+            coef = fit.coefficients
         fits[i] = fit
         if progress is not None:
             progress(i, fit)
@@ -845,13 +847,32 @@ def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None) -> list
     return out
 
 
+#: What a doubtful frame's counts fit must pin to be admitted (:func:`admit_doubtful`): its own standard
+#: deviations (:func:`~xraypose.register.motion.pose_spread`) at most this many mm along and across the beam and
+#: degrees of rotation.  A frame without anatomy has no information on the pose: its covariance is so large that
+#: any pose passes the gate.  The success threshold (1 mm): a fit that cannot hold the depth to it vouches for
+#: nothing.  The failed frames of the low-dose abdomen s2 trajectory (about a photon a pixel behind the body) held
+#: 0.66–0.82 mm along the beam, 0.11–0.15 mm across it, 0.06–0.07°; a flat frame's refinement hundreds.
+ADMIT_SD = 1.0
+
+
+def _pins_the_pose(f) -> bool:
+    """A counts fit that converged and whose spread is within :data:`ADMIT_SD` (mm, mm, degrees)."""
+    from xraypose.register.motion import pose_spread
+
+    sp = pose_spread(f.covariance, f.pose) if f.covariance is not None else None
+    return bool(f.converged) and sp is not None and max(sp.values()) <= ADMIT_SD
+
+
 def admit_doubtful(fits: list, doubtful, isocenter, motion: str = "smooth", model=None) -> list:
     """The fits that count: a ``doubtful`` frame's (``track --counts``: one the check called ``failed``,
-    refined from its tracked pose) only where the motion model expects it — its innovation against the
-    prediction of the frames before it (:meth:`~xraypose.register.motion.MotionFilter.innovation`, its counts'
-    covariance) within the model's gate — else None, coasted over as :func:`pool_fits` does.  A doubtful fit
-    never restarts the model: a lost frame refined where it was lost stays out of the others' estimate.  With
-    ``motion`` "none" nothing can vouch for a doubtful fit: all are None.  Returns a new list (fits or None)."""
+    refined from its tracked pose) only where it pins the pose — converged, its own standard deviations within
+    :data:`ADMIT_SD` (a frame without anatomy passes any gate with its huge covariance) — and the motion model
+    expects it: its innovation against the prediction of the frames before it
+    (:meth:`~xraypose.register.motion.MotionFilter.innovation`, its counts' covariance) within the model's gate;
+    else None, coasted over as :func:`pool_fits` does.  A doubtful fit never restarts the model: a lost frame
+    refined where it was lost stays out of the others' estimate.  With ``motion`` "none" nothing can vouch for a
+    doubtful fit: all are None.  Returns a new list (fits or None)."""
     from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel
 
     if motion not in MOTIONS:
@@ -862,7 +883,8 @@ def admit_doubtful(fits: list, doubtful, isocenter, motion: str = "smooth", mode
     filt = MotionFilter(torch.as_tensor(isocenter, dtype=F64).reshape(3), model or MotionModel())
     out = []
     for f, d in zip(fits, doubtful):
-        if f is not None and d and (motion == "none" or filt.innovation(f.pose, f.covariance) > filt.model.gate):
+        if f is not None and d and (motion == "none" or not _pins_the_pose(f)
+                                    or filt.innovation(f.pose, f.covariance) > filt.model.gate):
             f = None
         out.append(f)
         if f is not None:
