@@ -253,6 +253,7 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     blur = {"family": family_blur / b, "estimate": None}.get(args.counts_blur)
     blur = float(args.counts_blur) if blur is None and args.counts_blur != "estimate" else blur
     failed = [fr.verdict == "failed" for fr in picked]
+    gated = args.counts_failed == "gated"
     left = [args.counts_failed == "leave" and f for f in failed]
     starts = [None if skip else fr.camera_to_world.to(F64) @ torch.linalg.inv(raws[fr.index][2])
               for fr, skip in zip(picked, left)]
@@ -282,20 +283,20 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
                                  isocenter=vol.get_isocenter(), crop=crop, blur_px=blur, air_hu=air,
                                  renderer=None if args.counts == "auto" else args.counts,
                                  supersample=args.counts_supersample, bin=b, progress=progress,
-                                 doubtful=failed if args.counts_failed == "gated" else None)
+                                 doubtful=failed if gated else None)
     print(f"  counts formation: {form.to_dict()}", flush=True)
     done = [rows[fr.index] for fr in picked]
     pooled = {}
     if args.counts_every == 1:  # the refined poses pooled by the motion model (xraypose track --counts)
         from xraypose.register.counts import admit_doubtful, pool_fits
 
-        if args.counts_failed == "gated":  # a failed frame's fit counts where the motion model expects it
+        if gated:  # a failed frame's fit counts where the motion model expects it
             fits = admit_doubtful(fits, failed, vol.get_isocenter(), "smooth")
         pooled_poses = pool_fits(fits, vol.get_isocenter(), "smooth")
-        if args.counts_failed == "gated":  # else the smoother's pose between refined frames (pool_fits), as the command
+        if gated:  # one not admitted: the smoother's pose between refined frames (pool_fits), as the command
             left = [fit is None and T is None for fit, T in zip(fits, pooled_poses)]
         for fr, row, T, fit in zip(picked, done, pooled_poses, fits):
-            if fit is None and (args.counts_failed != "gated" or T is None):  # left as tracked, as track leaves it
+            if fit is None and (not gated or T is None):  # left as tracked, as xraypose track --counts leaves it
                 row["mtre_counts_pooled"], row["depth_error_counts_pooled_mm"] = row["mtre"], row["depth_error_mm"]
                 continue
             row["mtre_counts_pooled"] = float(pose_errors(T @ raws[fr.index][2], poses[fr.index], fid, pcam)["mtre"])

@@ -821,30 +821,52 @@ def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None) -> list
     """The frames' counts-refined poses pooled by the motion model (:mod:`xraypose.register.motion`),
     each a measurement with its own :attr:`CountsFit.covariance` (the inverse Fisher information: the
     counts say how well they hold each direction — one view's depth least); frames without a fit
-    (None) are coasted over.  ``motion``: "smooth" (the smoother over the whole sequence), "filter"
-    (causal) or "none" (the fits as they are).  Returns a (4, 4) pose per frame: a frame without a fit
-    gets the smoother's interpolation where fitted frames lie on both sides of it in one segment
-    (:func:`~xraypose.register.motion.bracketed_steps`), else None (an extrapolation — stop 54 measured
-    such poses 5–13 mm off; the causal filter's and "none" always None)."""
-    from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel, bracketed_steps, smooth
+    (None) are coasted over (:func:`admit_doubtful` first drops a ``failed`` frame's fit the sequence does not
+    vouch for).  ``motion``: "smooth" (the smoother over the whole sequence), "filter" (causal) or "none" (the
+    fits as they are).
+    Returns a (4, 4) pose per frame: a frame without a fit gets the smoother's interpolation where fitted
+    frames lie on both sides of it in one segment (:func:`~xraypose.register.motion.bracketed_steps`), else
+    None (an extrapolation — stop 54 measured such poses 5–13 mm off; the causal filter's and "none" always
+    None)."""
+    from xraypose.register.motion import bracketed_steps, smooth
+
+    doubtful = _doubtful_flags(fits, None, motion)
+    if motion == "none":
+        return [None if f is None else f.pose.clone() for f in fits]
+    filt, kept, out, idx = _causal_pass(fits, doubtful, isocenter, model)
+    inside = bracketed_steps(filt.steps) if motion == "smooth" else [False] * len(filt.steps)
+    for i, T, between in zip(idx, smooth(filt) if motion == "smooth" else [out[i] for i in idx], inside):
+        out[i] = T if kept[i] is not None or between else None
+    return out
+
+
+def _doubtful_flags(fits: list, doubtful, motion: str) -> list:
+    """``doubtful`` as F bools (None: none), checked against the fits and ``motion``."""
+    from xraypose.register.motion import MOTIONS
 
     if motion not in MOTIONS:
         raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
-    if motion == "none":
-        return [None if f is None else f.pose.clone() for f in fits]
+    flags = [False] * len(fits) if doubtful is None else [bool(d) for d in doubtful]
+    if len(flags) != len(fits):
+        raise InputError(f"{len(fits)} fits but {len(flags)} doubtful flags")
+    return flags
+
+
+def _causal_pass(fits: list, doubtful: list, isocenter, model):
+    """The causal filter over the fits, a doubtful one taken only where :func:`admit_doubtful` says (else coasted,
+    never a restart): ``(filter, kept fits or None, filtered poses (None before the first), their frames)``."""
+    from xraypose.register.motion import MotionFilter, MotionModel
+
     filt = MotionFilter(torch.as_tensor(isocenter, dtype=F64).reshape(3), model or MotionModel())
-    out, idx = [], []
-    for i, f in enumerate(fits):
-        if f is None:
-            out.append(filt.coast() if filt.steps else None)
-        else:
-            out.append(filt.update(f.pose, f.covariance))
+    kept, out, idx = [], [], []
+    for i, (f, d) in enumerate(zip(fits, doubtful)):
+        if f is not None and d and (not _pins_the_pose(f) or filt.innovation(f.pose, f.covariance) > filt.model.gate):
+            f = None
+        kept.append(f)
+        out.append(filt.update(f.pose, f.covariance) if f is not None else filt.coast() if filt.steps else None)
         if out[-1] is not None:
             idx.append(i)
-    inside = bracketed_steps(filt.steps) if motion == "smooth" else [False] * len(filt.steps)
-    for i, T, between in zip(idx, smooth(filt) if motion == "smooth" else [out[i] for i in idx], inside):
-        out[i] = T if fits[i] is not None or between else None
-    return out
+    return filt, kept, out, idx
 
 
 #: What a doubtful frame's counts fit must pin to be admitted (:func:`admit_doubtful`): its own standard
@@ -861,7 +883,7 @@ def _pins_the_pose(f) -> bool:
     """A counts fit that converged and whose spread is within :data:`ADMIT_SD` (mm, mm, degrees)."""
     from xraypose.register.motion import pose_spread
 
-    sp = pose_spread(f.covariance, f.pose) if f.covariance is not None else None
+    sp = pose_spread(f.covariance, f.pose)
     return bool(f.converged) and sp is not None and max(sp.values()) <= ADMIT_SD
 
 
@@ -874,22 +896,7 @@ def admit_doubtful(fits: list, doubtful, isocenter, motion: str = "smooth", mode
     else None, coasted over as :func:`pool_fits` does.  A doubtful fit never restarts the model: a lost frame
     refined where it was lost stays out of the others' estimate.  With ``motion`` "none" nothing can vouch for a
     doubtful fit: all are None.  Returns a new list (fits or None)."""
-    from xraypose.register.motion import MOTIONS, MotionFilter, MotionModel
-
-    if motion not in MOTIONS:
-        raise InputError(f"motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
-    doubtful = [bool(d) for d in doubtful]
-    if len(doubtful) != len(fits):
-        raise InputError(f"{len(fits)} fits but {len(doubtful)} doubtful flags")
-    filt = MotionFilter(torch.as_tensor(isocenter, dtype=F64).reshape(3), model or MotionModel())
-    out = []
-    for f, d in zip(fits, doubtful):
-        if f is not None and d and (motion == "none" or not _pins_the_pose(f)
-                                    or filt.innovation(f.pose, f.covariance) > filt.model.gate):
-            f = None
-        out.append(f)
-        if f is not None:
-            filt.update(f.pose, f.covariance)
-        elif filt.steps:
-            filt.coast()
-    return out
+    doubtful = _doubtful_flags(fits, doubtful, motion)
+    if motion == "none":
+        return [None if d else f for f, d in zip(fits, doubtful)]
+    return _causal_pass(fits, doubtful, isocenter, model)[1]
