@@ -255,7 +255,10 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
         v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]])[0]
         singles.append(alone(v1, S1))
         single_starts.append(i)
-    return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints]
+    # each view alone once more, started at the joint result (windowed there): does the view's own objective keep
+    # the joint pose (then a single view's disagreement is its search's) or leave it (then it is its optimum's)?
+    from_joint = {v["name"]: alone(v, joint.rig_to_world) for v in again}
+    return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints], from_joint
 
 
 def overlay_figure(path, vol, frames_out, title: str):
@@ -372,7 +375,7 @@ def main(argv=None) -> int:
     for f in frames:
         starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions) if prev is None \
             else rolled(torch.linalg.inv(prev), vol)
-        joint, singles, views, S0, single_starts, start_sims = register_frame(vol, ds, rig, f, starts, reg)
+        joint, singles, views, S0, single_starts, start_sims, from_joint = register_frame(vol, ds, rig, f, starts, reg)
         prev = joint.rig_to_world
         b_joint = torch.linalg.inv(joint.rig_to_world)
         row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
@@ -391,6 +394,15 @@ def main(argv=None) -> int:
             print(f"frame {f} {v['name']} alone vs joint: centre {agr['centre_mm']:.2f} mm (along its beam "
                   f"{agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), rotation "
                   f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f})", flush=True)
+            s = from_joint[v["name"]]
+            agr = agreement(b_joint, v["camera_to_rig"] @ torch.linalg.inv(s.camera_to_world), centre,
+                            beam / beam.norm())
+            row["single"][v["name"]]["from_joint"] = {"camera_to_world": s.camera_to_world.tolist(),
+                                                      "similarity": s.similarity, "status": s.status,
+                                                      "verdict": s.verdict, "vs_joint": agr}
+            print(f"frame {f} {v['name']} alone from the joint result: ends {agr['centre_mm']:.2f} mm (along its beam "
+                  f"{agr['along_beam_mm']:+.2f}), {agr['rotation_deg']:.2f}° from it, similarity {s.similarity:.4f} "
+                  f"(from the rolls: {row['single'][v['name']]['similarity']:.4f})", flush=True)
         print(f"frame {f} joint: similarity {joint.similarity:.4f}, verdict {joint.verdict} (P {joint.p_success:.2f}): "
               f"{joint.reason}", flush=True)
         if results:
