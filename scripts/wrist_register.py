@@ -381,7 +381,8 @@ def main(argv=None) -> int:
         row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
             "rig_to_world": joint.rig_to_world.tolist(), "similarity": joint.similarity, "verdict": joint.verdict,
             "p_success": joint.p_success, "reason": joint.reason, "status": joint.status,
-            "views": {v.name: {"verdict": v.verdict, "p_success": v.p_success, "reason": v.reason} for v in joint.views}},
+            "views": {v.name: {"verdict": v.verdict, "p_success": v.p_success, "reason": v.reason, "spread": v.spread}
+                      for v in joint.views}},
             "single": {}, "windows": {v["name"]: list(v["window"]) for v in views},
             "joint_similarity_per_start": start_sims}
         for v, s in zip(views, singles):
@@ -390,16 +391,17 @@ def main(argv=None) -> int:
             agr = agreement(b_joint, b_single, centre, beam / beam.norm())
             row["single"][v["name"]] = {"camera_to_world": s.camera_to_world.tolist(), "similarity": s.similarity,
                                         "verdict": s.verdict, "p_success": s.p_success, "reason": s.reason,
-                                        "status": s.status, "vs_joint": agr, "start": single_starts[len(row["single"])]}
+                                        "status": s.status, "vs_joint": agr, "start": single_starts[len(row["single"])],
+                                        "spread": s.spread}
             print(f"frame {f} {v['name']} alone vs joint: centre {agr['centre_mm']:.2f} mm (along its beam "
                   f"{agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), rotation "
-                  f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f})", flush=True)
+                  f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f}); its own spread {s.spread}", flush=True)
             s = from_joint[v["name"]]
             agr = agreement(b_joint, v["camera_to_rig"] @ torch.linalg.inv(s.camera_to_world), centre,
                             beam / beam.norm())
             row["single"][v["name"]]["from_joint"] = {"camera_to_world": s.camera_to_world.tolist(),
                                                       "similarity": s.similarity, "status": s.status,
-                                                      "verdict": s.verdict, "vs_joint": agr}
+                                                      "verdict": s.verdict, "vs_joint": agr, "spread": s.spread}
             print(f"frame {f} {v['name']} alone from the joint result: ends {agr['centre_mm']:.2f} mm (along its beam "
                   f"{agr['along_beam_mm']:+.2f}), {agr['rotation_deg']:.2f}° from it, similarity {s.similarity:.4f} "
                   f"(from the rolls: {row['single'][v['name']]['similarity']:.4f})", flush=True)
