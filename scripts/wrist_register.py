@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -65,9 +66,14 @@ START_PIXELS = {"cam01": [(880.0, 1225.0), (875.0, 1650.0)], "cam02": [(650.0, 1
 #: within 1.1 and 0.3 mm, 60 mm apart.  Which end the volume's axis calls distal is not known for this
 #: bone (its base is as broad as its head): both directions are started (``--both-directions``).
 MC3_START_PIXELS = {"cam01": [(1285.0, 785.0), (1040.0, 1055.0)], "cam02": [(470.0, 760.0), (560.0, 1050.0)]}
-BONE_START_PIXELS = {"rad": START_PIXELS, "mc3": MC3_START_PIXELS}
+#: The ulna's distal end (the head, beside the radius's) and its shaft ~70 mm proximal, frame 0002: picked in cam02
+#: (dorsal-palmar: the bone on the little finger's side), then put in cam01 (lateral: radius and ulna overlap, the
+#: ulna cannot be told apart there) on those points' epipolar lines at the radius's depth along cam02's rays
+#: (1076 mm; side by side in cam02's view, the two bones lie at about one depth from its source).
+ULNA_START_PIXELS = {"cam01": [(838.5, 1214.5), (831.7, 1606.4)], "cam02": [(745.0, 1245.0), (742.0, 1650.0)]}
+BONE_START_PIXELS = {"rad": START_PIXELS, "mc3": MC3_START_PIXELS, "uln": ULNA_START_PIXELS}
 #: Figure file per bone.
-BONE_FIGURE = {"rad": "wrist_radius.png", "mc3": "wrist_mc3.png"}
+BONE_FIGURE = {"rad": "wrist_radius.png", "mc3": "wrist_mc3.png", "uln": "wrist_ulna.png"}
 #: Rolls of the start about the radius's axis, degrees.
 ROLLS_DEG = tuple(range(0, 360, 30))
 #: The default schedule with the volume averaged for a 20–30 mm wide bone; bone only: no bone, tissue or curve
@@ -90,8 +96,6 @@ def wrist_config(threads: int = 1, sets=()) -> dict:
     quantile map onto a DRR of the radius alone is no intensity relationship; matched, this script's
     frame 0002 ended at a similarity of 0.15–0.23 instead of 0.27–0.56, docs/wrist.md).  ``sets``:
     ``FIELD=VALUE`` overrides (JSON values)."""
-    import json
-
     from xraypose.structure import part_settings
 
     cfg = part_settings({"levels": WRIST_LEVELS, "density": "raw", "similarity": "gncc", "drr_blur": 1.0,
@@ -174,9 +178,10 @@ def agreement(bone_to_cal_joint, bone_to_cal_single, centre, beam_dir) -> dict:
             "in_plane_mm": float((d - along * beam_dir).norm()), "rotation_deg": ang}
 
 
-def prepare_views(ds, frame: str, rig, start, vol, cams=None):
+def prepare_views(ds, frame: str, rig, start, vol, cams=None, exclude=()):
     """Per camera (name, image, camera, camera_to_rig, weights) of one frame, windowed at ``start``;
-    ``cams``: only these cameras (default all)."""
+    ``cams``: only these cameras (default all); ``exclude``: (volume, rig_to_world) of other bones whose
+    projection (no margin) is taken out of the weights — a neighbour the DRR does not hold."""
     from xraypose.preprocess import gaussian_blur
     from xraypose.structure import structure_weights, structure_window, window_image
 
@@ -192,6 +197,8 @@ def prepare_views(ds, frame: str, rig, start, vol, cams=None):
         wimg, wcam = window_image(img, v.camera, win)
         field, _ = window_image(v.mask.float(), v.camera, win)
         foot = structure_weights(vol, wcam, T, density="raw")
+        for other, S in exclude:
+            foot = foot * (1.0 - structure_weights(other, wcam, S.to(F64) @ C, density="raw", margin_mm=0.0))
         out.append({"name": cam, "image": wimg, "camera": wcam, "camera_to_rig": C, "weights": field * foot,
                     "window": win, "field": field})
     return out
@@ -218,7 +225,7 @@ def best_of(results):
     return results[k], k
 
 
-def register_frame(vol, ds, rig, frame: str, starts, reg):
+def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
     """Joint and single-view registrations of one frame.  Each is run to the end from every start (the
     rolls) on views windowed and weighted where the radius projects at the first start, the best final
     similarity kept (on frame 0002 the roll that led after the first level ended at 0.27, four of the
@@ -226,7 +233,8 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
     from that result on views windowed and weighted where the radius projects *there* (the footprint of
     the start misses a bone that moved: 15–17 mm between frames 0002 and 0099).  Returns (joint, singles,
     the views the joint was last registered on, the start it came from, each view's start index, the
-    joint similarities of every start)."""
+    joint similarities of every start, each view registered alone from the joint result).  ``exclude``:
+    other bones' (volume, rig_to_world) taken out of every view's weights (:func:`prepare_views`)."""
     from xraypose.errors import InputError
     from xraypose.register.api import register_xray
     from xraypose.register.multiview import ViewImage, register_rig
@@ -238,11 +246,11 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
         return register_xray(vol, v["image"], v["camera"], (S @ v["camera_to_rig"])[None], registrar=reg,
                              hypotheses=False, masks=v["weights"])[0]
 
-    views = prepare_views(ds, frame, rig, starts[0], vol)
+    views = prepare_views(ds, frame, rig, starts[0], vol, exclude=exclude)
     joints = [register_rig(vol, images(views), S[None], registrar=reg, hypotheses=False) for S in starts]
     first, k = best_of(joints)
     try:
-        again = prepare_views(ds, frame, rig, first.rig_to_world, vol)
+        again = prepare_views(ds, frame, rig, first.rig_to_world, vol, exclude=exclude)
         joint = register_rig(vol, images(again), first.rig_to_world[None], registrar=reg, hypotheses=False)
     except (InputError, SystemExit) as e:  # the best result left a view: nothing to rewindow there
         print(f"frame {frame}: not rewindowed at the best start's result ({e})", flush=True)
@@ -252,7 +260,7 @@ def register_frame(vol, ds, rig, frame: str, starts, reg):
         r, i = best_of([alone(v, S) for S in starts])
         # the view's own result, rewindowed there (its camera_to_world seen as a rig pose of this view)
         S1 = r.camera_to_world @ torch.linalg.inv(v["camera_to_rig"])
-        v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]])[0]
+        v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]], exclude=exclude)[0]
         singles.append(alone(v1, S1))
         single_starts.append(i)
     # each view alone once more, started at the joint result (windowed there): does the view's own objective keep
@@ -339,6 +347,9 @@ def main(argv=None) -> int:
     ap.add_argument("--transfer", default="log", choices=("log", "linear"),
                     help="how a radiograph's display values become line integrals (AutoscoperWrist's transfer; "
                          "default log)")
+    ap.add_argument("--exclude", nargs=2, action="append", default=[], metavar=("BONE", "JSON"),
+                    help="take another bone's projection out of the weights, at its joint result per frame in JSON "
+                         "(this script's output for that bone), e.g. --exclude uln ulna.json")
     ap.add_argument("--water", type=float, default=WATER_VALUE,
                     help="stored value of water: the volume is rendered as max(value - water, 0)")
     args = ap.parse_args(argv)
@@ -356,8 +367,6 @@ def main(argv=None) -> int:
     vol = above_water(ds.volume(args.bone), args.water)
     start_pixels = BONE_START_PIXELS[args.bone]
     if args.replot:
-        import json
-
         figures(args, ds, rig, vol, json.loads(Path(args.json).read_text(encoding="utf-8"))["frames"])
         return 0
     (c1, T1), (c2, T2) = full.camera("cam01"), full.camera("cam02")
@@ -370,12 +379,23 @@ def main(argv=None) -> int:
     reg.confidence_model = part_model()  # a part of the wrist: judged as xraypose register --structure judges it
     centre = vol.get_isocenter().to(F64)
     frames = args.frames or list(ds.frames)
+    others, excluded = {}, {}
+    for b, path in args.exclude:
+        others[b] = above_water(ds.volume(b), args.water)
+        got = {r["frame"]: r["joint"]["rig_to_world"]
+               for r in json.loads(Path(path).read_text(encoding="utf-8"))["frames"]}
+        missing = [f for f in frames if f not in got]
+        if missing:
+            raise SystemExit(f"--exclude {b} {path}: no joint result for frame(s) {', '.join(missing)}")
+        excluded[b] = got
     results = []
     prev = None
     for f in frames:
         starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions) if prev is None \
             else rolled(torch.linalg.inv(prev), vol)
-        joint, singles, views, S0, single_starts, start_sims, from_joint = register_frame(vol, ds, rig, f, starts, reg)
+        exclude = [(others[b], torch.tensor(poses[f], dtype=F64)) for b, poses in excluded.items()]
+        joint, singles, views, S0, single_starts, start_sims, from_joint = register_frame(vol, ds, rig, f, starts, reg,
+                                                                                          exclude)
         prev = joint.rig_to_world
         b_joint = torch.linalg.inv(joint.rig_to_world)
         row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
@@ -414,6 +434,7 @@ def main(argv=None) -> int:
         results.append(row)
     atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size,
                                   "transfer": args.transfer, "bone": args.bone,
+                                  "excluded": {b: p for b, p in args.exclude},
                                   "config": {k: v for k, v in cfg.items() if k != "levels"},
                                   "levels": [dataclasses.asdict(lv) for lv in WRIST_LEVELS],
                                   "start_pixels": start_pixels, "start_rays_mm": tri["distance"].tolist(),

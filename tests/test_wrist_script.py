@@ -94,3 +94,50 @@ def test_axis_starts_both_ways(rod):
         B = torch.linalg.inv(S)
         assert torch.allclose(B[:3, :3] @ far + B[:3, 3], P_dist, atol=1e-6)
         assert torch.allclose(B[:3, :3] @ a, -want, atol=1e-9)
+
+
+def _plane(z: float, half: float) -> torch.Tensor:
+    """(N, 3) points on a square grid of half-width ``half`` mm, at depth ``z`` mm on the camera's axis."""
+    g = torch.linspace(-half, half, 11, dtype=F64)
+    x, y = torch.meshgrid(g, g, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1), torch.full((121,), z, dtype=F64)], -1)
+
+
+def test_one_views_geometry_matches_the_pinhole_closed_form():
+    """scripts/wrist_depth.py on a flat grid facing a pinhole (focal f = sdd/pixel px, depth z): 1 mm across the
+    beam moves every point f/z px, 1 mm along it f·r/z² px (r: the point's distance from the axis), 1° about
+    the beam f·r/z·π/180 px; and the depth ratio (the sd along the beam over the sd across it, the other five
+    free) grows in proportion to the depth and falls in proportion to the grid's width."""
+    import wrist_depth as D
+    from xraypose.camera import Camera
+
+    cam = Camera(sdd=1000.0, height=512, width=512, delx=0.5)  # f = 2000 px
+    eye = torch.eye(4, dtype=F64)
+    pts = _plane(800.0, 20.0)
+    g = D.view_geometry(cam, eye, eye, pts)
+    r = pts[:, :2].norm(dim=-1)
+    assert g["depth_mm"] == pytest.approx(800.0)
+    assert g["px_per_mm_across"] == pytest.approx(2000.0 / 800.0, rel=1e-9)
+    assert g["px_per_mm_along"] == pytest.approx(float((2000.0 * r / 800.0 ** 2).mean()), rel=1e-9)
+    assert g["px_per_deg_about_beam"] == pytest.approx(float((2000.0 * r / 800.0).mean()) * math.pi / 180, rel=1e-9)
+    far = D.view_geometry(cam, eye, eye, _plane(1600.0, 20.0))
+    wide = D.view_geometry(cam, eye, eye, _plane(800.0, 40.0))
+    assert far["depth_ratio"] / g["depth_ratio"] == pytest.approx(2.0, rel=1e-3)
+    assert wide["depth_ratio"] / g["depth_ratio"] == pytest.approx(0.5, rel=1e-3)
+    assert g["depth_ratio"] > 10 and g["tilt_ratio"] > 1  # 40 mm seen from 800 mm: depth far less certain
+
+
+def test_one_views_geometry_follows_the_camera_and_the_bone():
+    """The same grid and camera moved together by any rigid motion (camera_to_rig, bone_to_cal) give the same
+    numbers: they are the view's own."""
+    import wrist_depth as D
+    from xraypose.camera import Camera
+
+    cam = Camera(sdd=1000.0, height=512, width=512, delx=0.5)
+    eye = torch.eye(4, dtype=F64)
+    pts = _plane(900.0, 15.0) + torch.tensor([3.0, -2.0, 0.0], dtype=F64)
+    g = D.view_geometry(cam, eye, eye, pts)
+    M = make_transform(so3_exp(torch.tensor([0.4, -1.1, 2.0], dtype=F64)), torch.tensor([50.0, -20.0, 300.0], dtype=F64))
+    h = D.view_geometry(cam, M, M, pts)  # camera and bone both carried by M into the calibration frame
+    for k in g:
+        assert h[k] == pytest.approx(g[k], rel=1e-6), k
