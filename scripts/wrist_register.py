@@ -30,12 +30,21 @@ Per frame:
    radius's centre in the two (mm; also its part along view i's beam, the depth a single view
    sees only as magnification) and the angle of the relative rotation (degrees).
 
-Writes ``--json`` (every pose, verdict, similarity and difference) and, with ``--figures``,
+5. **Each view alone from the joint result** (:func:`alone_from_joint`): each view registered alone once more,
+   started at the frame's joint result (windowed there).  If it stays, the view's own optimum agrees with the
+   joint one and a single view's disagreement in 4. is its search's; if it leaves, it is its optimum's.
+   ``--alone-from JSON`` does only this, from another run's joint results.
+
+``--exclude BONE JSON`` takes another bone's projection (at its joint result per frame in JSON, this script's
+output for that bone, e.g. the ulna beside the radius) out of every view's weights.
+
+Writes ``--json`` (every pose, verdict, similarity, own spread and difference) and, with ``--figures``,
 ``wrist_radius.png``: per frame and view the radiograph's window, the DRR at the joint result and at
 the view's own result blended over it (``--replot`` draws it again from the JSON).
 
     python scripts/wrist_register.py --json wrist.json --figures docs/img [--size 1024] [--frames 0002 0099]
     python scripts/wrist_register.py --json wrist.json --figures docs/img --replot
+    python scripts/wrist_register.py --json alone.json --alone-from wrist.json [--exclude uln ulna.json]
 """
 
 from __future__ import annotations
@@ -233,7 +242,7 @@ def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
     from that result on views windowed and weighted where the radius projects *there* (the footprint of
     the start misses a bone that moved: 15–17 mm between frames 0002 and 0099).  Returns (joint, singles,
     the views the joint was last registered on, the start it came from, each view's start index, the
-    joint similarities of every start, each view registered alone from the joint result).  ``exclude``:
+    joint similarities of every start).  ``exclude``:
     other bones' (volume, rig_to_world) taken out of every view's weights (:func:`prepare_views`)."""
     from xraypose.errors import InputError
     from xraypose.register.api import register_xray
@@ -263,10 +272,7 @@ def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
         v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]], exclude=exclude)[0]
         singles.append(alone(v1, S1))
         single_starts.append(i)
-    # each view alone once more, started at the joint result (windowed there): does the view's own objective keep
-    # the joint pose (then a single view's disagreement is its search's) or leave it (then it is its optimum's)?
-    from_joint = {v["name"]: alone(v, joint.rig_to_world) for v in again}
-    return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints], from_joint
+    return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints]
 
 
 def overlay_figure(path, vol, frames_out, title: str):
@@ -311,6 +317,36 @@ def overlay_figure(path, vol, frames_out, title: str):
     atomic_write_bytes(path, buf.getvalue())
 
 
+def alone_from_joint(vol, ds, rig, frames, joints: dict, reg, exclude_for, centre) -> list:
+    """Each view registered alone, started at a given joint result (``joints``: frame → rig_to_world, e.g. an
+    earlier run's JSON), on views windowed and weighted there; where it ends against that joint result
+    (:func:`agreement`), its similarity and its own spread.  ``exclude_for(frame)``: the other bones'
+    (volume, rig_to_world) taken out of the weights.  A view's objective that keeps the joint pose says the
+    single view's disagreement is its search's; one that leaves it, its optimum's."""
+    from xraypose.register.api import register_xray
+
+    rows = []
+    for f in frames:
+        S = torch.as_tensor(joints[f], dtype=F64)
+        b_joint = torch.linalg.inv(S)
+        for v in prepare_views(ds, f, rig, S, vol, exclude=exclude_for(f)):
+            r = register_xray(vol, v["image"], v["camera"], (S @ v["camera_to_rig"])[None], registrar=reg,
+                              hypotheses=False, masks=v["weights"])[0]
+            beam = rig[v["name"]].camera_to_rig[:3, 2].to(F64)
+            agr = agreement(b_joint, v["camera_to_rig"] @ torch.linalg.inv(r.camera_to_world), centre,
+                            beam / beam.norm())
+            rows.append({"frame": f, "view": v["name"], "vs_joint": agr, "similarity": r.similarity,
+                         "status": r.status, "verdict": r.verdict, "spread": r.spread,
+                         "weights_share": float(v["weights"].mean())})
+            sp = r.spread or {}
+            print(f"frame {f} {v['name']} alone from the given joint result: ends {agr['centre_mm']:.2f} mm from it "
+                  f"(along its beam {agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), "
+                  f"{agr['rotation_deg']:.2f}°; similarity {r.similarity:.4f}; its spread along the beam "
+                  f"{sp.get('along_beam_mm', float('nan')):.2f} mm; weights cover {rows[-1]['weights_share']:.1%}",
+                  flush=True)
+    return rows
+
+
 def figures(args, ds, rig, vol, results) -> None:
     """The overlay pictures of ``results`` (the JSON's frames) into ``args.figures``."""
     figs = []
@@ -350,6 +386,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude", nargs=2, action="append", default=[], metavar=("BONE", "JSON"),
                     help="take another bone's projection out of the weights, at its joint result per frame in JSON "
                          "(this script's output for that bone), e.g. --exclude uln ulna.json")
+    ap.add_argument("--alone-from", default=None, metavar="JSON",
+                    help="only register each view alone, started at the joint results of JSON (this script's "
+                         "output for this bone), and say where each ends against them")
     ap.add_argument("--water", type=float, default=WATER_VALUE,
                     help="stored value of water: the volume is rendered as max(value - water, 0)")
     args = ap.parse_args(argv)
@@ -388,14 +427,26 @@ def main(argv=None) -> int:
         if missing:
             raise SystemExit(f"--exclude {b} {path}: no joint result for frame(s) {', '.join(missing)}")
         excluded[b] = got
+
+    def exclude_for(f):
+        return [(others[b], torch.tensor(poses[f], dtype=F64)) for b, poses in excluded.items()]
+
+    if args.alone_from:
+        given = {r["frame"]: r["joint"]["rig_to_world"]
+                 for r in json.loads(Path(args.alone_from).read_text(encoding="utf-8"))["frames"]}
+        rows = alone_from_joint(vol, ds, rig, [f for f in frames if f in given], given, reg, exclude_for, centre)
+        atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size,
+                                      "transfer": args.transfer, "bone": args.bone, "alone_from": args.alone_from,
+                                      "excluded": {b: p for b, p in args.exclude}, "views": rows})
+        print(f"wrote {args.json}")
+        return 0
     results = []
     prev = None
     for f in frames:
         starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions) if prev is None \
             else rolled(torch.linalg.inv(prev), vol)
-        exclude = [(others[b], torch.tensor(poses[f], dtype=F64)) for b, poses in excluded.items()]
-        joint, singles, views, S0, single_starts, start_sims, from_joint = register_frame(vol, ds, rig, f, starts, reg,
-                                                                                          exclude)
+        joint, singles, views, S0, single_starts, start_sims = register_frame(vol, ds, rig, f, starts, reg,
+                                                                              exclude_for(f))
         prev = joint.rig_to_world
         b_joint = torch.linalg.inv(joint.rig_to_world)
         row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
@@ -416,15 +467,6 @@ def main(argv=None) -> int:
             print(f"frame {f} {v['name']} alone vs joint: centre {agr['centre_mm']:.2f} mm (along its beam "
                   f"{agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), rotation "
                   f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f}); its own spread {s.spread}", flush=True)
-            s = from_joint[v["name"]]
-            agr = agreement(b_joint, v["camera_to_rig"] @ torch.linalg.inv(s.camera_to_world), centre,
-                            beam / beam.norm())
-            row["single"][v["name"]]["from_joint"] = {"camera_to_world": s.camera_to_world.tolist(),
-                                                      "similarity": s.similarity, "status": s.status,
-                                                      "verdict": s.verdict, "vs_joint": agr, "spread": s.spread}
-            print(f"frame {f} {v['name']} alone from the joint result: ends {agr['centre_mm']:.2f} mm (along its beam "
-                  f"{agr['along_beam_mm']:+.2f}), {agr['rotation_deg']:.2f}° from it, similarity {s.similarity:.4f} "
-                  f"(from the rolls: {row['single'][v['name']]['similarity']:.4f})", flush=True)
         print(f"frame {f} joint: similarity {joint.similarity:.4f}, verdict {joint.verdict} (P {joint.p_success:.2f}): "
               f"{joint.reason}", flush=True)
         if results:
@@ -432,13 +474,16 @@ def main(argv=None) -> int:
             row["motion_from_previous"] = agreement(torch.linalg.inv(pj), b_joint, centre,
                                                     torch.tensor([0.0, 0.0, 1.0], dtype=F64))
         results.append(row)
+    # each view alone once more, started at the joint result: its search's disagreement or its optimum's
+    alone = alone_from_joint(vol, ds, rig, frames, {r["frame"]: r["joint"]["rig_to_world"] for r in results}, reg,
+                             exclude_for, centre)
     atomic_write_json(args.json, {"command": " ".join([sys.executable, *sys.argv]), "size": args.size,
                                   "transfer": args.transfer, "bone": args.bone,
                                   "excluded": {b: p for b, p in args.exclude},
                                   "config": {k: v for k, v in cfg.items() if k != "levels"},
                                   "levels": [dataclasses.asdict(lv) for lv in WRIST_LEVELS],
                                   "start_pixels": start_pixels, "start_rays_mm": tri["distance"].tolist(),
-                                  "frames": results})
+                                  "frames": results, "alone_from_joint": alone})
     print(f"wrote {args.json}")
     if args.figures:
         figures(args, ds, rig, vol, results)
