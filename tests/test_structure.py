@@ -305,3 +305,113 @@ def test_a_signal_outside_the_fits_range_keeps_a_result_from_ok():
     j = m.judge({"ncc": 0.9})
     assert j.p_success > 0.99 and j.verdict == "uncertain"
     assert j.reason.startswith("ncc = 0.9 lies outside the 0–0.5 of the results this check was fitted on")
+
+
+# --- a structure that leaves its weighted pixels -------------------------------------------------------------------
+# Weighted by a structure's footprint (register/track --structure, the wrist's radius and ulna), a pose that moves the
+# structure off those pixels leaves a DRR constant where the X-ray is weighed; its standardised image is 0 and the
+# residual's score 1 − ½‖x̂ − ŷ‖² is then 0.5 — more than a true alignment of a weak similarity.  Found on the real
+# wrist (stop 59): the ulna's registrations from 3 of 12 rolls ended at such poses, reporting similarities of 0.5
+# and 1.0 (an X-ray constant there too), and one was kept as the best.
+
+
+def _cube_case():
+    """A 32 mm block (raw density) 600 mm from the source of a 64² camera, the pose, and its footprint grown by 3 px
+    (12 % of the image)."""
+    from xraypose._kernels import max_filter
+    from xraypose.evaluate import PictureRenderer
+
+    data = torch.zeros(16, 16, 16)
+    data[4:12, 4:12, 2:14] = 1000.0
+    data[6:10, 6:10, 2:14] = 1500.0
+    vol = Volume(data, torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=F64)))
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=2.0)
+    T = torch.eye(4, dtype=F64)
+    T[:3, 3] = vol.get_isocenter().to(F64) - torch.tensor([0.0, 0.0, 600.0], dtype=F64)
+    d = PictureRenderer(vol, density="raw", n_samples=128)(cam, T[None])[0]
+    return vol, cam, T, max_filter((d > 0.02 * d.max()).float(), 3)
+
+
+def _part_registrar(vol):
+    import dataclasses
+
+    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.structure import part_settings
+
+    levels = tuple(dataclasses.replace(lv, fit_bone=False, fit_tissue=False, fit_curve=False) for lv in DEFAULT_LEVELS)
+    return Registrar(vol, RegistrationConfig(**part_settings({"levels": levels, "num_threads": 1}, "raw")))
+
+
+def test_constant_rows_looks_only_where_the_pixels_are_kept():
+    from xraypose.register.measures import constant_rows
+
+    x = torch.tensor([[0.0, 0.0, 5.0, 7.0], [1.0, 2.0, 0.0, 0.0], [3.0, 3.0, 3.0, 3.0]])
+    keep = torch.tensor([[True, True, False, False], [True, True, False, False], [False] * 4])
+    assert constant_rows(x).tolist() == [False, False, True]
+    assert constant_rows(x, keep).tolist() == [True, False, True]  # no kept pixel: constant
+    tail = torch.tensor([[1e-9, 0.0, 5.0, 7.0]])  # a blur's faint tail is no structure
+    assert constant_rows(tail, keep[:1]).tolist() == [True]
+
+
+def test_a_pose_whose_drr_is_constant_on_the_weighted_pixels_is_no_step():
+    """The objective flags a DRR constant where the mask weighs the X-ray (here: the block moved 25 mm across the beam,
+    off its footprint) although it is not constant over the whole image; without the mask it is not flagged."""
+    from xraypose.register.objective import LevelObjective, level_channels
+
+    vol, cam, T, w = _cube_case()
+    reg = _part_registrar(vol)
+    lv = reg.config.levels[-1]
+    dens, aff = reg.volume_level(lv.volume_mm, level_channels(lv))
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    off = T.clone()
+    off[:3, 3] += 25.0 * T[:3, 0]
+    poses = torch.stack([T, off]).float()
+    rows = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        _, _, masked = LevelObjective(lv, reg.config, dens, aff, x, cam, torch.Generator(), masks=w[None, None]).residual(
+            poses, rows)
+        _, _, whole = LevelObjective(lv, reg.config, dens, aff, x, cam, torch.Generator()).residual(poses, rows)
+    assert masked.tolist() == [False, True] and whole.tolist() == [False, False]
+
+
+def test_a_registration_does_not_escape_its_weighted_pixels_to_score_a_blank_half():
+    """Against X-rays unrelated to the block (smooth noise), weighted by the block's footprint: before the fix three
+    of these ended with the block off the weighted pixels scoring exactly 0.5; now every result scores what the
+    block's own DRR there earns (< 0.5 here), and the check fails one whose DRR is constant on those pixels."""
+    from xraypose.evaluate import PictureRenderer
+    from xraypose.register.api import register_xray
+
+    vol, cam, T, w = _cube_case()
+    reg = _part_registrar(vol)
+    for seed in (0, 1, 3):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 64, 64, generator=g), 3, 1, 1)[0, 0]
+        x = (x - x.min()) / (x.max() - x.min())
+        r = register_xray(vol, x, cam, T[None], registrar=reg, hypotheses=False, masks=w)[0]
+        assert r.similarity < 0.49, (seed, r.similarity)
+        d = PictureRenderer(vol, density="raw", n_samples=128)(cam, r.camera_to_world[None])[0][w > 0]
+        if float(d.max() - d.min()) <= 1e-6 * float(d.abs().max() + 1e-12):
+            assert r.verdict == "failed" and "outside them" in r.reason, (seed, r.reason)
+
+
+def test_the_check_fails_a_result_whose_drr_is_constant_on_the_weighted_pixels():
+    from xraypose.register.confidence import assess
+
+    vol, cam, T, w = _cube_case()
+    reg = _part_registrar(vol)
+    off = T.clone()
+    off[:3, 3] += 25.0 * T[:3, 0]
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    c = assess(reg, x, cam, off[None], masks=w[None, None])[0]
+    assert c.verdict == "failed" and c.p_success == 0.0 and "outside them" in c.reason, c.reason
+
+
+def test_an_xray_constant_wherever_the_mask_weighs_it_is_refused():
+    from xraypose.register.api import register_xray
+
+    vol, cam, T, w = _cube_case()
+    reg = _part_registrar(vol)
+    x = torch.rand(64, 64, generator=torch.Generator().manual_seed(0))
+    x[w > 0] = 0.25
+    with pytest.raises(InputError, match=r"the X-ray is constant \(0.25\) wherever the pixel mask weighs it"):
+        register_xray(vol, x, cam, T[None], registrar=reg, hypotheses=False, masks=w)

@@ -20,7 +20,8 @@ whether the pose is right.  This module looks at the *result*:
 
    * ``ok``: ``p_success ≥ thresholds["ok"]`` and every guard passed;
    * ``failed``: ``p_success < thresholds["failed"]``, or a guard failed (a DRR that is constant
-     or empty at the result, a pose that sees none of the CT, a non-finite signal);
+     or empty at the result, or constant where a pixel mask weighs the X-ray, a pose that sees none
+     of the CT, a non-finite signal);
    * ``uncertain``: in between.
 
    The ``reason`` is one line naming the signal that most lowered ``p_success``.
@@ -53,6 +54,7 @@ from xraypose.geometry import make_transform, so3_exp
 from xraypose.preprocess import image_batch
 from xraypose.render import analytic_tangents
 from xraypose.register.config import SCATTER_MM, Level, torch_threads
+from xraypose.register.measures import constant_rows
 from xraypose.register.objective import LevelObjective, fit_bone, level_channels, robust_weights, weighted_affine_fit
 
 __all__ = ["CHECK_LEVEL", "SIGNALS", "VERDICTS", "Confidence", "Judgement", "ConfidenceModel", "measure_signals",
@@ -450,6 +452,10 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
         rec["_problem"] = ("the DRR at the result is empty: the pose sees none of the CT" if float(soft.max()) <= 0
                            else "the DRR at the result is constant: the pose sees no structure of the CT")
         rec["coverage"] = 0.0 if float(soft.max()) <= 0 else rec["coverage"]
+        return
+    if mask is not None and bool(constant_rows(D.reshape(1, -1), mask.reshape(1, -1) > 0)[0]):
+        rec["_problem"] = ("the DRR at the result is constant where the X-ray's pixels are weighed: the structure "
+                           "projects outside them")
         return
     y, rec["foreign"] = _explainable(D, y, mask)
     rec.update(_image_signals(D, y, soft))

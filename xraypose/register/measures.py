@@ -9,7 +9,9 @@ transform of the images, ``score = Σ_k w_k · NCC_k`` with ``Σ_k w_k = 1``.  A
 One residual serves both optimisers: Adam ascends ``score`` (its gradient by autograd)
 and Levenberg–Marquardt minimises ``‖r‖²`` (Gauss–Newton curvature from the residual's
 Jacobian).  (A constant image has x̂ = 0 and scores 0.5 here, not 0: registration treats
-a constant DRR as a failed step before scoring it.)
+a DRR that is constant where the X-ray's pixels are weighed as a failed step before scoring it,
+:func:`constant_rows` — a pose that moved the structure off its weighted pixels would otherwise
+score 0.5, more than a true alignment of a weak similarity.)
 
 Images come as dense ``(n, 1, h, w)`` stacks or as sparse patch stacks ``(n, P, S, S)``
 (P patches of S×S pixels each); for the latter "the whole image" means all rendered
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from xraypose.errors import InputError
 from xraypose.names import SIMILARITY_MEASURES
 
-__all__ = ["MEASURES", "Measure", "residual", "score_from_residual", "unit_standardise"]
+__all__ = ["MEASURES", "Measure", "OFF_PIXEL", "constant_rows", "residual", "score_from_residual", "unit_standardise"]
 
 _EPS = 1e-8
 
@@ -164,6 +166,31 @@ def residual(name: str, drr: torch.Tensor, target: torch.Tensor, *, sparse: bool
     terms = MEASURES[name].terms(drr, target, sparse, **options)
     total = sum(w for w, _ in terms)
     return torch.cat([(w / total) ** 0.5 * r for w, r in terms if w > 0], dim=-1)
+
+
+#: :func:`constant_rows`'s penalty on pixels not kept (added to the minimum, taken from the maximum).
+OFF_PIXEL = 1e30
+
+
+def constant_rows(x: torch.Tensor, keep: torch.Tensor | None = None, penalty: torch.Tensor | None = None,
+                  rel: float = 1e-6) -> torch.Tensor:
+    """(n, N) values → (n,) bool: the row is constant over its kept pixels (``keep``: (n, N) bool, e.g. a
+    pixel mask > 0; None: every pixel) — its range there at most ``rel`` × the row's largest magnitude
+    anywhere (a blur's faint tail outside a structure is no structure).  A row with no kept pixel is
+    constant.  No similarity of such a row means anything (its standardised image is 0).
+
+    ``penalty`` ((n, N): 0 where kept, :data:`OFF_PIXEL` elsewhere) instead of ``keep``: what a caller that
+    asks for the same pixels again (registration, every evaluation) computes once; the range is then two
+    plain reductions (a masked one was 2.8 ms against 0.46 ms on 7 × 256² pixels)."""
+    x = x.detach()
+    peak = x.abs().amax(-1)
+    if penalty is None and keep is not None:
+        penalty = (~keep.reshape(x.shape)).to(x.dtype) * OFF_PIXEL
+    if penalty is None:
+        span = x.amax(-1) - x.amin(-1)
+    else:
+        span = (x - penalty).amax(-1) - (x + penalty).amin(-1)  # negative when nothing is kept
+    return span <= rel * (peak + 1e-12)
 
 
 def score_from_residual(r: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.preprocess import resize as resize_image
 from xraypose.register.config import Level, RegistrationConfig
+from xraypose.register.measures import OFF_PIXEL, constant_rows
 from xraypose.register.measures import residual as measure_residual
 from xraypose.register.scatter import scatter_drr
 from xraypose.render import render, render_with_tangents
@@ -274,7 +275,7 @@ class LevelObjective:
         self.camera = camera.resize(h, w)
         self.px2 = (h / camera.height) ** 2  # (this level's pixels per X-ray pixel)²: a pixel² unit's scale
         self.target = self.resized(images, camera, h, w)
-        self.mask = None
+        self.mask, self._off = None, None
         if masks is not None:
             self.mask = F.adaptive_avg_pool2d(masks.to(torch.float32), (h, w)) if (h, w) != tuple(
                 masks.shape[-2:]) else masks.to(torch.float32)
@@ -319,6 +320,16 @@ class LevelObjective:
             self.uv = patch_pixels(centres, S + 2 * self.r).to(torch.float32)  # a halo when the DRR is blurred
             self.uv_core = patch_pixels(centres, S)
             self.P, self.S = P, S
+
+    def _off_mask(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """(n, N) of X-rays ``rows``: 0 on the pixels their mask weighs, :data:`OFF_PIXEL` elsewhere
+        (:func:`~xraypose.register.measures.constant_rows`'s penalty; made once), or None without a mask."""
+        if self.mask is None:
+            return None
+        if self._off is None:
+            m = self.mask if self.uv is None else self.mask_sparse
+            self._off = (m <= 0).reshape(m.shape[0], -1).to(torch.float32) * OFF_PIXEL
+        return self._off[rows]
 
     @staticmethod
     def resized(images: torch.Tensor, camera: Camera, h: int, w: int) -> torch.Tensor:
@@ -414,7 +425,8 @@ class LevelObjective:
         Returns:
             r: (n, M) residual (``score = 1 − ½‖r‖²``), gradients flowing to ``poses``;
             bone: (n,) float64 the fitted bone multiplier (the config's where not fitted);
-            constant: (n,) bool, DRRs that are constant (no usable similarity).
+            constant: (n,) bool, DRRs that are constant where the pixel mask weighs the X-ray (everywhere
+                without one): no usable similarity (:func:`~xraypose.register.measures.constant_rows`).
         """
         return self._residual_of(self.render(poses, rows), poses, rows)
 
@@ -480,8 +492,8 @@ class LevelObjective:
                                prior=None if m is None else m.reshape(drr.shape))
         else:
             w = None if m is None else m.reshape(drr.shape).to(drr.dtype)
-        flat = drr.detach().reshape(n, -1)
-        constant = (flat.amax(-1) - flat.amin(-1)) <= 1e-6 * (flat.abs().amax(-1) + 1e-12)
+        # constant where the X-ray's pixels are weighed (the structure left them): no similarity there
+        constant = constant_rows(drr.reshape(n, -1), penalty=self._off_mask(rows))
         c = self.config
         r = measure_residual(self.measure, drr, tgt.to(drr.dtype), sparse=self.uv is not None,
                              weights=c.ncc_weights, patch=c.ncc_patch, alpha=c.mix_alpha, w=w)

@@ -56,6 +56,7 @@ from xraypose.register.config import (  # noqa: F401 (re-exported)
     levels_for_sizes,
     torch_threads,
 )
+from xraypose.register.measures import constant_rows
 from xraypose.register.objective import LevelObjective, ViewSet, level_channels
 from xraypose.register.steppers import Track, make_stepper, pose_motion_mm
 from xraypose.render import render
@@ -793,6 +794,12 @@ class Registrar:
             m = m.expand(B, 1, H, W)
             if bool((m.reshape(B, -1).mean(-1) < 0.05).any()):
                 raise InputError(f"{what}: the pixel mask leaves less than 5% of an X-ray to register")
+            flat = constant_rows(imgs.reshape(B, -1), m.reshape(B, -1) > 0)
+            if bool(flat.any()):
+                b = int(flat.nonzero()[0, 0])
+                v = float(imgs[b].reshape(-1)[m[b].reshape(-1) > 0][0])
+                raise InputError(f"{what}: {'X-ray %d' % b if B > 1 else 'the X-ray'} is constant ({v:g}) wherever "
+                                 f"the pixel mask weighs it: nothing to register there")
             masks = m.contiguous()
         return imgs, camera, Ci, masks
 
