@@ -269,8 +269,12 @@ def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
         r, i = best_of([alone(v, S) for S in starts])
         # the view's own result, rewindowed there (its camera_to_world seen as a rig pose of this view)
         S1 = r.camera_to_world @ torch.linalg.inv(v["camera_to_rig"])
-        v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]], exclude=exclude)[0]
-        singles.append(alone(v1, S1))
+        try:
+            v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]], exclude=exclude)[0]
+            r = alone(v1, S1)
+        except (InputError, SystemExit) as e:  # e.g. the bone left the view there: keep the first result
+            print(f"frame {frame} {v['name']}: not rewindowed at its result ({e})", flush=True)
+        singles.append(r)
         single_starts.append(i)
     return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints]
 
@@ -323,15 +327,26 @@ def alone_from_joint(vol, ds, rig, frames, joints: dict, reg, exclude_for, centr
     (:func:`agreement`), its similarity and its own spread.  ``exclude_for(frame)``: the other bones'
     (volume, rig_to_world) taken out of the weights.  A view's objective that keeps the joint pose says the
     single view's disagreement is its search's; one that leaves it, its optimum's."""
+    from xraypose.errors import InputError
     from xraypose.register.api import register_xray
 
     rows = []
     for f in frames:
         S = torch.as_tensor(joints[f], dtype=F64)
         b_joint = torch.linalg.inv(S)
-        for v in prepare_views(ds, f, rig, S, vol, exclude=exclude_for(f)):
-            r = register_xray(vol, v["image"], v["camera"], (S @ v["camera_to_rig"])[None], registrar=reg,
-                              hypotheses=False, masks=v["weights"])[0]
+        try:
+            views = prepare_views(ds, f, rig, S, vol, exclude=exclude_for(f))
+        except SystemExit as e:
+            print(f"frame {f}: {e}", flush=True)
+            continue
+        for v in views:
+            try:
+                r = register_xray(vol, v["image"], v["camera"], (S @ v["camera_to_rig"])[None], registrar=reg,
+                                  hypotheses=False, masks=v["weights"])[0]
+            except InputError as e:
+                print(f"frame {f} {v['name']}: {e}", flush=True)
+                rows.append({"frame": f, "view": v["name"], "error": str(e)})
+                continue
             beam = rig[v["name"]].camera_to_rig[:3, 2].to(F64)
             agr = agreement(b_joint, v["camera_to_rig"] @ torch.linalg.inv(r.camera_to_world), centre,
                             beam / beam.norm())
