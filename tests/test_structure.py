@@ -311,8 +311,8 @@ def test_a_signal_outside_the_fits_range_keeps_a_result_from_ok():
 # Weighted by a structure's footprint (register/track --structure, the wrist's radius and ulna), a pose that moves the
 # structure off those pixels leaves a DRR constant where the X-ray is weighed; its standardised image is 0 and the
 # residual's score 1 − ½‖x̂ − ŷ‖² is then 0.5 — more than a true alignment of a weak similarity.  Found on the real
-# wrist (stop 59): the ulna's registrations from 3 of 12 rolls ended at such poses, reporting similarities of 0.5
-# and 1.0 (an X-ray constant there too), and one was kept as the best.
+# wrist (stop 59): one of the ulna's 12 rolls (cam02 alone, frame 0099) ended at such a pose, scoring 0.5, and was
+# kept as the best; registered again where it had put the bone (on the air, the X-ray constant there too) it scored 1.0.
 
 
 def _cube_case():
