@@ -447,8 +447,7 @@ def _drr_signals(rec: dict, d2: torch.Tensor, y: torch.Tensor, h: torch.Tensor, 
         D7 = scatter_drr(D7[:, None], y.expand(7, 1, *y.shape), scatter_px,
                          None if mask is None else mask.expand(7, 1, *mask.shape), group=7)[0][:, 0]
     D = D7[0]
-    span = float(D.max() - D.min())
-    if not span > 1e-6 * (float(D.abs().max()) + 1e-12):
+    if bool(constant_rows(D.reshape(1, -1))[0]):
         rec["_problem"] = ("the DRR at the result is empty: the pose sees none of the CT" if float(soft.max()) <= 0
                            else "the DRR at the result is constant: the pose sees no structure of the CT")
         rec["coverage"] = 0.0 if float(soft.max()) <= 0 else rec["coverage"]
