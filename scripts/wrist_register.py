@@ -234,6 +234,15 @@ def best_of(results):
     return results[k], k
 
 
+def register_alone(vol, view: dict, rig_to_world: torch.Tensor, reg):
+    """One view of :func:`prepare_views` registered alone from a rig pose (its camera_to_world there), with its
+    weights, no hypotheses."""
+    from xraypose.register.api import register_xray
+
+    return register_xray(vol, view["image"], view["camera"], (rig_to_world @ view["camera_to_rig"])[None],
+                         registrar=reg, hypotheses=False, masks=view["weights"])[0]
+
+
 def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
     """Joint and single-view registrations of one frame.  Each is run to the end from every start (the
     rolls) on views windowed and weighted where the radius projects at the first start, the best final
@@ -245,15 +254,13 @@ def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
     joint similarities of every start).  ``exclude``:
     other bones' (volume, rig_to_world) taken out of every view's weights (:func:`prepare_views`)."""
     from xraypose.errors import InputError
-    from xraypose.register.api import register_xray
     from xraypose.register.multiview import ViewImage, register_rig
 
     def images(views):
         return [ViewImage(v["name"], v["image"], v["camera"], v["camera_to_rig"], mask=v["weights"]) for v in views]
 
     def alone(v, S):
-        return register_xray(vol, v["image"], v["camera"], (S @ v["camera_to_rig"])[None], registrar=reg,
-                             hypotheses=False, masks=v["weights"])[0]
+        return register_alone(vol, v, S, reg)
 
     views = prepare_views(ds, frame, rig, starts[0], vol, exclude=exclude)
     joints = [register_rig(vol, images(views), S[None], registrar=reg, hypotheses=False) for S in starts]
@@ -328,7 +335,6 @@ def alone_from_joint(vol, ds, rig, frames, joints: dict, reg, exclude_for, centr
     (volume, rig_to_world) taken out of the weights.  A view's objective that keeps the joint pose says the
     single view's disagreement is its search's; one that leaves it, its optimum's."""
     from xraypose.errors import InputError
-    from xraypose.register.api import register_xray
 
     rows = []
     for f in frames:
@@ -341,8 +347,7 @@ def alone_from_joint(vol, ds, rig, frames, joints: dict, reg, exclude_for, centr
             continue
         for v in views:
             try:
-                r = register_xray(vol, v["image"], v["camera"], (S @ v["camera_to_rig"])[None], registrar=reg,
-                                  hypotheses=False, masks=v["weights"])[0]
+                r = register_alone(vol, v, S, reg)
             except InputError as e:
                 print(f"frame {f} {v['name']}: {e}", flush=True)
                 rows.append({"frame": f, "view": v["name"], "error": str(e)})
