@@ -18,6 +18,11 @@ A geometric argument, not a noise model: it says how a view's in-plane precision
 view that places the radius to 0.3 mm across its beam and has a depth ratio of 20 places it to ~6 mm in depth.
 
     python scripts/wrist_depth.py benchmarks/results/wrist/radius.json [--json OUT]
+    python scripts/wrist_depth.py --reference pelvis abdomen   # the same for the simulated benchmarks' views
+
+``--reference CT…``: the benchmarks' CTs (``benchmarks/appearance.py``'s names; their bone > 300 HU) seen by a
+C-arm of sdd 1020 mm, 300 mm detector, the isocenter 600 mm from the source, AP, 45° and lateral — for
+comparison with the wrist's views.
 """
 
 from __future__ import annotations
@@ -65,14 +70,40 @@ def view_geometry(camera, camera_to_rig: torch.Tensor, bone_to_cal: torch.Tensor
             "depth_ratio": float(sd[2] / sd[0]), "tilt_ratio": float(sd[3:5].mean() / sd[5])}
 
 
+def reference_views(cts, n_points: int) -> int:
+    """Print :func:`view_geometry` of the benchmarks' CTs in AP, 45° and lateral C-arm views (module docstring)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from appearance import load_ct
+
+    from xraypose.camera import Camera, carm_pose
+
+    cam = Camera(sdd=1020.0, height=256, width=256, delx=300.0 / 256)
+    eye = torch.eye(4, dtype=F64)
+    print(f"{'CT':8s} {'view':>5s} {'depth ratio':>11s} {'tilt ratio':>10s}")
+    for spec in cts:
+        name, vol = load_ct(spec)
+        pts = vol.voxel_to_world(torch.nonzero(vol.data > 300).to(F64))
+        pts = pts[torch.randperm(len(pts), generator=torch.Generator().manual_seed(0))[:n_points]]
+        for angle in (0, 45, 90):
+            g = view_geometry(cam, carm_pose(angle, 0, 600.0, vol.get_isocenter()), eye, pts)
+            print(f"{name:8s} {angle:4d}° {g['depth_ratio']:11.1f} {g['tilt_ratio']:10.1f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", help="scripts/wrist_register.py's JSON (the joint results)")
+    ap.add_argument("results", nargs="?", help="scripts/wrist_register.py's JSON (the joint results)")
+    ap.add_argument("--reference", nargs="+", default=None, metavar="CT",
+                    help="instead: the benchmarks' CTs (pelvis, abdomen) in C-arm views, for comparison")
     ap.add_argument("--data", default=None, help="the autoscoper_wrist folder (default ../shared/data/autoscoper_wrist)")
     ap.add_argument("--points", type=int, default=4000)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
+    if args.reference:
+        return reference_views(args.reference, args.points)
+    if not args.results:
+        ap.error("give the wrist's results JSON or --reference")
     from wrist_register import above_water
 
     from xraypose.datasets import AutoscoperWrist

@@ -141,3 +141,14 @@ def test_one_views_geometry_follows_the_camera_and_the_bone():
     h = D.view_geometry(cam, M, M, pts)  # camera and bone both carried by M into the calibration frame
     for k in g:
         assert h[k] == pytest.approx(g[k], rel=1e-6), k
+
+
+def test_the_reference_views_of_the_bundled_pelvis(capsys):
+    """scripts/wrist_depth.py --reference pelvis: the bundled CT in AP, 45° and lateral views — depth ratios of a
+    few (a body seen from 600 mm), far below the radius's 18–49 (docs/wrist.md)."""
+    import wrist_depth as D
+
+    assert D.main(["--reference", "pelvis", "--points", "1500"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[1] for r in rows] == ["0°", "45°", "90°"]
+    assert all(3.0 < float(r[2]) < 8.0 for r in rows), rows
