@@ -259,9 +259,6 @@ def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
     def images(views):
         return [ViewImage(v["name"], v["image"], v["camera"], v["camera_to_rig"], mask=v["weights"]) for v in views]
 
-    def alone(v, S):
-        return register_alone(vol, v, S, reg)
-
     views = prepare_views(ds, frame, rig, starts[0], vol, exclude=exclude)
     joints = [register_rig(vol, images(views), S[None], registrar=reg, hypotheses=False) for S in starts]
     first, k = best_of(joints)
@@ -273,12 +270,12 @@ def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
         again, joint = views, first
     singles, single_starts = [], []
     for v in views:
-        r, i = best_of([alone(v, S) for S in starts])
+        r, i = best_of([register_alone(vol, v, S, reg) for S in starts])
         # the view's own result, rewindowed there (its camera_to_world seen as a rig pose of this view)
         S1 = r.camera_to_world @ torch.linalg.inv(v["camera_to_rig"])
         try:
             v1 = prepare_views(ds, frame, rig, S1, vol, cams=[v["name"]], exclude=exclude)[0]
-            r = alone(v1, S1)
+            r = register_alone(vol, v1, S1, reg)
         except (InputError, SystemExit) as e:  # e.g. the bone left the view there: keep the first result
             print(f"frame {frame} {v['name']}: not rewindowed at its result ({e})", flush=True)
         singles.append(r)
