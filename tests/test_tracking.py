@@ -1160,3 +1160,54 @@ def test_cli_track_writes_the_trajectory_when_the_overlay_cannot_be_made(tmp_pat
     assert "wrote " + str(out) + "/trajectory.csv, trajectory.json: 2 ok" in text.out
     assert len(json.loads((out / "trajectory.json").read_text())["frames"]) == 2
     assert (out / "trajectory.csv").read_text().count("\n") == 3 and not (out / "overlay.gif").exists()
+
+
+def test_a_frame_whose_structure_moved_is_registered_again_with_its_weights_drawn_at_the_result():
+    """Weights that follow the pose (a structure's footprint) are drawn at a frame's start; a result that moved more
+    than REWINDOW_MM from there is registered once more from itself with the weights drawn there (the real wrist:
+    7 -> 12 of 12 frames within 2 mm / 2 deg, docs/wrist.md).  Not for weights that do not follow the pose, nor for
+    a result that stayed."""
+    from types import SimpleNamespace
+
+    from xraypose.register import tracking as TR
+
+    def shifted(T, mm):
+        out = T.clone()
+        out[:3, 3] += torch.tensor([mm, 0.0, 0.0], dtype=torch.float64)
+        return out
+
+    class FakeRegistrar:
+        isocenter = torch.zeros(3, dtype=torch.float64)
+        config = SimpleNamespace(motion_radius_mm=100.0)
+
+        def __init__(self, move_mm):
+            self.move_mm, self.calls = move_mm, []
+
+        def register_views(self, fviews, T0, curvature=None):
+            self.calls.append((T0[0].clone(), [v[3] for v in fviews], curvature))
+            return SimpleNamespace(poses=shifted(T0[0], self.move_mm if len(self.calls) == 1 else 0.0)[None])
+
+    drawn = []
+
+    def follow(f, T):  # a footprint that follows the pose
+        drawn.append(T.clone())
+        return torch.ones(8, 8)
+
+    T0 = torch.eye(4, dtype=torch.float64)
+    frames = torch.zeros(2, 1, 8, 8)
+    views = [(frames, None, None, follow)]
+    reg = FakeRegistrar(move_mm=10.0)
+    res, chk = TR._register_frame(reg, 1, T0, [{"H": 1}], views=views, confidence=False)
+    assert len(reg.calls) == 2 and chk is None
+    assert torch.equal(reg.calls[0][0], T0) and torch.equal(reg.calls[1][0], shifted(T0, 10.0))
+    assert torch.equal(drawn[0], T0) and torch.equal(drawn[1], shifted(T0, 10.0))  # weights drawn at the result
+    assert reg.calls[1][2] is None  # the first pass's curvature belongs to the old weights
+    assert torch.equal(res.poses[0], shifted(T0, 10.0))
+    # a result that stayed within REWINDOW_MM: one pass
+    reg = FakeRegistrar(move_mm=0.5 * TR.REWINDOW_MM)
+    TR._register_frame(reg, 1, T0, None, views=views, confidence=False)
+    assert len(reg.calls) == 1
+    # weights that do not follow the pose (a frame's own mask): one pass however far it moved
+    reg = FakeRegistrar(move_mm=50.0)
+    TR._register_frame(reg, 1, T0, None, views=[(frames, None, None, torch.ones(2, 1, 8, 8))], confidence=False)
+    assert len(reg.calls) == 1

@@ -73,10 +73,12 @@ from xraypose.errors import InputError
 from xraypose.geometry.geodesics import geodesic_rotation
 from xraypose.preprocess import as_real_tensor, image_batch
 from xraypose.register.config import Level
+from xraypose.register.steppers import pose_motion_mm
 from xraypose.register.motion import (MOTIONS, MotionFilter, MotionModel, bracketed_steps, pose_spread, result_covariance,
                                       smooth)
 
-__all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX", "track_sequence",
+__all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "REWINDOW_MM", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX",
+           "track_sequence",
            "predict_pose",
            "similarity_drop"]
 
@@ -98,6 +100,14 @@ BLUR_TURN_DEG = 5.0
 #: (0.275 → 0.238 s median, one thread), the pelvis's not; opt-in since it cost 1–7 points of frames below
 #: 1 mm on seven of eleven trajectories (docs/benchmarks.md, stop 48).
 AIR_FLOOR_HU = -975.0
+
+#: Weights that follow the pose (a structure's footprint, ``masks(f, camera_to_world)``) are drawn at a frame's
+#: start; a frame whose registration moved the structure more than this (mm, the largest motion of a point
+#: within the registrar's ``motion_radius_mm`` of its isocenter) from there is registered once more from its
+#: result with the weights drawn there.  A bone that moved between frames leaves the weights of its start: on
+#: the real wrist (the radius moved 15 mm between two frames) `xraypose track` from one start a frame had 7 of
+#: 12 frames within 2 mm / 2° of the joint registrations, 12 of 12 with this (docs/wrist.md, stop 59).
+REWINDOW_MM = 3.0
 
 #: The schedule of frames after the first: the finest levels only, from the predicted pose.
 TRACKING_LEVELS = (
@@ -289,12 +299,18 @@ def _frame_views(views, f: int, T0=None) -> list:
 def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence: bool):
     """Register frame ``f`` of the ``views`` (:func:`_sequence_views`) with registrar ``reg`` from
     ``T0`` (4, 4) (camera_to_world, or ``rig_to_world`` for a rig), optionally from a known
-    Gauss–Newton ``curvature`` (a list of one); checked when ``confidence``.
+    Gauss–Newton ``curvature`` (a list of one); checked when ``confidence``.  With weights that follow
+    the pose, a result that moved more than :data:`REWINDOW_MM` from ``T0`` is registered once more from
+    there with the weights drawn there (the check still draws them at ``T0``, the frame's start).
 
     Returns:
         (RegistrationResult of one element, its Confidence or None when not checked).
     """
     res = reg.register_views(_frame_views(views, f, T0), T0[None], curvature=curvature)
+    if any(callable(v[3]) for v in views):  # weights that follow the pose: drawn again where the result went
+        T1 = res.poses[0]
+        if pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm) > REWINDOW_MM:
+            res = reg.register_views(_frame_views(views, f, T1), T1[None])
     return res, (_check_frame(reg, f, res, T0, views=views) if confidence else None)
 
 
