@@ -187,6 +187,13 @@ def agreement(bone_to_cal_joint, bone_to_cal_single, centre, beam_dir) -> dict:
             "in_plane_mm": float((d - along * beam_dir).norm()), "rotation_deg": ang}
 
 
+def view_agreement(bone_to_cal_joint, view: dict, camera_to_world, centre) -> dict:
+    """:func:`agreement` of one view's own result (its ``camera_to_world``; ``view``: :func:`prepare_views`'s) with
+    the joint pose ``bone_to_cal_joint``, along that view's beam (its camera's +z in the calibration frame)."""
+    C = view["camera_to_rig"].to(F64)
+    return agreement(bone_to_cal_joint, C @ torch.linalg.inv(camera_to_world), centre, C[:3, 2] / C[:3, 2].norm())
+
+
 def prepare_views(ds, frame: str, rig, start, vol, cams=None, exclude=()):
     """Per camera (name, image, camera, camera_to_rig, weights) of one frame, windowed at ``start``;
     ``cams``: only these cameras (default all); ``exclude``: (volume, rig_to_world) of other bones whose
@@ -349,9 +356,7 @@ def alone_from_joint(vol, ds, rig, frames, joints: dict, reg, exclude_for, centr
                 print(f"frame {f} {v['name']}: {e}", flush=True)
                 rows.append({"frame": f, "view": v["name"], "error": str(e)})
                 continue
-            beam = rig[v["name"]].camera_to_rig[:3, 2].to(F64)
-            agr = agreement(b_joint, v["camera_to_rig"] @ torch.linalg.inv(r.camera_to_world), centre,
-                            beam / beam.norm())
+            agr = view_agreement(b_joint, v, r.camera_to_world, centre)
             rows.append({"frame": f, "view": v["name"], "vs_joint": agr, "similarity": r.similarity,
                          "status": r.status, "verdict": r.verdict, "spread": r.spread,
                          "weights_share": float(v["weights"].mean())})
@@ -474,9 +479,7 @@ def main(argv=None) -> int:
             "single": {}, "windows": {v["name"]: list(v["window"]) for v in views},
             "joint_similarity_per_start": start_sims}
         for v, s in zip(views, singles):
-            b_single = v["camera_to_rig"] @ torch.linalg.inv(s.camera_to_world)
-            beam = (rig[v["name"]].camera_to_rig[:3, 2]).to(F64)  # the view's +z in the calibration frame
-            agr = agreement(b_joint, b_single, centre, beam / beam.norm())
+            agr = view_agreement(b_joint, v, s.camera_to_world, centre)
             row["single"][v["name"]] = {"camera_to_world": s.camera_to_world.tolist(), "similarity": s.similarity,
                                         "verdict": s.verdict, "p_success": s.p_success, "reason": s.reason,
                                         "status": s.status, "vs_joint": agr, "start": single_starts[len(row["single"])],

@@ -416,7 +416,8 @@ class LevelObjective:
         n, K = tangents.shape[:2]
         rep = lambda x: x.repeat_interleave(K + 1, 0)  # noqa: E731
         with torch.no_grad():
-            r, _, _ = self._residual_of(self.render_along(poses, rows, tangents), rep(poses), rep(rows), group=K + 1)
+            r, _, _ = self._residual_of(self.render_along(poses, rows, tangents), rep(poses), rep(rows), group=K + 1,
+                                        judge=False)
         return r.reshape(n, K + 1, -1)
 
     def residual(self, poses: torch.Tensor, rows: torch.Tensor):
@@ -470,10 +471,12 @@ class LevelObjective:
         drr = drr[:, 0] if self.uv is not None else drr  # (n, P, S, S) or (n, 1, h, w)
         return drr, tgt, m, bone
 
-    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor, group: int = 1):
+    def _residual_of(self, drr: torch.Tensor, poses: torch.Tensor, rows: torch.Tensor, group: int = 1,
+                     judge: bool = True):
         """:meth:`residual` of rendered, blurred DRR channels ``drr`` (as :meth:`render` gives);
         ``group``: they come in groups of a pose and its linearised neighbours (the scatter's choice is
-        then the pose's for all of them)."""
+        then the pose's for all of them).  ``judge``: whether to say which DRRs are constant (False, for a
+        pose's linearised neighbours, whose flag nobody reads: None)."""
         n = drr.shape[0]
         drr, tgt, m, bone = self._fitted(drr, poses, rows)
         base = float(self.config.bone_multiplier)
@@ -493,7 +496,7 @@ class LevelObjective:
         else:
             w = None if m is None else m.reshape(drr.shape).to(drr.dtype)
         # constant where the X-ray's pixels are weighed (the structure left them): no similarity there
-        constant = constant_rows(drr.reshape(n, -1), penalty=self._off_mask(rows))
+        constant = constant_rows(drr.reshape(n, -1), penalty=self._off_mask(rows)) if judge else None
         c = self.config
         r = measure_residual(self.measure, drr, tgt.to(drr.dtype), sparse=self.uv is not None,
                              weights=c.ncc_weights, patch=c.ncc_patch, alpha=c.mix_alpha, w=w)
