@@ -16,7 +16,12 @@ with each ``--modes``:
   tissue channel, monotone curve: as before 2026-12-04);
 * ``part-from32``: ``part`` without the default schedule's 16-row level;
 * ``part-fast``: ``part`` on the fast schedule (``--fast``: 24 and 48 rows, 8 and 4 mm);
-* ``part-noshift``: ``part`` without the shift search of the first level's starts.
+* ``part-noshift``: ``part`` without the shift search of the first level's starts;
+* ``part-wholesteps``: ``part`` with the whole CT's capture steps (the Adam levels' learning rates not
+  multiplied by :data:`xraypose.structure.PART_CAPTURE_LR`: as before 2026-12-06).
+
+``--rewindow``: a result that moved more than ``REWINDOW_MM`` from its start is registered once more
+from itself, windowed and weighted there (what ``xraypose track --structure`` does for a frame).
 
     python benchmarks/structure.py --ct ../shared/data/ct/abdomen_pancreas_ct_cbct_001/Pancreas-CT-CB_001_CT.nii.gz \
         --radius 25 --cases 12 --json out.json
@@ -41,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 F64 = torch.float64
-MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift")
+MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift", "part-wholesteps")
 
 
 def cpu_model() -> str:
@@ -114,6 +119,14 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
         return part_settings({**base, "shift_search": None}, density)
     if mode == "part-fast":
         return part_settings({**base, "levels": FAST_LEVELS}, density)
+    if mode == "part-wholesteps":
+        import dataclasses
+
+        from xraypose.structure import PART_CAPTURE_LR
+
+        k = part_settings(base, density)
+        return {**k, "levels": tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale / PART_CAPTURE_LR)
+                                     if lv.optimizer == "adam" else lv for lv in k["levels"])}
     return part_settings(base, density)
 
 
@@ -154,6 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--family", default=None,
                     help="form the X-rays by this appearance family (xraypose.appearance: e.g. diffdrr, scatter, "
                          "lowdose, polychromatic, clinical) instead of the simulator registration's model shares")
+    ap.add_argument("--rewindow", action="store_true",
+                    help="a result that moved more than tracking.REWINDOW_MM from its start registered once more "
+                         "from itself, the X-ray windowed and weighted there (what `track --structure` does)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -222,9 +238,20 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 out = register_xray(prep.volume, px.image, px.camera, T0, registrar=regs[mode], hypotheses=False,
                                     masks=w, confidence=a.check)[0]
+                first = None
+                if a.rewindow:
+                    from xraypose.register.steppers import pose_motion_mm
+                    from xraypose.register.tracking import REWINDOW_MM
+
+                    T1 = out.camera_to_world.to(F64)
+                    if pose_motion_mm(T0, T1, prep.isocenter, regs[mode].config.motion_radius_mm) > REWINDOW_MM:
+                        first = float(pose_errors(T1, c.true_pose, fid, c.camera)["mtre"])
+                        (px1,), (w1,) = window_views([pre], [T1], prep, ["x"])
+                        out = register_xray(prep.volume, px1.image, px1.camera, T1, registrar=regs[mode],
+                                            hypotheses=False, masks=w1, confidence=a.check)[0]
                 dt = time.perf_counter() - t
                 e = float(pose_errors(out.camera_to_world, c.true_pose, fid, c.camera)["mtre"])
-                row[mode] = {"mtre": e, "seconds": dt}
+                row[mode] = {"mtre": e, "seconds": dt, "first_mtre": first}
                 if a.check:
                     row[mode].update(verdict=out.verdict, p_success=out.p_success, reason=out.reason,
                                      signals=(out.confidence or {}).get("signals"))
