@@ -17,8 +17,9 @@ with each ``--modes``:
 * ``part-from32``: ``part`` without the default schedule's 16-row level;
 * ``part-fast``: ``part`` on the fast schedule (``--fast``: 24 and 48 rows, 8 and 4 mm);
 * ``part-noshift``: ``part`` without the shift search of the first level's starts;
-* ``part-wholesteps``: ``part`` with the whole CT's capture steps (the Adam levels' learning rates not
-  multiplied by :data:`xraypose.structure.PART_CAPTURE_LR`: as before 2026-12-06).
+* ``part-steps8``: ``part`` with the capture (Adam) levels' steps an eighth of the whole CT's (tried
+  2026-12-06, not kept: the simulated pelvis's runaways went, the real wrist's tracks lost frames;
+  docs/registration.md).
 
 ``--rewindow``: a result that moved more than ``REWINDOW_MM`` from its start is registered once more
 from itself, windowed and weighted there (what ``xraypose track --structure`` does for a frame).
@@ -46,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 F64 = torch.float64
-MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift", "part-wholesteps")
+MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift", "part-steps8")
 
 
 def cpu_model() -> str:
@@ -119,14 +120,12 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
         return part_settings({**base, "shift_search": None}, density)
     if mode == "part-fast":
         return part_settings({**base, "levels": FAST_LEVELS}, density)
-    if mode == "part-wholesteps":
+    if mode == "part-steps8":
         import dataclasses
 
-        from xraypose.structure import PART_CAPTURE_LR
-
         k = part_settings(base, density)
-        return {**k, "levels": tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale / PART_CAPTURE_LR)
-                                     if lv.optimizer == "adam" else lv for lv in k["levels"])}
+        return {**k, "levels": tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale / 8) if lv.optimizer == "adam" else lv
+                                     for lv in k["levels"])}
     return part_settings(base, density)
 
 

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF", "PART_CAPTURE_LR", "part_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
+           "PART_LEVEL_OFF", "part_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -82,10 +82,6 @@ PADDING_FACE_SHARE: float = 0.9
 FOOTPRINT_MARGIN_MM: float = 10.0
 #: The level settings :func:`part_settings` turns off for a part of a CT: the body's intensity model.
 PART_LEVEL_OFF: dict = {"fit_bone": False, "fit_tissue": False, "fit_curve": False}
-#: :func:`part_levels` multiplies the capture (Adam) levels' learning rates by this: at 16 and 32 rows a part's
-#: gradient NCC peaks far from the truth (the pelvis's bone: 0.50-0.72 reached 70-210 mm away against 0.33-0.60 at
-#: the truth), and the whole CT's steps (7.5 mm, 0.43 deg) jumped the near basin for those peaks.
-PART_CAPTURE_LR: float = 0.125
 #: :class:`FootprintWeights` gives a frame's own mask instead where the footprint covers less than this share.
 MIN_FOOTPRINT_SHARE: float = 0.05
 #: A sequence's frames are windowed where the structure projects at the first frame's start plus
@@ -155,24 +151,18 @@ def part_settings(config: dict, density: str) -> dict:
 def part_levels(levels) -> tuple:
     """A schedule (``levels``: :class:`~xraypose.register.config.Level` or their dicts) for a part of a CT:
     the same levels without the fits of the body's intensity model (:data:`PART_LEVEL_OFF`: the bone
-    multiplier, the tissue channel, the monotone curve), and the capture (Adam) levels' learning rates
-    multiplied by :data:`PART_CAPTURE_LR`.
-
-    The fits describe how the whole body's soft tissue and bone make the X-ray, which a DRR of the part
-    alone does not hold (with them, started at the truth, the part ran 14–205 mm away on simulated
-    X-rays: ``benchmarks/structure.py``, docs/registration.md).  The smaller capture steps: a part's
-    coarse similarity has peaks far from the truth that the whole CT's steps jumped to (the pelvis's
-    bone from 3°/10 mm: 9 → 20 of 24 below 1 mm; the abdomen's spine 9 → 11; from the truth
-    unchanged; docs/registration.md).  The levels' volume resolution is kept: averaged finer in
-    proportion to a small part (the wrist's radius: 12 → 3.2 mm at the first level), the radius tracked
-    from 5°/5 mm off lost frame 0002 in 3 of 3 starts (12–16 mm) that the schedule as it is brought back
-    to within 0.11 mm (scripts/wrist_track.py, docs/wrist.md)."""
+    multiplier, the tissue channel, the monotone curve).  They describe how the whole body's soft tissue
+    and bone make the X-ray, which a DRR of the part alone does not hold (with them, started at the
+    truth, the part ran 14–205 mm away on simulated X-rays: ``benchmarks/structure.py``,
+    docs/registration.md).  The levels' volume resolution is kept: averaged finer in proportion to a
+    small part (the wrist's radius: 12 → 3.2 mm at the first level), the radius tracked from 5°/5 mm
+    off lost frame 0002 in 3 of 3 starts (12–16 mm) that the schedule as it is brought back to within
+    0.11 mm (scripts/wrist_track.py, docs/wrist.md)."""
     import dataclasses
 
     from xraypose.register.config import _level
 
-    return tuple(dataclasses.replace(lv, **PART_LEVEL_OFF, lr_scale=lv.lr_scale * (
-        PART_CAPTURE_LR if lv.optimizer == "adam" else 1.0)) for lv in map(_level, levels))
+    return tuple(dataclasses.replace(lv, **PART_LEVEL_OFF) for lv in map(_level, levels))
 
 
 def structure_mask(volume: Volume, *, mask=None, label_map=None, label=None) -> torch.Tensor:
