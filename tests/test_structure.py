@@ -122,11 +122,18 @@ def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
     got = part_settings(dict(kw), "raw")
     assert {k: v for k, v in got.items() if k != "levels"} == {
         "match_intensity": None, "match_capture": False, "density": "raw", "similarity": "gncc"}
-    # the schedule kept, without the body's intensity fits
-    assert [lv.size for lv in got["levels"]] == [lv.size for lv in DEFAULT_LEVELS]
+    # none given: the default schedule without the body's intensity fits, its last level at PART_LAST_ROWS rows
+    from xraypose.structure import PART_LAST_ROWS
+
+    assert PART_LAST_ROWS > DEFAULT_LEVELS[-1].size
+    assert [lv.size for lv in got["levels"]] == [lv.size for lv in DEFAULT_LEVELS[:-1]] + [PART_LAST_ROWS]
     assert [lv.optimizer for lv in got["levels"]] == [lv.optimizer for lv in DEFAULT_LEVELS]
     assert not any(lv.fit_bone or lv.fit_tissue or lv.fit_curve for lv in got["levels"] + cfg.levels)
+    assert cfg.levels == got["levels"] and part_settings({"levels": None}, "raw")["levels"] == got["levels"]
+    # a schedule given is kept as it is (but for the fits)
     assert [lv.size for lv in part_settings({"levels": FAST_LEVELS}, "raw")["levels"]] == [24, 48]
+    assert [lv.size for lv in part_settings({"levels": DEFAULT_LEVELS}, "raw")["levels"]] == [
+        lv.size for lv in DEFAULT_LEVELS]
 
 
 def _whole_bone_case(volume, bone, px_rows: int):

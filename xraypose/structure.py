@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF", "part_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
+           "PART_LEVEL_OFF", "PART_LAST_ROWS", "part_levels", "part_default_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -82,6 +82,9 @@ PADDING_FACE_SHARE: float = 0.9
 FOOTPRINT_MARGIN_MM: float = 10.0
 #: The level settings :func:`part_settings` turns off for a part of a CT: the body's intensity model.
 PART_LEVEL_OFF: dict = {"fit_bone": False, "fit_tissue": False, "fit_curve": False}
+#: Rows of the last level of a part's default schedule (:data:`PART_LEVELS`; a level never exceeds the X-ray's
+#: own rows, so at most the X-ray's own resolution): the default schedule's last level runs at 128.
+PART_LAST_ROWS: int = 256
 #: :class:`FootprintWeights` gives a frame's own mask instead where the footprint covers less than this share.
 MIN_FOOTPRINT_SHARE: float = 0.05
 #: A sequence's frames are windowed where the structure projects at the first frame's start plus
@@ -138,14 +141,28 @@ def part_settings(config: dict, density: str) -> dict:
     ``match_capture=False``): the X-ray shows the whole body, the DRR only the part, so their quantile
     map is no intensity relationship (matched, the part's registration ran 5 mm off in
     tests/test_structure.py's cases, and the real wrist's radius fell from 0.56 to 0.15); and the
-    schedule's levels (``config["levels"]``, default :data:`~xraypose.register.DEFAULT_LEVELS`) as
+    schedule's levels (``config["levels"]``; none given: :func:`part_default_levels`) as
     :func:`part_levels` makes them."""
-    from xraypose.register import DEFAULT_LEVELS
-
     sim = config.get("similarity", "mncc")
     return {**config, "density": density, "similarity": "gncc" if sim == "mncc" else sim,
             "match_intensity": None, "match_capture": False,
-            "levels": part_levels(config.get("levels", DEFAULT_LEVELS))}
+            "levels": part_default_levels() if config.get("levels") is None else part_levels(config["levels"])}
+
+
+def part_default_levels() -> tuple:
+    """A part's schedule when none is given: :data:`~xraypose.register.DEFAULT_LEVELS` as :func:`part_levels`
+    makes them, the last level at :data:`PART_LAST_ROWS` rows instead of 128 (capped, as every level, by the
+    X-ray's own rows).  A part's single view holds its depth less firmly than the whole CT's (the part's
+    DRR lacks the body the X-ray shows): started at the truth, the abdomen's spine and ribs ended 0.6–2.9 mm
+    along the beam at 128 rows (≤ 0.3 mm across it); at the X-ray's 244 rows 7 → 10 of 12 ended below 1 mm
+    (``benchmarks/structure.py``, docs/registration.md).  A schedule given (``--levels``, ``--fast``,
+    ``--metal``, a config file) is kept as it is."""
+    import dataclasses
+
+    from xraypose.register import DEFAULT_LEVELS
+
+    levels = part_levels(DEFAULT_LEVELS)
+    return levels[:-1] + (dataclasses.replace(levels[-1], size=max(levels[-1].size, PART_LAST_ROWS)),)
 
 
 def part_levels(levels) -> tuple:
