@@ -19,7 +19,9 @@ with each ``--modes``:
 * ``part-noshift``: ``part`` without the shift search of the first level's starts;
 * ``part-steps8``: ``part`` with the capture (Adam) levels' steps an eighth of the whole CT's (tried
   2026-12-06, not kept: the simulated pelvis's runaways went, the real wrist's tracks lost frames;
-  docs/registration.md).
+  docs/registration.md);
+* ``part-128``: ``part`` ending at 128 rows (the default schedule's last level; a part's ends at
+  :data:`xraypose.structure.PART_LAST_ROWS` since 2026-12-06).
 
 ``--rewindow``: a result that moved more than ``REWINDOW_MM`` from its start is registered once more
 from itself, windowed and weighted there (what ``xraypose track --structure`` does for a frame).
@@ -47,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 F64 = torch.float64
-MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift", "part-steps8")
+MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift", "part-steps8", "part-128")
 
 
 def cpu_model() -> str:
@@ -126,6 +128,10 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
         k = part_settings(base, density)
         return {**k, "levels": tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale / 8) if lv.optimizer == "adam" else lv
                                      for lv in k["levels"])}
+    if mode == "part-128":
+        from xraypose.register import DEFAULT_LEVELS
+
+        return part_settings({**base, "levels": DEFAULT_LEVELS}, density)
     return part_settings(base, density)
 
 

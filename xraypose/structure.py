@@ -44,7 +44,9 @@ cropped to one bone (issue 14, item 3).
   its own settings registered the real wrist's radius *with* the map once it became the default:
   its joint similarity fell 0.56 → 0.15; docs/wrist.md).  The levels' fits of the body's intensity
   model (bone multiplier, tissue channel, monotone curve: :data:`PART_LEVEL_OFF`) are turned off
-  too: the part's DRR holds none of the body they describe.
+  too: the part's DRR holds none of the body they describe.  With no schedule given, a part's last level
+  runs at :data:`PART_LAST_ROWS` rows (at most the X-ray's own), not 128 (:func:`part_default_levels`): one
+  view holds a part's depth less firmly than the whole CT's.
 
 Units: mm; world = CT RAS mm.
 """
