@@ -21,7 +21,9 @@ with each ``--modes``:
   2026-12-06, not kept: the simulated pelvis's runaways went, the real wrist's tracks lost frames;
   docs/registration.md);
 * ``part-128``: ``part`` ending at 128 rows (the default schedule's last level; a part's ends at
-  :data:`xraypose.structure.PART_LAST_ROWS` since 2026-12-06).
+  :data:`xraypose.structure.PART_LAST_ROWS` since 2026-12-06);
+* ``part-1capture``: ``part`` captured once, with the whole CT's steps (a part's single view is captured
+  with :data:`xraypose.structure.PART_CAPTURE_STEPS` since 2026-12-06).
 
 ``--rewindow``: a result that moved more than ``REWINDOW_MM`` from its start is registered once more
 from itself, windowed and weighted there (what ``xraypose track --structure`` does for a frame).
@@ -49,7 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 F64 = torch.float64
-MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift", "part-steps8", "part-128")
+MODES = ("part", "fits", "part-from32", "part-fast", "part-noshift", "part-steps8", "part-128", "part-1capture")
 
 
 def cpu_model() -> str:
@@ -128,6 +130,8 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
         k = part_settings(base, density)
         return {**k, "levels": tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale / 8) if lv.optimizer == "adam" else lv
                                      for lv in k["levels"])}
+    if mode == "part-1capture":
+        return part_settings({**base, "capture_steps": (1.0,)}, density)
     if mode == "part-128":
         from xraypose.register import DEFAULT_LEVELS
 

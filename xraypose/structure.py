@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF", "PART_LAST_ROWS", "part_levels", "part_default_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
+           "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "part_levels", "part_default_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -87,6 +87,11 @@ PART_LEVEL_OFF: dict = {"fit_bone": False, "fit_tissue": False, "fit_curve": Fal
 #: Rows of the last level of a part's default schedule (:data:`PART_LEVELS`; a level never exceeds the X-ray's
 #: own rows, so at most the X-ray's own resolution): the default schedule's last level runs at 128.
 PART_LAST_ROWS: int = 256
+#: A part's single view is captured twice (``RegistrationConfig.capture_steps``): with the whole CT's steps and with
+#: an eighth of them; the first fine level keeps the better.  A part's coarse similarity peaks far from the truth
+#: (the simulated pelvis's bone), and the whole CT's steps jump there; the small steps alone lost the real wrist's
+#: rolled starts (docs/registration.md).
+PART_CAPTURE_STEPS: tuple = (1.0, 0.125)
 #: :class:`FootprintWeights` gives a frame's own mask instead where the footprint covers less than this share.
 MIN_FOOTPRINT_SHARE: float = 0.05
 #: A sequence's frames are windowed where the structure projects at the first frame's start plus
@@ -144,10 +149,12 @@ def part_settings(config: dict, density: str) -> dict:
     map is no intensity relationship (matched, the part's registration ran 5 mm off in
     tests/test_structure.py's cases, and the real wrist's radius fell from 0.56 to 0.15); and the
     schedule's levels (``config["levels"]``; none given: :func:`part_default_levels`) as
-    :func:`part_levels` makes them."""
+    :func:`part_levels` makes them; a single view captured with two step sizes (:data:`PART_CAPTURE_STEPS`,
+    unless ``config`` gives ``capture_steps``)."""
     sim = config.get("similarity", "mncc")
     return {**config, "density": density, "similarity": "gncc" if sim == "mncc" else sim,
             "match_intensity": None, "match_capture": False,
+            "capture_steps": config.get("capture_steps") or PART_CAPTURE_STEPS,
             "levels": part_default_levels() if config.get("levels") is None else part_levels(config["levels"])}
 
 

@@ -332,6 +332,13 @@ class RegistrationConfig:
     (:data:`xraypose.register.hypotheses.CAPTURE_HYPOTHESIS`), tried only when no result is ok.
     Rigs and later tracking frames (no capture level) are not affected.
 
+    ``capture_steps``: a single view is captured once per factor, the capture (Adam) levels' learning
+    rates multiplied by it, and the later levels go on from every capture: the first of them keeps the
+    best (as with several starts), the last weighs the given start too (as a rig's captures).  Default
+    ``(1.0,)``: one capture.  A part of a CT registers with ``(1.0, 1/8)``
+    (:func:`xraypose.structure.part_settings`: its coarse similarity peaks far from the truth, and the
+    whole CT's steps jump there; docs/registration.md).  Rigs are not affected.
+
     ``shift_search``: None (off) or a gain (default :data:`SHIFT_GAIN`): before the first level, when it
     is a capture (Adam) level and a single view is registered (a rig: its start view's capture), each
     start's DRR is rendered over a detector about twice as wide and high and the X-ray slid over it
@@ -425,6 +432,7 @@ class RegistrationConfig:
     foreign_steps: float | None = 12.0
     capture_starts: int = 1
     capture_spread: tuple = (5.0, 20.0)
+    capture_steps: tuple = (1.0,)
     match_intensity: float | None = MATCH_CURVED
     match_capture: bool = False
     blur_coefficient: float | None = None
@@ -466,6 +474,12 @@ class RegistrationConfig:
         if len(spread) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in spread):
             raise InputError(f"capture_spread must be (degrees, mm), two finite numbers >= 0, got {self.capture_spread!r}")
         self.capture_spread = tuple(float(v) for v in spread)
+        steps = tuple(self.capture_steps) if isinstance(self.capture_steps, (tuple, list)) else ()
+        if not (1 <= len(steps) <= 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) and v > 0 for v in steps)):
+            raise InputError(f"capture_steps must be 1 to 4 finite numbers > 0 (factors of the capture levels' "
+                             f"learning rates), got {self.capture_steps!r}")
+        self.capture_steps = tuple(float(v) for v in steps)
         v = self.match_intensity
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                   and v >= 0):

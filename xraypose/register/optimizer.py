@@ -565,6 +565,8 @@ class Registrar:
         n_capture = next((i for i, lv in enumerate(c.levels) if lv.optimizer != "adam"), len(c.levels))
         if len(views) > 1 and c.rig_capture != "joint" and 0 < n_capture < len(c.levels):
             return self._capture_then_joint(views, initial_poses, curvature, n_capture)
+        if len(views) == 1 and len(c.capture_steps) > 1 and 0 < n_capture < len(c.levels):
+            return self._captures_then_fine(views, initial_poses, curvature, n_capture)
         prepared = [self._check_view(i, len(views), *v) for i, v in enumerate(views)]
         found = []
         if c.foreign_steps is not None:  # metal's steps set aside before any level
@@ -668,8 +670,6 @@ class Registrar:
         weighs the given start too, as a single view's last level does: ``origins``); one result
         as :meth:`register_views` gives (levels, trajectories and times of the stages; ``chosen_start``
         says which capture went on, 0 = the start view's, 1 = the joint one)."""
-        import dataclasses
-
         def identity(v) -> bool:
             return v[2] is None or bool(torch.equal(torch.as_tensor(v[2], dtype=F64), torch.eye(4, dtype=F64)))
 
@@ -680,12 +680,35 @@ class Registrar:
         firsts = [capture.register_views([views[r]], initial_poses)]
         if c.rig_capture == "both":
             firsts.append(capture.register_views(views, initial_poses))
-        starts = torch.stack([f.poses for f in firsts], dim=1)  # (B, 1 or 2, 4, 4)
-        second = self.derive(levels=c.levels[n_capture:], rig_capture="joint").register_views(
+        return self._fine_from_captures(views, firsts, curvature, n_capture, rig_capture="joint")
+
+    def _captures_then_fine(self, views, initial_poses, curvature, n_capture: int) -> RegistrationResult:
+        """A single view captured once per ``capture_steps`` factor (the capture levels' learning rates
+        multiplied by it), the later levels from every capture (:meth:`_fine_from_captures`): one result as
+        :meth:`register_views` gives (``chosen_start``: which capture went on, in ``capture_steps``' order)."""
+        import dataclasses
+
+        c = self.config
+        firsts = [self.derive(levels=tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale * f)
+                                           for lv in c.levels[:n_capture]), capture_steps=(1.0,))
+                  .register_views(views, initial_poses) for f in c.capture_steps]
+        return self._fine_from_captures(views, firsts, curvature, n_capture, capture_steps=(1.0,))
+
+    def _fine_from_captures(self, views, firsts: list, curvature, n_capture: int, **changes) -> RegistrationResult:
+        """The levels after the first ``n_capture`` (this registrar's config with ``changes``) from each
+        capture's result (``firsts``: RegistrationResults of those levels, the first from the given start):
+        the first of them keeps the better, as with several starts; the last weighs the given start too
+        (``origins``).  One result as :meth:`register_views` gives (levels, trajectories and times of the
+        stages; ``chosen_start``: which capture went on)."""
+        import dataclasses
+
+        c = self.config
+        starts = torch.stack([f.poses for f in firsts], dim=1)  # (B, captures, 4, 4)
+        second = self.derive(levels=c.levels[n_capture:], **changes).register_views(
             views, starts,
             curvature=None if curvature is None else [{k - n_capture: H for k, H in cv.items() if k >= n_capture}
                                                       for cv in curvature],
-            origins=firsts[0].initial_poses)  # the given start the start view's capture went on from
+            origins=firsts[0].initial_poses)  # the given start the first capture went on from
         shift = lambda recs, key: [{**x, key: x[key] + n_capture} for x in recs]  # noqa: E731
         won = [firsts[k] for k in second.chosen_start]  # per case, the capture that went on
         return dataclasses.replace(
