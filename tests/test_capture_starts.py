@@ -56,6 +56,10 @@ def test_capture_starts_are_validated():
         with pytest.raises(InputError, match="capture_spread"):
             RegistrationConfig(capture_spread=bad)
     assert RegistrationConfig(capture_spread=[3, 10]).capture_spread == (3.0, 10.0)
+    for bad in ((), (1.0, 0.0), (1.0, float("inf")), (1.0, -0.5), (1, 0.5, 0.25, 0.125, 0.1), "1,0.5", 1.0, (True,)):
+        with pytest.raises(InputError, match="capture_steps"):
+            RegistrationConfig(capture_steps=bad)
+    assert RegistrationConfig(capture_steps=[1, 0.125]).capture_steps == (1.0, 0.125)
 
 
 def test_a_lost_capture_is_found_from_a_neighbouring_start(sample_ct):

@@ -136,9 +136,10 @@ def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
         lv.size for lv in DEFAULT_LEVELS]
 
 
-def _whole_bone_case(volume, bone, px_rows: int):
+def _whole_bone_case(volume, bone, px_rows: int, case: int = 2, off=None):
     """(PreparedCT of the CT's bone, a realistic X-ray case of the whole CT at a pose about the bone
-    (seed 1, case 2), its preprocessed X-ray windowed where the bone projects at the truth, the weights)."""
+    (seed 1, ``case``), its preprocessed X-ray windowed where the bone projects at the start, the weights,
+    the start (4, 4): the truth, or ``off`` = (degrees, mm) from it as CaseMaker.starts draws it)."""
     from xraypose.cli.steps import window_views
     from xraypose.preprocess import preprocess
     from xraypose.sampling import PoseSampler
@@ -146,10 +147,11 @@ def _whole_bone_case(volume, bone, px_rows: int):
     prep = prepare_ct(volume, "linear", mask=bone.bool())
     cam = Camera(sdd=1020.0, height=px_rows, width=px_rows, delx=280.0 / px_rows)
     maker = CaseMaker(volume, camera=cam, collimator_px=4, seed=1, sampler=PoseSampler.for_volume(prep.volume, sod=612.0))
-    c = maker.case(2)
+    c = maker.case(case)
     pre = preprocess(c.raw, c.raw_camera, crop=6, blur=(5, 1.0), log=True, i0=float(c.raw.max()), rescale=True)
-    (px,), (w,) = window_views([pre], [c.true_pose], prep, ["x"])
-    return prep, c, px, w
+    T0 = c.true_pose if off is None else maker.starts(c, *off)
+    (px,), (w,) = window_views([pre], [T0], prep, ["x"])
+    return prep, c, px, w, T0
 
 
 def test_a_part_registered_from_the_truth_stays_there(volume, bone):
@@ -159,7 +161,7 @@ def test_a_part_registered_from_the_truth_stays_there(volume, bone):
     from xraypose.register import Registrar
     from xraypose.register.api import register_xray
 
-    prep, c, px, w = _whole_bone_case(volume, bone, 96)
+    prep, c, px, w, _ = _whole_bone_case(volume, bone, 96)
     reg = Registrar(prep.volume, prep.registration_config(num_threads=1, record_trajectory=False),
                     isocenter=prep.isocenter)
     out = register_xray(prep.volume, px.image, px.camera, c.true_pose, registrar=reg, hypotheses=False, masks=w,
@@ -175,13 +177,40 @@ def test_a_parts_last_level_runs_at_the_xrays_own_rows(volume, bone):
     from xraypose.register import Registrar
     from xraypose.register.api import register_xray
 
-    prep, c, px, w = _whole_bone_case(volume, bone, 160)
-    reg = Registrar(prep.volume, prep.registration_config(num_threads=1, record_trajectory=False),
-                    isocenter=prep.isocenter)
+    prep, c, px, w, _ = _whole_bone_case(volume, bone, 160)
+    # one capture (the whole CT's steps): the last level alone is what this measures; with the part's second
+    # capture the first fine level kept the small steps' capture here, which ended at 1.49 mm
+    reg = Registrar(prep.volume, prep.registration_config(num_threads=1, record_trajectory=False,
+                                                          capture_steps=(1.0,)), isocenter=prep.isocenter)
     out = register_xray(prep.volume, px.image, px.camera, c.true_pose, registrar=reg, hypotheses=False, masks=w,
                         confidence=False)[0]
     assert out.level_stats[-1]["height"] == px.image.shape[-2] > 128
     assert float(pose_errors(out.camera_to_world, c.true_pose, c.fiducials, c.camera)["mtre"]) < 1.0
+
+
+def test_a_part_is_captured_with_two_step_sizes(volume, bone):
+    """The CT's bone from 3°/10 mm off (128² px, seed 1, case 3): captured once with the whole CT's steps, the
+    16-row level's gradient NCC sent it 85 mm away (a peak of the part's coarse similarity far from the truth);
+    the part's second capture, at an eighth of the steps (PART_CAPTURE_STEPS), stays in the start's basin, and
+    the first fine level keeps it.  The result's start is the given one."""
+    import dataclasses
+
+    from xraypose.register import Registrar
+    from xraypose.structure import PART_CAPTURE_STEPS
+
+    prep, c, px, w, T0 = _whole_bone_case(volume, bone, 128, case=3, off=(3.0, 10.0))
+    cfg = prep.registration_config(num_threads=1, record_trajectory=False)
+    assert cfg.capture_steps == PART_CAPTURE_STEPS and len(PART_CAPTURE_STEPS) == 2
+    err, res = {}, {}
+    for steps in (PART_CAPTURE_STEPS, (1.0,)):
+        reg = Registrar(prep.volume, dataclasses.replace(cfg, capture_steps=steps), isocenter=prep.isocenter)
+        res[steps] = r = reg.register(px.image[None, None], px.camera, T0[None], masks=w)
+        err[steps] = float(pose_errors(r.poses[0], c.true_pose, c.fiducials, c.camera)["mtre"])
+        assert torch.allclose(r.initial_poses[0], T0.to(F64))  # the given start, whichever capture went on
+    assert err[(1.0,)] > 20.0 and err[PART_CAPTURE_STEPS] < 3.0, err
+    both = res[PART_CAPTURE_STEPS]
+    assert both.chosen_start == [1]  # the small steps' capture went on
+    assert [x["level"] for x in both.levels[0]] == list(range(len(cfg.levels)))  # the capture's levels, then the rest
 
 
 def test_a_ct_cropped_to_one_bone_has_its_padding_cleared(volume, left_bone):
@@ -303,7 +332,7 @@ def test_a_parts_results_are_judged_by_the_part_model(volume, bone):
 
     spec = part_model().spec
     assert "bone_multiplier:abslog" not in spec["features"] and "travel_mm:log" in spec["features"]
-    prep, c, px, w = _whole_bone_case(volume, bone, 128)
+    prep, c, px, w, _ = _whole_bone_case(volume, bone, 128)
     reg = prep.registrar(num_threads=1)
     assert reg.confidence_model is part_model() and reg.derive(levels=reg.config.levels[-1:]).confidence_model is part_model()
     off = c.true_pose.clone()

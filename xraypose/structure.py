@@ -46,7 +46,9 @@ cropped to one bone (issue 14, item 3).
   model (bone multiplier, tissue channel, monotone curve: :data:`PART_LEVEL_OFF`) are turned off
   too: the part's DRR holds none of the body they describe.  With no schedule given, a part's last level
   runs at :data:`PART_LAST_ROWS` rows (at most the X-ray's own), not 128 (:func:`part_default_levels`): one
-  view holds a part's depth less firmly than the whole CT's.
+  view holds a part's depth less firmly than the whole CT's.  A single view is captured twice
+  (:data:`PART_CAPTURE_STEPS`: the whole CT's steps and an eighth of them), the first fine level keeping
+  the better: a part's coarse similarity peaks far from the truth.
 
 Units: mm; world = CT RAS mm.
 """
