@@ -337,7 +337,8 @@ class RegistrationConfig:
     best (as with several starts), the last weighs the given start too (as a rig's captures).  Default
     ``(1.0,)``: one capture.  A part of a CT registers with ``(1.0, 1/8)``
     (:func:`xraypose.structure.part_settings`: its coarse similarity peaks far from the truth, and the
-    whole CT's steps jump there; docs/registration.md).  Rigs are not affected.
+    whole CT's steps jump there; docs/registration.md).  Rigs, and schedules without a level after their
+    capture levels (or without capture levels), are not affected.
 
     ``shift_search``: None (off) or a gain (default :data:`SHIFT_GAIN`): before the first level, when it
     is a capture (Adam) level and a single view is registered (a rig: its start view's capture), each
