@@ -207,13 +207,16 @@ def test_a_part_is_captured_with_two_step_sizes(volume, bone):
     assert cfg.capture_steps == PART_CAPTURE_STEPS and len(PART_CAPTURE_STEPS) == 2
     err, res = {}, {}
     for steps in (PART_CAPTURE_STEPS, (1.0,)):
-        reg = Registrar(prep.volume, dataclasses.replace(cfg, capture_steps=steps), isocenter=prep.isocenter)
+        reg = Registrar(prep.volume, dataclasses.replace(cfg, capture_steps=steps, record_trajectory=True),
+                        isocenter=prep.isocenter)
         res[steps] = r = reg.register(px.image[None, None], px.camera, T0[None], masks=w)
         err[steps] = float(pose_errors(r.poses[0], c.true_pose, c.fiducials, c.camera)["mtre"])
         assert torch.allclose(r.initial_poses[0], T0.to(F64))  # the given start, whichever capture went on
     assert err[(1.0,)] > 20.0 and err[PART_CAPTURE_STEPS] < 3.0, err
     both = res[PART_CAPTURE_STEPS]
-    assert both.chosen_start == [1]  # the small steps' capture went on
+    assert both.chosen_start == [0]  # the given start (the only one)
+    lr = both.trajectories[0][0]["lr_rot"] / (cfg.lr_rot * cfg.levels[0].lr_scale)
+    assert lr == pytest.approx(PART_CAPTURE_STEPS[1])  # the small steps' capture went on
     assert [x["level"] for x in both.levels[0]] == list(range(len(cfg.levels)))  # the capture's levels, then the rest
 
 

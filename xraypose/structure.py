@@ -72,7 +72,8 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "part_levels", "part_default_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
+           "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "part_levels", "part_default_levels",
+           "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -86,8 +87,8 @@ PADDING_FACE_SHARE: float = 0.9
 FOOTPRINT_MARGIN_MM: float = 10.0
 #: The level settings :func:`part_settings` turns off for a part of a CT: the body's intensity model.
 PART_LEVEL_OFF: dict = {"fit_bone": False, "fit_tissue": False, "fit_curve": False}
-#: Rows of the last level of a part's default schedule (:data:`PART_LEVELS`; a level never exceeds the X-ray's
-#: own rows, so at most the X-ray's own resolution): the default schedule's last level runs at 128.
+#: Rows of the last level of a part's default schedule (:func:`part_default_levels`; a level never exceeds the
+#: X-ray's own rows, so at most the X-ray's own resolution): the whole CT's default schedule ends at 128.
 PART_LAST_ROWS: int = 256
 #: A part's single view is captured twice (``RegistrationConfig.capture_steps``): with the whole CT's steps and with
 #: an eighth of them; the first fine level keeps the better.  A part's coarse similarity peaks far from the truth

@@ -685,14 +685,19 @@ class Registrar:
     def _captures_then_fine(self, views, initial_poses, curvature, n_capture: int) -> RegistrationResult:
         """A single view captured once per ``capture_steps`` factor (the capture levels' learning rates
         multiplied by it), the later levels from every capture (:meth:`_fine_from_captures`): one result as
-        :meth:`register_views` gives (``chosen_start``: which capture went on, in ``capture_steps``' order)."""
+        :meth:`register_views` gives, its ``initial_poses`` and ``chosen_start`` those of the capture that
+        went on (the given start it kept: several given starts, e.g. the antipodal one)."""
         import dataclasses
 
         c = self.config
         firsts = [self.derive(levels=tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale * f)
                                            for lv in c.levels[:n_capture]), capture_steps=(1.0,))
                   .register_views(views, initial_poses) for f in c.capture_steps]
-        return self._fine_from_captures(views, firsts, curvature, n_capture, capture_steps=(1.0,))
+        out = self._fine_from_captures(views, firsts, curvature, n_capture, capture_steps=(1.0,))
+        won = list(out.chosen_start)  # per X-ray, the capture that went on
+        out.initial_poses = torch.stack([firsts[k].initial_poses[b] for b, k in enumerate(won)])
+        out.chosen_start = [firsts[k].chosen_start[b] for b, k in enumerate(won)]
+        return out
 
     def _fine_from_captures(self, views, firsts: list, curvature, n_capture: int, **changes) -> RegistrationResult:
         """The levels after the first ``n_capture`` (this registrar's config with ``changes``) from each
