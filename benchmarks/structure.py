@@ -176,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--family", default=None,
                     help="form the X-rays by this appearance family (xraypose.appearance: e.g. diffdrr, scatter, "
                          "lowdose, polychromatic, clinical) instead of the simulator registration's model shares")
+    ap.add_argument("--hypotheses", action="store_true",
+                    help="register as the command does by default: other hypotheses when the verdict is not ok "
+                         "(needs --check; register_xray's hypotheses=True)")
     ap.add_argument("--rewindow", action="store_true",
                     help="a result that moved more than tracking.REWINDOW_MM from its start registered once more "
                          "from itself, the X-ray windowed and weighted there (what `track --structure` does)")
@@ -245,8 +248,8 @@ def main(argv=None) -> int:
             row = {"case": i - 1, "start": f"{rot:g}/{trans:g}", "start_mtre": e0}
             for mode in a.modes:
                 t = time.perf_counter()
-                out = register_xray(prep.volume, px.image, px.camera, T0, registrar=regs[mode], hypotheses=False,
-                                    masks=w, confidence=a.check)[0]
+                out = register_xray(prep.volume, px.image, px.camera, T0, registrar=regs[mode],
+                                    hypotheses=a.hypotheses and a.check, masks=w, confidence=a.check)[0]
                 first = None
                 if a.rewindow:
                     from xraypose.register.steppers import pose_motion_mm
@@ -263,7 +266,8 @@ def main(argv=None) -> int:
                 row[mode] = {"mtre": e, "seconds": dt, "first_mtre": first}
                 if a.check:
                     row[mode].update(verdict=out.verdict, p_success=out.p_success, reason=out.reason,
-                                     signals=(out.confidence or {}).get("signals"))
+                                     signals=(out.confidence or {}).get("signals"),
+                                     kept=(out.confidence or {}).get("kept"))
                 if a.check and a.moved and e < 1.0:
                     row[mode]["moved"] = near_misses(regs[mode], px, w, out.camera_to_world, T0, c, fid,
                                                      prep.isocenter, seed=i)
