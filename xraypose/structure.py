@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "part_levels", "part_default_levels",
+           "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "PART_SCHEDULE_HYPOTHESES", "part_levels", "part_default_levels",
            "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
@@ -95,6 +95,10 @@ PART_LAST_ROWS: int = 256
 #: (the simulated pelvis's bone), and the whole CT's steps jump there; the small steps alone lost the real wrist's
 #: rolled starts (docs/registration.md).
 PART_CAPTURE_STEPS: tuple = (1.0, 0.125)
+#: The schedule hypotheses a part's registration may try (``RegistrationConfig.schedule_hypotheses``): not the scatter
+#: model — a part's DRR lacks the body, whose low frequencies a smooth additive term then stands for (on simulated
+#: parts its result was kept 5 times, 4 of them worse, 3 from below 1 mm to 1.9–4.1 mm; docs/registration.md).
+PART_SCHEDULE_HYPOTHESES: tuple = ("metal schedule",)
 #: :class:`FootprintWeights` gives a frame's own mask instead where the footprint covers less than this share.
 MIN_FOOTPRINT_SHARE: float = 0.05
 #: A sequence's frames are windowed where the structure projects at the first frame's start plus
@@ -153,11 +157,13 @@ def part_settings(config: dict, density: str) -> dict:
     tests/test_structure.py's cases, and the real wrist's radius fell from 0.56 to 0.15); and the
     schedule's levels (``config["levels"]``; none given: :func:`part_default_levels`) as
     :func:`part_levels` makes them; a single view captured with two step sizes (:data:`PART_CAPTURE_STEPS`,
-    unless ``config`` gives ``capture_steps``)."""
+    unless ``config`` gives ``capture_steps``); no scatter model among the hypotheses
+    (:data:`PART_SCHEDULE_HYPOTHESES`, unless ``config`` gives ``schedule_hypotheses``)."""
     sim = config.get("similarity", "mncc")
     return {**config, "density": density, "similarity": "gncc" if sim == "mncc" else sim,
             "match_intensity": None, "match_capture": False,
             "capture_steps": config.get("capture_steps") or PART_CAPTURE_STEPS,
+            "schedule_hypotheses": config.get("schedule_hypotheses", PART_SCHEDULE_HYPOTHESES),
             "levels": part_default_levels() if config.get("levels") is None else part_levels(config["levels"])}
 
 
