@@ -120,11 +120,11 @@ def test_a_part_is_registered_without_an_intensity_map(volume, left_bone):
     assert prep.registration_config(similarity="ncc").similarity == "ncc"
     kw = {"match_intensity": 0.15, "match_capture": True, "density": "linear"}
     got = part_settings(dict(kw), "raw")
-    from xraypose.structure import PART_CAPTURE_STEPS
+    from xraypose.structure import PART_CAPTURE_STEPS, PART_SCHEDULE_HYPOTHESES
 
     assert {k: v for k, v in got.items() if k != "levels"} == {
         "match_intensity": None, "match_capture": False, "density": "raw", "similarity": "gncc",
-        "capture_steps": PART_CAPTURE_STEPS}
+        "capture_steps": PART_CAPTURE_STEPS, "schedule_hypotheses": PART_SCHEDULE_HYPOTHESES}
     assert part_settings({"capture_steps": (1.0,)}, "raw")["capture_steps"] == (1.0,)  # one asked for is kept
     # none given: the default schedule without the body's intensity fits, its last level at PART_LAST_ROWS rows
     from xraypose.structure import PART_LAST_ROWS
