@@ -17,9 +17,9 @@ with each ``--modes``:
 * ``part-from32``: ``part`` without the default schedule's 16-row level;
 * ``part-fast``: ``part`` on the fast schedule (``--fast``: 24 and 48 rows, 8 and 4 mm);
 * ``part-noshift``: ``part`` without the shift search of the first level's starts;
-* ``part-steps8``: ``part`` with the capture (Adam) levels' steps an eighth of the whole CT's (tried
-  2026-12-06, not kept: the simulated pelvis's runaways went, the real wrist's tracks lost frames;
-  docs/registration.md);
+* ``part-steps8``: ``part`` captured once, at an eighth of the whole CT's steps (``capture_steps=(1/8,)``;
+  tried 2026-12-06 as the levels' learning rates scaled directly, not kept: the simulated pelvis's
+  runaways went, the real wrist's tracks lost frames; docs/registration.md);
 * ``part-128``: ``part`` ending at 128 rows (the default schedule's last level; a part's ends at
   :data:`xraypose.structure.PART_LAST_ROWS` since 2026-12-06);
 * ``part-1capture``: ``part`` captured once, with the whole CT's steps (a part's single view is captured
@@ -125,11 +125,7 @@ def mode_settings(mode: str, base: dict, density: str) -> dict:
     if mode == "part-fast":
         return part_settings({**base, "levels": FAST_LEVELS}, density)
     if mode == "part-steps8":
-        import dataclasses
-
-        k = part_settings(base, density)
-        return {**k, "levels": tuple(dataclasses.replace(lv, lr_scale=lv.lr_scale / 8) if lv.optimizer == "adam" else lv
-                                     for lv in k["levels"])}
+        return part_settings({**base, "capture_steps": (0.125,)}, density)
     if mode == "part-1capture":
         return part_settings({**base, "capture_steps": (1.0,)}, density)
     if mode == "part-128":
@@ -252,11 +248,10 @@ def main(argv=None) -> int:
                                     hypotheses=a.hypotheses and a.check, masks=w, confidence=a.check)[0]
                 first = None
                 if a.rewindow:
-                    from xraypose.register.steppers import pose_motion_mm
-                    from xraypose.register.tracking import REWINDOW_MM
+                    from xraypose.register.tracking import needs_rewindow
 
                     T1 = out.camera_to_world.to(F64)
-                    if pose_motion_mm(T0, T1, prep.isocenter, regs[mode].config.motion_radius_mm) > REWINDOW_MM:
+                    if needs_rewindow(regs[mode], T0, T1):
                         first = float(pose_errors(T1, c.true_pose, fid, c.camera)["mtre"])
                         (px1,), (w1,) = window_views([pre], [T1], prep, ["x"])
                         out = register_xray(prep.volume, px1.image, px1.camera, T1, registrar=regs[mode],

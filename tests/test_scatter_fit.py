@@ -199,9 +199,14 @@ def test_the_scatter_hypothesis_is_tried_only_when_nothing_is_ok_yet():
     from xraypose.register.hypotheses import METAL_HYPOTHESIS, SCATTER_HYPOTHESIS, SCHEDULE_HYPOTHESES, schedule_levels
 
     assert list(SCHEDULE_HYPOTHESES) == [METAL_HYPOTHESIS, SCATTER_HYPOTHESIS]  # scatter last
-    assert schedule_levels(SCATTER_HYPOTHESIS, DEFAULT_LEVELS, ["failed", "uncertain"]) == scatter_levels(DEFAULT_LEVELS)
-    assert schedule_levels(SCATTER_HYPOTHESIS, DEFAULT_LEVELS, ["failed", "ok"]) is None
-    assert schedule_levels(SCATTER_HYPOTHESIS, scatter_levels(DEFAULT_LEVELS), ["failed"]) is None  # `--scatter` given
+    cfg = RegistrationConfig()
+    assert schedule_levels(SCATTER_HYPOTHESIS, cfg, ["failed", "uncertain"]) == scatter_levels(DEFAULT_LEVELS)
+    assert schedule_levels(SCATTER_HYPOTHESIS, cfg, ["failed", "ok"]) is None
+    assert schedule_levels(SCATTER_HYPOTHESIS, RegistrationConfig(levels=scatter_levels(DEFAULT_LEVELS)),
+                           ["failed"]) is None  # `--scatter` given
+    # left out by the configuration (a part of a CT)
+    assert schedule_levels(SCATTER_HYPOTHESIS, RegistrationConfig(schedule_hypotheses=("metal schedule",)),
+                           ["failed"]) is None
 
 
 class _FakeResult:

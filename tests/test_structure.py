@@ -217,6 +217,13 @@ def test_a_part_is_captured_with_two_step_sizes(volume, bone):
     assert both.chosen_start == [0]  # the given start (the only one)
     lr = both.trajectories[0][0]["lr_rot"] / (cfg.lr_rot * cfg.levels[0].lr_scale)
     assert lr == pytest.approx(PART_CAPTURE_STEPS[1])  # the small steps' capture went on
+    # one factor other than 1: a single capture at those steps (where the small steps' capture went: the fine
+    # levels batched with a second start differ in rounding only)
+    small = Registrar(prep.volume, dataclasses.replace(cfg, capture_steps=(PART_CAPTURE_STEPS[1],),
+                                                       record_trajectory=True), isocenter=prep.isocenter)
+    r = small.register(px.image[None, None], px.camera, T0[None], masks=w)
+    assert r.trajectories[0][0]["lr_rot"] == pytest.approx(both.trajectories[0][0]["lr_rot"])
+    assert float(pose_errors(r.poses[0], both.poses[0], c.fiducials, c.camera)["mtre"]) < 0.05
     assert [x["level"] for x in both.levels[0]] == list(range(len(cfg.levels)))  # the capture's levels, then the rest
 
 

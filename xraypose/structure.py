@@ -72,8 +72,8 @@ if TYPE_CHECKING:
 
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
-           "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "PART_SCHEDULE_HYPOTHESES", "part_levels", "part_default_levels",
-           "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
+           "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "PART_SCHEDULE_HYPOTHESES", "part_levels",
+           "part_default_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -159,11 +159,14 @@ def part_settings(config: dict, density: str) -> dict:
     :func:`part_levels` makes them; a single view captured with two step sizes (:data:`PART_CAPTURE_STEPS`,
     unless ``config`` gives ``capture_steps``); no scatter model among the hypotheses
     (:data:`PART_SCHEDULE_HYPOTHESES`, unless ``config`` gives ``schedule_hypotheses``)."""
+    def given(key, default):  # absent or None: the part's default
+        return default if config.get(key) is None else config[key]
+
     sim = config.get("similarity", "mncc")
     return {**config, "density": density, "similarity": "gncc" if sim == "mncc" else sim,
             "match_intensity": None, "match_capture": False,
-            "capture_steps": config.get("capture_steps") or PART_CAPTURE_STEPS,
-            "schedule_hypotheses": config.get("schedule_hypotheses", PART_SCHEDULE_HYPOTHESES),
+            "capture_steps": given("capture_steps", PART_CAPTURE_STEPS),
+            "schedule_hypotheses": given("schedule_hypotheses", PART_SCHEDULE_HYPOTHESES),
             "levels": part_default_levels() if config.get("levels") is None else part_levels(config["levels"])}
 
 

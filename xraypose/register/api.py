@@ -427,9 +427,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     if capture is not None:  # captured from several starts about it
         from_given_start(reg.derive(**capture), CAPTURE_HYPOTHESIS)
     for name in SCHEDULE_HYPOTHESES:  # every level robust (metal), then scatter modelled on the DRR
-        if name not in reg.config.schedule_hypotheses:  # left out (a part of a CT: no scatter model)
-            continue
-        levels = schedule_levels(name, reg.config.levels, gate_verdicts(tried))
+        levels = schedule_levels(name, reg.config, gate_verdicts(tried))
         if levels is not None:
             from_given_start(reg.derive(levels=levels), name)
 

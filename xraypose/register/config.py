@@ -22,8 +22,8 @@ from xraypose._checks import check_choice, check_flag, check_number, config_erro
 from xraypose.errors import InputError
 from xraypose.names import DENSITY_MODELS, EULER_CONVENTIONS, ROTATION_PARAMETERIZATIONS, SIMILARITY_MEASURES
 
-__all__ = ["Level", "RegistrationConfig", "SCHEDULE_HYPOTHESIS_NAMES", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels", "edge_enhanced_levels",
-           "UNSHARP_MM", "FAST_LEVELS", "SHIFT_GAIN", "MATCH_CURVED", "levels_for_sizes", "OPTIMIZERS"]
+__all__ = ["Level", "RegistrationConfig", "SCHEDULE_HYPOTHESIS_NAMES", "DEFAULT_LEVELS", "METAL_LEVELS", "metal_levels",
+           "edge_enhanced_levels", "UNSHARP_MM", "FAST_LEVELS", "SHIFT_GAIN", "MATCH_CURVED", "levels_for_sizes", "OPTIMIZERS"]
 
 #: How a level moves the pose: "adam" (first-order, wide capture; DiffPose's optimiser) or "lm"
 #: (Levenberg–Marquardt on the similarity's residual: exact gradient, Gauss–Newton curvature from
@@ -342,8 +342,9 @@ class RegistrationConfig:
     best (as with several starts), the last weighs the given start too (as a rig's captures).  Default
     ``(1.0,)``: one capture.  A part of a CT registers with ``(1.0, 1/8)``
     (:func:`xraypose.structure.part_settings`: its coarse similarity peaks far from the truth, and the
-    whole CT's steps jump there; docs/registration.md).  Rigs, and schedules without a level after their
-    capture levels (or without capture levels), are not affected.
+    whole CT's steps jump there; docs/registration.md); ``(1/8,)``: one capture at an eighth of the steps.
+    Rigs, and schedules without a level after their capture levels (or without capture levels), are not
+    affected.
 
     ``schedule_hypotheses``: which of :data:`SCHEDULE_HYPOTHESIS_NAMES` ``register_xray``'s hypotheses may
     try (default both).  A part of a CT leaves the scatter model out (:func:`xraypose.structure.part_settings`:

@@ -187,12 +187,15 @@ def viable_alternatives(start, result, camera, isocenter, seed: int = 0) -> tupl
     return [n for n, k in zip(names, keep.tolist()) if k], alts[keep]
 
 
-def schedule_levels(name: str, levels, verdicts) -> tuple | None:
+def schedule_levels(name: str, config, verdicts) -> tuple | None:
     """The levels of the schedule hypothesis ``name`` (a key of :data:`SCHEDULE_HYPOTHESES`) made from
-    ``levels``, or None when it is not worth registering: a result so far (``verdicts``: the given
-    start's and the alternatives') is already ``ok``, or ``levels`` are that schedule already."""
-    schedule = SCHEDULE_HYPOTHESES[name](levels)
-    if any(v == "ok" for v in verdicts) or schedule == tuple(levels):
+    ``config``'s levels, or None when it is not to be registered: ``config.schedule_hypotheses`` leaves it
+    out (a part of a CT: no scatter model), a result so far (``verdicts``: the given start's and the
+    alternatives') is already ``ok``, or the levels are that schedule already."""
+    if name not in config.schedule_hypotheses:
+        return None
+    schedule = SCHEDULE_HYPOTHESES[name](config.levels)
+    if any(v == "ok" for v in verdicts) or schedule == tuple(config.levels):
         return None
     return schedule
 

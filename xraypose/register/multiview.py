@@ -341,7 +341,7 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     cands = [joint(reg, alt, name) for name, alt in zip(names, alts)]
     k = best_hypothesis(rr.p_success, [c.p_success for c in cands])
     b = 0 if k is None else 1 + k  # the index in tried of the result kept
-    metal = schedule_levels(METAL_HYPOTHESIS, reg.config.levels, [t["verdict"] for t in tried])
+    metal = schedule_levels(METAL_HYPOTHESIS, reg.config, [t["verdict"] for t in tried])
     if metal is not None:
         rm = joint(reg.derive(levels=metal), res.initial_poses[0], METAL_HYPOTHESIS)
         if best_hypothesis(outs[b].p_success, [rm.p_success]) is not None:

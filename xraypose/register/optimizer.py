@@ -565,7 +565,7 @@ class Registrar:
         n_capture = next((i for i, lv in enumerate(c.levels) if lv.optimizer != "adam"), len(c.levels))
         if len(views) > 1 and c.rig_capture != "joint" and 0 < n_capture < len(c.levels):
             return self._capture_then_joint(views, initial_poses, curvature, n_capture)
-        if len(views) == 1 and len(c.capture_steps) > 1 and 0 < n_capture < len(c.levels):
+        if len(views) == 1 and c.capture_steps != (1.0,) and 0 < n_capture < len(c.levels):
             return self._captures_then_fine(views, initial_poses, curvature, n_capture)
         prepared = [self._check_view(i, len(views), *v) for i, v in enumerate(views)]
         found = []

@@ -78,9 +78,7 @@ from xraypose.register.motion import (MOTIONS, MotionFilter, MotionModel, bracke
                                       smooth)
 
 __all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "REWINDOW_MM", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX",
-           "track_sequence",
-           "predict_pose",
-           "similarity_drop"]
+           "needs_rewindow", "track_sequence", "predict_pose", "similarity_drop"]
 
 F64 = torch.float64
 
@@ -296,6 +294,13 @@ def _frame_views(views, f: int, T0=None) -> list:
     return out
 
 
+def needs_rewindow(reg, T0: torch.Tensor, T1: torch.Tensor) -> bool:
+    """True when registrar ``reg``'s registration from ``T0`` to ``T1`` (4, 4) moved the structure more than
+    :data:`REWINDOW_MM` (a point within ``motion_radius_mm`` of its isocenter): weights drawn where it was at
+    ``T0`` are to be drawn again at ``T1``."""
+    return pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm) > REWINDOW_MM
+
+
 def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence: bool):
     """Register frame ``f`` of the ``views`` (:func:`_sequence_views`) with registrar ``reg`` from
     ``T0`` (4, 4) (camera_to_world, or ``rig_to_world`` for a rig), optionally from a known
@@ -309,7 +314,7 @@ def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence:
     res = reg.register_views(_frame_views(views, f, T0), T0[None], curvature=curvature)
     if any(callable(v[3]) for v in views):  # weights that follow the pose: drawn again where the result went
         T1 = res.poses[0]
-        if pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm) > REWINDOW_MM:
+        if needs_rewindow(reg, T0, T1):
             res = reg.register_views(_frame_views(views, f, T1), T1[None])
     return res, (_check_frame(reg, f, res, T0, views=views) if confidence else None)
 
