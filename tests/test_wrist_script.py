@@ -152,3 +152,34 @@ def test_the_reference_views_of_the_bundled_pelvis(capsys):
     rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
     assert [r[1] for r in rows] == ["0°", "45°", "90°"]
     assert all(3.0 < float(r[2]) < 8.0 for r in rows), rows
+
+
+def test_focal_scaled_scales_the_focal_length_and_keeps_the_principal_point():
+    """scripts/wrist_flatness.py's calibration-scale probe: K's fx, fy ×k, its principal point unchanged, so a
+    point on the principal ray stays put and every other moves radially by k."""
+    import wrist_flatness as WF
+
+    from xraypose.camera import Camera
+
+    cam = Camera(sdd=1020.0, height=60, width=64, delx=0.4, dely=0.5, x0=3.0, y0=-2.0)
+    K, Kk = cam.K(), WF.focal_scaled(cam, 1.03).K()
+    assert Kk[0, 0] == pytest.approx(1.03 * float(K[0, 0])) and Kk[1, 1] == pytest.approx(1.03 * float(K[1, 1]))
+    assert torch.allclose(Kk[:2, 2], K[:2, 2]) and WF.focal_scaled(cam, 1.03).height == 60
+
+
+@settings(max_examples=25, deadline=None)
+@given(w=st.lists(st.floats(-2.0, 2.0), min_size=6, max_size=6),
+       t=st.lists(st.floats(-100.0, 100.0), min_size=6, max_size=6))
+def test_geodesic_runs_from_one_pose_to_the_other(w, t):
+    """t = 0 gives the first pose, t = 1 the second, and two half steps make the whole one."""
+    import wrist_flatness as WF
+
+    B0 = make_transform(so3_exp(torch.tensor(w[:3], dtype=F64)), torch.tensor(t[:3], dtype=F64))
+    B1 = make_transform(so3_exp(torch.tensor(w[3:], dtype=F64)), torch.tensor(t[3:], dtype=F64))
+    if rotation_angle(B1[:3, :3] @ B0[:3, :3].T) > 3.1:  # the log's cut: the geodesic is not unique there
+        return
+    assert torch.allclose(WF.geodesic(B0, B1, 0.0), B0, atol=1e-9)
+    assert torch.allclose(WF.geodesic(B0, B1, 1.0), B1, atol=1e-6)
+    half = WF.geodesic(B0, B1, 0.5)
+    assert torch.allclose(WF.geodesic(half, B1, 0.0), half, atol=1e-9)
+    assert torch.allclose(WF.geodesic(B0, half, 2.0), B1, atol=1e-6)
