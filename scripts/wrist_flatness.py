@@ -10,10 +10,13 @@ windowed and weighted at the joint result, as the script registers them):
   the frame registered jointly again from the joint result, the two views' similarities there, and that view
   registered alone from the new joint result — does the calibration's scale make the views disagree?
 * ``valley``: each view registered alone from the joint result, and both views' similarity along the
-  geodesic from the joint pose (t = 0) to that view's own result (t = 1), extended both ways (``--ts``).
+  geodesic from the joint pose (t = 0) to that view's own result (t = 1), extended both ways (``--ts``);
+* ``preference``: each view's similarity at the joint pose and at its own result (registered alone from the
+  joint result) under variants of the last level's measure (:data:`VARIANTS`: the similarity, the robust
+  weights, the DRR's blur, a fitted blur) — does the view's preference for its own result survive them?
 
     python scripts/wrist_flatness.py benchmarks/results/wrist/radius-two-captures-2026-12-06.json \\
-        --json benchmarks/results/wrist/flatness-2026-12-06.json [--only depth focal valley]
+        --json benchmarks/results/wrist/flatness-2026-12-06.json [--only depth focal valley preference]
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ F64 = torch.float64
 DEPTHS_MM = (-150, -120, -100, -80, -60, -40, -30, -20, -15, -10, -5, -2, 0, 2, 5, 10, 15, 20, 30, 40, 60)
 SCALES = (0.97, 0.985, 1.0, 1.015, 1.03, 1.05)
 TS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+#: (name, the last level's fields, the config's fields) of ``preference``: the registered measure first.
+VARIANTS = (("as registered", {}, {}), ("NCC", {"similarity": "ncc"}, {}), ("mNCC", {"similarity": "mncc"}, {}),
+            ("no robust weights", {"robust": False}, {}), ("DRR blur 0.5 px", {}, {"drr_blur": 0.5}),
+            ("DRR blur 2 px", {}, {"drr_blur": 2.0}), ("blur fitted", {"fit_blur": True}, {}))
 
 
 def focal_scaled(camera, k: float):
@@ -59,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="the autoscoper_wrist folder (default ../shared/data/autoscoper_wrist)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--frames", nargs="*", default=None)
-    ap.add_argument("--only", nargs="*", default=["depth", "focal", "valley"], choices=["depth", "focal", "valley"])
+    ap.add_argument("--only", nargs="*", default=["depth", "focal", "valley", "preference"], choices=["depth", "focal", "valley", "preference"])
     ap.add_argument("--depths", type=float, nargs="*", default=DEPTHS_MM)
     ap.add_argument("--scales", type=float, nargs="*", default=SCALES)
     ap.add_argument("--scale-camera", default="cam01")
@@ -86,17 +93,23 @@ def main(argv=None) -> int:
     cfg = W.wrist_config(args.threads)
     reg = Registrar(vol, RegistrationConfig(**cfg))
     last = dataclasses.replace(W.WRIST_LEVELS[-1], iterations=0)
-    scorer = Registrar(vol, RegistrationConfig(**{**cfg, "levels": (last,), "shift_search": None,
-                                                  "capture_starts": 1, "revisit": False}))
+
+    def scorer_for(level_fields: dict, config_fields: dict) -> Registrar:
+        lv = dataclasses.replace(last, **level_fields)
+        return Registrar(vol, RegistrationConfig(**{**cfg, "levels": (lv,), "shift_search": None, "capture_starts": 1,
+                                                    "revisit": False, **config_fields}))
+
+    scorer = scorer_for({}, {})
     centre = vol.get_isocenter().to(F64)
 
-    def score(view, rig_to_world) -> float:
+    def score(view, rig_to_world, by=None) -> float:
         r = register_xray(vol, view["image"], view["camera"], (rig_to_world @ view["camera_to_rig"])[None],
-                          registrar=scorer, hypotheses=False, masks=view["weights"], confidence=False)[0]
+                          registrar=by or scorer, hypotheses=False, masks=view["weights"], confidence=False)[0]
         return float(r.similarity)
 
     out = {"command": " ".join([sys.executable, *sys.argv]), "results": args.results, "size": args.size,
-           "depth": [], "focal": [], "valley": []}
+           "depth": [], "focal": [], "valley": [], "preference": []}
+    variants = [(name, scorer_for(lf, cf)) for name, lf, cf in VARIANTS] if "preference" in args.only else []
     for f in frames:
         S = joints[f]
         B = torch.linalg.inv(S)  # the radius's pose in the calibration frame
@@ -156,6 +169,18 @@ def main(argv=None) -> int:
                 print(f"{f} {v['name']} alone (similarity {alone.similarity:.4f}); the path: " + " | ".join(
                     f"t {p['t']:+.2f} {p['along_beam_mm']:+.1f} mm {p['rotation_deg']:.1f}° "
                     + " ".join(f"{w['name']} {p[w['name']]:.4f}" for w in views) for p in path), flush=True)
+        if "preference" in args.only:
+            for v in views:
+                alone = W.register_alone(vol, v, S, reg)
+                Sa = torch.linalg.inv(v["camera_to_rig"] @ torch.linalg.inv(alone.camera_to_world.to(F64)))
+                agr = W.view_agreement(B, v, alone.camera_to_world.to(F64), centre)
+                row = {"frame": f, "view": v["name"], "alone_vs_joint": agr, "variants": {}}
+                for name, by in variants:
+                    row["variants"][name] = {"joint": score(v, S, by), "alone": score(v, Sa, by)}
+                out["preference"].append(row)
+                print(f"{f} {v['name']} alone {agr['along_beam_mm']:+.1f} mm along its beam, {agr['rotation_deg']:.1f}°; "
+                      "its similarity there minus at the joint pose: " + ", ".join(
+                          f"{n} {x['alone'] - x['joint']:+.4f}" for n, x in row["variants"].items()), flush=True)
     atomic_write_json(args.json, out)
     print(f"wrote {args.json}")
     return 0
