@@ -1211,3 +1211,32 @@ def test_a_frame_whose_structure_moved_is_registered_again_with_its_weights_draw
     reg = FakeRegistrar(move_mm=50.0)
     TR._register_frame(reg, 1, T0, None, views=[(frames, None, None, torch.ones(2, 1, 8, 8))], confidence=False)
     assert len(reg.calls) == 1
+
+
+def test_a_frame_whose_structure_moved_is_checked_with_its_weights_drawn_at_the_result(monkeypatch):
+    """The check of a frame weighs it where the registration last did: at the frame's start, or — when the result
+    moved more than REWINDOW_MM and was registered again with the weights drawn there — at the result; the start it
+    is given stays the frame's.  Weights that do not follow the pose are the frame's own either way."""
+    from types import SimpleNamespace
+
+    from xraypose.register import tracking as TR
+
+    seen = []
+    monkeypatch.setattr(TR, "_check", lambda reg, img, cam, poses, starts, masks: seen.append((starts, masks)) or None)
+    reg = SimpleNamespace(isocenter=torch.zeros(3, dtype=torch.float64), config=SimpleNamespace(motion_radius_mm=100.0))
+
+    def follow(f, T):  # weights that read where they were drawn: the pose's x translation
+        return torch.full((8, 8), float(T[0, 3]))
+
+    T0 = torch.eye(4, dtype=torch.float64)
+    views = [(torch.zeros(2, 1, 8, 8), None, None, follow)]
+    for moved, drawn_at in ((10.0, 10.0), (0.5 * TR.REWINDOW_MM, 0.0)):
+        T1 = T0.clone()
+        T1[0, 3] = moved
+        TR._check_frame(reg, 1, SimpleNamespace(poses=T1[None]), T0, views=views)
+        starts, masks = seen[-1]
+        assert torch.equal(starts[0], T0) and float(masks.mean()) == drawn_at
+    own = torch.rand(2, 1, 8, 8)
+    T1[0, 3] = 50.0
+    TR._check_frame(reg, 1, SimpleNamespace(poses=T1[None]), T0, views=[(torch.zeros(2, 1, 8, 8), None, None, own)])
+    assert torch.equal(seen[-1][1], own[1:2])

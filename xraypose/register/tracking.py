@@ -306,7 +306,7 @@ def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence:
     ``T0`` (4, 4) (camera_to_world, or ``rig_to_world`` for a rig), optionally from a known
     Gauss–Newton ``curvature`` (a list of one); checked when ``confidence``.  With weights that follow
     the pose, a result that moved more than :data:`REWINDOW_MM` from ``T0`` is registered once more from
-    there with the weights drawn there (the check still draws them at ``T0``, the frame's start).
+    there with the weights drawn there (and is checked with them: :func:`_check_frame`).
 
     Returns:
         (RegistrationResult of one element, its Confidence or None when not checked).
@@ -321,10 +321,15 @@ def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence:
 
 def _check_frame(reg, f: int, res, T0, *, views: list):
     """The confidence check of frame ``f``'s registration ``res`` (started from ``T0`` (4, 4)): the
-    Confidence, or None when the check is unavailable.  Reads only (the registrar's cached volumes,
-    the frame), so it may run beside the next frame's registration (``track_sequence``'s
-    ``overlap_check``)."""
-    fv = _frame_views(views, f, T0)
+    Confidence, or None when the check is unavailable.  Weights that follow the pose are drawn where
+    the registration last weighed the frame: at ``T0``, or at the result when it moved more than
+    :data:`REWINDOW_MM` from there (:func:`_register_frame` registered it again with the weights drawn
+    there; judged on the start's, a bone that moved between frames would be judged on pixels it has
+    left).  Reads only (the registrar's cached volumes, the frame), so it may run beside the next
+    frame's registration (``track_sequence``'s ``overlap_check``)."""
+    T1 = res.poses[0]
+    moved = any(callable(v[3]) for v in views) and needs_rewindow(reg, T0, T1)
+    fv = _frame_views(views, f, T1 if moved else T0)
     if len(views) == 1 and views[0][2] is None:
         chk = _check(reg, fv[0][0], views[0][1], res.poses, T0[None], fv[0][3])
         return chk[0] if chk else None
