@@ -11,6 +11,10 @@ windowed and weighted at the joint result, as the script registers them):
   registered alone from the new joint result — does the calibration's scale make the views disagree?
 * ``valley``: each view registered alone from the joint result, and both views' similarity along the
   geodesic from the joint pose (t = 0) to that view's own result (t = 1), extended both ways (``--ts``);
+* ``voxel``: the volume's voxel size along one axis (``--voxel-axis``, default 2: the slices, along the radius's
+  shaft) scaled by each ``--voxel-scales`` factor about the volume's centre, the frame registered jointly again from
+  the joint result, and each view registered alone from that joint result — does a bone a little longer than the
+  stored voxel size says make the views agree?
 * ``preference``: each view's similarity at the joint pose and at its own result (registered alone from the
   joint result) under variants of the last level's measure (:data:`VARIANTS`: the similarity, the robust
   weights, the DRR's blur, a fitted blur) — does the view's preference for its own result survive them?
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 F64 = torch.float64
 DEPTHS_MM = (-150, -120, -100, -80, -60, -40, -30, -20, -15, -10, -5, -2, 0, 2, 5, 10, 15, 20, 30, 40, 60)
 SCALES = (0.97, 0.985, 1.0, 1.015, 1.03, 1.05)
+VOXEL_SCALES = (0.99, 1.0, 1.01, 1.015, 1.02, 1.03)
 TS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 #: (name, the last level's fields, the config's fields) of ``preference``: the registered measure first.
 VARIANTS = (("as registered", {}, {}), ("NCC", {"similarity": "ncc"}, {}), ("mNCC", {"similarity": "mncc"}, {}),
@@ -48,6 +53,19 @@ def focal_scaled(camera, k: float):
     """``camera`` with its focal length ×k: the sdd scaled, pixel spacing and principal point (in pixels)
     kept — a calibration whose magnification is off by k."""
     return dataclasses.replace(camera, sdd=camera.sdd * k)
+
+
+def scaled_volume(volume, axis: int, k: float):
+    """``volume`` with its voxel size along index ``axis`` scaled by ``k`` about its centre (the affine's column
+    ×k, its origin moved so that the centre voxel stays where it was): a volume whose stored spacing is off by k."""
+    from xraypose.volume import Volume
+
+    A = volume.affine.to(F64).clone()
+    c = (torch.tensor(volume.data.shape, dtype=F64) - 1) / 2
+    centre = A[:3, :3] @ c + A[:3, 3]
+    A[:3, axis] *= k
+    A[:3, 3] = centre - A[:3, :3] @ c
+    return Volume(data=volume.data, affine=A)
 
 
 def geodesic(B0: torch.Tensor, B1: torch.Tensor, t: float) -> torch.Tensor:
@@ -66,10 +84,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="the autoscoper_wrist folder (default ../shared/data/autoscoper_wrist)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--frames", nargs="*", default=None)
-    ap.add_argument("--only", nargs="*", default=["depth", "focal", "valley", "preference"], choices=["depth", "focal", "valley", "preference"])
+    ap.add_argument("--only", nargs="*", default=["depth", "focal", "valley", "voxel", "preference"], choices=["depth", "focal", "valley", "voxel", "preference"])
     ap.add_argument("--depths", type=float, nargs="*", default=DEPTHS_MM)
     ap.add_argument("--scales", type=float, nargs="*", default=SCALES)
     ap.add_argument("--scale-camera", default="cam01")
+    ap.add_argument("--voxel-scales", type=float, nargs="*", default=VOXEL_SCALES)
+    ap.add_argument("--voxel-axis", type=int, default=2, choices=[0, 1, 2])
     ap.add_argument("--ts", type=float, nargs="*", default=TS)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -108,7 +128,7 @@ def main(argv=None) -> int:
         return float(r.similarity)
 
     out = {"command": " ".join([sys.executable, *sys.argv]), "results": args.results, "size": args.size,
-           "depth": [], "focal": [], "valley": [], "preference": []}
+           "depth": [], "focal": [], "valley": [], "voxel": [], "preference": []}
     variants = [(name, scorer_for(lf, cf)) for name, lf, cf in VARIANTS] if "preference" in args.only else []
     for f in frames:
         S = joints[f]
@@ -152,6 +172,28 @@ def main(argv=None) -> int:
                       + f"; joint moved {moved['centre_mm']:.2f} mm {moved['rotation_deg']:.2f}°; alone vs joint "
                       f"{agr['centre_mm']:.2f} mm (along {agr['along_beam_mm']:+.2f}) {agr['rotation_deg']:.2f}°",
                       flush=True)
+        if "voxel" in args.only:
+            for k in args.voxel_scales:
+                vk = scaled_volume(vol, args.voxel_axis, k)
+                rk = Registrar(vk, RegistrationConfig(**cfg))
+                ck = vk.get_isocenter().to(F64)
+                t0 = time.perf_counter()
+                wk = W.prepare_views(ds, f, rig, S, vk)
+                j = register_rig(vk, [ViewImage(v["name"], v["image"], v["camera"], v["camera_to_rig"],
+                                                mask=v["weights"]) for v in wk], S[None], registrar=rk, hypotheses=False)
+                Sj = j.rig_to_world.to(F64)
+                Bj = torch.linalg.inv(Sj)
+                row = {"frame": f, "axis": args.voxel_axis, "k": k, "joint_similarity": float(j.similarity),
+                       "joint_moved": W.agreement(B, Bj, ck, torch.tensor([0.0, 0.0, 1.0], dtype=F64)), "alone": {}}
+                for v in W.prepare_views(ds, f, rig, Sj, vk):
+                    a = W.register_alone(vk, v, Sj, rk)
+                    row["alone"][v["name"]] = {"vs_joint": W.view_agreement(Bj, v, a.camera_to_world.to(F64), ck),
+                                               "similarity": float(a.similarity)}
+                row["s"] = time.perf_counter() - t0
+                out["voxel"].append(row)
+                print(f"{f} voxel ×{k:.3f} along axis {args.voxel_axis}: joint {j.similarity:.4f}; alone vs joint "
+                      + "; ".join(f"{n} {x['vs_joint']['centre_mm']:.2f} mm (along {x['vs_joint']['along_beam_mm']:+.2f}) "
+                                  f"{x['vs_joint']['rotation_deg']:.2f}°" for n, x in row["alone"].items()), flush=True)
         if "valley" in args.only:
             for v in views:
                 alone = W.register_alone(vol, v, S, reg)

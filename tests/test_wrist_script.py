@@ -183,3 +183,16 @@ def test_geodesic_runs_from_one_pose_to_the_other(w, t):
     half = WF.geodesic(B0, B1, 0.5)
     assert torch.allclose(WF.geodesic(half, B1, 0.0), half, atol=1e-9)
     assert torch.allclose(WF.geodesic(B0, half, 2.0), B1, atol=1e-6)
+
+
+def test_scaled_volume_stretches_one_axis_about_the_centre(rod):
+    """scripts/wrist_flatness.py's voxel probe: the voxel size along one index axis ×k, the other two and the centre
+    kept — an index step along that axis moves k times as far in the world."""
+    import wrist_flatness as WF
+
+    A = torch.tensor([[0.0, 0.4, 0.0, -10.0], [0.5, 0.0, 0.0, 3.0], [0.0, 0.0, 0.6, 7.0], [0, 0, 0, 1]], dtype=F64)
+    vol = Volume(data=rod.data, affine=A)
+    s = WF.scaled_volume(vol, 2, 1.02)
+    assert torch.allclose(s.get_isocenter().to(F64), vol.get_isocenter().to(F64), atol=1e-9)
+    assert torch.allclose(s.affine[:3, 2], 1.02 * A[:3, 2]) and torch.allclose(s.affine[:3, :2], A[:3, :2])
+    assert s.data is vol.data or torch.equal(s.data, vol.data)
