@@ -11,8 +11,8 @@ windowed and weighted at the joint result, as the script registers them):
   registered alone from the new joint result — does the calibration's scale make the views disagree?
 * ``valley``: each view registered alone from the joint result, and both views' similarity along the
   geodesic from the joint pose (t = 0) to that view's own result (t = 1), extended both ways (``--ts``);
-* ``voxel``: the volume's voxel size along one axis (``--voxel-axis``, default 2: the slices, along the radius's
-  shaft) scaled by each ``--voxel-scales`` factor about the volume's centre, the frame registered jointly again from
+* ``voxel``: the volume's voxel size along some of its axes (``--voxel-axes``, default 2: the slices, along the
+  radius's shaft; ``0 1``: across it) scaled by each ``--voxel-scales`` factor about the volume's centre, the frame registered jointly again from
   the joint result, and each view registered alone from that joint result — does a bone a little longer than the
   stored voxel size says make the views agree?
 * ``preference``: each view's similarity at the joint pose and at its own result (registered alone from the
@@ -55,15 +55,17 @@ def focal_scaled(camera, k: float):
     return dataclasses.replace(camera, sdd=camera.sdd * k)
 
 
-def scaled_volume(volume, axis: int, k: float):
-    """``volume`` with its voxel size along index ``axis`` scaled by ``k`` about its centre (the affine's column
-    ×k, its origin moved so that the centre voxel stays where it was): a volume whose stored spacing is off by k."""
+def scaled_volume(volume, axes, k: float):
+    """``volume`` with its voxel size along the index ``axes`` (an int or several) scaled by ``k`` about its centre
+    (those affine columns ×k, its origin moved so that the centre voxel stays where it was): a volume whose stored
+    spacing is off by k."""
     from xraypose.volume import Volume
 
     A = volume.affine.to(F64).clone()
     c = (torch.tensor(volume.data.shape, dtype=F64) - 1) / 2
     centre = A[:3, :3] @ c + A[:3, 3]
-    A[:3, axis] *= k
+    for axis in ([axes] if isinstance(axes, int) else axes):
+        A[:3, axis] *= k
     A[:3, 3] = centre - A[:3, :3] @ c
     return Volume(data=volume.data, affine=A)
 
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", type=float, nargs="*", default=SCALES)
     ap.add_argument("--scale-camera", default="cam01")
     ap.add_argument("--voxel-scales", type=float, nargs="*", default=VOXEL_SCALES)
-    ap.add_argument("--voxel-axis", type=int, default=2, choices=[0, 1, 2])
+    ap.add_argument("--voxel-axes", type=int, nargs="+", default=[2], choices=[0, 1, 2])
     ap.add_argument("--ts", type=float, nargs="*", default=TS)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
                       flush=True)
         if "voxel" in args.only:
             for k in args.voxel_scales:
-                vk = scaled_volume(vol, args.voxel_axis, k)
+                vk = scaled_volume(vol, args.voxel_axes, k)
                 rk = Registrar(vk, RegistrationConfig(**cfg))
                 ck = vk.get_isocenter().to(F64)
                 t0 = time.perf_counter()
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
                                                 mask=v["weights"]) for v in wk], S[None], registrar=rk, hypotheses=False)
                 Sj = j.rig_to_world.to(F64)
                 Bj = torch.linalg.inv(Sj)
-                row = {"frame": f, "axis": args.voxel_axis, "k": k, "joint_similarity": float(j.similarity),
+                row = {"frame": f, "axes": args.voxel_axes, "k": k, "joint_similarity": float(j.similarity),
                        "joint_moved": W.agreement(B, Bj, ck, torch.tensor([0.0, 0.0, 1.0], dtype=F64)), "alone": {}}
                 for v in W.prepare_views(ds, f, rig, Sj, vk):
                     a = W.register_alone(vk, v, Sj, rk)
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
                                                "similarity": float(a.similarity)}
                 row["s"] = time.perf_counter() - t0
                 out["voxel"].append(row)
-                print(f"{f} voxel ×{k:.3f} along axis {args.voxel_axis}: joint {j.similarity:.4f}; alone vs joint "
+                print(f"{f} voxel ×{k:.3f} along axes {args.voxel_axes}: joint {j.similarity:.4f}; alone vs joint "
                       + "; ".join(f"{n} {x['vs_joint']['centre_mm']:.2f} mm (along {x['vs_joint']['along_beam_mm']:+.2f}) "
                                   f"{x['vs_joint']['rotation_deg']:.2f}°" for n, x in row["alone"].items()), flush=True)
         if "valley" in args.only:

@@ -196,3 +196,6 @@ def test_scaled_volume_stretches_one_axis_about_the_centre(rod):
     assert torch.allclose(s.get_isocenter().to(F64), vol.get_isocenter().to(F64), atol=1e-9)
     assert torch.allclose(s.affine[:3, 2], 1.02 * A[:3, 2]) and torch.allclose(s.affine[:3, :2], A[:3, :2])
     assert s.data is vol.data or torch.equal(s.data, vol.data)
+    both = WF.scaled_volume(vol, [0, 1], 0.98)
+    assert torch.allclose(both.affine[:3, :2], 0.98 * A[:3, :2]) and torch.allclose(both.affine[:3, 2], A[:3, 2])
+    assert torch.allclose(both.get_isocenter().to(F64), vol.get_isocenter().to(F64), atol=1e-9)
