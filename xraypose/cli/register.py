@@ -129,10 +129,14 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     truth = _true_pose(true_pose)
     fid = metric_fiducials(fiducials, truth)
     reg = cts.registrar(cfg)
+    whole = px
     px, weights, start = _window(px, start, cts, xray)
     out = register_xray(cts.volume, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
                         fiducials=fid, hypotheses=hypotheses, masks=weights)[0]
+    out, px, again = _again_where_it_went(out, start, whole, px, cts, xray, reg, truth, fid)
     extra = {"ct": ct, "xray": px.to_dict(), "init": init_info}
+    if again is not None:
+        extra["registered_again"] = again
     if counts_kw["on"]:
         extra["counts"] = _refine_on_counts(out, xr, px, cts, crop, counts_kw)
     if cts.prepared.notes:
@@ -260,6 +264,45 @@ def _window(px, start, cts, xray: Path):
     pxw, ws = window_views([px], [torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]], cts.prepared,
                            [str(xray)])
     return pxw[0], ws[0], start
+
+
+def _again_where_it_went(out, start, whole, px, cts, xray: Path, reg, truth, fid):
+    """A part of the CT whose registration ``out`` moved more than :data:`~xraypose.register.tracking.REWINDOW_MM`
+    from its ``start`` (4, 4) is registered once more from there, the X-ray (``whole``: before its window) windowed
+    and weighted where the part went — the window and weights drawn at the start miss a bone the result moved,
+    as `xraypose track` does for a frame (:func:`xraypose.register.tracking.needs_rewindow`).  The second pass has
+    no hypotheses (the first had them; its verdict and what it kept are in the record); the outcome keeps the
+    first's start, initial metrics and times added.  Returns (outcome, the X-ray as registered last, record or None
+    when nothing was done)."""
+    from dataclasses import replace
+
+    import torch
+
+    from xraypose.register.api import register_xray
+    from xraypose.register.steppers import pose_motion_mm
+    from xraypose.register.tracking import needs_rewindow
+
+    if not cts.part:
+        return out, px, None
+    T0 = torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]
+    T1 = out.camera_to_world.to(torch.float64)
+    if not needs_rewindow(reg, T0, T1):
+        return out, px, None
+    first = {"camera_to_world": T1.tolist(), "similarity": out.similarity, "verdict": out.verdict,
+             "p_success": out.p_success, "kept": (out.confidence or {}).get("kept"),
+             "moved_mm": pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm)}
+    try:
+        px1, w1, _ = _window(whole, T1, cts, xray)
+    except InputError as e:  # where it went the part leaves the X-ray: nothing to window there
+        return out, px, {"done": False, "reason": str(e), "first": first}
+    again = register_xray(cts.volume, px1.image, px1.camera, T1[None], registrar=reg, true_pose=truth,
+                          fiducials=fid, hypotheses=False, masks=w1)[0]
+    again = replace(again, initial_pose=out.initial_pose, initial_metrics=out.initial_metrics, init_s=out.init_s,
+                    opt_s=out.opt_s + again.opt_s, cpu_s=out.cpu_s + again.cpu_s,
+                    trajectory=out.trajectory + again.trajectory)
+    typer.echo(f"registered again where the structure went ({first['moved_mm']:.1f} mm from the start), windowed "
+               f"and weighted there: similarity {out.similarity:.4f} -> {again.similarity:.4f}")
+    return again, px1, {"done": True, "first": first}
 
 
 def _write(output: Path, out, extra: dict, no_trajectory: bool, picture: dict | None = None) -> None:

@@ -75,18 +75,27 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     start, info = start_pose(init, px=pxs[r], camera_to_rig=Cs[r], view=views[r].name, model=model, vol=cts.volume,
                              pose_json=pose_json, angles=angles, sod=sod, iso=cts.isocenter,
                              allow_other_ct=allow_other_ct, foreign_steps=cfg_kw.get("foreign_steps", 12.0))
+    whole = pxs
     start, pxs, masks = _windows(start, pxs, Cs, r, cts, views)
     truth = _true_rig_to_world(true_pose, Cs[r])
     fid = metric_fiducials(fiducials, truth)
-    vims = [ViewImage(v.name, px.image, px.camera, C, source=n, mask=m)
-            for v, px, C, n, m in zip(views, pxs, Cs, names, masks)]
-    out = register_rig(cts.volume, vims, start, registrar=reg, start_view=r, true_rig_to_world=truth, fiducials=fid)
+
+    def register(at, pxs, masks, **kw):
+        vims = [ViewImage(v.name, px.image, px.camera, C, source=n, mask=m)
+                for v, px, C, n, m in zip(views, pxs, Cs, names, masks)]
+        return register_rig(cts.volume, vims, at, registrar=reg, start_view=r, true_rig_to_world=truth,
+                            fiducials=fid, **kw)
+
+    out = register(start, pxs, masks)
+    out, pxs, again = _again_where_it_went(out, start, whole, pxs, Cs, r, cts, views, reg, register)
     extra = {"ct": ct, "rig": {"source": the_rig.source, "description": the_rig.description},
              "xrays": [px.to_dict() for px in pxs], "init": info, "ct_notes": cts.prepared.notes}
+    if again is not None:
+        extra["registered_again"] = again
     if (record := structure_record(structure, label_map, label)) is not None:
         extra["structure"] = record
     _write(output, out, [px.image for px in pxs], cts.prepared.volume, extra, no_trajectory, [px.mask for px in pxs])
-    return _print_result(output, out, len(vims))
+    return _print_result(output, out, len(pxs))
 
 
 def _start_view_index(start_view: str | None, names: list[str], views) -> int:
@@ -129,6 +138,42 @@ def _windows(start, pxs, Cs, r: int, cts, views):
         start = rig_start(start(pxs[r].image[None, None], pxs[r].camera)[0], Cs[r])
     pxs, masks = window_views(pxs, [start @ C for C in Cs], cts.prepared, [v.name for v in views])
     return start, pxs, masks
+
+
+def _again_where_it_went(out, start, whole, pxs, Cs, r: int, cts, views, reg, register):
+    """The rig form of :func:`xraypose.cli.register._again_where_it_went`: a part of the CT whose joint result
+    ``out`` moved more than :data:`~xraypose.register.tracking.REWINDOW_MM` from the ``start`` rig_to_world (4, 4)
+    is registered once more from there (``register(rig_to_world, X-rays, weights, hypotheses=False)``), every view
+    (``whole``: before the windows) windowed and weighted where the part went.  Returns (outcome, the X-rays as
+    registered last, record or None when nothing was done)."""
+    from dataclasses import replace
+
+    import torch
+
+    from xraypose.register.steppers import pose_motion_mm
+    from xraypose.register.tracking import needs_rewindow
+
+    if not cts.part:
+        return out, pxs, None
+    T0 = torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]
+    T1 = out.rig_to_world.to(torch.float64)
+    if not needs_rewindow(reg, T0, T1):
+        return out, pxs, None
+    first = {"rig_to_world": T1.tolist(), "similarity": out.similarity, "verdict": out.verdict,
+             "p_success": out.p_success, "kept": out.kept,
+             "moved_mm": pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm)}
+    try:
+        _, pxs1, masks1 = _windows(T1, whole, Cs, r, cts, views)
+    except InputError as e:  # where it went the part leaves a view: nothing to window there
+        return out, pxs, {"done": False, "reason": str(e), "first": first}
+    again = register(T1, pxs1, masks1, hypotheses=False)
+    again = replace(again, initial_rig_to_world=out.initial_rig_to_world, initial_metrics=out.initial_metrics,
+                    init_s=out.init_s, opt_s=out.opt_s + again.opt_s, cpu_s=out.cpu_s + again.cpu_s,
+                    trajectory=out.trajectory + again.trajectory,
+                    views=[replace(v2, initial_metrics=v1.initial_metrics) for v1, v2 in zip(out.views, again.views)])
+    typer.echo(f"registered again where the structure went ({first['moved_mm']:.1f} mm from the start), every view "
+               f"windowed and weighted there: similarity {out.similarity:.4f} -> {again.similarity:.4f}")
+    return again, pxs1, {"done": True, "first": first}
 
 
 def _true_rig_to_world(true_pose: Path | None, C):
