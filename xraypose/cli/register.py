@@ -15,8 +15,9 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, P
                                   check_counts_input, counts_options, intrinsics_options, option_numbers,
                                   preprocessing_options, registration_options, start_options, structure_options,
                                   with_groups)
-from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
-                                preprocess_settings, spread_line, structure_record, window_views, write_or_print)
+from xraypose.cli.steps import (again_where_it_went, check_output_beside_xrays, drr_blur, load_registration_ct,
+                                metric_fiducials, preprocess_settings, spread_line, structure_record, window_views,
+                                write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -267,42 +268,25 @@ def _window(px, start, cts, xray: Path):
 
 
 def _again_where_it_went(out, start, whole, px, cts, xray: Path, reg, truth, fid):
-    """A part of the CT whose registration ``out`` moved more than :data:`~xraypose.register.tracking.REWINDOW_MM`
-    from its ``start`` (4, 4) is registered once more from there, the X-ray (``whole``: before its window) windowed
-    and weighted where the part went — the window and weights drawn at the start miss a bone the result moved,
-    as `xraypose track` does for a frame (:func:`xraypose.register.tracking.needs_rewindow`).  The second pass has
-    no hypotheses (the first had them; its verdict and what it kept are in the record); the outcome keeps the
-    first's start, initial metrics and times added.  Returns (outcome, the X-ray as registered last, record or None
-    when nothing was done)."""
-    from dataclasses import replace
-
-    import torch
-
+    """One X-ray's :func:`xraypose.cli.steps.again_where_it_went` (a part of the CT registered once more where it
+    went, ``whole``: the X-ray before its window).  Returns (outcome, the X-ray as registered last, record or
+    None)."""
     from xraypose.register.api import register_xray
-    from xraypose.register.steppers import pose_motion_mm
-    from xraypose.register.tracking import needs_rewindow
 
     if not cts.part:
         return out, px, None
-    T0 = torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]
-    T1 = out.camera_to_world.to(torch.float64)
-    if not needs_rewindow(reg, T0, T1):
-        return out, px, None
-    first = {"camera_to_world": T1.tolist(), "similarity": out.similarity, "verdict": out.verdict,
-             "p_success": out.p_success, "kept": (out.confidence or {}).get("kept"),
-             "moved_mm": pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm)}
-    try:
-        px1, w1, _ = _window(whole, T1, cts, xray)
-    except InputError as e:  # where it went the part leaves the X-ray: nothing to window there
-        return out, px, {"done": False, "reason": str(e), "first": first}
-    again = register_xray(cts.volume, px1.image, px1.camera, T1[None], registrar=reg, true_pose=truth,
-                          fiducials=fid, hypotheses=False, masks=w1)[0]
-    again = replace(again, initial_pose=out.initial_pose, initial_metrics=out.initial_metrics, init_s=out.init_s,
-                    opt_s=out.opt_s + again.opt_s, cpu_s=out.cpu_s + again.cpu_s,
-                    trajectory=out.trajectory + again.trajectory)
-    typer.echo(f"registered again where the structure went ({first['moved_mm']:.1f} mm from the start), windowed "
-               f"and weighted there: similarity {out.similarity:.4f} -> {again.similarity:.4f}")
-    return again, px1, {"done": True, "first": first}
+
+    def window(T):
+        px1, w1, _ = _window(whole, T, cts, xray)
+        return px1, w1
+
+    def register(T, px1, w1):
+        return register_xray(cts.volume, px1.image, px1.camera, T[None], registrar=reg, true_pose=truth,
+                             fiducials=fid, hypotheses=False, masks=w1)[0]
+
+    again, px1, record = again_where_it_went(out, out.camera_to_world, start, reg, window, register,
+                                             first_key="camera_to_world", keep={"initial_pose": out.initial_pose})
+    return again, px if px1 is None else px1, record
 
 
 def _write(output: Path, out, extra: dict, no_trajectory: bool, picture: dict | None = None) -> None:

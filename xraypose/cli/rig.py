@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from xraypose.cli.options import EXIT_FAILED
-from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
-                                pose_transform_of, preprocess_settings, read_start_file, start_pose, structure_record,
-                                spread_line, window_views, write_or_print)
+from xraypose.cli.steps import (again_where_it_went, check_output_beside_xrays, drr_blur, load_registration_ct,
+                                metric_fiducials, pose_transform_of, preprocess_settings, read_start_file, start_pose,
+                                structure_record, spread_line, window_views, write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -141,39 +141,25 @@ def _windows(start, pxs, Cs, r: int, cts, views):
 
 
 def _again_where_it_went(out, start, whole, pxs, Cs, r: int, cts, views, reg, register):
-    """The rig form of :func:`xraypose.cli.register._again_where_it_went`: a part of the CT whose joint result
-    ``out`` moved more than :data:`~xraypose.register.tracking.REWINDOW_MM` from the ``start`` rig_to_world (4, 4)
-    is registered once more from there (``register(rig_to_world, X-rays, weights, hypotheses=False)``), every view
-    (``whole``: before the windows) windowed and weighted where the part went.  Returns (outcome, the X-rays as
-    registered last, record or None when nothing was done)."""
+    """A rig's :func:`xraypose.cli.steps.again_where_it_went`: every view (``whole``: before the windows) windowed
+    and weighted where the part went, ``register(rig_to_world, X-rays, weights, hypotheses=False)``; the views keep
+    their initial metrics.  Returns (outcome, the X-rays as registered last, record or None)."""
     from dataclasses import replace
-
-    import torch
-
-    from xraypose.register.steppers import pose_motion_mm
-    from xraypose.register.tracking import needs_rewindow
 
     if not cts.part:
         return out, pxs, None
-    T0 = torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]
-    T1 = out.rig_to_world.to(torch.float64)
-    if not needs_rewindow(reg, T0, T1):
-        return out, pxs, None
-    first = {"rig_to_world": T1.tolist(), "similarity": out.similarity, "verdict": out.verdict,
-             "p_success": out.p_success, "kept": out.kept,
-             "moved_mm": pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm)}
-    try:
-        _, pxs1, masks1 = _windows(T1, whole, Cs, r, cts, views)
-    except InputError as e:  # where it went the part leaves a view: nothing to window there
-        return out, pxs, {"done": False, "reason": str(e), "first": first}
-    again = register(T1, pxs1, masks1, hypotheses=False)
-    again = replace(again, initial_rig_to_world=out.initial_rig_to_world, initial_metrics=out.initial_metrics,
-                    init_s=out.init_s, opt_s=out.opt_s + again.opt_s, cpu_s=out.cpu_s + again.cpu_s,
-                    trajectory=out.trajectory + again.trajectory,
-                    views=[replace(v2, initial_metrics=v1.initial_metrics) for v1, v2 in zip(out.views, again.views)])
-    typer.echo(f"registered again where the structure went ({first['moved_mm']:.1f} mm from the start), every view "
-               f"windowed and weighted there: similarity {out.similarity:.4f} -> {again.similarity:.4f}")
-    return again, pxs1, {"done": True, "first": first}
+
+    def window(T):
+        _, pxs1, masks1 = _windows(T, whole, Cs, r, cts, views)
+        return pxs1, masks1
+
+    again, pxs1, record = again_where_it_went(
+        out, out.rig_to_world, start, reg, window, lambda T, x, w: register(T, x, w, hypotheses=False),
+        first_key="rig_to_world", keep={"initial_rig_to_world": out.initial_rig_to_world})
+    if pxs1 is None:
+        return again, pxs, record
+    return replace(again, views=[replace(b, initial_metrics=a.initial_metrics) for a, b in zip(out.views, again.views)]), \
+        pxs1, record
 
 
 def _true_rig_to_world(true_pose: Path | None, C):
