@@ -12,9 +12,9 @@ windowed and weighted at the joint result, as the script registers them):
 * ``valley``: each view registered alone from the joint result, and both views' similarity along the
   geodesic from the joint pose (t = 0) to that view's own result (t = 1), extended both ways (``--ts``);
 * ``voxel``: the volume's voxel size along some of its axes (``--voxel-axes``, default 2: the slices, along the
-  radius's shaft; ``0 1``: across it) scaled by each ``--voxel-scales`` factor about the volume's centre, the frame registered jointly again from
-  the joint result, and each view registered alone from that joint result — does a bone a little longer than the
-  stored voxel size says make the views agree?
+  radius's shaft; ``0 1``: across it) scaled by each ``--voxel-scales`` factor about the volume's centre, the
+  frame registered jointly again from the joint result, and each view registered alone from that joint result —
+  does a bone a little longer (or wider) than the stored voxel size says make the views agree?
 * ``preference``: each view's similarity at the joint pose and at its own result (registered alone from the
   joint result) under variants of the last level's measure (:data:`VARIANTS`: the similarity, the robust
   weights, the DRR's blur, a fitted blur) — does the view's preference for its own result survive them?
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="the autoscoper_wrist folder (default ../shared/data/autoscoper_wrist)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--frames", nargs="*", default=None)
-    ap.add_argument("--only", nargs="*", default=["depth", "focal", "valley", "voxel", "preference"], choices=["depth", "focal", "valley", "voxel", "preference"])
+    modes = ["depth", "focal", "valley", "voxel", "preference"]
+    ap.add_argument("--only", nargs="*", default=modes, choices=modes)
     ap.add_argument("--depths", type=float, nargs="*", default=DEPTHS_MM)
     ap.add_argument("--scales", type=float, nargs="*", default=SCALES)
     ap.add_argument("--scale-camera", default="cam01")

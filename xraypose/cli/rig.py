@@ -158,8 +158,8 @@ def _again_where_it_went(out, start, whole, pxs, Cs, r: int, cts, views, reg, re
         first_key="rig_to_world", keep={"initial_rig_to_world": out.initial_rig_to_world})
     if pxs1 is None:
         return again, pxs, record
-    return replace(again, views=[replace(b, initial_metrics=a.initial_metrics) for a, b in zip(out.views, again.views)]), \
-        pxs1, record
+    views = [replace(b, initial_metrics=a.initial_metrics) for a, b in zip(out.views, again.views)]
+    return replace(again, views=views), pxs1, record
 
 
 def _true_rig_to_world(true_pose: Path | None, C):

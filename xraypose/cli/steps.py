@@ -230,9 +230,9 @@ def again_where_it_went(out, pose, start, reg, window, register, *, first_key: s
     T1 = torch.as_tensor(pose, dtype=torch.float64)
     if not needs_rewindow(reg, T0, T1):
         return out, None, None
-    first = {first_key: T1.tolist(), "similarity": out.similarity, "verdict": out.verdict,
-             "p_success": out.p_success, "kept": getattr(out, "kept", None) or (getattr(out, "confidence", None) or {}).get("kept"),
-             "moved_mm": pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm)}
+    kept = getattr(out, "kept", None) or (getattr(out, "confidence", None) or {}).get("kept")  # a rig's, one X-ray's
+    first = {first_key: T1.tolist(), "similarity": out.similarity, "verdict": out.verdict, "p_success": out.p_success,
+             "kept": kept, "moved_mm": pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm)}
     try:
         xrays, weights = window(T1)
     except InputError as e:
