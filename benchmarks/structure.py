@@ -26,7 +26,9 @@ with each ``--modes``:
   with :data:`xraypose.structure.PART_CAPTURE_STEPS` since 2026-12-06).
 
 ``--rewindow``: a result that moved more than ``REWINDOW_MM`` from its start is registered once more
-from itself, windowed and weighted there (what ``xraypose track --structure`` does for a frame).
+from itself, windowed and weighted there, with the fine levels only (:func:`xraypose.structure.again_config`:
+what ``xraypose register --structure`` does since 2026-12-06, stop 61, and ``xraypose track --structure`` for a
+frame).
 
     python benchmarks/structure.py --ct ../shared/data/ct/abdomen_pancreas_ct_cbct_001/Pancreas-CT-CB_001_CT.nii.gz \
         --radius 25 --cases 12 --json out.json
@@ -210,10 +212,15 @@ def main(argv=None) -> int:
     base = {"num_threads": a.threads, "record_trajectory": False}
     regs = {mode: Registrar(prep.volume, RegistrationConfig(**mode_settings(mode, base, prep.density)),
                             isocenter=prep.isocenter) for mode in a.modes}
+    from xraypose.structure import again_config
+
+    # --rewindow's second pass: the fine levels only, as `xraypose register --structure` runs it
+    again_regs = {mode: Registrar(prep.volume, again_config(r.config), isocenter=prep.isocenter)
+                  for mode, r in regs.items()}
     if a.check_model == "part":
         from xraypose.register.confidence import part_model
 
-        for r in regs.values():
+        for r in [*regs.values(), *again_regs.values()]:
             r.confidence_model = part_model()
     starts = [(a.rot, a.trans)] if not a.starts else [tuple(float(x) for x in st.split("/")) for st in a.starts]
     rows = []
@@ -254,7 +261,7 @@ def main(argv=None) -> int:
                     if needs_rewindow(regs[mode], T0, T1):
                         first = float(pose_errors(T1, c.true_pose, fid, c.camera)["mtre"])
                         (px1,), (w1,) = window_views([pre], [T1], prep, ["x"])
-                        out = register_xray(prep.volume, px1.image, px1.camera, T1, registrar=regs[mode],
+                        out = register_xray(prep.volume, px1.image, px1.camera, T1, registrar=again_regs[mode],
                                             hypotheses=False, masks=w1, confidence=a.check)[0]
                 dt = time.perf_counter() - t
                 e = float(pose_errors(out.camera_to_world, c.true_pose, fid, c.camera)["mtre"])

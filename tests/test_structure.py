@@ -314,9 +314,12 @@ def test_a_part_that_stayed_is_not_registered_again_and_one_that_moved_is(volume
     from xraypose.register import api
     from xraypose.register.tracking import REWINDOW_MM
 
+    from xraypose.register import RegistrationConfig
+    from xraypose.structure import again_config
+
     T0 = torch.eye(4, dtype=F64)
-    reg = SimpleNamespace(isocenter=torch.zeros(3, dtype=F64), config=SimpleNamespace(motion_radius_mm=100.0))
-    cts = SimpleNamespace(part=True, volume="vol")
+    reg = SimpleNamespace(isocenter=torch.zeros(3, dtype=F64), config=RegistrationConfig(motion_radius_mm=100.0))
+    cts = SimpleNamespace(part=True, volume="vol", registrar=lambda cfg: SimpleNamespace(config=cfg))
     out = SimpleNamespace(camera_to_world=T0.clone(), similarity=0.5, verdict="ok", p_success=0.9, confidence={},
                           initial_pose=T0, initial_metrics=None, init_s=0.0, opt_s=1.0, cpu_s=1.0, trajectory=[1])
     assert R._again_where_it_went(out, T0, "whole", "px", cts, Path("x"), reg, None, None) == (out, "px", None)
@@ -351,6 +354,7 @@ def test_a_part_that_stayed_is_not_registered_again_and_one_that_moved_is(volume
     assert record["first"]["moved_mm"] == pytest.approx(2 * REWINDOW_MM) and record["first"]["verdict"] == "ok"
     start, kw = called[0]
     assert torch.equal(start[0], moved) and kw["hypotheses"] is False and kw["masks"] == "w1"
+    assert kw["registrar"].config == again_config(reg.config)  # the fine levels only
     assert again.initial_pose is T0 and again.opt_s == 3.0 and again.trajectory == [1, 2]
 
     def leaves(px, T, cts, xray):
@@ -359,6 +363,19 @@ def test_a_part_that_stayed_is_not_registered_again_and_one_that_moved_is(volume
     monkeypatch.setattr(R, "_window", leaves)
     kept, px, record = R._again_where_it_went(out, T0, "whole", "px", cts, Path("x"), reg, None, None)
     assert kept is out and px == "px" and record["done"] is False and "outside" in record["reason"]
+
+
+def test_a_parts_second_pass_runs_the_fine_levels_only():
+    """again_config: the levels after the capture (Adam) levels, no shift search, one capture; the rest as given."""
+    from xraypose.register import DEFAULT_LEVELS, RegistrationConfig
+    from xraypose.structure import again_config, part_default_levels
+
+    cfg = RegistrationConfig(levels=part_default_levels(), capture_steps=(1.0, 0.125), drr_blur=1.0)
+    fine = again_config(cfg)
+    assert fine.levels == tuple(lv for lv in cfg.levels if lv.optimizer != "adam") and len(fine.levels) >= 1
+    assert all(lv.optimizer != "adam" for lv in fine.levels) and fine.levels[-1] == cfg.levels[-1]
+    assert fine.shift_search is None and fine.capture_steps == (1.0,) and fine.drr_blur == 1.0
+    assert len(again_config(RegistrationConfig(levels=DEFAULT_LEVELS[:1])).levels) == 1  # all capture: the last kept
 
 
 def test_cli_registers_to_a_ct_cropped_to_one_bone(tmp_path, volume, bone, capsys):

@@ -269,9 +269,10 @@ def _window(px, start, cts, xray: Path):
 
 def _again_where_it_went(out, start, whole, px, cts, xray: Path, reg, truth, fid):
     """One X-ray's :func:`xraypose.cli.steps.again_where_it_went` (a part of the CT registered once more where it
-    went, ``whole``: the X-ray before its window).  Returns (outcome, the X-ray as registered last, record or
-    None)."""
+    went, with :func:`xraypose.structure.again_config`'s fine levels; ``whole``: the X-ray before its window).
+    Returns (outcome, the X-ray as registered last, record or None)."""
     from xraypose.register.api import register_xray
+    from xraypose.structure import again_config
 
     if not cts.part:
         return out, px, None
@@ -281,7 +282,8 @@ def _again_where_it_went(out, start, whole, px, cts, xray: Path, reg, truth, fid
         return px1, w1
 
     def register(T, px1, w1):
-        return register_xray(cts.volume, px1.image, px1.camera, T[None], registrar=reg, true_pose=truth,
+        fine = cts.registrar(again_config(reg.config))
+        return register_xray(cts.volume, px1.image, px1.camera, T[None], registrar=fine, true_pose=truth,
                              fiducials=fid, hypotheses=False, masks=w1)[0]
 
     again, px1, record = again_where_it_went(out, out.camera_to_world, start, reg, window, register,

@@ -80,10 +80,10 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     truth = _true_rig_to_world(true_pose, Cs[r])
     fid = metric_fiducials(fiducials, truth)
 
-    def register(at, pxs, masks, **kw):
+    def register(at, pxs, masks, registrar=reg, **kw):
         vims = [ViewImage(v.name, px.image, px.camera, C, source=n, mask=m)
                 for v, px, C, n, m in zip(views, pxs, Cs, names, masks)]
-        return register_rig(cts.volume, vims, at, registrar=reg, start_view=r, true_rig_to_world=truth,
+        return register_rig(cts.volume, vims, at, registrar=registrar, start_view=r, true_rig_to_world=truth,
                             fiducials=fid, **kw)
 
     out = register(start, pxs, masks)
@@ -142,9 +142,12 @@ def _windows(start, pxs, Cs, r: int, cts, views):
 
 def _again_where_it_went(out, start, whole, pxs, Cs, r: int, cts, views, reg, register):
     """A rig's :func:`xraypose.cli.steps.again_where_it_went`: every view (``whole``: before the windows) windowed
-    and weighted where the part went, ``register(rig_to_world, X-rays, weights, hypotheses=False)``; the views keep
-    their initial metrics.  Returns (outcome, the X-rays as registered last, record or None)."""
+    and weighted where the part went, ``register(rig_to_world, X-rays, weights, registrar=…, hypotheses=False)``
+    with :func:`xraypose.structure.again_config`'s fine levels; the views keep their initial metrics.  Returns
+    (outcome, the X-rays as registered last, record or None)."""
     from dataclasses import replace
+
+    from xraypose.structure import again_config
 
     if not cts.part:
         return out, pxs, None
@@ -153,8 +156,9 @@ def _again_where_it_went(out, start, whole, pxs, Cs, r: int, cts, views, reg, re
         _, pxs1, masks1 = _windows(T, whole, Cs, r, cts, views)
         return pxs1, masks1
 
+    fine = cts.registrar(again_config(reg.config))
     again, pxs1, record = again_where_it_went(
-        out, out.rig_to_world, start, reg, window, lambda T, x, w: register(T, x, w, hypotheses=False),
+        out, out.rig_to_world, start, reg, window, lambda T, x, w: register(T, x, w, registrar=fine, hypotheses=False),
         first_key="rig_to_world", keep={"initial_rig_to_world": out.initial_rig_to_world})
     if pxs1 is None:
         return again, pxs, record
