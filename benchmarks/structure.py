@@ -26,9 +26,8 @@ with each ``--modes``:
   with :data:`xraypose.structure.PART_CAPTURE_STEPS` since 2026-12-06).
 
 ``--rewindow``: a result that moved more than ``REWINDOW_MM`` from its start is registered once more
-from itself, windowed and weighted there, with the fine levels only (:func:`xraypose.structure.again_config`:
-what ``xraypose register --structure`` does since 2026-12-06, stop 61, and ``xraypose track --structure`` for a
-frame).
+from itself, windowed and weighted there, with the fine levels only (:func:`fine_config`) — what ``xraypose track
+--structure`` does for a frame; tried for ``xraypose register --structure`` at stop 61 and not kept (docs/benchmarks.md).
 
     python benchmarks/structure.py --ct ../shared/data/ct/abdomen_pancreas_ct_cbct_001/Pancreas-CT-CB_001_CT.nii.gz \
         --radius 25 --cases 12 --json out.json
@@ -148,6 +147,15 @@ def family_case(vol, maker, c, family: str, seed: int):
     return dataclasses.replace(c, true_pose=pre.transform_pose(fx.pose), image=pre.image, camera=pre.camera), pre
 
 
+def fine_config(config):
+    """``config`` with its fine levels only (those after the capture (Adam) levels), no shift search and one capture:
+    ``--rewindow``'s second pass from a registered pose."""
+    import dataclasses
+
+    fine = tuple(lv for lv in config.levels if lv.optimizer != "adam") or tuple(config.levels[-1:])
+    return dataclasses.replace(config, levels=fine, shift_search=None, capture_steps=(1.0,))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ct", default="sample")
@@ -212,10 +220,8 @@ def main(argv=None) -> int:
     base = {"num_threads": a.threads, "record_trajectory": False}
     regs = {mode: Registrar(prep.volume, RegistrationConfig(**mode_settings(mode, base, prep.density)),
                             isocenter=prep.isocenter) for mode in a.modes}
-    from xraypose.structure import again_config
-
-    # --rewindow's second pass: the fine levels only, as `xraypose register --structure` runs it
-    again_regs = {mode: Registrar(prep.volume, again_config(r.config), isocenter=prep.isocenter)
+    # --rewindow's second pass: the fine levels only (those after the capture levels), no shift search, one capture
+    again_regs = {mode: Registrar(prep.volume, fine_config(r.config), isocenter=prep.isocenter)
                   for mode, r in regs.items()}
     if a.check_model == "part":
         from xraypose.register.confidence import part_model

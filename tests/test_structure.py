@@ -1,8 +1,6 @@
 """One structure at a time (issue 14, item 3): masks and labels, a CT cropped to one bone, the X-ray window."""
 
-import dataclasses
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -284,11 +282,6 @@ def test_cli_registers_one_structure_and_refuses_bad_ones(tmp_path, volume, bone
     e0 = float(pose_errors(torch.tensor(json.loads((tmp_path / "start.json").read_text())["camera_to_world"]),
                            c.true_pose, c.fiducials, c.camera)["mtre"])
     assert e0 > 8.0 and e < 3.0, (e0, e)
-    # the result moved ~10 mm from its start: registered once more, windowed and weighted where the bone went
-    again = pose["registered_again"]
-    assert again["done"] and again["first"]["moved_mm"] > 3.0 and "registered again where the structure went" in out.out
-    win = [st for st in pose["xray"]["steps"] if st["step"] == "structure window"]
-    assert len(win) == 1  # the window drawn at the first result replaced the start's
 
     def refused(*extra):
         code = main([*base, "-o", str(tmp_path / "bad"), *extra])
@@ -302,80 +295,6 @@ def test_cli_registers_one_structure_and_refuses_bad_ones(tmp_path, volume, bone
     far[:3, 3] += 600.0 * far[:3, 0]  # looks 600 mm beside the structure
     (tmp_path / "far.json").write_text(json.dumps({"camera_to_world": far.tolist()}))
     assert "projects outside the X-ray" in refused("--label", "7", "--pose-json", str(tmp_path / "far.json"))
-
-
-def test_a_part_that_stayed_is_not_registered_again_and_one_that_moved_is(volume, left_bone, monkeypatch):
-    """register --structure: a result within REWINDOW_MM of its start is kept as it is; one that moved is registered
-    once more from itself (no hypotheses), the X-ray windowed and weighted there, keeping the first's start and adding
-    its time; where the part leaves the X-ray at the result, the first result stands."""
-    from types import SimpleNamespace
-
-    from xraypose.cli import register as R
-    from xraypose.register import api
-    from xraypose.register.tracking import REWINDOW_MM
-
-    from xraypose.register import RegistrationConfig
-    from xraypose.structure import again_config
-
-    T0 = torch.eye(4, dtype=F64)
-    reg = SimpleNamespace(isocenter=torch.zeros(3, dtype=F64), config=RegistrationConfig(motion_radius_mm=100.0))
-    cts = SimpleNamespace(part=True, volume="vol", registrar=lambda cfg: SimpleNamespace(config=cfg))
-    out = SimpleNamespace(camera_to_world=T0.clone(), similarity=0.5, verdict="ok", p_success=0.9, confidence={},
-                          initial_pose=T0, initial_metrics=None, init_s=0.0, opt_s=1.0, cpu_s=1.0, trajectory=[1])
-    assert R._again_where_it_went(out, T0, "whole", "px", cts, Path("x"), reg, None, None) == (out, "px", None)
-    assert R._again_where_it_went(out, T0, "whole", "px", SimpleNamespace(part=False), Path("x"), reg, None,
-                                  None) == (out, "px", None)
-    moved = T0.clone()
-    moved[0, 3] = 2 * REWINDOW_MM
-    out.camera_to_world = moved
-    windowed, called = [], []
-    px1 = SimpleNamespace(image="image1", camera="camera1")
-    monkeypatch.setattr(R, "_window", lambda px, T, cts, xray: windowed.append(T) or (px1, "w1", T))
-
-    @dataclasses.dataclass
-    class Outcome:
-        camera_to_world: torch.Tensor
-        similarity: float = 0.6
-        initial_pose: torch.Tensor = None
-        initial_metrics: dict = None
-        init_s: float = 0.0
-        opt_s: float = 2.0
-        cpu_s: float = 2.0
-        trajectory: list = dataclasses.field(default_factory=lambda: [2])
-
-    def fake_register(vol, image, camera, start, **kw):
-        assert (image, camera) == ("image1", "camera1")
-        called.append((start, kw))
-        return [Outcome(camera_to_world=start[0])]
-
-    monkeypatch.setattr(api, "register_xray", fake_register)
-    again, px, record = R._again_where_it_went(out, T0, "whole", "px", cts, Path("x"), reg, None, None)
-    assert torch.equal(windowed[0], moved) and px is px1 and record["done"]
-    assert record["first"]["moved_mm"] == pytest.approx(2 * REWINDOW_MM) and record["first"]["verdict"] == "ok"
-    start, kw = called[0]
-    assert torch.equal(start[0], moved) and kw["hypotheses"] is False and kw["masks"] == "w1"
-    assert kw["registrar"].config == again_config(reg.config)  # the fine levels only
-    assert again.initial_pose is T0 and again.opt_s == 3.0 and again.trajectory == [1, 2]
-
-    def leaves(px, T, cts, xray):
-        raise R.InputError("the structure projects outside the X-ray")
-
-    monkeypatch.setattr(R, "_window", leaves)
-    kept, px, record = R._again_where_it_went(out, T0, "whole", "px", cts, Path("x"), reg, None, None)
-    assert kept is out and px == "px" and record["done"] is False and "outside" in record["reason"]
-
-
-def test_a_parts_second_pass_runs_the_fine_levels_only():
-    """again_config: the levels after the capture (Adam) levels, no shift search, one capture; the rest as given."""
-    from xraypose.register import DEFAULT_LEVELS, RegistrationConfig
-    from xraypose.structure import again_config, part_default_levels
-
-    cfg = RegistrationConfig(levels=part_default_levels(), capture_steps=(1.0, 0.125), drr_blur=1.0)
-    fine = again_config(cfg)
-    assert fine.levels == tuple(lv for lv in cfg.levels if lv.optimizer != "adam") and len(fine.levels) >= 1
-    assert all(lv.optimizer != "adam" for lv in fine.levels) and fine.levels[-1] == cfg.levels[-1]
-    assert fine.shift_search is None and fine.capture_steps == (1.0,) and fine.drr_blur == 1.0
-    assert len(again_config(RegistrationConfig(levels=DEFAULT_LEVELS[:1])).levels) == 1  # all capture: the last kept
 
 
 def test_cli_registers_to_a_ct_cropped_to_one_bone(tmp_path, volume, bone, capsys):

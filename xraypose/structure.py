@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 __all__ = ["structure_mask", "prepare_ct", "PreparedCT", "part_settings", "padding_value", "structure_window",
            "window_image", "structure_weights", "DILATE_MM", "MARGIN_MM", "FOOTPRINT_MARGIN_MM", "PADDING_FACE_SHARE",
            "PART_LEVEL_OFF", "PART_LAST_ROWS", "PART_CAPTURE_STEPS", "PART_SCHEDULE_HYPOTHESES", "part_levels",
-           "part_default_levels", "again_config", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
+           "part_default_levels", "FootprintWeights", "MIN_FOOTPRINT_SHARE", "TRACK_MARGIN_MM"]
 
 F64 = torch.float64
 
@@ -184,19 +184,6 @@ def part_default_levels() -> tuple:
 
     levels = part_levels(DEFAULT_LEVELS)
     return levels[:-1] + (dataclasses.replace(levels[-1], size=max(levels[-1].size, PART_LAST_ROWS)),)
-
-
-def again_config(config):
-    """The settings of a part's second pass where its registration went (``xraypose register --structure``,
-    :func:`xraypose.cli.steps.again_where_it_went`): ``config`` (a :class:`~xraypose.register.RegistrationConfig`)
-    with its fine levels only — those after the capture (Adam) levels, as a tracked frame has — no shift search and
-    one capture.  The start is a registered pose: the whole schedule again from it, its 16- and 32-row capture
-    levels walked a part of the bundled pelvis that had ended 0.2–0.5 mm from the truth 6–15 mm away
-    (``benchmarks/structure.py --rewindow``, seed 1, case 2, from all three starts)."""
-    import dataclasses
-
-    fine = tuple(lv for lv in config.levels if lv.optimizer != "adam") or tuple(config.levels[-1:])
-    return dataclasses.replace(config, levels=fine, shift_search=None, capture_steps=(1.0,))
 
 
 def part_levels(levels) -> tuple:

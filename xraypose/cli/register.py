@@ -15,9 +15,8 @@ from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EXIT_FAILED, HYPOTHESES, P
                                   check_counts_input, counts_options, intrinsics_options, option_numbers,
                                   preprocessing_options, registration_options, start_options, structure_options,
                                   with_groups)
-from xraypose.cli.steps import (again_where_it_went, check_output_beside_xrays, drr_blur, load_registration_ct,
-                                metric_fiducials, preprocess_settings, spread_line, structure_record, window_views,
-                                write_or_print)
+from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
+                                preprocess_settings, spread_line, structure_record, window_views, write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -130,14 +129,10 @@ def _register_one(xray: Path, *, ct: str, output: Path, init: str, model, pose_j
     truth = _true_pose(true_pose)
     fid = metric_fiducials(fiducials, truth)
     reg = cts.registrar(cfg)
-    whole = px
     px, weights, start = _window(px, start, cts, xray)
     out = register_xray(cts.volume, px.image, px.camera, start, registrar=reg, antipodal=antipodal, true_pose=truth,
                         fiducials=fid, hypotheses=hypotheses, masks=weights)[0]
-    out, px, again = _again_where_it_went(out, start, whole, px, cts, xray, reg, truth, fid)
     extra = {"ct": ct, "xray": px.to_dict(), "init": init_info}
-    if again is not None:
-        extra["registered_again"] = again
     if counts_kw["on"]:
         extra["counts"] = _refine_on_counts(out, xr, px, cts, crop, counts_kw)
     if cts.prepared.notes:
@@ -265,30 +260,6 @@ def _window(px, start, cts, xray: Path):
     pxw, ws = window_views([px], [torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]], cts.prepared,
                            [str(xray)])
     return pxw[0], ws[0], start
-
-
-def _again_where_it_went(out, start, whole, px, cts, xray: Path, reg, truth, fid):
-    """One X-ray's :func:`xraypose.cli.steps.again_where_it_went` (a part of the CT registered once more where it
-    went, with :func:`xraypose.structure.again_config`'s fine levels; ``whole``: the X-ray before its window).
-    Returns (outcome, the X-ray as registered last, record or None)."""
-    from xraypose.register.api import register_xray
-    from xraypose.structure import again_config
-
-    if not cts.part:
-        return out, px, None
-
-    def window(T):
-        px1, w1, _ = _window(whole, T, cts, xray)
-        return px1, w1
-
-    def register(T, px1, w1):
-        fine = cts.registrar(again_config(reg.config))
-        return register_xray(cts.volume, px1.image, px1.camera, T[None], registrar=fine, true_pose=truth,
-                             fiducials=fid, hypotheses=False, masks=w1)[0]
-
-    again, px1, record = again_where_it_went(out, out.camera_to_world, start, reg, window, register,
-                                             first_key="camera_to_world", keep={"initial_pose": out.initial_pose})
-    return again, px if px1 is None else px1, record
 
 
 def _write(output: Path, out, extra: dict, no_trajectory: bool, picture: dict | None = None) -> None:

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from xraypose.cli.options import EXIT_FAILED
-from xraypose.cli.steps import (again_where_it_went, check_output_beside_xrays, drr_blur, load_registration_ct,
-                                metric_fiducials, pose_transform_of, preprocess_settings, read_start_file, start_pose,
-                                structure_record, spread_line, window_views, write_or_print)
+from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, metric_fiducials,
+                                pose_transform_of, preprocess_settings, read_start_file, start_pose, structure_record,
+                                spread_line, window_views, write_or_print)
 from xraypose.errors import InputError
 
 if TYPE_CHECKING:
@@ -75,27 +75,18 @@ def run_register_rig(*, ct: str, xrays, rig: str, output: Path, start_view: str 
     start, info = start_pose(init, px=pxs[r], camera_to_rig=Cs[r], view=views[r].name, model=model, vol=cts.volume,
                              pose_json=pose_json, angles=angles, sod=sod, iso=cts.isocenter,
                              allow_other_ct=allow_other_ct, foreign_steps=cfg_kw.get("foreign_steps", 12.0))
-    whole = pxs
     start, pxs, masks = _windows(start, pxs, Cs, r, cts, views)
     truth = _true_rig_to_world(true_pose, Cs[r])
     fid = metric_fiducials(fiducials, truth)
-
-    def register(at, pxs, masks, registrar=reg, **kw):
-        vims = [ViewImage(v.name, px.image, px.camera, C, source=n, mask=m)
-                for v, px, C, n, m in zip(views, pxs, Cs, names, masks)]
-        return register_rig(cts.volume, vims, at, registrar=registrar, start_view=r, true_rig_to_world=truth,
-                            fiducials=fid, **kw)
-
-    out = register(start, pxs, masks)
-    out, pxs, again = _again_where_it_went(out, start, whole, pxs, Cs, r, cts, views, reg, register)
+    vims = [ViewImage(v.name, px.image, px.camera, C, source=n, mask=m)
+            for v, px, C, n, m in zip(views, pxs, Cs, names, masks)]
+    out = register_rig(cts.volume, vims, start, registrar=reg, start_view=r, true_rig_to_world=truth, fiducials=fid)
     extra = {"ct": ct, "rig": {"source": the_rig.source, "description": the_rig.description},
              "xrays": [px.to_dict() for px in pxs], "init": info, "ct_notes": cts.prepared.notes}
-    if again is not None:
-        extra["registered_again"] = again
     if (record := structure_record(structure, label_map, label)) is not None:
         extra["structure"] = record
     _write(output, out, [px.image for px in pxs], cts.prepared.volume, extra, no_trajectory, [px.mask for px in pxs])
-    return _print_result(output, out, len(pxs))
+    return _print_result(output, out, len(vims))
 
 
 def _start_view_index(start_view: str | None, names: list[str], views) -> int:
@@ -138,32 +129,6 @@ def _windows(start, pxs, Cs, r: int, cts, views):
         start = rig_start(start(pxs[r].image[None, None], pxs[r].camera)[0], Cs[r])
     pxs, masks = window_views(pxs, [start @ C for C in Cs], cts.prepared, [v.name for v in views])
     return start, pxs, masks
-
-
-def _again_where_it_went(out, start, whole, pxs, Cs, r: int, cts, views, reg, register):
-    """A rig's :func:`xraypose.cli.steps.again_where_it_went`: every view (``whole``: before the windows) windowed
-    and weighted where the part went, ``register(rig_to_world, X-rays, weights, registrar=…, hypotheses=False)``
-    with :func:`xraypose.structure.again_config`'s fine levels; the views keep their initial metrics.  Returns
-    (outcome, the X-rays as registered last, record or None)."""
-    from dataclasses import replace
-
-    from xraypose.structure import again_config
-
-    if not cts.part:
-        return out, pxs, None
-
-    def window(T):
-        _, pxs1, masks1 = _windows(T, whole, Cs, r, cts, views)
-        return pxs1, masks1
-
-    fine = cts.registrar(again_config(reg.config))
-    again, pxs1, record = again_where_it_went(
-        out, out.rig_to_world, start, reg, window, lambda T, x, w: register(T, x, w, registrar=fine, hypotheses=False),
-        first_key="rig_to_world", keep={"initial_rig_to_world": out.initial_rig_to_world})
-    if pxs1 is None:
-        return again, pxs, record
-    views = [replace(b, initial_metrics=a.initial_metrics) for a, b in zip(out.views, again.views)]
-    return replace(again, views=views), pxs1, record
 
 
 def _true_rig_to_world(true_pose: Path | None, C):

@@ -207,44 +207,6 @@ def window_views(pxs, poses, prep, names):
     return out, weights
 
 
-def again_where_it_went(out, pose, start, reg, window, register, *, first_key: str, keep: dict):
-    """A part of the CT whose registration ``out`` (its pose ``pose`` (4, 4): a camera_to_world, or a rig's
-    rig_to_world) moved more than :data:`~xraypose.register.tracking.REWINDOW_MM` from its ``start`` (4, 4) is
-    registered once more from there: ``window(pose) -> (X-rays, weights)`` drawn where the part went (the window
-    and weights drawn at the start miss a bone the result moved), ``register(pose, X-rays, weights) -> outcome``
-    without hypotheses — as `xraypose track` does for a frame (:func:`xraypose.register.tracking.needs_rewindow`).
-    The outcome keeps ``out``'s start, initial metrics and initialiser time, the optimisation times and
-    trajectories added, and ``keep`` (further fields of ``out`` to keep, e.g. its start's name).  The record says
-    where the first pass ended (``first_key``: that pose's name), its verdict, what it kept and how far it moved.
-
-    Returns:
-        (outcome, X-rays as registered last, record) — ``(out, None, None)`` when nothing was done, ``(out, None,
-        record)`` when the part leaves an X-ray where it went (nothing to window there).
-    """
-    import torch
-
-    from xraypose.register.steppers import pose_motion_mm
-    from xraypose.register.tracking import needs_rewindow
-
-    T0 = torch.as_tensor(start, dtype=torch.float64).reshape(-1, 4, 4)[0]
-    T1 = torch.as_tensor(pose, dtype=torch.float64)
-    if not needs_rewindow(reg, T0, T1):
-        return out, None, None
-    kept = getattr(out, "kept", None) or (getattr(out, "confidence", None) or {}).get("kept")  # a rig's, one X-ray's
-    first = {first_key: T1.tolist(), "similarity": out.similarity, "verdict": out.verdict, "p_success": out.p_success,
-             "kept": kept, "moved_mm": pose_motion_mm(T0, T1, reg.isocenter, reg.config.motion_radius_mm)}
-    try:
-        xrays, weights = window(T1)
-    except InputError as e:
-        return out, None, {"done": False, "reason": str(e), "first": first}
-    again = register(T1, xrays, weights)
-    again = replace(again, initial_metrics=out.initial_metrics, init_s=out.init_s, opt_s=out.opt_s + again.opt_s,
-                    cpu_s=out.cpu_s + again.cpu_s, trajectory=out.trajectory + again.trajectory, **keep)
-    typer.echo(f"registered again where the structure went ({first['moved_mm']:.1f} mm from the start), windowed "
-               f"and weighted there: similarity {out.similarity:.4f} -> {again.similarity:.4f}")
-    return again, xrays, {"done": True, "first": first}
-
-
 def start_pose(init: str, *, px, camera_to_rig, view: str, model, vol: Volume, pose_json, angles, sod, iso,
                allow_other_ct: bool, foreign_steps: float | None = 12.0):
     """(start, info): the start of a rig registration or a sequence — a ``rig_to_world`` (4, 4), or
