@@ -68,3 +68,23 @@ def test_joint_registration_of_frame_0002_improves_on_its_start(wrist, tmp_path)
     assert r["joint"]["similarity"] > 0.5, r["joint_similarity_per_start"]
     # cam02 sees the radius best: alone it agrees with the joint result within a few mm (mostly its depth)
     assert r["single"]["cam02"]["vs_joint"]["in_plane_mm"] < 3.0, r["single"]["cam02"]["vs_joint"]
+
+
+def test_flatness_of_the_real_views_frame_0002(wrist, tmp_path):
+    """scripts/wrist_flatness.py on frame 0002 (512 px): along each view's own beam the similarity peaks within
+    10 mm of the joint result, and the joint registration prefers cam01's calibrated focal length to ±3 %
+    (docs/wrist.md, stop 61: ±1.5 % costs 0.010-0.018 at 1024 px)."""
+    import json
+
+    import wrist_flatness as WF
+
+    assert WF.main([str(ROOT / "benchmarks/results/wrist/radius-two-captures-2026-12-06.json"), "--json",
+                    str(tmp_path / "f.json"), "--data", str(shared_path("autoscoper_wrist")), "--frames", "0002",
+                    "--size", "512", "--only", "depth", "focal", "--depths", "-40", "-10", "0", "10", "40",
+                    "--scales", "0.97", "1.0", "1.03"]) == 0
+    d = json.loads((tmp_path / "f.json").read_text())
+    assert {r["view"] for r in d["depth"]} == {"cam01", "cam02"}
+    for r in d["depth"]:
+        assert abs(r["best_mm"]) <= 10.0, r
+    joint = {r["k"]: r["joint_similarity"] for r in d["focal"]}
+    assert joint[1.0] > max(joint[0.97], joint[1.03]), joint
