@@ -275,7 +275,14 @@ def main(argv=None) -> int:
                 if a.check:
                     row[mode].update(verdict=out.verdict, p_success=out.p_success, reason=out.reason,
                                      signals=(out.confidence or {}).get("signals"),
-                                     kept=(out.confidence or {}).get("kept"))
+                                     kept=(out.confidence or {}).get("kept"),
+                                     # every start the hypotheses tried (the given one first): its verdict, P, mTRE
+                                     tried=[{"start": h.get("start"), "verdict": h.get("verdict"),
+                                             "p_success": h.get("p_success"),
+                                             "mtre": None if h.get("camera_to_world") is None else float(pose_errors(
+                                                 torch.tensor(h["camera_to_world"], dtype=F64), c.true_pose, fid,
+                                                 c.camera)["mtre"])}
+                                            for h in (out.confidence or {}).get("hypotheses", [])])
                 if a.check and a.moved and e < 1.0:
                     row[mode]["moved"] = near_misses(regs[mode], px, w, out.camera_to_world, T0, c, fid,
                                                      prep.isocenter, seed=i)
