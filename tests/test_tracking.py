@@ -1214,29 +1214,33 @@ def test_a_frame_whose_structure_moved_is_registered_again_with_its_weights_draw
 
 
 def test_a_frame_whose_structure_moved_is_checked_with_its_weights_drawn_at_the_result(monkeypatch):
-    """The check of a frame weighs it where the registration last did: at the frame's start, or — when the result
-    moved more than REWINDOW_MM and was registered again with the weights drawn there — at the result; the start it
-    is given stays the frame's.  Weights that do not follow the pose are the frame's own either way."""
+    """The check of a frame weighs it where the registration that gave the result did — that registration's own
+    start (``initial_poses``): the frame's start, or the first pass's result when the frame was registered again
+    there (_register_frame); the start the check is given stays the frame's.  Weights that do not follow the pose
+    are the frame's own either way."""
     from types import SimpleNamespace
 
     from xraypose.register import tracking as TR
 
     seen = []
     monkeypatch.setattr(TR, "_check", lambda reg, img, cam, poses, starts, masks: seen.append((starts, masks)) or None)
-    reg = SimpleNamespace(isocenter=torch.zeros(3, dtype=torch.float64), config=SimpleNamespace(motion_radius_mm=100.0))
 
     def follow(f, T):  # weights that read where they were drawn: the pose's x translation
         return torch.full((8, 8), float(T[0, 3]))
 
-    T0 = torch.eye(4, dtype=torch.float64)
+    def at(x):
+        T = torch.eye(4, dtype=torch.float64)
+        T[0, 3] = x
+        return T
+
+    T0 = at(0.0)
     views = [(torch.zeros(2, 1, 8, 8), None, None, follow)]
-    for moved, drawn_at in ((10.0, 10.0), (0.5 * TR.REWINDOW_MM, 0.0)):
-        T1 = T0.clone()
-        T1[0, 3] = moved
-        TR._check_frame(reg, 1, SimpleNamespace(poses=T1[None]), T0, views=views)
+    for weighed_at in (10.0, 0.0):  # registered again from the first pass's result 10 mm on, or once from T0
+        TR._check_frame(None, 1, SimpleNamespace(poses=at(10.5)[None], initial_poses=at(weighed_at)[None]), T0,
+                        views=views)
         starts, masks = seen[-1]
-        assert torch.equal(starts[0], T0) and float(masks.mean()) == drawn_at
+        assert torch.equal(starts[0], T0) and float(masks.mean()) == weighed_at
     own = torch.rand(2, 1, 8, 8)
-    T1[0, 3] = 50.0
-    TR._check_frame(reg, 1, SimpleNamespace(poses=T1[None]), T0, views=[(torch.zeros(2, 1, 8, 8), None, None, own)])
+    TR._check_frame(None, 1, SimpleNamespace(poses=at(50.0)[None], initial_poses=at(50.0)[None]), T0,
+                    views=[(torch.zeros(2, 1, 8, 8), None, None, own)])
     assert torch.equal(seen[-1][1], own[1:2])

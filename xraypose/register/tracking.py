@@ -322,14 +322,12 @@ def _register_frame(reg, f: int, T0, curvature=None, *, views: list, confidence:
 def _check_frame(reg, f: int, res, T0, *, views: list):
     """The confidence check of frame ``f``'s registration ``res`` (started from ``T0`` (4, 4)): the
     Confidence, or None when the check is unavailable.  Weights that follow the pose are drawn where
-    the registration last weighed the frame: at ``T0``, or at the result when it moved more than
-    :data:`REWINDOW_MM` from there (:func:`_register_frame` registered it again with the weights drawn
-    there; judged on the start's, a bone that moved between frames would be judged on pixels it has
-    left).  Reads only (the registrar's cached volumes, the frame), so it may run beside the next
-    frame's registration (``track_sequence``'s ``overlap_check``)."""
-    T1 = res.poses[0]
-    moved = any(callable(v[3]) for v in views) and needs_rewindow(reg, T0, T1)
-    fv = _frame_views(views, f, T1 if moved else T0)
+    the registration that gave ``res`` weighed the frame — its start, ``res.initial_poses[0]``: ``T0``,
+    or the first pass's result when :func:`_register_frame` registered the frame again there (judged on
+    ``T0``'s, a bone that moved between frames would be judged on pixels it has left).  Reads only (the
+    registrar's cached volumes, the frame), so it may run beside the next frame's registration
+    (``track_sequence``'s ``overlap_check``)."""
+    fv = _frame_views(views, f, res.initial_poses[0])
     if len(views) == 1 and views[0][2] is None:
         chk = _check(reg, fv[0][0], views[0][1], res.poses, T0[None], fv[0][3])
         return chk[0] if chk else None
