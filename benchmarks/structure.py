@@ -182,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--family", default=None,
                     help="form the X-rays by this appearance family (xraypose.appearance: e.g. diffdrr, scatter, "
                          "lowdose, polychromatic, clinical) instead of the simulator registration's model shares")
+    ap.add_argument("--serial-hypotheses", action="store_true",
+                    help="the hypotheses one after the other on one thread (register_xray's parallel_hypotheses=False; "
+                         "by default two threads with two CPUs or more: the same results)")
     ap.add_argument("--hypotheses", action="store_true",
                     help="register as the command does by default: other hypotheses when the verdict is not ok "
                          "(needs --check; register_xray's hypotheses=True)")
@@ -258,7 +261,8 @@ def main(argv=None) -> int:
             for mode in a.modes:
                 t = time.perf_counter()
                 out = register_xray(prep.volume, px.image, px.camera, T0, registrar=regs[mode],
-                                    hypotheses=a.hypotheses and a.check, masks=w, confidence=a.check)[0]
+                                    hypotheses=a.hypotheses and a.check, masks=w, confidence=a.check,
+                                    parallel_hypotheses=False if a.serial_hypotheses else None)[0]
                 first = None
                 if a.rewindow:
                     from xraypose.register.tracking import needs_rewindow

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +28,11 @@ from xraypose.errors import InputError
 from xraypose.geometry import check_rigid
 from xraypose.preprocess import as_real_tensor, check_not_channels_last
 from xraypose.register.initializers import with_antipodal
+from xraypose.register.config import torch_threads
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
-__all__ = ["RegistrationOutcome", "Registration", "register_xray", "write_registration", "registration_metrics",
+__all__ = ["RegistrationOutcome", "Registration", "register_xray", "parallel_hypotheses_default", "write_registration", "registration_metrics",
            "registration_spread"]
 
 F64 = torch.float64
@@ -174,6 +177,7 @@ def register_xray(
     confidence: bool = True,
     hypotheses: bool = True,
     masks=None,
+    parallel_hypotheses: bool | None = None,
 ) -> list[Registration]:
     """Register X-rays (one detector) to a CT.
 
@@ -203,6 +207,8 @@ def register_xray(
             Needs ``confidence``.
         masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
             the saturated pixels of :attr:`~xraypose.preprocess.Preprocessed.mask`).
+        parallel_hypotheses: the hypotheses on two threads (the same results, in about half the time on two
+            cores); None: :func:`parallel_hypotheses_default` (two CPUs or more, a registration on one thread).
     Returns:
         one :class:`Registration` per X-ray.
     """
@@ -215,6 +221,8 @@ def register_xray(
     check_not_channels_last(imgs, camera)
     for flag, value in (("antipodal", antipodal), ("confidence", confidence), ("hypotheses", hypotheses)):
         check_flag(flag, value, prefix="")  # a text 'no' was taken as true
+    if parallel_hypotheses is not None:
+        check_flag("parallel_hypotheses", parallel_hypotheses, prefix="")
     if registrar is not None:
         check_instance("registrar", registrar, Registrar)
     reg = registrar or Registrar(volume, config)
@@ -248,7 +256,8 @@ def register_xray(
     picks = [(res, b) for b in range(B)]  # where each X-ray's result comes from
     checks: list = [None] * B
     if confidence:
-        picks, checks = _check_results(reg, imgs, camera, res, hypotheses, masks)
+        parallel = parallel_hypotheses_default(reg.config) if parallel_hypotheses is None else bool(parallel_hypotheses)
+        picks, checks = _check_results(reg, imgs, camera, res, hypotheses, masks, parallel)
     outs = []
     for b in range(B):
         src, k = picks[b]
@@ -310,9 +319,9 @@ def _starts(reg, imgs: torch.Tensor, camera: Camera, init, antipodal: bool):
     return starts, init_s
 
 
-def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: bool, masks):
+def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: bool, masks, parallel: bool = False):
     """Each result's confidence (and its hypotheses when not ``ok``, or ``ok`` below
-    :data:`~xraypose.register.hypotheses.VERIFY_P`): (picks, checks) per X-ray."""
+    :data:`~xraypose.register.hypotheses.VERIFY_P`; on two threads with ``parallel``): (picks, checks) per X-ray."""
     from xraypose.register.confidence import assess
     from xraypose.register.hypotheses import to_verify
 
@@ -324,7 +333,7 @@ def _check_results(reg, imgs: torch.Tensor, camera: Camera, res, hypotheses: boo
         checks[b] = {"conf": c, "info": {**c.to_dict(), "kept": "given start"}}
         if hypotheses and to_verify(c.verdict, c.p_success):  # not ok, or an ok to verify
             mb = None if masks is None else masks[min(b, masks.shape[0] - 1):][:1]
-            picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c, mb)
+            picks[b], checks[b] = _try_hypotheses(reg, imgs[b:b + 1], camera, res, b, c, mb, parallel)
     return picks, checks
 
 
@@ -376,11 +385,39 @@ def _add_truth(r: Registration, volume: Volume, camera: Camera, truth: torch.Ten
     r.extra["fiducials"] = fid.tolist()
 
 
-def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) -> tuple:
+def _given_start_plans(config, verdicts) -> list:
+    """[(name, ``derive`` changes)] of the hypotheses "the given start registered another way", in the order they
+    are tried — intensities matched, five capture starts, then the schedules (metal, scatter) —, those that
+    ``config`` and the verdicts so far (``verdicts``: :func:`~xraypose.register.hypotheses.gate_verdicts`) let
+    run; with no verdicts, every one that could run at all."""
+    from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
+                                              capture_hypothesis_config, match_hypothesis_config, schedule_levels)
+
+    plans = [(MATCH_HYPOTHESIS, match_hypothesis_config(config, verdicts)),
+             (CAPTURE_HYPOTHESIS, capture_hypothesis_config(config, verdicts))]
+    for name in SCHEDULE_HYPOTHESES:
+        levels = schedule_levels(name, config, verdicts)
+        plans.append((name, None if levels is None else {"levels": levels}))
+    return [(name, changes) for name, changes in plans if changes is not None]
+
+
+def parallel_hypotheses_default(config) -> bool:
+    """Whether :func:`register_xray`'s hypotheses run on two threads when not told: with two CPUs or more and a
+    registration on one thread (``config.num_threads`` 1, the default) — the alternatives' batch on the calling
+    thread, the given start's other registrations beside it (the same results: tests/test_hypotheses_parallel.py)."""
+    return (os.cpu_count() or 1) >= 2 and config.num_threads == 1
+
+
+def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None, parallel: bool = False) -> tuple:
     """Register the alternatives of X-ray ``b`` (image (1, 1, H, W)) and keep the most likely: the highest
     ``p_ranked`` — the larger of the check's ``p_success`` and its P with scatter modelled on the DRR
     (``p_scatter``, :func:`~xraypose.register.confidence.scatter_aware_p`) —, the given start's result
     unless beaten by ``MARGIN``; its verdict is the shipped check's.
+
+    ``parallel``: the given start's other registrations (:func:`_given_start_plans`, each of which runs only while
+    no result so far is ``ok``) start on a second thread at once, beside the alternatives' batch, and are taken in
+    their order as long as that rule lets them run; the rest are cancelled (one already running is finished and
+    dropped).  The results are those of trying them one after the other.
 
     Returns ((result, index) of the kept registration, {"conf": its Confidence, "info": JSON-ready
     check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity,
@@ -388,10 +425,8 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
     kept one) and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess, scatter_aware_p
-    from xraypose.register.hypotheses import (CAPTURE_HYPOTHESIS, MATCH_HYPOTHESIS, SCHEDULE_HYPOTHESES,
-                                              best_hypothesis, capture_hypothesis_config, final_verdict,
-                                              gate_verdicts, kept_reason, match_hypothesis_config, scatter_note,
-                                              schedule_levels, settle_kept, viable_alternatives)
+    from xraypose.register.hypotheses import (best_hypothesis, final_verdict, gate_verdicts, kept_reason,
+                                              scatter_note, settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -405,31 +440,37 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None) ->
                       "similarity": float(r.similarity[k])})
         found.append(((r, k), c))
 
-    if len(names):
-        K = len(names)
-        imgs = image.expand(K, -1, -1, -1)
-        r2 = reg.register(imgs, camera, alts, masks=None if mask is None else mask.expand(K, -1, -1, -1))
-        c2 = assess(reg, imgs, camera, r2.poses, starts=alts,
-                    masks=None if mask is None else mask.expand(K, -1, -1, -1))
-        for k in range(K):
-            add(names[k], r2, k, c2[k])
-
-    def from_given_start(registrar, name):  # the given start once more, registered another way
+    def from_given_start(changes):  # the given start once more, registered another way: (result, Confidence)
         start = res.initial_poses[b:b + 1]
-        r = registrar.register(image, camera, start, masks=mask)
-        c = assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
-        add(name, r, 0, c)
+        r = reg.derive(**changes).register(image, camera, start, masks=mask)
+        return r, assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
 
-    match = match_hypothesis_config(reg.config, gate_verdicts(tried))
-    if match is not None:  # intensities matched to the DRR's (a display curve)
-        from_given_start(reg.derive(**match), MATCH_HYPOTHESIS)
-    capture = capture_hypothesis_config(reg.config, gate_verdicts(tried))
-    if capture is not None:  # captured from several starts about it
-        from_given_start(reg.derive(**capture), CAPTURE_HYPOTHESIS)
-    for name in SCHEDULE_HYPOTHESES:  # every level robust (metal), then scatter modelled on the DRR
-        levels = schedule_levels(name, reg.config, gate_verdicts(tried))
-        if levels is not None:
-            from_given_start(reg.derive(levels=levels), name)
+    # one thread count for both threads: the registrations inside then leave torch's setting alone
+    with torch_threads(reg.config.num_threads if parallel else None):
+        pool = ThreadPoolExecutor(max_workers=1) if parallel else None
+        ahead = {name: pool.submit(from_given_start, changes)
+                 for name, changes in _given_start_plans(reg.config, [])} if parallel else {}
+        done = False
+        try:
+            if len(names):
+                K = len(names)
+                imgs = image.expand(K, -1, -1, -1)
+                r2 = reg.register(imgs, camera, alts, masks=None if mask is None else mask.expand(K, -1, -1, -1))
+                c2 = assess(reg, imgs, camera, r2.poses, starts=alts,
+                            masks=None if mask is None else mask.expand(K, -1, -1, -1))
+                for k in range(K):
+                    add(names[k], r2, k, c2[k])
+            # intensities matched to the DRR's (a display curve), captured from several starts about it, every
+            # level robust (metal), scatter modelled on the DRR: each while no result so far is ok
+            for name, changes in _given_start_plans(reg.config, []):
+                if name not in dict(_given_start_plans(reg.config, gate_verdicts(tried))):
+                    continue
+                r, c = ahead[name].result() if name in ahead else from_given_start(changes)
+                add(name, r, 0, c)
+            done = True
+        finally:
+            if pool is not None:  # the hypotheses not taken are cancelled; after an error, nothing waits on them
+                pool.shutdown(wait=done, cancel_futures=True)
 
     # the kept result: the most likely by the check as shipped or with scatter modelled on its DRR, whichever
     # is higher (ranking only: the verdict is the shipped check's), replacing the given start's only when

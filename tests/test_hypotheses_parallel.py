@@ -1,0 +1,93 @@
+"""The hypotheses on two threads (``register_xray(..., parallel_hypotheses=True)``) give the results of trying
+them one after the other: the same entries in the same order, the same numbers, the same kept pose."""
+
+import pytest
+import torch
+
+from xraypose.camera import Camera
+from xraypose.volume import Volume
+
+F64 = torch.float64
+
+
+def _block_case():
+    """A 32 mm block 600 mm from the source of a 64² camera, its pose, and an X-ray of noise that the block does not
+    explain (so that no result is ``ok`` and every hypothesis runs)."""
+    data = torch.zeros(16, 16, 16)
+    data[4:12, 4:12, 2:14] = 1000.0
+    data[6:10, 6:10, 2:14] = 1500.0
+    vol = Volume(data, torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=F64)))
+    cam = Camera(sdd=1020.0, height=64, width=64, delx=2.0)
+    T = torch.eye(4, dtype=F64)
+    T[:3, 3] = vol.get_isocenter().to(F64) - torch.tensor([0.0, 0.0, 600.0], dtype=F64)
+    T[:3, 3] += torch.tensor([1.0, -1.0, 0.0], dtype=F64)
+    noise = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(5))
+    return vol, cam, T, noise
+
+
+def _entries(out):
+    return [(h["start"], h["verdict"], h["p_success"], h["similarity"], h["p_ranked"])
+            for h in out.confidence["hypotheses"]]
+
+
+@pytest.mark.parametrize("part", [True, False], ids=["part", "whole CT"])
+def test_hypotheses_on_two_threads_give_the_results_of_one(part):
+    """A part (capture and metal schedule from the given start) and a whole CT (intensities matched, capture, metal,
+    scatter): every hypothesis runs (noise: nothing is ok), on one thread and on two, with the same numbers."""
+    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register.api import _given_start_plans, register_xray
+    from xraypose.structure import part_settings
+
+    vol, cam, T0, noise = _block_case()
+    cfg = RegistrationConfig(**part_settings({"num_threads": 1}, "raw")) if part else RegistrationConfig(num_threads=1)
+    plans = [name for name, _ in _given_start_plans(cfg, [])]
+    assert len(plans) == (2 if part else 4), plans
+    outs = [register_xray(vol, noise, cam, T0[None], registrar=Registrar(vol, cfg), hypotheses=True,
+                          parallel_hypotheses=parallel)[0] for parallel in (False, True)]
+    one, two = (_entries(o) for o in outs)
+    assert [e[0] for e in one][-len(plans):] == plans  # every given-start hypothesis ran, in order
+    assert one == two
+    assert torch.equal(outs[0].camera_to_world, outs[1].camera_to_world)
+    assert (outs[0].verdict, outs[0].confidence["kept"]) == (outs[1].verdict, outs[1].confidence["kept"])
+
+
+def test_a_result_that_is_ok_stops_the_hypotheses_on_two_threads_as_on_one(monkeypatch):
+    """When an alternative's result is ``ok`` the given start's other registrations are not taken (they run only while
+    no result is ok): on two threads the ones started ahead are dropped, and the entries are those of one thread."""
+    import xraypose.register.confidence as confidence
+    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register.api import register_xray
+
+    real = confidence.assess
+
+    def assess(reg, imgs, camera, poses, **kw):  # the alternatives' batch (three X-rays) is ok, the rest as measured
+        out = real(reg, imgs, camera, poses, **kw)
+        if imgs.shape[0] > 1:
+            for c in out:
+                c.verdict, c.p_success = "ok", 0.99
+        return out
+
+    monkeypatch.setattr(confidence, "assess", assess)
+    vol, cam, T0, noise = _block_case()
+    cfg = RegistrationConfig(num_threads=1)
+    outs = [register_xray(vol, noise, cam, T0[None], registrar=Registrar(vol, cfg), hypotheses=True,
+                          parallel_hypotheses=parallel)[0] for parallel in (False, True)]
+    one, two = (_entries(o) for o in outs)
+    assert [e[0] for e in one] == ["given start", "antipodal start", "restart 1", "restart 2"], one
+    assert one == two
+
+
+def test_parallel_hypotheses_default_needs_two_cpus_and_one_thread(monkeypatch):
+    import xraypose.register.api as api
+    from xraypose.errors import InputError
+    from xraypose.register import RegistrationConfig
+
+    monkeypatch.setattr(api.os, "cpu_count", lambda: 2)
+    assert api.parallel_hypotheses_default(RegistrationConfig(num_threads=1))
+    assert not api.parallel_hypotheses_default(RegistrationConfig(num_threads=2))  # both cores are the kernel's
+    assert not api.parallel_hypotheses_default(RegistrationConfig(num_threads=None))  # torch's own setting
+    monkeypatch.setattr(api.os, "cpu_count", lambda: 1)
+    assert not api.parallel_hypotheses_default(RegistrationConfig(num_threads=1))
+    vol, cam, T0, noise = _block_case()
+    with pytest.raises(InputError, match="parallel_hypotheses"):
+        api.register_xray(vol, noise, cam, T0[None], parallel_hypotheses="yes")
