@@ -341,26 +341,29 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
 
 
 def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False,
-              use_masks: bool = True, counts: bool = False, rows: list | None = None, saved=None) -> list[dict]:
+              use_masks: bool = True, counts: bool = False, rows: list | None = None, saved=None,
+              parallel_hypotheses: bool | None = None) -> list[dict]:
     """Each case registered from ``start``: a row per case appended to ``rows`` (a new list by default),
     which is returned; with ``counts`` each row then refined on its counts (:func:`counts_entries`) and
-    ``saved(row)`` called after each."""
+    ``saved(row)`` called after each; ``parallel_hypotheses`` as :func:`~xraypose.register.register_xray`'s."""
     rows = [] if rows is None else rows
     for c in cases:
-        rows.append(_case_row(ct, family, start, c, registrar, init, volume, seed, log, hypotheses, use_masks))
+        rows.append(_case_row(ct, family, start, c, registrar, init, volume, seed, log, hypotheses, use_masks,
+                              parallel_hypotheses))
         if counts and "error" not in rows[-1]:
             _add_counts(rows[-1], c, volume, log, saved)
     return rows
 
 
-def _case_row(ct, family, start, c, registrar, init, volume, seed, log, hypotheses: bool, use_masks: bool) -> dict:
+def _case_row(ct, family, start, c, registrar, init, volume, seed, log, hypotheses: bool, use_masks: bool,
+              parallel_hypotheses: bool | None = None) -> dict:
     """One case registered from ``start`` (as ``xraypose register`` does with ``hypotheses``): its row."""
     cam = Camera.from_dict(c["camera"])
     T0, init_s = start_poses([c], start, volume, seed, init)
     w = case_weights(c, use_masks)
     try:
         if hypotheses:
-            r = _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, w)
+            r = _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, w, parallel_hypotheses)
             log(f"  {ct}/{family}/{start} case {c['index']:3d}: mTRE {r['start_mtre']:7.2f} -> {r['mtre']:7.3f} mm, "
                 f"{r['opt_s']:.2f} s, {r['verdict']} (P {r['p_success']:.2f}, kept {r['kept']})")
             return r
@@ -406,13 +409,14 @@ def _add_counts(row: dict, c: dict, volume, log, saved=None) -> None:
         saved(row)
 
 
-def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weights=None) -> dict:
+def _checked_row(ct, family, start, c, registrar, volume, cam, T0, init_s, weights=None,
+                 parallel_hypotheses: bool | None = None) -> dict:
     """One case registered as ``xraypose register`` does (check and hypotheses): its row."""
     from xraypose.register import register_xray
 
     t0 = time.perf_counter()
     out = register_xray(volume, c["image"][None, None], cam, T0, registrar=registrar, hypotheses=True,
-                        masks=weights)[0]
+                        masks=weights, parallel_hypotheses=parallel_hypotheses)[0]
     seconds = time.perf_counter() - t0
     m = registration_metrics(out.camera_to_world, c["true_pose"], c["fiducials"], cam)
     m0 = registration_metrics(T0[0], c["true_pose"], c["fiducials"], cam)
@@ -555,6 +559,9 @@ def main(argv=None) -> int:
                     "counts_* entries, the groups' counts_* summaries")
     ap.add_argument("--hypotheses", action="store_true", help="register as `xraypose register` does: the "
                     "confidence check and, when not ok, the hypotheses (verdicts recorded)")
+    ap.add_argument("--serial-hypotheses", action="store_true", help="the hypotheses one after the other on one "
+                    "thread (register_xray's parallel_hypotheses=False; by default two threads with two CPUs or "
+                    "more: the same results)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
@@ -629,7 +636,8 @@ def main(argv=None) -> int:
                             init = ModelInitializer.from_checkpoint(models[name])
                 run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log,
                           hypotheses=args.hypotheses, use_masks=not args.ignore_masks, counts=args.counts,
-                          rows=rows, saved=lambda r: save())
+                          rows=rows, saved=lambda r: save(),
+                          parallel_hypotheses=False if args.serial_hypotheses else None)
                 save()
     if args.make_only:
         return 0

@@ -78,16 +78,48 @@ def test_a_result_that_is_ok_stops_the_hypotheses_on_two_threads_as_on_one(monke
 
 
 def test_parallel_hypotheses_default_needs_two_cpus_and_one_thread(monkeypatch):
-    import xraypose.register.api as api
+    import xraypose.register.hypotheses as hyp
     from xraypose.errors import InputError
-    from xraypose.register import RegistrationConfig
+    from xraypose.register import RegistrationConfig, register_xray
 
-    monkeypatch.setattr(api.os, "cpu_count", lambda: 2)
-    assert api.parallel_hypotheses_default(RegistrationConfig(num_threads=1))
-    assert not api.parallel_hypotheses_default(RegistrationConfig(num_threads=2))  # both cores are the kernel's
-    assert not api.parallel_hypotheses_default(RegistrationConfig(num_threads=None))  # torch's own setting
-    monkeypatch.setattr(api.os, "cpu_count", lambda: 1)
-    assert not api.parallel_hypotheses_default(RegistrationConfig(num_threads=1))
+    monkeypatch.setattr(hyp.os, "cpu_count", lambda: 2)
+    assert hyp.parallel_default(RegistrationConfig(num_threads=1))
+    assert not hyp.parallel_default(RegistrationConfig(num_threads=2))  # both cores are the kernel's
+    assert not hyp.parallel_default(RegistrationConfig(num_threads=None))  # torch's own setting
+    monkeypatch.setattr(hyp.os, "cpu_count", lambda: 1)
+    assert not hyp.parallel_default(RegistrationConfig(num_threads=1))
     vol, cam, T0, noise = _block_case()
     with pytest.raises(InputError, match="parallel_hypotheses"):
-        api.register_xray(vol, noise, cam, T0[None], parallel_hypotheses="yes")
+        register_xray(vol, noise, cam, T0[None], parallel_hypotheses="yes")
+
+
+def test_run_in_order_takes_the_jobs_wanted_in_order_and_drops_the_rest():
+    """Two threads: the jobs wanted come back in the jobs' order whatever order they finish in; after one says stop,
+    the later ones are not taken; an error in a job reaches the caller."""
+    import threading
+    import time
+
+    from xraypose.register.hypotheses import run_in_order
+
+    started = []
+
+    def job(name, seconds):
+        def run():
+            started.append(name)
+            time.sleep(seconds)
+            return name.upper(), threading.current_thread().name
+        return run
+
+    jobs = [("a", job("a", 0.2)), ("b", job("b", 0.0)), ("c", job("c", 0.0)), ("d", job("d", 0.0))]
+    for parallel in (False, True):
+        taken = []
+        for name, (value, thread) in run_in_order(jobs, lambda n: "C" not in [v for v, _ in taken], parallel, 1):
+            taken.append((value, thread))
+        assert [v for v, _ in taken] == ["A", "B", "C"]
+        assert (taken[0][1] != threading.main_thread().name) == parallel
+
+    def broken():
+        raise ValueError("job failed")
+
+    with pytest.raises(ValueError, match="job failed"):
+        list(run_in_order([("a", job("a", 0.0)), ("x", broken)], lambda n: True, True, 1))

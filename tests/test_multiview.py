@@ -147,6 +147,32 @@ def test_a_rigs_kept_result_gives_way_to_an_ok_one_at_the_same_pose(monkeypatch,
         assert h["from_kept_mm"] == pytest.approx(moved_near_isocenter(out.rig_to_world, P, iso), rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("all_failed", [False, True], ids=["an alternative ok", "every result failed"])
+def test_a_rigs_hypotheses_on_two_threads_give_the_results_of_one(monkeypatch, volume, biplane, all_failed):
+    """From the other side of the patient: on one thread and on two the same results are tried, in the same order,
+    with the same numbers, and the same one is kept — whether an alternative is ok (the metal schedule, started
+    ahead on two threads, is dropped) or every result fails (scripted: the metal schedule is tried too)."""
+    import xraypose.register.confidence as confidence
+    from xraypose.register.initializers import antipodal
+    from xraypose.register.multiview import rig_start
+
+    if all_failed:
+        monkeypatch.setattr(confidence, "assess_rig", lambda registrar, items, **kw: [
+            Confidence(0.01, "failed", "scripted", {}, 0.0) for _ in items])
+    views = _views(biplane)
+    truth, iso = biplane["truth"], biplane["iso"]
+    near = perturb_pose(truth, iso, 2.0, 5.0, torch.Generator().manual_seed(6))[0]
+    C0 = biplane["rig"][views[0].name].camera_to_rig
+    flipped = rig_start(antipodal(near @ C0, iso)[0], C0)
+    outs = [register_rig(volume, views, flipped, registrar=Registrar(volume, RegistrationConfig(
+        levels=FAST_LEVELS, drr_blur=1.0, num_threads=1)), parallel_hypotheses=parallel) for parallel in (False, True)]
+    starts = [h["start"] for h in outs[0].hypotheses]
+    assert ("metal schedule" in starts) == all_failed, starts
+    key = lambda o: [(h["start"], h["verdict"], h["p_success"], h["similarity"]) for h in o.hypotheses]  # noqa: E731
+    assert key(outs[0]) == key(outs[1])
+    assert torch.equal(outs[0].rig_to_world, outs[1].rig_to_world) and outs[0].kept == outs[1].kept
+
+
 def test_the_joint_verdict_is_the_least_trusted_views():
     ok = Confidence(0.95, "ok", "fine")
     unc = Confidence(0.6, "uncertain", "the optimum is flat")

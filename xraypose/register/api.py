@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,11 @@ from xraypose.errors import InputError
 from xraypose.geometry import check_rigid
 from xraypose.preprocess import as_real_tensor, check_not_channels_last
 from xraypose.register.initializers import with_antipodal
-from xraypose.register.config import torch_threads
+from xraypose.register.hypotheses import parallel_default
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
-__all__ = ["RegistrationOutcome", "Registration", "register_xray", "parallel_hypotheses_default", "write_registration", "registration_metrics",
+__all__ = ["RegistrationOutcome", "Registration", "register_xray", "write_registration", "registration_metrics",
            "registration_spread"]
 
 F64 = torch.float64
@@ -208,7 +207,8 @@ def register_xray(
         masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
             the saturated pixels of :attr:`~xraypose.preprocess.Preprocessed.mask`).
         parallel_hypotheses: the hypotheses on two threads (the same results, in about half the time on two
-            cores); None: :func:`parallel_hypotheses_default` (two CPUs or more, a registration on one thread).
+            cores); None: :func:`~xraypose.register.hypotheses.parallel_default` (two CPUs or more, a registration
+            on one thread).
     Returns:
         one :class:`Registration` per X-ray.
     """
@@ -256,7 +256,7 @@ def register_xray(
     picks = [(res, b) for b in range(B)]  # where each X-ray's result comes from
     checks: list = [None] * B
     if confidence:
-        parallel = parallel_hypotheses_default(reg.config) if parallel_hypotheses is None else bool(parallel_hypotheses)
+        parallel = parallel_default(reg.config) if parallel_hypotheses is None else bool(parallel_hypotheses)
         picks, checks = _check_results(reg, imgs, camera, res, hypotheses, masks, parallel)
     outs = []
     for b in range(B):
@@ -401,23 +401,15 @@ def _given_start_plans(config, verdicts) -> list:
     return [(name, changes) for name, changes in plans if changes is not None]
 
 
-def parallel_hypotheses_default(config) -> bool:
-    """Whether :func:`register_xray`'s hypotheses run on two threads when not told: with two CPUs or more and a
-    registration on one thread (``config.num_threads`` 1, the default) — the alternatives' batch on the calling
-    thread, the given start's other registrations beside it (the same results: tests/test_hypotheses_parallel.py)."""
-    return (os.cpu_count() or 1) >= 2 and config.num_threads == 1
-
-
 def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None, parallel: bool = False) -> tuple:
     """Register the alternatives of X-ray ``b`` (image (1, 1, H, W)) and keep the most likely: the highest
     ``p_ranked`` — the larger of the check's ``p_success`` and its P with scatter modelled on the DRR
     (``p_scatter``, :func:`~xraypose.register.confidence.scatter_aware_p`) —, the given start's result
     unless beaten by ``MARGIN``; its verdict is the shipped check's.
 
-    ``parallel``: the given start's other registrations (:func:`_given_start_plans`, each of which runs only while
-    no result so far is ``ok``) start on a second thread at once, beside the alternatives' batch, and are taken in
-    their order as long as that rule lets them run; the rest are cancelled (one already running is finished and
-    dropped).  The results are those of trying them one after the other.
+    ``parallel``: the alternatives' batch and the given start's other registrations (:func:`_given_start_plans`,
+    each of which runs only while no result so far is ``ok``) start at once on two threads
+    (:func:`~xraypose.register.hypotheses.run_in_order`): the results of trying them one after the other.
 
     Returns ((result, index) of the kept registration, {"conf": its Confidence, "info": JSON-ready
     check with ``kept`` and ``hypotheses`` (each alternative's start, p_success, verdict, similarity,
@@ -426,7 +418,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None, pa
     """
     from xraypose.register.confidence import assess, scatter_aware_p
     from xraypose.register.hypotheses import (best_hypothesis, final_verdict, gate_verdicts, kept_reason,
-                                              scatter_note, settle_kept, viable_alternatives)
+                                              run_in_order, scatter_note, settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
                                       seed=reg.config.seed + b)
@@ -440,37 +432,26 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None, pa
                       "similarity": float(r.similarity[k])})
         found.append(((r, k), c))
 
-    def from_given_start(changes):  # the given start once more, registered another way: (result, Confidence)
-        start = res.initial_poses[b:b + 1]
-        r = reg.derive(**changes).register(image, camera, start, masks=mask)
-        return r, assess(reg, image, camera, r.poses, starts=start, masks=mask)[0]
+    def registered(registrar, starts):  # [(result, index, Confidence)] of starts (K, 4, 4) registered in one batch
+        K = starts.shape[0]
+        imgs, masks = image.expand(K, -1, -1, -1), None if mask is None else mask.expand(K, -1, -1, -1)
+        r = registrar.register(imgs, camera, starts, masks=masks)
+        return [(r, k, c) for k, c in enumerate(assess(reg, imgs, camera, r.poses, starts=starts, masks=masks))]
 
-    # one thread count for both threads: the registrations inside then leave torch's setting alone
-    with torch_threads(reg.config.num_threads if parallel else None):
-        pool = ThreadPoolExecutor(max_workers=1) if parallel else None
-        ahead = {name: pool.submit(from_given_start, changes)
-                 for name, changes in _given_start_plans(reg.config, [])} if parallel else {}
-        done = False
-        try:
-            if len(names):
-                K = len(names)
-                imgs = image.expand(K, -1, -1, -1)
-                r2 = reg.register(imgs, camera, alts, masks=None if mask is None else mask.expand(K, -1, -1, -1))
-                c2 = assess(reg, imgs, camera, r2.poses, starts=alts,
-                            masks=None if mask is None else mask.expand(K, -1, -1, -1))
-                for k in range(K):
-                    add(names[k], r2, k, c2[k])
-            # intensities matched to the DRR's (a display curve), captured from several starts about it, every
-            # level robust (metal), scatter modelled on the DRR: each while no result so far is ok
-            for name, changes in _given_start_plans(reg.config, []):
-                if name not in dict(_given_start_plans(reg.config, gate_verdicts(tried))):
-                    continue
-                r, c = ahead[name].result() if name in ahead else from_given_start(changes)
-                add(name, r, 0, c)
-            done = True
-        finally:
-            if pool is not None:  # the hypotheses not taken are cancelled; after an error, nothing waits on them
-                pool.shutdown(wait=done, cancel_futures=True)
+    # the alternatives in one batch; then the given start registered other ways — intensities matched to the DRR's
+    # (a display curve), captured from several starts about it, every level robust (metal), scatter modelled on the
+    # DRR —, each while no result so far is ok
+    ALTERNATIVES = "alternatives"
+    jobs = [(ALTERNATIVES, partial(registered, reg, alts))] if len(names) else []
+    jobs += [(name, partial(registered, reg.derive(**changes), res.initial_poses[b:b + 1]))
+             for name, changes in _given_start_plans(reg.config, [])]
+
+    def wanted(name):
+        return name == ALTERNATIVES or name in dict(_given_start_plans(reg.config, gate_verdicts(tried)))
+
+    for name, results in run_in_order(jobs, wanted, parallel, reg.config.num_threads):
+        for k, (r, i, c) in enumerate(results):
+            add(names[k] if name == ALTERNATIVES else name, r, i, c)
 
     # the kept result: the most likely by the check as shipped or with scatter modelled on its DRR, whichever
     # is higher (ranking only: the verdict is the shipped check's), replacing the given start's only when

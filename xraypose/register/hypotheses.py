@@ -22,10 +22,13 @@ the check did not reject more than :data:`RIVAL_MM` away is ``uncertain`` (:func
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from xraypose.register.cases import perturb_pose
-from xraypose.register.config import metal_levels, scatter_levels
+from xraypose.register.config import metal_levels, scatter_levels, torch_threads
 from xraypose.register.initializers import antipodal
 
 __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "schedule_levels", "kept_reason",
@@ -33,7 +36,7 @@ __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "sche
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
            "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict", "agreeing_ok", "AGREE_MM",
            "scatter_note", "SCATTER_NOTE_GAIN", "rivals", "settle_kept", "final_verdict", "VERIFY_P", "to_verify",
-           "gate_verdicts", "reached_again", "corroborated_verdict"]
+           "gate_verdicts", "reached_again", "corroborated_verdict", "run_in_order", "parallel_default"]
 
 F64 = torch.float64
 
@@ -351,3 +354,34 @@ def kept_reason(reason: str, kept: str, p_given: float) -> str:
     if kept == "given start":
         return reason
     return f"{reason} (kept the {kept}'s result; the given start's had P {p_given:.2f})"
+
+
+def parallel_default(config) -> bool:
+    """Whether the hypotheses run on two threads when not told (``parallel_hypotheses=None``): with two CPUs or more
+    and a registration on one thread (``config.num_threads`` 1, the default; with more, the kernel has the cores)."""
+    return (os.cpu_count() or 1) >= 2 and config.num_threads == 1
+
+
+def run_in_order(jobs, wanted, parallel: bool, threads: int | None = None):
+    """Yield ``(name, result)`` of ``jobs`` (``[(name, job)]``, ``job()`` the result) in their order, each one only when
+    ``wanted(name)`` says so at its turn — asked after the results before it were yielded (the hypotheses that run
+    only while no result so far is ``ok``).  ``parallel``: every job starts at once on two threads (torch's intra-op
+    threads set to ``threads`` around them, so that the registrations inside leave the setting alone); those not
+    wanted are cancelled, and one already running is finished and dropped.  The results are those of running them
+    one after the other, in about half the time on two cores when every job is wanted."""
+    if not parallel:
+        for name, job in jobs:
+            if wanted(name):
+                yield name, job()
+        return
+    with torch_threads(threads):
+        pool = ThreadPoolExecutor(max_workers=2)
+        ahead = {name: pool.submit(job) for name, job in jobs}
+        done = False
+        try:
+            for name, _ in jobs:
+                if wanted(name):
+                    yield name, ahead[name].result()
+            done = True
+        finally:  # after an error (or a consumer that stopped early), nothing waits on the jobs not taken
+            pool.shutdown(wait=done, cancel_futures=True)

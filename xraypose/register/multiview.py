@@ -48,6 +48,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,6 +58,7 @@ from xraypose.errors import InputError
 from xraypose.preprocess import as_real_tensor
 from xraypose.register.api import RegistrationOutcome, _check_fiducials_near_ct
 from xraypose.register.confidence import Judgement
+from xraypose.register.hypotheses import parallel_default
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
@@ -314,16 +316,18 @@ def _check_rig(rr: RigRegistration, reg: Registrar, imgs: list, Cs: list, masks:
 
 
 def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, triples, Cr_inv, r: int,
-                        init_s: float) -> RigRegistration:
+                        init_s: float, parallel: bool = False) -> RigRegistration:
     """Register the alternatives of the start view's start (:func:`~xraypose.register.hypotheses.alternative_starts`,
     in the start view's camera frame: its camera_to_world) jointly, check each, and give back the
     most trusted result (the given one unless an alternative beats it by ``MARGIN``), with ``kept``
     and ``hypotheses`` filled in; the metal schedule from the given start last, unless an
     alternative is ``ok``.  Then, as for one view: a kept result that is not ``ok`` gives way to an ``ok``
     one within ``AGREE_MM`` (:func:`~xraypose.register.hypotheses.agreeing_ok`), and an ``ok`` with a
-    plausible rival beyond ``RIVAL_MM`` is ``uncertain`` (:func:`~xraypose.register.hypotheses.rival_verdict`)."""
+    plausible rival beyond ``RIVAL_MM`` is ``uncertain`` (:func:`~xraypose.register.hypotheses.rival_verdict`).
+    ``parallel``: the registrations on two threads (:func:`~xraypose.register.hypotheses.run_in_order`; the same
+    results)."""
     from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, final_verdict, kept_reason,
-                                              schedule_levels, settle_kept, viable_alternatives)
+                                              run_in_order, schedule_levels, settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[0], res.poses[0], vs[r].camera, reg.isocenter,
                                       seed=reg.config.seed)
@@ -331,21 +335,26 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     outs = [rr]  # each tried result
     t0 = time.perf_counter()
 
-    def joint(registrar, start, name):
+    def joint(registrar, start):
         out = _rig_registration(registrar.register_views(triples, start[None]), reg, vs, Cs, Cr_inv, r, init_s)
         _check_rig(out, reg, imgs, Cs, [v.mask for v in vs])
-        tried.append({"start": name, "p_success": out.p_success, "verdict": out.verdict, "similarity": out.similarity})
-        outs.append(out)
         return out
 
-    cands = [joint(reg, alt, name) for name, alt in zip(names, alts)]
-    k = best_hypothesis(rr.p_success, [c.p_success for c in cands])
-    b = 0 if k is None else 1 + k  # the index in tried of the result kept
-    metal = schedule_levels(METAL_HYPOTHESIS, reg.config, [t["verdict"] for t in tried])
+    jobs = [(name, partial(joint, reg, alt)) for name, alt in zip(names, alts)]
+    metal = schedule_levels(METAL_HYPOTHESIS, reg.config, [])  # unless an alternative is ok (below)
     if metal is not None:
-        rm = joint(reg.derive(levels=metal), res.initial_poses[0], METAL_HYPOTHESIS)
-        if best_hypothesis(outs[b].p_success, [rm.p_success]) is not None:
-            b = len(outs) - 1
+        jobs.append((METAL_HYPOTHESIS, partial(joint, reg.derive(levels=metal), res.initial_poses[0])))
+
+    def wanted(name):
+        return name != METAL_HYPOTHESIS or schedule_levels(name, reg.config, [t["verdict"] for t in tried]) is not None
+
+    for name, out in run_in_order(jobs, wanted, parallel, reg.config.num_threads):
+        tried.append({"start": name, "p_success": out.p_success, "verdict": out.verdict, "similarity": out.similarity})
+        outs.append(out)
+    k = best_hypothesis(rr.p_success, [o.p_success for o in outs[1:1 + len(names)]])
+    b = 0 if k is None else 1 + k  # the index in tried of the result kept
+    if len(outs) > 1 + len(names) and best_hypothesis(outs[b].p_success, [outs[-1].p_success]) is not None:
+        b = len(outs) - 1  # the metal schedule's
 
     # rig poses: their distance in the rig frame is the world's
     b = settle_kept(tried, [o.rig_to_world for o in outs], b, reg.isocenter, pose_key="rig_to_world")
@@ -385,7 +394,8 @@ def _rig_metrics(rr: RigRegistration, volume: Volume, true_rig_to_world, fiducia
 
 def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = None, config: RegistrationConfig | None = None,
                  start_view: int = 0, true_rig_to_world=None, fiducials=None,
-                 confidence: bool = True, hypotheses: bool = True) -> RigRegistration:
+                 confidence: bool = True, hypotheses: bool = True,
+                 parallel_hypotheses: bool | None = None) -> RigRegistration:
     """Register N views tied by a rig to a CT (module docstring).
 
     Args:
@@ -400,6 +410,8 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
         confidence: check every view at its pose and combine (:func:`combine_confidences`).
         hypotheses: with the check, register the alternative starts when the verdict is not ``ok``
             and keep the most trusted (module docstring).
+        parallel_hypotheses: those registrations on two threads (the same results); None:
+            :func:`~xraypose.register.hypotheses.parallel_default`.
     Returns:
         :class:`RigRegistration`.
     Raises:
@@ -424,7 +436,8 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
     if confidence:
         _check_rig(rr, reg, imgs, Cs, [v.mask for v in vs])
         if hypotheses and rr.verdict != "ok":
-            rr = _try_rig_hypotheses(rr, res, reg, vs, imgs, Cs, triples, Cr_inv, r, init_s)
+            parallel = parallel_default(reg.config) if parallel_hypotheses is None else bool(parallel_hypotheses)
+            rr = _try_rig_hypotheses(rr, res, reg, vs, imgs, Cs, triples, Cr_inv, r, init_s, parallel)
     if true_rig_to_world is not None:
         _rig_metrics(rr, volume, true_rig_to_world, fiducials, Cs)
     return rr
