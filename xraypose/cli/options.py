@@ -291,7 +291,8 @@ HYPOTHESES = typer.Option(True, "--hypotheses/--no-hypotheses", help="When the v
                           "matched, captured from five starts and with the --metal and --scatter schedules; keep the "
                           "most confident, ranked also by the check with scatter modelled (the result says which "
                           "and lists every result tried); an ok with another plausible result > 2 mm away is "
-                          "uncertain (views.png draws it beside).")
+                          "uncertain (views.png draws it beside).  With two CPUs and --threads 1 they run on two "
+                          "threads (the same results).")
 MODEL = typer.Option(None, "--model", help="Trained pose regressor (xraypose train) to start from (a sequence: "
                      "its estimate on the first frame).")
 ALLOW_OTHER_CT = typer.Option(False, "--allow-other-ct", help="Use a --model trained on another CT (refused "
