@@ -3,23 +3,16 @@ them one after the other: the same entries in the same order, the same numbers, 
 
 import pytest
 import torch
-
-from xraypose.camera import Camera
-from xraypose.volume import Volume
+from test_structure import _cube_case
 
 F64 = torch.float64
 
 
 def _block_case():
-    """A 32 mm block 600 mm from the source of a 64² camera, its pose, and an X-ray of noise that the block does not
-    explain (so that no result is ``ok`` and every hypothesis runs)."""
-    data = torch.zeros(16, 16, 16)
-    data[4:12, 4:12, 2:14] = 1000.0
-    data[6:10, 6:10, 2:14] = 1500.0
-    vol = Volume(data, torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=F64)))
-    cam = Camera(sdd=1020.0, height=64, width=64, delx=2.0)
-    T = torch.eye(4, dtype=F64)
-    T[:3, 3] = vol.get_isocenter().to(F64) - torch.tensor([0.0, 0.0, 600.0], dtype=F64)
+    """test_structure's block (600 mm from the source of a 64² camera) 1.4 mm off its pose, and an X-ray of noise
+    that the block does not explain (so that no result is ``ok`` and every hypothesis runs)."""
+    vol, cam, T, _ = _cube_case()
+    T = T.clone()
     T[:3, 3] += torch.tensor([1.0, -1.0, 0.0], dtype=F64)
     noise = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(5))
     return vol, cam, T, noise

@@ -26,8 +26,8 @@ from xraypose._checks import check_flag, check_instance
 from xraypose.errors import InputError
 from xraypose.geometry import check_rigid
 from xraypose.preprocess import as_real_tensor, check_not_channels_last
-from xraypose.register.initializers import with_antipodal
 from xraypose.register.hypotheses import parallel_default
+from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
@@ -206,8 +206,8 @@ def register_xray(
             Needs ``confidence``.
         masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
             the saturated pixels of :attr:`~xraypose.preprocess.Preprocessed.mask`).
-        parallel_hypotheses: the hypotheses on two threads (the same results, in about half the time on two
-            cores); None: :func:`~xraypose.register.hypotheses.parallel_default` (two CPUs or more, a registration
+        parallel_hypotheses: the hypotheses on two threads (the same results; on two cores 12–47 % less of
+            their time, docs/registration.md "On two threads"); None: :func:`~xraypose.register.hypotheses.parallel_default` (two CPUs or more, a registration
             on one thread).
     Returns:
         one :class:`Registration` per X-ray.
@@ -441,17 +441,17 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None, pa
     # the alternatives in one batch; then the given start registered other ways — intensities matched to the DRR's
     # (a display curve), captured from several starts about it, every level robust (metal), scatter modelled on the
     # DRR —, each while no result so far is ok
-    ALTERNATIVES = "alternatives"
-    jobs = [(ALTERNATIVES, partial(registered, reg, alts))] if len(names) else []
+    batch = "alternatives"
+    jobs = [(batch, partial(registered, reg, alts))] if len(names) else []
     jobs += [(name, partial(registered, reg.derive(**changes), res.initial_poses[b:b + 1]))
              for name, changes in _given_start_plans(reg.config, [])]
 
     def wanted(name):
-        return name == ALTERNATIVES or name in dict(_given_start_plans(reg.config, gate_verdicts(tried)))
+        return name == batch or name in dict(_given_start_plans(reg.config, gate_verdicts(tried)))
 
     for name, results in run_in_order(jobs, wanted, parallel, reg.config.num_threads):
         for k, (r, i, c) in enumerate(results):
-            add(names[k] if name == ALTERNATIVES else name, r, i, c)
+            add(names[k] if name == batch else name, r, i, c)
 
     # the kept result: the most likely by the check as shipped or with scatter modelled on its DRR, whichever
     # is higher (ranking only: the verdict is the shipped check's), replacing the given start's only when
