@@ -116,3 +116,48 @@ def test_run_in_order_takes_the_jobs_wanted_in_order_and_drops_the_rest():
 
     with pytest.raises(ValueError, match="job failed"):
         list(run_in_order([("a", job("a", 0.0)), ("x", broken)], lambda n: True, True, 1))
+
+
+def test_a_job_no_longer_wanted_stops_when_cancelled():
+    """With ``cancel``, a job still running when nothing more is taken is told to stop (the event is set) and the
+    pool does not wait out its work; a registrar whose event is set raises RegistrationCancelled at its next
+    iteration, and one derived from it too."""
+    import threading
+    import time
+
+    from xraypose.register import Registrar, RegistrationConfig
+    from xraypose.register.hypotheses import cancellable, run_in_order
+    from xraypose.register.optimizer import RegistrationCancelled
+
+    cancel, running = threading.Event(), threading.Event()
+    seen = []
+
+    def first():  # returns once the slow job is running (else it could be cancelled before it starts)
+        assert running.wait(10.0)
+        return "A"
+
+    def slow():  # a registration's loop: it checks the event between iterations
+        running.set()
+        for _ in range(200):
+            if cancel.is_set():
+                seen.append("stopped")
+                raise RuntimeError("cancelled")
+            time.sleep(0.05)
+        return "done"
+
+    t0 = time.perf_counter()
+    taken = list(run_in_order([("a", first), ("slow", slow)], lambda n: n == "a", True, 1, cancel))
+    assert taken == [("a", "A")] and seen == ["stopped"] and cancel.is_set()
+    assert time.perf_counter() - t0 < 5.0  # not its 10 s
+
+    vol, cam, T0, noise = _block_case()
+    reg = Registrar(vol, RegistrationConfig(num_threads=1))
+    assert cancellable(reg, None) is reg
+    event = threading.Event()
+    own = cancellable(reg, event)
+    assert own is not reg and own.cancel is event and reg.cancel is None and own.config == reg.config
+    event.set()
+    for registrar in (own, own.derive(capture_starts=2)):
+        with pytest.raises(RegistrationCancelled):
+            registrar.register(noise, cam, T0[None])
+    assert reg.register(noise, cam, T0[None]).poses.shape == (1, 4, 4)  # the original is not cancelled

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -417,7 +418,7 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None, pa
     kept one) and ``hypotheses_s``}).
     """
     from xraypose.register.confidence import assess, scatter_aware_p
-    from xraypose.register.hypotheses import (best_hypothesis, final_verdict, gate_verdicts, kept_reason,
+    from xraypose.register.hypotheses import (best_hypothesis, cancellable, final_verdict, gate_verdicts, kept_reason,
                                               run_in_order, scatter_note, settle_kept, viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[b], res.poses[b], camera, reg.isocenter,
@@ -441,15 +442,16 @@ def _try_hypotheses(reg, image, camera: Camera, res, b: int, conf, mask=None, pa
     # the alternatives in one batch; then the given start registered other ways — intensities matched to the DRR's
     # (a display curve), captured from several starts about it, every level robust (metal), scatter modelled on the
     # DRR —, each while no result so far is ok
+    cancel = threading.Event() if parallel else None
     batch = "alternatives"
-    jobs = [(batch, partial(registered, reg, alts))] if len(names) else []
-    jobs += [(name, partial(registered, reg.derive(**changes), res.initial_poses[b:b + 1]))
+    jobs = [(batch, partial(registered, cancellable(reg, cancel), alts))] if len(names) else []
+    jobs += [(name, partial(registered, cancellable(reg.derive(**changes), cancel), res.initial_poses[b:b + 1]))
              for name, changes in _given_start_plans(reg.config, [])]
 
     def wanted(name):
         return name == batch or name in dict(_given_start_plans(reg.config, gate_verdicts(tried)))
 
-    for name, results in run_in_order(jobs, wanted, parallel, reg.config.num_threads):
+    for name, results in run_in_order(jobs, wanted, parallel, reg.config.num_threads, cancel):
         for k, (r, i, c) in enumerate(results):
             add(names[k] if name == batch else name, r, i, c)
 

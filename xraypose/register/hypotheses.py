@@ -36,7 +36,7 @@ __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "sche
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
            "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict", "agreeing_ok", "AGREE_MM",
            "scatter_note", "SCATTER_NOTE_GAIN", "rivals", "settle_kept", "final_verdict", "VERIFY_P", "to_verify",
-           "gate_verdicts", "reached_again", "corroborated_verdict", "run_in_order", "parallel_default"]
+           "gate_verdicts", "reached_again", "corroborated_verdict", "run_in_order", "parallel_default", "cancellable"]
 
 F64 = torch.float64
 
@@ -362,13 +362,26 @@ def parallel_default(config) -> bool:
     return (os.cpu_count() or 1) >= 2 and config.num_threads == 1
 
 
-def run_in_order(jobs, wanted, parallel: bool, threads: int | None = None):
+def cancellable(registrar, cancel):
+    """``registrar`` itself when ``cancel`` is None, else a copy (:meth:`~xraypose.register.Registrar.derive`, the
+    same settings and pyramid) whose registrations stop at their next iteration once ``cancel`` is set
+    (:attr:`~xraypose.register.Registrar.cancel`; :func:`run_in_order`)."""
+    if cancel is None:
+        return registrar
+    out = registrar.derive()
+    out.cancel = cancel
+    return out
+
+
+def run_in_order(jobs, wanted, parallel: bool, threads: int | None = None, cancel=None):
     """Yield ``(name, result)`` of ``jobs`` (``[(name, job)]``, ``job()`` the result) in their order, each one only when
     ``wanted(name)`` says so at its turn — asked after the results before it were yielded (the hypotheses that run
     only while no result so far is ``ok``).  ``parallel``: every job starts at once on two threads (torch's intra-op
     threads set to ``threads`` around them, so that the registrations inside leave the setting alone); those not
-    wanted are cancelled, and one already running is finished and dropped.  The results are those of running them
-    one after the other (on two cores, measured: 12–47 % less time when every job is wanted, docs/registration.md
+    wanted are cancelled before they start, and ``cancel`` (a ``threading.Event``, optional) is set once nothing more
+    is taken — the jobs' registrars hold it (:attr:`~xraypose.register.Registrar.cancel`), so one already running
+    stops at its next iteration (without it, it is finished and dropped).  The results are those of running them one
+    after the other (on two cores, measured: 12–47 % less time when every job is wanted, docs/registration.md
     "On two threads")."""
     if not parallel:
         for name, job in jobs:
@@ -384,5 +397,7 @@ def run_in_order(jobs, wanted, parallel: bool, threads: int | None = None):
                 if wanted(name):
                     yield name, ahead[name].result()
             done = True
-        finally:  # after an error (or a consumer that stopped early), nothing waits on the jobs not taken
-            pool.shutdown(wait=done, cancel_futures=True)
+        finally:  # what is not taken is cancelled; after an error (or a consumer that stopped early) nothing waits
+            if cancel is not None:  # on a running job unless it stops at once
+                cancel.set()
+            pool.shutdown(wait=done or cancel is not None, cancel_futures=True)

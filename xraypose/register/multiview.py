@@ -46,6 +46,7 @@ Units: mm, radians; poses are camera_to_world / rig_to_world (world = CT RAS mm)
 from __future__ import annotations
 
 import io
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -326,8 +327,9 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
     plausible rival beyond ``RIVAL_MM`` is ``uncertain`` (:func:`~xraypose.register.hypotheses.rival_verdict`).
     ``parallel``: the registrations on two threads (:func:`~xraypose.register.hypotheses.run_in_order`; the same
     results)."""
-    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, final_verdict, kept_reason,
-                                              run_in_order, schedule_levels, settle_kept, viable_alternatives)
+    from xraypose.register.hypotheses import (METAL_HYPOTHESIS, best_hypothesis, cancellable, final_verdict,
+                                              kept_reason, run_in_order, schedule_levels, settle_kept,
+                                              viable_alternatives)
 
     names, alts = viable_alternatives(res.initial_poses[0], res.poses[0], vs[r].camera, reg.isocenter,
                                       seed=reg.config.seed)
@@ -340,15 +342,17 @@ def _try_rig_hypotheses(rr: RigRegistration, res, reg: Registrar, vs, imgs, Cs, 
         _check_rig(out, reg, imgs, Cs, [v.mask for v in vs])
         return out
 
-    jobs = [(name, partial(joint, reg, alt)) for name, alt in zip(names, alts)]
+    cancel = threading.Event() if parallel else None
+    jobs = [(name, partial(joint, cancellable(reg, cancel), alt)) for name, alt in zip(names, alts)]
     metal = schedule_levels(METAL_HYPOTHESIS, reg.config, [])  # unless an alternative is ok (below)
     if metal is not None:
-        jobs.append((METAL_HYPOTHESIS, partial(joint, reg.derive(levels=metal), res.initial_poses[0])))
+        jobs.append((METAL_HYPOTHESIS, partial(joint, cancellable(reg.derive(levels=metal), cancel),
+                                               res.initial_poses[0])))
 
     def wanted(name):
         return name != METAL_HYPOTHESIS or schedule_levels(name, reg.config, [t["verdict"] for t in tried]) is not None
 
-    for name, out in run_in_order(jobs, wanted, parallel, reg.config.num_threads):
+    for name, out in run_in_order(jobs, wanted, parallel, reg.config.num_threads, cancel):
         tried.append({"start": name, "p_success": out.p_success, "verdict": out.verdict, "similarity": out.similarity})
         outs.append(out)
     k = best_hypothesis(rr.p_success, [o.p_success for o in outs[1:1 + len(names)]])

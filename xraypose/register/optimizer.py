@@ -66,7 +66,7 @@ from xraypose.render.backends.cpu import channels_last
 if TYPE_CHECKING:
     from xraypose.volume import Volume
 
-__all__ = ["Level", "RegistrationConfig", "RegistrationResult", "Registrar", "DEFAULT_LEVELS", "FAST_LEVELS",
+__all__ = ["Level", "RegistrationConfig", "RegistrationResult", "RegistrationCancelled", "Registrar", "DEFAULT_LEVELS", "FAST_LEVELS",
            "levels_for_sizes", "registration_density", "REGISTRATION_DENSITIES", "VolumeLevel"]
 
 F64 = torch.float64
@@ -94,6 +94,10 @@ LAST_REVISIT_GAP = 0.05
 #: Intensity matching takes its quantiles of images area-averaged to at most this many rows (noise
 #: averaged out; see :func:`xraypose.register.matching.quantile_map`).
 MATCH_ROWS = 32
+
+
+class RegistrationCancelled(Exception):
+    """A registration stopped because its registrar's ``cancel`` event was set (:attr:`Registrar.cancel`)."""
 
 
 @dataclass
@@ -244,6 +248,10 @@ class Registrar:
         #: The confidence check's model of this registrar's results (None: the shipped one; a part of a
         #: CT: :func:`xraypose.register.confidence.part_model`); :meth:`derive` keeps it.
         self.confidence_model = None
+        #: A ``threading.Event`` (None: none): once set, a registration of this registrar (or of one :meth:`derive`
+        #: made from it) raises :class:`RegistrationCancelled` at its next iteration — work started ahead on another
+        #: thread that is no longer wanted (:func:`xraypose.register.hypotheses.run_in_order`).
+        self.cancel = None
 
     def derive(self, **changes) -> "Registrar":
         """A registrar of the same CT with some configuration fields changed (e.g. ``levels``),
@@ -889,6 +897,8 @@ class Registrar:
             for it in range(lv.iterations + 1):  # the last pass only evaluates
                 if not any(t.active for t in tracks):
                     break
+                if self.cancel is not None and self.cancel.is_set():
+                    raise RegistrationCancelled("the registration was cancelled: its result is no longer wanted")
                 stepper.iterate(tracks, last=it == lv.iterations)
             for t in tracks:
                 t.history.append(t.pose.clone())  # the pose this level started from
