@@ -79,6 +79,11 @@ def test_parallel_hypotheses_default_needs_two_cpus_and_one_thread(monkeypatch):
     assert hyp.parallel_default(RegistrationConfig(num_threads=1))
     assert not hyp.parallel_default(RegistrationConfig(num_threads=2))  # both cores are the kernel's
     assert not hyp.parallel_default(RegistrationConfig(num_threads=None))  # torch's own setting
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's two processes share the two CPUs
+    assert not hyp.parallel_default(RegistrationConfig(num_threads=1))
+    monkeypatch.setattr(hyp.os, "cpu_count", lambda: 4)
+    assert hyp.parallel_default(RegistrationConfig(num_threads=1))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(hyp.os, "cpu_count", lambda: 1)
     assert not hyp.parallel_default(RegistrationConfig(num_threads=1))
     vol, cam, T0, noise = _block_case()

@@ -358,8 +358,14 @@ def kept_reason(reason: str, kept: str, p_given: float) -> str:
 
 def parallel_default(config) -> bool:
     """Whether the hypotheses run on two threads when not told (``parallel_hypotheses=None``): with two CPUs or more
-    and a registration on one thread (``config.num_threads`` 1, the default; with more, the kernel has the cores)."""
-    return (os.cpu_count() or 1) >= 2 and config.num_threads == 1
+    for this process — the machine's shared by the processes ``torchrun`` started on it (``LOCAL_WORLD_SIZE``:
+    ``xraypose evaluate``'s shards) — and a registration on one thread (``config.num_threads`` 1, the default; with
+    more, the kernel has the cores)."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return (os.cpu_count() or 1) // local >= 2 and config.num_threads == 1
 
 
 def cancellable(registrar, cancel):
