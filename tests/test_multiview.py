@@ -153,6 +153,7 @@ def test_a_rigs_hypotheses_on_two_threads_give_the_results_of_one(monkeypatch, v
     with the same numbers, and the same one is kept — whether an alternative is ok (the metal schedule, started
     ahead on two threads, is dropped) or every result fails (scripted: the metal schedule is tried too)."""
     import xraypose.register.confidence as confidence
+    from xraypose.errors import InputError
     from xraypose.register.initializers import antipodal
     from xraypose.register.multiview import rig_start
 
@@ -171,6 +172,8 @@ def test_a_rigs_hypotheses_on_two_threads_give_the_results_of_one(monkeypatch, v
     key = lambda o: [(h["start"], h["verdict"], h["p_success"], h["similarity"]) for h in o.hypotheses]  # noqa: E731
     assert key(outs[0]) == key(outs[1])
     assert torch.equal(outs[0].rig_to_world, outs[1].rig_to_world) and outs[0].kept == outs[1].kept
+    with pytest.raises(InputError, match="parallel_hypotheses"):
+        register_rig(volume, views, flipped, parallel_hypotheses="no")
 
 
 def test_the_joint_verdict_is_the_least_trusted_views():

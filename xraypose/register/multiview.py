@@ -54,6 +54,7 @@ from pathlib import Path
 
 import torch
 
+from xraypose._checks import check_flag
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.preprocess import as_real_tensor
@@ -423,6 +424,8 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
             a start that no view sees the CT from, ...
     """
     vs, r = _rig_views(views, start_view)
+    if parallel_hypotheses is not None:
+        check_flag("parallel_hypotheses", parallel_hypotheses, prefix="")
     if fiducials is not None:  # before the registration (as register_xray): metres gave a meaningless mTRE
         fiducials = as_real_tensor(fiducials, "fiducials", F64)
         _check_fiducials_near_ct(fiducials, volume)
