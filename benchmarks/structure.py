@@ -26,7 +26,7 @@ with each ``--modes``:
   with :data:`xraypose.structure.PART_CAPTURE_STEPS` since 2026-12-06).
 
 ``--rewindow``: a result that moved more than ``REWINDOW_MM`` from its start is registered once more
-from itself, windowed and weighted there, with the fine levels only (:func:`fine_config`) — what ``xraypose track
+from itself, windowed and weighted there, with the fine levels only (:func:`fine_changes`) — what ``xraypose track
 --structure`` does for a frame; tried for ``xraypose register --structure`` at stop 61 and not kept (docs/benchmarks.md).
 
     python benchmarks/structure.py --ct ../shared/data/ct/abdomen_pancreas_ct_cbct_001/Pancreas-CT-CB_001_CT.nii.gz \
@@ -147,13 +147,11 @@ def family_case(vol, maker, c, family: str, seed: int):
     return dataclasses.replace(c, true_pose=pre.transform_pose(fx.pose), image=pre.image, camera=pre.camera), pre
 
 
-def fine_config(config):
-    """``config`` with its fine levels only (those after the capture (Adam) levels), no shift search and one capture:
-    ``--rewindow``'s second pass from a registered pose."""
-    import dataclasses
-
+def fine_changes(config) -> dict:
+    """``Registrar.derive`` changes for ``--rewindow``'s second pass from a registered pose: ``config``'s fine levels
+    only (those after the capture (Adam) levels), no shift search, one capture."""
     fine = tuple(lv for lv in config.levels if lv.optimizer != "adam") or tuple(config.levels[-1:])
-    return dataclasses.replace(config, levels=fine, shift_search=None, capture_steps=(1.0,))
+    return {"levels": fine, "shift_search": None, "capture_steps": (1.0,)}
 
 
 def main(argv=None) -> int:
@@ -223,14 +221,13 @@ def main(argv=None) -> int:
     base = {"num_threads": a.threads, "record_trajectory": False}
     regs = {mode: Registrar(prep.volume, RegistrationConfig(**mode_settings(mode, base, prep.density)),
                             isocenter=prep.isocenter) for mode in a.modes}
-    # --rewindow's second pass: the fine levels only (those after the capture levels), no shift search, one capture
-    again_regs = {mode: Registrar(prep.volume, fine_config(r.config), isocenter=prep.isocenter)
-                  for mode, r in regs.items()}
     if a.check_model == "part":
         from xraypose.register.confidence import part_model
 
-        for r in [*regs.values(), *again_regs.values()]:
+        for r in regs.values():
             r.confidence_model = part_model()
+    # --rewindow's second pass (the same CT's pyramid and check model, derive): the fine levels only
+    again_regs = {mode: r.derive(**fine_changes(r.config)) for mode, r in regs.items()} if a.rewindow else {}
     starts = [(a.rot, a.trans)] if not a.starts else [tuple(float(x) for x in st.split("/")) for st in a.starts]
     rows = []
     i = n_xrays = 0

@@ -27,7 +27,7 @@ from xraypose._checks import check_flag, check_instance
 from xraypose.errors import InputError
 from xraypose.geometry import check_rigid
 from xraypose.preprocess import as_real_tensor, check_not_channels_last
-from xraypose.register.hypotheses import parallel_default
+from xraypose.register.hypotheses import parallel_choice
 from xraypose.register.initializers import with_antipodal
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
@@ -208,8 +208,8 @@ def register_xray(
         masks: optional (H, W) or (B, 1, H, W) pixel weights in [0, 1] (0: not to be trusted, e.g.
             the saturated pixels of :attr:`~xraypose.preprocess.Preprocessed.mask`).
         parallel_hypotheses: the hypotheses on two threads (the same results; on two cores 12–47 % less of
-            their time, docs/registration.md "On two threads"); None: :func:`~xraypose.register.hypotheses.parallel_default` (two CPUs or more, a registration
-            on one thread).
+            their time, docs/registration.md "On two threads"); None:
+            :func:`~xraypose.register.hypotheses.parallel_default` (two CPUs or more, a registration on one thread).
     Returns:
         one :class:`Registration` per X-ray.
     """
@@ -222,10 +222,9 @@ def register_xray(
     check_not_channels_last(imgs, camera)
     for flag, value in (("antipodal", antipodal), ("confidence", confidence), ("hypotheses", hypotheses)):
         check_flag(flag, value, prefix="")  # a text 'no' was taken as true
-    if parallel_hypotheses is not None:
-        check_flag("parallel_hypotheses", parallel_hypotheses, prefix="")
     if registrar is not None:
         check_instance("registrar", registrar, Registrar)
+    parallel = parallel_choice(parallel_hypotheses, registrar.config if registrar is not None else config)
     reg = registrar or Registrar(volume, config)
     if imgs.dim() == 2:
         imgs = imgs[None, None]
@@ -257,7 +256,6 @@ def register_xray(
     picks = [(res, b) for b in range(B)]  # where each X-ray's result comes from
     checks: list = [None] * B
     if confidence:
-        parallel = parallel_default(reg.config) if parallel_hypotheses is None else bool(parallel_hypotheses)
         picks, checks = _check_results(reg, imgs, camera, res, hypotheses, masks, parallel)
     outs = []
     for b in range(B):

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from xraypose._checks import check_flag
 from xraypose.register.cases import perturb_pose
 from xraypose.register.config import metal_levels, scatter_levels, torch_threads
 from xraypose.register.initializers import antipodal
@@ -36,7 +37,7 @@ __all__ = ["alternative_starts", "viable_alternatives", "best_hypothesis", "sche
            "CAPTURE_HYPOTHESIS", "ANTIPODAL_OK", "MATCH_HYPOTHESIS", "match_hypothesis_config",
            "SCATTER_HYPOTHESIS", "SCHEDULE_HYPOTHESES", "RIVAL_MM", "rival_verdict", "agreeing_ok", "AGREE_MM",
            "scatter_note", "SCATTER_NOTE_GAIN", "rivals", "settle_kept", "final_verdict", "VERIFY_P", "to_verify",
-           "gate_verdicts", "reached_again", "corroborated_verdict", "run_in_order", "parallel_default", "cancellable"]
+           "gate_verdicts", "reached_again", "corroborated_verdict", "run_in_order", "parallel_default", "parallel_choice", "cancellable"]
 
 F64 = torch.float64
 
@@ -366,6 +367,19 @@ def parallel_default(config) -> bool:
     except ValueError:
         local = 1
     return (os.cpu_count() or 1) // local >= 2 and config.num_threads == 1
+
+
+def parallel_choice(value, config=None) -> bool:
+    """``register_xray``'s and ``register_rig``'s ``parallel_hypotheses``: True or False as given (anything else — a
+    text 'no' — refused with one line), None: :func:`parallel_default` of the registration's ``config`` (None: the
+    default :class:`~xraypose.register.RegistrationConfig`)."""
+    if value is None:
+        if config is None:
+            from xraypose.register.config import RegistrationConfig
+
+            config = RegistrationConfig()
+        return parallel_default(config)
+    return check_flag("parallel_hypotheses", value, prefix="")
 
 
 def cancellable(registrar, cancel):

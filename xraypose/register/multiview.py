@@ -54,13 +54,12 @@ from pathlib import Path
 
 import torch
 
-from xraypose._checks import check_flag
 from xraypose.camera import Camera
 from xraypose.errors import InputError
 from xraypose.preprocess import as_real_tensor
 from xraypose.register.api import RegistrationOutcome, _check_fiducials_near_ct
 from xraypose.register.confidence import Judgement
-from xraypose.register.hypotheses import parallel_default
+from xraypose.register.hypotheses import parallel_choice
 from xraypose.register.optimizer import Registrar, RegistrationConfig
 from xraypose.volume import Volume
 
@@ -424,8 +423,7 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
             a start that no view sees the CT from, ...
     """
     vs, r = _rig_views(views, start_view)
-    if parallel_hypotheses is not None:
-        check_flag("parallel_hypotheses", parallel_hypotheses, prefix="")
+    parallel = parallel_choice(parallel_hypotheses, registrar.config if registrar is not None else config)
     if fiducials is not None:  # before the registration (as register_xray): metres gave a meaningless mTRE
         fiducials = as_real_tensor(fiducials, "fiducials", F64)
         _check_fiducials_near_ct(fiducials, volume)
@@ -443,7 +441,6 @@ def register_rig(volume: Volume, views, init, *, registrar: Registrar | None = N
     if confidence:
         _check_rig(rr, reg, imgs, Cs, [v.mask for v in vs])
         if hypotheses and rr.verdict != "ok":
-            parallel = parallel_default(reg.config) if parallel_hypotheses is None else bool(parallel_hypotheses)
             rr = _try_rig_hypotheses(rr, res, reg, vs, imgs, Cs, triples, Cr_inv, r, init_s, parallel)
     if true_rig_to_world is not None:
         _rig_metrics(rr, volume, true_rig_to_world, fiducials, Cs)
