@@ -80,9 +80,14 @@ MC3_START_PIXELS = {"cam01": [(1285.0, 785.0), (1040.0, 1055.0)], "cam02": [(470
 #: ulna cannot be told apart there) on those points' epipolar lines at the radius's depth along cam02's rays
 #: (1076 mm; side by side in cam02's view, the two bones lie at about one depth from its source).
 ULNA_START_PIXELS = {"cam01": [(838.5, 1214.5), (831.7, 1606.4)], "cam02": [(745.0, 1245.0), (742.0, 1650.0)]}
-BONE_START_PIXELS = {"rad": START_PIXELS, "mc3": MC3_START_PIXELS, "uln": ULNA_START_PIXELS}
+BONE_START_PIXELS = {"rad": START_PIXELS, "mc3": MC3_START_PIXELS, "uln": ULNA_START_PIXELS,
+                     "mc2_mc3": MC3_START_PIXELS}
+#: A volume whose start axis is one of its bones': the second and third metacarpals' volume holds the third's
+#: volume voxel for voxel (``part_origin``), and the third's head and base are what was picked.
+AXIS_BONE = {"mc2_mc3": "mc3"}
 #: Figure file per bone.
-BONE_FIGURE = {"rad": "wrist_radius.png", "mc3": "wrist_mc3.png", "uln": "wrist_ulna.png"}
+BONE_FIGURE = {"rad": "wrist_radius.png", "mc3": "wrist_mc3.png", "uln": "wrist_ulna.png",
+               "mc2_mc3": "wrist_mc2_mc3.png"}
 #: Rolls of the start about the radius's axis, degrees.
 ROLLS_DEG = tuple(range(0, 360, 30))
 #: The default schedule with the volume averaged for a 20–30 mm wide bone; bone only: no bone, tissue or curve
@@ -156,20 +161,23 @@ def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return so3_exp(v / s * math.atan2(s, c))
 
 
-def axis_starts(vol, P_dist, P_prox, rolls_deg=ROLLS_DEG, both_directions: bool = False) -> torch.Tensor:
+def axis_starts(vol, P_dist, P_prox, rolls_deg=ROLLS_DEG, both_directions: bool = False,
+                axis_vol=None) -> torch.Tensor:
     """(K, 4, 4) rig_to_world starts: the volume's axis on the triangulated one, turned by each roll;
-    ``both_directions``: also the volume's axis reversed (its other end on ``P_dist``), 2K starts."""
+    ``both_directions``: also the volume's axis reversed (its other end on ``P_dist``), 2K starts.
+    ``axis_vol``: take the axis from this volume instead (a bone of ``vol``, in ``vol``'s world frame)."""
     from xraypose.geometry import make_transform
 
-    d_vol, a_vol = volume_axis(vol)
+    d_vol, a_vol = volume_axis(vol if axis_vol is None else axis_vol)
     want = (P_prox - P_dist) / (P_prox - P_dist).norm()
     R0 = rotation_between(a_vol, want)
-    out = [rolled(make_transform(R0, P_dist - R0 @ d_vol), vol, rolls_deg)]
+    axis_vol = vol if axis_vol is None else axis_vol
+    out = [rolled(make_transform(R0, P_dist - R0 @ d_vol), axis_vol, rolls_deg)]
     if both_directions:  # the volume's proximal end (its axis's far end) on P_dist
         length = float((P_prox - P_dist).norm())
         p_vol = d_vol + a_vol * length
         R1 = rotation_between(-a_vol, want)
-        out.append(rolled(make_transform(R1, P_dist - R1 @ p_vol), vol, rolls_deg))
+        out.append(rolled(make_transform(R1, P_dist - R1 @ p_vol), axis_vol, rolls_deg))
     return torch.cat(out)
 
 
@@ -218,6 +226,28 @@ def prepare_views(ds, frame: str, rig, start, vol, cams=None, exclude=()):
         out.append({"name": cam, "image": wimg, "camera": wcam, "camera_to_rig": C, "weights": field * foot,
                     "window": win, "field": field})
     return out
+
+
+def part_origin(outer, inner) -> torch.Tensor:
+    """(3,) world position (mm, in ``outer``'s frame) of voxel (0, 0, 0) of ``inner``, a volume cut from the same
+    CT as ``outer`` that ``outer`` holds voxel for voxel (the wrist's ``mc3`` inside ``mc2_mc3``): the offset
+    where ``outer``'s values equal ``inner``'s on every voxel ``inner`` keeps (> 0).  Read ``inner`` with
+    ``origin=`` this and the two volumes share one world frame: a pose of one is a pose of the other."""
+    a, b = inner.data, outer.data
+    if any(a.shape[k] > b.shape[k] for k in range(3)):
+        raise SystemExit(f"a volume of {tuple(a.shape)} voxels cannot lie inside one of {tuple(b.shape)}")
+    keep = a > 0
+    best, at = None, None
+    for i in range(b.shape[0] - a.shape[0] + 1):
+        for j in range(b.shape[1] - a.shape[1] + 1):
+            for k in range(b.shape[2] - a.shape[2] + 1):
+                sub = b[i:i + a.shape[0], j:j + a.shape[1], k:k + a.shape[2]]
+                d = float((sub[keep] - a[keep]).abs().max())
+                if best is None or d < best:
+                    best, at = d, (i, j, k)
+    if best > 0:
+        raise SystemExit(f"the inner volume is not a part of the outer one (closest offset {at} differs by {best:g})")
+    return (outer.affine.to(F64) @ torch.tensor([*at, 1.0], dtype=F64))[:3]
 
 
 def rolled(bone_to_cal_start: torch.Tensor, vol, rolls_deg=ROLLS_DEG) -> torch.Tensor:
@@ -399,7 +429,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a RegistrationConfig field (JSON value), e.g. --set shift_search=null")
     ap.add_argument("--bone", default="rad", choices=sorted(BONE_START_PIXELS),
-                    help="the bone: rad (radius, default) or mc3 (third metacarpal)")
+                    help="the bone: rad (radius, default), uln (ulna), mc3 (third metacarpal) or mc2_mc3 (the second and "
+                         "third metacarpals, started on the third's picked axis)")
     ap.add_argument("--both-directions", action="store_true",
                     help="start frame 0002 with the volume's axis both ways (2 x 12 starts)")
     ap.add_argument("--transfer", default="log", choices=("log", "linear"),
@@ -427,6 +458,11 @@ def main(argv=None) -> int:
     rig = ds.rig()
     vol = above_water(ds.volume(args.bone), args.water)
     start_pixels = BONE_START_PIXELS[args.bone]
+    axis_vol = None
+    if args.bone in AXIS_BONE:  # the start axis of one of its bones, in its own world frame
+        part = ds.volume(AXIS_BONE[args.bone])
+        axis_vol = above_water(ds.volume(AXIS_BONE[args.bone], origin=part_origin(ds.volume(args.bone), part).tolist()),
+                               args.water)
     if args.replot:
         figures(args, ds, rig, vol, json.loads(Path(args.json).read_text(encoding="utf-8"))["frames"])
         return 0
@@ -465,8 +501,8 @@ def main(argv=None) -> int:
     results = []
     prev = None
     for f in frames:
-        starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions) if prev is None \
-            else rolled(torch.linalg.inv(prev), vol)
+        starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions, axis_vol=axis_vol) \
+            if prev is None else rolled(torch.linalg.inv(prev), vol if axis_vol is None else axis_vol)
         joint, singles, views, S0, single_starts, start_sims = register_frame(vol, ds, rig, f, starts, reg,
                                                                               exclude_for(f))
         prev = joint.rig_to_world

@@ -479,7 +479,6 @@ class LevelObjective:
         pose's linearised neighbours, whose flag nobody reads: None)."""
         n = drr.shape[0]
         drr, tgt, m, bone = self._fitted(drr, poses, rows)
-        base = float(self.config.bone_multiplier)
         if self.blur_c is not None and self.uv is None:
             drr = drr + self.blur_c * squared_gradient(drr)
         elif self.level.fit_blur and self.uv is None:
