@@ -250,6 +250,12 @@ def part_origin(outer, inner) -> torch.Tensor:
     return (outer.affine.to(F64) @ torch.tensor([*at, 1.0], dtype=F64))[:3]
 
 
+def part_volume(ds, whole: str, part: str, water: float = WATER_VALUE):
+    """Bone ``part``'s volume (e.g. ``mc3``) read in the world frame of ``whole``'s (``mc2_mc3``), which holds it
+    (:func:`part_origin`), as rendered (:func:`above_water`): a pose of the one is a pose of the other."""
+    return above_water(ds.volume(part, origin=part_origin(ds.volume(whole), ds.volume(part)).tolist()), water)
+
+
 def rolled(bone_to_cal_start: torch.Tensor, vol, rolls_deg=ROLLS_DEG) -> torch.Tensor:
     """(K, 4, 4) rig_to_world starts: a pose of the radius (``bone_to_cal``, (4, 4)) turned about its own
     long axis (through its distal end) by each roll — the later frames' starts around the last result."""
@@ -318,6 +324,33 @@ def register_frame(vol, ds, rig, frame: str, starts, reg, exclude=()):
         singles.append(r)
         single_starts.append(i)
     return joint, singles, again, starts[k], single_starts, [float(x.similarity) for x in joints]
+
+
+def frame_row(f: str, joint, singles, views, S0, single_starts, start_sims, centre, label: str = "") -> dict:
+    """One frame's JSON row of :func:`register_frame`'s results (printing each view's agreement with the joint
+    result at ``centre``, the bone's centre in its volume's world; ``label`` names the bone in the lines)."""
+    b_joint = torch.linalg.inv(joint.rig_to_world)
+    row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
+        "rig_to_world": joint.rig_to_world.tolist(), "similarity": joint.similarity, "verdict": joint.verdict,
+        "p_success": joint.p_success, "reason": joint.reason, "status": joint.status,
+        "views": {v.name: {"verdict": v.verdict, "p_success": v.p_success, "reason": v.reason, "spread": v.spread}
+                  for v in joint.views}},
+        "single": {}, "windows": {v["name"]: list(v["window"]) for v in views},
+        "joint_similarity_per_start": start_sims}
+    tag = f"frame {f}" + (f" {label}" if label else "")
+    for v, s in zip(views, singles):
+        agr = view_agreement(b_joint, v, s.camera_to_world, centre)
+        row["single"][v["name"]] = {"camera_to_world": s.camera_to_world.tolist(), "similarity": s.similarity,
+                                    "verdict": s.verdict, "p_success": s.p_success, "reason": s.reason,
+                                    "status": s.status, "vs_joint": agr, "start": single_starts[len(row["single"])],
+                                    "spread": s.spread}
+        print(f"{tag} {v['name']} alone vs joint: centre {agr['centre_mm']:.2f} mm (along its beam "
+              f"{agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), rotation "
+              f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f}); its own spread {s.spread}",
+              flush=True)
+    print(f"{tag} joint: similarity {joint.similarity:.4f}, verdict {joint.verdict} (P {joint.p_success:.2f}): "
+          f"{joint.reason}", flush=True)
+    return row
 
 
 def overlay_figure(path, vol, frames_out, title: str):
@@ -399,8 +432,9 @@ def alone_from_joint(vol, ds, rig, frames, joints: dict, reg, exclude_for, centr
     return rows
 
 
-def figures(args, ds, rig, vol, results) -> None:
-    """The overlay pictures of ``results`` (the JSON's frames) into ``args.figures``."""
+def figures(args, ds, rig, vol, results, part_vol=None, name: str | None = None, title: str | None = None) -> None:
+    """The overlay pictures of ``results`` (the JSON's frames) into ``args.figures``; with ``part_vol``, the
+    rows' ``part`` results too (``--part``); ``name``/``title``: this picture's file and title."""
     figs = []
     for r in results:
         views = prepare_views(ds, r["frame"], rig, torch.tensor(r["joint"]["rig_to_world"], dtype=F64), vol)
@@ -411,10 +445,14 @@ def figures(args, ds, rig, vol, results) -> None:
     out.mkdir(parents=True, exist_ok=True)
     from xraypose.datasets.autoscoper import WRIST_BONES
 
-    name = BONE_FIGURE[args.bone]
-    overlay_figure(out / name, vol, figs, f"the {WRIST_BONES[args.bone]}: radiograph; DRR at the joint result "
-                   "(orange); DRR at the view's own result (cyan)")
+    name = name or BONE_FIGURE[args.bone]
+    overlay_figure(out / name, vol, figs, (title or f"the {WRIST_BONES[args.bone]}") + ": radiograph; DRR at the joint "
+                   "result (orange); DRR at the view's own result (cyan)")
     print(f"wrote {out}/{name}")
+    if part_vol is not None and all("part" in r for r in results):
+        name = f"wrist_{args.part}_from_{args.bone}.png"
+        figures(args, ds, rig, part_vol, [r["part"] for r in results], name=name,
+                title=f"the {WRIST_BONES[args.part]}, registered alone from the {WRIST_BONES[args.bone]}'s result")
 
 
 def main(argv=None) -> int:
@@ -431,6 +469,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bone", default="rad", choices=sorted(BONE_START_PIXELS),
                     help="the bone: rad (radius, default), uln (ulna), mc3 (third metacarpal) or mc2_mc3 (the second and "
                          "third metacarpals, started on the third's picked axis)")
+    ap.add_argument("--part", default=None, choices=sorted(set(AXIS_BONE.values())),
+                    help="after each frame, register this bone of --bone's volume alone, started where --bone's joint "
+                         "result puts it (mc3 in mc2_mc3: the JSON rows' `part`)")
     ap.add_argument("--both-directions", action="store_true",
                     help="start frame 0002 with the volume's axis both ways (2 x 12 starts)")
     ap.add_argument("--transfer", default="log", choices=("log", "linear"),
@@ -458,13 +499,11 @@ def main(argv=None) -> int:
     rig = ds.rig()
     vol = above_water(ds.volume(args.bone), args.water)
     start_pixels = BONE_START_PIXELS[args.bone]
-    axis_vol = None
-    if args.bone in AXIS_BONE:  # the start axis of one of its bones, in its own world frame
-        part = ds.volume(AXIS_BONE[args.bone])
-        axis_vol = above_water(ds.volume(AXIS_BONE[args.bone], origin=part_origin(ds.volume(args.bone), part).tolist()),
-                               args.water)
+    # the start axis of one of its bones (AXIS_BONE); --part's bone
+    axis_vol = part_volume(ds, args.bone, AXIS_BONE[args.bone], args.water) if args.bone in AXIS_BONE else None
+    part_vol = part_volume(ds, args.bone, args.part, args.water) if args.part else None
     if args.replot:
-        figures(args, ds, rig, vol, json.loads(Path(args.json).read_text(encoding="utf-8"))["frames"])
+        figures(args, ds, rig, vol, json.loads(Path(args.json).read_text(encoding="utf-8"))["frames"], part_vol)
         return 0
     (c1, T1), (c2, T2) = full.camera("cam01"), full.camera("cam02")
     tri = triangulate(start_pixels["cam01"], c1, T1, start_pixels["cam02"], c2, T2)
@@ -475,6 +514,11 @@ def main(argv=None) -> int:
     reg = Registrar(vol, RegistrationConfig(**cfg))
     reg.confidence_model = part_model()  # a part of the wrist: judged as xraypose register --structure judges it
     centre = vol.get_isocenter().to(F64)
+    part_reg = part_centre = None
+    if part_vol is not None:
+        part_reg = Registrar(part_vol, RegistrationConfig(**cfg))
+        part_reg.confidence_model = reg.confidence_model
+        part_centre = part_vol.get_isocenter().to(F64)
     frames = args.frames or list(ds.frames)
     others, excluded = {}, {}
     for b, path in args.exclude:
@@ -507,24 +551,16 @@ def main(argv=None) -> int:
                                                                               exclude_for(f))
         prev = joint.rig_to_world
         b_joint = torch.linalg.inv(joint.rig_to_world)
-        row = {"frame": f, "start_rig_to_world": S0.tolist(), "joint": {
-            "rig_to_world": joint.rig_to_world.tolist(), "similarity": joint.similarity, "verdict": joint.verdict,
-            "p_success": joint.p_success, "reason": joint.reason, "status": joint.status,
-            "views": {v.name: {"verdict": v.verdict, "p_success": v.p_success, "reason": v.reason, "spread": v.spread}
-                      for v in joint.views}},
-            "single": {}, "windows": {v["name"]: list(v["window"]) for v in views},
-            "joint_similarity_per_start": start_sims}
-        for v, s in zip(views, singles):
-            agr = view_agreement(b_joint, v, s.camera_to_world, centre)
-            row["single"][v["name"]] = {"camera_to_world": s.camera_to_world.tolist(), "similarity": s.similarity,
-                                        "verdict": s.verdict, "p_success": s.p_success, "reason": s.reason,
-                                        "status": s.status, "vs_joint": agr, "start": single_starts[len(row["single"])],
-                                        "spread": s.spread}
-            print(f"frame {f} {v['name']} alone vs joint: centre {agr['centre_mm']:.2f} mm (along its beam "
-                  f"{agr['along_beam_mm']:+.2f}, in plane {agr['in_plane_mm']:.2f}), rotation "
-                  f"{agr['rotation_deg']:.2f}°; verdict {s.verdict} (P {s.p_success:.2f}); its own spread {s.spread}", flush=True)
-        print(f"frame {f} joint: similarity {joint.similarity:.4f}, verdict {joint.verdict} (P {joint.p_success:.2f}): "
-              f"{joint.reason}", flush=True)
+        row = frame_row(f, joint, singles, views, S0, single_starts, start_sims, centre)
+        if part_vol is not None:  # the part, registered again alone from where the whole put it
+            pj, ps, pviews, pS0, pst, psims = register_frame(part_vol, ds, rig, f, joint.rig_to_world[None], part_reg,
+                                                             exclude_for(f))
+            row["part"] = frame_row(f, pj, ps, pviews, pS0, pst, psims, part_centre, label=args.part)
+            row["part"]["from_whole"] = agreement(b_joint, torch.linalg.inv(pj.rig_to_world), part_centre,
+                                                  torch.tensor([0.0, 0.0, 1.0], dtype=F64))
+            fw = row["part"]["from_whole"]
+            print(f"frame {f} {args.part}: moved {fw['centre_mm']:.2f} mm, {fw['rotation_deg']:.2f}° from where the "
+                  f"{args.bone} put it", flush=True)
         if results:
             pj = torch.tensor(results[-1]["joint"]["rig_to_world"], dtype=F64)
             row["motion_from_previous"] = agreement(torch.linalg.inv(pj), b_joint, centre,
@@ -542,7 +578,7 @@ def main(argv=None) -> int:
                                   "frames": results, "alone_from_joint": alone})
     print(f"wrote {args.json}")
     if args.figures:
-        figures(args, ds, rig, vol, results)
+        figures(args, ds, rig, vol, results, part_vol)
     return 0
 
 
