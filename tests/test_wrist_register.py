@@ -88,3 +88,29 @@ def test_flatness_of_the_real_views_frame_0002(wrist, tmp_path):
         assert abs(r["best_mm"]) <= 10.0, r
     joint = {r["k"]: r["joint_similarity"] for r in d["focal"]}
     assert joint[1.0] > max(joint[0.97], joint[1.03]), joint
+
+
+def test_the_third_metacarpal_lies_voxel_for_voxel_in_the_pair(wrist):
+    """``mc3`` read by ``part_volume`` in ``mc2_mc3``'s world frame: every one of its bone voxels lands on the
+    pair's voxel of the same stored value (so a pose of the pair is a pose of its third metacarpal)."""
+    W, full, _ = wrist
+    mc3 = W.part_volume(full, "mc2_mc3", "mc3")
+    pair = W.above_water(full.volume("mc2_mc3"))
+    idx = torch.nonzero(mc3.data > 0)
+    w = mc3.voxel_to_world(idx.to(F64))
+    inv = torch.linalg.inv(pair.affine.to(F64))
+    back = ((inv[:3, :3] @ w.T).T + inv[:3, 3]).round().long()
+    assert idx.shape[0] > 10_000
+    assert torch.equal(pair.data[back[:, 0], back[:, 1], back[:, 2]], mc3.data[idx[:, 0], idx[:, 1], idx[:, 2]])
+    # the start axis of the pair is its third metacarpal's: the pair's starts put mc3's axis on the picked one
+    from xraypose.calibration import triangulate
+
+    (c1, T1), (c2, T2) = full.camera("cam01"), full.camera("cam02")
+    tri = triangulate(W.MC3_START_PIXELS["cam01"], c1, T1, W.MC3_START_PIXELS["cam02"], c2, T2)
+    starts = W.axis_starts(pair, tri["point"][0], tri["point"][1], axis_vol=mc3)
+    d_vol, a_vol = W.volume_axis(mc3)
+    want = (tri["point"][1] - tri["point"][0]) / (tri["point"][1] - tri["point"][0]).norm()
+    for S in starts:
+        B = torch.linalg.inv(S)  # the pair's pose: its world -> calibration
+        assert torch.allclose(B[:3, :3] @ d_vol + B[:3, 3], tri["point"][0], atol=1e-6)
+        assert torch.allclose(B[:3, :3] @ a_vol, want, atol=1e-6)

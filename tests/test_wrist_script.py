@@ -199,3 +199,31 @@ def test_scaled_volume_stretches_one_axis_about_the_centre(rod):
     both = WF.scaled_volume(vol, [0, 1], 0.98)
     assert torch.allclose(both.affine[:3, :2], 0.98 * A[:3, :2]) and torch.allclose(both.affine[:3, 2], A[:3, 2])
     assert torch.allclose(both.get_isocenter().to(F64), vol.get_isocenter().to(F64), atol=1e-9)
+
+
+def test_part_origin_puts_a_cut_bone_in_the_whole_volumes_frame():
+    """A bone cut from a two-bone volume (its box's voxels equal, the neighbour's zeroed) read with
+    ``origin=part_origin(...)`` shares the whole's world frame: each of its voxels lands on the whole's voxel of
+    the same value; a volume that is not a part is refused by name."""
+    g = torch.Generator().manual_seed(3)
+    whole = torch.zeros(20, 30, 16)
+    whole[2:9, 3:27, 2:14] = torch.randint(1, 4096, (7, 24, 12), generator=g).float()   # the first bone
+    whole[11:18, 2:28, 3:15] = torch.randint(1, 4096, (7, 26, 12), generator=g).float()  # the second
+    aff = torch.tensor([[0.4, 0, 0, -4.0], [0, 0.4, 0, -6.0], [0, 0, 0.6, -5.0], [0, 0, 0, 1]], dtype=F64)
+    outer = Volume(data=whole, affine=aff)
+    cut = whole[9:19, 1:29, 1:16].clone()  # the second bone's box, reaching into the first's
+    cut[:2] = 0.0  # the first bone left out of the cut, as a segmentation does
+    inner = Volume(data=cut, affine=torch.diag(torch.tensor([0.4, 0.4, 0.6, 1.0], dtype=F64)))
+    o = W.part_origin(outer, inner)
+    assert torch.allclose(o, (aff @ torch.tensor([9.0, 1.0, 1.0, 1.0], dtype=F64))[:3])
+    placed = Volume(data=cut, affine=torch.cat([torch.cat([aff[:3, :3], o[:, None]], 1), aff[3:]]))
+    idx = torch.nonzero(cut > 0)
+    w = placed.voxel_to_world(idx.to(F64))
+    back = (torch.linalg.inv(aff)[:3, :3] @ w.T).T + torch.linalg.inv(aff)[:3, 3]
+    back = back.round().long()
+    assert torch.equal(whole[back[:, 0], back[:, 1], back[:, 2]], cut[idx[:, 0], idx[:, 1], idx[:, 2]])
+    other = Volume(data=torch.randint(1, 4096, (5, 5, 5), generator=g).float(), affine=aff)
+    with pytest.raises(SystemExit, match="not a part"):
+        W.part_origin(outer, other)
+    with pytest.raises(SystemExit, match="cannot lie inside"):
+        W.part_origin(inner, outer)
