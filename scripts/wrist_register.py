@@ -472,6 +472,10 @@ def main(argv=None) -> int:
     ap.add_argument("--part", default=None, choices=sorted(set(AXIS_BONE.values())),
                     help="after each frame, register this bone of --bone's volume alone, started where --bone's joint "
                          "result puts it (mc3 in mc2_mc3: the JSON rows' `part`)")
+    ap.add_argument("--start-poses", default=None, metavar="JSON",
+                    help="a JSON whose `start_poses` maps frames to a rig_to_world start (e.g. from the hand's skin "
+                         "markers, benchmarks/results/wrist/hand-beads-*.py.txt): those frames start there, turned "
+                         "about the bone's axis in the 12 rolls, instead of at the picked axis or the previous frame")
     ap.add_argument("--both-directions", action="store_true",
                     help="start frame 0002 with the volume's axis both ways (2 x 12 starts)")
     ap.add_argument("--transfer", default="log", choices=("log", "linear"),
@@ -542,11 +546,16 @@ def main(argv=None) -> int:
                                       "excluded": {b: p for b, p in args.exclude}, "views": rows})
         print(f"wrote {args.json}")
         return 0
+    given = {} if not args.start_poses else json.loads(Path(args.start_poses).read_text(encoding="utf-8"))["start_poses"]
     results = []
     prev = None
     for f in frames:
-        starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions, axis_vol=axis_vol) \
-            if prev is None else rolled(torch.linalg.inv(prev), vol if axis_vol is None else axis_vol)
+        if f in given:
+            starts = rolled(torch.linalg.inv(torch.tensor(given[f], dtype=F64)), vol if axis_vol is None else axis_vol)
+        elif prev is None:
+            starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions, axis_vol=axis_vol)
+        else:
+            starts = rolled(torch.linalg.inv(prev), vol if axis_vol is None else axis_vol)
         joint, singles, views, S0, single_starts, start_sims = register_frame(vol, ds, rig, f, starts, reg,
                                                                               exclude_for(f))
         prev = joint.rig_to_world
@@ -575,6 +584,7 @@ def main(argv=None) -> int:
                                   "config": {k: v for k, v in cfg.items() if k != "levels"},
                                   "levels": [dataclasses.asdict(lv) for lv in WRIST_LEVELS],
                                   "start_pixels": start_pixels, "start_rays_mm": tri["distance"].tolist(),
+                                  "start_poses": args.start_poses,
                                   "frames": results, "alone_from_joint": alone})
     print(f"wrote {args.json}")
     if args.figures:
