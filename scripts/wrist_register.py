@@ -271,6 +271,19 @@ def rolled(bone_to_cal_start: torch.Tensor, vol, rolls_deg=ROLLS_DEG) -> torch.T
     return torch.stack(out)
 
 
+def frame_starts(given, prev, vol, P_dist, P_prox, both_directions: bool = False, axis_vol=None) -> torch.Tensor:
+    """(K, 4, 4) rig_to_world starts of one frame: a ``given`` rig_to_world (``--start-poses``) turned about the
+    bone's axis in the 12 rolls; else, on the first frame (``prev`` None), the bone's axis on the picked one
+    (:func:`axis_starts`); else the previous frame's joint result ``prev`` rolled.  ``axis_vol``: the volume whose
+    axis is the bone's (:data:`AXIS_BONE`)."""
+    axis = vol if axis_vol is None else axis_vol
+    if given is not None:
+        return rolled(torch.linalg.inv(torch.as_tensor(given, dtype=F64)), axis)
+    if prev is None:
+        return axis_starts(vol, P_dist, P_prox, both_directions=both_directions, axis_vol=axis_vol)
+    return rolled(torch.linalg.inv(prev), axis)
+
+
 def best_of(results):
     """The result of the highest final similarity, and its index."""
     k = max(range(len(results)), key=lambda i: float(results[i].similarity))
@@ -550,12 +563,7 @@ def main(argv=None) -> int:
     results = []
     prev = None
     for f in frames:
-        if f in given:
-            starts = rolled(torch.linalg.inv(torch.tensor(given[f], dtype=F64)), vol if axis_vol is None else axis_vol)
-        elif prev is None:
-            starts = axis_starts(vol, P_dist, P_prox, both_directions=args.both_directions, axis_vol=axis_vol)
-        else:
-            starts = rolled(torch.linalg.inv(prev), vol if axis_vol is None else axis_vol)
+        starts = frame_starts(given.get(f), prev, vol, P_dist, P_prox, args.both_directions, axis_vol)
         joint, singles, views, S0, single_starts, start_sims = register_frame(vol, ds, rig, f, starts, reg,
                                                                               exclude_for(f))
         prev = joint.rig_to_world

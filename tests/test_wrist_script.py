@@ -227,3 +227,19 @@ def test_part_origin_puts_a_cut_bone_in_the_whole_volumes_frame():
         W.part_origin(outer, other)
     with pytest.raises(SystemExit, match="cannot lie inside"):
         W.part_origin(inner, outer)
+
+
+def test_a_frames_starts_come_from_a_given_pose_then_the_picks_then_the_last_result(rod):
+    """``frame_starts``: a given rig_to_world (``--start-poses``) is start 0 and its 12 rolls follow; without one
+    the first frame starts on the picked axis and a later frame at the previous result, rolled."""
+    d, a = W.volume_axis(rod)
+    P_dist, P_prox = torch.tensor([5.0, -3.0, 40.0], dtype=F64), torch.tensor([5.0, 60.0, 40.0], dtype=F64)
+    given = torch.linalg.inv(make_transform(so3_exp(torch.tensor([0.3, -0.2, 1.0], dtype=F64)),
+                                            torch.tensor([10.0, 20.0, -30.0], dtype=F64)))
+    prev = torch.linalg.inv(make_transform(so3_exp(torch.tensor([-0.5, 0.1, 0.2], dtype=F64)),
+                                           torch.tensor([1.0, 2.0, 3.0], dtype=F64)))
+    s = W.frame_starts(given.tolist(), prev, rod, P_dist, P_prox)
+    assert s.shape == (len(W.ROLLS_DEG), 4, 4) and torch.allclose(s[0], given, atol=1e-9)
+    assert torch.allclose(s, W.rolled(torch.linalg.inv(given), rod))
+    assert torch.allclose(W.frame_starts(None, None, rod, P_dist, P_prox), W.axis_starts(rod, P_dist, P_prox))
+    assert torch.allclose(W.frame_starts(None, prev, rod, P_dist, P_prox), W.rolled(torch.linalg.inv(prev), rod))
