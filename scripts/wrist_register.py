@@ -168,16 +168,16 @@ def axis_starts(vol, P_dist, P_prox, rolls_deg=ROLLS_DEG, both_directions: bool 
     ``axis_vol``: take the axis from this volume instead (a bone of ``vol``, in ``vol``'s world frame)."""
     from xraypose.geometry import make_transform
 
-    d_vol, a_vol = volume_axis(vol if axis_vol is None else axis_vol)
+    axis = vol if axis_vol is None else axis_vol
+    d_vol, a_vol = volume_axis(axis)
     want = (P_prox - P_dist) / (P_prox - P_dist).norm()
     R0 = rotation_between(a_vol, want)
-    axis_vol = vol if axis_vol is None else axis_vol
-    out = [rolled(make_transform(R0, P_dist - R0 @ d_vol), axis_vol, rolls_deg)]
+    out = [rolled(make_transform(R0, P_dist - R0 @ d_vol), axis, rolls_deg)]
     if both_directions:  # the volume's proximal end (its axis's far end) on P_dist
         length = float((P_prox - P_dist).norm())
         p_vol = d_vol + a_vol * length
         R1 = rotation_between(-a_vol, want)
-        out.append(rolled(make_transform(R1, P_dist - R1 @ p_vol), axis_vol, rolls_deg))
+        out.append(rolled(make_transform(R1, P_dist - R1 @ p_vol), axis, rolls_deg))
     return torch.cat(out)
 
 
