@@ -465,7 +465,7 @@ def figures(args, ds, rig, vol, results, part_vol=None, name: str | None = None,
     if part_vol is not None and all("part" in r for r in results):
         name = f"wrist_{args.part}_from_{args.bone}.png"
         figures(args, ds, rig, part_vol, [r["part"] for r in results], name=name,
-                title=f"the {WRIST_BONES[args.part]}, registered alone from the {WRIST_BONES[args.bone]}'s result")
+                title=f"the {WRIST_BONES[args.part]}, registered alone from the result for the {WRIST_BONES[args.bone]}")
 
 
 def main(argv=None) -> int:
