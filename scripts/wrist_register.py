@@ -35,6 +35,13 @@ Per frame:
    joint one and a single view's disagreement in 4. is its search's; if it leaves, it is its optimum's.
    ``--alone-from JSON`` does only this, from another run's joint results.
 
+``--bone mc2_mc3 --part mc3`` (the third metacarpal, docs/wrist.md): the second and third metacarpals' volume — it
+holds the third's voxel for voxel (:func:`part_origin`) — started on the third's picked axis, then each frame's
+third metacarpal registered alone from where the pair's joint result puts it (the rows' ``part``).
+``--start-poses JSON`` starts the frames it names at given poses (rolled as above): the hand turns 47–57° between
+frames, beyond the previous frame's rolls; its skin markers' rigid motion gives those starts
+(``benchmarks/results/wrist/hand-beads-2026-12-06.py.txt``).
+
 ``--exclude BONE JSON`` takes another bone's projection (at its joint result per frame in JSON, this script's
 output for that bone, e.g. the ulna beside the radius) out of every view's weights.
 
@@ -45,6 +52,8 @@ the view's own result blended over it (``--replot`` draws it again from the JSON
     python scripts/wrist_register.py --json wrist.json --figures docs/img [--size 1024] [--frames 0002 0099]
     python scripts/wrist_register.py --json wrist.json --figures docs/img --replot
     python scripts/wrist_register.py --json alone.json --alone-from wrist.json [--exclude uln ulna.json]
+    python scripts/wrist_register.py --bone mc2_mc3 --part mc3 --both-directions --json mc.json --figures docs/img
+        --start-poses benchmarks/results/wrist/hand-beads-2026-12-06.json     # (one line)
 """
 
 from __future__ import annotations
