@@ -393,6 +393,9 @@ def main(argv=None) -> int:
                          "Kalman filter's estimates, or the smoother's")
     ap.add_argument("--motion-noise-scale", type=float, default=None,
                     help="the motion model's noise_scale (MotionModel; default its own)")
+    ap.add_argument("--fit-motion", action="store_true",
+                    help="the smoother's noise fitted to the sequence's innovations (track_sequence's fit_motion; "
+                         "motion.fit_noise): the summary's motion_fit says what was chosen")
     ap.add_argument("--tracking-tol", type=float, default=None,
                     help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
     ap.add_argument("--air-floor", type=float, default=None,
@@ -632,6 +635,7 @@ def main(argv=None) -> int:
                          air_floor_hu=args.air_floor,
                          motion_model=(None if args.motion_noise_scale is None
                                        else MotionModel(noise_scale=args.motion_noise_scale)),
+                         fit_motion=args.fit_motion,
                          overlap_check=False if args.no_overlap else None, blur=blur,
                          blur_turn_deg=args.blur_turn or None,
                          masks=frame_weights,
@@ -674,6 +678,7 @@ def main(argv=None) -> int:
                "jump_recovered_after_frames": recovered, "median_frame_s": float(secs.median()),
                "frames_per_s": float(1.0 / secs.mean()), "reinitialised": sum(r["reinitialised"] for r in rows),
                "vouched": sum(bool(r.get("vouched")) for r in rows),
+               "motion_fit": next((r["motion_fit"] for r in rows if r.get("motion_fit")), None),
                "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "uncertain", "failed", None)}}
     report.update(summary=summary, frames=rows, formed=formed)
     write_report(args.json, report, [f"{k:32s} {v}" for k, v in {**summary, **{

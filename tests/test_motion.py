@@ -197,3 +197,86 @@ def test_pose_spread_reads_the_covariance_along_the_cameras_axis():
     R = so3_exp(torch.tensor([math.pi / 2, 0.0, 0.0], dtype=F64))  # camera z along world -y
     assert pose_spread(C, make_transform(R, torch.zeros(3, dtype=F64)))["along_beam_mm"] == pytest.approx(2.0)
     assert pose_spread(None, torch.eye(4, dtype=F64)) is None
+
+
+def _fast_trajectory(n: int, accel_mm: float, accel_deg: float, seed: int = 0):
+    """True poses whose velocity changes by white noise of ``accel_mm`` / ``accel_deg`` per axis each frame."""
+    g = torch.Generator().manual_seed(seed)
+    R0 = so3_exp(torch.tensor([math.pi / 2, 0.0, 0.0], dtype=F64))
+    T = make_transform(R0, torch.tensor([0.0, -700.0, 0.0], dtype=F64))
+    v = torch.zeros(6, dtype=F64)
+    sd = torch.tensor([math.radians(accel_deg)] * 3 + [accel_mm] * 3, dtype=F64)
+    out = []
+    for _ in range(n):
+        out.append(T)
+        v = v + sd * torch.randn(6, generator=g, dtype=F64)
+        T = _about_iso(v) @ T
+    return out
+
+
+def _filtered(truth, model, R_true, R_told, seed=1, restart_at=()):
+    g = torch.Generator().manual_seed(seed)
+    f = MotionFilter(ISO, model)
+    for k, T in enumerate(truth):
+        f.update(_noisy(T, R_true, g), R_told, restart=k in restart_at)
+    return f
+
+
+def test_replay_with_the_same_model_repeats_the_filter():
+    """The measurements kept by each step, run again through the same model, give the same poses, velocities
+    and covariances (restarts and a coasted frame included)."""
+    from xraypose.register.motion import replay
+
+    truth = _trajectory(30)
+    g = torch.Generator().manual_seed(5)
+    f = MotionFilter(ISO, MotionModel())
+    for k, T in enumerate(truth):
+        if k == 12:
+            f.coast()
+        else:
+            f.update(_noisy(T, R_MEAS, g), R_MEAS, restart=k == 20)
+    again, ll, n = replay(f, f.model)
+    assert n == len(truth) - 3  # every frame but the first, the restart and the coasted one
+    assert math.isfinite(ll)
+    for a, b in zip(f.steps, again.steps):
+        assert a.restart == b.restart and a.measured == b.measured
+        assert torch.allclose(a.pose, b.pose, atol=1e-9) and torch.allclose(a.P, b.P, atol=1e-12)
+        assert torch.allclose(a.velocity, b.velocity, atol=1e-12)
+
+
+@pytest.mark.parametrize("k, seed, want", [(1.5, 1, "faster"), (0.35, 3, "slower")])
+def test_fit_noise_follows_the_sequences_own_motion_and_smooths_it_better(k, seed, want):
+    """A sequence whose velocity changes k× as fast as the model says: the fit moves the process noise that way
+    (k = 1.5: a factor ≥ 1.41; k = 0.35: ≤ 0.71), and the smoother's poses come nearer the truth than with the
+    model as it was."""
+    from xraypose.register.motion import fit_noise
+
+    model = MotionModel(accel_mm=0.3, accel_deg=0.2, noise_scale=1.0)
+    truth = _fast_trajectory(100, accel_mm=0.3 * k, accel_deg=0.2 * k, seed=seed)
+    f = _filtered(truth, model, R_MEAS, R_MEAS)
+    fitted, info = fit_noise(f)
+    assert info is not None and info["innovations"] >= 90
+    assert info["accel_factor"] >= 1.41 if want == "faster" else info["accel_factor"] <= 0.71
+    before = sum(_err(P, T) for P, T in zip(smooth(f), truth))
+    after = sum(_err(P, T) for P, T in zip(smooth(fitted), truth))
+    assert after < (0.97 if want == "faster" else 0.9) * before
+
+
+def test_fit_noise_reads_measurements_told_too_precise():
+    """Measurements 2× noisier than their covariance says, on a slow sequence: the fit scales the
+    measurements' noise up (factor ≥ 1.41), not the motion's."""
+    from xraypose.register.motion import fit_noise
+
+    truth = _trajectory(100)
+    f = _filtered(truth, MotionModel(noise_scale=1.0), R_MEAS * 4.0, R_MEAS)
+    _, info = fit_noise(f)
+    assert info["noise_factor"] >= 1.41 and info["accel_factor"] <= 1.0
+
+
+def test_fit_noise_leaves_a_short_sequence_alone():
+    from xraypose.register.motion import FIT_MIN_INNOVATIONS, fit_noise
+
+    truth = _trajectory(FIT_MIN_INNOVATIONS)  # one innovation short (the first frame has none)
+    f = _filtered(truth, MotionModel(), R_MEAS, R_MEAS)
+    same, info = fit_noise(f)
+    assert same is f and info is None

@@ -41,7 +41,7 @@ from xraypose.errors import InputError
 from xraypose.geometry import se3_exp, se3_log
 
 __all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "result_covariance", "smooth", "pose_spread",
-           "MOTIONS", "NOISE_SCALE", "bracketed_steps"]
+           "MOTIONS", "NOISE_SCALE", "bracketed_steps", "replay", "fit_noise"]
 
 F64 = torch.float64
 #: What ``track_sequence`` reports per frame: the registration alone, the causal filter, or the smoother.
@@ -153,6 +153,8 @@ class _Step:
     P: torch.Tensor  # (12, 12)
     restart: bool
     measured: bool = True  # False: a frame the filter coasted over (its prediction)
+    measurement: torch.Tensor | None = None  # (4, 4) the registered pose fused here (None: coasted)
+    R: torch.Tensor | None = None  # (6, 6) its covariance as given (None: taken as exact)
 
 
 @dataclass
@@ -213,18 +215,29 @@ class MotionFilter:
             z = self._chart(T, Tp)
             S_inv = torch.linalg.inv(Pp[:6, :6] + R)
             if float(z @ S_inv @ z) <= self.model.gate:
-                K = Pp[:, :6] @ S_inv
-                x = K @ z
-                P = Pp - K @ Pp[:6, :]
-                out = self._move(x[:6], Tp)
-                self.steps.append(_Step(Tp, Pp, out.clone(), self.steps[-1].velocity + x[6:], 0.5 * (P + P.T), False))
-                return out
+                return self._fuse(T, R, Tp, Pp, z, S_inv)
+        return self._restart(T, R)
+
+    def _fuse(self, T, R, Tp, Pp, z, S_inv) -> torch.Tensor:
+        """The Kalman update of measurement ``T`` (covariance ``R``) against the prior (``Tp``, ``Pp``), its
+        innovation ``z`` and ``S⁻¹``; returns the filtered pose."""
+        K = Pp[:, :6] @ S_inv
+        x = K @ z
+        P = Pp - K @ Pp[:6, :]
+        out = self._move(x[:6], Tp)
+        self.steps.append(_Step(Tp, Pp, out.clone(), self.steps[-1].velocity + x[6:], 0.5 * (P + P.T), False,
+                                measurement=T.clone(), R=torch.as_tensor(R, dtype=F64).clone()))
+        return out
+
+    def _restart(self, T, R) -> torch.Tensor:
+        """The model restarted at measurement ``T`` (covariance ``R`` or None): the pose as it is, no velocity."""
         P = torch.zeros(12, 12, dtype=F64)
         if R is not None:
             P[:6, :6] = R
         # an unknown velocity: a few frames of the largest plausible motion (5° and 10 mm per frame)
         P[6:, 6:] = torch.diag(torch.tensor([math.radians(5.0)] * 3 + [10.0] * 3, dtype=F64) ** 2)
-        self.steps.append(_Step(None, None, T.clone(), torch.zeros(6, dtype=F64), P, True))
+        self.steps.append(_Step(None, None, T.clone(), torch.zeros(6, dtype=F64), P, True, measurement=T.clone(),
+                                R=None if R is None else torch.as_tensor(R, dtype=F64).clone()))
         return T.clone()
 
     def coast(self) -> torch.Tensor:
@@ -234,6 +247,73 @@ class MotionFilter:
         self.steps.append(_Step(Tp, Pp, Tp.clone(), self.steps[-1].velocity.clone(), Pp.clone(), False,
                                 measured=False))
         return Tp
+
+
+#: The grids :func:`fit_noise` searches: factors on the process noise's standard deviations (``accel_mm``,
+#: ``accel_deg``) and on the measurements' (``noise_scale``).
+FIT_ACCEL_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
+FIT_NOISE_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)
+#: Fewer innovations than this (fused frames that are not restarts) and :func:`fit_noise` keeps the model.
+FIT_MIN_INNOVATIONS = 12
+
+
+def replay(filt: MotionFilter, model: MotionModel, noise_factor: float = 1.0) -> tuple[MotionFilter, float, int]:
+    """The filter's measurements run again through a filter of ``model``, their covariances × ``noise_factor``²,
+    with the same restarts and coasted frames (no gate: the sequence's segments stay as they were).
+
+    Returns:
+        (the new filter, the innovations' Gaussian log-likelihood Σ −½(zᵀS⁻¹z + log det S) up to a constant,
+        the number of innovations).
+    """
+    out = MotionFilter(filt.isocenter, model)
+    ll, n = 0.0, 0
+    f2 = float(noise_factor) ** 2
+    for s in filt.steps:
+        if not s.measured:
+            out.coast()
+            continue
+        R = None if s.R is None else s.R * f2
+        if s.restart or R is None:
+            out._restart(s.measurement, R)
+            continue
+        Tp, Pp = out._prior()
+        z = out._chart(s.measurement, Tp)
+        S = Pp[:6, :6] + R
+        S_inv = torch.linalg.inv(S)
+        ll += -0.5 * (float(z @ S_inv @ z) + float(torch.linalg.slogdet(S)[1]))
+        n += 1
+        out._fuse(s.measurement, R, Tp, Pp, z, S_inv)
+    return out, ll, n
+
+
+def fit_noise(filt: MotionFilter, accel_factors=FIT_ACCEL_FACTORS, noise_factors=FIT_NOISE_FACTORS):
+    """The motion model's noise fitted to a recorded sequence: the process noise (``accel_mm``, ``accel_deg``
+    together) and the measurements' scale (``noise_scale``), each times the factor of its grid that makes the
+    filter's innovations most probable (maximum likelihood over the grid, :func:`replay`).
+
+    Why: the defaults are breathing's motion and the scatter of low-dose 128² frames; a sequence that moves
+    faster, or frames registered more (or less) precisely, make the smoother lag behind the motion (or follow
+    the noise).  The innovations of the whole sequence say which; a handful do not (fewer than
+    :data:`FIT_MIN_INNOVATIONS`: the filter as it is).
+
+    Returns:
+        (the filter replayed with the fitted model — ``filt`` itself when nothing is fitted —, a dict
+        ``{"accel_factor", "noise_factor", "log_likelihood", "innovations"}`` or None when not fitted).
+    """
+    n_innov = sum(1 for s in filt.steps if s.measured and not s.restart and s.R is not None)
+    if n_innov < FIT_MIN_INNOVATIONS:
+        return filt, None
+    m0 = filt.model
+    best = None
+    for a in accel_factors:
+        for r in noise_factors:
+            model = MotionModel(accel_mm=m0.accel_mm * a, accel_deg=m0.accel_deg * a, noise_scale=m0.noise_scale * r,
+                                gate=m0.gate)
+            f, ll, n = replay(filt, model, r)
+            if best is None or ll > best[1]:
+                best = (f, ll, n, a, r)
+    f, ll, n, a, r = best
+    return f, {"accel_factor": a, "noise_factor": r, "log_likelihood": ll, "innovations": n}
 
 
 def smooth(filt: MotionFilter, covariances: bool = False):

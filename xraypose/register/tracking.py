@@ -74,8 +74,8 @@ from xraypose.geometry.geodesics import geodesic_rotation
 from xraypose.preprocess import as_real_tensor, image_batch
 from xraypose.register.config import Level
 from xraypose.register.steppers import pose_motion_mm
-from xraypose.register.motion import (MOTIONS, MotionFilter, MotionModel, bracketed_steps, pose_spread, result_covariance,
-                                      smooth)
+from xraypose.register.motion import (MOTIONS, MotionFilter, MotionModel, bracketed_steps, fit_noise, pose_spread,
+                                      result_covariance, smooth)
 
 __all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "REWINDOW_MM", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX",
            "needs_rewindow", "track_sequence", "predict_pose", "similarity_drop"]
@@ -452,7 +452,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                    masks=None, blur=None, blur_turn_deg: float | None = BLUR_TURN_DEG,
                    vouch_failed: bool = True,
                    air_floor_hu: float | None = None, should_stop=None, checkpoint=None,
-                   resume=None) -> list[FrameResult]:
+                   resume=None, fit_motion: bool = False) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -471,6 +471,9 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             estimate; the smoother's replaces it in the list returned).
         motion: "smooth" (default), "filter" or "none" (module docstring; :data:`MOTIONS`).
         motion_model: the filter's settings (default :class:`~xraypose.register.motion.MotionModel`).
+        fit_motion: with ``motion="smooth"``, the model's noise fitted to the sequence's innovations before
+            smoothing (:func:`~xraypose.register.motion.fit_noise`; each frame's ``extra["motion_fit"]`` says
+            what was chosen).
         tracking_tol_px: the later frames' Levenberg–Marquardt convergence test (pixels; never below
             the registrar's own ``lm_tol_px``).
         overlap_check: run each frame's check on a second thread while the next frame is registered
@@ -822,9 +825,14 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if pool is not None:
             pool.shutdown(wait=True)
     if motion == "smooth" and filt is not None:
+        fit = None
+        if fit_motion:  # the model's noise fitted to this sequence's innovations before smoothing
+            filt, fit = fit_noise(filt)
         poses, covs = smooth(filt, covariances=True)
         bracketed = bracketed_steps(filt.steps)
         for fr, step, T, C, inside in zip(out, filt.steps, poses, covs, bracketed):
+            if fit is not None:
+                fr.extra["motion_fit"] = fit
             if step.measured or inside:  # inside: a failed frame between measured ones, the smoother's estimate
                 fr.camera_to_world = T
                 if fr.covariance is not None or inside:  # (a failed frame's spread: the smoother's own)
