@@ -393,9 +393,10 @@ def main(argv=None) -> int:
                          "Kalman filter's estimates, or the smoother's")
     ap.add_argument("--motion-noise-scale", type=float, default=None,
                     help="the motion model's noise_scale (MotionModel; default its own)")
-    ap.add_argument("--fit-motion", action="store_true",
-                    help="the smoother's noise fitted to the sequence's innovations (track_sequence's fit_motion; "
-                         "motion.fit_noise): the summary's motion_fit says what was chosen")
+    ap.add_argument("--fit-motion", action=argparse.BooleanOptionalAction, default=True,
+                    help="the smoother's noise fitted to the sequence's innovations (track_sequence's fit_motion, "
+                         "motion.fit_noise; the default since 2026-12-06, stop 63): the summary's motion_fit says "
+                         "what was chosen; --no-fit-motion: the model as given (the behaviour until then)")
     ap.add_argument("--tracking-tol", type=float, default=None,
                     help="the later frames' Levenberg-Marquardt convergence test, pixels (default: track_sequence's)")
     ap.add_argument("--air-floor", type=float, default=None,

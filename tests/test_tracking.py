@@ -136,6 +136,7 @@ def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
     assert rows[0].endswith(",reason,vouched")  # a frame the sequence vouched for (added last: columns keep places)
     doc = json.loads((out / "trajectory.json").read_text())
     assert "vouched" in doc["summary"] and all("vouched" in fr for fr in doc["frames"])
+    assert "motion_fit" in doc["summary"]  # the smoother's fitted noise (None: a sequence too short to fit)
     summary = doc["summary"]  # the sequence's time and rate, printed too
     assert summary["seconds"] == pytest.approx(sum(fr["seconds"] for fr in doc["frames"]))
     assert summary["frames_per_second"] == pytest.approx(4 / summary["seconds"])
@@ -1244,3 +1245,36 @@ def test_a_frame_whose_structure_moved_is_checked_with_its_weights_drawn_at_the_
     TR._check_frame(None, 1, SimpleNamespace(poses=at(50.0)[None], initial_poses=at(50.0)[None]), T0,
                     views=[(torch.zeros(2, 1, 8, 8), None, None, own)])
     assert torch.equal(seen[-1][1], own[1:2])
+
+
+def test_the_smoother_fits_the_motion_noise_to_the_sequence(volume, sequence, monkeypatch):
+    """track_sequence(fit_motion=True, the default): the smoother's model is fitted to the sequence's innovations
+    (motion.fit_noise; here with the minimum number of innovations lowered to this short sequence's) and every
+    frame says what was chosen; fit_motion=False smooths with the model as given and says nothing."""
+    from xraypose.preprocess import preprocess
+    from xraypose.register import motion as M
+
+    pres = [preprocess(r, sequence["camera"], blur=(5, 1.0), log=True, i0=sequence["i0"], rescale=True)
+            for r in sequence["raws"]][:JUMP_AT]
+    frames = torch.stack([p.image for p in pres])[:, None]
+    cam = pres[0].camera
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    monkeypatch.setattr(M, "FIT_MIN_INNOVATIONS", 1)
+    seen = []
+    real = M.fit_noise
+
+    def spy(filt, *a, **k):
+        out = real(filt, *a, **k)
+        seen.append(out[1])
+        return out
+
+    monkeypatch.setattr("xraypose.register.tracking.fit_noise", spy)
+    fitted = track_sequence(reg, frames, cam, sequence["start"], confidence=False, tracking_levels=WEAK)
+    assert len(seen) == 1 and seen[0] is not None and seen[0]["innovations"] == JUMP_AT - 1
+    assert all(fr.extra["motion_fit"] == seen[0] for fr in fitted)
+    fixed = track_sequence(reg, frames, cam, sequence["start"], confidence=False, tracking_levels=WEAK,
+                           fit_motion=False)
+    assert len(seen) == 1 and all("motion_fit" not in fr.extra for fr in fixed)
+    # the same registrations either way; only the smoother's estimate may differ
+    for a, b in zip(fitted, fixed):
+        assert torch.allclose(a.registered, b.registered)

@@ -188,9 +188,9 @@ DENSITY = typer.Option(REGISTRATION_DEFAULTS.density, "--density",
 LEVELS = typer.Option(None, "--levels", help="Schedule of the first frame (and re-initialisations).")
 FAST = typer.Option(False, "--fast", help="A cheaper schedule for the first frame (previews).")
 MOTION = typer.Option("smooth", "--motion", help="smooth | filter | none: each frame's pose pooled with the "
-                      "others' by a constant-velocity motion model (the Kalman smoother over the whole sequence, the "
-                      "causal filter), or each frame's registration alone (recorded beside it in trajectory.json "
-                      "either way).")
+                      "others' by a constant-velocity motion model (the Kalman smoother over the whole sequence — its "
+                      "noise fitted to the sequence, trajectory.json's summary motion_fit —, the causal filter), or "
+                      "each frame's registration alone (recorded beside it in trajectory.json either way).")
 BLUR_COEFFICIENT = typer.Option(None, "--blur-coefficient", help="The detector's intensity-domain blur held fixed "
                                 "for every frame: a number <= 0 per pixel² of the preprocessed frames "
                                 "(RegistrationConfig.blur_coefficient), calibrated where the pose is known "
@@ -717,6 +717,8 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
             "summary": {"frames": F, "verdicts": _verdict_counts(res),
                         "reinitialised": sum(fr.reinitialised for fr in res),
                         "vouched": sum(fr.vouched for fr in res),
+                        # the smoother's noise fitted to this sequence (motion.fit_noise); None: the model as given
+                        "motion_fit": next((fr.extra["motion_fit"] for fr in res if fr.extra.get("motion_fit")), None),
                         "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median()),
                         # the frames' wall-clock time (frame 0's whole registration included) and its rate
                         "seconds": seconds, "frames_per_second": F / max(seconds, 1e-9)},

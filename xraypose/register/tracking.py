@@ -452,7 +452,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                    masks=None, blur=None, blur_turn_deg: float | None = BLUR_TURN_DEG,
                    vouch_failed: bool = True,
                    air_floor_hu: float | None = None, should_stop=None, checkpoint=None,
-                   resume=None, fit_motion: bool = False) -> list[FrameResult]:
+                   resume=None, fit_motion: bool = True) -> list[FrameResult]:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -471,9 +471,10 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             estimate; the smoother's replaces it in the list returned).
         motion: "smooth" (default), "filter" or "none" (module docstring; :data:`MOTIONS`).
         motion_model: the filter's settings (default :class:`~xraypose.register.motion.MotionModel`).
-        fit_motion: with ``motion="smooth"``, the model's noise fitted to the sequence's innovations before
-            smoothing (:func:`~xraypose.register.motion.fit_noise`; each frame's ``extra["motion_fit"]`` says
-            what was chosen).
+        fit_motion: with ``motion="smooth"`` (default True since 2026-12-06), the model's process and
+            measurement noise fitted to the sequence's own innovations before smoothing
+            (:func:`~xraypose.register.motion.fit_noise`; each frame's ``extra["motion_fit"]`` says what was
+            chosen; a sequence of fewer than 13 frames keeps the model as given).
         tracking_tol_px: the later frames' Levenberg–Marquardt convergence test (pixels; never below
             the registrar's own ``lm_tol_px``).
         overlap_check: run each frame's check on a second thread while the next frame is registered
