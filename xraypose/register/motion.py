@@ -251,8 +251,8 @@ class MotionFilter:
 
 #: The grids :func:`fit_noise` searches: factors on the process noise's standard deviations (``accel_mm``,
 #: ``accel_deg``) and on the measurements' (``noise_scale``).
-FIT_ACCEL_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
-FIT_NOISE_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)
+FIT_ACCEL_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)
+FIT_NOISE_FACTORS = (0.71, 1.0, 1.41)
 #: Fewer innovations than this (fused frames that are not restarts) and :func:`fit_noise` keeps the model.
 FIT_MIN_INNOVATIONS = 12
 
