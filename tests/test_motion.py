@@ -280,3 +280,24 @@ def test_fit_noise_leaves_a_short_sequence_alone():
     f = _filtered(truth, MotionModel(), R_MEAS, R_MEAS)
     same, info = fit_noise(f)
     assert same is f and info is None
+
+
+def test_the_batched_likelihoods_are_each_replays():
+    """replay_likelihoods: for every (accel, noise) factor pair the log-likelihood and count of one replay of that
+    model (a restart and a coasted frame in the sequence)."""
+    from xraypose.register.motion import replay, replay_likelihoods
+
+    truth = _fast_trajectory(40, accel_mm=0.45, accel_deg=0.3, seed=2)
+    g = torch.Generator().manual_seed(9)
+    f = MotionFilter(ISO, MotionModel(noise_scale=1.0))
+    for k, T in enumerate(truth):
+        if k == 15:
+            f.coast()
+        else:
+            f.update(_noisy(T, R_MEAS, g), R_MEAS, restart=k == 30)
+    pairs = [(0.5, 0.71), (1.0, 1.0), (2.0, 1.41)]
+    ll, n = replay_likelihoods(f, pairs)
+    for (a, r), got in zip(pairs, ll):
+        m = MotionModel(accel_mm=0.3 * a, accel_deg=0.2 * a, noise_scale=1.0 * r)
+        _, want, n1 = replay(f, m, r)
+        assert n == n1 and float(got) == pytest.approx(want, rel=1e-9, abs=1e-9)

@@ -41,7 +41,7 @@ from xraypose.errors import InputError
 from xraypose.geometry import se3_exp, se3_log
 
 __all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "result_covariance", "smooth", "pose_spread",
-           "MOTIONS", "NOISE_SCALE", "bracketed_steps", "replay", "fit_noise"]
+           "MOTIONS", "NOISE_SCALE", "bracketed_steps", "replay", "replay_likelihoods", "fit_noise"]
 
 F64 = torch.float64
 #: What ``track_sequence`` reports per frame: the registration alone, the causal filter, or the smoother.
@@ -286,10 +286,52 @@ def replay(filt: MotionFilter, model: MotionModel, noise_factor: float = 1.0) ->
     return out, ll, n
 
 
+def replay_likelihoods(filt: MotionFilter, factors) -> tuple[torch.Tensor, int]:
+    """:func:`replay`'s log-likelihood for each ``(accel factor, noise factor)`` of ``factors`` (K pairs), the K models
+    run through the measurements at once (batched: one pass, not K); returns ((K,) float64, the innovations)."""
+    a = torch.tensor([float(f[0]) for f in factors], dtype=F64)
+    r2 = torch.tensor([float(f[1]) for f in factors], dtype=F64) ** 2
+    K = len(factors)
+    Q = filt.model.process_noise()[None] * (a ** 2)[:, None, None]  # both accel_mm and accel_deg × a: q × a²
+    Phi, F, Fi = filt._Phi, filt._F, filt._Fi
+    vel0 = torch.diag(torch.tensor([math.radians(5.0)] * 3 + [10.0] * 3, dtype=F64) ** 2)  # as _restart's
+    pose = v = P = Tp = Pp = None
+    ll = torch.zeros(K, dtype=F64)
+    n = 0
+    for s in filt.steps:
+        if pose is not None:
+            Tp = F @ se3_exp(v) @ Fi @ pose
+            Pp = Phi @ P @ Phi.T + Q
+        if not s.measured:  # coasted
+            pose, P = Tp, Pp
+            continue
+        if s.restart or s.R is None:
+            pose = s.measurement.expand(K, 4, 4).clone()
+            v = torch.zeros(K, 6, dtype=F64)
+            P = torch.zeros(K, 12, 12, dtype=F64)
+            if s.R is not None:
+                P[:, :6, :6] = s.R[None] * r2[:, None, None]
+            P[:, 6:, 6:] = vel0
+            continue
+        z = se3_log(Fi @ s.measurement @ torch.linalg.inv(Tp) @ F)  # (K, 6)
+        S = Pp[:, :6, :6] + s.R[None] * r2[:, None, None]
+        S_inv = torch.linalg.inv(S)
+        ll += -0.5 * (torch.einsum("ki,kij,kj->k", z, S_inv, z) + torch.linalg.slogdet(S)[1])
+        n += 1
+        G = Pp[:, :, :6] @ S_inv
+        x = (G @ z[..., None])[..., 0]
+        P = Pp - G @ Pp[:, :6, :]
+        P = 0.5 * (P + P.transpose(1, 2))
+        pose = F @ se3_exp(x[:, :6]) @ Fi @ Tp
+        v = v + x[:, 6:]
+    return ll, n
+
+
 def fit_noise(filt: MotionFilter, accel_factors=FIT_ACCEL_FACTORS, noise_factors=FIT_NOISE_FACTORS):
     """The motion model's noise fitted to a recorded sequence: the process noise (``accel_mm``, ``accel_deg``
     together) and the measurements' scale (``noise_scale``), each times the factor of its grid that makes the
-    filter's innovations most probable (maximum likelihood over the grid, :func:`replay`).
+    filter's innovations most probable (maximum likelihood over the grid: :func:`replay_likelihoods`, then
+    :func:`replay` of the chosen pair).
 
     Why: the defaults are breathing's motion and the scatter of low-dose 128² frames; a sequence that moves
     faster, or frames registered more (or less) precisely, make the smoother lag behind the motion (or follow
@@ -303,17 +345,14 @@ def fit_noise(filt: MotionFilter, accel_factors=FIT_ACCEL_FACTORS, noise_factors
     n_innov = sum(1 for s in filt.steps if s.measured and not s.restart and s.R is not None)
     if n_innov < FIT_MIN_INNOVATIONS:
         return filt, None
+    pairs = [(float(a), float(r)) for a in accel_factors for r in noise_factors]
+    ll, _ = replay_likelihoods(filt, pairs)
+    a, r = pairs[int(torch.argmax(ll))]
     m0 = filt.model
-    best = None
-    for a in accel_factors:
-        for r in noise_factors:
-            model = MotionModel(accel_mm=m0.accel_mm * a, accel_deg=m0.accel_deg * a, noise_scale=m0.noise_scale * r,
-                                gate=m0.gate)
-            f, ll, n = replay(filt, model, r)
-            if best is None or ll > best[1]:
-                best = (f, ll, n, a, r)
-    f, ll, n, a, r = best
-    return f, {"accel_factor": a, "noise_factor": r, "log_likelihood": ll, "innovations": n}
+    model = MotionModel(accel_mm=m0.accel_mm * a, accel_deg=m0.accel_deg * a, noise_scale=m0.noise_scale * r,
+                        gate=m0.gate)
+    f, lik, n = replay(filt, model, r)
+    return f, {"accel_factor": a, "noise_factor": r, "log_likelihood": lik, "innovations": n}
 
 
 def smooth(filt: MotionFilter, covariances: bool = False):
