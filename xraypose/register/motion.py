@@ -142,6 +142,27 @@ def result_covariance(res, k: int, sizes, scale: float = 1.0):
     return measurement_covariance(curv[li], float(score), n, res.poses[k], scale)
 
 
+def _kalman_update(Pp: torch.Tensor, S_inv: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state correction ``x`` (..., 12) and the covariance (..., 12, 12), symmetrised, of a prior ``Pp``
+    (..., 12, 12) given an innovation ``z`` (..., 6) of covariance ``S`` (its inverse ``S_inv``, (..., 6, 6)); one
+    filter or a batch of them (:func:`replay_likelihoods`)."""
+    G = Pp[..., :, :6] @ S_inv
+    x = G @ z if z.dim() == 1 else (G @ z[..., None])[..., 0]
+    P = Pp - G @ Pp[..., :6, :]
+    return x, 0.5 * (P + P.transpose(-1, -2))
+
+
+def _restart_covariance(R: torch.Tensor | None, batch: tuple = ()) -> torch.Tensor:
+    """(*batch, 12, 12) state covariance at a restart: the measurement's ``R`` (..., 6, 6; None: exact) for the pose
+    and, for the unknown velocity, a few frames of the largest plausible motion (5° and 10 mm per frame)."""
+    shape = tuple(R.shape[:-2]) if R is not None else tuple(batch)
+    P = torch.zeros(*shape, 12, 12, dtype=F64)
+    if R is not None:
+        P[..., :6, :6] = R
+    P[..., 6:, 6:] = torch.diag(torch.tensor([math.radians(5.0)] * 3 + [10.0] * 3, dtype=F64) ** 2)
+    return P
+
+
 @dataclass
 class _Step:
     """What the smoother needs of one filtered frame."""
@@ -221,23 +242,17 @@ class MotionFilter:
     def _fuse(self, T, R, Tp, Pp, z, S_inv) -> torch.Tensor:
         """The Kalman update of measurement ``T`` (covariance ``R``) against the prior (``Tp``, ``Pp``), its
         innovation ``z`` and ``S⁻¹``; returns the filtered pose."""
-        K = Pp[:, :6] @ S_inv
-        x = K @ z
-        P = Pp - K @ Pp[:6, :]
+        x, P = _kalman_update(Pp, S_inv, z)
         out = self._move(x[:6], Tp)
-        self.steps.append(_Step(Tp, Pp, out.clone(), self.steps[-1].velocity + x[6:], 0.5 * (P + P.T), False,
+        self.steps.append(_Step(Tp, Pp, out.clone(), self.steps[-1].velocity + x[6:], P, False,
                                 measurement=T.clone(), R=torch.as_tensor(R, dtype=F64).clone()))
         return out
 
     def _restart(self, T, R) -> torch.Tensor:
         """The model restarted at measurement ``T`` (covariance ``R`` or None): the pose as it is, no velocity."""
-        P = torch.zeros(12, 12, dtype=F64)
-        if R is not None:
-            P[:6, :6] = R
-        # an unknown velocity: a few frames of the largest plausible motion (5° and 10 mm per frame)
-        P[6:, 6:] = torch.diag(torch.tensor([math.radians(5.0)] * 3 + [10.0] * 3, dtype=F64) ** 2)
-        self.steps.append(_Step(None, None, T.clone(), torch.zeros(6, dtype=F64), P, True, measurement=T.clone(),
-                                R=None if R is None else torch.as_tensor(R, dtype=F64).clone()))
+        R = None if R is None else torch.as_tensor(R, dtype=F64)
+        self.steps.append(_Step(None, None, T.clone(), torch.zeros(6, dtype=F64), _restart_covariance(R), True,
+                                measurement=T.clone(), R=None if R is None else R.clone()))
         return T.clone()
 
     def coast(self) -> torch.Tensor:
@@ -293,14 +308,13 @@ def replay_likelihoods(filt: MotionFilter, factors) -> tuple[torch.Tensor, int]:
     r2 = torch.tensor([float(f[1]) for f in factors], dtype=F64) ** 2
     K = len(factors)
     Q = filt.model.process_noise()[None] * (a ** 2)[:, None, None]  # both accel_mm and accel_deg × a: q × a²
-    Phi, F, Fi = filt._Phi, filt._F, filt._Fi
-    vel0 = torch.diag(torch.tensor([math.radians(5.0)] * 3 + [10.0] * 3, dtype=F64) ** 2)  # as _restart's
+    Phi = filt._Phi
     pose = v = P = Tp = Pp = None
     ll = torch.zeros(K, dtype=F64)
     n = 0
-    for s in filt.steps:
+    for s in filt.steps:  # the K filters in step: MotionFilter's own chart, motion and update on (K, ...) tensors
         if pose is not None:
-            Tp = F @ se3_exp(v) @ Fi @ pose
+            Tp = filt._move(v, pose)
             Pp = Phi @ P @ Phi.T + Q
         if not s.measured:  # coasted
             pose, P = Tp, Pp
@@ -308,21 +322,15 @@ def replay_likelihoods(filt: MotionFilter, factors) -> tuple[torch.Tensor, int]:
         if s.restart or s.R is None:
             pose = s.measurement.expand(K, 4, 4).clone()
             v = torch.zeros(K, 6, dtype=F64)
-            P = torch.zeros(K, 12, 12, dtype=F64)
-            if s.R is not None:
-                P[:, :6, :6] = s.R[None] * r2[:, None, None]
-            P[:, 6:, 6:] = vel0
+            P = _restart_covariance(None if s.R is None else s.R[None] * r2[:, None, None], (K,))
             continue
-        z = se3_log(Fi @ s.measurement @ torch.linalg.inv(Tp) @ F)  # (K, 6)
+        z = filt._chart(s.measurement, Tp)  # (K, 6)
         S = Pp[:, :6, :6] + s.R[None] * r2[:, None, None]
         S_inv = torch.linalg.inv(S)
         ll += -0.5 * (torch.einsum("ki,kij,kj->k", z, S_inv, z) + torch.linalg.slogdet(S)[1])
         n += 1
-        G = Pp[:, :, :6] @ S_inv
-        x = (G @ z[..., None])[..., 0]
-        P = Pp - G @ Pp[:, :6, :]
-        P = 0.5 * (P + P.transpose(1, 2))
-        pose = F @ se3_exp(x[:, :6]) @ Fi @ Tp
+        x, P = _kalman_update(Pp, S_inv, z)
+        pose = filt._move(x[:, :6], Tp)
         v = v + x[:, 6:]
     return ll, n
 
