@@ -53,7 +53,6 @@ if str(ROOT) not in sys.path and "PYTHONPATH" not in os.environ:
 from xraypose.camera import Camera  # noqa: E402
 from xraypose.io import atomic_write_json  # noqa: E402
 from xraypose.metrics import format_table  # noqa: E402
-from xraypose.preprocess import RESAMPLE_DOMAINS  # noqa: E402
 from xraypose.register import Registrar, RegistrationConfig  # noqa: E402
 from xraypose.register.api import registration_metrics  # noqa: E402
 
@@ -546,7 +545,7 @@ def main(argv=None) -> int:
     ap.add_argument("--form-detector", type=int, default=None,
                     help="form the X-rays on this many rows (a multiple of --detector; the same field and dose per "
                          "mm²) and preprocess them to --detector rows as `xraypose register --size` does")
-    ap.add_argument("--resample-domain", default="auto", choices=list(RESAMPLE_DOMAINS),
+    ap.add_argument("--resample-domain", default="auto", choices=["auto", "line-integral", "intensity"],
                     help="with --form-detector: preprocess's resize — of the intensities before the log "
                          "('intensity'), after it ('line-integral'), or by the X-ray's photons ('auto')")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/xraypose/bench-appearance"))

@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 from xraypose.camera import Camera  # noqa: E402
 from xraypose.geometry import make_transform, so3_exp  # noqa: E402
-from xraypose.preprocess import RESAMPLE_DOMAINS  # noqa: E402
 
 F64 = torch.float64
 
@@ -363,7 +362,7 @@ def main(argv=None) -> int:
                          "formed pixels (a finer detector blurs less), and the preprocessing's σ is scaled by "
                          "their size, so the frames are blurred by 1 registered pixel as the DRRs are "
                          "(default: formed at --detector)")
-    ap.add_argument("--resample-domain", default="auto", choices=list(RESAMPLE_DOMAINS),
+    ap.add_argument("--resample-domain", default="auto", choices=["auto", "line-integral", "intensity"],
                     help="with --form-detector: preprocess's shrink of the frames (`xraypose track "
                          "--resample-domain`): auto (the default: after the log where half a photon is added, as "
                          "on these frames — since 2026-12-05; from 2026-12-02 to then it binned the intensities "

@@ -971,8 +971,6 @@ def preprocess(
     img = _log_step(img, mode, i0, total, steps)
     if photons:  # (the step's "offset": the given offset + these photons' intensity)
         steps[-1]["photon_offset"] = {"photons": photons, "per_photon": est["per_photon"], "intensity": added}
-        if how.get("domain") == "mixed":
-            img = _mix_bins(raw, img, geo.shape, offset, added, est["per_photon"], steps)
     if blur_domain == "line-integral":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
         if mode == "intensity" and b is not None:
@@ -999,13 +997,9 @@ def _resize(img: torch.Tensor, mask, ops: list, intensities: bool):
     return img, mask
 
 
-#: ``resample_domain`` values of :func:`preprocess` (the CLI's ``--resample-domain`` choices).
-RESAMPLE_DOMAINS = ("auto", "intensity", "line-integral", "mixed")
-
-
 def _check_resample_domain(domain: str, mode: str) -> None:
-    if domain not in RESAMPLE_DOMAINS:
-        raise InputError(f"resample_domain must be one of {', '.join(map(repr, RESAMPLE_DOMAINS))}, got {domain!r}")
+    if domain not in ("auto", "intensity", "line-integral"):
+        raise InputError(f"resample_domain must be 'auto', 'intensity' or 'line-integral', got {domain!r}")
     if domain == "intensity" and mode != "intensity":
         raise InputError(f"resample_domain 'intensity' averages raw intensities before their log: it needs "
                          f"log=True / 'intensity', got log={mode!r}")
@@ -1090,45 +1084,10 @@ def _resample_before_log(domain: str, mode: str, geo, est: dict | None, photons:
         return False, {"domain": "line-integral"}
     if domain == "intensity":
         return True, {"domain": "intensity", "how": "area mean"}
-    if domain == "mixed":  # the log of each pixel, blended with its bin's where photons are few (_mix_bins)
-        return False, {"domain": "mixed"}
     low = est is not None and est["photons_p1"] < LOG_MIN_PHOTONS and not photons
     rec = {"photons": None if est is None else {k: (None if math.isinf(x) else x) for k, x in est.items()},
            "log_min_photons": LOG_MIN_PHOTONS, "photon_offset": photons}
     return low, {"domain": "intensity", "how": "area mean", **rec} if low else {"domain": "line-integral", **rec}
-
-
-#: ``resample_domain="mixed"``: photons per pixel (its bin's mean) at or below which a pixel's line integral is its
-#: bin's (the log of the bin's mean intensity), and at or above which it is its own log; linear between.  The log
-#: of a Poisson count with half a photon added is biased by +0.48 / +0.17 / +0.03 / +0.002 at 0.5 / 1 / 2 / 3
-#: photons expected; that of a 2×2 bin's mean (its sum's half photon) by +0.17 / +0.03 at 0.25 / 0.5 per pixel.
-MIX_PHOTONS = (1.0, 3.0)
-
-
-def _mix_bins(raw: torch.Tensor, L: torch.Tensor, shape: tuple, offset: float, added: float, per_photon: float,
-              steps: list) -> torch.Tensor:
-    """Step 7's ``resample_domain="mixed"``: ``L`` (H, W), the log of each pixel of ``raw`` (with ``offset`` and
-    ``added`` — half a photon's intensity — before it), where few photons reach a pixel replaced by the log of the
-    mean intensity of the output pixel (``shape`` = (h, w)) it falls in, its half photon shared by the bin's pixels:
-    below :data:`MIX_PHOTONS`' first value photons per pixel (the bin's mean / ``per_photon``) fully, above the
-    second not at all.  The log of ~1 photon is biased even with half a photon added (toward less attenuation),
-    a bin's is not; but a bin is an intensity-domain blur whose log moves high-contrast edges — where photons
-    are many, each pixel keeps its own log.  Records ``mixed`` (the photons, the share of pixels binned
-    and the mean weight given to the bins) in the ``beer_lambert`` step."""
-    (H, W), (h, w) = L.shape, shape
-    if h >= H and w >= W:
-        return L
-    k = (H * W) / (h * w)
-    mean = _bin_intensities(raw.to(torch.float64) + float(offset), h, w).to(torch.float64)
-    i0 = steps[-1]["i0"]
-    Lb = math.log(i0) - torch.log((mean + added / k).clamp_min(1e-300))
-    lo, hi = MIX_PHOTONS
-    wb = ((hi - mean / per_photon) / (hi - lo)).clamp(0.0, 1.0)  # the bin's weight
-    up = lambda t: F.interpolate(t[None, None], size=(H, W), mode="nearest")[0, 0]
-    wf = up(wb)
-    steps[-1]["mixed"] = {"photons": list(MIX_PHOTONS), "binned_share": float((wb >= 1).double().mean()),
-                          "bin_weight_mean": float(wb.mean())}
-    return ((1 - wf) * L.to(torch.float64) + wf * up(Lb)).to(L.dtype)
 
 
 def _blur_step(img: torch.Tensor, mask, b, steps: list, domain: str):

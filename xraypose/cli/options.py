@@ -93,16 +93,10 @@ def _choices_structure() -> tuple:
     return tuple(STRUCTURES)
 
 
-def _choices_resample_domain() -> tuple:
-    from xraypose.preprocess import RESAMPLE_DOMAINS
-
-    return RESAMPLE_DOMAINS
-
-
 #: Text options whose choices the library checks only on some paths (checked here on all); ``(command, name)``
 #: entries, as in :data:`NUMERIC` (``register --structure`` is a mask file, ``evaluate --structure`` a bone).
 CHOICES: dict = {("evaluate", "structure"): _choices_structure,
-                 "resample_domain": _choices_resample_domain}
+                 "resample_domain": lambda: ("auto", "intensity", "line-integral")}
 
 
 def option_flag(name: str) -> str:
