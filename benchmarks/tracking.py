@@ -92,6 +92,9 @@ def _variants():
         # a third level at 256 rows (frames of 256+ rows: what `xraypose track` registers a fluoroscope's at)
         "+gncc256": lambda: (*TRACKING_LEVELS,
                              Level(size=256, iterations=20, volume_mm=2.0, similarity="gncc", **fits)),
+        # the display curve's and tissue's closed-form fits left out of the finest level / of both levels
+        "nofits128": lambda: (TRACKING_LEVELS[0], replace(TRACKING_LEVELS[1], fit_curve=False, fit_tissue=False)),
+        "nofits": lambda: tuple(replace(lv, fit_curve=False, fit_tissue=False) for lv in TRACKING_LEVELS),
     }
 
 
