@@ -1269,6 +1269,21 @@ def test_the_tracking_benchmark_gives_the_frames_masks_as_xraypose_track_does():
     assert torch.equal(w[1, 0], 0.5 * m) and bool((w[2] == 0.5).all())
 
 
+def test_the_tracking_benchmarks_nofits_variants_leave_out_only_the_curve_and_tissue_fits():
+    """benchmarks/tracking.py --tracking nofits128 / nofits (stop 64's measurement): the later frames' levels with
+    the closed-form curve and tissue fits off at the finest level / at both, every other setting as shipped."""
+    import dataclasses
+
+    from xraypose.register.tracking import TRACKING_LEVELS
+
+    bench = _benchmark("tracking")
+    off = lambda lv: dataclasses.replace(lv, fit_curve=False, fit_tissue=False)
+    assert all(lv.fit_curve and lv.fit_tissue for lv in TRACKING_LEVELS)  # what the variants leave out
+    assert bench.TRACKING_VARIANTS["default"]() == TRACKING_LEVELS
+    assert bench.TRACKING_VARIANTS["nofits128"]() == (TRACKING_LEVELS[0], off(TRACKING_LEVELS[1]))
+    assert bench.TRACKING_VARIANTS["nofits"]() == tuple(off(lv) for lv in TRACKING_LEVELS)
+
+
 def test_the_tracking_benchmarks_biplane_sequence_is_a_second_view_turned_about_the_isocenter(tmp_path):
     """benchmarks/tracking.py --biplane DEG films the same moments from a second view, view 0 turned DEG
     about the CT's isocenter around its image-vertical axis, and tracks both jointly; options the rig form
