@@ -156,6 +156,29 @@ def test_folder_sorted_naturally(tmp_path):
     assert sorted(["f10", "f2", "F1", "f1a"], key=natural_key) == ["F1", "f1a", "f2", "f10"]
 
 
+def test_a_folders_files_that_are_not_frames_are_named_in_a_note(tmp_path):
+    """A folder's files that are not read as frames (a README, a frame saved as .jpg) are named in the sequence's
+    notes — read silently, such a frame vanished unseen; hidden files are not named, a folder of frames only gets
+    no such note."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in (1, 2):
+        Image.fromarray(np.full((24, 32), i, np.uint8)).save(str(d / f"frame{i}.png"))
+    (d / ".hidden.png").write_bytes(b"junk")
+    (d / "frame1.json").write_text(json.dumps({"sdd_mm": 1000.0}))  # a sidecar: read with its frame, not named
+    assert not any("not read as frames" in n for n in read_sequence(d, sdd=1000, delx=0.5).notes)
+    (d / "notes.txt").write_text("not a frame")
+    Image.fromarray(np.full((24, 32), 3, np.uint8)).save(str(d / "frame3.jpg"))
+    seq = read_sequence(d, sdd=1000, delx=0.5)
+    assert len(seq) == 2
+    (note,) = [n for n in seq.notes if "not read as frames" in n]
+    assert note.startswith("2 files") and "frame3.jpg, notes.txt" in note and ".hidden" not in note
+    for i in range(7):
+        (d / f"extra{i}.txt").write_text("x")
+    (note,) = [n for n in read_sequence(d, sdd=1000, delx=0.5).notes if "not read as frames" in n]
+    assert note.startswith("9 files") and note.endswith("and 4 more")
+
+
 def test_folder_of_frames_whose_names_hold_superscript_digits(tmp_path):
     # '²' is a digit to str.isdigit() but not to int(): the sort raised ValueError (a traceback in track)
     d = tmp_path / "frames"

@@ -150,6 +150,28 @@ def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
     assert gif[:6] in (b"GIF89a", b"GIF87a") and len(gif) < 500_000
 
 
+def test_cli_track_says_which_files_of_a_folder_it_did_not_read_as_frames(tmp_path, sequence, capsys):
+    """`xraypose track CT FOLDER`: the sequence's notes (here: a file that is not a frame) are printed, not only
+    kept in trajectory.json."""
+    from xraypose.cli import main
+
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, frame in enumerate(np.load(run)):
+        np.save(d / f"f{i}.npy", frame)
+    (d / "README.txt").write_text("exported frames")
+    cam = sequence["camera"]
+    code = main(["track", "sample", str(d), "-o", str(tmp_path / "out"), "--pose-json",
+                 str(tmp_path / "in" / "start.json"), "--i0", "65000", "--fast", "--sdd", str(cam.sdd),
+                 "--delx", str(cam.delx), "--kind", "intensity"])
+    text = capsys.readouterr()
+    assert code in (0, 3), text.err
+    assert f"note: {d}: 1 file in the folder not read as frames" in text.out and "README.txt" in text.out, text.out
+    doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
+    assert any("README.txt" in n for n in doc["sequences"][0]["notes"])
+
+
 def test_cli_track_of_one_frame_says_frame_not_frames(tmp_path, sequence, capsys):
     """A one-frame sequence: "tracking 1 frame of 1 view", "1 frame in …" (was "1 frames")."""
     from xraypose.cli import main

@@ -11,7 +11,8 @@
   as the same 33 ms apart);
 * a **multi-page TIFF** or an ``(F, H, W)`` NPY: every page / slice;
 * a **folder of frames** (PNG, TIFF, NPY, DICOM), sorted naturally by name
-  (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped) — a folder of DICOM frames
+  (``frame2`` before ``frame10``; hidden files and sidecar ``.json`` skipped; other files left out are named in
+  the sequence's ``notes``, which ``xraypose track`` prints) — a folder of DICOM frames
   each with a distinct InstanceNumber (0020,0013) in the order of those (a note says so where it differs),
   and DICOM frames of two series (SeriesInstanceUID) refused;
 * a **list of files**, one frame each, in the order given (a list in text order that is not the natural
@@ -167,6 +168,19 @@ def _is_frame_file(p: Path) -> bool:
     return suf in FRAME_EXTENSIONS or suf == ""
 
 
+def _left_out_note(folder: Path) -> list:
+    """[a note naming the files of a frames ``folder`` that are not read as frames] (a README, a frame saved as
+    .jpg), or [] — read silently, a frame stored in another format would vanish from the sequence unseen.  Hidden
+    files, subfolders and ``.json`` files (sidecars, read with their frames) are not named."""
+    other = sorted((f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                    and f.suffix.lower() != ".json" and not _is_frame_file(f)), key=natural_key)
+    if not other:
+        return []
+    shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+    return [f"{len(other)} file{'s' if len(other) > 1 else ''} in the folder not read as frames (not ending in "
+            f"{', '.join(FRAME_EXTENSIONS)} or without an ending): {shown}"]
+
+
 def read_sequence(source, **kwargs) -> XRaySequence:
     """Read an X-ray sequence (module docstring).
 
@@ -200,7 +214,7 @@ def read_sequence(source, **kwargs) -> XRaySequence:
                              "or DICOM files without an ending)")
         files, note = _instance_order(files)
         seq = _from_files(files, str(p), kwargs)
-        seq.notes += [note] if note else []
+        seq.notes += ([note] if note else []) + _left_out_note(p)
         return seq
     xr = read_xray(p, frames="all", **kwargs)
     frames = _split(xr)

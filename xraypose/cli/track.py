@@ -302,6 +302,9 @@ def track_command(
     check_output_beside_xrays(output, TRACK_FILES)
     earlier = _earlier_run(output, resume)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
+    for seq in seqs:  # how the frames were read (their order, files left out): said where the user looks
+        for n in seq.notes:
+            typer.echo(f"note: {seq.source}: {n}")
     if counts:
         check_counts_input(seqs[0].frames[0].kind, the_rig is not None, structure_kw, "frame")
     r = _start_view_index(start_view, names, frames)
