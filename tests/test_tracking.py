@@ -168,6 +168,7 @@ def test_cli_track_says_which_files_of_a_folder_it_did_not_read_as_frames(tmp_pa
     text = capsys.readouterr()
     assert code in (0, 3), text.err
     assert f"note: {d}: 1 file in the folder not read as frames" in text.out and "README.txt" in text.out, text.out
+    assert "frame times unknown" not in text.out  # a note for trajectory.json only
     doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
     assert any("README.txt" in n for n in doc["sequences"][0]["notes"])
 

@@ -302,9 +302,6 @@ def track_command(
     check_output_beside_xrays(output, TRACK_FILES)
     earlier = _earlier_run(output, resume)
     names, seqs, cams, Cs, the_rig = read_sequences(frames, rig, read_kw)
-    for seq in seqs:  # how the frames were read (their order, files left out): said where the user looks
-        for n in seq.notes:
-            typer.echo(f"note: {seq.source}: {n}")
     if counts:
         check_counts_input(seqs[0].frames[0].kind, the_rig is not None, structure_kw, "frame")
     r = _start_view_index(start_view, names, frames)
@@ -654,6 +651,7 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
     import torch
 
     from xraypose.register.tracking import track_sequence
+    from xraypose.sequence import sequence_notes_to_show
 
     later = _later_levels(metal, edge_enhanced, scatter)
     if part:  # a part of the CT: its levels (xraypose.structure.part_levels)
@@ -667,6 +665,9 @@ def _track(reg, views, r: int, start, rigged: bool, confidence: bool, seqs, meta
     F = len(seqs[0])
     typer.echo(f"tracking {F} frame{'s' if F != 1 else ''} of {len(views)} view{'s' if len(views) > 1 else ''} "
                f"({', '.join(s.source for s in seqs)})")
+    for seq in seqs:  # how the frames were read (their order, files left out): said where the user looks
+        for n in sequence_notes_to_show(seq.notes):
+            typer.echo(f"note: {seq.source}: {n}")
     rows = min(int(v[0].shape[-2]) for v in views)
     if confidence and rows < CHECK_ROWS:
         typer.echo(f"note: frames of {rows} rows — the check was calibrated on 256-row X-rays and misses depth "
