@@ -1081,6 +1081,36 @@ def test_bracketed_steps():
     assert bracketed_steps([m(True), c, m(), c, c, m(True), c, m(), c]) == [False, True, False, False, False, False,
                                                                          True, False, False]
     assert bracketed_steps([m(True), m(), c]) == [False, False, False] and bracketed_steps([]) == []
+    # a measured step whose frame was not trusted (a failed frame 0: the model starts from it) holds no side
+    steps = [m(True), c, c, m(), c, m()]
+    assert bracketed_steps(steps) == [False, True, True, False, True, False]
+    assert bracketed_steps(steps, trusted=[False, False, False, True, False, True]) == [False] * 4 + [True, False]
+    assert bracketed_steps(steps, trusted=[True] * 6) == bracketed_steps(steps)
+
+
+def test_failed_frames_after_a_failed_first_frame_keep_their_own_registrations(volume, smooth_sequence, monkeypatch):
+    """Frames 0 and 1 fail their check (frame 0 is measured all the same: the model starts from it): frame 1 is
+    not interpolated from frame 0's untrusted pose — it keeps its own registration — while a failed frame 5
+    between trusted frames still reports the smoother's estimate (stop 64: a display-processed sequence whose
+    first frame failed was carried 1–31 mm off through 41 frames whose registrations were mostly right)."""
+    import xraypose.register.tracking as tracking
+    from xraypose.register.confidence import Confidence
+
+    frames, cam = _preprocessed(smooth_sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    real = tracking._check
+
+    def fails(registrar, images, camera, poses, starts, masks=None):
+        out = real(registrar, images, camera, poses, starts, masks)
+        if any(images.shape == frames[i:i + 1].shape and torch.equal(images, frames[i:i + 1]) for i in (0, 1, 5)):
+            return [Confidence(0.10, "failed", "test: fails", {}, 0.0) for _ in range(len(poses))]
+        return out
+
+    monkeypatch.setattr(tracking, "_check", fails)
+    out = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=False, vouch_failed=False)
+    assert [out[i].verdict for i in (0, 1, 5)] == ["failed"] * 3
+    assert torch.equal(out[1].camera_to_world, out[1].registered)  # no trusted frame before it: its own
+    assert not torch.allclose(out[5].camera_to_world, out[5].registered)  # between trusted frames: the smoother's
 
 
 def test_a_rigs_failed_frame_the_sequence_contradicts_is_kept_uncertain(volume, smooth_sequence, monkeypatch):

@@ -41,9 +41,10 @@
   the filter's (``progress`` sees these) or, at the end, the smoother's estimate; ``registered`` keeps
   the frame's registration alone.  A re-initialised frame, or one whose registration is improbable
   under the model (a jump), restarts the filter; the filter coasts over a ``failed`` frame, which with
-  ``"smooth"`` reports the smoother's estimate (and its spread) where measured frames of its segment lie on
+  ``"smooth"`` reports the smoother's estimate (and its spread) where trusted measured frames of its segment lie on
   both sides (:func:`~xraypose.register.motion.bracketed_steps`: interpolated), else its own registration (a failed run ending at a restart
-  would be extrapolated: stop 54 measured frames carried 5–13 mm off so).  ``"none"``: the registrations as
+  would be extrapolated: stop 54 measured frames carried 5–13 mm off so; a failed first frame, from which the
+  model starts all the same, holds no side: stop 64).  ``"none"``: the registrations as
   they are.
 
 * **Checkpoints and resuming** (``checkpoint``, ``resume``).  Once a frame stands it can be handed out as a
@@ -830,7 +831,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if fit_motion:  # the model's noise fitted to this sequence's innovations before smoothing
             filt, fit = fit_noise(filt)
         poses, covs = smooth(filt, covariances=True)
-        bracketed = bracketed_steps(filt.steps)
+        bracketed = bracketed_steps(filt.steps, trusted=[committed[f][0] for f in range(len(out))])
         for fr, step, T, C, inside in zip(out, filt.steps, poses, covs, bracketed):
             if fit is not None:
                 fr.extra["motion_fit"] = fit
