@@ -682,7 +682,7 @@ def main(argv=None) -> int:
                "jump_recovered_after_frames": recovered, "median_frame_s": float(secs.median()),
                "frames_per_s": float(1.0 / secs.mean()), "reinitialised": sum(r["reinitialised"] for r in rows),
                "vouched": sum(bool(r.get("vouched")) for r in rows),
-               "motion_fit": next((r["motion_fit"] for r in rows if r.get("motion_fit")), None),
+               "motion_fit": out.motion_fit,
                "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("ok", "uncertain", "failed", None)}}
     report.update(summary=summary, frames=rows, formed=formed)
     write_report(args.json, report, [f"{k:32s} {v}" for k, v in {**summary, **{

@@ -527,8 +527,10 @@ def main(argv=None) -> int:
     start_pixels = BONE_START_PIXELS[args.bone]
     # the start axis of one of its bones (AXIS_BONE); --part's bone
     axis_vol = part_volume(ds, args.bone, AXIS_BONE[args.bone], args.water) if args.bone in AXIS_BONE else None
-    part_vol = None if not args.part else axis_vol if args.part == AXIS_BONE.get(args.bone) else \
-        part_volume(ds, args.bone, args.part, args.water)  # mc3 in mc2_mc3: the axis's volume, not read twice
+    part_vol = None
+    if args.part:  # (mc3 in mc2_mc3 is also the axis's bone: its volume read once)
+        same = args.part == AXIS_BONE.get(args.bone)
+        part_vol = axis_vol if same else part_volume(ds, args.bone, args.part, args.water)
     if args.replot:
         figures(args, ds, rig, vol, json.loads(Path(args.json).read_text(encoding="utf-8"))["frames"], part_vol)
         return 0

@@ -137,6 +137,7 @@ def test_cli_track_writes_trajectory_and_animation(tmp_path, sequence, capsys):
     doc = json.loads((out / "trajectory.json").read_text())
     assert "vouched" in doc["summary"] and all("vouched" in fr for fr in doc["frames"])
     assert "motion_fit" in doc["summary"]  # the smoother's fitted noise (None: a sequence too short to fit)
+    assert not any("motion_fit" in fr for fr in doc["frames"])  # the sequence's, said once
     summary = doc["summary"]  # the sequence's time and rate, printed too
     assert summary["seconds"] == pytest.approx(sum(fr["seconds"] for fr in doc["frames"]))
     assert summary["frames_per_second"] == pytest.approx(4 / summary["seconds"])
@@ -167,7 +168,7 @@ def test_cli_track_says_which_files_of_a_folder_it_did_not_read_as_frames(tmp_pa
                  "--delx", str(cam.delx), "--kind", "intensity"])
     text = capsys.readouterr()
     assert code in (0, 3), text.err
-    assert f"note: {d}: 1 file in the folder not read as frames" in text.out and "README.txt" in text.out, text.out
+    assert f"note: {d}: files in the folder not read as frames" in text.out and ": 1, README.txt" in text.out, text.out
     assert "frame times unknown" not in text.out  # a note for trajectory.json only
     doc = json.loads((tmp_path / "out" / "trajectory.json").read_text())
     assert any("README.txt" in n for n in doc["sequences"][0]["notes"])
@@ -1324,10 +1325,10 @@ def test_the_smoother_fits_the_motion_noise_to_the_sequence(volume, sequence, mo
     monkeypatch.setattr("xraypose.register.tracking.fit_noise", spy)
     fitted = track_sequence(reg, frames, cam, sequence["start"], confidence=False, tracking_levels=WEAK)
     assert len(seen) == 1 and seen[0] is not None and seen[0]["innovations"] == JUMP_AT - 1
-    assert all(fr.extra["motion_fit"] == seen[0] for fr in fitted)
+    assert fitted.motion_fit == seen[0] and all("motion_fit" not in fr.extra for fr in fitted)  # once, not per frame
     fixed = track_sequence(reg, frames, cam, sequence["start"], confidence=False, tracking_levels=WEAK,
                            fit_motion=False)
-    assert len(seen) == 1 and all("motion_fit" not in fr.extra for fr in fixed)
+    assert len(seen) == 1 and fixed.motion_fit is None
     # the same registrations either way; only the smoother's estimate may differ
     for a, b in zip(fitted, fixed):
         assert torch.allclose(a.registered, b.registered)

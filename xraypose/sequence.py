@@ -170,14 +170,13 @@ def _is_frame_file(p: Path) -> bool:
 
 #: The beginnings of the sequence notes a user must see where they look (``xraypose track`` prints them), not only in
 #: trajectory.json: what changed which frames were read, or their order.
-NOTES_TO_SHOW = ("frames ordered by their DICOM InstanceNumber",)
-LEFT_OUT = "in the folder not read as frames"
+LEFT_OUT = "files in the folder not read as frames"
+NOTES_TO_SHOW = ("frames ordered by their DICOM InstanceNumber", LEFT_OUT)
 
 
 def sequence_notes_to_show(notes) -> list:
-    """The ``notes`` (:attr:`XRaySequence.notes`) to print: :data:`NOTES_TO_SHOW` and the files a folder's reading
-    left out (:func:`_left_out_note`)."""
-    return [n for n in notes if n.startswith(NOTES_TO_SHOW) or LEFT_OUT in n]
+    """The ``notes`` (:attr:`XRaySequence.notes`) to print: those beginning with one of :data:`NOTES_TO_SHOW`."""
+    return [n for n in notes if n.startswith(NOTES_TO_SHOW)]
 
 
 def _left_out_note(folder: Path) -> list:
@@ -189,8 +188,7 @@ def _left_out_note(folder: Path) -> list:
     if not other:
         return []
     shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-    return [f"{len(other)} file{'s' if len(other) > 1 else ''} {LEFT_OUT} (not ending in "
-            f"{', '.join(FRAME_EXTENSIONS)} or without an ending): {shown}"]
+    return [f"{LEFT_OUT} (not ending in {', '.join(FRAME_EXTENSIONS)} or without an ending): {len(other)}, {shown}"]
 
 
 def read_sequence(source, **kwargs) -> XRaySequence:

@@ -722,7 +722,7 @@ def _trajectory_document(ct: str, pose_name: str, names, seqs, views, rigged: bo
                         "reinitialised": sum(fr.reinitialised for fr in res),
                         "vouched": sum(fr.vouched for fr in res),
                         # the smoother's noise fitted to this sequence (motion.fit_noise); None: the model as given
-                        "motion_fit": next((fr.extra["motion_fit"] for fr in res if fr.extra.get("motion_fit")), None),
+                        "motion_fit": res.motion_fit,
                         "median_seconds": float(torch.tensor([fr.seconds for fr in res]).median()),
                         # the frames' wall-clock time (frame 0's whole registration included) and its rate
                         "seconds": seconds, "frames_per_second": F / max(seconds, 1e-9)},

@@ -78,7 +78,7 @@ from xraypose.register.steppers import pose_motion_mm
 from xraypose.register.motion import (MOTIONS, MotionFilter, MotionModel, bracketed_steps, fit_noise, pose_spread,
                                       result_covariance, smooth)
 
-__all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "REWINDOW_MM", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX",
+__all__ = ["AIR_FLOOR_HU", "BLUR_TURN_DEG", "FrameResult", "TrackedFrames", "REWINDOW_MM", "TRACKING_LEVELS", "TRACKING_LM_TOL_PX",
            "needs_rewindow", "track_sequence", "predict_pose", "similarity_drop"]
 
 F64 = torch.float64
@@ -474,8 +474,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         motion_model: the filter's settings (default :class:`~xraypose.register.motion.MotionModel`).
         fit_motion: with ``motion="smooth"`` (default True since 2026-12-06), the model's process and
             measurement noise fitted to the sequence's own innovations before smoothing
-            (:func:`~xraypose.register.motion.fit_noise`; each frame's ``extra["motion_fit"]`` says what was
-            chosen; a sequence of fewer than 13 frames keeps the model as given).
+            (:func:`~xraypose.register.motion.fit_noise`; the result's ``motion_fit`` says what was chosen, once
+            for the sequence: :class:`TrackedFrames`; a sequence of fewer than 13 frames keeps the model as given).
         tracking_tol_px: the later frames' Levenberg–Marquardt convergence test (pixels; never below
             the registrar's own ``lm_tol_px``).
         overlap_check: run each frame's check on a second thread while the next frame is registered
@@ -578,7 +578,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     model = motion_model or MotionModel()
     filt = MotionFilter(registrar.isocenter.detach().to(F64).cpu(), model) if motion != "none" else None
 
-    out: list[FrameResult] = []
+    out = TrackedFrames()
     last_curvature: dict = {}
     good_poses: list = []
     accepted_sims: list = []
@@ -827,19 +827,24 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if pool is not None:
             pool.shutdown(wait=True)
     if motion == "smooth" and filt is not None:
-        fit = None
         if fit_motion:  # the model's noise fitted to this sequence's innovations before smoothing
-            filt, fit = fit_noise(filt)
+            filt, out.motion_fit = fit_noise(filt)
         poses, covs = smooth(filt, covariances=True)
         bracketed = bracketed_steps(filt.steps, trusted=[committed[f][0] for f in range(len(out))])
         for fr, step, T, C, inside in zip(out, filt.steps, poses, covs, bracketed):
-            if fit is not None:
-                fr.extra["motion_fit"] = fit
             if step.measured or inside:  # inside: a failed frame between measured ones, the smoother's estimate
                 fr.camera_to_world = T
                 if fr.covariance is not None or inside:  # (a failed frame's spread: the smoother's own)
                     fr.covariance, fr.spread = C, pose_spread(C, T)
     return out
+
+
+class TrackedFrames(list):
+    """What :func:`track_sequence` returns: its :class:`FrameResult` per frame (a list), and what belongs to the
+    whole sequence rather than to a frame — ``motion_fit``, the smoother's fitted noise
+    (:func:`~xraypose.register.motion.fit_noise`'s dict; None: the model as given)."""
+
+    motion_fit: dict | None = None
 
 
 def _better(res_a, chk_a, res_b, chk_b) -> bool:
