@@ -233,7 +233,7 @@ def preprocessed_frame(fx, prep: dict, args):
     from xraypose.preprocess import preprocess
 
     return preprocess(fx.raw, fx.camera, **prep, blur_domain=args.blur_domain, resample_domain=args.resample_domain,
-                      photon_offset=args.photon_offset, photon_log=args.photon_log)
+                      photon_offset=args.photon_offset)
 
 
 def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam, args) -> dict:
@@ -436,10 +436,6 @@ def main(argv=None) -> int:
                     help="preprocess's photon_offset for the frames: 'auto' (default since 2026-12-03: half a "
                          "photon before the log where photons are few) or a number of photons (0: none, the "
                          "frames' preprocessing until then)")
-    ap.add_argument("--photon-log", default="offset", choices=["offset", "expected"],
-                    help="preprocess's photon_log for the frames: 'offset' (log(n + offset) per pixel) or "
-                         "'expected' (its mean over each registered pixel mapped back through the expected log "
-                         "of a Poisson count, xraypose.photon_log)")
     ap.add_argument("--noise-weight", type=float, default=0.0,
                     help="experiment: weigh each frame's pixels by min(1, exp(-P (L - median L))) (L: its line "
                          "integrals; the counts' information falls as exp(-L)), passed as track_sequence's masks")

@@ -862,7 +862,6 @@ def preprocess(
     size: int | tuple | None = None,
     resample_domain: str = "auto",
     photon_offset: float | str = "auto",
-    photon_log: str = "offset",
 ) -> Preprocessed:
     """Turn an X-ray into the image registration compares with DRRs.
 
@@ -954,9 +953,8 @@ def preprocess(
         resample_domain == "auto" or photon_offset != 0) else None
     photons = _photon_offset(photon_offset, est, _quantum(img + float(offset)), float(img.max()) + float(offset))
     binned, how = _resample_before_log(resample_domain, mode, geo, est, photons)
-    expected = _check_photon_log(photon_log) == "expected" and bool(photons) and not binned
     pixels_in = img.numel()
-    if (binned or (expected and after)) and b is not None:  # the blur's kernel and σ follow the image to its new size
+    if binned and b is not None:  # the blur's kernel and σ follow the image to its new size
         f = geo.shape[0] / img.shape[0]
         b, how["blur_scaled_by"] = (2 * max(1, math.ceil((b[0] // 2) * f - 1e-9)) + 1, b[1] * f), f
     resized = [{**s, **how} for s in geo.steps if s["step"] == "resize"]
@@ -973,13 +971,9 @@ def preprocess(
     img = _log_step(img, mode, i0, total, steps)
     if photons:  # (the step's "offset": the given offset + these photons' intensity)
         steps[-1]["photon_offset"] = {"photons": photons, "per_photon": est["per_photon"], "intensity": added}
-    if expected:  # shrunk here, before the blur, as a binned image is
-        img, mask = _expected_log_step(img, raw, mask, after, total, est["per_photon"], photons, steps)
-        steps += resized
-        after, resized = [], []
     if blur_domain == "line-integral":
         img, mask = _blur_step(img, mask, b, steps, blur_domain)
-        if mode == "intensity" and b is not None and not expected:
+        if mode == "intensity" and b is not None:
             img = _dequantise(raw, img, b, total, steps)  # (half a photon added: no quantum left to undo)
     if mask is not None:
         _record_saturation(mask, float(as_image(image)[sat].flatten()[0]), int(sat.sum()), steps)
@@ -1001,32 +995,6 @@ def _resize(img: torch.Tensor, mask, ops: list, intensities: bool):
         img = _bin_intensities(img, op[1], op[2]) if intensities else _apply_op(img, op)
         mask = None if mask is None else _apply_op(mask, op).clamp(0.0, 1.0)
     return img, mask
-
-
-def _check_photon_log(value) -> str:
-    if value not in ("offset", "expected"):
-        raise InputError(f"photon_log must be 'offset' or 'expected', got {value!r}")
-    return value
-
-
-def _expected_log_step(L: torch.Tensor, raw: torch.Tensor, mask, ops: list, total: float, gain: float,
-                       photons: float, steps: list):
-    """Step 4's ``photon_log="expected"``: ``L`` (H, W), the line integrals ``log I0 − log(I + total)`` of
-    the raw intensities ``raw`` (H, W; ``total`` = the given offset + ``photons`` photons of ``gain``
-    intensity units each), shrunk by ``ops`` (step 7's resizes, done here) with the logs ``v = log(n +
-    photons)`` of the photons ``n = I / gain``, and each shrunk pixel's ``v`` replaced by
-    :func:`xraypose.photon_log.unbiased_log`'s estimate of ``log λ``: ``L + v − log λ̂``.  Returns the
-    (h, w) line integrals and mask; records a ``photon_log`` step."""
-    from xraypose.photon_log import unbiased_log
-
-    v = torch.log((raw.to(torch.float64) + float(total)).clamp(min=1e-300) / gain)
-    L, _ = _resize(L.to(torch.float64), None, ops, False)
-    v, mask = _resize(v, mask, ops, False)
-    pixels = raw.numel() / v.numel()
-    t = unbiased_log(v, offset=photons, pixels=pixels)
-    steps.append({"step": "photon_log", "how": "expected", "photons": photons, "pixels": pixels,
-                  "mean_added": float((v - t).mean()), "corrected_share": float(((v - t) > 1e-3).double().mean())})
-    return (L + v - t).to(torch.float32), mask
 
 
 def _check_resample_domain(domain: str, mode: str) -> None:
