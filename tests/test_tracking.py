@@ -1114,67 +1114,6 @@ def test_failed_frames_after_a_failed_first_frame_keep_their_own_registrations(v
     assert not torch.allclose(out[5].camera_to_world, out[5].registered)  # between trusted frames: the smoother's
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_failed_frames_whose_two_registrations_meet_are_kept_uncertain(volume, smooth_sequence, monkeypatch, overlap):
-    """A check that fails every frame from frame 2 on (as it does on display-processed frames it has no model
-    for): with two trusted frames the motion model cannot vouch (it needs three), so each frame is
-    re-initialised from frame 1's pose.  Where that registration and the tracked one (from the prediction, mm
-    away) end at the same pose, the frame is kept `uncertain`, `vouched`, and is measured — after which the motion
-    model vouches for the rest.  With ``vouch_failed=False`` every one stays `failed`."""
-    import xraypose.register.tracking as tracking
-    from xraypose.register.confidence import Confidence
-
-    frames, cam = _preprocessed(smooth_sequence)
-    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
-    real = tracking._check
-
-    def fails_from_2(registrar, images, camera, poses, starts, masks=None):
-        out = real(registrar, images, camera, poses, starts, masks)
-        if any(images.shape == frames[i:i + 1].shape and torch.equal(images, frames[i:i + 1]) for i in range(2, 7)):
-            return [Confidence(0.20, "failed", "test: fails", {}, 0.0) for _ in range(len(poses))]
-        return out
-
-    monkeypatch.setattr(tracking, "_check", fails_from_2)
-    out = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=overlap)
-    met = [fr for fr in out[2:] if fr.reinitialised and fr.vouched]
-    assert met and all("ended at the same pose" in fr.reason and fr.verdict == "uncertain" for fr in met), \
-        [(fr.index, fr.verdict, fr.reinitialised, fr.reason) for fr in out]
-    assert all(fr.verdict == "uncertain" for fr in out[met[0].index:])  # measured from there: the model vouches on
-    for f in range(2, 7):
-        err = float(pose_errors(out[f].camera_to_world, smooth_sequence["poses"][f], smooth_sequence["fid"], cam)["mtre"])
-        assert err < 2.0, (f, err)
-    old = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=overlap, vouch_failed=False)
-    assert all(fr.verdict == "failed" and fr.reinitialised and not fr.vouched for fr in old[2:])
-
-
-def test_reproduced_needs_both_converged_ends_close_and_starts_apart(volume):
-    """:func:`_reproduced`: two registrations of one frame met only when both converged, they end within
-    REPRODUCED_MM of each other and their starts lie at least REPRODUCED_STARTS_MM (and 4× the ends) apart."""
-    from types import SimpleNamespace
-
-    from xraypose.register.tracking import REPRODUCED_MM, REPRODUCED_STARTS_MM, _reproduced
-
-    iso = volume.get_isocenter().to(F64)
-
-    def shifted(mm, axis=0):
-        T = torch.eye(4, dtype=F64)
-        T[axis, 3] = mm
-        return T
-
-    def result(T, status="converged"):
-        return SimpleNamespace(status=[status], poses=T[None])
-
-    a, b = result(shifted(0.0)), result(shifted(0.3))
-    far = shifted(5.0, 1)
-    got = _reproduced(a, torch.eye(4, dtype=F64), b, far, iso)
-    assert got is not None and got[0] == pytest.approx(0.3) and got[1] == pytest.approx(5.0)
-    assert _reproduced(a, torch.eye(4, dtype=F64), result(shifted(REPRODUCED_MM + 0.2)), far, iso) is None  # ends apart
-    assert _reproduced(a, torch.eye(4, dtype=F64), b, shifted(REPRODUCED_STARTS_MM - 0.5, 1), iso) is None  # one start
-    assert _reproduced(a, torch.eye(4, dtype=F64), result(shifted(0.9)), shifted(3.0, 1), iso) is None  # starts < 4× ends
-    assert _reproduced(a, torch.eye(4, dtype=F64), result(shifted(0.3), "max_iterations"), far, iso) is None
-    assert _reproduced(None, torch.eye(4, dtype=F64), b, far, iso) is None  # the prediction left the CT
-
-
 def test_a_rigs_failed_frame_the_sequence_contradicts_is_kept_uncertain(volume, smooth_sequence, monkeypatch):
     """The rig form of the rule above: two views (AP and lateral, a rig), the rig's check fails frame 5;
     the sequence vouches for it — kept `uncertain`, `vouched`, not re-initialised, below 2 mm."""

@@ -415,7 +415,7 @@ def _vouched_confidence(chk, reproduced: tuple | None = None):
 #: :func:`_reproduced`: a frame's two registrations (from the prediction, from the last trusted pose) met when
 #: they end within this many mm (mean motion of points :data:`~xraypose.register.confidence.RADIUS_MM` about
 #: the isocenter) ...
-REPRODUCED_MM = 1.0
+REPRODUCED_MM = 0.5
 #: ... from starts at least this many mm apart, and at least 4× farther apart than their ends.
 REPRODUCED_STARTS_MM = 2.0
 
