@@ -347,15 +347,13 @@ def _bad(res, chk, unlikely=None) -> bool:
 
 
 def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fallback, unlikely, dropped,
-                 vouch: bool = False, reproduce: bool = False):
+                 vouch: bool = False):
     """Frame ``f > 0``: registered with the ``tracker``'s schedule from the prediction ``pred``
     (4, 4), from the previous frame's ``curvature``; re-initialised with the ``registrar``'s whole
     schedule from ``fallback`` (4, 4, the last good pose) when that result is bad (:func:`_bad` with
     ``unlikely``), checked but doubted (:func:`_suspect`), or the prediction left the CT, keeping
     the better of the two (:func:`_better`) — unless ``vouch`` (a motion model with history) and the
-    sequence vouches for a ``failed`` frame (:func:`_vouched`): then it is kept, ``uncertain``; so is a
-    re-initialised frame still ``failed`` whose two registrations met from starts apart
-    (:func:`_reproduced`), with ``reproduce``.
+    sequence vouches for a ``failed`` frame (:func:`_vouched`): then it is kept, ``uncertain``.
 
     Returns:
         (RegistrationResult, Confidence or None, re-initialised: bool, vouched: bool).
@@ -368,10 +366,7 @@ def _track_frame(register, registrar, tracker, f: int, pred, curvature: dict, fa
         return res, chk, False, False
     if res is not None and vouch and _vouched(res, chk, unlikely, dropped):
         return res, _vouched_confidence(chk), False, True
-    res, chk, again = _reinitialise(register, registrar, f, res, chk, fallback, pred)
-    if reproduce and again is not None and chk is not None and chk.verdict == "failed":
-        return res, _vouched_confidence(chk, again), True, True
-    return res, chk, True, False
+    return (*_reinitialise(register, registrar, f, res, chk, fallback), True, False)
 
 
 def _suspect(res, unlikely, dropped) -> bool:
@@ -398,59 +393,28 @@ def _vouched(res, chk, unlikely, dropped) -> bool:
     return chk is not None and chk.verdict == "failed" and _sequence_agrees(res, unlikely, dropped)
 
 
-def _vouched_confidence(chk, reproduced: tuple | None = None):
-    """The check ``chk`` (``failed``) of a frame the sequence vouches for (:func:`_vouched`; or, given
-    ``reproduced`` (:func:`_reproduced`'s distances), whose two registrations met), made ``uncertain``: the
-    same P, the reason saying both."""
+def _vouched_confidence(chk):
+    """The check ``chk`` (``failed``) of a frame the sequence vouches for (:func:`_vouched`), made
+    ``uncertain``: the same P, the reason saying both."""
     from dataclasses import replace
 
-    why = ("its pose is where the motion model expected and its similarity as the frames' before" if reproduced is None
-           else f"registered from the prediction and from the last trusted pose ({reproduced[1]:.1f} mm apart) it "
-                f"ended at the same pose (within {reproduced[0]:.2f} mm)")
     return replace(chk, verdict="uncertain",
                    reason=f"the check alone says failed (P {float(chk.p_success):.2f}: {chk.reason}); the sequence "
-                          f"vouches for it: {why}")
+                          "vouches for it: its pose is where the motion model expected and its similarity as the "
+                          "frames' before")
 
 
-#: :func:`_reproduced`: a frame's two registrations (from the prediction, from the last trusted pose) met when
-#: they end within this many mm (mean motion of points :data:`~xraypose.register.confidence.RADIUS_MM` about
-#: the isocenter) ...
-REPRODUCED_MM = 0.5
-#: ... from starts at least this many mm apart, and at least 4× farther apart than their ends.
-REPRODUCED_STARTS_MM = 2.0
-
-
-def _reproduced(res_a, start_a, res_b, start_b, isocenter) -> tuple | None:
-    """(ends apart, starts apart), mm (:func:`~xraypose.register.confidence._travel`), when two
-    registrations of one frame, ``res_a`` from ``start_a`` and ``res_b`` from ``start_b`` (4, 4), both
-    converged to the same pose from starts apart (:data:`REPRODUCED_MM`, :data:`REPRODUCED_STARTS_MM`); else
-    None.  Two starts that lead to one optimum are evidence the check's signals do not have: that the optimum
-    is the frame's, and captured — what its verdict doubts on X-rays whose display processing the check does
-    not model (a display trajectory's 47 frames 0.1–0.9 mm, each `failed`: docs/registration.md, "Sequences")."""
-    from xraypose.register.confidence import _travel
-
-    if res_a is None or res_a.status[0] != "converged" or res_b.status[0] != "converged":
-        return None
-    iso = isocenter.detach().to(F64).cpu()
-    ends = _travel(res_a.poses[0].to(F64), res_b.poses[0].to(F64), iso)
-    starts = _travel(start_a.to(F64), start_b.to(F64), iso)
-    return (ends, starts) if ends <= REPRODUCED_MM and starts >= max(REPRODUCED_STARTS_MM, 4.0 * ends) else None
-
-
-def _reinitialise(register, registrar, f: int, res, chk, fallback, start=None):
+def _reinitialise(register, registrar, f: int, res, chk, fallback):
     """Frame ``f`` registered again with the ``registrar``'s whole schedule from ``fallback`` (4, 4);
-    the better (:func:`_better`) of that and the tracked ``res`` (None: none; from ``start`` (4, 4)) with its
-    check ``chk``.
+    the better (:func:`_better`) of that and the tracked ``res`` (None: none) with its check ``chk``.
 
     Returns:
-        (RegistrationResult, Confidence or None, :func:`_reproduced` of the two registrations: None when they did
-        not meet or ``start`` is None).
+        (RegistrationResult, Confidence or None).
     """
     res2, chk2 = register(registrar, f, fallback)
-    again = None if start is None else _reproduced(res, start, res2, fallback, registrar.isocenter)
     if res is None or _better(res2, chk2, res, chk):
-        return res2, chk2, again
-    return res, chk, again
+        return res2, chk2
+    return res, chk
 
 
 def _frame_result(f: int, pose, pred, res, chk, reinit: bool, seconds: float) -> FrameResult:
@@ -779,7 +743,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         else:
             res, chk, reinit, vouched = _track_frame(register, registrar, tracker, f, pred, last_curvature,
                                                      good_poses[-1] if good_poses else T_start, unlikely, dropped,
-                                                     vouch=can_vouch(), reproduce=vouch_failed)
+                                                     vouch=can_vouch())
         fr = commit(f, pred, res, chk, reinit, time.perf_counter() - t0)
         fr.vouched = vouched
         done(fr)
@@ -810,13 +774,9 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         del good_poses[n_good:], accepted_sims[n_sims:]
         measured.clear()
         f = fr.index
-        res, chk, again = _reinitialise(register, registrar, f, p["result"], chk,
-                                        good_poses[-1] if good_poses else T_start, fr.predicted)
-        vouched = vouch_failed and again is not None and chk is not None and chk.verdict == "failed"
-        if vouched:
-            chk = _vouched_confidence(chk, again)
+        res, chk = _reinitialise(register, registrar, f, p["result"], chk,
+                                 good_poses[-1] if good_poses else T_start)
         fr = commit(f, fr.predicted, res, chk, True, fr.seconds + time.perf_counter() - t0)
-        fr.vouched = vouched
         done(fr)
         return False
 
