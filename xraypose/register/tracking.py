@@ -574,63 +574,96 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                                match_intensity=c0.match_intensity if c0.match_capture else None,
                                revisit=False,
                                air_floor_hu=c0.air_floor_hu if air_floor_hu is None else air_floor_hu)
-    register = partial(_register_frame, views=views, confidence=confidence)
-    model = motion_model or MotionModel()
-    filt = MotionFilter(registrar.isocenter.detach().to(F64).cpu(), model) if motion != "none" else None
+    run = _SequenceTracker(registrar, tracker, views, T_start, confidence=confidence, motion=motion,
+                           model=motion_model or MotionModel(), predictor=predictor, blur_turn_deg=blur_turn_deg,
+                           vouch_failed=vouch_failed, progress=progress, checkpoint=checkpoint)
+    if resume:
+        if not isinstance(resume, (list, tuple)) or len(resume) > n_frames:
+            raise InputError(f"resume must be a list of at most the sequence's {n_frames} frames' checkpoints, got "
+                             f"{len(resume) if isinstance(resume, (list, tuple)) else type(resume).__name__}")
+        run.restore(list(resume))
+    run.track(n_frames, overlap, should_stop)
+    if motion == "smooth" and run.filt is not None:
+        run.smooth(fit_motion)
+    return run.out
 
-    out = TrackedFrames()
-    last_curvature: dict = {}
-    good_poses: list = []
-    accepted_sims: list = []
 
-    measured: dict = {}  # id(result) -> its covariance, this frame's results only (gate, then update)
-    predicted_at: list = []  # the poses (4, 4) the blur coefficient was predicted at (a callable ``blur``)
-    committed: dict = {}  # frame -> (trusted, its motion-model step) as last committed: its checkpoint's
+class _SequenceTracker:
+    """What :func:`track_sequence` holds while it tracks one sequence, and its steps: predict a frame's start,
+    register it (:meth:`sequential`, or ahead of its check and :meth:`settle` it then), commit it into the motion
+    model and the results, checkpoint it, and at the end smooth.  One per call; not thread-safe (the
+    overlapped check runs on a second thread but only reads).
 
-    def repredict(T) -> bool:
+    State: ``registrar`` / ``tracker`` (the whole / the tracking schedule; re-derived when a blur coefficient is
+    predicted), ``filt`` (the motion filter, None with ``motion="none"``), ``out`` (the frames so far),
+    ``last_curvature`` (the Gauss–Newton curvature the next frame starts from), ``good_poses`` and
+    ``accepted_sims`` (the trusted frames' poses and similarities), ``measured`` (this frame's results'
+    covariances, by id), ``predicted_at`` (the poses a blur coefficient was predicted at), ``committed`` (frame
+    -> (trusted, its motion-model step), as its checkpoint says)."""
+
+    def __init__(self, registrar, tracker, views: list, T_start: torch.Tensor, *, confidence: bool, motion: str,
+                 model: MotionModel, predictor, blur_turn_deg, vouch_failed: bool, progress, checkpoint):
+        self.registrar, self.tracker, self.views, self.T_start = registrar, tracker, views, T_start
+        self.register = partial(_register_frame, views=views, confidence=confidence)
+        self.model = model
+        self.filt = MotionFilter(registrar.isocenter.detach().to(F64).cpu(), model) if motion != "none" else None
+        self.predictor, self.blur_turn_deg, self.vouch_failed = predictor, blur_turn_deg, vouch_failed
+        self.progress, self.checkpoint = progress, checkpoint
+        self.out = TrackedFrames()
+        self.last_curvature: dict = {}
+        self.good_poses: list = []
+        self.accepted_sims: list = []
+        self.measured: dict = {}  # id(result) -> its covariance, this frame's results only (gate, then update)
+        self.predicted_at: list = []  # the poses (4, 4) the blur coefficient was predicted at (a callable ``blur``)
+        self.committed: dict = {}  # frame -> (trusted, its motion-model step) as last committed: its checkpoint's
+
+    def fallback(self) -> torch.Tensor:
+        """(4, 4) where a re-initialisation starts: the last trusted pose (the start before any)."""
+        return self.good_poses[-1] if self.good_poses else self.T_start
+
+    def repredict(self, T) -> bool:
         """With a callable ``blur``: the coefficient predicted at the trusted pose ``T`` (4, 4) when none
         was yet or the view has turned by more than ``blur_turn_deg`` since, and held from the next
         registration on.  True when predicted."""
-        nonlocal registrar, tracker
-        if predictor is None or (predicted_at and (
-                blur_turn_deg is None
-                or float(geodesic_rotation(predicted_at[-1], T.to(F64))) <= math.radians(blur_turn_deg))):
+        if self.predictor is None or (self.predicted_at and (
+                self.blur_turn_deg is None
+                or float(geodesic_rotation(self.predicted_at[-1], T.to(F64))) <= math.radians(self.blur_turn_deg))):
             return False
-        c = predictor(T.detach().to(F64).clone())
+        c = self.predictor(T.detach().to(F64).clone())
         if isinstance(c, torch.Tensor):
             c = c.item()
         if not (isinstance(c, (int, float)) and math.isfinite(c)):
             raise InputError(f"the blur predictor returned {c!r}, not a finite number")
         c = min(0.0, float(c))  # the coefficient's range: above 0 (no blur to speak of) is none
-        predicted_at.append(T.detach().to(F64).clone())
-        registrar = registrar.derive(blur_coefficient=c)
-        tracker = tracker.derive(blur_coefficient=c)
+        self.predicted_at.append(T.detach().to(F64).clone())
+        self.registrar = self.registrar.derive(blur_coefficient=c)
+        self.tracker = self.tracker.derive(blur_coefficient=c)
         return True
 
-    def covariance_of(res):
-        if id(res) not in measured:
-            measured[id(res)] = _measured_covariance(res, views, model.noise_scale)
-        return measured[id(res)]
+    def covariance_of(self, res):
+        if id(res) not in self.measured:
+            self.measured[id(res)] = _measured_covariance(res, self.views, self.model.noise_scale)
+        return self.measured[id(res)]
 
-    def unlikely(res) -> bool:
+    def unlikely(self, res) -> bool:
         """Unchecked frames: a registration improbable under the motion model (its gate), or without
         one (or without a covariance) a similarity drop against the accepted frames'."""
-        R = covariance_of(res) if filt is not None and filt.steps else None
+        R = self.covariance_of(res) if self.filt is not None and self.filt.steps else None
         if R is not None:
-            return filt.innovation(res.poses[0], R) > model.gate
-        return similarity_drop(float(res.similarity[0]), accepted_sims)
+            return self.filt.innovation(res.poses[0], R) > self.model.gate
+        return similarity_drop(float(res.similarity[0]), self.accepted_sims)
 
-    def dropped(res) -> bool:
+    def dropped(self, res) -> bool:
         """A registration's similarity far below the accepted frames'."""
-        return similarity_drop(float(res.similarity[0]), accepted_sims)
+        return similarity_drop(float(res.similarity[0]), self.accepted_sims)
 
-    def can_vouch() -> bool:
+    def can_vouch(self) -> bool:
         """The sequence may vouch for a frame the check failed (:func:`_vouched`): with a motion model that
         has measured frames since its last restart (its gate is then a prediction's, not a guess)."""
-        if not vouch_failed or filt is None or len(accepted_sims) < 3:
+        if not self.vouch_failed or self.filt is None or len(self.accepted_sims) < 3:
             return False
         since = 0  # measured frames since the model's last restart, that one included (3 are enough: a
-        for step in reversed(filt.steps):  # long sequence's every frame would walk back over all of them)
+        for step in reversed(self.filt.steps):  # long sequence's every frame would walk back over all of them)
             since += bool(step.measured)
             if since >= 3:
                 return True
@@ -638,30 +671,32 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                 return False
         return False
 
-    def predict(f: int):
+    def predict(self, f: int):
         if f == 0:
-            return T_start
-        if filt is not None:
-            return filt.predict()
-        moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised  # no velocity across a jump
-        return predict_pose(good_poses[-2:] if moving else good_poses[-1:])
+            return self.T_start
+        if self.filt is not None:
+            return self.filt.predict()
+        out = self.out  # no velocity across a jump
+        moving = out and out[-1].verdict != "failed" and not out[-1].reinitialised
+        return predict_pose(self.good_poses[-2:] if moving else self.good_poses[-1:])
 
-    def done(fr: FrameResult) -> None:
+    def done(self, fr: FrameResult) -> None:
         """Frame ``fr`` stands: reported (``progress``) and checkpointed (``checkpoint``: the frame and what the
         tracker holds after it, :func:`_checkpoint_record`)."""
-        if progress is not None:
-            progress(fr)
-        if checkpoint is not None:
-            trusted, step = committed[fr.index]
-            checkpoint(_checkpoint_record(fr, trusted, step, last_curvature,
-                                          None if predictor is None else (registrar.config.blur_coefficient,
-                                                                          predicted_at[-1] if predicted_at else None)))
+        if self.progress is not None:
+            self.progress(fr)
+        if self.checkpoint is not None:
+            trusted, step = self.committed[fr.index]
+            blur = None if self.predictor is None else (self.registrar.config.blur_coefficient,
+                                                        self.predicted_at[-1] if self.predicted_at else None)
+            self.checkpoint(_checkpoint_record(fr, trusted, step, self.last_curvature, blur))
 
-    def restore(records: list) -> None:
+    def restore(self, records: list) -> None:
         """The frames of ``resume`` taken as they are, and the tracker's state after the last of them rebuilt:
         the motion model's steps replayed (the same updates on the same numbers: the same filter), the
         trusted poses and similarities, the last curvature, a predicted blur coefficient."""
-        nonlocal last_curvature, registrar, tracker
+        filt = self.filt
+        blur_state = None
         for i, rec in enumerate(records):
             try:
                 fr, trusted, step = FrameResult.from_dict(rec["frame"]), bool(rec["trusted"]), rec["motion"]
@@ -673,38 +708,39 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                         filt.update(fr.registered, R, restart=bool(step["restart"]))
                     else:
                         filt.coast()
-                last_curvature = {int(k): torch.tensor(v, dtype=F64) for k, v in rec["curvature"].items()}
+                self.last_curvature = {int(k): torch.tensor(v, dtype=F64) for k, v in rec["curvature"].items()}
                 blur_state = rec.get("blur")
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, InputError) as e:
                 raise InputError(f"resume: record {i} is not a frame's checkpoint ({e})") from None
             if trusted:
-                good_poses.append(fr.camera_to_world.clone())
-                accepted_sims.append(fr.similarity)
-            elif not good_poses:
-                good_poses.append(fr.registered.clone())
-            committed[i] = (trusted, step)
-            out.append(fr)
-        if predictor is not None and blur_state and blur_state.get("coefficient") is not None:
+                self.good_poses.append(fr.camera_to_world.clone())
+                self.accepted_sims.append(fr.similarity)
+            elif not self.good_poses:
+                self.good_poses.append(fr.registered.clone())
+            self.committed[i] = (trusted, step)
+            self.out.append(fr)
+        if self.predictor is not None and blur_state and blur_state.get("coefficient") is not None:
             # (with the check overlapped, the first frame after a resume holds the coefficient predicted at the
             # frame before it, where the uninterrupted pipeline had registered it with the one before that)
             c = float(blur_state["coefficient"])
-            registrar, tracker = registrar.derive(blur_coefficient=c), tracker.derive(blur_coefficient=c)
+            self.registrar = self.registrar.derive(blur_coefficient=c)
+            self.tracker = self.tracker.derive(blur_coefficient=c)
             if blur_state.get("predicted_at") is not None:
-                predicted_at.append(torch.tensor(blur_state["predicted_at"], dtype=F64))
+                self.predicted_at.append(torch.tensor(blur_state["predicted_at"], dtype=F64))
 
-    def commit(f: int, pred, res, chk, reinit: bool, seconds: float, bad: bool | None = None,
+    def commit(self, f: int, pred, res, chk, reinit: bool, seconds: float, bad: bool | None = None,
                provisional: bool = False) -> FrameResult:
         """Frame ``f``'s registration into the motion model and the results (``bad`` None: judged
-        by :func:`_bad`); a trusted frame may have the blur predicted again at its pose (:func:`repredict`)
-        unless ``provisional`` (committed ahead of its check: :func:`settle` does it then)."""
-        nonlocal last_curvature
+        by :func:`_bad`); a trusted frame may have the blur predicted again at its pose (:meth:`repredict`)
+        unless ``provisional`` (committed ahead of its check: :meth:`settle` does it then)."""
+        filt = self.filt
         pose = res.poses[0].clone()
-        if res.config.levels == tracker.config.levels:
-            last_curvature = res.curvature[0]
+        if res.config.levels == self.tracker.config.levels:
+            self.last_curvature = res.curvature[0]
         # unchecked, a re-initialised frame is the best there is (with a motion model it restarts it)
         if bad is None:
-            bad = _bad(res, chk, None if reinit and filt is not None else unlikely)
-        estimate, R = pose, covariance_of(res)
+            bad = _bad(res, chk, None if reinit and filt is not None else self.unlikely)
+        estimate, R = pose, self.covariance_of(res)
         cov = None if bad or R is None else R
         step = None
         if filt is not None:
@@ -718,42 +754,68 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                 estimate = filt.update(pose, R, restart=f == 0)
                 cov = None if R is None else filt.steps[-1].P[:6, :6].clone()
                 step = {"measured": True, "covariance": None if R is None else R.tolist(), "restart": f == 0}
-        committed[f] = (not bad, step)
+        self.committed[f] = (not bad, step)
         fr = _frame_result(f, pose, pred, res, chk, reinit, seconds)
         fr.camera_to_world = estimate.clone()
         fr.covariance, fr.spread = cov, pose_spread(cov, estimate)
         if not bad:
-            good_poses.append(estimate.clone())
-            accepted_sims.append(fr.similarity)
+            self.good_poses.append(estimate.clone())
+            self.accepted_sims.append(fr.similarity)
             if not provisional and f > 0:
-                repredict(estimate)
-        elif not good_poses:
-            good_poses.append(pose)  # nothing better to go on from
-        out.append(fr)
+                self.repredict(estimate)
+        elif not self.good_poses:
+            self.good_poses.append(pose)  # nothing better to go on from
+        self.out.append(fr)
         return fr
 
-    def sequential(f: int, t0: float) -> None:
-        measured.clear()
-        pred = predict(f)
+    def sequential(self, f: int, t0: float) -> None:
+        """Frame ``f`` registered, checked (and re-initialised if need be) in order, then committed."""
+        self.measured.clear()
+        pred = self.predict(f)
         if f == 0:
-            res, chk = register(registrar, f, pred)
-            if predictor is not None and not _bad(res, chk) and repredict(res.poses[0]):
-                res, chk = register(registrar, f, res.poses[0])  # again, with the predicted blur held
+            res, chk = self.register(self.registrar, f, pred)
+            if self.predictor is not None and not _bad(res, chk) and self.repredict(res.poses[0]):
+                res, chk = self.register(self.registrar, f, res.poses[0])  # again, with the predicted blur held
             reinit = vouched = False
         else:
-            res, chk, reinit, vouched = _track_frame(register, registrar, tracker, f, pred, last_curvature,
-                                                     good_poses[-1] if good_poses else T_start, unlikely, dropped,
-                                                     vouch=can_vouch())
-        fr = commit(f, pred, res, chk, reinit, time.perf_counter() - t0)
+            res, chk, reinit, vouched = _track_frame(self.register, self.registrar, self.tracker, f, pred,
+                                                     self.last_curvature, self.fallback(), self.unlikely,
+                                                     self.dropped, vouch=self.can_vouch())
+        fr = self.commit(f, pred, res, chk, reinit, time.perf_counter() - t0)
         fr.vouched = vouched
-        done(fr)
+        self.done(fr)
 
-    def settle(p: dict) -> bool:
+    def ahead(self, f: int, t0: float, pool: ThreadPoolExecutor, pending: dict | None) -> dict | None:
+        """Frame ``f`` registered from its prediction while the check of the frame before (``pending``) runs;
+        that frame settled (:meth:`settle`), then frame ``f`` committed ahead of its own check, which is
+        submitted to ``pool``.  Returns what :meth:`settle` needs for frame ``f``, or None where frame ``f``
+        went in order instead (the frame before was done again, or the prediction left the CT)."""
+        pred = self.predict(f)
+        try:  # the tracked registration alone; its check goes to the second thread below
+            res, _ = _register_frame(self.tracker, f, pred, [self.last_curvature] if self.last_curvature else None,
+                                     views=self.views, confidence=False)
+        except InputError:  # the prediction left the CT
+            res = None
+        if pending is not None and not self.settle(pending):
+            self.sequential(f, t0)  # frame f - 1 was done again: so is frame f, from its new prediction
+            return None
+        if res is None or res.status[0] in ("diverged", "invalid start"):
+            self.sequential(f, t0)  # rare: the in-order path (it registers the frame again, then re-initialises)
+            return None
+        self.measured.clear()
+        doubted = _suspect(res, self.unlikely, self.dropped)  # against the motion model and frames before it
+        vouched = self.can_vouch() and _sequence_agrees(res, self.unlikely, self.dropped)  # judged before the commit
+        check = pool.submit(_check_frame, self.tracker, f, res, pred, views=self.views)
+        before = (len(self.filt.steps) if self.filt is not None else 0, len(self.good_poses), len(self.accepted_sims),
+                  self.last_curvature)
+        fr = self.commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False, provisional=True)
+        return {"check": check, "frame": fr, "result": res, "before": before, "doubted": doubted, "vouched": vouched}
+
+    def settle(self, p: dict) -> bool:
         """Wait for the check of a frame committed ahead of it (``p``); True when the frame stands,
         False when its verdict was ``failed`` or the sequence doubted it (:func:`_suspect`, judged
         before it was committed; then the motion model and the results are rolled back to before it
         and the frame is re-initialised as without the overlap)."""
-        nonlocal last_curvature
         t0 = time.perf_counter()
         chk = p["check"].result()
         fr = p["frame"]
@@ -763,80 +825,59 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
         if chk is None or (chk.verdict != "failed" and not p["doubted"]):
             if chk is not None:
                 fr.verdict, fr.p_success, fr.reason = chk.verdict, float(chk.p_success), chk.reason
-            repredict(fr.camera_to_world)
+            self.repredict(fr.camera_to_world)
             fr.seconds += time.perf_counter() - t0
-            done(fr)
+            self.done(fr)
             return True
-        n_steps, n_good, n_sims, last_curvature = p["before"]
-        if filt is not None:  # the filter only appends: its frames after n_steps are dropped
-            del filt.steps[n_steps:]
-        out.pop()
-        del good_poses[n_good:], accepted_sims[n_sims:]
-        measured.clear()
+        n_steps, n_good, n_sims, self.last_curvature = p["before"]
+        if self.filt is not None:  # the filter only appends: its frames after n_steps are dropped
+            del self.filt.steps[n_steps:]
+        self.out.pop()
+        del self.good_poses[n_good:], self.accepted_sims[n_sims:]
+        self.measured.clear()
         f = fr.index
-        res, chk = _reinitialise(register, registrar, f, p["result"], chk,
-                                 good_poses[-1] if good_poses else T_start)
-        fr = commit(f, fr.predicted, res, chk, True, fr.seconds + time.perf_counter() - t0)
-        done(fr)
+        res, chk = _reinitialise(self.register, self.registrar, f, p["result"], chk, self.fallback())
+        fr = self.commit(f, fr.predicted, res, chk, True, fr.seconds + time.perf_counter() - t0)
+        self.done(fr)
         return False
 
-    if resume:
-        if not isinstance(resume, (list, tuple)) or len(resume) > n_frames:
-            raise InputError(f"resume must be a list of at most the sequence's {n_frames} frames' checkpoints, got "
-                             f"{len(resume) if isinstance(resume, (list, tuple)) else type(resume).__name__}")
-        restore(list(resume))
-
-    # With the check overlapped, frame f's check runs on a second thread while frame f + 1 is
-    # registered from the prediction that assumes frame f stands (the usual case); a `failed`
-    # verdict rolls the motion model back and the frame and its successor are done again in order.
-    pool = ThreadPoolExecutor(max_workers=1) if overlap else None
-    pending = None
-    try:
-        for f in range(len(out), n_frames):
-            if should_stop is not None and should_stop():  # (Ctrl-C) the frames done are kept: smoothed, returned
-                break
-            t0 = time.perf_counter()
-            if pool is None or f == 0:
-                sequential(f, t0)
-                continue
-            pred = predict(f)
-            try:  # the tracked registration alone; its check goes to the second thread below
-                res, _ = _register_frame(tracker, f, pred, [last_curvature] if last_curvature else None,
-                                         views=views, confidence=False)
-            except InputError:  # the prediction left the CT
-                res = None
-            if pending is not None:
-                stands, pending = settle(pending), None
-                if not stands:  # frame f - 1 was done again: so is frame f, from its new prediction
-                    sequential(f, t0)
+    def track(self, n_frames: int, overlap: bool, should_stop=None) -> None:
+        """Frames ``len(out)`` … ``n_frames`` − 1, in order or (``overlap``) each registered while the check of the
+        frame before runs on a second thread; ``should_stop()`` asked before each frame (True: stop there)."""
+        # With the check overlapped, frame f's check runs on a second thread while frame f + 1 is
+        # registered from the prediction that assumes frame f stands (the usual case); a `failed`
+        # verdict rolls the motion model back and the frame and its successor are done again in order.
+        pool = ThreadPoolExecutor(max_workers=1) if overlap else None
+        pending = None
+        try:
+            for f in range(len(self.out), n_frames):
+                if should_stop is not None and should_stop():  # (Ctrl-C) the frames done are kept: smoothed, returned
+                    break
+                t0 = time.perf_counter()
+                if pool is None or f == 0:
+                    self.sequential(f, t0)
                     continue
-            if res is None or res.status[0] in ("diverged", "invalid start"):
-                sequential(f, t0)  # rare: the in-order path (it registers the frame again, then re-initialises)
-                continue
-            measured.clear()
-            doubted = _suspect(res, unlikely, dropped)  # against the motion model and frames before it
-            vouched = can_vouch() and _sequence_agrees(res, unlikely, dropped)  # judged before the commit
-            check = pool.submit(_check_frame, tracker, f, res, pred, views=views)
-            before = (len(filt.steps) if filt is not None else 0, len(good_poses), len(accepted_sims), last_curvature)
-            fr = commit(f, pred, res, None, False, time.perf_counter() - t0, bad=False, provisional=True)
-            pending = {"check": check, "frame": fr, "result": res, "before": before, "doubted": doubted,
-                       "vouched": vouched}
-        if pending is not None:
-            settle(pending)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-    if motion == "smooth" and filt is not None:
+                pending = self.ahead(f, t0, pool, pending)
+            if pending is not None:
+                self.settle(pending)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def smooth(self, fit_motion: bool) -> None:
+        """The smoother's estimates into the frames (``motion="smooth"``): measured frames, and failed ones between
+        trusted measured frames (:func:`~xraypose.register.motion.bracketed_steps`); with ``fit_motion`` the
+        model's noise fitted to the sequence's innovations first (``out.motion_fit``)."""
+        filt = self.filt
         if fit_motion:  # the model's noise fitted to this sequence's innovations before smoothing
-            filt, out.motion_fit = fit_noise(filt)
+            filt, self.out.motion_fit = fit_noise(filt)
         poses, covs = smooth(filt, covariances=True)
-        bracketed = bracketed_steps(filt.steps, trusted=[committed[f][0] for f in range(len(out))])
-        for fr, step, T, C, inside in zip(out, filt.steps, poses, covs, bracketed):
+        bracketed = bracketed_steps(filt.steps, trusted=[self.committed[f][0] for f in range(len(self.out))])
+        for fr, step, T, C, inside in zip(self.out, filt.steps, poses, covs, bracketed):
             if step.measured or inside:  # inside: a failed frame between measured ones, the smoother's estimate
                 fr.camera_to_world = T
                 if fr.covariance is not None or inside:  # (a failed frame's spread: the smoother's own)
                     fr.covariance, fr.spread = C, pose_spread(C, T)
-    return out
 
 
 class TrackedFrames(list):
