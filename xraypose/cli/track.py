@@ -283,16 +283,7 @@ def track_command(
     from xraypose.register import RegistrationConfig
     from xraypose.register.multiview import rig_start
 
-    if start_view is not None and rig is None:
-        raise InputError("--start-view needs --rig")
-    if predict_blur and blur_coefficient is not None:
-        raise InputError("--predict-blur predicts the blur coefficient: give it or --blur-coefficient, not both")
-    if blur_turn is not None and not predict_blur:
-        raise InputError("--blur-turn says when --predict-blur predicts again: give --predict-blur too")
-    from xraypose.register.motion import MOTIONS
-
-    if motion not in MOTIONS:
-        raise InputError(f"--motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
+    _check_track_options(rig, start_view, predict_blur, blur_coefficient, blur_turn, motion)
     cfg_kw = {"density": density, "seed": seed, "num_threads": track_threads(threads), "record_trajectory": False,
               "blur_coefficient": blur_coefficient,
               **appearance_settings(metal_steps, match_intensity),
@@ -364,22 +355,14 @@ def track_command(
     interrupted = stop.requested and len(res) < n_frames
     if stop.requested and not res:
         raise KeyboardInterrupt  # nothing tracked: nothing to write
+    record_counts = None
     if counts and not interrupted:
         record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_kw, motion)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
-    # how each view's frames were preprocessed (the first frame's steps: crop, the log and its half photon, the
-    # resize and its order, the blur; every frame of a view gets the same settings)
-    doc["preprocessing"] = [{"view": n, "first_frame_steps": px.steps} for n, px in zip(names, first)]
-    if counts and not interrupted:
-        doc["counts"] = record_counts
-    if interrupted:
-        doc["interrupted"] = {"frames_tracked": len(res), "frames": n_frames}
-    if blur_prediction is not None:
-        _date_predictions(blur_prediction, res)
-        doc["blur_prediction"] = blur_prediction
-    if windows is not None:
-        doc["structure_windows"] = windows
+    _add_run_records(doc, res, names, first, counts=record_counts,
+                     interrupted_of=n_frames if interrupted else None, blur_prediction=blur_prediction,
+                     windows=windows)
     times = next((sq.times for sq in seqs if sq.times is not None), None)  # the views' agree (_check_view_times)
     try:
         _write(output, res, times, names, to_rig, pose_name, doc, cts.prepared.volume, cfg_kw["density"], views,
@@ -391,6 +374,38 @@ def track_command(
         typer.echo(f"interrupted after {len(res)} of {n_frames} frames: the trajectory so far is written to {output} "
                    "(trajectory.json's \"interrupted\" says so)", err=True)
         raise KeyboardInterrupt
+
+
+def _check_track_options(rig, start_view, predict_blur: bool, blur_coefficient, blur_turn, motion: str) -> None:
+    """``xraypose track``'s options that contradict each other, or an unknown ``--motion``: a one-line error."""
+    from xraypose.register.motion import MOTIONS
+
+    if start_view is not None and rig is None:
+        raise InputError("--start-view needs --rig")
+    if predict_blur and blur_coefficient is not None:
+        raise InputError("--predict-blur predicts the blur coefficient: give it or --blur-coefficient, not both")
+    if blur_turn is not None and not predict_blur:
+        raise InputError("--blur-turn says when --predict-blur predicts again: give --predict-blur too")
+    if motion not in MOTIONS:
+        raise InputError(f"--motion must be one of {', '.join(MOTIONS)}, got {motion!r}")
+
+
+def _add_run_records(doc: dict, res, names, first, *, counts: dict | None, interrupted_of: int | None,
+                     blur_prediction: dict | None, windows) -> None:
+    """Into trajectory.json's ``doc``: how each view's frames were preprocessed (the ``first`` frame's steps:
+    crop, the log and its half photon, the resize and its order, the blur; every frame of a view gets the same
+    settings), and where they apply the ``--counts`` record, the interruption (after ``len(res)`` of
+    ``interrupted_of`` frames), the blur's predictions (dated by the frames ``res``) and a structure's windows."""
+    doc["preprocessing"] = [{"view": n, "first_frame_steps": px.steps} for n, px in zip(names, first)]
+    if counts is not None:
+        doc["counts"] = counts
+    if interrupted_of is not None:
+        doc["interrupted"] = {"frames_tracked": len(res), "frames": interrupted_of}
+    if blur_prediction is not None:
+        _date_predictions(blur_prediction, res)
+        doc["blur_prediction"] = blur_prediction
+    if windows is not None:
+        doc["structure_windows"] = windows
 
 
 def _earlier_run(output: Path, resume: bool):
