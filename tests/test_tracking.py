@@ -208,6 +208,9 @@ def test_cli_track_bad_input_is_one_line(tmp_path, sequence, capsys):
     code = main(["track", "sample", str(d), str(d), "-o", str(tmp_path / "o"), "--init", "ap"])  # two views, no rig
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "give --rig rig.json" in err, err
+    code = main(["track", "sample", str(d / "f0.npy"), "-o", str(tmp_path / "o"), "--init", "ap", "--start-view", "f0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--start-view needs --rig" in err, err
 
 
 def test_cli_track_a_biplane_sequence(tmp_path, volume, capsys):
