@@ -436,9 +436,6 @@ def main(argv=None) -> int:
                     help="preprocess's photon_offset for the frames: 'auto' (default since 2026-12-03: half a "
                          "photon before the log where photons are few) or a number of photons (0: none, the "
                          "frames' preprocessing until then)")
-    ap.add_argument("--fit-depth", default=None,
-                    help="experiment: comma-separated factors on the measurements' sd along the beam, fitted with the "
-                         "motion model's noise (xraypose.register.motion.FIT_DEPTH_FACTORS; default: the module's)")
     ap.add_argument("--noise-weight", type=float, default=0.0,
                     help="experiment: weigh each frame's pixels by min(1, exp(-P (L - median L))) (L: its line "
                          "integrals; the counts' information falls as exp(-L)), passed as track_sequence's masks")
@@ -493,10 +490,6 @@ def main(argv=None) -> int:
                     help="the schedule of frames after the first (variants measured against each other)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.fit_depth:
-        import xraypose.register.motion as motion_module
-
-        motion_module.FIT_DEPTH_FACTORS = tuple(float(x) for x in args.fit_depth.split(","))
     from appearance import json_sets, load_ct, start_report, with_lm_fields, write_report  # noqa: E402
 
     from xraypose.appearance import form_xray

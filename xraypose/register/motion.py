@@ -33,7 +33,7 @@ where the model expected it keeps the history.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -268,10 +268,6 @@ class MotionFilter:
 #: ``accel_deg``) and on the measurements' (``noise_scale``).
 FIT_ACCEL_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)
 FIT_NOISE_FACTORS = (0.71, 1.0, 1.41)
-#: :func:`fit_noise`'s grid of factors on the measurements' standard deviation along the beam alone (the
-#: isocenter's position along each frame's camera +z): a single view's depth is the direction its own curvature
-#: judges worst.
-FIT_DEPTH_FACTORS = (1.0,)
 #: Fewer innovations than this (fused frames that are not restarts) and :func:`fit_noise` keeps the model.
 FIT_MIN_INNOVATIONS = 12
 
@@ -339,26 +335,7 @@ def replay_likelihoods(filt: MotionFilter, factors) -> tuple[torch.Tensor, int]:
     return ll, n
 
 
-def depth_scaled(filt: MotionFilter, factor: float) -> MotionFilter:
-    """A copy of ``filt`` whose measurements' covariances ``R`` have their standard deviation along each frame's
-    beam (the isocenter's position along the measured pose's camera +z, as :func:`pose_spread` reads it) times
-    ``factor``: ``R' = S R Sᵀ``, ``S`` the identity but for ``(factor − 1)·z zᵀ`` added to its translation block.
-    The steps' other fields are shared, not copied (``replay`` only reads them)."""
-    if factor == 1.0:
-        return filt
-    out = MotionFilter(filt.isocenter, filt.model)
-    for st in filt.steps:
-        if st.R is not None and st.measurement is not None:
-            z = st.measurement[:3, 2].to(F64)
-            S = torch.eye(6, dtype=F64)
-            S[3:, 3:] += (float(factor) - 1.0) * torch.outer(z, z)
-            st = replace(st, R=S @ st.R @ S.T)
-        out.steps.append(st)
-    return out
-
-
-def fit_noise(filt: MotionFilter, accel_factors=FIT_ACCEL_FACTORS, noise_factors=FIT_NOISE_FACTORS,
-              depth_factors=None):
+def fit_noise(filt: MotionFilter, accel_factors=FIT_ACCEL_FACTORS, noise_factors=FIT_NOISE_FACTORS):
     """The motion model's noise fitted to a recorded sequence: the process noise (``accel_mm``, ``accel_deg``
     together) and the measurements' scale (``noise_scale``), each times the factor of its grid that makes the
     filter's innovations most probable (maximum likelihood over the grid: :func:`replay_likelihoods`, then
@@ -377,23 +354,13 @@ def fit_noise(filt: MotionFilter, accel_factors=FIT_ACCEL_FACTORS, noise_factors
     if n_innov < FIT_MIN_INNOVATIONS:
         return filt, None
     pairs = [(float(a), float(r)) for a in accel_factors for r in noise_factors]
-    depth_factors = FIT_DEPTH_FACTORS if depth_factors is None else depth_factors
-    best = None
-    for d in depth_factors:
-        scaled = depth_scaled(filt, float(d))
-        ll, _ = replay_likelihoods(scaled, pairs)
-        k = int(torch.argmax(ll))
-        if best is None or float(ll[k]) > best[0]:
-            best = (float(ll[k]), float(d), scaled, pairs[k])
-    _, d, scaled, (a, r) = best
+    ll, _ = replay_likelihoods(filt, pairs)
+    a, r = pairs[int(torch.argmax(ll))]
     m0 = filt.model
     model = MotionModel(accel_mm=m0.accel_mm * a, accel_deg=m0.accel_deg * a, noise_scale=m0.noise_scale * r,
                         gate=m0.gate)
-    f, lik, n = replay(scaled, model, r)
-    fit = {"accel_factor": a, "noise_factor": r, "log_likelihood": lik, "innovations": n}
-    if tuple(depth_factors) != (1.0,):
-        fit["depth_factor"] = d
-    return f, fit
+    f, lik, n = replay(filt, model, r)
+    return f, {"accel_factor": a, "noise_factor": r, "log_likelihood": lik, "innovations": n}
 
 
 def smooth(filt: MotionFilter, covariances: bool = False):
