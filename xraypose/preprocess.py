@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import check_flag, check_instance, check_not_meta, check_number, config_error, is_numeric_dtype
-from xraypose._kernels import gaussian_kernel1d, max_filter
+from xraypose._checks import (as_image, as_real_tensor, check_flag, check_instance, check_number, config_error,
+                              image_batch)
+from xraypose._kernels import gaussian_kernel1d
 from xraypose.camera import Camera
 from xraypose.errors import InputError
+from xraypose.field import (FIELD_PENUMBRA_MAX_FRACTION, FIELD_SHADOW_MIN_FRACTION, MIN_FIELD_FRACTION,
+                            CollimatorEdges, check_field, collimator_edges, field_penumbra, field_shadow,
+                            flat_at_maximum, saturation_mask)
+from xraypose.photons import LOG_MIN_PHOTONS, check_photon_offset, detected_photons, photons_to_add
 from xraypose.geometry.frames import ROLL_180
 
 __all__ = [
@@ -64,22 +68,12 @@ __all__ = [
     "MIN_FIELD_FRACTION",
     "FIELD_SHADOW_MIN_FRACTION",
     "field_shadow",
+    # re-exported from where they live now (xraypose._checks, xraypose.field, xraypose.photons), imported from here
+    "as_real_tensor",
+    "field_penumbra",
+    "FIELD_PENUMBRA_MAX_FRACTION",
+    "LOG_MIN_PHOTONS",
 ]
-
-#: A saturated plateau: at least this share of the pixels exactly at the image's maximum intensity.
-SATURATION_MIN_FRACTION = 0.01
-
-#: The smallest share of the detector a collimator may leave (:func:`collimator_edges`): below
-#: it, registration would rest on a few centimetres of anatomy, and :func:`preprocess` refuses.
-MIN_FIELD_FRACTION = 0.25
-#: :func:`field_shadow` counts a round field's shadow covering at least this share of the image.
-FIELD_SHADOW_MIN_FRACTION = 0.02
-#: How far inward from a round field's shadow its penumbra is followed (:func:`field_penumbra`), as a
-#: fraction of the image's larger side: an image intensifier's edge falls from the shadow's level to the
-#: field's over 3–5 % of the frame on the real wrist radiographs (1024 rows: 30–50 px).
-FIELD_PENUMBRA_MAX_FRACTION = 0.06
-#: A penumbra pixel is above this quantile of the field's inside (the pixels farther from the shadow).
-FIELD_PENUMBRA_QUANTILE = 0.99
 
 #: Right-multiply a camera_to_world pose by this to turn the camera 180° about
 #: its principal axis (what a 180° rotation of the image does to the pose):
@@ -160,62 +154,6 @@ class Preprocessed:
         """The pose of :attr:`image` given the pose of the input image."""
         pose = torch.as_tensor(pose)
         return pose @ self.pose_transform.to(pose.dtype)
-
-
-def as_image(img, what: str = "X-ray image") -> torch.Tensor:
-    """``(H, W)`` float tensor from an array/tensor of shape (H, W), (1, H, W) or (1, 1, H, W)."""
-    if isinstance(img, np.ndarray):
-        if not is_numeric_dtype(img.dtype):
-            raise InputError(f"{what} must be numeric, got dtype {img.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(img))
-    elif isinstance(img, torch.Tensor):
-        t = img.detach()
-    else:
-        raise InputError(f"{what} must be a numpy array or torch tensor, got {type(img).__name__}")
-    shape = tuple(t.shape)
-    while t.dim() > 2 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() != 2:
-        raise InputError(f"{what} must be one 2D image (H, W), got shape {shape}")
-    if 0 in t.shape:
-        raise InputError(f"{what} is empty (shape {shape})")
-    if t.is_complex():
-        raise InputError(f"{what} has complex values")
-    if not t.is_floating_point():
-        t = t.to(torch.float64 if t.dtype in (torch.int32, torch.int64) else torch.float32)
-    return t
-
-
-def as_real_tensor(value, what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``torch.as_tensor(value, dtype)`` of an array argument (an image, a mask, poses, points); an
-    :class:`InputError` naming ``what`` when it holds no numbers (a text, a file name, an object array: torch's
-    TypeError) or complex ones (a cast to a real dtype dropped their imaginary part with a warning)."""
-    if isinstance(value, (torch.Tensor, np.ndarray)) and (
-            value.is_complex() if isinstance(value, torch.Tensor) else np.iscomplexobj(value)):
-        raise InputError(f"{what} must hold real numbers, got {value.dtype}")
-    try:
-        t = torch.as_tensor(value, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError):
-        kind = f" of {value.dtype}" if isinstance(value, np.ndarray) else ""
-        raise InputError(f"{what} must be an array or tensor of numbers, got {type(value).__name__}{kind}") from None
-    if t.is_complex():
-        raise InputError(f"{what} must hold real numbers, got {t.dtype}")
-    check_not_meta(what, t)
-    return t
-
-
-def image_batch(image, what: str = "X-ray") -> torch.Tensor:
-    """``image`` as a batch ``(B, 1, H, W)``: (H, W) → (1, 1, H, W), (B, H, W) → (B, 1, H, W), (B, 1, H, W)
-    as it is (a tensor, the dtype kept); :class:`InputError` naming ``what`` for any other shape, or for
-    values that are no real numbers (:func:`as_real_tensor`)."""
-    img = as_real_tensor(image, what)
-    if img.dim() == 2:
-        img = img[None, None]
-    elif img.dim() == 3:
-        img = img[:, None]
-    if img.dim() != 4 or img.shape[1] != 1:
-        raise InputError(f"{what} must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(img.shape)}")
-    return img
 
 
 def check_not_channels_last(image: torch.Tensor, camera: Camera, what: str = "image") -> None:
@@ -617,202 +555,6 @@ def rescale01(image):
     return (img - lo) / (hi - lo), (lo, hi)
 
 
-class CollimatorEdges(NamedTuple):
-    """Pixels of a collimator's shadow at each edge of an image (:func:`collimator_edges`)."""
-
-    top: int
-    bottom: int
-    left: int
-    right: int
-
-
-def flat_at_maximum(image, tol: float = 0.02) -> torch.Tensor | None:
-    """(H, W) bool, True where ``image`` (line integrals: more attenuation = larger) lies within ``tol``
-    of its robust range (its 1st–99.5th percentiles) below its maximum — where nothing reached the
-    detector (a collimator's blade, the outside of a round field) — or None for an image smaller than
-    2 × 2, without finite pixels or without a range."""
-    img = as_image(image).detach().to(torch.float64)
-    H, W = img.shape
-    finite = img[torch.isfinite(img)]
-    if H < 2 or W < 2 or finite.numel() == 0:
-        return None
-    q = torch.quantile(finite[:: max(1, finite.numel() // 200_000)], torch.tensor([0.01, 0.995], dtype=img.dtype))
-    lo, hi = float(q[0]), float(q[1])
-    if not hi > lo:
-        return None
-    return img >= hi - tol * (hi - lo)
-
-
-def collimator_edges(image, tol: float = 0.02, flat: torch.Tensor | None = None) -> CollimatorEdges:
-    """Rows/columns of a collimator's shadow at each edge: (top, bottom, left, right) pixels.
-
-    ``image`` (H, W) in the registration's form (line integrals: more attenuation = larger).  A
-    collimator blade stops the beam: its shadow is a flat band at the image's *maximum*
-    attenuation (:func:`flat_at_maximum`; or give its ``flat``).  From each edge, whole rows
-    (columns) count while every pixel is flat.  A flat band at the *minimum* (air around a small
-    CT, a saturated direct beam) is not a collimator.
-    """
-    flat = flat_at_maximum(image, tol) if flat is None else flat
-    if flat is None:
-        return CollimatorEdges(0, 0, 0, 0)
-
-    def run(lines: torch.Tensor) -> int:  # the length of the run of True from the start
-        return int(torch.cumprod(lines.to(torch.uint8), 0).sum())
-
-    rows, cols = flat.all(1), flat.all(0)
-    top, bottom = run(rows), run(rows.flip(0))
-    left, right = run(cols), run(cols.flip(0))
-    return CollimatorEdges(top, bottom, left, right)
-
-
-def saturation_mask(image) -> torch.Tensor | None:
-    """(H, W) bool, True at the pixels of a saturated plateau — or None when there is none.
-
-    ``image``: raw intensities (bright = more photons).  A detector or its display clips at a
-    maximum: every clipped pixel holds exactly the image's maximum, a plateau no noisy pixel
-    makes.  At least :data:`SATURATION_MIN_FRACTION` of the pixels must share that value.
-    """
-    img = as_image(image)
-    finite = torch.isfinite(img)
-    if not bool(finite.any()):
-        return None
-    top = img[finite].max()
-    if bool(top == img[finite].min()):
-        return None  # a constant image: not saturation (later steps say what is wrong with it)
-    sat = img == top
-    n = int(sat.sum())
-    if n < max(10, SATURATION_MIN_FRACTION * img.numel()):
-        return None
-    return sat
-
-
-def field_shadow(image, tol: float = 0.02, flat: torch.Tensor | None = None) -> torch.Tensor | None:
-    """(H, W) bool, True outside a round (or any convex) field — an image intensifier's circle, an iris
-    collimator — or None when there is none.
-
-    ``image`` (H, W) in the registration's form (line integrals: more attenuation = larger).  Outside
-    the field nothing reaches the detector: a flat plateau at the image's maximum attenuation
-    (:func:`flat_at_maximum`; or give its ``flat``).  Outside a convex field every row (column) holds it
-    as a run from each of its ends, so the shadow is the union of the runs from the four edges.  It
-    counts only where it covers at least :data:`FIELD_SHADOW_MIN_FRACTION` of the image and three of its
-    four corners (a bone or a tool at the image's edge does not); whole rows and columns are
-    :func:`collimator_edges`' already.
-    """
-    flat = flat_at_maximum(image, tol) if flat is None else flat
-    if flat is None:
-        return None
-    H, W = flat.shape
-    if sum(bool(flat[i, j]) for i in (0, H - 1) for j in (0, W - 1)) < 3:
-        return None
-
-    def runs(f: torch.Tensor) -> torch.Tensor:  # (n, m): True on each row's run of True from its start
-        return torch.cumprod(f.to(torch.uint8), dim=1).bool()
-
-    out = runs(flat) | runs(flat.flip(1)).flip(1) | runs(flat.T).T | runs(flat.T.flip(1)).flip(1).T
-    return out if float(out.double().mean()) >= FIELD_SHADOW_MIN_FRACTION else None
-
-
-def field_penumbra(image, shadow: torch.Tensor, max_px: int | None = None,
-                   quantile: float = FIELD_PENUMBRA_QUANTILE) -> torch.Tensor:
-    """(H, W) bool: a round field's ``shadow`` grown through its penumbra.
-
-    Inside an image intensifier's (or an iris collimator's) edge the attenuation does not drop at once
-    from the shadow's level to the anatomy's: a soft edge, vignetting and the display's processing leave
-    a ring whose line integrals are neither (on the real wrist radiographs 0.2–0.6 of the shadow's level,
-    30–50 px wide at 1024 rows, against a field whose 99th percentile is 0.10–0.13).  Registration would
-    read that ring as anatomy.  The penumbra is taken as the pixels connected to the shadow, within
-    ``max_px`` of it (default :data:`FIELD_PENUMBRA_MAX_FRACTION` of the larger side; above 384 rows
-    worked on blocks, so up to a block more), whose value is above the ``quantile`` of the field's inside
-    (the pixels beyond that reach).
-    Only pixels are added; a hard edge (a simulated field) adds at most a pixel or two of blurred rim.
-
-    Args:
-        image: (H, W) line integrals (more attenuation = larger).
-        shadow: (H, W) bool, :func:`field_shadow`'s.
-    Returns:
-        (H, W) bool, ``shadow`` or a superset of it.
-    """
-    img = torch.as_tensor(image, dtype=torch.float32)
-    H, W = img.shape
-    n = int(max_px if max_px is not None else round(FIELD_PENUMBRA_MAX_FRACTION * max(H, W)))
-    if n < 1:
-        return shadow
-    # On a grid of at most ~256 rows (k × k blocks; a block is set where any of its pixels is): the reach
-    # and the geodesic growth below cost k³ ≈ 64× less than at 1024 rows (0.95 s a frame there); the reach
-    # is then up to a block wider, and a gap narrower than a block is bridged.
-    k = max(1, round(max(H, W) / 256))
-    Hc, Wc = -(-H // k), -(-W // k)
-
-    def coarse(m: torch.Tensor) -> torch.Tensor:
-        pad = torch.zeros(Hc * k, Wc * k, dtype=torch.float32)
-        pad[:H, :W] = m.float()
-        return F.max_pool2d(pad[None, None], k)[0, 0] > 0
-
-    def full(m: torch.Tensor) -> torch.Tensor:
-        return m.repeat_interleave(k, 0).repeat_interleave(k, 1)[:H, :W]
-
-    steps = -(-n // k)
-    start = coarse(shadow)
-    near = full(max_filter(start.float(), steps) > 0) | shadow
-    inside = ~near
-    if int(inside.sum()) < 0.05 * H * W:  # too little field left to say what the anatomy's level is
-        return shadow
-    thr = torch.quantile(img[inside][:: max(1, int(inside.sum()) // 200_000)], quantile)
-    allowed = ((img > thr) & near) | shadow
-    ok, grown = coarse(allowed), start
-    for _ in range(steps):  # geodesic growth from the shadow through the allowed blocks, one block per step
-        g = (max_filter(grown.float(), 1) > 0) & ok
-        if torch.equal(g, grown):
-            break
-        grown = g
-    return (full(grown) & allowed) | shadow
-
-
-def _check_field(img: torch.Tensor, steps: list, grow: int = 0) -> torch.Tensor | None:
-    """A collimator's shadow left in the image (whole rows and columns: :func:`collimator_edges`; the
-    outside of a round field: :func:`field_shadow`): recorded in ``steps``, refused when it leaves < 25 %
-    of the image, else returned as an (H, W) float32 mask (0 in the shadow grown by ``grow`` px)."""
-    flat = flat_at_maximum(img)
-    t, b, l, r = collimator_edges(img, flat=flat)
-    H, W = img.shape
-    g = int(grow)
-    keep = None
-    if t or b or l or r:
-        h, w = max(0, H - t - b), max(0, W - l - r)
-        frac = h * w / float(H * W)
-        steps.append({"step": "collimator_check", "edges": [t, b, l, r], "field_fraction": frac})
-        if frac < MIN_FIELD_FRACTION:
-            raise InputError(
-                f"the collimator leaves {100 * frac:.0f}% of the X-ray (flat borders of {t}, {b}, {l}, {r} px at the "
-                f"top, bottom, left, right); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed to register — is "
-                "this the right image?")
-        keep = torch.zeros(H, W, dtype=torch.float32)
-        keep[(t + g if t else 0):H - (b + g if b else 0), (l + g if l else 0):W - (r + g if r else 0)] = 1.0
-    shadow = field_shadow(img, flat=flat)
-    if shadow is not None:
-        shadow_frac = float(shadow.double().mean())
-        # the penumbra of a round edge only: a collimator's straight blades (whole rows and columns, masked
-        # above) make field_shadow's runs too, and their edge needs no more than the blur's growth
-        blades = torch.ones_like(shadow)
-        blades[t:H - b, l:W - r] = False  # (no collimator: all False)
-        round_part = shadow & ~blades
-        ring = field_penumbra(img, shadow) if float(round_part.double().mean()) >= FIELD_SHADOW_MIN_FRACTION \
-            else shadow
-        penumbra = float((ring & ~shadow).double().mean())
-        shadow = ring
-        field = 1.0 - max_filter(shadow.float(), g)
-        frac = float(field.mean()) if keep is None else float((field * keep).mean())
-        steps.append({"step": "field_check", "shadow_fraction": shadow_frac, "penumbra_fraction": penumbra,
-                      "field_fraction": frac})
-        if frac < MIN_FIELD_FRACTION:
-            raise InputError(
-                f"the round field leaves {100 * frac:.0f}% of the X-ray (the rest is flat at its maximum attenuation: "
-                f"nothing reached the detector there); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed to "
-                "register — is this the right image?")
-        keep = field if keep is None else keep * field
-    return keep
-
-
 # --------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------
@@ -948,10 +690,10 @@ def preprocess(
     b = _blur_args(blur)
     if blur_domain not in ("line-integral", "intensity"):
         raise InputError(f"blur_domain must be 'line-integral' or 'intensity', got {blur_domain!r}")
-    _check_photon_offset(photon_offset)
+    check_photon_offset(photon_offset)
     est = detected_photons(img, mask, offset) if mode == "intensity" and (
         resample_domain == "auto" or photon_offset != 0) else None
-    photons = _photon_offset(photon_offset, est, _quantum(img + float(offset)), float(img.max()) + float(offset))
+    photons = photons_to_add(photon_offset, est, _quantum(img + float(offset)), float(img.max()) + float(offset))
     binned, how = _resample_before_log(resample_domain, mode, geo, est, photons)
     pixels_in = img.numel()
     if binned and b is not None:  # the blur's kernel and σ follow the image to its new size
@@ -978,7 +720,7 @@ def preprocess(
     if mask is not None:
         _record_saturation(mask, float(as_image(image)[sat].flatten()[0]), int(sat.sum()), steps)
     img = _level_steps(img, background, rescale, steps)
-    shadow = _check_field(img, steps, grow=0 if b is None else b[0] // 2 + 1)
+    shadow = check_field(img, steps, grow=0 if b is None else b[0] // 2 + 1)
     if shadow is not None:
         mask = shadow if mask is None else mask * shadow
     img, mask = _resize(img, mask, after, False)
@@ -1005,77 +747,10 @@ def _check_resample_domain(domain: str, mode: str) -> None:
                          f"log=True / 'intensity', got log={mode!r}")
 
 
-#: Photons below which the darkest 1 % of the field counts as few (estimated from the image's own noise,
-#: :func:`detected_photons`): ``photon_offset="auto"`` adds half a photon before the log there, and
-#: ``resample_domain="auto"`` bins raw intensities before their log where it cannot (no offset).  Between
-#: the two doses measured (docs/registration.md, "Shrinking raw intensities"): ~1 photon there at
-#: fluoroscopic dose, where the bare log of each pixel ruined the frames, and ~135 at a radiograph's, where
-#: the log of each pixel kept registration at 0.16 mm and binning moved its depth (a bin is an
-#: intensity-domain blur).
-LOG_MIN_PHOTONS = 30.0
-
-
-def detected_photons(image, mask=None, offset: float = 0.0, block: int = 4) -> dict | None:
-    """How many photons a raw image's pixels hold, from its own Poisson noise (a photon-transfer estimate).
-
-    ``image``: (H, W) raw intensities (proportional to detected photons: a detector's linear output);
-    ``mask``: (H, W) weights, blocks with a weight < 1 left out.  In ``block``×``block`` blocks the
-    pixels' variance over their mean is the gain (intensity units per photon) where the block is flat,
-    more where it holds structure; the median over blocks is taken.  Returns ``{"per_photon": gain,
-    "photons_p1": photons of the darkest 1 % of the positive pixels (a shutter or blade stored as 0 is
-    not photon statistics; where photons are few, 1-count pixels come with the 0-count ones), "photons_median":
-    of the median pixel}`` — the photons infinite for a noiseless image (gain 0) — or None when fewer than
-    16 blocks are left.
-    """
-    img = as_image(image).to(torch.float64) + float(offset)
-    nh, nw = img.shape[0] // block, img.shape[1] // block
-    blocks = img[:nh * block, :nw * block].reshape(nh, block, nw, block).transpose(1, 2).reshape(nh, nw, -1)
-    m, v = blocks.mean(-1), blocks.var(-1)
-    ok = m > 0
-    if mask is not None:
-        mb = as_image(mask)[:nh * block, :nw * block].reshape(nh, block, nw, block).transpose(1, 2)
-        ok &= mb.reshape(nh, nw, -1).amin(-1) >= 1.0
-    if int(ok.sum()) < 16:
-        return None
-    gain = float((v[ok] / m[ok]).median())
-    if gain <= 0.0:
-        return {"per_photon": 0.0, "photons_p1": math.inf, "photons_median": math.inf}
-    vals = blocks[ok].reshape(-1)
-    pos = vals[vals > 0]  # a shutter stored as 0 is not photon statistics; few photons leave 1-count pixels too
-    p1 = float(torch.kthvalue(pos, max(1, math.ceil(0.01 * pos.numel()))).values) if pos.numel() else 0.0
-    return {"per_photon": gain, "photons_p1": p1 / gain, "photons_median": float(vals.median()) / gain}
-
-
-#: ``photon_offset="auto"`` reads an integer image's noise as photons only where one photon is at
-#: least this many grey levels (a raw 16-bit detector image: tens to thousands).
-PHOTON_MIN_QUANTA = 2.0
-
-
-def _check_photon_offset(value) -> None:
-    if value != "auto" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                and math.isfinite(value) and value >= 0):
-        raise InputError(f"photon_offset must be 'auto' or a number of photons >= 0, got {value!r}")
-
-
-def _photon_offset(value, est: dict | None, quantum: float, top: float) -> float:
-    """Step 4's photon offset (:func:`preprocess`'s checked ``photon_offset``): photons to add per pixel of
-    the image the log is taken of (0: none), given ``est`` (:func:`detected_photons` of the raw
-    intensities; None: not raw intensities, or unknown).  "auto" adds none to an integer image
-    (``quantum`` 1) where a photon is under :data:`PHOTON_MIN_QUANTA` grey levels or whose maximum
-    ``top`` fits in 8 bits: its variance is then its grey levels' (a display image's), not photons', and
-    its darkest levels are dequantised instead (step 3)."""
-    if est is None or not est["per_photon"] > 0:
-        return 0.0
-    if value != "auto":
-        return float(value)
-    counted = est["per_photon"] >= PHOTON_MIN_QUANTA * quantum and not (quantum and top <= 255)
-    return 0.5 if counted and est["photons_p1"] < LOG_MIN_PHOTONS else 0.0
-
-
 def _resample_before_log(domain: str, mode: str, geo, est: dict | None, photons: float) -> tuple[bool, dict]:
     """(whether :func:`preprocess` shrinks the raw image — after the crops — before the log, the record
     added to the resize step) for step 7's ``resample_domain``; ``est``: :func:`detected_photons` of
-    that image (None: unknown); ``photons``: the photons step 4 adds before the log (:func:`_photon_offset`)."""
+    that image (None: unknown); ``photons``: the photons step 4 adds before the log (:func:`~xraypose.photons.photons_to_add`)."""
     rec = next((s for s in geo.steps if s["step"] == "resize"), None)
     if rec is None:
         return False, {}
