@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import as_image
+from xraypose._arrays import as_image
 from xraypose._kernels import max_filter
 from xraypose.errors import InputError
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from xraypose._checks import as_image
+from xraypose._arrays import as_image
 from xraypose.errors import InputError
 
 __all__ = ["detected_photons", "photons_to_add", "check_photon_offset", "LOG_MIN_PHOTONS", "PHOTON_MIN_QUANTA"]

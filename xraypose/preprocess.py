@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xraypose._checks import (as_image, as_real_tensor, check_flag, check_instance, check_number, config_error,
-                              image_batch)
+from xraypose._arrays import as_image, as_real_tensor, image_batch
+from xraypose._checks import check_flag, check_instance, check_number, config_error
 from xraypose._kernels import gaussian_kernel1d
 from xraypose.camera import Camera
 from xraypose.errors import InputError
@@ -68,7 +68,7 @@ __all__ = [
     "MIN_FIELD_FRACTION",
     "FIELD_SHADOW_MIN_FRACTION",
     "field_shadow",
-    # re-exported from where they live now (xraypose._checks, xraypose.field, xraypose.photons), imported from here
+    # re-exported from where they live now (xraypose._arrays, xraypose.field, xraypose.photons), imported from here
     "as_real_tensor",
     "field_penumbra",
     "FIELD_PENUMBRA_MAX_FRACTION",
