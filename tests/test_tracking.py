@@ -1335,3 +1335,36 @@ def test_the_smoother_fits_the_motion_noise_to_the_sequence(volume, sequence, mo
     # the same registrations either way; only the smoother's estimate may differ
     for a, b in zip(fitted, fixed):
         assert torch.allclose(a.registered, b.registered)
+
+
+def test_a_resume_with_a_predicted_blur_gives_the_uninterrupted_sequence(volume, smooth_sequence):
+    """``resume`` with a blur predicted along the way (a callable ``blur``, predicted again every 0.5° of turn): the
+    checkpoints of frames 0–3 given back rebuild the coefficient held and where it was predicted, and frames 4–6
+    come out as in the run that was never stopped — poses, coefficients and where each was predicted (in order:
+    the overlapped check's first frame after a resume is documented to differ)."""
+    frames, cam = _preprocessed(smooth_sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    seen = []
+
+    def predictor(T):  # a coefficient that follows the pose, so that each prediction differs
+        seen.append(T.clone())
+        return -0.01 - 0.001 * float(T[0, 3] % 7.0)
+
+    records = []
+    whole = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=False, blur=predictor,
+                           blur_turn_deg=0.5, checkpoint=records.append)
+    assert len(seen) >= 3 and len({fr.blur_coefficient for fr in whole}) >= 3  # predicted again along the way
+    assert records[3]["blur"]["coefficient"] == whole[4].blur_coefficient
+    n_whole = len(seen)
+    resumed = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=False, blur=predictor,
+                             blur_turn_deg=0.5, resume=records[:4])
+    assert len(seen) - n_whole == n_whole - _predictions_before(records, 4)  # only the predictions after frame 3
+    for a, b in zip(whole, resumed):
+        assert a.blur_coefficient == b.blur_coefficient, (a.index, a.blur_coefficient, b.blur_coefficient)
+        assert torch.allclose(a.camera_to_world, b.camera_to_world, atol=1e-9), a.index
+
+
+def _predictions_before(records: list, k: int) -> int:
+    """How many blur predictions the first ``k`` checkpoints record (the distinct poses predicted at)."""
+    at = {tuple(map(tuple, r["blur"]["predicted_at"])) for r in records[:k] if r["blur"]["predicted_at"] is not None}
+    return len(at)
