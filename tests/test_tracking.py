@@ -1338,10 +1338,11 @@ def test_the_smoother_fits_the_motion_noise_to_the_sequence(volume, sequence, mo
 
 
 def test_a_resume_with_a_predicted_blur_gives_the_uninterrupted_sequence(volume, smooth_sequence):
-    """``resume`` with a blur predicted along the way (a callable ``blur``, predicted again every 0.5° of turn): the
-    checkpoints of frames 0–3 given back rebuild the coefficient held and where it was predicted, and frames 4–6
-    come out as in the run that was never stopped — poses, coefficients and where each was predicted (in order:
-    the overlapped check's first frame after a resume is documented to differ)."""
+    """``resume`` with a blur predicted along the way (a callable ``blur``, predicted again after 1.2° of turn: every
+    second frame of a sequence turning 0.8° a frame): the checkpoints of frames 0–2 given back rebuild the
+    coefficient held and where it was predicted, and frames 3–6 come out as in the run that was never stopped —
+    poses, coefficients and the predictions made (in order: the overlapped check's first frame after a resume is
+    documented to differ)."""
     frames, cam = _preprocessed(smooth_sequence)
     reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
     seen = []
@@ -1352,13 +1353,12 @@ def test_a_resume_with_a_predicted_blur_gives_the_uninterrupted_sequence(volume,
 
     records = []
     whole = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=False, blur=predictor,
-                           blur_turn_deg=0.5, checkpoint=records.append)
-    assert len(seen) >= 3 and len({fr.blur_coefficient for fr in whole}) >= 3  # predicted again along the way
-    assert records[3]["blur"]["coefficient"] == whole[4].blur_coefficient
+                           blur_turn_deg=1.2, checkpoint=records.append)
     n_whole = len(seen)
+    assert 3 <= n_whole < len(whole) and len({fr.blur_coefficient for fr in whole}) >= 3  # not at every frame
     resumed = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=False, blur=predictor,
-                             blur_turn_deg=0.5, resume=records[:4])
-    assert len(seen) - n_whole == n_whole - _predictions_before(records, 4)  # only the predictions after frame 3
+                             blur_turn_deg=1.2, resume=records[:3])
+    assert len(seen) - n_whole == n_whole - _predictions_before(records, 3)  # only the predictions after frame 2
     for a, b in zip(whole, resumed):
         assert a.blur_coefficient == b.blur_coefficient, (a.index, a.blur_coefficient, b.blur_coefficient)
         assert torch.allclose(a.camera_to_world, b.camera_to_world, atol=1e-9), a.index
