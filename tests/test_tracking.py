@@ -1368,3 +1368,31 @@ def _predictions_before(records: list, k: int) -> int:
     """How many blur predictions the first ``k`` checkpoints record (the distinct poses predicted at)."""
     at = {tuple(map(tuple, r["blur"]["predicted_at"])) for r in records[:k] if r["blur"]["predicted_at"] is not None}
     return len(at)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_prediction_that_sees_no_ct_is_re_initialised(volume, smooth_sequence, monkeypatch, overlap):
+    """Frame 3's prediction moved 3 m along the beam (the CT out of view: its registration is an ``invalid start``):
+    the frame is re-initialised from the last trusted pose with the whole schedule and registered right, in
+    order and with the check beside the next frame; the frames after it are tracked as usual."""
+    import xraypose.register.tracking as tracking
+
+    frames, cam = _preprocessed(smooth_sequence)
+    reg = Registrar(volume, RegistrationConfig(levels=FAST_LEVELS, drr_blur=1.0, record_trajectory=False))
+    real = tracking._SequenceTracker.predict
+
+    def far_at_3(self, f):
+        T = real(self, f)
+        if f != 3:
+            return T
+        far = T.clone()
+        far[:3, 3] = far[:3, 3] + 3000.0 * far[:3, 2]  # 3 m along the camera's +z: the CT behind the source
+        return far
+
+    monkeypatch.setattr(tracking._SequenceTracker, "predict", far_at_3)
+    out = track_sequence(reg, frames, cam, smooth_sequence["start"], overlap_check=overlap)
+    assert out[3].reinitialised and float((out[3].predicted[:3, 3] - out[2].camera_to_world[:3, 3]).norm()) > 2000
+    for f in range(7):
+        err = float(pose_errors(out[f].camera_to_world, smooth_sequence["poses"][f], smooth_sequence["fid"], cam)["mtre"])
+        assert err < 2.0, (f, err)
+    assert not any(fr.reinitialised for fr in out[:3] + out[4:]), [fr.reinitialised for fr in out]
