@@ -171,7 +171,8 @@ def _is_frame_file(p: Path) -> bool:
 #: The beginnings of the sequence notes a user must see where they look (``xraypose track`` prints them), not only in
 #: trajectory.json: what changed which frames were read, or their order.
 LEFT_OUT = "files in the folder not read as frames"
-NOTES_TO_SHOW = ("frames ordered by their DICOM InstanceNumber", LEFT_OUT)
+INSTANCE_ORDER = "frames ordered by their DICOM InstanceNumber (0020,0013), not by file name"
+NOTES_TO_SHOW = (INSTANCE_ORDER, LEFT_OUT)
 
 
 def sequence_notes_to_show(notes) -> list:
@@ -179,11 +180,12 @@ def sequence_notes_to_show(notes) -> list:
     return [n for n in notes if n.startswith(NOTES_TO_SHOW)]
 
 
-def _left_out_note(folder: Path) -> list:
-    """[a note naming the files of a frames ``folder`` that are not read as frames] (a README, a frame saved as
-    .jpg), or [] — read silently, a frame stored in another format would vanish from the sequence unseen.  Hidden
-    files, subfolders and ``.json`` files (sidecars, read with their frames) are not named."""
-    other = sorted((f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+def _left_out_note(entries) -> list:
+    """[a note naming the files among a frames folder's ``entries`` (its listing, Paths) that are not read as
+    frames] (a README, a frame saved as .jpg), or [] — read silently, a frame stored in another format would vanish
+    from the sequence unseen.  Hidden files, subfolders and ``.json`` files (sidecars, read with their frames) are
+    not named."""
+    other = sorted((f.name for f in entries if f.is_file() and not f.name.startswith(".")
                     and f.suffix.lower() != ".json" and not _is_frame_file(f)), key=natural_key)
     if not other:
         return []
@@ -218,13 +220,14 @@ def read_sequence(source, **kwargs) -> XRaySequence:
     p = Path(source).expanduser()
     check_input_path(p, "sequence", f"sequence not found: {p}")
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if _is_frame_file(f)), key=lambda f: natural_key(f.name))
+        entries = list(p.iterdir())  # listed once: the frames, and what is left out (named in a note)
+        files = sorted((f for f in entries if _is_frame_file(f)), key=lambda f: natural_key(f.name))
         if not files:
             raise InputError(f"{p}: the folder holds no frames (files ending in {', '.join(FRAME_EXTENSIONS)} "
                              "or DICOM files without an ending)")
         files, note = _instance_order(files)
         seq = _from_files(files, str(p), kwargs)
-        seq.notes += ([note] if note else []) + _left_out_note(p)
+        seq.notes += ([note] if note else []) + _left_out_note(entries)
         return seq
     xr = read_xray(p, frames="all", **kwargs)
     frames = _split(xr)
@@ -276,7 +279,7 @@ def _instance_order(files: list) -> tuple[list, str | None]:
     ordered = [f for _, f in sorted(zip(numbers, files), key=lambda nf: nf[0])]
     if ordered == files:
         return files, None
-    return ordered, "frames ordered by their DICOM InstanceNumber (0020,0013), not by file name"
+    return ordered, INSTANCE_ORDER
 
 
 def _check_file_order(paths: list) -> None:

@@ -453,7 +453,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
                    masks=None, blur=None, blur_turn_deg: float | None = BLUR_TURN_DEG,
                    vouch_failed: bool = True,
                    air_floor_hu: float | None = None, should_stop=None, checkpoint=None,
-                   resume=None, fit_motion: bool = True) -> list[FrameResult]:
+                   resume=None, fit_motion: bool = True) -> TrackedFrames:
     """Register every frame of a sequence, each from the previous ones.
 
     Args:
@@ -524,7 +524,7 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
             sequence is tracked on from frame k as if it had not stopped (the same prediction, the same
             registrations; the smoother then pools every frame).  Needs the same inputs and settings.
     Returns:
-        one :class:`FrameResult` per frame.
+        :class:`TrackedFrames`: one :class:`FrameResult` per frame (a list), and the sequence's ``motion_fit``.
     """
     from xraypose._checks import check_flag, check_instance
     from xraypose.register.optimizer import Registrar
@@ -843,10 +843,8 @@ class _SequenceTracker:
 
     def track(self, n_frames: int, overlap: bool, should_stop=None) -> None:
         """Frames ``len(out)`` … ``n_frames`` − 1, in order or (``overlap``) each registered while the check of the
-        frame before runs on a second thread; ``should_stop()`` asked before each frame (True: stop there)."""
-        # With the check overlapped, frame f's check runs on a second thread while frame f + 1 is
-        # registered from the prediction that assumes frame f stands (the usual case); a `failed`
-        # verdict rolls the motion model back and the frame and its successor are done again in order.
+        frame before runs on a second thread (:meth:`ahead`, :meth:`settle`); ``should_stop()`` asked before each frame
+        (True: stop there)."""
         pool = ThreadPoolExecutor(max_workers=1) if overlap else None
         pending = None
         try:
@@ -869,7 +867,7 @@ class _SequenceTracker:
         trusted measured frames (:func:`~xraypose.register.motion.bracketed_steps`); with ``fit_motion`` the
         model's noise fitted to the sequence's innovations first (``out.motion_fit``)."""
         filt = self.filt
-        if fit_motion:  # the model's noise fitted to this sequence's innovations before smoothing
+        if fit_motion:
             filt, self.out.motion_fit = fit_noise(filt)
         poses, covs = smooth(filt, covariances=True)
         bracketed = bracketed_steps(filt.steps, trusted=[self.committed[f][0] for f in range(len(self.out))])
