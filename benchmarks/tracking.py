@@ -250,12 +250,15 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     from xraypose.metrics import pose_errors
     from xraypose.register.counts import counts_bin_for, refine_sequence
 
-    picked = [fr for fr in out if fr.index % args.counts_every == 0]
+    def pick(fr):
+        return fr.index % args.counts_every == 0
+
+    picked = [fr for fr in out if pick(fr)]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
     b = counts_bin_for(tuple(raw0.shape), args.counts_max_side)  # as xraypose track --counts (max side 128)
     blur = {"family": family_blur / b, "estimate": None}.get(args.counts_blur)
     blur = float(args.counts_blur) if blur is None and args.counts_blur != "estimate" else blur
-    failed = [fr.verdict == "failed" for fr in picked]
+    failed = failed_picked = [fr.verdict == "failed" for fr in picked]
     gated = args.counts_failed == "gated"
     left = [args.counts_failed == "leave" and f for f in failed]
     starts = [None if skip else fr.camera_to_world.to(F64) @ torch.linalg.inv(raws[fr.index][2])
@@ -290,26 +293,40 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     print(f"  counts formation: {form.to_dict()}", flush=True)
     done = [rows[fr.index] for fr in picked]
     pooled = {}
-    if args.counts_every == 1:  # the refined poses pooled by the motion model (xraypose track --counts)
+    if args.counts_every == 1 or out.measurements is not None:
+        # the refined poses pooled by the motion model (xraypose track --counts); every K-th frame's
+        # (--counts-every K) with every frame's tracked registration, under the tracker's model (as the command)
         from xraypose.register.counts import admit_doubtful, pool_fits
 
+        full, flags = [None] * len(out), [False] * len(out)
+        for fr, fit, f in zip(picked, fits, failed):
+            full[fr.index], flags[fr.index] = fit, f
+        fits, failed = full, flags
+        kw = {}
+        if args.counts_every > 1:
+            kw = {"model": out.motion_model,
+                  "tracked": [None if m is None else (m[0] @ torch.linalg.inv(raws[i][2]), m[1])
+                              for i, m in enumerate(out.measurements)]}
         if gated:  # a failed frame's fit counts where the motion model expects it
-            fits = admit_doubtful(fits, failed, vol.get_isocenter(), "smooth")
-        pooled_poses = pool_fits(fits, vol.get_isocenter(), "smooth")
+            fits = admit_doubtful(fits, failed, vol.get_isocenter(), "smooth", **kw)
+        pooled_poses = pool_fits(fits, vol.get_isocenter(), "smooth", **kw)
         if gated:  # one not admitted: the smoother's pose between refined frames (pool_fits), as the command
-            left = [fit is None and T is None for fit, T in zip(fits, pooled_poses)]
-        for fr, row, T, fit in zip(picked, done, pooled_poses, fits):
-            if fit is None and (not gated or T is None):  # left as tracked, as xraypose track --counts leaves it
+            left = [fit is None and T is None for fr, fit, T in zip(out, fits, pooled_poses) if pick(fr)]
+        all_rows = [rows[fr.index] for fr in out]
+        for fr, row, T, fit in zip(out, all_rows, pooled_poses, fits):
+            if T is None or (fit is None and not gated and not kw):  # as tracked, as the command leaves it
                 row["mtre_counts_pooled"], row["depth_error_counts_pooled_mm"] = row["mtre"], row["depth_error_mm"]
                 continue
             row["mtre_counts_pooled"] = float(pose_errors(T @ raws[fr.index][2], poses[fr.index], fid, pcam)["mtre"])
             row["depth_error_counts_pooled_mm"] = depth_error(T @ raws[fr.index][2], poses[fr.index], fid)
-        mp = torch.tensor([r["mtre_counts_pooled"] for r in done])
+        mp = torch.tensor([r["mtre_counts_pooled"] for r in all_rows])
         pooled = {"pooled_share_below_1mm": float((mp < 1).double().mean()),
                   "pooled_median_mtre_mm": float(mp.median()),
                   "pooled_p90_mtre_mm": float(mp.quantile(0.9)),
-                  "pooled_rms_depth_error_mm": float(torch.tensor([r["depth_error_counts_pooled_mm"] for r in done])
-                                                     .pow(2).mean().sqrt())}
+                  "pooled_rms_depth_error_mm": float(torch.tensor([r["depth_error_counts_pooled_mm"] for r in all_rows])
+                                                     .pow(2).mean().sqrt()),
+                  "pooled_frames": len(all_rows), "pooled_with_registrations": bool(kw)}
+        failed = failed_picked
     mt = torch.tensor([r["mtre_counts"] for r in done])
     before = torch.tensor([r["mtre"] for r in done])
     return {"renderer": args.counts, "supersample": form.supersample, "bin": b,

@@ -67,6 +67,7 @@ NUMERIC: dict = {
     "air_floor": Number(-1024, -500, unit="HU", name="the air floor"),
     "counts_blur": Number(0, 20, unit="pixels", name="the detector's intensity blur σ"),
     "counts_supersample": Integer(1, 8, name="DRR pixels per frame pixel per side"),
+    "counts_every": Integer(1, 1_000_000, name="frames per refined frame"),
     "counts_air_hu": Number(-1100, -1, unit="HU", name="the air knot (where attenuation starts)"),
     "counts_scatter_mm": Number(0, 1000, unit="mm", name="the scatter's width σ (0: none)"),
     "train_seconds": Number(0, 1e7, lo_open=True, unit="s"), "cases": Integer(1, 100_000),
@@ -411,6 +412,11 @@ COUNTS = typer.Option(False, "--counts", help="Then refine the pose on the raw c
                       "frame, then 7-60 s a frame). Experimental: measured on simulated X-rays only "
                       "(docs/benchmarks.md, stops 42-44, 56). The registered pose is "
                       "kept in the result.")
+COUNTS_EVERY = typer.Option(1, "--counts-every", help="track --counts: refine every K-th frame (frames 0, K, 2K, …) "
+                            "and pool those fits with every frame's tracked registration by the motion model (the "
+                            "fits carry the depth the registrations are biased in): about K times less time. "
+                            "Default 1: every frame refined, pooled by their fits alone (the registrations left "
+                            "out: measured better where all are refined; docs/benchmarks.md, stop 66).")
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the counts' "
                            "pixels (an X-ray's pixels summed until it is at most 128 a side: a 512² frame's 4×4; "
                            "default: chosen by the likelihood).")

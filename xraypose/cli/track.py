@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from xraypose.cli.config import config_option
-from xraypose.cli.options import (ALLOW_OTHER_CT, CT, EDGE_ENHANCED, EXIT_FAILED, MATCH_INTENSITY, METAL, METAL_STEPS,
-                                  REGISTRATION_DEFAULTS, SCATTER, SEED, Group, appearance_settings, intrinsics_options,
-                                  check_counts_input, counts_options, levels_config, preprocessing_options,
+from xraypose.cli.options import (ALLOW_OTHER_CT, COUNTS_EVERY, CT, EDGE_ENHANCED, EXIT_FAILED, MATCH_INTENSITY,
+                                  METAL, METAL_STEPS, REGISTRATION_DEFAULTS, SCATTER, SEED, Group, appearance_settings,
+                                  intrinsics_options, check_counts_input, counts_options, levels_config, preprocessing_options,
                                   start_options, structure_options, with_groups)
 from xraypose.cli.rig import RIG_FROM_ANGLES
 from xraypose.cli.steps import (check_output_beside_xrays, drr_blur, load_registration_ct, pose_transform_of,
@@ -256,6 +256,7 @@ def track_command(
     blur_turn: Optional[float] = BLUR_TURN,
     air_floor: Optional[float] = AIR_FLOOR,
     counts_kw: dict = Group(counts_options),
+    counts_every: int = COUNTS_EVERY,
     confidence: bool = CONFIDENCE,
     resume: bool = RESUME,
     seed: int = SEED,
@@ -283,7 +284,8 @@ def track_command(
     from xraypose.register import RegistrationConfig
     from xraypose.register.multiview import rig_start
 
-    _check_track_options(rig, start_view, predict_blur, blur_coefficient, blur_turn, motion)
+    _check_track_options(rig, start_view, predict_blur, blur_coefficient, blur_turn, motion, counts_kw["on"],
+                         counts_every)
     cfg_kw = {"density": density, "seed": seed, "num_threads": track_threads(threads), "record_trajectory": False,
               "blur_coefficient": blur_coefficient,
               **appearance_settings(metal_steps, match_intensity),
@@ -310,7 +312,7 @@ def track_command(
                 **_start_settings(start_kw), **_named(read_kw), **_named(prep),
                 "--metal": metal, "--edge-enhanced": edge_enhanced, "--scatter": scatter, "--motion": motion,
                 "--confidence": confidence, "--predict-blur": predict_blur, "--blur-turn": blur_turn,
-                "--air-floor": air_floor, **_named(counts_kw, "counts"),
+                "--air-floor": air_floor, **_named(counts_kw, "counts"), "--counts-every": counts_every,
                 "--structure": _file_id(structure_kw["structure"]), "--label-map": _file_id(structure_kw["label_map"]),
                 "--label": structure_kw["label"]}
     header = partial_header(n_frames, "camera_to_world" if the_rig is None else f"camera_to_world of view {names[r]}",
@@ -357,7 +359,8 @@ def track_command(
         raise KeyboardInterrupt  # nothing tracked: nothing to write
     record_counts = None
     if counts and not interrupted:
-        record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_kw, motion)
+        record_counts = _refine_on_counts(res, seqs[0], cams[0], views[0][2], cts, prep["crop"], counts_kw, motion,
+                                          counts_every)
     doc = _trajectory_document(ct, pose_name, names, seqs, views, the_rig is not None, info, start, cts, res, reg,
                                metal, motion)
     _add_run_records(doc, res, names, first, counts=record_counts,
@@ -376,9 +379,13 @@ def track_command(
         raise KeyboardInterrupt
 
 
-def _check_track_options(rig, start_view, predict_blur: bool, blur_coefficient, blur_turn, motion: str) -> None:
+def _check_track_options(rig, start_view, predict_blur: bool, blur_coefficient, blur_turn, motion: str,
+                         counts: bool = False, counts_every: int = 1) -> None:
     """``xraypose track``'s options that contradict each other, or an unknown ``--motion``: a one-line error."""
     from xraypose.register.motion import MOTIONS
+
+    if counts_every != 1 and not counts:
+        raise InputError("--counts-every says which frames --counts refines: give --counts too")
 
     if start_view is not None and rig is None:
         raise InputError("--start-view needs --rig")
@@ -462,10 +469,13 @@ def _kept_predictions(records: list) -> list:
     return out
 
 
-def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str) -> dict:
-    """``--counts``: every frame refined on its raw counts from its tracked pose (poses of the preprocessed
-    frames' camera ↔ the raw camera's through preprocessing's ``camera_to_view``), the refined poses pooled by
-    the motion model (``motion``; each with its counts' covariance: ``pool_fits``); the frames'
+def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str,
+                      every: int = 1) -> dict:
+    """``--counts``: every frame (``every`` K > 1: frames 0, K, 2K, …) refined on its raw counts from its tracked
+    pose (poses of the preprocessed frames' camera ↔ the raw camera's through preprocessing's
+    ``camera_to_view``), then pooled by the motion model (``motion``: ``pool_fits``, each fit with its counts'
+    covariance; with K > 1 every frame's tracked registration is a measurement too, fused with the fit where a
+    frame has both, under the tracker's motion model — ``res.measurements``, ``res.motion_model``); the frames'
     ``camera_to_world`` replaced, the tracked pose, the fit and the frame's own refined pose in ``extra``.
     A ``failed`` frame is refined too (never the one the formation is chosen on; its coefficients start no other)
     and counts only where its fit pins the pose and lands where the frames before it lead (``admit_doubtful``:
@@ -485,17 +495,23 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     to_raw = torch.linalg.inv(to_view)
     blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
     supersample = counts_kw["supersample"]  # None: chosen on the first frame (denser_rays)
-    starts = [fr.camera_to_world.to(torch.float64) @ to_raw for fr in res]
-    doubtful = [fr.verdict == "failed" for fr in res]
+    picked = [fr.index % every == 0 for fr in res]
+    starts = [fr.camera_to_world.to(torch.float64) @ to_raw if p else None for fr, p in zip(res, picked)]
+    doubtful = [fr.verdict == "failed" and p for fr, p in zip(res, picked)]
+    n_picked = sum(picked)
     t0 = time.perf_counter()
 
     def progress(i, fit):
+        if not picked[i]:
+            return
+        k = sum(picked[:i + 1])
         if fit is None:
-            typer.echo(f"counts, frame {i + 1}/{len(res)}: failed, not refined (its counts not readable, or no "
-                       "frame to choose the formation on): left as tracked")
+            typer.echo(f"counts, frame {i + 1} ({k}/{n_picked} refined): failed, not refined (its counts not "
+                       "readable, or no frame to choose the formation on): left as tracked")
         else:
-            typer.echo(f"counts, frame {i + 1}/{len(res)}: moved {fit.moved_mm:.2f} mm in {fit.iterations} steps"
-                       f"{'' if fit.converged else ' (not converged)'}{' (a failed frame)' if doubtful[i] else ''}")
+            typer.echo(f"counts, frame {i + 1} ({k}/{n_picked} refined): moved {fit.moved_mm:.2f} mm in "
+                       f"{fit.iterations} steps{'' if fit.converged else ' (not converged)'}"
+                       f"{' (a failed frame)' if doubtful[i] else ''}")
 
     form, fits = refine_sequence(cts.volume, camera, [fr.image for fr in seq.frames], starts,
                                  isocenter=cts.isocenter, crop=crop, blur_px=blur, air_hu=air_hu,
@@ -508,19 +524,24 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     else:
         typer.echo(f"counts: formation {form.describe(pixel_mm)}{' (chosen on the first frame)' if chosen else ''}"
                    f"{f', counts of {b}×{b} pixels summed' if b > 1 else ''}")
-    kept = admit_doubtful(fits, doubtful, cts.isocenter, motion)  # a failed frame's fit where the sequence leads
-    pooled = pool_fits(kept, cts.isocenter, motion)  # each fit a measurement with its Fisher covariance
+    pool_kw = {}
+    if every > 1 and res.measurements is not None:  # the registrations between the fits (the raw camera's poses)
+        pool_kw = {"model": res.motion_model,
+                   "tracked": [None if m is None else (m[0] @ to_raw, m[1]) for m in res.measurements]}
+    kept = admit_doubtful(fits, doubtful, cts.isocenter, motion, **pool_kw)  # a failed frame's fit where it leads
+    pooled = pool_fits(kept, cts.isocenter, motion, **pool_kw)  # each fit a measurement, its Fisher covariance
     for fr, fit, used, T, d in zip(res, fits, kept, pooled, doubtful):
-        if fit is None:
+        if fit is None and (T is None or not pool_kw):  # not refined: as tracked (K > 1: pooled where it can be)
             continue
-        fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ to_view).tolist(),
-                              **({"admitted": used is not None} if d else {})}
-        if used is None:  # a failed frame whose fit the sequence does not vouch for
+        if fit is not None:
+            fr.extra["counts"] = {**fit.to_dict(), "camera_to_world": (fit.pose @ to_view).tolist(),
+                                  **({"admitted": used is not None} if d else {})}
+        if fit is not None and used is None:  # a failed frame whose fit the sequence does not vouch for
             where = "left as tracked" if T is None else "its pose the smoother's between the refined frames"
             typer.echo(f"counts, frame {fr.index + 1}: failed, its counts' fit not where the motion model "
                        f"expects it: {where}")
-            if T is None:
-                continue
+        if T is None:
+            continue
         fr.extra["tracked_camera_to_world"] = fr.camera_to_world.tolist()
         fr.camera_to_world = T @ to_view
         if d and used is not None:
@@ -531,6 +552,7 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
             "renderer_chosen": renderer is None, "air_hu": form.air_hu, "air_chosen": air_hu is None,
             "scatter_mm": form.scatter_px * pixel_mm, "scatter_chosen": scatter_mm is None,
             "supersample": form.supersample, "supersample_chosen": supersample is None, "bin": b, "pooled": motion,
+            "every": every, "pooled_with_registrations": bool(pool_kw),
             "refined": sum(f is not None for f in fits),
             "failed_admitted": sum(d and k is not None for d, k in zip(doubtful, kept)),
             "failed_left": sum(d and k is None for d, k in zip(doubtful, kept)), "seconds": time.perf_counter() - t0}

@@ -817,26 +817,55 @@ def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int
     return form, fits
 
 
-def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None) -> list:
+def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None, tracked=None) -> list:
     """The frames' counts-refined poses pooled by the motion model (:mod:`xraypose.register.motion`),
     each a measurement with its own :attr:`CountsFit.covariance` (the inverse Fisher information: the
     counts say how well they hold each direction — one view's depth least); frames without a fit
     (None) are coasted over (:func:`admit_doubtful` first drops a ``failed`` frame's fit the sequence does not
     vouch for).  ``motion``: "smooth" (the smoother over the whole sequence), "filter" (causal) or "none" (the
-    fits as they are).
-    Returns a (4, 4) pose per frame: a frame without a fit gets the smoother's interpolation where fitted
+    fits as they are).  ``model``: the :class:`~xraypose.register.motion.MotionModel` (default: its defaults).
+
+    ``tracked`` (optional, F entries): the frames' tracked registrations, each ``(pose (4, 4), R (6, 6))`` or
+    None (a frame the tracker coasted over) — :attr:`~xraypose.register.tracking.TrackedFrames.measurements`.
+    Given, they are measurements too: a frame with a fit and a registration is the two fused
+    (:func:`~xraypose.register.motion.fuse_measurements`), a frame with a registration alone is that
+    registration (``track --counts-every K``: the fits of every K-th frame carry the depth the registrations
+    are biased in, the registrations the frames between; docs/benchmarks.md, stop 66).
+    Returns a (4, 4) pose per frame: a frame without a measurement gets the smoother's interpolation where measured
     frames lie on both sides of it in one segment (:func:`~xraypose.register.motion.bracketed_steps`), else
     None (an extrapolation — stop 54 measured such poses 5–13 mm off; the causal filter's and "none" always
-    None)."""
+    None; with "none" a frame without a fit is None, its registration being what the caller has)."""
     from xraypose.register.motion import bracketed_steps, smooth
 
     doubtful = _doubtful_flags(fits, None, motion)
+    tracked = _tracked_measurements(tracked, len(fits))
     if motion == "none":
         return [None if f is None else f.pose.clone() for f in fits]
-    filt, kept, out, idx = _causal_pass(fits, doubtful, isocenter, model)
+    filt, kept, out, idx = _causal_pass(fits, doubtful, isocenter, model, tracked)
     inside = bracketed_steps(filt.steps) if motion == "smooth" else [False] * len(filt.steps)
     for i, T, between in zip(idx, smooth(filt) if motion == "smooth" else [out[i] for i in idx], inside):
-        out[i] = T if kept[i] is not None or between else None
+        out[i] = T if kept[i] is not None or tracked[i] is not None or between else None
+    return out
+
+
+def _tracked_measurements(tracked, n: int) -> list:
+    """``tracked`` (None, or n entries of None or (pose, R)) as n entries of None or float64 ``(pose (4, 4),
+    R (6, 6))``; an entry without a covariance is None (a measurement taken as exact would restart the model)."""
+    if tracked is None:
+        return [None] * n
+    tracked = list(tracked)
+    if len(tracked) != n:
+        raise InputError(f"{n} fits but {len(tracked)} tracked measurements")
+    out = []
+    for t in tracked:
+        if t is None or t[1] is None:
+            out.append(None)
+            continue
+        T, R = (torch.as_tensor(x, dtype=F64) for x in t)
+        if T.shape != (4, 4) or R.shape != (6, 6):
+            raise InputError(f"a tracked measurement must be a (4, 4) pose and a (6, 6) covariance, got "
+                             f"{tuple(T.shape)} and {tuple(R.shape)}")
+        out.append((T, R))
     return out
 
 
@@ -852,21 +881,40 @@ def _doubtful_flags(fits: list, doubtful, motion: str) -> list:
     return flags
 
 
-def _causal_pass(fits: list, doubtful: list, isocenter, model):
+def _causal_pass(fits: list, doubtful: list, isocenter, model, tracked: list | None = None):
     """The causal filter over the fits, a doubtful one taken only where :func:`admit_doubtful` says (else coasted,
-    never a restart): ``(filter, kept fits or None, filtered poses (None before the first), their frames)``."""
+    never a restart), each fused with its frame's tracked registration where ``tracked`` has one (and a frame
+    without a fit measured by its registration alone): ``(filter, kept fits or None, filtered poses (None before
+    the first), their frames)``."""
     from xraypose.register.motion import MotionFilter, MotionModel
 
     filt = MotionFilter(torch.as_tensor(isocenter, dtype=F64).reshape(3), model or MotionModel())
+    tracked = tracked or [None] * len(fits)
     kept, out, idx = [], [], []
-    for i, (f, d) in enumerate(zip(fits, doubtful)):
-        if f is not None and d and (not _pins_the_pose(f) or filt.innovation(f.pose, f.covariance) > filt.model.gate):
+    for i, (f, d, t) in enumerate(zip(fits, doubtful, tracked)):
+        if f is not None and d and (not _pins_the_pose(f) or filt.innovation(*_measurement(f, t, filt)) >
+                                    filt.model.gate):
             f = None
         kept.append(f)
-        out.append(filt.update(f.pose, f.covariance) if f is not None else filt.coast() if filt.steps else None)
+        if f is None and t is None:
+            out.append(filt.coast() if filt.steps else None)
+        else:
+            T, R = _measurement(f, t, filt)
+            out.append(filt.update(T, R))
         if out[-1] is not None:
             idx.append(i)
     return filt, kept, out, idx
+
+
+def _measurement(fit, tracked, filt) -> tuple:
+    """A frame's measurement ``(pose, R)``: its counts fit, its tracked registration, or the two fused."""
+    from xraypose.register.motion import fuse_measurements
+
+    if tracked is None:
+        return fit.pose, fit.covariance
+    if fit is None:
+        return tracked
+    return fuse_measurements(*tracked, fit.pose, fit.covariance, filt.isocenter)
 
 
 #: What a doubtful frame's counts fit must pin to be admitted (:func:`admit_doubtful`): its own standard
@@ -887,7 +935,7 @@ def _pins_the_pose(f) -> bool:
     return bool(f.converged) and sp is not None and max(sp.values()) <= ADMIT_SD
 
 
-def admit_doubtful(fits: list, doubtful, isocenter, motion: str = "smooth", model=None) -> list:
+def admit_doubtful(fits: list, doubtful, isocenter, motion: str = "smooth", model=None, tracked=None) -> list:
     """The fits that count: a ``doubtful`` frame's (``track --counts``: one the check called ``failed``,
     refined from its tracked pose) only where it pins the pose — converged, its own standard deviations within
     :data:`ADMIT_SD` (a frame without anatomy passes any gate with its huge covariance) — and the motion model
@@ -895,8 +943,10 @@ def admit_doubtful(fits: list, doubtful, isocenter, motion: str = "smooth", mode
     (:meth:`~xraypose.register.motion.MotionFilter.innovation`, its counts' covariance) within the model's gate;
     else None, coasted over as :func:`pool_fits` does.  A doubtful fit never restarts the model: a lost frame
     refined where it was lost stays out of the others' estimate.  With ``motion`` "none" nothing can vouch for a
-    doubtful fit: all are None.  Returns a new list (fits or None)."""
+    doubtful fit: all are None.  ``model``, ``tracked``: as :func:`pool_fits` (the prediction from the fits and
+    the registrations before the frame; a doubtful frame's innovation is its fit fused with its registration
+    where it has one).  Returns a new list (fits or None)."""
     doubtful = _doubtful_flags(fits, doubtful, motion)
     if motion == "none":
         return [None if d else f for f, d in zip(fits, doubtful)]
-    return _causal_pass(fits, doubtful, isocenter, model)[1]
+    return _causal_pass(fits, doubtful, isocenter, model, _tracked_measurements(tracked, len(fits)))[1]

@@ -41,7 +41,7 @@ from xraypose.errors import InputError
 from xraypose.geometry import se3_exp, se3_log
 
 __all__ = ["MotionModel", "MotionFilter", "measurement_covariance", "result_covariance", "smooth", "pose_spread",
-           "MOTIONS", "NOISE_SCALE", "bracketed_steps", "replay", "replay_likelihoods", "fit_noise"]
+           "MOTIONS", "NOISE_SCALE", "bracketed_steps", "replay", "replay_likelihoods", "fit_noise", "fuse_measurements"]
 
 F64 = torch.float64
 #: What ``track_sequence`` reports per frame: the registration alone, the causal filter, or the smoother.
@@ -426,6 +426,30 @@ def bracketed_steps(steps, trusted=None) -> list:
         if s.restart:
             later = False  # steps before a restart belong to the earlier segment
     return out
+
+
+def fuse_measurements(pose_a, R_a, pose_b, R_b, isocenter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two measurements of one frame's pose as one: ``(pose (4, 4), R (6, 6))``, the information-weighted mean.
+
+    In the chart at ``pose_a`` (module docstring: ξ = (ω rad, ρ mm) about the ``isocenter`` (3,) mm, world axes),
+    ``pose_b`` sits at ξ_b; the fused pose is at ``R·R_b⁻¹·ξ_b`` with ``R = (R_a⁻¹ + R_b⁻¹)⁻¹`` — what two Kalman
+    updates of one frame give, to first order in ξ_b.  Each covariance (6, 6) must be positive definite
+    (``InputError`` otherwise): a measurement taken as exact has no weight to share."""
+    Ta, Tb = (torch.as_tensor(T, dtype=F64).reshape(4, 4) for T in (pose_a, pose_b))
+    Ra, Rb = (torch.as_tensor(R, dtype=F64).reshape(6, 6) for R in (R_a, R_b))
+    Ia, Ib = [], []
+    for R, out in ((Ra, Ia), (Rb, Ib)):
+        L, info = torch.linalg.cholesky_ex(0.5 * (R + R.T))
+        if int(info) != 0 or not bool(torch.isfinite(R).all()):
+            raise InputError("fuse_measurements needs two positive definite (6, 6) covariances")
+        out.append(torch.cholesky_inverse(L))
+    F = torch.eye(4, dtype=F64)
+    F[:3, 3] = torch.as_tensor(isocenter, dtype=F64).reshape(3)
+    Fi = torch.linalg.inv(F)
+    xi_b = se3_log(Fi @ Tb @ torch.linalg.inv(Ta) @ F)
+    R = torch.linalg.inv(Ia[0] + Ib[0])
+    R = 0.5 * (R + R.T)
+    return F @ se3_exp(R @ (Ib[0] @ xi_b)) @ Fi @ Ta, R
 
 
 def pose_spread(covariance, pose) -> dict | None:

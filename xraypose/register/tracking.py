@@ -585,6 +585,8 @@ def track_sequence(registrar, frames, camera=None, start=None, *, views=None, tr
     run.track(n_frames, overlap, should_stop)
     if motion == "smooth" and run.filt is not None:
         run.smooth(fit_motion)
+    elif run.filt is not None:
+        run.keep_measurements(run.filt)
     return run.out
 
 
@@ -862,6 +864,13 @@ class _SequenceTracker:
             if pool is not None:
                 pool.shutdown(wait=True)
 
+    def keep_measurements(self, filt: MotionFilter) -> None:
+        """``out.motion_model`` and ``out.measurements`` (:class:`TrackedFrames`) from the filter's steps."""
+        self.out.motion_model = filt.model
+        self.out.measurements = [(st.measurement.clone(), st.R.clone())
+                                 if st.measured and st.measurement is not None and st.R is not None else None
+                                 for st in filt.steps]
+
     def smooth(self, fit_motion: bool) -> None:
         """The smoother's estimates into the frames (``motion="smooth"``): measured frames, and failed ones between
         trusted measured frames (:func:`~xraypose.register.motion.bracketed_steps`); with ``fit_motion`` the
@@ -869,6 +878,7 @@ class _SequenceTracker:
         filt = self.filt
         if fit_motion:
             filt, self.out.motion_fit = fit_noise(filt)
+        self.keep_measurements(filt)
         poses, covs = smooth(filt, covariances=True)
         bracketed = bracketed_steps(filt.steps, trusted=[self.committed[f][0] for f in range(len(self.out))])
         for fr, step, T, C, inside in zip(self.out, filt.steps, poses, covs, bracketed):
@@ -881,9 +891,15 @@ class _SequenceTracker:
 class TrackedFrames(list):
     """What :func:`track_sequence` returns: its :class:`FrameResult` per frame (a list), and what belongs to the
     whole sequence rather than to a frame — ``motion_fit``, the smoother's fitted noise
-    (:func:`~xraypose.register.motion.fit_noise`'s dict; None: the model as given)."""
+    (:func:`~xraypose.register.motion.fit_noise`'s dict; None: the model as given); with a motion model
+    (``motion`` "filter" or "smooth"), ``motion_model`` (the :class:`~xraypose.register.motion.MotionModel`
+    the last pass ran, fitted or given) and ``measurements``: per frame the registration the model fused,
+    ``(pose (4, 4), R (6, 6) world axes at the isocenter, its noise fitted where it was)``, or None (a frame
+    coasted over, or one without a covariance) — what ``track --counts-every`` pools its fits with."""
 
     motion_fit: dict | None = None
+    motion_model: MotionModel | None = None
+    measurements: list | None = None
 
 
 def _better(res_a, chk_a, res_b, chk_b) -> bool:
