@@ -250,8 +250,8 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     from xraypose.metrics import pose_errors
     from xraypose.register.counts import counts_bin_for, refine_sequence
 
-    def pick(fr):
-        return fr.index % args.counts_every == 0
+    def pick(fr):  # as xraypose track --counts-every: frames 0, K, 2K, … and the last
+        return fr.index % args.counts_every == 0 or fr.index == len(out) - 1
 
     picked = [fr for fr in out if pick(fr)]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
@@ -494,7 +494,9 @@ def main(argv=None) -> int:
                     help="counts_basis's air knot, HU: 'estimate' (chosen on the first refined frame with the "
                          "renderer and the blur: xraypose track --counts) or a number (-1000: the model until "
                          "stop 43)")
-    ap.add_argument("--counts-every", type=int, default=1, help="refine every k-th frame only")
+    ap.add_argument("--counts-every", type=int, default=1,
+                    help="refine every k-th frame (and the last) only, pooled with every frame's tracked registration "
+                         "as xraypose track --counts-every pools them")
     ap.add_argument("--counts-failed", choices=("gated", "leave", "refine"), default="gated",
                     help="a frame the check judged failed: refined, counted where the motion model expects its "
                          "fit (gated: as xraypose track --counts runs it, since 2026-12-06, later), never "

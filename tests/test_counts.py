@@ -541,3 +541,37 @@ def test_moved_near_isocenter_is_an_mtre_between_poses():
     about[:3, 3] = iso
     D = about @ turn @ torch.linalg.inv(about)  # a turn about z through the isocenter, in the world
     assert moved_near_isocenter(A, D @ A, iso) == pytest.approx(4 / 6 * 100 * math.sin(th / 2), rel=1e-9)
+
+
+def test_pool_fits_with_the_tracked_registrations_carries_the_fits_depth_between_them():
+    """``track --counts-every``: frames moving 1 mm a frame; every frame's tracked registration is biased 1.2 mm in
+    depth (world z here) with a covariance that says 0.5 mm, a fit every fourth frame and on the last is unbiased
+    and holds depth to 0.1 mm: pooled with both, every frame's depth error falls below half the registrations'
+    bias (the registrations alone keep it); a frame with neither (a failed one) between measured frames gets the
+    smoother's pose; a list of another length or shape is refused."""
+    from xraypose.geometry import make_transform
+    from xraypose.register.counts import CountsFit, admit_doubtful, pool_fits
+
+    iso = torch.zeros(3, dtype=F64)
+    R_t = torch.diag(torch.tensor([1e-6, 1e-6, 1e-6, 0.05 ** 2, 0.05 ** 2, 0.5 ** 2], dtype=F64))
+    R_c = torch.diag(torch.tensor([1e-6, 1e-6, 1e-6, 0.05 ** 2, 0.05 ** 2, 0.1 ** 2], dtype=F64))
+    truth = [make_transform(torch.eye(3, dtype=F64), torch.tensor([1.0 * f, 0.0, 500.0], dtype=F64))
+             for f in range(24)]
+    tracked, fits = [], []
+    for f, T in enumerate(truth):
+        P = T.clone()
+        P[2, 3] += 1.2
+        tracked.append((P, R_t))
+        fits.append(CountsFit(T.clone(), torch.ones(1), 1.0, 0.0, 0.0, 1, True, 0.0, R_c)
+                    if f % 4 == 0 or f == 23 else None)
+    tracked[10] = None  # a failed frame: no registration, no fit
+    depth = lambda poses: [round(abs(float(P[2, 3] - T[2, 3])), 2) for P, T in zip(poses, truth)]  # noqa: E731
+    pooled = pool_fits(fits, iso, "smooth", tracked=tracked)
+    assert all(P is not None for P in pooled) and max(depth(pooled)) < 0.6, depth(pooled)
+    tracked_only = pool_fits([None] * 24, iso, "smooth", tracked=tracked)
+    assert min(depth(tracked_only)) > 1.0  # the registrations alone keep their bias
+    assert admit_doubtful(fits, [False] * 24, iso, tracked=tracked) == fits
+    with pytest.raises(InputError, match="24 fits but 3 tracked"):
+        pool_fits(fits, iso, "smooth", tracked=tracked[:3])
+    with pytest.raises(InputError, match="a tracked measurement must be"):
+        pool_fits(fits, iso, "smooth", tracked=[(torch.eye(3), R_t)] * 24)

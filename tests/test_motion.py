@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, se3_exp, so3_exp
@@ -301,3 +303,48 @@ def test_the_batched_likelihoods_are_each_replays():
         m = MotionModel(accel_mm=0.3 * a, accel_deg=0.2 * a, noise_scale=1.0 * r)
         _, want, n1 = replay(f, m, r)
         assert n == n1 and float(got) == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-5.0, 5.0), min_size=3, max_size=3), st.lists(st.floats(0.05, 3.0), min_size=6, max_size=6),
+       st.lists(st.floats(0.05, 3.0), min_size=6, max_size=6))
+def test_fuse_measurements_is_the_information_weighted_mean(offset, sd_a, sd_b):
+    """Two measurements of one pose that differ by a translation, diagonal covariances: the fused translation is
+    each axis's inverse-variance mean, its variance the harmonic sum, and the order does not matter."""
+    from xraypose.register.motion import fuse_measurements
+
+    iso = torch.tensor([10.0, -20.0, 30.0], dtype=F64)
+    R0 = so3_exp(torch.tensor([0.2, -0.1, 0.3], dtype=F64))
+    A = make_transform(R0, torch.tensor([5.0, 6.0, 700.0], dtype=F64))
+    B = A.clone()
+    d = torch.tensor(offset, dtype=F64)
+    B[:3, 3] += d
+    va, vb = torch.tensor(sd_a, dtype=F64) ** 2, torch.tensor(sd_b, dtype=F64) ** 2
+    T, R = fuse_measurements(A, torch.diag(va), B, torch.diag(vb), iso)
+    w = (1 / vb[3:]) / (1 / va[3:] + 1 / vb[3:])
+    assert torch.allclose(T[:3, 3], A[:3, 3] + w * d, atol=1e-9)
+    assert torch.allclose(T[:3, :3], R0, atol=1e-12)
+    assert torch.allclose(R, torch.diag(1 / (1 / va + 1 / vb)), atol=1e-12)
+    T2, R2 = fuse_measurements(B, torch.diag(vb), A, torch.diag(va), iso)
+    assert torch.allclose(T2, T, atol=1e-9) and torch.allclose(R2, R, atol=1e-12)
+
+
+def test_fuse_measurements_weighs_a_turn_and_refuses_a_covariance_it_cannot_invert():
+    """A turn about the isocenter fused at equal weight lands half way (the isocenter stays put); a measurement
+    far more precise than the other wins; a singular or NaN covariance is refused."""
+    from xraypose.register.motion import fuse_measurements
+
+    iso = torch.tensor([0.0, 0.0, 100.0], dtype=F64)
+    A = make_transform(torch.eye(3, dtype=F64), torch.tensor([0.0, 0.0, -500.0], dtype=F64))
+    F = make_transform(torch.eye(3, dtype=F64), iso)
+    turn = lambda deg: F @ se3_exp(torch.tensor([0.0, math.radians(deg), 0.0, 0.0, 0.0, 0.0], dtype=F64)) @ torch.linalg.inv(F)  # noqa: E731
+    B = turn(4.0) @ A
+    I6 = torch.eye(6, dtype=F64)
+    T, R = fuse_measurements(A, I6, B, I6, iso)
+    assert torch.allclose(T, turn(2.0) @ A, atol=1e-9) and torch.allclose(R, 0.5 * I6)
+    T, _ = fuse_measurements(A, I6, B, 1e-8 * I6, iso)
+    assert torch.allclose(T, B, atol=1e-6)
+    with pytest.raises(InputError, match="positive definite"):
+        fuse_measurements(A, torch.zeros(6, 6, dtype=F64), B, I6, iso)
+    with pytest.raises(InputError, match="positive definite"):
+        fuse_measurements(A, I6, B, torch.full((6, 6), float("nan"), dtype=F64), iso)

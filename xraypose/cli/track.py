@@ -471,7 +471,7 @@ def _kept_predictions(records: list) -> list:
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str,
                       every: int = 1) -> dict:
-    """``--counts``: every frame (``every`` K > 1: frames 0, K, 2K, …) refined on its raw counts from its tracked
+    """``--counts``: every frame (``every`` K > 1: frames 0, K, 2K, … and the last) refined on its raw counts from its tracked
     pose (poses of the preprocessed frames' camera ↔ the raw camera's through preprocessing's
     ``camera_to_view``), then pooled by the motion model (``motion``: ``pool_fits``, each fit with its counts'
     covariance; with K > 1 every frame's tracked registration is a measurement too, fused with the fit where a
@@ -495,7 +495,7 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     to_raw = torch.linalg.inv(to_view)
     blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
     supersample = counts_kw["supersample"]  # None: chosen on the first frame (denser_rays)
-    picked = [fr.index % every == 0 for fr in res]
+    picked = [fr.index % every == 0 or fr.index == len(res) - 1 for fr in res]  # the last: the end held too
     starts = [fr.camera_to_world.to(torch.float64) @ to_raw if p else None for fr, p in zip(res, picked)]
     doubtful = [fr.verdict == "failed" and p for fr, p in zip(res, picked)]
     n_picked = sum(picked)
