@@ -861,6 +861,34 @@ def test_cli_track_counts_refines_every_frame_on_its_raw_counts(tmp_path, sequen
         assert err("camera_to_world") < max(1.0, err("tracked_camera_to_world") + 0.3)
 
 
+def test_cli_track_counts_every_refines_every_kth_frame_and_pools_the_registrations(tmp_path, sequence, capsys):
+    """--counts-every 2 on three frames: frames 1 and 3 (the first and the last) refined on their counts, frame 2
+    not, its pose pooled from its registration and its neighbours' fits (the tracked pose kept beside it); the
+    record says so; every frame no worse than tracked."""
+    from xraypose.cli import main
+
+    run = _save_sequence(tmp_path / "in", sequence, n=3)
+    out = tmp_path / "out"
+    code = main(["track", "sample", str(run), "-o", str(out), "--pose-json", str(tmp_path / "in" / "start.json"),
+                 "--i0", "65000", "--fast", "--counts", "--counts-supersample", "1", "--counts-every", "2"])
+    text = capsys.readouterr()
+    assert code in (0, 3), text.err
+    lines = [ln for ln in text.out.splitlines() if ln.startswith("counts, frame ")]
+    assert len(lines) == 2 and lines[0].startswith("counts, frame 1 (1/2 refined)") and "frame 3 (2/2" in lines[1]
+    doc = json.loads((out / "trajectory.json").read_text())
+    c = doc["counts"]
+    assert (c["every"], c["refined"], c["pooled_with_registrations"]) == (2, 2, True)
+    frames = doc["frames"]
+    assert "counts" in frames[0] and "counts" in frames[2] and "counts" not in frames[1]
+    for fr in frames:
+        if fr["verdict"] == "failed" and "tracked_camera_to_world" not in fr:
+            continue
+        err = lambda key: float(pose_errors(torch.tensor(fr[key], dtype=F64), sequence["poses"][fr["frame"]],  # noqa: E731
+                                            sequence["fid"], sequence["camera"])["mtre"])
+        assert "tracked_camera_to_world" in fr  # the pooled pose replaced the tracked one, kept beside it
+        assert err("camera_to_world") < max(1.0, err("tracked_camera_to_world") + 0.3)
+
+
 def test_track_counts_refines_a_failed_frame_and_vouches_for_it_only_where_the_sequence_leads(monkeypatch, capsys):
     """``track --counts`` with a ``failed`` frame: it is refined from its tracked pose too, flagged doubtful (so
     the formation is not chosen on it); where ``admit_doubtful`` keeps its fit it is pooled and made
@@ -982,6 +1010,12 @@ def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     code = main(base + ["--counts", "--counts-renderer", "raycast"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--counts-renderer must be auto or one of" in err, err
+    code = main(base + ["--counts-every", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--counts-every says which frames --counts refines" in err, err
+    code = main(base + ["--counts", "--counts-every", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "counts-every" in err, err
     side = json.loads((tmp_path / "in" / "run.json").read_text())
     (tmp_path / "in" / "run.json").write_text(json.dumps({**side, "kind": "attenuation"}))
     code = main(base + ["--counts"])
@@ -1115,6 +1149,13 @@ def test_failed_frames_after_a_failed_first_frame_keep_their_own_registrations(v
     assert [out[i].verdict for i in (0, 1, 5)] == ["failed"] * 3
     assert torch.equal(out[1].camera_to_world, out[1].registered)  # no trusted frame before it: its own
     assert not torch.allclose(out[5].camera_to_world, out[5].registered)  # between trusted frames: the smoother's
+    # the registrations the model fused (what track --counts-every pools with): none for the untrusted first frame
+    # nor for the coasted ones; a trusted frame's is its registration, with a covariance, under the fitted model
+    m = out.measurements
+    assert len(m) == len(out) and m[0] is None and m[1] is None and m[5] is None
+    assert all(m[i] is not None and torch.equal(m[i][0], out[i].registered) and m[i][1].shape == (6, 6)
+               for i in (2, 3, 4, 6))
+    assert out.motion_model is not None
 
 
 def test_a_rigs_failed_frame_the_sequence_contradicts_is_kept_uncertain(volume, smooth_sequence, monkeypatch):

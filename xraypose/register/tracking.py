@@ -865,11 +865,13 @@ class _SequenceTracker:
                 pool.shutdown(wait=True)
 
     def keep_measurements(self, filt: MotionFilter) -> None:
-        """``out.motion_model`` and ``out.measurements`` (:class:`TrackedFrames`) from the filter's steps."""
+        """``out.motion_model`` and ``out.measurements`` (:class:`TrackedFrames`) from the filter's steps: a trusted
+        frame's registration and its covariance (an untrusted one measured all the same — a failed first frame —
+        is None, as a coasted one)."""
         self.out.motion_model = filt.model
-        self.out.measurements = [(st.measurement.clone(), st.R.clone())
-                                 if st.measured and st.measurement is not None and st.R is not None else None
-                                 for st in filt.steps]
+        self.out.measurements = [(st.measurement.clone(), st.R.clone()) if self.committed[f][0] and st.measured
+                                 and st.measurement is not None and st.R is not None else None
+                                 for f, st in enumerate(filt.steps)]
 
     def smooth(self, fit_motion: bool) -> None:
         """The smoother's estimates into the frames (``motion="smooth"``): measured frames, and failed ones between
@@ -895,7 +897,8 @@ class TrackedFrames(list):
     (``motion`` "filter" or "smooth"), ``motion_model`` (the :class:`~xraypose.register.motion.MotionModel`
     the last pass ran, fitted or given) and ``measurements``: per frame the registration the model fused,
     ``(pose (4, 4), R (6, 6) world axes at the isocenter, its noise fitted where it was)``, or None (a frame
-    coasted over, or one without a covariance) — what ``track --counts-every`` pools its fits with."""
+    coasted over, one the tracker did not trust — a failed first frame is measured all the same —, or one
+    without a covariance) — what ``track --counts-every`` pools its fits with."""
 
     motion_fit: dict | None = None
     motion_model: MotionModel | None = None
