@@ -30,7 +30,6 @@ Prints a table and writes JSON with ``images_per_s`` and ``heldout``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import strategies
 
 from xraypose.errors import InputError
 from xraypose.geometry import make_transform, se3_exp, so3_exp
@@ -306,8 +306,9 @@ def test_the_batched_likelihoods_are_each_replays():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.floats(-5.0, 5.0), min_size=3, max_size=3), st.lists(st.floats(0.05, 3.0), min_size=6, max_size=6),
-       st.lists(st.floats(0.05, 3.0), min_size=6, max_size=6))
+@given(strategies.lists(strategies.floats(-5.0, 5.0), min_size=3, max_size=3),
+       strategies.lists(strategies.floats(0.05, 3.0), min_size=6, max_size=6),
+       strategies.lists(strategies.floats(0.05, 3.0), min_size=6, max_size=6))
 def test_fuse_measurements_is_the_information_weighted_mean(offset, sd_a, sd_b):
     """Two measurements of one pose that differ by a translation, diagonal covariances: the fused translation is
     each axis's inverse-variance mean, its variance the harmonic sum, and the order does not matter."""
