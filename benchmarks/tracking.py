@@ -250,8 +250,11 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     from xraypose.metrics import pose_errors
     from xraypose.register.counts import counts_bin_for, refine_sequence
 
-    def pick(fr):  # as xraypose track --counts-every: frames 0, K, 2K, … and the last
-        return fr.index % args.counts_every == 0 or fr.index == len(out) - 1
+    def doubted(fr):
+        return fr.verdict in ("uncertain", "failed")
+
+    def pick(fr):  # as xraypose track --counts-every: frames 0, K, 2K, …, the last and the doubted ones
+        return fr.index % args.counts_every == 0 or fr.index == len(out) - 1 or doubted(fr)
 
     picked = [fr for fr in out if pick(fr)]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
@@ -305,8 +308,8 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
         kw = {}
         if args.counts_every > 1:
             kw = {"model": out.motion_model,
-                  "tracked": [None if m is None else (m[0] @ torch.linalg.inv(raws[i][2]), m[1])
-                              for i, m in enumerate(out.measurements)]}
+                  "tracked": [None if m is None or doubted(fr) else (m[0] @ torch.linalg.inv(raws[i][2]), m[1])
+                              for i, (m, fr) in enumerate(zip(out.measurements, out))]}
         if gated:  # a failed frame's fit counts where the motion model expects it
             fits = admit_doubtful(fits, failed, vol.get_isocenter(), "smooth", **kw)
         pooled_poses = pool_fits(fits, vol.get_isocenter(), "smooth", **kw)
@@ -495,8 +498,8 @@ def main(argv=None) -> int:
                          "renderer and the blur: xraypose track --counts) or a number (-1000: the model until "
                          "stop 43)")
     ap.add_argument("--counts-every", type=int, default=1,
-                    help="refine every k-th frame (and the last) only, pooled with every frame's tracked registration "
-                         "as xraypose track --counts-every pools them")
+                    help="refine every k-th frame (and the last, and those the check doubted) only, pooled with the "
+                         "other frames' tracked registrations as xraypose track --counts-every pools them")
     ap.add_argument("--counts-failed", choices=("gated", "leave", "refine"), default="gated",
                     help="a frame the check judged failed: refined, counted where the motion model expects its "
                          "fit (gated: as xraypose track --counts runs it, since 2026-12-06, later), never "

@@ -963,6 +963,61 @@ def test_track_counts_refines_a_failed_frame_and_vouches_for_it_only_where_the_s
     assert all(fr.verdict == "failed" and torch.equal(fr.camera_to_world, T) for fr, T in zip(res, tracked))
 
 
+def test_track_counts_every_refines_the_doubted_frames_too_and_leaves_their_registrations_out(monkeypatch, capsys):
+    """``--counts-every 2`` on five frames, frame 2 ``uncertain``: frames 1, 3 and 5 (every second and the last) and
+    frame 2 (doubted) are refined, frame 4 is not; the pooling gets the tracker's model and every frame's registration
+    but the doubted one's (its fit stands for it); frame 4's pose is the pooled one, its tracked pose kept beside it."""
+    from types import SimpleNamespace
+
+    import xraypose.register.counts as counts
+    from xraypose.cli.track import _refine_on_counts
+    from xraypose.register.counts import CountsFit, CountsFormation
+    from xraypose.register.motion import MotionModel
+    from xraypose.register.tracking import FrameResult, TrackedFrames
+
+    I = torch.eye(4, dtype=F64)
+    tracked = [make_transform(torch.eye(3, dtype=F64), torch.tensor([float(f), 0.0, 600.0], dtype=F64))
+               for f in range(5)]
+    seen = {}
+
+    def fake_refine(volume, camera, raws, starts, doubtful=None, progress=None, **kw):
+        seen["starts"] = starts
+        fits = [None if T is None else CountsFit(T, torch.zeros(1), 1.0, 0.0, 0.0, 1, True, 0.5,
+                                                  torch.eye(6, dtype=F64)) for T in starts]
+        for i, f in enumerate(fits):
+            progress(i, f)
+        return CountsFormation("siddon", -1000.0, 0.3, 0.0, 2), fits
+
+    moved = tracked[3].clone()
+    moved[2, 3] += 0.4
+
+    def fake_pool(fits, iso, motion, model=None, tracked=None):
+        seen["model"], seen["tracked"] = model, tracked
+        return [f.pose if f is not None else moved for f in fits]
+
+    monkeypatch.setattr(counts, "refine_sequence", fake_refine)
+    monkeypatch.setattr(counts, "admit_doubtful", lambda fits, d, iso, motion, **kw: fits)
+    monkeypatch.setattr(counts, "pool_fits", fake_pool)
+    model = MotionModel(accel_mm=0.5)
+    res = TrackedFrames(FrameResult(f, T.clone(), T.clone(), 0.9, "converged", v, 0.5, "why")
+                        for f, (T, v) in enumerate(zip(tracked, ["ok", "uncertain", "ok", "ok", "ok"])))
+    res.motion_model = model
+    res.measurements = [(T.clone(), torch.eye(6, dtype=F64)) for T in tracked]
+    cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
+    seq = SimpleNamespace(frames=[SimpleNamespace(image=torch.ones(16, 16)) for _ in range(5)])
+    cts = SimpleNamespace(volume=None, isocenter=torch.zeros(3, dtype=F64))
+    kw = {"blur": None, "air_hu": None, "scatter_mm": None, "renderer": None, "supersample": None}
+    rec = _refine_on_counts(res, seq, cam, I, cts, 0, kw, "smooth", every=2)
+    out = capsys.readouterr().out
+    assert [s is not None for s in seen["starts"]] == [True, True, True, False, True]
+    assert (rec["every"], rec["refined"], rec["pooled_with_registrations"]) == (2, 4, True)
+    assert seen["model"] is model and seen["tracked"][1] is None
+    assert all(seen["tracked"][i] is not None and torch.equal(seen["tracked"][i][0], tracked[i]) for i in (0, 2, 3, 4))
+    assert "counts, frame 2 (2/4 refined)" in out and "counts, frame 4 " not in out
+    assert torch.equal(res[3].camera_to_world, moved) and res[3].extra["tracked_camera_to_world"] == tracked[3].tolist()
+    assert "counts" not in res[3].extra and "counts" in res[1].extra
+
+
 def test_cli_track_counts_with_a_blank_frame_keeps_it_out_of_the_others(tmp_path, sequence, capsys):
     """A frame with no anatomy (flat photon noise) in a sequence: tracking calls it failed; --counts refines it
     too but its fit is not admitted (it pins nothing: without anatomy its covariance passes any gate, and it

@@ -412,11 +412,11 @@ COUNTS = typer.Option(False, "--counts", help="Then refine the pose on the raw c
                       "frame, then 7-60 s a frame). Experimental: measured on simulated X-rays only "
                       "(docs/benchmarks.md, stops 42-44, 56). The registered pose is "
                       "kept in the result.")
-COUNTS_EVERY = typer.Option(1, "--counts-every", help="track --counts: refine every K-th frame (frames 0, K, 2K, … and "
-                            "the last) and pool those fits with every frame's tracked registration by the motion model (the "
-                            "fits carry the depth the registrations are biased in): about K times less time. "
-                            "Default 1: every frame refined, pooled by their fits alone (the registrations left "
-                            "out: measured better where all are refined; docs/benchmarks.md, stop 66).")
+COUNTS_EVERY = typer.Option(1, "--counts-every", help="track --counts: refine every K-th frame (frames 0, K, 2K, …, "
+                            "the last and each frame the check called uncertain or failed) and pool those fits with "
+                            "the other frames' tracked registrations by the motion model (the fits carry the depth "
+                            "the registrations are biased in): about K times less time. Default 1: every frame "
+                            "refined, pooled by their fits alone (docs/benchmarks.md, stop 66).")
 COUNTS_BLUR = typer.Option(None, "--counts-blur", help="With --counts: the detector's intensity blur σ in the counts' "
                            "pixels (an X-ray's pixels summed until it is at most 128 a side: a 512² frame's 4×4; "
                            "default: chosen by the likelihood).")

@@ -471,11 +471,13 @@ def _kept_predictions(records: list) -> list:
 
 def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_kw: dict, motion: str,
                       every: int = 1) -> dict:
-    """``--counts``: every frame (``every`` K > 1: frames 0, K, 2K, … and the last) refined on its raw counts from its tracked
+    """``--counts``: every frame (``every`` K > 1: frames 0, K, 2K, …, the last and each one the check called
+    ``uncertain`` or ``failed``) refined on its raw counts from its tracked
     pose (poses of the preprocessed frames' camera ↔ the raw camera's through preprocessing's
     ``camera_to_view``), then pooled by the motion model (``motion``: ``pool_fits``, each fit with its counts'
-    covariance; with K > 1 every frame's tracked registration is a measurement too, fused with the fit where a
-    frame has both, under the tracker's motion model — ``res.measurements``, ``res.motion_model``); the frames'
+    covariance; with K > 1 every frame's tracked registration but a doubted frame's is a measurement too, fused
+    with the fit where a frame has both, under the tracker's motion model — ``res.measurements``,
+    ``res.motion_model``); the frames'
     ``camera_to_world`` replaced, the tracked pose, the fit and the frame's own refined pose in ``extra``.
     A ``failed`` frame is refined too (never the one the formation is chosen on; its coefficients start no other)
     and counts only where its fit pins the pose and lands where the frames before it lead (``admit_doubtful``:
@@ -495,7 +497,9 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     to_raw = torch.linalg.inv(to_view)
     blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
     supersample = counts_kw["supersample"]  # None: chosen on the first frame (denser_rays)
-    picked = [fr.index % every == 0 or fr.index == len(res) - 1 for fr in res]  # the last: the end held too
+    # K > 1: frames 0, K, 2K, …, the last (the end held too) and every frame the check doubted (uncertain, failed)
+    doubted = [fr.verdict in ("uncertain", "failed") for fr in res]
+    picked = [fr.index % every == 0 or fr.index == len(res) - 1 or q for fr, q in zip(res, doubted)]
     starts = [fr.camera_to_world.to(torch.float64) @ to_raw if p else None for fr, p in zip(res, picked)]
     doubtful = [fr.verdict == "failed" and p for fr, p in zip(res, picked)]
     n_picked = sum(picked)
@@ -525,9 +529,11 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
         typer.echo(f"counts: formation {form.describe(pixel_mm)}{' (chosen on the first frame)' if chosen else ''}"
                    f"{f', counts of {b}×{b} pixels summed' if b > 1 else ''}")
     pool_kw = {}
-    if every > 1 and res.measurements is not None:  # the registrations between the fits (the raw camera's poses)
+    if every > 1 and res.measurements is not None:  # the registrations between the fits (the raw camera's poses);
+        # a doubted frame's left out: its fit stands for it
         pool_kw = {"model": res.motion_model,
-                   "tracked": [None if m is None else (m[0] @ to_raw, m[1]) for m in res.measurements]}
+                   "tracked": [None if m is None or q else (m[0] @ to_raw, m[1])
+                               for m, q in zip(res.measurements, doubted)]}
     kept = admit_doubtful(fits, doubtful, cts.isocenter, motion, **pool_kw)  # a failed frame's fit where it leads
     pooled = pool_fits(kept, cts.isocenter, motion, **pool_kw)  # each fit a measurement, its Fisher covariance
     for fr, fit, used, T, d in zip(res, fits, kept, pooled, doubtful):
