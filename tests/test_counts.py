@@ -150,6 +150,9 @@ def test_bad_input_is_refused(scene):
         refine_on_counts(b, A, cam, y, T, isocenter=iso, blur_px=float("nan"))
     with pytest.raises(InputError, match="renderer"):
         refine_on_counts(b, A, cam, y, T, isocenter=iso, renderer="nearest")
+    for tol in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="tol_mm"):
+            refine_on_counts(b, A, cam, y, T, isocenter=iso, tol_mm=tol)
 
 
 def test_the_covariance_is_the_inverse_information_of_the_photons(scene):
