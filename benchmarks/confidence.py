@@ -57,7 +57,7 @@ from xraypose.io import atomic_write_json  # noqa: E402
 from xraypose.metrics import format_table  # noqa: E402
 from xraypose.register import Registrar, RegistrationConfig  # noqa: E402
 from xraypose.register.api import registration_metrics  # noqa: E402
-from xraypose.register.confidence import WEIGHTS_FILE, ConfidenceModel, measure_signals  # noqa: E402
+from xraypose.register.confidence import SIGNALS, WEIGHTS_FILE, ConfidenceModel, measure_signals  # noqa: E402,F401 (SIGNALS: the tests read it here)
 
 F64 = torch.float64
 SHARED = ROOT.parent / "shared" / "data"
