@@ -11,7 +11,6 @@ dataset files (:mod:`xraypose.datasets`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
