@@ -248,15 +248,11 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
     ``pose_transform``.  Adds ``mtre_counts``, ``depth_error_counts_mm``, ``counts`` to the rows; returns the
     summary."""
     from xraypose.metrics import pose_errors
-    from xraypose.register.counts import counts_bin_for, refine_sequence
+    from xraypose.register.counts import counts_bin_for, frames_to_refine, refine_sequence, registrations_to_pool
 
-    def doubted(fr):
-        return fr.verdict in ("uncertain", "failed")
-
-    def pick(fr):  # as xraypose track --counts-every: frames 0, K, 2K, …, the last and the doubted ones
-        return fr.index % args.counts_every == 0 or fr.index == len(out) - 1 or doubted(fr)
-
-    picked = [fr for fr in out if pick(fr)]
+    # as xraypose track --counts-every: frames 0, K, 2K, …, the last and the doubted ones
+    pick, doubted = frames_to_refine([fr.verdict for fr in out], args.counts_every)
+    picked = [fr for fr, p in zip(out, pick) if p]
     raw0, cam, _, crop, family_blur = raws[picked[0].index]
     b = counts_bin_for(tuple(raw0.shape), args.counts_max_side)  # as xraypose track --counts (max side 128)
     blur = {"family": family_blur / b, "estimate": None}.get(args.counts_blur)
@@ -307,14 +303,13 @@ def refine_counts(vol, rows: list, out: list, raws: list, poses: list, fid, pcam
         fits, failed = full, flags
         kw = {}
         if args.counts_every > 1:
-            kw = {"model": out.motion_model,
-                  "tracked": [None if m is None or doubted(fr) else (m[0] @ torch.linalg.inv(raws[i][2]), m[1])
-                              for i, (m, fr) in enumerate(zip(out.measurements, out))]}
+            kw = {"model": out.motion_model, "tracked": registrations_to_pool(
+                out.measurements, doubted, [torch.linalg.inv(r[2]) for r in raws])}
         if gated:  # a failed frame's fit counts where the motion model expects it
             fits = admit_doubtful(fits, failed, vol.get_isocenter(), "smooth", **kw)
         pooled_poses = pool_fits(fits, vol.get_isocenter(), "smooth", **kw)
         if gated:  # one not admitted: the smoother's pose between refined frames (pool_fits), as the command
-            left = [fit is None and T is None for fr, fit, T in zip(out, fits, pooled_poses) if pick(fr)]
+            left = [fit is None and T is None for p, fit, T in zip(pick, fits, pooled_poses) if p]
         all_rows = [rows[fr.index] for fr in out]
         for fr, row, T, fit in zip(out, all_rows, pooled_poses, fits):
             if T is None or (fit is None and not gated and not kw):  # as tracked, as the command leaves it

@@ -578,3 +578,23 @@ def test_pool_fits_with_the_tracked_registrations_carries_the_fits_depth_between
         pool_fits(fits, iso, "smooth", tracked=tracked[:3])
     with pytest.raises(InputError, match="a tracked measurement must be"):
         pool_fits(fits, iso, "smooth", tracked=[(torch.eye(3), R_t)] * 24)
+
+
+def test_frames_to_refine_picks_every_kth_the_last_and_the_doubted():
+    """``track --counts-every``'s rule, one place for the command and the benchmark: frames 0, K, 2K, …, the last
+    and every frame the check called uncertain or failed; K = 1 every frame."""
+    from xraypose.register.counts import frames_to_refine, registrations_to_pool
+
+    verdicts = ["ok", "uncertain", "ok", "ok", "failed", "ok", "ok"]
+    picked, doubted = frames_to_refine(verdicts, 3)
+    assert picked == [True, True, False, True, True, False, True]
+    assert doubted == [False, True, False, False, True, False, False]
+    assert all(frames_to_refine(verdicts, 1)[0])
+    I, C = torch.eye(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    C[0, 3] = 2.0
+    meas = [(I, torch.eye(6)), (I, torch.eye(6)), None, (I, torch.eye(6)), (I, torch.eye(6)), None, (I, torch.eye(6))]
+    out = registrations_to_pool(meas, doubted, C)
+    assert [m is None for m in out] == [False, True, True, False, True, True, False]
+    assert torch.equal(out[0][0], C)
+    per_frame = registrations_to_pool(meas, doubted, [C * 0 + torch.eye(4, dtype=torch.float64)] * 7)
+    assert torch.equal(per_frame[3][0], I)

@@ -5,6 +5,7 @@ as ``register`` starts (:mod:`xraypose.cli.steps`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -489,7 +490,8 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
 
     import torch
 
-    from xraypose.register.counts import admit_doubtful, counts_bin_for, pool_fits, refine_sequence
+    from xraypose.register.counts import (admit_doubtful, counts_bin_for, frames_to_refine, pool_fits,
+                                          refine_sequence, registrations_to_pool)
 
     b = counts_bin_for((camera.height, camera.width))  # as register --counts: a 512² frame refined at 128²
     pixel_mm = float(camera.delx) * b  # the counts' (binned) pixels: --counts-blur's unit
@@ -497,18 +499,16 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     to_raw = torch.linalg.inv(to_view)
     blur, air_hu, scatter_mm, renderer = (counts_kw[k] for k in ("blur", "air_hu", "scatter_mm", "renderer"))
     supersample = counts_kw["supersample"]  # None: chosen on the first frame (denser_rays)
-    # K > 1: frames 0, K, 2K, …, the last (the end held too) and every frame the check doubted (uncertain, failed)
-    doubted = [fr.verdict in ("uncertain", "failed") for fr in res]
-    picked = [fr.index % every == 0 or fr.index == len(res) - 1 or q for fr, q in zip(res, doubted)]
+    picked, doubted = frames_to_refine([fr.verdict for fr in res], every)
     starts = [fr.camera_to_world.to(torch.float64) @ to_raw if p else None for fr, p in zip(res, picked)]
     doubtful = [fr.verdict == "failed" and p for fr, p in zip(res, picked)]
-    n_picked = sum(picked)
+    n_picked, rank = sum(picked), list(itertools.accumulate(map(int, picked)))
     t0 = time.perf_counter()
 
     def progress(i, fit):
         if not picked[i]:
             return
-        k = sum(picked[:i + 1])
+        k = rank[i]
         if fit is None:
             typer.echo(f"counts, frame {i + 1} ({k}/{n_picked} refined): failed, not refined (its counts not "
                        "readable, or no frame to choose the formation on): left as tracked")
@@ -531,9 +531,7 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
     pool_kw = {}
     if every > 1 and res.measurements is not None:  # the registrations between the fits (the raw camera's poses);
         # a doubted frame's left out: its fit stands for it
-        pool_kw = {"model": res.motion_model,
-                   "tracked": [None if m is None or q else (m[0] @ to_raw, m[1])
-                               for m, q in zip(res.measurements, doubted)]}
+        pool_kw = {"model": res.motion_model, "tracked": registrations_to_pool(res.measurements, doubted, to_raw)}
     kept = admit_doubtful(fits, doubtful, cts.isocenter, motion, **pool_kw)  # a failed frame's fit where it leads
     pooled = pool_fits(kept, cts.isocenter, motion, **pool_kw)  # each fit a measurement, its Fisher covariance
     for fr, fit, used, T, d in zip(res, fits, kept, pooled, doubtful):

@@ -62,7 +62,8 @@ F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "refine_on_counts", "refine_sequence",
            "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits",
-           "admit_doubtful", "ADMIT_SD", "COUNTS_MAX_SIDE", "COUNTS_TOL_MM",
+           "admit_doubtful", "frames_to_refine", "registrations_to_pool", "DOUBTED_VERDICTS", "ADMIT_SD",
+           "COUNTS_MAX_SIDE", "COUNTS_TOL_MM",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN", "COUNTS_SUPERSAMPLE", "counts_supersample_for", "denser_rays"]
@@ -859,6 +860,30 @@ def pool_fits(fits: list, isocenter, motion: str = "smooth", model=None, tracked
     return out
 
 
+#: The check's verdicts ``track --counts-every`` refines whatever K (:func:`frames_to_refine`).
+DOUBTED_VERDICTS = ("uncertain", "failed")
+
+
+def frames_to_refine(verdicts, every: int) -> tuple[list, list]:
+    """``track --counts-every K``: ``(picked, doubted)``, a flag per frame — picked: frames 0, K, 2K, …, the last
+    (without it the frames after the last fit keep the registrations' bias) and every doubted one; doubted: the
+    check called it ``uncertain`` or ``failed`` (:data:`DOUBTED_VERDICTS`: its registration is left out of the
+    pooling, its fit stands for it — :func:`registrations_to_pool`).  K = 1: every frame."""
+    verdicts = list(verdicts)
+    doubted = [v in DOUBTED_VERDICTS for v in verdicts]
+    picked = [i % every == 0 or i == len(verdicts) - 1 or q for i, q in enumerate(doubted)]
+    return picked, doubted
+
+
+def registrations_to_pool(measurements, doubted, camera_change) -> list:
+    """The tracked registrations :func:`pool_fits` takes as ``tracked``: per frame ``(pose @ camera_change, R)``
+    (``camera_change``: the tracked camera → the counts' camera, one (4, 4) or a list of one per frame) from
+    :attr:`~xraypose.register.tracking.TrackedFrames.measurements`, None for a frame without one or a doubted
+    one (:func:`frames_to_refine`)."""
+    changes = camera_change if isinstance(camera_change, (list, tuple)) else [camera_change] * len(doubted)
+    return [None if m is None or q else (m[0] @ c, m[1]) for m, q, c in zip(measurements, doubted, changes)]
+
+
 def _tracked_measurements(tracked, n: int) -> list:
     """``tracked`` (None, or n entries of None or (pose, R)) as n entries of None or float64 ``(pose (4, 4),
     R (6, 6))``; an entry without a covariance is None (a measurement taken as exact would restart the model)."""
@@ -892,7 +917,7 @@ def _doubtful_flags(fits: list, doubtful, motion: str) -> list:
     return flags
 
 
-def _causal_pass(fits: list, doubtful: list, isocenter, model, tracked: list | None = None):
+def _causal_pass(fits: list, doubtful: list, isocenter, model, tracked: list):
     """The causal filter over the fits, a doubtful one taken only where :func:`admit_doubtful` says (else coasted,
     never a restart), each fused with its frame's tracked registration where ``tracked`` has one (and a frame
     without a fit measured by its registration alone): ``(filter, kept fits or None, filtered poses (None before
@@ -900,18 +925,13 @@ def _causal_pass(fits: list, doubtful: list, isocenter, model, tracked: list | N
     from xraypose.register.motion import MotionFilter, MotionModel
 
     filt = MotionFilter(torch.as_tensor(isocenter, dtype=F64).reshape(3), model or MotionModel())
-    tracked = tracked or [None] * len(fits)
     kept, out, idx = [], [], []
     for i, (f, d, t) in enumerate(zip(fits, doubtful, tracked)):
-        if f is not None and d and (not _pins_the_pose(f) or filt.innovation(*_measurement(f, t, filt)) >
-                                    filt.model.gate):
-            f = None
+        m = None if f is None and t is None else _measurement(f, t, filt)
+        if f is not None and d and (not _pins_the_pose(f) or filt.innovation(*m) > filt.model.gate):
+            f, m = None, t
         kept.append(f)
-        if f is None and t is None:
-            out.append(filt.coast() if filt.steps else None)
-        else:
-            T, R = _measurement(f, t, filt)
-            out.append(filt.update(T, R))
+        out.append(filt.update(*m) if m is not None else filt.coast() if filt.steps else None)
         if out[-1] is not None:
             idx.append(i)
     return filt, kept, out, idx

@@ -142,6 +142,23 @@ def result_covariance(res, k: int, sizes, scale: float = 1.0):
     return measurement_covariance(curv[li], float(score), n, res.poses[k], scale)
 
 
+def _about(isocenter) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, F⁻¹): the translation (4, 4) to the ``isocenter`` (3,) mm and back — the motion chart's centre."""
+    F = torch.eye(4, dtype=F64)
+    F[:3, 3] = torch.as_tensor(isocenter, dtype=F64).reshape(3)
+    return F, torch.linalg.inv(F)
+
+
+def _move(F, Fi, xi: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """``F·exp(ξ)·F⁻¹·pose`` (4, 4): ``pose`` moved by ξ (6,) of the motion chart."""
+    return F @ se3_exp(xi) @ Fi @ pose
+
+
+def _chart(F, Fi, pose: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """ξ (6,) with ``pose = F·exp(ξ)·F⁻¹·ref``."""
+    return se3_log(Fi @ pose @ torch.linalg.inv(ref) @ F)
+
+
 def _kalman_update(Pp: torch.Tensor, S_inv: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The state correction ``x`` (..., 12) and the covariance (..., 12, 12), symmetrised, of a prior ``Pp``
     (..., 12, 12) given an innovation ``z`` (..., 6) of covariance ``S`` (its inverse ``S_inv``, (..., 6, 6)); one
@@ -192,19 +209,16 @@ class MotionFilter:
     steps: list = field(default_factory=list)
 
     def __post_init__(self):
-        self._F = torch.eye(4, dtype=F64)
-        self._F[:3, 3] = torch.as_tensor(self.isocenter, dtype=F64).reshape(3)
-        self._Fi = torch.linalg.inv(self._F)
+        self._F, self._Fi = _about(self.isocenter)
         self._Q = self.model.process_noise()
         self._Phi = torch.eye(12, dtype=F64)
         self._Phi[:6, 6:] = torch.eye(6, dtype=F64)
 
     def _move(self, xi: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-        return self._F @ se3_exp(xi) @ self._Fi @ pose
+        return _move(self._F, self._Fi, xi, pose)
 
     def _chart(self, pose: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """ξ (6,) with ``pose = F·exp(ξ)·F⁻¹·ref``."""
-        return se3_log(self._Fi @ pose @ torch.linalg.inv(ref) @ self._F)
+        return _chart(self._F, self._Fi, pose, ref)
 
     def _prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted pose (4, 4), its state covariance (12, 12)) for the next frame."""
@@ -443,13 +457,10 @@ def fuse_measurements(pose_a, R_a, pose_b, R_b, isocenter) -> tuple[torch.Tensor
         if int(info) != 0 or not bool(torch.isfinite(R).all()):
             raise InputError("fuse_measurements needs two positive definite (6, 6) covariances")
         out.append(torch.cholesky_inverse(L))
-    F = torch.eye(4, dtype=F64)
-    F[:3, 3] = torch.as_tensor(isocenter, dtype=F64).reshape(3)
-    Fi = torch.linalg.inv(F)
-    xi_b = se3_log(Fi @ Tb @ torch.linalg.inv(Ta) @ F)
+    F, Fi = _about(isocenter)
     R = torch.linalg.inv(Ia[0] + Ib[0])
     R = 0.5 * (R + R.T)
-    return F @ se3_exp(R @ (Ib[0] @ xi_b)) @ Fi @ Ta, R
+    return _move(F, Fi, R @ (Ib[0] @ _chart(F, Fi, Tb, Ta)), Ta), R
 
 
 def pose_spread(covariance, pose) -> dict | None:
