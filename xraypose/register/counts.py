@@ -469,65 +469,6 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     """
     if renderer is not None and renderer not in COUNTS_RENDERERS:
         raise InputError(f"renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
-    bases: dict = {}
-    fits: dict = {}
-    warm = candidate_tol_mm is not None
-    cand_kw = {**kw, "tol_mm": float(candidate_tol_mm)} if warm else kw
-
-    def start_of(key):
-        """(pose, coefficients or None) a candidate starts from: ``pose`` (and ``coefficients``), or warm: the
-        most likely fit so far, its channels' coefficients when its air knot is ``key``'s."""
-        if not warm or not fits:
-            c0 = coefficients
-            return pose, (None if c0 is None else torch.as_tensor(c0, dtype=F64).reshape(-1))
-        k = best(list(fits))
-        f = fits[k]
-        return f.pose, (f.coefficients if k[1] == key[1] else None)
-
-    def fit(r, air, sigma, w):
-        key = (r, float(air), float(sigma), float(w))
-        if key not in fits:
-            if float(air) not in bases:
-                bases[float(air)] = counts_basis(volume, air_hu=air)
-            P0, c = start_of(key)
-            if c is not None:  # the channels' start (a scatter's starts at 0)
-                c = torch.cat([c[:bases[float(air)].shape[0]], torch.zeros(1 if key[3] > 0 else 0, dtype=F64)])
-            fits[key] = refine_on_counts(bases[float(air)], volume.affine, camera, counts, P0, isocenter=isocenter,
-                                         keep=keep, blur_px=float(sigma), renderer=r, scatter_px=key[3],
-                                         coefficients=c, **cand_kw)
-        return key
-
-    def best(keys):
-        return min(keys, key=lambda k: fits[k].nll)
-
-    def along(values, key_of, start):
-        """The lowest-NLL key along a 1-D grid ``values`` (``key_of(value)`` fits one).  Exhaustive: all of
-        them; else a walk from the grid point nearest ``start``: a neighbour fitted, the walk going on while
-        the NLL falls, the other direction tried only when the first did not fall (a local minimum of the
-        grid: the NLL is smooth in each of these coordinates)."""
-        vals = sorted(float(v) for v in values)
-        if exhaustive:
-            return best([key_of(v) for v in vals])
-        i = min(range(len(vals)), key=lambda j: abs(vals[j] - float(start)))
-        home = cur = key_of(vals[i])
-        for step in (1, -1):
-            j = i + step
-            while 0 <= j < len(vals):
-                k = key_of(vals[j])
-                if fits[k].nll >= fits[cur].nll:
-                    break
-                cur, j = k, j + step
-            if cur != home:
-                break
-        return cur
-
-    def with_scatter(key):
-        """``key``, or its best scatter width when that lowers the NLL by more than the threshold."""
-        if scatter_px is not None or not widths:
-            return key
-        wide = along(widths, lambda w: fit(*key[:3], w), widths[len(widths) // 2])
-        return wide if fits[key].nll - fits[wide].nll > COUNTS_SCATTER_MIN_GAIN else key
-
     r0 = renderer or COUNTS_RENDERERS[0]
     air = COUNTS_KNOTS_HU[0] if air_hu is None else float(air_hu)
     sigmas = [float(blur_px)] if blur_px is not None else [float(g) for g in blur_grid]
@@ -538,30 +479,118 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     widths = [float(mm) / float(camera.delx) for mm in (scatter_grid_mm or ())]
     if any(not (math.isfinite(w) and w > 0) for w in widths):
         raise InputError(f"the scatter's widths must be mm > 0, got {scatter_grid_mm!r}")
+    search = _FormationSearch(volume, camera, counts, pose, isocenter=isocenter, keep=keep, coefficients=coefficients,
+                              candidate_tol_mm=candidate_tol_mm, exhaustive=exhaustive,
+                              widths=[] if scatter_px is not None else widths, **kw)
+    fit, along = search.fit, search.along
     # (0) scatter first, at the grid's middle blur: a frame's scatter, unmodelled, passes for blur
     sigma0 = blur_px if blur_px is not None else COUNTS_BLUR_GRID_MIDDLE
     w = 0.0 if scatter_px is None else float(scatter_px)
-    w = with_scatter(fit(r0, air, sigma0, w))[3]
+    w = search.with_scatter(fit(r0, air, sigma0, w))[3]
     sigma = along(sigmas, lambda g: fit(r0, air, g, w), sigma0)[2]  # (1)
     if air_hu is None:  # (2)
         air = along(air_grid, lambda a: fit(r0, a, sigma, w), air)[1]
     if renderer is None:  # (3)
         for r in COUNTS_RENDERERS[1:]:
             along([g for g in sigmas if g <= sigma], lambda g: fit(r, air, g, w), sigma)
-    chosen = best([k for k in fits if k[3] == w])
+    chosen = search.best([k for k in search.fits if k[3] == w])
     if scatter_px is None:  # (4) at the chosen formation: scatter or not, and which width, again
-        chosen = with_scatter(fit(*chosen[:3], 0.0))
-    tried = [{"renderer": k[0], "air_hu": k[1], "blur_px": k[2], "scatter_px": k[3], "nll": f.nll,
-              "iterations": f.iterations} for k, f in fits.items()]
-    final = fits[chosen]
-    if warm:  # the chosen candidate, stopped at candidate_tol_mm, refined to tol_mm from where it stopped
-        c = final
-        final = refine_on_counts(bases[chosen[1]], volume.affine, camera, counts, c.pose, isocenter=isocenter,
-                                 keep=keep, blur_px=chosen[2], renderer=chosen[0], scatter_px=chosen[3],
-                                 coefficients=c.coefficients, **kw)
-        final = dataclasses.replace(final, moved_mm=moved_near_isocenter(pose, final.pose, isocenter),
-                                    iterations=c.iterations + final.iterations)
-    return CountsFormation(*chosen, supersample=kw.get("supersample", COUNTS_SUPERSAMPLE)), final, tried
+        chosen = search.with_scatter(fit(*chosen[:3], 0.0))
+    return (CountsFormation(*chosen, supersample=kw.get("supersample", COUNTS_SUPERSAMPLE)), search.final(chosen),
+            search.tried())
+
+
+class _FormationSearch:
+    """:func:`estimate_counts_formation`'s candidates for one frame, each fitted once.
+
+    A candidate's key is ``(renderer, air knot HU, σ px, scatter width px)`` (width 0: no scatter); its fit is
+    :func:`refine_on_counts`'s.  ``widths``: the scatter widths :meth:`with_scatter` may try (none: scatter held).
+    """
+
+    def __init__(self, volume, camera: Camera, counts, pose: torch.Tensor, *, isocenter, keep, coefficients,
+                 candidate_tol_mm: float | None, exhaustive: bool, widths: list, **kw):
+        self.volume, self.camera, self.counts, self.pose = volume, camera, counts, pose
+        self.isocenter, self.keep, self.coefficients = isocenter, keep, coefficients
+        self.exhaustive, self.widths, self.kw = exhaustive, widths, kw
+        self.warm = candidate_tol_mm is not None  # later candidates start from the most likely fit so far
+        self.cand_kw = {**kw, "tol_mm": float(candidate_tol_mm)} if self.warm else kw
+        self.bases: dict = {}  # air knot HU -> counts_basis
+        self.fits: dict = {}  # key -> CountsFit
+
+    def _basis(self, air: float) -> torch.Tensor:
+        if air not in self.bases:
+            self.bases[air] = counts_basis(self.volume, air_hu=air)
+        return self.bases[air]
+
+    def start_of(self, key: tuple):
+        """(pose, coefficients or None) a candidate starts from: ``pose`` (and ``coefficients``), or warm: the
+        most likely fit so far, its channels' coefficients when its air knot is ``key``'s."""
+        if not self.warm or not self.fits:
+            c0 = self.coefficients
+            return self.pose, (None if c0 is None else torch.as_tensor(c0, dtype=F64).reshape(-1))
+        k = self.best(list(self.fits))
+        f = self.fits[k]
+        return f.pose, (f.coefficients if k[1] == key[1] else None)
+
+    def fit(self, r: str, air, sigma, w) -> tuple:
+        """The candidate's key, fitted on first use."""
+        key = (r, float(air), float(sigma), float(w))
+        if key not in self.fits:
+            basis = self._basis(key[1])
+            P0, c = self.start_of(key)
+            if c is not None:  # the channels' start (a scatter's starts at 0)
+                c = torch.cat([c[:basis.shape[0]], torch.zeros(1 if key[3] > 0 else 0, dtype=F64)])
+            self.fits[key] = refine_on_counts(basis, self.volume.affine, self.camera, self.counts, P0,
+                                              isocenter=self.isocenter, keep=self.keep, blur_px=key[2], renderer=r,
+                                              scatter_px=key[3], coefficients=c, **self.cand_kw)
+        return key
+
+    def best(self, keys: list) -> tuple:
+        return min(keys, key=lambda k: self.fits[k].nll)
+
+    def along(self, values, key_of, start) -> tuple:
+        """The lowest-NLL key along a 1-D grid ``values`` (``key_of(value)`` fits one).  Exhaustive: all of
+        them; else a walk from the grid point nearest ``start``: a neighbour fitted, the walk going on while
+        the NLL falls, the other direction tried only when the first did not fall (a local minimum of the
+        grid: the NLL is smooth in each of these coordinates)."""
+        vals = sorted(float(v) for v in values)
+        if self.exhaustive:
+            return self.best([key_of(v) for v in vals])
+        i = min(range(len(vals)), key=lambda j: abs(vals[j] - float(start)))
+        home = cur = key_of(vals[i])
+        for step in (1, -1):
+            j = i + step
+            while 0 <= j < len(vals):
+                k = key_of(vals[j])
+                if self.fits[k].nll >= self.fits[cur].nll:
+                    break
+                cur, j = k, j + step
+            if cur != home:
+                break
+        return cur
+
+    def with_scatter(self, key: tuple) -> tuple:
+        """``key``, or its best scatter width when that lowers the NLL by more than the threshold."""
+        if not self.widths:
+            return key
+        wide = self.along(self.widths, lambda w: self.fit(*key[:3], w), self.widths[len(self.widths) // 2])
+        return wide if self.fits[key].nll - self.fits[wide].nll > COUNTS_SCATTER_MIN_GAIN else key
+
+    def tried(self) -> list:
+        """A dict per candidate fitted (renderer, air_hu, blur_px, scatter_px, nll, iterations)."""
+        return [{"renderer": k[0], "air_hu": k[1], "blur_px": k[2], "scatter_px": k[3], "nll": f.nll,
+                 "iterations": f.iterations} for k, f in self.fits.items()]
+
+    def final(self, chosen: tuple) -> CountsFit:
+        """The chosen candidate's fit; warm: refined from where it stopped (``candidate_tol_mm``) to ``tol_mm``."""
+        c = self.fits[chosen]
+        if not self.warm:
+            return c
+        final = refine_on_counts(self.bases[chosen[1]], self.volume.affine, self.camera, self.counts, c.pose,
+                                 isocenter=self.isocenter, keep=self.keep, blur_px=chosen[2], renderer=chosen[0],
+                                 scatter_px=chosen[3], coefficients=c.coefficients, **self.kw)
+        return dataclasses.replace(final, moved_mm=moved_near_isocenter(self.pose, final.pose, self.isocenter),
+                                   iterations=c.iterations + final.iterations)
 
 
 #: :func:`raw_keep` leaves out the image's maximum where at least this share of pixels holds it (a
