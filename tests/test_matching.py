@@ -212,7 +212,7 @@ def test_the_match_intensity_option_reaches_the_config():
 def test_resume_names_intensity_matching_against_a_run_recorded_before_it_existed():
     """run.json written before match_intensity/match_capture existed ran without matching: resuming with
     --match-intensity off is the same settings; with the default (fine) the option is named."""
-    from xraypose.evaluate import settings_differences
+    from xraypose.run_record import settings_differences
 
     now = RegistrationConfig().to_dict()
     old = {k: v for k, v in now.items() if k not in ("match_intensity", "match_capture")}

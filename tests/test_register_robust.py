@@ -109,7 +109,7 @@ def registers_through_metal(volume, levels, case: int = 1):
 def test_resume_accepts_a_run_recorded_before_robust_c_existed():
     """run.json of an evaluation started before ``Level.robust_c`` existed has levels without it; resuming
     with the same schedule is not "other settings", while another cut-off (--metal) is named."""
-    from xraypose.evaluate import settings_differences
+    from xraypose.run_record import settings_differences
 
     now = RegistrationConfig().to_dict()
     old = {**now, "levels": [{k: v for k, v in lv.items() if k != "robust_c"} for lv in now["levels"]]}

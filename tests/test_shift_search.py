@@ -124,7 +124,7 @@ def test_the_option_reaches_the_config_and_an_older_run_is_compared_as_it_ran():
     import inspect
 
     from xraypose.cli.options import registration_options
-    from xraypose.evaluate import settings_differences
+    from xraypose.run_record import settings_differences
     from xraypose.register.config import SHIFT_GAIN
 
     defaults = {k: p.default.default for k, p in inspect.signature(registration_options).parameters.items()}

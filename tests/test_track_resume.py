@@ -128,7 +128,7 @@ def test_a_resume_with_other_levels_names_each_level_field_that_differs_in_full(
     level field that differs is named with both values in full; one line; many differences are counted."""
     import dataclasses
 
-    from xraypose.evaluate import settings_differences
+    from xraypose.run_record import settings_differences
     from xraypose.register import DEFAULT_LEVELS, RegistrationConfig
 
     old = RegistrationConfig().to_dict()

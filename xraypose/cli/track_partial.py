@@ -33,7 +33,7 @@ def inputs_identity(ct: str, frames) -> dict:
     """``{"ct": fingerprint, "frames": fingerprint}`` of ``track``'s CT and FRAMES arguments
     (:func:`xraypose.evaluate.input_fingerprint`: each file's size, time and SHA-256 up to 64 MiB); a folder's
     files named under the folder's name, a file by its name (the bundled ``sample`` CT: empty)."""
-    from xraypose.evaluate import input_fingerprint
+    from xraypose.run_record import input_fingerprint
 
     out = {}
     for f in frames:
@@ -110,7 +110,7 @@ def check_resumable(folder, old: dict, new: dict) -> None:
     """Refuse to resume ``folder``'s partial run (header ``old``) under another identity (header ``new``): an
     input changed (the files named, :func:`xraypose.evaluate.input_changes`), or an option that changes results
     (named with both values, as ``evaluate --resume`` names them)."""
-    from xraypose.evaluate import settings_differences, input_changes
+    from xraypose.run_record import input_changes, settings_differences
 
     for what, label in (("ct", "CT"), ("frames", "frames")):
         changes = input_changes((old.get("inputs") or {}).get(what) or {}, new["inputs"][what])
