@@ -440,10 +440,11 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch)
     T = torch.eye(4, dtype=F64)
     T[:3, 3] = torch.tensor([0.0, 0.0, -700.0], dtype=F64)
     cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
-    calls = []
+    calls, sides = [], []
 
     def fake(volume, camera, raw, pose, **kw):
         calls.append(pose)
+        sides.append(kw.get("max_side"))
         P = pose.clone()
         P[:3, 3] += torch.tensor([shift, 0.0, 0.0], dtype=F64)
         fit = CountsFit(pose=P, coefficients=torch.zeros(3, dtype=F64), scale=1.0, nll=0.0, nll_start=1.0,
@@ -462,6 +463,10 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch)
         assert out.verdict == verdict and rec["moved_mm"] == pytest.approx(shift)
         assert float(out.camera_to_world[0, 3]) == pytest.approx(shift) and rec["registered_camera_to_world"] == T.tolist()
     assert "the counts moved the registered pose 2.5 mm" in out.reason
+    assert sides == [None, None]  # no --counts-max-side: refine_xray_on_counts's default
+    out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
+    cli_register._refine_on_counts(out, xr, px, cts, 0, {**kw, "max_side": 64})
+    assert sides[-1] == 64  # --counts-max-side 64 reaches the refinement
     n = len(calls)
     out = SimpleNamespace(verdict="failed", reason="bad", camera_to_world=T.clone(), metrics=None, camera=cam)
     assert cli_register._refine_on_counts(out, xr, px, cts, 0, kw) == {"refined": False, "reason": "verdict failed"}

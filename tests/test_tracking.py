@@ -1048,6 +1048,36 @@ def test_cli_track_counts_with_a_blank_frame_keeps_it_out_of_the_others(tmp_path
         assert err < 1.0
 
 
+def test_cli_track_counts_max_side_sets_the_counts_bin(tmp_path, sequence, capsys, monkeypatch):
+    """--counts-max-side N: each frame's counts summed over k×k pixels until at most N a side (64² frames, N = 32:
+    2×2), passed to the refinement and recorded; without it the default (128: 64² frames as they are)."""
+    import xraypose.register.counts as C
+    from xraypose.cli import main
+    from xraypose.register.counts import CountsFormation
+
+    bins = []
+
+    def spy(volume, camera, raws, poses, **kw):
+        bins.append(kw["bin"])
+        return CountsFormation("siddon", -1000.0, 0.5, 0.0, 1), [None] * len(poses)
+
+    monkeypatch.setattr(C, "refine_sequence", spy)
+    run = _save_sequence(tmp_path / "in", sequence, n=2)
+    base = ["track", "sample", str(run), "--pose-json", str(tmp_path / "in" / "start.json"), "--i0", "65000",
+            "--fast", "--counts"]
+    for extra, out, want in ((["--counts-max-side", "32"], "o32", 2), ([], "o", 1)):
+        code = main(base + extra + ["-o", str(tmp_path / out)])
+        assert code in (0, 3), capsys.readouterr().err
+        assert bins[-1] == want
+        assert json.loads((tmp_path / out / "trajectory.json").read_text())["counts"]["bin"] == want
+    capsys.readouterr()
+    for extra, what in ((["--counts-max-side", "64"], "--counts-max-side go with --counts"),
+                        (["--counts", "--counts-max-side", "4"], "--counts-max-side must be at least 8")):
+        code = main(["track", "sample", str(run), "-o", str(tmp_path / "bad"), "--init", "ap"] + extra)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and what in err, err
+
+
 def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     from xraypose.cli import main
 
@@ -1055,7 +1085,7 @@ def test_cli_track_counts_bad_input_is_one_line(tmp_path, sequence, capsys):
     base = ["track", "sample", str(run), "-o", str(tmp_path / "o"), "--init", "ap"]
     code = main(base + ["--counts-blur", "0.5"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "--counts-scatter-mm go with --counts" in err
+    assert code == 2 and err.count("\n") == 1 and "--counts-max-side go with --counts" in err
     code = main(base + ["--counts", "--counts-scatter-mm", "-5"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "scatter" in err, err

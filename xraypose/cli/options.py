@@ -435,26 +435,35 @@ COUNTS_SCATTER_MM = typer.Option(None, "--counts-scatter-mm", help="With --count
                                  "blurred by a Gaussian of this σ (mm on the detector) times a fitted share; 0: none "
                                  "(default: chosen by the likelihood among none, 15, 25, 40, 60 and 90 mm).")
 
+COUNTS_MAX_SIDE = typer.Option(None, "--counts-max-side", help="With --counts: the X-ray's counts summed over k×k "
+                               "pixels until at most this many a side (a sum of Poisson counts is Poisson: the "
+                               "likelihood stays exact, the detail inside a bin is lost; default 128: a 512² frame's "
+                               "4×4). 64: a 512² frame's 8×8, about a quarter of the time per frame "
+                               "(docs/benchmarks.md, stop 68). At least 8.")
 
 def counts_options(counts: bool = COUNTS, counts_blur: Optional[float] = COUNTS_BLUR,
                    counts_supersample: Optional[int] = COUNTS_SUPERSAMPLE, counts_renderer: str = COUNTS_RENDERER,
                    counts_air_hu: Optional[float] = COUNTS_AIR_HU,
-                   counts_scatter_mm: Optional[float] = COUNTS_SCATTER_MM) -> dict:
+                   counts_scatter_mm: Optional[float] = COUNTS_SCATTER_MM,
+                   counts_max_side: Optional[int] = COUNTS_MAX_SIDE) -> dict:
     """The counts options of ``register`` and ``track`` (:mod:`xraypose.register.counts`): ``{"on": bool, "blur",
-    "supersample", "renderer" (None: chosen), "air_hu", "scatter_mm"}``; the refinement's settings without
-    ``--counts``, or an unknown renderer, are refused."""
+    "supersample", "renderer" (None: chosen), "air_hu", "scatter_mm", "max_side" (None: the default,
+    :data:`~xraypose.register.counts.COUNTS_MAX_SIDE`)}``; the refinement's settings without ``--counts``, an
+    unknown renderer or a side below 8, are refused."""
     from xraypose.register.counts import COUNTS_RENDERERS
 
     if not counts and (counts_blur is not None or counts_supersample is not None or counts_renderer != "auto"
-                       or counts_air_hu is not None or counts_scatter_mm is not None):
-        raise InputError("--counts-blur, --counts-supersample, --counts-renderer, --counts-air-hu and "
-                         "--counts-scatter-mm go with --counts")
+                       or counts_air_hu is not None or counts_scatter_mm is not None or counts_max_side is not None):
+        raise InputError("--counts-blur, --counts-supersample, --counts-renderer, --counts-air-hu, "
+                         "--counts-scatter-mm and --counts-max-side go with --counts")
+    if counts_max_side is not None and counts_max_side < 8:
+        raise InputError(f"--counts-max-side must be at least 8 pixels (the counts' bins a side), got {counts_max_side}")
     if counts_renderer != "auto" and counts_renderer not in COUNTS_RENDERERS:
         raise InputError(f"--counts-renderer must be auto or one of {', '.join(COUNTS_RENDERERS)}, "
                          f"got {counts_renderer!r}")
     return {"on": counts, "blur": counts_blur, "supersample": counts_supersample,
             "renderer": None if counts_renderer == "auto" else counts_renderer, "air_hu": counts_air_hu,
-            "scatter_mm": counts_scatter_mm}
+            "scatter_mm": counts_scatter_mm, "max_side": counts_max_side}
 
 
 def check_counts_input(kind: str | None, rig: bool, structure_kw: dict, what: str = "X-ray") -> None:
