@@ -1072,7 +1072,8 @@ def test_cli_track_counts_max_side_sets_the_counts_bin(tmp_path, sequence, capsy
         assert json.loads((tmp_path / out / "trajectory.json").read_text())["counts"]["bin"] == want
     capsys.readouterr()
     for extra, what in ((["--counts-max-side", "64"], "--counts-max-side go with --counts"),
-                        (["--counts", "--counts-max-side", "4"], "--counts-max-side must be at least 8")):
+                        (["--counts", "--counts-max-side", "4"],
+                         "--counts-max-side (the counts' longest side after summing) must be a whole number in [8,")):
         code = main(["track", "sample", str(run), "-o", str(tmp_path / "bad"), "--init", "ap"] + extra)
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and what in err, err

@@ -68,6 +68,7 @@ NUMERIC: dict = {
     "counts_blur": Number(0, 20, unit="pixels", name="the detector's intensity blur σ"),
     "counts_supersample": Integer(1, 8, name="DRR pixels per frame pixel per side"),
     "counts_every": Integer(1, 1_000_000, name="frames per refined frame"),
+    "counts_max_side": Integer(8, 16384, "pixels", "the counts' longest side after summing"),
     "counts_air_hu": Number(-1100, -1, unit="HU", name="the air knot (where attenuation starts)"),
     "counts_scatter_mm": Number(0, 1000, unit="mm", name="the scatter's width σ (0: none)"),
     "train_seconds": Number(0, 1e7, lo_open=True, unit="s"), "cases": Integer(1, 100_000),
@@ -448,16 +449,14 @@ def counts_options(counts: bool = COUNTS, counts_blur: Optional[float] = COUNTS_
                    counts_max_side: Optional[int] = COUNTS_MAX_SIDE) -> dict:
     """The counts options of ``register`` and ``track`` (:mod:`xraypose.register.counts`): ``{"on": bool, "blur",
     "supersample", "renderer" (None: chosen), "air_hu", "scatter_mm", "max_side" (None: the default,
-    :data:`~xraypose.register.counts.COUNTS_MAX_SIDE`)}``; the refinement's settings without ``--counts``, an
-    unknown renderer or a side below 8, are refused."""
+    :data:`~xraypose.register.counts.COUNTS_MAX_SIDE`)}``; the refinement's settings without ``--counts``, or an
+    unknown renderer are refused (a side below 8: :data:`NUMERIC`'s range)."""
     from xraypose.register.counts import COUNTS_RENDERERS
 
     if not counts and (counts_blur is not None or counts_supersample is not None or counts_renderer != "auto"
                        or counts_air_hu is not None or counts_scatter_mm is not None or counts_max_side is not None):
         raise InputError("--counts-blur, --counts-supersample, --counts-renderer, --counts-air-hu, "
                          "--counts-scatter-mm and --counts-max-side go with --counts")
-    if counts_max_side is not None and counts_max_side < 8:
-        raise InputError(f"--counts-max-side must be at least 8 pixels (the counts' bins a side), got {counts_max_side}")
     if counts_renderer != "auto" and counts_renderer not in COUNTS_RENDERERS:
         raise InputError(f"--counts-renderer must be auto or one of {', '.join(COUNTS_RENDERERS)}, "
                          f"got {counts_renderer!r}")
