@@ -315,6 +315,11 @@ def case_weights(c: dict, use_masks: bool = True, n: int = 1):
     return None if m is None else m[None, None].expand(n, 1, -1, -1)
 
 
+#: ``--counts-renderer``, ``--counts-max-side``, ``--counts-supersample``: the formation held / the counts' bin / the rays
+#: (refine_xray_on_counts's renderer, max_side, supersample), as ``xraypose register --counts`` takes them; set by main.
+COUNTS_KW: dict = {}
+
+
 def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
     """``--counts``: the registered ``pose`` (of the preprocessed image's camera ``cam``) refined on the case's
     raw counts as ``xraypose register --counts`` does (:func:`xraypose.register.counts.refine_xray_on_counts`;
@@ -329,7 +334,7 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
     raw_pose = torch.as_tensor(pose, dtype=F64).reshape(4, 4) @ torch.linalg.inv(Tp)
     try:
         r = refine_xray_on_counts(volume, Camera.from_dict(c["raw_camera"]), c["raw"], raw_pose,
-                                  isocenter=volume.get_isocenter(), crop=c["raw_crop"])
+                                  isocenter=volume.get_isocenter(), crop=c["raw_crop"], **COUNTS_KW)
     except Exception as e:  # a failed refinement is a row's entry, never the end of the run
         return {"counts": f"error: {e}"}
     P = r.fit.pose @ Tp
@@ -557,12 +562,20 @@ def main(argv=None) -> int:
     ap.add_argument("--counts", action="store_true", help="refine each registration on its raw X-ray's counts "
                     "as `xraypose register --counts` does (raw families only; not a failed verdict): the rows' "
                     "counts_* entries, the groups' counts_* summaries")
+    ap.add_argument("--counts-renderer", choices=("siddon", "trilinear"), default=None,
+                    help="with --counts: the renderer held (default: chosen by the likelihood)")
+    ap.add_argument("--counts-max-side", type=int, default=None,
+                    help="with --counts: the counts summed until at most this many pixels a side (default 128)")
+    ap.add_argument("--counts-supersample", type=int, default=None,
+                    help="with --counts: DRR rays per counts pixel per side (default: chosen by the likelihood)")
     ap.add_argument("--hypotheses", action="store_true", help="register as `xraypose register` does: the "
                     "confidence check and, when not ok, the hypotheses (verdicts recorded)")
     ap.add_argument("--serial-hypotheses", action="store_true", help="the hypotheses one after the other on one "
                     "thread (register_xray's parallel_hypotheses=False; by default two threads with two CPUs or "
                     "more: the same results)")
     args = ap.parse_args(argv)
+    COUNTS_KW.update({k: v for k, v in (("renderer", args.counts_renderer), ("max_side", args.counts_max_side),
+                                        ("supersample", args.counts_supersample)) if v is not None})
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     out = Path(args.json)
