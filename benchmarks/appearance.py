@@ -574,6 +574,7 @@ def main(argv=None) -> int:
                     "thread (register_xray's parallel_hypotheses=False; by default two threads with two CPUs or "
                     "more: the same results)")
     args = ap.parse_args(argv)
+    COUNTS_KW.clear()  # main may run twice in one process (tests)
     COUNTS_KW.update({k: v for k, v in (("renderer", args.counts_renderer), ("max_side", args.counts_max_side),
                                         ("supersample", args.counts_supersample)) if v is not None})
     torch.set_num_threads(args.threads)

@@ -518,6 +518,7 @@ def test_binned_counts_keep_their_sum_and_their_geometry():
     assert torch.allclose(uvb, (uv + 0.5) / 2 - 0.5, atol=1e-9)
     assert bin_counts(y, cam, keep, 1)[1] is cam
     assert counts_bin_for((256, 256)) == 2 and counts_bin_for((128, 100)) == 1 and counts_bin_for((300, 90)) == 3
+    assert counts_bin_for((512, 512), None) == 4 and counts_bin_for((512, 512), 64) == 8  # None: the default 128
     with pytest.raises(InputError, match="whole number"):
         bin_counts(y, cam, keep, 0)
     with pytest.raises(InputError, match="at least 8×8"):

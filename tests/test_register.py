@@ -453,7 +453,7 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch)
                                 per_photon=1.0, tried=[], seconds=0.1)
 
     monkeypatch.setattr(counts_mod, "refine_xray_on_counts", fake)
-    kw = {"renderer": None, "air_hu": None, "blur": None, "scatter_mm": None, "supersample": 2}
+    kw = {"renderer": None, "air_hu": None, "blur": None, "scatter_mm": None, "supersample": 2, "max_side": None}
     cts = SimpleNamespace(volume=None, isocenter=torch.zeros(3, dtype=F64))
     px = SimpleNamespace(steps=[])
     xr = SimpleNamespace(camera=cam, image=torch.ones(16, 16))
@@ -463,7 +463,7 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch)
         assert out.verdict == verdict and rec["moved_mm"] == pytest.approx(shift)
         assert float(out.camera_to_world[0, 3]) == pytest.approx(shift) and rec["registered_camera_to_world"] == T.tolist()
     assert "the counts moved the registered pose 2.5 mm" in out.reason
-    assert sides == [None, None]  # no --counts-max-side: refine_xray_on_counts's default
+    assert sides == [None, None]  # no --counts-max-side: None, counts_bin_for's default
     out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
     cli_register._refine_on_counts(out, xr, px, cts, 0, {**kw, "max_side": 64})
     assert sides[-1] == 64  # --counts-max-side 64 reaches the refinement

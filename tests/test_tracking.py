@@ -927,7 +927,7 @@ def test_track_counts_refines_a_failed_frame_and_vouches_for_it_only_where_the_s
     cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
     seq = SimpleNamespace(frames=[SimpleNamespace(image=torch.ones(16, 16)) for _ in range(3)])
     cts = SimpleNamespace(volume=None, isocenter=torch.zeros(3, dtype=F64))
-    kw = {"blur": None, "air_hu": None, "scatter_mm": None, "renderer": None, "supersample": None}
+    kw = {"blur": None, "air_hu": None, "scatter_mm": None, "renderer": None, "supersample": None, "max_side": None}
     for ok, interpolated in ((True, False), (False, False), (False, True)):
         admit["ok"], admit["between"] = ok, interpolated
         res = [FrameResult(f, T.clone(), T.clone(), 0.9, "converged", v, 0.5, "why")
@@ -1006,7 +1006,7 @@ def test_track_counts_every_refines_the_doubted_frames_too_and_leaves_their_regi
     cam = Camera(sdd=1020.0, height=16, width=16, delx=2.0)
     seq = SimpleNamespace(frames=[SimpleNamespace(image=torch.ones(16, 16)) for _ in range(5)])
     cts = SimpleNamespace(volume=None, isocenter=torch.zeros(3, dtype=F64))
-    kw = {"blur": None, "air_hu": None, "scatter_mm": None, "renderer": None, "supersample": None}
+    kw = {"blur": None, "air_hu": None, "scatter_mm": None, "renderer": None, "supersample": None, "max_side": None}
     rec = _refine_on_counts(res, seq, cam, I, cts, 0, kw, "smooth", every=2)
     out = capsys.readouterr().out
     assert [s is not None for s in seen["starts"]] == [True, True, True, False, True]

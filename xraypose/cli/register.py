@@ -173,8 +173,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
     r = refine_xray_on_counts(cts.volume, xr.camera, xr.image, registered @ torch.linalg.inv(to_view),
                               isocenter=cts.isocenter, crop=crop, renderer=counts_kw["renderer"],
                               air_hu=counts_kw["air_hu"], blur_px=counts_kw["blur"], scatter_mm=scatter,
-                              supersample=counts_kw["supersample"],
-                              **({"max_side": counts_kw["max_side"]} if counts_kw.get("max_side") else {}))
+                              supersample=counts_kw["supersample"], max_side=counts_kw["max_side"])
     out.camera_to_world = (r.fit.pose @ to_view).to(out.camera_to_world.dtype)
     # the refined pose's own uncertainty: its counts' inverse Fisher information (the Cramér–Rao bound), unscaled
     sp = pose_spread(r.fit.covariance, r.fit.pose) if r.fit.covariance is not None else None

@@ -490,11 +490,11 @@ def _refine_on_counts(res, seq, camera, camera_to_view, cts, crop: int, counts_k
 
     import torch
 
-    from xraypose.register.counts import (COUNTS_MAX_SIDE, admit_doubtful, counts_bin_for, frames_to_refine,
-                                          pool_fits, refine_sequence, registrations_to_pool)
+    from xraypose.register.counts import (admit_doubtful, counts_bin_for, frames_to_refine, pool_fits,
+                                          refine_sequence, registrations_to_pool)
 
     # as register --counts: a 512² frame refined at 128² (--counts-max-side 64: 64²)
-    b = counts_bin_for((camera.height, camera.width), counts_kw.get("max_side") or COUNTS_MAX_SIDE)
+    b = counts_bin_for((camera.height, camera.width), counts_kw["max_side"])
     pixel_mm = float(camera.delx) * b  # the counts' (binned) pixels: --counts-blur's unit
     to_view = camera_to_view.to(torch.float64)
     to_raw = torch.linalg.inv(to_view)

@@ -701,10 +701,10 @@ def denser_rays(volume, camera: Camera, counts, keep, form: CountsFormation, fit
     return form, fit
 
 
-def counts_bin_for(shape, max_side: int = COUNTS_MAX_SIDE) -> int:
+def counts_bin_for(shape, max_side: int | None = COUNTS_MAX_SIDE) -> int:
     """The smallest bin (pixels per side) that brings an X-ray of ``shape`` (H, W) to at most ``max_side``
-    pixels along its longer side."""
-    return max(1, math.ceil(max(int(n) for n in shape) / int(max_side)))
+    pixels along its longer side (None: :data:`COUNTS_MAX_SIDE`, what ``--counts-max-side`` left out means)."""
+    return max(1, math.ceil(max(int(n) for n in shape) / int(max_side or COUNTS_MAX_SIDE)))
 
 
 @dataclass
@@ -732,7 +732,8 @@ class CountsRefinement:
 
 
 def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop: int = 0, bin: int | None = None,
-                          max_side: int = COUNTS_MAX_SIDE, renderer: str | None = None, air_hu: float | None = None,
+                          max_side: int | None = COUNTS_MAX_SIDE, renderer: str | None = None,
+                          air_hu: float | None = None,
                           blur_px: float | None = None, scatter_mm: float | None = None,
                           supersample: int | None = None, exhaustive: bool = False) -> CountsRefinement:
     """One raw X-ray's registered pose refined on its counts (``xraypose register --counts``): its pixels
@@ -744,7 +745,7 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
             linear in photons with zero at none (kind ``intensity``).
         pose: (4, 4) camera_to_world of ``camera`` to start from (a registration's result).
         isocenter: (3,) mm, the fit's chart centre; crop: the border left out (pixels of ``raw``).
-        bin: pixels per side summed (default: :func:`counts_bin_for` ``max_side``).
+        bin: pixels per side summed (default: :func:`counts_bin_for` ``max_side``; None: :data:`COUNTS_MAX_SIDE`).
         renderer, air_hu, blur_px (σ in the *binned* pixels), scatter_mm (σ on the detector; 0: none):
             the formation; each None is chosen by the counts' likelihood.
         supersample: as :func:`refine_on_counts` (default: chosen by the likelihood, :func:`denser_rays`);
@@ -774,7 +775,7 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
 
 def refine_sequence(volume, camera: Camera, raws, poses, *, isocenter, crop: int = 0, blur_px: float | None = None,
                     air_hu: float | None = None, renderer: str | None = None, scatter_px: float | None = None,
-                    supersample: int | None = None, bin: int | None = None, max_side: int = COUNTS_MAX_SIDE,
+                    supersample: int | None = None, bin: int | None = None, max_side: int | None = COUNTS_MAX_SIDE,
                     doubtful=None, progress=None) -> tuple[CountsFormation, list]:
     """Every frame of a sequence refined on its counts (:func:`refine_on_counts`), as ``xraypose track
     --counts`` runs it after tracking.
