@@ -440,7 +440,8 @@ COUNTS_MAX_SIDE = typer.Option(None, "--counts-max-side", help="With --counts: t
                                "pixels until at most this many a side (a sum of Poisson counts is Poisson: the "
                                "likelihood stays exact, the detail inside a bin is lost; default 128: a 512² frame's "
                                "4×4). 64: 8×8 — with --counts-renderer trilinear and --counts-supersample 2, "
-                               "2.3-2.6 s instead of 7.6-46 s a refined low-dose abdominal frame, the same accuracy on sequences; less "
+                               "2.3-2.6 s instead of 7.6-46 s a refined low-dose abdominal frame, the same accuracy on "
+                               "sequences; less "
                                "accurate on single X-rays (docs/benchmarks.md, stop 68). At least 8.")
 
 def counts_options(counts: bool = COUNTS, counts_blur: Optional[float] = COUNTS_BLUR,
