@@ -104,6 +104,53 @@ def test_refine_returns_to_the_pose_that_formed_the_counts(scene):
     assert fit37.scale == pytest.approx(37.0 * fit.scale, rel=1e-6)
 
 
+@pytest.fixture
+def model_calls(monkeypatch):
+    """The ``derivatives`` flag of every :class:`CountsModel` evaluation (each one render, or Siddon's seven)."""
+    calls = []
+    call = CountsModel.__call__
+
+    def spy(self, P, a, derivatives=False):
+        calls.append(bool(derivatives))
+        return call(self, P, a, derivatives)
+
+    monkeypatch.setattr(CountsModel, "__call__", spy)
+    return calls
+
+
+@pytest.mark.parametrize("renderer,supersample", [("trilinear", 2), ("siddon", 1)])
+def test_a_fit_started_at_its_optimum_stops_at_its_first_trial(scene, model_calls, renderer, supersample):
+    """Noiseless counts, started at the pose and coefficients that formed them: the first trial step moves less
+    than the tolerance, so accepted or not it ends the fit (until stop 69 a rejected one was followed by eleven
+    ever shorter trials, each a render: 13 in all)."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7,
+                        supersample, renderer)
+    y = _counts(scene, model)
+    model_calls.clear()
+    fit = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], isocenter=scene["iso"],
+                           keep=scene["keep"], blur_px=0.7, supersample=supersample, renderer=renderer,
+                           coefficients=scene["a"])
+    assert fit.converged and fit.iterations <= 1
+    assert len(model_calls) == 2, model_calls
+    assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 1e-3
+
+
+def test_a_trilinear_fit_keeps_its_accepted_trials_derivatives(scene, model_calls):
+    """Trilinear derivatives cost one render: each trial step renders them, and an accepted one is the next
+    step's start without a second render at its pose (until stop 69: a plain trial, then the same pose again
+    with derivatives — from 3°/8 mm, 12 renders for 6 steps; now 7 for 6)."""
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 2, "trilinear")
+    y = _counts(scene, model)
+    start = perturb_pose(scene["T"], scene["iso"].to(F64), 3.0, 8.0, torch.Generator().manual_seed(3))[0]
+    model_calls.clear()
+    fit = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, start, isocenter=scene["iso"],
+                           keep=scene["keep"], blur_px=0.7, supersample=2, max_iterations=40, renderer="trilinear")
+    assert fit.converged and fit.iterations >= 3
+    assert False not in model_calls  # no plain render
+    assert len(model_calls) <= fit.iterations + 2, (model_calls, fit.iterations)
+    assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.02
+
+
 def test_refine_with_siddon_returns_to_the_pose(scene):
     """The Siddon model (derivatives by central differences along the chart) on its own noiseless counts."""
     model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 1,

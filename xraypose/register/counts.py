@@ -39,9 +39,11 @@ that registration's Levenberg–Marquardt uses (``F · exp(ξ) · F⁻¹ · pose
 score ``Σ (1 − y/λ) ∇λ``, the information ``Σ ∇λ ∇λᵀ / λ``; the DRR's derivatives along the chart by
 forward differences with Siddon (7 renders a step; why not its exact derivatives: :meth:`CountsModel.channels`),
 analytic from one render with trilinear
-(:func:`~xraypose.render.render_with_tangents`).  A step is kept when it lowers the NLL; the
-fit ends when an accepted step moves no point within ``radius_mm`` of the isocenter by more than
-``tol_mm``.
+(:func:`~xraypose.render.render_with_tangents`; a trial step renders them at once, so an accepted step is the
+next one's start without another render).  A step is kept when it lowers the NLL; the fit ends when an
+accepted step moves no point within ``radius_mm`` of the isocenter by more than ``tol_mm``, or when a
+rejected one moves less (a shorter one would end it as well: until stop 69 a fit started at its optimum tried
+twelve ever shorter steps before it stopped).
 """
 
 from __future__ import annotations
@@ -271,6 +273,11 @@ class CountsModel:
         return m, D[:, self.keep]
 
 
+def _motion_mm(xi: torch.Tensor, radius_mm: float) -> float:
+    """mm: how far a chart step ξ (6,) = (ω rad, ρ mm) moves a point ``radius_mm`` from the isocenter, at most."""
+    return float(xi[:3].norm()) * radius_mm + float(xi[3:6].norm())
+
+
 def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
                      isocenter, keep=None, blur_px: float = 0.0, supersample: int = COUNTS_SUPERSAMPLE,
                      coefficients: torch.Tensor | None = None, max_iterations: int = 20,
@@ -336,37 +343,44 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
         J = torch.cat([s * dm, (s * m)[None]])
         return J, (J / (s * m)) @ J.T
 
-    fresh = True  # m, dm are at P
+    # A trial step renders its derivatives too where they cost one render more than nothing (trilinear: 1.3× a
+    # plain render), so an accepted step needs no second render at its pose; Siddon's cost seven (a plain trial).
+    trial_derivatives = model.renderer == "trilinear"
+    at_P = True  # m, dm are at P (else at the last step's start, less than tol_mm away, as H is)
     while it < max_iterations:
         lam = math.exp(log_s) * m
         J, H = information(m, dm)
-        fresh = False
         g = J @ (1.0 - yk / lam)
         accepted = False
         for _ in range(12):
             step = -torch.linalg.solve(H + lam_lm * torch.diag(H.diagonal().clamp_min(1e-12)), g)
             xi, da, dls = step[:6], step[6:6 + K], float(step[-1])
             P_new = model.moved(P, xi)
-            m_new, _ = model(P_new, a + da, False)
+            m_new, dm_new = model(P_new, a + da, trial_derivatives)
             if bool((m_new > 0).all()):
                 c_new = nll(math.exp(log_s + dls) * m_new)
                 if c_new < cost:
                     accepted = True
                     break
+            if _motion_mm(xi, radius_mm) < tol_mm:
+                break  # a shorter step would end the fit even where it is accepted: stop here
             lam_lm *= 4.0
         if not accepted:
-            converged, fresh = True, True  # no step lowers the cost: a (numerically) stationary point; m at P
+            converged = True  # no step lowers the cost: a (numerically) stationary point; m at P
             break
         P, a, log_s, cost, it = P_new, a + da, log_s + dls, c_new, it + 1
         lam_lm = max(lam_lm / 3.0, 1e-9)
-        if float(xi[:3].norm()) * radius_mm + float(xi[3:].norm()) < tol_mm:
+        at_P = dm_new is not None
+        if at_P:
+            m, dm = m_new, dm_new
+        if _motion_mm(xi, radius_mm) < tol_mm:
             converged = True
             break
-        m, dm = model(P, a, True)
-        fresh = True
-    if fresh or it == 0:
+        if not at_P:
+            m, dm = model(P, a, True)
+            at_P = True
+    if at_P or it == 0:
         H = information(m, dm)[1]
-    # (else: the last step's start, less than tol_mm away — its information, not one more render)
     cov = torch.linalg.pinv(H)[:6, :6]  # in the fit's chart (the pose's axes at the isocenter) →
     B = torch.block_diag(P[:3, :3], P[:3, :3])  # the motion model's (world axes): A·C·Aᵀ, A = diag(R, R)
     cov = B @ cov @ B.T
