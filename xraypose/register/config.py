@@ -453,6 +453,16 @@ class RegistrationConfig:
     air_floor_hu: float | None = None
 
     def __post_init__(self):
+        """Every field checked (one-line :class:`InputError` naming the field), lists normalised to tuples."""
+        self._check_rotation()
+        self._check_choices()
+        self._check_capture()
+        self._check_intensity_options()
+        self._check_numbers()
+        self._check_levels()
+
+    def _check_rotation(self):
+        """The rotation's parameterization and, for Euler angles, the axis sequence (default ZXY)."""
         if not isinstance(self.parameterization, str) or self.parameterization not in ROTATION_PARAMETERIZATIONS:
             raise InputError(f"unknown parameterization {self.parameterization!r}; choose one of "
                              f"{', '.join(ROTATION_PARAMETERIZATIONS)}")
@@ -467,6 +477,10 @@ class RegistrationConfig:
             config_error("convention", v, "is the axis sequence of Euler angles, but parameterization = "
                          f"{self.parameterization!r} (it would be ignored): leave convention None, or set "
                          "parameterization 'euler_angles'")
+
+    def _check_choices(self):
+        """The named choices: the parameters' frame, the similarity, the density model, the schedule, a rig's
+        capture."""
         if self.frame not in ("isocentric", "world"):
             raise InputError(f"unknown parameter frame {self.frame!r}; choose isocentric or world")
         if self.similarity not in SIMILARITY_MEASURES:
@@ -476,6 +490,12 @@ class RegistrationConfig:
                              f"{', '.join(DENSITY_MODELS)}")
         if self.schedule not in ("plateau", "step"):
             raise InputError(f"unknown schedule {self.schedule!r}; choose plateau or step")
+        if self.rig_capture not in ("joint", "start-view", "both"):
+            raise InputError(f"unknown rig_capture {self.rig_capture!r}; choose joint, start-view or both")
+
+    def _check_capture(self):
+        """The capture's options: the foreign-step guard, the starts, their spread and steps, the schedule's
+        hypotheses."""
         if self.foreign_steps is not None and not (isinstance(self.foreign_steps, (int, float))
                                                    and math.isfinite(self.foreign_steps) and self.foreign_steps > 1):
             raise InputError(f"foreign_steps must be None (off) or a number > 1 (times the median gradient), "
@@ -498,6 +518,10 @@ class RegistrationConfig:
             raise InputError(f"schedule_hypotheses must be a list of {', '.join(SCHEDULE_HYPOTHESIS_NAMES)}, got "
                              f"{self.schedule_hypotheses!r}")
         self.schedule_hypotheses = names
+
+    def _check_intensity_options(self):
+        """The intensity relation's options: the fitted curve's threshold, the shift search, the blur
+        coefficient, the air floor."""
         v = self.match_intensity
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                   and v >= 0):
@@ -514,8 +538,9 @@ class RegistrationConfig:
             raise InputError(f"blur_coefficient must be None (off) or a number <= 0 (the coefficient of |∇DRR|² "
                              f"per X-ray pixel²), got {v!r}")
         check_number("air_floor_hu", self.air_floor_hu, lo=-1024, hi=-500, allow_none=True)  # air, not tissue
-        if self.rig_capture not in ("joint", "start-view", "both"):
-            raise InputError(f"unknown rig_capture {self.rig_capture!r}; choose joint, start-view or both")
+
+    def _check_numbers(self):
+        """The step sizes, tolerances, counts and flags, and the pairs (``ncc_weights``, ``adam_betas``)."""
         for name in ("lr_rot", "lr_trans", "bone_multiplier", "lm_tol_px", "lm_damping", "lm_max_damping",
                      "lm_max_step_px", "motion_radius_mm"):
             check_number(name, getattr(self, name), lo=0, lo_open=True)
@@ -550,6 +575,9 @@ class RegistrationConfig:
             setattr(self, name, tuple(v))  # a list (a recorded config's JSON) taken as the tuple
         if not any(self.ncc_weights):
             config_error("ncc_weights", self.ncc_weights, "must not be both 0 (the measure would weigh nothing)")
+
+    def _check_levels(self):
+        """The levels: Level objects (or their dicts), at least one, coarse to fine."""
         if not isinstance(self.levels, (tuple, list)):
             config_error("levels", self.levels, "must be a list of Level objects (coarse to fine)")
         self.levels = tuple(_level(lv) for lv in self.levels)  # each checked by Level
