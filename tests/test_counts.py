@@ -139,7 +139,8 @@ def test_a_trilinear_fit_keeps_its_accepted_trials_derivatives(scene, model_call
     """Trilinear derivatives cost one render: each trial step renders them, and an accepted one is the next
     step's start without a second render at its pose (until stop 69: a plain trial, then the same pose again
     with derivatives — from 3°/8 mm, 12 renders for 6 steps; now 7 for 6)."""
-    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 2, "trilinear")
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 2,
+                        "trilinear")
     y = _counts(scene, model)
     start = perturb_pose(scene["T"], scene["iso"].to(F64), 3.0, 8.0, torch.Generator().manual_seed(3))[0]
     model_calls.clear()
@@ -149,6 +150,35 @@ def test_a_trilinear_fit_keeps_its_accepted_trials_derivatives(scene, model_call
     assert False not in model_calls  # no plain render
     assert len(model_calls) <= fit.iterations + 2, (model_calls, fit.iterations)
     assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.02
+
+
+@pytest.mark.parametrize("renderer,supersample,offset", [("trilinear", 2, (3.0, 8.0)), ("siddon", 1, (1.0, 3.0))])
+def test_a_fit_renders_no_pose_twice(scene, monkeypatch, renderer, supersample, offset):
+    """Every pose a fit renders (plain, with its derivatives, or as Siddon's base of forward differences) is
+    rendered once: an accepted trial's image is not rendered again for its derivatives (until stop 69 both
+    renderers rendered it twice)."""
+    import xraypose.register.counts as counts_module
+
+    seen = []
+
+    def spy(fn):
+        def wrapped(density, affine, camera, T, *args, **kw):
+            seen.extend((camera.height, tuple(p.flatten().tolist())) for p in T)
+            return fn(density, affine, camera, T, *args, **kw)
+        return wrapped
+
+    monkeypatch.setattr(counts_module, "render", spy(counts_module.render))
+    monkeypatch.setattr(counts_module, "render_with_tangents", spy(counts_module.render_with_tangents))
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7,
+                        supersample, renderer)
+    y = _counts(scene, model)
+    start = perturb_pose(scene["T"], scene["iso"].to(F64), *offset, torch.Generator().manual_seed(5))[0]
+    seen.clear()
+    fit = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, start, isocenter=scene["iso"],
+                           keep=scene["keep"], blur_px=0.7, supersample=supersample, renderer=renderer,
+                           coefficients=scene["a"], max_iterations=40)
+    assert fit.iterations >= 2
+    assert len(seen) == len(set(seen)), f"{len(seen) - len(set(seen))} poses rendered twice"
 
 
 def test_refine_with_siddon_returns_to_the_pose(scene):

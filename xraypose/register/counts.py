@@ -37,7 +37,8 @@ are more likely under trilinear: the frame chooses (docs/registration.md, "The c
 The step.  Fisher scoring with Levenberg–Marquardt damping on (ξ, a, log s), ξ = (ω, ρ) the pose chart
 that registration's Levenberg–Marquardt uses (``F · exp(ξ) · F⁻¹ · pose``, F at the isocenter): the
 score ``Σ (1 − y/λ) ∇λ``, the information ``Σ ∇λ ∇λᵀ / λ``; the DRR's derivatives along the chart by
-forward differences with Siddon (7 renders a step; why not its exact derivatives: :meth:`CountsModel.channels`),
+forward differences with Siddon (7 renders a step, 6 where the step's trial rendered the pose; why not its exact
+derivatives: :meth:`CountsModel.channels`),
 analytic from one render with trilinear
 (:func:`~xraypose.render.render_with_tangents`; a trial step renders them at once, so an accepted step is the
 next one's start without another render).  A step is kept when it lowers the NLL; the fit ends when an
@@ -210,6 +211,7 @@ class CountsModel:
         #: the coefficients ``a``: the channels', then the scatter's when modelled
         self.n_coefficients = density.shape[0] + (1 if self.scatter_px > 0 else 0)
         self.cam_f = camera.resize(camera.height * self.f, camera.width * self.f) if self.f > 1 else camera
+        self._last = None  # (pose, channels) of the last plain render (:meth:`channels`)
 
     def frame(self, P: torch.Tensor) -> torch.Tensor:
         """(4, 4): the chart's frame at pose ``P`` — its rotation, the isocenter."""
@@ -235,14 +237,18 @@ class CountsModel:
         T = P[None].to(torch.float32)
         if not derivatives:
             with torch.no_grad():
-                return render(self.density, self.affine, self.cam_f, T, renderer=self.renderer)[0].to(F64), None
+                C = render(self.density, self.affine, self.cam_f, T, renderer=self.renderer)[0].to(F64)
+            self._last = (P.clone(), C)  # a Siddon fit's accepted trial: its derivatives need not render it again
+            return C, None
         if self.renderer == "trilinear":
             from xraypose.register.steppers import chart_tangents
 
             tg = chart_tangents(self.frame(P)[None], P[None]).to(torch.float32)
             C, dC = render_with_tangents(self.density, self.affine, self.cam_f, T, tg)
             return C[0].to(F64), dC[0].to(F64)
-        # Siddon: forward differences over 1e-3 rad / 0.05 mm (7 renders, not 13), not its exact derivatives
+        # Siddon: forward differences over 1e-3 rad / 0.05 mm (7 renders, not 13; 6 where the pose was the last
+        # plain render — a fit's accepted trial — its image bit-identical alone or in a batch), not its exact
+        # derivatives
         # (tried in stop 45 as a kernel pass, commit be9e83c, and removed: a refinement 1.3–2.5× faster).
         # Siddon's integral is piecewise linear with a kink wherever two plane crossings swap, so its exact
         # derivative is that of the current piece, rough from ray to ray; differences over a span average the
@@ -250,9 +256,12 @@ class CountsModel:
         # (pelvis seed 1, 5 X-rays: 0.07 → 0.13 and 0.20, 0.61 → 0.86 mm; docs/benchmarks.md, stop 45).
         h = torch.tensor([1e-3] * 3 + [0.05] * 3, dtype=F64)
         Ps = torch.stack([self.moved(P, d) for d in torch.diag(h)])
+        last = self._last
+        at = last is not None and torch.equal(last[0], P)  # the pose itself rendered last (a trial): six renders
         with torch.no_grad():
-            R = render(self.density, self.affine, self.cam_f, torch.cat([T, Ps.to(torch.float32)]),
-                       renderer=self.renderer).to(F64)
+            R = render(self.density, self.affine, self.cam_f, Ps.to(torch.float32) if at else
+                       torch.cat([T, Ps.to(torch.float32)]), renderer=self.renderer).to(F64)
+        R = torch.cat([last[1][None], R]) if at else R
         return R[0], (R[1:] - R[:1]) / h[:, None, None, None]
 
     def __call__(self, P: torch.Tensor, a: torch.Tensor, derivatives: bool = False):
@@ -344,7 +353,8 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
         return J, (J / (s * m)) @ J.T
 
     # A trial step renders its derivatives too where they cost one render more than nothing (trilinear: 1.3× a
-    # plain render), so an accepted step needs no second render at its pose; Siddon's cost seven (a plain trial).
+    # plain render), so an accepted step needs no second render at its pose; Siddon's cost six more (a plain trial,
+    # its image the base of the forward differences: CountsModel.channels).
     trial_derivatives = model.renderer == "trilinear"
     at_P = True  # m, dm are at P (else at the last step's start, less than tol_mm away, as H is)
     while it < max_iterations:
