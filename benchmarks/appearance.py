@@ -315,12 +315,7 @@ def case_weights(c: dict, use_masks: bool = True, n: int = 1):
     return None if m is None else m[None, None].expand(n, 1, -1, -1)
 
 
-#: ``--counts-renderer``, ``--counts-max-side``, ``--counts-supersample``: the formation held / the counts' bin / the rays
-#: (refine_xray_on_counts's renderer, max_side, supersample), as ``xraypose register --counts`` takes them; set by main.
-COUNTS_KW: dict = {}
-
-
-def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
+def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None, counts_kw: dict | None = None) -> dict:
     """``--counts``: the registered ``pose`` (of the preprocessed image's camera ``cam``) refined on the case's
     raw counts as ``xraypose register --counts`` does (:func:`xraypose.register.counts.refine_xray_on_counts`;
     not for a ``failed`` verdict nor a display-processed X-ray): the row's ``counts_*`` entries."""
@@ -334,7 +329,7 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
     raw_pose = torch.as_tensor(pose, dtype=F64).reshape(4, 4) @ torch.linalg.inv(Tp)
     try:
         r = refine_xray_on_counts(volume, Camera.from_dict(c["raw_camera"]), c["raw"], raw_pose,
-                                  isocenter=volume.get_isocenter(), crop=c["raw_crop"], **COUNTS_KW)
+                                  isocenter=volume.get_isocenter(), crop=c["raw_crop"], **(counts_kw or {}))
     except Exception as e:  # a failed refinement is a row's entry, never the end of the run
         return {"counts": f"error: {e}"}
     P = r.fit.pose @ Tp
@@ -347,16 +342,17 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None) -> dict:
 
 def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False,
               use_masks: bool = True, counts: bool = False, rows: list | None = None, saved=None,
-              parallel_hypotheses: bool | None = None) -> list[dict]:
+              parallel_hypotheses: bool | None = None, counts_kw: dict | None = None) -> list[dict]:
     """Each case registered from ``start``: a row per case appended to ``rows`` (a new list by default),
-    which is returned; with ``counts`` each row then refined on its counts (:func:`counts_entries`) and
+    which is returned; with ``counts`` each row then refined on its counts (:func:`counts_entries`, with
+    ``counts_kw``: refine_xray_on_counts's renderer, max_side, supersample held) and
     ``saved(row)`` called after each; ``parallel_hypotheses`` as :func:`~xraypose.register.register_xray`'s."""
     rows = [] if rows is None else rows
     for c in cases:
         rows.append(_case_row(ct, family, start, c, registrar, init, volume, seed, log, hypotheses, use_masks,
                               parallel_hypotheses))
         if counts and "error" not in rows[-1]:
-            _add_counts(rows[-1], c, volume, log, saved)
+            _add_counts(rows[-1], c, volume, log, saved, counts_kw)
     return rows
 
 
@@ -398,11 +394,11 @@ def _case_row(ct, family, start, c, registrar, init, volume, seed, log, hypothes
     return r
 
 
-def _add_counts(row: dict, c: dict, volume, log, saved=None) -> None:
+def _add_counts(row: dict, c: dict, volume, log, saved=None, counts_kw: dict | None = None) -> None:
     """``--counts``: the row's registration refined on its case's counts (:func:`counts_entries`), logged;
     ``saved(row)`` after (the run's JSON written: a refinement takes minutes)."""
     row.update(counts_entries(c, torch.tensor(row["pose"], dtype=F64), volume, Camera.from_dict(c["camera"]),
-                              row.get("verdict")))
+                              row.get("verdict"), counts_kw))
     if row["counts"] == "refined":
         f = row["counts_formation"]
         log(f"      counts: mTRE {row['mtre']:.3f} -> {row['counts_mtre']:.3f} mm, moved {row['counts_moved_mm']:.2f} mm, "
@@ -574,9 +570,8 @@ def main(argv=None) -> int:
                     "thread (register_xray's parallel_hypotheses=False; by default two threads with two CPUs or "
                     "more: the same results)")
     args = ap.parse_args(argv)
-    COUNTS_KW.clear()  # main may run twice in one process (tests)
-    COUNTS_KW.update({k: v for k, v in (("renderer", args.counts_renderer), ("max_side", args.counts_max_side),
-                                        ("supersample", args.counts_supersample)) if v is not None})
+    counts_kw = {k: v for k, v in (("renderer", args.counts_renderer), ("max_side", args.counts_max_side),
+                                   ("supersample", args.counts_supersample)) if v is not None}
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
     out = Path(args.json)
@@ -651,7 +646,7 @@ def main(argv=None) -> int:
                 run_group(name, family, start, cases, regs[blur], init, vol, args.seed, log,
                           hypotheses=args.hypotheses, use_masks=not args.ignore_masks, counts=args.counts,
                           rows=rows, saved=lambda r: save(),
-                          parallel_hypotheses=False if args.serial_hypotheses else None)
+                          parallel_hypotheses=False if args.serial_hypotheses else None, counts_kw=counts_kw)
                 save()
     if args.make_only:
         return 0

@@ -282,11 +282,6 @@ class CountsModel:
         return m, D[:, self.keep]
 
 
-def _motion_mm(xi: torch.Tensor, radius_mm: float) -> float:
-    """mm: how far a chart step ξ (6,) = (ω rad, ρ mm) moves a point ``radius_mm`` from the isocenter, at most."""
-    return float(xi[:3].norm()) * radius_mm + float(xi[3:6].norm())
-
-
 def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera, counts, pose: torch.Tensor, *,
                      isocenter, keep=None, blur_px: float = 0.0, supersample: int = COUNTS_SUPERSAMPLE,
                      coefficients: torch.Tensor | None = None, max_iterations: int = 20,
@@ -319,6 +314,8 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
         InputError: counts and camera of different sizes, a mask of another shape, negative counts,
             fewer than 64 pixels kept, no counts.
     """
+    from xraypose.register.steppers import chart_step_mm
+
     y, keep = _checked(counts, keep, camera, density, supersample, blur_px)
     tol_mm = COUNTS_TOL_MM if tol_mm is None else float(tol_mm)
     if not (math.isfinite(tol_mm) and tol_mm > 0):
@@ -372,7 +369,7 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
                 if c_new < cost:
                     accepted = True
                     break
-            if _motion_mm(xi, radius_mm) < tol_mm:
+            if chart_step_mm(xi, radius_mm) < tol_mm:
                 break  # a shorter step would end the fit even where it is accepted: stop here
             lam_lm *= 4.0
         if not accepted:
@@ -383,7 +380,7 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
         at_P = dm_new is not None
         if at_P:
             m, dm = m_new, dm_new
-        if _motion_mm(xi, radius_mm) < tol_mm:
+        if chart_step_mm(xi, radius_mm) < tol_mm:
             converged = True
             break
         if not at_P:

@@ -255,6 +255,12 @@ def pose_motion_mm(T1: torch.Tensor, T2: torch.Tensor, isocenter: torch.Tensor, 
     return angle * radius + math.sqrt(sum((moved[i] - iso[i]) ** 2 for i in range(3)))
 
 
+def chart_step_mm(xi: torch.Tensor, radius_mm: float) -> float:
+    """mm: at most how far a step ξ (6,) = (ω rad, ρ mm) of the chart at the isocenter moves a point within
+    ``radius_mm`` of it (|ω|·radius + |ρ|): the registration's and the counts fit's step tolerance."""
+    return float(xi[:3].norm()) * radius_mm + float(xi[3:6].norm())
+
+
 def _chart(frame: torch.Tensor, xi: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
     """(n, 4, 4) poses ``F · exp(ξ) · F⁻¹ · pose`` for frames F (n, 4, 4), ξ (n, 6) = (ω, ρ)."""
     X = pose_from_params(xi[..., :3], xi[..., 3:], "se3_log_map")
@@ -370,7 +376,7 @@ class LMStepper(Stepper):
 
     def _motion_mm(self, delta: torch.Tensor) -> float:
         """Largest motion (mm) of a point within ``motion_radius_mm`` of the isocenter under the step ξ."""
-        return float(delta[:3].norm()) * self.config.motion_radius_mm + float(delta[3:].norm())
+        return chart_step_mm(delta, self.config.motion_radius_mm)
 
     def _curvature(self, tracks) -> None:
         """Gauss–Newton curvature JᵀJ at each track's best pose.
