@@ -442,7 +442,10 @@ COUNTS_MAX_SIDE = typer.Option(None, "--counts-max-side", help="With --counts: t
                                "4×4). 64: 8×8 — with --counts-renderer trilinear and --counts-supersample 2, "
                                "2.3-2.6 s instead of 7.6-46 s a refined low-dose abdominal frame, the same accuracy on "
                                "sequences; less "
-                               "accurate on single X-rays (docs/benchmarks.md, stop 68). At least 8.")
+                               "accurate on single X-rays (docs/benchmarks.md, stop 68). register: above 128 (256: "
+                               "a 256² X-ray's every pixel), the formation is still chosen on 128 a side and the pose "
+                               "then fitted at this side — one low-dose view's depth, at about 4× the fit's time "
+                               "(docs/benchmarks.md, stop 70). At least 8.")
 
 def counts_options(counts: bool = COUNTS, counts_blur: Optional[float] = COUNTS_BLUR,
                    counts_supersample: Optional[int] = COUNTS_SUPERSAMPLE, counts_renderer: str = COUNTS_RENDERER,
