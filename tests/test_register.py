@@ -427,7 +427,7 @@ def test_cli_register_counts_refines_on_the_raw_counts(tmp_path, maker, case, ca
     assert code == 2 and err.count("\n") == 1 and "a rig's joint counts are not modelled" in err, err
 
 
-def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch):
+def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch, capsys):
     """register --counts: a refinement moving the registered pose more than COUNTS_MOVED_UNCERTAIN_MM near the
     isocenter makes an ok result uncertain (the two measures disagree); a small move keeps it ok; a failed
     result is not refined at all."""
@@ -450,7 +450,8 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch)
         fit = CountsFit(pose=P, coefficients=torch.zeros(3, dtype=F64), scale=1.0, nll=0.0, nll_start=1.0,
                         iterations=3, converged=True, moved_mm=shift)
         return CountsRefinement(fit=fit, formation=CountsFormation("siddon", -1000.0, 0.5), bin=1, camera=cam,
-                                per_photon=1.0, tried=[], seconds=0.1)
+                                per_photon=1.0, tried=[], seconds=0.1,
+                                search_bin=2 if kw.get("max_side") == 256 else None)
 
     monkeypatch.setattr(counts_mod, "refine_xray_on_counts", fake)
     kw = {"renderer": None, "air_hu": None, "blur": None, "scatter_mm": None, "supersample": 2, "max_side": None}
@@ -467,6 +468,10 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch)
     out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
     cli_register._refine_on_counts(out, xr, px, cts, 0, {**kw, "max_side": 64})
     assert sides[-1] == 64  # --counts-max-side 64 reaches the refinement
+    capsys.readouterr()
+    rec = cli_register._refine_on_counts(out, xr, px, cts, 0, {**kw, "max_side": 256})
+    assert "1×1 pixels binned, the formation chosen at 2×2)" in capsys.readouterr().out  # searched coarser: said
+    assert (rec["bin"], rec["search_bin"]) == (1, 2)
     n = len(calls)
     out = SimpleNamespace(verdict="failed", reason="bad", camera_to_world=T.clone(), metrics=None, camera=cam)
     assert cli_register._refine_on_counts(out, xr, px, cts, 0, kw) == {"refined": False, "reason": "verdict failed"}

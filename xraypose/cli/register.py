@@ -184,7 +184,9 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
         out.metrics = registration_metrics(out.camera_to_world, torch.tensor(out.extra["true_pose"]), fid, out.camera)
     moved = r.fit.moved_mm  # from the registered pose, at the anatomy (the pose transform does not change it)
     typer.echo(f"counts: moved {moved:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
-               f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned)")
+               f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned"
+               + (f", the formation chosen at {r.search_bin}×{r.search_bin})" if (r.search_bin or r.bin) != r.bin
+                  else ")"))
     if out.verdict == "ok" and moved > COUNTS_MOVED_UNCERTAIN_MM:
         out.verdict = "uncertain"
         out.reason = (f"the counts moved the registered pose {moved:.1f} mm (> {COUNTS_MOVED_UNCERTAIN_MM:g}); "

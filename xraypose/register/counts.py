@@ -769,7 +769,7 @@ def refine_xray_on_counts(volume, camera: Camera, raw, pose, *, isocenter, crop:
     then fitted once on the finer counts under it, from that fit's pose and coefficients (σ and the scatter's width
     rescaled to the finer pixels; the rays :func:`counts_supersample_for` the finer bin unless ``supersample`` is
     given).  Why: summing 2×2 pixels loses the detail inside them, and with it depth.  The bundled pelvis's 30
-    low-dose X-rays (10³–10⁴ photons a 1.1 mm pixel), fitted from their truth under their exact formation: 100 %
+    low-dose X-rays (10³–10⁴ photons a 1.1 mm pixel), fitted from their truth under their exact formation: 97 %
     below 1 mm on their 256² counts, 83 % on 128² (docs/benchmarks.md, stop 70).
 
     Args:
