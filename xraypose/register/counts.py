@@ -713,13 +713,22 @@ def denser_rays(volume, camera: Camera, counts, keep, form: CountsFormation, fit
     s = counts_supersample_for(bin)
     if s <= form.supersample:
         return form, fit
-    basis = counts_basis(volume, air_hu=form.air_hu) if basis is None else basis
-    dense = refine_on_counts(basis, volume.affine, camera, counts, fit.pose, isocenter=isocenter, keep=keep,
-                             blur_px=form.blur_px, supersample=s, coefficients=fit.coefficients,
-                             renderer=form.renderer, scatter_px=form.scatter_px)
+    dense_form = dataclasses.replace(form, supersample=s)
+    dense = _refit(volume, camera, counts, keep, dense_form, fit, isocenter=isocenter, basis=basis)
     if dense.nll < fit.nll - COUNTS_SCATTER_MIN_GAIN:
-        return dataclasses.replace(form, supersample=s), dense
+        return dense_form, dense
     return form, fit
+
+
+def _refit(volume, camera: Camera, counts, keep, form: CountsFormation, fit: CountsFit, *, isocenter,
+           basis=None) -> CountsFit:
+    """``fit`` fitted again under ``form`` (its renderer, air knot, σ, scatter width and rays) on ``counts``
+    (``camera``'s pixels, ``keep``), from its pose and coefficients: :func:`denser_rays`' try and
+    :func:`refine_xray_on_counts`' finer fit.  ``basis``: :func:`counts_basis` at ``form.air_hu`` (default: made)."""
+    basis = counts_basis(volume, air_hu=form.air_hu) if basis is None else basis
+    return refine_on_counts(basis, volume.affine, camera, counts, fit.pose, isocenter=isocenter, keep=keep,
+                            blur_px=form.blur_px, supersample=form.supersample, coefficients=fit.coefficients,
+                            renderer=form.renderer, scatter_px=form.scatter_px)
 
 
 def counts_bin_for(shape, max_side: int | None = COUNTS_MAX_SIDE) -> int:
@@ -822,9 +831,7 @@ def _finer_fit(volume, camera: Camera, y, keep, b: int, bs: int, form: CountsFor
     r = bs / b
     fine = dataclasses.replace(form, blur_px=form.blur_px * r, scatter_px=form.scatter_px * r,
                                supersample=counts_supersample_for(b) if supersample is None else int(supersample))
-    last = refine_on_counts(counts_basis(volume, air_hu=fine.air_hu), volume.affine, cam, yb, fit.pose,
-                            isocenter=isocenter, keep=kb, blur_px=fine.blur_px, supersample=fine.supersample,
-                            coefficients=fit.coefficients, renderer=fine.renderer, scatter_px=fine.scatter_px)
+    last = _refit(volume, cam, yb, kb, fine, fit, isocenter=isocenter)
     return fine, dataclasses.replace(last, iterations=fit.iterations + last.iterations,
                                      moved_mm=moved_near_isocenter(start, last.pose, isocenter)), cam
 

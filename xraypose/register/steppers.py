@@ -356,7 +356,7 @@ class LMStepper(Stepper):
         delta = -torch.linalg.solve(A, w["grad"])
         if accepted:  # the curvature is renewed every lm_hessian_every accepted steps
             w["since_H"] += 1
-        motion = self._motion_mm(delta)
+        motion = chart_step_mm(delta, c.motion_radius_mm)
         if motion < c.lm_tol_px * pix:
             t.finish_level("converged")
             return
@@ -373,10 +373,6 @@ class LMStepper(Stepper):
         step about halves) — ×10 alone, from the small damping a run of accepted steps leaves, retried the
         same step (RegistrationConfig)."""
         w["lam"] = max(w["lam"] * 10, float(self.config.lm_reject_damping))
-
-    def _motion_mm(self, delta: torch.Tensor) -> float:
-        """Largest motion (mm) of a point within ``motion_radius_mm`` of the isocenter under the step ξ."""
-        return chart_step_mm(delta, self.config.motion_radius_mm)
 
     def _curvature(self, tracks) -> None:
         """Gauss–Newton curvature JᵀJ at each track's best pose.
