@@ -185,7 +185,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
     moved = r.fit.moved_mm  # from the registered pose, at the anatomy (the pose transform does not change it)
     typer.echo(f"counts: moved {moved:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
                f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned"
-               + (f", the formation chosen at {r.search_bin}×{r.search_bin})" if (r.search_bin or r.bin) != r.bin
+               + (f", the formation chosen at {r.search_bin}×{r.search_bin})" if r.search_bin not in (None, r.bin)
                   else ")"))
     if out.verdict == "ok" and moved > COUNTS_MOVED_UNCERTAIN_MM:
         out.verdict = "uncertain"
