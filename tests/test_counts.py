@@ -574,6 +574,55 @@ def test_scatter_is_decided_before_the_blur(scene):
     assert held.scatter_px == pytest.approx(w)  # a scatter given is held
 
 
+def test_a_scatter_width_between_the_grids_is_found(scene):
+    """A frame whose scatter is 55 mm wide, searched on a grid of 25, 40 and 80 mm: the grid's best (40 mm)
+    lies between two others, so the width is refined between them (a parabola of the NLL in the width's log)
+    to within 10 % of 55 mm; at the grid's end (grid 25, 40) it is not."""
+    from xraypose.register.counts import COUNTS_SCATTER_REFINE_STEPS, estimate_counts_formation
+
+    mm = float(scene["cam"].delx)
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
+                        "siddon", scatter_px=55.0 / mm)
+    m, _ = model(scene["T"], torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)]))
+    y = torch.zeros(PX, PX, dtype=F64)
+    y[scene["keep"]] = 5e4 * m
+    kw = dict(isocenter=scene["iso"], keep=scene["keep"], renderer="siddon", air_hu=-1000.0, blur_px=0.5,
+              supersample=1)
+    form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"],
+                                                 scatter_grid_mm=(25.0, 40.0, 80.0), **kw)
+    grid = {25.0 / mm, 40.0 / mm, 80.0 / mm}
+    extra = [t for t in tried if t["scatter_px"] > 0 and not any(abs(t["scatter_px"] - g) < 1e-9 for g in grid)]
+    assert 1 <= len(extra) <= COUNTS_SCATTER_REFINE_STEPS
+    assert form.scatter_px * mm == pytest.approx(55.0, rel=0.1)
+    assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.05
+    assert "scatter σ 5" in form.describe(mm)  # about 55 mm, three digits at most
+    end = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], scatter_grid_mm=(25.0, 40.0), **kw)
+    assert end[0].scatter_px * mm == pytest.approx(40.0) and len(end[2]) == 3  # the grid's end: not refined
+
+
+def test_a_fit_whose_pose_is_right_goes_on_while_its_coefficients_are_not(scene):
+    """A fit started at a pose already near its optimum but with the scatter's coefficient at 0 (truth 0.4): its
+    first steps barely move the pose, yet it must not stop there (the NLL still falls by thousands) — it ends
+    at the coefficient and the NLL of a fit started at the truth."""
+    mm = float(scene["cam"].delx)
+    w = 55.0 / mm
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
+                        "siddon", scatter_px=w)
+    a = torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)])
+    m, _ = model(scene["T"], a)
+    y = torch.zeros(PX, PX, dtype=F64)
+    y[scene["keep"]] = 5e4 * m
+    kw = dict(isocenter=scene["iso"], keep=scene["keep"], blur_px=0.5, renderer="siddon", supersample=1, tol_mm=0.05)
+    near = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], scatter_px=40.0 / mm,
+                            **kw)  # another width's optimum: the pose ~right, its scatter coefficient another
+    best = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], scatter_px=w,
+                            coefficients=a, **kw)
+    f = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, near.pose, scatter_px=w,
+                         coefficients=torch.cat([near.coefficients[:3], torch.zeros(1, dtype=F64)]), **kw)
+    assert float(f.coefficients[-1]) == pytest.approx(0.4, abs=0.01)
+    assert f.nll - best.nll < 1.0 and f.iterations >= 2
+
+
 def test_binned_counts_keep_their_sum_and_their_geometry():
     """bin_counts: a bin's counts are its pixels' sum (a sum of Poisson counts is Poisson), a bin is kept only
     when all its pixels are, the rows past the last whole bin dropped with the camera cropped to match: a

@@ -42,9 +42,9 @@ derivatives: :meth:`CountsModel.channels`),
 analytic from one render with trilinear
 (:func:`~xraypose.render.render_with_tangents`; a trial step renders them at once, so an accepted step is the
 next one's start without another render).  A step is kept when it lowers the NLL; the fit ends when an
-accepted step moves no point within ``radius_mm`` of the isocenter by more than ``tol_mm``, or when a
-rejected one moves less (a shorter one would end it as well: until stop 69 a fit started at its optimum tried
-twelve ever shorter steps before it stopped).
+accepted step moves no point within ``radius_mm`` of the isocenter by more than ``tol_mm`` and lowers the NLL by less
+than :data:`COUNTS_NLL_TOL`, or when a rejected one moves less and was predicted to lower it less (a shorter one would
+end it as well: until stop 69 a fit started at its optimum tried twelve ever shorter steps before it stopped).
 """
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ F64 = torch.float64
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "refine_on_counts", "refine_sequence",
            "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits",
            "admit_doubtful", "frames_to_refine", "registrations_to_pool", "DOUBTED_VERDICTS", "ADMIT_SD",
-           "COUNTS_MAX_SIDE", "COUNTS_TOL_MM",
+           "COUNTS_MAX_SIDE", "COUNTS_NLL_TOL", "COUNTS_TOL_MM",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
-           "COUNTS_SCATTER_MIN_GAIN", "COUNTS_SUPERSAMPLE", "counts_supersample_for", "denser_rays"]
+           "COUNTS_SCATTER_MIN_GAIN", "COUNTS_SCATTER_REFINE_RATIO", "COUNTS_SCATTER_REFINE_STEPS",
+           "COUNTS_SUPERSAMPLE", "counts_supersample_for", "denser_rays"]
 
 #: The DRR's rays per (binned) pixel a side unless more are chosen (:func:`denser_rays`) or given.
 COUNTS_SUPERSAMPLE = 2
@@ -369,18 +370,19 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
                 if c_new < cost:
                     accepted = True
                     break
-            if chart_step_mm(xi, radius_mm) < tol_mm:
+            if chart_step_mm(xi, radius_mm) < tol_mm and float(-g @ step - 0.5 * step @ H @ step) < COUNTS_NLL_TOL:
                 break  # a shorter step would end the fit even where it is accepted: stop here
             lam_lm *= 4.0
         if not accepted:
             converged = True  # no step lowers the cost: a (numerically) stationary point; m at P
             break
+        drop = cost - c_new
         P, a, log_s, cost, it = P_new, a + da, log_s + dls, c_new, it + 1
         lam_lm = max(lam_lm / 3.0, 1e-9)
         at_P = dm_new is not None
         if at_P:
             m, dm = m_new, dm_new
-        if chart_step_mm(xi, radius_mm) < tol_mm:
+        if chart_step_mm(xi, radius_mm) < tol_mm and drop < COUNTS_NLL_TOL:
             converged = True
             break
         if not at_P:
@@ -405,11 +407,28 @@ COUNTS_BLUR_GRID_MIDDLE = 0.7
 #: :func:`estimate_counts_formation`'s candidates for the scatter's width, σ in mm on the detector.
 COUNTS_SCATTER_GRID_MM = (15.0, 25.0, 40.0, 60.0, 90.0)
 
+#: Widths :func:`estimate_counts_formation` fits beyond the grid: where the grid's best width lies between two
+#: others, the parabola of the NLL through the best three (in the width's log) is fitted at its vertex, this many
+#: times at most.  Why: the grid's steps are 1.5–1.7×, and a frame's scatter width held one step off moves its
+#: depth by millimetres (stop 71: a pelvis frame with scatter σ 48 mm refined under 40 mm 4.0 mm from its truth,
+#: under 48 mm 0.5 mm; the NLL 1.3·10⁵ lower at 48).
+COUNTS_SCATTER_REFINE_STEPS = 2
+
+#: A refined width within this ratio of one already fitted ends the refinement (the NLL is flat there).
+COUNTS_SCATTER_REFINE_RATIO = 1.03
+
 #: Where :func:`refine_on_counts` stops (mm): an accepted step that moves no point within ``radius_mm`` of the isocenter
 #: by more than this.  0.005 until stop 66; at 0.02 the trilinear fits of 14 abdominal frames took 70 steps instead
 #: of 88 (205 → 158 s) and moved at most 0.08 mm (12 of 14 within 0.02 mm), Siddon's 71 instead of 73 (the same
 #: poses to 0.001 mm); the fits' own spread is 0.2–0.4 mm (docs/benchmarks.md, stop 66).
 COUNTS_TOL_MM = 0.02
+
+#: A fit's step that moves the pose less than ``tol_mm`` ends it only where the NLL fell (or, for a rejected step, was
+#: predicted to fall) by less than this: the coefficients may still be far from theirs while the pose barely moves
+#: (stop 71: a scatter coefficient started at 0 beside a pose already right ended after one step at 0.25 against
+#: 0.40, its NLL 1.6·10³ above the optimum).  In nats of counts in photons (:func:`photons_of`, as the callers pass
+#: them); 1: a likelihood ratio of e, below what any decision here is made on.
+COUNTS_NLL_TOL = 1.0
 
 #: :func:`estimate_counts_formation`'s tolerance (mm) for the candidates it ranks (the chosen one is
 #: refined to ``tol_mm`` after): near the optimum the likelihood is flat (its docstring).
@@ -440,7 +459,7 @@ class CountsFormation:
     def describe(self, pixel_mm: float) -> str:
         """One line for the CLI: ``siddon, air from -1000 HU, blur 0.5 px, scatter σ 40 mm`` (``pixel_mm``:
         the X-ray's pixel spacing, for the scatter's width)."""
-        scatter = f"scatter σ {self.scatter_px * float(pixel_mm):g} mm" if self.scatter_px > 0 else "no scatter"
+        scatter = f"scatter σ {self.scatter_px * float(pixel_mm):.3g} mm" if self.scatter_px > 0 else "no scatter"
         return (f"{self.renderer}, air from {self.air_hu:g} HU, blur {self.blur_px:g} px, {scatter}, "
                 f"{self.supersample}×{self.supersample} rays a pixel")
 
@@ -559,8 +578,9 @@ class _FormationSearch:
         if key not in self.fits:
             basis = self._basis(key[1])
             P0, c = self.start_of(key)
-            if c is not None:  # the channels' start (a scatter's starts at 0)
-                c = torch.cat([c[:basis.shape[0]], torch.zeros(1 if key[3] > 0 else 0, dtype=F64)])
+            if c is not None:  # the channels' start; a scatter's from the fit started from where it has one, else 0
+                K = basis.shape[0]
+                c = torch.cat([c[:K], (c[K:K + 1] if len(c) > K else torch.zeros(1, dtype=F64))[:1 if key[3] > 0 else 0]])
             self.fits[key] = refine_on_counts(basis, self.volume.affine, self.camera, self.counts, P0,
                                               isocenter=self.isocenter, keep=self.keep, blur_px=key[2], renderer=r,
                                               scatter_px=key[3], coefficients=c, **self.cand_kw)
@@ -595,7 +615,32 @@ class _FormationSearch:
         if not self.widths:
             return key
         wide = self.along(self.widths, lambda w: self.fit(*key[:3], w), self.widths[len(self.widths) // 2])
-        return wide if self.fits[key].nll - self.fits[wide].nll > COUNTS_SCATTER_MIN_GAIN else key
+        if self.fits[key].nll - self.fits[wide].nll <= COUNTS_SCATTER_MIN_GAIN:
+            return key
+        return self.refined_width(key)
+
+    def refined_width(self, key: tuple) -> tuple:
+        """The most likely scatter width for ``key``'s renderer, air knot and σ, from the widths fitted so far and
+        up to :data:`COUNTS_SCATTER_REFINE_STEPS` more: each the vertex of the parabola through the NLLs of the
+        best width and its fitted neighbours, in ``log`` width (the grid is geometric), kept inside them.  A
+        best width at the grid's end, a parabola that is not convex, or a vertex within
+        :data:`COUNTS_SCATTER_REFINE_RATIO` of a fitted width ends it."""
+        for step in range(COUNTS_SCATTER_REFINE_STEPS + 1):
+            fitted = sorted((k for k in self.fits if k[:3] == key[:3] and k[3] > 0), key=lambda k: k[3])
+            i = min(range(len(fitted)), key=lambda j: self.fits[fitted[j]].nll)
+            if not 0 < i < len(fitted) - 1 or step == COUNTS_SCATTER_REFINE_STEPS:
+                return fitted[i]
+            (u0, u1, u2), (f0, f1, f2) = ([math.log(k[3]) for k in fitted[i - 1:i + 2]],
+                                          [self.fits[k].nll for k in fitted[i - 1:i + 2]])
+            den = (u1 - u0) * (f1 - f2) - (u1 - u2) * (f1 - f0)
+            if not den < 0:  # the three not convex (den < 0 for a minimum between u0 < u1 < u2)
+                return fitted[i]
+            u = u1 - 0.5 * ((u1 - u0) ** 2 * (f1 - f2) - (u1 - u2) ** 2 * (f1 - f0)) / den
+            u = min(max(u, u0), u2)
+            if min(abs(u - math.log(k[3])) for k in fitted) < math.log(COUNTS_SCATTER_REFINE_RATIO):
+                return fitted[i]
+            self.fit(*key[:3], math.exp(u))
+        raise AssertionError("unreachable: the last step returns")
 
     def tried(self) -> list:
         """A dict per candidate fitted (renderer, air_hu, blur_px, scatter_px, nll, iterations)."""
