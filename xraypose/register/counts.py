@@ -494,7 +494,8 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     frame chose σ 1.6 px and trilinear where its blur was 0.7 px with Siddon); (1) σ over ``blur_grid``
     with that scatter; (2) the air knot over ``air_grid`` at that σ; (3) trilinear at that knot with each
     σ of the grid up to the chosen one (trilinear blurs the line integrals itself, so its σ is smaller),
-    the lowest NLL of (1)–(3); (4) scatter decided again under it.  Why these: each moved one view's depth
+    the lowest NLL of (1)–(3); (4) scatter decided again under it.  A width chosen between two of the grid's is
+    refined between them (:data:`COUNTS_SCATTER_REFINE_STEPS` more fits at most).  Why these: each moved one view's depth
     by 1–2 mm when frames were formed otherwise (docs/registration.md, "The counts' likelihood").
 
     Args:
@@ -578,9 +579,10 @@ class _FormationSearch:
         if key not in self.fits:
             basis = self._basis(key[1])
             P0, c = self.start_of(key)
-            if c is not None:  # the channels' start; a scatter's from the fit started from where it has one, else 0
+            if c is not None:  # the channels' start; the scatter's share that of the fit started from, else 0
                 K = basis.shape[0]
-                c = torch.cat([c[:K], (c[K:K + 1] if len(c) > K else torch.zeros(1, dtype=F64))[:1 if key[3] > 0 else 0]])
+                share = c[K:K + 1] if len(c) > K else torch.zeros(1, dtype=F64)
+                c = torch.cat([c[:K], share if key[3] > 0 else share[:0]])
             self.fits[key] = refine_on_counts(basis, self.volume.affine, self.camera, self.counts, P0,
                                               isocenter=self.isocenter, keep=self.keep, blur_px=key[2], renderer=r,
                                               scatter_px=key[3], coefficients=c, **self.cand_kw)
@@ -611,7 +613,8 @@ class _FormationSearch:
         return cur
 
     def with_scatter(self, key: tuple) -> tuple:
-        """``key``, or its best scatter width when that lowers the NLL by more than the threshold."""
+        """``key``, or its best scatter width (the grid's, refined between them: :meth:`refined_width`) when that
+        lowers the NLL by more than the threshold."""
         if not self.widths:
             return key
         wide = self.along(self.widths, lambda w: self.fit(*key[:3], w), self.widths[len(self.widths) // 2])
