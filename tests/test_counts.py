@@ -28,9 +28,10 @@ def scene():
             "iso": vol.get_isocenter()}
 
 
-def _counts(scene, model: CountsModel, photons: float = 3000.0) -> torch.Tensor:
-    """(PX, PX) noiseless counts of the model at the scene's true pose (zero outside ``keep``)."""
-    m, _ = model(scene["T"], scene["a"])
+def _counts(scene, model: CountsModel, photons: float = 3000.0, a=None) -> torch.Tensor:
+    """(PX, PX) noiseless counts of the model at the scene's true pose (zero outside ``keep``); ``a``: the
+    coefficients (default the scene's)."""
+    m, _ = model(scene["T"], scene["a"] if a is None else a)
     y = torch.zeros(PX, PX, dtype=F64)
     y[scene["keep"]] = photons * m
     return y
@@ -537,9 +538,7 @@ def test_scatter_is_modelled_when_the_frame_has_it(scene, spr):
     w = 40.0 / float(scene["cam"].delx)
     model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
                         "siddon", scatter_px=w)
-    m, _ = model(scene["T"], torch.cat([scene["a"], torch.tensor([spr], dtype=F64)]))
-    y = torch.zeros(PX, PX, dtype=F64)
-    y[scene["keep"]] = 5e4 * m
+    y = _counts(scene, model, 5e4, torch.cat([scene["a"], torch.tensor([spr], dtype=F64)]))
     form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
                                                  keep=scene["keep"], renderer="siddon", air_hu=-1000.0, blur_px=0.5,
                                                  supersample=1, scatter_grid_mm=(20.0, 40.0))
@@ -559,9 +558,7 @@ def test_scatter_is_decided_before_the_blur(scene):
     w = 40.0 / float(scene["cam"].delx)
     model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
                         "siddon", scatter_px=w)
-    m, _ = model(scene["T"], torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)]))
-    y = torch.zeros(PX, PX, dtype=F64)
-    y[scene["keep"]] = 5e4 * m
+    y = _counts(scene, model, 5e4, torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)]))
     form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"], isocenter=scene["iso"],
                                                  keep=scene["keep"], renderer="siddon", air_hu=-1000.0,
                                                  blur_grid=(0.0, 0.5, 1.2), supersample=1,
@@ -583,9 +580,7 @@ def test_a_scatter_width_between_the_grids_is_found(scene):
     mm = float(scene["cam"].delx)
     model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
                         "siddon", scatter_px=55.0 / mm)
-    m, _ = model(scene["T"], torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)]))
-    y = torch.zeros(PX, PX, dtype=F64)
-    y[scene["keep"]] = 5e4 * m
+    y = _counts(scene, model, 5e4, torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)]))
     kw = dict(isocenter=scene["iso"], keep=scene["keep"], renderer="siddon", air_hu=-1000.0, blur_px=0.5,
               supersample=1)
     form, fit, tried = estimate_counts_formation(scene["vol"], scene["cam"], y, scene["T"],
@@ -609,9 +604,7 @@ def test_a_fit_whose_pose_is_right_goes_on_while_its_coefficients_are_not(scene)
     model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.5, 1,
                         "siddon", scatter_px=w)
     a = torch.cat([scene["a"], torch.tensor([0.4], dtype=F64)])
-    m, _ = model(scene["T"], a)
-    y = torch.zeros(PX, PX, dtype=F64)
-    y[scene["keep"]] = 5e4 * m
+    y = _counts(scene, model, 5e4, a)
     kw = dict(isocenter=scene["iso"], keep=scene["keep"], blur_px=0.5, renderer="siddon", supersample=1, tol_mm=0.05)
     near = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], scatter_px=40.0 / mm,
                             **kw)  # another width's optimum: the pose ~right, its scatter coefficient another

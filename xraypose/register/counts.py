@@ -628,22 +628,25 @@ class _FormationSearch:
         best width and its fitted neighbours, in ``log`` width (the grid is geometric), kept inside them.  A
         best width at the grid's end, a parabola that is not convex, or a vertex within
         :data:`COUNTS_SCATTER_REFINE_RATIO` of a fitted width ends it."""
-        for step in range(COUNTS_SCATTER_REFINE_STEPS + 1):
+        def best():
             fitted = sorted((k for k in self.fits if k[:3] == key[:3] and k[3] > 0), key=lambda k: k[3])
-            i = min(range(len(fitted)), key=lambda j: self.fits[fitted[j]].nll)
-            if not 0 < i < len(fitted) - 1 or step == COUNTS_SCATTER_REFINE_STEPS:
-                return fitted[i]
+            return fitted, min(range(len(fitted)), key=lambda j: self.fits[fitted[j]].nll)
+
+        for _ in range(COUNTS_SCATTER_REFINE_STEPS):
+            fitted, i = best()
+            if not 0 < i < len(fitted) - 1:
+                break
             (u0, u1, u2), (f0, f1, f2) = ([math.log(k[3]) for k in fitted[i - 1:i + 2]],
                                           [self.fits[k].nll for k in fitted[i - 1:i + 2]])
             den = (u1 - u0) * (f1 - f2) - (u1 - u2) * (f1 - f0)
             if not den < 0:  # the three not convex (den < 0 for a minimum between u0 < u1 < u2)
-                return fitted[i]
-            u = u1 - 0.5 * ((u1 - u0) ** 2 * (f1 - f2) - (u1 - u2) ** 2 * (f1 - f0)) / den
-            u = min(max(u, u0), u2)
+                break
+            u = min(max(u1 - 0.5 * ((u1 - u0) ** 2 * (f1 - f2) - (u1 - u2) ** 2 * (f1 - f0)) / den, u0), u2)
             if min(abs(u - math.log(k[3])) for k in fitted) < math.log(COUNTS_SCATTER_REFINE_RATIO):
-                return fitted[i]
+                break
             self.fit(*key[:3], math.exp(u))
-        raise AssertionError("unreachable: the last step returns")
+        fitted, i = best()
+        return fitted[i]
 
     def tried(self) -> list:
         """A dict per candidate fitted (renderer, air_hu, blur_px, scatter_px, nll, iterations)."""
