@@ -233,6 +233,27 @@ def test_bad_input_is_refused(scene):
             refine_on_counts(b, A, cam, y, T, isocenter=iso, tol_mm=tol)
 
 
+def test_chi2_per_pixel_reads_the_photon_noise_and_what_the_model_cannot_explain(scene):
+    """Pearson's χ² a kept pixel at the end of a fit: about 1 on Poisson counts of the model itself (photons), the
+    gain on counts in other units (four per photon: 4), far above COUNTS_EXPLAINED_CHI2 where the X-ray holds what
+    the model lacks (a plate halving the counts over 200 pixels) — what ``register --counts`` admits a failed
+    verdict's refined pose on."""
+    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2
+
+    model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 2)
+    y = torch.poisson(_counts(scene, model, 3000.0), generator=torch.Generator().manual_seed(5))
+    kw = dict(isocenter=scene["iso"], keep=scene["keep"], blur_px=0.7, supersample=2, max_iterations=20)
+    fit = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], **kw)
+    assert 0.85 < fit.chi2_per_pixel < 1.15, fit.chi2_per_pixel
+    assert fit.to_dict()["chi2_per_pixel"] == fit.chi2_per_pixel
+    fit4 = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], 4.0 * y, scene["T"], **kw)
+    assert fit4.chi2_per_pixel == pytest.approx(4.0 * fit.chi2_per_pixel, rel=1e-4)
+    plate = y.clone()
+    plate[10:20, 10:30] *= 0.5
+    fitp = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], plate, scene["T"], **kw)
+    assert fitp.chi2_per_pixel > 2 * COUNTS_EXPLAINED_CHI2, fitp.chi2_per_pixel  # 3.9: the fit moves to absorb some
+
+
 def test_the_covariance_is_the_inverse_information_of_the_photons(scene):
     """Ten times the photons, a tenth of the covariance (the Fisher information is linear in them)."""
     model = CountsModel(scene["basis"], scene["vol"].affine, scene["cam"], scene["keep"], scene["iso"], 0.7, 1)

@@ -430,7 +430,8 @@ def test_cli_register_counts_refines_on_the_raw_counts(tmp_path, maker, case, ca
 def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch, capsys):
     """register --counts: a refinement moving the registered pose more than COUNTS_MOVED_UNCERTAIN_MM near the
     isocenter makes an ok result uncertain (the two measures disagree); a small move keeps it ok; a failed
-    result is not refined at all."""
+    result is refined and takes its refined pose, uncertain, only where the fit converged and explains the counts
+    (χ² a pixel ≤ COUNTS_EXPLAINED_CHI2); else it stays failed with its registered pose."""
     from types import SimpleNamespace
 
     import xraypose.register.counts as counts_mod
@@ -448,7 +449,7 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch,
         P = pose.clone()
         P[:3, 3] += torch.tensor([shift, 0.0, 0.0], dtype=F64)
         fit = CountsFit(pose=P, coefficients=torch.zeros(3, dtype=F64), scale=1.0, nll=0.0, nll_start=1.0,
-                        iterations=3, converged=True, moved_mm=shift)
+                        iterations=3, converged=converged, moved_mm=shift, chi2_per_pixel=chi2)
         return CountsRefinement(fit=fit, formation=CountsFormation("siddon", -1000.0, 0.5), bin=1, camera=cam,
                                 per_photon=1.0, tried=[], seconds=0.1,
                                 search_bin=2 if kw.get("max_side") == 256 else None)
@@ -458,6 +459,7 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch,
     cts = SimpleNamespace(volume=None, isocenter=torch.zeros(3, dtype=F64))
     px = SimpleNamespace(steps=[])
     xr = SimpleNamespace(camera=cam, image=torch.ones(16, 16))
+    converged, chi2 = True, 0.9
     for shift, verdict in ((1.5, "ok"), (2.5, "uncertain")):
         out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
         rec = cli_register._refine_on_counts(out, xr, px, cts, 0, kw)
@@ -470,9 +472,23 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch,
     assert sides[-1] == 64  # --counts-max-side 64 reaches the refinement
     capsys.readouterr()
     rec = cli_register._refine_on_counts(out, xr, px, cts, 0, {**kw, "max_side": 256})
-    assert "1×1 pixels binned, the formation chosen at 2×2)" in capsys.readouterr().out  # searched coarser: said
+    assert "1×1 pixels binned, the formation chosen at 2×2;" in capsys.readouterr().out  # searched coarser: said
     assert (rec["bin"], rec["search_bin"]) == (1, 2)
-    n = len(calls)
-    out = SimpleNamespace(verdict="failed", reason="bad", camera_to_world=T.clone(), metrics=None, camera=cam)
-    assert cli_register._refine_on_counts(out, xr, px, cts, 0, kw) == {"refined": False, "reason": "verdict failed"}
-    assert len(calls) == n and torch.equal(out.camera_to_world, T)
+    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2
+
+    shift = 3.0
+    for converged, chi2, admitted in ((True, 0.9, True), (True, COUNTS_EXPLAINED_CHI2 + 0.1, False),
+                                      (False, 0.9, False)):
+        n = len(calls)
+        out = SimpleNamespace(verdict="failed", reason="bad", camera_to_world=T.clone(), metrics=None, camera=cam)
+        rec = cli_register._refine_on_counts(out, xr, px, cts, 0, kw)
+        said = capsys.readouterr().out
+        assert len(calls) == n + 1 and rec["refined"] and rec["admitted"] is admitted and rec["chi2_per_pixel"] == chi2
+        if admitted:
+            assert out.verdict == "uncertain" and "the check alone said failed (bad)" in out.reason
+            assert float(out.camera_to_world[0, 3]) == pytest.approx(shift)
+            assert rec["camera_to_world"] == out.camera_to_world.tolist()
+        else:
+            assert out.verdict == "failed" and torch.equal(out.camera_to_world, T) and rec["camera_to_world"] == T.tolist()
+            assert rec["refined_camera_to_world"][0][3] == pytest.approx(shift)
+            assert "the verdict stays failed" in said and ("did not converge" if not converged else "χ² 1.60") in said

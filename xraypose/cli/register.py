@@ -154,19 +154,21 @@ COUNTS_MOVED_UNCERTAIN_MM = 2.0
 def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
     """``--counts``: the registered pose ``out`` (of the preprocessed ``px``) refined on the raw X-ray ``xr``'s
     counts (:func:`~xraypose.register.counts.refine_xray_on_counts`; the raw camera's pose is the registered
-    one through preprocessing's pose transform), unless the verdict is ``failed``.  ``out``'s pose (and
-    metrics) replaced in place, the registered pose kept in the record; an ``ok`` moved further than
-    :data:`COUNTS_MOVED_UNCERTAIN_MM` becomes ``uncertain``.  Returns the record for pose.json."""
+    one through preprocessing's pose transform).  ``out``'s pose (and metrics) replaced in place, the
+    registered pose kept in the record; an ``ok`` moved further than :data:`COUNTS_MOVED_UNCERTAIN_MM` becomes
+    ``uncertain``.  A ``failed`` result is refined too (the check renders no scatter, so a scattered X-ray's
+    right pose can read failed) and takes its refined pose only where the fit converged and explains the counts
+    down to their photon noise (:data:`~xraypose.register.counts.COUNTS_EXPLAINED_CHI2`): then ``uncertain``
+    (never ``ok``: an explained image does not pin the depth, a fit 3 mm off along the beam can explain it
+    too); else it stays ``failed`` with its registered pose, the fit recorded (``admitted`` false).  Returns the
+    record for pose.json."""
     import torch
 
     from xraypose.cli.steps import pose_transform_of
     from xraypose.register.api import registration_metrics
-    from xraypose.register.counts import refine_xray_on_counts
+    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2, refine_xray_on_counts
     from xraypose.register.motion import pose_spread
 
-    if out.verdict == "failed":
-        typer.echo("counts: not refined (the verdict is failed)")
-        return {"refined": False, "reason": "verdict failed"}
     to_view = pose_transform_of(px.steps)
     registered = out.camera_to_world.to(torch.float64)
     scatter = counts_kw["scatter_mm"]
@@ -174,6 +176,26 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
                               isocenter=cts.isocenter, crop=crop, renderer=counts_kw["renderer"],
                               air_hu=counts_kw["air_hu"], blur_px=counts_kw["blur"], scatter_mm=scatter,
                               supersample=counts_kw["supersample"], max_side=counts_kw["max_side"])
+    chi2 = r.fit.chi2_per_pixel
+    line = (f"counts: moved {r.fit.moved_mm:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
+            f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned"
+            + (f", the formation chosen at {r.search_bin}×{r.search_bin}" if r.search_bin not in (None, r.bin) else "")
+            + ("" if chi2 is None else f"; χ² {chi2:.2f} a pixel") + ")")
+    typer.echo(line)
+    base = {"refined": True, **r.to_dict(), "registered_camera_to_world": registered.tolist(),
+            "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")}}
+    if out.verdict == "failed":
+        explained = r.fit.converged and chi2 is not None and chi2 <= COUNTS_EXPLAINED_CHI2
+        if not explained:
+            why = ("did not converge" if not r.fit.converged else "measured no χ²" if chi2 is None else
+                   f"does not explain the counts (χ² {chi2:.2f} a pixel > {COUNTS_EXPLAINED_CHI2:g})")
+            typer.echo(f"counts: the verdict stays failed, the registered pose stands (the counts' fit {why})")
+            return {**base, "admitted": False, "camera_to_world": out.camera_to_world.tolist(),  # the registered
+                    "refined_camera_to_world": (r.fit.pose @ to_view).tolist()}  # the fit's, not taken
+        out.verdict = "uncertain"
+        out.reason = (f"the check alone said failed ({out.reason}); refined on its counts, the model explains the "
+                      f"X-ray down to its photon noise (χ² {chi2:.2f} a pixel ≤ {COUNTS_EXPLAINED_CHI2:g})")
+        base["admitted"] = True
     out.camera_to_world = (r.fit.pose @ to_view).to(out.camera_to_world.dtype)
     # the refined pose's own uncertainty: its counts' inverse Fisher information (the Cramér–Rao bound), unscaled
     sp = pose_spread(r.fit.covariance, r.fit.pose) if r.fit.covariance is not None else None
@@ -183,18 +205,12 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
         fid = torch.tensor(out.extra["fiducials"], dtype=torch.float64)
         out.metrics = registration_metrics(out.camera_to_world, torch.tensor(out.extra["true_pose"]), fid, out.camera)
     moved = r.fit.moved_mm  # from the registered pose, at the anatomy (the pose transform does not change it)
-    typer.echo(f"counts: moved {moved:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
-               f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned"
-               + (f", the formation chosen at {r.search_bin}×{r.search_bin})" if r.search_bin not in (None, r.bin)
-                  else ")"))
     if out.verdict == "ok" and moved > COUNTS_MOVED_UNCERTAIN_MM:
         out.verdict = "uncertain"
         out.reason = (f"the counts moved the registered pose {moved:.1f} mm (> {COUNTS_MOVED_UNCERTAIN_MM:g}); "
                       f"registered: {out.reason}")
-    return {"refined": True, **r.to_dict(), "camera_to_world": out.camera_to_world.tolist(),  # pose.json's camera
-            "registered_camera_to_world": registered.tolist(),
-            **({"registered_metrics": registered_metrics} if registered_metrics is not None else {}),
-            "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")}}
+    return {**base, "camera_to_world": out.camera_to_world.tolist(),  # pose.json's camera
+            **({"registered_metrics": registered_metrics} if registered_metrics is not None else {})}
 
 
 def _read_xray(xray: Path, angles: str | None, sod, read_kw: dict, crop: int):
