@@ -318,13 +318,14 @@ def case_weights(c: dict, use_masks: bool = True, n: int = 1):
 def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None, counts_kw: dict | None = None) -> dict:
     """``--counts``: the registered ``pose`` (of the preprocessed image's camera ``cam``) refined on the case's
     raw counts as ``xraypose register --counts`` does (:func:`xraypose.register.counts.refine_xray_on_counts`;
-    not for a ``failed`` verdict nor a display-processed X-ray): the row's ``counts_*`` entries."""
-    from xraypose.register.counts import refine_xray_on_counts
+    not for a display-processed X-ray): the row's ``counts_*`` entries.  A ``failed`` verdict is refined too
+    and, as the CLI does, keeps its registered pose unless the fit converged and explains the counts
+    (``COUNTS_EXPLAINED_CHI2``): then ``counts`` is ``"refined, failed: not admitted"``, ``counts_fit_mtre`` the fit's
+    (not taken) and no ``counts_mtre`` (the row's result stays the registration's)."""
+    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2, refine_xray_on_counts
 
     if c.get("raw_kind") != "intensity":
         return {"counts": "display-processed: not refined"}
-    if verdict == "failed":
-        return {"counts": "verdict failed: not refined"}
     Tp = c["pose_transform"].to(F64)
     raw_pose = torch.as_tensor(pose, dtype=F64).reshape(4, 4) @ torch.linalg.inv(Tp)
     try:
@@ -334,10 +335,17 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None, counts_kw: 
         return {"counts": f"error: {e}"}
     P = r.fit.pose @ Tp
     m = registration_metrics(P, c["true_pose"], c["fiducials"], cam)
-    return {"counts": "refined", "counts_mtre": m["mtre"], "counts_metrics": m, "counts_s": r.seconds,
-            "counts_pose": P.tolist(),
-            "counts_moved_mm": r.fit.moved_mm, "counts_formation": r.to_dict()["formation"], "counts_bin": r.bin,
-            "counts_iterations": r.fit.iterations}
+    row = {"counts": "refined", "counts_mtre": m["mtre"], "counts_metrics": m, "counts_s": r.seconds,
+           "counts_pose": P.tolist(),
+           "counts_moved_mm": r.fit.moved_mm, "counts_formation": r.to_dict()["formation"], "counts_bin": r.bin,
+           "counts_iterations": r.fit.iterations, "counts_chi2": r.fit.chi2_per_pixel,
+           "counts_converged": r.fit.converged}
+    if verdict == "failed":
+        row["counts_admitted"] = bool(r.fit.converged and r.fit.chi2_per_pixel <= COUNTS_EXPLAINED_CHI2)
+        if not row["counts_admitted"]:
+            row["counts"] = "refined, failed: not admitted"
+            row["counts_fit_mtre"] = row.pop("counts_mtre")
+    return row
 
 
 def run_group(ct, family, start, cases, registrar, init, volume, seed, log, hypotheses: bool = False,
@@ -399,11 +407,13 @@ def _add_counts(row: dict, c: dict, volume, log, saved=None, counts_kw: dict | N
     ``saved(row)`` after (the run's JSON written: a refinement takes minutes)."""
     row.update(counts_entries(c, torch.tensor(row["pose"], dtype=F64), volume, Camera.from_dict(c["camera"]),
                               row.get("verdict"), counts_kw))
-    if row["counts"] == "refined":
+    if row["counts"].startswith("refined"):
         f = row["counts_formation"]
-        log(f"      counts: mTRE {row['mtre']:.3f} -> {row['counts_mtre']:.3f} mm, moved {row['counts_moved_mm']:.2f} mm, "
+        after = row.get("counts_mtre", row.get("counts_fit_mtre"))
+        log(f"      counts: mTRE {row['mtre']:.3f} -> {after:.3f} mm, moved {row['counts_moved_mm']:.2f} mm, "
             f"{row['counts_s']:.0f} s ({f['renderer']}, air {f['air_hu']:g}, blur {f['blur_px']:g} px, "
-            f"scatter {f['scatter_mm']:.0f} mm)")
+            f"scatter {f['scatter_mm']:.0f} mm; χ² {row['counts_chi2']:.2f})"
+            + ("" if "counts_mtre" in row else ": failed, not admitted, the registration's pose stands"))
     else:
         log(f"      counts: {row['counts']}")
     if saved is not None:
@@ -496,13 +506,13 @@ def summarise(rows: list[dict]) -> dict:
 
 def counts_summary(rows: list[dict]) -> dict:
     """``--counts``: each row's result after the counts' refinement (its registration's where it was not
-    refined: a failed verdict, display processing, an error) — success, median, p90 — and how many were
-    refined, the median seconds of a refinement."""
+    refined or not taken: display processing, an error, a failed verdict the fit was not admitted for) — success,
+    median, p90 — and how many were refined, the median seconds of a refinement."""
     import numpy as np
 
     after = np.array([r.get("counts_mtre", r["mtre"]) for r in rows], dtype=float)
     sec = [r["counts_s"] for r in rows if "counts_s" in r]
-    return {"counts_refined": sum(r.get("counts") == "refined" for r in rows),
+    return {"counts_refined": sum(str(r.get("counts", "")).startswith("refined") for r in rows),
             "counts_sr_1mm": float((after < 1).mean()), "counts_sr_2mm": float((after < 2).mean()),
             "counts_median_mtre": float(np.median(after)), "counts_p90_mtre": float(np.percentile(after, 90)),
             "counts_median_s": float(np.median(sec)) if sec else None}

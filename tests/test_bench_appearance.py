@@ -132,3 +132,45 @@ def test_cases_formed_on_a_finer_detector_are_preprocessed_as_register_does(benc
     assert not torch.equal(c["intensity"]["image"], c["line-integral"]["image"])
     with pytest.raises(SystemExit, match="multiple"):
         bench.make_case(sample_ct, maker, "lowdose", 0, 0, form_detector=100)
+
+
+def test_the_benchmarks_counts_follow_register_counts_on_a_failed_verdict(bench, monkeypatch):
+    """``--counts`` rows as ``xraypose register --counts`` gives them (stop 72): a failed verdict is refined; its
+    refined pose is the row's result only where the fit converged and explains the counts (χ² ≤
+    COUNTS_EXPLAINED_CHI2), else the registration's stands (``counts_fit_mtre`` kept beside it)."""
+    from types import SimpleNamespace
+
+    import xraypose.register.counts as counts_mod
+    from xraypose.camera import Camera
+    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2, CountsFit, CountsFormation, CountsRefinement
+
+    F64 = torch.float64
+    cam = Camera(sdd=1000.0, height=8, width=8, delx=2.0)
+    truth = torch.eye(4, dtype=F64)
+    truth[2, 3] = -600.0
+    registered = truth.clone()
+    registered[0, 3] += 5.0  # 5 mm off; the fit comes back to the truth
+    state = {}
+
+    def fake(volume, camera, raw, pose, **kw):
+        fit = CountsFit(pose=truth.clone(), coefficients=torch.zeros(3, dtype=F64), scale=1.0, nll=0.0, nll_start=1.0,
+                        iterations=4, converged=True, moved_mm=5.0, chi2_per_pixel=state["chi2"])
+        return CountsRefinement(fit=fit, formation=CountsFormation("siddon", -1000.0, 0.5), bin=1, camera=cam,
+                                per_photon=1.0, tried=[], seconds=0.1)
+
+    monkeypatch.setattr(counts_mod, "refine_xray_on_counts", fake)
+    c = {"raw_kind": "intensity", "pose_transform": torch.eye(4), "raw_camera": cam.to_dict(), "raw": None,
+         "raw_crop": 0, "true_pose": truth, "fiducials": torch.tensor([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])}
+    vol = SimpleNamespace(get_isocenter=lambda: torch.zeros(3))
+    rows = []
+    for verdict, chi2 in (("ok", 3.0), ("failed", 0.9), ("failed", COUNTS_EXPLAINED_CHI2 + 0.5)):
+        state["chi2"] = chi2
+        row = {"mtre": 5.0, "verdict": verdict, **bench.counts_entries(c, registered, vol, cam, verdict)}
+        rows.append(row)
+    ok, admitted, left = rows
+    assert ok["counts"] == "refined" and ok["counts_mtre"] < 1e-6 and "counts_admitted" not in ok
+    assert admitted["counts"] == "refined" and admitted["counts_admitted"] and admitted["counts_mtre"] < 1e-6
+    assert left["counts"] == "refined, failed: not admitted" and not left["counts_admitted"]
+    assert "counts_mtre" not in left and left["counts_fit_mtre"] < 1e-6 and left["counts_chi2"] == chi2
+    s = bench.counts_summary(rows)
+    assert s["counts_refined"] == 3 and s["counts_sr_1mm"] == pytest.approx(2 / 3)
