@@ -465,8 +465,15 @@ def test_register_counts_turns_an_ok_moved_more_than_2_mm_uncertain(monkeypatch,
         rec = cli_register._refine_on_counts(out, xr, px, cts, 0, kw)
         assert out.verdict == verdict and rec["moved_mm"] == pytest.approx(shift)
         assert float(out.camera_to_world[0, 3]) == pytest.approx(shift) and rec["registered_camera_to_world"] == T.tolist()
-    assert "the counts moved the registered pose 2.5 mm" in out.reason
-    assert sides == [None, None]  # no --counts-max-side: None, counts_bin_for's default
+    assert "the counts moved the registered pose 2.5 mm" in out.reason and rec["explained"]
+    shift, chi2 = 1.5, 2.0  # an ok whose counts are not explained: said, the verdict not changed by it
+    out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
+    capsys.readouterr()
+    rec = cli_register._refine_on_counts(out, xr, px, cts, 0, {**kw})
+    assert out.verdict == "ok" and not rec["explained"]
+    assert "note: the counts' model leaves more than photon noise (χ² 2.00" in capsys.readouterr().out
+    chi2 = 0.9
+    assert sides == [None, None, None]  # no --counts-max-side: None, counts_bin_for's default
     out = SimpleNamespace(verdict="ok", reason="fine", camera_to_world=T.clone(), metrics=None, camera=cam)
     cli_register._refine_on_counts(out, xr, px, cts, 0, {**kw, "max_side": 64})
     assert sides[-1] == 64  # --counts-max-side 64 reaches the refinement

@@ -182,11 +182,15 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
             + (f", the formation chosen at {r.search_bin}×{r.search_bin}" if r.search_bin not in (None, r.bin) else "")
             + ("" if chi2 is None else f"; χ² {chi2:.2f} a pixel") + ")")
     typer.echo(line)
-    base = {"refined": True, **r.to_dict(), "registered_camera_to_world": registered.tolist(),
+    explained = chi2 is not None and chi2 <= COUNTS_EXPLAINED_CHI2
+    base = {"refined": True, **r.to_dict(), "registered_camera_to_world": registered.tolist(), "explained": explained,
             "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")}}
+    if out.verdict != "failed" and not explained and chi2 is not None:
+        typer.echo(f"note: the counts' model leaves more than photon noise (χ² {chi2:.2f} a pixel > "
+                   f"{COUNTS_EXPLAINED_CHI2:g}): the X-ray holds what it lacks (a formation, content not in the CT) "
+                   "— the refined pose rests on a model that does not fit it; look at the overlay")
     if out.verdict == "failed":
-        explained = r.fit.converged and chi2 is not None and chi2 <= COUNTS_EXPLAINED_CHI2
-        if not explained:
+        if not (r.fit.converged and explained):
             why = ("did not converge" if not r.fit.converged else "measured no χ²" if chi2 is None else
                    f"does not explain the counts (χ² {chi2:.2f} a pixel > {COUNTS_EXPLAINED_CHI2:g})")
             typer.echo(f"counts: the verdict stays failed, the registered pose stands (the counts' fit {why})")
