@@ -319,10 +319,10 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None, counts_kw: 
     """``--counts``: the registered ``pose`` (of the preprocessed image's camera ``cam``) refined on the case's
     raw counts as ``xraypose register --counts`` does (:func:`xraypose.register.counts.refine_xray_on_counts`;
     not for a display-processed X-ray): the row's ``counts_*`` entries.  A ``failed`` verdict is refined too
-    and, as the CLI does, keeps its registered pose unless the fit converged and explains the counts
-    (``COUNTS_EXPLAINED_CHI2``): then ``counts`` is ``"refined, failed: not admitted"``, ``counts_fit_mtre`` the fit's
-    (not taken) and no ``counts_mtre`` (the row's result stays the registration's)."""
-    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2, refine_xray_on_counts
+    and, as the CLI does, keeps its registered pose unless the fit is admitted
+    (:func:`~xraypose.register.counts.admit_failed`); one not admitted has ``counts`` ``"refined, failed: not
+    admitted"``, the fit's mTRE as ``counts_fit_mtre`` and no ``counts_mtre`` (the row's result the registration's)."""
+    from xraypose.register.counts import admit_failed, refine_xray_on_counts
 
     if c.get("raw_kind") != "intensity":
         return {"counts": "display-processed: not refined"}
@@ -341,7 +341,7 @@ def counts_entries(c: dict, pose, volume, cam: Camera, verdict=None, counts_kw: 
            "counts_iterations": r.fit.iterations, "counts_chi2": r.fit.chi2_per_pixel,
            "counts_converged": r.fit.converged}
     if verdict == "failed":
-        row["counts_admitted"] = bool(r.fit.converged and r.fit.chi2_per_pixel <= COUNTS_EXPLAINED_CHI2)
+        row["counts_admitted"] = admit_failed(r.fit)
         if not row["counts_admitted"]:
             row["counts"] = "refined, failed: not admitted"
             row["counts_fit_mtre"] = row.pop("counts_mtre")

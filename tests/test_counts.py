@@ -1,6 +1,8 @@
 """Registration on a raw X-ray's photon counts (xraypose.register.counts): the model's chart derivatives,
 a closed loop, the gain's irrelevance, bad input."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -246,6 +248,7 @@ def test_chi2_per_pixel_reads_the_photon_noise_and_what_the_model_cannot_explain
     fit = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], y, scene["T"], **kw)
     assert 0.85 < fit.chi2_per_pixel < 1.15, fit.chi2_per_pixel
     assert fit.to_dict()["chi2_per_pixel"] == fit.chi2_per_pixel
+    assert fit.explained and not dataclasses.replace(fit, chi2_per_pixel=None).explained  # an older record's fit
     fit4 = refine_on_counts(scene["basis"], scene["vol"].affine, scene["cam"], 4.0 * y, scene["T"], **kw)
     assert fit4.chi2_per_pixel == pytest.approx(4.0 * fit.chi2_per_pixel, rel=1e-4)
     plate = y.clone()
@@ -412,7 +415,7 @@ def test_siddon_values_with_trilinear_derivatives(scene):
                            keep=scene["keep"], blur_px=0.7, supersample=1, renderer="siddon", max_iterations=40,
                            jacobian="trilinear")
     assert float(pose_errors(fit.pose, scene["T"], scene["fid"], scene["cam"])["mtre"]) < 0.05
-    assert CountsModel(*args, "trilinear", jacobian="trilinear").jacobian is None  # trilinear's own already
+    assert CountsModel(*args, "trilinear", jacobian="trilinear").jacobian == "exact"  # trilinear's own already
     with pytest.raises(InputError, match="jacobian"):
         CountsModel(*args, "siddon", jacobian="exact-ish")
 
@@ -448,6 +451,9 @@ def test_the_search_with_trilinear_steps_chooses_alike_and_ends_as_likely(scene,
     # local minimum 1.1 mm away; both 0.8–0.9 mm from the truth, the depth of 40² counts)
     assert tr.nll <= ex.nll + 1.0 and tr.converged
     assert nt < 0.7 * ne, (nt, ne)  # Siddon poses rendered
+    with pytest.raises(InputError, match="search_jacobian must be one of exact, trilinear"):
+        estimate_counts_formation(scene["vol"], scene["cam"], y, start, isocenter=scene["iso"], keep=scene["keep"],
+                                  search_jacobian="numerical")
 
 
 def test_the_formations_bad_input(scene):

@@ -166,7 +166,7 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
 
     from xraypose.cli.steps import pose_transform_of
     from xraypose.register.api import registration_metrics
-    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2, refine_xray_on_counts
+    from xraypose.register.counts import COUNTS_EXPLAINED_CHI2, admit_failed, refine_xray_on_counts
     from xraypose.register.motion import pose_spread
 
     to_view = pose_transform_of(px.steps)
@@ -177,20 +177,19 @@ def _refine_on_counts(out, xr, px, cts, crop: int, counts_kw: dict) -> dict:
                               air_hu=counts_kw["air_hu"], blur_px=counts_kw["blur"], scatter_mm=scatter,
                               supersample=counts_kw["supersample"], max_side=counts_kw["max_side"])
     chi2 = r.fit.chi2_per_pixel
-    line = (f"counts: moved {r.fit.moved_mm:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
-            f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned"
-            + (f", the formation chosen at {r.search_bin}×{r.search_bin}" if r.search_bin not in (None, r.bin) else "")
-            + ("" if chi2 is None else f"; χ² {chi2:.2f} a pixel") + ")")
-    typer.echo(line)
-    explained = chi2 is not None and chi2 <= COUNTS_EXPLAINED_CHI2
-    base = {"refined": True, **r.to_dict(), "registered_camera_to_world": registered.tolist(), "explained": explained,
+    typer.echo(f"counts: moved {r.fit.moved_mm:.2f} mm in {r.fit.iterations} steps, {r.seconds:.0f} s "
+               f"(formation {r.formation.describe(r.camera.delx)}; {r.bin}×{r.bin} pixels binned"
+               + (f", the formation chosen at {r.search_bin}×{r.search_bin}" if r.search_bin not in (None, r.bin) else "")
+               + ("" if chi2 is None else f"; χ² {chi2:.2f} a pixel") + ")")
+    base = {"refined": True, **r.to_dict(), "registered_camera_to_world": registered.tolist(),
+            "explained": r.fit.explained,
             "chosen": {k: counts_kw[k] is None for k in ("renderer", "air_hu", "blur", "scatter_mm")}}
-    if out.verdict != "failed" and not explained and chi2 is not None:
+    if out.verdict != "failed" and not r.fit.explained and chi2 is not None:
         typer.echo(f"note: the counts' model leaves more than photon noise (χ² {chi2:.2f} a pixel > "
                    f"{COUNTS_EXPLAINED_CHI2:g}): the X-ray holds what it lacks (a formation, content not in the CT) "
                    "— the refined pose rests on a model that does not fit it; look at the overlay")
     if out.verdict == "failed":
-        if not (r.fit.converged and explained):
+        if not admit_failed(r.fit):
             why = ("did not converge" if not r.fit.converged else "measured no χ²" if chi2 is None else
                    f"does not explain the counts (χ² {chi2:.2f} a pixel > {COUNTS_EXPLAINED_CHI2:g})")
             typer.echo(f"counts: the verdict stays failed, the registered pose stands (the counts' fit {why})")

@@ -65,8 +65,9 @@ F64 = torch.float64
 
 __all__ = ["CountsFit", "CountsFormation", "CountsModel", "CountsRefinement", "refine_on_counts", "refine_sequence",
            "refine_xray_on_counts", "bin_counts", "counts_bin_for", "moved_near_isocenter", "pool_fits",
-           "admit_doubtful", "frames_to_refine", "registrations_to_pool", "DOUBTED_VERDICTS", "ADMIT_SD",
-           "COUNTS_MAX_SIDE", "COUNTS_NLL_TOL", "COUNTS_TOL_MM",
+           "admit_doubtful", "admit_failed", "frames_to_refine", "registrations_to_pool", "DOUBTED_VERDICTS", "ADMIT_SD",
+           "COUNTS_MAX_SIDE", "COUNTS_NLL_TOL", "COUNTS_TOL_MM", "COUNTS_EXPLAINED_CHI2", "COUNTS_SEARCH_JACOBIAN",
+           "COUNTS_JACOBIANS",
            "estimate_counts_formation", "counts_basis", "raw_keep", "photons_of",
            "COUNTS_AIR_GRID", "COUNTS_BLUR_GRID", "COUNTS_CANDIDATE_TOL_MM", "COUNTS_BLUR_GRID_MIDDLE", "COUNTS_KNOTS_HU", "COUNTS_RENDERERS", "COUNTS_SCATTER_GRID_MM",
            "COUNTS_SCATTER_MIN_GAIN", "COUNTS_SCATTER_REFINE_RATIO", "COUNTS_SCATTER_REFINE_STEPS",
@@ -152,7 +153,13 @@ class CountsFit:
     converged: bool
     moved_mm: float
     covariance: torch.Tensor | None = None
-    chi2_per_pixel: float | None = None
+    chi2_per_pixel: float | None = None  #: None in a fit rebuilt from a record older than stop 72
+
+    @property
+    def explained(self) -> bool:
+        """The model explains the counts down to their photon noise: :attr:`chi2_per_pixel` at most
+        :data:`COUNTS_EXPLAINED_CHI2` (False where it was not measured)."""
+        return self.chi2_per_pixel is not None and self.chi2_per_pixel <= COUNTS_EXPLAINED_CHI2
 
     def to_dict(self) -> dict:
         return {"coefficients": self.coefficients.tolist(), "scale": self.scale, "nll": self.nll,
@@ -203,25 +210,25 @@ class CountsModel:
     kernel renormalised inside the image at its edges (:func:`~xraypose._kernels.normalized_blur`: what
     lies beyond the detector taken as alike to what lies inside; replicating the edge's pixels instead
     put a scatter frame's depth at −1.13 mm from the truth where this gave +0.31).
-    ``jacobian``: None, the renderer's own derivatives; ``"trilinear"`` with Siddon, Siddon's values with
-    trilinear's analytic derivatives (one Siddon and one trilinear render instead of seven Siddon ones; the
+    ``jacobian`` (:data:`COUNTS_JACOBIANS`): ``"exact"``, the renderer's own derivatives; ``"trilinear"`` with
+    Siddon, Siddon's values with trilinear's analytic derivatives (one Siddon and one trilinear render instead of seven Siddon ones; the
     formation search's candidates, :data:`COUNTS_SEARCH_JACOBIAN` — a fit's end is where *its* Jacobian's
     gradient vanishes, so a pose is final only under the renderer's own).
     """
 
     def __init__(self, density, affine, camera: Camera, keep, isocenter, blur_px: float, supersample: int,
-                 renderer: str = "siddon", scatter_px: float = 0.0, jacobian: str | None = None):
+                 renderer: str = "siddon", scatter_px: float = 0.0, jacobian: str = "exact"):
         if renderer not in COUNTS_RENDERERS:
             raise InputError(f"renderer must be one of {', '.join(COUNTS_RENDERERS)}, got {renderer!r}")
-        if jacobian not in (None, "trilinear"):
-            raise InputError(f"jacobian must be None or 'trilinear', got {jacobian!r}")
+        if jacobian not in COUNTS_JACOBIANS:
+            raise InputError(f"jacobian must be one of {', '.join(COUNTS_JACOBIANS)}, got {jacobian!r}")
         if not (math.isfinite(float(scatter_px)) and float(scatter_px) >= 0):
             raise InputError(f"the scatter's width must be a number of pixels >= 0, got {scatter_px!r}")
         self.density, self.affine, self.camera, self.keep = density, affine, camera, keep
         self.iso = torch.as_tensor(isocenter, dtype=F64).reshape(3)
         self.blur_px, self.f, self.renderer = float(blur_px), int(supersample), renderer
         self.scatter_px = float(scatter_px)
-        self.jacobian = None if renderer == "trilinear" else jacobian
+        self.jacobian = "exact" if renderer == "trilinear" else jacobian  # trilinear's own derivatives are exact
         #: the coefficients ``a``: the channels', then the scatter's when modelled
         self.n_coefficients = density.shape[0] + (1 if self.scatter_px > 0 else 0)
         self.cam_f = camera.resize(camera.height * self.f, camera.width * self.f) if self.f > 1 else camera
@@ -259,10 +266,10 @@ class CountsModel:
 
             tg = chart_tangents(self.frame(P)[None], P[None]).to(torch.float32)
             C, dC = render_with_tangents(self.density, self.affine, self.cam_f, T, tg)
-            if self.renderer == "siddon":  # Siddon's values (the last plain render where it was at P)
+            if self.renderer == "siddon":  # Siddon's values: the last plain render where it was at P (a trial)
                 last = self._last
-                C = last[1][None] if last is not None and torch.equal(last[0], P) else self.channels(P, False)[0][None]
-                return C[0], dC[0].to(F64)
+                return (last[1] if last is not None and torch.equal(last[0], P) else self.channels(P, False)[0],
+                        dC[0].to(F64))
             return C[0].to(F64), dC[0].to(F64)
         # Siddon: forward differences over 1e-3 rad / 0.05 mm (7 renders, not 13; 6 where the pose was the last
         # plain render — a fit's accepted trial — its image bit-identical alone or in a batch), not its exact
@@ -305,7 +312,7 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
                      coefficients: torch.Tensor | None = None, max_iterations: int = 20,
                      tol_mm: float | None = None,
                      radius_mm: float = 100.0, damping: float = 1e-3,
-                     renderer: str = "siddon", scatter_px: float = 0.0, jacobian: str | None = None) -> CountsFit:
+                     renderer: str = "siddon", scatter_px: float = 0.0, jacobian: str = "exact") -> CountsFit:
     """The pose (and intensity coefficients) maximising the Poisson likelihood of a raw X-ray's counts.
 
     Args:
@@ -326,8 +333,8 @@ def refine_on_counts(density: torch.Tensor, affine: torch.Tensor, camera: Camera
             times a fitted coefficient (0: not modelled; :class:`CountsModel`).
         max_iterations, tol_mm, radius_mm, damping: the Levenberg–Marquardt loop (module docstring; ``tol_mm``
             None: :data:`COUNTS_TOL_MM`).
-        jacobian: :class:`CountsModel`'s (``"trilinear"``: Siddon's values, trilinear's derivatives — cheaper
-            steps towards a point near, not at, Siddon's optimum).
+        jacobian: :class:`CountsModel`'s (``"exact"``; ``"trilinear"``: Siddon's values, trilinear's derivatives —
+            cheaper steps towards a point near, not at, Siddon's optimum).
     Returns:
         :class:`CountsFit`.
     Raises:
@@ -461,9 +468,20 @@ COUNTS_NLL_TOL = 1.0
 #: from the truth read 1.06 — hence ``uncertain``, never ``ok``.
 COUNTS_EXPLAINED_CHI2 = 1.5
 
-#: The Jacobian :func:`estimate_counts_formation`'s Siddon candidates step with (:class:`CountsModel`'s ``jacobian``;
-#: ``"exact"``: Siddon's own forward differences, seven renders a step).  The chosen candidate is refined with
-#: Siddon's own, so the pose it ends at is Siddon's optimum either way.  See docs/benchmarks.md, stop 72.
+
+def admit_failed(fit: CountsFit) -> bool:
+    """One X-ray's ``failed`` result takes its counts' refined pose (``register --counts``, the appearance
+    benchmark): the fit converged and explains the counts (:attr:`CountsFit.explained`).  A sequence's failed frame
+    is admitted by the motion model instead (:func:`admit_doubtful`)."""
+    return bool(fit.converged and fit.explained)
+
+#: :class:`CountsModel`'s derivatives: ``"exact"`` the renderer's own (Siddon: forward differences, seven renders a
+#: step), ``"trilinear"`` trilinear's analytic ones with Siddon's values (one Siddon and one trilinear render).
+COUNTS_JACOBIANS = ("exact", "trilinear")
+
+#: The Jacobian :func:`estimate_counts_formation`'s Siddon candidates step with.  The chosen candidate is refined
+#: with Siddon's own, so the pose it ends at is a Siddon fit either way.  Stop 72: 2.5–3× faster; of 90 low-dose and
+#: scattered X-rays re-run, 86 below 1 mm instead of 88, every median lower (docs/benchmarks.md).
 COUNTS_SEARCH_JACOBIAN = "trilinear"
 
 #: :func:`estimate_counts_formation`'s tolerance (mm) for the candidates it ranks (the chosen one is
@@ -506,7 +524,8 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
                               blur_grid=COUNTS_BLUR_GRID, air_grid=COUNTS_AIR_GRID,
                               scatter_grid_mm=COUNTS_SCATTER_GRID_MM, coefficients=None,
                               candidate_tol_mm: float | None = COUNTS_CANDIDATE_TOL_MM, exhaustive: bool = False,
-                              search_jacobian: str | None = None, **kw) -> tuple[CountsFormation, CountsFit, list]:
+                              search_jacobian: str = COUNTS_SEARCH_JACOBIAN,
+                              **kw) -> tuple[CountsFormation, CountsFit, list]:
     """The formation (:class:`CountsFormation`) under which one frame's counts are most likely, and that
     frame's fit under it.
 
@@ -522,9 +541,9 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     order (0.05 / 0.3)²/2 ≈ 0.01 for a depth held to 0.3 mm, against the 10s–100s that part formations);
     the chosen one is then refined to ``tol_mm``.  Warm starts cut the search's iterations about
     threefold (docs/benchmarks.md, stop 44); ``candidate_tol_mm=None``: every candidate from ``pose`` to
-    ``tol_mm``, as before.  ``search_jacobian`` (None: :data:`COUNTS_SEARCH_JACOBIAN`; ``"exact"``: the renderer's
-    own): the Siddon candidates' steps taken with trilinear's derivatives (:class:`CountsModel`), the chosen one's
-    refinement with Siddon's own.  One coordinate at a time (each given one is held):
+    ``tol_mm``, as before.  ``search_jacobian`` (:data:`COUNTS_JACOBIANS`): the warm-started candidates' steps
+    (``"trilinear"``: a Siddon candidate's with trilinear's derivatives, :class:`CountsModel`), the chosen one's
+    refinement with the renderer's own (``candidate_tol_mm=None``: every candidate is final, its own).  One coordinate at a time (each given one is held):
     (0) scatter (:class:`CountsModel`) of each width of ``scatter_grid_mm`` (σ in mm on the detector) or
     none, at Siddon, −1000 HU and σ 0.7 px, kept only when it lowers the negative log-likelihood by more
     than :data:`COUNTS_SCATTER_MIN_GAIN` (one more parameter: a frame without scatter is not given one
@@ -558,13 +577,11 @@ def estimate_counts_formation(volume, camera: Camera, counts, pose: torch.Tensor
     widths = [float(mm) / float(camera.delx) for mm in (scatter_grid_mm or ())]
     if any(not (math.isfinite(w) and w > 0) for w in widths):
         raise InputError(f"the scatter's widths must be mm > 0, got {scatter_grid_mm!r}")
-    jac = COUNTS_SEARCH_JACOBIAN if search_jacobian is None else search_jacobian
-    if jac not in ("exact", "trilinear"):
-        raise InputError(f"search_jacobian must be 'exact' or 'trilinear', got {search_jacobian!r}")
+    if search_jacobian not in COUNTS_JACOBIANS:  # before any candidate is fitted
+        raise InputError(f"search_jacobian must be one of {', '.join(COUNTS_JACOBIANS)}, got {search_jacobian!r}")
     search = _FormationSearch(volume, camera, counts, pose, isocenter=isocenter, keep=keep, coefficients=coefficients,
                               candidate_tol_mm=candidate_tol_mm, exhaustive=exhaustive,
-                              widths=[] if scatter_px is not None else widths,
-                              jacobian=None if jac == "exact" else jac, **kw)
+                              widths=[] if scatter_px is not None else widths, jacobian=search_jacobian, **kw)
     fit, along = search.fit, search.along
     # (0) scatter first, at the grid's middle blur: a frame's scatter, unmodelled, passes for blur
     sigma0 = blur_px if blur_px is not None else COUNTS_BLUR_GRID_MIDDLE
@@ -591,13 +608,13 @@ class _FormationSearch:
     """
 
     def __init__(self, volume, camera: Camera, counts, pose: torch.Tensor, *, isocenter, keep, coefficients,
-                 candidate_tol_mm: float | None, exhaustive: bool, widths: list, jacobian: str | None = None, **kw):
+                 candidate_tol_mm: float | None, exhaustive: bool, widths: list, jacobian: str = "exact", **kw):
         self.volume, self.camera, self.counts, self.pose = volume, camera, counts, pose
         self.isocenter, self.keep, self.coefficients = isocenter, keep, coefficients
         self.exhaustive, self.widths, self.kw = exhaustive, widths, kw
         self.warm = candidate_tol_mm is not None  # later candidates start from the most likely fit so far
         # the candidates' Jacobian (trilinear's with Siddon: cheaper steps); the chosen one's final fit the renderer's own
-        self.cand_kw = ({**kw, "tol_mm": float(candidate_tol_mm), "jacobian": jacobian} if self.warm else kw)
+        self.cand_kw = {**kw, "tol_mm": float(candidate_tol_mm), "jacobian": jacobian} if self.warm else kw
         self.bases: dict = {}  # air knot HU -> counts_basis
         self.fits: dict = {}  # key -> CountsFit
 
